@@ -1,0 +1,1 @@
+"""Shared code of every chaosbus service: CRD models, wire messages, subjects, bus, config, logging."""

@@ -1,0 +1,21 @@
+"""msgspec models of `chaos-mesh.org/v1alpha1`: shared pieces, per-kind specs, status, decoding."""
+
+from chaosbus.common.crd.errors import InvalidObject
+from chaosbus.common.crd.objects import (
+    API_VERSION,
+    CHAOS_KINDS,
+    ChaosObject,
+    decode_documents,
+    decode_object,
+    encode_object,
+)
+
+__all__ = [
+    "API_VERSION",
+    "CHAOS_KINDS",
+    "ChaosObject",
+    "InvalidObject",
+    "decode_documents",
+    "decode_object",
+    "encode_object",
+]

@@ -1,0 +1,106 @@
+"""Whole chaos objects: the kind registry, YAML/JSON decoding with defaults and validation, encoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import yaml
+
+from chaosbus.common.crd.errors import InvalidObject, from_msgspec
+from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
+from chaosbus.common.crd.meta import ObjectMeta
+from chaosbus.common.crd.networkchaos import NetworkChaosSpec
+from chaosbus.common.crd.podchaos import PodChaosSpec
+from chaosbus.common.crd.status import ChaosStatus
+
+API_VERSION = "chaos-mesh.org/v1alpha1"
+
+Spec = PodChaosSpec | NetworkChaosSpec | HelloWorldChaosSpec
+
+CHAOS_KINDS: dict[str, type[Spec]] = {
+    "PodChaos": PodChaosSpec,
+    "NetworkChaos": NetworkChaosSpec,
+    "HelloWorldChaos": HelloWorldChaosSpec,
+}
+
+
+class ChaosObject(msgspec.Struct, kw_only=True):
+    """A decoded, defaulted and validated experiment object."""
+
+    api_version: str = msgspec.field(name="apiVersion", default=API_VERSION)
+    kind: str
+    metadata: ObjectMeta
+    spec: Spec
+    status: ChaosStatus | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.metadata.namespace}/{self.metadata.name}"
+
+
+def load_yaml_documents(text: str) -> list[dict[str, Any]]:
+    """Parse multi-document YAML (or JSON); empty documents are skipped. Errors name the line."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise InvalidObject([f"yaml: invalid YAML{where}: {problem}"]) from None
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            raise InvalidObject([f"document {i + 1}: expected a mapping with apiVersion and kind"])
+    return docs
+
+
+def decode_object(doc: dict[str, Any], *, default_namespace: str = "default") -> ChaosObject:
+    """Decode one experiment the way Chaos Mesh's webhooks would admit it (defaults, then validation)."""
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or kind not in CHAOS_KINDS:
+        raise InvalidObject([f"kind: unknown kind {kind!r}; expected one of {', '.join(CHAOS_KINDS)}"])
+    api_version = doc.get("apiVersion")
+    if api_version != API_VERSION:
+        raise InvalidObject([f"apiVersion: expected {API_VERSION}, got {api_version!r}"])
+    try:
+        meta = msgspec.convert(doc.get("metadata") or {}, ObjectMeta)
+    except msgspec.ValidationError as e:
+        raise from_msgspec(e, "metadata") from None
+    if not meta.name:
+        raise InvalidObject(["metadata.name: required"])
+    if not meta.namespace:
+        meta = msgspec.structs.replace(meta, namespace=default_namespace)
+    try:
+        spec = msgspec.convert(doc.get("spec") or {}, CHAOS_KINDS[kind])
+    except msgspec.ValidationError as e:
+        raise from_msgspec(e, "spec") from None
+    spec = spec.defaulted(meta.namespace)
+    spec.validate()
+    status = None
+    if doc.get("status"):
+        try:
+            status = msgspec.convert(doc["status"], ChaosStatus)
+        except msgspec.ValidationError as e:
+            raise from_msgspec(e, "status") from None
+    return ChaosObject(api_version=API_VERSION, kind=kind, metadata=meta, spec=spec, status=status)
+
+
+def decode_documents(text: str, *, default_namespace: str = "default") -> list[ChaosObject]:
+    """Decode every document of a YAML stream; the first bad one raises, naming its position."""
+    out = []
+    for i, doc in enumerate(load_yaml_documents(text)):
+        try:
+            out.append(decode_object(doc, default_namespace=default_namespace))
+        except InvalidObject as e:
+            name = (doc.get("metadata") or {}).get("name", "?")
+            prefix = f"document {i + 1} ({doc.get('kind')}/{name})"
+            raise InvalidObject([f"{prefix}: {err}" for err in e.errors]) from None
+    return out
+
+
+def encode_object(obj: ChaosObject) -> dict[str, Any]:
+    """The object as plain JSON-able data, in Kubernetes' field spelling."""
+    out: dict[str, Any] = msgspec.to_builtins(obj)
+    if out.get("status") is None:
+        out.pop("status", None)
+    return out

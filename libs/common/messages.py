@@ -1,0 +1,198 @@
+"""Every message chaosbus puts on NATS, as msgspec Structs. Services never hand-encode bytes.
+
+Evolution rules (msgspec): new fields get defaults; types never change; unknown fields are ignored.
+Every message names the experiment (uid, generation) and, where it concerns one, the target id.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class Message(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Base of wire messages."""
+
+
+# --- watcher -> everyone: object events and the target projection ---------------------------
+
+class ObjectEvent(Message, kw_only=True):
+    """chaos.obj.<kind>.<namespace>.<name>: an experiment object changed (full object inside)."""
+
+    type: Literal["ADDED", "MODIFIED", "DELETED"]
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 0
+    resource_version: str = ""
+    object: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class ContainerRef(Message, kw_only=True):
+    name: str
+    container_id: str = ""  # runtime-prefixed: process://, containerd://, cri-o://, docker://
+    ready: bool = False
+    restart_count: int = 0
+
+
+class TargetPod(Message, kw_only=True):
+    """KV targets/pod.<ns>.<name>: what selection and injection need to know about a pod."""
+
+    uid: str
+    namespace: str
+    name: str
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    node: str = ""
+    pod_ip: str = ""
+    phase: str = "Pending"
+    host_network: bool = False
+    restart_policy: str = "Always"
+    scheduler_name: str = "default-scheduler"
+    service_account: str = "default"
+    nominated_node: str = ""
+    containers: list[ContainerRef] = []
+    deleting: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class TargetNamespace(Message, kw_only=True):
+    """KV targets/namespace.<name>."""
+
+    name: str
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class TargetNode(Message, kw_only=True):
+    """KV targets/node.<name>."""
+
+    name: str
+    labels: dict[str, str] = {}
+
+
+# --- fault specs carried by commands: one tagged union, tag = fault name ---------------------
+
+class FaultSpec(Message, tag_field="fault", kw_only=True):
+    """Base of the per-target fault parameters the injector executes."""
+
+
+class PodKill(FaultSpec, tag="pod-kill", kw_only=True):
+    grace_period: int = 0
+
+
+class ContainerKill(FaultSpec, tag="container-kill", kw_only=True):
+    container_names: list[str] = []
+
+
+class PartitionRule(Message, kw_only=True):
+    """Drop packets of one chain: `output` to the peers, or `input` from the peers.
+
+    No peers and no externals means every packet of that chain (except loopback).
+    `external` entries are IPv4, CIDR or hostname with optional :port; the injector resolves names.
+    """
+
+    chain: Literal["input", "output"]
+    peers: list[str] = []  # pod IPs
+    external: list[str] = []
+
+
+class Partition(FaultSpec, tag="partition", kw_only=True):
+    device: str = ""
+    rules: list[PartitionRule] = []
+
+
+class HelloWorld(FaultSpec, tag="hello-world", kw_only=True):
+    container_names: list[str] = []
+
+
+Fault = PodKill | ContainerKill | Partition | HelloWorld
+
+
+# --- scheduler -> injector: one batched command per node --------------------------------------
+
+class TargetAction(Message, kw_only=True):
+    target_id: str  # the status record id: ns/pod or ns/pod/container
+    selector_key: str = "."
+    op: Literal["apply", "recover"]
+    pod_uid: str = ""
+    namespace: str = ""
+    pod_name: str = ""
+    container_ids: list[str] = []
+    fault: Fault
+
+
+class NodeCommand(Message, kw_only=True):
+    """chaos.cmd.<node>: everything one experiment wants from one node, in one message."""
+
+    command_id: str
+    experiment_uid: str
+    generation: int
+    kind: str
+    namespace: str
+    name: str
+    node: str
+    issued_at: float
+    deadline: float | None = None
+    actions: list[TargetAction] = []
+
+
+# --- injector -> scheduler, recorder: per-target results --------------------------------------
+
+class TargetResult(Message, kw_only=True):
+    target_id: str
+    selector_key: str = "."
+    op: Literal["apply", "recover"]
+    ok: bool
+    message: str = ""
+    retryable: bool = True
+    at: float = 0.0
+
+
+class ResultBatch(Message, kw_only=True):
+    """chaos.result.<uid>: the outcome of one NodeCommand."""
+
+    command_id: str
+    experiment_uid: str
+    generation: int
+    kind: str
+    namespace: str
+    name: str
+    node: str
+    results: list[TargetResult] = []
+
+
+# --- scheduler -> recorder: desired phase and selection --------------------------------------
+
+class RecordRef(Message, kw_only=True):
+    id: str
+    selector_key: str = "."
+
+
+class ExperimentDecision(Message, kw_only=True):
+    """chaos.phase.<uid>: the scheduler's view of one experiment, self-contained (last one wins)."""
+
+    experiment_uid: str
+    generation: int
+    kind: str
+    namespace: str
+    name: str
+    desired_phase: Literal["Run", "Stop"]
+    records: list[RecordRef] | None = None  # None: selection has not happened or failed
+    selection_error: str = ""
+    paused: bool = False
+    deleting: bool = False
+    at: float = 0.0
+    target_id: str = ""  # unused: decisions are per experiment
+
+
+class ErrorReply(Message, kw_only=True):
+    """Reply to a request that could not be served; `field` names the offending input."""
+
+    error: str
+    field: str = ""

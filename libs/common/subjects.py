@@ -1,0 +1,144 @@
+"""Every subject, stream, consumer and KV bucket chaosbus uses, with its message type and owner.
+
+This table is the single source of truth: services build subjects with the functions below, the
+bus declares streams and buckets from it, and a contract test checks one owner per thing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from chaosbus.common import messages as m
+
+
+@dataclass(frozen=True)
+class Stream:
+    name: str
+    subjects: tuple[str, ...]
+    message: type[m.Message]
+    owner: str  # the only service that publishes
+    consumers: tuple[str, ...]  # durable consumer names (templates use {node})
+    max_msgs_per_subject: int = -1
+    max_age_s: float = 0.0
+    work_queue: bool = False
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    keys: str
+    message: str
+    owners: tuple[str, ...]
+    history: int = 1
+    purpose: str = ""
+    readers: tuple[str, ...] = field(default_factory=tuple)
+
+
+OBJECTS = Stream(
+    name="CHAOS_OBJ",
+    subjects=("chaos.obj.>",),
+    message=m.ObjectEvent,
+    owner="watcher",
+    consumers=("scheduler", "recorder"),
+    max_msgs_per_subject=1,
+    purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
+)
+COMMANDS = Stream(
+    name="CHAOS_CMD",
+    subjects=("chaos.cmd.*",),
+    message=m.NodeCommand,
+    owner="scheduler",
+    consumers=("injector-{node}",),
+    work_queue=True,
+    purpose="one batched command per node and experiment step; removed once the node acks it",
+)
+RESULTS = Stream(
+    name="CHAOS_RESULT",
+    subjects=("chaos.result.*",),
+    message=m.ResultBatch,
+    owner="injector",
+    consumers=("recorder", "scheduler-results"),
+    max_age_s=24 * 3600,
+    purpose="per-target outcome of each command",
+)
+DECISIONS = Stream(
+    name="CHAOS_PHASE",
+    subjects=("chaos.phase.*",),
+    message=m.ExperimentDecision,
+    owner="scheduler",
+    consumers=("recorder-phase",),
+    max_msgs_per_subject=1,
+    purpose="desired phase and selected records per experiment (self-contained, last wins)",
+)
+STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS)
+
+OBJECT_STORE = Bucket(
+    name="objects",
+    keys="<Kind>.<namespace>.<name>",
+    message="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace)",
+    owners=("cli (spec, metadata)", "recorder (status, finalizers)", "pod supervisor (Pods)"),
+    readers=("watcher",),
+    purpose="local mode's API server: the objects users apply",
+)
+TARGETS = Bucket(
+    name="targets",
+    keys="pod.<namespace>.<name> | namespace.<name> | node.<name>",
+    message="messages.TargetPod | TargetNamespace | TargetNode",
+    owners=("watcher",),
+    readers=("scheduler",),
+    purpose="the projection of pods, namespaces and nodes that selection needs",
+)
+IPAM = Bucket(
+    name="ipam",
+    keys="<a>_<b>_<c>_<d>",
+    message="the owning pod's namespace/name",
+    owners=("pod supervisor",),
+    purpose="address leases of local process pods (create-only puts make allocation atomic)",
+)
+BUCKETS = (OBJECT_STORE, TARGETS, IPAM)
+
+_TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def token(value: str) -> str:
+    """Make a value safe as one subject token (node names may contain dots)."""
+    return _TOKEN_BAD.sub("_", value) or "_"
+
+
+def object_subject(kind: str, namespace: str, name: str) -> str:
+    return f"chaos.obj.{token(kind)}.{token(namespace)}.{token(name)}"
+
+
+def command_subject(node: str) -> str:
+    return f"chaos.cmd.{token(node)}"
+
+
+def injector_consumer(node: str) -> str:
+    return f"injector-{token(node)}"
+
+
+def result_subject(experiment_uid: str) -> str:
+    return f"chaos.result.{token(experiment_uid)}"
+
+
+def decision_subject(experiment_uid: str) -> str:
+    return f"chaos.phase.{token(experiment_uid)}"
+
+
+def object_key(kind: str, namespace: str, name: str) -> str:
+    """Key in the `objects` bucket (names may hold dots: they become extra key tokens)."""
+    return f"{kind}.{namespace or '_'}.{name}"
+
+
+def target_pod_key(namespace: str, name: str) -> str:
+    return f"pod.{namespace}.{name}"
+
+
+def target_namespace_key(name: str) -> str:
+    return f"namespace.{name}"
+
+
+def target_node_key(name: str) -> str:
+    return f"node.{name}"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) when they are missing.
+# Only as root and only with apt-get; otherwise it says what is missing and carries on.
+set -euo pipefail
+missing=()
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2
+  exit 0
+fi
+echo "chaosbus: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,1 @@
+"""Kernel and process effects (nftables, processes, netns); the only place that touches them."""

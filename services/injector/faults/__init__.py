@@ -1,0 +1,1 @@
+"""Fault kinds: one module each, registered by fault tag."""
