@@ -86,6 +86,10 @@ class PodKill(FaultSpec, tag="pod-kill", kw_only=True):
     grace_period: int = 0
 
 
+class PodFailure(FaultSpec, tag="pod-failure", kw_only=True):
+    """Make the pod's containers unavailable without deleting the pod."""
+
+
 class ContainerKill(FaultSpec, tag="container-kill", kw_only=True):
     container_names: list[str] = []
 
@@ -111,7 +115,7 @@ class HelloWorld(FaultSpec, tag="hello-world", kw_only=True):
     container_names: list[str] = []
 
 
-Fault = PodKill | ContainerKill | Partition | HelloWorld
+Fault = PodKill | PodFailure | ContainerKill | Partition | HelloWorld
 
 
 # --- scheduler -> injector: one batched command per node --------------------------------------

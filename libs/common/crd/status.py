@@ -17,9 +17,14 @@ CONDITION_TYPES = ("Selected", "AllInjected", "AllRecovered", "Paused")
 
 
 class Condition(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Chaos Mesh writes type/status (reason always empty); chaosbus adds a reason and message
+    where there is something to say, e.g. why selection failed.
+    """
+
     type: str
     status: str
     reason: str = ""
+    message: str = ""
 
 
 class RecordEvent(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -1,0 +1,174 @@
+"""Typed NATS access over the subject table: connect, declare, publish, consume. The services' only
+path to nats-py for JetStream; payloads are always msgspec Structs from `messages`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages, subjects
+
+M = TypeVar("M", bound=messages.Message)
+log = cblog.get("bus")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def encode(msg: messages.Message) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, kind: type[M]) -> M:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    result: M = dec.decode(data)
+    return result
+
+
+async def connect(url: str, name: str, *, connect_timeout: float = 2.0) -> Bus:
+    """Connect with the settings a chaos tool needs: reconnect forever, notice a dead peer fast."""
+    async def _on_error(e: Exception) -> None:
+        log.warning("nats error", error=str(e))
+
+    nc = await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        ping_interval=5,
+        max_outstanding_pings=3,
+        connect_timeout=connect_timeout,
+        allow_reconnect=True,
+        error_cb=_on_error,
+    )
+    return Bus(nc)
+
+
+class Bus:
+    """One NATS connection with JetStream, typed publish and pull consumption."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self._kv: dict[str, KeyValue] = {}
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def ensure(self) -> None:
+        """Declare every stream and bucket of the subject table (idempotent)."""
+        for s in subjects.STREAMS:
+            await self._ensure_stream(s)
+        for b in subjects.BUCKETS:
+            await self.kv(b.name)
+
+    async def _ensure_stream(self, s: subjects.Stream) -> None:
+        cfg = api.StreamConfig(
+            name=s.name,
+            subjects=list(s.subjects),
+            retention=api.RetentionPolicy.WORK_QUEUE if s.work_queue else api.RetentionPolicy.LIMITS,
+            max_msgs_per_subject=s.max_msgs_per_subject,
+            max_age=s.max_age_s or None,
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+        )
+        try:
+            await self.js.add_stream(cfg)
+        except BadRequestError:
+            await self.js.update_stream(cfg)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        kv = self._kv.get(bucket)
+        if kv is None:
+            try:
+                kv = await self.js.key_value(bucket)
+            except (NotFoundError, BadRequestError):
+                kv = await self.js.create_key_value(bucket=bucket, history=1)
+            self._kv[bucket] = kv
+        return kv
+
+    async def publish(self, subject: str, msg: messages.Message, *, msg_id: str) -> None:
+        """JetStream publish with an idempotency key, so a retried publish is stored once."""
+        await self.js.publish(subject, encode(msg), headers={"Nats-Msg-Id": msg_id})
+
+    async def consume(
+        self,
+        stream: subjects.Stream,
+        durable: str,
+        filter_subject: str,
+        handler: Callable[[M], Awaitable[None]],
+        kind: type[M],
+        *,
+        batch: int = 64,
+        ack_wait: float = 30.0,
+    ) -> None:
+        """Pull from a durable consumer forever: ack after the handler, nak on its failure,
+        term a message that does not decode (it would never decode on redelivery either).
+        """
+        cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
+        psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
+        while True:
+            try:
+                msgs = await psub.fetch(batch, timeout=1.0)
+            except TimeoutError:
+                continue
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await self._handle(msg, handler, kind)
+
+    async def _handle(self, msg: Msg, handler: Callable[[M], Awaitable[None]], kind: type[M]) -> None:
+        try:
+            decoded = decode(msg.data, kind)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("malformed message dropped", subject=msg.subject, error=str(e))
+            await msg.term()
+            return
+        try:
+            await handler(decoded)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a handler bug must not kill the consumer loop
+            log.exception("handler failed; will be redelivered", subject=msg.subject, error=str(e))
+            await msg.nak(delay=1.0)
+            return
+        await msg.ack()
+
+    async def replay_and_follow(
+        self, filter_subject: str, handler: Callable[[M], Awaitable[None]], kind: type[M]
+    ) -> None:
+        """Ordered consumer from the start of a last-value stream: current state, then live changes."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def _cb(msg: Msg) -> None:
+            await queue.put(msg)
+
+        await self.js.subscribe(filter_subject, cb=_cb, ordered_consumer=True,
+                                deliver_policy=api.DeliverPolicy.ALL)
+        while True:
+            msg = await queue.get()
+            try:
+                decoded = decode(msg.data, kind)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                log.error("malformed message skipped", subject=msg.subject, error=str(e))
+                continue
+            try:
+                await handler(decoded)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("handler failed", subject=msg.subject, error=str(e))

@@ -1,0 +1,63 @@
+"""The shared edge of every service process: common flags, logging, metrics endpoint, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+from chaosbus.common import config
+from chaosbus.common import logging as cblog
+
+
+def parser(service: str, description: str, *, metrics_port: int) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"chaosbus-{service}", description=description)
+    p.add_argument("--nats", default=None, help="NATS URL (default: CHAOSBUS_NATS_URL or the embedded server)")
+    p.add_argument("--metrics-port", type=int, default=metrics_port, help="port of /metrics (0: any free port)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def run(service: str, args: argparse.Namespace, main: Callable[[argparse.Namespace], Awaitable[None]]) -> None:
+    """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
+    cblog.configure(service, level=args.log_level)
+    args.nats = config.nats_url(args.nats)
+    asyncio.run(_supervise(service, args, main))
+
+
+async def _supervise(service: str, args: argparse.Namespace,
+                     main: Callable[[argparse.Namespace], Awaitable[None]]) -> None:
+    log = cblog.get(service)
+    task = asyncio.create_task(main(args))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopped by signal")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def run_forever(*coros: Awaitable[None]) -> None:
+    """Run loops together; the first to fail takes the others down (and its error surfaces)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+
+def argv_or_none(argv: Sequence[str] | None) -> list[str] | None:
+    return list(argv) if argv is not None else None

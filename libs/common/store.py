@@ -1,0 +1,157 @@
+"""Local mode's object store: Kubernetes-shaped objects in the NATS KV bucket `objects`, with
+compare-and-set writes so concurrent writers (CLI, recorder, pod supervisors) never lose an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from chaosbus.common import objects as o
+from chaosbus.common import subjects
+
+Obj = dict[str, Any]
+Mutation = Callable[[Obj], Obj | None]
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(RuntimeError):
+    pass
+
+
+def key_of(obj: Obj) -> str:
+    m = obj.get("metadata") or {}
+    ns = "" if obj.get("kind") in o.CLUSTER_SCOPED else (m.get("namespace") or "default")
+    return subjects.object_key(str(obj.get("kind")), ns, str(m.get("name")))
+
+
+def parse_key(key: str) -> tuple[str, str, str]:
+    kind, ns, name = key.split(".", 2)
+    return kind, ("" if ns == "_" else ns), name
+
+
+class ObjectStore:
+    """get / list / apply / mutate / delete over KV, with resourceVersion = KV revision."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        found = await self._get(subjects.object_key(kind, namespace, name))
+        return found[0] if found else None
+
+    async def _get(self, key: str) -> tuple[Obj, int] | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return _with_version(msgspec.json.decode(entry.value), entry.revision), entry.revision
+
+    async def list(self, kind: str | None = None, namespace: str | None = None) -> list[Obj]:
+        filt = f"{kind}.>" if kind else ">"
+        if kind and namespace:
+            filt = f"{kind}.{namespace}.>"
+        try:
+            keys = await self.kv.keys(filters=[filt])
+        except NoKeysError:
+            return []
+        found = await asyncio.gather(*(self._get(k) for k in sorted(keys)))
+        return [f[0] for f in found if f is not None]
+
+    async def create(self, obj: Obj) -> Obj:
+        stored = o.prepare_create(obj, uid=str(uuid.uuid4()), now=o.now_rfc3339())
+        try:
+            rev = await self.kv.create(key_of(stored), _encode(stored))
+        except KeyWrongLastSequenceError:
+            raise Conflict(f"{key_of(obj)} already exists") from None
+        return _with_version(stored, rev)
+
+    async def apply(self, obj: Obj, *, immutable_spec: bool) -> tuple[Obj, str]:
+        """Create or update; returns the stored object and created | configured | unchanged."""
+        m = obj.get("metadata") or {}
+        ns = "" if obj.get("kind") in o.CLUSTER_SCOPED else (m.get("namespace") or "default")
+        for _ in range(20):
+            current = await self._get(key_of(obj))
+            if current is None:
+                try:
+                    return await self.create(obj), "created"
+                except Conflict:
+                    continue
+            old, rev = current
+            new = o.prepare_update(_strip_version(old), obj, immutable_spec=immutable_spec)
+            if new is None:
+                return old, "unchanged"
+            try:
+                rev = await self.kv.update(key_of(obj), _encode(new), last=rev)
+            except KeyWrongLastSequenceError:
+                continue
+            return _with_version(new, rev), "configured"
+        raise Conflict(f"{obj.get('kind')}/{ns}/{m.get('name')}: too many concurrent writers")
+
+    async def mutate(self, kind: str, namespace: str, name: str, fn: Mutation) -> Obj | None:
+        """Read-modify-write with CAS retries. `fn` returns the new object, or None for no change.
+        A deleting object whose finalizers are all gone is removed, as the API server does.
+        """
+        key = subjects.object_key(kind, namespace, name)
+        for _ in range(50):
+            current = await self._get(key)
+            if current is None:
+                raise NotFound(key)
+            old, rev = current
+            new = fn(_strip_version(old))
+            if new is None:
+                return old
+            try:
+                if o.ready_to_vanish(new):
+                    await self.kv.delete(key, last=rev)
+                    return None
+                rev = await self.kv.update(key, _encode(new), last=rev)
+            except KeyWrongLastSequenceError:
+                continue
+            return _with_version(new, rev)
+        raise Conflict(f"{key}: too many concurrent writers")
+
+    async def delete(self, kind: str, namespace: str, name: str) -> str:
+        """Returns deleted | deleting (finalizers pending) | notfound."""
+        now = o.now_rfc3339()
+        try:
+            result = await self.mutate(kind, namespace, name, lambda obj: _deleted_or_marked(obj, now))
+        except NotFound:
+            return "notfound"
+        return "deleted" if result is None else "deleting"
+
+
+def _deleted_or_marked(obj: Obj, now: str) -> Obj | None:
+    marked = o.mark_deleting(obj, now=now)
+    if marked is None:  # no finalizers: remove outright
+        gone = dict(obj)
+        gone["metadata"] = {**o.meta(obj), "deletionTimestamp": now, "finalizers": []}
+        return gone
+    return marked if marked is not obj else None
+
+
+def _encode(obj: Obj) -> bytes:
+    return msgspec.json.encode(_strip_version(obj))
+
+
+def _with_version(obj: Obj, rev: int) -> Obj:
+    o.meta(obj)["resourceVersion"] = str(rev)
+    return obj
+
+
+def _strip_version(obj: Obj) -> Obj:
+    m = obj.get("metadata")
+    if isinstance(m, dict) and "resourceVersion" in m:
+        obj = {**obj, "metadata": {k: v for k, v in m.items() if k != "resourceVersion"}}
+    return obj

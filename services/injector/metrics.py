@@ -1,0 +1,18 @@
+"""The injector's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class InjectorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter("chaosbus_injector_commands_handled_total", "Node commands handled", ["kind"],
+                                registry=self.registry)
+        self.latency = Histogram("chaosbus_injector_action_seconds", "Apply/recover time per target",
+                                 ["fault", "op"], buckets=_BUCKETS, registry=self.registry)
+        self.errors = Counter("chaosbus_injector_errors_total", "Failed target actions by reason",
+                              ["fault", "op", "reason"], registry=self.registry)

@@ -1,0 +1,102 @@
+"""The recorder's edge: decisions and results in, status and finalizers written back to the
+objects (local mode: the KV object store, with compare-and-set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import msgspec
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.common import metrics as cbmetrics
+from chaosbus.common import service, subjects
+from chaosbus.common.objects import now_rfc3339
+from chaosbus.common.store import NotFound, ObjectStore
+from chaosbus.recorder import core
+from chaosbus.recorder.metrics import RecorderMetrics
+
+log = cblog.get("recorder")
+
+
+class Recorder:
+    def __init__(self, store: ObjectStore, metrics: RecorderMetrics, *, max_events: int) -> None:
+        self.store, self.metrics, self.max_events = store, metrics, max_events
+        self.latest: dict[str, m.ExperimentDecision] = {}
+
+    async def on_object(self, event: m.ObjectEvent) -> None:
+        if event.type == "DELETED":
+            self.latest.pop(event.uid, None)
+            return
+        obj = msgspec.json.decode(event.object)
+        if not isinstance(obj, dict) or core.finalizer_change(obj, self.latest.get(event.uid)) is None:
+            return
+        latest = self.latest.get(event.uid)
+        try:
+            result = await self.store.mutate(event.kind, event.namespace, event.name,
+                                             lambda o: core.finalizer_change(o, latest))
+        except NotFound:
+            return
+        op = "add" if result is not None and not result["metadata"].get("deletionTimestamp") else "remove"
+        self.metrics.finalizers.labels(op).inc()
+        log.info("finalizer " + ("added" if op == "add" else "removed"), experiment=event.name,
+                 kind=event.kind, namespace=event.namespace)
+
+    async def on_decision(self, d: m.ExperimentDecision) -> None:
+        self.latest[d.experiment_uid] = d
+        if await self._mutate(d.kind, d.namespace, d.name, lambda o: core.on_decision(o, d)):
+            self.metrics.writes.labels(d.kind, "decision").inc()
+        if d.deleting:  # the finalizer may be removable now
+            obj = await self.store.get(d.kind, d.namespace, d.name)
+            if obj is not None:
+                await self.on_object(m.ObjectEvent(type="MODIFIED", kind=d.kind, namespace=d.namespace,
+                                                   name=d.name, uid=d.experiment_uid,
+                                                   object=msgspec.Raw(msgspec.json.encode(obj))))
+
+    async def on_results(self, batch: m.ResultBatch) -> None:
+        now = now_rfc3339()
+        for r in batch.results:
+            self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
+            if not r.ok:
+                log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op, error=r.message)
+        if await self._mutate(batch.kind, batch.namespace, batch.name,
+                              lambda o: core.on_results(o, batch, now=now, max_events=self.max_events)):
+            self.metrics.writes.labels(batch.kind, "results").inc()
+
+    async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
+        changed = False
+
+        def tracking(obj: core.Obj) -> core.Obj | None:
+            nonlocal changed
+            new = fn(obj)
+            changed = new is not None
+            return new
+
+        try:
+            await self.store.mutate(kind, namespace, name, tracking)
+        except NotFound:
+            return False
+        return changed
+
+
+async def main(args: argparse.Namespace) -> None:
+    metrics = RecorderMetrics()
+    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
+    bus = await busmod.connect(args.nats, "chaosbus-recorder")
+    try:
+        await bus.ensure()
+        store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+        rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+        log.info("recorder ready", nats=args.nats, metrics_port=port)
+        await service.run_forever(
+            bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent),
+            bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
+                        m.ExperimentDecision),
+            bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
+        )
+    finally:
+        await bus.close()
+

@@ -1,0 +1,97 @@
+"""The recorder's pure core: how a decision or a result batch changes a stored object, and when
+the `chaos-mesh/records` finalizer is added or removed. Objects are plain Kubernetes-shaped dicts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from chaosbus.common import messages as m
+from chaosbus.common.crd.meta import (
+    CLEAN_FINALIZER_ANNOTATION,
+    PAUSE_ANNOTATION,
+    RECORDS_FINALIZER,
+)
+from chaosbus.common.crd.status import ChaosStatus, Condition
+from chaosbus.recorder import status as st
+
+Obj = dict[str, Any]
+Mutation = Callable[[Obj], Obj | None]
+
+
+def _meta(obj: Obj) -> dict[str, Any]:
+    meta: dict[str, Any] = obj.get("metadata") or {}
+    return meta
+
+
+def read_status(obj: Obj) -> ChaosStatus | None:
+    raw = obj.get("status")
+    if not raw:
+        return None
+    try:
+        return msgspec.convert(raw, ChaosStatus)
+    except msgspec.ValidationError:
+        return None  # a status we cannot read is rebuilt from the next decision
+
+
+def _write(obj: Obj, status: ChaosStatus, selection_error: str = "") -> Obj | None:
+    paused = _meta(obj).get("annotations", {}).get(PAUSE_ANNOTATION) == "true"
+    status = st.with_conditions(status, paused=paused)
+    if selection_error:
+        status = msgspec.structs.replace(status, conditions=[
+            Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)
+            if c.type == "Selected" else c for c in status.conditions])
+    new_status = msgspec.to_builtins(status)
+    if obj.get("status") == new_status:
+        return None
+    out = copy.copy(obj)
+    out["status"] = new_status
+    return out
+
+
+def on_decision(obj: Obj, decision: m.ExperimentDecision) -> Obj | None:
+    """The object with desiredPhase/records from the decision; None if unchanged or not ours."""
+    if _meta(obj).get("uid") != decision.experiment_uid:
+        return None
+    status = st.apply_decision(read_status(obj), decision)
+    return _write(obj, status, decision.selection_error if not decision.records else "")
+
+
+def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int) -> Obj | None:
+    if _meta(obj).get("uid") != batch.experiment_uid:
+        return None
+    status = read_status(obj)
+    if status is None:
+        return None
+    return _write(obj, st.apply_results(status, batch, now=now, max_events=max_events))
+
+
+def finalizer_change(obj: Obj, latest: m.ExperimentDecision | None) -> Obj | None:
+    """Add our finalizer to a live object; remove it from a deleting one once every target is
+    recovered (as the scheduler's deleting decision confirms), or at once when forced.
+    """
+    meta = _meta(obj)
+    finalizers = list(meta.get("finalizers") or [])
+    deleting = bool(meta.get("deletionTimestamp"))
+    if not deleting:
+        if RECORDS_FINALIZER in finalizers:
+            return None
+        return _with_finalizers(obj, [*finalizers, RECORDS_FINALIZER])
+    if RECORDS_FINALIZER not in finalizers:
+        return None
+    forced = meta.get("annotations", {}).get(CLEAN_FINALIZER_ANNOTATION) == "forced"
+    status = read_status(obj)
+    confirmed = latest is not None and latest.deleting and latest.experiment_uid == meta.get("uid")
+    if forced or (confirmed and (status is None or st.all_recovered(status))):
+        return _with_finalizers(obj, [f for f in finalizers if f != RECORDS_FINALIZER])
+    return None
+
+
+def _with_finalizers(obj: Obj, finalizers: list[str]) -> Obj:
+    out = copy.copy(obj)
+    out["metadata"] = {**_meta(obj), "finalizers": finalizers}
+    return out

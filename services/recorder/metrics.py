@@ -1,0 +1,18 @@
+"""The recorder's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class RecorderMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.writes = Counter("chaosbus_recorder_status_writes_total", "Status writes", ["kind", "cause"],
+                              registry=self.registry)
+        self.finalizers = Counter("chaosbus_recorder_finalizer_changes_total", "Finalizer adds/removes",
+                                  ["op"], registry=self.registry)
+        self.results = Counter("chaosbus_recorder_target_results_total", "Per-target results recorded",
+                               ["kind", "op", "outcome"], registry=self.registry)
+        self.errors = Counter("chaosbus_recorder_errors_total", "Errors by reason", ["reason"],
+                              registry=self.registry)

@@ -1,0 +1,13 @@
+"""Entry point: `python -m chaosbus.scheduler`."""
+
+from chaosbus.common import service
+from chaosbus.scheduler import app
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = service.parser("scheduler", "Selection, desired phase and per-node commands", metrics_port=9102)
+    service.run("scheduler", p.parse_args(argv), app.main)
+
+
+if __name__ == "__main__":
+    main()

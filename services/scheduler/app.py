@@ -1,0 +1,111 @@
+"""The scheduler's edge: feed the core with targets (KV), object events and results (JetStream),
+wake it at its next deadline, and publish its commands and decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+import uuid
+
+import msgspec
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.common import metrics as cbmetrics
+from chaosbus.common import service, subjects
+from chaosbus.scheduler.core import Outputs, SchedulerCore
+from chaosbus.scheduler.metrics import SchedulerMetrics
+from chaosbus.scheduler.selection import SelectionConfig
+
+log = cblog.get("scheduler")
+_TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
+                                             "node": m.TargetNode}
+
+
+class Scheduler:
+    def __init__(self, bus: busmod.Bus, core: SchedulerCore, metrics: SchedulerMetrics) -> None:
+        self.bus, self.core, self.metrics = bus, core, metrics
+        self.instance = uuid.uuid4().hex[:8]
+        self._seq = itertools.count(1)
+        self._wake = asyncio.Event()
+
+    async def publish(self, out: Outputs) -> None:
+        for err in out.errors:
+            self.metrics.errors.labels("bad_object").inc()
+            log.error("experiment rejected", error=err)
+        for d in out.decisions:
+            await self.bus.publish(subjects.decision_subject(d.experiment_uid), d,
+                                   msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}")
+            self.metrics.decisions.inc()
+            if d.selection_error:
+                log.warning("selection failed", experiment=d.name, error=d.selection_error)
+        for c in out.commands:
+            await self.bus.publish(subjects.command_subject(c.node), c, msg_id=c.command_id)
+            self.metrics.commands.labels(c.kind).inc()
+            for a in c.actions:
+                self.metrics.actions.labels(c.kind, a.op).inc()
+            log.info("command sent", experiment=c.name, node=c.node, actions=len(c.actions),
+                     ops=sorted({a.op for a in c.actions}))
+        self._wake.set()
+
+    async def on_object(self, event: m.ObjectEvent) -> None:
+        await self.publish(self.core.on_object(event, time.time()))
+
+    async def on_results(self, batch: m.ResultBatch) -> None:
+        await self.publish(self.core.on_results(batch, time.time()))
+
+    async def follow_targets(self, ready: asyncio.Event) -> None:
+        kv = await self.bus.kv(subjects.TARGETS.name)
+        async for entry in await kv.watchall():
+            if entry is None:
+                ready.set()
+                continue
+            kind = entry.key.split(".", 1)[0]
+            value = None
+            if entry.operation not in ("DEL", "PURGE") and kind in _TARGET_TYPES:
+                try:
+                    value = busmod.decode(entry.value or b"", _TARGET_TYPES[kind])
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    log.error("bad target projection", key=entry.key, error=str(e))
+                    continue
+            self.core.on_target(entry.key, value)
+
+    async def timers(self) -> None:
+        while True:
+            now = time.time()
+            await self.publish(self.core.tick(now))
+            self._wake.clear()
+            for (kind, phase), n in self.core.phase_counts(now).items():
+                self.metrics.experiments.labels(kind, phase).set(n)
+            nxt = self.core.next_wakeup(time.time())
+            delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay) if delay > 0 else None
+            except TimeoutError:
+                pass
+
+
+async def main(args: argparse.Namespace) -> None:
+    metrics = SchedulerMetrics()
+    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
+    bus = await busmod.connect(args.nats, "chaosbus-scheduler")
+    try:
+        await bus.ensure()
+        sched = Scheduler(bus, SchedulerCore(SelectionConfig()), metrics)
+        ready = asyncio.Event()
+        targets = asyncio.ensure_future(sched.follow_targets(ready))
+        await ready.wait()  # select only against a complete snapshot of the targets
+        log.info("scheduler ready", nats=args.nats, metrics_port=port, pods=len(sched.core.pods))
+        await service.run_forever(
+            targets,
+            bus.replay_and_follow("chaos.obj.>", sched.on_object, m.ObjectEvent),
+            bus.consume(subjects.RESULTS, "scheduler-results", "chaos.result.*", sched.on_results,
+                        m.ResultBatch),
+            sched.timers(),
+        )
+    finally:
+        await bus.close()

@@ -1,0 +1,278 @@
+"""The scheduler's pure core: experiments, their selected targets and desired phase in, batched
+per-node commands and per-experiment decisions out. Driven by the app with an injected clock.
+
+Memory per target is (phase, in-flight op, retry time). It is seeded from the object's status
+when an experiment is first seen, so a restarted scheduler resumes instead of starting over;
+apply and recover are idempotent, so re-sending an op whose result was lost is harmless.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import uuid
+from typing import Any
+from dataclasses import dataclass, field
+
+import msgspec
+
+from chaosbus.common import messages as m
+from chaosbus.common.crd import ChaosObject, InvalidObject, decode_object
+from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
+from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
+from chaosbus.common.objects import parse_rfc3339
+from chaosbus.scheduler import phase as ph
+from chaosbus.scheduler import plan
+from chaosbus.scheduler import selection as sel
+
+INFLIGHT_TIMEOUT_S = 30.0
+SELECTION_RETRY_S = 5.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class TargetState:
+    target: plan.Selected
+    phase: str = NOT_INJECTED
+    inflight: str | None = None
+    inflight_at: float = 0.0
+    retry_at: float = 0.0
+    attempts: int = 0
+    permanent_error: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.target.record_id, self.target.selector_key
+
+
+@dataclass
+class Experiment:
+    obj: ChaosObject
+    created_at: float
+    gone: bool = False
+    targets: list[TargetState] | None = None
+    selection_error: str = ""
+    next_selection: float = 0.0
+    last_decision: m.ExperimentDecision | None = None
+
+    @property
+    def uid(self) -> str:
+        return self.obj.metadata.uid
+
+    @property
+    def deleting(self) -> bool:
+        return self.gone or self.obj.metadata.deletion_timestamp is not None
+
+    def duration(self) -> float | None:
+        return self.obj.spec.duration_seconds()
+
+
+@dataclass
+class Outputs:
+    commands: list[m.NodeCommand] = field(default_factory=list)
+    decisions: list[m.ExperimentDecision] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.commands += other.commands
+        self.decisions += other.decisions
+        self.errors += other.errors
+
+
+class SchedulerCore:
+    def __init__(self, config: sel.SelectionConfig | None = None, rng: random.Random | None = None) -> None:
+        self.config = config or sel.SelectionConfig()
+        self.rng = rng or random.SystemRandom()
+        self.pods: dict[str, m.TargetPod] = {}
+        self.namespaces: dict[str, m.TargetNamespace] = {}
+        self.nodes: dict[str, m.TargetNode] = {}
+        self.experiments: dict[str, Experiment] = {}
+        self._seq = itertools.count(1)
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def on_target(self, key: str, value: m.Message | None) -> None:
+        kind, _, rest = key.partition(".")
+        table: dict[str, Any] = {"pod": self.pods, "namespace": self.namespaces, "node": self.nodes}[kind]
+        name = rest.replace(".", "/", 1) if kind == "pod" else rest
+        if value is None:
+            table.pop(name, None)
+        else:
+            table[name] = value
+
+    def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        try:
+            obj = decode_object(msgspec.json.decode(event.object))
+        except (InvalidObject, msgspec.DecodeError) as e:
+            return Outputs(errors=[f"{event.kind}/{event.namespace}/{event.name}: {e}"])
+        exp = self.experiments.get(obj.metadata.uid)
+        if exp is None:
+            if event.type == "DELETED":
+                return Outputs()
+            exp = Experiment(obj=obj, created_at=parse_rfc3339(obj.metadata.creation_timestamp))
+            self.experiments[exp.uid] = exp
+        exp.obj = obj
+        exp.gone = exp.gone or event.type == "DELETED"
+        if exp.targets is None and obj.status and obj.status.experiment.container_records:
+            exp.targets = self._resume(obj)
+        return self.reconcile(exp, now)
+
+    def on_results(self, batch: m.ResultBatch, now: float) -> Outputs:
+        exp = self.experiments.get(batch.experiment_uid)
+        if exp is None or exp.targets is None:
+            return Outputs()
+        by_key = {t.key: t for t in exp.targets}
+        for r in batch.results:
+            t = by_key.get((r.target_id, r.selector_key))
+            if t is None or t.inflight != r.op:
+                continue
+            t.inflight = None
+            if r.ok:
+                t.phase, t.attempts, t.permanent_error = (INJECTED if r.op == "apply" else NOT_INJECTED), 0, ""
+            else:
+                t.attempts += 1
+                t.retry_at = now + min(MAX_BACKOFF_S, 2.0 ** (t.attempts - 1))
+                t.permanent_error = "" if r.retryable else r.message
+        return self.reconcile(exp, now)
+
+    def tick(self, now: float) -> Outputs:
+        out = Outputs()
+        for exp in list(self.experiments.values()):
+            out.extend(self.reconcile(exp, now))
+        return out
+
+    def next_wakeup(self, now: float) -> float | None:
+        times: list[float] = []
+        for exp in self.experiments.values():
+            end = ph.stop_time(exp.created_at, exp.duration())
+            if end is not None and end > now:
+                times.append(end)
+            if exp.targets is None and exp.selection_error and not exp.deleting:
+                times.append(exp.next_selection)
+            for t in exp.targets or []:
+                if t.inflight:
+                    times.append(t.inflight_at + INFLIGHT_TIMEOUT_S)
+                elif t.retry_at > now:
+                    times.append(t.retry_at)
+        return min(times) if times else None
+
+    # --- reconcile ----------------------------------------------------------------------------
+
+    def desired(self, exp: Experiment, now: float) -> str:
+        return ph.desired_phase(deleting=exp.deleting, one_shot=plan.one_shot(exp.obj),
+                                created_at=exp.created_at, duration_s=exp.duration(),
+                                paused=is_paused(exp.obj.metadata), now=now)
+
+    def reconcile(self, exp: Experiment, now: float) -> Outputs:
+        out = Outputs()
+        # Nothing happens before the finalizer is stored: a deletion can then never skip recovery.
+        if not exp.deleting and RECORDS_FINALIZER not in exp.obj.metadata.finalizers:
+            return out
+        desired = self.desired(exp, now)
+        if exp.targets is None and desired == RUN and now >= exp.next_selection:
+            self._select(exp, now)
+        if exp.targets is not None:
+            out.commands = self._commands(exp, desired, now)
+        decision = self._decision(exp, desired, now)
+        if exp.last_decision is None or _differs(exp.last_decision, decision):
+            exp.last_decision = decision
+            out.decisions.append(decision)
+        if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight for t in exp.targets or []):
+            del self.experiments[exp.uid]
+        return out
+
+    def _select(self, exp: Experiment, now: float) -> None:
+        world = sel.World(pods=self.pods, namespaces=self.namespaces, nodes=self.nodes)
+        try:
+            chosen = plan.select(exp.obj, world, self.config, self.rng)
+        except sel.SelectionError as e:
+            exp.selection_error = str(e)
+            exp.next_selection = now + SELECTION_RETRY_S
+            return
+        exp.selection_error = ""
+        exp.targets = [TargetState(target=s) for s in chosen]
+
+    def _resume(self, obj: ChaosObject) -> list[TargetState]:
+        """Targets from a status written before a restart; pods that vanished stay as records."""
+        assert obj.status is not None and obj.status.experiment.container_records is not None
+        states = []
+        for rec in obj.status.experiment.container_records:
+            parts = rec.id.split("/")
+            pod = self.pods.get("/".join(parts[:2])) or m.TargetPod(uid="", namespace=parts[0], name=parts[1])
+            container = next((c for c in pod.containers if len(parts) > 2 and c.name == parts[2]), None)
+            if len(parts) > 2 and container is None:
+                container = m.ContainerRef(name=parts[2])
+            phase = INJECTED if rec.phase.startswith(INJECTED) else NOT_INJECTED
+            states.append(TargetState(target=plan.Selected(rec.id, rec.selector_key, pod, container), phase=phase))
+        return states
+
+    def _commands(self, exp: Experiment, desired: str, now: float) -> list[m.NodeCommand]:
+        assert exp.targets is not None
+        want = INJECTED if desired == RUN else NOT_INJECTED
+        everyone = [t.target for t in exp.targets]
+        by_node: dict[str, list[m.TargetAction]] = {}
+        for t in exp.targets:
+            if t.inflight and now - t.inflight_at < INFLIGHT_TIMEOUT_S:
+                continue
+            if t.phase == want or now < t.retry_at or (t.permanent_error and want == INJECTED):
+                continue
+            op = "apply" if want == INJECTED else "recover"
+            t.inflight, t.inflight_at = op, now
+            by_node.setdefault(t.target.pod.node, []).append(self._action(exp, t, op, everyone))
+        end = ph.stop_time(exp.created_at, exp.duration())
+        return [self._command(exp, node, actions, now, end) for node, actions in sorted(by_node.items())]
+
+    def _action(self, exp: Experiment, t: TargetState, op: str, everyone: list[plan.Selected]) -> m.TargetAction:
+        s = t.target
+        return m.TargetAction(
+            target_id=s.record_id, selector_key=s.selector_key, op=op,  # type: ignore[arg-type]
+            pod_uid=s.pod.uid, namespace=s.pod.namespace, pod_name=s.pod.name,
+            container_ids=plan.container_ids(s, self.pods.get(s.pod.key)),
+            fault=plan.fault_for(exp.obj, s, everyone),
+        )
+
+    def _command(self, exp: Experiment, node: str, actions: list[m.TargetAction], now: float,
+                 end: float | None) -> m.NodeCommand:
+        md = exp.obj.metadata
+        return m.NodeCommand(
+            command_id=f"{md.uid}.{uuid.uuid4().hex[:12]}", experiment_uid=md.uid, generation=md.generation,
+            kind=exp.obj.kind, namespace=md.namespace, name=md.name, node=node, issued_at=now,
+            deadline=None if plan.one_shot(exp.obj) else end, actions=actions,
+        )
+
+    def _decision(self, exp: Experiment, desired: str, now: float) -> m.ExperimentDecision:
+        md = exp.obj.metadata
+        refs = None if exp.targets is None else [
+            m.RecordRef(id=t.target.record_id, selector_key=t.target.selector_key) for t in exp.targets]
+        return m.ExperimentDecision(
+            experiment_uid=md.uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace,
+            name=md.name, desired_phase=desired, records=refs,  # type: ignore[arg-type]
+            selection_error=exp.selection_error, paused=is_paused(md), deleting=exp.deleting, at=now,
+        )
+
+    def phase_counts(self, now: float) -> dict[tuple[str, str], int]:
+        """Experiments by (kind, phase) for the metrics gauge."""
+        counts: dict[tuple[str, str], int] = {}
+        for exp in self.experiments.values():
+            key = (exp.obj.kind, _ui_phase(exp, self.desired(exp, now)))
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def _ui_phase(exp: Experiment, desired: str) -> str:
+    if exp.deleting:
+        return "deleting"
+    if is_paused(exp.obj.metadata) and not plan.one_shot(exp.obj):
+        return "paused"
+    if exp.targets is None:
+        return "failed" if exp.selection_error else "injecting"
+    phases = {t.phase for t in exp.targets}
+    if desired == STOP and phases <= {NOT_INJECTED}:
+        return "finished"
+    if desired == RUN and phases == {INJECTED}:
+        return "running"
+    return "injecting" if desired == RUN else "recovering"
+
+
+def _differs(a: m.ExperimentDecision, b: m.ExperimentDecision) -> bool:
+    return msgspec.structs.replace(a, at=0.0) != msgspec.structs.replace(b, at=0.0)

@@ -1,0 +1,20 @@
+"""The scheduler's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SchedulerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.experiments = Gauge("chaosbus_experiments", "Experiments by kind and phase", ["kind", "phase"],
+                                 registry=self.registry)
+        self.commands = Counter("chaosbus_scheduler_commands_sent_total", "Node commands sent", ["kind"],
+                                registry=self.registry)
+        self.actions = Counter("chaosbus_scheduler_target_actions_total", "Per-target actions sent",
+                               ["kind", "op"], registry=self.registry)
+        self.decisions = Counter("chaosbus_scheduler_decisions_total", "Decisions published",
+                                 registry=self.registry)
+        self.errors = Counter("chaosbus_scheduler_errors_total", "Errors by reason", ["reason"],
+                              registry=self.registry)

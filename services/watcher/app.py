@@ -1,0 +1,68 @@
+"""The watcher's edge: watch the local object store (NATS KV `objects`), publish object events
+to JetStream and keep the target projection (KV `targets`) current.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import msgspec
+from nats.js.kv import KeyValue
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import metrics as cbmetrics
+from chaosbus.common import subjects
+from chaosbus.watcher.core import Outputs, WatcherCore
+from chaosbus.watcher.metrics import WatcherMetrics
+
+log = cblog.get("watcher")
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+async def main(args: argparse.Namespace) -> None:
+    metrics = WatcherMetrics()
+    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
+    bus = await busmod.connect(args.nats, "chaosbus-watcher")
+    try:
+        await bus.ensure()
+        log.info("watching local object store", nats=args.nats, metrics_port=port)
+        await watch_objects(bus, WatcherCore(), metrics)
+    finally:
+        await bus.close()
+
+
+async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics) -> None:
+    objects = await bus.kv(subjects.OBJECT_STORE.name)
+    targets = await bus.kv(subjects.TARGETS.name)
+    watcher = await objects.watchall()
+    async for entry in watcher:
+        if entry is None:  # end of the initial snapshot
+            log.info("initial snapshot published", objects=len(core.seen))
+            continue
+        rev = entry.revision or 0
+        if entry.operation in _DELETE_OPS:
+            out = core.on_delete(entry.key, rev)
+        else:
+            try:
+                obj = msgspec.json.decode(entry.value or b"{}")
+            except msgspec.DecodeError as e:
+                metrics.errors.labels("undecodable_object").inc()
+                log.error("undecodable object in store", key=entry.key, error=str(e))
+                continue
+            if not isinstance(obj, dict):
+                continue
+            out = core.on_put(entry.key, obj, rev)
+        await emit(bus, targets, out, metrics)
+
+
+async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: WatcherMetrics) -> None:
+    for subject, event, msg_id in out.events:
+        await bus.publish(subject, event, msg_id=msg_id)
+        metrics.events.labels(event.kind, event.type).inc()
+    for key, target in out.target_puts:
+        await targets.put(key, busmod.encode(target))
+        metrics.targets.labels("put").inc()
+    for key in out.target_deletes:
+        await targets.delete(key)
+        metrics.targets.labels("delete").inc()
