@@ -1,0 +1,236 @@
+"""nftables backend: render partition tables as pure text, apply them in a target netns.
+
+Every change is ONE `nft -f -` transaction run through `nsenter --net=<netns>` (argv only, the
+script on stdin), so a table is replaced atomically and never seen half-made. Each experiment and
+selector owns one `inet` table named `chaosbus_*`: tables of different experiments on one pod
+compose (a packet is dropped if any table drops it) and are removed independently, and an orphan
+sweeper can find them by prefix.
+
+Partition semantics (deliberately unlike Chaos Mesh, which drops replies too): every drop rule
+carries `ct direction original`, so a rule only breaks connections initiated in the blocked
+direction; connections from the other side and their replies keep working.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+TABLE_PREFIX = "chaosbus_"
+NFT_TIMEOUT_S = 10.0
+_TABLE = re.compile(r"^chaosbus_[a-z0-9_]{1,40}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_L4 = "meta l4proto { tcp, udp, sctp, dccp }"  # protocols whose header has ports where `th` reads
+
+
+class NftError(Exception):
+    """nft refused a script or could not run."""
+
+
+class NetnsGone(NftError):
+    """The target network namespace no longer exists (the target is gone)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An IPv4 network (CIDR text) with an optional remote port."""
+
+    network: str
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedRule:
+    """One partition rule with every name already resolved to IPv4 networks.
+
+    No peers and no externals means: drop every packet of the chain except on loopback.
+    """
+
+    chain: Literal["input", "output"]
+    peers: tuple[str, ...] = ()
+    external: tuple[Endpoint, ...] = ()
+    device: str = ""
+
+
+def table_name_ok(table: str) -> bool:
+    return bool(_TABLE.match(table))
+
+
+# --- pure rendering -------------------------------------------------------------------------
+
+def render_partition_table(table: str, rules: Sequence[ResolvedRule]) -> str:
+    """Render the `table inet <table> { ... }` block for `rules`. Pure; validates every value.
+
+    Raises:
+        ValueError: a bad table name, device, address or port (nothing reaches nft unchecked).
+    """
+    _check_table(table)
+    sets: list[str] = []
+    chains: dict[str, list[str]] = {"output": [], "input": []}
+    for i, rule in enumerate(rules):
+        rule_sets, lines = _render_rule(f"r{i}", rule)
+        sets += rule_sets
+        chains[rule.chain] += lines
+    body = [*sets]
+    for chain, lines in chains.items():
+        if lines:
+            body.append(_chain(chain, lines))
+    return f"table inet {table} {{\n" + "\n".join(body) + "}\n"
+
+
+def _render_rule(prefix: str, rule: ResolvedRule) -> tuple[list[str], list[str]]:
+    if rule.chain not in ("input", "output"):
+        raise ValueError(f"unknown chain {rule.chain!r}")
+    out = rule.chain == "output"
+    addr = "ip daddr" if out else "ip saddr"
+    # The external's port is the remote one: destination when sending, source when receiving.
+    port = "th dport" if out else "th sport"
+    iface = _iface_match(rule.device, out)
+    plain, ported = _split_networks(rule)
+    sets: list[str] = []
+    lines: list[str] = []
+    if not plain and not ported:
+        loopback = "" if rule.device else ('oifname != "lo" ' if out else 'iifname != "lo" ')
+        return sets, [f"{iface}{loopback}ct direction original drop"]
+    if plain:
+        sets.append(_set(f"{prefix}_addr", "ipv4_addr", [_net_text(n) for n in plain]))
+        lines.append(f"{iface}{addr} @{prefix}_addr ct direction original drop")
+    if ported:
+        elements = [f"{_net_text(n)} . {p}" for p, nets in sorted(ported.items()) for n in nets]
+        sets.append(_set(f"{prefix}_port", "ipv4_addr . inet_service", elements))
+        lines.append(f"{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original drop")
+    return sets, lines
+
+
+def _split_networks(
+    rule: ResolvedRule,
+) -> tuple[list[ipaddress.IPv4Network], dict[int, list[ipaddress.IPv4Network]]]:
+    plain = [_network(p) for p in rule.peers]
+    by_port: dict[int, list[ipaddress.IPv4Network]] = defaultdict(list)
+    for ext in rule.external:
+        if ext.port is None:
+            plain.append(_network(ext.network))
+        else:
+            if not 0 < ext.port < 65536:
+                raise ValueError(f"invalid port {ext.port!r}")
+            by_port[ext.port].append(_network(ext.network))
+    # Interval sets reject overlapping elements, so overlaps are merged here.
+    return _collapse(plain), {p: _collapse(nets) for p, nets in by_port.items()}
+
+
+def _network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text, strict=False)
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 address or network: {text!r}") from e
+
+
+def _collapse(nets: Iterable[ipaddress.IPv4Network]) -> list[ipaddress.IPv4Network]:
+    return list(ipaddress.collapse_addresses(nets))
+
+
+def _net_text(net: ipaddress.IPv4Network) -> str:
+    return str(net.network_address) if net.prefixlen == 32 else str(net)
+
+
+def _iface_match(device: str, out: bool) -> str:
+    if not device:
+        return ""
+    if not _IFNAME.match(device):
+        raise ValueError(f"invalid device name {device!r}")
+    return f'{"oifname" if out else "iifname"} "{device}" '
+
+
+def _set(name: str, kind: str, elements: list[str]) -> str:
+    return (f"\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n"
+            f"\t\telements = {{ {', '.join(elements)} }}\n\t}}\n")
+
+
+def _chain(hook: str, lines: list[str]) -> str:
+    rules = "".join(f"\t\t{line}\n" for line in lines)
+    return f"\tchain {hook} {{\n\t\ttype filter hook {hook} priority 0; policy accept;\n{rules}\t}}\n"
+
+
+def _check_table(table: str) -> None:
+    if not table_name_ok(table):
+        raise ValueError(f"invalid table name {table!r} (want {_TABLE.pattern})")
+
+
+# --- effects: nft inside a netns ------------------------------------------------------------
+
+def apply_table(netns_path: str, table: str, script: str) -> None:
+    """Replace table `table` in the netns atomically with `script` (a `table inet <table> {}`).
+
+    Raises:
+        NetnsGone: the netns does not exist.
+        NftError: nft rejected the transaction (nothing changed).
+    """
+    _check_table(table)
+    if not script.startswith(f"table inet {table} {{"):
+        raise ValueError(f"script does not define table inet {table}")
+    # `add` makes `delete` safe when the table is absent; all three commit as one transaction.
+    _nft(netns_path, ["-f", "-"], f"add table inet {table}\ndelete table inet {table}\n{script}")
+
+
+def delete_table(netns_path: str, table: str) -> None:
+    """Delete table `table` from the netns; a missing table is success.
+
+    Raises:
+        NetnsGone: the netns does not exist (its tables went with it).
+        NftError: nft failed.
+    """
+    _check_table(table)
+    _nft(netns_path, ["-f", "-"], f"add table inet {table}\ndelete table inet {table}\n")
+
+
+def list_tables(netns_path: str) -> list[str]:
+    """Names of the `inet` tables in the netns (all of them, not only chaosbus ones)."""
+    out = _nft(netns_path, ["-j", "list", "tables"], "")
+    items = json.loads(out).get("nftables", [])
+    return [t["table"]["name"] for t in items if "table" in t and t["table"].get("family") == "inet"]
+
+
+def probe() -> str | None:
+    """None if this node can apply partition tables; otherwise the reason it cannot."""
+    for tool in ("nsenter", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    sample = render_partition_table(f"{TABLE_PREFIX}probe", [
+        ResolvedRule(chain="output", peers=("192.0.2.1",), external=(Endpoint("198.51.100.0/24", 80),)),
+        ResolvedRule(chain="input"),
+    ])
+    # --check runs the whole transaction through the kernel and then aborts it: a real
+    # capability test (ct, concatenated interval sets) that changes nothing.
+    script = f"add table inet {TABLE_PREFIX}probe\ndelete table inet {TABLE_PREFIX}probe\n{sample}"
+    try:
+        proc = subprocess.run(["nft", "--check", "-f", "-"], input=script, capture_output=True,
+                              text=True, timeout=NFT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"nft cannot run: {e}"
+    return None if proc.returncode == 0 else f"nft rejected a partition table: {proc.stderr.strip()}"
+
+
+def _nft(netns_path: str, args: list[str], stdin: str) -> str:
+    if not os.path.exists(netns_path):
+        raise NetnsGone(f"network namespace {netns_path} is gone")
+    argv = ["nsenter", f"--net={netns_path}", "nft", *args]
+    try:
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                              timeout=NFT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise NftError(f"nft timed out after {NFT_TIMEOUT_S}s in {netns_path}") from e
+    except OSError as e:
+        raise NftError(f"cannot run nsenter/nft: {e}") from e
+    if proc.returncode != 0:
+        if not os.path.exists(netns_path):
+            raise NetnsGone(f"network namespace {netns_path} is gone")
+        raise NftError(f"nft failed in {netns_path}: {proc.stderr.strip()}")
+    return proc.stdout

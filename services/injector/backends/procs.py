@@ -1,0 +1,104 @@
+"""Process backend: signal process trees through psutil, run commands in a target's mount ns.
+
+The only module of the injector that touches processes. Zombies count as dead: a killed process
+whose parent has not reaped it yet can do no more harm, and waiting for a foreign parent to reap
+would hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+
+import psutil
+
+KILL_WAIT_S = 2.0
+
+
+def process_alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # only ever raised for a process that exists
+        return True
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL, wait_s: float = KILL_WAIT_S) -> int:
+    """Send `sig` to `pid` and all its descendants; wait (SIGKILL only) until they are dead.
+
+    The injector itself and its ancestors are never signalled, even if they are in the tree.
+
+    Returns:
+        How many live processes were signalled; 0 if `pid` is already gone.
+
+    Raises:
+        ValueError: `pid` is 1 (init), not positive, or the injector itself.
+    """
+    if pid <= 1 or pid == os.getpid():
+        raise ValueError(f"refusing to kill pid {pid}")
+    try:
+        root = psutil.Process(pid)
+        # Collected before the first signal: once the parent dies its children are reparented.
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    protected = _self_and_ancestors()
+    signalled = [p for p in tree if p.pid not in protected and _signal(p, sig)]
+    if sig == signal.SIGKILL:
+        _wait_dead(signalled, wait_s)
+    return len(signalled)
+
+
+def run_in_mount_ns(pid: int, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
+    """Run `argv` (no shell) inside the mount namespace of `pid`.
+
+    Returns:
+        (exit code, stdout, stderr); exit code -1 with a reason in stderr on timeout.
+    """
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise TypeError("argv must be a non-empty list of strings")
+    cmd = ["nsenter", f"--mount=/proc/{int(pid)}/ns/mnt", "--", *argv]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return -1, "", f"timed out after {timeout}s: {argv[0]}"
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _signal(proc: psutil.Process, sig: int) -> bool:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        proc.send_signal(sig)
+        return True
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _self_and_ancestors() -> set[int]:
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.parents())}
+
+
+def _wait_dead(procs: list[psutil.Process], wait_s: float) -> None:
+    deadline = time.monotonic() + wait_s
+    pending = list(procs)
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending if _still_running(p)]
+        if pending:
+            time.sleep(0.005)
+
+
+def _still_running(proc: psutil.Process) -> bool:
+    try:
+        # is_running() also guards against pid reuse (it compares create times).
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,41 @@
+"""hello-world: run `ps aux` in the mount namespace of the target's first live container.
+
+A harmless end-to-end check of the whole path (selection, command, runtime resolution, entering a
+target's namespace, result): the message names the target's own process line. Nothing to recover.
+"""
+
+from __future__ import annotations
+
+from chaosbus.common import logging as cblog
+from chaosbus.common.messages import FaultSpec
+from chaosbus.injector.backends import procs
+from chaosbus.injector.faults import FaultContext, FaultError, register
+
+PS_TIMEOUT_S = 5.0
+log = cblog.get("injector.hello-world")
+
+
+class HelloWorld:
+    name = "hello-world"
+
+    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        live = ctx.alive()
+        if not live:
+            raise FaultError("target gone: no live container to run ps in", retryable=False)
+        pid = live[0].pid
+        rc, out, err = procs.run_in_mount_ns(pid, ["ps", "aux"], PS_TIMEOUT_S)
+        if rc != 0:
+            raise FaultError(f"ps aux in the mount ns of pid {pid} failed ({rc}): {err.strip()}")
+        lines = out.splitlines()
+        own = [line for line in lines[1:] if line.split(None, 2)[1:2] == [str(pid)]]
+        log.info("hello world", pid=pid, processes=len(lines) - 1)
+        log.debug("hello world ps output", pid=pid, ps=out)
+        target = own[0] if own else f"(pid {pid} exited meanwhile)"
+        return (f"Hello world from {ctx.namespace}/{ctx.action.pod_name}: ps aux in the mount "
+                f"namespace of pid {pid} lists {len(lines) - 1} processes; the target: {target}")
+
+    def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        return "hello-world changes nothing: nothing to recover"
+
+
+register(HelloWorld())

@@ -1,0 +1,126 @@
+"""partition: drop the packets of connections initiated towards (output) or from (input) peers.
+
+One nftables table per (experiment, selector) in the target's netns, named `chaosbus_` + 12 hex
+of sha1(experiment_uid/selector_key): two experiments on one pod compose as two tables and each
+recovers on its own. `apply` renders the whole table and replaces it atomically; `recover`
+deletes it. Hostnames in `external` are resolved (IPv4) at apply time, on the node.
+See `backends/nft.py` for the `ct direction original` semantics.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import socket
+
+from chaosbus.common.crd.networkchaos import parse_external
+from chaosbus.common.messages import FaultSpec, Partition, PartitionRule
+from chaosbus.common.netns import netns_inode
+from chaosbus.injector.backends import nft
+from chaosbus.injector.faults import FaultContext, FaultError, register
+
+
+def table_name(experiment_uid: str, selector_key: str) -> str:
+    digest = hashlib.sha1(f"{experiment_uid}/{selector_key}".encode()).hexdigest()
+    return f"{nft.TABLE_PREFIX}{digest[:12]}"
+
+
+@functools.cache
+def _node_cannot() -> str | None:
+    # Cached per process: nft either works on this node or it does not.
+    return nft.probe()
+
+
+def resolve_rules(spec: Partition) -> list[nft.ResolvedRule]:
+    """The spec's rules with every `external` entry parsed and hostnames resolved to IPv4.
+
+    Raises:
+        FaultError: an unparsable entry (not retryable) or an unresolvable name (retryable).
+    """
+    return [
+        nft.ResolvedRule(chain=rule.chain, peers=tuple(rule.peers), external=_endpoints(rule),
+                         device=spec.device)
+        for rule in spec.rules
+    ]
+
+
+def _endpoints(rule: PartitionRule) -> tuple[nft.Endpoint, ...]:
+    out: list[nft.Endpoint] = []
+    for text in rule.external:
+        ext = parse_external(text)
+        if ext is None:
+            raise FaultError(f"invalid external target {text!r}", retryable=False)
+        if ext.network:
+            out.append(nft.Endpoint(ext.network, ext.port))
+        else:
+            out += [nft.Endpoint(f"{addr}/32", ext.port) for addr in _resolve(ext.hostname)]
+    return tuple(out)
+
+
+def _resolve(hostname: str) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(hostname, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise FaultError(f"cannot resolve external target {hostname!r}: {e}", retryable=True) from e
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _target_netns(ctx: FaultContext) -> list[str]:
+    """Distinct netns paths of the live containers (a pod's containers share one netns)."""
+    seen: dict[int, str] = {}
+    for c in ctx.alive():
+        try:
+            seen.setdefault(netns_inode(c.netns_path), c.netns_path)
+        except FileNotFoundError:
+            continue
+    return list(seen.values())
+
+
+class PartitionFault:
+    name = "partition"
+
+    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        spec = _partition(spec)
+        reason = _node_cannot()
+        if reason is not None:
+            raise FaultError(f"partition is not possible on this node: {reason}", retryable=False)
+        table = table_name(ctx.experiment_uid, ctx.action.selector_key)
+        try:
+            script = nft.render_partition_table(table, resolve_rules(spec))
+        except ValueError as e:
+            raise FaultError(f"invalid partition: {e}", retryable=False) from e
+        paths = _target_netns(ctx)
+        if not paths:
+            raise FaultError("target gone: no live container netns to partition", retryable=False)
+        for path in paths:
+            try:
+                nft.apply_table(path, table, script)
+            except nft.NetnsGone as e:
+                raise FaultError(f"target gone: {e}", retryable=False) from e
+            except nft.NftError as e:
+                raise FaultError(str(e), retryable=True) from e
+        return f"partition applied: nft table {table}, {len(spec.rules)} rule(s)"
+
+    def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        table = table_name(ctx.experiment_uid, ctx.action.selector_key)
+        removed = 0
+        for path in _target_netns(ctx):
+            try:
+                nft.delete_table(path, table)
+                removed += 1
+            except nft.NetnsGone:
+                continue  # its tables died with it
+            except nft.NftError as e:
+                raise FaultError(str(e), retryable=True) from e
+        if not removed:
+            return f"target gone: nft table {table} went with its netns"
+        return f"partition recovered: nft table {table} removed"
+
+
+def _partition(spec: FaultSpec) -> Partition:
+    if not isinstance(spec, Partition):
+        raise FaultError(f"partition got a {type(spec).__name__} spec", retryable=False)
+    return spec
+
+
+register(PartitionFault())
