@@ -66,8 +66,9 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
 
     async def close(self) -> None:
+        # close, not drain: a draining pull subscription can hold shutdown for the drain timeout.
         if not self.nc.is_closed:
-            await self.nc.drain()
+            await self.nc.close()
 
     async def ensure(self) -> None:
         """Declare every stream and bucket of the subject table (idempotent)."""

@@ -17,7 +17,7 @@ class Message(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
 
 # --- watcher -> everyone: object events and the target projection ---------------------------
 
-class ObjectEvent(Message, kw_only=True):
+class ObjectEvent(Message, kw_only=True, frozen=True):
     """chaos.obj.<kind>.<namespace>.<name>: an experiment object changed (full object inside)."""
 
     type: Literal["ADDED", "MODIFIED", "DELETED"]
@@ -30,14 +30,14 @@ class ObjectEvent(Message, kw_only=True):
     object: msgspec.Raw = msgspec.Raw(b"{}")
 
 
-class ContainerRef(Message, kw_only=True):
+class ContainerRef(Message, kw_only=True, frozen=True):
     name: str
     container_id: str = ""  # runtime-prefixed: process://, containerd://, cri-o://, docker://
     ready: bool = False
     restart_count: int = 0
 
 
-class TargetPod(Message, kw_only=True):
+class TargetPod(Message, kw_only=True, frozen=True):
     """KV targets/pod.<ns>.<name>: what selection and injection need to know about a pod."""
 
     uid: str
@@ -61,7 +61,7 @@ class TargetPod(Message, kw_only=True):
         return f"{self.namespace}/{self.name}"
 
 
-class TargetNamespace(Message, kw_only=True):
+class TargetNamespace(Message, kw_only=True, frozen=True):
     """KV targets/namespace.<name>."""
 
     name: str
@@ -69,7 +69,7 @@ class TargetNamespace(Message, kw_only=True):
     annotations: dict[str, str] = {}
 
 
-class TargetNode(Message, kw_only=True):
+class TargetNode(Message, kw_only=True, frozen=True):
     """KV targets/node.<name>."""
 
     name: str
@@ -78,23 +78,23 @@ class TargetNode(Message, kw_only=True):
 
 # --- fault specs carried by commands: one tagged union, tag = fault name ---------------------
 
-class FaultSpec(Message, tag_field="fault", kw_only=True):
+class FaultSpec(Message, tag_field="fault", kw_only=True, frozen=True):
     """Base of the per-target fault parameters the injector executes."""
 
 
-class PodKill(FaultSpec, tag="pod-kill", kw_only=True):
+class PodKill(FaultSpec, tag="pod-kill", kw_only=True, frozen=True):
     grace_period: int = 0
 
 
-class PodFailure(FaultSpec, tag="pod-failure", kw_only=True):
+class PodFailure(FaultSpec, tag="pod-failure", kw_only=True, frozen=True):
     """Make the pod's containers unavailable without deleting the pod."""
 
 
-class ContainerKill(FaultSpec, tag="container-kill", kw_only=True):
+class ContainerKill(FaultSpec, tag="container-kill", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
-class PartitionRule(Message, kw_only=True):
+class PartitionRule(Message, kw_only=True, frozen=True):
     """Drop packets of one chain: `output` to the peers, or `input` from the peers.
 
     No peers and no externals means every packet of that chain (except loopback).
@@ -106,12 +106,12 @@ class PartitionRule(Message, kw_only=True):
     external: list[str] = []
 
 
-class Partition(FaultSpec, tag="partition", kw_only=True):
+class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
     device: str = ""
     rules: list[PartitionRule] = []
 
 
-class HelloWorld(FaultSpec, tag="hello-world", kw_only=True):
+class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
@@ -120,7 +120,7 @@ Fault = PodKill | PodFailure | ContainerKill | Partition | HelloWorld
 
 # --- scheduler -> injector: one batched command per node --------------------------------------
 
-class TargetAction(Message, kw_only=True):
+class TargetAction(Message, kw_only=True, frozen=True):
     target_id: str  # the status record id: ns/pod or ns/pod/container
     selector_key: str = "."
     op: Literal["apply", "recover"]
@@ -131,7 +131,7 @@ class TargetAction(Message, kw_only=True):
     fault: Fault
 
 
-class NodeCommand(Message, kw_only=True):
+class NodeCommand(Message, kw_only=True, frozen=True):
     """chaos.cmd.<node>: everything one experiment wants from one node, in one message."""
 
     command_id: str
@@ -148,7 +148,7 @@ class NodeCommand(Message, kw_only=True):
 
 # --- injector -> scheduler, recorder: per-target results --------------------------------------
 
-class TargetResult(Message, kw_only=True):
+class TargetResult(Message, kw_only=True, frozen=True):
     target_id: str
     selector_key: str = "."
     op: Literal["apply", "recover"]
@@ -158,7 +158,7 @@ class TargetResult(Message, kw_only=True):
     at: float = 0.0
 
 
-class ResultBatch(Message, kw_only=True):
+class ResultBatch(Message, kw_only=True, frozen=True):
     """chaos.result.<uid>: the outcome of one NodeCommand."""
 
     command_id: str
@@ -173,12 +173,12 @@ class ResultBatch(Message, kw_only=True):
 
 # --- scheduler -> recorder: desired phase and selection --------------------------------------
 
-class RecordRef(Message, kw_only=True):
+class RecordRef(Message, kw_only=True, frozen=True):
     id: str
     selector_key: str = "."
 
 
-class ExperimentDecision(Message, kw_only=True):
+class ExperimentDecision(Message, kw_only=True, frozen=True):
     """chaos.phase.<uid>: the scheduler's view of one experiment, self-contained (last one wins)."""
 
     experiment_uid: str
@@ -195,7 +195,7 @@ class ExperimentDecision(Message, kw_only=True):
     target_id: str = ""  # unused: decisions are per experiment
 
 
-class ErrorReply(Message, kw_only=True):
+class ErrorReply(Message, kw_only=True, frozen=True):
     """Reply to a request that could not be served; `field` names the offending input."""
 
     error: str

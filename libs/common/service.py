@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from chaosbus.common import config
 from chaosbus.common import logging as cblog
@@ -21,7 +22,8 @@ def parser(service: str, description: str, *, metrics_port: int) -> argparse.Arg
     return p
 
 
-def run(service: str, args: argparse.Namespace, main: Callable[[argparse.Namespace], Awaitable[None]]) -> None:
+def run(service: str, args: argparse.Namespace,
+        main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
     cblog.configure(service, level=args.log_level)
     args.nats = config.nats_url(args.nats)
@@ -29,7 +31,7 @@ def run(service: str, args: argparse.Namespace, main: Callable[[argparse.Namespa
 
 
 async def _supervise(service: str, args: argparse.Namespace,
-                     main: Callable[[argparse.Namespace], Awaitable[None]]) -> None:
+                     main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
     log = cblog.get(service)
     task = asyncio.create_task(main(args))
     loop = asyncio.get_running_loop()

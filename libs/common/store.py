@@ -4,13 +4,12 @@ compare-and-set writes so concurrent writers (CLI, recorder, pod supervisors) ne
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from chaosbus.common import objects as o
@@ -59,15 +58,19 @@ class ObjectStore:
         return _with_version(msgspec.json.decode(entry.value), entry.revision), entry.revision
 
     async def list(self, kind: str | None = None, namespace: str | None = None) -> list[Obj]:
-        filt = f"{kind}.>" if kind else ">"
-        if kind and namespace:
-            filt = f"{kind}.{namespace}.>"
+        """Current objects, optionally of one kind and namespace, in key order (one KV watch)."""
+        pattern = ">" if not kind else (f"{kind}.{namespace}.>" if namespace else f"{kind}.>")
+        watcher = await self.kv.watch(pattern, ignore_deletes=True)
+        found: dict[str, Obj] = {}
         try:
-            keys = await self.kv.keys(filters=[filt])
-        except NoKeysError:
-            return []
-        found = await asyncio.gather(*(self._get(k) for k in sorted(keys)))
-        return [f[0] for f in found if f is not None]
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value and entry.revision is not None:
+                    found[entry.key] = _with_version(msgspec.json.decode(entry.value), entry.revision)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return [found[k] for k in sorted(found)]
 
     async def create(self, obj: Obj) -> Obj:
         stored = o.prepare_create(obj, uid=str(uuid.uuid4()), now=o.now_rfc3339())

@@ -9,11 +9,10 @@ import asyncio
 import time
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config
+from chaosbus.common import config, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.common import subjects
 from chaosbus.injector import core
 from chaosbus.injector.metrics import InjectorMetrics
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from msgspec.structs import replace
+
 from chaosbus.common.crd.status import (
     CONDITION_TYPES,
     INJECTED,
@@ -33,7 +35,6 @@ from chaosbus.common.crd.status import (
     RecordEvent,
 )
 from chaosbus.common.messages import ExperimentDecision, RecordRef, ResultBatch, TargetResult
-from msgspec.structs import replace
 
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -93,7 +93,8 @@ class SchedulerCore:
 
     def on_target(self, key: str, value: m.Message | None) -> None:
         kind, _, rest = key.partition(".")
-        table: dict[str, Any] = {"pod": self.pods, "namespace": self.namespaces, "node": self.nodes}[kind]
+        tables: dict[str, dict[str, Any]] = {"pod": self.pods, "namespace": self.namespaces, "node": self.nodes}
+        table = tables[kind]
         name = rest.replace(".", "/", 1) if kind == "pod" else rest
         if value is None:
             table.pop(name, None)

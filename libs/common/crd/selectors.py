@@ -91,7 +91,8 @@ def validate_selector(problems: Problems, path: str, selector: PodSelectorSpec) 
 
 
 def _int_or_none(value: str) -> int | None:
-    try:
-        return int(value.strip())
-    except (ValueError, AttributeError):
+    """Parse like Go's strconv.Atoi: an optional sign and digits, nothing else."""
+    text = value[1:] if value[:1] in "+-" else value
+    if not text.isascii() or not text.isdigit():
         return None
+    return int(value)

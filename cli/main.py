@@ -1,0 +1,172 @@
+"""The `chaosbus` command: kubectl-like verbs on the local object store, process pods, `up`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from chaosbus.cli import pods, render, resources
+from chaosbus.cli.resources import UsageError
+from chaosbus.common import bus as busmod
+from chaosbus.common import config, subjects
+from chaosbus.common.crd import InvalidObject
+from chaosbus.common.store import ObjectStore
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chaosbus", description="Chaos Mesh experiments over NATS")
+    p.add_argument("--nats", default=None, help="NATS URL (default: CHAOSBUS_NATS_URL or the embedded server)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("apply", help="create or update objects from YAML (multi-document)")
+    a.add_argument("-f", "--filename", required=True, help="file, or - for standard input")
+    _ns(a)
+    g = sub.add_parser("get", help="list or show objects")
+    g.add_argument("kind")
+    g.add_argument("name", nargs="?")
+    _ns(g)
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    g.add_argument("-o", "--output", choices=("json", "yaml"))
+    d = sub.add_parser("describe", help="show an object in detail")
+    d.add_argument("kind")
+    d.add_argument("name")
+    _ns(d)
+    rm = sub.add_parser("delete", help="delete an object (waits for its faults to be recovered)")
+    rm.add_argument("kind")
+    rm.add_argument("name")
+    _ns(rm)
+    rm.add_argument("--wait", type=float, default=30.0, help="seconds to wait for recovery (0: don't)")
+    an = sub.add_parser("annotate", help="set (k=v) or remove (k-) annotations, e.g. to pause")
+    an.add_argument("kind")
+    an.add_argument("name")
+    an.add_argument("annotations", nargs="+")
+    an.add_argument("--overwrite", action="store_true")
+    _ns(an)
+
+    u = sub.add_parser("up", help="embedded NATS + all services, in the foreground")
+    u.add_argument("--port", type=int, default=4222, help="NATS client port (0: any free port)")
+    u.add_argument("--store-dir", type=Path, default=None, help="JetStream storage directory")
+    u.add_argument("--metrics-base-port", type=int, default=None, help="first /metrics port (0: any)")
+    u.add_argument("--node", default=None, help="node name for the local injector")
+
+    pod = sub.add_parser("pod", help="local process pods").add_subparsers(dest="pod_command", required=True)
+    pr = pod.add_parser("run", help="start CMD in a new network namespace and register it as a pod")
+    pr.add_argument("--name", required=True)
+    _ns(pr)
+    pr.add_argument("-l", "--labels", action="append", default=[], help="k=v (repeatable, or comma-separated)")
+    pr.add_argument("--restart", choices=("Always", "Never"), default="Always")
+    pr.add_argument("--node", default=None)
+    pr.add_argument("--bridge", default=None, help="host bridge (default cb0)")
+    pr.add_argument("--subnet", default=None, help="pod subnet, gateway = first address (default 10.213.0.0/16)")
+    pr.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    pl = pod.add_parser("list", help="list process pods")
+    _ns(pl)
+    pl.add_argument("-A", "--all-namespaces", action="store_true")
+    pl.add_argument("-o", "--output", choices=("json",))
+    prm = pod.add_parser("rm", help="stop and remove a process pod")
+    prm.add_argument("name", nargs="?")
+    prm.add_argument("--all", action="store_true")
+    _ns(prm)
+
+    sub.add_parser("demo", help="run the end-to-end demo (root)")
+    return p
+
+
+def _ns(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", default=None)
+
+
+async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]]) -> Any:
+    try:
+        bus = await busmod.connect(url, "chaosbus-cli", connect_timeout=2.0)
+    except Exception as e:
+        raise UsageError(f"cannot reach NATS at {url} ({type(e).__name__}); is `chaosbus up` running?") from None
+    try:
+        await bus.ensure()
+        return await fn(ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), bus)
+    finally:
+        await bus.close()
+
+
+async def dispatch(args: argparse.Namespace) -> int:
+    url = config.nats_url(args.nats)
+    ns = args.namespace if getattr(args, "namespace", None) else "default"
+    cmd = args.command
+    if cmd == "up":
+        from chaosbus.cli import up
+        return await up.up(port=args.port, store_dir=args.store_dir, metrics_base=args.metrics_base_port,
+                           node=config.node_name(args.node))
+    if cmd == "demo":
+        from chaosbus.cli import demo
+        return await demo.run()
+    if cmd == "apply":
+        text = resources.read_source(args.filename)
+        resources.prepare(text, args.namespace)  # validate before connecting: bad input never reaches NATS
+        lines = await with_store(url, lambda s, _b: resources.apply(s, text, args.namespace))
+        print("\n".join(lines))
+    elif cmd == "get":
+        kind = resources.kind_of(args.kind)
+        scope = None if args.all_namespaces else ns
+        objs = await with_store(url, lambda s, _b: resources.fetch(s, kind, args.name, scope))
+        print(resources.show(objs, kind, args.output))
+    elif cmd == "describe":
+        kind = resources.kind_of(args.kind)
+        objs = await with_store(url, lambda s, _b: resources.fetch(s, kind, args.name, ns))
+        print(render.describe(objs[0]))
+    elif cmd == "delete":
+        kind = resources.kind_of(args.kind)
+        print(await with_store(url, lambda s, _b: resources.delete(s, kind, args.name, ns, wait=args.wait)))
+    elif cmd == "annotate":
+        kind = resources.kind_of(args.kind)
+        print(await with_store(url, lambda s, _b: resources.annotate(
+            s, kind, args.name, ns, args.annotations, overwrite=args.overwrite)))
+    elif cmd == "pod":
+        return await pod_command(args, url, ns)
+    return 0
+
+
+async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
+    if args.pod_command == "run":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        pod = await with_store(url, lambda s, _b: pods.run(
+            s, url, name=args.name, namespace=ns, labels=args.labels, restart=args.restart, node=args.node,
+            argv=argv, bridge=args.bridge, subnet=args.subnet))
+        print(f"pod/{args.name} created (ip {pod['status']['podIP']}, "
+              f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})")
+    elif args.pod_command == "list":
+        scope = None if args.all_namespaces else ns
+        objs = await with_store(url, lambda s, _b: s.list("Pod", scope))
+        print(json.dumps(objs, indent=2) if args.output == "json" else
+              (render.pod_rows(objs) if objs else "No resources found."))
+    else:
+        async def rm(store: ObjectStore, bus: busmod.Bus) -> list[str]:
+            kv = await bus.kv(subjects.IPAM.name)
+            if args.all:
+                return await pods.remove_all(store, kv)
+            if not args.name:
+                raise UsageError("pod rm needs a NAME or --all")
+            return [await pods.remove(store, kv, args.name, ns)]
+        print("\n".join(await with_store(url, rm)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = asyncio.run(dispatch(args))
+    except (UsageError, InvalidObject) as e:
+        print(f"error: {e}" if isinstance(e, UsageError) else "error: " + "\n  ".join(["invalid object", *e.errors]),
+              file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

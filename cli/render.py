@@ -1,0 +1,122 @@
+"""How the CLI shows objects: kubectl-like tables, YAML/JSON, and `describe` text."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import yaml
+
+from chaosbus.common.objects import parse_rfc3339
+
+Obj = dict[str, Any]
+
+
+def age(created: str, now: float | None = None) -> str:
+    if not created:
+        return "<unknown>"
+    secs = int((now or time.time()) - parse_rfc3339(created))
+    if secs < 120:
+        return f"{secs}s"
+    if secs < 7200:
+        return f"{secs // 60}m"
+    if secs < 172800:
+        return f"{secs // 3600}h"
+    return f"{secs // 86400}d"
+
+
+def to_yaml(objs: list[Obj]) -> str:
+    if len(objs) == 1:
+        return yaml.safe_dump(objs[0], sort_keys=False)
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": objs}, sort_keys=False)
+
+
+def to_json(objs: list[Obj]) -> str:
+    if len(objs) == 1:
+        return json.dumps(objs[0], indent=2)
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def chaos_phase(obj: Obj) -> str:
+    """Chaos Mesh's derived UI phase: Deleting, Paused, Finished, Running, Injecting, Failed."""
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    records = (status.get("experiment") or {}).get("containerRecords")
+    if meta.get("deletionTimestamp"):
+        return "Deleting"
+    if conds.get("Paused", {}).get("status") == "True":
+        return "Paused"
+    if records is None and conds.get("Selected", {}).get("message"):
+        return "Failed"
+    desired = (status.get("experiment") or {}).get("desiredPhase")
+    if records and desired == "Stop" and conds.get("AllRecovered", {}).get("status") == "True":
+        return "Finished"
+    if records and conds.get("AllInjected", {}).get("status") == "True":
+        return "Running"
+    if records and any(_failed(r) for r in records):
+        return "Failed"
+    return "Injecting"
+
+
+def _failed(record: Obj) -> bool:
+    events = record.get("events") or []
+    return bool(events) and events[-1].get("type") == "Failed"
+
+
+def chaos_rows(objs: list[Obj]) -> str:
+    rows = []
+    for o in objs:
+        spec, meta = o.get("spec") or {}, o.get("metadata") or {}
+        records = ((o.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+        injected = sum(1 for r in records if r.get("phase") == "Injected")
+        rows.append([meta.get("name", ""), spec.get("action", "-"), spec.get("duration") or "-", chaos_phase(o),
+                     f"{injected}/{len(records)}", age(meta.get("creationTimestamp", ""))])
+    return table(rows, ["NAME", "ACTION", "DURATION", "PHASE", "INJECTED", "AGE"])
+
+
+def describe(obj: Obj) -> str:
+    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    lines = [f"Name:         {meta.get('name')}", f"Namespace:    {meta.get('namespace', '')}",
+             f"Kind:         {obj.get('kind')}", f"UID:          {meta.get('uid')}",
+             f"Created:      {meta.get('creationTimestamp')}", f"Phase:        {chaos_phase(obj)}"]
+    for field in ("labels", "annotations"):
+        values = meta.get(field) or {}
+        lines.append(f"{field.capitalize() + ':':<14}" + (", ".join(f"{k}={v}" for k, v in values.items()) or "<none>"))
+    lines.append(f"Finalizers:   {', '.join(meta.get('finalizers') or []) or '<none>'}")
+    if meta.get("deletionTimestamp"):
+        lines.append(f"Deleting since {meta['deletionTimestamp']}")
+    lines.append("Spec:")
+    lines += ["  " + ln for ln in yaml.safe_dump(obj.get("spec") or {}, sort_keys=False).splitlines()]
+    lines.append("Conditions:")
+    for c in status.get("conditions") or []:
+        extra = f"  {c.get('reason', '')} {c.get('message', '')}".rstrip()
+        lines.append(f"  {c.get('type'):<14}{c.get('status')}{extra}")
+    exp = status.get("experiment") or {}
+    lines.append(f"Desired phase: {exp.get('desiredPhase', '<none>')}")
+    lines.append("Records:")
+    for r in exp.get("containerRecords") or []:
+        lines.append(f"  {r['id']} ({r['selectorKey']}): {r['phase']}  injected={r['injectedCount']} "
+                     f"recovered={r['recoveredCount']}")
+        for e in (r.get("events") or [])[-5:]:
+            lines.append(f"    {e['timestamp']}  {e['operation']:<8}{e['type']:<10}{e.get('message', '')}")
+    return "\n".join(lines)
+
+
+def pod_rows(pods: list[Obj]) -> str:
+    rows = []
+    for p in pods:
+        meta, status = p.get("metadata") or {}, p.get("status") or {}
+        cs = status.get("containerStatuses") or []
+        labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
+        rows.append([meta.get("namespace", ""), meta.get("name", ""), status.get("phase", ""),
+                     status.get("podIP", ""), str(sum(c.get("restartCount", 0) for c in cs)),
+                     (meta.get("annotations") or {}).get("chaosbus.io/netns", ""),
+                     ",".join(c.get("containerID", "").removeprefix("process://") for c in cs), labels or "<none>"])
+    return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "PIDS", "LABELS"])

@@ -1,0 +1,157 @@
+"""kubectl-like verbs on the local object store: apply, get, describe, delete, annotate."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+from chaosbus.cli import render
+from chaosbus.common import objects as o
+from chaosbus.common.crd import CHAOS_KINDS, InvalidObject, decode_object, encode_object
+from chaosbus.common.crd.objects import load_yaml_documents
+from chaosbus.common.store import NotFound, ObjectStore
+
+Obj = dict[str, Any]
+
+
+class UsageError(Exception):
+    """A bad request from the user: printed as `error: ...`, exit code 1."""
+
+
+def read_source(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+
+def prepare(text: str, namespace: str | None) -> list[Obj]:
+    """Decode and validate every document before anything is written: all or nothing."""
+    out = []
+    for i, doc in enumerate(load_yaml_documents(text)):
+        kind = doc.get("kind")
+        try:
+            if kind == "Namespace":
+                out.append({"apiVersion": "v1", "kind": "Namespace",
+                            "metadata": _namespace_meta(doc.get("metadata") or {})})
+                continue
+            if namespace and not (doc.get("metadata") or {}).get("namespace"):
+                doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
+            out.append(encode_object(decode_object(doc)))
+        except InvalidObject as e:
+            name = (doc.get("metadata") or {}).get("name", "?")
+            raise InvalidObject([f"document {i + 1} ({kind}/{name}): {err}" for err in e.errors]) from None
+    return out
+
+
+def _namespace_meta(meta: Obj) -> Obj:
+    if not meta.get("name"):
+        raise InvalidObject(["metadata.name: required"])
+    return {k: v for k, v in meta.items() if k in ("name", "labels", "annotations")}
+
+
+async def apply(store: ObjectStore, text: str, namespace: str | None) -> list[str]:
+    lines = []
+    for obj in prepare(text, namespace):
+        try:
+            stored, action = await store.apply(obj, immutable_spec=obj["kind"] in CHAOS_KINDS)
+        except o.ImmutableSpec as e:
+            raise InvalidObject([f"{obj['kind']}/{obj['metadata']['name']}: {e}"]) from None
+        lines.append(f"{_ref(stored)} {action}")
+    return lines
+
+
+def _ref(obj: Obj) -> str:
+    kind = str(obj.get("kind"))
+    group = ".chaos-mesh.org" if kind in CHAOS_KINDS else ""
+    return f"{kind.lower()}{group}/{obj['metadata']['name']}"
+
+
+def kind_of(text: str) -> str:
+    kind = o.canonical_kind(text)
+    if kind is None:
+        known = ", ".join(k.lower() for k in o.KIND_ALIASES)
+        raise UsageError(f'the server doesn\'t have a resource type "{text}" (known: {known})')
+    return kind
+
+
+async def fetch(store: ObjectStore, kind: str, name: str | None, namespace: str | None) -> list[Obj]:
+    ns = "" if kind in o.CLUSTER_SCOPED else namespace
+    if name:
+        obj = await store.get(kind, ns or "default" if kind not in o.CLUSTER_SCOPED else "", name)
+        if obj is None:
+            raise UsageError(f'{kind.lower()} "{name}" not found')
+        return [obj]
+    return await store.list(kind, ns or None)
+
+
+def show(objs: list[Obj], kind: str, output: str | None) -> str:
+    if output == "json":
+        return render.to_json(objs)
+    if output == "yaml":
+        return render.to_yaml(objs)
+    if output:
+        raise UsageError(f"unknown output format {output!r}: expected json or yaml")
+    if not objs:
+        return "No resources found."
+    if kind == "Pod":
+        return render.pod_rows(objs)
+    if kind in CHAOS_KINDS:
+        return render.chaos_rows(objs)
+    rows = [[ob["metadata"]["name"], render.age(ob["metadata"].get("creationTimestamp", ""))] for ob in objs]
+    return render.table(rows, ["NAME", "AGE"])
+
+
+async def delete(store: ObjectStore, kind: str, name: str, namespace: str, *, wait: float) -> str:
+    ns = "" if kind in o.CLUSTER_SCOPED else namespace
+    outcome = await store.delete(kind, ns, name)
+    if outcome == "notfound":
+        raise UsageError(f'{kind.lower()} "{name}" not found')
+    deadline = time.monotonic() + wait
+    while outcome == "deleting" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if await store.get(kind, ns, name) is None:
+            outcome = "deleted"
+    if outcome == "deleting":
+        return f"{kind.lower()} \"{name}\" is being deleted (waiting for recovery; finalizer chaos-mesh/records)"
+    return f'{kind.lower()} "{name}" deleted'
+
+
+def parse_annotations(pairs: list[str]) -> dict[str, str | None]:
+    changes: dict[str, str | None] = {}
+    for p in pairs:
+        if p.endswith("-") and "=" not in p:
+            changes[p[:-1]] = None
+        elif "=" in p:
+            k, v = p.split("=", 1)
+            if not k:
+                raise UsageError(f"invalid annotation {p!r}")
+            changes[k] = v
+        else:
+            raise UsageError(f"invalid annotation {p!r}: expected key=value or key-")
+    return changes
+
+
+async def annotate(store: ObjectStore, kind: str, name: str, namespace: str, pairs: list[str],
+                   *, overwrite: bool) -> str:
+    changes = parse_annotations(pairs)
+    ns = "" if kind in o.CLUSTER_SCOPED else namespace
+
+    def mutate(obj: Obj) -> Obj | None:
+        existing = (obj.get("metadata") or {}).get("annotations") or {}
+        clash = [k for k, v in changes.items() if v is not None and k in existing and existing[k] != v]
+        if clash and not overwrite:
+            raise UsageError(f"--overwrite is false but found the following declared annotation(s): "
+                             f"'{', '.join(clash)}' already has a value")
+        return o.set_annotations(obj, changes)
+
+    try:
+        await store.mutate(kind, ns, name, mutate)
+    except NotFound:
+        raise UsageError(f'{kind.lower()} "{name}" not found') from None
+    return f"{kind.lower()}/{name} annotated"

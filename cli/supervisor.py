@@ -1,0 +1,166 @@
+"""The process-pod supervisor, local mode's kubelet for one pod: sets up the pod's netns and
+address, registers the Pod object, runs the command inside the netns, restarts it per
+restartPolicy (as a Deployment's pod comes back), and on SIGTERM tears everything down.
+
+Run by `chaosbus pod run` as `python -m chaosbus.cli.supervisor --spec JSON` in its own session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from chaosbus.cli import ipam, podnet
+from chaosbus.common import bus as busmod
+from chaosbus.common import config, subjects
+from chaosbus.common.objects import now_rfc3339
+from chaosbus.common.store import NotFound, ObjectStore
+
+NETNS_ANNOTATION = "chaosbus.io/netns"
+SUPERVISOR_ANNOTATION = "chaosbus.io/supervisor-pid"
+BRIDGE_ANNOTATION = "chaosbus.io/bridge"
+BACKOFF_MAX_S = 10.0
+
+
+class PodSpec(msgspec.Struct, kw_only=True):
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = {}
+    argv: list[str]
+    restart: str = "Always"
+    node: str = ""
+    bridge: str = podnet.DEFAULT_BRIDGE
+    subnet: str = podnet.DEFAULT_SUBNET
+    gateway: str = podnet.DEFAULT_GATEWAY
+    log_file: str = ""
+
+
+def pod_object(spec: PodSpec, netns: str, ip: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels,
+                     "annotations": {NETNS_ANNOTATION: netns, SUPERVISOR_ANNOTATION: str(os.getpid()),
+                                     BRIDGE_ANNOTATION: spec.bridge}},
+        "spec": {"nodeName": spec.node, "restartPolicy": spec.restart,
+                 "containers": [{"name": spec.name, "command": spec.argv}]},
+        "status": {"phase": "Pending", "podIP": ip, "hostIP": "", "containerStatuses": []},
+    }
+
+
+def container_status(spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": spec.name, "ready": pid is not None, "restartCount": restarts,
+                          "containerID": f"process://{pid}" if pid else ""}
+    if pid:
+        cs["state"] = {"running": {"startedAt": now_rfc3339()}}
+    if last_exit is not None:
+        cs["lastState"] = {"terminated": {"exitCode": last_exit, "finishedAt": now_rfc3339()}}
+    return cs
+
+
+class Supervisor:
+    def __init__(self, spec: PodSpec, store: ObjectStore, ipam_kv: Any) -> None:
+        self.spec, self.store, self.ipam_kv = spec, store, ipam_kv
+        self.netns = f"cbpod-{uuid.uuid4().hex[:8]}"
+        self.ip = ""
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.spec
+        self.ip = await ipam.allocate(self.ipam_kv, s.subnet, s.gateway, f"{s.namespace}/{s.name}")
+        prefix = s.subnet.split("/")[1]
+        await asyncio.to_thread(podnet.ensure_bridge, s.bridge, f"{s.gateway}/{prefix}")
+        await asyncio.to_thread(podnet.create_pod_network, self.netns, s.bridge, f"{self.ip}/{prefix}", s.gateway)
+        await self.store.create(pod_object(s, self.netns, self.ip))
+
+    async def run(self) -> None:
+        restarts, last_exit, backoff = 0, None, 0.5
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            self.child = self._spawn()
+            await self._set_status("Running", container_status(self.spec, self.child.pid, restarts, last_exit))
+            last_exit = await self._wait_child()
+            if self.stopping.is_set():
+                break
+            if self.spec.restart == "Never":
+                phase = "Succeeded" if last_exit == 0 else "Failed"
+                await self._set_status(phase, container_status(self.spec, None, restarts, last_exit))
+                await self.stopping.wait()
+                break
+            restarts += 1
+            backoff = 0.5 if time.monotonic() - started > BACKOFF_MAX_S else min(BACKOFF_MAX_S, backoff * 2)
+            await self._set_status("Running", container_status(self.spec, None, restarts, last_exit))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        out: Any = open(self.spec.log_file, "ab") if self.spec.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            return podnet.spawn_in_netns(self.spec.argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+
+    async def _wait_child(self) -> int:
+        assert self.child is not None
+        while self.child.poll() is None and not self.stopping.is_set():
+            await asyncio.sleep(0.05)
+        return self.child.returncode if self.child.returncode is not None else -1
+
+    async def _set_status(self, phase: str, cs: dict[str, Any]) -> None:
+        def mutate(obj: dict[str, Any]) -> dict[str, Any]:
+            return {**obj, "status": {**obj.get("status", {}), "phase": phase, "containerStatuses": [cs]}}
+        with contextlib.suppress(NotFound):
+            await self.store.mutate("Pod", self.spec.namespace, self.spec.name, mutate)
+
+    async def teardown(self) -> None:
+        if self.child is not None and self.child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.child.pid, signal.SIGKILL)
+            await asyncio.to_thread(self.child.wait)
+        with contextlib.suppress(NotFound):
+            await self.store.delete("Pod", self.spec.namespace, self.spec.name)
+        await asyncio.to_thread(podnet.delete_pod_network, self.netns)
+        if self.ip:
+            await ipam.release(self.ipam_kv, self.ip)
+
+
+async def amain(spec: PodSpec, url: str) -> None:
+    bus = await busmod.connect(url, f"chaosbus-pod-{spec.namespace}-{spec.name}")
+    await bus.ensure()
+    sup = Supervisor(spec, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)),
+                     await bus.kv(subjects.IPAM.name))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sup.stopping.set)
+    try:
+        await sup.start()
+        await sup.run()
+    finally:
+        await sup.teardown()
+        await bus.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="chaosbus-pod-supervisor")
+    p.add_argument("--spec", required=True, help="PodSpec as JSON")
+    p.add_argument("--nats", default=None)
+    args = p.parse_args(argv)
+    spec = msgspec.json.decode(args.spec, type=PodSpec)
+    if not spec.node:
+        spec.node = config.node_name()
+    asyncio.run(amain(spec, config.nats_url(args.nats)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""`chaosbus up`: an embedded nats-server with JetStream and the four services as child
+processes, restarted with backoff when they die (as Kubernetes restarts a pod), stopped cleanly
+on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import config, natsserver, subjects
+from chaosbus.common.store import ObjectStore
+
+SERVICES = ("watcher", "scheduler", "recorder", "injector")
+METRICS_PORTS = {"watcher": 9101, "scheduler": 9102, "injector": 9103, "recorder": 9104}
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    backoff: float = 0.5
+    started: float = field(default=0.0)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                         start_new_session=True)
+        self.started = time.monotonic()
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def service_argv(name: str, url: str, metrics_port: int, node: str) -> list[str]:
+    argv = [sys.executable, "-m", f"chaosbus.{name}", "--nats", url, "--metrics-port", str(metrics_port)]
+    return argv + (["--node", node] if name == "injector" else [])
+
+
+async def register_node(url: str, node: str) -> None:
+    """Local mode's node registration (a kubelet's job): a Node object selectors can match."""
+    bus = await busmod.connect(url, "chaosbus-up")
+    try:
+        await bus.ensure()
+        store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+        await store.apply({"apiVersion": "v1", "kind": "Node",
+                           "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}},
+                          immutable_spec=False)
+    finally:
+        await bus.close()
+
+
+async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, node: str,
+             quiet: bool = False) -> int:
+    state = config.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    if config.url_file().exists():
+        existing = config.url_file().read_text().strip()
+        with contextlib.suppress(Exception):
+            bus = await busmod.connect(existing, "chaosbus-up-probe", connect_timeout=0.5)
+            await bus.close()
+            print(f"error: chaosbus is already up at {existing}", file=sys.stderr)
+            return 1
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+    server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log")
+    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node),
+                      logs / f"{name}.log") for name in SERVICES]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        config.url_file().write_text(server.url + "\n")
+        await register_node(server.url, node)
+        for c in children:
+            c.start()
+        print(f"chaosbus up: NATS at {server.url} (node {node}); logs in {logs}", flush=True)
+        if not quiet:
+            print("export CHAOSBUS_NATS_URL=" + server.url, flush=True)
+        await _keep_alive(children, stop)
+    finally:
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.stop()
+        server.stop()
+        with contextlib.suppress(FileNotFoundError):
+            config.url_file().unlink()
+        print("chaosbus up: stopped", flush=True)
+    return 0
+
+
+def _metrics_port(name: str, base: int | None) -> int:
+    if base is None:
+        return METRICS_PORTS[name]
+    return 0 if base == 0 else base + SERVICES.index(name)
+
+
+async def _keep_alive(children: list[Child], stop: asyncio.Event) -> None:
+    """Restart a dead service with exponential backoff (reset after a healthy minute)."""
+    due: dict[str, float] = {}
+    while not stop.is_set():
+        now = time.monotonic()
+        for c in children:
+            if c.proc is None or c.proc.poll() is None:
+                continue
+            if c.name not in due:
+                c.backoff = 0.5 if now - c.started > 60 else min(30.0, c.backoff * 2)
+                due[c.name] = now + c.backoff
+                print(f"chaosbus up: {c.name} exited ({c.proc.returncode}); restarting in {c.backoff:.1f}s",
+                      flush=True)
+            elif now >= due[c.name]:
+                del due[c.name]
+                c.restarts += 1
+                c.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
