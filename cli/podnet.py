@@ -7,7 +7,8 @@ Layout (defaults; every function takes explicit parameters so tests use their ow
 Netlink goes through pyroute2 only (no `ip` subprocess). pyroute2 0.9's sync `IPRoute` drives its
 own event loop and fails inside a running asyncio loop, so every public function here runs its
 netlink work on a helper thread when called from an event-loop thread; from `asyncio.to_thread`
-or plain threads it runs inline.
+or plain threads it runs inline. Work inside a pod netns runs on a short-lived thread that entered
+it (`chaosbus.common.netns.run_in_netns`): nothing forks, nothing else changes namespace.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def create_pod_network(
 
     Idempotent: an already complete pod network is returned as is. A partial one (an earlier
     crash) is removed and rebuilt, and a failure mid-way removes whatever this call made.
+    A process still inside a rebuilt netns keeps the old, now unreachable, namespace.
     The bridge is ensured with address `gateway` and the pod's prefix length.
 
     Raises:
@@ -251,7 +253,11 @@ def _delete_bridge_if_unused(bridge: str) -> bool:
 
 
 def spawn_in_netns(argv: Sequence[str], netns_name: str, **popen_kwargs: Any) -> subprocess.Popen[Any]:
-    """Start `argv` (no shell) inside a network namespace; the parent stays where it is.
+    """Start `argv` (no shell) inside a network namespace; the caller's threads stay where they are.
+
+    The fork happens on a short-lived thread that has entered the netns (a child inherits the
+    forking thread's namespaces), so no Python code runs between fork and exec: a `preexec_fn`
+    doing setns would, and that can deadlock in a multi-threaded process (subprocess docs).
 
     Args:
         argv: program and arguments.
@@ -264,15 +270,8 @@ def spawn_in_netns(argv: Sequence[str], netns_name: str, **popen_kwargs: Any) ->
     if isinstance(argv, (str, bytes)) or not argv:
         raise TypeError("argv must be a non-empty list of strings")
     for banned in ("shell", "preexec_fn"):
-        if popen_kwargs.get(banned):
+        if banned in popen_kwargs:
             raise TypeError(f"spawn_in_netns does not accept {banned}=")
-        popen_kwargs.pop(banned, None)
     path = netns_name if netns_name.startswith("/") else nsutil.netns_path(netns_name)
-    nsutil.preload()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # The fd is opened here so a missing netns fails in the parent with a clear error;
-        # the child only performs the setns syscall between fork and exec.
-        return subprocess.Popen(list(argv), preexec_fn=lambda: nsutil.setns_net(fd), **popen_kwargs)
-    finally:
-        os.close(fd)
+    popen: Callable[..., subprocess.Popen[Any]] = subprocess.Popen
+    return nsutil.run_in_netns(path, popen, list(argv), **popen_kwargs)

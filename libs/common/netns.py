@@ -28,7 +28,6 @@ _libc: ctypes.CDLL | None = None
 
 
 def _get_libc() -> ctypes.CDLL:
-    # Loaded once: a preexec_fn after fork must not have to dlopen anything.
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -39,11 +38,6 @@ def _check(rc: int, what: str, target: str) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what} failed: {os.strerror(err)}", target)
-
-
-def preload() -> None:
-    """Load libc now, so `setns_net` is safe to call in a forked child (no dlopen after fork)."""
-    _get_libc()
 
 
 def setns_net(target: str | int) -> None:

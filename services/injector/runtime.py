@@ -8,8 +8,10 @@ the target is gone, which faults treat as recovered.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
 
 KNOWN_RUNTIMES = ("containerd", "cri-o", "docker")
@@ -52,10 +54,34 @@ def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
         # pid 1 is the node's init: never a process pod, never a fault target.
         raise UnsupportedRuntime(f"process container id needs a pid > 1, got {container_id!r}")
     pid = int(ident)
+    proc_netns = f"/proc/{pid}/ns/net"
+    alive = procs.process_alive(pid)
     return ContainerHandle(
         container_id=container_id,
         pid=pid,
-        netns_path=f"/proc/{pid}/ns/net",
+        netns_path=(_named_netns(proc_netns) or proc_netns) if alive else proc_netns,
         mnt_ns_path=f"/proc/{pid}/ns/mnt",
-        alive=procs.process_alive(pid),
+        alive=alive,
     )
+
+
+def _named_netns(proc_netns: str) -> str | None:
+    """The /var/run/netns entry for the same namespace as `proc_netns`, if there is one.
+
+    A process pod's named netns is its sandbox: it outlives a restarted process, so faults
+    address it rather than the process (the Chaos Mesh #4827 lesson).
+    """
+    try:
+        want = os.stat(proc_netns)
+        names = os.listdir(NETNS_RUN_DIR)
+    except FileNotFoundError:
+        return None
+    for name in sorted(names):
+        path = os.path.join(NETNS_RUN_DIR, name)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return path
+    return None

@@ -1,4 +1,4 @@
-"""hello-world: run `ps aux` in the mount namespace of the target's first live container.
+"""hello-world: run `ps aux` (wide) in the mount namespace of the target's first live container.
 
 A harmless end-to-end check of the whole path (selection, command, runtime resolution, entering a
 target's namespace, result): the message names the target's own process line. Nothing to recover.
@@ -12,6 +12,7 @@ from chaosbus.injector.backends import procs
 from chaosbus.injector.faults import FaultContext, FaultError, register
 
 PS_TIMEOUT_S = 5.0
+MAX_LINE = 300  # of the target's own ps line; the full listing is never logged (argv may hold secrets)
 log = cblog.get("injector.hello-world")
 
 
@@ -23,14 +24,13 @@ class HelloWorld:
         if not live:
             raise FaultError("target gone: no live container to run ps in", retryable=False)
         pid = live[0].pid
-        rc, out, err = procs.run_in_mount_ns(pid, ["ps", "aux"], PS_TIMEOUT_S)
+        rc, out, err = procs.run_in_mount_ns(pid, ["ps", "auxww"], PS_TIMEOUT_S)
         if rc != 0:
             raise FaultError(f"ps aux in the mount ns of pid {pid} failed ({rc}): {err.strip()}")
         lines = out.splitlines()
         own = [line for line in lines[1:] if line.split(None, 2)[1:2] == [str(pid)]]
         log.info("hello world", pid=pid, processes=len(lines) - 1)
-        log.debug("hello world ps output", pid=pid, ps=out)
-        target = own[0] if own else f"(pid {pid} exited meanwhile)"
+        target = own[0][:MAX_LINE] if own else f"(pid {pid} exited meanwhile)"
         return (f"Hello world from {ctx.namespace}/{ctx.action.pod_name}: ps aux in the mount "
                 f"namespace of pid {pid} lists {len(lines) - 1} processes; the target: {target}")
 
