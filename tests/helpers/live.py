@@ -1,0 +1,159 @@
+"""A live local-mode system for end-to-end tests: `chaosbus up` (embedded nats-server and the
+four services as processes), four process pods serving HTTP, and probes run from inside pods.
+Skips with the reason when the machine cannot create network namespaces or nftables rules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaosbus.cli import leftovers
+from chaosbus.common import netns
+
+BRIDGE, SUBNET = "cbte2e0", "10.216.0.0/24"
+PEERS = 4
+
+
+def _unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, nftables)"
+    for tool in ("nft", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    return None
+
+
+@dataclass
+class Pod:
+    name: str
+    ip: str
+    netns_path: str
+    pid: int
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    state: Path
+    url: str
+    pods: list[Pod] = field(default_factory=list)
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "chaosbus.cli", *args], input=stdin, text=True,
+                              capture_output=True, env=self.env, timeout=60)
+        if check and done.returncode != 0:
+            raise AssertionError(f"chaosbus {' '.join(args)} -> {done.returncode}: {done.stdout}{done.stderr}")
+        return done
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        done = self.cli("get", kind, name, "-o", "json", check=False)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def pod(self, name: str) -> dict[str, Any]:
+        obj = self.get("pod", name)
+        assert obj is not None, name
+        return obj
+
+    def connects(self, src: int, dst: int, timeout: float = 0.3) -> bool:
+        return netns.run_in_netns(self.pods[src].netns_path, _connect, self.pods[dst].ip, 8080, timeout)
+
+    def blocked(self) -> set[tuple[int, int]]:
+        """Every ordered pair (i, j) where pod i cannot open a TCP connection to pod j."""
+        return {(i, j) for i in range(len(self.pods)) for j in range(len(self.pods))
+                if i != j and not self.connects(i, j)}
+
+    def service_log(self, name: str) -> str:
+        return (self.state / "logs" / f"{name}.log").read_text()
+
+
+def _connect(ip: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def eventually(check: Callable[[], Any], *, timeout: float = 8.0, interval: float = 0.1) -> Any:
+    """Poll until `check()` is truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    value = check()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = check()
+    assert value, f"condition not met within {timeout}s (last value {value!r})"
+    return value
+
+
+def wait_blocked(system: System, expected: set[tuple[int, int]], timeout: float = 8.0) -> None:
+    last: list[set[tuple[int, int]]] = []
+
+    def matches() -> bool:
+        last[:] = [system.blocked()]
+        return last[0] == expected
+
+    deadline = time.monotonic() + timeout
+    while not matches():
+        assert time.monotonic() < deadline, f"blocked pairs {sorted(last[0])}, expected {sorted(expected)}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("chaosbus-state")
+    env = {**os.environ, "CHAOSBUS_STATE_DIR": str(state), "CHAOSBUS_NODE": "node-e2e"}
+    env.pop("CHAOSBUS_NATS_URL", None)
+    up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url_file = state / "nats.url"
+        eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=15)
+        sysm = System(env=env, state=state, url=url_file.read_text().strip())
+        eventually(lambda: all("ready" in _read(state / "logs" / f"{s}.log")
+                               for s in ("scheduler", "recorder", "injector")), timeout=15)
+        for i in range(PEERS):
+            group = "a" if i % 2 == 0 else "b"
+            sysm.cli("pod", "run", "--name", f"peer-{i}", "-l", f"app=peer,group={group},index={i}",
+                     "--bridge", BRIDGE, "--subnet", SUBNET, "--", sys.executable, "-m", "chaosbus.cli.demoapp",
+                     "serve", "--name", f"peer-{i}")
+            sysm.pods.append(_pod(sysm, f"peer-{i}"))
+        eventually(lambda: not sysm.blocked(), timeout=10)
+        yield sysm
+        sysm.cli("pod", "rm", "--all", check=False)
+    finally:
+        up.terminate()
+        try:
+            up.wait(20)
+        except subprocess.TimeoutExpired:
+            up.kill()
+    left = leftovers.scan(bridge=BRIDGE)
+    assert not left, f"left behind: {left}"
+
+
+def _pod(system: System, name: str) -> Pod:
+    obj = system.pod(name)
+    path = netns.netns_path(obj["metadata"]["annotations"]["chaosbus.io/netns"])
+    pid = int(obj["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+    return Pod(name=name, ip=obj["status"]["podIP"], netns_path=path, pid=pid)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
