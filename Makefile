@@ -22,8 +22,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	bash scripts/typecheck.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

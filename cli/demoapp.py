@@ -29,7 +29,7 @@ def serve(name: str, port: int) -> None:
 def probe_once(url: str, timeout: float) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
+            return bool(r.status == 200)
     except (TimeoutError, OSError):
         return False
 

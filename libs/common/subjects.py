@@ -41,7 +41,7 @@ OBJECTS = Stream(
     subjects=("chaos.obj.>",),
     message=m.ObjectEvent,
     owner="watcher",
-    consumers=("scheduler", "recorder"),
+    consumers=("scheduler (ordered replay)", "recorder (ordered replay)"),
     max_msgs_per_subject=1,
     purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
 )
@@ -84,8 +84,8 @@ OBJECT_STORE = Bucket(
 )
 TARGETS = Bucket(
     name="targets",
-    keys="pod.<namespace>.<name> | namespace.<name> | node.<name>",
-    message="messages.TargetPod | TargetNamespace | TargetNode",
+    keys="pod.<namespace>.<name>, namespace.<name>, node.<name>",
+    message="TargetPod, TargetNamespace, TargetNode",
     owners=("watcher",),
     readers=("scheduler",),
     purpose="the projection of pods, namespaces and nodes that selection needs",
@@ -142,3 +142,15 @@ def target_namespace_key(name: str) -> str:
 
 def target_node_key(name: str) -> str:
     return f"node.{name}"
+
+
+def markdown_table() -> str:
+    """The subject table as Markdown, for docs/architecture.md (a contract test keeps them equal)."""
+    rows = ["| what | name | subjects / keys | message | written by | read by |", "|---|---|---|---|---|---|"]
+    for s in STREAMS:
+        rows.append(f"| stream | `{s.name}` | `{'`, `'.join(s.subjects)}` | `{s.message.__name__}` | {s.owner} | "
+                    f"{', '.join(f'`{c}`' for c in s.consumers)} |")
+    for b in BUCKETS:
+        rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(b.owners)} | "
+                    f"{', '.join(b.readers) or '-'} |")
+    return "\n".join(rows)
