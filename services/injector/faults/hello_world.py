@@ -1,7 +1,8 @@
 """hello-world: run `ps aux` (wide) in the mount namespace of the target's first live container.
 
 A harmless end-to-end check of the whole path (selection, command, runtime resolution, entering a
-target's namespace, result): the message names the target's own process line. Nothing to recover.
+target's namespace, result): the listing is logged by the injector and the status message names
+the target's own process line (other processes' arguments stay out of status). Nothing to recover.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from chaosbus.injector.backends import procs
 from chaosbus.injector.faults import FaultContext, FaultError, register
 
 PS_TIMEOUT_S = 5.0
-MAX_LINE = 300  # of the target's own ps line; the full listing is never logged (argv may hold secrets)
+MAX_LINE = 300  # of the target's own ps line, as returned into status
+MAX_LOG_LINES = 200  # the listing goes to the injector's log, as the Chaos Mesh tutorial's kind does
 log = cblog.get("injector.hello-world")
 
 
@@ -29,7 +31,7 @@ class HelloWorld:
             raise FaultError(f"ps aux in the mount ns of pid {pid} failed ({rc}): {err.strip()}")
         lines = out.splitlines()
         own = [line for line in lines[1:] if line.split(None, 2)[1:2] == [str(pid)]]
-        log.info("hello world", pid=pid, processes=len(lines) - 1)
+        log.info("hello world", pid=pid, processes=len(lines) - 1, ps_aux=lines[:MAX_LOG_LINES])
         target = own[0][:MAX_LINE] if own else f"(pid {pid} exited meanwhile)"
         return (f"Hello world from {ctx.namespace}/{ctx.action.pod_name}: ps aux in the mount "
                 f"namespace of pid {pid} lists {len(lines) - 1} processes; the target: {target}")
