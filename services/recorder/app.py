@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import OrderedDict
 
 import msgspec
 
@@ -20,12 +21,15 @@ from chaosbus.recorder import core
 from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
+SEEN_COMMANDS = 10_000
 
 
 class Recorder:
     def __init__(self, store: ObjectStore, metrics: RecorderMetrics, *, max_events: int) -> None:
         self.store, self.metrics, self.max_events = store, metrics, max_events
         self.latest: dict[str, m.ExperimentDecision] = {}
+        # A redelivered batch (ack lost) must not count twice; JetStream dedup covers publishes only.
+        self.seen_commands: OrderedDict[str, None] = OrderedDict()
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         if event.type == "DELETED":
@@ -57,6 +61,11 @@ class Recorder:
                                                    object=msgspec.Raw(msgspec.json.encode(obj))))
 
     async def on_results(self, batch: m.ResultBatch) -> None:
+        if batch.command_id in self.seen_commands:
+            return
+        self.seen_commands[batch.command_id] = None
+        while len(self.seen_commands) > SEEN_COMMANDS:
+            self.seen_commands.popitem(last=False)
         now = now_rfc3339()
         for r in batch.results:
             self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()

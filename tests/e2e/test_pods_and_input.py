@@ -85,6 +85,7 @@ def test_hello_world_runs_ps_in_the_target_and_records_it(system: System) -> Non
     recs = eventually(lambda: [r for r in records(system, "helloworldchaos", "hello") if r["phase"] == "Injected"])
     message = recs[0]["events"][-1]["message"]  # type: ignore[index]
     assert "Hello world from default/peer-0" in message and "demoapp serve --name peer-0" in message
+    assert '"ps_aux": ["USER' in system.service_log("injector")  # the listing itself is logged
     system.cli("delete", "helloworldchaos", "hello")
     assert system.get("helloworldchaos", "hello") is None
 
