@@ -63,9 +63,6 @@ class Recorder:
     async def on_results(self, batch: m.ResultBatch) -> None:
         if batch.command_id in self.seen_commands:
             return
-        self.seen_commands[batch.command_id] = None
-        while len(self.seen_commands) > SEEN_COMMANDS:
-            self.seen_commands.popitem(last=False)
         now = now_rfc3339()
         for r in batch.results:
             self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
@@ -74,6 +71,9 @@ class Recorder:
         if await self._mutate(batch.kind, batch.namespace, batch.name,
                               lambda o: core.on_results(o, batch, now=now, max_events=self.max_events)):
             self.metrics.writes.labels(batch.kind, "results").inc()
+        self.seen_commands[batch.command_id] = None  # only once written: a failed write is redelivered
+        while len(self.seen_commands) > SEEN_COMMANDS:
+            self.seen_commands.popitem(last=False)
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         changed = False

@@ -155,7 +155,10 @@ class SchedulerCore:
                     times.append(t.inflight_at + INFLIGHT_TIMEOUT_S)
                 elif t.retry_at > now:
                     times.append(t.retry_at)
-        return min(times) if times else None
+        # Only future times: a deadline already handled (a selection retry while paused, an in-flight
+        # op whose timeout passed with nothing to re-send) would otherwise make the caller spin.
+        future = [t for t in times if t > now]
+        return min(future) if future else None
 
     # --- reconcile ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 import pytest
+
 from chaosbus.common.crd.status import ChaosStatus, ExperimentStatus, Record, RecordEvent
 from chaosbus.common.messages import ExperimentDecision, RecordRef, ResultBatch, TargetResult
 from chaosbus.recorder.status import (

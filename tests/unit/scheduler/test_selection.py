@@ -7,6 +7,9 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from chaosbus.common.crd.selectors import (
     FIELD_SELECTOR_KEYS,
     MODES,
@@ -26,8 +29,6 @@ from chaosbus.scheduler.selection import (
     pod_record_id,
     select_pods,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 ALL_NS = ["default", "prod", "kube-system"]
 
