@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from chaosbus.common import bus as busmod
 from chaosbus.common import config
 from chaosbus.common import logging as cblog
+from chaosbus.common import metrics as cbmetrics
 
 
 def parser(service: str, description: str, *, metrics_port: int) -> argparse.ArgumentParser:
@@ -59,6 +63,19 @@ async def run_forever(*coros: Awaitable[None]) -> None:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+
+
+@contextlib.asynccontextmanager
+async def connected(args: argparse.Namespace, name: str,
+                    registry: CollectorRegistry) -> AsyncIterator[tuple[busmod.Bus, int]]:
+    """A service's common start: /metrics served, NATS connected, streams and buckets declared."""
+    port = cbmetrics.serve(registry, args.metrics_port, args.metrics_addr)
+    bus = await busmod.connect(args.nats, name)
+    try:
+        await bus.ensure()
+        yield bus, port
+    finally:
+        await bus.close()
 
 
 def argv_or_none(argv: Sequence[str] | None) -> list[str] | None:

@@ -9,10 +9,9 @@ import asyncio
 import time
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, subjects
+from chaosbus.common import config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import core
 from chaosbus.injector.metrics import InjectorMetrics
 
@@ -48,14 +47,9 @@ class Injector:
 
 async def main(args: argparse.Namespace) -> None:
     metrics = InjectorMetrics()
-    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
     node = config.node_name(args.node)
-    bus = await busmod.connect(args.nats, f"chaosbus-injector-{node}")
-    try:
-        await bus.ensure()
+    async with service.connected(args, f"chaosbus-injector-{node}", metrics.registry) as (bus, port):
         inj = Injector(bus, node, metrics)
         log.info("injector ready", node=node, nats=args.nats, metrics_port=port)
         await bus.consume(subjects.COMMANDS, subjects.injector_consumer(node), subjects.command_subject(node),
                           inj.on_command, m.NodeCommand, batch=16)
-    finally:
-        await bus.close()

@@ -10,10 +10,8 @@ from collections import OrderedDict
 
 import msgspec
 
-from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import metrics as cbmetrics
 from chaosbus.common import service, subjects
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
@@ -93,10 +91,7 @@ class Recorder:
 
 async def main(args: argparse.Namespace) -> None:
     metrics = RecorderMetrics()
-    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
-    bus = await busmod.connect(args.nats, "chaosbus-recorder")
-    try:
-        await bus.ensure()
+    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
         store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
         rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
         log.info("recorder ready", nats=args.nats, metrics_port=port)
@@ -106,6 +101,3 @@ async def main(args: argparse.Namespace) -> None:
                         m.ExperimentDecision),
             bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
         )
-    finally:
-        await bus.close()
-

@@ -15,7 +15,6 @@ import msgspec
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import metrics as cbmetrics
 from chaosbus.common import service, subjects
 from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.metrics import SchedulerMetrics
@@ -91,10 +90,7 @@ class Scheduler:
 
 async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
-    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
-    bus = await busmod.connect(args.nats, "chaosbus-scheduler")
-    try:
-        await bus.ensure()
+    async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
         sched = Scheduler(bus, SchedulerCore(SelectionConfig()), metrics)
         ready = asyncio.Event()
         targets = asyncio.ensure_future(sched.follow_targets(ready))
@@ -107,5 +103,3 @@ async def main(args: argparse.Namespace) -> None:
                         m.ResultBatch),
             sched.timers(),
         )
-    finally:
-        await bus.close()

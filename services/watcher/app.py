@@ -11,8 +11,7 @@ from nats.js.kv import KeyValue
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
-from chaosbus.common import metrics as cbmetrics
-from chaosbus.common import subjects
+from chaosbus.common import service, subjects
 from chaosbus.watcher.core import Outputs, WatcherCore
 from chaosbus.watcher.metrics import WatcherMetrics
 
@@ -22,14 +21,9 @@ _DELETE_OPS = ("DEL", "PURGE")
 
 async def main(args: argparse.Namespace) -> None:
     metrics = WatcherMetrics()
-    port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
-    bus = await busmod.connect(args.nats, "chaosbus-watcher")
-    try:
-        await bus.ensure()
+    async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
         log.info("watching local object store", nats=args.nats, metrics_port=port)
         await watch_objects(bus, WatcherCore(), metrics)
-    finally:
-        await bus.close()
 
 
 async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics) -> None:
