@@ -122,13 +122,17 @@ class Bus:
         """
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
         psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
+        me = asyncio.current_task()
         while True:
             try:
                 msgs = await psub.fetch(batch, timeout=1.0)
-            except TimeoutError:
-                continue
-            except nats.errors.TimeoutError:
-                continue
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
+            # arrives together with a message; honour it here, or a service's shutdown hangs forever.
+            # Messages fetched meanwhile stay unacked and are redelivered after ack_wait.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             for msg in msgs:
                 await self._handle(msg, handler, kind)
 

@@ -59,7 +59,7 @@ class ObjectStore:
 
     async def list(self, kind: str | None = None, namespace: str | None = None) -> list[Obj]:
         """Current objects, optionally of one kind and namespace, in key order (one KV watch)."""
-        pattern = ">" if not kind else (f"{kind}.{namespace}.>" if namespace else f"{kind}.>")
+        pattern = f"{kind or '*'}.{namespace}.>" if namespace else (f"{kind}.>" if kind else ">")
         watcher = await self.kv.watch(pattern, ignore_deletes=True)
         found: dict[str, Obj] = {}
         try:

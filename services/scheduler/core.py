@@ -94,7 +94,9 @@ class SchedulerCore:
     def on_target(self, key: str, value: m.Message | None) -> None:
         kind, _, rest = key.partition(".")
         tables: dict[str, dict[str, Any]] = {"pod": self.pods, "namespace": self.namespaces, "node": self.nodes}
-        table = tables[kind]
+        table = tables.get(kind)
+        if table is None:  # a projection this scheduler does not know (a newer watcher's): ignore it
+            return
         name = rest.replace(".", "/", 1) if kind == "pod" else rest
         if value is None:
             table.pop(name, None)
