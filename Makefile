@@ -5,7 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint typecheck bench clean
 
-$(STAMP): pyproject.toml scripts/install-system-deps.sh
+# Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
+PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
+
+$(STAMP): pyproject.toml scripts/install-system-deps.sh $(PACKAGES)
 	bash scripts/install-system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -111,11 +111,21 @@ class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
     rules: list[PartitionRule] = []
 
 
+class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
+    """NetworkChaos traffic shaping (netem family, bandwidth): not executed by this release's
+    injector, which reports it per target; carried so a shaping experiment is never mistaken for
+    a partition.
+    """
+
+    action: str = ""
+    device: str = ""
+
+
 class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | HelloWorld
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld
 
 
 # --- scheduler -> injector: one batched command per node --------------------------------------

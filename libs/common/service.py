@@ -60,9 +60,8 @@ async def run_forever(*coros: Awaitable[None]) -> None:
     finally:
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        # Bounded: a nats-py call may swallow a cancel, and shutdown must not hang on it.
+        await asyncio.wait(tasks, timeout=5.0)
 
 
 @contextlib.asynccontextmanager

@@ -82,8 +82,11 @@ class Scheduler:
                 self.metrics.experiments.labels(kind, phase).set(n)
             nxt = self.core.next_wakeup(time.time())
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
+            if delay <= 0:
+                await asyncio.sleep(0)  # never spin without yielding, whatever the core answers
+                continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay) if delay > 0 else None
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
 

@@ -39,6 +39,7 @@ class TargetState:
     retry_at: float = 0.0
     attempts: int = 0
     permanent_error: str = ""
+    uncertain: bool = False  # an op's result never came: the kernel may or may not have it
 
     @property
     def key(self) -> tuple[str, str]:
@@ -130,6 +131,7 @@ class SchedulerCore:
             if t is None or t.inflight != r.op:
                 continue
             t.inflight = None
+            t.uncertain = False
             if r.ok:
                 t.phase, t.attempts, t.permanent_error = (INJECTED if r.op == "apply" else NOT_INJECTED), 0, ""
             else:
@@ -183,7 +185,8 @@ class SchedulerCore:
         if exp.last_decision is None or _differs(exp.last_decision, decision):
             exp.last_decision = decision
             out.decisions.append(decision)
-        if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight for t in exp.targets or []):
+        if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight and not t.uncertain
+                            for t in exp.targets or []):
             del self.experiments[exp.uid]
         return out
 
@@ -220,13 +223,27 @@ class SchedulerCore:
         for t in exp.targets:
             if t.inflight and now - t.inflight_at < INFLIGHT_TIMEOUT_S:
                 continue
-            if t.phase == want or now < t.retry_at or (t.permanent_error and want == INJECTED):
+            if t.inflight:
+                t.uncertain = True  # its result was lost, not necessarily its effect: re-send what is wanted
+            t.inflight = None
+            if (t.phase == want and not t.uncertain) or now < t.retry_at or (
+                    t.permanent_error and want == INJECTED):
                 continue
             op = "apply" if want == INJECTED else "recover"
+            nodes = [t.target.pod.node] if t.target.pod.node else self._all_nodes()
+            if not nodes:
+                continue
             t.inflight, t.inflight_at = op, now
-            by_node.setdefault(t.target.pod.node, []).append(self._action(exp, t, op, everyone))
+            for node in nodes:
+                by_node.setdefault(node, []).append(self._action(exp, t, op, everyone))
         end = ph.stop_time(exp.created_at, exp.duration())
         return [self._command(exp, node, actions, now, end) for node, actions in sorted(by_node.items())]
+
+    def _all_nodes(self) -> list[str]:
+        """Where to send a recover whose pod (and so node) is no longer known: every node. Each
+        injector finds the target gone or recovers it; recover is idempotent.
+        """
+        return sorted(set(self.nodes) | {p.node for p in self.pods.values() if p.node})
 
     def _action(self, exp: Experiment, t: TargetState, op: str, everyone: list[plan.Selected]) -> m.TargetAction:
         s = t.target

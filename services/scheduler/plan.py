@@ -63,6 +63,9 @@ def fault_for(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m
             return m.ContainerKill(container_names=names)
         return m.PodFailure()
     if isinstance(spec, NetworkChaosSpec):
+        if spec.action != "partition":
+            return m.Shaping(action=spec.action, device=spec.device if target.selector_key == MAIN else
+                             spec.target_device)
         return partition_for(spec, target, everyone)
     return m.HelloWorld(container_names=[target.container.name] if target.container else [])
 

@@ -495,8 +495,6 @@ def test_resume_container_records_keep_their_container() -> None:
     assert (action.op, action.container_ids) == ("recover", ["process://side-0-proxy"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a resumed record whose pod is gone gets a TargetPod with node '', "
-                   "so its recover goes to chaos.cmd._ where no injector listens and deletion never completes")
 def test_resumed_record_of_a_vanished_pod_is_never_sent_to_no_node() -> None:
     obj = chaos(deleting=True, status=status(("default/web-0", "Injected")))
     _, out = started(obj, WEB1)
@@ -559,3 +557,20 @@ def test_next_wakeup_is_never_in_the_past(scenario: Any) -> None:
     core.tick(now)
     wake = core.next_wakeup(now)
     assert wake is None or wake > now
+
+
+def test_a_lost_apply_result_does_not_keep_a_deleted_experiment_forever() -> None:
+    core, out = started()
+    assert out.commands  # applies sent; their results never come
+    core.on_object(event(chaos(), "DELETED"), T0 + 1)
+    out = core.tick(T0 + INFLIGHT_TIMEOUT_S + 1)
+    assert sorted(ops(out)) == [("n1", "recover", "default/web-0"), ("n2", "recover", "default/web-1")]
+    feed(core, results(out.commands), T0 + INFLIGHT_TIMEOUT_S + 2)
+    core.tick(T0 + INFLIGHT_TIMEOUT_S + 3)
+    assert UID not in core.experiments
+
+
+def test_recover_of_a_vanished_pod_goes_to_every_known_node() -> None:
+    obj = chaos(deleting=True, status=status(("default/gone-0", "Injected")))
+    _, out = started(obj, WEB0, WEB1)
+    assert sorted(node for node, op, target in ops(out) if target == "default/gone-0") == ["n1", "n2"]
