@@ -20,7 +20,8 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, resolve: Resolver 
     reg = faults.REGISTRY if registry is None else registry
     fault = reg.get(str(tag))
     if fault is None:
-        return _result(action, False, f"fault {tag} is not supported by this injector", retryable=False)
+        what = f"{tag} ({action.fault.action})" if isinstance(action.fault, m.Shaping) else str(tag)
+        return _result(action, False, f"fault {what} is not supported by this injector yet", retryable=False)
     try:
         containers = [resolve(cid) for cid in action.container_ids]
     except runtime.UnsupportedRuntime as e:

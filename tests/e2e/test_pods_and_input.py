@@ -118,6 +118,22 @@ def test_unknown_resource_type_and_missing_object_are_clear_errors(system: Syste
     assert done.returncode == 1 and 'networkchaos "nope" not found' in done.stderr
 
 
+def test_an_action_the_injector_cannot_do_is_a_failure_never_injected(system: System) -> None:
+    system.cli("apply", "-f", "-", stdin=chaos("NetworkChaos", "slow", {
+        "action": "delay", "mode": "all", "delay": {"latency": "100ms"},
+        "selector": {"fieldSelectors": {"metadata.name": "peer-0"}}}))
+
+    def failed() -> list[dict[str, object]]:
+        return [r for r in records(system, "networkchaos", "slow")
+                if (r.get("events") or [{}])[-1].get("type") == "Failed"]  # type: ignore[union-attr]
+
+    [rec] = eventually(failed)
+    assert rec["phase"] == "Not Injected" and rec["injectedCount"] == 0
+    assert "network-shaping (delay) is not supported" in rec["events"][-1]["message"]  # type: ignore[index]
+    assert system.blocked() == set()  # and it did not turn into a partition
+    system.cli("delete", "networkchaos", "slow")
+
+
 def test_selector_matching_nothing_is_reported_in_status(system: System) -> None:
     system.cli("apply", "-f", "-", stdin=chaos("NetworkChaos", "nobody", {
         "action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "nothing-here"}}}))
