@@ -18,6 +18,7 @@ from nats.js.kv import KeyValue
 
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages, subjects
+from chaosbus.common.errors import RetryLater
 
 M = TypeVar("M", bound=messages.Message)
 log = cblog.get("bus")
@@ -147,6 +148,10 @@ class Bus:
             await handler(decoded)
         except asyncio.CancelledError:
             raise
+        except RetryLater as e:
+            log.info("not yet; will be redelivered", subject=msg.subject, reason=str(e))
+            await msg.nak(delay=0.2)
+            return
         except Exception as e:  # a handler bug must not kill the consumer loop
             log.exception("handler failed; will be redelivered", subject=msg.subject, error=str(e))
             await msg.nak(delay=1.0)

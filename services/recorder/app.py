@@ -20,6 +20,7 @@ from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
 SEEN_COMMANDS = 10_000
+EARLY_RESULT_TRIES = 100  # about 20 s of redeliveries (nak delay 0.2 s)
 
 
 class Recorder:
@@ -28,6 +29,7 @@ class Recorder:
         self.latest: dict[str, m.ExperimentDecision] = {}
         # A redelivered batch (ack lost) must not count twice; JetStream dedup covers publishes only.
         self.seen_commands: OrderedDict[str, None] = OrderedDict()
+        self.early: dict[str, int] = {}  # command id -> deliveries that came before their records
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         if event.type == "DELETED":
@@ -66,9 +68,20 @@ class Recorder:
             self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
             if not r.ok:
                 log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op, error=r.message)
-        if await self._mutate(batch.kind, batch.namespace, batch.name,
-                              lambda o: core.on_results(o, batch, now=now, max_events=self.max_events)):
-            self.metrics.writes.labels(batch.kind, "results").inc()
+        decision = self.latest.get(batch.experiment_uid)
+        try:
+            if await self._mutate(batch.kind, batch.namespace, batch.name, lambda o: core.on_results(
+                    o, batch, now=now, max_events=self.max_events, decision=decision)):
+                self.metrics.writes.labels(batch.kind, "results").inc()
+            self.early.pop(batch.command_id, None)
+        except core.RecordsNotYetKnown:
+            tries = self.early[batch.command_id] = self.early.get(batch.command_id, 0) + 1
+            if tries < EARLY_RESULT_TRIES:
+                raise  # nak: redelivered once the decision with its records has been written
+            self.early.pop(batch.command_id, None)
+            self.metrics.errors.labels("results_without_records").inc()
+            log.error("results for records that never appeared; dropped", command=batch.command_id,
+                      experiment=batch.name)
         self.seen_commands[batch.command_id] = None  # only once written: a failed write is redelivered
         while len(self.seen_commands) > SEEN_COMMANDS:
             self.seen_commands.popitem(last=False)

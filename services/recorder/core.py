@@ -17,6 +17,7 @@ from chaosbus.common.crd.meta import (
     RECORDS_FINALIZER,
 )
 from chaosbus.common.crd.status import ChaosStatus, Condition
+from chaosbus.common.errors import RetryLater
 from chaosbus.recorder import status as st
 
 Obj = dict[str, Any]
@@ -61,12 +62,32 @@ def on_decision(obj: Obj, decision: m.ExperimentDecision) -> Obj | None:
     return _write(obj, status, decision.selection_error if not decision.records else "")
 
 
-def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int) -> Obj | None:
+class RecordsNotYetKnown(RetryLater):
+    """Results arrived before the decision that creates their records (they travel on different
+    streams); the batch must be retried, not dropped.
+    """
+
+
+def has_records_for(obj: Obj, batch: m.ResultBatch) -> bool:
+    status = read_status(obj)
+    records = status.experiment.container_records if status else None
+    known = {(r.id, r.selector_key) for r in records or []}
+    return all((r.target_id, r.selector_key) in known for r in batch.results)
+
+
+def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int,
+               decision: m.ExperimentDecision | None = None) -> Obj | None:
+    """Fold a result batch into status, first applying `decision` (the latest for this experiment)
+    if the records it creates are not stored yet. Raises RecordsNotYetKnown if they still are not.
+    """
     if _meta(obj).get("uid") != batch.experiment_uid:
         return None
+    if not has_records_for(obj, batch) and decision is not None:
+        obj = on_decision(obj, decision) or obj
+    if not has_records_for(obj, batch):
+        raise RecordsNotYetKnown(f"{batch.namespace}/{batch.name}: no records yet for command {batch.command_id}")
     status = read_status(obj)
-    if status is None:
-        return None
+    assert status is not None
     return _write(obj, st.apply_results(status, batch, now=now, max_events=max_events))
 
 

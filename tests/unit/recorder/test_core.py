@@ -192,12 +192,22 @@ def test_results_for_another_uid_are_ignored() -> None:
                            max_events=10) is None
 
 
-def test_results_before_any_status_are_ignored() -> None:
-    assert core.on_results(obj(), batch(("ns/a", "apply", True)), now=NOW, max_events=10) is None
+def test_results_before_their_decision_are_retried_not_dropped() -> None:
+    with pytest.raises(core.RecordsNotYetKnown):
+        core.on_results(obj(), batch(("ns/a", "apply", True)), now=NOW, max_events=10)
 
 
-def test_results_for_unknown_records_change_nothing() -> None:
-    assert core.on_results(decided("ns/a"), batch(("ns/zzz", "apply", True)), now=NOW, max_events=10) is None
+def test_results_before_the_stored_decision_apply_the_known_decision_first() -> None:
+    out = core.on_results(obj(), batch(("ns/a", "apply", True)), now=NOW, max_events=10,
+                          decision=decision(["ns/a", "ns/b"]))
+    assert out is not None
+    assert [(r["id"], r["phase"], r["injectedCount"]) for r in records(out)] == [
+        ("ns/a", "Injected", 1), ("ns/b", "Not Injected", 0)]
+
+
+def test_results_for_unknown_records_are_retried_not_silently_dropped() -> None:
+    with pytest.raises(core.RecordsNotYetKnown):
+        core.on_results(decided("ns/a"), batch(("ns/zzz", "apply", True)), now=NOW, max_events=10)
 
 
 # --- finalizer -----------------------------------------------------------------------------------
