@@ -34,7 +34,9 @@ async def bus(nats_server: natsserver.EmbeddedServer) -> AsyncIterator[busmod.Bu
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.geteuid() != 0:
+    # CHAOSBUS_SKIP_LEFTOVER_GUARD=1 when several test runs share a machine: each would see the
+    # others' pods. CI runs alone and never sets it.
+    if os.geteuid() != 0 or os.environ.get("CHAOSBUS_SKIP_LEFTOVER_GUARD") == "1":
         return
     from chaosbus.cli import leftovers
 

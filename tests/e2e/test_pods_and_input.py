@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import urllib.request
 
 import psutil
 import pytest
 import yaml
-from helpers.live import System, eventually, wait_blocked
+from helpers.live import BRIDGE, SUBNET, System, eventually, wait_blocked
 
 from chaosbus.common import bus as busmod
 
@@ -180,3 +181,15 @@ def test_every_service_serves_its_metrics(system: System) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=5) as r:
             body = r.read().decode()
         assert metric in body, f"{service} /metrics lacks {metric}"
+
+
+@pytest.mark.parametrize(("code", "phase"), [(0, "Succeeded"), (3, "Failed")])
+def test_restart_never_pod_ends_with_its_exit_code(system: System, code: int, phase: str) -> None:
+    name = f"once-{code}"
+    system.cli("pod", "run", "--name", name, "--restart", "Never", "--bridge", BRIDGE, "--subnet", SUBNET, "--",
+               sys.executable, "-c", f"import time, sys; time.sleep(0.5); sys.exit({code})")
+    eventually(lambda: system.pod(name)["status"]["phase"] == phase, timeout=10)
+    cs = system.pod(name)["status"]["containerStatuses"][0]
+    assert cs["restartCount"] == 0 and cs["lastState"]["terminated"]["exitCode"] == code
+    system.cli("pod", "rm", name)
+    assert system.get("pod", name) is None

@@ -22,7 +22,8 @@ import pytest
 from chaosbus.cli import leftovers
 from chaosbus.common import netns
 
-BRIDGE, SUBNET = "cbte2e0", "10.216.0.0/24"
+# Per-run names, so two test runs on one machine (developers in parallel) never share a bridge.
+BRIDGE, SUBNET = f"cbte{os.getpid() % 10000}", f"10.216.{os.getpid() % 250}.0/24"
 PEERS = 4
 
 
