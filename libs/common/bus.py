@@ -138,10 +138,8 @@ class Bus:
                 await self._handle(msg, handler, kind)
 
     async def _handle(self, msg: Msg, handler: Callable[[M], Awaitable[None]], kind: type[M]) -> None:
-        try:
-            decoded = decode(msg.data, kind)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            log.error("malformed message dropped", subject=msg.subject, error=str(e))
+        decoded = _decode_or_log(msg, kind)
+        if decoded is None:
             await msg.term()
             return
         try:
@@ -171,14 +169,31 @@ class Bus:
                                 deliver_policy=api.DeliverPolicy.ALL)
         while True:
             msg = await queue.get()
-            try:
-                decoded = decode(msg.data, kind)
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                log.error("malformed message skipped", subject=msg.subject, error=str(e))
-                continue
-            try:
-                await handler(decoded)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.exception("handler failed", subject=msg.subject, error=str(e))
+            decoded = _decode_or_log(msg, kind)
+            if decoded is not None:
+                await _with_retries(handler, decoded, msg.subject)
+
+
+def _decode_or_log(msg: Msg, kind: type[M]) -> M | None:
+    """The decoded message, or None (logged) for one that will never decode: never fatal."""
+    try:
+        return decode(msg.data, kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        log.error("malformed message dropped", subject=msg.subject, error=str(e))
+        return None
+
+
+async def _with_retries(handler: Callable[[M], Awaitable[None]], decoded: M, subject: str,
+                        attempts: int = 5) -> None:
+    """An ordered replay cannot nak: retry a failing handler briefly in place, then log and move on."""
+    for attempt in range(attempts):
+        try:
+            await handler(decoded)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if attempt == attempts - 1:
+                log.exception("handler failed; event skipped", subject=subject, error=str(e))
+                return
+            await asyncio.sleep(0.1 * 2**attempt)
