@@ -1,0 +1,54 @@
+"""Installs the chaos CRDs into the test API server: the generated ones in deploy/k8s/crds."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kube.client import KubeClient
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "crds"
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def crd_documents() -> list[dict[str, Any]]:
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
+    if docs:
+        return docs
+    from chaosbus.common.crd import CHAOS_KINDS
+
+    return [_open_crd(kind) for kind in CHAOS_KINDS]
+
+
+def _open_crd(kind: str) -> dict[str, Any]:
+    plural = kind.lower()
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.chaos-mesh.org"},
+            "spec": {"group": "chaos-mesh.org", "scope": "Namespaced",
+                     "names": {"kind": kind, "plural": plural, "singular": plural, "listKind": f"{kind}List"},
+                     "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def chaos_resources() -> list[str]:
+    return [d["spec"]["names"]["plural"] for d in crd_documents()]
+
+
+def install_crds(client: KubeClient) -> None:
+    """Create or replace every CRD, then wait until each serves its resource."""
+    for doc in crd_documents():
+        name = doc["metadata"]["name"]
+        current = client.get(f"{CRD_PATH}/{name}")
+        if current is None:
+            client.create(CRD_PATH, doc)
+        else:
+            doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+            client.request("PUT", f"{CRD_PATH}/{name}", doc)
+    for doc in crd_documents():
+        plural, deadline = doc["spec"]["names"]["plural"], time.monotonic() + 30
+        while client.get(f"/apis/chaos-mesh.org/v1alpha1/{plural}") is None:
+            assert time.monotonic() < deadline, f"CRD {plural} never became served"
+            time.sleep(0.2)
