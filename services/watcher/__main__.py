@@ -1,4 +1,4 @@
-"""Entry point: `python -m chaosbus.watcher`."""
+"""Entry point: `python -m chaosbus.watcher` (local object store) or `--kube` (the Kubernetes API)."""
 
 from chaosbus.common import service
 from chaosbus.watcher import app
@@ -6,7 +6,19 @@ from chaosbus.watcher import app
 
 def main(argv: list[str] | None = None) -> None:
     p = service.parser("watcher", "Object store -> object events and target projection", metrics_port=9101)
-    service.run("watcher", p.parse_args(argv), app.main)
+    p.add_argument("--kube", action="store_true", help="watch the Kubernetes API instead of the local store")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (implies --kube; default: in-cluster)")
+    p.add_argument("--target-namespace", default="",
+                   help="namespace-scoped mode: watch only this namespace (Chaos Mesh's TARGET_NAMESPACE)")
+    p.add_argument("--enable-filter-namespace", action="store_true",
+                   help="project only pods of namespaces annotated chaos-mesh.org/inject=enabled")
+    args = p.parse_args(argv)
+    if args.kube or args.kubeconfig:
+        from chaosbus.watcher import kube
+
+        service.run("watcher", args, kube.main)
+    else:
+        service.run("watcher", args, app.main)
 
 
 if __name__ == "__main__":

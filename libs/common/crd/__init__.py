@@ -4,6 +4,7 @@ from chaosbus.common.crd.errors import InvalidObject
 from chaosbus.common.crd.objects import (
     API_VERSION,
     CHAOS_KINDS,
+    WATCHED_KINDS,
     ChaosObject,
     decode_documents,
     decode_object,
@@ -15,6 +16,7 @@ __all__ = [
     "CHAOS_KINDS",
     "ChaosObject",
     "InvalidObject",
+    "WATCHED_KINDS",
     "decode_documents",
     "decode_object",
     "encode_object",

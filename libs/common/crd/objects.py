@@ -25,6 +25,10 @@ CHAOS_KINDS: dict[str, type[Spec]] = {
 }
 
 
+# Every chaos kind the watcher lists and watches in cluster mode.
+WATCHED_KINDS: tuple[str, ...] = tuple(CHAOS_KINDS)
+
+
 class ChaosObject(msgspec.Struct, kw_only=True):
     """A decoded, defaulted and validated experiment object."""
 

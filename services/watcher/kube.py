@@ -1,0 +1,230 @@
+"""The watcher's cluster edge: list + watch every chaos kind and Pods, Namespaces and Nodes through
+kubernetes-asyncio, feeding the same pure WatcherCore as local mode (so object events and the
+target projection are identical), through a Reflector (resume from resourceVersion, relist on
+410, nothing replayed) and the namespace scope. Only this module reads the Kubernetes API.
+
+Each resource has its own loop: list (paged), then watch from the list's resourceVersion with
+bookmarks; a stream that ends is re-opened from the last version seen; an ERROR event or HTTP 410
+means relist; connection errors (API server restart) back off and resume from the same version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import service, subjects
+from chaosbus.common.crd import API_VERSION, WATCHED_KINDS
+from chaosbus.watcher.app import emit
+from chaosbus.watcher.core import WatcherCore
+from chaosbus.watcher.metrics import WatcherMetrics
+from chaosbus.watcher.reflect import Reflector, Scope, ScopedCore
+
+log = cblog.get("watcher")
+WATCH_TIMEOUT_S = 290
+PAGE = 500
+GROUP, VERSION = API_VERSION.split("/")
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    plural: str
+    core: bool = False
+    namespaced: bool = True
+
+
+def resources() -> list[Resource]:
+    chaos = [Resource(kind, kind.lower()) for kind in WATCHED_KINDS]
+    return [*chaos, Resource("Pod", "pods", core=True),
+            Resource("Namespace", "namespaces", core=True, namespaced=False),
+            Resource("Node", "nodes", core=True, namespaced=False)]
+
+
+def scope_from(args: argparse.Namespace) -> Scope:
+    """Chaos Mesh's controller knobs, from flags or its environment variable names."""
+    cluster_scoped = os.environ.get("CLUSTER_SCOPED", "true").lower() != "false"
+    target = args.target_namespace or os.environ.get("TARGET_NAMESPACE", "")
+    if args.target_namespace:
+        cluster_scoped = False
+    enable_filter = args.enable_filter_namespace or os.environ.get("ENABLE_FILTER_NAMESPACE", "").lower() == "true"
+    if not cluster_scoped and not target:
+        raise SystemExit("CLUSTER_SCOPED=false needs TARGET_NAMESPACE (or --target-namespace)")
+    return Scope(cluster_scoped=cluster_scoped, target_namespace=target, enable_filter_namespace=enable_filter)
+
+
+async def api_client(kubeconfig: str | None) -> client.ApiClient:
+    """From --kubeconfig (or KUBECONFIG), else the in-cluster service account."""
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        return await config.new_client_from_config(config_file=path)
+    cfg = client.Configuration()
+    config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+def _list_fn(api: client.ApiClient, res: Resource, scope: Scope) -> Callable[..., Awaitable[Any]]:
+    ns = None if scope.cluster_scoped else scope.target_namespace
+    if not res.core:
+        co = client.CustomObjectsApi(api)
+        if ns is None:
+            return partial(co.list_cluster_custom_object, GROUP, VERSION, res.plural)
+        return partial(co.list_namespaced_custom_object, GROUP, VERSION, ns, res.plural)
+    core = client.CoreV1Api(api)
+    if res.kind == "Pod":
+        return core.list_pod_for_all_namespaces if ns is None else partial(core.list_namespaced_pod, ns)
+    if res.kind == "Namespace":
+        return core.list_namespace if ns is None else partial(core.list_namespace, field_selector=f"metadata.name={ns}")
+    return core.list_node
+
+
+class KubeWatcher:
+    def __init__(self, api: client.ApiClient, scope: Scope, core: ScopedCore,
+                 on_output: Callable[[Any], Awaitable[None]], metrics: WatcherMetrics) -> None:
+        self.api, self.scope, self.core, self.on_output, self.metrics = api, scope, core, on_output, metrics
+        self.synced: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()  # the core is shared by every resource loop
+
+    async def run(self) -> None:
+        await service.run_forever(*(self.reflect(res) for res in resources()))
+
+    async def _feed(self, changes: list[Any]) -> None:
+        async with self._lock:
+            for change in changes:
+                await self.on_output(self.core.apply(change))
+
+    async def reflect(self, res: Resource) -> None:
+        reflector = Reflector(res.kind)
+        synced = self.synced.setdefault(res.kind, asyncio.Event())
+        list_fn, version, backoff = _list_fn(self.api, res, self.scope), "", 0.2
+        while True:
+            try:
+                if not version:
+                    items, version = await self._list(list_fn)
+                    await self._feed(reflector.on_list(items, int(version or 0)))
+                    synced.set()
+                version = await self._watch(res, list_fn, reflector, version)
+                backoff = 0.2
+            except Expired:
+                log.info("resourceVersion expired; relisting", kind=res.kind)
+                self.metrics.errors.labels("watch_expired").inc()
+                version = ""
+            except (aiohttp.ClientError, OSError, TimeoutError, ApiException) as e:
+                if isinstance(e, ApiException) and e.status == 410:
+                    version = ""
+                    continue
+                if isinstance(e, ApiException) and e.status in (403, 404):
+                    log.warning("cannot list; retrying", kind=res.kind, status=e.status)
+                self.metrics.errors.labels("api_unreachable").inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _list(self, list_fn: Callable[..., Awaitable[Any]]) -> tuple[list[dict[str, Any]], str]:
+        items: list[dict[str, Any]] = []
+        token, version = "", ""
+        while True:
+            kwargs: dict[str, Any] = {"limit": PAGE, "_preload_content": False, "_request_timeout": (10, 60)}
+            if token:
+                kwargs["_continue"] = token
+            resp = await list_fn(**kwargs)
+            page = json.loads(await resp.read())
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            version = version or str(meta.get("resourceVersion", ""))
+            token = meta.get("continue") or ""
+            if not token:
+                return items, version
+
+    async def _watch(self, res: Resource, list_fn: Callable[..., Awaitable[Any]], reflector: Reflector,
+                     version: str) -> str:
+        resp = await list_fn(watch=True, resource_version=version, allow_watch_bookmarks=True,
+                             timeout_seconds=WATCH_TIMEOUT_S, _preload_content=False,
+                             _request_timeout=(10, WATCH_TIMEOUT_S + 30))
+        try:
+            async for event in _lines(resp):
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(str(obj.get("message")))
+                    log.warning("watch error event", kind=res.kind, status=obj)
+                    return version
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    change = reflector.on_event(str(kind), obj)
+                    if change is not None:
+                        await self._feed([change])
+                version = rv
+        finally:
+            resp.release()
+        return version
+
+
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410): relist."""
+
+
+async def _lines(resp: Any) -> AsyncIterator[dict[str, Any]]:
+    """Newline-delimited JSON events of a watch response, however long a line is."""
+    buf = b""
+    async for chunk in resp.content.iter_any():
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                yield json.loads(line)
+    if buf.strip():
+        yield json.loads(buf)
+
+
+async def main(args: argparse.Namespace) -> None:
+    metrics = WatcherMetrics()
+    scope = scope_from(args)
+    async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
+        targets = await bus.kv(subjects.TARGETS.name)
+        api = await api_client(args.kubeconfig)
+        async with api:
+            core = ScopedCore(WatcherCore(), scope)
+            watcher = KubeWatcher(api, scope, core, lambda out: emit(bus, targets, out, metrics), metrics)
+            log.info("watching the Kubernetes API", nats=args.nats, metrics_port=port,
+                     cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
+                     filter_namespaces=scope.enable_filter_namespace)
+            await service.run_forever(watcher.run(), prune_targets(watcher, bus))
+
+
+async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:
+    """Once Pods, Namespaces and Nodes are listed, drop projections of objects that vanished while
+    no watcher ran (the projection outlives the process)."""
+    for kind in ("Pod", "Namespace", "Node"):
+        await watcher.synced.setdefault(kind, asyncio.Event()).wait()
+    targets = await bus.kv(subjects.TARGETS.name)
+    try:
+        keys = await targets.keys()
+    except Exception:  # nats raises NoKeysError on an empty bucket
+        keys = []
+    live = {_target_key(obj) for obj in watcher.core.core.seen.values()}
+    for key in keys:
+        if key not in live:
+            await targets.delete(key)
+            log.info("pruned stale target", key=key)
+
+
+def _target_key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    kind, name = obj.get("kind"), str(meta.get("name", ""))
+    if kind == "Pod":
+        return subjects.target_pod_key(str(meta.get("namespace", "")), name)
+    if kind == "Namespace":
+        return subjects.target_namespace_key(name)
+    return subjects.target_node_key(name) if kind == "Node" else ""
