@@ -1,4 +1,5 @@
-"""The `chaosbus` command: kubectl-like verbs on the local object store, process pods, `up`, `demo`."""
+"""The `chaosbus` command: kubectl-like verbs on the local object store, process pods, `up`, `demo`,
+and the kill switch (`halt`, `resume`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chaosbus.cli import pods, render, resources
+from chaosbus.cli import control, pods, render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
 from chaosbus.common import config, subjects
-from chaosbus.common.crd import InvalidObject
+from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
 
 
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     prm.add_argument("--all", action="store_true")
     _ns(prm)
 
+    h = sub.add_parser("halt", help="kill switch: every injector recovers every fault and refuses new ones")
+    h.add_argument("--reason", default="", help="why (shown in every recovered fault's status)")
+    sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
+
     sub.add_parser("demo", help="run the end-to-end demo (root)")
     return p
 
@@ -107,8 +112,11 @@ async def dispatch(args: argparse.Namespace) -> int:
     if cmd == "apply":
         text = resources.read_source(args.filename)
         resources.prepare(text, args.namespace)  # validate before connecting: bad input never reaches NATS
-        lines = await with_store(url, lambda s, _b: resources.apply(s, text, args.namespace))
+        lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, text, args.namespace))
         print("\n".join(lines))
+    elif cmd in ("halt", "resume"):
+        print(await with_store(url, lambda _s, b: control.halt(b, args.reason) if cmd == "halt"
+                               else control.resume(b)))
     elif cmd == "get":
         kind = resources.kind_of(args.kind)
         scope = None if args.all_namespaces else ns
@@ -128,6 +136,13 @@ async def dispatch(args: argparse.Namespace) -> int:
     elif cmd == "pod":
         return await pod_command(args, url, ns)
     return 0
+
+
+async def _apply_unless_halted(store: ObjectStore, bus: busmod.Bus, text: str, namespace: str | None) -> list[str]:
+    state = await control.current(bus)
+    if state is not None and state.halted and any(o["kind"] in CHAOS_KINDS for o in resources.prepare(text, namespace)):
+        raise UsageError(control.halted_message(state))
+    return await resources.apply(store, text, namespace)
 
 
 async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:

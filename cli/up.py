@@ -1,12 +1,15 @@
 """`chaosbus up`: an embedded nats-server with JetStream and the four services as child
 processes, restarted with backoff when they die (as Kubernetes restarts a pod), stopped cleanly
-on Ctrl-C or SIGTERM.
+on Ctrl-C or SIGTERM. A nats-server that dies is restarted too, on the same port with the same
+store; the services whose JetStream watches do not survive a server restart (nats-py does not
+re-create ordered consumers) are restarted with it; the injector reconnects on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +22,7 @@ from chaosbus.common import config, natsserver, subjects
 from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
+RESTART_WITH_NATS = ("watcher", "scheduler", "recorder")
 METRICS_PORTS = {"watcher": 9101, "scheduler": 9102, "injector": 9103, "recorder": 9104}
 
 
@@ -53,9 +57,37 @@ class Child:
             self.proc.wait()
 
 
-def service_argv(name: str, url: str, metrics_port: int, node: str) -> list[str]:
+def service_argv(name: str, url: str, metrics_port: int, node: str, journal: Path | None = None) -> list[str]:
     argv = [sys.executable, "-m", f"chaosbus.{name}", "--nats", url, "--metrics-port", str(metrics_port)]
-    return argv + (["--node", node] if name == "injector" else [])
+    if name != "injector":
+        return argv
+    return argv + ["--node", node] + (["--journal", str(journal)] if journal else [])
+
+
+@dataclass
+class Nats:
+    """The embedded server, restarted on the same port and store when it dies."""
+
+    server: natsserver.EmbeddedServer
+    log: Path
+    restarts: int = 0
+    down_since: float | None = None
+
+    def check(self, now: float) -> bool:
+        """Restart a dead server (retrying every 0.5 s); True when it was just restarted."""
+        if self.server.process.poll() is None:
+            return False
+        if self.down_since is None:
+            self.down_since = now
+            print(f"chaosbus up: nats-server exited ({self.server.process.returncode}); restarting", flush=True)
+        try:
+            self.server = natsserver.start(self.server.store_dir, port=self.server.port, log_file=self.log)
+        except natsserver.ServerError as e:
+            print(f"chaosbus up: nats-server restart failed ({e}); retrying", flush=True)
+            return False
+        self.restarts += 1
+        self.down_since = None
+        return True
 
 
 async def register_node(url: str, node: str) -> None:
@@ -85,7 +117,9 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log")
-    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node),
+    nats = Nats(server, logs / "nats-server.log")
+    journal = None if os.environ.get("CHAOSBUS_JOURNAL") else state / "journal" / f"injector-{subjects.token(node)}.db"
+    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal),
                       logs / f"{name}.log") for name in SERVICES]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,13 +133,13 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
         print(f"chaosbus up: NATS at {server.url} (node {node}); logs in {logs}", flush=True)
         if not quiet:
             print("export CHAOSBUS_NATS_URL=" + server.url, flush=True)
-        await _keep_alive(children, stop)
+        await _keep_alive(children, stop, nats)
     finally:
         for c in children:
             c.terminate()
         for c in children:
             c.stop()
-        server.stop()
+        nats.server.stop()
         with contextlib.suppress(FileNotFoundError):
             config.url_file().unlink()
         print("chaosbus up: stopped", flush=True)
@@ -118,11 +152,19 @@ def _metrics_port(name: str, base: int | None) -> int:
     return 0 if base == 0 else base + SERVICES.index(name)
 
 
-async def _keep_alive(children: list[Child], stop: asyncio.Event) -> None:
-    """Restart a dead service with exponential backoff (reset after a healthy minute)."""
+async def _keep_alive(children: list[Child], stop: asyncio.Event, nats: Nats | None = None) -> None:
+    """Restart a dead service with exponential backoff (reset after a healthy minute), and a dead
+    nats-server at once (with the services that cannot follow it across a restart).
+    """
     due: dict[str, float] = {}
     while not stop.is_set():
         now = time.monotonic()
+        if nats is not None and nats.check(now):
+            for c in children:
+                if c.name in RESTART_WITH_NATS and c.proc is not None and c.proc.poll() is None:
+                    c.stop()
+                    c.restarts += 1
+                    c.start()
         for c in children:
             if c.proc is None or c.proc.poll() is None:
                 continue

@@ -210,3 +210,34 @@ class ErrorReply(Message, kw_only=True, frozen=True):
 
     error: str
     field: str = ""
+
+
+# --- the kill switch and the dead-man lease (issue 6) ----------------------------------------
+
+class HaltState(Message, kw_only=True, frozen=True):
+    """KV control/halt (stays set) and chaos.control.halt (broadcast): the global kill switch.
+
+    While `halted`, every injector recovers every fault and refuses applies. Several sources may
+    carry a state (the KV key, the subject, an injector's own journal): the newest `at` wins.
+    """
+
+    halted: bool
+    reason: str = ""
+    at: float = 0.0
+    by: str = ""
+
+
+class NodeLease(Message, kw_only=True, frozen=True):
+    """chaos.lease.<node> (core NATS): the control plane still holds these experiments on the node.
+
+    Sent by the scheduler every `ttl_s / 3`. A fault without a duration whose experiment has not
+    been listed in `held` for `ttl_s` is recovered by the node on its own (dead-man switch);
+    experiments in `exempt` opted out (annotation `chaosbus.io/lease: "none"`).
+    """
+
+    node: str
+    holder: str = ""
+    issued_at: float = 0.0
+    ttl_s: float = 15.0
+    held: list[str] = []
+    exempt: list[str] = []

@@ -97,7 +97,44 @@ IPAM = Bucket(
     owners=("pod supervisor",),
     purpose="address leases of local process pods (create-only puts make allocation atomic)",
 )
-BUCKETS = (OBJECT_STORE, TARGETS, IPAM)
+CONTROL = Bucket(
+    name="control",
+    keys="halt",
+    message="HaltState",
+    owners=("cli (halt, resume)",),
+    readers=("injector", "cli (apply refuses while halted)"),
+    purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
+)
+BUCKETS = (OBJECT_STORE, TARGETS, IPAM, CONTROL)
+HALT_KEY = "halt"
+
+
+@dataclass(frozen=True)
+class CoreSubject:
+    """A core-NATS subject (no stream): at-most-once signals whose loss is covered by design."""
+
+    pattern: str
+    message: type[m.Message]
+    owner: str
+    readers: tuple[str, ...]
+    purpose: str = ""
+
+
+LEASES = CoreSubject(
+    pattern="chaos.lease.*",
+    message=m.NodeLease,
+    owner="scheduler",
+    readers=("injector",),
+    purpose="dead-man lease per node, renewed every ttl/3; a lost renewal is covered by the next one",
+)
+HALT = CoreSubject(
+    pattern="chaos.control.halt",
+    message=m.HaltState,
+    owner="cli",
+    readers=("injector",),
+    purpose="kill-switch broadcast; the KV key `control/halt` is the durable copy",
+)
+CORE_SUBJECTS = (LEASES, HALT)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -127,6 +164,13 @@ def decision_subject(experiment_uid: str) -> str:
     return f"chaos.phase.{token(experiment_uid)}"
 
 
+def lease_subject(node: str) -> str:
+    return f"chaos.lease.{token(node)}"
+
+
+HALT_SUBJECT = HALT.pattern
+
+
 def object_key(kind: str, namespace: str, name: str) -> str:
     """Key in the `objects` bucket (names may hold dots: they become extra key tokens)."""
     return f"{kind}.{namespace or '_'}.{name}"
@@ -153,4 +197,7 @@ def markdown_table() -> str:
     for b in BUCKETS:
         rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(b.owners)} | "
                     f"{', '.join(b.readers) or '-'} |")
+    for c in CORE_SUBJECTS:
+        rows.append(f"| core subject | - | `{c.pattern}` | `{c.message.__name__}` | {c.owner} | "
+                    f"{', '.join(f'`{r}`' for r in c.readers)} |")
     return "\n".join(rows)

@@ -1,4 +1,4 @@
-"""Entry point: `python -m chaosbus.injector --node NAME`."""
+"""Entry point: `python -m chaosbus.injector --node NAME [--journal PATH] [--lease-seconds S]`."""
 
 from chaosbus.common import service
 from chaosbus.injector import app
@@ -6,7 +6,7 @@ from chaosbus.injector import app
 
 def main(argv: list[str] | None = None) -> None:
     p = service.parser("injector", "Performs faults on this node's targets", metrics_port=9103)
-    p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
+    app.add_arguments(p)
     service.run("injector", p.parse_args(argv), app.main)
 
 

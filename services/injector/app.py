@@ -1,55 +1,210 @@
-"""The injector's edge: a durable consumer of this node's commands; each command's actions run
-concurrently in worker threads, and one result batch is published before the command is acked.
+"""The injector's edge. The node's own machinery (journal reconcile, watchdog, sweeper) starts
+first and runs whether or not NATS is reachable; the NATS side connects (retrying forever) and
+feeds it: commands from this node's durable consumer (acked once their results are in the
+journal's outbox), leases, the kill switch (subject and KV key), and publishes the outbox in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import time
+import contextlib
+import os
+from pathlib import Path
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
+from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.injector import core
+from chaosbus.common import metrics as cbmetrics
+from chaosbus.injector import executor as ex
+from chaosbus.injector.journal import Journal
 from chaosbus.injector.metrics import InjectorMetrics
+from chaosbus.injector.node import Node, Recovered
+from chaosbus.injector.sweeper import Sweeper
 
 log = cblog.get("injector")
+COMMAND_ACK_WAIT_S = 10.0  # an unacked command (injector killed mid-way) is redelivered after this
+HALT_POLL_S = 1.0
+RETRY_S = 1.0
 
 
-class Injector:
-    def __init__(self, bus: busmod.Bus, node: str, metrics: InjectorMetrics, *, parallel: int = 32) -> None:
-        self.bus, self.node, self.metrics = bus, node, metrics
-        self._slots = asyncio.Semaphore(parallel)
+def default_journal(node: str) -> Path:
+    """CHAOSBUS_JOURNAL, else /var/lib/chaosbus/injector-<node>.db (root) or the user's state dir."""
+    env = os.environ.get("CHAOSBUS_JOURNAL")
+    if env:
+        return Path(env)
+    base = Path("/var/lib/chaosbus") if os.geteuid() == 0 else Path.home() / ".local" / "state" / "chaosbus"
+    return base / f"injector-{subjects.token(node)}.db"
 
-    async def on_command(self, cmd: m.NodeCommand) -> None:
-        with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
-            results = await asyncio.gather(*(self._run(cmd, a) for a in cmd.actions))
-            await self.bus.publish(subjects.result_subject(cmd.experiment_uid), core.batch(cmd, results, self.node),
-                                   msg_id=cmd.command_id)
-            self.metrics.commands.labels(cmd.kind).inc()
 
-    async def _run(self, cmd: m.NodeCommand, action: m.TargetAction) -> m.TargetResult:
-        tag = str(type(action.fault).__struct_config__.tag)
-        async with self._slots:
-            start = time.perf_counter()
-            result = await asyncio.to_thread(core.run_action, cmd, action)
-            self.metrics.latency.labels(tag, action.op).observe(time.perf_counter() - start)
-        with cblog.bound(target=action.target_id):
-            if result.ok:
-                log.info(f"{action.op} ok", fault=tag, message=result.message)
-            else:
-                self.metrics.errors.labels(tag, action.op, "retryable" if result.retryable else "permanent").inc()
-                log.warning(f"{action.op} failed", fault=tag, error=result.message)
-        return result
+class Edge:
+    """Everything that talks to NATS, around one Node."""
+
+    def __init__(self, node: Node, name: str, metrics: InjectorMetrics) -> None:
+        self.node, self.name, self.metrics = node, name, metrics
+        reg = metrics.registry
+        self.recoveries = Counter("chaosbus_injector_node_recoveries_total",
+                                  "Faults the node recovered on its own, by reason", ["reason"], registry=reg)
+        self.halted = Gauge("chaosbus_injector_halted", "1 while the kill switch is engaged", registry=reg)
+        node.on_recovered = self._count
+
+    def _count(self, done: list[Recovered]) -> None:
+        for due, _ in done:
+            self.recoveries.labels(_reason_label(due.reason)).inc()
+
+    async def run(self, url: str) -> None:
+        while True:
+            try:
+                bus = await busmod.connect(url, f"chaosbus-injector-{self.name}")
+            except Exception as e:
+                log.info("NATS unreachable; the node keeps watching its faults", error=str(e) or type(e).__name__)
+                await asyncio.sleep(RETRY_S)
+                continue
+            try:
+                await self._serve(bus)
+            except Exception as e:
+                log.exception("NATS edge failed; reconnecting", error=str(e))
+            finally:
+                self.node.connected = False
+                with contextlib.suppress(Exception):
+                    await bus.close()
+            await asyncio.sleep(RETRY_S)
+
+    async def _serve(self, bus: busmod.Bus) -> None:
+        await bus.ensure()
+        await bus.nc.subscribe(subjects.lease_subject(self.name), cb=self._on_lease)
+        await bus.nc.subscribe(subjects.HALT_SUBJECT, cb=self._on_halt)
+        log.info("injector ready", node=self.name, nats=bus.nc.connected_url.netloc if bus.nc.connected_url else "")
+        await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus))
+
+    async def _track(self, bus: busmod.Bus) -> None:
+        while True:
+            self.node.connected = bus.nc.is_connected
+            self.halted.set(1 if self.node.halt.halted else 0)
+            await asyncio.sleep(0.2)
+
+    async def _on_lease(self, msg: Msg) -> None:
+        try:
+            lease = busmod.decode(msg.data, m.NodeLease)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("malformed lease dropped", error=str(e))
+            return
+        if subjects.token(lease.node) == subjects.token(self.name):
+            await self.node.on_lease(lease)
+
+    async def _on_halt(self, msg: Msg) -> None:
+        try:
+            state = busmod.decode(msg.data, m.HaltState)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.error("malformed halt message dropped", error=str(e))
+            return
+        await self.node.set_halt(state, "subject")
+
+    async def _poll_halt(self, bus: busmod.Bus) -> None:
+        """The KV key is the durable copy: read it now and then (a missed broadcast, a restart)."""
+        while True:
+            with contextlib.suppress(Exception):
+                kv = await bus.kv(subjects.CONTROL.name)
+                try:
+                    entry = await kv.get(subjects.HALT_KEY)
+                    if entry.value:
+                        await self.node.set_halt(busmod.decode(entry.value, m.HaltState), "kv")
+                except KeyNotFoundError:
+                    pass
+            await asyncio.sleep(HALT_POLL_S)
+
+    async def _publish(self, bus: busmod.Bus) -> None:
+        """Publish the outbox in order; a row goes only once JetStream has it (PubAck)."""
+        journal = self.node.journal
+        while True:
+            self.node.outbox_kick.clear()
+            rows = await self.node.run_in_thread(journal.outbox, 100)
+            sent = 0
+            for row in rows:
+                try:
+                    await bus.js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.msg_id}, timeout=2.0)
+                except Exception as e:
+                    log.info("results wait in the outbox", pending=len(rows) - sent, error=str(e) or type(e).__name__)
+                    break
+                await self.node.run_in_thread(journal.outbox_done, row.seq)
+                sent += 1
+            if rows and sent == len(rows):
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.node.outbox_kick.wait(), timeout=RETRY_S)
+
+    async def _consume(self, bus: busmod.Bus) -> None:
+        async def handle(cmd: m.NodeCommand) -> None:
+            with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
+                batch = await self.node.on_command(cmd)
+                if batch is not None:
+                    self.metrics.commands.labels(cmd.kind).inc()
+                    for r in batch.results:
+                        if not r.ok:
+                            log.warning(f"{r.op} failed", target=r.target_id, error=r.message)
+
+        while True:
+            try:
+                await bus.consume(subjects.COMMANDS, subjects.injector_consumer(self.name),
+                                  subjects.command_subject(self.name), handle, m.NodeCommand, batch=16,
+                                  ack_wait=COMMAND_ACK_WAIT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # JetStream briefly unavailable (a restarted server): try again
+                log.info("command consumer restarting", error=str(e) or type(e).__name__)
+                await asyncio.sleep(RETRY_S)
+
+
+def _reason_label(reason: str) -> str:
+    for label in ("halted", "deadline", "lease", "target gone", "failed apply"):
+        if label in reason:
+            return label.replace(" ", "_")
+    return "other"
+
+
+async def _sweep_forever(sweeper: Sweeper, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweeper.sweep()
+        except Exception as e:
+            log.exception("sweep failed", error=str(e))
 
 
 async def main(args: argparse.Namespace) -> None:
     metrics = InjectorMetrics()
-    node = config.node_name(args.node)
-    async with service.connected(args, f"chaosbus-injector-{node}", metrics.registry) as (bus, port):
-        inj = Injector(bus, node, metrics)
-        log.info("injector ready", node=node, nats=args.nats, metrics_port=port)
-        await bus.consume(subjects.COMMANDS, subjects.injector_consumer(node), subjects.command_subject(node),
-                          inj.on_command, m.NodeCommand, batch=16)
+    name = config.node_name(args.node)
+    path = Path(args.journal) if args.journal else default_journal(name)
+    journal = Journal(path, sync=args.journal_sync)
+    node = Node(journal, ex.Executor(journal, name), lease_ttl=args.lease_seconds)
+    sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
+    edge = Edge(node, name, metrics)
+    try:
+        port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
+        log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds)
+        await node.start()  # before NATS: expired faults must not wait for the network
+        swept = await sweeper.sweep()
+        log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
+        await service.run_forever(node.watchdog(), _sweep_forever(sweeper, args.sweep_interval), edge.run(args.nats))
+    finally:
+        node.close()
+        journal.close()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
+    p.add_argument("--journal", default=None,
+                   help="journal file (default: CHAOSBUS_JOURNAL or /var/lib/chaosbus/injector-<node>.db)")
+    p.add_argument("--journal-sync", choices=("full", "normal"), default="full",
+                   help="full: fsync every journal commit (survives power loss); normal: faster")
+    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("CHAOSBUS_LEASE_SECONDS", 15)),
+                   help="dead-man lease until the scheduler's first renewal says otherwise")
+    p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")
+    p.add_argument("--sweep-scope", choices=("journal", "all"), default="journal",
+                   help="journal: netns this node touched; all: every netns on the machine (dedicated nodes)")

@@ -1,6 +1,8 @@
 """The injector's core: one TargetAction in, one TargetResult out. Resolves the target's
-containers through the runtime adapters, runs the registered fault's apply or recover, and turns
-every failure into a result that says why. Synchronous: the app runs it in worker threads.
+containers through the runtime adapters (or takes handles the journal kept), runs the registered
+fault's apply or recover, and turns every failure into a result that says why. Synchronous: the
+app runs it in worker threads. Which faults leave state behind (and so are journaled as open until
+recovered) is decided here too.
 """
 
 from __future__ import annotations
@@ -13,34 +15,66 @@ from chaosbus.injector import faults, runtime
 
 Resolver = Callable[[str], runtime.ContainerHandle]
 
+# Faults that change nothing lasting: after apply there is nothing to recover. A fault module may
+# say so itself with a class attribute `one_shot = True`; an unknown fault is assumed lasting.
+ONE_SHOT_FAULTS = frozenset({"pod-kill", "container-kill", "hello-world"})
 
-def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, resolve: Resolver = runtime.resolve,
-               registry: dict[str, faults.Fault] | None = None) -> m.TargetResult:
+
+def lasting(tag: str, registry: dict[str, faults.Fault] | None = None) -> bool:
+    """Whether a fault of this tag leaves state that must be recovered (journaled until it is)."""
+    fault = (faults.REGISTRY if registry is None else registry).get(tag)
+    declared = getattr(fault, "one_shot", None)
+    if isinstance(declared, bool):
+        return not declared
+    return tag not in ONE_SHOT_FAULTS
+
+
+def resolve_all(action: m.TargetAction, resolve: Resolver = runtime.resolve) -> list[runtime.ContainerHandle]:
+    """Handles for the action's container ids.
+
+    Raises:
+        runtime.UnsupportedRuntime: an id this node cannot resolve.
+    """
+    return [resolve(cid) for cid in action.container_ids]
+
+
+def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[runtime.ContainerHandle] | None = None,
+               resolve: Resolver = runtime.resolve, registry: dict[str, faults.Fault] | None = None,
+               op: str | None = None) -> m.TargetResult:
+    """Run `op` (default: the action's own op) of the action's fault on its target."""
     tag = type(action.fault).__struct_config__.tag
     reg = faults.REGISTRY if registry is None else registry
     fault = reg.get(str(tag))
     if fault is None:
-        what = f"{tag} ({action.fault.action})" if isinstance(action.fault, m.Shaping) else str(tag)
-        return _result(action, False, f"fault {what} is not supported by this injector yet", retryable=False)
-    try:
-        containers = [resolve(cid) for cid in action.container_ids]
-    except runtime.UnsupportedRuntime as e:
-        return _result(action, False, str(e), retryable=False)
+        return result(action, False, unsupported(action), retryable=False)
+    if containers is None:
+        try:
+            containers = resolve_all(action, resolve)
+        except runtime.UnsupportedRuntime as e:
+            return result(action, False, str(e), retryable=False)
     ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
                               namespace=cmd.namespace, action=action, containers=containers)
     try:
-        op = fault.apply if action.op == "apply" else fault.recover
-        message = op(ctx, action.fault)
+        fn = fault.apply if (op or action.op) == "apply" else fault.recover
+        message = fn(ctx, action.fault)
     except faults.FaultError as e:
-        return _result(action, False, e.message, retryable=e.retryable)
+        return result(action, False, e.message, retryable=e.retryable)
     except Exception as e:  # a fault bug is reported on the target, never crashes the node
-        return _result(action, False, f"{type(e).__name__}: {e}", retryable=True)
-    return _result(action, True, message)
+        return result(action, False, f"{type(e).__name__}: {e}", retryable=True)
+    return result(action, True, message)
 
 
-def _result(action: m.TargetAction, ok: bool, message: str, *, retryable: bool = True) -> m.TargetResult:
-    return m.TargetResult(target_id=action.target_id, selector_key=action.selector_key, op=action.op, ok=ok,
-                          message=message, retryable=retryable, at=time.time())
+def unsupported(action: m.TargetAction) -> str:
+    tag = type(action.fault).__struct_config__.tag
+    what = f"{tag} ({action.fault.action})" if isinstance(action.fault, m.Shaping) else str(tag)
+    return f"fault {what} is not supported by this injector yet"
+
+
+def result(action: m.TargetAction, ok: bool, message: str, *, retryable: bool = True,
+           op: str | None = None) -> m.TargetResult:
+    return m.TargetResult(target_id=action.target_id, selector_key=action.selector_key,
+                          op=op or action.op, ok=ok, message=message,  # type: ignore[arg-type]
+                          retryable=retryable, at=time.time())
 
 
 def batch(cmd: m.NodeCommand, results: list[m.TargetResult], node: str) -> m.ResultBatch:

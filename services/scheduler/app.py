@@ -1,12 +1,15 @@
 """The scheduler's edge: feed the core with targets (KV), object events and results (JetStream),
-wake it at its next deadline, and publish its commands and decisions.
+wake it at its next deadline, publish its commands and decisions, and renew every node's dead-man
+lease (core NATS, every ttl/3; a node that stops hearing it recovers its leased faults).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import os
 import time
 import uuid
 
@@ -21,13 +24,15 @@ from chaosbus.scheduler.metrics import SchedulerMetrics
 from chaosbus.scheduler.selection import SelectionConfig
 
 log = cblog.get("scheduler")
+LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
                                              "node": m.TargetNode}
 
 
 class Scheduler:
-    def __init__(self, bus: busmod.Bus, core: SchedulerCore, metrics: SchedulerMetrics) -> None:
-        self.bus, self.core, self.metrics = bus, core, metrics
+    def __init__(self, bus: busmod.Bus, core: SchedulerCore, metrics: SchedulerMetrics, *,
+                 lease_ttl: float = LEASE_TTL_S) -> None:
+        self.bus, self.core, self.metrics, self.lease_ttl = bus, core, metrics, lease_ttl
         self.instance = uuid.uuid4().hex[:8]
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
@@ -42,6 +47,9 @@ class Scheduler:
             self.metrics.decisions.inc()
             if d.selection_error:
                 log.warning("selection failed", experiment=d.name, error=d.selection_error)
+        applying = {c.node for c in out.commands if any(a.op == "apply" for a in c.actions)}
+        if applying:  # the lease (and any opt-out) reaches the node before the fault does
+            await self.send_leases(applying)
         for c in out.commands:
             await self.bus.publish(subjects.command_subject(c.node), c, msg_id=c.command_id)
             self.metrics.commands.labels(c.kind).inc()
@@ -72,6 +80,16 @@ class Scheduler:
                     log.error("bad target projection", key=entry.key, error=str(e))
                     continue
             self.core.on_target(entry.key, value)
+
+    async def send_leases(self, nodes: set[str] | None = None) -> None:
+        for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
+            with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
+                await self.bus.nc.publish(subjects.lease_subject(lease.node), busmod.encode(lease))
+
+    async def renew_leases(self) -> None:
+        while True:
+            await self.send_leases()
+            await asyncio.sleep(self.lease_ttl / 3)
 
     async def timers(self) -> None:
         while True:
@@ -105,4 +123,5 @@ async def main(args: argparse.Namespace) -> None:
             bus.consume(subjects.RESULTS, "scheduler-results", "chaos.result.*", sched.on_results,
                         m.ResultBatch),
             sched.timers(),
+            sched.renew_leases(),
         )

@@ -25,6 +25,7 @@ from chaosbus.scheduler import phase as ph
 from chaosbus.scheduler import plan
 from chaosbus.scheduler import selection as sel
 
+LEASE_ANNOTATION = "chaosbus.io/lease"  # "none": this experiment's faults are not held by the lease
 INFLIGHT_TIMEOUT_S = 30.0
 SELECTION_RETRY_S = 5.0
 MAX_BACKOFF_S = 30.0
@@ -128,7 +129,13 @@ class SchedulerCore:
         by_key = {t.key: t for t in exp.targets}
         for r in batch.results:
             t = by_key.get((r.target_id, r.selector_key))
-            if t is None or t.inflight != r.op:
+            if t is None:
+                continue
+            if t.inflight != r.op:
+                if r.op == "recover" and r.ok and t.inflight is None and t.phase == INJECTED:
+                    # The node recovered it on its own (kill switch, lease, target gone): an apply
+                    # follows if still wanted, and the node says whether it may happen again.
+                    t.phase = NOT_INJECTED
                 continue
             t.inflight = None
             t.uncertain = False
@@ -272,6 +279,25 @@ class SchedulerCore:
             name=md.name, desired_phase=desired, records=refs,  # type: ignore[arg-type]
             selection_error=exp.selection_error, paused=is_paused(md), deleting=exp.deleting, at=now,
         )
+
+    def leases(self, now: float, ttl_s: float, holder: str, nodes: set[str] | None = None) -> list[m.NodeLease]:
+        """Per node, the experiments whose faults this scheduler still wants in force there (the
+        dead-man lease, renewed every ttl/3); `nodes` limits the answer to those nodes.
+        """
+        held: dict[str, set[str]] = {n: set() for n in self._all_nodes()}
+        exempt: dict[str, set[str]] = {}
+        for exp in self.experiments.values():
+            if exp.targets is None or plan.one_shot(exp.obj) or self.desired(exp, now) != RUN:
+                continue
+            where = {t.target.pod.node for t in exp.targets}
+            if "" in where:  # a target whose node is unknown: every node may hold it
+                where = (where - {""}) | set(held)
+            for node in where:
+                held.setdefault(node, set()).add(exp.uid)
+                if exp.obj.metadata.annotations.get(LEASE_ANNOTATION) == "none":
+                    exempt.setdefault(node, set()).add(exp.uid)
+        return [m.NodeLease(node=n, holder=holder, issued_at=now, ttl_s=ttl_s, held=sorted(held[n]),
+                            exempt=sorted(exempt.get(n, ()))) for n in sorted(held) if nodes is None or n in nodes]
 
     def phase_counts(self, now: float) -> dict[tuple[str, str], int]:
         """Experiments by (kind, phase) for the metrics gauge."""

@@ -1,0 +1,204 @@
+"""The node's own machinery, which needs no NATS: journaled commands, the start-up reconcile and
+the watchdog that recovers faults on its own (kill switch, passed deadline, expired lease,
+vanished target). The NATS edge (app.py) feeds it commands, leases and halt states when it can,
+and publishes what it queued in the journal's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.injector import control, expiry
+from chaosbus.injector import executor as ex
+from chaosbus.injector.journal import APPLYING, DONE, RECOVERED, Change, Entry, Journal, entry_key
+from chaosbus.injector.lease import DEFAULT_TTL_S, LeaseBook
+from chaosbus.injector.locks import KeyLocks
+
+T = TypeVar("T")
+log = cblog.get("injector.node")
+MAX_SLEEP_S = 1.0  # the watchdog looks at least this often (vanished targets, clock jumps)
+MAX_RETRY_S = 30.0
+KEEP_ENDED_S = 24 * 3600.0
+
+Recovered = tuple[expiry.Due, m.TargetResult]
+
+
+class Node:
+    def __init__(self, journal: Journal, executor: ex.Executor, *, lease_ttl: float = DEFAULT_TTL_S,
+                 workers: int = 16, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.journal, self.executor, self.clock, self.mono = journal, executor, clock, mono
+        self.halt = control.newest(control.RESUMED, journal.halt())
+        self.lease = LeaseBook(ttl_s=lease_ttl, exempt=journal.exempt())
+        self.locks = KeyLocks()
+        self.connected = False
+        self.kick = asyncio.Event()  # wake the watchdog now
+        self.outbox_kick = asyncio.Event()  # something new to publish
+        self.on_recovered: Callable[[list[Recovered]], None] | None = None
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fault")
+        self._retry_at: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    async def start(self) -> dict[str, int]:
+        """Reconcile the journal before anything else: recover what expired, is halted or vanished,
+        settle one-shot faults caught mid-way, and re-assert every fault still wanted.
+        """
+        entries = await self.run_in_thread(self.journal.open_entries)
+        mono = self.mono()
+        for uid in {e.experiment_uid for e in entries}:
+            self.lease.hold(uid, mono)  # the node was away, not the control plane
+        await self.run_in_thread(self.journal.commit, [_settle_one_shot(e) for e in entries if not e.lasting])
+        recovered = len(await self.tick(starting=True))
+        wanted = [e for e in await self.run_in_thread(self.journal.open_entries) if e.lasting]
+        outcomes = await asyncio.gather(*(self._reassert(e) for e in wanted))
+        gone = [(expiry.Due(e, f"recovered: target gone ({why})", ended=False, report=True),
+                 m.TargetResult(target_id=e.action.target_id, op="recover", ok=True))
+                for e, why in zip(wanted, outcomes, strict=True) if why]
+        if gone:
+            await self.run_in_thread(self.executor.commit_recoveries, gone)
+            self.outbox_kick.set()
+        await self.run_in_thread(self.journal.prune, older_than=self.clock() - KEEP_ENDED_S)
+        summary = {"open": len(entries), "recovered": recovered + len(gone),
+                   "reasserted": len(wanted) - len(gone)}
+        log.info("journal reconciled", halted=self.halt.halted, **summary)
+        return summary
+
+    async def _reassert(self, entry: Entry) -> str | None:
+        """Apply again; the reason the target is gone if it is (None: re-asserted or retried later)."""
+        async with self.locks.hold([entry.key]):
+            res = await self.run_in_thread(self.executor.reassert, entry)
+        if res.ok:
+            return None
+        if not res.retryable and res.message.startswith("target gone"):
+            return res.message.removeprefix("target gone: ")
+        log.warning("re-assert failed; kept as is", target=entry.action.target_id, error=res.message)
+        return None
+
+    # --- commands, control ------------------------------------------------------------------------
+
+    async def on_command(self, cmd: m.NodeCommand) -> m.ResultBatch | None:
+        """Run a command once (a redelivered one changes nothing); its results go to the outbox."""
+        if await self.run_in_thread(self.journal.command_seen, cmd.command_id):
+            log.info("duplicate command ignored", command=cmd.command_id)
+            return None
+        keys = [entry_key(cmd.experiment_uid, a.selector_key, a.target_id) for a in cmd.actions]
+        async with self.locks.hold(keys):
+            plans = await self.run_in_thread(self.executor.begin, cmd, self.halt)
+            mono = self.mono()
+            for p in plans:
+                if p.intent is not None and p.intent.lasting:
+                    self.lease.hold(cmd.experiment_uid, mono)
+            outcomes = await asyncio.gather(*(self.run_in_thread(self.executor.effect, cmd, p) for p in plans))
+            batch = await self.run_in_thread(self.executor.finish, cmd, plans, list(outcomes))
+        self.outbox_kick.set()
+        self.kick.set()  # a new deadline or lease to watch
+        return batch
+
+    async def set_halt(self, state: m.HaltState | None, source: str) -> bool:
+        """Adopt `state` if it is newer; persist it; wake the watchdog (recover all within 1 s)."""
+        new = control.newest(self.halt, state)
+        if new is self.halt:
+            return False
+        self.halt = new
+        await self.run_in_thread(self.journal.set_halt, new)
+        self.kick.set()
+        log.warning("HALTED by kill switch" if new.halted else "resumed", reason=new.reason, by=new.by,
+                    source=source)
+        return True
+
+    async def on_lease(self, lease: m.NodeLease) -> None:
+        new = self.lease.on_lease(lease, self.mono())
+        if new:
+            await self.run_in_thread(self.journal.add_exempt, new)
+            log.info("lease opt-out", experiments=new)
+
+    # --- the watchdog -----------------------------------------------------------------------------
+
+    async def watchdog(self) -> None:
+        while True:
+            self.kick.clear()
+            try:
+                wait = await self.next_wait()
+            except Exception as e:  # the watchdog must outlive any bug in one tick
+                log.exception("watchdog tick failed", error=str(e))
+                wait = MAX_SLEEP_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.kick.wait(), timeout=wait)
+
+    async def next_wait(self) -> float:
+        await self.tick()
+        entries = await self.run_in_thread(self.journal.open_entries)
+        self.lease.forget({e.experiment_uid for e in entries})
+        nxt = expiry.next_due(entries, self._world())
+        return MAX_SLEEP_S if nxt is None else min(MAX_SLEEP_S, nxt + 0.001)
+
+    def _world(self, starting: bool = False) -> expiry.World:
+        return expiry.World(now=self.clock(), mono=self.mono(), halt=self.halt, lease=self.lease,
+                            connected=self.connected, starting=starting)
+
+    async def tick(self, *, starting: bool = False) -> list[Recovered]:
+        """Recover every open fault that is due now; returns what was recovered."""
+        entries = await self.run_in_thread(self.journal.open_entries)
+        vanished = await self.run_in_thread(_vanished, entries)
+        world = self._world(starting)
+        dues = [d for d in expiry.due(entries, world, vanished)
+                if world.halt.halted or world.mono >= self._retry_at.get(d.entry.key, 0.0)]
+        if not dues:
+            return []
+        results = await asyncio.gather(*(self._recover(d) for d in dues))
+        done = [r for r in results if r is not None]
+        if done:
+            if await self.run_in_thread(self.executor.commit_recoveries, done):
+                self.outbox_kick.set()
+            for due, _ in done:
+                log.info("recovered by the node", target=due.entry.action.target_id, experiment=due.entry.name,
+                         reason=due.reason)
+            if self.on_recovered is not None:
+                self.on_recovered(done)
+        return done
+
+    async def _recover(self, due: expiry.Due) -> Recovered | None:
+        async with self.locks.hold([due.entry.key]):
+            current = await self.run_in_thread(self.journal.get, due.entry.key)
+            if current is None or not current.is_open:
+                return None  # recovered meanwhile (a recover command)
+            res = await self.run_in_thread(self.executor.recover_entry, current)
+        key = due.entry.key
+        if res.ok:
+            self._retry_at.pop(key, None)
+            self._attempts.pop(key, None)
+            return replace(due, entry=current), res
+        n = self._attempts[key] = self._attempts.get(key, 0) + 1
+        self._retry_at[key] = self.mono() + min(MAX_RETRY_S, 2.0 ** (n - 1))
+        log.warning("recovery failed; will retry", target=current.action.target_id, attempt=n, error=res.message)
+        return None
+
+
+def _vanished(entries: list[Entry]) -> dict[str, str]:
+    return {e.key: why for e in entries if e.lasting and (why := ex.vanished(e))}
+
+
+def _settle_one_shot(entry: Entry) -> Change:
+    """A one-shot fault found open at start: it happened (or its target is no longer the one it
+    was meant for) or it never ran and the re-sent command will run it.
+    """
+    if entry.state == APPLYING and not ex.one_shot_done(entry):
+        return Change(entry.key, RECOVERED, "interrupted before it ran (the injector restarted)")
+    return Change(entry.key, DONE, entry.reason)

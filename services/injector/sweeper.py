@@ -1,0 +1,197 @@
+"""The orphan sweeper: kernel objects and helper processes carrying chaosbus's marks that belong
+to no open journal entry are removed (on start, then periodically).
+
+Marks: nftables tables named `chaosbus_*`; the traffic-shaping backend's own objects, when that
+backend offers `list_ours(netns_path)` and `remove_ours(netns_path, device)`; helper processes
+whose environment carries `CHAOSBUS_FAULT_NODE=<node>` and `CHAOSBUS_FAULT_KEY=<journal key>`.
+
+Scope: by default the network namespaces this node's journal ever recorded (the journal is written
+before the kernel is touched, so that is everywhere this injector can have left something); with
+`scope="all"`, every network namespace on the machine (a dedicated node: its injector owns them
+all; not for machines shared by several injectors, such as test runs in parallel).
+
+Deleting happens under the locks' gate held exclusively, after re-reading the journal: no apply
+can sit between its intent and its effect when an object is judged an orphan.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaosbus.common import logging as cblog
+from chaosbus.common.netns import NETNS_RUN_DIR
+from chaosbus.injector import executor as ex
+from chaosbus.injector.backends import nft, procs
+from chaosbus.injector.journal import Entry, Journal, NetnsRef
+from chaosbus.injector.locks import Gate
+
+log = cblog.get("injector.sweeper")
+NODE_ENV, KEY_ENV = "CHAOSBUS_FAULT_NODE", "CHAOSBUS_FAULT_KEY"
+SCOPES = ("journal", "all")
+Runner = Callable[..., Any]
+
+
+def helper_env(node: str, key: str) -> dict[str, str]:
+    """The environment marks a fault's helper process must carry (so the sweeper knows it)."""
+    return {NODE_ENV: node, KEY_ENV: key}
+
+
+def _shaping_backend() -> Any:
+    """The traffic-shaping backend if it exists here and can list/remove its objects (else None)."""
+    try:
+        mod = importlib.import_module("chaosbus.injector.backends.tc")
+    except ImportError:
+        return None
+    ok = callable(getattr(mod, "list_ours", None)) and callable(getattr(mod, "remove_ours", None))
+    return mod if ok else None
+
+
+@dataclass
+class SweepReport:
+    netns: int = 0
+    removed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class Sweeper:
+    def __init__(self, journal: Journal, gate: Gate, node: str, *, scope: str = "journal",
+                 run: Runner | None = None) -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
+        self.journal, self.gate, self.node, self.scope = journal, gate, node, scope
+        self.shaping = _shaping_backend()
+        self._run = run  # how blocking calls are run (a thread pool); None: inline (tests)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._run(fn, *args) if self._run is not None else fn(*args)
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        spaces = await self._call(self._namespaces)
+        report.netns = len(spaces)
+        for ref in spaces:
+            await self._sweep_netns(ref, report)
+        await self._sweep_helpers(report)
+        if report.removed:
+            log.warning("orphans removed", node=self.node, removed=report.removed)
+        return report
+
+    def _namespaces(self) -> list[NetnsRef]:
+        known = self.journal.netns()
+        live = [r for r in known if ex.netns_same(r)]
+        if len(live) != len(known):
+            self.journal.forget_netns([r for r in known if r not in live])
+        if self.scope == "all":
+            live += _all_namespaces()
+        by_inode: dict[int, NetnsRef] = {}
+        for r in live:
+            by_inode.setdefault(r.inode, r)
+        return list(by_inode.values())
+
+    async def _sweep_netns(self, ref: NetnsRef, report: SweepReport) -> None:
+        try:
+            tables = [t for t in await self._call(nft.list_tables, ref.path) if t.startswith(nft.TABLE_PREFIX)]
+            devices = await self._call(self._shaping_devices, ref.path)
+        except nft.NftError as e:
+            report.errors.append(f"{ref.path}: {e}")
+            return
+        if not tables and not devices:
+            return
+        async with self.gate.exclusive():
+            entries = await self._call(self.journal.open_entries)
+            expected, busy_shaping = expected_in(entries, ref.inode)
+            for table in tables:
+                if table not in expected:
+                    await self._remove(report, f"nft table {table} in {ref.path}", nft.delete_table, ref.path, table)
+            if not busy_shaping:
+                for dev in devices:
+                    await self._remove(report, f"traffic shaping on {dev} in {ref.path}", self.shaping.remove_ours,
+                                       ref.path, dev)
+
+    def _shaping_devices(self, path: str) -> list[str]:
+        if self.shaping is None:
+            return []
+        return sorted({_device(item) for item in self.shaping.list_ours(path) or []})
+
+    async def _remove(self, report: SweepReport, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await self._call(fn, *args)
+            report.removed.append(what)
+        except nft.NetnsGone:
+            pass
+        except Exception as e:  # one stubborn object must not stop the sweep
+            report.errors.append(f"{what}: {e}")
+
+    async def _sweep_helpers(self, report: SweepReport) -> None:
+        marked = await self._call(marked_helpers, self.node)
+        if not marked:
+            return
+        async with self.gate.exclusive():
+            open_keys = {e.key for e in await self._call(self.journal.open_entries)}
+            for pid, key in marked:
+                if key not in open_keys:
+                    await self._remove(report, f"helper process {pid} ({key})", procs.kill_tree, pid)
+
+
+def expected_in(entries: Iterable[Entry], inode: int) -> tuple[set[str], bool]:
+    """Tables open entries own in the netns `inode`, and whether a traffic-shaping (or unknown
+    lasting) fault is open there, in which case the shaping backend's objects are left alone.
+    """
+    tables: set[str] = set()
+    shaping = False
+    for e in entries:
+        if not e.lasting or not any(ns.inode == inode for ns in e.identity.netns):
+            continue
+        table = e.original.get("nft_table_absent")
+        if isinstance(table, str):
+            tables.add(table)
+        else:
+            shaping = True
+    return tables, shaping
+
+
+def marked_helpers(node: str) -> list[tuple[int, str]]:
+    """(pid, journal key) of live processes marked as this node's fault helpers."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if env.get(NODE_ENV.encode()) == node.encode() and KEY_ENV.encode() in env:
+            found.append((int(name), env[KEY_ENV.encode()].decode(errors="replace")))
+    return found
+
+
+def _all_namespaces() -> list[NetnsRef]:
+    refs = []
+    paths = [os.path.join(NETNS_RUN_DIR, n) for n in _listdir(NETNS_RUN_DIR)]
+    paths += [f"/proc/{p}/ns/net" for p in _listdir("/proc") if p.isdigit()]
+    for path in paths:
+        try:
+            refs.append(NetnsRef(path, os.stat(path).st_ino))
+        except OSError:
+            continue
+    return refs
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _device(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, (tuple, list)) and item:
+        return str(item[0])
+    return str(getattr(item, "device", item))

@@ -1,0 +1,103 @@
+"""The node journal on a real SQLite file: intents are durable before any effect, one transaction
+per commit, one owner per file, and everything a restarted injector needs survives a reopen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from unit.injector.factories import entry
+
+from chaosbus.common import messages as m
+from chaosbus.injector import journal as jr
+from chaosbus.injector.journal import Change, Journal, NetnsRef, Report
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j.db")
+    yield j  # type: ignore[misc]
+    j.close()
+
+
+def test_an_intent_round_trips_with_everything_needed_to_recover(journal: Journal) -> None:
+    e = entry()
+    journal.write_intents([e], now=10.0)
+    got = journal.get(e.key)
+    assert got is not None
+    assert (got.action, got.identity, got.original, got.deadline, got.state) == (
+        e.action, e.identity, e.original, 100.0, jr.APPLYING)
+    assert got.fault == "partition" and got.is_open and got.created == 10.0
+
+
+def test_intents_register_their_netns_as_sweeper_scope(journal: Journal) -> None:
+    journal.write_intents([entry()])
+    assert journal.netns() == [NetnsRef("/var/run/netns/a", 7)]
+    journal.forget_netns([NetnsRef("/var/run/netns/a", 7)])
+    assert journal.netns() == []
+
+
+def test_commit_changes_states_queues_reports_and_marks_the_command_in_one_go(journal: Journal) -> None:
+    journal.write_intents([entry("k1"), entry("k2")])
+    journal.commit([Change("k1", jr.ACTIVE), Change("k2", jr.RECOVERED, "recovered: x", ended=True)],
+                   reports=[Report("chaos.result.u1", "c1", b"{}")], command_id="c1")
+    assert [(e.key, e.state) for e in journal.open_entries()] == [("k1", jr.ACTIVE)]
+    k2 = journal.get("k2")
+    assert k2 is not None and (k2.reason, k2.ended) == ("recovered: x", True)
+    assert journal.command_seen("c1") and not journal.command_seen("c2")
+    assert [(r.subject, r.msg_id, r.payload) for r in journal.outbox()] == [("chaos.result.u1", "c1", b"{}")]
+
+
+def test_outbox_keeps_order_and_forgets_what_was_published(journal: Journal) -> None:
+    journal.commit([], reports=[Report("s", f"id{i}", b"x") for i in range(3)])
+    rows = journal.outbox()
+    assert [r.msg_id for r in rows] == ["id0", "id1", "id2"]
+    journal.outbox_done(rows[0].seq)
+    assert [r.msg_id for r in journal.outbox()] == ["id1", "id2"]
+
+
+def test_a_failing_transaction_changes_nothing(journal: Journal) -> None:
+    journal.write_intents([entry("k1")])
+    with pytest.raises(AttributeError):
+        journal.commit([Change("k1", jr.ACTIVE), None])  # type: ignore[list-item]
+    got = journal.get("k1")
+    assert got is not None and got.state == jr.APPLYING
+
+
+def test_halt_state_and_exemptions_persist(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db")
+    j.set_halt(m.HaltState(halted=True, reason="r", at=5.0))
+    j.add_exempt(["u1", "u1", "u2"])
+    j.close()
+    j = Journal(tmp_path / "j.db")
+    assert j.halt() == m.HaltState(halted=True, reason="r", at=5.0)
+    assert j.exempt() == {"u1", "u2"}
+    j.close()
+
+
+def test_everything_survives_a_reopen(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", sync="normal")
+    j.write_intents([entry()])
+    j.close()
+    j = Journal(tmp_path / "j.db")
+    assert [e.key for e in j.open_entries()] == ["u1|.|ns/p"]
+    j.close()
+
+
+def test_one_live_owner_per_journal(journal: Journal) -> None:
+    with pytest.raises(jr.JournalBusy, match="in use by another injector"):
+        Journal(journal.path)
+
+
+def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync"):
+        Journal(tmp_path / "j.db", sync="off")
+
+
+def test_prune_drops_old_ended_entries_but_never_open_ones(journal: Journal) -> None:
+    journal.write_intents([entry("open"), entry("ended")], now=1.0)
+    journal.commit([Change("ended", jr.RECOVERED, "r")], command_id="c", now=2.0)
+    assert journal.prune(older_than=3.0) == 1
+    assert [e.key for e in journal.entries()] == ["open"]
+    assert not journal.command_seen("c")
