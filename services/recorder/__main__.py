@@ -1,4 +1,4 @@
-"""Entry point: `python -m chaosbus.recorder`."""
+"""Entry point: `python -m chaosbus.recorder` (local object store) or `--kube` (the Kubernetes API)."""
 
 from chaosbus.common import service
 from chaosbus.recorder import app
@@ -6,7 +6,15 @@ from chaosbus.recorder import app
 
 def main(argv: list[str] | None = None) -> None:
     p = service.parser("recorder", "Status and finalizers written back to the objects", metrics_port=9104)
-    service.run("recorder", p.parse_args(argv), app.main)
+    p.add_argument("--kube", action="store_true", help="write to the Kubernetes API instead of the local store")
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (implies --kube; default: in-cluster)")
+    args = p.parse_args(argv)
+    if args.kube or args.kubeconfig:
+        from chaosbus.recorder import kube
+
+        service.run("recorder", args, kube.main)
+    else:
+        service.run("recorder", args, app.main)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def read_status(obj: Obj) -> ChaosStatus | None:
 
 def _write(obj: Obj, status: ChaosStatus, selection_error: str = "") -> Obj | None:
     paused = _meta(obj).get("annotations", {}).get(PAUSE_ANNOTATION) == "true"
-    status = st.with_conditions(status, paused=paused)
+    status = st.bounded(st.with_conditions(status, paused=paused))
     if selection_error:
         status = msgspec.structs.replace(status, conditions=[
             Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)

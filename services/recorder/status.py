@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import msgspec
 from msgspec.structs import replace
 
 from chaosbus.common.crd.status import (
@@ -163,6 +164,47 @@ def summary(status: ChaosStatus) -> dict[str, int]:
         "notInjected": sum(r.phase == NOT_INJECTED for r in records),
         "failedEvents": sum(e.type == FAILED for r in records for e in r.events),
     }
+
+
+MAX_STATUS_BYTES = 256 * 1024
+MAX_MESSAGE_CHARS = 256
+
+
+def bounded(status: ChaosStatus, *, max_bytes: int = MAX_STATUS_BYTES) -> ChaosStatus:
+    """Keep the encoded status under `max_bytes` (Kubernetes objects are limited to about 1.5 MiB,
+    and every watcher receives the whole object on each write).
+
+    Event messages are cut to MAX_MESSAGE_CHARS; if the status is still too large, fewer events are
+    kept per record (newest first: 5, 2, 1, then none). Records and counts are never dropped.
+
+    Args:
+        status: The status to bound.
+        max_bytes: Size budget of the JSON-encoded status.
+
+    Returns:
+        The status, unchanged when it already fits.
+    """
+    records = status.experiment.container_records
+    if not records or _size(status) <= max_bytes:
+        return status
+    records = [replace(r, events=[_short(e) for e in r.events]) for r in records]
+    for keep in (5, 2, 1, 0):
+        trimmed = replace(status, experiment=replace(status.experiment, container_records=records))
+        if _size(trimmed) <= max_bytes:
+            return trimmed
+        records = [replace(r, events=r.events[max(0, len(r.events) - keep):]) if keep else replace(r, events=[])
+                   for r in records]
+    return replace(status, experiment=replace(status.experiment, container_records=records))
+
+
+def _size(status: ChaosStatus) -> int:
+    return len(msgspec.json.encode(status))
+
+
+def _short(event: RecordEvent) -> RecordEvent:
+    if len(event.message) <= MAX_MESSAGE_CHARS:
+        return event
+    return replace(event, message=event.message[:MAX_MESSAGE_CHARS - 1] + "…")
 
 
 # --- helpers ------------------------------------------------------------------------------------

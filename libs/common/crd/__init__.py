@@ -9,6 +9,7 @@ from chaosbus.common.crd.objects import (
     decode_documents,
     decode_object,
     encode_object,
+    plural_of,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "decode_documents",
     "decode_object",
     "encode_object",
+    "plural_of",
 ]

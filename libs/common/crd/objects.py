@@ -29,6 +29,12 @@ CHAOS_KINDS: dict[str, type[Spec]] = {
 WATCHED_KINDS: tuple[str, ...] = tuple(CHAOS_KINDS)
 
 
+def plural_of(kind: str) -> str:
+    """The resource name of a chaos-mesh.org kind (`networkchaos`, `schedules`, `podnetworkchaos`)."""
+    lower = kind.lower()
+    return lower if lower.endswith("chaos") else lower + "s"
+
+
 class ChaosObject(msgspec.Struct, kw_only=True):
     """A decoded, defaulted and validated experiment object."""
 

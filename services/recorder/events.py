@@ -1,0 +1,110 @@
+"""Pure: which Kubernetes Events a status write deserves, with Chaos Mesh's reasons.
+
+Derived from the difference between the stored object before and after a recorder write, so every
+path that changes status (decisions, results) reports the same way:
+
+* desiredPhase becomes Run: `Started`; becomes Stop: `Deleted` (object deleting), `Paused` (pause
+  annotation) or `TimeUp` (duration over).
+* a record's injectedCount / recoveredCount goes up: `Applied` / `Recovered`.
+* a new Failed record event: `Failed` (Warning), with the injector's message.
+* selection failed (the Selected condition carries reason SelectionFailed): `Failed` (Warning).
+
+Many targets changing at once are summarised in one Event per reason, so a 1,000-target experiment
+writes a handful of Events, not thousands.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from chaosbus.common.crd.meta import PAUSE_ANNOTATION
+from chaosbus.common.crd.status import RUN, STOP, ChaosStatus
+
+Obj = dict[str, Any]
+NORMAL, WARNING = "Normal", "Warning"
+PER_TARGET_LIMIT = 5  # above this many targets, one summary Event per reason
+
+
+@dataclass(frozen=True)
+class KubeEvent:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+def _status(obj: Obj | None) -> ChaosStatus:
+    raw = (obj or {}).get("status")
+    if not raw:
+        return ChaosStatus()
+    try:
+        return msgspec.convert(raw, ChaosStatus)
+    except msgspec.ValidationError:
+        return ChaosStatus()
+
+
+def phase_event(before: Obj | None, after: Obj) -> KubeEvent | None:
+    old, new = _status(before).experiment.desired_phase, _status(after).experiment.desired_phase
+    if old == new or not new:
+        return None
+    if new == RUN:
+        return KubeEvent(NORMAL, "Started", "Experiment has started")
+    meta = after.get("metadata") or {}
+    if new == STOP and meta.get("deletionTimestamp"):
+        return KubeEvent(NORMAL, "Deleted", "Experiment has been deleted")
+    if new == STOP and (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "true":
+        return KubeEvent(NORMAL, "Paused", "Experiment has been paused")
+    return KubeEvent(NORMAL, "TimeUp", "Time up according to the duration")
+
+
+def target_events(before: Obj | None, after: Obj) -> list[KubeEvent]:
+    old = {(r.id, r.selector_key): r for r in _status(before).experiment.container_records or []}
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    failures: list[tuple[str, str, str]] = []
+    for rec in _status(after).experiment.container_records or []:
+        prev = old.get((rec.id, rec.selector_key))
+        if rec.injected_count > (prev.injected_count if prev else 0):
+            by_reason["Applied"].append(rec.id)
+        if rec.recovered_count > (prev.recovered_count if prev else 0):
+            by_reason["Recovered"].append(rec.id)
+        seen = {(e.type, e.operation, e.timestamp, e.message) for e in (prev.events if prev else [])}
+        for e in rec.events:
+            if e.type == "Failed" and (e.type, e.operation, e.timestamp, e.message) not in seen:
+                failures.append((rec.id, e.operation.lower(), e.message))
+    out = []
+    for reason, verb in (("Applied", "apply"), ("Recovered", "recover")):
+        ids = by_reason.get(reason, [])
+        if len(ids) > PER_TARGET_LIMIT:
+            out.append(KubeEvent(NORMAL, reason, f"Successfully {verb} chaos for {len(ids)} targets "
+                                 f"({', '.join(ids[:3])}, ...)"))
+        else:
+            out += [KubeEvent(NORMAL, reason, f"Successfully {verb} chaos for {i}") for i in ids]
+    if len(failures) > PER_TARGET_LIMIT:
+        first = failures[0]
+        out.append(KubeEvent(WARNING, "Failed", f"Failed to {first[1]} chaos for {len(failures)} targets; "
+                             f"first: {first[0]}: {first[2]}"))
+    else:
+        out += [KubeEvent(WARNING, "Failed", f"Failed to {op} chaos for {i}: {msg}") for i, op, msg in failures]
+    return out
+
+
+def selection_event(before: Obj | None, after: Obj) -> KubeEvent | None:
+    def failure(obj: Obj | None) -> str:
+        for c in _status(obj).conditions:
+            if c.type == "Selected" and c.reason == "SelectionFailed":
+                return c.message
+        return ""
+
+    message = failure(after)
+    if message and message != failure(before):
+        return KubeEvent(WARNING, "Failed", f"Failed to select targets: {message}")
+    return None
+
+
+def for_write(before: Obj | None, after: Obj) -> list[KubeEvent]:
+    """Every Event one recorder write (object `before` -> `after`) should produce, in order."""
+    out = [e for e in (phase_event(before, after), selection_event(before, after)) if e is not None]
+    return out + target_events(before, after)

@@ -1,0 +1,202 @@
+"""The recorder's cluster edge: the same Recorder (decisions and results folded by the pure core),
+writing to the Kubernetes API instead of the local KV store:
+
+* status through the status subresource as a JSON merge patch (kubernetes-asyncio would send a
+  dict as JSON patch unless told `application/merge-patch+json`), carrying the resourceVersion it
+  was computed from, so a concurrent write gives 409 and the change is recomputed on the fresh
+  object; kinds installed without the subresource (Chaos Mesh's own CRDs) get status through the
+  main resource instead;
+* the `chaos-mesh/records` finalizer through the main resource, also guarded by resourceVersion;
+* a core/v1 Event per change worth telling (reasons as Chaos Mesh: Started, Applied, Recovered,
+  Failed, TimeUp, Paused, Deleted), best effort.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.common import service, subjects
+from chaosbus.common.crd import API_VERSION, plural_of
+from chaosbus.common.store import Conflict, NotFound, ObjectStore
+from chaosbus.recorder import core
+from chaosbus.recorder import events as kevents
+from chaosbus.recorder.app import Recorder
+from chaosbus.recorder.metrics import RecorderMetrics
+
+log = cblog.get("recorder")
+GROUP, VERSION = API_VERSION.split("/")
+MERGE = "application/merge-patch+json"
+# kubernetes-asyncio sends a dict as JSON patch unless told otherwise (its stubs omit the keyword).
+AS_MERGE_PATCH: dict[str, Any] = {"_content_type": MERGE}
+COMPONENT = "chaosbus-recorder"
+Obj = dict[str, Any]
+
+
+def merge_diff(old: Any, new: Any) -> Any:
+    """The RFC 7386 merge patch that turns `old` into `new` (null for removed keys)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: Obj = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_diff(old[key], value)
+    return patch
+
+
+class KubeStore(ObjectStore):
+    """ObjectStore's get/mutate over the Kubernetes API (the rest of ObjectStore is not used)."""
+
+    def __init__(self, api: client.ApiClient, *, retries: int = 50) -> None:  # noqa: D107 - no KV here
+        self.co = client.CustomObjectsApi(api)
+        self.retries = retries
+        self.no_status_subresource: set[str] = set()
+        self.conflicts = 0
+
+    async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            obj: Obj = await self.co.get_namespaced_custom_object(GROUP, VERSION, namespace, plural_of(kind), name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return obj
+
+    async def mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> Obj | None:
+        for _ in range(self.retries):
+            current = await self.get(kind, namespace, name)
+            if current is None:
+                raise NotFound(f"{kind}/{namespace}/{name}")
+            new = fn(current)
+            if new is None:
+                return current
+            try:
+                return await self._write(kind, namespace, name, current, new)
+            except ApiException as e:
+                if e.status == 409:
+                    self.conflicts += 1
+                    continue
+                if e.status == 404:
+                    raise NotFound(f"{kind}/{namespace}/{name}") from None
+                raise
+        raise Conflict(f"{kind}/{namespace}/{name}: still conflicting after {self.retries} attempts")
+
+    async def _write(self, kind: str, namespace: str, name: str, current: Obj, new: Obj) -> Obj:
+        plural, result = plural_of(kind), current
+        if new.get("status") != current.get("status"):
+            body = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                    "status": merge_diff(current.get("status") or {}, new.get("status") or {})}
+            result = await self._patch_status(plural, namespace, name, body)
+        finalizers = (new.get("metadata") or {}).get("finalizers") or []
+        if finalizers != ((current.get("metadata") or {}).get("finalizers") or []):
+            body = {"metadata": {"resourceVersion": result["metadata"]["resourceVersion"],
+                                 "finalizers": finalizers or None}}
+            result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
+                                                                  **AS_MERGE_PATCH)
+        return result
+
+    async def _patch_status(self, plural: str, namespace: str, name: str, body: Obj) -> Obj:
+        if plural not in self.no_status_subresource:
+            try:
+                result: Obj = await self.co.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH)
+                return result
+            except ApiException as e:
+                # Without the subresource /status is 404 although the object exists (a Chaos Mesh
+                # CRD); a missing object is 404 on the main resource too, and mutate reports it.
+                if e.status != 404:
+                    raise
+                self.no_status_subresource.add(plural)
+                log.info("no status subresource; writing status through the main resource", plural=plural)
+        result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
+                                                              **AS_MERGE_PATCH)
+        return result
+
+
+class EventWriter:
+    """core/v1 Events about chaos objects, the way client-go's recorder writes them."""
+
+    def __init__(self, api: client.ApiClient, instance: str) -> None:
+        self.core, self.instance = client.CoreV1Api(api), instance
+        self.written = 0
+
+    async def write(self, obj: Obj, event: kevents.KubeEvent) -> None:
+        meta = obj.get("metadata") or {}
+        now = datetime.now(UTC)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body: Any = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{int(now.timestamp() * 1e9):x}",
+                         "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": event.reason, "message": event.message, "type": event.type,
+            "source": {"component": COMPONENT}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+            "reportingComponent": COMPONENT, "reportingInstance": self.instance,
+        }
+        try:
+            await self.core.create_namespaced_event(str(meta.get("namespace")), body, _preload_content=False)
+            self.written += 1
+        except ApiException as e:  # best effort: an Event never blocks a status write
+            log.warning("event not written", reason=event.reason, status=e.status)
+
+
+class KubeRecorder(Recorder):
+    """The local Recorder, plus a Kubernetes Event for every change worth telling."""
+
+    def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
+        super().__init__(store, metrics, max_events=max_events)
+        self.events = events
+
+    async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
+        writes: list[tuple[Obj, Obj]] = []
+
+        def tracking(obj: Obj) -> Obj | None:
+            new = fn(obj)
+            if new is not None:
+                writes.append((obj, new))
+            return new
+
+        changed = await super()._mutate(kind, namespace, name, tracking)
+        if changed and writes:
+            before, after = writes[-1]
+            for event in kevents.for_write(before, after):
+                await self.events.write(after, event)
+        return changed
+
+
+async def api_client(kubeconfig: str | None) -> client.ApiClient:
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if path:
+        return await config.new_client_from_config(config_file=path)
+    cfg = client.Configuration()
+    config.load_incluster_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+async def main(args: argparse.Namespace) -> None:
+    metrics = RecorderMetrics()
+    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
+        api = await api_client(args.kubeconfig)
+        async with api:
+            instance = os.environ.get("POD_NAME") or socket.gethostname()
+            rec = KubeRecorder(KubeStore(api), metrics, EventWriter(api, instance),
+                               max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+            log.info("recorder ready (Kubernetes API)", nats=args.nats, metrics_port=port)
+            await service.run_forever(
+                bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent),
+                bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
+                            m.ExperimentDecision),
+                bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
+            )

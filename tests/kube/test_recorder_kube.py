@@ -1,0 +1,141 @@
+"""The recorder's Kubernetes edge against the API (fake, or a real server): status through the
+status subresource with merge patch (generation untouched), 409 retried, the records finalizer
+added and removed, Events with Chaos Mesh's reasons, and the fallback for CRDs without /status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from kube.conftest import KubeEnv
+
+from chaosbus.common import messages as m
+from chaosbus.recorder import kube as rkube
+from chaosbus.recorder.metrics import RecorderMetrics
+
+pytestmark = pytest.mark.integration
+KIND = "NetworkChaos"
+
+
+def partition(name: str) -> dict[str, Any]:
+    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": KIND, "metadata": {"name": name},
+            "spec": {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "web"}}}}
+
+
+@pytest.fixture
+async def recorder(kube: KubeEnv) -> AsyncIterator[rkube.KubeRecorder]:
+    api = await rkube.api_client(str(kube.kubeconfig))
+    async with api:
+        yield rkube.KubeRecorder(rkube.KubeStore(api), RecorderMetrics(), rkube.EventWriter(api, "test-0"),
+                                 max_events=10)
+
+
+def decision(obj: dict[str, Any], phase: str, *, deleting: bool = False, ids: tuple[str, ...] = ("p0", "p1")
+             ) -> m.ExperimentDecision:
+    meta = obj["metadata"]
+    return m.ExperimentDecision(experiment_uid=meta["uid"], generation=1, kind=KIND, namespace=meta["namespace"],
+                                name=meta["name"], desired_phase=phase,  # type: ignore[arg-type]
+                                records=[m.RecordRef(id=f"{meta['namespace']}/{i}") for i in ids], deleting=deleting)
+
+
+def results(obj: dict[str, Any], op: str, cid: str, ok: bool = True) -> m.ResultBatch:
+    meta = obj["metadata"]
+    return m.ResultBatch(command_id=cid, experiment_uid=meta["uid"], generation=1, kind=KIND,
+                         namespace=meta["namespace"], name=meta["name"], node="n1",
+                         results=[m.TargetResult(target_id=f"{meta['namespace']}/{i}", op=op,  # type: ignore[arg-type]
+                                                 ok=ok, message="" if ok else "boom") for i in ("p0", "p1")])
+
+
+def event_reasons(kube: KubeEnv, name: str) -> list[str]:
+    items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events", query={
+        "fieldSelector": f"involvedObject.kind={KIND},involvedObject.name={name}"})["items"]
+    return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["name"])]
+
+
+def object_event(obj: dict[str, Any], kind_of_change: str = "MODIFIED") -> m.ObjectEvent:
+    import msgspec
+
+    meta = obj["metadata"]
+    return m.ObjectEvent(type=kind_of_change, kind=KIND, namespace=meta["namespace"],  # type: ignore[arg-type]
+                         name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
+
+
+async def test_status_finalizer_and_events_through_the_api(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
+    created = kube.client.create(path, partition("part"))
+    await recorder.on_object(object_event(created, "ADDED"))
+    obj = kube.client.get(f"{path}/part")
+    assert obj is not None and obj["metadata"]["finalizers"] == ["chaos-mesh/records"]
+
+    await recorder.on_decision(decision(obj, "Run"))
+    await recorder.on_results(results(obj, "apply", "c1"))
+    obj = kube.client.get(f"{path}/part")
+    assert obj is not None
+    assert obj["metadata"]["generation"] == 1  # status writes never bump generation
+    status = obj["status"]
+    assert status["experiment"]["desiredPhase"] == "Run"
+    assert [(r["id"], r["phase"], r["injectedCount"]) for r in status["experiment"]["containerRecords"]] == [
+        (f"{kube.namespace}/p0", "Injected", 1), (f"{kube.namespace}/p1", "Injected", 1)]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Selected": "True", "AllInjected": "True", "AllRecovered": "False", "Paused": "False"}
+
+    deleting = kube.client.delete(f"{path}/part")
+    assert deleting["metadata"]["deletionTimestamp"]
+    await recorder.on_decision(decision(deleting, "Stop", deleting=True))
+    assert kube.client.get(f"{path}/part") is not None  # targets not recovered yet: finalizer stays
+    await recorder.on_results(results(deleting, "recover", "c2"))
+    await recorder.on_decision(decision(deleting, "Stop", deleting=True))
+    assert kube.client.get(f"{path}/part") is None  # recovered, finalizer removed, object gone
+    assert event_reasons(kube, "part") == ["Started", "Applied", "Applied", "Deleted", "Recovered", "Recovered"]
+
+
+async def test_failures_become_warning_events(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
+    created = kube.client.create(path, partition("bad"))
+    await recorder.on_decision(decision(created, "Run"))
+    await recorder.on_results(results(created, "apply", "c1", ok=False))
+    items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events", query={
+        "fieldSelector": "involvedObject.name=bad,reason=Failed"})["items"]
+    assert {(e["type"], e["message"]) for e in items} == {
+        ("Warning", f"Failed to apply chaos for {kube.namespace}/{p}: boom") for p in ("p0", "p1")}
+
+
+async def test_a_conflicting_write_is_retried_on_the_fresh_object(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
+    created = kube.client.create(path, partition("race"))
+    store = recorder.store
+    assert isinstance(store, rkube.KubeStore)
+    calls = []
+
+    def racing(obj: dict[str, Any]) -> dict[str, Any]:
+        calls.append(obj["metadata"]["resourceVersion"])
+        if len(calls) == 1:  # someone else writes between our read and our write
+            kube.client.merge_patch(f"{path}/race/status", {"status": {"experiment": {"desiredPhase": "Stop"}}})
+        status = dict(obj.get("status") or {})
+        status["conditions"] = [{"type": "Selected", "status": "False"}]
+        return {**obj, "status": status}
+
+    await store.mutate(KIND, kube.namespace, "race", racing)
+    assert store.conflicts == 1 and len(calls) == 2 and calls[0] != calls[1]
+    final = kube.client.get(f"{path}/race")
+    assert final is not None and final["status"]["experiment"]["desiredPhase"] == "Stop"
+    assert final["status"]["conditions"] == [{"type": "Selected", "status": "False"}]
+    assert final["metadata"]["generation"] == created["metadata"]["generation"]
+
+
+async def test_status_through_the_main_resource_without_the_subresource(kube: KubeEnv,
+                                                                          recorder: rkube.KubeRecorder) -> None:
+    fake = kube.need_fake("re-registering a CRD without the status subresource")
+    res = fake.store.resources[("chaos-mesh.org", "v1alpha1", "networkchaos")]
+    from dataclasses import replace
+
+    fake.call(lambda: fake.store.register(replace(res, status_subresource=False)))
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
+    created = kube.client.create(path, partition("plain"))
+    await recorder.on_decision(decision(created, "Run"))
+    obj = kube.client.get(f"{path}/plain")
+    assert obj is not None and obj["status"]["experiment"]["desiredPhase"] == "Run"
+    assert obj["metadata"]["generation"] == 2  # as with Chaos Mesh's CRDs: status bumps generation
+    assert isinstance(recorder.store, rkube.KubeStore) and recorder.store.no_status_subresource == {"networkchaos"}
