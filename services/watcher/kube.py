@@ -197,7 +197,7 @@ async def main(args: argparse.Namespace) -> None:
         async with api:
             core = ScopedCore(WatcherCore(), scope)
             watcher = KubeWatcher(api, scope, core, lambda out: emit(bus, targets, out, metrics), metrics)
-            log.info("watching the Kubernetes API", nats=args.nats, metrics_port=port,
+            log.info("watcher ready (Kubernetes API)", nats=args.nats, metrics_port=port,
                      cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
                      filter_namespaces=scope.enable_filter_namespace)
             await service.run_forever(watcher.run(), prune_targets(watcher, bus))

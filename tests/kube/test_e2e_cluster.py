@@ -1,0 +1,146 @@
+"""End to end through the Kubernetes API: API server (the fake, or CHAOSBUS_TEST_KUBECONFIG), a real
+nats-server, and the four services as processes (watcher and recorder in --kube mode). Pods are
+played by the kubelet helper: real processes in real network namespaces, `process://` IDs.
+A NetworkChaos partition applied as YAML takes effect in the kernel, its status and Events are
+written back through the API, and deleting it recovers the targets before the finalizer goes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube.conftest import KubeEnv
+from kube.kubelet import Kubelet, KubePod
+
+from chaosbus.common import natsserver
+from chaosbus.common import netns as nsutil
+
+pytestmark = pytest.mark.privileged
+NODE = f"kube-e2e-{os.getpid() % 10000}"
+BRIDGE, SUBNET = f"cbk{os.getpid() % 10000}", f"10.217.{os.getpid() % 250}.0/24"
+SERVER = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+          "s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    s.accept()[0].close()\n")
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, nftables)"
+    if shutil.which("nft") is None:
+        return "needs nft"
+    return None
+
+
+def _connect(ip: str) -> bool:
+    try:
+        with socket.create_connection((ip, 8080), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+def connects(src: KubePod, dst: KubePod) -> bool:
+    assert src.netns is not None
+    return bool(nsutil.run_in_netns(nsutil.netns_path(src.netns), _connect, dst.ip))
+
+
+@pytest.fixture
+def system(kube: KubeEnv, tmp_path: Path) -> Iterator[tuple[KubeEnv, Kubelet, list[KubePod]]]:
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    server = natsserver.start(tmp_path / "nats", port=0)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace}
+    base = ["--nats", server.url, "--metrics-port", "0"]
+    argv = {
+        "watcher": ["--kubeconfig", str(kube.kubeconfig), "--target-namespace", kube.namespace],
+        "scheduler": [],
+        "injector": ["--node", NODE, "--journal", str(tmp_path / "journal.db")],
+        "recorder": ["--kubeconfig", str(kube.kubeconfig)],
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", f"chaosbus.{name}", *base, *extra], env=env,
+                                    stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+             for name, extra in argv.items()}
+    kubelet = Kubelet(kube.client, NODE, bridge=BRIDGE, subnet=SUBNET)
+    try:
+        kubelet.register_node()
+        pods = [kubelet.run_pod(f"peer-{i}", kube.namespace, {"app": "peer", "index": str(i)},
+                                containers={"main": [sys.executable, "-c", SERVER]}, netns=True) for i in range(3)]
+        kube.client.wait_for(lambda: all(connects(a, b) for a in pods for b in pods if a is not b), what="pods up")
+        kube.client.wait_for(lambda: all("ready" in (logs / f"{n}.log").read_text() for n in procs), timeout=20,
+                             what="services ready")
+        yield kube, kubelet, pods
+    finally:
+        kubelet.close()
+        for proc in procs.values():
+            proc.terminate()
+        for name, proc in procs.items():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            if os.environ.get("CHAOSBUS_E2E_LOGS"):
+                print(f"--- {name}\n{(logs / f'{name}.log').read_text()}")
+        server.stop()
+
+
+PARTITION = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata:
+  name: cut-peer-1
+spec:
+  action: partition
+  mode: all
+  selector:
+    labelSelectors: {index: "0"}
+  direction: both
+  target:
+    mode: all
+    selector:
+      labelSelectors: {index: "1"}
+"""
+
+
+def test_partition_applied_recorded_and_recovered_through_the_api(
+        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    kube, _, pods = system
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos/cut-peer-1"
+    kube.client.apply_yaml(PARTITION, kube.namespace)
+
+    def status() -> dict[str, Any]:
+        obj = kube.client.get(path) or {}
+        return obj.get("status") or {}
+
+    kube.client.wait_for(lambda: not connects(pods[0], pods[1]) and not connects(pods[1], pods[0]),
+                         what="partition in the kernel")
+    assert connects(pods[0], pods[2]) and connects(pods[2], pods[1])
+    kube.client.wait_for(lambda: {c["type"]: c["status"] for c in status().get("conditions", [])}.get(
+        "AllInjected") == "True", what="AllInjected")
+    records = status()["experiment"]["containerRecords"]
+    assert sorted((r["id"], r["selectorKey"], r["phase"], r["injectedCount"]) for r in records) == [
+        (f"{kube.namespace}/peer-0", ".", "Injected", 1), (f"{kube.namespace}/peer-1", ".Target", "Injected", 1)]
+    obj = kube.client.get(path)
+    assert obj is not None and obj["metadata"]["finalizers"] == ["chaos-mesh/records"]
+    assert obj["metadata"]["generation"] == 1
+
+    def reasons() -> list[str]:
+        items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events", query={
+            "fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=cut-peer-1"})["items"]
+        return [e["reason"] for e in items]
+
+    kube.client.wait_for(lambda: {"Started", "Applied"} <= set(reasons()), what="Events")
+
+    kube.client.delete(path)
+    kube.client.wait_for(lambda: kube.client.get(path) is None, timeout=20, what="finalizer removed")
+    assert connects(pods[0], pods[1]) and connects(pods[1], pods[0])  # recovered before the object went
+    kube.client.wait_for(lambda: {"Deleted", "Recovered"} <= set(reasons()), what="Events")
