@@ -111,14 +111,51 @@ class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
     rules: list[PartitionRule] = []
 
 
-class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
-    """NetworkChaos traffic shaping (netem family, bandwidth): not executed by this release's
-    injector, which reports it per target; carried so a shaping experiment is never mistaken for
-    a partition.
+class NetemParams(Message, kw_only=True, frozen=True):
+    """One netem qdisc: every non-nil delay/loss/duplicate/corrupt/rate block of a NetworkChaos merged,
+    as Chaos Mesh does whatever the action. Percentages are 0-100; correlations too.
     """
 
-    action: str = ""
-    device: str = ""
+    latency_ns: int = 0
+    jitter_ns: int = 0
+    delay_correlation: float = 0.0
+    reorder: float = 0.0
+    reorder_correlation: float = 0.0
+    gap: int = 0
+    loss: float = 0.0
+    loss_correlation: float = 0.0
+    duplicate: float = 0.0
+    duplicate_correlation: float = 0.0
+    corrupt: float = 0.0
+    corrupt_correlation: float = 0.0
+    rate: int = 0  # bytes per second; 0 = no netem rate limit
+
+
+class TbfParams(Message, kw_only=True, frozen=True):
+    """One tbf qdisc (NetworkChaos bandwidth). Rates in bytes per second, sizes in bytes."""
+
+    rate: int
+    limit: int
+    buffer: int
+    peakrate: int = 0  # with minburst; both or neither
+    minburst: int = 0
+
+
+class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
+    """NetworkChaos traffic shaping on ONE side: egress of `device` in the target's netns, limited to
+    packets towards `peers` (pod IPs) and `external` (IPv4, CIDR or hostname, optional :port; names
+    are resolved by the injector), or to every packet when `unfiltered`. No netem and no tbf means
+    this side has nothing to do (e.g. the target side of direction `to`).
+    """
+
+    action: str = ""  # the NetworkChaos action, for messages
+    device: str = ""  # "" = the interface that carries `pod_ip`
+    pod_ip: str = ""
+    netem: NetemParams | None = None
+    tbf: TbfParams | None = None
+    peers: list[str] = []
+    external: list[str] = []
+    unfiltered: bool = False
 
 
 class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):

@@ -17,7 +17,7 @@ from chaosbus.injector import faults
 SERVICES = ("watcher", "scheduler", "injector", "recorder")
 # Fault specs the scheduler may emit that no injector implements yet; the injector answers them
 # with a non-retryable "not supported" failure (see services/injector/core.py).
-UNSUPPORTED_FAULTS = frozenset({"pod-failure", "network-shaping"})
+UNSUPPORTED_FAULTS = frozenset({"pod-failure"})
 
 
 def overlap(a: str, b: str) -> bool:

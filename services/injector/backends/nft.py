@@ -9,6 +9,9 @@ sweeper can find them by prefix.
 Partition semantics (deliberately unlike Chaos Mesh, which drops replies too): every drop rule
 carries `ct direction original`, so a rule only breaks connections initiated in the blocked
 direction; connections from the other side and their replies keep working.
+
+Exemptions (our own control traffic: NATS, the API server) are accepted at the top of every chain
+of every table, by destination or by source, so no partition can cut them.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def table_name_ok(table: str) -> bool:
 
 # --- pure rendering -------------------------------------------------------------------------
 
-def render_partition_table(table: str, rules: Sequence[ResolvedRule]) -> str:
-    """Render the `table inet <table> { ... }` block for `rules`. Pure; validates every value.
+def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Sequence[Endpoint] = ()) -> str:
+    """Render the `table inet <table> { ... }` block for `rules`, letting `exempt` through. Pure;
+    validates every value.
 
     Raises:
         ValueError: a bad table name, device, address or port (nothing reaches nft unchecked).
@@ -79,10 +83,14 @@ def render_partition_table(table: str, rules: Sequence[ResolvedRule]) -> str:
         rule_sets, lines = _render_rule(f"r{i}", rule)
         sets += rule_sets
         chains[rule.chain] += lines
+    accept: list[str] = []
+    if exempt and any(chains.values()):
+        exempt_sets, accept = _render_exempt(exempt)
+        sets += exempt_sets
     body = [*sets]
     for chain, lines in chains.items():
         if lines:
-            body.append(_chain(chain, lines))
+            body.append(_chain(chain, accept + lines))
     return f"table inet {table} {{\n" + "\n".join(body) + "}\n"
 
 
@@ -107,6 +115,20 @@ def _render_rule(prefix: str, rule: ResolvedRule) -> tuple[list[str], list[str]]
         elements = [f"{_net_text(n)} . {p}" for p, nets in sorted(ported.items()) for n in nets]
         sets.append(_set(f"{prefix}_port", "ipv4_addr . inet_service", elements))
         lines.append(f"{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original drop")
+    return sets, lines
+
+
+def _render_exempt(exempt: Sequence[Endpoint]) -> tuple[list[str], list[str]]:
+    plain, ported = _split_networks(ResolvedRule(chain="output", external=tuple(exempt)))
+    sets: list[str] = []
+    lines: list[str] = []
+    if plain:
+        sets.append(_set("ex_addr", "ipv4_addr", [_net_text(n) for n in plain]))
+        lines += ["ip daddr @ex_addr accept", "ip saddr @ex_addr accept"]
+    if ported:
+        elements = [f"{_net_text(n)} . {p}" for p, nets in sorted(ported.items()) for n in nets]
+        sets.append(_set("ex_port", "ipv4_addr . inet_service", elements))
+        lines += [f"{_L4} ip daddr . th dport @ex_port accept", f"{_L4} ip saddr . th sport @ex_port accept"]
     return sets, lines
 
 

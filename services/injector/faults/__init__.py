@@ -80,9 +80,9 @@ def spec_tag(spec: FaultSpec) -> str:
 
 
 # Imported last: each module registers itself and needs the names above.
-from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill  # noqa: E402
+from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping  # noqa: E402
 
 __all__ = [
     "REGISTRY", "Fault", "FaultContext", "FaultError", "container_kill", "get", "hello_world",
-    "partition", "pod_kill", "register", "spec_tag",
+    "partition", "pod_kill", "register", "shaping", "spec_tag",
 ]

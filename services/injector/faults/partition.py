@@ -4,7 +4,8 @@ One nftables table per (experiment, selector) in the target's netns, named `chao
 of sha1(experiment_uid/selector_key): two experiments on one pod compose as two tables and each
 recovers on its own. `apply` renders the whole table and replaces it atomically; `recover`
 deletes it. Hostnames in `external` are resolved (IPv4) at apply time, on the node.
-See `backends/nft.py` for the `ct direction original` semantics.
+See `backends/nft.py` for the `ct direction original` semantics. Our control traffic
+(`faults/exemptions.py`) is accepted ahead of every drop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, Partition, PartitionRule
 from chaosbus.common.netns import netns_inode
 from chaosbus.injector.backends import nft
-from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:
@@ -86,7 +87,8 @@ class PartitionFault:
             raise FaultError(f"partition is not possible on this node: {reason}", retryable=False)
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         try:
-            script = nft.render_partition_table(table, resolve_rules(spec))
+            exempt = [nft.Endpoint(net, port) for net, port in exemptions.endpoints()]
+            script = nft.render_partition_table(table, resolve_rules(spec), exempt)
         except ValueError as e:
             raise FaultError(f"invalid partition: {e}", retryable=False) from e
         paths = _target_netns(ctx)

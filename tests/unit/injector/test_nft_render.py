@@ -132,3 +132,21 @@ def test_unparsable_external_is_permanent_unresolvable_is_retryable() -> None:
     with pytest.raises(FaultError) as err:
         resolve_rules(unknown)
     assert err.value.retryable and "nonexistent.invalid" in err.value.message
+
+
+def test_exemptions_are_accepted_before_any_drop_in_every_chain() -> None:
+    script = render_partition_table(T, [ResolvedRule(chain="output"), ResolvedRule(chain="input", peers=("10.0.0.9",))],
+                                    exempt=[Endpoint("127.0.0.1/32", 4222), Endpoint("10.96.0.0/12")])
+    assert "set ex_addr" in script and "elements = { 10.96.0.0/12 }" in script
+    assert "set ex_port" in script and "elements = { 127.0.0.1 . 4222 }" in script
+    for hook in ("output", "input"):
+        lines = [ln.strip() for ln in _chain(script, hook).splitlines() if ln.strip() and "hook" not in ln]
+        assert lines[:4] == ["ip daddr @ex_addr accept", "ip saddr @ex_addr accept",
+                             "meta l4proto { tcp, udp, sctp, dccp } ip daddr . th dport @ex_port accept",
+                             "meta l4proto { tcp, udp, sctp, dccp } ip saddr . th sport @ex_port accept"]
+        assert lines[-1].endswith("drop")
+
+
+def test_no_chain_no_exemption_sets() -> None:
+    script = render_partition_table(T, [], exempt=[Endpoint("127.0.0.1/32", 4222)])
+    assert "ex_port" not in script

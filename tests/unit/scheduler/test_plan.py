@@ -274,3 +274,110 @@ def test_recreated_pod_with_another_uid_is_not_used() -> None:
     impostor = m.TargetPod(uid="uid-new", namespace="default", name="web-0",
                            containers=[m.ContainerRef(name="main", container_id="process://someone-else")])
     assert plan.container_ids(Selected("default/web-0", MAIN, old), impostor) == ["process://web-0-main"]
+
+
+# --- shaping (netem family, bandwidth) -----------------------------------------------------------
+
+def shaping_by_side(o: ChaosObject, *pods: m.TargetPod) -> dict[tuple[str, str], m.Shaping]:
+    chosen = select(o, *pods)
+    out = {}
+    for s in chosen:
+        fault = plan.fault_for(o, s, chosen)
+        assert isinstance(fault, m.Shaping)
+        out[(s.record_id, s.selector_key)] = fault
+    return out
+
+
+def shaping(action: str = "delay", direction: str = "to", target: bool = True, **spec: Any) -> ChaosObject:
+    spec.setdefault("delay", {"latency": "100ms"})
+    if target:
+        spec["target"] = {"mode": "all", "selector": {"labelSelectors": {"app": "db"}}}
+    return obj("NetworkChaos", action=action, direction=direction, **spec)
+
+
+def active(f: m.Shaping) -> tuple[list[str], list[str], bool] | None:
+    return (f.peers, f.external, f.unfiltered) if f.netem or f.tbf else None
+
+
+@pytest.mark.parametrize(("direction", "web", "db"), [
+    ("to", (DB_IPS, [], False), None),
+    ("from", None, (WEB_IPS, [], False)),
+    ("both", (DB_IPS, [], False), (WEB_IPS, [], False)),
+])
+def test_shaping_direction_table(direction: str, web: Any, db: Any) -> None:
+    by_side = shaping_by_side(shaping(direction=direction))
+    assert active(by_side[("default/web-0", MAIN)]) == web
+    assert active(by_side[("default/db-0", TARGET)]) == db
+
+
+def test_shaping_without_target_or_externals_is_unfiltered() -> None:
+    by_side = shaping_by_side(shaping(target=False))
+    assert active(by_side[("default/web-0", MAIN)]) == ([], [], True)
+
+
+def test_shaping_externals_filter_the_selector_side() -> None:
+    by_side = shaping_by_side(shaping(target=False, externalTargets=["1.2.3.4:80", "example.com"]))
+    assert active(by_side[("default/web-1", MAIN)]) == ([], ["1.2.3.4:80", "example.com"], False)
+
+
+def test_shaping_target_without_addresses_never_widens_to_everything() -> None:
+    db = [pod("db-0", app="db")]
+    by_side = shaping_by_side(shaping(), *WEB, *db)
+    assert active(by_side[("default/web-0", MAIN)]) is None
+
+
+def test_shaping_carries_devices_and_pod_ips() -> None:
+    by_side = shaping_by_side(shaping(direction="both", device="eth1@if7", targetDevice="veth9"))
+    assert by_side[("default/web-0", MAIN)].device == "eth1"
+    assert by_side[("default/db-1", TARGET)].device == "veth9"
+    assert by_side[("default/db-1", TARGET)].pod_ip == "10.0.1.2"
+
+
+def test_every_netem_block_is_merged_whatever_the_action() -> None:
+    o = shaping(action="loss", target=False, loss={"loss": "25", "correlation": "50"},
+                delay={"latency": "1.5ms", "jitter": "1ms", "correlation": "10",
+                       "reorder": {"reorder": "5", "correlation": "1", "gap": 0}},
+                duplicate={"duplicate": "2"}, corrupt={"corrupt": "0.5", "correlation": "3"},
+                rate={"rate": "1mbit"}, bandwidth={"rate": "1mbps", "limit": 10, "buffer": 10})
+    f = shaping_by_side(o)[("default/web-0", MAIN)]
+    assert f.tbf is None and f.action == "loss"
+    assert f.netem == m.NetemParams(latency_ns=1_500_000, jitter_ns=1_000_000, delay_correlation=10, reorder=5,
+                                    reorder_correlation=1, gap=1, loss=25, loss_correlation=50, duplicate=2,
+                                    corrupt=0.5, corrupt_correlation=3, rate=125_000)
+
+
+def test_chaos_mesh_netem_rules_kept() -> None:
+    # correlation without jitter and reordering without latency are dropped, as Chaos Mesh does
+    o = shaping(action="netem", target=False, delay={"latency": "0ms", "correlation": "50",
+                                                     "reorder": {"reorder": "10", "gap": 2}})
+    assert shaping_by_side(o)[("default/web-0", MAIN)].netem == m.NetemParams()
+
+
+def test_bandwidth_is_a_tbf_only() -> None:
+    o = shaping(action="bandwidth", target=False, bandwidth={"rate": "1mbit", "limit": 20000, "buffer": 10000,
+                                                           "peakrate": 250000, "minburst": 1600})
+    f = shaping_by_side(o)[("default/web-0", MAIN)]
+    assert f.netem is None
+    assert f.tbf == m.TbfParams(rate=125_000, limit=20_000, buffer=10_000, peakrate=250_000, minburst=1_600)
+
+
+def test_bandwidth_peakrate_needs_minburst() -> None:
+    o = shaping(action="bandwidth", target=False, bandwidth={"rate": "1kbps", "limit": 1, "buffer": 1,
+                                                           "peakrate": 5000})
+    assert shaping_by_side(o)[("default/web-0", MAIN)].tbf == m.TbfParams(rate=1024, limit=1, buffer=1)
+
+
+@pytest.mark.parametrize(("text", "bandwidth", "tc"), [
+    ("1bps", 1, 1), ("1kbps", 1024, 1000), ("2mbps", 2 * 1024**2, 2_000_000), ("1gbps", 1024**3, 10**9),
+    ("8bit", 1, 1), ("1kbit", 125, 125), ("1mbit", 125_000, 125_000), ("1GBIT", 125_000_000, 125_000_000),
+    ("1tbit", 125 * 10**9, 125 * 10**9),
+])
+def test_rate_units(text: str, bandwidth: int, tc: int) -> None:
+    assert plan.bandwidth_rate(text) == bandwidth
+    assert plan.tc_rate(text) == tc
+
+
+@pytest.mark.parametrize("text", ["", "1", "mbit", "1xbit", "1.5mbit", "-1bit"])
+def test_bad_rates(text: str) -> None:
+    with pytest.raises(ValueError):
+        plan.bandwidth_rate(text)

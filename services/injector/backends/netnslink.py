@@ -1,0 +1,154 @@
+"""One netlink socket per target network namespace, safe to use from any thread.
+
+pyroute2 0.9 keeps its socket and event loop per *thread* (a sync `IPRoute` used from a second
+thread quietly opens a second socket in that thread's namespace, and `IPRoute(netns=...)` forks
+to create one). So each namespace gets one long-lived thread that entered it (setns, no fork) and
+owns an `AsyncIPRoute` and its event loop there; callers hand it coroutine functions and wait.
+The thread also serialises every change to that namespace's traffic control, which is the lock
+the shaping fault needs.
+
+A cached socket keeps its namespace alive, so links are closed as soon as nothing of ours is left
+in the namespace (`release`), and `LinkCache.forget_gone` drops those whose namespace went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pyroute2 import AsyncIPRoute
+
+from chaosbus.common.netns import setns_net
+
+R = TypeVar("R")
+Job = Callable[[Any], Awaitable[Any]]  # called with the namespace's AsyncIPRoute
+
+
+class NetnsGone(Exception):
+    """The network namespace does not exist (any more)."""
+
+
+def netns_key(path: str) -> tuple[int, int]:
+    """(device, inode) of a netns file: the namespace's identity.
+
+    Raises:
+        NetnsGone: the path does not exist.
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise NetnsGone(f"network namespace {path} is gone") from e
+    return (st.st_dev, st.st_ino)
+
+
+class NetnsLink:
+    """A thread inside one netns owning an AsyncIPRoute; `run` executes jobs there, in order."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.key = netns_key(path)
+        self._jobs: queue.SimpleQueue[tuple[Job, concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._main, args=(ready,), daemon=True,
+                                        name=f"netlink:{os.path.basename(path)}")
+        self._thread.start()
+        ready.result()
+
+    def run(self, job: Callable[[Any], Awaitable[R]]) -> R:
+        """Run `job(ipr)` on the namespace's thread and return its result (or raise its error)."""
+        if not self._thread.is_alive():
+            raise NetnsGone(f"netlink thread for {self.path} is closed")
+        done: concurrent.futures.Future[R] = concurrent.futures.Future()
+        self._jobs.put((job, done))
+        return done.result()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            if threading.current_thread() is not self._thread:
+                self._thread.join(timeout=5)
+
+    def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            setns_net(self.path)
+            loop = asyncio.new_event_loop()
+            ipr = loop.run_until_complete(_open())
+        except OSError as e:
+            ready.set_exception(NetnsGone(f"cannot enter network namespace {self.path}: {e}"))
+            return
+        except BaseException as e:  # reported to the creator
+            ready.set_exception(e)
+            return
+        ready.set_result(None)
+        try:
+            while (item := self._jobs.get()) is not None:
+                job, done = item
+                if done.set_running_or_notify_cancel():
+                    try:
+                        done.set_result(loop.run_until_complete(job(ipr)))
+                    except BaseException as e:  # handed to the waiting caller
+                        done.set_exception(e)
+        finally:
+            ipr.close()
+            loop.close()
+
+
+async def _open() -> Any:
+    ipr = AsyncIPRoute()
+    await ipr.setup_endpoint()
+    return ipr
+
+
+class LinkCache:
+    """NetnsLinks by namespace identity; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._links: dict[tuple[int, int], NetnsLink] = {}
+
+    def get(self, path: str) -> NetnsLink:
+        key = netns_key(path)
+        with self._lock:
+            link = self._links.get(key)
+            if link is not None and link._thread.is_alive():
+                return link
+        fresh = NetnsLink(path)  # outside the lock: entering a namespace takes a moment
+        with self._lock:
+            link = self._links.get(key)
+            if link is not None and link._thread.is_alive():
+                fresh.close()
+                return link
+            self._links[key] = fresh
+            return fresh
+
+    def release(self, key: tuple[int, int]) -> None:
+        with self._lock:
+            link = self._links.pop(key, None)
+        if link is not None:
+            link.close()
+
+    def forget_gone(self) -> None:
+        """Close links whose namespace file is gone or now names another namespace."""
+        with self._lock:
+            items = list(self._links.items())
+        for key, link in items:
+            try:
+                alive = netns_key(link.path) == key
+            except NetnsGone:
+                alive = False
+            if not alive:
+                self.release(key)
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def close_all(self) -> None:
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close()

@@ -1,0 +1,47 @@
+"""Which endpoints partition and shaping must never cut: CHAOSBUS_EXEMPT plus the NATS URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from chaosbus.injector.faults import exemptions
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(exemptions.ENV, raising=False)
+    exemptions.configure(None)
+    yield
+    exemptions.configure(None)
+
+
+def test_nats_url_it_connects_to_is_exempt() -> None:
+    exemptions.configure("nats://127.0.0.1:4333")
+    assert exemptions.endpoints() == (("127.0.0.1/32", 4333),)
+
+
+def test_several_servers_credentials_and_default_port() -> None:
+    exemptions.configure("nats://u:p@10.0.0.7,tls://10.0.0.8:4443")
+    assert exemptions.endpoints() == (("10.0.0.7/32", 4222), ("10.0.0.8/32", 4443))
+
+
+def test_env_entries_add_addresses_cidrs_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(exemptions.ENV, "10.96.0.1:443, 10.244.0.0/16,192.0.2.9 , not a host!")
+    exemptions.configure("nats://127.0.0.1:4222")
+    assert exemptions.endpoints() == (("10.244.0.0/16", None), ("10.96.0.1/32", 443), ("127.0.0.1/32", 4222),
+                                      ("192.0.2.9/32", None))
+
+
+def test_hostnames_are_resolved_and_unresolvable_ones_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(exemptions.ENV, "localhost:6443,no-such-host.invalid")
+    exemptions.configure("nats://localhost:4222")
+    assert set(exemptions.endpoints()) == {("127.0.0.1/32", 6443), ("127.0.0.1/32", 4222)}
+
+
+def test_changes_to_the_environment_are_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    exemptions.configure("nats://127.0.0.1:4222")
+    before = exemptions.endpoints()
+    monkeypatch.setenv(exemptions.ENV, "10.0.0.1")
+    assert set(exemptions.endpoints()) == {*before, ("10.0.0.1/32", None)}
