@@ -59,11 +59,11 @@ class SweepReport:
 
 class Sweeper:
     def __init__(self, journal: Journal, gate: Gate, node: str, *, scope: str = "journal",
-                 run: Runner | None = None) -> None:
+                 run: Runner | None = None, shaping: bool = True) -> None:
         if scope not in SCOPES:
             raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
         self.journal, self.gate, self.node, self.scope = journal, gate, node, scope
-        self.shaping = _shaping_backend()
+        self.shaping = _shaping_backend() if shaping else None
         self._run = run  # how blocking calls are run (a thread pool); None: inline (tests)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -144,7 +144,7 @@ def expected_in(entries: Iterable[Entry], inode: int) -> tuple[set[str], bool]:
     tables: set[str] = set()
     shaping = False
     for e in entries:
-        if not e.lasting or not any(ns.inode == inode for ns in e.identity.netns):
+        if not (e.is_open and e.lasting) or not any(ns.inode == inode for ns in e.identity.netns):
             continue
         table = e.original.get("nft_table_absent")
         if isinstance(table, str):
