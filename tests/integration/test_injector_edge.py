@@ -1,0 +1,148 @@
+"""The injector's NATS edge against a real nats-server (port 0, JetStream in a temp dir): commands
+from the node's durable consumer, results through the journal's outbox (kept while NATS is down,
+published in order once it is back), a duplicate command delivered twice, the kill switch read
+from the KV key alone, and leases on the core subject. The fault is the recording fault of the
+node unit tests, so no root is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from unit.injector.factories import Recording, command, eventually, make_node
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+from chaosbus.common import natsserver, subjects
+from chaosbus.injector.app import Edge
+from chaosbus.injector.metrics import InjectorMetrics
+from chaosbus.injector.node import Node
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def fault() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+async def running(tmp_path: Path, fault: Recording,
+                  nats_server: natsserver.EmbeddedServer) -> AsyncIterator[tuple[Node, busmod.Bus]]:
+    node = make_node(tmp_path, fault, lease_ttl=1.0)
+    edge = Edge(node, "n1", InjectorMetrics())
+    tasks = [asyncio.ensure_future(node.watchdog()), asyncio.ensure_future(edge.run(nats_server.url))]
+    bus = await busmod.connect(nats_server.url, "test")
+    await bus.ensure()
+    try:
+        yield node, bus
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=5)
+        await bus.close()
+        node.close()
+        node.journal.close()
+
+
+async def batches(bus: busmod.Bus, within: float = 5.0, *, count: int = 1) -> list[m.ResultBatch]:
+    deadline = time.monotonic() + within
+    while True:
+        info = await bus.js.stream_info(subjects.RESULTS.name)
+        if info.state.messages >= count or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        with contextlib.suppress(Exception):
+            out.append(busmod.decode((await bus.js.get_msg(subjects.RESULTS.name, seq)).data or b"", m.ResultBatch))
+    return out
+
+
+async def test_a_command_yields_its_results_on_the_stream(running: tuple[Node, busmod.Bus], fault: Recording,
+                                                          sleeper: subprocess.Popen[bytes]) -> None:
+    _, bus = running
+    cmd = command(sleeper)
+    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    [batch] = await batches(bus)
+    assert batch.command_id == cmd.command_id and batch.results[0].ok and len(fault.kernel) == 1
+
+
+async def test_a_command_delivered_twice_is_executed_once(running: tuple[Node, busmod.Bus], fault: Recording,
+                                                          sleeper: subprocess.Popen[bytes]) -> None:
+    _, bus = running
+    cmd = command(sleeper)
+    for msg_id in ("first", "second"):  # past JetStream's dedup: two deliveries of one command
+        await bus.publish(subjects.command_subject("n1"), cmd, msg_id=msg_id)
+    await batches(bus)
+    await asyncio.sleep(0.5)  # time for the second delivery to be handled (and ignored)
+    assert fault.applies == 1 and len(await batches(bus)) == 1
+    assert (await bus.js.stream_info(subjects.COMMANDS.name)).state.messages == 0  # both acked
+
+
+async def test_the_kv_key_alone_halts_the_node(running: tuple[Node, busmod.Bus], fault: Recording,
+                                               sleeper: subprocess.Popen[bytes]) -> None:
+    node, bus = running
+    cmd = command(sleeper)
+    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await batches(bus)
+    kv = await bus.kv(subjects.CONTROL.name)
+    await kv.put(subjects.HALT_KEY, busmod.encode(m.HaltState(halted=True, reason="kv only", at=time.time())))
+    await eventually(lambda: not fault.kernel)
+    assert node.halt.halted
+    [_, halted] = await batches(bus, count=2)
+    assert halted.results[0].message == "recovered: halted by kill switch (kv only)"
+
+
+async def test_leases_on_the_subject_keep_a_fault_and_their_absence_ends_it(
+        running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
+    _, bus = running
+    cmd = command(sleeper)
+    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await batches(bus)
+    for _ in range(15):  # 1.5 s of renewals against a 1 s lease
+        lease = m.NodeLease(node="n1", ttl_s=1.0, held=[cmd.experiment_uid])
+        await bus.nc.publish(subjects.lease_subject("n1"), busmod.encode(lease))
+        await asyncio.sleep(0.1)
+    assert len(fault.kernel) == 1
+    [_, ended] = await batches(bus, within=3.0, count=2)
+    assert ended.results[0].message == "recovered: control-plane lease expired (the scheduler was silent for 1s)"
+
+
+async def test_results_wait_in_the_outbox_while_nats_is_down(
+        running: tuple[Node, busmod.Bus], nats_server: natsserver.EmbeddedServer, fault: Recording,
+        sleeper: subprocess.Popen[bytes]) -> None:
+    node, bus = running
+    cmd = command(sleeper, deadline=None)
+    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await batches(bus)
+    await bus.close()
+    nats_server.process.kill()
+    nats_server.process.wait()
+    await eventually(lambda: not fault.kernel)  # the lease (1 s) ends it with nobody listening
+    assert [r.msg_id for r in node.journal.outbox()], "the report waits in the journal"
+    restarted = natsserver.start(nats_server.store_dir, port=nats_server.port)
+    try:
+        again = await busmod.connect(restarted.url, "test-2")
+        try:
+            found = await batches(again, within=10.0, count=2)
+            assert found[-1].results[0].message.startswith("recovered: control-plane lease expired (NATS unreachable")
+            assert node.journal.outbox() == []
+        finally:
+            await again.close()
+    finally:
+        restarted.stop()
