@@ -116,3 +116,24 @@ def _with_finalizers(obj: Obj, finalizers: list[str]) -> Obj:
     out = copy.copy(obj)
     out["metadata"] = {**_meta(obj), "finalizers": finalizers}
     return out
+
+
+SUPPORTED = "Supported"
+NOT_SUPPORTED = "NotSupported"
+
+
+def not_supported(obj: Obj) -> Obj | None:
+    """Mark an object of a kind chaosbus accepts but does not execute: condition Supported=False
+    (reason NotSupported) saying nothing is injected. None if already marked.
+    """
+    status = dict(obj.get("status") or {})
+    condition = {"type": SUPPORTED, "status": "False", "reason": NOT_SUPPORTED,
+                 "message": f"chaosbus accepts {obj.get('kind')} objects but does not execute them yet; "
+                            "nothing is injected"}
+    others = [c for c in status.get("conditions") or [] if c.get("type") != SUPPORTED]
+    new = {**status, "conditions": [*others, condition]}
+    if new == obj.get("status"):
+        return None
+    out = copy.copy(obj)
+    out["status"] = new
+    return out

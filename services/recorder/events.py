@@ -8,6 +8,7 @@ path that changes status (decisions, results) reports the same way:
 * a record's injectedCount / recoveredCount goes up: `Applied` / `Recovered`.
 * a new Failed record event: `Failed` (Warning), with the injector's message.
 * selection failed (the Selected condition carries reason SelectionFailed): `Failed` (Warning).
+* a kind chaosbus accepts but does not execute: `NotSupported` (Warning).
 
 Many targets changing at once are summarised in one Event per reason, so a 1,000-target experiment
 writes a handful of Events, not thousands.
@@ -104,7 +105,18 @@ def selection_event(before: Obj | None, after: Obj) -> KubeEvent | None:
     return None
 
 
+def not_supported_event(before: Obj | None, after: Obj) -> KubeEvent | None:
+    def reason(obj: Obj | None) -> str:
+        conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+        return next((c.get("message", "") for c in conditions if c.get("reason") == "NotSupported"), "")
+
+    message = reason(after)
+    return KubeEvent(WARNING, "NotSupported", message) if message and message != reason(before) else None
+
+
 def for_write(before: Obj | None, after: Obj) -> list[KubeEvent]:
     """Every Event one recorder write (object `before` -> `after`) should produce, in order."""
+    if (event := not_supported_event(before, after)) is not None:
+        return [event]
     out = [e for e in (phase_event(before, after), selection_event(before, after)) if e is not None]
     return out + target_events(before, after)

@@ -25,7 +25,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
-from chaosbus.common.crd import API_VERSION, plural_of
+from chaosbus.common.crd import API_VERSION, NOT_EXECUTED, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
@@ -153,11 +153,19 @@ class EventWriter:
 
 
 class KubeRecorder(Recorder):
-    """The local Recorder, plus a Kubernetes Event for every change worth telling."""
+    """The local Recorder, plus a Kubernetes Event for every change worth telling, and the
+    NotSupported mark for kinds chaosbus accepts but does not execute (no finalizer: nothing to
+    recover)."""
 
     def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
         super().__init__(store, metrics, max_events=max_events)
         self.events = events
+
+    async def on_object(self, event: m.ObjectEvent) -> None:
+        if event.kind not in NOT_EXECUTED:
+            await super().on_object(event)
+        elif event.type != "DELETED":
+            await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         writes: list[tuple[Obj, Obj]] = []

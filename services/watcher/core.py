@@ -1,4 +1,5 @@
-"""Pure watcher logic: an object store change becomes object events for chaos kinds and target
+"""Pure watcher logic: an object store change becomes object events for chaos kinds (executed or
+only accepted, so the recorder can say so) and target
 projection updates for Pods, Namespaces and Nodes. No I/O; the app feeds it and publishes.
 """
 
@@ -11,7 +12,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import CHAOS_KINDS
+from chaosbus.common.crd import CHAOS_KINDS, NOT_EXECUTED
 
 Obj = dict[str, Any]
 
@@ -77,7 +78,7 @@ class WatcherCore:
         added = key not in self.seen
         self.seen[key] = obj
         out = Outputs()
-        if kind in CHAOS_KINDS:
+        if kind in CHAOS_KINDS or kind in NOT_EXECUTED:
             out.events.append(_event("ADDED" if added else "MODIFIED", obj, revision))
         else:
             projected = _project(kind, obj)
@@ -91,7 +92,7 @@ class WatcherCore:
         if obj is None:
             return out
         kind = str(obj.get("kind", ""))
-        if kind in CHAOS_KINDS:
+        if kind in CHAOS_KINDS or kind in NOT_EXECUTED:
             out.events.append(_event("DELETED", obj, revision))
         else:
             projected = _project(kind, obj)

@@ -26,7 +26,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import service, subjects
-from chaosbus.common.crd import API_VERSION, WATCHED_KINDS
+from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
 from chaosbus.watcher.core import WatcherCore
 from chaosbus.watcher.metrics import WatcherMetrics
@@ -47,7 +47,7 @@ class Resource:
 
 
 def resources() -> list[Resource]:
-    chaos = [Resource(kind, kind.lower()) for kind in WATCHED_KINDS]
+    chaos = [Resource(kind, plural_of(kind)) for kind in WATCHED_KINDS]
     return [*chaos, Resource("Pod", "pods", core=True),
             Resource("Namespace", "namespaces", core=True, namespaced=False),
             Resource("Node", "nodes", core=True, namespaced=False)]

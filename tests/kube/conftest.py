@@ -68,8 +68,7 @@ def _release_finalizers(client: KubeClient, namespace: str) -> None:
     from kube.crds import chaos_resources
 
     for plural in chaos_resources():
-        items = client.request("GET", f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/{plural}",
-                               ok=(404,)).get("items", [])
+        items = (client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/{plural}") or {}).get("items", [])
         for item in items:
             if item["metadata"].get("finalizers"):
                 with contextlib.suppress(KubeError):

@@ -14,7 +14,7 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def crd_documents() -> list[dict[str, Any]]:
-    docs = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.yaml"))]
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(CRD_DIR.glob("*.chaos-mesh.org.yaml"))]
     if docs:
         return docs
     from chaosbus.common.crd import CHAOS_KINDS
@@ -34,7 +34,8 @@ def _open_crd(kind: str) -> dict[str, Any]:
 
 
 def chaos_resources() -> list[str]:
-    return [d["spec"]["names"]["plural"] for d in crd_documents()]
+    """Plurals of the namespaced chaos kinds."""
+    return [d["spec"]["names"]["plural"] for d in crd_documents() if d["spec"]["scope"] == "Namespaced"]
 
 
 def install_crds(client: KubeClient) -> None:

@@ -139,3 +139,42 @@ async def test_status_through_the_main_resource_without_the_subresource(kube: Ku
     assert obj is not None and obj["status"]["experiment"]["desiredPhase"] == "Run"
     assert obj["metadata"]["generation"] == 2  # as with Chaos Mesh's CRDs: status bumps generation
     assert isinstance(recorder.store, rkube.KubeStore) and recorder.store.no_status_subresource == {"networkchaos"}
+
+
+def create_examples(kube: KubeEnv) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from chaosbus.common.crd import ALL_KINDS, plural_of
+
+    examples = Path(__file__).resolve().parents[1] / "data" / "chaos-mesh-examples"
+    for path in sorted(examples.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or not ALL_KINDS[doc["kind"]].namespaced:
+                continue
+            doc["metadata"].pop("namespace", None)
+            kube.client.create(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/{plural_of(doc['kind'])}",
+                               doc)
+
+
+async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: KubeEnv,
+                                                                         recorder: rkube.KubeRecorder) -> None:
+    from chaosbus.common.crd import NOT_EXECUTED
+
+    create_examples(kube)
+    stress = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/stresschaos/burn-cpu")
+    assert stress is not None and stress["spec"]["stressors"]["cpu"]["load"] == 80  # stored unchanged
+    assert "StressChaos" in NOT_EXECUTED
+    import msgspec
+
+    await recorder.on_object(m.ObjectEvent(type="ADDED", kind="StressChaos", namespace=kube.namespace,
+                                           name="burn-cpu", uid=stress["metadata"]["uid"],
+                                           object=msgspec.Raw(msgspec.json.encode(stress))))
+    marked = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/stresschaos/burn-cpu")
+    assert marked is not None and "finalizers" not in marked["metadata"]
+    [condition] = marked["status"]["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == ("Supported", "False", "NotSupported")
+    items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events",
+                                query={"fieldSelector": "involvedObject.name=burn-cpu"})["items"]
+    assert [(e["type"], e["reason"]) for e in items] == [("Warning", "NotSupported")]

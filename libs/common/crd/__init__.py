@@ -4,15 +4,19 @@ from chaosbus.common.crd.errors import InvalidObject
 from chaosbus.common.crd.objects import (
     API_VERSION,
     CHAOS_KINDS,
-    WATCHED_KINDS,
     ChaosObject,
     decode_documents,
     decode_object,
     encode_object,
     plural_of,
 )
+from chaosbus.common.crd.registry import ACCEPTED, ALL_KINDS, NOT_EXECUTED, WATCHED_KINDS, decode_any
 
 __all__ = [
+    "ACCEPTED",
+    "ALL_KINDS",
+    "NOT_EXECUTED",
+    "decode_any",
     "API_VERSION",
     "CHAOS_KINDS",
     "ChaosObject",

@@ -25,10 +25,6 @@ CHAOS_KINDS: dict[str, type[Spec]] = {
 }
 
 
-# Every chaos kind the watcher lists and watches in cluster mode.
-WATCHED_KINDS: tuple[str, ...] = tuple(CHAOS_KINDS)
-
-
 def plural_of(kind: str) -> str:
     """The resource name of a chaos-mesh.org kind (`networkchaos`, `schedules`, `podnetworkchaos`)."""
     lower = kind.lower()

@@ -1,0 +1,187 @@
+"""Spec models of the pod-based experiment kinds chaosbus accepts but does not execute yet:
+StressChaos, IOChaos, TimeChaos, DNSChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
+(field names and types per Chaos Mesh v1alpha1; admission checks are the structural ones).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from chaosbus.common.crd.common import ContainerSelectorBase, PodSelectorBase
+
+
+class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class CPUStressor(_S):
+    workers: int
+    load: int | None = None
+    options: list[str] = []
+
+
+class MemoryStressor(_S):
+    workers: int = 0
+    size: str = ""
+    oom_score_adj: int = 0
+    options: list[str] = []
+
+
+class Stressors(_S):
+    cpu: CPUStressor | None = None
+    memory: MemoryStressor | None = None
+
+
+class StressChaosSpec(ContainerSelectorBase, kw_only=True):
+    stressors: Stressors | None = None
+    stressng_stressors: str = msgspec.field(default="", name="stressngStressors")
+
+
+class Timespec(_S):
+    sec: int = 0
+    nsec: int = 0
+
+
+class AttrOverride(_S):
+    ino: int | None = None
+    size: int | None = None
+    blocks: int | None = None
+    atime: Timespec | None = None
+    mtime: Timespec | None = None
+    ctime: Timespec | None = None
+    kind: str = ""
+    perm: int | None = None
+    nlink: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    rdev: int | None = None
+
+
+class Mistake(_S):
+    filling: str = ""
+    max_occurrences: int = 0
+    max_length: int = 0
+
+
+class IOChaosSpec(ContainerSelectorBase, kw_only=True):
+    action: str = ""
+    volume_path: str = ""
+    path: str = ""
+    methods: list[str] = []
+    percent: int = 100
+    delay: str = ""
+    errno: int = 0
+    attr: AttrOverride | None = None
+    mistake: Mistake | None = None
+
+
+class TimeChaosSpec(ContainerSelectorBase, kw_only=True):
+    time_offset: str = ""
+    clock_ids: list[str] = []
+
+
+class DNSChaosSpec(ContainerSelectorBase, kw_only=True):
+    action: str = ""
+    patterns: list[str] = []
+
+
+class PodHttpChaosPatchBody(_S):
+    type: str = ""
+    value: str = ""
+
+
+class HTTPPatch(_S):
+    body: PodHttpChaosPatchBody | None = None
+    queries: list[list[str]] = []
+    headers: list[list[str]] = []
+
+
+class HTTPReplace(_S):
+    path: str | None = None
+    method: str | None = None
+    code: int | None = None
+    body: str = ""
+    queries: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+
+class HTTPTLS(_S):
+    secret_name: str = ""
+    secret_namespace: str = ""
+    cert_name: str = ""
+    key_name: str = ""
+    ca_name: str | None = None
+
+
+class HTTPChaosSpec(PodSelectorBase, kw_only=True):
+    target: str = ""
+    port: int = 0
+    path: str | None = None
+    method: str | None = None
+    code: int | None = None
+    request_headers: dict[str, str] = msgspec.field(default_factory=dict, name="request_headers")
+    response_headers: dict[str, str] = msgspec.field(default_factory=dict, name="response_headers")
+    abort: bool | None = None
+    delay: str | None = None
+    replace: HTTPReplace | None = None
+    patch: HTTPPatch | None = None
+    tls: HTTPTLS | None = None
+
+
+class JVMChaosSpec(ContainerSelectorBase, kw_only=True):
+    """The `return` action's value shares the `value` key with the mode's value (as in Chaos Mesh,
+    where both are inlined into one JSON object)."""
+
+    action: str = ""
+    class_: str = msgspec.field(default="", name="class")
+    method: str = ""
+    port: int = 9277
+    pid: int = 0
+    name: str = ""
+    exception: str = ""
+    latency: int = 0
+    rule_data: str = ""
+    cpu_count: int = 0
+    mem_type: str = ""
+    mysql_connector_version: str = ""
+    database: str = ""
+    table: str = ""
+    sql_type: str = ""
+
+
+class Frame(_S):
+    funcname: str = ""
+    parameters: str = ""
+    predicate: str = ""
+
+
+class FailKernRequest(_S):
+    failtype: int = 0
+    headers: list[str] = []
+    callchain: list[Frame] = []
+    probability: int = 0
+    times: int = 0
+
+
+class KernelChaosSpec(PodSelectorBase, kw_only=True):
+    fail_kern_request: FailKernRequest | None = None
+
+
+class BlockDelay(_S):
+    latency: str = ""
+    jitter: str = "0ms"
+    correlation: str = "0"
+
+
+class BlockChaosSpec(ContainerSelectorBase, kw_only=True):
+    action: str = ""
+    volume_name: str = ""
+    delay: BlockDelay | None = None
+
+
+class RawSpec(msgspec.Struct, kw_only=True):
+    """Placeholder for free-form parts (a full corev1 Container, a chaosd action block)."""
+
+    data: dict[str, Any] = {}
