@@ -1,0 +1,100 @@
+"""What the harness sees on the bus, off the critical path: every NodeCommand and ResultBatch (core
+NATS subscriptions on the streams' subjects, so the services' consumers are untouched), and every
+write of a bench experiment's object (a KV watch): when its status first said all records
+Injected, all Not Injected, and how many bytes the stored object had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+
+INJECTED, NOT_INJECTED = "Injected", "Not Injected"
+
+
+@dataclass
+class ExperimentView:
+    commands: list[tuple[float, m.NodeCommand]] = field(default_factory=list)  # (received, command)
+    results: list[tuple[float, m.ResultBatch]] = field(default_factory=list)
+    all_injected_at: float | None = None
+    all_recovered_at: float | None = None  # after having been all injected
+    max_bytes: int = 0
+    bytes_when_injected: int = 0
+    records: int = 0
+    gone_at: float | None = None
+
+
+class Observer:
+    def __init__(self, bus: busmod.Bus, bucket: str, kind: str, namespace: str) -> None:
+        self.bus, self.bucket, self.kind, self.namespace = bus, bucket, kind, namespace
+        self.by_uid: dict[str, ExperimentView] = {}
+        self.by_name: dict[str, ExperimentView] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def view(self, name: str) -> ExperimentView:
+        return self.by_name.setdefault(name, ExperimentView())
+
+    async def start(self) -> None:
+        await self.bus.nc.subscribe("chaos.cmd.>", cb=self._on_command)
+        await self.bus.nc.subscribe("chaos.result.>", cb=self._on_result)
+        kv = await self.bus.kv(self.bucket)
+        watcher = await kv.watch(f"{self.kind}.{self.namespace}.>", include_history=False)
+        self._tasks.append(asyncio.ensure_future(self._follow(watcher)))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def _uid_view(self, uid: str, name: str) -> ExperimentView:
+        v = self.by_uid.get(uid)
+        if v is None:
+            v = self.by_uid[uid] = self.view(name)
+        return v
+
+    async def _on_command(self, msg: Msg) -> None:
+        now = time.time()
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            cmd = busmod.decode(msg.data, m.NodeCommand)
+            self._uid_view(cmd.experiment_uid, cmd.name).commands.append((now, cmd))
+
+    async def _on_result(self, msg: Msg) -> None:
+        now = time.time()
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            batch = busmod.decode(msg.data, m.ResultBatch)
+            self._uid_view(batch.experiment_uid, batch.name).results.append((now, batch))
+
+    async def _follow(self, watcher: Any) -> None:
+        async for entry in watcher:
+            if entry is None:
+                continue
+            now = time.time()
+            name = entry.key.split(".", 2)[2]
+            v = self.view(name)
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                v.gone_at = v.gone_at or now
+                continue
+            size = len(entry.value)
+            v.max_bytes = max(v.max_bytes, size)
+            try:
+                obj = msgspec.json.decode(entry.value)
+            except msgspec.DecodeError:
+                continue
+            records = ((obj.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+            v.records = max(v.records, len(records))
+            phases = {r.get("phase") for r in records}
+            if records and phases == {INJECTED} and v.all_injected_at is None:
+                v.all_injected_at, v.bytes_when_injected = now, size
+            if records and phases == {NOT_INJECTED} and v.all_injected_at is not None and v.all_recovered_at is None:
+                v.all_recovered_at = now
