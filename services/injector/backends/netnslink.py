@@ -95,6 +95,8 @@ class NetnsLink:
                         done.set_exception(e)
         finally:
             ipr.close()
+            # one more turn lets the transport finish closing (else a ResourceWarning at GC time)
+            loop.run_until_complete(asyncio.sleep(0))
             loop.close()
 
 

@@ -188,10 +188,36 @@ def classifier(ifindex: int, program: bytes) -> Request:
 def replay(obj: TcObject, ifindex: int, *, replace: bool) -> Request:
     """A dumped object sent back as a create request (for restoring an original configuration)."""
     kind_type = {"qdisc": RTM_NEWQDISC, "class": RTM_NEWTCLASS, "filter": RTM_NEWTFILTER}[obj.what]
-    msg = _msg(RawMsg, ifindex, obj.handle, obj.parent, obj.kind, None, obj.info)
+    msg = _msg(RawMsg, ifindex, obj.handle, obj.parent, obj.kind, None, obj.info if obj.what == "filter" else 0)
     if obj.options is not None:
-        msg["attrs"].append(["TCA_OPTIONS", obj.options])
+        msg["attrs"].append(["TCA_OPTIONS", _replayable(obj)])
     return Request(msg, kind_type, REPLACE if replace else CREATE)
+
+
+# Attributes a dump reports otherwise than a request must carry them: htb's TCA_HTB_INIT (2) holds
+# the full version 0x30011 but only the major (3) is accepted; classifiers' flags (u32 11, bpf 9,
+# matchall 3) carry the status bits IN_HW/NOT_IN_HW (0x4, 0x8) that a request may not set.
+_FIXUPS = {("qdisc", "htb"): (2, lambda v: v >> 16), ("filter", "u32"): (11, lambda v: v & ~0xC),
+           ("filter", "bpf"): (9, lambda v: v & ~0xC), ("filter", "matchall"): (3, lambda v: v & ~0xC)}
+
+
+def _replayable(obj: TcObject) -> bytes:
+    """The dumped options, fixed up where a request must differ from a dump (see _FIXUPS)."""
+    options = obj.options or b""
+    fix = _FIXUPS.get((obj.what, obj.kind))
+    if fix is None:
+        return options
+    wanted, change = fix
+    pos = 0
+    while pos + 8 <= len(options):
+        alen, atype = struct.unpack_from("=HH", options, pos)
+        if alen < 4:
+            break
+        if atype & 0x3FFF == wanted and alen >= 8:
+            value = change(struct.unpack_from("=I", options, pos + 4)[0])
+            options = options[:pos + 4] + struct.pack("=I", value) + options[pos + 8:]
+        pos += (alen + 3) & ~3
+    return options
 
 
 # --- parameter encoding -------------------------------------------------------------------------
