@@ -121,20 +121,33 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
     return sec
 
 
-def breakdown_rows(runs: list[Run]) -> Section:
-    sec = Section("where the time goes, 1 target (wall clock of each service's own stamps)")
+def breakdown_rows(plan: Plan, runs: list[Run]) -> Section:
+    sec = Section("where the time goes (stamps: command issued_at, the bus, the kernel, status writes)")
     rs = [r for r in runs if r.size == 1]
     legs: list[tuple[str, str, list[float]]] = [
-        ("stored", "apply -> object stored (KV put acked)", [r.t_ack - r.t0 for r in rs]),
-        ("command", "apply -> command issued (watcher+scheduler)",
+        ("stored", "1 target: apply -> object stored (KV put acked)", [r.t_ack - r.t0 for r in rs]),
+        ("command", "1 target: apply -> command issued (watcher, recorder's finalizer, scheduler)",
          [r.trace["cmd_issued"] - r.t0 for r in rs if "cmd_issued" in r.trace]),
-        ("injector", "command issued -> in effect (NATS+injector)",
+        ("injector", "1 target: command issued -> in effect (NATS, injector journal, nft)",
          [a - r.trace["cmd_issued"] for r in rs if "cmd_issued" in r.trace for a in r.applied[:1] if a]),
-        ("result", "in effect -> result published (journal+outbox)",
+        ("result", "1 target: in effect -> result on the bus (nft exit, journal, outbox)",
          [r.trace["result_seen"] - a for r in rs if "result_seen" in r.trace for a in r.applied[:1] if a]),
-        ("status", "apply -> status says Injected (recorder)",
+        ("status", "1 target: apply -> status says Injected (recorder)",
          [r.trace["status_injected"] - r.t0 for r in rs if "status_injected" in r.trace]),
     ]
+    big = max(plan.sizes)
+    if big > 1:
+        bs = [r for r in runs if r.size == big]
+        legs += [
+            (f"{big}.commands", f"{big} targets: apply -> last node command on the bus",
+             [r.trace["cmd_last_seen"] - r.t0 for r in bs if "cmd_last_seen" in r.trace]),
+            (f"{big}.first", f"{big} targets: apply -> first target in effect",
+             [min(r.apply_latencies()) for r in bs if r.apply_latencies()]),
+            (f"{big}.results", f"{big} targets: apply -> last result batch on the bus",
+             [r.trace["result_last_seen"] - r.t0 for r in bs if "result_last_seen" in r.trace]),
+            (f"{big}.status", f"{big} targets: apply -> status says all Injected",
+             [r.trace["status_injected"] - r.t0 for r in bs if "status_injected" in r.trace]),
+        ]
     for key, what, values in legs:
         sec.rows.append(_latency_row(f"breakdown.{key}", what, values, f"{len(values)} runs"))
     return sec
@@ -246,7 +259,7 @@ def build(plan: Plan, raw: dict[str, Any]) -> list[Section]:
     return [
         apply_rows(plan, runs, floors),
         recover_rows(plan, runs, floors),
-        breakdown_rows(runs),
+        breakdown_rows(plan, runs),
         floor_rows(raw["floors"]),
         concurrent_rows(raw["concurrent"], floors),
         resource_rows(raw["resources"], f"{max(plan.sizes)} targets"),

@@ -55,11 +55,16 @@ class Profiler:
         return out
 
 
+OURS = ("scheduler/", "injector/", "recorder/", "watcher/", "common/", "cli/")
+WRAPPERS = ("run (common/service.py)", "_supervise (common/service.py)", "run_forever (common/service.py)")
+
+
 def _frame(text: str) -> str:
-    # "function (path/to/module.py:123)" -> "function (module.py)"
+    # "function (path/to/package/module.py:123)" -> "function (package/module.py)"
     name, _, where = text.partition(" (")
-    module = where.rsplit("/", 1)[-1].split(":", 1)[0]
-    return f"{name} ({module})" if module else name
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    short = "/".join(path.split("/")[-2:])
+    return f"{name} ({short})" if short else name
 
 
 def summarize(folded: str, top: int = 12) -> dict[str, list[tuple[str, float]]]:
@@ -82,6 +87,7 @@ def summarize(folded: str, top: int = 12) -> dict[str, list[tuple[str, float]]]:
     if not total:
         return {"own": [], "inclusive": [], "samples": []}
     return {"own": [(f, c / total) for f, c in own.most_common(top)],
-            "inclusive": [(f, c / total) for f, c in incl.most_common(top * 3)
-                          if "chaosbus" in f or ".py" in f][:top],
+            "inclusive": [(f, c / total) for f, c in incl.most_common()
+                          if any(f"({o}" in f for o in OURS) and f not in WRAPPERS
+                          and "__main__.py" not in f][:top],
             "samples": [("total", float(total))]}

@@ -172,7 +172,7 @@ class Harness:
         cmds = [(seen, c) for seen, c in v.commands if any(a.op == "apply" for a in c.actions)]
         if cmds:
             out["cmd_issued"], out["cmd_seen"] = cmds[0][1].issued_at, cmds[0][0]
-            out["cmd_count"] = float(len(cmds))
+            out["cmd_last_seen"], out["cmd_count"] = cmds[-1][0], float(len(cmds))
         results = [(seen, b) for seen, b in v.results if any(r.op == "apply" for r in b.results)]
         if results:
             out["result_at"], out["result_seen"] = results[0][1].results[0].at, results[0][0]

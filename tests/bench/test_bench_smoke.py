@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark harness (issue 7): its quick mode at the smallest sizes prints a row
+for every figure, writes valid JSON and leaves nothing behind. Figures are never asserted here:
+the benchmark prints PASS/FAIL itself, and a shared 2-core machine is no place to judge them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = [
+    "apply.1", "apply.2", "apply.2.all",
+    "recover.delete.1", "recover.pause.1", "expiry.1", "recover.delete.2", "recover.pause.2", "expiry.2",
+    "breakdown.stored", "breakdown.command", "breakdown.injector", "breakdown.result", "breakdown.status",
+    "breakdown.2.first", "breakdown.2.status",
+    "floor.nats_rr", "floor.nft_spawn_apply", "floor.nft_spawn_delete", "floor.netlink_rr", "floor.readback",
+    "concurrent.2", "concurrent.2.recover",
+    "svc.watcher", "svc.scheduler", "svc.recorder", "svc.injector", "svc.nats-server",
+    "status.size",
+]
+
+
+@pytest.mark.privileged
+@pytest.mark.timeout(300)
+def test_quick_bench_prints_every_figure_and_writes_json(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the benchmark creates network namespaces and reads nftables")
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", "--quick", "--sizes", "1,2", "--nodes", "2", "--runs", "3",
+            "--concurrent", "2", "--idle", "0.5", "--json", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+    assert [r for r in ROWS if r not in printed] == []
+    assert "cleanup: nothing left behind" in done.stdout
+    doc = json.loads(out.read_text())
+    ids = {row["id"] for section in doc["figures"] for row in section["rows"]}
+    assert [r for r in ROWS if r not in ids] == []
+    assert {"meta", "floors", "runs", "resources", "concurrent"} <= set(doc)
+    assert all(r["missing"] == 0 and r["verify_errors"] == 0 for r in doc["runs"])
