@@ -75,8 +75,9 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[tuple[KubeEnv, Kubelet, li
         kubelet.register_node()
         pods = [kubelet.run_pod(f"peer-{i}", kube.namespace, {"app": "peer", "index": str(i)},
                                 containers={"main": [sys.executable, "-c", SERVER]}, netns=True) for i in range(3)]
-        kube.client.wait_for(lambda: all(connects(a, b) for a in pods for b in pods if a is not b), what="pods up")
-        kube.client.wait_for(lambda: all("ready" in (logs / f"{n}.log").read_text() for n in procs), timeout=20,
+        kube.client.wait_for(lambda: all(connects(a, b) for a in pods for b in pods if a is not b),
+                             what="pods up", timeout=30)
+        kube.client.wait_for(lambda: all("ready" in (logs / f"{n}.log").read_text() for n in procs), timeout=90,
                              what="services ready")
         yield kube, kubelet, pods
     finally:
