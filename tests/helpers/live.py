@@ -142,8 +142,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             up.wait(20)
         except subprocess.TimeoutExpired:
             up.kill()
-    left = leftovers.scan(bridge=BRIDGE)
-    assert not left, f"left behind: {left}"
+    if os.environ.get("CHAOSBUS_SKIP_LEFTOVER_GUARD") != "1":  # shared machine: others' pods would show
+        left = leftovers.scan(bridge=BRIDGE)
+        assert not left, f"left behind: {left}"
 
 
 def _pod(system: System, name: str) -> Pod:
