@@ -44,7 +44,8 @@ def _meta(plan: Plan, started: float) -> dict[str, Any]:
         "dirty_files": dirty,
         "plan": {"sizes": plan.sizes, "nodes": plan.nodes, "runs": {str(k): v for k, v in plan.runs.items()},
                  "concurrent": plan.concurrent, "concurrent_runs": plan.concurrent_runs, "idle_s": plan.idle_s,
-                 "floor_runs": plan.floor_runs, "quick": plan.quick, "verify": plan.verify},
+                 "floor_runs": plan.floor_runs, "quick": plan.quick, "verify": plan.verify,
+                 "what_if": plan.what_if},
     }
 
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(plan)
     raw: dict[str, Any] | None = None
     code = 0
-    print(f"chaosbus bench ({'quick' if plan.quick else 'full'}): sizes {plan.sizes} over {plan.nodes} node "
+    what_if = " WHAT-IF (proposed fixes patched in, bench/whatif.py)" if plan.what_if else ""
+    print(f"chaosbus bench ({'quick' if plan.quick else 'full'}){what_if}: sizes {plan.sizes} over {plan.nodes} node "
           f"injectors; load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     try:
         session.setup()
@@ -113,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_profile(profile: dict[str, Any]) -> None:
-    for name, summary in profile.items():
-        print(f"\nprofile {name} (py-spy, largest size): own time")
-        for frame, share in summary.get("own", [])[:8]:
-            print(f"  {share * 100:5.1f}%  {frame}")
-        print("  inclusive:")
-        for frame, share in summary.get("inclusive", [])[:8]:
-            print(f"  {share * 100:5.1f}%  {frame}")
+    for tag, services in profile.items():
+        for name, summary in services.items():
+            print(f"\nprofile {name} during {tag} (py-spy, share of samples): own time")
+            for frame, share in summary.get("own", [])[:8]:
+                print(f"  {share * 100:5.1f}%  {frame}")
+            print("  inclusive (chaosbus frames):")
+            for frame, share in summary.get("inclusive", [])[:10]:
+                print(f"  {share * 100:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":

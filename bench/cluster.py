@@ -25,6 +25,7 @@ import psutil
 from chaosbus.common import natsserver
 
 SERVICES = ("watcher", "scheduler", "recorder")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Cluster:
     nodes: list[str]
     server: natsserver.EmbeddedServer | None = None
     services: list[Service] = field(default_factory=list)
+    what_if: bool = False  # injector and scheduler with the proposed fixes patched in (bench/whatif.py)
 
     @property
     def url(self) -> str:
@@ -73,12 +75,13 @@ class Cluster:
     def _spawn(self, svc: str, extra: list[str], log_level: str, label: str | None = None) -> None:
         name = label or svc
         log = self.workdir / "logs" / f"{name.replace('/', '-')}.log"
-        argv = [sys.executable, "-m", f"chaosbus.{svc}", "--nats", self.url, "--metrics-port", "0",
+        module = ["bench.whatif", svc] if self.what_if and svc in ("injector", "scheduler") else [f"chaosbus.{svc}"]
+        argv = [sys.executable, "-m", *module, "--nats", self.url, "--metrics-port", "0",
                 "--log-level", log_level, *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)  # before any thread exists
+                                    cwd=ROOT, preexec_fn=_die_with_parent)  # before any thread exists
         self.services.append(Service(name, proc, psutil.Process(proc.pid), log))
 
     def wait_ready(self, timeout: float = 60.0) -> None:

@@ -28,6 +28,7 @@ class ExperimentView:
     all_injected_at: float | None = None
     all_recovered_at: float | None = None  # after having been all injected
     max_bytes: int = 0
+    max_status_bytes: int = 0  # the `status` field alone, as JSON
     bytes_when_injected: int = 0
     records: int = 0
     gone_at: float | None = None
@@ -91,7 +92,9 @@ class Observer:
                 obj = msgspec.json.decode(entry.value)
             except msgspec.DecodeError:
                 continue
-            records = ((obj.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+            status = obj.get("status") or {}
+            v.max_status_bytes = max(v.max_status_bytes, len(msgspec.json.encode(status)))
+            records = (status.get("experiment") or {}).get("containerRecords") or []
             v.records = max(v.records, len(records))
             phases = {r.get("phase") for r in records}
             if records and phases == {INJECTED} and v.all_injected_at is None:

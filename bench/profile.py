@@ -20,8 +20,8 @@ def py_spy() -> str | None:
 
 
 class Profiler:
-    def __init__(self, outdir: Path, targets: dict[str, int], rate: int = 100) -> None:
-        self.outdir, self.targets, self.rate = outdir, targets, rate
+    def __init__(self, outdir: Path, targets: dict[str, int], rate: int = 100, tag: str = "") -> None:
+        self.outdir, self.targets, self.rate, self.tag = outdir, targets, rate, tag
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.files: dict[str, Path] = {}
 

@@ -56,7 +56,7 @@ class Session:
             more = " ..." if len(stale) > 5 else ""
             self.say(f"removed what a killed earlier run left: {', '.join(stale[:5])}{more}")
         nodes = [f"node-{i}" for i in range(self.plan.nodes)]
-        self.cluster = Cluster(self.workdir, nodes)
+        self.cluster = Cluster(self.workdir, nodes, what_if=self.plan.what_if)
         self.say(f"starting nats-server, watcher, scheduler, recorder and {len(nodes)} injectors")
         self.cluster.start(self.plan.log_level)
         self.floor_netns = nsu.create_named_netns(f"{targets.netns_prefix()}{FLOOR_NETNS}")
@@ -140,17 +140,18 @@ class Session:
             t_size = time.time()
             loaded = size == max(plan.sizes)
             if loaded and plan.profile:
-                self._start_profile()
+                self._start_profile(f"size-{size}")
             runs += await self._size(h, size)
             sampler.sample_now()
             windows[f"size-{size}"] = (t_size, time.time())
             if loaded:
                 windows["loaded"] = (t_size, time.time())
-                if self.profiler is not None:
-                    out["profile"] = self.profiler.stop()
-                    self.profiler = None
+                self._stop_profile(out)
         out["runs"] = runs
+        if plan.profile:
+            self._start_profile(f"concurrent-{min(plan.concurrent, len(self.targets))}")
         out["concurrent"] = await self._concurrent(h)
+        self._stop_profile(out)
         out["resources"] = {w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services}
                             for w, (a, b) in windows.items()}
         out["monitor_overflows"] = self.monitor.overflows
@@ -187,13 +188,18 @@ class Session:
             out.append(res)
         return out
 
-    def _start_profile(self) -> None:
+    def _start_profile(self, tag: str) -> None:
         assert self.cluster is not None
         wanted = ["watcher", "scheduler", "recorder", "injector/node-0"]
         pids = {n: self.cluster.find(n).proc.pid for n in wanted}
-        self.profiler = Profiler(self.plan.out.parent / "profile", pids)
+        self.profiler = Profiler(self.plan.out.parent / "profile" / tag, pids, tag=tag)
         if not self.profiler.start():
             self.say("py-spy not found: no profile (pip install py-spy)")
+            self.profiler = None
+
+    def _stop_profile(self, out: dict[str, Any]) -> None:
+        if self.profiler is not None:
+            out.setdefault("profile", {})[self.profiler.tag] = self.profiler.stop()
             self.profiler = None
 
 

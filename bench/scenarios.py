@@ -168,7 +168,7 @@ class Harness:
         """The first apply command and result of the run, and the status writes, as the bus saw them."""
         v = self.observer.by_uid.get(run.uid) or self.observer.view(run.name)
         out: dict[str, float] = {"bytes_max": float(v.max_bytes), "bytes_injected": float(v.bytes_when_injected),
-                                 "records": float(v.records)}
+                                 "status_bytes_max": float(v.max_status_bytes), "records": float(v.records)}
         cmds = [(seen, c) for seen, c in v.commands if any(a.op == "apply" for a in c.actions)]
         if cmds:
             out["cmd_issued"], out["cmd_seen"] = cmds[0][1].issued_at, cmds[0][0]
