@@ -37,6 +37,7 @@ def _meta(plan: Plan, started: float) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": time.time() - started,
         "loadavg_at_end": os.getloadavg(),
+        "harness_cpu_s": sum(os.times()[:2]),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
