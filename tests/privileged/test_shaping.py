@@ -6,12 +6,14 @@ kernel lacks is refused per target before anything is touched.
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from chaosbus.common.messages import NetemParams, Shaping, TbfParams
-from chaosbus.injector.backends import tc
+from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends.netnslink import LinkCache, netns_key
 from chaosbus.injector.faults import FaultError, exemptions, shaping
 
 from .conftest import Lab
@@ -149,3 +151,23 @@ def test_sweeper_view_lists_and_removes_only_ours(lab: Lab) -> None:
     assert tc.remove_ours(pod.net.netns_path, "eth0") == ""  # idempotent
     exp.recover()  # the fault's own memory is cleaned too (the tree is already gone)
     assert shaper().active(pod.net.netns_path) == {}
+
+
+def test_links_linger_then_close_and_reopen_transparently(lab: Lab) -> None:
+    cache = LinkCache(linger_s=0.2)
+    path = lab.pods[1].net.netns_path
+
+    async def index(ipr: object) -> int:
+        return tcdev.find_device("eth0", "")[0]
+
+    first, got = cache.run(path, index)
+    key = netns_key(path)
+    cache.release(key)
+    assert cache.run(path, index)[0] is first  # a job within the linger keeps the link
+    cache.release(key)
+    time.sleep(0.6)
+    assert first.closed
+    second, again = cache.run(path, index)
+    assert second is not first and again == got
+    cache.close_all()
+    assert second.closed

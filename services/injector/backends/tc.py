@@ -75,18 +75,18 @@ class Shaper:
             PlanError, cbpf.ProgramTooLarge: the rules cannot be expressed.
         """
         exempt = tuple(exempt)
-        link = self.links.get(netns_path)
+        key = netns_key(netns_path)
 
         async def job(ipr: Any) -> Outcome:
             ifindex, ifname = tcdev.find_device(device, pod_ip)
-            state = await self._state(ipr, link.key, ifindex, ifname)
+            state = await self._state(ipr, key, ifindex, ifname)
             rules = {**state.rules, rule.owner: rule}
             outcome = await self._converge(ipr, state, rules, exempt)
             state.targets[rule.owner] = target
             return outcome
 
         self.links.forget_gone()
-        return link.run(job)
+        return self.links.run(netns_path, job)[1]
 
     def drop_rule(self, netns_path: str, owner: str, exempt: Iterable[Dest]) -> list[Outcome]:
         """Take `owner`'s rule off every device of the namespace; the last one restores the original.
@@ -98,12 +98,12 @@ class Shaper:
             TcError: the kernel refused.
         """
         exempt = tuple(exempt)
-        link = self.links.get(netns_path)
+        key = netns_key(netns_path)
 
         async def job(ipr: Any) -> list[Outcome]:
             outcomes = []
             with self._lock:
-                mine = [s for (k, _), s in self._devices.items() if k == link.key]
+                mine = [s for (k, _), s in self._devices.items() if k == key]
             for state in mine:
                 if owner in state.rules:
                     rules = {o: r for o, r in state.rules.items() if o != owner}
@@ -116,16 +116,16 @@ class Shaper:
             known = {s.ifindex for s in mine}
             for ifindex, ifname in socket.if_nameindex():
                 if ifindex not in known and await tcdev.root_is(ipr, ifindex, ROOT):
-                    original = self.store.load(link.key, ifname) or Original("")
+                    original = self.store.load(key, ifname) or Original("")
                     note = await _restore(ipr, ifindex, original)
-                    self.store.drop(link.key, ifname)
+                    self.store.drop(key, ifname)
                     outcomes.append(Outcome(ifname, None, True, note))
             return outcomes
 
         try:
-            return link.run(job)
+            return self.links.run(netns_path, job)[1]
         finally:
-            self._release_if_idle(link.key)
+            self._release_if_idle(key)
 
     def forget(self, owner: str, target: str) -> None:
         """The target is gone: drop `owner`'s rule for it from memory, whatever namespace it was in."""
@@ -276,9 +276,8 @@ def tcdev_link(netns_path: str) -> NetnsLink:
 
 
 async def _list_ours(ipr: Any) -> list[Found]:
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in await tcdev.collect(ipr.get_links())}
     out = []
-    for index, name in sorted(names.items()):
+    for index, name in sorted(socket.if_nameindex()):
         for o in await tcdev.dump(ipr, index):
             if ours(o.handle) or (o.what == "filter" and ours(o.parent)):
                 out.append(Found(name, o.what, o.kind, _h(o.handle), _h(o.parent)))
