@@ -27,7 +27,7 @@ def main() -> int:
     p.add_argument("--cycles", type=int, default=200)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--kill-probability", type=float, default=0.6, help="chance of a kill -9 per cycle")
-    p.add_argument("--max-duration", type=float, default=6.0, help="longest experiment duration (s)")
+    p.add_argument("--max-duration", type=float, default=8.0, help="longest experiment duration (s)")
     p.add_argument("--workdir", type=Path, default=None, help="keep state and logs here (default: a temp dir)")
     args = p.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaosbus-selftest-"))

@@ -146,6 +146,17 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     return 0
 
 
+def _restart_with_nats(children: list[Child]) -> None:
+    """Restart the services whose JetStream watches do not survive a server restart (in parallel)."""
+    victims = [c for c in children if c.name in RESTART_WITH_NATS and c.proc is not None and c.proc.poll() is None]
+    for c in victims:
+        c.terminate()
+    for c in victims:
+        c.stop(timeout=3.0)
+        c.restarts += 1
+        c.start()
+
+
 def _metrics_port(name: str, base: int | None) -> int:
     if base is None:
         return METRICS_PORTS[name]
@@ -160,11 +171,7 @@ async def _keep_alive(children: list[Child], stop: asyncio.Event, nats: Nats | N
     while not stop.is_set():
         now = time.monotonic()
         if nats is not None and nats.check(now):
-            for c in children:
-                if c.name in RESTART_WITH_NATS and c.proc is not None and c.proc.poll() is None:
-                    c.stop()
-                    c.restarts += 1
-                    c.start()
+            _restart_with_nats(children)
         for c in children:
             if c.proc is None or c.proc.poll() is None:
                 continue

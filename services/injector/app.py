@@ -168,11 +168,12 @@ def _reason_label(reason: str) -> str:
     return "other"
 
 
-async def _sweep_forever(sweeper: Sweeper, interval: float) -> None:
+async def _sweep_forever(node: Node, sweeper: Sweeper, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
             await sweeper.sweep()
+            await node.housekeeping()
         except Exception as e:
             log.exception("sweep failed", error=str(e))
 
@@ -191,7 +192,8 @@ async def main(args: argparse.Namespace) -> None:
         await node.start()  # before NATS: expired faults must not wait for the network
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
-        await service.run_forever(node.watchdog(), _sweep_forever(sweeper, args.sweep_interval), edge.run(args.nats))
+        await service.run_forever(node.watchdog(), _sweep_forever(node, sweeper, args.sweep_interval),
+                                  edge.run(args.nats))
     finally:
         node.close()
         journal.close()

@@ -74,11 +74,19 @@ class Node:
         if gone:
             await self.run_in_thread(self.executor.commit_recoveries, gone)
             self.outbox_kick.set()
-        await self.run_in_thread(self.journal.prune, older_than=self.clock() - KEEP_ENDED_S)
+        await self.housekeeping()
         summary = {"open": len(entries), "recovered": recovered + len(gone),
                    "reasserted": len(wanted) - len(gone)}
         log.info("journal reconciled", halted=self.halt.halted, **summary)
         return summary
+
+    async def housekeeping(self) -> None:
+        """Forget ended entries and handled commands older than a day; drop stale retry timers."""
+        await self.run_in_thread(self.journal.prune, older_than=self.clock() - KEEP_ENDED_S)
+        open_keys = {e.key for e in await self.run_in_thread(self.journal.open_entries)}
+        for key in [k for k in self._retry_at if k not in open_keys]:
+            self._retry_at.pop(key, None)
+            self._attempts.pop(key, None)
 
     async def _reassert(self, entry: Entry) -> str | None:
         """Apply again; the reason the target is gone if it is (None: re-asserted or retried later)."""

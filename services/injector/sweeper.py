@@ -107,7 +107,7 @@ class Sweeper:
             for table in tables:
                 if table not in expected:
                     await self._remove(report, f"nft table {table} in {ref.path}", nft.delete_table, ref.path, table)
-            if not busy_shaping:
+            if not busy_shaping and self.shaping is not None:
                 for dev in devices:
                     await self._remove(report, f"traffic shaping on {dev} in {ref.path}", self.shaping.remove_ours,
                                        ref.path, dev)

@@ -187,6 +187,15 @@ class SelfTest:
                 found.append(p.info["pid"])
         return found
 
+    def _wait_healthy(self, within: float = 60.0) -> None:
+        """Every component running again for at least a second (`up` restarts them with backoff)."""
+        def healthy() -> bool:
+            return all(max((_age(pid) for pid in self.pids(c)), default=0.0) >= 1.0 for c in COMPONENTS)
+        try:
+            _wait(healthy, within, "components back")
+        except AssertionError:
+            pass  # a crash-looping service (backoff up to 30 s): carry on, the checks at the end still hold
+
     def kill(self, component: str) -> None:
         for pid in self.pids(component):
             try:
@@ -212,7 +221,7 @@ class SelfTest:
         if what == "pod-kill":
             return Experiment(f"e{i}-{what}", what, None, None)
         timed = self.rng.random() < 0.6
-        duration = round(self.rng.uniform(1.0, self.max_duration), 1) if timed else None
+        duration = round(self.rng.uniform(min(2.0, self.max_duration), self.max_duration), 1) if timed else None
         return Experiment(f"e{i}-{what}", what, duration, None if timed else self.rng.uniform(1.0, 4.0))
 
     def _manifest(self, e: Experiment) -> str:
@@ -285,7 +294,10 @@ class SelfTest:
                 self.rng.choice(COMPONENTS) if self.rng.random() < self.kill_p else None)
             if victim:
                 self.kill(victim)
-            await asyncio.sleep(self.rng.uniform(0.1, 0.8))
+                await asyncio.sleep(self.rng.uniform(0.1, 0.8))
+                await asyncio.to_thread(self._wait_healthy)  # restarted, so the next kill is a new event
+            else:
+                await asyncio.sleep(self.rng.uniform(0.1, 0.8))
             await self._delete_due()
             self.report.cycles += 1
         while any(e.delete_after is not None for e in self.experiments):
@@ -362,6 +374,13 @@ class SelfTest:
             if str(self.state) in cmd or (self.url and self.url in cmd) or self.node in cmd:
                 found.append(f"process {p.info['pid']}: {cmd[:100]}")
         return found
+
+
+def _age(pid: int) -> float:
+    try:
+        return time.time() - psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
 
 
 def _read(path: Path) -> str:
