@@ -11,13 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaosbus.common.messages import NetemParams, Shaping, TbfParams
+from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shaping, TbfParams
+from chaosbus.injector import faults
 from chaosbus.injector.backends import tc, tcdev
 from chaosbus.injector.backends.netnslink import LinkCache, netns_key
 from chaosbus.injector.faults import FaultError, exemptions, shaping
 
-from .conftest import Lab
-from .shaping_kit import SINK_PORTS, Shaped, goodput, identities, shaper, sinks, tree
+from .conftest import PORTS, Lab
+from .shaping_kit import SINK_PORTS, Shaped, ctx_for, goodput, identities, shaper, sinks, tree
 
 pytestmark = pytest.mark.privileged
 
@@ -171,3 +172,18 @@ def test_links_linger_then_close_and_reopen_transparently(lab: Lab) -> None:
     assert second is not first and again == got
     cache.close_all()
     assert second.closed
+
+
+def test_partition_lets_exempt_control_traffic_through(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pod 1 plays the NATS server on 8081: a partition of everything pod 0 starts keeps that path
+    monkeypatch.setenv(exemptions.ENV, f"{lab.pods[1].ip}:8081")
+    spec = Partition(rules=[PartitionRule(chain="output")])
+    partition = faults.get("partition")
+    ctx = ctx_for("exempt-part", lab.pods[0].server.pid, spec)
+    partition.apply(ctx, spec)
+    try:
+        got = {link for link in lab.reachable(PORTS) if link[0] == 0}
+        assert got == {(0, 1, 8081)}
+    finally:
+        partition.recover(ctx, spec)
+    assert lab.reachable(PORTS) == lab.all_links(PORTS)
