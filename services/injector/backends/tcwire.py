@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,8 +197,17 @@ def replay(obj: TcObject, ifindex: int, *, replace: bool) -> Request:
 # Attributes a dump reports otherwise than a request must carry them: htb's TCA_HTB_INIT (2) holds
 # the full version 0x30011 but only the major (3) is accepted; classifiers' flags (u32 11, bpf 9,
 # matchall 3) carry the status bits IN_HW/NOT_IN_HW (0x4, 0x8) that a request may not set.
-_FIXUPS = {("qdisc", "htb"): (2, lambda v: v >> 16), ("filter", "u32"): (11, lambda v: v & ~0xC),
-           ("filter", "bpf"): (9, lambda v: v & ~0xC), ("filter", "matchall"): (3, lambda v: v & ~0xC)}
+def _major(v: int) -> int:
+    return v >> 16
+
+
+def _no_hw_status(v: int) -> int:
+    return v & ~0xC
+
+
+_FIXUPS: dict[tuple[str, str], tuple[int, Callable[[int], int]]] = {
+    ("qdisc", "htb"): (2, _major), ("filter", "u32"): (11, _no_hw_status),
+    ("filter", "bpf"): (9, _no_hw_status), ("filter", "matchall"): (3, _no_hw_status)}
 
 
 def _replayable(obj: TcObject) -> bytes:
