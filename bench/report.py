@@ -1,4 +1,5 @@
 """Statistics, the printed table and the JSON document. Pure: numbers in, rows and text out.
+`python -m bench.report RESULT.json` prints a result's figures as a markdown table (for the docs).
 
 Percentiles interpolate linearly between order statistics (numpy's default); a p99 over fewer
 than 100 samples is close to the maximum and is labelled with its sample count.
@@ -102,3 +103,23 @@ def clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [clean(v) for v in obj]
     return obj
+
+
+def markdown(figures: list[dict[str, Any]]) -> str:
+    """The figures of a result JSON as a markdown table, one header row per section."""
+    keys = ["id", "n", "p50", "p99", "extra", "floor", "vs_floor", "target", "verdict"]
+    head = ["figure", "n", "p50", "p99", "also", "floor spawn / kernel", "p50 / floor", "target", ""]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for section in figures:
+        out.append(f"| **{section['title']}** |" + " |" * (len(head) - 1))
+        for row in section["rows"]:
+            cells = [f"`{row['id']}`"] + [str(row[k] or "").replace("|", "/") for k in keys[1:]]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(markdown(json.loads(open(sys.argv[1]).read())["figures"]))
