@@ -58,7 +58,7 @@ class Cluster:
     @property
     def url(self) -> str:
         assert self.server is not None
-        return self.server.url
+        return str(self.server.url)
 
     def start(self, log_level: str = "info") -> None:
         logs = self.workdir / "logs"

@@ -188,7 +188,7 @@ def list_tables(path: str) -> list[str]:
             nft.close()
 
     try:
-        return nsu.run_in_netns(path, read)
+        return list(nsu.run_in_netns(path, read))
     except FileNotFoundError:
         return []
 

@@ -87,7 +87,7 @@ def patch_injector() -> None:
 
     def _nft(netns_path: str, args: list[str], stdin: str) -> str:
         if args != ["-f", "-"]:
-            return original(netns_path, args, stdin)
+            return str(original(netns_path, args, stdin))
         if not os.path.exists(netns_path):
             raise nft.NetnsGone(f"network namespace {netns_path} is gone")
         try:
@@ -124,7 +124,7 @@ def patch_injector() -> None:
                 names.setdefault((st.st_dev, st.st_ino), full)
             return names.get(key)
 
-    nft._nft = _nft  # type: ignore[assignment]
+    nft._nft = _nft
     runtime._named_netns = _named_netns
 
 
