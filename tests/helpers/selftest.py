@@ -1,6 +1,6 @@
 """A chaos test of chaosbus itself: a private `chaosbus up` (its own NATS, state dir, node, bridge
-and pods), cycles of random experiments (partition, pod-kill, HelloWorld; with and without a
-duration), `kill -9` of the injector, scheduler, recorder or nats-server at random moments (`up`
+and pods), cycles of random experiments (partition, bandwidth shaping, pod-kill, HelloWorld; with
+and without a duration), `kill -9` of the injector, scheduler, recorder or nats-server at random moments (`up`
 restarts them), then: every experiment reached its expected final state, and no netns of the test
 holds an nftables table or a qdisc of ours and no stray process is left.
 
@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +42,8 @@ from chaosbus.injector.faults.partition import table_name
 
 T = TypeVar("T")
 COMPONENTS = ("injector", "scheduler", "recorder", "nats-server")
-KIND = {"partition": "NetworkChaos", "pod-kill": "PodChaos", "hello": "HelloWorldChaos"}
+KIND = {"partition": "NetworkChaos", "bandwidth": "NetworkChaos", "pod-kill": "PodChaos", "hello": "HelloWorldChaos"}
+OUR_QDISC = re.compile(r"^qdisc \S+ cb[0-9a-f]{2}:")  # the shaping backend's handles cb00:-cbff:
 
 
 @dataclass
@@ -66,7 +69,8 @@ class Report:
     converged_s: float = 0.0
     not_final: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
-    overshoot_s: list[float] = field(default_factory=list)
+    overshoot_s: list[float] = field(default_factory=list)  # gone - deadline, injector running at the deadline
+    after_restart_s: list[float] = field(default_factory=list)  # gone - injector restart, it was down at the deadline
     outcomes: Counter[str] = field(default_factory=Counter)
     wall_s: float = 0.0
 
@@ -78,10 +82,11 @@ class Report:
                f"all experiments final {self.converged_s:.1f}s after the last action",
                f"not in their expected final state: {len(self.not_final)}", f"leftovers: {len(self.leftovers)}"]
         if self.overshoot_s:
-            xs = sorted(self.overshoot_s)
-            p99 = xs[min(len(xs) - 1, int(0.99 * len(xs)))]
-            out.append(f"timed partitions left the kernel after their deadline: n={len(xs)} "
-                       f"p50 {statistics.median(xs):+.2f}s p99 {p99:+.2f}s max {xs[-1]:+.2f}s")
+            out.append("timed partitions, injector running at the deadline: left the kernel "
+                       f"{_stats(self.overshoot_s, '+')} after it")
+        if self.after_restart_s:
+            out.append("timed partitions, injector killed and not yet restarted at the deadline (up's backoff): "
+                       f"left the kernel {_stats(self.after_restart_s, '')} after the injector restarted")
         return out + [f"  NOT FINAL {x}" for x in self.not_final] + [f"  LEFTOVER {x}" for x in self.leftovers]
 
 
@@ -129,6 +134,7 @@ class SelfTest:
         self.pods: dict[str, str] = {}  # pod name -> netns path
         self.experiments: list[Experiment] = []
         self.report = Report()
+        self.kill_log: list[tuple[float, str]] = []
         self.bus: busmod.Bus | None = None
         self.store: ObjectStore | None = None
 
@@ -201,6 +207,7 @@ class SelfTest:
             try:
                 os.kill(pid, signal.SIGKILL)
                 self.report.kills[component] += 1
+                self.kill_log.append((time.time(), component))
             except ProcessLookupError:
                 pass
 
@@ -217,7 +224,7 @@ class SelfTest:
                 await asyncio.sleep(0.3)
 
     def _random_experiment(self, i: int) -> Experiment:
-        what = self.rng.choice(["partition", "partition", "pod-kill", "hello"])
+        what = self.rng.choice(["partition", "partition", "bandwidth", "pod-kill", "hello"])
         if what == "pod-kill":
             return Experiment(f"e{i}-{what}", what, None, None)
         timed = self.rng.random() < 0.6
@@ -230,6 +237,12 @@ class SelfTest:
             a, b = self.rng.sample(sorted(self.pods), 2)
             spec = {"action": "partition", "mode": "all", "selector": {"fieldSelectors": {"metadata.name": a}},
                     "direction": self.rng.choice(["to", "from", "both"]),
+                    "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}}}
+        elif e.what == "bandwidth":  # tbf: what this kernel (no sch_netem) can shape
+            a, b = self.rng.sample(sorted(self.pods), 2)
+            spec = {"action": "bandwidth", "mode": "all", "selector": {"fieldSelectors": {"metadata.name": a}},
+                    "direction": self.rng.choice(["to", "both"]),
+                    "bandwidth": {"rate": "1mbps", "limit": 20971520, "buffer": 10000},
                     "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}}}
         elif e.what == "pod-kill":
             spec = {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": self.node}}}
@@ -340,13 +353,35 @@ class SelfTest:
         return phases == ["Not Injected"], "ran and recovered" if phases == ["Not Injected"] else f"phases {phases}"
 
     def _overshoot(self, poller: Poller) -> None:
+        starts = self._injector_starts()
         for e in self.experiments:
             if e.what != "partition" or not e.duration or e.duration < 0:
                 continue
+            deadline = e.created_at + e.duration
             for side in (".", ".Target"):
                 t = table_name(e.uid, side)
-                if t in poller.gone:
-                    self.report.overshoot_s.append(poller.gone[t] - (e.created_at + e.duration))
+                if t not in poller.gone:
+                    continue
+                restart = self._restart_after_downtime(deadline, starts)
+                if restart is None:
+                    self.report.overshoot_s.append(poller.gone[t] - deadline)
+                else:
+                    self.report.after_restart_s.append(poller.gone[t] - restart)
+
+    def _injector_starts(self) -> list[float]:
+        starts = []
+        for line in _read(self.state / "logs" / "injector.log").splitlines():
+            if '"injector starting"' in line:
+                starts.append(datetime.fromisoformat(json.loads(line)["timestamp"]).timestamp())
+        return sorted(starts)
+
+    def _restart_after_downtime(self, t: float, starts: list[float]) -> float | None:
+        """If the injector was killed before `t` and not yet restarted at `t`: its restart time."""
+        kills = [k for k, c in self.kill_log if c == "injector" and k <= t]
+        if not kills:
+            return None
+        after = [s for s in starts if s > kills[-1]]
+        return after[0] if after and after[0] > t else None
 
     def scan(self) -> list[str]:
         """Leftovers in the test's pod netns (tables, sets inside them, our qdiscs) and helpers."""
@@ -358,7 +393,7 @@ class SelfTest:
                 found.append(f"{name}: {ex}")
             out = subprocess.run(["nsenter", f"--net={path}", "tc", "qdisc", "show"], capture_output=True,
                                  text=True, timeout=10).stdout
-            found += [f"qdisc in {name}: {ln}" for ln in out.splitlines() if " cb" in ln]
+            found += [f"qdisc in {name}: {ln}" for ln in out.splitlines() if OUR_QDISC.match(ln)]
         for p in psutil.process_iter(["pid", "cmdline", "environ"]):
             env = p.info.get("environ") or {}
             if env.get("CHAOSBUS_FAULT_NODE") == self.node:
@@ -374,6 +409,13 @@ class SelfTest:
             if str(self.state) in cmd or (self.url and self.url in cmd) or self.node in cmd:
                 found.append(f"process {p.info['pid']}: {cmd[:100]}")
         return found
+
+
+def _stats(xs: list[float], sign: str) -> str:
+    xs = sorted(xs)
+    p99 = xs[min(len(xs) - 1, int(0.99 * len(xs)))]
+    return (f"n={len(xs)} p50 {statistics.median(xs):{sign}.2f}s p99 {p99:{sign}.2f}s "
+            f"max {xs[-1]:{sign}.2f}s")
 
 
 def _age(pid: int) -> float:
