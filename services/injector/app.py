@@ -110,14 +110,34 @@ class Edge:
         """The KV key is the durable copy: read it now and then (a missed broadcast, a restart)."""
         while True:
             with contextlib.suppress(Exception):
-                kv = await bus.kv(subjects.CONTROL.name)
-                try:
-                    entry = await kv.get(subjects.HALT_KEY)
-                    if entry.value:
-                        await self.node.set_halt(busmod.decode(entry.value, m.HaltState), "kv")
-                except KeyNotFoundError:
-                    pass
+                await self._read_halt(bus)
             await asyncio.sleep(HALT_POLL_S)
+
+    async def _read_halt(self, bus: busmod.Bus) -> None:
+        kv = await bus.kv(subjects.CONTROL.name)
+        try:
+            entry = await kv.get(subjects.HALT_KEY)
+        except KeyNotFoundError:
+            return
+        if entry.value:
+            await self.node.set_halt(busmod.decode(entry.value, m.HaltState), "kv")
+
+    async def prefetch_halt(self, url: str) -> None:
+        """Before the start-up reconcile: a halt set while this injector was down must win over
+        re-asserting its faults. Best effort, bounded: the node does not wait for NATS.
+        """
+        try:
+            bus = await asyncio.wait_for(busmod.connect(url, f"chaosbus-injector-{self.name}-start",
+                                                        connect_timeout=0.5), timeout=1.0)
+        except Exception:
+            return
+        try:
+            await asyncio.wait_for(self._read_halt(bus), timeout=1.0)
+        except Exception as e:
+            log.info("halt state not read at start", error=str(e) or type(e).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await bus.close()
 
     async def _publish(self, bus: busmod.Bus) -> None:
         """Publish the outbox in order; a row goes only once JetStream has it (PubAck)."""
@@ -189,7 +209,8 @@ async def main(args: argparse.Namespace) -> None:
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
         log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds)
-        await node.start()  # before NATS: expired faults must not wait for the network
+        await edge.prefetch_halt(args.nats)
+        await node.start()  # expired faults never wait for the network
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
         await service.run_forever(node.watchdog(), _sweep_forever(node, sweeper, args.sweep_interval),

@@ -158,3 +158,21 @@ def cli(h: Harness, *args: str) -> str:
                           capture_output=True, text=True, timeout=30, env={**os.environ})
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+async def test_a_halt_set_while_the_injector_was_down_wins_at_its_start(h: Harness, bus: busmod.Bus) -> None:
+    t = h.add_target("hd")
+    h.start_injector("hd", lease_s=600)
+    await asyncio.to_thread(h.wait_ready, "hd")
+    await publish(bus, partition_command("before", "hd", [t], deadline=None))
+    await until(lambda: t.tables() == {table_of("before")}, 10, "applied")
+    h.kill_injector("hd")
+    cli(h, "halt", "--reason", "while down")  # the broadcast finds nobody; the KV key stays
+    inj = h.start_injector("hd", lease_s=600)
+    await until(lambda: not t.tables(), 5, "recovered at start")
+    print(f"\nhalt set while the injector was down: its fault recovered {time.monotonic() - inj.started:.2f}s "
+          "after the restart")
+    await asyncio.to_thread(h.wait_reconciled, "hd")
+    assert '"halted": true' in inj.log_text().split('"injector starting"')[-1]
+    reason = await result_message(bus, "before", "recover")
+    assert reason.startswith("recovered: halted by kill switch (while down; by ")
