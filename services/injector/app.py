@@ -23,6 +23,8 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import executor as ex
+from chaosbus.injector import faults
+from chaosbus.injector.faults import exemptions
 from chaosbus.injector.journal import Journal
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
@@ -53,6 +55,13 @@ class Edge:
                                   "Faults the node recovered on its own, by reason", ["reason"], registry=reg)
         self.halted = Gauge("chaosbus_injector_halted", "1 while the kill switch is engaged", registry=reg)
         node.on_recovered = self._count
+        node.on_effect = self._observe
+
+    def _observe(self, action: m.TargetAction, result: m.TargetResult, seconds: float) -> None:
+        tag = faults.spec_tag(action.fault)
+        self.metrics.latency.labels(tag, action.op).observe(seconds)
+        if not result.ok:
+            self.metrics.errors.labels(tag, action.op, "retryable" if result.retryable else "permanent").inc()
 
     def _count(self, done: list[Recovered]) -> None:
         for due, _ in done:
@@ -206,6 +215,7 @@ async def main(args: argparse.Namespace) -> None:
     node = Node(journal, ex.Executor(journal, name), lease_ttl=args.lease_seconds)
     sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
     edge = Edge(node, name, metrics)
+    exemptions.configure(args.nats)  # never cut our own control traffic
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
         log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds)

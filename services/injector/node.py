@@ -44,6 +44,7 @@ class Node:
         self.kick = asyncio.Event()  # wake the watchdog now
         self.outbox_kick = asyncio.Event()  # something new to publish
         self.on_recovered: Callable[[list[Recovered]], None] | None = None
+        self.on_effect: Callable[[m.TargetAction, m.TargetResult, float], None] | None = None  # metrics
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fault")
         self._retry_at: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
@@ -113,11 +114,18 @@ class Node:
             for p in plans:
                 if p.intent is not None and p.intent.lasting:
                     self.lease.hold(cmd.experiment_uid, mono)
-            outcomes = await asyncio.gather(*(self.run_in_thread(self.executor.effect, cmd, p) for p in plans))
+            outcomes = await asyncio.gather(*(self._timed_effect(cmd, p) for p in plans))
             batch = await self.run_in_thread(self.executor.finish, cmd, plans, list(outcomes))
         self.outbox_kick.set()
         self.kick.set()  # a new deadline or lease to watch
         return batch
+
+    async def _timed_effect(self, cmd: m.NodeCommand, plan: ex.Plan) -> ex.Outcome:
+        start = time.perf_counter()
+        outcome = await self.run_in_thread(self.executor.effect, cmd, plan)
+        if self.on_effect is not None:
+            self.on_effect(plan.action, outcome.result, time.perf_counter() - start)
+        return outcome
 
     async def set_halt(self, state: m.HaltState | None, source: str) -> bool:
         """Adopt `state` if it is newer; persist it; wake the watchdog (recover all within 1 s)."""

@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from chaosbus.common import messages as m
-from chaosbus.common.crd import ChaosObject, InvalidObject, decode_object
+from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode_object
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
@@ -106,6 +106,8 @@ class SchedulerCore:
             table[name] = value
 
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        if event.kind in NOT_EXECUTED:  # accepted, stored and marked by the recorder; nothing to run
+            return Outputs()
         try:
             obj = decode_object(msgspec.json.decode(event.object))
         except (InvalidObject, msgspec.DecodeError) as e:
@@ -225,7 +227,7 @@ class SchedulerCore:
     def _commands(self, exp: Experiment, desired: str, now: float) -> list[m.NodeCommand]:
         assert exp.targets is not None
         want = INJECTED if desired == RUN else NOT_INJECTED
-        everyone = [t.target for t in exp.targets]
+        everyone = plan.Everyone(t.target for t in exp.targets)
         by_node: dict[str, list[m.TargetAction]] = {}
         for t in exp.targets:
             if t.inflight and now - t.inflight_at < INFLIGHT_TIMEOUT_S:
