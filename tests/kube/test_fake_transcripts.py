@@ -42,6 +42,12 @@ def _load(name: str) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(autouse=True)
+def _transcripts_present() -> None:
+    if not TRANSCRIPTS.is_dir():
+        pytest.skip(f"transcripts not found at {TRANSCRIPTS} (shared/ beside the repo)")
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeApiServer]:
     server = FakeApiServer(bookmark_interval=0.3).start()
