@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chaosbus.common.messages import FaultSpec, TargetAction
+from chaosbus.common.netns import netns_inode
 from chaosbus.injector.runtime import ContainerHandle
 
 
@@ -40,6 +41,16 @@ class FaultContext:
 
     def alive(self) -> list[ContainerHandle]:
         return [c for c in self.containers if c.alive]
+
+    def netns_paths(self) -> list[str]:
+        """Distinct netns paths of the live containers (a pod's containers share one netns)."""
+        seen: dict[int, str] = {}
+        for c in self.alive():
+            try:
+                seen.setdefault(netns_inode(c.netns_path), c.netns_path)
+            except FileNotFoundError:
+                continue
+        return list(seen.values())
 
 
 class Fault(Protocol):

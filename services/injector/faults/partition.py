@@ -16,7 +16,6 @@ import socket
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, Partition, PartitionRule
-from chaosbus.common.netns import netns_inode
 from chaosbus.injector.backends import nft
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
@@ -66,17 +65,6 @@ def _resolve(hostname: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-def _target_netns(ctx: FaultContext) -> list[str]:
-    """Distinct netns paths of the live containers (a pod's containers share one netns)."""
-    seen: dict[int, str] = {}
-    for c in ctx.alive():
-        try:
-            seen.setdefault(netns_inode(c.netns_path), c.netns_path)
-        except FileNotFoundError:
-            continue
-    return list(seen.values())
-
-
 class PartitionFault:
     name = "partition"
 
@@ -91,7 +79,7 @@ class PartitionFault:
             script = nft.render_partition_table(table, resolve_rules(spec), exempt)
         except ValueError as e:
             raise FaultError(f"invalid partition: {e}", retryable=False) from e
-        paths = _target_netns(ctx)
+        paths = ctx.netns_paths()
         if not paths:
             raise FaultError("target gone: no live container netns to partition", retryable=False)
         for path in paths:
@@ -106,7 +94,7 @@ class PartitionFault:
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         removed = 0
-        for path in _target_netns(ctx):
+        for path in ctx.netns_paths():
             try:
                 nft.delete_table(path, table)
                 removed += 1

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
-from chaosbus.common.netns import netns_inode
 from chaosbus.injector.backends import cbpf, tc, tcdev
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
@@ -98,7 +97,7 @@ class ShapingFault:
         if lacking:
             raise FaultError(f"{spec.action} is not possible on this node: {'; '.join(lacking)}", retryable=False)
         rule = rule_for(owner(ctx), spec)
-        paths = _target_netns(ctx)
+        paths = ctx.netns_paths()
         if not paths:
             raise FaultError("target gone: no live container netns to shape", retryable=False)
         devices = []
@@ -113,7 +112,7 @@ class ShapingFault:
         spec = _shaping(spec)
         if spec.netem is None and spec.tbf is None:
             return f"{spec.action}: nothing was shaped on this side"
-        paths = _target_netns(ctx)
+        paths = ctx.netns_paths()
         if not paths:
             shaper().forget(owner(ctx), ctx.action.target_id)
             return "target gone: its shaping went with its netns"
@@ -147,17 +146,6 @@ def _errors() -> Iterator[None]:
         raise FaultError(str(e), retryable=e.code not in _PERMANENT) from e
     except (PlanError, cbpf.ProgramTooLarge) as e:
         raise FaultError(f"cannot shape this: {e}", retryable=False) from e
-
-
-def _target_netns(ctx: FaultContext) -> list[str]:
-    """Distinct netns paths of the live containers (a pod's containers share one netns)."""
-    seen: dict[int, str] = {}
-    for c in ctx.alive():
-        try:
-            seen.setdefault(netns_inode(c.netns_path), c.netns_path)
-        except FileNotFoundError:
-            continue
-    return list(seen.values())
 
 
 def _shaping(spec: FaultSpec) -> Shaping:
