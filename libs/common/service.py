@@ -26,6 +26,27 @@ def parser(service: str, description: str, *, metrics_port: int) -> argparse.Arg
     return p
 
 
+def add_scope_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for Chaos Mesh's controller scope; its environment variables work too (see `scope`)."""
+    p.add_argument("--target-namespace", default="",
+                   help="namespace-scoped mode: only this namespace (Chaos Mesh's CLUSTER_SCOPED=false + "
+                        "TARGET_NAMESPACE)")
+    p.add_argument("--enable-filter-namespace", action="store_true",
+                   help="only pods of namespaces annotated chaos-mesh.org/inject=enabled "
+                        "(Chaos Mesh's ENABLE_FILTER_NAMESPACE=true)")
+
+
+def scope(args: argparse.Namespace) -> config.ControllerScope:
+    """The controller scope from `add_scope_arguments`' flags and the environment; a bad setting
+    stops the service at start with a message naming it, as Chaos Mesh's controller does.
+    """
+    try:
+        return config.controller_scope(target_namespace=args.target_namespace,
+                                       enable_filter_namespace=args.enable_filter_namespace)
+    except ValueError as e:
+        raise SystemExit(f"chaosbus: {e}") from None
+
+
 def run(service: str, args: argparse.Namespace,
         main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""

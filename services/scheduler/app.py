@@ -16,6 +16,7 @@ import uuid
 import msgspec
 
 from chaosbus.common import bus as busmod
+from chaosbus.common import config as cbconfig
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
@@ -109,14 +110,22 @@ class Scheduler:
                 pass
 
 
+def selection_config(scope: cbconfig.ControllerScope) -> SelectionConfig:
+    return SelectionConfig(cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
+                           enable_filter_namespace=scope.enable_filter_namespace)
+
+
 async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
+    config = selection_config(service.scope(args))
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
-        sched = Scheduler(bus, SchedulerCore(SelectionConfig()), metrics)
+        sched = Scheduler(bus, SchedulerCore(config), metrics)
         ready = asyncio.Event()
         targets = asyncio.ensure_future(sched.follow_targets(ready))
         await ready.wait()  # select only against a complete snapshot of the targets
-        log.info("scheduler ready", nats=args.nats, metrics_port=port, pods=len(sched.core.pods))
+        log.info("scheduler ready", nats=args.nats, metrics_port=port, pods=len(sched.core.pods),
+                 cluster_scoped=config.cluster_scoped, target_namespace=config.target_namespace,
+                 filter_namespaces=config.enable_filter_namespace)
         await service.run_forever(
             targets,
             bus.replay_and_follow("chaos.obj.>", sched.on_object, m.ObjectEvent),

@@ -8,10 +8,7 @@ def main(argv: list[str] | None = None) -> None:
     p = service.parser("watcher", "Object store -> object events and target projection", metrics_port=9101)
     p.add_argument("--kube", action="store_true", help="watch the Kubernetes API instead of the local store")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (implies --kube; default: in-cluster)")
-    p.add_argument("--target-namespace", default="",
-                   help="namespace-scoped mode: watch only this namespace (Chaos Mesh's TARGET_NAMESPACE)")
-    p.add_argument("--enable-filter-namespace", action="store_true",
-                   help="project only pods of namespaces annotated chaos-mesh.org/inject=enabled")
+    service.add_scope_arguments(p)
     args = p.parse_args(argv)
     if args.kube or args.kubeconfig:
         from chaosbus.watcher import kube

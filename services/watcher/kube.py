@@ -55,14 +55,9 @@ def resources() -> list[Resource]:
 
 def scope_from(args: argparse.Namespace) -> Scope:
     """Chaos Mesh's controller knobs, from flags or its environment variable names."""
-    cluster_scoped = os.environ.get("CLUSTER_SCOPED", "true").lower() != "false"
-    target = args.target_namespace or os.environ.get("TARGET_NAMESPACE", "")
-    if args.target_namespace:
-        cluster_scoped = False
-    enable_filter = args.enable_filter_namespace or os.environ.get("ENABLE_FILTER_NAMESPACE", "").lower() == "true"
-    if not cluster_scoped and not target:
-        raise SystemExit("CLUSTER_SCOPED=false needs TARGET_NAMESPACE (or --target-namespace)")
-    return Scope(cluster_scoped=cluster_scoped, target_namespace=target, enable_filter_namespace=enable_filter)
+    s = service.scope(args)
+    return Scope(cluster_scoped=s.cluster_scoped, target_namespace=s.target_namespace,
+                 enable_filter_namespace=s.enable_filter_namespace)
 
 
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
