@@ -1,8 +1,7 @@
 """`chaosbus up`: an embedded nats-server with JetStream and the four services as child
 processes, restarted with backoff when they die (as Kubernetes restarts a pod), stopped cleanly
 on Ctrl-C or SIGTERM. A nats-server that dies is restarted too, on the same port with the same
-store; the services whose JetStream watches do not survive a server restart (nats-py does not
-re-create ordered consumers) are restarted with it; the injector reconnects on its own.
+store; the services reconnect and their followers resume on their own (bus.FOLLOW_HEARTBEAT_S).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from chaosbus.common import config, natsserver, subjects
 from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
-RESTART_WITH_NATS = ("watcher", "scheduler", "recorder")
 METRICS_PORTS = {"watcher": 9101, "scheduler": 9102, "injector": 9103, "recorder": 9104}
 
 
@@ -146,17 +144,6 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     return 0
 
 
-def _restart_with_nats(children: list[Child]) -> None:
-    """Restart the services whose JetStream watches do not survive a server restart (in parallel)."""
-    victims = [c for c in children if c.name in RESTART_WITH_NATS and c.proc is not None and c.proc.poll() is None]
-    for c in victims:
-        c.terminate()
-    for c in victims:
-        c.stop(timeout=3.0)
-        c.restarts += 1
-        c.start()
-
-
 def _metrics_port(name: str, base: int | None) -> int:
     if base is None:
         return METRICS_PORTS[name]
@@ -165,13 +152,13 @@ def _metrics_port(name: str, base: int | None) -> int:
 
 async def _keep_alive(children: list[Child], stop: asyncio.Event, nats: Nats | None = None) -> None:
     """Restart a dead service with exponential backoff (reset after a healthy minute), and a dead
-    nats-server at once (with the services that cannot follow it across a restart).
+    nats-server at once.
     """
     due: dict[str, float] = {}
     while not stop.is_set():
         now = time.monotonic()
-        if nats is not None and nats.check(now):
-            _restart_with_nats(children)
+        if nats is not None:
+            nats.check(now)
         for c in children:
             if c.proc is None or c.proc.poll() is None:
                 continue

@@ -67,14 +67,13 @@ class Scheduler:
         await self.publish(self.core.on_results(batch, time.time()))
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
-        kv = await self.bus.kv(subjects.TARGETS.name)
-        async for entry in await kv.watchall():
+        async for entry in self.bus.follow_kv(subjects.TARGETS.name):
             if entry is None:
                 ready.set()
                 continue
             kind = entry.key.split(".", 1)[0]
             value = None
-            if entry.operation not in ("DEL", "PURGE") and kind in _TARGET_TYPES:
+            if not entry.deleted and kind in _TARGET_TYPES:
                 try:
                     value = busmod.decode(entry.value or b"", _TARGET_TYPES[kind])
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:

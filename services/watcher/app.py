@@ -16,7 +16,6 @@ from chaosbus.watcher.core import Outputs, WatcherCore
 from chaosbus.watcher.metrics import WatcherMetrics
 
 log = cblog.get("watcher")
-_DELETE_OPS = ("DEL", "PURGE")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -27,15 +26,13 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics) -> None:
-    objects = await bus.kv(subjects.OBJECT_STORE.name)
     targets = await bus.kv(subjects.TARGETS.name)
-    watcher = await objects.watchall()
-    async for entry in watcher:
+    async for entry in bus.follow_kv(subjects.OBJECT_STORE.name):
         if entry is None:  # end of the initial snapshot
             log.info("initial snapshot published", objects=len(core.seen))
             continue
-        rev = entry.revision or 0
-        if entry.operation in _DELETE_OPS:
+        rev = entry.revision
+        if entry.deleted:
             out = core.on_delete(entry.key, rev)
         else:
             try:

@@ -1,0 +1,100 @@
+"""Followers across a nats-server restart: an ordered replay of a stream and a KV follow resume on
+their own (short heartbeat), from where they were, so no service has to be restarted with NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+from chaosbus.common import natsserver, subjects
+
+pytestmark = pytest.mark.integration
+RESUME_WITHIN_S = 8.0  # ~2 s expected (two missed 1 s heartbeats); margin for a loaded machine
+
+
+def event(name: str) -> m.ObjectEvent:
+    return m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="ns", name=name, uid=name)
+
+
+async def wait_for(cond: Callable[[], bool], within_s: float) -> None:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > within_s:
+            raise AssertionError(f"not within {within_s} s")
+        await asyncio.sleep(0.05)
+
+
+async def publish_retrying(action: Callable[[], Awaitable[object]]) -> None:
+    for _ in range(100):  # the client is reconnecting; JetStream may answer "no responders" meanwhile
+        try:
+            await action()
+            return
+        except Exception:
+            await asyncio.sleep(0.1)
+    raise AssertionError("publish never succeeded after the restart")
+
+
+async def test_followers_resume_after_a_server_restart_without_replaying_twice(tmp_path: Path) -> None:
+    server = natsserver.start(tmp_path / "nats")
+    b = await busmod.connect(server.url, "test")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await b.ensure()
+        events: list[str] = []
+        entries: list[tuple[str, bool]] = []
+        snapshot = asyncio.Event()
+
+        async def on_event(ev: m.ObjectEvent) -> None:
+            events.append(ev.name)
+
+        async def follow() -> None:
+            async for e in b.follow_kv(subjects.TARGETS.name):
+                if e is None:
+                    snapshot.set()
+                else:
+                    entries.append((e.key, e.deleted))
+
+        kv = await b.kv(subjects.TARGETS.name)
+        await kv.put("pod.ns.before", b"{}")
+        await b.publish(subjects.object_subject("PodChaos", "ns", "a"), event("a"), msg_id="a")
+        tasks = [asyncio.ensure_future(b.replay_and_follow("chaos.obj.>", on_event, m.ObjectEvent)),
+                 asyncio.ensure_future(follow())]
+        await asyncio.wait_for(snapshot.wait(), 5)
+        await wait_for(lambda: events == ["a"], 5)
+
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        server = natsserver.start(tmp_path / "nats", port=server.port)
+        restarted = time.monotonic()
+        await publish_retrying(lambda: b.publish(subjects.object_subject("PodChaos", "ns", "b"), event("b"),
+                                                 msg_id="b"))
+        await publish_retrying(lambda: kv.delete("pod.ns.before"))
+        await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
+        await wait_for(lambda: "b" in events and ("pod.ns.after", False) in entries, RESUME_WITHIN_S)
+        print(f"followers resumed {time.monotonic() - restarted:.2f} s after the server restart")
+        assert events == ["a", "b"]  # resumed from where it was: nothing replayed twice
+        assert entries == [("pod.ns.before", False), ("pod.ns.before", True), ("pod.ns.after", False)]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        server.stop()
+
+
+async def test_follow_kv_of_an_empty_bucket_reports_the_snapshot_at_once(bus: busmod.Bus) -> None:
+    follower = bus.follow_kv(subjects.IPAM.name)
+    assert await asyncio.wait_for(follower.__anext__(), 5) is None
+    await (await bus.kv(subjects.IPAM.name)).put("10_0_0_1", b"ns/p")
+    entry = await asyncio.wait_for(follower.__anext__(), 5)
+    assert entry is not None and (entry.key, entry.value, entry.deleted) == ("10_0_0_1", b"ns/p", False)
+    await follower.aclose()  # type: ignore[attr-defined]
