@@ -242,6 +242,31 @@ class ExperimentDecision(Message, kw_only=True, frozen=True):
     target_id: str = ""  # unused: decisions are per experiment
 
 
+# --- scheduler -> recorder: objects the scheduler decides (Schedule children, orchestration status)
+
+class ObjectWrite(Message, kw_only=True, frozen=True):
+    """chaos.write.<kind>.<namespace>.<name>: one change to one object that the scheduler decides and
+    the recorder (the only writer of objects) carries out. Idempotent by design:
+
+    * `create`: `object` is the whole object; an existing object with the same spec, labels and
+      owners counts as created;
+    * `delete`: only while the stored object still has `uid` (a same-named successor is spared);
+    * `status`: `object` is a JSON merge patch (RFC 7386) of `.status`, applied only to `uid`;
+    * `annotate`: set (value) or remove (null) metadata annotations of `uid`.
+    """
+
+    write_id: str  # also the JetStream dedup id
+    op: Literal["create", "delete", "status", "annotate"]
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""  # the object's uid for delete/status/annotate; "" = whatever object has the name
+    object: msgspec.Raw = msgspec.Raw(b"null")
+    annotations: dict[str, str | None] = {}
+    reason: str = ""  # why, for logs and Kubernetes Events (Spawned, Forbid, MissSchedule, ...)
+    at: float = 0.0
+
+
 class ErrorReply(Message, kw_only=True, frozen=True):
     """Reply to a request that could not be served; `field` names the offending input."""
 

@@ -125,14 +125,23 @@ class ObjectStore:
             return _with_version(new, rev)
         raise Conflict(f"{key}: too many concurrent writers")
 
-    async def delete(self, kind: str, namespace: str, name: str) -> str:
-        """Returns deleted | deleting (finalizers pending) | notfound."""
+    async def delete(self, kind: str, namespace: str, name: str, *, uid: str = "") -> str:
+        """Returns deleted | deleting (finalizers pending) | notfound. With `uid`, only that object
+        is deleted (a same-named successor counts as notfound), as a Kubernetes uid precondition.
+        """
         now = o.now_rfc3339()
+        other = False
+
+        def deleted_or_marked(obj: Obj) -> Obj | None:
+            nonlocal other
+            other = bool(uid) and o.meta(obj).get("uid") != uid
+            return None if other else _deleted_or_marked(obj, now)
+
         try:
-            result = await self.mutate(kind, namespace, name, lambda obj: _deleted_or_marked(obj, now))
+            result = await self.mutate(kind, namespace, name, deleted_or_marked)
         except NotFound:
             return "notfound"
-        return "deleted" if result is None else "deleting"
+        return "notfound" if other else "deleted" if result is None else "deleting"
 
 
 def _deleted_or_marked(obj: Obj, now: str) -> Obj | None:

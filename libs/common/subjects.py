@@ -72,7 +72,16 @@ DECISIONS = Stream(
     max_msgs_per_subject=1,
     purpose="desired phase and selected records per experiment (self-contained, last wins)",
 )
-STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS)
+WRITES = Stream(
+    name="CHAOS_WRITE",
+    subjects=("chaos.write.>",),
+    message=m.ObjectWrite,
+    owner="scheduler",
+    consumers=("recorder-writes",),
+    work_queue=True,
+    purpose="objects the scheduler decides (Schedule children, orchestration status), written by the recorder",
+)
+STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS, WRITES)
 
 OBJECT_STORE = Bucket(
     name="objects",
@@ -162,6 +171,10 @@ def result_subject(experiment_uid: str) -> str:
 
 def decision_subject(experiment_uid: str) -> str:
     return f"chaos.phase.{token(experiment_uid)}"
+
+
+def write_subject(kind: str, namespace: str, name: str) -> str:
+    return f"chaos.write.{token(kind)}.{token(namespace)}.{token(name)}"
 
 
 def lease_subject(node: str) -> str:

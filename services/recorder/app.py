@@ -1,5 +1,7 @@
 """The recorder's edge: decisions and results in, status and finalizers written back to the
-objects (local mode: the KV object store, with compare-and-set).
+objects (local mode: the KV object store, with compare-and-set); object writes the scheduler
+decides (Schedule children and orchestration status) carried out; kinds accepted but not executed
+marked NotSupported.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import msgspec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
+from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED
 from chaosbus.common.objects import now_rfc3339
-from chaosbus.common.store import NotFound, ObjectStore
-from chaosbus.recorder import core
+from chaosbus.common.store import Conflict, NotFound, ObjectStore
+from chaosbus.recorder import core, writes
 from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
@@ -32,6 +35,12 @@ class Recorder:
         self.early: dict[str, int] = {}  # command id -> deliveries that came before their records
 
     async def on_object(self, event: m.ObjectEvent) -> None:
+        if event.kind in ORCHESTRATED:  # no finalizer: the scheduler deletes their children itself
+            return
+        if event.kind in NOT_EXECUTED:
+            if event.type != "DELETED":  # no finalizer either: nothing to recover
+                await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
+            return
         if event.type == "DELETED":
             self.latest.pop(event.uid, None)
             return
@@ -86,6 +95,36 @@ class Recorder:
         while len(self.seen_commands) > SEEN_COMMANDS:
             self.seen_commands.popitem(last=False)
 
+    async def on_write(self, w: m.ObjectWrite) -> None:
+        """Carry out one object write the scheduler decided; each op is idempotent (redelivery-safe)."""
+        try:
+            outcome = await self._carry_out(w)
+        except ValueError as e:  # a malformed write never becomes valid on redelivery
+            self.metrics.errors.labels("bad_write").inc()
+            log.error("object write refused", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, error=str(e))
+            return
+        self.metrics.writes.labels(w.kind, w.op).inc()
+        log.info("object " + outcome, op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
+
+    async def _carry_out(self, w: m.ObjectWrite) -> str:
+        if w.op == "create":
+            wanted = writes.wanted_object(w)
+            try:
+                await self.store.create(wanted)
+                return "created"
+            except Conflict:
+                existing = await self.store.get(w.kind, w.namespace, w.name)
+                if existing is None:
+                    raise  # it vanished meanwhile: redelivered, created next time
+                if not writes.same_object(existing, wanted):
+                    raise ValueError(f"{w.kind}/{w.namespace}/{w.name} already exists and is not this child") from None
+                return "already there"
+        if w.op == "delete":
+            return "delete: " + await self.store.delete(w.kind, w.namespace, w.name, uid=w.uid)
+        change = writes.status_change if w.op == "status" else writes.annotation_change
+        changed = await self._mutate(w.kind, w.namespace, w.name, lambda o: change(o, w))
+        return "written" if changed else "unchanged"
+
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         changed = False
 
@@ -113,4 +152,5 @@ async def main(args: argparse.Namespace) -> None:
             bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
                         m.ExperimentDecision),
             bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
+            bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite),
         )

@@ -6,7 +6,10 @@ writing to the Kubernetes API instead of the local KV store:
   was computed from, so a concurrent write gives 409 and the change is recomputed on the fresh
   object; kinds installed without the subresource (Chaos Mesh's own CRDs) get status through the
   main resource instead;
-* the `chaos-mesh/records` finalizer through the main resource, also guarded by resourceVersion;
+* the `chaos-mesh/records` finalizer (and annotations the scheduler decides) through the main
+  resource, also guarded by resourceVersion;
+* objects the scheduler decides (Schedule children): create (409 = already there), delete with a
+  uid precondition and background propagation;
 * a core/v1 Event per change worth telling (reasons as Chaos Mesh: Started, Applied, Recovered,
   Failed, TimeUp, Paused, Deleted), best effort.
 """
@@ -25,7 +28,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
-from chaosbus.common.crd import API_VERSION, NOT_EXECUTED, plural_of
+from chaosbus.common.crd import API_VERSION, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
@@ -55,7 +58,7 @@ def merge_diff(old: Any, new: Any) -> Any:
 
 
 class KubeStore(ObjectStore):
-    """ObjectStore's get/mutate over the Kubernetes API (the rest of ObjectStore is not used)."""
+    """ObjectStore's get/create/delete/mutate over the Kubernetes API (its KV-only parts are not used)."""
 
     def __init__(self, api: client.ApiClient, *, retries: int = 50) -> None:  # noqa: D107 - no KV here
         self.co = client.CustomObjectsApi(api)
@@ -71,6 +74,30 @@ class KubeStore(ObjectStore):
                 return None
             raise
         return obj
+
+    async def create(self, obj: Obj) -> Obj:
+        meta = obj.get("metadata") or {}
+        try:
+            created: Obj = await self.co.create_namespaced_custom_object(
+                GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj)
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')} already exists") from None
+            raise
+        return created
+
+    async def delete(self, kind: str, namespace: str, name: str, *, uid: str = "") -> str:
+        """Background propagation: the API server's garbage collector removes what the object owns."""
+        body = client.V1DeleteOptions(propagation_policy="Background",
+                                      preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            result: Obj = await self.co.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural_of(kind),
+                                                                        name, body=body)
+        except ApiException as e:
+            if e.status in (404, 409):  # gone, or a same-named successor (uid precondition failed)
+                return "notfound"
+            raise
+        return "deleting" if (result.get("metadata") or {}).get("deletionTimestamp") else "deleted"
 
     async def mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> Obj | None:
         for _ in range(self.retries):
@@ -97,10 +124,15 @@ class KubeStore(ObjectStore):
             body = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
                     "status": merge_diff(current.get("status") or {}, new.get("status") or {})}
             result = await self._patch_status(plural, namespace, name, body)
-        finalizers = (new.get("metadata") or {}).get("finalizers") or []
-        if finalizers != ((current.get("metadata") or {}).get("finalizers") or []):
-            body = {"metadata": {"resourceVersion": result["metadata"]["resourceVersion"],
-                                 "finalizers": finalizers or None}}
+        old_meta, new_meta = current.get("metadata") or {}, new.get("metadata") or {}
+        finalizers = new_meta.get("finalizers") or []
+        changed: Obj = {}
+        if finalizers != (old_meta.get("finalizers") or []):
+            changed["finalizers"] = finalizers or None
+        if (new_meta.get("annotations") or {}) != (old_meta.get("annotations") or {}):
+            changed["annotations"] = merge_diff(old_meta.get("annotations") or {}, new_meta.get("annotations") or {})
+        if changed:
+            body = {"metadata": {"resourceVersion": result["metadata"]["resourceVersion"], **changed}}
             result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
                                                                   **AS_MERGE_PATCH)
         return result
@@ -161,12 +193,6 @@ class KubeRecorder(Recorder):
         super().__init__(store, metrics, max_events=max_events)
         self.events = events
 
-    async def on_object(self, event: m.ObjectEvent) -> None:
-        if event.kind not in NOT_EXECUTED:
-            await super().on_object(event)
-        elif event.type != "DELETED":
-            await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
-
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         writes: list[tuple[Obj, Obj]] = []
 
@@ -207,4 +233,5 @@ async def main(args: argparse.Namespace) -> None:
                 bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
                             m.ExperimentDecision),
                 bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
+                bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite),
             )

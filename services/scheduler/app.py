@@ -60,6 +60,12 @@ class Scheduler:
                      ops=sorted({a.op for a in c.actions}))
         self._wake.set()
 
+    async def publish_writes(self, writes: list[m.ObjectWrite]) -> None:
+        """Objects this scheduler decided (children, orchestration status): the recorder writes them."""
+        for w in writes:
+            await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
+            log.info("object write sent", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
+
     async def on_object(self, event: m.ObjectEvent) -> None:
         await self.publish(self.core.on_object(event, time.time()))
 

@@ -12,7 +12,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import CHAOS_KINDS, NOT_EXECUTED
+from chaosbus.common.crd import CHAOS_KINDS, NOT_EXECUTED, ORCHESTRATED
 
 Obj = dict[str, Any]
 
@@ -78,7 +78,7 @@ class WatcherCore:
         added = key not in self.seen
         self.seen[key] = obj
         out = Outputs()
-        if kind in CHAOS_KINDS or kind in NOT_EXECUTED:
+        if kind in CHAOS_KINDS or kind in NOT_EXECUTED or kind in ORCHESTRATED:
             out.events.append(_event("ADDED" if added else "MODIFIED", obj, revision))
         else:
             projected = _project(kind, obj)
@@ -92,7 +92,7 @@ class WatcherCore:
         if obj is None:
             return out
         kind = str(obj.get("kind", ""))
-        if kind in CHAOS_KINDS or kind in NOT_EXECUTED:
+        if kind in CHAOS_KINDS or kind in NOT_EXECUTED or kind in ORCHESTRATED:
             out.events.append(_event("DELETED", obj, revision))
         else:
             projected = _project(kind, obj)

@@ -121,7 +121,8 @@ def test_token_keeps_safe_values(value: str) -> None:
     (lambda v: subjects.command_subject(v), subjects.COMMANDS, 3),
     (lambda v: subjects.result_subject(v), subjects.RESULTS, 3),
     (lambda v: subjects.decision_subject(v), subjects.DECISIONS, 3),
-], ids=["object", "command", "result", "decision"])
+    (lambda v: subjects.write_subject("PodChaos", v, v), subjects.WRITES, 5),
+], ids=["object", "command", "result", "decision", "write"])
 def test_built_subject_has_fixed_tokens_and_lands_on_its_stream_only(
         name: str, build: typing.Callable[[str], str], stream: subjects.Stream, tokens: int) -> None:
     subject = build(name)

@@ -178,3 +178,37 @@ async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: K
     items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events",
                                 query={"fieldSelector": "involvedObject.name=burn-cpu"})["items"]
     assert [(e["type"], e["reason"]) for e in items] == [("Warning", "NotSupported")]
+
+
+def write(op: str, name: str, obj: Any = None, **kw: Any) -> m.ObjectWrite:
+    import msgspec
+
+    return m.ObjectWrite(write_id=f"{op}-{name}", op=op, kind=KIND, namespace=kw.pop("namespace"),  # type: ignore[arg-type]
+                         name=name, object=msgspec.Raw(msgspec.json.encode(obj)), **kw)
+
+
+async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
+        kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+    ns, path = kube.namespace, f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
+    owner = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "name": "s", "uid": "sched-uid",
+             "controller": True, "blockOwnerDeletion": True}
+    wanted = partition("s-1") | {"metadata": {"name": "s-1", "labels": {"managed-by": "s"},
+                                              "ownerReferences": [owner]}}
+    await recorder.on_write(write("create", "s-1", wanted, namespace=ns))
+    created = kube.client.get(f"{path}/s-1")
+    assert created is not None and created["metadata"]["ownerReferences"] == [owner]
+    await recorder.on_write(write("create", "s-1", wanted, namespace=ns))  # 409 from the API: already there
+    uid = created["metadata"]["uid"]
+    assert kube.client.get(f"{path}/s-1")["metadata"]["uid"] == uid  # type: ignore[index]
+
+    await recorder.on_write(write("annotate", "s-1", uid=uid, namespace=ns,
+                                  annotations={"experiment.chaos-mesh.org/pause": "true"}))
+    await recorder.on_write(write("status", "s-1", {"experiment": {"desiredPhase": "Stop"}}, uid=uid, namespace=ns))
+    got = kube.client.get(f"{path}/s-1")
+    assert got is not None and got["metadata"]["annotations"] == {"experiment.chaos-mesh.org/pause": "true"}
+    assert got["status"]["experiment"]["desiredPhase"] == "Stop"
+
+    await recorder.on_write(write("delete", "s-1", uid="a-predecessor", namespace=ns))  # uid precondition: 409
+    assert kube.client.get(f"{path}/s-1") is not None
+    await recorder.on_write(write("delete", "s-1", uid=uid, namespace=ns))
+    assert kube.client.get(f"{path}/s-1") is None

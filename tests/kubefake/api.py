@@ -215,9 +215,16 @@ class Api:
         return _without(obj, *drop, "apiVersion", "kind")
 
     # --- delete -------------------------------------------------------------------------------
-    def delete(self, res: Resource, namespace: str, name: str, grace: int | None, *, dry_run: bool) -> tuple[int, Obj]:
+    def delete(self, res: Resource, namespace: str, name: str, grace: int | None, *, dry_run: bool,
+               preconditions: dict[str, str] | None = None) -> tuple[int, Obj]:
         current = self._current(res, namespace, name)
         meta = current["metadata"]
+        for field, key in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            wanted = (preconditions or {}).get(field)
+            if wanted and wanted != meta.get(field):
+                raise ApiError(409, "Conflict", f"Operation cannot be fulfilled on {res.qualified} \"{name}\": "
+                               f"Precondition failed: {key} in precondition: {wanted}, {key} in object meta: "
+                               f"{meta.get(field)}", details(res, name))
         if res.kind == "Pod":
             return self._delete_pod(res, current, grace, dry_run=dry_run)
         if meta.get("finalizers"):

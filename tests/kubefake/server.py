@@ -203,7 +203,8 @@ class FakeApiServer:
             return _json(*self.api.patch(res, ns, route.name, request.headers.get("Content-Type", ""),
                                          await request.read(), status=status, dry_run=dry_run))
         if method == "DELETE" and not status:
-            return _json(*self.api.delete(res, ns, route.name, await self._grace(request), dry_run=dry_run))
+            return _json(*self.api.delete(res, ns, route.name, await self._grace(request), dry_run=dry_run,
+                                          preconditions=await self._preconditions(request)))
         return _json(405, ApiError(405, "MethodNotAllowed", "the server does not allow this method").body())
 
     @staticmethod
@@ -240,6 +241,16 @@ class FakeApiServer:
             if isinstance(body, dict) and body.get("gracePeriodSeconds") is not None:
                 return int(body["gracePeriodSeconds"])
         return None
+
+    @staticmethod
+    async def _preconditions(request: web.Request) -> dict[str, str]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            return {}
+        found = body.get("preconditions") if isinstance(body, dict) else None
+        return {k: str(v) for k, v in found.items() if v} if isinstance(found, dict) else {}
 
     def _selectors(self, res: Resource, q: Any) -> tuple[list[sel.Requirement], list[sel.Requirement]]:
         try:

@@ -10,12 +10,13 @@ from chaosbus.common.crd.objects import (
     encode_object,
     plural_of,
 )
-from chaosbus.common.crd.registry import ACCEPTED, ALL_KINDS, NOT_EXECUTED, WATCHED_KINDS, decode_any
+from chaosbus.common.crd.registry import ACCEPTED, ALL_KINDS, NOT_EXECUTED, ORCHESTRATED, WATCHED_KINDS, decode_any
 
 __all__ = [
     "ACCEPTED",
     "ALL_KINDS",
     "NOT_EXECUTED",
+    "ORCHESTRATED",
     "decode_any",
     "API_VERSION",
     "CHAOS_KINDS",

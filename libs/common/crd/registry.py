@@ -65,7 +65,9 @@ ALL_KINDS: dict[str, KindInfo] = {**EXECUTABLE, **ACCEPTED}
 CHAOS_MESH_KINDS = tuple(k for k in ALL_KINDS if k != "HelloWorldChaos")
 # Cluster mode watches every namespaced kind; RemoteCluster is an install target, not a workload.
 WATCHED_KINDS: tuple[str, ...] = tuple(k for k, i in ALL_KINDS.items() if i.namespaced)
-NOT_EXECUTED: tuple[str, ...] = tuple(k for k in WATCHED_KINDS if k not in CHAOS_KINDS)
+# Kinds the scheduler runs itself (spawning chaos objects) rather than as experiments with targets.
+ORCHESTRATED: tuple[str, ...] = ()
+NOT_EXECUTED: tuple[str, ...] = tuple(k for k in WATCHED_KINDS if k not in CHAOS_KINDS and k not in ORCHESTRATED)
 
 
 def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,115 @@
+"""ObjectWrite end to end over a real nats-server: the scheduler's decided writes travel on the
+CHAOS_WRITE stream (deduplicated by write id) and the recorder's durable consumer carries them out
+on the local object store: create (idempotent), status merge patch, annotations, delete by uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+from chaosbus.common import subjects
+from chaosbus.common.store import ObjectStore
+from chaosbus.recorder.app import Recorder
+from chaosbus.recorder.metrics import RecorderMetrics
+
+pytestmark = pytest.mark.integration
+_ids = itertools.count(1)
+
+
+@pytest.fixture
+async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
+    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    task = asyncio.ensure_future(bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write,
+                                             m.ObjectWrite))
+    yield store
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def child(name: str, owner_uid: str = "sched-uid") -> dict[str, Any]:
+    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HelloWorldChaos",
+            "metadata": {"name": name, "namespace": "default", "labels": {"managed-by": "s"},
+                         "ownerReferences": [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                                              "name": "s", "uid": owner_uid, "controller": True}]},
+            "spec": {"mode": "all", "selector": {}, "duration": "1s"}}
+
+
+async def send(bus: busmod.Bus, op: str, name: str, obj: Any = None, *, kind: str = "HelloWorldChaos",
+               uid: str = "", write_id: str = "", **kw: Any) -> str:
+    w = m.ObjectWrite(write_id=write_id or f"w{next(_ids)}", op=op, kind=kind,  # type: ignore[arg-type]
+                      namespace="default", name=name, uid=uid, object=msgspec.Raw(msgspec.json.encode(obj)), **kw)
+    await bus.publish(subjects.write_subject(kind, "default", name), w, msg_id=w.write_id)
+    return w.write_id
+
+
+async def until(fn: Callable[[], Any], tries: int = 200) -> Any:
+    for _ in range(tries):  # 10 s at most
+        if value := await fn():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached within 10 s")
+
+
+async def test_create_is_idempotent_and_a_foreign_same_name_object_is_left_alone(
+        bus: busmod.Bus, store: ObjectStore) -> None:
+    await send(bus, "create", "s-1", child("s-1"))
+    first = await until(lambda: store.get("HelloWorldChaos", "default", "s-1"))
+    await send(bus, "create", "s-1", child("s-1"))  # a restarted scheduler deciding the same child
+    await send(bus, "create", "s-1", child("s-1", owner_uid="other"))  # not this child: refused, logged
+    await send(bus, "create", "marker", child("marker"))  # processed after the two above
+    await until(lambda: store.get("HelloWorldChaos", "default", "marker"))
+    again = await store.get("HelloWorldChaos", "default", "s-1")
+    assert again is not None and again["metadata"]["uid"] == first["metadata"]["uid"]
+    assert again["metadata"]["ownerReferences"][0]["uid"] == "sched-uid"
+
+
+async def test_duplicate_write_ids_are_stored_once(bus: busmod.Bus, store: ObjectStore) -> None:
+    await send(bus, "create", "s-1", child("s-1"))
+    await until(lambda: store.get("HelloWorldChaos", "default", "s-1"))
+    await send(bus, "delete", "s-1", write_id="del-1")  # no uid: whatever object has the name
+    await until(lambda: _gone(store, "s-1"))
+    await send(bus, "create", "s-1", child("s-1"), write_id="create-again")
+    await send(bus, "delete", "s-1", write_id="del-1")  # deduplicated by JetStream: never arrives
+    await send(bus, "create", "marker", child("marker"))
+    await until(lambda: store.get("HelloWorldChaos", "default", "marker"))
+    info = await bus.js.stream_info(subjects.WRITES.name)
+    assert info.state.messages == 0  # a work queue: every write acked and removed
+    assert await store.get("HelloWorldChaos", "default", "s-1") is not None
+
+
+async def test_status_patch_annotations_and_delete_by_uid(bus: busmod.Bus, store: ObjectStore) -> None:
+    await send(bus, "create", "s-1", child("s-1"))
+    obj = await until(lambda: store.get("HelloWorldChaos", "default", "s-1"))
+    uid = obj["metadata"]["uid"]
+    await send(bus, "status", "s-1", {"time": "2026-01-01T00:00:00Z", "active": [{"name": "a"}]}, uid=uid)
+    await send(bus, "status", "s-1", {"active": None}, uid=uid)
+    await send(bus, "annotate", "s-1", uid=uid, annotations={"experiment.chaos-mesh.org/pause": "true"})
+
+    async def written() -> dict[str, Any] | None:
+        got = await store.get("HelloWorldChaos", "default", "s-1")
+        return got if got and got.get("metadata", {}).get("annotations") else None
+
+    got = await until(written)
+    assert got["status"] == {"time": "2026-01-01T00:00:00Z"}
+    assert got["metadata"]["annotations"] == {"experiment.chaos-mesh.org/pause": "true"}
+    await send(bus, "delete", "s-1", uid="not-this-one")
+    await send(bus, "create", "marker", child("marker"))
+    await until(lambda: store.get("HelloWorldChaos", "default", "marker"))
+    assert await store.get("HelloWorldChaos", "default", "s-1") is not None  # uid precondition held
+    await send(bus, "delete", "s-1", uid=uid)
+    await until(lambda: _gone(store, "s-1"))
+
+
+async def _gone(store: ObjectStore, name: str) -> bool:
+    return await store.get("HelloWorldChaos", "default", name) is None
