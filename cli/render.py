@@ -45,12 +45,16 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def chaos_phase(obj: Obj) -> str:
-    """Chaos Mesh's derived UI phase: Deleting, Paused, Finished, Running, Injecting, Failed."""
+    """The recorder's `status.phase` (see services/recorder/status.py); for a status written before
+    it existed, Chaos Mesh's derived UI phase: Deleting, Paused, Finished, Running, Injecting, Failed.
+    """
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     records = (status.get("experiment") or {}).get("containerRecords")
     if meta.get("deletionTimestamp"):
         return "Deleting"
+    if isinstance(status.get("phase"), str) and status["phase"]:
+        return str(status["phase"])
     if conds.get("Paused", {}).get("status") == "True":
         return "Paused"
     if records is None and conds.get("Selected", {}).get("message"):

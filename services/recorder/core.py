@@ -16,6 +16,7 @@ from chaosbus.common.crd.meta import (
     PAUSE_ANNOTATION,
     RECORDS_FINALIZER,
 )
+from chaosbus.common.crd.podchaos import ONE_SHOT_ACTIONS
 from chaosbus.common.crd.status import ChaosStatus, Condition
 from chaosbus.common.errors import RetryLater
 from chaosbus.recorder import status as st
@@ -39,9 +40,19 @@ def read_status(obj: Obj) -> ChaosStatus | None:
         return None  # a status we cannot read is rebuilt from the next decision
 
 
+def one_shot(obj: Obj) -> bool:
+    """Whether the experiment injects once and never recovers (pod-kill, container-kill)."""
+    spec = obj.get("spec") or {}
+    return obj.get("kind") == "PodChaos" and isinstance(spec, dict) and spec.get("action") in ONE_SHOT_ACTIONS
+
+
 def _write(obj: Obj, status: ChaosStatus, selection_error: str = "") -> Obj | None:
-    paused = _meta(obj).get("annotations", {}).get(PAUSE_ANNOTATION) == "true"
-    status = st.bounded(st.with_conditions(status, paused=paused))
+    meta = _meta(obj)
+    paused = (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"
+    status = st.with_summary(st.with_conditions(status, paused=paused), paused=paused,
+                             deleting=bool(meta.get("deletionTimestamp")), one_shot=one_shot(obj),
+                             selection_failed=bool(selection_error))
+    status = st.bounded(status)
     if selection_error:
         status = msgspec.structs.replace(status, conditions=[
             Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)

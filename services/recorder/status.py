@@ -29,6 +29,13 @@ from chaosbus.common.crd.status import (
     CONDITION_TYPES,
     INJECTED,
     NOT_INJECTED,
+    PHASE_DELETING,
+    PHASE_FAILED,
+    PHASE_FINISHED,
+    PHASE_INJECTING,
+    PHASE_PAUSED,
+    PHASE_RECOVERING,
+    PHASE_RUNNING,
     STOP,
     ChaosStatus,
     Condition,
@@ -164,6 +171,41 @@ def summary(status: ChaosStatus) -> dict[str, int]:
         "notInjected": sum(r.phase == NOT_INJECTED for r in records),
         "failedEvents": sum(e.type == FAILED for r in records for e in r.events),
     }
+
+
+def phase(status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool, selection_failed: bool) -> str:
+    """The experiment's phase for `status.phase`, from what the recorder knows (status, object).
+
+    In order: Deleting (deletionTimestamp set); Paused (pause annotation, except one-shot kinds,
+    which ignore pause as in Chaos Mesh); no records: Failed if selection failed, else Injecting;
+    Failed when a target is not yet where desiredPhase wants it and its latest attempt failed (a
+    retry that succeeds moves the phase on); Finished when a one-shot experiment injected every
+    target or a stopped one recovered every target (desiredPhase Stop without pause or deletion
+    means the duration is over); Running when every target is injected; else Injecting (Run) or
+    Recovering (Stop).
+    """
+    if deleting:
+        return PHASE_DELETING
+    if paused and not one_shot:
+        return PHASE_PAUSED
+    records = status.experiment.container_records
+    if records is None:
+        return PHASE_FAILED if selection_failed else PHASE_INJECTING
+    run = status.experiment.desired_phase != STOP
+    wanted = INJECTED if run else NOT_INJECTED
+    if any(r.phase != wanted and r.events and r.events[-1].type == FAILED for r in records):
+        return PHASE_FAILED
+    if _all_in_phase(records, wanted):
+        return PHASE_FINISHED if one_shot or not run else PHASE_RUNNING
+    return PHASE_INJECTING if run else PHASE_RECOVERING
+
+
+def with_summary(status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool,
+                 selection_failed: bool = False) -> ChaosStatus:
+    """Return the status with chaosbus's summary fields (`phase`, `injected`, `total`) recomputed."""
+    counts = summary(status)
+    current = phase(status, paused=paused, deleting=deleting, one_shot=one_shot, selection_failed=selection_failed)
+    return replace(status, phase=current, injected=counts["injected"], total=counts["total"])
 
 
 MAX_STATUS_BYTES = 256 * 1024

@@ -48,7 +48,10 @@ def test_every_chaos_mesh_kind_has_a_crd_with_status_and_columns() -> None:
         columns = [c["name"] for c in version["additionalPrinterColumns"]]
         assert columns[-1] == "Age"
         if info.experiment:
-            assert {"Duration", "Phase", "Injected"} <= set(columns), info.kind
+            paths = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+            assert {k: paths.get(k) for k in ("Duration", "Phase", "Injected", "Total")} == {
+                "Duration": ".spec.duration", "Phase": ".status.phase", "Injected": ".status.injected",
+                "Total": ".status.total"}, info.kind
         assert doc["spec"]["names"].get("shortNames"), info.kind
     shorts = [s for i in ALL_KINDS.values() for s in i.short_names]
     assert len(shorts) == len(set(shorts))

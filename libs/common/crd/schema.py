@@ -68,11 +68,14 @@ def printer_columns(info: KindInfo) -> list[Schema]:
         if "action" in names:
             cols.append({"name": "Action", "type": "string", "jsonPath": ".spec.action"})
         cols.append({"name": "Duration", "type": "string", "jsonPath": ".spec.duration"})
-        cols.append({"name": "Phase", "type": "string", "jsonPath": ".status.experiment.desiredPhase",
-                     "description": "desired phase: Run or Stop"})
-        cols.append({"name": "Injected", "type": "string",
-                     "jsonPath": '.status.conditions[?(@.type=="AllInjected")].status',
-                     "description": "every selected target injected"})
+        cols.append({"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+                     "description": "Injecting, Running, Paused, Recovering, Finished, Failed or Deleting"})
+        cols.append({"name": "Injected", "type": "integer", "jsonPath": ".status.injected",
+                     "description": "targets injected"})
+        cols.append({"name": "Total", "type": "integer", "jsonPath": ".status.total",
+                     "description": "targets selected"})
+        cols.append({"name": "Desired", "type": "string", "priority": 1, "jsonPath": ".status.experiment.desiredPhase",
+                     "description": "Chaos Mesh's desiredPhase: Run or Stop"})
     cols.append({"name": "Supported", "type": "string", "priority": 1,
                  "jsonPath": '.status.conditions[?(@.type=="Supported")].reason'})
     cols.append({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"})

@@ -1,4 +1,6 @@
-"""Chaos Mesh's experiment status shape: conditions, desiredPhase, containerRecords with events."""
+"""Chaos Mesh's experiment status shape: conditions, desiredPhase, containerRecords with events,
+plus chaosbus's summary fields (`phase`, `injected`, `total`) for `kubectl get` columns.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +16,17 @@ RUN = "Run"
 STOP = "Stop"
 
 CONDITION_TYPES = ("Selected", "AllInjected", "AllRecovered", "Paused")
+
+# chaosbus's experiment phase (status.phase), Chaos Mesh's dashboard "UI status" made explicit.
+PHASE_INJECTING = "Injecting"
+PHASE_RUNNING = "Running"
+PHASE_PAUSED = "Paused"
+PHASE_RECOVERING = "Recovering"
+PHASE_FINISHED = "Finished"
+PHASE_FAILED = "Failed"
+PHASE_DELETING = "Deleting"
+PHASES = (PHASE_INJECTING, PHASE_RUNNING, PHASE_PAUSED, PHASE_RECOVERING, PHASE_FINISHED, PHASE_FAILED,
+          PHASE_DELETING)
 
 
 class Condition(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -49,5 +62,13 @@ class ExperimentStatus(msgspec.Struct, rename="camel", omit_defaults=True, kw_on
 
 
 class ChaosStatus(msgspec.Struct, kw_only=True):
+    """Chaos Mesh's two fields, then chaosbus's extras, which Chaos Mesh's tools ignore: `phase`
+    (one of PHASES), `injected` records out of `total`; unset (so not encoded) until the recorder
+    computes them.
+    """
+
     conditions: list[Condition] = []
     experiment: ExperimentStatus = msgspec.field(default_factory=ExperimentStatus)
+    phase: str | msgspec.UnsetType = msgspec.UNSET
+    injected: int | msgspec.UnsetType = msgspec.UNSET
+    total: int | msgspec.UnsetType = msgspec.UNSET
