@@ -161,6 +161,17 @@ def command_subject(node: str) -> str:
     return f"chaos.cmd.{token(node)}"
 
 
+# The node name the cluster injector (`injector --cluster`) answers to: API-level faults (pod-kill,
+# pod-failure) go to its command subject and its dead-man lease. No Kubernetes node name starts
+# with `_` (node names are DNS subdomains), so it never collides with a node injector's.
+CLUSTER_NODE = "_cluster"
+
+
+def cluster_command_subject() -> str:
+    """chaos.cmd._cluster: where the scheduler sends API-level faults in cluster mode."""
+    return command_subject(CLUSTER_NODE)
+
+
 def injector_consumer(node: str) -> str:
     return f"injector-{token(node)}"
 

@@ -207,13 +207,31 @@ async def _sweep_forever(node: Node, sweeper: Sweeper, interval: float) -> None:
             log.exception("sweep failed", error=str(e))
 
 
+async def _housekeeping_forever(node: Node, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await node.housekeeping()
+        except Exception as e:
+            log.exception("housekeeping failed", error=str(e))
+
+
 async def main(args: argparse.Namespace) -> None:
     metrics = InjectorMetrics()
-    name = config.node_name(args.node)
+    name = subjects.CLUSTER_NODE if args.cluster else config.node_name(args.node)
     path = Path(args.journal) if args.journal else default_journal(name)
     journal = Journal(path, sync=args.journal_sync)
-    node = Node(journal, ex.Executor(journal, name), lease_ttl=args.lease_seconds)
-    sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
+    api = None
+    if args.cluster:  # API-level faults through the Kubernetes API, same journaled machinery
+        from chaosbus.injector import cluster
+
+        api = await cluster.api_client(args.kubeconfig)
+        pods = cluster.KubePods(api, asyncio.get_running_loop())
+        executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image)),
+                               resolve=cluster.resolve_pod_only)
+    else:
+        executor = ex.Executor(journal, name)
+    node = Node(journal, executor, lease_ttl=args.lease_seconds)
     edge = Edge(node, name, metrics)
     exemptions.configure(args.nats)  # never cut our own control traffic
     try:
@@ -221,6 +239,11 @@ async def main(args: argparse.Namespace) -> None:
         log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds)
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
+        if args.cluster:  # no kernel state here: nothing for the orphan sweeper
+            await service.run_forever(node.watchdog(), _housekeeping_forever(node, args.sweep_interval),
+                                      edge.run(args.nats))
+            return
+        sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
         await service.run_forever(node.watchdog(), _sweep_forever(node, sweeper, args.sweep_interval),
@@ -228,10 +251,19 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         node.close()
         journal.close()
+        if api is not None:
+            await api.close()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
+    p.add_argument("--cluster", action="store_true",
+                   help="the cluster injector: API-level faults (pod-kill, pod-failure) through the Kubernetes "
+                        f"API, as node {subjects.CLUSTER_NODE!r}")
+    p.add_argument("--kubeconfig", default=None, help="with --cluster: kubeconfig file (default: in-cluster)")
+    p.add_argument("--pause-image", default=None,
+                   help="with --cluster: pod-failure's image (default: POD_FAILURE_PAUSE_IMAGE or "
+                        "gcr.io/google-containers/pause:latest)")
     p.add_argument("--journal", default=None,
                    help="journal file (default: CHAOSBUS_JOURNAL or /var/lib/chaosbus/injector-<node>.db)")
     p.add_argument("--journal-sync", choices=("full", "normal"), default="full",

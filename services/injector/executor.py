@@ -224,6 +224,8 @@ def identity_of(pod_uid: str, handles: list[runtime.ContainerHandle]) -> Identit
     netns: dict[int, NetnsRef] = {}
     procs = []
     for h in handles:
+        if h.pid <= 0:  # the cluster injector's targets are Pods, not processes of this machine
+            continue
         if h.alive:
             try:
                 ino = netns_inode(h.netns_path)

@@ -1,5 +1,7 @@
 """Entry point: `python -m chaosbus.scheduler [--target-namespace NS] [--enable-filter-namespace]`."""
 
+import os
+
 from chaosbus.common import service
 from chaosbus.scheduler import app
 
@@ -7,6 +9,10 @@ from chaosbus.scheduler import app
 def main(argv: list[str] | None = None) -> None:
     p = service.parser("scheduler", "Selection, desired phase and per-node commands", metrics_port=9102)
     service.add_scope_arguments(p)
+    p.add_argument("--cluster-injector", action="store_true",
+                   default=os.environ.get("CHAOSBUS_CLUSTER_INJECTOR", "").lower() in ("1", "true", "yes"),
+                   help="send API-level faults (PodChaos pod-kill, pod-failure) to the cluster injector "
+                        "(`injector --cluster`) instead of the target's node (env CHAOSBUS_CLUSTER_INJECTOR=1)")
     service.run("scheduler", p.parse_args(argv), app.main)
 
 

@@ -124,13 +124,13 @@ async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
     config = selection_config(service.scope(args))
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
-        sched = Scheduler(bus, SchedulerCore(config), metrics)
+        sched = Scheduler(bus, SchedulerCore(config, cluster_injector=args.cluster_injector), metrics)
         ready = asyncio.Event()
         targets = asyncio.ensure_future(sched.follow_targets(ready))
         await ready.wait()  # select only against a complete snapshot of the targets
         log.info("scheduler ready", nats=args.nats, metrics_port=port, pods=len(sched.core.pods),
                  cluster_scoped=config.cluster_scoped, target_namespace=config.target_namespace,
-                 filter_namespaces=config.enable_filter_namespace)
+                 filter_namespaces=config.enable_filter_namespace, cluster_injector=args.cluster_injector)
         await service.run_forever(
             targets,
             bus.replay_and_follow("chaos.obj.>", sched.on_object, m.ObjectEvent),

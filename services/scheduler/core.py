@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common import subjects
 from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode_object
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
@@ -82,8 +83,10 @@ class Outputs:
 
 
 class SchedulerCore:
-    def __init__(self, config: sel.SelectionConfig | None = None, rng: random.Random | None = None) -> None:
+    def __init__(self, config: sel.SelectionConfig | None = None, rng: random.Random | None = None, *,
+                 cluster_injector: bool = False) -> None:
         self.config = config or sel.SelectionConfig()
+        self.cluster_injector = cluster_injector  # API-level faults go to `injector --cluster`
         self.rng = rng or random.SystemRandom()
         self.pods: dict[str, m.TargetPod] = {}
         self.namespaces: dict[str, m.TargetNamespace] = {}
@@ -239,7 +242,8 @@ class SchedulerCore:
                     t.permanent_error and want == INJECTED):
                 continue
             op = "apply" if want == INJECTED else "recover"
-            nodes = [t.target.pod.node] if t.target.pod.node else self._all_nodes()
+            node = plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector)
+            nodes = [node] if node else self._all_nodes()
             if not nodes:
                 continue
             t.inflight, t.inflight_at = op, now
@@ -287,11 +291,13 @@ class SchedulerCore:
         dead-man lease, renewed every ttl/3); `nodes` limits the answer to those nodes.
         """
         held: dict[str, set[str]] = {n: set() for n in self._all_nodes()}
+        if self.cluster_injector:
+            held[subjects.CLUSTER_NODE] = set()
         exempt: dict[str, set[str]] = {}
         for exp in self.experiments.values():
             if exp.targets is None or plan.one_shot(exp.obj) or self.desired(exp, now) != RUN:
                 continue
-            where = {t.target.pod.node for t in exp.targets}
+            where = {plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector) for t in exp.targets}
             if "" in where:  # a target whose node is unknown: every node may hold it
                 where = (where - {""}) | set(held)
             for node in where:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common import subjects
 from chaosbus.common.crd import ChaosObject
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -47,6 +48,25 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
         targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target")
         out += [Selected(sel.pod_record_id(p), TARGET, p) for p in targets]
     return out
+
+
+API_LEVEL_ACTIONS = ("pod-kill", "pod-failure")  # PodChaos actions done through the Kubernetes API
+
+
+def api_level(obj: ChaosObject) -> bool:
+    """Whether the experiment's faults are Kubernetes API calls (the cluster injector's job in
+    cluster mode) rather than kernel or process changes on the target's node.
+    """
+    return isinstance(obj.spec, PodChaosSpec) and obj.spec.action in API_LEVEL_ACTIONS
+
+
+def route(obj: ChaosObject, target: Selected, *, cluster_injector: bool) -> str:
+    """The injector that gets this target's actions: the cluster injector for API-level faults
+    when one is deployed, else the target pod's node ("" when unknown: every node).
+    """
+    if cluster_injector and api_level(obj):
+        return subjects.CLUSTER_NODE
+    return target.pod.node
 
 
 def container_ids(target: Selected, current: m.TargetPod | None) -> list[str]:
