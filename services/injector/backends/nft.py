@@ -1,7 +1,9 @@
 """nftables backend: render partition tables as pure text, apply them in a target netns.
 
-Every change is ONE `nft -f -` transaction run through `nsenter --net=<netns>` (argv only, the
-script on stdin), so a table is replaced atomically and never seen half-made. Each experiment and
+Every change is ONE nft transaction, so a table is replaced atomically and never seen half-made:
+through libnftables with a context inside the target netns (`libnft`), or, where that cannot be
+used (no library, `CHAOSBUS_NFT=spawn`, too many descriptors), `nsenter --net=<netns> nft -f -`
+(argv only, the script on stdin). Each experiment and
 selector owns one `inet` table named `chaosbus_*`: tables of different experiments on one pod
 compose (a packet is dropped if any table drops it) and are removed independently, and an orphan
 sweeper can find them by prefix.
@@ -22,10 +24,13 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from chaosbus.injector.backends import libnft
 
 TABLE_PREFIX = "chaosbus_"
 NFT_TIMEOUT_S = 10.0
@@ -199,7 +204,7 @@ def apply_table(netns_path: str, table: str, script: str) -> None:
     if not script.startswith(f"table inet {table} {{"):
         raise ValueError(f"script does not define table inet {table}")
     # `add` makes `delete` safe when the table is absent; all three commit as one transaction.
-    _nft(netns_path, ["-f", "-"], f"add table inet {table}\ndelete table inet {table}\n{script}")
+    _transaction(netns_path, table, f"add table inet {table}\ndelete table inet {table}\n{script}", keep=True)
 
 
 def delete_table(netns_path: str, table: str) -> None:
@@ -210,7 +215,7 @@ def delete_table(netns_path: str, table: str) -> None:
         NftError: nft failed.
     """
     _check_table(table)
-    _nft(netns_path, ["-f", "-"], f"add table inet {table}\ndelete table inet {table}\n")
+    _transaction(netns_path, table, f"add table inet {table}\ndelete table inet {table}\n", keep=False)
 
 
 def list_tables(netns_path: str) -> list[str]:
@@ -238,6 +243,42 @@ def probe() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nft cannot run: {e}"
     return None if proc.returncode == 0 else f"nft rejected a partition table: {proc.stderr.strip()}"
+
+
+_contexts: libnft.NftContexts | None = None
+_contexts_loaded = False
+_contexts_lock = threading.Lock()
+
+
+def contexts() -> libnft.NftContexts | None:
+    """The process's libnftables contexts, or None where transactions must spawn nft."""
+    global _contexts, _contexts_loaded
+    with _contexts_lock:
+        if not _contexts_loaded:
+            _contexts_loaded = True
+            if os.environ.get("CHAOSBUS_NFT", "") != "spawn":
+                try:
+                    _contexts = libnft.NftContexts()
+                except libnft.Unavailable:
+                    _contexts = None
+        return _contexts
+
+
+def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> None:
+    if not os.path.exists(netns_path):
+        raise NetnsGone(f"network namespace {netns_path} is gone")
+    ctxs = contexts()
+    if ctxs is not None:
+        try:
+            (ctxs.apply if keep else ctxs.delete)(netns_path, table, script)
+            return
+        except (libnft.NetnsGone, FileNotFoundError) as e:
+            raise NetnsGone(f"network namespace {netns_path} is gone") from e
+        except libnft.TransactionFailed as e:
+            raise NftError(f"nft failed in {netns_path}: {e}") from e
+        except libnft.Unavailable:
+            pass  # spawn instead
+    _nft(netns_path, ["-f", "-"], script)
 
 
 def _nft(netns_path: str, args: list[str], stdin: str) -> str:

@@ -1,0 +1,112 @@
+"""nft transactions through libnftables in real network namespaces: the table lands in the target
+netns (not ours), the context lives exactly as long as one of our tables does, a refused script
+changes nothing and says why, and the spawn path takes over when libnftables cannot be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from chaosbus.common import netns as nsutil
+from chaosbus.injector.backends import libnft, nft
+
+pytestmark = pytest.mark.usefixtures("kernel")
+TABLE = "chaosbus_libnft_test"
+
+
+def tables_in(path: str) -> list[str]:
+    out = subprocess.run(["nsenter", f"--net={path}", "nft", "-j", "list", "tables"], capture_output=True,
+                         text=True, check=True).stdout
+    return [t["table"]["name"] for t in json.loads(out)["nftables"] if "table" in t]
+
+
+def script(table: str = TABLE, peer: str = "192.0.2.7") -> str:
+    return nft.render_partition_table(table, [nft.ResolvedRule(chain="output", peers=(peer,))])
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"cblibnft{os.getpid()}"
+    path = nsutil.create_named_netns(name)
+    try:
+        yield path
+    finally:
+        nsutil.remove_named_netns(name)
+
+
+@pytest.fixture
+def contexts() -> Iterator[libnft.NftContexts]:
+    try:
+        ctxs = libnft.NftContexts()
+    except libnft.Unavailable as e:
+        pytest.skip(f"libnftables is not usable here: {e}")
+    yield ctxs
+    ctxs.close()
+
+
+def test_a_table_lands_in_the_target_netns_and_its_context_ends_with_it(
+        netns: str, contexts: libnft.NftContexts) -> None:
+    contexts.apply(netns, TABLE, f"add table inet {TABLE}\ndelete table inet {TABLE}\n{script()}")
+    assert tables_in(netns) == [TABLE]
+    assert TABLE not in tables_in(f"/proc/{os.getpid()}/ns/net")  # not in the injector's own netns
+    assert len(contexts) == 1
+    contexts.apply(netns, "chaosbus_second", script("chaosbus_second"))
+    contexts.delete(netns, TABLE, f"add table inet {TABLE}\ndelete table inet {TABLE}\n")
+    assert tables_in(netns) == ["chaosbus_second"] and len(contexts) == 1  # still one of ours there
+    contexts.delete(netns, "chaosbus_second", "add table inet chaosbus_second\ndelete table inet chaosbus_second\n")
+    assert tables_in(netns) == [] and len(contexts) == 0  # the netns is no longer held by a socket
+
+
+def test_a_refused_script_changes_nothing_and_says_why(netns: str, contexts: libnft.NftContexts) -> None:
+    contexts.apply(netns, TABLE, script())
+    with pytest.raises(libnft.TransactionFailed, match="no_such_set|Error"):
+        contexts.apply(netns, TABLE, f"delete table inet {TABLE}\n{script()}add rule inet {TABLE} output "
+                                     "ip daddr @no_such_set drop\n")
+    assert tables_in(netns) == [TABLE]  # the delete in the same transaction did not happen either
+
+
+def test_a_context_whose_netns_is_gone_is_freed(contexts: libnft.NftContexts) -> None:
+    name = f"cblibnftgone{os.getpid()}"
+    path = nsutil.create_named_netns(name)
+    try:
+        contexts.apply(path, TABLE, script())
+        assert len(contexts) == 1
+    finally:
+        nsutil.remove_named_netns(name)
+    assert contexts.forget_gone(force=True) == 1 and len(contexts) == 0
+    with pytest.raises(libnft.NetnsGone):
+        contexts.apply(path, TABLE, script())
+
+
+def test_no_context_past_the_descriptor_headroom(netns: str, contexts: libnft.NftContexts,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libnft, "FD_HEADROOM", 0)
+    with pytest.raises(libnft.Unavailable):
+        contexts.apply(netns, TABLE, script())
+    assert tables_in(netns) == [] and len(contexts) == 0
+
+
+def test_nft_backend_spawns_when_libnftables_cannot_be_used(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(libnft, "FD_HEADROOM", 0)  # every context refused: the spawn path must do it
+    nft.apply_table(netns, TABLE, script())
+    assert tables_in(netns) == [TABLE]
+    nft.delete_table(netns, TABLE)
+    assert tables_in(netns) == []
+
+
+def test_nft_backend_uses_libnftables_and_maps_errors(netns: str) -> None:
+    ctxs = nft.contexts()
+    if ctxs is None:
+        pytest.skip("libnftables is not usable here (or CHAOSBUS_NFT=spawn)")
+    before = len(ctxs)
+    nft.apply_table(netns, TABLE, script())
+    assert tables_in(netns) == [TABLE] and len(ctxs) == before + 1
+    nft.delete_table(netns, TABLE)
+    assert tables_in(netns) == [] and len(ctxs) == before
+    with pytest.raises(nft.NetnsGone):
+        nft.apply_table(netns + "-missing", TABLE, script())
