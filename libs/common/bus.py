@@ -174,14 +174,22 @@ class Bus:
         await msg.ack()
 
     async def replay_and_follow(
-        self, filter_subject: str, handler: Callable[[M], Awaitable[None]], kind: type[M]
+        self, filter_subject: str, handler: Callable[[M], Awaitable[None]], kind: type[M],
+        caught_up: asyncio.Event | None = None,
     ) -> None:
-        """Ordered consumer from the start of a last-value stream: current state, then live changes."""
+        """Ordered consumer from the start of a last-value stream: current state, then live changes.
+        `caught_up` is set once every message stored at subscription time has been handled.
+        """
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def _cb(msg: Msg) -> None:
             await queue.put(msg)
 
+        if caught_up is not None:
+            stream = await self.js.find_stream_name_by_subject(filter_subject)
+            info = await self.js.stream_info(stream, subjects_filter=filter_subject)
+            if not info.state.messages:
+                caught_up.set()
         await self.js.subscribe(filter_subject, cb=_cb, ordered_consumer=True,
                                 deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=FOLLOW_HEARTBEAT_S)
         while True:
@@ -189,6 +197,8 @@ class Bus:
             decoded = _decode_or_log(msg, kind)
             if decoded is not None:
                 await _with_retries(handler, decoded, msg.subject)
+            if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
+                caught_up.set()
 
 
     async def follow_kv(self, bucket: str, keys: str = ">") -> AsyncIterator[KvEntry | None]:

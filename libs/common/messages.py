@@ -303,3 +303,48 @@ class NodeLease(Message, kw_only=True, frozen=True):
     ttl_s: float = 15.0
     held: list[str] = []
     exempt: list[str] = []
+
+
+# --- the scheduler's own memory and its leader lease (KV `scheduler`, issue 4) ----------------
+
+class TargetMemory(Message, kw_only=True, frozen=True):
+    """What the scheduler decided for one target and must not forget across a restart."""
+
+    target_id: str
+    selector_key: str = "."
+    pod: TargetPod  # as selected: where a recover goes even when the pod has vanished since
+    container: ContainerRef | None = None
+    phase: str
+    inflight: Literal["apply", "recover"] | None = None
+    inflight_at: float = 0.0
+    retry_at: float = 0.0
+    attempts: int = 0
+    permanent_error: str = ""
+    uncertain: bool = False
+
+
+class ExperimentMemory(Message, kw_only=True, frozen=True):
+    """KV scheduler/experiment.<uid>: one experiment's scheduler state, written when it changes.
+
+    Preferred over the object's status on start (status is written later, by the recorder).
+    Pause needs no bookkeeping of its own: it is the annotation, and duration counts from
+    creation (Chaos Mesh), so `created_at` is the one timer anchor.
+    """
+
+    experiment_uid: str
+    generation: int
+    kind: str
+    namespace: str
+    name: str
+    created_at: float
+    targets: list[TargetMemory] | None = None  # None: not selected yet (or selection failed)
+    selection_error: str = ""
+    next_selection: float = 0.0
+
+
+class LeaderLease(Message, kw_only=True, frozen=True):
+    """KV scheduler/leader: which scheduler instance acts; taken and renewed by compare-and-set."""
+
+    holder: str
+    renewed_at: float
+    ttl_s: float

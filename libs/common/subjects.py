@@ -114,8 +114,17 @@ CONTROL = Bucket(
     readers=("injector", "cli (apply refuses while halted)"),
     purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
 )
-BUCKETS = (OBJECT_STORE, TARGETS, IPAM, CONTROL)
+SCHEDULER = Bucket(
+    name="scheduler",
+    keys="experiment.<uid>, leader",
+    message="ExperimentMemory, LeaderLease",
+    owners=("scheduler",),
+    readers=("scheduler",),
+    purpose="what the scheduler decided per experiment (survives kill -9) and the leader lease",
+)
+BUCKETS = (OBJECT_STORE, TARGETS, IPAM, CONTROL, SCHEDULER)
 HALT_KEY = "halt"
+LEADER_KEY = "leader"
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,10 @@ HALT_SUBJECT = HALT.pattern
 def object_key(kind: str, namespace: str, name: str) -> str:
     """Key in the `objects` bucket (names may hold dots: they become extra key tokens)."""
     return f"{kind}.{namespace or '_'}.{name}"
+
+
+def memory_key(experiment_uid: str) -> str:
+    return f"experiment.{token(experiment_uid)}"
 
 
 def target_pod_key(namespace: str, name: str) -> str:

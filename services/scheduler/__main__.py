@@ -1,6 +1,7 @@
 """Entry point: `python -m chaosbus.scheduler [--target-namespace NS] [--enable-filter-namespace]`."""
 
 import os
+import socket
 
 from chaosbus.common import service
 from chaosbus.scheduler import app
@@ -13,6 +14,11 @@ def main(argv: list[str] | None = None) -> None:
                    default=os.environ.get("CHAOSBUS_CLUSTER_INJECTOR", "").lower() in ("1", "true", "yes"),
                    help="send API-level faults (PodChaos pod-kill, pod-failure) to the cluster injector "
                         "(`injector --cluster`) instead of the target's node (env CHAOSBUS_CLUSTER_INJECTOR=1)")
+    p.add_argument("--instance", default=os.environ.get("CHAOSBUS_SCHEDULER_ID") or socket.gethostname(),
+                   help="this instance's leader-lease holder id: stable across restarts (so a restarted "
+                        "leader takes its lease back at once), unique among running schedulers")
+    p.add_argument("--leader-ttl", type=float, default=app.LEADER_TTL_S,
+                   help="seconds a leader lease lasts without renewal (renewed every ttl/3)")
     service.run("scheduler", p.parse_args(argv), app.main)
 
 

@@ -1,6 +1,10 @@
 """The scheduler's edge: feed the core with targets (KV), object events and results (JetStream),
 wake it at its next deadline, publish its commands and decisions, and renew every node's dead-man
 lease (core NATS, every ttl/3; a node that stops hearing it recovers its leased faults).
+
+Only the holder of the leader lease (election.py) does any of this; a standby waits, sending
+nothing. The leader writes what it decided to KV `scheduler` before it sends it, and a new leader
+loads that memory before it acts, so timers and in-flight work survive `kill -9`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
 from chaosbus.scheduler.core import Outputs, SchedulerCore
+from chaosbus.scheduler.election import Election, LostLeadership
+from chaosbus.scheduler.leader import Leadership
 from chaosbus.scheduler.metrics import SchedulerMetrics
 from chaosbus.scheduler.selection import SelectionConfig
 
 log = cblog.get("scheduler")
 LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
+LEADER_TTL_S = float(os.environ.get("CHAOSBUS_LEADER_SECONDS", "10"))
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
                                              "node": m.TargetNode}
 
@@ -37,8 +44,10 @@ class Scheduler:
         self.instance = uuid.uuid4().hex[:8]
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
+        self.replayed = asyncio.Event()
 
     async def publish(self, out: Outputs) -> None:
+        await self.save_memory()  # write-ahead: what is about to be sent is remembered first
         for err in out.errors:
             self.metrics.errors.labels("bad_object").inc()
             log.error("experiment rejected", error=err)
@@ -71,6 +80,54 @@ class Scheduler:
 
     async def on_results(self, batch: m.ResultBatch) -> None:
         await self.publish(self.core.on_results(batch, time.time()))
+
+    async def save_memory(self) -> None:
+        kv = await self.bus.kv(subjects.SCHEDULER.name)
+        for uid, mem in self.core.take_changes():
+            key = subjects.memory_key(uid)
+            if mem is None:
+                await kv.purge(key)  # purge, not delete: no tombstone left per finished experiment
+            else:
+                await kv.put(key, busmod.encode(mem))
+            self.metrics.memory_writes.inc()
+
+    async def load_memory(self) -> int:
+        kv = await self.bus.kv(subjects.SCHEDULER.name)
+        watcher = await kv.watch("experiment.>", ignore_deletes=True)
+        memories = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                try:
+                    memories.append(busmod.decode(entry.value or b"", m.ExperimentMemory))
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    log.error("bad scheduler memory ignored", key=entry.key, error=str(e))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        self.core.load(memories)
+        return len(memories)
+
+    async def follow_objects(self) -> None:
+        """Replay every object, then drop memories of objects that are gone, then follow changes."""
+        caught_up = asyncio.Event()
+        follow = asyncio.ensure_future(self.bus.replay_and_follow(
+            "chaos.obj.>", self.on_object, m.ObjectEvent, caught_up))
+        try:
+            await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())],
+                               return_when=asyncio.FIRST_COMPLETED)
+            if caught_up.is_set():
+                self.core.forget_unclaimed()
+                await self.save_memory()
+                self.replayed.set()
+            await follow
+        finally:
+            follow.cancel()
+
+    async def consume_results(self) -> None:
+        await self.replayed.wait()  # a result must find its experiment: only after the replay
+        await self.bus.consume(subjects.RESULTS, "scheduler-results", "chaos.result.*", self.on_results,
+                               m.ResultBatch)
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
         async for entry in self.bus.follow_kv(subjects.TARGETS.name):
@@ -124,18 +181,37 @@ async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
     config = selection_config(service.scope(args))
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
-        sched = Scheduler(bus, SchedulerCore(config, cluster_injector=args.cluster_injector), metrics)
-        ready = asyncio.Event()
-        targets = asyncio.ensure_future(sched.follow_targets(ready))
-        await ready.wait()  # select only against a complete snapshot of the targets
-        log.info("scheduler ready", nats=args.nats, metrics_port=port, pods=len(sched.core.pods),
-                 cluster_scoped=config.cluster_scoped, target_namespace=config.target_namespace,
-                 filter_namespaces=config.enable_filter_namespace, cluster_injector=args.cluster_injector)
-        await service.run_forever(
-            targets,
-            bus.replay_and_follow("chaos.obj.>", sched.on_object, m.ObjectEvent),
-            bus.consume(subjects.RESULTS, "scheduler-results", "chaos.result.*", sched.on_results,
-                        m.ResultBatch),
-            sched.timers(),
-            sched.renew_leases(),
-        )
+        try:
+            await serve(bus, metrics, config, instance=args.instance, leader_ttl=args.leader_ttl,
+                        metrics_port=port, cluster_injector=args.cluster_injector)
+        except LostLeadership:
+            # Start over as a standby in a fresh process (the supervisor restarts it): nothing of
+            # the old leader's memory or subscriptions can leak into the next term.
+            raise SystemExit(3) from None
+
+
+async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionConfig, *, instance: str,
+                leader_ttl: float = LEADER_TTL_S, metrics_port: int = 0, cluster_injector: bool = False) -> None:
+    """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
+    election = Election(await bus.kv(subjects.SCHEDULER.name), Leadership(holder=instance, ttl_s=leader_ttl))
+    await election.acquire()
+    sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics)
+    ready = asyncio.Event()
+    targets = asyncio.ensure_future(sched.follow_targets(ready))
+    keep = asyncio.ensure_future(election.keep())
+    try:
+        metrics.leader.set(1)
+        await asyncio.wait([asyncio.ensure_future(ready.wait()), keep], return_when=asyncio.FIRST_COMPLETED)
+        if keep.done():
+            keep.result()
+        remembered = await sched.load_memory()  # before acting: memory beats a lagging status
+        log.info("scheduler ready", instance=instance, metrics_port=metrics_port, pods=len(sched.core.pods),
+                 remembered=remembered, cluster_scoped=config.cluster_scoped,
+                 target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
+                 cluster_injector=cluster_injector)
+        await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),
+                                  sched.timers(), sched.renew_leases())
+    finally:
+        metrics.leader.set(0)
+        targets.cancel()
+        keep.cancel()

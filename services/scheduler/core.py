@@ -1,8 +1,8 @@
 """The scheduler's pure core: experiments, their selected targets and desired phase in, batched
 per-node commands and per-experiment decisions out. Driven by the app with an injected clock.
 
-Memory per target is (phase, in-flight op, retry time). It is seeded from the object's status
-when an experiment is first seen, so a restarted scheduler resumes instead of starting over;
+Memory per target is (phase, in-flight op, retry time). A restarted scheduler resumes from its
+own memory (KV `scheduler`, see memory.py) loaded before it acts, else from the object's status;
 apply and recover are idempotent, so re-sending an op whose result was lost is harmless.
 """
 
@@ -22,52 +22,15 @@ from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
+from chaosbus.scheduler import memory, plan
 from chaosbus.scheduler import phase as ph
-from chaosbus.scheduler import plan
 from chaosbus.scheduler import selection as sel
+from chaosbus.scheduler.memory import Experiment, TargetState
 
 LEASE_ANNOTATION = "chaosbus.io/lease"  # "none": this experiment's faults are not held by the lease
 INFLIGHT_TIMEOUT_S = 30.0
 SELECTION_RETRY_S = 5.0
 MAX_BACKOFF_S = 30.0
-
-
-@dataclass
-class TargetState:
-    target: plan.Selected
-    phase: str = NOT_INJECTED
-    inflight: str | None = None
-    inflight_at: float = 0.0
-    retry_at: float = 0.0
-    attempts: int = 0
-    permanent_error: str = ""
-    uncertain: bool = False  # an op's result never came: the kernel may or may not have it
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.target.record_id, self.target.selector_key
-
-
-@dataclass
-class Experiment:
-    obj: ChaosObject
-    created_at: float
-    gone: bool = False
-    targets: list[TargetState] | None = None
-    selection_error: str = ""
-    next_selection: float = 0.0
-    last_decision: m.ExperimentDecision | None = None
-
-    @property
-    def uid(self) -> str:
-        return self.obj.metadata.uid
-
-    @property
-    def deleting(self) -> bool:
-        return self.gone or self.obj.metadata.deletion_timestamp is not None
-
-    def duration(self) -> float | None:
-        return self.obj.spec.duration_seconds()
 
 
 @dataclass
@@ -93,6 +56,38 @@ class SchedulerCore:
         self.nodes: dict[str, m.TargetNode] = {}
         self.experiments: dict[str, Experiment] = {}
         self._seq = itertools.count(1)
+        self.stored: dict[str, m.ExperimentMemory] = {}  # loaded on start, not yet claimed by an object
+        self._saved: dict[str, m.ExperimentMemory] = {}  # last written per experiment
+        self._dirty: set[str] = set()
+
+    # --- memory (KV `scheduler`) ----------------------------------------------------------------
+
+    def load(self, memories: list[m.ExperimentMemory]) -> None:
+        """What a previous instance wrote: used when each experiment's object is first seen."""
+        for mem in memories:
+            self.stored[mem.experiment_uid] = self._saved[mem.experiment_uid] = mem
+
+    def forget_unclaimed(self) -> None:
+        """After the object replay: memories of objects that no longer exist are dropped."""
+        for uid in self.stored:
+            if uid not in self.experiments:
+                self._dirty.add(uid)
+        self.stored.clear()
+
+    def take_changes(self) -> list[tuple[str, m.ExperimentMemory | None]]:
+        """Memories to write since the last call (None: delete), only those that really changed."""
+        out: list[tuple[str, m.ExperimentMemory | None]] = []
+        for uid in sorted(self._dirty):
+            exp = self.experiments.get(uid)
+            snap = memory.snapshot(exp) if exp is not None else None
+            if snap != self._saved.get(uid):
+                out.append((uid, snap))
+                if snap is None:
+                    del self._saved[uid]
+                else:
+                    self._saved[uid] = snap
+        self._dirty.clear()
+        return out
 
     # --- inputs -------------------------------------------------------------------------------
 
@@ -117,14 +112,22 @@ class SchedulerCore:
             return Outputs(errors=[f"{event.kind}/{event.namespace}/{event.name}: {e}"])
         exp = self.experiments.get(obj.metadata.uid)
         if exp is None:
-            if event.type == "DELETED":
+            mem = self.stored.pop(obj.metadata.uid, None)
+            if event.type == "DELETED" and mem is None:
                 return Outputs()
-            exp = Experiment(obj=obj, created_at=parse_rfc3339(obj.metadata.creation_timestamp))
+            if mem is not None:  # a deletion seen only now still recovers what was remembered
+                exp = memory.restore(mem, obj, self.pods)
+            else:
+                exp = Experiment(obj=obj, created_at=parse_rfc3339(obj.metadata.creation_timestamp))
             self.experiments[exp.uid] = exp
+            if mem is not None:
+                exp.gone = event.type == "DELETED"
+                memory.expire_stale_inflight(exp, _op(self.desired(exp, now)), INFLIGHT_TIMEOUT_S, now)
         exp.obj = obj
         exp.gone = exp.gone or event.type == "DELETED"
         if exp.targets is None and obj.status and obj.status.experiment.container_records:
             exp.targets = self._resume(obj)
+        self._dirty.add(exp.uid)
         return self.reconcile(exp, now)
 
     def on_results(self, batch: m.ResultBatch, now: float) -> Outputs:
@@ -150,6 +153,7 @@ class SchedulerCore:
                 t.attempts += 1
                 t.retry_at = now + min(MAX_BACKOFF_S, 2.0 ** (t.attempts - 1))
                 t.permanent_error = "" if r.retryable else r.message
+        self._dirty.add(exp.uid)
         return self.reconcile(exp, now)
 
     def tick(self, now: float) -> Outputs:
@@ -197,9 +201,12 @@ class SchedulerCore:
         if exp.last_decision is None or _differs(exp.last_decision, decision):
             exp.last_decision = decision
             out.decisions.append(decision)
+        if out.commands or out.decisions:
+            self._dirty.add(exp.uid)
         if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight and not t.uncertain
                             for t in exp.targets or []):
             del self.experiments[exp.uid]
+            self._dirty.add(exp.uid)
         return out
 
     def _select(self, exp: Experiment, now: float) -> None:
@@ -241,7 +248,7 @@ class SchedulerCore:
             if (t.phase == want and not t.uncertain) or now < t.retry_at or (
                     t.permanent_error and want == INJECTED):
                 continue
-            op = "apply" if want == INJECTED else "recover"
+            op = _op(desired)
             node = plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector)
             nodes = [node] if node else self._all_nodes()
             if not nodes:
@@ -314,6 +321,10 @@ class SchedulerCore:
             key = (exp.obj.kind, _ui_phase(exp, self.desired(exp, now)))
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+
+def _op(desired: str) -> str:
+    return "apply" if desired == RUN else "recover"
 
 
 def _ui_phase(exp: Experiment, desired: str) -> str:

@@ -18,3 +18,8 @@ class SchedulerMetrics:
                                  registry=self.registry)
         self.errors = Counter("chaosbus_scheduler_errors_total", "Errors by reason", ["reason"],
                               registry=self.registry)
+        self.memory_writes = Counter("chaosbus_scheduler_memory_writes_total",
+                                     "Experiment memories written to (or purged from) KV scheduler",
+                                     registry=self.registry)
+        self.leader = Gauge("chaosbus_scheduler_leader", "1 while this instance holds the leader lease",
+                            registry=self.registry)

@@ -1,0 +1,101 @@
+"""The leader lease's edge: read `scheduler/leader`, compare-and-set it on its revision, wait as a
+standby until the lease is ours, then renew it every ttl/3 and raise `LostLeadership` the moment
+a renewal loses (or cannot be made for ttl), so everything the leader runs is cancelled with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+import nats.errors
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.common import subjects
+from chaosbus.scheduler.leader import Leadership
+
+log = cblog.get("scheduler")
+
+
+Outcome = Literal["held", "not held", "unreachable"]
+
+
+class LostLeadership(RuntimeError):
+    pass
+
+
+class Election:
+    def __init__(self, kv: KeyValue, lead: Leadership, clock: Callable[[], float] = time.time) -> None:
+        self.kv, self.lead, self.clock = kv, lead, clock
+
+    async def _read(self) -> tuple[m.LeaderLease | None, int | None]:
+        try:
+            entry = await self.kv.get(subjects.LEADER_KEY)
+        except KeyNotFoundError as e:  # a deleted key still has a revision to compare against
+            rev = getattr(e, "entry", None)
+            return None, getattr(rev, "revision", None)
+        if not entry.value:
+            return None, entry.revision
+        try:
+            return busmod.decode(entry.value, m.LeaderLease), entry.revision
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None, entry.revision  # garbage in the key: overwrite it like a missing lease
+
+    async def attempt(self) -> Outcome:
+        """One round: read, decide, compare-and-set."""
+        try:
+            current, revision = await self._read()
+        except (nats.errors.Error, TimeoutError):
+            return "unreachable"
+        started = self.clock()
+        if self.lead.step(current, revision, started) == "wait":
+            return "not held"
+        payload = busmod.encode(self.lead.record(started))
+        try:
+            if revision is None:
+                await self.kv.create(subjects.LEADER_KEY, payload)
+            else:
+                await self.kv.update(subjects.LEADER_KEY, payload, last=revision)
+        except KeyWrongLastSequenceError:  # someone else wrote first
+            self.lead.lost()
+            return "not held"
+        except (nats.errors.Error, TimeoutError):
+            return "unreachable"
+        self.lead.won(started)
+        return "held"
+
+    async def acquire(self) -> None:
+        """Wait as a standby (sending nothing) until this instance holds the lease."""
+        waiting_logged = False
+        while await self.attempt() != "held":
+            if not waiting_logged:
+                log.info("standby: another scheduler holds the leader lease", ttl=self.lead.ttl_s)
+                waiting_logged = True
+            await asyncio.sleep(self.lead.renew_every)
+        log.info("leader lease taken", holder=self.lead.holder, ttl=self.lead.ttl_s)
+
+    async def keep(self) -> None:
+        """Renew every ttl/3 while leading; raise LostLeadership when a renewal loses its
+        compare-and-set, or when none succeeded for ttl (NATS unreachable: a standby may have
+        taken over meanwhile). A shorter outage, such as a nats-server restart, is ridden out.
+        """
+        while True:
+            await asyncio.sleep(self.lead.renew_every)
+            try:
+                outcome = await asyncio.wait_for(self.attempt(), timeout=self.lead.renew_every)
+            except TimeoutError:
+                outcome = "unreachable"
+            if outcome == "unreachable" and self.lead.acting(self.clock()):
+                log.warning("leader lease not renewed: NATS unreachable", holder=self.lead.holder)
+                continue
+            if outcome != "held" or not self.lead.acting(self.clock()):
+                self.lead.lost()
+                log.error("leader lease lost: stopping at once", holder=self.lead.holder, outcome=outcome)
+                raise LostLeadership(self.lead.holder)

@@ -1,0 +1,63 @@
+"""Leader election over one KV key (`scheduler/leader`): only the holder of a fresh lease acts.
+Pure: the edge reads the key, asks `step` what to do, performs the compare-and-set, and reports
+the outcome; the clock is injected.
+
+Expiry is judged on the standby's own clock: a lease is stale when its KV revision has not
+changed for `ttl_s` since this instance first saw it, so clocks that disagree between machines
+cannot cause an early takeover. The leader stops acting as soon as a renewal loses its
+compare-and-set, and also when it has not renewed for `ttl_s` by its own clock (it may then
+already have been replaced, so it must assume it was).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from chaosbus.common import messages as m
+
+Step = Literal["create", "renew", "take", "wait"]
+
+
+@dataclass
+class Leadership:
+    holder: str
+    ttl_s: float = 10.0
+    leader: bool = False
+    renewed_at: float = 0.0  # when the last successful compare-and-set was started (local clock)
+    seen_revision: int | None = None
+    seen_at: float = 0.0
+
+    @property
+    def renew_every(self) -> float:
+        return self.ttl_s / 3
+
+    def step(self, current: m.LeaderLease | None, revision: int | None, now: float) -> Step:
+        """What to do with the lease as just read (`None`: no key, or a deleted one)."""
+        if current is None or revision is None:
+            return "create"
+        if current.holder == self.holder:  # ours, or ours from before a restart with the same id
+            return "renew"
+        if self.leader:  # someone else holds it: whatever happened, this instance is not the leader
+            self.leader = False
+            return "wait"
+        if revision != self.seen_revision:
+            self.seen_revision, self.seen_at = revision, now
+            return "wait"
+        return "take" if now - self.seen_at >= current.ttl_s else "wait"
+
+    def record(self, now: float) -> m.LeaderLease:
+        return m.LeaderLease(holder=self.holder, renewed_at=now, ttl_s=self.ttl_s)
+
+    def won(self, started_at: float) -> None:
+        """The compare-and-set started at `started_at` succeeded."""
+        self.leader, self.renewed_at = True, started_at
+        self.seen_revision = None
+
+    def lost(self) -> None:
+        """A compare-and-set failed (someone else wrote first) or could not be made."""
+        self.leader = False
+
+    def acting(self, now: float) -> bool:
+        """True while this instance may act: it holds the lease and renewed it within ttl."""
+        return self.leader and now - self.renewed_at < self.ttl_s
