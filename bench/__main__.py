@@ -94,6 +94,17 @@ def main(argv: list[str] | None = None) -> int:
     if raw is None:
         return code or 1
     sections = figures.build(plan, raw)
+    if plan.kube:
+        from bench import bench_kube
+
+        try:
+            kube_raw = bench_kube.measure(10 if plan.quick else 30)
+        except Exception as e:
+            print(f"\nbench through the API server failed: {type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
+        else:
+            sections.append(bench_kube.rows(kube_raw))
+            raw["kube"] = kube_raw
     print()
     print(report.render(sections))
     meta = _meta(plan, started)
@@ -103,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
            "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"],
            "resources": raw["resources"], "profile": raw.get("profile"),
            "monitor_overflows": raw["monitor_overflows"], "dead_services": raw["dead_services"],
-           "leftovers": left, "log": session.log}
+           "leftovers": left, "log": session.log, "kube": raw.get("kube")}
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     plan.out.write_text(json.dumps(report.clean(doc), indent=1))
     print(f"\nload average at end {meta['loadavg_at_end'][0]:.2f}; took {meta['seconds']:.0f}s; JSON: {plan.out}")
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if raw["dead_services"]:
         print(f"services that died during the run: {raw['dead_services']}", file=sys.stderr)
         return 1
-    return 1 if left else 0
+    return 1 if left or code else 0
 
 
 def _print_profile(profile: dict[str, Any]) -> None:
