@@ -15,8 +15,9 @@ from chaosbus.common import messages, subjects
 from chaosbus.injector import faults
 
 SERVICES = ("watcher", "scheduler", "injector", "recorder")
-# Fault specs the scheduler may emit that no injector implements yet; the injector answers them
-# with a non-retryable "not supported" failure (see services/injector/core.py).
+# Fault specs the scheduler may emit that the node injector does not implement; it answers them
+# with a non-retryable "not supported" failure (see services/injector/core.py). Each is the cluster
+# injector's (`injector --cluster`), as the last test here checks.
 UNSUPPORTED_FAULTS = frozenset({"pod-failure"})
 
 
@@ -181,3 +182,11 @@ def test_fault_specs_round_trip_through_a_target_action(spec: messages.FaultSpec
     action = messages.TargetAction(target_id="ns/p", op="apply", fault=spec)  # type: ignore[arg-type]
     decoded = msgspec.json.decode(msgspec.json.encode(action), type=messages.TargetAction)
     assert decoded.fault == spec and faults.spec_tag(decoded.fault) == faults.spec_tag(spec)
+
+
+def test_what_the_node_injector_lacks_the_cluster_injector_does() -> None:
+    from chaosbus.injector import cluster
+
+    registry = cluster.registry(object(), "pause")
+    assert set(registry) == UNSUPPORTED_FAULTS | {"pod-kill"}
+    assert all(registry[tag].name == tag for tag in registry)

@@ -175,6 +175,24 @@ async def test_restarted_injector_restores_at_the_deadline(kube: KubeEnv, inject
     assert entry.reason == "recovered: deadline passed while the injector was down"
 
 
+async def test_a_new_injector_without_the_journal_restores_from_the_annotations(kube: KubeEnv, injector: Injector,
+                                                                                 tmp_path: Path) -> None:
+    pod = make_pod(kube, "web-8")
+    before = kube.client.get(pod_path(kube, "web-8"))
+    assert (await run(injector, command(pod, m.PodFailure()))).ok
+    await injector.stop()
+    fresh = Injector(kube, tmp_path / "a-lost-journal.db")  # e.g. rescheduled without its volume
+    await fresh.start()
+    try:
+        rec = await run(fresh, command(pod, m.PodFailure(), op="recover"))
+    finally:
+        await fresh.stop()
+    assert rec.ok and rec.message == "original images restored", rec
+    after = kube.client.get(pod_path(kube, "web-8"))
+    assert after is not None and before is not None and after["spec"] == before["spec"]
+    assert chaos_annotations(after) == {}
+
+
 async def test_a_pod_deleted_meanwhile_counts_as_recovered(kube: KubeEnv, injector: Injector) -> None:
     pod = make_pod(kube, "web-4")
     assert (await run(injector, command(pod, m.PodFailure()))).ok
