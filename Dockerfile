@@ -1,0 +1,30 @@
+# One image for every chaosbus service (deploy/k8s runs `python -m chaosbus.<service>` from it).
+# nftables, iproute2 and util-linux (nsenter) are what the node injector drives; procps gives `ps`.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables iproute2 util-linux procps \
+ && rm -rf /var/lib/apt/lists/*
+
+# Exactly the files a wheel is built from (tests/contract/test_packaging.py builds from the same set).
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY libs libs
+COPY services services
+COPY cli cli
+RUN pip install . \
+ && cd / && rm -rf /src \
+ && python -c "import chaosbus.watcher.kube, chaosbus.recorder.kube, chaosbus.scheduler.app, chaosbus.injector.app"
+
+# Non-root by default; only the node injector DaemonSet runs as root (for its capabilities).
+RUN groupadd --system --gid 10001 chaosbus \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent chaosbus
+USER 10001:10001
+WORKDIR /
+
+CMD ["chaosbus", "--help"]

@@ -1,0 +1,366 @@
+"""The deploy base (deploy/k8s), the Dockerfile and the Tiltfile agree with the code they run:
+every file the kustomizations list exists and parses; every container runs a real entry point with
+flags its argparse accepts and env the code reads; RBAC is least privilege per ServiceAccount; the
+injector DaemonSet is unprivileged with exactly the capabilities it needs; every workload is
+annotated for scraping on the port it really serves. With kubectl on PATH the base is rendered by
+kustomize, and with CHAOSBUS_TEST_KUBECONFIG it is applied with a server-side dry run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chaosbus.common import config, service
+from chaosbus.common.crd import WATCHED_KINDS, plural_of
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "deploy" / "k8s"
+NAMESPACE = "chaosbus"
+# Workload -> (service module, metrics port) as the brief and each service's parser define them.
+WORKLOADS = {
+    "chaosbus-watcher": ("watcher", 9101),
+    "chaosbus-scheduler": ("scheduler", 9102),
+    "chaosbus-injector": ("injector", 9103),
+    "chaosbus-cluster-injector": ("injector", 9103),
+    "chaosbus-recorder": ("recorder", 9104),
+}
+# Env the deployment sets for features other helpers are landing; checked once the code reads them.
+PENDING_ENV = {"CHAOSBUS_PAUSE_IMAGE", "CHAOSBUS_CLUSTER_INJECTOR"}
+Obj = dict[str, Any]
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def load(folder: Path) -> list[Obj]:
+    """Every object a kustomization lists, following directories that hold a kustomization."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs: list[Obj] = []
+    for entry in kustomization["resources"]:
+        path = folder / entry
+        assert path.exists(), f"{folder.relative_to(ROOT)}/kustomization.yaml lists missing {entry}"
+        if path.is_dir():
+            docs += load(path)
+        else:
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+DOCS = load(BASE)
+
+
+def objects(kind: str) -> list[Obj]:
+    return [d for d in DOCS if d["kind"] == kind]
+
+
+def named(kind: str, name: str) -> Obj:
+    [found] = [d for d in objects(kind) if d["metadata"]["name"] == name]
+    return found
+
+
+def workloads() -> dict[str, Obj]:
+    return {d["metadata"]["name"]: d for d in DOCS if d["kind"] in ("Deployment", "DaemonSet")}
+
+
+def pod_spec(name: str) -> Obj:
+    spec: Obj = workloads()[name]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(name: str) -> Obj:
+    c: Obj = pod_spec(name)["containers"][0]
+    return c
+
+
+def config_env() -> dict[str, str]:
+    data: dict[str, str] = named("ConfigMap", "chaosbus-config")["data"]
+    return data
+
+
+def container_env(c: Obj) -> dict[str, str]:
+    """The container's environment as the kubelet builds it (fieldRefs get a stand-in value)."""
+    env = dict(config_env()) if any(s.get("configMapRef", {}).get("name") == "chaosbus-config"
+                                    for s in c.get("envFrom", [])) else {}
+    for e in c.get("env", []):
+        env[e["name"]] = e.get("value", f"<{e['name'].lower()}>")
+    return env
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command/args."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), arg)
+
+
+def test_every_listed_file_exists_and_parses() -> None:
+    kinds = {d["kind"] for d in DOCS}
+    assert {"Namespace", "ConfigMap", "CustomResourceDefinition", "Deployment", "DaemonSet", "Service",
+            "PersistentVolumeClaim", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    assert all(d.get("apiVersion") and d["metadata"].get("name") for d in DOCS)
+    assert len(objects("CustomResourceDefinition")) == len(list((BASE / "crds").glob("*.chaos-mesh.org.yaml")))
+
+
+def test_every_yaml_file_in_the_base_is_listed() -> None:
+    listed = set(yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"])
+    assert {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"} == listed - {"crds"}
+
+
+def test_namespaced_objects_live_in_the_chaosbus_namespace() -> None:
+    cluster_kinds = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    assert named("Namespace", NAMESPACE)
+    assert {d["metadata"].get("namespace") for d in DOCS if d["kind"] not in cluster_kinds} == {NAMESPACE}
+
+
+# --- entry points and flags ------------------------------------------------------------------------
+
+def parse(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """Run `python -m chaosbus.<module>`'s main with its real parser; capture the parsed args
+    instead of starting the service.
+    """
+    captured: list[argparse.Namespace] = []
+    monkeypatch.setattr(service, "run", lambda name, args, main: captured.append(args))
+    entry = importlib.import_module(f"chaosbus.{module}.__main__")
+    entry.main(argv)
+    [args] = captured
+    return args
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_container_runs_the_service_with_flags_its_parser_accepts(
+        name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    module, port = WORKLOADS[name]
+    c = container(name)
+    assert c["image"] == "chaosbus"
+    assert c["command"] == ["python", "-m", f"chaosbus.{module}"]
+    env = container_env(c)
+    argv = [expand(a, env) for a in c.get("args", [])]
+    assert not [a for a in argv if "$(" in a], f"{name}: args reference env it does not set: {argv}"
+    try:
+        args = parse(module, argv, monkeypatch)
+    except SystemExit:
+        err = capsys.readouterr().err
+        if "--cluster" in argv and "unrecognized arguments: --cluster" in err:
+            pytest.skip("injector --cluster is not in this tree yet (another helper is landing it)")
+        raise AssertionError(f"{name}: python -m chaosbus.{module} {' '.join(argv)} is refused:\n{err}") from None
+    assert (args.metrics_port, args.metrics_addr) == (port, "0.0.0.0"), "metrics must be reachable from outside"
+    assert parse(module, [a for a in argv if not a.startswith("--metrics-port")], monkeypatch).metrics_port == port
+    if module in ("watcher", "recorder") or name == "chaosbus-cluster-injector":
+        assert args.kube or getattr(args, "cluster", False), f"{name} must talk to the Kubernetes API"
+    if name == "chaosbus-injector":
+        assert args.node == "<node_name>"  # the downward API's spec.nodeName
+    if module in ("watcher", "scheduler"):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert service.scope(args) == config.ControllerScope(True, "", False)
+
+
+def test_every_env_variable_set_is_read_by_the_code() -> None:
+    source = "\n".join(p.read_text() for folder in ("libs", "services", "cli") for p in (ROOT / folder).rglob("*.py"))
+    set_names = set(config_env())
+    argv_refs: set[str] = set()
+    for name in workloads():
+        c = container(name)
+        set_names |= {e["name"] for e in c.get("env", [])}
+        argv_refs |= set(re.findall(r"\$\((\w+)\)", " ".join(c.get("args", []))))
+    unread = {n for n in set_names - argv_refs if f'"{n}"' not in source}
+    pending = unread & PENDING_ENV
+    assert unread - PENDING_ENV == set()
+    if pending:
+        pytest.skip(f"read by code other helpers are landing, not in this tree yet: {sorted(pending)}")
+
+
+def test_nats_url_points_at_the_nats_service_with_jetstream_on_a_pvc() -> None:
+    url = config_env()["CHAOSBUS_NATS_URL"]
+    host, port = re.fullmatch(r"nats://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    svc = named("Service", "nats")
+    assert host in (svc["metadata"]["name"], f"nats.{NAMESPACE}.svc", f"nats.{NAMESPACE}.svc.cluster.local")
+    assert int(port) in [p["port"] for p in svc["spec"]["ports"]]
+    nats = container("nats")
+    assert nats["image"].startswith("nats:")
+    assert "--jetstream" in nats["args"]
+    [store] = [a.split("=", 1)[1] for a in nats["args"] if a.startswith("--store_dir=")]
+    [mount] = [m for m in nats["volumeMounts"] if m["mountPath"] == store]
+    [volume] = [v for v in pod_spec("nats")["volumes"] if v["name"] == mount["name"]]
+    assert named("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert svc["spec"]["selector"].items() <= workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_workload_is_annotated_for_scraping_on_the_port_it_serves(name: str) -> None:
+    annotations = workloads()[name]["spec"]["template"]["metadata"]["annotations"]
+    port = WORKLOADS[name][1]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == ("true", str(port))
+    assert {"name": "metrics", "containerPort": port} in container(name)["ports"]
+    assert f"--metrics-port={port}" in container(name)["args"]
+
+
+# --- RBAC ------------------------------------------------------------------------------------------
+
+def grants() -> dict[str, set[tuple[str, str, str]]]:
+    """ServiceAccount -> every (apiGroup, resource, verb) its bindings give it."""
+    roles = {(r["kind"], r["metadata"]["name"]): r for r in objects("ClusterRole") + objects("Role")}
+    out: dict[str, set[tuple[str, str, str]]] = {}
+    for binding in objects("ClusterRoleBinding") + objects("RoleBinding"):
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        for subject in binding["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
+            out.setdefault(subject["name"], set()).update(
+                (g, res, v) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
+                for v in rule["verbs"])
+    return out
+
+
+def holders(predicate: Any) -> set[str]:
+    return {sa for sa, rules in grants().items() if any(predicate(g, r, v) for g, r, v in rules)}
+
+
+def test_no_rbac_wildcards() -> None:
+    for role in objects("ClusterRole") + objects("Role"):
+        for rule in role["rules"]:
+            assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], role["metadata"]["name"]
+
+
+def test_only_the_watcher_lists_and_watches_and_it_sees_everything_it_projects() -> None:
+    assert holders(lambda g, r, v: v in ("list", "watch")) == {"chaosbus-watcher"}
+    rules = grants()["chaosbus-watcher"]
+    wanted = [("chaos-mesh.org", plural_of(k)) for k in WATCHED_KINDS] + [("", "pods"), ("", "namespaces"),
+                                                                          ("", "nodes")]
+    missing = [(g, r, v) for g, r in wanted for v in ("get", "list", "watch") if (g, r, v) not in rules]
+    assert missing == []
+    assert {v for _, _, v in rules} == {"get", "list", "watch"}
+
+
+def test_only_the_recorder_writes_status_finalizers_children_and_events() -> None:
+    assert holders(lambda g, r, v: r.endswith("/status")) == {"chaosbus-recorder"}
+    assert holders(lambda g, r, v: g == "chaos-mesh.org" and v not in ("get", "list", "watch")) == {"chaosbus-recorder"}
+    assert holders(lambda g, r, v: r == "events") == {"chaosbus-recorder"}
+    rules = grants()["chaosbus-recorder"]
+    for kind in WATCHED_KINDS:
+        plural = plural_of(kind)
+        assert {("chaos-mesh.org", plural, "patch"), ("chaos-mesh.org", f"{plural}/status", "patch")} <= rules
+    assert {("chaos-mesh.org", p, v) for p in ("podchaos", "networkchaos", "schedules", "workflows")
+            for v in ("create", "delete")} <= rules
+    assert ("", "events", "create") in rules
+
+
+def test_only_the_cluster_injector_touches_pods_and_only_them() -> None:
+    assert holders(lambda g, r, v: r == "pods" and v in ("patch", "delete", "update")) == {"chaosbus-cluster-injector"}
+    assert grants()["chaosbus-cluster-injector"] == {("", "pods", v) for v in ("get", "patch", "delete")}
+
+
+def test_scheduler_node_injectors_and_nats_have_no_api_access() -> None:
+    for name in ("chaosbus-scheduler", "chaosbus-injector", "nats"):
+        sa = pod_spec(name)["serviceAccountName"]
+        assert sa not in grants(), f"{name} is bound to a role"
+        assert pod_spec(name)["automountServiceAccountToken"] is False, f"{name} mounts a token"
+
+
+def test_each_workload_has_its_own_service_account() -> None:
+    accounts = {d["metadata"]["name"] for d in objects("ServiceAccount")}
+    used = [pod_spec(n)["serviceAccountName"] for n in workloads()]
+    assert len(used) == len(set(used)) and set(used) <= accounts
+
+
+# --- the node injector -----------------------------------------------------------------------------
+
+def test_injector_daemonset_is_unprivileged_with_only_the_capabilities_it_needs() -> None:
+    ds = workloads()["chaosbus-injector"]
+    assert ds["kind"] == "DaemonSet"
+    spec, sc = pod_spec("chaosbus-injector"), container("chaosbus-injector")["securityContext"]
+    assert spec["hostPID"] is True and not spec.get("hostNetwork")
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sorted(sc["capabilities"]["add"]) == ["KILL", "NET_ADMIN", "SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"]
+
+
+def test_injector_mounts_journal_netns_and_runtime_socket() -> None:
+    spec, c = pod_spec("chaosbus-injector"), container("chaosbus-injector")
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert host[mounts["/var/lib/chaosbus"]["name"]] == "/var/lib/chaosbus"
+    assert not mounts["/var/lib/chaosbus"].get("readOnly")
+    netns = mounts["/var/run/netns"]
+    assert host[netns["name"]] == "/var/run/netns"
+    assert netns["readOnly"] and netns["mountPropagation"] == "HostToContainer"
+    runtime = mounts["/run/containerd"]
+    assert host[runtime["name"]] == "/run/containerd" and runtime["readOnly"]
+
+
+def test_injector_journal_default_lives_on_the_host_path() -> None:
+    source = (ROOT / "services" / "injector" / "app.py").read_text()
+    assert "/var/lib/chaosbus/" in source, "the journal's default directory moved: update injector.yaml"
+
+
+def test_other_chaosbus_workloads_run_as_non_root_without_capabilities() -> None:
+    for name in set(WORKLOADS) - {"chaosbus-injector"}:
+        spec, sc = pod_spec(name), container(name)["securityContext"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False, name
+        assert sc["readOnlyRootFilesystem"] is True, name
+
+
+# --- image and Tilt --------------------------------------------------------------------------------
+
+def test_dockerfile_copies_every_package_source_and_installs_the_tools() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) for src in line.split()[:-1]}
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    tops = {d.split("/", 1)[0] for d in package_dirs.values()}
+    assert tops | {"pyproject.toml", "README.md"} <= copied
+    for tool in ("nftables", "iproute2", "util-linux"):
+        assert re.search(rf"apt-get install[^\n]*\b{tool}\b", text), tool
+    [user] = re.findall(r"^USER (\S+)", text, re.M)
+    assert not user.startswith(("0", "root"))
+    allowed = {ln[1:].rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.startswith("!")}
+    assert copied <= allowed
+
+
+def test_tiltfile_builds_the_manifests_image_and_forwards_every_metrics_port() -> None:
+    text = (ROOT / "Tiltfile").read_text()
+    assert re.search(r"docker_build\('chaosbus', '\.'", text)
+    assert "k8s_yaml(kustomize('deploy/k8s'))" in text
+    forwards = dict(re.findall(r"k8s_resource\('([\w-]+)', port_forwards=\[([^\]]*)\]", text))
+    for name, (_, port) in WORKLOADS.items():
+        assert re.search(rf"'\d+:{port}'", forwards.get(name, "")), name
+    remote = re.findall(r"'(\d+):\d+'", " ".join(forwards.values()))
+    assert len(remote) == len(set(remote)), "two port forwards share a local port"
+
+
+# --- real tools ------------------------------------------------------------------------------------
+
+def _kubectl() -> str:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH (Debian: apt-get install kubernetes-client)")
+    return kubectl
+
+
+def test_kubectl_kustomize_renders_the_base() -> None:
+    done = subprocess.run([_kubectl(), "kustomize", str(BASE)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "unknown command" in done.stderr:
+        pytest.skip(f"this kubectl cannot render kustomizations: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in DOCS)
+
+
+def test_server_side_dry_run_apply() -> None:
+    kubeconfig = os.environ.get("CHAOSBUS_TEST_KUBECONFIG")
+    if not kubeconfig:
+        pytest.skip("CHAOSBUS_TEST_KUBECONFIG is not set: no API server to dry-run against")
+    done = subprocess.run([_kubectl(), "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-k", str(BASE)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
