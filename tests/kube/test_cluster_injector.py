@@ -72,13 +72,13 @@ class Injector:
         self.node: Node | None = None
         self.api: Any = None
 
-    async def start(self, *, clock_offset: float = 0.0) -> Node:
+    async def start(self, *, clock_offset: float = 0.0, lease_ttl: float = 15.0) -> Node:
         self.api = await cluster.api_client(str(self.kube.kubeconfig))
         journal = jr.Journal(self.path)
         pods = cluster.KubePods(self.api, asyncio.get_running_loop())
         executor = ex.Executor(journal, subjects.CLUSTER_NODE, registry=cluster.registry(pods, PAUSE),
                                resolve=cluster.resolve_pod_only)
-        self.node = Node(journal, executor, clock=lambda: time.time() + clock_offset)
+        self.node = Node(journal, executor, clock=lambda: time.time() + clock_offset, lease_ttl=lease_ttl)
         await self.node.start()
         return self.node
 
@@ -191,6 +191,26 @@ async def test_a_new_injector_without_the_journal_restores_from_the_annotations(
     after = kube.client.get(pod_path(kube, "web-8"))
     assert after is not None and before is not None and after["spec"] == before["spec"]
     assert chaos_annotations(after) == {}
+
+
+async def test_a_silent_scheduler_lets_the_lease_restore_the_images(kube: KubeEnv, tmp_path: Path) -> None:
+    inj = Injector(kube, tmp_path / "lease-journal.db")
+    node = await inj.start(lease_ttl=0.5)
+    try:
+        pod = make_pod(kube, "web-9")
+        before = kube.client.get(pod_path(kube, "web-9"))
+        assert (await run(inj, command(pod, m.PodFailure(), uid="exp-lease"))).ok  # no duration: leased
+        assert images(kube.client.get(pod_path(kube, "web-9")) or {"spec": {}})["main"] == PAUSE
+        deadline = time.monotonic() + 20
+        while node.journal.open_entries() and time.monotonic() < deadline:
+            await node.tick()  # no lease renewal ever arrives
+            await asyncio.sleep(0.1)
+        entry = node.journal.get(jr.entry_key("exp-lease", ".", f"{kube.namespace}/web-9"))
+        assert entry is not None and entry.state == jr.RECOVERED and "lease expired" in entry.reason, entry
+        after = kube.client.get(pod_path(kube, "web-9"))
+        assert after is not None and before is not None and after["spec"] == before["spec"]
+    finally:
+        await inj.stop()
 
 
 async def test_a_pod_deleted_meanwhile_counts_as_recovered(kube: KubeEnv, injector: Injector) -> None:
