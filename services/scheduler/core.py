@@ -18,7 +18,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode_object
+from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode_object_json
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
@@ -106,8 +106,10 @@ class SchedulerCore:
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
         if event.kind in NOT_EXECUTED:  # accepted, stored and marked by the recorder; nothing to run
             return Outputs()
+        known = self.experiments.get(event.uid)
         try:
-            obj = decode_object(msgspec.json.decode(event.object))
+            # The status is read once, to resume; every later event (mostly status writes) skips it.
+            obj = decode_object_json(event.object, with_status=known is None or known.targets is None)
         except (InvalidObject, msgspec.DecodeError) as e:
             return Outputs(errors=[f"{event.kind}/{event.namespace}/{event.name}: {e}"])
         exp = self.experiments.get(obj.metadata.uid)

@@ -7,6 +7,7 @@ from chaosbus.common.crd.objects import (
     ChaosObject,
     decode_documents,
     decode_object,
+    decode_object_json,
     encode_object,
     plural_of,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "WATCHED_KINDS",
     "decode_documents",
     "decode_object",
+    "decode_object_json",
     "encode_object",
     "plural_of",
 ]
