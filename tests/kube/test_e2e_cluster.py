@@ -130,6 +130,8 @@ def test_partition_applied_recorded_and_recovered_through_the_api(
     records = status()["experiment"]["containerRecords"]
     assert sorted((r["id"], r["selectorKey"], r["phase"], r["injectedCount"]) for r in records) == [
         (f"{kube.namespace}/peer-0", ".", "Injected", 1), (f"{kube.namespace}/peer-1", ".Target", "Injected", 1)]
+    # chaosbus's summary fields beside Chaos Mesh's: the PHASE / INJECTED / TOTAL printer columns
+    assert (status()["phase"], status()["injected"], status()["total"]) == ("Running", 2, 2)
     obj = kube.client.get(path)
     assert obj is not None and obj["metadata"]["finalizers"] == ["chaos-mesh/records"]
     assert obj["metadata"]["generation"] == 1
