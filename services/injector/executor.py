@@ -204,7 +204,9 @@ def one_shot_done(entry: Entry) -> bool:
     """
     if entry.state == DONE:
         return True
-    if entry.state != APPLYING:
+    if entry.state != APPLYING or not entry.identity.processes:
+        # Nothing to tell by (the cluster injector's pod-kill is an API call): say "not yet", so a
+        # redelivered command runs it again; a second delete of a Pod already gone changes nothing.
         return False
     return not any(process_same(p) for p in entry.identity.processes)
 

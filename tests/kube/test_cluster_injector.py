@@ -134,6 +134,22 @@ async def test_pod_kill_spares_a_pod_recreated_under_the_same_name(kube: KubeEnv
     assert not still["metadata"].get("deletionTimestamp")
 
 
+async def test_a_pod_kill_interrupted_before_the_delete_runs_when_redelivered(kube: KubeEnv,
+                                                                              injector: Injector) -> None:
+    pod = make_pod(kube, "web-10")
+    cmd = command(pod, m.PodKill(grace_period=0), name="pk", uid="exp-int")
+    assert injector.node is not None
+    await injector.node.run_in_thread(injector.node.executor.begin, cmd, injector.node.halt)
+    await injector.stop()  # crashed after journaling the intent, before the delete
+    node = await injector.start()
+    entry = node.journal.get(jr.entry_key("exp-int", ".", f"{kube.namespace}/web-10"))
+    assert entry is not None and entry.state == jr.RECOVERED and "interrupted" in entry.reason, entry
+    assert kube.client.get(pod_path(kube, "web-10")) is not None
+    res = await run(injector, cmd)  # never acked, so JetStream redelivers it
+    assert res.ok and res.message == "pod deleted (gracePeriodSeconds=0)", res
+    kube.client.wait_for(lambda: kube.client.get(pod_path(kube, "web-10")) is None, what="pod deleted")
+
+
 async def test_pod_failure_pauses_images_and_recover_restores_exactly(kube: KubeEnv, injector: Injector) -> None:
     pod = make_pod(kube, "web-2")
     before = kube.client.get(pod_path(kube, "web-2"))
