@@ -25,6 +25,7 @@ from kube.kubelet import Kubelet
 
 from chaosbus.common import natsserver
 
+pytestmark = pytest.mark.integration
 NODE = f"kube-ci-{os.getpid() % 10000}"
 PAUSE = "registry.k8s.io/pause:3.9"
 ORIGINAL = "chaosbus/process:test"  # what the kubelet helper puts in every container
