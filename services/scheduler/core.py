@@ -29,6 +29,7 @@ from chaosbus.scheduler.memory import Experiment, TargetState
 
 LEASE_ANNOTATION = "chaosbus.io/lease"  # "none": this experiment's faults are not held by the lease
 INFLIGHT_TIMEOUT_S = 30.0
+FULL_RECONCILE_S = 5.0  # a safety net: every experiment is reconciled at least this often
 SELECTION_RETRY_S = 5.0
 MAX_BACKOFF_S = 30.0
 
@@ -59,6 +60,7 @@ class SchedulerCore:
         self.stored: dict[str, m.ExperimentMemory] = {}  # loaded on start, not yet claimed by an object
         self._saved: dict[str, m.ExperimentMemory] = {}  # last written per experiment
         self._dirty: set[str] = set()
+        self._last_full = float("-inf")  # the last tick that reconciled every experiment
 
     # --- memory (KV `scheduler`) ----------------------------------------------------------------
 
@@ -159,24 +161,34 @@ class SchedulerCore:
         return self.reconcile(exp, now)
 
     def tick(self, now: float) -> Outputs:
+        """Reconcile the experiments whose timer is due (every one, every FULL_RECONCILE_S): events
+        reconcile their own experiment, so a burst of N events costs N reconciles, not N squared.
+        """
         out = Outputs()
+        full = now - self._last_full >= FULL_RECONCILE_S or now < self._last_full
+        if full:
+            self._last_full = now
         for exp in list(self.experiments.values()):
-            out.extend(self.reconcile(exp, now))
+            if full or (exp.due_at is not None and exp.due_at <= now):
+                out.extend(self.reconcile(exp, now))
         return out
 
     def next_wakeup(self, now: float) -> float | None:
+        future = [e.due_at for e in self.experiments.values() if e.due_at is not None and e.due_at > now]
+        return min(future) if future else None
+
+    def _due(self, exp: Experiment, now: float) -> float | None:
         times: list[float] = []
-        for exp in self.experiments.values():
-            end = ph.stop_time(exp.created_at, exp.duration())
-            if end is not None and end > now:
-                times.append(end)
-            if exp.targets is None and exp.selection_error and not exp.deleting:
-                times.append(exp.next_selection)
-            for t in exp.targets or []:
-                if t.inflight:
-                    times.append(t.inflight_at + INFLIGHT_TIMEOUT_S)
-                elif t.retry_at > now:
-                    times.append(t.retry_at)
+        end = ph.stop_time(exp.created_at, exp.duration())
+        if end is not None and end > now:
+            times.append(end)
+        if exp.targets is None and exp.selection_error and not exp.deleting:
+            times.append(exp.next_selection)
+        for t in exp.targets or []:
+            if t.inflight:
+                times.append(t.inflight_at + INFLIGHT_TIMEOUT_S)
+            elif t.retry_at > now:
+                times.append(t.retry_at)
         # Only future times: a deadline already handled (a selection retry while paused, an in-flight
         # op whose timeout passed with nothing to re-send) would otherwise make the caller spin.
         future = [t for t in times if t > now]
@@ -209,6 +221,7 @@ class SchedulerCore:
                             for t in exp.targets or []):
             del self.experiments[exp.uid]
             self._dirty.add(exp.uid)
+        exp.due_at = self._due(exp, now)
         return out
 
     def _select(self, exp: Experiment, now: float) -> None:

@@ -42,6 +42,7 @@ class Experiment:
     selection_error: str = ""
     next_selection: float = 0.0
     last_decision: m.ExperimentDecision | None = None
+    due_at: float | None = None  # when a timer next needs a reconcile (None: only an event does)
 
     @property
     def uid(self) -> str:
