@@ -24,7 +24,7 @@ from kubernetes_asyncio import client, config
 from chaosbus.injector import faults, podpatch, runtime
 from chaosbus.injector.faults.api_pod_kill import ApiPodKill
 from chaosbus.injector.faults.pod_failure import PodFailure
-from chaosbus.injector.podapi import Pod, PodApiError
+from chaosbus.injector.podapi import Pod, PodApi, PodApiError
 
 T = TypeVar("T")
 PAUSE_IMAGE_ENV = "POD_FAILURE_PAUSE_IMAGE"  # Chaos Mesh's controller setting, same name
@@ -96,7 +96,7 @@ async def _body(resp: Any) -> Pod | None:
     return data if isinstance(data, dict) else None
 
 
-def registry(pods: KubePods | Any, pause_image: str) -> dict[str, faults.Fault]:
+def registry(pods: PodApi, pause_image: str) -> dict[str, faults.Fault]:
     """The faults this injector performs, by tag."""
     return {f.name: f for f in (ApiPodKill(pods), PodFailure(pods, pause_image))}
 

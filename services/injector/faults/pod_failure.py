@@ -10,6 +10,7 @@ re-planned a few times before the target fails (retryable).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chaosbus.common.messages import FaultSpec
@@ -18,6 +19,7 @@ from chaosbus.injector.faults import FaultContext, FaultError
 from chaosbus.injector.podapi import PodApi, PodApiError, gone_reason
 
 ATTEMPTS = 5
+Planner = Callable[[dict[str, Any]], list[dict[str, Any]]]
 
 
 class PodFailure:
@@ -50,7 +52,7 @@ class PodFailure:
             return f"images restored; {', '.join(still)} still paused by another experiment"
         return "original images restored"
 
-    def _patch(self, ctx: FaultContext, plan: Any) -> tuple[str | None, dict[str, Any] | None]:
+    def _patch(self, ctx: FaultContext, plan: Planner) -> tuple[str | None, dict[str, Any] | None]:
         """Read, plan, patch, until the patch lands; (why the Pod is gone, None) or (None, Pod)."""
         a = ctx.action
         last = ""
