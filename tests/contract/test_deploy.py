@@ -377,6 +377,17 @@ def test_server_side_dry_run_apply() -> None:
     kubeconfig = os.environ.get("CHAOSBUS_TEST_KUBECONFIG")
     if not kubeconfig:
         pytest.skip("CHAOSBUS_TEST_KUBECONFIG is not set: no API server to dry-run against")
-    done = subprocess.run([_kubectl(), "--kubeconfig", kubeconfig, "apply", "--dry-run=server", "-k", str(BASE)],
-                          capture_output=True, text=True, timeout=300)
+    kubectl = [_kubectl(), "--kubeconfig", kubeconfig]
+    # A server-side dry run creates nothing, so objects in a namespace the same apply would create
+    # are refused with NotFound; create the namespace for the duration if it is missing.
+    missing = subprocess.run([*kubectl, "get", "namespace", NAMESPACE], capture_output=True, timeout=60).returncode != 0
+    if missing:
+        subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True, timeout=60)
+    try:
+        done = subprocess.run([*kubectl, "apply", "--dry-run=server", "-k", str(BASE)],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        if missing:
+            subprocess.run([*kubectl, "delete", "namespace", NAMESPACE, "--wait=false"], capture_output=True,
+                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
