@@ -1,0 +1,243 @@
+"""The scheduler's pure core for Workflows and StatusChecks: object events in, object writes and
+due HTTP probes out, with an injected clock.
+
+It keeps the objects it has seen, overlaid with the writes it has asked for and not yet seen come
+back (the recorder carries them out asynchronously), so a decision never rests on a view older
+than its own last decision. Nothing else is remembered: after a restart the replayed objects say
+everything, and the workflow machine names what it creates deterministically.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from chaosbus.common import messages as m
+from chaosbus.common.crd.orchestration import StatusCheckHTTP
+from chaosbus.common.objects import parse_rfc3339
+from chaosbus.scheduler import statuscheck as sc
+from chaosbus.scheduler import workflow as wf
+
+Obj = dict[str, Any]
+Key = tuple[str, str, str]  # kind, namespace, name
+KINDS = ("Workflow", "WorkflowNode", "StatusCheck")
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    key: Key
+    http: StatusCheckHTTP
+    timeout_s: float
+    started_at: float
+
+
+@dataclass
+class Outputs:
+    writes: list[wf.Write] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.writes += other.writes
+        self.errors += other.errors
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the recorder applies status patches."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out: Obj = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def relevant(event: m.ObjectEvent, obj: Obj) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return event.kind in KINDS or wf.LABEL_WORKFLOW in labels
+
+
+class Orchestrator:
+    def __init__(self) -> None:
+        self.seen: dict[Key, Obj] = {}
+        self.created: dict[Key, Obj] = {}  # asked for, not seen yet
+        self.patched: dict[Key, Obj] = {}  # our status patches, merged, over what was seen
+        self.annotated: dict[Key, dict[str, str | None]] = {}
+        self.deleted: set[Key] = set()  # asked to delete, deletion not seen yet
+        self.checks: dict[Key, sc.CheckState] = {}
+        self.probing: set[Key] = set()
+        self.wakeups: dict[Key, float] = {}  # workflow -> when to look again
+        self.ready = False  # set once the replay of existing objects is complete
+
+    # --- inputs ---------------------------------------------------------------------------------
+
+    def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        obj = msgspec.json.decode(event.object)
+        if not isinstance(obj, dict) or not relevant(event, obj):
+            return Outputs()
+        key = (event.kind, event.namespace, event.name)
+        gone = event.type == "DELETED"
+        out = Outputs()
+        if event.kind == "Workflow" and (gone or (obj.get("metadata") or {}).get("deletionTimestamp")):
+            out.writes += self._teardown(key)
+        if gone:
+            self._forget(key)
+        else:
+            self.seen[key] = obj
+            self.created.pop(key, None)
+        if event.kind == "StatusCheck" and not gone:
+            out.errors += self._track_check(key, obj)
+        if self.ready and not gone:
+            out.writes += self._reconcile_for(key, now)
+        return out
+
+    def start(self, now: float) -> Outputs:
+        """The replay is complete: act on everything seen."""
+        self.ready = True
+        return self.tick(now, everything=True)
+
+    def tick(self, now: float, *, everything: bool = False) -> Outputs:
+        out = Outputs()
+        if not self.ready:
+            return out
+        for key, state in list(self.checks.items()):
+            if sc.tick(state, now):
+                out.writes.append(self._check_status(key, state))
+        for key in [k for k in self._keys("Workflow") if everything or self.wakeups.get(k, now + 1) <= now]:
+            out.writes += self._reconcile(key, now)
+        return out
+
+    def due_probes(self, now: float) -> list[ProbeRequest]:
+        if not self.ready:
+            return []
+        due = []
+        for key, state in self.checks.items():
+            nxt = sc.next_probe(state)
+            if key in self.probing or nxt is None or nxt > now or state.spec.http is None:
+                continue
+            self.probing.add(key)
+            due.append(ProbeRequest(key, state.spec.http, float(state.spec.timeout_seconds), now))
+        return due
+
+    def on_probe(self, req: ProbeRequest, ok: bool, now: float) -> Outputs:
+        self.probing.discard(req.key)
+        state = self.checks.get(req.key)
+        out = Outputs()
+        if state is None or state.completed:
+            return out
+        sc.fold(state, req.started_at, ok, now)
+        out.writes.append(self._check_status(req.key, state))
+        out.writes += self._reconcile_for(req.key, now)
+        return out
+
+    def next_wakeup(self) -> float | None:
+        times = [t for t in self.wakeups.values()]
+        times += [t for k, s in self.checks.items() if k not in self.probing and (t := sc.next_wakeup(s)) is not None]
+        return min(times) if times else None
+
+    # --- StatusChecks ---------------------------------------------------------------------------
+
+    def _track_check(self, key: Key, obj: Obj) -> list[str]:
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            self.checks.pop(key, None)
+            return []
+        if key in self.checks:
+            return []
+        created = (obj.get("metadata") or {}).get("creationTimestamp")
+        try:
+            spec = sc.decode_spec(obj.get("spec"))
+            sc.validate(spec)
+        except sc.InvalidCheck as e:
+            return [f"StatusCheck/{key[1]}/{key[2]}: {e}"]
+        self.checks[key] = sc.from_status(spec, parse_rfc3339(created) if created else 0.0, obj.get("status"))
+        return []
+
+    def _check_status(self, key: Key, state: sc.CheckState) -> wf.Write:
+        body = sc.status_of(state)
+        self.patched[key] = merge_patch(self.patched.get(key, {}), body)
+        uid = ((self.seen.get(key) or {}).get("metadata") or {}).get("uid", "")
+        return wf.Write("status", key[0], key[1], key[2], uid=uid, body=body)
+
+    # --- Workflows ------------------------------------------------------------------------------
+
+    def _reconcile_for(self, key: Key, now: float) -> list[wf.Write]:
+        """Reconcile the workflow an object belongs to (itself, or by its workflow label)."""
+        if key[0] == "Workflow":
+            return self._reconcile(key, now)
+        obj = self._effective(key)
+        name = ((obj or {}).get("metadata") or {}).get("labels", {}).get(wf.LABEL_WORKFLOW)
+        return self._reconcile(("Workflow", key[1], name), now) if name else []
+
+    def _reconcile(self, key: Key, now: float) -> list[wf.Write]:
+        workflow = self._effective(key)
+        if workflow is None or (workflow.get("metadata") or {}).get("deletionTimestamp"):
+            self.wakeups.pop(key, None)
+            return []
+        step = wf.reconcile(self._view(key, workflow), now)
+        for w in step.writes:
+            self._remember(w)
+        if step.wakeup is None:
+            self.wakeups.pop(key, None)
+        else:
+            self.wakeups[key] = step.wakeup
+        return step.writes
+
+    def _teardown(self, key: Key) -> list[wf.Write]:
+        writes = wf.teardown(self._view(key, {}))
+        for w in writes:
+            self._remember(w)
+        self.wakeups.pop(key, None)
+        return writes
+
+    def _view(self, key: Key, workflow: Obj) -> wf.View:
+        view = wf.View(workflow=workflow)
+        for k in list(self.seen) + list(self.created):
+            if k[1] != key[1] or k[0] == "Workflow":
+                continue
+            obj = self._effective(k)
+            labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+            if obj is None or labels.get(wf.LABEL_WORKFLOW) != key[2]:
+                continue
+            (view.nodes if k[0] == "WorkflowNode" else view.children)[k[2]] = obj
+        return view
+
+    def _effective(self, key: Key) -> Obj | None:
+        base = self.seen.get(key) or self.created.get(key)
+        if base is None:
+            return None
+        obj = dict(base)
+        if key in self.patched:
+            obj["status"] = merge_patch(obj.get("status") or {}, self.patched[key])
+        if key in self.annotated or key in self.deleted:
+            meta = dict(obj.get("metadata") or {})
+            ann = {**(meta.get("annotations") or {}), **self.annotated.get(key, {})}
+            meta["annotations"] = {k: v for k, v in ann.items() if v is not None}
+            if key in self.deleted:
+                meta.setdefault("deletionTimestamp", "pending")
+            obj["metadata"] = meta
+        return obj
+
+    def _remember(self, w: wf.Write) -> None:
+        key = (w.kind, w.namespace, w.name)
+        if w.op == "create" and key not in self.seen:
+            self.created[key] = w.body
+        elif w.op == "status":
+            self.patched[key] = merge_patch(self.patched.get(key, {}), w.body)
+        elif w.op == "annotate":
+            self.annotated[key] = {**self.annotated.get(key, {}), **w.annotations}
+        elif w.op == "delete":
+            self.deleted.add(key)
+            self.checks.pop(key, None)
+
+    def _forget(self, key: Key) -> None:
+        for table in (self.seen, self.created, self.patched, self.annotated, self.checks, self.wakeups):
+            table.pop(key, None)  # type: ignore[attr-defined]
+        self.deleted.discard(key)
+
+    def _keys(self, kind: str) -> list[Key]:
+        return sorted({k for k in list(self.seen) + list(self.created) if k[0] == kind})

@@ -1,0 +1,219 @@
+"""StatusCheck's pure core: when to probe next and how probe outcomes fold into Chaos Mesh's status
+(records, count, conditions Completed / DurationExceed / FailureThresholdExceed /
+SuccessThresholdExceed). The clock is injected; the HTTP probe itself lives at the edge (probe.py).
+
+The state is seeded from the object's status, so a restarted scheduler continues the same check
+(its history, its count, its start time) instead of starting over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from chaosbus.common.crd.orchestration import StatusCheckSpec
+from chaosbus.common.durations import parse_duration
+from chaosbus.common.objects import parse_rfc3339, rfc3339
+
+SUCCESS, FAILURE = "Success", "Failure"
+COMPLETED, DURATION_EXCEED = "Completed", "DurationExceed"
+FAILURE_EXCEED, SUCCESS_EXCEED = "FailureThresholdExceed", "SuccessThresholdExceed"
+CONDITION_TYPES = (COMPLETED, DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED)
+MODES = ("Synchronous", "Continuous")
+
+
+class InvalidCheck(ValueError):
+    """A StatusCheck spec that cannot run; the message names the field."""
+
+
+def status_code_range(text: str) -> tuple[int, int]:
+    """`criteria.statusCode`: one code (`200`) or an inclusive range (`200-299`)."""
+    low, sep, high = text.strip().partition("-")
+    try:
+        lo = int(low)
+        hi = int(high) if sep else lo
+    except ValueError:
+        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is neither a code (200) nor a range "
+                           "(200-299)") from None
+    if not 100 <= lo <= hi <= 599:
+        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is not a range of HTTP codes")
+    return lo, hi
+
+
+def validate(spec: StatusCheckSpec) -> None:
+    """Chaos Mesh's webhook rules for a StatusCheck, plus what chaosbus needs to run one."""
+    if spec.mode not in MODES:
+        raise InvalidCheck(f"spec.mode: {spec.mode!r} is not Synchronous or Continuous")
+    if spec.type != "HTTP":
+        raise InvalidCheck(f"spec.type: {spec.type!r} is not supported (only HTTP)")
+    if spec.http is None or not spec.http.url:
+        raise InvalidCheck("spec.http.url: required for an HTTP check")
+    if not spec.http.url.startswith(("http://", "https://")):
+        raise InvalidCheck(f"spec.http.url: {spec.http.url!r} must start with http:// or https://")
+    if spec.http.method not in ("GET", "POST"):
+        raise InvalidCheck(f"spec.http.method: {spec.http.method!r} is not GET or POST")
+    status_code_range(spec.http.criteria.status_code if spec.http.criteria else "")
+    for name, value, low in (("timeoutSeconds", spec.timeout_seconds, 1), ("intervalSeconds", spec.interval_seconds, 1),
+                             ("failureThreshold", spec.failure_threshold, 1),
+                             ("successThreshold", spec.success_threshold, 1),
+                             ("recordsHistoryLimit", spec.records_history_limit, 1)):
+        if value < low:
+            raise InvalidCheck(f"spec.{name}: must be at least {low}, got {value}")
+    if spec.records_history_limit > 1000:
+        raise InvalidCheck(f"spec.recordsHistoryLimit: at most 1000, got {spec.records_history_limit}")
+    if spec.duration:
+        try:
+            parse_duration(spec.duration)
+        except ValueError as e:
+            raise InvalidCheck(f"spec.duration: {e}") from None
+
+
+@dataclass
+class CheckState:
+    """One StatusCheck in progress: its history (kept long enough to judge the thresholds even when
+    recordsHistoryLimit is smaller) and its conditions.
+    """
+
+    spec: StatusCheckSpec
+    start: float
+    records: list[tuple[float, str]] = field(default_factory=list)  # (startTime, outcome), oldest first
+    count: int = 0
+    completion: float | None = None
+    true_since: dict[str, float] = field(default_factory=dict)  # condition type -> when it became True
+    last_probe: float | None = None
+
+    @property
+    def completed(self) -> bool:
+        return COMPLETED in self.true_since
+
+    def duration_s(self) -> float | None:
+        return parse_duration(self.spec.duration) if self.spec.duration else None
+
+
+def from_status(spec: StatusCheckSpec, created_at: float, status: dict[str, Any] | None) -> CheckState:
+    """The check as its stored status describes it (or a fresh one from its creation time)."""
+    status = status or {}
+    start = _time(status.get("startTime")) or created_at
+    state = CheckState(spec=spec, start=start, count=int(status.get("count") or 0))
+    for rec in status.get("records") or []:
+        at = _time(rec.get("startTime"))
+        if at is not None and rec.get("outcome") in (SUCCESS, FAILURE):
+            state.records.append((at, str(rec["outcome"])))
+    state.completion = _time(status.get("completionTime"))
+    for cond in status.get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in CONDITION_TYPES:
+            state.true_since[cond["type"]] = _time(cond.get("lastTransitionTime")) or start
+        if cond.get("lastProbeTime"):
+            state.last_probe = _time(cond.get("lastProbeTime"))
+    return state
+
+
+def next_probe(state: CheckState) -> float | None:
+    """When the next probe is due; None once the check has completed."""
+    if state.completed:
+        return None
+    if not state.records:
+        return state.start
+    return state.records[-1][0] + state.spec.interval_seconds
+
+
+def next_wakeup(state: CheckState) -> float | None:
+    """The earliest time something happens without a probe result: a probe or the duration's end."""
+    times = [t for t in (next_probe(state), _end(state)) if t is not None]
+    return None if state.completed or not times else min(times)
+
+
+def _end(state: CheckState) -> float | None:
+    d = state.duration_s()
+    return None if d is None else state.start + d
+
+
+def tick(state: CheckState, now: float) -> bool:
+    """Complete the check when its duration has passed. True if anything changed."""
+    end = _end(state)
+    if state.completed or end is None or now < end:
+        return False
+    _complete(state, DURATION_EXCEED, now)
+    return True
+
+
+def fold(state: CheckState, started_at: float, ok: bool, now: float) -> None:
+    """Add one probe outcome and judge the thresholds (success only counts in Synchronous mode).
+    A probe that ends after the check completed (duration, deletion) is dropped.
+    """
+    if state.completed:
+        return
+    state.last_probe = now
+    state.records.append((started_at, SUCCESS if ok else FAILURE))
+    state.count += 1
+    keep = max(state.spec.records_history_limit, state.spec.failure_threshold, state.spec.success_threshold)
+    del state.records[:-keep]
+    if _last_all(state, FAILURE, state.spec.failure_threshold):
+        _complete(state, FAILURE_EXCEED, now)
+    elif state.spec.mode == "Synchronous" and _last_all(state, SUCCESS, state.spec.success_threshold):
+        _complete(state, SUCCESS_EXCEED, now)
+    else:
+        tick(state, now)
+
+
+def _last_all(state: CheckState, outcome: str, n: int) -> bool:
+    tail = state.records[-n:]
+    return len(tail) == n and all(o == outcome for _, o in tail)
+
+
+def _complete(state: CheckState, reason: str, now: float) -> None:
+    state.true_since.setdefault(reason, now)
+    state.true_since.setdefault(COMPLETED, now)
+    state.completion = state.completion or now
+
+
+def status_of(state: CheckState) -> dict[str, Any]:
+    """The status in Chaos Mesh's shape; records limited to recordsHistoryLimit (newest kept)."""
+    probe = rfc3339(state.last_probe) if state.last_probe is not None else None
+    conditions = []
+    for ctype in CONDITION_TYPES:
+        since = state.true_since.get(ctype)
+        cond: dict[str, Any] = {"type": ctype, "status": "True" if since is not None else "False",
+                                "lastTransitionTime": rfc3339(since if since is not None else state.start)}
+        if probe:
+            cond["lastProbeTime"] = probe
+        conditions.append(cond)
+    records = state.records[-state.spec.records_history_limit:]
+    out: dict[str, Any] = {
+        "startTime": rfc3339(state.start), "count": state.count, "conditions": conditions,
+        "records": [{"startTime": rfc3339(at), "outcome": o} for at, o in records],
+    }
+    out["completionTime"] = rfc3339(state.completion) if state.completion is not None else None
+    return out
+
+
+def succeeded(status: dict[str, Any] | None, mode: str) -> bool | None:
+    """For a workflow step: None while the check runs; then whether it passed. Synchronous passes
+    only on its success threshold (as in Chaos Mesh); Continuous has no success threshold, so it
+    passes unless its failure threshold was reached (Chaos Mesh counts a Continuous check that ran
+    its whole duration as a failure, which aborts every workflow that uses one).
+    """
+    conds = {c.get("type"): c.get("status") for c in (status or {}).get("conditions") or []}
+    if conds.get(COMPLETED) != "True":
+        return None
+    if mode == "Synchronous":
+        return conds.get(SUCCESS_EXCEED) == "True"
+    return conds.get(FAILURE_EXCEED) != "True"
+
+
+def decode_spec(raw: Any) -> StatusCheckSpec:
+    try:
+        return msgspec.convert(raw or {}, StatusCheckSpec)
+    except msgspec.ValidationError as e:
+        raise InvalidCheck(f"spec: {e}") from None
+
+
+def _time(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        return None

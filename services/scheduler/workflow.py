@@ -1,0 +1,347 @@
+"""The Workflow state machine, pure and driven by an injected clock.
+
+Input: a Workflow object, the WorkflowNode objects of that workflow and the objects its nodes
+created (chaos, StatusCheck, Schedule), as last seen, and `now`. Output: the object writes that
+move it on (create, delete, status, annotate; the recorder carries them out) and when to look
+again. Every bit of progress lives in those objects, named deterministically (wfspec), so a
+restarted scheduler that replays them continues where its predecessor stopped and creates
+nothing twice.
+
+Semantics follow Chaos Mesh: a node per activated template, Serial one child at a time, Parallel
+all at once, Suspend until its deadline, a chaos step creates its chaos object and ends at its
+deadline (the object is then deleted, which recovers the fault) or, for one-shot faults, once every
+target is Injected. A node's deadline never exceeds its parent's. A StatusCheck step with
+`abortWithStatusCheck` that fails annotates the workflow with abort, and every running node then
+ends Aborted and every fault it started is deleted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from chaosbus.common.crd.objects import API_VERSION
+from chaosbus.common.crd.orchestration import Template
+from chaosbus.common.objects import parse_rfc3339, rfc3339
+from chaosbus.scheduler import statuscheck as sc
+from chaosbus.scheduler import wfspec as ws
+
+Obj = dict[str, Any]
+LABEL_WORKFLOW = "chaos-mesh.org/workflow"
+LABEL_CONTROLLED_BY = "chaos-mesh.org/controlled-by"
+ABORT_ANNOTATION = "workflow.chaos-mesh.org/abort"
+ACCOMPLISHED, DEADLINE_EXCEED, ABORTED, CHAOS_INJECTED = "Accomplished", "DeadlineExceed", "Aborted", "ChaosInjected"
+FINISHED = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED)
+_NODE_CONDITIONS = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED, CHAOS_INJECTED)
+
+
+@dataclass
+class Write:
+    """One object change; the scheduler's edge turns it into an ObjectWrite message."""
+
+    op: str  # create | delete | status | annotate
+    kind: str
+    namespace: str
+    name: str
+    uid: str = ""
+    body: Any = None  # create: the object; status: a JSON merge patch of .status
+    annotations: dict[str, str | None] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class View:
+    workflow: Obj
+    nodes: dict[str, Obj] = field(default_factory=dict)  # WorkflowNodes by name
+    children: dict[str, Obj] = field(default_factory=dict)  # objects created by nodes, by name
+
+
+@dataclass
+class Step:
+    writes: list[Write] = field(default_factory=list)
+    wakeup: float | None = None
+    accomplished: bool = False
+
+
+def reconcile(view: View, now: float) -> Step:
+    run = _Run(view, now)
+    run.pass_()
+    if run.abort_started:  # one more pass so every running node sees the abort at once
+        run.abort_started = False
+        run.pass_()
+    return Step(writes=run.writes, wakeup=min(run.wakeups) if run.wakeups else None, accomplished=run.accomplished)
+
+
+def teardown(view: View) -> list[Write]:
+    """A deleted workflow: delete every node and every object a node created (faults recover)."""
+    out = [_delete(obj) for obj in view.children.values() if not _deleting(obj)]
+    return out + [_delete(obj) for obj in view.nodes.values() if not _deleting(obj)]
+
+
+def finished_by(status: Obj | None) -> str:
+    """The condition that finished a node ("" while it runs)."""
+    conds = {c.get("type"): c.get("status") for c in (status or {}).get("conditions") or []}
+    return next((t for t in FINISHED if conds.get(t) == "True"), "")
+
+
+class _Run:
+    def __init__(self, view: View, now: float) -> None:
+        self.wf = copy.deepcopy(view.workflow)
+        self.nodes = copy.deepcopy(view.nodes)
+        self.children = dict(view.children)
+        self.now = now
+        self.writes: list[Write] = []
+        self.wakeups: list[float] = []
+        self.accomplished = False
+        self.abort_started = False
+        meta = self.wf.get("metadata") or {}
+        self.ns, self.name, self.uid = meta.get("namespace") or "default", meta.get("name", ""), meta.get("uid", "")
+        self.aborted = (meta.get("annotations") or {}).get(ABORT_ANNOTATION) == "true"
+        self.templates: dict[str, Template] = {}
+
+    # --- the workflow ---------------------------------------------------------------------------
+
+    def pass_(self) -> None:
+        self.wakeups.clear()
+        status = self.wf.get("status") or {}
+        try:
+            spec = ws.decode(self.wf.get("spec"))
+            self.templates = ws.validate(spec, self.ns)
+        except ws.InvalidWorkflow as e:
+            self._workflow_status({"conditions": [_cond("Scheduled", False, "InvalidSpec", str(e)),
+                                                  _cond(ACCOMPLISHED, False)]})
+            return
+        entry = status.get("entryNode") or ws.node_name(self.uid, self.name, spec.entry, 0)
+        start = status.get("startTime") or rfc3339(self.now)
+        if entry not in self.nodes:
+            self._create_node(entry, spec.entry, parent=None, parent_deadline=None)
+        outcome = self._visit(entry) if entry in self.nodes else ""
+        self.accomplished = bool(outcome)
+        conds = [_cond("Scheduled", True), _cond(ACCOMPLISHED, bool(outcome))]
+        if self.aborted:
+            conds.append(_cond(ABORTED, True, "WorkflowAborted"))
+        new: Obj = {"entryNode": entry, "startTime": start, "conditions": conds}
+        if outcome:
+            new["endTime"] = status.get("endTime") or rfc3339(self.now)
+        self._workflow_status(new)
+
+    def _workflow_status(self, new: Obj) -> None:
+        old = self.wf.get("status") or {}
+        if {**old, **new} != old:
+            self.wf["status"] = {**old, **new}
+            self.writes.append(Write("status", "Workflow", self.ns, self.name, uid=self.uid, body=new))
+
+    # --- nodes ----------------------------------------------------------------------------------
+
+    def _visit(self, name: str) -> str:
+        node = self.nodes[name]
+        spec, status = node.get("spec") or {}, node.get("status") or {}
+        t = self.templates.get(spec.get("templateName", ""))
+        done = finished_by(status)
+        if t is None:  # the workflow was edited and this template is gone: nothing more to do here
+            return done or self._finish(node, ACCOMPLISHED, "TemplateRemoved")
+        if t.template_type in (ws.SERIAL, ws.PARALLEL):
+            self._composite(node, t, stop=bool(done) or self.aborted or self._expired(node))
+        if done:
+            self._cleanup(node, t)
+            return done
+        if self.aborted:
+            return self._finish(node, ABORTED, "WorkflowAborted", t)
+        if self._expired(node):
+            return self._finish(node, DEADLINE_EXCEED, self._deadline_reason(node, t), t)
+        deadline = _deadline(node)
+        if deadline is not None:
+            self.wakeups.append(deadline)
+        if not status.get("conditions"):
+            self._set_status(node, {"conditions": _conditions(status, {})})
+        return self._leaf(node, t) if t.template_type not in (ws.SERIAL, ws.PARALLEL) else self._composite_done(node)
+
+    def _composite(self, node: Obj, t: Template, *, stop: bool) -> None:
+        """Visit (and, unless stopping, start) the children; record which run and which finished."""
+        name = node["metadata"]["name"]
+        active, finished = [], []
+        for i, child_template in enumerate(t.children):
+            child = ws.node_name(self.uid, name, child_template, i)
+            if child not in self.nodes:
+                if stop or not node["metadata"].get("uid"):
+                    break  # a child's owner reference needs its parent's uid: wait for it
+                self._create_node(child, child_template, parent=node, parent_deadline=_deadline(node))
+            if self._visit(child):
+                finished.append({"name": child})
+            else:
+                active.append({"name": child})
+                if t.template_type == ws.SERIAL:
+                    break
+        self._set_status(node, {"activeChildren": active, "finishedChildren": finished})
+
+    def _composite_done(self, node: Obj) -> str:
+        t = self.templates[node["spec"]["templateName"]]
+        status = node.get("status") or {}
+        if len(status.get("finishedChildren") or []) == len(t.children):
+            return self._finish(node, ACCOMPLISHED, "ChildrenAccomplished")
+        return ""
+
+    def _leaf(self, node: Obj, t: Template) -> str:
+        if t.template_type == ws.SUSPEND:
+            return ""
+        name = node["metadata"]["name"]
+        child = self.children.get(ws.child_name(name))
+        status = node.get("status") or {}
+        if not status.get("chaosResource"):
+            if not node["metadata"].get("uid"):
+                return ""  # the child's owner reference needs the node's uid: wait for it
+            created = self._child_object(node, t)
+            self._emit(Write("create", created["kind"], self.ns, created["metadata"]["name"], body=created,
+                             reason="Spawned"))
+            self.children[created["metadata"]["name"]] = created
+            ref = {"apiGroup": "chaos-mesh.org", "kind": created["kind"], "name": created["metadata"]["name"]}
+            injected = t.template_type in ws.CHAOS_KEYS
+            self._set_status(node, {"chaosResource": ref, "conditions": _conditions(
+                status, {CHAOS_INJECTED: (True, "ChaosCRCreated")} if injected else {})})
+            return ""
+        if child is None:
+            return self._finish(node, ACCOMPLISHED, "ChaosCRNotExists", t)
+        if t.template_type == ws.STATUS_CHECK:
+            return self._status_check_step(node, t, child)
+        if t.template_type in ws.CHAOS_KEYS and _chaos_done(child, ws.is_one_shot(t)):
+            return self._finish(node, ACCOMPLISHED, "NodeAccomplished", t)
+        return ""
+
+    def _status_check_step(self, node: Obj, t: Template, child: Obj) -> str:
+        assert t.status_check is not None
+        passed = sc.succeeded(child.get("status"), t.status_check.mode)
+        if passed is None:
+            return ""
+        if passed or not t.abort_with_status_check:
+            return self._finish(node, ACCOMPLISHED, "StatusCheckCompleted", t)
+        if not self.aborted:
+            self.aborted = self.abort_started = True
+            self._emit(Write("annotate", "Workflow", self.ns, self.name, uid=self.uid,
+                             annotations={ABORT_ANNOTATION: "true"}, reason="StatusCheckFailed"))
+        return self._finish(node, ABORTED, "StatusCheckNotExceedSuccessThreshold", t)
+
+    def _finish(self, node: Obj, ctype: str, reason: str, t: Template | None = None) -> str:
+        self._set_status(node, {"conditions": _conditions(node.get("status") or {}, {ctype: (True, reason)})})
+        if t is not None:
+            self._cleanup(node, t)
+        return ctype
+
+    def _cleanup(self, node: Obj, t: Template) -> None:
+        """A finished node's running child goes: a chaos object (so its faults are recovered), a
+        Schedule, an unfinished StatusCheck. A completed StatusCheck stays, as the record of it.
+        """
+        child = self.children.get(ws.child_name(node["metadata"]["name"]))
+        if child is None or _deleting(child):
+            return
+        if t.template_type == ws.STATUS_CHECK and sc.succeeded(child.get("status"), "Continuous") is not None:
+            return
+        self._emit(_delete(child))
+        self.children[child["metadata"]["name"]] = {**child, "metadata": {
+            **child["metadata"], "deletionTimestamp": rfc3339(self.now)}}
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _create_node(self, name: str, template: str, *, parent: Obj | None, parent_deadline: float | None) -> None:
+        t = self.templates[template]
+        own = ws.deadline_s(t)
+        # Whole seconds up (timestamps have no fraction), capped by the parent's: a child never outlives it.
+        ends = [d for d in (None if own is None else math.ceil(self.now + own), parent_deadline) if d is not None]
+        owner = parent or self.wf
+        spec: Obj = {"templateName": template, "workflowName": self.name, "type": t.template_type,
+                     "startTime": rfc3339(self.now)}
+        if ends:
+            spec["deadline"] = rfc3339(min(ends))
+        spec.update({k: v for k, v in msgspec.to_builtins(t).items()
+                     if k not in ("name", "templateType", "deadline")})
+        obj = self._owned("WorkflowNode", name, owner, spec)
+        self.nodes[name] = obj
+        self._emit(Write("create", "WorkflowNode", self.ns, name, body=obj, reason="NodeCreated"))
+
+    def _child_object(self, node: Obj, t: Template) -> Obj:
+        name = ws.child_name(node["metadata"]["name"])
+        if t.template_type == ws.STATUS_CHECK:
+            return self._owned("StatusCheck", name, node, msgspec.to_builtins(t.status_check))
+        if t.template_type == ws.SCHEDULE:
+            return self._owned("Schedule", name, node, msgspec.to_builtins(t.schedule))
+        return self._owned(t.template_type, name, node, copy.deepcopy(ws.embedded(t) or {}))
+
+    def _owned(self, kind: str, name: str, owner: Obj, spec: Obj) -> Obj:
+        om = owner.get("metadata") or {}
+        ref = {"apiVersion": API_VERSION, "kind": owner.get("kind", "Workflow"), "name": om.get("name"),
+               "uid": om.get("uid", ""), "controller": True, "blockOwnerDeletion": True}
+        meta = {"name": name, "namespace": self.ns, "ownerReferences": [ref],
+                "labels": {LABEL_WORKFLOW: self.name, LABEL_CONTROLLED_BY: str(om.get("name"))}}
+        return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
+
+    def _set_status(self, node: Obj, change: Obj) -> None:
+        old = node.get("status") or {}
+        new = {**old, **change}
+        if new != old:
+            node["status"] = new
+            md = node["metadata"]
+            self._emit(Write("status", "WorkflowNode", self.ns, md["name"], uid=md.get("uid", ""), body=change))
+
+    def _emit(self, write: Write) -> None:
+        self.writes.append(write)
+
+    def _expired(self, node: Obj) -> bool:
+        deadline = _deadline(node)
+        return deadline is not None and self.now >= deadline
+
+    def _deadline_reason(self, node: Obj, t: Template) -> str:
+        own = ws.deadline_s(t)
+        start = parse_rfc3339(node["spec"]["startTime"])
+        deadline = _deadline(node)
+        cut_by_parent = own is None or (deadline is not None and math.ceil(start + own) > deadline + 1)
+        return "ParentNodeDeadlineExceed" if cut_by_parent else "NodeDeadlineExceed"
+
+
+def _deadline(node: Obj) -> float | None:
+    text = (node.get("spec") or {}).get("deadline")
+    return parse_rfc3339(text) if text else None
+
+
+def _cond(ctype: str, true: bool, reason: str = "", message: str = "") -> Obj:
+    out: Obj = {"type": ctype, "status": "True" if true else "False"}
+    if reason:
+        out["reason"] = reason
+    if message:
+        out["message"] = message
+    return out
+
+
+def _conditions(status: Obj, set_: dict[str, tuple[bool, str]]) -> list[Obj]:
+    """The node's conditions with `set_` applied; Accomplished and DeadlineExceed always present."""
+    have = {c["type"]: c for c in status.get("conditions") or []}
+    for ctype, (true, reason) in set_.items():
+        have[ctype] = _cond(ctype, true, reason)
+    for ctype in (ACCOMPLISHED, DEADLINE_EXCEED):
+        have.setdefault(ctype, _cond(ctype, False))
+    return [have[t] for t in _NODE_CONDITIONS if t in have]
+
+
+def _chaos_done(child: Obj, one_shot: bool) -> bool:
+    """Chaos Mesh's "finished": one-shot when every record is Injected; otherwise when stopped (its
+    own duration) and every record is Not Injected.
+    """
+    exp = (child.get("status") or {}).get("experiment") or {}
+    phases = {r.get("phase") for r in exp.get("containerRecords") or []}
+    if not phases:
+        return False
+    if one_shot:
+        return phases == {"Injected"}
+    return exp.get("desiredPhase") == "Stop" and phases == {"Not Injected"}
+
+
+def _deleting(obj: Obj) -> bool:
+    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _delete(obj: Obj) -> Write:
+    md = obj.get("metadata") or {}
+    return Write("delete", str(obj.get("kind")), md.get("namespace", "default"), md.get("name", ""),
+                 uid=md.get("uid", ""), reason="Finished")

@@ -1,0 +1,177 @@
+"""The Workflow state machine through the Orchestrator, with an injected clock and an in-memory
+world standing in for the recorder and the chaos kinds: each template type, deadline propagation,
+abort by StatusCheck, rejection of a chaos step that could never end, and a restart mid-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from unit.scheduler.wfworld import T0, World, conds, injected, partition, pod_kill, workflow
+
+from chaosbus.common.objects import parse_rfc3339
+from chaosbus.scheduler import wfspec
+from chaosbus.scheduler.orchestrator import Orchestrator
+
+SERIAL = {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["cut", "wait", "kill", "cut2"]}
+SERIAL_TEMPLATES = [SERIAL, partition("cut", "5s"), {"name": "wait", "templateType": "Suspend", "deadline": "3s"},
+                    pod_kill("kill"), partition("cut2", "5s")]
+
+
+def test_serial_runs_steps_in_order_and_accomplishes() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES))
+    cut = world.node("cut")
+    chaos = world.of_kind("NetworkChaos")
+    assert [c["metadata"]["name"] for c in chaos] == [cut["status"]["chaosResource"]["name"]]
+    labels = chaos[0]["metadata"]["labels"]
+    assert labels == {"chaos-mesh.org/workflow": "wf", "chaos-mesh.org/controlled-by": cut["metadata"]["name"]}
+    assert chaos[0]["metadata"]["ownerReferences"][0]["uid"] == cut["metadata"]["uid"]
+    assert conds(cut)["ChaosInjected"] == "True" and not world.of_kind("PodChaos")
+    entry = world.node("entry")
+    assert entry["status"]["activeChildren"] == [{"name": cut["metadata"]["name"]}]
+    assert world.wf_status()["entryNode"] == entry["metadata"]["name"]
+
+    world.advance(T0 + 5)  # the partition's deadline: its chaos object is deleted, the suspend starts
+    assert not world.of_kind("NetworkChaos") and conds(world.node("cut"))["DeadlineExceed"] == "True"
+    assert conds(world.node("wait")) == {"Accomplished": "False", "DeadlineExceed": "False"}
+    world.advance(T0 + 8)
+    kill = world.node("kill")
+    (pk,) = world.of_kind("PodChaos")
+    assert not [n for n in world.of_kind("WorkflowNode") if n["spec"]["templateName"] == "cut2"]
+    world.set_status("PodChaos", pk["metadata"]["name"], injected(2))  # the one-shot fault is done
+    assert conds(world.node("kill"))["Accomplished"] == "True" and not world.of_kind("PodChaos")
+    assert kill["metadata"]["name"] in [c["name"] for c in world.node("entry")["status"]["finishedChildren"]]
+    assert len(world.of_kind("NetworkChaos")) == 1
+    world.advance(T0 + 14)
+    assert conds(world.node("entry"))["Accomplished"] == "True"
+    status = world.wf_status()
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Scheduled": "True", "Accomplished": "True"}
+    assert status["endTime"] == "2026-01-02T03:04:18Z"
+    assert len(world.creates()) == len(set(world.creates()))
+
+
+def test_parallel_starts_every_branch_at_once() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["a", "b", "k"]},
+                        partition("a", "4s"), partition("b", "6s"), pod_kill("k", "10s")]))
+    assert len(world.of_kind("NetworkChaos")) == 2 and len(world.of_kind("PodChaos")) == 1
+    assert len(world.node("entry")["status"]["activeChildren"]) == 3
+    world.advance(T0 + 4)
+    assert len(world.of_kind("NetworkChaos")) == 1
+    world.advance(T0 + 6)
+    assert not conds(world.node("entry"))["Accomplished"] == "True"  # the pod-kill has not injected yet
+    world.advance(T0 + 10)  # the pod-kill step reaches its deadline instead
+    assert conds(world.node("k"))["DeadlineExceed"] == "True"
+    assert conds(world.node("entry"))["Accomplished"] == "True"
+
+
+def test_deadline_propagates_a_child_never_outlives_its_parent() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "deadline": "4s", "children": ["long"]},
+                        partition("long", "30s")]))
+    long = world.node("long")
+    assert parse_rfc3339(long["spec"]["deadline"]) == parse_rfc3339(world.node("entry")["spec"]["deadline"])
+    world.advance(T0 + 4)
+    reasons = {c["type"]: c.get("reason") for c in world.node("long")["status"]["conditions"] if c["status"] == "True"}
+    assert reasons["DeadlineExceed"] == "ParentNodeDeadlineExceed"
+    assert conds(world.node("entry"))["DeadlineExceed"] == "True" and not world.of_kind("NetworkChaos")
+    assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Accomplished"] == "True"
+
+
+def check_template(abort: bool = True, mode: str = "Continuous") -> dict[str, Any]:
+    return {"name": "probe", "templateType": "StatusCheck", "deadline": "30s", "abortWithStatusCheck": abort,
+            "statusCheck": {"mode": mode, "type": "HTTP", "intervalSeconds": 1, "failureThreshold": 2,
+                            "http": {"url": "http://127.0.0.1:9/", "criteria": {"statusCode": "200"}}}}
+
+
+def test_failing_status_check_aborts_and_every_fault_is_deleted() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["probe", "cut", "later"]},
+                        check_template(), partition("cut", "30s"),
+                        {"name": "later", "templateType": "Serial", "children": ["wait", "cut2"]},
+                        {"name": "wait", "templateType": "Suspend", "deadline": "20s"}, partition("cut2", "5s")]))
+    assert len(world.of_kind("NetworkChaos")) == 1 and len(world.of_kind("StatusCheck")) == 1
+    world.probe_ok = lambda: False
+    world.advance(T0 + 1)
+    wf_obj = world.objects[("Workflow", "default", "wf")]
+    assert wf_obj["metadata"]["annotations"]["workflow.chaos-mesh.org/abort"] == "true"
+    assert not world.of_kind("NetworkChaos")
+    assert conds(world.node("probe"))["Aborted"] == "True"
+    assert conds(world.node("cut"))["Aborted"] == "True" and conds(world.node("wait"))["Aborted"] == "True"
+    assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Aborted"] == "True"
+    world.advance(T0 + 40)
+    assert not [n for n in world.of_kind("WorkflowNode") if n["spec"]["templateName"] == "cut2"]
+
+
+def test_passing_synchronous_check_accomplishes_without_abort() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["probe"]},
+                        check_template(mode="Synchronous")]))
+    (req,) = world.orch.due_probes(world.now)
+    world.apply(world.orch.on_probe(req, ok=True, now=world.now).writes)
+    assert conds(world.node("probe"))["Accomplished"] == "True"
+    assert "annotations" not in world.objects[("Workflow", "default", "wf")]["metadata"]
+    assert world.of_kind("StatusCheck")  # kept as the record of the check
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    (partition("x", "5s") | {"deadline": None}, "a NetworkChaos step needs a deadline"),
+    ({"name": "x", "templateType": "Suspend"}, "a Suspend template needs a deadline"),
+    ({"name": "x", "templateType": "Serial", "children": ["nope"]}, "'nope' names no template"),
+    ({"name": "x", "templateType": "Serial", "children": ["x"]}, "x -> x is a cycle"),
+    ({"name": "x", "templateType": "Dance"}, "templateType: 'Dance'"),
+    (pod_kill("x") | {"podChaos": {"action": "pod-kill", "mode": "sometimes"}}, "spec.mode"),
+])
+def test_invalid_workflow_is_rejected_in_status_and_nothing_runs(template: dict[str, Any], message: str) -> None:
+    world = World()
+    body = {k: v for k, v in template.items() if v is not None}
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["x"]}, body]))
+    (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled["status"] == "False" and scheduled["reason"] == "InvalidSpec"
+    assert message in scheduled["message"] and "spec.templates[1] (x)" in scheduled["message"] or message in \
+        scheduled["message"]
+    assert not world.of_kind("WorkflowNode")
+
+
+def test_one_shot_step_without_deadline_is_allowed_and_ends_when_injected() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["k"]}, pod_kill("k")]))
+    (pk,) = world.of_kind("PodChaos")
+    world.set_status("PodChaos", pk["metadata"]["name"], injected())
+    assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Accomplished"] == "True"
+
+
+def test_deleting_the_workflow_deletes_its_nodes_and_faults() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES))
+    wf_obj = world.objects.pop(("Workflow", "default", "wf"))
+    world.deliver(world.event(wf_obj, "DELETED"))
+    assert not world.of_kind("NetworkChaos") and not world.of_kind("WorkflowNode")
+
+
+def test_restart_mid_workflow_creates_nothing_twice_and_completes() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES))
+    world.advance(T0 + 6)
+    before = set(world.creates())
+    world.orch = Orchestrator()  # a new scheduler: replays every object, then starts
+    for obj in list(world.objects.values()):
+        world.orch.on_object(world.event(obj, "MODIFIED"), world.now)
+    world.apply(world.orch.start(world.now).writes)
+    world.advance(T0 + 8)
+    (pk,) = world.of_kind("PodChaos")
+    world.set_status("PodChaos", pk["metadata"]["name"], injected())
+    world.advance(T0 + 20)
+    assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Accomplished"] == "True"
+    creates = world.creates()
+    assert len(creates) == len(set(creates)), "an object was asked for twice"
+    assert before <= set(creates)
+
+
+def test_node_names_are_deterministic_and_chaos_mesh_shaped() -> None:
+    name = wfspec.node_name("uid-1", "wf", "network-delay", 0)
+    assert name == wfspec.node_name("uid-1", "wf", "network-delay", 0)
+    assert name.startswith("network-delay-") and len(name) == len("network-delay-") + 5
+    assert name != wfspec.node_name("uid-1", "wf", "network-delay", 1)
