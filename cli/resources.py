@@ -9,7 +9,7 @@ from typing import Any
 
 from chaosbus.cli import render
 from chaosbus.common import objects as o
-from chaosbus.common.crd import CHAOS_KINDS, InvalidObject, decode_object, encode_object
+from chaosbus.common.crd import CHAOS_KINDS, ORCHESTRATED, InvalidObject, decode_any, decode_object, encode_object
 from chaosbus.common.crd.objects import load_yaml_documents
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -42,6 +42,10 @@ def prepare(text: str, namespace: str | None) -> list[Obj]:
                 continue
             if namespace and not (doc.get("metadata") or {}).get("namespace"):
                 doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
+            if kind in ORCHESTRATED:  # run by the scheduler; checked structurally here, fully when run
+                meta = doc.get("metadata") or {}
+                out.append(decode_any({**doc, "metadata": {**meta, "namespace": meta.get("namespace") or "default"}}))
+                continue
             out.append(encode_object(decode_object(doc)))
         except InvalidObject as e:
             name = (doc.get("metadata") or {}).get("name", "?")
@@ -68,7 +72,7 @@ async def apply(store: ObjectStore, text: str, namespace: str | None) -> list[st
 
 def _ref(obj: Obj) -> str:
     kind = str(obj.get("kind"))
-    group = ".chaos-mesh.org" if kind in CHAOS_KINDS else ""
+    group = ".chaos-mesh.org" if kind in CHAOS_KINDS or kind in ORCHESTRATED else ""
     return f"{kind.lower()}{group}/{obj['metadata']['name']}"
 
 

@@ -26,6 +26,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
 from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.election import Election, LostLeadership
+from chaosbus.scheduler.flows import Flows
 from chaosbus.scheduler.leader import Leadership
 from chaosbus.scheduler.metrics import SchedulerMetrics
 from chaosbus.scheduler.selection import SelectionConfig
@@ -45,6 +46,7 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self.replayed = asyncio.Event()
+        self.flows = Flows(self.publish_writes)  # Workflows and StatusChecks
 
     async def publish(self, out: Outputs) -> None:
         await self.save_memory()  # write-ahead: what is about to be sent is remembered first
@@ -77,6 +79,7 @@ class Scheduler:
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         await self.publish(self.core.on_object(event, time.time()))
+        await self.flows.on_object(event)
 
     async def on_results(self, batch: m.ResultBatch) -> None:
         await self.publish(self.core.on_results(batch, time.time()))
@@ -210,7 +213,7 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
                  target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
                  cluster_injector=cluster_injector)
         await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),
-                                  sched.timers(), sched.renew_leases())
+                                  sched.timers(), sched.renew_leases(), sched.flows.run(sched.replayed))
     finally:
         metrics.leader.set(0)
         targets.cancel()

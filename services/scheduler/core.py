@@ -18,7 +18,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import NOT_EXECUTED, ChaosObject, InvalidObject, decode_object_json
+from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, ChaosObject, InvalidObject, decode_object_json
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
@@ -106,7 +106,7 @@ class SchedulerCore:
             table[name] = value
 
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
-        if event.kind in NOT_EXECUTED:  # accepted, stored and marked by the recorder; nothing to run
+        if event.kind in NOT_EXECUTED or event.kind in ORCHESTRATED:  # not experiments with targets
             return Outputs()
         known = self.experiments.get(event.uid)
         try:

@@ -236,7 +236,7 @@ class Orchestrator:
 
     def _forget(self, key: Key) -> None:
         for table in (self.seen, self.created, self.patched, self.annotated, self.checks, self.wakeups):
-            table.pop(key, None)  # type: ignore[attr-defined]
+            table.pop(key, None)
         self.deleted.discard(key)
 
     def _keys(self, kind: str) -> list[Key]:

@@ -66,7 +66,7 @@ CHAOS_MESH_KINDS = tuple(k for k in ALL_KINDS if k != "HelloWorldChaos")
 # Cluster mode watches every namespaced kind; RemoteCluster is an install target, not a workload.
 WATCHED_KINDS: tuple[str, ...] = tuple(k for k, i in ALL_KINDS.items() if i.namespaced)
 # Kinds the scheduler runs itself (spawning chaos objects) rather than as experiments with targets.
-ORCHESTRATED: tuple[str, ...] = ()
+ORCHESTRATED: tuple[str, ...] = ("Workflow", "WorkflowNode", "StatusCheck")
 NOT_EXECUTED: tuple[str, ...] = tuple(k for k in WATCHED_KINDS if k not in CHAOS_KINDS and k not in ORCHESTRATED)
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unit.scheduler.wfworld import T0, World, injected, partition, pod_kill, workflow
 
 from chaosbus.common.objects import parse_rfc3339
 from chaosbus.scheduler import workflow as wf
 from chaosbus.scheduler.orchestrator import Orchestrator
-from unit.scheduler.wfworld import T0, World, injected, partition, pod_kill, workflow
 
 leaf = st.one_of(
     st.builds(lambda d: ("Suspend", d), st.integers(1, 20)),
