@@ -23,7 +23,7 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import executor as ex
-from chaosbus.injector import faults
+from chaosbus.injector import faults, runtime
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.journal import Journal
 from chaosbus.injector.metrics import InjectorMetrics
@@ -230,6 +230,8 @@ async def main(args: argparse.Namespace) -> None:
         executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image)),
                                resolve=cluster.resolve_pod_only)
     else:
+        runtime.configure(runtime.config_from_env(args.containerd_socket, args.crio_socket, args.docker_socket,
+                                                  args.runtime_timeout))
         executor = ex.Executor(journal, name)
     node = Node(journal, executor, lease_ttl=args.lease_seconds)
     edge = Edge(node, name, metrics)
@@ -271,5 +273,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("CHAOSBUS_LEASE_SECONDS", 15)),
                    help="dead-man lease until the scheduler's first renewal says otherwise")
     p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")
+    p.add_argument("--containerd-socket", default=None,
+                   help="containerd:// targets: containerd's CRI socket (default: CHAOSBUS_CONTAINERD_SOCKET or "
+                        "/run/containerd/containerd.sock)")
+    p.add_argument("--crio-socket", default=None,
+                   help="cri-o:// targets: CRI-O's socket (default: CHAOSBUS_CRIO_SOCKET or /var/run/crio/crio.sock)")
+    p.add_argument("--docker-socket", default=None,
+                   help="docker:// targets: the Docker Engine socket (default: CHAOSBUS_DOCKER_SOCKET or "
+                        "/var/run/docker.sock)")
+    p.add_argument("--runtime-timeout", type=float, default=None,
+                   help="seconds per container runtime call (default: CHAOSBUS_RUNTIME_TIMEOUT or 2)")
     p.add_argument("--sweep-scope", choices=("journal", "all"), default="journal",
                    help="journal: netns this node touched; all: every netns on the machine (dedicated nodes)")

@@ -51,7 +51,7 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
         try:
             containers = resolve_all(action, resolve)
         except runtime.UnsupportedRuntime as e:
-            return result(action, False, str(e), retryable=False)
+            return result(action, False, str(e), retryable=e.retryable)
     ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
                               namespace=cmd.namespace, action=action, containers=containers)
     try:

@@ -101,7 +101,7 @@ class Executor:
         try:
             handles = core.resolve_all(action, self.resolve)
         except runtime.UnsupportedRuntime as e:
-            return replace(plan, result=core.result(action, False, str(e), retryable=False))
+            return replace(plan, result=core.result(action, False, str(e), retryable=e.retryable))
         intent = Entry(key=plan.key, experiment_uid=cmd.experiment_uid, generation=cmd.generation, kind=cmd.kind,
                        namespace=cmd.namespace, name=cmd.name, action=action,
                        identity=identity_of(action.pod_uid, handles), original=original_state(cmd, action),
@@ -118,7 +118,7 @@ class Executor:
         try:
             return replace(plan, handles=tuple(core.resolve_all(plan.action, self.resolve)))
         except runtime.UnsupportedRuntime as e:
-            return replace(plan, result=core.result(plan.action, False, str(e), retryable=False))
+            return replace(plan, result=core.result(plan.action, False, str(e), retryable=e.retryable))
 
     def effect(self, cmd: m.NodeCommand, plan: Plan) -> Outcome:
         if plan.result is not None:

@@ -1,24 +1,50 @@
 """Runtime adapters: turn a Pod's `containerID` into a PID and namespace paths on this node.
 
-The adapter is chosen by the ID's scheme. `process://<pid>` (local mode's process pods, and what
-tests put in containerStatuses) is implemented; `containerd://`, `cri-o://` and `docker://` are
-recognised but not available on this node yet. A dead or missing PID is not an error: it means
-the target is gone, which faults treat as recovered.
+The adapter is chosen by the ID's scheme: `process://<pid>` (local mode's process pods, and what
+tests put in containerStatuses), `containerd://` and `cri-o://` through the CRI on the runtime's
+unix socket (`backends/cri.py`), `docker://` through the Docker Engine API (`backends/dockerapi.py`).
+The sockets come from `configure` (the injector's flags) or the CHAOSBUS_*_SOCKET environment.
+A dead or missing PID, or a container its runtime no longer knows, is not an error: the target is
+gone, which faults treat as recovered. Calls are synchronous with a deadline (faults run in
+worker threads).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from dataclasses import dataclass
 
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
+from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Observed, RuntimeCallError
+from chaosbus.injector.backends.cri import CriClient
+from chaosbus.injector.backends.dockerapi import DockerClient
 
 KNOWN_RUNTIMES = ("containerd", "cri-o", "docker")
+CRI_RUNTIMES = ("containerd", "cri-o")
+
+# scheme -> (environment variable, default socket path)
+SOCKET_ENV = {
+    "containerd": ("CHAOSBUS_CONTAINERD_SOCKET", "/run/containerd/containerd.sock"),
+    "cri-o": ("CHAOSBUS_CRIO_SOCKET", "/var/run/crio/crio.sock"),
+    "docker": ("CHAOSBUS_DOCKER_SOCKET", "/var/run/docker.sock"),
+}
+TIMEOUT_ENV = "CHAOSBUS_RUNTIME_TIMEOUT"
+
+# Runtime IDs are hex digests in practice; anything outside this set would be spliced into a URL
+# path or an RPC argument, so it is refused rather than escaped.
+_RUNTIME_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class UnsupportedRuntime(Exception):
-    """This node cannot resolve the container ID: a runtime it lacks, or a malformed ID."""
+    """This node cannot resolve the container ID: a runtime it lacks or cannot reach, a malformed
+    ID, or a runtime reply it cannot use. `retryable`: a later attempt may succeed (a timeout)."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -32,12 +58,63 @@ class ContainerHandle:
     alive: bool
 
 
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The runtime sockets this node uses and the deadline of each runtime call."""
+
+    sockets: dict[str, str]
+    timeout: float = DEFAULT_TIMEOUT_S
+
+
+def config_from_env(containerd: str | None = None, crio: str | None = None, docker: str | None = None,
+                    timeout: float | None = None) -> RuntimeConfig:
+    """Explicit values first, then CHAOSBUS_*_SOCKET / CHAOSBUS_RUNTIME_TIMEOUT, then the defaults."""
+    explicit = {"containerd": containerd, "cri-o": crio, "docker": docker}
+    sockets = {s: explicit[s] or os.environ.get(env) or default for s, (env, default) in SOCKET_ENV.items()}
+    if timeout is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+    if timeout <= 0:
+        raise ValueError(f"runtime timeout must be > 0 seconds, got {timeout}")
+    return RuntimeConfig(sockets=sockets, timeout=timeout)
+
+
+_lock = threading.Lock()
+_config: RuntimeConfig | None = None
+_clients: dict[str, CriClient | DockerClient] = {}
+
+
+def configure(config: RuntimeConfig) -> None:
+    """Use `config` from now on (the injector calls this once at start; tests per fake runtime)."""
+    global _config
+    with _lock:
+        for client in _clients.values():
+            if isinstance(client, CriClient):
+                client.close()
+        _clients.clear()
+        _config = config
+
+
+def client(scheme: str) -> CriClient | DockerClient:
+    """The (cached) adapter for a runtime scheme."""
+    global _config
+    with _lock:
+        if _config is None:
+            _config = config_from_env()
+        found = _clients.get(scheme)
+        if found is None:
+            path = _config.sockets[scheme]
+            found = (CriClient(path, runtime=scheme, timeout=_config.timeout) if scheme in CRI_RUNTIMES
+                     else DockerClient(path, timeout=_config.timeout))
+            _clients[scheme] = found
+        return found
+
+
 def resolve(container_id: str) -> ContainerHandle:
     """Resolve a runtime-prefixed container ID (`scheme://id`).
 
     Raises:
-        UnsupportedRuntime: the scheme is known but not available here, unknown, or the ID is
-            malformed; never worth a retry.
+        UnsupportedRuntime: the scheme is unknown, the ID malformed, or the runtime unreachable
+            (missing socket: not retryable; a timeout: retryable) or its reply unusable.
     """
     scheme, sep, ident = container_id.partition("://")
     if not sep or not ident:
@@ -45,8 +122,50 @@ def resolve(container_id: str) -> ContainerHandle:
     if scheme == "process":
         return _resolve_process(container_id, ident)
     if scheme in KNOWN_RUNTIMES:
-        raise UnsupportedRuntime(f"runtime {scheme} not available on this node yet")
+        return _resolve_runtime(container_id, scheme, ident)
     raise UnsupportedRuntime(f"unknown container runtime {scheme!r} in {container_id!r}")
+
+
+def kill(handle: ContainerHandle) -> bool:
+    """Kill a runtime container through its runtime (CRI StopContainer timeout 0, Docker kill
+    KILL); False if the runtime no longer knows it.
+
+    Raises:
+        UnsupportedRuntime: not a runtime ID, or the runtime call failed.
+    """
+    scheme, _, ident = handle.container_id.partition("://")
+    if scheme not in KNOWN_RUNTIMES or not _RUNTIME_ID.fullmatch(ident):
+        raise UnsupportedRuntime(f"{handle.container_id!r} is not a container runtime id")
+    adapter = client(scheme)
+    try:
+        return adapter.stop(ident) if isinstance(adapter, CriClient) else adapter.kill(ident)
+    except RuntimeCallError as e:
+        raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
+
+
+def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHandle:
+    if not _RUNTIME_ID.fullmatch(ident):
+        raise UnsupportedRuntime(f"container id {container_id!r}: the id after {scheme}:// must be letters, "
+                                 "digits, '.', '_' or '-' (at most 128)")
+    try:
+        seen: Observed | None = client(scheme).status(ident)
+    except RuntimeCallError as e:
+        raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
+    if seen is None or not seen.running or seen.pid <= 1:
+        return ContainerHandle(container_id=container_id, pid=max(seen.pid if seen else 0, 0), netns_path="",
+                               mnt_ns_path="", alive=False)
+    if not procs.process_alive(seen.pid):
+        # The runtime says it runs, we cannot see it: another PID namespace (no hostPID), or the
+        # container died between the two looks; a retry tells the two apart.
+        raise UnsupportedRuntime(f"{scheme} reports {container_id} running as pid {seen.pid}, which this injector "
+                                 "cannot see: run it in the host PID namespace (hostPID: true)", retryable=True)
+    return _live_handle(container_id, seen.pid)
+
+
+def _live_handle(container_id: str, pid: int) -> ContainerHandle:
+    proc_netns = f"/proc/{pid}/ns/net"
+    return ContainerHandle(container_id=container_id, pid=pid, netns_path=_named_netns(proc_netns) or proc_netns,
+                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True)
 
 
 def _resolve_process(container_id: str, ident: str) -> ContainerHandle:

@@ -261,8 +261,8 @@ def test_hello_world_lists_the_target_process(lab: Lab) -> None:
 
 
 def test_unsupported_runtime_is_a_clear_error() -> None:
-    with pytest.raises(runtime.UnsupportedRuntime, match="runtime containerd not available on this node yet"):
-        runtime.resolve("containerd://0123abcd")
+    with pytest.raises(runtime.UnsupportedRuntime, match="unknown container runtime 'rkt'"):
+        runtime.resolve("rkt://0123abcd")
 
 
 # --- pod networking ---------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""What a container runtime reports about one container, and how a runtime call fails.
+
+Shared by the CRI (`cri.py`) and Docker Engine (`dockerapi.py`) adapters, so `runtime.py` treats
+every runtime alike: an `Observed` container, `None` for one the runtime does not know (removed:
+the target is gone), or a `RuntimeCallError` saying whether a retry could help.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+DEFAULT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One container as its runtime sees it: its init process's host PID, and whether it runs."""
+
+    pid: int
+    running: bool
+
+
+class RuntimeCallError(Exception):
+    """A runtime call failed: the socket is missing, the runtime refused, timed out or answered
+    something that is not what the API says. `retryable`: a later attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+def require_socket(path: str, runtime: str) -> None:
+    """Fail clearly, before any connection attempt, when `path` is not a unix socket.
+
+    Raises:
+        RuntimeCallError: (not retryable) the socket is absent or something else is at its path.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise RuntimeCallError(f"{runtime} socket {path} does not exist on this node: mount the runtime's "
+                               "socket into the injector or point the injector at it (see docs/cluster.md, "
+                               "Container runtimes)") from None
+    except PermissionError:
+        raise RuntimeCallError(f"{runtime} socket {path} is not accessible to the injector") from None
+    if not stat.S_ISSOCK(mode):
+        raise RuntimeCallError(f"{runtime} socket {path} is not a unix socket")
+
+
+def pid_from_json(text: str, where: str) -> int:
+    """The `"pid"` of a JSON object (the CRI verbose `info["info"]` of containerd and CRI-O).
+
+    Raises:
+        RuntimeCallError: (not retryable) not JSON, not an object, or no non-negative integer pid.
+    """
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise RuntimeCallError(f"{where} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise RuntimeCallError(f"{where} is not a JSON object")
+    return checked_pid(doc.get("pid"), f"{where} pid")
+
+
+def checked_pid(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RuntimeCallError(f"{where} must be a non-negative integer, got {value!r}")
+    return value

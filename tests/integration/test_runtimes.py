@@ -1,0 +1,230 @@
+"""Runtime adapters against real servers on real unix sockets: the in-repo fake CRI runtime (a
+grpcio server) and fake Docker Engine (an HTTP/1.1 server), each standing in for containers with
+real child processes. Resolution gives the real pid and netns; container-kill goes through the
+runtime and the process is gone; a missing socket, a silent runtime and malformed replies are
+per-target errors, never crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakecri import FakeCri, FakeDocker, runtimes
+
+from chaosbus.common import messages as m
+from chaosbus.common.netns import netns_inode
+from chaosbus.injector import core, faults, runtime
+from chaosbus.injector.backends import criwire, procs
+
+CID = "0123456789abcdef" * 4  # the shape of containerd, CRI-O and Docker ids
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    # Not tmp_path: a unix socket path must fit in 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="cbrt", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fakes(sock_dir: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
+    with runtimes(sock_dir) as (cri, docker):
+        runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(cri.socket_path),
+                                                         "cri-o": str(cri.socket_path),
+                                                         "docker": str(docker.socket_path)}, timeout=2.0))
+        try:
+            yield cri, docker
+        finally:
+            runtime.configure(runtime.config_from_env())
+
+
+def ctx_for(ids: list[str], spec: m.FaultSpec) -> faults.FaultContext:
+    action = m.TargetAction(target_id="default/web-0", op="apply", namespace="default", pod_name="web-0",
+                            container_ids=ids, fault=spec)
+    return faults.FaultContext(experiment_uid="u", experiment_name="x", namespace="default", action=action,
+                               containers=[runtime.resolve(i) for i in ids])
+
+
+@pytest.mark.parametrize("scheme", ["containerd", "cri-o", "docker"])
+def test_resolve_gives_the_real_pid_and_its_netns(fakes: tuple[FakeCri, FakeDocker], scheme: str) -> None:
+    cri, docker = fakes
+    pid = (docker if scheme == "docker" else cri).containers.start(CID)
+    handle = runtime.resolve(f"{scheme}://{CID}")
+    assert handle.alive and handle.pid == pid
+    assert netns_inode(handle.netns_path) == netns_inode(f"/proc/{pid}/ns/net")
+    assert handle.mnt_ns_path == f"/proc/{pid}/ns/mnt"
+    calls = (docker if scheme == "docker" else cri).containers.calls
+    assert calls == [("inspect" if scheme == "docker" else "ContainerStatus", CID)]
+
+
+@pytest.mark.parametrize("scheme", ["containerd", "docker"])
+def test_container_kill_goes_through_the_runtime(fakes: tuple[FakeCri, FakeDocker], scheme: str) -> None:
+    cri, docker = fakes
+    fake = docker if scheme == "docker" else cri
+    pid = fake.containers.start(CID)
+    spared = fake.containers.start("f" * 64)
+    spec = m.ContainerKill(container_names=["app"])
+    message = faults.get("container-kill").apply(ctx_for([f"{scheme}://{CID}"], spec), spec)
+    assert message == "killed 1 container(s) through the runtime"
+    assert not procs.process_alive(pid) and procs.process_alive(spared)
+    assert fake.containers.kills() == [CID]  # the kill arrived through the runtime's API
+    if scheme == "docker":
+        assert docker.signals == ["KILL"]
+    else:
+        assert cri.stop_timeouts == [0]  # "forcibly terminate the container immediately"
+    again = ctx_for([f"{scheme}://{CID}"], spec)
+    assert again.containers[0].alive is False  # exited: the target is gone
+    assert faults.get("container-kill").apply(again, spec).startswith("target gone")
+
+
+def test_unknown_container_is_a_gone_target(fakes: tuple[FakeCri, FakeDocker]) -> None:
+    for scheme in ("containerd", "docker"):
+        handle = runtime.resolve(f"{scheme}://{CID}")
+        assert handle.alive is False and handle.pid == 0
+
+
+def test_missing_socket_is_a_clear_non_retryable_per_target_error(sock_dir: Path) -> None:
+    missing = sock_dir / "nope.sock"
+    runtime.configure(runtime.RuntimeConfig(sockets={s: str(missing) for s in runtime.KNOWN_RUNTIMES}))
+    try:
+        for scheme in runtime.KNOWN_RUNTIMES:
+            with pytest.raises(runtime.UnsupportedRuntime) as err:
+                runtime.resolve(f"{scheme}://{CID}")
+            assert f"socket {missing} does not exist" in str(err.value) and not err.value.retryable
+        cmd = m.NodeCommand(command_id="c", experiment_uid="u", generation=1, kind="PodChaos", namespace="default",
+                            name="x", node="n1", issued_at=time.time(), deadline=None,
+                            actions=[m.TargetAction(target_id="default/web-0", op="apply",
+                                                    container_ids=[f"containerd://{CID}"],
+                                                    fault=m.ContainerKill(container_names=["app"]))])
+        res = core.run_action(cmd, cmd.actions[0])
+        assert not res.ok and not res.retryable and str(missing) in res.message
+    finally:
+        runtime.configure(runtime.config_from_env())
+
+
+def test_a_file_that_is_not_a_socket_is_refused(sock_dir: Path) -> None:
+    plain = sock_dir / "plain"
+    plain.write_text("")
+    runtime.configure(runtime.RuntimeConfig(sockets={s: str(plain) for s in runtime.KNOWN_RUNTIMES}))
+    try:
+        with pytest.raises(runtime.UnsupportedRuntime, match="is not a unix socket"):
+            runtime.resolve(f"docker://{CID}")
+    finally:
+        runtime.configure(runtime.config_from_env())
+
+
+@contextlib.contextmanager
+def silent_socket(path: Path) -> Iterator[socket.socket]:
+    """A unix socket that accepts connections (the kernel's backlog) and never answers."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(16)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("scheme", ["containerd", "docker"])
+def test_a_silent_runtime_costs_one_timeout_and_is_retryable(sock_dir: Path, scheme: str) -> None:
+    path = sock_dir / "silent.sock"
+    with silent_socket(path):
+        runtime.configure(runtime.RuntimeConfig(sockets={s: str(path) for s in runtime.KNOWN_RUNTIMES}, timeout=0.5))
+        try:
+            started = time.monotonic()
+            with pytest.raises(runtime.UnsupportedRuntime) as err:
+                runtime.resolve(f"{scheme}://{CID}")
+            took = time.monotonic() - started
+        finally:
+            runtime.configure(runtime.config_from_env())
+    assert err.value.retryable and str(path) in str(err.value)
+    assert 0.4 <= took < 3.0, f"{scheme} call took {took:.2f}s against a 0.5 s deadline"
+
+
+MALFORMED_CRI = {
+    "truncated": (b"\x0a\x05ab", "ContainerStatus reply for .* is malformed: .*runs past the end"),
+    "info not json": (criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING, 0,
+                                                                      {"info": "{pid: 1"})), "is not JSON"),
+    "no info": (criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING)),
+                r"no verbose info\[\"info\"\]"),
+    "pid not a number": (criwire.encode_status_reply(criwire.StatusReply(
+        CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": "12"})})), "pid must be a non-negative integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_CRI))
+def test_malformed_cri_replies_are_errors(fakes: tuple[FakeCri, FakeDocker], case: str) -> None:
+    cri, _ = fakes
+    raw, error = MALFORMED_CRI[case]
+    cri.containers.reply_override[CID] = raw
+    with pytest.raises(runtime.UnsupportedRuntime, match=error) as err:
+        runtime.resolve(f"containerd://{CID}")
+    assert not err.value.retryable
+    assert runtime.resolve(f"containerd://{'e' * 64}").alive is False  # the runtime and adapter still work
+
+
+MALFORMED_DOCKER = {
+    "not json": (b"<html>", "reply is not JSON"),
+    "no state": (b'{"Id": "x"}', "no State.Running"),
+    "pid not a number": (b'{"State": {"Running": true, "Pid": -3}}', "State.Pid must be a non-negative integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_DOCKER))
+def test_malformed_docker_replies_are_errors(fakes: tuple[FakeCri, FakeDocker], case: str) -> None:
+    _, docker = fakes
+    raw, error = MALFORMED_DOCKER[case]
+    docker.containers.reply_override[CID] = raw
+    with pytest.raises(runtime.UnsupportedRuntime, match=error):
+        runtime.resolve(f"docker://{CID}")
+
+
+def test_a_pid_this_injector_cannot_see_names_host_pid(fakes: tuple[FakeCri, FakeDocker]) -> None:
+    cri, _ = fakes
+    invisible = 4_000_000  # above the kernel's pid_max: no such process here
+    cri.containers.reply_override[CID] = criwire.encode_status_reply(criwire.StatusReply(
+        CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": invisible})}))
+    with pytest.raises(runtime.UnsupportedRuntime, match="hostPID") as err:
+        runtime.resolve(f"containerd://{CID}")
+    assert err.value.retryable
+
+
+@pytest.mark.parametrize("bad", ["containerd://../../v1.41/containers/x", "docker://a b", "cri-o://" + "a" * 129])
+def test_ids_that_are_not_runtime_ids_are_refused_before_any_call(fakes: tuple[FakeCri, FakeDocker],
+                                                                   bad: str) -> None:
+    cri, docker = fakes
+    with pytest.raises(runtime.UnsupportedRuntime, match="must be letters, digits"):
+        runtime.resolve(bad)
+    assert cri.containers.calls == [] and docker.containers.calls == []
+
+
+def test_sockets_come_from_flags_then_environment_then_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_CRIO_SOCKET", "/env/crio.sock")
+    monkeypatch.setenv("CHAOSBUS_RUNTIME_TIMEOUT", "0.75")
+    cfg = runtime.config_from_env(containerd="/flag/containerd.sock")
+    assert cfg.sockets == {"containerd": "/flag/containerd.sock", "cri-o": "/env/crio.sock",
+                           "docker": "/var/run/docker.sock"}
+    assert cfg.timeout == 0.75
+    monkeypatch.delenv("CHAOSBUS_CRIO_SOCKET")
+    assert runtime.config_from_env().sockets["cri-o"] == "/var/run/crio/crio.sock"
+    with pytest.raises(ValueError, match="runtime timeout must be > 0"):
+        runtime.config_from_env(timeout=0)
+
+
+def test_fakes_leave_no_process_behind(sock_dir: Path) -> None:
+    with runtimes(sock_dir) as (cri, docker):
+        pids = [cri.containers.start("a" * 64), docker.containers.start("b" * 64)]
+    assert not any(procs.process_alive(p) for p in pids)
+    assert not os.path.exists(cri.socket_path) and not os.path.exists(docker.socket_path)
