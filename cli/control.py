@@ -11,11 +11,12 @@ import getpass
 import socket
 import time
 
-from nats.js.errors import KeyNotFoundError
-
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
+from chaosbus.common.halt import current, halted_message
+
+__all__ = ["current", "halt", "halted_message", "resume", "set_halt"]
 
 
 def _who() -> str:
@@ -34,22 +35,6 @@ async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "") -> m.Halt
     await bus.nc.publish(subjects.HALT_SUBJECT, payload)
     await bus.nc.flush()
     return state
-
-
-async def current(bus: busmod.Bus) -> m.HaltState | None:
-    kv = await bus.kv(subjects.CONTROL.name)
-    try:
-        entry = await kv.get(subjects.HALT_KEY)
-    except KeyNotFoundError:
-        return None
-    return busmod.decode(entry.value, m.HaltState) if entry.value else None
-
-
-def halted_message(state: m.HaltState) -> str:
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.at))
-    reason = state.reason or "no reason given"
-    return (f"chaosbus is halted by the kill switch since {since} ({reason}; by {state.by}): "
-            "nothing is injected until `chaosbus resume`")
 
 
 async def halt(bus: busmod.Bus, reason: str) -> str:

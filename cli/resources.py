@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from chaosbus.cli import render
+from chaosbus.common import admission
 from chaosbus.common import objects as o
-from chaosbus.common.crd import CHAOS_KINDS, ORCHESTRATED, InvalidObject, decode_any, decode_object, encode_object
+from chaosbus.common.crd import CHAOS_KINDS, ORCHESTRATED, InvalidObject
 from chaosbus.common.crd.objects import load_yaml_documents
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -34,38 +35,18 @@ def prepare(text: str, namespace: str | None) -> list[Obj]:
     """Decode and validate every document before anything is written: all or nothing."""
     out = []
     for i, doc in enumerate(load_yaml_documents(text)):
-        kind = doc.get("kind")
         try:
-            if kind == "Namespace":
-                out.append({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": _namespace_meta(doc.get("metadata") or {})})
-                continue
-            if namespace and not (doc.get("metadata") or {}).get("namespace"):
-                doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
-            if kind in ORCHESTRATED:  # run by the scheduler; checked structurally here, fully when run
-                meta = doc.get("metadata") or {}
-                out.append(decode_any({**doc, "metadata": {**meta, "namespace": meta.get("namespace") or "default"}}))
-                continue
-            out.append(encode_object(decode_object(doc)))
+            out.append(admission.admit(doc, namespace))
         except InvalidObject as e:
-            name = (doc.get("metadata") or {}).get("name", "?")
+            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name", "?")
             raise InvalidObject([f"document {i + 1} ({kind}/{name}): {err}" for err in e.errors]) from None
     return out
-
-
-def _namespace_meta(meta: Obj) -> Obj:
-    if not meta.get("name"):
-        raise InvalidObject(["metadata.name: required"])
-    return {k: v for k, v in meta.items() if k in ("name", "labels", "annotations")}
 
 
 async def apply(store: ObjectStore, text: str, namespace: str | None) -> list[str]:
     lines = []
     for obj in prepare(text, namespace):
-        try:
-            stored, action = await store.apply(obj, immutable_spec=obj["kind"] in CHAOS_KINDS)
-        except o.ImmutableSpec as e:
-            raise InvalidObject([f"{obj['kind']}/{obj['metadata']['name']}: {e}"]) from None
+        stored, action = await store.apply_admitted(obj)
         lines.append(f"{_ref(stored)} {action}")
     return lines
 

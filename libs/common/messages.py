@@ -348,3 +348,59 @@ class LeaderLease(Message, kw_only=True, frozen=True):
     holder: str
     renewed_at: float
     ttl_s: float
+
+
+# --- direct triggers over NATS (request/reply, chaos.trigger.*) -------------------------------
+
+class TriggerApply(Message, kw_only=True, frozen=True):
+    """chaos.trigger.apply: the experiment exactly as its Chaos Mesh custom resource, as JSON."""
+
+    api_version: str = msgspec.field(name="apiVersion")
+    kind: str
+    metadata: dict[str, object]
+    spec: dict[str, object] = {}
+
+
+class TriggerRef(Message, kw_only=True, frozen=True):
+    """chaos.trigger.get / chaos.trigger.recover: one experiment by kind and name."""
+
+    kind: str
+    name: str
+    namespace: str = "default"
+
+
+class TriggerListRequest(Message, kw_only=True, frozen=True):
+    """chaos.trigger.list: experiments, optionally of one namespace; finished ones only with `all`."""
+
+    namespace: str = ""
+    all: bool = False
+
+
+class TriggerApplied(Message, kw_only=True, frozen=True):
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    action: str  # created | configured | unchanged, as `kubectl apply` says
+
+
+class TriggerStatus(Message, kw_only=True, frozen=True):
+    """An experiment's status in Chaos Mesh's shape (as the recorder writes it; {} before it has)."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    phase: str  # status.phase; "" until the recorder has written it
+    status: dict[str, object]
+
+
+class TriggerRecovered(Message, kw_only=True, frozen=True):
+    kind: str
+    namespace: str
+    name: str
+    outcome: str  # deleted | deleting (recovering its targets; gone once all are recovered)
+
+
+class TriggerList(Message, kw_only=True, frozen=True):
+    experiments: list[TriggerStatus]

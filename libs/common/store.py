@@ -14,6 +14,7 @@ from nats.js.kv import KeyValue
 
 from chaosbus.common import objects as o
 from chaosbus.common import subjects
+from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 
 Obj = dict[str, Any]
 Mutation = Callable[[Obj], Obj | None]
@@ -101,6 +102,15 @@ class ObjectStore:
                 continue
             return _with_version(new, rev), "configured"
         raise Conflict(f"{obj.get('kind')}/{ns}/{m.get('name')}: too many concurrent writers")
+
+    async def apply_admitted(self, obj: Obj) -> tuple[Obj, str]:
+        """`apply` of an object from admission.admit, as `chaosbus apply` does it: experiment specs
+        are immutable (a change is an InvalidObject naming `spec`).
+        """
+        try:
+            return await self.apply(obj, immutable_spec=obj["kind"] in CHAOS_KINDS)
+        except o.ImmutableSpec as e:
+            raise InvalidObject([f"{obj['kind']}/{obj['metadata']['name']}: {e}"]) from None
 
     async def mutate(self, kind: str, namespace: str, name: str, fn: Mutation) -> Obj | None:
         """Read-modify-write with CAS retries. `fn` returns the new object, or None for no change.

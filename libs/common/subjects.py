@@ -136,6 +136,7 @@ class CoreSubject:
     owner: str
     readers: tuple[str, ...]
     purpose: str = ""
+    reply: type[m.Message] | None = None  # request/reply subjects: the reply (or an ErrorReply)
 
 
 LEASES = CoreSubject(
@@ -152,7 +153,22 @@ HALT = CoreSubject(
     readers=("injector",),
     purpose="kill-switch broadcast; the KV key `control/halt` is the durable copy",
 )
-CORE_SUBJECTS = (LEASES, HALT)
+TRIGGER_READERS = ("clients (nats request)",)
+TRIGGER_APPLY = CoreSubject(
+    pattern="chaos.trigger.apply", message=m.TriggerApply, reply=m.TriggerApplied, owner="scheduler",
+    readers=TRIGGER_READERS, purpose="apply an experiment given as its custom resource in JSON (local mode)")
+TRIGGER_GET = CoreSubject(
+    pattern="chaos.trigger.get", message=m.TriggerRef, reply=m.TriggerStatus, owner="scheduler",
+    readers=TRIGGER_READERS, purpose="an experiment's status in Chaos Mesh's shape")
+TRIGGER_RECOVER = CoreSubject(
+    pattern="chaos.trigger.recover", message=m.TriggerRef, reply=m.TriggerRecovered, owner="scheduler",
+    readers=TRIGGER_READERS, purpose="recover an experiment by deleting it (its finalizer waits for recovery)")
+TRIGGER_LIST = CoreSubject(
+    pattern="chaos.trigger.list", message=m.TriggerListRequest, reply=m.TriggerList, owner="scheduler",
+    readers=TRIGGER_READERS, purpose="experiments that are not finished, with their phase")
+TRIGGERS = (TRIGGER_APPLY, TRIGGER_GET, TRIGGER_RECOVER, TRIGGER_LIST)
+TRIGGER_QUEUE = "scheduler"  # only the leader subscribes; the queue group keeps it to one reply anyway
+CORE_SUBJECTS = (LEASES, HALT, *TRIGGERS)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -235,6 +251,11 @@ def markdown_table() -> str:
         rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(b.owners)} | "
                     f"{', '.join(b.readers) or '-'} |")
     for c in CORE_SUBJECTS:
-        rows.append(f"| core subject | - | `{c.pattern}` | `{c.message.__name__}` | {c.owner} | "
+        msg = f"`{c.message.__name__}`" + (f" → `{c.reply.__name__}` or `ErrorReply`" if c.reply else "")
+        if c.reply:  # the clients write the requests; the owner reads them and replies
+            rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(c.readers)} | "
+                        f"`{c.owner} (leader replies)` |")
+            continue
+        rows.append(f"| core subject | - | `{c.pattern}` | {msg} | {c.owner} | "
                     f"{', '.join(f'`{r}`' for r in c.readers)} |")
     return "\n".join(rows)

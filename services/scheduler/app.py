@@ -24,12 +24,14 @@ from chaosbus.common import config as cbconfig
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
+from chaosbus.common.store import ObjectStore
 from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.election import Election, LostLeadership
 from chaosbus.scheduler.flows import Flows
 from chaosbus.scheduler.leader import Leadership
 from chaosbus.scheduler.metrics import SchedulerMetrics
 from chaosbus.scheduler.selection import SelectionConfig
+from chaosbus.scheduler.triggers import Triggers
 
 log = cblog.get("scheduler")
 LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
@@ -212,8 +214,10 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
                  remembered=remembered, cluster_scoped=config.cluster_scoped,
                  target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
                  cluster_injector=cluster_injector)
+        triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)))
         await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),
-                                  sched.timers(), sched.renew_leases(), sched.flows.run(sched.replayed))
+                                  sched.timers(), sched.renew_leases(), sched.flows.run(sched.replayed),
+                                  triggers.serve())
     finally:
         metrics.leader.set(0)
         targets.cancel()
