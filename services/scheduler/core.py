@@ -127,11 +127,12 @@ class SchedulerCore:
             if mem is not None:
                 exp.gone = event.type == "DELETED"
                 memory.expire_stale_inflight(exp, _op(self.desired(exp, now)), INFLIGHT_TIMEOUT_S, now)
+            self._dirty.add(exp.uid)  # later events (mostly status writes) change the memory only via reconcile
         exp.obj = obj
         exp.gone = exp.gone or event.type == "DELETED"
         if exp.targets is None and obj.status and obj.status.experiment.container_records:
             exp.targets = self._resume(obj)
-        self._dirty.add(exp.uid)
+            self._dirty.add(exp.uid)
         return self.reconcile(exp, now)
 
     def on_results(self, batch: m.ResultBatch, now: float) -> Outputs:

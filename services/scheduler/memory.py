@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgspec
+
 from chaosbus.common import messages as m
 from chaosbus.common.crd import ChaosObject
 from chaosbus.common.crd.status import NOT_INJECTED
@@ -68,9 +70,14 @@ def snapshot(exp: Experiment) -> m.ExperimentMemory:
 def _target_memory(t: TargetState) -> m.TargetMemory:
     s = t.target
     return m.TargetMemory(
-        target_id=s.record_id, selector_key=s.selector_key, pod=s.pod, container=s.container, phase=t.phase,
+        target_id=s.record_id, selector_key=s.selector_key, pod=_slim(s.pod), container=s.container, phase=t.phase,
         inflight=t.inflight, inflight_at=t.inflight_at, retry_at=t.retry_at,  # type: ignore[arg-type]
         attempts=t.attempts, permanent_error=t.permanent_error, uncertain=t.uncertain)
+
+
+def _slim(pod: m.TargetPod) -> m.TargetPod:
+    """What commands need of a pod that may have vanished: identity, node, address, containers."""
+    return msgspec.structs.replace(pod, labels={}, annotations={})
 
 
 def restore(mem: m.ExperimentMemory, obj: ChaosObject, pods: Mapping[str, m.TargetPod]) -> Experiment:
