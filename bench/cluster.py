@@ -53,7 +53,6 @@ class Cluster:
     nodes: list[str]
     server: natsserver.EmbeddedServer | None = None
     services: list[Service] = field(default_factory=list)
-    what_if: bool = False  # injector and scheduler with the proposed fixes patched in (bench/whatif.py)
 
     @property
     def url(self) -> str:
@@ -75,8 +74,7 @@ class Cluster:
     def _spawn(self, svc: str, extra: list[str], log_level: str, label: str | None = None) -> None:
         name = label or svc
         log = self.workdir / "logs" / f"{name.replace('/', '-')}.log"
-        module = ["bench.whatif", svc] if self.what_if and svc in ("injector", "scheduler") else [f"chaosbus.{svc}"]
-        argv = [sys.executable, "-m", *module, "--nats", self.url, "--metrics-port", "0",
+        argv = [sys.executable, "-m", f"chaosbus.{svc}", "--nats", self.url, "--metrics-port", "0",
                 "--log-level", log_level, *extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chaosbus.common import netns as nsu
+from chaosbus.injector.backends import libnft
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -219,24 +220,11 @@ class LibNft:
     """
 
     def __init__(self) -> None:
-        lib = ctypes.CDLL("libnftables.so.1", use_errno=True)
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        self.lib = lib
+        self.lib = libnft.load_library()
         self._ctx: dict[str, int] = {}
 
     def _new(self) -> int:
-        ctx = self.lib.nft_ctx_new(0)
-        self.lib.nft_ctx_buffer_error(ctx)
-        self.lib.nft_ctx_buffer_output(ctx)
-        self.lib.nft_run_cmd_from_buffer(ctx, b"list tables")  # opens the socket here, in the netns
-        return int(ctx)
+        return libnft.new_context(self.lib)
 
     def open(self, path: str) -> None:
         """The context for the netns at `path` (created once)."""

@@ -30,7 +30,6 @@ class Plan:
     quick: bool = False
     verify: bool = True
     profile: bool = False
-    what_if: bool = False
     log_level: str = "info"
     kube: bool = False  # also apply -> in effect through an API server (bench/bench_kube.py)
     label_sizes: list[int] = field(default_factory=list)
@@ -63,8 +62,6 @@ def parse(argv: list[str] | None = None) -> Plan:
     p.add_argument("--json", dest="out", default=None, help="where to write the JSON (default bench/results/)")
     p.add_argument("--no-verify", action="store_true", help="skip the kernel readback after each run")
     p.add_argument("--profile", action="store_true", help="py-spy the services during the largest size")
-    p.add_argument("--what-if", action="store_true",
-                   help="run injector and scheduler with the proposed fixes patched in (bench/whatif.py)")
     p.add_argument("--log-level", default="info", help="the services' log level (default info, as deployed)")
     p.add_argument("--kube", action="store_true", default=bool(os.environ.get("CHAOSBUS_TEST_KUBECONFIG")),
                    help="also time create -> in effect through an API server: CHAOSBUS_TEST_KUBECONFIG's "
@@ -83,6 +80,6 @@ def parse(argv: list[str] | None = None) -> Plan:
     plan = Plan(sizes=sizes, nodes=a.nodes, runs=runs, concurrent=concurrent,
                 concurrent_runs=1 if quick else 3, idle_s=a.idle if a.idle is not None else (3.0 if quick else 10.0),
                 floor_runs=50 if quick else 300, out=out, quick=quick, verify=not a.no_verify,
-                profile=a.profile, what_if=a.what_if, log_level=a.log_level, kube=a.kube)
+                profile=a.profile, log_level=a.log_level, kube=a.kube)
     plan.label_sizes = sorted({*sizes, plan.warm_size})
     return plan

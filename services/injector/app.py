@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, service, subjects
+from chaosbus.common import config, kubeclient, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
@@ -225,7 +225,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.cluster:  # API-level faults through the Kubernetes API, same journaled machinery
         from chaosbus.injector import cluster
 
-        api = await cluster.api_client(args.kubeconfig)
+        api = await kubeclient.api_client(args.kubeconfig)
         pods = cluster.KubePods(api, asyncio.get_running_loop())
         executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image)),
                                resolve=cluster.resolve_pod_only)

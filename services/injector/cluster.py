@@ -19,7 +19,7 @@ import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
 from chaosbus.injector import faults, podpatch, runtime
 from chaosbus.injector.faults.api_pod_kill import ApiPodKill
@@ -112,11 +112,3 @@ def pause_image(explicit: str | None) -> str:
     return explicit or os.environ.get(PAUSE_IMAGE_ENV) or podpatch.DEFAULT_PAUSE_IMAGE
 
 
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """From --kubeconfig (or KUBECONFIG), else the in-cluster service account."""
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        return await config.new_client_from_config(config_file=path)
-    cfg = client.Configuration()
-    config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)

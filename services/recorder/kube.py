@@ -22,12 +22,12 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from chaosbus.common import kubeclient, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, subjects
 from chaosbus.common.crd import API_VERSION, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core
@@ -210,19 +210,10 @@ class KubeRecorder(Recorder):
         return changed
 
 
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        return await config.new_client_from_config(config_file=path)
-    cfg = client.Configuration()
-    config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
-
-
 async def main(args: argparse.Namespace) -> None:
     metrics = RecorderMetrics()
     async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
-        api = await api_client(args.kubeconfig)
+        api = await kubeclient.api_client(args.kubeconfig)
         async with api:
             instance = os.environ.get("POD_NAME") or socket.gethostname()
             rec = KubeRecorder(KubeStore(api), metrics, EventWriter(api, instance),

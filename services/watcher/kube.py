@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from chaosbus.common import bus as busmod
+from chaosbus.common import kubeclient, service, subjects
 from chaosbus.common import logging as cblog
-from chaosbus.common import service, subjects
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
 from chaosbus.watcher.core import WatcherCore
@@ -58,16 +57,6 @@ def scope_from(args: argparse.Namespace) -> Scope:
     s = service.scope(args)
     return Scope(cluster_scoped=s.cluster_scoped, target_namespace=s.target_namespace,
                  enable_filter_namespace=s.enable_filter_namespace)
-
-
-async def api_client(kubeconfig: str | None) -> client.ApiClient:
-    """From --kubeconfig (or KUBECONFIG), else the in-cluster service account."""
-    path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path:
-        return await config.new_client_from_config(config_file=path)
-    cfg = client.Configuration()
-    config.load_incluster_config(client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
 
 
 def _list_fn(api: client.ApiClient, res: Resource, scope: Scope) -> Callable[..., Awaitable[Any]]:
@@ -188,7 +177,7 @@ async def main(args: argparse.Namespace) -> None:
     scope = scope_from(args)
     async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
         targets = await bus.kv(subjects.TARGETS.name)
-        api = await api_client(args.kubeconfig)
+        api = await kubeclient.api_client(args.kubeconfig)
         async with api:
             core = ScopedCore(WatcherCore(), scope)
             watcher = KubeWatcher(api, scope, core, lambda out: emit(bus, targets, out, metrics), metrics)

@@ -20,8 +20,8 @@ import pytest
 from kube.client import KubeError
 from kube.conftest import KubeEnv
 
+from chaosbus.common import kubeclient, subjects
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
 from chaosbus.injector import cluster
 from chaosbus.injector import executor as ex
 from chaosbus.injector import journal as jr
@@ -73,7 +73,7 @@ class Injector:
         self.api: Any = None
 
     async def start(self, *, clock_offset: float = 0.0, lease_ttl: float = 15.0) -> Node:
-        self.api = await cluster.api_client(str(self.kube.kubeconfig))
+        self.api = await kubeclient.api_client(str(self.kube.kubeconfig))
         journal = jr.Journal(self.path)
         pods = cluster.KubePods(self.api, asyncio.get_running_loop())
         executor = ex.Executor(journal, subjects.CLUSTER_NODE, registry=cluster.registry(pods, PAUSE),

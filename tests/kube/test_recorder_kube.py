@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kube.conftest import KubeEnv
 
+from chaosbus.common import kubeclient
 from chaosbus.common import messages as m
 from chaosbus.recorder import kube as rkube
 from chaosbus.recorder.metrics import RecorderMetrics
@@ -26,7 +27,7 @@ def partition(name: str) -> dict[str, Any]:
 
 @pytest.fixture
 async def recorder(kube: KubeEnv) -> AsyncIterator[rkube.KubeRecorder]:
-    api = await rkube.api_client(str(kube.kubeconfig))
+    api = await kubeclient.api_client(str(kube.kubeconfig))
     async with api:
         yield rkube.KubeRecorder(rkube.KubeStore(api), RecorderMetrics(), rkube.EventWriter(api, "test-0"),
                                  max_events=10)

@@ -16,8 +16,8 @@ from kube.conftest import KubeEnv
 from kube.kubelet import Kubelet
 
 from chaosbus.common import bus as busmod
+from chaosbus.common import kubeclient, subjects
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
 from chaosbus.watcher import kube as wkube
 from chaosbus.watcher.app import emit
 from chaosbus.watcher.core import WatcherCore, project_pod
@@ -64,7 +64,7 @@ async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None) -
         run.events.append(msgspec.json.decode(msg.data, type=m.ObjectEvent))
 
     sub = await bus.nc.subscribe("chaos.obj.>", cb=on_msg)
-    api = await wkube.api_client(str(kube.kubeconfig))
+    api = await kubeclient.api_client(str(kube.kubeconfig))
     metrics = WatcherMetrics()
     targets = await bus.kv(subjects.TARGETS.name)
     scope = scope or Scope(cluster_scoped=False, target_namespace=kube.namespace)

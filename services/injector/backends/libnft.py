@@ -52,7 +52,12 @@ class _Context:
     freed: bool = False
 
 
-def _load(name: str) -> ctypes.CDLL:
+def load_library(name: str = LIBRARY) -> ctypes.CDLL:
+    """libnftables with the signatures we call declared.
+
+    Raises:
+        Unavailable: it cannot be loaded.
+    """
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as e:
@@ -68,6 +73,24 @@ def _load(name: str) -> ctypes.CDLL:
     lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
     lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
     return lib
+
+
+def new_context(lib: ctypes.CDLL) -> int:
+    """A context with buffered output and error, its netlink socket opened in the calling
+    thread's netns (so call it from a thread inside the target netns).
+
+    Raises:
+        Unavailable: libnftables could not make one.
+    """
+    handle = lib.nft_ctx_new(0)
+    if not handle:
+        raise Unavailable("nft_ctx_new failed")
+    lib.nft_ctx_buffer_error(handle)
+    lib.nft_ctx_buffer_output(handle)
+    # The socket is opened by the first command: run one here, inside the netns.
+    lib.nft_run_cmd_from_buffer(handle, b"list tables")
+    lib.nft_ctx_get_output_buffer(handle)
+    return int(handle)
 
 
 def netns_key(path: str) -> tuple[int, int]:
@@ -86,7 +109,7 @@ class NftContexts:
     """libnftables contexts by netns identity; thread-safe."""
 
     def __init__(self, library: str = LIBRARY, max_contexts: int = MAX_CONTEXTS) -> None:
-        self.lib = _load(library)
+        self.lib = load_library(library)
         self.max_contexts = max_contexts
         self._lock = threading.Lock()
         self._contexts: OrderedDict[tuple[int, int], _Context] = OrderedDict()
@@ -148,15 +171,7 @@ class NftContexts:
         return evicted
 
     def _new(self) -> int:
-        handle = self.lib.nft_ctx_new(0)
-        if not handle:
-            raise Unavailable("nft_ctx_new failed")
-        self.lib.nft_ctx_buffer_error(handle)
-        self.lib.nft_ctx_buffer_output(handle)
-        # The netlink socket is opened by the first command: run one here, inside the netns.
-        self.lib.nft_run_cmd_from_buffer(handle, b"list tables")
-        self.lib.nft_ctx_get_output_buffer(handle)
-        return int(handle)
+        return new_context(self.lib)
 
     def _free(self, key: tuple[int, int], ctx: _Context) -> None:
         with self._lock:
