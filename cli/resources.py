@@ -10,7 +10,7 @@ from typing import Any
 from chaosbus.cli import render
 from chaosbus.common import admission
 from chaosbus.common import objects as o
-from chaosbus.common.crd import CHAOS_KINDS, ORCHESTRATED, InvalidObject
+from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, InvalidObject
 from chaosbus.common.crd.objects import load_yaml_documents
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -53,7 +53,7 @@ async def apply(store: ObjectStore, text: str, namespace: str | None) -> list[st
 
 def _ref(obj: Obj) -> str:
     kind = str(obj.get("kind"))
-    group = ".chaos-mesh.org" if kind in CHAOS_KINDS or kind in ORCHESTRATED else ""
+    group = ".chaos-mesh.org" if kind in ALL_KINDS else ""
     return f"{kind.lower()}{group}/{obj['metadata']['name']}"
 
 

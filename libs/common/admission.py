@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaosbus.common.crd import ORCHESTRATED, decode_any, decode_object, encode_object
+from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, decode_any, decode_object, encode_object
 from chaosbus.common.crd.errors import InvalidObject
 
 Obj = dict[str, Any]
@@ -19,9 +19,13 @@ def admit(doc: Obj, namespace: str | None = None) -> Obj:
         return {"apiVersion": "v1", "kind": "Namespace", "metadata": _namespace_meta(doc.get("metadata") or {})}
     if namespace and not (doc.get("metadata") or {}).get("namespace"):
         doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
-    if doc.get("kind") in ORCHESTRATED:  # run by the scheduler; checked structurally here, fully when run
+    kind = str(doc.get("kind"))
+    if kind in ALL_KINDS and kind not in CHAOS_KINDS:
+        # Orchestration kinds (run by the scheduler) and accepted ones (marked NotSupported): checked
+        # as Chaos Mesh's webhook would (a Schedule's cron and embedded spec fully), stored as given.
         meta = doc.get("metadata") or {}
-        return decode_any({**doc, "metadata": {**meta, "namespace": meta.get("namespace") or "default"}})
+        scoped = {"namespace": meta.get("namespace") or "default"} if ALL_KINDS[kind].namespaced else {}
+        return decode_any({**doc, "metadata": {**meta, **scoped}})
     return encode_object(decode_object(doc))
 
 

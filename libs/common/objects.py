@@ -16,6 +16,7 @@ KIND_ALIASES: dict[str, tuple[str, ...]] = {
     "PodChaos": ("podchaos", "podchaoses"),
     "NetworkChaos": ("networkchaos", "networkchaoses"),
     "HelloWorldChaos": ("helloworldchaos", "helloworldchaoses"),
+    "Schedule": ("schedule", "schedules", "sched"),
     "Workflow": ("workflow", "workflows", "wf"),
     "WorkflowNode": ("workflownode", "workflownodes", "wfn"),
     "StatusCheck": ("statuscheck", "statuschecks"),

@@ -25,6 +25,7 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
 from chaosbus.common.store import ObjectStore
+from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.election import Election, LostLeadership
 from chaosbus.scheduler.flows import Flows
@@ -49,6 +50,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self.replayed = asyncio.Event()
         self.flows = Flows(self.publish_writes)  # Workflows and StatusChecks
+        self.schedules = sch.ScheduleCore(started_at=time.time(), ready=False)  # ready once replayed
 
     async def publish(self, out: Outputs) -> None:
         await self.save_memory()  # write-ahead: what is about to be sent is remembered first
@@ -79,9 +81,15 @@ class Scheduler:
             await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
             log.info("object write sent", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
 
+    async def publish_schedules(self, out: sch.Outputs) -> None:
+        for note in out.notes:
+            log.info("schedule", what=note)
+        await self.publish_writes(out.writes)
+
     async def on_object(self, event: m.ObjectEvent) -> None:
-        await self.publish(self.core.on_object(event, time.time()))
+        await self.publish(self.core.on_object(event, time.time()))  # skips ORCHESTRATED kinds
         await self.flows.on_object(event)
+        await self.publish_schedules(self.schedules.on_object(event, time.time()))
 
     async def on_results(self, batch: m.ResultBatch) -> None:
         await self.publish(self.core.on_results(batch, time.time()))
@@ -125,6 +133,7 @@ class Scheduler:
                 self.core.forget_unclaimed()
                 await self.save_memory()
                 self.replayed.set()
+                self.schedules.ready, self.schedules.started_at = True, time.time()
             await follow
         finally:
             follow.cancel()
@@ -163,10 +172,13 @@ class Scheduler:
         while True:
             now = time.time()
             await self.publish(self.core.tick(now))
+            await self.publish_schedules(self.schedules.tick(now))
             self._wake.clear()
             for (kind, phase), n in self.core.phase_counts(now).items():
                 self.metrics.experiments.labels(kind, phase).set(n)
-            nxt = self.core.next_wakeup(time.time())
+            now = time.time()
+            nxt = min((t for t in (self.core.next_wakeup(now), self.schedules.next_wakeup(now)) if t is not None),
+                      default=None)
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
             if delay <= 0:
                 await asyncio.sleep(0)  # never spin without yielding, whatever the core answers

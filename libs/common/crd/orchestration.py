@@ -1,7 +1,8 @@
-"""Spec models of the orchestration and inventory kinds chaosbus accepts but does not execute yet:
-Schedule, Workflow, WorkflowNode, StatusCheck, PhysicalMachineChaos, PhysicalMachine, and the
-internal per-pod aggregates and RemoteCluster. Embedded chaos specs and full corev1 Containers are
-kept as free-form objects (their own kinds validate them when they are executed).
+"""Spec models of the orchestration and inventory kinds: Schedule (executed by the scheduler),
+and those chaosbus accepts but does not execute yet: Workflow, WorkflowNode, StatusCheck,
+PhysicalMachineChaos, PhysicalMachine, the internal per-pod aggregates and RemoteCluster.
+Embedded chaos specs and full corev1 Containers are kept as free-form objects (their own kinds
+validate them when they are executed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbi
 
 EMBEDDED_CHAOS_KEYS = ("awsChaos", "azureChaos", "blockChaos", "dnsChaos", "gcpChaos", "httpChaos", "ioChaos",
                        "jvmChaos", "kernelChaos", "networkChaos", "physicalmachineChaos", "podChaos",
-                       "stressChaos", "timeChaos")
+                       "stressChaos", "timeChaos", "helloWorldChaos")
 
 
 class _Embedded(_S):
@@ -35,6 +36,8 @@ class _Embedded(_S):
     pod_chaos: dict[str, Any] | None = msgspec.field(default=None, name="podChaos")
     stress_chaos: dict[str, Any] | None = msgspec.field(default=None, name="stressChaos")
     time_chaos: dict[str, Any] | None = msgspec.field(default=None, name="timeChaos")
+    # chaosbus's tutorial kind, so a Schedule can spawn something harmless (not in Chaos Mesh).
+    hello_world_chaos: dict[str, Any] | None = msgspec.field(default=None, name="helloWorldChaos")
 
 
 class ScheduleSpec(_Embedded, kw_only=True):

@@ -66,7 +66,7 @@ CHAOS_MESH_KINDS = tuple(k for k in ALL_KINDS if k != "HelloWorldChaos")
 # Cluster mode watches every namespaced kind; RemoteCluster is an install target, not a workload.
 WATCHED_KINDS: tuple[str, ...] = tuple(k for k, i in ALL_KINDS.items() if i.namespaced)
 # Kinds the scheduler runs itself (spawning chaos objects) rather than as experiments with targets.
-ORCHESTRATED: tuple[str, ...] = ("Workflow", "WorkflowNode", "StatusCheck")
+ORCHESTRATED: tuple[str, ...] = ("Schedule", "Workflow", "WorkflowNode", "StatusCheck")
 NOT_EXECUTED: tuple[str, ...] = tuple(k for k in WATCHED_KINDS if k not in CHAOS_KINDS and k not in ORCHESTRATED)
 
 
@@ -81,9 +81,14 @@ def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:
     if not (doc.get("metadata") or {}).get("name"):
         raise InvalidObject(["metadata.name: required"])
     try:
-        msgspec.convert(doc.get("spec") or {}, info.spec)
+        spec = msgspec.convert(doc.get("spec") or {}, info.spec)
     except msgspec.ValidationError as e:
         raise from_msgspec(e, "spec") from None
+    if isinstance(spec, orchestration.ScheduleSpec):
+        from chaosbus.common.crd import schedule
+
+        if found := schedule.problems(spec):
+            raise InvalidObject(found)
     return doc
 
 

@@ -1,0 +1,311 @@
+"""The Schedule core with an injected clock, against a tiny in-memory recorder that carries out its
+ObjectWrites and feeds the resulting object events back: fire counts, missed runs, Forbid/Allow,
+history trimming, starting deadline, pause propagation, deletion, and restarts.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import msgspec
+import pytest
+
+from chaosbus.common import messages as m
+from chaosbus.recorder.writes import merge_patch
+from chaosbus.scheduler import children as ch
+from chaosbus.scheduler.schedules import ScheduleCore
+
+T0 = 1_800_000_000.0  # a whole second
+PAUSE = "experiment.chaos-mesh.org/pause"
+Obj = dict[str, Any]
+
+
+def hello(duration: str | None = "1s") -> Obj:
+    spec: Obj = {"mode": "all", "selector": {"labelSelectors": {"app": "web"}}}
+    if duration:
+        spec["duration"] = duration
+    return spec
+
+
+def schedule_obj(cron: str = "@every 2s", *, kind: str = "HelloWorldChaos", embedded: Obj | None = None,
+                 **spec: Any) -> Obj:
+    key = kind[0].lower() + kind[1:]  # the embedded key, e.g. helloWorldChaos
+    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+            "metadata": {"name": "sched", "namespace": "ns"},
+            "spec": {"schedule": cron, "type": kind, key: embedded if embedded is not None else hello(), **spec}}
+
+
+class World:
+    """The recorder and watcher for the core: objects by (kind, name); children settle by time."""
+
+    def __init__(self, core: ScheduleCore) -> None:
+        self.core, self.objs = core, {}  # type: dict[tuple[str, str], Obj]
+        self.uids = itertools.count(1)
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.overlaps: list[str] = []  # children still running when another was created
+        self.notes: list[str] = []
+        self.injected_until: dict[str, float] = {}  # child name -> when its (fake) recovery completes
+
+    def put(self, obj: Obj, now: float, change: str = "MODIFIED") -> None:
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        if "uid" not in meta:
+            meta["uid"], meta["creationTimestamp"], change = f"uid-{next(self.uids)}", ch.rfc3339(now), "ADDED"
+        self.objs[(obj["kind"], meta["name"])] = obj
+        self.feed(change, obj, now)
+
+    def feed(self, change: str, obj: Obj, now: float) -> None:
+        meta = obj["metadata"]
+        event = m.ObjectEvent(type=change, kind=obj["kind"], namespace=meta.get("namespace", ""),  # type: ignore[arg-type]
+                              name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
+        self.carry_out(self.core.on_object(event, now), now)
+
+    def carry_out(self, out: Any, now: float) -> None:
+        self.notes += out.notes
+        for w in out.writes:
+            self.write(w, now)
+
+    def write(self, w: m.ObjectWrite, now: float) -> None:
+        key = (w.kind, w.name)
+        current = self.objs.get(key)
+        if w.op == "create":
+            if current is None:
+                self.overlaps += [n for (k, n), o in self.objs.items() if k != "Schedule" and
+                                  (o.get("status") or {}).get("experiment", {}).get("desiredPhase") == "Run"]
+                self.created.append(w.name)
+                self.put(msgspec.json.decode(w.object), now)
+            return
+        if current is None or current["metadata"]["uid"] != w.uid:
+            return
+        if w.op == "delete":
+            del self.objs[key]
+            self.deleted.append(w.name)
+            self.feed("DELETED", current, now)
+            return
+        new = copy.deepcopy(current)
+        if w.op == "status":
+            new["status"] = merge_patch(new.get("status") or {}, msgspec.json.decode(w.object))
+        else:
+            ann = {**new["metadata"].get("annotations", {}), **w.annotations}
+            new["metadata"]["annotations"] = {k: v for k, v in ann.items() if v is not None}
+        self.put(new, now)
+
+    def settle(self, now: float, recovery_s: float = 0.2) -> None:
+        """Children's status as the rest of chaosbus would write it: injected until duration, then
+        recovered `recovery_s` later."""
+        for (kind, _), obj in list(self.objs.items()):
+            if kind == "Schedule":
+                continue
+            start = ch.parse_time(obj["metadata"]["creationTimestamp"]) or now
+            duration = obj["spec"].get("duration")
+            end = None if not duration else start + float(duration.rstrip("s"))
+            stopped = end is not None and now >= end + recovery_s
+            record = {"id": "ns/web-0", "selectorKey": ".", "phase": "Not Injected" if stopped else "Injected"}
+            want = {"conditions": [], "experiment": {"desiredPhase": "Stop" if stopped else "Run",
+                                                     "containerRecords": [record]}}
+            if obj.get("status") != want:
+                self.put({**obj, "status": want}, now)
+
+    def run(self, start: float, end: float, step: float = 0.1, **settle: float) -> None:
+        now = start
+        while now <= end + 1e-9:
+            self.settle(now, **settle)
+            self.carry_out(self.core.tick(now), now)
+            now = round(now + step, 6)
+
+    def children(self) -> list[str]:
+        return sorted(name for kind, name in self.objs if kind != "Schedule")
+
+    @property
+    def schedule(self) -> Obj:
+        return self.objs[("Schedule", "sched")]
+
+
+def start(obj: Obj, core: ScheduleCore | None = None) -> World:
+    world = World(core or ScheduleCore(started_at=T0))
+    world.put(obj, T0)
+    return world
+
+
+def test_every_2s_fires_once_per_period_with_names_labels_owner_and_status() -> None:
+    world = start(schedule_obj(historyLimit=10))
+    world.run(T0, T0 + 9)
+    assert world.created == [f"sched-{int(T0) + k}" for k in (2, 4, 6, 8)]
+    child = world.objs[("HelloWorldChaos", f"sched-{int(T0) + 2}")]
+    meta = child["metadata"]
+    assert meta["labels"] == {"managed-by": "sched"} and meta["namespace"] == "ns"
+    assert meta["ownerReferences"] == [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                                        "name": "sched", "uid": world.schedule["metadata"]["uid"],
+                                        "controller": True, "blockOwnerDeletion": True}]
+    assert child["spec"] == hello()
+    status = world.schedule["status"]
+    assert status["time"] == ch.rfc3339(T0 + 8)
+    assert [r["name"] for r in status["active"]] == world.children()
+
+
+def test_forbid_waits_for_the_running_child_and_never_overlaps() -> None:
+    world = start(schedule_obj(embedded=hello("3s"), historyLimit=10))
+    world.run(T0, T0 + 12)
+    # Each child runs 3 s (+0.2 s recovery): the fire at +4 waits for the first child and is made
+    # at +5.2 (catch-up, as Kubernetes CronJob), the one at +6 is overtaken by +8, and so on.
+    assert world.created == [f"sched-{int(T0) + k}" for k in (2, 4, 8, 10)]
+    assert world.overlaps == []
+    assert any(n.startswith("Forbid:") for n in world.notes)
+
+
+def test_allow_overlaps() -> None:
+    world = start(schedule_obj(embedded=hello("3s"), historyLimit=10, concurrencyPolicy="Allow"))
+    world.run(T0, T0 + 9)
+    assert len(world.created) == 4 and world.overlaps
+
+
+def test_history_limit_trims_oldest_finished_children() -> None:
+    world = start(schedule_obj(historyLimit=2))
+    world.run(T0, T0 + 13)
+    assert len(world.created) == 6
+    assert world.children() == world.created[-2:]
+    assert world.deleted == world.created[:4]
+
+
+def test_omitted_history_limit_keeps_three_not_zero() -> None:
+    world = start(schedule_obj())
+    world.run(T0, T0 + 13)
+    assert world.children() == world.created[-3:]
+
+
+def test_forbid_with_a_continuous_child_without_duration_runs_it_until_the_next_fire() -> None:
+    world = start(schedule_obj("@every 5s", embedded=hello(None)))
+    world.run(T0, T0 + 16, step=0.25, recovery_s=0.0)
+    assert world.created == [f"sched-{int(T0) + k}" for k in (5, 10, 15)]
+    assert world.objs[("HelloWorldChaos", world.created[0])]["spec"]["duration"] == "5s"
+
+
+def test_allow_leaves_a_duration_less_child_as_written() -> None:
+    world = start(schedule_obj("@every 5s", embedded=hello(None), concurrencyPolicy="Allow"))
+    world.run(T0, T0 + 6)
+    assert "duration" not in world.objs[("HelloWorldChaos", world.created[0])]["spec"]
+
+
+def test_a_long_outage_catches_up_one_run_only() -> None:
+    world = start(schedule_obj("* * * * * *"))  # every second
+    world.run(T0, T0 + 0.5)
+    world.run(T0 + 86_400, T0 + 86_400)  # a day of missed fires
+    assert world.created == [f"sched-{int(T0) + 86_400}"]
+
+
+def test_starting_deadline_skips_a_fire_that_is_too_late() -> None:
+    world = start(schedule_obj("@every 10s", startingDeadlineSeconds=3))
+    world.run(T0 + 15, T0 + 15)  # the fire at +10 is 5 s late
+    assert world.created == [] and any(n.startswith("MissSchedule:") for n in world.notes)
+    world.run(T0 + 21, T0 + 21)  # the fire at +20 is 1 s late
+    assert world.created == [f"sched-{int(T0) + 20}"]
+
+
+def test_pause_stops_fires_and_pauses_children_resume_unpauses_them() -> None:
+    world = start(schedule_obj("@every 2s", embedded=hello("10s"), concurrencyPolicy="Allow"))
+    world.run(T0, T0 + 2.5)
+    paused = copy.deepcopy(world.schedule)
+    paused["metadata"]["annotations"] = {PAUSE: "true"}
+    world.put(paused, T0 + 2.6)
+    assert world.objs[("HelloWorldChaos", world.created[0])]["metadata"]["annotations"][PAUSE] == "true"
+    world.run(T0 + 2.6, T0 + 9)
+    assert len(world.created) == 1
+    resumed = copy.deepcopy(world.schedule)
+    resumed["metadata"]["annotations"] = {PAUSE: "false"}
+    world.put(resumed, T0 + 9.1)
+    assert world.objs[("HelloWorldChaos", world.created[0])]["metadata"]["annotations"][PAUSE] == "false"
+    world.run(T0 + 9.1, T0 + 10.5)
+    assert len(world.created) == 3  # one catch-up fire (+8, late) then +10
+
+
+def test_deleting_the_schedule_deletes_its_children() -> None:
+    world = start(schedule_obj(embedded=hello("10s"), concurrencyPolicy="Allow"))
+    world.run(T0, T0 + 5)
+    assert len(world.children()) == 2
+    gone = world.objs.pop(("Schedule", "sched"))
+    world.feed("DELETED", gone, T0 + 5.1)
+    assert world.children() == []
+
+
+def test_a_restarted_core_resumes_from_status_and_children_without_firing_twice() -> None:
+    world = start(schedule_obj(historyLimit=10))
+    world.run(T0, T0 + 4.5)
+    fresh = ScheduleCore(started_at=T0 + 4.6)
+    world.core = fresh
+    for obj in list(world.objs.values()):  # the ordered replay of chaos.obj.>
+        world.feed("ADDED", obj, T0 + 4.6)
+    world.run(T0 + 4.6, T0 + 7)
+    assert world.created == [f"sched-{int(T0) + k}" for k in (2, 4, 6)]
+
+
+def test_a_restart_before_status_was_written_names_the_same_child() -> None:
+    world = start(schedule_obj(historyLimit=10))
+    core = world.core
+    out = core.tick(T0 + 2)
+    creates = [w for w in out.writes if w.op == "create"]
+    assert [w.name for w in creates] == [f"sched-{int(T0) + 2}"]
+    again = ScheduleCore(started_at=T0 + 2.5)
+    replayed = again.on_object(m.ObjectEvent(type="ADDED", kind="Schedule", namespace="ns", name="sched",
+                                             uid=world.schedule["metadata"]["uid"],
+                                             object=msgspec.Raw(msgspec.json.encode(world.schedule))), T0 + 2.5)
+    second = [w for w in replayed.writes + again.tick(T0 + 2.5).writes if w.op == "create"]
+    assert [(w.name, w.write_id) for w in second] == [(w.name, w.write_id) for w in creates]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"schedule": "61 * * * *"}, "spec.schedule: invalid cron expression"),
+    ({"historyLimit": 0}, "spec.historyLimit: must be at least 1"),
+    ({"concurrencyPolicy": "Replace"}, "spec.concurrencyPolicy: must be Forbid or Allow"),
+    ({"type": "PodChaos"}, "type is PodChaos, so only spec.podChaos may be set"),
+])
+def test_invalid_schedule_gets_a_status_condition_naming_the_field_and_never_fires(spec: Obj, message: str) -> None:
+    world = start(schedule_obj() | {"spec": {**schedule_obj()["spec"], **spec}})
+    world.run(T0, T0 + 5)
+    assert world.created == []
+    condition = world.schedule["status"]["conditions"][0]
+    assert condition["reason"] == "InvalidSpec" and message in condition["message"]
+
+
+def test_children_of_a_kind_not_executed_are_created_and_count_as_finished() -> None:
+    stress = {"mode": "all", "selector": {}, "stressors": {"cpu": {"workers": 1}}}
+    world = start(schedule_obj("@every 2s", kind="StressChaos", embedded=stress, historyLimit=1))
+    world.run(T0, T0 + 6.5)
+    assert len(world.created) == 3 and world.children() == world.created[-1:]
+
+
+def test_one_shot_child_finishes_when_injected() -> None:
+    kill = {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "web"}}}
+    world = start(schedule_obj("@every 2s", kind="PodChaos", embedded=kill))
+    world.run(T0, T0 + 6.5)  # settle() marks records Injected at once: each fire may go
+    assert len(world.created) == 3 and "duration" not in world.objs[("PodChaos", world.created[0])]["spec"]
+
+
+def test_orphans_of_an_unknown_schedule_are_deleted_after_a_grace() -> None:
+    world = start(schedule_obj(embedded=hello("100s")))
+    world.run(T0, T0 + 2.5)
+    orphan = world.objs[("HelloWorldChaos", world.created[0])]
+    core = ScheduleCore(started_at=T0 + 3)
+    world.core = core
+    world.feed("ADDED", orphan, T0 + 3)  # its Schedule was deleted while the scheduler was down
+    world.run(T0 + 20, T0 + 20)
+    assert world.children() == [orphan["metadata"]["name"]]
+    world.run(T0 + 34, T0 + 34)
+    assert world.children() == []
+
+
+def test_nothing_is_decided_before_the_replay_completes() -> None:
+    world = start(schedule_obj(embedded=hello("100s")))
+    world.run(T0, T0 + 2.5)
+    core = ScheduleCore(started_at=T0 + 5, ready=False)
+    world.core = core
+    world.feed("ADDED", world.schedule, T0 + 5)  # a fire is due (+4) but its running child is not replayed yet
+    world.run(T0 + 5, T0 + 5)
+    for (kind, _), obj in list(world.objs.items()):
+        if kind != "Schedule":
+            world.feed("ADDED", obj, T0 + 5.1)
+    core.ready = True
+    world.run(T0 + 5.2, T0 + 5.2)
+    assert len(world.created) == 1  # Forbid held: the replayed child is still running
