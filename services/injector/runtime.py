@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
-from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Observed, RuntimeCallError
+from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Breaker, Observed, RuntimeCallError
 from chaosbus.injector.backends.cri import CriClient
 from chaosbus.injector.backends.dockerapi import DockerClient
 
@@ -32,6 +32,8 @@ SOCKET_ENV = {
     "docker": ("CHAOSBUS_DOCKER_SOCKET", "/var/run/docker.sock"),
 }
 TIMEOUT_ENV = "CHAOSBUS_RUNTIME_TIMEOUT"
+# After a runtime timed out or was unavailable, calls to it fail at once for this long.
+BREAKER_COOLDOWN_S = 5.0
 
 # Runtime IDs are hex digests in practice; anything outside this set would be spliced into a URL
 # path or an RPC argument, so it is refused rather than escaped.
@@ -80,22 +82,22 @@ def config_from_env(containerd: str | None = None, crio: str | None = None, dock
 
 _lock = threading.Lock()
 _config: RuntimeConfig | None = None
-_clients: dict[str, CriClient | DockerClient] = {}
+_clients: dict[str, tuple[CriClient | DockerClient, Breaker]] = {}
 
 
 def configure(config: RuntimeConfig) -> None:
     """Use `config` from now on (the injector calls this once at start; tests per fake runtime)."""
     global _config
     with _lock:
-        for client in _clients.values():
-            if isinstance(client, CriClient):
-                client.close()
+        for adapter, _ in _clients.values():
+            if isinstance(adapter, CriClient):
+                adapter.close()
         _clients.clear()
         _config = config
 
 
-def client(scheme: str) -> CriClient | DockerClient:
-    """The (cached) adapter for a runtime scheme."""
+def client(scheme: str) -> tuple[CriClient | DockerClient, Breaker]:
+    """The (cached) adapter for a runtime scheme, and its breaker."""
     global _config
     with _lock:
         if _config is None:
@@ -103,9 +105,9 @@ def client(scheme: str) -> CriClient | DockerClient:
         found = _clients.get(scheme)
         if found is None:
             path = _config.sockets[scheme]
-            found = (CriClient(path, runtime=scheme, timeout=_config.timeout) if scheme in CRI_RUNTIMES
-                     else DockerClient(path, timeout=_config.timeout))
-            _clients[scheme] = found
+            adapter = (CriClient(path, runtime=scheme, timeout=_config.timeout) if scheme in CRI_RUNTIMES
+                       else DockerClient(path, timeout=_config.timeout))
+            found = _clients[scheme] = (adapter, Breaker(BREAKER_COOLDOWN_S))
         return found
 
 
@@ -136,9 +138,9 @@ def kill(handle: ContainerHandle) -> bool:
     scheme, _, ident = handle.container_id.partition("://")
     if scheme not in KNOWN_RUNTIMES or not _RUNTIME_ID.fullmatch(ident):
         raise UnsupportedRuntime(f"{handle.container_id!r} is not a container runtime id")
-    adapter = client(scheme)
+    adapter, breaker = client(scheme)
     try:
-        return adapter.stop(ident) if isinstance(adapter, CriClient) else adapter.kill(ident)
+        return breaker.call(lambda: adapter.stop(ident) if isinstance(adapter, CriClient) else adapter.kill(ident))
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
 
@@ -148,7 +150,8 @@ def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHan
         raise UnsupportedRuntime(f"container id {container_id!r}: the id after {scheme}:// must be letters, "
                                  "digits, '.', '_' or '-' (at most 128)")
     try:
-        seen: Observed | None = client(scheme).status(ident)
+        adapter, breaker = client(scheme)
+        seen: Observed | None = breaker.call(lambda: adapter.status(ident))
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
     if seen is None or not seen.running or seen.pid <= 1:

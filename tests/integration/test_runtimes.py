@@ -24,6 +24,7 @@ from chaosbus.common import messages as m
 from chaosbus.common.netns import netns_inode
 from chaosbus.injector import core, faults, runtime
 from chaosbus.injector.backends import criwire, procs
+from chaosbus.injector.backends.containers import Breaker, RuntimeCallError
 
 CID = "0123456789abcdef" * 4  # the shape of containerd, CRI-O and Docker ids
 
@@ -151,6 +152,47 @@ def test_a_silent_runtime_costs_one_timeout_and_is_retryable(sock_dir: Path, sch
             runtime.configure(runtime.config_from_env())
     assert err.value.retryable and str(path) in str(err.value)
     assert 0.4 <= took < 3.0, f"{scheme} call took {took:.2f}s against a 0.5 s deadline"
+
+
+def test_a_hung_runtime_costs_a_command_one_timeout_not_one_per_target(sock_dir: Path) -> None:
+    path = sock_dir / "silent.sock"
+    with silent_socket(path):
+        runtime.configure(runtime.RuntimeConfig(sockets={s: str(path) for s in runtime.KNOWN_RUNTIMES}, timeout=0.5))
+        try:
+            started = time.monotonic()
+            errors = []
+            for i in range(50):
+                with pytest.raises(runtime.UnsupportedRuntime) as err:
+                    runtime.resolve(f"containerd://{i:064x}")
+                errors.append(err.value)
+            took = time.monotonic() - started
+        finally:
+            runtime.configure(runtime.config_from_env())
+    assert all(e.retryable for e in errors)
+    assert "not asked again for" in str(errors[-1]) and "DEADLINE_EXCEEDED" in str(errors[-1])
+    print(f"\n50 targets on a hung runtime (0.5 s deadline): {took:.2f}s")
+    assert took < 2.0, f"50 targets on a hung runtime took {took:.2f}s (one 0.5 s deadline expected)"
+
+
+def test_the_breaker_reopens_after_its_cooldown_and_closes_on_success() -> None:
+    now = [0.0]
+    breaker = Breaker(5.0, clock=lambda: now[0])
+    calls = []
+
+    def hung() -> int:
+        calls.append("hung")
+        raise RuntimeCallError("timed out", retryable=True)
+
+    with pytest.raises(RuntimeCallError):
+        breaker.call(hung)
+    now[0] = 4.9
+    with pytest.raises(RuntimeCallError, match=r"timed out \(not asked again for 0.1s\)"):
+        breaker.call(lambda: 1)
+    now[0] = 5.0
+    assert breaker.call(lambda: 7) == 7 and calls == ["hung"]
+    with pytest.raises(RuntimeCallError, match="bad reply"):  # not retryable: does not open the breaker
+        breaker.call(lambda: (_ for _ in ()).throw(RuntimeCallError("bad reply")))
+    assert breaker.call(lambda: 8) == 8
 
 
 MALFORMED_CRI = {
