@@ -201,6 +201,33 @@ class Bus:
                 caught_up.set()
 
 
+    async def last_messages(self, stream: subjects.Stream, filter_subject: str, kind: type[M]) -> list[M]:
+        """The last message of every subject matching `filter_subject` now (undecodable ones left
+        out, logged), read once: what a restarted reader compares the world with.
+        """
+        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+
+        async def _cb(msg: Msg) -> None:
+            await queue.put(msg)
+            if msg.metadata.num_pending == 0:
+                await queue.put(None)
+
+        sub = await self.js.subscribe(filter_subject, stream=stream.name, cb=_cb, ordered_consumer=True,
+                                      deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        out: list[M] = []
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and (info.delivered.stream_seq if info.delivered else 0) == 0:
+                return out
+            while (msg := await queue.get()) is not None:
+                decoded = _decode_or_log(msg, kind)
+                if decoded is not None:
+                    out.append(decoded)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out
+
     async def follow_kv(self, bucket: str, keys: str = ">") -> AsyncIterator[KvEntry | None]:
         """The current value of every key, then each change, forever; None once the snapshot is
         complete. Like nats-py's `watchall`, but with a short heartbeat so that it resumes within

@@ -128,3 +128,15 @@ def _event(kind_of_change: str, obj: Obj, revision: int) -> tuple[str, m.ObjectE
     )
     subject = subjects.object_subject(event.kind, event.namespace, event.name)
     return subject, event, f"{uid}.{revision}.{kind_of_change}"
+
+
+def stale_deletion(last: m.ObjectEvent) -> tuple[str, m.ObjectEvent, str]:
+    """The DELETED event for an object whose last event said it exists, found gone on relist."""
+    obj = msgspec.json.decode(last.object)
+    if not isinstance(obj, dict):
+        obj = {"kind": last.kind, "metadata": {"namespace": last.namespace, "name": last.name, "uid": last.uid}}
+    try:
+        revision = int(last.resource_version or 0)
+    except ValueError:
+        revision = 0
+    return _event("DELETED", obj, revision)

@@ -25,9 +25,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import bus as busmod
 from chaosbus.common import kubeclient, service, subjects
 from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
-from chaosbus.watcher.core import WatcherCore
+from chaosbus.watcher.core import Outputs, WatcherCore, stale_deletion
 from chaosbus.watcher.metrics import WatcherMetrics
 from chaosbus.watcher.reflect import Reflector, Scope, ScopedCore
 
@@ -79,13 +80,13 @@ class KubeWatcher:
                  on_output: Callable[[Any], Awaitable[None]], metrics: WatcherMetrics) -> None:
         self.api, self.scope, self.core, self.on_output, self.metrics = api, scope, core, on_output, metrics
         self.synced: dict[str, asyncio.Event] = {}
-        self._lock = asyncio.Lock()  # the core is shared by every resource loop
+        self.lock = asyncio.Lock()  # the core is shared by every resource loop
 
     async def run(self) -> None:
         await service.run_forever(*(self.reflect(res) for res in resources()))
 
     async def _feed(self, changes: list[Any]) -> None:
-        async with self._lock:
+        async with self.lock:
             for change in changes:
                 await self.on_output(self.core.apply(change))
 
@@ -184,7 +185,7 @@ async def main(args: argparse.Namespace) -> None:
             log.info("watcher ready (Kubernetes API)", nats=args.nats, metrics_port=port,
                      cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
                      filter_namespaces=scope.enable_filter_namespace)
-            await service.run_forever(watcher.run(), prune_targets(watcher, bus))
+            await service.run_forever(watcher.run(), prune_targets(watcher, bus), prune_objects(watcher, bus, metrics))
 
 
 async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:
@@ -202,6 +203,25 @@ async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:
         if key not in live:
             await targets.delete(key)
             log.info("pruned stale target", key=key)
+
+
+async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherMetrics) -> None:
+    """Once every chaos kind is listed, publish DELETED for objects whose last event says they
+    exist but which vanished while no watcher ran (a Schedule or an object without our finalizer
+    can): otherwise the scheduler would go on acting for them.
+    """
+    for kind in WATCHED_KINDS:
+        await watcher.synced.setdefault(kind, asyncio.Event()).wait()
+    last = await bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent)
+    async with watcher.lock:  # the reflectors may be feeding the core right now
+        live = set(watcher.core.core.seen)
+        gone = [e for e in last if e.type != "DELETED"
+                and subjects.object_key(e.kind, e.namespace, e.name) not in live]
+        out = Outputs(events=[stale_deletion(e) for e in gone])
+        await emit(bus, await bus.kv(subjects.TARGETS.name), out, metrics)
+    for e in gone:
+        log.info("object vanished while no watcher ran: deletion published", kind=e.kind,
+                 namespace=e.namespace, name=e.name)
 
 
 def _target_key(obj: dict[str, Any]) -> str:

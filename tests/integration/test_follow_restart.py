@@ -98,3 +98,13 @@ async def test_follow_kv_of_an_empty_bucket_reports_the_snapshot_at_once(bus: bu
     entry = await asyncio.wait_for(follower.__anext__(), 5)
     assert entry is not None and (entry.key, entry.value, entry.deleted) == ("10_0_0_1", b"ns/p", False)
     await follower.aclose()  # type: ignore[attr-defined]
+
+
+async def test_last_messages_reads_the_last_event_per_subject_once(bus: busmod.Bus) -> None:
+    assert await asyncio.wait_for(bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent), 5) == []
+    for i, name in enumerate(["a", "b", "a"]):
+        ev = m.ObjectEvent(type="MODIFIED" if i == 2 else "ADDED", kind="PodChaos", namespace="ns", name=name,
+                           uid=name)
+        await bus.publish(subjects.object_subject("PodChaos", "ns", name), ev, msg_id=f"{name}{i}")
+    last = await asyncio.wait_for(bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent), 5)
+    assert sorted((e.name, e.type) for e in last) == [("a", "MODIFIED"), ("b", "ADDED")]

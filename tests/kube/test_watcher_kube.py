@@ -57,7 +57,8 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None) -> AsyncIterator[Running]:
+async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None, *,
+                   prune: bool = False) -> AsyncIterator[Running]:
     run = Running(bus)
 
     async def on_msg(msg: Any) -> None:
@@ -70,7 +71,8 @@ async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None) -
     scope = scope or Scope(cluster_scoped=False, target_namespace=kube.namespace)
     watcher = wkube.KubeWatcher(api, scope, ScopedCore(WatcherCore(), scope),
                                 lambda out: emit(bus, targets, out, metrics), metrics)
-    task = asyncio.ensure_future(watcher.run())
+    loops = [watcher.run(), wkube.prune_objects(watcher, bus, metrics)] if prune else [watcher.run()]
+    task = asyncio.ensure_future(asyncio.gather(*loops))
     try:
         yield run
     finally:
@@ -95,6 +97,21 @@ async def test_chaos_objects_become_object_events(kube: KubeEnv, bus: busmod.Bus
         "PodChaos", kube.namespace, created["metadata"]["uid"], 1, created["metadata"]["resourceVersion"])
     assert msgspec.json.decode(event.object)["spec"] == created["spec"]
     assert run.seen().count(("ADDED", "before")) == 1
+
+
+async def test_an_object_deleted_while_no_watcher_ran_gets_its_deletion(kube: KubeEnv, bus: busmod.Bus) -> None:
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/podchaos"
+    kube.client.create(path, chaos("stays", kube.namespace))
+    kube.client.create(path, chaos("vanishes", kube.namespace))
+    async with watching(kube, bus, prune=True) as run:
+        await run.until(lambda: {("ADDED", "stays"), ("ADDED", "vanishes")} <= set(run.seen()))
+    kube.client.delete(f"{path}/vanishes")  # no finalizer here (no recorder): gone at once
+    async with watching(kube, bus, prune=True) as run:
+        await run.until(lambda: ("DELETED", "vanishes") in run.seen())
+        await asyncio.sleep(0.5)
+    assert ("DELETED", "stays") not in run.seen()
+    last = await bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent)
+    assert sorted((e.name, e.type) for e in last) == [("stays", "ADDED"), ("vanishes", "DELETED")]
 
 
 async def test_pods_are_projected_as_in_local_mode(kube: KubeEnv, bus: busmod.Bus) -> None:
