@@ -230,8 +230,7 @@ async def main(args: argparse.Namespace) -> None:
         executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image)),
                                resolve=cluster.resolve_pod_only)
     else:
-        runtime.configure(runtime.config_from_env(args.containerd_socket, args.crio_socket, args.docker_socket,
-                                                  args.runtime_timeout))
+        runtime.configure(runtime_config(args))
         executor = ex.Executor(journal, name)
     node = Node(journal, executor, lease_ttl=args.lease_seconds)
     edge = Edge(node, name, metrics)
@@ -255,6 +254,11 @@ async def main(args: argparse.Namespace) -> None:
         journal.close()
         if api is not None:
             await api.close()
+
+
+def runtime_config(args: argparse.Namespace) -> runtime.RuntimeConfig:
+    """The container runtime sockets and deadline from the flags, else the environment."""
+    return runtime.config_from_env(args.containerd_socket, args.crio_socket, args.docker_socket, args.runtime_timeout)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

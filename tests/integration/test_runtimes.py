@@ -7,6 +7,7 @@ per-target errors, never crashes.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -22,7 +23,7 @@ from fakecri import FakeCri, FakeDocker, runtimes
 
 from chaosbus.common import messages as m
 from chaosbus.common.netns import netns_inode
-from chaosbus.injector import core, faults, runtime
+from chaosbus.injector import app, core, faults, runtime
 from chaosbus.injector.backends import criwire, procs
 from chaosbus.injector.backends.containers import Breaker, RuntimeCallError
 
@@ -263,6 +264,18 @@ def test_sockets_come_from_flags_then_environment_then_defaults(monkeypatch: pyt
     assert runtime.config_from_env().sockets["cri-o"] == "/var/run/crio/crio.sock"
     with pytest.raises(ValueError, match="runtime timeout must be > 0"):
         runtime.config_from_env(timeout=0)
+
+
+def test_injector_flags_pick_the_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_DOCKER_SOCKET", "/env/docker.sock")
+    parser = argparse.ArgumentParser()
+    app.add_arguments(parser)
+    args = parser.parse_args(["--containerd-socket", "/run/k3s/containerd/containerd.sock",
+                              "--crio-socket", "/host/crio.sock", "--runtime-timeout", "1.5"])
+    cfg = app.runtime_config(args)
+    assert cfg.sockets == {"containerd": "/run/k3s/containerd/containerd.sock", "cri-o": "/host/crio.sock",
+                           "docker": "/env/docker.sock"}
+    assert cfg.timeout == 1.5
 
 
 def test_fakes_leave_no_process_behind(sock_dir: Path) -> None:
