@@ -147,3 +147,65 @@ def test_partition_applied_recorded_and_recovered_through_the_api(
     kube.client.wait_for(lambda: kube.client.get(path) is None, timeout=20, what="finalizer removed")
     assert connects(pods[0], pods[1]) and connects(pods[1], pods[0])  # recovered before the object went
     kube.client.wait_for(lambda: {"Deleted", "Recovered"} <= set(reasons()), what="Events")
+
+
+SCHEDULE = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: Schedule
+metadata:
+  name: cut-every-2s
+spec:
+  schedule: "@every 2s"
+  type: NetworkChaos
+  historyLimit: 2
+  concurrencyPolicy: Forbid
+  networkChaos:
+    action: partition
+    mode: all
+    duration: 1s
+    selector:
+      labelSelectors: {index: "0"}
+    direction: to
+    target:
+      mode: all
+      selector:
+        labelSelectors: {index: "2"}
+"""
+
+
+def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes_them(
+        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    kube, _, pods = system
+    base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
+    kube.client.apply_yaml(SCHEDULE, kube.namespace)
+    schedule = kube.client.get(f"{base}/schedules/cut-every-2s")
+    assert schedule is not None
+
+    def children() -> list[dict[str, Any]]:
+        items = kube.client.request("GET", f"{base}/networkchaos",
+                                    query={"labelSelector": "managed-by=cut-every-2s"})["items"]
+        return list(items)
+
+    seen: set[str] = set()
+
+    def two_fired() -> bool:
+        seen.update(c["metadata"]["name"] for c in children())
+        return len(seen) >= 2
+
+    kube.client.wait_for(two_fired, timeout=20, what="two children")
+    child = children()[0]
+    assert child["metadata"]["ownerReferences"] == [{
+        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "name": "cut-every-2s",
+        "uid": schedule["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    assert child["spec"]["duration"] == "1s" and child["metadata"]["name"].startswith("cut-every-2s-")
+    kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=10, what="a child's partition in the kernel")
+
+    def status() -> dict[str, Any]:
+        return (kube.client.get(f"{base}/schedules/cut-every-2s") or {}).get("status") or {}
+
+    kube.client.wait_for(lambda: status().get("time") and status().get("active"), what="Schedule status")
+    assert {r["name"] for r in status()["active"]} <= seen
+
+    kube.client.delete(f"{base}/schedules/cut-every-2s")
+    kube.client.wait_for(lambda: children() == [], timeout=20, what="children deleted")
+    kube.client.wait_for(lambda: connects(pods[0], pods[2]), timeout=10, what="no fault left")
