@@ -348,6 +348,7 @@ class LeaderLease(Message, kw_only=True, frozen=True):
     holder: str
     renewed_at: float
     ttl_s: float
+    session: str = ""  # per process: tells a restarted holder from a twin running with the same id
 
 
 # --- direct triggers over NATS (request/reply, chaos.trigger.*) -------------------------------

@@ -210,7 +210,8 @@ async def main(args: argparse.Namespace) -> None:
 async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionConfig, *, instance: str,
                 leader_ttl: float = LEADER_TTL_S, metrics_port: int = 0, cluster_injector: bool = False) -> None:
     """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
-    election = Election(await bus.kv(subjects.SCHEDULER.name), Leadership(holder=instance, ttl_s=leader_ttl))
+    lead = Leadership(holder=instance, ttl_s=leader_ttl, session=uuid.uuid4().hex)
+    election = Election(await bus.kv(subjects.SCHEDULER.name), lead)
     await election.acquire()
     sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics)
     ready = asyncio.Event()

@@ -23,10 +23,12 @@ Step = Literal["create", "renew", "take", "wait"]
 class Leadership:
     holder: str
     ttl_s: float = 10.0
+    session: str = ""
     leader: bool = False
     renewed_at: float = 0.0  # when the last successful compare-and-set was started (local clock)
     seen_revision: int | None = None
     seen_at: float = 0.0
+    twin_seen: bool = False
 
     @property
     def renew_every(self) -> float:
@@ -36,8 +38,12 @@ class Leadership:
         """What to do with the lease as just read (`None`: no key, or a deleted one)."""
         if current is None or revision is None:
             return "create"
-        if current.holder == self.holder:  # ours, or ours from before a restart with the same id
-            return "renew"
+        if current.holder == self.holder:
+            if self.leader and current.session != self.session:
+                # Another process renewed under our id (a twin: ids must be unique); yield to it.
+                self.leader, self.twin_seen = False, True
+                return "wait"
+            return "renew"  # ours, or ours from before a restart with the same id: taken back at once
         if self.leader:  # someone else holds it: whatever happened, this instance is not the leader
             self.leader = False
             return "wait"
@@ -47,7 +53,7 @@ class Leadership:
         return "take" if now - self.seen_at >= current.ttl_s else "wait"
 
     def record(self, now: float) -> m.LeaderLease:
-        return m.LeaderLease(holder=self.holder, renewed_at=now, ttl_s=self.ttl_s)
+        return m.LeaderLease(holder=self.holder, renewed_at=now, ttl_s=self.ttl_s, session=self.session)
 
     def won(self, started_at: float) -> None:
         """The compare-and-set started at `started_at` succeeded."""

@@ -87,3 +87,15 @@ def test_takeover_scenario_within_15_seconds_of_the_leaders_last_renewal() -> No
 
 def test_renewal_cadence_is_a_third_of_ttl() -> None:
     assert Leadership("a", 9.0).renew_every == 3.0
+
+
+def test_a_twin_with_the_same_id_makes_the_leader_yield() -> None:
+    a = Leadership("a", TTL, session="s1")
+    a.won(100.0)
+    twin = m.LeaderLease(holder="a", renewed_at=101.0, ttl_s=TTL, session="s2")
+    assert a.step(twin, 8, 101.0) == "wait" and a.twin_seen and not a.acting(101.0)
+
+
+def test_a_restarted_holder_takes_its_lease_back_at_once() -> None:
+    before_kill = m.LeaderLease(holder="a", renewed_at=90.0, ttl_s=TTL, session="old")
+    assert Leadership("a", TTL, session="new").step(before_kill, 8, 95.0) == "renew"
