@@ -30,7 +30,7 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
-from chaosbus.recorder import core
+from chaosbus.recorder import core, writes
 from chaosbus.recorder import events as kevents
 from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
@@ -185,13 +185,23 @@ class EventWriter:
 
 
 class KubeRecorder(Recorder):
-    """The local Recorder, plus a Kubernetes Event for every change worth telling, and the
-    NotSupported mark for kinds chaosbus accepts but does not execute (no finalizer: nothing to
-    recover)."""
+    """The local Recorder, plus a Kubernetes Event for every change worth telling (and `Spawned` on
+    the Schedule that a new child comes from, as Chaos Mesh)."""
 
     def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
         super().__init__(store, metrics, max_events=max_events)
         self.events = events
+
+    async def _carry_out(self, w: m.ObjectWrite) -> str:
+        outcome = await super()._carry_out(w)
+        if outcome == "created" and w.reason == "Spawned":
+            child = writes.wanted_object(w)
+            for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+                owner = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
+                         "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")}}
+                await self.events.write(owner, kevents.KubeEvent(kevents.NORMAL, "Spawned",
+                                                                 f"Create new object: {w.name}"))
+        return outcome
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         writes: list[tuple[Obj, Obj]] = []

@@ -79,6 +79,7 @@ class Scheduler:
         """Objects this scheduler decided (children, orchestration status): the recorder writes them."""
         for w in writes:
             await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
+            self.metrics.object_writes.labels(w.op, w.reason).inc()
             log.info("object write sent", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
 
     async def publish_schedules(self, out: sch.Outputs) -> None:

@@ -21,5 +21,8 @@ class SchedulerMetrics:
         self.memory_writes = Counter("chaosbus_scheduler_memory_writes_total",
                                      "Experiment memories written to (or purged from) KV scheduler",
                                      registry=self.registry)
+        self.object_writes = Counter("chaosbus_scheduler_object_writes_total",
+                                     "ObjectWrites sent (Schedule children, orchestration status) by op and reason",
+                                     ["op", "reason"], registry=self.registry)
         self.leader = Gauge("chaosbus_scheduler_leader", "1 while this instance holds the leader lease",
                             registry=self.registry)

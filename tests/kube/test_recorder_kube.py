@@ -195,10 +195,14 @@ async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
              "controller": True, "blockOwnerDeletion": True}
     wanted = partition("s-1") | {"metadata": {"name": "s-1", "labels": {"managed-by": "s"},
                                               "ownerReferences": [owner]}}
-    await recorder.on_write(write("create", "s-1", wanted, namespace=ns))
+    await recorder.on_write(write("create", "s-1", wanted, namespace=ns, reason="Spawned"))
     created = kube.client.get(f"{path}/s-1")
     assert created is not None and created["metadata"]["ownerReferences"] == [owner]
-    await recorder.on_write(write("create", "s-1", wanted, namespace=ns))  # 409 from the API: already there
+    await recorder.on_write(write("create", "s-1", wanted, namespace=ns, reason="Spawned"))  # 409: already there
+    spawned = kube.client.request("GET", f"/api/v1/namespaces/{ns}/events", query={
+        "fieldSelector": "involvedObject.kind=Schedule,involvedObject.name=s"})["items"]
+    assert [(e["reason"], e["message"], e["involvedObject"]["uid"]) for e in spawned] == [
+        ("Spawned", "Create new object: s-1", "sched-uid")]  # once: the redelivered create spawned nothing
     uid = created["metadata"]["uid"]
     assert kube.client.get(f"{path}/s-1")["metadata"]["uid"] == uid  # type: ignore[index]
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chaosbus.common import messages as m
 from chaosbus.recorder.writes import merge_patch
@@ -309,3 +311,24 @@ def test_nothing_is_decided_before_the_replay_completes() -> None:
     core.ready = True
     world.run(T0 + 5.2, T0 + 5.2)
     assert len(world.created) == 1  # Forbid held: the replayed child is still running
+
+
+@settings(max_examples=40, deadline=None)
+@given(period=st.integers(1, 5), duration=st.integers(1, 8), step=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
+       history=st.integers(1, 4), allow=st.booleans())
+def test_any_timetable_fires_each_time_at_most_once_and_forbid_never_overlaps(
+        period: int, duration: int, step: float, history: int, allow: bool) -> None:
+    world = start(schedule_obj(f"@every {period}s", embedded=hello(f"{duration}s"), historyLimit=history,
+                               concurrencyPolicy="Allow" if allow else "Forbid"))
+    world.run(T0, T0 + 20, step=step)
+    fires = [int(n.rsplit("-", 1)[1]) - int(T0) for n in world.created]
+    assert len(fires) == len(set(fires)) and fires == sorted(fires)
+    assert all(f % period == 0 and 0 < f <= 20 for f in fires)
+    if allow:
+        assert len(fires) == 20 // period  # every fire, none missed
+    else:
+        assert world.overlaps == []
+        assert len(fires) >= min(20 // period, int(20 // (duration + 0.2 + step + period)))
+    running = [n for n in world.children() if (world.objs[("HelloWorldChaos", n)].get("status") or {})
+               .get("experiment", {}).get("desiredPhase") == "Run"]
+    assert len(world.children()) <= history + len(running)
