@@ -18,6 +18,7 @@ import time
 import uuid
 
 import msgspec
+import nats.errors
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import config as cbconfig
@@ -99,10 +100,18 @@ class Scheduler:
         kv = await self.bus.kv(subjects.SCHEDULER.name)
         for uid, mem in self.core.take_changes():
             key = subjects.memory_key(uid)
-            if mem is None:
-                await kv.purge(key)  # purge, not delete: no tombstone left per finished experiment
-            else:
-                await kv.put(key, busmod.encode(mem))
+            try:
+                if mem is None:
+                    await kv.purge(key)  # purge, not delete: no tombstone left per finished experiment
+                else:
+                    await kv.put(key, busmod.encode(mem))
+            except nats.errors.MaxPayloadError as e:  # several thousand targets: status stays the fallback
+                self.metrics.errors.labels("memory_too_large").inc()
+                log.error("experiment memory larger than NATS max_payload: not kept", experiment=uid, error=str(e))
+                continue
+            except Exception:
+                self.core.unsaved(uid)  # written again with the next change or retry
+                raise
             self.metrics.memory_writes.inc()
 
     async def load_memory(self) -> int:

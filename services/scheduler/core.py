@@ -76,6 +76,11 @@ class SchedulerCore:
                 self._dirty.add(uid)
         self.stored.clear()
 
+    def unsaved(self, uid: str) -> None:
+        """A write of `take_changes` failed: it is due again."""
+        self._saved.pop(uid, None)
+        self._dirty.add(uid)
+
     def take_changes(self) -> list[tuple[str, m.ExperimentMemory | None]]:
         """Memories to write since the last call (None: delete), only those that really changed."""
         out: list[tuple[str, m.ExperimentMemory | None]] = []

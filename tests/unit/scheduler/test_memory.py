@@ -148,3 +148,10 @@ def test_wire_encoding_round_trips_and_omits_defaults() -> None:
     doc = msgspec.json.decode(raw)
     assert doc["targets"][0]["inflight"] == "apply" and "attempts" not in doc["targets"][0]
     assert "selection_error" not in doc and doc["created_at"] == T0
+
+
+def test_a_failed_write_is_due_again() -> None:
+    core, _ = started(chaos(spec=TIMED))
+    [mem] = written(core).values()
+    core.unsaved(UID)
+    assert written(core) == {UID: mem}
