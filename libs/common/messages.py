@@ -162,7 +162,17 @@ class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld
+class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
+    """A Workflow Task step run on a node: `argv` executed directly (no shell), its exit code and
+    the first `max_stdout` bytes of its stdout returned in the result.
+    """
+
+    argv: list[str] = []
+    timeout_s: float = 60.0
+    max_stdout: int = 4096
+
+
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task
 
 
 # --- scheduler -> injector: one batched command per node --------------------------------------
@@ -203,6 +213,8 @@ class TargetResult(Message, kw_only=True, frozen=True):
     message: str = ""
     retryable: bool = True
     at: float = 0.0
+    exit_code: int | None = None  # a task's exit code (faults that run a command)
+    stdout: str = ""  # a task's stdout, capped
 
 
 class ResultBatch(Message, kw_only=True, frozen=True):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import msgspec
+
 from chaosbus.common import messages as m
 from chaosbus.injector import faults, runtime
 
@@ -61,6 +63,9 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
         return result(action, False, e.message, retryable=e.retryable)
     except Exception as e:  # a fault bug is reported on the target, never crashes the node
         return result(action, False, f"{type(e).__name__}: {e}", retryable=True)
+    if isinstance(message, faults.CommandOutput):
+        return msgspec.structs.replace(result(action, True, message.message), exit_code=message.exit_code,
+                                       stdout=message.stdout)
     return result(action, True, message)
 
 

@@ -70,8 +70,8 @@ class Recorder:
                                                    object=msgspec.Raw(msgspec.json.encode(obj))))
 
     async def on_results(self, batch: m.ResultBatch) -> None:
-        if batch.command_id in self.seen_commands:
-            return
+        if batch.command_id in self.seen_commands or batch.kind in ORCHESTRATED:
+            return  # a Task's result: the scheduler folds it into the WorkflowNode's status
         now = now_rfc3339()
         for r in batch.results:
             self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()

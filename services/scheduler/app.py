@@ -50,7 +50,7 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self.replayed = asyncio.Event()
-        self.flows = Flows(self.publish_writes)  # Workflows and StatusChecks
+        self.flows = Flows(self.publish_writes, self.send_command, self.task_node)  # Workflows and StatusChecks
         self.schedules = sch.ScheduleCore(started_at=time.time(), ready=False)  # ready once replayed
 
     async def publish(self, out: Outputs) -> None:
@@ -95,6 +95,16 @@ class Scheduler:
 
     async def on_results(self, batch: m.ResultBatch) -> None:
         await self.publish(self.core.on_results(batch, time.time()))
+        await self.flows.on_results(batch)
+
+    async def send_command(self, command: m.NodeCommand) -> None:
+        await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id)
+        self.metrics.commands.labels(command.kind).inc()
+
+    def task_node(self) -> str | None:
+        """Where a Workflow Task runs in local mode: the first node with an injector."""
+        nodes = self.core.known_nodes()
+        return nodes[0] if nodes else None
 
     async def save_memory(self) -> None:
         kv = await self.bus.kv(subjects.SCHEDULER.name)

@@ -280,6 +280,9 @@ class SchedulerCore:
         end = ph.stop_time(exp.created_at, exp.duration())
         return [self._command(exp, node, actions, now, end) for node, actions in sorted(by_node.items())]
 
+    def known_nodes(self) -> list[str]:
+        return self._all_nodes()
+
     def _all_nodes(self) -> list[str]:
         """Where to send a recover whose pod (and so node) is no longer known: every node. Each
         injector finds the target gone or recovers it; recover is idempotent.

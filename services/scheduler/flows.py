@@ -16,10 +16,11 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.scheduler import probe as probemod
 from chaosbus.scheduler.orchestrator import Orchestrator, Outputs, ProbeRequest
-from chaosbus.scheduler.workflow import Write
+from chaosbus.scheduler.workflow import TaskRun, Write
 
 log = cblog.get("scheduler")
 Publish = Callable[[list[m.ObjectWrite]], Awaitable[None]]
+SendCommand = Callable[[m.NodeCommand], Awaitable[None]]
 
 
 def to_message(w: Write, now: float) -> m.ObjectWrite:
@@ -29,9 +30,20 @@ def to_message(w: Write, now: float) -> m.ObjectWrite:
                          annotations=w.annotations, reason=w.reason, at=now)
 
 
+def task_command(run: TaskRun, node: str, now: float) -> m.NodeCommand:
+    """A Task's command for one node's injector; the node's uid stands for the experiment."""
+    action = m.TargetAction(target_id=f"{run.namespace}/{run.node}", op="apply",
+                            fault=m.Task(argv=list(run.argv), timeout_s=run.timeout_s))
+    return m.NodeCommand(command_id=f"{run.uid}.task.{uuid.uuid4().hex[:12]}", experiment_uid=run.uid, generation=1,
+                         kind="WorkflowNode", namespace=run.namespace, name=run.node, node=node, issued_at=now,
+                         actions=[action])
+
+
 class Flows:
-    def __init__(self, publish: Publish, orch: Orchestrator | None = None) -> None:
+    def __init__(self, publish: Publish, send: SendCommand | None = None,
+                 task_node: Callable[[], str | None] | None = None, orch: Orchestrator | None = None) -> None:
         self.publish, self.orch = publish, orch or Orchestrator()
+        self.send, self.task_node = send, task_node
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # writes leave in the order the orchestrator decided them
         self._probes: set[asyncio.Task[None]] = set()
@@ -42,7 +54,26 @@ class Flows:
         if out.writes:
             now = time.time()
             await self.publish([to_message(w, now) for w in out.writes])
+        for run in out.tasks:
+            await self._send_task(run)
         self._wake.set()
+
+    async def _send_task(self, run: TaskRun) -> None:
+        node = self.task_node() if self.task_node else None
+        if node is None or self.send is None:
+            # No injector known yet: forget the send so the next tick asks again.
+            self.orch.tasks_sent.discard(("WorkflowNode", run.namespace, run.node))
+            log.warning("task waits for a node to run on", node=run.node, namespace=run.namespace)
+            return
+        await self.send(task_command(run, node, time.time()))
+        log.info("task sent", workflow_node=run.node, namespace=run.namespace, node=node, argv=list(run.argv))
+
+    async def on_results(self, batch: m.ResultBatch) -> None:
+        if batch.kind != "WorkflowNode":
+            return
+        async with self._lock:
+            for r in batch.results:
+                await self.emit(self.orch.on_task_result(batch.namespace, batch.name, r, time.time()))
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         async with self._lock:

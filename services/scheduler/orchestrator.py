@@ -38,10 +38,12 @@ class ProbeRequest:
 class Outputs:
     writes: list[wf.Write] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    tasks: list[wf.TaskRun] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         self.writes += other.writes
         self.errors += other.errors
+        self.tasks += other.tasks
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -72,6 +74,7 @@ class Orchestrator:
         self.checks: dict[Key, sc.CheckState] = {}
         self.probing: set[Key] = set()
         self.wakeups: dict[Key, float] = {}  # workflow -> when to look again
+        self.tasks_sent: set[Key] = set()  # Task nodes whose command was sent (by this instance)
         self.ready = False  # set once the replay of existing objects is complete
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ class Orchestrator:
         if event.kind == "StatusCheck" and not gone:
             out.errors += self._track_check(key, obj)
         if self.ready and not gone:
-            out.writes += self._reconcile_for(key, now)
+            out.extend(self._reconcile_for(key, now))
         return out
 
     def start(self, now: float) -> Outputs:
@@ -109,7 +112,7 @@ class Orchestrator:
             if sc.tick(state, now):
                 out.writes.append(self._check_status(key, state))
         for key in [k for k in self._keys("Workflow") if everything or self.wakeups.get(k, now + 1) <= now]:
-            out.writes += self._reconcile(key, now)
+            out.extend(self._reconcile(key, now))
         return out
 
     def due_probes(self, now: float) -> list[ProbeRequest]:
@@ -132,7 +135,27 @@ class Orchestrator:
             return out
         sc.fold(state, req.started_at, ok, now)
         out.writes.append(self._check_status(req.key, state))
-        out.writes += self._reconcile_for(req.key, now)
+        out.extend(self._reconcile_for(req.key, now))
+        return out
+
+    def on_task_result(self, namespace: str, node: str, result: m.TargetResult, now: float) -> Outputs:
+        """A Task's command finished (or could not run): its result goes into the node's status as
+        Chaos Mesh's `conditionalBranchesStatus.context`, then the workflow moves on.
+        """
+        key = ("WorkflowNode", namespace, node)
+        current = self._effective(key)
+        if current is None or ((current.get("status") or {}).get("conditionalBranchesStatus") or {}).get("context"):
+            return Outputs()
+        found: dict[str, Any] = {"exitCode": result.exit_code if result.exit_code is not None else -1,
+                                 "stdout": result.stdout}
+        if not result.ok:
+            found["error"] = result.message
+        patch = {"conditionalBranchesStatus": {"context": [msgspec.json.encode(found).decode()]}}
+        write = wf.Write("status", "WorkflowNode", namespace, node, uid=current["metadata"].get("uid", ""),
+                         body=patch, reason="TaskFinished")
+        self._remember(write)
+        out = Outputs(writes=[write])
+        out.extend(self._reconcile_for(key, now))
         return out
 
     def next_wakeup(self) -> float | None:
@@ -165,19 +188,19 @@ class Orchestrator:
 
     # --- Workflows ------------------------------------------------------------------------------
 
-    def _reconcile_for(self, key: Key, now: float) -> list[wf.Write]:
+    def _reconcile_for(self, key: Key, now: float) -> Outputs:
         """Reconcile the workflow an object belongs to (itself, or by its workflow label)."""
         if key[0] == "Workflow":
             return self._reconcile(key, now)
         obj = self._effective(key)
         name = ((obj or {}).get("metadata") or {}).get("labels", {}).get(wf.LABEL_WORKFLOW)
-        return self._reconcile(("Workflow", key[1], name), now) if name else []
+        return self._reconcile(("Workflow", key[1], name), now) if name else Outputs()
 
-    def _reconcile(self, key: Key, now: float) -> list[wf.Write]:
+    def _reconcile(self, key: Key, now: float) -> Outputs:
         workflow = self._effective(key)
         if workflow is None or (workflow.get("metadata") or {}).get("deletionTimestamp"):
             self.wakeups.pop(key, None)
-            return []
+            return Outputs()
         step = wf.reconcile(self._view(key, workflow), now)
         for w in step.writes:
             self._remember(w)
@@ -185,7 +208,9 @@ class Orchestrator:
             self.wakeups.pop(key, None)
         else:
             self.wakeups[key] = step.wakeup
-        return step.writes
+        tasks = [t for t in step.tasks if ("WorkflowNode", t.namespace, t.node) not in self.tasks_sent]
+        self.tasks_sent.update(("WorkflowNode", t.namespace, t.node) for t in tasks)
+        return Outputs(writes=step.writes, tasks=tasks)
 
     def _teardown(self, key: Key) -> list[wf.Write]:
         writes = wf.teardown(self._view(key, {}))
@@ -238,6 +263,7 @@ class Orchestrator:
         for table in (self.seen, self.created, self.patched, self.annotated, self.checks, self.wakeups):
             table.pop(key, None)
         self.deleted.discard(key)
+        self.tasks_sent.discard(key)
 
     def _keys(self, kind: str) -> list[Key]:
         return sorted({k for k in list(self.seen) + list(self.created) if k[0] == kind})

@@ -15,6 +15,7 @@ from chaosbus.common.crd import ACCEPTED, CHAOS_KINDS, InvalidObject, decode_any
 from chaosbus.common.crd.objects import API_VERSION
 from chaosbus.common.crd.orchestration import Template, WorkflowSpec
 from chaosbus.common.durations import parse_duration
+from chaosbus.scheduler import branchexpr
 from chaosbus.scheduler import statuscheck as sc
 
 SERIAL, PARALLEL, SUSPEND, TASK = "Serial", "Parallel", "Suspend", "Task"
@@ -108,7 +109,9 @@ def _check_template(t: Template, where: str, by_name: dict[str, Template], names
     if t.template_type == SCHEDULE and t.schedule is None:
         raise InvalidWorkflow(f"{where}.schedule: required for a Schedule template")
     if t.template_type == TASK:
-        raise InvalidWorkflow(f"{where}.templateType: Task templates are not executed yet")
+        _check_task(t, where, by_name)
+    elif t.conditional_branches:
+        raise InvalidWorkflow(f"{where}.conditionalBranches: only Task templates have conditional branches")
 
 
 def _check_chaos(t: Template, where: str, d: float | None, namespace: str) -> None:
@@ -129,10 +132,33 @@ def _check_chaos(t: Template, where: str, d: float | None, namespace: str) -> No
                               f"{key}); without one it would never finish")
 
 
+def _check_task(t: Template, where: str, by_name: dict[str, Template]) -> None:
+    if not task_argv(t):
+        raise InvalidWorkflow(f"{where}.task.container.command: a Task needs a command to run")
+    for i, branch in enumerate(t.conditional_branches):
+        if branch.target not in by_name:
+            raise InvalidWorkflow(f"{where}.conditionalBranches[{i}].target: {branch.target!r} names no template")
+        try:
+            branchexpr.tokens(branch.expression)
+        except branchexpr.ExpressionError as e:
+            raise InvalidWorkflow(f"{where}.conditionalBranches[{i}].expression: {e}") from None
+
+
+def task_argv(t: Template) -> list[str]:
+    """The command a Task runs: the container's command then its args, as Kubernetes joins them."""
+    container = (t.task.container if t.task else None) or {}
+    return [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+
+
+def next_templates(t: Template) -> list[str]:
+    """The templates a node of `t` may start: its children, or a Task's branch targets."""
+    return [*t.children, *(b.target for b in t.conditional_branches)]
+
+
 def _check_acyclic(name: str, by_name: dict[str, Template], path: tuple[str, ...]) -> None:
     if name in path:
         raise InvalidWorkflow(f"spec.templates: {' -> '.join((*path, name))} is a cycle")
-    for child in by_name[name].children:
+    for child in next_templates(by_name[name]):
         _check_acyclic(child, by_name, (*path, name))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
@@ -29,28 +28,30 @@ from chaosbus.common.crd.orchestration import Template
 from chaosbus.common.objects import parse_rfc3339, rfc3339
 from chaosbus.scheduler import statuscheck as sc
 from chaosbus.scheduler import wfspec as ws
+from chaosbus.scheduler.wfnodes import (
+    ABORT_ANNOTATION,
+    ABORTED,
+    ACCOMPLISHED,
+    CHAOS_INJECTED,
+    DEADLINE_EXCEED,
+    DEFAULT_TASK_TIMEOUT_S,
+    LABEL_CONTROLLED_BY,
+    LABEL_WORKFLOW,
+    Obj,
+    TaskRun,
+    Write,
+    chaos_done,
+    cond,
+    conditions_with,
+    deadline_of,
+    delete_write,
+    deleting,
+    evaluate_branches,
+    finished_by,
+)
 
-Obj = dict[str, Any]
-LABEL_WORKFLOW = "chaos-mesh.org/workflow"
-LABEL_CONTROLLED_BY = "chaos-mesh.org/controlled-by"
-ABORT_ANNOTATION = "workflow.chaos-mesh.org/abort"
-ACCOMPLISHED, DEADLINE_EXCEED, ABORTED, CHAOS_INJECTED = "Accomplished", "DeadlineExceed", "Aborted", "ChaosInjected"
-FINISHED = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED)
-_NODE_CONDITIONS = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED, CHAOS_INJECTED)
-
-
-@dataclass
-class Write:
-    """One object change; the scheduler's edge turns it into an ObjectWrite message."""
-
-    op: str  # create | delete | status | annotate
-    kind: str
-    namespace: str
-    name: str
-    uid: str = ""
-    body: Any = None  # create: the object; status: a JSON merge patch of .status
-    annotations: dict[str, str | None] = field(default_factory=dict)
-    reason: str = ""
+__all__ = ["LABEL_CONTROLLED_BY", "LABEL_WORKFLOW", "TaskRun", "View", "Write", "finished_by", "reconcile",
+           "teardown"]
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Step:
     writes: list[Write] = field(default_factory=list)
     wakeup: float | None = None
     accomplished: bool = False
+    tasks: list[TaskRun] = field(default_factory=list)
 
 
 def reconcile(view: View, now: float) -> Step:
@@ -73,19 +75,14 @@ def reconcile(view: View, now: float) -> Step:
     if run.abort_started:  # one more pass so every running node sees the abort at once
         run.abort_started = False
         run.pass_()
-    return Step(writes=run.writes, wakeup=min(run.wakeups) if run.wakeups else None, accomplished=run.accomplished)
+    return Step(writes=run.writes, wakeup=min(run.wakeups) if run.wakeups else None, accomplished=run.accomplished,
+                tasks=run.tasks)
 
 
 def teardown(view: View) -> list[Write]:
     """A deleted workflow: delete every node and every object a node created (faults recover)."""
-    out = [_delete(obj) for obj in view.children.values() if not _deleting(obj)]
-    return out + [_delete(obj) for obj in view.nodes.values() if not _deleting(obj)]
-
-
-def finished_by(status: Obj | None) -> str:
-    """The condition that finished a node ("" while it runs)."""
-    conds = {c.get("type"): c.get("status") for c in (status or {}).get("conditions") or []}
-    return next((t for t in FINISHED if conds.get(t) == "True"), "")
+    out = [delete_write(obj) for obj in view.children.values() if not deleting(obj)]
+    return out + [delete_write(obj) for obj in view.nodes.values() if not deleting(obj)]
 
 
 class _Run:
@@ -96,6 +93,7 @@ class _Run:
         self.now = now
         self.writes: list[Write] = []
         self.wakeups: list[float] = []
+        self.tasks: list[TaskRun] = []
         self.accomplished = False
         self.abort_started = False
         meta = self.wf.get("metadata") or {}
@@ -107,13 +105,14 @@ class _Run:
 
     def pass_(self) -> None:
         self.wakeups.clear()
+        self.tasks.clear()
         status = self.wf.get("status") or {}
         try:
             spec = ws.decode(self.wf.get("spec"))
             self.templates = ws.validate(spec, self.ns)
         except ws.InvalidWorkflow as e:
-            self._workflow_status({"conditions": [_cond("Scheduled", False, "InvalidSpec", str(e)),
-                                                  _cond(ACCOMPLISHED, False)]})
+            self._workflow_status({"conditions": [cond("Scheduled", False, "InvalidSpec", str(e)),
+                                                  cond(ACCOMPLISHED, False)]})
             return
         entry = status.get("entryNode") or ws.node_name(self.uid, self.name, spec.entry, 0)
         start = status.get("startTime") or rfc3339(self.now)
@@ -121,9 +120,9 @@ class _Run:
             self._create_node(entry, spec.entry, parent=None, parent_deadline=None)
         outcome = self._visit(entry) if entry in self.nodes else ""
         self.accomplished = bool(outcome)
-        conds = [_cond("Scheduled", True), _cond(ACCOMPLISHED, bool(outcome))]
+        conds = [cond("Scheduled", True), cond(ACCOMPLISHED, bool(outcome))]
         if self.aborted:
-            conds.append(_cond(ABORTED, True, "WorkflowAborted"))
+            conds.append(cond(ABORTED, True, "WorkflowAborted"))
         new: Obj = {"entryNode": entry, "startTime": start, "conditions": conds}
         if outcome:
             new["endTime"] = status.get("endTime") or rfc3339(self.now)
@@ -144,8 +143,11 @@ class _Run:
         done = finished_by(status)
         if t is None:  # the workflow was edited and this template is gone: nothing more to do here
             return done or self._finish(node, ACCOMPLISHED, "TemplateRemoved")
+        stop = bool(done) or self.aborted or self._expired(node)
         if t.template_type in (ws.SERIAL, ws.PARALLEL):
-            self._composite(node, t, stop=bool(done) or self.aborted or self._expired(node))
+            self._composite(node, list(t.children), serial=t.template_type == ws.SERIAL, stop=stop)
+        elif t.template_type == ws.TASK:
+            self._task(node, t, stop=stop)
         if done:
             self._cleanup(node, t)
             return done
@@ -153,37 +155,68 @@ class _Run:
             return self._finish(node, ABORTED, "WorkflowAborted", t)
         if self._expired(node):
             return self._finish(node, DEADLINE_EXCEED, self._deadline_reason(node, t), t)
-        deadline = _deadline(node)
+        deadline = deadline_of(node)
         if deadline is not None:
             self.wakeups.append(deadline)
         if not status.get("conditions"):
-            self._set_status(node, {"conditions": _conditions(status, {})})
-        return self._leaf(node, t) if t.template_type not in (ws.SERIAL, ws.PARALLEL) else self._composite_done(node)
+            self._set_status(node, {"conditions": conditions_with(status, {})})
+        if t.template_type in (ws.SERIAL, ws.PARALLEL):
+            return self._composite_done(node, len(t.children), "ChildrenAccomplished")
+        if t.template_type == ws.TASK:
+            return self._task_done(node)
+        return self._leaf(node, t)
 
-    def _composite(self, node: Obj, t: Template, *, stop: bool) -> None:
+    def _composite(self, node: Obj, children: list[tuple[int, str]] | list[str], *, serial: bool,
+                   stop: bool) -> None:
         """Visit (and, unless stopping, start) the children; record which run and which finished."""
         name = node["metadata"]["name"]
         active, finished = [], []
-        for i, child_template in enumerate(t.children):
-            child = ws.node_name(self.uid, name, child_template, i)
+        for i, entry in enumerate(children):
+            index, child_template = entry if isinstance(entry, tuple) else (i, entry)
+            child = ws.node_name(self.uid, name, child_template, index)
             if child not in self.nodes:
                 if stop or not node["metadata"].get("uid"):
                     break  # a child's owner reference needs its parent's uid: wait for it
-                self._create_node(child, child_template, parent=node, parent_deadline=_deadline(node))
+                self._create_node(child, child_template, parent=node, parent_deadline=deadline_of(node))
             if self._visit(child):
                 finished.append({"name": child})
             else:
                 active.append({"name": child})
-                if t.template_type == ws.SERIAL:
+                if serial:
                     break
         self._set_status(node, {"activeChildren": active, "finishedChildren": finished})
 
-    def _composite_done(self, node: Obj) -> str:
-        t = self.templates[node["spec"]["templateName"]]
+    def _composite_done(self, node: Obj, expected: int, reason: str) -> str:
         status = node.get("status") or {}
-        if len(status.get("finishedChildren") or []) == len(t.children):
-            return self._finish(node, ACCOMPLISHED, "ChildrenAccomplished")
+        if len(status.get("finishedChildren") or []) == expected:
+            return self._finish(node, ACCOMPLISHED, reason)
         return ""
+
+    def _task(self, node: Obj, t: Template, *, stop: bool) -> None:
+        """Ask for the command until its result is in; then evaluate the branches once and run the
+        templates of the true ones, in parallel.
+        """
+        md = node["metadata"]
+        cbs = (node.get("status") or {}).get("conditionalBranchesStatus") or {}
+        if not cbs.get("context"):
+            if not stop and md.get("uid"):
+                deadline = deadline_of(node)
+                timeout = DEFAULT_TASK_TIMEOUT_S if deadline is None else max(1.0, deadline - self.now)
+                self.tasks.append(TaskRun(md["name"], self.ns, md["uid"], tuple(ws.task_argv(t)), timeout))
+            return
+        branches = cbs.get("branches")
+        if branches is None:
+            branches = evaluate_branches(t, cbs["context"][0])
+            self._set_status(node, {"conditionalBranchesStatus": {**cbs, "branches": branches}})
+        chosen = [(i, b["target"]) for i, b in enumerate(branches) if b.get("evaluationResult") == "True"]
+        self._composite(node, chosen, serial=False, stop=stop)
+
+    def _task_done(self, node: Obj) -> str:
+        cbs = (node.get("status") or {}).get("conditionalBranchesStatus") or {}
+        if cbs.get("branches") is None:
+            return ""
+        chosen = [b for b in cbs["branches"] if b.get("evaluationResult") == "True"]
+        return self._composite_done(node, len(chosen), "NodeAccomplished")
 
     def _leaf(self, node: Obj, t: Template) -> str:
         if t.template_type == ws.SUSPEND:
@@ -200,14 +233,14 @@ class _Run:
             self.children[created["metadata"]["name"]] = created
             ref = {"apiGroup": "chaos-mesh.org", "kind": created["kind"], "name": created["metadata"]["name"]}
             injected = t.template_type in ws.CHAOS_KEYS
-            self._set_status(node, {"chaosResource": ref, "conditions": _conditions(
+            self._set_status(node, {"chaosResource": ref, "conditions": conditions_with(
                 status, {CHAOS_INJECTED: (True, "ChaosCRCreated")} if injected else {})})
             return ""
         if child is None:
             return self._finish(node, ACCOMPLISHED, "ChaosCRNotExists", t)
         if t.template_type == ws.STATUS_CHECK:
             return self._status_check_step(node, t, child)
-        if t.template_type in ws.CHAOS_KEYS and _chaos_done(child, ws.is_one_shot(t)):
+        if t.template_type in ws.CHAOS_KEYS and chaos_done(child, ws.is_one_shot(t)):
             return self._finish(node, ACCOMPLISHED, "NodeAccomplished", t)
         return ""
 
@@ -225,7 +258,7 @@ class _Run:
         return self._finish(node, ABORTED, "StatusCheckNotExceedSuccessThreshold", t)
 
     def _finish(self, node: Obj, ctype: str, reason: str, t: Template | None = None) -> str:
-        self._set_status(node, {"conditions": _conditions(node.get("status") or {}, {ctype: (True, reason)})})
+        self._set_status(node, {"conditions": conditions_with(node.get("status") or {}, {ctype: (True, reason)})})
         if t is not None:
             self._cleanup(node, t)
         return ctype
@@ -235,11 +268,11 @@ class _Run:
         Schedule, an unfinished StatusCheck. A completed StatusCheck stays, as the record of it.
         """
         child = self.children.get(ws.child_name(node["metadata"]["name"]))
-        if child is None or _deleting(child):
+        if child is None or deleting(child):
             return
         if t.template_type == ws.STATUS_CHECK and sc.succeeded(child.get("status"), "Continuous") is not None:
             return
-        self._emit(_delete(child))
+        self._emit(delete_write(child))
         self.children[child["metadata"]["name"]] = {**child, "metadata": {
             **child["metadata"], "deletionTimestamp": rfc3339(self.now)}}
 
@@ -289,59 +322,14 @@ class _Run:
         self.writes.append(write)
 
     def _expired(self, node: Obj) -> bool:
-        deadline = _deadline(node)
+        deadline = deadline_of(node)
         return deadline is not None and self.now >= deadline
 
     def _deadline_reason(self, node: Obj, t: Template) -> str:
         own = ws.deadline_s(t)
         start = parse_rfc3339(node["spec"]["startTime"])
-        deadline = _deadline(node)
+        deadline = deadline_of(node)
         cut_by_parent = own is None or (deadline is not None and math.ceil(start + own) > deadline + 1)
         return "ParentNodeDeadlineExceed" if cut_by_parent else "NodeDeadlineExceed"
 
 
-def _deadline(node: Obj) -> float | None:
-    text = (node.get("spec") or {}).get("deadline")
-    return parse_rfc3339(text) if text else None
-
-
-def _cond(ctype: str, true: bool, reason: str = "", message: str = "") -> Obj:
-    out: Obj = {"type": ctype, "status": "True" if true else "False"}
-    if reason:
-        out["reason"] = reason
-    if message:
-        out["message"] = message
-    return out
-
-
-def _conditions(status: Obj, set_: dict[str, tuple[bool, str]]) -> list[Obj]:
-    """The node's conditions with `set_` applied; Accomplished and DeadlineExceed always present."""
-    have = {c["type"]: c for c in status.get("conditions") or []}
-    for ctype, (true, reason) in set_.items():
-        have[ctype] = _cond(ctype, true, reason)
-    for ctype in (ACCOMPLISHED, DEADLINE_EXCEED):
-        have.setdefault(ctype, _cond(ctype, False))
-    return [have[t] for t in _NODE_CONDITIONS if t in have]
-
-
-def _chaos_done(child: Obj, one_shot: bool) -> bool:
-    """Chaos Mesh's "finished": one-shot when every record is Injected; otherwise when stopped (its
-    own duration) and every record is Not Injected.
-    """
-    exp = (child.get("status") or {}).get("experiment") or {}
-    phases = {r.get("phase") for r in exp.get("containerRecords") or []}
-    if not phases:
-        return False
-    if one_shot:
-        return phases == {"Injected"}
-    return exp.get("desiredPhase") == "Stop" and phases == {"Not Injected"}
-
-
-def _deleting(obj: Obj) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def _delete(obj: Obj) -> Write:
-    md = obj.get("metadata") or {}
-    return Write("delete", str(obj.get("kind")), md.get("namespace", "default"), md.get("name", ""),
-                 uid=md.get("uid", ""), reason="Finished")

@@ -167,3 +167,20 @@ def _objects(system: System, kind: str, label: str | None = None) -> list[dict[s
     if label is not None:
         objs = [o for o in objs if (o["metadata"].get("labels") or {}).get("chaos-mesh.org/workflow") == label]
     return objs
+
+
+def test_task_output_chooses_the_branch_that_runs(system: System) -> None:
+    system.cli("apply", "-f", "-", stdin=doc("Workflow", "task", {"entry": "entry", "templates": [
+        {"name": "entry", "templateType": "Task", "deadline": "60s",
+         "task": {"container": {"name": "probe", "image": "busybox", "command": ["echo"], "args": ["yes"]}},
+         "conditionalBranches": [{"target": "cut-01", "expression": 'stdout == "yes" && exitCode == 0'},
+                                 {"target": "cut-23", "expression": "exitCode != 0"}]},
+        cut("cut-01", 0, 1, "4s"), cut("cut-23", 2, 3, "4s")]}))
+    wait_blocked(system, {(0, 1)}, timeout=15)
+    eventually(lambda: wf_done(system, "task"), timeout=15)
+    wait_blocked(system, set(), timeout=10)
+    (entry,) = [n for n in _objects(system, "workflownode", label="task") if n["spec"]["templateName"] == "entry"]
+    cbs = entry["status"]["conditionalBranchesStatus"]
+    assert [b["evaluationResult"] for b in cbs["branches"]] == ["True", "False"]
+    assert '"stdout":"yes\\n"' in cbs["context"][0]
+    system.cli("delete", "workflow", "task")

@@ -53,10 +53,19 @@ class FaultContext:
         return list(seen.values())
 
 
+@dataclass(frozen=True)
+class CommandOutput:
+    """What a fault that runs a command returns from `apply` instead of a bare message."""
+
+    message: str
+    exit_code: int
+    stdout: str
+
+
 class Fault(Protocol):
     name: str  # the FaultSpec tag
 
-    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str: ...
+    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str | CommandOutput: ...
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str: ...
 
@@ -91,9 +100,9 @@ def spec_tag(spec: FaultSpec) -> str:
 
 
 # Imported last: each module registers itself and needs the names above.
-from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping  # noqa: E402
+from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping, task  # noqa: E402
 
 __all__ = [
-    "REGISTRY", "Fault", "FaultContext", "FaultError", "container_kill", "get", "hello_world",
-    "partition", "pod_kill", "register", "shaping", "spec_tag",
+    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "container_kill", "get", "hello_world",
+    "partition", "pod_kill", "register", "shaping", "spec_tag", "task",
 ]

@@ -5,11 +5,13 @@ abort by StatusCheck, rejection of a chaos step that could never end, and a rest
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from unit.scheduler.wfworld import T0, World, conds, injected, partition, pod_kill, workflow
 
+from chaosbus.common import messages as m
 from chaosbus.common.objects import parse_rfc3339
 from chaosbus.scheduler import wfspec
 from chaosbus.scheduler.orchestrator import Orchestrator
@@ -175,3 +177,49 @@ def test_node_names_are_deterministic_and_chaos_mesh_shaped() -> None:
     assert name == wfspec.node_name("uid-1", "wf", "network-delay", 0)
     assert name.startswith("network-delay-") and len(name) == len("network-delay-") + 5
     assert name != wfspec.node_name("uid-1", "wf", "network-delay", 1)
+
+
+def task_workflow(expressions: list[tuple[str, str]]) -> dict[str, Any]:
+    return workflow([
+        {"name": "entry", "templateType": "Task", "deadline": "60s",
+         "task": {"container": {"name": "c", "image": "busybox", "command": ["sh", "-c"], "args": ["echo yes"]}},
+         "conditionalBranches": [{"target": target, "expression": expr} for target, expr in expressions]},
+        partition("cut", "5s"), {"name": "wait", "templateType": "Suspend", "deadline": "2s"}])
+
+
+def test_task_runs_once_then_only_true_branches_start() -> None:
+    world = World()
+    world.add(task_workflow([("cut", 'stdout == "yes"'), ("wait", "exitCode != 0"), ("wait", "exitCode ==")]))
+    (run,) = world.tasks
+    assert run.argv == ("sh", "-c", "echo yes") and 55 <= run.timeout_s <= 60
+    world.advance(T0 + 1)
+    assert len(world.tasks) == 1, "the command was asked for twice"
+    entry = world.node("entry")
+    result = m.TargetResult(target_id=f"default/{run.node}", op="apply", ok=True, exit_code=0, stdout="yes\n")
+    world.take(world.orch.on_task_result("default", entry["metadata"]["name"], result, world.now))
+    cbs = world.node("entry")["status"]["conditionalBranchesStatus"]
+    assert json.loads(cbs["context"][0]) == {"exitCode": 0, "stdout": "yes\n"}
+    assert [b["evaluationResult"] for b in cbs["branches"]] == ["True", "False", "Unknown"]
+    assert "unexpected" in cbs["branches"][2]["message"]
+    assert len(world.of_kind("NetworkChaos")) == 1 and not [
+        n for n in world.of_kind("WorkflowNode") if n["spec"]["templateName"] == "wait"]
+    world.advance(T0 + 6)
+    assert conds(world.node("entry"))["Accomplished"] == "True" and not world.of_kind("NetworkChaos")
+
+
+def test_task_that_could_not_run_takes_no_branch() -> None:
+    world = World()
+    world.add(task_workflow([("cut", "exitCode == 0"), ("wait", "exitCode != 0")]))
+    (run,) = world.tasks
+    failed = m.TargetResult(target_id="x", op="apply", ok=False, message="task 'sh' could not start")
+    world.take(world.orch.on_task_result("default", run.node, failed, world.now))
+    branches = world.node("entry")["status"]["conditionalBranchesStatus"]["branches"]
+    assert [b["evaluationResult"] for b in branches] == ["False", "True"]  # exitCode -1
+    assert json.loads(world.node("entry")["status"]["conditionalBranchesStatus"]["context"][0])["error"]
+
+
+def test_task_without_command_is_refused() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Task", "task": {"container": {"name": "c"}}}]))
+    (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
+    assert "task.container.command" in scheduled["message"]

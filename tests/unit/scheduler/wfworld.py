@@ -16,7 +16,7 @@ import msgspec
 from chaosbus.common import messages as m
 from chaosbus.common.objects import rfc3339
 from chaosbus.scheduler import workflow as wf
-from chaosbus.scheduler.orchestrator import Key, Orchestrator, merge_patch
+from chaosbus.scheduler.orchestrator import Key, Orchestrator, Outputs, merge_patch
 
 Obj = dict[str, Any]
 T0 = 1767323045.0
@@ -55,6 +55,7 @@ class World:
         self.on_create: Callable[[Obj], None] | None = None
         self.queue: list[wf.Write] = []
         self.probe_ok: Callable[[], bool] | None = None
+        self.tasks: list[wf.TaskRun] = []
         self.draining = False
 
     def add(self, obj: Obj) -> None:
@@ -77,7 +78,12 @@ class World:
                              uid=md.get("uid", ""), object=msgspec.Raw(msgspec.json.encode(obj)))
 
     def deliver(self, event: m.ObjectEvent) -> None:
-        self.apply(self.orch.on_object(event, self.now).writes)
+        self.take(self.orch.on_object(event, self.now))
+
+    def take(self, out: Outputs) -> None:
+        """Carry out an orchestrator's outputs: its writes, and note the tasks it asks to run."""
+        self.tasks += out.tasks
+        self.apply(out.writes)
 
     def apply(self, writes: list[wf.Write]) -> None:
         """Carry out writes in the order they were asked for, as the recorder's queue does; writes
@@ -128,15 +134,15 @@ class World:
         answered with `probe_ok()` when it is set.
         """
         while True:
-            self.apply(self.orch.tick(self.now).writes)
+            self.take(self.orch.tick(self.now))
             for req in self.orch.due_probes(self.now) if self.probe_ok else []:
-                self.apply(self.orch.on_probe(req, ok=self.probe_ok(), now=self.now).writes)
+                self.take(self.orch.on_probe(req, ok=self.probe_ok(), now=self.now))
             nxt = self.orch.next_wakeup()
             if nxt is None or nxt > until or (nxt <= self.now and not self.probe_ok):
                 break
             self.now = max(self.now, nxt)
         self.now = max(self.now, until)
-        self.apply(self.orch.tick(self.now).writes)
+        self.take(self.orch.tick(self.now))
 
     def of_kind(self, kind: str) -> list[Obj]:
         return [o for k, o in sorted(self.objects.items()) if k[0] == kind]
