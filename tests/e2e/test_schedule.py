@@ -6,9 +6,12 @@ deletes its children and leaves no fault.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from helpers.live import System, eventually, wait_blocked
@@ -25,10 +28,9 @@ def schedule(name: str, *, every: str = "@every 2s", history: int = 2) -> str:
                                     "concurrencyPolicy": "Forbid", "networkChaos": partition}})
 
 
-def children(system: System, owner: str) -> list[dict[str, Any]]:
-    done = system.cli("get", "networkchaos", "-o", "json")
-    items = yaml.safe_load(done.stdout) or []
-    items = items if isinstance(items, list) else items.get("items", [items])
+def children(system: System, owner: str, kind: str = "networkchaos") -> list[dict[str, Any]]:
+    items = yaml.safe_load(system.cli("get", kind, "-o", "json").stdout) or []
+    items = items if isinstance(items, list) else items.get("items", [items])  # one object, or a List
     return [o for o in items if (o["metadata"].get("labels") or {}).get("managed-by") == owner]
 
 
@@ -74,3 +76,60 @@ def test_every_2s_forbid_fires_on_time_never_overlaps_trims_and_cleans_up(system
 def test_an_invalid_schedule_is_refused_at_apply_naming_the_field(system: System) -> None:
     done = system.cli("apply", "-f", "-", stdin=schedule("sched-bad", every="61 * * * *"), check=False)
     assert done.returncode != 0 and "spec.schedule: invalid cron expression" in done.stdout + done.stderr
+
+
+def hello_schedule(name: str, *, history: int = 10) -> str:
+    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "metadata": {"name": name},
+                           "spec": {"schedule": "@every 2s", "type": "HelloWorldChaos", "historyLimit": history,
+                                    "helloWorldChaos": {"mode": "all", "duration": "1s",
+                                                        "selector": {"labelSelectors": {"app": "peer"}}}}})
+
+
+def hello_children(system: System, owner: str) -> list[dict[str, Any]]:
+    return children(system, owner, "helloworldchaos")
+
+
+def test_pause_stops_fires_and_pauses_the_children_resume_restarts_them(system: System) -> None:
+    system.cli("apply", "-f", "-", stdin=schedule("sched-pause", history=3).replace("duration: 1s", "duration: 30s")
+               .replace("concurrencyPolicy: Forbid", "concurrencyPolicy: Allow"))
+    eventually(lambda: children(system, "sched-pause"), timeout=10)
+    wait_blocked(system, {(2, 3)}, timeout=8)
+    system.cli("annotate", "schedule", "sched-pause", "experiment.chaos-mesh.org/pause=true")
+    eventually(lambda: all((k["metadata"].get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
+                           for k in children(system, "sched-pause")), timeout=10)
+    wait_blocked(system, set(), timeout=8)  # paused children are recovered
+    names = {k["metadata"]["name"] for k in children(system, "sched-pause")}
+    time.sleep(4.5)  # two fire times pass
+    assert {k["metadata"]["name"] for k in children(system, "sched-pause")} == names
+    system.cli("annotate", "schedule", "sched-pause", "experiment.chaos-mesh.org/pause-")
+    eventually(lambda: {k["metadata"]["name"] for k in children(system, "sched-pause")} - names, timeout=10)
+    wait_blocked(system, {(2, 3)}, timeout=8)
+    system.cli("delete", "schedule", "sched-pause")
+    eventually(lambda: children(system, "sched-pause") == [], timeout=15)
+    wait_blocked(system, set(), timeout=8)
+
+
+def test_scheduler_killed_mid_schedule_resumes_without_firing_anything_twice(system: System) -> None:
+    system.cli("apply", "-f", "-", stdin=hello_schedule("sched-kill"))
+    eventually(lambda: len(hello_children(system, "sched-kill")) >= 2, timeout=12)
+    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if "chaosbus.scheduler" in " ".join(p.info["cmdline"] or []) and system.url in " ".join(p.info["cmdline"])]
+    assert pids, "no scheduler process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    before = {k["metadata"]["name"] for k in hello_children(system, "sched-kill")}
+    # `up` restarts it; the new instance waits out the old leader lease, then resumes from status.
+    eventually(lambda: len({k["metadata"]["name"] for k in hello_children(system, "sched-kill")} - before) >= 2,
+               timeout=40)
+    kids = hello_children(system, "sched-kill")
+    fires = sorted(int(k["metadata"]["name"].rsplit("-", 1)[1]) for k in kids)
+    assert all((b - a) % 2 == 0 and b > a for a, b in zip(fires, fires[1:], strict=False)), fires
+    after = [f for f in fires if f > killed_at]
+    assert len([f for f in fires if f <= killed_at + 1]) <= len(before) + 1  # no burst of missed fires
+    assert after and all(b - a == 2 for a, b in zip(after[1:], after[2:], strict=False)), fires
+    counts = [r.get("injectedCount", 0) for k in kids
+              for r in ((k.get("status") or {}).get("experiment") or {}).get("containerRecords") or []]
+    assert counts and max(counts) <= 1, counts  # nothing applied twice
+    system.cli("delete", "schedule", "sched-kill")
+    eventually(lambda: hello_children(system, "sched-kill") == [], timeout=15)
