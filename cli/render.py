@@ -124,3 +124,18 @@ def pod_rows(pods: list[Obj]) -> str:
                      (meta.get("annotations") or {}).get("chaosbus.io/netns", ""),
                      ",".join(c.get("containerID", "").removeprefix("process://") for c in cs), labels or "<none>"])
     return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "PIDS", "LABELS"])
+
+
+def schedule_rows(schedules: list[Obj]) -> str:
+    """Schedules as `kubectl get schedule` would show them, plus when each last fired."""
+    rows = []
+    for s in schedules:
+        meta, spec, status = s.get("metadata") or {}, s.get("spec") or {}, s.get("status") or {}
+        paused = (meta.get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
+        invalid = any(c.get("reason") == "InvalidSpec" for c in status.get("conditions") or [])
+        state = "Invalid" if invalid else "Paused" if paused else "Active"
+        rows.append([meta.get("name", ""), spec.get("schedule", ""), spec.get("type", ""),
+                     spec.get("concurrencyPolicy") or "Forbid", state,
+                     str(len(status.get("active") or [])), age(status["time"]) if status.get("time") else "<none>",
+                     age(meta.get("creationTimestamp", ""))])
+    return table(rows, ["NAME", "SCHEDULE", "TYPE", "POLICY", "STATE", "CHILDREN", "LAST FIRE", "AGE"])

@@ -88,6 +88,8 @@ def show(objs: list[Obj], kind: str, output: str | None) -> str:
         return render.pod_rows(objs)
     if kind in CHAOS_KINDS:
         return render.chaos_rows(objs)
+    if kind == "Schedule":
+        return render.schedule_rows(objs)
     rows = [[ob["metadata"]["name"], render.age(ob["metadata"].get("creationTimestamp", ""))] for ob in objs]
     return render.table(rows, ["NAME", "AGE"])
 

@@ -17,6 +17,7 @@ writing to the Kubernetes API instead of the local KV store:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 from datetime import UTC, datetime
@@ -81,8 +82,11 @@ class KubeStore(ObjectStore):
             created: Obj = await self.co.create_namespaced_custom_object(
                 GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj)
         except ApiException as e:
+            what = f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
             if e.status == 409:
-                raise Conflict(f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')} already exists") from None
+                raise Conflict(f"{what} already exists") from None
+            if e.status in (400, 403, 404, 422):  # refused for good (invalid, forbidden, no such kind or namespace)
+                raise ValueError(f"{what}: the API refused it ({e.status} {e.reason}): {_api_message(e)}") from None
             raise
         return created
 
@@ -153,6 +157,13 @@ class KubeStore(ObjectStore):
         result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
                                                               **AS_MERGE_PATCH)
         return result
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "{}").get("message", ""))
+    except (ValueError, AttributeError):
+        return ""
 
 
 class EventWriter:

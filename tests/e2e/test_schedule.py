@@ -98,6 +98,9 @@ def test_pause_stops_fires_and_pauses_the_children_resume_restarts_them(system: 
     eventually(lambda: all((k["metadata"].get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
                            for k in children(system, "sched-pause")), timeout=10)
     wait_blocked(system, set(), timeout=8)  # paused children are recovered
+    table = system.cli("get", "schedule", "sched-pause").stdout.splitlines()
+    assert table[0].split()[:5] == ["NAME", "SCHEDULE", "TYPE", "POLICY", "STATE"]
+    assert table[1].split()[:6] == ["sched-pause", "@every", "2s", "NetworkChaos", "Allow", "Paused"]
     names = {k["metadata"]["name"] for k in children(system, "sched-pause")}
     time.sleep(4.5)  # two fire times pass
     assert {k["metadata"]["name"] for k in children(system, "sched-pause")} == names

@@ -213,6 +213,10 @@ async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
     assert got is not None and got["metadata"]["annotations"] == {"experiment.chaos-mesh.org/pause": "true"}
     assert got["status"]["experiment"]["desiredPhase"] == "Stop"
 
+    bad = partition("Not_A_Name") | {"metadata": {"name": "Not_A_Name"}}
+    await recorder.on_write(write("create", "Not_A_Name", bad, namespace=ns))  # 422: logged and dropped, not retried
+    assert recorder.metrics.errors.labels("bad_write")._value.get() == 1
+
     await recorder.on_write(write("delete", "s-1", uid="a-predecessor", namespace=ns))  # uid precondition: 409
     assert kube.client.get(f"{path}/s-1") is not None
     await recorder.on_write(write("delete", "s-1", uid=uid, namespace=ns))
