@@ -108,6 +108,8 @@ def _check_template(t: Template, where: str, by_name: dict[str, Template], names
             raise InvalidWorkflow(f"{where}.statusCheck: {str(e).removeprefix('spec.')}") from None
     if t.template_type == SCHEDULE and t.schedule is None:
         raise InvalidWorkflow(f"{where}.schedule: required for a Schedule template")
+    if t.template_type == SCHEDULE and d is None:
+        raise InvalidWorkflow(f"{where}.deadline: a Schedule step needs a deadline; without one it would never finish")
     if t.template_type == TASK:
         _check_task(t, where, by_name)
     elif t.conditional_branches:

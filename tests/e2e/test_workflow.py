@@ -7,6 +7,7 @@ branches run together; and a failing StatusCheck that aborts a workflow and reco
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -184,3 +185,31 @@ def test_task_output_chooses_the_branch_that_runs(system: System) -> None:
     assert [b["evaluationResult"] for b in cbs["branches"]] == ["True", "False"]
     assert '"stdout":"yes\\n"' in cbs["context"][0]
     system.cli("delete", "workflow", "task")
+
+
+def test_scheduler_kill9_mid_workflow_resumes_and_creates_nothing_twice(system: System) -> None:
+    system.cli("apply", "-f", "-", stdin=doc("Workflow", "survivor", {"entry": "entry", "templates": [
+        {"name": "entry", "templateType": "Serial", "deadline": "120s", "children": ["cut-01", "pause", "cut-23"]},
+        cut("cut-01", 0, 1, "6s"), {"name": "pause", "templateType": "Suspend", "deadline": "2s"},
+        cut("cut-23", 2, 3, "6s")]}))
+    wait_blocked(system, {(0, 1)}, timeout=10)
+    (scheduler,) = [p for p in psutil.Process().children(recursive=True)
+                    if "chaosbus.scheduler" in " ".join(p.cmdline())]
+    scheduler.kill()  # SIGKILL: no clean shutdown, whatever was in flight is lost
+    scheduler.wait(10)
+    wait_blocked(system, set(), timeout=30)  # the restarted scheduler ends cut-01 at (or after) its deadline
+    wait_blocked(system, {(2, 3)}, timeout=20)
+    eventually(lambda: wf_done(system, "survivor"), timeout=30)
+    wait_blocked(system, set(), timeout=10)
+    assert not [p for p in psutil.Process().children(recursive=True) if p.pid == scheduler.pid]
+    creates: dict[str, int] = {}
+    for line in system.service_log("scheduler").splitlines():
+        if '"object write sent"' in line and '"op": "create"' in line:
+            name = json.loads(line)["name"]
+            creates[name] = creates.get(name, 0) + 1
+    nodes = _objects(system, "workflownode", label="survivor")
+    wanted = [n["metadata"]["name"] for n in nodes] + [
+        n["status"]["chaosResource"]["name"] for n in nodes if n["spec"]["templateName"].startswith("cut")]
+    assert len(wanted) == 6 and all(creates.get(name) == 1 for name in wanted), (wanted, creates)
+    assert not _objects(system, "networkchaos", label="survivor")
+    system.cli("delete", "workflow", "survivor")

@@ -121,6 +121,8 @@ def test_passing_synchronous_check_accomplishes_without_abort() -> None:
 @pytest.mark.parametrize(("template", "message"), [
     (partition("x", "5s") | {"deadline": None}, "a NetworkChaos step needs a deadline"),
     ({"name": "x", "templateType": "Suspend"}, "a Suspend template needs a deadline"),
+    ({"name": "x", "templateType": "Schedule", "schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
+     "a Schedule step needs a deadline"),
     ({"name": "x", "templateType": "Serial", "children": ["nope"]}, "'nope' names no template"),
     ({"name": "x", "templateType": "Serial", "children": ["x"]}, "x -> x is a cycle"),
     ({"name": "x", "templateType": "Dance"}, "templateType: 'Dance'"),
@@ -223,3 +225,30 @@ def test_task_without_command_is_refused() -> None:
     world.add(workflow([{"name": "entry", "templateType": "Task", "task": {"container": {"name": "c"}}}]))
     (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
     assert "task.container.command" in scheduled["message"]
+
+
+def test_schedule_step_creates_a_schedule_and_deletes_it_at_the_deadline() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["every"]},
+                        {"name": "every", "templateType": "Schedule", "deadline": "10s", "schedule": {
+                            "schedule": "@every 2s", "type": "PodChaos", "concurrencyPolicy": "Allow",
+                            "podChaos": {"action": "pod-kill", "mode": "one",
+                                         "selector": {"labelSelectors": {"app": "w"}}}}}]))
+    (schedule,) = world.of_kind("Schedule")
+    assert schedule["spec"]["schedule"] == "@every 2s" and schedule["spec"]["podChaos"]["action"] == "pod-kill"
+    assert schedule["metadata"]["labels"]["chaos-mesh.org/controlled-by"] == world.node("every")["metadata"]["name"]
+    world.advance(T0 + 10)
+    assert not world.of_kind("Schedule") and conds(world.node("every"))["DeadlineExceed"] == "True"
+    assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Accomplished"] == "True"
+
+
+def test_status_check_step_without_abort_never_aborts() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["probe"]},
+                        check_template(abort=False)]))
+    world.probe_ok = lambda: False
+    world.advance(T0 + 3)
+    reasons = {c["type"]: c.get("reason") for c in world.node("probe")["status"]["conditions"]
+               if c["status"] == "True"}
+    assert reasons == {"Accomplished": "StatusCheckCompleted"}
+    assert "Aborted" not in {c["type"] for c in world.wf_status()["conditions"]}
