@@ -113,8 +113,9 @@ class Child:
         """
         if self.deleting or (self.kind in NOT_EXECUTED and self.kind != "Workflow"):
             return True
-        if self.kind == "Workflow":
-            return _condition(self.obj, "Accomplished") == "True" or _condition(self.obj, "Supported") == "False"
+        if self.kind == "Workflow":  # done, aborted, refused as invalid (Scheduled=False), or not executed
+            return (_condition(self.obj, "Accomplished") == "True" or _condition(self.obj, "Aborted") == "True"
+                    or "False" in (_condition(self.obj, "Scheduled"), _condition(self.obj, "Supported")))
         if self.decoded is None:
             return True
         status, spec = self.decoded.status, self.decoded.spec

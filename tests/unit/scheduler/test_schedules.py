@@ -332,3 +332,18 @@ def test_any_timetable_fires_each_time_at_most_once_and_forbid_never_overlaps(
     running = [n for n in world.children() if (world.objs[("HelloWorldChaos", n)].get("status") or {})
                .get("experiment", {}).get("desiredPhase") == "Run"]
     assert len(world.children()) <= history + len(running)
+
+
+@pytest.mark.parametrize(("conditions", "finished"), [
+    ([], False),
+    ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "False"}], False),
+    ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "True"}], True),
+    ([{"type": "Accomplished", "status": "False"}, {"type": "Aborted", "status": "True"}], True),
+    ([{"type": "Scheduled", "status": "False", "reason": "InvalidSpec"}], True),
+])
+def test_a_workflow_child_is_finished_when_accomplished_aborted_or_refused(conditions: list[Obj],
+                                                                           finished: bool) -> None:
+    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
+           "metadata": {"name": "w-1", "namespace": "ns", "uid": "w", "creationTimestamp": ch.rfc3339(T0)},
+           "spec": {"entry": "a", "templates": []}, "status": {"conditions": conditions}}
+    assert ch.read_child(obj, T0).finished(T0 + 100) is finished
