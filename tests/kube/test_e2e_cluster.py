@@ -209,3 +209,79 @@ def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes
     kube.client.delete(f"{base}/schedules/cut-every-2s")
     kube.client.wait_for(lambda: children() == [], timeout=20, what="children deleted")
     kube.client.wait_for(lambda: connects(pods[0], pods[2]), timeout=10, what="no fault left")
+
+
+def test_workflow_runs_through_the_api_with_nodes_children_and_status(
+        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    health = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=health.serve_forever, daemon=True).start()
+    kube, _, pods = system
+    base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
+    try:
+        kube.client.apply_yaml(WORKFLOW.replace("PORT", str(health.server_address[1])), kube.namespace)
+        kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=20, what="the cut step in the kernel")
+
+        def items(plural: str) -> list[dict[str, Any]]:
+            found = kube.client.request("GET", f"{base}/{plural}",
+                                        query={"labelSelector": "chaos-mesh.org/workflow=wf-api"})["items"]
+            return list(found)
+
+        (cut,) = [n for n in items("workflownodes") if n["spec"]["templateName"] == "cut"]
+        (chaos,) = items("networkchaos")
+        assert chaos["metadata"]["ownerReferences"][0]["uid"] == cut["metadata"]["uid"]
+        assert chaos["metadata"]["labels"]["chaos-mesh.org/controlled-by"] == cut["metadata"]["name"]
+
+        def wf_status() -> dict[str, Any]:
+            return (kube.client.get(f"{base}/workflows/wf-api") or {}).get("status") or {}
+
+        kube.client.wait_for(lambda: {c["type"]: c["status"] for c in wf_status().get("conditions", [])}.get(
+            "Accomplished") == "True", timeout=30, what="workflow accomplished")
+        assert connects(pods[0], pods[2]) and items("networkchaos") == []
+        (check,) = items("statuschecks")
+        conds = {c["type"]: c["status"] for c in check["status"]["conditions"]}
+        assert conds["SuccessThresholdExceed"] == "True" and check["status"]["records"][0]["outcome"] == "Success"
+        assert len(items("workflownodes")) == 3 and wf_status()["entryNode"].startswith("entry-")
+    finally:
+        health.shutdown()
+        health.server_close()
+
+
+WORKFLOW = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: Workflow
+metadata: {name: wf-api}
+spec:
+  entry: entry
+  templates:
+  - {name: entry, templateType: Serial, deadline: 60s, children: [cut, probe]}
+  - name: cut
+    templateType: NetworkChaos
+    deadline: 4s
+    networkChaos:
+      action: partition
+      mode: all
+      direction: to
+      selector: {labelSelectors: {index: "0"}}
+      target: {mode: all, selector: {labelSelectors: {index: "2"}}}
+  - name: probe
+    templateType: StatusCheck
+    deadline: 20s
+    abortWithStatusCheck: true
+    statusCheck:
+      mode: Synchronous
+      type: HTTP
+      intervalSeconds: 1
+      http: {url: "http://127.0.0.1:PORT/", criteria: {statusCode: "200"}}
+"""
