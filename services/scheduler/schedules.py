@@ -74,6 +74,8 @@ class ScheduleCore:
     # --- inputs -------------------------------------------------------------------------------
 
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        if event.kind != "Schedule" and event.uid not in self.children and b'"Schedule"' not in bytes(event.object):
+            return Outputs()  # not a Schedule's child: spare decoding a large experiment a second time
         try:
             obj = msgspec.json.decode(event.object)
         except msgspec.DecodeError:

@@ -347,3 +347,10 @@ def test_a_workflow_child_is_finished_when_accomplished_aborted_or_refused(condi
            "metadata": {"name": "w-1", "namespace": "ns", "uid": "w", "creationTimestamp": ch.rfc3339(T0)},
            "spec": {"entry": "a", "templates": []}, "status": {"conditions": conditions}}
     assert ch.read_child(obj, T0).finished(T0 + 100) is finished
+
+
+def test_objects_that_are_not_children_are_ignored_without_decoding() -> None:
+    core = ScheduleCore(started_at=T0)
+    plain = m.ObjectEvent(type="ADDED", kind="NetworkChaos", namespace="ns", name="x", uid="x",
+                          object=msgspec.Raw(b"not even json"))
+    assert core.on_object(plain, T0).writes == [] and core.children == {}
