@@ -48,8 +48,8 @@ def _blob(root: Path, data: bytes) -> dict[str, object]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def build_image(path: Path) -> None:
-    """An OCI image archive: busybox-static as /bin/busybox, /bin/sleep and /bin/sh links to it."""
+def busybox_layer() -> bytes:
+    """One image layer: busybox-static as /bin/busybox, /bin/sleep and /bin/sh links to it."""
     layer = io.BytesIO()
     with tarfile.open(fileobj=layer, mode="w") as tar:
         tar.add(BUSYBOX, arcname="bin/busybox")
@@ -57,10 +57,20 @@ def build_image(path: Path) -> None:
             info = tarfile.TarInfo(f"bin/{name}")
             info.type, info.linkname = tarfile.SYMTYPE, "busybox"
             tar.addfile(info)
+    return layer.getvalue()
+
+
+def image_config(layer: bytes) -> dict[str, object]:
+    return {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sleep", "3600"]},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}}
+
+
+def build_image(path: Path) -> None:
+    """An OCI image archive of the busybox layer."""
     root = path.with_suffix(".d")
-    layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(root, layer.getvalue())}
-    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sleep", "3600"]},
-              "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]}}
+    layer = busybox_layer()
+    layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(root, layer)}
+    config = image_config(layer)
     config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
                    **_blob(root, json.dumps(config).encode())}
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
