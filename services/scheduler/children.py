@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, NOT_EXECUTED, ChaosObject, InvalidObject, decode_object
-from chaosbus.common.crd.meta import PAUSE_ANNOTATION
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, STOP
 from chaosbus.common.durations import format_duration
 
@@ -45,15 +44,13 @@ def owner_ref(schedule: Obj) -> Obj:
             "controller": True, "blockOwnerDeletion": True}
 
 
-def build(schedule: Obj, kind: str, spec: Obj, fire_at: float, *, paused: bool, duration_s: float | None) -> Obj:
+def build(schedule: Obj, kind: str, spec: Obj, fire_at: float, *, duration_s: float | None) -> Obj:
     """The child for the fire at `fire_at`; `duration_s` is set on a spec that has no duration."""
     meta = schedule.get("metadata") or {}
     spec = dict(spec)
     if duration_s is not None and not spec.get("duration"):
         spec["duration"] = format_duration(duration_s)
     annotations = {FIRE_TIME_ANNOTATION: rfc3339(fire_at)}
-    if paused:
-        annotations[PAUSE_ANNOTATION] = "true"
     return {"apiVersion": API_VERSION, "kind": kind,
             "metadata": {"name": child_name(str(meta.get("name")), fire_at), "namespace": meta.get("namespace"),
                          "labels": {MANAGED_BY: meta.get("name")}, "annotations": annotations,

@@ -22,6 +22,7 @@ from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, schedule
 from chaosbus.common.crd.errors import from_msgspec
 from chaosbus.common.crd.meta import PAUSE_ANNOTATION
 from chaosbus.common.crd.orchestration import ScheduleSpec
+from chaosbus.common.crd.podchaos import ONE_SHOT_ACTIONS
 from chaosbus.scheduler import children as ch
 
 Obj = dict[str, Any]
@@ -193,7 +194,7 @@ class ScheduleCore:
             _note(out, sched, "Forbid", fire, f"fire at {ch.rfc3339(fire)} waits: {', '.join(running)} still running")
             return
         kind, spec = schedule.embedded(sched.spec)
-        child = ch.build(sched.obj, kind, spec, fire, paused=False, duration_s=self._forced_duration(sched, kind, fire))
+        child = ch.build(sched.obj, kind, spec, fire, duration_s=self._forced_duration(sched, kind, fire))
         meta = child["metadata"]
         out.writes.append(m.ObjectWrite(write_id=f"{sched.uid}.{int(fire)}.create", op="create", kind=kind,
                                         namespace=meta["namespace"], name=meta["name"], reason="Spawned",
@@ -209,7 +210,7 @@ class ScheduleCore:
         if sched.spec.concurrency_policy == "Allow" or kind not in CHAOS_KINDS:
             return None
         _, spec = schedule.embedded(sched.spec)
-        if spec.get("duration") or (kind == "PodChaos" and spec.get("action") in ("pod-kill", "container-kill")):
+        if spec.get("duration") or (kind == "PodChaos" and spec.get("action") in ONE_SHOT_ACTIONS):
             return None
         nxt = sched.cron.next_after(fire, anchor=sched.created_at)
         return None if nxt is None else nxt - fire
