@@ -354,3 +354,20 @@ def test_objects_that_are_not_children_are_ignored_without_decoding() -> None:
     plain = m.ObjectEvent(type="ADDED", kind="NetworkChaos", namespace="ns", name="x", uid="x",
                           object=msgspec.Raw(b"not even json"))
     assert core.on_object(plain, T0).writes == [] and core.children == {}
+
+
+def test_an_updated_schedule_takes_effect_from_the_next_fire() -> None:
+    world = start(schedule_obj(historyLimit=10))
+    world.run(T0, T0 + 4.5)
+    updated = copy.deepcopy(world.schedule)
+    updated["spec"]["schedule"] = "@every 5s"
+    world.put(updated, T0 + 4.6)
+    world.run(T0 + 4.6, T0 + 11)
+    # +5 is the newest due fire of the new timetable (anchored at the creation, as before)
+    assert world.created == [f"sched-{int(T0) + k}" for k in (2, 4, 5, 10)]
+
+
+def test_cron_with_seconds_and_a_time_zone_names_children_by_the_utc_fire() -> None:
+    world = start(schedule_obj("CRON_TZ=Asia/Kolkata */3 * * * * *", historyLimit=10))
+    world.run(T0, T0 + 7)
+    assert world.created == [f"sched-{int(T0) + k}" for k in (3, 6)]
