@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import tarfile
@@ -25,6 +26,7 @@ from chaosbus.injector.backends import criwire as w
 
 IMAGE = "docker.io/library/chaosbus-test:1"
 BUSYBOX = "/bin/busybox"
+CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 SERVICE = "/runtime.v1.RuntimeService/"
 PRIVILEGED = 1
 
@@ -38,6 +40,12 @@ def missing() -> str | None:
             return f"{tool} not installed (apt-get install containerd)"
     if not os.path.exists(BUSYBOX):
         return f"{BUSYBOX} missing (apt-get install busybox-static)"
+    return None
+
+
+def missing_cni() -> str | None:
+    if not os.path.exists(os.path.join(CNI_BIN_DIR, "ptp")):
+        return f"no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)"
     return None
 
 
@@ -85,12 +93,16 @@ def build_image(path: Path) -> None:
             tar.add(item, arcname=item.name)
 
 
-def _sandbox_config(name: str) -> bytes:
+NODE_NETWORK = 2  # NamespaceMode NODE; POD (0) is the default
+
+
+def _sandbox_config(name: str, host_network: bool) -> bytes:
     metadata = w.string_field(1, name) + w.string_field(2, f"uid-{name}") + w.string_field(3, "default")
-    host_network = w.bytes_field(1, w.varint_field(1, 2))  # NamespaceOption{network: NODE}
-    security = host_network + w.varint_field(6, PRIVILEGED)  # LinuxSandboxSecurityContext
+    namespaces = w.bytes_field(1, w.varint_field(1, NODE_NETWORK)) if host_network else b""
+    security = namespaces + w.varint_field(6, PRIVILEGED)  # LinuxSandboxSecurityContext
     linux = w.bytes_field(2, security)  # LinuxPodSandboxConfig{security_context}
-    return w.bytes_field(1, metadata) + w.bytes_field(8, linux)
+    hostname = b"" if host_network else w.string_field(2, name)
+    return w.bytes_field(1, metadata) + hostname + w.bytes_field(8, linux)
 
 
 def _first_string(raw: bytes) -> str:
@@ -112,9 +124,10 @@ class Containerd:
         result: bytes = fn(request, timeout=60)
         return result
 
-    def run_container(self, pod: str, argv: list[str]) -> tuple[str, str]:
-        """(sandbox id, container id) of a running container in a new host-network pod."""
-        sandbox = _sandbox_config(pod)
+    def run_container(self, pod: str, argv: list[str], *, host_network: bool = True) -> tuple[str, str]:
+        """(sandbox id, container id) of a running container in a new pod: on the host's network,
+        or in its own network namespace (CNI ptp: a veth pair to the host, an address)."""
+        sandbox = _sandbox_config(pod, host_network)
         sandbox_id = _first_string(self.call("RunPodSandbox", w.bytes_field(1, sandbox)))
         config = (w.bytes_field(1, w.string_field(1, "app")) + w.bytes_field(2, w.string_field(1, IMAGE))
                   + b"".join(w.string_field(3, a) for a in argv))
@@ -140,6 +153,9 @@ state = "{root}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{IMAGE}"
   restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{root}/net.d"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "native"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -159,6 +175,12 @@ def containerd(root: Path) -> Iterator[Containerd]:
     test image imported; stopped on exit, and the host directories it made removed if empty."""
     made = [d for d in (SHIM_SOCKET_DIR.parent, SHIM_SOCKET_DIR) if not d.exists()]
     (root / "config.toml").write_text(_config(root))
+    (root / "net.d").mkdir()
+    # ptp: a veth pair per pod and a host route, both removed with the pod; no bridge to clean up.
+    subnet = f"10.217.{random.randrange(1, 255)}.0/24"
+    ipam = {"type": "host-local", "subnet": subnet, "dataDir": str(root / "ipam"), "routes": [{"dst": "0.0.0.0/0"}]}
+    (root / "net.d" / "10-ptp.conflist").write_text(json.dumps(
+        {"cniVersion": "0.4.0", "name": "chaosbus-test", "plugins": [{"type": "ptp", "ipMasq": False, "ipam": ipam}]}))
     log = open(root / "containerd.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(["containerd", "--config", str(root / "config.toml")], stdout=log, stderr=log)
     channel = None
