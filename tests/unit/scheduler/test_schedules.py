@@ -371,3 +371,18 @@ def test_cron_with_seconds_and_a_time_zone_names_children_by_the_utc_fire() -> N
     world = start(schedule_obj("CRON_TZ=Asia/Kolkata */3 * * * * *", historyLimit=10))
     world.run(T0, T0 + 7)
     assert world.created == [f"sched-{int(T0) + k}" for k in (3, 6)]
+
+
+def test_a_workflow_schedule_spawns_workflows_and_forbid_waits_until_one_is_accomplished() -> None:
+    flow = {"entry": "pause", "templates": [{"name": "pause", "templateType": "Suspend", "deadline": "1s"}]}
+    world = start(schedule_obj(kind="Workflow", embedded=flow, historyLimit=10))
+    world.run(T0, T0 + 2.5, step=0.5)
+    first = world.objs[("Workflow", world.created[0])]
+    assert first["spec"] == flow and first["metadata"]["ownerReferences"][0]["kind"] == "Schedule"
+    world.settle = lambda now, **_: None  # type: ignore[method-assign]  # the workflow never finishes
+    world.run(T0 + 3, T0 + 6.5, step=0.5)
+    assert len(world.created) == 1
+    done = copy.deepcopy(first)
+    done["status"] = {"conditions": [{"type": "Accomplished", "status": "True"}]}
+    world.put(done, T0 + 6.6)
+    assert len(world.created) == 2  # the waiting fire (+6) goes as soon as the workflow is accomplished
