@@ -50,7 +50,8 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self.replayed = asyncio.Event()
-        self.flows = Flows(self.publish_writes, self.send_command, self.task_node)  # Workflows and StatusChecks
+        self.flows = Flows(self.publish_writes, self.send_command, self.task_node,  # Workflows and StatusChecks
+                           metrics=metrics)
         self.schedules = sch.ScheduleCore(started_at=time.time(), ready=False)  # ready once replayed
 
     async def publish(self, out: Outputs) -> None:

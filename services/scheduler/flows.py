@@ -15,6 +15,7 @@ import msgspec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.scheduler import probe as probemod
+from chaosbus.scheduler.metrics import SchedulerMetrics
 from chaosbus.scheduler.orchestrator import Orchestrator, Outputs, ProbeRequest
 from chaosbus.scheduler.workflow import TaskRun, Write
 
@@ -41,9 +42,10 @@ def task_command(run: TaskRun, node: str, now: float) -> m.NodeCommand:
 
 class Flows:
     def __init__(self, publish: Publish, send: SendCommand | None = None,
-                 task_node: Callable[[], str | None] | None = None, orch: Orchestrator | None = None) -> None:
+                 task_node: Callable[[], str | None] | None = None, orch: Orchestrator | None = None,
+                 metrics: SchedulerMetrics | None = None) -> None:
         self.publish, self.orch = publish, orch or Orchestrator()
-        self.send, self.task_node = send, task_node
+        self.send, self.task_node, self.metrics = send, task_node, metrics
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # writes leave in the order the orchestrator decided them
         self._probes: set[asyncio.Task[None]] = set()
@@ -95,6 +97,9 @@ class Flows:
                     task = asyncio.ensure_future(self._probe(req))
                     self._probes.add(task)
                     task.add_done_callback(self._probes.discard)
+            if self.metrics is not None:
+                for phase, n in self.orch.workflow_phases().items():
+                    self.metrics.workflows.labels(phase).set(n)
             nxt = self.orch.next_wakeup()
             delay = 1.0 if nxt is None else max(0.01, min(1.0, nxt - time.time()))
             try:
@@ -105,5 +110,7 @@ class Flows:
     async def _probe(self, req: ProbeRequest) -> None:
         result = await probemod.probe(req.http, req.timeout_s)
         log.info("status check probed", check=req.key[2], namespace=req.key[1], ok=result.ok, detail=result.detail)
+        if self.metrics is not None:
+            self.metrics.probes.labels("success" if result.ok else "failure").inc()
         async with self._lock:
             await self.emit(self.orch.on_probe(req, result.ok, time.time()))

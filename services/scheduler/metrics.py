@@ -24,5 +24,9 @@ class SchedulerMetrics:
         self.object_writes = Counter("chaosbus_scheduler_object_writes_total",
                                      "ObjectWrites sent (Schedule children, orchestration status) by op and reason",
                                      ["op", "reason"], registry=self.registry)
+        self.workflows = Gauge("chaosbus_workflows", "Workflows by phase (running, accomplished, aborted, invalid)",
+                               ["phase"], registry=self.registry)
+        self.probes = Counter("chaosbus_scheduler_status_check_probes_total", "StatusCheck probes by outcome",
+                              ["outcome"], registry=self.registry)
         self.leader = Gauge("chaosbus_scheduler_leader", "1 while this instance holds the leader lease",
                             registry=self.registry)

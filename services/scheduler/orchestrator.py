@@ -158,6 +158,17 @@ class Orchestrator:
         out.extend(self._reconcile_for(key, now))
         return out
 
+    def workflow_phases(self) -> dict[str, int]:
+        """Workflows by phase, for the metrics gauge: invalid, running, accomplished or aborted."""
+        counts = dict.fromkeys(("invalid", "running", "accomplished", "aborted"), 0)
+        for key in self._keys("Workflow"):
+            status = (self._effective(key) or {}).get("status") or {}
+            conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+            phase = ("invalid" if conds.get("Scheduled") == "False" else "aborted" if conds.get("Aborted") == "True"
+                     else "accomplished" if conds.get("Accomplished") == "True" else "running")
+            counts[phase] += 1
+        return counts
+
     def next_wakeup(self) -> float | None:
         times = [t for t in self.wakeups.values()]
         times += [t for k, s in self.checks.items() if k not in self.probing and (t := sc.next_wakeup(s)) is not None]

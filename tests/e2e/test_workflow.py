@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +97,11 @@ def test_standalone_status_check_follows_a_flipping_server(system: System, healt
                timeout=15)
     outcomes = [r["outcome"] for r in system.get("statuscheck", "sc-cont")["status"]["records"]]  # type: ignore[index]
     assert outcomes[-2:] == ["Failure", "Failure"] and "Success" in outcomes
+    port = re.findall(r'"metrics_port": (\d+)', system.service_log("scheduler"))[-1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    failures = re.search(r'chaosbus_scheduler_status_check_probes_total\{outcome="failure"\} (\S+)', body)
+    assert failures and float(failures.group(1)) >= 2
     for name in ("sc-sync", "sc-cont"):
         system.cli("delete", "statuscheck", name)
 

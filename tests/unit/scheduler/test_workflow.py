@@ -252,3 +252,13 @@ def test_status_check_step_without_abort_never_aborts() -> None:
                if c["status"] == "True"}
     assert reasons == {"Accomplished": "StatusCheckCompleted"}
     assert "Aborted" not in {c["type"] for c in world.wf_status()["conditions"]}
+
+
+def test_workflow_phases_for_the_metrics_gauge() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES, name="running"))
+    world.add(workflow([{"name": "entry", "templateType": "Suspend"}], name="invalid"))
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["k"]}, pod_kill("k")], name="done"))
+    (pk,) = world.of_kind("PodChaos")
+    world.set_status("PodChaos", pk["metadata"]["name"], injected())
+    assert world.orch.workflow_phases() == {"invalid": 1, "running": 1, "accomplished": 1, "aborted": 0}
