@@ -100,9 +100,18 @@ class Orchestrator:
         return out
 
     def start(self, now: float) -> Outputs:
-        """The replay is complete: act on everything seen."""
+        """The replay is complete: act on everything seen, and delete what workflows deleted while
+        no scheduler was running left behind (their nodes and faults).
+        """
         self.ready = True
-        return self.tick(now, everything=True)
+        out = Outputs()
+        owners = {(k[1], name) for k, o in self.seen.items()
+                  if k[0] != "Workflow" and (name := _labels(o).get(wf.LABEL_WORKFLOW))}
+        for ns, name in sorted(owners):
+            if ("Workflow", ns, name) not in self.seen:
+                out.writes += self._teardown(("Workflow", ns, name))
+        out.extend(self.tick(now, everything=True))
+        return out
 
     def tick(self, now: float, *, everything: bool = False) -> Outputs:
         out = Outputs()
@@ -278,3 +287,8 @@ class Orchestrator:
 
     def _keys(self, kind: str) -> list[Key]:
         return sorted({k for k in list(self.seen) + list(self.created) if k[0] == kind})
+
+
+def _labels(obj: Obj) -> dict[str, str]:
+    labels: dict[str, str] = (obj.get("metadata") or {}).get("labels") or {}
+    return labels

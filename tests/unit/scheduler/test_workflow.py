@@ -262,3 +262,15 @@ def test_workflow_phases_for_the_metrics_gauge() -> None:
     (pk,) = world.of_kind("PodChaos")
     world.set_status("PodChaos", pk["metadata"]["name"], injected())
     assert world.orch.workflow_phases() == {"invalid": 1, "running": 1, "accomplished": 1, "aborted": 0}
+
+
+def test_a_workflow_deleted_while_no_scheduler_ran_is_cleaned_up_on_start() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES))
+    assert world.of_kind("NetworkChaos")
+    del world.objects[("Workflow", "default", "wf")]  # deleted while the scheduler was down
+    world.orch = Orchestrator()
+    for obj in list(world.objects.values()):
+        world.orch.on_object(world.event(obj, "MODIFIED"), world.now)
+    world.take(world.orch.start(world.now))
+    assert not world.of_kind("NetworkChaos") and not world.of_kind("WorkflowNode")
