@@ -220,3 +220,21 @@ def test_scheduler_kill9_mid_workflow_resumes_and_creates_nothing_twice(system: 
     assert len(wanted) == 6 and all(creates.get(name) == 1 for name in wanted), (wanted, creates)
     assert not _objects(system, "networkchaos", label="survivor")
     system.cli("delete", "workflow", "survivor")
+
+
+def test_schedule_step_fires_until_its_deadline_then_leaves_nothing(system: System) -> None:
+    spawn = {"schedule": "@every 2s", "type": "NetworkChaos", "concurrencyPolicy": "Forbid", "historyLimit": 2,
+             "networkChaos": cut("x", 0, 1, "1s")["networkChaos"] | {"duration": "1s"}}
+    system.cli("apply", "-f", "-", stdin=doc("Workflow", "periodic", {"entry": "entry", "templates": [
+        {"name": "entry", "templateType": "Serial", "children": ["every"]},
+        {"name": "every", "templateType": "Schedule", "deadline": "7s", "schedule": spawn}]}))
+    wait_blocked(system, {(0, 1)}, timeout=15)  # a child of the Schedule the step created
+    (schedule,) = _objects(system, "schedule", label="periodic")
+    assert schedule["spec"]["schedule"] == "@every 2s"
+    eventually(lambda: wf_done(system, "periodic"), timeout=20)
+    eventually(lambda: not _objects(system, "schedule", label="periodic"), timeout=10)
+    eventually(lambda: not [c for c in _objects(system, "networkchaos")
+                            if (c["metadata"].get("labels") or {}).get("managed-by") == schedule["metadata"]["name"]],
+               timeout=15)
+    wait_blocked(system, set(), timeout=10)
+    system.cli("delete", "workflow", "periodic")
