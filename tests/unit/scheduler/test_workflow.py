@@ -274,3 +274,16 @@ def test_a_workflow_deleted_while_no_scheduler_ran_is_cleaned_up_on_start() -> N
         world.orch.on_object(world.event(obj, "MODIFIED"), world.now)
     world.take(world.orch.start(world.now))
     assert not world.of_kind("NetworkChaos") and not world.of_kind("WorkflowNode")
+
+
+def test_the_abort_annotation_set_by_hand_aborts_and_recovers() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["a", "b"]},
+                        partition("a", "60s"), partition("b", "60s")]))
+    assert len(world.of_kind("NetworkChaos")) == 2
+    obj = dict(world.objects[("Workflow", "default", "wf")])
+    obj["metadata"] = {**obj["metadata"], "annotations": {"workflow.chaos-mesh.org/abort": "true"}}
+    world.objects[("Workflow", "default", "wf")] = obj
+    world.deliver(world.event(obj, "MODIFIED"))
+    assert not world.of_kind("NetworkChaos")
+    assert all(conds(world.node(t))["Aborted"] == "True" for t in ("entry", "a", "b"))
