@@ -152,6 +152,10 @@ class Orchestrator:
         Chaos Mesh's `conditionalBranchesStatus.context`, then the workflow moves on.
         """
         key = ("WorkflowNode", namespace, node)
+        if result.ok and result.exit_code is None:
+            # "already done on this node": a re-sent command (after a restart) the injector did not
+            # run twice; the first run's own result, still in the stream, is the one to use.
+            return Outputs()
         current = self._effective(key)
         if current is None or ((current.get("status") or {}).get("conditionalBranchesStatus") or {}).get("context"):
             return Outputs()

@@ -209,6 +209,18 @@ def test_task_runs_once_then_only_true_branches_start() -> None:
     assert conds(world.node("entry"))["Accomplished"] == "True" and not world.of_kind("NetworkChaos")
 
 
+def test_a_repeated_task_command_answered_already_done_is_not_taken_as_the_result() -> None:
+    world = World()
+    world.add(task_workflow([("cut", "exitCode == 0")]))
+    (run,) = world.tasks
+    again = m.TargetResult(target_id="x", op="apply", ok=True, message="already done on this node at 05:00:00Z")
+    world.take(world.orch.on_task_result("default", run.node, again, world.now))
+    assert "conditionalBranchesStatus" not in world.node("entry")["status"]
+    first = m.TargetResult(target_id="x", op="apply", ok=True, exit_code=0, stdout="")
+    world.take(world.orch.on_task_result("default", run.node, first, world.now))
+    assert world.node("entry")["status"]["conditionalBranchesStatus"]["branches"][0]["evaluationResult"] == "True"
+
+
 def test_task_that_could_not_run_takes_no_branch() -> None:
     world = World()
     world.add(task_workflow([("cut", "exitCode == 0"), ("wait", "exitCode != 0")]))
