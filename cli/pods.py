@@ -18,7 +18,7 @@ import msgspec
 from chaosbus.cli import ipam, podnet
 from chaosbus.cli.resources import UsageError
 from chaosbus.cli.supervisor import BRIDGE_ANNOTATION, NETNS_ANNOTATION, SUPERVISOR_ANNOTATION, PodSpec
-from chaosbus.common import config
+from chaosbus.common import config, processid
 from chaosbus.common.store import ObjectStore
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -111,9 +111,9 @@ async def _remove(store: ObjectStore, ipam_kv: Any, pod: dict[str, Any], timeout
         _signal(pid, signal.SIGKILL)
     # The supervisor is gone: clean up after it.
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        cpid = cs.get("containerID", "").removeprefix("process://")
-        if cpid.isdigit():
-            _signal(int(cpid), signal.SIGKILL)
+        ident = processid.parse(cs.get("containerID", ""))
+        if ident is not None and processid.is_running(ident):  # never a process that reuses the pid
+            _signal(ident.pid, signal.SIGKILL)
     if ann.get(NETNS_ANNOTATION):
         await asyncio.to_thread(podnet.delete_pod_network, ann[NETNS_ANNOTATION])
     if (pod.get("status") or {}).get("podIP"):

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from chaosbus.common import processid
 from chaosbus.common.objects import parse_rfc3339
 
 Obj = dict[str, Any]
@@ -122,7 +123,7 @@ def pod_rows(pods: list[Obj]) -> str:
         rows.append([meta.get("namespace", ""), meta.get("name", ""), status.get("phase", ""),
                      status.get("podIP", ""), str(sum(c.get("restartCount", 0) for c in cs)),
                      (meta.get("annotations") or {}).get("chaosbus.io/netns", ""),
-                     ",".join(c.get("containerID", "").removeprefix("process://") for c in cs), labels or "<none>"])
+                     ",".join(_pid_of(c.get("containerID", "")) for c in cs), labels or "<none>"])
     return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "PIDS", "LABELS"])
 
 
@@ -139,3 +140,8 @@ def schedule_rows(schedules: list[Obj]) -> str:
                      str(len(status.get("active") or [])), age(status["time"]) if status.get("time") else "<none>",
                      age(meta.get("creationTimestamp", ""))])
     return table(rows, ["NAME", "SCHEDULE", "TYPE", "POLICY", "STATE", "CHILDREN", "LAST FIRE", "AGE"])
+
+
+def _pid_of(container_id: str) -> str:
+    ident = processid.parse(container_id)
+    return str(ident.pid) if ident is not None else container_id

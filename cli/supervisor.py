@@ -21,7 +21,7 @@ import msgspec
 
 from chaosbus.cli import ipam, podnet
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, subjects
+from chaosbus.common import config, processid, subjects
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -58,7 +58,7 @@ def pod_object(spec: PodSpec, netns: str, ip: str) -> dict[str, Any]:
 
 def container_status(spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None) -> dict[str, Any]:
     cs: dict[str, Any] = {"name": spec.name, "ready": pid is not None, "restartCount": restarts,
-                          "containerID": f"process://{pid}" if pid else ""}
+                          "containerID": str(processid.of_process(pid)) if pid else ""}
     if pid:
         cs["state"] = {"running": {"startedAt": now_rfc3339()}}
     if last_exit is not None:

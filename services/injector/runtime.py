@@ -1,7 +1,7 @@
 """Runtime adapters: turn a Pod's `containerID` into a PID and namespace paths on this node.
 
-The adapter is chosen by the ID's scheme: `process://<pid>` (local mode's process pods, and what
-tests put in containerStatuses), `containerd://` and `cri-o://` through the CRI on the runtime's
+The adapter is chosen by the ID's scheme: `process://<pid>[@<start>]` (local mode's process pods,
+and what tests put in containerStatuses), `containerd://` and `cri-o://` through the CRI on the runtime's
 unix socket (`backends/cri.py`), `docker://` through the Docker Engine API (`backends/dockerapi.py`).
 The sockets come from `configure` (the injector's flags) or the CHAOSBUS_*_SOCKET environment.
 A dead or missing PID, or a container its runtime no longer knows, is not an error: the target is
@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+from chaosbus.common import processid
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
 from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Breaker, Observed, RuntimeCallError
@@ -172,12 +173,15 @@ def _live_handle(container_id: str, pid: int) -> ContainerHandle:
 
 
 def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
-    if not ident.isdigit() or int(ident) <= 1:
+    parsed = processid.parse(container_id)
+    if parsed is None or parsed.pid <= 1:
         # pid 1 is the node's init: never a process pod, never a fault target.
-        raise UnsupportedRuntime(f"process container id needs a pid > 1, got {container_id!r}")
-    pid = int(ident)
+        raise UnsupportedRuntime(f"process container id needs a pid > 1 (process://<pid>[@<start>]), "
+                                 f"got {container_id!r}")
+    pid = parsed.pid
     proc_netns = f"/proc/{pid}/ns/net"
-    alive = procs.process_alive(pid)
+    # A pid whose start time differs is another process that reuses it: the target is gone.
+    alive = procs.process_alive(pid) and processid.is_running(parsed)
     return ContainerHandle(
         container_id=container_id,
         pid=pid,

@@ -16,6 +16,7 @@ import yaml
 from helpers.live import BRIDGE, SUBNET, System, eventually, wait_blocked
 
 from chaosbus.common import bus as busmod
+from chaosbus.common import processid
 from chaosbus.injector.faults import shaping
 
 pytestmark = pytest.mark.privileged
@@ -26,13 +27,19 @@ def chaos(kind: str, name: str, spec: dict[str, object]) -> str:
                            "spec": spec})
 
 
+def pid_of(container_id: str) -> int:
+    ident = processid.parse(container_id)
+    assert ident is not None, container_id
+    return ident.pid
+
+
 def records(system: System, kind: str, name: str) -> list[dict[str, object]]:
     obj = system.get(kind, name) or {}
     return ((obj.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
 
 
 def test_pod_kill_kills_exactly_the_selected_pod_and_it_comes_back(system: System) -> None:
-    before = {p.name: int(system.pod(p.name)["status"]["containerStatuses"][0]["containerID"][10:])
+    before = {p.name: pid_of(system.pod(p.name)["status"]["containerStatuses"][0]["containerID"])
               for p in system.pods}
     system.cli("apply", "-f", "-", stdin=chaos("PodChaos", "kill-3", {
         "action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"index": "3"}}}))
@@ -45,10 +52,11 @@ def test_pod_kill_kills_exactly_the_selected_pod_and_it_comes_back(system: Syste
 
     def restarted() -> bool:
         cs = system.pod("peer-3")["status"]["containerStatuses"][0]
-        return cs["restartCount"] >= 1 and cs["containerID"] not in ("", f"process://{before['peer-3']}")
+        ident = processid.parse(cs["containerID"])
+        return cs["restartCount"] >= 1 and ident is not None and ident.pid != before["peer-3"]
 
     eventually(restarted, timeout=10)
-    system.pods[3].pid = int(system.pod("peer-3")["status"]["containerStatuses"][0]["containerID"][10:])
+    system.pods[3].pid = pid_of(system.pod("peer-3")["status"]["containerStatuses"][0]["containerID"])
     wait_blocked(system, set(), timeout=10)  # the restarted server answers again
     system.cli("delete", "podchaos", "kill-3")
 
@@ -65,12 +73,12 @@ def test_pause_does_not_stop_or_repeat_a_one_shot_pod_kill(system: System) -> No
     [rec] = records(system, "podchaos", "kill-2")
     assert rec["injectedCount"] == 1
     system.cli("delete", "podchaos", "kill-2")
-    system.pods[2].pid = int(system.pod("peer-2")["status"]["containerStatuses"][0]["containerID"][10:])
+    system.pods[2].pid = pid_of(system.pod("peer-2")["status"]["containerStatuses"][0]["containerID"])
     wait_blocked(system, set(), timeout=10)
 
 
 def test_container_kill_kills_the_named_container(system: System) -> None:
-    pid = int(system.pod("peer-1")["status"]["containerStatuses"][0]["containerID"][10:])
+    pid = pid_of(system.pod("peer-1")["status"]["containerStatuses"][0]["containerID"])
     system.cli("apply", "-f", "-", stdin=chaos("PodChaos", "ckill-1", {
         "action": "container-kill", "mode": "all", "containerNames": ["peer-1"],
         "selector": {"labelSelectors": {"index": "1"}}}))

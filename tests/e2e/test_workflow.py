@@ -19,6 +19,8 @@ import pytest
 import yaml
 from helpers.live import System, eventually, wait_blocked
 
+from chaosbus.common import processid
+
 pytestmark = pytest.mark.privileged
 
 
@@ -164,8 +166,8 @@ def test_failing_status_check_aborts_the_workflow_and_recovers_every_fault(syste
 
 
 def _restarted_pid(system: System, old: int) -> int | None:
-    cid = system.pod("peer-3")["status"]["containerStatuses"][0]["containerID"]
-    return int(cid[10:]) if cid and cid != f"process://{old}" else None
+    ident = processid.parse(system.pod("peer-3")["status"]["containerStatuses"][0]["containerID"])
+    return ident.pid if ident is not None and ident.pid != old else None
 
 
 def _objects(system: System, kind: str, label: str | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaosbus.cli import leftovers
-from chaosbus.common import netns
+from chaosbus.common import netns, processid
 
 # Per-run names, so two test runs on one machine (developers in parallel) never share a bridge.
 BRIDGE, SUBNET = f"cbte{os.getpid() % 10000}", f"10.216.{os.getpid() % 250}.0/24"
@@ -150,7 +150,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 def _pod(system: System, name: str) -> Pod:
     obj = system.pod(name)
     path = netns.netns_path(obj["metadata"]["annotations"]["chaosbus.io/netns"])
-    pid = int(obj["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+    ident = processid.parse(obj["status"]["containerStatuses"][0]["containerID"])
+    assert ident is not None
+    pid = ident.pid
     return Pod(name=name, ip=obj["status"]["podIP"], netns_path=path, pid=pid)
 
 
