@@ -75,6 +75,8 @@ class Orchestrator:
         self.probing: set[Key] = set()
         self.wakeups: dict[Key, float] = {}  # workflow -> when to look again
         self.tasks_sent: set[Key] = set()  # Task nodes whose command was sent (by this instance)
+        self.workflows: set[Key] = set()
+        self.members: dict[tuple[str, str], set[Key]] = {}  # (namespace, workflow) -> its nodes and children
         self.ready = False  # set once the replay of existing objects is complete
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -93,6 +95,7 @@ class Orchestrator:
         else:
             self.seen[key] = obj
             self.created.pop(key, None)
+            self._index(key, obj)
         if event.kind == "StatusCheck" and not gone:
             out.errors += self._track_check(key, obj)
         if self.ready and not gone:
@@ -120,7 +123,7 @@ class Orchestrator:
         for key, state in list(self.checks.items()):
             if sc.tick(state, now):
                 out.writes.append(self._check_status(key, state))
-        for key in [k for k in self._keys("Workflow") if everything or self.wakeups.get(k, now + 1) <= now]:
+        for key in [k for k in self._workflow_keys() if everything or self.wakeups.get(k, now + 1) <= now]:
             out.extend(self._reconcile(key, now))
         return out
 
@@ -174,7 +177,7 @@ class Orchestrator:
     def workflow_phases(self) -> dict[str, int]:
         """Workflows by phase, for the metrics gauge: invalid, running, accomplished or aborted."""
         counts = dict.fromkeys(("invalid", "running", "accomplished", "aborted"), 0)
-        for key in self._keys("Workflow"):
+        for key in self._workflow_keys():
             status = (self._effective(key) or {}).get("status") or {}
             conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
             phase = ("invalid" if conds.get("Scheduled") == "False" else "aborted" if conds.get("Aborted") == "True"
@@ -243,14 +246,19 @@ class Orchestrator:
         self.wakeups.pop(key, None)
         return writes
 
+    def _index(self, key: Key, obj: Obj) -> None:
+        """Remember which workflow an object belongs to (its label), so a view costs its size."""
+        name = _labels(obj).get(wf.LABEL_WORKFLOW)
+        if key[0] == "Workflow":
+            self.workflows.add(key)
+        elif name:
+            self.members.setdefault((key[1], name), set()).add(key)
+
     def _view(self, key: Key, workflow: Obj) -> wf.View:
         view = wf.View(workflow=workflow)
-        for k in list(self.seen) + list(self.created):
-            if k[1] != key[1] or k[0] == "Workflow":
-                continue
+        for k in sorted(self.members.get((key[1], key[2]), ())):
             obj = self._effective(k)
-            labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-            if obj is None or labels.get(wf.LABEL_WORKFLOW) != key[2]:
+            if obj is None or _labels(obj).get(wf.LABEL_WORKFLOW) != key[2]:
                 continue
             (view.nodes if k[0] == "WorkflowNode" else view.children)[k[2]] = obj
         return view
@@ -275,6 +283,7 @@ class Orchestrator:
         key = (w.kind, w.namespace, w.name)
         if w.op == "create" and key not in self.seen:
             self.created[key] = w.body
+            self._index(key, w.body)
         elif w.op == "status":
             self.patched[key] = merge_patch(self.patched.get(key, {}), w.body)
         elif w.op == "annotate":
@@ -288,9 +297,14 @@ class Orchestrator:
             table.pop(key, None)
         self.deleted.discard(key)
         self.tasks_sent.discard(key)
+        self.workflows.discard(key)
+        for group in [g for g, members in self.members.items() if key in members]:
+            self.members[group].discard(key)
+            if not self.members[group]:
+                del self.members[group]
 
-    def _keys(self, kind: str) -> list[Key]:
-        return sorted({k for k in list(self.seen) + list(self.created) if k[0] == kind})
+    def _workflow_keys(self) -> list[Key]:
+        return sorted(self.workflows)
 
 
 def _labels(obj: Obj) -> dict[str, str]:
