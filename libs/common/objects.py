@@ -125,3 +125,16 @@ def is_deleting(obj: Obj) -> bool:
 def ready_to_vanish(obj: Obj) -> bool:
     """A deleting object with no finalizers left is gone for good."""
     return is_deleting(obj) and not meta(obj).get("finalizers")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out

@@ -16,19 +16,6 @@ from chaosbus.common import objects as o
 Obj = dict[str, Any]
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch: objects merge key by key, null removes a key, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out: Obj = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
 def payload(write: m.ObjectWrite) -> Any:
     return msgspec.json.decode(write.object)
 
@@ -45,7 +32,7 @@ def status_change(obj: Obj, write: m.ObjectWrite) -> Obj | None:
     patch = payload(write)
     if not isinstance(patch, dict):
         raise ValueError(f"{write.kind}/{write.namespace}/{write.name}: a status patch must be a JSON object")
-    status = merge_patch(obj.get("status") or {}, patch)
+    status = o.merge_patch(obj.get("status") or {}, patch)
     if status == (obj.get("status") or {}):
         return None
     out = copy.copy(obj)

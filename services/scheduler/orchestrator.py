@@ -9,7 +9,6 @@ everything, and the workflow machine names what it creates deterministically.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common.crd.orchestration import StatusCheckHTTP
-from chaosbus.common.objects import parse_rfc3339
+from chaosbus.common.objects import merge_patch, parse_rfc3339
 from chaosbus.scheduler import statuscheck as sc
 from chaosbus.scheduler import workflow as wf
 
@@ -44,19 +43,6 @@ class Outputs:
         self.writes += other.writes
         self.errors += other.errors
         self.tasks += other.tasks
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the recorder applies status patches."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out: Obj = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 def relevant(event: m.ObjectEvent, obj: Obj) -> bool:

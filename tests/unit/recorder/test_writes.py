@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chaosbus.common import messages as m
+from chaosbus.common import objects
 from chaosbus.recorder import writes
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=3),
@@ -32,17 +33,17 @@ def stored(status: Any = None, **meta: Any) -> dict[str, Any]:
 
 
 def test_merge_patch_follows_rfc_7386_examples() -> None:
-    assert writes.merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == {
+    assert objects.merge_patch({"a": "b", "c": {"d": "e", "f": "g"}}, {"a": "z", "c": {"f": None}}) == {
         "a": "z", "c": {"d": "e"}}
-    assert writes.merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
-    assert writes.merge_patch({"a": "b"}, ["c"]) == ["c"]
-    assert writes.merge_patch("x", {"a": {"b": None}}) == {"a": {}}
+    assert objects.merge_patch({"a": [1, 2]}, {"a": [3]}) == {"a": [3]}
+    assert objects.merge_patch({"a": "b"}, ["c"]) == ["c"]
+    assert objects.merge_patch("x", {"a": {"b": None}}) == {"a": {}}
 
 
 @given(JSON, JSON)
 def test_merge_patch_is_idempotent(target: Any, patch: Any) -> None:
-    once = writes.merge_patch(target, patch)
-    assert writes.merge_patch(once, patch) == once
+    once = objects.merge_patch(target, patch)
+    assert objects.merge_patch(once, patch) == once
 
 
 def test_status_patch_sets_and_removes_keys_of_the_named_uid_only() -> None:

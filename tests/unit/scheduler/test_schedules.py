@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chaosbus.common import messages as m
-from chaosbus.recorder.writes import merge_patch
+from chaosbus.common.objects import merge_patch
 from chaosbus.scheduler import children as ch
 from chaosbus.scheduler.schedules import ScheduleCore
 
