@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, kubeclient, service, subjects
+from chaosbus.common import config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
@@ -223,6 +223,7 @@ async def main(args: argparse.Namespace) -> None:
     journal = Journal(path, sync=args.journal_sync)
     api = None
     if args.cluster:  # API-level faults through the Kubernetes API, same journaled machinery
+        from chaosbus.common import kubeclient  # kubernetes_asyncio: ~70 MB, only the cluster role needs it
         from chaosbus.injector import cluster
 
         api = await kubeclient.api_client(args.kubeconfig)

@@ -15,13 +15,16 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chaosbus.common import processid
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
 from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Breaker, Observed, RuntimeCallError
-from chaosbus.injector.backends.cri import CriClient
 from chaosbus.injector.backends.dockerapi import DockerClient
+
+if TYPE_CHECKING:  # grpcio costs ~20 MB of RSS: loaded only on a node that meets a CRI container ID
+    from chaosbus.injector.backends.cri import CriClient
 
 KNOWN_RUNTIMES = ("containerd", "cri-o", "docker")
 CRI_RUNTIMES = ("containerd", "cri-o")
@@ -90,9 +93,9 @@ def configure(config: RuntimeConfig) -> None:
     """Use `config` from now on (the injector calls this once at start; tests per fake runtime)."""
     global _config
     with _lock:
-        for adapter, _ in _clients.values():
-            if isinstance(adapter, CriClient):
-                adapter.close()
+        for scheme, (adapter, _) in _clients.items():
+            if scheme in CRI_RUNTIMES:
+                adapter.close()  # type: ignore[union-attr]
         _clients.clear()
         _config = config
 
@@ -106,8 +109,13 @@ def client(scheme: str) -> tuple[CriClient | DockerClient, Breaker]:
         found = _clients.get(scheme)
         if found is None:
             path = _config.sockets[scheme]
-            adapter = (CriClient(path, runtime=scheme, timeout=_config.timeout) if scheme in CRI_RUNTIMES
-                       else DockerClient(path, timeout=_config.timeout))
+            adapter: CriClient | DockerClient
+            if scheme in CRI_RUNTIMES:
+                from chaosbus.injector.backends.cri import CriClient
+
+                adapter = CriClient(path, runtime=scheme, timeout=_config.timeout)
+            else:
+                adapter = DockerClient(path, timeout=_config.timeout)
             found = _clients[scheme] = (adapter, Breaker(BREAKER_COOLDOWN_S))
         return found
 
@@ -141,7 +149,7 @@ def kill(handle: ContainerHandle) -> bool:
         raise UnsupportedRuntime(f"{handle.container_id!r} is not a container runtime id")
     adapter, breaker = client(scheme)
     try:
-        return breaker.call(lambda: adapter.stop(ident) if isinstance(adapter, CriClient) else adapter.kill(ident))
+        return breaker.call(lambda: adapter.stop(ident) if scheme in CRI_RUNTIMES else adapter.kill(ident))  # type: ignore[union-attr]
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
 
