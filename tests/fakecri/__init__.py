@@ -217,3 +217,21 @@ def runtimes(tmp: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
     """Both fakes on sockets in `tmp` (a short path: unix socket paths are limited to 107 bytes)."""
     with FakeCri(tmp / "containerd.sock") as cri, FakeDocker(tmp / "docker.sock") as docker:
         yield cri, docker
+
+
+@contextlib.contextmanager
+def runtime_sockets(containerd: Path | str, crio: Path | str, docker: Path | str, *,
+            timeout: float | None = None) -> Iterator[None]:
+    """The injector's runtime adapters pointed at these sockets for the block, then back to the
+    environment's (the adapters are process-wide).
+    """
+    from chaosbus.injector import runtime
+
+    paths = {"containerd": str(containerd), "cri-o": str(crio), "docker": str(docker)}
+    config = (runtime.RuntimeConfig(sockets=paths) if timeout is None
+              else runtime.RuntimeConfig(sockets=paths, timeout=timeout))
+    runtime.configure(config)
+    try:
+        yield
+    finally:
+        runtime.configure(runtime.config_from_env())

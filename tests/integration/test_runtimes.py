@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakecri import FakeCri, FakeDocker, runtimes
+from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
 
 from chaosbus.common import messages as m
 from chaosbus.common.netns import netns_inode
@@ -43,13 +43,8 @@ def sock_dir() -> Iterator[Path]:
 @pytest.fixture
 def fakes(sock_dir: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
     with runtimes(sock_dir) as (cri, docker):
-        runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(cri.socket_path),
-                                                         "cri-o": str(cri.socket_path),
-                                                         "docker": str(docker.socket_path)}, timeout=2.0))
-        try:
+        with runtime_sockets(cri.socket_path, cri.socket_path, docker.socket_path, timeout=2.0):
             yield cri, docker
-        finally:
-            runtime.configure(runtime.config_from_env())
 
 
 def ctx_for(ids: list[str], spec: m.FaultSpec) -> faults.FaultContext:
@@ -99,8 +94,7 @@ def test_unknown_container_is_a_gone_target(fakes: tuple[FakeCri, FakeDocker]) -
 
 def test_missing_socket_is_a_clear_non_retryable_per_target_error(sock_dir: Path) -> None:
     missing = sock_dir / "nope.sock"
-    runtime.configure(runtime.RuntimeConfig(sockets={s: str(missing) for s in runtime.KNOWN_RUNTIMES}))
-    try:
+    with runtime_sockets(missing, missing, missing):
         for scheme in runtime.KNOWN_RUNTIMES:
             with pytest.raises(runtime.UnsupportedRuntime) as err:
                 runtime.resolve(f"{scheme}://{CID}")
@@ -112,19 +106,13 @@ def test_missing_socket_is_a_clear_non_retryable_per_target_error(sock_dir: Path
                                                     fault=m.ContainerKill(container_names=["app"]))])
         res = core.run_action(cmd, cmd.actions[0])
         assert not res.ok and not res.retryable and str(missing) in res.message
-    finally:
-        runtime.configure(runtime.config_from_env())
 
 
 def test_a_file_that_is_not_a_socket_is_refused(sock_dir: Path) -> None:
     plain = sock_dir / "plain"
     plain.write_text("")
-    runtime.configure(runtime.RuntimeConfig(sockets={s: str(plain) for s in runtime.KNOWN_RUNTIMES}))
-    try:
-        with pytest.raises(runtime.UnsupportedRuntime, match="is not a unix socket"):
-            runtime.resolve(f"docker://{CID}")
-    finally:
-        runtime.configure(runtime.config_from_env())
+    with runtime_sockets(plain, plain, plain), pytest.raises(runtime.UnsupportedRuntime, match="is not a unix socket"):
+        runtime.resolve(f"docker://{CID}")
 
 
 @contextlib.contextmanager
@@ -143,14 +131,11 @@ def silent_socket(path: Path) -> Iterator[socket.socket]:
 def test_a_silent_runtime_costs_one_timeout_and_is_retryable(sock_dir: Path, scheme: str) -> None:
     path = sock_dir / "silent.sock"
     with silent_socket(path):
-        runtime.configure(runtime.RuntimeConfig(sockets={s: str(path) for s in runtime.KNOWN_RUNTIMES}, timeout=0.5))
-        try:
+        with runtime_sockets(path, path, path, timeout=0.5):
             started = time.monotonic()
             with pytest.raises(runtime.UnsupportedRuntime) as err:
                 runtime.resolve(f"{scheme}://{CID}")
             took = time.monotonic() - started
-        finally:
-            runtime.configure(runtime.config_from_env())
     assert err.value.retryable and str(path) in str(err.value)
     assert 0.4 <= took < 3.0, f"{scheme} call took {took:.2f}s against a 0.5 s deadline"
 
@@ -158,8 +143,7 @@ def test_a_silent_runtime_costs_one_timeout_and_is_retryable(sock_dir: Path, sch
 def test_a_hung_runtime_costs_a_command_one_timeout_not_one_per_target(sock_dir: Path) -> None:
     path = sock_dir / "silent.sock"
     with silent_socket(path):
-        runtime.configure(runtime.RuntimeConfig(sockets={s: str(path) for s in runtime.KNOWN_RUNTIMES}, timeout=0.5))
-        try:
+        with runtime_sockets(path, path, path, timeout=0.5):
             started = time.monotonic()
             errors = []
             for i in range(50):
@@ -167,8 +151,6 @@ def test_a_hung_runtime_costs_a_command_one_timeout_not_one_per_target(sock_dir:
                     runtime.resolve(f"containerd://{i:064x}")
                 errors.append(err.value)
             took = time.monotonic() - started
-        finally:
-            runtime.configure(runtime.config_from_env())
     assert all(e.retryable for e in errors)
     assert "not asked again for" in str(errors[-1]) and "DEADLINE_EXCEEDED" in str(errors[-1])
     print(f"\n50 targets on a hung runtime (0.5 s deadline): {took:.2f}s")

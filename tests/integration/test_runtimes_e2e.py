@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from fakecri import FakeCri, FakeDocker, runtimes
+from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
 from integration.test_injector_edge import batches
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import natsserver, subjects
-from chaosbus.injector import runtime
 from chaosbus.injector.app import Edge
 from chaosbus.injector.backends import procs
 from chaosbus.injector.executor import Executor
@@ -37,13 +36,8 @@ def fakes() -> Iterator[tuple[FakeCri, FakeDocker]]:
     tmp = Path(tempfile.mkdtemp(prefix="cbrt", dir="/tmp"))
     try:
         with runtimes(tmp) as (cri, docker):
-            runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(cri.socket_path),
-                                                             "cri-o": str(tmp / "absent-crio.sock"),
-                                                             "docker": str(docker.socket_path)}))
-            try:
+            with runtime_sockets(cri.socket_path, tmp / "absent-crio.sock", docker.socket_path):
                 yield cri, docker
-            finally:
-                runtime.configure(runtime.config_from_env())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

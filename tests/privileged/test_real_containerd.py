@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakecri import realctd
+from fakecri import realctd, runtime_sockets
 
 from chaosbus.cli import podnet
 from chaosbus.common import messages as m
@@ -42,13 +42,8 @@ def ctd() -> Iterator[realctd.Containerd]:
     root = Path(tempfile.mkdtemp(prefix="cbctd", dir="/tmp"))
     try:
         with realctd.containerd(root) as daemon:
-            runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(daemon.socket),
-                                                             "cri-o": str(daemon.socket),
-                                                             "docker": str(root / "no-docker.sock")}))
-            try:
+            with runtime_sockets(daemon.socket, daemon.socket, root / "no-docker.sock"):
                 yield daemon
-            finally:
-                runtime.configure(runtime.config_from_env())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

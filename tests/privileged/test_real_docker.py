@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakecri import realdocker
+from fakecri import realdocker, runtime_sockets
 
 from chaosbus.common import messages as m
 from chaosbus.injector import faults, runtime
@@ -31,13 +31,8 @@ def engine() -> Iterator[realdocker.Dockerd]:
     root = Path(tempfile.mkdtemp(prefix="cbdk", dir="/tmp"))
     try:
         with realdocker.dockerd(root) as daemon:
-            runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(root / "none.sock"),
-                                                             "cri-o": str(root / "none.sock"),
-                                                             "docker": str(daemon.socket)}))
-            try:
+            with runtime_sockets(root / "none.sock", root / "none.sock", daemon.socket):
                 yield daemon
-            finally:
-                runtime.configure(runtime.config_from_env())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakecri import FakeCri, FakeDocker, runtimes
+from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
 
 from chaosbus.common.messages import ContainerKill, Partition, PartitionRule, TargetAction
 from chaosbus.injector import faults, runtime
@@ -33,13 +33,8 @@ def fakes(lab: Lab) -> Iterator[tuple[FakeCri, FakeDocker]]:
     tmp = Path(tempfile.mkdtemp(prefix="cbrt", dir="/tmp"))
     try:
         with runtimes(tmp) as (cri, docker):
-            runtime.configure(runtime.RuntimeConfig(sockets={"containerd": str(cri.socket_path),
-                                                             "cri-o": str(cri.socket_path),
-                                                             "docker": str(docker.socket_path)}))
-            try:
+            with runtime_sockets(cri.socket_path, cri.socket_path, docker.socket_path):
                 yield cri, docker
-            finally:
-                runtime.configure(runtime.config_from_env())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
