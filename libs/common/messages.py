@@ -10,12 +10,25 @@ from typing import Literal
 
 import msgspec
 
-
-class Message(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """Base of wire messages."""
-
+# The fault specs live in faultspecs; messages stays the one import for every wire type.
+from chaosbus.common.faultspecs import (
+    ContainerKill,
+    Fault,
+    FaultSpec,
+    HelloWorld,
+    NetemParams,
+    Partition,
+    PartitionRule,
+    PodFailure,
+    PodKill,
+    Shaping,
+    Task,
+    TbfParams,
+)
+from chaosbus.common.wire import Message
 
 # --- watcher -> everyone: object events and the target projection ---------------------------
+
 
 class ObjectEvent(Message, kw_only=True, frozen=True):
     """chaos.obj.<kind>.<namespace>.<name>: an experiment object changed (full object inside)."""
@@ -76,106 +89,8 @@ class TargetNode(Message, kw_only=True, frozen=True):
     labels: dict[str, str] = {}
 
 
-# --- fault specs carried by commands: one tagged union, tag = fault name ---------------------
-
-class FaultSpec(Message, tag_field="fault", kw_only=True, frozen=True):
-    """Base of the per-target fault parameters the injector executes."""
-
-
-class PodKill(FaultSpec, tag="pod-kill", kw_only=True, frozen=True):
-    grace_period: int = 0
-
-
-class PodFailure(FaultSpec, tag="pod-failure", kw_only=True, frozen=True):
-    """Make the pod's containers unavailable without deleting the pod."""
-
-
-class ContainerKill(FaultSpec, tag="container-kill", kw_only=True, frozen=True):
-    container_names: list[str] = []
-
-
-class PartitionRule(Message, kw_only=True, frozen=True):
-    """Drop packets of one chain: `output` to the peers, or `input` from the peers.
-
-    No peers and no externals means every packet of that chain (except loopback).
-    `external` entries are IPv4, CIDR or hostname with optional :port; the injector resolves names.
-    """
-
-    chain: Literal["input", "output"]
-    peers: list[str] = []  # pod IPs
-    external: list[str] = []
-
-
-class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
-    device: str = ""
-    rules: list[PartitionRule] = []
-
-
-class NetemParams(Message, kw_only=True, frozen=True):
-    """One netem qdisc: every non-nil delay/loss/duplicate/corrupt/rate block of a NetworkChaos merged,
-    as Chaos Mesh does whatever the action. Percentages are 0-100; correlations too.
-    """
-
-    latency_ns: int = 0
-    jitter_ns: int = 0
-    delay_correlation: float = 0.0
-    reorder: float = 0.0
-    reorder_correlation: float = 0.0
-    gap: int = 0
-    loss: float = 0.0
-    loss_correlation: float = 0.0
-    duplicate: float = 0.0
-    duplicate_correlation: float = 0.0
-    corrupt: float = 0.0
-    corrupt_correlation: float = 0.0
-    rate: int = 0  # bytes per second; 0 = no netem rate limit
-
-
-class TbfParams(Message, kw_only=True, frozen=True):
-    """One tbf qdisc (NetworkChaos bandwidth). Rates in bytes per second, sizes in bytes."""
-
-    rate: int
-    limit: int
-    buffer: int
-    peakrate: int = 0  # with minburst; both or neither
-    minburst: int = 0
-
-
-class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
-    """NetworkChaos traffic shaping on ONE side: egress of `device` in the target's netns, limited to
-    packets towards `peers` (pod IPs) and `external` (IPv4, CIDR or hostname, optional :port; names
-    are resolved by the injector), or to every packet when `unfiltered`. No netem and no tbf means
-    this side has nothing to do (e.g. the target side of direction `to`).
-    """
-
-    action: str = ""  # the NetworkChaos action, for messages
-    device: str = ""  # "" = the interface that carries `pod_ip`
-    pod_ip: str = ""
-    netem: NetemParams | None = None
-    tbf: TbfParams | None = None
-    peers: list[str] = []
-    external: list[str] = []
-    unfiltered: bool = False
-
-
-class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
-    container_names: list[str] = []
-
-
-class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
-    """A Workflow Task step run on a node: `argv` executed directly (no shell), its exit code and
-    the first `max_stdout` bytes of its stdout returned in the result.
-    """
-
-    argv: list[str] = []
-    timeout_s: float = 60.0
-    max_stdout: int = 4096
-
-
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task
-
-
 # --- scheduler -> injector: one batched command per node --------------------------------------
+
 
 class TargetAction(Message, kw_only=True, frozen=True):
     target_id: str  # the status record id: ns/pod or ns/pod/container
@@ -205,6 +120,7 @@ class NodeCommand(Message, kw_only=True, frozen=True):
 
 # --- injector -> scheduler, recorder: per-target results --------------------------------------
 
+
 class TargetResult(Message, kw_only=True, frozen=True):
     target_id: str
     selector_key: str = "."
@@ -232,6 +148,7 @@ class ResultBatch(Message, kw_only=True, frozen=True):
 
 # --- scheduler -> recorder: desired phase and selection --------------------------------------
 
+
 class RecordRef(Message, kw_only=True, frozen=True):
     id: str
     selector_key: str = "."
@@ -255,6 +172,7 @@ class ExperimentDecision(Message, kw_only=True, frozen=True):
 
 
 # --- scheduler -> recorder: objects the scheduler decides (Schedule children, orchestration status)
+
 
 class ObjectWrite(Message, kw_only=True, frozen=True):
     """chaos.write.<kind>.<namespace>.<name>: one change to one object that the scheduler decides and
@@ -288,6 +206,7 @@ class ErrorReply(Message, kw_only=True, frozen=True):
 
 # --- the kill switch and the dead-man lease (issue 6) ----------------------------------------
 
+
 class HaltState(Message, kw_only=True, frozen=True):
     """KV control/halt (stays set) and chaos.control.halt (broadcast): the global kill switch.
 
@@ -318,6 +237,7 @@ class NodeLease(Message, kw_only=True, frozen=True):
 
 
 # --- the scheduler's own memory and its leader lease (KV `scheduler`, issue 4) ----------------
+
 
 class TargetMemory(Message, kw_only=True, frozen=True):
     """What the scheduler decided for one target and must not forget across a restart."""
@@ -364,6 +284,7 @@ class LeaderLease(Message, kw_only=True, frozen=True):
 
 
 # --- direct triggers over NATS (request/reply, chaos.trigger.*) -------------------------------
+
 
 class TriggerApply(Message, kw_only=True, frozen=True):
     """chaos.trigger.apply: the experiment exactly as its Chaos Mesh custom resource, as JSON."""
@@ -417,3 +338,45 @@ class TriggerRecovered(Message, kw_only=True, frozen=True):
 
 class TriggerList(Message, kw_only=True, frozen=True):
     experiments: list[TriggerStatus]
+
+
+__all__ = [
+    "ContainerKill",
+    "ContainerRef",
+    "ErrorReply",
+    "ExperimentDecision",
+    "ExperimentMemory",
+    "Fault",
+    "FaultSpec",
+    "HaltState",
+    "HelloWorld",
+    "LeaderLease",
+    "Message",
+    "NetemParams",
+    "NodeCommand",
+    "NodeLease",
+    "ObjectEvent",
+    "ObjectWrite",
+    "Partition",
+    "PartitionRule",
+    "PodFailure",
+    "PodKill",
+    "RecordRef",
+    "ResultBatch",
+    "Shaping",
+    "TargetAction",
+    "TargetMemory",
+    "TargetNamespace",
+    "TargetNode",
+    "TargetPod",
+    "TargetResult",
+    "Task",
+    "TbfParams",
+    "TriggerApplied",
+    "TriggerApply",
+    "TriggerList",
+    "TriggerListRequest",
+    "TriggerRecovered",
+    "TriggerRef",
+    "TriggerStatus",
+]

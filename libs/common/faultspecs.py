@@ -1,0 +1,106 @@
+"""The fault specs a node command carries: one tagged union (tag = the fault's name), so an
+injector decodes exactly the fault it must perform. Re-exported by `messages`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from chaosbus.common.wire import Message
+
+
+class FaultSpec(Message, tag_field="fault", kw_only=True, frozen=True):
+    """Base of the per-target fault parameters the injector executes."""
+
+
+class PodKill(FaultSpec, tag="pod-kill", kw_only=True, frozen=True):
+    grace_period: int = 0
+
+
+class PodFailure(FaultSpec, tag="pod-failure", kw_only=True, frozen=True):
+    """Make the pod's containers unavailable without deleting the pod."""
+
+
+class ContainerKill(FaultSpec, tag="container-kill", kw_only=True, frozen=True):
+    container_names: list[str] = []
+
+
+class PartitionRule(Message, kw_only=True, frozen=True):
+    """Drop packets of one chain: `output` to the peers, or `input` from the peers.
+
+    No peers and no externals means every packet of that chain (except loopback).
+    `external` entries are IPv4, CIDR or hostname with optional :port; the injector resolves names.
+    """
+
+    chain: Literal["input", "output"]
+    peers: list[str] = []  # pod IPs
+    external: list[str] = []
+
+
+class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
+    device: str = ""
+    rules: list[PartitionRule] = []
+
+
+class NetemParams(Message, kw_only=True, frozen=True):
+    """One netem qdisc: every non-nil delay/loss/duplicate/corrupt/rate block of a NetworkChaos merged,
+    as Chaos Mesh does whatever the action. Percentages are 0-100; correlations too.
+    """
+
+    latency_ns: int = 0
+    jitter_ns: int = 0
+    delay_correlation: float = 0.0
+    reorder: float = 0.0
+    reorder_correlation: float = 0.0
+    gap: int = 0
+    loss: float = 0.0
+    loss_correlation: float = 0.0
+    duplicate: float = 0.0
+    duplicate_correlation: float = 0.0
+    corrupt: float = 0.0
+    corrupt_correlation: float = 0.0
+    rate: int = 0  # bytes per second; 0 = no netem rate limit
+
+
+class TbfParams(Message, kw_only=True, frozen=True):
+    """One tbf qdisc (NetworkChaos bandwidth). Rates in bytes per second, sizes in bytes."""
+
+    rate: int
+    limit: int
+    buffer: int
+    peakrate: int = 0  # with minburst; both or neither
+    minburst: int = 0
+
+
+class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
+    """NetworkChaos traffic shaping on ONE side: egress of `device` in the target's netns, limited to
+    packets towards `peers` (pod IPs) and `external` (IPv4, CIDR or hostname, optional :port; names
+    are resolved by the injector), or to every packet when `unfiltered`. No netem and no tbf means
+    this side has nothing to do (e.g. the target side of direction `to`).
+    """
+
+    action: str = ""  # the NetworkChaos action, for messages
+    device: str = ""  # "" = the interface that carries `pod_ip`
+    pod_ip: str = ""
+    netem: NetemParams | None = None
+    tbf: TbfParams | None = None
+    peers: list[str] = []
+    external: list[str] = []
+    unfiltered: bool = False
+
+
+class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
+    container_names: list[str] = []
+
+
+class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
+    """A Workflow Task step run on a node: `argv` executed directly (no shell), its exit code and
+    the first `max_stdout` bytes of its stdout returned in the result.
+    """
+
+    argv: list[str] = []
+    timeout_s: float = 60.0
+    max_stdout: int = 4096
+
+
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task
