@@ -37,8 +37,9 @@ def status_code_range(text: str) -> tuple[int, int]:
     except ValueError:
         raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is neither a code (200) nor a range "
                            "(200-299)") from None
-    if not 100 <= lo <= hi <= 599:
-        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is not a range of HTTP codes")
+    # Chaos Mesh's webhook accepts any code in 1..999; a reversed range (it would match nothing there) is refused.
+    if not 0 < lo <= hi < 1000:
+        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is not a code or an ascending range within 1-999")
     return lo, hi
 
 
@@ -169,13 +170,26 @@ def _complete(state: CheckState, reason: str, now: float) -> None:
     state.completion = state.completion or now
 
 
+def completed_reason(state: CheckState) -> str:
+    """Chaos Mesh's reason on the Completed condition: what completed the check, duration first
+    (its precedence); "" while the check runs.
+    """
+    if not state.completed:
+        return ""
+    cause = next((c for c in (DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED) if c in state.true_since), "")
+    return f"StatusCheck{cause}" if cause else ""
+
+
 def status_of(state: CheckState) -> dict[str, Any]:
-    """The status in Chaos Mesh's shape; records limited to recordsHistoryLimit (newest kept)."""
+    """The status in Chaos Mesh's shape (every condition carries `reason`, "" but on Completed);
+    records limited to recordsHistoryLimit (newest kept).
+    """
     probe = rfc3339(state.last_probe) if state.last_probe is not None else None
     conditions = []
     for ctype in CONDITION_TYPES:
         since = state.true_since.get(ctype)
         cond: dict[str, Any] = {"type": ctype, "status": "True" if since is not None else "False",
+                                "reason": completed_reason(state) if ctype == COMPLETED else "",
                                 "lastTransitionTime": rfc3339(since if since is not None else state.start)}
         if probe:
             cond["lastProbeTime"] = probe

@@ -255,7 +255,11 @@ class _Run:
             self.aborted = self.abort_started = True
             self._emit(Write("annotate", "Workflow", self.ns, self.name, uid=self.uid,
                              annotations={ABORT_ANNOTATION: "true"}, reason="StatusCheckFailed"))
-        return self._finish(node, ABORTED, "StatusCheckNotExceedSuccessThreshold", t)
+        # As Chaos Mesh: the step is Accomplished (its check completed) and Aborted (it did not pass).
+        self._set_status(node, {"conditions": conditions_with(node.get("status") or {}, {
+            ACCOMPLISHED: (True, "StatusCheckCompleted"), ABORTED: (True, "StatusCheckNotExceedSuccessThreshold")})})
+        self._cleanup(node, t)
+        return ABORTED
 
     def _finish(self, node: Obj, ctype: str, reason: str, t: Template | None = None) -> str:
         self._set_status(node, {"conditions": conditions_with(node.get("status") or {}, {ctype: (True, reason)})})

@@ -113,3 +113,35 @@ def test_invalid_specs_name_the_field(change: dict[str, Any], field: str) -> Non
 def test_status_code_criteria_single_and_range() -> None:
     assert sc.status_code_range("200") == (200, 200)
     assert sc.status_code_range("200-299") == (200, 299)
+
+
+@pytest.mark.parametrize(("mode", "outcomes", "duration", "reason"), [
+    ("Synchronous", [True, True], None, "StatusCheckSuccessThresholdExceed"),
+    ("Continuous", [False, False, False], None, "StatusCheckFailureThresholdExceed"),
+    ("Continuous", [True], "3s", "StatusCheckDurationExceed"),
+])
+def test_conditions_carry_chaos_mesh_reasons(mode: str, outcomes: list[bool], duration: str | None,
+                                             reason: str) -> None:
+    """Chaos Mesh always writes `reason` (its field has no omitempty): "" on every condition but
+    Completed, whose reason names what completed the check.
+    """
+    state = sc.CheckState(spec=spec(mode=mode, **({"duration": duration} if duration else {})), start=T0)
+    running = sc.status_of(state)["conditions"]
+    assert [c["reason"] for c in running] == ["", "", "", ""]
+    for i, ok in enumerate(outcomes):
+        sc.fold(state, T0 + i, ok=ok, now=T0 + i)
+    sc.tick(state, T0 + 10)
+    reasons = {c["type"]: c["reason"] for c in sc.status_of(state)["conditions"]}
+    assert reasons == {"Completed": reason, "DurationExceed": "", "FailureThresholdExceed": "",
+                       "SuccessThresholdExceed": ""}
+    resumed = sc.from_status(state.spec, T0, sc.status_of(state))  # a restarted scheduler writes the same
+    assert sc.status_of(resumed)["conditions"] == sc.status_of(state)["conditions"]
+
+
+def test_status_codes_accepted_as_chaos_mesh_accepts_them() -> None:
+    """Chaos Mesh's webhook takes any code in 1..999 (e.g. a 600-699 range for a custom server)."""
+    assert sc.status_code_range("600-699") == (600, 699)
+    assert sc.status_code_range("1") == (1, 1)
+    for bad in ("0", "1000", "300-200", "200-"):
+        with pytest.raises(sc.InvalidCheck, match=r"spec\.http\.criteria\.statusCode"):
+            sc.status_code_range(bad)

@@ -101,6 +101,9 @@ def test_failing_status_check_aborts_and_every_fault_is_deleted() -> None:
     assert wf_obj["metadata"]["annotations"]["workflow.chaos-mesh.org/abort"] == "true"
     assert not world.of_kind("NetworkChaos")
     assert conds(world.node("probe"))["Aborted"] == "True"
+    # Chaos Mesh's shape: the check step is both Accomplished (its check completed) and Aborted.
+    reasons = {c["type"]: c.get("reason") for c in world.node("probe")["status"]["conditions"] if c["status"] == "True"}
+    assert reasons == {"Accomplished": "StatusCheckCompleted", "Aborted": "StatusCheckNotExceedSuccessThreshold"}
     assert conds(world.node("cut"))["Aborted"] == "True" and conds(world.node("wait"))["Aborted"] == "True"
     assert {c["type"]: c["status"] for c in world.wf_status()["conditions"]}["Aborted"] == "True"
     world.advance(T0 + 40)
