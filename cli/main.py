@@ -124,8 +124,7 @@ async def dispatch(args: argparse.Namespace) -> int:
         print(resources.show(objs, kind, args.output))
     elif cmd == "describe":
         kind = resources.kind_of(args.kind)
-        objs = await with_store(url, lambda s, _b: resources.fetch(s, kind, args.name, ns))
-        print(render.describe(objs[0]))
+        print(await with_store(url, lambda s, _b: resources.describe(s, kind, args.name, ns)))
     elif cmd == "delete":
         kind = resources.kind_of(args.kind)
         print(await with_store(url, lambda s, _b: resources.delete(s, kind, args.name, ns, wait=args.wait)))

@@ -86,7 +86,7 @@ def chaos_rows(objs: list[Obj]) -> str:
     return table(rows, ["NAME", "ACTION", "DURATION", "PHASE", "INJECTED", "AGE"])
 
 
-def describe(obj: Obj) -> str:
+def describe(obj: Obj, events: list[Obj] | None = None) -> str:
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     lines = [f"Name:         {meta.get('name')}", f"Namespace:    {meta.get('namespace', '')}",
              f"Kind:         {obj.get('kind')}", f"UID:          {meta.get('uid')}",
@@ -111,6 +111,11 @@ def describe(obj: Obj) -> str:
                      f"recovered={r['recoveredCount']}")
         for e in (r.get("events") or [])[-5:]:
             lines.append(f"    {e['timestamp']}  {e['operation']:<8}{e['type']:<10}{e.get('message', '')}")
+    lines.append("Events:" + ("" if events else "       <none>"))
+    for e in sorted(events or [], key=lambda e: str(e.get("lastTimestamp", ""))):
+        seen = age(str(e.get("lastTimestamp", "")))
+        count = f" (x{e['count']} since {age(str(e.get('firstTimestamp', '')))})" if int(e.get("count", 1)) > 1 else ""
+        lines.append(f"  {e.get('type', ''):<8}{e.get('reason', ''):<14}{seen + count:<22}{e.get('message', '')}")
     return "\n".join(lines)
 
 

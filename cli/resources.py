@@ -75,6 +75,16 @@ async def fetch(store: ObjectStore, kind: str, name: str | None, namespace: str 
     return await store.list(kind, ns or None)
 
 
+async def describe(store: ObjectStore, kind: str, name: str, namespace: str) -> str:
+    """`describe` text with the object's Events (local mode keeps them in the store, by involved uid)."""
+    obj = (await fetch(store, kind, name, namespace))[0]
+    meta = obj.get("metadata") or {}
+    events = [] if kind in o.CLUSTER_SCOPED else [
+        e for e in await store.list("Event", str(meta.get("namespace") or namespace))
+        if (e.get("involvedObject") or {}).get("uid") == meta.get("uid")]
+    return render.describe(obj, events)
+
+
 def show(objs: list[Obj], kind: str, output: str | None) -> str:
     if output == "json":
         return render.to_json(objs)

@@ -182,11 +182,12 @@ class ObjectWrite(Message, kw_only=True, frozen=True):
       owners counts as created;
     * `delete`: only while the stored object still has `uid` (a same-named successor is spared);
     * `status`: `object` is a JSON merge patch (RFC 7386) of `.status`, applied only to `uid`;
-    * `annotate`: set (value) or remove (null) metadata annotations of `uid`.
+    * `annotate`: set (value) or remove (null) metadata annotations of `uid`;
+    * `event`: a Kubernetes Event about the object (`reason`; `object` is `{"type", "message"}`).
     """
 
     write_id: str  # also the JetStream dedup id
-    op: Literal["create", "delete", "status", "annotate"]
+    op: Literal["create", "delete", "status", "annotate", "event"]
     kind: str
     namespace: str
     name: str

@@ -1,7 +1,8 @@
 """The recorder's edge: decisions and results in, status and finalizers written back to the
 objects (local mode: the KV object store, with compare-and-set); object writes the scheduler
-decides (Schedule children and orchestration status) carried out; kinds accepted but not executed
-marked NotSupported.
+decides (Schedule children, orchestration status, Events) carried out; kinds accepted but not
+executed marked NotSupported. Local mode keeps Events in the object store (kind Event, one per
+object and reason, deleted with the object), where `chaosbus describe` finds them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core, writes
+from chaosbus.recorder.events import KubeEvent
 from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
 SEEN_COMMANDS = 10_000
+SEEN_EVENT_WRITES = 1_000
 EARLY_RESULT_TRIES = 100  # about 20 s of redeliveries (nak delay 0.2 s)
 
 
@@ -33,9 +36,12 @@ class Recorder:
         # A redelivered batch (ack lost) must not count twice; JetStream dedup covers publishes only.
         self.seen_commands: OrderedDict[str, None] = OrderedDict()
         self.early: dict[str, int] = {}  # command id -> deliveries that came before their records
+        self.seen_event_writes: OrderedDict[str, None] = OrderedDict()  # a redelivery counts once
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         if event.kind in ORCHESTRATED:  # no finalizer: the scheduler deletes their children itself
+            if event.type == "DELETED":
+                await self.forget_events(event.namespace, event.uid)
             return
         if event.kind in NOT_EXECUTED:
             if event.type != "DELETED":  # no finalizer either: nothing to recover
@@ -106,11 +112,57 @@ class Recorder:
         self.metrics.writes.labels(w.kind, w.op).inc()
         log.info("object " + outcome, op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
 
+    async def record_event(self, about: core.Obj, event: KubeEvent) -> None:
+        """Local mode: the Event goes into the object store, a repeat (same object and reason)
+        counted on the one already there.
+        """
+        ns = str((about.get("metadata") or {}).get("namespace"))
+        name, now = writes.local_event_name(about, event.reason), now_rfc3339()
+        for _ in range(3):
+            try:
+                await self.store.mutate("Event", ns, name, lambda old: writes.local_event(old, about, event, now))
+                return
+            except NotFound:
+                try:
+                    await self.store.create(writes.local_event(None, about, event, now))
+                    return
+                except Conflict:
+                    continue
+
+    async def forget_events(self, namespace: str, uid: str) -> None:
+        """An object is gone: so are its Events (Kubernetes lets them expire instead)."""
+        for ev in await self.store.list("Event", namespace):
+            if (ev.get("involvedObject") or {}).get("uid") == uid:
+                await self.store.delete("Event", namespace, str(ev["metadata"]["name"]))
+
+    async def _spawned(self, w: m.ObjectWrite) -> None:
+        """The Event Chaos Mesh records on the owner of a new child: `Spawned` on a Schedule,
+        `ChaosCRCreated` / `StatusCheckCreated` on a WorkflowNode.
+        """
+        child = writes.wanted_object(w)
+        for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
+            event = writes.spawned_event(str(ref.get("kind")), w.kind, w.name)
+            if event is not None:
+                owner = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
+                         "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")}}
+                await self.record_event(owner, event)
+
     async def _carry_out(self, w: m.ObjectWrite) -> str:
+        if w.op == "event":
+            event = writes.event_of(w)
+            if w.write_id in self.seen_event_writes:
+                return "event already recorded"
+            await self.record_event(writes.involved(w), event)
+            self.seen_event_writes[w.write_id] = None
+            while len(self.seen_event_writes) > SEEN_EVENT_WRITES:
+                self.seen_event_writes.popitem(last=False)
+            return "event recorded"
         if w.op == "create":
             wanted = writes.wanted_object(w)
             try:
                 await self.store.create(wanted)
+                if w.reason == "Spawned":
+                    await self._spawned(w)
                 return "created"
             except Conflict:
                 existing = await self.store.get(w.kind, w.namespace, w.name)

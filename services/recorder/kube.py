@@ -31,7 +31,7 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
-from chaosbus.recorder import core, writes
+from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
 from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
@@ -203,16 +203,11 @@ class KubeRecorder(Recorder):
         super().__init__(store, metrics, max_events=max_events)
         self.events = events
 
-    async def _carry_out(self, w: m.ObjectWrite) -> str:
-        outcome = await super()._carry_out(w)
-        if outcome == "created" and w.reason == "Spawned":
-            child = writes.wanted_object(w)
-            for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
-                owner = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
-                         "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")}}
-                await self.events.write(owner, kevents.KubeEvent(kevents.NORMAL, "Spawned",
-                                                                 f"Create new object: {w.name}"))
-        return outcome
+    async def record_event(self, about: Obj, event: kevents.KubeEvent) -> None:
+        await self.events.write(about, event)
+
+    async def forget_events(self, namespace: str, uid: str) -> None:
+        """Kubernetes expires Events on its own (the API server's event TTL)."""
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
         writes: list[tuple[Obj, Obj]] = []

@@ -6,12 +6,18 @@ Progress is derived, never kept only here: the last fire is the newest of `statu
 children's fire times, and a child's name is its fire time, so a restarted scheduler (or one that
 decides a fire twice) names the same child and nothing fires twice. Per tick a Schedule fires at
 most once, for the newest due fire time, however many were missed (O(1), see `cron.latest`).
+
+What Chaos Mesh reports as Events on the Schedule (`Forbid`, `MissSchedule`, `NotSupported` for
+pausing a Workflow schedule) leaves as `event` writes, once per fire, with ids derived from the
+fire so a restarted scheduler's repeat is deduplicated on the stream.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import msgspec
@@ -40,7 +46,8 @@ class Sched:
     created_at: float
     fired_at: float = 0.0  # the newest fire decided here (its child may not be seen yet)
     fired_child: str = ""
-    noted: tuple[str, float] = ("", 0.0)  # (reason, fire time) last reported, so a skip is logged once
+    noted: set[tuple[str, float]] = field(default_factory=set)  # (what, fire) reported: each once
+    pause_seen: float = 0.0
     status_sent: tuple[Obj, Obj, float] = field(default_factory=lambda: ({}, {}, 0.0))  # (patch, status then, at)
 
     @property
@@ -50,6 +57,14 @@ class Sched:
     @property
     def paused(self) -> bool:
         return (self.obj["metadata"].get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"
+
+    def paused_since(self, now: float) -> float:
+        """When this pause began as far as this core knows (first seen paused), for once-per-pause notes."""
+        if not self.paused:
+            self.pause_seen = 0.0
+        elif not self.pause_seen:
+            self.pause_seen = now
+        return self.pause_seen
 
     def last_fire(self, kids: list[ch.Child]) -> float:
         recorded = ch.parse_time((self.obj.get("status") or {}).get("time")) or 0.0
@@ -113,7 +128,7 @@ class ScheduleCore:
         sched = _read(obj, now)
         if old is not None:
             sched.fired_at, sched.fired_child = old.fired_at, old.fired_child
-            sched.noted, sched.status_sent = old.noted, old.status_sent
+            sched.noted, sched.status_sent, sched.pause_seen = old.noted, old.status_sent, old.pause_seen
         self.schedules[event.uid] = sched
         return self.reconcile(sched, now)
 
@@ -160,6 +175,10 @@ class ScheduleCore:
                                                  "message": "; ".join(sched.problems)}]}, now)
             return out
         kids = self.kids(sched.uid)
+        paused_at = sched.paused_since(now)
+        if paused_at and sched.spec is not None and sched.spec.type == "Workflow":
+            # As Chaos Mesh: a Workflow has no pause, so its children run on (fires do stop).
+            _note(out, sched, "NotSupported", paused_at, "pausing a workflow schedule is not supported", now)
         for kid in kids:
             out.writes += self._pause_child(sched, kid, now)
         if not sched.paused:
@@ -178,20 +197,24 @@ class ScheduleCore:
 
     def _fire(self, sched: Sched, kids: list[ch.Child], now: float, out: Outputs) -> None:
         assert sched.spec is not None and sched.cron is not None
-        fire = sched.cron.latest(sched.last_fire(kids), now, anchor=sched.created_at)
+        last = sched.last_fire(kids)
+        fire = sched.cron.latest(last, now, anchor=sched.created_at)
         if fire is None:
             return
+        first = sched.cron.next_after(last, anchor=sched.created_at)
+        if first is not None and first < fire:  # older fires are not caught up (Chaos Mesh gives up past 100)
+            _note(out, sched, "MissSchedule", fire, f"Missed scheduled times from {rfc1123(first)}: only the "
+                                                     f"latest, {rfc1123(fire)}, is run", now, what="caught-up")
         deadline = sched.spec.starting_deadline_seconds
         if deadline is not None and now - fire > deadline:
             sched.fired_at = fire  # skipped for good: the next fire is the next chance
-            _note(out, sched, "MissSchedule", fire, f"missed the fire at {ch.rfc3339(fire)} by more than "
-                                                     f"startingDeadlineSeconds={deadline}")
+            _note(out, sched, "MissSchedule", fire, f"Missed scheduled time to start a job: {rfc1123(fire)}", now)
             return
         running = [k.name for k in kids if not k.finished(now)]
         if sched.fired_child and sched.fired_child not in {k.name for k in kids} and now - sched.fired_at < RESEND_S:
             running.append(sched.fired_child)  # created, not seen yet
         if sched.spec.concurrency_policy != "Allow" and running:
-            _note(out, sched, "Forbid", fire, f"fire at {ch.rfc3339(fire)} waits: {', '.join(running)} still running")
+            _note(out, sched, "Forbid", fire, f"Forbid spawning new job because: {running[0]} is still running", now)
             return
         kind, spec = schedule.embedded(sched.spec)
         child = ch.build(sched.obj, kind, spec, fire, duration_s=self._forced_duration(sched, kind, fire))
@@ -226,7 +249,7 @@ class ScheduleCore:
         """Pausing a Schedule pauses its children; resuming it resumes the ones it paused."""
         current = kid.annotations.get(PAUSE_ANNOTATION)
         want = "true" if sched.paused else ("false" if current == "true" else current)
-        if want == current or kid.deleting or kid.delete_sent_at:
+        if want == current or kid.deleting or kid.delete_sent_at or kid.kind == "Workflow":
             return []
         value, at = kid.annotate_sent
         if value == want and now - at < RESEND_S:
@@ -273,10 +296,24 @@ def _status(out: Outputs, sched: Sched, desired: Obj, now: float) -> None:
                                     object=msgspec.Raw(msgspec.json.encode(desired)), at=now))
 
 
-def _note(out: Outputs, sched: Sched, reason: str, fire: float, text: str) -> None:
-    if sched.noted != (reason, fire):
-        sched.noted = (reason, fire)
-        out.notes.append(f"{reason}: {text}")
+def rfc1123(t: float) -> str:
+    """Go's RFC1123Z, the format of Chaos Mesh's MissSchedule message."""
+    return format_datetime(datetime.fromtimestamp(t, UTC))
+
+
+def _note(out: Outputs, sched: Sched, reason: str, fire: float, message: str, now: float, *,
+          what: str = "") -> None:
+    """A Warning Event on the Schedule, once per (what, fire), and the same as a log note."""
+    what = what or reason
+    if (what, fire) in sched.noted:
+        return
+    sched.noted = {n for n in sched.noted if n[0] != what or n[1] >= fire} | {(what, fire)}  # bounded
+    out.notes.append(f"{reason}: {message}")
+    meta = sched.obj["metadata"]
+    out.writes.append(m.ObjectWrite(
+        write_id=f"{sched.uid}.{int(fire)}.{what}", op="event", kind="Schedule", uid=sched.uid,
+        namespace=str(meta.get("namespace")), name=str(meta.get("name")), reason=reason, at=now,
+        object=msgspec.Raw(msgspec.json.encode({"type": "Warning", "message": message}))))
 
 
 def _extend(out: Outputs, other: Outputs) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from chaosbus.cli import resources
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
@@ -113,3 +114,37 @@ async def test_status_patch_annotations_and_delete_by_uid(bus: busmod.Bus, store
 
 async def _gone(store: ObjectStore, name: str) -> bool:
     return await store.get("HelloWorldChaos", "default", name) is None
+
+
+async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_object(
+        bus: busmod.Bus, store: ObjectStore) -> None:
+    """Local mode keeps Events in the object store (where `chaosbus describe` reads them): a repeat
+    is counted, a redelivered write counted once, and they are deleted with their object.
+    """
+    sched = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+             "metadata": {"name": "s", "namespace": "default"},
+             "spec": {"schedule": "@every 2s", "type": "HelloWorldChaos", "helloWorldChaos": {"mode": "all"}}}
+    uid = (await store.create(sched))["metadata"]["uid"]
+    body = {"type": "Warning", "message": "Forbid spawning new job because: s-1 is still running"}
+    for write_id in ("ev-1", "ev-2", "ev-2"):  # ev-2 twice: deduplicated on the stream
+        await send(bus, "event", "s", body, kind="Schedule", uid=uid, reason="Forbid", write_id=write_id)
+    await send(bus, "create", "s-2", child("s-2", owner_uid=uid), reason="Spawned")  # Spawned on the owner
+
+    async def both() -> list[dict[str, Any]] | None:
+        found = await store.list("Event", "default")
+        return found if {e["reason"] for e in found} == {"Forbid", "Spawned"} else None
+
+    events = {e["reason"]: e for e in await until(both)}
+    assert events["Forbid"]["count"] == 2 and events["Forbid"]["message"] == body["message"]
+    assert events["Forbid"]["involvedObject"] == {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                                                  "name": "s", "namespace": "default", "uid": uid}
+    assert events["Spawned"]["message"] == "Create new object: s-2"
+    text = await resources.describe(store, "Schedule", "s", "default")  # what `chaosbus describe` prints
+    events_section = text.split("Events:", 1)[1].splitlines()
+    assert any(ln.split()[:2] == ["Warning", "Forbid"] and "(x2 since" in ln and ln.endswith(body["message"])
+               for ln in events_section), text
+    assert any(ln.split()[:2] == ["Normal", "Spawned"] for ln in events_section), text
+    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    await rec.on_object(m.ObjectEvent(type="DELETED", kind="Schedule", namespace="default", name="s", uid=uid,
+                                      object=msgspec.Raw(msgspec.json.encode(sched))))
+    assert await store.list("Event", "default") == []

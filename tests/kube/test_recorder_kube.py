@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from kube.conftest import KubeEnv
 
@@ -182,8 +183,6 @@ async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: K
 
 
 def write(op: str, name: str, obj: Any = None, **kw: Any) -> m.ObjectWrite:
-    import msgspec
-
     return m.ObjectWrite(write_id=f"{op}-{name}", op=op, kind=KIND, namespace=kw.pop("namespace"),  # type: ignore[arg-type]
                          name=name, object=msgspec.Raw(msgspec.json.encode(obj)), **kw)
 
@@ -205,6 +204,14 @@ async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
         ("Spawned", "Create new object: s-1", "sched-uid")]  # once: the redelivered create spawned nothing
     uid = created["metadata"]["uid"]
     assert kube.client.get(f"{path}/s-1")["metadata"]["uid"] == uid  # type: ignore[index]
+    body = {"type": "Warning", "message": "Forbid spawning new job because: s-1 is still running"}
+    forbid = m.ObjectWrite(write_id="ev-1", op="event", kind="Schedule", namespace=ns, name="s", uid="sched-uid",
+                           reason="Forbid", object=msgspec.Raw(msgspec.json.encode(body)))
+    await recorder.on_write(forbid)  # an Event the scheduler decided: a core/v1 Event on the Schedule
+    on_schedule = kube.client.request("GET", f"/api/v1/namespaces/{ns}/events", query={
+        "fieldSelector": "involvedObject.kind=Schedule,involvedObject.name=s"})["items"]
+    assert [(e["type"], e["reason"], e["involvedObject"]["uid"]) for e in on_schedule] == [
+        ("Normal", "Spawned", "sched-uid"), ("Warning", "Forbid", "sched-uid")]
 
     await recorder.on_write(write("annotate", "s-1", uid=uid, namespace=ns,
                                   annotations={"experiment.chaos-mesh.org/pause": "true"}))

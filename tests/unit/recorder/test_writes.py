@@ -96,3 +96,42 @@ def test_without_owners_the_spec_decides() -> None:
         obj["metadata"].pop("ownerReferences")
     assert writes.same_object(a, child() | {"metadata": {"name": "s-1"}})
     assert not writes.same_object(b, a)
+
+
+def test_an_event_write_names_reason_type_and_message_or_is_refused() -> None:
+    w = write("event", {"type": "Warning", "message": "Forbid spawning new job because: s-1 is still running"},
+              reason="Forbid")
+    event = writes.event_of(w)
+    assert (event.type, event.reason, event.message) == ("Warning", "Forbid",
+                                                         "Forbid spawning new job because: s-1 is still running")
+    assert writes.involved(w)["metadata"] == {"name": "s", "namespace": "ns", "uid": "u1"}
+    for bad in (write("event", {"type": "Loud", "message": "x"}, reason="Forbid"),
+                write("event", {"type": "Normal"}),  # no reason
+                write("event", "not an object", reason="Forbid")):
+        with pytest.raises(ValueError, match="event write needs a reason"):
+            writes.event_of(bad)
+
+
+def test_local_events_count_repeats_per_object_and_reason_and_restart_for_a_new_uid() -> None:
+    about = stored()
+    first = writes.event_of(write("event", {"type": "Warning", "message": "one"}, reason="Forbid"))
+    second = writes.event_of(write("event", {"type": "Warning", "message": "two"}, reason="Forbid"))
+    ev = writes.local_event(None, about, first, "2026-01-01T00:00:00Z")
+    assert ev["metadata"]["name"] == writes.local_event_name(about, "Forbid") == "s.schedule.forbid"
+    assert ev["involvedObject"]["uid"] == "u1" and ev["count"] == 1 and ev["type"] == "Warning"
+    again = writes.local_event(ev, about, second, "2026-01-01T00:00:05Z")
+    assert (again["count"], again["message"], again["firstTimestamp"], again["lastTimestamp"]) == (
+        2, "two", "2026-01-01T00:00:00Z", "2026-01-01T00:00:05Z")
+    successor = stored(uid="u2")  # a new object with the same name starts its own count
+    assert writes.local_event(again, successor, first, "2026-01-01T00:01:00Z")["count"] == 1
+
+
+def test_spawned_events_as_chaos_mesh_records_them_on_the_owner() -> None:
+    def reason(owner: str, child: str) -> str | None:
+        event = writes.spawned_event(owner, child, "c-1")
+        return None if event is None else f"{event.reason}: {event.message}"
+
+    assert reason("Schedule", "NetworkChaos") == "Spawned: Create new object: c-1"
+    assert reason("WorkflowNode", "NetworkChaos") == "ChaosCRCreated: chaos CR c-1 created"
+    assert reason("WorkflowNode", "StatusCheck") == "StatusCheckCreated: status check c-1 created"
+    assert reason("Workflow", "WorkflowNode") is None

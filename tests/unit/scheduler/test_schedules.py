@@ -49,6 +49,8 @@ class World:
         self.deleted: list[str] = []
         self.overlaps: list[str] = []  # children still running when another was created
         self.notes: list[str] = []
+        self.events: list[tuple[str, str]] = []  # (reason, message) of event writes, as the recorder gets them
+        self.event_ids: list[str] = []
         self.injected_until: dict[str, float] = {}  # child name -> when its (fake) recovery completes
 
     def put(self, obj: Obj, now: float, change: str = "MODIFIED") -> None:
@@ -72,6 +74,12 @@ class World:
 
     def write(self, w: m.ObjectWrite, now: float) -> None:
         key = (w.kind, w.name)
+        if w.op == "event":
+            body = msgspec.json.decode(w.object)
+            assert body["type"] == "Warning" and w.kind == "Schedule" and w.uid == self.objs[key]["metadata"]["uid"]
+            self.events.append((w.reason, body["message"]))
+            self.event_ids.append(w.write_id)
+            return
         current = self.objs.get(key)
         if w.op == "create":
             if current is None:
@@ -386,3 +394,40 @@ def test_a_workflow_schedule_spawns_workflows_and_forbid_waits_until_one_is_acco
     done["status"] = {"conditions": [{"type": "Accomplished", "status": "True"}]}
     world.put(done, T0 + 6.6)
     assert len(world.created) == 2  # the waiting fire (+6) goes as soon as the workflow is accomplished
+
+
+def test_forbid_and_missed_fires_are_warning_events_on_the_schedule_once_each() -> None:
+    """Chaos Mesh records `Forbid` and `MissSchedule` Events on the Schedule; each skipped fire is
+    reported once however many ticks it waits, with an id a restarted scheduler would repeat.
+    """
+    world = start(schedule_obj(embedded=hello("3s"), historyLimit=10))
+    world.run(T0, T0 + 5)  # the fire at +4 waits for the child of +2 (running until +5.2)
+    assert world.events == [("Forbid", f"Forbid spawning new job because: sched-{int(T0) + 2} is still running")]
+    assert world.event_ids == [f"uid-1.{int(T0) + 4}.Forbid"]
+
+    late = start(schedule_obj("@every 10s", startingDeadlineSeconds=3))
+    late.run(T0 + 15, T0 + 16)  # the fire at +10 is 5 s late
+    stamp = "Fri, 15 Jan 2027 08:00:10 +0000"
+    assert late.events == [("MissSchedule", f"Missed scheduled time to start a job: {stamp}")]
+
+
+def test_a_long_outage_reports_the_fires_it_does_not_catch_up() -> None:
+    world = start(schedule_obj("@every 10s"))
+    world.run(T0 + 55, T0 + 56)  # +10 .. +40 are not caught up, +50 runs
+    assert world.created == [f"sched-{int(T0) + 50}"]
+    assert world.events == [("MissSchedule", "Missed scheduled times from Fri, 15 Jan 2027 08:00:10 +0000: only "
+                                             "the latest, Fri, 15 Jan 2027 08:00:50 +0000, is run")]
+
+
+def test_pausing_a_workflow_schedule_is_not_supported_and_its_workflows_are_not_annotated() -> None:
+    flow = {"entry": "pause", "templates": [{"name": "pause", "templateType": "Suspend", "deadline": "60s"}]}
+    world = start(schedule_obj(kind="Workflow", embedded=flow))
+    world.settle = lambda now, **_: None  # type: ignore[method-assign]
+    world.run(T0, T0 + 2.5, step=0.5)
+    paused = copy.deepcopy(world.schedule)
+    paused["metadata"]["annotations"] = {PAUSE: "true"}
+    world.put(paused, T0 + 3)
+    world.run(T0 + 3, T0 + 9, step=0.5)
+    assert len(world.created) == 1  # fires stop
+    assert PAUSE not in (world.objs[("Workflow", world.created[0])]["metadata"].get("annotations") or {})
+    assert world.events == [("NotSupported", "pausing a workflow schedule is not supported")]
