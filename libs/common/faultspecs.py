@@ -4,7 +4,7 @@ injector decodes exactly the fault it must perform. Re-exported by `messages`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from chaosbus.common.wire import Message
 
@@ -94,13 +94,19 @@ class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
 
 
 class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
-    """A Workflow Task step run on a node: `argv` executed directly (no shell), its exit code and
-    the first `max_stdout` bytes of its stdout returned in the result.
+    """A Workflow Task step: a node injector runs `argv` directly (no shell); the cluster injector
+    runs `container` (the template's `task.container`, Kubernetes JSON) with `volumes` as a Pod
+    owned by the WorkflowNode `workflow_node_uid`. Either way its exit code and the first
+    `max_stdout` bytes of its output come back in the result.
     """
 
     argv: list[str] = []
     timeout_s: float = 60.0
     max_stdout: int = 4096
+    container: dict[str, Any] = {}
+    volumes: list[dict[str, Any]] = []
+    workflow: str = ""  # the Workflow's name, for the Pod's chaos-mesh.org/workflow label
+    workflow_node_uid: str = ""  # the Pod's ownerReference
 
 
 Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task

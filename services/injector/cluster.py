@@ -1,5 +1,6 @@
 """The cluster injector's Kubernetes edge (`injector --cluster`): the API-level faults, pod-kill
-(delete with `gracePeriod`) and pod-failure (pause images), done through kubernetes-asyncio.
+(delete with `gracePeriod`) and pod-failure (pause images), and Workflow Task steps run as Pods
+(`faults/task_pod.py`), done through kubernetes-asyncio.
 
 Everything else is the node injector's machinery unchanged: the same journal (intent before
 effect), start-up reconcile, self-expiry at the deadline, dead-man lease, kill switch and outbox,
@@ -24,6 +25,7 @@ from kubernetes_asyncio import client
 from chaosbus.injector import faults, podpatch, runtime
 from chaosbus.injector.faults.api_pod_kill import ApiPodKill
 from chaosbus.injector.faults.pod_failure import PodFailure
+from chaosbus.injector.faults.task_pod import TaskPod
 from chaosbus.injector.podapi import Pod, PodApi, PodApiError
 
 T = TypeVar("T")
@@ -83,22 +85,50 @@ class KubePods:
         return self._call(go())
 
 
+    def create(self, namespace: str, body: Pod) -> Pod:
+        async def go() -> Pod:
+            raw_body: Any = body  # the API's JSON as is: the typed V1Pod would drop unknown fields
+            resp = await self.core.create_namespaced_pod(namespace, raw_body, _preload_content=False,
+                                                         _request_timeout=REQUEST_TIMEOUT_S)
+            pod = await _body(resp)
+            assert pod is not None
+            return pod
+
+        return self._call(go())
+
+    def log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
+        async def go() -> str:
+            resp: Any = await self.core.read_namespaced_pod_log(
+                name, namespace, container=container, limit_bytes=max(1, limit_bytes), _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_S)
+            raw = await resp.read()
+            if not 200 <= resp.status <= 299:
+                _body_of(resp.status, resp.reason, raw)
+            return bytes(raw[:limit_bytes]).decode("utf-8", "replace")
+
+        return self._call(go())
+
+
 async def _body(resp: Any) -> Pod | None:
     """The JSON body of a 2xx answer; PodApiError with the server's message otherwise."""
-    raw = await resp.read()
+    return _body_of(resp.status, resp.reason, await resp.read())
+
+
+def _body_of(status: int, reason: Any, raw: bytes) -> Pod | None:
+    """The JSON object of a 2xx answer; PodApiError with the server's message otherwise."""
     try:
         data = json.loads(raw) if raw else None
     except ValueError:
         data = raw.decode(errors="replace")
-    if not 200 <= resp.status <= 299:
+    if not 200 <= status <= 299:
         message = data.get("message", "") if isinstance(data, dict) else str(data)
-        raise PodApiError(resp.status, message or str(resp.reason))
+        raise PodApiError(status, message or str(reason))
     return data if isinstance(data, dict) else None
 
 
 def registry(pods: PodApi, pause_image: str) -> dict[str, faults.Fault]:
     """The faults this injector performs, by tag."""
-    return {f.name: f for f in (ApiPodKill(pods), PodFailure(pods, pause_image))}
+    return {f.name: f for f in (ApiPodKill(pods), PodFailure(pods, pause_image), TaskPod(pods))}
 
 
 def resolve_pod_only(container_id: str) -> runtime.ContainerHandle:

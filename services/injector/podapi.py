@@ -1,5 +1,6 @@
 """What the cluster injector's faults need from the Kubernetes API, as a small synchronous
-interface (faults run in worker threads): read a Pod, JSON-patch it, delete it. The kubernetes
+interface (faults run in worker threads): read a Pod, JSON-patch it, delete it, and for Workflow
+Task Pods create one and read its container's log. The kubernetes
 edge (`cluster.py`) implements it; keeping it here lets fault modules stay free of the client.
 """
 
@@ -31,6 +32,15 @@ class PodApi(Protocol):
         """Delete with this grace period, only if the Pod still has `uid` (409 otherwise);
         None if there was no such Pod.
         """
+        ...
+
+
+    def create(self, namespace: str, body: Pod) -> Pod:
+        """Create a Pod; raises PodApiError (409 one of that name exists, 422 invalid, 403 refused)."""
+        ...
+
+    def log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
+        """The first `limit_bytes` of a container's log (`pods/{name}/log`), decoded as UTF-8."""
         ...
 
 

@@ -103,9 +103,7 @@ class Scheduler:
         self.metrics.commands.labels(command.kind).inc()
 
     def task_node(self) -> str | None:
-        """Where a Workflow Task runs in local mode: the first node with an injector."""
-        nodes = self.core.known_nodes()
-        return nodes[0] if nodes else None
+        return self.core.task_node()
 
     async def save_memory(self) -> None:
         kv = await self.bus.kv(subjects.SCHEDULER.name)

@@ -283,6 +283,15 @@ class SchedulerCore:
     def known_nodes(self) -> list[str]:
         return self._all_nodes()
 
+    def task_node(self) -> str | None:
+        """Where a Workflow Task runs: as a Pod by the cluster injector in cluster mode, else as a
+        process on the first node with an injector (None: no injector known yet).
+        """
+        if self.cluster_injector:
+            return subjects.CLUSTER_NODE
+        nodes = self._all_nodes()
+        return nodes[0] if nodes else None
+
     def _all_nodes(self) -> list[str]:
         """Where to send a recover whose pod (and so node) is no longer known: every node. Each
         injector finds the target gone or recovers it; recover is idempotent.

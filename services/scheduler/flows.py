@@ -33,8 +33,9 @@ def to_message(w: Write, now: float) -> m.ObjectWrite:
 
 def task_command(run: TaskRun, node: str, now: float) -> m.NodeCommand:
     """A Task's command for one node's injector; the node's uid stands for the experiment."""
-    action = m.TargetAction(target_id=f"{run.namespace}/{run.node}", op="apply",
-                            fault=m.Task(argv=list(run.argv), timeout_s=run.timeout_s))
+    task = m.Task(argv=list(run.argv), timeout_s=run.timeout_s, container=dict(run.container),
+                  volumes=list(run.volumes), workflow=run.workflow, workflow_node_uid=run.uid)
+    action = m.TargetAction(target_id=f"{run.namespace}/{run.node}", op="apply", fault=task)
     return m.NodeCommand(command_id=f"{run.uid}.task.{uuid.uuid4().hex[:12]}", experiment_uid=run.uid, generation=1,
                          kind="WorkflowNode", namespace=run.namespace, name=run.node, node=node, issued_at=now,
                          actions=[action])

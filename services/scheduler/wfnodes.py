@@ -47,6 +47,10 @@ class TaskRun:
     uid: str
     argv: tuple[str, ...]
     timeout_s: float
+    # What a Pod needs in cluster mode (the template's task.container and task.volumes, as given).
+    container: Obj = field(default_factory=dict, compare=False)
+    volumes: list[Obj] = field(default_factory=list, compare=False)
+    workflow: str = ""
 
 
 def finished_by(status: Obj | None) -> str:

@@ -202,7 +202,9 @@ class _Run:
             if not stop and md.get("uid"):
                 deadline = deadline_of(node)
                 timeout = DEFAULT_TASK_TIMEOUT_S if deadline is None else max(1.0, deadline - self.now)
-                self.tasks.append(TaskRun(md["name"], self.ns, md["uid"], tuple(ws.task_argv(t)), timeout))
+                self.tasks.append(TaskRun(md["name"], self.ns, md["uid"], tuple(ws.task_argv(t)), timeout,
+                                          container=dict((t.task.container if t.task else None) or {}),
+                                          volumes=list(t.task.volumes if t.task else []), workflow=self.name))
             return
         branches = cbs.get("branches")
         if branches is None:

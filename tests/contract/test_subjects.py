@@ -188,5 +188,5 @@ def test_what_the_node_injector_lacks_the_cluster_injector_does() -> None:
     from chaosbus.injector import cluster
 
     registry = cluster.registry(object(), "pause")
-    assert set(registry) == UNSUPPORTED_FAULTS | {"pod-kill"}
+    assert set(registry) == UNSUPPORTED_FAULTS | {"pod-kill", "task"}  # both modes: an API call, a process
     assert all(registry[tag].name == tag for tag in registry)

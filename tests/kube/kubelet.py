@@ -2,6 +2,13 @@
 process (in its own network namespace when `netns=True`, wired to a test bridge), and reports
 status through `pods/status` with `process://<pid>` container IDs, the way a kubelet would.
 It also finishes graceful deletions (kills the processes, then deletes with grace 0).
+
+`sync()` (or the `running()` loop) also plays scheduler and kubelet for Pods others create (a
+Workflow's Task Pods): each container's `command` + `args` run as a local process (argv, no shell;
+`env` values and `workingDir` applied, the image ignored), stdout and stderr into one file served
+as the container's log through the API fake, status Pending -> Running -> Succeeded/Failed with
+`terminated.exitCode` as a kubelet reports it (`StartError`, exit code 128, when the command
+cannot start). `restartPolicy: Never` is the only policy it honours.
 """
 
 from __future__ import annotations
@@ -11,13 +18,20 @@ import ipaddress
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kube.client import KubeClient
 
 SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"]
+
+
+LogSink = Callable[[str, str, Path], None]  # (pod uid, container, log file): FakeApiServer.set_container_log
 
 
 @dataclass
@@ -27,6 +41,10 @@ class KubePod:
     ip: str
     netns: str | None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    uid: str = ""
+    workload: bool = False  # created by someone else and run to completion (a Task Pod)
+    start_errors: dict[str, str] = field(default_factory=dict)  # container -> why it could not start
+    finished: bool = False
 
     @property
     def path(self) -> str:
@@ -37,8 +55,10 @@ class KubePod:
 
 
 class Kubelet:
-    def __init__(self, client: KubeClient, node: str, *, bridge: str = "", subnet: str = "") -> None:
-        self.client, self.node, self.bridge = client, node, bridge
+    def __init__(self, client: KubeClient, node: str, *, bridge: str = "", subnet: str = "",
+                 logs: LogSink | None = None) -> None:
+        self.client, self.node, self.bridge, self.logs = client, node, bridge, logs
+        self.log_dir = Path(tempfile.mkdtemp(prefix="kubelet-logs-"))
         self.subnet = ipaddress.IPv4Network(subnet) if subnet else None
         self.pods: dict[tuple[str, str], KubePod] = {}
         self._next_ip = 2
@@ -98,6 +118,90 @@ class Kubelet:
                   "containerStatuses": statuses}
         result: dict[str, Any] = self.client.merge_patch(pod.path + "/status", {"status": status})
         return result
+
+    # --- Pods created by others (Task Pods) -------------------------------------------------------
+
+    def sync(self) -> None:
+        """Start the Pods nobody runs yet, report the ones whose processes ended, forget deleted ones."""
+        listed = self.client.get("/api/v1/pods") or {"items": []}
+        seen = set()
+        for obj in listed["items"]:
+            meta, spec = obj["metadata"], obj.get("spec") or {}
+            key = (meta["namespace"], meta["name"])
+            seen.add(key)
+            known = self.pods.get(key)
+            if known is None and spec.get("nodeName", self.node) in ("", self.node) and not meta.get(
+                    "deletionTimestamp") and (obj.get("status") or {}).get("phase") in (None, "", "Pending"):
+                self._start_workload(obj)
+            elif known is not None and known.workload and not known.finished and all(
+                    p.poll() is not None for p in known.procs.values()):
+                self._report_workload(known, obj.get("spec") or {})
+        for key in [k for k, p in self.pods.items() if p.workload and k not in seen]:
+            self._stop(self.pods.pop(key))  # deleted (grace 0): its processes go too
+
+    @contextlib.contextmanager
+    def running(self, interval: float = 0.1) -> Iterator[Kubelet]:
+        """`sync()` in a background thread for the duration of the block."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                with contextlib.suppress(Exception):  # the API restarting: try again next round
+                    self.sync()
+
+        thread = threading.Thread(target=loop, name=f"kubelet-{self.node}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join(10)
+
+    def _start_workload(self, obj: dict[str, Any]) -> None:
+        meta, spec = obj["metadata"], obj.get("spec") or {}
+        pod = KubePod(name=meta["name"], namespace=meta["namespace"], ip=self._allocate_ip(), netns=None,
+                      uid=meta["uid"], workload=True)
+        self.pods[(pod.namespace, pod.name)] = pod
+        for c in spec.get("containers") or []:
+            argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
+            log = self.log_dir / f"{pod.uid}-{c['name']}.log"
+            env = {**os.environ, **{e["name"]: str(e.get("value", "")) for e in c.get("env") or [] if "name" in e}}
+            try:
+                if not argv:
+                    raise OSError("no command: this kubelet cannot run an image's entrypoint")
+                with log.open("wb") as out:
+                    pod.procs[c["name"]] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                                            stderr=subprocess.STDOUT, env=env,
+                                                            cwd=c.get("workingDir") or None)
+            except OSError as e:
+                log.write_bytes(b"")
+                pod.start_errors[c["name"]] = f"failed to start container {c['name']!r}: {e}"
+            if self.logs is not None:
+                self.logs(pod.uid, c["name"], log)
+        self._report_workload(pod, spec)
+
+    def _report_workload(self, pod: KubePod, spec: dict[str, Any]) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        statuses, codes = [], []
+        for c in spec.get("containers") or []:
+            name, proc = c["name"], pod.procs.get(c["name"])
+            code = 128 if proc is None else proc.poll()
+            state: dict[str, Any] = {"running": {"startedAt": now}}
+            if code is not None:
+                reason = "StartError" if proc is None else "Completed" if code == 0 else "Error"
+                state = {"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now,
+                                        **({"message": pod.start_errors[name]} if name in pod.start_errors else {}),
+                                        **({"containerID": f"process://{proc.pid}"} if proc else {})}}
+            codes.append(code)
+            statuses.append({"name": name, "image": c.get("image", ""), "imageID": "", "restartCount": 0,
+                             "ready": code is None, "started": code is None, "state": state,
+                             **({"containerID": f"process://{proc.pid}"} if proc else {})})
+        phase = ("Running" if any(x is None for x in codes) else
+                 "Succeeded" if all(x == 0 for x in codes) else "Failed")
+        status = {"phase": phase, "hostIP": "127.0.0.1", "podIP": pod.ip, "startTime": now,
+                  "containerStatuses": statuses}
+        self.client.merge_patch(pod.path + "/status", {"status": status})
+        pod.finished = phase != "Running"
 
     def reap(self) -> list[str]:
         """Finish graceful deletions of this node's pods: stop the processes, delete with grace 0."""

@@ -62,6 +62,8 @@ class Api:
         if not _DNS1123.match(name) or len(name) > 253:
             raise invalid(res, name, [("FieldValueInvalid", f'Invalid value: "{name}": {_DNS1123_MSG}',
                                        "metadata.name")])
+        if res.key == ("", "v1", "pods"):
+            _validate_pod(res, name, obj.get("spec") or {})
         if self.store.get(res, namespace if res.namespaced else "", name) is not None:
             raise ApiError(409, "AlreadyExists", f'{res.qualified} "{name}" already exists', details(res, name))
         for f in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
@@ -293,3 +295,34 @@ def _check_pod_update(res: Resource, current: Obj, result: Obj) -> None:
         name = current["metadata"]["name"]
         raise invalid(res, name, [("FieldValueForbidden", "Forbidden: pod updates may not change fields other "
                                    "than `spec.containers[*].image`, `spec.initContainers[*].image`", "spec")])
+
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
+              "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+              "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+
+
+def _validate_pod(res: Resource, name: str, spec: Obj) -> None:
+    """The part of the API server's Pod validation that a created Pod's author can get wrong:
+    containers present, each with a DNS-1123 label name and an image; a known restartPolicy.
+    """
+    causes: list[tuple[str, str, str]] = []
+    containers = spec.get("containers") or []
+    if not containers:
+        causes.append(("FieldValueRequired", "Required value", "spec.containers"))
+    for i, c in enumerate(containers):
+        cname = c.get("name") or ""
+        if not cname:
+            causes.append(("FieldValueRequired", "Required value", f"spec.containers[{i}].name"))
+        elif not _LABEL.match(cname) or len(cname) > 63:
+            causes.append(("FieldValueInvalid", f'Invalid value: "{cname}": {_LABEL_MSG}',
+                           f"spec.containers[{i}].name"))
+        if not c.get("image"):
+            causes.append(("FieldValueRequired", "Required value", f"spec.containers[{i}].image"))
+    policy = spec.get("restartPolicy")
+    if policy is not None and policy not in ("Always", "OnFailure", "Never"):
+        causes.append(("FieldValueNotSupported", f'Unsupported value: "{policy}": supported values: "Always", '
+                       '"OnFailure", "Never"', "spec.restartPolicy"))
+    if causes:
+        raise invalid(res, name, causes)

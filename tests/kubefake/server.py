@@ -18,7 +18,7 @@ from aiohttp import web
 
 from kubefake import selectors as sel
 from kubefake.api import Api
-from kubefake.resources import ApiError, Resource, gone, not_found
+from kubefake.resources import ApiError, Resource, bad_request, gone, not_found
 from kubefake.store import Store, Subscription
 
 Obj = dict[str, Any]
@@ -55,6 +55,9 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self.requests: list[tuple[str, str]] = []
+        # Container logs live on the node, not in the API's storage: a kubelet stand-in registers
+        # the file each container writes, by Pod uid and container name (see `pods/{name}/log`).
+        self.container_logs: dict[tuple[str, str], Path] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -143,6 +146,10 @@ class FakeApiServer:
         res = self.store.resources[(group, version, plural)]
         return list(self.call(lambda: self.store.list(res, None, [], [])))
 
+    def set_container_log(self, pod_uid: str, container: str, path: Path) -> None:
+        """Serve `path` as the log of `container` in the Pod with this uid (the kubelet's part)."""
+        self.container_logs[(pod_uid, container)] = path
+
     # --- HTTP ---------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
@@ -186,6 +193,10 @@ class FakeApiServer:
             if method == "POST" and (route.namespace is not None or not res.namespaced):
                 return _json(*self.api.create(res, ns, await self._body(request), dry_run=dry_run))
             return _json(405, ApiError(405, "MethodNotAllowed", "the server does not allow this method").body())
+        if route.sub == "log" and res.key == ("", "v1", "pods"):
+            if method != "GET":
+                return _json(405, ApiError(405, "MethodNotAllowed", "the server does not allow this method").body())
+            return self._log(route, q)
         if route.sub and (route.sub != "status" or not res.status_subresource):
             if route.sub == "status":
                 raise not_found(res, route.name)
@@ -251,6 +262,37 @@ class FakeApiServer:
             return {}
         found = body.get("preconditions") if isinstance(body, dict) else None
         return {k: str(v) for k, v in found.items() if v} if isinstance(found, dict) else {}
+
+    def _log(self, route: Route, q: Any) -> web.Response:
+        """`pods/{name}/log` as the API server relays it from the kubelet: text/plain, one container
+        (named by `container`, or the only one), `tailLines` then `limitBytes` applied.
+        """
+        pod = self.store.get(route.res, route.namespace or "", route.name)
+        if pod is None:
+            raise not_found(route.res, route.name)
+        names = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = q.get("container") or (names[0] if len(names) == 1 else "")
+        if not container:
+            raise bad_request(f"a container name must be specified for pod {route.name}, "
+                              f"choose one of: [{' '.join(names)}]")
+        if container not in names:
+            raise bad_request(f"container {container} is not valid for pod {route.name}")
+        path = self.container_logs.get((pod["metadata"]["uid"], container))
+        if path is None or not path.exists():
+            waiting = next(((s.get("state") or {}).get("waiting") or {} for s in
+                            (pod.get("status") or {}).get("containerStatuses") or [] if s.get("name") == container),
+                           {})
+            raise bad_request(f'container "{container}" in pod "{route.name}" is waiting to start: '
+                              f'{waiting.get("reason") or "ContainerCreating"}')
+        data = path.read_bytes()
+        if q.get("tailLines"):
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-int(q["tailLines"]):]) if int(q["tailLines"]) > 0 else b""
+        if q.get("limitBytes"):
+            if int(q["limitBytes"]) <= 0:
+                raise bad_request(f"limitBytes: Invalid value: {q['limitBytes']}: must be greater than 0")
+            data = data[:int(q["limitBytes"])]
+        return web.Response(status=200, body=data, content_type="text/plain")
 
     def _selectors(self, res: Resource, q: Any) -> tuple[list[sel.Requirement], list[sel.Requirement]]:
         try:

@@ -1,14 +1,18 @@
 """Routing in cluster mode (`--cluster-injector`): API-level faults (PodChaos pod-kill and
-pod-failure) go to the cluster injector's fixed node name, and its dead-man lease holds them;
-everything else still goes to the target pod's node. Without the flag nothing changes.
+pod-failure) and Workflow Tasks (run as Pods) go to the cluster injector's fixed node name, and
+its dead-man lease holds the faults; everything else still goes to the target pod's node. Without
+the flag nothing changes.
 """
 
 from __future__ import annotations
 
 from unit.scheduler.test_core import T0, UID, WEB0, WEB1, chaos, event, feed, make_core, ops, results
+from unit.scheduler.wfworld import World, workflow
 
+from chaosbus.common import messages as m
 from chaosbus.common import subjects
 from chaosbus.scheduler.core import SchedulerCore
+from chaosbus.scheduler.flows import task_command
 
 CLUSTER = subjects.CLUSTER_NODE
 
@@ -60,3 +64,19 @@ def test_without_the_flag_pod_failure_goes_to_the_pods_nodes() -> None:
     out = core.on_object(event(chaos(spec={"action": "pod-failure"}), "ADDED"), T0)
     assert ops(out) == [("n1", "apply", "default/web-0"), ("n2", "apply", "default/web-1")]
     assert CLUSTER not in {lease.node for lease in core.leases(T0 + 1, 15.0, "s")}
+
+
+def test_a_workflow_task_goes_to_the_cluster_injector_with_what_its_pod_needs() -> None:
+    container = {"name": "c", "image": "busybox", "command": ["sh", "-c"], "args": ["echo yes"],
+                 "env": [{"name": "A", "value": "1"}]}
+    volumes = [{"name": "v", "emptyDir": {}}]
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Task", "deadline": "60s",
+                         "task": {"container": container, "volumes": volumes}}], name="wf-task"))
+    (run,) = world.tasks
+    assert cluster_core().task_node() == CLUSTER and make_core(WEB0, WEB1).task_node() == "n1"
+    cmd = task_command(run, CLUSTER, T0)
+    task = cmd.actions[0].fault
+    assert isinstance(task, m.Task) and cmd.node == CLUSTER and cmd.kind == "WorkflowNode"
+    assert task.container == container and task.volumes == volumes and task.argv == ["sh", "-c", "echo yes"]
+    assert task.workflow == "wf-task" and task.workflow_node_uid == run.uid == cmd.experiment_uid != ""
