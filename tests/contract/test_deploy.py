@@ -261,8 +261,12 @@ def test_only_the_recorder_writes_status_finalizers_children_and_events() -> Non
 
 
 def test_only_the_cluster_injector_touches_pods_and_only_them() -> None:
-    assert holders(lambda g, r, v: r == "pods" and v in ("patch", "delete", "update")) == {"chaosbus-cluster-injector"}
-    assert grants()["chaosbus-cluster-injector"] == {("", "pods", v) for v in ("get", "patch", "delete")}
+    writes = ("create", "patch", "delete", "update")
+    assert holders(lambda g, r, v: r == "pods" and v in writes) == {"chaosbus-cluster-injector"}
+    assert holders(lambda g, r, v: r == "pods/log") == {"chaosbus-cluster-injector"}
+    # pod-kill, pod-failure and Task Pods (created, read by name, deleted at their timeout, logs read)
+    assert grants()["chaosbus-cluster-injector"] == {("", "pods", v) for v in ("get", "create", "patch", "delete")} \
+        | {("", "pods/log", "get")}
 
 
 def test_scheduler_node_injectors_and_nats_have_no_api_access() -> None:

@@ -1,0 +1,112 @@
+"""End to end in cluster mode: a Workflow whose Task step runs as a Pod. API fake, a real
+nats-server, watcher --kube, recorder --kube, scheduler --cluster-injector and injector --cluster
+as processes; the test kubelet runs the Task Pod's command and serves its log. The Task's stdout
+picks the conditional branch: that branch's step runs (the other does not), the Task's
+WorkflowNode records exit code and stdout as Chaos Mesh does, and the workflow is Accomplished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kube.conftest import KubeEnv
+from kube.kubelet import Kubelet
+from kube.test_e2e_cluster_injector import System
+
+from chaosbus.common import natsserver
+
+pytestmark = pytest.mark.integration
+
+WORKFLOW = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: Workflow
+metadata: {name: wf-task}
+spec:
+  entry: entry
+  templates:
+  - name: entry
+    templateType: Task
+    deadline: 30s
+    task:
+      container:
+        name: decide
+        image: python:3.12-slim
+        command: [PYTHON, -c]
+        args: ["import os; print(os.environ['ANSWER'])"]
+        env: [{name: ANSWER, value: go-left}]
+    conditionalBranches:
+    - {target: left, expression: 'stdout == "go-left" && exitCode == 0'}
+    - {target: right, expression: 'stdout != "go-left"'}
+  - {name: left, templateType: Suspend, deadline: 1s}
+  - {name: right, templateType: Suspend, deadline: 1s}
+"""
+
+
+@pytest.fixture
+def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
+    fake = kube.need_fake("the test kubelet runs the Task Pod and serves its log through the fake")
+    server = natsserver.start(tmp_path / "nats", port=0)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    kubelet = Kubelet(kube.client, "task-e2e", logs=fake.set_container_log)
+    sys_ = System(kube, kubelet, logs, server.url, tmp_path)
+    try:
+        with kubelet.running(0.05):
+            sys_.start("watcher", "watcher", "--kubeconfig", str(kube.kubeconfig))
+            sys_.start("recorder", "recorder", "--kubeconfig", str(kube.kubeconfig))
+            sys_.start("scheduler", "scheduler", "--cluster-injector")
+            sys_.start_cluster_injector()
+            kube.client.wait_for(lambda: all(sys_.ready(n) for n in sys_.procs), timeout=90, what="services ready")
+            yield sys_
+    finally:
+        kubelet.close()
+        for proc in sys_.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in sys_.procs.items():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if os.environ.get("CHAOSBUS_E2E_LOGS"):
+                print(f"--- {name}\n{(logs / f'{name}.log').read_text()}")
+        server.stop()
+
+
+def test_a_task_pods_stdout_picks_the_branch_that_runs(system: System) -> None:
+    kube = system.kube
+    base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
+
+    def nodes() -> dict[str, dict[str, Any]]:
+        found = kube.client.request("GET", f"{base}/workflownodes",
+                                    query={"labelSelector": "chaos-mesh.org/workflow=wf-task"})["items"]
+        return {n["spec"]["templateName"]: n for n in found}
+
+    def accomplished() -> bool:
+        conds = ((kube.client.get(f"{base}/workflows/wf-task") or {}).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Accomplished" and c["status"] == "True" for c in conds)
+
+    kube.client.apply_yaml(WORKFLOW.replace("PYTHON", sys.executable), kube.namespace)
+    kube.client.wait_for(accomplished, timeout=30, what="workflow accomplished")
+    found = nodes()
+    assert set(found) == {"entry", "left"}, "only the branch the Task's stdout chose may run"
+    entry = found["entry"]
+    cbs = entry["status"]["conditionalBranchesStatus"]
+    assert json.loads(cbs["context"][0]) == {"exitCode": 0, "stdout": "go-left\n"}
+    assert [(b["target"], b["evaluationResult"]) for b in cbs["branches"]] == [("left", "True"), ("right", "False")]
+    conds = {c["type"]: c["status"] for c in entry["status"]["conditions"]}
+    assert conds["Accomplished"] == "True"
+    pods = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/pods",
+                               query={"labelSelector": f"chaos-mesh.org/controlled-by={entry['metadata']['name']}"})
+    (pod,) = pods["items"]
+    assert pod["metadata"]["labels"]["chaos-mesh.org/workflow"] == "wf-task"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == entry["metadata"]["uid"]
+    assert pod["status"]["phase"] == "Succeeded" and pod["spec"]["restartPolicy"] == "Never"
