@@ -134,31 +134,69 @@ class Bus:
         *,
         batch: int = 64,
         ack_wait: float = 30.0,
+        detach: Callable[[M], bool] | None = None,
     ) -> None:
         """Pull from a durable consumer forever: ack after the handler, nak on its failure,
         term a message that does not decode (it would never decode on redelivery either).
+
+        Messages for which `detach` says True (long-running ones: a Workflow Task) are handled
+        beside the loop instead of in it, kept in progress meanwhile and acked when done, so they
+        hold up neither the messages behind them nor their own redelivery timer.
         """
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
         psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
         me = asyncio.current_task()
-        while True:
-            try:
-                msgs = await psub.fetch(batch, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                msgs = []
-            # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
-            # arrives together with a message; honour it here, or a service's shutdown hangs forever.
-            # Messages fetched meanwhile stay unacked and are redelivered after ack_wait.
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
-            for msg in msgs:
-                await self._handle(msg, handler, kind)
+        aside: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    msgs = []
+                # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
+                # arrives together with a message; honour it here, or a service's shutdown hangs forever.
+                # Messages fetched meanwhile stay unacked and are redelivered after ack_wait.
+                if me is not None and me.cancelling():
+                    raise asyncio.CancelledError
+                for msg in msgs:
+                    if detach is None:
+                        await self._handle(msg, handler, kind)
+                        continue
+                    decoded = _decode_or_log(msg, kind)
+                    if decoded is None:
+                        await msg.term()
+                    elif detach(decoded):
+                        task = asyncio.ensure_future(self._handle_aside(msg, handler, decoded, ack_wait))
+                        aside.add(task)
+                        task.add_done_callback(aside.discard)
+                    else:
+                        await self._run_handler(msg, handler, decoded)
+        finally:
+            for task in aside:  # unacked: redelivered to whoever consumes next
+                task.cancel()
+
+    async def _handle_aside(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M,
+                            ack_wait: float) -> None:
+        async def keep_in_progress() -> None:
+            while True:
+                await asyncio.sleep(ack_wait / 3)
+                with contextlib.suppress(Exception):  # a reconnect: the next one will do
+                    await msg.in_progress()
+
+        beat = asyncio.ensure_future(keep_in_progress())
+        try:
+            await self._run_handler(msg, handler, decoded)
+        finally:
+            beat.cancel()
 
     async def _handle(self, msg: Msg, handler: Callable[[M], Awaitable[None]], kind: type[M]) -> None:
         decoded = _decode_or_log(msg, kind)
         if decoded is None:
             await msg.term()
             return
+        await self._run_handler(msg, handler, decoded)
+
+    async def _run_handler(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M) -> None:
         try:
             await handler(decoded)
         except asyncio.CancelledError:

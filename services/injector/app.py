@@ -182,12 +182,19 @@ class Edge:
             try:
                 await bus.consume(subjects.COMMANDS, subjects.injector_consumer(self.name),
                                   subjects.command_subject(self.name), handle, m.NodeCommand, batch=16,
-                                  ack_wait=COMMAND_ACK_WAIT_S)
+                                  ack_wait=COMMAND_ACK_WAIT_S, detach=runs_long)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # JetStream briefly unavailable (a restarted server): try again
                 log.info("command consumer restarting", error=str(e) or type(e).__name__)
                 await asyncio.sleep(RETRY_S)
+
+
+def runs_long(cmd: m.NodeCommand) -> bool:
+    """A Workflow Task (a process, or a Pod in cluster mode) runs for as long as its command does:
+    it is handled beside the command loop, so faults sent meanwhile are not held up behind it.
+    """
+    return cmd.kind == "WorkflowNode"
 
 
 def _reason_label(reason: str) -> str:

@@ -1,6 +1,6 @@
 """Bus against a real nats-server: streams and buckets declared from the subject table, idempotent
 publish, and a pull consumer that acks handled messages, terminates poison ones without stopping,
-and redelivers when the handler fails.
+redelivers when the handler fails, and runs detached (long) messages beside its loop.
 """
 
 from __future__ import annotations
@@ -97,9 +97,9 @@ async def test_last_value_stream_keeps_one_message_per_subject(bus: busmod.Bus) 
 
 @contextlib.asynccontextmanager
 async def consuming(bus: busmod.Bus, handler: Callable[[Any], Awaitable[None]], *,
-                    ack_wait: float = 5.0) -> AsyncIterator[None]:
+                    ack_wait: float = 5.0, detach: Callable[[Any], bool] | None = None) -> AsyncIterator[None]:
     task = asyncio.create_task(bus.consume(subjects.RESULTS, DURABLE, "chaos.result.*", handler, m.ResultBatch,
-                                           ack_wait=ack_wait))
+                                           ack_wait=ack_wait, detach=detach))
     try:
         yield
     finally:
@@ -243,3 +243,24 @@ async def test_cancel_stops_the_consumer_even_when_a_message_arrives_with_it(bus
                 await asyncio.wait({task}, timeout=0.2)
             pytest.fail(f"consume ignored its cancellation (attempt {attempt})")
         assert task.cancelled()
+
+
+async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_redelivery(bus: busmod.Bus) -> None:
+    calls: list[str] = []
+    finished: list[str] = []
+
+    async def handler(msg: m.ResultBatch) -> None:
+        calls.append(msg.command_id)
+        if msg.command_id.startswith("long"):
+            await asyncio.sleep(3.0)  # three times the ack wait: kept in progress meanwhile
+        finished.append(msg.command_id)
+
+    async with consuming(bus, handler, ack_wait=1.0, detach=lambda b: b.command_id.startswith("long")):
+        await bus.publish(subjects.result_subject("u1"), result_batch("long-1"), msg_id="long-1")
+        await wait_for(lambda: calls == ["long-1"])
+        await bus.publish(subjects.result_subject("u1"), result_batch("quick"), msg_id="quick")
+        await wait_for(lambda: finished == ["quick"], within=2.0)  # not held up behind the long one
+        await wait_for(lambda: finished == ["quick", "long-1"], within=10.0)
+        info = await settled(bus)
+    assert calls == ["long-1", "quick"], "the long message was redelivered while it ran"
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
