@@ -108,7 +108,7 @@ class Orchestrator:
             return out
         for key, state in list(self.checks.items()):
             if sc.tick(state, now):
-                out.writes.append(self._check_status(key, state))
+                out.writes += self._check_status(key, state, completing=True)
         for key in [k for k in self._workflow_keys() if everything or self.wakeups.get(k, now + 1) <= now]:
             out.extend(self._reconcile(key, now))
         return out
@@ -132,7 +132,7 @@ class Orchestrator:
         if state is None or state.completed:
             return out
         sc.fold(state, req.started_at, ok, now)
-        out.writes.append(self._check_status(req.key, state))
+        out.writes += self._check_status(req.key, state, completing=state.completed)
         out.extend(self._reconcile_for(req.key, now))
         return out
 
@@ -193,11 +193,16 @@ class Orchestrator:
         self.checks[key] = sc.from_status(spec, parse_rfc3339(created) if created else 0.0, obj.get("status"))
         return []
 
-    def _check_status(self, key: Key, state: sc.CheckState) -> wf.Write:
+    def _check_status(self, key: Key, state: sc.CheckState, *, completing: bool) -> list[wf.Write]:
+        """The check's status, and when this change completes it, Chaos Mesh's Events about that."""
         body = sc.status_of(state)
         self.patched[key] = merge_patch(self.patched.get(key, {}), body)
         uid = ((self.seen.get(key) or {}).get("metadata") or {}).get("uid", "")
-        return wf.Write("status", key[0], key[1], key[2], uid=uid, body=body)
+        out = [wf.Write("status", key[0], key[1], key[2], uid=uid, body=body)]
+        for type_, reason, message in sc.completion_events(state) if completing else []:
+            out.append(wf.Write("event", key[0], key[1], key[2], uid=uid, reason=reason,
+                                body={"type": type_, "message": message}))
+        return out
 
     # --- Workflows ------------------------------------------------------------------------------
 

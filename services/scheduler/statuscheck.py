@@ -180,6 +180,18 @@ def completed_reason(state: CheckState) -> str:
     return f"StatusCheck{cause}" if cause else ""
 
 
+def completion_events(state: CheckState) -> list[tuple[str, str, str]]:
+    """The Events (type, reason, message) Chaos Mesh records on a check that completes: the
+    completion, then the condition that completed it.
+    """
+    reason = completed_reason(state)
+    if not reason:
+        return []
+    cause = {DURATION_EXCEED: ("Warning", "duration exceed"), FAILURE_EXCEED: ("Warning", "failure threshold exceed"),
+             SUCCESS_EXCEED: ("Normal", "success threshold exceed")}[reason.removeprefix("StatusCheck")]
+    return [("Normal", "StatusCheckCompleted", f"status check completed: {reason}"), (cause[0], reason, cause[1])]
+
+
 def status_of(state: CheckState) -> dict[str, Any]:
     """The status in Chaos Mesh's shape (every condition carries `reason`, "" but on Completed);
     records limited to recordsHistoryLimit (newest kept).

@@ -26,12 +26,12 @@ DEFAULT_TASK_TIMEOUT_S = 600.0
 class Write:
     """One object change; the scheduler's edge turns it into an ObjectWrite message."""
 
-    op: str  # create | delete | status | annotate
+    op: str  # create | delete | status | annotate | event
     kind: str
     namespace: str
     name: str
     uid: str = ""
-    body: Any = None  # create: the object; status: a JSON merge patch of .status
+    body: Any = None  # create: the object; status: a JSON merge patch of .status; event: {type, message}
     annotations: dict[str, str | None] = field(default_factory=dict)
     reason: str = ""
 
@@ -117,6 +117,19 @@ def chaos_done(child: Obj, one_shot: bool) -> bool:
     if one_shot:
         return phases == {"Injected"}
     return exp.get("desiredPhase") == "Stop" and phases == {"Not Injected"}
+
+
+def finish_event(ctype: str, reason: str, parent: str, workflow: str) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) Chaos Mesh records on a node that finishes this way."""
+    if ctype == ACCOMPLISHED and reason != "StatusCheckCompleted":
+        return "Normal", "NodeAccomplished", "node accomplished"
+    if reason == "NodeDeadlineExceed":
+        return "Normal", "NodeDeadlineExceed", "deadline exceed"
+    if reason == "ParentNodeDeadlineExceed":
+        return "Normal", reason, f"deadline exceed because parent node {parent} deadline exceed"
+    if reason == "WorkflowAborted":
+        return "Normal", reason, f"abort the node because workflow {workflow} aborted"
+    return None
 
 
 def deleting(obj: Obj) -> bool:

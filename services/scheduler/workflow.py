@@ -47,6 +47,7 @@ from chaosbus.scheduler.wfnodes import (
     delete_write,
     deleting,
     evaluate_branches,
+    finish_event,
     finished_by,
 )
 
@@ -118,8 +119,11 @@ class _Run:
         start = status.get("startTime") or rfc3339(self.now)
         if entry not in self.nodes:
             self._create_node(entry, spec.entry, parent=None, parent_deadline=None)
+            self._event(self.wf, "Normal", "EntryCreated", f"entry node created, entry node {entry}")
         outcome = self._visit(entry) if entry in self.nodes else ""
         self.accomplished = bool(outcome)
+        if outcome and not status.get("endTime"):
+            self._event(self.wf, "Normal", "WorkflowAccomplished", "workflow accomplished")
         conds = [cond("Scheduled", True), cond(ACCOMPLISHED, bool(outcome))]
         if self.aborted:
             conds.append(cond(ABORTED, True, "WorkflowAborted"))
@@ -265,6 +269,10 @@ class _Run:
 
     def _finish(self, node: Obj, ctype: str, reason: str, t: Template | None = None) -> str:
         self._set_status(node, {"conditions": conditions_with(node.get("status") or {}, {ctype: (True, reason)})})
+        parent = str(((node.get("metadata") or {}).get("labels") or {}).get(LABEL_CONTROLLED_BY, ""))
+        event = finish_event(ctype, reason, parent, self.name)
+        if event is not None:
+            self._event(node, *event)
         if t is not None:
             self._cleanup(node, t)
         return ctype
@@ -326,6 +334,12 @@ class _Run:
 
     def _emit(self, write: Write) -> None:
         self.writes.append(write)
+
+    def _event(self, about: Obj, type_: str, reason: str, message: str) -> None:
+        """An Event Chaos Mesh would record on the workflow or one of its nodes."""
+        md = about.get("metadata") or {}
+        self._emit(Write("event", str(about.get("kind", "Workflow")), self.ns, str(md.get("name")),
+                         uid=str(md.get("uid", "")), reason=reason, body={"type": type_, "message": message}))
 
     def _expired(self, node: Obj) -> bool:
         deadline = deadline_of(node)

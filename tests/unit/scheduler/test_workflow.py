@@ -302,3 +302,37 @@ def test_the_abort_annotation_set_by_hand_aborts_and_recovers() -> None:
     world.deliver(world.event(obj, "MODIFIED"))
     assert not world.of_kind("NetworkChaos")
     assert all(conds(world.node(t))["Aborted"] == "True" for t in ("entry", "a", "b"))
+
+
+def test_events_as_chaos_mesh_records_them_each_once() -> None:
+    world = World()
+    world.add(workflow(SERIAL_TEMPLATES))
+    world.advance(T0 + 8)
+    (pk,) = world.of_kind("PodChaos")
+    world.set_status("PodChaos", pk["metadata"]["name"], injected(2))
+    world.advance(T0 + 20)
+    entry = world.node("entry")["metadata"]["name"]
+    assert world.events() == [
+        ("Workflow", "wf", "EntryCreated", f"entry node created, entry node {entry}"),
+        ("WorkflowNode", "cut", "NodeDeadlineExceed", "deadline exceed"),
+        ("WorkflowNode", "wait", "NodeDeadlineExceed", "deadline exceed"),
+        ("WorkflowNode", "kill", "NodeAccomplished", "node accomplished"),
+        ("WorkflowNode", "cut2", "NodeDeadlineExceed", "deadline exceed"),
+        ("WorkflowNode", "entry", "NodeAccomplished", "node accomplished"),
+        ("Workflow", "wf", "WorkflowAccomplished", "workflow accomplished"),
+    ]
+
+
+def test_a_failing_check_records_its_completion_and_the_abort() -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["probe", "cut"]},
+                        check_template(), partition("cut", "30s")]))
+    world.probe_ok = lambda: False
+    world.advance(T0 + 1)
+    check = world.of_kind("StatusCheck")[0]["metadata"]["name"]
+    got = world.events()
+    assert [e for e in got if e[0] == "StatusCheck"] == [
+        ("StatusCheck", check, "StatusCheckCompleted", "status check completed: StatusCheckFailureThresholdExceed"),
+        ("StatusCheck", check, "StatusCheckFailureThresholdExceed", "failure threshold exceed")]
+    assert ("WorkflowNode", "cut", "WorkflowAborted", "abort the node because workflow wf aborted") in got
+    assert len(got) == len(set(got))

@@ -159,6 +159,12 @@ class World:
     def creates(self) -> list[str]:
         return [w.name for _, w in self.log if w.op == "create"]
 
+    def events(self) -> list[tuple[str, str, str, str]]:
+        """(kind, template or workflow name, reason, message) of every event write, in order."""
+        templates = {n["metadata"]["name"]: n["spec"]["templateName"] for n in self.of_kind("WorkflowNode")}
+        return [(w.kind, templates.get(w.name, w.name), w.reason, w.body["message"]) for _, w in self.log
+                if w.op == "event"]
+
 
 def injected(records: int = 1) -> Obj:
     return {"experiment": {"desiredPhase": "Run", "containerRecords": [
