@@ -7,6 +7,7 @@ new ones (a repeated create of an existing child is a no-op).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import msgspec
@@ -28,6 +29,8 @@ CHAOS_KEYS: dict[str, str] = {
     "PodChaos": "podChaos", "StressChaos": "stressChaos", "TimeChaos": "timeChaos",
 }
 TYPES = (SERIAL, PARALLEL, SUSPEND, TASK, SCHEDULE, STATUS_CHECK, *CHAOS_KEYS)
+# Chaos Mesh's webhook: template names are DNS-1123 subdomains (they become object names).
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 ONE_SHOT = {("PodChaos", "pod-kill"), ("PodChaos", "container-kill"), ("AWSChaos", "ec2-restart"),
             ("GCPChaos", "node-reset"), ("AzureChaos", "vm-restart")}
 
@@ -69,6 +72,9 @@ def validate(spec: WorkflowSpec, namespace: str) -> dict[str, Template]:
         where = f"spec.templates[{i}]"
         if not t.name:
             raise InvalidWorkflow(f"{where}.name: required")
+        if len(t.name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(t.name):
+            raise InvalidWorkflow(f"{where}.name: {t.name!r} is not a DNS-1123 subdomain (lower-case letters, "
+                                  "digits, '-' and '.', starting and ending with a letter or digit)")
         if t.name in by_name:
             raise InvalidWorkflow(f"{where}.name: {t.name!r} is used by another template")
         by_name[t.name] = t

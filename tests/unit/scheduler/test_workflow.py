@@ -336,3 +336,16 @@ def test_a_failing_check_records_its_completion_and_the_abort() -> None:
         ("StatusCheck", check, "StatusCheckFailureThresholdExceed", "failure threshold exceed")]
     assert ("WorkflowNode", "cut", "WorkflowAborted", "abort the node because workflow wf aborted") in got
     assert len(got) == len(set(got))
+
+
+@pytest.mark.parametrize("name", ["Cut", "cut_1", "-cut", "cut."])
+def test_a_template_name_that_cannot_name_an_object_is_refused_as_chaos_mesh_does(name: str) -> None:
+    """Node and child objects are named after their template: a name that is not a DNS-1123
+    subdomain would make every create of them fail, and the workflow would hang.
+    """
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": [name]},
+                        {"name": name, "templateType": "Suspend", "deadline": "1s"}]))
+    (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled["reason"] == "InvalidSpec" and "spec.templates[1].name" in scheduled["message"]
+    assert not world.of_kind("WorkflowNode")
