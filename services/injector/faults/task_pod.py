@@ -11,6 +11,11 @@ A finished Pod is kept, as Chaos Mesh keeps it, for `kubectl logs`; one that can
 timeout passed, an image name that can never be pulled) is deleted. Every failure names its
 cause and ends the step (the orchestrator records it in the WorkflowNode's status).
 
+No default resource limits: Chaos Mesh's code means to set 1 CPU and 1000 (bytes of) memory on
+a container without limits, but writes them to a copy, so its Pods get none either; a 1000-byte
+limit would kill every task. No `blockOwnerDeletion` on the owner reference: it would need
+rights on WorkflowNodes' finalizers, and nothing waits on a Task Pod's deletion.
+
 Local mode's node injector runs the same step as a process instead (`faults/task.py`).
 """
 
@@ -80,11 +85,12 @@ class Progress:
     state: str = ""
 
 
-def progress(pod: Pod) -> Progress:
-    """Read a Task Pod's status the way Chaos Mesh does (its first container)."""
+def progress(pod: Pod, container: str = DEFAULT_CONTAINER) -> Progress:
+    """Read a Task Pod's status the way Chaos Mesh does: the task container's state."""
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
-    first = (status.get("containerStatuses") or [{}])[0]
+    statuses = status.get("containerStatuses") or [{}]
+    first = next((s for s in statuses if s.get("name") == container), statuses[0])
     state = first.get("state") or {}
     waiting = state.get("waiting") or {}
     if phase in ("Succeeded", "Failed"):
@@ -128,12 +134,12 @@ class TaskPod:
         created = started_at(pod)
         if created is not None:  # re-attached after a restart: the timeout counts from the Pod's start
             deadline = min(deadline, created + 1.0 + spec.timeout_s)  # +1: the timestamp is in whole seconds
-        pod, done = self._wait(ctx.namespace, pod, deadline, where)
+        container = body["spec"]["containers"][0]["name"]
+        pod, done = self._wait(ctx.namespace, pod, container, deadline, where)
         if done.exit_code is None:
             if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
                 self._delete(ctx.namespace, pod)  # it would sit there forever
             raise FaultError(f"{where}: {done.problem}", retryable=False)
-        container = ((pod.get("spec") or {}).get("containers") or [{}])[0].get("name", DEFAULT_CONTAINER)
         stdout, note = self._log(ctx.namespace, pod, container, spec.max_stdout)
         return CommandOutput(message=f"{where} exited with code {done.exit_code}{note}", exit_code=done.exit_code,
                              stdout=stdout)
@@ -167,12 +173,12 @@ class TaskPod:
             self.sleep(delay)
             delay = min(POLL_MAX_S, delay * 2)
 
-    def _wait(self, namespace: str, pod: Pod, deadline: float, where: str) -> tuple[Pod, Progress]:
+    def _wait(self, namespace: str, pod: Pod, container: str, deadline: float, where: str) -> tuple[Pod, Progress]:
         """Poll until the Pod can go no further; past the deadline delete it and fail."""
         name = pod["metadata"]["name"]
         delay = POLL_MIN_S
         while True:
-            done = progress(pod)
+            done = progress(pod, container)
             if done.done:
                 return pod, done
             now = self.clock()

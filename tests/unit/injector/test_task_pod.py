@@ -58,8 +58,12 @@ def status(phase: str, state: dict[str, object], **extra: object) -> dict[str, o
     return {"status": {"phase": phase, "containerStatuses": [{"name": "task", "state": state}], **extra}}
 
 
-def test_a_finished_pod_gives_its_first_container_exit_code() -> None:
+def test_a_finished_pod_gives_the_task_container_exit_code() -> None:
     assert progress(status("Succeeded", {"terminated": {"exitCode": 0}})).exit_code == 0
+    two = {"status": {"phase": "Failed", "containerStatuses": [
+        {"name": "sidecar", "state": {"terminated": {"exitCode": 1}}},
+        {"name": "check", "state": {"terminated": {"exitCode": 5}}}]}}
+    assert progress(two, "check").exit_code == 5
     failed = progress(status("Failed", {"terminated": {"exitCode": 7, "reason": "Error"}}))
     assert failed.done and failed.exit_code == 7 and not failed.problem
 
