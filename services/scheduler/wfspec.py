@@ -14,7 +14,7 @@ import msgspec
 
 from chaosbus.common.crd import ACCEPTED, CHAOS_KINDS, InvalidObject, decode_any
 from chaosbus.common.crd.objects import API_VERSION
-from chaosbus.common.crd.orchestration import Template, WorkflowSpec
+from chaosbus.common.crd.orchestration import EMBEDDED_CHAOS_KEYS, Template, WorkflowSpec
 from chaosbus.common.durations import parse_duration
 from chaosbus.scheduler import branchexpr
 from chaosbus.scheduler import statuscheck as sc
@@ -89,6 +89,7 @@ def validate(spec: WorkflowSpec, namespace: str) -> dict[str, Template]:
 def _check_template(t: Template, where: str, by_name: dict[str, Template], namespace: str) -> None:
     if t.template_type not in TYPES:
         raise InvalidWorkflow(f"{where}.templateType: {t.template_type!r} is not one of {', '.join(TYPES)}")
+    _check_foreign_fields(t, where)
     try:
         d = deadline_s(t)
     except ValueError as e:
@@ -99,8 +100,6 @@ def _check_template(t: Template, where: str, by_name: dict[str, Template], names
         for child in t.children:
             if child not in by_name:
                 raise InvalidWorkflow(f"{where}.children: {child!r} names no template")
-    elif t.children:
-        raise InvalidWorkflow(f"{where}.children: only Serial and Parallel templates have children")
     if t.template_type == SUSPEND and d is None:
         raise InvalidWorkflow(f"{where}.deadline: a Suspend template needs a deadline (how long to wait)")
     if t.template_type in CHAOS_KEYS:
@@ -118,8 +117,18 @@ def _check_template(t: Template, where: str, by_name: dict[str, Template], names
         raise InvalidWorkflow(f"{where}.deadline: a Schedule step needs a deadline; without one it would never finish")
     if t.template_type == TASK:
         _check_task(t, where, by_name)
-    elif t.conditional_branches:
-        raise InvalidWorkflow(f"{where}.conditionalBranches: only Task templates have conditional branches")
+
+
+def _check_foreign_fields(t: Template, where: str) -> None:
+    """As Chaos Mesh's webhook: a template carries no other type's fields (a `task` on a Serial
+    step, a chaos spec on a Suspend, ... would otherwise be silently ignored).
+    """
+    raw = msgspec.to_builtins(t)
+    own = {SERIAL: {"children"}, PARALLEL: {"children"}, TASK: {"task", "conditionalBranches"},
+           SCHEDULE: {"schedule"}}.get(t.template_type, {CHAOS_KEYS.get(t.template_type, "")})
+    for key in ("task", "children", "conditionalBranches", "schedule", *EMBEDDED_CHAOS_KEYS):
+        if raw.get(key) and key not in own:
+            raise InvalidWorkflow(f"{where}.{key}: a {t.template_type} template cannot have {key}")
 
 
 def _check_chaos(t: Template, where: str, d: float | None, namespace: str) -> None:

@@ -349,3 +349,22 @@ def test_a_template_name_that_cannot_name_an_object_is_refused_as_chaos_mesh_doe
     (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
     assert scheduled["reason"] == "InvalidSpec" and "spec.templates[1].name" in scheduled["message"]
     assert not world.of_kind("WorkflowNode")
+
+
+@pytest.mark.parametrize(("template", "field"), [
+    ({"name": "x", "templateType": "Suspend", "deadline": "1s", "podChaos": {"action": "pod-kill", "mode": "one"}},
+     "spec.templates[1] (x).podChaos: a Suspend template cannot have podChaos"),
+    ({"name": "x", "templateType": "Serial", "children": [], "task": {"container": {"command": ["true"]}}},
+     "spec.templates[1] (x).task: a Serial template cannot have task"),
+    (partition("x", "5s") | {"schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
+     "spec.templates[1] (x).schedule: a NetworkChaos template cannot have schedule"),
+    ({"name": "x", "templateType": "Suspend", "deadline": "1s", "children": ["x"]},
+     "spec.templates[1] (x).children: a Suspend template cannot have children"),
+])
+def test_a_template_with_another_types_fields_is_refused_as_chaos_mesh_does(template: dict[str, Any],
+                                                                           field: str) -> None:
+    world = World()
+    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["x"]}, template]))
+    (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
+    assert scheduled["reason"] == "InvalidSpec" and field in scheduled["message"], scheduled
+    assert not world.of_kind("WorkflowNode")
