@@ -5,10 +5,11 @@ It also finishes graceful deletions (kills the processes, then deletes with grac
 
 `sync()` (or the `running()` loop) also plays scheduler and kubelet for Pods others create (a
 Workflow's Task Pods): each container's `command` + `args` run as a local process (argv, no shell;
-`env` values and `workingDir` applied, the image ignored), stdout and stderr into one file served
-as the container's log through the API fake, status Pending -> Running -> Succeeded/Failed with
+`env` values and `workingDir` applied, the image only parsed), stdout and stderr into one file
+served as the container's log through the API fake, status Running -> Succeeded/Failed with
 `terminated.exitCode` as a kubelet reports it (`StartError`, exit code 128, when the command
-cannot start). `restartPolicy: Never` is the only policy it honours.
+cannot start; Pending with `waiting: InvalidImageName` for an image reference that does not
+parse). `restartPolicy: Never` is the only policy it honours.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,6 +31,10 @@ from typing import Any
 from kube.client import KubeClient
 
 SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"]
+# An image reference as the runtime parses it: [host[:port]/]path[:tag][@digest], path lower case.
+_PATH_PART = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+IMAGE_REF = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+                       r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 
 
 LogSink = Callable[[str, str, Path], None]  # (pod uid, container, log file): FakeApiServer.set_container_log
@@ -44,6 +50,7 @@ class KubePod:
     uid: str = ""
     workload: bool = False  # created by someone else and run to completion (a Task Pod)
     start_errors: dict[str, str] = field(default_factory=dict)  # container -> why it could not start
+    waiting: dict[str, dict[str, str]] = field(default_factory=dict)  # container -> waiting state, for good
     finished: bool = False
 
     @property
@@ -133,7 +140,7 @@ class Kubelet:
             if known is None and spec.get("nodeName", self.node) in ("", self.node) and not meta.get(
                     "deletionTimestamp") and (obj.get("status") or {}).get("phase") in (None, "", "Pending"):
                 self._start_workload(obj)
-            elif known is not None and known.workload and not known.finished and all(
+            elif known is not None and known.workload and not known.finished and not known.waiting and all(
                     p.poll() is not None for p in known.procs.values()):
                 self._report_workload(known, obj.get("spec") or {})
         for key in [k for k, p in self.pods.items() if p.workload and k not in seen]:
@@ -163,6 +170,11 @@ class Kubelet:
                       uid=meta["uid"], workload=True)
         self.pods[(pod.namespace, pod.name)] = pod
         for c in spec.get("containers") or []:
+            if not IMAGE_REF.match(c.get("image") or ""):  # never created: no log, Pending for good
+                pod.waiting[c["name"]] = {"reason": "InvalidImageName", "message": (
+                    f'Failed to apply default image tag "{c.get("image", "")}": couldn\'t parse image name '
+                    f'"{c.get("image", "")}": invalid reference format')}
+                continue
             argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
             log = self.log_dir / f"{pod.uid}-{c['name']}.log"
             env = {**os.environ, **{e["name"]: str(e.get("value", "")) for e in c.get("env") or [] if "name" in e}}
@@ -185,9 +197,11 @@ class Kubelet:
         statuses, codes = [], []
         for c in spec.get("containers") or []:
             name, proc = c["name"], pod.procs.get(c["name"])
-            code = 128 if proc is None else proc.poll()
+            code = 128 if proc is None and name not in pod.waiting else None if proc is None else proc.poll()
             state: dict[str, Any] = {"running": {"startedAt": now}}
-            if code is not None:
+            if name in pod.waiting:
+                state = {"waiting": pod.waiting[name]}
+            elif code is not None:
                 reason = "StartError" if proc is None else "Completed" if code == 0 else "Error"
                 state = {"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now,
                                         **({"message": pod.start_errors[name]} if name in pod.start_errors else {}),
@@ -196,12 +210,12 @@ class Kubelet:
             statuses.append({"name": name, "image": c.get("image", ""), "imageID": "", "restartCount": 0,
                              "ready": code is None, "started": code is None, "state": state,
                              **({"containerID": f"process://{proc.pid}"} if proc else {})})
-        phase = ("Running" if any(x is None for x in codes) else
+        phase = ("Pending" if pod.waiting else "Running" if any(x is None for x in codes) else
                  "Succeeded" if all(x == 0 for x in codes) else "Failed")
         status = {"phase": phase, "hostIP": "127.0.0.1", "podIP": pod.ip, "startTime": now,
                   "containerStatuses": statuses}
         self.client.merge_patch(pod.path + "/status", {"status": status})
-        pod.finished = phase != "Running"
+        pod.finished = phase in ("Succeeded", "Failed")
 
     def reap(self) -> list[str]:
         """Finish graceful deletions of this node's pods: stop the processes, delete with grace 0."""

@@ -1,9 +1,10 @@
 """A Workflow Task step run by the cluster injector as a Pod, against the API fake with the test
 kubelet running the Pod's command for real: the Pod is created (labels, owner, restartPolicy),
 runs, and its exit code and log come back in the result; a failing command gives its exit code;
-a Pod past its timeout is deleted and the step fails saying so; a spec the API refuses fails with
-the API's reason; and a command re-sent after an injector restart re-attaches to the Pod the first
-life created instead of creating a second.
+a Pod past its timeout is deleted and the step fails saying so; a spec the API refuses, a missing
+namespace, a Pod of that name owned by another node and an image that can never be pulled fail
+with the reason (the stuck Pod deleted); and a command re-sent after an injector restart
+re-attaches to the Pod the first life created instead of creating a second.
 """
 
 from __future__ import annotations
@@ -139,3 +140,33 @@ async def test_a_command_resent_after_a_restart_reattaches_to_the_first_pod(kube
     again = await run(injector, resent)  # once done, a repeat neither runs nor creates anything
     assert again.ok and again.exit_code is None and "already done" in again.message, again
     assert len(task_pods(kube, "again-abcde")) == 1
+
+
+async def test_an_image_that_can_never_be_pulled_fails_at_once_and_its_pod_goes(kube: KubeEnv, kubelet: Kubelet,
+                                                                               injector: Injector) -> None:
+    container = {"name": "task", "image": "Busybox:Latest", "command": ["true"]}
+    started = time.monotonic()
+    res = await run(injector, task_command(kube, "img-abcde", container, timeout_s=60.0))
+    assert not res.ok and "cannot start (InvalidImageName: " in res.message, res.message
+    assert time.monotonic() - started < 10, "failed at the timeout, not at once"
+    kube.client.wait_for(lambda: not task_pods(kube, "img-abcde"), timeout=10, what="the stuck Pod deleted")
+
+
+@pytest.mark.parametrize(("namespace", "owner", "why"), [
+    ("no-such-namespace", None, 'could not be created: HTTP 404: namespaces "no-such-namespace" not found'),
+    (None, "someone-else", "exists and belongs to something else"),
+])
+async def test_a_pod_that_cannot_be_ours_fails_clearly(kube: KubeEnv, kubelet: Kubelet, injector: Injector,
+                                                       namespace: str | None, owner: str | None, why: str) -> None:
+    container = {"name": "task", "image": "busybox", "command": ["true"]}
+    cmd = task_command(kube, "own-abcde", container)
+    if namespace is not None:
+        cmd = msgspec.structs.replace(cmd, namespace=namespace)
+    if owner is not None:  # a Pod of that name already there, owned by another WorkflowNode
+        fault = cmd.actions[0].fault
+        assert isinstance(fault, m.Task)
+        theirs = task_pod.pod_body(kube.namespace, "own-abcde", msgspec.structs.replace(fault, workflow_node_uid=owner))
+        theirs["metadata"]["name"] = task_pod.pod_name("own-abcde", fault.workflow_node_uid)
+        kube.client.create(f"/api/v1/namespaces/{kube.namespace}/pods", theirs)
+    res = await run(injector, cmd)
+    assert not res.ok and not res.retryable and why in res.message, res.message

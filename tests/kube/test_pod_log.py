@@ -99,3 +99,13 @@ def test_a_command_that_cannot_start_fails_the_pod_with_exit_code_128(kube: Kube
     term = done["status"]["containerStatuses"][0]["state"]["terminated"]
     assert done["status"]["phase"] == "Failed" and term["exitCode"] == 128 and term["reason"] == "StartError"
     assert "/nonexistent/binary" in term["message"]
+
+
+def test_an_image_reference_that_does_not_parse_stays_pending_with_no_log(kube: KubeEnv, kubelet: Kubelet) -> None:
+    create(kube, "badimg", [{"name": "main", "image": "Not A/Valid:Ref", "command": ["true"]}])
+    kubelet.sync()
+    pod = kube.client.get(f"/api/v1/namespaces/{kube.namespace}/pods/badimg")
+    assert pod is not None and pod["status"]["phase"] == "Pending"
+    assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "InvalidImageName"
+    status, _, body = log(kube, "badimg")
+    assert status == 400 and json.loads(body)["message"].endswith("is waiting to start: InvalidImageName")
