@@ -96,7 +96,10 @@ class Session:
         if self.floor_netns:
             with contextlib.suppress(OSError):
                 nsu.remove_named_netns(Path(self.floor_netns).name)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP_LOGS"):  # the services' logs, for reading a run afterwards
+            self.say(f"kept the services' logs in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         problems += [f"netns {n}" for n in leftovers.netns_names(targets.netns_prefix())]
         mine = {t.pid for t in self.targets} | {s.proc.pid for s in (self.cluster.services if self.cluster else [])}
         problems += [f"process {pid}" for pid in sorted(mine) if _running(pid)]

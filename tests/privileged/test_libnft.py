@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from chaosbus.common import netns as nsutil
-from chaosbus.injector.backends import libnft, nft
+from chaosbus.injector.backends import libnft, nfnl, nft
 
 pytestmark = pytest.mark.usefixtures("kernel")
 TABLE = "chaosbus_libnft_test"
@@ -56,10 +56,21 @@ def test_a_table_lands_in_the_target_netns_and_its_context_ends_with_it(
     assert TABLE not in tables_in(f"/proc/{os.getpid()}/ns/net")  # not in the injector's own netns
     assert len(contexts) == 1
     contexts.apply(netns, "chaosbus_second", script("chaosbus_second"))
-    contexts.delete(netns, TABLE, f"add table inet {TABLE}\ndelete table inet {TABLE}\n")
+    contexts.delete(netns, TABLE)
     assert tables_in(netns) == ["chaosbus_second"] and len(contexts) == 1  # still one of ours there
-    contexts.delete(netns, "chaosbus_second", "add table inet chaosbus_second\ndelete table inet chaosbus_second\n")
+    contexts.delete(netns, "chaosbus_second")
     assert tables_in(netns) == [] and len(contexts) == 0  # the netns is no longer held by a socket
+
+
+def test_a_released_context_closes_its_socket_in_the_background(netns: str, contexts: libnft.NftContexts) -> None:
+    # Closing waits in the kernel, so the delete returns first; settle() is when the socket is gone.
+    before = libnft.open_descriptors()
+    contexts.apply(netns, TABLE, script())
+    assert libnft.open_descriptors() > before  # the context's netlink socket, inside the netns
+    contexts.delete(netns, TABLE)
+    assert tables_in(netns) == [] and len(contexts) == 0
+    contexts.settle()
+    assert libnft.open_descriptors() == before
 
 
 def test_a_refused_script_changes_nothing_and_says_why(netns: str, contexts: libnft.NftContexts) -> None:
@@ -110,3 +121,25 @@ def test_nft_backend_uses_libnftables_and_maps_errors(netns: str) -> None:
     assert tables_in(netns) == [] and len(ctxs) == before
     with pytest.raises(nft.NetnsGone):
         nft.apply_table(netns + "-missing", TABLE, script())
+
+
+def test_a_raw_nfnetlink_delete_removes_exactly_the_table_and_absent_is_not_an_error(netns: str) -> None:
+    nft.apply_table(netns, TABLE, script())
+    nft.apply_table(netns, "chaosbus_other", script("chaosbus_other"))
+    sock = nsutil.run_in_netns(netns, nfnl.open_socket)
+    try:
+        assert nfnl.delete_table(sock, TABLE) is True
+        assert tables_in(netns) == ["chaosbus_other"]
+        assert nfnl.delete_table(sock, TABLE) is False  # already gone: the fault is gone
+        with pytest.raises(OSError, match="chaosbus_other"):
+            nfnl.delete_table(sock, "chaosbus_other" + "x" * 300)  # a name the kernel refuses
+    finally:
+        sock.close()
+        nft.delete_table(netns, "chaosbus_other")
+
+
+def test_a_delete_without_a_context_uses_a_bare_socket_and_keeps_none(netns: str,
+                                                                      contexts: libnft.NftContexts) -> None:
+    nft.apply_table(netns, TABLE, script())  # the process-wide contexts, not this fixture's
+    contexts.delete(netns, TABLE)
+    assert tables_in(netns) == [] and len(contexts) == 0

@@ -270,7 +270,10 @@ def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> Non
     ctxs = contexts()
     if ctxs is not None:
         try:
-            (ctxs.apply if keep else ctxs.delete)(netns_path, table, script)
+            if keep:
+                ctxs.apply(netns_path, table, script)
+            else:
+                ctxs.delete(netns_path, table)
             return
         except (libnft.NetnsGone, FileNotFoundError) as e:
             raise NetnsGone(f"network namespace {netns_path} is gone") from e

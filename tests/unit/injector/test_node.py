@@ -114,8 +114,10 @@ async def test_a_fault_is_recovered_at_its_deadline_by_the_node(node: Node, faul
         # No NATS in this test: the node knows the control plane could not have done it.
         assert entry.reason == ("recovered: deadline passed while the control plane was unreachable "
                                 "(expired by the node)") and not entry.ended
+        fault.kernel[(UID, ".", "sentinel")] = 1  # would be wiped by a second kernel-side recover
         recover = await node.on_command(command(sleeper, op="recover"))  # the scheduler asks later
-        assert recover is not None and recover.results[0].message == entry.reason
+        assert recover is not None and recover.results[0].message == entry.reason and recover.results[0].ok
+        assert fault.kernel == {(UID, ".", "sentinel"): 1}  # answered from the journal, kernel untouched
     finally:
         watchdog.cancel()
 

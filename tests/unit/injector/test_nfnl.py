@@ -1,0 +1,46 @@
+"""The raw nfnetlink table delete, byte for byte: the batch the kernel gets (BEGIN, an acknowledged
+DELTABLE for `inet <name>`, END) and how its answer is read (ack, ENOENT, other errors, replies to
+someone else's request skipped). tests/privileged/test_libnft.py runs it against the kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from chaosbus.injector.backends import nfnl
+
+
+def messages(batch: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, pos = [], 0
+    while pos < len(batch):
+        length, kind, flags, seq, _ = struct.unpack_from("=IHHII", batch, pos)
+        out.append((kind, flags, seq, batch[pos + 16:pos + length]))
+        pos += length
+    return out
+
+
+def test_the_batch_deletes_one_inet_table_by_name_and_asks_for_one_ack() -> None:
+    begin, delete, end = messages(nfnl.delete_table_request("chaosbus_abc", seq=41))
+    assert (begin[0], end[0]) == (0x10, 0x11) and begin[2] == 40 and end[2] == 42
+    assert begin[3][2:4] == socket.htons(10).to_bytes(2, "little")  # res_id: the nftables subsystem
+    kind, flags, seq, body = delete
+    assert kind == (10 << 8) | 2 and flags == 0x1 | 0x4 and seq == 41  # NFT_MSG_DELTABLE, request + ack
+    assert body[0] == 1  # NFPROTO_INET
+    alen, atype = struct.unpack_from("=HH", body, 4)
+    assert atype == 1 and body[8:4 + alen] == b"chaosbus_abc\0"  # NFTA_TABLE_NAME, NUL-terminated
+    assert len(body) % 4 == 0
+
+
+def reply(seq: int, error: int) -> bytes:
+    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", error) + b"\0" * 16
+
+
+def test_the_answer_is_the_error_of_our_message_only() -> None:
+    ours = range(40, 43)
+    assert nfnl.error_of(reply(41, 0), ours) == 0
+    assert nfnl.error_of(reply(41, -errno.ENOENT), ours) == errno.ENOENT
+    assert nfnl.error_of(reply(7, -errno.EPERM), ours) is None  # an old request's late answer
+    assert nfnl.error_of(reply(7, 0) + reply(40, -errno.EINVAL), ours) == errno.EINVAL
+    assert nfnl.error_of(b"", ours) is None
