@@ -2,11 +2,15 @@
 language Chaos Mesh's examples use, over the variables `exitCode` (int) and `stdout` (string,
 trimmed). Grammar:
 
-    or      := and ("||" and)*
-    and     := not ("&&" not)*
-    not     := "!" not | compare
-    compare := primary (("==" | "!=" | "<" | ">" | "<=" | ">=") primary)?
+    or      := and (("||" | "or") and)*
+    and     := not (("&&" | "and") not)*
+    not     := ("!" | "not") not | compare
+    compare := primary (("==" | "!=" | "<" | ">" | "<=" | ">=" | "contains" | "startsWith" | "endsWith")
+               primary)?
     primary := INT | STRING | "true" | "false" | NAME | "(" or ")"
+
+The word forms (`and`, `or`, `not`) and the string operators are expr's too; `matches` (a regular
+expression from the workflow run against the task's output) is left out on purpose.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ _TOKEN = re.compile(r"""\s*(?:
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
 )""", re.VERBOSE)
 MAX_LENGTH = 1000
+_STRING_OPS = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}
+_WORDS = ("and", "or", "not", *_STRING_OPS)
 
 
 class ExpressionError(ValueError):
@@ -63,7 +69,7 @@ class _Parser:
 
     def or_(self) -> Any:
         value = self.and_()
-        while self.peek() == "||":
+        while self.peek() in ("||", "or"):
             self.take()
             right = self.and_()
             value = _truth(value) or _truth(right)
@@ -71,14 +77,14 @@ class _Parser:
 
     def and_(self) -> Any:
         value = self.not_()
-        while self.peek() == "&&":
+        while self.peek() in ("&&", "and"):
             self.take()
             right = self.not_()
             value = _truth(value) and _truth(right)
         return value
 
     def not_(self) -> Any:
-        if self.peek() == "!":
+        if self.peek() in ("!", "not"):
             self.take()
             return not _truth(self.not_())
         return self.compare()
@@ -86,10 +92,14 @@ class _Parser:
     def compare(self) -> Any:
         left = self.primary()
         op = self.peek()
-        if op not in ("==", "!=", "<", ">", "<=", ">="):
+        if op not in ("==", "!=", "<", ">", "<=", ">=", *_STRING_OPS):
             return left
         self.take()
         right = self.primary()
+        if op in _STRING_OPS:
+            if not isinstance(left, str) or not isinstance(right, str):
+                raise ExpressionError(f"{op} needs two strings, got {left!r} and {right!r}")
+            return bool(_STRING_OPS[op](left, right))
         if op in ("==", "!="):
             return (left == right) == (op == "==")
         if type(left) is not type(right) or isinstance(left, bool):
@@ -105,6 +115,8 @@ class _Parser:
         if kind == "name":
             if text in ("true", "false"):
                 return text == "true"
+            if text in _WORDS:
+                raise ExpressionError(f"unexpected {text!r}")
             if text not in self.env:
                 raise ExpressionError(f"unknown name {text!r} (known: {', '.join(sorted(self.env))})")
             return self.env[text]

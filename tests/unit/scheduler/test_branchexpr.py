@@ -39,3 +39,24 @@ def test_expressions(expression: str, exit_code: int, stdout: str, expected: boo
 def test_malformed_expressions_are_refused(expression: str, message: str) -> None:
     with pytest.raises(ExpressionError, match=message):
         evaluate(expression, exit_code=0, stdout="")
+
+
+@pytest.mark.parametrize(("expression", "stdout", "expected"), [
+    ('exitCode == 0 and stdout == "yes"', "yes\n", True),
+    ('exitCode != 0 or stdout == "yes"', "no", False),
+    ('not (stdout == "no")', "yes", True),
+    ('stdout contains "ready"', "service ready\n", True),
+    ('stdout startsWith "branch-"', "branch-a", True),
+    ('stdout endsWith "-b" && exitCode == 0', "branch-a", False),
+])
+def test_expr_word_operators_and_string_operators(expression: str, stdout: str, expected: bool) -> None:
+    """expr (Chaos Mesh's expression language) also spells the logic as words and has string
+    operators; expressions written that way pick the same branches here.
+    """
+    assert evaluate(expression, exit_code=0, stdout=stdout) is expected
+
+
+@pytest.mark.parametrize("expression", ['exitCode contains "0"', "stdout == and", 'stdout matches "a.*"'])
+def test_string_operators_need_strings_and_words_are_not_names(expression: str) -> None:
+    with pytest.raises(ExpressionError):
+        evaluate(expression, exit_code=0, stdout="a")
