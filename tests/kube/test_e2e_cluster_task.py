@@ -3,6 +3,7 @@ nats-server, watcher --kube, recorder --kube, scheduler --cluster-injector and i
 as processes; the test kubelet runs the Task Pod's command and serves its log. The Task's stdout
 picks the conditional branch: that branch's step runs (the other does not), the Task's
 WorkflowNode records exit code and stdout as Chaos Mesh does, and the workflow is Accomplished.
+A Task whose Pod the API refuses records the API's reason and takes its `exitCode != 0` branch.
 """
 
 from __future__ import annotations
@@ -47,6 +48,24 @@ spec:
   - {name: left, templateType: Suspend, deadline: 1s}
   - {name: right, templateType: Suspend, deadline: 1s}
 """
+REFUSED = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: Workflow
+metadata: {name: wf-refused}
+spec:
+  entry: entry
+  templates:
+  - name: entry
+    templateType: Task
+    deadline: 30s
+    task:
+      container: {name: Not_A_Name, image: busybox, command: ["true"]}
+    conditionalBranches:
+    - {target: ok, expression: 'exitCode == 0'}
+    - {target: failed, expression: 'exitCode != 0'}
+  - {name: ok, templateType: Suspend, deadline: 1s}
+  - {name: failed, templateType: Suspend, deadline: 1s}
+"""
 
 
 @pytest.fixture
@@ -85,18 +104,25 @@ def test_a_task_pods_stdout_picks_the_branch_that_runs(system: System) -> None:
     kube = system.kube
     base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
 
-    def nodes() -> dict[str, dict[str, Any]]:
+    def nodes(workflow: str) -> dict[str, dict[str, Any]]:
         found = kube.client.request("GET", f"{base}/workflownodes",
-                                    query={"labelSelector": "chaos-mesh.org/workflow=wf-task"})["items"]
+                                    query={"labelSelector": f"chaos-mesh.org/workflow={workflow}"})["items"]
         return {n["spec"]["templateName"]: n for n in found}
 
-    def accomplished() -> bool:
-        conds = ((kube.client.get(f"{base}/workflows/wf-task") or {}).get("status") or {}).get("conditions") or []
+    def accomplished(workflow: str) -> bool:
+        conds = ((kube.client.get(f"{base}/workflows/{workflow}") or {}).get("status") or {}).get("conditions") or []
         return any(c["type"] == "Accomplished" and c["status"] == "True" for c in conds)
 
     kube.client.apply_yaml(WORKFLOW.replace("PYTHON", sys.executable), kube.namespace)
-    kube.client.wait_for(accomplished, timeout=30, what="workflow accomplished")
-    found = nodes()
+    kube.client.apply_yaml(REFUSED, kube.namespace)
+    kube.client.wait_for(lambda: accomplished("wf-task") and accomplished("wf-refused"), timeout=30,
+                         what="both workflows accomplished")
+    # A Pod the API refuses: the step fails with the API's reason in the node's status, and moves on.
+    refused = nodes("wf-refused")
+    assert set(refused) == {"entry", "failed"}
+    context = json.loads(refused["entry"]["status"]["conditionalBranchesStatus"]["context"][0])
+    assert context["exitCode"] == -1 and "HTTP 422" in context["error"] and "Not_A_Name" in context["error"], context
+    found = nodes("wf-task")
     assert set(found) == {"entry", "left"}, "only the branch the Task's stdout chose may run"
     entry = found["entry"]
     cbs = entry["status"]["conditionalBranchesStatus"]
