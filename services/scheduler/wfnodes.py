@@ -88,9 +88,8 @@ def deadline_of(node: Obj) -> float | None:
 
 
 def cond(ctype: str, true: bool, reason: str = "", message: str = "") -> Obj:
-    out: Obj = {"type": ctype, "status": "True" if true else "False"}
-    if reason:
-        out["reason"] = reason
+    """A condition as Chaos Mesh writes it: `reason` always present ("" when there is none)."""
+    out: Obj = {"type": ctype, "status": "True" if true else "False", "reason": reason}
     if message:
         out["message"] = message
     return out

@@ -165,7 +165,7 @@ class _Run:
         if not status.get("conditions"):
             self._set_status(node, {"conditions": conditions_with(status, {})})
         if t.template_type in (ws.SERIAL, ws.PARALLEL):
-            return self._composite_done(node, len(t.children), "ChildrenAccomplished")
+            return self._composite_done(node, len(t.children), "")  # Chaos Mesh gives no reason here
         if t.template_type == ws.TASK:
             return self._task_done(node)
         return self._leaf(node, t)
@@ -174,7 +174,7 @@ class _Run:
                    stop: bool) -> None:
         """Visit (and, unless stopping, start) the children; record which run and which finished."""
         name = node["metadata"]["name"]
-        active, finished = [], []
+        active, finished, created = [], [], []
         for i, entry in enumerate(children):
             index, child_template = entry if isinstance(entry, tuple) else (i, entry)
             child = ws.node_name(self.uid, name, child_template, index)
@@ -182,6 +182,7 @@ class _Run:
                 if stop or not node["metadata"].get("uid"):
                     break  # a child's owner reference needs its parent's uid: wait for it
                 self._create_node(child, child_template, parent=node, parent_deadline=deadline_of(node))
+                created.append(child)
             if self._visit(child):
                 finished.append({"name": child})
             else:
@@ -189,6 +190,8 @@ class _Run:
                 if serial:
                     break
         self._set_status(node, {"activeChildren": active, "finishedChildren": finished})
+        if created:
+            self._event(node, "Normal", "NodesCreated", f"child nodes created, {','.join(created)}")
 
     def _composite_done(self, node: Obj, expected: int, reason: str) -> str:
         status = node.get("status") or {}

@@ -312,15 +312,22 @@ def test_events_as_chaos_mesh_records_them_each_once() -> None:
     world.set_status("PodChaos", pk["metadata"]["name"], injected(2))
     world.advance(T0 + 20)
     entry = world.node("entry")["metadata"]["name"]
+    step = {t: world.node(t)["metadata"]["name"] for t in ("cut", "wait", "kill", "cut2")}
+
+    def created(t: str) -> tuple[str, str, str, str]:
+        return "WorkflowNode", "entry", "NodesCreated", f"child nodes created, {step[t]}"
+
     assert world.events() == [
-        ("Workflow", "wf", "EntryCreated", f"entry node created, entry node {entry}"),
-        ("WorkflowNode", "cut", "NodeDeadlineExceed", "deadline exceed"),
-        ("WorkflowNode", "wait", "NodeDeadlineExceed", "deadline exceed"),
-        ("WorkflowNode", "kill", "NodeAccomplished", "node accomplished"),
+        ("Workflow", "wf", "EntryCreated", f"entry node created, entry node {entry}"), created("cut"),
+        ("WorkflowNode", "cut", "NodeDeadlineExceed", "deadline exceed"), created("wait"),
+        ("WorkflowNode", "wait", "NodeDeadlineExceed", "deadline exceed"), created("kill"),
+        ("WorkflowNode", "kill", "NodeAccomplished", "node accomplished"), created("cut2"),
         ("WorkflowNode", "cut2", "NodeDeadlineExceed", "deadline exceed"),
         ("WorkflowNode", "entry", "NodeAccomplished", "node accomplished"),
         ("Workflow", "wf", "WorkflowAccomplished", "workflow accomplished"),
     ]
+    conditions = world.node("entry")["status"]["conditions"]  # Chaos Mesh: reason always there, none here
+    assert {c["type"]: c["reason"] for c in conditions} == {"Accomplished": "", "DeadlineExceed": ""}
 
 
 def test_a_failing_check_records_its_completion_and_the_abort() -> None:
