@@ -4,6 +4,9 @@ Python 3.11 has no `os.setns`, so `setns_net` calls libc through ctypes. Namespa
 thread, not to a process: `run_in_netns` runs a function on a fresh thread that enters the
 namespace and then dies, so no other code ever runs in the wrong namespace and nothing forks
 (pyroute2's own netns support forks the whole, possibly multi-threaded, interpreter).
+`visit_netns` does the same on a few long-lived visitor threads that run nothing but such visits
+(enter, call, return to the process's netns): starting a thread per call cost 0.2-3 ms on a busy
+machine, a visit about 0.13 ms (measured), and the injector makes one per new target netns.
 Everything here is sync and free of netlink.
 """
 
@@ -15,6 +18,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 NETNS_RUN_DIR = "/var/run/netns"
@@ -82,6 +86,35 @@ def run_in_netns(path: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwarg
         return fn(*args, **kwargs)
 
     return _on_thread(inside)
+
+
+_VISITORS = 4
+_visitors: ThreadPoolExecutor | None = None
+_home_fd: int | None = None
+_visitors_lock = threading.Lock()
+
+
+def visit_netns(path: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Like `run_in_netns`, on a visitor thread that goes back to the process's netns afterwards
+    (so it holds no namespace alive). Every visit enters its own target first, so a visitor that
+    failed to go back can never run anything in the wrong namespace.
+    """
+    global _visitors, _home_fd
+    with _visitors_lock:
+        if _visitors is None:
+            _home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            _visitors = ThreadPoolExecutor(_VISITORS, thread_name_prefix="netns-visit")
+        pool, home = _visitors, _home_fd
+    assert home is not None
+
+    def inside() -> R:
+        setns_net(path)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setns_net(home)
+
+    return pool.submit(inside).result()
 
 
 def create_named_netns(name: str) -> str:

@@ -3,8 +3,8 @@
 Spawning `nsenter … nft -f -` cost 8-22 ms and ~4 ms of CPU per transaction; a libnftables
 context whose netlink socket was opened inside the target netns does the same transaction in
 well under a millisecond. Each context belongs to one netns (keyed by its (device, inode)
-identity), is created on a short-lived thread that entered the netns, and is used under its own
-lock from any thread afterwards.
+identity), is created by a visitor thread that entered the netns (`netns.visit_netns`), and is
+used under its own lock from any thread afterwards.
 
 A context's socket keeps its netns alive, so a context lives only while one of our tables exists
 in that netns: the last `delete` frees it, as does noticing that the netns path is gone. Two
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from chaosbus.common.netns import run_in_netns
+from chaosbus.common.netns import visit_netns
 from chaosbus.injector.backends import nfnl
 
 LIBRARY = "libnftables.so.1"
@@ -146,7 +146,7 @@ class NftContexts:
         with self._lock:
             ctx = self._contexts.get(key)
         if ctx is None:
-            sock = run_in_netns(path, nfnl.open_socket)
+            sock = visit_netns(path, nfnl.open_socket)
             try:
                 _raw_delete(sock, table)
             finally:
@@ -190,7 +190,7 @@ class NftContexts:
                 return ctx
         if open_descriptors() >= FD_HEADROOM:
             raise Unavailable("too many open descriptors for libnftables' select()")
-        handle, raw = run_in_netns(path, self._new)
+        handle, raw = visit_netns(path, self._new)
         fresh = _Context(handle=handle, path=path, raw=raw)
         with self._lock:
             ctx = self._contexts.setdefault(key, fresh)
