@@ -1,8 +1,8 @@
 """The injector's NATS edge against a real nats-server (port 0, JetStream in a temp dir): commands
 from the node's durable consumer, results through the journal's outbox (kept while NATS is down,
 published in order once it is back), a duplicate command delivered twice, the kill switch read
-from the KV key alone, and leases on the core subject. The fault is the recording fault of the
-node unit tests, so no root is needed.
+from the KV key alone, leases on the core subject, and a long Workflow Task that holds up no other
+command. The fault is the recording fault of the node unit tests, so no root is needed.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,11 @@ from unit.injector.factories import Recording, command, eventually, make_node
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import natsserver, subjects
-from chaosbus.injector.app import Edge
+from chaosbus.injector import faults
+from chaosbus.injector.app import COMMAND_ACK_WAIT_S, Edge
+from chaosbus.injector.executor import Executor
+from chaosbus.injector.faults.task import TaskFault
+from chaosbus.injector.journal import Journal
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node
 
@@ -146,3 +151,41 @@ async def test_results_wait_in_the_outbox_while_nats_is_down(
             await again.close()
     finally:
         restarted.stop()
+
+
+async def test_a_long_task_holds_up_no_other_command(tmp_path: Path, fault: Recording,
+                                                     sleeper: subprocess.Popen[bytes],
+                                                     nats_server: natsserver.EmbeddedServer) -> None:
+    journal = Journal(tmp_path / "journal.db")
+    registry: dict[str, faults.Fault] = {}
+    for f in (fault, TaskFault()):
+        faults.register(f, registry)
+    node = Node(journal, Executor(journal, "n1", registry=registry))
+    edge = Edge(node, "n1", InjectorMetrics())
+    runner = asyncio.ensure_future(edge.run(nats_server.url))
+    bus = await busmod.connect(nats_server.url, "test")
+    await bus.ensure()
+    try:
+        task = m.Task(argv=[sys.executable, "-c", "import time; time.sleep(3); print('late')"], timeout_s=30)
+        long = m.NodeCommand(command_id="wfnode-uid.task.1", experiment_uid="wfnode-uid", generation=1,
+                             kind="WorkflowNode", namespace="ns", name="check-abcde", node="n1",
+                             issued_at=time.time(), actions=[m.TargetAction(target_id="ns/check-abcde", op="apply",
+                                                                            fault=task)])
+        await bus.publish(subjects.command_subject("n1"), long, msg_id=long.command_id)
+        await asyncio.sleep(0.3)  # the task has started
+        quick = command(sleeper)
+        started = time.monotonic()
+        await bus.publish(subjects.command_subject("n1"), quick, msg_id=quick.command_id)
+        [first] = await batches(bus, within=2.5)
+        assert first.command_id == quick.command_id and time.monotonic() - started < 2.5, "held up by the task"
+        done = await batches(bus, within=10.0, count=2)
+        assert [b.command_id for b in done] == [quick.command_id, long.command_id]
+        assert done[1].results[0].exit_code == 0 and done[1].results[0].stdout == "late\n"
+        await asyncio.sleep(COMMAND_ACK_WAIT_S / 10)
+        assert (await bus.js.stream_info(subjects.COMMANDS.name)).state.messages == 0  # both acked, once each
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner], timeout=5)
+        await bus.close()
+        node.close()
+        journal.close()
