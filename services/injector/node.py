@@ -127,6 +127,8 @@ class Node:
         return batch
 
     async def _timed_effect(self, cmd: m.NodeCommand, plan: ex.Plan) -> ex.Outcome:
+        if plan.result is not None:  # decided from the journal: no thread hop for nothing
+            return ex.Outcome(plan.result)
         start = time.perf_counter()
         outcome = await self.run_in_thread(self.executor.effect, cmd, plan)
         if self.on_effect is not None:
@@ -177,8 +179,7 @@ class Node:
 
     async def tick(self, *, starting: bool = False) -> list[Recovered]:
         """Recover every open fault that is due now; returns what was recovered."""
-        entries = await self.run_in_thread(self.journal.open_entries)
-        vanished = await self.run_in_thread(_vanished, entries)
+        entries, vanished = await self.run_in_thread(self._open_and_vanished)
         world = self._world(starting)
         dues = [d for d in expiry.due(entries, world, vanished)
                 if world.halt.halted or world.mono >= self._retry_at.get(d.entry.key, 0.0)]
@@ -186,27 +187,31 @@ class Node:
             return []
         jobs = min(self.workers, -(-len(dues) // RECOVER_CHUNK))
         chunks = [dues[i::jobs] for i in range(jobs)]
-        results = [r for chunk in await asyncio.gather(*(self._recover(c) for c in chunks)) for r in chunk]
-        done = [r for r in results if r is not None]
-        if done:
-            if await self.run_in_thread(self.executor.commit_recoveries, done):
+        done: list[Recovered] = []
+        for recovered, reported in await asyncio.gather(*(self._recover(c) for c in chunks)):
+            done += recovered
+            if reported:
                 self.outbox_kick.set()
-            for due, _ in done:
-                log.info("recovered by the node", target=due.entry.action.target_id, experiment=due.entry.name,
-                         reason=due.reason)
-            if self.on_recovered is not None:
-                self.on_recovered(done)
+        _log_recovered(done)
+        if done and self.on_recovered is not None:
+            self.on_recovered(done)
         return done
 
-    async def _recover(self, dues: list[expiry.Due]) -> list[Recovered | None]:
-        """Recover due entries in one worker job (one thread hop for the lot, not two per entry:
-        many faults expiring at one deadline leave together), each under its key's lock.
+    def _open_and_vanished(self) -> tuple[list[Entry], dict[str, str]]:
+        entries = self.journal.open_entries()
+        return entries, _vanished(entries)
+
+    async def _recover(self, dues: list[expiry.Due]) -> tuple[list[Recovered], int]:
+        """Recover due entries and journal the outcome in one worker job (one thread hop for the
+        lot: many faults expiring at one deadline leave together), each under its key's lock.
+        Returns what was recovered and how many reports were queued.
         """
         async with self.locks.hold(d.entry.key for d in dues):
-            outcomes = await self.run_in_thread(self._recover_now, dues)
-        return [self._settle(d, current, res) for d, (current, res) in zip(dues, outcomes, strict=True)]
+            outcomes, reported = await self.run_in_thread(self._recover_now, dues)
+        settled = [self._settle(d, current, res) for d, (current, res) in zip(dues, outcomes, strict=True)]
+        return [r for r in settled if r is not None], reported
 
-    def _recover_now(self, dues: list[expiry.Due]) -> list[tuple[Entry | None, m.TargetResult | None]]:
+    def _recover_now(self, dues: list[expiry.Due]) -> tuple[list[tuple[Entry | None, m.TargetResult | None]], int]:
         out: list[tuple[Entry | None, m.TargetResult | None]] = []
         for d in dues:
             current = self.journal.get(d.entry.key)
@@ -214,7 +219,9 @@ class Node:
                 out.append((None, None))  # recovered meanwhile (a recover command)
             else:
                 out.append((current, self.executor.recover_entry(current)))
-        return out
+        done = [(replace(d, entry=current), res) for d, (current, res) in zip(dues, out, strict=True)
+                if current is not None and res is not None and res.ok]
+        return out, self.executor.commit_recoveries(done) if done else 0
 
     def _settle(self, due: expiry.Due, current: Entry | None, res: m.TargetResult | None) -> Recovered | None:
         if current is None or res is None:
@@ -228,6 +235,19 @@ class Node:
         self._retry_at[key] = self.mono() + min(MAX_RETRY_S, 2.0 ** (n - 1))
         log.warning("recovery failed; will retry", target=current.action.target_id, attempt=n, error=res.message)
         return None
+
+
+def _log_recovered(done: list[Recovered]) -> None:
+    """One line per experiment and reason, not per target: 1,000 targets expiring at once are one
+    line each for their experiments, not 1,000 lines written while the CPU is needed elsewhere.
+    """
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for due, _ in done:
+        e = due.entry
+        groups.setdefault((e.namespace, e.name, due.reason), []).append(e.action.target_id)
+    for (namespace, name, reason), targets in groups.items():
+        log.info("recovered by the node", experiment=name, namespace=namespace, reason=reason, count=len(targets),
+                 targets=targets[:5] + ([f"... {len(targets) - 5} more"] if len(targets) > 5 else []))
 
 
 def _vanished(entries: list[Entry]) -> dict[str, str]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from chaosbus.common.netns import visit_netns
@@ -126,8 +126,7 @@ class NftContexts:
         self._lock = threading.Lock()
         self._contexts: OrderedDict[tuple[int, int], _Context] = OrderedDict()
         self._gone_checked = 0.0
-        self._freeing = ThreadPoolExecutor(FREE_THREADS, thread_name_prefix="nft-free")
-        self._pending: set[Future[object]] = set()
+        self._closer = _closer()
 
     def __len__(self) -> int:
         return len(self._contexts)
@@ -233,20 +232,11 @@ class NftContexts:
         self._later(sock.close)
 
     def _later(self, fn: Callable[..., object], *args: object) -> None:
-        pending = self._freeing.submit(fn, *args)
-        with self._lock:
-            self._pending.add(pending)
-        pending.add_done_callback(self._done)
-
-    def _done(self, pending: Future[object]) -> None:
-        with self._lock:
-            self._pending.discard(pending)
+        self._closer.put(fn, *args)
 
     def settle(self) -> None:
         """Wait until every released context is closed (its socket, and the netns it held, let go)."""
-        with self._lock:
-            pending = list(self._pending)
-        wait(pending)
+        self._closer.wait()
 
     def forget_gone(self, *, force: bool = False) -> int:
         """Free the contexts whose netns path is gone or now names another netns (at most once a
@@ -277,6 +267,53 @@ class NftContexts:
         for ctx in entries:
             self._release(ctx)
         self.settle()
+
+
+class _Closer:
+    """Threads that run the slow closes, started before they are needed: a burst of releases at
+    a deadline costs a queue put each, not a thread start.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        for i in range(threads):
+            threading.Thread(target=self._loop, name=f"nft-free-{i}", daemon=True).start()
+
+    def put(self, fn: Callable[..., object], *args: object) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put((fn, args))
+
+    def wait(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._pending == 0)
+
+    def _loop(self) -> None:
+        while True:
+            fn, args = self._queue.get()
+            try:
+                fn(*args)
+            except Exception:  # a close that fails leaves nothing to retry
+                pass
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._idle.notify_all()
+
+
+_closer_instance: _Closer | None = None
+_closer_lock = threading.Lock()
+
+
+def _closer() -> _Closer:
+    global _closer_instance
+    with _closer_lock:
+        if _closer_instance is None:
+            _closer_instance = _Closer(FREE_THREADS)
+        return _closer_instance
 
 
 def _raw_delete(sock: socket.socket, table: str) -> None:
