@@ -141,7 +141,10 @@ def tick(state: CheckState, now: float) -> bool:
 
 
 def fold(state: CheckState, started_at: float, ok: bool, now: float) -> None:
-    """Add one probe outcome and judge the thresholds (success only counts in Synchronous mode).
+    """Add one probe outcome and judge the conditions as Chaos Mesh does: each threshold condition
+    says whether the newest records reach it (SuccessThresholdExceed too in Continuous mode, where
+    it can turn False again and only decides, at completion, whether the check passed); the check
+    completes on its duration, its failure threshold, or (Synchronous) its success threshold.
     A probe that ends after the check completed (duration, deletion) is dropped.
     """
     if state.completed:
@@ -151,12 +154,15 @@ def fold(state: CheckState, started_at: float, ok: bool, now: float) -> None:
     state.count += 1
     keep = max(state.spec.records_history_limit, state.spec.failure_threshold, state.spec.success_threshold)
     del state.records[:-keep]
+    if _last_all(state, SUCCESS, state.spec.success_threshold):
+        state.true_since.setdefault(SUCCESS_EXCEED, now)
+    else:
+        state.true_since.pop(SUCCESS_EXCEED, None)
+    tick(state, now)  # the duration first: Chaos Mesh's precedence when both end the check
     if _last_all(state, FAILURE, state.spec.failure_threshold):
         _complete(state, FAILURE_EXCEED, now)
-    elif state.spec.mode == "Synchronous" and _last_all(state, SUCCESS, state.spec.success_threshold):
+    elif state.spec.mode == "Synchronous" and SUCCESS_EXCEED in state.true_since:
         _complete(state, SUCCESS_EXCEED, now)
-    else:
-        tick(state, now)
 
 
 def _last_all(state: CheckState, outcome: str, n: int) -> bool:
@@ -182,14 +188,16 @@ def completed_reason(state: CheckState) -> str:
 
 def completion_events(state: CheckState) -> list[tuple[str, str, str]]:
     """The Events (type, reason, message) Chaos Mesh records on a check that completes: the
-    completion, then the condition that completed it.
+    completion, then each condition that is True.
     """
     reason = completed_reason(state)
     if not reason:
         return []
-    cause = {DURATION_EXCEED: ("Warning", "duration exceed"), FAILURE_EXCEED: ("Warning", "failure threshold exceed"),
-             SUCCESS_EXCEED: ("Normal", "success threshold exceed")}[reason.removeprefix("StatusCheck")]
-    return [("Normal", "StatusCheckCompleted", f"status check completed: {reason}"), (cause[0], reason, cause[1])]
+    texts = {DURATION_EXCEED: ("Warning", "duration exceed"), FAILURE_EXCEED: ("Warning", "failure threshold exceed"),
+             SUCCESS_EXCEED: ("Normal", "success threshold exceed")}
+    return [("Normal", "StatusCheckCompleted", f"status check completed: {reason}")] + [
+        (texts[c][0], f"StatusCheck{c}", texts[c][1]) for c in (DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED)
+        if c in state.true_since]
 
 
 def status_of(state: CheckState) -> dict[str, Any]:
@@ -215,18 +223,15 @@ def status_of(state: CheckState) -> dict[str, Any]:
     return out
 
 
-def succeeded(status: dict[str, Any] | None, mode: str) -> bool | None:
-    """For a workflow step: None while the check runs; then whether it passed. Synchronous passes
-    only on its success threshold (as in Chaos Mesh); Continuous has no success threshold, so it
-    passes unless its failure threshold was reached (Chaos Mesh counts a Continuous check that ran
-    its whole duration as a failure, which aborts every workflow that uses one).
+def succeeded(status: dict[str, Any] | None) -> bool | None:
+    """For a workflow step: None while the check runs; then whether it passed, as Chaos Mesh
+    judges it for `abortWithStatusCheck`: SuccessThresholdExceed is True at completion (in
+    Continuous mode: the newest `successThreshold` probes succeeded).
     """
     conds = {c.get("type"): c.get("status") for c in (status or {}).get("conditions") or []}
     if conds.get(COMPLETED) != "True":
         return None
-    if mode == "Synchronous":
-        return conds.get(SUCCESS_EXCEED) == "True"
-    return conds.get(FAILURE_EXCEED) != "True"
+    return conds.get(SUCCESS_EXCEED) == "True"
 
 
 def decode_spec(raw: Any) -> StatusCheckSpec:

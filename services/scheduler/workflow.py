@@ -255,7 +255,7 @@ class _Run:
 
     def _status_check_step(self, node: Obj, t: Template, child: Obj) -> str:
         assert t.status_check is not None
-        passed = sc.succeeded(child.get("status"), t.status_check.mode)
+        passed = sc.succeeded(child.get("status"))
         if passed is None:
             return ""
         if passed or not t.abort_with_status_check:
@@ -287,7 +287,7 @@ class _Run:
         child = self.children.get(ws.child_name(node["metadata"]["name"]))
         if child is None or deleting(child):
             return
-        if t.template_type == ws.STATUS_CHECK and sc.succeeded(child.get("status"), "Continuous") is not None:
+        if t.template_type == ws.STATUS_CHECK and sc.succeeded(child.get("status")) is not None:
             return
         self._emit(delete_write(child))
         self.children[child["metadata"]["name"]] = {**child, "metadata": {

@@ -43,7 +43,7 @@ def test_synchronous_completes_on_consecutive_successes_only() -> None:
     sc.fold(state, T0 + 6, ok=True, now=T0 + 6)
     assert conditions(state) == {"Completed": "True", "SuccessThresholdExceed": "True",
                                  "FailureThresholdExceed": "False", "DurationExceed": "False"}
-    assert sc.succeeded(sc.status_of(state), "Synchronous") is True
+    assert sc.succeeded(sc.status_of(state)) is True
 
 
 def test_continuous_ignores_successes_and_fails_on_the_failure_threshold() -> None:
@@ -54,19 +54,20 @@ def test_continuous_ignores_successes_and_fails_on_the_failure_threshold() -> No
     for i in range(5, 8):
         sc.fold(state, T0 + i, ok=False, now=T0 + i)
     assert conditions(state)["FailureThresholdExceed"] == "True" and state.completed
-    assert sc.succeeded(sc.status_of(state), "Continuous") is False
+    assert sc.succeeded(sc.status_of(state)) is False
     sc.fold(state, T0 + 9, ok=True, now=T0 + 9)  # a late probe after completion changes nothing
     assert state.count == 8
 
 
-def test_duration_completes_the_check_and_continuous_then_passes() -> None:
+def test_duration_completes_the_check_and_continuous_passes_when_its_newest_probes_succeeded() -> None:
     state = sc.CheckState(spec=spec(mode="Continuous", duration="5s"), start=T0)
     assert sc.next_wakeup(state) == T0
     sc.fold(state, T0, ok=True, now=T0)
+    sc.fold(state, T0 + 2, ok=True, now=T0 + 2)  # successThreshold=2 reached: healthy at the end
     assert not sc.tick(state, T0 + 4.9)
     assert sc.tick(state, T0 + 5)
     assert conditions(state)["DurationExceed"] == "True" and conditions(state)["Completed"] == "True"
-    assert sc.succeeded(sc.status_of(state), "Continuous") is True
+    assert sc.succeeded(sc.status_of(state)) is True
     assert sc.status_of(state)["completionTime"] == "2026-01-02T03:04:10Z"
 
 
@@ -145,3 +146,35 @@ def test_status_codes_accepted_as_chaos_mesh_accepts_them() -> None:
     for bad in ("0", "1000", "300-200", "200-"):
         with pytest.raises(sc.InvalidCheck, match=r"spec\.http\.criteria\.statusCode"):
             sc.status_code_range(bad)
+
+
+def test_continuous_success_threshold_follows_the_newest_probes_and_decides_at_completion() -> None:
+    """Chaos Mesh computes SuccessThresholdExceed in both modes from the newest records: in
+    Continuous mode it comes and goes while the check runs (it does not complete it), and a check
+    that ends by its duration passes only if it is True then (abortWithStatusCheck aborts otherwise).
+    """
+    state = sc.CheckState(spec=spec(mode="Continuous", duration="10s", successThreshold=2), start=T0)
+    sc.fold(state, T0, ok=True, now=T0)
+    assert conditions(state)["SuccessThresholdExceed"] == "False"
+    sc.fold(state, T0 + 2, ok=True, now=T0 + 2)
+    assert conditions(state)["SuccessThresholdExceed"] == "True" and not state.completed
+    sc.fold(state, T0 + 4, ok=False, now=T0 + 4)  # one failure, below failureThreshold=3
+    assert conditions(state)["SuccessThresholdExceed"] == "False"
+    sc.tick(state, T0 + 10)
+    assert sc.succeeded(sc.status_of(state)) is False  # unhealthy at the end: the workflow aborts
+    assert [e[1] for e in sc.completion_events(state)] == ["StatusCheckCompleted", "StatusCheckDurationExceed"]
+
+    healthy = sc.CheckState(spec=spec(mode="Continuous", duration="10s", successThreshold=2), start=T0)
+    for i, ok in enumerate([False, False, True, True]):
+        sc.fold(healthy, T0 + 2 * i, ok=ok, now=T0 + 2 * i)
+    sc.tick(healthy, T0 + 10)
+    assert sc.succeeded(sc.status_of(healthy)) is True
+    assert sc.status_of(healthy)["conditions"][0]["reason"] == "StatusCheckDurationExceed"
+
+
+def test_a_probe_landing_after_the_duration_completes_by_duration_first() -> None:
+    state = sc.CheckState(spec=spec(mode="Continuous", duration="5s", failureThreshold=1), start=T0)
+    sc.fold(state, T0 + 4, ok=False, now=T0 + 6)  # started in time, answered after the end
+    conds = conditions(state)
+    assert conds["DurationExceed"] == "True" and conds["FailureThresholdExceed"] == "True"
+    assert sc.status_of(state)["conditions"][0]["reason"] == "StatusCheckDurationExceed"
