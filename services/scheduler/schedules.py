@@ -201,10 +201,6 @@ class ScheduleCore:
         fire = sched.cron.latest(last, now, anchor=sched.created_at)
         if fire is None:
             return
-        first = sched.cron.next_after(last, anchor=sched.created_at)
-        if first is not None and first < fire:  # older fires are not caught up (Chaos Mesh gives up past 100)
-            _note(out, sched, "MissSchedule", fire, f"Missed scheduled times from {rfc1123(first)}: only the "
-                                                     f"latest, {rfc1123(fire)}, is run", now, what="caught-up")
         deadline = sched.spec.starting_deadline_seconds
         if deadline is not None and now - fire > deadline:
             sched.fired_at = fire  # skipped for good: the next fire is the next chance
@@ -216,6 +212,10 @@ class ScheduleCore:
         if sched.spec.concurrency_policy != "Allow" and running:
             _note(out, sched, "Forbid", fire, f"Forbid spawning new job because: {running[0]} is still running", now)
             return
+        first = sched.cron.next_after(last, anchor=sched.created_at)
+        if first is not None and first < fire:  # older fires are not caught up (Chaos Mesh gives up past 100)
+            _note(out, sched, "MissSchedule", fire, f"Missed scheduled times from {rfc1123(first)}: only the "
+                                                     f"latest, {rfc1123(fire)}, is run", now, what="caught-up")
         kind, spec = schedule.embedded(sched.spec)
         child = ch.build(sched.obj, kind, spec, fire, duration_s=self._forced_duration(sched, kind, fire))
         meta = child["metadata"]

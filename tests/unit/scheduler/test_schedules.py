@@ -431,3 +431,13 @@ def test_pausing_a_workflow_schedule_is_not_supported_and_its_workflows_are_not_
     assert len(world.created) == 1  # fires stop
     assert PAUSE not in (world.objs[("Workflow", world.created[0])]["metadata"].get("annotations") or {})
     assert world.events == [("NotSupported", "pausing a workflow schedule is not supported")]
+
+
+def test_fires_skipped_while_forbid_waits_are_reported_once_when_the_next_child_starts() -> None:
+    world = start(schedule_obj(embedded=hello("7s"), historyLimit=10))
+    world.run(T0, T0 + 9.5)  # the child of +2 runs until +9.2: +4, +6, +8 wait; +8 runs at +9.2
+    assert world.created == [f"sched-{int(T0) + 2}", f"sched-{int(T0) + 8}"]
+    reasons = [r for r, _ in world.events]
+    assert reasons == ["Forbid", "Forbid", "Forbid", "MissSchedule"]  # not one MissSchedule per wait
+    assert world.events[-1][1] == ("Missed scheduled times from Fri, 15 Jan 2027 08:00:04 +0000: only the latest, "
+                                   "Fri, 15 Jan 2027 08:00:08 +0000, is run")
