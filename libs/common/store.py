@@ -58,9 +58,11 @@ class ObjectStore:
             return None
         return _with_version(msgspec.json.decode(entry.value), entry.revision), entry.revision
 
-    async def list(self, kind: str | None = None, namespace: str | None = None) -> list[Obj]:
-        """Current objects, optionally of one kind and namespace, in key order (one KV watch)."""
-        pattern = f"{kind or '*'}.{namespace}.>" if namespace else (f"{kind}.>" if kind else ">")
+    async def list(self, kind: str | None = None, namespace: str | None = None, *, names: str = ">") -> list[Obj]:
+        """Current objects, optionally of one kind and namespace, in key order (one KV watch).
+        `names` narrows a namespace's listing to a subject pattern over the name's tokens.
+        """
+        pattern = f"{kind or '*'}.{namespace}.{names}" if namespace else (f"{kind}.>" if kind else ">")
         watcher = await self.kv.watch(pattern, ignore_deletes=True)
         found: dict[str, Obj] = {}
         try:

@@ -8,6 +8,7 @@ object and reason, deleted with the object), where `chaosbus describe` finds the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from collections import OrderedDict
 
@@ -37,11 +38,16 @@ class Recorder:
         self.seen_commands: OrderedDict[str, None] = OrderedDict()
         self.early: dict[str, int] = {}  # command id -> deliveries that came before their records
         self.seen_event_writes: OrderedDict[str, None] = OrderedDict()  # a redelivery counts once
+        # Deletions replayed at start are swept in one pass once the replay is over, not one by one.
+        self.replayed = asyncio.Event()
+        self.gone_in_replay: set[tuple[str, str]] = set()  # (namespace, uid)
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         if event.kind in ORCHESTRATED:  # no finalizer: the scheduler deletes their children itself
-            if event.type == "DELETED":
-                await self.forget_events(event.namespace, event.uid)
+            if event.type == "DELETED" and self.replayed.is_set():
+                await self.forget_events(event.kind, event.namespace, event.name, event.uid)
+            elif event.type == "DELETED":
+                self.gone_in_replay.add((event.namespace, event.uid))
             return
         if event.kind in NOT_EXECUTED:
             if event.type != "DELETED":  # no finalizer either: nothing to recover
@@ -129,11 +135,23 @@ class Recorder:
                 except Conflict:
                     continue
 
-    async def forget_events(self, namespace: str, uid: str) -> None:
+    async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """An object is gone: so are its Events (Kubernetes lets them expire instead)."""
-        for ev in await self.store.list("Event", namespace):
+        about = {"kind": kind, "metadata": {"name": name}}
+        for ev in await self.store.list("Event", namespace, names=writes.local_event_name(about, "*")):
             if (ev.get("involvedObject") or {}).get("uid") == uid:
                 await self.store.delete("Event", namespace, str(ev["metadata"]["name"]))
+
+    async def sweep_events(self) -> None:
+        """Once the replay is over: the Events of objects deleted while no recorder ran, in one pass."""
+        await self.replayed.wait()
+        gone, self.gone_in_replay = self.gone_in_replay, set()
+        if not gone:
+            return
+        for ev in await self.store.list("Event"):
+            meta = ev.get("metadata") or {}
+            if (meta.get("namespace"), (ev.get("involvedObject") or {}).get("uid")) in gone:
+                await self.store.delete("Event", str(meta.get("namespace")), str(meta.get("name")))
 
     async def _spawned(self, w: m.ObjectWrite) -> None:
         """The Event Chaos Mesh records on the owner of a new child: `Spawned` on a Schedule,
@@ -200,7 +218,8 @@ async def main(args: argparse.Namespace) -> None:
         rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
         log.info("recorder ready", nats=args.nats, metrics_port=port)
         await service.run_forever(
-            bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent),
+            bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
+            rec.sweep_events(),
             bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
                         m.ExperimentDecision),
             bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),

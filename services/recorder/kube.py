@@ -202,11 +202,12 @@ class KubeRecorder(Recorder):
     def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
         super().__init__(store, metrics, max_events=max_events)
         self.events = events
+        self.replayed.set()  # nothing to sweep: the API server expires Events
 
     async def record_event(self, about: Obj, event: kevents.KubeEvent) -> None:
         await self.events.write(about, event)
 
-    async def forget_events(self, namespace: str, uid: str) -> None:
+    async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """Kubernetes expires Events on its own (the API server's event TTL)."""
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:

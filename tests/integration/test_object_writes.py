@@ -144,7 +144,21 @@ async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_objec
     assert any(ln.split()[:2] == ["Warning", "Forbid"] and "(x2 since" in ln and ln.endswith(body["message"])
                for ln in events_section), text
     assert any(ln.split()[:2] == ["Normal", "Spawned"] for ln in events_section), text
+    other = await store.create({**sched, "metadata": {"name": "s2", "namespace": "default"}})
+    other_uid = other["metadata"]["uid"]
+    await send(bus, "event", "s2", body, kind="Schedule", uid=other_uid, reason="Forbid", write_id="ev-3")
+    await until(lambda: store.get("Event", "default", "s2.schedule.forbid"))
+
+    def deleted(name: str, obj_uid: str) -> m.ObjectEvent:
+        return m.ObjectEvent(type="DELETED", kind="Schedule", namespace="default", name=name, uid=obj_uid,
+                             object=msgspec.Raw(msgspec.json.encode(sched)))
+
     rec = Recorder(store, RecorderMetrics(), max_events=10)
-    await rec.on_object(m.ObjectEvent(type="DELETED", kind="Schedule", namespace="default", name="s", uid=uid,
-                                      object=msgspec.Raw(msgspec.json.encode(sched))))
+    await rec.on_object(deleted("s2", other_uid))  # replayed at start: swept in one pass afterwards
+    assert await store.get("Event", "default", "s2.schedule.forbid") is not None
+    rec.replayed.set()
+    await rec.sweep_events()
+    assert await store.get("Event", "default", "s2.schedule.forbid") is None
+    assert len(await store.list("Event", "default")) == 2  # s's Events are untouched
+    await rec.on_object(deleted("s", uid))  # live: its own Events only
     assert await store.list("Event", "default") == []
