@@ -55,7 +55,7 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
         except runtime.UnsupportedRuntime as e:
             return result(action, False, str(e), retryable=e.retryable)
     ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
-                              namespace=cmd.namespace, action=action, containers=containers)
+                              namespace=cmd.namespace, action=action, containers=containers, deadline=cmd.deadline)
     try:
         fn = fault.apply if (op or action.op) == "apply" else fault.recover
         message = fn(ctx, action.fault)

@@ -38,12 +38,13 @@ pytestmark = pytest.mark.privileged
 Rules = dict[int, list[PartitionRule]]  # pod index -> its rules
 
 
-def ctx_for(uid: str, pids: list[int], spec: FaultSpec, selector: str = ".") -> faults.FaultContext:
+def ctx_for(uid: str, pids: list[int], spec: FaultSpec, selector: str = ".",
+            deadline: float | None = None) -> faults.FaultContext:
     ids = [f"process://{pid}" for pid in pids]
     action = TargetAction(target_id="default/pod", selector_key=selector, op="apply", namespace="default",
                           pod_name="pod", container_ids=ids, fault=spec)
     return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="default", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+                               containers=[runtime.resolve(i) for i in ids], deadline=deadline)
 
 
 class Experiment:
@@ -156,6 +157,22 @@ def test_two_partitions_on_one_pod_compose_and_recover_independently(
     a.recover()  # twice is fine
     assert lab.reachable() == lab.all_links()
     assert chaosbus_tables(lab.pods[0]) == []
+
+
+def test_the_kernel_ends_a_partition_at_its_deadline_with_nobody_recovering_it(lab: Lab) -> None:
+    spec = Partition(rules=[PartitionRule(chain="output", peers=[lab.pods[1].ip])])
+    deadline = float(int(time.time()) + 3)  # whole seconds, as creationTimestamp + duration
+    ctx = ctx_for("kernel-deadline", [lab.pods[0].server.pid], spec, deadline=deadline)
+    fault = faults.get("partition")
+    fault.apply(ctx, spec)
+    try:
+        assert (0, 1, 8080) not in lab.reachable()
+        time.sleep(max(0.0, deadline - time.time()) + 0.05)
+        # No recover ran: the table is still there, and the kernel no longer drops.
+        assert chaosbus_tables(lab.pods[0]) == [table_name("kernel-deadline", ".")]
+        assert lab.reachable() == lab.all_links()
+    finally:
+        fault.recover(ctx, spec)
 
 
 def test_apply_is_idempotent_and_replaces_the_table(lab: Lab, experiments: list[Experiment]) -> None:

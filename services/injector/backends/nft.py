@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 import shutil
@@ -74,18 +75,23 @@ def table_name_ok(table: str) -> bool:
 
 # --- pure rendering -------------------------------------------------------------------------
 
-def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Sequence[Endpoint] = ()) -> str:
+def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Sequence[Endpoint] = (),
+                           until: float | None = None) -> str:
     """Render the `table inet <table> { ... }` block for `rules`, letting `exempt` through. Pure;
-    validates every value.
+    validates every value. With `until` (the fault's deadline, epoch seconds) every drop also
+    matches `meta time < until`: the kernel stops dropping at the deadline by itself, whatever
+    happens to the injector (a whole second: a fractional deadline is rounded up, and the node
+    still deletes the table at the exact deadline).
 
     Raises:
         ValueError: a bad table name, device, address or port (nothing reaches nft unchecked).
     """
     _check_table(table)
+    bound = _time_bound(until)
     sets: list[str] = []
     chains: dict[str, list[str]] = {"output": [], "input": []}
     for i, rule in enumerate(rules):
-        rule_sets, lines = _render_rule(f"r{i}", rule)
+        rule_sets, lines = _render_rule(f"r{i}", rule, bound)
         sets += rule_sets
         chains[rule.chain] += lines
     accept: list[str] = []
@@ -99,7 +105,15 @@ def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Se
     return f"table inet {table} {{\n" + "\n".join(body) + "}\n"
 
 
-def _render_rule(prefix: str, rule: ResolvedRule) -> tuple[list[str], list[str]]:
+def _time_bound(until: float | None) -> str:
+    if until is None:
+        return ""
+    if not math.isfinite(until) or until <= 0:
+        raise ValueError(f"invalid deadline {until!r}")
+    return f"meta time < {math.ceil(until)} "
+
+
+def _render_rule(prefix: str, rule: ResolvedRule, bound: str = "") -> tuple[list[str], list[str]]:
     if rule.chain not in ("input", "output"):
         raise ValueError(f"unknown chain {rule.chain!r}")
     out = rule.chain == "output"
@@ -112,14 +126,14 @@ def _render_rule(prefix: str, rule: ResolvedRule) -> tuple[list[str], list[str]]
     lines: list[str] = []
     if not plain and not ported:
         loopback = "" if rule.device else ('oifname != "lo" ' if out else 'iifname != "lo" ')
-        return sets, [f"{iface}{loopback}ct direction original drop"]
+        return sets, [f"{bound}{iface}{loopback}ct direction original drop"]
     if plain:
         sets.append(_set(f"{prefix}_addr", "ipv4_addr", [_net_text(n) for n in plain]))
-        lines.append(f"{iface}{addr} @{prefix}_addr ct direction original drop")
+        lines.append(f"{bound}{iface}{addr} @{prefix}_addr ct direction original drop")
     if ported:
         elements = [f"{_net_text(n)} . {p}" for p, nets in sorted(ported.items()) for n in nets]
         sets.append(_set(f"{prefix}_port", "ipv4_addr . inet_service", elements))
-        lines.append(f"{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original drop")
+        lines.append(f"{bound}{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original drop")
     return sets, lines
 
 

@@ -38,6 +38,7 @@ class FaultContext:
     namespace: str
     action: TargetAction
     containers: list[ContainerHandle]  # resolved from action.container_ids, same order
+    deadline: float | None = None  # when the fault must end (epoch seconds); None: until recovered
 
     def alive(self) -> list[ContainerHandle]:
         return [c for c in self.containers if c.alive]

@@ -5,7 +5,9 @@ of sha1(experiment_uid/selector_key): two experiments on one pod compose as two 
 recovers on its own. `apply` renders the whole table and replaces it atomically; `recover`
 deletes it. Hostnames in `external` are resolved (IPv4) at apply time, on the node.
 See `backends/nft.py` for the `ct direction original` semantics. Our control traffic
-(`faults/exemptions.py`) is accepted ahead of every drop.
+(`faults/exemptions.py`) is accepted ahead of every drop. A fault with a deadline carries it
+into every drop rule (`meta time <`): the kernel stops dropping at the deadline even if no
+chaosbus process is alive to delete the table.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class PartitionFault:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         try:
             exempt = [nft.Endpoint(net, port) for net, port in exemptions.endpoints()]
-            script = nft.render_partition_table(table, resolve_rules(spec), exempt)
+            script = nft.render_partition_table(table, resolve_rules(spec), exempt, until=ctx.deadline)
         except ValueError as e:
             raise FaultError(f"invalid partition: {e}", retryable=False) from e
         paths = ctx.netns_paths()

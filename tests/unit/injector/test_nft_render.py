@@ -150,3 +150,19 @@ def test_exemptions_are_accepted_before_any_drop_in_every_chain() -> None:
 def test_no_chain_no_exemption_sets() -> None:
     script = render_partition_table(T, [], exempt=[Endpoint("127.0.0.1/32", 4222)])
     assert "ex_port" not in script
+
+
+def test_a_deadline_bounds_every_drop_in_the_kernel_and_no_accept() -> None:
+    rules = [ResolvedRule(chain="output", peers=("10.0.0.1",), external=(Endpoint("1.1.1.1/32", 80),)),
+             ResolvedRule(chain="input")]
+    script = render_partition_table(T, rules, [Endpoint("10.9.9.9/32", 4222)], until=1795335045.2)
+    drops = _drop_lines(script)
+    assert len(drops) == 3 and all(line.strip().startswith("meta time < 1795335046 ") for line in drops)
+    assert all("meta time" not in line for line in script.splitlines() if line.strip().endswith("accept"))
+    assert "meta time" not in render_partition_table(T, rules)  # no duration: until recovered
+
+
+@pytest.mark.parametrize("until", [0.0, -5.0, float("inf"), float("nan")])
+def test_a_nonsense_deadline_is_refused(until: float) -> None:
+    with pytest.raises(ValueError, match="deadline"):
+        render_partition_table(T, [ResolvedRule(chain="output")], until=until)
