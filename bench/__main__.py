@@ -56,7 +56,7 @@ def _run_json(r: Run) -> dict[str, Any]:
             "verify_errors": r.verify_errors, "apply": report.summary(r.apply_latencies()),
             "recover": report.summary(r.recover_latencies()), "apply_s": r.apply_latencies(),
             "recover_s": r.recover_latencies(), "object_gone_s": (r.object_gone - r.t1) if r.object_gone else None,
-            "trace": r.trace}
+            "trace": r.trace, "flow_s": r.flow_latencies(), "probe_errors": r.probe_errors}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -85,6 +85,24 @@ def apply_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
     return sec
 
 
+def _traffic_row(size: int, rs: list[Run]) -> Row:
+    """When traffic flows again after the deadline, from probe packets in up to ten targets: the
+    end of the fault's effect, as opposed to the cleanup of its table (the `expiry.N` row).
+    """
+    flows = [x for r in rs for x in r.flow_latencies()]
+    sampled = sum(len(r.flowed) for r in rs)
+    row = _latency_row(f"expiry.{size}.traffic", f"past the deadline -> traffic flows, {size} target(s)", flows,
+                       f"{len(rs)}x{sampled // max(len(rs), 1)} probed")
+    worst = max(flows) if flows else None
+    errors = sorted({e for r in rs for e in r.probe_errors})
+    row.extra = f"max {fmt_s(worst)}" + (f"; probe: {'; '.join(errors)}" if errors else "")
+    row.target = "<= 100 ms past (max)"
+    row.verdict = verdict(bool(flows) and len(flows) == sampled and not errors and worst is not None
+                          and worst <= TARGET_OVERSHOOT)
+    row.data["max"] = worst
+    return row
+
+
 def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
     sec = Section("recover -> fault gone (delete, pause annotation: from the write; expiry: past the deadline)")
     for size in plan.sizes:
@@ -118,6 +136,7 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
         _floor_cols(row, row.data["seconds"]["p50"],
                     (floors.p50("nft_spawn_delete_commit"), floors.p50("libnft_delete")))
         sec.rows.append(row)
+        sec.rows.append(_traffic_row(size, rs))
     return sec
 
 

@@ -155,6 +155,7 @@ class Session:
             self._start_profile(f"concurrent-{min(plan.concurrent, len(self.targets))}")
         out["concurrent"] = await self._concurrent(h)
         self._stop_profile(out)
+        h.close()
         out["resources"] = {w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services}
                             for w, (a, b) in windows.items()}
         out["monitor_overflows"] = self.monitor.overflows

@@ -20,6 +20,7 @@ import yaml
 from bench import kernel
 from bench.observe import Observer
 from bench.targets import GROUP_LABEL, NAMESPACE, POD_LABEL, Target
+from bench.traffic import TrafficProbe
 from chaosbus.cli import resources
 from chaosbus.common.crd import CHAOS_KINDS
 from chaosbus.common.objects import parse_rfc3339
@@ -29,6 +30,9 @@ from chaosbus.injector.faults.partition import table_name
 KIND = "NetworkChaos"
 PAUSE = "experiment.chaos-mesh.org/pause=true"
 POLL_S = 0.002
+PROBE_SAMPLE = 10  # targets probed for traffic at an expiry: t0..t9, one on each node
+PROBE_LEAD_S = 0.15  # probing starts this long before the deadline (and must see drops)
+PROBE_LIMIT_S = 10.0
 
 
 def experiment_yaml(name: str, selector: dict[str, str], duration: str | None = None) -> str:
@@ -57,12 +61,17 @@ class Run:
     name: str = ""
     duration_s: float | None = None
     trace: dict[str, float] = field(default_factory=dict)  # what the bus showed (see Harness.trace)
+    flowed: list[float | None] = field(default_factory=list)  # expiry: sampled targets' traffic flows again
+    probe_errors: list[str] = field(default_factory=list)
 
     def apply_latencies(self) -> list[float]:
         return [t - self.t0 for t in self.applied if t is not None]
 
     def recover_latencies(self) -> list[float]:
         return [t - self.t1 for t in self.gone if t is not None]
+
+    def flow_latencies(self) -> list[float]:
+        return [t - self.t1 for t in self.flowed if t is not None]
 
     @property
     def missing(self) -> int:
@@ -74,6 +83,17 @@ class Harness:
                  targets: list[Target]) -> None:
         self.store, self.monitor, self.observer, self.targets = store, monitor, observer, targets
         self.verify = True
+        self._probe: TrafficProbe | None = None
+
+    def traffic_probe(self) -> TrafficProbe:
+        """Probe sockets in the first targets (one per node): made once, kept for every run."""
+        if self._probe is None:
+            self._probe = TrafficProbe([t.netns for t in self.targets[:PROBE_SAMPLE]])
+        return self._probe
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
 
     async def apply(self, text: str) -> tuple[str, str]:
         """`chaosbus apply -f` on `text`: returns (uid, creationTimestamp) of the stored object."""
@@ -156,13 +176,25 @@ class Harness:
             run.t1 = parse_rfc3339(created) + duration_s  # the deadline the system itself computes
             timeout += max(0.0, run.t1 - time.time())
         since = run.t0 if method == "expiry" else run.t1
+        flows = asyncio.ensure_future(self._flows(run, len(targets))) if method == "expiry" else None
         run.gone = await self.wait_tables([(t.netns, table) for t in applied], False, since, timeout)
+        if flows is not None:
+            await flows
         run.gone += [None] * (len(targets) - len(applied))
         run.verify_errors += await self._verify(targets, table, False)
         run.object_gone = await self.delete_and_wait(name, timeout)
         run.duration_s = duration_s
         run.trace = self.trace(run)
         return run
+
+    async def _flows(self, run: Run, size: int) -> None:
+        """From just before the deadline, when traffic flows again in the sampled targets."""
+        probe = self.traffic_probe()
+        await asyncio.sleep(max(0.0, run.t1 - PROBE_LEAD_S - time.time()))
+        probed = (await asyncio.to_thread(probe.watch, run.t1 + PROBE_LIMIT_S))[:size]
+        run.flowed = [p.flowed_at if p.blocked_seen else None for p in probed]
+        run.probe_errors = [p.error or "never blocked before the deadline" for p in probed
+                            if p.error or not p.blocked_seen]
 
     def trace(self, run: Run) -> dict[str, float]:
         """The first apply command and result of the run, and the status writes, as the bus saw them."""
