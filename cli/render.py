@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from chaosbus.common import processid
+from chaosbus.common.crd import ORCHESTRATED
 from chaosbus.common.objects import parse_rfc3339
 
 Obj = dict[str, Any]
@@ -88,9 +89,12 @@ def chaos_rows(objs: list[Obj]) -> str:
 
 def describe(obj: Obj, events: list[Obj] | None = None) -> str:
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+    experiment = obj.get("kind") not in ORCHESTRATED  # Schedules, Workflows, ... have no phase or records
     lines = [f"Name:         {meta.get('name')}", f"Namespace:    {meta.get('namespace', '')}",
              f"Kind:         {obj.get('kind')}", f"UID:          {meta.get('uid')}",
-             f"Created:      {meta.get('creationTimestamp')}", f"Phase:        {chaos_phase(obj)}"]
+             f"Created:      {meta.get('creationTimestamp')}"]
+    if experiment:
+        lines.append(f"Phase:        {chaos_phase(obj)}")
     for field in ("labels", "annotations"):
         values = meta.get(field) or {}
         lines.append(f"{field.capitalize() + ':':<14}" + (", ".join(f"{k}={v}" for k, v in values.items()) or "<none>"))
@@ -103,6 +107,11 @@ def describe(obj: Obj, events: list[Obj] | None = None) -> str:
     for c in status.get("conditions") or []:
         extra = f"  {c.get('reason', '')} {c.get('message', '')}".rstrip()
         lines.append(f"  {c.get('type'):<14}{c.get('status')}{extra}")
+    if not experiment:
+        rest = {k: v for k, v in status.items() if k != "conditions"}
+        lines.append("Status:" + ("" if rest else "       <none>"))
+        lines += ["  " + ln for ln in yaml.safe_dump(rest, sort_keys=False).splitlines()] if rest else []
+        return "\n".join(lines + _events(events))
     exp = status.get("experiment") or {}
     lines.append(f"Desired phase: {exp.get('desiredPhase', '<none>')}")
     lines.append("Records:")
@@ -111,12 +120,17 @@ def describe(obj: Obj, events: list[Obj] | None = None) -> str:
                      f"recovered={r['recoveredCount']}")
         for e in (r.get("events") or [])[-5:]:
             lines.append(f"    {e['timestamp']}  {e['operation']:<8}{e['type']:<10}{e.get('message', '')}")
-    lines.append("Events:" + ("" if events else "       <none>"))
+    return "\n".join(lines + _events(events))
+
+
+def _events(events: list[Obj] | None) -> list[str]:
+    """The object's Events, oldest first, a repeat shown as `(xN since ...)` as kubectl does."""
+    lines = ["Events:" + ("" if events else "       <none>")]
     for e in sorted(events or [], key=lambda e: str(e.get("lastTimestamp", ""))):
         seen = age(str(e.get("lastTimestamp", "")))
         count = f" (x{e['count']} since {age(str(e.get('firstTimestamp', '')))})" if int(e.get("count", 1)) > 1 else ""
         lines.append(f"  {e.get('type', ''):<8}{e.get('reason', ''):<14}{seen + count:<22}{e.get('message', '')}")
-    return "\n".join(lines)
+    return lines
 
 
 def pod_rows(pods: list[Obj]) -> str:

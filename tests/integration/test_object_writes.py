@@ -140,6 +140,7 @@ async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_objec
                                                   "name": "s", "namespace": "default", "uid": uid}
     assert events["Spawned"]["message"] == "Create new object: s-2"
     text = await resources.describe(store, "Schedule", "s", "default")  # what `chaosbus describe` prints
+    assert "Records:" not in text and "Phase:" not in text  # a Schedule is no experiment
     events_section = text.split("Events:", 1)[1].splitlines()
     assert any(ln.split()[:2] == ["Warning", "Forbid"] and "(x2 since" in ln and ln.endswith(body["message"])
                for ln in events_section), text
