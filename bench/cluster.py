@@ -68,7 +68,8 @@ class Cluster:
         for svc in SERVICES:
             self._spawn(svc, [], log_level)
         for node in self.nodes:
-            self._spawn("injector", ["--node", node, "--journal", str(self.workdir / "journal" / f"{node}.db")],
+            self._spawn("injector", ["--node", node, "--journal", str(self.workdir / "journal" / f"{node}.db"),
+                                     *os.environ.get("BENCH_INJECTOR_ARGS", "").split()],
                         log_level, label=f"injector/{node}")
 
     def _spawn(self, svc: str, extra: list[str], log_level: str, label: str | None = None) -> None:
