@@ -143,3 +143,32 @@ def test_a_delete_without_a_context_uses_a_bare_socket_and_keeps_none(netns: str
     nft.apply_table(netns, TABLE, script())  # the process-wide contexts, not this fixture's
     contexts.delete(netns, TABLE)
     assert tables_in(netns) == [] and len(contexts) == 0
+
+
+def rules_of(path: str) -> str:
+    return subprocess.run(["nsenter", f"--net={path}", "nft", "list", "table", "inet", TABLE], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_a_table_made_by_someone_else_is_replaced_not_merged(netns: str, contexts: libnft.NftContexts) -> None:
+    # A first apply defines the table outright; one that finds the table already there (an earlier
+    # injector's, say) must replace it in one transaction, or the old rules would stay beside the new.
+    subprocess.run(["nsenter", f"--net={netns}", "nft", "-f", "-"], input=script(peer="192.0.2.7"), text=True,
+                   check=True)
+    contexts.apply(netns, TABLE, script(peer="192.0.2.8"))
+    listed = rules_of(netns)
+    assert "192.0.2.8" in listed and "192.0.2.7" not in listed
+    contexts.apply(netns, TABLE, script(peer="192.0.2.9"))  # ours now: replaced again
+    listed = rules_of(netns)
+    assert "192.0.2.9" in listed and "192.0.2.8" not in listed and listed.count("chain output") == 1
+
+
+def test_the_raw_existence_check_sees_exactly_the_named_table(netns: str) -> None:
+    nft.apply_table(netns, TABLE, script())
+    sock = nsutil.run_in_netns(netns, nfnl.open_socket)
+    try:
+        assert nfnl.table_exists(sock, TABLE) is True
+        assert nfnl.table_exists(sock, "chaosbus_absent") is False
+    finally:
+        sock.close()
+        nft.delete_table(netns, TABLE)

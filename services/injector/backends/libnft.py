@@ -40,6 +40,8 @@ MAX_CONTEXTS = 128  # a node's pods (kubelet default max 110) each keep theirs; 
 FREE_THREADS = 4  # the kernel's waits on close overlap; they cost no CPU
 FD_HEADROOM = 900  # below select()'s FD_SETSIZE (1024), with room for descriptors opened meanwhile
 GONE_CHECK_S = 1.0
+FD_RECOUNT_S = 0.5
+FD_SLACK = 50  # recount whenever the estimate comes this close (twice over) to the headroom
 
 
 class Unavailable(Exception):
@@ -127,13 +129,18 @@ class NftContexts:
         self._contexts: OrderedDict[tuple[int, int], _Context] = OrderedDict()
         self._gone_checked = 0.0
         self._closer = _closer()
+        self._fd_estimate, self._fd_counted_at = 0, -FD_RECOUNT_S
 
     def __len__(self) -> int:
         return len(self._contexts)
 
-    def apply(self, path: str, table: str, script: str) -> None:
-        """Run `script` (which leaves `table` in place) in the netns at `path`."""
-        self._run(path, table, script, keep=True)
+    def apply(self, path: str, table: str, definition: str) -> None:
+        """Make `table` exactly `definition` (a `table inet <table> {...}` block, or any script that
+        leaves `table` in place) in the netns at `path`, in one transaction: an existing table is
+        replaced atomically, a missing one just defined, which spares libnftables the replace's
+        cache fetch (about 0.4 instead of 0.8 ms for a first apply, measured).
+        """
+        self._run(path, table, definition, keep=True)
 
     def delete(self, path: str, table: str) -> None:
         """Delete `table` (absent is fine) with one raw nfnetlink batch; the netns's context goes
@@ -168,6 +175,8 @@ class NftContexts:
         with ctx.lock:
             if ctx.freed:  # evicted between _get and here: take a fresh one
                 return self._run(path, table, script, keep=keep)
+            if keep and (table in ctx.tables or ctx.raw is None or _raw_exists(ctx.raw, table)):
+                script = f"add table inet {table}\ndelete table inet {table}\n{script}"
             rc = self.lib.nft_run_cmd_from_buffer(ctx.handle, script.encode())
             self.lib.nft_ctx_get_output_buffer(ctx.handle)  # drain: the buffer would only grow
             if rc != 0:
@@ -187,7 +196,7 @@ class NftContexts:
             if ctx is not None:
                 self._contexts.move_to_end(key)
                 return ctx
-        if open_descriptors() >= FD_HEADROOM:
+        if self._descriptors() >= FD_HEADROOM:
             raise Unavailable("too many open descriptors for libnftables' select()")
         handle, raw = visit_netns(path, self._new)
         fresh = _Context(handle=handle, path=path, raw=raw)
@@ -199,6 +208,20 @@ class NftContexts:
         for old in evicted:
             self._release(old)
         return ctx
+
+    def _descriptors(self) -> int:
+        """Open descriptors, counted (a /proc listing, 0.16 ms) at most every FD_RECOUNT_S or when
+        near the headroom; in between, each new context is assumed to open two.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now - self._fd_counted_at < FD_RECOUNT_S and self._fd_estimate < FD_HEADROOM - 2 * FD_SLACK:
+                self._fd_estimate += 2
+                return self._fd_estimate
+        count = open_descriptors()
+        with self._lock:
+            self._fd_estimate, self._fd_counted_at = count, now
+        return count
 
     def _over_cap(self) -> list[_Context]:
         evicted = []
@@ -314,6 +337,13 @@ def _closer() -> _Closer:
         if _closer_instance is None:
             _closer_instance = _Closer(FREE_THREADS)
         return _closer_instance
+
+
+def _raw_exists(sock: socket.socket, table: str) -> bool:
+    try:
+        return nfnl.table_exists(sock, table)
+    except OSError as e:
+        raise TransactionFailed(str(e)) from e
 
 
 def _raw_delete(sock: socket.socket, table: str) -> None:

@@ -1,7 +1,8 @@
 """Deleting an nftables table with one raw nfnetlink batch, on a socket opened inside the target
 netns: what a recovery does, in 0.03 ms instead of libnftables' 0.3 ms (measured), which first
-fetches its rule cache and parses a script. Only deletion is done this way; tables are still built
-from rendered text by libnftables (or nft), where the parser's checks are worth their cost.
+fetches its rule cache and parses a script. Also the one-round-trip check whether a table exists,
+which lets a first apply skip the replace (and its cache fetch). Tables are still built from
+rendered text by libnftables (or nft), where the parser's checks are worth their cost.
 
 The batch is BEGIN, DELTABLE (family inet, by name, acknowledged), END: the kernel commits it as
 one transaction, exactly like `nft delete table inet <name>`. A table that is not there is not an
@@ -20,7 +21,7 @@ NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 0x2
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_DELTABLE = 2
+NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
 NFTA_TABLE_NAME = 1
 NFPROTO_INET = 1
 AF_UNSPEC = 0
@@ -44,11 +45,21 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def delete_table_request(table: str, seq: int) -> bytes:
-    """The batch that deletes `inet <table>`; its DELTABLE message carries sequence `seq`."""
+def _name_attribute(table: str) -> bytes:
     name = table.encode() + b"\0"
     attribute = struct.pack("=HH", 4 + len(name), NFTA_TABLE_NAME) + name
-    attribute += b"\0" * (-len(attribute) % 4)
+    return attribute + b"\0" * (-len(attribute) % 4)
+
+
+def get_table_request(table: str, seq: int) -> bytes:
+    """An acknowledged GETTABLE for `inet <table>` (not a batch: reads need none)."""
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, seq,
+                    NFPROTO_INET, 0, _name_attribute(table))
+
+
+def delete_table_request(table: str, seq: int) -> bytes:
+    """The batch that deletes `inet <table>`; its DELTABLE message carries sequence `seq`."""
+    attribute = _name_attribute(table)
     return (_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq - 1, AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
             + _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, seq,
                        NFPROTO_INET, 0, attribute)
@@ -93,6 +104,25 @@ def delete_table(sock: socket.socket, table: str) -> bool:
         if code == errno.ENOENT:
             return False
         raise OSError(code, f"nft delete table inet {table}: {errno.errorcode.get(code, code)}")
+
+
+def table_exists(sock: socket.socket, table: str) -> bool:
+    """Whether `inet <table>` exists in the socket's netns (one round trip, ~0.03 ms).
+
+    Raises:
+        OSError: the kernel refused the request, or did not answer within TIMEOUT_S.
+    """
+    seq = _next_seq()
+    sock.send(get_table_request(table, seq))
+    while True:
+        code = error_of(sock.recv(65536), range(seq, seq + 1))
+        if code is None:
+            continue  # the table itself (NEWTABLE) comes before the acknowledgement
+        if code == 0:
+            return True
+        if code == errno.ENOENT:
+            return False
+        raise OSError(code, f"nft list table inet {table}: {errno.errorcode.get(code, code)}")
 
 
 def _next_seq() -> int:

@@ -217,8 +217,7 @@ def apply_table(netns_path: str, table: str, script: str) -> None:
     _check_table(table)
     if not script.startswith(f"table inet {table} {{"):
         raise ValueError(f"script does not define table inet {table}")
-    # `add` makes `delete` safe when the table is absent; all three commit as one transaction.
-    _transaction(netns_path, table, f"add table inet {table}\ndelete table inet {table}\n{script}", keep=True)
+    _transaction(netns_path, table, script, keep=True)
 
 
 def delete_table(netns_path: str, table: str) -> None:
@@ -295,6 +294,8 @@ def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> Non
             raise NftError(f"nft failed in {netns_path}: {e}") from e
         except libnft.Unavailable:
             pass  # spawn instead
+    if keep:  # `add` makes `delete` safe when the table is absent; all three commit as one transaction
+        script = f"add table inet {table}\ndelete table inet {table}\n{script}"
     _nft(netns_path, ["-f", "-"], script)
 
 

@@ -16,6 +16,8 @@ import functools
 import hashlib
 import socket
 
+import msgspec
+
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, Partition, PartitionRule
 from chaosbus.injector.backends import nft
@@ -77,8 +79,7 @@ class PartitionFault:
             raise FaultError(f"partition is not possible on this node: {reason}", retryable=False)
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         try:
-            exempt = [nft.Endpoint(net, port) for net, port in exemptions.endpoints()]
-            script = nft.render_partition_table(table, resolve_rules(spec), exempt, until=ctx.deadline)
+            script = _script(table, msgspec.json.encode(spec), exemptions.endpoints(), ctx.deadline)
         except ValueError as e:
             raise FaultError(f"invalid partition: {e}", retryable=False) from e
         paths = ctx.netns_paths()
@@ -107,6 +108,16 @@ class PartitionFault:
         if not removed:
             return f"target gone: nft table {table} went with its netns"
         return f"partition recovered: nft table {table} removed"
+
+
+@functools.lru_cache(maxsize=256)
+def _script(table: str, spec_json: bytes, exempt: tuple[tuple[str, int | None], ...], until: float | None) -> str:
+    """The table's script, rendered once for every target of one experiment on this node (they
+    share table name, rules, exemptions and deadline; hostnames resolve once per experiment).
+    """
+    spec = msgspec.json.decode(spec_json, type=Partition)
+    endpoints = [nft.Endpoint(net, port) for net, port in exempt]
+    return nft.render_partition_table(table, resolve_rules(spec), endpoints, until=until)
 
 
 def _partition(spec: FaultSpec) -> Partition:

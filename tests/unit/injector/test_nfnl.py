@@ -44,3 +44,9 @@ def test_the_answer_is_the_error_of_our_message_only() -> None:
     assert nfnl.error_of(reply(7, -errno.EPERM), ours) is None  # an old request's late answer
     assert nfnl.error_of(reply(7, 0) + reply(40, -errno.EINVAL), ours) == errno.EINVAL
     assert nfnl.error_of(b"", ours) is None
+
+
+def test_the_existence_check_is_one_acknowledged_gettable() -> None:
+    [(kind, flags, seq, body)] = messages(nfnl.get_table_request("chaosbus_abc", seq=9))
+    assert kind == (10 << 8) | 1 and flags == 0x1 | 0x4 and seq == 9 and body[0] == 1
+    assert body[8:8 + len(b"chaosbus_abc\0")] == b"chaosbus_abc\0"
