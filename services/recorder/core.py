@@ -102,6 +102,14 @@ def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int,
     return _write(obj, st.apply_results(status, batch, now=now, max_events=max_events))
 
 
+def finalizer_settled(meta: dict[str, Any]) -> bool:
+    """From the metadata alone: nothing to do about our finalizer (a live object that has it, or a
+    deleting one that no longer does). Lets a status write's echo skip decoding the whole object.
+    """
+    finalizers = meta.get("finalizers") or []
+    return (RECORDS_FINALIZER in finalizers) != bool(meta.get("deletionTimestamp"))
+
+
 def finalizer_change(obj: Obj, latest: m.ExperimentDecision | None) -> Obj | None:
     """Add our finalizer to a live object; remove it from a deleting one once every target is
     recovered (as the scheduler's deleting decision confirms), or at once when forced.

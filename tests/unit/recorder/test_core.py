@@ -282,3 +282,16 @@ def test_only_literal_forced_cleans(value: str) -> None:
 def test_deleting_without_our_finalizer_is_left_alone() -> None:
     assert core.finalizer_change(obj(finalizers=["other"], deleting=True),
                                  decision(phase="Stop", deleting=True)) is None
+
+
+@pytest.mark.parametrize(("meta", "settled"), [
+    ({"finalizers": [RECORDS_FINALIZER]}, True),  # live, ours in place: a status write's echo
+    ({"finalizers": ["other"], "deletionTimestamp": "2026-11-22T00:00:00Z"}, True),  # released already
+    ({}, False),  # live without ours: add it
+    ({"finalizers": [RECORDS_FINALIZER], "deletionTimestamp": "2026-11-22T00:00:00Z"}, False),  # maybe release
+])
+def test_the_metadata_alone_tells_when_the_finalizer_needs_no_look(meta: dict[str, Any], settled: bool) -> None:
+    assert core.finalizer_settled(meta) is settled
+    obj = {"metadata": {"uid": "u", **meta}}
+    if settled:  # never a change where the shortcut skips one
+        assert core.finalizer_change(obj, None) is None
