@@ -52,6 +52,20 @@ class System:
         self.start("injector", "injector", "--cluster", "--kubeconfig", str(self.kube.kubeconfig),
                    "--journal", str(self.tmp / "cluster-journal.db"))
 
+    def stop(self) -> None:
+        """Terminate every service (kill what does not stop in 15 s); print logs if asked."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if os.environ.get("CHAOSBUS_E2E_LOGS"):
+                print(f"--- {name}\n{(self.logs / f'{name}.log').read_text()}")
+
     def ready(self, name: str, count: int = 1) -> bool:
         return (self.logs / f"{name}.log").read_text().count(f"{name} ready") >= count
 
@@ -104,17 +118,7 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
         yield sys_
     finally:
         kubelet.close()
-        for proc in sys_.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for name, proc in sys_.procs.items():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            if os.environ.get("CHAOSBUS_E2E_LOGS"):
-                print(f"--- {name}\n{(logs / f'{name}.log').read_text()}")
+        sys_.stop()
         server.stop()
 
 

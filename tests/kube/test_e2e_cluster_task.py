@@ -9,8 +9,6 @@ A Task whose Pod the API refuses records the API's reason and takes its `exitCod
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,17 +84,7 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
             yield sys_
     finally:
         kubelet.close()
-        for proc in sys_.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for name, proc in sys_.procs.items():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            if os.environ.get("CHAOSBUS_E2E_LOGS"):
-                print(f"--- {name}\n{(logs / f'{name}.log').read_text()}")
+        sys_.stop()
         server.stop()
 
 

@@ -38,8 +38,15 @@ async def bus(h: Harness) -> AsyncIterator[busmod.Bus]:
     await b.close()
 
 
-async def until(check: object, within: float, what: str) -> None:
-    await asyncio.to_thread(wait_for, check, within, what)  # type: ignore[arg-type]
+async def until(check: object, within: float, what: str, h: Harness | None = None) -> None:
+    """Wait for `check`; on a timeout, the injectors' logs go into the failure (they die with the test)."""
+    try:
+        await asyncio.to_thread(wait_for, check, within, what)  # type: ignore[arg-type]
+    except AssertionError as e:
+        if h is None:
+            raise
+        logs = "\n".join(f"--- injector {n}\n{inj.log_text()[-4000:]}" for n, inj in h.injectors.items())
+        raise AssertionError(f"{e}\n{logs}") from None
 
 
 async def result_message(bus: busmod.Bus, uid: str, op: str, within: float = 10.0) -> str:
@@ -58,10 +65,12 @@ async def test_a_killed_injector_recovers_expired_faults_within_5s_of_start_and_
     short, long = h.add_target("ka"), h.add_target("ka")
     h.start_injector("ka")
     await asyncio.to_thread(h.wait_ready, "ka")
+    # The long fault first: the short one's 2.5 s must not run out while the node is still busy.
+    await publish(bus, partition_command("long", "ka", [long], deadline=time.time() + 300))
     deadline = time.time() + 2.5
     await publish(bus, partition_command("short", "ka", [short], deadline=deadline))
-    await publish(bus, partition_command("long", "ka", [long], deadline=time.time() + 300))
-    await until(lambda: short.tables() == {table_of("short")} and long.tables() == {table_of("long")}, 10, "applied")
+    await until(lambda: short.tables() == {table_of("short")} and long.tables() == {table_of("long")}, 10, "applied",
+                h)
     h.kill_injector("ka")
     await asyncio.sleep(max(0.0, deadline - time.time()) + 0.5)  # the deadline passes while it is down
     assert short.tables() == {table_of("short")}, "nobody else may have touched it"
@@ -81,10 +90,10 @@ async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_aft
     lease = 3.0
     h.start_injector("nd", lease_s=lease)
     await asyncio.to_thread(h.wait_ready, "nd")
+    await publish(bus, partition_command("untimed", "nd", [untimed], deadline=None))
     deadline = time.time() + 3.0
     await publish(bus, partition_command("timed", "nd", [timed], deadline=deadline))
-    await publish(bus, partition_command("untimed", "nd", [untimed], deadline=None))
-    await until(lambda: timed.tables() and untimed.tables(), 10, "applied")
+    await until(lambda: timed.tables() and untimed.tables(), 10, "applied", h)
     renewed = time.time()
     await bus.nc.publish(subjects.lease_subject("nd"), busmod.encode(
         m.NodeLease(node="nd", holder="test", issued_at=renewed, ttl_s=lease, held=["timed", "untimed"])))
