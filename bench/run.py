@@ -173,7 +173,7 @@ class Session:
         for i in range(n_pause):
             runs.append(await h.run(size, "pause", f"b{size}-pause-{i}"))
         alls = [max(r.apply_latencies()) for r in runs if r.apply_latencies()]
-        duration = expiry_duration(max(alls) if alls else 1.0)
+        duration = expiry_duration(max(alls) if alls else 1.0, size, self.plan.verify)
         for i in range(n_exp):
             runs.append(await h.run(size, "expiry", f"b{size}-expiry-{i}", duration_s=duration))
         bad = sum(r.missing for r in runs)

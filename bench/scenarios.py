@@ -163,6 +163,10 @@ class Harness:
         run.t_ack = time.time()
         table = table_name(run.uid, ".")
         run.applied = await self.wait_tables([(t.netns, table) for t in targets], True, run.t0, timeout)
+        # Armed before the readback, which at 1,000 targets takes over a second: it sleeps until
+        # just before the deadline anyway.
+        flows = asyncio.ensure_future(self._flows(run, len(targets), created, duration_s)) \
+            if method == "expiry" and duration_s else None
         run.verify_errors += await self._verify(targets, table, True)
         applied = [t for t, at in zip(targets, run.applied, strict=True) if at is not None]
         if method == "delete":
@@ -176,7 +180,6 @@ class Harness:
             run.t1 = parse_rfc3339(created) + duration_s  # the deadline the system itself computes
             timeout += max(0.0, run.t1 - time.time())
         since = run.t0 if method == "expiry" else run.t1
-        flows = asyncio.ensure_future(self._flows(run, len(targets))) if method == "expiry" else None
         run.gone = await self.wait_tables([(t.netns, table) for t in applied], False, since, timeout)
         if flows is not None:
             await flows
@@ -187,11 +190,12 @@ class Harness:
         run.trace = self.trace(run)
         return run
 
-    async def _flows(self, run: Run, size: int) -> None:
+    async def _flows(self, run: Run, size: int, created: str, duration_s: float) -> None:
         """From just before the deadline, when traffic flows again in the sampled targets."""
         probe = self.traffic_probe()
-        await asyncio.sleep(max(0.0, run.t1 - PROBE_LEAD_S - time.time()))
-        probed = (await asyncio.to_thread(probe.watch, run.t1 + PROBE_LIMIT_S))[:size]
+        deadline = parse_rfc3339(created) + duration_s
+        await asyncio.sleep(max(0.0, deadline - PROBE_LEAD_S - time.time()))
+        probed = (await asyncio.to_thread(probe.watch, deadline + PROBE_LIMIT_S))[:size]
         run.flowed = [p.flowed_at if p.blocked_seen else None for p in probed]
         run.probe_errors = [p.error or "never blocked before the deadline" for p in probed
                             if p.error or not p.blocked_seen]
@@ -244,8 +248,10 @@ class Harness:
                 "missing": 2 * count - len(ins) - len(outs)}
 
 
-def expiry_duration(all_in_effect_p99: float) -> float:
-    """A duration long enough that the fault is in effect well before its deadline (creation
-    timestamps have whole seconds, so a deadline can come up to 1 s early).
+def expiry_duration(all_in_effect_p99: float, size: int = 1, verify: bool = False) -> float:
+    """A duration long enough that the fault is in effect, and read back, well before its deadline
+    (creation timestamps have whole seconds, so a deadline can come up to 1 s early; the readback
+    costs 1.4 ms per target, more under load).
     """
-    return float(max(2, math.ceil(2 * all_in_effect_p99 + 1.5)))
+    readback = 0.004 * size if verify else 0.0
+    return float(max(2, math.ceil(2 * all_in_effect_p99 + 1.5 + readback)))

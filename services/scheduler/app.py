@@ -68,14 +68,22 @@ class Scheduler:
         applying = {c.node for c in out.commands if any(a.op == "apply" for a in c.actions)}
         if applying:  # the lease (and any opt-out) reaches the node before the fault does
             await self.send_leases(applying)
+        by_node: dict[str, list[m.NodeCommand]] = {}
         for c in out.commands:
+            by_node.setdefault(c.node, []).append(c)
+        # Nodes in parallel, each node's commands in order: ten nodes cost one PubAck round trip,
+        # not ten back to back (which a nats-server busy with large status writes makes slow).
+        await asyncio.gather(*(self._send_in_order(cmds) for cmds in by_node.values()))
+        self._wake.set()
+
+    async def _send_in_order(self, commands: list[m.NodeCommand]) -> None:
+        for c in commands:
             await self.bus.publish(subjects.command_subject(c.node), c, msg_id=c.command_id)
             self.metrics.commands.labels(c.kind).inc()
             for a in c.actions:
                 self.metrics.actions.labels(c.kind, a.op).inc()
             log.info("command sent", experiment=c.name, node=c.node, actions=len(c.actions),
                      ops=sorted({a.op for a in c.actions}))
-        self._wake.set()
 
     async def publish_writes(self, writes: list[m.ObjectWrite]) -> None:
         """Objects this scheduler decided (children, orchestration status): the recorder writes them."""

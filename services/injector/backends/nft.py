@@ -18,6 +18,7 @@ of every table, by destination or by source, so no partition can cut them.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import json
 import math
@@ -274,6 +275,8 @@ def contexts() -> libnft.NftContexts | None:
                     _contexts = libnft.NftContexts()
                 except libnft.Unavailable:
                     _contexts = None
+                else:
+                    atexit.register(_contexts.close)  # sockets closed, not left to the garbage collector
         return _contexts
 
 
