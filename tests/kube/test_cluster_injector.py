@@ -9,6 +9,7 @@ recovered. Also: the server accepts our patch form and refuses non-image spec ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 import uuid
@@ -91,15 +92,21 @@ class Injector:
             await self.api.close()
             self.api = None
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def started(cls, kube: KubeEnv, journal_path: Path) -> AsyncIterator[Injector]:
+        inj = cls(kube, journal_path)
+        await inj.start()
+        try:
+            yield inj
+        finally:
+            await inj.stop()
+
 
 @pytest.fixture
 async def injector(kube: KubeEnv, tmp_path: Path) -> AsyncIterator[Injector]:
-    inj = Injector(kube, tmp_path / "cluster-journal.db")
-    await inj.start()
-    try:
+    async with Injector.started(kube, tmp_path / "cluster-journal.db") as inj:
         yield inj
-    finally:
-        await inj.stop()
 
 
 async def run(inj: Injector, cmd: m.NodeCommand) -> m.TargetResult:

@@ -41,12 +41,8 @@ def kubelet(kube: KubeEnv) -> Iterator[Kubelet]:
 
 @pytest.fixture
 async def injector(kube: KubeEnv, tmp_path: Path) -> AsyncIterator[Injector]:
-    inj = Injector(kube, tmp_path / "cluster-journal.db")
-    await inj.start()
-    try:
+    async with Injector.started(kube, tmp_path / "cluster-journal.db") as inj:
         yield inj
-    finally:
-        await inj.stop()
 
 
 def task_command(kube: KubeEnv, node: str, container: dict[str, Any], *, timeout_s: float = 30.0,

@@ -48,6 +48,13 @@ class System:
                                             "--metrics-port", "0", *extra], env=env, stdout=out,
                                            stderr=subprocess.STDOUT)
 
+    def start_cluster_services(self) -> None:
+        """Watcher and recorder on the API, the scheduler routing API-level faults, the cluster injector."""
+        self.start("watcher", "watcher", "--kubeconfig", str(self.kube.kubeconfig))
+        self.start("recorder", "recorder", "--kubeconfig", str(self.kube.kubeconfig))
+        self.start("scheduler", "scheduler", "--cluster-injector")
+        self.start_cluster_injector()
+
     def start_cluster_injector(self) -> None:
         self.start("injector", "injector", "--cluster", "--kubeconfig", str(self.kube.kubeconfig),
                    "--journal", str(self.tmp / "cluster-journal.db"))
@@ -105,10 +112,7 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
     kubelet = Kubelet(kube.client, NODE)
     sys_ = System(kube, kubelet, logs, server.url, tmp_path)
     try:
-        sys_.start("watcher", "watcher", "--kubeconfig", str(kube.kubeconfig))
-        sys_.start("recorder", "recorder", "--kubeconfig", str(kube.kubeconfig))
-        sys_.start("scheduler", "scheduler", "--cluster-injector")
-        sys_.start_cluster_injector()
+        sys_.start_cluster_services()
         kubelet.register_node()
         for i in range(2):
             kubelet.run_pod(f"web-{i}", kube.namespace, {"app": "web", "index": str(i)},

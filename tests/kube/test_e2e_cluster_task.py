@@ -76,10 +76,7 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
     sys_ = System(kube, kubelet, logs, server.url, tmp_path)
     try:
         with kubelet.running(0.05):
-            sys_.start("watcher", "watcher", "--kubeconfig", str(kube.kubeconfig))
-            sys_.start("recorder", "recorder", "--kubeconfig", str(kube.kubeconfig))
-            sys_.start("scheduler", "scheduler", "--cluster-injector")
-            sys_.start_cluster_injector()
+            sys_.start_cluster_services()
             kube.client.wait_for(lambda: all(sys_.ready(n) for n in sys_.procs), timeout=90, what="services ready")
             yield sys_
     finally:
