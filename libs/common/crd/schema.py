@@ -7,6 +7,7 @@ no `default`s: defaulting is chaosbus's admission step, as it is Chaos Mesh's we
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import msgspec
@@ -38,6 +39,8 @@ def structural(schema: Schema, defs: dict[str, Schema] | None = None) -> Schema:
             union["nullable"] = True
         return union
     out: Schema = {k: v for k, v in schema.items() if k not in _DROP and k not in ("properties", "items")}
+    if isinstance(out.get("description"), str):  # msgspec >= 0.23 dedents docstrings, older ones do not
+        out["description"] = inspect.cleandoc(out["description"])
     if "type" not in schema:
         return {"x-kubernetes-preserve-unknown-fields": True}
     if schema["type"] == "object":
