@@ -57,6 +57,8 @@ def parse(argv: list[str] | None = None) -> Plan:
     p.add_argument("--sizes", default=None, help="comma-separated target counts (default 1,10,100,1000; quick 1,10)")
     p.add_argument("--nodes", type=int, default=10, help="node injectors (default 10)")
     p.add_argument("--runs", type=int, default=None, help="delete runs per size (pause and expiry scale with it)")
+    p.add_argument("--mix", default=None, metavar="D,P,E",
+                   help="delete, pause and expiry runs per size, e.g. 0,0,4 for expiry only (overrides --runs)")
     p.add_argument("--concurrent", type=int, default=None, help="concurrent one-target experiments (default 100)")
     p.add_argument("--idle", type=float, default=None, help="idle sampling seconds (default 10; quick 3)")
     p.add_argument("--json", dest="out", default=None, help="where to write the JSON (default bench/results/)")
@@ -75,6 +77,14 @@ def parse(argv: list[str] | None = None) -> Plan:
     runs = {s: _runs_for(s, table) for s in sizes}
     if a.runs is not None:
         runs = {s: (a.runs, max(1, a.runs // 3), max(1, a.runs // 10)) for s in sizes}
+    if a.mix is not None:
+        try:
+            d, pz, e = (int(x) for x in a.mix.split(","))
+        except ValueError:
+            p.error("--mix: three comma-separated run counts (delete,pause,expiry)")
+        if min(d, pz, e) < 0 or d + pz + e == 0:
+            p.error("--mix: counts must be >= 0 and not all 0")
+        runs = {s: (d, pz, e) for s in sizes}
     concurrent = a.concurrent if a.concurrent is not None else (10 if quick else 100)
     out = Path(a.out) if a.out else RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     plan = Plan(sizes=sizes, nodes=a.nodes, runs=runs, concurrent=concurrent,

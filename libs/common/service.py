@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -15,6 +16,18 @@ from chaosbus.common import bus as busmod
 from chaosbus.common import config
 from chaosbus.common import logging as cblog
 from chaosbus.common import metrics as cbmetrics
+
+# The services decode large JSON documents (a 1,000-target experiment is 250 KB of status, read
+# on every write) into short-lived objects: at CPython's default gen-0 threshold of 700 that is a
+# collection every few hundred allocations, and a full collection every few dozen, each scanning
+# every long-lived object (measured in the scheduler at 1,000 targets: 30-220 ms pauses, several
+# a second). Fewer, larger young collections cost the same per object and far fewer full scans.
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    gc.freeze()  # what start-up built (modules, config) lives as long as the process: never scanned
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def parser(service: str, description: str, *, metrics_port: int) -> argparse.ArgumentParser:
@@ -52,6 +65,7 @@ def run(service: str, args: argparse.Namespace,
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
     cblog.configure(service, level=args.log_level)
     args.nats = config.nats_url(args.nats)
+    tune_gc()
     asyncio.run(_supervise(service, args, main))
 
 

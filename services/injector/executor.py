@@ -124,6 +124,10 @@ class Executor:
         except runtime.UnsupportedRuntime as e:
             return replace(plan, result=core.result(plan.action, False, str(e), retryable=e.retryable))
 
+    def batched(self, plan: Plan) -> bool:
+        """A plan whose effect is a quick kernel transaction (see `faults.batched`)."""
+        return plan.result is None and faults.batched(faults.spec_tag(plan.action.fault), self.registry)
+
     def effect(self, cmd: m.NodeCommand, plan: Plan) -> Outcome:
         if plan.result is not None:
             return Outcome(plan.result)

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 from collections import OrderedDict
-from typing import Any
 
 import msgspec
 
@@ -19,6 +18,7 @@ from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED
+from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core, writes
@@ -29,15 +29,6 @@ log = cblog.get("recorder")
 SEEN_COMMANDS = 10_000
 SEEN_EVENT_WRITES = 1_000
 EARLY_RESULT_TRIES = 100  # about 20 s of redeliveries (nak delay 0.2 s)
-
-
-class _Head(msgspec.Struct):
-    """An object's metadata; msgspec skips the rest (the status) without building it."""
-
-    metadata: dict[str, Any] = {}
-
-
-_HEAD = msgspec.json.Decoder(_Head)
 
 
 class Recorder:
@@ -67,7 +58,7 @@ class Recorder:
             self.latest.pop(event.uid, None)
             return
         try:
-            if core.finalizer_settled(_HEAD.decode(event.object).metadata):
+            if core.finalizer_settled(decode_metadata(event.object)):
                 return  # most events are our own status writes: 250 KB at 1,000 targets, not decoded
         except msgspec.DecodeError:
             return

@@ -69,6 +69,28 @@ class _WithoutStatus(msgspec.Struct):
     spec: dict[str, Any] | None = None
 
 
+class _MetadataOnly(msgspec.Struct):
+    """An object's metadata; msgspec skips the rest (spec and status) without building it."""
+
+    metadata: dict[str, Any] | None = None
+
+
+_METADATA_ONLY = msgspec.json.Decoder(_MetadataOnly)
+
+
+def decode_metadata(data: bytes) -> dict[str, Any]:
+    """The metadata of a stored JSON object, about a hundred times cheaper than decoding a
+    1,000-target experiment whole: for readers that see every status write but act on few.
+
+    Raises:
+        msgspec.DecodeError: not JSON, or not an object.
+    """
+    try:
+        return _METADATA_ONLY.decode(data).metadata or {}
+    except msgspec.ValidationError as e:
+        raise msgspec.DecodeError(str(e)) from None
+
+
 def decode_object_json(data: bytes, *, with_status: bool = True) -> ChaosObject:
     """`decode_object` of a JSON document. Without status it is about ten times cheaper for a
     large experiment (1,000 records: 0.56 ms instead of 5.5 ms), which matters to readers that

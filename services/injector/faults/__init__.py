@@ -64,6 +64,11 @@ class CommandOutput:
 
 
 class Fault(Protocol):
+    """A fault kind. One may also set `batched = True`: its apply and recover are sub-millisecond
+    kernel transactions that never wait, so a command's targets run one after another in a few
+    worker threads instead of one thread each (see `batched`).
+    """
+
     name: str  # the FaultSpec tag
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str | CommandOutput: ...
@@ -95,6 +100,12 @@ def get(tag: str, registry: dict[str, Fault] | None = None) -> Fault:
         raise FaultError(f"fault {tag!r} is not supported by this injector", retryable=False) from None
 
 
+def batched(tag: str, registry: dict[str, Fault] | None = None) -> bool:
+    """Whether the fault registered for `tag` asked for its targets to run in batches."""
+    fault = (REGISTRY if registry is None else registry).get(tag)
+    return bool(getattr(fault, "batched", False))
+
+
 def spec_tag(spec: FaultSpec) -> str:
     """The tag a spec is registered under (its msgspec union tag)."""
     return str(type(spec).__struct_config__.tag)
@@ -104,6 +115,6 @@ def spec_tag(spec: FaultSpec) -> str:
 from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping, task  # noqa: E402
 
 __all__ = [
-    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "container_kill", "get", "hello_world",
-    "partition", "pod_kill", "register", "shaping", "spec_tag", "task",
+    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "batched", "container_kill", "get",
+    "hello_world", "partition", "pod_kill", "register", "shaping", "spec_tag", "task",
 ]

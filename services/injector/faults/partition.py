@@ -71,6 +71,7 @@ def _resolve(hostname: str) -> list[str]:
 
 class PartitionFault:
     name = "partition"
+    batched = True  # one nft transaction (libnftables or raw nfnetlink) per target, no process
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _partition(spec)

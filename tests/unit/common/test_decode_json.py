@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from chaosbus.common.crd import InvalidObject, decode_object, decode_object_json
+from chaosbus.common.crd.objects import decode_metadata
 
 DOC: dict[str, Any] = {
     "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
@@ -46,3 +47,16 @@ def test_not_an_object_is_refused(with_status: bool) -> None:
         decode_object_json(b"[1, 2]", with_status=with_status)
     with pytest.raises(msgspec.DecodeError):
         decode_object_json(b"{not json", with_status=with_status)
+
+
+def test_metadata_alone_of_a_large_object() -> None:
+    records = [{"id": f"ns/web-{i}", "selectorKey": ".", "phase": "Injected"} for i in range(1000)]
+    big = {**DOC, "status": {"experiment": {"containerRecords": records}}}
+    assert decode_metadata(msgspec.json.encode(big)) == DOC["metadata"]
+    assert decode_metadata(b'{"kind": "PodChaos"}') == {}
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"metadata": 3}'])
+def test_metadata_of_bad_input_is_a_decode_error(raw: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_metadata(raw)

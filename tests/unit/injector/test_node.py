@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 from unit.injector.factories import UID, Kill, Recording, command, eventually, make_node, stop
 
 from chaosbus.common import messages as m
+from chaosbus.injector import faults
 from chaosbus.injector import journal as jr
+from chaosbus.injector import node as node_mod
 from chaosbus.injector.node import Node
 
 
@@ -196,3 +199,38 @@ async def test_a_halt_persists_across_a_restart(tmp_path: Path, fault: Recording
         assert restarted.halt.halted and not fault.kernel
     finally:
         await stop(restarted)
+
+
+class Batched(Recording):
+    """A partition-like fault that asks to be batched and remembers which thread ran each target."""
+
+    batched = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, int] = {}
+
+    def apply(self, ctx: faults.FaultContext, spec: m.FaultSpec) -> str:
+        self.threads[ctx.action.target_id] = threading.get_ident()
+        if ctx.action.target_id == "ns/p-7":
+            raise faults.FaultError("netns busy")
+        return super().apply(ctx, spec)
+
+
+async def test_a_batched_fault_runs_in_few_jobs_and_one_failure_stays_its_own(
+        tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    fault = Batched()
+    n = make_node(tmp_path, fault)
+    try:
+        base = command(sleeper)
+        actions = [msgspec.structs.replace(base.actions[0], target_id=f"ns/p-{i}", selector_key=str(i))
+                   for i in range(60)]
+        batch = await n.on_command(msgspec.structs.replace(base, actions=actions))
+        assert batch is not None
+        assert [r.target_id for r in batch.results] == [a.target_id for a in actions]
+        assert [r.target_id for r in batch.results if not r.ok] == ["ns/p-7"]
+        assert "netns busy" in batch.results[7].message
+        assert len(fault.kernel) == 59  # every other target applied, the failed one left nothing
+        assert len(set(fault.threads.values())) <= -(-60 // node_mod.EFFECT_CHUNK)  # one thread per chunk
+    finally:
+        await stop(n)
