@@ -143,21 +143,9 @@ class Bus:
         beside the loop instead of in it, kept in progress meanwhile and acked when done, so they
         hold up neither the messages behind them nor their own redelivery timer.
         """
-        cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
-        psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
-        me = asyncio.current_task()
         aside: set[asyncio.Task[None]] = set()
         try:
-            while True:
-                try:
-                    msgs = await psub.fetch(batch, timeout=1.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    msgs = []
-                # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
-                # arrives together with a message; honour it here, or a service's shutdown hangs forever.
-                # Messages fetched meanwhile stay unacked and are redelivered after ack_wait.
-                if me is not None and me.cancelling():
-                    raise asyncio.CancelledError
+            async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
                 for msg in msgs:
                     if detach is None:
                         await self._handle(msg, handler, kind)
@@ -174,6 +162,62 @@ class Bus:
         finally:
             for task in aside:  # unacked: redelivered to whoever consumes next
                 task.cancel()
+
+    async def consume_batches(
+        self,
+        stream: subjects.Stream,
+        durable: str,
+        filter_subject: str,
+        handler: Callable[[list[M]], Awaitable[set[int]]],
+        kind: type[M],
+        *,
+        batch: int = 64,
+        ack_wait: float = 30.0,
+    ) -> None:
+        """As `consume`, but the handler gets every message of one fetch at once, so that it can
+        fold them into fewer writes; it returns the indexes of those to redeliver shortly (not
+        yet), and an exception redelivers them all.
+        """
+        async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
+            decoded: list[tuple[Msg, M]] = []
+            for msg in msgs:
+                value = _decode_or_log(msg, kind)
+                if value is None:
+                    await msg.term()
+                else:
+                    decoded.append((msg, value))
+            if not decoded:
+                continue
+            try:
+                later = await handler([v for _, v in decoded])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a handler bug must not kill the consumer loop
+                log.exception("handler failed; will be redelivered", subject=filter_subject, error=str(e))
+                for msg, _ in decoded:
+                    await msg.nak(delay=1.0)
+                continue
+            for i, (msg, _) in enumerate(decoded):
+                await (msg.nak(delay=0.2) if i in later else msg.ack())
+
+    async def _fetched(self, stream: subjects.Stream, durable: str, filter_subject: str, batch: int,
+                       ack_wait: float) -> AsyncIterator[list[Msg]]:
+        """Fetches from a durable pull consumer, forever (empty ones skipped)."""
+        cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
+        psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
+        me = asyncio.current_task()
+        while True:
+            try:
+                msgs = await psub.fetch(batch, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
+            # arrives together with a message; honour it here, or a service's shutdown hangs forever.
+            # Messages fetched meanwhile stay unacked and are redelivered after ack_wait.
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
+            if msgs:
+                yield msgs
 
     async def _handle_aside(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M,
                             ack_wait: float) -> None:

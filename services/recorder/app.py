@@ -88,30 +88,58 @@ class Recorder:
                                                    object=msgspec.Raw(msgspec.json.encode(obj))))
 
     async def on_results(self, batch: m.ResultBatch) -> None:
-        if batch.command_id in self.seen_commands or batch.kind in ORCHESTRATED:
-            return  # a Task's result: the scheduler folds it into the WorkflowNode's status
-        now = now_rfc3339()
-        for r in batch.results:
-            self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
-            if not r.ok:
-                log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op, error=r.message)
-        decision = self.latest.get(batch.experiment_uid)
+        """One result batch (tests and single deliveries); raises RecordsNotYetKnown to be redelivered."""
+        if await self.on_result_batches([batch]):
+            raise core.RecordsNotYetKnown(f"{batch.namespace}/{batch.name}: no records yet")
+
+    async def on_result_batches(self, batches: list[m.ResultBatch]) -> set[int]:
+        """Fold what one fetch brought into status, one write per experiment; returns the indexes
+        of batches to redeliver shortly (their records are not written yet).
+        """
+        groups: dict[str, list[int]] = {}
+        for i, b in enumerate(batches):
+            if b.command_id in self.seen_commands or b.kind in ORCHESTRATED:
+                continue  # a Task's result: the scheduler folds it into the WorkflowNode's status
+            groups.setdefault(b.experiment_uid, []).append(i)
+        later: set[int] = set()
+        for indexes in groups.values():
+            if not await self._write_results([batches[i] for i in indexes]):
+                later.update(indexes)
+        return later
+
+    async def _write_results(self, group: list[m.ResultBatch]) -> bool:
+        """One experiment's batches as one status write; False: not yet (no records), redeliver."""
+        now, first = now_rfc3339(), group[0]
+        for batch in group:
+            for r in batch.results:
+                self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
+                if not r.ok:
+                    log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op,
+                                error=r.message)
+        decision = self.latest.get(first.experiment_uid)
         try:
-            if await self._mutate(batch.kind, batch.namespace, batch.name, lambda o: core.on_results(
-                    o, batch, now=now, max_events=self.max_events, decision=decision)):
-                self.metrics.writes.labels(batch.kind, "results").inc()
-            self.early.pop(batch.command_id, None)
+            if await self._mutate(first.kind, first.namespace, first.name, lambda o: core.on_results_many(
+                    o, group, now=now, max_events=self.max_events, decision=decision)):
+                self.metrics.writes.labels(first.kind, "results").inc()
         except core.RecordsNotYetKnown:
-            tries = self.early[batch.command_id] = self.early.get(batch.command_id, 0) + 1
-            if tries < EARLY_RESULT_TRIES:
-                raise  # nak: redelivered once the decision with its records has been written
+            if any([self._tried_early(b) for b in group]):  # a list: every batch counts its try
+                return False  # redelivered once the decision with its records has been written
+        for batch in group:
             self.early.pop(batch.command_id, None)
-            self.metrics.errors.labels("results_without_records").inc()
-            log.error("results for records that never appeared; dropped", command=batch.command_id,
-                      experiment=batch.name)
-        self.seen_commands[batch.command_id] = None  # only once written: a failed write is redelivered
+            self.seen_commands[batch.command_id] = None  # only once written: a failed write is redelivered
         while len(self.seen_commands) > SEEN_COMMANDS:
             self.seen_commands.popitem(last=False)
+        return True
+
+    def _tried_early(self, batch: m.ResultBatch) -> bool:
+        """Count one more early delivery; False once it has been tried too often (then dropped)."""
+        tries = self.early[batch.command_id] = self.early.get(batch.command_id, 0) + 1
+        if tries < EARLY_RESULT_TRIES:
+            return True
+        self.metrics.errors.labels("results_without_records").inc()
+        log.error("results for records that never appeared; dropped", command=batch.command_id,
+                  experiment=batch.name)
+        return False
 
     async def on_write(self, w: m.ObjectWrite) -> None:
         """Carry out one object write the scheduler decided; each op is idempotent (redelivery-safe)."""
@@ -228,6 +256,6 @@ async def main(args: argparse.Namespace) -> None:
             rec.sweep_events(),
             bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
                         m.ExperimentDecision),
-            bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
+            bus.consume_batches(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_result_batches, m.ResultBatch),
             bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite),
         )

@@ -80,10 +80,13 @@ class RecordsNotYetKnown(RetryLater):
 
 
 def has_records_for(obj: Obj, batch: m.ResultBatch) -> bool:
-    status = read_status(obj)
+    return _records_known(read_status(obj), [batch])
+
+
+def _records_known(status: ChaosStatus | None, batches: list[m.ResultBatch]) -> bool:
     records = status.experiment.container_records if status else None
     known = {(r.id, r.selector_key) for r in records or []}
-    return all((r.target_id, r.selector_key) in known for r in batch.results)
+    return all((r.target_id, r.selector_key) in known for b in batches for r in b.results)
 
 
 def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int,
@@ -91,15 +94,29 @@ def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int,
     """Fold a result batch into status, first applying `decision` (the latest for this experiment)
     if the records it creates are not stored yet. Raises RecordsNotYetKnown if they still are not.
     """
-    if _meta(obj).get("uid") != batch.experiment_uid:
+    return on_results_many(obj, [batch], now=now, max_events=max_events, decision=decision)
+
+
+def on_results_many(obj: Obj, batches: list[m.ResultBatch], *, now: str, max_events: int,
+                    decision: m.ExperimentDecision | None = None) -> Obj | None:
+    """`on_results` for several batches of one experiment, in order, as one write: at 1,000
+    targets the status is 250 KB, and ten nodes answering at once made ten rewrites of it.
+    """
+    uid = _meta(obj).get("uid")
+    batches = [b for b in batches if b.experiment_uid == uid]
+    if not batches:
         return None
-    if not has_records_for(obj, batch) and decision is not None:
-        obj = on_decision(obj, decision) or obj
-    if not has_records_for(obj, batch):
-        raise RecordsNotYetKnown(f"{batch.namespace}/{batch.name}: no records yet for command {batch.command_id}")
     status = read_status(obj)
+    if not _records_known(status, batches) and decision is not None:
+        obj = on_decision(obj, decision) or obj
+        status = read_status(obj)
+    if not _records_known(status, batches):
+        first = batches[0]
+        raise RecordsNotYetKnown(f"{first.namespace}/{first.name}: no records yet for command {first.command_id}")
     assert status is not None
-    return _write(obj, st.apply_results(status, batch, now=now, max_events=max_events))
+    for b in batches:
+        status = st.apply_results(status, b, now=now, max_events=max_events)
+    return _write(obj, status)
 
 
 def finalizer_settled(meta: dict[str, Any]) -> bool:

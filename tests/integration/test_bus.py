@@ -264,3 +264,50 @@ async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_red
         info = await settled(bus)
     assert calls == ["long-1", "quick"], "the long message was redelivered while it ran"
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
+
+
+async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it_asks(bus: busmod.Bus) -> None:
+    for i in range(4):
+        await bus.publish(subjects.result_subject("u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+    await bus.js.publish(subjects.result_subject("u1"), b"not json")
+    fetches: list[list[str]] = []
+
+    async def handler(batches: list[m.ResultBatch]) -> set[int]:
+        fetches.append([b.command_id for b in batches])
+        return {i for i, b in enumerate(batches) if b.command_id == "c2" and len(fetches) == 1}
+
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*", handler,
+                                                   m.ResultBatch, ack_wait=5.0))
+    try:
+        await wait_for(lambda: len(fetches) == 2)
+        info = await settled(bus)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert fetches == [["c0", "c1", "c2", "c3"], ["c2"]]  # the malformed one was terminated, not handed over
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails(bus: busmod.Bus) -> None:
+    for i in range(2):
+        await bus.publish(subjects.result_subject("u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+    fetches: list[list[str]] = []
+
+    async def handler(batches: list[m.ResultBatch]) -> set[int]:
+        fetches.append([b.command_id for b in batches])
+        if len(fetches) == 1:
+            raise RuntimeError("transient")
+        return set()
+
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*", handler,
+                                                   m.ResultBatch, ack_wait=5.0))
+    try:
+        await wait_for(lambda: sum(map(len, fetches)) == 4)
+        info = await settled(bus)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(c for f in fetches for c in f) == ["c0", "c0", "c1", "c1"]
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)

@@ -210,6 +210,23 @@ def test_results_for_unknown_records_are_retried_not_silently_dropped() -> None:
         core.on_results(decided("ns/a"), batch(("ns/zzz", "apply", True)), now=NOW, max_events=10)
 
 
+def test_several_batches_fold_into_one_write_as_if_applied_one_by_one() -> None:
+    two = [batch(("ns/a", "apply", True), message="node 1"), batch(("ns/b", "apply", True), ("ns/a", "recover", True))]
+    together = core.on_results_many(decided("ns/a", "ns/b"), two, now=NOW, max_events=10)
+    one_by_one: dict[str, Any] | None = decided("ns/a", "ns/b")
+    for b in two:
+        assert one_by_one is not None
+        one_by_one = core.on_results(one_by_one, b, now=NOW, max_events=10)
+    assert together is not None and together == one_by_one
+    assert [(r["id"], r["phase"]) for r in records(together)] == [("ns/a", "Not Injected"), ("ns/b", "Injected")]
+
+
+def test_one_batch_without_records_holds_back_its_whole_group() -> None:
+    with pytest.raises(core.RecordsNotYetKnown):
+        core.on_results_many(decided("ns/a"), [batch(("ns/a", "apply", True)), batch(("ns/zzz", "apply", True))],
+                             now=NOW, max_events=10)
+
+
 # --- finalizer -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("existing", [None, [], ["other/finalizer"]])
