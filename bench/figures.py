@@ -96,7 +96,7 @@ def _traffic_row(size: int, rs: list[Run]) -> Row:
     worst = max(flows) if flows else None
     errors = sorted({e for r in rs for e in r.probe_errors})
     row.extra = f"max {fmt_s(worst)}" + (f"; probe: {'; '.join(errors)}" if errors else "")
-    row.target = "<= 100 ms past (max)"
+    row.target = "recovered <= 100 ms past (max)"
     row.verdict = verdict(bool(flows) and len(flows) == sampled and not errors and worst is not None
                           and worst <= TARGET_OVERSHOOT)
     row.data["max"] = worst
@@ -124,14 +124,17 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
             sec.rows.append(row)
         rs = [r for r in runs if r.size == size and r.method == "expiry"]
         over = [x for r in rs for x in r.recover_latencies()]
-        row = _latency_row(f"expiry.{size}", f"past the deadline -> gone, {size} target(s)", over,
+        row = _latency_row(f"expiry.{size}", f"past the deadline -> table removed, {size} target(s)", over,
                            f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}")
         worst = max(over) if over else None
         dur = rs[0].duration_s if rs else None
         row.extra = f"max {fmt_s(worst)}; duration {dur:g}s" if dur else f"max {fmt_s(worst)}"
-        row.target = "<= 100 ms past (max)"
+        # Cleanup, not the recovery: the drop rules stopped matching at the deadline (`meta time`),
+        # which the traffic row below measures against the target.
         missing = sum(r.missing for r in rs)
-        row.verdict = verdict(bool(over) and not missing and worst is not None and worst <= TARGET_OVERSHOOT)
+        row.data["missing"] = missing
+        if missing:
+            row.extra += f"; never removed {missing}"
         row.data["max"] = worst
         _floor_cols(row, row.data["seconds"]["p50"],
                     (floors.p50("nft_spawn_delete_commit"), floors.p50("libnft_delete")))
