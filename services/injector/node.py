@@ -142,10 +142,16 @@ class Node:
             for i, outcome in zip(indexes, done, strict=True):
                 outcomes[i] = outcome
 
-        batched = [i for i, p in enumerate(plans) if self.executor.batched(p)]
-        single = [[i] for i, p in enumerate(plans) if p.result is None and not self.executor.batched(p)]
-        chunks = [batched[k:k + EFFECT_CHUNK] for k in range(0, len(batched), EFFECT_CHUNK)]
-        await asyncio.gather(*(job(c) for c in chunks + single))
+        batched: list[int] = []
+        jobs: list[list[int]] = []
+        for i, p in enumerate(plans):
+            if p.result is None:
+                if self.executor.batched(p):
+                    batched.append(i)
+                else:
+                    jobs.append([i])
+        jobs += [batched[k:k + EFFECT_CHUNK] for k in range(0, len(batched), EFFECT_CHUNK)]
+        await asyncio.gather(*(job(j) for j in jobs))
         done = [o for o in outcomes if o is not None]
         assert len(done) == len(plans)
         return done
