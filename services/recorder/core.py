@@ -79,10 +79,6 @@ class RecordsNotYetKnown(RetryLater):
     """
 
 
-def has_records_for(obj: Obj, batch: m.ResultBatch) -> bool:
-    return _records_known(read_status(obj), [batch])
-
-
 def _records_known(status: ChaosStatus | None, batches: list[m.ResultBatch]) -> bool:
     records = status.experiment.container_records if status else None
     known = {(r.id, r.selector_key) for r in records or []}
