@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,3 +95,56 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw not in _TRUE + _FALSE:
         raise ValueError(f"{name}: {raw!r} is not a boolean (expected true or false)")
     return raw in _TRUE
+
+
+DEFAULT_OWN_NAMESPACE = "chaosbus"
+ALWAYS_PROTECTED = ("kube-system",)
+
+
+@dataclass(frozen=True)
+class TargetGuard:
+    """What chaosbus never targets, whoever asks: pods of protected namespaces (its own, where the
+    kill switch and the injectors run, and kube-system), and host-network pods for network faults
+    (the fault would land in the node's own network namespace) unless ALLOW_HOST_NETWORK_TESTING.
+
+    The scheduler, the node injectors and the cluster injector read the same settings, so each
+    refuses on its own what another might have been talked into.
+    """
+
+    protected_namespaces: frozenset[str] = frozenset({DEFAULT_OWN_NAMESPACE, *ALWAYS_PROTECTED})
+    allow_host_network_testing: bool = False
+
+    def protected(self, namespace: str) -> bool:
+        return namespace in self.protected_namespaces
+
+
+def own_namespace(env: Mapping[str, str] | None = None) -> str:
+    """chaosbus's own namespace: CHAOSBUS_NAMESPACE, else POD_NAMESPACE (the downward API's
+    metadata.namespace in the deploy base), else `chaosbus`."""
+    env = os.environ if env is None else env
+    return (env.get("CHAOSBUS_NAMESPACE") or env.get("POD_NAMESPACE") or DEFAULT_OWN_NAMESPACE).strip()
+
+
+def target_guard(*, protected_namespaces: str | None = None, allow_host_network_testing: bool = False,
+                 env: Mapping[str, str] | None = None) -> TargetGuard:
+    """The guard from flags (which win) or the environment.
+
+    PROTECTED_NAMESPACES (or `--protected-namespaces`) is a comma-separated list that replaces
+    kube-system as the default; chaosbus's own namespace is always protected, since experiments
+    there could kill the components that recover every fault. ALLOW_HOST_NETWORK_TESTING is Chaos
+    Mesh's controller setting of the same name.
+
+    Raises:
+        ValueError: a boolean that does not parse, or a list entry that is not a namespace name.
+    """
+    env = os.environ if env is None else env
+    raw = protected_namespaces if protected_namespaces is not None else env.get("PROTECTED_NAMESPACES")
+    listed = list(ALWAYS_PROTECTED) if raw is None else [n.strip() for n in raw.split(",") if n.strip()]
+    for name in listed:
+        if not _NAMESPACE.fullmatch(name):
+            raise ValueError(f"PROTECTED_NAMESPACES: {name!r} is not a namespace name")
+    allow = allow_host_network_testing or _env_bool(env, "ALLOW_HOST_NETWORK_TESTING", False)
+    return TargetGuard(frozenset({own_namespace(env), *listed}), allow)
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

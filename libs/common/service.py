@@ -60,6 +60,27 @@ def scope(args: argparse.Namespace) -> config.ControllerScope:
         raise SystemExit(f"chaosbus: {e}") from None
 
 
+def add_guard_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for what is never targeted; their environment variables work too (see `guard`)."""
+    p.add_argument("--protected-namespaces", default=None,
+                   help="comma-separated namespaces never targeted (env PROTECTED_NAMESPACES; default "
+                        "kube-system); chaosbus's own namespace (CHAOSBUS_NAMESPACE, POD_NAMESPACE, else "
+                        "chaosbus) is always protected")
+    p.add_argument("--allow-host-network-testing", action="store_true",
+                   help="let network faults target hostNetwork pods (Chaos Mesh's ALLOW_HOST_NETWORK_TESTING)")
+
+
+def guard(args: argparse.Namespace) -> config.TargetGuard:
+    """The target guard from `add_guard_arguments`' flags and the environment; a bad setting stops
+    the service at start with a message naming it.
+    """
+    try:
+        return config.target_guard(protected_namespaces=getattr(args, "protected_namespaces", None),
+                                   allow_host_network_testing=getattr(args, "allow_host_network_testing", False))
+    except ValueError as e:
+        raise SystemExit(f"chaosbus: {e}") from None
+
+
 def run(service: str, args: argparse.Namespace,
         main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""

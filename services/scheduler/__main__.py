@@ -10,6 +10,7 @@ from chaosbus.scheduler import app
 def main(argv: list[str] | None = None) -> None:
     p = service.parser("scheduler", "Selection, desired phase and per-node commands", metrics_port=9102)
     service.add_scope_arguments(p)
+    service.add_guard_arguments(p)
     p.add_argument("--cluster-injector", action="store_true",
                    default=os.environ.get("CHAOSBUS_CLUSTER_INJECTOR", "").lower() in ("1", "true", "yes"),
                    help="send API-level faults (PodChaos pod-kill, pod-failure) to the cluster injector "

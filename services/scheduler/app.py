@@ -216,14 +216,17 @@ class Scheduler:
                 pass
 
 
-def selection_config(scope: cbconfig.ControllerScope) -> SelectionConfig:
+def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None) -> SelectionConfig:
+    guard = guard or cbconfig.TargetGuard()
     return SelectionConfig(cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
-                           enable_filter_namespace=scope.enable_filter_namespace)
+                           enable_filter_namespace=scope.enable_filter_namespace,
+                           protected_namespaces=guard.protected_namespaces,
+                           allow_host_network=guard.allow_host_network_testing)
 
 
 async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
-    config = selection_config(service.scope(args))
+    config = selection_config(service.scope(args), service.guard(args))
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
         try:
             await serve(bus, metrics, config, instance=args.instance, leader_ttl=args.leader_ttl,
@@ -253,6 +256,8 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
         log.info("scheduler ready", instance=instance, metrics_port=metrics_port, pods=len(sched.core.pods),
                  remembered=remembered, cluster_scoped=config.cluster_scoped,
                  target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
+                 protected_namespaces=sorted(config.protected_namespaces),
+                 allow_host_network_testing=config.allow_host_network,
                  cluster_injector=cluster_injector)
         triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)))
         await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),

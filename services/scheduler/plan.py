@@ -37,7 +37,8 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
            rng: random.Random) -> list[Selected]:
     """Run the kind's selectors once; raises SelectionError naming the field."""
     spec = obj.spec
-    pods = sel.select_pods(spec.selector, spec.mode, spec.value, world, config, rng, path="spec")
+    network = isinstance(spec, NetworkChaosSpec)
+    pods = sel.select_pods(spec.selector, spec.mode, spec.value, world, config, rng, path="spec", network=network)
     if isinstance(spec, PodChaosSpec) and spec.action == "container-kill" or isinstance(
             spec, HelloWorldChaosSpec):
         names = spec.container_names
@@ -45,7 +46,8 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
     out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
     if isinstance(spec, NetworkChaosSpec) and spec.target is not None:
         t = spec.target
-        targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target")
+        targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target",
+                                  network=True)
         out += [Selected(sel.pod_record_id(p), TARGET, p) for p in targets]
     return out
 

@@ -19,6 +19,13 @@ all the others). Where we deliberately differ, the difference is safer or cleare
   `running` silently matched nothing.
 * Randomly chosen targets come back in input order (ns, name) rather than draw order, so records
   are stable for a given seed.
+* Protected namespaces (chaosbus's own and kube-system by default, `SelectionConfig.protected_namespaces`)
+  are never matched; naming one in `namespaces` or `pods` is an error. Chaos Mesh has no such guard
+  and relies on RBAC alone.
+* For network faults, hostNetwork pods are not matched unless `allow_host_network` (Chaos Mesh's
+  ALLOW_HOST_NETWORK_TESTING): Chaos Mesh selects them and their records stay Not Injected; we leave
+  them out, so `mode: one` never picks a pod it cannot touch. When these guards are what leaves
+  nothing to select, the error says so.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from chaosbus.common.config import TargetGuard
 from chaosbus.common.crd.meta import INJECT_ANNOTATION
 from chaosbus.common.crd.selectors import (
     EXPRESSION_OPERATORS,
@@ -78,36 +86,50 @@ class World:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Chaos Mesh's controller knobs CLUSTER_SCOPED, TARGET_NAMESPACE and ENABLE_FILTER_NAMESPACE."""
+    """Chaos Mesh's controller knobs CLUSTER_SCOPED, TARGET_NAMESPACE and ENABLE_FILTER_NAMESPACE,
+    and chaosbus's target guard (protected namespaces, ALLOW_HOST_NETWORK_TESTING).
+    """
 
     cluster_scoped: bool = True
     target_namespace: str = ""
     enable_filter_namespace: bool = False
+    protected_namespaces: frozenset[str] = TargetGuard().protected_namespaces
+    allow_host_network: bool = False
 
 
 # --- public API ---------------------------------------------------------------------------------
 
 def match_pods(
-    selector: PodSelectorSpec, world: World, config: SelectionConfig, *, path: str = "spec.selector"
+    selector: PodSelectorSpec, world: World, config: SelectionConfig, *, path: str = "spec.selector",
+    network: bool = False,
 ) -> list[TargetPod]:
     """Return every pod the selector matches, sorted by (namespace, name); no mode is applied.
 
     Args:
         selector: The PodSelectorSpec, already defaulted (webhook: empty namespaces = own namespace).
         world: Pods, namespaces and nodes to select from.
-        config: Namespace scope and namespace filter settings.
+        config: Namespace scope, namespace filter and target guard settings.
         path: Field path of `selector`, used as the prefix of error messages.
+        network: The selection is for a network fault (hostNetwork pods are guarded).
 
     Returns:
         The matching pods; may be empty.
 
     Raises:
-        SelectionError: A field is invalid, out of scope, or names a node that does not exist.
+        SelectionError: A field is invalid, out of scope, names a protected namespace, or names a
+            node that does not exist.
     """
-    if selector.pods:
-        return _explicit_pods(selector.pods, world, config, f"{path}.pods")
-    predicates = _predicates(selector, world, config, path)
-    return [pod for pod in _sorted_pods(world.pods.values()) if all(p(pod) for p in predicates)]
+    return [p for p in _match_unguarded(selector, world, config, path) if not guarded(p, config, network=network)]
+
+
+def guarded(pod: TargetPod, config: SelectionConfig, *, network: bool) -> str:
+    """Why the target guard keeps `pod` out of selection ("" when it does not)."""
+    if pod.namespace in config.protected_namespaces:
+        return f"in protected namespace {pod.namespace} (PROTECTED_NAMESPACES)"
+    if network and pod.host_network and not config.allow_host_network:
+        return ("on the host network: a network fault would hit its node's own network "
+                "(ALLOW_HOST_NETWORK_TESTING is off)")
+    return ""
 
 
 def apply_mode(
@@ -143,7 +165,7 @@ def apply_mode(
 
 def select_pods(
     selector: PodSelectorSpec, mode: str, value: str, world: World, config: SelectionConfig,
-    rng: random.Random, *, path: str = "spec",
+    rng: random.Random, *, path: str = "spec", network: bool = False,
 ) -> list[TargetPod]:
     """Match pods, then apply the mode: the whole of Chaos Mesh's `SelectAndFilterPods`.
 
@@ -152,15 +174,22 @@ def select_pods(
         world, config: As for `match_pods`.
         rng: Source of every random choice.
         path: Field path of the PodSelector (`spec`, or `spec.target` for NetworkChaos).
+        network: The selection is for a network fault (hostNetwork pods are guarded).
 
     Returns:
         The selected pods, non-empty, sorted by (namespace, name).
 
     Raises:
-        SelectionError: Invalid spec, or no pod is selected.
+        SelectionError: Invalid spec, or no pod is selected (saying so when the target guard
+            refused every pod that matched).
     """
     _mode_number(mode, value, path)  # a bad mode/value is reported even when nothing matches
-    matched = match_pods(selector, world, config, path=f"{path}.selector")
+    candidates = _match_unguarded(selector, world, config, f"{path}.selector")
+    matched = [p for p in candidates if not guarded(p, config, network=network)]
+    if not matched and candidates:
+        first = candidates[0]
+        raise SelectionError(f"{path}.selector: {NO_POD}: every matching pod is refused, e.g. {first.key} is "
+                             f"{guarded(first, config, network=network)}")
     if not matched:
         raise SelectionError(f"{path}.selector: {NO_POD} (no pod matches every selector field)")
     return apply_mode(matched, mode, value, rng, path=path)
@@ -196,6 +225,13 @@ def container_record_id(pod: TargetPod, container: ContainerRef) -> str:
 
 # --- matching -----------------------------------------------------------------------------------
 
+def _match_unguarded(selector: PodSelectorSpec, world: World, config: SelectionConfig, path: str) -> list[TargetPod]:
+    if selector.pods:
+        return _explicit_pods(selector.pods, world, config, f"{path}.pods")
+    predicates = _predicates(selector, world, config, path)
+    return [pod for pod in _sorted_pods(world.pods.values()) if all(p(pod) for p in predicates)]
+
+
 def _sorted_pods(pods: Iterable[TargetPod]) -> list[TargetPod]:
     return sorted(pods, key=lambda p: (p.namespace, p.name))
 
@@ -207,6 +243,7 @@ def _explicit_pods(
     found: dict[str, TargetPod] = {}
     for namespace, names in wanted.items():
         _check_in_scope(namespace, config, path)
+        _check_unprotected(namespace, config, path)
         if not _namespace_allowed(namespace, world, config):
             continue
         for name in names:
@@ -241,6 +278,8 @@ def _namespace_predicate(namespaces: Sequence[str], config: SelectionConfig, pat
             _check_in_scope(namespace, config, path)
         # Chaos Mesh lists only TARGET_NAMESPACE in namespace-scoped mode, even with no namespaces.
         namespaces = [config.target_namespace]
+    for namespace in namespaces:
+        _check_unprotected(namespace, config, path)
     if not namespaces:
         return None
     allowed = frozenset(namespaces)
@@ -252,6 +291,12 @@ def _check_in_scope(namespace: str, config: SelectionConfig, path: str) -> None:
         only = config.target_namespace
         raise SelectionError(f"{path}: namespace {namespace!r} is out of scope (namespace-scoped mode "
                              f"allows only {only!r})")
+
+
+def _check_unprotected(namespace: str, config: SelectionConfig, path: str) -> None:
+    if namespace in config.protected_namespaces:
+        raise SelectionError(f"{path}: namespace {namespace!r} is protected: chaosbus never targets its pods "
+                             "(PROTECTED_NAMESPACES)")
 
 
 def _namespace_allowed(namespace: str, world: World, config: SelectionConfig) -> bool:

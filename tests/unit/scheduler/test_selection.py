@@ -30,7 +30,7 @@ from chaosbus.scheduler.selection import (
     select_pods,
 )
 
-ALL_NS = ["default", "prod", "kube-system"]
+ALL_NS = ["default", "prod", "infra"]
 
 
 def pod(ns: str, name: str, **kw: Any) -> TargetPod:
@@ -55,12 +55,12 @@ WORLD = make_world(
     pod("default", "db-0", labels={"app": "db", "env": ""}, node="n1", phase="Running",
         scheduler_name="custom", service_account="db", annotations={"owner": "team-b"}),
     pod("prod", "web-0", labels={"app": "web"}, node="n2", phase="Failed"),
-    pod("kube-system", "dns-0", labels={"k8s-app": "dns"}, node="n3", phase="Succeeded"),
+    pod("infra", "dns-0", labels={"k8s-app": "dns"}, node="n3", phase="Succeeded"),
     pod("default", "dying", labels={"app": "web"}, node="n1", phase="Running", deleting=True),
     pod("default", "unscheduled", labels={"app": "batch"}, phase="Pending"),
     namespaces=(TargetNamespace(name="default", annotations=ENABLED),
                 TargetNamespace(name="prod", annotations={"chaos-mesh.org/inject": "disabled"}),
-                TargetNamespace(name="kube-system")),
+                TargetNamespace(name="infra")),
     nodes=(TargetNode(name="n1", labels={"zone": "a", "role": "worker"}),
            TargetNode(name="n2", labels={"zone": "b", "role": "worker"}),
            TargetNode(name="n3", labels={"zone": "a", "role": "infra"})),
@@ -88,11 +88,11 @@ def error_of(config: SelectionConfig = CLUSTER, **fields: Any) -> str:
 
 @pytest.mark.parametrize(("namespaces", "expected"), [
     (["prod"], ["prod/web-0"]),
-    (["kube-system", "prod"], ["kube-system/dns-0", "prod/web-0"]),
+    (["infra", "prod"], ["infra/dns-0", "prod/web-0"]),
     (["prod", "prod"], ["prod/web-0"]),
     (["absent"], []),
     ([], ["default/db-0", "default/unscheduled", "default/web-0", "default/web-1",
-          "kube-system/dns-0", "prod/web-0"]),
+          "infra/dns-0", "prod/web-0"]),
 ])
 def test_namespaces_select_pods_in_the_listed_namespaces(namespaces: list[str], expected: list[str]) -> None:
     assert match(namespaces=namespaces) == expected
@@ -124,9 +124,9 @@ def test_label_selectors_are_equality_requirements(labels: dict[str, str], expec
     ("In", ["front", "back"], ["default/web-0", "default/web-1"]),
     ("In", ["front"], ["default/web-0"]),
     ("NotIn", ["front"], ["default/db-0", "default/unscheduled", "default/web-1",
-                          "kube-system/dns-0", "prod/web-0"]),  # pods without `tier` match NotIn
+                          "infra/dns-0", "prod/web-0"]),  # pods without `tier` match NotIn
     ("Exists", [], ["default/web-0", "default/web-1"]),
-    ("DoesNotExist", [], ["default/db-0", "default/unscheduled", "kube-system/dns-0", "prod/web-0"]),
+    ("DoesNotExist", [], ["default/db-0", "default/unscheduled", "infra/dns-0", "prod/web-0"]),
 ])
 def test_expression_operators_follow_kubernetes(operator: str, values: list[str],
                                                 expected: list[str]) -> None:
@@ -177,7 +177,7 @@ def test_annotation_selectors_are_equality_requirements(annotations: dict[str, s
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("metadata.name", "web-0", ["default/web-0", "prod/web-0"]),
     ("metadata.namespace", "prod", ["prod/web-0"]),
-    ("spec.nodeName", "n3", ["kube-system/dns-0"]),
+    ("spec.nodeName", "n3", ["infra/dns-0"]),
     ("spec.nodeName", "", ["default/unscheduled"]),
     ("spec.restartPolicy", "Never", ["default/web-1"]),
     ("spec.schedulerName", "custom", ["default/db-0"]),
@@ -210,13 +210,13 @@ def test_unsupported_field_selector_is_an_error() -> None:
     (["Running"], ["default/db-0", "default/web-0"]),
     (["Running", "Failed"], ["default/db-0", "default/web-0", "prod/web-0"]),
     (["Running,Failed"], ["default/db-0", "default/web-0", "prod/web-0"]),
-    (["!Running"], ["default/unscheduled", "default/web-1", "kube-system/dns-0", "prod/web-0"]),
-    (["!Running", "!Pending"], ["kube-system/dns-0", "prod/web-0"]),
+    (["!Running"], ["default/unscheduled", "default/web-1", "infra/dns-0", "prod/web-0"]),
+    (["!Running", "!Pending"], ["infra/dns-0", "prod/web-0"]),
     (["Running", "Pending", "!Pending"], ["default/db-0", "default/web-0"]),  # include AND not exclude
     (["Running", "!Running"], []),
     (["Unknown"], []),
     ([" ! Failed "], ["default/db-0", "default/unscheduled", "default/web-0", "default/web-1",
-                      "kube-system/dns-0"]),
+                      "infra/dns-0"]),
 ])
 def test_phase_selectors_include_any_and_exclude_all(phases: list[str], expected: list[str]) -> None:
     assert match(pod_phase_selectors=phases) == expected
@@ -231,12 +231,12 @@ def test_invalid_phase_selector_is_an_error(entry: str) -> None:
 # --- nodes and nodeSelectors -----------------------------------------------------------------
 
 @pytest.mark.parametrize(("fields", "expected"), [
-    ({"nodes": ["n3"]}, ["kube-system/dns-0"]),
-    ({"nodes": ["n1", "n3"]}, ["default/db-0", "default/web-0", "kube-system/dns-0"]),
+    ({"nodes": ["n3"]}, ["infra/dns-0"]),
+    ({"nodes": ["n1", "n3"]}, ["default/db-0", "default/web-0", "infra/dns-0"]),
     ({"node_selectors": {"zone": "b"}}, ["default/web-1", "prod/web-0"]),
     ({"node_selectors": {"zone": "a", "role": "worker"}}, ["default/db-0", "default/web-0"]),
     ({"nodes": ["n3"], "node_selectors": {"zone": "b"}},
-     ["default/web-1", "kube-system/dns-0", "prod/web-0"]),  # union
+     ["default/web-1", "infra/dns-0", "prod/web-0"]),  # union
     ({"node_selectors": {"zone": "mars"}}, []),  # an empty union selects nothing
 ])
 def test_nodes_and_node_selectors_are_united(fields: dict[str, Any], expected: list[str]) -> None:
@@ -272,11 +272,11 @@ def test_pods_map_lists_pods_explicitly(pods: dict[str, list[str]], expected: li
 
 def test_pods_map_overrides_every_other_field() -> None:
     assert match(
-        pods={"kube-system": ["dns-0"]},
+        pods={"infra": ["dns-0"]},
         namespaces=["prod"], label_selectors={"app": "web"}, nodes=["ghost"],
         field_selectors={"bogus": "x"}, pod_phase_selectors=["Running"],
         expression_selectors=[LabelSelectorRequirement(key="a", operator="Gt")],
-    ) == ["kube-system/dns-0"]
+    ) == ["infra/dns-0"]
 
 
 # --- namespace scope -------------------------------------------------------------------------
