@@ -60,7 +60,7 @@ def _ref(obj: Obj) -> str:
 def kind_of(text: str) -> str:
     kind = o.canonical_kind(text)
     if kind is None:
-        known = ", ".join(k.lower() for k in o.KIND_ALIASES)
+        known = ", ".join(o.known_names())
         raise UsageError(f'the server doesn\'t have a resource type "{text}" (known: {known})')
     return kind
 

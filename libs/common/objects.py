@@ -9,17 +9,13 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
+from chaosbus.common.crd import kinds
+
 Obj = dict[str, Any]
 
-# kind -> (plural, lower-case aliases)
-KIND_ALIASES: dict[str, tuple[str, ...]] = {
-    "PodChaos": ("podchaos", "podchaoses"),
-    "NetworkChaos": ("networkchaos", "networkchaoses"),
-    "HelloWorldChaos": ("helloworldchaos", "helloworldchaoses"),
-    "Schedule": ("schedule", "schedules", "sched"),
-    "Workflow": ("workflow", "workflows", "wf"),
-    "WorkflowNode": ("workflownode", "workflownodes", "wfn"),
-    "StatusCheck": ("statuscheck", "statuschecks"),
+# The Kubernetes kinds local mode keeps besides chaos-mesh.org's (crd.kinds names those): kind ->
+# lower-case names.
+CORE_KINDS: dict[str, tuple[str, ...]] = {
     "Pod": ("pod", "pods", "po"),
     "Namespace": ("namespace", "namespaces", "ns"),
     "Node": ("node", "nodes", "no"),
@@ -28,12 +24,17 @@ CLUSTER_SCOPED = ("Namespace", "Node")
 
 
 def canonical_kind(text: str) -> str | None:
-    """Accept `NetworkChaos`, `networkchaos`, `networkchaos.chaos-mesh.org`, `pods`, ..."""
+    """Accept `NetworkChaos`, `networkchaos`, `nwc`, `networkchaos.chaos-mesh.org`, `pods`, ..."""
+    found = kinds.by_name(text)
+    if found is not None:
+        return found.kind
     t = text.split(".", 1)[0].lower()
-    for kind, aliases in KIND_ALIASES.items():
-        if t == kind.lower() or t in aliases:
-            return kind
-    return None
+    return next((kind for kind, names in CORE_KINDS.items() if t in names), None)
+
+
+def known_names() -> list[str]:
+    """The name of every kind the CLI knows, for messages."""
+    return [*(k.lower() for k in kinds.KINDS), *(names[0] for names in CORE_KINDS.values())]
 
 
 def now_rfc3339() -> str:

@@ -11,12 +11,12 @@ from typing import Any
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common.crd import kinds
 from chaosbus.common.crd.meta import (
     CLEAN_FINALIZER_ANNOTATION,
     PAUSE_ANNOTATION,
     RECORDS_FINALIZER,
 )
-from chaosbus.common.crd.podchaos import ONE_SHOT_ACTIONS
 from chaosbus.common.crd.status import ChaosStatus, Condition
 from chaosbus.common.errors import RetryLater
 from chaosbus.recorder import status as st
@@ -42,8 +42,7 @@ def read_status(obj: Obj) -> ChaosStatus | None:
 
 def one_shot(obj: Obj) -> bool:
     """Whether the experiment injects once and never recovers (pod-kill, container-kill)."""
-    spec = obj.get("spec") or {}
-    return obj.get("kind") == "PodChaos" and isinstance(spec, dict) and spec.get("action") in ONE_SHOT_ACTIONS
+    return kinds.one_shot(str(obj.get("kind")), obj.get("spec") or {})
 
 
 def _write(obj: Obj, status: ChaosStatus, selection_error: str = "") -> Obj | None:

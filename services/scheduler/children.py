@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, NOT_EXECUTED, ChaosObject, InvalidObject, decode_object
+from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, NOT_EXECUTED, ChaosObject, InvalidObject, decode_object, kinds
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, STOP
 from chaosbus.common.durations import format_duration
 
@@ -100,7 +100,7 @@ class Child:
     def stop_time(self) -> float | None:
         """When the child's duration runs out (None: no duration, or not an executed kind)."""
         duration = self.decoded.spec.duration_seconds() if self.decoded else None
-        return None if duration is None or self.decoded is None or self.decoded.spec.is_one_shot() \
+        return None if duration is None or self.decoded is None or kinds.one_shot(self.kind, self.decoded.spec) \
             else self.created_at + duration
 
     def finished(self, now: float) -> bool:
@@ -121,8 +121,8 @@ class Child:
             selection_failed = any(c.type == "Selected" and c.status == "False" and c.reason
                                    for c in (status.conditions if status else []))
             stop = self.stop_time()
-            return selection_failed if spec.is_one_shot() else (stop is not None and now >= stop)
-        if spec.is_one_shot():
+            return selection_failed if kinds.one_shot(self.kind, spec) else (stop is not None and now >= stop)
+        if kinds.one_shot(self.kind, spec):
             return all(r.phase == INJECTED for r in records)
         stop = self.stop_time()
         return (stop is not None and now >= stop and status is not None and status.experiment.desired_phase == STOP

@@ -1,65 +1,62 @@
 """What each experiment kind asks of one target: the records selection produces and the fault
-parameters carried in commands (NetworkChaos partition rules and shaping parameters per side). Pure.
+each target gets, both as its kind descriptor (`crd.kinds`) declares. Pure.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
-
-import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import ChaosObject
-from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
-from chaosbus.common.crd.networkchaos import NetworkChaosSpec
-from chaosbus.common.crd.podchaos import PodChaosSpec
-from chaosbus.common.durations import parse_duration
+from chaosbus.common.crd import ChaosObject, kinds
+from chaosbus.common.crd.selectors import PodSelector
+from chaosbus.common.faultplan import (
+    MAIN,
+    TARGET,
+    Everyone,
+    Selected,
+    bandwidth_rate,
+    netem_params,
+    partition_for,
+    shaping_for,
+    tbf_params,
+    tc_rate,
+)
 from chaosbus.scheduler import selection as sel
 
-MAIN = "."
-TARGET = ".Target"
+__all__ = [
+    "MAIN", "TARGET", "Everyone", "Selected", "api_level", "bandwidth_rate", "container_ids", "fault_for",
+    "netem_params", "one_shot", "partition_for", "route", "select", "shaping_for", "tbf_params", "tc_rate",
+]
 
 
-@dataclass(frozen=True)
-class Selected:
-    """One record's target: the pod, and the container for container-level kinds."""
-
-    record_id: str
-    selector_key: str
-    pod: m.TargetPod
-    container: m.ContainerRef | None = None
+def _action(obj: ChaosObject) -> kinds.Action:
+    return kinds.KINDS[obj.kind].action(kinds.action_of(obj.spec))
 
 
 def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
            rng: random.Random) -> list[Selected]:
     """Run the kind's selectors once; raises SelectionError naming the field."""
     spec = obj.spec
-    network = isinstance(spec, NetworkChaosSpec)
+    network = kinds.KINDS[obj.kind].network
     pods = sel.select_pods(spec.selector, spec.mode, spec.value, world, config, rng, path="spec", network=network)
-    if isinstance(spec, PodChaosSpec) and spec.action == "container-kill" or isinstance(
-            spec, HelloWorldChaosSpec):
-        names = spec.container_names
+    if _action(obj).containers:
+        names = getattr(spec, "container_names", [])
         return [Selected(sel.container_record_id(p, c), MAIN, p, c) for p, c in sel.container_targets(pods, names)]
     out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
-    if isinstance(spec, NetworkChaosSpec) and spec.target is not None:
-        t = spec.target
+    t = getattr(spec, "target", None)
+    if isinstance(t, PodSelector):  # a second side (NetworkChaos's `target`)
         targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target",
-                                  network=True)
+                                  network=network)
         out += [Selected(sel.pod_record_id(p), TARGET, p) for p in targets]
     return out
-
-
-API_LEVEL_ACTIONS = ("pod-kill", "pod-failure")  # PodChaos actions done through the Kubernetes API
 
 
 def api_level(obj: ChaosObject) -> bool:
     """Whether the experiment's faults are Kubernetes API calls (the cluster injector's job in
     cluster mode) rather than kernel or process changes on the target's node.
     """
-    return isinstance(obj.spec, PodChaosSpec) and obj.spec.action in API_LEVEL_ACTIONS
+    return _action(obj).runs_on == kinds.CLUSTER
 
 
 def route(obj: ChaosObject, target: Selected, *, cluster_injector: bool) -> str:
@@ -80,166 +77,13 @@ def container_ids(target: Selected, current: m.TargetPod | None) -> list[str]:
 
 
 def fault_for(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:
-    spec = obj.spec
-    if isinstance(spec, PodChaosSpec):
-        if spec.action == "pod-kill":
-            return m.PodKill(grace_period=spec.grace_period)
-        if spec.action == "container-kill":
-            names = [target.container.name] if target.container else list(spec.container_names)
-            return m.ContainerKill(container_names=names)
-        return m.PodFailure()
-    if isinstance(spec, NetworkChaosSpec):
-        if spec.action != "partition":
-            return shaping_for(spec, target, everyone)
-        return partition_for(spec, target, everyone)
-    return m.HelloWorld(container_names=[target.container.name] if target.container else [])
-
-
-class Everyone(list[Selected]):
-    """An experiment's targets, with each side's pod IPs computed once: planning every target of a
-    1,000-target experiment must not recompute them per target (O(n^2), measured 347 ms).
-    """
-
-    side_ips: dict[str, list[str]] | None = None
-
-
-def _side_ips(everyone: list[Selected]) -> dict[str, list[str]]:
-    if isinstance(everyone, Everyone) and everyone.side_ips is not None:
-        return everyone.side_ips
-    ips = {key: sorted({s.pod.pod_ip for s in everyone if s.selector_key == key and s.pod.pod_ip})
-           for key in (MAIN, TARGET)}
-    if isinstance(everyone, Everyone):
-        everyone.side_ips = ips
-    return ips
-
-
-def partition_for(spec: NetworkChaosSpec, target: Selected, everyone: list[Selected]) -> m.Partition:
-    """Chaos Mesh's direction table: the selector side (S) and the target side (T) each get rules.
-
-    to: S output drops dst in T, T input drops src in S. from: S input drops src in T, T output
-    drops dst in S. both: all four. Without target and externals, S drops the whole chain.
-    """
-    ips = _side_ips(everyone)
-    to = spec.direction in ("to", "both")
-    frm = spec.direction in ("from", "both")
-    # An empty peer list means "every packet", so it is only ever sent when the spec names no peer
-    # at all; peers that merely have no address yet must not turn into a full blackhole.
-    unfiltered = spec.target is None and not spec.external_targets
-    rules: list[m.PartitionRule] = []
-    if target.selector_key == MAIN:
-        peers, ext = ips[TARGET], list(spec.external_targets)
-        chains = [c for c, on in (("output", to), ("input", frm)) if on]
-        if peers or ext or unfiltered:
-            rules = [m.PartitionRule(chain=c, peers=peers, external=ext) for c in chains]  # type: ignore[arg-type]
-        return m.Partition(device=spec.device, rules=rules)
-    if ips[MAIN]:
-        chains = [c for c, on in (("output", frm), ("input", to)) if on]
-        rules = [m.PartitionRule(chain=c, peers=ips[MAIN]) for c in chains]  # type: ignore[arg-type]
-    return m.Partition(device=spec.target_device, rules=rules)
-
-
-def shaping_for(spec: NetworkChaosSpec, target: Selected, everyone: list[Selected]) -> m.Shaping:
-    """Chaos Mesh's direction table for netem/bandwidth: `to` shapes S egress towards T (pods and
-    externals), `from` shapes T egress (`targetDevice`) towards S, `both` does both. Without target
-    and externals, S egress is shaped whatever the destination. A side with nothing to do gets a
-    Shaping without parameters.
-    """
-    ips = _side_ips(everyone)
-    base = m.Shaping(action=spec.action, pod_ip=target.pod.pod_ip,
-                     device=spec.device if target.selector_key == MAIN else spec.target_device)
-    if target.selector_key == MAIN:
-        active = spec.direction in ("to", "both")
-        peers, external = ips[TARGET], list(spec.external_targets)
-        unfiltered = spec.target is None and not spec.external_targets
-    else:
-        active = spec.direction in ("from", "both")
-        peers, external, unfiltered = ips[MAIN], [], False
-    # As for partition: peers that merely have no address yet never widen into "everything".
-    if not active or not (peers or external or unfiltered):
-        return base
-    if spec.action == "bandwidth":
-        params: dict[str, object] = {"tbf": tbf_params(spec)}
-    else:
-        params = {"netem": netem_params(spec)}
-    return msgspec.structs.replace(base, peers=peers, external=external, unfiltered=unfiltered, **params)
-
-
-def netem_params(spec: NetworkChaosSpec) -> m.NetemParams:
-    """Every non-nil netem block merged into one netem, whatever the action (as Chaos Mesh does).
-
-    Chaos Mesh's rules kept: jitter's correlation only counts with a jitter, reordering only with a
-    latency (gap 0 means 1, as tc does).
-    """
-    out: dict[str, object] = {}
-    if spec.delay is not None:
-        d = spec.delay
-        out["latency_ns"] = _ns(d.latency)
-        out["jitter_ns"] = _ns(d.jitter or "0")
-        if out["jitter_ns"]:
-            out["delay_correlation"] = float(d.correlation or 0)
-        if d.reorder is not None and out["latency_ns"] and float(d.reorder.reorder or 0) > 0:
-            out["reorder"] = float(d.reorder.reorder)
-            out["reorder_correlation"] = float(d.reorder.correlation or 0)
-            out["gap"] = max(d.reorder.gap, 1)
-    for name in ("loss", "duplicate", "corrupt"):
-        block = getattr(spec, name)
-        if block is not None:
-            out[name] = float(getattr(block, name) or 0)
-            out[f"{name}_correlation"] = float(block.correlation or 0)
-    if spec.rate is not None:
-        out["rate"] = tc_rate(spec.rate.rate)
-    return m.NetemParams(**out)  # type: ignore[arg-type]
-
-
-def tbf_params(spec: NetworkChaosSpec) -> m.TbfParams:
-    """The bandwidth block as tbf parameters. `peakrate` (bytes/s) and `minburst` only count together."""
-    bw = spec.bandwidth
-    assert bw is not None  # validation requires the block for action bandwidth
-    peak = bw.peakrate is not None and bw.minburst is not None and bw.peakrate > 0
-    return m.TbfParams(rate=bandwidth_rate(bw.rate), limit=bw.limit, buffer=bw.buffer,
-                       peakrate=(bw.peakrate or 0) if peak else 0, minburst=(bw.minburst or 0) if peak else 0)
-
-
-_RATE = re.compile(r"^\s*([0-9]+)\s*([a-z]+)\s*$")
-_PREFIX = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
-
-
-def bandwidth_rate(text: str) -> int:
-    """`bandwidth.rate` in bytes per second, as Chaos Mesh documents it: `bps` is bytes per second with
-    binary multiples (1kbps = 1024 B/s); `bit` units are bits per second with decimal multiples.
-
-    Raises:
-        ValueError: not a number with one of those units.
-    """
-    n, prefix, unit = _split_rate(text)
-    if unit == "bps":
-        return int(n * 1024 ** _PREFIX[prefix])
-    return int(n * 1000 ** _PREFIX[prefix] // 8)
-
-
-def tc_rate(text: str) -> int:
-    """netem `rate.rate` in bytes per second with tc's units (passed to tc verbatim by Chaos Mesh):
-    `bit`/`kbit`/... bits per second, `bps`/`kbps`/... bytes per second, decimal multiples.
-    """
-    n, prefix, unit = _split_rate(text)
-    return int(n * 1000 ** _PREFIX[prefix] // (1 if unit == "bps" else 8))
-
-
-def _split_rate(text: str) -> tuple[int, str, str]:
-    match = _RATE.match(text.lower())
-    if match is None:
-        raise ValueError(f"invalid rate {text!r}")
-    n, suffix = int(match.group(1)), match.group(2)
-    for unit in ("bps", "bit"):
-        prefix = suffix.removesuffix(unit)
-        if suffix.endswith(unit) and prefix in _PREFIX:
-            return n, prefix, unit
-    raise ValueError(f"invalid rate unit in {text!r}")
-
-
-def _ns(text: str) -> int:
-    return round(parse_duration(text) * 1e9)
+    """The fault one target gets, from its kind's planner."""
+    planner = kinds.KINDS[obj.kind].faults
+    assert planner is not None, f"{obj.kind} is not an executed kind"
+    fault = planner(obj, target, everyone)
+    assert isinstance(fault, m.FaultSpec)
+    return fault  # type: ignore[return-value]
 
 
 def one_shot(obj: ChaosObject) -> bool:
-    return obj.spec.is_one_shot()
+    return kinds.one_shot(obj.kind, obj.spec)

@@ -16,7 +16,6 @@ from chaosbus.common.crd.errors import from_msgspec
 
 Obj = dict[str, Any]
 FINISHED = "Finished"
-KINDS = (*CHAOS_KINDS, *ORCHESTRATED)  # experiments, and the kinds the scheduler orchestrates
 S = TypeVar("S", bound=m.Message)
 
 
@@ -46,11 +45,16 @@ def _json_object(data: bytes) -> Obj:
     return doc
 
 
+def served() -> tuple[str, ...]:
+    """Experiments, and the kinds the scheduler orchestrates."""
+    return (*CHAOS_KINDS, *ORCHESTRATED)
+
+
 def parse_apply(data: bytes) -> Obj:
     """The experiment (its custom resource as JSON) as `chaosbus apply` would store it."""
     doc = _json_object(data)
-    if doc.get("kind") not in KINDS:
-        raise BadRequest("kind", f"expected one of {', '.join(KINDS)}, got {doc.get('kind')!r}")
+    if doc.get("kind") not in served():
+        raise BadRequest("kind", f"expected one of {', '.join(served())}, got {doc.get('kind')!r}")
     try:
         return admission.admit(doc)
     except InvalidObject as e:
@@ -60,8 +64,8 @@ def parse_apply(data: bytes) -> Obj:
 def parse_ref(data: bytes) -> m.TriggerRef:
     ref = _convert(_json_object(data), m.TriggerRef)
     kind = o.canonical_kind(ref.kind)
-    if kind not in KINDS:
-        raise BadRequest("kind", f"expected one of {', '.join(KINDS)}, got {ref.kind!r}")
+    if kind not in served():
+        raise BadRequest("kind", f"expected one of {', '.join(served())}, got {ref.kind!r}")
     if not ref.name:
         raise BadRequest("name", "required")
     return msgspec.structs.replace(ref, kind=kind, namespace=ref.namespace or "default")
@@ -92,6 +96,6 @@ def status_of(obj: Obj) -> m.TriggerStatus:
 
 def listing(objs: list[Obj], req: m.TriggerListRequest) -> m.TriggerList:
     """Chaos objects of the request's namespace (all when empty); finished ones only with `all`."""
-    found = [status_of(ob) for ob in objs if ob.get("kind") in KINDS]
+    found = [status_of(ob) for ob in objs if ob.get("kind") in served()]
     return m.TriggerList(experiments=[s for s in found if (not req.namespace or s.namespace == req.namespace)
                                       and (req.all or s.phase != FINISHED)])

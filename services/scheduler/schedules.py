@@ -24,11 +24,10 @@ import msgspec
 
 from chaosbus.common import cron
 from chaosbus.common import messages as m
-from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, schedule
+from chaosbus.common.crd import API_VERSION, CHAOS_KINDS, kinds, schedule
 from chaosbus.common.crd.errors import from_msgspec
 from chaosbus.common.crd.meta import PAUSE_ANNOTATION
 from chaosbus.common.crd.orchestration import ScheduleSpec
-from chaosbus.common.crd.podchaos import ONE_SHOT_ACTIONS
 from chaosbus.scheduler import children as ch
 
 Obj = dict[str, Any]
@@ -233,7 +232,7 @@ class ScheduleCore:
         if sched.spec.concurrency_policy == "Allow" or kind not in CHAOS_KINDS:
             return None
         _, spec = schedule.embedded(sched.spec)
-        if spec.get("duration") or (kind == "PodChaos" and spec.get("action") in ONE_SHOT_ACTIONS):
+        if spec.get("duration") or kinds.one_shot(kind, spec):
             return None
         nxt = sched.cron.next_after(fire, anchor=sched.created_at)
         return None if nxt is None else nxt - fire

@@ -83,6 +83,6 @@ class Triggers:
     async def list(self, data: bytes) -> m.TriggerList:
         req = rq.parse_list(data)
         objs = []
-        for kind in rq.KINDS:
+        for kind in rq.served():
             objs += await self.store.list(kind, req.namespace or None)
         return rq.listing(objs, req)

@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from chaosbus.common.crd import ACCEPTED, CHAOS_KINDS, InvalidObject, decode_any
+from chaosbus.common.crd import ACCEPTED, CHAOS_KINDS, InvalidObject, decode_any, kinds
 from chaosbus.common.crd.objects import API_VERSION
-from chaosbus.common.crd.orchestration import EMBEDDED_CHAOS_KEYS, Template, WorkflowSpec
+from chaosbus.common.crd.orchestration import Template, WorkflowSpec
 from chaosbus.common.durations import parse_duration
 from chaosbus.scheduler import branchexpr
 from chaosbus.scheduler import statuscheck as sc
@@ -22,17 +22,10 @@ from chaosbus.scheduler import statuscheck as sc
 SERIAL, PARALLEL, SUSPEND, TASK = "Serial", "Parallel", "Suspend", "Task"
 SCHEDULE, STATUS_CHECK = "Schedule", "StatusCheck"
 # templateType -> the key its embedded spec lives under (Chaos Mesh's spelling, e.g. physicalmachineChaos)
-CHAOS_KEYS: dict[str, str] = {
-    "AWSChaos": "awsChaos", "AzureChaos": "azureChaos", "BlockChaos": "blockChaos", "DNSChaos": "dnsChaos",
-    "GCPChaos": "gcpChaos", "HTTPChaos": "httpChaos", "IOChaos": "ioChaos", "JVMChaos": "jvmChaos",
-    "KernelChaos": "kernelChaos", "NetworkChaos": "networkChaos", "PhysicalMachineChaos": "physicalmachineChaos",
-    "PodChaos": "podChaos", "StressChaos": "stressChaos", "TimeChaos": "timeChaos",
-}
-TYPES = (SERIAL, PARALLEL, SUSPEND, TASK, SCHEDULE, STATUS_CHECK, *CHAOS_KEYS)
+CHAOS_KEYS = kinds.STEP_KEYS
+FLOW_TYPES = (SERIAL, PARALLEL, SUSPEND, TASK, SCHEDULE, STATUS_CHECK)
 # Chaos Mesh's webhook: template names are DNS-1123 subdomains (they become object names).
 DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-ONE_SHOT = {("PodChaos", "pod-kill"), ("PodChaos", "container-kill"), ("AWSChaos", "ec2-restart"),
-            ("GCPChaos", "node-reset"), ("AzureChaos", "vm-restart")}
 
 
 class InvalidWorkflow(ValueError):
@@ -56,7 +49,7 @@ def embedded(t: Template) -> dict[str, Any] | None:
 
 
 def is_one_shot(t: Template) -> bool:
-    return (t.template_type, str((embedded(t) or {}).get("action", ""))) in ONE_SHOT
+    return kinds.one_shot(t.template_type, embedded(t) or {})
 
 
 def deadline_s(t: Template) -> float | None:
@@ -87,8 +80,9 @@ def validate(spec: WorkflowSpec, namespace: str) -> dict[str, Template]:
 
 
 def _check_template(t: Template, where: str, by_name: dict[str, Template], namespace: str) -> None:
-    if t.template_type not in TYPES:
-        raise InvalidWorkflow(f"{where}.templateType: {t.template_type!r} is not one of {', '.join(TYPES)}")
+    if t.template_type not in FLOW_TYPES and t.template_type not in CHAOS_KEYS:
+        types = (*FLOW_TYPES, *CHAOS_KEYS)
+        raise InvalidWorkflow(f"{where}.templateType: {t.template_type!r} is not one of {', '.join(types)}")
     _check_foreign_fields(t, where)
     try:
         d = deadline_s(t)
@@ -126,7 +120,7 @@ def _check_foreign_fields(t: Template, where: str) -> None:
     raw = msgspec.to_builtins(t)
     own = {SERIAL: {"children"}, PARALLEL: {"children"}, TASK: {"task", "conditionalBranches"},
            SCHEDULE: {"schedule"}}.get(t.template_type, {CHAOS_KEYS.get(t.template_type, "")})
-    for key in ("task", "children", "conditionalBranches", "schedule", *EMBEDDED_CHAOS_KEYS):
+    for key in ("task", "children", "conditionalBranches", "schedule", *kinds.EMBEDDED_KEYS.values()):
         if raw.get(key) and key not in own:
             raise InvalidWorkflow(f"{where}.{key}: a {t.template_type} template cannot have {key}")
 

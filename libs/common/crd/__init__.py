@@ -1,5 +1,6 @@
 """msgspec models of `chaos-mesh.org/v1alpha1`: shared pieces, per-kind specs, status, decoding."""
 
+from chaosbus.common.crd import kinds
 from chaosbus.common.crd.errors import InvalidObject
 from chaosbus.common.crd.objects import (
     API_VERSION,
@@ -28,5 +29,6 @@ __all__ = [
     "decode_object",
     "decode_object_json",
     "encode_object",
+    "kinds",
     "plural_of",
 ]

@@ -9,9 +9,6 @@ from chaosbus.common.crd.errors import Problems
 
 
 class HelloWorldChaosSpec(ContainerSelectorBase, kw_only=True):
-    def is_one_shot(self) -> bool:
-        return False
-
     def validate(self) -> None:
         problems = Problems()
         self.check_common(problems)

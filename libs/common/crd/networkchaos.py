@@ -79,9 +79,6 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
     bandwidth: BandwidthSpec | None = None
     rate: RateSpec | None = None
 
-    def is_one_shot(self) -> bool:
-        return False
-
     def defaulted(self, namespace: str) -> Self:
         spec = with_default_namespace(self, namespace)
         assert isinstance(spec, NetworkChaosSpec)

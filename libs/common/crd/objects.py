@@ -7,28 +7,17 @@ from typing import Any
 import msgspec
 import yaml
 
+from chaosbus.common.crd.common import PodSelectorBase
 from chaosbus.common.crd.errors import InvalidObject, from_msgspec
-from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
+from chaosbus.common.crd.kinds import CHAOS_KINDS as CHAOS_KINDS
+from chaosbus.common.crd.kinds import plural_of as plural_of
 from chaosbus.common.crd.meta import ObjectMeta
-from chaosbus.common.crd.networkchaos import NetworkChaosSpec
-from chaosbus.common.crd.podchaos import PodChaosSpec
 from chaosbus.common.crd.status import ChaosStatus
 
 API_VERSION = "chaos-mesh.org/v1alpha1"
 
-Spec = PodChaosSpec | NetworkChaosSpec | HelloWorldChaosSpec
-
-CHAOS_KINDS: dict[str, type[Spec]] = {
-    "PodChaos": PodChaosSpec,
-    "NetworkChaos": NetworkChaosSpec,
-    "HelloWorldChaos": HelloWorldChaosSpec,
-}
-
-
-def plural_of(kind: str) -> str:
-    """The resource name of a chaos-mesh.org kind (`networkchaos`, `schedules`, `podnetworkchaos`)."""
-    lower = kind.lower()
-    return lower if lower.endswith("chaos") else lower + "s"
+# Every executed kind's spec selects pods; its own fields are read after an isinstance check.
+Spec = PodSelectorBase
 
 
 class ChaosObject(msgspec.Struct, kw_only=True):

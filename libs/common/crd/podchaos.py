@@ -8,15 +8,11 @@ from chaosbus.common.crd.common import ContainerSelectorBase, with_default_names
 from chaosbus.common.crd.errors import Problems
 
 ACTIONS = ("pod-kill", "pod-failure", "container-kill")
-ONE_SHOT_ACTIONS = ("pod-kill", "container-kill")
 
 
 class PodChaosSpec(ContainerSelectorBase, kw_only=True):
     action: str = ""
     grace_period: int = 0
-
-    def is_one_shot(self) -> bool:
-        return self.action in ONE_SHOT_ACTIONS
 
     def validate(self) -> None:
         problems = Problems()

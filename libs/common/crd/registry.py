@@ -1,5 +1,5 @@
-"""Every `chaos-mesh.org/v1alpha1` kind chaosbus serves a CRD for: the executable ones (CHAOS_KINDS)
-and the ones it only accepts (ACCEPTED), with plural, scope, short names and spec model.
+"""Admission of every `chaos-mesh.org/v1alpha1` kind chaosbus serves a CRD for, as its descriptor
+(`crd.kinds`) says: executed kinds fully, the others structurally.
 
 An accepted kind decodes and validates structurally and is stored unchanged; the recorder marks it
 `Supported=False` (reason NotSupported) instead of running it.
@@ -7,67 +7,25 @@ An accepted kind decodes and validates structurally and is stored unchanged; the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from chaosbus.common.crd import cloud, orchestration, podkinds
+from chaosbus.common.crd import orchestration
 from chaosbus.common.crd.errors import InvalidObject, from_msgspec
-from chaosbus.common.crd.objects import API_VERSION, CHAOS_KINDS, decode_object, plural_of
+from chaosbus.common.crd.kinds import ACCEPTED, CHAOS_KINDS, KINDS, NOT_EXECUTED, ORCHESTRATED, WATCHED_KINDS, Kind
+from chaosbus.common.crd.objects import API_VERSION, decode_object
+
+KindInfo = Kind
+ALL_KINDS = KINDS
 
 
-@dataclass(frozen=True)
-class KindInfo:
-    kind: str
-    spec: type[msgspec.Struct]
-    short_names: tuple[str, ...] = ()
-    namespaced: bool = True
-    experiment: bool = True  # has action/duration and Chaos Mesh's experiment status
-    open_spec: bool = False  # unknown spec keys are kept (free-form blocks)
-
-    @property
-    def plural(self) -> str:
-        return plural_of(self.kind)
-
-
-_EXECUTABLE_SHORT = {"PodChaos": ("poc",), "NetworkChaos": ("nwc",), "HelloWorldChaos": ("hwc",)}
-EXECUTABLE: dict[str, KindInfo] = {k: KindInfo(k, spec, _EXECUTABLE_SHORT.get(k, ())) for k, spec in
-                                   CHAOS_KINDS.items()}
-
-ACCEPTED: dict[str, KindInfo] = {i.kind: i for i in (
-    KindInfo("StressChaos", podkinds.StressChaosSpec, ("strc",)),
-    KindInfo("IOChaos", podkinds.IOChaosSpec, ("ioc",)),
-    KindInfo("TimeChaos", podkinds.TimeChaosSpec, ("tmc",)),
-    KindInfo("DNSChaos", podkinds.DNSChaosSpec, ("dnsc",)),
-    KindInfo("HTTPChaos", podkinds.HTTPChaosSpec, ("httpc",)),
-    KindInfo("JVMChaos", podkinds.JVMChaosSpec, ("jvmc",)),
-    KindInfo("KernelChaos", podkinds.KernelChaosSpec, ("knc",)),
-    KindInfo("BlockChaos", podkinds.BlockChaosSpec, ("blkc",)),
-    KindInfo("AWSChaos", cloud.AWSChaosSpec, ("awsc",)),
-    KindInfo("GCPChaos", cloud.GCPChaosSpec, ("gcpc",)),
-    KindInfo("AzureChaos", cloud.AzureChaosSpec, ("azc",)),
-    KindInfo("PhysicalMachineChaos", orchestration.PhysicalMachineChaosSpec, ("pmc",), open_spec=True),
-    KindInfo("PhysicalMachine", orchestration.PhysicalMachineSpec, ("pm",), experiment=False),
-    KindInfo("Schedule", orchestration.ScheduleSpec, ("sched",), experiment=False),
-    KindInfo("Workflow", orchestration.WorkflowSpec, ("wf",), experiment=False),
-    KindInfo("WorkflowNode", orchestration.WorkflowNodeSpec, ("wfn",), experiment=False),
-    KindInfo("StatusCheck", orchestration.StatusCheckSpec, ("stck",), experiment=False),
-    KindInfo("PodNetworkChaos", orchestration.OpenSpec, ("pnc",), experiment=False, open_spec=True),
-    KindInfo("PodIOChaos", orchestration.OpenSpec, ("pioc",), experiment=False, open_spec=True),
-    KindInfo("PodHttpChaos", orchestration.OpenSpec, ("phc",), experiment=False, open_spec=True),
-    KindInfo("RemoteCluster", orchestration.OpenSpec, ("rcl",), namespaced=False, experiment=False,
-             open_spec=True),
-)}
-
-ALL_KINDS: dict[str, KindInfo] = {**EXECUTABLE, **ACCEPTED}
 # Chaos Mesh's 23 CRDs (HelloWorldChaos is chaosbus's tutorial kind on top).
-CHAOS_MESH_KINDS = tuple(k for k in ALL_KINDS if k != "HelloWorldChaos")
-# Cluster mode watches every namespaced kind; RemoteCluster is an install target, not a workload.
-WATCHED_KINDS: tuple[str, ...] = tuple(k for k, i in ALL_KINDS.items() if i.namespaced)
-# Kinds the scheduler runs itself (spawning chaos objects) rather than as experiments with targets.
-ORCHESTRATED: tuple[str, ...] = ("Schedule", "Workflow", "WorkflowNode", "StatusCheck")
-NOT_EXECUTED: tuple[str, ...] = tuple(k for k in WATCHED_KINDS if k not in CHAOS_KINDS and k not in ORCHESTRATED)
+CHAOS_MESH_KINDS = tuple(k for k, info in KINDS.items() if info.chaos_mesh)
+
+
+__all__ = ["ACCEPTED", "ALL_KINDS", "CHAOS_KINDS", "NOT_EXECUTED", "ORCHESTRATED", "WATCHED_KINDS", "KindInfo",
+           "CHAOS_MESH_KINDS", "decode_accepted", "decode_any"]
 
 
 def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from chaosbus.common.crd import API_VERSION, ChaosObject, InvalidObject, decode_documents, decode_object, encode_object
+from chaosbus.common.crd import (
+    API_VERSION,
+    ChaosObject,
+    InvalidObject,
+    decode_documents,
+    decode_object,
+    encode_object,
+    kinds,
+)
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec, parse_external
 from chaosbus.common.crd.podchaos import PodChaosSpec
@@ -388,12 +396,13 @@ def test_example_keeps_every_field_it_spelled(name: str) -> None:
 def test_podchaos_action_and_one_shot(name: str, action: str, one_shot: bool) -> None:
     spec = decode(EXAMPLES[name]).spec
     assert isinstance(spec, PodChaosSpec)
-    assert (spec.action, spec.is_one_shot()) == (action, one_shot)
+    assert (spec.action, kinds.one_shot("PodChaos", spec)) == (action, one_shot)
 
 
 @pytest.mark.parametrize("name", ["partition", "delay", "bandwidth", "netem", "hello-world"])
 def test_duration_kinds_are_not_one_shot(name: str) -> None:
-    assert decode(EXAMPLES[name]).spec.is_one_shot() is False
+    obj = decode(EXAMPLES[name])
+    assert kinds.one_shot(obj.kind, obj.spec) is False
 
 
 @pytest.mark.parametrize(("name", "seconds"), [

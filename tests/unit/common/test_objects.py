@@ -211,12 +211,13 @@ def test_is_deleting_and_ready_to_vanish(meta: dict[str, Any], deleting: bool, v
     ("helloworldchaoses", "HelloWorldChaos"),
     ("pod", "Pod"), ("pods", "Pod"), ("po", "Pod"), ("Pod", "Pod"),
     ("ns", "Namespace"), ("namespaces", "Namespace"), ("no", "Node"), ("nodes", "Node"),
+    ("stresschaos", "StressChaos"), ("nwc", "NetworkChaos"), ("poc", "PodChaos"), ("wf", "Workflow"),
 ])
 def test_canonical_kind(text: str, kind: str) -> None:
     assert o.canonical_kind(text) == kind
 
 
-@pytest.mark.parametrize("text", ["stresschaos", "deployment", "", "podchaosx", "chaos"])
+@pytest.mark.parametrize("text", ["deployment", "", "podchaosx", "chaos"])
 def test_canonical_kind_unknown(text: str) -> None:
     assert o.canonical_kind(text) is None
 
