@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) when they are missing.
+# Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) and its tests need (etcd)
+# when they are missing.
 # Only as root and only with apt-get; otherwise it says what is missing and carries on.
 set -euo pipefail
 missing=()
@@ -7,6 +8,8 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
+# etcd under the real-API-server test lane (tests/kube with KUBEBUILDER_ASSETS, ../shared/envtest).
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2

@@ -1,17 +1,23 @@
-"""Shared fixtures: a real nats-server (port 0, JetStream in a temp dir) and a bus on it; and a
-session guard that fails the run if chaosbus left a netns, veth, nftables table or process behind.
+"""Shared fixtures: a real nats-server (port 0, JetStream in a temp dir) and a bus on it; a real
+Kubernetes API server for the session when one can be had; and a session guard that fails the run
+if chaosbus left a netns, veth, nftables table or process behind.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import natsserver
+
+if TYPE_CHECKING:
+    from kube.controlplane import ControlPlane
 
 
 @pytest.fixture
@@ -44,3 +50,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if found:
         print("\nchaosbus left these behind after the test session:\n  " + "\n  ".join(found))
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def real_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealKube]:
+    """A real API server for the whole session: the cluster CHAOSBUS_TEST_KUBECONFIG names, else a
+    control plane started from KUBEBUILDER_ASSETS (tests/kube/controlplane.py); skips saying why
+    when there is neither.
+    """
+    from kube.controlplane import ControlPlane, assets
+
+    named = os.environ.get("CHAOSBUS_TEST_KUBECONFIG", "")
+    if named:
+        yield RealKube(Path(named), None)
+        return
+    folder, why = assets()
+    if folder is None:
+        pytest.skip(f"no real API server: {why}; or set CHAOSBUS_TEST_KUBECONFIG")
+    plane = ControlPlane(folder, tmp_path_factory.mktemp("controlplane")).start()
+    try:
+        yield RealKube(plane.kubeconfig, plane)
+    finally:
+        plane.stop()
+
+
+@dataclass
+class RealKube:
+    kubeconfig: Path
+    plane: ControlPlane | None  # None: an existing cluster, not ours to restart

@@ -3,7 +3,8 @@ every file the kustomizations list exists and parses; every container runs a rea
 flags its argparse accepts and env the code reads; RBAC is least privilege per ServiceAccount; the
 injector DaemonSet is unprivileged with exactly the capabilities it needs; every workload is
 annotated for scraping on the port it really serves. With kubectl on PATH the base is rendered by
-kustomize, and with CHAOSBUS_TEST_KUBECONFIG it is applied with a server-side dry run.
+kustomize, and against a real API server (tests/conftest.py's real_kube: KUBEBUILDER_ASSETS or
+CHAOSBUS_TEST_KUBECONFIG) it is applied server-side.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def test_every_yaml_file_in_the_base_is_listed() -> None:
 
 
 def test_namespaced_objects_live_in_the_chaosbus_namespace() -> None:
-    cluster_kinds = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    cluster_kinds = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     assert named("Namespace", NAMESPACE)
     assert {d["metadata"].get("namespace") for d in DOCS if d["kind"] not in cluster_kinds} == {NAMESPACE}
 
@@ -346,7 +348,9 @@ def test_tiltfile_builds_the_manifests_image_and_forwards_every_metrics_port() -
 # --- real tools ------------------------------------------------------------------------------------
 
 def _kubectl() -> str:
-    kubectl = shutil.which("kubectl")
+    """The envtest kubectl (KUBEBUILDER_ASSETS, a current kustomize) when there is one, else PATH's."""
+    assets = Path(os.environ.get("KUBEBUILDER_ASSETS") or "/nonexistent") / "kubectl"
+    kubectl = str(assets) if os.access(assets, os.X_OK) else shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not on PATH (Debian: apt-get install kubernetes-client)")
     return kubectl
@@ -377,21 +381,31 @@ def test_kubectl_kustomize_renders_the_base() -> None:
         (d["kind"], d["metadata"]["name"]) for d in DOCS)
 
 
-def test_server_side_dry_run_apply() -> None:
-    kubeconfig = os.environ.get("CHAOSBUS_TEST_KUBECONFIG")
-    if not kubeconfig:
-        pytest.skip("CHAOSBUS_TEST_KUBECONFIG is not set: no API server to dry-run against")
-    kubectl = [_kubectl(), "--kubeconfig", kubeconfig]
+def test_server_side_apply_of_the_base_succeeds(real_kube: Any) -> None:
+    """`kubectl apply -k deploy/k8s` against a real API server: a server-side dry run (every object
+    passes the server's validation and admission, the CRDs' schemas included) and then a real
+    server-side apply of the CRDs (each one accepted as a structural schema and served).
+    """
+    kubectl = [_kubectl(), "--kubeconfig", str(real_kube.kubeconfig)]
     # A server-side dry run creates nothing, so objects in a namespace the same apply would create
     # are refused with NotFound; create the namespace for the duration if it is missing.
     missing = subprocess.run([*kubectl, "get", "namespace", NAMESPACE], capture_output=True, timeout=60).returncode != 0
     if missing:
         subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True, timeout=60)
     try:
-        done = subprocess.run([*kubectl, "apply", "--dry-run=server", "-k", str(BASE)],
+        done = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k",
+                               str(BASE)],
                               capture_output=True, text=True, timeout=300)
     finally:
         if missing:
             subprocess.run([*kubectl, "delete", "namespace", NAMESPACE, "--wait=false"], capture_output=True,
                            timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("serverside-applied (server dry run)") == len(DOCS), done.stdout
+    crds = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-k", str(BASE / "crds")],
+                          capture_output=True, text=True, timeout=300)
+    assert crds.returncode == 0, crds.stdout + crds.stderr
+    names = [f"crd/{crd['metadata']['name']}" for crd in objects("CustomResourceDefinition")]
+    established = subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *names],
+                                 capture_output=True, text=True, timeout=90)
+    assert established.returncode == 0, established.stderr

@@ -6,6 +6,7 @@ Works the same against the in-repo fake and a real API server.
 from __future__ import annotations
 
 import base64
+import copy
 import http.client
 import json
 import ssl
@@ -62,6 +63,12 @@ class KubeClient:
                                              and _data_file(user["client-key-data"], ".key"))
             if cert and key:
                 self.ssl.load_cert_chain(cert, key)
+
+    def impersonating(self, user: str) -> KubeClient:
+        """The same client acting as `user` (the kubeconfig's identity must be allowed to impersonate)."""
+        other = copy.copy(self)
+        other.headers = {**self.headers, "Impersonate-User": user}
+        return other
 
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
         if self.scheme == "https":

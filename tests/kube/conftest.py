@@ -1,13 +1,14 @@
-"""The Kubernetes test suite's target: the in-repo API fake always, or the real API server named by
-CHAOSBUS_TEST_KUBECONFIG. Either way a test gets a kubeconfig, a sync client, its own namespace
-and the chaos CRDs installed. Tests that need the fake's controls (restart, compaction) skip
-against a real server, saying so.
+"""The Kubernetes test suite's targets: every test runs twice, against the in-repo API fake and
+against a real API server (the session's control plane from KUBEBUILDER_ASSETS, or the cluster
+CHAOSBUS_TEST_KUBECONFIG names; skipped with the reason when there is none). Either way a test gets
+a kubeconfig, a sync client, its own namespace and the chaos CRDs installed (on the real server also
+deploy/k8s's admission policy). Tests that need the
+fake's controls (compaction, its test kubelet) skip against a real server, saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from kube.client import KubeClient, KubeError
-from kube.crds import install_crds
+from kube.controlplane import ControlPlane
+from kube.crds import install_admission_policy, install_crds
 from kubefake import FakeApiServer
 
-REAL = os.environ.get("CHAOSBUS_TEST_KUBECONFIG", "")
+_crds_installed: set[Path] = set()
 
 
 @dataclass
@@ -27,30 +29,29 @@ class KubeEnv:
     client: KubeClient
     namespace: str
     fake: FakeApiServer | None
+    plane: ControlPlane | None = None  # the session's own control plane (restartable)
 
     def need_fake(self, why: str) -> FakeApiServer:
         if self.fake is None:
-            pytest.skip(f"needs the API fake's controls ({why}); CHAOSBUS_TEST_KUBECONFIG names a real server")
+            pytest.skip(f"needs the API fake's controls ({why}); this run is on a real API server")
         return self.fake
 
+    def need_real(self, why: str) -> None:
+        if self.fake is not None:
+            pytest.skip(f"needs a real API server ({why})")
 
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[KubeEnv]:
-    if REAL:
-        path = Path(REAL)
-        client = KubeClient(path)
-        ns = f"cbt-{uuid.uuid4().hex[:8]}"
-        install_crds(client)
-        client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        if client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default") is None:
-            with contextlib.suppress(KubeError):
-                client.create(f"/api/v1/namespaces/{ns}/serviceaccounts",
-                              {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
-        try:
-            yield KubeEnv(path, client, ns, None)
-        finally:
-            _release_finalizers(client, ns)
-            client.delete(f"/api/v1/namespaces/{ns}")
+    def need_plane(self, why: str) -> ControlPlane:
+        if self.plane is None:
+            pytest.skip(f"needs a control plane of the test's own ({why}); this run is on the fake or "
+                        "on the cluster CHAOSBUS_TEST_KUBECONFIG names")
+        return self.plane
+
+
+@pytest.fixture(params=["fake", "real"])
+def kube(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KubeEnv]:
+    if request.param == "real":
+        real = request.getfixturevalue("real_kube")
+        yield from _real(real.kubeconfig, real.plane)
         return
     fake = FakeApiServer(bookmark_interval=0.5).start()
     try:
@@ -62,6 +63,25 @@ def kube(tmp_path: Path) -> Iterator[KubeEnv]:
         yield KubeEnv(path, client, ns, fake)
     finally:
         fake.close()
+
+
+def _real(path: Path, plane: ControlPlane | None) -> Iterator[KubeEnv]:
+    client = KubeClient(path)
+    if path not in _crds_installed:  # once per session: the CRDs do not change under a run
+        install_crds(client)
+        install_admission_policy(client)  # every real-server test runs under it, as a deployment does
+        _crds_installed.add(path)
+    ns = f"cbt-{uuid.uuid4().hex[:8]}"
+    client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    if client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default") is None:
+        with contextlib.suppress(KubeError):
+            client.create(f"/api/v1/namespaces/{ns}/serviceaccounts",
+                          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
+    try:
+        yield KubeEnv(path, client, ns, None, plane)
+    finally:
+        _release_finalizers(client, ns)
+        client.delete(f"/api/v1/namespaces/{ns}")
 
 
 def _release_finalizers(client: KubeClient, namespace: str) -> None:

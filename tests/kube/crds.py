@@ -1,4 +1,6 @@
-"""Installs the chaos CRDs into the test API server: the generated ones in deploy/k8s/crds."""
+"""Installs the chaos CRDs into the test API server (the generated ones in deploy/k8s/crds), and on a
+real API server the admission policy deploy/k8s ships (the fake has no admission policies).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from kube.client import KubeClient
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "crds"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+POLICY_FILE = CRD_DIR.parent / "admission-policy.yaml"
 
 
 def crd_documents() -> list[dict[str, Any]]:
@@ -53,3 +56,18 @@ def install_crds(client: KubeClient) -> None:
         while client.get(f"/apis/chaos-mesh.org/v1alpha1/{plural}") is None:
             assert time.monotonic() < deadline, f"CRD {plural} never became served"
             time.sleep(0.2)
+
+
+def install_admission_policy(client: KubeClient) -> None:
+    """Create or replace deploy/k8s's ValidatingAdmissionPolicy and its binding."""
+    for doc in yaml.safe_load_all(POLICY_FILE.read_text()):
+        plural = "validatingadmissionpolicies" if doc["kind"] == "ValidatingAdmissionPolicy" else \
+            "validatingadmissionpolicybindings"
+        base = f"/apis/admissionregistration.k8s.io/v1/{plural}"
+        current = client.get(f"{base}/{doc['metadata']['name']}")
+        if current is None:
+            client.create(base, doc)
+        else:
+            version = current["metadata"]["resourceVersion"]
+            client.request("PUT", f"{base}/{doc['metadata']['name']}",
+                           {**doc, "metadata": {**doc["metadata"], "resourceVersion": version}})

@@ -284,5 +284,8 @@ def test_delete_with_a_stale_uid_precondition_is_refused(kube: KubeEnv) -> None:
     with pytest.raises(KubeError) as err:
         kube.client.request("DELETE", pod_path(kube, "web-7"),
                             {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "not-this-one"}})
-    assert err.value.status == 409 and "Precondition failed" in str(err.value.body)
+    assert (err.value.status, err.value.body["reason"]) == (409, "Conflict")
+    assert err.value.body["message"].startswith('Operation cannot be fulfilled on Pod "web-7": the UID in the '
+                                                "precondition (not-this-one) does not match the UID in record (")
+    assert err.value.body["message"].endswith("The object might have been deleted and then recreated")
     assert kube.client.get(pod_path(kube, "web-7")) is not None

@@ -190,7 +190,13 @@ def write(op: str, name: str, obj: Any = None, **kw: Any) -> m.ObjectWrite:
 async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
         kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
     ns, path = kube.namespace, f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
-    owner = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "name": "s", "uid": "sched-uid",
+    # A real owner: the API server's garbage collector deletes a child whose owner does not exist.
+    schedule = kube.client.create(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{ns}/schedules", {
+        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "metadata": {"name": "s"},
+        "spec": {"schedule": "@every 1h", "type": KIND, "concurrencyPolicy": "Forbid",
+                 "networkChaos": partition("x")["spec"]}})
+    sched_uid = schedule["metadata"]["uid"]
+    owner = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "name": "s", "uid": sched_uid,
              "controller": True, "blockOwnerDeletion": True}
     wanted = partition("s-1") | {"metadata": {"name": "s-1", "labels": {"managed-by": "s"},
                                               "ownerReferences": [owner]}}
@@ -201,17 +207,17 @@ async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
     spawned = kube.client.request("GET", f"/api/v1/namespaces/{ns}/events", query={
         "fieldSelector": "involvedObject.kind=Schedule,involvedObject.name=s"})["items"]
     assert [(e["reason"], e["message"], e["involvedObject"]["uid"]) for e in spawned] == [
-        ("Spawned", "Create new object: s-1", "sched-uid")]  # once: the redelivered create spawned nothing
+        ("Spawned", "Create new object: s-1", sched_uid)]  # once: the redelivered create spawned nothing
     uid = created["metadata"]["uid"]
     assert kube.client.get(f"{path}/s-1")["metadata"]["uid"] == uid  # type: ignore[index]
     body = {"type": "Warning", "message": "Forbid spawning new job because: s-1 is still running"}
-    forbid = m.ObjectWrite(write_id="ev-1", op="event", kind="Schedule", namespace=ns, name="s", uid="sched-uid",
+    forbid = m.ObjectWrite(write_id="ev-1", op="event", kind="Schedule", namespace=ns, name="s", uid=sched_uid,
                            reason="Forbid", object=msgspec.Raw(msgspec.json.encode(body)))
     await recorder.on_write(forbid)  # an Event the scheduler decided: a core/v1 Event on the Schedule
     on_schedule = kube.client.request("GET", f"/api/v1/namespaces/{ns}/events", query={
         "fieldSelector": "involvedObject.kind=Schedule,involvedObject.name=s"})["items"]
     assert [(e["type"], e["reason"], e["involvedObject"]["uid"]) for e in on_schedule] == [
-        ("Normal", "Spawned", "sched-uid"), ("Warning", "Forbid", "sched-uid")]
+        ("Normal", "Spawned", sched_uid), ("Warning", "Forbid", sched_uid)]
 
     await recorder.on_write(write("annotate", "s-1", uid=uid, namespace=ns,
                                   annotations={"experiment.chaos-mesh.org/pause": "true"}))

@@ -135,15 +135,23 @@ async def test_pods_are_projected_as_in_local_mode(kube: KubeEnv, bus: busmod.Bu
         kubelet.close()
 
 
+async def restart_api_server(kube: KubeEnv) -> None:
+    """Stop the API server and start it again on the same address and storage."""
+    if kube.fake is not None:
+        kube.fake.stop()
+        await asyncio.sleep(0.5)
+        kube.fake.start()
+        return
+    plane = kube.need_plane("restarting the API server")
+    await asyncio.to_thread(plane.restart_apiserver)  # the watcher keeps running on this loop meanwhile
+
+
 async def test_resumes_after_an_api_server_restart_without_replay(kube: KubeEnv, bus: busmod.Bus) -> None:
-    fake = kube.need_fake("restarting the API server")
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/podchaos"
     kube.client.create(path, chaos("a", kube.namespace))
     async with watching(kube, bus) as run:
         await run.until(lambda: ("ADDED", "a") in run.seen())
-        fake.stop()
-        await asyncio.sleep(0.5)
-        fake.start()
+        await restart_api_server(kube)
         kube.client.create(path, chaos("b", kube.namespace))
         await run.until(lambda: ("ADDED", "b") in run.seen())
         await asyncio.sleep(0.5)

@@ -221,12 +221,14 @@ class Api:
                preconditions: dict[str, str] | None = None) -> tuple[int, Obj]:
         current = self._current(res, namespace, name)
         meta = current["metadata"]
-        for field, key in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+        # The real API server's wording (storage's precondition check), which names the kind.
+        for field, key, why in (("uid", "UID", "deleted and then recreated"),
+                                ("resourceVersion", "ResourceVersion", "modified")):
             wanted = (preconditions or {}).get(field)
             if wanted and wanted != meta.get(field):
-                raise ApiError(409, "Conflict", f"Operation cannot be fulfilled on {res.qualified} \"{name}\": "
-                               f"Precondition failed: {key} in precondition: {wanted}, {key} in object meta: "
-                               f"{meta.get(field)}", details(res, name))
+                raise ApiError(409, "Conflict", f"Operation cannot be fulfilled on {res.kind} \"{name}\": "
+                               f"the {key} in the precondition ({wanted}) does not match the {key} in record "
+                               f"({meta.get(field)}). The object might have been {why}", details(res, name))
         if res.kind == "Pod":
             return self._delete_pod(res, current, grace, dry_run=dry_run)
         if meta.get("finalizers"):
