@@ -17,18 +17,11 @@ from chaosbus.injector import faults, runtime
 
 Resolver = Callable[[str], runtime.ContainerHandle]
 
-# Faults that change nothing lasting: after apply there is nothing to recover. A fault module may
-# say so itself with a class attribute `one_shot = True`; an unknown fault is assumed lasting.
-ONE_SHOT_FAULTS = frozenset({"pod-kill", "container-kill", "hello-world"})
-
-
 def lasting(tag: str, registry: dict[str, faults.Fault] | None = None) -> bool:
-    """Whether a fault of this tag leaves state that must be recovered (journaled until it is)."""
-    fault = (faults.REGISTRY if registry is None else registry).get(tag)
-    declared = getattr(fault, "one_shot", None)
-    if isinstance(declared, bool):
-        return not declared
-    return tag not in ONE_SHOT_FAULTS
+    """Whether a fault of this tag leaves state that must be recovered (journaled until it is):
+    every fault but those whose module declares `one_shot = True`.
+    """
+    return not faults.one_shot(tag, registry)
 
 
 def resolve_all(action: m.TargetAction, resolve: Resolver = runtime.resolve) -> list[runtime.ContainerHandle]:

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import psutil
 
@@ -24,7 +23,6 @@ from chaosbus.common import messages as m
 from chaosbus.common import subjects
 from chaosbus.common.netns import netns_inode
 from chaosbus.injector import core, expiry, faults, runtime
-from chaosbus.injector.faults import partition
 from chaosbus.injector.journal import (
     ACTIVE,
     APPLYING,
@@ -103,7 +101,9 @@ class Executor:
             return replace(plan, result=core.result(action, False, str(e), retryable=e.retryable))
         intent = Entry(key=plan.key, experiment_uid=cmd.experiment_uid, generation=cmd.generation, kind=cmd.kind,
                        namespace=cmd.namespace, name=cmd.name, action=action,
-                       identity=identity_of(action.pod_uid, handles), original=original_state(cmd, action),
+                       identity=identity_of(action.pod_uid, handles),
+                       original=faults.original_state(faults.spec_tag(action.fault), cmd.experiment_uid, action,
+                                                      self.registry),
                        deadline=cmd.deadline if is_lasting else None, lasting=is_lasting, state=APPLYING,
                        command_id=cmd.command_id, created=entry.created if entry else now)
         return replace(plan, handles=tuple(handles), intent=intent)
@@ -213,15 +213,6 @@ def one_shot_done(entry: Entry) -> bool:
         # redelivered command runs it again; a second delete of a Pod already gone changes nothing.
         return False
     return not any(process_same(p) for p in entry.identity.processes)
-
-
-def original_state(cmd: m.NodeCommand, action: m.TargetAction) -> dict[str, Any]:
-    """What recovering restores, as data. A partition only ever adds its own table, so restoring
-    means: that table absent again. Other faults record what their recover needs in the action.
-    """
-    if isinstance(action.fault, m.Partition):
-        return {"nft_table_absent": partition.table_name(cmd.experiment_uid, action.selector_key)}
-    return {}
 
 
 # --- target identity --------------------------------------------------------------------------

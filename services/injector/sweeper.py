@@ -1,9 +1,10 @@
 """The orphan sweeper: kernel objects and helper processes carrying chaosbus's marks that belong
 to no open journal entry are removed (on start, then periodically).
 
-Marks: nftables tables named `chaosbus_*`; the traffic-shaping backend's own objects, when that
-backend offers `list_ours(netns_path)` and `remove_ours(netns_path, device)`; helper processes
-whose environment carries `CHAOSBUS_FAULT_NODE=<node>` and `CHAOSBUS_FAULT_KEY=<journal key>`.
+Marks: what each fault module declares as its `orphans` (partition: nftables tables named
+`chaosbus_*`; shaping: our tc objects), judged against the original state of that fault's open
+journal entries; and helper processes whose environment carries `CHAOSBUS_FAULT_NODE=<node>` and
+`CHAOSBUS_FAULT_KEY=<journal key>`.
 
 Scope: by default the network namespaces this node's journal ever recorded (the journal is written
 before the kernel is touched, so that is everywhere this injector can have left something); with
@@ -16,7 +17,6 @@ can sit between its intent and its effect when an object is judged an orphan.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +25,8 @@ from typing import Any
 from chaosbus.common import logging as cblog
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector import executor as ex
-from chaosbus.injector.backends import nft, procs
+from chaosbus.injector import faults
+from chaosbus.injector.backends import procs
 from chaosbus.injector.journal import Entry, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
 
@@ -40,16 +41,6 @@ def helper_env(node: str, key: str) -> dict[str, str]:
     return {NODE_ENV: node, KEY_ENV: key}
 
 
-def _shaping_backend() -> Any:
-    """The traffic-shaping backend if it exists here and can list/remove its objects (else None)."""
-    try:
-        mod = importlib.import_module("chaosbus.injector.backends.tc")
-    except ImportError:
-        return None
-    ok = callable(getattr(mod, "list_ours", None)) and callable(getattr(mod, "remove_ours", None))
-    return mod if ok else None
-
-
 @dataclass
 class SweepReport:
     netns: int = 0
@@ -59,11 +50,13 @@ class SweepReport:
 
 class Sweeper:
     def __init__(self, journal: Journal, gate: Gate, node: str, *, scope: str = "journal",
-                 run: Runner | None = None, shaping: bool = True) -> None:
+                 run: Runner | None = None, registry: dict[str, faults.Fault] | None = None,
+                 tags: Iterable[str] | None = None) -> None:
+        """`tags`: the faults whose orphans are swept (default: every fault that declares some)."""
         if scope not in SCOPES:
             raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
         self.journal, self.gate, self.node, self.scope = journal, gate, node, scope
-        self.shaping = _shaping_backend() if shaping else None
+        self.orphans = faults.orphans(registry, tags)
         self._run = run  # how blocking calls are run (a thread pool); None: inline (tests)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -93,36 +86,32 @@ class Sweeper:
         return list(by_inode.values())
 
     async def _sweep_netns(self, ref: NetnsRef, report: SweepReport) -> None:
-        try:
-            tables = [t for t in await self._call(nft.list_tables, ref.path) if t.startswith(nft.TABLE_PREFIX)]
-            devices = await self._call(self._shaping_devices, ref.path)
-        except nft.NftError as e:
-            report.errors.append(f"{ref.path}: {e}")
-            return
-        if not tables and not devices:
+        found: dict[str, list[str]] = {}
+        for tag, orphans in self.orphans.items():
+            try:
+                if items := await self._call(orphans.find, ref.path):
+                    found[tag] = items
+            except Exception as e:  # an unreadable namespace is reported, the others are swept
+                report.errors.append(f"{ref.path}: {e}")
+                return
+        if not found:
             return
         async with self.gate.exclusive():
             entries = await self._call(self.journal.open_entries)
-            expected, busy_shaping = expected_in(entries, ref.inode)
-            for table in tables:
-                if table not in expected:
-                    await self._remove(report, f"nft table {table} in {ref.path}", nft.delete_table, ref.path, table)
-            if not busy_shaping and self.shaping is not None:
-                for dev in devices:
-                    await self._remove(report, f"traffic shaping on {dev} in {ref.path}", self.shaping.remove_ours,
-                                       ref.path, dev)
-
-    def _shaping_devices(self, path: str) -> list[str]:
-        if self.shaping is None:
-            return []
-        return sorted({_device(item) for item in self.shaping.list_ours(path) or []})
+            for tag, items in found.items():
+                orphans = self.orphans[tag]
+                owned = orphans.owned(originals_in(entries, ref.inode, tag))
+                if owned is None:
+                    continue
+                for item in items:
+                    if item not in owned:
+                        await self._remove(report, f"{orphans.what} {item} in {ref.path}", orphans.remove,
+                                           ref.path, item)
 
     async def _remove(self, report: SweepReport, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
             await self._call(fn, *args)
             report.removed.append(what)
-        except nft.NetnsGone:
-            pass
         except Exception as e:  # one stubborn object must not stop the sweep
             report.errors.append(f"{what}: {e}")
 
@@ -137,21 +126,10 @@ class Sweeper:
                     await self._remove(report, f"helper process {pid} ({key})", procs.kill_tree, pid)
 
 
-def expected_in(entries: Iterable[Entry], inode: int) -> tuple[set[str], bool]:
-    """Tables open entries own in the netns `inode`, and whether a traffic-shaping (or unknown
-    lasting) fault is open there, in which case the shaping backend's objects are left alone.
-    """
-    tables: set[str] = set()
-    shaping = False
-    for e in entries:
-        if not (e.is_open and e.lasting) or not any(ns.inode == inode for ns in e.identity.netns):
-            continue
-        table = e.original.get("nft_table_absent")
-        if isinstance(table, str):
-            tables.add(table)
-        else:
-            shaping = True
-    return tables, shaping
+def originals_in(entries: Iterable[Entry], inode: int, tag: str) -> list[dict[str, Any]]:
+    """The original state of the open, lasting entries of fault `tag` in the netns `inode`."""
+    return [e.original for e in entries if e.is_open and e.lasting and faults.spec_tag(e.action.fault) == tag
+            and any(ns.inode == inode for ns in e.identity.netns)]
 
 
 def marked_helpers(node: str) -> list[tuple[int, str]]:
@@ -188,10 +166,3 @@ def _listdir(path: str) -> list[str]:
     except OSError:
         return []
 
-
-def _device(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, (tuple, list)) and item:
-        return str(item[0])
-    return str(getattr(item, "device", item))

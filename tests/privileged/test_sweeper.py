@@ -55,7 +55,7 @@ def sweep(journal: Journal) -> SweepReport:
     # The shaping backend's own objects are swept by real injector processes (tests/e2e); calling
     # its netlink-thread machinery inside pytest trips a CPython 3.11 bug in later ast.parse calls
     # (pytest's assertion rewriting): "AST constructor recursion depth mismatch".
-    return asyncio.run(Sweeper(journal, Gate(), NODE, shaping=False).sweep())
+    return asyncio.run(Sweeper(journal, Gate(), NODE, tags=("partition",)).sweep())
 
 
 def tables(path: str) -> set[str]:

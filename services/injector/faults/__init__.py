@@ -6,14 +6,20 @@ and a target that is gone (process dead, netns gone) counts as recovered. Both r
 human message for the status record and raise `FaultError` on failure. They are sync and may
 block for a few milliseconds (a process spawn): the core calls them via `asyncio.to_thread`.
 
-Adding a kind: its spec Struct in `messages.py`, a module here ending in `register(...)`, its
-import at the bottom of this file, its tests.
+Besides `apply` and `recover`, a fault module declares what the injector's machinery needs to know
+about it, as optional attributes (defaults in brackets): `one_shot` (False: it leaves state that
+is journaled until recovered), `batched` (False), `original_state(experiment_uid, action)` (what
+recovering restores, as journaled data; {}) and `orphans` (None: the marked kernel objects the
+orphan sweeper removes when no open journal entry owns them). Adding a fault: a module here ending
+in `register(...)`, its import at the bottom of this file, its tests (see docs/architecture.md,
+"Adding a fault kind").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from chaosbus.common.messages import FaultSpec, TargetAction
 from chaosbus.common.netns import netns_inode
@@ -76,6 +82,28 @@ class Fault(Protocol):
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str: ...
 
 
+class Orphans(Protocol):
+    """Kernel objects a fault marks as its own in a network namespace (nft tables by name prefix,
+    tc objects by handle), so the sweeper can find what a crash or a lost recover left behind.
+    """
+
+    what: str  # for the sweep report: "nft table", "traffic shaping"
+
+    def find(self, netns_path: str) -> list[str]:
+        """The marked objects in the namespace (their names); raises if the namespace cannot be read."""
+        ...
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        """Which of them the fault's open entries in that namespace own, from the entries'
+        original state; None: all of them (the fault cannot tell its objects apart).
+        """
+        ...
+
+    def remove(self, netns_path: str, item: str) -> None:
+        """Remove one orphan; a namespace that is gone counts as removed."""
+        ...
+
+
 REGISTRY: dict[str, Fault] = {}
 
 
@@ -106,6 +134,31 @@ def batched(tag: str, registry: dict[str, Fault] | None = None) -> bool:
     return bool(getattr(fault, "batched", False))
 
 
+def one_shot(tag: str, registry: dict[str, Fault] | None = None) -> bool:
+    """Whether the fault registered for `tag` changes nothing that must be recovered; an unknown
+    fault is assumed to leave state behind.
+    """
+    return getattr((REGISTRY if registry is None else registry).get(tag), "one_shot", False) is True
+
+
+def original_state(tag: str, experiment_uid: str, action: TargetAction,
+                   registry: dict[str, Fault] | None = None) -> dict[str, Any]:
+    """What recovering the action restores, as the fault module declares it ({} by default)."""
+    declare = getattr((REGISTRY if registry is None else registry).get(tag), "original_state", None)
+    if declare is None:
+        return {}
+    state: dict[str, Any] = declare(experiment_uid, action)
+    return state
+
+
+def orphans(registry: dict[str, Fault] | None = None, tags: Iterable[str] | None = None) -> dict[str, Orphans]:
+    """Fault tag -> the orphans it declares, for the faults of `tags` (default: all) that do."""
+    reg = REGISTRY if registry is None else registry
+    wanted = reg if tags is None else [t for t in tags if t in reg]
+    found = {tag: getattr(reg[tag], "orphans", None) for tag in wanted}
+    return {tag: o for tag, o in found.items() if o is not None}
+
+
 def spec_tag(spec: FaultSpec) -> str:
     """The tag a spec is registered under (its msgspec union tag)."""
     return str(type(spec).__struct_config__.tag)
@@ -115,6 +168,7 @@ def spec_tag(spec: FaultSpec) -> str:
 from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping, task  # noqa: E402
 
 __all__ = [
-    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "batched", "container_kill", "get",
-    "hello_world", "partition", "pod_kill", "register", "shaping", "spec_tag", "task",
+    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "get",
+    "hello_world", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
+    "spec_tag", "task",
 ]

@@ -63,6 +63,7 @@ def is_runtime_container(handle: runtime.ContainerHandle) -> bool:
 
 class ContainerKill:
     name = "container-kill"
+    one_shot = True
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         by_runtime = [c for c in ctx.containers if is_runtime_container(c)]

@@ -20,6 +20,7 @@ log = cblog.get("injector.hello-world")
 
 class HelloWorld:
     name = "hello-world"
+    one_shot = True
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         live = ctx.alive()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import socket
+from typing import Any
 
 import msgspec
 
 from chaosbus.common.crd.networkchaos import parse_external
-from chaosbus.common.messages import FaultSpec, Partition, PartitionRule
+from chaosbus.common.messages import FaultSpec, Partition, PartitionRule, TargetAction
 from chaosbus.injector.backends import nft
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
@@ -69,9 +70,35 @@ def _resolve(hostname: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+class Tables:
+    """The orphans a partition can leave: its nft tables, found by their name prefix."""
+
+    what = "nft table"
+
+    def find(self, netns_path: str) -> list[str]:
+        return [t for t in nft.list_tables(netns_path) if t.startswith(nft.TABLE_PREFIX)]
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
+
+    def remove(self, netns_path: str, item: str) -> None:
+        try:
+            nft.delete_table(netns_path, item)
+        except nft.NetnsGone:
+            pass
+
+
+ABSENT = "nft_table_absent"
+
+
 class PartitionFault:
     name = "partition"
     batched = True  # one nft transaction (libnftables or raw nfnetlink) per target, no process
+    orphans = Tables()
+
+    def original_state(self, experiment_uid: str, action: TargetAction) -> dict[str, Any]:
+        """A partition only ever adds its own table: restoring means that table absent again."""
+        return {ABSENT: table_name(experiment_uid, action.selector_key)}
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _partition(spec)

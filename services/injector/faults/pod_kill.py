@@ -33,6 +33,7 @@ def kill_containers(containers: list[ContainerHandle]) -> str:
 
 class PodKill:
     name = "pod-kill"
+    one_shot = True
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         return kill_containers(ctx.containers)

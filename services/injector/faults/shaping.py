@@ -18,6 +18,7 @@ import contextlib
 import errno
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
@@ -86,8 +87,26 @@ def describe(spec: Shaping, rule: Rule) -> str:
     return f"{' + '.join(parts)} towards {where}"
 
 
+class TcObjects:
+    """The orphans shaping can leave: our tc objects (handles cb00:-cbff:), by device. Every
+    shaping rule on a device shares one tree, so any open shaping fault in the namespace owns them.
+    """
+
+    what = "traffic shaping"
+
+    def find(self, netns_path: str) -> list[str]:
+        return sorted({found.device for found in tc.list_ours(netns_path)})
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        return None if originals else set()
+
+    def remove(self, netns_path: str, item: str) -> None:
+        tc.remove_ours(netns_path, item)
+
+
 class ShapingFault:
     name = "network-shaping"
+    orphans = TcObjects()
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _shaping(spec)

@@ -57,6 +57,7 @@ class Recording:
 
 class Kill:
     name = "pod-kill"
+    one_shot = True
 
     def __init__(self) -> None:
         self.kills = 0
