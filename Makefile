@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench clean
+.PHONY: install demo test lint typecheck bench fuzz clean
 
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
 PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
@@ -27,6 +27,12 @@ test: install
 # extra flags through BENCH_ARGS, e.g. BENCH_ARGS='--sizes 1,10 --profile'. See docs/benchmarks.md.
 bench: install
 	$(PY) -m bench $(if $(filter 1,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
+
+# The full property test of admission and the scheduler's decode: 100,000 random inputs (~10 min);
+# `make test` runs 1,500 of them. FUZZ_EXAMPLES=N for another count.
+fuzz: install
+	CHAOSBUS_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),100000) $(PY) -m pytest -q -p no:cacheprovider \
+		-o addopts='--import-mode=importlib' --timeout=0 tests/unit/common/test_admission_fuzz.py
 
 lint: install
 	$(VENV)/bin/ruff check .

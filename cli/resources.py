@@ -10,7 +10,7 @@ from typing import Any
 from chaosbus.cli import render
 from chaosbus.common import admission
 from chaosbus.common import objects as o
-from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, InvalidObject
+from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, InvalidObject, bounds
 from chaosbus.common.crd.objects import load_yaml_documents
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -38,7 +38,7 @@ def prepare(text: str, namespace: str | None) -> list[Obj]:
         try:
             out.append(admission.admit(doc, namespace))
         except InvalidObject as e:
-            kind, name = doc.get("kind"), (doc.get("metadata") or {}).get("name", "?")
+            kind, name = doc.get("kind"), bounds.name_of(doc)
             raise InvalidObject([f"document {i + 1} ({kind}/{name}): {err}" for err in e.errors]) from None
     return out
 

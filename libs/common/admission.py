@@ -7,23 +7,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, decode_any, decode_object, encode_object
-from chaosbus.common.crd.errors import InvalidObject
+from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, bounds, decode_any, decode_object, encode_object
+from chaosbus.common.crd.errors import InvalidObject, Problems
 
 Obj = dict[str, Any]
 
 
 def admit(doc: Obj, namespace: str | None = None) -> Obj:
-    """The object as stored; raises InvalidObject whose errors are `field: message`."""
+    """The object as stored; raises InvalidObject whose errors are `field: message`, whatever the
+    document holds (bounds.py: depth, sizes, numbers, names).
+    """
+    if not isinstance(doc, dict):
+        raise InvalidObject([f"object: must be a mapping, got {type(doc).__name__}"])
+    bounds.checked_tree(doc, "")
+    meta = bounds.metadata_of(doc)
     if doc.get("kind") == "Namespace":
-        return {"apiVersion": "v1", "kind": "Namespace", "metadata": _namespace_meta(doc.get("metadata") or {})}
-    if namespace and not (doc.get("metadata") or {}).get("namespace"):
-        doc = {**doc, "metadata": {**(doc.get("metadata") or {}), "namespace": namespace}}
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": _namespace_meta(meta)}
+    if namespace and not meta.get("namespace"):
+        meta = {**meta, "namespace": namespace}
+        doc = {**doc, "metadata": meta}
     kind = str(doc.get("kind"))
     if kind in ALL_KINDS and kind not in CHAOS_KINDS:
         # Orchestration kinds (run by the scheduler) and accepted ones (marked NotSupported): checked
         # as Chaos Mesh's webhook would (a Schedule's cron and embedded spec fully), stored as given.
-        meta = doc.get("metadata") or {}
         scoped = {"namespace": meta.get("namespace") or "default"} if ALL_KINDS[kind].namespaced else {}
         return decode_any({**doc, "metadata": {**meta, **scoped}})
     return encode_object(decode_object(doc))
@@ -32,4 +38,7 @@ def admit(doc: Obj, namespace: str | None = None) -> Obj:
 def _namespace_meta(meta: Obj) -> Obj:
     if not meta.get("name"):
         raise InvalidObject(["metadata.name: required"])
+    problems = Problems()
+    bounds.dns_label(problems, "metadata.name", meta["name"])
+    problems.raise_if_any()
     return {k: v for k, v in meta.items() if k in ("name", "labels", "annotations")}

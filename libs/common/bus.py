@@ -350,8 +350,8 @@ def _decode_or_log(msg: Msg, kind: type[M]) -> M | None:
     """The decoded message, or None (logged) for one that will never decode: never fatal."""
     try:
         return decode(msg.data, kind)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        log.error("malformed message dropped", subject=msg.subject, error=str(e))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+        log.error("malformed message dropped", subject=msg.subject, error=str(e)[:500])
         return None
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.Duration is an int64 of nanoseconds: ParseDuration refuses anything longer (~292 years).
+MAX_SECONDS = (2**63 - 1) / 1e9
 _PART = re.compile(r"([0-9]*\.?[0-9]+|[0-9]+\.)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -28,10 +31,17 @@ def parse_duration(text: str) -> float:
     while pos < len(s):
         m = _PART.match(s, pos)
         if m is None:
-            raise ValueError(f"invalid duration {text!r} (expected e.g. 30s, 5m, 1h30m)")
+            raise ValueError(f"invalid duration {_short(text)} (expected e.g. 30s, 5m, 1h30m)")
         total += float(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
+        if not math.isfinite(total) or total > MAX_SECONDS:
+            raise ValueError(f"invalid duration {_short(text)} (longer than Go's maximum, about 2562047h)")
     return sign * total
+
+
+def _short(text: str) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def format_duration(seconds: float) -> str:

@@ -3,7 +3,7 @@
 import os
 import socket
 
-from chaosbus.common import service
+from chaosbus.common import config, service
 from chaosbus.scheduler import app
 
 
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--instance", default=os.environ.get("CHAOSBUS_SCHEDULER_ID") or socket.gethostname(),
                    help="this instance's leader-lease holder id: stable across restarts (so a restarted "
                         "leader takes its lease back at once), unique among running schedulers")
+    p.add_argument("--max-targets", type=int, default=config.env_int("CHAOSBUS_MAX_TARGETS", 5000),
+                   help="most targets (status records) one experiment may select; more fails its selection "
+                        "(env CHAOSBUS_MAX_TARGETS)")
     p.add_argument("--leader-ttl", type=float, default=app.LEADER_TTL_S,
                    help="seconds a leader lease lasts without renewal (renewed every ttl/3)")
     service.run("scheduler", p.parse_args(argv), app.main)

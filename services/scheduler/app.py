@@ -216,17 +216,18 @@ class Scheduler:
                 pass
 
 
-def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None) -> SelectionConfig:
+def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None,
+                     max_targets: int = 5000) -> SelectionConfig:
     guard = guard or cbconfig.TargetGuard()
     return SelectionConfig(cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
                            enable_filter_namespace=scope.enable_filter_namespace,
                            protected_namespaces=guard.protected_namespaces,
-                           allow_host_network=guard.allow_host_network_testing)
+                           allow_host_network=guard.allow_host_network_testing, max_targets=max_targets)
 
 
 async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
-    config = selection_config(service.scope(args), service.guard(args))
+    config = selection_config(service.scope(args), service.guard(args), args.max_targets)
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
         try:
             await serve(bus, metrics, config, instance=args.instance, leader_ttl=args.leader_ttl,

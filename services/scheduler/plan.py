@@ -42,13 +42,17 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
     pods = sel.select_pods(spec.selector, spec.mode, spec.value, world, config, rng, path="spec", network=network)
     if _action(obj).containers:
         names = getattr(spec, "container_names", [])
-        return [Selected(sel.container_record_id(p, c), MAIN, p, c) for p, c in sel.container_targets(pods, names)]
-    out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
+        out = [Selected(sel.container_record_id(p, c), MAIN, p, c) for p, c in sel.container_targets(pods, names)]
+    else:
+        out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
     t = getattr(spec, "target", None)
     if isinstance(t, PodSelector):  # a second side (NetworkChaos's `target`)
         targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target",
                                   network=network)
         out += [Selected(sel.pod_record_id(p), TARGET, p) for p in targets]
+    if len(out) > config.max_targets:
+        raise sel.SelectionError(f"spec.selector: {len(out)} targets selected, more than the {config.max_targets} "
+                                 "one experiment may have (scheduler --max-targets)")
     return out
 
 

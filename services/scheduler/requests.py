@@ -40,6 +40,8 @@ def _json_object(data: bytes) -> Obj:
         doc = msgspec.json.decode(data) if data.strip() else {}
     except msgspec.DecodeError as e:
         raise BadRequest("", f"request is not JSON: {e}") from None
+    except RecursionError:  # msgspec stops at Python's recursion limit; admission's own cap is lower
+        raise BadRequest("", "request nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadRequest("", f"request must be a JSON object, not {type(doc).__name__}")
     return doc

@@ -68,7 +68,7 @@ _FIELD_GETTERS: dict[str, Callable[[TargetPod], str]] = {
 }
 
 # strconv.Atoi's grammar: Chaos Mesh rejects " 5", "5.0" and "1_0", so do we.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")  # and no count beyond int64
 
 
 class SelectionError(ValueError):
@@ -95,6 +95,7 @@ class SelectionConfig:
     enable_filter_namespace: bool = False
     protected_namespaces: frozenset[str] = TargetGuard().protected_namespaces
     allow_host_network: bool = False
+    max_targets: int = 5000  # records per experiment (both sides of a NetworkChaos together)
 
 
 # --- public API ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from chaosbus.common.crd import bounds
 from chaosbus.common.crd.errors import Problems
 from chaosbus.common.crd.selectors import (
     PodSelectorSpec,
@@ -35,8 +36,12 @@ class PodSelectorBase(msgspec.Struct, rename="camel", omit_defaults=True, kw_onl
         validate_selector(problems, "spec.selector", self.selector)
         if self.duration:
             try:
-                if parse_duration(self.duration) < 0:
+                seconds = parse_duration(self.duration)
+                if seconds < 0:
                     problems.add("spec.duration", f"must not be negative, got {self.duration!r}")
+                elif seconds > bounds.MAX_DURATION_S:
+                    problems.add("spec.duration", f"must be at most {bounds.MAX_DURATION_S // 3600}h (a fault's "
+                                                  f"deadline must fit the kernel's clock), got {self.duration!r}")
             except ValueError as e:
                 problems.add("spec.duration", str(e))
 

@@ -8,15 +8,17 @@ from typing import Self
 
 import msgspec
 
+from chaosbus.common.crd import bounds
 from chaosbus.common.crd.common import PodSelectorBase, with_default_namespace
 from chaosbus.common.crd.errors import Problems
 from chaosbus.common.crd.selectors import PodSelector, default_namespaces, validate_mode, validate_selector
+from chaosbus.common.durations import parse_duration
 
 ACTIONS = ("netem", "delay", "loss", "duplicate", "corrupt", "partition", "bandwidth")
 DIRECTIONS = ("to", "from", "both")
 NETEM_ACTIONS = ("netem", "delay", "loss", "duplicate", "corrupt")
 _LATENCY = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h)$")
-_RATE = re.compile(r"^[0-9]+(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$", re.IGNORECASE)
+_RATE = re.compile(r"^([0-9]{1,20})(|k|m|g|t)(bit|bps)$", re.IGNORECASE)
 _LABEL = r"[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 
@@ -109,6 +111,8 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
                 problems.add("spec.externalTargets", f"cannot be used with direction {self.direction}")
             if self.target is None:
                 problems.add("spec.target", f"direction {self.direction} needs a target")
+        bounds.device(problems, "spec.device", self.device)
+        bounds.device(problems, "spec.targetDevice", self.target_device)
         self._check_action_blocks(problems)
         problems.raise_if_any()
 
@@ -121,14 +125,13 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
         ):
             problems.add("spec", "action netem needs at least one of delay, loss, duplicate, corrupt, rate")
         if self.delay is not None:
-            if not _LATENCY.match(self.delay.latency):
-                problems.add("spec.delay.latency", f"expected e.g. 100ms, got {self.delay.latency!r}")
-            if self.delay.jitter and not _LATENCY.match(self.delay.jitter):
-                problems.add("spec.delay.jitter", f"expected e.g. 10ms, got {self.delay.jitter!r}")
+            _latency(problems, "spec.delay.latency", self.delay.latency, "100ms", required=True)
+            _latency(problems, "spec.delay.jitter", self.delay.jitter, "10ms", required=False)
             _percent(problems, "spec.delay.correlation", self.delay.correlation)
             if self.delay.reorder is not None:
                 _percent(problems, "spec.delay.reorder.reorder", self.delay.reorder.reorder)
                 _percent(problems, "spec.delay.reorder.correlation", self.delay.reorder.correlation)
+                bounds.unsigned(problems, "spec.delay.reorder.gap", self.delay.reorder.gap)
         for name in ("loss", "duplicate", "corrupt"):
             block = getattr(self, name)
             if block is not None:
@@ -136,24 +139,53 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
                 _percent(problems, f"spec.{name}.correlation", block.correlation)
         if self.bandwidth is not None:
             bw = self.bandwidth
-            if not _RATE.match(bw.rate):
-                problems.add("spec.bandwidth.rate", f"expected e.g. 1mbps or 100kbit, got {bw.rate!r}")
+            _rate(problems, "spec.bandwidth.rate", bw.rate, "1mbps or 100kbit")
             if bw.limit < 1:
                 problems.add("spec.bandwidth.limit", "required, must be >= 1")
             if bw.buffer < 1:
                 problems.add("spec.bandwidth.buffer", "required, must be >= 1")
-        if self.rate is not None and not _RATE.match(self.rate.rate):
-            problems.add("spec.rate.rate", f"expected e.g. 1mbps, got {self.rate.rate!r}")
+            # tbf's limit, burst and peak burst are u32 netlink fields, its peak rate a u64
+            bounds.unsigned(problems, "spec.bandwidth.limit", bw.limit)
+            bounds.unsigned(problems, "spec.bandwidth.buffer", bw.buffer)
+            bounds.unsigned(problems, "spec.bandwidth.minburst", bw.minburst)
+            bounds.unsigned(problems, "spec.bandwidth.peakrate", bw.peakrate, bounds.U64)
+        if self.rate is not None:
+            _rate(problems, "spec.rate.rate", self.rate.rate, "1mbps")
+
+
+def _latency(problems: Problems, path: str, value: str, example: str, *, required: bool) -> None:
+    if not value and not required:
+        return
+    if not _LATENCY.match(value):
+        problems.add(path, f"expected e.g. {example}, got {bounds.show(value)}")
+        return
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return
+    if seconds > bounds.MAX_DURATION_S:
+        problems.add(path, f"must be at most {bounds.MAX_DURATION_S // 3600}h, got {bounds.show(value)}")
+
+
+def _rate(problems: Problems, path: str, value: str, example: str) -> None:
+    """A rate in bit or bps units whose bytes per second fit the kernel's u64 (binary multiples, the
+    larger of the two readings, bound both)."""
+    match = _RATE.match(value)
+    if match is None:
+        problems.add(path, f"expected e.g. {example}, got {bounds.show(value)}")
+    elif int(match.group(1)) * 1024 ** "_kmgt".index(match.group(2).lower() or "_") > bounds.U64:
+        problems.add(path, f"must be at most {bounds.U64} bytes per second, got {bounds.show(value)}")
 
 
 def _percent(problems: Problems, path: str, value: str) -> None:
     try:
         f = float(value)
     except ValueError:
-        problems.add(path, f"expected a number, got {value!r}")
+        problems.add(path, f"expected a number, got {bounds.show(value)}")
         return
     if not 0 <= f <= 100:
-        problems.add(path, f"expected a percentage in [0, 100], got {value!r}")
+        problems.add(path, f"expected a percentage in [0, 100], got {bounds.show(value)}")
 
 
 class ExternalTarget(msgspec.Struct, frozen=True, kw_only=True):

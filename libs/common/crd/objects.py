@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-import yaml
 
+from chaosbus.common.crd import bounds
 from chaosbus.common.crd.common import PodSelectorBase
-from chaosbus.common.crd.errors import InvalidObject, from_msgspec
+from chaosbus.common.crd.errors import InvalidObject, Problems, from_msgspec
 from chaosbus.common.crd.kinds import CHAOS_KINDS as CHAOS_KINDS
 from chaosbus.common.crd.kinds import plural_of as plural_of
 from chaosbus.common.crd.meta import ObjectMeta
@@ -35,14 +35,10 @@ class ChaosObject(msgspec.Struct, kw_only=True):
 
 
 def load_yaml_documents(text: str) -> list[dict[str, Any]]:
-    """Parse multi-document YAML (or JSON); empty documents are skipped. Errors name the line."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise InvalidObject([f"yaml: invalid YAML{where}: {problem}"]) from None
+    """Parse multi-document YAML (or JSON) within `bounds`; empty documents are skipped. Errors name
+    the line.
+    """
+    docs = bounds.load_yaml(text)
     for i, d in enumerate(docs):
         if not isinstance(d, dict):
             raise InvalidObject([f"document {i + 1}: expected a mapping with apiVersion and kind"])
@@ -89,15 +85,17 @@ def decode_object_json(data: bytes, *, with_status: bool = True) -> ChaosObject:
         InvalidObject: as `decode_object`.
         msgspec.DecodeError: not JSON, or not an object.
     """
-    if with_status:
-        doc = msgspec.json.decode(data)
-        if not isinstance(doc, dict):
-            raise InvalidObject(["object: not a JSON object"])
-        return decode_object(doc)
     try:
+        if with_status:
+            doc = msgspec.json.decode(data)
+            if not isinstance(doc, dict):
+                raise InvalidObject(["object: not a JSON object"])
+            return decode_object(doc)
         parts = msgspec.json.decode(data, type=_WithoutStatus)
     except msgspec.ValidationError as e:
         raise from_msgspec(e, "") from None
+    except RecursionError:  # msgspec stops at Python's recursion limit, well past bounds.MAX_DEPTH
+        raise InvalidObject([f"object: nested deeper than {bounds.MAX_DEPTH} levels"]) from None
     return decode_object({k: v for k, v in msgspec.structs.asdict(parts).items() if v is not None})
 
 
@@ -109,16 +107,11 @@ def decode_object(doc: dict[str, Any], *, default_namespace: str = "default") ->
     api_version = doc.get("apiVersion")
     if api_version != API_VERSION:
         raise InvalidObject([f"apiVersion: expected {API_VERSION}, got {api_version!r}"])
+    meta = _metadata(doc, default_namespace)
+    raw_spec = doc.get("spec") or {}
+    bounds.checked_tree(raw_spec, "spec")
     try:
-        meta = msgspec.convert(doc.get("metadata") or {}, ObjectMeta)
-    except msgspec.ValidationError as e:
-        raise from_msgspec(e, "metadata") from None
-    if not meta.name:
-        raise InvalidObject(["metadata.name: required"])
-    if not meta.namespace:
-        meta = msgspec.structs.replace(meta, namespace=default_namespace)
-    try:
-        spec = msgspec.convert(doc.get("spec") or {}, CHAOS_KINDS[kind])
+        spec = msgspec.convert(raw_spec, CHAOS_KINDS[kind])
     except msgspec.ValidationError as e:
         raise from_msgspec(e, "spec") from None
     spec = spec.defaulted(meta.namespace)
@@ -132,6 +125,28 @@ def decode_object(doc: dict[str, Any], *, default_namespace: str = "default") ->
     return ChaosObject(api_version=API_VERSION, kind=kind, metadata=meta, spec=spec, status=status)
 
 
+def _metadata(doc: dict[str, Any], default_namespace: str) -> ObjectMeta:
+    """metadata converted and checked: a DNS-1123 name and namespace (they become KV keys and
+    subject tokens, where `a.b` in a namespace would meet another object's key), bounded values.
+    """
+    raw = bounds.metadata_of(doc)
+    bounds.checked_tree(raw, "metadata")
+    try:
+        meta = msgspec.convert(raw, ObjectMeta)
+    except msgspec.ValidationError as e:
+        raise from_msgspec(e, "metadata") from None
+    if not meta.name:
+        raise InvalidObject(["metadata.name: required"])
+    problems = Problems()
+    bounds.dns_subdomain(problems, "metadata.name", meta.name)
+    if meta.namespace:
+        bounds.dns_label(problems, "metadata.namespace", meta.namespace)
+    problems.raise_if_any()
+    if not meta.namespace:
+        meta = msgspec.structs.replace(meta, namespace=default_namespace)
+    return meta
+
+
 def decode_documents(text: str, *, default_namespace: str = "default") -> list[ChaosObject]:
     """Decode every document of a YAML stream; the first bad one raises, naming its position."""
     out = []
@@ -139,8 +154,7 @@ def decode_documents(text: str, *, default_namespace: str = "default") -> list[C
         try:
             out.append(decode_object(doc, default_namespace=default_namespace))
         except InvalidObject as e:
-            name = (doc.get("metadata") or {}).get("name", "?")
-            prefix = f"document {i + 1} ({doc.get('kind')}/{name})"
+            prefix = f"document {i + 1} ({doc.get('kind')}/{bounds.name_of(doc)})"
             raise InvalidObject([f"{prefix}: {err}" for err in e.errors]) from None
     return out
 

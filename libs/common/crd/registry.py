@@ -11,8 +11,8 @@ from typing import Any
 
 import msgspec
 
-from chaosbus.common.crd import orchestration
-from chaosbus.common.crd.errors import InvalidObject, from_msgspec
+from chaosbus.common.crd import bounds, orchestration
+from chaosbus.common.crd.errors import InvalidObject, Problems, from_msgspec
 from chaosbus.common.crd.kinds import ACCEPTED, CHAOS_KINDS, KINDS, NOT_EXECUTED, ORCHESTRATED, WATCHED_KINDS, Kind
 from chaosbus.common.crd.objects import API_VERSION, decode_object
 
@@ -36,8 +36,16 @@ def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:
         raise InvalidObject([f"kind: unknown kind {kind!r}"])
     if doc.get("apiVersion") != API_VERSION:
         raise InvalidObject([f"apiVersion: expected {API_VERSION}, got {doc.get('apiVersion')!r}"])
-    if not (doc.get("metadata") or {}).get("name"):
+    meta = bounds.metadata_of(doc)
+    bounds.checked_tree(meta, "metadata")
+    bounds.checked_tree(doc.get("spec"), "spec")
+    if not meta.get("name"):
         raise InvalidObject(["metadata.name: required"])
+    problems = Problems()
+    bounds.dns_subdomain(problems, "metadata.name", meta["name"])
+    if meta.get("namespace"):
+        bounds.dns_label(problems, "metadata.namespace", meta["namespace"])
+    problems.raise_if_any()
     try:
         spec = msgspec.convert(doc.get("spec") or {}, info.spec)
     except msgspec.ValidationError as e:

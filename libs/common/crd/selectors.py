@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from chaosbus.common.crd import bounds
 from chaosbus.common.crd.errors import Problems
 
 MODES = ("one", "all", "fixed", "fixed-percent", "random-max-percent")
@@ -66,14 +67,21 @@ def validate_mode(problems: Problems, path: str, mode: str, value: str) -> None:
     if mode == "fixed":
         n = _int_or_none(value)
         if n is None or n <= 0:
-            problems.add(f"{path}value", f"mode fixed needs an integer greater than 0, got {value!r}")
+            problems.add(f"{path}value", f"mode fixed needs an integer greater than 0, got {bounds.show(value)}")
     elif mode in ("fixed-percent", "random-max-percent"):
         n = _int_or_none(value)
         if n is None or not 0 < n <= 100:
-            problems.add(f"{path}value", f"mode {mode} needs an integer percentage in (0, 100], got {value!r}")
+            problems.add(f"{path}value",
+                         f"mode {mode} needs an integer percentage in (0, 100], got {bounds.show(value)}")
 
 
 def validate_selector(problems: Problems, path: str, selector: PodSelectorSpec) -> None:
+    for i, ns in enumerate(selector.namespaces):
+        bounds.dns_label(problems, f"{path}.namespaces[{i}]", ns)
+    for ns, names in selector.pods.items():
+        bounds.dns_label(problems, f"{path}.pods", ns)
+        for i, name in enumerate(names):
+            bounds.dns_subdomain(problems, f"{path}.pods.{ns}[{i}]", name)
     for i, req in enumerate(selector.expression_selectors):
         p = f"{path}.expressionSelectors[{i}]"
         problems.one_of(f"{p}.operator", req.operator, EXPRESSION_OPERATORS)
@@ -93,6 +101,6 @@ def validate_selector(problems: Problems, path: str, selector: PodSelectorSpec) 
 def _int_or_none(value: str) -> int | None:
     """Parse like Go's strconv.Atoi: an optional sign and digits, nothing else."""
     text = value[1:] if value[:1] in "+-" else value
-    if not text.isascii() or not text.isdigit():
+    if not text.isascii() or not text.isdigit() or len(text) > 18:  # beyond int64 is no count of pods
         return None
     return int(value)

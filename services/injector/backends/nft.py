@@ -106,10 +106,15 @@ def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Se
     return f"table inet {table} {{\n" + "\n".join(body) + "}\n"
 
 
+# `meta time` is an int64 of nanoseconds since the epoch: a later deadline would wrap and make the
+# rule match nothing, a fault that silently does nothing.
+_META_TIME_END = (2**63 - 1) // 1_000_000_000
+
+
 def _time_bound(until: float | None) -> str:
     if until is None:
         return ""
-    if not math.isfinite(until) or until <= 0:
+    if not math.isfinite(until) or until <= 0 or until >= _META_TIME_END:
         raise ValueError(f"invalid deadline {until!r}")
     return f"meta time < {math.ceil(until)} "
 
