@@ -86,9 +86,7 @@ class World:
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """Chaos Mesh's controller knobs CLUSTER_SCOPED, TARGET_NAMESPACE and ENABLE_FILTER_NAMESPACE,
-    and chaosbus's target guard (protected namespaces, ALLOW_HOST_NETWORK_TESTING).
-    """
+    """Chaos Mesh's CLUSTER_SCOPED, TARGET_NAMESPACE, ENABLE_FILTER_NAMESPACE, then chaosbus's target guard."""
 
     cluster_scoped: bool = True
     target_namespace: str = ""
