@@ -11,12 +11,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chaosbus.cli import control, pods, render, resources
+from chaosbus.cli import control, render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
 from chaosbus.common import config, subjects
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
+
+CONNECT_TIMEOUT_S = 3.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +90,9 @@ def _ns(p: argparse.ArgumentParser) -> None:
 
 async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]]) -> Any:
     try:
-        bus = await busmod.connect(url, "chaosbus-cli", connect_timeout=2.0)
+        # nats-py retries the first connect forever when reconnects are unlimited (right for a
+        # service, wrong for a command), so the command bounds it.
+        bus = await asyncio.wait_for(busmod.connect(url, "chaosbus-cli", connect_timeout=2.0), CONNECT_TIMEOUT_S)
     except Exception as e:
         raise UsageError(f"cannot reach NATS at {url} ({type(e).__name__}); is `chaosbus up` running?") from None
     try:
@@ -145,6 +149,9 @@ async def _apply_unless_halted(store: ObjectStore, bus: busmod.Bus, text: str, n
 
 
 async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
+    # Process pods need pyroute2 (~0.1 s to import), which no other command does.
+    from chaosbus.cli import pods
+
     if args.pod_command == "run":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         pod = await with_store(url, lambda s, _b: pods.run(

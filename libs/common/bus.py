@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import nats
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, NotFoundError
-from nats.js.kv import KeyValue
 
 from chaosbus.common import logging as cblog
+from chaosbus.common.tcpnats import check_url, tcp_only
+
+with tcp_only():
+    import nats
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.js import JetStreamContext, api
+    from nats.js.errors import BadRequestError, NotFoundError
+    from nats.js.kv import KeyValue
+
 from chaosbus.common import messages, subjects
 from chaosbus.common.errors import RetryLater
 
@@ -58,6 +62,7 @@ def decode(data: bytes, kind: type[M]) -> M:
 
 async def connect(url: str, name: str, *, connect_timeout: float = 2.0) -> Bus:
     """Connect with the settings a chaos tool needs: reconnect forever, notice a dead peer fast."""
+    check_url(url)
     async def _on_error(e: Exception) -> None:
         log.warning("nats error", error=str(e))
 
