@@ -71,6 +71,7 @@ class Supervisor:
         self.spec, self.store, self.ipam_kv = spec, store, ipam_kv
         self.netns = f"cbpod-{uuid.uuid4().hex[:8]}"
         self.ip = ""
+        self.uid = ""
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = asyncio.Event()
 
@@ -80,7 +81,8 @@ class Supervisor:
         prefix = s.subnet.split("/")[1]
         await asyncio.to_thread(podnet.ensure_bridge, s.bridge, f"{s.gateway}/{prefix}")
         await asyncio.to_thread(podnet.create_pod_network, self.netns, s.bridge, f"{self.ip}/{prefix}", s.gateway)
-        await self.store.create(pod_object(s, self.netns, self.ip))
+        created = await self.store.create(pod_object(s, self.netns, self.ip))
+        self.uid = str(created["metadata"]["uid"])
 
     async def run(self) -> None:
         restarts, last_exit, backoff = 0, None, 0.5
@@ -106,7 +108,8 @@ class Supervisor:
         out: Any = open(self.spec.log_file, "ab") if self.spec.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             return podnet.spawn_in_netns(self.spec.argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**os.environ, processid.POD_UID_ENV: self.uid})
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEME = "process://"
+# A process pod's supervisor starts the pod's process with its Pod's uid in this environment
+# variable, so an injector can tell which pod a pid belongs to from the process itself.
+POD_UID_ENV = "CHAOSBUS_POD_UID"
 
 
 @dataclass(frozen=True)

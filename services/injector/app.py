@@ -22,8 +22,8 @@ from chaosbus.common import config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
+from chaosbus.injector import authorize, faults, podpolicy, runtime
 from chaosbus.injector import executor as ex
-from chaosbus.injector import faults, runtime
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.journal import Journal
 from chaosbus.injector.metrics import InjectorMetrics
@@ -226,6 +226,7 @@ async def _housekeeping_forever(node: Node, interval: float) -> None:
 async def main(args: argparse.Namespace) -> None:
     metrics = InjectorMetrics()
     name = subjects.CLUSTER_NODE if args.cluster else config.node_name(args.node)
+    guard = service.guard(args)
     path = Path(args.journal) if args.journal else default_journal(name)
     journal = Journal(path, sync=args.journal_sync)
     api = None
@@ -235,17 +236,23 @@ async def main(args: argparse.Namespace) -> None:
 
         api = await kubeclient.api_client(args.kubeconfig)
         pods = cluster.KubePods(api, asyncio.get_running_loop())
-        executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image)),
-                               resolve=cluster.resolve_pod_only)
+        policy = authorize.Policy(guard=guard, mode=authorize.CLUSTER, api=True)
+        tasks = task_policy(guard, args.task_namespaces)
+        executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image),
+                                                                        tasks),
+                               resolve=cluster.resolve_pod_only, policy=policy)
     else:
         runtime.configure(runtime_config(args))
-        executor = ex.Executor(journal, name)
+        policy = authorize.Policy(guard=guard, mode=args.mode)
+        executor = ex.Executor(journal, name, policy=policy)
     node = Node(journal, executor, lease_ttl=args.lease_seconds)
     edge = Edge(node, name, metrics)
     exemptions.configure(args.nats)  # never cut our own control traffic
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
-        log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds)
+        log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds,
+                 mode=policy.mode, protected_namespaces=sorted(guard.protected_namespaces),
+                 allow_host_network_testing=guard.allow_host_network_testing)
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
         if args.cluster:  # no kernel state here: nothing for the orphan sweeper
@@ -269,8 +276,22 @@ def runtime_config(args: argparse.Namespace) -> runtime.RuntimeConfig:
     return runtime.config_from_env(args.containerd_socket, args.crio_socket, args.docker_socket, args.runtime_timeout)
 
 
+def task_policy(guard: config.TargetGuard, namespaces: str | None) -> podpolicy.TaskPodPolicy:
+    listed = namespaces if namespaces is not None else os.environ.get("CHAOSBUS_TASK_NAMESPACES")
+    allowed = None if listed is None else frozenset(n.strip() for n in listed.split(",") if n.strip())
+    return podpolicy.TaskPodPolicy(protected=guard.protected_namespaces, namespaces=allowed)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
+    p.add_argument("--mode", choices=authorize.MODES, default=os.environ.get("CHAOSBUS_MODE") or authorize.LOCAL,
+                   help="local: targets are process pods (process://) and Tasks run as processes; cluster: a "
+                        "node of a Kubernetes cluster, targets are runtime containers only and Tasks are refused "
+                        "(they run as Pods there). Default: CHAOSBUS_MODE or local")
+    p.add_argument("--task-namespaces", default=None,
+                   help="with --cluster: comma-separated namespaces where Task Pods may be created (default: "
+                        "CHAOSBUS_TASK_NAMESPACES, else the Workflow's own namespace, never a protected one)")
+    service.add_guard_arguments(p)
     p.add_argument("--cluster", action="store_true",
                    help="the cluster injector: API-level faults (pod-kill, pod-failure) through the Kubernetes "
                         f"API, as node {subjects.CLUSTER_NODE!r}")

@@ -27,6 +27,7 @@ from chaosbus.injector.faults.api_pod_kill import ApiPodKill
 from chaosbus.injector.faults.pod_failure import PodFailure
 from chaosbus.injector.faults.task_pod import TaskPod
 from chaosbus.injector.podapi import Pod, PodApi, PodApiError
+from chaosbus.injector.podpolicy import TaskPodPolicy
 
 T = TypeVar("T")
 PAUSE_IMAGE_ENV = "POD_FAILURE_PAUSE_IMAGE"  # Chaos Mesh's controller setting, same name
@@ -74,9 +75,12 @@ class KubePods:
         return self._call(go())
 
     def delete(self, namespace: str, name: str, *, grace_period: int, uid: str) -> Pod | None:
+        if not uid:  # never a delete by name alone: it could hit a Pod nobody selected
+            raise PodApiError(412, f"refused: deleting pod {namespace}/{name} needs its uid as a precondition")
+
         async def go() -> Pod | None:
             body = client.V1DeleteOptions(grace_period_seconds=grace_period,
-                                          preconditions=client.V1Preconditions(uid=uid) if uid else None)
+                                          preconditions=client.V1Preconditions(uid=uid))
             resp = await self.core.delete_namespaced_pod(name, namespace, body=body,
                                                          grace_period_seconds=grace_period,
                                                          _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
@@ -126,9 +130,9 @@ def _body_of(status: int, reason: Any, raw: bytes) -> Pod | None:
     return data if isinstance(data, dict) else None
 
 
-def registry(pods: PodApi, pause_image: str) -> dict[str, faults.Fault]:
-    """The faults this injector performs, by tag."""
-    return {f.name: f for f in (ApiPodKill(pods), PodFailure(pods, pause_image), TaskPod(pods))}
+def registry(pods: PodApi, pause_image: str, tasks: TaskPodPolicy | None = None) -> dict[str, faults.Fault]:
+    """The faults this injector performs, by tag; `tasks`: where and how Task Pods may run."""
+    return {f.name: f for f in (ApiPodKill(pods), PodFailure(pods, pause_image), TaskPod(pods, policy=tasks))}
 
 
 def resolve_pod_only(container_id: str) -> runtime.ContainerHandle:

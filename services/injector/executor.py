@@ -22,7 +22,7 @@ from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
 from chaosbus.common.netns import netns_inode
-from chaosbus.injector import core, expiry, faults, runtime
+from chaosbus.injector import authorize, core, expiry, faults, runtime
 from chaosbus.injector.journal import (
     ACTIVE,
     APPLYING,
@@ -60,8 +60,11 @@ class Outcome:
 
 class Executor:
     def __init__(self, journal: Journal, node: str, *, registry: dict[str, faults.Fault] | None = None,
-                 resolve: core.Resolver = runtime.resolve, clock: Callable[[], float] = time.time) -> None:
+                 resolve: core.Resolver = runtime.resolve, clock: Callable[[], float] = time.time,
+                 policy: authorize.Policy | None = None) -> None:
         self.journal, self.node, self.resolve, self.clock = journal, node, resolve, clock
+        # None: no re-checks, for tests of the node machinery alone; the service always passes one.
+        self.policy = policy
         self.registry = faults.REGISTRY if registry is None else registry
 
     # --- commands -------------------------------------------------------------------------------
@@ -95,10 +98,16 @@ class Executor:
             done_at = time.strftime("%H:%M:%S", time.gmtime(entry.updated))
             return replace(plan, result=core.result(action, True, f"already done on this node at {done_at}Z; "
                                                     "a repeated command does not repeat it"))
+        refusal = None if self.policy is None else authorize.refuse_action(self.policy, cmd, action)
+        if refusal is not None:
+            return replace(plan, result=core.result(action, False, refusal, retryable=False))
         try:
             handles = core.resolve_all(action, self.resolve)
         except runtime.UnsupportedRuntime as e:
             return replace(plan, result=core.result(action, False, str(e), retryable=e.retryable))
+        refusal = None if self.policy is None else authorize.refuse_handles(self.policy, action, handles)
+        if refusal is not None:
+            return replace(plan, result=core.result(action, False, refusal, retryable=False))
         intent = Entry(key=plan.key, experiment_uid=cmd.experiment_uid, generation=cmd.generation, kind=cmd.kind,
                        namespace=cmd.namespace, name=cmd.name, action=action,
                        identity=identity_of(action.pod_uid, handles),

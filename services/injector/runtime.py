@@ -36,6 +36,9 @@ SOCKET_ENV = {
     "docker": ("CHAOSBUS_DOCKER_SOCKET", "/var/run/docker.sock"),
 }
 TIMEOUT_ENV = "CHAOSBUS_RUNTIME_TIMEOUT"
+# The kubelet labels every container it creates with its pod's uid; CRI runtimes and Docker report it.
+POD_UID_LABEL = "io.kubernetes.pod.uid"
+POD_UID_ENV = processid.POD_UID_ENV
 # After a runtime timed out or was unavailable, calls to it fail at once for this long.
 BREAKER_COOLDOWN_S = 5.0
 
@@ -55,13 +58,16 @@ class UnsupportedRuntime(Exception):
 
 @dataclass(frozen=True)
 class ContainerHandle:
-    """Where one container lives on this node. `alive=False`: the target is gone."""
+    """Where one container lives on this node. `alive=False`: the target is gone. `pod_uid`: the
+    pod the node says it belongs to ("" none; None the runtime was not asked, e.g. a journaled handle).
+    """
 
     container_id: str
     pid: int
     netns_path: str
     mnt_ns_path: str
     alive: bool
+    pod_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +177,13 @@ def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHan
         # container died between the two looks; a retry tells the two apart.
         raise UnsupportedRuntime(f"{scheme} reports {container_id} running as pid {seen.pid}, which this injector "
                                  "cannot see: run it in the host PID namespace (hostPID: true)", retryable=True)
-    return _live_handle(container_id, seen.pid)
+    return _live_handle(container_id, seen.pid, (seen.labels or {}).get(POD_UID_LABEL, ""))
 
 
-def _live_handle(container_id: str, pid: int) -> ContainerHandle:
+def _live_handle(container_id: str, pid: int, pod_uid: str) -> ContainerHandle:
     proc_netns = f"/proc/{pid}/ns/net"
     return ContainerHandle(container_id=container_id, pid=pid, netns_path=_named_netns(proc_netns) or proc_netns,
-                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True)
+                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True, pod_uid=pod_uid)
 
 
 def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
@@ -196,7 +202,19 @@ def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
         netns_path=(_named_netns(proc_netns) or proc_netns) if alive else proc_netns,
         mnt_ns_path=f"/proc/{pid}/ns/mnt",
         alive=alive,
+        pod_uid=_environ(pid).get(POD_UID_ENV, "") if alive else None,
     )
+
+
+def _environ(pid: int) -> dict[str, str]:
+    """The environment a process started with (/proc/<pid>/environ; empty when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
 def _named_netns(proc_netns: str) -> str | None:

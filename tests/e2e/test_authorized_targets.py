@@ -1,18 +1,25 @@
 """Authorized targets on the live local system: an experiment in `team-a` naming `kube-system` is
-refused in its status and the kube-system pod is untouched.
+refused in its status and the kube-system pod is untouched; a forged node command (straight onto
+`chaos.cmd.<node>`, as anyone who reaches NATS could send it) cannot kill a host process, nor one
+pod's process under another pod's uid: the injector's result says why and the process lives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 import sys
+import time
 
 import psutil
 import pytest
 import yaml
 from helpers.live import BRIDGE, SUBNET, System, eventually
 
-from chaosbus.common import processid
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+from chaosbus.common import processid, subjects
 
 pytestmark = pytest.mark.privileged
 
@@ -54,7 +61,57 @@ def test_team_a_cannot_kill_a_kube_system_pod(system: System) -> None:
         assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         pods = json.loads(system.cli("pod", "list", "-n", "kube-system", "-o", "json").stdout)
         assert [p["status"]["containerStatuses"][0]["restartCount"] for p in pods
-                if p["metadata"]["name"] == "coredns"] == [0]
+                if p["metadata"]["name"] == "coredns"] == [0]  # a pod of its own: never restarted
         system.cli("delete", "podchaos", "kill-dns", "-n", "team-a")
     finally:
         system.cli("pod", "rm", "coredns", "-n", "kube-system", check=False)
+
+
+def forge(system: System, action: m.TargetAction) -> m.TargetResult:
+    """Publish a pod-kill command for `action` to the live node injector; its one result."""
+    uid = f"forged-{time.monotonic_ns()}"
+    cmd = m.NodeCommand(command_id=f"{uid}.1", experiment_uid=uid, generation=1, kind="PodChaos",
+                        namespace="team-a", name="forged", node="node-e2e", issued_at=time.time(), actions=[action])
+
+    async def send() -> m.TargetResult:
+        bus = await busmod.connect(system.url, "e2e-forger")
+        try:
+            sub = await bus.nc.subscribe(subjects.result_subject(uid))
+            await bus.publish(subjects.command_subject("node-e2e"), cmd, msg_id=cmd.command_id)
+            msg = await sub.next_msg(timeout=10)
+            batch = busmod.decode(msg.data, m.ResultBatch)
+            [result] = batch.results
+            return result
+        finally:
+            await bus.close()
+
+    return asyncio.run(send())
+
+
+def test_a_forged_pod_kill_of_a_host_process_kills_nothing(system: System) -> None:
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        res = forge(system, m.TargetAction(target_id="team-a/x", op="apply", pod_uid="any", namespace="team-a",
+                                           pod_name="x", container_ids=[f"process://{victim.pid}"],
+                                           fault=m.PodKill()))
+        assert not res.ok and res.message.startswith("refused: ") and "not a process pod's process" in res.message
+        time.sleep(0.2)
+        assert victim.poll() is None, "a host process was killed by a forged command"
+    finally:
+        victim.kill()
+        victim.wait(5)
+
+
+def test_a_forged_pod_kill_cannot_borrow_another_pods_uid(system: System) -> None:
+    peer0, peer1 = system.pod("peer-0"), system.pod("peer-1")
+    cid = peer1["status"]["containerStatuses"][0]["containerID"]
+    restarts = peer1["status"]["containerStatuses"][0]["restartCount"]
+    res = forge(system, m.TargetAction(target_id="default/peer-0", op="apply", pod_uid=peer0["metadata"]["uid"],
+                                       namespace="default", pod_name="peer-0", container_ids=[cid],
+                                       fault=m.PodKill()))
+    assert not res.ok, res
+    assert f"belongs to pod uid {peer1['metadata']['uid']}" in res.message, res.message
+    time.sleep(0.2)
+    assert system.pod("peer-1")["status"]["containerStatuses"][0]["restartCount"] == restarts
+    pid = processid.parse(cid)
+    assert pid is not None and processid.is_running(pid), "peer-1 was killed under peer-0's name"

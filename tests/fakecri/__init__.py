@@ -38,12 +38,17 @@ class Containers:
     procs: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     reply_override: dict[str, bytes] = field(default_factory=dict)  # container id -> raw reply body
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # container id -> its labels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, container_id: str, argv: list[str] | None = None, spawn: Spawn | None = None) -> int:
+    def start(self, container_id: str, argv: list[str] | None = None, spawn: Spawn | None = None, *,
+              pod_uid: str | None = None) -> int:
+        """Start the container's process; with `pod_uid`, labelled as a kubelet labels its containers."""
         proc = (spawn or _popen)(argv or ["sleep", "300"])
         with self.lock:
             self.procs[container_id] = proc
+            if pod_uid is not None:
+                self.labels[container_id] = {"io.kubernetes.pod.uid": pod_uid, "io.kubernetes.pod.name": "web-0"}
         return proc.pid
 
     def observe(self, method: str, container_id: str) -> subprocess.Popen[Any] | None:
@@ -109,8 +114,8 @@ class FakeCri:
         info = {"info": json.dumps({"sandboxID": "sb", "pid": proc.pid if running else 0,
                                     "runtimeSpec": {"ociVersion": "1.0.2"}})} if req.verbose else {}
         state = criwire.CONTAINER_RUNNING if running else criwire.CONTAINER_EXITED
-        return criwire.encode_status_reply(criwire.StatusReply(req.container_id, state,
-                                                               0 if running else 137, info))
+        return criwire.encode_status_reply(criwire.StatusReply(
+            req.container_id, state, 0 if running else 137, info, self.containers.labels.get(req.container_id, {})))
 
     def _stop(self, req: criwire.StopRequest, context: grpc.ServicerContext) -> bytes:
         proc = self.containers.observe("StopContainer", req.container_id)
@@ -170,7 +175,8 @@ class FakeDocker:
                     return self._reply(404, {"message": f"No such container: {cid}"})
                 running = _running(proc)
                 self._reply(200, {"Id": cid, "State": {"Status": "running" if running else "exited",
-                                                       "Running": running, "Pid": proc.pid if running else 0}})
+                                                       "Running": running, "Pid": proc.pid if running else 0},
+                                  "Config": {"Labels": fake.containers.labels.get(cid)}})
 
             def do_POST(self) -> None:  # noqa: N802
                 url = urlsplit(self.path)

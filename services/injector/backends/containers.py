@@ -22,10 +22,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Observed:
-    """One container as its runtime sees it: its init process's host PID, and whether it runs."""
+    """One container as its runtime sees it: its init process's host PID, whether it runs, and its
+    labels (the kubelet's `io.kubernetes.pod.uid` among them; None: the reply had none to give).
+    """
 
     pid: int
     running: bool
+    labels: dict[str, str] | None = None
 
 
 class RuntimeCallError(Exception):

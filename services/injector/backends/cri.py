@@ -68,8 +68,9 @@ class CriClient:
             if running:
                 raise RuntimeCallError(f"{self.runtime} ContainerStatus for running container {container_id} has "
                                        "no verbose info[\"info\"] with its pid")
-            return Observed(pid=0, running=False)
-        return Observed(pid=pid_from_json(info, f"{self.runtime} info[\"info\"] of {container_id}"), running=running)
+            return Observed(pid=0, running=False, labels=reply.labels)
+        return Observed(pid=pid_from_json(info, f"{self.runtime} info[\"info\"] of {container_id}"), running=running,
+                        labels=reply.labels)
 
     def stop(self, container_id: str) -> bool:
         """StopContainer with timeout 0 (kill now); False if the runtime does not know the container.

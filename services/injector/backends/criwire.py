@@ -166,6 +166,7 @@ class StatusReply:
     state: int = CONTAINER_CREATED
     exit_code: int = 0
     info: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # ContainerStatus.labels
 
 
 def encode_status_request(req: StatusRequest) -> bytes:
@@ -198,6 +199,8 @@ def decode_stop_request(data: bytes) -> StopRequest:
 
 def encode_status_reply(reply: StatusReply) -> bytes:
     status = string_field(1, reply.container_id) + varint_field(3, reply.state) + varint_field(7, reply.exit_code)
+    for key, val in reply.labels.items():
+        status += bytes_field(12, string_field(1, key) + string_field(2, val))
     out = bytes_field(1, status)
     for key, val in reply.info.items():
         out += bytes_field(2, string_field(1, key) + string_field(2, val))
@@ -210,22 +213,25 @@ def decode_status_reply(data: bytes) -> StatusReply:
     Raises:
         WireError: malformed bytes, or a known field with the wrong wire type.
     """
-    cid, state, exit_code, info = "", CONTAINER_CREATED, 0, {}
+    cid, state, exit_code = "", CONTAINER_CREATED, 0
+    info: dict[str, str] = {}
+    labels: dict[str, str] = {}
     for number, wt, value in fields(data):
         if number == 1:
             payload = _payload(number, wt, value, LENGTH, "ContainerStatusResponse.status")
             assert isinstance(payload, bytes)
-            cid, state, exit_code = _decode_status(payload)
+            cid, state, exit_code, labels = _decode_status(payload)
         elif number == 2:
             payload = _payload(number, wt, value, LENGTH, "ContainerStatusResponse.info")
             assert isinstance(payload, bytes)
             key, val = _decode_map_entry(payload)
             info[key] = val
-    return StatusReply(cid, state, exit_code, info)
+    return StatusReply(cid, state, exit_code, info, labels)
 
 
-def _decode_status(data: bytes) -> tuple[str, int, int]:
+def _decode_status(data: bytes) -> tuple[str, int, int, dict[str, str]]:
     cid, state, exit_code = "", CONTAINER_CREATED, 0
+    labels: dict[str, str] = {}
     for number, wt, value in fields(data):
         if number == 1:
             cid = _text(number, wt, value, "ContainerStatus.id")
@@ -233,7 +239,12 @@ def _decode_status(data: bytes) -> tuple[str, int, int]:
             state = _number(number, wt, value, "ContainerStatus.state")
         elif number == 7:
             exit_code = _number(number, wt, value, "ContainerStatus.exit_code")
-    return cid, state, exit_code
+        elif number == 12:
+            payload = _payload(number, wt, value, LENGTH, "ContainerStatus.labels")
+            assert isinstance(payload, bytes)
+            key, val = _decode_map_entry(payload)
+            labels[key] = val
+    return cid, state, exit_code, labels
 
 
 def _decode_map_entry(data: bytes) -> tuple[str, str]:

@@ -64,8 +64,11 @@ class DockerClient:
         state = doc.get("State") if isinstance(doc, dict) else None
         if not isinstance(state, dict) or not isinstance(state.get("Running"), bool):
             raise RuntimeCallError(f"docker inspect {container_id}: reply has no State.Running boolean")
+        conf = doc.get("Config")
+        raw = conf.get("Labels") if isinstance(conf, dict) else None
+        labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
         return Observed(pid=checked_pid(state.get("Pid"), f"docker inspect {container_id} State.Pid"),
-                        running=state["Running"])
+                        running=state["Running"], labels=labels)
 
     def kill(self, container_id: str) -> bool:
         """SIGKILL the container through the Engine; False if the Engine does not know it.

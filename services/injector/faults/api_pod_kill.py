@@ -24,6 +24,9 @@ class ApiPodKill:
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         a = ctx.action
         grace = spec.grace_period if isinstance(spec, PodKill) else 0
+        if not a.pod_uid:  # a delete by name alone could kill a Pod that was never selected
+            raise FaultError(f"refused: no pod uid for {a.namespace}/{a.pod_name}: a Pod is only deleted with its "
+                             "uid as a precondition", retryable=False)
         try:
             pod = self.pods.delete(a.namespace, a.pod_name, grace_period=grace, uid=a.pod_uid)
         except PodApiError as e:

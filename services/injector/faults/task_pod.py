@@ -31,6 +31,7 @@ from chaosbus.common.messages import FaultSpec, Task
 from chaosbus.common.objects import parse_rfc3339
 from chaosbus.injector.faults import CommandOutput, FaultContext, FaultError
 from chaosbus.injector.podapi import Pod, PodApi, PodApiError
+from chaosbus.injector.podpolicy import TaskPodPolicy, refusal
 
 LABEL_WORKFLOW = "chaos-mesh.org/workflow"  # the labels Chaos Mesh puts on its task Pods
 LABEL_CONTROLLED_BY = "chaos-mesh.org/controlled-by"
@@ -122,13 +123,17 @@ class TaskPod:
     one_shot = True
 
     def __init__(self, pods: PodApi, *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, policy: TaskPodPolicy | None = None) -> None:
         self.pods, self.clock, self.sleep = pods, clock, sleep
+        self.policy = policy or TaskPodPolicy()
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> CommandOutput:
         assert isinstance(spec, Task)
         body = pod_body(ctx.namespace, ctx.experiment_name, spec)
         where = f"task pod {ctx.namespace}/{body['metadata']['name']}"
+        why = refusal(self.policy, ctx.namespace, body)
+        if why is not None:
+            raise FaultError(f"refused: {where}: {why}", retryable=False)
         deadline = self.clock() + spec.timeout_s
         pod = self._create_or_attach(ctx.namespace, body, spec, deadline, where)
         created = started_at(pod)

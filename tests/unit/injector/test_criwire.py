@@ -61,7 +61,8 @@ def test_a_real_runtimes_extra_fields_are_skipped() -> None:
     raw = (w.bytes_field(1, status) + w.bytes_field(2, w.string_field(1, "info") + w.string_field(2, "{}"))
            + w.bytes_field(2, w.string_field(1, "other") + w.string_field(2, "x")) + w.varint_field(9, 5))
     reply = w.decode_status_reply(raw)
-    assert reply == w.StatusReply("c1", w.CONTAINER_EXITED, 137, {"info": "{}", "other": "x"})
+    assert reply == w.StatusReply("c1", w.CONTAINER_EXITED, 137, {"info": "{}", "other": "x"},
+                                  labels={"io.kubernetes.pod.name": "web-0"})  # the labels are read
 
 
 @given(st.text(max_size=80), st.sampled_from(sorted(w.STATE_NAMES)), st.integers(-(1 << 31), (1 << 31) - 1),

@@ -1,0 +1,115 @@
+"""An injector re-checks what it is told before it touches anything: whoever sent a command (a
+scheduler talked into a bad selection, or a forged message), an apply only goes ahead on a target
+the injector itself can see is a legitimate one. A refusal is a failed, not retryable, per-target
+result starting with `refused:`, so the status record says why.
+
+Checks before resolving (`refuse_action`): the target's namespace is not protected; the cluster
+injector acts on a Pod only by uid (a delete or patch by name alone could hit a Pod the experiment
+never selected); a node injector on a Kubernetes node runs no Task (there a Task is a Pod, made by
+the cluster injector) and resolves no `process://` id.
+
+Checks on what the node shows (`refuse_handles`): a runtime container carries the CRI label
+`io.kubernetes.pod.uid` of the pod in the command; a `process://` target (local mode) lives in a
+named network namespace other than the injector's own, i.e. in a process pod's sandbox, never in
+the host's, and, when it carries the pod uid its supervisor gave it, that uid is the command's;
+a network fault never lands in the node's own network namespace unless host-network testing is on.
+
+Pure apart from reading /proc and stat(2) of namespace files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from chaosbus.common import messages as m
+from chaosbus.common.config import TargetGuard
+from chaosbus.common.netns import NETNS_RUN_DIR
+from chaosbus.injector import runtime
+
+REFUSED = "refused: "
+LOCAL, CLUSTER = "local", "cluster"
+MODES = (LOCAL, CLUSTER)
+NETWORK_FAULTS = (m.Partition, m.Shaping)
+API_FAULTS = (m.PodKill, m.PodFailure)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What this injector accepts. `mode`: `local` (process pods, Tasks as processes) or `cluster`
+    (a node injector on a Kubernetes node: runtime containers only). `api`: the cluster injector,
+    which acts on Pods through the API.
+    """
+
+    guard: TargetGuard = field(default_factory=TargetGuard)
+    mode: str = LOCAL
+    api: bool = False
+    host_netns: str = "/proc/self/ns/net"  # the node's own network namespace (the injector's)
+
+
+def refuse_action(policy: Policy, cmd: m.NodeCommand, action: m.TargetAction) -> str | None:
+    """Why this apply must not run, judged from the command alone (None: go on)."""
+    fault = action.fault
+    namespace = cmd.namespace if isinstance(fault, m.Task) else action.namespace
+    if isinstance(fault, m.Task) and not policy.api and policy.mode == CLUSTER:
+        return (f"{REFUSED}a node injector in cluster mode runs no Task: in a cluster a Task runs as a Pod "
+                "(scheduler --cluster-injector, injector --cluster)")
+    if (policy.api or not isinstance(fault, m.Task)) and policy.guard.protected(namespace):
+        return f"{REFUSED}namespace {namespace} is protected: chaosbus never targets it (PROTECTED_NAMESPACES)"
+    if policy.api and isinstance(fault, API_FAULTS) and not action.pod_uid:
+        return (f"{REFUSED}no pod uid for {action.namespace}/{action.pod_name}: a Pod is only ever deleted or "
+                "patched with its uid as a precondition")
+    if policy.mode == CLUSTER and not policy.api:
+        bare = [cid for cid in action.container_ids if cid.startswith("process://")]
+        if bare:
+            return (f"{REFUSED}{bare[0]} is a process id: in cluster mode a target is a container named by its "
+                    "runtime (containerd://, cri-o://, docker://)")
+    return None
+
+
+def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime.ContainerHandle]) -> str | None:
+    """Why the resolved containers are not the command's pod, or not to be touched (None: go on)."""
+    if policy.api:
+        return None
+    network = isinstance(action.fault, NETWORK_FAULTS)
+    host = _inode(policy.host_netns)
+    for h in handles:
+        if not h.alive:
+            continue  # gone: the fault finds nothing to do, and says so
+        scheme = h.container_id.partition("://")[0]
+        netns = _inode(h.netns_path)
+        if scheme in runtime.KNOWN_RUNTIMES:
+            why = _wrong_pod(h, action.pod_uid)
+        else:
+            why = _not_a_process_pod(h, action.pod_uid, netns, host)
+        if why is None and network and not policy.guard.allow_host_network_testing and netns == host:
+            why = (f"{h.container_id} shares the node's own network namespace (a hostNetwork pod): network faults "
+                   "never target it (ALLOW_HOST_NETWORK_TESTING is off)")
+        if why is not None:
+            return REFUSED + why
+    return None
+
+
+def _wrong_pod(h: runtime.ContainerHandle, pod_uid: str) -> str | None:
+    if h.pod_uid is None or h.pod_uid == pod_uid:
+        return None
+    if not h.pod_uid:
+        return (f"{h.container_id} carries no {runtime.POD_UID_LABEL} label: it is not a Kubernetes pod's "
+                "container")
+    return f"{h.container_id} belongs to pod uid {h.pod_uid}, not to {pod_uid or '(none given)'}"
+
+
+def _not_a_process_pod(h: runtime.ContainerHandle, pod_uid: str, netns: int | None, host: int | None) -> str | None:
+    if not h.netns_path.startswith(NETNS_RUN_DIR + "/") or netns is None or netns == host:
+        return (f"{h.container_id} is not a process pod's process: it does not live in a pod's own named network "
+                f"namespace ({NETNS_RUN_DIR})")
+    if h.pod_uid and h.pod_uid != pod_uid:
+        return f"{h.container_id} belongs to pod uid {h.pod_uid}, not to {pod_uid or '(none given)'}"
+    return None
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
