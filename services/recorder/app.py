@@ -17,7 +17,7 @@ import msgspec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
-from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED
+from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
@@ -63,7 +63,13 @@ class Recorder:
         except msgspec.DecodeError:
             return
         obj = msgspec.json.decode(event.object)
-        if not isinstance(obj, dict) or core.finalizer_change(obj, self.latest.get(event.uid)) is None:
+        if not isinstance(obj, dict):
+            return
+        why = kinds.not_run(event.kind, obj.get("spec") or {})
+        if why is not None:  # a remote cluster's experiment: no finalizer, nothing will recover here
+            await self._mutate(event.kind, event.namespace, event.name, lambda o: core.not_supported(o, why))
+            return
+        if core.finalizer_change(obj, self.latest.get(event.uid)) is None:
             return
         latest = self.latest.get(event.uid)
         try:

@@ -153,14 +153,14 @@ SUPPORTED = "Supported"
 NOT_SUPPORTED = "NotSupported"
 
 
-def not_supported(obj: Obj) -> Obj | None:
-    """Mark an object of a kind chaosbus accepts but does not execute: condition Supported=False
-    (reason NotSupported) saying nothing is injected. None if already marked.
+def not_supported(obj: Obj, why: str | None = None) -> Obj | None:
+    """Mark an object chaosbus does not run (a kind it accepts but does not execute, an experiment
+    for a remote cluster): condition Supported=False (reason NotSupported) saying why nothing is
+    injected (default: `kinds.not_run`'s reason). None if already marked.
     """
     status = dict(obj.get("status") or {})
-    condition = {"type": SUPPORTED, "status": "False", "reason": NOT_SUPPORTED,
-                 "message": f"chaosbus accepts {obj.get('kind')} objects but does not execute them yet; "
-                            "nothing is injected"}
+    message = why or kinds.not_run(str(obj.get("kind")), obj.get("spec") or {}) or ""
+    condition = {"type": SUPPORTED, "status": "False", "reason": NOT_SUPPORTED, "message": message}
     others = [c for c in status.get("conditions") or [] if c.get("type") != SUPPORTED]
     new = {**status, "conditions": [*others, condition]}
     if new == obj.get("status"):

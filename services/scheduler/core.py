@@ -18,8 +18,9 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
-from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, ChaosObject, InvalidObject, decode_object_json
+from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, ChaosObject, InvalidObject, decode_object_json, kinds
 from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
+from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
 from chaosbus.scheduler import memory, plan
@@ -61,6 +62,7 @@ class SchedulerCore:
         self._saved: dict[str, m.ExperimentMemory] = {}  # last written per experiment
         self._dirty: set[str] = set()
         self._last_full = float("-inf")  # the last tick that reconciled every experiment
+        self.refused: dict[str, tuple[int, bool, str]] = {}  # uid -> what was last said about an undecodable object
 
     # --- memory (KV `scheduler`) ----------------------------------------------------------------
 
@@ -118,7 +120,9 @@ class SchedulerCore:
             # The status is read once, to resume; every later event (mostly status writes) skips it.
             obj = decode_object_json(event.object, with_status=known is None or known.targets is None)
         except (InvalidObject, msgspec.DecodeError) as e:
-            return Outputs(errors=[f"{event.kind}/{event.namespace}/{event.name}: {e}"])
+            return self._refuse(event, str(e), now)
+        if kinds.not_run(obj.kind, obj.spec) is not None:  # the recorder marks it not supported
+            return Outputs()
         exp = self.experiments.get(obj.metadata.uid)
         if exp is None:
             mem = self.stored.pop(obj.metadata.uid, None)
@@ -139,6 +143,30 @@ class SchedulerCore:
             exp.targets = self._resume(obj)
             self._dirty.add(exp.uid)
         return self.reconcile(exp, now)
+
+    def _refuse(self, event: m.ObjectEvent, error: str, now: float) -> Outputs:
+        """An object that cannot be run as it is (cluster mode stores what the API server admits):
+        Failed with the reason in its status, and, being never injected, free to go once deleted.
+        """
+        where = f"{event.kind}/{event.namespace}/{event.name}: {error}"
+        if event.type == "DELETED":
+            self.refused.pop(event.uid, None)
+            return Outputs()
+        try:
+            meta = decode_metadata(event.object)
+        except msgspec.DecodeError:
+            return Outputs(errors=[where])
+        generation = meta.get("generation")
+        decision = m.ExperimentDecision(
+            experiment_uid=event.uid, generation=generation if isinstance(generation, int) else 1, kind=event.kind,
+            namespace=event.namespace, name=event.name, desired_phase="Stop",
+            selection_error=f"the object cannot be run: {error}", deleting=bool(meta.get("deletionTimestamp")),
+            at=now)
+        seen = (decision.generation, decision.deleting, error)
+        if self.refused.get(event.uid) == seen:  # most events are the echoes of our own status writes
+            return Outputs()
+        self.refused[event.uid] = seen
+        return Outputs(decisions=[decision], errors=[where])
 
     def on_results(self, batch: m.ResultBatch, now: float) -> Outputs:
         exp = self.experiments.get(batch.experiment_uid)

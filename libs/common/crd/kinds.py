@@ -158,6 +158,20 @@ def one_shot(kind: str, spec: Any) -> bool:
     return info is not None and info.action(action_of(spec)).one_shot
 
 
+def not_run(kind: str, spec: Any) -> str | None:
+    """Why chaosbus does not run an object of `kind` with this spec (a Struct or a dict), for its
+    status; None when it runs it. Objects aimed at a remote cluster never run on the local one.
+    """
+    info = KINDS.get(kind)
+    if info is None or info.role == "accepted":
+        return f"chaosbus accepts {kind} objects but does not execute them yet; nothing is injected"
+    remote = spec.get("remoteCluster") if isinstance(spec, dict) else getattr(spec, "remote_cluster", "")
+    if remote:
+        return (f"spec.remoteCluster is {remote!r}: chaosbus does not run experiments on remote clusters; "
+                "nothing is injected")
+    return None
+
+
 def by_name(text: str) -> Kind | None:
     """The kind a CLI name means: `NetworkChaos`, `networkchaos`, `nwc`, `networkchaos.chaos-mesh.org`."""
     t = text.split(".", 1)[0].lower()
