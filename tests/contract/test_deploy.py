@@ -409,3 +409,70 @@ def test_server_side_apply_of_the_base_succeeds(real_kube: Any) -> None:
     established = subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *names],
                                  capture_output=True, text=True, timeout=90)
     assert established.returncode == 0, established.stderr
+
+
+# --- authorized targets ----------------------------------------------------------------------------
+
+NAMESPACED = ROOT / "deploy" / "k8s-namespaced"
+
+
+def test_node_injectors_run_in_cluster_mode_and_every_service_sees_the_same_guard() -> None:
+    from chaosbus.injector import authorize
+
+    env = container_env(container("chaosbus-injector"))
+    assert env["CHAOSBUS_MODE"] == authorize.CLUSTER, "node injectors must refuse process:// ids and Tasks"
+    for name in ("chaosbus-scheduler", "chaosbus-injector", "chaosbus-cluster-injector"):
+        c = container(name)
+        own = [e for e in c.get("env", []) if e["name"] == "POD_NAMESPACE"]
+        assert own and own[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", \
+            f"{name} must know chaosbus's own namespace to protect it"
+        guard = config.target_guard(env={**container_env(c), "POD_NAMESPACE": NAMESPACE})
+        assert guard.protected_namespaces == {NAMESPACE, "kube-system"} and not guard.allow_host_network_testing
+
+
+def _rendered_namespaced() -> list[Obj]:
+    kubectl = _kubectl()
+    done = subprocess.run([kubectl, "kustomize", str(NAMESPACED)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 and "must resolve to a file" in done.stderr:
+        pytest.skip(f"this kubectl's kustomize cannot build an overlay of a directory: {done.stderr[:200]}")
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def _rules(role: Obj) -> list[Obj]:
+    return sorted(role["rules"], key=json.dumps)
+
+
+def test_namespaced_roles_repeat_the_base_rules() -> None:
+    """Offline: the overlay's Roles grant exactly what the base's ClusterRoles grant (the watcher: its
+    namespaced part), so the two installs never drift apart."""
+    roles = {d["metadata"]["name"]: d for d in yaml.safe_load_all((NAMESPACED / "roles.yaml").read_text())
+             if d and d["kind"] == "Role"}
+    assert _rules(roles["chaosbus-recorder"]) == _rules(named("ClusterRole", "chaosbus-recorder"))
+    assert _rules(roles["chaosbus-cluster-injector"]) == _rules(named("ClusterRole", "chaosbus-cluster-injector"))
+    chaos = [r for r in named("ClusterRole", "chaosbus-watcher")["rules"] if r["apiGroups"] == ["chaos-mesh.org"]]
+    pods = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    assert _rules(roles["chaosbus-watcher"]) == sorted([*chaos, pods], key=json.dumps)
+
+
+def test_a_namespace_scoped_install_gets_roles_not_cluster_roles() -> None:
+    docs = _rendered_namespaced()
+    data = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "chaosbus-config")["data"]
+    scope = config.controller_scope(env=data)
+    assert not scope.cluster_scoped and scope.target_namespace
+    target = scope.target_namespace
+    cluster_roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    cluster_bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    # Only what a Role cannot grant stays cluster-wide: reading Nodes and Namespaces, for the watcher.
+    assert [b["roleRef"]["name"] for b in cluster_bindings] == ["chaosbus-watcher"]
+    assert _rules(cluster_roles["chaosbus-watcher"]) == [
+        {"apiGroups": [""], "resources": ["namespaces", "nodes"], "verbs": ["get", "list", "watch"]}]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert set(roles) == {"chaosbus-watcher", "chaosbus-recorder", "chaosbus-cluster-injector"}
+    assert {r["metadata"]["namespace"] for r in roles.values()} == {target}
+    for b in bindings:
+        assert b["metadata"]["namespace"] == target and b["roleRef"]["kind"] == "Role"
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": b["roleRef"]["name"], "namespace": NAMESPACE}]
+    accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+    assert {b["roleRef"]["name"] for b in bindings} <= accounts
