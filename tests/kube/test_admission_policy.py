@@ -3,7 +3,7 @@ allowed to create it in every namespace it selects (Chaos Mesh's /validate-auth,
 A user whose RBAC reaches only team-a cannot aim a PodChaos, a Schedule's NetworkChaos target, a
 Workflow template or an explicit pod list at kube-system; the same user may target team-a, and
 someone allowed in both namespaces may cross them. Writes that leave the spec alone (the recorder's
-finalizers) need no such right. The fake has no admission policies, so these run only on a real server.
+finalizers) need no such right; a spec change (a Schedule's: an experiment's spec is immutable) does. The fake has no admission policies, so these run only on a real server.
 """
 
 from __future__ import annotations
@@ -154,6 +154,13 @@ def test_writes_that_keep_the_spec_need_no_right_on_the_selected_namespaces(tena
     tenants.admin.create(path, pod_kill("by-admin", namespaces=["kube-system"]))
     patched = tenants.recorder.merge_patch(f"{path}/by-admin", {"metadata": {"finalizers": ["chaos-mesh/records"]}})
     assert patched["metadata"]["finalizers"] == ["chaos-mesh/records"]
-    with pytest.raises(KubeError) as err:  # a spec change is checked as a create would be
-        tenants.bob.merge_patch(f"{path}/by-admin", {"spec": {"mode": "all"}})
+    # A spec change is checked as a create would be (an experiment's spec is immutable; a Schedule's is not).
+    schedules = f"{GROUP}/namespaces/{tenants.team_a}/schedules"
+    tenants.bob.create(schedules, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
+                                   "metadata": {"name": "nightly"},
+                                   "spec": {"schedule": "@every 1h", "type": "PodChaos", "concurrencyPolicy": "Forbid",
+                                            "podChaos": pod_kill("x", namespaces=[tenants.team_b])["spec"]}})
+    with pytest.raises(KubeError) as err:
+        tenants.bob.merge_patch(f"{schedules}/nightly",
+                                {"spec": {"podChaos": {"selector": {"namespaces": ["kube-system"]}}}})
     assert err.value.status == 403 and "kube-system" in err.value.body["message"]

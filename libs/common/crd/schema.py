@@ -1,7 +1,8 @@
 """CustomResourceDefinitions generated from the msgspec models: msgspec's JSON Schema turned into
 the structural OpenAPI v3 schema Kubernetes requires (references inlined, `null` unions as
 `nullable`, maps as `additionalProperties`, free-form parts as `x-kubernetes-preserve-unknown-fields`,
-no `default`s: defaulting is chaosbus's admission step, as it is Chaos Mesh's webhook's).
+no `default`s: defaulting is chaosbus's admission step, as it is Chaos Mesh's webhook's), plus the
+checks the API server makes itself (apirules: enums, bounds, CEL rules, immutable specs).
 `scripts/gen_crds.py` writes them to deploy/k8s/crds/; a contract test keeps them fresh.
 """
 
@@ -13,8 +14,9 @@ from typing import Any
 import msgspec
 import yaml
 
+from chaosbus.common.crd import apirules
 from chaosbus.common.crd.objects import API_VERSION
-from chaosbus.common.crd.registry import ALL_KINDS, KindInfo
+from chaosbus.common.crd.registry import ALL_KINDS, CHAOS_KINDS, KindInfo
 
 GROUP, VERSION = API_VERSION.split("/")
 Schema = dict[str, Any]
@@ -92,7 +94,7 @@ def crd(info: KindInfo) -> Schema:
         names["shortNames"] = list(info.short_names)
     root = {"type": "object", "properties": {
         "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
-        "spec": spec_schema(info),
+        "spec": apirules.apply(info.kind, info.kind in CHAOS_KINDS, spec_schema(info)),
         "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
