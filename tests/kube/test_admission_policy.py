@@ -3,7 +3,8 @@ allowed to create it in every namespace it selects (Chaos Mesh's /validate-auth,
 A user whose RBAC reaches only team-a cannot aim a PodChaos, a Schedule's NetworkChaos target, a
 Workflow template or an explicit pod list at kube-system; the same user may target team-a, and
 someone allowed in both namespaces may cross them. Writes that leave the spec alone (the recorder's
-finalizers) need no such right; a spec change (a Schedule's: an experiment's spec is immutable) does. The fake has no admission policies, so these run only on a real server.
+finalizers) need no such right; a spec change (a Schedule's: an experiment's spec is immutable) does.
+The fake has no admission policies, so these run only on a real server.
 """
 
 from __future__ import annotations
