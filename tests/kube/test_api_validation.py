@@ -41,6 +41,7 @@ CORPUS: list[tuple[str, Obj, str]] = [
     ("PodChaos", {"mode": "random-max-percent", "value": "-5"}, "spec.value"),
     ("PodChaos", {"duration": "10 minutes"}, "spec.duration"),
     ("PodChaos", {"duration": "-5s"}, "spec.duration"),
+    ("PodChaos", {"duration": "1000000h"}, "spec.duration"),
     ("NetworkChaos", {"direction": "sideways"}, "spec.direction"),
     ("NetworkChaos", {"action": "teleport"}, "spec.action"),
     ("NetworkChaos", {"target": {"mode": "most", "selector": SELECTOR}}, "spec.target.mode"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaosbus.common.crd import networkchaos, podchaos, schedule, selectors
+from chaosbus.common.crd import bounds, networkchaos, podchaos, schedule, selectors
 
 Schema = dict[str, Any]
 PERCENT_MODES = ("fixed-percent", "random-max-percent")
@@ -41,10 +41,12 @@ def _mode_rules(holder: Schema) -> None:
 
 
 def _duration_rule(field: Schema) -> None:
+    cap = bounds.MAX_DURATION_S
     field["maxLength"] = 64
     field.setdefault("x-kubernetes-validations", []).append(
-        {"rule": "self == '' || duration(self) >= duration('0s')", "reason": "FieldValueInvalid",
-         "message": "a Go duration (e.g. 30s, 5m, 1h30m), not negative"})
+        {"rule": f"self == '' || (duration(self) >= duration('0s') && duration(self) <= duration('{cap}s'))",
+         "reason": "FieldValueInvalid", "message": "a Go duration (e.g. 30s, 5m, 1h30m), not negative, "
+                                                   "at most 100 years"})
 
 
 def apply(kind: str, executed: bool, spec: Schema) -> Schema:
