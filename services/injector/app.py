@@ -174,8 +174,16 @@ class Edge:
                 batch = await self.node.on_command(cmd)
                 if batch is not None:
                     self.metrics.commands.labels(cmd.kind).inc()
-                    for r in batch.results:
-                        if not r.ok:
+                    for a, r in zip(cmd.actions, batch.results, strict=False):
+                        if r.ok:
+                            continue
+                        if r.message.startswith(authorize.REFUSED):
+                            # The audit line: who asked (the command), for what (target, fault), why.
+                            self.metrics.refusals.labels(faults.spec_tag(a.fault)).inc()
+                            log.warning("target refused", command_id=cmd.command_id, target=r.target_id,
+                                        pod_uid=a.pod_uid, fault=faults.spec_tag(a.fault), containers=a.container_ids,
+                                        why=r.message)
+                        else:
                             log.warning(f"{r.op} failed", target=r.target_id, error=r.message)
 
         while True:

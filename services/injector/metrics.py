@@ -16,3 +16,6 @@ class InjectorMetrics:
                                  ["fault", "op"], buckets=_BUCKETS, registry=self.registry)
         self.errors = Counter("chaosbus_injector_errors_total", "Failed target actions by reason",
                               ["fault", "op", "reason"], registry=self.registry)
+        self.refusals = Counter("chaosbus_injector_refused_total",
+                                "Applies refused by the injector's own target checks (docs/security.md)", ["fault"],
+                                registry=self.registry)

@@ -97,6 +97,9 @@ def test_a_forged_pod_kill_of_a_host_process_kills_nothing(system: System) -> No
         assert not res.ok and res.message.startswith("refused: ") and "not a process pod's process" in res.message
         time.sleep(0.2)
         assert victim.poll() is None, "a host process was killed by a forged command"
+        audit = [json.loads(line) for line in system.service_log("injector").splitlines()
+                 if '"target refused"' in line and f"process://{victim.pid}" in line]
+        assert audit and audit[-1]["why"] == res.message and audit[-1]["command_id"].startswith("forged-"), audit
     finally:
         victim.kill()
         victim.wait(5)
