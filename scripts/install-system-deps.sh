@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) and its tests need (etcd)
-# when they are missing.
+# Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) and its tests need (etcd,
+# containerd) when they are missing.
 # Only as root and only with apt-get; otherwise it says what is missing and carries on.
 set -euo pipefail
 missing=()
@@ -10,6 +10,12 @@ command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
 # etcd under the real-API-server test lane (tests/kube with KUBEBUILDER_ASSETS, ../shared/envtest).
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+# A real container runtime for the runtime tests (tests/privileged/test_real_containerd.py runs a
+# private containerd of its own; nothing starts the package's daemon without systemd).
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+[ -x /usr/lib/cni/ptp ] || missing+=(containernetworking-plugins)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2
