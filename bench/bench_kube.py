@@ -3,7 +3,8 @@ NetworkChaos partition of one pod through the API (what `kubectl create` does) a
 kernel commits the partition table in the pod's netns; then delete it and time until the table is
 gone. The floor, measured in the same run, is one API round trip (GET of the target Pod).
 
-The API server is the one `CHAOSBUS_TEST_KUBECONFIG` names, else the in-repo fake (tests/kubefake);
+The API server is the one `CHAOSBUS_TEST_KUBECONFIG` names, else a control plane started from
+`KUBEBUILDER_ASSETS` (tests/kube/controlplane.py), else the in-repo fake (tests/kubefake);
 the services run in cluster mode (watcher and recorder `--kubeconfig`), one node injector, and the
 test kubelet (tests/kube/kubelet.py) plays the pods: real processes in real netns, `process://` IDs.
 Needs root. `python -m bench.bench_kube [--runs N] [--json PATH]`; `python -m bench` runs it too when
@@ -50,6 +51,17 @@ def api_server(workdir: Path) -> Iterator[tuple[Path, str]]:
     real = os.environ.get("CHAOSBUS_TEST_KUBECONFIG", "")
     if real:
         yield Path(real), "real API server"
+        return
+    from kube.controlplane import ControlPlane, assets
+
+    folder, _ = assets()
+    if folder is not None:
+        (workdir / "controlplane").mkdir()
+        plane = ControlPlane(folder, workdir / "controlplane").start()
+        try:
+            yield plane.kubeconfig, "real API server (envtest control plane)"
+        finally:
+            plane.stop()
         return
     from kubefake import FakeApiServer
 
