@@ -476,3 +476,27 @@ def test_a_namespace_scoped_install_gets_roles_not_cluster_roles() -> None:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": b["roleRef"]["name"], "namespace": NAMESPACE}]
     accounts = {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
     assert {b["roleRef"]["name"] for b in bindings} <= accounts
+
+
+def test_server_side_dry_run_of_the_namespaced_overlay_succeeds(real_kube: Any) -> None:
+    """`kubectl apply -k deploy/k8s-namespaced` passes a real API server's validation and admission."""
+    kubectl = [_kubectl(), "--kubeconfig", str(real_kube.kubeconfig)]
+    target = config.controller_scope(env=yaml.safe_load((NAMESPACED / "scope.yaml").read_text())["data"])
+    created = []
+    for ns in (NAMESPACE, target.target_namespace):
+        phase = subprocess.run([*kubectl, "get", "namespace", ns, "-o", "jsonpath={.status.phase}"],
+                               capture_output=True, text=True, timeout=60)
+        if phase.stdout == "Terminating":  # another test's dry run just deleted it: let it go first
+            subprocess.run([*kubectl, "wait", "--for=delete", f"namespace/{ns}", "--timeout=60s"],
+                           capture_output=True, timeout=90)
+        if phase.returncode != 0 or phase.stdout == "Terminating":
+            subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True, timeout=60)
+            created.append(ns)
+    try:
+        done = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k",
+                               str(NAMESPACED)], capture_output=True, text=True, timeout=300)
+    finally:
+        for ns in created:
+            subprocess.run([*kubectl, "delete", "namespace", ns, "--wait=false"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "role.rbac.authorization.k8s.io/chaosbus-recorder serverside-applied" in done.stdout, done.stdout
