@@ -44,7 +44,10 @@ class Policy:
     guard: TargetGuard = field(default_factory=TargetGuard)
     mode: str = LOCAL
     api: bool = False
-    host_netns: str = "/proc/self/ns/net"  # the node's own network namespace (the injector's)
+    # The node's own network namespace is init's (the injector sees the host's PIDs: local mode, or
+    # hostPID in the DaemonSet); the injector's own is never a target either (in the DaemonSet it is
+    # the injector pod's, in local mode the host's).
+    own_netns: tuple[str, ...] = ("/proc/1/ns/net", "/proc/self/ns/net")
 
 
 def refuse_action(policy: Policy, cmd: m.NodeCommand, action: m.TargetAction) -> str | None:
@@ -72,7 +75,7 @@ def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime
     if policy.api:
         return None
     network = isinstance(action.fault, NETWORK_FAULTS)
-    host = _inode(policy.host_netns)
+    host = {i for i in map(_inode, policy.own_netns) if i is not None}
     for h in handles:
         if not h.alive:
             continue  # gone: the fault finds nothing to do, and says so
@@ -82,7 +85,7 @@ def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime
             why = _wrong_pod(h, action.pod_uid)
         else:
             why = _not_a_process_pod(h, action.pod_uid, netns, host)
-        if why is None and network and not policy.guard.allow_host_network_testing and netns == host:
+        if why is None and network and not policy.guard.allow_host_network_testing and netns in host:
             why = (f"{h.container_id} shares the node's own network namespace (a hostNetwork pod): network faults "
                    "never target it (ALLOW_HOST_NETWORK_TESTING is off)")
         if why is not None:
@@ -99,8 +102,8 @@ def _wrong_pod(h: runtime.ContainerHandle, pod_uid: str) -> str | None:
     return f"{h.container_id} belongs to pod uid {h.pod_uid}, not to {pod_uid or '(none given)'}"
 
 
-def _not_a_process_pod(h: runtime.ContainerHandle, pod_uid: str, netns: int | None, host: int | None) -> str | None:
-    if not h.netns_path.startswith(NETNS_RUN_DIR + "/") or netns is None or netns == host:
+def _not_a_process_pod(h: runtime.ContainerHandle, pod_uid: str, netns: int | None, host: set[int]) -> str | None:
+    if not h.netns_path.startswith(NETNS_RUN_DIR + "/") or netns is None or netns in host:
         return (f"{h.container_id} is not a process pod's process: it does not live in a pod's own named network "
                 f"namespace ({NETNS_RUN_DIR})")
     if h.pod_uid and h.pod_uid != pod_uid:

@@ -126,6 +126,17 @@ async def test_the_commands_own_pod_is_killed(fakes: tuple[FakeCri, FakeDocker],
     assert not procs.process_alive(pid) and fake.containers.kills() == [CID]
 
 
+async def test_a_network_fault_never_lands_in_the_nodes_own_network_namespace(
+        fakes: tuple[FakeCri, FakeDocker], cluster_node: Node) -> None:
+    # The fake runtime's container is a child of this process: it shares the node's netns, as a
+    # hostNetwork pod's container does. The pod uid is right; the netns is what is refused.
+    pid = fakes[0].containers.start(CID, pod_uid=POD_UID)
+    partition = m.Partition(rules=[m.PartitionRule(chain="output")])
+    res = await run(cluster_node, command(partition, [f"containerd://{CID}"], kind="NetworkChaos"))
+    assert_refused(res, "shares the node's own network namespace (a hostNetwork pod)")
+    assert procs.process_alive(pid)
+
+
 async def test_a_protected_namespace_is_refused_on_the_node_too(fakes: tuple[FakeCri, FakeDocker],
                                                                 cluster_node: Node) -> None:
     pid = fakes[0].containers.start(CID, pod_uid=POD_UID)
