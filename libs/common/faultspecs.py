@@ -35,6 +35,7 @@ class PartitionRule(Message, kw_only=True, frozen=True):
     chain: Literal["input", "output"]
     peers: list[str] = []  # pod IPs
     external: list[str] = []
+    peer_set: str = ""  # instead of peers: a name in the command's `peer_sets` (commands.py)
 
 
 class Partition(FaultSpec, tag="partition", kw_only=True, frozen=True):
@@ -87,6 +88,7 @@ class Shaping(FaultSpec, tag="network-shaping", kw_only=True, frozen=True):
     peers: list[str] = []
     external: list[str] = []
     unfiltered: bool = False
+    peer_set: str = ""  # instead of peers: a name in the command's `peer_sets` (commands.py)
 
 
 class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):

@@ -116,6 +116,8 @@ class NodeCommand(Message, kw_only=True, frozen=True):
     issued_at: float
     deadline: float | None = None
     actions: list[TargetAction] = []
+    # Peer lists shared by the actions' faults, sent once (commands.py): name -> pod IPs.
+    peer_sets: dict[str, list[str]] = {}
 
 
 # --- injector -> scheduler, recorder: per-target results --------------------------------------
@@ -169,6 +171,9 @@ class ExperimentDecision(Message, kw_only=True, frozen=True):
     deleting: bool = False
     at: float = 0.0
     target_id: str = ""  # unused: decisions are per experiment
+    # Why the scheduler cannot run this experiment (a value it could not plan, a command NATS would
+    # not carry): the experiment is Failed with this reason; "" once it runs again.
+    failure: str = ""
 
 
 # --- scheduler -> recorder: objects the scheduler decides (Schedule children, orchestration status)

@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, service, subjects
+from chaosbus.common import commands, config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
@@ -171,6 +171,11 @@ class Edge:
     async def _consume(self, bus: busmod.Bus) -> None:
         async def handle(cmd: m.NodeCommand) -> None:
             with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
+                try:
+                    cmd = commands.expand(cmd)
+                except commands.UnknownPeerSet as e:  # never from the scheduler: dropped, not guessed
+                    log.error("command dropped", command=cmd.command_id, error=str(e))
+                    return
                 batch = await self.node.on_command(cmd)
                 if batch is not None:
                     self.metrics.commands.labels(cmd.kind).inc()

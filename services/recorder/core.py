@@ -45,17 +45,25 @@ def one_shot(obj: Obj) -> bool:
     return kinds.one_shot(str(obj.get("kind")), obj.get("spec") or {})
 
 
-def _write(obj: Obj, status: ChaosStatus, selection_error: str = "") -> Obj | None:
+def _write(obj: Obj, status: ChaosStatus, selection_error: str = "", failure: str | None = None) -> Obj | None:
+    """`failure` (the scheduler's reason it cannot run the experiment) is kept from the stored
+    status when None: results arriving later must not hide it.
+    """
     meta = _meta(obj)
     paused = (meta.get("annotations") or {}).get(PAUSE_ANNOTATION) == "true"
+    if failure is None:
+        failure = st.failure_of(status)
+    deleting = bool(meta.get("deletionTimestamp"))
     status = st.with_summary(st.with_conditions(status, paused=paused), paused=paused,
-                             deleting=bool(meta.get("deletionTimestamp")), one_shot=one_shot(obj),
+                             deleting=deleting, one_shot=one_shot(obj),
                              selection_failed=bool(selection_error))
     status = st.bounded(status)
     if selection_error:
         status = msgspec.structs.replace(status, conditions=[
             Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)
             if c.type == "Selected" else c for c in status.conditions])
+    if failure:
+        status = st.with_failure(status, failure, deleting=deleting)
     new_status = msgspec.to_builtins(status)
     if obj.get("status") == new_status:
         return None
@@ -69,7 +77,7 @@ def on_decision(obj: Obj, decision: m.ExperimentDecision) -> Obj | None:
     if _meta(obj).get("uid") != decision.experiment_uid:
         return None
     status = st.apply_decision(read_status(obj), decision)
-    return _write(obj, status, decision.selection_error if not decision.records else "")
+    return _write(obj, status, decision.selection_error if not decision.records else "", decision.failure)
 
 
 class RecordsNotYetKnown(RetryLater):

@@ -200,6 +200,24 @@ def phase(status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool, 
     return PHASE_INJECTING if run else PHASE_RECOVERING
 
 
+FAILURE_REASON = "Failed"  # the AllInjected condition's reason when the scheduler cannot run the experiment
+
+
+def with_failure(status: ChaosStatus, failure: str, *, deleting: bool) -> ChaosStatus:
+    """The scheduler could not run the experiment: phase Failed (unless it is being deleted) and
+    the reason on the AllInjected condition, where `kubectl describe` shows it.
+    """
+    conditions = [replace(c, reason=FAILURE_REASON, message=failure[:MAX_MESSAGE_CHARS * 4])
+                  if c.type == "AllInjected" else c for c in status.conditions]
+    return replace(status, conditions=conditions, phase=status.phase if deleting else PHASE_FAILED)
+
+
+def failure_of(status: ChaosStatus) -> str:
+    """The failure `with_failure` recorded, or ""."""
+    return next((c.message for c in status.conditions if c.type == "AllInjected" and c.reason == FAILURE_REASON),
+                "")
+
+
 def with_summary(status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool,
                  selection_failed: bool = False) -> ChaosStatus:
     """Return the status with chaosbus's summary fields (`phase`, `injected`, `total`) recomputed."""

@@ -21,6 +21,7 @@ import msgspec
 import nats.errors
 
 from chaosbus.common import bus as busmod
+from chaosbus.common import commands as cmdparts
 from chaosbus.common import config as cbconfig
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
@@ -37,6 +38,7 @@ from chaosbus.scheduler.triggers import Triggers
 
 log = cblog.get("scheduler")
 LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
+COMMAND_HEADROOM = 8192  # below max_payload: headers and the encoder's rounding
 LEADER_TTL_S = float(os.environ.get("CHAOSBUS_LEADER_SECONDS", "10"))
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
                                              "node": m.TargetNode}
@@ -59,9 +61,15 @@ class Scheduler:
         for err in out.errors:
             self.metrics.errors.labels("bad_object").inc()
             log.error("experiment rejected", error=err)
+        too_large: dict[str, str] = {}
         for d in out.decisions:
-            await self.bus.publish(subjects.decision_subject(d.experiment_uid), d,
-                                   msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}")
+            try:
+                await self.bus.publish(subjects.decision_subject(d.experiment_uid), d,
+                                       msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}")
+            except nats.errors.MaxPayloadError:
+                too_large[d.experiment_uid] = f"its decision ({len(d.records or [])} records) is larger than NATS " \
+                                              f"max_payload ({self.bus.nc.max_payload} bytes)"
+                continue
             self.metrics.decisions.inc()
             if d.selection_error:
                 log.warning("selection failed", experiment=d.name, error=d.selection_error)
@@ -70,25 +78,50 @@ class Scheduler:
             await self.send_leases(applying)
         by_node: dict[str, list[m.NodeCommand]] = {}
         for c in out.commands:
-            by_node.setdefault(c.node, []).append(c)
+            if c.experiment_uid not in too_large:
+                by_node.setdefault(c.node, []).append(c)
         # Nodes in parallel, each node's commands in order: ten nodes cost one PubAck round trip,
         # not ten back to back (which a nats-server busy with large status writes makes slow).
-        await asyncio.gather(*(self._send_in_order(cmds) for cmds in by_node.values()))
+        for failed in await asyncio.gather(*(self._send_in_order(cmds) for cmds in by_node.values())):
+            too_large.update(failed)
+        for uid, reason in too_large.items():  # the experiment fails, saying why; the scheduler goes on
+            self.metrics.errors.labels("max_payload").inc()
+            await self.publish(self.core.fail(uid, reason, time.time()))
         self._wake.set()
 
-    async def _send_in_order(self, commands: list[m.NodeCommand]) -> None:
+    async def _send_in_order(self, commands: list[m.NodeCommand]) -> dict[str, str]:
+        """Each command in parts below max_payload (commands.py); an experiment whose part NATS
+        still refuses is returned with the reason, and its later commands are not sent.
+        """
+        failed: dict[str, str] = {}
+        budget = self.bus.nc.max_payload - COMMAND_HEADROOM
         for c in commands:
-            await self.bus.publish(subjects.command_subject(c.node), c, msg_id=c.command_id)
-            self.metrics.commands.labels(c.kind).inc()
+            if c.experiment_uid in failed:
+                continue
+            for part in cmdparts.parts(c, budget):
+                try:
+                    await self.bus.publish(subjects.command_subject(c.node), part, msg_id=part.command_id)
+                except nats.errors.MaxPayloadError:
+                    failed[c.experiment_uid] = (f"a command to node {c.node} is larger than NATS max_payload "
+                                                f"({self.bus.nc.max_payload} bytes) even split per target")
+                    break
+                self.metrics.commands.labels(c.kind).inc()
+                log.info("command sent", experiment=c.name, node=c.node, actions=len(part.actions),
+                         ops=sorted({a.op for a in part.actions}), part=part.command_id)
             for a in c.actions:
                 self.metrics.actions.labels(c.kind, a.op).inc()
-            log.info("command sent", experiment=c.name, node=c.node, actions=len(c.actions),
-                     ops=sorted({a.op for a in c.actions}))
+        return failed
 
     async def publish_writes(self, writes: list[m.ObjectWrite]) -> None:
         """Objects this scheduler decided (children, orchestration status): the recorder writes them."""
         for w in writes:
-            await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
+            try:
+                await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
+            except nats.errors.MaxPayloadError as e:
+                self.metrics.errors.labels("max_payload").inc()
+                log.error("object write larger than NATS max_payload: not sent", kind=w.kind, namespace=w.namespace,
+                          name=w.name, op=w.op, error=str(e))
+                continue
             self.metrics.object_writes.labels(w.op, w.reason).inc()
             log.info("object write sent", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
 
@@ -107,7 +140,12 @@ class Scheduler:
         await self.flows.on_results(batch)
 
     async def send_command(self, command: m.NodeCommand) -> None:
-        await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id)
+        try:
+            await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id)
+        except nats.errors.MaxPayloadError as e:  # a Task too large to send: its step times out, nothing crashes
+            self.metrics.errors.labels("max_payload").inc()
+            log.error("command larger than NATS max_payload: not sent", experiment=command.name, error=str(e))
+            return
         self.metrics.commands.labels(command.kind).inc()
 
     def task_node(self) -> str | None:

@@ -113,6 +113,13 @@ class SchedulerCore:
             table[name] = value
 
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        try:
+            return self._on_object(event, now)
+        except Exception as e:  # e.g. a creationTimestamp no clock can hold: this experiment fails, alone
+            out = self.fail(event.uid, f"{type(e).__name__}: {e}", now)
+            return out if out.errors else self._refuse(event, f"{type(e).__name__}: {e}", now)
+
+    def _on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
         if event.kind in NOT_EXECUTED or event.kind in ORCHESTRATED:  # not experiments with targets
             return Outputs()
         known = self.experiments.get(event.uid)
@@ -203,6 +210,8 @@ class SchedulerCore:
         if full:
             self._last_full = now
         for exp in list(self.experiments.values()):
+            if exp.failure:
+                continue
             if full or (exp.due_at is not None and exp.due_at <= now):
                 out.extend(self.reconcile(exp, now))
         return out
@@ -236,6 +245,41 @@ class SchedulerCore:
                                 paused=is_paused(exp.obj.metadata), now=now)
 
     def reconcile(self, exp: Experiment, now: float) -> Outputs:
+        """Commands and a decision for one experiment. Whatever goes wrong in here (a value that
+        passed admission but not planning, a bug) fails that experiment alone, with the reason in
+        its status; the scheduler goes on with the others.
+        """
+        try:
+            out = self._reconcile(exp, now)
+        except Exception as e:
+            return self.fail(exp.uid, f"{type(e).__name__}: {e}", now)
+        if exp.failure:  # it ran again (its object changed): no longer failed
+            exp.failure = ""
+            self._dirty.add(exp.uid)
+        return out
+
+    def fail(self, uid: str, reason: str, now: float) -> Outputs:
+        """Mark an experiment Failed (nothing of this reconcile is sent): its decision says why.
+        Timers leave it alone; its next object event (an edit, a deletion) tries again.
+        """
+        exp = self.experiments.get(uid)
+        if exp is None:
+            return Outputs()
+        exp.failure, exp.due_at = reason[:1000], None
+        last = exp.last_decision
+        md = exp.obj.metadata
+        decision = m.ExperimentDecision(
+            experiment_uid=uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace, name=md.name,
+            desired_phase=last.desired_phase if last is not None else RUN,  # type: ignore[arg-type]
+            records=None, selection_error=exp.selection_error,  # records once sent stay; none is the small answer
+            paused=is_paused(md), deleting=exp.deleting, at=now, failure=exp.failure)
+        out = Outputs(errors=[f"{exp.obj.kind}/{md.namespace}/{md.name}: {exp.failure}"])
+        if last is None or _differs(last, decision):
+            exp.last_decision = decision
+            out.decisions.append(decision)
+        return out
+
+    def _reconcile(self, exp: Experiment, now: float) -> Outputs:
         out = Outputs()
         # Nothing happens before the finalizer is stored: a deletion can then never skip recovery.
         if not exp.deleting and RECORDS_FINALIZER not in exp.obj.metadata.finalizers:

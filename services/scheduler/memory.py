@@ -45,6 +45,7 @@ class Experiment:
     next_selection: float = 0.0
     last_decision: m.ExperimentDecision | None = None
     due_at: float | None = None  # when a timer next needs a reconcile (None: only an event does)
+    failure: str = ""  # reconciling it raised: Failed, retried on its next object event, not by timers
 
     @property
     def uid(self) -> str:

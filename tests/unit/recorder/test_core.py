@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import msgspec
 import pytest
 
 from chaosbus.common import messages as m
@@ -312,3 +313,16 @@ def test_the_metadata_alone_tells_when_the_finalizer_needs_no_look(meta: dict[st
     obj = {"metadata": {"uid": "u", **meta}}
     if settled:  # never a change where the shortcut skips one
         assert core.finalizer_change(obj, None) is None
+
+
+def test_a_scheduler_failure_makes_the_experiment_failed_with_the_reason_until_it_runs_again() -> None:
+    failed = msgspec.structs.replace(decision(["ns/a"]), failure="invalid object: spec.duration: too long")
+    o = core.on_decision(obj(finalizers=[RECORDS_FINALIZER]), failed)
+    assert o is not None and o["status"]["phase"] == "Failed"
+    [cond] = [c for c in o["status"]["conditions"] if c["type"] == "AllInjected"]
+    assert (cond["reason"], cond["message"]) == ("Failed", "invalid object: spec.duration: too long")
+    later = core.on_results(o, batch(("ns/a", "apply", True)), now=NOW, max_events=10)
+    assert later is not None and later["status"]["phase"] == "Failed"  # results do not hide it
+    cleared = core.on_decision(later, decision(["ns/a"]))
+    assert cleared is not None and cleared["status"]["phase"] == "Running"
+    assert all(c.get("reason", "") != "Failed" for c in cleared["status"]["conditions"])
