@@ -75,7 +75,7 @@ def test_an_object_admission_would_refuse_is_reported_failed_once() -> None:
     bad = partition("bad", "u-bad", duration="5000000h")
     out = core.on_object(bad, 1.0)
     [decision] = out.decisions
-    assert decision.failure.startswith("invalid object: spec.duration: invalid duration '5000000h'")
+    assert "spec.duration: invalid duration '5000000h'" in decision.selection_error
     assert decision.desired_phase == "Stop" and not out.commands
     assert not core.on_object(bad, 2.0).decisions  # the same reason is not sent again
 
