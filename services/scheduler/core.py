@@ -245,10 +245,7 @@ class SchedulerCore:
                                 paused=is_paused(exp.obj.metadata), now=now)
 
     def reconcile(self, exp: Experiment, now: float) -> Outputs:
-        """Commands and a decision for one experiment. Whatever goes wrong in here (a value that
-        passed admission but not planning, a bug) fails that experiment alone, with the reason in
-        its status; the scheduler goes on with the others.
-        """
+        """Commands and a decision for one experiment; whatever goes wrong in here fails it alone."""
         try:
             out = self._reconcile(exp, now)
         except Exception as e:
@@ -266,8 +263,7 @@ class SchedulerCore:
         if exp is None:
             return Outputs()
         exp.failure, exp.due_at = reason[:1000], None
-        last = exp.last_decision
-        md = exp.obj.metadata
+        last, md = exp.last_decision, exp.obj.metadata
         decision = m.ExperimentDecision(
             experiment_uid=uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace, name=md.name,
             desired_phase=last.desired_phase if last is not None else RUN,  # type: ignore[arg-type]
