@@ -23,7 +23,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# The benchmarks (issue 7, needs root): `make bench`, or `make bench BENCH_QUICK=1` (< 60 s);
+# The benchmarks (needs root): `make bench`, or `make bench BENCH_QUICK=1` (< 60 s);
 # extra flags through BENCH_ARGS, e.g. BENCH_ARGS='--sizes 1,10 --profile'. See docs/benchmarks.md.
 bench: install
 	$(PY) -m bench $(if $(filter 1,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Apply → in effect through a Kubernetes API server (issue 7's cluster-mode figure): create a
+"""Apply → in effect through a Kubernetes API server (the cluster-mode figure): create a
 NetworkChaos partition of one pod through the API (what `kubectl create` does) and time it until the
 kernel commits the partition table in the pod's netns; then delete it and time until the table is
 gone. The floor, measured in the same run, is one API round trip (GET of the target Pod).

@@ -1,5 +1,5 @@
 """From raw measurements to the figures table: one row per figure, each with p50/p99, the floor
-measured in the same run, the ratio to it, and PASS/FAIL against issue 7's targets.
+measured in the same run, the ratio to it, and PASS/FAIL against the targets in docs/benchmarks.md.
 
 Floors: a per-target figure's floor is one NATS request/reply plus one nft transaction in a netns,
 "spawn" as the injector runs it (nsenter + nft) and "kernel" through libnftables with a context

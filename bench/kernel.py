@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import select
 import socket
 import struct
@@ -270,7 +269,3 @@ class NetlinkPing:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def ncpu() -> int:
-    return os.cpu_count() or 1

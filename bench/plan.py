@@ -1,4 +1,4 @@
-"""What a session measures and how often: the full plan (issue 7's sizes over 10 node injectors)
+"""What a session measures and how often: the full plan (1 to 1,000 targets over 10 node injectors)
 or the quick one (< 60 s), both adjustable from the command line.
 """
 

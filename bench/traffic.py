@@ -1,6 +1,6 @@
 """Whether traffic actually flows: probe packets sent from inside a few target netns towards the
-partitioned network, to time when a duration-expired partition stops dropping (issue 7's "how
-far past its deadline a fault is actually recovered").
+partitioned network, to time when a duration-expired partition stops dropping (how far past its
+deadline a fault is actually recovered).
 
 A packet that the partition drops on the way out fails at once with EPERM (netfilter's verdict on
 a locally generated packet), so every send answers "blocked" or "flows" without waiting for a

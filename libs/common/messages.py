@@ -210,7 +210,7 @@ class ErrorReply(Message, kw_only=True, frozen=True):
     field: str = ""
 
 
-# --- the kill switch and the dead-man lease (issue 6) ----------------------------------------
+# --- the kill switch and the dead-man lease ---------------------------------------------------
 
 
 class HaltState(Message, kw_only=True, frozen=True):
@@ -242,7 +242,7 @@ class NodeLease(Message, kw_only=True, frozen=True):
     exempt: list[str] = []
 
 
-# --- the scheduler's own memory and its leader lease (KV `scheduler`, issue 4) ----------------
+# --- the scheduler's own memory and its leader lease (KV `scheduler`) -------------------------
 
 
 class TargetMemory(Message, kw_only=True, frozen=True):

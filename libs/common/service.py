@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -131,7 +131,3 @@ async def connected(args: argparse.Namespace, name: str,
         yield bus, port
     finally:
         await bus.close()
-
-
-def argv_or_none(argv: Sequence[str] | None) -> list[str] | None:
-    return list(argv) if argv is not None else None

@@ -34,11 +34,6 @@ def key_of(obj: Obj) -> str:
     return subjects.object_key(str(obj.get("kind")), ns, str(m.get("name")))
 
 
-def parse_key(key: str) -> tuple[str, str, str]:
-    kind, ns, name = key.split(".", 2)
-    return kind, ("" if ns == "_" else ns), name
-
-
 class ObjectStore:
     """get / list / apply / mutate / delete over KV, with resourceVersion = KV revision."""
 

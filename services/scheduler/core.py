@@ -348,9 +348,6 @@ class SchedulerCore:
         end = ph.stop_time(exp.created_at, exp.duration())
         return [self._command(exp, node, actions, now, end) for node, actions in sorted(by_node.items())]
 
-    def known_nodes(self) -> list[str]:
-        return self._all_nodes()
-
     def task_node(self) -> str | None:
         """Where a Workflow Task runs: as a Pod by the cluster injector in cluster mode, else as a
         process on the first node with an injector (None: no injector known yet).

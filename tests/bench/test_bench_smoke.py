@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness (issue 7): its quick mode at the smallest sizes prints a row
+"""Smoke test of the benchmark harness: its quick mode at the smallest sizes prints a row
 for every figure, writes valid JSON and leaves nothing behind. Figures are never asserted here:
 the benchmark prints PASS/FAIL itself, and a shared 2-core machine is no place to judge them.
 """

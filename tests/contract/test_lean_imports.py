@@ -1,4 +1,4 @@
-"""Idle memory (issue 7: each service <= 80 MB RSS idle) depends on what a service imports at start:
+"""Idle memory (each service <= 80 MB RSS idle) depends on what a service imports at start:
 the heavy client libraries load only in the role that needs them (kubernetes_asyncio ~70 MB for the
 kube edges and the cluster injector, grpcio ~20 MB for a node that meets a CRI container ID).
 """

@@ -31,7 +31,3 @@ INJECT_ANNOTATION = "chaos-mesh.org/inject"
 def is_paused(meta: ObjectMeta) -> bool:
     """Only the literal string "true" pauses, as in Chaos Mesh."""
     return meta.annotations.get(PAUSE_ANNOTATION) == "true"
-
-
-def is_force_clean(meta: ObjectMeta) -> bool:
-    return meta.annotations.get(CLEAN_FINALIZER_ANNOTATION) == "forced"

@@ -5,8 +5,6 @@ StressChaos, IOChaos, TimeChaos, DNSChaos, HTTPChaos, JVMChaos, KernelChaos, Blo
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from chaosbus.common.crd.common import ContainerSelectorBase, PodSelectorBase
@@ -179,9 +177,3 @@ class BlockChaosSpec(ContainerSelectorBase, kw_only=True):
     action: str = ""
     volume_name: str = ""
     delay: BlockDelay | None = None
-
-
-class RawSpec(msgspec.Struct, kw_only=True):
-    """Placeholder for free-form parts (a full corev1 Container, a chaosd action block)."""
-
-    data: dict[str, Any] = {}
