@@ -95,6 +95,11 @@ class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
+# The most of a task's output one result carries, whatever `max_stdout` asks: results travel in
+# NATS messages (1 MiB by default) together with the rest of their command's results.
+MAX_STDOUT = 64 * 1024
+
+
 class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
     """A Workflow Task step: a node injector runs `argv` directly (no shell); the cluster injector
     runs `container` (the template's `task.container`, Kubernetes JSON) with `volumes` as a Pod

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
@@ -22,10 +23,10 @@ from chaosbus.common import commands, config, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, faults, podpolicy, runtime
+from chaosbus.injector import authorize, core, faults, podpolicy, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
-from chaosbus.injector.journal import Journal
+from chaosbus.injector.journal import Journal, OutboxRow
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
 from chaosbus.injector.sweeper import Sweeper
@@ -154,19 +155,37 @@ class Edge:
         while True:
             self.node.outbox_kick.clear()
             rows = await self.node.run_in_thread(journal.outbox, 100)
-            sent = 0
+            sent, moved = 0, False
             for row in rows:
                 try:
                     await bus.js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.msg_id}, timeout=2.0)
+                except nats.errors.MaxPayloadError:  # never sendable as it is: it must not block the rows behind
+                    await self._too_large(bus, row)
+                    moved = True
+                    break
                 except Exception as e:
                     log.info("results wait in the outbox", pending=len(rows) - sent, error=str(e) or type(e).__name__)
                     break
                 await self.node.run_in_thread(journal.outbox_done, row.seq)
                 sent += 1
-            if rows and sent == len(rows):
+            if rows and (sent == len(rows) or moved):
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.node.outbox_kick.wait(), timeout=RETRY_S)
+
+    async def _too_large(self, bus: busmod.Bus, row: OutboxRow) -> None:
+        """A result batch over max_payload goes with its outputs cut (keeping its turn); anything
+        else that large is set aside in the journal (table outbox_aside) and counted.
+        """
+        journal = self.node.journal
+        smaller = core.shrunk(row.payload, bus.nc.max_payload - 4096)
+        if smaller is not None:
+            await self.node.run_in_thread(journal.outbox_replace, row.seq, smaller)
+            log.warning("result larger than NATS max_payload: outputs cut", subject=row.subject, bytes=len(row.payload))
+            return
+        await self.node.run_in_thread(journal.outbox_aside, row.seq, "larger than NATS max_payload")
+        self.metrics.errors.labels("outbox", "publish", "max_payload").inc()
+        log.error("outbox row larger than NATS max_payload: set aside", subject=row.subject, bytes=len(row.payload))
 
     async def _consume(self, bus: busmod.Bus) -> None:
         async def handle(cmd: m.NodeCommand) -> None:

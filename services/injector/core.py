@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common.faultspecs import MAX_STDOUT
 from chaosbus.injector import faults, runtime
 
 Resolver = Callable[[str], runtime.ContainerHandle]
@@ -58,7 +59,7 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
         return result(action, False, f"{type(e).__name__}: {e}", retryable=True)
     if isinstance(message, faults.CommandOutput):
         return msgspec.structs.replace(result(action, True, message.message), exit_code=message.exit_code,
-                                       stdout=message.stdout)
+                                       stdout=message.stdout[:MAX_STDOUT])
     return result(action, True, message)
 
 
@@ -74,8 +75,31 @@ def unsupported(action: m.TargetAction) -> str:
 def result(action: m.TargetAction, ok: bool, message: str, *, retryable: bool = True,
            op: str | None = None) -> m.TargetResult:
     return m.TargetResult(target_id=action.target_id, selector_key=action.selector_key,
-                          op=op or action.op, ok=ok, message=message,  # type: ignore[arg-type]
+                          op=op or action.op, ok=ok, message=_cut(message, MAX_MESSAGE),  # type: ignore[arg-type]
                           retryable=retryable, at=time.time())
+
+
+def shrunk(payload: bytes, max_bytes: int) -> bytes | None:
+    """A result batch NATS refused as too large, with every stdout and message cut to 1 KiB (and
+    saying so), if that fits in `max_bytes`; None when it does not, or is no result batch.
+    """
+    try:
+        batch = msgspec.json.decode(payload, type=m.ResultBatch)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    results = [msgspec.structs.replace(r, stdout=_cut(r.stdout, 1024),
+                                       message=_cut(r.message, 1024 - len(_SHRUNK)) + _SHRUNK)
+               for r in batch.results]
+    smaller = msgspec.json.encode(msgspec.structs.replace(batch, results=results))
+    return smaller if len(smaller) <= max_bytes else None
+
+
+MAX_MESSAGE = 4096  # a result's message (errors included), in characters
+_SHRUNK = " (output cut: the result was larger than NATS max_payload)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
 
 
 def batch(cmd: m.NodeCommand, results: list[m.TargetResult], node: str) -> m.ResultBatch:

@@ -48,6 +48,8 @@ CREATE INDEX IF NOT EXISTS entries_state ON entries(state);
 CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT NOT NULL,
   msg_id TEXT NOT NULL, payload BLOB NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox_aside (seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, msg_id TEXT NOT NULL,
+  payload BLOB NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS exempt (experiment_uid TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS netns (path TEXT NOT NULL, inode INTEGER NOT NULL, last_used REAL NOT NULL,
@@ -234,6 +236,26 @@ class Journal:
     def outbox_done(self, seq: int) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def outbox_replace(self, seq: int, payload: bytes) -> None:
+        """A row's payload replaced in place (it keeps its turn), the original moved aside."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
+                       "WHERE seq = ?", (time.time(), "replaced by a smaller payload", seq))
+            db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))
+
+    def outbox_aside(self, seq: int, reason: str) -> None:
+        """A row that can never be sent moved out of the outbox, kept for inspection: the rows
+        behind it go on.
+        """
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
+                       "WHERE seq = ?", (time.time(), reason, seq))
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    def set_aside(self) -> list[tuple[int, str]]:
+        """(seq, reason) of every row moved out of the outbox."""
+        return [(int(s), str(r)) for s, r in self._query("SELECT seq, reason FROM outbox_aside ORDER BY seq")]
 
     # --- settings -------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 
+from chaosbus.common.faultspecs import MAX_STDOUT
 from chaosbus.common.messages import FaultSpec, Task
 from chaosbus.injector.faults import CommandOutput, FaultContext, FaultError, register
 
@@ -28,7 +29,7 @@ def run(argv: list[str], timeout_s: float, max_stdout: int) -> tuple[int, str]:
         except OSError as e:
             raise FaultError(f"task {argv[0]!r} could not start: {e.strerror or e}", retryable=False) from None
         out.seek(0)
-        return done.returncode, out.read(max_stdout).decode("utf-8", "replace")
+        return done.returncode, out.read(max(0, min(max_stdout, MAX_STDOUT))).decode("utf-8", "replace")
 
 
 class TaskFault:
