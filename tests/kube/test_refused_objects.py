@@ -1,8 +1,9 @@
 """Objects chaosbus stores but never runs, against the API (fake, or a real server), with the
 scheduler's core and the recorder's Kubernetes edge between them: an experiment the scheduler
-cannot decode (the API server admits any spec its schema allows) is Failed with the reason and,
-never injected, is released at once when deleted; an experiment for a remote cluster is marked not
-supported, gets no finalizer and selects nothing here.
+cannot decode (the CRD schema cannot express every rule: here a container-kill without
+containerNames) is Failed with the reason and, never injected, is released at once when deleted;
+an experiment for a remote cluster is marked not supported, gets no finalizer and selects nothing
+here.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: Kub
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/podchaos"
     created = kube.client.create(path, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
                                         "metadata": {"name": "bad"},
-                                        "spec": {"action": "pod-explode", "mode": "one", "selector": {}}})
+                                        "spec": {"action": "container-kill", "mode": "one", "selector": {}}})
     core = SchedulerCore()
     await recorder.on_object(event(created, "ADDED"))
     stored = kube.client.get(f"{path}/bad")
@@ -62,7 +63,7 @@ async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: Kub
     stored = kube.client.get(f"{path}/bad")
     assert stored is not None and stored["status"]["phase"] == "Failed"
     selected = next(c for c in stored["status"]["conditions"] if c["type"] == "Selected")
-    assert selected["status"] == "False" and "spec.action" in selected["message"]
+    assert selected["status"] == "False" and "spec.containerNames" in selected["message"]
     assert await scheduler_step(core, recorder, stored) == 0  # the echo of that write says nothing new
 
     deleting = kube.client.delete(f"{path}/bad")
