@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck bench fuzz clean
+.PHONY: install demo test test-fast lint typecheck bench fuzz clean
 
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
 PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
@@ -20,8 +20,19 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/chaosbus demo
 
+# Tests run on TEST_WORKERS pytest-xdist workers (most wait on processes, the kernel and timers,
+# so more workers than cores pays on 2 cores); tests sharing an expensive session fixture are kept
+# on one worker by tests/conftest.py. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST) --durations=25
+
+# Unit and contract tests only (no live system, no kernel, no API server): the quick loop while
+# editing. Admission's property test runs 300 inputs here (1,500 in `make test`, 100,000 in `make fuzz`).
+test-fast: install
+	CHAOSBUS_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),300) $(PYTEST) tests/unit tests/contract
 
 # The benchmarks (needs root): `make bench`, or `make bench BENCH_QUICK=1` (< 60 s);
 # extra flags through BENCH_ARGS, e.g. BENCH_ARGS='--sizes 1,10 --profile'. See docs/benchmarks.md.

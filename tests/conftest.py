@@ -1,11 +1,18 @@
 """Shared fixtures: a real nats-server (port 0, JetStream in a temp dir) and a bus on it; a real
 Kubernetes API server for the session when one can be had; and a session guard that fails the run
 if chaosbus left a netns, veth, nftables table or process behind.
+
+Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) each worker has its own session
+fixtures, so the expensive ones are grouped onto one worker: every test on the real API server
+shares one control plane, and each end-to-end file runs on one worker's live system. The guard
+runs once, in the controller, after every worker has finished.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +25,38 @@ from chaosbus.common import natsserver
 
 if TYPE_CHECKING:
     from kube.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Tests start hundreds of service and CLI processes; with PYTHONDONTWRITEBYTECODE set, each
+    # would compile chaosbus from source again (~1 s per process on a busy 2-core machine).
+    if sys.dont_write_bytecode and not _is_worker(session.config):
+        for folder in ("libs", "services", "cli", "bench"):
+            compileall.compile_dir(ROOT / folder, quiet=1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _worker_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _worker_group(item: pytest.Item) -> str | None:
+    """Tests that must share one worker's session fixture (see the module docstring)."""
+    callspec = getattr(item, "callspec", None)
+    if "real_kube" in getattr(item, "fixturenames", ()) or (callspec is not None and
+                                                            callspec.params.get("kube") == "real"):
+        return "real-kube"
+    if item.path.parent.name == "e2e" and "system" in getattr(item, "fixturenames", ()):
+        return f"live-system-{item.path.stem}"
+    return None
+
+
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 @pytest.fixture
@@ -42,7 +81,7 @@ async def bus(nats_server: natsserver.EmbeddedServer) -> AsyncIterator[busmod.Bu
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # CHAOSBUS_SKIP_LEFTOVER_GUARD=1 when several test runs share a machine: each would see the
     # others' pods. CI runs alone and never sets it.
-    if os.geteuid() != 0 or os.environ.get("CHAOSBUS_SKIP_LEFTOVER_GUARD") == "1":
+    if os.geteuid() != 0 or os.environ.get("CHAOSBUS_SKIP_LEFTOVER_GUARD") == "1" or _is_worker(session.config):
         return
     from chaosbus.cli import leftovers
 
