@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["loadavg_at_start"] = load_start
     doc = {"meta": meta, "figures": report.to_json(sections),
            "floors": {k: report.summary(v) for k, v in raw["floors"].items()},
-           "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"],
+           "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"], "cli": raw["cli"],
            "resources": raw["resources"], "profile": raw.get("profile"),
            "monitor_overflows": raw["monitor_overflows"], "dead_services": raw["dead_services"],
            "leftovers": left, "log": session.log, "kube": raw.get("kube")}

@@ -23,6 +23,8 @@ TARGET_ALL_1000 = 2.0
 TARGET_OVERSHOOT = 0.100
 TARGET_RSS_MB = 80.0
 TARGET_STATUS = 256 * KIB
+TARGET_CLI_START = 0.300
+TARGET_HALT_GONE = 1.0
 
 
 class Floors:
@@ -279,6 +281,24 @@ def status_rows(runs: list[Run]) -> Section:
     return sec
 
 
+def cli_rows(raw: dict[str, list[float]], size: int) -> Section:
+    sec = Section("the chaosbus command: a fresh process each run (start, imports, connect, request, exit)")
+    get = _latency_row("cli.get", "chaosbus get networkchaos -n bench: command -> exit", raw["get"],
+                       f"{len(raw['get'])} runs")
+    halt = _latency_row("cli.halt", "chaosbus halt: command -> exit", raw["halt"], f"{len(raw['halt'])} runs")
+    for row in (get, halt):
+        row.target = "p50/p99 <= 300 ms"
+        row.verdict = verdict(bool(row.data["seconds"]["n"]) and row.data["seconds"]["p99"] <= TARGET_CLI_START)
+    gone = _latency_row("cli.halt.gone", f"chaosbus halt -> every fault gone, {size} targets", raw["halt_gone"],
+                        f"{len(raw['halt_gone'])} runs")
+    missing = int(sum(raw["halt_missing"]))
+    gone.extra = f"never removed {missing}" if missing else ""
+    gone.target = "<= 1 s"
+    gone.verdict = verdict(bool(raw["halt_gone"]) and not missing and max(raw["halt_gone"]) <= TARGET_HALT_GONE)
+    sec.rows += [get, halt, gone]
+    return sec
+
+
 def build(plan: Plan, raw: dict[str, Any]) -> list[Section]:
     floors = Floors(raw["floors"], plan.nodes)
     runs: list[Run] = raw["runs"]
@@ -290,4 +310,5 @@ def build(plan: Plan, raw: dict[str, Any]) -> list[Section]:
         concurrent_rows(raw["concurrent"], floors),
         resource_rows(raw["resources"], f"{max(plan.sizes)} targets"),
         status_rows(runs),
+        cli_rows(raw["cli"], plan.warm_size),
     ]

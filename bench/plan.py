@@ -33,6 +33,8 @@ class Plan:
     log_level: str = "info"
     kube: bool = False  # also apply -> in effect through an API server (bench/bench_kube.py)
     label_sizes: list[int] = field(default_factory=list)
+    cli_runs: int = 50  # `chaosbus get` runs (bench/cli.py)
+    halt_runs: int = 10  # `chaosbus halt` runs, each on a running experiment over `warm_size` targets
 
     @property
     def pods(self) -> int:
@@ -90,6 +92,7 @@ def parse(argv: list[str] | None = None) -> Plan:
     plan = Plan(sizes=sizes, nodes=a.nodes, runs=runs, concurrent=concurrent,
                 concurrent_runs=1 if quick else 3, idle_s=a.idle if a.idle is not None else (3.0 if quick else 10.0),
                 floor_runs=50 if quick else 300, out=out, quick=quick, verify=not a.no_verify,
-                profile=a.profile, log_level=a.log_level, kube=a.kube)
+                profile=a.profile, log_level=a.log_level, kube=a.kube,
+                cli_runs=10 if quick else 50, halt_runs=2 if quick else 10)
     plan.label_sizes = sorted({*sizes, plan.warm_size})
     return plan

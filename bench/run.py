@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import floors, kernel, targets
+from bench import cli, floors, kernel, targets
 from bench.cluster import WORKDIR_PREFIX, Cluster, Sampler, remove_stale
 from bench.observe import Observer
 from bench.plan import Plan
@@ -155,6 +155,8 @@ class Session:
             self._start_profile(f"concurrent-{min(plan.concurrent, len(self.targets))}")
         out["concurrent"] = await self._concurrent(h)
         self._stop_profile(out)
+        self.say(f"chaosbus get x{plan.cli_runs}, chaosbus halt x{plan.halt_runs} on {plan.warm_size} targets")
+        out["cli"] = await cli.measure(h, self.cluster.url, plan.cli_runs, plan.halt_runs, plan.warm_size)
         h.close()
         out["resources"] = {w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services}
                             for w, (a, b) in windows.items()}

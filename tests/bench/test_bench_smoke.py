@@ -23,6 +23,7 @@ ROWS = [
     "concurrent.2", "concurrent.2.recover",
     "svc.watcher", "svc.scheduler", "svc.recorder", "svc.injector", "svc.nats-server",
     "status.size",
+    "cli.get", "cli.halt", "cli.halt.gone",
 ]
 
 
