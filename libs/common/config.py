@@ -117,6 +117,15 @@ class TargetGuard:
     def protected(self, namespace: str) -> bool:
         return namespace in self.protected_namespaces
 
+    def pod_refusal(self, namespace: str, host_network: bool, *, network: bool) -> str:
+        """Why a pod is never a target ("" when it may be); `network`: for a network fault."""
+        if self.protected(namespace):
+            return f"in protected namespace {namespace} (PROTECTED_NAMESPACES)"
+        if network and host_network and not self.allow_host_network_testing:
+            return ("on the host network: a network fault would hit its node's own network "
+                    "(ALLOW_HOST_NETWORK_TESTING is off)")
+        return ""
+
 
 def own_namespace(env: Mapping[str, str] | None = None) -> str:
     """chaosbus's own namespace: CHAOSBUS_NAMESPACE, else POD_NAMESPACE (the downward API's

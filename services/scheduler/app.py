@@ -256,11 +256,9 @@ class Scheduler:
 
 def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None,
                      max_targets: int = 5000) -> SelectionConfig:
-    guard = guard or cbconfig.TargetGuard()
     return SelectionConfig(cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
-                           enable_filter_namespace=scope.enable_filter_namespace,
-                           protected_namespaces=guard.protected_namespaces,
-                           allow_host_network=guard.allow_host_network_testing, max_targets=max_targets)
+                           enable_filter_namespace=scope.enable_filter_namespace, guard=guard or cbconfig.TargetGuard(),
+                           max_targets=max_targets)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -295,8 +293,8 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
         log.info("scheduler ready", instance=instance, metrics_port=metrics_port, pods=len(sched.core.pods),
                  remembered=remembered, cluster_scoped=config.cluster_scoped,
                  target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
-                 protected_namespaces=sorted(config.protected_namespaces),
-                 allow_host_network_testing=config.allow_host_network,
+                 protected_namespaces=sorted(config.guard.protected_namespaces),
+                 allow_host_network_testing=config.guard.allow_host_network_testing,
                  cluster_injector=cluster_injector)
         triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)))
         await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),

@@ -19,13 +19,9 @@ all the others). Where we deliberately differ, the difference is safer or cleare
   `running` silently matched nothing.
 * Randomly chosen targets come back in input order (ns, name) rather than draw order, so records
   are stable for a given seed.
-* Protected namespaces (chaosbus's own and kube-system by default, `SelectionConfig.protected_namespaces`)
-  are never matched; naming one in `namespaces` or `pods` is an error. Chaos Mesh has no such guard
-  and relies on RBAC alone.
-* For network faults, hostNetwork pods are not matched unless `allow_host_network` (Chaos Mesh's
-  ALLOW_HOST_NETWORK_TESTING): Chaos Mesh selects them and their records stay Not Injected; we leave
-  them out, so `mode: one` never picks a pod it cannot touch. When these guards are what leaves
-  nothing to select, the error says so.
+* `SelectionConfig.guard` (docs/security.md): protected namespaces are never matched and naming one
+  is an error; network faults leave hostNetwork pods out (Chaos Mesh selects them and leaves their
+  records Not Injected). When the guard is what leaves nothing to select, the error says so.
 """
 
 from __future__ import annotations
@@ -91,8 +87,7 @@ class SelectionConfig:
     cluster_scoped: bool = True
     target_namespace: str = ""
     enable_filter_namespace: bool = False
-    protected_namespaces: frozenset[str] = TargetGuard().protected_namespaces
-    allow_host_network: bool = False
+    guard: TargetGuard = TargetGuard()
     max_targets: int = 5000  # records per experiment (both sides of a NetworkChaos together)
 
 
@@ -123,12 +118,7 @@ def match_pods(
 
 def guarded(pod: TargetPod, config: SelectionConfig, *, network: bool) -> str:
     """Why the target guard keeps `pod` out of selection ("" when it does not)."""
-    if pod.namespace in config.protected_namespaces:
-        return f"in protected namespace {pod.namespace} (PROTECTED_NAMESPACES)"
-    if network and pod.host_network and not config.allow_host_network:
-        return ("on the host network: a network fault would hit its node's own network "
-                "(ALLOW_HOST_NETWORK_TESTING is off)")
-    return ""
+    return config.guard.pod_refusal(pod.namespace, pod.host_network, network=network)
 
 
 def apply_mode(
@@ -293,7 +283,7 @@ def _check_in_scope(namespace: str, config: SelectionConfig, path: str) -> None:
 
 
 def _check_unprotected(namespace: str, config: SelectionConfig, path: str) -> None:
-    if namespace in config.protected_namespaces:
+    if config.guard.protected(namespace):
         raise SelectionError(f"{path}: namespace {namespace!r} is protected: chaosbus never targets its pods "
                              "(PROTECTED_NAMESPACES)")
 
