@@ -88,7 +88,12 @@ def _ns(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default=None)
 
 
-async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]]) -> Any:
+async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]], *,
+                     declare: bool = False) -> Any:
+    """Run `fn` on a fresh connection. `declare`: declare every stream and bucket first (ten
+    JetStream requests), for commands that write what a service may not have declared yet (apply,
+    pods); the others need only the buckets they touch, which `Bus.kv` binds or creates.
+    """
     try:
         # nats-py retries the first connect forever when reconnects are unlimited (right for a
         # service, wrong for a command), so the command bounds it.
@@ -96,7 +101,8 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
     except Exception as e:
         raise UsageError(f"cannot reach NATS at {url} ({type(e).__name__}); is `chaosbus up` running?") from None
     try:
-        await bus.ensure()
+        if declare:
+            await bus.ensure()
         return await fn(ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), bus)
     finally:
         await bus.close()
@@ -116,7 +122,8 @@ async def dispatch(args: argparse.Namespace) -> int:
     if cmd == "apply":
         text = resources.read_source(args.filename)
         resources.prepare(text, args.namespace)  # validate before connecting: bad input never reaches NATS
-        lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, text, args.namespace))
+        lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, text, args.namespace),
+                                 declare=True)
         print("\n".join(lines))
     elif cmd in ("halt", "resume"):
         print(await with_store(url, lambda _s, b: control.halt(b, args.reason) if cmd == "halt"
@@ -156,7 +163,7 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         pod = await with_store(url, lambda s, _b: pods.run(
             s, url, name=args.name, namespace=ns, labels=args.labels, restart=args.restart, node=args.node,
-            argv=argv, bridge=args.bridge, subnet=args.subnet))
+            argv=argv, bridge=args.bridge, subnet=args.subnet), declare=True)
         print(f"pod/{args.name} created (ip {pod['status']['podIP']}, "
               f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})")
     elif args.pod_command == "list":
@@ -172,7 +179,7 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
             if not args.name:
                 raise UsageError("pod rm needs a NAME or --all")
             return [await pods.remove(store, kv, args.name, ns)]
-        print("\n".join(await with_store(url, rm)))
+        print("\n".join(await with_store(url, rm, declare=True)))
     return 0
 
 
