@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, bounds, decode_any, decode_object, encode_object
 from chaosbus.common.crd.errors import InvalidObject, Problems
 
@@ -31,8 +33,17 @@ def admit(doc: Obj, namespace: str | None = None) -> Obj:
         # Orchestration kinds (run by the scheduler) and accepted ones (marked NotSupported): checked
         # as Chaos Mesh's webhook would (a Schedule's cron and embedded spec fully), stored as given.
         scoped = {"namespace": meta.get("namespace") or "default"} if ALL_KINDS[kind].namespaced else {}
-        return decode_any({**doc, "metadata": {**meta, **scoped}})
-    return encode_object(decode_object(doc))
+        return _fits(decode_any({**doc, "metadata": {**meta, **scoped}}))
+    return _fits(encode_object(decode_object(doc)))
+
+
+def _fits(obj: Obj) -> Obj:
+    """The stored object, with its status to come, must fit one NATS message (KV value, event)."""
+    size = len(msgspec.json.encode(obj))
+    if size > bounds.MAX_OBJECT_BYTES:
+        raise InvalidObject([f"object: {size} bytes as stored, more than {bounds.MAX_OBJECT_BYTES} (its status "
+                             "and the event carrying it must fit one NATS message)"])
+    return obj
 
 
 def _namespace_meta(meta: Obj) -> Obj:

@@ -41,6 +41,8 @@ class ObjectEvent(Message, kw_only=True, frozen=True):
     generation: int = 0
     resource_version: str = ""
     object: msgspec.Raw = msgspec.Raw(b"{}")
+    # The object was larger than NATS carries (bytes): `object` holds only its metadata.
+    too_large: int = 0
 
 
 class ContainerRef(Message, kw_only=True, frozen=True):

@@ -122,6 +122,8 @@ class SchedulerCore:
     def _on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
         if event.kind in NOT_EXECUTED or event.kind in ORCHESTRATED:  # not experiments with targets
             return Outputs()
+        if event.too_large:
+            return self._refuse(event, f"the object ({event.too_large} bytes) is larger than NATS max_payload", now)
         known = self.experiments.get(event.uid)
         try:
             # The status is read once, to resume; every later event (mostly status writes) skips it.

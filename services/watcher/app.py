@@ -7,11 +7,15 @@ from __future__ import annotations
 import argparse
 
 import msgspec
+import nats.errors
 from nats.js.kv import KeyValue
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
+from chaosbus.common.crd import API_VERSION
+from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.watcher.core import Outputs, WatcherCore
 from chaosbus.watcher.metrics import WatcherMetrics
 
@@ -37,7 +41,7 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
         else:
             try:
                 obj = msgspec.json.decode(entry.value or b"{}")
-            except msgspec.DecodeError as e:
+            except (msgspec.DecodeError, RecursionError) as e:
                 metrics.errors.labels("undecodable_object").inc()
                 log.error("undecodable object in store", key=entry.key, error=str(e))
                 continue
@@ -49,7 +53,17 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
 
 async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: WatcherMetrics) -> None:
     for subject, event, msg_id in out.events:
-        await bus.publish(subject, event, msg_id=msg_id)
+        try:
+            await bus.publish(subject, event, msg_id=msg_id)
+        except nats.errors.MaxPayloadError:
+            # Readers get the object's metadata and its size: the scheduler marks it Failed, saying why.
+            metrics.errors.labels("object_too_large").inc()
+            log.error("object larger than NATS max_payload: sent without its spec", subject=subject,
+                      bytes=len(event.object))
+            try:
+                await bus.publish(subject, too_large(event), msg_id=msg_id)
+            except nats.errors.MaxPayloadError:  # not even its identity fits: only the log says so
+                continue
         metrics.events.labels(event.kind, event.type).inc()
     for key, target in out.target_puts:
         await targets.put(key, busmod.encode(target))
@@ -57,3 +71,17 @@ async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: Watche
     for key in out.target_deletes:
         await targets.delete(key)
         metrics.targets.labels("delete").inc()
+
+
+def too_large(event: m.ObjectEvent) -> m.ObjectEvent:
+    """The event with only the object's identity (no labels or annotations: they may be what is
+    large), and its size in `too_large`.
+    """
+    try:
+        meta = decode_metadata(event.object)
+    except msgspec.DecodeError:
+        meta = {}
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+            "finalizers")
+    stub = {"apiVersion": API_VERSION, "kind": event.kind, "metadata": {k: v for k, v in meta.items() if k in keep}}
+    return msgspec.structs.replace(event, object=msgspec.Raw(msgspec.json.encode(stub)), too_large=len(event.object))

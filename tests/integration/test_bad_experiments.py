@@ -184,3 +184,27 @@ async def test_an_experiment_nats_cannot_carry_fails_and_the_scheduler_goes_on(s
     await small_world.until("the good experiment's command", lambda: small_world.actions(good))
     assert not small_world.actions(big)
     assert small_world.proc is not None and small_world.proc.poll() is None
+
+
+async def test_an_object_event_over_max_payload_reaches_the_scheduler_as_failed(small_world: World) -> None:
+    """The watcher cannot carry an object NATS refuses: it sends its metadata and size instead, and
+    the scheduler marks the experiment Failed saying so (it used to be an exception in the watcher)."""
+    from chaosbus.watcher.app import emit
+    from chaosbus.watcher.core import Outputs
+    from chaosbus.watcher.metrics import WatcherMetrics
+
+    await small_world.start([pod(0, "c")])
+    uid = str(uuid.uuid4())
+    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos", "spec": GOOD,
+           "metadata": {"name": "huge", "namespace": "default", "uid": uid, "generation": 1,
+                        "annotations": {"note": "x" * SMALL_PAYLOAD},
+                        "creationTimestamp": objects.now_rfc3339(), "finalizers": [RECORDS_FINALIZER]}}
+    event = m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="default", name="huge", uid=uid, generation=1,
+                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    metrics = WatcherMetrics()
+    await emit(small_world.bus, await small_world.bus.kv(subjects.TARGETS.name),
+               Outputs(events=[(subjects.object_subject("PodChaos", "default", "huge"), event, uid)]), metrics)
+    assert metrics.errors.labels("object_too_large")._value.get() == 1
+    await small_world.until("the huge object's failure", lambda: uid in small_world.decisions)
+    assert "larger than NATS max_payload" in small_world.decisions[uid].selection_error
+    assert not small_world.actions(uid)

@@ -25,6 +25,9 @@ U64 = 2**64 - 1
 INT64 = 2**63 - 1
 # A YAML or JSON stream given to `apply` or a trigger; Kubernetes refuses objects over ~1.5 MiB.
 MAX_DOCUMENT_BYTES = 1024 * 1024
+# One admitted object as stored; its status (at most 256 KiB, recorder) comes on top, and the
+# whole travels as one NATS message (1 MiB by default).
+MAX_OBJECT_BYTES = 512 * 1024
 MAX_DEPTH = 64  # nesting of mappings and lists; Chaos Mesh's deepest shapes (Workflow templates) use ~12
 MAX_NODES = 100_000  # YAML nodes of one document once aliases are expanded (JSON encoding expands them)
 MAX_STRING = 256 * 1024

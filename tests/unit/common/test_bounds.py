@@ -267,3 +267,11 @@ def test_an_experiment_over_the_target_cap_fails_its_selection_naming_the_cap() 
     [decision] = out.decisions
     assert decision.records is None
     assert decision.selection_error.startswith("spec.selector: 3 targets selected, more than the 2")
+
+
+def test_an_object_too_large_to_store_with_its_status_is_refused() -> None:
+    doc = network()
+    doc["metadata"]["annotations"] = {f"k{i}": "v" * 200_000 for i in range(3)}
+    with pytest.raises(InvalidObject) as e:
+        admission.admit(doc)
+    assert e.value.errors[0].startswith("object: ") and f"more than {bounds.MAX_OBJECT_BYTES}" in e.value.errors[0]

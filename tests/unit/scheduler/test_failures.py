@@ -122,3 +122,10 @@ def test_a_peer_set_the_command_does_not_carry_is_never_an_empty_list() -> None:
     compacted = commands.compact(cmd)
     with pytest.raises(commands.UnknownPeerSet):
         commands.expand(msgspec.structs.replace(compacted, peer_sets={}))
+
+
+def test_an_object_the_watcher_could_not_carry_is_reported_failed_with_its_size() -> None:
+    core = core_with(1)
+    event = msgspec.structs.replace(partition("huge", "u-huge"), too_large=1_500_000)
+    [decision] = core.on_object(event, 1.0).decisions
+    assert "the object (1500000 bytes) is larger than NATS max_payload" in decision.selection_error
