@@ -21,7 +21,7 @@ from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
-from chaosbus.recorder import core, writes
+from chaosbus.recorder import core, events, writes
 from chaosbus.recorder.events import KubeEvent
 from chaosbus.recorder.metrics import RecorderMetrics
 
@@ -44,18 +44,17 @@ class Recorder:
         self.gone_in_replay: set[tuple[str, str]] = set()  # (namespace, uid)
 
     async def on_object(self, event: m.ObjectEvent) -> None:
-        if event.kind in ORCHESTRATED:  # no finalizer: the scheduler deletes their children itself
-            if event.type == "DELETED" and self.replayed.is_set():
-                await self.forget_events(event.kind, event.namespace, event.name, event.uid)
-            elif event.type == "DELETED":
-                self.gone_in_replay.add((event.namespace, event.uid))
-            return
-        if event.kind in NOT_EXECUTED:
-            if event.type != "DELETED":  # no finalizer either: nothing to recover
-                await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
-            return
         if event.type == "DELETED":
             self.latest.pop(event.uid, None)
+            if self.replayed.is_set():
+                await self.forget_events(event.kind, event.namespace, event.name, event.uid)
+            else:
+                self.gone_in_replay.add((event.namespace, event.uid))
+            return
+        if event.kind in ORCHESTRATED:  # no finalizer: the scheduler deletes their children itself
+            return
+        if event.kind in NOT_EXECUTED:  # no finalizer either: nothing to recover
+            await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
             return
         try:
             if core.finalizer_settled(decode_metadata(event.object)):
@@ -72,15 +71,24 @@ class Recorder:
         if core.finalizer_change(obj, self.latest.get(event.uid)) is None:
             return
         latest = self.latest.get(event.uid)
+        removing = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+        if removing:  # told first: once the finalizer is gone, so is the object (and, locally, its Events)
+            await self._finalizer_events(obj, removed=True)
         try:
             result = await self.store.mutate(event.kind, event.namespace, event.name,
                                              lambda o: core.finalizer_change(o, latest))
         except NotFound:
             return
         op = "add" if result is not None and not result["metadata"].get("deletionTimestamp") else "remove"
+        if op == "add" and result is not None:
+            await self._finalizer_events(result, removed=False)
         self.metrics.finalizers.labels(op).inc()
         log.info("finalizer " + ("added" if op == "add" else "removed"), experiment=event.name,
                  kind=event.kind, namespace=event.namespace)
+
+    async def _finalizer_events(self, about: core.Obj, *, removed: bool) -> None:
+        for event in events.finalizer_events(removed=removed):
+            await self.record_event(about, event)
 
     async def on_decision(self, d: m.ExperimentDecision) -> None:
         self.latest[d.experiment_uid] = d
@@ -236,19 +244,25 @@ class Recorder:
         return "written" if changed else "unchanged"
 
     async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
-        changed = False
+        """Change one object; every change worth telling becomes an Event (`events.for_write`)."""
+        written: tuple[core.Obj, core.Obj] | None = None
 
         def tracking(obj: core.Obj) -> core.Obj | None:
-            nonlocal changed
+            nonlocal written
             new = fn(obj)
-            changed = new is not None
+            written = None if new is None else (obj, new)
             return new
 
         try:
             await self.store.mutate(kind, namespace, name, tracking)
         except NotFound:
             return False
-        return changed
+        if written is None:
+            return False
+        before, after = written
+        for event in events.for_write(before, after):
+            await self.record_event(after, event)
+        return True
 
 
 async def main(args: argparse.Namespace) -> None:

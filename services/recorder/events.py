@@ -9,6 +9,9 @@ path that changes status (decisions, results) reports the same way:
 * a new Failed record event: `Failed` (Warning), with the injector's message.
 * selection failed (the Selected condition carries reason SelectionFailed): `Failed` (Warning).
 * a kind chaosbus accepts but does not execute: `NotSupported` (Warning).
+* as Chaos Mesh's controllers do after their writes: `Updated` when desiredPhase or the records
+  change, and `FinalizerInited` (plus `Updated`) when the records finalizer is added;
+  `FinalizerRemoved` when it is removed (Chaos Mesh reports that with reason `FinalizerInited`).
 
 Many targets changing at once are summarised in one Event per reason, so a 1,000-target experiment
 writes a handful of Events, not thousands.
@@ -114,9 +117,30 @@ def not_supported_event(before: Obj | None, after: Obj) -> KubeEvent | None:
     return KubeEvent(WARNING, "NotSupported", message) if message and message != reason(before) else None
 
 
+def updated(field: str) -> KubeEvent:
+    return KubeEvent(NORMAL, "Updated", f"Successfully update {field} of resource")
+
+
+def finalizer_events(*, removed: bool) -> list[KubeEvent]:
+    if removed:
+        return [KubeEvent(NORMAL, "FinalizerRemoved", "Finalizer has been removed"), updated("finalizer")]
+    return [KubeEvent(NORMAL, "FinalizerInited", "Finalizer has been inited"), updated("finalizer")]
+
+
+def _records(obj: Obj | None) -> list[tuple[str, str, str]]:
+    return [(r.id, r.selector_key, r.phase) for r in _status(obj).experiment.container_records or []]
+
+
 def for_write(before: Obj | None, after: Obj) -> list[KubeEvent]:
     """Every Event one recorder write (object `before` -> `after`) should produce, in order."""
     if (event := not_supported_event(before, after)) is not None:
         return [event]
-    out = [e for e in (phase_event(before, after), selection_event(before, after)) if e is not None]
-    return out + target_events(before, after)
+    out = []
+    if (phase := phase_event(before, after)) is not None:
+        out += [phase, updated("desiredPhase")]
+    if (selection := selection_event(before, after)) is not None:
+        out.append(selection)
+    out += target_events(before, after)
+    if _records(before) != _records(after):
+        out.append(updated("records"))
+    return out

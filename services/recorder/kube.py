@@ -196,8 +196,7 @@ class EventWriter:
 
 
 class KubeRecorder(Recorder):
-    """The local Recorder, plus a Kubernetes Event for every change worth telling (and `Spawned` on
-    the Schedule that a new child comes from, as Chaos Mesh)."""
+    """The local Recorder with its Events written as Kubernetes Events (the API server expires them)."""
 
     def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
         super().__init__(store, metrics, max_events=max_events)
@@ -209,22 +208,6 @@ class KubeRecorder(Recorder):
 
     async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """Kubernetes expires Events on its own (the API server's event TTL)."""
-
-    async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
-        writes: list[tuple[Obj, Obj]] = []
-
-        def tracking(obj: Obj) -> Obj | None:
-            new = fn(obj)
-            if new is not None:
-                writes.append((obj, new))
-            return new
-
-        changed = await super()._mutate(kind, namespace, name, tracking)
-        if changed and writes:
-            before, after = writes[-1]
-            for event in kevents.for_write(before, after):
-                await self.events.write(after, event)
-        return changed
 
 
 async def main(args: argparse.Namespace) -> None:

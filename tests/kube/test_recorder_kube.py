@@ -90,7 +90,13 @@ async def test_status_finalizer_and_events_through_the_api(kube: KubeEnv, record
     await recorder.on_results(results(deleting, "recover", "c2"))
     await recorder.on_decision(decision(deleting, "Stop", deleting=True))
     assert kube.client.get(f"{path}/part") is None  # recovered, finalizer removed, object gone
-    assert event_reasons(kube, "part") == ["Started", "Applied", "Applied", "Deleted", "Recovered", "Recovered"]
+    assert event_reasons(kube, "part") == [
+        "FinalizerInited", "Updated",  # finalizer
+        "Started", "Updated", "Updated",  # desiredPhase Run, the records
+        "Applied", "Applied", "Updated",
+        "Deleted", "Updated",  # desiredPhase Stop
+        "Recovered", "Recovered", "Updated",
+        "FinalizerRemoved", "Updated"]
 
 
 async def test_failures_become_warning_events(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:

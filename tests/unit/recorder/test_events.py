@@ -26,13 +26,18 @@ def reasons(before: dict[str, Any] | None, after: dict[str, Any]) -> list[tuple[
     return [(e.type, e.reason) for e in for_write(before, after)]
 
 
+UPDATED = ("Normal", "Updated")
+
+
 def test_phase_changes() -> None:
-    assert reasons(obj(), obj("Run")) == [("Normal", "Started")]
-    assert reasons(obj("Run"), obj("Stop")) == [("Normal", "TimeUp")]
+    assert reasons(obj(), obj("Run")) == [("Normal", "Started"), UPDATED]
+    assert reasons(obj("Run"), obj("Stop")) == [("Normal", "TimeUp"), UPDATED]
     paused = obj("Stop", annotations={"experiment.chaos-mesh.org/pause": "true"})
-    assert reasons(obj("Run"), paused) == [("Normal", "Paused")]
-    assert reasons(obj("Run"), obj("Stop", deletionTimestamp="2026-01-01T00:00:00Z")) == [("Normal", "Deleted")]
+    assert reasons(obj("Run"), paused) == [("Normal", "Paused"), UPDATED]
+    assert reasons(obj("Run"), obj("Stop", deletionTimestamp="2026-01-01T00:00:00Z")) == [
+        ("Normal", "Deleted"), UPDATED]
     assert reasons(obj("Run"), obj("Run")) == []
+    assert [e.message for e in for_write(obj(), obj("Run"))][1] == "Successfully update desiredPhase of resource"
 
 
 def test_target_outcomes() -> None:
@@ -42,23 +47,25 @@ def test_target_outcomes() -> None:
     events = for_write(before, after)
     assert [(e.type, e.reason, e.message) for e in events] == [
         ("Normal", "Applied", "Successfully apply chaos for d/p0"),
-        ("Warning", "Failed", "Failed to apply chaos for d/p1: no such pid")]
+        ("Warning", "Failed", "Failed to apply chaos for d/p1: no such pid"),
+        ("Normal", "Updated", "Successfully update records of resource")]
     assert reasons(after, obj("Run", [rec(0, injected=1, recovered=1), rec(1, events=[failed])])) == [
-        ("Normal", "Recovered")]
+        ("Normal", "Recovered"), UPDATED]
 
 
 def test_many_targets_are_summarised() -> None:
     before = obj("Run", [rec(i) for i in range(1000)])
     after = obj("Run", [rec(i, injected=1) for i in range(1000)])
-    [event] = for_write(before, after)
+    [event, updated] = for_write(before, after)
     assert event.reason == "Applied" and "1000 targets" in event.message
+    assert updated.reason == "Updated"
 
 
 def test_selection_failure_is_a_warning_once() -> None:
     after = obj("Run")
     after["status"]["conditions"] = [{"type": "Selected", "status": "False", "reason": "SelectionFailed",
                                       "message": "no pod is selected"}]
-    assert reasons(obj(), after) == [("Normal", "Started"), ("Warning", "Failed")]
+    assert reasons(obj(), after) == [("Normal", "Started"), UPDATED, ("Warning", "Failed")]
     assert reasons(after, after) == []
 
 
