@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 from chaosbus.cli import control, render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, subjects
+from chaosbus.common import config, natsauth, subjects
+from chaosbus.common import logging as cblog
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
 
@@ -24,6 +26,7 @@ CONNECT_TIMEOUT_S = 3.0
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaosbus", description="Chaos Mesh experiments over NATS")
     p.add_argument("--nats", default=None, help="NATS URL (default: CHAOSBUS_NATS_URL or the embedded server)")
+    natsauth.add_auth_arguments(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("apply", help="create or update objects from YAML (multi-document)")
@@ -81,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
 
     sub.add_parser("demo", help="run the end-to-end demo (root)")
+
+    ns = sub.add_parser("nats-secrets", help="cluster mode: Secrets with NATS identities and mutual TLS, as YAML")
+    ns.add_argument("--namespace", default="chaosbus")
+    ns.add_argument("--service", default="nats", help="the NATS Service's name (its certificate's DNS names)")
+    sub.add_parser("declare", help="create or update every stream and bucket (the admin step; with --nats-creds "
+                                   "of the admin identity)")
     return p
 
 
@@ -99,7 +108,8 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
         # service, wrong for a command), so the command bounds it.
         bus = await asyncio.wait_for(busmod.connect(url, "chaosbus-cli", connect_timeout=2.0), CONNECT_TIMEOUT_S)
     except Exception as e:
-        raise UsageError(f"cannot reach NATS at {url} ({type(e).__name__}); is `chaosbus up` running?") from None
+        raise UsageError(f"cannot connect to NATS at {cblog.redact(url)} ({_why(e)}); is `chaosbus up` running, "
+                         "and may you read its credentials?") from None
     try:
         if declare:
             await bus.ensure()
@@ -108,14 +118,36 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
         await bus.close()
 
 
+def use_cli_credentials(args: argparse.Namespace) -> None:
+    """The CLI, and the pod supervisors it starts, connect as `cli`: credentials given as flags
+    go to the children through the environment.
+    """
+    if args.nats_creds:
+        os.environ["CHAOSBUS_NATS_CREDS"] = args.nats_creds
+    if args.nats_tls:
+        os.environ["CHAOSBUS_NATS_TLS_DIR"] = args.nats_tls
+    natsauth.use_arguments("cli", args)
+
+
+def _why(e: Exception) -> str:
+    return "credentials refused" if isinstance(e, busmod.Refused) else type(e).__name__
+
+
 async def dispatch(args: argparse.Namespace) -> int:
     url = config.nats_url(args.nats)
+    use_cli_credentials(args)
     ns = args.namespace if getattr(args, "namespace", None) else "default"
     cmd = args.command
     if cmd == "up":
         from chaosbus.cli import up
         return await up.up(port=args.port, store_dir=args.store_dir, metrics_base=args.metrics_base_port,
                            node=config.node_name(args.node))
+    if cmd == "nats-secrets":
+        from chaosbus.cli import natssecrets
+        print(natssecrets.secrets_yaml(namespace=args.namespace, service=args.service), end="")
+        return 0
+    if cmd == "declare":
+        return await _declare(url, args)
     if cmd == "demo":
         from chaosbus.cli import demo
         return await demo.run()
@@ -145,6 +177,18 @@ async def dispatch(args: argparse.Namespace) -> int:
             s, kind, args.name, ns, args.annotations, overwrite=args.overwrite)))
     elif cmd == "pod":
         return await pod_command(args, url, ns)
+    return 0
+
+
+async def _declare(url: str, args: argparse.Namespace) -> int:
+    admin = natsauth.client_auth(natsauth.ADMIN, seed=args.nats_creds, tls_dir=args.nats_tls)
+    bus = await busmod.connect(url, "chaosbus-declare", auth=natsauth.ClientAuth(admin.seed_file, admin.tls_dir,
+                                                                                admin=True))
+    try:
+        await bus.ensure()
+    finally:
+        await bus.close()
+    print(f"declared {len(subjects.STREAMS)} streams and {len(subjects.BUCKETS)} buckets")
     return 0
 
 

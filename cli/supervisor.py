@@ -21,7 +21,7 @@ import msgspec
 
 from chaosbus.cli import ipam, podnet
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, processid, subjects
+from chaosbus.common import config, natsauth, processid, subjects
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = msgspec.json.decode(args.spec, type=PodSpec)
     if not spec.node:
         spec.node = config.node_name()
+    natsauth.use(natsauth.client_auth("cli"))  # `chaosbus pod run` passes its credentials in the environment
     asyncio.run(amain(spec, config.nats_url(args.nats)))
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsserver, subjects
+from chaosbus.common import config, natsauth, natsserver, subjects
 from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
@@ -55,8 +55,11 @@ class Child:
             self.proc.wait()
 
 
-def service_argv(name: str, url: str, metrics_port: int, node: str, journal: Path | None = None) -> list[str]:
+def service_argv(name: str, url: str, metrics_port: int, node: str, journal: Path | None = None,
+                 creds: Path | None = None) -> list[str]:
     argv = [sys.executable, "-m", f"chaosbus.{name}", "--nats", url, "--metrics-port", str(metrics_port)]
+    if creds is not None:
+        argv += ["--nats-creds", str(creds / f"{natsauth.user_name(name, node if name == 'injector' else '')}.nk")]
     if name != "injector":
         return argv
     return argv + ["--node", node] + (["--journal", str(journal)] if journal else [])
@@ -68,6 +71,7 @@ class Nats:
 
     server: natsserver.EmbeddedServer
     log: Path
+    config_file: Path | None = None
     restarts: int = 0
     down_since: float | None = None
 
@@ -79,7 +83,8 @@ class Nats:
             self.down_since = now
             print(f"chaosbus up: nats-server exited ({self.server.process.returncode}); restarting", flush=True)
         try:
-            self.server = natsserver.start(self.server.store_dir, port=self.server.port, log_file=self.log)
+            self.server = natsserver.start(self.server.store_dir, port=self.server.port, log_file=self.log,
+                                           config_file=self.config_file)
         except natsserver.ServerError as e:
             print(f"chaosbus up: nats-server restart failed ({e}); retrying", flush=True)
             return False
@@ -88,9 +93,11 @@ class Nats:
         return True
 
 
-async def register_node(url: str, node: str) -> None:
-    """Local mode's node registration (a kubelet's job): a Node object selectors can match."""
-    bus = await busmod.connect(url, "chaosbus-up")
+async def register_node(url: str, node: str, admin: natsauth.ClientAuth | None = None) -> None:
+    """The one admin step: streams and buckets declared as the subject table says, and local
+    mode's node registration (a kubelet's job): a Node object selectors can match.
+    """
+    bus = await busmod.connect(url, "chaosbus-up", auth=admin)
     try:
         await bus.ensure()
         store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
@@ -105,19 +112,25 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
              quiet: bool = False) -> int:
     state = config.state_dir()
     state.mkdir(parents=True, exist_ok=True)
+    # Credentials and keys are made at first start and reused (0600 files in a 0700 directory):
+    # whoever cannot read them cannot connect to this server, let alone command a fault.
+    conf = natsauth.prepare_local(state, node)
+    admin = natsauth.ClientAuth(natsauth.seed_file(natsauth.ADMIN, state), admin=True)
     if config.url_file().exists():
         existing = config.url_file().read_text().strip()
         with contextlib.suppress(Exception):
-            bus = await busmod.connect(existing, "chaosbus-up-probe", connect_timeout=0.5)
+            bus = await busmod.connect(existing, "chaosbus-up-probe", connect_timeout=0.5, auth=admin)
             await bus.close()
             print(f"error: chaosbus is already up at {existing}", file=sys.stderr)
             return 1
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
-    server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log")
-    nats = Nats(server, logs / "nats-server.log")
+    server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log",
+                              config_file=conf)
+    nats = Nats(server, logs / "nats-server.log", conf)
     journal = None if os.environ.get("CHAOSBUS_JOURNAL") else state / "journal" / f"injector-{subjects.token(node)}.db"
-    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal),
+    creds = natsauth.creds_dir(state)
+    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal, creds),
                       logs / f"{name}.log") for name in SERVICES]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,7 +138,7 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
         loop.add_signal_handler(sig, stop.set)
     try:
         config.url_file().write_text(server.url + "\n")
-        await register_node(server.url, node)
+        await register_node(server.url, node, admin)
         for c in children:
             c.start()
         print(f"chaosbus up: NATS at {server.url} (node {node}); logs in {logs}", flush=True)

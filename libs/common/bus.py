@@ -23,7 +23,7 @@ with tcp_only():
     from nats.js.errors import BadRequestError, NotFoundError
     from nats.js.kv import KeyValue
 
-from chaosbus.common import messages, subjects
+from chaosbus.common import messages, natsauth, subjects
 from chaosbus.common.errors import RetryLater
 
 M = TypeVar("M", bound=messages.Message)
@@ -60,31 +60,64 @@ def decode(data: bytes, kind: type[M]) -> M:
     return result
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 2.0) -> Bus:
-    """Connect with the settings a chaos tool needs: reconnect forever, notice a dead peer fast."""
+class Refused(ConnectionError):
+    """nats-server refused this client's credentials (or their absence)."""
+
+
+async def connect(url: str, name: str, *, connect_timeout: float = 2.0,
+                  auth: natsauth.ClientAuth | None = None, give_up_after: float | None = None) -> Bus:
+    """Connect with the settings a chaos tool needs: reconnect forever, notice a dead peer fast.
+    `auth`: the credentials to present (default: the process's, natsauth.use); a server with
+    authorization refuses a connection without them, and that ends the attempt at once (Refused)
+    rather than retrying forever as an unreachable server does (unless `give_up_after` seconds:
+    then ConnectionError, for a command that a person waits on).
+    """
     check_url(url)
+    refused = asyncio.Event()
+
     async def _on_error(e: Exception) -> None:
+        if "authorization violation" in str(e).lower() and not nc.is_connected:
+            refused.set()
         log.warning("nats error", error=str(e))
 
-    nc = await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        ping_interval=5,
-        max_outstanding_pings=3,
-        connect_timeout=connect_timeout,
-        allow_reconnect=True,
-        error_cb=_on_error,
-    )
-    return Bus(nc)
+    auth = auth or natsauth.process_auth()
+    nc = Client()
+    options: dict[str, Any] = {
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "ping_interval": 5,
+        "max_outstanding_pings": 3,
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": True,
+        "error_cb": _on_error,
+        **(auth.connect_options() if auth is not None else {}),
+    }
+    connecting = asyncio.ensure_future(nc.connect(url, **options))
+    waiting = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait((connecting, waiting), timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if refused.is_set():
+            raise Refused(f"nats-server at {cblog.redact(url)} refused the credentials of {name}")
+        raise ConnectionError(f"no NATS server answered at {cblog.redact(url)} within {give_up_after:.0f} s")
+    connecting.result()
+    return Bus(nc, declares=auth is None or auth.declares)
 
 
 class Bus:
     """One NATS connection with JetStream, typed publish and pull consumption."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, declares: bool = True) -> None:
         self.nc = nc
+        self.declares = declares
         self.js: JetStreamContext = nc.jetstream()
         self._kv: dict[str, KeyValue] = {}
 
@@ -94,7 +127,12 @@ class Bus:
             await self.nc.close()
 
     async def ensure(self) -> None:
-        """Declare every stream and bucket of the subject table (idempotent)."""
+        """Declare every stream and bucket of the subject table (idempotent). With authorization
+        only the admin identity declares (`chaosbus up`'s one step, or the deployment's): the
+        others find them made.
+        """
+        if not self.declares:
+            return
         for s in subjects.STREAMS:
             await self._ensure_stream(s)
         for b in subjects.BUCKETS:
@@ -110,9 +148,15 @@ class Bus:
             storage=api.StorageType.FILE,
             duplicate_window=120.0,
         )
+        # Looked up first: with authorization on, only the admin identity may create or change a
+        # stream (one step at start, `chaosbus up` or the deployment's), and every other identity
+        # may only find that it is there as the table says.
         try:
+            current = (await self.js.stream_info(s.name)).config
+        except NotFoundError:
             await self.js.add_stream(cfg)
-        except BadRequestError:
+            return
+        if _stream_differs(current, cfg):
             await self.js.update_stream(cfg)
 
     async def kv(self, bucket: str) -> KeyValue:
@@ -349,6 +393,11 @@ class Bus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _stream_differs(current: api.StreamConfig, wanted: api.StreamConfig) -> bool:
+    fields = ("subjects", "retention", "max_msgs_per_subject", "max_age", "storage", "duplicate_window")
+    return any((getattr(current, f) or None) != (getattr(wanted, f) or None) for f in fields)
 
 
 def _decode_or_log(msg: Msg, kind: type[M]) -> M | None:

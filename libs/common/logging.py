@@ -8,7 +8,9 @@ should not pay it.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 
@@ -23,6 +25,7 @@ def configure(service: str, *, level: str = "info", json: bool = True) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -48,6 +51,19 @@ class _Logger:
 
             self._log = structlog.get_logger(self._name)
         return getattr(self._log, attr)
+
+
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password (or token) of every URL in it replaced by `***`."""
+    return _URL_USERINFO.sub("***@", text)
+
+
+def _redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """No log line carries a credential: a NATS URL may hold one (nats://user:password@host)."""
+    return {k: redact(v) if isinstance(v, str) and "://" in v else v for k, v in event.items()}
 
 
 def get(name: str = "chaosbus") -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config
+from chaosbus.common import config, natsauth, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import metrics as cbmetrics
 
@@ -33,10 +33,19 @@ def tune_gc() -> None:
 def parser(service: str, description: str, *, metrics_port: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"chaosbus-{service}", description=description)
     p.add_argument("--nats", default=None, help="NATS URL (default: CHAOSBUS_NATS_URL or the embedded server)")
+    natsauth.add_auth_arguments(p)
     p.add_argument("--metrics-port", type=int, default=metrics_port, help="port of /metrics (0: any free port)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics")
     p.add_argument("--log-level", default="info")
     return p
+
+
+def identity_of(service: str, args: argparse.Namespace) -> str:
+    """The NATS user a service connects as: a node injector's name carries its node."""
+    if service != "injector":
+        return service
+    node = subjects.CLUSTER_NODE if getattr(args, "cluster", False) else config.node_name(getattr(args, "node", None))
+    return natsauth.user_name(service, node)
 
 
 def add_scope_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +95,7 @@ def run(service: str, args: argparse.Namespace,
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
     cblog.configure(service, level=args.log_level)
     args.nats = config.nats_url(args.nats)
+    natsauth.use_arguments(identity_of(service, args), args)
     tune_gc()
     asyncio.run(_supervise(service, args, main))
 

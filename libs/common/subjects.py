@@ -11,14 +11,48 @@ from dataclasses import dataclass, field
 
 from chaosbus.common import messages as m
 
+# The NATS identities (docs/security.md): each component connects as one of these, and nats-server
+# allows each only what the records below grant it (libs/common/natsauth.py turns them into
+# permissions). A node injector's identity is per node: `{node}` in a template is its node name.
+# `cli` is the `chaosbus` commands and the pod supervisors they start (local mode's kubectl);
+# `client` may only call the direct triggers.
+IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client")
+
+
+@dataclass(frozen=True)
+class Role:
+    """One identity's part in a bucket or core subject; `subjects` narrows it (templates)."""
+
+    identity: str
+    note: str = ""
+    subjects: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"{self.identity} ({self.note})" if self.note else self.identity
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """Who reads a stream and how: a durable pull consumer (`durable`, `filter`: templates), or,
+    without `durable`, ordered replays of the subjects in `filter` (default: the whole stream).
+    """
+
+    identity: str
+    durable: str = ""
+    filter: str = ""
+    note: str = "ordered replay"
+
+    def __str__(self) -> str:
+        return self.durable or f"{self.identity} ({self.note})"
+
 
 @dataclass(frozen=True)
 class Stream:
     name: str
     subjects: tuple[str, ...]
     message: type[m.Message]
-    owner: str  # the only service that publishes
-    consumers: tuple[str, ...]  # durable consumer names (templates use {node})
+    owner: str  # the only identity that publishes
+    consumers: tuple[Consumer, ...]
     max_msgs_per_subject: int = -1
     max_age_s: float = 0.0
     work_queue: bool = False
@@ -30,10 +64,10 @@ class Bucket:
     name: str
     keys: str
     message: str
-    owners: tuple[str, ...]
+    owners: tuple[Role, ...]
     history: int = 1
     purpose: str = ""
-    readers: tuple[str, ...] = field(default_factory=tuple)
+    readers: tuple[Role, ...] = field(default_factory=tuple)
 
 
 OBJECTS = Stream(
@@ -41,7 +75,8 @@ OBJECTS = Stream(
     subjects=("chaos.obj.>",),
     message=m.ObjectEvent,
     owner="watcher",
-    consumers=("scheduler (ordered replay)", "recorder (ordered replay)"),
+    consumers=(Consumer("scheduler"), Consumer("recorder"),
+               Consumer("watcher", note="last per subject, at start in cluster mode")),
     max_msgs_per_subject=1,
     purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
 )
@@ -50,7 +85,7 @@ COMMANDS = Stream(
     subjects=("chaos.cmd.*",),
     message=m.NodeCommand,
     owner="scheduler",
-    consumers=("injector-{node}",),
+    consumers=(Consumer("injector", durable="injector-{node}", filter="chaos.cmd.{node}"),),
     work_queue=True,
     purpose="one batched command per node and experiment step; removed once the node acks it",
 )
@@ -59,7 +94,8 @@ RESULTS = Stream(
     subjects=("chaos.result.*",),
     message=m.ResultBatch,
     owner="injector",
-    consumers=("recorder", "scheduler-results"),
+    consumers=(Consumer("recorder", durable="recorder", filter="chaos.result.*"),
+               Consumer("scheduler", durable="scheduler-results", filter="chaos.result.*")),
     max_age_s=24 * 3600,
     purpose="per-target outcome of each command",
 )
@@ -68,7 +104,7 @@ DECISIONS = Stream(
     subjects=("chaos.phase.*",),
     message=m.ExperimentDecision,
     owner="scheduler",
-    consumers=("recorder-phase",),
+    consumers=(Consumer("recorder", durable="recorder-phase", filter="chaos.phase.*"),),
     max_msgs_per_subject=1,
     purpose="desired phase and selected records per experiment (self-contained, last wins)",
 )
@@ -77,7 +113,7 @@ WRITES = Stream(
     subjects=("chaos.write.>",),
     message=m.ObjectWrite,
     owner="scheduler",
-    consumers=("recorder-writes",),
+    consumers=(Consumer("recorder", durable="recorder-writes", filter="chaos.write.>"),),
     work_queue=True,
     purpose="objects the scheduler decides (Schedule children, orchestration status), written by the recorder",
 )
@@ -87,39 +123,40 @@ OBJECT_STORE = Bucket(
     name="objects",
     keys="<Kind>.<namespace>.<name>",
     message="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace)",
-    owners=("cli (spec, metadata)", "recorder (status, finalizers)", "pod supervisor (Pods)"),
-    readers=("watcher",),
+    owners=(Role("cli", "spec, metadata; pod supervisor: Pods"), Role("recorder", "status, finalizers"),
+            Role("scheduler", "triggers: apply, recover")),
+    readers=(Role("watcher"),),
     purpose="local mode's API server: the objects users apply",
 )
 TARGETS = Bucket(
     name="targets",
     keys="pod.<namespace>.<name>, namespace.<name>, node.<name>",
     message="TargetPod, TargetNamespace, TargetNode",
-    owners=("watcher",),
-    readers=("scheduler",),
+    owners=(Role("watcher"),),
+    readers=(Role("scheduler"),),
     purpose="the projection of pods, namespaces and nodes that selection needs",
 )
 IPAM = Bucket(
     name="ipam",
     keys="<a>_<b>_<c>_<d>",
     message="the owning pod's namespace/name",
-    owners=("pod supervisor",),
+    owners=(Role("cli", "pod supervisor"),),
     purpose="address leases of local process pods (create-only puts make allocation atomic)",
 )
 CONTROL = Bucket(
     name="control",
     keys="halt",
     message="HaltState",
-    owners=("cli (halt, resume)",),
-    readers=("injector", "cli (apply refuses while halted)"),
+    owners=(Role("cli", "halt, resume"),),
+    readers=(Role("injector"), Role("scheduler", "triggers refuse while halted")),
     purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
 )
 SCHEDULER = Bucket(
     name="scheduler",
     keys="experiment.<uid>, leader",
     message="ExperimentMemory, LeaderLease",
-    owners=("scheduler",),
-    readers=("scheduler",),
+    owners=(Role("scheduler"),),
+    readers=(Role("scheduler"),),
     purpose="what the scheduler decided per experiment (survives kill -9) and the leader lease",
 )
 BUCKETS = (OBJECT_STORE, TARGETS, IPAM, CONTROL, SCHEDULER)
@@ -134,7 +171,7 @@ class CoreSubject:
     pattern: str
     message: type[m.Message]
     owner: str
-    readers: tuple[str, ...]
+    readers: tuple[Role, ...]
     purpose: str = ""
     reply: type[m.Message] | None = None  # request/reply subjects: the reply (or an ErrorReply)
 
@@ -143,17 +180,17 @@ LEASES = CoreSubject(
     pattern="chaos.lease.*",
     message=m.NodeLease,
     owner="scheduler",
-    readers=("injector",),
+    readers=(Role("injector", subjects=("chaos.lease.{node}",)),),
     purpose="dead-man lease per node, renewed every ttl/3; a lost renewal is covered by the next one",
 )
 HALT = CoreSubject(
     pattern="chaos.control.halt",
     message=m.HaltState,
     owner="cli",
-    readers=("injector",),
+    readers=(Role("injector"),),
     purpose="kill-switch broadcast; the KV key `control/halt` is the durable copy",
 )
-TRIGGER_READERS = ("clients (nats request)",)
+TRIGGER_READERS = (Role("cli"), Role("client", "direct triggers"))  # they send the requests
 TRIGGER_APPLY = CoreSubject(
     pattern="chaos.trigger.apply", message=m.TriggerApply, reply=m.TriggerApplied, owner="scheduler",
     readers=TRIGGER_READERS, purpose="apply an experiment given as its custom resource in JSON (local mode)")
@@ -248,14 +285,14 @@ def markdown_table() -> str:
         rows.append(f"| stream | `{s.name}` | `{'`, `'.join(s.subjects)}` | `{s.message.__name__}` | {s.owner} | "
                     f"{', '.join(f'`{c}`' for c in s.consumers)} |")
     for b in BUCKETS:
-        rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(b.owners)} | "
-                    f"{', '.join(b.readers) or '-'} |")
+        rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(map(str, b.owners))} | "
+                    f"{', '.join(map(str, b.readers)) or '-'} |")
     for c in CORE_SUBJECTS:
         msg = f"`{c.message.__name__}`" + (f" → `{c.reply.__name__}` or `ErrorReply`" if c.reply else "")
         if c.reply:  # the clients write the requests; the owner reads them and replies
-            rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(c.readers)} | "
+            rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(map(str, c.readers))} | "
                         f"`{c.owner} (leader replies)` |")
             continue
         rows.append(f"| core subject | - | `{c.pattern}` | {msg} | {c.owner} | "
-                    f"{', '.join(f'`{r}`' for r in c.readers)} |")
+                    f"{', '.join(f'`{r.identity}`' for r in c.readers)} |")
     return "\n".join(rows)

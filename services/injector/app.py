@@ -90,7 +90,8 @@ class Edge:
         await bus.ensure()
         await bus.nc.subscribe(subjects.lease_subject(self.name), cb=self._on_lease)
         await bus.nc.subscribe(subjects.HALT_SUBJECT, cb=self._on_halt)
-        log.info("injector ready", node=self.name, nats=bus.nc.connected_url.netloc if bus.nc.connected_url else "")
+        where = bus.nc.connected_url
+        log.info("injector ready", node=self.name, nats=f"{where.hostname}:{where.port}" if where else "")
         await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus))
 
     async def _track(self, bus: busmod.Bus) -> None:

@@ -152,9 +152,10 @@ class Journal:
     def __init__(self, path: Path, *, sync: str = "full") -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"journal sync must be one of {SYNC_MODES}, got {sync!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._lockfile = _take_ownership(path)
+        _private(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -294,6 +295,16 @@ class Journal:
             db.execute("DELETE FROM exempt WHERE at < ? AND experiment_uid NOT IN "
                        "(SELECT experiment_uid FROM entries)", (older_than,))
         return int(n)
+
+
+def _private(path: Path) -> None:
+    """The journal holds every target's original state: readable by its owner only. SQLite gives
+    its -wal and -shm files the database file's mode, so making that one 0600 covers all three.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(name, 0o600)
 
 
 def _take_ownership(path: Path) -> int:

@@ -16,7 +16,7 @@ import yaml
 from helpers.live import BRIDGE, SUBNET, System, eventually, wait_blocked
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import processid
+from chaosbus.common import natsauth, processid
 from chaosbus.injector.faults import shaping
 
 pytestmark = pytest.mark.privileged
@@ -162,7 +162,7 @@ def test_selector_matching_nothing_is_reported_in_status(system: System) -> None
 
 def test_malformed_nats_messages_crash_nothing(system: System) -> None:
     async def send() -> None:
-        bus = await busmod.connect(system.url, "e2e-garbage")
+        bus = await busmod.connect(system.url, "e2e-garbage", auth=system.auth(natsauth.ADMIN))
         try:
             for subject in ("chaos.cmd.node-e2e", "chaos.result.x", "chaos.phase.x", "chaos.obj.PodChaos.d.x"):
                 await bus.js.publish(subject, b"\x00not json{")

@@ -28,7 +28,7 @@ def request(system: System, subject: str, payload: bytes | dict[str, Any]) -> di
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
 
     async def ask() -> dict[str, Any]:
-        nc = await nats.connect(system.url)
+        nc = await nats.connect(system.url, **system.auth("client").connect_options())
         try:
             msg = await nc.request(subject, data, timeout=10)
             reply: dict[str, Any] = json.loads(msg.data)

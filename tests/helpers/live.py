@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from chaosbus.cli import leftovers
-from chaosbus.common import netns, processid
+from chaosbus.common import natsauth, netns, processid
 
 # Per-run names, so two test runs on one machine (developers in parallel) never share a bridge.
 BRIDGE, SUBNET = f"cbte{os.getpid() % 10000}", f"10.216.{os.getpid() % 250}.0/24"
@@ -74,6 +74,10 @@ class System:
         """Every ordered pair (i, j) where pod i cannot open a TCP connection to pod j."""
         return {(i, j) for i in range(len(self.pods)) for j in range(len(self.pods))
                 if i != j and not self.connects(i, j)}
+
+    def auth(self, user: str) -> natsauth.ClientAuth:
+        """The credentials `chaosbus up` made for `user` (admin: may do anything, as a bug might)."""
+        return natsauth.ClientAuth(natsauth.seed_file(user, self.state), admin=user == natsauth.ADMIN)
 
     def service_log(self, name: str) -> str:
         return (self.state / "logs" / f"{name}.log").read_text()

@@ -34,8 +34,8 @@ import yaml
 
 from chaosbus.cli import resources
 from chaosbus.common import bus as busmod
+from chaosbus.common import natsauth, objects, subjects
 from chaosbus.common import netns as nsutil
-from chaosbus.common import objects, subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.injector.backends import nft
 from chaosbus.injector.faults.partition import table_name
@@ -280,7 +280,8 @@ class SelfTest:
         poller = Poller(list(self.pods.values()))
         poller.start()
         try:
-            self.bus = await busmod.connect(self.url, "selftest")
+            self.bus = await busmod.connect(self.url, "selftest", auth=natsauth.ClientAuth(
+                natsauth.seed_file(natsauth.ADMIN, self.state), admin=True))
             await self.bus.ensure()
             self.store = ObjectStore(await self.bus.kv(subjects.OBJECT_STORE.name))
             await self._cycles()

@@ -101,3 +101,16 @@ def test_prune_drops_old_ended_entries_but_never_open_ones(journal: Journal) -> 
     assert journal.prune(older_than=3.0) == 1
     assert [e.key for e in journal.entries()] == ["open"]
     assert not journal.command_seen("c")
+
+
+def test_the_journal_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "j" / "node.db"
+    path.parent.mkdir()
+    path.touch(mode=0o644)  # left by an older version: tightened on open
+    j = Journal(path)
+    try:
+        j.write_intents([entry("a")])
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir() if p.name.startswith("node.db")}
+    finally:
+        j.close()
+    assert modes["node.db"] == 0o600 and modes["node.db-wal"] == 0o600, modes
