@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chaosbus.common import config, service
+from chaosbus.cli import natssecrets
+from chaosbus.common import config, natsauth, service
 from chaosbus.common.crd import WATCHED_KINDS, plural_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +189,7 @@ def test_every_env_variable_set_is_read_by_the_code() -> None:
 
 def test_nats_url_points_at_the_nats_service_with_jetstream_on_a_pvc() -> None:
     url = config_env()["CHAOSBUS_NATS_URL"]
-    host, port = re.fullmatch(r"nats://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    host, port = re.fullmatch(r"tls://([^:/]+):(\d+)", url).groups()  # type: ignore[union-attr]
     svc = named("Service", "nats")
     assert host in (svc["metadata"]["name"], f"nats.{NAMESPACE}.svc", f"nats.{NAMESPACE}.svc.cluster.local")
     assert int(port) in [p["port"] for p in svc["spec"]["ports"]]
@@ -200,6 +201,92 @@ def test_nats_url_points_at_the_nats_service_with_jetstream_on_a_pvc() -> None:
     [volume] = [v for v in pod_spec("nats")["volumes"] if v["name"] == mount["name"]]
     assert named("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     assert svc["spec"]["selector"].items() <= workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+# --- NATS: mutual TLS, identities, reachability -----------------------------------------------------
+
+def secret_mounts(name: str, which: str = "containers") -> dict[str, str]:
+    """mountPath -> Secret name of `name`'s first container (or init container)."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod_spec(name)["volumes"] if "secret" in v}
+    c = pod_spec(name)[which][0]
+    return {m["mountPath"]: secrets[m["name"]] for m in c.get("volumeMounts", []) if m["name"] in secrets}
+
+
+GENERATED = {u.secret: u for u in natssecrets.CLUSTER_USERS}
+
+
+def test_nats_runs_the_generated_configuration_with_tls_from_its_secret() -> None:
+    nats = container("nats")
+    [conf] = [a.split("=", 1)[1] for a in nats["args"] if a.startswith("--config=")]
+    mounts = secret_mounts("nats")
+    assert mounts == {natssecrets.SERVER_TLS_DIR: natssecrets.SERVER_SECRET}
+    assert conf == f"{natssecrets.SERVER_TLS_DIR}/nats.conf"
+    server_conf = [d for d in yaml.safe_load_all(natssecrets.secrets_yaml()) if d][0]
+    assert server_conf["metadata"]["name"] == natssecrets.SERVER_SECRET
+    tls = json.loads(server_conf["stringData"]["nats.conf"])["tls"]
+    assert tls["verify"] is True, "clients without a certificate from the CA must be refused"
+    assert {tls["cert_file"], tls["key_file"], tls["ca_file"]} == {
+        f"{natssecrets.SERVER_TLS_DIR}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")}
+    assert set(server_conf["stringData"]) == {"nats.conf", "tls.crt", "tls.key", "ca.crt"}
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("chaosbus-watcher", "chaosbus-nats-watcher"), ("chaosbus-scheduler", "chaosbus-nats-scheduler"),
+    ("chaosbus-recorder", "chaosbus-nats-recorder"), ("chaosbus-injector", "chaosbus-nats-injector"),
+    ("chaosbus-cluster-injector", "chaosbus-nats-cluster-injector")])
+def test_every_service_mounts_only_its_own_identity_and_uses_it(name: str, secret: str) -> None:
+    module = WORKLOADS[name][0]
+    assert secret in GENERATED and GENERATED[secret].identity == module
+    env = container_env(container(name))
+    mounts = secret_mounts(name)
+    assert list(mounts.values()) == [secret], f"{name} mounts {mounts}"
+    [path] = mounts
+    assert (env["CHAOSBUS_NATS_CREDS"], env["CHAOSBUS_NATS_TLS_DIR"]) == (f"{path}/nkey", path)
+    assert {v["secret"]["defaultMode"] for v in pod_spec(name)["volumes"] if "secret" in v} == {0o440}
+    sc = pod_spec(name).get("securityContext", {})  # none: root, as the node injector runs
+    assert sc.get("runAsUser", 0) == 0 or sc.get("fsGroup") == sc["runAsGroup"], "the mounted seed is unreadable"
+    if name == "chaosbus-cluster-injector":
+        assert GENERATED[secret].name == natsauth.user_name("injector", "_cluster")
+
+
+def test_only_an_init_container_holds_the_admin_identity_and_it_declares() -> None:
+    holders = [n for n in workloads() if "chaosbus-nats-admin" in secret_mounts(n).values()]
+    assert holders == []
+    [init] = pod_spec("chaosbus-scheduler")["initContainers"]
+    assert init["command"] == ["python", "-m", "chaosbus.cli", "declare"]
+    [path] = [p for p, s in secret_mounts("chaosbus-scheduler", "initContainers").items() if s == "chaosbus-nats-admin"]
+    env = container_env(init)
+    assert (env["CHAOSBUS_NATS_CREDS"], env["CHAOSBUS_NATS_TLS_DIR"]) == (f"{path}/nkey", path)
+    from chaosbus.cli import main
+    assert main.build_parser().parse_args(["declare"]).command == "declare"
+
+
+def test_the_monitoring_port_is_not_in_the_service() -> None:
+    assert [p["port"] for p in named("Service", "nats")["spec"]["ports"]] == [4222]
+
+
+def test_only_chaosbus_pods_reach_nats_and_only_its_client_port() -> None:
+    [policy] = objects("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= \
+        workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["policyTypes"] == ["Ingress"]
+    [rule] = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 4222}]
+    [peer] = rule["from"]
+    assert set(peer) == {"podSelector"}, "no namespaceSelector: only pods of this namespace"
+    selector = peer["podSelector"]["matchLabels"]
+    for name in WORKLOADS:
+        assert selector.items() <= workloads()[name]["spec"]["template"]["metadata"]["labels"].items(), name
+
+
+def test_node_injectors_stay_off_control_plane_nodes_unless_a_node_opts_in() -> None:
+    terms = pod_spec("chaosbus-injector")["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    exprs = [t["matchExpressions"] for t in terms]
+    assert [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}] in exprs
+    assert [{"key": "chaosbus.io/injector", "operator": "In", "values": ["allowed"]}] in exprs
+    assert len(terms) == 2  # terms are ORed: a control-plane node runs one only when labelled
 
 
 # --- metrics ---------------------------------------------------------------------------------------
