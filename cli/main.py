@@ -118,7 +118,7 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
         await bus.close()
 
 
-def use_cli_credentials(args: argparse.Namespace) -> None:
+def use_cli_credentials(args: argparse.Namespace, url: str) -> None:
     """The CLI, and the pod supervisors it starts, connect as `cli`: credentials given as flags
     go to the children through the environment.
     """
@@ -126,7 +126,7 @@ def use_cli_credentials(args: argparse.Namespace) -> None:
         os.environ["CHAOSBUS_NATS_CREDS"] = args.nats_creds
     if args.nats_tls:
         os.environ["CHAOSBUS_NATS_TLS_DIR"] = args.nats_tls
-    natsauth.use_arguments("cli", args)
+    natsauth.use_arguments("cli", args, url)
 
 
 def _why(e: Exception) -> str:
@@ -135,7 +135,7 @@ def _why(e: Exception) -> str:
 
 async def dispatch(args: argparse.Namespace) -> int:
     url = config.nats_url(args.nats)
-    use_cli_credentials(args)
+    use_cli_credentials(args, url)
     ns = args.namespace if getattr(args, "namespace", None) else "default"
     cmd = args.command
     if cmd == "up":

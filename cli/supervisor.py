@@ -162,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     spec = msgspec.json.decode(args.spec, type=PodSpec)
     if not spec.node:
         spec.node = config.node_name()
-    natsauth.use(natsauth.client_auth("cli"))  # `chaosbus pod run` passes its credentials in the environment
-    asyncio.run(amain(spec, config.nats_url(args.nats)))
+    url = config.nats_url(args.nats)
+    natsauth.use(natsauth.client_auth("cli", url=url))  # `chaosbus pod run` passes given credentials in the environment
+    asyncio.run(amain(spec, url))
 
 
 if __name__ == "__main__":

@@ -282,17 +282,29 @@ def process_auth() -> ClientAuth | None:
     return _process_auth
 
 
-def client_auth(user: str, *, seed: str | Path | None = None, tls_dir: str | Path | None = None) -> ClientAuth:
+def client_auth(user: str, *, seed: str | Path | None = None, tls_dir: str | Path | None = None,
+                url: str | None = None) -> ClientAuth:
     """Where `user`'s credentials are: the given paths, else CHAOSBUS_NATS_CREDS and
-    CHAOSBUS_NATS_TLS_DIR, else its seed in the state dir if it exists there (none: connect
-    without credentials, as against a test server without authorization).
+    CHAOSBUS_NATS_TLS_DIR, else its seed in the state dir when it is readable and `url` is the
+    server `chaosbus up` recorded there (none: connect without credentials, as to a test server
+    without authorization).
     """
     seed_path = seed or os.environ.get("CHAOSBUS_NATS_CREDS") or None
-    if seed_path is None:
+    if seed_path is None and _is_local_server(url):
         default = seed_file(user)
         seed_path = default if _readable(default) else None
     tls = tls_dir or os.environ.get("CHAOSBUS_NATS_TLS_DIR") or None
     return ClientAuth(Path(seed_path) if seed_path else None, Path(tls) if tls else None)
+
+
+def _is_local_server(url: str | None) -> bool:
+    """Whether `url` is (or defaults to) the server whose credentials the state dir holds."""
+    if url is None:
+        return True
+    try:
+        return url.strip() == config.url_file().read_text().strip()
+    except OSError:
+        return False
 
 
 def _readable(path: Path) -> bool:
@@ -311,6 +323,6 @@ def add_auth_arguments(p: argparse.ArgumentParser) -> None:
                    help="directory with ca.crt, tls.crt and tls.key for mutual TLS (default: CHAOSBUS_NATS_TLS_DIR)")
 
 
-def use_arguments(user: str, args: argparse.Namespace) -> None:
-    """Every connection this process opens authenticates as `user` (one process, one identity)."""
-    use(client_auth(user, seed=args.nats_creds, tls_dir=args.nats_tls))
+def use_arguments(user: str, args: argparse.Namespace, url: str | None = None) -> None:
+    """Every connection this process opens to `url` authenticates as `user` (one process, one identity)."""
+    use(client_auth(user, seed=args.nats_creds, tls_dir=args.nats_tls, url=url))

@@ -95,7 +95,7 @@ def run(service: str, args: argparse.Namespace,
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
     cblog.configure(service, level=args.log_level)
     args.nats = config.nats_url(args.nats)
-    natsauth.use_arguments(identity_of(service, args), args)
+    natsauth.use_arguments(identity_of(service, args), args, args.nats)
     tune_gc()
     asyncio.run(_supervise(service, args, main))
 

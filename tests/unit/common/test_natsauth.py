@@ -132,3 +132,16 @@ def test_local_credentials_are_private_and_reused(tmp_path: Path) -> None:
 ])
 def test_urls_are_redacted_for_logs(text: str, shown: str) -> None:
     assert cblog.redact(text) == shown
+
+
+def test_state_dir_credentials_go_only_to_the_server_recorded_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("CHAOSBUS_NATS_CREDS", raising=False)
+    natsauth.prepare_local(tmp_path, "n1")
+    (tmp_path / "nats.url").write_text("nats://127.0.0.1:4222\n")
+    assert natsauth.client_auth("cli", url="nats://127.0.0.1:4222").seed_file == natsauth.seed_file("cli", tmp_path)
+    assert natsauth.client_auth("cli").seed_file == natsauth.seed_file("cli", tmp_path)
+    assert natsauth.client_auth("cli", url="nats://127.0.0.1:5555").seed_file is None  # someone else's server
+    given = tmp_path / "given.nk"
+    assert natsauth.client_auth("cli", seed=given, url="nats://elsewhere:1").seed_file == given
