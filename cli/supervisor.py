@@ -109,7 +109,8 @@ class Supervisor:
         try:
             return podnet.spawn_in_netns(self.spec.argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, processid.POD_UID_ENV: self.uid})
+                                         env={**os.environ, processid.POD_UID_ENV: self.uid,
+                                              processid.POD_NAMESPACE_ENV: self.spec.namespace})
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()

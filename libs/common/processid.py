@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEME = "process://"
-# A process pod's supervisor starts the pod's process with its Pod's uid in this environment
-# variable, so an injector can tell which pod a pid belongs to from the process itself.
+# A process pod's supervisor starts the pod's process with its Pod's uid and namespace in these
+# environment variables, so an injector can tell which pod a pid belongs to from the process itself.
 POD_UID_ENV = "CHAOSBUS_POD_UID"
+POD_NAMESPACE_ENV = "CHAOSBUS_POD_NAMESPACE"
 
 
 @dataclass(frozen=True)

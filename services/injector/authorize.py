@@ -90,9 +90,9 @@ def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime
         scheme = h.container_id.partition("://")[0]
         netns = _inode(h.netns_path)
         if scheme in runtime.KNOWN_RUNTIMES:
-            why = _wrong_pod(h, action.pod_uid)
+            why = _wrong_pod(h, action, h.pod_uid, h.pod_namespace)
         else:
-            why = _not_a_process_pod(h, action.pod_uid, netns, host, check_uid=not network)
+            why = _not_a_process_pod(h, action, netns, host, check_uid=not network)
         if why is None and network and not policy.guard.allow_host_network_testing and netns in host:
             why = (f"{h.container_id} shares the node's own network namespace (a hostNetwork pod): network faults "
                    "never target it (ALLOW_HOST_NETWORK_TESTING is off)")
@@ -101,24 +101,30 @@ def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime
     return None
 
 
-def _wrong_pod(h: runtime.ContainerHandle, pod_uid: str) -> str | None:
-    if h.pod_uid is None or h.pod_uid == pod_uid:
-        return None
-    if not h.pod_uid:
+def _wrong_pod(h: runtime.ContainerHandle, action: m.TargetAction, uid: str | None,
+               namespace: str | None) -> str | None:
+    """The node's word on the container's pod against the command's. The namespace is checked too:
+    the protected-namespace check trusts the command's namespace only because it is the real one.
+    """
+    if uid == "":
         return (f"{h.container_id} carries no {runtime.POD_UID_LABEL} label: it is not a Kubernetes pod's "
                 "container")
-    return f"{h.container_id} belongs to pod uid {h.pod_uid}, not to {pod_uid or '(none given)'}"
+    if uid is not None and uid != action.pod_uid:
+        return f"{h.container_id} belongs to pod uid {uid}, not to {action.pod_uid or '(none given)'}"
+    if namespace is not None and namespace != action.namespace:
+        return f"{h.container_id} belongs to namespace {namespace}, not to {action.namespace or '(none given)'}"
+    return None
 
 
-def _not_a_process_pod(h: runtime.ContainerHandle, pod_uid: str, netns: int | None, host: frozenset[int], *,
-                       check_uid: bool) -> str | None:
+def _not_a_process_pod(h: runtime.ContainerHandle, action: m.TargetAction, netns: int | None,
+                       host: frozenset[int], *, check_uid: bool) -> str | None:
     if not h.netns_path.startswith(NETNS_RUN_DIR + "/") or netns is None or netns in host:
         return (f"{h.container_id} is not a process pod's process: it does not live in a pod's own named network "
                 f"namespace ({NETNS_RUN_DIR})")
-    owner = runtime.process_pod_uid(h.pid) if check_uid else ""
-    if owner and owner != pod_uid:
-        return f"{h.container_id} belongs to pod uid {owner}, not to {pod_uid or '(none given)'}"
-    return None
+    if not check_uid:
+        return None
+    uid, namespace = runtime.process_pod(h.pid)
+    return _wrong_pod(h, action, uid, namespace) if uid else None  # a process without the marker: not ours to tell
 
 
 def _inode(path: str) -> int | None:

@@ -38,6 +38,7 @@ SOCKET_ENV = {
 TIMEOUT_ENV = "CHAOSBUS_RUNTIME_TIMEOUT"
 # The kubelet labels every container it creates with its pod's uid; CRI runtimes and Docker report it.
 POD_UID_LABEL = "io.kubernetes.pod.uid"
+POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 POD_UID_ENV = processid.POD_UID_ENV
 # After a runtime timed out or was unavailable, calls to it fail at once for this long.
 BREAKER_COOLDOWN_S = 5.0
@@ -68,6 +69,7 @@ class ContainerHandle:
     mnt_ns_path: str
     alive: bool
     pod_uid: str | None = None
+    pod_namespace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,13 +179,15 @@ def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHan
         # container died between the two looks; a retry tells the two apart.
         raise UnsupportedRuntime(f"{scheme} reports {container_id} running as pid {seen.pid}, which this injector "
                                  "cannot see: run it in the host PID namespace (hostPID: true)", retryable=True)
-    return _live_handle(container_id, seen.pid, (seen.labels or {}).get(POD_UID_LABEL, ""))
+    labels = seen.labels or {}
+    return _live_handle(container_id, seen.pid, labels.get(POD_UID_LABEL, ""), labels.get(POD_NAMESPACE_LABEL))
 
 
-def _live_handle(container_id: str, pid: int, pod_uid: str) -> ContainerHandle:
+def _live_handle(container_id: str, pid: int, pod_uid: str, pod_namespace: str | None) -> ContainerHandle:
     proc_netns = f"/proc/{pid}/ns/net"
     return ContainerHandle(container_id=container_id, pid=pid, netns_path=_named_netns(proc_netns) or proc_netns,
-                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True, pod_uid=pod_uid)
+                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True, pod_uid=pod_uid,
+                           pod_namespace=pod_namespace)
 
 
 def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
@@ -205,13 +209,15 @@ def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
     )
 
 
-def process_pod_uid(pid: int) -> str:
-    """The pod uid a process pod's supervisor gave this process ("" when it has none).
+def process_pod(pid: int) -> tuple[str, str | None]:
+    """The pod uid and namespace a process pod's supervisor gave this process ("" and None when
+    it has none).
 
     Reading /proc/<pid>/environ costs ~0.2 ms (the kernel checks ptrace access), so callers ask only
     where it matters, not on every resolve.
     """
-    return _environ(pid).get(POD_UID_ENV, "")
+    env = _environ(pid)
+    return env.get(POD_UID_ENV, ""), env.get(processid.POD_NAMESPACE_ENV)
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -63,6 +63,17 @@ def test_team_a_cannot_kill_a_kube_system_pod(system: System) -> None:
         assert [p["status"]["containerStatuses"][0]["restartCount"] for p in pods
                 if p["metadata"]["name"] == "coredns"] == [0]  # a pod of its own: never restarted
         system.cli("delete", "podchaos", "kill-dns", "-n", "team-a")
+
+        # Past the scheduler: a forged command with coredns's real uid, claiming team-a as its namespace.
+        dns = next(p for p in json.loads(system.cli("pod", "list", "-n", "kube-system", "-o", "json").stdout)
+                   if p["metadata"]["name"] == "coredns")
+        res = forge(system, m.TargetAction(target_id="team-a/coredns", op="apply", pod_uid=dns["metadata"]["uid"],
+                                           namespace="team-a", pod_name="coredns",
+                                           container_ids=[dns["status"]["containerStatuses"][0]["containerID"]],
+                                           fault=m.PodKill()))
+        assert not res.ok and "belongs to namespace kube-system, not to team-a" in res.message, res
+        time.sleep(0.2)
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     finally:
         system.cli("pod", "rm", "coredns", "-n", "kube-system", check=False)
 

@@ -42,13 +42,17 @@ class Containers:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, container_id: str, argv: list[str] | None = None, spawn: Spawn | None = None, *,
-              pod_uid: str | None = None) -> int:
-        """Start the container's process; with `pod_uid`, labelled as a kubelet labels its containers."""
+              pod_uid: str | None = None, pod_namespace: str | None = None) -> int:
+        """Start the container's process; with `pod_uid` (and `pod_namespace`), labelled as a kubelet
+        labels its containers."""
         proc = (spawn or _popen)(argv or ["sleep", "300"])
         with self.lock:
             self.procs[container_id] = proc
             if pod_uid is not None:
-                self.labels[container_id] = {"io.kubernetes.pod.uid": pod_uid, "io.kubernetes.pod.name": "web-0"}
+                labels = {"io.kubernetes.pod.uid": pod_uid, "io.kubernetes.pod.name": "web-0"}
+                if pod_namespace is not None:
+                    labels["io.kubernetes.pod.namespace"] = pod_namespace
+                self.labels[container_id] = labels
         return proc.pid
 
     def observe(self, method: str, container_id: str) -> subprocess.Popen[Any] | None:

@@ -120,10 +120,19 @@ async def test_a_container_without_the_kubelets_pod_label_is_not_touched(
 async def test_the_commands_own_pod_is_killed(fakes: tuple[FakeCri, FakeDocker], cluster_node: Node,
                                               scheme: str) -> None:
     fake = fakes[1] if scheme == "docker" else fakes[0]
-    pid = fake.containers.start(CID, pod_uid=POD_UID)
+    pid = fake.containers.start(CID, pod_uid=POD_UID, pod_namespace="team-a")
     res = await run(cluster_node, command(m.ContainerKill(), [f"{scheme}://{CID}"]))
     assert res.ok and res.message == "killed 1 container(s) through the runtime", res
     assert not procs.process_alive(pid) and fake.containers.kills() == [CID]
+
+
+async def test_a_command_cannot_pass_a_protected_pod_off_as_another_namespaces(
+        fakes: tuple[FakeCri, FakeDocker], cluster_node: Node) -> None:
+    # The right uid (a pod's uid is no secret) but a false namespace, to slip past the protected check.
+    pid = fakes[0].containers.start(CID, pod_uid=POD_UID, pod_namespace="kube-system")
+    res = await run(cluster_node, command(m.ContainerKill(), [f"containerd://{CID}"], namespace="team-a"))
+    assert_refused(res, "belongs to namespace kube-system, not to team-a")
+    assert procs.process_alive(pid) and fakes[0].containers.kills() == []
 
 
 async def test_a_network_fault_never_lands_in_the_nodes_own_network_namespace(
