@@ -77,6 +77,13 @@ class Orchestrator:
     # --- inputs ---------------------------------------------------------------------------------
 
     def on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
+        try:
+            return self._on_object(event, now)
+        except Exception as e:  # a malformed object (it never passed admission) is forgotten, never fatal
+            self._forget((event.kind, event.namespace, event.name))
+            return Outputs(errors=[f"{event.kind}/{event.namespace}/{event.name}: {type(e).__name__}: {e}"])
+
+    def _on_object(self, event: m.ObjectEvent, now: float) -> Outputs:
         if event.kind not in KINDS and not _workflow_member(event.object):
             return Outputs()  # most events are experiments' status writes: 250 KB at 1,000 targets
         obj = msgspec.json.decode(event.object)
@@ -121,7 +128,11 @@ class Orchestrator:
             if sc.tick(state, now):
                 out.writes += self._check_status(key, state, completing=True)
         for key in [k for k in self._workflow_keys() if everything or self.wakeups.get(k, now + 1) <= now]:
-            out.extend(self._reconcile(key, now))
+            try:
+                out.extend(self._reconcile(key, now))
+            except Exception as e:  # this workflow waits for its next event; the others go on
+                self.wakeups.pop(key, None)
+                out.errors.append(f"{'/'.join(map(str, key))}: {type(e).__name__}: {e}")
         return out
 
     def due_probes(self, now: float) -> list[ProbeRequest]:

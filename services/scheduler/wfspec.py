@@ -158,7 +158,10 @@ def _check_task(t: Template, where: str, by_name: dict[str, Template]) -> None:
 def task_argv(t: Template) -> list[str]:
     """The command a Task runs: the container's command then its args, as Kubernetes joins them."""
     container = (t.task.container if t.task else None) or {}
-    return [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+    command, args = container.get("command") or [], container.get("args") or []
+    if not isinstance(command, list) or not isinstance(args, list):  # free-form input: no command then
+        return []
+    return [str(a) for a in command + args]
 
 
 def next_templates(t: Template) -> list[str]:

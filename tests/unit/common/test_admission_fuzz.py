@@ -24,7 +24,9 @@ from chaosbus.common import messages as m
 from chaosbus.common.crd import InvalidObject
 from chaosbus.common.crd.meta import RECORDS_FINALIZER
 from chaosbus.scheduler import requests as rq
+from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import SchedulerCore
+from chaosbus.scheduler.orchestrator import Orchestrator
 
 API = "chaos-mesh.org/v1alpha1"
 EXAMPLES = int(os.environ.get("CHAOSBUS_FUZZ_EXAMPLES", "1500"))
@@ -137,8 +139,16 @@ def _scheduler_survives(core: SchedulerCore, doc: Any, uid: str) -> None:
     event = m.ObjectEvent(type="ADDED", kind=kind, namespace="default", name="x", uid=uid, object=msgspec.Raw(raw))
     core.on_object(event, 1_800_000_000.0)
     core.tick(1_800_000_100.0)
+    SCHEDULES.on_object(event, 1_800_000_000.0)  # Schedules, Workflows, StatusChecks: the same scheduler
+    SCHEDULES.tick(1_800_000_100.0)
+    ORCH.on_object(event, 1_800_000_000.0)
+    ORCH.tick(1_800_000_100.0, everything=True)
+    ORCH.due_probes(1_800_000_100.0)
 
 
+SCHEDULES = sch.ScheduleCore(started_at=1_700_000_000.0)
+ORCH = Orchestrator()
+ORCH.start(1_700_000_000.0)
 CORE = SchedulerCore(rng=random.Random(3))
 CORE.on_target("pod.default.web-0", m.TargetPod(uid="u0", namespace="default", name="web-0", node="n1",
                                                 labels={"app": "web"}, pod_ip="10.0.0.1", phase="Running",

@@ -129,3 +129,28 @@ def test_an_object_the_watcher_could_not_carry_is_reported_failed_with_its_size(
     event = msgspec.structs.replace(partition("huge", "u-huge"), too_large=1_500_000)
     [decision] = core.on_object(event, 1.0).decisions
     assert "the object (1500000 bytes) is larger than NATS max_payload" in decision.selection_error
+
+
+def test_a_task_command_that_is_no_list_is_refused_naming_the_field() -> None:
+    from chaosbus.scheduler import wfspec
+
+    spec = wfspec.decode({"entry": "t", "templates": [{"name": "t", "templateType": "Task",
+                                                        "task": {"container": {"name": "c", "command": True}}}]})
+    with pytest.raises(wfspec.InvalidWorkflow, match=r"task.container.command: a Task needs a command"):
+        wfspec.validate(spec, "default")
+
+
+def test_a_malformed_workflow_object_is_forgotten_and_reported_never_raised() -> None:
+    from chaosbus.scheduler.orchestrator import Orchestrator
+
+    orch = Orchestrator()
+    orch.start(1.0)
+    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
+           "spec": {"entry": "e", "templates": [{"name": "e", "templateType": "Suspend", "deadline": "1s"}]},
+           "metadata": {"name": {"not": "a name"}, "namespace": "default", "uid": "w"}}
+    event = m.ObjectEvent(type="ADDED", kind="Workflow", namespace="default", name="w", uid="w",
+                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    out = orch.on_object(event, 2.0)
+    assert out.errors == ["Workflow/default/w: TypeError: sequence item 1: expected str instance, dict found"]
+    assert not out.writes and not orch.seen
+    assert not orch.tick(3.0, everything=True).errors  # nothing of it is left to fail again
