@@ -8,13 +8,14 @@ injector acts on a Pod only by uid (a delete or patch by name alone could hit a 
 never selected); a node injector on a Kubernetes node runs no Task (there a Task is a Pod, made by
 the cluster injector) and resolves no `process://` id.
 
-Checks on what the node shows (`refuse_handles`): a runtime container carries the CRI label
-`io.kubernetes.pod.uid` of the pod in the command; a `process://` target (local mode) lives in a
-named network namespace other than the injector's own, i.e. in a process pod's sandbox, never in
-the host's, and for faults that kill processes, when it carries the pod uid its supervisor gave
-it, that uid is the command's (network faults skip that read, ~0.2 ms a target: the sandbox
-check already keeps them off the host); a network fault never lands in the node's own network
-namespace unless host-network testing is on.
+Checks on what the node shows (`refuse_handles`): a runtime container carries the CRI labels
+`io.kubernetes.pod.uid` and `io.kubernetes.pod.namespace` of the pod in the command (so the
+namespace checked above is the real one); a `process://` target (local mode) lives in a named
+network namespace other than the injector's own, i.e. in a process pod's sandbox, never in the
+host's, and for faults that kill processes, when it carries the pod uid and namespace its
+supervisor gave it, they are the command's (network faults skip that read, ~0.2 ms a target: the
+sandbox check already keeps them off the host); a network fault never lands in the node's own
+network namespace unless host-network testing is on.
 
 Pure apart from reading /proc and stat(2) of namespace files.
 """
