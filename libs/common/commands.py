@@ -22,13 +22,18 @@ class UnknownPeerSet(ValueError):
 def compact(cmd: m.NodeCommand) -> m.NodeCommand:
     """Every peer list of the command's partition rules and shaping faults moved into `peer_sets`."""
     names: dict[tuple[str, ...], str] = {}
+    by_id: dict[int, tuple[list[str], str]] = {}  # the planner shares one list per side: hash it once
     sets: dict[str, list[str]] = dict(cmd.peer_sets)
 
     def ref(peers: list[str]) -> str:
+        known = by_id.get(id(peers))
+        if known is not None and known[0] is peers:
+            return known[1]
         key = tuple(peers)
         if key not in names:
             names[key] = f"s{len(names)}"
             sets[names[key]] = peers
+        by_id[id(peers)] = (peers, names[key])
         return names[key]
 
     actions = []
