@@ -16,6 +16,8 @@ command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 [ -x /usr/lib/cni/ptp ] || missing+=(containernetworking-plugins)
+# The real-node tests compile their pause image (a static C program).
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2

@@ -13,11 +13,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kube.client import KubeClient, KubeError
 from kube.controlplane import ControlPlane
 from kube.crds import install_admission_policy, install_crds
+from kube.node import Node, running_node
+from kube.node import missing as node_missing
 from kubefake import FakeApiServer
 
 _crds_installed: set[Path] = set()
@@ -94,3 +97,20 @@ def _release_finalizers(client: KubeClient, namespace: str) -> None:
                 with contextlib.suppress(KubeError):
                     client.merge_patch(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/{plural}/"
                                        f"{item['metadata']['name']}", {"metadata": {"finalizers": None}})
+
+
+@pytest.fixture(scope="session")
+def real_node(real_kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """A real node (kubelet + containerd, tests/kube/node.py) on the session's control plane;
+    skips, saying why, on an existing cluster, without root or without the runtime packages.
+    """
+    if real_kube.plane is None:
+        pytest.skip("the real-node tests start a kubelet on the session's own control plane "
+                    "(KUBEBUILDER_ASSETS), not on the cluster CHAOSBUS_TEST_KUBECONFIG names")
+    why = node_missing()
+    if why is not None:
+        pytest.skip(f"no real node: {why}")
+    if not (real_kube.plane.bin_dir / "kubelet").exists() or not (real_kube.plane.bin_dir / "kube-scheduler").exists():
+        pytest.skip(f"no real node: {real_kube.plane.bin_dir} lacks kubelet or kube-scheduler")
+    with running_node(real_kube.plane, tmp_path_factory.mktemp("node")) as node:
+        yield node

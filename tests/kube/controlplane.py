@@ -1,7 +1,7 @@
 """A real Kubernetes control plane for the tests, the envtest way: etcd, kube-apiserver and
 kube-controller-manager from the folder KUBEBUILDER_ASSETS names, on loopback with free ports in a
-temp dir, stopped afterwards. The controller manager runs only the controllers the tests rely on:
-namespace deletion, garbage collection by ownerReferences and the default ServiceAccount.
+temp dir, stopped afterwards. The controller manager runs only the controllers the tests rely on
+(CONTROLLERS).
 
 The clients authenticate with static tokens: "admin" (system:masters) for the fixtures and the
 services under test, which may impersonate anyone for the RBAC and admission-policy tests.
@@ -25,6 +25,9 @@ ASSETS_ENV = "KUBEBUILDER_ASSETS"
 NEEDED = ("etcd", "kube-apiserver")
 ADMIN_TOKEN = "chaosbus-envtest-admin"
 START_TIMEOUT = 60.0
+# Namespace deletion, ownerReference GC, default ServiceAccounts and the kube-root-ca.crt ConfigMap
+# pods mount; Deployments and ReplicaSets for pods on a real node (tests/kube/node.py).
+CONTROLLERS = "namespace,garbagecollector,serviceaccount,root-ca-cert-publisher,deployment,replicaset"
 
 
 def assets() -> tuple[Path | None, str]:
@@ -101,7 +104,7 @@ class ControlPlane:
             "--service-account-key-file", str(sa_key), "--service-account-signing-key-file", str(sa_key),
             "--authorization-mode", "Node,RBAC", "--token-auth-file", str(tokens),
             "--allow-privileged=true", "--service-cluster-ip-range", "10.0.0.0/24",
-            "--endpoint-reconciler-type", "none",
+            "--endpoint-reconciler-type", "none", "--kubelet-preferred-address-types", "InternalIP",
             "--v", "0"])
         self.kubeconfig.write_text(kubeconfig_text(self.server, ADMIN_TOKEN))
         client = KubeClient(self.kubeconfig)
@@ -109,8 +112,8 @@ class ControlPlane:
         if controller_manager and os.access(self.bin_dir / "kube-controller-manager", os.X_OK):
             self._spawn("kube-controller-manager", [
                 str(self.bin_dir / "kube-controller-manager"), "--kubeconfig", str(self.kubeconfig),
-                "--controllers", "namespace,garbagecollector,serviceaccount", "--leader-elect=false",
-                "--bind-address", "127.0.0.1", "--secure-port", "0",
+                "--controllers", CONTROLLERS, "--leader-elect=false",
+                "--bind-address", "127.0.0.1", "--secure-port", "0", "--root-ca-file", str(pki / "apiserver.crt"),
                 "--service-account-private-key-file", str(sa_key), "--v", "0"])
 
     def _spawn(self, name: str, argv: list[str]) -> None:
