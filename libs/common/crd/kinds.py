@@ -4,9 +4,10 @@ it is one-shot, where it runs and what it targets, and how a spec becomes per-ta
 Every other kind table (CHAOS_KINDS, the CLI's names, the one-shot rules, the watched kinds, the
 Workflow template keys) is derived from `KINDS`.
 
-The service-side halves register against these names: a fault module in the injector declares the
-fault tags it executes, its original state and its orphans (services/injector/faults), and a
-contract test fails when a kind is registered halfway.
+The service-side halves register against names declared here: an injector's fault module registers
+under one of a kind's `fault_tags` and declares its own one-shot-ness, original state and orphans
+(services/injector/faults); tests/contract/test_kinds.py fails when a kind is registered halfway.
+A kind's fault parameters are a FaultSpec of `faultspecs.Fault`, the tagged union commands carry.
 """
 
 from __future__ import annotations
