@@ -2,7 +2,8 @@
 chaosbus services run on the host against the session's control plane, and the faults land on real
 pods. pod-kill deletes a real pod and its Deployment replaces it with a new one that runs;
 pod-failure makes the real container run the pause image and, when the experiment is deleted, the
-container comes back with its own image; a NetworkChaos partition between two real pods, applied by
+container comes back with its own image; container-kill (through the node injector and containerd)
+kills the real container and kubelet restarts it; a NetworkChaos partition between two real pods, applied by
 a node injector named after the kubelet's node that resolves `containerd://` IDs through the real
 CRI socket, cuts their real TCP traffic and deleting it restores the traffic.
 """
@@ -160,6 +161,46 @@ def test_pod_failure_runs_the_pause_image_in_the_real_container_and_recovery_res
         client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/db")
 
 
+def start_node_injector(c: Cluster, tmp_path: Path) -> None:
+    """The node injector on the host as the DaemonSet would run it: named after the kubelet's node,
+    resolving containerd:// IDs through the real CRI socket."""
+    c.procs["node-injector"] = subprocess.Popen(
+        [sys.executable, "-m", "chaosbus.injector", "--nats", c.nats_url, "--metrics-port", "0", "--node",
+         c.node.name, "--mode", "cluster", "--containerd-socket", str(c.node.socket),
+         "--journal", str(tmp_path / "node-journal.db")],
+        env={**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": c.ns},
+        stdout=(c.logs / "node-injector.log").open("w"), stderr=subprocess.STDOUT)
+    c.kube.client.wait_for(lambda: "injector ready" in (c.logs / "node-injector.log").read_text(), timeout=60,
+                           what="node injector ready")
+
+
+def test_container_kill_restarts_the_real_container(cluster: Cluster, tmp_path: Path) -> None:
+    c, client = cluster, cluster.kube.client
+    start_node_injector(c, tmp_path)
+    client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("cache", 1))
+    try:
+        [pod] = client.wait_for(lambda: len(c.running("cache")) == 1 and c.running("cache"), timeout=60,
+                                what="cache running")
+        path = f"/api/v1/namespaces/{c.ns}/pods/{pod['metadata']['name']}"
+        before = pod["status"]["containerStatuses"][0]
+        pid = container_pid(c.node, before["containerID"])
+        apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
+                                 "metadata": {"name": "kill-main"},
+                                 "spec": {"action": "container-kill", "mode": "one", "containerNames": ["main"],
+                                          "selector": {"labelSelectors": {"app": "cache"}}}}))
+
+        def restarted() -> Obj | None:
+            now: Obj = ((client.get(path) or {}).get("status") or {}).get("containerStatuses", [{}])[0]
+            return now if now.get("restartCount", 0) >= 1 and now.get("state", {}).get("running") else None
+
+        after = client.wait_for(restarted, timeout=60, what=f"the real container restarted\n{c.log()}")
+        assert not Path(f"/proc/{pid}").exists()  # the old process is gone, killed through containerd
+        assert after["containerID"] != before["containerID"]
+        assert (client.get(path) or {})["metadata"]["uid"] == pod["metadata"]["uid"]  # same pod
+    finally:
+        client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/cache")
+
+
 def container_pid(node: Node, container_id: str) -> int:
     """The host PID of a running container, from containerd's own task list."""
     out = subprocess.run(["ctr", "-a", str(node.socket), "-n", "k8s.io", "tasks", "ls"], capture_output=True,
@@ -181,14 +222,7 @@ def connects(pid: int, ip: str, port: int) -> bool:
 def test_partition_between_two_real_pods_cuts_their_traffic_and_recovery_restores_it(
         cluster: Cluster, tmp_path: Path) -> None:
     c, client = cluster, cluster.kube.client
-    # The node injector runs on the host as the DaemonSet would: named after the kubelet's node,
-    # resolving containerd:// IDs through the real CRI socket.
-    c.procs["node-injector"] = subprocess.Popen(
-        [sys.executable, "-m", "chaosbus.injector", "--nats", c.nats_url, "--metrics-port", "0", "--node",
-         c.node.name, "--mode", "cluster", "--containerd-socket", str(c.node.socket),
-         "--journal", str(tmp_path / "node-journal.db")],
-        env={**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": c.ns},
-        stdout=(c.logs / "node-injector.log").open("w"), stderr=subprocess.STDOUT)
+    start_node_injector(c, tmp_path)
     client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("server", 1, ["httpd", "-f", "-p",
                                                                                            "8080"]))
     client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("client", 1))
@@ -197,8 +231,6 @@ def test_partition_between_two_real_pods_cuts_their_traffic_and_recovery_restore
                                    what="server running")
         [peer] = client.wait_for(lambda: len(c.running("client")) == 1 and c.running("client"), timeout=60,
                                  what="client running")
-        client.wait_for(lambda: "injector ready" in (c.logs / "node-injector.log").read_text(), timeout=60,
-                        what="node injector ready")
         ip, pid = server["status"]["podIP"], container_pid(c.node, peer["status"]["containerStatuses"][0][
             "containerID"])
         assert client.wait_for(lambda: connects(pid, ip, 8080), timeout=20, what="client reaches server")
