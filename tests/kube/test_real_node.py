@@ -5,11 +5,13 @@ pod-failure makes the real container run the pause image and, when the experimen
 container comes back with its own image; container-kill (through the node injector and containerd)
 kills the real container and kubelet restarts it; a NetworkChaos partition between two real pods, applied by
 a node injector named after the kubelet's node that resolves `containerd://` IDs through the real
-CRI socket, cuts their real TCP traffic and deleting it restores the traffic.
+CRI socket, cuts their real TCP traffic and deleting it restores the traffic; a Workflow Task runs as
+a real Pod and its real log picks the branch.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -247,3 +249,44 @@ def test_partition_between_two_real_pods_cuts_their_traffic_and_recovery_restore
     finally:
         for name in ("server", "client"):
             client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/{name}")
+
+
+def test_a_workflow_task_runs_as_a_real_pod_and_its_real_log_picks_the_branch(cluster: Cluster) -> None:
+    c, client = cluster, cluster.kube.client
+    base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{c.ns}"
+    # The Task Pod mounts a service-account token; this API server build's ServiceAccount admission
+    # adds this ConfigMap to the token volume and nothing publishes it.
+    client.create(f"/api/v1/namespaces/{c.ns}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                            "metadata": {"name": "openshift-service-ca.crt"},
+                                                            "data": {"service-ca.crt": ""}})
+    task = {"container": {"name": "decide", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
+                          "command": ["sh", "-c"], "args": ["echo $ANSWER"],
+                          "env": [{"name": "ANSWER", "value": "go-left"}]}}
+    apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
+                             "metadata": {"name": "wf-task"},
+                             "spec": {"entry": "entry", "templates": [
+                                 {"name": "entry", "templateType": "Task", "deadline": "60s", "task": task,
+                                  "conditionalBranches": [
+                                      {"target": "left", "expression": 'stdout == "go-left" && exitCode == 0'},
+                                      {"target": "right", "expression": 'stdout != "go-left"'}]},
+                                 {"name": "left", "templateType": "Suspend", "deadline": "1s"},
+                                 {"name": "right", "templateType": "Suspend", "deadline": "1s"}]}}))
+
+    def nodes() -> dict[str, Obj]:
+        found = client.request("GET", f"{base}/workflownodes",
+                               query={"labelSelector": "chaos-mesh.org/workflow=wf-task"})["items"]
+        return {n["spec"]["templateName"]: n for n in found}
+
+    def accomplished() -> bool:
+        conds = ((client.get(f"{base}/workflows/wf-task") or {}).get("status") or {}).get("conditions") or []
+        return any(x["type"] == "Accomplished" and x["status"] == "True" for x in conds)
+
+    client.wait_for(accomplished, timeout=90, what=f"workflow accomplished\n{c.log()}\n{nodes()}")
+    found = nodes()
+    assert set(found) == {"entry", "left"}, "only the branch the real Task Pod's log chose may run"
+    branches = found["entry"]["status"]["conditionalBranchesStatus"]
+    assert json.loads(branches["context"][0]) == {"exitCode": 0, "stdout": "go-left\n"}
+    pods = client.request("GET", f"/api/v1/namespaces/{c.ns}/pods", query={
+        "labelSelector": f"chaos-mesh.org/controlled-by={found['entry']['metadata']['name']}"})["items"]
+    for pod in pods:  # a real kubelet ran it (the cluster injector may already have deleted it)
+        assert pod["spec"]["nodeName"] == c.node.name
