@@ -19,7 +19,7 @@ from helpers.live import BRIDGE, SUBNET, System, eventually
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import processid, subjects
+from chaosbus.common import natsauth, processid, subjects
 
 pytestmark = pytest.mark.privileged
 
@@ -85,7 +85,9 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
                         namespace="team-a", name="forged", node="node-e2e", issued_at=time.time(), actions=[action])
 
     async def send() -> m.TargetResult:
-        bus = await busmod.connect(system.url, "e2e-forger")
+        # NATS refuses commands from anyone but the scheduler (test_auth.py); the forger here holds
+        # the admin credentials, as a stolen one would, to show what the injector re-checks alone.
+        bus = await busmod.connect(system.url, "e2e-forger", auth=system.auth(natsauth.ADMIN))
         try:
             sub = await bus.nc.subscribe(subjects.result_subject(uid))
             await bus.publish(subjects.command_subject("node-e2e"), cmd, msg_id=cmd.command_id)
