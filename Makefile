@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint typecheck bench fuzz clean
+.PHONY: install demo test test-fast test-kernel lint typecheck bench fuzz clean
 
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
 PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
@@ -33,6 +33,12 @@ test: install
 # editing. Admission's property test runs 300 inputs here (1,500 in `make test`, 100,000 in `make fuzz`).
 test-fast: install
 	CHAOSBUS_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),300) $(PYTEST) tests/unit tests/contract
+
+# The kernel lane (root): the tests that need sch_netem, inside a QEMU VM booting Debian's stock
+# kernel (about 3 minutes; ~900 MB of packages the first time). See docs/network.md.
+test-kernel: install
+	bash scripts/install-kernel-lane.sh
+	$(PY) scripts/kernel_lane.py
 
 # The benchmarks (needs root): `make bench`, or `make bench BENCH_QUICK=1` (< 60 s);
 # extra flags through BENCH_ARGS, e.g. BENCH_ARGS='--sizes 1,10 --profile'. See docs/benchmarks.md.
