@@ -28,7 +28,10 @@ import json, socket, struct, sys, threading, time
 HDR = struct.Struct("!cIId")  # kind (E echo, R reply, S sample), run, seq, sent (monotonic s)
 FILL = 0xA5
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+try:  # room for every datagram of a run even when this process is starved of CPU (root: past rmem_max)
+    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 8 << 20)
+except OSError:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
 sock.bind(("0.0.0.0", int(sys.argv[1])))
 runs, lock = {}, threading.Lock()
 
@@ -144,7 +147,9 @@ def agents(netns_paths: dict[int, str]) -> Iterator[dict[int, Agent]]:
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         out = {i: Agent(p) for i, p in procs.items()}
         for a in out.values():
-            assert a.proc.stdout is not None and json.loads(a.proc.stdout.readline()) == "ready"
+            assert a.proc.stdout is not None
+            line = a.proc.stdout.readline()
+            assert line.strip() == '"ready"', f"probe agent did not start (exit {a.proc.poll()})"
         yield out
     finally:
         for p in procs.values():
