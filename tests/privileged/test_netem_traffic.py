@@ -246,10 +246,11 @@ def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: 
                                                                sink: dict[int, subprocess.Popen[str]],
                                                                clean: list[Experiment]) -> None:
     pod0 = lab.pods[0].net.netns_path
-    # towards pod 1 both rules meet: one class chaining netem then tbf
+    # towards pod 1 both rules meet: one class chaining netem then tbf. The bucket's queue holds
+    # several round trips' worth at 2 mbit, so TCP fills the link despite the delay.
     lag = start(clean, Experiment(lab, "cmp-delay", delay(), selected=(0,), targets=(1,)))
     cap = start(clean, Experiment(lab, "cmp-bw", {"action": "bandwidth", "bandwidth": {
-        "rate": "2mbit", "limit": 40000, "buffer": 10000}}, selected=(0,), targets=(1,)))
+        "rate": "2mbit", "limit": 100000, "buffer": 10000}}, selected=(0,), targets=(1,)))
     both_rtt, both_rate = median(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1, seconds=3)
     assert sorted(o.kind for o in tree(pod0) if o.what == "qdisc" and o.kind in ("netem", "tbf")) == ["netem", "tbf"]
     lag.recover()
