@@ -41,8 +41,9 @@ SLOW_MS = 1.5 * DELAY_MS  # a delay applied once stays below this (twice would n
 runs = itertools.count(1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def netem(lab: Lab) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def netem() -> None:
+    """Skips before the lab's pods are made (autouse session fixtures come first)."""
     reason = shaping.capabilities()["netem"]
     if reason is not None:
         print(f"skipping netem traffic tests: {reason} (make test-kernel runs them in a VM)")
