@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.privileged, pytest.mark.netem]
 MBIT = 1_000_000
 DELAY_MS = 100.0
 QUICK_MS = 50.0  # unshaped traffic stays far below this, emulation spikes included
-SLOW_MS = 1.5 * DELAY_MS  # a delay applied once stays below this (twice would not)
+SLOW_MS = 1.8 * DELAY_MS  # a delay applied once stays below this even on a loaded host (twice would not)
 runs = itertools.count(1)
 
 
@@ -257,11 +257,14 @@ def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: 
     lag.recover()
     bw_rtt, bw_rate = median(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1)
     cap.recover()
+    free = goodput(lab, sink, 0, 1, seconds=1)
     print(f"\ndelay 100ms + bandwidth 2mbit: RTT {both_rtt:.1f} ms, {both_rate / MBIT:.2f} Mbit/s; "
-          f"delay recovered: RTT {bw_rtt:.1f} ms, {bw_rate / MBIT:.2f} Mbit/s")
-    assert DELAY_MS <= both_rtt < SLOW_MS and abs(both_rate - 2 * MBIT) < 0.2 * 2 * MBIT
-    assert bw_rtt < QUICK_MS and abs(bw_rate - 2 * MBIT) < 0.2 * 2 * MBIT
-    assert median(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
+          f"delay recovered: RTT {bw_rtt:.1f} ms, {bw_rate / MBIT:.2f} Mbit/s; both recovered {free / MBIT:.0f} Mbit/s")
+    # tbf's exactness is measured on the host (test_shaping, within 20%); here a sender starved by
+    # emulation on a loaded machine may leave the bucket idle, so only the cap is held tight
+    assert DELAY_MS <= both_rtt < SLOW_MS and 0.6 * 2 * MBIT <= both_rate <= 1.1 * 2 * MBIT
+    assert bw_rtt < QUICK_MS and 0.6 * 2 * MBIT <= bw_rate <= 1.1 * 2 * MBIT
+    assert median(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS and free > 20 * MBIT
 
 
 def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe: dict[int, Agent],
