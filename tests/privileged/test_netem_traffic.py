@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.goodput import sinks
-from helpers.netprobe import Agent, Arrival, agents, median
+from helpers.netprobe import Agent, Arrival, agents, fastest
 
 from chaosbus.common import messages as m
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -36,8 +36,8 @@ pytestmark = [pytest.mark.privileged, pytest.mark.netem]
 
 MBIT = 1_000_000
 DELAY_MS = 100.0
-QUICK_MS = 50.0  # unshaped traffic stays far below this, emulation spikes included
-SLOW_MS = 1.8 * DELAY_MS  # a delay applied once stays below this even on a loaded host (twice would not)
+QUICK_MS = 50.0  # the fastest of a few unshaped packets stays far below this, on a loaded host too
+SLOW_MS = 1.8 * DELAY_MS  # the fastest packet under one delay stays below this (under two it would not)
 runs = itertools.count(1)
 
 
@@ -116,9 +116,10 @@ def one_way(probe: dict[int, Agent], lab: Lab, src: int, dst: int, count: int = 
 
 
 def one_way_ms(probe: dict[int, Agent], lab: Lab, src: int, dst: int) -> float:
+    """The fastest of 10 datagrams' one-way latency."""
     got = one_way(probe, lab, src, dst)
     assert len(got) == 10, f"{10 - len(got)} of 10 packets {src} -> {dst} lost"
-    return statistics.median(a.one_way_ms for a in got)
+    return min(a.one_way_ms for a in got)
 
 
 def test_delay_applies_towards_the_target_only_until_recovered(lab: Lab, probe: dict[int, Agent],
@@ -126,13 +127,11 @@ def test_delay_applies_towards_the_target_only_until_recovered(lab: Lab, probe: 
     exp = start(clean, Experiment(lab, "delay", delay(), selected=(0,), targets=(1,)))
     shaped = probe[0].rtts(lab.pods[1].ip, count=20)
     other = probe[0].rtts(lab.pods[2].ip)
-    print(f"\ndelay 100ms: RTT to target min {min(v for v in shaped if v):.1f} median {median(shaped):.1f} ms, "
-          f"to another pod median {median(other):.1f} ms")
+    print(f"\ndelay 100ms: RTT to target fastest {fastest(shaped):.1f} ms, to another pod {fastest(other):.1f} ms")
     assert None not in shaped
-    assert min(v for v in shaped if v) >= DELAY_MS and median(shaped) < SLOW_MS
-    assert median(other) < QUICK_MS
+    assert DELAY_MS <= fastest(shaped) < SLOW_MS and fastest(other) < QUICK_MS
     exp.recover()
-    assert median(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
+    assert fastest(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
 
 
 def test_jitter_spreads_latency_and_full_correlation_freezes_it(lab: Lab, probe: dict[int, Agent],
@@ -214,8 +213,10 @@ def test_reorder_sends_every_gapth_packet_ahead(lab: Lab, probe: dict[int, Agent
     run = next(runs)
     probe[0].send(lab.pods[1].ip, run, 40, interval=0.002)
     got = probe[1].arrivals(run, settle=0.5)
-    early = {a.seq for a in got if a.one_way_ms < DELAY_MS / 2}
     order = [a.seq for a in got]
+    # ahead: arrived before the packet sent just before it (a starved sender or receiver adds
+    # latency to any packet, but cannot make one overtake another)
+    early = {s for s in order if s > 0 and order.index(s) < order.index(s - 1)}
     inversions = sum(1 for a, b in itertools.pairwise(order) if b < a)
     print(f"\nreorder 100% gap 4: early {sorted(early)}, {inversions} inversions in arrival order")
     assert sorted(order) == list(range(40))
@@ -252,10 +253,10 @@ def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: 
     lag = start(clean, Experiment(lab, "cmp-delay", delay(), selected=(0,), targets=(1,)))
     cap = start(clean, Experiment(lab, "cmp-bw", {"action": "bandwidth", "bandwidth": {
         "rate": "2mbit", "limit": 100000, "buffer": 10000}}, selected=(0,), targets=(1,)))
-    both_rtt, both_rate = median(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1, seconds=3)
+    both_rtt, both_rate = fastest(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1, seconds=3)
     assert sorted(o.kind for o in tree(pod0) if o.what == "qdisc" and o.kind in ("netem", "tbf")) == ["netem", "tbf"]
     lag.recover()
-    bw_rtt, bw_rate = median(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1)
+    bw_rtt, bw_rate = fastest(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1)
     cap.recover()
     free = goodput(lab, sink, 0, 1, seconds=1)
     print(f"\ndelay 100ms + bandwidth 2mbit: RTT {both_rtt:.1f} ms, {both_rate / MBIT:.2f} Mbit/s; "
@@ -264,7 +265,7 @@ def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: 
     # emulation on a loaded machine may leave the bucket idle, so only the cap is held tight
     assert DELAY_MS <= both_rtt < SLOW_MS and 0.6 * 2 * MBIT <= both_rate <= 1.1 * 2 * MBIT
     assert bw_rtt < QUICK_MS and 0.6 * 2 * MBIT <= bw_rate <= 1.1 * 2 * MBIT
-    assert median(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS and free > 20 * MBIT
+    assert fastest(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS and free > 20 * MBIT
 
 
 def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe: dict[int, Agent],
@@ -274,11 +275,11 @@ def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe
                                    selected=(0,), targets=(1, 2)))
 
     def measure(dst: int) -> tuple[float, float]:
-        """(median one-way ms, share lost) of 200 datagrams from pod 0."""
+        """(fastest one-way ms, share lost) of 200 datagrams from pod 0."""
         run = next(runs)
         probe[0].send(lab.pods[dst].ip, run, 200)
         got = probe[dst].arrivals(run, settle=DELAY_MS * 3 / 1000)
-        return statistics.median(a.one_way_ms for a in got), 1 - len(got) / 200
+        return min(a.one_way_ms for a in got), 1 - len(got) / 200
 
     composed = {dst: measure(dst) for dst in (1, 2, 3)}
     lag.recover()
@@ -290,7 +291,7 @@ def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe
     assert composed[3][0] < QUICK_MS and composed[3][1] == 0
     assert loss_only[1][0] < QUICK_MS and 0.38 <= loss_only[1][1] <= 0.62
     drop.recover()
-    assert median(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
+    assert fastest(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
 
 
 @pytest.mark.parametrize("direction", ["to", "from", "both"])
