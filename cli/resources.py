@@ -22,13 +22,17 @@ class UsageError(Exception):
 
 
 def read_source(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """The file (or stdin) as text, read no further than admission accepts (bounds.MAX_DOCUMENT_BYTES)."""
+    limit = bounds.MAX_DOCUMENT_BYTES + 1  # one more: load_yaml then refuses it, naming the cap
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        if path == "-":
+            return sys.stdin.buffer.read(limit).decode("utf-8")
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8")
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
 
 
 def prepare(text: str, namespace: str | None) -> list[Obj]:

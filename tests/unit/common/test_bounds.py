@@ -275,3 +275,14 @@ def test_an_object_too_large_to_store_with_its_status_is_refused() -> None:
     with pytest.raises(InvalidObject) as e:
         admission.admit(doc)
     assert e.value.errors[0].startswith("object: ") and f"more than {bounds.MAX_OBJECT_BYTES}" in e.value.errors[0]
+
+
+def test_cli_apply_of_a_binary_or_endless_file_is_a_clear_error(tmp_path: Any) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"kind: \xff\xfe\n")
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"# " + b"x" * (bounds.MAX_DOCUMENT_BYTES + 10))
+    for path, says in ((binary, "not UTF-8 text (byte 6)"), (huge, f"larger than {bounds.MAX_DOCUMENT_BYTES} bytes")):
+        done = subprocess.run([sys.executable, "-m", "chaosbus.cli.main", "--nats", "nats://127.0.0.1:1", "apply",
+                               "-f", str(path)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
