@@ -46,7 +46,7 @@ def _meta(plan: Plan, started: float) -> dict[str, Any]:
         "plan": {"sizes": plan.sizes, "nodes": plan.nodes, "runs": {str(k): v for k, v in plan.runs.items()},
                  "concurrent": plan.concurrent, "concurrent_runs": plan.concurrent_runs, "idle_s": plan.idle_s,
                  "floor_runs": plan.floor_runs, "quick": plan.quick, "verify": plan.verify,
-                 "kube": plan.kube},
+                 "kube": plan.kube, "auth": plan.auth},
     }
 
 
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, Any] | None = None
     code = 0
     print(f"chaosbus bench ({'quick' if plan.quick else 'full'}): sizes {plan.sizes} over {plan.nodes} node "
-          f"injectors; load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+          f"injectors, NATS auth {'on' if plan.auth else 'off'}; "
+          f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     try:
         session.setup()
         raw = asyncio.run(session.measure())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from chaosbus.common import natsserver
+from chaosbus.common import natsauth, natsserver
 
 SERVICES = ("watcher", "scheduler", "recorder")
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,11 @@ class Cluster:
     nodes: list[str]
     server: natsserver.EmbeddedServer | None = None
     services: list[Service] = field(default_factory=list)
+    auth: bool = True  # as `chaosbus up` runs: an nkey per component, allow-lists enforced
+
+    @property
+    def creds(self) -> Path:
+        return natsauth.creds_dir(self.workdir / "state")
 
     @property
     def url(self) -> str:
@@ -62,15 +67,32 @@ class Cluster:
     def start(self, log_level: str = "info") -> None:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.server = natsserver.start(self.workdir / "nats", port=0, log_file=logs / "nats-server.log")
+        conf = natsauth.prepare_local(self.workdir / "state", self.nodes) if self.auth else None
+        self.server = natsserver.start(self.workdir / "nats", port=0, log_file=logs / "nats-server.log",
+                                       config_file=conf)
         self.services.append(Service("nats-server", self.server.process, psutil.Process(self.server.process.pid),
                                      logs / "nats-server.log"))
+        if self.auth:
+            self._declare()
         for svc in SERVICES:
-            self._spawn(svc, [], log_level)
+            self._spawn(svc, self._creds(svc), log_level)
         for node in self.nodes:
             self._spawn("injector", ["--node", node, "--journal", str(self.workdir / "journal" / f"{node}.db"),
+                                     *self._creds(natsauth.user_name("injector", node)),
                                      *os.environ.get("BENCH_INJECTOR_ARGS", "").split()],
                         log_level, label=f"injector/{node}")
+
+    def _creds(self, user: str) -> list[str]:
+        return ["--nats-creds", str(self.creds / f"{user}.nk")] if self.auth else []
+
+    def _declare(self) -> None:
+        """The admin step `chaosbus up` takes; then this process (the harness's own connections)
+        acts as admin, and the `chaosbus` commands it times as the CLI identity."""
+        admin = self.creds / f"{natsauth.ADMIN}.nk"
+        subprocess.run([sys.executable, "-m", "chaosbus.cli", "--nats", self.url, "--nats-creds", str(admin),
+                        "declare"], check=True, capture_output=True, timeout=60, cwd=ROOT)
+        natsauth.use(natsauth.ClientAuth(admin, admin=True))
+        os.environ["CHAOSBUS_NATS_CREDS"] = str(self.creds / "cli.nk")
 
     def _spawn(self, svc: str, extra: list[str], log_level: str, label: str | None = None) -> None:
         name = label or svc

@@ -32,6 +32,7 @@ class Plan:
     profile: bool = False
     log_level: str = "info"
     kube: bool = False  # also apply -> in effect through an API server (bench/bench_kube.py)
+    auth: bool = True  # NATS identities and allow-lists on, as `chaosbus up` runs
     label_sizes: list[int] = field(default_factory=list)
     cli_runs: int = 50  # `chaosbus get` runs (bench/cli.py)
     halt_runs: int = 10  # `chaosbus halt` runs, each on a running experiment over `warm_size` targets
@@ -67,6 +68,8 @@ def parse(argv: list[str] | None = None) -> Plan:
     p.add_argument("--no-verify", action="store_true", help="skip the kernel readback after each run")
     p.add_argument("--profile", action="store_true", help="py-spy the services during the largest size")
     p.add_argument("--log-level", default="info", help="the services' log level (default info, as deployed)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="run NATS without identities and allow-lists (to compare with the default, auth on)")
     p.add_argument("--kube", action="store_true", default=bool(os.environ.get("CHAOSBUS_TEST_KUBECONFIG")),
                    help="also time create -> in effect through an API server: CHAOSBUS_TEST_KUBECONFIG's "
                         "(which turns this on), else the in-repo fake")
@@ -92,7 +95,7 @@ def parse(argv: list[str] | None = None) -> Plan:
     plan = Plan(sizes=sizes, nodes=a.nodes, runs=runs, concurrent=concurrent,
                 concurrent_runs=1 if quick else 3, idle_s=a.idle if a.idle is not None else (3.0 if quick else 10.0),
                 floor_runs=50 if quick else 300, out=out, quick=quick, verify=not a.no_verify,
-                profile=a.profile, log_level=a.log_level, kube=a.kube,
+                profile=a.profile, log_level=a.log_level, kube=a.kube, auth=not a.no_auth,
                 cli_runs=10 if quick else 50, halt_runs=2 if quick else 10)
     plan.label_sizes = sorted({*sizes, plan.warm_size})
     return plan

@@ -56,7 +56,7 @@ class Session:
             more = " ..." if len(stale) > 5 else ""
             self.say(f"removed what a killed earlier run left: {', '.join(stale[:5])}{more}")
         nodes = [f"node-{i}" for i in range(self.plan.nodes)]
-        self.cluster = Cluster(self.workdir, nodes)
+        self.cluster = Cluster(self.workdir, nodes, auth=self.plan.auth)
         self.say(f"starting nats-server, watcher, scheduler, recorder and {len(nodes)} injectors")
         self.cluster.start(self.plan.log_level)
         self.floor_netns = nsu.create_named_netns(f"{targets.netns_prefix()}{FLOOR_NETNS}")

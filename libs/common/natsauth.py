@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,16 +223,17 @@ def ensure_seed(path: Path) -> str:
 LOCAL_IDENTITIES = ("watcher", "scheduler", "recorder", "cli", "client")
 
 
-def prepare_local(state: Path, node: str) -> Path:
+def prepare_local(state: Path, nodes: str | Sequence[str]) -> Path:
     """Local mode's credentials and server configuration under `state` (`chaosbus up`): a seed per
-    identity (the node injector's for `node`) and the admin's, created at first start and reused;
+    identity (a node injector's per node) and the admin's, created at first start and reused;
     the configuration is rewritten each start, so a new node or a changed table takes effect.
     """
     users = [User(public_key(ensure_seed(seed_file(ADMIN, state))), permissions(ADMIN))]
-    for identity in (*LOCAL_IDENTITIES, "injector"):
-        user = user_name(identity, node if identity == "injector" else "")
-        key = public_key(ensure_seed(seed_file(user, state)))
-        users.append(User(key, permissions(identity, node=node, inbox=inbox_prefix(key))))
+    wanted = [(identity, "") for identity in LOCAL_IDENTITIES]
+    wanted += [("injector", node) for node in ([nodes] if isinstance(nodes, str) else nodes)]
+    for identity, node in wanted:
+        key = public_key(ensure_seed(seed_file(user_name(identity, node), state)))
+        users.append(User(key, permissions(identity, node=node or "*", inbox=inbox_prefix(key))))
     path = creds_dir(state) / "nats-server.conf"
     write_private(path, server_config(users))
     return path
