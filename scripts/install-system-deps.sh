@@ -18,6 +18,9 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 [ -x /usr/lib/cni/ptp ] || missing+=(containernetworking-plugins)
 # The real-node tests compile their pause image (a static C program).
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# native/ (the time-skew and namespace helpers) is built from source: cc, make, ld and objcopy.
+{ command -v cc && command -v make && command -v ld && command -v objcopy; } >/dev/null 2>&1 \
+  || missing+=(build-essential binutils)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2
