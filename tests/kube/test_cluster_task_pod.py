@@ -45,9 +45,20 @@ async def injector(kube: KubeEnv, tmp_path: Path) -> AsyncIterator[Injector]:
         yield inj
 
 
+def workflow_node_uid(kube: KubeEnv, node: str) -> str:
+    """The uid of WorkflowNode `node`, created if missing: a Task Pod's owner must exist, or the
+    garbage collector deletes the Pod."""
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/workflownodes"
+    found = kube.client.get(f"{path}/{node}") or kube.client.create(path, {
+        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "WorkflowNode", "metadata": {"name": node},
+        "spec": {"templateName": node, "workflowName": "wf", "type": "Task"}})
+    uid: str = found["metadata"]["uid"]
+    return uid
+
+
 def task_command(kube: KubeEnv, node: str, container: dict[str, Any], *, timeout_s: float = 30.0,
                  node_uid: str | None = None) -> m.NodeCommand:
-    uid = node_uid or str(uuid.uuid4())
+    uid = node_uid or workflow_node_uid(kube, node)
     task = m.Task(argv=[*container.get("command", []), *container.get("args", [])], timeout_s=timeout_s,
                   container=container, workflow="wf", workflow_node_uid=uid)
     action = m.TargetAction(target_id=f"{kube.namespace}/{node}", op="apply", fault=task)
@@ -150,7 +161,7 @@ async def test_an_image_that_can_never_be_pulled_fails_at_once_and_its_pod_goes(
 
 @pytest.mark.parametrize(("namespace", "owner", "why"), [
     ("no-such-namespace", None, 'could not be created: HTTP 404: namespaces "no-such-namespace" not found'),
-    (None, "someone-else", "exists and belongs to something else"),
+    (None, "someone-else-abcde", "exists and belongs to something else"),
 ])
 async def test_a_pod_that_cannot_be_ours_fails_clearly(kube: KubeEnv, kubelet: Kubelet, injector: Injector,
                                                        namespace: str | None, owner: str | None, why: str) -> None:
@@ -161,7 +172,8 @@ async def test_a_pod_that_cannot_be_ours_fails_clearly(kube: KubeEnv, kubelet: K
     if owner is not None:  # a Pod of that name already there, owned by another WorkflowNode
         fault = cmd.actions[0].fault
         assert isinstance(fault, m.Task)
-        theirs = task_pod.pod_body(kube.namespace, "own-abcde", msgspec.structs.replace(fault, workflow_node_uid=owner))
+        theirs = task_pod.pod_body(kube.namespace, "own-abcde", msgspec.structs.replace(
+            fault, workflow_node_uid=workflow_node_uid(kube, owner)))
         theirs["metadata"]["name"] = task_pod.pod_name("own-abcde", fault.workflow_node_uid)
         kube.client.create(f"/api/v1/namespaces/{kube.namespace}/pods", theirs)
     res = await run(injector, cmd)

@@ -164,3 +164,23 @@ def test_events_v1_are_listed_as_core_events(fake: tuple[FakeApiServer, KubeClie
                            query={"fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=x"})["items"]
     assert [(e["reason"], e["message"], e["reportingComponent"]) for e in items] == [
         ("Started", "hi", "chaos-mesh.org/chaosbus")]
+
+
+def test_the_garbage_collector_deletes_what_no_existing_owner_owns(kube: KubeEnv) -> None:
+    """Background propagation as kube-controller-manager's garbage collector does it: a child whose
+    owner (by uid) does not exist is deleted, and deleting an owner deletes its children."""
+    base = f"/api/v1/namespaces/{kube.namespace}/configmaps"
+
+    def configmap(name: str, owner: dict[str, str] | None = None) -> dict[str, object]:
+        meta: dict[str, object] = {"name": name}
+        if owner:
+            meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", **owner}]
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+
+    parent = kube.client.create(base, configmap("parent"))
+    kube.client.create(base, configmap("child", {"name": "parent", "uid": parent["metadata"]["uid"]}))
+    kube.client.create(base, configmap("orphan", {"name": "parent", "uid": "not-the-parents-uid"}))
+    kube.client.wait_for(lambda: kube.client.get(f"{base}/orphan") is None, timeout=30, what="orphan collected")
+    assert kube.client.get(f"{base}/child") is not None
+    kube.client.delete(f"{base}/parent")
+    kube.client.wait_for(lambda: kube.client.get(f"{base}/child") is None, timeout=30, what="child collected")

@@ -38,6 +38,7 @@ def _without(obj: Obj, *keys: str) -> Obj:
 class Api:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._collecting = False
 
     # --- create -------------------------------------------------------------------------------
     def create(self, res: Resource, namespace: str, body: Any, *, dry_run: bool) -> tuple[int, Obj]:
@@ -81,6 +82,7 @@ class Api:
         if res.key == ("apiextensions.k8s.io", "v1", "customresourcedefinitions"):
             for served in from_crd(stored):
                 self.store.register(served)
+        self.collect_garbage()
         return 201, self._out(res, stored)
 
     def _defaults(self, res: Resource, obj: Obj, namespace: str) -> Obj:
@@ -186,10 +188,12 @@ class Api:
             return 200, self._out(res, result)
         if old_meta.get("deletionTimestamp") and not meta.get("finalizers") and res.kind != "Pod":
             self.store.commit(res, "DELETED", current, current)
+            self.collect_garbage()
             return 200, self._out(res, result)
         if res.kind == "Pod" and old_meta.get("deletionTimestamp") and not meta.get("finalizers") \
                 and old_meta.get("deletionGracePeriodSeconds") == 0:
             self.store.commit(res, "DELETED", result, current)
+            self.collect_garbage()
             return 200, self._out(res, result)
         return 200, self._out(res, self.store.commit(res, "MODIFIED", result, current))
 
@@ -244,6 +248,7 @@ class Api:
             if res.key == ("apiextensions.k8s.io", "v1", "customresourcedefinitions"):
                 for served in from_crd(current):
                     self.store.unregister(served)
+            self.collect_garbage()
         return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                      "details": details(res, name, uid=meta.get("uid", ""))}
 
@@ -265,7 +270,35 @@ class Api:
         stored = self.store.commit(res, "MODIFIED", marked, current)
         if grace == 0 and not meta.get("finalizers"):
             stored = self.store.commit(res, "DELETED", stored, stored)
+            self.collect_garbage()
         return 200, self._out(res, stored)
+
+    # --- garbage collection -------------------------------------------------------------------
+    def collect_garbage(self) -> None:
+        """kube-controller-manager's garbage collector, at once instead of a moment later: an object
+        none of whose ownerReferences names an existing object (by uid) is deleted, background
+        propagation, finalizers and a Pod's grace period honoured; deleting it may orphan more.
+        """
+        if self._collecting:
+            return
+        self._collecting = True
+        try:
+            while True:
+                uids = {o["metadata"].get("uid") for o in self.store.objects.values()}
+                orphans = [(key, o) for key, o in self.store.objects.items()
+                           if (refs := o["metadata"].get("ownerReferences"))
+                           and not o["metadata"].get("deletionTimestamp")
+                           and not any(r.get("uid") in uids for r in refs)]
+                if not orphans:
+                    return
+                for (storage_key, namespace, name), _ in orphans:
+                    res = self.store.resources.get(storage_key)
+                    if res is not None:
+                        self.delete(res, namespace, name, None, dry_run=False)
+                    else:  # its kind is no longer served: the object went with it
+                        self.store.objects.pop((storage_key, namespace, name), None)
+        finally:
+            self._collecting = False
 
     @staticmethod
     def _out(res: Resource, obj: Obj) -> Obj:
