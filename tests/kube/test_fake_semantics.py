@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kube.client import KubeClient, KubeError
+from kube.conftest import KubeEnv
 from kubefake import FakeApiServer
 
 
