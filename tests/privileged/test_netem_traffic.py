@@ -144,16 +144,16 @@ def test_jitter_spreads_latency_and_full_correlation_freezes_it(lab: Lab, probe:
     frozen_exp = start(clean, Experiment(lab, "frozen", delay(**spec, correlation="100"), selected=(0,)))
     frozen = [v for v in probe[0].rtts(lab.pods[1].ip, count=24) if v is not None]
     frozen_exp.recover()
-    step, frozen_step = (statistics.median(abs(a - b) for a, b in itertools.pairwise(v)) for v in (free, frozen))
-    print(f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, stdev {statistics.stdev(free):.1f}, "
-          f"median step {step:.1f} ms; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, "
-          f"median step {frozen_step:.1f} ms")
+    # how far the typical packet is above the fastest: noise only adds, so for one repeated delay
+    # this is the noise alone, for a uniform delay half its width
+    spread, frozen_spread = (statistics.median(v) - min(v) for v in (free, frozen))
+    print(f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, median {spread:.1f} ms above the "
+          f"fastest; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, median {frozen_spread:.1f} ms above")
     assert len(free) == len(frozen) == 24
-    # uniform in [50, 450) ms: spread over most of the range, never below it; successive packets
-    # typically 0.29 of the range apart
-    assert min(free) >= 50 and max(free) - min(free) > 200 and step > 60
+    # uniform in [50, 450) ms: spread over most of the range, never below it
+    assert min(free) >= 50 and max(free) - min(free) > 200 and spread > 100
     # correlation 100% makes netem reuse its previous random number: every packet the same delay
-    assert min(frozen) >= 50 and frozen_step < step / 4
+    assert min(frozen) >= 50 and frozen_spread < spread / 4
 
 
 def udp_counters(agent: Agent) -> dict[str, int]:
