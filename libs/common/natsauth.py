@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nkeys  # type: ignore[import-untyped]
-
 from chaosbus.common import config, subjects
 
 JS_API = "$JS.API"
@@ -179,11 +177,15 @@ def markdown_table() -> str:
 
 def new_seed() -> str:
     """A fresh user nkey seed (`SU...`), from the operating system's random source."""
+    import nkeys  # type: ignore[import-untyped]  # with its nacl, ~17 ms that most commands never need
+
     seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
     return seed.decode()
 
 
 def public_key(seed: str) -> str:
+    import nkeys
+
     kp = nkeys.from_seed(seed.strip().encode())
     try:
         return str(kp.public_key.decode())
