@@ -106,7 +106,7 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
     try:
         # nats-py retries the first connect forever when reconnects are unlimited (right for a
         # service, wrong for a command), so the command bounds it.
-        bus = await asyncio.wait_for(busmod.connect(url, "chaosbus-cli", connect_timeout=2.0), CONNECT_TIMEOUT_S)
+        bus = await busmod.connect(url, "chaosbus-cli", connect_timeout=2.0, give_up_after=CONNECT_TIMEOUT_S)
     except Exception as e:
         raise UsageError(f"cannot connect to NATS at {cblog.redact(url)} ({_why(e)}); is `chaosbus up` running, "
                          "and may you read its credentials?") from None
