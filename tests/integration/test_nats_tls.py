@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from chaosbus.cli import natssecrets
-from chaosbus.common import natsauth, natsserver, natstls
+from chaosbus.common import bus as busmod
+from chaosbus.common import natsauth, natsserver, natstls, subjects
 
 SERVICE_NAME = "nats.chaosbus.svc"  # in the server's certificate; the test reaches it on loopback
 
@@ -115,3 +116,51 @@ def test_every_identity_secret_holds_its_own_client_certificate(cluster: tuple[s
         names.add(leaf.certificate().subject.rfc4514_string())
         assert (mount / "nkey").stat().st_mode & 0o777 == 0o600, name
     assert len(names) == len(mounts)
+
+
+def test_the_services_connection_path_over_mutual_tls(tmp_path: Path) -> None:
+    """bus.connect with a ClientAuth (what every service and the CLI use): the admin declares,
+    the CLI identity writes its bucket and is refused another's, all over mutual TLS.
+    """
+    ca = natstls.new_ca()
+    server = natstls.issue(ca, "nats", server_names=["127.0.0.1"])
+    tls_dir = _mount(tmp_path / "server", {"tls.crt": server.cert.decode(), "tls.key": server.key.decode(),
+                                           "ca.crt": ca.cert.decode()})
+    auths = {}
+    users = []
+    for user in (natsauth.ADMIN, "cli"):
+        seed = natsauth.new_seed()
+        key = natsauth.public_key(seed)
+        leaf = natstls.issue(ca, user)
+        mount = _mount(tmp_path / user, {"nkey": seed, "tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(),
+                                          "ca.crt": ca.cert.decode()})
+        auths[user] = natsauth.ClientAuth(mount / "nkey", mount, admin=user == natsauth.ADMIN)
+        users.append(natsauth.User(key, natsauth.permissions(user, inbox=natsauth.inbox_prefix(key))))
+    conf = tmp_path / "nats.conf"
+    conf.write_text(natsauth.server_config(users, tls=natsauth.ServerTls(
+        str(tls_dir / "tls.crt"), str(tls_dir / "tls.key"), str(tls_dir / "ca.crt"))))
+    srv = natsserver.start(tmp_path / "nats", config_file=conf)
+    url = srv.url.replace("nats://", "tls://")
+
+    async def run() -> tuple[bool, bool]:
+        admin = await busmod.connect(url, "admin", auth=auths[natsauth.ADMIN])
+        try:
+            await admin.ensure()
+        finally:
+            await admin.close()
+        cli = await busmod.connect(url, "cli", auth=auths["cli"])
+        try:
+            await (await cli.kv(subjects.OBJECT_STORE.name)).put("Pod.default.x", b"{}")
+            try:
+                await cli.js.publish(f"$KV.{subjects.TARGETS.name}.pod.default.x", b"{}", timeout=1.0)
+                forged = True
+            except (nats.errors.Error, TimeoutError):
+                forged = False
+            return cli.nc.is_connected, forged
+        finally:
+            await cli.close()
+
+    try:
+        assert asyncio.run(run()) == (True, False)
+    finally:
+        srv.stop()
