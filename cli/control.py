@@ -3,6 +3,10 @@
 `halt` writes the KV key `control/halt` (durable: a component that restarts, or connects later,
 finds it still set) and broadcasts the same state on `chaos.control.halt` (every injector reacts
 at once): each recovers every fault within a second and refuses applies until `resume`.
+
+Both are signed with the operator key (not the scheduler's: the kill switch must work while the
+scheduler is down). The KV copy never expires; the broadcast carries the revision the put was
+given, signed, and expires after a minute. Injectors order states by that revision.
 """
 
 from __future__ import annotations
@@ -10,13 +14,17 @@ from __future__ import annotations
 import getpass
 import socket
 import time
+from pathlib import Path
 
+import msgspec
+
+from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
+from chaosbus.common import signing, subjects
 from chaosbus.common.halt import current, halted_message
 
-__all__ = ["current", "halt", "halted_message", "resume", "set_halt"]
+__all__ = ["current", "halt", "halted_message", "operator_signer", "resume", "set_halt"]
 
 
 def _who() -> str:
@@ -27,25 +35,42 @@ def _who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "") -> m.HaltState:
+def operator_signer(path: str | None = None) -> signing.Signer | None:
+    """The operator key: --operator-key, else operator.key in the keys dir (None in unsigned mode)."""
+    if signing.unsigned_mode():
+        return None
+    key = Path(path) if path else signing.keys_dir() / "operator.key"
+    try:
+        return signing.Signer.from_file(key)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the operator key ({e}); it signs the kill switch "
+                         "(--operator-key FILE, or CHAOSBUS_KEYS_DIR)") from None
+
+
+def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None) -> bytes:
+    return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
+
+
+async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "",
+                   signer: signing.Signer | None) -> m.HaltState:
     state = m.HaltState(halted=halted, reason=reason, at=time.time(), by=_who())
-    payload = busmod.encode(state)
     kv = await bus.kv(subjects.CONTROL.name)
-    await kv.put(subjects.HALT_KEY, payload)
-    await bus.nc.publish(subjects.HALT_SUBJECT, payload)
+    revision = await kv.put(subjects.HALT_KEY, _seal(signer, state, None))
+    state = msgspec.structs.replace(state, revision=revision)
+    await bus.nc.publish(subjects.HALT_SUBJECT, _seal(signer, state, signing.BROADCAST_TTL_S))
     await bus.nc.flush()
     return state
 
 
-async def halt(bus: busmod.Bus, reason: str) -> str:
-    state = await set_halt(bus, halted=True, reason=reason)
+async def halt(bus: busmod.Bus, reason: str, signer: signing.Signer | None) -> str:
+    state = await set_halt(bus, halted=True, reason=reason, signer=signer)
     return ("halted: every injector recovers every fault now and refuses new ones until `chaosbus resume`"
             f" (reason: {state.reason or 'none given'})")
 
 
-async def resume(bus: busmod.Bus) -> str:
+async def resume(bus: busmod.Bus, signer: signing.Signer | None) -> str:
     before = await current(bus)
-    await set_halt(bus, halted=False, reason="resumed")
+    await set_halt(bus, halted=False, reason="resumed", signer=signer)
     if before is None or not before.halted:
         return "resumed (chaosbus was not halted)"
     return ("resumed: new experiments are injected again; faults ended by the halt stay ended "

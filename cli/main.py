@@ -15,7 +15,7 @@ from typing import Any
 from chaosbus.cli import control, render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, subjects
+from chaosbus.common import config, natsauth, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
@@ -81,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = sub.add_parser("halt", help="kill switch: every injector recovers every fault and refuses new ones")
     h.add_argument("--reason", default="", help="why (shown in every recovered fault's status)")
-    sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
+    r = sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
+    for c in (h, r):
+        c.add_argument("--operator-key", default=None,
+                       help="the operator's private key, which signs the kill switch "
+                            "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)")
+    k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
+    kg = k.add_parser("generate", help="create the scheduler and operator key pairs in DIR (existing ones kept)")
+    kg.add_argument("dir", nargs="?", default=None, help="default: CHAOSBUS_KEYS_DIR or <state dir>/keys")
 
     sub.add_parser("demo", help="run the end-to-end demo (root)")
 
@@ -158,8 +165,13 @@ async def dispatch(args: argparse.Namespace) -> int:
                                  declare=True)
         print("\n".join(lines))
     elif cmd in ("halt", "resume"):
-        print(await with_store(url, lambda _s, b: control.halt(b, args.reason) if cmd == "halt"
-                               else control.resume(b)))
+        signer = control.operator_signer(args.operator_key)
+        print(await with_store(url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt"
+                               else control.resume(b, signer)))
+    elif cmd == "keys":
+        directory = Path(args.dir) if args.dir else signing.keys_dir()
+        created = signing.ensure_keys(directory)
+        print("\n".join(f"created {p} (and its .pub)" for p in created) or f"keys already in {directory}")
     elif cmd == "get":
         kind = resources.kind_of(args.kind)
         scope = None if args.all_namespaces else ns

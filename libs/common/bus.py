@@ -169,9 +169,13 @@ class Bus:
             self._kv[bucket] = kv
         return kv
 
-    async def publish(self, subject: str, msg: messages.Message, *, msg_id: str) -> None:
-        """JetStream publish with an idempotency key, so a retried publish is stored once."""
-        await self.js.publish(subject, encode(msg), headers={"Nats-Msg-Id": msg_id})
+    async def publish(self, subject: str, msg: messages.Message, *, msg_id: str,
+                      seal: Callable[[str, bytes], bytes] | None = None) -> None:
+        """JetStream publish with an idempotency key, so a retried publish is stored once;
+        `seal(subject, payload)` wraps the payload first (a signed envelope).
+        """
+        data = encode(msg)
+        await self.js.publish(subject, data if seal is None else seal(subject, data), headers={"Nats-Msg-Id": msg_id})
 
     async def consume(
         self,
@@ -184,9 +188,11 @@ class Bus:
         batch: int = 64,
         ack_wait: float = 30.0,
         detach: Callable[[M], bool] | None = None,
+        opener: Callable[[Msg], M | None] | None = None,
     ) -> None:
         """Pull from a durable consumer forever: ack after the handler, nak on its failure,
         term a message that does not decode (it would never decode on redelivery either).
+        `opener`, when given, decodes instead (e.g. checking a signature first; None: term it).
 
         Messages for which `detach` says True (long-running ones: a Workflow Task) are handled
         beside the loop instead of in it, kept in progress meanwhile and acked when done, so they
@@ -196,10 +202,10 @@ class Bus:
         try:
             async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
                 for msg in msgs:
+                    decoded = opener(msg) if opener is not None else _decode_or_log(msg, kind)
                     if detach is None:
-                        await self._handle(msg, handler, kind)
+                        await (msg.term() if decoded is None else self._run_handler(msg, handler, decoded))
                         continue
-                    decoded = _decode_or_log(msg, kind)
                     if decoded is None:
                         await msg.term()
                     elif detach(decoded):
@@ -281,13 +287,6 @@ class Bus:
             await self._run_handler(msg, handler, decoded)
         finally:
             beat.cancel()
-
-    async def _handle(self, msg: Msg, handler: Callable[[M], Awaitable[None]], kind: type[M]) -> None:
-        decoded = _decode_or_log(msg, kind)
-        if decoded is None:
-            await msg.term()
-            return
-        await self._run_handler(msg, handler, decoded)
 
     async def _run_handler(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M) -> None:
         try:

@@ -219,13 +219,38 @@ class HaltState(Message, kw_only=True, frozen=True):
     """KV control/halt (stays set) and chaos.control.halt (broadcast): the global kill switch.
 
     While `halted`, every injector recovers every fault and refuses applies. Several sources may
-    carry a state (the KV key, the subject, an injector's own journal): the newest `at` wins.
+    carry a state (the KV key, the subject, an injector's own journal): the highest KV revision
+    wins, and a halt wins a tie. `at` is informational only (a client's clock orders nothing).
     """
 
     halted: bool
     reason: str = ""
     at: float = 0.0
     by: str = ""
+    # The KV revision the state was written at: the order of kill-switch states (the key's copy
+    # learns it from the entry; the broadcast carries it, signed once the put returned it).
+    revision: int = 0
+
+
+class Signed(Message, kw_only=True, frozen=True):
+    """The envelope of every node command, lease and kill-switch state (libs/common/signing.py):
+    `body`, a `Claims` document kept byte for byte as it was sent, signed with Ed25519 by the key
+    whose id is `kid`. A receiver checks the signature before it decodes anything inside `body`.
+    """
+
+    kid: str
+    sig: bytes  # base64 in JSON
+    body: msgspec.Raw
+
+
+class Claims(Message, kw_only=True, frozen=True):
+    """What a signature covers: the message itself and when, where and how often it may be used."""
+
+    aud: str  # what the message is for: the subject it was sent on (`control.halt` for the kill switch)
+    iat: float  # issued at (the signer's clock)
+    exp: float = 0.0  # refused from this time on; 0: never (kill-switch states, ordered by KV revision)
+    seq: int  # per signer, strictly increasing (microseconds since the epoch, or one more)
+    payload: msgspec.Raw
 
 
 class NodeLease(Message, kw_only=True, frozen=True):

@@ -12,20 +12,20 @@ import contextlib
 import os
 from pathlib import Path
 
-import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import commands, config, service, subjects
+from chaosbus.common import commands, config, service, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import authorize, core, faults, podpolicy, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
+from chaosbus.injector.gate import Gate, HaltIn, Ticket
 from chaosbus.injector.journal import Journal, OutboxRow
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
@@ -49,9 +49,16 @@ def default_journal(node: str) -> Path:
 class Edge:
     """Everything that talks to NATS, around one Node."""
 
-    def __init__(self, node: Node, name: str, metrics: InjectorMetrics) -> None:
+    def __init__(self, node: Node, name: str, metrics: InjectorMetrics, *, trust: signing.Trust | None) -> None:
+        """`trust`: the public keys commands, leases and the kill switch must be signed with
+        (None: unsigned mode, only to measure what signing costs).
+        """
         self.node, self.name, self.metrics = node, name, metrics
         reg = metrics.registry
+        self.gate = Gate(trust, reg, clock=node.clock)
+        self.gate.load(node.journal.signed(node.clock()))
+        self._tickets: dict[str, Ticket] = {}  # command id -> its signature's ticket, while it runs
+        self._kv_revision = 0  # the last revision of the KV key looked at (each is judged once)
         self.recoveries = Counter("chaosbus_injector_node_recoveries_total",
                                   "Faults the node recovered on its own, by reason", ["reason"], registry=reg)
         self.halted = Gauge("chaosbus_injector_halted", "1 while the kill switch is engaged", registry=reg)
@@ -101,21 +108,19 @@ class Edge:
             await asyncio.sleep(0.2)
 
     async def _on_lease(self, msg: Msg) -> None:
-        try:
-            lease = busmod.decode(msg.data, m.NodeLease)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            log.error("malformed lease dropped", error=str(e))
-            return
-        if subjects.token(lease.node) == subjects.token(self.name):
+        lease = self.gate.lease(msg.data, msg.subject)
+        if lease is not None and subjects.token(lease.node) == subjects.token(self.name):
             await self.node.on_lease(lease)
 
     async def _on_halt(self, msg: Msg) -> None:
-        try:
-            state = busmod.decode(msg.data, m.HaltState)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            log.error("malformed halt message dropped", error=str(e))
-            return
-        await self.node.set_halt(state, "subject")
+        got = self.gate.halt(msg.data, msg.subject, revision=None)
+        if got is not None:
+            await self._adopt(got, "subject", msg.subject)
+
+    async def _adopt(self, got: HaltIn, source: str, subject: str) -> None:
+        if await self.node.set_halt(got.state, source, seq=got.seq) == "replayed":
+            self.gate.refuse("halt", subject, signing.Refused(
+                "replayed", got.kid, f"a resume signed before the last state adopted (revision {got.state.revision})"))
 
     async def _poll_halt(self, bus: busmod.Bus) -> None:
         """The KV key is the durable copy: read it now and then (a missed broadcast, a restart)."""
@@ -130,8 +135,13 @@ class Edge:
             entry = await kv.get(subjects.HALT_KEY)
         except KeyNotFoundError:
             return
-        if entry.value:
-            await self.node.set_halt(busmod.decode(entry.value, m.HaltState), "kv")
+        revision = entry.revision or 0
+        if not entry.value or revision == self._kv_revision:
+            return
+        self._kv_revision = revision
+        got = self.gate.halt(entry.value, f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}", revision=revision)
+        if got is not None:
+            await self._adopt(got, "kv", f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}")
 
     async def prefetch_halt(self, url: str) -> None:
         """Before the start-up reconcile: a halt set while this injector was down must win over
@@ -188,8 +198,27 @@ class Edge:
         self.metrics.errors.labels("outbox", "publish", "max_payload").inc()
         log.error("outbox row larger than NATS max_payload: set aside", subject=row.subject, bytes=len(row.payload))
 
+    def _open_command(self, msg: Msg) -> m.NodeCommand | None:
+        opened = self.gate.command(msg.data, msg.subject)
+        if opened is None:
+            return None
+        cmd, ticket = opened
+        if ticket is not None:
+            self._tickets[cmd.command_id] = ticket
+        return cmd
+
     async def _consume(self, bus: busmod.Bus) -> None:
         async def handle(cmd: m.NodeCommand) -> None:
+            ticket = self._tickets.pop(cmd.command_id, None)
+            try:
+                await run(cmd, ticket)
+            except BaseException:
+                self.gate.failed(ticket)
+                raise
+            if ticket is not None:
+                await self.node.run_in_thread(self.node.journal.remember_signed, ticket.kid, ticket.seq, ticket.exp)
+
+        async def run(cmd: m.NodeCommand, ticket: Ticket | None) -> None:
             with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
                 try:
                     cmd = commands.expand(cmd)
@@ -197,6 +226,9 @@ class Edge:
                     log.error("command dropped", command=cmd.command_id, error=str(e))
                     return
                 batch = await self.node.on_command(cmd)
+                if batch is None and ticket is not None:  # the journal knows it: executed before
+                    self.gate.refuse("command", subjects.command_subject(self.name), signing.Refused(
+                        "replayed", ticket.kid, f"command {cmd.command_id} was already executed"))
                 if batch is not None:
                     self.metrics.commands.labels(cmd.kind).inc()
                     for a, r in zip(cmd.actions, batch.results, strict=False):
@@ -215,7 +247,7 @@ class Edge:
             try:
                 await bus.consume(subjects.COMMANDS, subjects.injector_consumer(self.name),
                                   subjects.command_subject(self.name), handle, m.NodeCommand, batch=16,
-                                  ack_wait=COMMAND_ACK_WAIT_S, detach=runs_long)
+                                  ack_wait=COMMAND_ACK_WAIT_S, detach=runs_long, opener=self._open_command)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # JetStream briefly unavailable (a restarted server): try again
@@ -278,8 +310,8 @@ async def main(args: argparse.Namespace) -> None:
         runtime.configure(runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
         executor = ex.Executor(journal, name, policy=policy)
-    node = Node(journal, executor, lease_ttl=args.lease_seconds)
-    edge = Edge(node, name, metrics)
+    node = Node(journal, executor, lease_ttl=args.lease_seconds, max_lease_ttl=args.max_lease_seconds)
+    edge = Edge(node, name, metrics, trust=load_trust(args))
     exemptions.configure(args.nats)  # never cut our own control traffic
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
@@ -302,6 +334,24 @@ async def main(args: argparse.Namespace) -> None:
         journal.close()
         if api is not None:
             await api.close()
+
+
+def load_trust(args: argparse.Namespace) -> signing.Trust | None:
+    """The trusted public keys (--keys-dir, else CHAOSBUS_KEYS_DIR or the state dir's `keys`)."""
+    if signing.unsigned_mode():
+        log.warning("UNSIGNED MODE (CHAOSBUS_UNSIGNED=1): commands, leases and the kill switch are not "
+                    "verified; anyone who can publish on NATS can command this node")
+        return None
+    directory = Path(args.keys_dir) if args.keys_dir else signing.keys_dir()
+    trust = signing.Trust.from_dir(directory)
+    if not trust.kids("scheduler"):
+        log.error("no trusted scheduler key: every command and lease will be refused", keys_dir=str(directory))
+    if not trust.kids("operator"):
+        log.error("no trusted operator key: kill-switch states will be refused (the lease still recovers "
+                  "faults when the scheduler goes silent)", keys_dir=str(directory))
+    log.info("trusted keys", keys_dir=str(directory), scheduler=trust.kids("scheduler"),
+             operator=trust.kids("operator"))
+    return trust
 
 
 def runtime_config(args: argparse.Namespace) -> runtime.RuntimeConfig:
@@ -338,6 +388,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="full: fsync every journal commit (survives power loss); normal: faster")
     p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("CHAOSBUS_LEASE_SECONDS", 15)),
                    help="dead-man lease until the scheduler's first renewal says otherwise")
+    p.add_argument("--max-lease-seconds", type=float,
+                   default=float(os.environ.get("CHAOSBUS_MAX_LEASE_SECONDS", 300)),
+                   help="the longest lease ttl this node honours, whatever a lease says")
+    p.add_argument("--keys-dir", default=None,
+                   help="directory of trusted public keys, scheduler*.pub and operator*.pub (default: "
+                        "CHAOSBUS_KEYS_DIR or <state dir>/keys)")
     p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")
     p.add_argument("--containerd-socket", default=None,
                    help="containerd:// targets: containerd's CRI socket (default: CHAOSBUS_CONTAINERD_SOCKET or "

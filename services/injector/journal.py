@@ -11,7 +11,10 @@ Tables:
             deadline, the state (applying, active, failed, done, recovered) and why it ended.
   commands  command ids already handled, so a redelivered command changes nothing.
   outbox    result batches not yet published (NATS may be down); published in order.
-  settings  the last halt state seen; experiments exempt from the lease.
+  settings  the last halt state adopted (with its KV revision and its signer's sequence);
+            experiments exempt from the lease.
+  signed    (signer key id, sequence, expiry) of every signed command executed, until it
+            expires: a restarted injector refuses a replay of one.
   netns     every network namespace this node ever touched: the orphan sweeper's scope.
 """
 
@@ -51,6 +54,8 @@ CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, subjec
 CREATE TABLE IF NOT EXISTS outbox_aside (seq INTEGER PRIMARY KEY, subject TEXT NOT NULL, msg_id TEXT NOT NULL,
   payload BLOB NOT NULL, at REAL NOT NULL, reason TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS signed (kid TEXT NOT NULL, seq INTEGER NOT NULL, exp REAL NOT NULL,
+  PRIMARY KEY (kid, seq));
 CREATE TABLE IF NOT EXISTS exempt (experiment_uid TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS netns (path TEXT NOT NULL, inode INTEGER NOT NULL, last_used REAL NOT NULL,
   PRIMARY KEY (path, inode));
@@ -264,9 +269,24 @@ class Journal:
         rows = self._query("SELECT value FROM settings WHERE key = 'halt'")
         return msgspec.json.decode(rows[0][0], type=m.HaltState) if rows else None
 
-    def set_halt(self, state: m.HaltState) -> None:
+    def halt_seq(self) -> int:
+        """The highest signer's sequence of any kill-switch state adopted (0: none)."""
+        rows = self._query("SELECT value FROM settings WHERE key = 'halt_seq'")
+        return int(rows[0][0]) if rows else 0
+
+    def set_halt(self, state: m.HaltState, seq: int = 0) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO settings VALUES ('halt', ?)", (msgspec.json.encode(state),))
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('halt_seq', ?)", (str(seq).encode(),))
+
+    def remember_signed(self, kid: str, seq: int, exp: float) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (kid, seq, exp))
+
+    def signed(self, now: float) -> list[tuple[str, int, float]]:
+        """Signed commands executed here that have not expired yet."""
+        return [(str(k), int(q), float(e)) for k, q, e in
+                self._query("SELECT kid, seq, exp FROM signed WHERE exp > ?", (now,))]
 
     def exempt(self) -> set[str]:
         return {str(r[0]) for r in self._query("SELECT experiment_uid FROM exempt")}
@@ -292,6 +312,7 @@ class Journal:
             n = db.execute(f"DELETE FROM entries WHERE state NOT IN ({marks}) AND updated < ?",
                            (*OPEN_STATES, older_than)).rowcount
             db.execute("DELETE FROM commands WHERE at < ?", (older_than,))
+            db.execute("DELETE FROM signed WHERE exp < ?", (older_than,))
             db.execute("DELETE FROM exempt WHERE at < ? AND experiment_uid NOT IN "
                        "(SELECT experiment_uid FROM entries)", (older_than,))
         return int(n)

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from chaosbus.common import messages as m
 
 DEFAULT_TTL_S = 15.0
+# The longest ttl a node honours, whatever a lease says: a lease can hold a fault only that long
+# past the scheduler's last word.
+MAX_TTL_S = 300.0
 
 
 @dataclass
 class LeaseBook:
     ttl_s: float = DEFAULT_TTL_S
+    max_ttl_s: float = MAX_TTL_S
     until: dict[str, float] = field(default_factory=dict)  # experiment uid -> monotonic expiry
     exempt: set[str] = field(default_factory=set)
     last_heard: float | None = None  # monotonic time of the last lease for this node
@@ -32,7 +36,7 @@ class LeaseBook:
     def on_lease(self, lease: m.NodeLease, mono: float) -> list[str]:
         """A renewal arrived; returns exempt uids not known before (to persist)."""
         if lease.ttl_s > 0:
-            self.ttl_s = lease.ttl_s
+            self.ttl_s = min(lease.ttl_s, self.max_ttl_s)
         self.last_heard = mono
         for uid in lease.held:
             self.until[uid] = mono + self.ttl_s

@@ -21,7 +21,7 @@ from chaosbus.common import messages as m
 from chaosbus.injector import control, expiry
 from chaosbus.injector import executor as ex
 from chaosbus.injector.journal import APPLYING, DONE, RECOVERED, Change, Entry, Journal, entry_key
-from chaosbus.injector.lease import DEFAULT_TTL_S, LeaseBook
+from chaosbus.injector.lease import DEFAULT_TTL_S, MAX_TTL_S, LeaseBook
 from chaosbus.injector.locks import KeyLocks
 
 T = TypeVar("T")
@@ -43,11 +43,12 @@ Recovered = tuple[expiry.Due, m.TargetResult]
 
 class Node:
     def __init__(self, journal: Journal, executor: ex.Executor, *, lease_ttl: float = DEFAULT_TTL_S,
-                 workers: int = 16, clock: Callable[[], float] = time.time,
+                 max_lease_ttl: float = MAX_TTL_S, workers: int = 16, clock: Callable[[], float] = time.time,
                  mono: Callable[[], float] = time.monotonic) -> None:
         self.journal, self.executor, self.clock, self.mono = journal, executor, clock, mono
-        self.halt = control.newest(control.RESUMED, journal.halt())
-        self.lease = LeaseBook(ttl_s=lease_ttl, exempt=journal.exempt())
+        self.halt = journal.halt() or control.RESUMED
+        self.halt_seq = journal.halt_seq()  # the highest signer's sequence of any state adopted
+        self.lease = LeaseBook(ttl_s=min(lease_ttl, max_lease_ttl), max_ttl_s=max_lease_ttl, exempt=journal.exempt())
         self.locks = KeyLocks()
         self.connected = False
         self.kick = asyncio.Event()  # wake the watchdog now
@@ -166,17 +167,20 @@ class Node:
             out.append(outcome)
         return out
 
-    async def set_halt(self, state: m.HaltState | None, source: str) -> bool:
-        """Adopt `state` if it is newer; persist it; wake the watchdog (recover all within 1 s)."""
-        new = control.newest(self.halt, state)
-        if new is self.halt:
-            return False
-        self.halt = new
-        await self.run_in_thread(self.journal.set_halt, new)
+    async def set_halt(self, state: m.HaltState, source: str, *, seq: int | None = None) -> str:
+        """Adopt `state` if it orders after the current one (control.adopt); persist it; wake the
+        watchdog (recover all within 1 s). Returns "" when adopted, else why not.
+        """
+        why = control.adopt(self.halt, state, current_seq=self.halt_seq, incoming_seq=seq)
+        if why:
+            return why
+        self.halt = state
+        self.halt_seq = max(self.halt_seq, seq or 0)
+        await self.run_in_thread(self.journal.set_halt, state, self.halt_seq)
         self.kick.set()
-        log.warning("HALTED by kill switch" if new.halted else "resumed", reason=new.reason, by=new.by,
-                    source=source)
-        return True
+        log.warning("HALTED by kill switch" if state.halted else "resumed", reason=state.reason, by=state.by,
+                    source=source, revision=state.revision)
+        return ""
 
     async def on_lease(self, lease: m.NodeLease) -> None:
         new = self.lease.on_lease(lease, self.mono())

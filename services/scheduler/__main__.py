@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> None:
                         "(env CHAOSBUS_MAX_TARGETS)")
     p.add_argument("--leader-ttl", type=float, default=app.LEADER_TTL_S,
                    help="seconds a leader lease lasts without renewal (renewed every ttl/3)")
+    p.add_argument("--signing-key", default=None,
+                   help="the scheduler's Ed25519 private key, signing every node command and lease "
+                        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/scheduler.key)")
+    p.add_argument("--command-ttl", type=float, default=float(os.environ.get("CHAOSBUS_COMMAND_TTL", 300)),
+                   help="seconds a node command stays valid: a node that gets it later refuses it")
     service.run("scheduler", p.parse_args(argv), app.main)
 
 

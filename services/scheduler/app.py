@@ -16,6 +16,7 @@ import itertools
 import os
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
 import nats.errors
@@ -25,7 +26,7 @@ from chaosbus.common import commands as cmdparts
 from chaosbus.common import config as cbconfig
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, subjects
+from chaosbus.common import service, signing, subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import Outputs, SchedulerCore
@@ -38,16 +39,21 @@ from chaosbus.scheduler.triggers import Triggers
 
 log = cblog.get("scheduler")
 LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
-COMMAND_HEADROOM = 8192  # below max_payload: headers and the encoder's rounding
+COMMAND_HEADROOM = 8192  # below max_payload: headers, the encoder's rounding, the signed envelope (~300 B)
 LEADER_TTL_S = float(os.environ.get("CHAOSBUS_LEADER_SECONDS", "10"))
+COMMAND_TTL_S = 300.0
+LEASE_EXTRA_S = 30.0  # a lease stays valid this much past its ttl: clocks of two machines differ
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
                                              "node": m.TargetNode}
 
 
 class Scheduler:
     def __init__(self, bus: busmod.Bus, core: SchedulerCore, metrics: SchedulerMetrics, *,
-                 lease_ttl: float = LEASE_TTL_S) -> None:
+                 signer: signing.Signer | None, lease_ttl: float = LEASE_TTL_S,
+                 command_ttl: float = COMMAND_TTL_S) -> None:
+        """`signer`: seals every node command and lease (None: unsigned mode, only to measure)."""
         self.bus, self.core, self.metrics, self.lease_ttl = bus, core, metrics, lease_ttl
+        self.signer, self.command_ttl = signer, command_ttl
         self.instance = uuid.uuid4().hex[:8]
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
@@ -100,7 +106,8 @@ class Scheduler:
                 continue
             for part in cmdparts.parts(c, budget):
                 try:
-                    await self.bus.publish(subjects.command_subject(c.node), part, msg_id=part.command_id)
+                    await self.bus.publish(subjects.command_subject(c.node), part, msg_id=part.command_id,
+                                           seal=self._seal)
                 except nats.errors.MaxPayloadError:
                     failed[c.experiment_uid] = (f"a command to node {c.node} is larger than NATS max_payload "
                                                 f"({self.bus.nc.max_payload} bytes) even split per target")
@@ -139,9 +146,15 @@ class Scheduler:
         await self.publish(self.core.on_results(batch, time.time()))
         await self.flows.on_results(batch)
 
+    def _seal(self, subject: str, payload: bytes) -> bytes:
+        if self.signer is None:
+            return payload
+        return self.signer.seal(subject, payload, ttl_s=self.command_ttl)
+
     async def send_command(self, command: m.NodeCommand) -> None:
         try:
-            await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id)
+            await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id,
+                                           seal=self._seal)
         except nats.errors.MaxPayloadError as e:  # a Task too large to send: its step times out, nothing crashes
             self.metrics.errors.labels("max_payload").inc()
             log.error("command larger than NATS max_payload: not sent", experiment=command.name, error=str(e))
@@ -226,7 +239,10 @@ class Scheduler:
     async def send_leases(self, nodes: set[str] | None = None) -> None:
         for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
             with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
-                await self.bus.nc.publish(subjects.lease_subject(lease.node), busmod.encode(lease))
+                subject = subjects.lease_subject(lease.node)
+                data = busmod.encode(lease) if self.signer is None else self.signer.seal_message(
+                    subject, lease, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
+                await self.bus.nc.publish(subject, data)
 
     async def renew_leases(self) -> None:
         while True:
@@ -261,13 +277,29 @@ def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuar
                            max_targets=max_targets)
 
 
+def load_signer(path: str | None) -> signing.Signer | None:
+    """The scheduler's signing key: --signing-key, else scheduler.key in the keys dir."""
+    if signing.unsigned_mode():
+        log.warning("UNSIGNED MODE (CHAOSBUS_UNSIGNED=1): node commands and leases are sent unsigned")
+        return None
+    key = signing.keys_dir() / "scheduler.key" if path is None else Path(path)
+    try:
+        signer = signing.Signer.from_file(key)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"scheduler: no signing key ({e}); `chaosbus keys generate DIR` creates one") from None
+    log.info("signing with", key=str(key), kid=signer.kid)
+    return signer
+
+
 async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
+    signer = load_signer(args.signing_key)
     config = selection_config(service.scope(args), service.guard(args), args.max_targets)
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
         try:
             await serve(bus, metrics, config, instance=args.instance, leader_ttl=args.leader_ttl,
-                        metrics_port=port, cluster_injector=args.cluster_injector)
+                        metrics_port=port, cluster_injector=args.cluster_injector, signer=signer,
+                        command_ttl=args.command_ttl)
         except LostLeadership:
             # Start over as a standby in a fresh process (the supervisor restarts it): nothing of
             # the old leader's memory or subscriptions can leak into the next term.
@@ -275,12 +307,14 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionConfig, *, instance: str,
-                leader_ttl: float = LEADER_TTL_S, metrics_port: int = 0, cluster_injector: bool = False) -> None:
+                signer: signing.Signer | None, leader_ttl: float = LEADER_TTL_S, metrics_port: int = 0,
+                cluster_injector: bool = False, command_ttl: float = COMMAND_TTL_S) -> None:
     """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
     lead = Leadership(holder=instance, ttl_s=leader_ttl, session=uuid.uuid4().hex)
     election = Election(await bus.kv(subjects.SCHEDULER.name), lead)
     await election.acquire()
-    sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics)
+    sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics, signer=signer,
+                      command_ttl=command_ttl)
     ready = asyncio.Event()
     targets = asyncio.ensure_future(sched.follow_targets(ready))
     keep = asyncio.ensure_future(election.keep())

@@ -7,6 +7,9 @@ changed for `ttl_s` since this instance first saw it, so clocks that disagree be
 cannot cause an early takeover. The leader stops acting as soon as a renewal loses its
 compare-and-set, and also when it has not renewed for `ttl_s` by its own clock (it may then
 already have been replaced, so it must assume it was).
+
+A standby honours a lease's ttl only up to `max(own ttl, MAX_HONOURED_TTL_S)`: whoever can write
+the key cannot keep every scheduler on standby with a huge ttl.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Literal
 from chaosbus.common import messages as m
 
 Step = Literal["create", "renew", "take", "wait"]
+MAX_HONOURED_TTL_S = 60.0
 
 
 @dataclass
@@ -50,7 +54,8 @@ class Leadership:
         if revision != self.seen_revision:
             self.seen_revision, self.seen_at = revision, now
             return "wait"
-        return "take" if now - self.seen_at >= current.ttl_s else "wait"
+        honoured = min(current.ttl_s, max(self.ttl_s, MAX_HONOURED_TTL_S))
+        return "take" if now - self.seen_at >= honoured else "wait"
 
     def record(self, now: float) -> m.LeaderLease:
         return m.LeaderLease(holder=self.holder, renewed_at=now, ttl_s=self.ttl_s, session=self.session)

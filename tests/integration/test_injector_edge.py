@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.signing import TRUST, publish_command, publish_lease, put_halt
 from unit.injector.factories import Recording, command, eventually, make_node
 
 from chaosbus.common import bus as busmod
@@ -49,7 +50,7 @@ def fault() -> Recording:
 async def running(tmp_path: Path, fault: Recording,
                   nats_server: natsserver.EmbeddedServer) -> AsyncIterator[tuple[Node, busmod.Bus]]:
     node = make_node(tmp_path, fault, lease_ttl=1.0)
-    edge = Edge(node, "n1", InjectorMetrics())
+    edge = Edge(node, "n1", InjectorMetrics(), trust=TRUST)
     tasks = [asyncio.ensure_future(node.watchdog()), asyncio.ensure_future(edge.run(nats_server.url))]
     bus = await busmod.connect(nats_server.url, "test")
     await bus.ensure()
@@ -82,7 +83,7 @@ async def test_a_command_yields_its_results_on_the_stream(running: tuple[Node, b
                                                           sleeper: subprocess.Popen[bytes]) -> None:
     _, bus = running
     cmd = command(sleeper)
-    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await publish_command(bus, cmd)
     [batch] = await batches(bus)
     assert batch.command_id == cmd.command_id and batch.results[0].ok and len(fault.kernel) == 1
 
@@ -92,7 +93,7 @@ async def test_a_command_delivered_twice_is_executed_once(running: tuple[Node, b
     _, bus = running
     cmd = command(sleeper)
     for msg_id in ("first", "second"):  # past JetStream's dedup: two deliveries of one command
-        await bus.publish(subjects.command_subject("n1"), cmd, msg_id=msg_id)
+        await publish_command(bus, cmd, msg_id=msg_id)
     await batches(bus)
     await asyncio.sleep(0.5)  # time for the second delivery to be handled (and ignored)
     assert fault.applies == 1 and len(await batches(bus)) == 1
@@ -103,10 +104,9 @@ async def test_the_kv_key_alone_halts_the_node(running: tuple[Node, busmod.Bus],
                                                sleeper: subprocess.Popen[bytes]) -> None:
     node, bus = running
     cmd = command(sleeper)
-    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await publish_command(bus, cmd)
     await batches(bus)
-    kv = await bus.kv(subjects.CONTROL.name)
-    await kv.put(subjects.HALT_KEY, busmod.encode(m.HaltState(halted=True, reason="kv only", at=time.time())))
+    await put_halt(bus, m.HaltState(halted=True, reason="kv only", at=time.time()))
     await eventually(lambda: not fault.kernel)
     assert node.halt.halted
     [_, halted] = await batches(bus, count=2)
@@ -117,11 +117,11 @@ async def test_leases_on_the_subject_keep_a_fault_and_their_absence_ends_it(
         running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
     _, bus = running
     cmd = command(sleeper)
-    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await publish_command(bus, cmd)
     await batches(bus)
     for _ in range(15):  # 1.5 s of renewals against a 1 s lease
         lease = m.NodeLease(node="n1", ttl_s=1.0, held=[cmd.experiment_uid])
-        await bus.nc.publish(subjects.lease_subject("n1"), busmod.encode(lease))
+        await publish_lease(bus, lease)
         await asyncio.sleep(0.1)
     assert len(fault.kernel) == 1
     [_, ended] = await batches(bus, within=3.0, count=2)
@@ -133,7 +133,7 @@ async def test_results_wait_in_the_outbox_while_nats_is_down(
         sleeper: subprocess.Popen[bytes]) -> None:
     node, bus = running
     cmd = command(sleeper, deadline=None)
-    await bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await publish_command(bus, cmd)
     await batches(bus)
     await bus.close()
     nats_server.process.kill()
@@ -161,7 +161,7 @@ async def test_a_long_task_holds_up_no_other_command(tmp_path: Path, fault: Reco
     for f in (fault, TaskFault()):
         faults.register(f, registry)
     node = Node(journal, Executor(journal, "n1", registry=registry))
-    edge = Edge(node, "n1", InjectorMetrics())
+    edge = Edge(node, "n1", InjectorMetrics(), trust=TRUST)
     runner = asyncio.ensure_future(edge.run(nats_server.url))
     bus = await busmod.connect(nats_server.url, "test")
     await bus.ensure()
@@ -171,11 +171,11 @@ async def test_a_long_task_holds_up_no_other_command(tmp_path: Path, fault: Reco
                              kind="WorkflowNode", namespace="ns", name="check-abcde", node="n1",
                              issued_at=time.time(), actions=[m.TargetAction(target_id="ns/check-abcde", op="apply",
                                                                             fault=task)])
-        await bus.publish(subjects.command_subject("n1"), long, msg_id=long.command_id)
+        await publish_command(bus, long)
         await asyncio.sleep(0.3)  # the task has started
         quick = command(sleeper)
         started = time.monotonic()
-        await bus.publish(subjects.command_subject("n1"), quick, msg_id=quick.command_id)
+        await publish_command(bus, quick)
         [first] = await batches(bus, within=2.5)
         assert first.command_id == quick.command_id and time.monotonic() - started < 2.5, "held up by the task"
         done = await batches(bus, within=10.0, count=2)

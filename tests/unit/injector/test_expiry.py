@@ -158,12 +158,22 @@ def test_forget_drops_experiments_without_open_faults() -> None:
     assert set(book.until) == {"a"}
 
 
-@pytest.mark.parametrize(("current", "incoming", "expected"), [
-    (control.RESUMED, HALTED, HALTED),
-    (HALTED, m.HaltState(halted=False, at=60.0), m.HaltState(halted=False, at=60.0)),
-    (HALTED, m.HaltState(halted=False, at=40.0), HALTED),  # an older resume (a stale KV read) loses
-    (HALTED, None, HALTED),
+def at(revision: int, halted: bool, when: float = 50.0) -> m.HaltState:
+    return m.HaltState(halted=halted, at=when, revision=revision)
+
+
+@pytest.mark.parametrize(("current", "incoming", "seqs", "expected"), [
+    (control.RESUMED, at(1, True), (0, 5), ""),
+    (at(3, True), at(4, False), (5, 6), ""),  # a later resume
+    (at(3, True), at(2, False), (5, 6), "older"),  # a stale read of the key loses
+    (at(3, True), at(3, False), (5, 6), "older"),  # a tie: the halt wins
+    (at(3, False), at(3, True), (5, 6), ""),  # a tie: the halt wins
+    (at(3, True), at(3, True), (5, 6), "older"),  # nothing new
+    (at(3, True), at(9, False, when=1e18), (5, 4), "replayed"),  # an old resume written again
+    (at(3, False), at(9, True), (5, 4), ""),  # an old halt written again still halts: that is safe
+    (at(3, True), at(0, False, when=1e18), (5, None), "older"),  # the client's clock orders nothing
+    (at(3, True), at(4, False), (5, None), ""),  # unsigned mode: the revision alone
 ])
-def test_the_newest_halt_state_wins(current: m.HaltState, incoming: m.HaltState | None,
-                                    expected: m.HaltState) -> None:
-    assert control.newest(current, incoming) == expected
+def test_halt_states_are_ordered_by_kv_revision_and_a_halt_wins_a_tie(
+        current: m.HaltState, incoming: m.HaltState, seqs: tuple[int, int | None], expected: str) -> None:
+    assert control.adopt(current, incoming, current_seq=seqs[0], incoming_seq=seqs[1]) == expected

@@ -94,7 +94,7 @@ async def test_halt_recovers_everything_reports_why_and_refuses_applies(
         refused = await node.on_command(command(sleeper, uid="exp-3"))
         assert refused is not None and "halted by the kill switch" in refused.results[0].message
         assert not refused.results[0].retryable and not fault.kernel
-        await node.set_halt(m.HaltState(halted=False, at=time.time()), "test")
+        await node.set_halt(m.HaltState(halted=False, at=time.time(), revision=1), "test")
         again = await node.on_command(command(sleeper))  # ended by the halt: stays ended
         assert again is not None and "already ended" in again.results[0].message
         fresh = await node.on_command(command(sleeper, uid="exp-4"))

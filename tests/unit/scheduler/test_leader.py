@@ -5,7 +5,7 @@ over, and when a leader must stop acting.
 from __future__ import annotations
 
 from chaosbus.common import messages as m
-from chaosbus.scheduler.leader import Leadership
+from chaosbus.scheduler.leader import MAX_HONOURED_TTL_S, Leadership
 
 TTL = 10.0
 
@@ -31,6 +31,15 @@ def test_standby_takes_over_only_after_the_revision_stood_still_for_ttl() -> Non
     assert b.step(lease("a"), 5, 100.0) == "wait"
     assert b.step(lease("a"), 5, 109.9) == "wait"
     assert b.step(lease("a"), 5, 110.0) == "take"
+
+
+def test_a_huge_ttl_in_the_key_keeps_no_standby_waiting_for_ever() -> None:
+    """Whoever can write `scheduler/leader` cannot park every scheduler with a forged ttl."""
+    b = Leadership("b", TTL)
+    forged = m.LeaderLease(holder="x", renewed_at=100.0, ttl_s=1e18)
+    assert b.step(forged, 5, 100.0) == "wait"
+    assert b.step(forged, 5, 100.0 + MAX_HONOURED_TTL_S - 0.1) == "wait"
+    assert b.step(forged, 5, 100.0 + MAX_HONOURED_TTL_S) == "take"
 
 
 def test_a_renewal_seen_restarts_the_standbys_count() -> None:

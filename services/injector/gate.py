@@ -1,0 +1,136 @@
+"""The injector's door: every command, lease and kill-switch state passes here before the node
+sees it. Signatures are checked against the trusted keys (scheduler keys for commands and leases,
+operator keys for the kill switch), then freshness and replays; each refusal is counted in
+`chaosbus_injector_refused_total{what,reason}` and written as one audit line (what, subject,
+signer key id, reason, why). Unsigned mode (CHAOSBUS_UNSIGNED=1, only to measure what signing
+costs) decodes plain messages and checks nothing but the lease bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter
+
+from chaosbus.common import bus as busmod
+from chaosbus.common import logging as cblog
+from chaosbus.common import messages as m
+from chaosbus.common import signing
+
+M = TypeVar("M", bound=m.Message)
+audit = cblog.get("audit")
+What = Literal["command", "lease", "halt"]
+
+
+@dataclass(frozen=True)
+class HaltIn:
+    """A kill-switch state whose signature held; `seq` None in unsigned mode."""
+
+    state: m.HaltState
+    seq: int | None
+    kid: str = ""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A signed command accepted for execution: remembered as executed once it has been."""
+
+    kid: str
+    seq: int
+    exp: float
+
+
+class Gate:
+    def __init__(self, trust: signing.Trust | None, registry: CollectorRegistry, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.trust, self.clock = trust, clock  # trust None: unsigned mode
+        self.replays = signing.ReplayBook()
+        self.refused = Counter("chaosbus_injector_refused_total",
+                               "Messages refused before anything was done, by what and why",
+                               ["what", "reason"], registry=registry)
+        for what in ("command", "lease", "halt"):
+            for reason in signing.REASONS:
+                self.refused.labels(what, reason)
+
+    def load(self, executed: list[tuple[str, int, float]]) -> None:
+        """Signed commands the journal says were executed (a restart must refuse their replays)."""
+        for kid, seq, exp in executed:
+            self.replays.mark(kid, seq, exp)
+
+    def refuse(self, what: What, subject: str, err: signing.Refused) -> None:
+        self.refused.labels(what, err.reason).inc()
+        audit.warning("refused", audit=True, what=what, subject=subject, signer=err.kid or "-",
+                      reason=err.reason, why=err.detail)
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def command(self, data: bytes, subject: str) -> tuple[m.NodeCommand, Ticket | None] | None:
+        """The command if it may run (its ticket marks it in flight until `executed`/`failed`);
+        None if it was refused (counted, audited) or is malformed (logged).
+        """
+        if self.trust is None:
+            plain = _decoded(data, m.NodeCommand, subject)
+            return None if plain is None else (plain, None)
+        now = self.clock()
+        try:
+            opened = self.trust.open(data, aud=subject, role="scheduler", now=now)
+            self.replays.check_once(opened)
+        except signing.Refused as e:
+            self.refuse("command", subject, e)
+            return None
+        cmd = _decoded(opened.payload, m.NodeCommand, subject)
+        if cmd is None:
+            return None
+        ticket = Ticket(opened.kid, opened.claims.seq, opened.claims.exp)
+        self.replays.mark(ticket.kid, ticket.seq, ticket.exp)
+        self.replays.prune(now)
+        return cmd, ticket
+
+    def failed(self, ticket: Ticket | None) -> None:
+        """The command did not complete (it will be redelivered): its redelivery is no replay."""
+        if ticket is not None:
+            self.replays.unmark(ticket.kid, ticket.seq)
+
+    # --- leases and the kill switch ---------------------------------------------------------------
+
+    def lease(self, data: bytes, subject: str) -> m.NodeLease | None:
+        if self.trust is None:
+            return _decoded(data, m.NodeLease, subject)
+        try:
+            opened = self.trust.open(data, aud=subject, role="scheduler", now=self.clock())
+            self.replays.check_newer(opened, subject)
+        except signing.Refused as e:
+            self.refuse("lease", subject, e)
+            return None
+        return _decoded(opened.payload, m.NodeLease, subject)
+
+    def halt(self, data: bytes, subject: str, *, revision: int | None) -> HaltIn | None:
+        """A kill-switch state with its signer's sequence. `revision`: the KV entry's, for the
+        key's copy; None for the broadcast, which carries it signed (and expires soon).
+        """
+        seq: int | None = None
+        kid, payload = "", data
+        if self.trust is not None:
+            try:
+                opened = self.trust.open(data, aud=signing.CONTROL_AUD, role="operator", now=self.clock(),
+                                         expires=revision is None)
+            except signing.Refused as e:
+                self.refuse("halt", subject, e)
+                return None
+            kid, payload, seq = opened.kid, opened.payload, opened.claims.seq
+        state = _decoded(payload, m.HaltState, subject)
+        if state is None:
+            return None
+        return HaltIn(state if revision is None else msgspec.structs.replace(state, revision=revision), seq, kid)
+
+
+def _decoded(data: bytes, kind: type[M], subject: str) -> M | None:
+    try:
+        return busmod.decode(data, kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        cblog.get("injector").error("malformed message dropped", subject=subject, error=str(e))
+        return None

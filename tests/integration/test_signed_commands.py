@@ -1,0 +1,281 @@
+"""Signed, fresh, single-use commands against a real nats-server and the real injector (its NATS
+edge, its node, its journal and the real fault registry): a pod-kill of a real process that is
+forged, unsigned, expired, tampered with or sent to the wrong node is refused, counted, audited,
+and the process lives; a valid one kills it. A Task that appends to a file shows a replay refused,
+also by a restarted injector. The kill switch cannot be un-halted by a forged or a replayed
+resume, a real halt after them still halts, and a lease's ttl is bounded by the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers.signing import OPERATOR, SCHEDULER, TRUST, seal_command
+from unit.injector.factories import eventually
+
+from chaosbus.cli import control
+from chaosbus.common import bus as busmod
+from chaosbus.common import messages as m
+from chaosbus.common import natsserver, signing, subjects
+from chaosbus.injector.app import Edge
+from chaosbus.injector.backends import procs
+from chaosbus.injector.executor import Executor
+from chaosbus.injector.journal import Journal
+from chaosbus.injector.metrics import InjectorMetrics
+from chaosbus.injector.node import Node
+
+pytestmark = pytest.mark.integration
+MAX_LEASE_S = 20.0
+
+
+@dataclass
+class Injector:
+    node: Node
+    edge: Edge
+    tasks: list[asyncio.Task[Any]]
+
+    def refused(self, what: str, reason: str) -> float:
+        value = self.edge.metrics.registry.get_sample_value(
+            "chaosbus_injector_refused_total", {"what": what, "reason": reason})
+        return value or 0.0
+
+    async def stop(self) -> None:
+        if not self.tasks:
+            return
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.wait(self.tasks, timeout=5)
+        self.tasks = []
+        self.node.close()
+        self.node.journal.close()
+
+
+async def start(journal_path: Path, url: str) -> Injector:
+    journal = Journal(journal_path)
+    node = Node(journal, Executor(journal, "n1"), lease_ttl=15.0, max_lease_ttl=MAX_LEASE_S)
+    edge = Edge(node, "n1", InjectorMetrics(), trust=TRUST)
+    return Injector(node, edge, [asyncio.ensure_future(node.watchdog()), asyncio.ensure_future(edge.run(url))])
+
+
+@pytest.fixture
+async def injector(tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> AsyncIterator[Injector]:
+    inj = await start(tmp_path / "journal.db", nats_server.url)
+    try:
+        yield inj
+    finally:
+        await inj.stop()
+
+
+@pytest.fixture
+def victim() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def audit() -> Iterator[list[dict[str, Any]]]:
+    with structlog.testing.capture_logs() as logs:
+        yield logs
+
+
+def pod_kill(pid: int, node: str = "n1") -> m.NodeCommand:
+    action = m.TargetAction(target_id="default/victim", op="apply", namespace="default", pod_name="victim",
+                            pod_uid="uid-victim", container_ids=[f"process://{pid}"], fault=m.PodKill())
+    return m.NodeCommand(command_id=f"kill.{uuid.uuid4().hex[:8]}", experiment_uid="exp-kill", generation=1,
+                         kind="PodChaos", namespace="default", name="kill", node=node, issued_at=time.time(),
+                         actions=[action])
+
+
+def append_task(path: Path) -> m.NodeCommand:
+    """A Task whose every run appends one line to `path`: a replay would be one line more."""
+    argv = [sys.executable, "-c", f"open({str(path)!r}, 'a').write('ran\\n')"]
+    action = m.TargetAction(target_id="default/append", op="apply", fault=m.Task(argv=argv, timeout_s=10))
+    return m.NodeCommand(command_id=f"task.{uuid.uuid4().hex[:8]}", experiment_uid="exp-task", generation=1,
+                         kind="WorkflowNode", namespace="default", name="append", node="n1", issued_at=time.time(),
+                         actions=[action])
+
+
+async def send(bus: busmod.Bus, data: bytes, subject: str = "chaos.cmd.n1") -> None:
+    await bus.js.publish(subject, data, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+
+
+async def results(bus: busmod.Bus) -> int:
+    return (await bus.js.stream_info(subjects.RESULTS.name)).state.messages
+
+
+async def drained(bus: busmod.Bus) -> None:
+    """Every command was taken off the node's queue (acked or refused for good)."""
+    async def empty() -> bool:
+        return (await bus.js.stream_info(subjects.COMMANDS.name)).state.messages == 0
+    await eventually(empty)
+
+
+def audit_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e.get("audit")]
+
+
+async def test_a_valid_signed_pod_kill_kills(injector: Injector, bus: busmod.Bus,
+                                             victim: subprocess.Popen[bytes]) -> None:
+    await send(bus, seal_command(pod_kill(victim.pid)))
+    await eventually(lambda: not procs.process_alive(victim.pid))
+    await eventually(lambda: results(bus))
+    assert sum(injector.refused("command", r) for r in signing.REASONS) == 0
+
+
+STRANGER = signing.Signer(Ed25519PrivateKey.generate())
+
+
+def forged_by_a_stranger(cmd: m.NodeCommand) -> bytes:
+    return seal_command(cmd, signer=STRANGER)
+
+
+def signed_by_the_operator(cmd: m.NodeCommand) -> bytes:
+    return seal_command(cmd, signer=OPERATOR)  # a trusted key, but trusted for the kill switch only
+
+
+def unsigned(cmd: m.NodeCommand) -> bytes:
+    return busmod.encode(cmd)
+
+
+def expired(cmd: m.NodeCommand) -> bytes:
+    return seal_command(cmd, ttl_s=60.0, now=time.time() - 61.0)
+
+
+def tampered(cmd: m.NodeCommand) -> bytes:
+    """A valid command to kill someone else, its target then changed to the victim."""
+    other = seal_command(pod_kill(1))
+    return other.replace(b'"process://1"', f'"process://{cmd.actions[0].container_ids[0][10:]}"'.encode())
+
+
+def for_another_node(cmd: m.NodeCommand) -> bytes:
+    return SCHEDULER.seal_message("chaos.cmd.n2", cmd, ttl_s=60.0)  # replayed onto n1's subject
+
+
+@pytest.mark.parametrize(("make", "reason", "why"), [
+    (forged_by_a_stranger, "forged", "signed by a key this receiver does not trust"),
+    (signed_by_the_operator, "forged", "a operator key may not sign this (needs scheduler)"),
+    (unsigned, "unsigned", "not a signed envelope"),
+    (expired, "expired", "s ago"),
+    (tampered, "forged", "bad signature"),
+    (for_another_node, "forged", "meant for 'chaos.cmd.n2', received as 'chaos.cmd.n1'"),
+])
+async def test_a_bad_command_is_refused_counted_audited_and_harms_nobody(
+        injector: Injector, bus: busmod.Bus, victim: subprocess.Popen[bytes], audit: list[dict[str, Any]],
+        make: Any, reason: str, why: str) -> None:
+    cmd = pod_kill(victim.pid)
+    await send(bus, make(cmd))
+    await eventually(lambda: injector.refused("command", reason) == 1)
+    await drained(bus)
+    await asyncio.sleep(0.3)
+    assert procs.process_alive(victim.pid), "the victim was killed"
+    assert await results(bus) == 0 and injector.node.journal.entries() == []
+    [line] = audit_lines(audit)
+    assert line["what"] == "command" and line["subject"] == "chaos.cmd.n1" and line["reason"] == reason
+    assert why in line["why"] and (line["signer"] == "-") == (reason == "unsigned")
+    # the same command, properly signed, does what it says: the refusal was the signature's doing
+    await send(bus, seal_command(cmd))
+    await eventually(lambda: not procs.process_alive(victim.pid))
+
+
+async def test_a_replayed_command_is_refused_and_runs_once(injector: Injector, bus: busmod.Bus, tmp_path: Path,
+                                                           audit: list[dict[str, Any]]) -> None:
+    ran = tmp_path / "ran"
+    captured = seal_command(append_task(ran))
+    await send(bus, captured)
+    await eventually(lambda: results(bus))
+    await send(bus, captured)  # the same bytes again, as an eavesdropper would send them
+    await eventually(lambda: injector.refused("command", "replayed") == 1)
+    await drained(bus)
+    assert ran.read_text() == "ran\n" and await results(bus) == 1
+    [line] = audit_lines(audit)
+    assert line["reason"] == "replayed" and line["signer"] == SCHEDULER.kid
+
+
+async def test_a_restarted_injector_refuses_a_replay_of_a_command_it_executed(
+        injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> None:
+    ran = tmp_path / "ran"
+    captured = seal_command(append_task(ran))
+    await send(bus, captured)
+    await eventually(lambda: results(bus))
+    await drained(bus)
+    await injector.stop()
+    again = await start(tmp_path / "journal.db", nats_server.url)
+    try:
+        await send(bus, captured)
+        await eventually(lambda: again.refused("command", "replayed") == 1)
+        await drained(bus)
+        assert ran.read_text() == "ran\n" and await results(bus) == 1
+    finally:
+        await again.stop()
+
+
+async def kill_switch(bus: busmod.Bus, halted: bool, reason: str = "") -> m.HaltState:
+    return await control.set_halt(bus, halted=halted, reason=reason, signer=OPERATOR)
+
+
+async def test_a_forged_resume_cannot_unhalt_and_a_real_halt_after_it_still_halts(
+        injector: Injector, bus: busmod.Bus, audit: list[dict[str, Any]]) -> None:
+    node = injector.node
+    kv = await bus.kv(subjects.CONTROL.name)
+    await kill_switch(bus, True, "drill")
+    await eventually(lambda: node.halt.halted)
+    forged = busmod.encode(m.HaltState(halted=False, at=1e18))  # the attack of issue 13, as it was sent
+    await kv.put(subjects.HALT_KEY, forged)
+    await bus.nc.publish(subjects.HALT_SUBJECT, forged)
+    await eventually(lambda: injector.refused("halt", "unsigned") == 2)  # the broadcast and the key
+    wrong_key = SCHEDULER.seal_message(signing.CONTROL_AUD, m.HaltState(halted=False, at=1e18), ttl_s=None)
+    await kv.put(subjects.HALT_KEY, wrong_key)
+    await eventually(lambda: injector.refused("halt", "unsigned") == 2 and injector.refused("halt", "forged") == 1)
+    await asyncio.sleep(1.5)  # more than one poll of the key: each revision is judged once
+    assert node.halt.halted and node.halt.reason == "drill"
+    assert injector.refused("halt", "unsigned") == 2 and injector.refused("halt", "forged") == 1
+    assert node.journal.halt() == node.halt  # what a restart would start from
+
+    await kill_switch(bus, False)
+    await eventually(lambda: not node.halt.halted)
+    await kv.put(subjects.HALT_KEY, forged)  # the forged state sits in the key at a higher revision
+    await kill_switch(bus, True, "later")  # a real halt after it still halts
+    await eventually(lambda: node.halt.halted and node.halt.reason == "later")
+    assert {e["reason"] for e in audit_lines(audit)} == {"unsigned", "forged"}
+
+
+async def test_an_old_resume_written_again_is_a_replay(injector: Injector, bus: busmod.Bus) -> None:
+    node = injector.node
+    kv = await bus.kv(subjects.CONTROL.name)
+    await kill_switch(bus, True, "first")
+    await kill_switch(bus, False)
+    old_resume = (await kv.get(subjects.HALT_KEY)).value or b""
+    await kill_switch(bus, True, "second")
+    await eventually(lambda: node.halt.halted and node.halt.reason == "second")
+    await kv.put(subjects.HALT_KEY, old_resume)  # validly signed, a new revision, an old sequence
+    await eventually(lambda: injector.refused("halt", "replayed") == 1)
+    assert node.halt.halted and node.halt.reason == "second"
+
+
+async def test_a_lease_ttl_is_bounded_by_the_node_and_replays_and_forgeries_are_refused(
+        injector: Injector, bus: busmod.Bus) -> None:
+    huge = m.NodeLease(node="n1", ttl_s=1e12, held=["exp-x"], exempt=[])
+    subject = subjects.lease_subject("n1")
+    signed = SCHEDULER.seal_message(subject, huge, ttl_s=60.0)
+    await eventually(lambda: injector.edge.node.connected)
+    await bus.nc.publish(subject, busmod.encode(huge))  # unsigned
+    await bus.nc.publish(subject, STRANGER.seal_message(subject, huge, ttl_s=60.0))
+    await bus.nc.publish(subject, signed)
+    await bus.nc.publish(subject, signed)  # the same lease again
+    await eventually(lambda: injector.refused("lease", "replayed") == 1)
+    assert injector.refused("lease", "unsigned") == 1 and injector.refused("lease", "forged") == 1
+    assert injector.node.lease.ttl_s == MAX_LEASE_S  # the one accepted lease, clamped
+    assert injector.node.lease.exempt == set()
