@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
+from helpers.signing import TRUST, publish_command
 from integration.test_injector_edge import batches
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import natsserver, subjects
+from chaosbus.common import natsserver
 from chaosbus.injector.app import Edge
 from chaosbus.injector.backends import procs
 from chaosbus.injector.executor import Executor
@@ -46,7 +47,7 @@ def fakes() -> Iterator[tuple[FakeCri, FakeDocker]]:
 async def node_bus(tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> AsyncIterator[busmod.Bus]:
     journal = Journal(tmp_path / "journal.db")
     node = Node(journal, Executor(journal, "n1"), lease_ttl=15.0)  # the real fault registry
-    edge = Edge(node, "n1", InjectorMetrics())
+    edge = Edge(node, "n1", InjectorMetrics(), trust=TRUST)
     tasks = [asyncio.ensure_future(node.watchdog()), asyncio.ensure_future(edge.run(nats_server.url))]
     bus = await busmod.connect(nats_server.url, "test")
     await bus.ensure()
@@ -78,7 +79,7 @@ async def test_a_node_command_with_runtime_ids_kills_through_the_runtime(
     spared = cri.containers.start(bystander)
     cmd = kill_command(("default/web-0", f"containerd://{victim}"), ("default/web-1", f"cri-o://{bystander}"))
     started = time.monotonic()
-    await node_bus.publish(subjects.command_subject("n1"), cmd, msg_id=cmd.command_id)
+    await publish_command(node_bus, cmd)
     [batch] = await batches(node_bus, within=10.0)
     took = time.monotonic() - started
     by_target = {r.target_id: r for r in batch.results}

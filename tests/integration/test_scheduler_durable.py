@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers.signing import TRUST, write_keys
 from nats.js import api
 
 from chaosbus.common import bus as busmod
@@ -45,9 +46,10 @@ class Proc:
     def __init__(self, url: str, instance: str, log: Path) -> None:
         self.log = log
         with open(log, "ab") as out:
+            env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(write_keys(log.parent / "keys"))}
             self.p = subprocess.Popen(
                 [sys.executable, "-m", "chaosbus.scheduler", "--nats", url, "--metrics-port", "0",
-                 "--instance", instance], stdout=out, stderr=out, start_new_session=True)
+                 "--instance", instance], stdout=out, stderr=out, start_new_session=True, env=env)
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
@@ -92,7 +94,8 @@ class Injector:
         except TimeoutError:
             return
         for msg in msgs:
-            cmd = busmod.decode(msg.data, m.NodeCommand)
+            opened = TRUST.open(msg.data, aud=msg.subject, role="scheduler", now=time.time())  # signed, or raises
+            cmd = busmod.decode(opened.payload, m.NodeCommand)
             self.received.append((time.time(), cmd))
             await msg.ack()
             if answer:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.signing import write_keys
 from kube.conftest import KubeEnv
 from kube.kubelet import Kubelet, KubePod
 
@@ -59,7 +60,8 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[tuple[KubeEnv, Kubelet, li
     server = natsserver.start(tmp_path / "nats", port=0)
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace}
+    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace,
+           "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys"))}
     base = ["--nats", server.url, "--metrics-port", "0"]
     argv = {
         "watcher": ["--kubeconfig", str(kube.kubeconfig), "--target-namespace", kube.namespace],

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.signing import write_keys
 from kube.conftest import KubeEnv
 from kube.kubelet import Kubelet
 
@@ -42,7 +43,7 @@ class System:
 
     def start(self, name: str, module: str, *extra: str) -> None:
         env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": self.kube.namespace,
-               "POD_FAILURE_PAUSE_IMAGE": PAUSE}
+               "POD_FAILURE_PAUSE_IMAGE": PAUSE, "CHAOSBUS_KEYS_DIR": str(write_keys(self.tmp / "keys"))}
         out = (self.logs / f"{name}.log").open("a")
         self.procs[name] = subprocess.Popen([sys.executable, "-m", f"chaosbus.{module}", "--nats", self.nats_url,
                                             "--metrics-port", "0", *extra], env=env, stdout=out,

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helpers.signing import publish_command, write_keys
+
 from chaosbus.cli import podnet
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -56,6 +58,7 @@ class Injector:
     lease_s: float
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
+    launches: int = 0  # processes started: a wait for "ready" counts this many in the log
 
     def log_text(self) -> str:
         try:
@@ -97,11 +100,17 @@ class Harness:
         argv = [sys.executable, "-m", "chaosbus.injector", "--nats", self.server.url, "--node", node,
                 "--journal", str(inj.journal), "--metrics-port", "0", "--lease-seconds", str(lease_s),
                 "--sweep-interval", str(sweep_interval)]
+        env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(self.keys())}
         with open(inj.log, "ab") as out:
-            inj.proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+            inj.proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True, env=env)
         inj.started = time.monotonic()
+        inj.launches += 1
         self.injectors[node] = inj
         return inj
+
+    def keys(self) -> Path:
+        """The test session's keys as files: injectors trust them, `chaosbus halt` signs with them."""
+        return write_keys(self.tmp / "keys")
 
     def kill_injector(self, node: str) -> None:
         inj = self.injectors[node]
@@ -141,7 +150,10 @@ class Harness:
 
 
 def _starts(inj: Injector) -> int:
-    return inj.log_text().count('"injector starting"')
+    """Launches so far: counting the log's "injector starting" lines instead let a wait return
+    before a slow new process had written its first line.
+    """
+    return inj.launches
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -171,7 +183,7 @@ def table_of(uid: str) -> str:
 
 
 async def publish(bus: busmod.Bus, cmd: m.NodeCommand) -> None:
-    await bus.publish(subjects.command_subject(cmd.node), cmd, msg_id=cmd.command_id)
+    await publish_command(bus, cmd)
 
 
 async def results(bus: busmod.Bus) -> list[m.ResultBatch]:

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.signing import publish_lease
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
+from chaosbus.common import signing, subjects
 
 from .recovery_harness import Harness, harness, partition_command, publish, results, table_of, wait_for
 
@@ -95,8 +96,8 @@ async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_aft
     await publish(bus, partition_command("timed", "nd", [timed], deadline=deadline))
     await until(lambda: timed.tables() and untimed.tables(), 10, "applied", h)
     renewed = time.time()
-    await bus.nc.publish(subjects.lease_subject("nd"), busmod.encode(
-        m.NodeLease(node="nd", holder="test", issued_at=renewed, ttl_s=lease, held=["timed", "untimed"])))
+    await publish_lease(bus, m.NodeLease(node="nd", holder="test", issued_at=renewed, ttl_s=lease,
+                                         held=["timed", "untimed"]))
     await bus.nc.flush()
     await bus.close()
     h.kill_server()  # NATS gone entirely: no scheduler, no recorder, nothing reaches the node
@@ -130,8 +131,8 @@ async def test_halt_recovers_50_faults_across_5_injectors_within_1s_and_refuses_
             await publish(bus, partition_command(f"{n}-e{k}", n, mine[n], deadline=None))
     await until(lambda: h.in_force() == 50, 20, "50 faults in force")
     cli(h, "halt", "--reason", "drill")
-    state = busmod.decode((await (await bus.kv(subjects.CONTROL.name)).get(subjects.HALT_KEY)).value or b"",
-                          m.HaltState)
+    state = busmod.decode(signing.peek((await (await bus.kv(subjects.CONTROL.name)).get(subjects.HALT_KEY)).value
+                                       or b""), m.HaltState)
     await until(lambda: h.in_force() == 0, 5, "every fault recovered")
     seen = time.time() - state.at
     await asyncio.sleep(0.5)
@@ -164,7 +165,8 @@ async def wait_result(bus: busmod.Bus, uid: str, within: float = 10.0) -> str:
 
 def cli(h: Harness, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "chaosbus.cli", "--nats", h.server.url, *args],
-                          capture_output=True, text=True, timeout=30, env={**os.environ})
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "CHAOSBUS_KEYS_DIR": str(h.keys())})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
