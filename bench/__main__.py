@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
            "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"], "cli": raw["cli"],
            "resources": raw["resources"], "profile": raw.get("profile"),
            "monitor_overflows": raw["monitor_overflows"], "dead_services": raw["dead_services"],
-           "leftovers": left, "log": session.log, "kube": raw.get("kube")}
+           "leftovers": left, "log": session.log, "kube": raw.get("kube"), "security": raw.get("security")}
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     plan.out.write_text(json.dumps(report.clean(doc), indent=1))
     print(f"\nload average at end {meta['loadavg_at_end'][0]:.2f}; took {meta['seconds']:.0f}s; JSON: {plan.out}")

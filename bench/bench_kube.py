@@ -74,7 +74,11 @@ def api_server(workdir: Path) -> Iterator[tuple[Path, str]]:
 
 @contextlib.contextmanager
 def services(kubeconfig: Path, namespace: str, nats_url: str, workdir: Path) -> Iterator[None]:
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": namespace}
+    from chaosbus.common import signing
+
+    signing.ensure_keys(workdir / "keys")
+    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": namespace,
+           "CHAOSBUS_KEYS_DIR": str(workdir / "keys")}
     base = ["--nats", nats_url, "--metrics-port", "0"]
     argv = {"watcher": ["--kubeconfig", str(kubeconfig), "--target-namespace", namespace], "scheduler": [],
             "injector": ["--node", NODE, "--journal", str(workdir / "journal.db")],

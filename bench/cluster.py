@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from chaosbus.common import natsauth, natsserver
+from chaosbus.common import natsauth, natsserver, signing
 
 SERVICES = ("watcher", "scheduler", "recorder")
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,8 @@ class Service:
     proc: subprocess.Popen[bytes]
     ps: psutil.Process
     log: Path
+    extra: list[str] = field(default_factory=list)
+    log_offset: int = 0  # where this process's lines start in `log` (a restart appends)
 
     @property
     def kind(self) -> str:
@@ -54,10 +56,15 @@ class Cluster:
     server: natsserver.EmbeddedServer | None = None
     services: list[Service] = field(default_factory=list)
     auth: bool = True  # as `chaosbus up` runs: an nkey per component, allow-lists enforced
+    unsigned: bool = False  # CHAOSBUS_UNSIGNED for the scheduler and injectors: what signing costs
 
     @property
     def creds(self) -> Path:
         return natsauth.creds_dir(self.workdir / "state")
+
+    @property
+    def keys(self) -> Path:
+        return self.workdir / "keys"
 
     @property
     def url(self) -> str:
@@ -67,6 +74,7 @@ class Cluster:
     def start(self, log_level: str = "info") -> None:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        signing.ensure_keys(self.keys)  # as `chaosbus up` does at first start
         conf = natsauth.prepare_local(self.workdir / "state", self.nodes) if self.auth else None
         self.server = natsserver.start(self.workdir / "nats", port=0, log_file=logs / "nats-server.log",
                                        config_file=conf)
@@ -99,11 +107,31 @@ class Cluster:
         log = self.workdir / "logs" / f"{name.replace('/', '-')}.log"
         argv = [sys.executable, "-m", f"chaosbus.{svc}", "--nats", self.url, "--metrics-port", "0",
                 "--log-level", log_level, *extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "CHAOSBUS_KEYS_DIR": str(self.keys)}
+        env.pop("CHAOSBUS_UNSIGNED", None)
+        if self.unsigned:
+            env["CHAOSBUS_UNSIGNED"] = "1"
+        offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     cwd=ROOT, preexec_fn=_die_with_parent)  # before any thread exists
-        self.services.append(Service(name, proc, psutil.Process(proc.pid), log))
+        self.services.append(Service(name, proc, psutil.Process(proc.pid), log, extra, offset))
+
+    def restart_signing(self, *, unsigned: bool, log_level: str = "info") -> None:
+        """The scheduler and every injector again, signing (and verifying) or not; then ready."""
+        self.unsigned = unsigned
+        again = [s for s in self.services if s.kind in ("scheduler", "injector")]
+        for s in again:
+            s.proc.terminate()
+        for s in again:
+            try:
+                s.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+            self.services.remove(s)
+            self._spawn(s.kind, s.extra, log_level, label=s.name)
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every service logged that it is ready (or one died)."""
@@ -115,7 +143,7 @@ class Cluster:
             for s in list(pending):
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"{s.name} exited with {s.proc.returncode}; see {s.log}")
-                if marks[s.kind] in s.log.read_text(errors="replace"):
+                if marks[s.kind].encode() in s.log.read_bytes()[s.log_offset:]:
                     pending.remove(s)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f}s: {[s.name for s in pending]}")

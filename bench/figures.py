@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench import security
 from bench.plan import Plan
 from bench.report import Row, Section, fmt_s, pct, ratio, summary, verdict
 from bench.scenarios import Run
@@ -311,4 +312,5 @@ def build(plan: Plan, raw: dict[str, Any]) -> list[Section]:
         resource_rows(raw["resources"], f"{max(plan.sizes)} targets"),
         status_rows(runs),
         cli_rows(raw["cli"], plan.warm_size),
+        security.rows(raw.get("security", {})),
     ]

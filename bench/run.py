@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cli, floors, kernel, targets
+from bench import cli, floors, kernel, security, targets
 from bench.cluster import WORKDIR_PREFIX, Cluster, Sampler, remove_stale
 from bench.observe import Observer
 from bench.plan import Plan
@@ -157,9 +157,13 @@ class Session:
         self._stop_profile(out)
         self.say(f"chaosbus get x{plan.cli_runs}, chaosbus halt x{plan.halt_runs} on {plan.warm_size} targets")
         out["cli"] = await cli.measure(h, self.cluster.url, plan.cli_runs, plan.halt_runs, plan.warm_size)
-        h.close()
         out["resources"] = {w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services}
                             for w, (a, b) in windows.items()}
+        out["security"] = {"cost": security.signing_cost()}
+        small = [s for s in plan.sizes if s <= 100] or [min(plan.sizes)]
+        out["security"]["apply"] = await security.on_off(self.cluster, h, small, max(5, plan.runs[small[0]][0]),
+                                                         plan.log_level, self.say)
+        h.close()
         out["monitor_overflows"] = self.monitor.overflows
         out["dead_services"] = self.cluster.dead()
         await observer.close()

@@ -24,6 +24,7 @@ ROWS = [
     "svc.watcher", "svc.scheduler", "svc.recorder", "svc.injector", "svc.nats-server",
     "status.size",
     "cli.get", "cli.halt", "cli.halt.gone",
+    "security.sign_verify.1", "security.sign_verify.100", "security.apply.1", "security.apply.2",
 ]
 
 
