@@ -59,17 +59,17 @@ def signing_cost(iterations: int = 2000) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def on_off(cluster: Cluster, h: Harness, sizes: list[int], runs: int, log_level: str,
+async def on_off(cluster: Cluster, h: Harness, runs: dict[int, int], log_level: str,
                  say: Any) -> dict[str, dict[str, list[float]]]:
     """Per-target apply -> in effect latencies, per size, unsigned then signed (restarts between)."""
     out: dict[str, dict[str, list[float]]] = {}
     for phase in ("off", "on"):
         say(f"security {phase}: restarting the scheduler and injectors "
-            f"{'unsigned' if phase == 'off' else 'signing'}; {runs} delete runs per size {sizes}")
+            f"{'unsigned' if phase == 'off' else 'signing'}; delete runs per size: {runs}")
         cluster.restart_signing(unsigned=phase == "off", log_level=log_level)
-        await h.run(min(sizes), "delete", f"sec-{phase}-warmup")
-        for size in sizes:
-            done: list[Run] = [await h.run(size, "delete", f"sec-{phase}-{size}-{i}") for i in range(runs)]
+        await h.run(min(runs), "delete", f"sec-{phase}-warmup")
+        for size, n in runs.items():
+            done: list[Run] = [await h.run(size, "delete", f"sec-{phase}-{size}-{i}") for i in range(n)]
             out.setdefault(str(size), {})[phase] = [x for r in done for x in r.apply_latencies()]
     return out
 

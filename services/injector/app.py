@@ -139,9 +139,10 @@ class Edge:
         if not entry.value or revision == self._kv_revision:
             return
         self._kv_revision = revision
-        got = self.gate.halt(entry.value, f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}", revision=revision)
+        key = f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}"
+        got = self.gate.halt(entry.value, key, revision=revision)
         if got is not None:
-            await self._adopt(got, "kv", f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}")
+            await self._adopt(got, "kv", key)
 
     async def prefetch_halt(self, url: str) -> None:
         """Before the start-up reconcile: a halt set while this injector was down must win over

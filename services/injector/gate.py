@@ -24,6 +24,7 @@ from chaosbus.common import signing
 M = TypeVar("M", bound=m.Message)
 audit = cblog.get("audit")
 What = Literal["command", "lease", "halt"]
+PRUNE_EVERY_S = 10.0  # forgetting expired commands is a scan of the replay book: not per command
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Gate:
                  clock: Callable[[], float] = time.time) -> None:
         self.trust, self.clock = trust, clock  # trust None: unsigned mode
         self.replays = signing.ReplayBook()
+        self._pruned = 0.0
         self.refused = Counter("chaosbus_injector_refused_total",
                                "Messages refused before anything was done, by what and why",
                                ["what", "reason"], registry=registry)
@@ -87,7 +89,9 @@ class Gate:
             return None
         ticket = Ticket(opened.kid, opened.claims.seq, opened.claims.exp)
         self.replays.mark(ticket.kid, ticket.seq, ticket.exp)
-        self.replays.prune(now)
+        if now - self._pruned > PRUNE_EVERY_S:
+            self.replays.prune(now)
+            self._pruned = now
         return cmd, ticket
 
     def failed(self, ticket: Ticket | None) -> None:

@@ -179,8 +179,11 @@ def test_malformed_nats_messages_crash_nothing(system: System) -> None:
     wait_blocked(system, {(0, 3)})
     system.cli("delete", "networkchaos", "after-garbage")
     wait_blocked(system, set())
-    for service in ("injector", "recorder", "scheduler"):
+    for service in ("recorder", "scheduler"):
         assert "malformed message" in system.service_log(service)
+    # the injector refuses garbage on its command subject before decoding it: unsigned, audited
+    refused = [line for line in system.service_log("injector").splitlines() if '"audit": true' in line]
+    assert refused and all('"reason": "unsigned"' in line for line in refused)
 
 
 def test_every_service_serves_its_metrics(system: System) -> None:
