@@ -18,7 +18,6 @@ from pathlib import Path
 
 import msgspec
 
-from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import signing, subjects
@@ -43,6 +42,8 @@ def operator_signer(path: str | None = None) -> signing.Signer | None:
     try:
         return signing.Signer.from_file(key)
     except (OSError, ValueError) as e:
+        from chaosbus.cli.resources import UsageError  # here: resources imports nats-py unmasked (tcpnats)
+
         raise UsageError(f"cannot read the operator key ({e}); it signs the kill switch "
                          "(--operator-key FILE, or CHAOSBUS_KEYS_DIR)") from None
 
