@@ -1,7 +1,7 @@
 """The injector's door: every command, lease and kill-switch state passes here before the node
 sees it. Signatures are checked against the trusted keys (scheduler keys for commands and leases,
 operator keys for the kill switch), then freshness and replays; each refusal is counted in
-`chaosbus_injector_refused_total{what,reason}` and written as one audit line (what, subject,
+`chaosbus_injector_messages_refused_total{what,reason}` and written as one audit line (what, subject,
 signer key id, reason, why). Unsigned mode (CHAOSBUS_UNSIGNED=1, only to measure what signing
 costs) decodes plain messages and checks nothing but the lease bound.
 """
@@ -51,7 +51,7 @@ class Gate:
         self.trust, self.clock = trust, clock  # trust None: unsigned mode
         self.replays = signing.ReplayBook()
         self._pruned = 0.0
-        self.refused = Counter("chaosbus_injector_refused_total",
+        self.refused = Counter("chaosbus_injector_messages_refused_total",
                                "Messages refused before anything was done, by what and why",
                                ["what", "reason"], registry=registry)
         for what in ("command", "lease", "halt"):

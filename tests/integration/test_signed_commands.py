@@ -47,7 +47,7 @@ class Injector:
 
     def refused(self, what: str, reason: str) -> float:
         value = self.edge.metrics.registry.get_sample_value(
-            "chaosbus_injector_refused_total", {"what": what, "reason": reason})
+            "chaosbus_injector_messages_refused_total", {"what": what, "reason": reason})
         return value or 0.0
 
     async def stop(self) -> None:
