@@ -19,7 +19,7 @@ from helpers.live import BRIDGE, SUBNET, System, eventually
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import natsauth, processid, subjects
+from chaosbus.common import natsauth, processid, signing, subjects
 
 pytestmark = pytest.mark.privileged
 
@@ -79,7 +79,11 @@ def test_team_a_cannot_kill_a_kube_system_pod(system: System) -> None:
 
 
 def forge(system: System, action: m.TargetAction) -> m.TargetResult:
-    """Publish a pod-kill command for `action` to the live node injector; its one result."""
+    """Publish a pod-kill command for `action` to the live node injector, signed with the system's
+    scheduler key (as a compromised or buggy scheduler would send it: the target checks are what
+    stands in the way then); its one result.
+    """
+    signer = signing.Signer.from_file(system.state / "keys" / "scheduler.key")
     uid = f"forged-{time.monotonic_ns()}"
     cmd = m.NodeCommand(command_id=f"{uid}.1", experiment_uid=uid, generation=1, kind="PodChaos",
                         namespace="team-a", name="forged", node="node-e2e", issued_at=time.time(), actions=[action])
@@ -90,7 +94,8 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
         bus = await busmod.connect(system.url, "e2e-forger", auth=system.auth(natsauth.ADMIN))
         try:
             sub = await bus.nc.subscribe(subjects.result_subject(uid))
-            await bus.publish(subjects.command_subject("node-e2e"), cmd, msg_id=cmd.command_id)
+            await bus.publish(subjects.command_subject("node-e2e"), cmd, msg_id=cmd.command_id,
+                              seal=lambda subject, data: signer.seal(subject, data, ttl_s=60.0))
             msg = await sub.next_msg(timeout=10)
             batch = busmod.decode(msg.data, m.ResultBatch)
             [result] = batch.results

@@ -8,6 +8,7 @@ while the scheduler keeps serving the others.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers.signing import TRUST, write_keys
 from nats.js import api
 
 from chaosbus.common import bus as busmod
@@ -82,10 +84,12 @@ class World:
         self.spawn()
 
     def spawn(self) -> None:
+        env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(write_keys(self.log.parent / "keys"))}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "chaosbus.scheduler", "--nats", self.url,
                                           "--metrics-port", "0", "--instance", "s1"], stdout=out, stderr=out,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         env=env)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -108,7 +112,8 @@ class World:
         except TimeoutError:
             return
         for msg in msgs:
-            self.commands.append((len(msg.data), busmod.decode(msg.data, m.NodeCommand)))
+            opened = TRUST.open(msg.data, aud=msg.subject, role="scheduler", now=time.time())  # signed, or raises
+            self.commands.append((len(msg.data), busmod.decode(opened.payload, m.NodeCommand)))
             await msg.ack()
 
     def actions(self, uid: str) -> list[m.TargetAction]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
+from helpers.signing import TRUST, write_keys
 
 from chaosbus.cli import resources
 from chaosbus.common import bus as busmod
@@ -109,9 +110,10 @@ async def services(tmp_path: Path, nats_server: natsserver.EmbeddedServer,
         scheduler_app.main(argparse.Namespace(
             **common, target_namespace="", enable_filter_namespace=False, protected_namespaces=None,
             allow_host_network_testing=False, max_targets=100, instance="test", leader_ttl=5.0,
-            cluster_injector=False)),
+            cluster_injector=False, signing_key=str(write_keys(tmp_path / "keys") / "scheduler.key"),
+            command_ttl=300.0)),
         recorder_app.main(argparse.Namespace(**common)),
-        node.watchdog(), Edge(node, "n1", InjectorMetrics()).run(url),
+        node.watchdog(), Edge(node, "n1", InjectorMetrics(), trust=TRUST).run(url),
     ]
     tasks = [asyncio.ensure_future(r) for r in runs]
     try:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.signing import TRUST, publish_command
 from unit.injector.factories import Recording, command
 
 from chaosbus.common import bus as busmod
@@ -53,7 +54,7 @@ async def injector(journal: Journal, url: str) -> AsyncIterator[busmod.Bus]:
     for f in (Recording(), TaskFault()):
         faults.register(f, registry)
     node = Node(journal, Executor(journal, "n1", registry=registry))
-    runner = asyncio.ensure_future(Edge(node, "n1", InjectorMetrics()).run(url))
+    runner = asyncio.ensure_future(Edge(node, "n1", InjectorMetrics(), trust=TRUST).run(url))
     bus = await busmod.connect(url, "test")
     await bus.ensure()
     try:
@@ -88,13 +89,13 @@ async def test_huge_task_output_is_capped_and_a_row_never_sendable_blocks_nothin
     async with injector(journal, nats_server.url) as bus:
         task = task_command([sys.executable, "-c", "import sys; sys.stdout.write('y' * 5_000_000)"],
                             max_stdout=100_000_000)
-        await bus.publish(subjects.command_subject("n1"), task, msg_id=task.command_id)
+        await publish_command(bus, task)
         [first] = await results(bus, 1)
         assert first.command_id == task.command_id
         [r] = first.results
         assert r.ok and r.exit_code == 0 and r.stdout == "y" * MAX_STDOUT
         later = command(sleeper)
-        await bus.publish(subjects.command_subject("n1"), later, msg_id=later.command_id)
+        await publish_command(bus, later)
         done = await results(bus, 2)
         assert [b.command_id for b in done] == [task.command_id, later.command_id]
         assert done[1].results[0].ok
