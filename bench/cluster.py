@@ -75,6 +75,7 @@ class Cluster:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         signing.ensure_keys(self.keys)  # as `chaosbus up` does at first start
+        os.environ["CHAOSBUS_KEYS_DIR"] = str(self.keys)  # the harness's own `chaosbus halt` signs with them
         conf = natsauth.prepare_local(self.workdir / "state", self.nodes) if self.auth else None
         self.server = natsserver.start(self.workdir / "nats", port=0, log_file=logs / "nats-server.log",
                                        config_file=conf)
