@@ -145,3 +145,21 @@ def test_state_dir_credentials_go_only_to_the_server_recorded_there(
     assert natsauth.client_auth("cli", url="nats://127.0.0.1:5555").seed_file is None  # someone else's server
     given = tmp_path / "given.nk"
     assert natsauth.client_auth("cli", seed=given, url="nats://elsewhere:1").seed_file == given
+
+
+@pytest.mark.parametrize("name", ["watcher", "scheduler", "recorder", "injector"])
+def test_chaosbus_up_starts_each_service_with_its_own_seed_and_metrics_on_loopback(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from chaosbus.cli import up
+    from chaosbus.common import service
+
+    argv = up.service_argv(name, "nats://127.0.0.1:4222", 0, "n1", tmp_path / "j.db", tmp_path / "creds")
+    captured = []
+    monkeypatch.setattr(service, "run", lambda _svc, args, _main: captured.append(args))
+    importlib.import_module(f"chaosbus.{name}.__main__").main(argv[3:])
+    [args] = captured
+    assert args.metrics_addr == "127.0.0.1"
+    user = natsauth.user_name(name, "n1" if name == "injector" else "")
+    assert Path(args.nats_creds) == tmp_path / "creds" / f"{user}.nk"
