@@ -162,7 +162,7 @@ class Session:
         out["security"] = {"cost": security.signing_cost()}
         small = [s for s in plan.sizes if s <= 100] or [min(plan.sizes)]
         out["security"]["apply"] = await security.on_off(
-            self.cluster, h, {s: max(3, plan.runs[s][0]) for s in small}, plan.log_level, self.say)
+            self.cluster, h, {s: max(3, plan.runs[s][0] // 2) for s in small}, plan.log_level, self.say)
         h.close()
         out["monitor_overflows"] = self.monitor.overflows
         out["dead_services"] = self.cluster.dead()

@@ -1,7 +1,7 @@
 """What signed commands cost: the scheduler's seal plus an injector's check (signature, claims,
 replay book) per node command of 1, 10 and 100 targets, in this process; and apply -> in effect
-with the scheduler and injectors restarted unsigned (CHAOSBUS_UNSIGNED=1) and then signed again,
-in the same session, so the two differ in nothing else.
+with the scheduler and injectors restarted unsigned (CHAOSBUS_UNSIGNED=1) and signed in
+alternating rounds of the same session, so the two differ in nothing else.
 """
 
 from __future__ import annotations
@@ -59,18 +59,23 @@ def signing_cost(iterations: int = 2000) -> dict[str, dict[str, Any]]:
     return out
 
 
-async def on_off(cluster: Cluster, h: Harness, runs: dict[int, int], log_level: str,
-                 say: Any) -> dict[str, dict[str, list[float]]]:
-    """Per-target apply -> in effect latencies, per size, unsigned then signed (restarts between)."""
+async def on_off(cluster: Cluster, h: Harness, runs: dict[int, int], log_level: str, say: Any,
+                 rounds: int = 2) -> dict[str, dict[str, list[float]]]:
+    """Per-target apply -> in effect latencies, per size, unsigned and signed in alternating rounds
+    (off, on, off, on, ...; restarts between), so a machine whose load drifts during the session
+    weighs on both alike.
+    """
     out: dict[str, dict[str, list[float]]] = {}
-    for phase in ("off", "on"):
-        say(f"security {phase}: restarting the scheduler and injectors "
-            f"{'unsigned' if phase == 'off' else 'signing'}; delete runs per size: {runs}")
-        cluster.restart_signing(unsigned=phase == "off", log_level=log_level)
-        await h.run(min(runs), "delete", f"sec-{phase}-warmup")
-        for size, n in runs.items():
-            done: list[Run] = [await h.run(size, "delete", f"sec-{phase}-{size}-{i}") for i in range(n)]
-            out.setdefault(str(size), {})[phase] = [x for r in done for x in r.apply_latencies()]
+    for r in range(rounds):
+        for phase in ("off", "on"):
+            say(f"security {phase} (round {r + 1}/{rounds}): restarting the scheduler and injectors "
+                f"{'unsigned' if phase == 'off' else 'signing'}; delete runs per size: {runs}")
+            cluster.restart_signing(unsigned=phase == "off", log_level=log_level)
+            await h.run(min(runs), "delete", f"sec-{phase}{r}-warmup")
+            for size, n in runs.items():
+                done: list[Run] = [await h.run(size, "delete", f"sec-{phase}{r}-{size}-{i}") for i in range(n)]
+                out.setdefault(str(size), {}).setdefault(phase, []).extend(
+                    x for run in done for x in run.apply_latencies())
     return out
 
 
