@@ -144,14 +144,14 @@ def test_jitter_spreads_latency_and_full_correlation_freezes_it(lab: Lab, probe:
     frozen_exp = start(clean, Experiment(lab, "frozen", delay(**spec, correlation="100"), selected=(0,)))
     frozen = [v for v in probe[0].rtts(lab.pods[1].ip, count=24) if v is not None]
     frozen_exp.recover()
-    # how far the typical packet is above the fastest: noise only adds, so for one repeated delay
-    # this is the noise alone, for a uniform delay half its width
-    spread, frozen_spread = (statistics.median(v) - min(v) for v in (free, frozen))
-    print(f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, median {spread:.1f} ms above the "
-          f"fastest; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, median {frozen_spread:.1f} ms above")
+    # how far the lower quartile is above the fastest packet: noise only adds, so for one repeated
+    # delay this is the noise of the calmer packets alone, for a uniform delay a quarter of its width
+    spread, frozen_spread = (statistics.quantiles(v, n=4)[0] - min(v) for v in (free, frozen))
+    print(f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, lower quartile {spread:.1f} ms above "
+          f"the fastest; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, {frozen_spread:.1f} ms above")
     assert len(free) == len(frozen) == 24
     # uniform in [50, 450) ms: spread over most of the range, never below it
-    assert min(free) >= 50 and max(free) - min(free) > 200 and spread > 100
+    assert min(free) >= 50 and max(free) - min(free) > 200 and spread > 50
     # correlation 100% makes netem reuse its previous random number: every packet the same delay
     assert min(frozen) >= 50 and frozen_spread < spread / 4
 
