@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
 from chaosbus.common.crd.podchaos import PodChaosSpec
@@ -50,6 +51,12 @@ def networkchaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -
     if spec.action != "partition":
         return shaping_for(spec, target, everyone)
     return partition_for(spec, target, everyone)
+
+
+def dnschaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:
+    spec = obj.spec
+    assert isinstance(spec, DNSChaosSpec)
+    return m.Dns(action=spec.action, patterns=list(spec.patterns), addresses=list(spec.addresses))  # type: ignore[arg-type]
 
 
 def helloworldchaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:

@@ -95,6 +95,18 @@ class HelloWorld(FaultSpec, tag="hello-world", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
+class Dns(FaultSpec, tag="dns", kw_only=True, frozen=True):
+    """DNSChaos on one pod: queries whose name matches one of `patterns` (Chaos Mesh's syntax; none
+    = every name) get `error` (SERVFAIL), `random` (a random A; AAAA a fixed documentation address,
+    as Chaos Mesh) or `static` (the given `addresses`); every other query goes to the resolver it
+    was sent to.
+    """
+
+    action: Literal["error", "random", "static"] = "error"
+    patterns: list[str] = []
+    addresses: list[str] = []  # static: IPv4 and IPv6 literals
+
+
 # The most of a task's output one result carries, whatever `max_stdout` asks: results travel in
 # NATS messages (1 MiB by default) together with the rest of their command's results.
 MAX_STDOUT = 64 * 1024
@@ -116,4 +128,4 @@ class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
     workflow_node_uid: str = ""  # the Pod's ownerReference
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns

@@ -13,6 +13,7 @@ import msgspec
 # The fault specs live in faultspecs; messages stays the one import for every wire type.
 from chaosbus.common.faultspecs import (
     ContainerKill,
+    Dns,
     Fault,
     FaultSpec,
     HelloWorld,
@@ -375,6 +376,7 @@ class TriggerList(Message, kw_only=True, frozen=True):
 
 __all__ = [
     "ContainerKill",
+    "Dns",
     "ContainerRef",
     "ErrorReply",
     "ExperimentDecision",

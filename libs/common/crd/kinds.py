@@ -20,6 +20,7 @@ import msgspec
 
 from chaosbus.common import faultplan
 from chaosbus.common.crd import cloud, orchestration, podkinds
+from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
 from chaosbus.common.crd.podchaos import PodChaosSpec
@@ -197,7 +198,8 @@ _register_all([
     Kind("StressChaos", podkinds.StressChaosSpec, short_names=("strc",), embedded_key="stressChaos"),
     Kind("IOChaos", podkinds.IOChaosSpec, short_names=("ioc",), embedded_key="ioChaos"),
     Kind("TimeChaos", podkinds.TimeChaosSpec, short_names=("tmc",), embedded_key="timeChaos"),
-    Kind("DNSChaos", podkinds.DNSChaosSpec, short_names=("dnsc",), embedded_key="dnsChaos"),
+    Kind("DNSChaos", DNSChaosSpec, "executed", ("dnsc",), embedded_key="dnsChaos", network=True,
+         fault_tags=("dns",), faults=faultplan.dnschaos),
     Kind("HTTPChaos", podkinds.HTTPChaosSpec, short_names=("httpc",), embedded_key="httpChaos"),
     Kind("JVMChaos", podkinds.JVMChaosSpec, short_names=("jvmc",), embedded_key="jvmChaos"),
     Kind("KernelChaos", podkinds.KernelChaosSpec, short_names=("knc",), embedded_key="kernelChaos"),

@@ -80,11 +80,6 @@ class TimeChaosSpec(ContainerSelectorBase, kw_only=True):
     clock_ids: list[str] = []
 
 
-class DNSChaosSpec(ContainerSelectorBase, kw_only=True):
-    action: str = ""
-    patterns: list[str] = []
-
-
 class PodHttpChaosPatchBody(_S):
     type: str = ""
     value: str = ""

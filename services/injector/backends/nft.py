@@ -106,6 +106,22 @@ def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Se
     return f"table inet {table} {{\n" + "\n".join(body) + "}\n"
 
 
+def render_dns_redirect_table(table: str, port: int, mark: int, until: float | None = None) -> str:
+    """The DNSChaos table: every IPv4 DNS query the pod sends (UDP and TCP port 53, any resolver)
+    is redirected to the responder on 127.0.0.1:`port`, except the responder's own (fwmark `mark`).
+    With `until`, the redirect carries the deadline as the partition drops do.
+    """
+    _check_table(table)
+    if not 0 < port < 65536 or not 0 < mark < 2**32:
+        raise ValueError(f"invalid responder port {port!r} or mark {mark!r}")
+    bound = _time_bound(until)
+    lines = [f"{bound}meta nfproto ipv4 meta mark != {mark:#x} {proto} dport 53 redirect to :{port}"
+             for proto in ("udp", "tcp")]
+    rules = "".join(f"\t\t{line}\n" for line in lines)
+    return (f"table inet {table} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n"
+            f"{rules}\t}}\n}}\n")
+
+
 # `meta time` is an int64 of nanoseconds since the epoch: a later deadline would wrap and make the
 # rule match nothing, a fault that silently does nothing.
 _META_TIME_END = (2**63 - 1) // 1_000_000_000

@@ -165,10 +165,19 @@ def spec_tag(spec: FaultSpec) -> str:
 
 
 # Imported last: each module registers itself and needs the names above.
-from chaosbus.injector.faults import container_kill, hello_world, partition, pod_kill, shaping, task  # noqa: E402
+from chaosbus.injector.faults import (  # noqa: E402
+    container_kill,
+    dns,
+    hello_world,
+    partition,
+    pod_kill,
+    shaping,
+    task,
+)
 
 __all__ = [
-    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "get",
+    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
+    "get",
     "hello_world", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
     "spec_tag", "task",
 ]

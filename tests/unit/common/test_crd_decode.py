@@ -21,6 +21,7 @@ from chaosbus.common.crd import (
     kinds,
 )
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
+from chaosbus.common.crd.kinds import CHAOS_KINDS
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec, parse_external
 from chaosbus.common.crd.podchaos import PodChaosSpec
 from chaosbus.common.crd.selectors import MODES
@@ -591,7 +592,8 @@ def test_unknown_kind(kind: Any) -> None:
     doc = doc_of(POD_KILL)
     doc["kind"] = kind
     errors = errors_of(doc)
-    assert errors == [f"kind: unknown kind {kind!r}; expected one of PodChaos, NetworkChaos, HelloWorldChaos"]
+    # the executed kinds, whichever are registered
+    assert errors == [f"kind: unknown kind {kind!r}; expected one of {', '.join(CHAOS_KINDS)}"]
 
 
 @pytest.mark.parametrize("api_version", ["chaos-mesh.org/v1beta1", "v1", None])

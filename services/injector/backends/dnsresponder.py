@@ -1,0 +1,348 @@
+"""The DNSChaos responder: one per target network namespace, inside it, on 127.0.0.1.
+
+A DNSChaos table in the pod's netns redirects every IPv4 DNS query (UDP and TCP port 53, whatever
+resolver it was sent to) to this responder's port. It answers the queries a live rule takes over
+(dnsrules) and forwards every other one to the address the query was sent to, which it reads from
+the namespace's conntrack table (the redirected flow's original destination). Its own forwarded
+queries carry `MARK`, which the redirect rules let through. One thread per namespace, entered
+with setns, runs a selector loop: no process is spawned and nothing in the target changes.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.exception
+import dns.message
+
+from chaosbus.common.netns import setns_net
+from chaosbus.injector.backends.dnsrules import DnsRule, answer
+
+MARK = 0x0C4A05D5  # fwmark of the responder's own queries to real resolvers
+FORWARD_TIMEOUT_S = 3.0
+MAX_UDP = 4096
+MAX_TCP = 65535
+TCP_IDLE_S = 5.0
+OWNER_CHECK_S = 1.0
+_CONNTRACK = "/proc/thread-self/net/nf_conntrack"
+
+
+def original_destination(table: str, proto: str, client: tuple[str, int], local_port: int) -> tuple[str, int] | None:
+    """The original destination of the redirected flow from `client` to our `local_port`, read from
+    conntrack text (`/proc/net/nf_conntrack` format: the original tuple, then the reply tuple).
+    """
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[2] != proto:
+            continue
+        kv: dict[str, list[str]] = {}
+        for f in fields:
+            key, sep, value = f.partition("=")
+            if sep:
+                kv.setdefault(key, []).append(value)
+        try:
+            if (kv["dst"][1] == client[0] and kv["dport"][1] == str(client[1])
+                    and kv["sport"][1] == str(local_port) and kv["src"][0] == client[0]):
+                return kv["dst"][0], int(kv["dport"][0])
+        except (KeyError, IndexError, ValueError):
+            continue
+    return None
+
+
+@dataclass
+class _Pending:
+    client: tuple[str, int]
+    sent_at: float
+    reply_to: Callable[[bytes], object]
+
+
+class Responder:
+    """The responder of one netns; `rules` maps an experiment's table name to its rule."""
+
+    def __init__(self, netns_path: str) -> None:
+        self.netns_path = netns_path
+        self.rules: dict[str, DnsRule] = {}
+        self._owners: dict[str, tuple[int, ...]] = {}
+        self.port = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._run, name=f"dns-responder {netns_path}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise self._error
+        if not self._ready.is_set():
+            raise OSError(f"DNS responder in {netns_path} did not start")
+
+    # --- control (any thread) ---
+
+    def set_rule(self, key: str, rule: DnsRule, pids: tuple[int, ...] = ()) -> None:
+        """Add or replace a rule; `pids`: the target's processes, whose end drops the rule (our
+        thread keeps the namespace alive, so a pod that is gone must not leave us running).
+        """
+        with self._lock:
+            self.rules[key] = rule
+            self._owners[key] = pids
+
+    def drop_rule(self, key: str) -> bool:
+        """Remove a rule; True when none is left."""
+        with self._lock:
+            self.rules.pop(key, None)
+            self._owners.pop(key, None)
+            return not self.rules
+
+    def _drop_orphaned_rules(self) -> bool:
+        """Drop the rules whose target processes are all gone; True when none is left."""
+        with self._lock:
+            for key, pids in list(self._owners.items()):
+                if pids and not any(os.path.exists(f"/proc/{pid}") for pid in pids):
+                    self.rules.pop(key, None)
+                    self._owners.pop(key, None)
+            return not self.rules
+
+    def stop(self) -> None:
+        """End the loop and close every socket (idempotent)."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # the loop already ended
+        self._thread.join(5)
+        self._wake_w.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the loop (the responder's thread, inside the netns) ---
+
+    def _run(self) -> None:
+        try:
+            setns_net(self.netns_path)
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            self.port = udp.getsockname()[1]
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind(("127.0.0.1", self.port))
+            tcp.listen(64)
+        except BaseException as e:  # reported to the starter
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        sel = selectors.DefaultSelector()
+        udp.setblocking(False)
+        tcp.setblocking(False)
+        sel.register(udp, selectors.EVENT_READ, "udp")
+        sel.register(tcp, selectors.EVENT_READ, "tcp")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pending: dict[socket.socket, _Pending] = {}
+        checked = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                for key, _ in sel.select(0.5):
+                    if key.data == "udp":
+                        self._on_udp(udp, sel, pending)
+                    elif key.data == "tcp":
+                        self._on_tcp_accept(tcp, sel, pending)
+                    elif key.data == "wake":
+                        self._wake_r.recv(64)
+                    elif key.data == "fwd":
+                        self._on_forward_reply(key.fileobj, sel, pending)  # type: ignore[arg-type]
+                    elif isinstance(key.data, tuple):
+                        self._on_tcp_query(key.fileobj, key.data, sel, pending)  # type: ignore[arg-type]
+                now = time.monotonic()
+                if now - checked > OWNER_CHECK_S:
+                    checked = now
+                    if self._drop_orphaned_rules():
+                        break
+                for sock in [s for s, p in pending.items() if now - p.sent_at > FORWARD_TIMEOUT_S]:
+                    self._close_forward(sock, sel, pending)
+        finally:
+            for sock in list(pending):
+                self._close_forward(sock, sel, pending)
+            for key in list(sel.get_map().values()):
+                if key.fileobj is not self._wake_r:
+                    key.fileobj.close()  # type: ignore[union-attr]
+            sel.close()
+            self._wake_r.close()
+
+    def _decide(self, wire: bytes) -> bytes | None:
+        """Our answer to a query, or None to forward it."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None  # not ours to judge: the resolver answers it
+        with self._lock:
+            rules = list(self.rules.values())
+        reply = answer(query, rules, time.time())
+        return None if reply is None else reply.to_wire()
+
+    def _on_udp(self, udp: socket.socket, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            wire, client = udp.recvfrom(MAX_UDP)
+        except OSError:
+            return
+        reply = self._decide(wire)
+        if reply is not None:
+            udp.sendto(reply, client)
+            return
+        self._forward(wire, "udp", client, lambda data: udp.sendto(data, client), sel, pending)
+
+    def _forward(self, wire: bytes, proto: str, client: tuple[str, int], reply_to: Callable[[bytes], object],
+                 sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            with open(_CONNTRACK) as f:
+                dest = original_destination(f.read(), proto, client, self.port)
+        except OSError:
+            dest = None
+        if dest is None:
+            return  # the client retries or times out, as with a lost packet
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
+            sock.setblocking(False)
+            sock.connect(dest)
+            sock.send(wire)
+        except OSError:
+            sock.close()
+            return
+        pending[sock] = _Pending(client, time.monotonic(), reply_to)
+        sel.register(sock, selectors.EVENT_READ, "fwd")
+
+    def _on_forward_reply(self, sock: socket.socket, sel: selectors.BaseSelector,
+                          pending: dict[socket.socket, _Pending]) -> None:
+        entry = pending.get(sock)
+        try:
+            data = sock.recv(MAX_TCP)
+        except OSError:
+            data = b""
+        self._close_forward(sock, sel, pending)
+        if entry is not None and data:
+            try:
+                entry.reply_to(data)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _close_forward(sock: socket.socket, sel: selectors.BaseSelector,
+                       pending: dict[socket.socket, _Pending]) -> None:
+        pending.pop(sock, None)
+        try:
+            sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
+    # TCP: length-prefixed messages (RFC 7766); forwarded upstream over UDP, which every resolver
+    # serves, and answered on the client's connection.
+
+    def _on_tcp_accept(self, tcp: socket.socket, sel: selectors.BaseSelector,
+                       pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            conn, client = tcp.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        sel.register(conn, selectors.EVENT_READ, (client[0], client[1]))
+
+    def _on_tcp_query(self, conn: socket.socket, client: tuple[str, int], sel: selectors.BaseSelector,
+                      pending: dict[socket.socket, _Pending]) -> None:
+        try:
+            conn.settimeout(TCP_IDLE_S)
+            head = _recv_exact(conn, 2)
+            wire = _recv_exact(conn, struct.unpack("!H", head)[0])
+        except OSError:
+            sel.unregister(conn)
+            conn.close()
+            return
+        finally:
+            if conn.fileno() >= 0:
+                conn.setblocking(False)
+
+        def send(data: bytes) -> None:
+            conn.setblocking(True)
+            conn.settimeout(TCP_IDLE_S)
+            conn.sendall(struct.pack("!H", len(data)) + data)
+            conn.setblocking(False)
+
+        reply = self._decide(wire)
+        if reply is not None:
+            try:
+                send(reply)
+            except OSError:
+                sel.unregister(conn)
+                conn.close()
+            return
+        self._forward(wire, "tcp", client, send, sel, pending)
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = conn.recv(n - len(out))
+        if not chunk:
+            raise OSError("connection closed")
+        out += chunk
+    return out
+
+
+_responders: dict[str, Responder] = {}
+_responders_lock = threading.Lock()
+
+
+def _key(netns_path: str) -> str:
+    # A pod's containers reach one netns by different /proc paths: one responder per namespace.
+    try:
+        st = os.stat(netns_path)
+    except OSError:
+        return netns_path
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def ensure(netns_path: str) -> Responder:
+    """The namespace's responder, started if there is none (or it died)."""
+    with _responders_lock:
+        key = _key(netns_path)
+        r = _responders.get(key)
+        if r is None or not r.alive:
+            r = Responder(netns_path)
+            _responders[key] = r
+        return r
+
+
+def release(netns_path: str, rule_key: str) -> None:
+    """Drop one experiment's rule; the responder stops when it has none left."""
+    with _responders_lock:
+        key = _key(netns_path)
+        r = _responders.get(key)
+        if r is None:
+            r = next((x for x in _responders.values() if x.netns_path == netns_path), None)
+            key = next((k for k, x in _responders.items() if x is r), key)
+        if r is None:
+            return
+        if r.drop_rule(rule_key):
+            del _responders[key]
+            r.stop()
+
+
+def running() -> dict[str, Responder]:
+    """The live responders by namespace (those that stopped on their own are forgotten)."""
+    with _responders_lock:
+        for key in [k for k, r in _responders.items() if not r.alive]:
+            del _responders[key]
+        return dict(_responders)
