@@ -15,6 +15,7 @@ from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
 from chaosbus.common.crd.podchaos import PodChaosSpec
+from chaosbus.common.crd.timechaos import TimeChaosSpec
 from chaosbus.common.durations import parse_duration
 
 if TYPE_CHECKING:
@@ -62,6 +63,13 @@ def dnschaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.
 def helloworldchaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:
     assert isinstance(obj.spec, HelloWorldChaosSpec)
     return m.HelloWorld(container_names=[target.container.name] if target.container else [])
+
+
+def timechaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:
+    spec = obj.spec
+    assert isinstance(spec, TimeChaosSpec)
+    return m.TimeSkew(offset_ns=spec.offset_ns(), clock_mask=spec.clock_mask(),
+                      container_names=[target.container.name] if target.container else list(spec.container_names))
 
 
 class Everyone(list[Selected]):

@@ -107,6 +107,15 @@ class Dns(FaultSpec, tag="dns", kw_only=True, frozen=True):
     addresses: list[str] = []  # static: IPv4 and IPv6 literals
 
 
+class TimeSkew(FaultSpec, tag="time-skew", kw_only=True, frozen=True):
+    """TimeChaos on one target: add `offset_ns` to the clocks whose bit is set in `clock_mask`
+    (bit n: clock id n) for every process of the selected containers."""
+
+    offset_ns: int = 0
+    clock_mask: int = 1
+    container_names: list[str] = []
+
+
 # The most of a task's output one result carries, whatever `max_stdout` asks: results travel in
 # NATS messages (1 MiB by default) together with the rest of their command's results.
 MAX_STDOUT = 64 * 1024
@@ -128,4 +137,4 @@ class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
     workflow_node_uid: str = ""  # the Pod's ownerReference
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | TimeSkew

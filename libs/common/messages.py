@@ -25,6 +25,7 @@ from chaosbus.common.faultspecs import (
     Shaping,
     Task,
     TbfParams,
+    TimeSkew,
 )
 from chaosbus.common.wire import Message
 
@@ -385,6 +386,7 @@ __all__ = [
     "FaultSpec",
     "HaltState",
     "HelloWorld",
+    "TimeSkew",
     "LeaderLease",
     "Message",
     "NetemParams",

@@ -8,7 +8,8 @@ recovered) is decided here too.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -36,8 +37,9 @@ def resolve_all(action: m.TargetAction, resolve: Resolver = runtime.resolve) -> 
 
 def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[runtime.ContainerHandle] | None = None,
                resolve: Resolver = runtime.resolve, registry: dict[str, faults.Fault] | None = None,
-               op: str | None = None) -> m.TargetResult:
-    """Run `op` (default: the action's own op) of the action's fault on its target."""
+               op: str | None = None, original: Mapping[str, Any] | None = None) -> m.TargetResult:
+    """Run `op` (default: the action's own op) of the action's fault on its target; `original` is
+    what the journal holds for it (`faults.original_state`)."""
     tag = type(action.fault).__struct_config__.tag
     reg = faults.REGISTRY if registry is None else registry
     fault = reg.get(str(tag))
@@ -49,7 +51,8 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
         except runtime.UnsupportedRuntime as e:
             return result(action, False, str(e), retryable=e.retryable)
     ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
-                              namespace=cmd.namespace, action=action, containers=containers, deadline=cmd.deadline)
+                              namespace=cmd.namespace, action=action, containers=containers, deadline=cmd.deadline,
+                              original=original or {})
     try:
         fn = fault.apply if (op or action.op) == "apply" else fault.recover
         message = fn(ctx, action.fault)

@@ -112,7 +112,7 @@ class Executor:
                        namespace=cmd.namespace, name=cmd.name, action=action,
                        identity=identity_of(action.pod_uid, handles),
                        original=faults.original_state(faults.spec_tag(action.fault), cmd.experiment_uid, action,
-                                                      self.registry),
+                                                      self.registry, handles),
                        deadline=cmd.deadline if is_lasting else None, lasting=is_lasting, state=APPLYING,
                        command_id=cmd.command_id, created=entry.created if entry else now)
         return replace(plan, handles=tuple(handles), intent=intent)
@@ -140,11 +140,14 @@ class Executor:
     def effect(self, cmd: m.NodeCommand, plan: Plan) -> Outcome:
         if plan.result is not None:
             return Outcome(plan.result)
-        res = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry)
+        journaled = plan.intent if plan.intent is not None else plan.entry
+        original = journaled.original if journaled is not None else None
+        res = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
+                              original=original)
         if plan.action.op == "apply" and not res.ok and plan.intent is not None and plan.intent.lasting:
             # All or nothing: undo whatever part of the fault did land (one netns of two, say).
             cleanup = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
-                                      op="recover")
+                                      op="recover", original=original)
             if not cleanup.ok:
                 msg = f"{res.message} (cleanup pending: {cleanup.message})"
                 return Outcome(core.result(plan.action, False, msg, retryable=res.retryable), cleanup_pending=True)
@@ -163,12 +166,12 @@ class Executor:
         """Recover an open entry through its journaled identity (no NATS, no command)."""
         cmd = command_of(entry)
         return core.run_action(cmd, entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="recover")
+                               registry=self.registry, op="recover", original=entry.original)
 
     def reassert(self, entry: Entry) -> m.TargetResult:
         """Apply an open entry again (idempotent) through its journaled identity."""
         return core.run_action(command_of(entry), entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="apply")
+                               registry=self.registry, op="apply", original=entry.original)
 
     def commit_recoveries(self, done: list[tuple[expiry.Due, m.TargetResult]]) -> int:
         """Mark recovered entries and queue one report per experiment; returns how many reports."""

@@ -42,33 +42,20 @@ def c_target_path() -> Path:
     return out
 
 
-class ClockTarget:
-    """A running target and the lines it printed (each with the thread that printed it)."""
+class ClockLines:
+    """The lines a target printed (each with the thread that printed it), fed by a reader thread."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __init__(self) -> None:
         self.lines: list[list[int]] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
 
-    @classmethod
-    def c(cls, threads: int = 1, prefix: list[str] | None = None) -> ClockTarget:
-        return cls([*(prefix or []), str(c_target_path()), str(threads)])
-
-    @classmethod
-    def python(cls, threads: int = 1, prefix: list[str] | None = None) -> ClockTarget:
-        return cls([*(prefix or []), sys.executable, "-c", PYTHON_TARGET, str(threads)])
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append([int(x) for x in line.split()])
-                self._cond.notify_all()
+    def _feed(self, line: str) -> None:
+        parts = line.split()
+        if len(parts) != 6 or not all(p.lstrip("-").isdigit() for p in parts):
+            return  # a partly written line, or the pod supervisor's own output
+        with self._cond:
+            self.lines.append([int(x) for x in parts])
+            self._cond.notify_all()
 
     def fresh(self, threads: int = 1, timeout: float = 5.0) -> dict[int, list[int]]:
         """One line per thread printed after this call (the latest of each)."""
@@ -79,15 +66,78 @@ class ClockTarget:
             while len(seen) < threads:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"target {self.pid}: only threads {sorted(seen)} printed in {timeout}s")
+                    raise AssertionError(f"only threads {sorted(seen)} printed in {timeout}s")
                 self._cond.wait(left)
                 for row in self.lines[start:]:
                     seen[row[0]] = row
         return seen
 
+
+class ClockTarget(ClockLines):
+    """A target process started here, its stdout read as it runs."""
+
+    def __init__(self, argv: list[str]) -> None:
+        super().__init__()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @classmethod
+    def c(cls, threads: int = 1) -> ClockTarget:
+        return cls(c_argv(threads))
+
+    @classmethod
+    def python(cls, threads: int = 1) -> ClockTarget:
+        return cls(python_argv(threads))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._feed(line)
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class ClockLog(ClockLines):
+    """A target's output file (a process pod's log), followed from its current end."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        while not self.path.exists() and not self._stop.wait(0.02):
+            pass
+        with self.path.open() as f:
+            f.seek(0, 2)
+            partial = ""
+            while not self._stop.is_set():
+                chunk = f.read()
+                if not chunk:
+                    self._stop.wait(0.01)
+                    continue
+                partial += chunk
+                *done, partial = partial.split("\n")
+                for line in done:
+                    self._feed(line)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def c_argv(threads: int = 1) -> list[str]:
+    return [str(c_target_path()), str(threads)]
+
+
+def python_argv(threads: int = 1) -> list[str]:
+    return [sys.executable, "-c", PYTHON_TARGET, str(threads)]
 
 
 def realtime_skew(row: list[int]) -> int:

@@ -24,6 +24,7 @@ from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
 from chaosbus.common.crd.podchaos import PodChaosSpec
+from chaosbus.common.crd.timechaos import TimeChaosSpec
 
 Runner = Literal["node", "cluster"]
 NODE: Runner = "node"  # the target's node injector (kernel, processes)
@@ -197,7 +198,8 @@ _register_all([
          default=Action(containers=True), fault_tags=("hello-world",), faults=faultplan.helloworldchaos),
     Kind("StressChaos", podkinds.StressChaosSpec, short_names=("strc",), embedded_key="stressChaos"),
     Kind("IOChaos", podkinds.IOChaosSpec, short_names=("ioc",), embedded_key="ioChaos"),
-    Kind("TimeChaos", podkinds.TimeChaosSpec, short_names=("tmc",), embedded_key="timeChaos"),
+    Kind("TimeChaos", TimeChaosSpec, "executed", ("tmc",), embedded_key="timeChaos", default=Action(containers=True),
+         fault_tags=("time-skew",), faults=faultplan.timechaos),
     Kind("DNSChaos", DNSChaosSpec, "executed", ("dnsc",), embedded_key="dnsChaos", network=True,
          fault_tags=("dns",), faults=faultplan.dnschaos),
     Kind("HTTPChaos", podkinds.HTTPChaosSpec, short_names=("httpc",), embedded_key="httpChaos"),

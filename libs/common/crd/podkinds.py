@@ -1,5 +1,5 @@
 """Spec models of the pod-based experiment kinds chaosbus accepts but does not execute yet:
-StressChaos, IOChaos, TimeChaos, DNSChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
+StressChaos, IOChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
 (field names and types per Chaos Mesh v1alpha1; admission checks are the structural ones).
 """
 
@@ -73,11 +73,6 @@ class IOChaosSpec(ContainerSelectorBase, kw_only=True):
     errno: int = 0
     attr: AttrOverride | None = None
     mistake: Mistake | None = None
-
-
-class TimeChaosSpec(ContainerSelectorBase, kw_only=True):
-    time_offset: str = ""
-    clock_ids: list[str] = []
 
 
 class PodHttpChaosPatchBody(_S):

@@ -118,6 +118,26 @@ def restore(pid: int, patches: tuple[Patch, ...] | list[Patch]) -> int:
     return values.get("stopped_us", 0)
 
 
+def looks_patched(original: bytes) -> bool:
+    """Whether these entry bytes are a timeskew jump (movabs $addr, %rax; jmp *%rax)."""
+    return len(original) == 12 and original[:2] == b"\x48\xb8" and original[10:] == b"\xff\xe0"
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/<pid>/stat field 22); None if gone.
+
+    With the pid it names one process for good: a pid reused after an exit has another start time.
+    """
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
 def read_bytes(pid: int, address: int, length: int) -> bytes:
     """The bytes at `address` in `pid`, read back from /proc/<pid>/mem."""
     with open(f"/proc/{int(pid)}/mem", "rb", buffering=0) as mem:

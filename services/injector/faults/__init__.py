@@ -8,8 +8,9 @@ block for a few milliseconds (a process spawn): the core calls them via `asyncio
 
 Besides `apply` and `recover`, a fault module declares what the injector's machinery needs to know
 about it, as optional attributes (defaults in brackets): `one_shot` (False: it leaves state that
-is journaled until recovered), `batched` (False), `original_state(experiment_uid, action)` (what
-recovering restores, as journaled data; {}) and `orphans` (None: the marked kernel objects the
+is journaled until recovered), `batched` (False), `original_state(experiment_uid, action, containers)`
+(what recovering restores, journaled before `apply` runs and handed back to `apply` and `recover`
+as `FaultContext.original`; {}) and `orphans` (None: the marked kernel objects the
 orphan sweeper removes when no open journal entry owns them). Adding a fault: a module here ending
 in `register(...)`, its import at the bottom of this file, its tests (see docs/architecture.md,
 "Adding a fault kind").
@@ -17,8 +18,8 @@ in `register(...)`, its import at the bottom of this file, its tests (see docs/a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chaosbus.common.messages import FaultSpec, TargetAction
@@ -45,6 +46,7 @@ class FaultContext:
     action: TargetAction
     containers: list[ContainerHandle]  # resolved from action.container_ids, same order
     deadline: float | None = None  # when the fault must end (epoch seconds); None: until recovered
+    original: Mapping[str, Any] = field(default_factory=dict)  # as journaled (see `original_state`)
 
     def alive(self) -> list[ContainerHandle]:
         return [c for c in self.containers if c.alive]
@@ -142,12 +144,14 @@ def one_shot(tag: str, registry: dict[str, Fault] | None = None) -> bool:
 
 
 def original_state(tag: str, experiment_uid: str, action: TargetAction,
-                   registry: dict[str, Fault] | None = None) -> dict[str, Any]:
-    """What recovering the action restores, as the fault module declares it ({} by default)."""
+                   registry: dict[str, Fault] | None = None,
+                   containers: Sequence[ContainerHandle] = ()) -> dict[str, Any]:
+    """What recovering the action restores, as the fault module declares it ({} by default), read
+    from the target's resolved `containers` where the fault needs them."""
     declare = getattr((REGISTRY if registry is None else registry).get(tag), "original_state", None)
     if declare is None:
         return {}
-    state: dict[str, Any] = declare(experiment_uid, action)
+    state: dict[str, Any] = declare(experiment_uid, action, list(containers))
     return state
 
 
@@ -173,11 +177,12 @@ from chaosbus.injector.faults import (  # noqa: E402
     pod_kill,
     shaping,
     task,
+    time_skew,
 )
 
 __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
     "get",
     "hello_world", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
-    "spec_tag", "task",
+    "spec_tag", "task", "time_skew",
 ]

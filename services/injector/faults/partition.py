@@ -99,7 +99,7 @@ class PartitionFault:
     batched = True  # one nft transaction (libnftables or raw nfnetlink) per target, no process
     orphans = Tables()
 
-    def original_state(self, experiment_uid: str, action: TargetAction) -> dict[str, Any]:
+    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
         """A partition only ever adds its own table: restoring means that table absent again."""
         return {ABSENT: table_name(experiment_uid, action.selector_key)}
 
