@@ -14,13 +14,22 @@ static void *loop(void *arg)
 {
 	long id = (long)arg;
 	for (;;) {
-		struct timespec rt, mono, boot;
+		struct timespec rt, mono, boot, boot2;
 		struct timeval tv;
-		clock_gettime(CLOCK_REALTIME, &rt);
-		clock_gettime(CLOCK_MONOTONIC, &mono);
-		clock_gettime(CLOCK_BOOTTIME, &boot);
-		gettimeofday(&tv, NULL);
-		time_t s = time(NULL);
+		time_t s;
+		/* Read between two CLOCK_BOOTTIME reads, again if the thread was preempted meanwhile, so
+		 * the differences between clocks are exact to a millisecond on a loaded machine. */
+		for (int tries = 0; tries < 20; tries++) {
+			clock_gettime(CLOCK_BOOTTIME, &boot);
+			clock_gettime(CLOCK_REALTIME, &rt);
+			clock_gettime(CLOCK_MONOTONIC, &mono);
+			gettimeofday(&tv, NULL);
+			s = time(NULL);
+			clock_gettime(CLOCK_BOOTTIME, &boot2);
+			long long window = (boot2.tv_sec - boot.tv_sec) * 1000000000LL + boot2.tv_nsec - boot.tv_nsec;
+			if (window < 1000000)
+				break;
+		}
 		pthread_mutex_lock(&out);
 		printf("%ld %lld %lld %lld %lld %lld\n", id, (long long)rt.tv_sec * 1000000000LL + rt.tv_nsec,
 		       (long long)mono.tv_sec * 1000000000LL + mono.tv_nsec,

@@ -19,10 +19,13 @@ import sys, threading, time
 lock = threading.Lock()
 def loop(i):
     while True:
-        rt = time.clock_gettime_ns(time.CLOCK_REALTIME)
-        mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        gtod = time.time_ns() // 1000
+        for _ in range(20):  # again when preempted between the reads (see clockprint.c)
+            boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+            rt = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            gtod = time.time_ns() // 1000
+            if time.clock_gettime_ns(time.CLOCK_BOOTTIME) - boot < 2_000_000:
+                break
         with lock:
             print(i, rt, mono, boot, gtod, int(time.time()), flush=True)
         time.sleep(0.02)

@@ -66,7 +66,7 @@ def test_realtime_minus_one_hour_on_c_and_python_threads_only(targets: list[Cloc
     _assert_shifted(base[py.pid], _skews(py, 2), -HOUR_NS)
     _assert_shifted(base[bystander.pid], _skews(bystander, 1), 0)
     _assert_shifted(mono_base, _skews(c, 3, monotonic_skew), 0)  # not selected: untouched
-    row = c.fresh()[0]
+    row = c.fresh(3)[0]
     assert abs(gettimeofday_skew(row) - realtime_skew(row)) < TOLERANCE_NS
     assert abs(row[5] - row[1] // 10**9) <= 1  # time() follows the skewed realtime
 

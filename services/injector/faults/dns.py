@@ -60,7 +60,7 @@ class DnsFault:
     name = "dns"
     orphans = Tables()
 
-    def original_state(self, experiment_uid: str, action: TargetAction) -> dict[str, Any]:
+    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
         """DNSChaos only adds its own table: restoring means that table absent again."""
         return {ABSENT: table_name(experiment_uid, action.selector_key)}
 
