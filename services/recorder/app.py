@@ -171,6 +171,7 @@ class Recorder:
         counted on the one already there.
         """
         ns = str((about.get("metadata") or {}).get("namespace"))
+        self.metrics.event(event.type, event.reason, ns)
         name, now = writes.local_event_name(about, event.reason), now_rfc3339()
         for _ in range(3):
             try:

@@ -204,6 +204,7 @@ class KubeRecorder(Recorder):
         self.replayed.set()  # nothing to sweep: the API server expires Events
 
     async def record_event(self, about: Obj, event: kevents.KubeEvent) -> None:
+        self.metrics.event(event.type, event.reason, str((about.get("metadata") or {}).get("namespace")))
         await self.events.write(about, event)
 
     async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:

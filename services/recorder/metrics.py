@@ -16,3 +16,10 @@ class RecorderMetrics:
                                ["kind", "op", "outcome"], registry=self.registry)
         self.errors = Counter("chaosbus_recorder_errors_total", "Errors by reason", ["reason"],
                               registry=self.registry)
+        # Chaos Mesh's name (chaos-controller-manager) for the Events written about chaos objects.
+        self.emitted_events = Counter("chaos_controller_manager_emitted_event_total",
+                                      "Total number of the emitted event by chaos-controller-manager",
+                                      ["type", "reason", "namespace"], registry=self.registry)
+
+    def event(self, type_: str, reason: str, namespace: str) -> None:
+        self.emitted_events.labels(type_, reason, namespace).inc()

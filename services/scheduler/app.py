@@ -33,7 +33,7 @@ from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.election import Election, LostLeadership
 from chaosbus.scheduler.flows import Flows
 from chaosbus.scheduler.leader import Leadership
-from chaosbus.scheduler.metrics import SchedulerMetrics
+from chaosbus.scheduler.metrics import SchedulerMetrics, by_namespace
 from chaosbus.scheduler.selection import SelectionConfig
 from chaosbus.scheduler.triggers import Triggers
 
@@ -255,8 +255,9 @@ class Scheduler:
             await self.publish(self.core.tick(now))
             await self.publish_schedules(self.schedules.tick(now))
             self._wake.clear()
-            for (kind, phase), n in self.core.phase_counts(now).items():
-                self.metrics.experiments.labels(kind, phase).set(n)
+            self.metrics.set_experiments(self.core.phase_counts(now))
+            self.metrics.cm_schedules.set_all(by_namespace(
+                str((s.obj.get("metadata") or {}).get("namespace") or "") for s in self.schedules.schedules.values()))
             now = time.time()
             nxt = min((t for t in (self.core.next_wakeup(now), self.schedules.next_wakeup(now)) if t is not None),
                       default=None)

@@ -414,11 +414,11 @@ class SchedulerCore:
         return [m.NodeLease(node=n, holder=holder, issued_at=now, ttl_s=ttl_s, held=sorted(held[n]),
                             exempt=sorted(exempt.get(n, ()))) for n in sorted(held) if nodes is None or n in nodes]
 
-    def phase_counts(self, now: float) -> dict[tuple[str, str], int]:
-        """Experiments by (kind, phase) for the metrics gauge."""
-        counts: dict[tuple[str, str], int] = {}
+    def phase_counts(self, now: float) -> dict[tuple[str, str, str], int]:
+        """Experiments by (namespace, kind, phase) for the metrics gauges."""
+        counts: dict[tuple[str, str, str], int] = {}
         for exp in self.experiments.values():
-            key = (exp.obj.kind, _ui_phase(exp, self.desired(exp, now)))
+            key = (exp.obj.metadata.namespace, exp.obj.kind, _ui_phase(exp, self.desired(exp, now)))
             counts[key] = counts.get(key, 0) + 1
         return counts
 

@@ -15,7 +15,7 @@ import msgspec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.scheduler import probe as probemod
-from chaosbus.scheduler.metrics import SchedulerMetrics
+from chaosbus.scheduler.metrics import SchedulerMetrics, by_namespace
 from chaosbus.scheduler.orchestrator import Orchestrator, Outputs, ProbeRequest
 from chaosbus.scheduler.workflow import TaskRun, Write
 
@@ -101,6 +101,7 @@ class Flows:
             if self.metrics is not None:
                 for phase, n in self.orch.workflow_phases().items():
                     self.metrics.workflows.labels(phase).set(n)
+                self.metrics.cm_workflows.set_all(by_namespace(ns for _kind, ns, _name in self.orch.workflows))
             nxt = self.orch.next_wakeup()
             delay = 1.0 if nxt is None else max(0.01, min(1.0, nxt - time.time()))
             try:

@@ -1,15 +1,51 @@
-"""The scheduler's Prometheus metrics."""
+"""The scheduler's Prometheus metrics, and Chaos Mesh's controller-manager names for the same
+counts (docs/observability.md), so that dashboards and alerts written for Chaos Mesh work.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Chaos Mesh's experiment phases are injecting, running, finished, paused and deleting. Ours add
+# recovering and failed (selection failed); Chaos Mesh derives its phase from the records'
+# conditions, where both show as injecting (neither all injected nor all recovered).
+CHAOS_MESH_PHASE = {"injecting": "injecting", "running": "running", "finished": "finished", "paused": "paused",
+                    "deleting": "deleting", "recovering": "injecting", "failed": "injecting"}
+
+
+class SnapshotGauge(Collector):
+    """A gauge whose whole set of series is replaced at once: a label set that no longer counts
+    anything disappears (as Chaos Mesh resets its gauges before each collection), and a scrape
+    sees either the old set or the new one, never half of each.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: list[str], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def set_all(self, values: Mapping[tuple[str, ...], float]) -> None:
+        self.values = dict(values)  # one reference swap, read by the HTTP thread
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in self.values.items():
+            family.add_metric(list(labels), value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
 
 
 class SchedulerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.experiments = Gauge("chaosbus_experiments", "Experiments by kind and phase", ["kind", "phase"],
-                                 registry=self.registry)
+        self.experiments = SnapshotGauge("chaosbus_experiments", "Experiments by kind and phase", ["kind", "phase"],
+                                         self.registry)
         self.commands = Counter("chaosbus_scheduler_commands_sent_total", "Node commands sent", ["kind"],
                                 registry=self.registry)
         self.actions = Counter("chaosbus_scheduler_target_actions_total", "Per-target actions sent",
@@ -30,3 +66,29 @@ class SchedulerMetrics:
                               ["outcome"], registry=self.registry)
         self.leader = Gauge("chaosbus_scheduler_leader", "1 while this instance holds the leader lease",
                             registry=self.registry)
+        # Chaos Mesh's names (pkg/metrics of chaos-controller-manager), same labels and meaning.
+        self.cm_experiments = SnapshotGauge("chaos_controller_manager_chaos_experiments",
+                                            "Total number of chaos experiments and their phases",
+                                            ["namespace", "kind", "phase"], self.registry)
+        self.cm_schedules = SnapshotGauge("chaos_controller_manager_chaos_schedules",
+                                          "Total number of chaos schedules", ["namespace"], self.registry)
+        self.cm_workflows = SnapshotGauge("chaos_controller_manager_chaos_workflows",
+                                          "Total number of chaos workflows", ["namespace"], self.registry)
+
+    def set_experiments(self, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Both experiment gauges from counts by (namespace, kind, phase)."""
+        ours: dict[tuple[str, ...], float] = {}
+        theirs: dict[tuple[str, ...], float] = {}
+        for (namespace, kind, phase), n in counts.items():
+            ours[(kind, phase)] = ours.get((kind, phase), 0) + n
+            key = (namespace, kind, CHAOS_MESH_PHASE.get(phase, phase))
+            theirs[key] = theirs.get(key, 0) + n
+        self.experiments.set_all(ours)
+        self.cm_experiments.set_all(theirs)
+
+
+def by_namespace(namespaces: Iterable[str]) -> dict[tuple[str, ...], float]:
+    counts: dict[tuple[str, ...], float] = {}
+    for ns in namespaces:
+        counts[(ns,)] = counts.get((ns,), 0) + 1
+    return counts

@@ -205,7 +205,7 @@ def test_deleted_event_for_an_unknown_experiment_is_ignored() -> None:
 def test_successful_results_mark_targets_injected() -> None:
     core = running()
     assert phases(core) == {"default/web-0": "Injected", "default/web-1": "Injected"}
-    assert core.phase_counts(T0 + 1) == {("PodChaos", "running"): 1}
+    assert core.phase_counts(T0 + 1) == {("default", "PodChaos", "running"): 1}
 
 
 def test_partial_results_mark_only_their_targets() -> None:
@@ -247,7 +247,7 @@ def test_recovered_after_duration_is_finished() -> None:
     core = running(chaos(spec={"action": "pod-failure", "duration": "60s"}))
     feed(core, results(core.tick(T0 + 60).commands), T0 + 60.1)
     assert core.tick(T0 + 120).commands == []
-    assert core.phase_counts(T0 + 120) == {("PodChaos", "finished"): 1}
+    assert core.phase_counts(T0 + 120) == {("default", "PodChaos", "finished"): 1}
 
 
 def test_pause_recovers_and_unpause_applies_again() -> None:
