@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     ns = sub.add_parser("nats-secrets", help="cluster mode: Secrets with NATS identities and mutual TLS, as YAML")
     ns.add_argument("--namespace", default="chaosbus")
     ns.add_argument("--service", default="nats", help="the NATS Service's name (its certificate's DNS names)")
+    pc = sub.add_parser("prometheus-config", help="local mode: the Prometheus scrape configuration, as YAML")
+    pc.add_argument("--metrics-base-port", type=int, default=None, help="as given to `chaosbus up` (default ports "
+                                                                          "without it)")
+    pc.add_argument("--interval", default="15s", help="scrape interval")
     sub.add_parser("declare", help="create or update every stream and bucket (the admin step; with --nats-creds "
                                    "of the admin identity)")
     return p
@@ -152,6 +156,10 @@ async def dispatch(args: argparse.Namespace) -> int:
     if cmd == "nats-secrets":
         from chaosbus.cli import natssecrets
         print(natssecrets.secrets_yaml(namespace=args.namespace, service=args.service), end="")
+        return 0
+    if cmd == "prometheus-config":
+        from chaosbus.cli import promconfig
+        print(promconfig.render(promconfig.ports_from_base(args.metrics_base_port), interval=args.interval), end="")
         return 0
     if cmd == "declare":
         return await _declare(url, args)

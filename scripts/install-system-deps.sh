@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages chaosbus drives (nft, ip, nsenter, ps) and its tests need (etcd,
-# containerd) when they are missing.
+# containerd, prometheus) when they are missing.
 # Only as root and only with apt-get; otherwise it says what is missing and carries on.
 set -euo pipefail
 missing=()
@@ -21,6 +21,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # native/ (the time-skew and namespace helpers) is built from source: cc, make, ld and objcopy.
 { command -v cc && command -v make && command -v ld && command -v objcopy; } >/dev/null 2>&1 \
   || missing+=(build-essential binutils)
+# Prometheus itself, for the test that scrapes a live system with the documented configuration.
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2
