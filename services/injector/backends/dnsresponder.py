@@ -3,7 +3,8 @@
 A DNSChaos table in the pod's netns redirects every IPv4 DNS query (UDP and TCP port 53, whatever
 resolver it was sent to) to this responder's port. It answers the queries a live rule takes over
 (dnsrules) and forwards every other one to the address the query was sent to, which it reads from
-the namespace's conntrack table (the redirected flow's original destination). Its own forwarded
+the namespace's conntrack table (the redirected flow's original destination, one ctnetlink
+request). Its own forwarded
 queries carry `MARK`, which the redirect rules let through. One thread per namespace, entered
 with setns, runs a selector loop: no process is spawned and nothing in the target changes.
 """
@@ -23,6 +24,7 @@ import dns.exception
 import dns.message
 
 from chaosbus.common.netns import setns_net
+from chaosbus.injector.backends import ctnetlink
 from chaosbus.injector.backends.dnsrules import DnsRule, answer
 
 MARK = 0x0C4A05D5  # fwmark of the responder's own queries to real resolvers
@@ -75,6 +77,7 @@ class Responder:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._conntrack: ctnetlink.Conntrack | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._thread = threading.Thread(target=self._run, name=f"dns-responder {netns_path}", daemon=True)
         self._thread.start()
@@ -139,6 +142,10 @@ class Responder:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind(("127.0.0.1", self.port))
             tcp.listen(64)
+            try:
+                self._conntrack = ctnetlink.Conntrack()
+            except OSError:
+                self._conntrack = None  # no ctnetlink: the /proc table is read instead
         except BaseException as e:  # reported to the starter
             self._error = e
             self._ready.set()
@@ -180,6 +187,8 @@ class Responder:
                     key.fileobj.close()  # type: ignore[union-attr]
             sel.close()
             self._wake_r.close()
+            if self._conntrack is not None:
+                self._conntrack.close()
 
     def _decide(self, wire: bytes) -> bytes | None:
         """Our answer to a query, or None to forward it."""
@@ -205,11 +214,7 @@ class Responder:
 
     def _forward(self, wire: bytes, proto: str, client: tuple[str, int], reply_to: Callable[[bytes], object],
                  sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
-        try:
-            with open(_CONNTRACK) as f:
-                dest = original_destination(f.read(), proto, client, self.port)
-        except OSError:
-            dest = None
+        dest = self._lookup(proto, client)
         if dest is None:
             return  # the client retries or times out, as with a lost packet
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -223,6 +228,18 @@ class Responder:
             return
         pending[sock] = _Pending(client, time.monotonic(), reply_to)
         sel.register(sock, selectors.EVENT_READ, "fwd")
+
+    def _lookup(self, proto: str, client: tuple[str, int]) -> tuple[str, int] | None:
+        if self._conntrack is not None:
+            try:
+                return self._conntrack.original_destination(proto, ("127.0.0.1", self.port), client)
+            except OSError:
+                pass
+        try:
+            with open(_CONNTRACK) as f:
+                return original_destination(f.read(), proto, client, self.port)
+        except OSError:
+            return None
 
     def _on_forward_reply(self, sock: socket.socket, sel: selectors.BaseSelector,
                           pending: dict[socket.socket, _Pending]) -> None:

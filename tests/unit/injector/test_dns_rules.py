@@ -4,6 +4,7 @@ redirect table, the spec's admission bounds."""
 from __future__ import annotations
 
 import random
+import struct
 
 import dns.message
 import dns.rcode
@@ -11,7 +12,7 @@ import pytest
 
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.errors import InvalidObject
-from chaosbus.injector.backends import nft
+from chaosbus.injector.backends import ctnetlink, nft
 from chaosbus.injector.backends.dnsresponder import original_destination
 from chaosbus.injector.backends.dnsrules import DnsRule, answer, matches
 
@@ -99,3 +100,17 @@ def test_admission_bounds_every_field(spec: DNSChaosSpec, problem: str) -> None:
 def test_valid_specs_pass() -> None:
     DNSChaosSpec(action="random", mode="all", patterns=["google.com", "chaos-mesh.*", "github.?om"]).validate()
     DNSChaosSpec(action="static", mode="one", addresses=["192.0.2.1", "2001:db8::1"]).validate()
+
+
+def test_ctnetlink_request_and_answer_round_trip() -> None:
+    req = ctnetlink.get_request("udp", ("127.0.0.1", 35000), ("10.1.0.10", 40001), seq=7)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", req, 0)
+    assert (length, kind, flags, seq) == (len(req), 0x101, 1, 7)
+    # an answer carries the original tuple as attribute 1 where the request had the reply tuple (2)
+    orig = ctnetlink.get_request("udp", ("10.1.0.10", 40001), ("10.1.0.13", 53), seq=7)
+    body = bytearray(orig[20:])
+    struct.pack_into("=H", body, 2, ctnetlink.CTA_TUPLE_ORIG | ctnetlink.NLA_F_NESTED)
+    answer_msg = struct.pack("=IHHII", 20 + len(body), 0x100, 0, 7, 0) + struct.pack("=BBH", 2, 0, 0) + bytes(body)
+    assert ctnetlink.parse_original_destination(answer_msg) == ("10.1.0.13", 53)
+    error = struct.pack("=IHHII", 36, ctnetlink.NLMSG_ERROR, 0, 7, 0) + b"\0" * 20
+    assert ctnetlink.parse_original_destination(error) is None

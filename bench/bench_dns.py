@@ -1,0 +1,168 @@
+"""DNSChaos cost: apply -> in effect and recovery per target (p50/p99, 1 and 100 targets), and the
+responder's added latency and throughput for queries no rule matches, against direct in the same run.
+
+`python -m bench.bench_dns [--sizes 1,100] [--queries 500]` (root). Each target is a bare netns
+(loopback up, a `sleep` process as the container) through the dns fault exactly as the injector
+calls it. Apply is timed until the fault returns: by then the redirect table is committed and the
+responder listens, so the next query is answered by chaos (checked on the first target of each
+size). The latency run: a zone server on 127.0.0.1:53 inside one netns, sequential UDP queries from
+a thread in that netns, first direct, then through a DNSChaos whose pattern matches nothing.
+
+Nothing is left behind: namespaces, processes, tables and responders go even when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+
+from chaosbus.cli import podnet
+from chaosbus.common import netns as nsu
+from chaosbus.common.messages import Dns, TargetAction
+from chaosbus.injector import faults, runtime
+from chaosbus.injector.backends import dnsresponder
+
+ZONE_SERVER = """
+import socket, dns.message, dns.rrset
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 53))
+print('ready', flush=True)
+while True:
+    wire, addr = u.recvfrom(4096)
+    q = dns.message.from_wire(wire); r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(q.question[0].name, 60, 'IN', 'A', '10.77.0.1'))
+    u.sendto(r.to_wire(), addr)
+"""
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def ms(values: list[float]) -> str:
+    return f"p50 {pct(values, 50) * 1e3:.3f} ms, p99 {pct(values, 99) * 1e3:.3f} ms"
+
+
+@contextlib.contextmanager
+def targets(n: int, tag: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
+    made: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        for i in range(n):
+            name = f"cbdns{tag}-{i}"
+            path = nsu.create_named_netns(name)
+            proc = podnet.spawn_in_netns(["sleep", "3600"], name)
+            made.append((name, proc))
+            subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
+        yield made
+    finally:
+        for name, proc in made:
+            proc.kill()
+            proc.wait()
+            nsu.remove_named_netns(name)
+
+
+def ctx(uid: str, pid: int, spec: Dns) -> faults.FaultContext:
+    ids = [f"process://{pid}"]
+    action = TargetAction(target_id=f"bench/{pid}", selector_key=".", op="apply", namespace="bench",
+                          pod_name=str(pid), container_ids=ids, fault=spec)
+    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="bench", action=action,
+                               containers=[runtime.resolve(i) for i in ids])
+
+
+def query_times(path: str, count: int) -> tuple[list[float], list[int]]:
+    def run() -> tuple[list[float], list[int]]:
+        out, codes = [], []
+        for i in range(count):
+            q = dns.message.make_query(f"n{i}.bench.test", "A")
+            t = time.perf_counter()
+            r = dns.query.udp(q, "127.0.0.1", timeout=2)
+            out.append(time.perf_counter() - t)
+            codes.append(r.rcode())
+        return out, codes
+    return nsu.run_in_netns(path, run)
+
+
+def apply_recover(size: int, tag: str) -> dict[str, Any]:
+    fault = faults.get("dns")
+    spec = Dns(action="error")
+    with targets(size, tag) as made:
+        ctxs = [ctx(f"bench-dns-{tag}", proc.pid, spec) for _, proc in made]
+        applied, recovered = [], []
+        for c in ctxs:
+            t = time.perf_counter()
+            fault.apply(c, spec)
+            applied.append(time.perf_counter() - t)
+        first = nsu.netns_path(made[0][0])
+        _, codes = query_times(first, 1)  # no server: only chaos answers
+        assert codes == [dns.rcode.SERVFAIL], codes
+        for c in ctxs:
+            t = time.perf_counter()
+            fault.recover(c, spec)
+            recovered.append(time.perf_counter() - t)
+        assert not dnsresponder.running()
+    return {"apply": applied, "recover": recovered}
+
+
+def added_latency(count: int, tag: str) -> dict[str, Any]:
+    fault = faults.get("dns")
+    spec = Dns(action="error", patterns=["nothing.matches.this"])
+    with targets(1, tag) as made:
+        name, proc = made[0]
+        path = nsu.netns_path(name)
+        server = subprocess.Popen(["nsenter", f"--net={path}", sys.executable, "-c", ZONE_SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            query_times(path, 20)  # warm-up
+            t = time.perf_counter()
+            direct, _ = query_times(path, count)
+            direct_wall = time.perf_counter() - t
+            c = ctx(f"bench-dns-lat-{tag}", proc.pid, spec)
+            fault.apply(c, spec)
+            try:
+                query_times(path, 20)
+                t = time.perf_counter()
+                through, codes = query_times(path, count)
+                through_wall = time.perf_counter() - t
+                assert set(codes) == {dns.rcode.NOERROR}
+            finally:
+                fault.recover(c, spec)
+        finally:
+            server.kill()
+            server.wait()
+    return {"direct": direct, "through": through, "direct_qps": count / direct_wall,
+            "through_qps": count / through_wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.bench_dns", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--sizes", default="1,100")
+    p.add_argument("--queries", type=int, default=500)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("bench_dns needs root (network namespaces, nftables)")
+    tag = f"{random.getrandbits(16):04x}"
+    for size in [int(s) for s in args.sizes.split(",")]:
+        r = apply_recover(size, f"{tag}s{size}")
+        print(f"DNSChaos {size:>4} target(s): apply->in effect {ms(r['apply'])}; recover {ms(r['recover'])}")
+    lat = added_latency(args.queries, f"{tag}l")
+    added = pct(lat["through"], 50) - pct(lat["direct"], 50)
+    print(f"unmatched query, direct:  {ms(lat['direct'])}, {lat['direct_qps']:.0f} queries/s sequential")
+    print(f"unmatched query, through: {ms(lat['through'])}, {lat['through_qps']:.0f} queries/s sequential")
+    print(f"added by the responder: p50 {added * 1e3:.3f} ms (goal <= 1 ms: {'PASS' if added <= 1e-3 else 'FAIL'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
