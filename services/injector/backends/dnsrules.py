@@ -4,8 +4,9 @@ Patterns follow Chaos Mesh: `?` is one character, `*` any run of characters, and
 a name or any of its parent-domain suffixes, so a bare domain (`example.com`) matches itself and
 its subdomains. No patterns means every name. Answers match Chaos Mesh's k8s_dns_chaos plugin:
 `error` is SERVFAIL; `random` answers A with a random IPv4 address and AAAA with a fixed
-documentation address (2001:db8::123:12:1), TTL 10, and leaves other types alone. `static` (a
-chaosbus extension) answers A and AAAA with the experiment's addresses of that family.
+documentation address (2001:db8::123:12:1), TTL 10, authoritative, and every other type with
+SERVFAIL. `static` (a chaosbus extension) answers A and AAAA with the experiment's addresses of that
+family and sends other types to the resolver, as a hosts-file override would.
 """
 
 from __future__ import annotations
@@ -67,12 +68,15 @@ def answer(query: dns.message.Message, rules: Iterable[DnsRule], now: float,
     if rule is None:
         return None
     reply = dns.message.make_response(query)
-    reply.flags |= dns.flags.RA
+    reply.flags |= dns.flags.RA | dns.flags.AA
     if rule.action == "error":
         reply.set_rcode(dns.rcode.SERVFAIL)
         return reply
     addresses = _addresses(rule, question.rdtype, rng or random.Random())
     if addresses is None:
+        if rule.action == "random":
+            reply.set_rcode(dns.rcode.SERVFAIL)
+            return reply
         return None
     if addresses:
         reply.answer.append(dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, question.rdtype,
@@ -82,7 +86,7 @@ def answer(query: dns.message.Message, rules: Iterable[DnsRule], now: float,
 
 def _addresses(rule: DnsRule, rdtype: int, rng: random.Random) -> list[str] | None:
     if rdtype not in (dns.rdatatype.A, dns.rdatatype.AAAA):
-        return None  # as Chaos Mesh: only address queries are changed
+        return None  # only address queries get addresses
     v4 = rdtype == dns.rdatatype.A
     if rule.action == "random":
         return [str(ipaddress.IPv4Address(rng.getrandbits(32)))] if v4 else [RANDOM_AAAA]

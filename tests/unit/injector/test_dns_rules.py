@@ -50,7 +50,9 @@ def test_random_answers_like_chaos_mesh() -> None:
     aaaa = answer(query("a.test", "AAAA"), rules, 0.0)
     assert a is not None and a.answer[0].ttl == 10 and len(a.answer[0]) == 1
     assert aaaa is not None and [r.to_text() for r in aaaa.answer[0]] == ["2001:db8::123:12:1"]
-    assert answer(query("a.test", "MX"), rules, 0.0) is None
+    mx = answer(query("a.test", "MX"), rules, 0.0)
+    assert mx is not None and mx.rcode() == dns.rcode.SERVFAIL  # as k8s_dns_chaos: no answer is a failure
+    assert answer(query("a.test", "MX"), [DnsRule(action="static", addresses=("192.0.2.1",))], 0.0) is None
 
 
 def test_static_answers_each_family_with_its_addresses_and_a_rule_ends_at_its_deadline() -> None:
