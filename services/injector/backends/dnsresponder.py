@@ -265,8 +265,7 @@ class Responder:
             pass
         sock.close()
 
-    # TCP: length-prefixed messages (RFC 7766); forwarded upstream over UDP, which every resolver
-    # serves, and answered on the client's connection.
+    # TCP: length-prefixed messages (RFC 7766), answered on the client's connection.
 
     def _on_tcp_accept(self, tcp: socket.socket, sel: selectors.BaseSelector,
                        pending: dict[socket.socket, _Pending]) -> None:
@@ -305,7 +304,24 @@ class Responder:
                 sel.unregister(conn)
                 conn.close()
             return
-        self._forward(wire, "tcp", client, send, sel, pending)
+        dest = self._lookup("tcp", client)
+        if dest is not None:
+            # Upstream over TCP too: a client asks over TCP for answers too big for UDP. A short
+            # thread (born here, so inside the netns) waits for it; the loop stays free.
+            threading.Thread(target=_tcp_upstream, args=(dest, wire, send), daemon=True).start()
+
+
+def _tcp_upstream(dest: tuple[str, int], wire: bytes, send: Callable[[bytes], None]) -> None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as up:
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
+            up.settimeout(FORWARD_TIMEOUT_S)
+            up.connect(dest)
+            up.sendall(struct.pack("!H", len(wire)) + wire)
+            data = _recv_exact(up, struct.unpack("!H", _recv_exact(up, 2))[0])
+        send(data)
+    except OSError:
+        pass  # the client times out, as with an unreachable resolver
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
