@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from chaosbus.common.metrics import SnapshotGauge
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -19,3 +21,10 @@ class InjectorMetrics:
         self.refusals = Counter("chaosbus_injector_refused_total",
                                 "Applies refused by the injector's own target checks (docs/security.md)", ["fault"],
                                 registry=self.registry)
+        # Read back from the kernel (drops.py): what each partition experiment's tables dropped.
+        self.dropped_packets = SnapshotGauge("chaosbus_injector_partition_dropped_packets",
+                                             "Packets dropped by each partition's nft tables on this node",
+                                             ["namespace", "name"], self.registry)
+        self.dropped_bytes = SnapshotGauge("chaosbus_injector_partition_dropped_bytes",
+                                           "Bytes dropped by each partition's nft tables on this node",
+                                           ["namespace", "name"], self.registry)

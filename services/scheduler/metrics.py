@@ -7,38 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from chaosbus.common.metrics import SnapshotGauge
 
 # Chaos Mesh's experiment phases are injecting, running, finished, paused and deleting. Ours add
 # recovering and failed (selection failed); Chaos Mesh derives its phase from the records'
 # conditions, where both show as injecting (neither all injected nor all recovered).
 CHAOS_MESH_PHASE = {"injecting": "injecting", "running": "running", "finished": "finished", "paused": "paused",
                     "deleting": "deleting", "recovering": "injecting", "failed": "injecting"}
-
-
-class SnapshotGauge(Collector):
-    """A gauge whose whole set of series is replaced at once: a label set that no longer counts
-    anything disappears (as Chaos Mesh resets its gauges before each collection), and a scrape
-    sees either the old set or the new one, never half of each.
-    """
-
-    def __init__(self, name: str, documentation: str, labels: list[str], registry: CollectorRegistry) -> None:
-        self.name, self.documentation, self.labels = name, documentation, labels
-        self.values: dict[tuple[str, ...], float] = {}
-        registry.register(self)
-
-    def set_all(self, values: Mapping[tuple[str, ...], float]) -> None:
-        self.values = dict(values)  # one reference swap, read by the HTTP thread
-
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
-        for labels, value in self.values.items():
-            family.add_metric(list(labels), value)
-        yield family
-
-    def describe(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
 
 
 class SchedulerMetrics:

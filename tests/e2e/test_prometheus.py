@@ -134,3 +134,25 @@ def test_chaos_mesh_experiment_gauge_shows_a_running_partition(system: System, p
     # Deleted: its running series is gone again (no stale phase left behind).
     eventually(lambda: not prometheus.query(f'chaos_controller_manager_chaos_experiments{{namespace="{ns}"}}'),
                timeout=20, interval=0.5)
+
+
+def test_packets_dropped_by_a_partition_rise_in_prometheus(system: System, prometheus: prom.Prometheus) -> None:
+    ns = "prom-drops"
+    expr = (f'chaosbus_injector_partition_dropped_packets{{job="chaosbus-injector",namespace="{ns}",'
+            f'name="prom-drops"}}')
+
+    def dropped() -> float:
+        return sum(float(r["value"][1]) for r in prometheus.query(expr))
+    system.cli("apply", "-f", "-", stdin=partition("prom-drops", ns))
+    try:
+        wait_blocked(system, {(2, 3)})  # each probe's SYNs die in peer-2's output chain
+        first = eventually(dropped, timeout=20, interval=0.5)
+        for _ in range(5):
+            assert not system.connects(2, 3)
+        eventually(lambda: dropped() > first, timeout=20, interval=0.5)
+        assert prometheus.query(f'chaosbus_injector_partition_dropped_bytes{{job="chaosbus-injector",'
+                                f'namespace="{ns}"}} > 0')
+    finally:
+        system.cli("delete", "networkchaos", "prom-drops", "-n", ns)
+        wait_blocked(system, set())
+    eventually(lambda: not prometheus.query(expr), timeout=20, interval=0.5)

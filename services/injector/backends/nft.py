@@ -148,14 +148,14 @@ def _render_rule(prefix: str, rule: ResolvedRule, bound: str = "") -> tuple[list
     lines: list[str] = []
     if not plain and not ported:
         loopback = "" if rule.device else ('oifname != "lo" ' if out else 'iifname != "lo" ')
-        return sets, [f"{bound}{iface}{loopback}ct direction original drop"]
+        return sets, [f"{bound}{iface}{loopback}ct direction original counter drop"]
     if plain:
         sets.append(_set(f"{prefix}_addr", "ipv4_addr", [_net_text(n) for n in plain]))
-        lines.append(f"{bound}{iface}{addr} @{prefix}_addr ct direction original drop")
+        lines.append(f"{bound}{iface}{addr} @{prefix}_addr ct direction original counter drop")
     if ported:
         elements = [f"{_net_text(n)} . {p}" for p, nets in sorted(ported.items()) for n in nets]
         sets.append(_set(f"{prefix}_port", "ipv4_addr . inet_service", elements))
-        lines.append(f"{bound}{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original drop")
+        lines.append(f"{bound}{iface}{_L4} {addr} . {port} @{prefix}_port ct direction original counter drop")
     return sets, lines
 
 
@@ -258,6 +258,18 @@ def list_tables(netns_path: str) -> list[str]:
     out = _nft(netns_path, ["-j", "list", "tables"], "")
     items = json.loads(out).get("nftables", [])
     return [t["table"]["name"] for t in items if "table" in t and t["table"].get("family") == "inet"]
+
+
+def table_counters(netns_path: str, table: str) -> tuple[int, int]:
+    """Packets and bytes the table's rules have counted (its drops), summed over its rules."""
+    out = _nft(netns_path, ["-j", "list", "table", "inet", table], "")
+    packets = octets = 0
+    for item in json.loads(out).get("nftables", []):
+        for expr in (item.get("rule") or {}).get("expr") or []:
+            if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+                packets += int(expr["counter"].get("packets", 0))
+                octets += int(expr["counter"].get("bytes", 0))
+    return packets, octets
 
 
 def probe() -> str | None:

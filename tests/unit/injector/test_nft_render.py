@@ -29,20 +29,20 @@ def test_output_rule_drops_original_direction_to_peers() -> None:
     assert script.startswith(f"table inet {T} {{")
     assert "type filter hook output priority 0; policy accept;" in script
     assert "elements = { 10.214.1.11 }" in script
-    assert _drop_lines(script) == ["ip daddr @r0_addr ct direction original drop"]
+    assert _drop_lines(script) == ["ip daddr @r0_addr ct direction original counter drop"]
     assert "chain input" not in script
 
 
 def test_input_rule_matches_source() -> None:
     script = render_partition_table(T, [ResolvedRule(chain="input", peers=("10.214.1.10",))])
-    assert _drop_lines(script) == ["ip saddr @r0_addr ct direction original drop"]
+    assert _drop_lines(script) == ["ip saddr @r0_addr ct direction original counter drop"]
     assert "hook input" in script and "hook output" not in script
 
 
 def test_no_peers_drops_everything_but_loopback() -> None:
     script = render_partition_table(T, [ResolvedRule(chain="output"), ResolvedRule(chain="input")])
-    assert 'oifname != "lo" ct direction original drop' in _chain(script, "output")
-    assert 'iifname != "lo" ct direction original drop' in _chain(script, "input")
+    assert 'oifname != "lo" ct direction original counter drop' in _chain(script, "output")
+    assert 'iifname != "lo" ct direction original counter drop' in _chain(script, "input")
     assert "set " not in script
 
 
@@ -53,7 +53,7 @@ def test_external_with_port_uses_concatenated_set(chain: str, addr: str, port: s
     assert "type ipv4_addr . inet_service" in script
     assert "elements = { 1.2.3.4 . 53, 10.0.0.0/8 . 443 }" in script
     assert _drop_lines(script) == [
-        f"meta l4proto {{ tcp, udp, sctp, dccp }} ip {addr} . th {port} @r0_port ct direction original drop"]
+        f"meta l4proto {{ tcp, udp, sctp, dccp }} ip {addr} . th {port} @r0_port ct direction original counter drop"]
 
 
 def test_peers_and_portless_externals_share_one_collapsed_set() -> None:
@@ -71,14 +71,14 @@ def test_every_drop_carries_ct_direction_original() -> None:
              ResolvedRule(chain="input"), ResolvedRule(chain="input", peers=("10.0.0.2",), device="eth0")]
     drops = _drop_lines(render_partition_table(T, rules))
     assert len(drops) == 4
-    assert all("ct direction original drop" in line for line in drops)
+    assert all("ct direction original counter drop" in line for line in drops)
 
 
 def test_device_restricts_the_interface() -> None:
     script = render_partition_table(T, [ResolvedRule(chain="output", peers=("10.0.0.1",), device="eth0"),
                                          ResolvedRule(chain="input", device="eth0")])
-    assert 'oifname "eth0" ip daddr @r0_addr ct direction original drop' in script
-    assert 'iifname "eth0" ct direction original drop' in script
+    assert 'oifname "eth0" ip daddr @r0_addr ct direction original counter drop' in script
+    assert 'iifname "eth0" ct direction original counter drop' in script
 
 
 def test_rules_for_one_chain_get_distinct_sets_and_render_deterministically() -> None:
