@@ -272,7 +272,7 @@ def test_container_kill_kills_every_container_it_is_given(lab: Lab) -> None:
 def test_hello_world_lists_the_target_process(lab: Lab) -> None:
     pod, spec = lab.pods[1], HelloWorld()
     message = faults.get("hello-world").apply(ctx_for("hello", [pod.server.pid], spec), spec)
-    assert f"ps aux in the mount namespace of pid {pod.server.pid} lists" in message
+    assert f"ps aux in the namespaces of pid {pod.server.pid} lists" in message
     target_line = message.split("the target: ", 1)[1]
     assert target_line.split()[1] == str(pod.server.pid) and "import selectors" in target_line
 

@@ -2,7 +2,8 @@
 
 Every change is ONE nft transaction, so a table is replaced atomically and never seen half-made:
 through libnftables with a context inside the target netns (`libnft`), or, where that cannot be
-used (no library, `CHAOSBUS_NFT=spawn`, too many descriptors), `nsenter --net=<netns> nft -f -`
+used (no library, `CHAOSBUS_NFT=spawn`, too many descriptors), `nsexec --net <netns> -- nft -f -`
+(native/nsexec)
 (argv only, the script on stdin). Each experiment and
 selector owns one `inet` table named `chaosbus_*`: tables of different experiments on one pod
 compose (a packet is dropped if any table drops it) and are removed independently, and an orphan
@@ -32,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from chaosbus.injector.backends import libnft
+from chaosbus.injector.backends import libnft, native
 
 TABLE_PREFIX = "chaosbus_"
 NFT_TIMEOUT_S = 10.0
@@ -274,9 +275,12 @@ def table_counters(netns_path: str, table: str) -> tuple[int, int]:
 
 def probe() -> str | None:
     """None if this node can apply partition tables; otherwise the reason it cannot."""
-    for tool in ("nsenter", "nft"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
+    if shutil.which("nft") is None:
+        return "nft is not installed"
+    try:
+        native.helper("nsexec")
+    except FileNotFoundError as e:
+        return str(e)
     sample = render_partition_table(f"{TABLE_PREFIX}probe", [
         ResolvedRule(chain="output", peers=("192.0.2.1",), external=(Endpoint("198.51.100.0/24", 80),)),
         ResolvedRule(chain="input"),
@@ -338,14 +342,14 @@ def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> Non
 def _nft(netns_path: str, args: list[str], stdin: str) -> str:
     if not os.path.exists(netns_path):
         raise NetnsGone(f"network namespace {netns_path} is gone")
-    argv = ["nsenter", f"--net={netns_path}", "nft", *args]
     try:
+        argv = [native.helper("nsexec"), "--net", netns_path, "--", "nft", *args]
         proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                               timeout=NFT_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
         raise NftError(f"nft timed out after {NFT_TIMEOUT_S}s in {netns_path}") from e
     except OSError as e:
-        raise NftError(f"cannot run nsenter/nft: {e}") from e
+        raise NftError(f"cannot run nsexec/nft: {e}") from e
     if proc.returncode != 0:
         if not os.path.exists(netns_path):
             raise NetnsGone(f"network namespace {netns_path} is gone")

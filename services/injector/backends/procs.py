@@ -1,4 +1,4 @@
-"""Process backend: signal process trees through psutil, run commands in a target's mount ns.
+"""Process backend: signal process trees through psutil.
 
 The only module of the injector that touches processes. Zombies count as dead: a killed process
 whose parent has not reaped it yet can do no more harm, and waiting for a foreign parent to reap
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Sequence
 
 import psutil
 
@@ -54,22 +52,6 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL, wait_s: float = KILL_WAIT_S) 
     if sig == signal.SIGKILL:
         _wait_dead(signalled, wait_s)
     return len(signalled)
-
-
-def run_in_mount_ns(pid: int, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
-    """Run `argv` (no shell) inside the mount namespace of `pid`.
-
-    Returns:
-        (exit code, stdout, stderr); exit code -1 with a reason in stderr on timeout.
-    """
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise TypeError("argv must be a non-empty list of strings")
-    cmd = ["nsenter", f"--mount=/proc/{int(pid)}/ns/mnt", "--", *argv]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return -1, "", f"timed out after {timeout}s: {argv[0]}"
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def _signal(proc: psutil.Process, sig: int) -> bool:

@@ -7,22 +7,14 @@ patches; `restore` writes the journaled bytes back. See native/README.md for how
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
+
+from chaosbus.injector.backends.native import native_dir
 
 HELPER_TIMEOUT_S = 10.0
 EXIT_GONE = 3
 EXIT_ALREADY = 4
-
-
-def native_dir() -> Path:
-    """Where the native helpers were built (`make install` builds native/build)."""
-    env = os.environ.get("CHAOSBUS_NATIVE_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "native" / "build"
 
 
 class TimeSkewError(Exception):
@@ -116,6 +108,10 @@ def restore(pid: int, patches: tuple[Patch, ...] | list[Patch]) -> int:
     """
     _, values = _parse(_run(["restore", str(int(pid)), *(p.arg() for p in patches)]))
     return values.get("stopped_us", 0)
+
+
+__all__ = ["Injected", "Patch", "TimeSkewError", "inject", "looks_patched", "native_dir", "plan", "read_bytes",
+           "restore", "start_ticks"]
 
 
 def looks_patched(original: bytes) -> bool:
