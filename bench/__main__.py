@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import figures, report
+from bench import timeskew as bench_timeskew
 from bench.plan import Plan, parse
 from bench.run import Session
 from bench.scenarios import Run
@@ -94,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     if raw is None:
         return code or 1
     sections = figures.build(plan, raw)
+    try:
+        skew_raw = bench_timeskew.measure(10 if plan.quick else 50)
+    except Exception as e:
+        print(f"\nTimeChaos bench failed: {type(e).__name__}: {e}", file=sys.stderr)
+        code = 1
+    else:
+        sections.append(bench_timeskew.rows(skew_raw))
+        raw["timechaos"] = skew_raw
     if plan.kube:
         from bench import bench_kube
 
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
            "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"], "cli": raw["cli"],
            "resources": raw["resources"], "profile": raw.get("profile"),
            "monitor_overflows": raw["monitor_overflows"], "dead_services": raw["dead_services"],
-           "leftovers": left, "log": session.log, "kube": raw.get("kube"), "security": raw.get("security")}
+           "leftovers": left, "log": session.log, "kube": raw.get("kube"), "security": raw.get("security"),
+           "timechaos": raw.get("timechaos")}
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     plan.out.write_text(json.dumps(report.clean(doc), indent=1))
     print(f"\nload average at end {meta['loadavg_at_end'][0]:.2f}; took {meta['seconds']:.0f}s; JSON: {plan.out}")

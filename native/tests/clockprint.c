@@ -1,4 +1,5 @@
-/* A target for the timeskew tests: N threads (argv[1], default 1) each print, every 20 ms,
+/* A target for the timeskew tests and bench: N threads (argv[1], default 1) each print, every
+ * argv[2] microseconds (default 20 ms),
  * "thread realtime_ns monotonic_ns boottime_ns gettimeofday_us time_s" read through the vDSO.
  * Clock differences (realtime - boottime) show a skew exactly, however loaded the machine. */
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 static pthread_mutex_t out = PTHREAD_MUTEX_INITIALIZER;
+static useconds_t interval_us = 20000;
 
 static void *loop(void *arg)
 {
@@ -37,7 +39,7 @@ static void *loop(void *arg)
 		       (long long)tv.tv_sec * 1000000LL + tv.tv_usec, (long long)s);
 		fflush(stdout);
 		pthread_mutex_unlock(&out);
-		usleep(20000);
+		usleep(interval_us);
 	}
 	return NULL;
 }
@@ -45,6 +47,8 @@ static void *loop(void *arg)
 int main(int argc, char **argv)
 {
 	long n = argc > 1 ? atol(argv[1]) : 1;
+	if (argc > 2)
+		interval_us = (useconds_t)atol(argv[2]);
 	for (long i = 1; i < n; i++) {
 		pthread_t t;
 		pthread_create(&t, NULL, loop, (void *)i);
