@@ -172,3 +172,33 @@ def test_the_raw_existence_check_sees_exactly_the_named_table(netns: str) -> Non
     finally:
         sock.close()
         nft.delete_table(netns, TABLE)
+
+
+def test_drop_counters_read_through_the_context_match_what_nft_prints(
+        netns: str, contexts: libnft.NftContexts) -> None:
+    peer = "192.0.2.9"
+    contexts.apply(netns, TABLE, script(peer=peer))
+    subprocess.run(["ip", "-n", os.path.basename(netns), "link", "set", "lo", "up"], check=True)
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "route", "add", "default", "dev", "lo"], check=True)
+    # Each send is dropped by the partition's output rule (EPERM) and counted by the kernel.
+    probe = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "for _ in range(5):\n    try:\n"
+             f"        s.sendto(b'x' * 20, ('{peer}', 9))\n"
+             "    except OSError:\n        pass\n")
+    subprocess.run(["nsenter", f"--net={netns}", "python3", "-c", probe], check=True)
+    spawned = json.loads(subprocess.run(["nsenter", f"--net={netns}", "nft", "-j", "list", "table", "inet", TABLE],
+                                        capture_output=True, text=True, check=True).stdout)
+    want = [0, 0]
+    for item in spawned["nftables"]:
+        for expr in (item.get("rule") or {}).get("expr") or []:
+            if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+                want[0] += expr["counter"]["packets"]
+                want[1] += expr["counter"]["bytes"]
+    assert want[0] >= 5
+    text = contexts.list_table(netns, TABLE)
+    counts = [(int(p), int(b)) for p, b in nft._COUNTER.findall(text)]
+    assert (sum(p for p, _ in counts), sum(b for _, b in counts)) == tuple(want)
+    contexts.delete(netns, TABLE)
+    with pytest.raises(libnft.TransactionFailed):
+        contexts.list_table(netns, TABLE)
+    assert len(contexts) == 0  # a context made only for the read does not stay

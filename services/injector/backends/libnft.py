@@ -168,6 +168,27 @@ class NftContexts:
             self._free(key, ctx)
         return None
 
+    def list_table(self, path: str, table: str) -> str:
+        """`table` as nft prints it (text), read through the netns's context: no process spawned.
+
+        Raises:
+            TransactionFailed: no such table (or nft refused the listing).
+        """
+        self.forget_gone()
+        key = netns_key(path)
+        ctx = self._get(key, path)
+        with ctx.lock:
+            if ctx.freed:  # evicted between _get and here: take a fresh one
+                return self.list_table(path, table)
+            rc = self.lib.nft_run_cmd_from_buffer(ctx.handle, f"list table inet {table}".encode())
+            out = (self.lib.nft_ctx_get_output_buffer(ctx.handle) or b"").decode(errors="replace")
+            error = "" if rc == 0 else (self.lib.nft_ctx_get_error_buffer(ctx.handle) or b"").decode(errors="replace")
+        if not ctx.tables:  # a context made only for this read goes again, as after a delete
+            self._free(key, ctx)
+        if rc != 0:
+            raise TransactionFailed(error.strip() or f"nft list failed ({rc})")
+        return out
+
     def _run(self, path: str, table: str, script: str, *, keep: bool) -> None:
         self.forget_gone()
         key = netns_key(path)

@@ -261,8 +261,29 @@ def list_tables(netns_path: str) -> list[str]:
     return [t["table"]["name"] for t in items if "table" in t and t["table"].get("family") == "inet"]
 
 
+_COUNTER = re.compile(r"\bcounter packets (\d+) bytes (\d+)")
+
+
 def table_counters(netns_path: str, table: str) -> tuple[int, int]:
-    """Packets and bytes the table's rules have counted (its drops), summed over its rules."""
+    """Packets and bytes the table's rules have counted (its drops), summed over its rules.
+
+    Read through the netns's libnftables context where there is one (about 0.1 ms); spawning
+    nsenter + nft costs ~4 ms a table, which at a hundred partitioned targets a node would spend
+    a fifth of a core on a 2 s read-back.
+    """
+    ctxs = contexts()
+    if ctxs is not None and os.path.exists(netns_path):
+        try:
+            text = ctxs.list_table(netns_path, table)
+        except (libnft.NetnsGone, FileNotFoundError) as e:
+            raise NetnsGone(f"network namespace {netns_path} is gone") from e
+        except libnft.TransactionFailed as e:
+            raise NftError(f"nft failed in {netns_path}: {e}") from e
+        except libnft.Unavailable:
+            pass  # spawn instead
+        else:
+            counts = [(int(p), int(b)) for p, b in _COUNTER.findall(text)]
+            return sum(p for p, _ in counts), sum(b for _, b in counts)
     out = _nft(netns_path, ["-j", "list", "table", "inet", table], "")
     packets = octets = 0
     for item in json.loads(out).get("nftables", []):
