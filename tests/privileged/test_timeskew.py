@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers.clocktargets import ClockTarget, gettimeofday_skew, monotonic_skew, realtime_skew
+from helpers.clocktargets import ClockTarget, c_argv, gettimeofday_skew, monotonic_skew, realtime_skew
 
+from chaosbus.injector import faults
 from chaosbus.injector.backends import timeskew
 
 HOUR_NS = 3600 * 10**9
@@ -110,3 +111,27 @@ def test_a_skewed_process_refuses_a_second_patch_and_a_gone_one_says_so(targets:
     with pytest.raises(timeskew.TimeSkewError) as gone:
         timeskew.restore(c.pid, patches)
     assert gone.value.gone
+
+
+def test_the_sweeper_restores_a_skew_no_open_entry_owns(targets: list[ClockTarget]) -> None:
+    owned_target = ClockTarget(["unshare", "--net", "--", *c_argv()])  # its own netns, as a pod's
+    targets.append(owned_target)
+    targets.append(ClockTarget.c())  # a bystander in the host's netns, never looked at
+    pid = owned_target.pid
+    base = _skews(owned_target, 1)
+    originals = timeskew.plan(pid)
+    timeskew.inject(pid, -HOUR_NS, REALTIME, 0)
+    orphans = faults.orphans(tags=["time-skew"])["time-skew"]
+    netns = f"/proc/{pid}/ns/net"
+    item = f"{pid}:{timeskew.start_ticks(pid)}"
+    assert orphans.find(netns) == [item]
+    journaled = {"processes": [{"pid": pid, "start": timeskew.start_ticks(pid), "patches": []}]}
+    assert orphans.owned([journaled]) == {item}  # an open entry owns it: the sweeper leaves it
+    orphans.remove(netns, item)
+    assert vdso_is(pid, originals)
+    assert orphans.find(netns) == []
+    _assert_shifted(base, _skews(owned_target, 1), 0)
+
+
+def vdso_is(pid: int, patches: tuple[timeskew.Patch, ...]) -> bool:
+    return all(timeskew.read_bytes(pid, p.address, len(p.original)) == p.original for p in patches)

@@ -134,6 +134,18 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def vdso_base(pid: int) -> int | None:
+    """Where the vDSO is mapped in `pid` (/proc/<pid>/maps); None if gone or without one."""
+    try:
+        with open(f"/proc/{int(pid)}/maps") as f:
+            for line in f:
+                if line.rstrip().endswith("[vdso]"):
+                    return int(line.split("-", 1)[0], 16)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
 def read_bytes(pid: int, address: int, length: int) -> bytes:
     """The bytes at `address` in `pid`, read back from /proc/<pid>/mem."""
     with open(f"/proc/{int(pid)}/mem", "rb", buffering=0) as mem:

@@ -12,6 +12,7 @@ start time), is recovered. Processes started after the apply are not reached (no
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import psutil
@@ -24,6 +25,7 @@ from chaosbus.injector.backends import timeskew
 from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.runtime import ContainerHandle
 
+SCAN_TTL_S = 1.0
 MAX_PROCESSES = 1024  # per target; a container with more is refused rather than stopped for seconds
 log = cblog.get("injector.time-skew")
 
@@ -66,8 +68,84 @@ def _offset(ns: int) -> str:
     return f"{sign}{abs(ns) / 1e9:g}s"
 
 
+class SkewedProcesses:
+    """Processes in a network namespace whose vDSO is patched by timeskew, for the orphan sweeper:
+    a skew no open journal entry owns (its entry lost, or a recovery that could not finish) is
+    restored. Read without stopping anything: the kernel maps one vDSO image into every 64-bit
+    process, so the entries sit at the same offsets from its base as in the injector's own, and the
+    injector's own bytes are the originals. Items are "pid:start".
+    """
+
+    what = "time skew"
+
+    def __init__(self) -> None:
+        self._by_netns: dict[int, list[int]] = {}
+        self._scanned = -1.0
+
+    def _pids_in(self, inode: int) -> list[int]:
+        """The processes in the netns: /proc is scanned once per SCAN_TTL_S however many
+        namespaces a sweep visits (a node with 1,000 pods must not scan it 1,000 times)."""
+        now = time.monotonic()
+        if now - self._scanned > SCAN_TTL_S:
+            by_netns: dict[int, list[int]] = {}
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit():
+                    try:
+                        by_netns.setdefault(os.stat(f"/proc/{entry.name}/ns/net").st_ino, []).append(int(entry.name))
+                    except OSError:
+                        continue  # exited meanwhile, or a kernel thread
+            self._by_netns, self._scanned = by_netns, now
+        return self._by_netns.get(inode, [])
+
+    def _layout(self) -> tuple[list[int], list[bytes]] | None:
+        own = _own_originals()
+        base = timeskew.vdso_base(os.getpid())
+        if own is None or base is None:
+            return None
+        return [p.address - base for p in own], [p.original for p in own]
+
+    def find(self, netns_path: str) -> list[str]:
+        inode = os.stat(netns_path).st_ino
+        layout = self._layout()
+        if layout is None:
+            return []
+        offsets, originals = layout
+        found = []
+        for pid in self._pids_in(inode):
+            try:
+                base = timeskew.vdso_base(pid)
+                start = timeskew.start_ticks(pid)
+                if base is None or start is None:
+                    continue
+                if any(timeskew.looks_patched(timeskew.read_bytes(pid, base + off, len(orig)))
+                       for off, orig in zip(offsets, originals, strict=True)):
+                    found.append(f"{pid}:{start}")
+            except OSError:
+                continue  # exited meanwhile
+        return found
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        return {f"{p['pid']}:{p['start']}" for o in originals for p in o.get("processes", [])}
+
+    def remove(self, netns_path: str, item: str) -> None:
+        pid_text, start_text = item.split(":", 1)
+        pid = int(pid_text)
+        layout = self._layout()
+        base = timeskew.vdso_base(pid)
+        if layout is None or base is None or timeskew.start_ticks(pid) != int(start_text):
+            return  # gone: nothing left to restore
+        offsets, originals = layout
+        patches = [timeskew.Patch(base + off, orig) for off, orig in zip(offsets, originals, strict=True)]
+        try:
+            timeskew.restore(pid, patches)
+        except timeskew.TimeSkewError as e:
+            if not e.gone:
+                raise
+
+
 class TimeSkewFault:
     name = "time-skew"
+    orphans = SkewedProcesses()
 
     def original_state(self, experiment_uid: str, action: TargetAction,
                        containers: list[ContainerHandle]) -> dict[str, Any]:
