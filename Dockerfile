@@ -1,5 +1,16 @@
 # One image for every chaosbus service (deploy/k8s runs `python -m chaosbus.<service>` from it).
 # nftables, iproute2 and util-linux (nsenter) are what the node injector drives; procps gives `ps`.
+
+# native/ (timeskew for TimeChaos, nsexec for running host tools in a target's namespaces), built
+# from source in a stage of its own so the image carries the binaries, not the compiler.
+FROM python:3.11-slim AS native
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make binutils \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY native native
+RUN make -C native
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,6 +31,9 @@ COPY cli cli
 RUN pip install . \
  && cd / && rm -rf /src \
  && python -c "import chaosbus.watcher.kube, chaosbus.recorder.kube, chaosbus.scheduler.app, chaosbus.injector.app"
+
+COPY --from=native /build/native/build/timeskew /build/native/build/skew_payload.bin /build/native/build/nsexec /opt/chaosbus/native/
+ENV CHAOSBUS_NATIVE_DIR=/opt/chaosbus/native
 
 # Non-root by default; only the node injector DaemonSet runs as root (for its capabilities).
 RUN groupadd --system --gid 10001 chaosbus \

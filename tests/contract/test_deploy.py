@@ -410,12 +410,18 @@ def test_other_chaosbus_workloads_run_as_non_root_without_capabilities() -> None
 def test_dockerfile_copies_every_package_source_and_installs_the_tools() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
-    copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) for src in line.split()[:-1]}
+    # From the build context (a COPY --from takes files from a build stage instead).
+    copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) if not line.startswith("--from=")
+              for src in line.split()[:-1]}
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     tops = {d.split("/", 1)[0] for d in package_dirs.values()}
     assert tops | {"pyproject.toml", "README.md"} <= copied
     for tool in ("nftables", "iproute2", "util-linux"):
         assert re.search(rf"apt-get install[^\n]*\b{tool}\b", text), tool
+    # The native helpers are built in a stage and shipped where the injector looks for them.
+    assert re.search(r"^RUN make -C native$", text, re.M) and "ENV CHAOSBUS_NATIVE_DIR=/opt/chaosbus/native" in text
+    for helper in ("timeskew", "skew_payload.bin", "nsexec"):
+        assert re.search(rf"^COPY --from=native [^\n]*/{re.escape(helper)}\b", text, re.M), helper
     [user] = re.findall(r"^USER (\S+)", text, re.M)
     assert not user.startswith(("0", "root"))
     allowed = {ln[1:].rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.startswith("!")}
