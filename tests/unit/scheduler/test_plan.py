@@ -381,3 +381,21 @@ def test_rate_units(text: str, bandwidth: int, tc: int) -> None:
 def test_bad_rates(text: str) -> None:
     with pytest.raises(ValueError):
         plan.bandwidth_rate(text)
+
+
+@pytest.mark.parametrize(("offset", "clocks", "offset_ns", "mask"), [
+    ("-1h", [], -3600 * 10**9, 0b1),  # CLOCK_REALTIME by default, as Chaos Mesh's webhook
+    ("1m30.5s", ["CLOCK_REALTIME", "CLOCK_MONOTONIC"], 90_500_000_000, 0b11),
+    ("-150ms", ["CLOCK_BOOTTIME", "CLOCK_TAI"], -150_000_000, (1 << 7) | (1 << 11)),
+    ("+2us", ["CLOCK_MONOTONIC_COARSE"], 2_000, 1 << 6),
+])
+def test_timechaos_fault_per_container(offset: str, clocks: list[str], offset_ns: int, mask: int) -> None:
+    spec: dict[str, Any] = {"selector": {"labelSelectors": {"app": "side"}}, "containerNames": ["app", "log"],
+                            "timeOffset": offset}
+    if clocks:
+        spec["clockIds"] = clocks
+    o = obj("TimeChaos", **spec)
+    chosen = select(o)
+    assert [s.record_id for s in chosen] == ["default/side-0/app", "default/side-0/log"]
+    assert [plan.fault_for(o, s, chosen) for s in chosen] == [
+        m.TimeSkew(offset_ns=offset_ns, clock_mask=mask, container_names=[c]) for c in ("app", "log")]
