@@ -1,4 +1,4 @@
-"""Finds what chaosbus may leave on a machine: process-pod network namespaces, veths and
+"""Finds what chaosbus may leave on a machine: process-pod network namespaces, cgroups, veths and
 bridges, nftables tables named chaosbus_*, and chaosbus processes. Used by the demo's final
 check and by the test suite's session guard.
 """
@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import psutil
+
+from chaosbus.common import cgroups
 
 NETNS_DIR = Path("/var/run/netns")
 
@@ -52,5 +54,6 @@ def scan(*, bridge: str | None = None, netns_prefix: str = "cbpod-",
     if bridge and os.path.exists(f"/sys/class/net/{bridge}"):
         found.append(f"bridge {bridge}")
     found += [f"nftables {t}" for t in host_nft_tables()]
+    found += [f"cgroup {d}" for d in cgroups.leftovers() if os.path.basename(d).startswith(netns_prefix)]
     found += [f"process {p}" for p in processes()]
     return found

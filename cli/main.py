@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--node", default=None)
     pr.add_argument("--bridge", default=None, help="host bridge (default cb0)")
     pr.add_argument("--subnet", default=None, help="pod subnet, gateway = first address (default 10.213.0.0/16)")
+    pr.add_argument("--host-pid", action="store_true",
+                    help="share the host's PID and mount namespaces (default: the command is PID 1 of its own)")
     pr.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     pl = pod.add_parser("list", help="list process pods")
     _ns(pl)
@@ -227,7 +229,7 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         pod = await with_store(url, lambda s, _b: pods.run(
             s, url, name=args.name, namespace=ns, labels=args.labels, restart=args.restart, node=args.node,
-            argv=argv, bridge=args.bridge, subnet=args.subnet), declare=True)
+            argv=argv, bridge=args.bridge, subnet=args.subnet, pid_namespace=not args.host_pid), declare=True)
         print(f"pod/{args.name} created (ip {pod['status']['podIP']}, "
               f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})")
     elif args.pod_command == "list":

@@ -17,8 +17,14 @@ import msgspec
 
 from chaosbus.cli import ipam, podnet
 from chaosbus.cli.resources import UsageError
-from chaosbus.cli.supervisor import BRIDGE_ANNOTATION, NETNS_ANNOTATION, SUPERVISOR_ANNOTATION, PodSpec
-from chaosbus.common import config, processid
+from chaosbus.cli.supervisor import (
+    BRIDGE_ANNOTATION,
+    CGROUP_ANNOTATION,
+    NETNS_ANNOTATION,
+    SUPERVISOR_ANNOTATION,
+    PodSpec,
+)
+from chaosbus.common import cgroups, config, processid
 from chaosbus.common.store import ObjectStore
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -43,7 +49,7 @@ def pod_log_file(namespace: str, name: str) -> str:
 
 async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels: list[str], restart: str,
               node: str | None, argv: list[str], bridge: str | None = None, subnet: str | None = None,
-              timeout: float = 15.0) -> dict[str, Any]:
+              timeout: float = 15.0, pid_namespace: bool = True) -> dict[str, Any]:
     if not _DNS1123.match(name) or len(name) > 63:
         raise UsageError(f"invalid pod name {name!r}: lower-case letters, digits and '-' only")
     if not argv:
@@ -51,7 +57,7 @@ async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels
     if await store.get("Pod", namespace, name) is not None:
         raise UsageError(f'pod "{name}" already exists in namespace "{namespace}"')
     spec = PodSpec(name=name, namespace=namespace, labels=parse_labels(labels), argv=argv, restart=restart,
-                   node=config.node_name(node), log_file=pod_log_file(namespace, name))
+                   node=config.node_name(node), log_file=pod_log_file(namespace, name), pid_namespace=pid_namespace)
     if bridge:
         spec.bridge = bridge
     if subnet:
@@ -116,6 +122,9 @@ async def _remove(store: ObjectStore, ipam_kv: Any, pod: dict[str, Any], timeout
             _signal(ident.pid, signal.SIGKILL)
     if ann.get(NETNS_ANNOTATION):
         await asyncio.to_thread(podnet.delete_pod_network, ann[NETNS_ANNOTATION])
+    if ann.get(CGROUP_ANNOTATION):  # also kills what is left inside (a command's own children)
+        dirs = tuple(ann[CGROUP_ANNOTATION].split(","))
+        await asyncio.to_thread(cgroups.remove, cgroups.PodCgroup(dirs[0].rstrip("/").rsplit("/", 1)[-1], dirs))
     if (pod.get("status") or {}).get("podIP"):
         await ipam.release(ipam_kv, pod["status"]["podIP"])
     await store.delete("Pod", namespace, name)

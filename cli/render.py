@@ -141,9 +141,16 @@ def pod_rows(pods: list[Obj]) -> str:
         labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
         rows.append([meta.get("namespace", ""), meta.get("name", ""), status.get("phase", ""),
                      status.get("podIP", ""), str(sum(c.get("restartCount", 0) for c in cs)),
-                     (meta.get("annotations") or {}).get("chaosbus.io/netns", ""),
+                     (meta.get("annotations") or {}).get("chaosbus.io/netns", ""), _cgroup_of(meta),
                      ",".join(_pid_of(c.get("containerID", "")) for c in cs), labels or "<none>"])
-    return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "PIDS", "LABELS"])
+    return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "CGROUP", "PIDS", "LABELS"])
+
+
+def _cgroup_of(meta: Obj) -> str:
+    """The pod cgroup's path inside its hierarchies (the same in each), as /proc/<pid>/cgroup shows it."""
+    dirs = str((meta.get("annotations") or {}).get("chaosbus.io/cgroup", ""))
+    first = dirs.split(",")[0]
+    return "/" + "/".join(first.rstrip("/").split("/")[-2:]) if first else "<none>"
 
 
 def schedule_rows(schedules: list[Obj]) -> str:

@@ -1,5 +1,6 @@
-"""The process-pod supervisor, local mode's kubelet for one pod: sets up the pod's netns and
-address, registers the Pod object, runs the command inside the netns, restarts it per
+"""The process-pod supervisor, local mode's kubelet for one pod: sets up the pod's netns, address
+and cgroup, registers the Pod object, runs the command inside them (and, unless the spec says
+otherwise, as PID 1 of its own PID and mount namespaces, as a container would), restarts it per
 restartPolicy (as a Deployment's pod comes back), and on SIGTERM tears everything down.
 
 Run by `chaosbus pod run` as `python -m chaosbus.cli.supervisor --spec JSON` in its own session.
@@ -21,13 +22,14 @@ import msgspec
 
 from chaosbus.cli import ipam, podnet
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, processid, subjects
+from chaosbus.common import cgroups, config, natsauth, podexec, processid, subjects
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
 
 NETNS_ANNOTATION = "chaosbus.io/netns"
 SUPERVISOR_ANNOTATION = "chaosbus.io/supervisor-pid"
 BRIDGE_ANNOTATION = "chaosbus.io/bridge"
+CGROUP_ANNOTATION = "chaosbus.io/cgroup"  # the pod cgroup's directories, comma-separated
 BACKOFF_MAX_S = 10.0
 
 
@@ -42,14 +44,17 @@ class PodSpec(msgspec.Struct, kw_only=True):
     subnet: str = podnet.DEFAULT_SUBNET
     gateway: str = podnet.DEFAULT_GATEWAY
     log_file: str = ""
+    pid_namespace: bool = True  # the command is PID 1 of its own PID and mount namespaces
 
 
-def pod_object(spec: PodSpec, netns: str, ip: str) -> dict[str, Any]:
+def pod_object(spec: PodSpec, netns: str, ip: str, cgroup: cgroups.PodCgroup | None = None) -> dict[str, Any]:
+    ann = {NETNS_ANNOTATION: netns, SUPERVISOR_ANNOTATION: str(os.getpid()), BRIDGE_ANNOTATION: spec.bridge}
+    if cgroup is not None:
+        ann[CGROUP_ANNOTATION] = ",".join(cgroup.dirs)
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels,
-                     "annotations": {NETNS_ANNOTATION: netns, SUPERVISOR_ANNOTATION: str(os.getpid()),
-                                     BRIDGE_ANNOTATION: spec.bridge}},
+                     "annotations": ann},
         "spec": {"nodeName": spec.node, "restartPolicy": spec.restart,
                  "containers": [{"name": spec.name, "command": spec.argv}]},
         "status": {"phase": "Pending", "podIP": ip, "hostIP": "", "containerStatuses": []},
@@ -73,6 +78,7 @@ class Supervisor:
         self.ip = ""
         self.uid = ""
         self.child: subprocess.Popen[bytes] | None = None
+        self.cgroup: cgroups.PodCgroup | None = None
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -81,7 +87,8 @@ class Supervisor:
         prefix = s.subnet.split("/")[1]
         await asyncio.to_thread(podnet.ensure_bridge, s.bridge, f"{s.gateway}/{prefix}")
         await asyncio.to_thread(podnet.create_pod_network, self.netns, s.bridge, f"{self.ip}/{prefix}", s.gateway)
-        created = await self.store.create(pod_object(s, self.netns, self.ip))
+        self.cgroup = await asyncio.to_thread(cgroups.create, self.netns)
+        created = await self.store.create(pod_object(s, self.netns, self.ip, self.cgroup))
         self.uid = str(created["metadata"]["uid"])
 
     async def run(self) -> None:
@@ -89,7 +96,8 @@ class Supervisor:
         while not self.stopping.is_set():
             started = time.monotonic()
             self.child = self._spawn()
-            await self._set_status("Running", container_status(self.spec, self.child.pid, restarts, last_exit))
+            pid = await self._container_pid(self.child)
+            await self._set_status("Running", container_status(self.spec, pid, restarts, last_exit))
             last_exit = await self._wait_child()
             if self.stopping.is_set():
                 break
@@ -107,13 +115,33 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         out: Any = open(self.spec.log_file, "ab") if self.spec.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            return podnet.spawn_in_netns(self.spec.argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
+            argv = podexec.command(self.spec.argv, cgroups=self.cgroup.dirs if self.cgroup else (),
+                                   new_pidns=self.spec.pid_namespace, new_mountns=self.spec.pid_namespace)
+            return podnet.spawn_in_netns(argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          env={**os.environ, processid.POD_UID_ENV: self.uid,
                                               processid.POD_NAMESPACE_ENV: self.spec.namespace})
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
+
+    async def _container_pid(self, child: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+        """The pid of the pod's command: with its own PID namespace, the helper's child (PID 1 inside),
+        so that faults and the container ID name the command itself, not the shim.
+        """
+        if not self.spec.pid_namespace:
+            return child.pid
+        deadline = time.monotonic() + timeout
+        while child.poll() is None and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{child.pid}/task/{child.pid}/children") as f:
+                    kids = f.read().split()
+            except FileNotFoundError:
+                break
+            if kids:
+                return int(kids[0])
+            await asyncio.sleep(0.005)
+        return child.pid
 
     async def _wait_child(self) -> int:
         assert self.child is not None
@@ -135,6 +163,8 @@ class Supervisor:
         with contextlib.suppress(NotFound):
             await self.store.delete("Pod", self.spec.namespace, self.spec.name)
         await asyncio.to_thread(podnet.delete_pod_network, self.netns)
+        if self.cgroup is not None:
+            await asyncio.to_thread(cgroups.remove, self.cgroup)
         if self.ip:
             await ipam.release(self.ipam_kv, self.ip)
 

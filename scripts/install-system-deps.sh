@@ -23,6 +23,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
   || missing+=(build-essential binutils)
 # Prometheus itself, for the test that scrapes a live system with the documented configuration.
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# StressChaos runs its stressors as stress-ng inside the target's cgroup.
+command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2

@@ -137,4 +137,18 @@ class Task(FaultSpec, tag="task", kw_only=True, frozen=True):
     workflow_node_uid: str = ""  # the Pod's ownerReference
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | TimeSkew
+class Stressor(Message, kw_only=True, frozen=True):
+    """One stress-ng process: its arguments without the binary and the `--timeout` the injector adds."""
+
+    name: str  # cpu, memory or stressng, for messages
+    args: list[str]
+    oom_score_adj: int | None = None
+
+
+class Stress(FaultSpec, tag="stress", kw_only=True, frozen=True):
+    """StressChaos on one target: stress-ng processes inside its cgroup and PID namespace."""
+
+    stressors: list[Stressor] = []
+
+
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | TimeSkew | Stress

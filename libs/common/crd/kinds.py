@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from chaosbus.common import faultplan
-from chaosbus.common.crd import cloud, orchestration, podkinds
+from chaosbus.common.crd import cloud, orchestration, podkinds, stresschaos
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -196,7 +196,8 @@ _register_all([
          fault_tags=("partition", "network-shaping"), faults=faultplan.networkchaos),
     Kind("HelloWorldChaos", HelloWorldChaosSpec, "executed", ("hwc",), chaos_mesh=False, embedded_key="helloWorldChaos",
          default=Action(containers=True), fault_tags=("hello-world",), faults=faultplan.helloworldchaos),
-    Kind("StressChaos", podkinds.StressChaosSpec, short_names=("strc",), embedded_key="stressChaos"),
+    Kind("StressChaos", stresschaos.StressChaosSpec, "executed", ("strc",), embedded_key="stressChaos",
+         default=Action(containers=True), fault_tags=("stress",), faults=stresschaos.plan),
     Kind("IOChaos", podkinds.IOChaosSpec, short_names=("ioc",), embedded_key="ioChaos"),
     Kind("TimeChaos", TimeChaosSpec, "executed", ("tmc",), embedded_key="timeChaos", default=Action(containers=True),
          fault_tags=("time-skew",), faults=faultplan.timechaos),

@@ -1,5 +1,5 @@
 """Spec models of the pod-based experiment kinds chaosbus accepts but does not execute yet:
-StressChaos, IOChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
+IOChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
 (field names and types per Chaos Mesh v1alpha1; admission checks are the structural ones).
 """
 
@@ -12,29 +12,6 @@ from chaosbus.common.crd.common import ContainerSelectorBase, PodSelectorBase
 
 class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
     pass
-
-
-class CPUStressor(_S):
-    workers: int
-    load: int | None = None
-    options: list[str] = []
-
-
-class MemoryStressor(_S):
-    workers: int = 0
-    size: str = ""
-    oom_score_adj: int = 0
-    options: list[str] = []
-
-
-class Stressors(_S):
-    cpu: CPUStressor | None = None
-    memory: MemoryStressor | None = None
-
-
-class StressChaosSpec(ContainerSelectorBase, kw_only=True):
-    stressors: Stressors | None = None
-    stressng_stressors: str = msgspec.field(default="", name="stressngStressors")
 
 
 class Timespec(_S):

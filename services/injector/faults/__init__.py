@@ -176,6 +176,7 @@ from chaosbus.injector.faults import (  # noqa: E402
     partition,
     pod_kill,
     shaping,
+    stress,
     task,
     time_skew,
 )
@@ -184,5 +185,5 @@ __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
     "get",
     "hello_world", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
-    "spec_tag", "task", "time_skew",
+    "spec_tag", "stress", "task", "time_skew",
 ]
