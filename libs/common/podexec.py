@@ -77,9 +77,9 @@ def _setup(opts: dict[str, list[str]]) -> None:
         try:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(value)
-        except PermissionError as e:
-            raise OSError(e.errno, f"oom_score_adj {value} refused by the kernel (lowering it needs "
-                                   "CAP_SYS_RESOURCE)") from None
+        except OSError as e:
+            hint = " (lowering it needs CAP_SYS_RESOURCE)" if isinstance(e, PermissionError) else ""
+            raise OSError(e.errno, f"oom_score_adj {value} refused by the kernel: {e.strerror}{hint}") from None
     for path in opts.get("--pidns", []):
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:

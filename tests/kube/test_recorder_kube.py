@@ -171,15 +171,15 @@ async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: K
     from chaosbus.common.crd import NOT_EXECUTED
 
     create_examples(kube)
-    stress = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/stresschaos/burn-cpu")
-    assert stress is not None and stress["spec"]["stressors"]["cpu"]["load"] == 80  # stored unchanged
-    assert "StressChaos" in NOT_EXECUTED
+    stress = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/iochaos/io-delay-example")
+    assert stress is not None and stress["spec"]["delay"] == "100ms"  # stored unchanged
+    assert "IOChaos" in NOT_EXECUTED
     import msgspec
 
-    await recorder.on_object(m.ObjectEvent(type="ADDED", kind="StressChaos", namespace=kube.namespace,
-                                           name="burn-cpu", uid=stress["metadata"]["uid"],
+    await recorder.on_object(m.ObjectEvent(type="ADDED", kind="IOChaos", namespace=kube.namespace,
+                                           name="io-delay-example", uid=stress["metadata"]["uid"],
                                            object=msgspec.Raw(msgspec.json.encode(stress))))
-    marked = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/stresschaos/burn-cpu")
+    marked = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/iochaos/io-delay-example")
     assert marked is not None and "finalizers" not in marked["metadata"]
     [condition] = marked["status"]["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == ("Supported", "False", "NotSupported")

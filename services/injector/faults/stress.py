@@ -35,13 +35,8 @@ class StressFault:
     name = "stress"
     one_shot = False
 
-    def __init__(self) -> None:
-        self._started: list[subprocess.Popen[bytes]] = []  # reaped as they end
-        self._lock = threading.Lock()
-
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         assert isinstance(spec, Stress)
-        self._reap()
         live = ctx.alive()
         if not live:
             raise FaultError("target gone: no live container to stress", retryable=False)
@@ -91,8 +86,8 @@ class StressFault:
             os.close(r)
             if w >= 0:
                 os.close(w)
-        with self._lock:
-            self._started.append(proc)
+        # Reaped by a waiting thread whenever it ends (its deadline, a recover, the sweeper).
+        threading.Thread(target=proc.wait, name=f"reap-stress-{proc.pid}", daemon=True).start()
         if message:
             proc.wait(5)
             raise FaultError(f"{name} stressor not started: {message}", retryable=False)
@@ -100,12 +95,7 @@ class StressFault:
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         killed = sum(procs.kill_tree(p) for p in marked(_key(ctx)))
-        self._reap()
         return f"stress-ng stopped ({killed} processes killed)" if killed else "no stressor left running"
-
-    def _reap(self) -> None:
-        with self._lock:
-            self._started = [p for p in self._started if p.poll() is None]
 
 
 def _key(ctx: FaultContext) -> str:

@@ -280,8 +280,8 @@ def test_invalid_schedule_gets_a_status_condition_naming_the_field_and_never_fir
 
 
 def test_children_of_a_kind_not_executed_are_created_and_count_as_finished() -> None:
-    stress = {"mode": "all", "selector": {}, "stressors": {"cpu": {"workers": 1}}}
-    world = start(schedule_obj("@every 2s", kind="StressChaos", embedded=stress, historyLimit=1))
+    kernel = {"mode": "all", "selector": {}}
+    world = start(schedule_obj("@every 2s", kind="KernelChaos", embedded=kernel, historyLimit=1))
     world.run(T0, T0 + 6.5)
     assert len(world.created) == 3 and world.children() == world.created[-1:]
 
