@@ -2,14 +2,16 @@
 the cgroup's CPU and memory accounting, not from other processes' rates), ends at recovery, at the
 deadline, and while paused.
 
-CPU tolerance: `workers: 2, load: 50` asks for one core in total. stress-ng's load is a share of
-wall-clock time, so on this shared 2-core machine the stressors get less when other work competes:
-the test accepts 0.25 to 1.3 cores over 3 s, and an idle pod (the demo server) stays under 0.1.
+CPU tolerance: `workers: 2, load: 50` asks for one core in total (measured 0.45 to 1.0 at load
+averages 3 to 6 on the shared 2-core machine). stress-ng's load is a share of wall-clock time, so
+the stressors get less when other work competes (0.13 cores at load average 14): the test accepts
+0.08 to 1.3 cores over 3 s, and at least five times what the idle pod used before.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -18,6 +20,15 @@ from helpers.live import System, eventually
 from chaosbus.common import cgroups
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(autouse=True)
+def cleanup(system: System) -> Iterator[None]:
+    """A failed test must not leave its stressors loading the pods the next tests measure."""
+    yield
+    for name in ("burn", "hog", "raw", "paused"):
+        system.cli("delete", "stresschaos", name, check=False)
+    system.cli("delete", "workflow", "stress-wf", check=False)
 
 
 def chaos(name: str, spec: dict[str, object], kind: str = "StressChaos") -> str:
@@ -80,7 +91,7 @@ def test_cpu_stress_loads_the_pod_cgroup_and_stops_at_recovery(system: System) -
     assert rec["id"] == "default/peer-1/peer-1"
     assert stressors_in(dirs), "no stress-ng process in the pod's cgroup"
     busy = cores(dirs)
-    assert 0.25 <= busy <= 1.3, f"{busy:.2f} cores"
+    assert max(0.08, 5 * idle) <= busy <= 1.3, f"{busy:.2f} cores (idle {idle:.3f})"
     assert cores(pod_cgroup(system, 0), 1.0) < 0.1  # the other pods are not stressed
     system.cli("delete", "stresschaos", "burn")
     eventually(lambda: not stressors_in(dirs), timeout=10)
@@ -95,7 +106,7 @@ def test_memory_stress_holds_the_size_in_the_pod_cgroup_and_releases_it(system: 
         "stressors": {"memory": {"workers": 1, "size": "256MB"}}}))
     injected(system, "hog")
     grown = eventually(lambda: cgroups.memory_bytes(dirs) - base > 230e6 and cgroups.memory_bytes(dirs) - base,
-                       timeout=15)
+                       timeout=30)
     assert grown < 320e6, f"{grown / 1e6:.0f} MB"
     system.cli("delete", "stresschaos", "hog")
     eventually(lambda: cgroups.memory_bytes(dirs) - base < 40e6, timeout=10)
@@ -105,15 +116,14 @@ def test_memory_stress_holds_the_size_in_the_pod_cgroup_and_releases_it(system: 
 def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System) -> None:
     dirs = pod_cgroup(system, 3)
     system.cli("apply", "-f", "-", stdin=chaos("raw", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "3"}}, "duration": "4s",
+        "mode": "one", "selector": {"labelSelectors": {"index": "3"}}, "duration": "8s",
         "stressngStressors": "--cpu 1 --cpu-load 30"}))
     injected(system, "raw")
-    pids = stressors_in(dirs)
-    assert pids
+    pids = eventually(lambda: stressors_in(dirs))
     with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert argv[1:5] == [b"--cpu", b"1", b"--cpu-load", b"30"] and b"--timeout" in argv
-    eventually(lambda: not stressors_in(dirs), timeout=12)  # over: stopped without a delete
+    eventually(lambda: not stressors_in(dirs), timeout=20)  # over: stopped without a delete
     eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "raw")), timeout=10)  # type: ignore[call-overload]
     system.cli("delete", "stresschaos", "raw")
 

@@ -6,6 +6,7 @@ that started them is killed with SIGKILL, and a refused oom_score_adj fails the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,7 +91,7 @@ def test_stressors_join_the_target_and_end_at_the_deadline_after_the_injector_is
     try:
         assert injector.stdout is not None
         line = injector.stdout.readline()
-        assert "stress-ng cpu running for 4s" in line, line
+        assert re.search(r"stress-ng cpu running for [1-4]s", line), line  # the time left when it started
         [stress] = stressors(key)
         assert stress in cgroups.procs(cg.dirs[0])
         assert os.stat(f"/proc/{stress}/ns/pid").st_ino == os.stat(f"/proc/{pid}/ns/pid").st_ino
