@@ -44,13 +44,17 @@ pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 @pytest.fixture
 def distroless() -> Iterator[int]:
     """The pid (as the host sees it) of a process in its own PID and mount namespaces, without ps."""
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--mount", "--mount-proc", "--", sys.executable,
+    # --kill-child: the target (its PID namespace's init) dies with unshare, whatever kills unshare.
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--",
+                              sys.executable,
                               "-c", TARGET], stdout=subprocess.PIPE, text=True)
     try:
         assert outer.stdout is not None and outer.stdout.readline().strip() == "ready"
         children = subprocess.run(["pgrep", "-f", "distroless-target", "-P", str(outer.pid)], capture_output=True,
                                   text=True, check=True).stdout.split()
-        yield int(children[0])
+        inner = int(children[0])
+        yield inner
+        os.kill(inner, 9)
     finally:
         outer.kill()
         outer.wait()
