@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from chaosbus.cli import leftovers
-from chaosbus.common import natsauth, netns, processid
+from chaosbus.common import cgroups, natsauth, netns, processid
 
 # Per-run names, so two test runs on one machine (developers in parallel) never share a bridge.
 BRIDGE, SUBNET = f"cbte{os.getpid() % 10000}", f"10.216.{os.getpid() % 250}.0/24"
@@ -123,6 +124,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     state = tmp_path_factory.mktemp("chaosbus-state")
     env = {**os.environ, "CHAOSBUS_STATE_DIR": str(state), "CHAOSBUS_NODE": "node-e2e"}
     env.pop("CHAOSBUS_NATS_URL", None)
+    own_netns: list[str] = []
     up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -139,6 +141,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             sysm.pods.append(_pod(sysm, f"peer-{i}"))
         eventually(lambda: not sysm.blocked(), timeout=10)
         yield sysm
+        own_netns = _pod_netns_names(sysm)
         sysm.cli("pod", "rm", "--all", check=False)
     finally:
         up.terminate()
@@ -146,9 +149,35 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
             up.wait(20)
         except subprocess.TimeoutExpired:
             up.kill()
-    if os.environ.get("CHAOSBUS_SKIP_LEFTOVER_GUARD") != "1":  # shared machine: others' pods would show
-        left = leftovers.scan(bridge=BRIDGE)
-        assert not left, f"left behind: {left}"
+    # Only what this system made: other pytest-xdist workers run live systems of their own at the
+    # same moment. The session guard in tests/conftest.py looks at everything once all are done.
+    left = [f"netns {n}" for n in own_netns if os.path.exists(leftovers.NETNS_DIR / n)]
+    left += [f"bridge {BRIDGE}"] if os.path.exists(f"/sys/class/net/{BRIDGE}") else []
+    left += [f"cgroup {d}" for d in cgroups.leftovers() if os.path.basename(d) in own_netns]
+    left += [f"process {p}" for p in _processes_of(state)]
+    assert not left, f"left behind: {left}"
+
+
+def _pod_netns_names(system: System) -> list[str]:
+    done = system.cli("pod", "list", "-A", "-o", "json", check=False)
+    try:
+        pods = json.loads(done.stdout) if done.returncode == 0 else []
+    except json.JSONDecodeError:
+        pods = []
+    return [p["metadata"]["annotations"]["chaosbus.io/netns"] for p in pods
+            if "chaosbus.io/netns" in p.get("metadata", {}).get("annotations", {})]
+
+
+def _processes_of(state: Path) -> list[str]:
+    """Processes started for the system whose state dir is `state` (they inherit its environment)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get("CHAOSBUS_STATE_DIR") == str(state):
+                found.append(f"pid {proc.pid}: {' '.join(proc.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
 
 
 def _pod(system: System, name: str) -> Pod:
