@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nats.errors import NoRespondersError
+
 from bench import kernel
 from chaosbus.common import bus as busmod
 from chaosbus.injector.backends import nft
@@ -27,8 +29,18 @@ async def nats_request_reply(url: str, runs: int) -> list[float]:
         await responder.nc.subscribe("bench.floor", cb=reply)
         await responder.nc.flush()
         payload = b"x" * 64
-        for _ in range(10):  # warm up
-            await requester.nc.request("bench.floor", payload, timeout=2)
+        # Warm up. The responder's interest can reach the requester's side of the server a moment
+        # after its flush (seen now and then with authorization on): wait for it instead of failing.
+        ready_by = time.monotonic() + 5.0
+        warm = 0
+        while warm < 10:
+            try:
+                await requester.nc.request("bench.floor", payload, timeout=2)
+                warm += 1
+            except NoRespondersError:
+                if time.monotonic() > ready_by:
+                    raise
+                await asyncio.sleep(0.05)
         out = []
         for _ in range(runs):
             t = time.perf_counter()
