@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.signing import write_keys
 from kube.conftest import KubeEnv
 from kube.node import BUSYBOX_IMAGE, PAUSE_IMAGE, Node
 
@@ -80,7 +81,7 @@ def cluster(kube: KubeEnv, real_node: Node, tmp_path: Path) -> Iterator[Cluster]
     logs.mkdir()
     c = Cluster(kube, real_node, logs, server.url)
     env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace,
-           "POD_FAILURE_PAUSE_IMAGE": PAUSE_IMAGE}
+           "POD_FAILURE_PAUSE_IMAGE": PAUSE_IMAGE, "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys"))}
     kc = str(kube.kubeconfig)
     argv = {"watcher": ["watcher", "--kubeconfig", kc], "recorder": ["recorder", "--kubeconfig", kc],
             "scheduler": ["scheduler", "--cluster-injector"],
@@ -170,7 +171,8 @@ def start_node_injector(c: Cluster, tmp_path: Path) -> None:
         [sys.executable, "-m", "chaosbus.injector", "--nats", c.nats_url, "--metrics-port", "0", "--node",
          c.node.name, "--mode", "cluster", "--containerd-socket", str(c.node.socket),
          "--journal", str(tmp_path / "node-journal.db")],
-        env={**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": c.ns},
+        env={**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": c.ns,
+             "CHAOSBUS_KEYS_DIR": str(tmp_path / "keys")},  # written by the `cluster` fixture
         stdout=(c.logs / "node-injector.log").open("w"), stderr=subprocess.STDOUT)
     c.kube.client.wait_for(lambda: "injector ready" in (c.logs / "node-injector.log").read_text(), timeout=60,
                            what="node injector ready")
