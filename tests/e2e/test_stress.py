@@ -134,7 +134,7 @@ def test_pause_stops_the_stressors_and_resume_starts_them_again(system: System) 
         "mode": "one", "selector": {"labelSelectors": {"index": "0"}}, "duration": "60s",
         "stressors": {"cpu": {"workers": 1, "load": 20}}}))
     injected(system, "paused")
-    first = eventually(lambda: stressors_in(dirs))
+    first = eventually(lambda: stressors_in(dirs), timeout=20)  # four test workers share two cores in CI
     system.cli("annotate", "stresschaos", "paused", "experiment.chaos-mesh.org/pause=true")
     eventually(lambda: not stressors_in(dirs), timeout=10)
     system.cli("annotate", "stresschaos", "paused", "experiment.chaos-mesh.org/pause-")
