@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 import yaml
-from helpers.live import BRIDGE, SUBNET, System, eventually
+from helpers.live import BRIDGE, NODE, SUBNET, System, eventually
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -86,7 +86,7 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
     signer = signing.Signer.from_file(system.state / "keys" / "scheduler.key")
     uid = f"forged-{time.monotonic_ns()}"
     cmd = m.NodeCommand(command_id=f"{uid}.1", experiment_uid=uid, generation=1, kind="PodChaos",
-                        namespace="team-a", name="forged", node="node-e2e", issued_at=time.time(), actions=[action])
+                        namespace="team-a", name="forged", node=NODE, issued_at=time.time(), actions=[action])
 
     async def send() -> m.TargetResult:
         # NATS refuses commands from anyone but the scheduler (test_auth.py); the forger here holds
@@ -94,7 +94,7 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
         bus = await busmod.connect(system.url, "e2e-forger", auth=system.auth(natsauth.ADMIN))
         try:
             sub = await bus.nc.subscribe(subjects.result_subject(uid))
-            await bus.publish(subjects.command_subject("node-e2e"), cmd, msg_id=cmd.command_id,
+            await bus.publish(subjects.command_subject(NODE), cmd, msg_id=cmd.command_id,
                               seal=lambda subject, data: signer.seal(subject, data, ttl_s=60.0))
             msg = await sub.next_msg(timeout=10)
             batch = busmod.decode(msg.data, m.ResultBatch)

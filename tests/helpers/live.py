@@ -25,6 +25,9 @@ from chaosbus.common import cgroups, natsauth, netns, processid
 
 # Per-run names, so two test runs on one machine (developers in parallel) never share a bridge.
 BRIDGE, SUBNET = f"cbte{os.getpid() % 10000}", f"10.216.{os.getpid() % 250}.0/24"
+# Per run too: injectors sweep orphans by node name (stressors, skewed clocks), so two live
+# systems under one name (pytest-xdist workers) would each sweep the other's faults.
+NODE = f"node-e2e-{os.getpid() % 10000}"
 PEERS = 4
 
 
@@ -122,7 +125,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     if reason:
         pytest.skip(reason)
     state = tmp_path_factory.mktemp("chaosbus-state")
-    env = {**os.environ, "CHAOSBUS_STATE_DIR": str(state), "CHAOSBUS_NODE": "node-e2e"}
+    env = {**os.environ, "CHAOSBUS_STATE_DIR": str(state), "CHAOSBUS_NODE": NODE}
     env.pop("CHAOSBUS_NATS_URL", None)
     own_netns: list[str] = []
     up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
