@@ -44,7 +44,8 @@ BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 DEFAULT_COMMAND = (sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", "netem",
                    "tests/privileged/test_netem_traffic.py", "tests/privileged/test_shaping_compose.py")
 
-# PID 1 of the initramfs: load the modules, mount the host's root, lay writable layers over it and
+# PID 1 of the initramfs: load the modules, mount the host's root, lay writable layers over it (an
+# overlay on /tmp too, not an empty tmpfs: a checkout under /tmp must stay visible to the guest) and
 # switch to it, so the kernel's own module loader (request_module -> /sbin/modprobe) finds the
 # host's /lib/modules when the injector asks for a qdisc that is not loaded yet.
 INIT = r"""#!/bin/busybox sh
@@ -54,13 +55,12 @@ mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 for m in /modules/*.ko; do insmod "$m" || echo "kernel lane: insmod $m failed"; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose host /host || exec sh
-mount -t tmpfs -o size=64m layers /host/tmp
-for d in etc var root; do
-  mkdir -p /host/tmp/.layers/$d/up /host/tmp/.layers/$d/work
-  mount -t overlay -o lowerdir=/host/$d,upperdir=/host/tmp/.layers/$d/up,workdir=/host/tmp/.layers/$d/work \
+mount -t tmpfs -o size=160m,mode=755 run /host/run
+for d in tmp etc var root; do
+  mkdir -p /host/run/.layers/$d/up /host/run/.layers/$d/work
+  mount -t overlay -o lowerdir=/host/$d,upperdir=/host/run/.layers/$d/up,workdir=/host/run/.layers/$d/work \
     overlay /host/$d || mount -t tmpfs -o size=32m $d /host/$d
 done
-mount -t tmpfs -o size=16m,mode=755 run /host/run
 mkdir -p /host/tmp/lane
 mount -t 9p -o trans=virtio,version=9p2000.L lane /host/tmp/lane || exec sh
 mount --move /dev /host/dev
