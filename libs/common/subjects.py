@@ -118,6 +118,7 @@ WRITES = Stream(
     purpose="objects the scheduler decides (Schedule children, orchestration status), written by the recorder",
 )
 STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS, WRITES)
+OBJECT_EVENTS = OBJECTS.subjects[0]  # every object event: what the scheduler and recorder replay
 
 OBJECT_STORE = Bucket(
     name="objects",

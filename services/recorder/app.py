@@ -273,10 +273,11 @@ async def main(args: argparse.Namespace) -> None:
         rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
         log.info("recorder ready", nats=args.nats, metrics_port=port)
         await service.run_forever(
-            bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
+            bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
             rec.sweep_events(),
-            bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
+            bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
                         m.ExperimentDecision),
-            bus.consume_batches(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_result_batches, m.ResultBatch),
-            bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite),
+            bus.consume_batches(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_result_batches,
+                                m.ResultBatch),
+            bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write, m.ObjectWrite),
         )

@@ -221,9 +221,10 @@ async def main(args: argparse.Namespace) -> None:
                                max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
             log.info("recorder ready (Kubernetes API)", nats=args.nats, metrics_port=port)
             await service.run_forever(
-                bus.replay_and_follow("chaos.obj.>", rec.on_object, m.ObjectEvent),
-                bus.consume(subjects.DECISIONS, "recorder-phase", "chaos.phase.*", rec.on_decision,
+                bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent),
+                bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
                             m.ExperimentDecision),
-                bus.consume(subjects.RESULTS, "recorder", "chaos.result.*", rec.on_results, m.ResultBatch),
-                bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite),
+                bus.consume(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_results, m.ResultBatch),
+                bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write,
+                            m.ObjectWrite),
             )

@@ -203,7 +203,7 @@ class Scheduler:
         """Replay every object, then drop memories of objects that are gone, then follow changes."""
         caught_up = asyncio.Event()
         follow = asyncio.ensure_future(self.bus.replay_and_follow(
-            "chaos.obj.>", self.on_object, m.ObjectEvent, caught_up))
+            subjects.OBJECT_EVENTS, self.on_object, m.ObjectEvent, caught_up))
         try:
             await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())],
                                return_when=asyncio.FIRST_COMPLETED)
@@ -218,7 +218,7 @@ class Scheduler:
 
     async def consume_results(self) -> None:
         await self.replayed.wait()  # a result must find its experiment: only after the replay
-        await self.bus.consume(subjects.RESULTS, "scheduler-results", "chaos.result.*", self.on_results,
+        await self.bus.consume(subjects.RESULTS, "scheduler-results", subjects.RESULTS.subjects[0], self.on_results,
                                m.ResultBatch)
 
     async def follow_targets(self, ready: asyncio.Event) -> None:

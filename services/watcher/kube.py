@@ -212,7 +212,7 @@ async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherM
     """
     for kind in WATCHED_KINDS:
         await watcher.synced.setdefault(kind, asyncio.Event()).wait()
-    last = await bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent)
+    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_EVENTS, m.ObjectEvent)
     async with watcher.lock:  # the reflectors may be feeding the core right now
         live = set(watcher.core.core.seen)
         gone = [e for e in last if e.type != "DELETED"

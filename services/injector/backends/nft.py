@@ -20,6 +20,7 @@ of every table, by destination or by source, so no partition can cut them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ipaddress
 import json
 import math
@@ -29,7 +30,7 @@ import shutil
 import subprocess
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -274,11 +275,8 @@ def table_counters(netns_path: str, table: str) -> tuple[int, int]:
     ctxs = contexts()
     if ctxs is not None and os.path.exists(netns_path):
         try:
-            text = ctxs.list_table(netns_path, table)
-        except (libnft.NetnsGone, FileNotFoundError) as e:
-            raise NetnsGone(f"network namespace {netns_path} is gone") from e
-        except libnft.TransactionFailed as e:
-            raise NftError(f"nft failed in {netns_path}: {e}") from e
+            with _libnft_errors(netns_path):
+                text = ctxs.list_table(netns_path, table)
         except libnft.Unavailable:
             pass  # spawn instead
         else:
@@ -338,21 +336,29 @@ def contexts() -> libnft.NftContexts | None:
         return _contexts
 
 
+@contextlib.contextmanager
+def _libnft_errors(netns_path: str) -> Iterator[None]:
+    """libnftables' failures as this module's: a vanished netns is NetnsGone, a refusal NftError."""
+    try:
+        yield
+    except (libnft.NetnsGone, FileNotFoundError) as e:
+        raise NetnsGone(f"network namespace {netns_path} is gone") from e
+    except libnft.TransactionFailed as e:
+        raise NftError(f"nft failed in {netns_path}: {e}") from e
+
+
 def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> None:
     if not os.path.exists(netns_path):
         raise NetnsGone(f"network namespace {netns_path} is gone")
     ctxs = contexts()
     if ctxs is not None:
         try:
-            if keep:
-                ctxs.apply(netns_path, table, script)
-            else:
-                ctxs.delete(netns_path, table)
+            with _libnft_errors(netns_path):
+                if keep:
+                    ctxs.apply(netns_path, table, script)
+                else:
+                    ctxs.delete(netns_path, table)
             return
-        except (libnft.NetnsGone, FileNotFoundError) as e:
-            raise NetnsGone(f"network namespace {netns_path} is gone") from e
-        except libnft.TransactionFailed as e:
-            raise NftError(f"nft failed in {netns_path}: {e}") from e
         except libnft.Unavailable:
             pass  # spawn instead
     if keep:  # `add` makes `delete` safe when the table is absent; all three commit as one transaction
