@@ -183,6 +183,7 @@ class Recorder:
                     return
                 except Conflict:
                     continue
+        log.warning("event not recorded: its object's Event kept changing", reason=event.reason, event=name)
 
     async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """An object is gone: so are its Events (Kubernetes lets them expire instead)."""
@@ -214,30 +215,37 @@ class Recorder:
                          "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")}}
                 await self.record_event(owner, event)
 
+    def _seen_event_write(self, write_id: str) -> None:
+        self.seen_event_writes[write_id] = None
+        while len(self.seen_event_writes) > SEEN_EVENT_WRITES:
+            self.seen_event_writes.popitem(last=False)
+
     async def _carry_out(self, w: m.ObjectWrite) -> str:
         if w.op == "event":
             event = writes.event_of(w)
             if w.write_id in self.seen_event_writes:
                 return "event already recorded"
             await self.record_event(writes.involved(w), event)
-            self.seen_event_writes[w.write_id] = None
-            while len(self.seen_event_writes) > SEEN_EVENT_WRITES:
-                self.seen_event_writes.popitem(last=False)
+            self._seen_event_write(w.write_id)
             return "event recorded"
         if w.op == "create":
             wanted = writes.wanted_object(w)
             try:
                 await self.store.create(wanted)
-                if w.reason == "Spawned":
-                    await self._spawned(w)
-                return "created"
+                outcome = "created"
             except Conflict:
                 existing = await self.store.get(w.kind, w.namespace, w.name)
                 if existing is None:
                     raise  # it vanished meanwhile: redelivered, created next time
                 if not writes.same_object(existing, wanted):
                     raise ValueError(f"{w.kind}/{w.namespace}/{w.name} already exists and is not this child") from None
-                return "already there"
+                outcome = "already there"
+            # Also on a redelivered create: the first delivery may have created the child and then
+            # failed (or lost its ack) before the owner's Event was written.
+            if w.reason == "Spawned" and w.write_id not in self.seen_event_writes:
+                await self._spawned(w)
+                self._seen_event_write(w.write_id)
+            return outcome
         if w.op == "delete":
             return "delete: " + await self.store.delete(w.kind, w.namespace, w.name, uid=w.uid)
         change = writes.status_change if w.op == "status" else writes.annotation_change

@@ -67,9 +67,13 @@ def test_every_2s_forbid_fires_on_time_never_overlaps_trims_and_cleans_up(system
 
     status = eventually(lambda: (system.get("schedule", "sched-part") or {}).get("status"))
     assert status.get("time") and 1 <= len(status.get("active") or []) <= 3
-    described = system.cli("describe", "schedule", "sched-part").stdout  # Events kept by the local recorder
-    spawned = [ln for ln in described.split("Events:", 1)[1].splitlines() if ln.split()[:2] == ["Normal", "Spawned"]]
-    assert len(spawned) == 1 and "(x" in spawned[0] and "Create new object: sched-part-" in spawned[0], described
+
+    def spawned_lines() -> list[str]:  # Events kept by the local recorder, which may lag under load
+        described = system.cli("describe", "schedule", "sched-part").stdout
+        return [ln for ln in described.split("Events:", 1)[1].splitlines() if ln.split()[:2] == ["Normal", "Spawned"]]
+
+    spawned = eventually(lambda: (lines := spawned_lines()) and "(x" in lines[0] and lines, timeout=10)
+    assert len(spawned) == 1 and "Create new object: sched-part-" in spawned[0], spawned
 
     system.cli("delete", "schedule", "sched-part")
     eventually(lambda: children(system, "sched-part") == [], timeout=15)

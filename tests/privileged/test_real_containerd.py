@@ -62,8 +62,16 @@ def pod(ctd: realctd.Containerd, request: pytest.FixtureRequest) -> Iterator[str
 def test_a_real_containerd_container_resolves_to_its_process(pod: str) -> None:
     handle = runtime.resolve(f"containerd://{pod}")
     assert handle.alive and handle.pid > 1
-    with open(f"/proc/{handle.pid}/cmdline", "rb") as f:
-        assert f.read().split(b"\0")[:2] == [b"/bin/sleep", b"600"]
+    # runc's StartContainer returns once init is told to exec, so the exec may still be under way:
+    # the command line is empty until the new image is in place.
+    deadline = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{handle.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")[:2]
+        if argv != [b""] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert argv == [b"/bin/sleep", b"600"]
     assert netns_inode(handle.netns_path) == netns_inode(f"/proc/{handle.pid}/ns/net")
     assert runtime.resolve(f"cri-o://{pod}").pid == handle.pid  # same CRI, either scheme
 
