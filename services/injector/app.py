@@ -25,7 +25,7 @@ from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import authorize, core, drops, faults, podpolicy, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
-from chaosbus.injector.gate import Gate, HaltIn, Ticket
+from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
 from chaosbus.injector.journal import Journal, OutboxRow
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
@@ -56,7 +56,8 @@ class Edge:
         self.node, self.name, self.metrics = node, name, metrics
         reg = metrics.registry
         self.gate = Gate(trust, reg, clock=node.clock)
-        self.gate.load(node.journal.signed(node.clock()))
+        self.gate.load(node.journal.signed(node.clock()),
+                       [LeaseMark(kid, subject, seq) for kid, subject, seq in node.journal.leases()])
         self._tickets: dict[str, Ticket] = {}  # command id -> its signature's ticket, while it runs
         self._kv_revision = 0  # the last revision of the KV key looked at (each is judged once)
         self.recoveries = Counter("chaosbus_injector_node_recoveries_total",
@@ -108,8 +109,13 @@ class Edge:
             await asyncio.sleep(0.2)
 
     async def _on_lease(self, msg: Msg) -> None:
-        lease = self.gate.lease(msg.data, msg.subject)
-        if lease is not None and subjects.token(lease.node) == subjects.token(self.name):
+        got = self.gate.lease(msg.data, msg.subject)
+        if got is None:
+            return
+        lease, mark = got
+        if mark is not None:  # before it is honoured: a restart must refuse it again
+            await self.node.run_in_thread(self.node.journal.remember_lease, mark.kid, mark.subject, mark.seq)
+        if subjects.token(lease.node) == subjects.token(self.name):
             await self.node.on_lease(lease)
 
     async def _on_halt(self, msg: Msg) -> None:

@@ -9,7 +9,7 @@ costs) decodes plain messages and checks nothing but the lease bound.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -45,6 +45,15 @@ class Ticket:
     exp: float
 
 
+@dataclass(frozen=True)
+class LeaseMark:
+    """The newest lease accepted from a signer on a subject: anything not after it is a replay."""
+
+    kid: str
+    subject: str
+    seq: int
+
+
 class Gate:
     def __init__(self, trust: signing.Trust | None, registry: CollectorRegistry, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -58,10 +67,15 @@ class Gate:
             for reason in signing.REASONS:
                 self.refused.labels(what, reason)
 
-    def load(self, executed: list[tuple[str, int, float]]) -> None:
-        """Signed commands the journal says were executed (a restart must refuse their replays)."""
+    def load(self, executed: Iterable[tuple[str, int, float]], leases: Iterable[LeaseMark] = ()) -> None:
+        """What the journal says was accepted before: signed commands executed, and the newest
+        lease per (signer, subject). A restart must refuse a replay of either.
+        """
         for kid, seq, exp in executed:
             self.replays.mark(kid, seq, exp)
+        for mark in leases:
+            key = (mark.kid, mark.subject)
+            self.replays.highest[key] = max(mark.seq, self.replays.highest.get(key, 0))
 
     def refuse(self, what: What, subject: str, err: signing.Refused) -> None:
         self.refused.labels(what, err.reason).inc()
@@ -101,16 +115,22 @@ class Gate:
 
     # --- leases and the kill switch ---------------------------------------------------------------
 
-    def lease(self, data: bytes, subject: str) -> m.NodeLease | None:
+    def lease(self, data: bytes, subject: str) -> tuple[m.NodeLease, LeaseMark | None] | None:
+        """The lease if it may be honoured, with its mark (signer, subject, sequence) for the
+        journal, so that a restarted injector still refuses it and anything older (None: unsigned
+        mode); None if it was refused or is malformed.
+        """
         if self.trust is None:
-            return _decoded(data, m.NodeLease, subject)
+            plain = _decoded(data, m.NodeLease, subject)
+            return None if plain is None else (plain, None)
         try:
             opened = self.trust.open(data, aud=subject, role="scheduler", now=self.clock())
             self.replays.check_newer(opened, subject)
         except signing.Refused as e:
             self.refuse("lease", subject, e)
             return None
-        return _decoded(opened.payload, m.NodeLease, subject)
+        lease = _decoded(opened.payload, m.NodeLease, subject)
+        return None if lease is None else (lease, LeaseMark(opened.kid, subject, opened.claims.seq))
 
     def halt(self, data: bytes, subject: str, *, revision: int | None) -> HaltIn | None:
         """A kill-switch state with its signer's sequence. `revision`: the KV entry's, for the

@@ -15,6 +15,8 @@ Tables:
             experiments exempt from the lease.
   signed    (signer key id, sequence, expiry) of every signed command executed, until it
             expires: a restarted injector refuses a replay of one.
+  leases    (signer key id, subject) -> the sequence of the newest lease accepted: a restarted
+            injector refuses that lease and older ones.
   netns     every network namespace this node ever touched: the orphan sweeper's scope.
 """
 
@@ -56,6 +58,8 @@ CREATE TABLE IF NOT EXISTS outbox_aside (seq INTEGER PRIMARY KEY, subject TEXT N
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS signed (kid TEXT NOT NULL, seq INTEGER NOT NULL, exp REAL NOT NULL,
   PRIMARY KEY (kid, seq));
+CREATE TABLE IF NOT EXISTS leases (kid TEXT NOT NULL, subject TEXT NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY (kid, subject));
 CREATE TABLE IF NOT EXISTS exempt (experiment_uid TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS netns (path TEXT NOT NULL, inode INTEGER NOT NULL, last_used REAL NOT NULL,
   PRIMARY KEY (path, inode));
@@ -287,6 +291,17 @@ class Journal:
         """Signed commands executed here that have not expired yet."""
         return [(str(k), int(q), float(e)) for k, q, e in
                 self._query("SELECT kid, seq, exp FROM signed WHERE exp > ?", (now,))]
+
+    def remember_lease(self, kid: str, subject: str, seq: int) -> None:
+        """The newest lease accepted from `kid` on `subject` (writes may arrive out of order: the
+        highest sequence stays).
+        """
+        with self._tx() as db:
+            db.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) "
+                       "DO UPDATE SET seq = max(seq, excluded.seq)", (kid, subject, seq))
+
+    def leases(self) -> list[tuple[str, str, int]]:
+        return [(str(k), str(s), int(q)) for k, s, q in self._query("SELECT kid, subject, seq FROM leases")]
 
     def exempt(self) -> set[str]:
         return {str(r[0]) for r in self._query("SELECT experiment_uid FROM exempt")}

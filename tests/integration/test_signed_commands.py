@@ -279,3 +279,29 @@ async def test_a_lease_ttl_is_bounded_by_the_node_and_replays_and_forgeries_are_
     assert injector.refused("lease", "unsigned") == 1 and injector.refused("lease", "forged") == 1
     assert injector.node.lease.ttl_s == MAX_LEASE_S  # the one accepted lease, clamped
     assert injector.node.lease.exempt == set()
+
+
+async def test_a_restarted_injector_refuses_a_replay_of_a_lease_it_accepted(
+        injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> None:
+    subject = subjects.lease_subject("n1")
+    older = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=5.0, held=["exp-old"], exempt=[]),
+                                   ttl_s=60.0)
+    newer = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=7.0, held=["exp-new"], exempt=[]),
+                                   ttl_s=60.0)
+    await eventually(lambda: injector.edge.node.connected)
+    await bus.nc.publish(subject, older)
+    await bus.nc.publish(subject, newer)
+    await eventually(lambda: injector.node.lease.ttl_s == 7.0)
+    await injector.stop()
+    again = await start(tmp_path / "journal.db", nats_server.url)
+    try:
+        await eventually(lambda: again.edge.node.connected)
+        await bus.nc.publish(subject, newer)  # captured before the restart, sent again after it
+        await bus.nc.publish(subject, older)
+        await eventually(lambda: again.refused("lease", "replayed") == 2)
+        assert again.node.lease.ttl_s != 7.0 and "exp-new" not in again.node.lease.until
+        fresh = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=9.0, held=[], exempt=[]), ttl_s=60.0)
+        await bus.nc.publish(subject, fresh)  # the scheduler's next lease is honoured
+        await eventually(lambda: again.node.lease.ttl_s == 9.0)
+    finally:
+        await again.stop()
