@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--subnet", default=None, help="pod subnet, gateway = first address (default 10.213.0.0/16)")
     pr.add_argument("--host-pid", action="store_true",
                     help="share the host's PID and mount namespaces (default: the command is PID 1 of its own)")
+    pr.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:PATH",
+                    help="bind-mount directory HOST at PATH in the pod's mount namespace (repeatable)")
     pr.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     pl = pod.add_parser("list", help="list process pods")
     _ns(pl)
@@ -229,7 +231,8 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         pod = await with_store(url, lambda s, _b: pods.run(
             s, url, name=args.name, namespace=ns, labels=args.labels, restart=args.restart, node=args.node,
-            argv=argv, bridge=args.bridge, subnet=args.subnet, pid_namespace=not args.host_pid), declare=True)
+            argv=argv, bridge=args.bridge, subnet=args.subnet, pid_namespace=not args.host_pid,
+            volumes=args.volume), declare=True)
         print(f"pod/{args.name} created (ip {pod['status']['podIP']}, "
               f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})")
     elif args.pod_command == "list":

@@ -41,6 +41,22 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+def _volumes(volumes: list[str], pid_namespace: bool) -> list[str]:
+    """`-v HOST:PATH` values as absolute `HOST:PATH` (HOST may be relative to the working directory)."""
+    if volumes and not pid_namespace:
+        raise UsageError("-v needs the pod's own mount namespace (not --host-pid)")
+    out = []
+    for v in volumes:
+        host, sep, path = v.partition(":")
+        if not sep or not host or not path.startswith("/"):
+            raise UsageError(f"-v {v}: expected HOST:PATH with PATH absolute")
+        host = os.path.abspath(host)
+        if not os.path.isdir(host):
+            raise UsageError(f"-v {v}: {host} is not a directory")
+        out.append(f"{host}:{os.path.normpath(path)}")
+    return out
+
+
 def pod_log_file(namespace: str, name: str) -> str:
     d = config.state_dir() / "pods"
     d.mkdir(parents=True, exist_ok=True)
@@ -49,15 +65,17 @@ def pod_log_file(namespace: str, name: str) -> str:
 
 async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels: list[str], restart: str,
               node: str | None, argv: list[str], bridge: str | None = None, subnet: str | None = None,
-              timeout: float = 15.0, pid_namespace: bool = True) -> dict[str, Any]:
+              timeout: float = 15.0, pid_namespace: bool = True, volumes: list[str] | None = None) -> dict[str, Any]:
     if not _DNS1123.match(name) or len(name) > 63:
         raise UsageError(f"invalid pod name {name!r}: lower-case letters, digits and '-' only")
     if not argv:
         raise UsageError("a command is required after --")
+    vols = _volumes(volumes or [], pid_namespace)
     if await store.get("Pod", namespace, name) is not None:
         raise UsageError(f'pod "{name}" already exists in namespace "{namespace}"')
     spec = PodSpec(name=name, namespace=namespace, labels=parse_labels(labels), argv=argv, restart=restart,
-                   node=config.node_name(node), log_file=pod_log_file(namespace, name), pid_namespace=pid_namespace)
+                   node=config.node_name(node), log_file=pod_log_file(namespace, name), pid_namespace=pid_namespace,
+                   volumes=vols)
     if bridge:
         spec.bridge = bridge
     if subnet:

@@ -45,18 +45,25 @@ class PodSpec(msgspec.Struct, kw_only=True):
     gateway: str = podnet.DEFAULT_GATEWAY
     log_file: str = ""
     pid_namespace: bool = True  # the command is PID 1 of its own PID and mount namespaces
+    volumes: list[str] = []  # HOST:PATH, bind-mounted into the pod's mount namespace
 
 
 def pod_object(spec: PodSpec, netns: str, ip: str, cgroup: cgroups.PodCgroup | None = None) -> dict[str, Any]:
     ann = {NETNS_ANNOTATION: netns, SUPERVISOR_ANNOTATION: str(os.getpid()), BRIDGE_ANNOTATION: spec.bridge}
     if cgroup is not None:
         ann[CGROUP_ANNOTATION] = ",".join(cgroup.dirs)
+    container: dict[str, Any] = {"name": spec.name, "command": spec.argv}
+    pod_spec: dict[str, Any] = {"nodeName": spec.node, "restartPolicy": spec.restart, "containers": [container]}
+    if spec.volumes:
+        # Shown the way a kubelet's pod shows a hostPath volume and its mount.
+        pairs = [podexec.split_volume(v) for v in spec.volumes]
+        pod_spec["volumes"] = [{"name": f"vol-{i}", "hostPath": {"path": host}} for i, (host, _) in enumerate(pairs)]
+        container["volumeMounts"] = [{"name": f"vol-{i}", "mountPath": path} for i, (_, path) in enumerate(pairs)]
     return {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels,
                      "annotations": ann},
-        "spec": {"nodeName": spec.node, "restartPolicy": spec.restart,
-                 "containers": [{"name": spec.name, "command": spec.argv}]},
+        "spec": pod_spec,
         "status": {"phase": "Pending", "podIP": ip, "hostIP": "", "containerStatuses": []},
     }
 
@@ -116,7 +123,8 @@ class Supervisor:
         out: Any = open(self.spec.log_file, "ab") if self.spec.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             argv = podexec.command(self.spec.argv, cgroups=self.cgroup.dirs if self.cgroup else (),
-                                   new_pidns=self.spec.pid_namespace, new_mountns=self.spec.pid_namespace)
+                                   new_pidns=self.spec.pid_namespace, new_mountns=self.spec.pid_namespace,
+                                   volumes=self.spec.volumes)
             return podnet.spawn_in_netns(argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          env={**os.environ, processid.POD_UID_ENV: self.uid,

@@ -25,6 +25,10 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # StressChaos runs its stressors as stress-ng inside the target's cgroup.
 command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)
+# IOChaos: native/iofs is a FUSE filesystem built on libfuse3 (headers for the build; fuse3 gives
+# the fusermount3 tool and /etc/fuse.conf, which libfuse falls back on).
+[ -f /usr/include/fuse3/fuse.h ] || missing+=(libfuse3-dev)
+command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2

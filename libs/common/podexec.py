@@ -10,6 +10,8 @@ Options:
   --cgroup DIR       join this cgroup directory (repeat once per hierarchy)
   --new-pidns        the program is PID 1 of a new PID namespace
   --new-mountns      ... and of a new mount namespace with its own /proc (needs --new-pidns)
+  --volume HOST:PATH bind-mount directory HOST over PATH in that mount namespace (repeatable; needs
+                     --new-mountns; PATH is created when missing, as a kubelet creates a mount point)
   --pidns PATH       join an existing PID namespace (/proc/<pid>/ns/pid)
   --oom-score-adj N  set the program's oom_score_adj
   --status-fd FD     setup errors are written here; a clean EOF (the exec closed it) means started
@@ -29,7 +31,7 @@ import sys
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
-MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 0x2, 0x4, 0x8
+MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND = 0x4000, 0x40000, 0x2, 0x4, 0x8, 0x1000
 SETUP_FAILED = 127
 
 # The running interpreter's own symbols include libc's (ctypes.util.find_library would spawn ldconfig:
@@ -51,7 +53,7 @@ def parse(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """
     opts: dict[str, list[str]] = {}
     flags = {"--new-pidns", "--new-mountns"}
-    valued = {"--cgroup", "--pidns", "--oom-score-adj", "--status-fd"}
+    valued = {"--cgroup", "--pidns", "--oom-score-adj", "--status-fd", "--volume"}
     i = 0
     while i < len(args) and args[i] != "--":
         a = args[i]
@@ -66,7 +68,23 @@ def parse(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     argv = args[i + 1:]
     if not argv:
         raise ValueError("no program after --")
+    if "--volume" in opts and "--new-mountns" not in opts:
+        raise ValueError("--volume needs --new-mountns (a volume is mounted in the pod's own mount namespace)")
+    for v in opts.get("--volume", []):
+        split_volume(v)
     return opts, argv
+
+
+def split_volume(volume: str) -> tuple[str, str]:
+    """(host directory, path in the pod) of a `HOST:PATH` volume, both absolute.
+
+    Raises:
+        ValueError: not two absolute paths separated by ':'.
+    """
+    host, sep, path = volume.partition(":")
+    if not sep or not os.path.isabs(host) or not os.path.isabs(path):
+        raise ValueError(f"volume {volume!r}: expected HOST:PATH, two absolute paths")
+    return os.path.normpath(host), os.path.normpath(path)
 
 
 def _setup(opts: dict[str, list[str]]) -> None:
@@ -92,6 +110,12 @@ def _setup(opts: dict[str, list[str]]) -> None:
     if "--new-mountns" in opts:
         # Mount events stay inside the pod; its own /proc is mounted once it is PID 1 (in the child).
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+        for volume in opts.get("--volume", []):
+            host, path = split_volume(volume)
+            if not os.path.isdir(host):
+                raise OSError(2, f"volume {volume}: {host} is not a directory")
+            os.makedirs(path, exist_ok=True)
+            _check(_libc.mount(host.encode(), path.encode(), None, MS_BIND | MS_REC, None), f"mounting volume {volume}")
 
 
 def _child(opts: dict[str, list[str]], argv: list[str]) -> None:
@@ -148,7 +172,7 @@ def _report(fd: int, message: str) -> None:
 
 def command(argv: list[str], *, cgroups: list[str] | tuple[str, ...] = (), new_pidns: bool = False,
             new_mountns: bool = False, pidns: str = "", oom_score_adj: int | None = None,
-            status_fd: int = -1) -> list[str]:
+            status_fd: int = -1, volumes: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The argv that runs `argv` through this helper with these options."""
     out = [sys.executable, "-S", os.path.abspath(__file__)]
     for d in cgroups:
@@ -157,6 +181,8 @@ def command(argv: list[str], *, cgroups: list[str] | tuple[str, ...] = (), new_p
         out.append("--new-pidns")
     if new_mountns:
         out.append("--new-mountns")
+    for v in volumes:
+        out += ["--volume", v]
     if pidns:
         out += ["--pidns", pidns]
     if oom_score_adj is not None:
