@@ -54,7 +54,7 @@ class KubeEnv:
 def kube(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KubeEnv]:
     if request.param == "real":
         real = request.getfixturevalue("real_kube")
-        yield from _real(real.kubeconfig, real.plane)
+        yield from real_env(real.kubeconfig, real.plane)
         return
     fake = FakeApiServer(bookmark_interval=0.5).start()
     try:
@@ -68,7 +68,7 @@ def kube(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KubeEnv]:
         fake.close()
 
 
-def _real(path: Path, plane: ControlPlane | None) -> Iterator[KubeEnv]:
+def real_env(path: Path, plane: ControlPlane | None) -> Iterator[KubeEnv]:
     client = KubeClient(path)
     if path not in _crds_installed:  # once per session: the CRDs do not change under a run
         install_crds(client)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from kube.client import KubeClient, KubeError
-from kube.conftest import KubeEnv
+from kube.conftest import KubeEnv, real_env
 
 pytestmark = pytest.mark.integration
 GROUP = "/apis/chaos-mesh.org/v1alpha1"
@@ -34,9 +34,21 @@ class Tenants:
     recorder: KubeClient  # patch (finalizers) on podchaos everywhere, create nowhere
 
 
-@pytest.fixture
-def tenants(kube: KubeEnv) -> Iterator[Tenants]:
-    kube.need_real("the fake has no ValidatingAdmissionPolicy")
+@pytest.fixture(scope="module")
+def tenants(real_kube: Any) -> Iterator[Tenants]:
+    """One set of namespaces, roles and users for the module (the tests use distinct object names):
+    installing them and waiting for the API server to load the policy takes most of a test's time.
+    The fake has no ValidatingAdmissionPolicy, so this runs only on a real server.
+    """
+    env = real_env(real_kube.kubeconfig, real_kube.plane)
+    kube = next(env)
+    try:
+        yield from _tenants(kube)
+    finally:
+        env.close()
+
+
+def _tenants(kube: KubeEnv) -> Iterator[Tenants]:
     admin, tag = kube.client, uuid.uuid4().hex[:6]
     team_a, team_b = f"team-a-{tag}", f"team-b-{tag}"
     editor, patcher = f"cbt-chaos-editor-{tag}", f"cbt-chaos-patcher-{tag}"
