@@ -37,9 +37,10 @@ def resolve_all(action: m.TargetAction, resolve: Resolver = runtime.resolve) -> 
 
 def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[runtime.ContainerHandle] | None = None,
                resolve: Resolver = runtime.resolve, registry: dict[str, faults.Fault] | None = None,
-               op: str | None = None, original: Mapping[str, Any] | None = None) -> m.TargetResult:
+               op: str | None = None, original: Mapping[str, Any] | None = None,
+               node: str = "") -> m.TargetResult:
     """Run `op` (default: the action's own op) of the action's fault on its target; `original` is
-    what the journal holds for it (`faults.original_state`)."""
+    what the journal holds for it (`faults.original_state`), `node` the injector's node name."""
     tag = type(action.fault).__struct_config__.tag
     reg = faults.REGISTRY if registry is None else registry
     fault = reg.get(str(tag))
@@ -52,7 +53,7 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
             return result(action, False, str(e), retryable=e.retryable)
     ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
                               namespace=cmd.namespace, action=action, containers=containers, deadline=cmd.deadline,
-                              original=original or {})
+                              original=original or {}, node=node)
     try:
         fn = fault.apply if (op or action.op) == "apply" else fault.recover
         message = fn(ctx, action.fault)

@@ -143,11 +143,11 @@ class Executor:
         journaled = plan.intent if plan.intent is not None else plan.entry
         original = journaled.original if journaled is not None else None
         res = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
-                              original=original)
+                              original=original, node=self.node)
         if plan.action.op == "apply" and not res.ok and plan.intent is not None and plan.intent.lasting:
             # All or nothing: undo whatever part of the fault did land (one netns of two, say).
             cleanup = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
-                                      op="recover", original=original)
+                                      op="recover", original=original, node=self.node)
             if not cleanup.ok:
                 msg = f"{res.message} (cleanup pending: {cleanup.message})"
                 return Outcome(core.result(plan.action, False, msg, retryable=res.retryable), cleanup_pending=True)
@@ -166,12 +166,12 @@ class Executor:
         """Recover an open entry through its journaled identity (no NATS, no command)."""
         cmd = command_of(entry)
         return core.run_action(cmd, entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="recover", original=entry.original)
+                               registry=self.registry, op="recover", original=entry.original, node=self.node)
 
     def reassert(self, entry: Entry) -> m.TargetResult:
         """Apply an open entry again (idempotent) through its journaled identity."""
         return core.run_action(command_of(entry), entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="apply", original=entry.original)
+                               registry=self.registry, op="apply", original=entry.original, node=self.node)
 
     def commit_recoveries(self, done: list[tuple[expiry.Due, m.TargetResult]]) -> int:
         """Mark recovered entries and queue one report per experiment; returns how many reports."""

@@ -27,18 +27,14 @@ from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector import executor as ex
 from chaosbus.injector import faults
 from chaosbus.injector.backends import procs
+from chaosbus.injector.backends.procs import KEY_ENV, NODE_ENV, helper_env
 from chaosbus.injector.journal import Entry, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
 
 log = cblog.get("injector.sweeper")
-NODE_ENV, KEY_ENV = "CHAOSBUS_FAULT_NODE", "CHAOSBUS_FAULT_KEY"
 SCOPES = ("journal", "all")
 Runner = Callable[..., Any]
-
-
-def helper_env(node: str, key: str) -> dict[str, str]:
-    """The environment marks a fault's helper process must carry (so the sweeper knows it)."""
-    return {NODE_ENV: node, KEY_ENV: key}
+__all__ = ["KEY_ENV", "NODE_ENV", "SCOPES", "SweepReport", "Sweeper", "helper_env", "marked_helpers", "originals_in"]
 
 
 @dataclass

@@ -119,3 +119,28 @@ def test_an_oom_score_adj_the_kernel_refuses_fails_the_target(target: tuple[int,
     finally:
         injector.kill()
         injector.wait()
+
+
+def test_stressors_carry_the_injectors_node_name_the_sweeper_looks_for(
+        target: tuple[int, cgroups.PodCgroup], monkeypatch: pytest.MonkeyPatch) -> None:
+    from chaosbus.common import messages as m
+    from chaosbus.injector import faults, runtime
+    from chaosbus.injector.sweeper import marked_helpers
+
+    pid, _ = target
+    key = uuid.uuid4().hex[:8]
+    node = f"stress-node-{key}"
+    monkeypatch.setenv("CHAOSBUS_NODE", "not-the-injectors-node")  # --node given, the environment differs
+    spec = m.Stress(stressors=[m.Stressor(name="cpu", args=["--cpu", "1", "--cpu-load", "5"])])
+    action = m.TargetAction(target_id=key, op="apply", container_ids=[f"process://{pid}"], fault=spec)
+    ctx = faults.FaultContext("uid-" + key, "x", "default", action, [runtime.resolve(f"process://{pid}")],
+                              deadline=time.time() + 30, node=node)
+    fault = faults.get("stress")
+    try:
+        fault.apply(ctx, spec)
+        [stress] = stressors(key)
+        assert stress in {p for p, k in marked_helpers(node) if k == f"uid-{key}|.|{key}"}
+        assert not [p for p, _ in marked_helpers("not-the-injectors-node") if p == stress]
+    finally:
+        fault.recover(ctx, spec)
+    assert not stressors(key)

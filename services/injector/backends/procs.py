@@ -14,6 +14,14 @@ import time
 import psutil
 
 KILL_WAIT_S = 2.0
+# The marks a fault's helper process carries in its environment (the injector's node name and the
+# journal entry's key): recovery finds its helpers by the key, the orphan sweeper by the node.
+NODE_ENV, KEY_ENV = "CHAOSBUS_FAULT_NODE", "CHAOSBUS_FAULT_KEY"
+
+
+def helper_env(node: str, key: str) -> dict[str, str]:
+    """The environment marks a fault's helper process must carry (so the sweeper knows it)."""
+    return {NODE_ENV: node, KEY_ENV: key}
 
 
 def process_alive(pid: int) -> bool:

@@ -47,6 +47,7 @@ class FaultContext:
     containers: list[ContainerHandle]  # resolved from action.container_ids, same order
     deadline: float | None = None  # when the fault must end (epoch seconds); None: until recovered
     original: Mapping[str, Any] = field(default_factory=dict)  # as journaled (see `original_state`)
+    node: str = ""  # the injector's node name: the mark its helper processes carry for the sweeper
 
     def alive(self) -> list[ContainerHandle]:
         return [c for c in self.containers if c.alive]

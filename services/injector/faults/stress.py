@@ -6,9 +6,10 @@ then execs the host's stress-ng: the target's limits and accounting apply, as in
 the target's filesystem needs no stress-ng. Every stressor carries `--timeout` = the time left, so
 it ends at the deadline even if every chaosbus process is dead.
 
-Stressors are found again by the marks in their environment (the injector node and the journal
-entry's key, `sweeper.helper_env`), never by a pid alone: recovery kills the marked processes of its
-entry, and the orphan sweeper kills marked processes whose entry is no longer open.
+Stressors are found again by the marks in their environment (`procs.helper_env`: the injector's
+own node name, as its sweeper looks for it, and the journal entry's key), never by a pid alone:
+recovery kills the marked processes of its entry, and the orphan sweeper kills marked processes
+whose entry is no longer open.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.journal import entry_key
 
 START_TIMEOUT_S = 10.0
-NODE_ENV, KEY_ENV = "CHAOSBUS_FAULT_NODE", "CHAOSBUS_FAULT_KEY"  # the sweeper's helper marks
 
 
 class StressFault:
@@ -57,7 +57,8 @@ class StressFault:
             pidns = _pidns_of(pid)
         except FileNotFoundError:
             raise FaultError(f"target gone: process {pid} exited", retryable=False) from None
-        env = {**os.environ, NODE_ENV: config.node_name(), KEY_ENV: key}
+        # The executor names its node; a caller without one (a test of the fault alone) uses this machine's.
+        env = {**os.environ, **procs.helper_env(ctx.node or config.node_name(), key)}
         started: list[int] = []
         try:
             for s in spec.stressors:
@@ -127,7 +128,7 @@ def _read_until_eof(fd: int, timeout: float) -> str:
 
 def marked(key: str) -> list[int]:
     """Pids of live processes carrying the marks of journal entry `key` (top-most ones first)."""
-    want = f"{KEY_ENV}={key}".encode()
+    want = f"{procs.KEY_ENV}={key}".encode()
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
