@@ -171,10 +171,9 @@ async def dispatch(args: argparse.Namespace) -> int:
         from chaosbus.cli import demo
         return await demo.run()
     if cmd == "apply":
-        text = resources.read_source(args.filename)
-        resources.prepare(text, args.namespace)  # validate before connecting: bad input never reaches NATS
-        lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, text, args.namespace),
-                                 declare=True)
+        # Admitted once, before connecting: bad input never reaches NATS.
+        admitted = resources.prepare(resources.read_source(args.filename), args.namespace)
+        lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, admitted), declare=True)
         print("\n".join(lines))
     elif cmd in ("halt", "resume"):
         signer = control.operator_signer(args.operator_key)
@@ -216,11 +215,11 @@ async def _declare(url: str, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _apply_unless_halted(store: ObjectStore, bus: busmod.Bus, text: str, namespace: str | None) -> list[str]:
+async def _apply_unless_halted(store: ObjectStore, bus: busmod.Bus, admitted: list[resources.Obj]) -> list[str]:
     state = await control.current(bus)
-    if state is not None and state.halted and any(o["kind"] in CHAOS_KINDS for o in resources.prepare(text, namespace)):
+    if state is not None and state.halted and any(o["kind"] in CHAOS_KINDS for o in admitted):
         raise UsageError(control.halted_message(state))
-    return await resources.apply(store, text, namespace)
+    return await resources.store_admitted(store, admitted)
 
 
 async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:

@@ -48,8 +48,13 @@ def prepare(text: str, namespace: str | None) -> list[Obj]:
 
 
 async def apply(store: ObjectStore, text: str, namespace: str | None) -> list[str]:
+    return await store_admitted(store, prepare(text, namespace))
+
+
+async def store_admitted(store: ObjectStore, admitted: list[Obj]) -> list[str]:
+    """Store the documents `prepare` admitted (each is admitted once, before anything is written)."""
     lines = []
-    for obj in prepare(text, namespace):
+    for obj in admitted:
         stored, action = await store.apply_admitted(obj)
         lines.append(f"{_ref(stored)} {action}")
     return lines

@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 
-from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, bounds, decode_any, decode_object, encode_object
+from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, bounds, decode_any, decode_object, encode_object, kinds
 from chaosbus.common.crd.errors import InvalidObject, Problems
+from chaosbus.common.crd.meta import RECORDS_FINALIZER
 
 Obj = dict[str, Any]
 
@@ -34,7 +35,22 @@ def admit(doc: Obj, namespace: str | None = None) -> Obj:
         # as Chaos Mesh's webhook would (a Schedule's cron and embedded spec fully), stored as given.
         scoped = {"namespace": meta.get("namespace") or "default"} if ALL_KINDS[kind].namespaced else {}
         return _fits(decode_any({**doc, "metadata": {**meta, **scoped}}))
-    return _fits(encode_object(decode_object(doc)))
+    return _fits(with_records_finalizer(encode_object(decode_object(doc))))
+
+
+def with_records_finalizer(obj: Obj) -> Obj:
+    """An experiment chaosbus runs is stored with the `chaos-mesh/records` finalizer already on it,
+    so the scheduler may act on its first event: no write by the recorder and no echo of that write
+    stand between an apply and its commands. Objects it does not run (an accepted kind, a remote
+    cluster's experiment) get none: nothing will ever need recovering.
+    """
+    if kinds.not_run(str(obj.get("kind")), obj.get("spec") or {}) is not None:
+        return obj
+    meta = obj.get("metadata") or {}
+    finalizers = list(meta.get("finalizers") or [])
+    if RECORDS_FINALIZER in finalizers:
+        return obj
+    return {**obj, "metadata": {**meta, "finalizers": [*finalizers, RECORDS_FINALIZER]}}
 
 
 def _fits(obj: Obj) -> Obj:

@@ -57,10 +57,17 @@ class Recorder:
             await self._mutate(event.kind, event.namespace, event.name, core.not_supported)
             return
         try:
-            if core.finalizer_settled(decode_metadata(event.object)):
-                return  # most events are our own status writes: 250 KB at 1,000 targets, not decoded
+            meta = decode_metadata(event.object)
         except msgspec.DecodeError:
             return
+        if core.finalizer_settled(meta):
+            if event.type == "ADDED" and self.replayed.is_set() and core.admitted_with_finalizer(meta, event.object):
+                # Stored with the finalizer (local mode's admission): told as if the recorder had
+                # added it, as Chaos Mesh's controller does. Never for a replay at start.
+                obj = msgspec.json.decode(event.object)
+                if isinstance(obj, dict):
+                    await self._finalizer_events(obj, removed=False)
+            return  # most events are our own status writes: 250 KB at 1,000 targets, not decoded
         obj = msgspec.json.decode(event.object)
         if not isinstance(obj, dict):
             return

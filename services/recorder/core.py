@@ -130,6 +130,23 @@ def finalizer_settled(meta: dict[str, Any]) -> bool:
     return (RECORDS_FINALIZER in finalizers) != bool(meta.get("deletionTimestamp"))
 
 
+class _StatusOnly(msgspec.Struct):
+    status: msgspec.Raw | None = None
+
+
+def admitted_with_finalizer(meta: dict[str, Any], raw: bytes) -> bool:
+    """A live object that came with our finalizer and has no status yet: stored so by admission
+    (local mode), the finalizer never added by a recorder write.
+    """
+    if RECORDS_FINALIZER not in (meta.get("finalizers") or []) or meta.get("deletionTimestamp"):
+        return False
+    try:
+        status = msgspec.json.decode(raw, type=_StatusOnly).status
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return status is None or bytes(status) in (b"null", b"{}")
+
+
 def finalizer_change(obj: Obj, latest: m.ExperimentDecision | None) -> Obj | None:
     """Add our finalizer to a live object; remove it from a deleting one once every target is
     recovered (as the scheduler's deleting decision confirms), or at once when forced.

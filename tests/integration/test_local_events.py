@@ -74,3 +74,32 @@ async def test_an_experiment_s_events_are_kept_shown_and_removed_with_it(bus: bu
                                         "Recovered": 2, "FinalizerRemoved": 1, "Updated": 7}
     await rec.on_object(event(deleting, "DELETED"))
     assert await counts(store, uid) == {}
+
+
+PARTITION_YAML = """
+apiVersion: chaos-mesh.org/v1alpha1
+kind: NetworkChaos
+metadata: {name: admitted, namespace: default}
+spec: {action: partition, mode: all, selector: {namespaces: [default]}}
+"""
+
+
+async def test_an_experiment_admitted_with_its_finalizer_still_gets_finalizer_inited(bus: busmod.Bus) -> None:
+    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    await resources.apply(store, PARTITION_YAML, None)
+    stored = await store.get(KIND, "default", "admitted")
+    assert stored is not None and stored["metadata"]["finalizers"] == ["chaos-mesh/records"]
+    uid, version = stored["metadata"]["uid"], stored["metadata"]["resourceVersion"]
+    await rec.on_object(event(stored, "ADDED"))  # replayed at start: an old object, told long ago
+    assert await counts(store, uid) == {}
+    rec.replayed.set()
+    await rec.on_object(event(stored, "ADDED"))
+    assert await counts(store, uid) == {"FinalizerInited": 1, "Updated": 1}
+    after = await store.get(KIND, "default", "admitted")
+    assert after is not None and after["metadata"]["resourceVersion"] == version, "nothing to write: it is there"
+    await rec.on_decision(decision(after, "Run"))
+    with_status = await store.get(KIND, "default", "admitted")
+    assert with_status is not None
+    await rec.on_object(event(with_status, "ADDED"))  # a watcher restarted: the object as it is now
+    assert (await counts(store, uid))["FinalizerInited"] == 1
