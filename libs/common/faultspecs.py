@@ -107,6 +107,45 @@ class Dns(FaultSpec, tag="dns", kw_only=True, frozen=True):
     addresses: list[str] = []  # static: IPv4 and IPv6 literals
 
 
+class HttpReplace(Message, kw_only=True, frozen=True):
+    """HTTPChaos `replace`: what is set on a matched message (None / empty: left as it is)."""
+
+    path: str | None = None
+    method: str | None = None
+    code: int | None = None
+    body: bytes | None = None
+    queries: dict[str, str] = {}
+    headers: dict[str, str] = {}
+
+
+class HttpPatch(Message, kw_only=True, frozen=True):
+    """HTTPChaos `patch`: a JSON merge patch (RFC 7396) of the body, queries and headers appended."""
+
+    body_json: str | None = None
+    queries: list[list[str]] = []
+    headers: list[list[str]] = []
+
+
+class Http(FaultSpec, tag="http", kw_only=True, frozen=True):
+    """HTTPChaos on one pod: HTTP/1 on TCP `port` (to the pod, and from it) goes through the node
+    injector's proxy in the pod's netns; the messages that match `target` and the selectors get
+    abort, delay, replace and patch, in that order; every other message passes unchanged.
+    """
+
+    target: Literal["Request", "Response"] = "Request"
+    port: int = 0
+    path: str | None = None  # glob: `*` any run of characters, `?` one
+    method: str | None = None
+    code: int | None = None
+    request_headers: dict[str, str] = {}
+    response_headers: dict[str, str] = {}
+    abort: bool = False
+    delay_ns: int = 0
+    replace: HttpReplace | None = None
+    patch: HttpPatch | None = None
+    tls: bool = False  # the experiment asked for TLS, which the proxy does not do: refused per target
+
+
 class TimeSkew(FaultSpec, tag="time-skew", kw_only=True, frozen=True):
     """TimeChaos on one target: add `offset_ns` to the clocks whose bit is set in `clock_mask`
     (bit n: clock id n) for every process of the selected containers."""
@@ -151,4 +190,4 @@ class Stress(FaultSpec, tag="stress", kw_only=True, frozen=True):
     stressors: list[Stressor] = []
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | TimeSkew | Stress
+Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | Http | TimeSkew | Stress

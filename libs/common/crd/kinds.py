@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from chaosbus.common import faultplan
-from chaosbus.common.crd import cloud, orchestration, podkinds, stresschaos
+from chaosbus.common.crd import cloud, httpchaos, orchestration, podkinds, stresschaos
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -203,7 +203,8 @@ _register_all([
          fault_tags=("time-skew",), faults=faultplan.timechaos),
     Kind("DNSChaos", DNSChaosSpec, "executed", ("dnsc",), embedded_key="dnsChaos", network=True,
          fault_tags=("dns",), faults=faultplan.dnschaos),
-    Kind("HTTPChaos", podkinds.HTTPChaosSpec, short_names=("httpc",), embedded_key="httpChaos"),
+    Kind("HTTPChaos", httpchaos.HTTPChaosSpec, "executed", ("httpc",), embedded_key="httpChaos", network=True,
+         fault_tags=("http",), faults=httpchaos.plan),
     Kind("JVMChaos", podkinds.JVMChaosSpec, short_names=("jvmc",), embedded_key="jvmChaos"),
     Kind("KernelChaos", podkinds.KernelChaosSpec, short_names=("knc",), embedded_key="kernelChaos"),
     Kind("BlockChaos", podkinds.BlockChaosSpec, short_names=("blkc",), embedded_key="blockChaos"),

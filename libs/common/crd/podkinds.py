@@ -1,5 +1,5 @@
 """Spec models of the pod-based experiment kinds chaosbus accepts but does not execute yet:
-IOChaos, HTTPChaos, JVMChaos, KernelChaos, BlockChaos
+IOChaos, JVMChaos, KernelChaos, BlockChaos
 (field names and types per Chaos Mesh v1alpha1; admission checks are the structural ones).
 """
 
@@ -50,49 +50,6 @@ class IOChaosSpec(ContainerSelectorBase, kw_only=True):
     errno: int = 0
     attr: AttrOverride | None = None
     mistake: Mistake | None = None
-
-
-class PodHttpChaosPatchBody(_S):
-    type: str = ""
-    value: str = ""
-
-
-class HTTPPatch(_S):
-    body: PodHttpChaosPatchBody | None = None
-    queries: list[list[str]] = []
-    headers: list[list[str]] = []
-
-
-class HTTPReplace(_S):
-    path: str | None = None
-    method: str | None = None
-    code: int | None = None
-    body: str = ""
-    queries: dict[str, str] = {}
-    headers: dict[str, str] = {}
-
-
-class HTTPTLS(_S):
-    secret_name: str = ""
-    secret_namespace: str = ""
-    cert_name: str = ""
-    key_name: str = ""
-    ca_name: str | None = None
-
-
-class HTTPChaosSpec(PodSelectorBase, kw_only=True):
-    target: str = ""
-    port: int = 0
-    path: str | None = None
-    method: str | None = None
-    code: int | None = None
-    request_headers: dict[str, str] = msgspec.field(default_factory=dict, name="request_headers")
-    response_headers: dict[str, str] = msgspec.field(default_factory=dict, name="response_headers")
-    abort: bool | None = None
-    delay: str | None = None
-    replace: HTTPReplace | None = None
-    patch: HTTPPatch | None = None
-    tls: HTTPTLS | None = None
 
 
 class JVMChaosSpec(ContainerSelectorBase, kw_only=True):

@@ -124,6 +124,21 @@ def render_dns_redirect_table(table: str, port: int, mark: int, until: float | N
             f"{rules}\t}}\n}}\n")
 
 
+def render_http_redirect_table(table: str, port: int, proxy_port: int, mark: int, until: float | None = None) -> str:
+    """The HTTPChaos table: TCP connections to `port` that reach the pod (prerouting: the pod as a
+    server) or leave it (output: the pod as a client) are redirected to the proxy on `proxy_port`,
+    except the proxy's own upstream connections (fwmark `mark`). IPv4 only. With `until`, the
+    redirect carries the deadline as the partition drops do.
+    """
+    _check_table(table)
+    if not 0 < port < 65536 or not 0 < proxy_port < 65536 or not 0 < mark < 2**32:
+        raise ValueError(f"invalid port {port!r}, proxy port {proxy_port!r} or mark {mark!r}")
+    rule = f"{_time_bound(until)}meta nfproto ipv4 meta mark != {mark:#x} tcp dport {port} redirect to :{proxy_port}"
+    chains = "".join(f"\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\t{rule}\n\t}}\n"
+                     for hook in ("prerouting", "output"))
+    return f"table inet {table} {{\n{chains}}}\n"
+
+
 # `meta time` is an int64 of nanoseconds since the epoch: a later deadline would wrap and make the
 # rule match nothing, a fault that silently does nothing.
 _META_TIME_END = (2**63 - 1) // 1_000_000_000

@@ -174,6 +174,7 @@ from chaosbus.injector.faults import (  # noqa: E402
     container_kill,
     dns,
     hello_world,
+    http,
     partition,
     pod_kill,
     shaping,
@@ -185,6 +186,6 @@ from chaosbus.injector.faults import (  # noqa: E402
 __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
     "get",
-    "hello_world", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
+    "hello_world", "http", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
     "spec_tag", "stress", "task", "time_skew",
 ]

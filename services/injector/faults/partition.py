@@ -76,9 +76,9 @@ class Tables:
     what = "nft table"
 
     def find(self, netns_path: str) -> list[str]:
-        # DNSChaos tables share the prefix but are the dns fault's to sweep.
+        # DNSChaos and HTTPChaos tables share the prefix but are their faults' to sweep.
         return [t for t in nft.list_tables(netns_path)
-                if t.startswith(nft.TABLE_PREFIX) and not t.startswith(DNS_TABLE_PREFIX)]
+                if t.startswith(nft.TABLE_PREFIX) and not t.startswith(OTHER_TABLE_PREFIXES)]
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
@@ -91,7 +91,7 @@ class Tables:
 
 
 ABSENT = "nft_table_absent"
-DNS_TABLE_PREFIX = f"{nft.TABLE_PREFIX}dns_"
+OTHER_TABLE_PREFIXES = (f"{nft.TABLE_PREFIX}dns_", f"{nft.TABLE_PREFIX}http_")
 
 
 class PartitionFault:

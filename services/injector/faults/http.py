@@ -1,0 +1,122 @@
+"""http: HTTPChaos on one pod, without touching anything in it.
+
+`apply` gives the pod's netns an HTTP proxy (backends/httpproxy: a thread inside the netns, one per
+namespace, shared by every HTTPChaos on the pod) with this experiment's rule, then one nft table
+per (experiment, selector), named `chaosbus_http_` + 12 hex, that redirects the TCP connections to
+the experiment's port, to the pod and from it, to the proxy. The proxy acts on the messages the
+rule selects and relays everything else unchanged. The redirect carries the deadline (`meta time
+<`), so the kernel sends new connections straight to their destination again at the deadline even
+if the injector is dead. `recover` deletes the table first, then the rule; the proxy stops with
+its last rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+from chaosbus.common.messages import FaultSpec, Http, TargetAction
+from chaosbus.injector.backends import httpproxy, nft
+from chaosbus.injector.backends.httprules import HttpRule
+from chaosbus.injector.faults import FaultContext, FaultError, register
+
+TABLE_PREFIX = f"{nft.TABLE_PREFIX}http_"
+ABSENT = "nft_table_absent"
+
+
+def table_name(experiment_uid: str, selector_key: str) -> str:
+    digest = hashlib.sha1(f"{experiment_uid}/{selector_key}".encode()).hexdigest()
+    return f"{TABLE_PREFIX}{digest[:12]}"
+
+
+@functools.cache
+def _node_cannot() -> str | None:
+    return nft.probe()
+
+
+class Tables:
+    """The orphans HTTPChaos can leave: its redirect tables, found by their name prefix (a proxy
+    never outlives the injector process, so it cannot be orphaned).
+    """
+
+    what = "nft table"
+
+    def find(self, netns_path: str) -> list[str]:
+        return [t for t in nft.list_tables(netns_path) if t.startswith(TABLE_PREFIX)]
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
+
+    def remove(self, netns_path: str, item: str) -> None:
+        try:
+            nft.delete_table(netns_path, item)
+        except nft.NetnsGone:
+            pass
+
+
+class HttpFault:
+    name = "http"
+    orphans = Tables()
+
+    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
+        """HTTPChaos only adds its own table: restoring means that table absent again."""
+        return {ABSENT: table_name(experiment_uid, action.selector_key)}
+
+    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        spec = _http(spec)
+        if spec.tls:
+            raise FaultError("HTTPChaos tls is not supported by chaosbus (its proxy relays plain HTTP only); "
+                             "nothing was injected", retryable=False)
+        reason = _node_cannot()
+        if reason is not None:
+            raise FaultError(f"HTTPChaos is not possible on this node: {reason}", retryable=False)
+        table = table_name(ctx.experiment_uid, ctx.action.selector_key)
+        paths = ctx.netns_paths()
+        if not paths:
+            raise FaultError("target gone: no live container netns for HTTPChaos", retryable=False)
+        rule = HttpRule(spec=spec, until=ctx.deadline)
+        for path in paths:
+            try:
+                proxy = httpproxy.ensure(path)
+            except OSError as e:
+                raise FaultError(f"cannot start the HTTP proxy in {path}: {e}", retryable=True) from e
+            proxy.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
+            try:
+                script = nft.render_http_redirect_table(table, spec.port, proxy.port, httpproxy.MARK, ctx.deadline)
+                nft.apply_table(path, table, script)
+            except ValueError as e:
+                httpproxy.release(path, table)
+                raise FaultError(f"invalid HTTPChaos: {e}", retryable=False) from e
+            except nft.NetnsGone as e:
+                httpproxy.release(path, table)
+                raise FaultError(f"target gone: {e}", retryable=False) from e
+            except nft.NftError as e:
+                httpproxy.release(path, table)
+                raise FaultError(str(e), retryable=True) from e
+        return f"HTTPChaos on {spec.target.lower()}s to port {spec.port} applied: nft table {table}"
+
+    def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        table = table_name(ctx.experiment_uid, ctx.action.selector_key)
+        removed = 0
+        for path in ctx.netns_paths():
+            try:
+                nft.delete_table(path, table)
+                removed += 1
+            except nft.NetnsGone:
+                pass
+            except nft.NftError as e:
+                raise FaultError(str(e), retryable=True) from e
+            httpproxy.release(path, table)
+        if not removed:
+            return f"target gone: nft table {table} went with its netns"
+        return f"HTTPChaos recovered: nft table {table} removed"
+
+
+def _http(spec: FaultSpec) -> Http:
+    if not isinstance(spec, Http):
+        raise FaultError(f"http got a {type(spec).__name__} spec", retryable=False)
+    return spec
+
+
+register(HttpFault())
