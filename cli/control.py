@@ -11,27 +11,13 @@ given, signed, and expires after a minute. Injectors order states by that revisi
 
 from __future__ import annotations
 
-import getpass
-import socket
-import time
 from pathlib import Path
 
-import msgspec
-
 from chaosbus.common import bus as busmod
-from chaosbus.common import messages as m
-from chaosbus.common import signing, subjects
-from chaosbus.common.halt import current, halted_message
+from chaosbus.common import signing
+from chaosbus.common.halt import current, halted_message, set_halt
 
 __all__ = ["current", "halt", "halted_message", "operator_signer", "resume", "set_halt"]
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "?"
-    return f"{user}@{socket.gethostname()}"
 
 
 def operator_signer(path: str | None = None) -> signing.Signer | None:
@@ -46,21 +32,6 @@ def operator_signer(path: str | None = None) -> signing.Signer | None:
 
         raise UsageError(f"cannot read the operator key ({e}); it signs the kill switch "
                          "(--operator-key FILE, or CHAOSBUS_KEYS_DIR)") from None
-
-
-def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None) -> bytes:
-    return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
-
-
-async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "",
-                   signer: signing.Signer | None) -> m.HaltState:
-    state = m.HaltState(halted=halted, reason=reason, at=time.time(), by=_who())
-    kv = await bus.kv(subjects.CONTROL.name)
-    revision = await kv.put(subjects.HALT_KEY, _seal(signer, state, None))
-    state = msgspec.structs.replace(state, revision=revision)
-    await bus.nc.publish(subjects.HALT_SUBJECT, _seal(signer, state, signing.BROADCAST_TTL_S))
-    await bus.nc.flush()
-    return state
 
 
 async def halt(bus: busmod.Bus, reason: str, signer: signing.Signer | None) -> str:

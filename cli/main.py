@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("dir", nargs="?", default=None, help="default: CHAOSBUS_KEYS_DIR or <state dir>/keys")
 
     sub.add_parser("demo", help="run the end-to-end demo (root)")
+    sub.add_parser("dashboard", help="the web dashboard (default http://127.0.0.1:2333/; tokens in <state "
+                                     "dir>/dashboard; its flags: `chaosbus dashboard --help`)", add_help=False)
 
     ns = sub.add_parser("nats-secrets", help="cluster mode: Secrets with NATS identities and mutual TLS, as YAML")
     ns.add_argument("--namespace", default="chaosbus")
@@ -170,6 +172,8 @@ async def dispatch(args: argparse.Namespace) -> int:
     if cmd == "demo":
         from chaosbus.cli import demo
         return await demo.run()
+    if cmd == "dashboard":
+        return _dashboard(args)
     if cmd == "apply":
         # Admitted once, before connecting: bad input never reaches NATS.
         admitted = resources.prepare(resources.read_source(args.filename), args.namespace)
@@ -201,6 +205,17 @@ async def dispatch(args: argparse.Namespace) -> int:
     elif cmd == "pod":
         return await pod_command(args, url, ns)
     return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    """The dashboard is its own service (its own NATS identity): run it in this terminal."""
+    argv = [sys.executable, "-m", "chaosbus.dashboard", *args.dashboard_args]
+    for flag, value in (("--nats-creds", args.nats_creds), ("--nats-tls", args.nats_tls)):
+        if value and flag not in argv:
+            argv += [flag, value]
+    if args.nats and "--nats" not in argv:
+        argv += ["--nats", args.nats]
+    os.execv(sys.executable, argv)
 
 
 async def _declare(url: str, args: argparse.Namespace) -> int:
@@ -252,7 +267,12 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "dashboard":
+        args.dashboard_args = extra  # its own flags: the dashboard parses them
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = asyncio.run(dispatch(args))
     except (UsageError, InvalidObject) as e:

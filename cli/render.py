@@ -11,8 +11,10 @@ import yaml
 from chaosbus.common import processid
 from chaosbus.common.crd import ORCHESTRATED
 from chaosbus.common.objects import parse_rfc3339
+from chaosbus.common.phases import chaos_phase, injected_total
 
 Obj = dict[str, Any]
+__all__ = ["age", "chaos_phase", "chaos_rows", "describe", "pod_rows", "schedule_rows", "table", "to_json", "to_yaml"]
 
 
 def age(created: str, now: float | None = None) -> str:
@@ -46,44 +48,13 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def chaos_phase(obj: Obj) -> str:
-    """The recorder's `status.phase` (see services/recorder/status.py); for a status written before
-    it existed, Chaos Mesh's derived UI phase: Deleting, Paused, Finished, Running, Injecting, Failed.
-    """
-    meta, status = obj.get("metadata") or {}, obj.get("status") or {}
-    conds = {c.get("type"): c for c in status.get("conditions") or []}
-    records = (status.get("experiment") or {}).get("containerRecords")
-    if meta.get("deletionTimestamp"):
-        return "Deleting"
-    if isinstance(status.get("phase"), str) and status["phase"]:
-        return str(status["phase"])
-    if conds.get("Paused", {}).get("status") == "True":
-        return "Paused"
-    if records is None and conds.get("Selected", {}).get("message"):
-        return "Failed"
-    desired = (status.get("experiment") or {}).get("desiredPhase")
-    if records and desired == "Stop" and conds.get("AllRecovered", {}).get("status") == "True":
-        return "Finished"
-    if records and conds.get("AllInjected", {}).get("status") == "True":
-        return "Running"
-    if records and any(_failed(r) for r in records):
-        return "Failed"
-    return "Injecting"
-
-
-def _failed(record: Obj) -> bool:
-    events = record.get("events") or []
-    return bool(events) and events[-1].get("type") == "Failed"
-
-
 def chaos_rows(objs: list[Obj]) -> str:
     rows = []
     for o in objs:
         spec, meta = o.get("spec") or {}, o.get("metadata") or {}
-        records = ((o.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
-        injected = sum(1 for r in records if r.get("phase") == "Injected")
+        injected, total = injected_total(o)
         rows.append([meta.get("name", ""), spec.get("action", "-"), spec.get("duration") or "-", chaos_phase(o),
-                     f"{injected}/{len(records)}", age(meta.get("creationTimestamp", ""))])
+                     f"{injected}/{total}", age(meta.get("creationTimestamp", ""))])
     return table(rows, ["NAME", "ACTION", "DURATION", "PHASE", "INJECTED", "AGE"])
 
 

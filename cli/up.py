@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, natsserver, signing, subjects
+from chaosbus.common import config, natsauth, natsserver, signing, subjects, webtokens
 from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
@@ -126,6 +126,7 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
     signing.ensure_keys(signing.keys_dir())  # first start: the scheduler's and the operator's key pairs
+    webtokens.ensure_tokens(webtokens.tokens_dir(state))  # for `chaosbus dashboard`
     server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log",
                               config_file=conf)
     nats = Nats(server, logs / "nats-server.log", conf)

@@ -29,6 +29,9 @@ command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)
 # the fusermount3 tool and /etc/fuse.conf, which libfuse falls back on).
 [ -f /usr/include/fuse3/fuse.h ] || missing+=(libfuse3-dev)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+# A real browser for the dashboard's test (tests/e2e/test_dashboard_browser.py, headless through selenium).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2

@@ -1,11 +1,15 @@
-"""Reading the kill switch (KV `control/halt`) for whoever must refuse new experiments while it is
-engaged: `chaosbus apply` and the direct trigger `chaos.trigger.apply`.
+"""The kill switch (KV `control/halt` and its broadcast): reading it, for whoever must refuse new
+experiments while it is engaged (`chaosbus apply`, the direct trigger `chaos.trigger.apply`), and
+setting it, signed with the operator key (`chaosbus halt`/`resume`, the dashboard).
 """
 
 from __future__ import annotations
 
+import getpass
+import socket
 import time
 
+import msgspec
 from nats.js.errors import KeyNotFoundError
 
 from chaosbus.common import bus as busmod
@@ -28,3 +32,27 @@ def halted_message(state: m.HaltState) -> str:
     reason = state.reason or "no reason given"
     return (f"chaosbus is halted by the kill switch since {since} ({reason}; by {state.by}): "
             "nothing is injected until `chaosbus resume`")
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None) -> bytes:
+    return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
+
+
+async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "",
+                   signer: signing.Signer | None, by: str | None = None) -> m.HaltState:
+    """Write the state to the KV key (durable), then broadcast it with the revision the put got."""
+    state = m.HaltState(halted=halted, reason=reason, at=time.time(), by=by or who())
+    kv = await bus.kv(subjects.CONTROL.name)
+    revision = await kv.put(subjects.HALT_KEY, _seal(signer, state, None))
+    state = msgspec.structs.replace(state, revision=revision)
+    await bus.nc.publish(subjects.HALT_SUBJECT, _seal(signer, state, signing.BROADCAST_TTL_S))
+    await bus.nc.flush()
+    return state

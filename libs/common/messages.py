@@ -276,6 +276,34 @@ class NodeLease(Message, kw_only=True, frozen=True):
     exempt: list[str] = []
 
 
+class JournalSummary(Message, kw_only=True, frozen=True):
+    """One experiment's open entries in a node's journal (faults in force or being applied)."""
+
+    experiment_uid: str
+    namespace: str = ""
+    name: str = ""
+    kind: str = ""
+    entries: int = 0
+
+
+class NodeHealth(Message, kw_only=True, frozen=True):
+    """chaos.health.<node> (core NATS): an injector's own state, sent every few seconds.
+
+    Informational (the dashboard's node page): nothing acts on it, so it is neither signed nor
+    kept; a node not heard from for a few intervals is shown as silent.
+    """
+
+    node: str
+    at: float  # the injector's wall clock when sent
+    interval_s: float = 2.0  # how often it is sent
+    connected_since: float = 0.0
+    halted: bool = False
+    lease_ttl_s: float = 0.0
+    lease_age_s: float = -1.0  # seconds since this node last heard its lease; -1: not yet
+    open_entries: int = 0
+    experiments: list[JournalSummary] = []
+
+
 # --- the scheduler's own memory and its leader lease (KV `scheduler`) -------------------------
 
 

@@ -99,6 +99,8 @@ def _grants(identity: str, node: str) -> tuple[list[str], list[str], bool]:
                 pub.append(cs.pattern)
             continue
         if cs.owner == identity:
+            pub += [_fill(p, node) for p in (cs.owner_subjects or (cs.pattern,))]
+        elif identity in cs.also_published_by:
             pub.append(cs.pattern)
         for r in mine:
             sub += [_fill(p, node) for p in (r.subjects or (cs.pattern,))]
@@ -222,7 +224,7 @@ def ensure_seed(path: Path) -> str:
         return seed
 
 
-LOCAL_IDENTITIES = ("watcher", "scheduler", "recorder", "cli", "client")
+LOCAL_IDENTITIES = ("watcher", "scheduler", "recorder", "cli", "client", "dashboard")
 
 
 def prepare_local(state: Path, nodes: str | Sequence[str]) -> Path:

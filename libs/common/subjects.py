@@ -15,8 +15,9 @@ from chaosbus.common import messages as m
 # allows each only what the records below grant it (libs/common/natsauth.py turns them into
 # permissions). A node injector's identity is per node: `{node}` in a template is its node name.
 # `cli` is the `chaosbus` commands and the pod supervisors they start (local mode's kubectl);
-# `client` may only call the direct triggers.
-IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client")
+# `client` may only call the direct triggers. `dashboard` is the web UI (`chaosbus dashboard`): it
+# reads, writes through the triggers, and pulls the kill switch only with the operator's key.
+IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client", "dashboard")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ OBJECTS = Stream(
     message=m.ObjectEvent,
     owner="watcher",
     consumers=(Consumer("scheduler"), Consumer("recorder"),
-               Consumer("watcher", note="last per subject, at start in cluster mode")),
+               Consumer("watcher", note="last per subject, at start in cluster mode"),
+               Consumer("dashboard", note="ordered replay, shown live")),
     max_msgs_per_subject=1,
     purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
 )
@@ -126,7 +128,7 @@ OBJECT_STORE = Bucket(
     message="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace)",
     owners=(Role("cli", "spec, metadata; pod supervisor: Pods"), Role("recorder", "status, finalizers"),
             Role("scheduler", "triggers: apply, recover")),
-    readers=(Role("watcher"),),
+    readers=(Role("watcher"), Role("dashboard", "Events, Pods (local mode)")),
     purpose="local mode's API server: the objects users apply",
 )
 TARGETS = Bucket(
@@ -148,7 +150,7 @@ CONTROL = Bucket(
     name="control",
     keys="halt",
     message="HaltState",
-    owners=(Role("cli", "halt, resume"),),
+    owners=(Role("cli", "halt, resume"), Role("dashboard", "halt, resume with the operator key")),
     readers=(Role("injector"), Role("scheduler", "triggers refuse while halted")),
     purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
 )
@@ -175,6 +177,11 @@ class CoreSubject:
     readers: tuple[Role, ...]
     purpose: str = ""
     reply: type[m.Message] | None = None  # request/reply subjects: the reply (or an ErrorReply)
+    # Where the owner publishes when narrower than `pattern` (templates: a node its own subject).
+    owner_subjects: tuple[str, ...] = ()
+    # Identities that publish the same messages on the owner's behalf (the kill switch: the CLI
+    # and the dashboard both run the operator's signed path; receivers check the signature).
+    also_published_by: tuple[str, ...] = ()
 
 
 LEASES = CoreSubject(
@@ -188,10 +195,20 @@ HALT = CoreSubject(
     pattern="chaos.control.halt",
     message=m.HaltState,
     owner="cli",
+    also_published_by=("dashboard",),
     readers=(Role("injector"),),
     purpose="kill-switch broadcast; the KV key `control/halt` is the durable copy",
 )
-TRIGGER_READERS = (Role("cli"), Role("client", "direct triggers"))  # they send the requests
+HEALTH = CoreSubject(
+    pattern="chaos.health.*",
+    message=m.NodeHealth,
+    owner="injector",
+    owner_subjects=("chaos.health.{node}",),
+    readers=(Role("dashboard"),),
+    purpose="each injector's state every few seconds (lease, halt, open journal entries), shown by the dashboard",
+)
+# They send the requests.
+TRIGGER_READERS = (Role("cli"), Role("client", "direct triggers"), Role("dashboard", "writes from the web UI"))
 TRIGGER_APPLY = CoreSubject(
     pattern="chaos.trigger.apply", message=m.TriggerApply, reply=m.TriggerApplied, owner="scheduler",
     readers=TRIGGER_READERS, purpose="apply an experiment given as its custom resource in JSON (local mode)")
@@ -206,7 +223,7 @@ TRIGGER_LIST = CoreSubject(
     readers=TRIGGER_READERS, purpose="experiments that are not finished, with their phase")
 TRIGGERS = (TRIGGER_APPLY, TRIGGER_GET, TRIGGER_RECOVER, TRIGGER_LIST)
 TRIGGER_QUEUE = "scheduler"  # only the leader subscribes; the queue group keeps it to one reply anyway
-CORE_SUBJECTS = (LEASES, HALT, *TRIGGERS)
+CORE_SUBJECTS = (LEASES, HALT, HEALTH, *TRIGGERS)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -255,6 +272,10 @@ def lease_subject(node: str) -> str:
     return f"chaos.lease.{token(node)}"
 
 
+def health_subject(node: str) -> str:
+    return f"chaos.health.{token(node)}"
+
+
 HALT_SUBJECT = HALT.pattern
 
 
@@ -294,6 +315,7 @@ def markdown_table() -> str:
             rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(map(str, c.readers))} | "
                         f"`{c.owner} (leader replies)` |")
             continue
-        rows.append(f"| core subject | - | `{c.pattern}` | {msg} | {c.owner} | "
+        owners = ", ".join((c.owner, *c.also_published_by))
+        rows.append(f"| core subject | - | `{c.pattern}` | {msg} | {owners} | "
                     f"{', '.join(f'`{r.identity}`' for r in c.readers)} |")
     return "\n".join(rows)

@@ -35,6 +35,7 @@ log = cblog.get("injector")
 COMMAND_ACK_WAIT_S = 10.0  # an unacked command (injector killed mid-way) is redelivered after this
 HALT_POLL_S = 1.0
 RETRY_S = 1.0
+HEALTH_INTERVAL_S = 2.0
 
 
 def default_journal(node: str) -> Path:
@@ -100,13 +101,25 @@ class Edge:
         await bus.nc.subscribe(subjects.HALT_SUBJECT, cb=self._on_halt)
         where = bus.nc.connected_url
         log.info("injector ready", node=self.name, nats=f"{where.hostname}:{where.port}" if where else "")
-        await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus))
+        await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus),
+                                  self._report_health(bus))
 
     async def _track(self, bus: busmod.Bus) -> None:
         while True:
             self.node.connected = bus.nc.is_connected
             self.halted.set(1 if self.node.halt.halted else 0)
             await asyncio.sleep(0.2)
+
+    async def _report_health(self, bus: busmod.Bus) -> None:
+        """Tell whoever watches (the dashboard) this node's lease, halt and journal, now and then."""
+        since = self.node.clock()
+        subject = subjects.health_subject(self.name)
+        while True:
+            with contextlib.suppress(Exception):
+                entries = await self.node.run_in_thread(self.node.journal.open_entries)
+                report = self.node.health(self.name, entries, interval_s=HEALTH_INTERVAL_S, connected_since=since)
+                await bus.nc.publish(subject, busmod.encode(report))
+            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def _on_lease(self, msg: Msg) -> None:
         got = self.gate.lease(msg.data, msg.subject)

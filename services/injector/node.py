@@ -66,6 +66,14 @@ class Node:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def health(self, name: str, entries: list[Entry], *, interval_s: float, connected_since: float) -> m.NodeHealth:
+        """What this node reports about itself on chaos.health.<node> (the dashboard's node page)."""
+        heard = self.lease.last_heard
+        return m.NodeHealth(node=name, at=self.clock(), interval_s=interval_s, connected_since=connected_since,
+                            halted=self.halt.halted, lease_ttl_s=self.lease.ttl_s,
+                            lease_age_s=-1.0 if heard is None else max(0.0, self.mono() - heard),
+                            open_entries=len(entries), experiments=journal_summary(entries))
+
     # --- start-up --------------------------------------------------------------------------------
 
     async def start(self) -> dict[str, int]:
@@ -270,6 +278,17 @@ class Node:
         self._retry_at[key] = self.mono() + min(MAX_RETRY_S, 2.0 ** (n - 1))
         log.warning("recovery failed; will retry", target=current.action.target_id, attempt=n, error=res.message)
         return None
+
+
+def journal_summary(entries: list[Entry]) -> list[m.JournalSummary]:
+    """Open entries counted per experiment, in a stable order."""
+    by_uid: dict[str, m.JournalSummary] = {}
+    for e in entries:
+        seen = by_uid.get(e.experiment_uid)
+        by_uid[e.experiment_uid] = m.JournalSummary(
+            experiment_uid=e.experiment_uid, namespace=e.namespace, name=e.name, kind=e.kind,
+            entries=(seen.entries if seen else 0) + 1)
+    return [by_uid[k] for k in sorted(by_uid)]
 
 
 def _log_recovered(done: list[Recovered]) -> None:

@@ -14,6 +14,7 @@ from chaosbus.common import messages, subjects
 from chaosbus.injector import faults
 
 SERVICES = ("watcher", "scheduler", "injector", "recorder")
+READERS = (*SERVICES, "dashboard")  # the dashboard reads (and writes only through the triggers)
 # Fault specs the scheduler may emit that the node injector does not implement; it answers them
 # with a non-retryable "not supported" failure (see services/injector/core.py). Each is the cluster
 # injector's (`injector --cluster`), as the last test here checks.
@@ -71,7 +72,7 @@ def test_stream_message_is_a_wire_struct(stream: subjects.Stream) -> None:
 def test_stream_is_read_by_known_services(stream: subjects.Stream) -> None:
     assert stream.consumers, "a stream nobody consumes is dead weight"
     readers = {c.identity for c in stream.consumers}
-    assert readers <= set(SERVICES)
+    assert readers <= set(READERS)
     assert all(c.identity != stream.owner or not c.durable for c in stream.consumers), \
         "an owner reads back its own stream only to compare at start, never as a work consumer"
 
@@ -191,3 +192,24 @@ def test_what_the_node_injector_lacks_the_cluster_injector_does() -> None:
     registry = cluster.registry(object(), "pause")
     assert set(registry) == UNSUPPORTED_FAULTS | {"pod-kill", "task"}  # both modes: an API call, a process
     assert all(registry[tag].name == tag for tag in registry)
+
+
+# --- the dashboard's identity ---------------------------------------------------------------------
+
+def test_the_dashboard_reads_and_never_writes_a_stream_or_the_object_store() -> None:
+    from chaosbus.common import natsauth
+
+    p = natsauth.permissions("dashboard")
+    assert not [s for s in p.publish if s.startswith(("chaos.obj", "chaos.cmd", "chaos.result", "chaos.phase",
+                                                      "chaos.write", "$KV.objects", "$KV.targets"))]
+    assert "$KV.control.>" in p.publish and subjects.HALT_SUBJECT in p.publish  # the kill switch, signed
+    assert all(t.pattern in p.publish for t in subjects.TRIGGERS)
+    assert "chaos.health.*" in p.subscribe
+
+
+def test_a_node_injector_reports_its_health_on_its_own_subject_only() -> None:
+    from chaosbus.common import natsauth
+
+    p = natsauth.permissions("injector", node="n1")
+    assert subjects.health_subject("n1") in p.publish
+    assert "chaos.health.*" not in p.publish

@@ -115,8 +115,8 @@ def test_nats_server_accepts_the_generated_configuration(tmp_path: Path) -> None
 def test_local_credentials_are_private_and_reused(tmp_path: Path) -> None:
     natsauth.prepare_local(tmp_path, "n1")
     files = sorted(natsauth.creds_dir(tmp_path).iterdir())
-    assert [f.name for f in files] == ["admin.nk", "cli.nk", "client.nk", "injector-n1.nk", "nats-server.conf",
-                                       "recorder.nk", "scheduler.nk", "watcher.nk"]
+    assert [f.name for f in files] == ["admin.nk", "cli.nk", "client.nk", "dashboard.nk", "injector-n1.nk",
+                                       "nats-server.conf", "recorder.nk", "scheduler.nk", "watcher.nk"]
     assert stat.S_IMODE(natsauth.creds_dir(tmp_path).stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     seeds = {f.name: f.read_text() for f in files if f.suffix == ".nk"}
