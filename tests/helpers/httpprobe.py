@@ -114,3 +114,12 @@ def median_seconds(netns_path: str, ip: str, port: int, target: str, n: int = 5)
         assert reply.status == 200, reply
         times.append(reply.seconds)
     return sorted(times)[len(times) // 2]
+
+
+def listening_ports(netns_path: str) -> set[int]:
+    """The TCP ports something listens on in the namespace (a running chaos proxy has one)."""
+    def ports() -> set[int]:
+        with open("/proc/thread-self/net/tcp") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+        return {int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[3] == "0A"}
+    return netns.run_in_netns(netns_path, ports)
