@@ -105,6 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--metrics-base-port", type=int, default=None, help="as given to `chaosbus up` (default ports "
                                                                           "without it)")
     pc.add_argument("--interval", default="15s", help="scrape interval")
+    tpl = sub.add_parser("template", help="Chaos Mesh's StatusCheck templates (ConfigMaps)")
+    tsc = tpl.add_subparsers(dest="template_kind", required=True).add_parser(
+        "statuscheck", help="StatusCheck templates").add_subparsers(dest="template_command", required=True)
+    tl = tsc.add_parser("list", help="list templates")
+    _ns(tl)
+    tl.add_argument("-A", "--all-namespaces", action="store_true")
+    tg = tsc.add_parser("get", help="show a template and its spec")
+    tg.add_argument("name")
+    _ns(tg)
+    tg.add_argument("-o", "--output", choices=("json", "yaml"))
+    tc = tsc.add_parser("create", help="create a template from a StatusCheck (or its spec) in a file")
+    tc.add_argument("name")
+    tc.add_argument("-f", "--filename", required=True, help="file, or - for standard input")
+    tc.add_argument("--description", default="")
+    _ns(tc)
+    tc.add_argument("-o", "--output", choices=("yaml",), help="print the ConfigMap (for kubectl) instead")
+    td = tsc.add_parser("delete", help="delete a template")
+    td.add_argument("name")
+    _ns(td)
+    tr = tsc.add_parser("run", help="create a StatusCheck from a template")
+    tr.add_argument("name")
+    tr.add_argument("--check-name", required=True, help="name of the new StatusCheck")
+    _ns(tr)
     sub.add_parser("declare", help="create or update every stream and bucket (the admin step; with --nats-creds "
                                    "of the admin identity)")
     return p
@@ -204,6 +227,30 @@ async def dispatch(args: argparse.Namespace) -> int:
             s, kind, args.name, ns, args.annotations, overwrite=args.overwrite)))
     elif cmd == "pod":
         return await pod_command(args, url, ns)
+    elif cmd == "template":
+        return await template_command(args, url, ns)
+    return 0
+
+
+async def template_command(args: argparse.Namespace, url: str, ns: str) -> int:
+    from chaosbus.cli import templates
+
+    tc = args.template_command
+    if tc == "create":
+        cm = templates.new_configmap(ns, args.name, args.filename, args.description)
+        if args.output == "yaml":
+            print(render.to_yaml([cm]), end="")
+            return 0
+        print(await with_store(url, lambda s, _b: templates.create(s, cm), declare=True))
+    elif tc == "list":
+        print(await with_store(url, lambda s, _b: templates.listing(s, None if args.all_namespaces else ns)))
+    elif tc == "get":
+        print(templates.show(await with_store(url, lambda s, _b: templates.one(s, ns, args.name)), args.output),
+              end="")
+    elif tc == "delete":
+        print(await with_store(url, lambda s, _b: templates.delete(s, ns, args.name)))
+    else:
+        print(await with_store(url, lambda s, _b: templates.run(s, ns, args.name, args.check_name)))
     return 0
 
 

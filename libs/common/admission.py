@@ -9,7 +9,16 @@ from typing import Any
 
 import msgspec
 
-from chaosbus.common.crd import ALL_KINDS, CHAOS_KINDS, bounds, decode_any, decode_object, encode_object, kinds
+from chaosbus.common.crd import (
+    ALL_KINDS,
+    CHAOS_KINDS,
+    bounds,
+    decode_any,
+    decode_object,
+    encode_object,
+    kinds,
+    sctemplates,
+)
 from chaosbus.common.crd.errors import InvalidObject, Problems
 from chaosbus.common.crd.meta import RECORDS_FINALIZER
 
@@ -30,6 +39,8 @@ def admit(doc: Obj, namespace: str | None = None) -> Obj:
         meta = {**meta, "namespace": namespace}
         doc = {**doc, "metadata": meta}
     kind = str(doc.get("kind"))
+    if kind == "ConfigMap":
+        return _template_configmap(doc, meta)
     if kind in ALL_KINDS and kind not in CHAOS_KINDS:
         # Orchestration kinds (run by the scheduler) and accepted ones (marked NotSupported): checked
         # as Chaos Mesh's webhook would (a Schedule's cron and embedded spec fully), stored as given.
@@ -51,6 +62,29 @@ def with_records_finalizer(obj: Obj) -> Obj:
     if RECORDS_FINALIZER in finalizers:
         return obj
     return {**obj, "metadata": {**meta, "finalizers": [*finalizers, RECORDS_FINALIZER]}}
+
+
+def _template_configmap(doc: Obj, meta: Obj) -> Obj:
+    """Local mode keeps one kind of ConfigMap: Chaos Mesh's StatusCheck templates, checked as a
+    StatusCheck spec would be.
+    """
+    if doc.get("apiVersion") != "v1":
+        raise InvalidObject([f"apiVersion: expected v1, got {doc.get('apiVersion')!r}"])
+    cm = {**doc, "metadata": {**meta, "namespace": meta.get("namespace") or "default"}}
+    if not sctemplates.is_template(cm):
+        raise InvalidObject([f"kind: ConfigMap: local mode keeps only StatusCheck templates (labels "
+                             f"{sctemplates.TYPE_LABEL}=StatusCheck, {sctemplates.MANAGED_BY_LABEL}="
+                             f"{sctemplates.MANAGED_BY}, annotation {sctemplates.NAME_ANNOTATION}=NAME, "
+                             f"named {sctemplates.PREFIX}NAME)"])
+    problems = Problems()
+    bounds.dns_label(problems, "metadata.namespace", cm["metadata"]["namespace"])
+    bounds.dns_subdomain(problems, "metadata.name", cm["metadata"]["name"])
+    unknown = sorted(set(cm) - {"apiVersion", "kind", "metadata", "data"})
+    for field in unknown:
+        problems.add(field, "unknown field")
+    problems.raise_if_any()
+    sctemplates.read(cm)
+    return _fits({k: cm[k] for k in ("apiVersion", "kind", "metadata", "data") if k in cm})
 
 
 def _fits(obj: Obj) -> Obj:

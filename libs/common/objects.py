@@ -19,6 +19,7 @@ CORE_KINDS: dict[str, tuple[str, ...]] = {
     "Pod": ("pod", "pods", "po"),
     "Namespace": ("namespace", "namespaces", "ns"),
     "Node": ("node", "nodes", "no"),
+    "ConfigMap": ("configmap", "configmaps", "cm"),  # StatusCheck templates only (crd/sctemplates.py)
 }
 CLUSTER_SCOPED = ("Namespace", "Node")
 

@@ -240,3 +240,35 @@ def test_schedule_step_fires_until_its_deadline_then_leaves_nothing(system: Syst
                timeout=15)
     wait_blocked(system, set(), timeout=10)
     system.cli("delete", "workflow", "periodic")
+
+
+def test_a_status_check_template_lists_shows_and_runs_as_a_status_check(system: System, health: Flippable,
+                                                                          tmp_path: Any) -> None:
+    spec = tmp_path / "check.yaml"
+    spec.write_text(yaml.safe_dump(check(health, "Synchronous")))
+    created = system.cli("template", "statuscheck", "create", "web-ok", "-f", str(spec),
+                         "--description", "web answers 2xx").stdout
+    assert "statuscheck template/web-ok created" in created
+    # A ConfigMap applied as Chaos Mesh's dashboard writes it is a template too; any other is refused.
+    system.cli("apply", "-f", "-", stdin=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "template-status-check-web-down", "labels": {
+            "template.chaos-mesh.org/type": "StatusCheck", "app.kubernetes.io/managed-by": "chaos-mesh"},
+            "annotations": {"template.chaos-mesh.org/name": "web-down",
+                            "template.chaos-mesh.org/description": ""}},
+        "data": {"spec": yaml.safe_dump(check(health, "Synchronous"))}}))
+    plain = system.cli("apply", "-f", "-", check=False, stdin=yaml.safe_dump(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"a": "b"}}))
+    assert plain.returncode == 1 and "only StatusCheck templates" in plain.stderr
+    listed = system.cli("template", "statuscheck", "list").stdout
+    assert re.search(r"default\s+web-down", listed) and re.search(r"default\s+web-ok\s+web answers 2xx", listed)
+    shown = yaml.safe_load(system.cli("template", "statuscheck", "get", "web-ok").stdout)
+    assert shown["spec"]["http"]["url"] == url(health) and shown["description"] == "web answers 2xx"
+
+    system.cli("template", "statuscheck", "run", "web-ok", "--check-name", "from-template")
+    eventually(lambda: conditions(system.get("statuscheck", "from-template")).get("SuccessThresholdExceed") == "True",
+               timeout=15)
+    system.cli("delete", "statuscheck", "from-template")
+    for name in ("web-ok", "web-down"):
+        system.cli("template", "statuscheck", "delete", name)
+    assert "No resources found." in system.cli("template", "statuscheck", "list").stdout
