@@ -22,7 +22,7 @@ from chaosbus.common import commands, config, service, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, core, drops, faults, podpolicy, runtime
+from chaosbus.injector import authorize, core, drops, faults, podpolicy, readback, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
@@ -308,16 +308,29 @@ async def _housekeeping_forever(node: Node, interval: float) -> None:
             log.exception("housekeeping failed", error=str(e))
 
 
-async def _drops_forever(node: Node, metrics: InjectorMetrics, interval: float) -> None:
+async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: float) -> None:
+    """The kernel read-back gauges (drops.py, readback.py), refreshed every `interval`."""
     while True:
         try:
             entries = await node.run_in_thread(node.journal.open_entries)
-            # nft reads off the fault pool: a slow read never delays a command.
-            packets, octets = await asyncio.to_thread(drops.read, entries)
-            metrics.dropped_packets.set_all({k: float(v) for k, v in packets.items()})
-            metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
         except Exception as e:
-            log.exception("reading drop counters failed", error=str(e))
+            log.exception("reading the journal for read-back failed", error=str(e))
+            entries = None
+        if entries is not None:
+            # Kernel reads off the fault pool: a slow read never delays a command.
+            try:
+                packets, octets = await asyncio.to_thread(drops.read, entries)
+                metrics.dropped_packets.set_all({k: float(v) for k, v in packets.items()})
+                metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
+            except Exception as e:
+                log.exception("reading drop counters failed", error=str(e))
+            for gauge, read in ((metrics.qdiscs, readback.qdiscs), (metrics.stressors, readback.stressors),
+                                (metrics.skewed, readback.skewed)):
+                try:
+                    found = await asyncio.to_thread(read, entries)
+                    gauge.set_all({k: float(v) for k, v in found.items()})
+                except Exception as e:
+                    log.exception("read-back failed", gauge=gauge.name, error=str(e))
         await asyncio.sleep(interval)
 
 
@@ -361,7 +374,7 @@ async def main(args: argparse.Namespace) -> None:
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
         await service.run_forever(node.watchdog(), _sweep_forever(node, sweeper, args.sweep_interval),
-                                  _drops_forever(node, metrics, args.drops_interval), edge.run(args.nats))
+                                  _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
     finally:
         node.close()
         journal.close()
@@ -429,7 +442,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "CHAOSBUS_KEYS_DIR or <state dir>/keys)")
     p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")
     p.add_argument("--drops-interval", type=float, default=2.0,
-                   help="seconds between reads of the partitions' drop counters (partition_dropped_*)")
+                   help="seconds between kernel read-backs (partition_dropped_*, qdiscs_installed, stressors_running, "
+                        "skewed_processes)")
     p.add_argument("--containerd-socket", default=None,
                    help="containerd:// targets: containerd's CRI socket (default: CHAOSBUS_CONTAINERD_SOCKET or "
                         "/run/containerd/containerd.sock)")

@@ -28,3 +28,13 @@ class InjectorMetrics:
         self.dropped_bytes = SnapshotGauge("chaosbus_injector_partition_dropped_bytes",
                                            "Bytes dropped by each partition's nft tables on this node",
                                            ["namespace", "name"], self.registry)
+        # Read back from the kernel and /proc (readback.py): what each experiment has in force now.
+        self.qdiscs = SnapshotGauge("chaosbus_injector_qdiscs_installed",
+                                    "netem/tbf qdiscs the kernel has for each NetworkChaos shaping experiment",
+                                    ["namespace", "name"], self.registry)
+        self.stressors = SnapshotGauge("chaosbus_injector_stressors_running",
+                                       "Live stress-ng processes of each StressChaos experiment",
+                                       ["namespace", "name"], self.registry)
+        self.skewed = SnapshotGauge("chaosbus_injector_skewed_processes",
+                                    "Processes whose vDSO each TimeChaos experiment has patched now",
+                                    ["namespace", "name"], self.registry)

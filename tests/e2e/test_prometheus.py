@@ -6,7 +6,6 @@ Chaos Mesh's metric names come through beside ours during a live experiment.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,7 @@ WORKLOADS = {"watcher.yaml": "watcher", "scheduler.yaml": "scheduler", "recorder
 
 
 def live_ports(system: System) -> dict[str, int]:
-    """The /metrics port each running service logged (the last start wins: a restart rebinds)."""
-    ports: dict[str, int] = {}
-    for name in SERVICES:
-        for line in system.service_log(name).splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("metrics_port"):
-                ports[name] = int(rec["metrics_port"])
+    ports = system.metrics_ports()
     assert set(ports) == set(SERVICES), ports
     return ports
 

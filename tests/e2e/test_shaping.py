@@ -52,6 +52,16 @@ def rate(system: System, sink: dict[int, subprocess.Popen[str]], src: int, dst: 
     return goodput(system.pods[src].netns_path, sink[dst], system.pods[dst].ip, seconds=seconds)
 
 
+def qdiscs(system: System, name: str) -> float | None:
+    """The injector's read-back of the experiment's qdiscs in the kernel; None: no series."""
+    found = system.samples("injector", "chaosbus_injector_qdiscs_installed", namespace="default", name=name)
+    return sum(found) if found else None
+
+
+def our_qdiscs(netns_path: str, kind: str) -> int:
+    return sum(1 for f in tc.list_ours(netns_path) if f.what == "qdisc" and f.kind == kind)
+
+
 def test_bandwidth_caps_only_towards_the_target_until_deleted(system: System,
                                                               sink: dict[int, subprocess.Popen[str]]) -> None:
     assert tc.list_ours(system.pods[0].netns_path) == []
@@ -64,8 +74,12 @@ def test_bandwidth_caps_only_towards_the_target_until_deleted(system: System,
     other = rate(system, sink, 0, 2, seconds=1)
     print(f"\ne2e 1mbit: peer-0 -> peer-1 {capped / MBIT:.3f} Mbit/s, peer-0 -> peer-2 {other / MBIT:.0f} Mbit/s")
     assert abs(capped - MBIT) <= 0.2 * MBIT and other > 20 * MBIT
+    # Read back from the kernel: the one tbf on peer-0's eth0 (the target side shapes nothing).
+    assert our_qdiscs(system.pods[0].netns_path, "tbf") == 1
+    eventually(lambda: qdiscs(system, "bw-1mbit") == 1, timeout=10)
     system.cli("delete", "networkchaos", "bw-1mbit")
     assert tc.list_ours(system.pods[0].netns_path) == []
+    eventually(lambda: qdiscs(system, "bw-1mbit") is None, timeout=10)
     assert rate(system, sink, 0, 1, seconds=1) > 20 * MBIT
 
 
@@ -73,6 +87,7 @@ def test_both_directions_shape_each_side_towards_the_other(system: System,
                                                            sink: dict[int, subprocess.Popen[str]]) -> None:
     system.cli("apply", "-f", "-", stdin=bandwidth("bw-both", "2mbit", "peer-2", "peer-3", direction="both"))
     eventually(lambda: all_injected(system, "bw-both", 2), timeout=15)
+    eventually(lambda: qdiscs(system, "bw-both") == 2, timeout=10)  # a tbf on each side
     there, back = rate(system, sink, 2, 3), rate(system, sink, 3, 2)
     assert abs(there - 2 * MBIT) <= 0.4 * MBIT and abs(back - 2 * MBIT) <= 0.4 * MBIT
     system.cli("delete", "networkchaos", "bw-both")

@@ -68,6 +68,12 @@ def injected(system: System, name: str) -> list[dict[str, object]]:
     return eventually(lambda: [r for r in records(system, name) if r["phase"] == "Injected"], timeout=15)
 
 
+def stressor_gauge(system: System, name: str) -> float | None:
+    """The injector's read-back of the experiment's live stressors; None: no series."""
+    found = system.samples("injector", "chaosbus_injector_stressors_running", namespace="default", name=name)
+    return sum(found) if found else None
+
+
 def test_pod_has_its_own_cgroup_and_pid_namespace(system: System) -> None:
     dirs = pod_cgroup(system, 0)
     pid = system.pods[0].pid
@@ -93,8 +99,11 @@ def test_cpu_stress_loads_the_pod_cgroup_and_stops_at_recovery(system: System) -
     busy = cores(dirs)
     assert max(0.08, 5 * idle) <= busy <= 1.3, f"{busy:.2f} cores (idle {idle:.3f})"
     assert cores(pod_cgroup(system, 0), 1.0) < 0.1  # the other pods are not stressed
+    # One stressor on one target: one stress-ng instance, read back from /proc.
+    eventually(lambda: stressor_gauge(system, "burn") == 1, timeout=10)
     system.cli("delete", "stresschaos", "burn")
     eventually(lambda: not stressors_in(dirs), timeout=10)
+    eventually(lambda: stressor_gauge(system, "burn") is None, timeout=10)
     assert cores(dirs, 1.0) < 0.1
 
 

@@ -75,6 +75,12 @@ def vdso_is(pid: int, patches: tuple[timeskew.Patch, ...]) -> bool:
     return all(timeskew.read_bytes(pid, p.address, len(p.original)) == p.original for p in patches)
 
 
+def skewed_gauge(system: System, name: str) -> float | None:
+    """The injector's read-back of the experiment's patched processes; None: no series."""
+    found = system.samples("injector", "chaosbus_injector_skewed_processes", namespace="default", name=name)
+    return sum(found) if found else None
+
+
 def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tuple[ClockPod, ...]) -> None:
     c, py, other = clock_pods
     base = {p.name: p.skews() for p in clock_pods}
@@ -88,11 +94,14 @@ def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tu
     assert shifted(base["clock-py"], py.skews(), -HOUR_NS)
     assert shifted(base["clock-other"], other.skews(), 0)
     assert shifted(mono, c.skews(monotonic_skew), 0)
+    # Read back from /proc/<pid>/mem: both targets' processes are patched now.
+    eventually(lambda: skewed_gauge(system, "skew") == 2, timeout=10)
 
     system.cli("delete", "timechaos", "skew")
     for p in (c, py):
         eventually(lambda p=p: vdso_is(p.pid, originals[p.name]), timeout=10)
         assert shifted(base[p.name], p.skews(), 0)
+    eventually(lambda: skewed_gauge(system, "skew") is None, timeout=10)
 
 
 def test_timechaos_with_monotonic_as_a_workflow_step(system: System, clock_pods: tuple[ClockPod, ...]) -> None:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chaosbus.cli import leftovers
 from chaosbus.common import cgroups, natsauth, netns, processid
@@ -85,6 +87,27 @@ class System:
 
     def service_log(self, name: str) -> str:
         return (self.state / "logs" / f"{name}.log").read_text()
+
+    def metrics_ports(self) -> dict[str, int]:
+        """The /metrics port each running service logged (the last start wins: a restart rebinds)."""
+        ports: dict[str, int] = {}
+        for name in ("watcher", "scheduler", "recorder", "injector"):
+            for line in self.service_log(name).splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("metrics_port"):
+                    ports[name] = int(rec["metrics_port"])
+        return ports
+
+    def samples(self, service: str, metric: str, **labels: str) -> list[float]:
+        """Values of `metric`'s series on `service`'s /metrics whose labels include `labels`."""
+        port = self.metrics_ports()[service]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return [s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())]
 
 
 def _connect(ip: str, port: int, timeout: float) -> bool:

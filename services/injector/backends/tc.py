@@ -144,6 +144,33 @@ class Shaper:
         with self._lock:
             return {name: dict(s.rules) for (k, name), s in self._devices.items() if k == key}
 
+    def installed_stages(self, netns_path: str) -> dict[str, int]:
+        """Owner -> how many of its stage qdiscs (netem, tbf) the kernel has on the namespace's
+        devices now: read from the kernel, attributed through the installed plan (a stage handle
+        names one owner). A namespace this process shapes nothing in is not visited.
+
+        Raises:
+            NetnsGone: the namespace is gone.
+        """
+        key = netns_key(netns_path)
+        with self._lock:
+            states = [s for (k, _), s in self._devices.items() if k == key and s.installed is not None]
+        if not states:
+            return {}
+
+        async def job(ipr: Any) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for state in states:
+                assert state.installed is not None
+                stages = {st.handle: st for c in state.installed.classes for st in c.stages}
+                for q in await tcdev.qdiscs_of(ipr, state.ifindex):
+                    stage = stages.get(q.handle)
+                    if stage is not None and stage.kind == q.kind:
+                        counts[stage.owner] = counts.get(stage.owner, 0) + 1
+            return counts
+
+        return self.links.run(netns_path, job)[1]
+
     # --- on the namespace's thread ---------------------------------------------------------------
 
     async def _state(self, ipr: Any, key: tuple[int, int], ifindex: int, ifname: str) -> DeviceState:
