@@ -14,8 +14,8 @@ import os
 
 from chaosbus.common.messages import Shaping, Stress, TimeSkew
 from chaosbus.injector import executor
-from chaosbus.injector.backends import tc, timeskew
-from chaosbus.injector.faults import shaping, stress
+from chaosbus.injector.backends import procs, tc, timeskew
+from chaosbus.injector.faults import shaping
 from chaosbus.injector.journal import Entry
 
 Experiment = tuple[str, str]  # namespace, name
@@ -48,12 +48,12 @@ def stressors(entries: list[Entry]) -> dict[Experiment, int]:
     marks too but is not a stressor; stress-ng's workers retitle themselves over their
     environment, so the instance (the workers' parent) is what is counted.
     """
-    wanted = {f"{stress.KEY_ENV}={e.key}".encode(): (e.namespace, e.name)
+    wanted = {f"{procs.KEY_ENV}={e.key}".encode(): (e.namespace, e.name)
               for e in entries if isinstance(e.action.fault, Stress)}
     out: dict[Experiment, int] = {}
     if not wanted:
         return out
-    prefix = f"{stress.KEY_ENV}=".encode()
+    prefix = f"{procs.KEY_ENV}=".encode()
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
