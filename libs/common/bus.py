@@ -228,15 +228,16 @@ class Bus:
         *,
         batch: int = 64,
         ack_wait: float = 30.0,
+        opener: Callable[[Msg], M | None] | None = None,
     ) -> None:
         """As `consume`, but the handler gets every message of one fetch at once, so that it can
         fold them into fewer writes; it returns the indexes of those to redeliver shortly (not
-        yet), and an exception redelivers them all.
+        yet), and an exception redelivers them all. `opener` as in `consume`.
         """
         async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
             decoded: list[tuple[Msg, M]] = []
             for msg in msgs:
-                value = _decode_or_log(msg, kind)
+                value = opener(msg) if opener is not None else _decode_or_log(msg, kind)
                 if value is None:
                     await msg.term()
                 else:

@@ -145,7 +145,7 @@ class TargetResult(Message, kw_only=True, frozen=True):
 
 
 class ResultBatch(Message, kw_only=True, frozen=True):
-    """chaos.result.<uid>: the outcome of one NodeCommand."""
+    """chaos.result.<node>.<uid>: the outcome of one NodeCommand on `node` (the subject's node)."""
 
     command_id: str
     experiment_uid: str
@@ -163,6 +163,7 @@ class ResultBatch(Message, kw_only=True, frozen=True):
 class RecordRef(Message, kw_only=True, frozen=True):
     id: str
     selector_key: str = "."
+    node: str = ""  # the injector whose results may change this record ("": not known, any)
 
 
 class ExperimentDecision(Message, kw_only=True, frozen=True):

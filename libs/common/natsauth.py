@@ -76,7 +76,7 @@ def _grants(identity: str, node: str) -> tuple[list[str], list[str], bool]:
     responds = False
     for s in subjects.STREAMS:
         if s.owner == identity:
-            pub += [*_stream_info(s.name), *s.subjects]
+            pub += [*_stream_info(s.name), *([_fill(t, node) for t in s.owner_subjects] or s.subjects)]
         for c in s.consumers:
             if c.identity != identity:
                 continue

@@ -54,6 +54,7 @@ class Stream:
     message: type[m.Message]
     owner: str  # the only identity that publishes
     consumers: tuple[Consumer, ...]
+    owner_subjects: tuple[str, ...] = ()  # what the owner may publish, when narrower (templates)
     max_msgs_per_subject: int = -1
     max_age_s: float = 0.0
     work_queue: bool = False
@@ -93,20 +94,24 @@ COMMANDS = Stream(
 )
 RESULTS = Stream(
     name="CHAOS_RESULT",
-    subjects=("chaos.result.*",),
+    subjects=("chaos.result.*.*",),
     message=m.ResultBatch,
     owner="injector",
-    consumers=(Consumer("recorder", durable="recorder", filter="chaos.result.*"),
-               Consumer("scheduler", durable="scheduler-results", filter="chaos.result.*")),
+    # A node injector publishes only under its own node: the subject says which node a result
+    # comes from, and nats-server vouches for it (the recorder checks the rest).
+    owner_subjects=("chaos.result.{node}.*",),
+    consumers=(Consumer("recorder", durable="recorder", filter="chaos.result.*.*"),
+               Consumer("scheduler", durable="scheduler-results", filter="chaos.result.*.*")),
     max_age_s=24 * 3600,
-    purpose="per-target outcome of each command",
+    purpose="per-target outcome of each command, per node (chaos.result.<node>.<experiment uid>)",
 )
 DECISIONS = Stream(
     name="CHAOS_PHASE",
     subjects=("chaos.phase.*",),
     message=m.ExperimentDecision,
     owner="scheduler",
-    consumers=(Consumer("recorder", durable="recorder-phase", filter="chaos.phase.*"),),
+    consumers=(Consumer("recorder", durable="recorder-phase", filter="chaos.phase.*"),
+               Consumer("recorder", note="an experiment's last decision, for results that come before it")),
     max_msgs_per_subject=1,
     purpose="desired phase and selected records per experiment (self-contained, last wins)",
 )
@@ -256,8 +261,15 @@ def injector_consumer(node: str) -> str:
     return f"injector-{token(node)}"
 
 
-def result_subject(experiment_uid: str) -> str:
-    return f"chaos.result.{token(experiment_uid)}"
+def result_subject(node: str, experiment_uid: str) -> str:
+    """Where `node`'s injector publishes its results for one experiment."""
+    return f"chaos.result.{token(node)}.{token(experiment_uid)}"
+
+
+def result_node(subject: str) -> str | None:
+    """The node token of a result subject (None: not one)."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 and parts[:2] == ["chaos", "result"] else None
 
 
 def decision_subject(experiment_uid: str) -> str:

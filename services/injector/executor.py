@@ -156,7 +156,7 @@ class Executor:
     def finish(self, cmd: m.NodeCommand, plans: list[Plan], outcomes: list[Outcome]) -> m.ResultBatch:
         changes = [c for p, o in zip(plans, outcomes, strict=True) if (c := _change(p, o)) is not None]
         out = core.batch(cmd, [o.result for o in outcomes], self.node)
-        report = Report(subjects.result_subject(cmd.experiment_uid), cmd.command_id, busmod.encode(out))
+        report = Report(subjects.result_subject(self.node, cmd.experiment_uid), cmd.command_id, busmod.encode(out))
         self.journal.commit(changes, reports=[report], command_id=cmd.command_id, now=self.clock())
         return out
 
@@ -187,7 +187,7 @@ class Executor:
             first = items[0][0]
             command_id = f"node.{subjects.token(self.node)}.{uid}.{time.time_ns()}"
             out = core.batch(command_of(first, command_id), [r for _, r in items], self.node)
-            reports.append(Report(subjects.result_subject(uid), command_id, busmod.encode(out)))
+            reports.append(Report(subjects.result_subject(self.node, uid), command_id, busmod.encode(out)))
         self.journal.commit(changes, reports=reports, now=self.clock())
         return len(reports)
 

@@ -11,9 +11,12 @@ import argparse
 import asyncio
 import os
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import msgspec
+from nats.aio.msg import Msg
 
+from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
@@ -26,6 +29,7 @@ from chaosbus.recorder.events import KubeEvent
 from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
+audit = cblog.get("audit")
 SEEN_COMMANDS = 10_000
 SEEN_EVENT_WRITES = 1_000
 EARLY_RESULT_TRIES = 100  # about 20 s of redeliveries (nak delay 0.2 s)
@@ -42,6 +46,42 @@ class Recorder:
         # Deletions replayed at start are swept in one pass once the replay is over, not one by one.
         self.replayed = asyncio.Event()
         self.gone_in_replay: set[tuple[str, str]] = set()  # (namespace, uid)
+        # An experiment's last decision from the stream, when its results come first (a restart).
+        self.fetch_decision: Callable[[str], Awaitable[m.ExperimentDecision | None]] | None = None
+
+    def open_result(self, msg: Msg) -> m.ResultBatch | None:
+        """A result batch as it arrived, or None (refused: counted, audited; or malformed)."""
+        try:
+            batch = busmod.decode(msg.data, m.ResultBatch)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+            log.error("malformed message dropped", subject=msg.subject, error=str(e)[:500])
+            return None
+        why = core.subject_mismatch(batch, msg.subject)
+        if why is not None:
+            self._refuse_results(batch, batch.results, "subject", why)
+            return None
+        return batch
+
+    def _refuse_results(self, batch: m.ResultBatch, results: list[m.TargetResult], reason: str, why: str) -> None:
+        self.metrics.refused.labels(reason).inc(len(results) or 1)
+        audit.warning("results refused", audit=True, node=batch.node, command=batch.command_id,
+                      experiment=f"{batch.namespace}/{batch.name}", experiment_uid=batch.experiment_uid,
+                      targets=[r.target_id for r in results][:20], reason=reason, why=why)
+
+    async def _decision(self, uid: str) -> m.ExperimentDecision | None:
+        decision = self.latest.get(uid)
+        if decision is None and self.fetch_decision is not None:
+            decision = await self.fetch_decision(uid)
+            if decision is not None:
+                self.latest.setdefault(uid, decision)
+        return decision
+
+    async def _own_node_only(self, batch: m.ResultBatch) -> m.ResultBatch:
+        """The batch without results about targets of another node (each refused, audited)."""
+        kept, refused = core.foreign_results(batch, await self._decision(batch.experiment_uid))
+        if refused:
+            self._refuse_results(batch, refused, "node", f"node {batch.node!r} reported on targets another node holds")
+        return kept
 
     async def on_object(self, event: m.ObjectEvent) -> None:
         if event.type == "DELETED":
@@ -130,6 +170,7 @@ class Recorder:
 
     async def _write_results(self, group: list[m.ResultBatch]) -> bool:
         """One experiment's batches as one status write; False: not yet (no records), redeliver."""
+        group = [await self._own_node_only(b) for b in group]
         now, first = now_rfc3339(), group[0]
         for batch in group:
             for r in batch.results:
@@ -281,11 +322,20 @@ class Recorder:
         return True
 
 
+def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDecision | None]]:
+    """How the recorder reads an experiment's last decision from the stream (kept per subject)."""
+    async def fetch(uid: str) -> m.ExperimentDecision | None:
+        found = await bus.last_messages(subjects.DECISIONS, subjects.decision_subject(uid), m.ExperimentDecision)
+        return found[-1] if found else None
+    return fetch
+
+
 async def main(args: argparse.Namespace) -> None:
     metrics = RecorderMetrics()
     async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
         store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
         rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+        rec.fetch_decision = last_decision(bus)
         log.info("recorder ready", nats=args.nats, metrics_port=port)
         await service.run_forever(
             bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
@@ -293,6 +343,6 @@ async def main(args: argparse.Namespace) -> None:
             bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
                         m.ExperimentDecision),
             bus.consume_batches(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_result_batches,
-                                m.ResultBatch),
+                                m.ResultBatch, opener=rec.open_result),
             bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write, m.ObjectWrite),
         )

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from chaosbus.common import messages as m
+from chaosbus.common import subjects
 from chaosbus.common.crd import kinds
 from chaosbus.common.crd.meta import (
     CLEAN_FINALIZER_ANNOTATION,
@@ -84,6 +85,38 @@ class RecordsNotYetKnown(RetryLater):
     """Results arrived before the decision that creates their records (they travel on different
     streams); the batch must be retried, not dropped.
     """
+
+
+def subject_mismatch(batch: m.ResultBatch, subject: str) -> str | None:
+    """Why a result batch may not be believed as it arrived (None: it may). nats-server lets a
+    node's injector publish only under `chaos.result.<its node>.`, so the subject names the node
+    that sent it; the batch must claim that node and the subject's experiment.
+    """
+    node = subjects.result_node(subject)
+    if node is None or node != subjects.token(batch.node):
+        return f"a result of node {batch.node!r} arrived on {subject}"
+    if subject != subjects.result_subject(batch.node, batch.experiment_uid):
+        return f"a result for experiment {batch.experiment_uid!r} arrived on {subject}"
+    return None
+
+
+def foreign_results(batch: m.ResultBatch, decision: m.ExperimentDecision | None
+                    ) -> tuple[m.ResultBatch, list[m.TargetResult]]:
+    """Split a batch into the results its node may give and those about another node's targets.
+    A record's node is the one the scheduler sends its target's commands to (the decision's
+    `RecordRef.node`); a record whose node is not known ("", a recover sent to every node) takes
+    any node's results, as does every record when the decision is not known.
+    """
+    if decision is None or not decision.records:
+        return batch, []
+    owner = {(r.id, r.selector_key): r.node for r in decision.records}
+    node = subjects.token(batch.node)
+    kept: list[m.TargetResult] = []
+    refused: list[m.TargetResult] = []
+    for r in batch.results:
+        want = owner.get((r.target_id, r.selector_key), "")
+        (kept if not want or subjects.token(want) == node else refused).append(r)
+    return (batch if not refused else msgspec.structs.replace(batch, results=kept)), refused
 
 
 def _records_known(status: ChaosStatus | None, batches: list[m.ResultBatch]) -> bool:

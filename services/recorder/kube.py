@@ -33,7 +33,7 @@ from chaosbus.common.crd import API_VERSION, plural_of
 from chaosbus.common.store import Conflict, NotFound, ObjectStore
 from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
-from chaosbus.recorder.app import Recorder
+from chaosbus.recorder.app import Recorder, last_decision
 from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
@@ -219,12 +219,14 @@ async def main(args: argparse.Namespace) -> None:
             instance = os.environ.get("POD_NAME") or socket.gethostname()
             rec = KubeRecorder(KubeStore(api), metrics, EventWriter(api, instance),
                                max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+            rec.fetch_decision = last_decision(bus)
             log.info("recorder ready (Kubernetes API)", nats=args.nats, metrics_port=port)
             await service.run_forever(
                 bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent),
                 bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
                             m.ExperimentDecision),
-                bus.consume(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_results, m.ResultBatch),
+                bus.consume(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_results, m.ResultBatch,
+                            opener=rec.open_result),
                 bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write,
                             m.ObjectWrite),
             )

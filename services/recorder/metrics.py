@@ -14,6 +14,9 @@ class RecorderMetrics:
                                   ["op"], registry=self.registry)
         self.results = Counter("chaosbus_recorder_target_results_total", "Per-target results recorded",
                                ["kind", "op", "outcome"], registry=self.registry)
+        self.refused = Counter("chaosbus_recorder_results_refused_total",
+                               "Per-target results refused: from another node than the target's, or on "
+                               "another node's subject", ["reason"], registry=self.registry)
         self.errors = Counter("chaosbus_recorder_errors_total", "Errors by reason", ["reason"],
                               registry=self.registry)
         # Chaos Mesh's name (chaos-controller-manager) for the Events written about chaos objects.

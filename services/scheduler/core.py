@@ -386,7 +386,9 @@ class SchedulerCore:
     def _decision(self, exp: Experiment, desired: str, now: float) -> m.ExperimentDecision:
         md = exp.obj.metadata
         refs = None if exp.targets is None else [
-            m.RecordRef(id=t.target.record_id, selector_key=t.target.selector_key) for t in exp.targets]
+            m.RecordRef(id=t.target.record_id, selector_key=t.target.selector_key,
+                        node=plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector))
+            for t in exp.targets]
         return m.ExperimentDecision(
             experiment_uid=md.uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace,
             name=md.name, desired_phase=desired, records=refs,  # type: ignore[arg-type]

@@ -122,7 +122,7 @@ def test_token_keeps_safe_values(value: str) -> None:
 @pytest.mark.parametrize(("build", "stream", "tokens"), [
     (lambda v: subjects.object_subject("PodChaos", v, v), subjects.OBJECTS, 5),
     (lambda v: subjects.command_subject(v), subjects.COMMANDS, 3),
-    (lambda v: subjects.result_subject(v), subjects.RESULTS, 3),
+    (lambda v: subjects.result_subject(v, v), subjects.RESULTS, 4),
     (lambda v: subjects.decision_subject(v), subjects.DECISIONS, 3),
     (lambda v: subjects.write_subject("PodChaos", v, v), subjects.WRITES, 5),
 ], ids=["object", "command", "result", "decision", "write"])

@@ -93,7 +93,7 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
         # the admin credentials, as a stolen one would, to show what the injector re-checks alone.
         bus = await busmod.connect(system.url, "e2e-forger", auth=system.auth(natsauth.ADMIN))
         try:
-            sub = await bus.nc.subscribe(subjects.result_subject(uid))
+            sub = await bus.nc.subscribe(subjects.result_subject(NODE, uid))
             await bus.publish(subjects.command_subject(NODE), cmd, msg_id=cmd.command_id,
                               seal=lambda subject, data: signer.seal(subject, data, ttl_s=60.0))
             msg = await sub.next_msg(timeout=10)

@@ -164,7 +164,7 @@ def test_malformed_nats_messages_crash_nothing(system: System) -> None:
     async def send() -> None:
         bus = await busmod.connect(system.url, "e2e-garbage", auth=system.auth(natsauth.ADMIN))
         try:
-            for subject in (f"chaos.cmd.{NODE}", "chaos.result.x", "chaos.phase.x", "chaos.obj.PodChaos.d.x"):
+            for subject in (f"chaos.cmd.{NODE}", f"chaos.result.{NODE}.x", "chaos.phase.x", "chaos.obj.PodChaos.d.x"):
                 await bus.js.publish(subject, b"\x00not json{")
                 await bus.js.publish(subject, json.dumps({"unexpected": True}).encode())
         finally:

@@ -66,14 +66,14 @@ async def test_kv_handle_is_shared(bus: busmod.Bus) -> None:
 # --- publish -------------------------------------------------------------------------------------
 
 async def test_same_msg_id_is_stored_once(bus: busmod.Bus) -> None:
-    subject = subjects.result_subject("u1")
+    subject = subjects.result_subject("n1", "u1")
     await bus.publish(subject, result_batch("c1"), msg_id="same")
     await bus.publish(subject, result_batch("c1"), msg_id="same")
     assert (await bus.js.stream_info(subjects.RESULTS.name)).state.messages == 1
 
 
 async def test_distinct_msg_ids_are_stored_separately(bus: busmod.Bus) -> None:
-    subject = subjects.result_subject("u1")
+    subject = subjects.result_subject("n1", "u1")
     await bus.publish(subject, result_batch("c1"), msg_id="a")
     await bus.publish(subject, result_batch("c2"), msg_id="b")
     assert (await bus.js.stream_info(subjects.RESULTS.name)).state.messages == 2
@@ -81,7 +81,7 @@ async def test_distinct_msg_ids_are_stored_separately(bus: busmod.Bus) -> None:
 
 async def test_published_payload_decodes_to_the_same_struct(bus: busmod.Bus) -> None:
     sent = result_batch("c1")
-    await bus.publish(subjects.result_subject("u1"), sent, msg_id="a")
+    await bus.publish(subjects.result_subject("n1", "u1"), sent, msg_id="a")
     raw = await bus.js.get_msg(subjects.RESULTS.name, seq=1)
     assert busmod.decode(raw.data or b"", m.ResultBatch) == sent
 
@@ -98,7 +98,7 @@ async def test_last_value_stream_keeps_one_message_per_subject(bus: busmod.Bus) 
 @contextlib.asynccontextmanager
 async def consuming(bus: busmod.Bus, handler: Callable[[Any], Awaitable[None]], *,
                     ack_wait: float = 5.0, detach: Callable[[Any], bool] | None = None) -> AsyncIterator[None]:
-    task = asyncio.create_task(bus.consume(subjects.RESULTS, DURABLE, "chaos.result.*", handler, m.ResultBatch,
+    task = asyncio.create_task(bus.consume(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch,
                                            ack_wait=ack_wait, detach=detach))
     try:
         yield
@@ -137,7 +137,7 @@ async def test_consume_hands_decoded_structs_to_the_handler_and_acks(bus: busmod
 
     async with consuming(bus, handler):
         for i in range(3):
-            await bus.publish(subjects.result_subject("u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+            await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
         await wait_for(lambda: len(got) == 3)
         info = await settled(bus)
     assert [b.command_id for b in got] == ["c0", "c1", "c2"]
@@ -159,8 +159,8 @@ async def test_malformed_message_is_terminated_and_the_consumer_goes_on(bus: bus
         got.append(msg.command_id)
 
     async with consuming(bus, handler):
-        await bus.js.publish(subjects.result_subject("u1"), payload)
-        await bus.publish(subjects.result_subject("u1"), result_batch("good"), msg_id="good")
+        await bus.js.publish(subjects.result_subject("n1", "u1"), payload)
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
         await wait_for(lambda: got == ["good"])
         info = await settled(bus)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
@@ -176,7 +176,7 @@ async def test_handler_exception_leads_to_redelivery(bus: busmod.Bus) -> None:
             raise RuntimeError("transient")
 
     async with consuming(bus, flaky):
-        await bus.publish(subjects.result_subject("u1"), result_batch("c1"), msg_id="c1")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("c1"), msg_id="c1")
         await wait_for(lambda: len(calls) == 2)
         info = await settled(bus)
     assert calls == ["c1", "c1"]
@@ -192,8 +192,8 @@ async def test_handler_failure_does_not_block_other_messages(bus: busmod.Bus) ->
             raise RuntimeError("transient")
 
     async with consuming(bus, picky):
-        await bus.publish(subjects.result_subject("u1"), result_batch("bad"), msg_id="bad")
-        await bus.publish(subjects.result_subject("u1"), result_batch("good"), msg_id="good")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("bad"), msg_id="bad")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
         await wait_for(lambda: calls.count("bad") == 2)
     assert calls.index("good") < len(calls) - 1  # handled before the failed one came back
 
@@ -210,7 +210,7 @@ async def test_durable_consumer_resumes_after_a_restart(bus: busmod.Bus, nats_se
         got.append(msg.command_id)
 
     for command_id in ("c1", "c2"):
-        await bus.publish(subjects.result_subject("u1"), result_batch(command_id), msg_id=command_id)
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(command_id), msg_id=command_id)
         other = await busmod.connect(nats_server.url, f"restart-{command_id}")
         try:
             async with consuming(other, handler, ack_wait=1.0):
@@ -230,10 +230,10 @@ async def test_cancel_stops_the_consumer_even_when_a_message_arrives_with_it(bus
 
     rng = random.Random(3)
     for attempt in range(40):
-        task = asyncio.create_task(bus.consume(subjects.RESULTS, f"cancel-{attempt}", "chaos.result.*", handler,
+        task = asyncio.create_task(bus.consume(subjects.RESULTS, f"cancel-{attempt}", "chaos.result.*.*", handler,
                                                m.ResultBatch))
         await asyncio.sleep(0.02)  # the consumer is set up and its fetch is waiting
-        await bus.publish(subjects.result_subject("u1"), result_batch(f"c{attempt}"), msg_id=f"c{attempt}")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{attempt}"), msg_id=f"c{attempt}")
         await asyncio.sleep(rng.uniform(0, 0.003))
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=1.0)
@@ -256,9 +256,9 @@ async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_red
         finished.append(msg.command_id)
 
     async with consuming(bus, handler, ack_wait=1.0, detach=lambda b: b.command_id.startswith("long")):
-        await bus.publish(subjects.result_subject("u1"), result_batch("long-1"), msg_id="long-1")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("long-1"), msg_id="long-1")
         await wait_for(lambda: calls == ["long-1"])
-        await bus.publish(subjects.result_subject("u1"), result_batch("quick"), msg_id="quick")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("quick"), msg_id="quick")
         await wait_for(lambda: finished == ["quick"], within=2.0)  # not held up behind the long one
         await wait_for(lambda: finished == ["quick", "long-1"], within=10.0)
         info = await settled(bus)
@@ -268,15 +268,15 @@ async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_red
 
 async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it_asks(bus: busmod.Bus) -> None:
     for i in range(4):
-        await bus.publish(subjects.result_subject("u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
-    await bus.js.publish(subjects.result_subject("u1"), b"not json")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+    await bus.js.publish(subjects.result_subject("n1", "u1"), b"not json")
     fetches: list[list[str]] = []
 
     async def handler(batches: list[m.ResultBatch]) -> set[int]:
         fetches.append([b.command_id for b in batches])
         return {i for i, b in enumerate(batches) if b.command_id == "c2" and len(fetches) == 1}
 
-    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*", handler,
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler,
                                                    m.ResultBatch, ack_wait=5.0))
     try:
         await wait_for(lambda: len(fetches) == 2)
@@ -291,7 +291,7 @@ async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it
 
 async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails(bus: busmod.Bus) -> None:
     for i in range(2):
-        await bus.publish(subjects.result_subject("u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
     fetches: list[list[str]] = []
 
     async def handler(batches: list[m.ResultBatch]) -> set[int]:
@@ -300,7 +300,7 @@ async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails
             raise RuntimeError("transient")
         return set()
 
-    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*", handler,
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler,
                                                    m.ResultBatch, ack_wait=5.0))
     try:
         await wait_for(lambda: sum(map(len, fetches)) == 4)

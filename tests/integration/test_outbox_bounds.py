@@ -85,7 +85,7 @@ def task_command(argv: list[str], max_stdout: int) -> m.NodeCommand:
 async def test_huge_task_output_is_capped_and_a_row_never_sendable_blocks_nothing(
         journal: Journal, nats_server: natsserver.EmbeddedServer, sleeper: subprocess.Popen[bytes]) -> None:
     # A row that no NATS server will take (2 MB, and no result batch to cut), first in line.
-    journal.commit([], reports=[Report(subjects.result_subject("old"), "old.1", b"x" * (2 << 20))])
+    journal.commit([], reports=[Report(subjects.result_subject("n1", "old"), "old.1", b"x" * (2 << 20))])
     async with injector(journal, nats_server.url) as bus:
         task = task_command([sys.executable, "-c", "import sys; sys.stdout.write('y' * 5_000_000)"],
                             max_stdout=100_000_000)

@@ -2,7 +2,7 @@
 (the expired fault's recover is sent within a second of coming back, nothing applied twice), two
 schedulers with one leader (the standby takes over within 15 s when the leader is killed), and a
 leader whose lease is overwritten stops at once. The test plays the watcher (object events,
-target projection) and the injector (reads chaos.cmd.<node>, answers on chaos.result.<uid>): no
+target projection) and the injector (reads chaos.cmd.<node>, answers on chaos.result.<node>.<uid>): no
 recorder runs, so no status is ever written and only the scheduler's own memory can resume it.
 """
 
@@ -104,7 +104,8 @@ class Injector:
                 batch = m.ResultBatch(command_id=cmd.command_id, experiment_uid=cmd.experiment_uid,
                                       generation=cmd.generation, kind=cmd.kind, namespace=cmd.namespace,
                                       name=cmd.name, node=cmd.node, results=results)
-                await self.bus.publish(subjects.result_subject(cmd.experiment_uid), batch, msg_id=cmd.command_id)
+                await self.bus.publish(subjects.result_subject(cmd.node, cmd.experiment_uid), batch,
+                                       msg_id=cmd.command_id)
 
     def ops(self, uid: str) -> list[str]:
         return [a.op for _, c in self.received if c.experiment_uid == uid for a in c.actions]

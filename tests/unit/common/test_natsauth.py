@@ -42,7 +42,8 @@ def may_subscribe(identity: str, subject: str, node: str = "n1") -> bool:
     (subjects.lease_subject("n1"), {"scheduler"}),
     (subjects.write_subject("NetworkChaos", "default", "x"), {"scheduler"}),
     (subjects.decision_subject("uid"), {"scheduler"}),
-    (subjects.result_subject("uid"), {"injector"}),
+    (subjects.result_subject("n1", "uid"), {"injector"}),
+    (subjects.result_subject("n2", "uid"), set()),  # another node's results
     (subjects.object_subject("NetworkChaos", "default", "x"), {"watcher"}),
     (f"$KV.{subjects.OBJECT_STORE.name}.NetworkChaos.default.x", {"cli", "recorder", "scheduler"}),
     (f"$KV.{subjects.TARGETS.name}.pod.default.x", {"watcher"}),

@@ -326,3 +326,32 @@ def test_a_scheduler_failure_makes_the_experiment_failed_with_the_reason_until_i
     cleared = core.on_decision(later, decision(["ns/a"]))
     assert cleared is not None and cleared["status"]["phase"] == "Running"
     assert all(c.get("reason", "") != "Failed" for c in cleared["status"]["conditions"])
+
+
+def _batch(node: str, *targets: str, uid: str = "u1") -> m.ResultBatch:
+    return m.ResultBatch(command_id="c", experiment_uid=uid, generation=1, kind="NetworkChaos", namespace="d",
+                         name="x", node=node,
+                         results=[m.TargetResult(target_id=t, op="apply", ok=True) for t in targets])
+
+
+@pytest.mark.parametrize(("subject", "node", "uid", "refused"), [
+    ("chaos.result.n1.u1", "n1", "u1", False),
+    ("chaos.result.n1.u1", "n2", "u1", True),  # claims another node than the one nats-server vouched for
+    ("chaos.result.n1.u2", "n1", "u1", True),  # another experiment's subject
+    ("chaos.result.u1", "n1", "u1", True),  # not a per-node subject at all
+    ("chaos.result.node_a.u1", "node.a", "u1", False),  # node names with dots are one token
+])
+def test_a_result_must_claim_the_node_and_experiment_of_its_subject(subject: str, node: str, uid: str,
+                                                                     refused: bool) -> None:
+    assert (core.subject_mismatch(_batch(node, "t", uid=uid), subject) is not None) is refused
+
+
+def test_results_about_another_node_s_targets_are_split_off() -> None:
+    decision = m.ExperimentDecision(experiment_uid="u1", generation=1, kind="NetworkChaos", namespace="d", name="x",
+                                    desired_phase="Run",
+                                    records=[m.RecordRef(id="a", node="n1"), m.RecordRef(id="b", node="n2"),
+                                             m.RecordRef(id="c")])
+    kept, refused = core.foreign_results(_batch("n1", "a", "b", "c"), decision)
+    assert [r.target_id for r in kept.results] == ["a", "c"] and [r.target_id for r in refused] == ["b"]
+    unknown, none = core.foreign_results(_batch("n1", "b"), None)  # no decision known: nothing to judge by
+    assert [r.target_id for r in unknown.results] == ["b"] and none == []

@@ -156,7 +156,8 @@ def test_selection_decision_lists_the_records() -> None:
     [d] = out.decisions
     assert (d.experiment_uid, d.desired_phase, d.selection_error, d.paused, d.deleting, d.at) == (
         UID, "Run", "", False, False, T0)
-    assert d.records == [m.RecordRef(id="default/web-0"), m.RecordRef(id="default/web-1")]
+    # each record names the node whose results may change it
+    assert d.records == [m.RecordRef(id="default/web-0", node="n1"), m.RecordRef(id="default/web-1", node="n2")]
 
 
 def test_container_kill_targets_containers() -> None:
@@ -421,7 +422,7 @@ def test_selection_error_is_decided_and_retried_after_the_retry_interval() -> No
     assert core.tick(T0 + SELECTION_RETRY_S - 0.01).commands == []
     out = core.tick(T0 + SELECTION_RETRY_S)
     assert ops(out) == [("n1", "apply", "default/web-0")]
-    assert [(d.selection_error, d.records) for d in out.decisions] == [("", [m.RecordRef(id="default/web-0")])]
+    assert [(d.selection_error, d.records) for d in out.decisions] == [("", [m.RecordRef(id="default/web-0", node="n1")])]
 
 
 def test_unchanged_selection_error_is_not_decided_twice() -> None:
@@ -470,7 +471,7 @@ def test_resume_does_not_reselect() -> None:
     obj = chaos(status=status(("default/web-0", "Injected")))
     _, out = started(obj, WEB0, WEB1)
     assert out.commands == []
-    assert [d.records for d in out.decisions] == [[m.RecordRef(id="default/web-0")]]
+    assert [d.records for d in out.decisions] == [[m.RecordRef(id="default/web-0", node="n1")]]
 
 
 def test_resume_applies_records_that_are_not_injected() -> None:
