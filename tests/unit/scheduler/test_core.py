@@ -422,7 +422,8 @@ def test_selection_error_is_decided_and_retried_after_the_retry_interval() -> No
     assert core.tick(T0 + SELECTION_RETRY_S - 0.01).commands == []
     out = core.tick(T0 + SELECTION_RETRY_S)
     assert ops(out) == [("n1", "apply", "default/web-0")]
-    assert [(d.selection_error, d.records) for d in out.decisions] == [("", [m.RecordRef(id="default/web-0", node="n1")])]
+    assert [(d.selection_error, d.records) for d in out.decisions] == [
+        ("", [m.RecordRef(id="default/web-0", node="n1")])]
 
 
 def test_unchanged_selection_error_is_not_decided_twice() -> None:
