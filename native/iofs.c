@@ -1,0 +1,817 @@
+/* iofs: IOChaos's FUSE filesystem. Mounted over a volume inside a target's mount namespace, it
+ * passes every operation through to the directory it covers and applies the rules of a small
+ * text file (latency, errno, attribute overrides, corrupted data) to the operations they match.
+ *
+ *   iofs mount  --pid PID --path DIR --rules FILE [--status-fd FD]
+ *   iofs umount --pid PID --path DIR
+ *
+ * mount: opens /dev/fuse, the rules file's directory and /proc/PID while still in the host's mount
+ * namespace, joins PID's mount namespace, opens DIR (the covered directory, which stays reachable
+ * through that descriptor), mounts a "fuse.chaosbus-iofs" filesystem over DIR and serves it until
+ * the kernel ends the connection (the mount detached and its last open file closed, or the mount
+ * namespace gone). It writes "ok" (or why not) to FD once the mount is in place. The rules are
+ * re-read on SIGUSR1 and whenever the file changes (checked every 200 ms). Exit status 3: an iofs
+ * is already mounted at DIR.
+ *
+ * umount: detaches (MNT_DETACH) every iofs mount stacked at DIR in PID's mount namespace, whether
+ * its server is alive or dead (a dead one would leave "Transport endpoint is not connected").
+ * Nothing else is ever unmounted. Prints how many were detached.
+ *
+ * Rules file: one rule a line, '#' lines ignored; the path glob is the rest of the line ("-": any):
+ *   latency DEADLINE METHODS PERCENT DELAY_NS GLOB
+ *   fault   DEADLINE METHODS PERCENT ERRNO GLOB
+ *   mistake DEADLINE METHODS PERCENT FILLING(0 zero, 1 random) MAX_OCCURRENCES MAX_LENGTH GLOB
+ *   attr    DEADLINE METHODS PERCENT MASK INO SIZE BLOCKS ATIME_S ATIME_NS MTIME_S MTIME_NS
+ *           CTIME_S CTIME_NS KIND PERM NLINK UID GID RDEV GLOB
+ * DEADLINE: CLOCK_REALTIME ns after which the rule is ignored (0: none), so injection stops on
+ * time even when nothing is left to change the file. METHODS: bit mask over Chaos Mesh's method
+ * list (bit 0 lookup ... bit 31 bmap, see METHOD_NAMES). The glob is matched against the path as
+ * the target sees it (DIR/...): '*' and '?' stop at '/', '**' crosses it, "**" + "/" also matches
+ * no directory at all, [...] classes.
+ */
+#define FUSE_USE_VERSION 312
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FSTYPE "fuse.chaosbus-iofs"
+#define FSNAME "chaosbus-iofs"
+#define MAX_RULES 4096
+#define MAX_MISTAKES 16
+#define EXIT_ALREADY 3
+
+enum method {
+    M_LOOKUP, M_FORGET, M_GETATTR, M_SETATTR, M_READLINK, M_MKNOD, M_MKDIR, M_UNLINK, M_RMDIR,
+    M_SYMLINK, M_RENAME, M_LINK, M_OPEN, M_READ, M_WRITE, M_FLUSH, M_RELEASE, M_FSYNC, M_OPENDIR,
+    M_READDIR, M_RELEASEDIR, M_FSYNCDIR, M_STATFS, M_SETXATTR, M_GETXATTR, M_LISTXATTR,
+    M_REMOVEXATTR, M_ACCESS, M_CREATE, M_GETLK, M_SETLK, M_BMAP,
+};
+
+enum action { A_LATENCY, A_FAULT, A_MISTAKE, A_ATTR };
+enum attr_bit { AT_INO, AT_SIZE, AT_BLOCKS, AT_ATIME, AT_MTIME, AT_CTIME, AT_KIND, AT_PERM, AT_NLINK,
+                AT_UID, AT_GID, AT_RDEV };
+
+struct rule {
+    int action;
+    int64_t deadline_ns;
+    uint32_t methods;
+    int percent;
+    int64_t delay_ns;
+    int err;
+    int filling, max_occ, max_len;
+    uint32_t attr_mask;
+    int64_t ino, size, blocks, atime_s, atime_ns, mtime_s, mtime_ns, ctime_s, ctime_ns;
+    int64_t kind, perm, nlink, uid, gid, rdev;
+    char *glob; /* NULL: any path */
+};
+
+struct ruleset {
+    int n;
+    struct rule r[];
+};
+
+struct mistake { int filling, max_occ, max_len; };
+
+struct effects {
+    int err;
+    int64_t delay_ns;
+    int n_mistakes;
+    struct mistake mistakes[MAX_MISTAKES];
+    int n_attrs;
+    struct rule attr_copies[MAX_MISTAKES]; /* copied under the lock (a reload frees the originals) */
+};
+
+static pthread_rwlock_t rules_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct ruleset *rules;
+static int root_fd = -1, rules_dir_fd = -1;
+static const char *rules_name;
+static char volume[4096];
+
+/* ---- glob ---- */
+
+static int class_match(const char **pp, char c) {
+    const char *p = *pp + 1;
+    int neg = 0, hit = 0;
+    if (*p == '!' || *p == '^') { neg = 1; p++; }
+    if (*p == ']') { hit |= c == ']'; p++; }
+    for (; *p && *p != ']'; p++) {
+        if (p[1] == '-' && p[2] && p[2] != ']') { hit |= c >= p[0] && c <= p[2]; p += 2; }
+        else hit |= c == *p;
+    }
+    if (!*p) return -1; /* no closing bracket: a literal '[' */
+    *pp = p + 1;
+    return hit != neg;
+}
+
+static int gmatch(const char *p, const char *s) {
+    for (;;) {
+        if (p[0] == '*' && p[1] == '*') {
+            const char *q = p + 2;
+            if (*q == '/' && gmatch(q + 1, s)) return 1;
+            for (const char *t = s;; t++) {
+                if (gmatch(q, t)) return 1;
+                if (!*t) return 0;
+            }
+        }
+        if (*p == '*') {
+            for (const char *t = s;; t++) {
+                if (gmatch(p + 1, t)) return 1;
+                if (!*t || *t == '/') return 0;
+            }
+        }
+        if (!*p) return !*s;
+        if (!*s) return 0;
+        if (*p == '?') {
+            if (*s == '/') return 0;
+            p++; s++;
+            continue;
+        }
+        if (*p == '[') {
+            const char *q = p;
+            int m = class_match(&q, *s);
+            if (m >= 0) {
+                if (!m || *s == '/') return 0;
+                p = q; s++;
+                continue;
+            }
+        }
+        if (*p == '\\' && p[1]) p++;
+        if (*p != *s) return 0;
+        p++; s++;
+    }
+}
+
+/* ---- rules ---- */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static uint64_t rnd(void) {
+    static __thread uint64_t s;
+    if (!s) s = (uint64_t)now_ns() ^ ((uint64_t)pthread_self() << 17) ^ 0x9e3779b97f4a7c15ull;
+    s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+    return s;
+}
+
+static void free_rules(struct ruleset *rs) {
+    if (!rs) return;
+    for (int i = 0; i < rs->n; i++) free(rs->r[i].glob);
+    free(rs);
+}
+
+static int parse_rule(char *line, struct rule *r) {
+    char word[16];
+    int used = 0;
+    memset(r, 0, sizeof *r);
+    if (sscanf(line, "%15s %ld %u %d %n", word, &r->deadline_ns, &r->methods, &r->percent, &used) != 4)
+        return -1;
+    char *rest = line + used;
+    int more = 0;
+    if (!strcmp(word, "latency")) {
+        r->action = A_LATENCY;
+        if (sscanf(rest, "%ld %n", &r->delay_ns, &more) != 1) return -1;
+    } else if (!strcmp(word, "fault")) {
+        r->action = A_FAULT;
+        if (sscanf(rest, "%d %n", &r->err, &more) != 1 || r->err <= 0) return -1;
+    } else if (!strcmp(word, "mistake")) {
+        r->action = A_MISTAKE;
+        if (sscanf(rest, "%d %d %d %n", &r->filling, &r->max_occ, &r->max_len, &more) != 3 ||
+            r->max_occ < 1 || r->max_len < 1) return -1;
+    } else if (!strcmp(word, "attr")) {
+        r->action = A_ATTR;
+        if (sscanf(rest, "%u %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %ld %n", &r->attr_mask,
+                   &r->ino, &r->size, &r->blocks, &r->atime_s, &r->atime_ns, &r->mtime_s, &r->mtime_ns,
+                   &r->ctime_s, &r->ctime_ns, &r->kind, &r->perm, &r->nlink, &r->uid, &r->gid, &r->rdev,
+                   &more) != 16) return -1;
+    } else {
+        return -1;
+    }
+    rest += more;
+    rest[strcspn(rest, "\n")] = 0;
+    if (!*rest) return -1;
+    r->glob = strcmp(rest, "-") ? strdup(rest) : NULL;
+    return 0;
+}
+
+/* Re-reads the rules file; a malformed line is skipped (and reported), the rest still apply. */
+static void load_rules(void) {
+    int fd = openat(rules_dir_fd, rules_name, O_RDONLY | O_CLOEXEC);
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    struct ruleset *rs = calloc(1, sizeof *rs + MAX_RULES * sizeof(struct rule));
+    if (!rs) { if (f) fclose(f); return; }
+    char *line = NULL;
+    size_t cap = 0;
+    while (f && getline(&line, &cap, f) > 0 && rs->n < MAX_RULES) {
+        if (line[0] == '#' || line[0] == '\n') continue;
+        if (parse_rule(line, &rs->r[rs->n]) == 0) rs->n++;
+        else fprintf(stderr, "iofs: rule ignored: %s", line);
+    }
+    free(line);
+    if (f) fclose(f);
+    pthread_rwlock_wrlock(&rules_lock);
+    struct ruleset *old = rules;
+    rules = rs;
+    pthread_rwlock_unlock(&rules_lock);
+    free_rules(old);
+}
+
+static void full_path(const char *path, char *out, size_t n) {
+    snprintf(out, n, "%s%s", volume, strcmp(path, "/") ? path : "");
+}
+
+/* The rules in force for one call: delays add up, the first errno wins, attribute overrides and
+ * mistakes are collected for the caller to apply to its result. Sleeps here, outside the lock. */
+static int inject(const char *path, int method, struct effects *fx) {
+    fx->err = 0;
+    fx->delay_ns = 0;
+    fx->n_mistakes = 0;
+    fx->n_attrs = 0;
+    int64_t now = now_ns();
+    char full[8192];
+    int have_full = 0;
+    pthread_rwlock_rdlock(&rules_lock);
+    for (int i = 0; rules && i < rules->n; i++) {
+        const struct rule *r = &rules->r[i];
+        uint32_t bits = 1u << method;
+        if (method == M_GETATTR) bits |= 1u << M_LOOKUP; /* the high-level API looks up by getattr */
+        if (!(r->methods & bits)) continue;
+        if (r->deadline_ns && now >= r->deadline_ns) continue;
+        if (r->glob) {
+            if (!have_full) { full_path(path, full, sizeof full); have_full = 1; }
+            if (!gmatch(r->glob, full)) continue;
+        }
+        if (r->percent < 100 && (int)(rnd() % 100) >= r->percent) continue;
+        switch (r->action) {
+        case A_LATENCY: fx->delay_ns += r->delay_ns; break;
+        case A_FAULT: if (!fx->err) fx->err = r->err; break;
+        case A_MISTAKE:
+            if (fx->n_mistakes < MAX_MISTAKES)
+                fx->mistakes[fx->n_mistakes++] = (struct mistake){r->filling, r->max_occ, r->max_len};
+            break;
+        case A_ATTR:
+            if (fx->n_attrs < MAX_MISTAKES) {
+                fx->attr_copies[fx->n_attrs] = *r;
+                fx->attr_copies[fx->n_attrs].glob = NULL;
+                fx->n_attrs++;
+            }
+            break;
+        }
+    }
+    pthread_rwlock_unlock(&rules_lock);
+    if (fx->delay_ns > 0) {
+        struct timespec ts = {fx->delay_ns / 1000000000, fx->delay_ns % 1000000000};
+        while (nanosleep(&ts, &ts) && errno == EINTR) {}
+    }
+    return fx->err ? -fx->err : 0;
+}
+
+/* Whether any rule in force could match reads or writes of this path: such files are opened
+ * with direct I/O so that every read and write reaches the rules instead of the page cache. */
+static int data_rules_may_match(const char *path) {
+    int64_t now = now_ns();
+    char full[8192];
+    full_path(path, full, sizeof full);
+    int hit = 0;
+    pthread_rwlock_rdlock(&rules_lock);
+    for (int i = 0; rules && i < rules->n && !hit; i++) {
+        const struct rule *r = &rules->r[i];
+        hit = (r->methods & (1u << M_READ | 1u << M_WRITE)) && (!r->deadline_ns || now < r->deadline_ns) &&
+              (!r->glob || gmatch(r->glob, full));
+    }
+    pthread_rwlock_unlock(&rules_lock);
+    return hit;
+}
+
+static void corrupt(char *buf, size_t len, const struct effects *fx) {
+    for (int m = 0; m < fx->n_mistakes && len; m++) {
+        const struct mistake *k = &fx->mistakes[m];
+        int times = 1 + (int)(rnd() % (uint64_t)k->max_occ);
+        for (int t = 0; t < times; t++) {
+            size_t n = 1 + rnd() % (uint64_t)k->max_len;
+            if (n > len) n = len;
+            size_t at = rnd() % (len - n + 1);
+            for (size_t i = 0; i < n; i++) buf[at + i] = k->filling ? (char)rnd() : 0;
+        }
+    }
+}
+
+static void override(struct stat *st, const struct effects *fx) {
+    static const mode_t kinds[] = {S_IFIFO, S_IFCHR, S_IFBLK, S_IFDIR, S_IFREG, S_IFLNK, S_IFSOCK};
+    for (int i = 0; i < fx->n_attrs; i++) {
+        const struct rule *a = &fx->attr_copies[i];
+        uint32_t m = a->attr_mask;
+        if (m & 1u << AT_INO) st->st_ino = (ino_t)a->ino;
+        if (m & 1u << AT_SIZE) st->st_size = a->size;
+        if (m & 1u << AT_BLOCKS) st->st_blocks = a->blocks;
+        if (m & 1u << AT_ATIME) { st->st_atim.tv_sec = a->atime_s; st->st_atim.tv_nsec = a->atime_ns; }
+        if (m & 1u << AT_MTIME) { st->st_mtim.tv_sec = a->mtime_s; st->st_mtim.tv_nsec = a->mtime_ns; }
+        if (m & 1u << AT_CTIME) { st->st_ctim.tv_sec = a->ctime_s; st->st_ctim.tv_nsec = a->ctime_ns; }
+        if ((m & 1u << AT_KIND) && a->kind >= 0 && a->kind < 7) st->st_mode = (st->st_mode & 07777) | kinds[a->kind];
+        if (m & 1u << AT_PERM) st->st_mode = (st->st_mode & S_IFMT) | (a->perm & 07777);
+        if (m & 1u << AT_NLINK) st->st_nlink = (nlink_t)a->nlink;
+        if (m & 1u << AT_UID) st->st_uid = (uid_t)a->uid;
+        if (m & 1u << AT_GID) st->st_gid = (gid_t)a->gid;
+        if (m & 1u << AT_RDEV) st->st_rdev = (dev_t)a->rdev;
+    }
+}
+
+/* ---- passthrough ---- */
+
+static const char *rel(const char *path) { return path[1] ? path + 1 : "."; }
+
+#define INJECT(path, method) \
+    struct effects fx; \
+    do { int _e = inject((path), (method), &fx); if (_e) return _e; } while (0)
+
+/* New files belong to the caller, not to the server (root). */
+static void own(const char *path) {
+    struct fuse_context *c = fuse_get_context();
+    if (c->uid != 0 || c->gid != 0)
+        (void)fchownat(root_fd, rel(path), c->uid, c->gid, AT_SYMLINK_NOFOLLOW);
+}
+
+static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
+    (void)conn;
+    cfg->use_ino = 1;
+    cfg->nullpath_ok = 0;
+    /* Attributes and names are not cached by the kernel: every stat and lookup meets the rules. */
+    cfg->entry_timeout = 0;
+    cfg->attr_timeout = 0;
+    cfg->negative_timeout = 0;
+    return NULL;
+}
+
+static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
+    INJECT(path, M_GETATTR);
+    int r = fi ? fstat((int)fi->fh, st) : fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
+    if (r) return -errno;
+    override(st, &fx);
+    return 0;
+}
+
+static int fs_access(const char *path, int mask) {
+    INJECT(path, M_ACCESS);
+    return faccessat(root_fd, rel(path), mask, 0) ? -errno : 0;
+}
+
+static int fs_readlink(const char *path, char *buf, size_t size) {
+    INJECT(path, M_READLINK);
+    ssize_t n = readlinkat(root_fd, rel(path), buf, size - 1);
+    if (n < 0) return -errno;
+    buf[n] = 0;
+    return 0;
+}
+
+struct dirh { DIR *d; off_t off; };
+
+static int fs_opendir(const char *path, struct fuse_file_info *fi) {
+    INJECT(path, M_OPENDIR);
+    int fd = openat(root_fd, rel(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct dirh *h = calloc(1, sizeof *h);
+    if (!h || !(h->d = fdopendir(fd))) { int e = errno; close(fd); free(h); return -e; }
+    fi->fh = (uint64_t)(uintptr_t)h;
+    return 0;
+}
+
+static int fs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off, struct fuse_file_info *fi,
+                      enum fuse_readdir_flags flags) {
+    (void)flags;
+    INJECT(path, M_READDIR);
+    struct dirh *h = (struct dirh *)(uintptr_t)fi->fh;
+    if (off != h->off) { seekdir(h->d, off); h->off = off; }
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(h->d);
+        if (!e) return errno ? -errno : 0;
+        struct stat st = {.st_ino = e->d_ino, .st_mode = (mode_t)DTTOIF(e->d_type)};
+        off_t next = telldir(h->d);
+        if (fill(buf, e->d_name, &st, next, 0)) break;
+        h->off = next;
+    }
+    return 0;
+}
+
+static int fs_releasedir(const char *path, struct fuse_file_info *fi) {
+    struct dirh *h = (struct dirh *)(uintptr_t)fi->fh;
+    closedir(h->d);
+    free(h);
+    if (path) { struct effects fx; return inject(path, M_RELEASEDIR, &fx); }
+    return 0;
+}
+
+static int fs_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi) {
+    INJECT(path, M_FSYNCDIR);
+    int fd = dirfd(((struct dirh *)(uintptr_t)fi->fh)->d);
+    return (datasync ? fdatasync(fd) : fsync(fd)) ? -errno : 0;
+}
+
+static int fs_mknod(const char *path, mode_t mode, dev_t rdev) {
+    INJECT(path, M_MKNOD);
+    if (mknodat(root_fd, rel(path), mode, rdev)) return -errno;
+    own(path);
+    return 0;
+}
+
+static int fs_mkdir(const char *path, mode_t mode) {
+    INJECT(path, M_MKDIR);
+    if (mkdirat(root_fd, rel(path), mode)) return -errno;
+    own(path);
+    return 0;
+}
+
+static int fs_unlink(const char *path) {
+    INJECT(path, M_UNLINK);
+    return unlinkat(root_fd, rel(path), 0) ? -errno : 0;
+}
+
+static int fs_rmdir(const char *path) {
+    INJECT(path, M_RMDIR);
+    return unlinkat(root_fd, rel(path), AT_REMOVEDIR) ? -errno : 0;
+}
+
+static int fs_symlink(const char *to, const char *path) {
+    INJECT(path, M_SYMLINK);
+    if (symlinkat(to, root_fd, rel(path))) return -errno;
+    own(path);
+    return 0;
+}
+
+static int fs_rename(const char *from, const char *to, unsigned int flags) {
+    INJECT(from, M_RENAME);
+    return renameat2(root_fd, rel(from), root_fd, rel(to), flags) ? -errno : 0;
+}
+
+static int fs_link(const char *from, const char *to) {
+    INJECT(to, M_LINK);
+    return linkat(root_fd, rel(from), root_fd, rel(to), 0) ? -errno : 0;
+}
+
+static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
+    INJECT(path, M_SETATTR);
+    return (fi ? fchmod((int)fi->fh, mode) : fchmodat(root_fd, rel(path), mode, 0)) ? -errno : 0;
+}
+
+static int fs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
+    INJECT(path, M_SETATTR);
+    return (fi ? fchown((int)fi->fh, uid, gid) : fchownat(root_fd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW))
+               ? -errno : 0;
+}
+
+static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
+    INJECT(path, M_SETATTR);
+    if (fi) return ftruncate((int)fi->fh, size) ? -errno : 0;
+    int fd = openat(root_fd, rel(path), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int r = ftruncate(fd, size) ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+static int fs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
+    INJECT(path, M_SETATTR);
+    return (fi ? futimens((int)fi->fh, tv) : utimensat(root_fd, rel(path), tv, AT_SYMLINK_NOFOLLOW)) ? -errno : 0;
+}
+
+static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
+    INJECT(path, M_CREATE);
+    int fd = openat(root_fd, rel(path), (fi->flags | O_CREAT | O_CLOEXEC) & ~O_NOFOLLOW, mode);
+    if (fd < 0) return -errno;
+    own(path);
+    fi->fh = (uint64_t)fd;
+    fi->direct_io = data_rules_may_match(path);
+    return 0;
+}
+
+static int fs_open(const char *path, struct fuse_file_info *fi) {
+    INJECT(path, M_OPEN);
+    int fd = openat(root_fd, rel(path), (fi->flags | O_CLOEXEC) & ~O_NOFOLLOW);
+    if (fd < 0) return -errno;
+    fi->fh = (uint64_t)fd;
+    fi->direct_io = data_rules_may_match(path);
+    return 0;
+}
+
+static int fs_read_buf(const char *path, struct fuse_bufvec **out, size_t size, off_t off,
+                       struct fuse_file_info *fi) {
+    INJECT(path, M_READ);
+    struct fuse_bufvec *v = malloc(sizeof *v);
+    if (!v) return -ENOMEM;
+    *v = FUSE_BUFVEC_INIT(size);
+    if (!fx.n_mistakes) {
+        /* Nothing to change in the data: the kernel splices it from the file. */
+        v->buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+        v->buf[0].fd = (int)fi->fh;
+        v->buf[0].pos = off;
+        *out = v;
+        return 0;
+    }
+    char *mem = malloc(size ? size : 1);
+    if (!mem) { free(v); return -ENOMEM; }
+    ssize_t n = pread((int)fi->fh, mem, size, off);
+    if (n < 0) { int e = errno; free(mem); free(v); return -e; }
+    corrupt(mem, (size_t)n, &fx);
+    v->buf[0].mem = mem;
+    v->buf[0].size = (size_t)n;
+    *out = v;
+    return 0;
+}
+
+static int fs_write(const char *path, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
+    INJECT(path, M_WRITE);
+    if (!fx.n_mistakes) {
+        ssize_t n = pwrite((int)fi->fh, buf, size, off);
+        return n < 0 ? -errno : (int)n;
+    }
+    char *mem = malloc(size ? size : 1);
+    if (!mem) return -ENOMEM;
+    memcpy(mem, buf, size);
+    corrupt(mem, size, &fx);
+    ssize_t n = pwrite((int)fi->fh, mem, size, off);
+    int e = errno;
+    free(mem);
+    return n < 0 ? -e : (int)n;
+}
+
+static int fs_statfs(const char *path, struct statvfs *st) {
+    INJECT(path, M_STATFS);
+    return fstatvfs(root_fd, st) ? -errno : 0;
+}
+
+static int fs_flush(const char *path, struct fuse_file_info *fi) {
+    INJECT(path, M_FLUSH);
+    /* What close() would report for the file (it is closed for real on release). */
+    int d = dup((int)fi->fh);
+    if (d < 0) return -errno;
+    return close(d) ? -errno : 0;
+}
+
+static int fs_release(const char *path, struct fuse_file_info *fi) {
+    close((int)fi->fh);
+    if (path) { struct effects fx; return inject(path, M_RELEASE, &fx); }
+    return 0;
+}
+
+static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+    INJECT(path, M_FSYNC);
+    return (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) ? -errno : 0;
+}
+
+/* xattrs by descriptor: /proc/self is not this process in the target's /proc. */
+static int xfd(const char *path) {
+    return openat(root_fd, rel(path), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+}
+
+static int fs_setxattr(const char *path, const char *name, const char *val, size_t size, int flags) {
+    INJECT(path, M_SETXATTR);
+    int fd = xfd(path);
+    if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
+    int r = fsetxattr(fd, name, val, size, flags) ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+static int fs_getxattr(const char *path, const char *name, char *val, size_t size) {
+    INJECT(path, M_GETXATTR);
+    int fd = xfd(path);
+    if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
+    ssize_t n = fgetxattr(fd, name, val, size);
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : (int)n;
+}
+
+static int fs_listxattr(const char *path, char *list, size_t size) {
+    INJECT(path, M_LISTXATTR);
+    int fd = xfd(path);
+    if (fd < 0) return errno == ELOOP ? 0 : -errno;
+    ssize_t n = flistxattr(fd, list, size);
+    int e = errno;
+    close(fd);
+    return n < 0 ? -e : (int)n;
+}
+
+static int fs_removexattr(const char *path, const char *name) {
+    INJECT(path, M_REMOVEXATTR);
+    int fd = xfd(path);
+    if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
+    int r = fremovexattr(fd, name) ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+static const struct fuse_operations ops = {
+    .init = fs_init, .getattr = fs_getattr, .access = fs_access, .readlink = fs_readlink,
+    .opendir = fs_opendir, .readdir = fs_readdir, .releasedir = fs_releasedir, .fsyncdir = fs_fsyncdir,
+    .mknod = fs_mknod, .mkdir = fs_mkdir, .unlink = fs_unlink, .rmdir = fs_rmdir, .symlink = fs_symlink,
+    .rename = fs_rename, .link = fs_link, .chmod = fs_chmod, .chown = fs_chown, .truncate = fs_truncate,
+    .utimens = fs_utimens, .create = fs_create, .open = fs_open, .read_buf = fs_read_buf, .write = fs_write,
+    .statfs = fs_statfs, .flush = fs_flush, .release = fs_release, .fsync = fs_fsync,
+    .setxattr = fs_setxattr, .getxattr = fs_getxattr, .listxattr = fs_listxattr, .removexattr = fs_removexattr,
+};
+
+/* ---- mount table ---- */
+
+/* Mountinfo escapes ' ', '\t', '\n' and '\\' as octal. */
+static void unescape(char *s) {
+    char *o = s;
+    for (; *s; s++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '7' && s[2] && s[3]) {
+            *o++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = 0;
+}
+
+/* How many iofs mounts sit at `path` in the mount table read through `proc_fd` (/proc/PID). */
+static int iofs_mounts_at(int proc_fd, const char *path) {
+    int fd = openat(proc_fd, "mountinfo", O_RDONLY | O_CLOEXEC);
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    if (!f) return -1;
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0;
+    while (getline(&line, &cap, f) > 0) {
+        char mnt[4096], type[256];
+        char *sep = strstr(line, " - ");
+        if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 || sscanf(sep + 3, "%255s", type) != 1)
+            continue;
+        unescape(mnt);
+        n += !strcmp(mnt, path) && !strcmp(type, FSTYPE);
+    }
+    free(line);
+    fclose(f);
+    return n;
+}
+
+static int enter_mount_ns(int pid, int *proc_fd) {
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%d", pid);
+    *proc_fd = open(p, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (*proc_fd < 0) return -1;
+    int ns = openat(*proc_fd, "ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (ns < 0) return -1;
+    int r = setns(ns, CLONE_NEWNS);
+    close(ns);
+    return r;
+}
+
+static int status_fd = -1;
+
+static void report(const char *fmt, const char *arg, int err) {
+    char msg[8192];
+    int n = snprintf(msg, sizeof msg, fmt, arg);
+    if (err) snprintf(msg + n, sizeof msg - (size_t)n, ": %s", strerror(err));
+    if (status_fd >= 0) {
+        if (write(status_fd, msg, strlen(msg)) < 0) {}
+        close(status_fd);
+        status_fd = -1;
+    } else {
+        fprintf(stderr, "iofs: %s\n", msg);
+    }
+}
+
+/* Re-reads the rules on SIGUSR1, and when the file was replaced or changed (every 200 ms). */
+static void *watch_rules(void *arg) {
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    struct stat last = {0};
+    struct timespec tick = {0, 200 * 1000000};
+    for (;;) {
+        int sig = sigtimedwait(&set, NULL, &tick);
+        struct stat st = {0};
+        int have = fstatat(rules_dir_fd, rules_name, &st, 0) == 0;
+        int changed = have && (st.st_ino != last.st_ino || st.st_mtim.tv_sec != last.st_mtim.tv_sec ||
+                               st.st_mtim.tv_nsec != last.st_mtim.tv_nsec || st.st_size != last.st_size);
+        if (sig == SIGUSR1 || changed) {
+            load_rules();
+            last = st;
+        }
+    }
+    return NULL;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: iofs mount --pid PID --path DIR --rules FILE [--status-fd FD]\n"
+                    "       iofs umount --pid PID --path DIR\n");
+    return 2;
+}
+
+static int cmd_umount(int pid, const char *path) {
+    int proc_fd;
+    if (enter_mount_ns(pid, &proc_fd)) {
+        fprintf(stderr, "iofs: entering the mount namespace of %d: %s\n", pid, strerror(errno));
+        return errno == ENOENT || errno == ESRCH ? 0 : 1; /* the target is gone: nothing mounted */
+    }
+    int detached = 0;
+    for (int n = iofs_mounts_at(proc_fd, path); n > 0; n = iofs_mounts_at(proc_fd, path)) {
+        if (umount2(path, MNT_DETACH)) {
+            fprintf(stderr, "iofs: detaching %s: %s\n", path, strerror(errno));
+            return 1;
+        }
+        detached++;
+    }
+    printf("%d\n", detached);
+    return 0;
+}
+
+static int cmd_mount(int pid, const char *path, const char *rules_path) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", rules_path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) { report("--rules must be an absolute path: %s", rules_path, 0); return 2; }
+    *slash = 0;
+    rules_name = strrchr(rules_path, '/') + 1;
+    rules_dir_fd = open(dir[0] ? dir : "/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rules_dir_fd < 0) { report("opening %s", dir, errno); return 1; }
+    int fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fuse_fd < 0) { report("opening %s", "/dev/fuse", errno); return 1; }
+    snprintf(volume, sizeof volume, "%s", path);
+    load_rules();
+
+    int proc_fd;
+    if (enter_mount_ns(pid, &proc_fd)) { report("entering the mount namespace of the target (%s)", path, errno); return 1; }
+    if (chdir("/")) { report("chdir %s", "/", errno); return 1; }
+    if (iofs_mounts_at(proc_fd, path) > 0) { report("an iofs is already mounted at %s", path, 0); return EXIT_ALREADY; }
+    root_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd < 0) { report("opening the volume %s", path, errno); return 1; }
+    struct stat st;
+    if (fstat(root_fd, &st)) { report("stat %s", path, errno); return 1; }
+    char opts[256];
+    snprintf(opts, sizeof opts, "fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,default_permissions",
+             fuse_fd, st.st_mode & S_IFMT);
+    if (mount(FSNAME, path, FSTYPE, MS_NOSUID | MS_NODEV, opts)) { report("mounting over %s", path, errno); return 1; }
+
+    char *argv[] = {"iofs", NULL};
+    struct fuse_args args = FUSE_ARGS_INIT(1, argv);
+    struct fuse *f = fuse_new(&args, &ops, sizeof ops, NULL);
+    char devfd[32];
+    snprintf(devfd, sizeof devfd, "/dev/fd/%d", fuse_fd);
+    if (!f || fuse_mount(f, devfd)) {
+        umount2(path, MNT_DETACH);
+        report("starting the FUSE session on %s", path, 0);
+        return 1;
+    }
+    /* SIGUSR1 is taken by the rules thread only; SIGTERM/SIGINT end the loop (fuse's handlers). */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    pthread_t t;
+    pthread_create(&t, NULL, watch_rules, NULL);
+    fuse_set_signal_handlers(fuse_get_session(f));
+    report("ok", "", 0);
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    fuse_loop_cfg_set_max_threads(cfg, 64);
+    int r = fuse_loop_mt(f, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    fuse_remove_signal_handlers(fuse_get_session(f));
+    fuse_unmount(f);
+    fuse_destroy(f);
+    return r < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return usage();
+    int pid = 0;
+    const char *path = NULL, *rules_path = NULL;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--pid")) pid = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
+        else if (!strcmp(argv[i], "--rules")) rules_path = argv[i + 1];
+        else if (!strcmp(argv[i], "--status-fd")) status_fd = atoi(argv[i + 1]);
+        else return usage();
+    }
+    if (pid <= 0 || !path || path[0] != '/') return usage();
+    if (!strcmp(argv[1], "umount")) return cmd_umount(pid, path);
+    if (!strcmp(argv[1], "mount") && rules_path) {
+        int r = cmd_mount(pid, path, rules_path);
+        if (status_fd >= 0) report("exited before mounting", "", 0);
+        return r;
+    }
+    return usage();
+}
