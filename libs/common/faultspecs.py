@@ -155,6 +155,28 @@ class TimeSkew(FaultSpec, tag="time-skew", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
+class IO(FaultSpec, tag="io", kw_only=True, frozen=True):
+    """IOChaos on one target: one rule of the FUSE filesystem over `volume_path` in each selected
+    container's mount namespace. `methods`: bit n = crd.iochaos.METHODS[n]; `attr_values`: the
+    override's fields in crd.iochaos.ATTR_FIELDS order (times as sec, nsec), set where `attr_mask`'s
+    bit is; `mistake_filling`: 0 zero, 1 random.
+    """
+
+    action: Literal["latency", "fault", "attrOverride", "mistake"] = "latency"
+    volume_path: str = "/"
+    path: str = ""
+    methods: int = 0
+    percent: int = 100
+    delay_ns: int = 0
+    errno: int = 0
+    attr_mask: int = 0
+    attr_values: list[int] = []
+    mistake_filling: int = 0
+    mistake_max_occurrences: int = 0
+    mistake_max_length: int = 0
+    container_names: list[str] = []
+
+
 # The most of a task's output one result carries, whatever `max_stdout` asks: results travel in
 # NATS messages (1 MiB by default) together with the rest of their command's results.
 MAX_STDOUT = 64 * 1024
@@ -190,4 +212,5 @@ class Stress(FaultSpec, tag="stress", kw_only=True, frozen=True):
     stressors: list[Stressor] = []
 
 
-Fault = PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | Http | TimeSkew | Stress
+Fault = (PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | Http | TimeSkew | Stress
+         | IO)

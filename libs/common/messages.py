@@ -12,6 +12,7 @@ import msgspec
 
 # The fault specs live in faultspecs; messages stays the one import for every wire type.
 from chaosbus.common.faultspecs import (
+    IO,
     ContainerKill,
     Dns,
     Fault,
@@ -423,6 +424,7 @@ __all__ = [
     "FaultSpec",
     "HaltState",
     "HelloWorld",
+    "IO",
     "TimeSkew",
     "LeaderLease",
     "Message",

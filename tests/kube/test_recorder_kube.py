@@ -171,20 +171,21 @@ async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: K
     from chaosbus.common.crd import NOT_EXECUTED
 
     create_examples(kube)
-    accepted = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/iochaos/io-delay-example")
-    assert accepted is not None and accepted["spec"]["delay"] == "100ms"  # stored unchanged
-    assert "IOChaos" in NOT_EXECUTED
+    path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/jvmchaos/jvm-return-example"
+    accepted = kube.client.get(path)
+    assert accepted is not None and accepted["spec"]["value"] == "9999"  # stored unchanged
+    assert "JVMChaos" in NOT_EXECUTED
     import msgspec
 
-    await recorder.on_object(m.ObjectEvent(type="ADDED", kind="IOChaos", namespace=kube.namespace,
-                                           name="io-delay-example", uid=accepted["metadata"]["uid"],
+    await recorder.on_object(m.ObjectEvent(type="ADDED", kind="JVMChaos", namespace=kube.namespace,
+                                           name="jvm-return-example", uid=accepted["metadata"]["uid"],
                                            object=msgspec.Raw(msgspec.json.encode(accepted))))
-    marked = kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/iochaos/io-delay-example")
+    marked = kube.client.get(path)
     assert marked is not None and "finalizers" not in marked["metadata"]
     [condition] = marked["status"]["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == ("Supported", "False", "NotSupported")
     items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events",
-                                query={"fieldSelector": "involvedObject.name=io-delay-example"})["items"]
+                                query={"fieldSelector": "involvedObject.name=jvm-return-example"})["items"]
     assert [(e["type"], e["reason"]) for e in items] == [("Warning", "NotSupported")]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from chaosbus.common import faultplan
-from chaosbus.common.crd import cloud, httpchaos, orchestration, podkinds, stresschaos
+from chaosbus.common.crd import cloud, httpchaos, iochaos, orchestration, podkinds, stresschaos
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -198,7 +198,8 @@ _register_all([
          default=Action(containers=True), fault_tags=("hello-world",), faults=faultplan.helloworldchaos),
     Kind("StressChaos", stresschaos.StressChaosSpec, "executed", ("strc",), embedded_key="stressChaos",
          default=Action(containers=True), fault_tags=("stress",), faults=stresschaos.plan),
-    Kind("IOChaos", podkinds.IOChaosSpec, short_names=("ioc",), embedded_key="ioChaos"),
+    Kind("IOChaos", iochaos.IOChaosSpec, "executed", ("ioc",), embedded_key="ioChaos", default=Action(containers=True),
+         fault_tags=("io",), faults=iochaos.plan),
     Kind("TimeChaos", TimeChaosSpec, "executed", ("tmc",), embedded_key="timeChaos", default=Action(containers=True),
          fault_tags=("time-skew",), faults=faultplan.timechaos),
     Kind("DNSChaos", DNSChaosSpec, "executed", ("dnsc",), embedded_key="dnsChaos", network=True,

@@ -1,5 +1,5 @@
 """Spec models of the pod-based experiment kinds chaosbus accepts but does not execute yet:
-IOChaos, JVMChaos, KernelChaos, BlockChaos
+JVMChaos, KernelChaos, BlockChaos
 (field names and types per Chaos Mesh v1alpha1; admission checks are the structural ones).
 """
 
@@ -12,44 +12,6 @@ from chaosbus.common.crd.common import ContainerSelectorBase, PodSelectorBase
 
 class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
     pass
-
-
-class Timespec(_S):
-    sec: int = 0
-    nsec: int = 0
-
-
-class AttrOverride(_S):
-    ino: int | None = None
-    size: int | None = None
-    blocks: int | None = None
-    atime: Timespec | None = None
-    mtime: Timespec | None = None
-    ctime: Timespec | None = None
-    kind: str = ""
-    perm: int | None = None
-    nlink: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-    rdev: int | None = None
-
-
-class Mistake(_S):
-    filling: str = ""
-    max_occurrences: int = 0
-    max_length: int = 0
-
-
-class IOChaosSpec(ContainerSelectorBase, kw_only=True):
-    action: str = ""
-    volume_path: str = ""
-    path: str = ""
-    methods: list[str] = []
-    percent: int = 100
-    delay: str = ""
-    errno: int = 0
-    attr: AttrOverride | None = None
-    mistake: Mistake | None = None
 
 
 class JVMChaosSpec(ContainerSelectorBase, kw_only=True):

@@ -175,6 +175,7 @@ from chaosbus.injector.faults import (  # noqa: E402
     dns,
     hello_world,
     http,
+    io,
     partition,
     pod_kill,
     shaping,
@@ -186,6 +187,7 @@ from chaosbus.injector.faults import (  # noqa: E402
 __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
     "get",
-    "hello_world", "http", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register", "shaping",
+    "hello_world", "http", "io", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register",
+    "shaping",
     "spec_tag", "stress", "task", "time_skew",
 ]

@@ -587,7 +587,7 @@ def test_wrong_type_in_metadata_names_metadata() -> None:
     assert errors_of(doc) == ["metadata.name: expected `str`, got `int`"]
 
 
-@pytest.mark.parametrize("kind", ["IOChaos", "podchaos", "", None, 3])
+@pytest.mark.parametrize("kind", ["JVMChaos", "podchaos", "", None, 3])
 def test_unknown_kind(kind: Any) -> None:
     doc = doc_of(POD_KILL)
     doc["kind"] = kind

@@ -158,7 +158,7 @@ def test_delete_of_an_unseen_key_does_nothing() -> None:
     assert (out.events, out.target_puts, out.target_deletes) == ([], [], [])
 
 
-@pytest.mark.parametrize("kind", ["IOChaos", "Schedule"])
+@pytest.mark.parametrize("kind", ["JVMChaos", "Schedule"])
 def test_accepted_but_unexecuted_kinds_are_published_for_the_recorder(kind: str) -> None:
     core = WatcherCore()
     obj = {"kind": kind, "metadata": {"name": "a", "namespace": "b", "uid": "u"}}

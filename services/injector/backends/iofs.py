@@ -1,0 +1,199 @@
+"""IOChaos backend: drives native/iofs, the FUSE filesystem mounted over a volume inside a
+target's mount namespace, and keeps its rules file.
+
+One filesystem serves one volume of one container and applies the rules of every experiment on
+that volume, one line each in a file of `rules_dir()`; iofs re-reads
+the file on SIGUSR1 and whenever it changes. See native/README.md for the rule format and how the
+mount is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from chaosbus.common import config
+from chaosbus.common.messages import IO
+from chaosbus.injector.backends.native import helper
+
+FSTYPE = "fuse.chaosbus-iofs"
+START_TIMEOUT_S = 10.0
+UMOUNT_TIMEOUT_S = 10.0
+EXIT_ALREADY = 3
+KINDS = {"latency", "fault", "mistake", "attrOverride"}
+
+
+class IofsError(Exception):
+    """iofs could not do it; `already`: an iofs is mounted there already."""
+
+    def __init__(self, message: str, *, already: bool = False) -> None:
+        super().__init__(message)
+        self.already = already
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat); None: no such process."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One volume of one target process (pid and start time: a recycled pid is another target)."""
+
+    pid: int
+    start: int
+    path: str
+
+    @property
+    def rules(self) -> Path:
+        digest = hashlib.sha256(self.path.encode()).hexdigest()[:16]
+        return rules_dir() / f"{self.pid}-{self.start}-{digest}.rules"
+
+    @property
+    def server_file(self) -> Path:
+        return self.rules.with_suffix(".server")
+
+    def target_alive(self) -> bool:
+        return start_ticks(self.pid) == self.start
+
+
+def rules_dir() -> Path:
+    """Where rules files and server records live: `$CHAOSBUS_IOCHAOS_DIR`, else `<state dir>/iochaos`
+    (either must outlive the injector: a restarted one finds its servers there)."""
+    env = os.environ.get("CHAOSBUS_IOCHAOS_DIR")
+    d = Path(env) if env else config.state_dir() / "iochaos"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+def rule_line(spec: IO, deadline_ns: int) -> str:
+    """The rule of `spec` as native/iofs reads it (the path glob last; "-": every path)."""
+    head = f"{deadline_ns} {spec.methods} {spec.percent}"
+    glob = spec.path or "-"
+    if spec.action == "latency":
+        return f"latency {head} {spec.delay_ns} {glob}"
+    if spec.action == "fault":
+        return f"fault {head} {spec.errno} {glob}"
+    if spec.action == "mistake":
+        return (f"mistake {head} {spec.mistake_filling} {spec.mistake_max_occurrences} "
+                f"{spec.mistake_max_length} {glob}")
+    values = list(spec.attr_values) + [0] * (15 - len(spec.attr_values))
+    return f"attr {head} {spec.attr_mask} {' '.join(str(int(v)) for v in values[:15])} {glob}"
+
+
+def read_rules(path: Path) -> dict[str, str]:
+    """key -> rule line, as `write_rules` left them ({} when there is no file)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    out: dict[str, str] = {}
+    for tag, line in zip(lines[::2], lines[1::2], strict=False):
+        if tag.startswith("# "):
+            out[tag[2:]] = line
+    return out
+
+
+def write_rules(path: Path, rules: dict[str, str]) -> None:
+    """Replace the file in one rename (iofs never reads half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text("".join(f"# {k}\n{line}\n" for k, line in rules.items()))
+    os.replace(tmp, path)
+
+
+def mounts_at(pid: int, path: str) -> int:
+    """How many iofs mounts sit at `path` in the mount namespace of process `pid` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{int(pid)}/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    n = 0
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and right.split()[:1] == [FSTYPE] and _unescape(fields[4]) == path:
+            n += 1
+    return n
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def start(vol: Volume) -> subprocess.Popen[bytes]:
+    """Mount iofs over the volume and serve it (the server runs on in its own session).
+
+    Raises:
+        IofsError: not mounted (the reason from iofs), `already` if an iofs is mounted there.
+    """
+    r, w = os.pipe()
+    try:
+        argv = [helper("iofs"), "mount", "--pid", str(vol.pid), "--path", vol.path, "--rules", str(vol.rules),
+                "--status-fd", str(w)]
+        proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(w)
+        w = -1
+        status = _read_status(r, START_TIMEOUT_S)
+    except FileNotFoundError as e:
+        raise IofsError(str(e)) from None
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    if status != "ok":
+        try:
+            code = proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        raise IofsError(status or f"iofs exited with status {code}", already=code == EXIT_ALREADY)
+    return proc
+
+
+def _read_status(fd: int, timeout: float) -> str:
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+            if b"".join(chunks).strip() == b"ok":
+                return "ok"
+    else:
+        return f"iofs did not mount within {timeout:.0f}s"
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def umount(vol: Volume) -> int:
+    """Detach every iofs mount at the volume in the target's mount namespace (a target that is
+    gone has none); how many were detached.
+
+    Raises:
+        IofsError: one could not be detached.
+    """
+    if not vol.target_alive():
+        return 0
+    try:
+        proc = subprocess.run([helper("iofs"), "umount", "--pid", str(vol.pid), "--path", vol.path],
+                              capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as e:
+        raise IofsError(str(e)) from None
+    if proc.returncode != 0:
+        raise IofsError(proc.stderr.strip() or f"iofs umount exited with status {proc.returncode}")
+    return int(proc.stdout.strip() or 0)

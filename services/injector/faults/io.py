@@ -1,0 +1,179 @@
+"""io (IOChaos): a FUSE filesystem over the target's volume, inside its mount namespace, that
+applies the rules of every experiment on that volume and passes everything else through
+(native/iofs, driven through backends/iofs).
+
+`original_state` journals each selected container's process (pid and start time), so recovering
+after a restart finds the same mount namespace. `apply` adds the experiment's rule (with the
+fault's deadline in it, so the filesystem stops injecting on time even with no chaosbus process
+left) to the volume's rules file and mounts iofs there unless a live one already serves it;
+`recover` removes the rule and, when it was the last, detaches the mount (lazily: a file opened
+through it keeps working until closed, and iofs exits when the last one is).
+
+A server that dies would leave the target with "Transport endpoint is not connected" on the
+volume: a watcher thread per server detaches its mount the moment it exits, and a restarted
+injector re-asserting the fault finds the dead server's mount, detaches it and mounts a new one.
+
+Files the target opened before the mount keep reaching the volume directly (Chaos Mesh moves
+them over with ptrace; not done here, see docs/compatibility.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+from chaosbus.common import logging as cblog
+from chaosbus.common.messages import IO, FaultSpec, TargetAction
+from chaosbus.injector.backends import iofs
+from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.journal import entry_key
+from chaosbus.injector.runtime import ContainerHandle
+
+log = cblog.get("injector.io")
+POLL_S = 0.2  # how often an adopted server (not this process's child) is checked for life
+
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+_locks_guard = threading.Lock()
+_watched: set[tuple[int, int]] = set()  # (server pid, start) with a watcher thread
+
+
+def _lock(vol: iofs.Volume) -> threading.Lock:
+    with _locks_guard:
+        return _locks[str(vol.rules)]
+
+
+def _server(vol: iofs.Volume) -> tuple[int, int] | None:
+    """The live server of the volume as last recorded, None if it is not running."""
+    try:
+        pid, start = (int(x) for x in vol.server_file.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return (pid, start) if iofs.start_ticks(pid) == start else None
+
+
+def _serve(vol: iofs.Volume) -> str:
+    """Make sure a live iofs serves the volume (caller holds the volume's lock)."""
+    server = _server(vol)
+    if server is not None and iofs.mounts_at(vol.pid, vol.path):
+        os.kill(server[0], signal.SIGUSR1)  # re-read the rules now rather than within 200 ms
+        _watch(vol, server, None)
+        return f"iofs {server[0]}"
+    if iofs.mounts_at(vol.pid, vol.path):
+        iofs.umount(vol)  # its server is dead: every call on it would fail with ENOTCONN
+    proc = iofs.start(vol)
+    start = iofs.start_ticks(proc.pid) or 0
+    vol.server_file.write_text(f"{proc.pid} {start}\n")
+    _watch(vol, (proc.pid, start), proc)
+    return f"iofs {proc.pid} mounted"
+
+
+def _watch(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
+    with _locks_guard:
+        if server in _watched:
+            return
+        _watched.add(server)
+    threading.Thread(target=_watcher, args=(vol, server, proc), name=f"iofs-watch-{server[0]}", daemon=True).start()
+
+
+def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
+    """When the server exits: if it still serves the volume (no recovery detached it first), its
+    mount would answer ENOTCONN to everything, so it is detached."""
+    if proc is not None:
+        proc.wait()
+    else:
+        while iofs.start_ticks(server[0]) == server[1]:
+            time.sleep(POLL_S)
+    with _locks_guard:
+        _watched.discard(server)
+    with _lock(vol):
+        try:
+            recorded = tuple(int(x) for x in vol.server_file.read_text().split())
+        except (OSError, ValueError):
+            return
+        if recorded != server:
+            return
+        vol.server_file.unlink(missing_ok=True)
+        try:
+            n = iofs.umount(vol)
+        except iofs.IofsError as e:
+            log.error("iofs died; its mount could not be detached", pid=server[0], volume=vol.path, error=str(e))
+            return
+        if n:
+            log.warning("iofs died; its mount was detached", pid=server[0], target=vol.pid, volume=vol.path)
+
+
+def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
+    return [iofs.Volume(t["pid"], t["start"], spec.volume_path) for t in ctx.original.get("targets", [])]
+
+
+class IOFault:
+    name = "io"
+
+    def original_state(self, experiment_uid: str, action: TargetAction,
+                       containers: list[ContainerHandle]) -> dict[str, Any]:
+        targets = []
+        for c in containers:
+            start = iofs.start_ticks(c.pid) if c.alive else None
+            if start is not None:
+                targets.append({"pid": c.pid, "start": start})
+        return {"targets": targets}
+
+    def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        assert isinstance(spec, IO)
+        key = entry_key(ctx.experiment_uid, ctx.action.selector_key, ctx.action.target_id)
+        line = iofs.rule_line(spec, int(ctx.deadline * 1e9) if ctx.deadline else 0)
+        done = []
+        for vol in _volumes(ctx, spec):
+            if not vol.target_alive():
+                continue
+            with _lock(vol):
+                rules = iofs.read_rules(vol.rules)
+                rules[key] = line
+                iofs.write_rules(vol.rules, rules)
+                try:
+                    done.append(_serve(vol))
+                except iofs.IofsError as e:
+                    rules.pop(key, None)
+                    iofs.write_rules(vol.rules, rules)
+                    raise FaultError(f"{spec.volume_path} in process {vol.pid}: {e}", retryable=False) from e
+        if not done:
+            raise FaultError("target gone: no live container process", retryable=False)
+        return f"{spec.action} on {spec.volume_path}{' ' + spec.path if spec.path else ''} ({', '.join(done)})"
+
+    def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
+        assert isinstance(spec, IO)
+        key = entry_key(ctx.experiment_uid, ctx.action.selector_key, ctx.action.target_id)
+        out = []
+        for vol in _volumes(ctx, spec):
+            with _lock(vol):
+                rules = iofs.read_rules(vol.rules)
+                rules.pop(key, None)
+                if not vol.target_alive():
+                    vol.rules.unlink(missing_ok=True)
+                    vol.server_file.unlink(missing_ok=True)
+                    out.append("target gone")
+                    continue
+                if rules:
+                    iofs.write_rules(vol.rules, rules)
+                    server = _server(vol)
+                    if server is not None:
+                        os.kill(server[0], signal.SIGUSR1)
+                    out.append(f"rule removed, {len(rules)} other left")
+                    continue
+                iofs.write_rules(vol.rules, rules)  # the server stops injecting even if still in use
+                try:
+                    n = iofs.umount(vol)
+                except iofs.IofsError as e:
+                    raise FaultError(f"detaching iofs from {spec.volume_path} in process {vol.pid}: {e}") from e
+                vol.rules.unlink(missing_ok=True)
+                vol.server_file.unlink(missing_ok=True)
+                out.append(f"unmounted ({n})" if n else "nothing mounted")
+        return f"recovered {spec.volume_path}: {', '.join(out) or 'no target'}"
+
+
+register(IOFault())
