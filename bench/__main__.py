@@ -107,13 +107,27 @@ def main(argv: list[str] | None = None) -> int:
         from bench import bench_kube
 
         try:
-            kube_raw = bench_kube.measure(10 if plan.quick else 30)
+            kube_raw = bench_kube.measure(10 if plan.quick else 30, (1, 10) if plan.quick else (1, 100))
         except Exception as e:
             print(f"\nbench through the API server failed: {type(e).__name__}: {e}", file=sys.stderr)
             code = 1
         else:
             sections.append(bench_kube.rows(kube_raw))
             raw["kube"] = kube_raw
+        from bench import bench_kube_node
+
+        why = bench_kube_node.missing()
+        if why is not None:
+            print(f"\nbench on a real node skipped: {why}", file=sys.stderr)
+        else:
+            try:
+                node_raw = bench_kube_node.measure(5 if plan.quick else 10, 10 if plan.quick else 100)
+            except Exception as e:
+                print(f"\nbench on a real node failed: {type(e).__name__}: {e}", file=sys.stderr)
+                code = 1
+            else:
+                sections.append(bench_kube_node.rows(node_raw))
+                raw["kube_node"] = node_raw
     print()
     print(report.render(sections))
     meta = _meta(plan, started)

@@ -113,7 +113,60 @@ def _wait(check: Any, limit_s: float, what: str) -> float:
     return time.time()
 
 
-def measure(runs: int) -> dict[str, Any]:
+class EventClock:
+    """When the watcher published each experiment's first event on NATS (by object name): the
+    watcher's lag is that time minus the API create's start.
+    """
+
+    def __init__(self, nats_url: str) -> None:
+        import asyncio
+        import threading
+
+        self.seen: dict[str, float] = {}
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(nats_url,), name="event-clock", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("could not subscribe to the object events")
+
+    def _run(self, url: str) -> None:
+        import asyncio
+
+        import msgspec
+        import nats
+
+        from chaosbus.common import messages as m
+        from chaosbus.common import subjects
+
+        async def main() -> None:
+            async def quiet(_e: Exception) -> None:  # the server stops before this thread does
+                return None
+
+            nc = await nats.connect(url, allow_reconnect=False, error_cb=quiet)
+
+            async def on_event(msg: Any) -> None:
+                try:
+                    event = msgspec.json.decode(msg.data, type=m.ObjectEvent)
+                except msgspec.DecodeError:
+                    return
+                if event.type == "ADDED":
+                    self.seen.setdefault(event.name, time.time())
+
+            await nc.subscribe(subjects.OBJECT_EVENTS, cb=on_event)
+            await nc.flush()
+            self._ready.set()
+            await asyncio.Event().wait()  # subscribed until the process ends
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(main())
+
+
+def measure(runs: int, sizes: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """Per size N: N target pods (process pods of the test kubelet, each in its own netns) and one
+    peer; `runs` experiments partitioning all N from the peer (a tenth of them, at least 3, at
+    N >= 100).
+    """
     _tests_on_path()
     from kube.client import KubeClient
     from kube.crds import install_crds
@@ -133,14 +186,22 @@ def measure(runs: int) -> dict[str, Any]:
         monitor = TableMonitor()
         try:
             kubelet.register_node()
-            target = kubelet.run_pod("target", namespace, {"role": "target"}, netns=True)
             kubelet.run_pod("peer", namespace, {"role": "peer"}, netns=True)
-            assert target.netns is not None
-            path = nsutil.netns_path(target.netns)
-            monitor.watch(path)
+            paths: list[str] = []
             monitor.start()
+            clock = EventClock(server.url)
+            out: dict[str, Any] = {"api": label, "sizes": {}}
             with services(cfg, namespace, server.url, Path(tmp)):
-                return _runs(client, monitor, path, namespace, runs, table_name) | {"api": label}
+                for size in sorted(sizes):
+                    while len(paths) < size:
+                        pod = kubelet.run_pod(f"target-{len(paths)}", namespace, {"role": "target"}, netns=True)
+                        assert pod.netns is not None
+                        paths.append(nsutil.netns_path(pod.netns))
+                        monitor.watch(paths[-1])
+                    n_runs = runs if size < 100 else max(3, runs // 10)
+                    out["sizes"][str(size)] = _runs(client, monitor, paths, namespace, n_runs, table_name, clock, size)
+            # Compatibility with one-size readers (bench/__main__.py, docs): the smallest size's figures.
+            return out | out["sizes"][str(min(sizes))]
         finally:
             monitor.close()
             kubelet.close()
@@ -149,66 +210,82 @@ def measure(runs: int) -> dict[str, Any]:
                 client.delete(f"/api/v1/namespaces/{namespace}")
 
 
-def _runs(client: Any, monitor: TableMonitor, path: str, namespace: str, runs: int, table_name: Any) -> dict[str, Any]:
+def _runs(client: Any, monitor: TableMonitor, paths: list[str], namespace: str, runs: int, table_name: Any,
+          clock: EventClock, size: int) -> dict[str, Any]:
     plural = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/networkchaos"
     apply_s: list[float] = []
     recover_s: list[float] = []
     floor_s: list[float] = []
+    lag_s: list[float] = []
     for i in range(runs + 1):  # the first run warms every cache up and is not counted
         for _ in range(3):
             t = time.perf_counter()
-            client.get(f"/api/v1/namespaces/{namespace}/pods/target")
+            client.get(f"/api/v1/namespaces/{namespace}/pods/peer")
             floor_s.append(time.perf_counter() - t)
-        applied, recovered = _one_run(client, monitor, path, plural, f"bench-{i}", table_name)
+        name = f"bench-{size}-{i}"
+        applied, recovered, created_at = _one_run(client, monitor, paths, plural, name, table_name)
         if i:
             apply_s.append(applied)
             recover_s.append(recovered)
-    return {"apply": apply_s, "recover": recover_s, "floor": floor_s[3:]}
+            if name in clock.seen:
+                lag_s.append(clock.seen[name] - created_at)
+    return {"apply": apply_s, "recover": recover_s, "floor": floor_s[3:], "watch_lag": lag_s}
 
 
-def _one_run(client: Any, monitor: TableMonitor, path: str, plural: str, name: str,
-             table_name: Any) -> tuple[float, float]:
-    """(create -> table committed, delete -> table gone) for one experiment, in seconds."""
+def _one_run(client: Any, monitor: TableMonitor, paths: list[str], plural: str, name: str,
+             table_name: Any, chaos: dict[str, Any] = CHAOS) -> tuple[float, float, float]:
+    """(create -> every target's table committed, delete -> every table gone, create's start) for one
+    experiment: the slowest target decides, as "all in effect" means.
+    """
+    limit = 30 + len(paths) * 0.5
     t0 = time.time()
-    created = client.create(plural, {**CHAOS, "metadata": {"name": name, "namespace": plural.split("/")[5]}})
+    created = client.create(plural, {**chaos, "metadata": {"name": name, "namespace": plural.split("/")[5]}})
     table = table_name(created["metadata"]["uid"], ".")
-    _wait(lambda: monitor.state(path, table)[0], 30, "partition in effect")
-    applied = monitor.state(path, table)[1] - t0
+    _wait(lambda: all(monitor.state(p, table)[0] for p in paths), limit, "partition in effect")
+    applied = max(monitor.state(p, table)[1] for p in paths) - t0
     t1 = time.time()
     client.delete(f"{plural}/{name}")
-    _wait(lambda: not monitor.state(path, table)[0], 30, "partition gone")
-    recovered = monitor.state(path, table)[1] - t1
-    _wait(lambda: client.get(f"{plural}/{name}") is None, 30, "object removed")
-    return applied, recovered
+    _wait(lambda: not any(monitor.state(p, table)[0] for p in paths), limit, "partition gone")
+    recovered = max(monitor.state(p, table)[1] for p in paths) - t1
+    _wait(lambda: client.get(f"{plural}/{name}") is None, limit, "object removed")
+    return applied, recovered, t0
 
 
 def rows(raw: dict[str, Any]) -> report.Section:
-    floor = report.pct(raw["floor"], 50) if raw["floor"] else None
-    section = report.Section(f"through the Kubernetes API ({raw['api']}): create/delete -> kernel, 1 target")
-    for rid, what, values in (("kube.apply.1", "API create -> partition in effect", raw["apply"]),
-                              ("kube.recover.1", "API delete -> partition gone", raw["recover"])):
-        p50, p99 = report.pct(values, 50), report.pct(values, 99)
-        row = report.Row(rid, what, f"{len(values)} runs", report.fmt_s(p50), report.fmt_s(p99),
-                         floor=report.fmt_s(floor), vs_floor=report.ratio(p50, floor),
-                         data={"values": values, "floor_p50": floor})
-        if rid == "kube.apply.1":
-            row.target = "p50<=50 ms, p99<=200 ms"
-            row.verdict = report.verdict(p50 <= APPLY_TARGET[0] and p99 <= APPLY_TARGET[1])
-        section.rows.append(row)
-    section.rows.append(report.Row("kube.floor.get", "one API round trip (GET pod)", f"{len(raw['floor'])}",
-                                   report.fmt_s(floor), report.fmt_s(report.pct(raw["floor"], 99))))
+    sizes = raw.get("sizes") or {"1": raw}
+    section = report.Section(f"through the Kubernetes API ({raw['api']}): create/delete -> kernel")
+    for size, figures in sorted(sizes.items(), key=lambda kv: int(kv[0])):
+        floor = report.pct(figures["floor"], 50) if figures["floor"] else None
+        for rid, what, values in (
+                (f"kube.apply.{size}", f"API create -> partition in effect on all {size}", figures["apply"]),
+                (f"kube.recover.{size}", f"API delete -> partition gone on all {size}", figures["recover"]),
+                (f"kube.watch_lag.{size}", "API create -> watcher's event on NATS", figures.get("watch_lag") or [])):
+            if not values:
+                continue
+            p50, p99 = report.pct(values, 50), report.pct(values, 99)
+            row = report.Row(rid, what, f"{len(values)} runs", report.fmt_s(p50), report.fmt_s(p99),
+                             floor=report.fmt_s(floor), vs_floor=report.ratio(p50, floor),
+                             data={"values": values, "floor_p50": floor})
+            if rid == "kube.apply.1":
+                row.target = "p50<=50 ms, p99<=200 ms"
+                row.verdict = report.verdict(p50 <= APPLY_TARGET[0] and p99 <= APPLY_TARGET[1])
+            section.rows.append(row)
+        section.rows.append(report.Row(f"kube.floor.get.{size}", "one API round trip (GET pod)",
+                                       f"{len(figures['floor'])}", report.fmt_s(floor),
+                                       report.fmt_s(report.pct(figures["floor"], 99))))
     return section
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--sizes", default="1,100", help="targets per experiment, comma-separated")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_kube: needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
-    section = rows(measure(args.runs))
+    section = rows(measure(args.runs, tuple(int(x) for x in args.sizes.split(","))))
     print(report.render([section]))
     if args.json:
         args.json.write_text(json.dumps(report.to_json([section]), indent=1))

@@ -46,3 +46,19 @@ def test_quick_bench_prints_every_figure_and_writes_json(tmp_path: Path) -> None
     assert [r for r in ROWS if r not in ids] == []
     assert {"meta", "floors", "runs", "resources", "concurrent"} <= set(doc)
     assert all(r["missing"] == 0 and r["verify_errors"] == 0 for r in doc["runs"])
+
+
+@pytest.mark.privileged
+@pytest.mark.timeout(200)
+def test_the_api_server_bench_times_every_size_and_the_watcher(tmp_path: Path) -> None:
+    """`bench_kube` at two sizes against the in-repo API fake (the real server's run is the same
+    code): a row per size for apply, recovery and the watcher's lag."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the benchmark creates network namespaces and reads nftables")
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBEBUILDER_ASSETS", "CHAOSBUS_TEST_KUBECONFIG")}
+    done = subprocess.run([sys.executable, "-m", "bench.bench_kube", "--runs", "2", "--sizes", "1,3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
+    wanted = {f"kube.{what}.{n}" for what in ("apply", "recover", "watch_lag") for n in (1, 3)}
+    assert wanted <= printed, done.stdout
