@@ -48,6 +48,7 @@ test-kernel: install
 bench: install
 	$(PY) -m bench $(if $(filter 1,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 	$(PY) -m bench.bench_dns $(if $(filter 1,$(BENCH_QUICK)),--sizes 1,10 --queries 200)
+	$(PY) -m bench.bench_http $(if $(filter 1,$(BENCH_QUICK)),--sizes 1,10 --requests 200)
 	$(PY) -m bench.bench_stress $(if $(filter 1,$(BENCH_QUICK)),--sizes 1,10)
 
 # The full property test of admission and the scheduler's decode: 100,000 random inputs (~10 min);

@@ -24,6 +24,7 @@ ECHO_SERVER = """
 import http.server, json, sys, threading, urllib.parse
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
+    disable_nagle_algorithm = True
     def handle_any(self):
         n = int(self.headers.get('Content-Length') or 0)
         body = self.rfile.read(n).decode('latin-1') if n else ''

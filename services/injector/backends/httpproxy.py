@@ -179,7 +179,11 @@ class Proxy:
         self._conns.add(task)
         upstream: asyncio.StreamWriter | None = None
         try:
-            dest = original_destination(writer.get_extra_info("socket"))
+            sock = writer.get_extra_info("socket")
+            # asyncio sets TCP_NODELAY only on sockets made with proto=IPPROTO_TCP; without it a
+            # response's head and body (two writes) wait ~40 ms for the client's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            dest = original_destination(sock)
             if dest is None:
                 return
             try:
@@ -192,6 +196,8 @@ class Proxy:
             _reset(writer)
         except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # the proxy stops: this connection ends with it (asyncio would log a cancelled handler)
         finally:
             for w in (writer, upstream):
                 if w is not None:
