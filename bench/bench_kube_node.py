@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.bench_kube import EventClock, _one_run, _tests_on_path, _wait
+from bench.bench_kube import CHAOS, EventClock, _runs, _tests_on_path, _wait, figure_rows
 from bench.kernel import TableMonitor
 
 PODS = 20  # real pods on a 2-core machine beside the control plane; the node holds 110
@@ -143,7 +143,11 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
                     monitor.start()
                     clock = EventClock(server.url)
                     with _services(plane.kubeconfig, namespace, server.url, node, work):
-                        figures = _runs(client, monitor, paths, namespace, runs, table_name, clock)
+                        chaos = {**CHAOS, "spec": {
+                            **CHAOS["spec"], "selector": {"labelSelectors": {"app": "target"}},
+                            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "peer"}}}}}
+                        figures = _runs(client, monitor, paths, namespace, runs, table_name, clock, "bench-node",
+                                        chaos)
                     client.delete(f"{deployments}/target")
                     client.delete(f"{deployments}/peer")
                 finally:
@@ -154,47 +158,11 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
             plane.stop()
 
 
-def _runs(client: Any, monitor: TableMonitor, paths: list[str], namespace: str, runs: int, table_name: Any,
-          clock: EventClock) -> dict[str, Any]:
-    from bench.bench_kube import CHAOS
-
-    plural = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/networkchaos"
-    chaos = {**CHAOS, "spec": {**CHAOS["spec"], "selector": {"labelSelectors": {"app": "target"}},
-                               "target": {"mode": "all", "selector": {"labelSelectors": {"app": "peer"}}}}}
-    apply_s: list[float] = []
-    recover_s: list[float] = []
-    floor_s: list[float] = []
-    lag_s: list[float] = []
-    for i in range(runs + 1):  # the first run warms every cache up and is not counted
-        for _ in range(3):
-            t = time.perf_counter()
-            client.get(f"/api/v1/namespaces/{namespace}")
-            floor_s.append(time.perf_counter() - t)
-        name = f"bench-node-{i}"
-        applied, recovered, created_at = _one_run(client, monitor, paths, plural, name, table_name, chaos)
-        if i:
-            apply_s.append(applied)
-            recover_s.append(recovered)
-            if name in clock.seen:
-                lag_s.append(clock.seen[name] - created_at)
-    return {"apply": apply_s, "recover": recover_s, "floor": floor_s[3:], "watch_lag": lag_s}
-
-
 def rows(raw: dict[str, Any]) -> report.Section:
     n = raw["pods"]
-    floor = report.pct(raw["floor"], 50) if raw["floor"] else None
     section = report.Section(f"a real node (kubelet + containerd), {n} real pods: create/delete -> kernel "
                              f"({n} pods Running {raw['pods_up_s']:.1f} s after their Deployment)")
-    for rid, what, values in ((f"node.apply.{n}", f"API create -> partition in effect on all {n}", raw["apply"]),
-                              (f"node.recover.{n}", f"API delete -> partition gone on all {n}", raw["recover"]),
-                              (f"node.watch_lag.{n}", "API create -> watcher's event on NATS", raw["watch_lag"])):
-        if values:
-            p50, p99 = report.pct(values, 50), report.pct(values, 99)
-            section.rows.append(report.Row(rid, what, f"{len(values)} runs", report.fmt_s(p50), report.fmt_s(p99),
-                                           floor=report.fmt_s(floor), vs_floor=report.ratio(p50, floor),
-                                           data={"values": values, "floor_p50": floor}))
-    section.rows.append(report.Row("node.floor.get", "one API round trip (GET namespace)", f"{len(raw['floor'])}",
-                                   report.fmt_s(floor), report.fmt_s(report.pct(raw["floor"], 99))))
+    figure_rows(section, "node", n, raw)
     return section
 
 

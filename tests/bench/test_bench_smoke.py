@@ -60,5 +60,5 @@ def test_the_api_server_bench_times_every_size_and_the_watcher(tmp_path: Path) -
                           capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
-    wanted = {f"kube.{what}.{n}" for what in ("apply", "recover", "watch_lag") for n in (1, 3)}
+    wanted = {f"kube.{what}.{n}" for what in ("apply", "recover", "removed", "watch_lag") for n in (1, 3)}
     assert wanted <= printed, done.stdout
