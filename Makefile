@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-kernel lint typecheck bench fuzz clean
+.PHONY: install demo test test-fast test-kernel lint typecheck bench fuzz screenshots clean
 
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
 PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
@@ -56,6 +56,11 @@ bench: install
 fuzz: install
 	CHAOSBUS_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),100000) $(PY) -m pytest -q -p no:cacheprovider \
 		-o addopts='--import-mode=importlib' --timeout=0 tests/unit/common/test_admission_fuzz.py
+
+# The dashboard's screenshots in docs/images, taken by its browser test against a live system (root).
+screenshots: install
+	CHAOSBUS_DASHBOARD_SCREENSHOTS=$(CURDIR)/docs/images $(PY) -m pytest -q -p no:xdist \
+		tests/e2e/test_dashboard_browser.py
 
 lint: install
 	$(VENV)/bin/ruff check .

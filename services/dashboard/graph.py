@@ -125,9 +125,12 @@ def node_state(node: Obj) -> tuple[str, str]:
     detail = f"{resource.get('kind', '')}/{resource.get('name', '')}" if resource.get("name") else ""
     if conds.get("Aborted", {}).get("status") == "True":
         return ABORTED, str(conds["Aborted"].get("reason") or detail)
+    # A chaos or Suspend step ends at its deadline: DeadlineExceed is how it finishes, not a failure.
+    deadline = conds.get("DeadlineExceed", {})
+    if deadline.get("status") == "True":
+        return ACCOMPLISHED, str(deadline.get("reason") or detail)
     if conds.get("Accomplished", {}).get("status") == "True":
-        deadline = conds.get("DeadlineExceed", {})
-        return ACCOMPLISHED, str(deadline.get("reason") or detail) if deadline.get("status") == "True" else detail
+        return ACCOMPLISHED, detail
     return RUNNING, detail
 
 

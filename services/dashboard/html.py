@@ -173,7 +173,8 @@ def timeline_svg(t: timeline.Timeline) -> str:
         parts += [f'<rect x="{a}" y="{mid - 6}" width="{max(2, b - a)}" height="12" class="in-force"/>'
                   for a, b in lane.spans]
         for mk in lane.marks:
-            parts.append(f'<circle cx="{mk.x}" cy="{mid}" r="6" class="mark op-{e(mk.operation.lower())} '
+            cy = mid - 4 if mk.operation == "Apply" else mid + 4  # an apply and a recover at one instant both show
+            parts.append(f'<circle cx="{mk.x}" cy="{cy}" r="5" class="mark op-{e(mk.operation.lower())} '
                          f'type-{e(mk.type.lower())}"><title>{e(mk.operation)} {e(mk.type)} '
                          f'{e(_clock(mk.at))} {e(mk.message)}</title></circle>')
     y = t.height - 4

@@ -31,7 +31,10 @@
         if (!data) return;
         var main = document.getElementById("main"), banner = document.getElementById("banner");
         if (main && main.innerHTML !== data.main) main.innerHTML = data.main;
-        if (banner && banner.innerHTML !== data.banner) banner.innerHTML = data.banner;
+        // The kill switch is redrawn only when its state changes: a reason being typed stays.
+        var ks = document.getElementById("killswitch");
+        var same = ks && data.banner.indexOf('data-halted="' + ks.dataset.halted + '"') !== -1;
+        if (banner && !same) banner.innerHTML = data.banner;
         confirmForms(document);
         body.dataset.version = String(Number(body.dataset.version || 0) + 1);
       })

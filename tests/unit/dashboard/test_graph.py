@@ -46,7 +46,8 @@ def test_boxes_never_overlap() -> None:
 
 
 def test_states_come_from_the_nodes_that_run_each_template() -> None:
-    nodes = [node("entry-aaaaa", "entry", "w"), node("cut-bbbbb", "cut", "entry-aaaaa", Accomplished="True"),
+    nodes = [node("entry-aaaaa", "entry", "w"),
+             node("cut-bbbbb", "cut", "entry-aaaaa", Accomplished="False", DeadlineExceed="True"),
              node("both-ccccc", "both", "entry-aaaaa"), node("kill-ddddd", "kill", "both-ccccc", Aborted="True")]
     states = {n.template: n.state for n in graph.layout(SERIAL, nodes).nodes}
     assert states == {"entry": "running", "cut": "accomplished", "both": "running", "kill": "aborted",
