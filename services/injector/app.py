@@ -64,6 +64,12 @@ class Edge:
         self.recoveries = Counter("chaosbus_injector_node_recoveries_total",
                                   "Faults the node recovered on its own, by reason", ["reason"], registry=reg)
         self.halted = Gauge("chaosbus_injector_halted", "1 while the kill switch is engaged", registry=reg)
+        # Every known label value exists from the start at 0, so that a dashboard's rate() and an
+        # alert see "none yet" rather than no series at all.
+        for label in RECOVERY_REASONS:
+            self.recoveries.labels(label)
+        for tag in node.executor.registry:
+            metrics.refusals.labels(tag)
         node.on_recovered = self._count
         node.on_effect = self._observe
 
@@ -282,10 +288,13 @@ def runs_long(cmd: m.NodeCommand) -> bool:
     return cmd.kind == "WorkflowNode"
 
 
+RECOVERY_REASONS = ("halted", "deadline", "lease", "target_gone", "failed_apply", "other")
+
+
 def _reason_label(reason: str) -> str:
-    for label in ("halted", "deadline", "lease", "target gone", "failed apply"):
-        if label in reason:
-            return label.replace(" ", "_")
+    for label in RECOVERY_REASONS[:-1]:
+        if label.replace("_", " ") in reason:
+            return label
     return "other"
 
 
@@ -316,7 +325,9 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
         except Exception as e:
             log.exception("reading the journal for read-back failed", error=str(e))
             entries = None
+        metrics.lease_age.set(node.lease_age())
         if entries is not None:
+            metrics.open_faults.set(len(entries))
             # Kernel reads off the fault pool: a slow read never delays a command.
             try:
                 packets, octets = await asyncio.to_thread(drops.read, entries)
@@ -366,9 +377,9 @@ async def main(args: argparse.Namespace) -> None:
                  allow_host_network_testing=guard.allow_host_network_testing)
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
-        if args.cluster:  # no kernel state here: nothing for the orphan sweeper
+        if args.cluster:  # no kernel state here: nothing for the orphan sweeper (read-back finds nothing)
             await service.run_forever(node.watchdog(), _housekeeping_forever(node, args.sweep_interval),
-                                      edge.run(args.nats))
+                                      _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
             return
         sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
         swept = await sweeper.sweep()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chaosbus.common.metrics import SnapshotGauge
 
@@ -38,3 +38,9 @@ class InjectorMetrics:
         self.skewed = SnapshotGauge("chaosbus_injector_skewed_processes",
                                     "Processes whose vDSO each TimeChaos experiment has patched now",
                                     ["namespace", "name"], self.registry)
+        # Node health: how fresh the scheduler's lease is and how many faults the journal holds open.
+        self.lease_age = Gauge("chaosbus_injector_lease_age_seconds",
+                               "Seconds since the scheduler's last lease reached this node (-1: none yet)",
+                               registry=self.registry)
+        self.open_faults = Gauge("chaosbus_injector_open_faults", "Faults the node journal holds open",
+                                 registry=self.registry)

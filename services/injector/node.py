@@ -66,12 +66,15 @@ class Node:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def lease_age(self) -> float:
+        """Seconds since the scheduler's last lease reached this node; -1 before the first."""
+        heard = self.lease.last_heard
+        return -1.0 if heard is None else max(0.0, self.mono() - heard)
+
     def health(self, name: str, entries: list[Entry], *, interval_s: float, connected_since: float) -> m.NodeHealth:
         """What this node reports about itself on chaos.health.<node> (the dashboard's node page)."""
-        heard = self.lease.last_heard
         return m.NodeHealth(node=name, at=self.clock(), interval_s=interval_s, connected_since=connected_since,
-                            halted=self.halt.halted, lease_ttl_s=self.lease.ttl_s,
-                            lease_age_s=-1.0 if heard is None else max(0.0, self.mono() - heard),
+                            halted=self.halt.halted, lease_ttl_s=self.lease.ttl_s, lease_age_s=self.lease_age(),
                             open_entries=len(entries), experiments=journal_summary(entries))
 
     # --- start-up --------------------------------------------------------------------------------

@@ -10,27 +10,17 @@ import sys
 from pathlib import Path
 
 import yaml
+from helpers import metricnames
 
 from chaosbus.cli import promconfig
 from chaosbus.cli.up import METRICS_PORTS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
-# A metric is declared by passing its name as the first argument of a metric type's constructor.
-DECLARED = re.compile(r'\b(Counter|Gauge|Histogram|Summary|SnapshotGauge)\(\s*"([a-z_:][a-z0-9_:]*)"')
 DOCUMENTED = re.compile(r"^\| `([a-z_:][a-z0-9_:]*)[{`]", re.M)
 
 
-def registered() -> set[str]:
-    names = set()
-    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("libs/**/*.py"), *ROOT.glob("cli/**/*.py")]:
-        for kind, name in DECLARED.findall(path.read_text()):
-            # prometheus-client exposes a counter as name_total whether or not it was declared so.
-            names.add(name if kind != "Counter" or name.endswith("_total") else name + "_total")
-    return names
-
-
 def test_every_registered_metric_is_documented_and_nothing_else() -> None:
-    code = registered()
+    code = metricnames.registered()
     doc = set(DOCUMENTED.findall((ROOT / "docs" / "observability.md").read_text()))
     assert len(code) > 20, code  # the scan found the services' metrics at all
     assert code - doc == set(), "add these to docs/observability.md's table"

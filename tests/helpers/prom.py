@@ -43,6 +43,12 @@ class Prometheus:
         assert data["resultType"] == "vector", data
         return list(data["result"])
 
+    def query_range(self, expr: str, start: float, end: float, step: str = "2s") -> list[dict[str, Any]]:
+        """The range vector `expr` evaluates to between `start` and `end` (each item: labels, values)."""
+        data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=step)
+        assert data["resultType"] == "matrix", data
+        return list(data["result"])
+
     def targets(self) -> list[dict[str, Any]]:
         return list(self.api("targets")["activeTargets"])
 
