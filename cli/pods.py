@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from chaosbus.cli.supervisor import (
     SUPERVISOR_ANNOTATION,
     PodSpec,
 )
-from chaosbus.common import cgroups, config, processid
+from chaosbus.common import cgroups, config, podhold, processid
 from chaosbus.common.store import ObjectStore
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -140,6 +141,8 @@ async def _remove(store: ObjectStore, ipam_kv: Any, pod: dict[str, Any], timeout
             _signal(ident.pid, signal.SIGKILL)
     if ann.get(NETNS_ANNOTATION):
         await asyncio.to_thread(podnet.delete_pod_network, ann[NETNS_ANNOTATION])
+        with contextlib.suppress(ValueError):
+            await asyncio.to_thread(shutil.rmtree, podhold.pod_dir(ann[NETNS_ANNOTATION]), True)
     if ann.get(CGROUP_ANNOTATION):  # also kills what is left inside (a command's own children)
         dirs = tuple(ann[CGROUP_ANNOTATION].split(","))
         await asyncio.to_thread(cgroups.remove, cgroups.PodCgroup(dirs[0].rstrip("/").rsplit("/", 1)[-1], dirs))

@@ -1,7 +1,9 @@
 """The process-pod supervisor, local mode's kubelet for one pod: sets up the pod's netns, address
 and cgroup, registers the Pod object, runs the command inside them (and, unless the spec says
 otherwise, as PID 1 of its own PID and mount namespaces, as a container would), restarts it per
-restartPolicy (as a Deployment's pod comes back), and on SIGTERM tears everything down.
+restartPolicy (as a Deployment's pod comes back), keeps it stopped while a node injector holds the
+pod (local mode's pod-failure, chaosbus.common.podhold) and then starts it afresh, and on SIGTERM
+tears everything down.
 
 Run by `chaosbus pod run` as `python -m chaosbus.cli.supervisor --spec JSON` in its own session.
 """
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +25,7 @@ import msgspec
 
 from chaosbus.cli import ipam, podnet
 from chaosbus.common import bus as busmod
-from chaosbus.common import cgroups, config, natsauth, podexec, processid, subjects
+from chaosbus.common import cgroups, config, natsauth, podexec, podhold, processid, subjects
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -31,6 +34,8 @@ SUPERVISOR_ANNOTATION = "chaosbus.io/supervisor-pid"
 BRIDGE_ANNOTATION = "chaosbus.io/bridge"
 CGROUP_ANNOTATION = "chaosbus.io/cgroup"  # the pod cgroup's directories, comma-separated
 BACKOFF_MAX_S = 10.0
+HOLD_POLL_S = 0.1
+POD_FAILURE_REASON = "PodFailure"  # the container's waiting reason while a pod-failure holds it
 
 
 class PodSpec(msgspec.Struct, kw_only=True):
@@ -68,11 +73,15 @@ def pod_object(spec: PodSpec, netns: str, ip: str, cgroup: cgroups.PodCgroup | N
     }
 
 
-def container_status(spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None) -> dict[str, Any]:
+def container_status(spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None,
+                     held: list[podhold.Hold] | None = None) -> dict[str, Any]:
     cs: dict[str, Any] = {"name": spec.name, "ready": pid is not None, "restartCount": restarts,
                           "containerID": str(processid.of_process(pid)) if pid else ""}
     if pid:
         cs["state"] = {"running": {"startedAt": now_rfc3339()}}
+    elif held:
+        by = ", ".join(sorted({h.experiment for h in held}))
+        cs["state"] = {"waiting": {"reason": POD_FAILURE_REASON, "message": f"stopped by pod-failure ({by})"}}
     if last_exit is not None:
         cs["lastState"] = {"terminated": {"exitCode": last_exit, "finishedAt": now_rfc3339()}}
     return cs
@@ -86,6 +95,7 @@ class Supervisor:
         self.uid = ""
         self.child: subprocess.Popen[bytes] | None = None
         self.cgroup: cgroups.PodCgroup | None = None
+        self.holds = podhold.pod_dir(self.netns)
         self.stopping = asyncio.Event()
 
     async def start(self) -> None:
@@ -95,12 +105,17 @@ class Supervisor:
         await asyncio.to_thread(podnet.ensure_bridge, s.bridge, f"{s.gateway}/{prefix}")
         await asyncio.to_thread(podnet.create_pod_network, self.netns, s.bridge, f"{self.ip}/{prefix}", s.gateway)
         self.cgroup = await asyncio.to_thread(cgroups.create, self.netns)
+        await asyncio.to_thread(podhold.make_dir, self.holds)
         created = await self.store.create(pod_object(s, self.netns, self.ip, self.cgroup))
         self.uid = str(created["metadata"]["uid"])
 
     async def run(self) -> None:
         restarts, last_exit, backoff = 0, None, 0.5
         while not self.stopping.is_set():
+            if self._held():
+                await self._hold(restarts, last_exit)
+                restarts += 1  # started afresh, as a container restarted from its original image
+                continue
             started = time.monotonic()
             self.child = self._spawn()
             pid = await self._container_pid(self.child)
@@ -108,6 +123,8 @@ class Supervisor:
             last_exit = await self._wait_child()
             if self.stopping.is_set():
                 break
+            if self._held():
+                continue
             if self.spec.restart == "Never":
                 phase = "Succeeded" if last_exit == 0 else "Failed"
                 await self._set_status(phase, container_status(self.spec, None, restarts, last_exit))
@@ -152,10 +169,41 @@ class Supervisor:
         return child.pid
 
     async def _wait_child(self) -> int:
+        """Until the command exits, the pod is stopped, or a hold comes (the command is then killed)."""
         assert self.child is not None
+        next_look = time.monotonic() + HOLD_POLL_S
         while self.child.poll() is None and not self.stopping.is_set():
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + HOLD_POLL_S
+                if self._held():
+                    await self._stop_command()
+                    break
             await asyncio.sleep(0.05)
         return self.child.returncode if self.child.returncode is not None else -1
+
+    def _held(self) -> list[podhold.Hold]:
+        return podhold.active(self.holds, time.time())
+
+    async def _stop_command(self) -> None:
+        """Kill the command and everything it left in the pod's cgroup, as stopping a container does."""
+        assert self.child is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.child.pid, signal.SIGKILL)
+        await asyncio.to_thread(self.child.wait)
+        if self.cgroup is not None:
+            for pid in await asyncio.to_thread(cgroups.procs, self.cgroup.dirs[0]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    async def _hold(self, restarts: int, last_exit: int | None) -> None:
+        """While a hold is in force (its deadline is in the hold: no injector needs to be alive):
+        no command, the pod not ready."""
+        held = self._held()
+        await self._set_status("Running", container_status(self.spec, None, restarts, last_exit, held))
+        while held and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=HOLD_POLL_S)
+            held = self._held()
 
     async def _set_status(self, phase: str, cs: dict[str, Any]) -> None:
         def mutate(obj: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +219,7 @@ class Supervisor:
         with contextlib.suppress(NotFound):
             await self.store.delete("Pod", self.spec.namespace, self.spec.name)
         await asyncio.to_thread(podnet.delete_pod_network, self.netns)
+        await asyncio.to_thread(shutil.rmtree, self.holds, True)
         if self.cgroup is not None:
             await asyncio.to_thread(cgroups.remove, self.cgroup)
         if self.ip:

@@ -69,9 +69,6 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
 
 def unsupported(action: m.TargetAction) -> str:
     tag = type(action.fault).__struct_config__.tag
-    if tag == "pod-failure":  # an API-level fault: there is no image to swap on a node
-        return ("fault pod-failure is done through the Kubernetes API by the cluster injector "
-                "(scheduler --cluster-injector, injector --cluster); a node injector cannot do it")
     what = f"{tag} ({action.fault.action})" if isinstance(action.fault, m.Shaping) else str(tag)
     return f"fault {what} is not supported by this injector yet"
 

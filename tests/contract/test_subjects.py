@@ -16,9 +16,9 @@ from chaosbus.injector import faults
 SERVICES = ("watcher", "scheduler", "injector", "recorder")
 READERS = (*SERVICES, "dashboard")  # the dashboard reads (and writes only through the triggers)
 # Fault specs the scheduler may emit that the node injector does not implement; it answers them
-# with a non-retryable "not supported" failure (see services/injector/core.py). Each is the cluster
-# injector's (`injector --cluster`), as the last test here checks.
-UNSUPPORTED_FAULTS = frozenset({"pod-failure"})
+# with a non-retryable "not supported" failure (see services/injector/core.py). None today:
+# pod-failure, the last one, is done by the node injector too (local mode's process pods).
+UNSUPPORTED_FAULTS: frozenset[str] = frozenset()
 
 
 def overlap(a: str, b: str) -> bool:
@@ -186,11 +186,12 @@ def test_fault_specs_round_trip_through_a_target_action(spec: messages.FaultSpec
     assert decoded.fault == spec and faults.spec_tag(decoded.fault) == faults.spec_tag(spec)
 
 
-def test_what_the_node_injector_lacks_the_cluster_injector_does() -> None:
+def test_the_cluster_injector_does_the_api_level_faults_and_tasks() -> None:
     from chaosbus.injector import cluster
 
     registry = cluster.registry(object(), "pause")
-    assert set(registry) == UNSUPPORTED_FAULTS | {"pod-kill", "task"}  # both modes: an API call, a process
+    # Each also a node fault: pod-kill and pod-failure on process pods, a Task as a process.
+    assert set(registry) == {"pod-failure", "pod-kill", "task"}
     assert all(registry[tag].name == tag for tag in registry)
 
 

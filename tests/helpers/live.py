@@ -180,6 +180,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     left = [f"netns {n}" for n in own_netns if os.path.exists(leftovers.NETNS_DIR / n)]
     left += [f"bridge {BRIDGE}"] if os.path.exists(f"/sys/class/net/{BRIDGE}") else []
     left += [f"cgroup {d}" for d in cgroups.leftovers() if os.path.basename(d) in own_netns]
+    left += [f"pod hold directory {n}" for n in own_netns if (state / "pods" / "holds" / n).exists()]
     left += [f"process {p}" for p in _processes_of(state)]
     assert not left, f"left behind: {left}"
 

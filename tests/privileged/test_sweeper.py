@@ -121,3 +121,29 @@ def test_a_namespace_that_is_gone_leaves_the_sweeper_scope(spaces: list[str], tm
 def test_killing_a_helper_never_touches_the_sweeper_itself() -> None:
     with pytest.raises(ValueError):
         procs.kill_tree(os.getpid())
+
+
+def test_pod_failure_holds_no_open_entry_placed_are_removed(spaces: list[str], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from chaosbus.common import podhold
+
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    known = spaces[0]
+    holds = podhold.pod_dir(os.path.basename(known))
+    podhold.make_dir(holds)
+    journal = Journal(tmp_path / "j.db")
+    try:
+        keep = jr.entry_key("keep", ".", "default/p")
+        action = m.TargetAction(target_id="default/p", op="apply", fault=m.PodFailure())
+        journal.write_intents([Entry(key=keep, experiment_uid="keep", generation=1, kind="PodChaos",
+                                     namespace="default", name="keep", action=action,
+                                     identity=Identity(netns=(NetnsRef(known, nsutil.netns_inode(known)),)),
+                                     original={"netns": os.path.basename(known), "hold": podhold.file_name(keep)},
+                                     deadline=None, lasting=True, state=jr.ACTIVE)])
+        for key in (keep, "gone|.|default/p"):
+            podhold.put(holds, podhold.Hold(key=key, node=NODE, experiment="default/x"))
+        report = asyncio.run(Sweeper(journal, Gate(), NODE, tags=("pod-failure",)).sweep())
+        assert podhold.names(holds) == [podhold.file_name(keep)]
+        assert report.removed == [f"pod-failure hold {podhold.file_name('gone|.|default/p')} in {known}"]
+    finally:
+        journal.close()

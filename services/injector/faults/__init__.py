@@ -178,6 +178,7 @@ from chaosbus.injector.faults import (  # noqa: E402
     io,
     partition,
     pod_kill,
+    process_pod_failure,
     shaping,
     stress,
     task,
@@ -187,7 +188,8 @@ from chaosbus.injector.faults import (  # noqa: E402
 __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
     "get",
-    "hello_world", "http", "io", "one_shot", "original_state", "orphans", "partition", "pod_kill", "register",
+    "hello_world", "http", "io", "one_shot", "original_state", "orphans", "partition", "pod_kill",
+    "process_pod_failure", "register",
     "shaping",
     "spec_tag", "stress", "task", "time_skew",
 ]
