@@ -107,7 +107,7 @@ def request(netns_path: str, ip: str, port: int, target: str = "/", method: str 
     return netns.run_in_netns(netns_path, _request, ip, port, method, target, headers or {}, body, timeout)
 
 
-def median_seconds(netns_path: str, ip: str, port: int, target: str, n: int = 5) -> float:
+def median_seconds(netns_path: str, ip: str, port: int, target: str, n: int = 7) -> float:
     """The median time of `n` successful GETs of `target` (fails on any other answer)."""
     times = []
     for _ in range(n):
