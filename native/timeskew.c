@@ -15,6 +15,8 @@
  * (the message on stderr). Threads are never left stopped: every path detaches what it attached.
  */
 #define _GNU_SOURCE
+#include "tracee.h"
+
 #include <dirent.h>
 #include <elf.h>
 #include <errno.h>
@@ -35,7 +37,6 @@
 
 #define SKEW_MAGIC 0x31305745534B4243ull
 #define PATCH_LEN 12 /* movabs $addr, %rax; jmp *%rax */
-#define MAX_THREADS 4096
 #define N_ENTRIES 3
 
 static const char *const entry_names[N_ENTRIES] = {
@@ -47,35 +48,17 @@ struct entry {
 	uint8_t orig[PATCH_LEN];
 };
 
-static int memfd = -1;
-static pid_t target;
+const char *tool = "timeskew";
 
-static void die_errno(int code, const char *what)
+/* The entries' patched ranges, for stop_clear. */
+static int stop_entries(const struct entry es[N_ENTRIES])
 {
-	fprintf(stderr, "timeskew: %s: %s\n", what, strerror(errno));
-	exit(code);
-}
-
-static int gone(void)
-{
-	return errno == ESRCH || errno == ENOENT;
-}
-
-static int read_mem(uint64_t addr, void *buf, size_t len)
-{
-	return pread(memfd, buf, len, (off_t)addr) == (ssize_t)len ? 0 : -1;
-}
-
-static int write_mem(uint64_t addr, const void *buf, size_t len)
-{
-	return pwrite(memfd, buf, len, (off_t)addr) == (ssize_t)len ? 0 : -1;
-}
-
-static uint64_t now_us(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+	struct range rs[N_ENTRIES];
+	for (int e = 0; e < N_ENTRIES; e++) {
+		rs[e].addr = es[e].addr;
+		rs[e].len = PATCH_LEN;
+	}
+	return stop_clear(rs, N_ENTRIES);
 }
 
 /* The vDSO's start and end in the target, from /proc/PID/maps. */
@@ -170,214 +153,6 @@ static void print_plan(const struct entry es[N_ENTRIES])
 	}
 }
 
-/* --- stopping and resuming every thread ------------------------------------------------- */
-
-struct thread {
-	pid_t tid;
-	int pending_signal; /* a signal the stop intercepted, handed back at detach */
-	int in_event_stop;  /* stopped by PTRACE_INTERRUPT (usable for a syscall) */
-};
-
-static struct thread threads[MAX_THREADS];
-static int nthreads;
-
-static int attached(pid_t tid)
-{
-	for (int i = 0; i < nthreads; i++)
-		if (threads[i].tid == tid)
-			return 1;
-	return 0;
-}
-
-static int stop_one(pid_t tid)
-{
-	if (ptrace(PTRACE_SEIZE, tid, 0, 0) != 0)
-		return gone() ? 0 : -1; /* a thread that exited meanwhile needs nothing */
-	struct thread *t = &threads[nthreads++];
-	t->tid = tid;
-	t->pending_signal = 0;
-	t->in_event_stop = 0;
-	if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) != 0)
-		return -1;
-	for (;;) {
-		int status;
-		if (waitpid(tid, &status, __WALL) != tid)
-			return -1;
-		if (WIFEXITED(status) || WIFSIGNALED(status)) {
-			t->tid = 0;
-			return 0;
-		}
-		if (!WIFSTOPPED(status))
-			continue;
-		if (status >> 16 == PTRACE_EVENT_STOP) {
-			t->in_event_stop = 1;
-			return 0;
-		}
-		/* A signal arrived first: keep it for detach and wait for the interrupt's stop. */
-		t->pending_signal = WSTOPSIG(status);
-		if (ptrace(PTRACE_CONT, tid, 0, 0) != 0)
-			return -1;
-		if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) != 0)
-			return -1;
-	}
-}
-
-static void resume_all(void)
-{
-	for (int i = 0; i < nthreads; i++)
-		if (threads[i].tid)
-			ptrace(PTRACE_DETACH, threads[i].tid, 0, (void *)(long)threads[i].pending_signal);
-	nthreads = 0;
-}
-
-/* Stops every thread, rescanning /proc/PID/task until no new one appeared (threads created while
- * the first ones were being stopped). */
-static int stop_all(void)
-{
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/task", target);
-	for (int round = 0; round < 100; round++) {
-		DIR *d = opendir(path);
-		if (!d)
-			return -1;
-		int added = 0;
-		struct dirent *de;
-		while ((de = readdir(d))) {
-			pid_t tid = atoi(de->d_name);
-			if (tid <= 0 || attached(tid))
-				continue;
-			if (nthreads == MAX_THREADS || stop_one(tid) != 0) {
-				closedir(d);
-				return -1;
-			}
-			added = 1;
-		}
-		closedir(d);
-		if (!added)
-			return 0;
-	}
-	errno = EAGAIN;
-	return -1;
-}
-
-/* Whether some thread is about to execute bytes a patch would change. */
-static int thread_inside(const struct entry es[N_ENTRIES])
-{
-	for (int i = 0; i < nthreads; i++) {
-		struct user_regs_struct r;
-		if (!threads[i].tid || ptrace(PTRACE_GETREGS, threads[i].tid, 0, &r) != 0)
-			continue;
-		for (int e = 0; e < N_ENTRIES; e++)
-			if (r.rip > es[e].addr && r.rip < es[e].addr + PATCH_LEN)
-				return 1;
-	}
-	return 0;
-}
-
-/* Stops every thread at a point where none is inside a patched range (retrying briefly). */
-static int stop_clear(const struct entry es[N_ENTRIES])
-{
-	for (int attempt = 0; attempt < 50; attempt++) {
-		if (stop_all() != 0)
-			return -1;
-		if (!thread_inside(es))
-			return 0;
-		resume_all();
-		usleep(1000);
-	}
-	errno = EBUSY;
-	return -1;
-}
-
-/* Runs mmap in the target: a thread stopped by the interrupt executes one `syscall` placed at
- * `scratch` (bytes the caller is about to overwrite anyway) under single-step, then gets its
- * registers back. orig_rax = -1 keeps the kernel from restarting the syscall the thread was in;
- * restoring the saved registers later lets that restart happen as it would have. */
-static int remote_mmap(uint64_t scratch, size_t len, uint64_t *out)
-{
-	struct thread *t = NULL;
-	for (int i = 0; i < nthreads; i++)
-		if (threads[i].tid && threads[i].in_event_stop) {
-			t = &threads[i];
-			break;
-		}
-	if (!t) {
-		errno = ESRCH;
-		return -1;
-	}
-	struct user_regs_struct saved, r;
-	uint8_t saved_code[2];
-	static const uint8_t syscall_insn[2] = {0x0f, 0x05};
-	if (ptrace(PTRACE_GETREGS, t->tid, 0, &saved) != 0 || read_mem(scratch, saved_code, 2) != 0)
-		return -1;
-	if (write_mem(scratch, syscall_insn, 2) != 0)
-		return -1;
-	r = saved;
-	r.rip = scratch;
-	r.rax = SYS_mmap;
-	r.orig_rax = (uint64_t)-1;
-	r.rdi = 0;
-	r.rsi = len;
-	r.rdx = 5;     /* PROT_READ | PROT_EXEC: written through /proc/PID/mem, never by the target */
-	r.r10 = 0x22;  /* MAP_PRIVATE | MAP_ANONYMOUS */
-	r.r8 = (uint64_t)-1;
-	r.r9 = 0;
-	int rc = -1;
-	int status;
-	if (ptrace(PTRACE_SETREGS, t->tid, 0, &r) != 0 || ptrace(PTRACE_SINGLESTEP, t->tid, 0, 0) != 0)
-		goto out;
-	for (;;) {
-		if (waitpid(t->tid, &status, __WALL) != t->tid)
-			goto out;
-		if (!WIFSTOPPED(status)) {
-			t->tid = 0;
-			errno = ESRCH;
-			goto out;
-		}
-		if (WSTOPSIG(status) == SIGTRAP)
-			break;
-		/* Another signal stopped it first: keep it for detach and step again. */
-		t->pending_signal = WSTOPSIG(status);
-		if (ptrace(PTRACE_SINGLESTEP, t->tid, 0, 0) != 0)
-			goto out;
-	}
-	if (ptrace(PTRACE_GETREGS, t->tid, 0, &r) != 0)
-		goto out;
-	if ((int64_t)r.rax < 0 && (int64_t)r.rax > -4096) {
-		errno = (int)-(int64_t)r.rax;
-		goto out;
-	}
-	*out = r.rax;
-	rc = 0;
-out:
-	if (t->tid)
-		ptrace(PTRACE_SETREGS, t->tid, 0, &saved);
-	write_mem(scratch, saved_code, 2);
-	return rc;
-}
-
-static void open_mem(void)
-{
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/mem", target);
-	memfd = open(path, O_RDWR);
-	if (memfd < 0)
-		die_errno(gone() ? 3 : 1, "open /proc/PID/mem");
-}
-
-static int parse_hex(const char *s, uint8_t *out, size_t len)
-{
-	if (strlen(s) != len * 2)
-		return -1;
-	for (size_t i = 0; i < len; i++) {
-		unsigned v;
-		if (sscanf(s + 2 * i, "%2x", &v) != 1)
-			return -1;
-		out[i] = (uint8_t)v;
-	}
-	return 0;
-}
-
 static int is_patched(const uint8_t *b)
 {
 	return b[0] == 0x48 && b[1] == 0xb8 && b[10] == 0xff && b[11] == 0xe0;
@@ -418,7 +193,7 @@ static int cmd_inject(int64_t offset_ns, uint64_t mask, int64_t deadline_ns, con
 			return 4;
 		}
 	uint64_t t0 = now_us();
-	if (stop_clear(es) != 0) {
+	if (stop_entries(es) != 0) {
 		int err = errno;
 		resume_all();
 		errno = err;
@@ -465,7 +240,7 @@ static int cmd_restore(int argc, char **argv)
 	for (int i = n; i < N_ENTRIES; i++)
 		es[i] = es[0];
 	uint64_t t0 = now_us();
-	if (stop_clear(es) != 0) {
+	if (stop_entries(es) != 0) {
 		int err = errno;
 		resume_all();
 		errno = err;

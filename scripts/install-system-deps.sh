@@ -32,6 +32,8 @@ command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # A real browser for the dashboard's test (tests/e2e/test_dashboard_browser.py, headless through selenium).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# GolangChaos's tests and `make bench` build their Go target program from source.
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "chaosbus: missing system packages: ${missing[*]} (install them as root)" >&2
