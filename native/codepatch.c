@@ -2,12 +2,15 @@
  * GolangChaos's helper: the payload (built by services/injector/backends/gosql.py) decides what
  * the redirected functions do; this program only places it, in one stop of the process.
  *
- *   codepatch inject PID PAYLOAD_HEX RELOCS ADDR:ORIGHEX:OFFSET...
+ *   codepatch inject PID PAYLOAD_HEX RELOCS PAGE ADDR:ORIGHEX:OFFSET...
  *       checks that each ADDR still holds ORIGHEX (14 bytes), stops every thread clear of those
- *       bytes, maps one fresh page (or more) for the payload, adds the page's address to the
- *       8-byte words at the payload offsets RELOCS (comma-separated, "-" for none), writes the
- *       payload there and replaces each ADDR's 14 bytes with `jmp *0(%rip)` to page + OFFSET,
- *       then resumes every thread; prints "page ADDR" and "stopped_us N"
+ *       bytes (and of PAGE's payload), takes PAGE (hex: executable memory of the target nothing
+ *       else uses, e.g. the padding after an executable's headers) or, for "-", maps a fresh page
+ *       (or more) in the target, adds the page's address to the 8-byte words at the payload
+ *       offsets RELOCS (comma-separated, "-" for none), writes the payload there and replaces
+ *       each ADDR's 14 bytes with `jmp *0(%rip)` to page + OFFSET, then resumes every thread;
+ *       prints "page ADDR" and "stopped_us N". With a PAGE, no register of the target is ever
+ *       changed: a kill -9 at any moment leaves it running (see README.md).
  *   codepatch restore PID ADDR:HEX...
  *       stops every thread clear of those bytes, writes HEX back at each ADDR, resumes; prints
  *       "stopped_us N"
@@ -60,12 +63,16 @@ static int parse_site(char *arg, struct site *s, int with_offset)
 	return parse_hex(hex, s->orig, JUMP_LEN);
 }
 
-static int stop_sites(const struct site *ss, int n)
+static int stop_sites(const struct site *ss, int n, uint64_t page, size_t plen)
 {
-	struct range rs[MAX_SITES];
+	struct range rs[MAX_SITES + 1];
 	for (int i = 0; i < n; i++) {
 		rs[i].addr = ss[i].addr;
 		rs[i].len = JUMP_LEN;
+	}
+	if (page) { /* a thread inside an earlier payload there: from its first byte on */
+		rs[n].addr = page - 1;
+		rs[n++].len = plen + 1;
 	}
 	if (stop_clear(rs, n) == 0)
 		return 0;
@@ -75,7 +82,7 @@ static int stop_sites(const struct site *ss, int n)
 	return -1;
 }
 
-static int cmd_inject(const char *payload_hex, char *relocs, int argc, char **argv)
+static int cmd_inject(const char *payload_hex, char *relocs, const char *at, int argc, char **argv)
 {
 	static uint8_t payload[MAX_PAYLOAD];
 	size_t plen = strlen(payload_hex) / 2;
@@ -103,11 +110,19 @@ static int cmd_inject(const char *payload_hex, char *relocs, int argc, char **ar
 		}
 	}
 	size_t map_len = (plen + 4095) & ~(size_t)4095;
+	uint64_t page = 0;
+	if (strcmp(at, "-") != 0) {
+		char *end;
+		page = strtoull(at, &end, 16);
+		if (*end || !page) {
+			fprintf(stderr, "codepatch: bad PAGE %s (hex, or - to map one)\n", at);
+			return 2;
+		}
+	}
 	uint64_t t0 = now_us();
-	if (stop_sites(ss, n) != 0)
+	if (stop_sites(ss, n, page, plen) != 0)
 		die_errno(gone() ? 3 : 1, "stopping the threads");
-	uint64_t page;
-	int ok = remote_mmap(ss[0].addr, map_len, &page) == 0;
+	int ok = page ? 1 : remote_mmap(ss[0].addr, map_len, &page) == 0;
 	if (ok && strcmp(relocs, "-") != 0) {
 		for (char *tok = strtok(relocs, ","); ok && tok; tok = strtok(NULL, ",")) {
 			uint64_t off = strtoull(tok, NULL, 10), v;
@@ -154,7 +169,7 @@ static int cmd_restore(int argc, char **argv)
 		n++;
 	}
 	uint64_t t0 = now_us();
-	if (stop_sites(ss, n) != 0)
+	if (stop_sites(ss, n, 0, 0) != 0)
 		die_errno(gone() ? 3 : 1, "stopping the threads");
 	int ok = 1;
 	for (int i = 0; ok && i < n; i++)
@@ -177,11 +192,11 @@ int main(int argc, char **argv)
 	if (target <= 0)
 		goto usage;
 	open_mem();
-	if (strcmp(argv[1], "inject") == 0 && argc >= 6)
-		return cmd_inject(argv[3], argv[4], argc - 5, argv + 5);
+	if (strcmp(argv[1], "inject") == 0 && argc >= 7)
+		return cmd_inject(argv[3], argv[4], argv[5], argc - 6, argv + 6);
 	if (strcmp(argv[1], "restore") == 0)
 		return cmd_restore(argc - 3, argv + 3);
 usage:
-	fprintf(stderr, "usage: codepatch inject PID PAYLOAD_HEX RELOCS ADDR:HEX:OFFSET... | restore PID ADDR:HEX...\n");
+	fprintf(stderr, "usage: codepatch inject PID PAYLOAD_HEX RELOCS PAGE|- ADDR:HEX:OFFSET... | restore PID ADDR:HEX...\n");
 	return 2;
 }

@@ -177,6 +177,13 @@ class IO(FaultSpec, tag="io", kw_only=True, frozen=True):
     container_names: list[str] = []
 
 
+class GoSqlError(FaultSpec, tag="go-sql-error", kw_only=True, frozen=True):
+    """GolangChaos sql-error on one target: `(*DB).Query` and `(*DB).QueryContext` of every Go
+    process of the selected containers return an error until recovered or the deadline."""
+
+    container_names: list[str] = []
+
+
 # The most of a task's output one result carries, whatever `max_stdout` asks: results travel in
 # NATS messages (1 MiB by default) together with the rest of their command's results.
 MAX_STDOUT = 64 * 1024
@@ -213,4 +220,4 @@ class Stress(FaultSpec, tag="stress", kw_only=True, frozen=True):
 
 
 Fault = (PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | Http | TimeSkew | Stress
-         | IO)
+         | IO | GoSqlError)

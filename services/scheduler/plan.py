@@ -40,9 +40,11 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
     spec = obj.spec
     network = kinds.KINDS[obj.kind].network
     pods = sel.select_pods(spec.selector, spec.mode, spec.value, world, config, rng, path="spec", network=network)
-    if _action(obj).containers:
+    action = _action(obj)
+    if action.containers:
         names = getattr(spec, "container_names", [])
-        out = [Selected(sel.container_record_id(p, c), MAIN, p, c) for p, c in sel.container_targets(pods, names)]
+        out = [Selected(sel.container_record_id(p, c), MAIN, p, c)
+               for p, c in sel.container_targets(pods, names, every=action.all_containers)]
     else:
         out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
     t = getattr(spec, "target", None)

@@ -184,10 +184,12 @@ def select_pods(
     return apply_mode(matched, mode, value, rng, path=path)
 
 
-def container_targets(pods: Sequence[TargetPod], container_names: Sequence[str]) -> list[ContainerTarget]:
+def container_targets(pods: Sequence[TargetPod], container_names: Sequence[str], *,
+                      every: bool = False) -> list[ContainerTarget]:
     """Expand selected pods into container targets, as ContainerSelector's `containerNames` does.
 
-    With no names, each pod contributes its first container; otherwise every container of the pod
+    With no names, each pod contributes its first container (every container with `every`, as
+    GolangChaos's `containerName` does); otherwise every container of the pod
     whose name is listed, in the pod's container order. Pods without a matching container
     contribute nothing, so the result may be empty (the caller treats that as "no target").
     Returns (pod, container) pairs in pod order.
@@ -196,7 +198,7 @@ def container_targets(pods: Sequence[TargetPod], container_names: Sequence[str])
     targets: list[ContainerTarget] = []
     for pod in pods:
         if not wanted:
-            targets.extend((pod, c) for c in pod.containers[:1])
+            targets.extend((pod, c) for c in (pod.containers if every else pod.containers[:1]))
         else:
             targets.extend((pod, c) for c in pod.containers if c.name in wanted)
     return targets

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 
 from chaosbus.common import faultplan
-from chaosbus.common.crd import cloud, httpchaos, iochaos, orchestration, podkinds, stresschaos
+from chaosbus.common.crd import cloud, golangchaos, httpchaos, iochaos, orchestration, podkinds, stresschaos
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.helloworld import HelloWorldChaosSpec
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
@@ -39,6 +39,7 @@ class Action:
     one_shot: bool = False  # injects once and never recovers (pod-kill): ignores pause and duration
     runs_on: Runner = NODE
     containers: bool = False  # one record per selected container instead of per pod
+    all_containers: bool = False  # with containers: no names selects every container, not the first
 
 
 # Builds a target's fault from the experiment (a ChaosObject), the target (faultplan.Selected) and
@@ -60,6 +61,7 @@ class Kind:
     experiment: bool = True  # has action/duration and Chaos Mesh's experiment status
     open_spec: bool = False  # unknown spec keys are kept (free-form blocks)
     chaos_mesh: bool = True  # one of Chaos Mesh's own 23 kinds (a Workflow step may be one)
+    step: bool = False  # a kind of chaosbus's own that a Workflow step may be too
     embedded_key: str = ""  # its key inside a Schedule or Workflow template (`podChaos`)
     actions: Mapping[str, Action] = field(default_factory=dict)  # actions that differ from `default`
     default: Action = Action()
@@ -135,7 +137,7 @@ ORCHESTRATED: dict[str, Kind] = {}  # run by the scheduler itself (spawning obje
 NOT_EXECUTED: dict[str, Kind] = {}  # watched, stored, marked not supported
 WATCHED_KINDS: dict[str, Kind] = {}  # namespaced kinds, watched in cluster mode
 EMBEDDED_KEYS: dict[str, str] = {}  # kind -> its key in a Schedule's spec
-STEP_KEYS: dict[str, str] = {}  # kind -> its key in a Workflow template (Chaos Mesh's kinds only)
+STEP_KEYS: dict[str, str] = {}  # kind -> its key in a Workflow template (Chaos Mesh's kinds, and `step` ones)
 
 
 def _derive() -> None:
@@ -146,7 +148,7 @@ def _derive() -> None:
         (NOT_EXECUTED, lambda k: k.role == "accepted" and k.namespaced, lambda k: k),
         (WATCHED_KINDS, lambda k: k.namespaced, lambda k: k),
         (EMBEDDED_KEYS, lambda k: bool(k.embedded_key), lambda k: k.embedded_key),
-        (STEP_KEYS, lambda k: bool(k.embedded_key) and k.chaos_mesh, lambda k: k.embedded_key),
+        (STEP_KEYS, lambda k: bool(k.embedded_key) and (k.chaos_mesh or k.step), lambda k: k.embedded_key),
     ]
     for table, wanted, value in tables:
         table.clear()
@@ -186,7 +188,8 @@ def _register_all(kinds: Iterable[Kind]) -> None:
         register(k)
 
 
-# One line per kind. HelloWorldChaos is chaosbus's tutorial kind on top of Chaos Mesh's 23.
+# One line per kind. HelloWorldChaos (chaosbus's tutorial kind) and GolangChaos (designed for Chaos
+# Mesh, never shipped there) are chaosbus's own on top of Chaos Mesh's 23.
 _register_all([
     Kind("PodChaos", PodChaosSpec, "executed", ("poc",), embedded_key="podChaos",
          actions={"pod-kill": Action(one_shot=True, runs_on=CLUSTER), "pod-failure": _API_LEVEL,
@@ -202,6 +205,9 @@ _register_all([
          fault_tags=("io",), faults=iochaos.plan),
     Kind("TimeChaos", TimeChaosSpec, "executed", ("tmc",), embedded_key="timeChaos", default=Action(containers=True),
          fault_tags=("time-skew",), faults=faultplan.timechaos),
+    Kind("GolangChaos", golangchaos.GolangChaosSpec, "executed", ("goc",), chaos_mesh=False, step=True,
+         embedded_key="golangChaos", default=Action(containers=True, all_containers=True),
+         fault_tags=("go-sql-error",), faults=golangchaos.plan),
     Kind("DNSChaos", DNSChaosSpec, "executed", ("dnsc",), embedded_key="dnsChaos", network=True,
          fault_tags=("dns",), faults=faultplan.dnschaos),
     Kind("HTTPChaos", httpchaos.HTTPChaosSpec, "executed", ("httpc",), embedded_key="httpChaos", network=True,

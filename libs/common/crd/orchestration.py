@@ -18,7 +18,7 @@ class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbi
 
 EMBEDDED_CHAOS_KEYS = ("awsChaos", "azureChaos", "blockChaos", "dnsChaos", "gcpChaos", "httpChaos", "ioChaos",
                        "jvmChaos", "kernelChaos", "networkChaos", "physicalmachineChaos", "podChaos",
-                       "stressChaos", "timeChaos", "helloWorldChaos")
+                       "stressChaos", "timeChaos", "helloWorldChaos", "golangChaos")
 
 
 class _Embedded(_S):
@@ -38,6 +38,8 @@ class _Embedded(_S):
     time_chaos: dict[str, Any] | None = msgspec.field(default=None, name="timeChaos")
     # chaosbus's tutorial kind, so a Schedule can spawn something harmless (not in Chaos Mesh).
     hello_world_chaos: dict[str, Any] | None = msgspec.field(default=None, name="helloWorldChaos")
+    # chaosbus's GolangChaos (designed for Chaos Mesh, never shipped there).
+    golang_chaos: dict[str, Any] | None = msgspec.field(default=None, name="golangChaos")
 
 
 class ScheduleSpec(_Embedded, kw_only=True):

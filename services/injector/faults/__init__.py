@@ -173,6 +173,7 @@ def spec_tag(spec: FaultSpec) -> str:
 from chaosbus.injector.faults import (  # noqa: E402
     container_kill,
     dns,
+    go_sql_error,
     hello_world,
     http,
     io,
@@ -187,7 +188,7 @@ from chaosbus.injector.faults import (  # noqa: E402
 
 __all__ = [
     "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
-    "get",
+    "get", "go_sql_error",
     "hello_world", "http", "io", "one_shot", "original_state", "orphans", "partition", "pod_kill",
     "process_pod_failure", "register",
     "shaping",

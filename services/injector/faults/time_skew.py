@@ -30,7 +30,7 @@ MAX_PROCESSES = 1024  # per target; a container with more is refused rather than
 log = cblog.get("injector.time-skew")
 
 
-def _processes(containers: list[ContainerHandle]) -> list[int]:
+def container_processes(containers: list[ContainerHandle]) -> list[int]:
     """The live processes of the containers: each container's process and its descendants, never
     the injector itself or its ancestors."""
     me = psutil.Process()
@@ -151,7 +151,7 @@ class TimeSkewFault:
                        containers: list[ContainerHandle]) -> dict[str, Any]:
         procs: list[dict[str, Any]] = []
         own: tuple[timeskew.Patch, ...] | None = None
-        for pid in _processes(containers)[:MAX_PROCESSES]:
+        for pid in container_processes(containers)[:MAX_PROCESSES]:
             start = timeskew.start_ticks(pid)
             if start is None:
                 continue
