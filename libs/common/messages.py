@@ -17,6 +17,7 @@ from chaosbus.common.faultspecs import (
     Dns,
     Fault,
     FaultSpec,
+    GoSqlError,
     HelloWorld,
     Http,
     HttpPatch,
@@ -412,8 +413,8 @@ class TriggerList(Message, kw_only=True, frozen=True):
 
 __all__ = [
     "ContainerKill", "Dns", "Http", "HttpPatch", "HttpReplace", "ContainerRef", "ErrorReply", "ExperimentDecision",
-    "ExperimentMemory", "Fault", "FaultSpec", "HaltState", "HelloWorld", "IO", "TimeSkew", "LeaderLease", "Message",
-    "NetemParams", "NodeCommand", "NodeLease", "ObjectEvent", "ObjectWrite", "Partition", "PartitionRule",
+    "ExperimentMemory", "Fault", "FaultSpec", "GoSqlError", "HaltState", "HelloWorld", "IO", "TimeSkew", "LeaderLease",
+    "Message", "NetemParams", "NodeCommand", "NodeLease", "ObjectEvent", "ObjectWrite", "Partition", "PartitionRule",
     "PodFailure", "PodKill", "RecordRef", "ResultBatch", "Shaping", "Stress", "Stressor", "TargetAction",
     "TargetMemory", "TargetNamespace", "TargetNode", "TargetPod", "TargetResult", "Task", "TbfParams",
     "TriggerApplied", "TriggerApply", "TriggerList", "TriggerListRequest", "TriggerRecovered", "TriggerRef",

@@ -10,8 +10,9 @@ journal before anything changes:
 - `inject(plan, deadline_s)` builds the payload (`build_payload`, pure) and has codepatch place
   it: each function's first 14 bytes become `jmp *0(%rip)` to a stub in the zero padding after
   the binary's headers, which the loader maps executable (Go's linker leaves about 2 KiB there),
-  else in a fresh page the target maps (one remote mmap). The stub asks the kernel for the time (`time(2)`; the registers the syscall clobbers are
-  saved on the goroutine stack, within the space Go guarantees below any function's entry) and,
+  else in a fresh page the target maps (one remote mmap). The stub asks the kernel for the time
+  (`time(2)`; the registers the syscall clobbers are saved on the goroutine stack, within the
+  space Go guarantees below any function's entry) and,
   before the deadline, returns `(nil, &errorString{MESSAGE})` in Go's register ABI (ABIInternal
   on amd64: results in RAX, then RBX:RCX for the interface); from the deadline on it runs the
   function's relocated prologue and jumps back into it, so queries work again even with no
@@ -272,5 +273,6 @@ def restore(pid: int, sites: list[tuple[int, bytes]]) -> int:
     return values.get("stopped_us", 0)
 
 
-__all__ = ["MESSAGE", "NO_DEADLINE", "GoSqlError", "Injected", "Plan", "Site", "elf_of", "inject", "looks_patched",
+__all__ = ["MESSAGE", "NO_DEADLINE", "GoSqlError", "Injected", "Plan", "Site", "build_payload", "elf_of", "inject",
+           "looks_patched",
            "plan", "read_bytes", "restore"]

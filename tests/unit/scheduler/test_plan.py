@@ -399,3 +399,18 @@ def test_timechaos_fault_per_container(offset: str, clocks: list[str], offset_ns
     assert [s.record_id for s in chosen] == ["default/side-0/app", "default/side-0/log"]
     assert [plan.fault_for(o, s, chosen) for s in chosen] == [
         m.TimeSkew(offset_ns=offset_ns, clock_mask=mask, container_names=[c]) for c in ("app", "log")]
+
+
+@pytest.mark.parametrize(("names", "records"), [
+    ([], ["default/side-0/app", "default/side-0/proxy", "default/side-0/log"]),  # absent: every container
+    (["proxy"], ["default/side-0/proxy"]),
+])
+def test_golangchaos_fault_per_container(names: list[str], records: list[str]) -> None:
+    spec: dict[str, Any] = {"selector": {"labelSelectors": {"app": "side"}}, "duration": "30s"}
+    if names:
+        spec["containerName"] = names
+    o = obj("GolangChaos", **spec)
+    chosen = select(o)
+    assert [s.record_id for s in chosen] == records
+    assert [plan.fault_for(o, s, chosen) for s in chosen] == [
+        m.GoSqlError(container_names=[r.rsplit("/", 1)[1]]) for r in records]
