@@ -41,14 +41,15 @@ async def bus(h: Harness) -> AsyncIterator[busmod.Bus]:
     await b.close()
 
 
-def http_command(uid: str, node: str, target: Target, op: str = "apply") -> m.NodeCommand:
+def http_command(uid: str, node: str, target: Target, op: str = "apply", deadline: float | None = None
+                 ) -> m.NodeCommand:
     action = m.TargetAction(target_id=f"default/{target.netns}", op=op, pod_uid=f"uid-{target.netns}",  # type: ignore[arg-type]
                             namespace="default", pod_name=target.netns, container_ids=[target.container_id],
                             fault=m.Http(target="Response", port=PORT, path="/api/*",
                                          replace=m.HttpReplace(code=503)))
     return m.NodeCommand(command_id=f"{uid}.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
                          kind="HTTPChaos", namespace="default", name=uid, node=node, issued_at=time.time(),
-                         deadline=time.time() + 300, actions=[action])
+                         deadline=deadline or time.time() + 300, actions=[action])
 
 
 def lo_up(path: str) -> None:
@@ -81,3 +82,27 @@ async def test_kill_9_and_restart_reasserts_httpchaos_and_recover_leaves_nothing
         await asyncio.to_thread(wait_for, lambda: not target.tables(), 15, "recovered")
         assert status() == 200 and status("/other") == 200
         await asyncio.to_thread(wait_for, lambda: listening_ports(target.path) == {PORT}, 5, "proxy gone")
+
+
+async def test_deadline_passing_while_the_injector_is_dead_goes_direct_and_the_restart_cleans_up(
+        h: Harness, bus: busmod.Bus) -> None:
+    target = h.add_target("kd")
+    await asyncio.to_thread(lo_up, target.path)
+
+    def status() -> object:
+        return request(target.path, "127.0.0.1", PORT, "/api/x", timeout=3.0).status
+
+    with echo_server(target.path, (PORT,)):
+        h.start_injector("kd")
+        await asyncio.to_thread(h.wait_ready, "kd")
+        deadline = float(int(time.time()) + 6)
+        await publish(bus, http_command("httpd", "kd", target, deadline=deadline))
+        await asyncio.to_thread(wait_for, lambda: status() == 503, 15, "HTTPChaos in effect")
+        h.kill_injector("kd")
+        # nothing of chaosbus runs: at the deadline the kernel stops redirecting by itself
+        await asyncio.to_thread(wait_for, lambda: status() == 200, deadline - time.time() + 10, "direct again")
+        assert target.tables() == {table_name("httpd", ".")}
+        h.start_injector("kd")
+        await asyncio.to_thread(h.wait_reconciled, "kd")
+        await asyncio.to_thread(wait_for, lambda: not target.tables(), 15, "expired fault recovered")
+        assert status() == 200 and listening_ports(target.path) == {PORT}
