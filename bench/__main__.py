@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import figures, report
+from bench import gosql as bench_gosql
 from bench import timeskew as bench_timeskew
 from bench.plan import Plan, parse
 from bench.run import Session
@@ -103,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sections.append(bench_timeskew.rows(skew_raw))
         raw["timechaos"] = skew_raw
+    why = bench_gosql.missing()
+    if why is not None:
+        print(f"\nGolangChaos bench skipped: {why}", file=sys.stderr)
+    else:
+        try:
+            gosql_raw = bench_gosql.measure(10 if plan.quick else 50)
+        except Exception as e:
+            print(f"\nGolangChaos bench failed: {type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
+        else:
+            sections.append(bench_gosql.rows(gosql_raw))
+            raw["golangchaos"] = gosql_raw
     if plan.kube:
         from bench import bench_kube
 
