@@ -19,8 +19,8 @@ SERVER = 3
 PORT, OTHER_PORT = 9080, 9081
 
 
-def httpchaos(name: str, pod: str, target: str, **extra: Any) -> str:
-    spec: dict[str, Any] = {"target": target, "port": PORT, "mode": "all",
+def httpchaos(name: str, pod: str, target: str, port: int = PORT, **extra: Any) -> str:
+    spec: dict[str, Any] = {"target": target, "port": port, "mode": "all",
                             "selector": {"fieldSelectors": {"metadata.name": pod}}, **extra}
     return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HTTPChaos",
                            "metadata": {"name": name}, "spec": spec})
@@ -64,6 +64,19 @@ def test_abort_recorded_and_deleted(system: System, server: str) -> None:
     described = system.cli("describe", "httpchaos", "http-abort").stdout
     assert "Applied" in described.split("Events:", 1)[1]
     system.cli("delete", "httpchaos", "http-abort")
+    assert_untouched(system, server)
+
+
+def test_only_the_selected_server_is_touched(system: System, server: str) -> None:
+    # Every peer serves on 8080 (demoapp); the experiment is on peer-3's 8080 only.
+    system.cli("apply", "-f", "-", stdin=httpchaos("http-8080", "peer-3", "Request", port=8080, abort=True))
+    eventually(lambda: send(system, 0, server, port=8080).status == "reset", timeout=15)
+    for other in (1, 2):
+        reply = send(system, 0, system.pods[other].ip, port=8080)
+        assert (reply.status, reply.body) == (200, f"hello from peer-{other}\n".encode()), reply
+    assert send(system, 0, server, port=PORT).status == 200
+    system.cli("delete", "httpchaos", "http-8080")
+    eventually(lambda: send(system, 0, server, port=8080).status == 200, timeout=15)
     assert_untouched(system, server)
 
 
