@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parents[2] / "native" / "tests" / "sqlloop.go"
+SOURCES = Path(__file__).resolve().parents[2] / "native" / "tests"
+SOURCE = SOURCES / "sqlloop.go"
 BUILD_TIMEOUT_S = 600
 
 
@@ -27,24 +28,29 @@ def why_no_go() -> str | None:
     return None
 
 
-def sqlloop_binary() -> Path:
-    """The built target, from the cache when this source was built by this Go before."""
+def go_binary(source: Path = SOURCE, *flags: str) -> Path:
+    """`source` built with `flags` (e.g. "-ldflags=-s"), from the cache when this source was built
+    with them by this Go before."""
     go = shutil.which("go")
     assert go is not None, why_no_go()
     version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode()).hexdigest()[:16]
+    key = hashlib.sha256(source.read_bytes() + version.encode() + " ".join(flags).encode()).hexdigest()[:16]
     root = Path(tempfile.gettempdir()) / f"chaosbus-go-{os.getuid()}"
-    out = root / key / "sqlloop"
+    out = root / key / source.stem
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f"sqlloop.{os.getpid()}.{threading.get_ident()}"
+    partial = out.parent / f"{source.stem}.{os.getpid()}.{threading.get_ident()}"
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "", "GO111MODULE": "off", "GOTOOLCHAIN": "local",
            "GOCACHE": str(root / "gocache"), "GOPATH": str(root / "gopath")}
-    subprocess.run([go, "build", "-o", str(partial), str(SOURCE)], env=env, check=True,
+    subprocess.run([go, "build", *flags, "-o", str(partial), str(source)], env=env, check=True,
                    capture_output=True, timeout=BUILD_TIMEOUT_S)
     os.replace(partial, out)  # several test workers may build at once: the last rename wins, whole
     return out
+
+
+def sqlloop_binary() -> Path:
+    return go_binary(SOURCE)
 
 
 def sqlloop_argv(goroutines: int = 2, interval_ms: int = 20) -> list[str]:

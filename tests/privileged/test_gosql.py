@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers.gotargets import QueryLog, failing, sqlloop_argv, succeeding, why_no_go
+from helpers.gotargets import SOURCES, QueryLog, failing, go_binary, sqlloop_argv, succeeding, why_no_go
 
 from chaosbus.common.messages import GoSqlError, TargetAction
-from chaosbus.injector.backends import gosql
+from chaosbus.injector.backends import gosql, timeskew
 from chaosbus.injector.faults import FaultContext, FaultError
 from chaosbus.injector.faults.go_sql_error import GoSqlErrorFault
 from chaosbus.injector.runtime import ContainerHandle
@@ -32,11 +32,17 @@ pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
 class GoTarget(QueryLog):
-    def __init__(self, goroutines: int = 3) -> None:
+    def __init__(self, goroutines: int = 3, prefix: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.proc = subprocess.Popen(sqlloop_argv(goroutines, 10), stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen([*prefix, *sqlloop_argv(goroutines, 10)], stdout=subprocess.PIPE, text=True,
+                                     bufsize=1)
         self.follow_pipe(self.proc)
         self.wait(succeeding, since=0, timeout=30)
+
+    @classmethod
+    def in_own_netns(cls) -> GoTarget:
+        """In a network namespace of its own (unshare execs the program: same pid)."""
+        return cls(prefix=("unshare", "--net"))
 
     @property
     def pid(self) -> int:
@@ -170,3 +176,39 @@ def test_a_target_without_go_is_refused_naming_why() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_sweeper_restores_a_patch_no_journal_entry_owns(targets: list[GoTarget]) -> None:
+    t = GoTarget.in_own_netns()
+    targets.append(t)
+    netns = f"/proc/{t.pid}/ns/net"
+    orphans = GoSqlErrorFault.orphans
+    assert orphans.find(netns) == []
+    plan = gosql.plan(t.pid)
+    gosql.inject(plan)
+    both_calls_fail(t, t.mark())
+    found = orphans.find(netns)
+    assert found == [f"{t.pid}:{timeskew.start_ticks(t.pid)}"]
+    assert orphans.owned([{"processes": [{"pid": t.pid, "start": timeskew.start_ticks(t.pid)}]}]) == set(found)
+    orphans.remove(netns, found[0])
+    assert in_memory(t.pid, plan)
+    t.wait(succeeding, since=t.mark(), count=6)
+    assert orphans.find(netns) == [] and t.alive()
+
+
+@pytest.mark.parametrize(("source", "flags", "why"), [
+    ("gosleep.go", (), "is a Go program without database/sql"),
+    ("sqlloop.go", ("-ldflags=-s",), "is a Go program without its symbol table"),
+])
+def test_go_programs_that_cannot_be_patched_are_named_with_the_reason(source: str, flags: tuple[str, ...],
+                                                                       why: str) -> None:
+    binary = go_binary(SOURCES / source, *flags)
+    proc = subprocess.Popen([str(binary)], stdout=subprocess.DEVNULL)
+    try:
+        with pytest.raises(gosql.GoSqlError, match=why) as info:
+            gosql.plan(proc.pid)
+        assert info.value.unsupported
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
