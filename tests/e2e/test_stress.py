@@ -10,9 +10,12 @@ the stressors get less when other work competes (0.13 cores at load average 14):
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 import yaml
 from helpers.live import System, eventually
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.privileged
 def cleanup(system: System) -> Iterator[None]:
     """A failed test must not leave its stressors loading the pods the next tests measure."""
     yield
-    for name in ("burn", "hog", "raw", "paused"):
+    for name in ("burn", "hog", "raw", "paused", "k9"):
         system.cli("delete", "stresschaos", name, check=False)
     system.cli("delete", "workflow", "stress-wf", check=False)
 
@@ -163,3 +166,34 @@ def test_a_workflow_step_stresses_the_pod_for_its_deadline(system: System) -> No
     eventually(lambda: stressors_in(dirs), timeout=15)
     eventually(lambda: not stressors_in(dirs), timeout=15)  # the step's deadline ended it
     system.cli("delete", "workflow", "stress-wf")
+
+
+def _injector_pids(system: System) -> list[int]:
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "chaosbus.injector" in cmd and system.url in cmd:
+            found.append(p.info["pid"])
+    return found
+
+
+def test_injector_kill9_mid_fault_stressors_end_at_the_deadline_and_restart_leaves_nothing(system: System) -> None:
+    dirs = pod_cgroup(system, 3)
+    system.cli("apply", "-f", "-", stdin=chaos("k9", {
+        "mode": "one", "selector": {"labelSelectors": {"index": "3"}}, "duration": "10s",
+        "stressors": {"cpu": {"workers": 1, "load": 10}}}))
+    injected(system, "k9")
+    started = time.monotonic()
+    eventually(lambda: stressors_in(dirs), timeout=20)
+    killed = _injector_pids(system)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # Nothing of chaosbus stops them now but their own --timeout (the restarted injector would too,
+    # so the kill comes early and the check only asks they are gone by the deadline plus slack).
+    eventually(lambda: not stressors_in(dirs), timeout=30)
+    assert time.monotonic() - started < 30
+    eventually(lambda: [p for p in _injector_pids(system) if p not in killed], timeout=30)
+    eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "k9")), timeout=30)  # type: ignore[call-overload]
+    assert not stressors_in(dirs)
+    system.cli("delete", "stresschaos", "k9")
