@@ -1,8 +1,8 @@
 # One image for every chaosbus service (deploy/k8s runs `python -m chaosbus.<service>` from it).
 # nftables, iproute2 and util-linux (nsenter) are what the node injector drives; procps gives `ps`.
 
-# native/ (timeskew for TimeChaos, nsexec for running host tools in a target's namespaces, iofs
-# the FUSE filesystem of IOChaos), built
+# native/ (timeskew for TimeChaos, codepatch for GolangChaos, nsexec for running host tools in a
+# target's namespaces, iofs the FUSE filesystem of IOChaos), built
 # from source in a stage of its own so the image carries the binaries, not the compiler.
 FROM python:3.11-slim AS native
 RUN apt-get update \

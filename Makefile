@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
 PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
 
-NATIVE_SOURCES := $(wildcard native/*.c native/*.ld native/Makefile)
+NATIVE_SOURCES := $(wildcard native/*.c native/*.h native/*.ld native/Makefile)
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh $(PACKAGES) $(NATIVE_SOURCES)
 	bash scripts/install-system-deps.sh
