@@ -44,6 +44,7 @@ SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 READ = 65536
 CONNECT_TIMEOUT_S = 10.0
 OWNER_CHECK_S = 1.0
+MAX_REWRITE_BODY = 64 * 1024 * 1024  # a body a rule replaces or patches is held whole in the injector
 
 
 class _Abort(Exception):
@@ -252,7 +253,7 @@ class Proxy:
             req = replace(req, headers=[(k, v) for k, v in req.headers if k != b"expect"])
         await _act(matched)
         if needs_body(matched):
-            req = replace(req, body=await _read_body(client, reader))
+            req = replace(req, body=await _read_body(client, reader, keep=_patches_body(matched)))
         for rule in matched:
             req = rewrite_request(rule.spec, req)
         head = server.send(h11.Request(method=req.method, target=req.target, headers=req.headers)) or b""
@@ -272,7 +273,7 @@ class Proxy:
         rmatched = response_rules(rules, port, req, resp, time.time())
         await _act(rmatched)
         if needs_body(rmatched):
-            resp = replace(resp, body=await _read_body(server, up_reader))
+            resp = replace(resp, body=await _read_body(server, up_reader, keep=_patches_body(rmatched)))
         for rule in rmatched:
             resp = rewrite_response(rule.spec, resp)
         headers = resp.headers
@@ -283,11 +284,16 @@ class Proxy:
         if resp.body is not None:
             writer.write(head + _whole_body(client, resp.body))
             if server.their_state is h11.SEND_BODY:
-                await _read_body(server, up_reader)  # the replaced body, drained
+                await _read_body(server, up_reader, keep=False)  # the replaced body, drained
         else:
             await _stream(server, up_reader, client, writer, head)
         await writer.drain()
         return client.our_state is h11.DONE and server.their_state is h11.DONE
+
+
+def _patches_body(rules: list[HttpRule]) -> bool:
+    """Whether the original body matters (a patch merges into it); a body only replaced is drained."""
+    return any(r.spec.patch is not None and r.spec.patch.body_json is not None for r in rules)
 
 
 async def _act(rules: list[HttpRule]) -> None:
@@ -310,12 +316,19 @@ async def _next(conn: h11.Connection, reader: asyncio.StreamReader, raw: list[by
         conn.receive_data(data)
 
 
-async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> bytes:
+async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader, keep: bool = True) -> bytes:
+    """A message's whole body (a rule rewrites it); more than MAX_REWRITE_BODY ends the connection
+    rather than the injector's memory. `keep=False` drains it."""
     parts: list[bytes] = []
+    size = 0
     while True:
         event = await _next(conn, reader)
         if isinstance(event, h11.Data):
-            parts.append(bytes(event.data))
+            size += len(event.data)
+            if keep:
+                if size > MAX_REWRITE_BODY:
+                    raise OSError(f"a body over {MAX_REWRITE_BODY} bytes is not rewritten")
+                parts.append(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             return b"".join(parts)
         else:

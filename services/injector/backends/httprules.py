@@ -103,13 +103,14 @@ def needs_body(rules: Iterable[HttpRule]) -> bool:
 def rewrite_request(spec: Http, req: Request) -> Request:
     """`replace` then `patch` of one rule on a request (abort and delay are the caller's)."""
     target, method, headers, body = req.target, req.method, list(req.headers), req.body
+    reframe = False
     if (r := spec.replace) is not None:
         if r.path is not None:
             target = _with_path(target, r.path or "/")
         if r.method is not None:
             method = r.method.encode("latin-1")
         if r.body is not None:
-            body = r.body
+            body, reframe = r.body, True
         if r.queries:
             target = _replace_queries(target, r.queries)
         headers = _set_headers(headers, r.headers)
@@ -117,9 +118,9 @@ def rewrite_request(spec: Http, req: Request) -> Request:
         if p.queries:
             target = _append_queries(target, p.queries)
         if p.body_json is not None:
-            body = merge_json(body or b"", p.body_json)
+            body, reframe = merge_json(body or b"", p.body_json), True
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in p.headers]
-    if body is not req.body:
+    if reframe:
         headers = _framed(headers, body or b"")
     return Request(method=method, target=target, headers=headers, body=body)
 
@@ -127,17 +128,18 @@ def rewrite_request(spec: Http, req: Request) -> Request:
 def rewrite_response(spec: Http, resp: Response) -> Response:
     """`replace` then `patch` of one rule on a response (code, body, headers)."""
     status, reason, headers, body = resp.status, resp.reason, list(resp.headers), resp.body
+    reframe = False
     if (r := spec.replace) is not None:
         if r.code is not None and r.code != status:
             status, reason = r.code, _reason(r.code)
         if r.body is not None:
-            body = r.body
+            body, reframe = r.body, True
         headers = _set_headers(headers, r.headers)
     if (p := spec.patch) is not None:
         if p.body_json is not None:
-            body = merge_json(body or b"", p.body_json)
+            body, reframe = merge_json(body or b"", p.body_json), True
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in p.headers]
-    if body is not resp.body:
+    if reframe:
         headers = _framed(headers, body or b"")
     return replace(resp, status=status, reason=reason, headers=headers, body=body)
 

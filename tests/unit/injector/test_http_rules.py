@@ -101,3 +101,9 @@ def test_only_body_rewrites_need_the_whole_body() -> None:
     assert not needs_body([rule(abort=True), rule(delay_ns=5), rule(replace=HttpReplace(code=500))])
     assert needs_body([rule(replace=HttpReplace(body=b""))])
     assert needs_body([rule(patch=HttpPatch(body_json="{}"))])
+
+
+def test_an_empty_replacement_body_is_framed_as_empty() -> None:
+    spec = Http(port=80, target="Response", replace=HttpReplace(body=b""))
+    out = rewrite_response(spec, Response(status=200, reason=b"OK", headers=[(b"content-length", b"5")], body=b""))
+    assert out.headers == [(b"content-length", b"0")] and out.body == b""
