@@ -22,7 +22,7 @@ from chaosbus.common import commands, config, service, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, core, drops, faults, podpolicy, readback, runtime
+from chaosbus.injector import authorize, core, drops, faults, loops, podpolicy, readback, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
@@ -35,7 +35,6 @@ log = cblog.get("injector")
 COMMAND_ACK_WAIT_S = 10.0  # an unacked command (injector killed mid-way) is redelivered after this
 HALT_POLL_S = 1.0
 RETRY_S = 1.0
-HEALTH_INTERVAL_S = 2.0
 
 
 def default_journal(node: str) -> Path:
@@ -108,24 +107,13 @@ class Edge:
         where = bus.nc.connected_url
         log.info("injector ready", node=self.name, nats=f"{where.hostname}:{where.port}" if where else "")
         await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus),
-                                  self._report_health(bus))
+                                  loops.report_health(self.node, self.name, bus))
 
     async def _track(self, bus: busmod.Bus) -> None:
         while True:
             self.node.connected = bus.nc.is_connected
             self.halted.set(1 if self.node.halt.halted else 0)
             await asyncio.sleep(0.2)
-
-    async def _report_health(self, bus: busmod.Bus) -> None:
-        """Tell whoever watches (the dashboard) this node's lease, halt and journal, now and then."""
-        since = self.node.clock()
-        subject = subjects.health_subject(self.name)
-        while True:
-            with contextlib.suppress(Exception):
-                entries = await self.node.run_in_thread(self.node.journal.open_entries)
-                report = self.node.health(self.name, entries, interval_s=HEALTH_INTERVAL_S, connected_since=since)
-                await bus.nc.publish(subject, busmod.encode(report))
-            await asyncio.sleep(HEALTH_INTERVAL_S)
 
     async def _on_lease(self, msg: Msg) -> None:
         got = self.gate.lease(msg.data, msg.subject)
@@ -298,25 +286,6 @@ def _reason_label(reason: str) -> str:
     return "other"
 
 
-async def _sweep_forever(node: Node, sweeper: Sweeper, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await sweeper.sweep()
-            await node.housekeeping()
-        except Exception as e:
-            log.exception("sweep failed", error=str(e))
-
-
-async def _housekeeping_forever(node: Node, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await node.housekeeping()
-        except Exception as e:
-            log.exception("housekeeping failed", error=str(e))
-
-
 async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: float) -> None:
     """The kernel read-back gauges (drops.py, readback.py), refreshed every `interval`."""
     while True:
@@ -378,13 +347,13 @@ async def main(args: argparse.Namespace) -> None:
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
         if args.cluster:  # no kernel state here: nothing for the orphan sweeper (read-back finds nothing)
-            await service.run_forever(node.watchdog(), _housekeeping_forever(node, args.sweep_interval),
+            await service.run_forever(node.watchdog(), loops.housekeeping_forever(node, args.sweep_interval),
                                       _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
             return
         sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
-        await service.run_forever(node.watchdog(), _sweep_forever(node, sweeper, args.sweep_interval),
+        await service.run_forever(node.watchdog(), loops.sweep_forever(node, sweeper, args.sweep_interval),
                                   _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
     finally:
         node.close()
