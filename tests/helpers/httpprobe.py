@@ -26,6 +26,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     disable_nagle_algorithm = True
     def handle_any(self):
+        if self.path == '/upgrade':  # switches to a line protocol: each line comes back upper-cased
+            self.send_response(101)
+            self.send_header('Connection', 'Upgrade')
+            self.send_header('Upgrade', 'shout')
+            self.end_headers()
+            self.wfile.flush()
+            while line := self.rfile.readline():
+                self.wfile.write(line.upper())
+                self.wfile.flush()
+            self.close_connection = True
+            return
         n = int(self.headers.get('Content-Length') or 0)
         body = self.rfile.read(n).decode('latin-1') if n else ''
         url = urllib.parse.urlsplit(self.path)

@@ -165,6 +165,24 @@ def test_traffic_that_is_not_http_passes_as_it_is(lab: Lab, server: str) -> None
     assert_clean(lab, server)
 
 
+def test_an_upgraded_connection_is_relayed_as_it_is(lab: Lab, server: str) -> None:
+    def upgrade() -> bytes:
+        with socket.create_connection((server, PORT), timeout=5) as s:
+            s.sendall(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: shout\r\n\r\nhello\n")
+            data = b""
+            while b"HELLO\n" not in data and (chunk := s.recv(4096)):
+                data += chunk
+            s.sendall(b"again\n")
+            while b"AGAIN\n" not in data and (chunk := s.recv(4096)):
+                data += chunk
+            return data
+
+    with Applied(lab, "http-upgrade", SERVER, Http(target="Response", port=PORT, path="/api/*", abort=True)):
+        answer = netns.run_in_netns(lab.pods[CLIENT].net.netns_path, upgrade)
+        assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\nHELLO\nAGAIN\n"), answer
+    assert_clean(lab, server)
+
+
 def test_the_kernel_ends_the_redirect_at_its_deadline_even_without_a_proxy(lab: Lab, server: str) -> None:
     deadline = float(int(time.time()) + 3)
     spec = Http(target="Request", port=PORT, abort=True)

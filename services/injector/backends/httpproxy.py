@@ -266,6 +266,9 @@ class Proxy:
         answer = await _next(server, up_reader)
         while isinstance(answer, h11.InformationalResponse):
             writer.write(client.send(answer) or b"")
+            if server.their_state is h11.SWITCHED_PROTOCOL:  # 101: an Upgrade (a WebSocket...)
+                await _switch(client, reader, writer, server, up_reader, upstream)
+                return False
             answer = await _next(server, up_reader)
         if not isinstance(answer, h11.Response):
             return False  # the server closed without answering: so do we
@@ -281,6 +284,10 @@ class Proxy:
             # The server closes after this response: the client learns it from us.
             headers = [*headers, (b"connection", b"close")]
         head = client.send(h11.Response(status_code=resp.status, reason=resp.reason, headers=headers)) or b""
+        if server.their_state is h11.SWITCHED_PROTOCOL:  # a CONNECT tunnel
+            writer.write(head)
+            await _switch(client, reader, writer, server, up_reader, upstream)
+            return False
         if resp.body is not None:
             writer.write(head + _whole_body(client, resp.body))
             if server.their_state is h11.SEND_BODY:
@@ -366,6 +373,15 @@ async def _stream(src: h11.Connection, reader: asyncio.StreamReader, dst: h11.Co
             return
         else:
             raise OSError("connection closed in the middle of a message")
+
+
+async def _switch(client: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  server: h11.Connection, up_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
+    """The connection left HTTP (an accepted Upgrade or CONNECT): relay its bytes as they are,
+    starting with what either side had already sent past the switch."""
+    if down := server.trailing_data[0]:
+        writer.write(down)
+    await _pipe(client.trailing_data[0], reader, writer, up_reader, upstream)
 
 
 async def _pipe(first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
