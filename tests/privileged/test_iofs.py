@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.ioprobe import probe
 
 from chaosbus.common import messages as m
 from chaosbus.common import podexec
@@ -28,7 +29,6 @@ from chaosbus.common.crd import iochaos
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import iofs
 from chaosbus.injector.backends.native import native_dir
-from tests.helpers.ioprobe import probe
 
 pytestmark = pytest.mark.privileged
 

@@ -1,0 +1,132 @@
+"""IOChaos end to end on process pods with volumes (`chaosbus pod run -v HOST:PATH`): through the
+CLI with status records, and across a kill -9 of the injector. What the pods see is probed from
+inside their mount namespaces (helpers/ioprobe.py); the mounts are read back from
+/proc/<pid>/mountinfo.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from helpers.ioprobe import probe
+from helpers.live import System, eventually
+
+from chaosbus.common import processid
+from chaosbus.injector.backends import iofs
+from chaosbus.injector.backends.native import native_dir
+
+pytestmark = pytest.mark.privileged
+
+VOLUME = "/data"
+
+
+def doc(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "IOChaos", "metadata": {"name": name},
+                           "spec": spec})
+
+
+class VolumePod:
+    def __init__(self, system: System, tmp: Path, name: str, label: str) -> None:
+        self.name = name
+        self.host = tmp / name
+        (self.host / "slow").mkdir(parents=True)
+        (self.host / "slow" / "a.txt").write_text("slow file\n")
+        (self.host / "b.txt").write_text("other file\n")
+        # The pod keeps one file open from its start and reads it back every 0.2 s: it must see
+        # the content intact whatever happens to the volume.
+        script = ("import os, time\nf = open('/data/b.txt')\nwhile True:\n    f.seek(0)\n"
+                  "    assert f.read() == 'other file\\n'\n    time.sleep(0.2)\n")
+        system.cli("pod", "run", "--name", name, "-l", f"app={label}", "-v", f"{self.host}:{VOLUME}", "--",
+                   "python3", "-c", script)
+        ident = processid.parse(system.pod(name)["status"]["containerStatuses"][0]["containerID"])
+        assert ident is not None
+        self.pid = ident.pid
+
+    def mounts(self) -> int:
+        return iofs.mounts_at(self.pid, VOLUME)
+
+    def reads(self, path: str, n: int = 5) -> list[Any]:
+        return probe(self.pid, [("read", f"{VOLUME}/{path}")] * n)
+
+
+@pytest.fixture
+def pods(system: System, tmp_path: Path) -> Iterator[tuple[VolumePod, VolumePod]]:
+    if not (native_dir() / "iofs").exists() or not os.path.exists("/dev/fuse"):
+        pytest.skip("native/build/iofs is not built (make install, with libfuse3-dev) or no /dev/fuse")
+    made = (VolumePod(system, tmp_path, "io-target", "io"), VolumePod(system, tmp_path, "io-other", "io-other"))
+    yield made
+    for p in made:
+        system.cli("pod", "rm", p.name, check=False)
+
+
+def records(system: System, name: str) -> list[dict[str, Any]]:
+    obj = system.get("iochaos", name) or {}
+    return ((obj.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+
+
+def injected(system: System, name: str) -> list[dict[str, Any]]:
+    recs = records(system, name)
+    return recs if recs and all(r["phase"] == "Injected" for r in recs) else []
+
+
+def median(results: list[Any]) -> float:
+    return statistics.median(r.seconds for r in results)
+
+
+def test_iochaos_latency_on_one_pod_through_the_cli(system: System, pods: tuple[VolumePod, VolumePod]) -> None:
+    target, other = pods
+    system.cli("apply", "-f", "-", stdin=doc("io-latency", {
+        "action": "latency", "mode": "all", "selector": {"labelSelectors": {"app": "io"}}, "volumePath": VOLUME,
+        "path": f"{VOLUME}/slow/**", "delay": "100ms", "methods": ["read"], "duration": "60s"}))
+    [rec] = eventually(lambda: injected(system, "io-latency"), timeout=20)
+    assert rec["id"] == "default/io-target/io-target" and "latency on /data" in rec["events"][-1]["message"]
+    assert target.mounts() == 1 and other.mounts() == 0
+    slow, fast = target.reads("slow/a.txt"), target.reads("b.txt")
+    assert {r.value for r in slow} == {"slow file\n"}
+    assert 0.08 <= median(slow) - median(fast) <= 0.12, (median(slow), median(fast))
+    assert median(other.reads("slow/a.txt")) < 0.05  # the other pod's volume is not touched
+
+    system.cli("delete", "iochaos", "io-latency")
+    eventually(lambda: target.mounts() == 0, timeout=20)
+    assert median(target.reads("slow/a.txt")) < 0.05
+    assert all(psutil.pid_exists(p.pid) for p in pods)  # the long-open reader never failed
+
+
+def _injector_pids(system: System) -> list[int]:
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "chaosbus.injector" in cmd and system.url in cmd:
+            found.append(p.info["pid"])
+    return found
+
+
+def test_injector_kill9_mid_fault_leaves_working_files_and_the_restart_recovers(
+        system: System, pods: tuple[VolumePod, VolumePod]) -> None:
+    target, _ = pods
+    system.cli("apply", "-f", "-", stdin=doc("io-eio", {
+        "action": "fault", "mode": "all", "selector": {"labelSelectors": {"app": "io"}}, "volumePath": VOLUME,
+        "path": f"{VOLUME}/slow/*", "errno": 5, "methods": ["read"], "duration": "120s"}))
+    eventually(lambda: injected(system, "io-eio"), timeout=20)
+    killed = _injector_pids(system)
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    # The filesystem outlives the injector: matched reads still fail with EIO, the rest work (no
+    # "Transport endpoint is not connected" anywhere).
+    res = probe(target.pid, [("read", f"{VOLUME}/slow/a.txt"), ("read", f"{VOLUME}/b.txt"),
+                             ("write", f"{VOLUME}/new.txt", "x")])
+    assert [r.errno for r in res] == [5, 0, 0]
+    eventually(lambda: [p for p in _injector_pids(system) if p not in killed], timeout=30)
+    system.cli("delete", "iochaos", "io-eio")
+    eventually(lambda: target.mounts() == 0, timeout=30)
+    assert [r.errno for r in target.reads("slow/a.txt", 2)] == [0, 0]
+    assert (target.host / "new.txt").read_text() == "x"
