@@ -99,6 +99,7 @@ struct effects {
 
 static pthread_rwlock_t rules_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct ruleset *rules;
+static struct fuse_config *fs_cfg; /* libfuse's own, read by it on every reply */
 static int root_fd = -1, rules_dir_fd = -1;
 static const char *rules_name;
 static char volume[4096];
@@ -227,9 +228,14 @@ static void load_rules(void) {
     }
     free(line);
     if (f) fclose(f);
+    /* Names and attributes are cached by the kernel for a second unless a rule wants to see every
+     * lookup and stat (attributes cached before such a rule arrived expire within that second). */
+    uint32_t meta = 0;
+    for (int i = 0; i < rs->n; i++) meta |= rs->r[i].methods & (1u << M_LOOKUP | 1u << M_GETATTR);
     pthread_rwlock_wrlock(&rules_lock);
     struct ruleset *old = rules;
     rules = rs;
+    if (fs_cfg) fs_cfg->entry_timeout = fs_cfg->attr_timeout = meta ? 0.0 : 1.0;
     pthread_rwlock_unlock(&rules_lock);
     free_rules(old);
 }
@@ -353,10 +359,14 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     (void)conn;
     cfg->use_ino = 1;
     cfg->nullpath_ok = 0;
-    /* Attributes and names are not cached by the kernel: every stat and lookup meets the rules. */
-    cfg->entry_timeout = 0;
-    cfg->attr_timeout = 0;
     cfg->negative_timeout = 0;
+    /* A file's pages stay cached across opens while its size and mtime are unchanged; files a
+     * read or write rule may match are opened with direct I/O instead (see fs_open). */
+    cfg->auto_cache = 1;
+    pthread_rwlock_wrlock(&rules_lock);
+    fs_cfg = cfg;
+    pthread_rwlock_unlock(&rules_lock);
+    load_rules();
     return NULL;
 }
 

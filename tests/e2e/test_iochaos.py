@@ -26,6 +26,7 @@ from chaosbus.injector.backends.native import native_dir
 pytestmark = pytest.mark.privileged
 
 VOLUME = "/data"
+UNAFFECTED = 0.07  # median seconds of a read no rule delays, on a loaded machine (the delay here is 100 ms)
 
 
 def doc(name: str, spec: dict[str, Any]) -> str:
@@ -89,14 +90,15 @@ def test_iochaos_latency_on_one_pod_through_the_cli(system: System, pods: tuple[
     [rec] = eventually(lambda: injected(system, "io-latency"), timeout=20)
     assert rec["id"] == "default/io-target/io-target" and "latency on /data" in rec["events"][-1]["message"]
     assert target.mounts() == 1 and other.mounts() == 0
-    slow, fast = target.reads("slow/a.txt"), target.reads("b.txt")
+    slow, fast = target.reads("slow/a.txt", 8), target.reads("b.txt")
     assert {r.value for r in slow} == {"slow file\n"}
-    assert 0.08 <= median(slow) - median(fast) <= 0.12, (median(slow), median(fast))
-    assert median(other.reads("slow/a.txt")) < 0.05  # the other pod's volume is not touched
+    # 100 ms +- 20 ms; load only makes a sleep longer, so the least disturbed read is compared.
+    assert 0.08 <= min(r.seconds for r in slow) - median(fast) <= 0.12, ([r.seconds for r in slow], median(fast))
+    assert median(other.reads("slow/a.txt")) < UNAFFECTED  # the other pod's volume is not touched
 
     system.cli("delete", "iochaos", "io-latency")
     eventually(lambda: target.mounts() == 0, timeout=20)
-    assert median(target.reads("slow/a.txt")) < 0.05
+    assert median(target.reads("slow/a.txt")) < UNAFFECTED
     assert all(psutil.pid_exists(p.pid) for p in pods)  # the long-open reader never failed
 
 

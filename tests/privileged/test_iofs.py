@@ -38,6 +38,7 @@ if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not (native_dir() / "
 
 READ = 1 << iochaos.METHODS.index("read")
 GETATTR = 1 << iochaos.METHODS.index("getattr") | 1 << iochaos.METHODS.index("lookup")
+UNAFFECTED = 0.07  # median seconds of a call no rule delays, on a loaded machine (a delay here is 100 ms)
 
 
 @dataclass
@@ -110,20 +111,21 @@ def test_latency_on_read_of_matched_paths_only_and_gone_after_recovery(target: T
     FAULT.apply(ctx, spec)
     try:
         assert target.mounted() == 1
-        results = probe(target.pid, [("read", slow), ("read", other), ("stat", slow)] * 5)
+        results = probe(target.pid, [("read", slow), ("read", other), ("stat", slow)] * 8)
         assert all(r.errno == 0 for r in results)
         assert {r.value for r in results[0::3]} == {"slow file\n"}
-        slow_reads = statistics.median(r.seconds for r in results[0::3])
+        # 100 ms +- 20 ms on the matched read. A loaded machine only adds to a sleep (the FUSE thread
+        # wakes late), so the least disturbed of eight reads is compared; none may be shorter.
+        slow_reads = min(r.seconds for r in results[0::3])
         other_reads = statistics.median(r.seconds for r in results[1::3])
         stats = statistics.median(r.seconds for r in results[2::3])
-        # 100 ms +- 20 ms on the matched read; the median of five absorbs a loaded machine's outliers.
         assert 0.08 <= slow_reads - other_reads <= 0.12, (slow_reads, other_reads)
-        assert other_reads < 0.05 and stats < 0.05, (other_reads, stats)
+        assert other_reads < UNAFFECTED and stats < UNAFFECTED, (other_reads, stats)
     finally:
         FAULT.recover(ctx, spec)
     assert target.mounted() == 0
     after = probe(target.pid, [("read", slow)] * 5)
-    assert statistics.median(r.seconds for r in after) < 0.05 and after[0].value == "slow file\n"
+    assert statistics.median(r.seconds for r in after) < UNAFFECTED and after[0].value == "slow file\n"
 
 
 def test_percent_50_fails_about_half_of_the_matched_calls_with_the_errno(target: Target) -> None:
@@ -189,8 +191,8 @@ def test_experiments_on_one_volume_compose_and_recover_one_by_one(target: Target
         assert both[0].seconds >= 0.08 and both[1].errno == 28
         FAULT.recover(c1, latency)
         assert target.mounted() == 1
-        one = probe(target.pid, [("read", slow), ("read", other)])
-        assert one[0].seconds < 0.05 and one[1].errno == 28
+        one = probe(target.pid, [("read", slow), ("read", other)] * 3)
+        assert statistics.median(r.seconds for r in one[0::2]) < UNAFFECTED and one[1].errno == 28
     finally:
         FAULT.recover(c1, latency)
         FAULT.recover(c2, fault)
@@ -252,7 +254,7 @@ def test_killed_injector_leaves_working_files_and_a_new_one_recovers(target: Tar
     again = _injector(target, "recover", uid)
     assert again.communicate(timeout=60)[0].startswith("recovered")
     assert target.mounted() == 0
-    assert statistics.median(r.seconds for r in probe(target.pid, [("read", f"{target.vol}/b.txt")] * 5)) < 0.05
+    assert statistics.median(r.seconds for r in probe(target.pid, [("read", f"{target.vol}/b.txt")] * 5)) < UNAFFECTED
 
 
 def test_the_filesystem_stops_injecting_at_the_deadline_with_no_injector(target: Target) -> None:
@@ -267,6 +269,6 @@ def test_the_filesystem_stops_injecting_at_the_deadline_with_no_injector(target:
         injector.wait()
     time.sleep(max(0.0, deadline - time.time()))
     res = probe(target.pid, [("read", f"{target.vol}/b.txt")] * 5)
-    assert statistics.median(r.seconds for r in res) < 0.05, [r.seconds for r in res]
+    assert statistics.median(r.seconds for r in res) < UNAFFECTED, [r.seconds for r in res]
     _injector(target, "recover", uid).communicate(timeout=60)
     assert target.mounted() == 0
