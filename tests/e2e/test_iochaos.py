@@ -58,11 +58,13 @@ class VolumePod:
         return probe(self.pid, [("read", f"{VOLUME}/{path}")] * n)
 
 
-@pytest.fixture
-def pods(system: System, tmp_path: Path) -> Iterator[tuple[VolumePod, VolumePod]]:
+@pytest.fixture(scope="module")
+def pods(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VolumePod, VolumePod]]:
+    """Made once for the module: starting a pod takes seconds on a loaded machine."""
     if not (native_dir() / "iofs").exists() or not os.path.exists("/dev/fuse"):
         pytest.skip("native/build/iofs is not built (make install, with libfuse3-dev) or no /dev/fuse")
-    made = (VolumePod(system, tmp_path, "io-target", "io"), VolumePod(system, tmp_path, "io-other", "io-other"))
+    tmp = tmp_path_factory.mktemp("iochaos")
+    made = (VolumePod(system, tmp, "io-target", "io"), VolumePod(system, tmp, "io-other", "io-other"))
     yield made
     for p in made:
         system.cli("pod", "rm", p.name, check=False)
