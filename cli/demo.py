@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from chaosbus.cli import leftovers
+from chaosbus.common import settings
 
 BRIDGE, SUBNET = "cbdemo0", "10.215.0.0/24"
 EXPERIMENT = """\
@@ -78,6 +79,7 @@ async def run() -> int:
     state = Path(tempfile.mkdtemp(prefix="chaosbus-demo-"))
     os.environ["CHAOSBUS_STATE_DIR"] = str(state)
     os.environ.pop("CHAOSBUS_NATS_URL", None)
+    settings.reset()  # the demo's own state dir, for this process too
     up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     started = time.monotonic()

@@ -15,7 +15,7 @@ from typing import Any
 from chaosbus.cli import control, render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, signing, subjects
+from chaosbus.common import config, natsauth, settings, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
@@ -166,6 +166,7 @@ def use_cli_credentials(args: argparse.Namespace, url: str) -> None:
         os.environ["CHAOSBUS_NATS_CREDS"] = args.nats_creds
     if args.nats_tls:
         os.environ["CHAOSBUS_NATS_TLS_DIR"] = args.nats_tls
+    settings.reset()  # the flags win for this process as for its children
     natsauth.use_arguments("cli", args, url)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, natsserver, signing, subjects, webtokens
+from chaosbus.common import config, natsauth, natsserver, settings, signing, subjects, webtokens
 from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
@@ -130,7 +129,7 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log",
                               config_file=conf)
     nats = Nats(server, logs / "nats-server.log", conf)
-    journal = None if os.environ.get("CHAOSBUS_JOURNAL") else state / "journal" / f"injector-{subjects.token(node)}.db"
+    journal = None if settings.current().journal else state / "journal" / f"injector-{subjects.token(node)}.db"
     creds = natsauth.creds_dir(state)
     children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal, creds),
                       logs / f"{name}.log") for name in SERVICES]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import natsserver
+from chaosbus.common import natsserver, settings
 
 if TYPE_CHECKING:
     from kube.controlplane import ControlPlane
@@ -57,6 +57,14 @@ def _worker_group(item: pytest.Item) -> str | None:
 
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads the settings of the environment it sets up (a process reads them once)."""
+    settings.reset()
+    yield
+    settings.reset()
 
 
 @pytest.fixture

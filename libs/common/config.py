@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaosbus.common import settings
+
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 def state_dir() -> Path:
     """Where `chaosbus up` leaves the URL of the server it started (CHAOSBUS_STATE_DIR overrides)."""
-    env = os.environ.get("CHAOSBUS_STATE_DIR")
+    env = settings.current().state_dir
     if env:
         return Path(env)
     if os.geteuid() == 0:
@@ -30,7 +32,7 @@ def nats_url(explicit: str | None = None) -> str:
     """--nats, else CHAOSBUS_NATS_URL, else the running embedded server's URL, else the default."""
     if explicit:
         return explicit
-    env = os.environ.get("CHAOSBUS_NATS_URL")
+    env = settings.current().nats_url
     if env:
         return env
     try:
@@ -42,14 +44,12 @@ def nats_url(explicit: str | None = None) -> str:
 
 def node_name(explicit: str | None = None) -> str:
     """This machine's node name: --node, CHAOSBUS_NODE, or the hostname (as a DaemonSet pod sees it)."""
-    return explicit or os.environ.get("CHAOSBUS_NODE") or socket.gethostname()
+    return explicit or settings.current().node or socket.gethostname()
 
 
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+def _settings(env: Mapping[str, str] | None) -> settings.Settings:
+    """The process's settings, or those a given environment would make (for tests and manifests)."""
+    return settings.current() if env is None else settings.from_env(env)
 
 
 @dataclass(frozen=True)
@@ -75,26 +75,13 @@ def controller_scope(*, target_namespace: str = "", enable_filter_namespace: boo
         ValueError: A boolean that does not parse, or CLUSTER_SCOPED=false without a target
             namespace (Chaos Mesh's controller refuses to start then too); the message names the variable.
     """
-    env = os.environ if env is None else env
-    cluster_scoped = _env_bool(env, "CLUSTER_SCOPED", True) and not target_namespace
-    target = target_namespace or env.get("TARGET_NAMESPACE", "").strip()
-    enable_filter = enable_filter_namespace or _env_bool(env, "ENABLE_FILTER_NAMESPACE", False)
+    given = _settings(env)
+    cluster_scoped = given.cluster_scoped and not target_namespace
+    target = target_namespace or given.target_namespace.strip()
+    enable_filter = enable_filter_namespace or given.enable_filter_namespace
     if not cluster_scoped and not target:
         raise ValueError("CLUSTER_SCOPED=false needs TARGET_NAMESPACE (or --target-namespace)")
     return ControllerScope(cluster_scoped, target, enable_filter)
-
-
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
-def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if raw not in _TRUE + _FALSE:
-        raise ValueError(f"{name}: {raw!r} is not a boolean (expected true or false)")
-    return raw in _TRUE
 
 
 DEFAULT_OWN_NAMESPACE = "chaosbus"
@@ -130,8 +117,8 @@ class TargetGuard:
 def own_namespace(env: Mapping[str, str] | None = None) -> str:
     """chaosbus's own namespace: CHAOSBUS_NAMESPACE, else POD_NAMESPACE (the downward API's
     metadata.namespace in the deploy base), else `chaosbus`."""
-    env = os.environ if env is None else env
-    return (env.get("CHAOSBUS_NAMESPACE") or env.get("POD_NAMESPACE") or DEFAULT_OWN_NAMESPACE).strip()
+    given = _settings(env)
+    return (given.own_namespace or given.pod_namespace or DEFAULT_OWN_NAMESPACE).strip()
 
 
 def target_guard(*, protected_namespaces: str | None = None, allow_host_network_testing: bool = False,
@@ -146,13 +133,14 @@ def target_guard(*, protected_namespaces: str | None = None, allow_host_network_
     Raises:
         ValueError: a boolean that does not parse, or a list entry that is not a namespace name.
     """
-    env = os.environ if env is None else env
-    raw = protected_namespaces if protected_namespaces is not None else env.get("PROTECTED_NAMESPACES")
+    given = _settings(env)
+    raw = protected_namespaces if protected_namespaces is not None else (
+        given.protected_namespaces if given.is_set("PROTECTED_NAMESPACES") else None)
     listed = list(ALWAYS_PROTECTED) if raw is None else [n.strip() for n in raw.split(",") if n.strip()]
     for name in listed:
         if not _NAMESPACE.fullmatch(name):
             raise ValueError(f"PROTECTED_NAMESPACES: {name!r} is not a namespace name")
-    allow = allow_host_network_testing or _env_bool(env, "ALLOW_HOST_NETWORK_TESTING", False)
+    allow = allow_host_network_testing or given.allow_host_network_testing
     return TargetGuard(frozenset({own_namespace(env), *listed}), allow)
 
 

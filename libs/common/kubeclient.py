@@ -4,14 +4,14 @@ pod's service account. Only the kube edges (watcher, recorder, cluster injector)
 
 from __future__ import annotations
 
-import os
-
 from kubernetes_asyncio import client, config
+
+from chaosbus.common import settings
 
 
 async def api_client(kubeconfig: str | None) -> client.ApiClient:
     """From --kubeconfig (or KUBECONFIG), else the in-cluster service account."""
-    path = kubeconfig or os.environ.get("KUBECONFIG")
+    path = kubeconfig or settings.current().kubeconfig
     if path:
         return await config.new_client_from_config(config_file=path)
     cfg = client.Configuration()

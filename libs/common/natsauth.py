@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chaosbus.common import config, subjects
+from chaosbus.common import config, settings, subjects
 
 JS_API = "$JS.API"
 ADMIN = "admin"  # declares streams and buckets (one step at start), never used by a service
@@ -294,11 +294,11 @@ def client_auth(user: str, *, seed: str | Path | None = None, tls_dir: str | Pat
     server `chaosbus up` recorded there (none: connect without credentials, as to a test server
     without authorization).
     """
-    seed_path = seed or os.environ.get("CHAOSBUS_NATS_CREDS") or None
+    seed_path = seed or settings.current().nats_creds or None
     if seed_path is None and _is_local_server(url):
         default = seed_file(user)
         seed_path = default if _readable(default) else None
-    tls = tls_dir or os.environ.get("CHAOSBUS_NATS_TLS_DIR") or None
+    tls = tls_dir or settings.current().nats_tls_dir or None
     return ClientAuth(Path(seed_path) if seed_path else None, Path(tls) if tls else None)
 
 

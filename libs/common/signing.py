@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from chaosbus.common import config
+from chaosbus.common import config, settings
 from chaosbus.common import messages as m
 
 Role = Literal["scheduler", "operator"]
@@ -64,13 +64,13 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 def keys_dir() -> Path:
     """CHAOSBUS_KEYS_DIR, else `keys` in the state dir, where `chaosbus up` creates the keys."""
-    env = os.environ.get("CHAOSBUS_KEYS_DIR")
+    env = settings.current().keys_dir
     return Path(env) if env else config.state_dir() / "keys"
 
 
 def unsigned_mode() -> bool:
     """CHAOSBUS_UNSIGNED=1: send and accept plain messages. Only to measure what signing costs."""
-    return os.environ.get("CHAOSBUS_UNSIGNED") == "1"
+    return settings.current().unsigned
 
 
 # --- key files ---------------------------------------------------------------------------------

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 from pathlib import Path
 
 from aiohttp import web
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, signing, webtokens
+from chaosbus.common import config, natsauth, settings, signing, webtokens
 from chaosbus.common import logging as cblog
 from chaosbus.dashboard import writes
 from chaosbus.dashboard.app import Dashboard, make_app
@@ -25,13 +24,14 @@ IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default=os.environ.get("CHAOSBUS_DASHBOARD_LISTEN", "127.0.0.1"),
+    env = settings.current()
+    p.add_argument("--listen", default=env.dashboard_listen,
                    help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
     p.add_argument("--tokens-dir", default=None,
                    help="directory with viewer.token and admin.token (default: <state dir>/dashboard, created "
                         "in local mode)")
-    p.add_argument("--mode", choices=("local", "cluster"), default=os.environ.get("CHAOSBUS_MODE") or "local",
+    p.add_argument("--mode", choices=("local", "cluster"), default=env.mode or "local",
                    help="local: writes through the direct triggers; cluster: through the Kubernetes API with the "
                         "person's own token")
     p.add_argument("--operator-key", default=None,
@@ -65,7 +65,8 @@ def operator_signer(path: str | None) -> tuple[signing.Signer | None, str]:
 def kube_api(args: argparse.Namespace) -> writes.KubeApi:
     if args.kube_api:
         return writes.KubeApi(args.kube_api, args.kube_ca)
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    env = settings.current()
+    host, port = env.kubernetes_service_host, env.kubernetes_service_port
     if not host:
         raise SystemExit("chaosbus dashboard: cluster mode needs --kube-api (or to run in a pod)")
     host = f"[{host}]" if ":" in host else host

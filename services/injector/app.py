@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import commands, config, service, signing, subjects
+from chaosbus.common import commands, config, service, settings, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
@@ -39,7 +39,7 @@ RETRY_S = 1.0
 
 def default_journal(node: str) -> Path:
     """CHAOSBUS_JOURNAL, else /var/lib/chaosbus/injector-<node>.db (root) or the user's state dir."""
-    env = os.environ.get("CHAOSBUS_JOURNAL")
+    env = settings.current().journal
     if env:
         return Path(env)
     base = Path("/var/lib/chaosbus") if os.geteuid() == 0 else Path.home() / ".local" / "state" / "chaosbus"
@@ -336,7 +336,9 @@ async def main(args: argparse.Namespace) -> None:
         runtime.configure(runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
         executor = ex.Executor(journal, name, policy=policy)
-    node = Node(journal, executor, lease_ttl=args.lease_seconds, max_lease_ttl=args.max_lease_seconds)
+    env = settings.current()
+    node = Node(journal, executor, lease_ttl=args.lease_seconds, max_lease_ttl=args.max_lease_seconds,
+                recover_chunk=env.recover_chunk, effect_chunk=env.effect_chunk)
     edge = Edge(node, name, metrics, trust=load_trust(args))
     exemptions.configure(args.nats)  # never cut our own control traffic
     try:
@@ -386,14 +388,17 @@ def runtime_config(args: argparse.Namespace) -> runtime.RuntimeConfig:
 
 
 def task_policy(guard: config.TargetGuard, namespaces: str | None) -> podpolicy.TaskPodPolicy:
-    listed = namespaces if namespaces is not None else os.environ.get("CHAOSBUS_TASK_NAMESPACES")
+    given = settings.current()
+    listed = namespaces if namespaces is not None else (
+        given.task_namespaces if given.is_set("CHAOSBUS_TASK_NAMESPACES") else None)
     allowed = None if listed is None else frozenset(n.strip() for n in listed.split(",") if n.strip())
     return podpolicy.TaskPodPolicy(protected=guard.protected_namespaces, namespaces=allowed)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = settings.current()
     p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
-    p.add_argument("--mode", choices=authorize.MODES, default=os.environ.get("CHAOSBUS_MODE") or authorize.LOCAL,
+    p.add_argument("--mode", choices=authorize.MODES, default=env.mode or authorize.LOCAL,
                    help="local: targets are process pods (process://) and Tasks run as processes; cluster: a "
                         "node of a Kubernetes cluster, targets are runtime containers only and Tasks are refused "
                         "(they run as Pods there). Default: CHAOSBUS_MODE or local")
@@ -412,10 +417,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="journal file (default: CHAOSBUS_JOURNAL or /var/lib/chaosbus/injector-<node>.db)")
     p.add_argument("--journal-sync", choices=("full", "normal"), default="full",
                    help="full: fsync every journal commit (survives power loss); normal: faster")
-    p.add_argument("--lease-seconds", type=float, default=float(os.environ.get("CHAOSBUS_LEASE_SECONDS", 15)),
+    p.add_argument("--lease-seconds", type=float, default=env.lease_seconds,
                    help="dead-man lease until the scheduler's first renewal says otherwise")
     p.add_argument("--max-lease-seconds", type=float,
-                   default=float(os.environ.get("CHAOSBUS_MAX_LEASE_SECONDS", 300)),
+                   default=env.max_lease_seconds,
                    help="the longest lease ttl this node honours, whatever a lease says")
     p.add_argument("--keys-dir", default=None,
                    help="directory of trusted public keys, scheduler*.pub and operator*.pub (default: "

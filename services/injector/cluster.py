@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from kubernetes_asyncio import client
 
+from chaosbus.common import settings
 from chaosbus.injector import faults, podpatch, runtime
 from chaosbus.injector.faults.api_pod_kill import ApiPodKill
 from chaosbus.injector.faults.pod_failure import PodFailure
@@ -143,6 +143,6 @@ def resolve_pod_only(container_id: str) -> runtime.ContainerHandle:
 
 
 def pause_image(explicit: str | None) -> str:
-    return explicit or os.environ.get(PAUSE_IMAGE_ENV) or podpatch.DEFAULT_PAUSE_IMAGE
+    return explicit or settings.current().pod_failure_pause_image or podpatch.DEFAULT_PAUSE_IMAGE
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,11 +31,11 @@ KEEP_ENDED_S = 24 * 3600.0
 # Due entries per worker job. A recovery costs ~0.2 ms of CPU and no longer blocks (libnft frees
 # contexts in the background), so threads only add GIL and journal-lock contention: 10 entries on
 # 10 threads took 50 ms and 25 ms of CPU, in one job 15 ms and 15 ms (measured).
-RECOVER_CHUNK = int(os.environ.get("CHAOSBUS_RECOVER_CHUNK", "64"))
+RECOVER_CHUNK = 64  # CHAOSBUS_RECOVER_CHUNK
 # Targets of a batched fault (a partition: one 0.3-0.8 ms nft transaction each) per worker job.
 # One thread hop per target cost more than the transaction: a loop wake-up, a GIL hand-over and
 # 16 threads contending for it while ten injectors share two cores.
-EFFECT_CHUNK = int(os.environ.get("CHAOSBUS_EFFECT_CHUNK", "25"))
+EFFECT_CHUNK = 25  # CHAOSBUS_EFFECT_CHUNK
 
 Recovered = tuple[expiry.Due, m.TargetResult]
 
@@ -44,7 +43,8 @@ Recovered = tuple[expiry.Due, m.TargetResult]
 class Node:
     def __init__(self, journal: Journal, executor: ex.Executor, *, lease_ttl: float = DEFAULT_TTL_S,
                  max_lease_ttl: float = MAX_TTL_S, workers: int = 16, clock: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 mono: Callable[[], float] = time.monotonic, recover_chunk: int = RECOVER_CHUNK,
+                 effect_chunk: int = EFFECT_CHUNK) -> None:
         self.journal, self.executor, self.clock, self.mono = journal, executor, clock, mono
         self.halt = journal.halt() or control.RESUMED
         self.halt_seq = journal.halt_seq()  # the highest signer's sequence of any state adopted
@@ -55,7 +55,7 @@ class Node:
         self.outbox_kick = asyncio.Event()  # something new to publish
         self.on_recovered: Callable[[list[Recovered]], None] | None = None
         self.on_effect: Callable[[m.TargetAction, m.TargetResult, float], None] | None = None  # metrics
-        self.workers = workers
+        self.workers, self.recover_chunk, self.effect_chunk = workers, recover_chunk, effect_chunk
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fault")
         self._retry_at: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
@@ -162,7 +162,7 @@ class Node:
                     batched.append(i)
                 else:
                     jobs.append([i])
-        jobs += [batched[k:k + EFFECT_CHUNK] for k in range(0, len(batched), EFFECT_CHUNK)]
+        jobs += [batched[k:k + self.effect_chunk] for k in range(0, len(batched), self.effect_chunk)]
         await asyncio.gather(*(job(j) for j in jobs))
         done = [o for o in outcomes if o is not None]
         assert len(done) == len(plans)
@@ -231,7 +231,7 @@ class Node:
                 if world.halt.halted or world.mono >= self._retry_at.get(d.entry.key, 0.0)]
         if not dues:
             return []
-        jobs = min(self.workers, -(-len(dues) // RECOVER_CHUNK))
+        jobs = min(self.workers, -(-len(dues) // self.recover_chunk))
         chunks = [dues[i::jobs] for i in range(jobs)]
         done: list[Recovered] = []
         for recovered, reported in await asyncio.gather(*(self._recover(c) for c in chunks)):

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chaosbus.common import processid
+from chaosbus.common import processid, settings
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
 from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Breaker, Observed, RuntimeCallError
@@ -84,9 +84,11 @@ def config_from_env(containerd: str | None = None, crio: str | None = None, dock
                     timeout: float | None = None) -> RuntimeConfig:
     """Explicit values first, then CHAOSBUS_*_SOCKET / CHAOSBUS_RUNTIME_TIMEOUT, then the defaults."""
     explicit = {"containerd": containerd, "cri-o": crio, "docker": docker}
-    sockets = {s: explicit[s] or os.environ.get(env) or default for s, (env, default) in SOCKET_ENV.items()}
+    given = settings.current()
+    configured = {"containerd": given.containerd_socket, "cri-o": given.crio_socket, "docker": given.docker_socket}
+    sockets = {s: explicit[s] or configured[s] or default for s, (_env, default) in SOCKET_ENV.items()}
     if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT_S)
+        timeout = given.runtime_timeout or DEFAULT_TIMEOUT_S
     if timeout <= 0:
         raise ValueError(f"runtime timeout must be > 0 seconds, got {timeout}")
     return RuntimeConfig(sockets=sockets, timeout=timeout)

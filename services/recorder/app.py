@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
@@ -19,7 +18,7 @@ from nats.aio.msg import Msg
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, subjects
+from chaosbus.common import service, settings, subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
@@ -334,7 +333,7 @@ async def main(args: argparse.Namespace) -> None:
     metrics = RecorderMetrics()
     async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
         store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-        rec = Recorder(store, metrics, max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+        rec = Recorder(store, metrics, max_events=settings.current().max_events)
         rec.fetch_decision = last_decision(bus)
         log.info("recorder ready", nats=args.nats, metrics_port=port)
         await service.run_forever(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from chaosbus.common import kubeclient, service, subjects
+from chaosbus.common import kubeclient, service, settings, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, plural_of
@@ -216,9 +215,9 @@ async def main(args: argparse.Namespace) -> None:
     async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
         api = await kubeclient.api_client(args.kubeconfig)
         async with api:
-            instance = os.environ.get("POD_NAME") or socket.gethostname()
+            instance = settings.current().pod_name or socket.gethostname()
             rec = KubeRecorder(KubeStore(api), metrics, EventWriter(api, instance),
-                               max_events=int(os.environ.get("CHAOSBUS_MAX_EVENTS", "10")))
+                               max_events=settings.current().max_events)
             rec.fetch_decision = last_decision(bus)
             log.info("recorder ready (Kubernetes API)", nats=args.nats, metrics_port=port)
             await service.run_forever(

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,7 @@ from chaosbus.common import commands as cmdparts
 from chaosbus.common import config as cbconfig
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, signing, subjects
+from chaosbus.common import service, settings, signing, subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import Outputs, SchedulerCore
@@ -38,9 +37,9 @@ from chaosbus.scheduler.selection import SelectionConfig
 from chaosbus.scheduler.triggers import Triggers
 
 log = cblog.get("scheduler")
-LEASE_TTL_S = float(os.environ.get("CHAOSBUS_LEASE_SECONDS", "15"))
+LEASE_TTL_S = 15.0  # CHAOSBUS_LEASE_SECONDS
 COMMAND_HEADROOM = 8192  # below max_payload: headers, the encoder's rounding, the signed envelope (~300 B)
-LEADER_TTL_S = float(os.environ.get("CHAOSBUS_LEADER_SECONDS", "10"))
+LEADER_TTL_S = 10.0  # CHAOSBUS_LEADER_SECONDS, --leader-ttl
 COMMAND_TTL_S = 300.0
 LEASE_EXTRA_S = 30.0  # a lease stays valid this much past its ttl: clocks of two machines differ
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
@@ -315,7 +314,7 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
     election = Election(await bus.kv(subjects.SCHEDULER.name), lead)
     await election.acquire()
     sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics, signer=signer,
-                      command_ttl=command_ttl)
+                      lease_ttl=settings.current().lease_seconds, command_ttl=command_ttl)
     ready = asyncio.Event()
     targets = asyncio.ensure_future(sched.follow_targets(ready))
     keep = asyncio.ensure_future(election.keep())

@@ -22,6 +22,7 @@ import pytest
 from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
 
 from chaosbus.common import messages as m
+from chaosbus.common import settings
 from chaosbus.common.netns import netns_inode
 from chaosbus.injector import app, core, faults, runtime
 from chaosbus.injector.backends import criwire, procs
@@ -243,6 +244,7 @@ def test_sockets_come_from_flags_then_environment_then_defaults(monkeypatch: pyt
                            "docker": "/var/run/docker.sock"}
     assert cfg.timeout == 0.75
     monkeypatch.delenv("CHAOSBUS_CRIO_SOCKET")
+    settings.reset()  # a process reads its settings once; this test plays a second process
     assert runtime.config_from_env().sockets["cri-o"] == "/var/run/crio/crio.sock"
     with pytest.raises(ValueError, match="runtime timeout must be > 0"):
         runtime.config_from_env(timeout=0)

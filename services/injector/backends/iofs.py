@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaosbus.common import config
+from chaosbus.common import config, settings
 from chaosbus.common.messages import IO
 from chaosbus.injector.backends.native import helper
 
@@ -71,7 +71,7 @@ class Volume:
 def rules_dir() -> Path:
     """Where rules files and server records live: `$CHAOSBUS_IOCHAOS_DIR`, else `<state dir>/iochaos`
     (either must outlive the injector: a restarted one finds its servers there)."""
-    env = os.environ.get("CHAOSBUS_IOCHAOS_DIR")
+    env = settings.current().iochaos_dir
     d = Path(env) if env else config.state_dir() / "iochaos"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d

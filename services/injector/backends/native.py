@@ -4,17 +4,18 @@ a target's namespaces through native/nsexec (no `nsenter` on the fault path).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+from chaosbus.common import settings
 
 NSEXEC_FAILED = 125  # nsexec's own failure (the reason on stderr), as opposed to the program's status
 
 
 def native_dir() -> Path:
     """Where the native helpers were built: `$CHAOSBUS_NATIVE_DIR`, else the checkout's native/build."""
-    env = os.environ.get("CHAOSBUS_NATIVE_DIR")
+    env = settings.current().native_dir
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[3] / "native" / "build"

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from chaosbus.common import settings
 from chaosbus.injector.backends import libnft, native
 
 TABLE_PREFIX = "chaosbus_"
@@ -341,7 +342,7 @@ def contexts() -> libnft.NftContexts | None:
     with _contexts_lock:
         if not _contexts_loaded:
             _contexts_loaded = True
-            if os.environ.get("CHAOSBUS_NFT", "") != "spawn":
+            if settings.current().nft != "spawn":
                 try:
                     _contexts = libnft.NftContexts()
                 except libnft.Unavailable:

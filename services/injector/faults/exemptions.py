@@ -10,13 +10,12 @@ a packet is exempt when either its destination or its source matches.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
 from urllib.parse import urlsplit
 
-from chaosbus.common import config
+from chaosbus.common import config, settings
 from chaosbus.common.crd.networkchaos import parse_external
 
 ENV = "CHAOSBUS_EXEMPT"
@@ -42,7 +41,7 @@ def endpoints() -> tuple[Endpoint, ...]:
     skipped: an exemption never makes an experiment fail.
     """
     global _cache
-    spec = f"{os.environ.get(ENV, '')}|{_nats_url or config.nats_url()}"
+    spec = f"{settings.current().exempt}|{_nats_url or config.nats_url()}"
     with _lock:
         if _cache is not None and _cache[1] == spec and time.monotonic() - _cache[0] < TTL_S:
             return _cache[2]

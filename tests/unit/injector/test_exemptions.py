@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from chaosbus.common import settings
 from chaosbus.injector.faults import exemptions
 
 
@@ -40,8 +41,10 @@ def test_hostnames_are_resolved_and_unresolvable_ones_skipped(monkeypatch: pytes
     assert set(exemptions.endpoints()) == {("127.0.0.1/32", 6443), ("127.0.0.1/32", 4222)}
 
 
-def test_changes_to_the_environment_are_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_settings_read_at_start_decide(monkeypatch: pytest.MonkeyPatch) -> None:
     exemptions.configure("nats://127.0.0.1:4222")
     before = exemptions.endpoints()
     monkeypatch.setenv(exemptions.ENV, "10.0.0.1")
+    assert exemptions.endpoints() == before  # a process reads its settings once
+    settings.reset()
     assert set(exemptions.endpoints()) == {*before, ("10.0.0.1/32", None)}
