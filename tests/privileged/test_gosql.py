@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers.gotargets import SOURCES, QueryLog, failing, go_binary, sqlloop_argv, succeeding, why_no_go
@@ -32,17 +33,16 @@ pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
 class GoTarget(QueryLog):
-    def __init__(self, goroutines: int = 3, prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, goroutines: int = 3, *, binary: Path | None = None, own_netns: bool = False) -> None:
         super().__init__()
-        self.proc = subprocess.Popen([*prefix, *sqlloop_argv(goroutines, 10)], stdout=subprocess.PIPE, text=True,
-                                     bufsize=1)
+        argv = sqlloop_argv(goroutines, 10)
+        if binary is not None:
+            argv[0] = str(binary)  # another build of the program
+        prefix = ["unshare", "--net"] if own_netns else []  # unshare execs the program: same pid
+        self.proc = subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE, text=True, bufsize=1)
         self.follow_pipe(self.proc)
         self.wait(succeeding, since=0, timeout=30)
 
-    @classmethod
-    def in_own_netns(cls) -> GoTarget:
-        """In a network namespace of its own (unshare execs the program: same pid)."""
-        return cls(prefix=("unshare", "--net"))
 
     @property
     def pid(self) -> int:
@@ -179,7 +179,7 @@ def test_a_target_without_go_is_refused_naming_why() -> None:
 
 
 def test_the_sweeper_restores_a_patch_no_journal_entry_owns(targets: list[GoTarget]) -> None:
-    t = GoTarget.in_own_netns()
+    t = GoTarget(own_netns=True)
     targets.append(t)
     netns = f"/proc/{t.pid}/ns/net"
     orphans = GoSqlErrorFault.orphans
@@ -196,19 +196,26 @@ def test_the_sweeper_restores_a_patch_no_journal_entry_owns(targets: list[GoTarg
     assert orphans.find(netns) == [] and t.alive()
 
 
-@pytest.mark.parametrize(("source", "flags", "why"), [
-    ("gosleep.go", (), "is a Go program without database/sql"),
-    ("sqlloop.go", ("-ldflags=-s",), "is a Go program without its symbol table"),
-])
-def test_go_programs_that_cannot_be_patched_are_named_with_the_reason(source: str, flags: tuple[str, ...],
-                                                                       why: str) -> None:
-    binary = go_binary(SOURCES / source, *flags)
-    proc = subprocess.Popen([str(binary)], stdout=subprocess.DEVNULL)
+def test_a_go_program_without_database_sql_is_named_with_the_reason() -> None:
+    proc = subprocess.Popen([str(go_binary(SOURCES / "gosleep.go"))], stdout=subprocess.DEVNULL)
     try:
-        with pytest.raises(gosql.GoSqlError, match=why) as info:
+        with pytest.raises(gosql.GoSqlError, match="is a Go program without database/sql") as info:
             gosql.plan(proc.pid)
         assert info.value.unsupported
         assert proc.poll() is None
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_stripped_go_program_is_patched_through_its_pclntab(targets: list[GoTarget]) -> None:
+    t = GoTarget(2, binary=go_binary(SOURCES / "sqlloop.go", "-ldflags=-s -w"))
+    targets.append(t)
+    assert gosql.elf_of(t.pid)[0].has_symtab is False
+    plan = gosql.plan(t.pid)
+    assert [s.name for s in plan.sites] == ["database/sql.(*DB).QueryContext"]
+    gosql.inject(plan)
+    both_calls_fail(t, t.mark())  # the error's itab found among the binary's itabs
+    gosql.restore(t.pid, [(s.address, s.original) for s in plan.sites])
+    t.wait(succeeding, since=t.mark(), count=4)
+    assert t.alive()

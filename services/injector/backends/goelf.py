@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass
 
 GO_MARKERS = ("runtime.main", "runtime.goexit")
+ITAB_PREFIXES = ("go:itab.", "go.itab.")
 CAVE_MARGIN = 64  # zero bytes left between the program headers and a cave
 
 
@@ -28,6 +29,7 @@ class ElfInfo:
     symbols: dict[str, int]
     loads: tuple[tuple[int, int, int], ...]
     cave: tuple[int, int] | None = None  # (vaddr, length): executable zero bytes no code uses
+    itablink: tuple[int, int] | None = None  # (vaddr, size) of the table of every itab's address
 
     def file_offset(self, vaddr: int) -> int | None:
         for start, offset, size in self.loads:
@@ -90,6 +92,13 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
                 symbols[name] = st_value
     go = bool({".gopclntab", ".go.buildinfo", ".note.go.buildid"} & section_names) or any(
         m in symbols for m in GO_MARKERS)
+    by_name = {name_at(names_off, sh[0]): sh for sh in sections} if names_off else {}
+    functions = {n for n in want if not n.startswith(ITAB_PREFIXES)} - symbols.keys()
+    if functions and ".gopclntab" in by_name:
+        text = by_name.get(".text")
+        pcln = by_name[".gopclntab"]
+        symbols.update(pclntab_functions(data, pcln[4], pcln[5], functions, text[3] if text else 0))
+    itablink = (by_name[".itablink"][3], by_name[".itablink"][5]) if ".itablink" in by_name else None
     cave = None
     if headers_at:
         # The rest of the first page after the program and section headers, up to the first
@@ -101,6 +110,39 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
         end = min([4096, *(sh[4] for sh in sections if sh[1] != 8 and sh[5] and sh[4] >= start - CAVE_MARGIN)])
         if end > start and not any(data[start - CAVE_MARGIN:end]):
             cave = (headers_at + start, end - start)
-    return ElfInfo(e_type, go, symtab is not None, symbols, tuple(loads), cave)
+    return ElfInfo(e_type, go, symtab is not None, symbols, tuple(loads), cave, itablink)
+
+
+PCLNTAB_MAGICS = (0xFFFFFFF0, 0xFFFFFFF1)  # Go 1.18-1.19, Go 1.20 on (same layout)
+
+
+def pclntab_functions(data: bytes | mmap.mmap, start: int, size: int, wanted: set[str],
+                      text_addr: int) -> dict[str, int]:
+    """Entry addresses of the `wanted` functions from Go's pclntab (which `-ldflags=-s` keeps):
+    the header (magic, nfunc, textStart, offsets of the name table and the function table), then
+    per function (entry offset from textStart, offset of its _func), each _func starting with its
+    entry offset and the offset of its name. Unknown layouts (Go before 1.18) give nothing."""
+    if size < 72:
+        return {}
+    magic, _pad1, _pad2, _min_lc, ptr_size = struct.unpack_from("<IBBBB", data, start)
+    if magic not in PCLNTAB_MAGICS or ptr_size != 8:
+        return {}
+    nfunc, _nfiles, text_start, funcname_off, _cu, _filetab, _pctab, pcln_off = struct.unpack_from(
+        "<QQQQQQQQ", data, start + 8)
+    text_start = text_start or text_addr
+    names = start + funcname_off
+    pcln = start + pcln_off
+    found: dict[str, int] = {}
+    encoded = {n.encode() + b"\0": n for n in wanted}
+    for i in range(nfunc):
+        entry_off, func_off = struct.unpack_from("<II", data, pcln + 8 * i)
+        _entry, name_off = struct.unpack_from("<Ii", data, pcln + func_off)
+        at = names + name_off
+        for raw, name in encoded.items():
+            if data[at:at + len(raw)] == raw:
+                found[name] = text_start + entry_off
+        if len(found) == len(wanted):
+            break
+    return found
 
 

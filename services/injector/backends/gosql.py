@@ -4,9 +4,10 @@ of a running Go program return `(nil, error)`, through native/codepatch.
 The only module of the injector that rewrites a Go program's code. Three steps, so the caller can
 journal before anything changes:
 
-- `plan(pid)` reads the program's ELF symbol table (through /proc/PID/exe), finds the functions
-  and the itab of `*errors.errorString` as `error`, and reads each function's first bytes from
-  the running process. Nothing is written.
+- `plan(pid)` reads the program's ELF symbol table (through /proc/PID/exe), or its pclntab when
+  it has none (`go build -ldflags=-s`), finds the functions and the itab of `*errors.errorString`
+  as `error` (by symbol, or among the binary's itabs by its method), and reads each function's
+  first bytes from the running process. Nothing is written.
 - `inject(plan, deadline_s)` builds the payload (`build_payload`, pure) and has codepatch place
   it: each function's first 14 bytes become `jmp *0(%rip)` to a stub in the zero padding after
   the binary's headers, which the loader maps executable (Go's linker leaves about 2 KiB there),
@@ -22,7 +23,7 @@ journal before anything changes:
   writes it again at the same place.
 
 The pure parts: goelf.py (the binary) and gostub.py (the payload).
-x86-64 only; a binary without its symbol table (`go build -ldflags=-s`) is refused with that reason.
+x86-64, Go 1.18 on for binaries without a symbol table; other programs are refused with the reason.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ FUNCTIONS = ("database/sql.(*DB).QueryContext", "database/sql.(*DB).Query")
 # The itab that makes *errors.errorString an `error` (errors.New's result); Go 1.20 renamed the
 # symbol prefix from "go." to "go:".
 ITABS = ("go:itab.*errors.errorString,error", "go.itab.*errors.errorString,error")
+ERROR_METHOD = "errors.(*errorString).Error"
 PROLOGUE_READ = 32
 HELPER_TIMEOUT_S = 10.0
 EXIT_GONE = 3
@@ -124,7 +126,7 @@ def elf_of(pid: int) -> tuple[ElfInfo, mmap.mmap, str]:
     info = _cache.by_file.get(key)
     if info is None:
         try:
-            info = parse_elf(data, (*FUNCTIONS, *ITABS))
+            info = parse_elf(data, (*FUNCTIONS, *ITABS, ERROR_METHOD))
         except NotElf as e:
             data.close()
             raise GoSqlError(f"{path} is {e}", unsupported=True) from e
@@ -157,11 +159,28 @@ def read_bytes(pid: int, address: int, length: int) -> bytes:
         return mem.read(length)
 
 
+def _itab_in_memory(pid: int, info: ElfInfo, bias: int) -> int | None:
+    """The itab of *errors.errorString as error without a symbol table (`-ldflags=-s`): of the itabs
+    the binary's .itablink lists (read from memory, where a PIE's are relocated), the one whose
+    first method is errors.(*errorString).Error. An itab is (interface type, type, hash and padding,
+    methods...), so that method's address is its fourth word."""
+    method = info.symbols.get(ERROR_METHOD)
+    if info.itablink is None or method is None:
+        return None
+    at, size = info.itablink
+    table = read_bytes(pid, at + bias, size)
+    for (itab,) in struct.iter_unpack("<Q", table[:size - size % 8]):
+        if struct.unpack("<Q", read_bytes(pid, itab + 24, 8))[0] == method + bias:
+            return int(itab)
+    return None
+
+
 def plan(pid: int) -> Plan:
     """What `inject` would change in `pid` (nothing is written).
 
     Raises:
-        GoSqlError: `unsupported` naming why (not Go, no database/sql, no symbol table), `gone`.
+        GoSqlError: `unsupported` naming why (not Go, no database/sql, nothing naming its functions),
+            `gone`.
     """
     info, data, path = elf_of(pid)
     try:
@@ -173,16 +192,18 @@ def plan(pid: int) -> Plan:
 def _plan(pid: int, info: ElfInfo, data: mmap.mmap, path: str) -> Plan:
     if not info.go:
         raise GoSqlError(f"{path} is not a Go program", unsupported=True)
-    if not info.has_symtab:
-        raise GoSqlError(f"{path} is a Go program without its symbol table (built with -ldflags=-s)",
-                         unsupported=True)
     found = [name for name in FUNCTIONS if name in info.symbols]
     if not found:
+        if ERROR_METHOD not in info.symbols:  # every Go program has it, unless nothing names functions
+            raise GoSqlError(f"{path} is a Go program without a symbol table or a pclntab this patch can read",
+                             unsupported=True)
         raise GoSqlError(f"{path} is a Go program without database/sql", unsupported=True)
-    itab = next((info.symbols[n] for n in ITABS if n in info.symbols), None)
-    if itab is None:
-        raise GoSqlError(f"{path}: no *errors.errorString error itab in its symbol table", unsupported=True)
     bias = load_bias(pid, info)
+    itab = next((info.symbols[n] + bias for n in ITABS if n in info.symbols), None)
+    if itab is None:
+        itab = _itab_in_memory(pid, info, bias)
+    if itab is None:
+        raise GoSqlError(f"{path}: no itab of *errors.errorString as error", unsupported=True)
     sites = []
     already = False
     try:
@@ -210,7 +231,7 @@ def _plan(pid: int, info: ElfInfo, data: mmap.mmap, path: str) -> Plan:
         now = read_bytes(pid, at, length)
         if not any(now) or now.startswith(MAGIC):  # untouched, or an earlier payload of ours
             cave = (at, length)
-    return Plan(pid, path, itab + bias, tuple(sites), already, cave)
+    return Plan(pid, path, itab, tuple(sites), already, cave)
 
 
 def _run(args: list[str]) -> str:
