@@ -73,7 +73,11 @@ def api_server(workdir: Path) -> Iterator[tuple[Path, str]]:
 
 
 @contextlib.contextmanager
-def services(kubeconfig: Path, namespace: str, nats_url: str, workdir: Path) -> Iterator[None]:
+def services(kubeconfig: Path, namespace: str, nats_url: str, workdir: Path,
+             injector: tuple[str, ...] = ("--node", NODE)) -> Iterator[None]:
+    """The four services in cluster mode against the API server; `injector`: the node injector's
+    own flags (its node name, its container runtime).
+    """
     from chaosbus.common import signing
 
     signing.ensure_keys(workdir / "keys")
@@ -81,7 +85,7 @@ def services(kubeconfig: Path, namespace: str, nats_url: str, workdir: Path) -> 
            "CHAOSBUS_KEYS_DIR": str(workdir / "keys")}
     base = ["--nats", nats_url, "--metrics-port", "0"]
     argv = {"watcher": ["--kubeconfig", str(kubeconfig), "--target-namespace", namespace], "scheduler": [],
-            "injector": ["--node", NODE, "--journal", str(workdir / "journal.db")],
+            "injector": [*injector, "--journal", str(workdir / "journal.db")],
             "recorder": ["--kubeconfig", str(kubeconfig)]}
     logs = {name: workdir / f"{name}.log" for name in argv}
     procs = {name: subprocess.Popen([sys.executable, "-m", f"chaosbus.{name}", *base, *extra], env=env,

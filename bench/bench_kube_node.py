@@ -12,19 +12,17 @@ exits 2 otherwise. `python -m bench.bench_kube_node [--runs N] [--pods N] [--jso
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.bench_kube import CHAOS, EventClock, _runs, _tests_on_path, _wait, figure_rows
+from bench.bench_kube import CHAOS, EventClock, _runs, _tests_on_path, figure_rows, services
 from bench.kernel import TableMonitor
 
 PODS = 20  # real pods on a 2-core machine beside the control plane; the node holds 110
@@ -72,35 +70,6 @@ def _netns_paths(socket: Path, pods: list[dict[str, Any]]) -> list[str]:
             for p in pods]
 
 
-@contextlib.contextmanager
-def _services(kubeconfig: Path, namespace: str, nats_url: str, node: Any, workdir: Path) -> Iterator[None]:
-    from chaosbus.common import signing
-
-    signing.ensure_keys(workdir / "keys")
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": namespace,
-           "CHAOSBUS_KEYS_DIR": str(workdir / "keys")}
-    base = ["--nats", nats_url, "--metrics-port", "0"]
-    argv = {"watcher": ["--kubeconfig", str(kubeconfig), "--target-namespace", namespace], "scheduler": [],
-            "recorder": ["--kubeconfig", str(kubeconfig)],
-            "injector": ["--node", node.name, "--mode", "cluster", "--containerd-socket", str(node.socket),
-                         "--journal", str(workdir / "journal.db")]}
-    logs = {name: workdir / f"{name}.log" for name in argv}
-    procs = {name: subprocess.Popen([sys.executable, "-m", f"chaosbus.{name}", *base, *extra], env=env,
-                                    stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
-             for name, extra in argv.items()}
-    try:
-        _wait(lambda: all(f"{n} ready" in logs[n].read_text() for n in procs), 90, "services ready")
-        yield
-    finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
 def measure(runs: int, pods: int) -> dict[str, Any]:
     _tests_on_path()
     from kube.client import KubeClient
@@ -142,7 +111,8 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
                         monitor.watch(path)
                     monitor.start()
                     clock = EventClock(server.url)
-                    with _services(plane.kubeconfig, namespace, server.url, node, work):
+                    with services(plane.kubeconfig, namespace, server.url, work,
+                                  ("--node", node.name, "--mode", "cluster", "--containerd-socket", str(node.socket))):
                         chaos = {**CHAOS, "spec": {
                             **CHAOS["spec"], "selector": {"labelSelectors": {"app": "target"}},
                             "target": {"mode": "all", "selector": {"labelSelectors": {"app": "peer"}}}}}
