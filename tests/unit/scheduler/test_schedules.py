@@ -441,3 +441,11 @@ def test_fires_skipped_while_forbid_waits_are_reported_once_when_the_next_child_
     assert reasons == ["Forbid", "Forbid", "Forbid", "MissSchedule"]  # not one MissSchedule per wait
     assert world.events[-1][1] == ("Missed scheduled times from Fri, 15 Jan 2027 08:00:04 +0000: only the latest, "
                                    "Fri, 15 Jan 2027 08:00:08 +0000, is run")
+
+
+def test_a_schedule_spawns_golangchaos_chaosbus_own_kind() -> None:
+    spec = {**hello("5s"), "action": "sql-error", "containerName": ["app"]}
+    world = start(schedule_obj(kind="GolangChaos", embedded=spec))
+    world.run(T0, T0 + 3)
+    assert world.created == [f"sched-{int(T0) + 2}"]
+    assert world.objs[("GolangChaos", world.created[0])]["spec"] == spec
