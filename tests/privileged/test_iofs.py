@@ -272,3 +272,21 @@ def test_the_filesystem_stops_injecting_at_the_deadline_with_no_injector(target:
     assert statistics.median(r.seconds for r in res) < UNAFFECTED, [r.seconds for r in res]
     _injector(target, "recover", uid).communicate(timeout=60)
     assert target.mounted() == 0
+
+
+def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None:
+    spec = io(target, action="fault", methods=READ, errno=5)
+    ctx = ctx_for(target, spec)
+    FAULT.apply(ctx, spec)
+    orphans = faults.orphans(tags=["io"])["io"]
+    netns = f"/proc/{target.pid}/ns/net"
+    item = f"{os.stat(f'/proc/{target.pid}/ns/mnt').st_ino}:{target.vol}"
+    try:
+        assert item in orphans.find(netns)
+        assert item in (orphans.owned([dict(ctx.original)]) or set())  # its entry is open: kept
+        orphans.remove(netns, item)  # as the sweeper does once no open entry owns it
+        assert target.mounted() == 0
+        assert item not in orphans.find(netns)
+        assert probe(target.pid, [("read", f"{target.vol}/b.txt")])[0].value == "other file\n"
+    finally:
+        FAULT.recover(ctx, spec)

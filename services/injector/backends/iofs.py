@@ -112,6 +112,17 @@ def write_rules(path: Path, rules: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+def mount_points(mountinfo: list[str]) -> list[str]:
+    """The mount points of the iofs mounts in these /proc/<pid>/mountinfo lines (one per mount)."""
+    out = []
+    for line in mountinfo:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and right.split()[:1] == [FSTYPE]:
+            out.append(_unescape(fields[4]))
+    return out
+
+
 def mounts_at(pid: int, path: str) -> int:
     """How many iofs mounts sit at `path` in the mount namespace of process `pid` (0 when it is gone)."""
     try:
@@ -119,13 +130,7 @@ def mounts_at(pid: int, path: str) -> int:
             lines = f.read().splitlines()
     except OSError:
         return 0
-    n = 0
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) > 4 and right.split()[:1] == [FSTYPE] and _unescape(fields[4]) == path:
-            n += 1
-    return n
+    return mount_points(lines).count(path)
 
 
 def _unescape(s: str) -> str:

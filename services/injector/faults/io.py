@@ -13,6 +13,9 @@ A server that dies would leave the target with "Transport endpoint is not connec
 volume: a watcher thread per server detaches its mount the moment it exits, and a restarted
 injector re-asserting the fault finds the dead server's mount, detaches it and mounts a new one.
 
+The orphan sweeper detaches an iofs mount in a pod's network namespace that no open entry owns
+(its entry lost, or a recovery that could not finish), judged by mount namespace and mount point.
+
 Files the target opened before the mount keep reaching the volume directly (Chaos Mesh moves
 them over with ptrace; not done here, see docs/compatibility.md).
 """
@@ -107,12 +110,67 @@ def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[b
             log.warning("iofs died; its mount was detached", pid=server[0], target=vol.pid, volume=vol.path)
 
 
+class IofsMounts:
+    """iofs mounts in the mount namespaces of a network namespace's processes, for the orphan
+    sweeper. Items are "<mount ns inode>:<mount point>"."""
+
+    what = "iofs mount"
+
+    def _scan(self, netns_path: str) -> dict[str, int]:
+        """item -> a live process in that mount namespace (to enter it by)."""
+        inode = os.stat(netns_path).st_ino
+        found: dict[str, int] = {}
+        seen: set[int] = set()
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{name}/ns/net").st_ino != inode:
+                    continue
+                mnt = os.stat(f"/proc/{name}/ns/mnt").st_ino
+                if mnt in seen:
+                    continue
+                seen.add(mnt)
+                with open(f"/proc/{name}/mountinfo") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue  # exited meanwhile, or a kernel thread
+            for point in iofs.mount_points(lines):
+                found.setdefault(f"{mnt}:{point}", int(name))
+        return found
+
+    def find(self, netns_path: str) -> list[str]:
+        return sorted(self._scan(netns_path))
+
+    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
+        out = set()
+        for o in originals:
+            for t in o.get("targets", []):
+                if iofs.start_ticks(t["pid"]) == t["start"]:
+                    try:
+                        mnt = os.stat(f"/proc/{t['pid']}/ns/mnt").st_ino
+                        out.add(f"{mnt}:{o.get('volume', '')}")
+                    except OSError:
+                        continue
+        return out
+
+    def remove(self, netns_path: str, item: str) -> None:
+        pid = self._scan(netns_path).get(item)
+        if pid is None:
+            return  # gone meanwhile
+        point = item.split(":", 1)[1]
+        start = iofs.start_ticks(pid)
+        if start is not None:
+            iofs.umount(iofs.Volume(pid, start, point))
+
+
 def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
     return [iofs.Volume(t["pid"], t["start"], spec.volume_path) for t in ctx.original.get("targets", [])]
 
 
 class IOFault:
     name = "io"
+    orphans = IofsMounts()
 
     def original_state(self, experiment_uid: str, action: TargetAction,
                        containers: list[ContainerHandle]) -> dict[str, Any]:
@@ -121,7 +179,8 @@ class IOFault:
             start = iofs.start_ticks(c.pid) if c.alive else None
             if start is not None:
                 targets.append({"pid": c.pid, "start": start})
-        return {"targets": targets}
+        volume = action.fault.volume_path if isinstance(action.fault, IO) else ""
+        return {"targets": targets, "volume": volume}
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         assert isinstance(spec, IO)
