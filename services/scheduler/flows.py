@@ -110,7 +110,12 @@ class Flows:
                 pass
 
     async def _probe(self, req: ProbeRequest) -> None:
-        result = await probemod.probe(req.http, req.timeout_s)
+        if req.prometheus is not None:
+            result = await probemod.query(req.prometheus, req.timeout_s)
+        elif req.http is not None:
+            result = await probemod.probe(req.http, req.timeout_s)
+        else:
+            result = probemod.ProbeResult(ok=False, detail="nothing to probe")
         log.info("status check probed", check=req.key[2], namespace=req.key[1], ok=result.ok, detail=result.detail)
         if self.metrics is not None:
             self.metrics.probes.labels("success" if result.ok else "failure").inc()

@@ -16,7 +16,7 @@ import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common.crd.objects import decode_metadata
-from chaosbus.common.crd.orchestration import StatusCheckHTTP
+from chaosbus.common.crd.orchestration import StatusCheckHTTP, StatusCheckPrometheus
 from chaosbus.common.objects import merge_patch, parse_rfc3339
 from chaosbus.scheduler import statuscheck as sc
 from chaosbus.scheduler import workflow as wf
@@ -29,9 +29,10 @@ KINDS = ("Workflow", "WorkflowNode", "StatusCheck")
 @dataclass(frozen=True)
 class ProbeRequest:
     key: Key
-    http: StatusCheckHTTP
+    http: StatusCheckHTTP | None
     timeout_s: float
     started_at: float
+    prometheus: StatusCheckPrometheus | None = None
 
 
 @dataclass
@@ -141,10 +142,14 @@ class Orchestrator:
         due = []
         for key, state in self.checks.items():
             nxt = sc.next_probe(state)
-            if key in self.probing or nxt is None or nxt > now or state.spec.http is None:
+            if key in self.probing or nxt is None or nxt > now:
+                continue
+            http, prom = state.spec.http, state.spec.prometheus
+            if (http if state.spec.type == "HTTP" else prom) is None:
                 continue
             self.probing.add(key)
-            due.append(ProbeRequest(key, state.spec.http, float(state.spec.timeout_seconds), now))
+            due.append(ProbeRequest(key, http if state.spec.type == "HTTP" else None, float(state.spec.timeout_seconds),
+                                    now, prometheus=prom if state.spec.type == "Prometheus" else None))
         return due
 
     def on_probe(self, req: ProbeRequest, ok: bool, now: float) -> Outputs:

@@ -1,6 +1,7 @@
-"""StatusCheck's HTTP probe, the edge of statuscheck.py: one request with the spec's method, headers,
-body and timeout, judged by `criteria.statusCode`. Blocking stdlib HTTP runs in a worker thread so
-a slow endpoint never stalls the scheduler's event loop.
+"""StatusCheck's probes, the edge of statuscheck.py: HTTP (one request with the spec's method, headers,
+body and timeout, judged by `criteria.statusCode`) and Prometheus (one instant query to the
+endpoint's HTTP API, judged by the comparator in crd/statuscheck.py). Blocking stdlib HTTP runs in
+a worker thread so a slow endpoint never stalls the scheduler's event loop.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from chaosbus.common.crd.orchestration import StatusCheckHTTP
+from chaosbus.common import promquery
+from chaosbus.common.crd.orchestration import StatusCheckHTTP, StatusCheckPrometheus
 from chaosbus.scheduler.statuscheck import status_code_range
 
 
@@ -38,3 +40,8 @@ def probe_sync(http: StatusCheckHTTP, timeout_s: float) -> ProbeResult:
 
 async def probe(http: StatusCheckHTTP, timeout_s: float) -> ProbeResult:
     return await asyncio.to_thread(probe_sync, http, timeout_s)
+
+
+async def query(prom: StatusCheckPrometheus, timeout_s: float) -> ProbeResult:
+    ok, detail = await asyncio.to_thread(promquery.check, prom, timeout_s)
+    return ProbeResult(ok=ok, detail=detail)

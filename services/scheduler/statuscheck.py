@@ -14,6 +14,11 @@ from typing import Any
 import msgspec
 
 from chaosbus.common.crd.orchestration import StatusCheckSpec
+
+# Validation is shared with admission (libs/common); re-exported for the scheduler's modules.
+from chaosbus.common.crd.statuscheck import InvalidCheck as InvalidCheck
+from chaosbus.common.crd.statuscheck import status_code_range as status_code_range
+from chaosbus.common.crd.statuscheck import validate as validate
 from chaosbus.common.durations import parse_duration
 from chaosbus.common.objects import parse_rfc3339, rfc3339
 
@@ -21,54 +26,6 @@ SUCCESS, FAILURE = "Success", "Failure"
 COMPLETED, DURATION_EXCEED = "Completed", "DurationExceed"
 FAILURE_EXCEED, SUCCESS_EXCEED = "FailureThresholdExceed", "SuccessThresholdExceed"
 CONDITION_TYPES = (COMPLETED, DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED)
-MODES = ("Synchronous", "Continuous")
-
-
-class InvalidCheck(ValueError):
-    """A StatusCheck spec that cannot run; the message names the field."""
-
-
-def status_code_range(text: str) -> tuple[int, int]:
-    """`criteria.statusCode`: one code (`200`) or an inclusive range (`200-299`)."""
-    low, sep, high = text.strip().partition("-")
-    try:
-        lo = int(low)
-        hi = int(high) if sep else lo
-    except ValueError:
-        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is neither a code (200) nor a range "
-                           "(200-299)") from None
-    # Chaos Mesh's webhook accepts any code in 1..999; a reversed range (it would match nothing there) is refused.
-    if not 0 < lo <= hi < 1000:
-        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is not a code or an ascending range within 1-999")
-    return lo, hi
-
-
-def validate(spec: StatusCheckSpec) -> None:
-    """Chaos Mesh's webhook rules for a StatusCheck, plus what chaosbus needs to run one."""
-    if spec.mode not in MODES:
-        raise InvalidCheck(f"spec.mode: {spec.mode!r} is not Synchronous or Continuous")
-    if spec.type != "HTTP":
-        raise InvalidCheck(f"spec.type: {spec.type!r} is not supported (only HTTP)")
-    if spec.http is None or not spec.http.url:
-        raise InvalidCheck("spec.http.url: required for an HTTP check")
-    if not spec.http.url.startswith(("http://", "https://")):
-        raise InvalidCheck(f"spec.http.url: {spec.http.url!r} must start with http:// or https://")
-    if spec.http.method not in ("GET", "POST"):
-        raise InvalidCheck(f"spec.http.method: {spec.http.method!r} is not GET or POST")
-    status_code_range(spec.http.criteria.status_code if spec.http.criteria else "")
-    for name, value, low in (("timeoutSeconds", spec.timeout_seconds, 1), ("intervalSeconds", spec.interval_seconds, 1),
-                             ("failureThreshold", spec.failure_threshold, 1),
-                             ("successThreshold", spec.success_threshold, 1),
-                             ("recordsHistoryLimit", spec.records_history_limit, 1)):
-        if value < low:
-            raise InvalidCheck(f"spec.{name}: must be at least {low}, got {value}")
-    if spec.records_history_limit > 1000:
-        raise InvalidCheck(f"spec.recordsHistoryLimit: at most 1000, got {spec.records_history_limit}")
-    if spec.duration:
-        try:
-            parse_duration(spec.duration)
-        except ValueError as e:
-            raise InvalidCheck(f"spec.duration: {e}") from None
 
 
 @dataclass

@@ -63,6 +63,19 @@ class StatusCheckHTTP(_S):
     criteria: StatusCheckHTTPCriteria | None = None
 
 
+class StatusCheckComparator(_S):
+    criteria: str = ""  # ==, !=, <, >, <=, >=
+    value: float = 0.0
+
+
+class StatusCheckPrometheus(_S):
+    """chaosbus's extension (Chaos Mesh has HTTP checks only), shaped like Litmus's promProbe."""
+
+    endpoint: str = ""  # the Prometheus server, e.g. http://prometheus.monitoring:9090
+    query: str = ""  # PromQL, evaluated as an instant query
+    comparator: StatusCheckComparator | None = None
+
+
 class StatusCheckSpec(_S):
     mode: str = "Synchronous"
     type: str = "HTTP"
@@ -73,6 +86,7 @@ class StatusCheckSpec(_S):
     success_threshold: int = 1
     records_history_limit: int = 100
     http: StatusCheckHTTP | None = None
+    prometheus: StatusCheckPrometheus | None = None
 
 
 class ConditionalBranch(_S):

@@ -50,6 +50,13 @@ def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:
         spec = msgspec.convert(doc.get("spec") or {}, info.spec)
     except msgspec.ValidationError as e:
         raise from_msgspec(e, "spec") from None
+    if isinstance(spec, orchestration.StatusCheckSpec):
+        from chaosbus.common.crd import statuscheck
+
+        try:
+            statuscheck.validate(spec)
+        except statuscheck.InvalidCheck as e:
+            raise InvalidObject([str(e)]) from None
     if isinstance(spec, orchestration.ScheduleSpec):
         from chaosbus.common.crd import schedule
 
