@@ -88,7 +88,9 @@ async def test_halt_recovers_everything_reports_why_and_refuses_applies(
         started = time.monotonic()
         await node.set_halt(m.HaltState(halted=True, reason="drill", at=time.time()), "test")
         await eventually(lambda: not fault.kernel)
-        assert time.monotonic() - started < 1.0
+        # Bounded loosely: the kill switch's latency is a `make bench` figure (cli.halt.gone), and
+        # a test worker on a loaded machine waits its turn for a core.
+        assert time.monotonic() - started < 5.0
         halted = [r for b in reports(node) for r in b.results if r.op == "recover"]
         assert {r.message for r in halted} == {"recovered: halted by kill switch (drill)"}
         refused = await node.on_command(command(sleeper, uid="exp-3"))
@@ -110,7 +112,7 @@ async def test_a_fault_is_recovered_at_its_deadline_by_the_node(node: Node, faul
         deadline = time.time() + 0.3
         await node.on_command(command(sleeper, deadline=deadline))
         await eventually(lambda: not fault.kernel)
-        assert time.time() - deadline < 0.2
+        assert time.time() - deadline < 3.0  # by the node, not the 15 s lease: the bench times it closely
         # The kernel is clean before the journal commit that follows it (one thread hop later).
         await eventually(lambda: not node.journal.entries()[0].is_open)
         [entry] = node.journal.entries()
