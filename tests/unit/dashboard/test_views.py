@@ -101,3 +101,38 @@ def test_node_health_becomes_silent_when_reports_stop() -> None:
     stale = msgspec.structs.replace(h, at=NOW - 60)
     assert [v.state for v in views.node_views({"n1": stale}, ["n2"], NOW)] == ["silent", "silent"]
     assert views.node_views({"n1": msgspec.structs.replace(h, halted=True)}, [], NOW)[0].state == "halted"
+
+
+def test_a_schedule_lists_the_objects_it_spawned_newest_first() -> None:
+    sched = {"kind": "Schedule", "metadata": {"name": "s", "namespace": "default", "uid": "su",
+                                              "annotations": {"experiment.chaos-mesh.org/pause": "true"}},
+             "spec": {"type": "NetworkChaos", "schedule": "@every 1m"}}
+
+    def child(name: str, created: str, owner: str = "su") -> Obj:
+        return {"kind": "NetworkChaos", "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
+                                                     "ownerReferences": [{"kind": "Schedule", "uid": owner}]}}
+
+    objs = [sched, child("s-1", "2027-01-15T08:00:00Z"), child("s-2", "2027-01-15T08:01:00Z"),
+            child("other", "2027-01-15T08:02:00Z", owner="x")]
+    (view,) = views.schedule_views(objs)
+    assert view.paused and view.kind == "NetworkChaos"
+    assert [k["metadata"]["name"] for k in view.children] == ["s-2", "s-1"]
+    assert "s-2" in html.schedules([view], html.Viewer("viewer", "c", False, False), NOW)
+
+
+def test_a_workflow_s_nodes_are_its_own_only() -> None:
+    w = {"kind": "Workflow", "metadata": {"name": "w", "namespace": "default"}}
+    def wfn(namespace: str, workflow: str) -> Obj:
+        return {"kind": "WorkflowNode",
+                "metadata": {"namespace": namespace, "labels": {"chaos-mesh.org/workflow": workflow}}}
+
+    mine, other_ns, other_wf = wfn("default", "w"), wfn("x", "w"), wfn("default", "v")
+    assert views.workflow_nodes(w, [mine, other_ns, other_wf, w]) == [mine]
+
+
+def test_a_viewer_gets_no_write_or_halt_controls() -> None:
+    viewer = html.Viewer(role="viewer", csrf="c", can_write=False, can_halt=False, why_no_halt="read-only token")
+    obj = experiment(recs=[rec("default/a", "Injected")])
+    out = html.experiment(obj, [], viewer, NOW) + html.banner(None, viewer) + html.new_form(viewer)
+    assert "/pause" not in out and "/delete" not in out and "/control/halt" not in out and "<textarea" not in out
+    assert "read-only token" in out
