@@ -90,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--operator-key", default=None,
                        help="the operator's private key, which signs the kill switch "
                             "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)")
+    g = sub.add_parser("guard", help="SLO guard: engage the kill switch when a PromQL objective is not met")
+    g.add_argument("--prometheus", required=True, help="Prometheus endpoint, e.g. http://127.0.0.1:9090")
+    g.add_argument("--query", required=True, help="PromQL, evaluated as an instant query")
+    g.add_argument("--criteria", required=True, help="the objective: every sample <criteria> --value "
+                                                     "(==, !=, <, >, <=, >=)")
+    g.add_argument("--value", required=True, type=float)
+    g.add_argument("--name", default="slo", help="the guard's name (in the halt reason, logs and metrics)")
+    g.add_argument("--interval", type=float, default=10.0, help="seconds between evaluations")
+    g.add_argument("--timeout", type=float, default=5.0, help="seconds a query may take")
+    g.add_argument("--failures", type=int, default=2, help="evaluations in a row not met before halting")
+    g.add_argument("--metrics-port", type=int, default=None, help="serve the guard's /metrics here (0: any)")
+    g.add_argument("--operator-key", default=None,
+                   help="the operator's private key, which signs the kill switch "
+                        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)")
     k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     kg = k.add_parser("generate", help="create the scheduler and operator key pairs in DIR (existing ones kept)")
     kg.add_argument("dir", nargs="?", default=None, help="default: CHAOSBUS_KEYS_DIR or <state dir>/keys")
@@ -158,6 +172,25 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
         await bus.close()
 
 
+async def _guard(url: str, args: argparse.Namespace) -> int:
+    from chaosbus.cli import guard
+    from chaosbus.common.crd import statuscheck
+    from chaosbus.common.crd.orchestration import StatusCheckComparator, StatusCheckPrometheus
+
+    spec = StatusCheckPrometheus(endpoint=args.prometheus, query=args.query,
+                                 comparator=StatusCheckComparator(criteria=args.criteria, value=args.value))
+    try:
+        statuscheck.validate_prometheus(spec, "guard")
+    except statuscheck.InvalidCheck as e:
+        raise UsageError(str(e)) from None
+    if args.interval <= 0 or args.timeout <= 0 or args.failures < 1:
+        raise UsageError("--interval and --timeout must be positive, --failures at least 1")
+    cblog.configure("guard")
+    signer = control.operator_signer(args.operator_key)  # read now: a missing key fails at start, not at a breach
+    return await guard.run(url, spec, name=args.name, interval=args.interval, timeout=args.timeout,
+                           failures=args.failures, signer=signer, metrics_port=args.metrics_port)
+
+
 def use_cli_credentials(args: argparse.Namespace, url: str) -> None:
     """The CLI, and the pod supervisors it starts, connect as `cli`: credentials given as flags
     go to the children through the environment.
@@ -207,6 +240,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         signer = control.operator_signer(args.operator_key)
         print(await with_store(url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt"
                                else control.resume(b, signer)))
+    elif cmd == "guard":
+        return await _guard(url, args)
     elif cmd == "keys":
         directory = Path(args.dir) if args.dir else signing.keys_dir()
         created = signing.ensure_keys(directory)

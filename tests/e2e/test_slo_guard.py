@@ -1,11 +1,15 @@
 """SLO guards against a real Prometheus scraping a process pod whose error rate the test sets
 (helpers/errorapp.py): a `type: Prometheus` StatusCheck follows the rate, and in a Workflow with
-`abortWithStatusCheck` it aborts the workflow and recovers its faults when the objective breaks.
+`abortWithStatusCheck` it aborts the workflow and recovers its faults when the objective breaks;
+the global guard (`chaosbus guard`) engages the kill switch by itself and says why.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +119,47 @@ def test_breached_objective_aborts_the_workflow_and_recovers_its_fault(system: S
     finally:
         slo.heal()
         system.cli("delete", "workflow", "slo-guarded", check=False)
+
+
+def guard_halts(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            body = r.read().decode()
+    except OSError:
+        return None
+    found = re.search(r'chaosbus_guard_halts_total\{guard="checkout"\} (\S+)', body)
+    return float(found.group(1)) if found else None
+
+
+def test_global_guard_engages_the_kill_switch_and_says_why(system: System, slo: Slo) -> None:
+    slo.heal()
+    eventually(lambda: slo.ratio() == 0.0, timeout=20, interval=0.5)
+    port = prom.free_port()
+    guard = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "guard", "--name", "checkout",
+                              "--prometheus", slo.prometheus.url, "--query", ERROR_RATIO, "--criteria", "<",
+                              "--value", "0.1", "--interval", "1", "--failures", "2", "--metrics-port", str(port)],
+                             env=system.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cut = {"action": "partition", "mode": "all", "direction": "to",
+           "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-0"}},
+           "target": {"mode": "all", "selector": {"namespaces": ["default"],
+                                                  "fieldSelectors": {"metadata.name": "peer-1"}}}}
+    try:
+        eventually(lambda: guard_halts(port) == 0.0, timeout=20, interval=0.5)  # running, objective met
+        system.cli("apply", "-f", "-", stdin=doc("NetworkChaos", "guarded-cut", cut))
+        wait_blocked(system, {(0, 1)}, timeout=20)
+        slo.fail()
+        wait_blocked(system, set(), timeout=30)  # every fault recovered by the kill switch
+        assert guard_halts(port) == 1.0
+        # Why, where an operator looks: the refused apply, the recovered record, the guard's log.
+        refused = system.cli("apply", "-f", "-", stdin=doc("NetworkChaos", "after-halt", cut), check=False)
+        assert refused.returncode != 0 and "SLO guard checkout" in refused.stderr, refused.stderr
+        assert "not met" in refused.stderr and "app_errors_total" in refused.stderr
+        described = system.cli("describe", "networkchaos", "guarded-cut").stdout
+        assert "SLO guard checkout" in described, described
+    finally:
+        guard.terminate()
+        _, err = guard.communicate(timeout=20)
+        slo.heal()
+        system.cli("resume")
+        system.cli("delete", "networkchaos", "guarded-cut", check=False)
+    assert "SLO guard engaged the kill switch" in err

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -65,7 +65,7 @@ def running(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "prometheus.yml"
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = _free_port()
+    port = free_port()
     log = open(workdir / "prometheus.log", "wb")
     proc = subprocess.Popen(["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={workdir / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
