@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import halt, signing
@@ -37,6 +38,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SESSION = web.RequestKey("session", auth.Session)
+FORM = web.RequestKey("form", MultiDictProxy)
 
 
 @dataclass
@@ -80,10 +83,10 @@ class Dashboard:
                 if request.method == "GET" and request.path != "/live":
                     raise web.HTTPSeeOther("/login")
                 raise web.HTTPUnauthorized(text="log in first")
-            request["session"] = s
+            request[SESSION] = s
             if request.method == "POST":
                 form = await request.post()
-                request["form"] = form
+                request[FORM] = form
                 origin_ok = auth.same_origin(request.headers.get("Origin"), request.host, request.scheme)
                 if not origin_ok or not auth.csrf_ok(s, str(form.get("csrf") or "")):
                     raise web.HTTPForbidden(text="bad or missing CSRF token (reload the page)")
@@ -126,7 +129,7 @@ class Dashboard:
 
     def _render(self, request: web.Request, title: str, page: str, body: str, *, live: bool = True,
                 status: int = 200) -> web.Response:
-        frame = self.frame(request, request["session"], title, page, live=live)
+        frame = self.frame(request, request[SESSION], title, page, live=live)
         if request.query.get("fragment") == "1":
             return web.Response(text=html.fragment(frame, body), content_type="application/json")
         return web.Response(text=html.page(frame, body), content_type="text/html", status=status)
@@ -140,12 +143,12 @@ class Dashboard:
         obj = self.world.find(kind, ns, name)
         if obj is None or not views.is_experiment(kind):
             raise web.HTTPNotFound(text=f"{kind} {ns}/{name} not found (deleted?)")
-        s = request["session"]
+        s = request[SESSION]
         body = html.experiment(obj, views.events_of(obj, await self._events(s)), self.viewer(s), time.time())
         return self._render(request, f"{kind} {name}", "/", body)
 
     async def schedules(self, request: web.Request) -> web.Response:
-        body = html.schedules(views.schedule_views(self.world.all()), self.viewer(request["session"]), time.time())
+        body = html.schedules(views.schedule_views(self.world.all()), self.viewer(request[SESSION]), time.time())
         return self._render(request, "Schedules", "/schedules", body)
 
     async def workflows(self, request: web.Request) -> web.Response:
@@ -157,7 +160,7 @@ class Dashboard:
         w = self.world.find("Workflow", ns, name)
         if w is None:
             raise web.HTTPNotFound(text=f"Workflow {ns}/{name} not found (deleted?)")
-        s = request["session"]
+        s = request[SESSION]
         body = html.workflow(w, views.workflow_nodes(w, self.world.all()), views.events_of(w, await self._events(s)),
                              self.viewer(s))
         return self._render(request, f"Workflow {name}", "/workflows", body)
@@ -173,7 +176,7 @@ class Dashboard:
             return []
 
     async def events(self, request: web.Request) -> web.Response:
-        s = request["session"]
+        s = request[SESSION]
         note = ("Events live in the Kubernetes API: log in with a Kubernetes token to see them."
                 if self.cluster and not s.kube_token else "")
         return self._render(request, "Events", "/events", html.events(views.recent_events(await self._events(s)), note))
@@ -184,7 +187,7 @@ class Dashboard:
         return self._render(request, "Nodes", "/nodes", body)
 
     async def new_form(self, request: web.Request) -> web.Response:
-        return self._render(request, "New", "/new", html.new_form(self.viewer(request["session"])), live=False)
+        return self._render(request, "New", "/new", html.new_form(self.viewer(request[SESSION])), live=False)
 
     # --- live updates ----------------------------------------------------------------------------
 
@@ -214,14 +217,14 @@ class Dashboard:
     # --- writes ----------------------------------------------------------------------------------
 
     def _writer(self, request: web.Request) -> tuple[writes.Writer, auth.Session]:
-        s: auth.Session = request["session"]
+        s: auth.Session = request[SESSION]
         if self.writer is None or not s.admin:
             raise web.HTTPForbidden(text="read-only: log in with the admin token to change anything")
         return self.writer, s
 
     async def create(self, request: web.Request) -> web.Response:
         writer, s = self._writer(request)
-        text = str(request["form"].get("yaml") or "")
+        text = str(request[FORM].get("yaml") or "")
         try:
             done = await writer.create(writes.admitted(text), s.kube_token)
         except writes.WriteError as e:
@@ -258,11 +261,11 @@ class Dashboard:
         raise web.HTTPSeeOther("/?msg=" + quote(msg))
 
     async def kill_switch(self, request: web.Request) -> web.Response:
-        s: auth.Session = request["session"]
+        s: auth.Session = request[SESSION]
         engage = request.match_info["op"] == "halt"
         if not s.admin or self.bus is None or (self.operator is None and not self.unsigned):
             raise web.HTTPForbidden(text="the kill switch needs the admin token and the operator key")
-        reason = str(request["form"].get("reason") or "")[:200] if engage else "resumed"
+        reason = str(request[FORM].get("reason") or "")[:200] if engage else "resumed"
         state = await halt.set_halt(self.bus, halted=engage, reason=reason or "halted from the dashboard",
                                     signer=self.operator, by=f"dashboard ({request.remote or '?'})")
         await self.world.set_halt(state)
