@@ -6,6 +6,7 @@ runs. Each line: "unix_ns goroutine query|querycontext ok 1" or "... err MESSAGE
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -40,12 +41,17 @@ def go_binary(source: Path = SOURCE, *flags: str) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.parent / f"{source.stem}.{os.getpid()}.{threading.get_ident()}"
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "", "GO111MODULE": "off", "GOTOOLCHAIN": "local",
-           "GOCACHE": str(root / "gocache"), "GOPATH": str(root / "gopath")}
-    subprocess.run([go, "build", *flags, "-o", str(partial), str(source)], env=env, check=True,
-                   capture_output=True, timeout=BUILD_TIMEOUT_S)
-    os.replace(partial, out)  # several test workers may build at once: the last rename wins, whole
+    # One build at a time across test workers (two cores): the others wait, then find it built.
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.exists():
+            return out
+        partial = out.parent / f"{source.stem}.{os.getpid()}.{threading.get_ident()}"
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "", "GO111MODULE": "off", "GOTOOLCHAIN": "local",
+               "GOCACHE": str(root / "gocache"), "GOPATH": str(root / "gopath")}
+        subprocess.run([go, "build", *flags, "-o", str(partial), str(source)], env=env, check=True,
+                       capture_output=True, timeout=BUILD_TIMEOUT_S)
+        os.replace(partial, out)  # whole or not at all
     return out
 
 
