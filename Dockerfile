@@ -34,7 +34,7 @@ RUN pip install . \
  && python -c "import chaosbus.watcher.kube, chaosbus.recorder.kube, chaosbus.scheduler.app, chaosbus.injector.app"
 
 COPY --from=native /build/native/build/timeskew /build/native/build/skew_payload.bin /build/native/build/nsexec \
-     /build/native/build/iofs /build/native/build/codepatch /opt/chaosbus/native/
+     /build/native/build/iofs /build/native/build/fdswitch /build/native/build/codepatch /opt/chaosbus/native/
 ENV CHAOSBUS_NATIVE_DIR=/opt/chaosbus/native
 
 # Non-root by default; only the node injector DaemonSet runs as root (for its capabilities).

@@ -168,11 +168,11 @@ int stop_clear(const struct range *rs, int n)
 	return -1;
 }
 
-/* Runs mmap in the target: a thread stopped by the interrupt executes one `syscall` placed at
- * `scratch` (bytes the caller is about to overwrite anyway) under single-step, then gets its
+/* Runs one syscall in the target: a thread stopped by the interrupt executes one `syscall` placed at
+ * `scratch` (its two bytes are put back afterwards) under single-step, then gets its
  * registers back. orig_rax = -1 keeps the kernel from restarting the syscall the thread was in;
  * restoring the saved registers later lets that restart happen as it would have. */
-int remote_mmap(uint64_t scratch, size_t len, uint64_t *out)
+int remote_syscall(uint64_t scratch, long nr, const uint64_t args[6], uint64_t *out)
 {
 	struct thread *t = NULL;
 	for (int i = 0; i < nthreads; i++)
@@ -193,14 +193,14 @@ int remote_mmap(uint64_t scratch, size_t len, uint64_t *out)
 		return -1;
 	r = saved;
 	r.rip = scratch;
-	r.rax = SYS_mmap;
+	r.rax = (uint64_t)nr;
 	r.orig_rax = (uint64_t)-1;
-	r.rdi = 0;
-	r.rsi = len;
-	r.rdx = 5;     /* PROT_READ | PROT_EXEC: written through /proc/PID/mem, never by the target */
-	r.r10 = 0x22;  /* MAP_PRIVATE | MAP_ANONYMOUS */
-	r.r8 = (uint64_t)-1;
-	r.r9 = 0;
+	r.rdi = args[0];
+	r.rsi = args[1];
+	r.rdx = args[2];
+	r.r10 = args[3];
+	r.r8 = args[4];
+	r.r9 = args[5];
 	int rc = -1;
 	int status;
 	if (ptrace(PTRACE_SETREGS, t->tid, 0, &r) != 0 || ptrace(PTRACE_SINGLESTEP, t->tid, 0, 0) != 0)
@@ -233,6 +233,14 @@ out:
 		ptrace(PTRACE_SETREGS, t->tid, 0, &saved);
 	write_mem(scratch, saved_code, 2);
 	return rc;
+}
+
+int remote_mmap(uint64_t scratch, size_t len, uint64_t *out)
+{
+	/* PROT_READ | PROT_EXEC: written through /proc/PID/mem, never by the target;
+	 * MAP_PRIVATE | MAP_ANONYMOUS. */
+	const uint64_t args[6] = {0, len, 5, 0x22, (uint64_t)-1, 0};
+	return remote_syscall(scratch, SYS_mmap, args, out);
 }
 
 void open_mem(void)

@@ -1,6 +1,6 @@
 /* tracee: what the ptrace helpers (timeskew, codepatch) share: the target's memory through
  * /proc/PID/mem, stopping every thread of it clear of the bytes about to change, resuming them
- * with any signal the stop intercepted, and running one mmap inside it. */
+ * with any signal the stop intercepted, and running a syscall (an mmap) inside it. */
 #ifndef CHAOSBUS_TRACEE_H
 #define CHAOSBUS_TRACEE_H
 #include <stddef.h>
@@ -30,4 +30,7 @@ void resume_all(void);
 /* Maps `len` bytes PROT_READ|PROT_EXEC in the stopped target, using two bytes at `scratch`
  * (which the caller is about to overwrite anyway) for one `syscall` instruction. */
 int remote_mmap(uint64_t scratch, size_t len, uint64_t *out);
+/* Runs syscall `nr` with `args` in one stopped thread the same way; its result in *out, or -1 with
+ * errno set to the syscall's error. The thread's registers are restored afterwards. */
+int remote_syscall(uint64_t scratch, long nr, const uint64_t args[6], uint64_t *out);
 #endif

@@ -51,10 +51,10 @@ class Target:
         return iofs.mounts_at(self.pid, self.vol)
 
 
-def _start_target(tmp: Path) -> tuple[subprocess.Popen[bytes], Target]:
+def _start_target(tmp: Path, argv: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Target]:
     host, vol = tmp / "host", tmp / "pod" / "data"
     host.mkdir(exist_ok=True)
-    shim = subprocess.Popen(podexec.command(["sleep", "300"], new_pidns=True, new_mountns=True,
+    shim = subprocess.Popen(podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True,
                                             volumes=[f"{host}:{vol}"]), start_new_session=True)
     deadline, kids = time.monotonic() + 10, []
     while not kids and time.monotonic() < deadline:
@@ -290,3 +290,49 @@ def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None
         assert probe(target.pid, [("read", f"{target.vol}/b.txt")])[0].value == "other file\n"
     finally:
         FAULT.recover(ctx, spec)
+
+
+def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host" / "b.txt").write_text("other file\n")
+    vol, log = tmp_path / "pod" / "data", tmp_path / "reads.log"
+    # Opens the file once, before any experiment, then reads it and writes one byte past its text
+    # every 50 ms for as long as it lives, logging what each read returned.
+    script = textwrap.dedent(f"""
+        import os, time
+        fd = os.open("{vol}/b.txt", os.O_RDWR)
+        while True:
+            try:
+                got = os.pread(fd, 11, 0).decode()
+                os.pwrite(fd, b"w", 11)
+            except OSError as e:
+                got = f"ERR{{e.errno}}"
+            with open("{log}", "a") as f:
+                f.write(repr(got) + "\\n")
+            time.sleep(0.05)
+    """)
+    shim, t = _start_target(tmp_path, ["python3", "-c", script])
+    try:
+        def lines() -> list[str]:
+            return log.read_text().splitlines() if log.exists() else []
+
+        assert eventually(lambda: "'other file\\n'" in lines()), lines()[-3:]
+        spec = io(t, action="fault", path=f"{t.vol}/b.txt", methods=READ, errno=5)
+        ctx = ctx_for(t, spec)
+        assert "1 open files moved" in FAULT.apply(ctx, spec)
+        try:
+            seen = len(lines())
+            assert eventually(lambda: "'ERR5'" in lines()[seen:]), lines()[-3:]
+        finally:
+            message = FAULT.recover(ctx, spec)
+        assert "1 open files moved back" in message, message
+        assert t.mounted() == 0
+        seen = len(lines())
+        assert eventually(lambda: lines()[seen:].count("'other file\\n'") >= 3), lines()[-3:]
+        assert "ERR" not in "".join(lines()[seen + 1:])
+        assert (t.host / "b.txt").read_text() == "other file\nw"  # its writes reached the file
+    finally:
+        os.killpg(shim.pid, signal.SIGKILL)
+        shim.wait()

@@ -26,6 +26,7 @@ FSTYPE = "fuse.chaosbus-iofs"
 START_TIMEOUT_S = 10.0
 UMOUNT_TIMEOUT_S = 10.0
 EXIT_ALREADY = 3
+EXIT_GONE = 3  # fdswitch: the process is gone
 KINDS = {"latency", "fault", "mistake", "attrOverride"}
 
 
@@ -121,6 +122,36 @@ def mount_points(mountinfo: list[str]) -> list[str]:
         if len(fields) > 4 and right.split()[:1] == [FSTYPE]:
             out.append(_unescape(fields[4]))
     return out
+
+
+def mount_ids(pid: int, path: str) -> list[int]:
+    """The mount ids of the iofs mounts at `path` in process `pid`'s mount namespace."""
+    try:
+        with open(f"/proc/{int(pid)}/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    return [int(line.split()[0]) for line in lines if mount_points([line]) == [path]]
+
+
+def fdswitch(pid: int, path: str, from_mount: int | None = None) -> int:
+    """Move process `pid`'s files open under `path` onto what is mounted there now (native/fdswitch);
+    with `from_mount`, its files open on that mount (also one already detached). How many moved; a
+    process that is gone moved none.
+
+    Raises:
+        IofsError: a file could not be moved (the reason from fdswitch).
+    """
+    argv = [helper("fdswitch"), str(pid), path] + ([] if from_mount is None else ["--from-mnt", str(from_mount)])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as e:
+        raise IofsError(str(e)) from None
+    if proc.returncode == EXIT_GONE:
+        return 0
+    if proc.returncode != 0:
+        raise IofsError(proc.stderr.strip() or f"fdswitch exited with status {proc.returncode}")
+    return int(proc.stdout.strip() or 0)
 
 
 def mounts_at(pid: int, path: str) -> int:

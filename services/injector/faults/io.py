@@ -16,8 +16,10 @@ injector re-asserting the fault finds the dead server's mount, detaches it and m
 The orphan sweeper detaches an iofs mount in a pod's network namespace that no open entry owns
 (its entry lost, or a recovery that could not finish), judged by mount namespace and mount point.
 
-Files the target opened before the mount keep reaching the volume directly (Chaos Mesh moves
-them over with ptrace; not done here, see docs/compatibility.md).
+Files the target's processes (the container's process and its descendants) opened on the volume
+before the mount are moved onto it once it is mounted, and every file open on it is moved back
+to the volume after the mount is detached, by re-opening each inside the process with ptrace at
+the same descriptor and offset (native/fdswitch, as Chaos Mesh's toda does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import threading
 import time
 from collections import defaultdict
 from typing import Any
+
+import psutil
 
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import IO, FaultSpec, TargetAction
@@ -43,6 +47,46 @@ POLL_S = 0.2  # how often an adopted server (not this process's child) is checke
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
 _watched: set[tuple[int, int]] = set()  # (server pid, start) with a watcher thread
+
+
+def _processes(vol: iofs.Volume) -> list[int]:
+    """The target process and its descendants, never the injector or its ancestors."""
+    me = psutil.Process()
+    protected = {me.pid, *(p.pid for p in me.parents())}
+    try:
+        root = psutil.Process(vol.pid)
+        tree = [root.pid, *(c.pid for c in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in tree if p not in protected]
+
+
+def _switch_in(vol: iofs.Volume) -> str:
+    """Move the files the target opened on the volume before the mount onto iofs."""
+    moved, failed = 0, []
+    for pid in _processes(vol):
+        try:
+            moved += iofs.fdswitch(pid, vol.path)
+        except iofs.IofsError as e:
+            failed.append(f"pid {pid}: {e}")
+    if failed:
+        log.warning("open files not moved onto iofs", volume=vol.path, failed=failed)
+    return f"{moved} open files moved" + (f", {len(failed)} processes failed ({failed[0]})" if failed else "")
+
+
+def _detach(vol: iofs.Volume) -> tuple[int, int]:
+    """Detach iofs from the volume, then move every file open on it back to the volume.
+    (mounts detached, files moved back)."""
+    ids = iofs.mount_ids(vol.pid, vol.path)
+    n = iofs.umount(vol)
+    moved = 0
+    for pid in _processes(vol):
+        for mid in ids:
+            try:
+                moved += iofs.fdswitch(pid, vol.path, from_mount=mid)
+            except iofs.IofsError as e:
+                log.warning("open files not moved back from iofs", pid=pid, volume=vol.path, error=str(e))
+    return n, moved
 
 
 def _lock(vol: iofs.Volume) -> threading.Lock:
@@ -67,12 +111,12 @@ def _serve(vol: iofs.Volume) -> str:
         _watch(vol, server, None)
         return f"iofs {server[0]}"
     if iofs.mounts_at(vol.pid, vol.path):
-        iofs.umount(vol)  # its server is dead: every call on it would fail with ENOTCONN
+        _detach(vol)  # its server is dead: every call on it would fail with ENOTCONN
     proc = iofs.start(vol)
     start = iofs.start_ticks(proc.pid) or 0
     vol.server_file.write_text(f"{proc.pid} {start}\n")
     _watch(vol, (proc.pid, start), proc)
-    return f"iofs {proc.pid} mounted"
+    return f"iofs {proc.pid} mounted, {_switch_in(vol)}"
 
 
 def _watch(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
@@ -102,12 +146,13 @@ def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[b
             return
         vol.server_file.unlink(missing_ok=True)
         try:
-            n = iofs.umount(vol)
+            n, moved = _detach(vol)
         except iofs.IofsError as e:
             log.error("iofs died; its mount could not be detached", pid=server[0], volume=vol.path, error=str(e))
             return
         if n:
-            log.warning("iofs died; its mount was detached", pid=server[0], target=vol.pid, volume=vol.path)
+            log.warning("iofs died; its mount was detached", pid=server[0], target=vol.pid, volume=vol.path,
+                        files_moved_back=moved)
 
 
 class IofsMounts:
@@ -161,7 +206,7 @@ class IofsMounts:
         point = item.split(":", 1)[1]
         start = iofs.start_ticks(pid)
         if start is not None:
-            iofs.umount(iofs.Volume(pid, start, point))
+            _detach(iofs.Volume(pid, start, point))
 
 
 def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
@@ -226,12 +271,12 @@ class IOFault:
                     continue
                 iofs.write_rules(vol.rules, rules)  # the server stops injecting even if still in use
                 try:
-                    n = iofs.umount(vol)
+                    n, moved = _detach(vol)
                 except iofs.IofsError as e:
                     raise FaultError(f"detaching iofs from {spec.volume_path} in process {vol.pid}: {e}") from e
                 vol.rules.unlink(missing_ok=True)
                 vol.server_file.unlink(missing_ok=True)
-                out.append(f"unmounted ({n})" if n else "nothing mounted")
+                out.append(f"unmounted ({n}), {moved} open files moved back" if n else "nothing mounted")
         return f"recovered {spec.volume_path}: {', '.join(out) or 'no target'}"
 
 
