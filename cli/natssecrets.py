@@ -4,6 +4,11 @@ One Secret for nats-server (its configuration with every identity's public key a
 its TLS certificate and the CA), one per identity (its nkey seed, its client certificate and
 the CA), and the dashboard's access tokens (`viewer`, `admin`). Every run makes new keys: applying
 the output and restarting the pods rotates them all.
+the auth callout, its TLS certificate and the CA) and one per identity (its nkey seed, its client
+certificate and the CA). The node injectors' Secret holds only a client certificate: each proves
+which node it is with its pod's projected ServiceAccount token, which the auth service (whose
+Secret also holds the callout issuer's account seed) turns into that node's NATS user. Every run
+makes new keys: applying the output and restarting the pods rotates them all.
 """
 
 from __future__ import annotations
@@ -29,40 +34,50 @@ class ClusterUser:
         return natsauth.user_name(self.identity, self.node if self.node != "*" else "")
 
 
-# In cluster mode every node injector shares one identity (a Secret cannot be per node): it may
-# consume any node's command subject, which its root on that node does not widen by much; the
-# cluster injector, which acts through the Kubernetes API, has its own.
+# A Secret is per namespace, not per node: the node injectors' Secret carries no NATS identity
+# (a shared one could consume any node's commands); each gets its node's user from the auth
+# service. The cluster injector, which acts through the Kubernetes API, has its own nkey.
 CLUSTER_USERS = (
     ClusterUser("chaosbus-nats-admin", natsauth.ADMIN),
     ClusterUser("chaosbus-nats-watcher", "watcher"),
     ClusterUser("chaosbus-nats-scheduler", "scheduler"),
     ClusterUser("chaosbus-nats-recorder", "recorder"),
-    ClusterUser("chaosbus-nats-injector", "injector"),
     ClusterUser("chaosbus-nats-cluster-injector", "injector", subjects.CLUSTER_NODE),
     ClusterUser("chaosbus-nats-cli", "cli"),
     ClusterUser("chaosbus-nats-client", "client"),
     ClusterUser("chaosbus-nats-dashboard", "dashboard"),
+    ClusterUser("chaosbus-nats-auth", "auth"),
 )
 DASHBOARD_TOKENS_SECRET = "chaosbus-dashboard-tokens"
+NODE_INJECTORS_SECRET = "chaosbus-nats-injector"  # a client certificate only
+ISSUER_KEY = "issuer"  # in the auth service's Secret: the account seed its answers are signed with
 
 
 def secrets_yaml(*, namespace: str = "chaosbus", service: str = "nats") -> str:
     ca = natstls.new_ca()
     users: list[natsauth.User] = []
     docs = []
+    issuer = natsauth.new_seed(account=True)
     for u in CLUSTER_USERS:
         seed = natsauth.new_seed()
         key = natsauth.public_key(seed)
         perms = natsauth.permissions(u.identity, node=u.node, inbox=natsauth.inbox_prefix(key))
         users.append(natsauth.User(key, perms))
         leaf = natstls.issue(ca, u.name)
-        docs.append(_secret(u.secret, namespace, u.name, {"nkey": seed + "\n", "tls.crt": leaf.cert.decode(),
-                                                          "tls.key": leaf.key.decode(), "ca.crt": ca.cert.decode()}))
+        data = {"nkey": seed + "\n", "tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(),
+                "ca.crt": ca.cert.decode()}
+        if u.identity == "auth":
+            data[ISSUER_KEY] = issuer + "\n"
+        docs.append(_secret(u.secret, namespace, u.name, data))
+    leaf = natstls.issue(ca, "injector")
+    docs.append(_secret(NODE_INJECTORS_SECRET, namespace, "injector-<node>", {
+        "tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(), "ca.crt": ca.cert.decode()}))
     server = natstls.issue(ca, service, server_names=natstls.service_names(service, namespace))
     tls = natsauth.ServerTls(cert=f"{SERVER_TLS_DIR}/tls.crt", key=f"{SERVER_TLS_DIR}/tls.key",
                              ca=f"{SERVER_TLS_DIR}/ca.crt")
+    callout = natsauth.AuthCallout(issuer=natsauth.public_key(issuer))
     docs.insert(0, _secret(SERVER_SECRET, namespace, "nats-server", {
-        "nats.conf": natsauth.server_config(users, tls=tls), "tls.crt": server.cert.decode(),
+        "nats.conf": natsauth.server_config(users, tls=tls, callout=callout), "tls.crt": server.cert.decode(),
         "tls.key": server.key.decode(), "ca.crt": ca.cert.decode()}))
     tokens = _secret(DASHBOARD_TOKENS_SECRET, namespace, "", {role: webtokens.new_token() for role in webtokens.ROLES})
     docs.append(tokens)

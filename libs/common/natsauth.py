@@ -143,12 +143,27 @@ class ServerTls:
     ca: str
 
 
-def server_config(users: Iterable[User], *, tls: ServerTls | None = None) -> str:
-    """nats-server's configuration (its format accepts JSON): nkey users with their allow-lists,
-    and with `tls` mutual TLS (a client without a certificate from the CA is refused). Listen
-    address, port and JetStream are given on the command line (natsserver.start).
+@dataclass(frozen=True)
+class AuthCallout:
+    """nats-server asks the auth service (identity `auth`) about every connection that is not one
+    of the nkey users; its answers are signed by `issuer` (an account nkey's public key).
     """
+
+    issuer: str
+
+
+def server_config(users: Iterable[User], *, tls: ServerTls | None = None, callout: AuthCallout | None = None) -> str:
+    """nats-server's configuration (its format accepts JSON): nkey users with their allow-lists,
+    and with `tls` mutual TLS (a client without a certificate from the CA is refused); with
+    `callout`, every other connection is judged by the auth service (the nkey users are its
+    `auth_users`, which it never sees). Listen address, port and JetStream are given on the
+    command line (natsserver.start).
+    """
+    users = list(users)
     conf: dict[str, Any] = {"authorization": {"users": [_user_entry(u) for u in users]}}
+    if callout is not None:
+        conf["authorization"]["auth_callout"] = {"issuer": callout.issuer,
+                                                 "auth_users": [u.public_key for u in users]}
     if tls is not None:
         conf["tls"] = {"cert_file": tls.cert, "key_file": tls.key, "ca_file": tls.ca,
                        "verify": True, "timeout": 2}
@@ -177,11 +192,13 @@ def markdown_table() -> str:
 
 # --- keys and files -------------------------------------------------------------------------------
 
-def new_seed() -> str:
-    """A fresh user nkey seed (`SU...`), from the operating system's random source."""
+def new_seed(*, account: bool = False) -> str:
+    """A fresh user nkey seed (`SU...`), or an account's (`SA...`: the auth callout's issuer),
+    from the operating system's random source.
+    """
     import nkeys  # type: ignore[import-untyped]  # with its nacl, ~17 ms that most commands never need
 
-    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    seed: bytes = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT if account else nkeys.PREFIX_BYTE_USER)
     return seed.decode()
 
 
@@ -251,11 +268,15 @@ class ClientAuth:
 
     seed_file: Path | None = None
     tls_dir: Path | None = None
-    admin: bool = False  # declares streams and buckets; without a seed, so does everyone
+    admin: bool = False  # declares streams and buckets; without credentials, so does everyone
+    # A node injector in cluster mode: its projected ServiceAccount token, read again at every
+    # (re)connect because the kubelet renews it; the auth service makes it its node's user.
+    token_file: Path | None = None
+    inbox: str = ""  # reply subjects of a token user (named after its node: it has no key of its own)
 
     @property
     def declares(self) -> bool:
-        return self.admin or self.seed_file is None
+        return self.admin or (self.seed_file is None and self.token_file is None)
 
     def connect_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
@@ -263,6 +284,11 @@ class ClientAuth:
             seed = self.seed_file.read_text().strip()
             opts["nkeys_seed_str"] = seed
             opts["inbox_prefix"] = inbox_prefix(public_key(seed))
+        elif self.token_file is not None:
+            path = self.token_file
+            opts["token"] = lambda: path.read_text().strip()
+            if self.inbox:
+                opts["inbox_prefix"] = self.inbox
         if self.tls_dir is not None:
             opts["tls"] = client_tls_context(self.tls_dir)
         return opts
@@ -289,12 +315,17 @@ def process_auth() -> ClientAuth | None:
 
 def client_auth(user: str, *, seed: str | Path | None = None, tls_dir: str | Path | None = None,
                 url: str | None = None) -> ClientAuth:
-    """Where `user`'s credentials are: the given paths, else CHAOSBUS_NATS_CREDS and
-    CHAOSBUS_NATS_TLS_DIR, else its seed in the state dir when it is readable and `url` is the
+    """Where `user`'s credentials are: the given paths, else CHAOSBUS_NATS_CREDS (or, for a node
+    injector in cluster mode, CHAOSBUS_NATS_TOKEN_FILE) and CHAOSBUS_NATS_TLS_DIR, else its seed
+    in the state dir when it is readable and `url` is the
     server `chaosbus up` recorded there (none: connect without credentials, as to a test server
     without authorization).
     """
     seed_path = seed or settings.current().nats_creds or None
+    token = settings.current().nats_token_file or None
+    if seed_path is None and token is not None:
+        tls = tls_dir or settings.current().nats_tls_dir or None
+        return ClientAuth(None, Path(tls) if tls else None, token_file=Path(token), inbox=inbox_prefix(user))
     if seed_path is None and _is_local_server(url):
         default = seed_file(user)
         seed_path = default if _readable(default) else None

@@ -44,6 +44,11 @@ SETTINGS: tuple[Setting, ...] = (
             "(`--nats-creds`); unset: its seed in the state dir when the server is the one `chaosbus up` runs"),
     Setting("CHAOSBUS_NATS_TLS_DIR", "nats_tls_dir", "str", "", "all", "folder with ca.crt, tls.crt and "
             "tls.key for mutual TLS to NATS (`--nats-tls`; cluster mode)"),
+    Setting("CHAOSBUS_NATS_TOKEN_FILE", "nats_token_file", "str", "", "injector", "cluster mode's node "
+            "injector: its pod's projected ServiceAccount token (audience chaosbus-nats), which the auth "
+            "service turns into this node's NATS user; read again at every reconnect"),
+    Setting("CHAOSBUS_AUTH_ISSUER_SEED_FILE", "auth_issuer_seed_file", "str", "", "auth", "the auth "
+            "callout issuer's account nkey seed, which signs the users it issues (`--issuer-seed`)"),
     Setting("CHAOSBUS_STATE_DIR", "state_dir", "str", "", "all", "local mode's state (NATS URL, "
             "credentials, keys, pods); unset: /run/chaosbus as root, else ~/.local/state/chaosbus"),
     Setting("CHAOSBUS_KEYS_DIR", "keys_dir", "str", "", "scheduler, injector, cli", "the signing keys "
@@ -54,7 +59,7 @@ SETTINGS: tuple[Setting, ...] = (
             "unset: local"),
     Setting("CHAOSBUS_NAMESPACE", "own_namespace", "str", "", "scheduler, injector", "chaosbus's own "
             "namespace, never targeted; unset: POD_NAMESPACE, else `chaosbus`"),
-    Setting("POD_NAMESPACE", "pod_namespace", "str", "", "scheduler, injector", "the pod's namespace "
+    Setting("POD_NAMESPACE", "pod_namespace", "str", "", "scheduler, injector, auth", "the pod's namespace "
             "(the downward API in deploy/k8s)"),
     Setting("KUBECONFIG", "kubeconfig", "str", "", "watcher, recorder, cluster injector", "kubeconfig "
             "file (`--kubeconfig` wins); unset: the in-cluster service account"),
@@ -138,6 +143,8 @@ class Settings:
     nats_url: str = ""
     nats_creds: str = ""
     nats_tls_dir: str = ""
+    nats_token_file: str = ""
+    auth_issuer_seed_file: str = ""
     state_dir: str = ""
     keys_dir: str = ""
     unsigned: bool = False

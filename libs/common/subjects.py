@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import msgspec
+
 from chaosbus.common import messages as m
+from chaosbus.common import natsjwt
 
 # The NATS identities (docs/security.md): each component connects as one of these, and nats-server
 # allows each only what the records below grant it (libs/common/natsauth.py turns them into
@@ -17,7 +20,9 @@ from chaosbus.common import messages as m
 # `cli` is the `chaosbus` commands and the pod supervisors they start (local mode's kubectl);
 # `client` may only call the direct triggers. `dashboard` is the web UI (`chaosbus dashboard`): it
 # reads, writes through the triggers, and pulls the kill switch only with the operator's key.
-IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client", "dashboard")
+# `auth` (cluster mode) answers nats-server's auth callout: it gives each node injector its own
+# node's user.
+IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client", "dashboard", "auth")
 
 
 @dataclass(frozen=True)
@@ -177,11 +182,11 @@ class CoreSubject:
     """A core-NATS subject (no stream): at-most-once signals whose loss is covered by design."""
 
     pattern: str
-    message: type[m.Message]
+    message: type[msgspec.Struct]
     owner: str
-    readers: tuple[Role, ...]
+    readers: tuple[Role, ...]  # none: nats-server itself sends
     purpose: str = ""
-    reply: type[m.Message] | None = None  # request/reply subjects: the reply (or an ErrorReply)
+    reply: type[msgspec.Struct] | None = None  # request/reply subjects: the reply (or an ErrorReply)
     # Where the owner publishes when narrower than `pattern` (templates: a node its own subject).
     owner_subjects: tuple[str, ...] = ()
     # Identities that publish the same messages on the owner's behalf (the kill switch: the CLI
@@ -228,7 +233,11 @@ TRIGGER_LIST = CoreSubject(
     readers=TRIGGER_READERS, purpose="experiments that are not finished, with their phase")
 TRIGGERS = (TRIGGER_APPLY, TRIGGER_GET, TRIGGER_RECOVER, TRIGGER_LIST)
 TRIGGER_QUEUE = "scheduler"  # only the leader subscribes; the queue group keeps it to one reply anyway
-CORE_SUBJECTS = (LEASES, HALT, HEALTH, *TRIGGERS)
+AUTH_CALLOUT = CoreSubject(
+    pattern="$SYS.REQ.USER.AUTH", message=natsjwt.AuthorizationRequestClaims,
+    reply=natsjwt.AuthorizationResponseClaims, owner="auth", readers=(),
+    purpose="cluster mode: nats-server asks who a node injector's connection is (signed NATS JWTs both ways)")
+CORE_SUBJECTS = (LEASES, HALT, HEALTH, *TRIGGERS, AUTH_CALLOUT)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -322,6 +331,10 @@ def markdown_table() -> str:
         rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(map(str, b.owners))} | "
                     f"{', '.join(map(str, b.readers)) or '-'} |")
     for c in CORE_SUBJECTS:
+        if c is AUTH_CALLOUT:
+            rows.append(f"| request/reply | - | `{c.pattern}` | `{c.message.__name__}` → "
+                        f"`{natsjwt.AuthorizationResponseClaims.__name__}` (JWTs) | nats-server | `{c.owner}` |")
+            continue
         msg = f"`{c.message.__name__}`" + (f" → `{c.reply.__name__}` or `ErrorReply`" if c.reply else "")
         if c.reply:  # the clients write the requests; the owner reads them and replies
             rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(map(str, c.readers))} | "

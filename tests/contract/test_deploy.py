@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from chaosbus.authcallout import core
 from chaosbus.cli import natssecrets
 from chaosbus.common import config, natsauth, service
 from chaosbus.common.crd import WATCHED_KINDS, plural_of
@@ -37,6 +38,7 @@ WORKLOADS = {
     "chaosbus-injector": ("injector", 9103),
     "chaosbus-cluster-injector": ("injector", 9103),
     "chaosbus-recorder": ("recorder", 9104),
+    "chaosbus-auth": ("authcallout", 9105),
 }
 Obj = dict[str, Any]
 
@@ -232,11 +234,11 @@ def test_nats_runs_the_generated_configuration_with_tls_from_its_secret() -> Non
 
 @pytest.mark.parametrize(("name", "secret"), [
     ("chaosbus-watcher", "chaosbus-nats-watcher"), ("chaosbus-scheduler", "chaosbus-nats-scheduler"),
-    ("chaosbus-recorder", "chaosbus-nats-recorder"), ("chaosbus-injector", "chaosbus-nats-injector"),
-    ("chaosbus-cluster-injector", "chaosbus-nats-cluster-injector")])
+    ("chaosbus-recorder", "chaosbus-nats-recorder"), ("chaosbus-cluster-injector", "chaosbus-nats-cluster-injector"),
+    ("chaosbus-auth", "chaosbus-nats-auth")])
 def test_every_service_mounts_only_its_own_identity_and_uses_it(name: str, secret: str) -> None:
     module = WORKLOADS[name][0]
-    assert secret in GENERATED and GENERATED[secret].identity == module
+    assert secret in GENERATED and GENERATED[secret].identity == {"authcallout": "auth"}.get(module, module)
     env = container_env(container(name))
     # NATS identities only: the signing keys have their own contract (test_deploy_signing.py)
     mounts = {p: s for p, s in secret_mounts(name).items() if s.startswith("chaosbus-nats-")}
@@ -248,6 +250,38 @@ def test_every_service_mounts_only_its_own_identity_and_uses_it(name: str, secre
     assert sc.get("runAsUser", 0) == 0 or sc.get("fsGroup") == sc["runAsGroup"], "the mounted seed is unreadable"
     if name == "chaosbus-cluster-injector":
         assert GENERATED[secret].name == natsauth.user_name("injector", "_cluster")
+
+
+def test_node_injectors_share_no_nats_identity_and_prove_their_node_with_a_bound_token() -> None:
+    """A Secret is per namespace: the node injectors' carries a client certificate and no nkey; each
+    connects with its pod's projected token, which only the auth service can turn into a user.
+    """
+    yamls = [d for d in yaml.safe_load_all(natssecrets.secrets_yaml()) if d]
+    docs = {d["metadata"]["name"]: d["stringData"] for d in yamls}
+    assert set(docs[natssecrets.NODE_INJECTORS_SECRET]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert natssecrets.NODE_INJECTORS_SECRET not in GENERATED
+    env = container_env(container("chaosbus-injector"))
+    assert "CHAOSBUS_NATS_CREDS" not in env
+    spec = pod_spec("chaosbus-injector")
+    [projected] = [v["projected"] for v in spec["volumes"] if "projected" in v]
+    [source] = projected["sources"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == core.AUDIENCE and token["expirationSeconds"] <= 3600
+    [mount] = [m for m in container("chaosbus-injector")["volumeMounts"]
+               if m["name"] == next(v["name"] for v in spec["volumes"] if "projected" in v)]
+    assert env["CHAOSBUS_NATS_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+    assert spec["automountServiceAccountToken"] is False  # no API token: only the NATS one
+    # nats-server sends every connection that is not an nkey user to the auth service
+    server = json.loads(docs[natssecrets.SERVER_SECRET]["nats.conf"])["authorization"]
+    callout = server["auth_callout"]
+    assert sorted(callout["auth_users"]) == sorted(u["nkey"] for u in server["users"])
+    assert len(server["users"]) == len(natssecrets.CLUSTER_USERS)
+    issuer = docs["chaosbus-nats-auth"][natssecrets.ISSUER_KEY].strip()
+    assert natsauth.public_key(issuer) == callout["issuer"] and issuer.startswith("SA")
+    # the auth service reviews tokens and reads pods, nothing else
+    assert grants()["chaosbus-auth"] == {("authentication.k8s.io", "tokenreviews", "create"), ("", "pods", "get")}
+    assert container_env(container("chaosbus-auth"))["CHAOSBUS_AUTH_ISSUER_SEED_FILE"] == \
+        f"{next(iter(secret_mounts('chaosbus-auth')))}/{natssecrets.ISSUER_KEY}"
 
 
 def test_only_an_init_container_holds_the_admin_identity_and_it_declares() -> None:
@@ -364,6 +398,9 @@ def test_scheduler_node_injectors_and_nats_have_no_api_access() -> None:
         sa = pod_spec(name)["serviceAccountName"]
         assert sa not in grants(), f"{name} is bound to a role"
         assert pod_spec(name)["automountServiceAccountToken"] is False, f"{name} mounts a token"
+        audiences = [s["serviceAccountToken"]["audience"] for v in pod_spec(name)["volumes"] if "projected" in v
+                     for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+        assert set(audiences) <= {core.AUDIENCE}, f"{name} mounts a token the API server accepts"
 
 
 def test_each_workload_has_its_own_service_account() -> None:
@@ -557,12 +594,18 @@ def test_a_namespace_scoped_install_gets_roles_not_cluster_roles() -> None:
     target = scope.target_namespace
     cluster_roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
     cluster_bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
-    # Only what a Role cannot grant stays cluster-wide: reading Nodes and Namespaces, for the watcher.
-    assert [b["roleRef"]["name"] for b in cluster_bindings] == ["chaosbus-watcher"]
+    # Only what a Role cannot grant stays cluster-wide: reading Nodes and Namespaces, for the watcher,
+    # and reviewing the node injectors' tokens (TokenReview is not namespaced), for the auth service.
+    assert sorted(b["roleRef"]["name"] for b in cluster_bindings) == ["chaosbus-auth", "chaosbus-watcher"]
+    assert _rules(cluster_roles["chaosbus-auth"]) == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
     assert _rules(cluster_roles["chaosbus-watcher"]) == [
         {"apiGroups": [""], "resources": ["namespaces", "nodes"], "verbs": ["get", "list", "watch"]}]
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    # The auth service reads the node injectors' pods where they run, chaosbus's own namespace.
+    assert roles.pop("chaosbus-auth")["metadata"]["namespace"] == NAMESPACE
+    bindings = [b for b in bindings if b["roleRef"]["name"] != "chaosbus-auth"]
     assert set(roles) == {"chaosbus-watcher", "chaosbus-recorder", "chaosbus-cluster-injector"}
     assert {r["metadata"]["namespace"] for r in roles.values()} == {target}
     for b in bindings:
