@@ -143,6 +143,9 @@ class ServerTls:
     ca: str
 
 
+CALLOUT_TIMEOUT_S = 5
+
+
 @dataclass(frozen=True)
 class AuthCallout:
     """nats-server asks the auth service (identity `auth`) about every connection that is not one
@@ -164,6 +167,9 @@ def server_config(users: Iterable[User], *, tls: ServerTls | None = None, callou
     if callout is not None:
         conf["authorization"]["auth_callout"] = {"issuer": callout.issuer,
                                                  "auth_users": [u.public_key for u in users]}
+        # The auth service asks the Kubernetes API twice per connection: more than the default
+        # 2 s on a loaded control plane now and then (an injector refused in time retries anyway).
+        conf["authorization"]["timeout"] = CALLOUT_TIMEOUT_S
     if tls is not None:
         conf["tls"] = {"cert_file": tls.cert, "key_file": tls.key, "ca_file": tls.ca,
                        "verify": True, "timeout": 2}
@@ -287,6 +293,7 @@ class ClientAuth:
         elif self.token_file is not None:
             path = self.token_file
             opts["token"] = lambda: path.read_text().strip()
+            opts["connect_timeout"] = CALLOUT_TIMEOUT_S + 1  # nats-server waits for the auth service
             if self.inbox:
                 opts["inbox_prefix"] = self.inbox
         if self.tls_dir is not None:

@@ -131,10 +131,12 @@ async def injector(url: str, tmp: Path, token: str, node: str, errors: list[str]
 
     nc = nats.NATS()
     try:
-        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
+        # connect_timeout from the options: longer than nats-server's wait for the auth service
+        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0,
                          error_cb=on_error, name=f"injector-{node}", **opts)
     except BaseException:
-        await nc.close()  # a refused client leaves no reader task behind
+        with contextlib.suppress(Exception):
+            await nc.close()  # a refused client leaves no reader task behind
         raise
     return nc
 
