@@ -137,6 +137,10 @@ def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System)
     assert argv[1:5] == [b"--cpu", b"1", b"--cpu-load", b"30"] and b"--timeout" in argv
     eventually(lambda: not stressors_in(dirs), timeout=20)  # over: stopped without a delete
     eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "raw")), timeout=10)  # type: ignore[call-overload]
+    events = eventually(lambda: (d := system.cli("describe", "stresschaos", "raw").stdout.split("Events:", 1)[1])
+                        and "Recovered" in d and d, timeout=10)
+    assert "Successfully apply chaos for default/peer-3/peer-3" in events
+    assert "Successfully recover chaos for default/peer-3/peer-3" in events
     system.cli("delete", "stresschaos", "raw")
 
 

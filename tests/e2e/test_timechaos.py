@@ -5,6 +5,7 @@ of (CLOCK_REALTIME - CLOCK_BOOTTIME), exact however loaded the machine is."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tu
     assert shifted(mono, c.skews(monotonic_skew), 0)
     # Read back from /proc/<pid>/mem: both targets' processes are patched now.
     eventually(lambda: skewed_gauge(system, "skew") == 2, timeout=10)
+    # Local mode keeps one Event per reason, counting repeats (the newest message shown), as kubectl aggregates.
+    applied = eventually(lambda: [ln for ln in system.cli("describe", "timechaos", "skew").stdout.split(
+        "Events:", 1)[1].splitlines() if ln.split()[:2] == ["Normal", "Applied"] and "(x2 since" in ln], timeout=10)
+    assert re.search(r"Successfully apply chaos for default/clock-(c|py)/clock-(c|py)$", applied[0])
 
     system.cli("delete", "timechaos", "skew")
     for p in (c, py):
