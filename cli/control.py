@@ -11,13 +11,14 @@ given, signed, and expires after a minute. Injectors order states by that revisi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import signing
 from chaosbus.common.halt import current, halted_message, set_halt
 
-__all__ = ["current", "halt", "halted_message", "operator_signer", "resume", "set_halt"]
+__all__ = ["current", "halt", "halted_message", "operator_signer", "resume", "set_halt", "status"]
 
 
 def operator_signer(path: str | None = None) -> signing.Signer | None:
@@ -47,3 +48,12 @@ async def resume(bus: busmod.Bus, signer: signing.Signer | None) -> str:
         return "resumed (chaosbus was not halted)"
     return ("resumed: new experiments are injected again; faults ended by the halt stay ended "
             "(delete and re-apply an experiment to run it again)")
+
+
+async def status(bus: busmod.Bus) -> str:
+    """The kill switch as stored (the KV key): engaged or not, since when, by whom and why."""
+    state = await current(bus)
+    if state is None or not state.halted:
+        return "kill switch: not engaged"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.at))
+    return f"kill switch: ENGAGED since {since} by {state.by or '?'}\nreason: {state.reason or 'none given'}"

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("halt", help="kill switch: every injector recovers every fault and refuses new ones")
     h.add_argument("--reason", default="", help="why (shown in every recovered fault's status)")
     r = sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
+    sub.add_parser("status", help="the kill switch: engaged or not, since when, by whom and why")
     for c in (h, r):
         c.add_argument("--operator-key", default=None,
                        help="the operator's private key, which signs the kill switch "
@@ -240,6 +241,8 @@ async def dispatch(args: argparse.Namespace) -> int:
         signer = control.operator_signer(args.operator_key)
         print(await with_store(url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt"
                                else control.resume(b, signer)))
+    elif cmd == "status":
+        print(await with_store(url, lambda _s, b: control.status(b)))
     elif cmd == "guard":
         return await _guard(url, args)
     elif cmd == "keys":

@@ -154,6 +154,8 @@ def test_global_guard_engages_the_kill_switch_and_says_why(system: System, slo: 
         refused = system.cli("apply", "-f", "-", stdin=doc("NetworkChaos", "after-halt", cut), check=False)
         assert refused.returncode != 0 and "SLO guard checkout" in refused.stderr, refused.stderr
         assert "not met" in refused.stderr and "app_errors_total" in refused.stderr
+        status = system.cli("status").stdout
+        assert "ENGAGED" in status and "SLO guard checkout" in status and "guard checkout@" in status, status
         described = system.cli("describe", "networkchaos", "guarded-cut").stdout
         assert "SLO guard checkout" in described, described
     finally:
@@ -163,3 +165,4 @@ def test_global_guard_engages_the_kill_switch_and_says_why(system: System, slo: 
         system.cli("resume")
         system.cli("delete", "networkchaos", "guarded-cut", check=False)
     assert "SLO guard engaged the kill switch" in err
+    assert system.cli("status").stdout.strip() == "kill switch: not engaged"
