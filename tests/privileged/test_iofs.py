@@ -292,14 +292,12 @@ def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None
         FAULT.recover(ctx, spec)
 
 
-def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
+    """A target that opened b.txt once, before any experiment, and then reads it and writes one
+    byte past its text every 50 ms for as long as it lives, logging what each read returned."""
     (tmp_path / "host").mkdir()
     (tmp_path / "host" / "b.txt").write_text("other file\n")
     vol, log = tmp_path / "pod" / "data", tmp_path / "reads.log"
-    # Opens the file once, before any experiment, then reads it and writes one byte past its text
-    # every 50 ms for as long as it lives, logging what each read returned.
     script = textwrap.dedent(f"""
         import os, time
         fd = os.open("{vol}/b.txt", os.O_RDWR)
@@ -314,11 +312,19 @@ def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_p
             time.sleep(0.05)
     """)
     shim, t = _start_target(tmp_path, ["python3", "-c", script])
-    try:
-        def lines() -> list[str]:
-            return log.read_text().splitlines() if log.exists() else []
 
-        assert eventually(lambda: "'other file\\n'" in lines()), lines()[-3:]
+    def lines() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    assert eventually(lambda: "'other file\\n'" in lines()), lines()[-3:]
+    return shim, t, lines
+
+
+def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    shim, t, lines = _reader(tmp_path)
+    try:
         spec = io(t, action="fault", path=f"{t.vol}/b.txt", methods=READ, errno=5)
         ctx = ctx_for(t, spec)
         assert "1 open files moved" in FAULT.apply(ctx, spec)
@@ -333,6 +339,30 @@ def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_p
         assert eventually(lambda: lines()[seen:].count("'other file\\n'") >= 3), lines()[-3:]
         assert "ERR" not in "".join(lines()[seen + 1:])
         assert (t.host / "b.txt").read_text() == "other file\nw"  # its writes reached the file
+    finally:
+        os.killpg(shim.pid, signal.SIGKILL)
+        shim.wait()
+
+
+def test_files_open_on_a_killed_fuse_server_are_moved_back_not_left_broken(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    shim, t, lines = _reader(tmp_path)
+    try:
+        spec = io(t, action="fault", path=f"{t.vol}/b.txt", methods=READ, errno=5)
+        ctx = ctx_for(t, spec)
+        FAULT.apply(ctx, spec)
+        try:
+            seen = len(lines())
+            assert eventually(lambda: "'ERR5'" in lines()[seen:]), lines()[-3:]
+            vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
+            os.kill(int(vol.server_file.read_text().split()[0]), signal.SIGKILL)
+            assert eventually(lambda: t.mounted() == 0), "the dead server's mount was left in place"
+            # No ENOTCONN (107) left: the file the target holds is the volume's again (reads in the
+            # instant between the detach and the move may have failed).
+            assert eventually(lambda: lines()[-3:] == ["'other file\\n'"] * 3), lines()[-3:]
+        finally:
+            FAULT.recover(ctx, spec)
     finally:
         os.killpg(shim.pid, signal.SIGKILL)
         shim.wait()
