@@ -208,10 +208,17 @@ def test_a_go_program_without_database_sql_is_named_with_the_reason() -> None:
         proc.wait()
 
 
-def test_a_stripped_go_program_is_patched_through_its_pclntab(targets: list[GoTarget]) -> None:
-    t = GoTarget(2, binary=go_binary(SOURCES / "sqlloop.go", "-ldflags=-s -w"))
+@pytest.mark.parametrize("flags", [
+    ("-ldflags=-s -w",),  # no symbol table: the pclntab and the itabs' table
+    ("-buildmode=pie",),  # loaded at a random address
+    ("-buildmode=pie", "-ldflags=-s -w"),  # both (the tables then live in .data.rel.ro)
+])
+def test_stripped_and_pie_go_programs_are_patched(targets: list[GoTarget], flags: tuple[str, ...]) -> None:
+    t = GoTarget(2, binary=go_binary(SOURCES / "sqlloop.go", *flags))
     targets.append(t)
-    assert gosql.elf_of(t.pid)[0].has_symtab is False
+    info, mapped, _ = gosql.elf_of(t.pid)
+    mapped.close()
+    assert info.has_symtab is ("-ldflags=-s -w" not in flags)
     plan = gosql.plan(t.pid)
     assert [s.name for s in plan.sites] == ["database/sql.(*DB).QueryContext"]
     gosql.inject(plan)

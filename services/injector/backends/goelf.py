@@ -90,15 +90,17 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
             name = data[strtab_off + st_name:end].decode("utf-8", "replace")
             if name in want:
                 symbols[name] = st_value
-    go = bool({".gopclntab", ".go.buildinfo", ".note.go.buildid"} & section_names) or any(
+    go = bool({".gopclntab", ".data.rel.ro.gopclntab", ".go.buildinfo", ".note.go.buildid"} & section_names) or any(
         m in symbols for m in GO_MARKERS)
     by_name = {name_at(names_off, sh[0]): sh for sh in sections} if names_off else {}
+    # A PIE's are in .data.rel.ro, named .data.rel.ro.gopclntab and .data.rel.ro.itablink.
+    pcln = by_name.get(".gopclntab") or by_name.get(".data.rel.ro.gopclntab")
+    links = by_name.get(".itablink") or by_name.get(".data.rel.ro.itablink")
     functions = {n for n in want if not n.startswith(ITAB_PREFIXES)} - symbols.keys()
-    if functions and ".gopclntab" in by_name:
+    if functions and pcln is not None:
         text = by_name.get(".text")
-        pcln = by_name[".gopclntab"]
         symbols.update(pclntab_functions(data, pcln[4], pcln[5], functions, text[3] if text else 0))
-    itablink = (by_name[".itablink"][3], by_name[".itablink"][5]) if ".itablink" in by_name else None
+    itablink = (links[3], links[5]) if links is not None else None
     cave = None
     if headers_at:
         # The rest of the first page after the program and section headers, up to the first
