@@ -52,6 +52,9 @@ class ObjectEvent(Message, kw_only=True, frozen=True):
     object: msgspec.Raw = msgspec.Raw(b"{}")
     # The object was larger than NATS carries (bytes): `object` holds only its metadata.
     too_large: int = 0
+    # Only the object's status changed (published on `subjects.status_subject`); a DELETED one is
+    # the tombstone that replaces the object's last status event, carrying only its identity.
+    status_only: bool = False
 
 
 class ContainerRef(Message, kw_only=True, frozen=True):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -26,6 +26,27 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     pass
+
+
+class Objects(Protocol):
+    """What a service needs of the place objects live, whichever it is: local mode's KV bucket
+    (`ObjectStore`) or the Kubernetes API (the recorder's `KubeStore`). Injected, so one service
+    code path serves both modes.
+    """
+
+    async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object, or None when there is none."""
+
+    async def create(self, obj: Obj) -> Obj:
+        """Store a new object; Conflict if it exists, ValueError if it is refused for good."""
+
+    async def delete(self, kind: str, namespace: str, name: str, *, uid: str = "") -> str:
+        """deleted | deleting (finalizers pending) | notfound; `uid`: only that object."""
+
+    async def mutate(self, kind: str, namespace: str, name: str, fn: Mutation) -> Obj | None:
+        """Read-modify-write: `fn` returns the new object or None (no change), recomputed on the
+        fresh object after a conflicting write; NotFound when there is no object.
+        """
 
 
 def key_of(obj: Obj) -> str:

@@ -82,9 +82,13 @@ OBJECTS = Stream(
     subjects=("chaos.obj.>",),
     message=m.ObjectEvent,
     owner="watcher",
-    consumers=(Consumer("scheduler"), Consumer("recorder"),
-               Consumer("watcher", note="last per subject, at start in cluster mode"),
-               Consumer("dashboard", note="ordered replay, shown live")),
+    # A change of status alone goes to chaos.obj.status.<kind>.<namespace>.<name>: the scheduler's
+    # Schedules and Workflows and the dashboard read objects' status; the recorder (which writes it)
+    # and the watcher's relist take chaos.obj.<kind>.<namespace>.<name> only.
+    consumers=(Consumer("scheduler", note="ordered replay, status changes included"),
+               Consumer("recorder", filter="chaos.obj.*.*.*", note="ordered replay, without status changes"),
+               Consumer("watcher", filter="chaos.obj.*.*.*", note="last per subject, at start in cluster mode"),
+               Consumer("dashboard", note="ordered replay, status changes included, shown live")),
     max_msgs_per_subject=1,
     purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
 )
@@ -130,7 +134,9 @@ WRITES = Stream(
     purpose="objects the scheduler decides (Schedule children, orchestration status), written by the recorder",
 )
 STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS, WRITES)
-OBJECT_EVENTS = OBJECTS.subjects[0]  # every object event: what the scheduler and recorder replay
+OBJECT_EVENTS = OBJECTS.subjects[0]  # every object event, status changes included: what the scheduler replays
+# Objects created, deleted, or changed in more than their status: what the recorder replays.
+OBJECT_CHANGES = "chaos.obj.*.*.*"
 
 OBJECT_STORE = Bucket(
     name="objects",
@@ -249,6 +255,13 @@ def token(value: str) -> str:
 
 def object_subject(kind: str, namespace: str, name: str) -> str:
     return f"chaos.obj.{token(kind)}.{token(namespace)}.{token(name)}"
+
+
+def status_subject(kind: str, namespace: str, name: str) -> str:
+    """Where a change of an object's status alone is published (one token more than
+    `object_subject`, so `OBJECT_CHANGES` never matches it).
+    """
+    return f"chaos.obj.status.{token(kind)}.{token(namespace)}.{token(name)}"
 
 
 def command_subject(node: str) -> str:

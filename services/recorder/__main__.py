@@ -8,13 +8,7 @@ def main(argv: list[str] | None = None) -> None:
     p = service.parser("recorder", "Status and finalizers written back to the objects", metrics_port=9104)
     p.add_argument("--kube", action="store_true", help="write to the Kubernetes API instead of the local store")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (implies --kube; default: in-cluster)")
-    args = p.parse_args(argv)
-    if args.kube or args.kubeconfig:
-        from chaosbus.recorder import kube
-
-        service.run("recorder", args, kube.main)
-    else:
-        service.run("recorder", args, app.main)
+    service.run("recorder", p.parse_args(argv), app.main)
 
 
 if __name__ == "__main__":

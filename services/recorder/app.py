@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.aio.msg import Msg
@@ -22,30 +23,33 @@ from chaosbus.common import service, settings, subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
-from chaosbus.common.store import Conflict, NotFound, ObjectStore
+from chaosbus.common.store import Conflict, NotFound, Objects, ObjectStore
 from chaosbus.recorder import core, events, writes
 from chaosbus.recorder.events import KubeEvent
 from chaosbus.recorder.metrics import RecorderMetrics
+from chaosbus.recorder.sinks import EventSink, StoreEvents
 
 log = cblog.get("recorder")
 audit = cblog.get("audit")
 SEEN_COMMANDS = 10_000
 SEEN_EVENT_WRITES = 1_000
-EARLY_RESULT_TRIES = 100  # about 20 s of redeliveries (nak delay 0.2 s)
 
 
 class Recorder:
-    def __init__(self, store: ObjectStore, metrics: RecorderMetrics, *, max_events: int) -> None:
-        self.store, self.metrics, self.max_events = store, metrics, max_events
+    def __init__(self, store: Objects, events: EventSink, metrics: RecorderMetrics, *, max_events: int) -> None:
+        """`store`: where the objects live (local mode's KV bucket or the Kubernetes API); `events`:
+        where Events go (the same store, or core/v1 Events through the API).
+        """
+        self.store, self.events, self.metrics, self.max_events = store, events, metrics, max_events
         self.latest: dict[str, m.ExperimentDecision] = {}
         # A redelivered batch (ack lost) must not count twice; JetStream dedup covers publishes only.
         self.seen_commands: OrderedDict[str, None] = OrderedDict()
-        self.early: dict[str, int] = {}  # command id -> deliveries that came before their records
         self.seen_event_writes: OrderedDict[str, None] = OrderedDict()  # a redelivery counts once
         # Deletions replayed at start are swept in one pass once the replay is over, not one by one.
         self.replayed = asyncio.Event()
         self.gone_in_replay: set[tuple[str, str]] = set()  # (namespace, uid)
-        # An experiment's last decision from the stream, when its results come first (a restart).
+        # An experiment's last decision as stored on its stream, for results that come before this
+        # recorder has consumed it (a restart, or simply the other consumer being behind).
         self.fetch_decision: Callable[[str], Awaitable[m.ExperimentDecision | None]] | None = None
 
     def open_result(self, msg: Msg) -> m.ResultBatch | None:
@@ -141,66 +145,75 @@ class Recorder:
         if await self._mutate(d.kind, d.namespace, d.name, lambda o: core.on_decision(o, d)):
             self.metrics.writes.labels(d.kind, "decision").inc()
         if d.deleting:  # the finalizer may be removable now
-            obj = await self.store.get(d.kind, d.namespace, d.name)
-            if obj is not None:
-                await self.on_object(m.ObjectEvent(type="MODIFIED", kind=d.kind, namespace=d.namespace,
-                                                   name=d.name, uid=d.experiment_uid,
-                                                   object=msgspec.Raw(msgspec.json.encode(obj))))
+            await self._settle_finalizer(d.kind, d.namespace, d.name, d.experiment_uid)
+
+    async def _settle_finalizer(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """A deleting object's finalizer, looked at on the stored object: our own status writes
+        are not sent back to us (they are status changes only), so after a decision or results
+        that may have recovered the last target, the recorder looks itself.
+        """
+        obj = await self.store.get(kind, namespace, name)
+        if obj is not None:
+            await self.on_object(m.ObjectEvent(type="MODIFIED", kind=kind, namespace=namespace, name=name, uid=uid,
+                                               object=msgspec.Raw(msgspec.json.encode(obj))))
 
     async def on_results(self, batch: m.ResultBatch) -> None:
-        """One result batch (tests and single deliveries); raises RecordsNotYetKnown to be redelivered."""
-        if await self.on_result_batches([batch]):
-            raise core.RecordsNotYetKnown(f"{batch.namespace}/{batch.name}: no records yet")
+        """One result batch (tests and single deliveries)."""
+        await self.on_result_batches([batch])
 
     async def on_result_batches(self, batches: list[m.ResultBatch]) -> set[int]:
-        """Fold what one fetch brought into status, one write per experiment; returns the indexes
-        of batches to redeliver shortly (their records are not written yet).
+        """Fold what one fetch brought into status, one write per experiment. Nothing is redelivered
+        (the empty set): results whose records are not known yet find them through `fetch_decision`.
         """
-        groups: dict[str, list[int]] = {}
-        for i, b in enumerate(batches):
+        groups: dict[str, list[m.ResultBatch]] = {}
+        for b in batches:
             if b.command_id in self.seen_commands or b.kind in ORCHESTRATED:
                 continue  # a Task's result: the scheduler folds it into the WorkflowNode's status
-            groups.setdefault(b.experiment_uid, []).append(i)
-        later: set[int] = set()
-        for indexes in groups.values():
-            if not await self._write_results([batches[i] for i in indexes]):
-                later.update(indexes)
-        return later
+            groups.setdefault(b.experiment_uid, []).append(b)
+        for group in groups.values():
+            await self._write_results(group)
+        return set()
 
-    async def _write_results(self, group: list[m.ResultBatch]) -> bool:
-        """One experiment's batches as one status write; False: not yet (no records), redeliver."""
+    async def _write_results(self, group: list[m.ResultBatch]) -> None:
+        """One experiment's batches as one status write."""
         group = [await self._own_node_only(b) for b in group]
-        now, first = now_rfc3339(), group[0]
+        first = group[0]
         for batch in group:
             for r in batch.results:
                 self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
                 if not r.ok:
                     log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op,
                                 error=r.message)
-        decision = self.latest.get(first.experiment_uid)
         try:
-            if await self._mutate(first.kind, first.namespace, first.name, lambda o: core.on_results_many(
-                    o, group, now=now, max_events=self.max_events, decision=decision)):
-                self.metrics.writes.labels(first.kind, "results").inc()
+            await self._fold_results(group)
         except core.RecordsNotYetKnown:
-            if any([self._tried_early(b) for b in group]):  # a list: every batch counts its try
-                return False  # redelivered once the decision with its records has been written
+            # Decisions and results travel on two streams, but the scheduler stores a decision
+            # before it sends the commands it decided: the decision that made these records is on
+            # its stream already, only not consumed here yet. Read it now instead of waiting.
+            fetch = self.fetch_decision
+            decision = await fetch(first.experiment_uid) if fetch is not None else None
+            if decision is not None:
+                await self.on_decision(decision)
+            try:
+                await self._fold_results(group)
+            except core.RecordsNotYetKnown:  # a decision that never named these targets: nothing to fold into
+                self.metrics.errors.labels("results_without_records").inc()
+                log.error("results for records no decision made; dropped", experiment=first.name,
+                          commands=[b.command_id for b in group])
         for batch in group:
-            self.early.pop(batch.command_id, None)
-            self.seen_commands[batch.command_id] = None  # only once written: a failed write is redelivered
+            self.seen_commands[batch.command_id] = None  # only once handled: a failed write is redelivered
         while len(self.seen_commands) > SEEN_COMMANDS:
             self.seen_commands.popitem(last=False)
-        return True
 
-    def _tried_early(self, batch: m.ResultBatch) -> bool:
-        """Count one more early delivery; False once it has been tried too often (then dropped)."""
-        tries = self.early[batch.command_id] = self.early.get(batch.command_id, 0) + 1
-        if tries < EARLY_RESULT_TRIES:
-            return True
-        self.metrics.errors.labels("results_without_records").inc()
-        log.error("results for records that never appeared; dropped", command=batch.command_id,
-                  experiment=batch.name)
-        return False
+    async def _fold_results(self, group: list[m.ResultBatch]) -> None:
+        first, now = group[0], now_rfc3339()
+        decision = self.latest.get(first.experiment_uid)
+        written = await self._mutate(first.kind, first.namespace, first.name, lambda o: core.on_results_many(
+            o, group, now=now, max_events=self.max_events, decision=decision))
+        if written is not None:
+            self.metrics.writes.labels(first.kind, "results").inc()
+            if (written.get("metadata") or {}).get("deletionTimestamp"):
+                await self._settle_finalizer(first.kind, first.namespace, first.name, first.experiment_uid)
 
     async def on_write(self, w: m.ObjectWrite) -> None:
         """Carry out one object write the scheduler decided; each op is idempotent (redelivery-safe)."""
@@ -214,41 +227,18 @@ class Recorder:
         log.info("object " + outcome, op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
 
     async def record_event(self, about: core.Obj, event: KubeEvent) -> None:
-        """Local mode: the Event goes into the object store, a repeat (same object and reason)
-        counted on the one already there.
-        """
-        ns = str((about.get("metadata") or {}).get("namespace"))
-        self.metrics.event(event.type, event.reason, ns)
-        name, now = writes.local_event_name(about, event.reason), now_rfc3339()
-        for _ in range(3):
-            try:
-                await self.store.mutate("Event", ns, name, lambda old: writes.local_event(old, about, event, now))
-                return
-            except NotFound:
-                try:
-                    await self.store.create(writes.local_event(None, about, event, now))
-                    return
-                except Conflict:
-                    continue
-        log.warning("event not recorded: its object's Event kept changing", reason=event.reason, event=name)
+        self.metrics.event(event.type, event.reason, str((about.get("metadata") or {}).get("namespace")))
+        await self.events.record(about, event)
 
     async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
-        """An object is gone: so are its Events (Kubernetes lets them expire instead)."""
-        about = {"kind": kind, "metadata": {"name": name}}
-        for ev in await self.store.list("Event", namespace, names=writes.local_event_name(about, "*")):
-            if (ev.get("involvedObject") or {}).get("uid") == uid:
-                await self.store.delete("Event", namespace, str(ev["metadata"]["name"]))
+        await self.events.forget(kind, namespace, name, uid)
 
     async def sweep_events(self) -> None:
         """Once the replay is over: the Events of objects deleted while no recorder ran, in one pass."""
         await self.replayed.wait()
         gone, self.gone_in_replay = self.gone_in_replay, set()
-        if not gone:
-            return
-        for ev in await self.store.list("Event"):
-            meta = ev.get("metadata") or {}
-            if (meta.get("namespace"), (ev.get("involvedObject") or {}).get("uid")) in gone:
-                await self.store.delete("Event", str(meta.get("namespace")), str(meta.get("name")))
+        if gone:
+            await self.events.sweep(gone)
 
     async def _spawned(self, w: m.ObjectWrite) -> None:
         """The Event Chaos Mesh records on the owner of a new child: `Spawned` on a Schedule,
@@ -299,8 +289,10 @@ class Recorder:
         changed = await self._mutate(w.kind, w.namespace, w.name, lambda o: change(o, w))
         return "written" if changed else "unchanged"
 
-    async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> bool:
-        """Change one object; every change worth telling becomes an Event (`events.for_write`)."""
+    async def _mutate(self, kind: str, namespace: str, name: str, fn: core.Mutation) -> core.Obj | None:
+        """Change one object; every change worth telling becomes an Event (`events.for_write`).
+        Returns the object as written, None when nothing was.
+        """
         written: tuple[core.Obj, core.Obj] | None = None
 
         def tracking(obj: core.Obj) -> core.Obj | None:
@@ -312,13 +304,13 @@ class Recorder:
         try:
             await self.store.mutate(kind, namespace, name, tracking)
         except NotFound:
-            return False
+            return None
         if written is None:
-            return False
+            return None
         before, after = written
         for event in events.for_write(before, after):
             await self.record_event(after, event)
-        return True
+        return after
 
 
 def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDecision | None]]:
@@ -330,14 +322,15 @@ def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDeci
 
 
 async def main(args: argparse.Namespace) -> None:
+    """One recorder for both modes: only where objects and Events live differs (`--kube`)."""
     metrics = RecorderMetrics()
-    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
-        store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-        rec = Recorder(store, metrics, max_events=settings.current().max_events)
+    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port), \
+            _backends(args, bus) as (store, sink, where):
+        rec = Recorder(store, sink, metrics, max_events=settings.current().max_events)
         rec.fetch_decision = last_decision(bus)
-        log.info("recorder ready", nats=args.nats, metrics_port=port)
+        log.info("recorder ready", objects=where, nats=args.nats, metrics_port=port)
         await service.run_forever(
-            bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
+            bus.replay_and_follow(subjects.OBJECT_CHANGES, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
             rec.sweep_events(),
             bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
                         m.ExperimentDecision),
@@ -345,3 +338,15 @@ async def main(args: argparse.Namespace) -> None:
                                 m.ResultBatch, opener=rec.open_result),
             bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write, m.ObjectWrite),
         )
+
+
+@contextlib.asynccontextmanager
+async def _backends(args: argparse.Namespace, bus: busmod.Bus) -> AsyncIterator[tuple[Objects, EventSink, str]]:
+    if getattr(args, "kube", False) or getattr(args, "kubeconfig", None):
+        from chaosbus.recorder import kube  # kubernetes-asyncio only where the API is used
+
+        async with kube.backends(args.kubeconfig) as (store, sink):
+            yield store, sink, "Kubernetes API"
+        return
+    local = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    yield local, StoreEvents(local), "local object store"

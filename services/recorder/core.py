@@ -83,7 +83,7 @@ def on_decision(obj: Obj, decision: m.ExperimentDecision) -> Obj | None:
 
 class RecordsNotYetKnown(RetryLater):
     """Results arrived before the decision that creates their records (they travel on different
-    streams); the batch must be retried, not dropped.
+    streams): the recorder reads that decision from its stream, then folds them.
     """
 
 

@@ -1,5 +1,5 @@
-"""The recorder's cluster edge: the same Recorder (decisions and results folded by the pure core),
-writing to the Kubernetes API instead of the local KV store:
+"""The recorder's cluster edge: the object store and Event sink the one Recorder (app.py) is given
+in cluster mode, writing to the Kubernetes API instead of the local KV store:
 
 * status through the status subresource as a JSON merge patch (kubernetes-asyncio would send a
   dict as JSON patch unless told `application/merge-patch+json`), carrying the resourceVersion it
@@ -16,24 +16,22 @@ writing to the Kubernetes API instead of the local KV store:
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from chaosbus.common import kubeclient, service, settings, subjects
+from chaosbus.common import kubeclient, settings
 from chaosbus.common import logging as cblog
-from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, plural_of
-from chaosbus.common.store import Conflict, NotFound, ObjectStore
+from chaosbus.common.store import Conflict, NotFound
 from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
-from chaosbus.recorder.app import Recorder, last_decision
-from chaosbus.recorder.metrics import RecorderMetrics
 
 log = cblog.get("recorder")
 GROUP, VERSION = API_VERSION.split("/")
@@ -57,10 +55,10 @@ def merge_diff(old: Any, new: Any) -> Any:
     return patch
 
 
-class KubeStore(ObjectStore):
-    """ObjectStore's get/create/delete/mutate over the Kubernetes API (its KV-only parts are not used)."""
+class KubeStore:
+    """The recorder's object store (`store.Objects`: get, create, delete, mutate) over the Kubernetes API."""
 
-    def __init__(self, api: client.ApiClient, *, retries: int = 50) -> None:  # noqa: D107 - no KV here
+    def __init__(self, api: client.ApiClient, *, retries: int = 50) -> None:
         self.co = client.CustomObjectsApi(api)
         self.retries = retries
         self.no_status_subresource: set[str] = set()
@@ -165,14 +163,16 @@ def _api_message(e: ApiException) -> str:
         return ""
 
 
-class EventWriter:
-    """core/v1 Events about chaos objects, the way client-go's recorder writes them."""
+class KubeEvents:
+    """The recorder's Event sink in cluster mode: core/v1 Events about chaos objects, the way
+    client-go's recorder writes them; the API server expires them, so nothing is forgotten or swept.
+    """
 
     def __init__(self, api: client.ApiClient, instance: str) -> None:
         self.core, self.instance = client.CoreV1Api(api), instance
         self.written = 0
 
-    async def write(self, obj: Obj, event: kevents.KubeEvent) -> None:
+    async def record(self, obj: Obj, event: kevents.KubeEvent) -> None:
         meta = obj.get("metadata") or {}
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -194,38 +194,16 @@ class EventWriter:
             log.warning("event not written", reason=event.reason, status=e.status)
 
 
-class KubeRecorder(Recorder):
-    """The local Recorder with its Events written as Kubernetes Events (the API server expires them)."""
+    async def forget(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Kubernetes expires Events on its own (the API server's event TTL)."""
 
-    def __init__(self, store: KubeStore, metrics: RecorderMetrics, events: EventWriter, *, max_events: int) -> None:
-        super().__init__(store, metrics, max_events=max_events)
-        self.events = events
-        self.replayed.set()  # nothing to sweep: the API server expires Events
-
-    async def record_event(self, about: Obj, event: kevents.KubeEvent) -> None:
-        self.metrics.event(event.type, event.reason, str((about.get("metadata") or {}).get("namespace")))
-        await self.events.write(about, event)
-
-    async def forget_events(self, kind: str, namespace: str, name: str, uid: str) -> None:
+    async def sweep(self, gone: set[tuple[str, str]]) -> None:
         """Kubernetes expires Events on its own (the API server's event TTL)."""
 
 
-async def main(args: argparse.Namespace) -> None:
-    metrics = RecorderMetrics()
-    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port):
-        api = await kubeclient.api_client(args.kubeconfig)
-        async with api:
-            instance = settings.current().pod_name or socket.gethostname()
-            rec = KubeRecorder(KubeStore(api), metrics, EventWriter(api, instance),
-                               max_events=settings.current().max_events)
-            rec.fetch_decision = last_decision(bus)
-            log.info("recorder ready (Kubernetes API)", nats=args.nats, metrics_port=port)
-            await service.run_forever(
-                bus.replay_and_follow(subjects.OBJECT_EVENTS, rec.on_object, m.ObjectEvent),
-                bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
-                            m.ExperimentDecision),
-                bus.consume(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_results, m.ResultBatch,
-                            opener=rec.open_result),
-                bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write,
-                            m.ObjectWrite),
-            )
+@contextlib.asynccontextmanager
+async def backends(kubeconfig: str | None) -> AsyncIterator[tuple[KubeStore, KubeEvents]]:
+    """The object store and Event sink over one API client (in-cluster without a kubeconfig)."""
+    api = await kubeclient.api_client(kubeconfig)
+    async with api:
+        yield KubeStore(api), KubeEvents(api, settings.current().pod_name or socket.gethostname())

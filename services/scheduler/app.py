@@ -137,8 +137,11 @@ class Scheduler:
         await self.publish_writes(out.writes)
 
     async def on_object(self, event: m.ObjectEvent) -> None:
-        await self.publish(self.core.on_object(event, time.time()))  # skips ORCHESTRATED kinds
-        await self.flows.on_object(event)
+        if event.status_only and event.type == "DELETED":
+            return  # the tombstone of a deleted object's status: its deletion comes on its own subject
+        if not event.status_only:  # experiments run on spec and metadata; their status is written after them
+            await self.publish(self.core.on_object(event, time.time()))  # skips ORCHESTRATED kinds
+        await self.flows.on_object(event)  # Schedules and Workflows follow their objects' status
         await self.publish_schedules(self.schedules.on_object(event, time.time()))
 
     async def on_results(self, batch: m.ResultBatch) -> None:

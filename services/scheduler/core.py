@@ -19,7 +19,7 @@ import msgspec
 from chaosbus.common import messages as m
 from chaosbus.common import subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, ChaosObject, InvalidObject, decode_object_json, kinds
-from chaosbus.common.crd.meta import RECORDS_FINALIZER, is_paused
+from chaosbus.common.crd.meta import is_paused
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.crd.status import INJECTED, NOT_INJECTED, RUN, STOP
 from chaosbus.common.objects import parse_rfc3339
@@ -279,9 +279,10 @@ class SchedulerCore:
 
     def _reconcile(self, exp: Experiment, now: float) -> Outputs:
         out = Outputs()
-        # Nothing happens before the finalizer is stored: a deletion can then never skip recovery.
-        if not exp.deleting and RECORDS_FINALIZER not in exp.obj.metadata.finalizers:
-            return out
+        # No wait for the records finalizer: local mode's admission stores it with the object and
+        # the recorder adds it to every live experiment it does not find it on, so it is known to
+        # come. Recovery never depends on it: what was sent is in this scheduler's memory (written
+        # before the commands), and a deletion that beats the finalizer still recovers from there.
         desired = self.desired(exp, now)
         if exp.targets is None and desired == RUN and now >= exp.next_selection:
             self._select(exp, now)

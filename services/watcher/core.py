@@ -75,11 +75,14 @@ class WatcherCore:
 
     def on_put(self, key: str, obj: Obj, revision: int) -> Outputs:
         kind = str(obj.get("kind", ""))
-        added = key not in self.seen
+        before = self.seen.get(key)
         self.seen[key] = obj
         out = Outputs()
         if kind in CHAOS_KINDS or kind in NOT_EXECUTED or kind in ORCHESTRATED:
-            out.events.append(_event("ADDED" if added else "MODIFIED", obj, revision))
+            if before is not None and status_only(before, obj):
+                out.events.append(_event("MODIFIED", obj, revision, status=True))
+            else:
+                out.events.append(_event("ADDED" if before is None else "MODIFIED", obj, revision))
         else:
             projected = _project(kind, obj)
             if projected is not None:
@@ -93,6 +96,7 @@ class WatcherCore:
             return out
         kind = str(obj.get("kind", ""))
         if kind in CHAOS_KINDS or kind in NOT_EXECUTED or kind in ORCHESTRATED:
+            out.events.append(_status_tombstone(obj, revision))
             out.events.append(_event("DELETED", obj, revision))
         else:
             projected = _project(kind, obj)
@@ -113,7 +117,24 @@ def _project(kind: str, obj: Obj) -> tuple[str, m.Message] | None:
     return None
 
 
-def _event(kind_of_change: str, obj: Obj, revision: int) -> tuple[str, m.ObjectEvent, str]:
+# Fields the API server changes on every write, status writes included.
+_SERVER_FIELDS = ("resourceVersion", "managedFields")
+
+
+def status_only(before: Obj, after: Obj) -> bool:
+    """Whether `after` differs from `before` in its status alone (and the fields the API server
+    bumps on any write): a recorder's or scheduler's status write, which only readers of status want.
+    """
+    if before.get("status") == after.get("status"):
+        return False
+    keys = (set(before) | set(after)) - {"status", "metadata"}
+    if any(before.get(k) != after.get(k) for k in keys):
+        return False
+    old, new = before.get("metadata") or {}, after.get("metadata") or {}
+    return all(old.get(k) == new.get(k) for k in (set(old) | set(new)) - set(_SERVER_FIELDS))
+
+
+def _event(kind_of_change: str, obj: Obj, revision: int, *, status: bool = False) -> tuple[str, m.ObjectEvent, str]:
     meta = obj.get("metadata") or {}
     uid = str(meta.get("uid", ""))
     event = m.ObjectEvent(
@@ -125,13 +146,27 @@ def _event(kind_of_change: str, obj: Obj, revision: int) -> tuple[str, m.ObjectE
         generation=int(meta.get("generation", 0)),
         resource_version=str(revision),
         object=msgspec.Raw(msgspec.json.encode(obj)),
+        status_only=status,
     )
-    subject = subjects.object_subject(event.kind, event.namespace, event.name)
-    return subject, event, f"{uid}.{revision}.{kind_of_change}"
+    where = subjects.status_subject if status else subjects.object_subject
+    return where(event.kind, event.namespace, event.name), event, f"{uid}.{revision}.{kind_of_change}" + (
+        ".status" if status else "")
 
 
-def stale_deletion(last: m.ObjectEvent) -> tuple[str, m.ObjectEvent, str]:
-    """The DELETED event for an object whose last event said it exists, found gone on relist."""
+def _status_tombstone(obj: Obj, revision: int) -> tuple[str, m.ObjectEvent, str]:
+    """Replaces a deleted object's last status event (the stream keeps one per subject) with its
+    identity alone, so a status of up to 250 KB is not kept for an object that is gone.
+    """
+    meta = obj.get("metadata") or {}
+    identity = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}}
+    return _event("DELETED", identity, revision, status=True)
+
+
+def stale_deletion(last: m.ObjectEvent) -> list[tuple[str, m.ObjectEvent, str]]:
+    """The DELETED events (status tombstone, then the deletion) for an object whose last event
+    said it exists, found gone on relist.
+    """
     obj = msgspec.json.decode(last.object)
     if not isinstance(obj, dict):
         obj = {"kind": last.kind, "metadata": {"namespace": last.namespace, "name": last.name, "uid": last.uid}}
@@ -139,4 +174,4 @@ def stale_deletion(last: m.ObjectEvent) -> tuple[str, m.ObjectEvent, str]:
         revision = int(last.resource_version or 0)
     except ValueError:
         revision = 0
-    return _event("DELETED", obj, revision)
+    return [_status_tombstone(obj, revision), _event("DELETED", obj, revision)]

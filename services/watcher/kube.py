@@ -212,12 +212,12 @@ async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherM
     """
     for kind in WATCHED_KINDS:
         await watcher.synced.setdefault(kind, asyncio.Event()).wait()
-    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_EVENTS, m.ObjectEvent)
+    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES, m.ObjectEvent)
     async with watcher.lock:  # the reflectors may be feeding the core right now
         live = set(watcher.core.core.seen)
         gone = [e for e in last if e.type != "DELETED"
                 and subjects.object_key(e.kind, e.namespace, e.name) not in live]
-        out = Outputs(events=[stale_deletion(e) for e in gone])
+        out = Outputs(events=[event for e in gone for event in stale_deletion(e)])
         await emit(bus, await bus.kv(subjects.TARGETS.name), out, metrics)
     for e in gone:
         log.info("object vanished while no watcher ran: deletion published", kind=e.kind,

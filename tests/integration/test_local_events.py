@@ -17,6 +17,7 @@ from chaosbus.common import subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
+from chaosbus.recorder.sinks import StoreEvents
 
 pytestmark = pytest.mark.integration
 KIND = "NetworkChaos"
@@ -50,7 +51,7 @@ async def counts(store: ObjectStore, uid: str) -> dict[str, int]:
 
 async def test_an_experiment_s_events_are_kept_shown_and_removed_with_it(bus: busmod.Bus) -> None:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
     created = await store.create({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": KIND,
                                   "metadata": {"name": "part", "namespace": "default"},
@@ -86,7 +87,7 @@ spec: {action: partition, mode: all, selector: {namespaces: [default]}}
 
 async def test_an_experiment_admitted_with_its_finalizer_still_gets_finalizer_inited(bus: busmod.Bus) -> None:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     await resources.apply(store, PARTITION_YAML, None)
     stored = await store.get(KIND, "default", "admitted")
     assert stored is not None and stored["metadata"]["finalizers"] == ["chaos-mesh/records"]

@@ -21,6 +21,7 @@ from chaosbus.common import subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
+from chaosbus.recorder.sinks import StoreEvents
 
 pytestmark = pytest.mark.integration
 _ids = itertools.count(1)
@@ -29,7 +30,7 @@ _ids = itertools.count(1)
 @pytest.fixture
 async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     task = asyncio.ensure_future(bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write,
                                              m.ObjectWrite))
     yield store
@@ -154,7 +155,7 @@ async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_objec
         return m.ObjectEvent(type="DELETED", kind="Schedule", namespace="default", name=name, uid=obj_uid,
                              object=msgspec.Raw(msgspec.json.encode(sched)))
 
-    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     await rec.on_object(deleted("s2", other_uid))  # replayed at start: swept in one pass afterwards
     assert await store.get("Event", "default", "s2.schedule.forbid") is not None
     rec.replayed.set()

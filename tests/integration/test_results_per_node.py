@@ -24,6 +24,7 @@ from chaosbus.common import natsauth, natsserver, subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.recorder.app import Recorder, last_decision
 from chaosbus.recorder.metrics import RecorderMetrics
+from chaosbus.recorder.sinks import StoreEvents
 
 pytestmark = pytest.mark.integration
 KIND = "NetworkChaos"
@@ -49,7 +50,7 @@ async def connect(url: str, state: Path, user: str) -> busmod.Bus:
 async def recorder(url: str, state: Path) -> AsyncIterator[tuple[Recorder, ObjectStore]]:
     bus = await connect(url, state, "recorder")
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-    rec = Recorder(store, RecorderMetrics(), max_events=10)
+    rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
     rec.fetch_decision = last_decision(bus)
     tasks = [asyncio.ensure_future(bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0],

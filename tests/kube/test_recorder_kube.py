@@ -15,6 +15,7 @@ from kube.conftest import KubeEnv
 from chaosbus.common import kubeclient
 from chaosbus.common import messages as m
 from chaosbus.recorder import kube as rkube
+from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
 
 pytestmark = pytest.mark.integration
@@ -27,11 +28,12 @@ def partition(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def recorder(kube: KubeEnv) -> AsyncIterator[rkube.KubeRecorder]:
+async def recorder(kube: KubeEnv) -> AsyncIterator[Recorder]:
     api = await kubeclient.api_client(str(kube.kubeconfig))
     async with api:
-        yield rkube.KubeRecorder(rkube.KubeStore(api), RecorderMetrics(), rkube.EventWriter(api, "test-0"),
-                                 max_events=10)
+        rec = Recorder(rkube.KubeStore(api), rkube.KubeEvents(api, "test-0"), RecorderMetrics(), max_events=10)
+        rec.replayed.set()
+        yield rec
 
 
 def decision(obj: dict[str, Any], phase: str, *, deleting: bool = False, ids: tuple[str, ...] = ("p0", "p1")
@@ -64,7 +66,7 @@ def object_event(obj: dict[str, Any], kind_of_change: str = "MODIFIED") -> m.Obj
                          name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
 
 
-async def test_status_finalizer_and_events_through_the_api(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+async def test_status_finalizer_and_events_through_the_api(kube: KubeEnv, recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
     created = kube.client.create(path, partition("part"))
     await recorder.on_object(object_event(created, "ADDED"))
@@ -99,7 +101,7 @@ async def test_status_finalizer_and_events_through_the_api(kube: KubeEnv, record
         "FinalizerRemoved", "Updated"]
 
 
-async def test_failures_become_warning_events(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+async def test_failures_become_warning_events(kube: KubeEnv, recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
     created = kube.client.create(path, partition("bad"))
     await recorder.on_decision(decision(created, "Run"))
@@ -110,7 +112,7 @@ async def test_failures_become_warning_events(kube: KubeEnv, recorder: rkube.Kub
         ("Warning", f"Failed to apply chaos for {kube.namespace}/{p}: boom") for p in ("p0", "p1")}
 
 
-async def test_a_conflicting_write_is_retried_on_the_fresh_object(kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+async def test_a_conflicting_write_is_retried_on_the_fresh_object(kube: KubeEnv, recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
     created = kube.client.create(path, partition("race"))
     store = recorder.store
@@ -134,7 +136,7 @@ async def test_a_conflicting_write_is_retried_on_the_fresh_object(kube: KubeEnv,
 
 
 async def test_status_through_the_main_resource_without_the_subresource(kube: KubeEnv,
-                                                                          recorder: rkube.KubeRecorder) -> None:
+                                                                          recorder: Recorder) -> None:
     fake = kube.need_fake("re-registering a CRD without the status subresource")
     res = fake.store.resources[("chaos-mesh.org", "v1alpha1", "networkchaos")]
     from dataclasses import replace
@@ -167,7 +169,7 @@ def create_examples(kube: KubeEnv) -> None:
 
 
 async def test_every_example_is_accepted_and_unexecuted_kinds_are_marked(kube: KubeEnv,
-                                                                         recorder: rkube.KubeRecorder) -> None:
+                                                                         recorder: Recorder) -> None:
     from chaosbus.common.crd import NOT_EXECUTED
 
     create_examples(kube)
@@ -195,7 +197,7 @@ def write(op: str, name: str, obj: Any = None, **kw: Any) -> m.ObjectWrite:
 
 
 async def test_object_writes_create_patch_annotate_and_delete_through_the_api(
-        kube: KubeEnv, recorder: rkube.KubeRecorder) -> None:
+        kube: KubeEnv, recorder: Recorder) -> None:
     ns, path = kube.namespace, f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
     # A real owner: the API server's garbage collector deletes a child whose owner does not exist.
     schedule = kube.client.create(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{ns}/schedules", {

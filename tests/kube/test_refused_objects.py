@@ -18,6 +18,7 @@ from kube.conftest import KubeEnv
 from chaosbus.common import kubeclient
 from chaosbus.common import messages as m
 from chaosbus.recorder import kube as rkube
+from chaosbus.recorder.app import Recorder
 from chaosbus.recorder.metrics import RecorderMetrics
 from chaosbus.scheduler.core import SchedulerCore
 
@@ -26,11 +27,12 @@ NOW = 1_800_000_000.0
 
 
 @pytest.fixture
-async def recorder(kube: KubeEnv) -> AsyncIterator[rkube.KubeRecorder]:
+async def recorder(kube: KubeEnv) -> AsyncIterator[Recorder]:
     api = await kubeclient.api_client(str(kube.kubeconfig))
     async with api:
-        yield rkube.KubeRecorder(rkube.KubeStore(api), RecorderMetrics(), rkube.EventWriter(api, "test-0"),
-                                 max_events=10)
+        rec = Recorder(rkube.KubeStore(api), rkube.KubeEvents(api, "test-0"), RecorderMetrics(), max_events=10)
+        rec.replayed.set()
+        yield rec
 
 
 def event(obj: dict[str, Any], change: str = "MODIFIED") -> m.ObjectEvent:
@@ -39,7 +41,7 @@ def event(obj: dict[str, Any], change: str = "MODIFIED") -> m.ObjectEvent:
                          name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
 
 
-async def scheduler_step(core: SchedulerCore, recorder: rkube.KubeRecorder, obj: dict[str, Any]) -> int:
+async def scheduler_step(core: SchedulerCore, recorder: Recorder, obj: dict[str, Any]) -> int:
     """The scheduler sees the object; the recorder carries out its decisions. How many there were."""
     out = core.on_object(event(obj), NOW)
     assert out.commands == []
@@ -49,7 +51,7 @@ async def scheduler_step(core: SchedulerCore, recorder: rkube.KubeRecorder, obj:
 
 
 async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: KubeEnv,
-                                                                       recorder: rkube.KubeRecorder) -> None:
+                                                                       recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/podchaos"
     created = kube.client.create(path, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
                                         "metadata": {"name": "bad"},
@@ -73,7 +75,7 @@ async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: Kub
 
 
 async def test_a_remote_cluster_experiment_is_not_supported_and_never_runs_here(kube: KubeEnv,
-                                                                                recorder: rkube.KubeRecorder) -> None:
+                                                                                recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
     created = kube.client.create(path, {
         "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": "far"},

@@ -64,7 +64,7 @@ async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None, *
     async def on_msg(msg: Any) -> None:
         run.events.append(msgspec.json.decode(msg.data, type=m.ObjectEvent))
 
-    sub = await bus.nc.subscribe("chaos.obj.>", cb=on_msg)
+    sub = await bus.nc.subscribe(subjects.OBJECT_CHANGES, cb=on_msg)
     api = await kubeclient.api_client(str(kube.kubeconfig))
     metrics = WatcherMetrics()
     targets = await bus.kv(subjects.TARGETS.name)
@@ -110,7 +110,7 @@ async def test_an_object_deleted_while_no_watcher_ran_gets_its_deletion(kube: Ku
         await run.until(lambda: ("DELETED", "vanishes") in run.seen())
         await asyncio.sleep(0.5)
     assert ("DELETED", "stays") not in run.seen()
-    last = await bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent)
+    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES, m.ObjectEvent)
     assert sorted((e.name, e.type) for e in last) == [("stays", "ADDED"), ("vanishes", "DELETED")]
 
 

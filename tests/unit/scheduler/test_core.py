@@ -102,23 +102,21 @@ def phases(core: SchedulerCore, uid: str = UID) -> dict[str, str]:
     return {t.target.record_id: t.phase for t in targets}
 
 
-# --- the finalizer gate ----------------------------------------------------------------------------
+# --- no finalizer gate -----------------------------------------------------------------------------
 
-def test_nothing_happens_before_the_records_finalizer() -> None:
-    _, out = started(chaos(finalizers=()))
-    assert (out.commands, out.decisions, out.errors) == ([], [], [])
-
-
-def test_nothing_happens_with_only_other_finalizers() -> None:
-    core, out = started(chaos(finalizers=("someone/else",)))
-    assert (out.commands, out.decisions) == ([], [])
-    assert core.tick(T0 + 1).commands == []
-
-
-def test_selection_starts_once_the_finalizer_arrives() -> None:
-    core, _ = started(chaos(finalizers=()))
-    out = core.on_object(event(chaos()), T0 + 1)
+@pytest.mark.parametrize("finalizers", [(), ("someone/else",)], ids=["none", "another"])
+def test_an_experiment_runs_on_its_first_event_before_the_records_finalizer_is_stored(
+        finalizers: tuple[str, ...]) -> None:
+    _, out = started(chaos(finalizers=finalizers))
     assert ops(out) == [("n1", "apply", "default/web-0"), ("n2", "apply", "default/web-1")]
+
+
+def test_a_deletion_that_beats_the_finalizer_still_recovers_what_was_sent() -> None:
+    core, out = started(chaos(finalizers=()))
+    assert ops(out) == [("n1", "apply", "default/web-0"), ("n2", "apply", "default/web-1")]
+    feed(core, results(out.commands), T0 + 1)
+    gone = core.on_object(event(chaos(deleting=True, finalizers=()), "DELETED"), T0 + 2)
+    assert ops(gone) == [("n1", "recover", "default/web-0"), ("n2", "recover", "default/web-1")]
 
 
 # --- selection and commands --------------------------------------------------------------------------
@@ -334,8 +332,10 @@ def test_forced_removal_recovers_before_forgetting() -> None:
 
 
 def test_deleted_before_selection_is_forgotten_at_once() -> None:
-    core, _ = started(chaos(finalizers=()))
-    core.on_object(event(chaos(finalizers=()), "DELETED"), T0 + 1)
+    nobody = {"action": "pod-kill", "mode": "all", "selector": {"labelSelectors": {"app": "nobody"}}}
+    core, out = started(chaos(spec=nobody))
+    assert out.commands == [] and core.experiments[UID].targets is None
+    core.on_object(event(chaos(spec=nobody, finalizers=()), "DELETED"), T0 + 1)
     assert UID not in core.experiments
 
 

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 
 from chaosbus.common import messages as m
-from chaosbus.watcher.core import WatcherCore, project_namespace, project_node, project_pod
+from chaosbus.common import subjects
+from chaosbus.watcher.core import WatcherCore, project_namespace, project_node, project_pod, status_only
 
 POD: dict[str, Any] = {
     "apiVersion": "v1", "kind": "Pod",
@@ -140,9 +141,14 @@ def test_delete_emits_deleted_built_from_the_last_seen_object() -> None:
     core.on_put("k", CHAOS, 7)
     last = with_meta(CHAOS, deletionTimestamp="2026-01-01T00:00:00Z", finalizers=[])
     core.on_put("k", last, 8)
-    [(subject, ev, msg_id)] = core.on_delete("k", 9).events
+    [tombstone, (subject, ev, msg_id)] = core.on_delete("k", 9).events
     assert (ev.type, ev.uid, ev.resource_version, msg_id) == ("DELETED", "cu1", "9", "cu1.9.DELETED")
-    assert msgspec.json.decode(ev.object) == last
+    assert msgspec.json.decode(ev.object) == last and not ev.status_only
+    assert tombstone[0] == subjects.status_subject(ev.kind, ev.namespace, ev.name)
+    assert tombstone[1].type == "DELETED" and tombstone[1].status_only
+    assert msgspec.json.decode(tombstone[1].object)["metadata"] == {"name": last["metadata"]["name"],
+                                                                  "namespace": last["metadata"]["namespace"],
+                                                                  "uid": "cu1"}
 
 
 def test_delete_forgets_the_object() -> None:
@@ -163,7 +169,8 @@ def test_accepted_but_unexecuted_kinds_are_published_for_the_recorder(kind: str)
     core = WatcherCore()
     obj = {"kind": kind, "metadata": {"name": "a", "namespace": "b", "uid": "u"}}
     assert [e.type for _, e, _ in core.on_put("k", obj, 1).events] == ["ADDED"]
-    assert [e.type for _, e, _ in core.on_delete("k", 2).events] == ["DELETED"]
+    assert [(e.type, e.status_only) for _, e, _ in core.on_delete("k", 2).events] == [("DELETED", True),
+                                                                                      ("DELETED", False)]
 
 
 @pytest.mark.parametrize("kind", ["ConfigMap", "FooChaos", ""])
@@ -173,3 +180,39 @@ def test_unknown_kinds_are_ignored(kind: str) -> None:
     put = core.on_put("k", obj, 1)
     gone = core.on_delete("k", 2)
     assert (put.events, put.target_puts, gone.events, gone.target_deletes) == ([], [], [], [])
+
+
+def test_a_change_of_status_alone_goes_to_the_status_subject() -> None:
+    core = WatcherCore()
+    core.on_put("k", CHAOS, 7)
+    [(subject, ev, msg_id)] = core.on_put("k", {**CHAOS, "status": {"experiment": {"desiredPhase": "Run"}}}, 8).events
+    assert subject == subjects.status_subject(ev.kind, ev.namespace, ev.name) != subjects.object_subject(
+        ev.kind, ev.namespace, ev.name)
+    assert (ev.type, ev.status_only, msg_id) == ("MODIFIED", True, "cu1.8.MODIFIED.status")
+
+
+@pytest.mark.parametrize("change", [
+    {"metadata": {**CHAOS["metadata"], "finalizers": ["chaos-mesh/records"]}},
+    {"metadata": {**CHAOS["metadata"], "annotations": {"experiment.chaos-mesh.org/pause": "true"}}},
+    {"spec": {**CHAOS["spec"], "mode": "all"}},
+], ids=["finalizer", "annotation", "spec"])
+def test_a_change_beyond_status_goes_to_the_object_subject_with_its_status(change: dict[str, Any]) -> None:
+    core = WatcherCore()
+    core.on_put("k", CHAOS, 7)
+    [(subject, ev, _)] = core.on_put("k", {**CHAOS, **change, "status": {"x": 1}}, 8).events
+    assert subject == subjects.object_subject(ev.kind, ev.namespace, ev.name) and not ev.status_only
+
+
+def test_the_api_server_s_own_fields_do_not_make_a_status_write_more() -> None:
+    before = {**CHAOS, "metadata": {**CHAOS["metadata"], "resourceVersion": "7", "managedFields": [{"a": 1}]}}
+    after = {**CHAOS, "metadata": {**CHAOS["metadata"], "resourceVersion": "8", "managedFields": [{"a": 2}]},
+             "status": {"x": 1}}
+    assert status_only(before, after)
+    assert not status_only(before, {**before, "metadata": {**before["metadata"], "resourceVersion": "8"}})
+
+
+def test_the_status_subject_is_not_among_the_object_changes() -> None:
+    status = subjects.status_subject("NetworkChaos", "ns", "a.b")
+    assert status.startswith("chaos.obj.") and len(status.split(".")) == 6
+    assert len(subjects.object_subject("NetworkChaos", "ns", "a.b").split(".")) == len(
+        subjects.OBJECT_CHANGES.split("."))
