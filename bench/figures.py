@@ -10,6 +10,7 @@ back to back, with the nodes working in parallel (as separate machines would).
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from bench import security
@@ -151,7 +152,7 @@ def breakdown_rows(plan: Plan, runs: list[Run]) -> Section:
     rs = [r for r in runs if r.size == 1]
     legs: list[tuple[str, str, list[float]]] = [
         ("stored", "1 target: apply -> object stored (KV put acked)", [r.t_ack - r.t0 for r in rs]),
-        ("command", "1 target: apply -> command issued (watcher, recorder's finalizer, scheduler)",
+        ("command", "1 target: apply -> command issued (watcher, scheduler)",
          [r.trace["cmd_issued"] - r.t0 for r in rs if "cmd_issued" in r.trace]),
         ("injector", "1 target: command issued -> in effect (NATS, injector journal, nft)",
          [a - r.trace["cmd_issued"] for r in rs if "cmd_issued" in r.trace for a in r.applied[:1] if a]),
@@ -252,6 +253,32 @@ def resource_rows(resources: dict[str, dict[str, dict[str, float]]], loaded_labe
     return sec
 
 
+def path_rows(runs: list[Run]) -> Section:
+    """The object path, counted per experiment: the writes of its object before the first status
+    write (the apply's, and a finalizer's when the scheduler waits for one: each costs a round
+    through the watcher), all writes and those of its status alone, and the object events every
+    reader gets versus the status events only the scheduler follows.
+    """
+    sec = Section("object path (counted on the bus: writes of the object and the watcher's events)")
+    for size in sorted({r.size for r in runs}):
+        rs = [r for r in runs if r.size == size and "kv_writes" in r.trace]
+        if not rs:
+            continue
+
+        def med(key: str, rs: list[Run] = rs) -> float:
+            return float(statistics.median(r.trace.get(key, 0.0) for r in rs))
+
+        row = Row(f"path.{size}", f"{size} target(s): per experiment, median over runs", n=f"{len(rs)} runs")
+        row.extra = (f"writes before the first status write {med('writes_before_status'):g}; "
+                     f"whole run: {med('kv_writes'):g} writes, "
+                     f"{med('status_writes'):g} of status alone; {med('object_events'):g} events to every reader, "
+                     f"{med('status_events'):g} status events (scheduler only)")
+        row.data = {k: med(k) for k in ("writes_before_status", "kv_writes",
+                                          "status_writes", "object_events", "status_events")}
+        sec.rows.append(row)
+    return sec
+
+
 def status_rows(runs: list[Run]) -> Section:
     sec = Section("status size (bytes of the stored experiment object)")
     if not runs:
@@ -310,6 +337,7 @@ def build(plan: Plan, raw: dict[str, Any]) -> list[Section]:
         floor_rows(raw["floors"]),
         concurrent_rows(raw["concurrent"], floors),
         resource_rows(raw["resources"], f"{max(plan.sizes)} targets"),
+        path_rows(runs),
         status_rows(runs),
         cli_rows(raw["cli"], plan.warm_size),
         security.rows(raw.get("security", {})),

@@ -1,7 +1,8 @@
 """What the harness sees on the bus, off the critical path: every NodeCommand and ResultBatch (core
-NATS subscriptions on the streams' subjects, so the services' consumers are untouched), and every
+NATS subscriptions on the streams' subjects, so the services' consumers are untouched), every
 write of a bench experiment's object (a KV watch): when its status first said all records
-Injected, all Not Injected, and how many bytes the stored object had.
+Injected, all Not Injected, and how many bytes the stored object had, and every object event the
+watcher publishes about it (the object path's hops: writes and events before the first command).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import signing
+from chaosbus.common import signing, subjects
 
 INJECTED, NOT_INJECTED = "Injected", "Not Injected"
 
@@ -33,6 +34,10 @@ class ExperimentView:
     bytes_when_injected: int = 0
     records: int = 0
     gone_at: float | None = None
+    writes: list[tuple[float, bool]] = field(default_factory=list)  # (seen, status alone changed)
+    object_events: list[float] = field(default_factory=list)  # chaos.obj.<kind>.<ns>.<name>: every reader
+    status_events: list[float] = field(default_factory=list)  # chaos.obj.status.<kind>...: the scheduler only
+    last_value: Any = None
 
 
 class Observer:
@@ -48,6 +53,7 @@ class Observer:
     async def start(self) -> None:
         await self.bus.nc.subscribe("chaos.cmd.>", cb=self._on_command)
         await self.bus.nc.subscribe("chaos.result.>", cb=self._on_result)
+        await self.bus.nc.subscribe(subjects.OBJECT_EVENTS, cb=self._on_object_event)
         kv = await self.bus.kv(self.bucket)
         watcher = await kv.watch(f"{self.kind}.{self.namespace}.>", include_history=False)
         self._tasks.append(asyncio.ensure_future(self._follow(watcher)))
@@ -77,6 +83,15 @@ class Observer:
             batch = busmod.decode(msg.data, m.ResultBatch)
             self._uid_view(batch.experiment_uid, batch.name).results.append((now, batch))
 
+    async def _on_object_event(self, msg: Msg) -> None:
+        now, tokens = time.time(), msg.subject.split(".")
+        status = len(tokens) == 6 and tokens[2] == "status"
+        kind, namespace, name = tokens[-3:]
+        if kind != self.kind or namespace != self.namespace:
+            return
+        v = self.view(name)
+        (v.status_events if status else v.object_events).append(now)
+
     async def _follow(self, watcher: Any) -> None:
         async for entry in watcher:
             if entry is None:
@@ -93,6 +108,8 @@ class Observer:
                 obj = msgspec.json.decode(entry.value)
             except msgspec.DecodeError:
                 continue
+            before, v.last_value = v.last_value, obj
+            v.writes.append((now, before is not None and _status_alone(before, obj)))
             status = obj.get("status") or {}
             v.max_status_bytes = max(v.max_status_bytes, len(msgspec.json.encode(status)))
             records = (status.get("experiment") or {}).get("containerRecords") or []
@@ -102,3 +119,8 @@ class Observer:
                 v.all_injected_at, v.bytes_when_injected = now, size
             if records and phases == {NOT_INJECTED} and v.all_injected_at is not None and v.all_recovered_at is None:
                 v.all_recovered_at = now
+
+
+def _status_alone(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    return before.get("status") != after.get("status") and \
+        {k: v for k, v in before.items() if k != "status"} == {k: v for k, v in after.items() if k != "status"}

@@ -213,6 +213,13 @@ class Harness:
         if results:
             out["result_at"], out["result_seen"] = results[0][1].results[0].at, results[0][0]
             out["result_last_seen"] = results[-1][0]
+        out["kv_writes"] = float(len(v.writes))
+        out["status_writes"] = float(sum(alone for _, alone in v.writes))
+        # Writes of the object before its first status write (the KV watch delivers them in order):
+        # the apply's own, and any the object needs before the scheduler acts (a finalizer).
+        first_status = next((i for i, (_, alone) in enumerate(v.writes) if alone), len(v.writes))
+        out["writes_before_status"] = float(first_status)
+        out["object_events"], out["status_events"] = float(len(v.object_events)), float(len(v.status_events))
         if v.all_injected_at is not None:
             out["status_injected"] = v.all_injected_at
         if v.all_recovered_at is not None:
