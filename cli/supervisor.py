@@ -216,14 +216,16 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.child.pid, signal.SIGKILL)
             await asyncio.to_thread(self.child.wait)
-        with contextlib.suppress(NotFound):
-            await self.store.delete("Pod", self.spec.namespace, self.spec.name)
         await asyncio.to_thread(podnet.delete_pod_network, self.netns)
         await asyncio.to_thread(shutil.rmtree, self.holds, True)
         if self.cgroup is not None:
             await asyncio.to_thread(cgroups.remove, self.cgroup)
         if self.ip:
             await ipam.release(self.ipam_kv, self.ip)
+        # Last, as a kubelet finishes a pod's deletion: once the Pod is gone, so is everything it
+        # had (`pod rm` waits for this, then deletes the bridge when no veth is left on it).
+        with contextlib.suppress(NotFound):
+            await self.store.delete("Pod", self.spec.namespace, self.spec.name)
 
 
 async def amain(spec: PodSpec, url: str) -> None:
