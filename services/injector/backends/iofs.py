@@ -142,6 +142,8 @@ def fdswitch(pid: int, path: str, from_mount: int | None = None) -> int:
     Raises:
         IofsError: a file could not be moved (the reason from fdswitch).
     """
+    if not _has_files(pid, path, from_mount):
+        return 0  # nothing to move: no helper started, the process never stopped
     argv = [helper("fdswitch"), str(pid), path] + ([] if from_mount is None else ["--from-mnt", str(from_mount)])
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
@@ -152,6 +154,29 @@ def fdswitch(pid: int, path: str, from_mount: int | None = None) -> int:
     if proc.returncode != 0:
         raise IofsError(proc.stderr.strip() or f"fdswitch exited with status {proc.returncode}")
     return int(proc.stdout.strip() or 0)
+
+
+def _has_files(pid: int, path: str, mount: int | None) -> bool:
+    """Whether the process may have a file for fdswitch: one open under `path`, or on `mount`."""
+    fds = f"/proc/{int(pid)}/fd"
+    try:
+        names = os.listdir(fds)
+    except OSError:
+        return False
+    under = path.rstrip("/") + "/"
+    for name in names:
+        try:
+            if mount is None:
+                target = os.readlink(f"{fds}/{name}")
+                if target == path or target.startswith(under):
+                    return True
+            else:
+                with open(f"/proc/{int(pid)}/fdinfo/{name}") as f:
+                    if f"mnt_id:\t{mount}\n" in f.read():
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def mounts_at(pid: int, path: str) -> int:
