@@ -161,8 +161,8 @@ class Session:
                             for w, (a, b) in windows.items()}
         out["security"] = {"cost": security.signing_cost()}
         small = [s for s in plan.sizes if s <= 100] or [min(plan.sizes)]
-        out["security"]["apply"] = await security.on_off(
-            self.cluster, h, {s: max(3, plan.runs[s][0] // 2) for s in small}, plan.log_level, self.say)
+        per_half, reps = security.plan(small, plan.runs[min(small)][0], plan.quick)
+        out["security"]["apply"] = await security.on_off(self.cluster, h, per_half, reps, plan.log_level, self.say)
         h.close()
         out["monitor_overflows"] = self.monitor.overflows
         out["dead_services"] = self.cluster.dead()
