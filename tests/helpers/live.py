@@ -155,17 +155,18 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         url_file = state / "nats.url"
-        eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=15)
+        # Generous: on two loaded cores a whole system starts slowly, and waiting costs nothing when it is up.
+        eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=60)
         sysm = System(env=env, state=state, url=url_file.read_text().strip())
         eventually(lambda: all("ready" in _read(state / "logs" / f"{s}.log")
-                               for s in ("scheduler", "recorder", "injector")), timeout=15)
+                               for s in ("scheduler", "recorder", "injector")), timeout=60)
         for i in range(PEERS):
             group = "a" if i % 2 == 0 else "b"
             sysm.cli("pod", "run", "--name", f"peer-{i}", "-l", f"app=peer,group={group},index={i}",
                      "--bridge", BRIDGE, "--subnet", SUBNET, "--", sys.executable, "-m", "chaosbus.cli.demoapp",
                      "serve", "--name", f"peer-{i}")
             sysm.pods.append(_pod(sysm, f"peer-{i}"))
-        eventually(lambda: not sysm.blocked(), timeout=10)
+        eventually(lambda: not sysm.blocked(), timeout=30)
         yield sysm
         own_netns = _pod_netns_names(sysm)
         sysm.cli("pod", "rm", "--all", check=False)
