@@ -110,11 +110,22 @@ def pod_rows(pods: list[Obj]) -> str:
         meta, status = p.get("metadata") or {}, p.get("status") or {}
         cs = status.get("containerStatuses") or []
         labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
-        rows.append([meta.get("namespace", ""), meta.get("name", ""), status.get("phase", ""),
+        ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(cs)}"
+        rows.append([meta.get("namespace", ""), meta.get("name", ""), ready, _pod_status(status, cs),
                      status.get("podIP", ""), str(sum(c.get("restartCount", 0) for c in cs)),
                      (meta.get("annotations") or {}).get("chaosbus.io/netns", ""), _cgroup_of(meta),
                      ",".join(_pid_of(c.get("containerID", "")) for c in cs), labels or "<none>"])
-    return table(rows, ["NAMESPACE", "NAME", "STATUS", "IP", "RESTARTS", "NETNS", "CGROUP", "PIDS", "LABELS"])
+    return table(rows, ["NAMESPACE", "NAME", "READY", "STATUS", "IP", "RESTARTS", "NETNS", "CGROUP", "PIDS", "LABELS"])
+
+
+def _pod_status(status: Obj, containers: list[Obj]) -> str:
+    """As kubectl shows it: a waiting container's reason (PodFailure while a pod-failure holds its
+    command), else the pod's phase."""
+    for c in containers:
+        reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason:
+            return str(reason)
+    return str(status.get("phase", ""))
 
 
 def _cgroup_of(meta: Obj) -> str:
