@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -260,6 +261,7 @@ class Bus:
                        ack_wait: float) -> AsyncIterator[list[Msg]]:
         """Fetches from a durable pull consumer, forever (empty ones skipped)."""
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
+        await self._refilter(stream, durable, filter_subject)
         psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
         me = asyncio.current_task()
         while True:
@@ -274,6 +276,21 @@ class Bus:
                 raise asyncio.CancelledError
             if msgs:
                 yield msgs
+
+    async def _refilter(self, stream: subjects.Stream, durable: str, filter_subject: str) -> None:
+        """A durable consumer made before its stream's subjects changed (a store kept across an
+        upgrade: results became per node) keeps its old filter, which matches nothing now, and
+        pull_subscribe would use it as it is: point it at the table's filter instead.
+        """
+        try:
+            info = await self.js.consumer_info(stream.name, durable)
+        except NotFoundError:
+            return
+        if info.config.filter_subject and info.config.filter_subject != filter_subject:
+            log.warning("durable consumer refiltered", stream=stream.name, durable=durable,
+                        was=info.config.filter_subject, now=filter_subject)
+            await self.js.add_consumer(stream.name,
+                                       config=dataclasses.replace(info.config, filter_subject=filter_subject))
 
     async def _handle_aside(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M,
                             ack_wait: float) -> None:

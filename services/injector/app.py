@@ -183,7 +183,8 @@ class Edge:
             sent, moved = 0, False
             for row in rows:
                 try:
-                    await bus.js.publish(row.subject, row.payload, headers={"Nats-Msg-Id": row.msg_id}, timeout=2.0)
+                    await bus.js.publish(self._current_subject(row.subject), row.payload,
+                                         headers={"Nats-Msg-Id": row.msg_id}, timeout=2.0)
                 except nats.errors.MaxPayloadError:  # never sendable as it is: it must not block the rows behind
                     await self._too_large(bus, row)
                     moved = True
@@ -197,6 +198,14 @@ class Edge:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.node.outbox_kick.wait(), timeout=RETRY_S)
+
+    def _current_subject(self, subject: str) -> str:
+        """A result journaled before results were per node (`chaos.result.<uid>`) goes where
+        results go now; the old subject is no stream's any more and would block the outbox.
+        """
+        if subject.startswith("chaos.result.") and subjects.result_node(subject) is None:
+            return subjects.result_subject(self.name, subject.removeprefix("chaos.result."))
+        return subject
 
     async def _too_large(self, bus: busmod.Bus, row: OutboxRow) -> None:
         """A result batch over max_payload goes with its outputs cut (keeping its turn); anything

@@ -126,3 +126,36 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
     finally:
         for b in (cli, scheduler, n1):
             await b.close()
+
+
+async def test_a_store_kept_across_the_upgrade_still_delivers_results(bus: busmod.Bus) -> None:
+    """Before results were per node the stream took `chaos.result.<uid>` and the durable consumers
+    filtered on `chaos.result.*`: such a consumer is pointed at the new subjects, and a result
+    journaled under the old subject is published under its node's.
+    """
+    from types import SimpleNamespace
+
+    from nats.js import api
+
+    from chaosbus.injector.app import Edge
+
+    cfg = api.ConsumerConfig(durable_name="old-recorder", ack_policy=api.AckPolicy.EXPLICIT,
+                             filter_subject="chaos.result.*")
+    await bus.js.add_consumer(subjects.RESULTS.name, config=cfg)
+    got: list[m.ResultBatch] = []
+
+    async def handler(batches: list[m.ResultBatch]) -> set[int]:
+        got.extend(batches)
+        return set()
+
+    task = asyncio.ensure_future(bus.consume_batches(subjects.RESULTS, "old-recorder", subjects.RESULTS.subjects[0],
+                                                     handler, m.ResultBatch))
+    try:
+        legacy = Edge._current_subject(SimpleNamespace(name="n1"), "chaos.result.u1")  # type: ignore[arg-type]
+        assert legacy == subjects.result_subject("n1", "u1")
+        assert Edge._current_subject(SimpleNamespace(name="n1"), legacy) == legacy  # type: ignore[arg-type]
+        await bus.publish(legacy, batch("u1", "c1", "n1", "t"), msg_id="c1")
+        await eventually(lambda: len(got) == 1, within=20)
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
