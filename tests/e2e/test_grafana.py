@@ -1,11 +1,13 @@
 """Every PromQL expression of deploy/grafana/chaosbus.json (panel targets and the Events
-annotation) returns series from a real Prometheus scraping a live system while experiments of
-every read-back kind run: a partition, a bandwidth cap, a stressor and a clock skew, after one
-experiment was recovered.
+annotation) returns series from a real Prometheus scraping a live system and an SLO guard while
+experiments of every read-back kind run: a partition, a bandwidth cap, a stressor and a clock
+skew, after one experiment was recovered.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,8 +31,20 @@ def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iter
     if prom.unavailable():
         pytest.skip(prom.unavailable() or "")
     config = promconfig.scrape_config(system.metrics_ports(), interval="1s")
+    guard_port = prom.free_port()
+    config["scrape_configs"].append({"job_name": "chaosbus-guard",
+                                     "static_configs": [{"targets": [f"127.0.0.1:{guard_port}"]}]})
     with prom.running(config, tmp_path_factory.mktemp("prometheus-grafana")) as p:
-        yield p
+        # A guard whose objective always holds (it never halts), for the dashboard's guard panel.
+        guard = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "guard", "--name", "always-met",
+                                  "--prometheus", p.url, "--query", "vector(1)", "--criteria", "==", "--value", "1",
+                                  "--interval", "1", "--metrics-port", str(guard_port)],
+                                 env=system.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield p
+        finally:
+            guard.terminate()
+            guard.wait(20)
 
 
 def pod(name: str) -> dict[str, Any]:
