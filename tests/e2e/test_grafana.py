@@ -20,7 +20,10 @@ from helpers.live import System, eventually, wait_blocked
 from chaosbus.cli import promconfig
 from chaosbus.injector.backends import timeskew
 
-pytestmark = pytest.mark.privileged
+# Beyond the default 120 s: the first test of a worker also pays for the live system's start (a
+# nats-server, four services, four pods) and its Prometheus, which take a minute or more on a
+# loaded 2-core machine; on an idle one each test takes 20-60 s.
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
 NS = "grafana"  # the experiments' own namespace: the dashboard's $namespace selects it
 KINDS = {"NetworkChaos": "networkchaos", "StressChaos": "stresschaos", "TimeChaos": "timechaos"}

@@ -20,7 +20,10 @@ import yaml
 from helpers import prom
 from helpers.live import BRIDGE, SUBNET, System, eventually, wait_blocked
 
-pytestmark = pytest.mark.privileged
+# Beyond the default 120 s: the first test of a worker also pays for the live system's start (a
+# nats-server, four services, four pods) and its Prometheus, which take a minute or more on a
+# loaded 2-core machine; on an idle one each test takes 20-60 s.
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
 APP = Path(__file__).resolve().parents[1] / "helpers" / "errorapp.py"
 PORT = 9100
