@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 from pathlib import Path
 
 import nats.errors
@@ -22,7 +21,7 @@ from chaosbus.common import commands, config, service, settings, signing, subjec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, core, drops, faults, loops, podpolicy, readback, runtime
+from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback, runtime
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
@@ -35,15 +34,6 @@ log = cblog.get("injector")
 COMMAND_ACK_WAIT_S = 10.0  # an unacked command (injector killed mid-way) is redelivered after this
 HALT_POLL_S = 1.0
 RETRY_S = 1.0
-
-
-def default_journal(node: str) -> Path:
-    """CHAOSBUS_JOURNAL, else /var/lib/chaosbus/injector-<node>.db (root) or the user's state dir."""
-    env = settings.current().journal
-    if env:
-        return Path(env)
-    base = Path("/var/lib/chaosbus") if os.geteuid() == 0 else Path.home() / ".local" / "state" / "chaosbus"
-    return base / f"injector-{subjects.token(node)}.db"
 
 
 class Edge:
@@ -327,7 +317,7 @@ async def main(args: argparse.Namespace) -> None:
     metrics = InjectorMetrics()
     name = subjects.CLUSTER_NODE if args.cluster else config.node_name(args.node)
     guard = service.guard(args)
-    path = Path(args.journal) if args.journal else default_journal(name)
+    path = Path(args.journal) if args.journal else flags.default_journal(name)
     journal = Journal(path, sync=args.journal_sync)
     api = None
     if args.cluster:  # API-level faults through the Kubernetes API, same journaled machinery
@@ -337,12 +327,12 @@ async def main(args: argparse.Namespace) -> None:
         api = await kubeclient.api_client(args.kubeconfig)
         pods = cluster.KubePods(api, asyncio.get_running_loop())
         policy = authorize.Policy(guard=guard, mode=authorize.CLUSTER, api=True)
-        tasks = task_policy(guard, args.task_namespaces)
+        tasks = flags.task_policy(guard, args.task_namespaces)
         executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image),
                                                                         tasks),
                                resolve=cluster.resolve_pod_only, policy=policy)
     else:
-        runtime.configure(runtime_config(args))
+        runtime.configure(flags.runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
         executor = ex.Executor(journal, name, policy=policy)
     env = settings.current()
@@ -389,64 +379,3 @@ def load_trust(args: argparse.Namespace) -> signing.Trust | None:
     log.info("trusted keys", keys_dir=str(directory), scheduler=trust.kids("scheduler"),
              operator=trust.kids("operator"))
     return trust
-
-
-def runtime_config(args: argparse.Namespace) -> runtime.RuntimeConfig:
-    """The container runtime sockets and deadline from the flags, else the environment."""
-    return runtime.config_from_env(args.containerd_socket, args.crio_socket, args.docker_socket, args.runtime_timeout)
-
-
-def task_policy(guard: config.TargetGuard, namespaces: str | None) -> podpolicy.TaskPodPolicy:
-    given = settings.current()
-    listed = namespaces if namespaces is not None else (
-        given.task_namespaces if given.is_set("CHAOSBUS_TASK_NAMESPACES") else None)
-    allowed = None if listed is None else frozenset(n.strip() for n in listed.split(",") if n.strip())
-    return podpolicy.TaskPodPolicy(protected=guard.protected_namespaces, namespaces=allowed)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    env = settings.current()
-    p.add_argument("--node", default=None, help="node name (default: CHAOSBUS_NODE or the hostname)")
-    p.add_argument("--mode", choices=authorize.MODES, default=env.mode or authorize.LOCAL,
-                   help="local: targets are process pods (process://) and Tasks run as processes; cluster: a "
-                        "node of a Kubernetes cluster, targets are runtime containers only and Tasks are refused "
-                        "(they run as Pods there). Default: CHAOSBUS_MODE or local")
-    p.add_argument("--task-namespaces", default=None,
-                   help="with --cluster: comma-separated namespaces where Task Pods may be created (default: "
-                        "CHAOSBUS_TASK_NAMESPACES, else the Workflow's own namespace, never a protected one)")
-    service.add_guard_arguments(p)
-    p.add_argument("--cluster", action="store_true",
-                   help="the cluster injector: API-level faults (pod-kill, pod-failure) through the Kubernetes "
-                        f"API, as node {subjects.CLUSTER_NODE!r}")
-    p.add_argument("--kubeconfig", default=None, help="with --cluster: kubeconfig file (default: in-cluster)")
-    p.add_argument("--pause-image", default=None,
-                   help="with --cluster: pod-failure's image (default: POD_FAILURE_PAUSE_IMAGE or "
-                        "gcr.io/google-containers/pause:latest)")
-    p.add_argument("--journal", default=None,
-                   help="journal file (default: CHAOSBUS_JOURNAL or /var/lib/chaosbus/injector-<node>.db)")
-    p.add_argument("--journal-sync", choices=("full", "normal"), default="full",
-                   help="full: fsync every journal commit (survives power loss); normal: faster")
-    p.add_argument("--lease-seconds", type=float, default=env.lease_seconds,
-                   help="dead-man lease until the scheduler's first renewal says otherwise")
-    p.add_argument("--max-lease-seconds", type=float,
-                   default=env.max_lease_seconds,
-                   help="the longest lease ttl this node honours, whatever a lease says")
-    p.add_argument("--keys-dir", default=None,
-                   help="directory of trusted public keys, scheduler*.pub and operator*.pub (default: "
-                        "CHAOSBUS_KEYS_DIR or <state dir>/keys)")
-    p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")
-    p.add_argument("--drops-interval", type=float, default=2.0,
-                   help="seconds between kernel read-backs (partition_dropped_*, qdiscs_installed, stressors_running, "
-                        "skewed_processes)")
-    p.add_argument("--containerd-socket", default=None,
-                   help="containerd:// targets: containerd's CRI socket (default: CHAOSBUS_CONTAINERD_SOCKET or "
-                        "/run/containerd/containerd.sock)")
-    p.add_argument("--crio-socket", default=None,
-                   help="cri-o:// targets: CRI-O's socket (default: CHAOSBUS_CRIO_SOCKET or /var/run/crio/crio.sock)")
-    p.add_argument("--docker-socket", default=None,
-                   help="docker:// targets: the Docker Engine socket (default: CHAOSBUS_DOCKER_SOCKET or "
-                        "/var/run/docker.sock)")
-    p.add_argument("--runtime-timeout", type=float, default=None,
-                   help="seconds per container runtime call (default: CHAOSBUS_RUNTIME_TIMEOUT or 2)")
-    p.add_argument("--sweep-scope", choices=("journal", "all"), default="journal",
-                   help="journal: netns this node touched; all: every netns on the machine (dedicated nodes)")

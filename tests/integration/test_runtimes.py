@@ -24,7 +24,7 @@ from fakecri import FakeCri, FakeDocker, runtime_sockets, runtimes
 from chaosbus.common import messages as m
 from chaosbus.common import settings
 from chaosbus.common.netns import netns_inode
-from chaosbus.injector import app, core, faults, runtime
+from chaosbus.injector import core, faults, flags, runtime
 from chaosbus.injector.backends import criwire, procs
 from chaosbus.injector.backends.containers import Breaker, RuntimeCallError
 
@@ -253,10 +253,10 @@ def test_sockets_come_from_flags_then_environment_then_defaults(monkeypatch: pyt
 def test_injector_flags_pick_the_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHAOSBUS_DOCKER_SOCKET", "/env/docker.sock")
     parser = argparse.ArgumentParser()
-    app.add_arguments(parser)
+    flags.add_arguments(parser)
     args = parser.parse_args(["--containerd-socket", "/run/k3s/containerd/containerd.sock",
                               "--crio-socket", "/host/crio.sock", "--runtime-timeout", "1.5"])
-    cfg = app.runtime_config(args)
+    cfg = flags.runtime_config(args)
     assert cfg.sockets == {"containerd": "/run/k3s/containerd/containerd.sock", "cri-o": "/host/crio.sock",
                            "docker": "/env/docker.sock"}
     assert cfg.timeout == 1.5
