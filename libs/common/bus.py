@@ -33,6 +33,7 @@ log = cblog.get("bus")
 # Followers (ordered consumers) are re-created by nats-py once two idle heartbeats are missed, e.g.
 # after a nats-server restart; its default of 5 s left a service deaf for 10-15 s, 1 s makes it ~2 s.
 FOLLOW_HEARTBEAT_S = 1.0
+LAST_MESSAGES_WAIT_S = 10.0  # a one-off read of the stream gives up on a message that never comes
 _KV_DELETE_OPS = ("DEL", "PURGE")
 
 
@@ -365,9 +366,19 @@ class Bus:
         out: list[M] = []
         try:
             info = await sub.consumer_info()
-            if info.num_pending == 0 and (info.delivered.stream_seq if info.delivered else 0) == 0:
+            # Nothing matches: nothing was or will be delivered. (The consumer's stream position is
+            # no sign of that: it starts at the stream's end when no subject matches.)
+            if info.num_pending == 0 and (info.delivered.consumer_seq if info.delivered else 0) == 0:
                 return out
-            while (msg := await queue.get()) is not None:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(queue.get(), timeout=LAST_MESSAGES_WAIT_S)
+                except TimeoutError:
+                    log.warning("last messages: the stream stopped answering; read what came",
+                                stream=stream.name, subject=filter_subject, read=len(out))
+                    break
+                if msg is None:
+                    break
                 decoded = _decode_or_log(msg, kind)
                 if decoded is not None:
                     out.append(decoded)

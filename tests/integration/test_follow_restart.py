@@ -108,3 +108,9 @@ async def test_last_messages_reads_the_last_event_per_subject_once(bus: busmod.B
         await bus.publish(subjects.object_subject("PodChaos", "ns", name), ev, msg_id=f"{name}{i}")
     last = await asyncio.wait_for(bus.last_messages(subjects.OBJECTS, "chaos.obj.>", m.ObjectEvent), 5)
     assert sorted((e.name, e.type) for e in last) == [("a", "MODIFIED"), ("b", "ADDED")]
+    # A subject with no message, in a stream that has others (the recorder asking for the decision of
+    # an experiment that never had one): nothing, at once, rather than a wait for a message that
+    # never comes.
+    none = await asyncio.wait_for(bus.last_messages(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "c"),
+                                                    m.ObjectEvent), 5)
+    assert none == []
