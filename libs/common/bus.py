@@ -366,19 +366,11 @@ class Bus:
         out: list[M] = []
         try:
             info = await sub.consumer_info()
-            # Nothing matches: nothing was or will be delivered. (The consumer's stream position is
-            # no sign of that: it starts at the stream's end when no subject matches.)
+            # Nothing delivered and nothing pending: no subject matches (the stream position says
+            # nothing then: such a consumer starts at the stream's end).
             if info.num_pending == 0 and (info.delivered.consumer_seq if info.delivered else 0) == 0:
                 return out
-            while True:
-                try:
-                    msg = await asyncio.wait_for(queue.get(), timeout=LAST_MESSAGES_WAIT_S)
-                except TimeoutError:
-                    log.warning("last messages: the stream stopped answering; read what came",
-                                stream=stream.name, subject=filter_subject, read=len(out))
-                    break
-                if msg is None:
-                    break
+            while (msg := await asyncio.wait_for(queue.get(), timeout=LAST_MESSAGES_WAIT_S)) is not None:
                 decoded = _decode_or_log(msg, kind)
                 if decoded is not None:
                     out.append(decoded)
