@@ -20,7 +20,7 @@ from typing import Any
 from chaosbus.common.messages import Dns, FaultSpec, TargetAction
 from chaosbus.injector.backends import dnsresponder, nft
 from chaosbus.injector.backends.dnsrules import DnsRule
-from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.faults import FaultContext, FaultError, redirect, register
 
 TABLE_PREFIX = f"{nft.TABLE_PREFIX}dns_"
 ABSENT = "nft_table_absent"
@@ -86,33 +86,14 @@ class DnsFault:
             except OSError as e:
                 raise FaultError(f"cannot start the DNS responder in {path}: {e}", retryable=True) from e
             responder.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
-            try:
-                script = nft.render_dns_redirect_table(table, responder.port, dnsresponder.MARK, ctx.deadline)
-                nft.apply_table(path, table, script)
-            except ValueError as e:
-                dnsresponder.release(path, table)
-                raise FaultError(f"invalid DNSChaos: {e}", retryable=False) from e
-            except nft.NetnsGone as e:
-                dnsresponder.release(path, table)
-                raise FaultError(f"target gone: {e}", retryable=False) from e
-            except nft.NftError as e:
-                dnsresponder.release(path, table)
-                raise FaultError(str(e), retryable=True) from e
+            render = functools.partial(nft.render_dns_redirect_table, table, responder.port, dnsresponder.MARK,
+                                       ctx.deadline)
+            redirect.install(path, table, render, dnsresponder.release, "DNSChaos")
         return f"DNSChaos {spec.action} applied: nft table {table}, {len(spec.patterns) or 'every'} pattern(s)"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
-        removed = 0
-        for path in ctx.netns_paths():
-            try:
-                nft.delete_table(path, table)
-                removed += 1
-            except nft.NetnsGone:
-                pass
-            except nft.NftError as e:
-                raise FaultError(str(e), retryable=True) from e
-            dnsresponder.release(path, table)
-        if not removed:
+        if not redirect.remove(ctx, table, dnsresponder.release):
             return f"target gone: nft table {table} went with its netns"
         return f"DNSChaos recovered: nft table {table} removed"
 

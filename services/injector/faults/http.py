@@ -19,7 +19,7 @@ from typing import Any
 from chaosbus.common.messages import FaultSpec, Http, TargetAction
 from chaosbus.injector.backends import httpproxy, nft
 from chaosbus.injector.backends.httprules import HttpRule
-from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.faults import FaultContext, FaultError, redirect, register
 
 TABLE_PREFIX = f"{nft.TABLE_PREFIX}http_"
 ABSENT = "nft_table_absent"
@@ -82,33 +82,14 @@ class HttpFault:
             except OSError as e:
                 raise FaultError(f"cannot start the HTTP proxy in {path}: {e}", retryable=True) from e
             proxy.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
-            try:
-                script = nft.render_http_redirect_table(table, spec.port, proxy.port, httpproxy.MARK, ctx.deadline)
-                nft.apply_table(path, table, script)
-            except ValueError as e:
-                httpproxy.release(path, table)
-                raise FaultError(f"invalid HTTPChaos: {e}", retryable=False) from e
-            except nft.NetnsGone as e:
-                httpproxy.release(path, table)
-                raise FaultError(f"target gone: {e}", retryable=False) from e
-            except nft.NftError as e:
-                httpproxy.release(path, table)
-                raise FaultError(str(e), retryable=True) from e
+            render = functools.partial(nft.render_http_redirect_table, table, spec.port, proxy.port, httpproxy.MARK,
+                                       ctx.deadline)
+            redirect.install(path, table, render, httpproxy.release, "HTTPChaos")
         return f"HTTPChaos on {spec.target.lower()}s to port {spec.port} applied: nft table {table}"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
-        removed = 0
-        for path in ctx.netns_paths():
-            try:
-                nft.delete_table(path, table)
-                removed += 1
-            except nft.NetnsGone:
-                pass
-            except nft.NftError as e:
-                raise FaultError(str(e), retryable=True) from e
-            httpproxy.release(path, table)
-        if not removed:
+        if not redirect.remove(ctx, table, httpproxy.release):
             return f"target gone: nft table {table} went with its netns"
         return f"HTTPChaos recovered: nft table {table} removed"
 
