@@ -26,8 +26,9 @@ from bench.scenarios import Run
 
 def _git(*args: str) -> str:
     try:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parents[1])
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parents[1]
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return done.stdout.strip()
@@ -45,20 +46,42 @@ def _meta(plan: Plan, started: float) -> dict[str, Any]:
         "python": platform.python_version(),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty_files": dirty,
-        "plan": {"sizes": plan.sizes, "nodes": plan.nodes, "runs": {str(k): v for k, v in plan.runs.items()},
-                 "concurrent": plan.concurrent, "concurrent_runs": plan.concurrent_runs, "idle_s": plan.idle_s,
-                 "floor_runs": plan.floor_runs, "quick": plan.quick, "verify": plan.verify,
-                 "kube": plan.kube, "auth": plan.auth},
+        "plan": {
+            "sizes": plan.sizes,
+            "nodes": plan.nodes,
+            "runs": {str(k): v for k, v in plan.runs.items()},
+            "concurrent": plan.concurrent,
+            "concurrent_runs": plan.concurrent_runs,
+            "idle_s": plan.idle_s,
+            "floor_runs": plan.floor_runs,
+            "quick": plan.quick,
+            "verify": plan.verify,
+            "kube": plan.kube,
+            "auth": plan.auth,
+        },
     }
 
 
 def _run_json(r: Run) -> dict[str, Any]:
-    return {"size": r.size, "method": r.method, "name": r.name, "uid": r.uid, "t0": r.t0,
-            "stored_s": r.t_ack - r.t0, "duration_s": r.duration_s, "missing": r.missing,
-            "verify_errors": r.verify_errors, "apply": report.summary(r.apply_latencies()),
-            "recover": report.summary(r.recover_latencies()), "apply_s": r.apply_latencies(),
-            "recover_s": r.recover_latencies(), "object_gone_s": (r.object_gone - r.t1) if r.object_gone else None,
-            "trace": r.trace, "flow_s": r.flow_latencies(), "probe_errors": r.probe_errors}
+    return {
+        "size": r.size,
+        "method": r.method,
+        "name": r.name,
+        "uid": r.uid,
+        "t0": r.t0,
+        "stored_s": r.t_ack - r.t0,
+        "duration_s": r.duration_s,
+        "missing": r.missing,
+        "verify_errors": r.verify_errors,
+        "apply": report.summary(r.apply_latencies()),
+        "recover": report.summary(r.recover_latencies()),
+        "apply_s": r.apply_latencies(),
+        "recover_s": r.recover_latencies(),
+        "object_gone_s": (r.object_gone - r.t1) if r.object_gone else None,
+        "trace": r.trace,
+        "flow_s": r.flow_latencies(),
+        "probe_errors": r.probe_errors,
+    }
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -76,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(plan)
     raw: dict[str, Any] | None = None
     code = 0
-    print(f"chaosbus bench ({'quick' if plan.quick else 'full'}): sizes {plan.sizes} over {plan.nodes} node "
-          f"injectors, NATS auth {'on' if plan.auth else 'off'}; "
-          f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+    print(
+        f"chaosbus bench ({'quick' if plan.quick else 'full'}): sizes {plan.sizes} over {plan.nodes} node "
+        f"injectors, NATS auth {'on' if plan.auth else 'off'}; "
+        f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}",
+        flush=True,
+    )
     try:
         session.setup()
         raw = asyncio.run(session.measure())
@@ -145,13 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(sections))
     meta = _meta(plan, started)
     meta["loadavg_at_start"] = load_start
-    doc = {"meta": meta, "figures": report.to_json(sections),
-           "floors": {k: report.summary(v) for k, v in raw["floors"].items()},
-           "runs": [_run_json(r) for r in raw["runs"]], "concurrent": raw["concurrent"], "cli": raw["cli"],
-           "resources": raw["resources"], "profile": raw.get("profile"),
-           "monitor_overflows": raw["monitor_overflows"], "dead_services": raw["dead_services"],
-           "leftovers": left, "log": session.log, "kube": raw.get("kube"), "security": raw.get("security"),
-           "timechaos": raw.get("timechaos")}
+    doc = {
+        "meta": meta,
+        "figures": report.to_json(sections),
+        "floors": {k: report.summary(v) for k, v in raw["floors"].items()},
+        "runs": [_run_json(r) for r in raw["runs"]],
+        "concurrent": raw["concurrent"],
+        "cli": raw["cli"],
+        "resources": raw["resources"],
+        "profile": raw.get("profile"),
+        "monitor_overflows": raw["monitor_overflows"],
+        "dead_services": raw["dead_services"],
+        "leftovers": left,
+        "log": session.log,
+        "kube": raw.get("kube"),
+        "security": raw.get("security"),
+        "timechaos": raw.get("timechaos"),
+    }
     plan.out.parent.mkdir(parents=True, exist_ok=True)
     plan.out.write_text(json.dumps(report.clean(doc), indent=1))
     print(f"\nload average at end {meta['loadavg_at_end'][0]:.2f}; took {meta['seconds']:.0f}s; JSON: {plan.out}")

@@ -74,10 +74,22 @@ def targets(n: int, tag: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes
 
 def ctx(uid: str, pid: int, spec: Dns) -> faults.FaultContext:
     ids = [f"process://{pid}"]
-    action = TargetAction(target_id=f"bench/{pid}", selector_key=".", op="apply", namespace="bench",
-                          pod_name=str(pid), container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="bench", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+    action = TargetAction(
+        target_id=f"bench/{pid}",
+        selector_key=".",
+        op="apply",
+        namespace="bench",
+        pod_name=str(pid),
+        container_ids=ids,
+        fault=spec,
+    )
+    return faults.FaultContext(
+        experiment_uid=uid,
+        experiment_name=uid,
+        namespace="bench",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+    )
 
 
 def query_times(path: str, count: int) -> tuple[list[float], list[int]]:
@@ -90,6 +102,7 @@ def query_times(path: str, count: int) -> tuple[list[float], list[int]]:
             out.append(time.perf_counter() - t)
             codes.append(r.rcode())
         return out, codes
+
     return nsu.run_in_netns(path, run)
 
 
@@ -120,8 +133,9 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
     with targets(1, tag) as made:
         name, proc = made[0]
         path = nsu.netns_path(name)
-        server = subprocess.Popen(["nsenter", f"--net={path}", sys.executable, "-c", ZONE_SERVER],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            ["nsenter", f"--net={path}", sys.executable, "-c", ZONE_SERVER], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             query_times(path, 20)  # warm-up
@@ -141,8 +155,12 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
         finally:
             server.kill()
             server.wait()
-    return {"direct": direct, "through": through, "direct_qps": count / direct_wall,
-            "through_qps": count / through_wall}
+    return {
+        "direct": direct,
+        "through": through,
+        "direct_qps": count / direct_wall,
+        "through_qps": count / through_wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

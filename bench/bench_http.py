@@ -86,14 +86,27 @@ def targets(n: int, tag: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes
 
 def ctx(uid: str, pid: int, spec: Http) -> faults.FaultContext:
     ids = [f"process://{pid}"]
-    action = TargetAction(target_id=f"bench/{pid}", selector_key=".", op="apply", namespace="bench",
-                          pod_name=str(pid), container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="bench", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+    action = TargetAction(
+        target_id=f"bench/{pid}",
+        selector_key=".",
+        op="apply",
+        namespace="bench",
+        pod_name=str(pid),
+        container_ids=ids,
+        fault=spec,
+    )
+    return faults.FaultContext(
+        experiment_uid=uid,
+        experiment_name=uid,
+        namespace="bench",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+    )
 
 
 def accepted(path: str) -> bool:
     """Whether a connection to PORT in the namespace is accepted (nothing listens there but a proxy)."""
+
     def run() -> bool:
         try:
             socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
@@ -102,6 +115,7 @@ def accepted(path: str) -> bool:
             return False
         except ConnectionResetError:
             return True  # accepted, then reset by the proxy (its upstream refused) before connect returned
+
     return nsu.run_in_netns(path, run)
 
 
@@ -147,8 +161,13 @@ print(json.dumps([small, big]))
 
 def request_times(path: str, count: int) -> tuple[list[float], float]:
     """`count` sequential GETs on one connection, and the median seconds a 4 MiB body takes."""
-    done = subprocess.run(["nsenter", f"--net={path}", sys.executable, "-c", CLIENT, str(PORT), str(count),
-                           str(BIG_RUNS)], capture_output=True, text=True, check=True, timeout=300)
+    done = subprocess.run(
+        ["nsenter", f"--net={path}", sys.executable, "-c", CLIENT, str(PORT), str(count), str(BIG_RUNS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     small, big = json.loads(done.stdout)
     return small, pct(big, 50)
 
@@ -159,8 +178,11 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
     with targets(1, tag) as made:
         name, proc = made[0]
         path = nsu.netns_path(name)
-        server = subprocess.Popen(["nsenter", f"--net={path}", sys.executable, "-c", SERVER, str(BIG), str(PORT)],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            ["nsenter", f"--net={path}", sys.executable, "-c", SERVER, str(BIG), str(PORT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
             request_times(path, 20)  # warm-up
@@ -179,9 +201,14 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
         finally:
             server.kill()
             server.wait()
-    return {"direct": direct, "through": through, "direct_rps": count / direct_wall,
-            "through_rps": count / through_wall, "direct_mbps": BIG / direct_big / 1e6,
-            "through_mbps": BIG / through_big / 1e6}
+    return {
+        "direct": direct,
+        "through": through,
+        "direct_rps": count / direct_wall,
+        "through_rps": count / through_wall,
+        "direct_mbps": BIG / direct_big / 1e6,
+        "through_mbps": BIG / through_big / 1e6,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,10 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"HTTPChaos {size:>4} target(s): apply->in effect {ms(r['apply'])}; recover {ms(r['recover'])}")
     lat = added_latency(args.requests, f"{tag}l")
     added = pct(lat["through"], 50) - pct(lat["direct"], 50)
-    print(f"unselected request, direct:  {ms(lat['direct'])}, {lat['direct_rps']:.0f} requests/s sequential, "
-          f"4 MiB body at {lat['direct_mbps']:.0f} MB/s")
-    print(f"unselected request, through: {ms(lat['through'])}, {lat['through_rps']:.0f} requests/s sequential, "
-          f"4 MiB body at {lat['through_mbps']:.0f} MB/s")
+    print(
+        f"unselected request, direct:  {ms(lat['direct'])}, {lat['direct_rps']:.0f} requests/s sequential, "
+        f"4 MiB body at {lat['direct_mbps']:.0f} MB/s"
+    )
+    print(
+        f"unselected request, through: {ms(lat['through'])}, {lat['through_rps']:.0f} requests/s sequential, "
+        f"4 MiB body at {lat['through_mbps']:.0f} MB/s"
+    )
     print(f"added by the proxy: p50 {added * 1e3:.3f} ms (goal <= 1 ms: {'PASS' if added <= 1e-3 else 'FAIL'})")
     return 0
 

@@ -96,8 +96,10 @@ def pct(values: list[float], p: float) -> float:
 
 @contextlib.contextmanager
 def target(host: Path) -> Iterator[int]:
-    shim = subprocess.Popen(podexec.command(["sleep", "3600"], new_pidns=True, new_mountns=True,
-                                            volumes=[f"{host}:{VOLUME}"]), start_new_session=True)
+    shim = subprocess.Popen(
+        podexec.command(["sleep", "3600"], new_pidns=True, new_mountns=True, volumes=[f"{host}:{VOLUME}"]),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 10
         kids: list[str] = []
@@ -116,8 +118,13 @@ def target(host: Path) -> Iterator[int]:
 
 class Prober:
     def __init__(self, pid: int) -> None:
-        self.proc = subprocess.Popen(["nsenter", "-t", str(pid), "-m", "--", sys.executable, "-S", "-c", PROBER],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            ["nsenter", "-t", str(pid), "-m", "--", sys.executable, "-S", "-c", PROBER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
 
     def ask(self, line: str) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -134,8 +141,7 @@ def context(pid: int, spec: IO, uid: str) -> faults.FaultContext:
     action = TargetAction(target_id=f"bench/{uid}", op="apply", container_ids=[f"process://{pid}"], fault=spec)
     containers = [runtime.resolve(f"process://{pid}")]
     original = faults.original_state("io", uid, action, containers=containers)
-    return faults.FaultContext(uid, "bench", "bench", action, containers, deadline=time.time() + 600,
-                               original=original)
+    return faults.FaultContext(uid, "bench", "bench", action, containers, deadline=time.time() + 600, original=original)
 
 
 def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]:
@@ -172,8 +178,14 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
                     fault.recover(ctx, spec)
             finally:
                 prober.close()
-    return {"apply": applied, "recover": recovered, "seq_fuse": seq[via], "seq_direct": seq[direct],
-            "stat_fuse": lat[via], "stat_direct": lat[direct]}
+    return {
+        "apply": applied,
+        "recover": recovered,
+        "seq_fuse": seq[via],
+        "seq_direct": seq[direct],
+        "stat_fuse": lat[via],
+        "stat_direct": lat[direct],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     us = lambda v: f"p50 {pct(v, 50) * 1e6:.1f} us, p99 {pct(v, 99) * 1e6:.1f} us"  # noqa: E731
     seq_f, seq_d = pct(r["seq_fuse"], 50), pct(r["seq_direct"], 50)
     st_f, st_d = pct(r["stat_fuse"], 50), pct(r["stat_direct"], 50)
-    print(f"IOChaos apply -> in effect {ms(r['apply'])}; recover {ms(r['recover'])} ({args.runs} runs; "
-          f"load average {os.getloadavg()[0]:.1f})")
-    print(f"IOChaos passthrough, sequential read of {args.mib} MiB: iofs {seq_f:.0f} MiB/s, direct {seq_d:.0f} MiB/s "
-          f"({seq_f / seq_d:.0%} of direct; goal >= 50%)")
-    print(f"IOChaos passthrough, open+close+stat: iofs {us(r['stat_fuse'])}, direct {us(r['stat_direct'])} "
-          f"({st_f / st_d:.1f}x direct at p50; goal <= 2x)")
+    print(
+        f"IOChaos apply -> in effect {ms(r['apply'])}; recover {ms(r['recover'])} ({args.runs} runs; "
+        f"load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"IOChaos passthrough, sequential read of {args.mib} MiB: iofs {seq_f:.0f} MiB/s, direct {seq_d:.0f} MiB/s "
+        f"({seq_f / seq_d:.0%} of direct; goal >= 50%)"
+    )
+    print(
+        f"IOChaos passthrough, open+close+stat: iofs {us(r['stat_fuse'])}, direct {us(r['stat_direct'])} "
+        f"({st_f / st_d:.1f}x direct at p50; goal <= 2x)"
+    )
     return 0
 
 

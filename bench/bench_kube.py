@@ -32,10 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 NODE = f"bench-kube-{os.getpid() % 10000}"
 BRIDGE, SUBNET = f"cbbk{os.getpid() % 10000}", f"10.218.{os.getpid() % 250}.0/24"
 APPLY_TARGET = (0.050, 0.200)  # the issue's single-target targets (p50, p99), same as local mode
-CHAOS = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-         "spec": {"action": "partition", "mode": "all", "direction": "to",
-                  "selector": {"labelSelectors": {"role": "target"}},
-                  "target": {"mode": "all", "selector": {"labelSelectors": {"role": "peer"}}}}}
+CHAOS = {
+    "apiVersion": "chaos-mesh.org/v1alpha1",
+    "kind": "NetworkChaos",
+    "spec": {
+        "action": "partition",
+        "mode": "all",
+        "direction": "to",
+        "selector": {"labelSelectors": {"role": "target"}},
+        "target": {"mode": "all", "selector": {"labelSelectors": {"role": "peer"}}},
+    },
+}
 
 
 def _tests_on_path() -> None:
@@ -73,24 +80,38 @@ def api_server(workdir: Path) -> Iterator[tuple[Path, str]]:
 
 
 @contextlib.contextmanager
-def services(kubeconfig: Path, namespace: str, nats_url: str, workdir: Path,
-             injector: tuple[str, ...] = ("--node", NODE)) -> Iterator[None]:
+def services(
+    kubeconfig: Path, namespace: str, nats_url: str, workdir: Path, injector: tuple[str, ...] = ("--node", NODE)
+) -> Iterator[None]:
     """The four services in cluster mode against the API server; `injector`: the node injector's
     own flags (its node name, its container runtime).
     """
     from chaosbus.common import signing
 
     signing.ensure_keys(workdir / "keys")
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": namespace,
-           "CHAOSBUS_KEYS_DIR": str(workdir / "keys")}
+    env = {
+        **os.environ,
+        "CLUSTER_SCOPED": "false",
+        "TARGET_NAMESPACE": namespace,
+        "CHAOSBUS_KEYS_DIR": str(workdir / "keys"),
+    }
     base = ["--nats", nats_url, "--metrics-port", "0"]
-    argv = {"watcher": ["--kubeconfig", str(kubeconfig), "--target-namespace", namespace], "scheduler": [],
-            "injector": [*injector, "--journal", str(workdir / "journal.db")],
-            "recorder": ["--kubeconfig", str(kubeconfig)]}
+    argv = {
+        "watcher": ["--kubeconfig", str(kubeconfig), "--target-namespace", namespace],
+        "scheduler": [],
+        "injector": [*injector, "--journal", str(workdir / "journal.db")],
+        "recorder": ["--kubeconfig", str(kubeconfig)],
+    }
     logs = {name: workdir / f"{name}.log" for name in argv}
-    procs = {name: subprocess.Popen([sys.executable, "-m", f"chaosbus.{name}", *base, *extra], env=env,
-                                    stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
-             for name, extra in argv.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"chaosbus.{name}", *base, *extra],
+            env=env,
+            stdout=logs[name].open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for name, extra in argv.items()
+    }
     try:
         deadline = time.monotonic() + 90
         while not all("ready" in logs[n].read_text() for n in procs):
@@ -203,8 +224,9 @@ def measure(runs: int, sizes: tuple[int, ...] = (1,)) -> dict[str, Any]:
                         paths.append(nsutil.netns_path(pod.netns))
                         monitor.watch(paths[-1])
                     n_runs = runs if size < 100 else max(3, runs // 10)
-                    out["sizes"][str(size)] = _runs(client, monitor, paths, namespace, n_runs, table_name, clock,
-                                                    f"bench-{size}")
+                    out["sizes"][str(size)] = _runs(
+                        client, monitor, paths, namespace, n_runs, table_name, clock, f"bench-{size}"
+                    )
             # Compatibility with one-size readers (bench/__main__.py, docs): the smallest size's figures.
             return out | out["sizes"][str(min(sizes))]
         finally:
@@ -215,8 +237,17 @@ def measure(runs: int, sizes: tuple[int, ...] = (1,)) -> dict[str, Any]:
                 client.delete(f"/api/v1/namespaces/{namespace}")
 
 
-def _runs(client: Any, monitor: TableMonitor, paths: list[str], namespace: str, runs: int, table_name: Any,
-          clock: EventClock, prefix: str, chaos: dict[str, Any] = CHAOS) -> dict[str, Any]:
+def _runs(
+    client: Any,
+    monitor: TableMonitor,
+    paths: list[str],
+    namespace: str,
+    runs: int,
+    table_name: Any,
+    clock: EventClock,
+    prefix: str,
+    chaos: dict[str, Any] = CHAOS,
+) -> dict[str, Any]:
     """`runs` experiments (after one warm-up), each timed by `_one_run`, with three API GETs before
     each as the floor.
     """
@@ -239,8 +270,9 @@ def _runs(client: Any, monitor: TableMonitor, paths: list[str], namespace: str, 
     return dict(out)
 
 
-def _one_run(client: Any, monitor: TableMonitor, paths: list[str], plural: str, name: str,
-             table_name: Any, chaos: dict[str, Any]) -> tuple[float, float, float, float]:
+def _one_run(
+    client: Any, monitor: TableMonitor, paths: list[str], plural: str, name: str, table_name: Any, chaos: dict[str, Any]
+) -> tuple[float, float, float, float]:
     """(create -> every target's table committed, delete -> every table gone, delete -> the object
     removed (its finalizer released), create's start) for one experiment: the slowest target
     decides, as "all in effect" means.
@@ -263,24 +295,37 @@ def figure_rows(section: report.Section, prefix: str, size: int | str, figures: 
     """The rows of one size: apply, recovery, removal and the watcher's lag, against the API floor."""
     floor = report.pct(figures["floor"], 50) if figures["floor"] else None
     for rid, what, values in (
-            (f"{prefix}.apply.{size}", f"API create -> partition in effect on all {size}", figures["apply"]),
-            (f"{prefix}.recover.{size}", f"API delete -> partition gone on all {size}", figures["recover"]),
-            (f"{prefix}.removed.{size}", "API delete -> object gone (finalizer released)",
-             figures.get("removed") or []),
-            (f"{prefix}.watch_lag.{size}", "API create -> watcher's event on NATS", figures.get("watch_lag") or [])):
+        (f"{prefix}.apply.{size}", f"API create -> partition in effect on all {size}", figures["apply"]),
+        (f"{prefix}.recover.{size}", f"API delete -> partition gone on all {size}", figures["recover"]),
+        (f"{prefix}.removed.{size}", "API delete -> object gone (finalizer released)", figures.get("removed") or []),
+        (f"{prefix}.watch_lag.{size}", "API create -> watcher's event on NATS", figures.get("watch_lag") or []),
+    ):
         if not values:
             continue
         p50, p99 = report.pct(values, 50), report.pct(values, 99)
-        row = report.Row(rid, what, f"{len(values)} runs", report.fmt_s(p50), report.fmt_s(p99),
-                         floor=report.fmt_s(floor), vs_floor=report.ratio(p50, floor),
-                         data={"values": values, "floor_p50": floor})
+        row = report.Row(
+            rid,
+            what,
+            f"{len(values)} runs",
+            report.fmt_s(p50),
+            report.fmt_s(p99),
+            floor=report.fmt_s(floor),
+            vs_floor=report.ratio(p50, floor),
+            data={"values": values, "floor_p50": floor},
+        )
         if rid == "kube.apply.1":
             row.target = "p50<=50 ms, p99<=200 ms"
             row.verdict = report.verdict(p50 <= APPLY_TARGET[0] and p99 <= APPLY_TARGET[1])
         section.rows.append(row)
-    section.rows.append(report.Row(f"{prefix}.floor.get.{size}", "one API round trip (GET namespace)",
-                                   f"{len(figures['floor'])}", report.fmt_s(floor),
-                                   report.fmt_s(report.pct(figures["floor"], 99))))
+    section.rows.append(
+        report.Row(
+            f"{prefix}.floor.get.{size}",
+            "one API round trip (GET namespace)",
+            f"{len(figures['floor'])}",
+            report.fmt_s(floor),
+            report.fmt_s(report.pct(figures["floor"], 99)),
+        )
+    )
 
 
 def rows(raw: dict[str, Any]) -> report.Section:

@@ -46,28 +46,58 @@ def missing() -> str | None:
 def _deployment(name: str, replicas: int) -> dict[str, Any]:
     from kube.node import BUSYBOX_IMAGE
 
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
-                         "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
-                         "containers": [{"name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                                         "command": ["sleep", "3600"]}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": BUSYBOX_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"],
+                        }
+                    ],
+                },
+            },
+        },
+    }
 
 
 def _running(client: Any, namespace: str, app: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = client.request("GET", f"/api/v1/namespaces/{namespace}/pods",
-                                                 query={"labelSelector": f"app={app}"})["items"]
-    return [p for p in items if (p.get("status") or {}).get("phase") == "Running"
-            and all(c.get("ready") for c in p["status"].get("containerStatuses", []))]
+    items: list[dict[str, Any]] = client.request(
+        "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": f"app={app}"}
+    )["items"]
+    return [
+        p
+        for p in items
+        if (p.get("status") or {}).get("phase") == "Running"
+        and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+    ]
 
 
 def _netns_paths(socket: Path, pods: list[dict[str, Any]]) -> list[str]:
     """Each pod's netns, through its container's host PID from containerd's task list."""
-    out = subprocess.run(["ctr", "-a", str(socket), "-n", "k8s.io", "tasks", "ls"], capture_output=True,
-                         text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        ["ctr", "-a", str(socket), "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     pids = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:] if line.strip()}
-    return [f"/proc/{pids[p['status']['containerStatuses'][0]['containerID'].removeprefix('containerd://')]}/ns/net"
-            for p in pods]
+    return [
+        f"/proc/{pids[p['status']['containerStatuses'][0]['containerID'].removeprefix('containerd://')]}/ns/net"
+        for p in pods
+    ]
 
 
 def measure(runs: int, pods: int) -> dict[str, Any]:
@@ -91,8 +121,9 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
         try:
             client = KubeClient(plane.kubeconfig)
             install_crds(client)
-            client.create("/api/v1/namespaces",
-                          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            client.create(
+                "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+            )
             (work / "node").mkdir()
             with running_node(plane, work / "node") as node:
                 server = natsserver.start(work / "nats")
@@ -101,9 +132,13 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
                     started = time.monotonic()
                     client.create(deployments, _deployment("peer", 1))
                     client.create(deployments, _deployment("target", pods))
-                    targets = client.wait_for(lambda: len(_running(client, namespace, "target")) == pods
-                                              and _running(client, namespace, "target"), timeout=60 + pods * 5,
-                                              what=f"{pods} real pods running")
+                    targets = client.wait_for(
+                        lambda: (
+                            len(_running(client, namespace, "target")) == pods and _running(client, namespace, "target")
+                        ),
+                        timeout=60 + pods * 5,
+                        what=f"{pods} real pods running",
+                    )
                     client.wait_for(lambda: _running(client, namespace, "peer"), timeout=60, what="peer running")
                     pods_up = time.monotonic() - started
                     paths = _netns_paths(node.socket, targets)
@@ -111,13 +146,22 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
                         monitor.watch(path)
                     monitor.start()
                     clock = EventClock(server.url)
-                    with services(plane.kubeconfig, namespace, server.url, work,
-                                  ("--node", node.name, "--mode", "cluster", "--containerd-socket", str(node.socket))):
-                        chaos = {**CHAOS, "spec": {
-                            **CHAOS["spec"], "selector": {"labelSelectors": {"app": "target"}},
-                            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "peer"}}}}}
-                        figures = _runs(client, monitor, paths, namespace, runs, table_name, clock, "bench-node",
-                                        chaos)
+                    with services(
+                        plane.kubeconfig,
+                        namespace,
+                        server.url,
+                        work,
+                        ("--node", node.name, "--mode", "cluster", "--containerd-socket", str(node.socket)),
+                    ):
+                        chaos = {
+                            **CHAOS,
+                            "spec": {
+                                **CHAOS["spec"],
+                                "selector": {"labelSelectors": {"app": "target"}},
+                                "target": {"mode": "all", "selector": {"labelSelectors": {"app": "peer"}}},
+                            },
+                        }
+                        figures = _runs(client, monitor, paths, namespace, runs, table_name, clock, "bench-node", chaos)
                     client.delete(f"{deployments}/target")
                     client.delete(f"{deployments}/peer")
                 finally:
@@ -130,8 +174,10 @@ def measure(runs: int, pods: int) -> dict[str, Any]:
 
 def rows(raw: dict[str, Any]) -> report.Section:
     n = raw["pods"]
-    section = report.Section(f"a real node (kubelet + containerd), {n} real pods: create/delete -> kernel "
-                             f"({n} pods Running {raw['pods_up_s']:.1f} s after their Deployment)")
+    section = report.Section(
+        f"a real node (kubelet + containerd), {n} real pods: create/delete -> kernel "
+        f"({n} pods Running {raw['pods_up_s']:.1f} s after their Deployment)"
+    )
     figure_rows(section, "node", n, raw)
     return section
 

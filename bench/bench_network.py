@@ -83,8 +83,9 @@ def pods(count: int) -> Iterator[list[Pod]]:
 def context(uid: str, pod: Pod, spec: Shaping) -> faults.FaultContext:
     cid = f"process://{pod.proc.pid}"
     action = TargetAction(target_id=f"bench/{pod.name}", op="apply", container_ids=[cid], fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="bench", action=action,
-                               containers=[runtime.resolve(cid)])
+    return faults.FaultContext(
+        experiment_uid=uid, experiment_name=uid, namespace="bench", action=action, containers=[runtime.resolve(cid)]
+    )
 
 
 def spec_for(all_pods: list[Pod], i: int) -> Shaping:
@@ -102,10 +103,10 @@ def run_size(every: list[Pod], n: int, samples: int) -> dict[str, list[float]]:
     fault = faults.get("network-shaping")
     specs = [spec_for(every, i) for i in range(n)]
     ctxs = [(context("bench", every[i], specs[i]), specs[i]) for i in range(n)]
-    out: dict[str, list[float]] = {"cold_apply": [], "apply": [], "recover": [], "batch_apply": [],
-                                   "batch_recover": []}
+    out: dict[str, list[float]] = {"cold_apply": [], "apply": [], "recover": [], "batch_apply": [], "batch_recover": []}
     shaping.shaper().links.close_all()  # the first round opens every netns link: "cold"
     rounds = 1 + max(1, -(-samples // n))
+
     def apply(cs: tuple[faults.FaultContext, Shaping]) -> str:
         return fault.apply(*cs)
 
@@ -145,18 +146,37 @@ def floors(pod: Pod, samples: int) -> dict[str, list[float]]:
     finally:
         link.close()
     for _ in range(max(20, samples // 4)):
+
         def fresh() -> None:
             one = NetnsLink(pod.netns)
             try:
                 one.run(replace_root)
             finally:
                 one.close()
+
         out["netlink_fresh"].append(timed(fresh))
         cleanup = NetnsLink(pod.netns)
         cleanup.run(drop_root)
         cleanup.close()
-    tc = ["nsenter", f"--net={pod.netns}", "tc", "qdisc", "replace", "dev", "eth0", "root", "handle", "cbff:", "tbf",
-          "rate", "10mbit", "burst", "10000", "limit", "40000"]
+    tc = [
+        "nsenter",
+        f"--net={pod.netns}",
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        "eth0",
+        "root",
+        "handle",
+        "cbff:",
+        "tbf",
+        "rate",
+        "10mbit",
+        "burst",
+        "10000",
+        "limit",
+        "40000",
+    ]
     for _ in range(max(20, samples // 4)):
         out["nsenter_tc"].append(timed(lambda: subprocess.run(tc, check=True)))
         subprocess.run(["nsenter", f"--net={pod.netns}", "tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
@@ -178,21 +198,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("bench_network needs root (network namespaces, traffic control)")
     sizes = [int(s) for s in args.sizes.split(",")]
     caps = shaping.capabilities()
-    print(f"kernel {os.uname().release}; tc kinds: " + ", ".join(f"{k} {'yes' if v is None else 'NO'}"
-                                                              for k, v in caps.items()))
+    print(
+        f"kernel {os.uname().release}; tc kinds: "
+        + ", ".join(f"{k} {'yes' if v is None else 'NO'}" for k, v in caps.items())
+    )
     with pods(max(sizes) + 2) as every:
         base = floors(every[0], args.samples)
         rows = {n: run_size(every, n, args.samples) for n in sizes}
     floor = pct(base["netlink_cached"], 0.5)
     print("\nper target, milliseconds p50 / p99 (batch: wall time / targets, 32 threads)")
-    print(f"{'targets':>7} | {'apply (cold)':>17} | {'apply':>17} | {'recover':>17} | {'batch apply':>17} | "
-          f"{'batch recover':>17} | apply/op  recover/op")
+    print(
+        f"{'targets':>7} | {'apply (cold)':>17} | {'apply':>17} | {'recover':>17} | {'batch apply':>17} | "
+        f"{'batch recover':>17} | apply/op  recover/op"
+    )
     for n, r in rows.items():
         ratios = f"{pct(r['apply'], 0.5) / floor:7.1f}x  {pct(r['recover'], 0.5) / floor:7.1f}x"
-        print(f"{n:>7} | {ms(r['cold_apply'])} | {ms(r['apply'])} | {ms(r['recover'])} | {ms(r['batch_apply'])} | "
-              f"{ms(r['batch_recover'])} | {ratios}")
-    print("(cold: the first apply in a netns, which opens its link: thread + setns + socket; the link then "
-          "stays while a rule is active and lingers 30 s after)")
+        print(
+            f"{n:>7} | {ms(r['cold_apply'])} | {ms(r['apply'])} | {ms(r['recover'])} | {ms(r['batch_apply'])} | "
+            f"{ms(r['batch_recover'])} | {ratios}"
+        )
+    print(
+        "(cold: the first apply in a netns, which opens its link: thread + setns + socket; the link then "
+        "stays while a rule is active and lingers 30 s after)"
+    )
     print("\none bare netlink operation (tbf root replace + ack):")
     print(f"  pyroute2, cached socket in the netns (the ratio's denominator): {ms(base['netlink_cached'])}")
     print(f"  pyroute2, fresh thread + setns + socket per request:           {ms(base['netlink_fresh'])}")

@@ -54,8 +54,10 @@ def targets(n: int, tag: str) -> Iterator[list[int]]:
     try:
         for i in range(n):
             cg = cgroups.create(f"cbbench-{tag}-{i}")
-            shim = subprocess.Popen(podexec.command(["sleep", "600"], cgroups=cg.dirs, new_pidns=True,
-                                                    new_mountns=True), start_new_session=True)
+            shim = subprocess.Popen(
+                podexec.command(["sleep", "600"], cgroups=cg.dirs, new_pidns=True, new_mountns=True),
+                start_new_session=True,
+            )
             made.append((cg, shim))
         yield [_command_pid(shim) for _, shim in made]
     finally:
@@ -73,10 +75,19 @@ def apply_recover(n: int, tag: str) -> dict[str, list[float]]:
     with targets(n, tag) as pids:
         ctxs = []
         for i, pid in enumerate(pids):
-            action = TargetAction(target_id=f"bench/{tag}-{i}", op="apply", container_ids=[f"process://{pid}"],
-                                  fault=spec)
-            ctxs.append(faults.FaultContext(f"bench-{tag}", "bench", "bench", action,
-                                            [runtime.resolve(f"process://{pid}")], deadline=time.time() + 300))
+            action = TargetAction(
+                target_id=f"bench/{tag}-{i}", op="apply", container_ids=[f"process://{pid}"], fault=spec
+            )
+            ctxs.append(
+                faults.FaultContext(
+                    f"bench-{tag}",
+                    "bench",
+                    "bench",
+                    action,
+                    [runtime.resolve(f"process://{pid}")],
+                    deadline=time.time() + 300,
+                )
+            )
         try:
             for c in ctxs:
                 t = time.perf_counter()
@@ -99,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{random.getrandbits(16):04x}"
     for size in [int(s) for s in args.sizes.split(",")]:
         r = apply_recover(size, f"{tag}s{size}")
-        print(f"StressChaos {size:>4} target(s): apply->stressors running {ms(r['apply'])}; "
-              f"recover {ms(r['recover'])}")
+        print(f"StressChaos {size:>4} target(s): apply->stressors running {ms(r['apply'])}; recover {ms(r['recover'])}")
     return 0
 
 

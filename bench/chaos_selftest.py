@@ -33,8 +33,14 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaosbus-selftest-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos self-test: {args.cycles} cycles, seed {args.seed}, logs in {workdir}", flush=True)
-    st = SelfTest(workdir, cycles=args.cycles, seed=args.seed, kill_probability=args.kill_probability,
-                  max_duration=args.max_duration, settle_s=180.0)
+    st = SelfTest(
+        workdir,
+        cycles=args.cycles,
+        seed=args.seed,
+        kill_probability=args.kill_probability,
+        max_duration=args.max_duration,
+        settle_s=180.0,
+    )
     report = asyncio.run(st.run())
     print("\n".join(report.lines()))
     ok = not report.not_final and not report.leftovers

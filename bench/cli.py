@@ -38,8 +38,9 @@ def command() -> list[str]:
 
 async def _timed(argv: list[str]) -> float:
     t0 = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     _, err = await proc.communicate()
     took = time.perf_counter() - t0
     if proc.returncode != 0:

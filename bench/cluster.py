@@ -77,19 +77,32 @@ class Cluster:
         signing.ensure_keys(self.keys)  # as `chaosbus up` does at first start
         os.environ["CHAOSBUS_KEYS_DIR"] = str(self.keys)  # the harness's own `chaosbus halt` signs with them
         conf = natsauth.prepare_local(self.workdir / "state", self.nodes) if self.auth else None
-        self.server = natsserver.start(self.workdir / "nats", port=0, log_file=logs / "nats-server.log",
-                                       config_file=conf)
-        self.services.append(Service("nats-server", self.server.process, psutil.Process(self.server.process.pid),
-                                     logs / "nats-server.log"))
+        self.server = natsserver.start(
+            self.workdir / "nats", port=0, log_file=logs / "nats-server.log", config_file=conf
+        )
+        self.services.append(
+            Service(
+                "nats-server", self.server.process, psutil.Process(self.server.process.pid), logs / "nats-server.log"
+            )
+        )
         if self.auth:
             self._declare()
         for svc in SERVICES:
             self._spawn(svc, self._creds(svc), log_level)
         for node in self.nodes:
-            self._spawn("injector", ["--node", node, "--journal", str(self.workdir / "journal" / f"{node}.db"),
-                                     *self._creds(natsauth.user_name("injector", node)),
-                                     *os.environ.get("BENCH_INJECTOR_ARGS", "").split()],
-                        log_level, label=f"injector/{node}")
+            self._spawn(
+                "injector",
+                [
+                    "--node",
+                    node,
+                    "--journal",
+                    str(self.workdir / "journal" / f"{node}.db"),
+                    *self._creds(natsauth.user_name("injector", node)),
+                    *os.environ.get("BENCH_INJECTOR_ARGS", "").split(),
+                ],
+                log_level,
+                label=f"injector/{node}",
+            )
 
     def _creds(self, user: str) -> list[str]:
         return ["--nats-creds", str(self.creds / f"{user}.nk")] if self.auth else []
@@ -98,24 +111,46 @@ class Cluster:
         """The admin step `chaosbus up` takes; then this process (the harness's own connections)
         acts as admin, and the `chaosbus` commands it times as the CLI identity."""
         admin = self.creds / f"{natsauth.ADMIN}.nk"
-        subprocess.run([sys.executable, "-m", "chaosbus.cli", "--nats", self.url, "--nats-creds", str(admin),
-                        "declare"], check=True, capture_output=True, timeout=60, cwd=ROOT)
+        subprocess.run(
+            [sys.executable, "-m", "chaosbus.cli", "--nats", self.url, "--nats-creds", str(admin), "declare"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            cwd=ROOT,
+        )
         natsauth.use(natsauth.ClientAuth(admin, admin=True))
         os.environ["CHAOSBUS_NATS_CREDS"] = str(self.creds / "cli.nk")
 
     def _spawn(self, svc: str, extra: list[str], log_level: str, label: str | None = None) -> None:
         name = label or svc
         log = self.workdir / "logs" / f"{name.replace('/', '-')}.log"
-        argv = [sys.executable, "-m", f"chaosbus.{svc}", "--nats", self.url, "--metrics-port", "0",
-                "--log-level", log_level, *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            f"chaosbus.{svc}",
+            "--nats",
+            self.url,
+            "--metrics-port",
+            "0",
+            "--log-level",
+            log_level,
+            *extra,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CHAOSBUS_KEYS_DIR": str(self.keys)}
         env.pop("CHAOSBUS_UNSIGNED", None)
         if self.unsigned:
             env["CHAOSBUS_UNSIGNED"] = "1"
         offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    cwd=ROOT, preexec_fn=_die_with_parent)  # before any thread exists
+            proc = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=ROOT,
+                preexec_fn=_die_with_parent,
+            )  # before any thread exists
         self.services.append(Service(name, proc, psutil.Process(proc.pid), log, extra, offset))
 
     def restart_signing(self, *, unsigned: bool, log_level: str = "info") -> None:
@@ -136,15 +171,19 @@ class Cluster:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until every service logged that it is ready (or one died)."""
-        marks = {"watcher": "initial snapshot", "scheduler": "scheduler ready", "recorder": "recorder ready",
-                 "injector": "injector ready"}
+        marks = {
+            "watcher": "initial snapshot",
+            "scheduler": "scheduler ready",
+            "recorder": "recorder ready",
+            "injector": "injector ready",
+        }
         deadline = time.monotonic() + timeout
         pending = [s for s in self.services if s.kind in marks]
         while pending:
             for s in list(pending):
                 if s.proc.poll() is not None:
                     raise RuntimeError(f"{s.name} exited with {s.proc.returncode}; see {s.log}")
-                if marks[s.kind].encode() in s.log.read_bytes()[s.log_offset:]:
+                if marks[s.kind].encode() in s.log.read_bytes()[s.log_offset :]:
                     pending.remove(s)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f}s: {[s.name for s in pending]}")
@@ -257,5 +296,9 @@ class Sampler:
             return {"cpu_pct": float("nan"), "rss_mb": float("nan"), "rss_peak_mb": float("nan"), "cpu_s": 0.0}
         cpu_s = inside[-1].cpu - inside[0].cpu
         wall = inside[-1].t - inside[0].t
-        return {"cpu_pct": 100.0 * cpu_s / wall if wall > 0 else float("nan"), "cpu_s": cpu_s,
-                "rss_mb": inside[-1].rss / 2**20, "rss_peak_mb": max(x.rss for x in inside) / 2**20}
+        return {
+            "cpu_pct": 100.0 * cpu_s / wall if wall > 0 else float("nan"),
+            "cpu_s": cpu_s,
+            "rss_mb": inside[-1].rss / 2**20,
+            "rss_peak_mb": max(x.rss for x in inside) / 2**20,
+        }

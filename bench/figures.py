@@ -68,10 +68,16 @@ def apply_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
         each = [x for r in rs for x in r.apply_latencies()]
         missing = sum(sum(t is None for t in r.applied) for r in rs)
         label = "1 target" if size == 1 else f"{size} targets, each target"
-        row = _latency_row(f"apply.{size}", f"apply -> in effect, {label}", each,
-                           f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}")
-        row.extra = f"max {fmt_s(max(each) if each else None)}; missing {missing}; " \
-                    f"verify errors {sum(r.verify_errors for r in rs)}"
+        row = _latency_row(
+            f"apply.{size}",
+            f"apply -> in effect, {label}",
+            each,
+            f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}",
+        )
+        row.extra = (
+            f"max {fmt_s(max(each) if each else None)}; missing {missing}; "
+            f"verify errors {sum(r.verify_errors for r in rs)}"
+        )
         _floor_cols(row, row.data["seconds"]["p50"], floors.per_target("apply"))
         if size == 1:
             p50, p99 = row.data["seconds"]["p50"], row.data["seconds"]["p99"]
@@ -95,14 +101,19 @@ def _traffic_row(size: int, rs: list[Run]) -> Row:
     """
     flows = [x for r in rs for x in r.flow_latencies()]
     sampled = sum(len(r.flowed) for r in rs)
-    row = _latency_row(f"expiry.{size}.traffic", f"past the deadline -> traffic flows, {size} target(s)", flows,
-                       f"{len(rs)}x{sampled // max(len(rs), 1)} probed")
+    row = _latency_row(
+        f"expiry.{size}.traffic",
+        f"past the deadline -> traffic flows, {size} target(s)",
+        flows,
+        f"{len(rs)}x{sampled // max(len(rs), 1)} probed",
+    )
     worst = max(flows) if flows else None
     errors = sorted({e for r in rs for e in r.probe_errors})
     row.extra = f"max {fmt_s(worst)}" + (f"; probe: {'; '.join(errors)}" if errors else "")
     row.target = "recovered <= 100 ms past (max)"
-    row.verdict = verdict(bool(flows) and len(flows) == sampled and not errors and worst is not None
-                          and worst <= TARGET_OVERSHOOT)
+    row.verdict = verdict(
+        bool(flows) and len(flows) == sampled and not errors and worst is not None and worst <= TARGET_OVERSHOOT
+    )
     row.data["max"] = worst
     return row
 
@@ -114,8 +125,12 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
             rs = [r for r in runs if r.size == size and r.method == method]
             each = [x for r in rs for x in r.recover_latencies()]
             alls = [max(r.recover_latencies()) for r in rs if r.recover_latencies() and r.missing == 0]
-            row = _latency_row(f"recover.{method}.{size}", f"{method} -> gone, {size} target(s), each", each,
-                               f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}")
+            row = _latency_row(
+                f"recover.{method}.{size}",
+                f"{method} -> gone, {size} target(s), each",
+                each,
+                f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}",
+            )
             extra = [f"all gone p50 {fmt_s(pct(alls, 50))} p99 {fmt_s(pct(alls, 99))}"] if size > 1 else []
             if method == "delete":
                 objs = [r.object_gone - r.t1 for r in rs if r.object_gone]
@@ -123,13 +138,20 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
                 row.data["object_gone"] = summary(objs)
             row.data["all"] = summary(alls)
             row.extra = "; ".join(extra)
-            _floor_cols(row, row.data["seconds"]["p50"],
-                        floors.per_target("delete") if size == 1 else floors.all_targets("delete", size))
+            _floor_cols(
+                row,
+                row.data["seconds"]["p50"],
+                floors.per_target("delete") if size == 1 else floors.all_targets("delete", size),
+            )
             sec.rows.append(row)
         rs = [r for r in runs if r.size == size and r.method == "expiry"]
         over = [x for r in rs for x in r.recover_latencies()]
-        row = _latency_row(f"expiry.{size}", f"past the deadline -> table removed, {size} target(s)", over,
-                           f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}")
+        row = _latency_row(
+            f"expiry.{size}",
+            f"past the deadline -> table removed, {size} target(s)",
+            over,
+            f"{len(rs)} runs" if size == 1 else f"{len(rs)}x{size}",
+        )
         worst = max(over) if over else None
         dur = rs[0].duration_s if rs else None
         row.extra = f"max {fmt_s(worst)}; duration {dur:g}s" if dur else f"max {fmt_s(worst)}"
@@ -140,8 +162,9 @@ def recover_rows(plan: Plan, runs: list[Run], floors: Floors) -> Section:
         if missing:
             row.extra += f"; never removed {missing}"
         row.data["max"] = worst
-        _floor_cols(row, row.data["seconds"]["p50"],
-                    (floors.p50("nft_spawn_delete_commit"), floors.p50("libnft_delete")))
+        _floor_cols(
+            row, row.data["seconds"]["p50"], (floors.p50("nft_spawn_delete_commit"), floors.p50("libnft_delete"))
+        )
         sec.rows.append(row)
         sec.rows.append(_traffic_row(size, rs))
     return sec
@@ -152,27 +175,51 @@ def breakdown_rows(plan: Plan, runs: list[Run]) -> Section:
     rs = [r for r in runs if r.size == 1]
     legs: list[tuple[str, str, list[float]]] = [
         ("stored", "1 target: apply -> object stored (KV put acked)", [r.t_ack - r.t0 for r in rs]),
-        ("command", "1 target: apply -> command issued (watcher, scheduler)",
-         [r.trace["cmd_issued"] - r.t0 for r in rs if "cmd_issued" in r.trace]),
-        ("injector", "1 target: command issued -> in effect (NATS, injector journal, nft)",
-         [a - r.trace["cmd_issued"] for r in rs if "cmd_issued" in r.trace for a in r.applied[:1] if a]),
-        ("result", "1 target: in effect -> result on the bus (nft exit, journal, outbox)",
-         [r.trace["result_seen"] - a for r in rs if "result_seen" in r.trace for a in r.applied[:1] if a]),
-        ("status", "1 target: apply -> status says Injected (recorder)",
-         [r.trace["status_injected"] - r.t0 for r in rs if "status_injected" in r.trace]),
+        (
+            "command",
+            "1 target: apply -> command issued (watcher, scheduler)",
+            [r.trace["cmd_issued"] - r.t0 for r in rs if "cmd_issued" in r.trace],
+        ),
+        (
+            "injector",
+            "1 target: command issued -> in effect (NATS, injector journal, nft)",
+            [a - r.trace["cmd_issued"] for r in rs if "cmd_issued" in r.trace for a in r.applied[:1] if a],
+        ),
+        (
+            "result",
+            "1 target: in effect -> result on the bus (nft exit, journal, outbox)",
+            [r.trace["result_seen"] - a for r in rs if "result_seen" in r.trace for a in r.applied[:1] if a],
+        ),
+        (
+            "status",
+            "1 target: apply -> status says Injected (recorder)",
+            [r.trace["status_injected"] - r.t0 for r in rs if "status_injected" in r.trace],
+        ),
     ]
     big = max(plan.sizes)
     if big > 1:
         bs = [r for r in runs if r.size == big]
         legs += [
-            (f"{big}.commands", f"{big} targets: apply -> last node command on the bus",
-             [r.trace["cmd_last_seen"] - r.t0 for r in bs if "cmd_last_seen" in r.trace]),
-            (f"{big}.first", f"{big} targets: apply -> first target in effect",
-             [min(r.apply_latencies()) for r in bs if r.apply_latencies()]),
-            (f"{big}.results", f"{big} targets: apply -> last result batch on the bus",
-             [r.trace["result_last_seen"] - r.t0 for r in bs if "result_last_seen" in r.trace]),
-            (f"{big}.status", f"{big} targets: apply -> status says all Injected",
-             [r.trace["status_injected"] - r.t0 for r in bs if "status_injected" in r.trace]),
+            (
+                f"{big}.commands",
+                f"{big} targets: apply -> last node command on the bus",
+                [r.trace["cmd_last_seen"] - r.t0 for r in bs if "cmd_last_seen" in r.trace],
+            ),
+            (
+                f"{big}.first",
+                f"{big} targets: apply -> first target in effect",
+                [min(r.apply_latencies()) for r in bs if r.apply_latencies()],
+            ),
+            (
+                f"{big}.results",
+                f"{big} targets: apply -> last result batch on the bus",
+                [r.trace["result_last_seen"] - r.t0 for r in bs if "result_last_seen" in r.trace],
+            ),
+            (
+                f"{big}.status",
+                f"{big} targets: apply -> status says all Injected",
+                [r.trace["status_injected"] - r.t0 for r in bs if "status_injected" in r.trace],
+            ),
         ]
     for key, what, values in legs:
         sec.rows.append(_latency_row(f"breakdown.{key}", what, values, f"{len(values)} runs"))
@@ -209,20 +256,32 @@ def concurrent_rows(results: list[dict[str, Any]], floors: Floors) -> Section:
     alls = [max(c["apply"]) for c in results if c["apply"] and not c["missing"]]
     sched = [c["cpu_pct"].get("scheduler", float("nan")) for c in results]
     sched_s = [c["cpu_s"].get("scheduler", float("nan")) for c in results]
-    row = _latency_row(f"concurrent.{count}", f"{count} experiments: apply -> in effect, each", each,
-                       f"{len(results)}x{count}")
-    row.extra = (f"all in effect p50 {fmt_s(pct(alls, 50))} (max {fmt_s(max(alls) if alls else None)}); "
-                 f"scheduler CPU {pct(sched, 50):.0f}% of a core ({pct(sched_s, 50):.2f} s)")
-    row.data.update({"all": summary(alls), "scheduler_cpu_pct": sched, "scheduler_cpu_s": sched_s,
-                     "missing": sum(c["missing"] for c in results)})
+    row = _latency_row(
+        f"concurrent.{count}", f"{count} experiments: apply -> in effect, each", each, f"{len(results)}x{count}"
+    )
+    row.extra = (
+        f"all in effect p50 {fmt_s(pct(alls, 50))} (max {fmt_s(max(alls) if alls else None)}); "
+        f"scheduler CPU {pct(sched, 50):.0f}% of a core ({pct(sched_s, 50):.2f} s)"
+    )
+    row.data.update(
+        {
+            "all": summary(alls),
+            "scheduler_cpu_pct": sched,
+            "scheduler_cpu_s": sched_s,
+            "missing": sum(c["missing"] for c in results),
+        }
+    )
     _floor_cols(row, pct(alls, 50), floors.all_targets("apply", count))
     row.target = "G7: all <= 1 s, scheduler <= 50%"
     ok = bool(alls) and len(alls) == len(results) and max(alls) <= 1.0 and max(sched) <= 50.0
     row.verdict = "met" if ok else "missed"
     sec.rows.append(row)
     gone = [x for c in results for x in c["recover"]]
-    sec.rows.append(_latency_row(f"concurrent.{count}.recover", f"{count} experiments: delete -> gone, each",
-                                 gone, f"{len(results)}x{count}"))
+    sec.rows.append(
+        _latency_row(
+            f"concurrent.{count}.recover", f"{count} experiments: delete -> gone, each", gone, f"{len(results)}x{count}"
+        )
+    )
     return sec
 
 
@@ -242,8 +301,10 @@ def resource_rows(resources: dict[str, dict[str, dict[str, float]]], loaded_labe
         peak = max((loaded.get(n, {}).get("rss_peak_mb", float("nan")) for n in names), default=float("nan"))
         cpu_load = max((loaded.get(n, {}).get("cpu_pct", float("nan")) for n in names), default=float("nan"))
         row = Row(f"svc.{kind}", label, n=f"{len(names)} proc")
-        row.extra = (f"idle RSS {i['rss_mb']:.0f} MB, CPU {i['cpu_pct']:.1f}%; "
-                     f"loaded peak RSS {peak:.0f} MB, CPU {cpu_load:.0f}% (max)")
+        row.extra = (
+            f"idle RSS {i['rss_mb']:.0f} MB, CPU {i['cpu_pct']:.1f}%; "
+            f"loaded peak RSS {peak:.0f} MB, CPU {cpu_load:.0f}% (max)"
+        )
         row.data = {"idle": {n: idle[n] for n in names}, "loaded": {n: loaded.get(n) for n in names}}
         if kind != "nats-server":
             row.target = "idle RSS <= 80 MB"
@@ -269,12 +330,15 @@ def path_rows(runs: list[Run]) -> Section:
             return float(statistics.median(r.trace.get(key, 0.0) for r in rs))
 
         row = Row(f"path.{size}", f"{size} target(s): per experiment, median over runs", n=f"{len(rs)} runs")
-        row.extra = (f"writes before the first status write {med('writes_before_status'):g}; "
-                     f"whole run: {med('kv_writes'):g} writes, "
-                     f"{med('status_writes'):g} of status alone; {med('object_events'):g} events to every reader, "
-                     f"{med('status_events'):g} status events (scheduler only)")
-        row.data = {k: med(k) for k in ("writes_before_status", "kv_writes",
-                                          "status_writes", "object_events", "status_events")}
+        row.extra = (
+            f"writes before the first status write {med('writes_before_status'):g}; "
+            f"whole run: {med('kv_writes'):g} writes, "
+            f"{med('status_writes'):g} of status alone; {med('object_events'):g} events to every reader, "
+            f"{med('status_events'):g} status events (scheduler only)"
+        )
+        row.data = {
+            k: med(k) for k in ("writes_before_status", "kv_writes", "status_writes", "object_events", "status_events")
+        }
         sec.rows.append(row)
     return sec
 
@@ -294,31 +358,48 @@ def status_rows(runs: list[Run]) -> Section:
     per_record = (worst - by_size[small]) / (size - small) if size > small else worst / size
     estimate = worst + per_record * (1000 - size)
     row = Row("status.size", f"stored object, {size}-target experiment", n=f"{len(rs)} runs")
-    how = "" if size == 1000 else f"; est. 1,000 targets {estimate / KIB:.0f} KiB" + (
-        "" if size > small else " (rough: one size only)")
-    row.extra = (f"max {worst / KIB:.1f} KiB (status field {status_only / KIB:.1f} KiB; "
-                 f"{at_injected / KIB:.1f} KiB when all injected); {per_record:.0f} B/record{how}")
+    how = (
+        ""
+        if size == 1000
+        else f"; est. 1,000 targets {estimate / KIB:.0f} KiB" + ("" if size > small else " (rough: one size only)")
+    )
+    row.extra = (
+        f"max {worst / KIB:.1f} KiB (status field {status_only / KIB:.1f} KiB; "
+        f"{at_injected / KIB:.1f} KiB when all injected); {per_record:.0f} B/record{how}"
+    )
     row.target = "1,000 targets <= 256 KiB"
     # Judged only when measured: the recorder trims events to a budget, so a straight line from
     # small sizes overestimates (the estimate is printed, not judged).
     row.verdict = verdict(worst <= TARGET_STATUS) if size >= 1000 else "n/a"
-    row.data = {"targets": size, "max_bytes": worst, "bytes_when_injected": at_injected, "by_size": by_size,
-                "status_field_max_bytes": status_only,
-                "per_record": per_record, "estimate_1000": estimate, "measured_at_1000": size == 1000}
+    row.data = {
+        "targets": size,
+        "max_bytes": worst,
+        "bytes_when_injected": at_injected,
+        "by_size": by_size,
+        "status_field_max_bytes": status_only,
+        "per_record": per_record,
+        "estimate_1000": estimate,
+        "measured_at_1000": size == 1000,
+    }
     sec.rows.append(row)
     return sec
 
 
 def cli_rows(raw: dict[str, list[float]], size: int) -> Section:
     sec = Section("the chaosbus command: a fresh process each run (start, imports, connect, request, exit)")
-    get = _latency_row("cli.get", "chaosbus get networkchaos -n bench: command -> exit", raw["get"],
-                       f"{len(raw['get'])} runs")
+    get = _latency_row(
+        "cli.get", "chaosbus get networkchaos -n bench: command -> exit", raw["get"], f"{len(raw['get'])} runs"
+    )
     halt = _latency_row("cli.halt", "chaosbus halt: command -> exit", raw["halt"], f"{len(raw['halt'])} runs")
     for row in (get, halt):
         row.target = "p50/p99 <= 300 ms"
         row.verdict = verdict(bool(row.data["seconds"]["n"]) and row.data["seconds"]["p99"] <= TARGET_CLI_START)
-    gone = _latency_row("cli.halt.gone", f"chaosbus halt -> every fault gone, {size} targets", raw["halt_gone"],
-                        f"{len(raw['halt_gone'])} runs")
+    gone = _latency_row(
+        "cli.halt.gone",
+        f"chaosbus halt -> every fault gone, {size} targets",
+        raw["halt_gone"],
+        f"{len(raw['halt_gone'])} runs",
+    )
     missing = int(sum(raw["halt_missing"]))
     gone.extra = f"never removed {missing}" if missing else ""
     gone.target = "<= 1 s"

@@ -23,6 +23,7 @@ async def nats_request_reply(url: str, runs: int) -> list[float]:
     responder = await busmod.connect(url, "bench-floor-responder")
     requester = await busmod.connect(url, "bench-floor-requester")
     try:
+
         async def reply(msg: object) -> None:
             await msg.respond(b"ok")  # type: ignore[attr-defined]
 
@@ -63,16 +64,19 @@ def _committed(monitor: kernel.TableMonitor, path: str, present: bool, since: fl
     return float("nan")
 
 
-def kernel_floors(path: str, runs: int, monitor: kernel.TableMonitor,
-                  lib: kernel.LibNft | None) -> dict[str, list[float]]:
+def kernel_floors(
+    path: str, runs: int, monitor: kernel.TableMonitor, lib: kernel.LibNft | None
+) -> dict[str, list[float]]:
     """Per-operation wall seconds in the netns at `path` (nothing else uses it). For the spawned
     nft, both until the process exits and until the kernel announced the commit (`*_commit`): the
     process lingers ~10 ms after its commit, closing its netlink socket.
     """
     script = nft.render_partition_table(
-        FLOOR_TABLE, [nft.ResolvedRule(chain="output", external=(nft.Endpoint("192.0.2.0/24"),))])
-    out: dict[str, list[float]] = {k: [] for k in ("nft_spawn_apply", "nft_spawn_delete", "nft_spawn_apply_commit",
-                                                   "nft_spawn_delete_commit")}
+        FLOOR_TABLE, [nft.ResolvedRule(chain="output", external=(nft.Endpoint("192.0.2.0/24"),))]
+    )
+    out: dict[str, list[float]] = {
+        k: [] for k in ("nft_spawn_apply", "nft_spawn_delete", "nft_spawn_apply_commit", "nft_spawn_delete_commit")
+    }
     for _ in range(runs):
         for op, present in (("apply", True), ("delete", False)):
             wall, t = time.time(), time.perf_counter()
@@ -104,8 +108,9 @@ def kernel_floors(path: str, runs: int, monitor: kernel.TableMonitor,
     return out
 
 
-async def measure(url: str, path: str, runs: int, monitor: kernel.TableMonitor,
-                  lib: kernel.LibNft | None) -> dict[str, list[float]]:
+async def measure(
+    url: str, path: str, runs: int, monitor: kernel.TableMonitor, lib: kernel.LibNft | None
+) -> dict[str, list[float]]:
     floors = await asyncio.to_thread(kernel_floors, path, runs, monitor, lib)
     floors["nats_rr"] = await nats_request_reply(url, runs)
     return floors

@@ -62,12 +62,15 @@ def measure(runs: int) -> dict[str, Any]:
 
 
 def rows(raw: dict[str, Any]) -> Section:
-    sec = Section(f"GolangChaos on one Go program ({GOROUTINES} goroutines querying every {INTERVAL_MS} ms), "
-                  "node side (native/codepatch)")
+    sec = Section(
+        f"GolangChaos on one Go program ({GOROUTINES} goroutines querying every {INTERVAL_MS} ms), "
+        "node side (native/codepatch)"
+    )
     for op, what in (("apply", "apply -> first query failing"), ("recover", "recover -> first query succeeding")):
         lat, stop = raw[op], raw[f"{op}_stop"]
-        row = Row(f"golangchaos.{op}", what, str(len(lat)), fmt_s(pct(lat, 50)), fmt_s(pct(lat, 99)),
-                  data={op: summary(lat)})
+        row = Row(
+            f"golangchaos.{op}", what, str(len(lat)), fmt_s(pct(lat, 50)), fmt_s(pct(lat, 99)), data={op: summary(lat)}
+        )
         row.extra = f"process stopped p50 {fmt_s(pct(stop, 50))}, max {fmt_s(max(stop) if stop else float('nan'))}"
         row.target = f"stopped <= {fmt_s(STOP_GOAL_S)} per process"
         row.verdict = "met" if stop and max(stop) <= STOP_GOAL_S else "missed"

@@ -65,7 +65,7 @@ def parse_table_events(data: bytes) -> list[tuple[int, str]]:
         if typ >> 8 == NFNL_SUBSYS_NFTABLES:
             msg = typ & 0xFF
             if msg in (NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE):
-                out.append((msg, _table_name(data[off + _HDR.size + 4: off + length])))
+                out.append((msg, _table_name(data[off + _HDR.size + 4 : off + length])))
             elif msg == NFT_MSG_NEWGEN:
                 out.append((msg, ""))
         off += (length + 3) & ~3
@@ -79,7 +79,7 @@ def _table_name(attrs: bytes) -> str:
         if alen < 4:
             break
         if atyp & 0x7FFF == NFTA_TABLE_NAME:
-            return attrs[p + 4: p + alen].rstrip(b"\0").decode(errors="replace")
+            return attrs[p + 4 : p + alen].rstrip(b"\0").decode(errors="replace")
         p += (alen + 3) & ~3
     return ""
 
@@ -202,6 +202,7 @@ def readback(paths: Iterable[str], table: str, want_present: bool, workers: int 
 
 
 # --- floors -------------------------------------------------------------------------------------
+
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:
     """Wall seconds of `runs` calls of `fn`."""

@@ -122,5 +122,6 @@ class Observer:
 
 
 def _status_alone(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    return before.get("status") != after.get("status") and \
-        {k: v for k, v in before.items() if k != "status"} == {k: v for k, v in after.items() if k != "status"}
+    return before.get("status") != after.get("status") and {k: v for k, v in before.items() if k != "status"} == {
+        k: v for k, v in after.items() if k != "status"
+    }

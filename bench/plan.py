@@ -55,24 +55,39 @@ def _runs_for(size: int, table: dict[int, tuple[int, int, int]]) -> tuple[int, i
 
 def parse(argv: list[str] | None = None) -> Plan:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--quick", action="store_true", default=os.environ.get("BENCH_QUICK") == "1",
-                   help="small sizes and few runs, < 60 s (also BENCH_QUICK=1)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        default=os.environ.get("BENCH_QUICK") == "1",
+        help="small sizes and few runs, < 60 s (also BENCH_QUICK=1)",
+    )
     p.add_argument("--sizes", default=None, help="comma-separated target counts (default 1,10,100,1000; quick 1,10)")
     p.add_argument("--nodes", type=int, default=10, help="node injectors (default 10)")
     p.add_argument("--runs", type=int, default=None, help="delete runs per size (pause and expiry scale with it)")
-    p.add_argument("--mix", default=None, metavar="D,P,E",
-                   help="delete, pause and expiry runs per size, e.g. 0,0,4 for expiry only (overrides --runs)")
+    p.add_argument(
+        "--mix",
+        default=None,
+        metavar="D,P,E",
+        help="delete, pause and expiry runs per size, e.g. 0,0,4 for expiry only (overrides --runs)",
+    )
     p.add_argument("--concurrent", type=int, default=None, help="concurrent one-target experiments (default 100)")
     p.add_argument("--idle", type=float, default=None, help="idle sampling seconds (default 10; quick 3)")
     p.add_argument("--json", dest="out", default=None, help="where to write the JSON (default bench/results/)")
     p.add_argument("--no-verify", action="store_true", help="skip the kernel readback after each run")
     p.add_argument("--profile", action="store_true", help="py-spy the services during the largest size")
     p.add_argument("--log-level", default="info", help="the services' log level (default info, as deployed)")
-    p.add_argument("--no-auth", action="store_true",
-                   help="run NATS without identities and allow-lists (to compare with the default, auth on)")
-    p.add_argument("--kube", action="store_true", default=bool(os.environ.get("CHAOSBUS_TEST_KUBECONFIG")),
-                   help="also time create -> in effect through an API server: CHAOSBUS_TEST_KUBECONFIG's "
-                        "(which turns this on), else the in-repo fake")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run NATS without identities and allow-lists (to compare with the default, auth on)",
+    )
+    p.add_argument(
+        "--kube",
+        action="store_true",
+        default=bool(os.environ.get("CHAOSBUS_TEST_KUBECONFIG")),
+        help="also time create -> in effect through an API server: CHAOSBUS_TEST_KUBECONFIG's "
+        "(which turns this on), else the in-repo fake",
+    )
     a = p.parse_args(argv)
     quick = bool(a.quick)
     sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else ([1, 10] if quick else [1, 10, 100, 1000])
@@ -92,10 +107,23 @@ def parse(argv: list[str] | None = None) -> Plan:
         runs = {s: (d, pz, e) for s in sizes}
     concurrent = a.concurrent if a.concurrent is not None else (10 if quick else 100)
     out = Path(a.out) if a.out else RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    plan = Plan(sizes=sizes, nodes=a.nodes, runs=runs, concurrent=concurrent,
-                concurrent_runs=1 if quick else 3, idle_s=a.idle if a.idle is not None else (3.0 if quick else 10.0),
-                floor_runs=50 if quick else 300, out=out, quick=quick, verify=not a.no_verify,
-                profile=a.profile, log_level=a.log_level, kube=a.kube, auth=not a.no_auth,
-                cli_runs=10 if quick else 50, halt_runs=2 if quick else 10)
+    plan = Plan(
+        sizes=sizes,
+        nodes=a.nodes,
+        runs=runs,
+        concurrent=concurrent,
+        concurrent_runs=1 if quick else 3,
+        idle_s=a.idle if a.idle is not None else (3.0 if quick else 10.0),
+        floor_runs=50 if quick else 300,
+        out=out,
+        quick=quick,
+        verify=not a.no_verify,
+        profile=a.profile,
+        log_level=a.log_level,
+        kube=a.kube,
+        auth=not a.no_auth,
+        cli_runs=10 if quick else 50,
+        halt_runs=2 if quick else 10,
+    )
     plan.label_sizes = sorted({*sizes, plan.warm_size})
     return plan

@@ -32,8 +32,20 @@ class Profiler:
         self.outdir.mkdir(parents=True, exist_ok=True)
         for name, pid in self.targets.items():
             path = self.outdir / f"{name.replace('/', '-')}.folded"
-            argv = [exe, "record", "--pid", str(pid), "--rate", str(self.rate), "--nonblocking", "--threads",
-                    "--format", "raw", "--output", str(path)]
+            argv = [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(self.rate),
+                "--nonblocking",
+                "--threads",
+                "--format",
+                "raw",
+                "--output",
+                str(path),
+            ]
             self.procs[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.files[name] = path
         return True
@@ -86,8 +98,12 @@ def summarize(folded: str, top: int = 12) -> dict[str, list[tuple[str, float]]]:
             incl[f] += count
     if not total:
         return {"own": [], "inclusive": [], "samples": []}
-    return {"own": [(f, c / total) for f, c in own.most_common(top)],
-            "inclusive": [(f, c / total) for f, c in incl.most_common()
-                          if any(f"({o}" in f for o in OURS) and f not in WRAPPERS
-                          and "__main__.py" not in f][:top],
-            "samples": [("total", float(total))]}
+    return {
+        "own": [(f, c / total) for f, c in own.most_common(top)],
+        "inclusive": [
+            (f, c / total)
+            for f, c in incl.most_common()
+            if any(f"({o}" in f for o in OURS) and f not in WRAPPERS and "__main__.py" not in f
+        ][:top],
+        "samples": [("total", float(total))],
+    }

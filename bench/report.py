@@ -23,9 +23,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99),
-            "min": min(values) if values else float("nan"), "max": max(values) if values else float("nan"),
-            "mean": sum(values) / len(values) if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50": pct(values, 50),
+        "p99": pct(values, 99),
+        "min": min(values) if values else float("nan"),
+        "max": max(values) if values else float("nan"),
+        "mean": sum(values) / len(values) if values else float("nan"),
+    }
 
 
 def fmt_s(seconds: float | None) -> str:
@@ -70,9 +75,18 @@ class Section:
     rows: list[Row] = field(default_factory=list)
 
 
-COLUMNS = (("id", "id"), ("what", "figure"), ("n", "n"), ("p50", "p50"), ("p99", "p99"), ("extra", "also"),
-           ("floor", "floor spawn/kernel"), ("vs_floor", "p50 / floor"), ("target", "target"),
-           ("verdict", "verdict"))
+COLUMNS = (
+    ("id", "id"),
+    ("what", "figure"),
+    ("n", "n"),
+    ("p50", "p50"),
+    ("p99", "p99"),
+    ("extra", "also"),
+    ("floor", "floor spawn/kernel"),
+    ("vs_floor", "p50 / floor"),
+    ("target", "target"),
+    ("verdict", "verdict"),
+)
 
 
 def render(sections: list[Section]) -> str:

@@ -127,8 +127,11 @@ class Session:
         h = Harness(store, self.monitor, observer, self.targets)
         h.verify = plan.verify
         self.say(f"pods registered and projected; floors ({plan.floor_runs} runs each)")
-        out: dict[str, Any] = {"floors": await floors.measure(self.cluster.url, self.floor_netns, plan.floor_runs,
-                                                               self.monitor, self.libnft)}
+        out: dict[str, Any] = {
+            "floors": await floors.measure(
+                self.cluster.url, self.floor_netns, plan.floor_runs, self.monitor, self.libnft
+            )
+        }
         self.say(f"warm-up (one target per node), then {plan.idle_s:g}s idle")
         await h.run(plan.warm_size, "delete", "warmup")
         await asyncio.sleep(1.0)
@@ -157,8 +160,9 @@ class Session:
         self._stop_profile(out)
         self.say(f"chaosbus get x{plan.cli_runs}, chaosbus halt x{plan.halt_runs} on {plan.warm_size} targets")
         out["cli"] = await cli.measure(h, self.cluster.url, plan.cli_runs, plan.halt_runs, plan.warm_size)
-        out["resources"] = {w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services}
-                            for w, (a, b) in windows.items()}
+        out["resources"] = {
+            w: {s.name: sampler.window(s.name, a, b) for s in self.cluster.services} for w, (a, b) in windows.items()
+        }
         out["security"] = {"cost": security.signing_cost()}
         small = [s for s in plan.sizes if s <= 100] or [min(plan.sizes)]
         per_half, reps = security.plan(small, plan.runs[min(small)][0], plan.quick)

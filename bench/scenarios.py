@@ -36,12 +36,23 @@ PROBE_LIMIT_S = 10.0
 
 
 def experiment_yaml(name: str, selector: dict[str, str], duration: str | None = None) -> str:
-    spec: dict[str, Any] = {"action": "partition", "mode": "all", "selector": {"labelSelectors": selector},
-                            "direction": "to", "externalTargets": ["192.0.2.0/24"]}
+    spec: dict[str, Any] = {
+        "action": "partition",
+        "mode": "all",
+        "selector": {"labelSelectors": selector},
+        "direction": "to",
+        "externalTargets": ["192.0.2.0/24"],
+    }
     if duration:
         spec["duration"] = duration
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": KIND,
-                           "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": KIND,
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": spec,
+        }
+    )
 
 
 @dataclass
@@ -79,8 +90,9 @@ class Run:
 
 
 class Harness:
-    def __init__(self, store: ObjectStore, monitor: kernel.TableMonitor, observer: Observer,
-                 targets: list[Target]) -> None:
+    def __init__(
+        self, store: ObjectStore, monitor: kernel.TableMonitor, observer: Observer, targets: list[Target]
+    ) -> None:
         self.store, self.monitor, self.observer, self.targets = store, monitor, observer, targets
         self.verify = True
         self._probe: TrafficProbe | None = None
@@ -103,8 +115,9 @@ class Harness:
             uid, created = stored["metadata"]["uid"], stored["metadata"]["creationTimestamp"]
         return uid, created
 
-    async def wait_tables(self, pairs: list[tuple[str, str]], present: bool, since: float,
-                          limit_s: float) -> list[float | None]:
+    async def wait_tables(
+        self, pairs: list[tuple[str, str]], present: bool, since: float, limit_s: float
+    ) -> list[float | None]:
         """Per (netns path, table), when the kernel committed the table present/absent at or after
         `since`; None: not within `limit_s`. Follows the monitor's change log, so the cost is per event.
         """
@@ -165,8 +178,11 @@ class Harness:
         run.applied = await self.wait_tables([(t.netns, table) for t in targets], True, run.t0, timeout)
         # Armed before the readback, which at 1,000 targets takes over a second: it sleeps until
         # just before the deadline anyway.
-        flows = asyncio.ensure_future(self._flows(run, len(targets), created, duration_s)) \
-            if method == "expiry" and duration_s else None
+        flows = (
+            asyncio.ensure_future(self._flows(run, len(targets), created, duration_s))
+            if method == "expiry" and duration_s
+            else None
+        )
         run.verify_errors += await self._verify(targets, table, True)
         applied = [t for t, at in zip(targets, run.applied, strict=True) if at is not None]
         if method == "delete":
@@ -197,14 +213,19 @@ class Harness:
         await asyncio.sleep(max(0.0, deadline - PROBE_LEAD_S - time.time()))
         probed = (await asyncio.to_thread(probe.watch, deadline + PROBE_LIMIT_S))[:size]
         run.flowed = [p.flowed_at if p.blocked_seen else None for p in probed]
-        run.probe_errors = [p.error or "never blocked before the deadline" for p in probed
-                            if p.error or not p.blocked_seen]
+        run.probe_errors = [
+            p.error or "never blocked before the deadline" for p in probed if p.error or not p.blocked_seen
+        ]
 
     def trace(self, run: Run) -> dict[str, float]:
         """The first apply command and result of the run, and the status writes, as the bus saw them."""
         v = self.observer.by_uid.get(run.uid) or self.observer.view(run.name)
-        out: dict[str, float] = {"bytes_max": float(v.max_bytes), "bytes_injected": float(v.bytes_when_injected),
-                                 "status_bytes_max": float(v.max_status_bytes), "records": float(v.records)}
+        out: dict[str, float] = {
+            "bytes_max": float(v.max_bytes),
+            "bytes_injected": float(v.bytes_when_injected),
+            "status_bytes_max": float(v.max_status_bytes),
+            "records": float(v.records),
+        }
         cmds = [(seen, c) for seen, c in v.commands if any(a.op == "apply" for a in c.actions)]
         if cmds:
             out["cmd_issued"], out["cmd_seen"] = cmds[0][1].issued_at, cmds[0][0]
@@ -250,9 +271,15 @@ class Harness:
         ins = [a - t0 for a in applied if a is not None]
         outs = [g - t1 for g in gone if g is not None]
         cpu_s = {k: cpu1[k] - cpu0[k] for k in cpu1 if k in cpu0}
-        return {"t0": t0, "t_all": t_all, "apply": ins, "recover": outs, "cpu_s": cpu_s,
-                "cpu_pct": {k: 100.0 * v / (t_all - t0) for k, v in cpu_s.items()},
-                "missing": 2 * count - len(ins) - len(outs)}
+        return {
+            "t0": t0,
+            "t_all": t_all,
+            "apply": ins,
+            "recover": outs,
+            "cpu_s": cpu_s,
+            "cpu_pct": {k: 100.0 * v / (t_all - t0) for k, v in cpu_s.items()},
+            "missing": 2 * count - len(ins) - len(outs),
+        }
 
 
 def expiry_duration(all_in_effect_p99: float, size: int = 1, verify: bool = False) -> float:

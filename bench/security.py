@@ -27,12 +27,29 @@ TARGET_OVERHEAD = 0.10  # signed apply -> in effect at most 10 % above unsigned
 def node_command(targets: int) -> m.NodeCommand:
     """A partition command as the scheduler sends it: per target its pod and a peer list."""
     peers = [f"10.213.{i // 250}.{i % 250 + 1}" for i in range(10)]
-    actions = [m.TargetAction(target_id=f"bench/pod-{i}", op="apply", pod_uid=f"uid-{i:08d}", namespace="bench",
-                              pod_name=f"pod-{i}", container_ids=[f"process://{10000 + i}"],
-                              fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=peers)]))
-               for i in range(targets)]
-    return m.NodeCommand(command_id="exp.0123456789ab", experiment_uid="exp", generation=1, kind="NetworkChaos",
-                         namespace="bench", name="b", node="node-0", issued_at=time.time(), actions=actions)
+    actions = [
+        m.TargetAction(
+            target_id=f"bench/pod-{i}",
+            op="apply",
+            pod_uid=f"uid-{i:08d}",
+            namespace="bench",
+            pod_name=f"pod-{i}",
+            container_ids=[f"process://{10000 + i}"],
+            fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=peers)]),
+        )
+        for i in range(targets)
+    ]
+    return m.NodeCommand(
+        command_id="exp.0123456789ab",
+        experiment_uid="exp",
+        generation=1,
+        kind="NetworkChaos",
+        namespace="bench",
+        name="b",
+        node="node-0",
+        issued_at=time.time(),
+        actions=actions,
+    )
 
 
 def signing_cost(iterations: int = 2000) -> dict[str, dict[str, Any]]:
@@ -57,8 +74,12 @@ def signing_cost(iterations: int = 2000) -> dict[str, dict[str, Any]]:
             t2 = time.perf_counter()
             seal.append(t1 - t0)
             check.append(t2 - t1)
-        out[str(size)] = {"bytes": len(payload), "seal": summary(seal), "check": summary(check),
-                          "both": summary([a + b for a, b in zip(seal, check, strict=True)])}
+        out[str(size)] = {
+            "bytes": len(payload),
+            "seal": summary(seal),
+            "check": summary(check),
+            "both": summary([a + b for a, b in zip(seal, check, strict=True)]),
+        }
     return out
 
 
@@ -71,8 +92,9 @@ def plan(sizes: list[int], runs_smallest: int, quick: bool) -> tuple[dict[int, i
     return per_half, max(2, min(8 if quick else 12, runs_smallest // 2))
 
 
-async def on_off(cluster: Cluster, h: Harness, per_half: dict[int, int], reps: int, log_level: str,
-                 say: Any) -> dict[str, dict[str, Any]]:
+async def on_off(
+    cluster: Cluster, h: Harness, per_half: dict[int, int], reps: int, log_level: str, say: Any
+) -> dict[str, dict[str, Any]]:
     """Per-target apply -> in effect latencies, per size, unsigned and signed, interleaved: each
     repetition has an unsigned and a signed half on the same targets (the scheduler and injectors
     restarted for each), in ABBA order (off-on, on-off, ...), so load that drifts during the
@@ -84,8 +106,10 @@ async def on_off(cluster: Cluster, h: Harness, per_half: dict[int, int], reps: i
         order = ("off", "on") if r % 2 == 0 else ("on", "off")
         medians: dict[tuple[int, str], float] = {}
         for phase in order:
-            say(f"security {r + 1}/{reps} {phase}: scheduler and injectors restarted "
-                f"{'unsigned' if phase == 'off' else 'signing'}; runs per size {per_half}")
+            say(
+                f"security {r + 1}/{reps} {phase}: scheduler and injectors restarted "
+                f"{'unsigned' if phase == 'off' else 'signing'}; runs per size {per_half}"
+            )
             cluster.restart_signing(unsigned=phase == "off", log_level=log_level)
             await h.run(min(per_half), "delete", f"sec-{phase}{r}-warmup")
             for size, n in per_half.items():
@@ -106,20 +130,33 @@ def rows(raw: dict[str, Any]) -> Section:
     sec = Section("security: signed commands (Ed25519) vs unsigned, interleaved in one session")
     for size, c in raw.get("cost", {}).items():
         both = c["both"]
-        row = Row(f"security.sign_verify.{size}", f"seal + check, one {size}-target command ({c['bytes']} B)",
-                  str(both["n"]), fmt_s(both["p50"]), fmt_s(both["p99"]), data=c)
+        row = Row(
+            f"security.sign_verify.{size}",
+            f"seal + check, one {size}-target command ({c['bytes']} B)",
+            str(both["n"]),
+            fmt_s(both["p50"]),
+            fmt_s(both["p99"]),
+            data=c,
+        )
         row.extra = f"seal p50 {fmt_s(c['seal']['p50'])}, check p50 {fmt_s(c['check']['p50'])}"
         sec.rows.append(row)
     for size, phases in raw.get("apply", {}).items():
         on, off = phases.get("on", []), phases.get("off", [])
         pairs = [(a, b) for a, b in phases.get("pairs", []) if not (math.isnan(a) or math.isnan(b))]
         paired = pct([_ratio(b, a) for a, b in pairs], 50) if pairs else float("nan")
-        row = Row(f"security.apply.{size}", f"apply -> in effect per target, {size} target(s), signed",
-                  f"{len(on)}", fmt_s(pct(on, 50)), fmt_s(pct(on, 99)),
-                  data={"on": summary(on), "off": summary(off), "pairs": pairs})
+        row = Row(
+            f"security.apply.{size}",
+            f"apply -> in effect per target, {size} target(s), signed",
+            f"{len(on)}",
+            fmt_s(pct(on, 50)),
+            fmt_s(pct(on, 99)),
+            data={"on": summary(on), "off": summary(off), "pairs": pairs},
+        )
         p50, p99 = _ratio(pct(on, 50), pct(off, 50)), _ratio(pct(on, 99), pct(off, 99))
-        row.extra = (f"unsigned p50 {fmt_s(pct(off, 50))} p99 {fmt_s(pct(off, 99))}; signed/unsigned p50 "
-                     f"{p50:.2f}, p99 {p99:.2f}, median of {len(pairs)} paired repetitions {paired:.2f}")
+        row.extra = (
+            f"unsigned p50 {fmt_s(pct(off, 50))} p99 {fmt_s(pct(off, 99))}; signed/unsigned p50 "
+            f"{p50:.2f}, p99 {p99:.2f}, median of {len(pairs)} paired repetitions {paired:.2f}"
+        )
         row.target = f"<= {1 + TARGET_OVERHEAD:.2f} (paired median)"
         row.verdict = "met" if paired <= 1 + TARGET_OVERHEAD else "missed"
         row.data.update(ratio_p50=p50, ratio_p99=p99, ratio_paired=paired, overhead_p50=p50 - 1.0)

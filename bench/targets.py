@@ -71,8 +71,9 @@ def _make_one(index: int, node: str) -> Target:
     name = f"{netns_prefix()}{index}"
     path = nsu.create_named_netns(name)
     try:
-        proc = podnet.spawn_in_netns(["cat"], path, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        proc = podnet.spawn_in_netns(
+            ["cat"], path, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
     except BaseException:
         nsu.remove_named_netns(name)
         raise
@@ -122,15 +123,29 @@ def pod_object(t: Target, sizes: list[int]) -> dict[str, Any]:
     labels = {POD_LABEL: str(t.index), "app": "bench"}
     labels.update({GROUP_LABEL.format(size=s): "y" for s in sizes if t.index < s})
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": t.name, "namespace": NAMESPACE, "labels": labels,
-                     "annotations": {"chaosbus.io/netns": t.netns}},
-        "spec": {"nodeName": t.node, "restartPolicy": "Always",
-                 "containers": [{"name": "main", "command": ["cat"]}]},
-        "status": {"phase": "Running", "podIP": "", "hostIP": "",
-                   "containerStatuses": [{"name": "main", "ready": True, "restartCount": 0,
-                                          "containerID": f"process://{t.pid}",
-                                          "state": {"running": {}}}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": t.name,
+            "namespace": NAMESPACE,
+            "labels": labels,
+            "annotations": {"chaosbus.io/netns": t.netns},
+        },
+        "spec": {"nodeName": t.node, "restartPolicy": "Always", "containers": [{"name": "main", "command": ["cat"]}]},
+        "status": {
+            "phase": "Running",
+            "podIP": "",
+            "hostIP": "",
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "ready": True,
+                    "restartCount": 0,
+                    "containerID": f"process://{t.pid}",
+                    "state": {"running": {}},
+                }
+            ],
+        },
     }
 
 

@@ -76,8 +76,14 @@ def rows(raw: dict[str, Any]) -> Section:
     sec = Section(f"TimeChaos on one process ({THREADS} threads), node side (native/timeskew)")
     for op in ("apply", "recover"):
         lat, stop = raw[op], raw[f"{op}_stop"]
-        row = Row(f"timechaos.{op}", f"{op} -> offset {'visible' if op == 'apply' else 'gone'} in the target's output",
-                  str(len(lat)), fmt_s(pct(lat, 50)), fmt_s(pct(lat, 99)), data={op: summary(lat)})
+        row = Row(
+            f"timechaos.{op}",
+            f"{op} -> offset {'visible' if op == 'apply' else 'gone'} in the target's output",
+            str(len(lat)),
+            fmt_s(pct(lat, 50)),
+            fmt_s(pct(lat, 99)),
+            data={op: summary(lat)},
+        )
         row.extra = f"process stopped p50 {fmt_s(pct(stop, 50))}, max {fmt_s(max(stop) if stop else float('nan'))}"
         row.target = f"stopped <= {fmt_s(STOP_GOAL_S)} per process"
         row.verdict = "met" if stop and max(stop) <= STOP_GOAL_S else "missed"

@@ -38,8 +38,10 @@ class TrafficProbe:
         self.socks: list[socket.socket] = []
         for path in netns_paths:
             name = os.path.basename(path)
-            for argv in (["ip", "-n", name, "link", "set", "lo", "up"],
-                         ["ip", "-n", name, "route", "replace", PROBE_NETWORK, "dev", "lo"]):
+            for argv in (
+                ["ip", "-n", name, "link", "set", "lo", "up"],
+                ["ip", "-n", name, "route", "replace", PROBE_NETWORK, "dev", "lo"],
+            ):
                 subprocess.run(argv, check=True, capture_output=True, timeout=10)
             self.socks.append(nsu.visit_netns(path, socket.socket, socket.AF_INET, socket.SOCK_DGRAM))
 

@@ -31,14 +31,17 @@ def operator_signer(path: str | None = None) -> signing.Signer | None:
     except (OSError, ValueError) as e:
         from chaosbus.cli.resources import UsageError  # here: resources imports nats-py unmasked (tcpnats)
 
-        raise UsageError(f"cannot read the operator key ({e}); it signs the kill switch "
-                         "(--operator-key FILE, or CHAOSBUS_KEYS_DIR)") from None
+        raise UsageError(
+            f"cannot read the operator key ({e}); it signs the kill switch (--operator-key FILE, or CHAOSBUS_KEYS_DIR)"
+        ) from None
 
 
 async def halt(bus: busmod.Bus, reason: str, signer: signing.Signer | None) -> str:
     state = await set_halt(bus, halted=True, reason=reason, signer=signer)
-    return ("halted: every injector recovers every fault now and refuses new ones until `chaosbus resume`"
-            f" (reason: {state.reason or 'none given'})")
+    return (
+        "halted: every injector recovers every fault now and refuses new ones until `chaosbus resume`"
+        f" (reason: {state.reason or 'none given'})"
+    )
 
 
 async def resume(bus: busmod.Bus, signer: signing.Signer | None) -> str:
@@ -46,8 +49,10 @@ async def resume(bus: busmod.Bus, signer: signing.Signer | None) -> str:
     await set_halt(bus, halted=False, reason="resumed", signer=signer)
     if before is None or not before.halted:
         return "resumed (chaosbus was not halted)"
-    return ("resumed: new experiments are injected again; faults ended by the halt stay ended "
-            "(delete and re-apply an experiment to run it again)")
+    return (
+        "resumed: new experiments are injected again; faults ended by the halt stay ended "
+        "(delete and re-apply an experiment to run it again)"
+    )
 
 
 async def status(bus: busmod.Bus) -> str:

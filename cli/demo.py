@@ -52,8 +52,13 @@ def cli(*args: str, check: bool = True, quiet: bool = False, stdin: str | None =
     """Run the real `chaosbus` CLI, showing the command and its output."""
     if not quiet:
         print(f"$ chaosbus {' '.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "chaosbus.cli", *args], input=stdin, text=True,
-                          capture_output=True, env=os.environ.copy())
+    done = subprocess.run(
+        [sys.executable, "-m", "chaosbus.cli", *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
     out = (done.stdout + done.stderr).rstrip()
     if out and not quiet:
         print(out, flush=True)
@@ -80,8 +85,13 @@ async def run() -> int:
     os.environ["CHAOSBUS_STATE_DIR"] = str(state)
     os.environ.pop("CHAOSBUS_NATS_URL", None)
     settings.reset()  # the demo's own state dir, for this process too
-    up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     started = time.monotonic()
     try:
         say("chaosbus up: embedded nats-server (JetStream) + watcher, scheduler, recorder, injector")
@@ -96,8 +106,12 @@ async def run() -> int:
         if up.poll() is None:
             up.kill()
         found = leftovers.scan(bridge=BRIDGE)
-        print("nothing left behind: no network namespace, nftables table, veth or process of ours"
-              if not found else "LEFT BEHIND:\n  " + "\n  ".join(found), flush=True)
+        print(
+            "nothing left behind: no network namespace, nftables table, veth or process of ours"
+            if not found
+            else "LEFT BEHIND:\n  " + "\n  ".join(found),
+            flush=True,
+        )
         shutil.rmtree(state, ignore_errors=True)
         print(f"demo took {time.monotonic() - started:.1f}s", flush=True)
 
@@ -111,12 +125,45 @@ async def _scenario(state: Path) -> int:
     say("three web pods (app=web) and a client, each a process in its own network namespace")
     ips = {}
     for i in range(3):
-        out = cli("pod", "run", "--name", f"web-{i}", "-l", "app=web", "--bridge", BRIDGE, "--subnet", SUBNET,
-                  "--", sys.executable, "-m", "chaosbus.cli.demoapp", "serve", "--name", f"web-{i}")
+        out = cli(
+            "pod",
+            "run",
+            "--name",
+            f"web-{i}",
+            "-l",
+            "app=web",
+            "--bridge",
+            BRIDGE,
+            "--subnet",
+            SUBNET,
+            "--",
+            sys.executable,
+            "-m",
+            "chaosbus.cli.demoapp",
+            "serve",
+            "--name",
+            f"web-{i}",
+        )
         ips[f"web-{i}"] = out.split("(ip ")[1].split(",")[0]
     targets = [f"{n}={ip}:8080" for n, ip in ips.items()]
-    cli("pod", "run", "--name", "client", "-l", "app=client", "--bridge", BRIDGE, "--subnet", SUBNET, "--",
-        sys.executable, "-m", "chaosbus.cli.demoapp", "probe", *targets)
+    cli(
+        "pod",
+        "run",
+        "--name",
+        "client",
+        "-l",
+        "app=client",
+        "--bridge",
+        BRIDGE,
+        "--subnet",
+        SUBNET,
+        "--",
+        sys.executable,
+        "-m",
+        "chaosbus.cli.demoapp",
+        "probe",
+        *targets,
+    )
     cli("pod", "list")
     client_log = state / "pods" / "default_client.log"
     say("the client's probes before any fault (✓ = HTTP 200 within 0.3 s)")

@@ -51,16 +51,23 @@ class Guard:
 class GuardMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.met = Gauge("chaosbus_guard_objective_met", "1 while the guard's objective is met, 0 while not",
-                         ["guard"], registry=self.registry)
-        self.halts = Counter("chaosbus_guard_halts_total", "Kill-switch halts the guard engaged", ["guard"],
-                             registry=self.registry)
+        self.met = Gauge(
+            "chaosbus_guard_objective_met",
+            "1 while the guard's objective is met, 0 while not",
+            ["guard"],
+            registry=self.registry,
+        )
+        self.halts = Counter(
+            "chaosbus_guard_halts_total", "Kill-switch halts the guard engaged", ["guard"], registry=self.registry
+        )
 
 
 def reason_for(name: str, spec: StatusCheckPrometheus, detail: str) -> str:
     assert spec.comparator is not None
-    return (f"SLO guard {name}: objective `{spec.query}` {spec.comparator.criteria} {spec.comparator.value:g} "
-            f"not met ({detail})")
+    return (
+        f"SLO guard {name}: objective `{spec.query}` {spec.comparator.criteria} {spec.comparator.value:g} "
+        f"not met ({detail})"
+    )
 
 
 async def halt_unless_halted(url: str, reason: str, signer: signing.Signer | None, by: str) -> bool:
@@ -69,8 +76,9 @@ async def halt_unless_halted(url: str, reason: str, signer: signing.Signer | Non
     try:
         state = await current(bus)
         if state is not None and state.halted:
-            log.warning("SLO guard breached while already halted", reason=reason, halted_by=state.by,
-                        halt_reason=state.reason)
+            log.warning(
+                "SLO guard breached while already halted", reason=reason, halted_by=state.by, halt_reason=state.reason
+            )
             return False
         await set_halt(bus, halted=True, reason=reason, signer=signer, by=by)
         return True
@@ -78,16 +86,32 @@ async def halt_unless_halted(url: str, reason: str, signer: signing.Signer | Non
         await bus.close()
 
 
-async def run(url: str, spec: StatusCheckPrometheus, *, name: str, interval: float, timeout: float, failures: int,
-              signer: signing.Signer | None, metrics_port: int | None) -> int:
+async def run(
+    url: str,
+    spec: StatusCheckPrometheus,
+    *,
+    name: str,
+    interval: float,
+    timeout: float,
+    failures: int,
+    signer: signing.Signer | None,
+    metrics_port: int | None,
+) -> int:
     metrics = GuardMetrics()
     metrics.met.labels(name)
     metrics.halts.labels(name)
     port = cbmetrics.serve(metrics.registry, metrics_port) if metrics_port is not None else None
     guard = Guard(failures)
     by = f"guard {name}@{socket.gethostname()}"
-    log.info("SLO guard running", guard=name, query=spec.query, endpoint=spec.endpoint, interval_s=interval,
-             failures=failures, metrics_port=port)
+    log.info(
+        "SLO guard running",
+        guard=name,
+        query=spec.query,
+        endpoint=spec.endpoint,
+        interval_s=interval,
+        failures=failures,
+        metrics_port=port,
+    )
     while True:
         ok, detail = await asyncio.to_thread(promquery.check, spec, timeout)
         metrics.met.labels(name).set(1 if ok else 0)

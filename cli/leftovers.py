@@ -35,8 +35,9 @@ def host_nft_tables() -> list[str]:
     return [ln.strip() for ln in out.splitlines() if "chaosbus" in ln]
 
 
-def processes(markers: tuple[str, ...] = ("chaosbus.cli.supervisor", "chaosbus.cli.demoapp", "-m chaosbus.",
-                                           "chaosbus up")) -> list[str]:
+def processes(
+    markers: tuple[str, ...] = ("chaosbus.cli.supervisor", "chaosbus.cli.demoapp", "-m chaosbus.", "chaosbus up"),
+) -> list[str]:
     mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
@@ -46,8 +47,9 @@ def processes(markers: tuple[str, ...] = ("chaosbus.cli.supervisor", "chaosbus.c
     return found
 
 
-def scan(*, bridge: str | None = None, netns_prefix: str = "cbpod-",
-         link_prefixes: tuple[str, ...] = ("cbv",)) -> list[str]:
+def scan(
+    *, bridge: str | None = None, netns_prefix: str = "cbpod-", link_prefixes: tuple[str, ...] = ("cbv",)
+) -> list[str]:
     """Everything of ours still present, one line each (empty: clean)."""
     found = [f"netns {n}" for n in netns_names(netns_prefix)]
     found += [f"link {n}" for n in links(link_prefixes)]

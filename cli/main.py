@@ -69,10 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--node", default=None)
     pr.add_argument("--bridge", default=None, help="host bridge (default cb0)")
     pr.add_argument("--subnet", default=None, help="pod subnet, gateway = first address (default 10.213.0.0/16)")
-    pr.add_argument("--host-pid", action="store_true",
-                    help="share the host's PID and mount namespaces (default: the command is PID 1 of its own)")
-    pr.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:PATH",
-                    help="bind-mount directory HOST at PATH in the pod's mount namespace (repeatable)")
+    pr.add_argument(
+        "--host-pid",
+        action="store_true",
+        help="share the host's PID and mount namespaces (default: the command is PID 1 of its own)",
+    )
+    pr.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:PATH",
+        help="bind-mount directory HOST at PATH in the pod's mount namespace (repeatable)",
+    )
     pr.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     pl = pod.add_parser("list", help="list process pods")
     _ns(pl)
@@ -88,41 +97,56 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", help="release the kill switch: experiments may be injected again")
     sub.add_parser("status", help="the kill switch: engaged or not, since when, by whom and why")
     for c in (h, r):
-        c.add_argument("--operator-key", default=None,
-                       help="the operator's private key, which signs the kill switch "
-                            "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)")
+        c.add_argument(
+            "--operator-key",
+            default=None,
+            help="the operator's private key, which signs the kill switch "
+            "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)",
+        )
     g = sub.add_parser("guard", help="SLO guard: engage the kill switch when a PromQL objective is not met")
     g.add_argument("--prometheus", required=True, help="Prometheus endpoint, e.g. http://127.0.0.1:9090")
     g.add_argument("--query", required=True, help="PromQL, evaluated as an instant query")
-    g.add_argument("--criteria", required=True, help="the objective: every sample <criteria> --value "
-                                                     "(==, !=, <, >, <=, >=)")
+    g.add_argument(
+        "--criteria", required=True, help="the objective: every sample <criteria> --value (==, !=, <, >, <=, >=)"
+    )
     g.add_argument("--value", required=True, type=float)
     g.add_argument("--name", default="slo", help="the guard's name (in the halt reason, logs and metrics)")
     g.add_argument("--interval", type=float, default=10.0, help="seconds between evaluations")
     g.add_argument("--timeout", type=float, default=5.0, help="seconds a query may take")
     g.add_argument("--failures", type=int, default=2, help="evaluations in a row not met before halting")
     g.add_argument("--metrics-port", type=int, default=None, help="serve the guard's /metrics here (0: any)")
-    g.add_argument("--operator-key", default=None,
-                   help="the operator's private key, which signs the kill switch "
-                        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)")
+    g.add_argument(
+        "--operator-key",
+        default=None,
+        help="the operator's private key, which signs the kill switch "
+        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)",
+    )
     k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     kg = k.add_parser("generate", help="create the scheduler and operator key pairs in DIR (existing ones kept)")
     kg.add_argument("dir", nargs="?", default=None, help="default: CHAOSBUS_KEYS_DIR or <state dir>/keys")
 
     sub.add_parser("demo", help="run the end-to-end demo (root)")
-    sub.add_parser("dashboard", help="the web dashboard (default http://127.0.0.1:2333/; tokens in <state "
-                                     "dir>/dashboard; its flags: `chaosbus dashboard --help`)", add_help=False)
+    sub.add_parser(
+        "dashboard",
+        help="the web dashboard (default http://127.0.0.1:2333/; tokens in <state "
+        "dir>/dashboard; its flags: `chaosbus dashboard --help`)",
+        add_help=False,
+    )
 
     ns = sub.add_parser("nats-secrets", help="cluster mode: Secrets with NATS identities and mutual TLS, as YAML")
     ns.add_argument("--namespace", default="chaosbus")
     ns.add_argument("--service", default="nats", help="the NATS Service's name (its certificate's DNS names)")
     pc = sub.add_parser("prometheus-config", help="local mode: the Prometheus scrape configuration, as YAML")
-    pc.add_argument("--metrics-base-port", type=int, default=None, help="as given to `chaosbus up` (default ports "
-                                                                          "without it)")
+    pc.add_argument(
+        "--metrics-base-port", type=int, default=None, help="as given to `chaosbus up` (default ports without it)"
+    )
     pc.add_argument("--interval", default="15s", help="scrape interval")
     tpl = sub.add_parser("template", help="Chaos Mesh's StatusCheck templates (ConfigMaps)")
-    tsc = tpl.add_subparsers(dest="template_kind", required=True).add_parser(
-        "statuscheck", help="StatusCheck templates").add_subparsers(dest="template_command", required=True)
+    tsc = (
+        tpl.add_subparsers(dest="template_kind", required=True)
+        .add_parser("statuscheck", help="StatusCheck templates")
+        .add_subparsers(dest="template_command", required=True)
+    )
     tl = tsc.add_parser("list", help="list templates")
     _ns(tl)
     tl.add_argument("-A", "--all-namespaces", action="store_true")
@@ -143,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("name")
     tr.add_argument("--check-name", required=True, help="name of the new StatusCheck")
     _ns(tr)
-    sub.add_parser("declare", help="create or update every stream and bucket (the admin step; with --nats-creds "
-                                   "of the admin identity)")
+    sub.add_parser(
+        "declare",
+        help="create or update every stream and bucket (the admin step; with --nats-creds of the admin identity)",
+    )
     return p
 
 
@@ -152,8 +178,9 @@ def _ns(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default=None)
 
 
-async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]], *,
-                     declare: bool = False) -> Any:
+async def with_store(
+    url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]], *, declare: bool = False
+) -> Any:
     """Run `fn` on a fresh connection. `declare`: declare every stream and bucket first (ten
     JetStream requests), for commands that write what a service may not have declared yet (apply,
     pods); the others need only the buckets they touch, which `Bus.kv` binds or creates.
@@ -163,8 +190,10 @@ async def with_store(url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable
         # service, wrong for a command), so the command bounds it.
         bus = await busmod.connect(url, "chaosbus-cli", connect_timeout=2.0, give_up_after=CONNECT_TIMEOUT_S)
     except Exception as e:
-        raise UsageError(f"cannot connect to NATS at {cblog.redact(url)} ({_why(e)}); is `chaosbus up` running, "
-                         "and may you read its credentials?") from None
+        raise UsageError(
+            f"cannot connect to NATS at {cblog.redact(url)} ({_why(e)}); is `chaosbus up` running, "
+            "and may you read its credentials?"
+        ) from None
     try:
         if declare:
             await bus.ensure()
@@ -178,8 +207,11 @@ async def _guard(url: str, args: argparse.Namespace) -> int:
     from chaosbus.common.crd import statuscheck
     from chaosbus.common.crd.orchestration import StatusCheckComparator, StatusCheckPrometheus
 
-    spec = StatusCheckPrometheus(endpoint=args.prometheus, query=args.query,
-                                 comparator=StatusCheckComparator(criteria=args.criteria, value=args.value))
+    spec = StatusCheckPrometheus(
+        endpoint=args.prometheus,
+        query=args.query,
+        comparator=StatusCheckComparator(criteria=args.criteria, value=args.value),
+    )
     try:
         statuscheck.validate_prometheus(spec, "guard")
     except statuscheck.InvalidCheck as e:
@@ -188,8 +220,16 @@ async def _guard(url: str, args: argparse.Namespace) -> int:
         raise UsageError("--interval and --timeout must be positive, --failures at least 1")
     cblog.configure("guard")
     signer = control.operator_signer(args.operator_key)  # read now: a missing key fails at start, not at a breach
-    return await guard.run(url, spec, name=args.name, interval=args.interval, timeout=args.timeout,
-                           failures=args.failures, signer=signer, metrics_port=args.metrics_port)
+    return await guard.run(
+        url,
+        spec,
+        name=args.name,
+        interval=args.interval,
+        timeout=args.timeout,
+        failures=args.failures,
+        signer=signer,
+        metrics_port=args.metrics_port,
+    )
 
 
 def use_cli_credentials(args: argparse.Namespace, url: str) -> None:
@@ -215,20 +255,28 @@ async def dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "up":
         from chaosbus.cli import up
-        return await up.up(port=args.port, store_dir=args.store_dir, metrics_base=args.metrics_base_port,
-                           node=config.node_name(args.node))
+
+        return await up.up(
+            port=args.port,
+            store_dir=args.store_dir,
+            metrics_base=args.metrics_base_port,
+            node=config.node_name(args.node),
+        )
     if cmd == "nats-secrets":
         from chaosbus.cli import natssecrets
+
         print(natssecrets.secrets_yaml(namespace=args.namespace, service=args.service), end="")
         return 0
     if cmd == "prometheus-config":
         from chaosbus.cli import promconfig
+
         print(promconfig.render(promconfig.ports_from_base(args.metrics_base_port), interval=args.interval), end="")
         return 0
     if cmd == "declare":
         return await _declare(url, args)
     if cmd == "demo":
         from chaosbus.cli import demo
+
         return await demo.run()
     if cmd == "dashboard":
         return _dashboard(args)
@@ -239,8 +287,11 @@ async def dispatch(args: argparse.Namespace) -> int:
         print("\n".join(lines))
     elif cmd in ("halt", "resume"):
         signer = control.operator_signer(args.operator_key)
-        print(await with_store(url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt"
-                               else control.resume(b, signer)))
+        print(
+            await with_store(
+                url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt" else control.resume(b, signer)
+            )
+        )
     elif cmd == "status":
         print(await with_store(url, lambda _s, b: control.status(b)))
     elif cmd == "guard":
@@ -262,8 +313,12 @@ async def dispatch(args: argparse.Namespace) -> int:
         print(await with_store(url, lambda s, _b: resources.delete(s, kind, args.name, ns, wait=args.wait)))
     elif cmd == "annotate":
         kind = resources.kind_of(args.kind)
-        print(await with_store(url, lambda s, _b: resources.annotate(
-            s, kind, args.name, ns, args.annotations, overwrite=args.overwrite)))
+        print(
+            await with_store(
+                url,
+                lambda s, _b: resources.annotate(s, kind, args.name, ns, args.annotations, overwrite=args.overwrite),
+            )
+        )
     elif cmd == "pod":
         return await pod_command(args, url, ns)
     elif cmd == "template":
@@ -284,8 +339,7 @@ async def template_command(args: argparse.Namespace, url: str, ns: str) -> int:
     elif tc == "list":
         print(await with_store(url, lambda s, _b: templates.listing(s, None if args.all_namespaces else ns)))
     elif tc == "get":
-        print(templates.show(await with_store(url, lambda s, _b: templates.one(s, ns, args.name)), args.output),
-              end="")
+        print(templates.show(await with_store(url, lambda s, _b: templates.one(s, ns, args.name)), args.output), end="")
     elif tc == "delete":
         print(await with_store(url, lambda s, _b: templates.delete(s, ns, args.name)))
     else:
@@ -306,8 +360,9 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 async def _declare(url: str, args: argparse.Namespace) -> int:
     admin = natsauth.client_auth(natsauth.ADMIN, seed=args.nats_creds, tls_dir=args.nats_tls)
-    bus = await busmod.connect(url, "chaosbus-declare", auth=natsauth.ClientAuth(admin.seed_file, admin.tls_dir,
-                                                                                admin=True))
+    bus = await busmod.connect(
+        url, "chaosbus-declare", auth=natsauth.ClientAuth(admin.seed_file, admin.tls_dir, admin=True)
+    )
     try:
         await bus.ensure()
     finally:
@@ -329,18 +384,38 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
 
     if args.pod_command == "run":
         argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        pod = await with_store(url, lambda s, _b: pods.run(
-            s, url, name=args.name, namespace=ns, labels=args.labels, restart=args.restart, node=args.node,
-            argv=argv, bridge=args.bridge, subnet=args.subnet, pid_namespace=not args.host_pid,
-            volumes=args.volume), declare=True)
-        print(f"pod/{args.name} created (ip {pod['status']['podIP']}, "
-              f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})")
+        pod = await with_store(
+            url,
+            lambda s, _b: pods.run(
+                s,
+                url,
+                name=args.name,
+                namespace=ns,
+                labels=args.labels,
+                restart=args.restart,
+                node=args.node,
+                argv=argv,
+                bridge=args.bridge,
+                subnet=args.subnet,
+                pid_namespace=not args.host_pid,
+                volumes=args.volume,
+            ),
+            declare=True,
+        )
+        print(
+            f"pod/{args.name} created (ip {pod['status']['podIP']}, "
+            f"netns {pod['metadata']['annotations']['chaosbus.io/netns']})"
+        )
     elif args.pod_command == "list":
         scope = None if args.all_namespaces else ns
         objs = await with_store(url, lambda s, _b: s.list("Pod", scope))
-        print(json.dumps(objs, indent=2) if args.output == "json" else
-              (render.pod_rows(objs) if objs else "No resources found."))
+        print(
+            json.dumps(objs, indent=2)
+            if args.output == "json"
+            else (render.pod_rows(objs) if objs else "No resources found.")
+        )
     else:
+
         async def rm(store: ObjectStore, bus: busmod.Bus) -> list[str]:
             kv = await bus.kv(subjects.IPAM.name)
             if args.all:
@@ -348,6 +423,7 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
             if not args.name:
                 raise UsageError("pod rm needs a NAME or --all")
             return [await pods.remove(store, kv, args.name, ns)]
+
         print("\n".join(await with_store(url, rm, declare=True)))
     return 0
 
@@ -362,8 +438,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = asyncio.run(dispatch(args))
     except (UsageError, InvalidObject) as e:
-        print(f"error: {e}" if isinstance(e, UsageError) else "error: " + "\n  ".join(["invalid object", *e.errors]),
-              file=sys.stderr)
+        print(
+            f"error: {e}" if isinstance(e, UsageError) else "error: " + "\n  ".join(["invalid object", *e.errors]),
+            file=sys.stderr,
+        )
         code = 1
     except KeyboardInterrupt:
         code = 130

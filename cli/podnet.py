@@ -129,9 +129,14 @@ def create_pod_network(
     gw = ipaddress.IPv4Address(gateway)
     if gw not in iface.network or gw == iface.ip:
         raise ValueError(f"gateway {gateway} must be another address inside {iface.network}")
-    net = PodNetwork(netns_name=netns_name, netns_path=nsutil.netns_path(netns_name),
-                     host_ifname=host_ifname(netns_name), bridge=bridge, ip_cidr=str(iface),
-                     gateway=str(gw))
+    net = PodNetwork(
+        netns_name=netns_name,
+        netns_path=nsutil.netns_path(netns_name),
+        host_ifname=host_ifname(netns_name),
+        bridge=bridge,
+        ip_cidr=str(iface),
+        gateway=str(gw),
+    )
     return _off_loop(_create_pod_network, net)
 
 
@@ -157,6 +162,7 @@ def delete_bridge_if_unused(bridge: str) -> bool:
 
 # --- netlink work (sync pyroute2; run by _off_loop) --------------------------------------------
 
+
 def _ensure_bridge(bridge: str, gw: ipaddress.IPv4Interface) -> int:
     with IPRoute() as ipr:
         if _lookup(ipr, bridge) is None:
@@ -165,8 +171,9 @@ def _ensure_bridge(bridge: str, gw: ipaddress.IPv4Interface) -> int:
         index = _lookup(ipr, bridge)
         if index is None:
             raise RuntimeError(f"bridge {bridge} vanished while being created")
-        _ignore((errno.EEXIST,), lambda: ipr.addr(
-            "add", index=index, address=str(gw.ip), prefixlen=gw.network.prefixlen))
+        _ignore(
+            (errno.EEXIST,), lambda: ipr.addr("add", index=index, address=str(gw.ip), prefixlen=gw.network.prefixlen)
+        )
         ipr.link("set", index=index, state="up")
         return index
 
@@ -212,8 +219,7 @@ def _build_pod(net: PodNetwork, bridge_index: int) -> None:
     try:
         with IPRoute() as ipr:
             # The peer is born inside the pod netns as eth0: the host never sees a second eth0.
-            ipr.link("add", ifname=net.host_ifname, kind="veth",
-                     peer={"ifname": POD_IFNAME, "net_ns_fd": fd})
+            ipr.link("add", ifname=net.host_ifname, kind="veth", peer={"ifname": POD_IFNAME, "net_ns_fd": fd})
             ipr.link("set", index=_lookup(ipr, net.host_ifname), master=bridge_index, state="up")
     finally:
         os.close(fd)

@@ -64,9 +64,22 @@ def pod_log_file(namespace: str, name: str) -> str:
     return str(d / f"{namespace}_{name}.log")
 
 
-async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels: list[str], restart: str,
-              node: str | None, argv: list[str], bridge: str | None = None, subnet: str | None = None,
-              timeout: float = 15.0, pid_namespace: bool = True, volumes: list[str] | None = None) -> dict[str, Any]:
+async def run(
+    store: ObjectStore,
+    url: str,
+    *,
+    name: str,
+    namespace: str,
+    labels: list[str],
+    restart: str,
+    node: str | None,
+    argv: list[str],
+    bridge: str | None = None,
+    subnet: str | None = None,
+    timeout: float = 15.0,
+    pid_namespace: bool = True,
+    volumes: list[str] | None = None,
+) -> dict[str, Any]:
     if not _DNS1123.match(name) or len(name) > 63:
         raise UsageError(f"invalid pod name {name!r}: lower-case letters, digits and '-' only")
     if not argv:
@@ -74,9 +87,17 @@ async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels
     vols = _volumes(volumes or [], pid_namespace)
     if await store.get("Pod", namespace, name) is not None:
         raise UsageError(f'pod "{name}" already exists in namespace "{namespace}"')
-    spec = PodSpec(name=name, namespace=namespace, labels=parse_labels(labels), argv=argv, restart=restart,
-                   node=config.node_name(node), log_file=pod_log_file(namespace, name), pid_namespace=pid_namespace,
-                   volumes=vols)
+    spec = PodSpec(
+        name=name,
+        namespace=namespace,
+        labels=parse_labels(labels),
+        argv=argv,
+        restart=restart,
+        node=config.node_name(node),
+        log_file=pod_log_file(namespace, name),
+        pid_namespace=pid_namespace,
+        volumes=vols,
+    )
     if bridge:
         spec.bridge = bridge
     if subnet:
@@ -88,9 +109,20 @@ async def run(store: ObjectStore, url: str, *, name: str, namespace: str, labels
     log_path = pod_log_file(namespace, name) + ".supervisor"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "chaosbus.cli.supervisor", "--nats", url, "--spec",
-             msgspec.json.encode(spec).decode()],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "chaosbus.cli.supervisor",
+                "--nats",
+                url,
+                "--spec",
+                msgspec.json.encode(spec).decode(),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         pod = await store.get("Pod", namespace, name)
@@ -117,8 +149,9 @@ async def remove(store: ObjectStore, ipam_kv: Any, name: str, namespace: str, *,
         raise UsageError(f'pod "{name}" not found')
     result = await _remove(store, ipam_kv, pod, timeout)
     bridge = (pod["metadata"].get("annotations") or {}).get(BRIDGE_ANNOTATION)
-    if bridge and not any((p["metadata"].get("annotations") or {}).get(BRIDGE_ANNOTATION) == bridge
-                          for p in await store.list("Pod")):
+    if bridge and not any(
+        (p["metadata"].get("annotations") or {}).get(BRIDGE_ANNOTATION) == bridge for p in await store.list("Pod")
+    ):
         await asyncio.to_thread(podnet.delete_bridge_if_unused, bridge)  # the last pod on it is gone
     return result
 

@@ -53,17 +53,29 @@ def chaos_rows(objs: list[Obj]) -> str:
     for o in objs:
         spec, meta = o.get("spec") or {}, o.get("metadata") or {}
         injected, total = injected_total(o)
-        rows.append([meta.get("name", ""), spec.get("action", "-"), spec.get("duration") or "-", chaos_phase(o),
-                     f"{injected}/{total}", age(meta.get("creationTimestamp", ""))])
+        rows.append(
+            [
+                meta.get("name", ""),
+                spec.get("action", "-"),
+                spec.get("duration") or "-",
+                chaos_phase(o),
+                f"{injected}/{total}",
+                age(meta.get("creationTimestamp", "")),
+            ]
+        )
     return table(rows, ["NAME", "ACTION", "DURATION", "PHASE", "INJECTED", "AGE"])
 
 
 def describe(obj: Obj, events: list[Obj] | None = None) -> str:
     meta, status = obj.get("metadata") or {}, obj.get("status") or {}
     experiment = obj.get("kind") not in ORCHESTRATED  # Schedules, Workflows, ... have no phase or records
-    lines = [f"Name:         {meta.get('name')}", f"Namespace:    {meta.get('namespace', '')}",
-             f"Kind:         {obj.get('kind')}", f"UID:          {meta.get('uid')}",
-             f"Created:      {meta.get('creationTimestamp')}"]
+    lines = [
+        f"Name:         {meta.get('name')}",
+        f"Namespace:    {meta.get('namespace', '')}",
+        f"Kind:         {obj.get('kind')}",
+        f"UID:          {meta.get('uid')}",
+        f"Created:      {meta.get('creationTimestamp')}",
+    ]
     if experiment:
         lines.append(f"Phase:        {chaos_phase(obj)}")
     for field in ("labels", "annotations"):
@@ -87,8 +99,10 @@ def describe(obj: Obj, events: list[Obj] | None = None) -> str:
     lines.append(f"Desired phase: {exp.get('desiredPhase', '<none>')}")
     lines.append("Records:")
     for r in exp.get("containerRecords") or []:
-        lines.append(f"  {r['id']} ({r['selectorKey']}): {r['phase']}  injected={r['injectedCount']} "
-                     f"recovered={r['recoveredCount']}")
+        lines.append(
+            f"  {r['id']} ({r['selectorKey']}): {r['phase']}  injected={r['injectedCount']} "
+            f"recovered={r['recoveredCount']}"
+        )
         for e in (r.get("events") or [])[-5:]:
             lines.append(f"    {e['timestamp']}  {e['operation']:<8}{e['type']:<10}{e.get('message', '')}")
     return "\n".join(lines + _events(events))
@@ -111,10 +125,20 @@ def pod_rows(pods: list[Obj]) -> str:
         cs = status.get("containerStatuses") or []
         labels = ",".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
         ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(cs)}"
-        rows.append([meta.get("namespace", ""), meta.get("name", ""), ready, _pod_status(status, cs),
-                     status.get("podIP", ""), str(sum(c.get("restartCount", 0) for c in cs)),
-                     (meta.get("annotations") or {}).get("chaosbus.io/netns", ""), _cgroup_of(meta),
-                     ",".join(_pid_of(c.get("containerID", "")) for c in cs), labels or "<none>"])
+        rows.append(
+            [
+                meta.get("namespace", ""),
+                meta.get("name", ""),
+                ready,
+                _pod_status(status, cs),
+                status.get("podIP", ""),
+                str(sum(c.get("restartCount", 0) for c in cs)),
+                (meta.get("annotations") or {}).get("chaosbus.io/netns", ""),
+                _cgroup_of(meta),
+                ",".join(_pid_of(c.get("containerID", "")) for c in cs),
+                labels or "<none>",
+            ]
+        )
     return table(rows, ["NAMESPACE", "NAME", "READY", "STATUS", "IP", "RESTARTS", "NETNS", "CGROUP", "PIDS", "LABELS"])
 
 
@@ -143,10 +167,18 @@ def schedule_rows(schedules: list[Obj]) -> str:
         paused = (meta.get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
         invalid = any(c.get("reason") == "InvalidSpec" for c in status.get("conditions") or [])
         state = "Invalid" if invalid else "Paused" if paused else "Active"
-        rows.append([meta.get("name", ""), spec.get("schedule", ""), spec.get("type", ""),
-                     spec.get("concurrencyPolicy") or "Forbid", state,
-                     str(len(status.get("active") or [])), age(status["time"]) if status.get("time") else "<none>",
-                     age(meta.get("creationTimestamp", ""))])
+        rows.append(
+            [
+                meta.get("name", ""),
+                spec.get("schedule", ""),
+                spec.get("type", ""),
+                spec.get("concurrencyPolicy") or "Forbid",
+                state,
+                str(len(status.get("active") or [])),
+                age(status["time"]) if status.get("time") else "<none>",
+                age(meta.get("creationTimestamp", "")),
+            ]
+        )
     return table(rows, ["NAME", "SCHEDULE", "TYPE", "POLICY", "STATE", "CHILDREN", "LAST FIRE", "AGE"])
 
 

@@ -88,9 +88,15 @@ async def describe(store: ObjectStore, kind: str, name: str, namespace: str) -> 
     """`describe` text with the object's Events (local mode keeps them in the store, by involved uid)."""
     obj = (await fetch(store, kind, name, namespace))[0]
     meta = obj.get("metadata") or {}
-    events = [] if kind in o.CLUSTER_SCOPED else [
-        e for e in await store.list("Event", str(meta.get("namespace") or namespace))
-        if (e.get("involvedObject") or {}).get("uid") == meta.get("uid")]
+    events = (
+        []
+        if kind in o.CLUSTER_SCOPED
+        else [
+            e
+            for e in await store.list("Event", str(meta.get("namespace") or namespace))
+            if (e.get("involvedObject") or {}).get("uid") == meta.get("uid")
+        ]
+    )
     return render.describe(obj, events)
 
 
@@ -124,7 +130,7 @@ async def delete(store: ObjectStore, kind: str, name: str, namespace: str, *, wa
         if await store.get(kind, ns, name) is None:
             outcome = "deleted"
     if outcome == "deleting":
-        return f"{kind.lower()} \"{name}\" is being deleted (waiting for recovery; finalizer chaos-mesh/records)"
+        return f'{kind.lower()} "{name}" is being deleted (waiting for recovery; finalizer chaos-mesh/records)'
     return f'{kind.lower()} "{name}" deleted'
 
 
@@ -143,8 +149,9 @@ def parse_annotations(pairs: list[str]) -> dict[str, str | None]:
     return changes
 
 
-async def annotate(store: ObjectStore, kind: str, name: str, namespace: str, pairs: list[str],
-                   *, overwrite: bool) -> str:
+async def annotate(
+    store: ObjectStore, kind: str, name: str, namespace: str, pairs: list[str], *, overwrite: bool
+) -> str:
     changes = parse_annotations(pairs)
     ns = "" if kind in o.CLUSTER_SCOPED else namespace
 
@@ -152,8 +159,10 @@ async def annotate(store: ObjectStore, kind: str, name: str, namespace: str, pai
         existing = (obj.get("metadata") or {}).get("annotations") or {}
         clash = [k for k, v in changes.items() if v is not None and k in existing and existing[k] != v]
         if clash and not overwrite:
-            raise UsageError(f"--overwrite is false but found the following declared annotation(s): "
-                             f"'{', '.join(clash)}' already has a value")
+            raise UsageError(
+                f"--overwrite is false but found the following declared annotation(s): "
+                f"'{', '.join(clash)}' already has a value"
+            )
         return o.set_annotations(obj, changes)
 
     try:

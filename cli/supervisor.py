@@ -65,18 +65,23 @@ def pod_object(spec: PodSpec, netns: str, ip: str, cgroup: cgroups.PodCgroup | N
         pod_spec["volumes"] = [{"name": f"vol-{i}", "hostPath": {"path": host}} for i, (host, _) in enumerate(pairs)]
         container["volumeMounts"] = [{"name": f"vol-{i}", "mountPath": path} for i, (_, path) in enumerate(pairs)]
     return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels,
-                     "annotations": ann},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels, "annotations": ann},
         "spec": pod_spec,
         "status": {"phase": "Pending", "podIP": ip, "hostIP": "", "containerStatuses": []},
     }
 
 
-def container_status(spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None,
-                     held: list[podhold.Hold] | None = None) -> dict[str, Any]:
-    cs: dict[str, Any] = {"name": spec.name, "ready": pid is not None, "restartCount": restarts,
-                          "containerID": str(processid.of_process(pid)) if pid else ""}
+def container_status(
+    spec: PodSpec, pid: int | None, restarts: int, last_exit: int | None, held: list[podhold.Hold] | None = None
+) -> dict[str, Any]:
+    cs: dict[str, Any] = {
+        "name": spec.name,
+        "ready": pid is not None,
+        "restartCount": restarts,
+        "containerID": str(processid.of_process(pid)) if pid else "",
+    }
     if pid:
         cs["state"] = {"running": {"startedAt": now_rfc3339()}}
     elif held:
@@ -139,13 +144,22 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         out: Any = open(self.spec.log_file, "ab") if self.spec.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
-            argv = podexec.command(self.spec.argv, cgroups=self.cgroup.dirs if self.cgroup else (),
-                                   new_pidns=self.spec.pid_namespace, new_mountns=self.spec.pid_namespace,
-                                   volumes=self.spec.volumes)
-            return podnet.spawn_in_netns(argv, self.netns, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         env={**os.environ, processid.POD_UID_ENV: self.uid,
-                                              processid.POD_NAMESPACE_ENV: self.spec.namespace})
+            argv = podexec.command(
+                self.spec.argv,
+                cgroups=self.cgroup.dirs if self.cgroup else (),
+                new_pidns=self.spec.pid_namespace,
+                new_mountns=self.spec.pid_namespace,
+                volumes=self.spec.volumes,
+            )
+            return podnet.spawn_in_netns(
+                argv,
+                self.netns,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, processid.POD_UID_ENV: self.uid, processid.POD_NAMESPACE_ENV: self.spec.namespace},
+            )
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -208,6 +222,7 @@ class Supervisor:
     async def _set_status(self, phase: str, cs: dict[str, Any]) -> None:
         def mutate(obj: dict[str, Any]) -> dict[str, Any]:
             return {**obj, "status": {**obj.get("status", {}), "phase": phase, "containerStatuses": [cs]}}
+
         with contextlib.suppress(NotFound):
             await self.store.mutate("Pod", self.spec.namespace, self.spec.name, mutate)
 
@@ -231,8 +246,7 @@ class Supervisor:
 async def amain(spec: PodSpec, url: str) -> None:
     bus = await busmod.connect(url, f"chaosbus-pod-{spec.namespace}-{spec.name}")
     await bus.ensure()
-    sup = Supervisor(spec, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)),
-                     await bus.kv(subjects.IPAM.name))
+    sup = Supervisor(spec, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), await bus.kv(subjects.IPAM.name))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)

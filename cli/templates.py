@@ -40,8 +40,9 @@ async def create(store: ObjectStore, cm: Obj) -> str:
     try:
         await store.create(cm)
     except Conflict:
-        raise UsageError(f'statuscheck template "{cm["metadata"]["annotations"][sctemplates.NAME_ANNOTATION]}" '
-                         "already exists") from None
+        raise UsageError(
+            f'statuscheck template "{cm["metadata"]["annotations"][sctemplates.NAME_ANNOTATION]}" already exists'
+        ) from None
     return f"statuscheck template/{cm['metadata']['annotations'][sctemplates.NAME_ANNOTATION]} created"
 
 
@@ -72,8 +73,14 @@ async def one(store: ObjectStore, namespace: str, name: str) -> sctemplates.Temp
 
 
 def show(template: sctemplates.Template, output: str | None) -> str:
-    detail = {"namespace": template.namespace, "name": template.name, "description": template.description,
-              "uid": template.uid, "created": template.created, "spec": template.spec}
+    detail = {
+        "namespace": template.namespace,
+        "name": template.name,
+        "description": template.description,
+        "uid": template.uid,
+        "created": template.created,
+        "spec": template.spec,
+    }
     if output == "json":
         return render.to_json([detail])
     return render.to_yaml([detail])

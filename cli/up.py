@@ -35,8 +35,9 @@ class Child:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
         self.started = time.monotonic()
 
     def terminate(self) -> None:
@@ -54,8 +55,9 @@ class Child:
             self.proc.wait()
 
 
-def service_argv(name: str, url: str, metrics_port: int, node: str, journal: Path | None = None,
-                 creds: Path | None = None) -> list[str]:
+def service_argv(
+    name: str, url: str, metrics_port: int, node: str, journal: Path | None = None, creds: Path | None = None
+) -> list[str]:
     argv = [sys.executable, "-m", f"chaosbus.{name}", "--nats", url, "--metrics-port", str(metrics_port)]
     if creds is not None:
         argv += ["--nats-creds", str(creds / f"{natsauth.user_name(name, node if name == 'injector' else '')}.nk")]
@@ -82,8 +84,9 @@ class Nats:
             self.down_since = now
             print(f"chaosbus up: nats-server exited ({self.server.process.returncode}); restarting", flush=True)
         try:
-            self.server = natsserver.start(self.server.store_dir, port=self.server.port, log_file=self.log,
-                                           config_file=self.config_file)
+            self.server = natsserver.start(
+                self.server.store_dir, port=self.server.port, log_file=self.log, config_file=self.config_file
+            )
         except natsserver.ServerError as e:
             print(f"chaosbus up: nats-server restart failed ({e}); retrying", flush=True)
             return False
@@ -100,15 +103,19 @@ async def register_node(url: str, node: str, admin: natsauth.ClientAuth | None =
     try:
         await bus.ensure()
         store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
-        await store.apply({"apiVersion": "v1", "kind": "Node",
-                           "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}},
-                          immutable_spec=False)
+        await store.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+            },
+            immutable_spec=False,
+        )
     finally:
         await bus.close()
 
 
-async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, node: str,
-             quiet: bool = False) -> int:
+async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, node: str, quiet: bool = False) -> int:
     state = config.state_dir()
     state.mkdir(parents=True, exist_ok=True)
     # Credentials and keys are made at first start and reused (0600 files in a 0700 directory):
@@ -126,13 +133,20 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
     logs.mkdir(exist_ok=True)
     signing.ensure_keys(signing.keys_dir())  # first start: the scheduler's and the operator's key pairs
     webtokens.ensure_tokens(webtokens.tokens_dir(state))  # for `chaosbus dashboard`
-    server = natsserver.start(store_dir or state / "nats", port=port, log_file=logs / "nats-server.log",
-                              config_file=conf)
+    server = natsserver.start(
+        store_dir or state / "nats", port=port, log_file=logs / "nats-server.log", config_file=conf
+    )
     nats = Nats(server, logs / "nats-server.log", conf)
     journal = None if settings.current().journal else state / "journal" / f"injector-{subjects.token(node)}.db"
     creds = natsauth.creds_dir(state)
-    children = [Child(name, service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal, creds),
-                      logs / f"{name}.log") for name in SERVICES]
+    children = [
+        Child(
+            name,
+            service_argv(name, server.url, _metrics_port(name, metrics_base), node, journal, creds),
+            logs / f"{name}.log",
+        )
+        for name in SERVICES
+    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,8 +193,7 @@ async def _keep_alive(children: list[Child], stop: asyncio.Event, nats: Nats | N
             if c.name not in due:
                 c.backoff = 0.5 if now - c.started > 60 else min(30.0, c.backoff * 2)
                 due[c.name] = now + c.backoff
-                print(f"chaosbus up: {c.name} exited ({c.proc.returncode}); restarting in {c.backoff:.1f}s",
-                      flush=True)
+                print(f"chaosbus up: {c.name} exited ({c.proc.returncode}); restarting in {c.backoff:.1f}s", flush=True)
             elif now >= due[c.name]:
                 del due[c.name]
                 c.restarts += 1

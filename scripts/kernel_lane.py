@@ -41,8 +41,19 @@ BUSYBOX = Path("/bin/busybox")
 BOOT_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
 # The tests that need sch_netem (marked `netem`), with their measured figures printed (-s), run by
 # this same interpreter (the checkout's .venv: the guest sees the same paths).
-DEFAULT_COMMAND = (sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", "netem",
-                   "tests/privileged/test_netem_traffic.py", "tests/privileged/test_shaping_compose.py")
+DEFAULT_COMMAND = (
+    sys.executable,
+    "-m",
+    "pytest",
+    "-q",
+    "-s",
+    "-p",
+    "no:cacheprovider",
+    "-m",
+    "netem",
+    "tests/privileged/test_netem_traffic.py",
+    "tests/privileged/test_shaping_compose.py",
+)
 
 # PID 1 of the initramfs: load the modules, mount the host's root, lay writable layers over it (an
 # overlay on /tmp too, not an empty tmpfs: a checkout under /tmp must stay visible to the guest) and
@@ -179,8 +190,9 @@ def boot_artefacts(cache: Path) -> tuple[Path, Path]:
     release = kernel_release(vmlinuz)
     if not BUSYBOX.exists():
         raise SystemExit("kernel lane: no /bin/busybox (busybox-static; scripts/install-kernel-lane.sh)")
-    stamp = hashlib.sha256(INIT.encode() + repr(BOOT_MODULES).encode()
-                           + str(BUSYBOX.stat().st_size).encode()).hexdigest()[:12]
+    stamp = hashlib.sha256(
+        INIT.encode() + repr(BOOT_MODULES).encode() + str(BUSYBOX.stat().st_size).encode()
+    ).hexdigest()[:12]
     cache.mkdir(parents=True, exist_ok=True)
     vmlinux = cache / f"vmlinux-{release}"
     initramfs = cache / f"initramfs-{release}-{stamp}.cpio"
@@ -207,16 +219,38 @@ def default_cache() -> Path:
 
 def qemu_argv(vmlinux: Path, initramfs: Path, shared: Path, memory_mb: int, cpus: int) -> list[str]:
     return [
-        "qemu-system-x86_64", "-M", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
-        "-smp", str(cpus), "-m", str(memory_mb),
+        "qemu-system-x86_64",
+        "-M",
+        "pc",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-smp",
+        str(cpus),
+        "-m",
+        str(memory_mb),
         # No default devices: in particular no network card, so the guest has only loopback.
-        "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
-        "-kernel", str(vmlinux), "-initrd", str(initramfs),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(vmlinux),
+        "-initrd",
+        str(initramfs),
         # no_timer_check: on a loaded host the emulated timer can miss the kernel's IO-APIC check
         # window, which then panics ("IO-APIC + timer doesn't work!").
-        "-append", "console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check rdinit=/init",
-        "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-        "-virtfs", f"local,path={shared},mount_tag=lane,security_model=none,multidevs=remap",
+        "-append",
+        "console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check rdinit=/init",
+        "-virtfs",
+        "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs",
+        f"local,path={shared},mount_tag=lane,security_model=none,multidevs=remap",
     ]
 
 
@@ -233,8 +267,9 @@ def run(command: list[str], memory_mb: int, cpus: int, timeout_s: float, nice: i
         argv = qemu_argv(vmlinux, initramfs, shared, memory_mb, cpus)
         if nice:
             argv = ["nice", "-n", str(nice), *argv]
-        print(f"kernel lane: booting {vmlinux.name} under QEMU (TCG, {cpus} vCPU, {memory_mb} MB, no network)",
-              flush=True)
+        print(
+            f"kernel lane: booting {vmlinux.name} under QEMU (TCG, {cpus} vCPU, {memory_mb} MB, no network)", flush=True
+        )
         started = time.monotonic()
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         # A guest that hangs prints nothing: the watchdog ends it, and the missing exit code fails the lane.
@@ -277,10 +312,15 @@ def main() -> int:
     parser.add_argument("--memory", type=int, default=768, help="guest memory in MB (default 768)")
     parser.add_argument("--cpus", type=int, default=2, help="guest vCPUs (default 2)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before the guest is killed")
-    parser.add_argument("--nice", type=int, default=int(os.environ.get("CHAOSBUS_KERNEL_LANE_NICE", "10")),
-                        help="niceness of QEMU on the shared machine (default 10)")
-    parser.add_argument("command", nargs="*", help="what to run in the checkout inside the guest "
-                                                   "(default: pytest on the shaping tests)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=int(os.environ.get("CHAOSBUS_KERNEL_LANE_NICE", "10")),
+        help="niceness of QEMU on the shared machine (default 10)",
+    )
+    parser.add_argument(
+        "command", nargs="*", help="what to run in the checkout inside the guest (default: pytest on the shaping tests)"
+    )
     args = parser.parse_args()
     command = args.command or list(DEFAULT_COMMAND)
     return run(command, args.memory, args.cpus, args.timeout, args.nice)

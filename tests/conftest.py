@@ -47,8 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _worker_group(item: pytest.Item) -> str | None:
     """Tests that must share one worker's session fixture (see the module docstring)."""
     callspec = getattr(item, "callspec", None)
-    if "real_kube" in getattr(item, "fixturenames", ()) or (callspec is not None and
-                                                            callspec.params.get("kube") == "real"):
+    if "real_kube" in getattr(item, "fixturenames", ()) or (
+        callspec is not None and callspec.params.get("kube") == "real"
+    ):
         return "real-kube"
     if item.path.parent.name == "e2e" and "system" in getattr(item, "fixturenames", ()):
         return f"live-system-{item.path.stem}"

@@ -72,10 +72,14 @@ def _template_configmap(doc: Obj, meta: Obj) -> Obj:
         raise InvalidObject([f"apiVersion: expected v1, got {doc.get('apiVersion')!r}"])
     cm = {**doc, "metadata": {**meta, "namespace": meta.get("namespace") or "default"}}
     if not sctemplates.is_template(cm):
-        raise InvalidObject([f"kind: ConfigMap: local mode keeps only StatusCheck templates (labels "
-                             f"{sctemplates.TYPE_LABEL}=StatusCheck, {sctemplates.MANAGED_BY_LABEL}="
-                             f"{sctemplates.MANAGED_BY}, annotation {sctemplates.NAME_ANNOTATION}=NAME, "
-                             f"named {sctemplates.PREFIX}NAME)"])
+        raise InvalidObject(
+            [
+                f"kind: ConfigMap: local mode keeps only StatusCheck templates (labels "
+                f"{sctemplates.TYPE_LABEL}=StatusCheck, {sctemplates.MANAGED_BY_LABEL}="
+                f"{sctemplates.MANAGED_BY}, annotation {sctemplates.NAME_ANNOTATION}=NAME, "
+                f"named {sctemplates.PREFIX}NAME)"
+            ]
+        )
     problems = Problems()
     bounds.dns_label(problems, "metadata.namespace", cm["metadata"]["namespace"])
     bounds.dns_subdomain(problems, "metadata.name", cm["metadata"]["name"])
@@ -91,8 +95,12 @@ def _fits(obj: Obj) -> Obj:
     """The stored object, with its status to come, must fit one NATS message (KV value, event)."""
     size = len(msgspec.json.encode(obj))
     if size > bounds.MAX_OBJECT_BYTES:
-        raise InvalidObject([f"object: {size} bytes as stored, more than {bounds.MAX_OBJECT_BYTES} (its status "
-                             "and the event carrying it must fit one NATS message)"])
+        raise InvalidObject(
+            [
+                f"object: {size} bytes as stored, more than {bounds.MAX_OBJECT_BYTES} (its status "
+                "and the event carrying it must fit one NATS message)"
+            ]
+        )
     return obj
 
 

@@ -46,6 +46,7 @@ class KvEntry:
     revision: int
     deleted: bool
 
+
 _encoder = msgspec.json.Encoder()
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 
@@ -66,8 +67,14 @@ class Refused(ConnectionError):
     """nats-server refused this client's credentials (or their absence)."""
 
 
-async def connect(url: str, name: str, *, connect_timeout: float = 2.0,
-                  auth: natsauth.ClientAuth | None = None, give_up_after: float | None = None) -> Bus:
+async def connect(
+    url: str,
+    name: str,
+    *,
+    connect_timeout: float = 2.0,
+    auth: natsauth.ClientAuth | None = None,
+    give_up_after: float | None = None,
+) -> Bus:
     """Connect with the settings a chaos tool needs: reconnect forever, notice a dead peer fast.
     `auth`: the credentials to present (default: the process's, natsauth.use); a server with
     authorization refuses a connection without them, and that ends the attempt at once (Refused)
@@ -171,8 +178,9 @@ class Bus:
             self._kv[bucket] = kv
         return kv
 
-    async def publish(self, subject: str, msg: messages.Message, *, msg_id: str,
-                      seal: Callable[[str, bytes], bytes] | None = None) -> None:
+    async def publish(
+        self, subject: str, msg: messages.Message, *, msg_id: str, seal: Callable[[str, bytes], bytes] | None = None
+    ) -> None:
         """JetStream publish with an idempotency key, so a retried publish is stored once;
         `seal(subject, payload)` wraps the payload first (a signed envelope).
         """
@@ -258,8 +266,9 @@ class Bus:
             for i, (msg, _) in enumerate(decoded):
                 await (msg.nak(delay=0.2) if i in later else msg.ack())
 
-    async def _fetched(self, stream: subjects.Stream, durable: str, filter_subject: str, batch: int,
-                       ack_wait: float) -> AsyncIterator[list[Msg]]:
+    async def _fetched(
+        self, stream: subjects.Stream, durable: str, filter_subject: str, batch: int, ack_wait: float
+    ) -> AsyncIterator[list[Msg]]:
         """Fetches from a durable pull consumer, forever (empty ones skipped)."""
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
         await self._refilter(stream, durable, filter_subject)
@@ -288,13 +297,20 @@ class Bus:
         except NotFoundError:
             return
         if info.config.filter_subject and info.config.filter_subject != filter_subject:
-            log.warning("durable consumer refiltered", stream=stream.name, durable=durable,
-                        was=info.config.filter_subject, now=filter_subject)
-            await self.js.add_consumer(stream.name,
-                                       config=dataclasses.replace(info.config, filter_subject=filter_subject))
+            log.warning(
+                "durable consumer refiltered",
+                stream=stream.name,
+                durable=durable,
+                was=info.config.filter_subject,
+                now=filter_subject,
+            )
+            await self.js.add_consumer(
+                stream.name, config=dataclasses.replace(info.config, filter_subject=filter_subject)
+            )
 
-    async def _handle_aside(self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M,
-                            ack_wait: float) -> None:
+    async def _handle_aside(
+        self, msg: Msg, handler: Callable[[M], Awaitable[None]], decoded: M, ack_wait: float
+    ) -> None:
         async def keep_in_progress() -> None:
             while True:
                 await asyncio.sleep(ack_wait / 3)
@@ -323,7 +339,10 @@ class Bus:
         await msg.ack()
 
     async def replay_and_follow(
-        self, filter_subject: str, handler: Callable[[M], Awaitable[None]], kind: type[M],
+        self,
+        filter_subject: str,
+        handler: Callable[[M], Awaitable[None]],
+        kind: type[M],
         caught_up: asyncio.Event | None = None,
     ) -> None:
         """Ordered consumer from the start of a last-value stream: current state, then live changes.
@@ -339,8 +358,13 @@ class Bus:
             info = await self.js.stream_info(stream, subjects_filter=filter_subject)
             if not info.state.messages:
                 caught_up.set()
-        await self.js.subscribe(filter_subject, cb=_cb, ordered_consumer=True,
-                                deliver_policy=api.DeliverPolicy.ALL, idle_heartbeat=FOLLOW_HEARTBEAT_S)
+        await self.js.subscribe(
+            filter_subject,
+            cb=_cb,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.ALL,
+            idle_heartbeat=FOLLOW_HEARTBEAT_S,
+        )
         while True:
             msg = await queue.get()
             decoded = _decode_or_log(msg, kind)
@@ -348,7 +372,6 @@ class Bus:
                 await _with_retries(handler, decoded, msg.subject)
             if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
                 caught_up.set()
-
 
     async def last_messages(self, stream: subjects.Stream, filter_subject: str, kind: type[M]) -> list[M]:
         """The last message of every subject matching `filter_subject` now (undecodable ones left
@@ -361,8 +384,13 @@ class Bus:
             if msg.metadata.num_pending == 0:
                 await queue.put(None)
 
-        sub = await self.js.subscribe(filter_subject, stream=stream.name, cb=_cb, ordered_consumer=True,
-                                      deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        sub = await self.js.subscribe(
+            filter_subject,
+            stream=stream.name,
+            cb=_cb,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
         out: list[M] = []
         try:
             info = await sub.consumer_info()
@@ -393,15 +421,26 @@ class Bus:
             nonlocal snapshot_done
             meta = msg.metadata
             op = (msg.header or {}).get("KV-Operation", "")
-            await queue.put(KvEntry(key=msg.subject[len(prefix):], value=msg.data, revision=meta.sequence.stream,
-                                    deleted=op in _KV_DELETE_OPS))
+            await queue.put(
+                KvEntry(
+                    key=msg.subject[len(prefix) :],
+                    value=msg.data,
+                    revision=meta.sequence.stream,
+                    deleted=op in _KV_DELETE_OPS,
+                )
+            )
             if not snapshot_done and meta.num_pending == 0:
                 snapshot_done = True
                 await queue.put(None)
 
-        sub = await self.js.subscribe(f"{prefix}{keys}", stream=f"KV_{bucket}", cb=_cb, ordered_consumer=True,
-                                      deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                                      idle_heartbeat=FOLLOW_HEARTBEAT_S)
+        sub = await self.js.subscribe(
+            f"{prefix}{keys}",
+            stream=f"KV_{bucket}",
+            cb=_cb,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            idle_heartbeat=FOLLOW_HEARTBEAT_S,
+        )
         try:
             info = await sub.consumer_info()
             delivered = info.delivered.stream_seq if info.delivered else 0
@@ -429,8 +468,7 @@ def _decode_or_log(msg: Msg, kind: type[M]) -> M | None:
         return None
 
 
-async def _with_retries(handler: Callable[[M], Awaitable[None]], decoded: M, subject: str,
-                        attempts: int = 5) -> None:
+async def _with_retries(handler: Callable[[M], Awaitable[None]], decoded: M, subject: str, attempts: int = 5) -> None:
     """An ordered replay cannot nak: retry a failing handler briefly in place, then log and move on."""
     for attempt in range(attempts):
         try:

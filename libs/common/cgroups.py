@@ -67,8 +67,9 @@ def layout(root: str = ROOT) -> Layout:
     for controller in V1_CONTROLLERS:
         path = os.path.join(root, controller)
         if not os.path.isdir(path):
-            raise RuntimeError(f"no cgroup v2 with {', '.join(V2_CONTROLLERS)} and no v1 {controller} hierarchy "
-                               f"at {path}")
+            raise RuntimeError(
+                f"no cgroup v2 with {', '.join(V2_CONTROLLERS)} and no v1 {controller} hierarchy at {path}"
+            )
         mounts[os.path.realpath(path)] = None
     return Layout(1, tuple(mounts))
 
@@ -153,8 +154,9 @@ def leftovers(root: str = ROOT) -> list[str]:
     for m in lay.mounts:
         with contextlib.suppress(FileNotFoundError):
             parent = os.path.join(m, PARENT)
-            found += [os.path.join(parent, n) for n in sorted(os.listdir(parent))
-                      if os.path.isdir(os.path.join(parent, n))]
+            found += [
+                os.path.join(parent, n) for n in sorted(os.listdir(parent)) if os.path.isdir(os.path.join(parent, n))
+            ]
     return found
 
 

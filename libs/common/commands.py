@@ -60,12 +60,15 @@ def expand(cmd: m.NodeCommand) -> m.NodeCommand:
     for a in cmd.actions:
         f = a.fault
         if isinstance(f, m.Partition) and any(r.peer_set for r in f.rules):
-            rules = [msgspec.structs.replace(r, peers=_lookup(cmd, r.peer_set), peer_set="") if r.peer_set else r
-                     for r in f.rules]
+            rules = [
+                msgspec.structs.replace(r, peers=_lookup(cmd, r.peer_set), peer_set="") if r.peer_set else r
+                for r in f.rules
+            ]
             a = msgspec.structs.replace(a, fault=msgspec.structs.replace(f, rules=rules))
         elif isinstance(f, m.Shaping) and f.peer_set:
-            a = msgspec.structs.replace(a, fault=msgspec.structs.replace(f, peers=_lookup(cmd, f.peer_set),
-                                                                       peer_set=""))
+            a = msgspec.structs.replace(
+                a, fault=msgspec.structs.replace(f, peers=_lookup(cmd, f.peer_set), peer_set="")
+            )
         actions.append(a)
     return msgspec.structs.replace(cmd, actions=actions, peer_sets={})
 
@@ -98,9 +101,14 @@ def split(cmd: m.NodeCommand, max_bytes: int) -> list[m.NodeCommand]:
     out = []
     for i, actions in enumerate(parts):
         refs = set().union(*(_action_refs(a) for a in actions))
-        out.append(msgspec.structs.replace(
-            cmd, command_id=cmd.command_id if i == 0 else f"{cmd.command_id}.{i}", actions=actions,
-            peer_sets={n: p for n, p in cmd.peer_sets.items() if n in refs}))
+        out.append(
+            msgspec.structs.replace(
+                cmd,
+                command_id=cmd.command_id if i == 0 else f"{cmd.command_id}.{i}",
+                actions=actions,
+                peer_sets={n: p for n, p in cmd.peer_sets.items() if n in refs},
+            )
+        )
     return out
 
 

@@ -64,8 +64,9 @@ class ControllerScope:
     enable_filter_namespace: bool = False
 
 
-def controller_scope(*, target_namespace: str = "", enable_filter_namespace: bool = False,
-                     env: Mapping[str, str] | None = None) -> ControllerScope:
+def controller_scope(
+    *, target_namespace: str = "", enable_filter_namespace: bool = False, env: Mapping[str, str] | None = None
+) -> ControllerScope:
     """The scope from flags (which win) or Chaos Mesh's environment variable names.
 
     `--target-namespace` alone implies namespace-scoped mode. Booleans are parsed as Chaos Mesh's
@@ -109,8 +110,10 @@ class TargetGuard:
         if self.protected(namespace):
             return f"in protected namespace {namespace} (PROTECTED_NAMESPACES)"
         if network and host_network and not self.allow_host_network_testing:
-            return ("on the host network: a network fault would hit its node's own network "
-                    "(ALLOW_HOST_NETWORK_TESTING is off)")
+            return (
+                "on the host network: a network fault would hit its node's own network "
+                "(ALLOW_HOST_NETWORK_TESTING is off)"
+            )
         return ""
 
 
@@ -121,8 +124,12 @@ def own_namespace(env: Mapping[str, str] | None = None) -> str:
     return (given.own_namespace or given.pod_namespace or DEFAULT_OWN_NAMESPACE).strip()
 
 
-def target_guard(*, protected_namespaces: str | None = None, allow_host_network_testing: bool = False,
-                 env: Mapping[str, str] | None = None) -> TargetGuard:
+def target_guard(
+    *,
+    protected_namespaces: str | None = None,
+    allow_host_network_testing: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> TargetGuard:
     """The guard from flags (which win) or the environment.
 
     PROTECTED_NAMESPACES (or `--protected-namespaces`) is a comma-separated list that replaces
@@ -134,8 +141,11 @@ def target_guard(*, protected_namespaces: str | None = None, allow_host_network_
         ValueError: a boolean that does not parse, or a list entry that is not a namespace name.
     """
     given = _settings(env)
-    raw = protected_namespaces if protected_namespaces is not None else (
-        given.protected_namespaces if given.is_set("PROTECTED_NAMESPACES") else None)
+    raw = (
+        protected_namespaces
+        if protected_namespaces is not None
+        else (given.protected_namespaces if given.is_set("PROTECTED_NAMESPACES") else None)
+    )
     listed = list(ALWAYS_PROTECTED) if raw is None else [n.strip() for n in raw.split(",") if n.strip()]
     for name in listed:
         if not _NAMESPACE.fullmatch(name):

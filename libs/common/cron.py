@@ -81,16 +81,19 @@ def parse(text: str) -> CronSpec:
     if not body:
         raise CronError("empty schedule")
     if body.startswith("@every"):
-        return CronSpec(text, zone, every_s=_every(body[len("@every"):].strip()))
+        return CronSpec(text, zone, every_s=_every(body[len("@every") :].strip()))
     if body.startswith("@"):
         if body not in DESCRIPTORS:
-            raise CronError(f"unknown descriptor {body!r}; expected @every <duration> or one of "
-                            f"{', '.join(DESCRIPTORS)}")
+            raise CronError(
+                f"unknown descriptor {body!r}; expected @every <duration> or one of {', '.join(DESCRIPTORS)}"
+            )
         return CronSpec(text, zone, expr=body)
     fields = body.split()
     if len(fields) not in (5, 6):
-        raise CronError(f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with leading "
-                        f"seconds, got {len(fields)}")
+        raise CronError(
+            f"expected 5 fields (minute hour day-of-month month day-of-week) or 6 with leading "
+            f"seconds, got {len(fields)}"
+        )
     try:
         croniter(body, datetime(2000, 1, 1, tzinfo=UTC), second_at_beginning=True)
     except (CroniterError, ValueError, KeyError) as e:

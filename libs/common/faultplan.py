@@ -68,8 +68,11 @@ def helloworldchaos(obj: ChaosObject, target: Selected, everyone: list[Selected]
 def timechaos(obj: ChaosObject, target: Selected, everyone: list[Selected]) -> m.Fault:
     spec = obj.spec
     assert isinstance(spec, TimeChaosSpec)
-    return m.TimeSkew(offset_ns=spec.offset_ns(), clock_mask=spec.clock_mask(),
-                      container_names=[target.container.name] if target.container else list(spec.container_names))
+    return m.TimeSkew(
+        offset_ns=spec.offset_ns(),
+        clock_mask=spec.clock_mask(),
+        container_names=[target.container.name] if target.container else list(spec.container_names),
+    )
 
 
 class Everyone(list[Selected]):
@@ -83,8 +86,10 @@ class Everyone(list[Selected]):
 def _side_ips(everyone: list[Selected]) -> dict[str, list[str]]:
     if isinstance(everyone, Everyone) and everyone.side_ips is not None:
         return everyone.side_ips
-    ips = {key: sorted({s.pod.pod_ip for s in everyone if s.selector_key == key and s.pod.pod_ip})
-           for key in (MAIN, TARGET)}
+    ips = {
+        key: sorted({s.pod.pod_ip for s in everyone if s.selector_key == key and s.pod.pod_ip})
+        for key in (MAIN, TARGET)
+    }
     if isinstance(everyone, Everyone):
         everyone.side_ips = ips
     return ips
@@ -122,8 +127,11 @@ def shaping_for(spec: NetworkChaosSpec, target: Selected, everyone: list[Selecte
     Shaping without parameters.
     """
     ips = _side_ips(everyone)
-    base = m.Shaping(action=spec.action, pod_ip=target.pod.pod_ip,
-                     device=spec.device if target.selector_key == MAIN else spec.target_device)
+    base = m.Shaping(
+        action=spec.action,
+        pod_ip=target.pod.pod_ip,
+        device=spec.device if target.selector_key == MAIN else spec.target_device,
+    )
     if target.selector_key == MAIN:
         active = spec.direction in ("to", "both")
         peers, external = ips[TARGET], list(spec.external_targets)
@@ -173,8 +181,13 @@ def tbf_params(spec: NetworkChaosSpec) -> m.TbfParams:
     bw = spec.bandwidth
     assert bw is not None  # validation requires the block for action bandwidth
     peak = bw.peakrate is not None and bw.minburst is not None and bw.peakrate > 0
-    return m.TbfParams(rate=bandwidth_rate(bw.rate), limit=bw.limit, buffer=bw.buffer,
-                       peakrate=(bw.peakrate or 0) if peak else 0, minburst=(bw.minburst or 0) if peak else 0)
+    return m.TbfParams(
+        rate=bandwidth_rate(bw.rate),
+        limit=bw.limit,
+        buffer=bw.buffer,
+        peakrate=(bw.peakrate or 0) if peak else 0,
+        minburst=(bw.minburst or 0) if peak else 0,
+    )
 
 
 _RATE = re.compile(r"^\s*([0-9]+)\s*([a-z]+)\s*$")

@@ -219,5 +219,18 @@ class Stress(FaultSpec, tag="stress", kw_only=True, frozen=True):
     stressors: list[Stressor] = []
 
 
-Fault = (PodKill | PodFailure | ContainerKill | Partition | Shaping | HelloWorld | Task | Dns | Http | TimeSkew | Stress
-         | IO | GoSqlError)
+Fault = (
+    PodKill
+    | PodFailure
+    | ContainerKill
+    | Partition
+    | Shaping
+    | HelloWorld
+    | Task
+    | Dns
+    | Http
+    | TimeSkew
+    | Stress
+    | IO
+    | GoSqlError
+)

@@ -30,8 +30,10 @@ async def current(bus: busmod.Bus) -> m.HaltState | None:
 def halted_message(state: m.HaltState) -> str:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.at))
     reason = state.reason or "no reason given"
-    return (f"chaosbus is halted by the kill switch since {since} ({reason}; by {state.by}): "
-            "nothing is injected until `chaosbus resume`")
+    return (
+        f"chaosbus is halted by the kill switch since {since} ({reason}; by {state.by}): "
+        "nothing is injected until `chaosbus resume`"
+    )
 
 
 def who() -> str:
@@ -46,8 +48,9 @@ def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None
     return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
 
 
-async def set_halt(bus: busmod.Bus, *, halted: bool, reason: str = "",
-                   signer: signing.Signer | None, by: str | None = None) -> m.HaltState:
+async def set_halt(
+    bus: busmod.Bus, *, halted: bool, reason: str = "", signer: signing.Signer | None, by: str | None = None
+) -> m.HaltState:
     """Write the state to the KV key (durable), then broadcast it with the revision the put got."""
     state = m.HaltState(halted=halted, reason=reason, at=time.time(), by=by or who())
     kv = await bus.kv(subjects.CONTROL.name)

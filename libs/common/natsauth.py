@@ -50,24 +50,38 @@ def _stream_info(stream: str) -> list[str]:
 
 def _replay(stream: str) -> list[str]:
     """Ordered (ephemeral) consumers over a whole stream: create, info, flow control, delete."""
-    return [*_stream_info(stream), f"{JS_API}.STREAM.NAMES", f"{JS_API}.CONSUMER.CREATE.{stream}",
-            f"{JS_API}.CONSUMER.CREATE.{stream}.>", f"{JS_API}.CONSUMER.INFO.{stream}.*",
-            f"{JS_API}.CONSUMER.DELETE.{stream}.*", f"$JS.FC.{stream}.>"]
+    return [
+        *_stream_info(stream),
+        f"{JS_API}.STREAM.NAMES",
+        f"{JS_API}.CONSUMER.CREATE.{stream}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.>",
+        f"{JS_API}.CONSUMER.INFO.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
 
 
 def _pull(stream: str, durable: str, filter_subject: str) -> list[str]:
     """One durable pull consumer: created only with its own filter (nats-py puts the filter in the
     create subject, and the server checks it against the request), fetched from, acked.
     """
-    return [*_stream_info(stream), f"{JS_API}.CONSUMER.INFO.{stream}.{durable}",
-            f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}.{filter_subject}",
-            f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+    return [
+        *_stream_info(stream),
+        f"{JS_API}.CONSUMER.INFO.{stream}.{durable}",
+        f"{JS_API}.CONSUMER.CREATE.{stream}.{durable}.{filter_subject}",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
 
 
 def _kv_read(bucket: str) -> list[str]:
     stream = f"KV_{bucket}"
-    return [*_replay(stream), f"{JS_API}.DIRECT.GET.{stream}", f"{JS_API}.DIRECT.GET.{stream}.>",
-            f"{JS_API}.STREAM.MSG.GET.{stream}"]
+    return [
+        *_replay(stream),
+        f"{JS_API}.DIRECT.GET.{stream}",
+        f"{JS_API}.DIRECT.GET.{stream}.>",
+        f"{JS_API}.STREAM.MSG.GET.{stream}",
+    ]
 
 
 def _grants(identity: str, node: str) -> tuple[list[str], list[str], bool]:
@@ -165,20 +179,20 @@ def server_config(users: Iterable[User], *, tls: ServerTls | None = None, callou
     users = list(users)
     conf: dict[str, Any] = {"authorization": {"users": [_user_entry(u) for u in users]}}
     if callout is not None:
-        conf["authorization"]["auth_callout"] = {"issuer": callout.issuer,
-                                                 "auth_users": [u.public_key for u in users]}
+        conf["authorization"]["auth_callout"] = {"issuer": callout.issuer, "auth_users": [u.public_key for u in users]}
         # The auth service asks the Kubernetes API twice per connection: more than the default
         # 2 s on a loaded control plane now and then (an injector refused in time retries anyway).
         conf["authorization"]["timeout"] = CALLOUT_TIMEOUT_S
     if tls is not None:
-        conf["tls"] = {"cert_file": tls.cert, "key_file": tls.key, "ca_file": tls.ca,
-                       "verify": True, "timeout": 2}
+        conf["tls"] = {"cert_file": tls.cert, "key_file": tls.key, "ca_file": tls.ca, "verify": True, "timeout": 2}
     return json.dumps(conf, indent=2) + "\n"
 
 
 def _user_entry(u: User) -> dict[str, Any]:
-    perms: dict[str, Any] = {"publish": {"allow": list(u.permissions.publish)},
-                             "subscribe": {"allow": list(u.permissions.subscribe)}}
+    perms: dict[str, Any] = {
+        "publish": {"allow": list(u.permissions.publish)},
+        "subscribe": {"allow": list(u.permissions.subscribe)},
+    }
     if u.permissions.allow_responses:
         perms["allow_responses"] = True
     return {"nkey": u.public_key, "permissions": perms}
@@ -189,14 +203,16 @@ def markdown_table() -> str:
     rows = ["| identity | may publish | may subscribe |", "|---|---|---|"]
     for identity in subjects.IDENTITIES:
         p = permissions(identity, node="NODE")  # a node injector's own node, shown as <node>
-        pub = ", ".join(f"`{s}`" for s in p.publish) + (" and replies to requests it received"
-                                                         if p.allow_responses else "")
+        pub = ", ".join(f"`{s}`" for s in p.publish) + (
+            " and replies to requests it received" if p.allow_responses else ""
+        )
         rows.append(f"| `{user_name(identity, 'NODE')}` | {pub} | {', '.join(f'`{s}`' for s in p.subscribe)} |")
     rows.append(f"| `{ADMIN}` | `>` (declares streams and buckets at start) | `>` |")
     return "\n".join(rows).replace("NODE", "<node>")
 
 
 # --- keys and files -------------------------------------------------------------------------------
+
 
 def new_seed(*, account: bool = False) -> str:
     """A fresh user nkey seed (`SU...`), or an account's (`SA...`: the auth callout's issuer),
@@ -320,8 +336,9 @@ def process_auth() -> ClientAuth | None:
     return _process_auth
 
 
-def client_auth(user: str, *, seed: str | Path | None = None, tls_dir: str | Path | None = None,
-                url: str | None = None) -> ClientAuth:
+def client_auth(
+    user: str, *, seed: str | Path | None = None, tls_dir: str | Path | None = None, url: str | None = None
+) -> ClientAuth:
     """Where `user`'s credentials are: the given paths, else CHAOSBUS_NATS_CREDS (or, for a node
     injector in cluster mode, CHAOSBUS_NATS_TOKEN_FILE) and CHAOSBUS_NATS_TLS_DIR, else its seed
     in the state dir when it is readable and `url` is the
@@ -359,11 +376,17 @@ def _readable(path: Path) -> bool:
 
 def add_auth_arguments(p: argparse.ArgumentParser) -> None:
     """Where this process's NATS credentials are (docs/security.md)."""
-    p.add_argument("--nats-creds", default=None,
-                   help="nkey seed file of this identity (default: CHAOSBUS_NATS_CREDS, else "
-                        "<state dir>/creds/<identity>.nk when readable)")
-    p.add_argument("--nats-tls", default=None,
-                   help="directory with ca.crt, tls.crt and tls.key for mutual TLS (default: CHAOSBUS_NATS_TLS_DIR)")
+    p.add_argument(
+        "--nats-creds",
+        default=None,
+        help="nkey seed file of this identity (default: CHAOSBUS_NATS_CREDS, else "
+        "<state dir>/creds/<identity>.nk when readable)",
+    )
+    p.add_argument(
+        "--nats-tls",
+        default=None,
+        help="directory with ca.crt, tls.crt and tls.key for mutual TLS (default: CHAOSBUS_NATS_TLS_DIR)",
+    )
 
 
 def use_arguments(user: str, args: argparse.Namespace, url: str | None = None) -> None:

@@ -45,8 +45,15 @@ class EmbeddedServer:
                 self.process.wait()
 
 
-def start(store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", timeout: float = 10.0,
-          log_file: Path | None = None, config_file: Path | None = None) -> EmbeddedServer:
+def start(
+    store_dir: Path,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    timeout: float = 10.0,
+    log_file: Path | None = None,
+    config_file: Path | None = None,
+) -> EmbeddedServer:
     """Start nats-server with JetStream; port 0 lets the server pick one (read from its ports file).
     `config_file` adds a configuration (natsauth.server_config: users, permissions, TLS).
     """
@@ -55,8 +62,18 @@ def start(store_dir: Path, *, port: int = 0, host: str = "127.0.0.1", timeout: f
     ports_dir.mkdir(exist_ok=True)
     for stale in ports_dir.glob("*.ports"):
         stale.unlink()
-    argv = [binary(), "-a", host, "-p", str(port if port else -1), "-js", "-sd", str(store_dir / "js"),
-            "--ports_file_dir", str(ports_dir)]
+    argv = [
+        binary(),
+        "-a",
+        host,
+        "-p",
+        str(port if port else -1),
+        "-js",
+        "-sd",
+        str(store_dir / "js"),
+        "--ports_file_dir",
+        str(ports_dir),
+    ]
     if config_file is not None:
         argv += ["-c", str(config_file)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child

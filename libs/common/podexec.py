@@ -65,7 +65,7 @@ def parse(args: list[str]) -> tuple[dict[str, list[str]], list[str]]:
             i += 2
         else:
             raise ValueError(f"unknown option or missing value: {a}")
-    argv = args[i + 1:]
+    argv = args[i + 1 :]
     if not argv:
         raise ValueError("no program after --")
     if "--volume" in opts and "--new-mountns" not in opts:
@@ -170,9 +170,17 @@ def _report(fd: int, message: str) -> None:
         sys.stderr.write(message + "\n")
 
 
-def command(argv: list[str], *, cgroups: list[str] | tuple[str, ...] = (), new_pidns: bool = False,
-            new_mountns: bool = False, pidns: str = "", oom_score_adj: int | None = None,
-            status_fd: int = -1, volumes: list[str] | tuple[str, ...] = ()) -> list[str]:
+def command(
+    argv: list[str],
+    *,
+    cgroups: list[str] | tuple[str, ...] = (),
+    new_pidns: bool = False,
+    new_mountns: bool = False,
+    pidns: str = "",
+    oom_score_adj: int | None = None,
+    status_fd: int = -1,
+    volumes: list[str] | tuple[str, ...] = (),
+) -> list[str]:
     """The argv that runs `argv` through this helper with these options."""
     out = [sys.executable, "-S", os.path.abspath(__file__)]
     for d in cgroups:

@@ -32,7 +32,7 @@ def start_time(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # The command name (field 2) may hold spaces and parentheses: fields are counted after its last ')'.
-    fields = stat[stat.rfind(b")") + 2:].split()
+    fields = stat[stat.rfind(b")") + 2 :].split()
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -48,7 +48,7 @@ def parse(container_id: str) -> ProcessId | None:
     """The ProcessId in `process://<pid>[@<start>]`; None if it is not one (another scheme, malformed)."""
     if not container_id.startswith(SCHEME):
         return None
-    pid_text, sep, start_text = container_id[len(SCHEME):].partition("@")
+    pid_text, sep, start_text = container_id[len(SCHEME) :].partition("@")
     if not pid_text.isdigit() or (sep and not start_text.isdigit()):
         return None
     return ProcessId(int(pid_text), int(start_text) if sep else None)

@@ -50,12 +50,17 @@ def identity_of(service: str, args: argparse.Namespace) -> str:
 
 def add_scope_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for Chaos Mesh's controller scope; its environment variables work too (see `scope`)."""
-    p.add_argument("--target-namespace", default="",
-                   help="namespace-scoped mode: only this namespace (Chaos Mesh's CLUSTER_SCOPED=false + "
-                        "TARGET_NAMESPACE)")
-    p.add_argument("--enable-filter-namespace", action="store_true",
-                   help="only pods of namespaces annotated chaos-mesh.org/inject=enabled "
-                        "(Chaos Mesh's ENABLE_FILTER_NAMESPACE=true)")
+    p.add_argument(
+        "--target-namespace",
+        default="",
+        help="namespace-scoped mode: only this namespace (Chaos Mesh's CLUSTER_SCOPED=false + TARGET_NAMESPACE)",
+    )
+    p.add_argument(
+        "--enable-filter-namespace",
+        action="store_true",
+        help="only pods of namespaces annotated chaos-mesh.org/inject=enabled "
+        "(Chaos Mesh's ENABLE_FILTER_NAMESPACE=true)",
+    )
 
 
 def scope(args: argparse.Namespace) -> config.ControllerScope:
@@ -63,20 +68,27 @@ def scope(args: argparse.Namespace) -> config.ControllerScope:
     stops the service at start with a message naming it, as Chaos Mesh's controller does.
     """
     try:
-        return config.controller_scope(target_namespace=args.target_namespace,
-                                       enable_filter_namespace=args.enable_filter_namespace)
+        return config.controller_scope(
+            target_namespace=args.target_namespace, enable_filter_namespace=args.enable_filter_namespace
+        )
     except ValueError as e:
         raise SystemExit(f"chaosbus: {e}") from None
 
 
 def add_guard_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for what is never targeted; their environment variables work too (see `guard`)."""
-    p.add_argument("--protected-namespaces", default=None,
-                   help="comma-separated namespaces never targeted (env PROTECTED_NAMESPACES; default "
-                        "kube-system); chaosbus's own namespace (CHAOSBUS_NAMESPACE, POD_NAMESPACE, else "
-                        "chaosbus) is always protected")
-    p.add_argument("--allow-host-network-testing", action="store_true",
-                   help="let network faults target hostNetwork pods (Chaos Mesh's ALLOW_HOST_NETWORK_TESTING)")
+    p.add_argument(
+        "--protected-namespaces",
+        default=None,
+        help="comma-separated namespaces never targeted (env PROTECTED_NAMESPACES; default "
+        "kube-system); chaosbus's own namespace (CHAOSBUS_NAMESPACE, POD_NAMESPACE, else "
+        "chaosbus) is always protected",
+    )
+    p.add_argument(
+        "--allow-host-network-testing",
+        action="store_true",
+        help="let network faults target hostNetwork pods (Chaos Mesh's ALLOW_HOST_NETWORK_TESTING)",
+    )
 
 
 def guard(args: argparse.Namespace) -> config.TargetGuard:
@@ -84,14 +96,17 @@ def guard(args: argparse.Namespace) -> config.TargetGuard:
     the service at start with a message naming it.
     """
     try:
-        return config.target_guard(protected_namespaces=getattr(args, "protected_namespaces", None),
-                                   allow_host_network_testing=getattr(args, "allow_host_network_testing", False))
+        return config.target_guard(
+            protected_namespaces=getattr(args, "protected_namespaces", None),
+            allow_host_network_testing=getattr(args, "allow_host_network_testing", False),
+        )
     except ValueError as e:
         raise SystemExit(f"chaosbus: {e}") from None
 
 
-def run(service: str, args: argparse.Namespace,
-        main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
+def run(
+    service: str, args: argparse.Namespace, main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> None:
     """Run `main(args)` until it returns or SIGTERM/SIGINT arrives; exit cleanly either way."""
     cblog.configure(service, level=args.log_level)
     args.nats = config.nats_url(args.nats)
@@ -100,8 +115,9 @@ def run(service: str, args: argparse.Namespace,
     asyncio.run(_supervise(service, args, main))
 
 
-async def _supervise(service: str, args: argparse.Namespace,
-                     main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]) -> None:
+async def _supervise(
+    service: str, args: argparse.Namespace, main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> None:
     log = cblog.get(service)
     task = asyncio.create_task(main(args))
     loop = asyncio.get_running_loop()
@@ -131,8 +147,9 @@ async def run_forever(*coros: Awaitable[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connected(args: argparse.Namespace, name: str,
-                    registry: CollectorRegistry) -> AsyncIterator[tuple[busmod.Bus, int]]:
+async def connected(
+    args: argparse.Namespace, name: str, registry: CollectorRegistry
+) -> AsyncIterator[tuple[busmod.Bus, int]]:
     """A service's common start: /metrics served, NATS connected, streams and buckets declared."""
     port = cbmetrics.serve(registry, args.metrics_port, args.metrics_addr)
     bus = await busmod.connect(args.nats, name)

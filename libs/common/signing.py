@@ -82,14 +82,14 @@ def write_key_pair(directory: Path, role: Role) -> Path:
     """
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path = directory / f"{role}.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(private)
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     (directory / f"{role}.pub").write_bytes(public)
     return path
 
@@ -144,8 +144,13 @@ class Signer:
         seconds (None: no expiry, for kill-switch states).
         """
         iat = time.time() if now is None else now
-        claims = m.Claims(aud=aud, iat=iat, exp=0.0 if ttl_s is None else iat + ttl_s, seq=self.next_seq(),
-                          payload=msgspec.Raw(payload))
+        claims = m.Claims(
+            aud=aud,
+            iat=iat,
+            exp=0.0 if ttl_s is None else iat + ttl_s,
+            seq=self.next_seq(),
+            payload=msgspec.Raw(payload),
+        )
         body = _encoder.encode(claims)
         return _encoder.encode(m.Signed(kid=self.kid, sig=self._key.sign(_DOMAIN + body), body=msgspec.Raw(body)))
 
@@ -231,8 +236,11 @@ class Trust:
             if not claims.exp:
                 raise Refused("expired", env.kid, "carries no expiry")
             if claims.exp - claims.iat > self.max_lifetime_s:
-                raise Refused("expired", env.kid, f"valid for {claims.exp - claims.iat:.0f}s, "
-                                                  f"more than the {self.max_lifetime_s:.0f}s allowed")
+                raise Refused(
+                    "expired",
+                    env.kid,
+                    f"valid for {claims.exp - claims.iat:.0f}s, more than the {self.max_lifetime_s:.0f}s allowed",
+                )
         if claims.exp and claims.exp <= now:
             raise Refused("expired", env.kid, f"expired {now - claims.exp:.1f}s ago")
         return Opened(env.kid, claims)

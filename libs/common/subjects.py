@@ -85,10 +85,12 @@ OBJECTS = Stream(
     # A change of status alone goes to chaos.obj.status.<kind>.<namespace>.<name>: the scheduler's
     # Schedules and Workflows and the dashboard read objects' status; the recorder (which writes it)
     # and the watcher's relist take chaos.obj.<kind>.<namespace>.<name> only.
-    consumers=(Consumer("scheduler", note="ordered replay, status changes included"),
-               Consumer("recorder", filter="chaos.obj.*.*.*", note="ordered replay, without status changes"),
-               Consumer("watcher", filter="chaos.obj.*.*.*", note="last per subject, at start in cluster mode"),
-               Consumer("dashboard", note="ordered replay, status changes included, shown live")),
+    consumers=(
+        Consumer("scheduler", note="ordered replay, status changes included"),
+        Consumer("recorder", filter="chaos.obj.*.*.*", note="ordered replay, without status changes"),
+        Consumer("watcher", filter="chaos.obj.*.*.*", note="last per subject, at start in cluster mode"),
+        Consumer("dashboard", note="ordered replay, status changes included, shown live"),
+    ),
     max_msgs_per_subject=1,
     purpose="experiment object events; the last event per object is kept, so a reader can rebuild state",
 )
@@ -109,8 +111,10 @@ RESULTS = Stream(
     # A node injector publishes only under its own node: the subject says which node a result
     # comes from, and nats-server vouches for it (the recorder checks the rest).
     owner_subjects=("chaos.result.{node}.*",),
-    consumers=(Consumer("recorder", durable="recorder", filter="chaos.result.*.*"),
-               Consumer("scheduler", durable="scheduler-results", filter="chaos.result.*.*")),
+    consumers=(
+        Consumer("recorder", durable="recorder", filter="chaos.result.*.*"),
+        Consumer("scheduler", durable="scheduler-results", filter="chaos.result.*.*"),
+    ),
     max_age_s=24 * 3600,
     purpose="per-target outcome of each command, per node (chaos.result.<node>.<experiment uid>)",
 )
@@ -119,8 +123,10 @@ DECISIONS = Stream(
     subjects=("chaos.phase.*",),
     message=m.ExperimentDecision,
     owner="scheduler",
-    consumers=(Consumer("recorder", durable="recorder-phase", filter="chaos.phase.*"),
-               Consumer("recorder", note="an experiment's last decision, for results that come before it")),
+    consumers=(
+        Consumer("recorder", durable="recorder-phase", filter="chaos.phase.*"),
+        Consumer("recorder", note="an experiment's last decision, for results that come before it"),
+    ),
     max_msgs_per_subject=1,
     purpose="desired phase and selected records per experiment (self-contained, last wins)",
 )
@@ -142,8 +148,11 @@ OBJECT_STORE = Bucket(
     name="objects",
     keys="<Kind>.<namespace>.<name>",
     message="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace)",
-    owners=(Role("cli", "spec, metadata; pod supervisor: Pods"), Role("recorder", "status, finalizers"),
-            Role("scheduler", "triggers: apply, recover")),
+    owners=(
+        Role("cli", "spec, metadata; pod supervisor: Pods"),
+        Role("recorder", "status, finalizers"),
+        Role("scheduler", "triggers: apply, recover"),
+    ),
     readers=(Role("watcher"), Role("dashboard", "Events, Pods (local mode)")),
     purpose="local mode's API server: the objects users apply",
 )
@@ -226,23 +235,47 @@ HEALTH = CoreSubject(
 # They send the requests.
 TRIGGER_READERS = (Role("cli"), Role("client", "direct triggers"), Role("dashboard", "writes from the web UI"))
 TRIGGER_APPLY = CoreSubject(
-    pattern="chaos.trigger.apply", message=m.TriggerApply, reply=m.TriggerApplied, owner="scheduler",
-    readers=TRIGGER_READERS, purpose="apply an experiment given as its custom resource in JSON (local mode)")
+    pattern="chaos.trigger.apply",
+    message=m.TriggerApply,
+    reply=m.TriggerApplied,
+    owner="scheduler",
+    readers=TRIGGER_READERS,
+    purpose="apply an experiment given as its custom resource in JSON (local mode)",
+)
 TRIGGER_GET = CoreSubject(
-    pattern="chaos.trigger.get", message=m.TriggerRef, reply=m.TriggerStatus, owner="scheduler",
-    readers=TRIGGER_READERS, purpose="an experiment's status in Chaos Mesh's shape")
+    pattern="chaos.trigger.get",
+    message=m.TriggerRef,
+    reply=m.TriggerStatus,
+    owner="scheduler",
+    readers=TRIGGER_READERS,
+    purpose="an experiment's status in Chaos Mesh's shape",
+)
 TRIGGER_RECOVER = CoreSubject(
-    pattern="chaos.trigger.recover", message=m.TriggerRef, reply=m.TriggerRecovered, owner="scheduler",
-    readers=TRIGGER_READERS, purpose="recover an experiment by deleting it (its finalizer waits for recovery)")
+    pattern="chaos.trigger.recover",
+    message=m.TriggerRef,
+    reply=m.TriggerRecovered,
+    owner="scheduler",
+    readers=TRIGGER_READERS,
+    purpose="recover an experiment by deleting it (its finalizer waits for recovery)",
+)
 TRIGGER_LIST = CoreSubject(
-    pattern="chaos.trigger.list", message=m.TriggerListRequest, reply=m.TriggerList, owner="scheduler",
-    readers=TRIGGER_READERS, purpose="experiments that are not finished, with their phase")
+    pattern="chaos.trigger.list",
+    message=m.TriggerListRequest,
+    reply=m.TriggerList,
+    owner="scheduler",
+    readers=TRIGGER_READERS,
+    purpose="experiments that are not finished, with their phase",
+)
 TRIGGERS = (TRIGGER_APPLY, TRIGGER_GET, TRIGGER_RECOVER, TRIGGER_LIST)
 TRIGGER_QUEUE = "scheduler"  # only the leader subscribes; the queue group keeps it to one reply anyway
 AUTH_CALLOUT = CoreSubject(
-    pattern="$SYS.REQ.USER.AUTH", message=natsjwt.AuthorizationRequestClaims,
-    reply=natsjwt.AuthorizationResponseClaims, owner="auth", readers=(),
-    purpose="cluster mode: nats-server asks who a node injector's connection is (signed NATS JWTs both ways)")
+    pattern="$SYS.REQ.USER.AUTH",
+    message=natsjwt.AuthorizationRequestClaims,
+    reply=natsjwt.AuthorizationResponseClaims,
+    owner="auth",
+    readers=(),
+    purpose="cluster mode: nats-server asks who a node injector's connection is (signed NATS JWTs both ways)",
+)
 CORE_SUBJECTS = (LEASES, HALT, HEALTH, *TRIGGERS, AUTH_CALLOUT)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
@@ -338,22 +371,32 @@ def markdown_table() -> str:
     """The subject table as Markdown, for docs/architecture.md (a contract test keeps them equal)."""
     rows = ["| what | name | subjects / keys | message | written by | read by |", "|---|---|---|---|---|---|"]
     for s in STREAMS:
-        rows.append(f"| stream | `{s.name}` | `{'`, `'.join(s.subjects)}` | `{s.message.__name__}` | {s.owner} | "
-                    f"{', '.join(f'`{c}`' for c in s.consumers)} |")
+        rows.append(
+            f"| stream | `{s.name}` | `{'`, `'.join(s.subjects)}` | `{s.message.__name__}` | {s.owner} | "
+            f"{', '.join(f'`{c}`' for c in s.consumers)} |"
+        )
     for b in BUCKETS:
-        rows.append(f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(map(str, b.owners))} | "
-                    f"{', '.join(map(str, b.readers)) or '-'} |")
+        rows.append(
+            f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(map(str, b.owners))} | "
+            f"{', '.join(map(str, b.readers)) or '-'} |"
+        )
     for c in CORE_SUBJECTS:
         if c is AUTH_CALLOUT:
-            rows.append(f"| request/reply | - | `{c.pattern}` | `{c.message.__name__}` → "
-                        f"`{natsjwt.AuthorizationResponseClaims.__name__}` (JWTs) | nats-server | `{c.owner}` |")
+            rows.append(
+                f"| request/reply | - | `{c.pattern}` | `{c.message.__name__}` → "
+                f"`{natsjwt.AuthorizationResponseClaims.__name__}` (JWTs) | nats-server | `{c.owner}` |"
+            )
             continue
         msg = f"`{c.message.__name__}`" + (f" → `{c.reply.__name__}` or `ErrorReply`" if c.reply else "")
         if c.reply:  # the clients write the requests; the owner reads them and replies
-            rows.append(f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(map(str, c.readers))} | "
-                        f"`{c.owner} (leader replies)` |")
+            rows.append(
+                f"| request/reply | - | `{c.pattern}` | {msg} | {', '.join(map(str, c.readers))} | "
+                f"`{c.owner} (leader replies)` |"
+            )
             continue
         owners = ", ".join((c.owner, *c.also_published_by))
-        rows.append(f"| core subject | - | `{c.pattern}` | {msg} | {owners} | "
-                    f"{', '.join(f'`{r.identity}`' for r in c.readers)} |")
+        rows.append(
+            f"| core subject | - | `{c.pattern}` | {msg} | {owners} | "
+            f"{', '.join(f'`{r.identity}`' for r in c.readers)} |"
+        )
     return "\n".join(rows)

@@ -34,17 +34,20 @@ class Kube:
         self.core = kclient.CoreV1Api(api)
 
     async def review(self, token: str, audience: str) -> dict[str, Any]:
-        body: Any = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                     "spec": {"token": token, "audiences": [audience]}}
-        resp: Any = await self.authn.create_token_review(body, _preload_content=False,
-                                                         _request_timeout=KUBE_TIMEOUT_S)
+        body: Any = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": [audience]},
+        }
+        resp: Any = await self.authn.create_token_review(body, _preload_content=False, _request_timeout=KUBE_TIMEOUT_S)
         data = await _json(resp)
         status: dict[str, Any] = (data or {}).get("status") or {}
         return status
 
     async def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        resp: Any = await self.core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                        _request_timeout=KUBE_TIMEOUT_S)
+        resp: Any = await self.core.read_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=KUBE_TIMEOUT_S
+        )
         return None if resp.status == 404 else await _json(resp)
 
 
@@ -62,8 +65,12 @@ class AuthService:
         from chaosbus.common import natsauth
 
         self.issuer = natsauth.public_key(issuer_seed)
-        self.requests = Counter("chaosbus_auth_requests_total", "Connections nats-server asked about, by outcome",
-                                ["outcome"], registry=registry)
+        self.requests = Counter(
+            "chaosbus_auth_requests_total",
+            "Connections nats-server asked about, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
         for outcome in ("issued", "refused", "error"):
             self.requests.labels(outcome)
 
@@ -83,8 +90,14 @@ class AuthService:
             if not core.node_is_valid(bound.node):
                 raise core.Refused(f"node name {bound.node!r} cannot be a node injector's")
             core.judge_pod(bound, await self.kube.pod(self.policy.namespace, bound.pod), self.policy)
-            user = core.user_jwt(request, bound.node, issuer_seed=self.issuer_seed, issuer=self.issuer, now=now,
-                                 expires=core.session_end(bound, now))
+            user = core.user_jwt(
+                request,
+                bound.node,
+                issuer_seed=self.issuer_seed,
+                issuer=self.issuer,
+                now=now,
+                expires=core.session_end(bound, now),
+            )
         except core.Refused as e:
             self.requests.labels("refused").inc()
             audit.warning("nats user refused", audit=True, why=str(e), **who)
@@ -92,11 +105,22 @@ class AuthService:
         except (ApiException, OSError, TimeoutError, ValueError) as e:
             self.requests.labels("error").inc()
             log.error("cannot judge a connection: refused", error=str(e) or type(e).__name__, **who)
-            return core.response(request, issuer_seed=self.issuer_seed, issuer=self.issuer, now=now,
-                                 error="the auth service cannot reach the Kubernetes API")
+            return core.response(
+                request,
+                issuer_seed=self.issuer_seed,
+                issuer=self.issuer,
+                now=now,
+                error="the auth service cannot reach the Kubernetes API",
+            )
         self.requests.labels("issued").inc()
-        audit.info("nats user issued", audit=True, node=bound.node, pod=f"{self.policy.namespace}/{bound.pod}",
-                   until=core.session_end(bound, now), **who)
+        audit.info(
+            "nats user issued",
+            audit=True,
+            node=bound.node,
+            pod=f"{self.policy.namespace}/{bound.pod}",
+            until=core.session_end(bound, now),
+            **who,
+        )
         return core.response(request, issuer_seed=self.issuer_seed, issuer=self.issuer, now=now, user=user)
 
     async def on_request(self, msg: Msg) -> None:
@@ -107,11 +131,16 @@ class AuthService:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: KUBECONFIG, else in-cluster)")
-    p.add_argument("--issuer-seed", default=None,
-                   help="file with the callout issuer's account nkey seed (env CHAOSBUS_AUTH_ISSUER_SEED_FILE)")
-    p.add_argument("--injector-namespace", default=None,
-                   help="namespace of the node injectors' ServiceAccount and pods (default: POD_NAMESPACE, "
-                        "else chaosbus)")
+    p.add_argument(
+        "--issuer-seed",
+        default=None,
+        help="file with the callout issuer's account nkey seed (env CHAOSBUS_AUTH_ISSUER_SEED_FILE)",
+    )
+    p.add_argument(
+        "--injector-namespace",
+        default=None,
+        help="namespace of the node injectors' ServiceAccount and pods (default: POD_NAMESPACE, else chaosbus)",
+    )
     p.add_argument("--injector-service-account", default="chaosbus-injector")
     p.add_argument("--audience", default=core.AUDIENCE, help="audience of the injectors' projected tokens")
 
@@ -129,8 +158,9 @@ async def main(args: argparse.Namespace) -> None:
         raise SystemExit("chaosbus-auth: --issuer-seed (or CHAOSBUS_AUTH_ISSUER_SEED_FILE) is required")
     seed = read_seed(args.issuer_seed)
     registry = CollectorRegistry()
-    policy = core.Policy(namespace=args.injector_namespace, service_account=args.injector_service_account,
-                         audience=args.audience)
+    policy = core.Policy(
+        namespace=args.injector_namespace, service_account=args.injector_service_account, audience=args.audience
+    )
     async with service.connected(args, "chaosbus-auth", registry) as (bus, port):
         api = await kubeclient.api_client(args.kubeconfig)
         async with api:

@@ -113,8 +113,9 @@ def node_inbox(node: str) -> str:
     return natsauth.inbox_prefix(natsauth.user_name("injector", node))
 
 
-def user_jwt(request: natsjwt.AuthorizationRequestClaims, node: str, *, issuer_seed: str, issuer: str,
-             now: int, expires: int) -> str:
+def user_jwt(
+    request: natsjwt.AuthorizationRequestClaims, node: str, *, issuer_seed: str, issuer: str, now: int, expires: int
+) -> str:
     """The user nats-server makes this connection into: the request's user nkey, named after the
     node, allowed exactly its node's subjects, until `expires`.
     """
@@ -122,9 +123,15 @@ def user_jwt(request: natsjwt.AuthorizationRequestClaims, node: str, *, issuer_s
     if not perms.publish or not perms.subscribe:  # an empty allow-list would mean "everything"
         raise Refused(f"no permissions for node {node!r}")
     claims = natsjwt.UserClaims(
-        iat=now, iss=issuer, name=natsauth.user_name("injector", node), sub=request.nats.user_nkey, exp=expires,
-        nats=natsjwt.UserPermissions(pub=natsjwt.Allow(allow=list(perms.publish)),
-                                     sub=natsjwt.Allow(allow=list(perms.subscribe))))
+        iat=now,
+        iss=issuer,
+        name=natsauth.user_name("injector", node),
+        sub=request.nats.user_nkey,
+        exp=expires,
+        nats=natsjwt.UserPermissions(
+            pub=natsjwt.Allow(allow=list(perms.publish)), sub=natsjwt.Allow(allow=list(perms.subscribe))
+        ),
+    )
     return natsjwt.encode(claims, issuer_seed)
 
 
@@ -133,12 +140,24 @@ def session_end(bound: Bound, now: int) -> int:
     return min(end, bound.expires) if bound.expires else end
 
 
-def response(request: natsjwt.AuthorizationRequestClaims, *, issuer_seed: str, issuer: str, now: int,
-             user: str = "", error: str = "") -> bytes:
+def response(
+    request: natsjwt.AuthorizationRequestClaims,
+    *,
+    issuer_seed: str,
+    issuer: str,
+    now: int,
+    user: str = "",
+    error: str = "",
+) -> bytes:
     """The signed answer to nats-server: a user JWT, or an error (the connection is refused)."""
     claims = natsjwt.AuthorizationResponseClaims(
-        iat=now, iss=issuer, sub=request.nats.user_nkey, aud=request.nats.server_id.id, exp=now + 60,
-        nats=natsjwt.AuthorizationResponse(jwt=user, error="" if user else (error or "refused")))
+        iat=now,
+        iss=issuer,
+        sub=request.nats.user_nkey,
+        aud=request.nats.server_id.id,
+        exp=now + 60,
+        nats=natsjwt.AuthorizationResponse(jwt=user, error="" if user else (error or "refused")),
+    )
     return natsjwt.encode(claims, issuer_seed).encode()
 
 

@@ -25,21 +25,34 @@ IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     env = settings.current()
-    p.add_argument("--listen", default=env.dashboard_listen,
-                   help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--listen", default=env.dashboard_listen, help="address to serve on (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: any free port)")
-    p.add_argument("--tokens-dir", default=None,
-                   help="directory with viewer.token and admin.token (default: <state dir>/dashboard, created "
-                        "in local mode)")
-    p.add_argument("--mode", choices=("local", "cluster"), default=env.mode or "local",
-                   help="local: writes through the direct triggers; cluster: through the Kubernetes API with the "
-                        "person's own token")
-    p.add_argument("--operator-key", default=None,
-                   help="the operator's private key, for the kill switch (default: <keys dir>/operator.key when "
-                        "readable; without it the dashboard cannot halt)")
+    p.add_argument(
+        "--tokens-dir",
+        default=None,
+        help="directory with viewer.token and admin.token (default: <state dir>/dashboard, created in local mode)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("local", "cluster"),
+        default=env.mode or "local",
+        help="local: writes through the direct triggers; cluster: through the Kubernetes API with the "
+        "person's own token",
+    )
+    p.add_argument(
+        "--operator-key",
+        default=None,
+        help="the operator's private key, for the kill switch (default: <keys dir>/operator.key when "
+        "readable; without it the dashboard cannot halt)",
+    )
     p.add_argument("--read-only", action="store_true", help="no writes at all, whatever the token")
-    p.add_argument("--kube-api", default=None,
-                   help="cluster mode: the API server's URL (default: in-cluster, from KUBERNETES_SERVICE_HOST)")
+    p.add_argument(
+        "--kube-api",
+        default=None,
+        help="cluster mode: the API server's URL (default: in-cluster, from KUBERNETES_SERVICE_HOST)",
+    )
     p.add_argument("--kube-ca", default=None, help="cluster mode: the API server's CA file (default: in-cluster)")
     p.add_argument("--url-file", default=None, help="write the dashboard's URL here once it serves (for scripts)")
 
@@ -106,8 +119,16 @@ async def run(args: argparse.Namespace) -> None:
     signer, why = operator_signer(args.operator_key)
     world = World()
     kube = None if local else writes.KubeWriter(kube_api(args))
-    d = Dashboard(world=world, tokens=tokens, writer=None, operator=signer, operator_error=why,
-                  unsigned=signing.unsigned_mode(), cluster=not local, kube=kube)
+    d = Dashboard(
+        world=world,
+        tokens=tokens,
+        writer=None,
+        operator=signer,
+        operator_error=why,
+        unsigned=signing.unsigned_mode(),
+        cluster=not local,
+        kube=kube,
+    )
     if not args.read_only:
         d.writer = kube or writes.TriggerWriter(lambda: d.bus)
     runner = web.AppRunner(make_app(d), access_log=None, handle_signals=False)
@@ -122,8 +143,11 @@ async def run(args: argparse.Namespace) -> None:
     where = f"http://{host}:{port}/"
     if args.url_file:
         await asyncio.to_thread(Path(args.url_file).write_text, where + "\n")
-    print(f"chaosbus dashboard: {where} (tokens in {tokens_dir}; kill switch "
-          f"{'available to the admin token' if signer or d.unsigned else 'unavailable: ' + why})", flush=True)
+    print(
+        f"chaosbus dashboard: {where} (tokens in {tokens_dir}; kill switch "
+        f"{'available to the admin token' if signer or d.unsigned else 'unavailable: ' + why})",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -31,7 +31,7 @@ LIVE_KEEPALIVE_S = 15.0
 MAX_BODY = 1024 * 1024
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",  # no-referrer would make browsers send `Origin: null` on our own forms
@@ -65,12 +65,23 @@ class Dashboard:
         can_write = self.writer is not None and s.admin and (not self.cluster or bool(s.kube_token))
         can_halt = s.admin and self.bus is not None and (self.operator is not None or self.unsigned)
         why = "" if can_halt else ("read-only token" if not s.admin else self.operator_error)
-        return html.Viewer(role=s.role + (" (Kubernetes token)" if s.kube_token else ""), csrf=s.csrf,
-                           can_write=can_write, can_halt=can_halt, why_no_halt=why)
+        return html.Viewer(
+            role=s.role + (" (Kubernetes token)" if s.kube_token else ""),
+            csrf=s.csrf,
+            can_write=can_write,
+            can_halt=can_halt,
+            why_no_halt=why,
+        )
 
     def frame(self, request: web.Request, s: auth.Session, title: str, page: str, *, live: bool = True) -> html.Frame:
-        return html.Frame(title=title, page=page, halt=self.world.halt, viewer=self.viewer(s),
-                          flash=request.query.get("msg", "")[:500], live=live)
+        return html.Frame(
+            title=title,
+            page=page,
+            halt=self.world.halt,
+            viewer=self.viewer(s),
+            flash=request.query.get("msg", "")[:500],
+            live=live,
+        )
 
     # --- middleware ------------------------------------------------------------------------------
 
@@ -110,12 +121,20 @@ class Dashboard:
         role = auth.role_of(str(form.get("token") or ""), self.tokens)
         if role is None:
             await asyncio.sleep(0.5)  # a wrong guess costs time
-            return web.Response(text=html.login("That token is not valid.", self.cluster), status=401,
-                                content_type="text/html")
+            return web.Response(
+                text=html.login("That token is not valid.", self.cluster), status=401, content_type="text/html"
+            )
         sid = self.sessions.open(role, kube_token=str(form.get("kube_token") or "").strip())
         response = web.HTTPSeeOther("/")
-        response.set_cookie(auth.SESSION_COOKIE, sid, httponly=True, samesite="Strict", secure=self.secure_cookie,
-                            max_age=int(auth.SESSION_TTL_S), path="/")
+        response.set_cookie(
+            auth.SESSION_COOKIE,
+            sid,
+            httponly=True,
+            samesite="Strict",
+            secure=self.secure_cookie,
+            max_age=int(auth.SESSION_TTL_S),
+            path="/",
+        )
         log.info("dashboard login", role=role, remote=request.remote)
         raise response
 
@@ -127,8 +146,9 @@ class Dashboard:
 
     # --- pages -----------------------------------------------------------------------------------
 
-    def _render(self, request: web.Request, title: str, page: str, body: str, *, live: bool = True,
-                status: int = 200) -> web.Response:
+    def _render(
+        self, request: web.Request, title: str, page: str, body: str, *, live: bool = True, status: int = 200
+    ) -> web.Response:
         frame = self.frame(request, request[SESSION], title, page, live=live)
         if request.query.get("fragment") == "1":
             return web.Response(text=html.fragment(frame, body), content_type="application/json")
@@ -161,8 +181,9 @@ class Dashboard:
         if w is None:
             raise web.HTTPNotFound(text=f"Workflow {ns}/{name} not found (deleted?)")
         s = request[SESSION]
-        body = html.workflow(w, views.workflow_nodes(w, self.world.all()), views.events_of(w, await self._events(s)),
-                             self.viewer(s))
+        body = html.workflow(
+            w, views.workflow_nodes(w, self.world.all()), views.events_of(w, await self._events(s)), self.viewer(s)
+        )
         return self._render(request, f"Workflow {name}", "/workflows", body)
 
     async def _events(self, s: auth.Session) -> list[dict[str, object]]:
@@ -177,8 +198,11 @@ class Dashboard:
 
     async def events(self, request: web.Request) -> web.Response:
         s = request[SESSION]
-        note = ("Events live in the Kubernetes API: log in with a Kubernetes token to see them."
-                if self.cluster and not s.kube_token else "")
+        note = (
+            "Events live in the Kubernetes API: log in with a Kubernetes token to see them."
+            if self.cluster and not s.kube_token
+            else ""
+        )
         return self._render(request, "Events", "/events", html.events(views.recent_events(await self._events(s)), note))
 
     async def nodes(self, request: web.Request) -> web.Response:
@@ -207,8 +231,9 @@ class Dashboard:
                 seen = version
                 rows = [r.live() for r in views.experiment_rows(self.world.all(), time.time())]
                 halted = self.world.halt is not None and self.world.halt.halted
-                payload = json.dumps({"version": version, "objects": self.world.objects_version, "rows": rows,
-                                      "halted": halted})
+                payload = json.dumps(
+                    {"version": version, "objects": self.world.objects_version, "rows": rows, "halted": halted}
+                )
                 await response.write(f"event: changed\ndata: {payload}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -266,8 +291,13 @@ class Dashboard:
         if not s.admin or self.bus is None or (self.operator is None and not self.unsigned):
             raise web.HTTPForbidden(text="the kill switch needs the admin token and the operator key")
         reason = str(request[FORM].get("reason") or "")[:200] if engage else "resumed"
-        state = await halt.set_halt(self.bus, halted=engage, reason=reason or "halted from the dashboard",
-                                    signer=self.operator, by=f"dashboard ({request.remote or '?'})")
+        state = await halt.set_halt(
+            self.bus,
+            halted=engage,
+            reason=reason or "halted from the dashboard",
+            signer=self.operator,
+            by=f"dashboard ({request.remote or '?'})",
+        )
         await self.world.set_halt(state)
         log.warning("kill switch from the dashboard", halted=engage, reason=reason, remote=request.remote)
         where = request.headers.get("Referer", "/")

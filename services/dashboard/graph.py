@@ -86,8 +86,11 @@ def _expand(name: str, templates: dict[str, Obj], ancestors: tuple[str, ...], bu
 
 def _place(tree: _Tree, path: str, col: int, row: int, g: Graph) -> None:
     t = tree.template
-    g.nodes.append(GraphNode(path=path, template=str(t.get("name")), template_type=str(t.get("templateType", "")),
-                             col=col, row=row))
+    g.nodes.append(
+        GraphNode(
+            path=path, template=str(t.get("name")), template_type=str(t.get("templateType", "")), col=col, row=row
+        )
+    )
     serial = t.get("templateType") == "Serial"
     c_col, c_row, previous = col + 1, row, path
     for i, kid in enumerate(tree.children):

@@ -65,17 +65,30 @@ class ExperimentRow:
 
     def live(self) -> dict[str, Any]:
         """What the list page updates in place when it changes."""
-        return {"key": self.key, "phase": self.phase, "injected": self.injected, "total": self.total,
-                "paused": self.paused}
+        return {
+            "key": self.key,
+            "phase": self.phase,
+            "injected": self.injected,
+            "total": self.total,
+            "paused": self.paused,
+        }
 
 
 def experiment_row(obj: Obj, now: float) -> ExperimentRow:
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     injected, total = injected_total(obj)
-    return ExperimentRow(key=key_of(obj), kind=str(obj.get("kind", "")), namespace=str(meta.get("namespace", "")),
-                         name=str(meta.get("name", "")), action=str(spec.get("action") or "-"),
-                         phase=chaos_phase(obj), injected=injected, total=total,
-                         age=age(str(meta.get("creationTimestamp", "")), now), paused=paused(obj))
+    return ExperimentRow(
+        key=key_of(obj),
+        kind=str(obj.get("kind", "")),
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        action=str(spec.get("action") or "-"),
+        phase=chaos_phase(obj),
+        injected=injected,
+        total=total,
+        age=age(str(meta.get("creationTimestamp", "")), now),
+        paused=paused(obj),
+    )
 
 
 def experiment_rows(objs: list[Obj], now: float) -> list[ExperimentRow]:
@@ -87,8 +100,12 @@ def spec_yaml(obj: Obj) -> str:
     """The object as the user would write it again: without status and server-set metadata."""
     meta = obj.get("metadata") or {}
     kept = {k: v for k, v in meta.items() if k in ("name", "namespace", "labels", "annotations")}
-    doc = {"apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "metadata": kept,
-           "spec": obj.get("spec") or {}}
+    doc = {
+        "apiVersion": obj.get("apiVersion", ""),
+        "kind": obj.get("kind", ""),
+        "metadata": kept,
+        "spec": obj.get("spec") or {},
+    }
     return yaml.safe_dump(doc, sort_keys=False)
 
 
@@ -121,8 +138,15 @@ def schedule_views(objs: list[Obj]) -> list[ScheduleView]:
         if s.get("kind") != "Schedule":
             continue
         uid = (s.get("metadata") or {}).get("uid")
-        kids = [o for o in objs if any(r.get("uid") == uid for r in (o.get("metadata") or {}).get("ownerReferences")
-                                       or [] if isinstance(r, dict))]
+        kids = [
+            o
+            for o in objs
+            if any(
+                r.get("uid") == uid
+                for r in (o.get("metadata") or {}).get("ownerReferences") or []
+                if isinstance(r, dict)
+            )
+        ]
         kids.sort(key=lambda o: str((o.get("metadata") or {}).get("creationTimestamp", "")), reverse=True)
         out.append(ScheduleView(s, str((s.get("spec") or {}).get("type", "")), paused(s), kids))
     return sorted(out, key=lambda v: key_of(v.obj))
@@ -130,9 +154,13 @@ def schedule_views(objs: list[Obj]) -> list[ScheduleView]:
 
 def workflow_nodes(workflow: Obj, objs: list[Obj]) -> list[Obj]:
     meta = workflow.get("metadata") or {}
-    return [o for o in objs if o.get("kind") == "WorkflowNode"
-            and (o.get("metadata") or {}).get("namespace") == meta.get("namespace")
-            and ((o.get("metadata") or {}).get("labels") or {}).get("chaos-mesh.org/workflow") == meta.get("name")]
+    return [
+        o
+        for o in objs
+        if o.get("kind") == "WorkflowNode"
+        and (o.get("metadata") or {}).get("namespace") == meta.get("namespace")
+        and ((o.get("metadata") or {}).get("labels") or {}).get("chaos-mesh.org/workflow") == meta.get("name")
+    ]
 
 
 def workflow_state(workflow: Obj) -> str:
@@ -237,8 +265,9 @@ def located(text: str, errors: list[str]) -> list[FieldError]:
     for err in errors:
         doc = re.match(r"^document (\d+) ", err)
         path, message = field_of(err)
-        out.append(FieldError(path, message, line_of(text, path, int(doc.group(1)) - 1 if doc else 0)
-                              if path else None))
+        out.append(
+            FieldError(path, message, line_of(text, path, int(doc.group(1)) - 1 if doc else 0) if path else None)
+        )
     return out
 
 

@@ -94,13 +94,16 @@ async def follow(bus: busmod.Bus, world: World, *, local: bool) -> None:
     """Feed `world` from NATS until cancelled (a failing loop takes the others down: the caller
     reconnects).
     """
+
     async def on_health(msg: Any) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             await world.on_health(busmod.decode(msg.data, m.NodeHealth))
 
     await bus.nc.subscribe(subjects.HEALTH.pattern, cb=on_health)
-    loops = [bus.replay_and_follow(subjects.OBJECT_EVENTS, world.on_object, m.ObjectEvent, caught_up=world.ready),
-             _poll_halt(bus, world)]
+    loops = [
+        bus.replay_and_follow(subjects.OBJECT_EVENTS, world.on_object, m.ObjectEvent, caught_up=world.ready),
+        _poll_halt(bus, world),
+    ]
     if local:
         loops.append(_follow_store(bus, world))
     await service.run_forever(*loops)

@@ -46,8 +46,10 @@ def admitted(text: str) -> list[Obj]:
             out.append(admission.admit(doc))
         except InvalidObject as e:
             prefix = f"document {i + 1} " if len(docs) > 1 else ""
-            errors += [f"{prefix}({doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}): {err}"
-                       if prefix else err for err in e.errors]
+            errors += [
+                f"{prefix}({doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}): {err}" if prefix else err
+                for err in e.errors
+            ]
     if errors:
         raise WriteError(errors)
     if not out:
@@ -58,10 +60,16 @@ def admitted(text: str) -> list[Obj]:
 def pause_patch(obj: Obj, paused: bool) -> Obj:
     """The object re-applied with the pause annotation set ("false" resumes: only "true" pauses)."""
     meta = obj.get("metadata") or {}
-    return {"apiVersion": obj.get("apiVersion", "chaos-mesh.org/v1alpha1"), "kind": obj.get("kind"),
-            "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"),
-                         "annotations": {PAUSE_ANNOTATION: "true" if paused else "false"}},
-            "spec": obj.get("spec") or {}}
+    return {
+        "apiVersion": obj.get("apiVersion", "chaos-mesh.org/v1alpha1"),
+        "kind": obj.get("kind"),
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "annotations": {PAUSE_ANNOTATION: "true" if paused else "false"},
+        },
+        "spec": obj.get("spec") or {},
+    }
 
 
 class Writer(Protocol):
@@ -83,8 +91,9 @@ class TriggerWriter:
         try:
             msg = await bus.nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S)
         except Exception as e:
-            raise WriteError([f"the scheduler did not answer ({type(e).__name__}); is it running and leading?"]) \
-                from None
+            raise WriteError(
+                [f"the scheduler did not answer ({type(e).__name__}); is it running and leading?"]
+            ) from None
         decoded = msgspec.json.decode(msg.data)
         if isinstance(decoded, dict) and "error" in decoded:
             err = busmod.decode(msg.data, m.ErrorReply)
@@ -99,8 +108,9 @@ class TriggerWriter:
         return out
 
     async def set_paused(self, obj: Obj, paused: bool, kube_token: str = "") -> str:
-        got = await self._ask(subjects.TRIGGER_APPLY.pattern, json.dumps(pause_patch(obj, paused)).encode(),
-                              m.TriggerApplied)
+        got = await self._ask(
+            subjects.TRIGGER_APPLY.pattern, json.dumps(pause_patch(obj, paused)).encode(), m.TriggerApplied
+        )
         return f"{got.kind}/{got.namespace}/{got.name} {'paused' if paused else 'resumed'}"
 
     async def delete(self, kind: str, namespace: str, name: str, kube_token: str = "") -> str:
@@ -134,15 +144,23 @@ class KubeWriter:
     def __init__(self, api: KubeApi) -> None:
         self.api = api
 
-    async def _call(self, method: str, path: str, token: str, body: Obj | None = None,
-                    content_type: str = "application/json") -> Obj:
+    async def _call(
+        self, method: str, path: str, token: str, body: Obj | None = None, content_type: str = "application/json"
+    ) -> Obj:
         if not token:
             raise WriteError(["log in with a Kubernetes token to change objects in cluster mode"])
         headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type, "Accept": "application/json"}
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as s, s.request(
-                method, self.api.url.rstrip("/") + path, headers=headers, ssl=self.api.ssl(),
-                data=None if body is None else json.dumps(body)) as r:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as s,
+            s.request(
+                method,
+                self.api.url.rstrip("/") + path,
+                headers=headers,
+                ssl=self.api.ssl(),
+                data=None if body is None else json.dumps(body),
+            ) as r,
+        ):
             data = await r.json(content_type=None) if r.content_length != 0 else {}
             if r.status >= 400:
                 message = data.get("message") if isinstance(data, dict) else None
@@ -161,8 +179,13 @@ class KubeWriter:
     async def set_paused(self, obj: Obj, paused: bool, kube_token: str) -> str:
         meta = obj.get("metadata") or {}
         patch = {"metadata": {"annotations": {PAUSE_ANNOTATION: "true" if paused else None}}}
-        await self._call("PATCH", object_path(str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name"))),
-                         kube_token, patch, content_type="application/merge-patch+json")
+        await self._call(
+            "PATCH",
+            object_path(str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name"))),
+            kube_token,
+            patch,
+            content_type="application/merge-patch+json",
+        )
         return f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')} {'paused' if paused else 'resumed'}"
 
     async def delete(self, kind: str, namespace: str, name: str, kube_token: str) -> str:

@@ -46,12 +46,18 @@ class Edge:
         self.node, self.name, self.metrics = node, name, metrics
         reg = metrics.registry
         self.gate = Gate(trust, reg, clock=node.clock)
-        self.gate.load(node.journal.signed(node.clock()),
-                       [LeaseMark(kid, subject, seq) for kid, subject, seq in node.journal.leases()])
+        self.gate.load(
+            node.journal.signed(node.clock()),
+            [LeaseMark(kid, subject, seq) for kid, subject, seq in node.journal.leases()],
+        )
         self._tickets: dict[str, Ticket] = {}  # command id -> its signature's ticket, while it runs
         self._kv_revision = 0  # the last revision of the KV key looked at (each is judged once)
-        self.recoveries = Counter("chaosbus_injector_node_recoveries_total",
-                                  "Faults the node recovered on its own, by reason", ["reason"], registry=reg)
+        self.recoveries = Counter(
+            "chaosbus_injector_node_recoveries_total",
+            "Faults the node recovered on its own, by reason",
+            ["reason"],
+            registry=reg,
+        )
         self.halted = Gauge("chaosbus_injector_halted", "1 while the kill switch is engaged", registry=reg)
         # Every known label value exists from the start at 0, so that a dashboard's rate() and an
         # alert see "none yet" rather than no series at all.
@@ -96,8 +102,13 @@ class Edge:
         await bus.nc.subscribe(subjects.HALT_SUBJECT, cb=self._on_halt)
         where = bus.nc.connected_url
         log.info("injector ready", node=self.name, nats=f"{where.hostname}:{where.port}" if where else "")
-        await service.run_forever(self._track(bus), self._poll_halt(bus), self._publish(bus), self._consume(bus),
-                                  loops.report_health(self.node, self.name, bus))
+        await service.run_forever(
+            self._track(bus),
+            self._poll_halt(bus),
+            self._publish(bus),
+            self._consume(bus),
+            loops.report_health(self.node, self.name, bus),
+        )
 
     async def _track(self, bus: busmod.Bus) -> None:
         while True:
@@ -122,8 +133,15 @@ class Edge:
 
     async def _adopt(self, got: HaltIn, source: str, subject: str) -> None:
         if await self.node.set_halt(got.state, source, seq=got.seq) == "replayed":
-            self.gate.refuse("halt", subject, signing.Refused(
-                "replayed", got.kid, f"a resume signed before the last state adopted (revision {got.state.revision})"))
+            self.gate.refuse(
+                "halt",
+                subject,
+                signing.Refused(
+                    "replayed",
+                    got.kid,
+                    f"a resume signed before the last state adopted (revision {got.state.revision})",
+                ),
+            )
 
     async def _poll_halt(self, bus: busmod.Bus) -> None:
         """The KV key is the durable copy: read it now and then (a missed broadcast, a restart)."""
@@ -152,8 +170,9 @@ class Edge:
         re-asserting its faults. Best effort, bounded: the node does not wait for NATS.
         """
         try:
-            bus = await asyncio.wait_for(busmod.connect(url, f"chaosbus-injector-{self.name}-start",
-                                                        connect_timeout=0.5), timeout=1.0)
+            bus = await asyncio.wait_for(
+                busmod.connect(url, f"chaosbus-injector-{self.name}-start", connect_timeout=0.5), timeout=1.0
+            )
         except Exception:
             return
         try:
@@ -173,8 +192,12 @@ class Edge:
             sent, moved = 0, False
             for row in rows:
                 try:
-                    await bus.js.publish(self._current_subject(row.subject), row.payload,
-                                         headers={"Nats-Msg-Id": row.msg_id}, timeout=2.0)
+                    await bus.js.publish(
+                        self._current_subject(row.subject),
+                        row.payload,
+                        headers={"Nats-Msg-Id": row.msg_id},
+                        timeout=2.0,
+                    )
                 except nats.errors.MaxPayloadError:  # never sendable as it is: it must not block the rows behind
                     await self._too_large(bus, row)
                     moved = True
@@ -240,8 +263,11 @@ class Edge:
                     return
                 batch = await self.node.on_command(cmd)
                 if batch is None and ticket is not None:  # the journal knows it: executed before
-                    self.gate.refuse("command", subjects.command_subject(self.name), signing.Refused(
-                        "replayed", ticket.kid, f"command {cmd.command_id} was already executed"))
+                    self.gate.refuse(
+                        "command",
+                        subjects.command_subject(self.name),
+                        signing.Refused("replayed", ticket.kid, f"command {cmd.command_id} was already executed"),
+                    )
                 if batch is not None:
                     self.metrics.commands.labels(cmd.kind).inc()
                     for a, r in zip(cmd.actions, batch.results, strict=False):
@@ -250,17 +276,31 @@ class Edge:
                         if r.message.startswith(authorize.REFUSED):
                             # The audit line: who asked (the command), for what (target, fault), why.
                             self.metrics.refusals.labels(faults.spec_tag(a.fault)).inc()
-                            log.warning("target refused", command_id=cmd.command_id, target=r.target_id,
-                                        pod_uid=a.pod_uid, fault=faults.spec_tag(a.fault), containers=a.container_ids,
-                                        why=r.message)
+                            log.warning(
+                                "target refused",
+                                command_id=cmd.command_id,
+                                target=r.target_id,
+                                pod_uid=a.pod_uid,
+                                fault=faults.spec_tag(a.fault),
+                                containers=a.container_ids,
+                                why=r.message,
+                            )
                         else:
                             log.warning(f"{r.op} failed", target=r.target_id, error=r.message)
 
         while True:
             try:
-                await bus.consume(subjects.COMMANDS, subjects.injector_consumer(self.name),
-                                  subjects.command_subject(self.name), handle, m.NodeCommand, batch=16,
-                                  ack_wait=COMMAND_ACK_WAIT_S, detach=runs_long, opener=self._open_command)
+                await bus.consume(
+                    subjects.COMMANDS,
+                    subjects.injector_consumer(self.name),
+                    subjects.command_subject(self.name),
+                    handle,
+                    m.NodeCommand,
+                    batch=16,
+                    ack_wait=COMMAND_ACK_WAIT_S,
+                    detach=runs_long,
+                    opener=self._open_command,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # JetStream briefly unavailable (a restarted server): try again
@@ -303,8 +343,11 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
                 metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
             except Exception as e:
                 log.exception("reading drop counters failed", error=str(e))
-            for gauge, read in ((metrics.qdiscs, readback.qdiscs), (metrics.stressors, readback.stressors),
-                                (metrics.skewed, readback.skewed)):
+            for gauge, read in (
+                (metrics.qdiscs, readback.qdiscs),
+                (metrics.stressors, readback.stressors),
+                (metrics.skewed, readback.skewed),
+            ):
                 try:
                     found = await asyncio.to_thread(read, entries)
                     gauge.set_all({k: float(v) for k, v in found.items()})
@@ -328,34 +371,59 @@ async def main(args: argparse.Namespace) -> None:
         pods = cluster.KubePods(api, asyncio.get_running_loop())
         policy = authorize.Policy(guard=guard, mode=authorize.CLUSTER, api=True)
         tasks = flags.task_policy(guard, args.task_namespaces)
-        executor = ex.Executor(journal, name, registry=cluster.registry(pods, cluster.pause_image(args.pause_image),
-                                                                        tasks),
-                               resolve=cluster.resolve_pod_only, policy=policy)
+        executor = ex.Executor(
+            journal,
+            name,
+            registry=cluster.registry(pods, cluster.pause_image(args.pause_image), tasks),
+            resolve=cluster.resolve_pod_only,
+            policy=policy,
+        )
     else:
         runtime.configure(flags.runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
         executor = ex.Executor(journal, name, policy=policy)
     env = settings.current()
-    node = Node(journal, executor, lease_ttl=args.lease_seconds, max_lease_ttl=args.max_lease_seconds,
-                recover_chunk=env.recover_chunk, effect_chunk=env.effect_chunk)
+    node = Node(
+        journal,
+        executor,
+        lease_ttl=args.lease_seconds,
+        max_lease_ttl=args.max_lease_seconds,
+        recover_chunk=env.recover_chunk,
+        effect_chunk=env.effect_chunk,
+    )
     edge = Edge(node, name, metrics, trust=load_trust(args))
     exemptions.configure(args.nats)  # never cut our own control traffic
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
-        log.info("injector starting", node=name, journal=str(path), metrics_port=port, lease_s=args.lease_seconds,
-                 mode=policy.mode, protected_namespaces=sorted(guard.protected_namespaces),
-                 allow_host_network_testing=guard.allow_host_network_testing)
+        log.info(
+            "injector starting",
+            node=name,
+            journal=str(path),
+            metrics_port=port,
+            lease_s=args.lease_seconds,
+            mode=policy.mode,
+            protected_namespaces=sorted(guard.protected_namespaces),
+            allow_host_network_testing=guard.allow_host_network_testing,
+        )
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
         if args.cluster:  # no kernel state here: nothing for the orphan sweeper (read-back finds nothing)
-            await service.run_forever(node.watchdog(), loops.housekeeping_forever(node, args.sweep_interval),
-                                      _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
+            await service.run_forever(
+                node.watchdog(),
+                loops.housekeeping_forever(node, args.sweep_interval),
+                _readback_forever(node, metrics, args.drops_interval),
+                edge.run(args.nats),
+            )
             return
         sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
-        await service.run_forever(node.watchdog(), loops.sweep_forever(node, sweeper, args.sweep_interval),
-                                  _readback_forever(node, metrics, args.drops_interval), edge.run(args.nats))
+        await service.run_forever(
+            node.watchdog(),
+            loops.sweep_forever(node, sweeper, args.sweep_interval),
+            _readback_forever(node, metrics, args.drops_interval),
+            edge.run(args.nats),
+        )
     finally:
         node.close()
         journal.close()
@@ -366,16 +434,22 @@ async def main(args: argparse.Namespace) -> None:
 def load_trust(args: argparse.Namespace) -> signing.Trust | None:
     """The trusted public keys (--keys-dir, else CHAOSBUS_KEYS_DIR or the state dir's `keys`)."""
     if signing.unsigned_mode():
-        log.warning("UNSIGNED MODE (CHAOSBUS_UNSIGNED=1): commands, leases and the kill switch are not "
-                    "verified; anyone who can publish on NATS can command this node")
+        log.warning(
+            "UNSIGNED MODE (CHAOSBUS_UNSIGNED=1): commands, leases and the kill switch are not "
+            "verified; anyone who can publish on NATS can command this node"
+        )
         return None
     directory = Path(args.keys_dir) if args.keys_dir else signing.keys_dir()
     trust = signing.Trust.from_dir(directory)
     if not trust.kids("scheduler"):
         log.error("no trusted scheduler key: every command and lease will be refused", keys_dir=str(directory))
     if not trust.kids("operator"):
-        log.error("no trusted operator key: kill-switch states will be refused (the lease still recovers "
-                  "faults when the scheduler goes silent)", keys_dir=str(directory))
-    log.info("trusted keys", keys_dir=str(directory), scheduler=trust.kids("scheduler"),
-             operator=trust.kids("operator"))
+        log.error(
+            "no trusted operator key: kill-switch states will be refused (the lease still recovers "
+            "faults when the scheduler goes silent)",
+            keys_dir=str(directory),
+        )
+    log.info(
+        "trusted keys", keys_dir=str(directory), scheduler=trust.kids("scheduler"), operator=trust.kids("operator")
+    )
     return trust

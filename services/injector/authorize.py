@@ -64,18 +64,24 @@ def refuse_action(policy: Policy, cmd: m.NodeCommand, action: m.TargetAction) ->
     fault = action.fault
     namespace = cmd.namespace if isinstance(fault, m.Task) else action.namespace
     if isinstance(fault, m.Task) and not policy.api and policy.mode == CLUSTER:
-        return (f"{REFUSED}a node injector in cluster mode runs no Task: in a cluster a Task runs as a Pod "
-                "(scheduler --cluster-injector, injector --cluster)")
+        return (
+            f"{REFUSED}a node injector in cluster mode runs no Task: in a cluster a Task runs as a Pod "
+            "(scheduler --cluster-injector, injector --cluster)"
+        )
     if (policy.api or not isinstance(fault, m.Task)) and policy.guard.protected(namespace):
         return f"{REFUSED}namespace {namespace} is protected: chaosbus never targets it (PROTECTED_NAMESPACES)"
     if policy.api and isinstance(fault, API_FAULTS) and not action.pod_uid:
-        return (f"{REFUSED}no pod uid for {action.namespace}/{action.pod_name}: a Pod is only ever deleted or "
-                "patched with its uid as a precondition")
+        return (
+            f"{REFUSED}no pod uid for {action.namespace}/{action.pod_name}: a Pod is only ever deleted or "
+            "patched with its uid as a precondition"
+        )
     if policy.mode == CLUSTER and not policy.api:
         bare = [cid for cid in action.container_ids if cid.startswith("process://")]
         if bare:
-            return (f"{REFUSED}{bare[0]} is a process id: in cluster mode a target is a container named by its "
-                    "runtime (containerd://, cri-o://, docker://)")
+            return (
+                f"{REFUSED}{bare[0]} is a process id: in cluster mode a target is a container named by its "
+                "runtime (containerd://, cri-o://, docker://)"
+            )
     return None
 
 
@@ -95,21 +101,23 @@ def refuse_handles(policy: Policy, action: m.TargetAction, handles: list[runtime
         else:
             why = _not_a_process_pod(h, action, netns, host, check_uid=not network)
         if why is None and network and not policy.guard.allow_host_network_testing and netns in host:
-            why = (f"{h.container_id} shares the node's own network namespace (a hostNetwork pod): network faults "
-                   "never target it (ALLOW_HOST_NETWORK_TESTING is off)")
+            why = (
+                f"{h.container_id} shares the node's own network namespace (a hostNetwork pod): network faults "
+                "never target it (ALLOW_HOST_NETWORK_TESTING is off)"
+            )
         if why is not None:
             return REFUSED + why
     return None
 
 
-def _wrong_pod(h: runtime.ContainerHandle, action: m.TargetAction, uid: str | None,
-               namespace: str | None) -> str | None:
+def _wrong_pod(
+    h: runtime.ContainerHandle, action: m.TargetAction, uid: str | None, namespace: str | None
+) -> str | None:
     """The node's word on the container's pod against the command's. The namespace is checked too:
     the protected-namespace check trusts the command's namespace only because it is the real one.
     """
     if uid == "":
-        return (f"{h.container_id} carries no {runtime.POD_UID_LABEL} label: it is not a Kubernetes pod's "
-                "container")
+        return f"{h.container_id} carries no {runtime.POD_UID_LABEL} label: it is not a Kubernetes pod's container"
     if uid is not None and uid != action.pod_uid:
         return f"{h.container_id} belongs to pod uid {uid}, not to {action.pod_uid or '(none given)'}"
     if namespace is not None and namespace != action.namespace:
@@ -117,11 +125,14 @@ def _wrong_pod(h: runtime.ContainerHandle, action: m.TargetAction, uid: str | No
     return None
 
 
-def _not_a_process_pod(h: runtime.ContainerHandle, action: m.TargetAction, netns: int | None,
-                       host: frozenset[int], *, check_uid: bool) -> str | None:
+def _not_a_process_pod(
+    h: runtime.ContainerHandle, action: m.TargetAction, netns: int | None, host: frozenset[int], *, check_uid: bool
+) -> str | None:
     if not h.netns_path.startswith(NETNS_RUN_DIR + "/") or netns is None or netns in host:
-        return (f"{h.container_id} is not a process pod's process: it does not live in a pod's own named network "
-                f"namespace ({NETNS_RUN_DIR})")
+        return (
+            f"{h.container_id} is not a process pod's process: it does not live in a pod's own named network "
+            f"namespace ({NETNS_RUN_DIR})"
+        )
     if not check_uid:
         return None
     uid, namespace = runtime.process_pod(h.pid)

@@ -58,16 +58,18 @@ class KubePods:
 
     def get(self, namespace: str, name: str) -> Pod | None:
         async def go() -> Pod | None:
-            resp = await self.core.read_namespaced_pod(name, namespace, _preload_content=False,
-                                                       _request_timeout=REQUEST_TIMEOUT_S)
+            resp = await self.core.read_namespaced_pod(
+                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+            )
             return None if resp.status == 404 else await _body(resp)
 
         return self._call(go())
 
     def json_patch(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> Pod:
         async def go() -> Pod:
-            resp = await self.core.patch_namespaced_pod(name, namespace, ops, _preload_content=False,
-                                                        _request_timeout=REQUEST_TIMEOUT_S, **JSON_PATCH)
+            resp = await self.core.patch_namespaced_pod(
+                name, namespace, ops, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S, **JSON_PATCH
+            )
             pod = await _body(resp)
             assert pod is not None
             return pod
@@ -79,21 +81,27 @@ class KubePods:
             raise PodApiError(412, f"refused: deleting pod {namespace}/{name} needs its uid as a precondition")
 
         async def go() -> Pod | None:
-            body = client.V1DeleteOptions(grace_period_seconds=grace_period,
-                                          preconditions=client.V1Preconditions(uid=uid))
-            resp = await self.core.delete_namespaced_pod(name, namespace, body=body,
-                                                         grace_period_seconds=grace_period,
-                                                         _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S)
+            body = client.V1DeleteOptions(
+                grace_period_seconds=grace_period, preconditions=client.V1Preconditions(uid=uid)
+            )
+            resp = await self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                body=body,
+                grace_period_seconds=grace_period,
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
             return None if resp.status == 404 else await _body(resp)
 
         return self._call(go())
 
-
     def create(self, namespace: str, body: Pod) -> Pod:
         async def go() -> Pod:
             raw_body: Any = body  # the API's JSON as is: the typed V1Pod would drop unknown fields
-            resp = await self.core.create_namespaced_pod(namespace, raw_body, _preload_content=False,
-                                                         _request_timeout=REQUEST_TIMEOUT_S)
+            resp = await self.core.create_namespaced_pod(
+                namespace, raw_body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+            )
             pod = await _body(resp)
             assert pod is not None
             return pod
@@ -103,8 +111,13 @@ class KubePods:
     def log(self, namespace: str, name: str, container: str, limit_bytes: int) -> str:
         async def go() -> str:
             resp: Any = await self.core.read_namespaced_pod_log(
-                name, namespace, container=container, limit_bytes=max(1, limit_bytes), _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT_S)
+                name,
+                namespace,
+                container=container,
+                limit_bytes=max(1, limit_bytes),
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
             raw = await resp.read()
             if not 200 <= resp.status <= 299:
                 _body_of(resp.status, resp.reason, raw)
@@ -144,5 +157,3 @@ def resolve_pod_only(container_id: str) -> runtime.ContainerHandle:
 
 def pause_image(explicit: str | None) -> str:
     return explicit or settings.current().pod_failure_pause_image or podpatch.DEFAULT_PAUSE_IMAGE
-
-

@@ -36,8 +36,10 @@ def describe(state: m.HaltState) -> str:
 def refusal(state: m.HaltState) -> str:
     """The message a refused apply carries while halted."""
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.at)) if state.at else "?"
-    return (f"refused: chaosbus is halted by the kill switch ({describe(state)}) since {since}; "
-            "nothing is injected until `chaosbus resume`")
+    return (
+        f"refused: chaosbus is halted by the kill switch ({describe(state)}) since {since}; "
+        "nothing is injected until `chaosbus resume`"
+    )
 
 
 def recovered_reason(state: m.HaltState) -> str:

@@ -19,6 +19,7 @@ from chaosbus.injector import faults, runtime
 
 Resolver = Callable[[str], runtime.ContainerHandle]
 
+
 def lasting(tag: str, registry: dict[str, faults.Fault] | None = None) -> bool:
     """Whether a fault of this tag leaves state that must be recovered (journaled until it is):
     every fault but those whose module declares `one_shot = True`.
@@ -35,10 +36,17 @@ def resolve_all(action: m.TargetAction, resolve: Resolver = runtime.resolve) -> 
     return [resolve(cid) for cid in action.container_ids]
 
 
-def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[runtime.ContainerHandle] | None = None,
-               resolve: Resolver = runtime.resolve, registry: dict[str, faults.Fault] | None = None,
-               op: str | None = None, original: Mapping[str, Any] | None = None,
-               node: str = "") -> m.TargetResult:
+def run_action(
+    cmd: m.NodeCommand,
+    action: m.TargetAction,
+    *,
+    containers: list[runtime.ContainerHandle] | None = None,
+    resolve: Resolver = runtime.resolve,
+    registry: dict[str, faults.Fault] | None = None,
+    op: str | None = None,
+    original: Mapping[str, Any] | None = None,
+    node: str = "",
+) -> m.TargetResult:
     """Run `op` (default: the action's own op) of the action's fault on its target; `original` is
     what the journal holds for it (`faults.original_state`), `node` the injector's node name."""
     tag = type(action.fault).__struct_config__.tag
@@ -51,9 +59,16 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
             containers = resolve_all(action, resolve)
         except runtime.UnsupportedRuntime as e:
             return result(action, False, str(e), retryable=e.retryable)
-    ctx = faults.FaultContext(experiment_uid=cmd.experiment_uid, experiment_name=cmd.name,
-                              namespace=cmd.namespace, action=action, containers=containers, deadline=cmd.deadline,
-                              original=original or {}, node=node)
+    ctx = faults.FaultContext(
+        experiment_uid=cmd.experiment_uid,
+        experiment_name=cmd.name,
+        namespace=cmd.namespace,
+        action=action,
+        containers=containers,
+        deadline=cmd.deadline,
+        original=original or {},
+        node=node,
+    )
     try:
         fn = fault.apply if (op or action.op) == "apply" else fault.recover
         message = fn(ctx, action.fault)
@@ -62,8 +77,9 @@ def run_action(cmd: m.NodeCommand, action: m.TargetAction, *, containers: list[r
     except Exception as e:  # a fault bug is reported on the target, never crashes the node
         return result(action, False, f"{type(e).__name__}: {e}", retryable=True)
     if isinstance(message, faults.CommandOutput):
-        return msgspec.structs.replace(result(action, True, message.message), exit_code=message.exit_code,
-                                       stdout=message.stdout[:MAX_STDOUT])
+        return msgspec.structs.replace(
+            result(action, True, message.message), exit_code=message.exit_code, stdout=message.stdout[:MAX_STDOUT]
+        )
     return result(action, True, message)
 
 
@@ -73,11 +89,18 @@ def unsupported(action: m.TargetAction) -> str:
     return f"fault {what} is not supported by this injector yet"
 
 
-def result(action: m.TargetAction, ok: bool, message: str, *, retryable: bool = True,
-           op: str | None = None) -> m.TargetResult:
-    return m.TargetResult(target_id=action.target_id, selector_key=action.selector_key,
-                          op=op or action.op, ok=ok, message=_cut(message, MAX_MESSAGE),  # type: ignore[arg-type]
-                          retryable=retryable, at=time.time())
+def result(
+    action: m.TargetAction, ok: bool, message: str, *, retryable: bool = True, op: str | None = None
+) -> m.TargetResult:
+    return m.TargetResult(
+        target_id=action.target_id,
+        selector_key=action.selector_key,
+        op=op or action.op,  # type: ignore[arg-type]
+        ok=ok,
+        message=_cut(message, MAX_MESSAGE),
+        retryable=retryable,
+        at=time.time(),
+    )
 
 
 def shrunk(payload: bytes, max_bytes: int) -> bytes | None:
@@ -88,9 +111,10 @@ def shrunk(payload: bytes, max_bytes: int) -> bytes | None:
         batch = msgspec.json.decode(payload, type=m.ResultBatch)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    results = [msgspec.structs.replace(r, stdout=_cut(r.stdout, 1024),
-                                       message=_cut(r.message, 1024 - len(_SHRUNK)) + _SHRUNK)
-               for r in batch.results]
+    results = [
+        msgspec.structs.replace(r, stdout=_cut(r.stdout, 1024), message=_cut(r.message, 1024 - len(_SHRUNK)) + _SHRUNK)
+        for r in batch.results
+    ]
     smaller = msgspec.json.encode(msgspec.structs.replace(batch, results=results))
     return smaller if len(smaller) <= max_bytes else None
 
@@ -104,6 +128,13 @@ def _cut(text: str, limit: int) -> str:
 
 
 def batch(cmd: m.NodeCommand, results: list[m.TargetResult], node: str) -> m.ResultBatch:
-    return m.ResultBatch(command_id=cmd.command_id, experiment_uid=cmd.experiment_uid,
-                         generation=cmd.generation, kind=cmd.kind, namespace=cmd.namespace, name=cmd.name,
-                         node=node, results=results)
+    return m.ResultBatch(
+        command_id=cmd.command_id,
+        experiment_uid=cmd.experiment_uid,
+        generation=cmd.generation,
+        kind=cmd.kind,
+        namespace=cmd.namespace,
+        name=cmd.name,
+        node=node,
+        results=results,
+    )

@@ -59,9 +59,16 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, journal: Journal, node: str, *, registry: dict[str, faults.Fault] | None = None,
-                 resolve: core.Resolver = runtime.resolve, clock: Callable[[], float] = time.time,
-                 policy: authorize.Policy | None = None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        node: str,
+        *,
+        registry: dict[str, faults.Fault] | None = None,
+        resolve: core.Resolver = runtime.resolve,
+        clock: Callable[[], float] = time.time,
+        policy: authorize.Policy | None = None,
+    ) -> None:
         self.journal, self.node, self.resolve, self.clock = journal, node, resolve, clock
         # None: no re-checks, for tests of the node machinery alone; the service always passes one.
         self.policy = policy
@@ -96,8 +103,12 @@ class Executor:
         is_lasting = core.lasting(faults.spec_tag(action.fault), self.registry)
         if not is_lasting and entry is not None and entry.generation == cmd.generation and one_shot_done(entry):
             done_at = time.strftime("%H:%M:%S", time.gmtime(entry.updated))
-            return replace(plan, result=core.result(action, True, f"already done on this node at {done_at}Z; "
-                                                    "a repeated command does not repeat it"))
+            return replace(
+                plan,
+                result=core.result(
+                    action, True, f"already done on this node at {done_at}Z; a repeated command does not repeat it"
+                ),
+            )
         refusal = None if self.policy is None else authorize.refuse_action(self.policy, cmd, action)
         if refusal is not None:
             return replace(plan, result=core.result(action, False, refusal, retryable=False))
@@ -108,13 +119,24 @@ class Executor:
         refusal = None if self.policy is None else authorize.refuse_handles(self.policy, action, handles)
         if refusal is not None:
             return replace(plan, result=core.result(action, False, refusal, retryable=False))
-        intent = Entry(key=plan.key, experiment_uid=cmd.experiment_uid, generation=cmd.generation, kind=cmd.kind,
-                       namespace=cmd.namespace, name=cmd.name, action=action,
-                       identity=identity_of(action.pod_uid, handles),
-                       original=faults.original_state(faults.spec_tag(action.fault), cmd.experiment_uid, action,
-                                                      self.registry, handles),
-                       deadline=cmd.deadline if is_lasting else None, lasting=is_lasting, state=APPLYING,
-                       command_id=cmd.command_id, created=entry.created if entry else now)
+        intent = Entry(
+            key=plan.key,
+            experiment_uid=cmd.experiment_uid,
+            generation=cmd.generation,
+            kind=cmd.kind,
+            namespace=cmd.namespace,
+            name=cmd.name,
+            action=action,
+            identity=identity_of(action.pod_uid, handles),
+            original=faults.original_state(
+                faults.spec_tag(action.fault), cmd.experiment_uid, action, self.registry, handles
+            ),
+            deadline=cmd.deadline if is_lasting else None,
+            lasting=is_lasting,
+            state=APPLYING,
+            command_id=cmd.command_id,
+            created=entry.created if entry else now,
+        )
         return replace(plan, handles=tuple(handles), intent=intent)
 
     def _plan_recover(self, plan: Plan) -> Plan:
@@ -142,12 +164,20 @@ class Executor:
             return Outcome(plan.result)
         journaled = plan.intent if plan.intent is not None else plan.entry
         original = journaled.original if journaled is not None else None
-        res = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
-                              original=original, node=self.node)
+        res = core.run_action(
+            cmd, plan.action, containers=list(plan.handles), registry=self.registry, original=original, node=self.node
+        )
         if plan.action.op == "apply" and not res.ok and plan.intent is not None and plan.intent.lasting:
             # All or nothing: undo whatever part of the fault did land (one netns of two, say).
-            cleanup = core.run_action(cmd, plan.action, containers=list(plan.handles), registry=self.registry,
-                                      op="recover", original=original, node=self.node)
+            cleanup = core.run_action(
+                cmd,
+                plan.action,
+                containers=list(plan.handles),
+                registry=self.registry,
+                op="recover",
+                original=original,
+                node=self.node,
+            )
             if not cleanup.ok:
                 msg = f"{res.message} (cleanup pending: {cleanup.message})"
                 return Outcome(core.result(plan.action, False, msg, retryable=res.retryable), cleanup_pending=True)
@@ -165,13 +195,27 @@ class Executor:
     def recover_entry(self, entry: Entry) -> m.TargetResult:
         """Recover an open entry through its journaled identity (no NATS, no command)."""
         cmd = command_of(entry)
-        return core.run_action(cmd, entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="recover", original=entry.original, node=self.node)
+        return core.run_action(
+            cmd,
+            entry.action,
+            containers=journal_handles(entry.identity),
+            registry=self.registry,
+            op="recover",
+            original=entry.original,
+            node=self.node,
+        )
 
     def reassert(self, entry: Entry) -> m.TargetResult:
         """Apply an open entry again (idempotent) through its journaled identity."""
-        return core.run_action(command_of(entry), entry.action, containers=journal_handles(entry.identity),
-                               registry=self.registry, op="apply", original=entry.original, node=self.node)
+        return core.run_action(
+            command_of(entry),
+            entry.action,
+            containers=journal_handles(entry.identity),
+            registry=self.registry,
+            op="apply",
+            original=entry.original,
+            node=self.node,
+        )
 
     def commit_recoveries(self, done: list[tuple[expiry.Due, m.TargetResult]]) -> int:
         """Mark recovered entries and queue one report per experiment; returns how many reports."""
@@ -209,9 +253,18 @@ def _change(plan: Plan, outcome: Outcome) -> Change | None:
 
 
 def command_of(entry: Entry, command_id: str | None = None) -> m.NodeCommand:
-    return m.NodeCommand(command_id=command_id or entry.command_id, experiment_uid=entry.experiment_uid,
-                         generation=entry.generation, kind=entry.kind, namespace=entry.namespace, name=entry.name,
-                         node="", issued_at=entry.created, deadline=entry.deadline, actions=[entry.action])
+    return m.NodeCommand(
+        command_id=command_id or entry.command_id,
+        experiment_uid=entry.experiment_uid,
+        generation=entry.generation,
+        kind=entry.kind,
+        namespace=entry.namespace,
+        name=entry.name,
+        node="",
+        issued_at=entry.created,
+        deadline=entry.deadline,
+        actions=[entry.action],
+    )
 
 
 def one_shot_done(entry: Entry) -> bool:
@@ -228,6 +281,7 @@ def one_shot_done(entry: Entry) -> bool:
 
 
 # --- target identity --------------------------------------------------------------------------
+
 
 def identity_of(pod_uid: str, handles: list[runtime.ContainerHandle]) -> Identity:
     netns: dict[int, NetnsRef] = {}
@@ -263,11 +317,27 @@ def journal_handles(identity: Identity) -> list[runtime.ContainerHandle]:
     first = identity.processes[0] if identity.processes else ProcRef("", 0)
     live_ns = [ns for ns in identity.netns if netns_same(ns)]
     if live_ns:
-        return [runtime.ContainerHandle(container_id=first.container_id, pid=first.pid, netns_path=ns.path,
-                                        mnt_ns_path=f"/proc/{first.pid}/ns/mnt", alive=True) for ns in live_ns]
-    return [runtime.ContainerHandle(container_id=p.container_id, pid=p.pid, netns_path=f"/proc/{p.pid}/ns/net",
-                                    mnt_ns_path=f"/proc/{p.pid}/ns/mnt", alive=True)
-            for p in identity.processes if process_same(p)]
+        return [
+            runtime.ContainerHandle(
+                container_id=first.container_id,
+                pid=first.pid,
+                netns_path=ns.path,
+                mnt_ns_path=f"/proc/{first.pid}/ns/mnt",
+                alive=True,
+            )
+            for ns in live_ns
+        ]
+    return [
+        runtime.ContainerHandle(
+            container_id=p.container_id,
+            pid=p.pid,
+            netns_path=f"/proc/{p.pid}/ns/net",
+            mnt_ns_path=f"/proc/{p.pid}/ns/mnt",
+            alive=True,
+        )
+        for p in identity.processes
+        if process_same(p)
+    ]
 
 
 def vanished(entry: Entry) -> str | None:

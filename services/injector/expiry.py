@@ -106,14 +106,18 @@ def refuse_apply(cmd: m.NodeCommand, entry: Entry | None, halt: m.HaltState, now
     if entry.generation > cmd.generation:
         return stale(cmd, entry)
     if entry.ended and entry.generation == cmd.generation:
-        return (f"refused: this fault already ended ({entry.reason.removeprefix('recovered: ')}); "
-                "delete and re-create the experiment to run it again")
+        return (
+            f"refused: this fault already ended ({entry.reason.removeprefix('recovered: ')}); "
+            "delete and re-create the experiment to run it again"
+        )
     return None
 
 
 def stale(cmd: m.NodeCommand, entry: Entry) -> str:
-    return (f"stale command ignored: generation {cmd.generation} is older than generation "
-            f"{entry.generation} already on this node")
+    return (
+        f"stale command ignored: generation {cmd.generation} is older than generation "
+        f"{entry.generation} already on this node"
+    )
 
 
 def _iso(t: float) -> str:

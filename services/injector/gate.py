@@ -55,14 +55,18 @@ class LeaseMark:
 
 
 class Gate:
-    def __init__(self, trust: signing.Trust | None, registry: CollectorRegistry, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, trust: signing.Trust | None, registry: CollectorRegistry, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.trust, self.clock = trust, clock  # trust None: unsigned mode
         self.replays = signing.ReplayBook()
         self._pruned = 0.0
-        self.refused = Counter("chaosbus_injector_messages_refused_total",
-                               "Messages refused before anything was done, by what and why",
-                               ["what", "reason"], registry=registry)
+        self.refused = Counter(
+            "chaosbus_injector_messages_refused_total",
+            "Messages refused before anything was done, by what and why",
+            ["what", "reason"],
+            registry=registry,
+        )
         for what in ("command", "lease", "halt"):
             for reason in signing.REASONS:
                 self.refused.labels(what, reason)
@@ -79,8 +83,9 @@ class Gate:
 
     def refuse(self, what: What, subject: str, err: signing.Refused) -> None:
         self.refused.labels(what, err.reason).inc()
-        audit.warning("refused", audit=True, what=what, subject=subject, signer=err.kid or "-",
-                      reason=err.reason, why=err.detail)
+        audit.warning(
+            "refused", audit=True, what=what, subject=subject, signer=err.kid or "-", reason=err.reason, why=err.detail
+        )
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -140,8 +145,9 @@ class Gate:
         kid, payload = "", data
         if self.trust is not None:
             try:
-                opened = self.trust.open(data, aud=signing.CONTROL_AUD, role="operator", now=self.clock(),
-                                         expires=revision is None)
+                opened = self.trust.open(
+                    data, aud=signing.CONTROL_AUD, role="operator", now=self.clock(), expires=revision is None
+                )
             except signing.Refused as e:
                 self.refuse("halt", subject, e)
                 return None

@@ -64,8 +64,10 @@ CREATE TABLE IF NOT EXISTS exempt (experiment_uid TEXT PRIMARY KEY, at REAL NOT 
 CREATE TABLE IF NOT EXISTS netns (path TEXT NOT NULL, inode INTEGER NOT NULL, last_used REAL NOT NULL,
   PRIMARY KEY (path, inode));
 """
-_ENTRY_COLUMNS = ("key, experiment_uid, generation, kind, namespace, name, action, identity, original, "
-                  "deadline, lasting, state, reason, ended, command_id, created, updated")
+_ENTRY_COLUMNS = (
+    "key, experiment_uid, generation, kind, namespace, name, action, identity, original, "
+    "deadline, lasting, state, reason, ended, command_id, created, updated"
+)
 
 
 class JournalBusy(RuntimeError):
@@ -199,8 +201,7 @@ class Journal:
 
     def open_entries(self) -> list[Entry]:
         marks = ",".join("?" * len(OPEN_STATES))
-        rows = self._query(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE state IN ({marks}) ORDER BY key",
-                           OPEN_STATES)
+        rows = self._query(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE state IN ({marks}) ORDER BY key", OPEN_STATES)
         return [_entry(r) for r in rows]
 
     def entries(self) -> list[Entry]:
@@ -213,24 +214,35 @@ class Journal:
         now = time.time() if now is None else now
         with self._tx() as db:
             for e in intents:
-                db.execute(f"INSERT OR REPLACE INTO entries ({_ENTRY_COLUMNS}) VALUES ({','.join('?' * 17)})",
-                           _row(e, now))
+                db.execute(
+                    f"INSERT OR REPLACE INTO entries ({_ENTRY_COLUMNS}) VALUES ({','.join('?' * 17)})", _row(e, now)
+                )
                 for ns in e.identity.netns:
                     db.execute("INSERT OR REPLACE INTO netns VALUES (?, ?, ?)", (ns.path, ns.inode, now))
 
-    def commit(self, changes: Sequence[Change], *, reports: Sequence[Report] = (),
-               command_id: str = "", now: float | None = None) -> None:
+    def commit(
+        self,
+        changes: Sequence[Change],
+        *,
+        reports: Sequence[Report] = (),
+        command_id: str = "",
+        now: float | None = None,
+    ) -> None:
         """New entry states, the messages reporting them, and (optionally) a handled command id,
         all in ONE transaction: a crash leaves either all of it or none.
         """
         now = time.time() if now is None else now
         with self._tx() as db:
             for c in changes:
-                db.execute("UPDATE entries SET state = ?, reason = ?, ended = ?, updated = ? WHERE key = ?",
-                           (c.state, c.reason, int(c.ended), now, c.key))
+                db.execute(
+                    "UPDATE entries SET state = ?, reason = ?, ended = ?, updated = ? WHERE key = ?",
+                    (c.state, c.reason, int(c.ended), now, c.key),
+                )
             for r in reports:
-                db.execute("INSERT INTO outbox (subject, msg_id, payload, at) VALUES (?, ?, ?, ?)",
-                           (r.subject, r.msg_id, r.payload, now))
+                db.execute(
+                    "INSERT INTO outbox (subject, msg_id, payload, at) VALUES (?, ?, ?, ?)",
+                    (r.subject, r.msg_id, r.payload, now),
+                )
             if command_id:
                 db.execute("INSERT OR REPLACE INTO commands VALUES (?, ?)", (command_id, now))
 
@@ -250,8 +262,11 @@ class Journal:
     def outbox_replace(self, seq: int, payload: bytes) -> None:
         """A row's payload replaced in place (it keeps its turn), the original moved aside."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
-                       "WHERE seq = ?", (time.time(), "replaced by a smaller payload", seq))
+            db.execute(
+                "INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
+                "WHERE seq = ?",
+                (time.time(), "replaced by a smaller payload", seq),
+            )
             db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))
 
     def outbox_aside(self, seq: int, reason: str) -> None:
@@ -259,8 +274,11 @@ class Journal:
         behind it go on.
         """
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
-                       "WHERE seq = ?", (time.time(), reason, seq))
+            db.execute(
+                "INSERT OR REPLACE INTO outbox_aside SELECT seq, subject, msg_id, payload, ?, ? FROM outbox "
+                "WHERE seq = ?",
+                (time.time(), reason, seq),
+            )
             db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def set_aside(self) -> list[tuple[int, str]]:
@@ -289,16 +307,21 @@ class Journal:
 
     def signed(self, now: float) -> list[tuple[str, int, float]]:
         """Signed commands executed here that have not expired yet."""
-        return [(str(k), int(q), float(e)) for k, q, e in
-                self._query("SELECT kid, seq, exp FROM signed WHERE exp > ?", (now,))]
+        return [
+            (str(k), int(q), float(e))
+            for k, q, e in self._query("SELECT kid, seq, exp FROM signed WHERE exp > ?", (now,))
+        ]
 
     def remember_lease(self, kid: str, subject: str, seq: int) -> None:
         """The newest lease accepted from `kid` on `subject` (writes may arrive out of order: the
         highest sequence stays).
         """
         with self._tx() as db:
-            db.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) "
-                       "DO UPDATE SET seq = max(seq, excluded.seq)", (kid, subject, seq))
+            db.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) "
+                "DO UPDATE SET seq = max(seq, excluded.seq)",
+                (kid, subject, seq),
+            )
 
     def leases(self) -> list[tuple[str, str, int]]:
         return [(str(k), str(s), int(q)) for k, s, q in self._query("SELECT kid, subject, seq FROM leases")]
@@ -324,12 +347,15 @@ class Journal:
         """Drop ended entries, handled command ids and exemptions last touched before `older_than`."""
         marks = ",".join("?" * len(OPEN_STATES))
         with self._tx() as db:
-            n = db.execute(f"DELETE FROM entries WHERE state NOT IN ({marks}) AND updated < ?",
-                           (*OPEN_STATES, older_than)).rowcount
+            n = db.execute(
+                f"DELETE FROM entries WHERE state NOT IN ({marks}) AND updated < ?", (*OPEN_STATES, older_than)
+            ).rowcount
             db.execute("DELETE FROM commands WHERE at < ?", (older_than,))
             db.execute("DELETE FROM signed WHERE exp < ?", (older_than,))
-            db.execute("DELETE FROM exempt WHERE at < ? AND experiment_uid NOT IN "
-                       "(SELECT experiment_uid FROM entries)", (older_than,))
+            db.execute(
+                "DELETE FROM exempt WHERE at < ? AND experiment_uid NOT IN (SELECT experiment_uid FROM entries)",
+                (older_than,),
+            )
         return int(n)
 
 
@@ -359,13 +385,44 @@ _identity_decoder = msgspec.json.Decoder(Identity)
 
 def _row(e: Entry, now: float) -> tuple[Any, ...]:
     enc = msgspec.json.encode
-    return (e.key, e.experiment_uid, e.generation, e.kind, e.namespace, e.name, enc(e.action), enc(e.identity),
-            enc(e.original), e.deadline, int(e.lasting), e.state, e.reason, int(e.ended), e.command_id,
-            e.created or now, now)
+    return (
+        e.key,
+        e.experiment_uid,
+        e.generation,
+        e.kind,
+        e.namespace,
+        e.name,
+        enc(e.action),
+        enc(e.identity),
+        enc(e.original),
+        e.deadline,
+        int(e.lasting),
+        e.state,
+        e.reason,
+        int(e.ended),
+        e.command_id,
+        e.created or now,
+        now,
+    )
 
 
 def _entry(r: tuple[Any, ...]) -> Entry:
-    return Entry(key=r[0], experiment_uid=r[1], generation=int(r[2]), kind=r[3], namespace=r[4], name=r[5],
-                 action=_action_decoder.decode(r[6]), identity=_identity_decoder.decode(r[7]),
-                 original=msgspec.json.decode(r[8]), deadline=r[9], lasting=bool(r[10]), state=r[11],
-                 reason=r[12], ended=bool(r[13]), command_id=r[14], created=r[15], updated=r[16])
+    return Entry(
+        key=r[0],
+        experiment_uid=r[1],
+        generation=int(r[2]),
+        kind=r[3],
+        namespace=r[4],
+        name=r[5],
+        action=_action_decoder.decode(r[6]),
+        identity=_identity_decoder.decode(r[7]),
+        original=msgspec.json.decode(r[8]),
+        deadline=r[9],
+        lasting=bool(r[10]),
+        state=r[11],
+        reason=r[12],
+        ended=bool(r[13]),
+        command_id=r[14],
+        created=r[15],
+        updated=r[16],
+    )

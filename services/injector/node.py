@@ -41,10 +41,19 @@ Recovered = tuple[expiry.Due, m.TargetResult]
 
 
 class Node:
-    def __init__(self, journal: Journal, executor: ex.Executor, *, lease_ttl: float = DEFAULT_TTL_S,
-                 max_lease_ttl: float = MAX_TTL_S, workers: int = 16, clock: Callable[[], float] = time.time,
-                 mono: Callable[[], float] = time.monotonic, recover_chunk: int = RECOVER_CHUNK,
-                 effect_chunk: int = EFFECT_CHUNK) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        executor: ex.Executor,
+        *,
+        lease_ttl: float = DEFAULT_TTL_S,
+        max_lease_ttl: float = MAX_TTL_S,
+        workers: int = 16,
+        clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
+        recover_chunk: int = RECOVER_CHUNK,
+        effect_chunk: int = EFFECT_CHUNK,
+    ) -> None:
         self.journal, self.executor, self.clock, self.mono = journal, executor, clock, mono
         self.halt = journal.halt() or control.RESUMED
         self.halt_seq = journal.halt_seq()  # the highest signer's sequence of any state adopted
@@ -73,9 +82,17 @@ class Node:
 
     def health(self, name: str, entries: list[Entry], *, interval_s: float, connected_since: float) -> m.NodeHealth:
         """What this node reports about itself on chaos.health.<node> (the dashboard's node page)."""
-        return m.NodeHealth(node=name, at=self.clock(), interval_s=interval_s, connected_since=connected_since,
-                            halted=self.halt.halted, lease_ttl_s=self.lease.ttl_s, lease_age_s=self.lease_age(),
-                            open_entries=len(entries), experiments=journal_summary(entries))
+        return m.NodeHealth(
+            node=name,
+            at=self.clock(),
+            interval_s=interval_s,
+            connected_since=connected_since,
+            halted=self.halt.halted,
+            lease_ttl_s=self.lease.ttl_s,
+            lease_age_s=self.lease_age(),
+            open_entries=len(entries),
+            experiments=journal_summary(entries),
+        )
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -91,15 +108,19 @@ class Node:
         recovered = len(await self.tick(starting=True))
         wanted = [e for e in await self.run_in_thread(self.journal.open_entries) if e.lasting]
         outcomes = await asyncio.gather(*(self._reassert(e) for e in wanted))
-        gone = [(expiry.Due(e, f"recovered: target gone ({why})", ended=False, report=True),
-                 m.TargetResult(target_id=e.action.target_id, op="recover", ok=True))
-                for e, why in zip(wanted, outcomes, strict=True) if why]
+        gone = [
+            (
+                expiry.Due(e, f"recovered: target gone ({why})", ended=False, report=True),
+                m.TargetResult(target_id=e.action.target_id, op="recover", ok=True),
+            )
+            for e, why in zip(wanted, outcomes, strict=True)
+            if why
+        ]
         if gone:
             await self.run_in_thread(self.executor.commit_recoveries, gone)
             self.outbox_kick.set()
         await self.housekeeping()
-        summary = {"open": len(entries), "recovered": recovered + len(gone),
-                   "reasserted": len(wanted) - len(gone)}
+        summary = {"open": len(entries), "recovered": recovered + len(gone), "reasserted": len(wanted) - len(gone)}
         log.info("journal reconciled", halted=self.halt.halted, **summary)
         return summary
 
@@ -162,7 +183,7 @@ class Node:
                     batched.append(i)
                 else:
                     jobs.append([i])
-        jobs += [batched[k:k + self.effect_chunk] for k in range(0, len(batched), self.effect_chunk)]
+        jobs += [batched[k : k + self.effect_chunk] for k in range(0, len(batched), self.effect_chunk)]
         await asyncio.gather(*(job(j) for j in jobs))
         done = [o for o in outcomes if o is not None]
         assert len(done) == len(plans)
@@ -189,8 +210,13 @@ class Node:
         self.halt_seq = max(self.halt_seq, seq or 0)
         await self.run_in_thread(self.journal.set_halt, state, self.halt_seq)
         self.kick.set()
-        log.warning("HALTED by kill switch" if state.halted else "resumed", reason=state.reason, by=state.by,
-                    source=source, revision=state.revision)
+        log.warning(
+            "HALTED by kill switch" if state.halted else "resumed",
+            reason=state.reason,
+            by=state.by,
+            source=source,
+            revision=state.revision,
+        )
         return ""
 
     async def on_lease(self, lease: m.NodeLease) -> None:
@@ -220,15 +246,24 @@ class Node:
         return MAX_SLEEP_S if nxt is None else min(MAX_SLEEP_S, nxt + 0.001)
 
     def _world(self, starting: bool = False) -> expiry.World:
-        return expiry.World(now=self.clock(), mono=self.mono(), halt=self.halt, lease=self.lease,
-                            connected=self.connected, starting=starting)
+        return expiry.World(
+            now=self.clock(),
+            mono=self.mono(),
+            halt=self.halt,
+            lease=self.lease,
+            connected=self.connected,
+            starting=starting,
+        )
 
     async def tick(self, *, starting: bool = False) -> list[Recovered]:
         """Recover every open fault that is due now; returns what was recovered."""
         entries, vanished = await self.run_in_thread(self._open_and_vanished)
         world = self._world(starting)
-        dues = [d for d in expiry.due(entries, world, vanished)
-                if world.halt.halted or world.mono >= self._retry_at.get(d.entry.key, 0.0)]
+        dues = [
+            d
+            for d in expiry.due(entries, world, vanished)
+            if world.halt.halted or world.mono >= self._retry_at.get(d.entry.key, 0.0)
+        ]
         if not dues:
             return []
         jobs = min(self.workers, -(-len(dues) // self.recover_chunk))
@@ -265,8 +300,11 @@ class Node:
                 out.append((None, None))  # recovered meanwhile (a recover command)
             else:
                 out.append((current, self.executor.recover_entry(current)))
-        done = [(replace(d, entry=current), res) for d, (current, res) in zip(dues, out, strict=True)
-                if current is not None and res is not None and res.ok]
+        done = [
+            (replace(d, entry=current), res)
+            for d, (current, res) in zip(dues, out, strict=True)
+            if current is not None and res is not None and res.ok
+        ]
         return out, self.executor.commit_recoveries(done) if done else 0
 
     def _settle(self, due: expiry.Due, current: Entry | None, res: m.TargetResult | None) -> Recovered | None:
@@ -289,8 +327,12 @@ def journal_summary(entries: list[Entry]) -> list[m.JournalSummary]:
     for e in entries:
         seen = by_uid.get(e.experiment_uid)
         by_uid[e.experiment_uid] = m.JournalSummary(
-            experiment_uid=e.experiment_uid, namespace=e.namespace, name=e.name, kind=e.kind,
-            entries=(seen.entries if seen else 0) + 1)
+            experiment_uid=e.experiment_uid,
+            namespace=e.namespace,
+            name=e.name,
+            kind=e.kind,
+            entries=(seen.entries if seen else 0) + 1,
+        )
     return [by_uid[k] for k in sorted(by_uid)]
 
 
@@ -303,8 +345,14 @@ def _log_recovered(done: list[Recovered]) -> None:
         e = due.entry
         groups.setdefault((e.namespace, e.name, due.reason), []).append(e.action.target_id)
     for (namespace, name, reason), targets in groups.items():
-        log.info("recovered by the node", experiment=name, namespace=namespace, reason=reason, count=len(targets),
-                 targets=targets[:5] + ([f"... {len(targets) - 5} more"] if len(targets) > 5 else []))
+        log.info(
+            "recovered by the node",
+            experiment=name,
+            namespace=namespace,
+            reason=reason,
+            count=len(targets),
+            targets=targets[:5] + ([f"... {len(targets) - 5} more"] if len(targets) > 5 else []),
+        )
 
 
 def _vanished(entries: list[Entry]) -> dict[str, str]:

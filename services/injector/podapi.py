@@ -34,7 +34,6 @@ class PodApi(Protocol):
         """
         ...
 
-
     def create(self, namespace: str, body: Pod) -> Pod:
         """Create a Pod; raises PodApiError (409 one of that name exists, 422 invalid, 403 refused)."""
         ...

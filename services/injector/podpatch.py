@@ -57,8 +57,11 @@ def annotation_key(experiment: str, container: str, *, init: bool) -> str:
 
 def slots(pod: Pod) -> list[Slot]:
     spec = pod.get("spec") or {}
-    return [Slot(f, i, str(c.get("name", "")), str(c.get("image", "")))
-            for f in ("initContainers", "containers") for i, c in enumerate(spec.get(f) or [])]
+    return [
+        Slot(f, i, str(c.get("name", "")), str(c.get("image", "")))
+        for f in ("initContainers", "containers")
+        for i, c in enumerate(spec.get(f) or [])
+    ]
 
 
 def pod_annotations(pod: Pod) -> dict[str, str]:
@@ -69,8 +72,11 @@ def holders(pod: Pod, slot: Slot) -> dict[str, str]:
     """Every pod-failure annotation (any experiment's) holding this container's original image."""
     suffixed = f"{slot.name}-{'init' if slot.init else 'normal'}"
     tail = f"-{ACTION}-{suffixed}-image"
-    return {k: v for k, v in pod_annotations(pod).items()
-            if k == suffixed or (k.startswith(f"{PREFIX}-") and k.endswith(tail))}
+    return {
+        k: v
+        for k, v in pod_annotations(pod).items()
+        if k == suffixed or (k.startswith(f"{PREFIX}-") and k.endswith(tail))
+    }
 
 
 def apply_patch(pod: Pod, experiment: str, pause_image: str) -> list[Op]:

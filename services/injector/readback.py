@@ -48,8 +48,11 @@ def stressors(entries: list[Entry]) -> dict[Experiment, int]:
     marks too but is not a stressor; stress-ng's workers retitle themselves over their
     environment, so the instance (the workers' parent) is what is counted.
     """
-    wanted = {f"{procs.KEY_ENV}={e.key}".encode(): (e.namespace, e.name)
-              for e in entries if isinstance(e.action.fault, Stress)}
+    wanted = {
+        f"{procs.KEY_ENV}={e.key}".encode(): (e.namespace, e.name)
+        for e in entries
+        if isinstance(e.action.fault, Stress)
+    }
     out: dict[Experiment, int] = {}
     if not wanted:
         return out
@@ -94,7 +97,9 @@ def _still_patched(proc: dict[str, object]) -> bool:
     if not isinstance(patches, list) or not isinstance(pid, int) or timeskew.start_ticks(pid) != proc.get("start"):
         return False  # never patched, or exited (its pid may name another process now)
     try:
-        return any(timeskew.read_bytes(pid, int(addr), len(bytes.fromhex(orig))) != bytes.fromhex(orig)
-                   for addr, orig in patches)
+        return any(
+            timeskew.read_bytes(pid, int(addr), len(bytes.fromhex(orig))) != bytes.fromhex(orig)
+            for addr, orig in patches
+        )
     except OSError:
         return False

@@ -80,8 +80,9 @@ class RuntimeConfig:
     timeout: float = DEFAULT_TIMEOUT_S
 
 
-def config_from_env(containerd: str | None = None, crio: str | None = None, docker: str | None = None,
-                    timeout: float | None = None) -> RuntimeConfig:
+def config_from_env(
+    containerd: str | None = None, crio: str | None = None, docker: str | None = None, timeout: float | None = None
+) -> RuntimeConfig:
     """Explicit values first, then CHAOSBUS_*_SOCKET / CHAOSBUS_RUNTIME_TIMEOUT, then the defaults."""
     explicit = {"containerd": containerd, "cri-o": crio, "docker": docker}
     given = settings.current()
@@ -166,38 +167,51 @@ def kill(handle: ContainerHandle) -> bool:
 
 def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHandle:
     if not _RUNTIME_ID.fullmatch(ident):
-        raise UnsupportedRuntime(f"container id {container_id!r}: the id after {scheme}:// must be letters, "
-                                 "digits, '.', '_' or '-' (at most 128)")
+        raise UnsupportedRuntime(
+            f"container id {container_id!r}: the id after {scheme}:// must be letters, "
+            "digits, '.', '_' or '-' (at most 128)"
+        )
     try:
         adapter, breaker = client(scheme)
         seen: Observed | None = breaker.call(lambda: adapter.status(ident))
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
     if seen is None or not seen.running or seen.pid <= 1:
-        return ContainerHandle(container_id=container_id, pid=max(seen.pid if seen else 0, 0), netns_path="",
-                               mnt_ns_path="", alive=False)
+        return ContainerHandle(
+            container_id=container_id, pid=max(seen.pid if seen else 0, 0), netns_path="", mnt_ns_path="", alive=False
+        )
     if not procs.process_alive(seen.pid):
         # The runtime says it runs, we cannot see it: another PID namespace (no hostPID), or the
         # container died between the two looks; a retry tells the two apart.
-        raise UnsupportedRuntime(f"{scheme} reports {container_id} running as pid {seen.pid}, which this injector "
-                                 "cannot see: run it in the host PID namespace (hostPID: true)", retryable=True)
+        raise UnsupportedRuntime(
+            f"{scheme} reports {container_id} running as pid {seen.pid}, which this injector "
+            "cannot see: run it in the host PID namespace (hostPID: true)",
+            retryable=True,
+        )
     labels = seen.labels or {}
     return _live_handle(container_id, seen.pid, labels.get(POD_UID_LABEL, ""), labels.get(POD_NAMESPACE_LABEL))
 
 
 def _live_handle(container_id: str, pid: int, pod_uid: str, pod_namespace: str | None) -> ContainerHandle:
     proc_netns = f"/proc/{pid}/ns/net"
-    return ContainerHandle(container_id=container_id, pid=pid, netns_path=_named_netns(proc_netns) or proc_netns,
-                           mnt_ns_path=f"/proc/{pid}/ns/mnt", alive=True, pod_uid=pod_uid,
-                           pod_namespace=pod_namespace)
+    return ContainerHandle(
+        container_id=container_id,
+        pid=pid,
+        netns_path=_named_netns(proc_netns) or proc_netns,
+        mnt_ns_path=f"/proc/{pid}/ns/mnt",
+        alive=True,
+        pod_uid=pod_uid,
+        pod_namespace=pod_namespace,
+    )
 
 
 def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
     parsed = processid.parse(container_id)
     if parsed is None or parsed.pid <= 1:
         # pid 1 is the node's init: never a process pod, never a fault target.
-        raise UnsupportedRuntime(f"process container id needs a pid > 1 (process://<pid>[@<start>]), "
-                                 f"got {container_id!r}")
+        raise UnsupportedRuntime(
+            f"process container id needs a pid > 1 (process://<pid>[@<start>]), got {container_id!r}"
+        )
     pid = parsed.pid
     proc_netns = f"/proc/{pid}/ns/net"
     # A pid whose start time differs is another process that reuses it: the target is gone.

@@ -45,9 +45,17 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, journal: Journal, gate: Gate, node: str, *, scope: str = "journal",
-                 run: Runner | None = None, registry: dict[str, faults.Fault] | None = None,
-                 tags: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        gate: Gate,
+        node: str,
+        *,
+        scope: str = "journal",
+        run: Runner | None = None,
+        registry: dict[str, faults.Fault] | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> None:
         """`tags`: the faults whose orphans are swept (default: every fault that declares some)."""
         if scope not in SCOPES:
             raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
@@ -101,8 +109,9 @@ class Sweeper:
                     continue
                 for item in items:
                     if item not in owned:
-                        await self._remove(report, f"{orphans.what} {item} in {ref.path}", orphans.remove,
-                                           ref.path, item)
+                        await self._remove(
+                            report, f"{orphans.what} {item} in {ref.path}", orphans.remove, ref.path, item
+                        )
 
     async def _remove(self, report: SweepReport, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -124,8 +133,14 @@ class Sweeper:
 
 def originals_in(entries: Iterable[Entry], inode: int, tag: str) -> list[dict[str, Any]]:
     """The original state of the open, lasting entries of fault `tag` in the netns `inode`."""
-    return [e.original for e in entries if e.is_open and e.lasting and faults.spec_tag(e.action.fault) == tag
-            and any(ns.inode == inode for ns in e.identity.netns)]
+    return [
+        e.original
+        for e in entries
+        if e.is_open
+        and e.lasting
+        and faults.spec_tag(e.action.fault) == tag
+        and any(ns.inode == inode for ns in e.identity.netns)
+    ]
 
 
 def marked_helpers(node: str) -> list[tuple[int, str]]:
@@ -161,4 +176,3 @@ def _listdir(path: str) -> list[str]:
         return sorted(os.listdir(path))
     except OSError:
         return []
-

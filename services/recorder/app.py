@@ -67,9 +67,17 @@ class Recorder:
 
     def _refuse_results(self, batch: m.ResultBatch, results: list[m.TargetResult], reason: str, why: str) -> None:
         self.metrics.refused.labels(reason).inc(len(results) or 1)
-        audit.warning("results refused", audit=True, node=batch.node, command=batch.command_id,
-                      experiment=f"{batch.namespace}/{batch.name}", experiment_uid=batch.experiment_uid,
-                      targets=[r.target_id for r in results][:20], reason=reason, why=why)
+        audit.warning(
+            "results refused",
+            audit=True,
+            node=batch.node,
+            command=batch.command_id,
+            experiment=f"{batch.namespace}/{batch.name}",
+            experiment_uid=batch.experiment_uid,
+            targets=[r.target_id for r in results][:20],
+            reason=reason,
+            why=why,
+        )
 
     async def _decision(self, uid: str) -> m.ExperimentDecision | None:
         decision = self.latest.get(uid)
@@ -125,16 +133,21 @@ class Recorder:
         if removing:  # told first: once the finalizer is gone, so is the object (and, locally, its Events)
             await self._finalizer_events(obj, removed=True)
         try:
-            result = await self.store.mutate(event.kind, event.namespace, event.name,
-                                             lambda o: core.finalizer_change(o, latest))
+            result = await self.store.mutate(
+                event.kind, event.namespace, event.name, lambda o: core.finalizer_change(o, latest)
+            )
         except NotFound:
             return
         op = "add" if result is not None and not result["metadata"].get("deletionTimestamp") else "remove"
         if op == "add" and result is not None:
             await self._finalizer_events(result, removed=False)
         self.metrics.finalizers.labels(op).inc()
-        log.info("finalizer " + ("added" if op == "add" else "removed"), experiment=event.name,
-                 kind=event.kind, namespace=event.namespace)
+        log.info(
+            "finalizer " + ("added" if op == "add" else "removed"),
+            experiment=event.name,
+            kind=event.kind,
+            namespace=event.namespace,
+        )
 
     async def _finalizer_events(self, about: core.Obj, *, removed: bool) -> None:
         for event in events.finalizer_events(removed=removed):
@@ -154,8 +167,16 @@ class Recorder:
         """
         obj = await self.store.get(kind, namespace, name)
         if obj is not None:
-            await self.on_object(m.ObjectEvent(type="MODIFIED", kind=kind, namespace=namespace, name=name, uid=uid,
-                                               object=msgspec.Raw(msgspec.json.encode(obj))))
+            await self.on_object(
+                m.ObjectEvent(
+                    type="MODIFIED",
+                    kind=kind,
+                    namespace=namespace,
+                    name=name,
+                    uid=uid,
+                    object=msgspec.Raw(msgspec.json.encode(obj)),
+                )
+            )
 
     async def on_results(self, batch: m.ResultBatch) -> None:
         """One result batch (tests and single deliveries)."""
@@ -182,8 +203,7 @@ class Recorder:
             for r in batch.results:
                 self.metrics.results.labels(batch.kind, r.op, "ok" if r.ok else "failed").inc()
                 if not r.ok:
-                    log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op,
-                                error=r.message)
+                    log.warning("target failed", experiment=batch.name, target=r.target_id, op=r.op, error=r.message)
         try:
             await self._fold_results(group)
         except core.RecordsNotYetKnown:
@@ -198,8 +218,11 @@ class Recorder:
                 await self._fold_results(group)
             except core.RecordsNotYetKnown:  # a decision that never named these targets: nothing to fold into
                 self.metrics.errors.labels("results_without_records").inc()
-                log.error("results for records no decision made; dropped", experiment=first.name,
-                          commands=[b.command_id for b in group])
+                log.error(
+                    "results for records no decision made; dropped",
+                    experiment=first.name,
+                    commands=[b.command_id for b in group],
+                )
         for batch in group:
             self.seen_commands[batch.command_id] = None  # only once handled: a failed write is redelivered
         while len(self.seen_commands) > SEEN_COMMANDS:
@@ -208,8 +231,12 @@ class Recorder:
     async def _fold_results(self, group: list[m.ResultBatch]) -> None:
         first, now = group[0], now_rfc3339()
         decision = self.latest.get(first.experiment_uid)
-        written = await self._mutate(first.kind, first.namespace, first.name, lambda o: core.on_results_many(
-            o, group, now=now, max_events=self.max_events, decision=decision))
+        written = await self._mutate(
+            first.kind,
+            first.namespace,
+            first.name,
+            lambda o: core.on_results_many(o, group, now=now, max_events=self.max_events, decision=decision),
+        )
         if written is not None:
             self.metrics.writes.labels(first.kind, "results").inc()
             if (written.get("metadata") or {}).get("deletionTimestamp"):
@@ -248,8 +275,11 @@ class Recorder:
         for ref in (child.get("metadata") or {}).get("ownerReferences") or []:
             event = writes.spawned_event(str(ref.get("kind")), w.kind, w.name)
             if event is not None:
-                owner = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
-                         "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")}}
+                owner = {
+                    "apiVersion": ref.get("apiVersion"),
+                    "kind": ref.get("kind"),
+                    "metadata": {"name": ref.get("name"), "namespace": w.namespace, "uid": ref.get("uid")},
+                }
                 await self.record_event(owner, event)
 
     def _seen_event_write(self, write_id: str) -> None:
@@ -315,27 +345,42 @@ class Recorder:
 
 def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDecision | None]]:
     """How the recorder reads an experiment's last decision from the stream (kept per subject)."""
+
     async def fetch(uid: str) -> m.ExperimentDecision | None:
         found = await bus.last_messages(subjects.DECISIONS, subjects.decision_subject(uid), m.ExperimentDecision)
         return found[-1] if found else None
+
     return fetch
 
 
 async def main(args: argparse.Namespace) -> None:
     """One recorder for both modes: only where objects and Events live differs (`--kube`)."""
     metrics = RecorderMetrics()
-    async with service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port), \
-            _backends(args, bus) as (store, sink, where):
+    async with (
+        service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port),
+        _backends(args, bus) as (store, sink, where),
+    ):
         rec = Recorder(store, sink, metrics, max_events=settings.current().max_events)
         rec.fetch_decision = last_decision(bus)
         log.info("recorder ready", objects=where, nats=args.nats, metrics_port=port)
         await service.run_forever(
             bus.replay_and_follow(subjects.OBJECT_CHANGES, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
             rec.sweep_events(),
-            bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0], rec.on_decision,
-                        m.ExperimentDecision),
-            bus.consume_batches(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0], rec.on_result_batches,
-                                m.ResultBatch, opener=rec.open_result),
+            bus.consume(
+                subjects.DECISIONS,
+                "recorder-phase",
+                subjects.DECISIONS.subjects[0],
+                rec.on_decision,
+                m.ExperimentDecision,
+            ),
+            bus.consume_batches(
+                subjects.RESULTS,
+                "recorder",
+                subjects.RESULTS.subjects[0],
+                rec.on_result_batches,
+                m.ResultBatch,
+                opener=rec.open_result,
+            ),
             bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write, m.ObjectWrite),
         )
 

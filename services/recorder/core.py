@@ -55,14 +55,24 @@ def _write(obj: Obj, status: ChaosStatus, selection_error: str = "", failure: st
     if failure is None:
         failure = st.failure_of(status)
     deleting = bool(meta.get("deletionTimestamp"))
-    status = st.with_summary(st.with_conditions(status, paused=paused), paused=paused,
-                             deleting=deleting, one_shot=one_shot(obj),
-                             selection_failed=bool(selection_error))
+    status = st.with_summary(
+        st.with_conditions(status, paused=paused),
+        paused=paused,
+        deleting=deleting,
+        one_shot=one_shot(obj),
+        selection_failed=bool(selection_error),
+    )
     status = st.bounded(status)
     if selection_error:
-        status = msgspec.structs.replace(status, conditions=[
-            Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)
-            if c.type == "Selected" else c for c in status.conditions])
+        status = msgspec.structs.replace(
+            status,
+            conditions=[
+                Condition(type=c.type, status=c.status, reason="SelectionFailed", message=selection_error)
+                if c.type == "Selected"
+                else c
+                for c in status.conditions
+            ],
+        )
     if failure:
         status = st.with_failure(status, failure, deleting=deleting)
     new_status = msgspec.to_builtins(status)
@@ -100,8 +110,9 @@ def subject_mismatch(batch: m.ResultBatch, subject: str) -> str | None:
     return None
 
 
-def foreign_results(batch: m.ResultBatch, decision: m.ExperimentDecision | None
-                    ) -> tuple[m.ResultBatch, list[m.TargetResult]]:
+def foreign_results(
+    batch: m.ResultBatch, decision: m.ExperimentDecision | None
+) -> tuple[m.ResultBatch, list[m.TargetResult]]:
     """Split a batch into the results its node may give and those about another node's targets.
     A record's node is the one the scheduler sends its target's commands to (the decision's
     `RecordRef.node`); a record whose node is not known ("", a recover sent to every node) takes
@@ -125,16 +136,18 @@ def _records_known(status: ChaosStatus | None, batches: list[m.ResultBatch]) -> 
     return all((r.target_id, r.selector_key) in known for b in batches for r in b.results)
 
 
-def on_results(obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int,
-               decision: m.ExperimentDecision | None = None) -> Obj | None:
+def on_results(
+    obj: Obj, batch: m.ResultBatch, *, now: str, max_events: int, decision: m.ExperimentDecision | None = None
+) -> Obj | None:
     """Fold a result batch into status, first applying `decision` (the latest for this experiment)
     if the records it creates are not stored yet. Raises RecordsNotYetKnown if they still are not.
     """
     return on_results_many(obj, [batch], now=now, max_events=max_events, decision=decision)
 
 
-def on_results_many(obj: Obj, batches: list[m.ResultBatch], *, now: str, max_events: int,
-                    decision: m.ExperimentDecision | None = None) -> Obj | None:
+def on_results_many(
+    obj: Obj, batches: list[m.ResultBatch], *, now: str, max_events: int, decision: m.ExperimentDecision | None = None
+) -> Obj | None:
     """`on_results` for several batches of one experiment, in order, as one write: at 1,000
     targets the status is 250 KB, and ten nodes answering at once made ten rewrites of it.
     """

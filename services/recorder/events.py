@@ -82,14 +82,22 @@ def target_events(before: Obj | None, after: Obj) -> list[KubeEvent]:
     for reason, verb in (("Applied", "apply"), ("Recovered", "recover")):
         ids = by_reason.get(reason, [])
         if len(ids) > PER_TARGET_LIMIT:
-            out.append(KubeEvent(NORMAL, reason, f"Successfully {verb} chaos for {len(ids)} targets "
-                                 f"({', '.join(ids[:3])}, ...)"))
+            out.append(
+                KubeEvent(
+                    NORMAL, reason, f"Successfully {verb} chaos for {len(ids)} targets ({', '.join(ids[:3])}, ...)"
+                )
+            )
         else:
             out += [KubeEvent(NORMAL, reason, f"Successfully {verb} chaos for {i}") for i in ids]
     if len(failures) > PER_TARGET_LIMIT:
         first = failures[0]
-        out.append(KubeEvent(WARNING, "Failed", f"Failed to {first[1]} chaos for {len(failures)} targets; "
-                             f"first: {first[0]}: {first[2]}"))
+        out.append(
+            KubeEvent(
+                WARNING,
+                "Failed",
+                f"Failed to {first[1]} chaos for {len(failures)} targets; first: {first[0]}: {first[2]}",
+            )
+        )
     else:
         out += [KubeEvent(WARNING, "Failed", f"Failed to {op} chaos for {i}: {msg}") for i, op, msg in failures]
     return out

@@ -77,7 +77,8 @@ class KubeStore:
         meta = obj.get("metadata") or {}
         try:
             created: Obj = await self.co.create_namespaced_custom_object(
-                GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj)
+                GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj
+            )
         except ApiException as e:
             what = f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
             if e.status == 409:
@@ -89,11 +90,13 @@ class KubeStore:
 
     async def delete(self, kind: str, namespace: str, name: str, *, uid: str = "") -> str:
         """Background propagation: the API server's garbage collector removes what the object owns."""
-        body = client.V1DeleteOptions(propagation_policy="Background",
-                                      preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        body = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
         try:
-            result: Obj = await self.co.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural_of(kind),
-                                                                        name, body=body)
+            result: Obj = await self.co.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural_of(kind), name, body=body
+            )
         except ApiException as e:
             if e.status in (404, 409):  # gone, or a same-named successor (uid precondition failed)
                 return "notfound"
@@ -122,8 +125,10 @@ class KubeStore:
     async def _write(self, kind: str, namespace: str, name: str, current: Obj, new: Obj) -> Obj:
         plural, result = plural_of(kind), current
         if new.get("status") != current.get("status"):
-            body = {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                    "status": merge_diff(current.get("status") or {}, new.get("status") or {})}
+            body = {
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "status": merge_diff(current.get("status") or {}, new.get("status") or {}),
+            }
             result = await self._patch_status(plural, namespace, name, body)
         old_meta, new_meta = current.get("metadata") or {}, new.get("metadata") or {}
         finalizers = new_meta.get("finalizers") or []
@@ -134,15 +139,17 @@ class KubeStore:
             changed["annotations"] = merge_diff(old_meta.get("annotations") or {}, new_meta.get("annotations") or {})
         if changed:
             body = {"metadata": {"resourceVersion": result["metadata"]["resourceVersion"], **changed}}
-            result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
-                                                                  **AS_MERGE_PATCH)
+            result = await self.co.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+            )
         return result
 
     async def _patch_status(self, plural: str, namespace: str, name: str, body: Obj) -> Obj:
         if plural not in self.no_status_subresource:
             try:
                 result: Obj = await self.co.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH)
+                    GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+                )
                 return result
             except ApiException as e:
                 # Without the subresource /status is 404 although the object exists (a Chaos Mesh
@@ -151,8 +158,9 @@ class KubeStore:
                     raise
                 self.no_status_subresource.add(plural)
                 log.info("no status subresource; writing status through the main resource", plural=plural)
-        result = await self.co.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body,
-                                                              **AS_MERGE_PATCH)
+        result = await self.co.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+        )
         return result
 
 
@@ -177,22 +185,35 @@ class KubeEvents:
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         body: Any = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta.get('name')}.{int(now.timestamp() * 1e9):x}",
-                         "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": obj.get("apiVersion", API_VERSION), "kind": obj.get("kind"),
-                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": event.reason, "message": event.message, "type": event.type,
-            "source": {"component": COMPONENT}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
-            "reportingComponent": COMPONENT, "reportingInstance": self.instance,
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name')}.{int(now.timestamp() * 1e9):x}",
+                "namespace": meta.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", API_VERSION),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": event.reason,
+            "message": event.message,
+            "type": event.type,
+            "source": {"component": COMPONENT},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "reportingComponent": COMPONENT,
+            "reportingInstance": self.instance,
         }
         try:
             await self.core.create_namespaced_event(str(meta.get("namespace")), body, _preload_content=False)
             self.written += 1
         except ApiException as e:  # best effort: an Event never blocks a status write
             log.warning("event not written", reason=event.reason, status=e.status)
-
 
     async def forget(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """Kubernetes expires Events on its own (the API server's event TTL)."""

@@ -207,19 +207,21 @@ def with_failure(status: ChaosStatus, failure: str, *, deleting: bool) -> ChaosS
     """The scheduler could not run the experiment: phase Failed (unless it is being deleted) and
     the reason on the AllInjected condition, where `kubectl describe` shows it.
     """
-    conditions = [replace(c, reason=FAILURE_REASON, message=failure[:MAX_MESSAGE_CHARS * 4])
-                  if c.type == "AllInjected" else c for c in status.conditions]
+    conditions = [
+        replace(c, reason=FAILURE_REASON, message=failure[: MAX_MESSAGE_CHARS * 4]) if c.type == "AllInjected" else c
+        for c in status.conditions
+    ]
     return replace(status, conditions=conditions, phase=status.phase if deleting else PHASE_FAILED)
 
 
 def failure_of(status: ChaosStatus) -> str:
     """The failure `with_failure` recorded, or ""."""
-    return next((c.message for c in status.conditions if c.type == "AllInjected" and c.reason == FAILURE_REASON),
-                "")
+    return next((c.message for c in status.conditions if c.type == "AllInjected" and c.reason == FAILURE_REASON), "")
 
 
-def with_summary(status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool,
-                 selection_failed: bool = False) -> ChaosStatus:
+def with_summary(
+    status: ChaosStatus, *, paused: bool, deleting: bool, one_shot: bool, selection_failed: bool = False
+) -> ChaosStatus:
     """Return the status with chaosbus's summary fields (`phase`, `injected`, `total`) recomputed."""
     counts = summary(status)
     current = phase(status, paused=paused, deleting=deleting, one_shot=one_shot, selection_failed=selection_failed)
@@ -252,8 +254,10 @@ def bounded(status: ChaosStatus, *, max_bytes: int = MAX_STATUS_BYTES) -> ChaosS
         trimmed = replace(status, experiment=replace(status.experiment, container_records=records))
         if _size(trimmed) <= max_bytes:
             return trimmed
-        records = [replace(r, events=r.events[max(0, len(r.events) - keep):]) if keep else replace(r, events=[])
-                   for r in records]
+        records = [
+            replace(r, events=r.events[max(0, len(r.events) - keep) :]) if keep else replace(r, events=[])
+            for r in records
+        ]
     return replace(status, experiment=replace(status.experiment, container_records=records))
 
 
@@ -264,10 +268,11 @@ def _size(status: ChaosStatus) -> int:
 def _short(event: RecordEvent) -> RecordEvent:
     if len(event.message) <= MAX_MESSAGE_CHARS:
         return event
-    return replace(event, message=event.message[:MAX_MESSAGE_CHARS - 1] + "…")
+    return replace(event, message=event.message[: MAX_MESSAGE_CHARS - 1] + "…")
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
 
 def _new_records(refs: Iterable[RecordRef]) -> list[Record]:
     """One `Not Injected` record per target, in selection order; a repeated ref is kept once."""
@@ -292,7 +297,7 @@ def _apply_result(record: Record, result: TargetResult, now: str, max_events: in
 
 def _with_event(record: Record, event: RecordEvent, max_events: int) -> Record:
     events = [*record.events, event]
-    return replace(record, events=events[max(0, len(events) - max_events):])
+    return replace(record, events=events[max(0, len(events) - max_events) :])
 
 
 def _all_in_phase(records: Iterable[Record] | None, phase: str) -> bool:

@@ -85,15 +85,20 @@ def event_of(write: m.ObjectWrite) -> KubeEvent:
     """The Event an `event` write asks for: reason from the write, type and message from its object."""
     body = payload(write)
     if not isinstance(body, dict) or body.get("type") not in (NORMAL, WARNING) or not write.reason:
-        raise ValueError(f"{write.kind}/{write.namespace}/{write.name}: an event write needs a reason and "
-                         f'{{"type": "Normal"|"Warning", "message": ...}}')
+        raise ValueError(
+            f"{write.kind}/{write.namespace}/{write.name}: an event write needs a reason and "
+            f'{{"type": "Normal"|"Warning", "message": ...}}'
+        )
     return KubeEvent(str(body["type"]), write.reason, str(body.get("message", "")))
 
 
 def involved(write: m.ObjectWrite) -> Obj:
     """The object an event write is about, as much of it as an Event's involvedObject needs."""
-    return {"apiVersion": API_VERSION, "kind": write.kind,
-            "metadata": {"name": write.name, "namespace": write.namespace, "uid": write.uid}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": write.kind,
+        "metadata": {"name": write.name, "namespace": write.namespace, "uid": write.uid},
+    }
 
 
 def local_event_name(about: Obj, reason: str) -> str:
@@ -110,13 +115,25 @@ def local_event(existing: Obj | None, about: Obj, event: KubeEvent, now: str) ->
     same = existing is not None and (existing.get("involvedObject") or {}).get("uid") == meta.get("uid")
     first = existing.get("firstTimestamp", now) if same and existing else now
     count = int(existing.get("count", 0)) + 1 if same and existing else 1
-    return {"apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": local_event_name(about, event.reason), "namespace": meta.get("namespace")},
-            "involvedObject": {"apiVersion": about.get("apiVersion", API_VERSION), "kind": about.get("kind"),
-                               "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
-            "reason": event.reason, "message": event.message, "type": event.type,
-            "source": {"component": "chaosbus-recorder"}, "firstTimestamp": first, "lastTimestamp": now,
-            "count": count}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": local_event_name(about, event.reason), "namespace": meta.get("namespace")},
+        "involvedObject": {
+            "apiVersion": about.get("apiVersion", API_VERSION),
+            "kind": about.get("kind"),
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "reason": event.reason,
+        "message": event.message,
+        "type": event.type,
+        "source": {"component": "chaosbus-recorder"},
+        "firstTimestamp": first,
+        "lastTimestamp": now,
+        "count": count,
+    }
 
 
 def spawned_event(owner_kind: str, child_kind: str, child_name: str) -> KubeEvent | None:

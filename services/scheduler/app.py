@@ -42,14 +42,20 @@ COMMAND_HEADROOM = 8192  # below max_payload: headers, the encoder's rounding, t
 LEADER_TTL_S = 10.0  # CHAOSBUS_LEADER_SECONDS, --leader-ttl
 COMMAND_TTL_S = 300.0
 LEASE_EXTRA_S = 30.0  # a lease stays valid this much past its ttl: clocks of two machines differ
-_TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace,
-                                             "node": m.TargetNode}
+_TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace, "node": m.TargetNode}
 
 
 class Scheduler:
-    def __init__(self, bus: busmod.Bus, core: SchedulerCore, metrics: SchedulerMetrics, *,
-                 signer: signing.Signer | None, lease_ttl: float = LEASE_TTL_S,
-                 command_ttl: float = COMMAND_TTL_S) -> None:
+    def __init__(
+        self,
+        bus: busmod.Bus,
+        core: SchedulerCore,
+        metrics: SchedulerMetrics,
+        *,
+        signer: signing.Signer | None,
+        lease_ttl: float = LEASE_TTL_S,
+        command_ttl: float = COMMAND_TTL_S,
+    ) -> None:
         """`signer`: seals every node command and lease (None: unsigned mode, only to measure)."""
         self.bus, self.core, self.metrics, self.lease_ttl = bus, core, metrics, lease_ttl
         self.signer, self.command_ttl = signer, command_ttl
@@ -57,8 +63,12 @@ class Scheduler:
         self._seq = itertools.count(1)
         self._wake = asyncio.Event()
         self.replayed = asyncio.Event()
-        self.flows = Flows(self.publish_writes, self.send_command, self.task_node,  # Workflows and StatusChecks
-                           metrics=metrics)
+        self.flows = Flows(
+            self.publish_writes,
+            self.send_command,
+            self.task_node,  # Workflows and StatusChecks
+            metrics=metrics,
+        )
         self.schedules = sch.ScheduleCore(started_at=time.time(), ready=False)  # ready once replayed
 
     async def publish(self, out: Outputs) -> None:
@@ -69,11 +79,16 @@ class Scheduler:
         too_large: dict[str, str] = {}
         for d in out.decisions:
             try:
-                await self.bus.publish(subjects.decision_subject(d.experiment_uid), d,
-                                       msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}")
+                await self.bus.publish(
+                    subjects.decision_subject(d.experiment_uid),
+                    d,
+                    msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}",
+                )
             except nats.errors.MaxPayloadError:
-                too_large[d.experiment_uid] = f"its decision ({len(d.records or [])} records) is larger than NATS " \
-                                              f"max_payload ({self.bus.nc.max_payload} bytes)"
+                too_large[d.experiment_uid] = (
+                    f"its decision ({len(d.records or [])} records) is larger than NATS "
+                    f"max_payload ({self.bus.nc.max_payload} bytes)"
+                )
                 continue
             self.metrics.decisions.inc()
             if d.selection_error:
@@ -105,15 +120,24 @@ class Scheduler:
                 continue
             for part in cmdparts.parts(c, budget):
                 try:
-                    await self.bus.publish(subjects.command_subject(c.node), part, msg_id=part.command_id,
-                                           seal=self._seal)
+                    await self.bus.publish(
+                        subjects.command_subject(c.node), part, msg_id=part.command_id, seal=self._seal
+                    )
                 except nats.errors.MaxPayloadError:
-                    failed[c.experiment_uid] = (f"a command to node {c.node} is larger than NATS max_payload "
-                                                f"({self.bus.nc.max_payload} bytes) even split per target")
+                    failed[c.experiment_uid] = (
+                        f"a command to node {c.node} is larger than NATS max_payload "
+                        f"({self.bus.nc.max_payload} bytes) even split per target"
+                    )
                     break
                 self.metrics.commands.labels(c.kind).inc()
-                log.info("command sent", experiment=c.name, node=c.node, actions=len(part.actions),
-                         ops=sorted({a.op for a in part.actions}), part=part.command_id)
+                log.info(
+                    "command sent",
+                    experiment=c.name,
+                    node=c.node,
+                    actions=len(part.actions),
+                    ops=sorted({a.op for a in part.actions}),
+                    part=part.command_id,
+                )
             for a in c.actions:
                 self.metrics.actions.labels(c.kind, a.op).inc()
         return failed
@@ -125,8 +149,14 @@ class Scheduler:
                 await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
             except nats.errors.MaxPayloadError as e:
                 self.metrics.errors.labels("max_payload").inc()
-                log.error("object write larger than NATS max_payload: not sent", kind=w.kind, namespace=w.namespace,
-                          name=w.name, op=w.op, error=str(e))
+                log.error(
+                    "object write larger than NATS max_payload: not sent",
+                    kind=w.kind,
+                    namespace=w.namespace,
+                    name=w.name,
+                    op=w.op,
+                    error=str(e),
+                )
                 continue
             self.metrics.object_writes.labels(w.op, w.reason).inc()
             log.info("object write sent", op=w.op, kind=w.kind, namespace=w.namespace, name=w.name, reason=w.reason)
@@ -155,8 +185,9 @@ class Scheduler:
 
     async def send_command(self, command: m.NodeCommand) -> None:
         try:
-            await self.bus.publish(subjects.command_subject(command.node), command, msg_id=command.command_id,
-                                           seal=self._seal)
+            await self.bus.publish(
+                subjects.command_subject(command.node), command, msg_id=command.command_id, seal=self._seal
+            )
         except nats.errors.MaxPayloadError as e:  # a Task too large to send: its step times out, nothing crashes
             self.metrics.errors.labels("max_payload").inc()
             log.error("command larger than NATS max_payload: not sent", experiment=command.name, error=str(e))
@@ -204,11 +235,11 @@ class Scheduler:
     async def follow_objects(self) -> None:
         """Replay every object, then drop memories of objects that are gone, then follow changes."""
         caught_up = asyncio.Event()
-        follow = asyncio.ensure_future(self.bus.replay_and_follow(
-            subjects.OBJECT_EVENTS, self.on_object, m.ObjectEvent, caught_up))
+        follow = asyncio.ensure_future(
+            self.bus.replay_and_follow(subjects.OBJECT_EVENTS, self.on_object, m.ObjectEvent, caught_up)
+        )
         try:
-            await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
             if caught_up.is_set():
                 self.core.forget_unclaimed()
                 await self.save_memory()
@@ -220,8 +251,9 @@ class Scheduler:
 
     async def consume_results(self) -> None:
         await self.replayed.wait()  # a result must find its experiment: only after the replay
-        await self.bus.consume(subjects.RESULTS, "scheduler-results", subjects.RESULTS.subjects[0], self.on_results,
-                               m.ResultBatch)
+        await self.bus.consume(
+            subjects.RESULTS, "scheduler-results", subjects.RESULTS.subjects[0], self.on_results, m.ResultBatch
+        )
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
         async for entry in self.bus.follow_kv(subjects.TARGETS.name):
@@ -242,8 +274,11 @@ class Scheduler:
         for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
             with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
                 subject = subjects.lease_subject(lease.node)
-                data = busmod.encode(lease) if self.signer is None else self.signer.seal_message(
-                    subject, lease, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
+                data = (
+                    busmod.encode(lease)
+                    if self.signer is None
+                    else self.signer.seal_message(subject, lease, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
+                )
                 await self.bus.nc.publish(subject, data)
 
     async def renew_leases(self) -> None:
@@ -258,11 +293,16 @@ class Scheduler:
             await self.publish_schedules(self.schedules.tick(now))
             self._wake.clear()
             self.metrics.set_experiments(self.core.phase_counts(now))
-            self.metrics.cm_schedules.set_all(by_namespace(
-                str((s.obj.get("metadata") or {}).get("namespace") or "") for s in self.schedules.schedules.values()))
+            self.metrics.cm_schedules.set_all(
+                by_namespace(
+                    str((s.obj.get("metadata") or {}).get("namespace") or "") for s in self.schedules.schedules.values()
+                )
+            )
             now = time.time()
-            nxt = min((t for t in (self.core.next_wakeup(now), self.schedules.next_wakeup(now)) if t is not None),
-                      default=None)
+            nxt = min(
+                (t for t in (self.core.next_wakeup(now), self.schedules.next_wakeup(now)) if t is not None),
+                default=None,
+            )
             delay = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.time()))
             if delay <= 0:
                 await asyncio.sleep(0)  # never spin without yielding, whatever the core answers
@@ -273,11 +313,16 @@ class Scheduler:
                 pass
 
 
-def selection_config(scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None,
-                     max_targets: int = 5000) -> SelectionConfig:
-    return SelectionConfig(cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
-                           enable_filter_namespace=scope.enable_filter_namespace, guard=guard or cbconfig.TargetGuard(),
-                           max_targets=max_targets)
+def selection_config(
+    scope: cbconfig.ControllerScope, guard: cbconfig.TargetGuard | None = None, max_targets: int = 5000
+) -> SelectionConfig:
+    return SelectionConfig(
+        cluster_scoped=scope.cluster_scoped,
+        target_namespace=scope.target_namespace,
+        enable_filter_namespace=scope.enable_filter_namespace,
+        guard=guard or cbconfig.TargetGuard(),
+        max_targets=max_targets,
+    )
 
 
 def load_signer(path: str | None) -> signing.Signer | None:
@@ -300,24 +345,47 @@ async def main(args: argparse.Namespace) -> None:
     config = selection_config(service.scope(args), service.guard(args), args.max_targets)
     async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
         try:
-            await serve(bus, metrics, config, instance=args.instance, leader_ttl=args.leader_ttl,
-                        metrics_port=port, cluster_injector=args.cluster_injector, signer=signer,
-                        command_ttl=args.command_ttl)
+            await serve(
+                bus,
+                metrics,
+                config,
+                instance=args.instance,
+                leader_ttl=args.leader_ttl,
+                metrics_port=port,
+                cluster_injector=args.cluster_injector,
+                signer=signer,
+                command_ttl=args.command_ttl,
+            )
         except LostLeadership:
             # Start over as a standby in a fresh process (the supervisor restarts it): nothing of
             # the old leader's memory or subscriptions can leak into the next term.
             raise SystemExit(3) from None
 
 
-async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionConfig, *, instance: str,
-                signer: signing.Signer | None, leader_ttl: float = LEADER_TTL_S, metrics_port: int = 0,
-                cluster_injector: bool = False, command_ttl: float = COMMAND_TTL_S) -> None:
+async def serve(
+    bus: busmod.Bus,
+    metrics: SchedulerMetrics,
+    config: SelectionConfig,
+    *,
+    instance: str,
+    signer: signing.Signer | None,
+    leader_ttl: float = LEADER_TTL_S,
+    metrics_port: int = 0,
+    cluster_injector: bool = False,
+    command_ttl: float = COMMAND_TTL_S,
+) -> None:
     """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
     lead = Leadership(holder=instance, ttl_s=leader_ttl, session=uuid.uuid4().hex)
     election = Election(await bus.kv(subjects.SCHEDULER.name), lead)
     await election.acquire()
-    sched = Scheduler(bus, SchedulerCore(config, cluster_injector=cluster_injector), metrics, signer=signer,
-                      lease_ttl=settings.current().lease_seconds, command_ttl=command_ttl)
+    sched = Scheduler(
+        bus,
+        SchedulerCore(config, cluster_injector=cluster_injector),
+        metrics,
+        signer=signer,
+        lease_ttl=settings.current().lease_seconds,
+        command_ttl=command_ttl,
+    )
     ready = asyncio.Event()
     targets = asyncio.ensure_future(sched.follow_targets(ready))
     keep = asyncio.ensure_future(election.keep())
@@ -327,16 +395,30 @@ async def serve(bus: busmod.Bus, metrics: SchedulerMetrics, config: SelectionCon
         if keep.done():
             keep.result()
         remembered = await sched.load_memory()  # before acting: memory beats a lagging status
-        log.info("scheduler ready", instance=instance, metrics_port=metrics_port, pods=len(sched.core.pods),
-                 remembered=remembered, cluster_scoped=config.cluster_scoped,
-                 target_namespace=config.target_namespace, filter_namespaces=config.enable_filter_namespace,
-                 protected_namespaces=sorted(config.guard.protected_namespaces),
-                 allow_host_network_testing=config.guard.allow_host_network_testing,
-                 cluster_injector=cluster_injector)
+        log.info(
+            "scheduler ready",
+            instance=instance,
+            metrics_port=metrics_port,
+            pods=len(sched.core.pods),
+            remembered=remembered,
+            cluster_scoped=config.cluster_scoped,
+            target_namespace=config.target_namespace,
+            filter_namespaces=config.enable_filter_namespace,
+            protected_namespaces=sorted(config.guard.protected_namespaces),
+            allow_host_network_testing=config.guard.allow_host_network_testing,
+            cluster_injector=cluster_injector,
+        )
         triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)))
-        await service.run_forever(targets, keep, sched.follow_objects(), sched.consume_results(),
-                                  sched.timers(), sched.renew_leases(), sched.flows.run(sched.replayed),
-                                  triggers.serve())
+        await service.run_forever(
+            targets,
+            keep,
+            sched.follow_objects(),
+            sched.consume_results(),
+            sched.timers(),
+            sched.renew_leases(),
+            sched.flows.run(sched.replayed),
+            triggers.serve(),
+        )
     finally:
         metrics.leader.set(0)
         targets.cancel()

@@ -18,12 +18,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_TOKEN = re.compile(r"""\s*(?:
+_TOKEN = re.compile(
+    r"""\s*(?:
     (?P<int>-?\d+)
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<op>==|!=|<=|>=|&&|\|\||[<>!()])
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
-)""", re.VERBOSE)
+)""",
+    re.VERBOSE,
+)
 MAX_LENGTH = 1000
 _STRING_OPS = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}
 _WORDS = ("and", "or", "not", *_STRING_OPS)

@@ -40,8 +40,14 @@ def child_name(schedule_name: str, fire_at: float) -> str:
 
 def owner_ref(schedule: Obj) -> Obj:
     meta = schedule.get("metadata") or {}
-    return {"apiVersion": API_VERSION, "kind": "Schedule", "name": meta.get("name"), "uid": meta.get("uid"),
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Schedule",
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def build(schedule: Obj, kind: str, spec: Obj, fire_at: float, *, duration_s: float | None) -> Obj:
@@ -51,11 +57,18 @@ def build(schedule: Obj, kind: str, spec: Obj, fire_at: float, *, duration_s: fl
     if duration_s is not None and not spec.get("duration"):
         spec["duration"] = format_duration(duration_s)
     annotations = {FIRE_TIME_ANNOTATION: rfc3339(fire_at)}
-    return {"apiVersion": API_VERSION, "kind": kind,
-            "metadata": {"name": child_name(str(meta.get("name")), fire_at), "namespace": meta.get("namespace"),
-                         "labels": {MANAGED_BY: meta.get("name")}, "annotations": annotations,
-                         "ownerReferences": [owner_ref(schedule)]},
-            "spec": spec}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {
+            "name": child_name(str(meta.get("name")), fire_at),
+            "namespace": meta.get("namespace"),
+            "labels": {MANAGED_BY: meta.get("name")},
+            "annotations": annotations,
+            "ownerReferences": [owner_ref(schedule)],
+        },
+        "spec": spec,
+    }
 
 
 def owner_uid(obj: Obj) -> str | None:
@@ -100,8 +113,11 @@ class Child:
     def stop_time(self) -> float | None:
         """When the child's duration runs out (None: no duration, or not an executed kind)."""
         duration = self.decoded.spec.duration_seconds() if self.decoded else None
-        return None if duration is None or self.decoded is None or kinds.one_shot(self.kind, self.decoded.spec) \
+        return (
+            None
+            if duration is None or self.decoded is None or kinds.one_shot(self.kind, self.decoded.spec)
             else self.created_at + duration
+        )
 
     def finished(self, now: float) -> bool:
         """Chaos Mesh's test, plus what keeps a Schedule from waiting forever: a child that is
@@ -111,22 +127,31 @@ class Child:
         if self.deleting or (self.kind in NOT_EXECUTED and self.kind != "Workflow"):
             return True
         if self.kind == "Workflow":  # done, aborted, refused as invalid (Scheduled=False), or not executed
-            return (_condition(self.obj, "Accomplished") == "True" or _condition(self.obj, "Aborted") == "True"
-                    or "False" in (_condition(self.obj, "Scheduled"), _condition(self.obj, "Supported")))
+            return (
+                _condition(self.obj, "Accomplished") == "True"
+                or _condition(self.obj, "Aborted") == "True"
+                or "False" in (_condition(self.obj, "Scheduled"), _condition(self.obj, "Supported"))
+            )
         if self.decoded is None:
             return True
         status, spec = self.decoded.status, self.decoded.spec
         records = status.experiment.container_records if status else None
         if not records:
-            selection_failed = any(c.type == "Selected" and c.status == "False" and c.reason
-                                   for c in (status.conditions if status else []))
+            selection_failed = any(
+                c.type == "Selected" and c.status == "False" and c.reason for c in (status.conditions if status else [])
+            )
             stop = self.stop_time()
             return selection_failed if kinds.one_shot(self.kind, spec) else (stop is not None and now >= stop)
         if kinds.one_shot(self.kind, spec):
             return all(r.phase == INJECTED for r in records)
         stop = self.stop_time()
-        return (stop is not None and now >= stop and status is not None and status.experiment.desired_phase == STOP
-                and all(r.phase == NOT_INJECTED for r in records))
+        return (
+            stop is not None
+            and now >= stop
+            and status is not None
+            and status.experiment.desired_phase == STOP
+            and all(r.phase == NOT_INJECTED for r in records)
+        )
 
 
 def read_child(obj: Obj, first_seen: float) -> Child:

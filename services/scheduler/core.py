@@ -48,8 +48,13 @@ class Outputs:
 
 
 class SchedulerCore:
-    def __init__(self, config: sel.SelectionConfig | None = None, rng: random.Random | None = None, *,
-                 cluster_injector: bool = False) -> None:
+    def __init__(
+        self,
+        config: sel.SelectionConfig | None = None,
+        rng: random.Random | None = None,
+        *,
+        cluster_injector: bool = False,
+    ) -> None:
         self.config = config or sel.SelectionConfig()
         self.cluster_injector = cluster_injector  # API-level faults go to `injector --cluster`
         self.rng = rng or random.SystemRandom()
@@ -167,10 +172,16 @@ class SchedulerCore:
             return Outputs(errors=[where])
         generation = meta.get("generation")
         decision = m.ExperimentDecision(
-            experiment_uid=event.uid, generation=generation if isinstance(generation, int) else 1, kind=event.kind,
-            namespace=event.namespace, name=event.name, desired_phase="Stop",
-            selection_error=f"the object cannot be run: {error}", deleting=bool(meta.get("deletionTimestamp")),
-            at=now)
+            experiment_uid=event.uid,
+            generation=generation if isinstance(generation, int) else 1,
+            kind=event.kind,
+            namespace=event.namespace,
+            name=event.name,
+            desired_phase="Stop",
+            selection_error=f"the object cannot be run: {error}",
+            deleting=bool(meta.get("deletionTimestamp")),
+            at=now,
+        )
         seen = (decision.generation, decision.deleting, error)
         if self.refused.get(event.uid) == seen:  # most events are the echoes of our own status writes
             return Outputs()
@@ -242,9 +253,14 @@ class SchedulerCore:
     # --- reconcile ----------------------------------------------------------------------------
 
     def desired(self, exp: Experiment, now: float) -> str:
-        return ph.desired_phase(deleting=exp.deleting, one_shot=plan.one_shot(exp.obj),
-                                created_at=exp.created_at, duration_s=exp.duration(),
-                                paused=is_paused(exp.obj.metadata), now=now)
+        return ph.desired_phase(
+            deleting=exp.deleting,
+            one_shot=plan.one_shot(exp.obj),
+            created_at=exp.created_at,
+            duration_s=exp.duration(),
+            paused=is_paused(exp.obj.metadata),
+            now=now,
+        )
 
     def reconcile(self, exp: Experiment, now: float) -> Outputs:
         """Commands and a decision for one experiment; whatever goes wrong in here fails it alone."""
@@ -267,10 +283,19 @@ class SchedulerCore:
         exp.failure, exp.due_at = reason[:1000], None
         last, md = exp.last_decision, exp.obj.metadata
         decision = m.ExperimentDecision(
-            experiment_uid=uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace, name=md.name,
+            experiment_uid=uid,
+            generation=md.generation,
+            kind=exp.obj.kind,
+            namespace=md.namespace,
+            name=md.name,
             desired_phase=last.desired_phase if last is not None else RUN,  # type: ignore[arg-type]
-            records=None, selection_error=exp.selection_error,  # records once sent stay; none is the small answer
-            paused=is_paused(md), deleting=exp.deleting, at=now, failure=exp.failure)
+            records=None,
+            selection_error=exp.selection_error,  # records once sent stay; none is the small answer
+            paused=is_paused(md),
+            deleting=exp.deleting,
+            at=now,
+            failure=exp.failure,
+        )
         out = Outputs(errors=[f"{exp.obj.kind}/{md.namespace}/{md.name}: {exp.failure}"])
         if last is None or _differs(last, decision):
             exp.last_decision = decision
@@ -294,8 +319,7 @@ class SchedulerCore:
             out.decisions.append(decision)
         if out.commands or out.decisions:
             self._dirty.add(exp.uid)
-        if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight and not t.uncertain
-                            for t in exp.targets or []):
+        if exp.gone and all(t.phase == NOT_INJECTED and not t.inflight and not t.uncertain for t in exp.targets or []):
             del self.experiments[exp.uid]
             self._dirty.add(exp.uid)
         exp.due_at = self._due(exp, now)
@@ -337,8 +361,7 @@ class SchedulerCore:
             if t.inflight:
                 t.uncertain = True  # its result was lost, not necessarily its effect: re-send what is wanted
             t.inflight = None
-            if (t.phase == want and not t.uncertain) or now < t.retry_at or (
-                    t.permanent_error and want == INJECTED):
+            if (t.phase == want and not t.uncertain) or now < t.retry_at or (t.permanent_error and want == INJECTED):
                 continue
             op = _op(desired)
             node = plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector)
@@ -369,31 +392,59 @@ class SchedulerCore:
     def _action(self, exp: Experiment, t: TargetState, op: str, everyone: list[plan.Selected]) -> m.TargetAction:
         s = t.target
         return m.TargetAction(
-            target_id=s.record_id, selector_key=s.selector_key, op=op,  # type: ignore[arg-type]
-            pod_uid=s.pod.uid, namespace=s.pod.namespace, pod_name=s.pod.name,
+            target_id=s.record_id,
+            selector_key=s.selector_key,
+            op=op,  # type: ignore[arg-type]
+            pod_uid=s.pod.uid,
+            namespace=s.pod.namespace,
+            pod_name=s.pod.name,
             container_ids=plan.container_ids(s, self.pods.get(s.pod.key)),
             fault=plan.fault_for(exp.obj, s, everyone),
         )
 
-    def _command(self, exp: Experiment, node: str, actions: list[m.TargetAction], now: float,
-                 end: float | None) -> m.NodeCommand:
+    def _command(
+        self, exp: Experiment, node: str, actions: list[m.TargetAction], now: float, end: float | None
+    ) -> m.NodeCommand:
         md = exp.obj.metadata
         return m.NodeCommand(
-            command_id=f"{md.uid}.{uuid.uuid4().hex[:12]}", experiment_uid=md.uid, generation=md.generation,
-            kind=exp.obj.kind, namespace=md.namespace, name=md.name, node=node, issued_at=now,
-            deadline=None if plan.one_shot(exp.obj) else end, actions=actions,
+            command_id=f"{md.uid}.{uuid.uuid4().hex[:12]}",
+            experiment_uid=md.uid,
+            generation=md.generation,
+            kind=exp.obj.kind,
+            namespace=md.namespace,
+            name=md.name,
+            node=node,
+            issued_at=now,
+            deadline=None if plan.one_shot(exp.obj) else end,
+            actions=actions,
         )
 
     def _decision(self, exp: Experiment, desired: str, now: float) -> m.ExperimentDecision:
         md = exp.obj.metadata
-        refs = None if exp.targets is None else [
-            m.RecordRef(id=t.target.record_id, selector_key=t.target.selector_key,
-                        node=plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector))
-            for t in exp.targets]
+        refs = (
+            None
+            if exp.targets is None
+            else [
+                m.RecordRef(
+                    id=t.target.record_id,
+                    selector_key=t.target.selector_key,
+                    node=plan.route(exp.obj, t.target, cluster_injector=self.cluster_injector),
+                )
+                for t in exp.targets
+            ]
+        )
         return m.ExperimentDecision(
-            experiment_uid=md.uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace,
-            name=md.name, desired_phase=desired, records=refs,  # type: ignore[arg-type]
-            selection_error=exp.selection_error, paused=is_paused(md), deleting=exp.deleting, at=now,
+            experiment_uid=md.uid,
+            generation=md.generation,
+            kind=exp.obj.kind,
+            namespace=md.namespace,
+            name=md.name,
+            desired_phase=desired,  # type: ignore[arg-type]
+            records=refs,
+            selection_error=exp.selection_error,
+            paused=is_paused(md),
+            deleting=exp.deleting,
+            at=now,
         )
 
     def leases(self, now: float, ttl_s: float, holder: str, nodes: set[str] | None = None) -> list[m.NodeLease]:
@@ -414,8 +465,18 @@ class SchedulerCore:
                 held.setdefault(node, set()).add(exp.uid)
                 if exp.obj.metadata.annotations.get(LEASE_ANNOTATION) == "none":
                     exempt.setdefault(node, set()).add(exp.uid)
-        return [m.NodeLease(node=n, holder=holder, issued_at=now, ttl_s=ttl_s, held=sorted(held[n]),
-                            exempt=sorted(exempt.get(n, ()))) for n in sorted(held) if nodes is None or n in nodes]
+        return [
+            m.NodeLease(
+                node=n,
+                holder=holder,
+                issued_at=now,
+                ttl_s=ttl_s,
+                held=sorted(held[n]),
+                exempt=sorted(exempt.get(n, ())),
+            )
+            for n in sorted(held)
+            if nodes is None or n in nodes
+        ]
 
     def phase_counts(self, now: float) -> dict[tuple[str, str, str], int]:
         """Experiments by (namespace, kind, phase) for the metrics gauges."""

@@ -98,7 +98,10 @@ class Election:
             if outcome != "held" or not self.lead.acting(self.clock()):
                 self.lead.lost()
                 if self.lead.twin_seen:
-                    log.error("another scheduler renewed the lease under this --instance id: ids must be "
-                              "unique among running schedulers", holder=self.lead.holder)
+                    log.error(
+                        "another scheduler renewed the lease under this --instance id: ids must be "
+                        "unique among running schedulers",
+                        holder=self.lead.holder,
+                    )
                 log.error("leader lease lost: stopping at once", holder=self.lead.holder, outcome=outcome)
                 raise LostLeadership(self.lead.holder)

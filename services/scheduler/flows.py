@@ -26,25 +26,53 @@ SendCommand = Callable[[m.NodeCommand], Awaitable[None]]
 
 def to_message(w: Write, now: float) -> m.ObjectWrite:
     body = msgspec.Raw(msgspec.json.encode(w.body)) if w.body is not None else msgspec.Raw(b"null")
-    return m.ObjectWrite(write_id=f"wf.{uuid.uuid4().hex}", op=w.op, kind=w.kind,  # type: ignore[arg-type]
-                         namespace=w.namespace, name=w.name, uid=w.uid, object=body,
-                         annotations=w.annotations, reason=w.reason, at=now)
+    return m.ObjectWrite(
+        write_id=f"wf.{uuid.uuid4().hex}",
+        op=w.op,  # type: ignore[arg-type]
+        kind=w.kind,
+        namespace=w.namespace,
+        name=w.name,
+        uid=w.uid,
+        object=body,
+        annotations=w.annotations,
+        reason=w.reason,
+        at=now,
+    )
 
 
 def task_command(run: TaskRun, node: str, now: float) -> m.NodeCommand:
     """A Task's command for one node's injector; the node's uid stands for the experiment."""
-    task = m.Task(argv=list(run.argv), timeout_s=run.timeout_s, container=dict(run.container),
-                  volumes=list(run.volumes), workflow=run.workflow, workflow_node_uid=run.uid)
+    task = m.Task(
+        argv=list(run.argv),
+        timeout_s=run.timeout_s,
+        container=dict(run.container),
+        volumes=list(run.volumes),
+        workflow=run.workflow,
+        workflow_node_uid=run.uid,
+    )
     action = m.TargetAction(target_id=f"{run.namespace}/{run.node}", op="apply", fault=task)
-    return m.NodeCommand(command_id=f"{run.uid}.task.{uuid.uuid4().hex[:12]}", experiment_uid=run.uid, generation=1,
-                         kind="WorkflowNode", namespace=run.namespace, name=run.node, node=node, issued_at=now,
-                         actions=[action])
+    return m.NodeCommand(
+        command_id=f"{run.uid}.task.{uuid.uuid4().hex[:12]}",
+        experiment_uid=run.uid,
+        generation=1,
+        kind="WorkflowNode",
+        namespace=run.namespace,
+        name=run.node,
+        node=node,
+        issued_at=now,
+        actions=[action],
+    )
 
 
 class Flows:
-    def __init__(self, publish: Publish, send: SendCommand | None = None,
-                 task_node: Callable[[], str | None] | None = None, orch: Orchestrator | None = None,
-                 metrics: SchedulerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        publish: Publish,
+        send: SendCommand | None = None,
+        task_node: Callable[[], str | None] | None = None,
+        orch: Orchestrator | None = None,
+        metrics: SchedulerMetrics | None = None,
+    ) -> None:
         self.publish, self.orch = publish, orch or Orchestrator()
         self.send, self.task_node, self.metrics = send, task_node, metrics
         self._wake = asyncio.Event()

@@ -63,17 +63,33 @@ def snapshot(exp: Experiment) -> m.ExperimentMemory:
     md = exp.obj.metadata
     targets = None if exp.targets is None else [_target_memory(t) for t in exp.targets]
     return m.ExperimentMemory(
-        experiment_uid=md.uid, generation=md.generation, kind=exp.obj.kind, namespace=md.namespace,
-        name=md.name, created_at=exp.created_at, targets=targets, selection_error=exp.selection_error,
-        next_selection=exp.next_selection)
+        experiment_uid=md.uid,
+        generation=md.generation,
+        kind=exp.obj.kind,
+        namespace=md.namespace,
+        name=md.name,
+        created_at=exp.created_at,
+        targets=targets,
+        selection_error=exp.selection_error,
+        next_selection=exp.next_selection,
+    )
 
 
 def _target_memory(t: TargetState) -> m.TargetMemory:
     s = t.target
     return m.TargetMemory(
-        target_id=s.record_id, selector_key=s.selector_key, pod=_slim(s.pod), container=s.container, phase=t.phase,
-        inflight=t.inflight, inflight_at=t.inflight_at, retry_at=t.retry_at,  # type: ignore[arg-type]
-        attempts=t.attempts, permanent_error=t.permanent_error, uncertain=t.uncertain)
+        target_id=s.record_id,
+        selector_key=s.selector_key,
+        pod=_slim(s.pod),
+        container=s.container,
+        phase=t.phase,
+        inflight=t.inflight,  # type: ignore[arg-type]
+        inflight_at=t.inflight_at,
+        retry_at=t.retry_at,
+        attempts=t.attempts,
+        permanent_error=t.permanent_error,
+        uncertain=t.uncertain,
+    )
 
 
 def _slim(pod: m.TargetPod) -> m.TargetPod:
@@ -85,8 +101,9 @@ def restore(mem: m.ExperimentMemory, obj: ChaosObject, pods: Mapping[str, m.Targ
     """The experiment as it was remembered; a pod still known with the same uid replaces the stored
     copy (container ids and node may have been updated since).
     """
-    exp = Experiment(obj=obj, created_at=mem.created_at, selection_error=mem.selection_error,
-                     next_selection=mem.next_selection)
+    exp = Experiment(
+        obj=obj, created_at=mem.created_at, selection_error=mem.selection_error, next_selection=mem.next_selection
+    )
     if mem.targets is not None:
         exp.targets = [_target_state(t, pods) for t in mem.targets]
     return exp
@@ -96,9 +113,15 @@ def _target_state(t: m.TargetMemory, pods: Mapping[str, m.TargetPod]) -> TargetS
     live = pods.get(t.pod.key)
     pod = live if live is not None and live.uid == t.pod.uid else t.pod
     return TargetState(
-        target=plan.Selected(t.target_id, t.selector_key, pod, t.container), phase=t.phase,
-        inflight=t.inflight, inflight_at=t.inflight_at, retry_at=t.retry_at, attempts=t.attempts,
-        permanent_error=t.permanent_error, uncertain=t.uncertain)
+        target=plan.Selected(t.target_id, t.selector_key, pod, t.container),
+        phase=t.phase,
+        inflight=t.inflight,
+        inflight_at=t.inflight_at,
+        retry_at=t.retry_at,
+        attempts=t.attempts,
+        permanent_error=t.permanent_error,
+        uncertain=t.uncertain,
+    )
 
 
 def expire_stale_inflight(exp: Experiment, wanted_op: str, inflight_timeout_s: float, now: float) -> None:

@@ -113,8 +113,11 @@ class Orchestrator:
         """
         self.ready = True
         out = Outputs()
-        owners = {(k[1], name) for k, o in self.seen.items()
-                  if k[0] != "Workflow" and (name := _labels(o).get(wf.LABEL_WORKFLOW))}
+        owners = {
+            (k[1], name)
+            for k, o in self.seen.items()
+            if k[0] != "Workflow" and (name := _labels(o).get(wf.LABEL_WORKFLOW))
+        }
         for ns, name in sorted(owners):
             if ("Workflow", ns, name) not in self.seen:
                 out.writes += self._teardown(("Workflow", ns, name))
@@ -148,8 +151,15 @@ class Orchestrator:
             if (http if state.spec.type == "HTTP" else prom) is None:
                 continue
             self.probing.add(key)
-            due.append(ProbeRequest(key, http if state.spec.type == "HTTP" else None, float(state.spec.timeout_seconds),
-                                    now, prometheus=prom if state.spec.type == "Prometheus" else None))
+            due.append(
+                ProbeRequest(
+                    key,
+                    http if state.spec.type == "HTTP" else None,
+                    float(state.spec.timeout_seconds),
+                    now,
+                    prometheus=prom if state.spec.type == "Prometheus" else None,
+                )
+            )
         return due
 
     def on_probe(self, req: ProbeRequest, ok: bool, now: float) -> Outputs:
@@ -175,13 +185,22 @@ class Orchestrator:
         current = self._effective(key)
         if current is None or ((current.get("status") or {}).get("conditionalBranchesStatus") or {}).get("context"):
             return Outputs()
-        found: dict[str, Any] = {"exitCode": result.exit_code if result.exit_code is not None else -1,
-                                 "stdout": result.stdout}
+        found: dict[str, Any] = {
+            "exitCode": result.exit_code if result.exit_code is not None else -1,
+            "stdout": result.stdout,
+        }
         if not result.ok:
             found["error"] = result.message
         patch = {"conditionalBranchesStatus": {"context": [msgspec.json.encode(found).decode()]}}
-        write = wf.Write("status", "WorkflowNode", namespace, node, uid=current["metadata"].get("uid", ""),
-                         body=patch, reason="TaskFinished")
+        write = wf.Write(
+            "status",
+            "WorkflowNode",
+            namespace,
+            node,
+            uid=current["metadata"].get("uid", ""),
+            body=patch,
+            reason="TaskFinished",
+        )
         self._remember(write)
         out = Outputs(writes=[write])
         out.extend(self._reconcile_for(key, now))
@@ -193,8 +212,15 @@ class Orchestrator:
         for key in self._workflow_keys():
             status = (self._effective(key) or {}).get("status") or {}
             conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-            phase = ("invalid" if conds.get("Scheduled") == "False" else "aborted" if conds.get("Aborted") == "True"
-                     else "accomplished" if conds.get("Accomplished") == "True" else "running")
+            phase = (
+                "invalid"
+                if conds.get("Scheduled") == "False"
+                else "aborted"
+                if conds.get("Aborted") == "True"
+                else "accomplished"
+                if conds.get("Accomplished") == "True"
+                else "running"
+            )
             counts[phase] += 1
         return counts
 
@@ -227,8 +253,11 @@ class Orchestrator:
         uid = ((self.seen.get(key) or {}).get("metadata") or {}).get("uid", "")
         out = [wf.Write("status", key[0], key[1], key[2], uid=uid, body=body)]
         for type_, reason, message in sc.completion_events(state) if completing else []:
-            out.append(wf.Write("event", key[0], key[1], key[2], uid=uid, reason=reason,
-                                body={"type": type_, "message": message}))
+            out.append(
+                wf.Write(
+                    "event", key[0], key[1], key[2], uid=uid, reason=reason, body={"type": type_, "message": message}
+                )
+            )
         return out
 
     # --- Workflows ------------------------------------------------------------------------------

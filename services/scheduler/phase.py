@@ -10,8 +10,9 @@ def stop_time(created_at: float, duration_s: float | None) -> float | None:
     return None if duration_s is None else created_at + duration_s
 
 
-def desired_phase(*, deleting: bool, one_shot: bool, created_at: float, duration_s: float | None,
-                  paused: bool, now: float) -> str:
+def desired_phase(
+    *, deleting: bool, one_shot: bool, created_at: float, duration_s: float | None, paused: bool, now: float
+) -> str:
     if deleting:
         return STOP
     if one_shot:

@@ -25,8 +25,22 @@ from chaosbus.common.faultplan import (
 from chaosbus.scheduler import selection as sel
 
 __all__ = [
-    "MAIN", "TARGET", "Everyone", "Selected", "api_level", "bandwidth_rate", "container_ids", "fault_for",
-    "netem_params", "one_shot", "partition_for", "route", "select", "shaping_for", "tbf_params", "tc_rate",
+    "MAIN",
+    "TARGET",
+    "Everyone",
+    "Selected",
+    "api_level",
+    "bandwidth_rate",
+    "container_ids",
+    "fault_for",
+    "netem_params",
+    "one_shot",
+    "partition_for",
+    "route",
+    "select",
+    "shaping_for",
+    "tbf_params",
+    "tc_rate",
 ]
 
 
@@ -34,8 +48,7 @@ def _action(obj: ChaosObject) -> kinds.Action:
     return kinds.KINDS[obj.kind].action(kinds.action_of(obj.spec))
 
 
-def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
-           rng: random.Random) -> list[Selected]:
+def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig, rng: random.Random) -> list[Selected]:
     """Run the kind's selectors once; raises SelectionError naming the field."""
     spec = obj.spec
     network = kinds.KINDS[obj.kind].network
@@ -43,18 +56,21 @@ def select(obj: ChaosObject, world: sel.World, config: sel.SelectionConfig,
     action = _action(obj)
     if action.containers:
         names = getattr(spec, "container_names", [])
-        out = [Selected(sel.container_record_id(p, c), MAIN, p, c)
-               for p, c in sel.container_targets(pods, names, every=action.all_containers)]
+        out = [
+            Selected(sel.container_record_id(p, c), MAIN, p, c)
+            for p, c in sel.container_targets(pods, names, every=action.all_containers)
+        ]
     else:
         out = [Selected(sel.pod_record_id(p), MAIN, p) for p in pods]
     t = getattr(spec, "target", None)
     if isinstance(t, PodSelector):  # a second side (NetworkChaos's `target`)
-        targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target",
-                                  network=network)
+        targets = sel.select_pods(t.selector, t.mode, t.value, world, config, rng, path="spec.target", network=network)
         out += [Selected(sel.pod_record_id(p), TARGET, p) for p in targets]
     if len(out) > config.max_targets:
-        raise sel.SelectionError(f"spec.selector: {len(out)} targets selected, more than the {config.max_targets} "
-                                 "one experiment may have (scheduler --max-targets)")
+        raise sel.SelectionError(
+            f"spec.selector: {len(out)} targets selected, more than the {config.max_targets} "
+            "one experiment may have (scheduler --max-targets)"
+        )
     return out
 
 

@@ -24,8 +24,9 @@ class ProbeResult:
 
 def probe_sync(http: StatusCheckHTTP, timeout_s: float) -> ProbeResult:
     low, high = status_code_range(http.criteria.status_code if http.criteria else "200")
-    request = urllib.request.Request(http.url, method=http.method,
-                                     data=http.body.encode() if http.method == "POST" else None)
+    request = urllib.request.Request(
+        http.url, method=http.method, data=http.body.encode() if http.method == "POST" else None
+    )
     for name, values in http.headers.items():
         request.add_header(name, ", ".join(values))
     try:

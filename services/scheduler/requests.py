@@ -91,13 +91,21 @@ def not_found(ref: m.TriggerRef) -> BadRequest:
 def status_of(obj: Obj) -> m.TriggerStatus:
     md = obj.get("metadata") or {}
     status = obj.get("status") or {}
-    return m.TriggerStatus(kind=str(obj.get("kind")), namespace=str(md.get("namespace", "")),
-                           name=str(md.get("name", "")), uid=str(md.get("uid", "")),
-                           phase=str(status.get("phase", "")), status=status)
+    return m.TriggerStatus(
+        kind=str(obj.get("kind")),
+        namespace=str(md.get("namespace", "")),
+        name=str(md.get("name", "")),
+        uid=str(md.get("uid", "")),
+        phase=str(status.get("phase", "")),
+        status=status,
+    )
 
 
 def listing(objs: list[Obj], req: m.TriggerListRequest) -> m.TriggerList:
     """Chaos objects of the request's namespace (all when empty); finished ones only with `all`."""
     found = [status_of(ob) for ob in objs if ob.get("kind") in served()]
-    return m.TriggerList(experiments=[s for s in found if (not req.namespace or s.namespace == req.namespace)
-                                      and (req.all or s.phase != FINISHED)])
+    return m.TriggerList(
+        experiments=[
+            s for s in found if (not req.namespace or s.namespace == req.namespace) and (req.all or s.phase != FINISHED)
+        ]
+    )

@@ -160,8 +160,10 @@ class ScheduleCore:
         """The Schedule's children by ownerReference uid (not by the `managed-by` label, which
         Chaos Mesh matches across namespaces), oldest fire first.
         """
-        return sorted((k for k in self.children.values() if ch.owner_uid(k.obj) == schedule_uid),
-                      key=lambda k: (k.fire_at, k.name))
+        return sorted(
+            (k for k in self.children.values() if ch.owner_uid(k.obj) == schedule_uid),
+            key=lambda k: (k.fire_at, k.name),
+        )
 
     # --- reconcile ----------------------------------------------------------------------------
 
@@ -170,8 +172,21 @@ class ScheduleCore:
         if not self.ready:
             return out
         if sched.problems:
-            _status(out, sched, {"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
-                                                 "message": "; ".join(sched.problems)}]}, now)
+            _status(
+                out,
+                sched,
+                {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "False",
+                            "reason": "InvalidSpec",
+                            "message": "; ".join(sched.problems),
+                        }
+                    ]
+                },
+                now,
+            )
             return out
         kids = self.kids(sched.uid)
         paused_at = sched.paused_since(now)
@@ -184,9 +199,20 @@ class ScheduleCore:
             self._fire(sched, kids, now, out)
         for kid in self._to_trim(sched, kids, now):
             out.writes += self._delete(kid, now, "HistoryLimit")
-        active = sorted(({"apiVersion": k.obj.get("apiVersion", API_VERSION), "kind": k.kind, "name": k.name,
-                          "namespace": k.obj["metadata"].get("namespace"), "uid": k.uid}
-                         for k in kids if not k.delete_sent_at), key=lambda r: str(r["name"]))
+        active = sorted(
+            (
+                {
+                    "apiVersion": k.obj.get("apiVersion", API_VERSION),
+                    "kind": k.kind,
+                    "name": k.name,
+                    "namespace": k.obj["metadata"].get("namespace"),
+                    "uid": k.uid,
+                }
+                for k in kids
+                if not k.delete_sent_at
+            ),
+            key=lambda r: str(r["name"]),
+        )
         last = sched.last_fire(kids)
         desired: Obj = {"active": active or None, "conditions": None}
         if last > sched.created_at:
@@ -213,14 +239,30 @@ class ScheduleCore:
             return
         first = sched.cron.next_after(last, anchor=sched.created_at)
         if first is not None and first < fire:  # older fires are not caught up (Chaos Mesh gives up past 100)
-            _note(out, sched, "MissSchedule", fire, f"Missed scheduled times from {rfc1123(first)}: only the "
-                                                     f"latest, {rfc1123(fire)}, is run", now, what="caught-up")
+            _note(
+                out,
+                sched,
+                "MissSchedule",
+                fire,
+                f"Missed scheduled times from {rfc1123(first)}: only the latest, {rfc1123(fire)}, is run",
+                now,
+                what="caught-up",
+            )
         kind, spec = schedule.embedded(sched.spec)
         child = ch.build(sched.obj, kind, spec, fire, duration_s=self._forced_duration(sched, kind, fire))
         meta = child["metadata"]
-        out.writes.append(m.ObjectWrite(write_id=f"{sched.uid}.{int(fire)}.create", op="create", kind=kind,
-                                        namespace=meta["namespace"], name=meta["name"], reason="Spawned",
-                                        object=msgspec.Raw(msgspec.json.encode(child)), at=now))
+        out.writes.append(
+            m.ObjectWrite(
+                write_id=f"{sched.uid}.{int(fire)}.create",
+                op="create",
+                kind=kind,
+                namespace=meta["namespace"],
+                name=meta["name"],
+                reason="Spawned",
+                object=msgspec.Raw(msgspec.json.encode(child)),
+                at=now,
+            )
+        )
         out.notes.append(f"Spawned {kind}/{meta['name']} for the fire at {ch.rfc3339(fire)}")
         sched.fired_at, sched.fired_child = fire, meta["name"]
 
@@ -242,7 +284,7 @@ class ScheduleCore:
         assert sched.spec is not None
         limit = sched.spec.history_limit or DEFAULT_HISTORY_LIMIT
         kept = [k for k in kids if not k.delete_sent_at]
-        return [k for k in kept[:max(0, len(kept) - limit)] if k.finished(now)]
+        return [k for k in kept[: max(0, len(kept) - limit)] if k.finished(now)]
 
     def _pause_child(self, sched: Sched, kid: ch.Child, now: float) -> list[m.ObjectWrite]:
         """Pausing a Schedule pauses its children; resuming it resumes the ones it paused."""
@@ -254,18 +296,36 @@ class ScheduleCore:
         if value == want and now - at < RESEND_S:
             return []
         kid.annotate_sent = (str(want), now)
-        return [m.ObjectWrite(write_id=uuid.uuid4().hex, op="annotate", kind=kid.kind, uid=kid.uid,
-                              namespace=str(kid.obj["metadata"].get("namespace")), name=kid.name,
-                              annotations={PAUSE_ANNOTATION: want}, reason="Paused" if sched.paused else "Resumed",
-                              at=now)]
+        return [
+            m.ObjectWrite(
+                write_id=uuid.uuid4().hex,
+                op="annotate",
+                kind=kid.kind,
+                uid=kid.uid,
+                namespace=str(kid.obj["metadata"].get("namespace")),
+                name=kid.name,
+                annotations={PAUSE_ANNOTATION: want},
+                reason="Paused" if sched.paused else "Resumed",
+                at=now,
+            )
+        ]
 
     def _delete(self, kid: ch.Child, now: float, reason: str) -> list[m.ObjectWrite]:
         if kid.delete_sent_at and now - kid.delete_sent_at < RESEND_S:
             return []
         kid.delete_sent_at = now
-        return [m.ObjectWrite(write_id=f"{kid.uid}.delete.{int(now)}", op="delete", kind=kid.kind, uid=kid.uid,
-                              namespace=str(kid.obj["metadata"].get("namespace")), name=kid.name, reason=reason,
-                              at=now)]
+        return [
+            m.ObjectWrite(
+                write_id=f"{kid.uid}.delete.{int(now)}",
+                op="delete",
+                kind=kid.kind,
+                uid=kid.uid,
+                namespace=str(kid.obj["metadata"].get("namespace")),
+                name=kid.name,
+                reason=reason,
+                at=now,
+            )
+        ]
 
 
 def _read(obj: Obj, now: float) -> Sched:
@@ -290,9 +350,18 @@ def _status(out: Outputs, sched: Sched, desired: Obj, now: float) -> None:
         return  # on its way: the stored status has not moved since it was sent
     sched.status_sent = (desired, current, now)
     meta = sched.obj["metadata"]
-    out.writes.append(m.ObjectWrite(write_id=uuid.uuid4().hex, op="status", kind="Schedule", uid=sched.uid,
-                                    namespace=str(meta.get("namespace")), name=str(meta.get("name")),
-                                    object=msgspec.Raw(msgspec.json.encode(desired)), at=now))
+    out.writes.append(
+        m.ObjectWrite(
+            write_id=uuid.uuid4().hex,
+            op="status",
+            kind="Schedule",
+            uid=sched.uid,
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            object=msgspec.Raw(msgspec.json.encode(desired)),
+            at=now,
+        )
+    )
 
 
 def rfc1123(t: float) -> str:
@@ -300,8 +369,7 @@ def rfc1123(t: float) -> str:
     return format_datetime(datetime.fromtimestamp(t, UTC))
 
 
-def _note(out: Outputs, sched: Sched, reason: str, fire: float, message: str, now: float, *,
-          what: str = "") -> None:
+def _note(out: Outputs, sched: Sched, reason: str, fire: float, message: str, now: float, *, what: str = "") -> None:
     """A Warning Event on the Schedule, once per (what, fire), and the same as a log note."""
     what = what or reason
     if (what, fire) in sched.noted:
@@ -309,10 +377,19 @@ def _note(out: Outputs, sched: Sched, reason: str, fire: float, message: str, no
     sched.noted = {n for n in sched.noted if n[0] != what or n[1] >= fire} | {(what, fire)}  # bounded
     out.notes.append(f"{reason}: {message}")
     meta = sched.obj["metadata"]
-    out.writes.append(m.ObjectWrite(
-        write_id=f"{sched.uid}.{int(fire)}.{what}", op="event", kind="Schedule", uid=sched.uid,
-        namespace=str(meta.get("namespace")), name=str(meta.get("name")), reason=reason, at=now,
-        object=msgspec.Raw(msgspec.json.encode({"type": "Warning", "message": message}))))
+    out.writes.append(
+        m.ObjectWrite(
+            write_id=f"{sched.uid}.{int(fire)}.{what}",
+            op="event",
+            kind="Schedule",
+            uid=sched.uid,
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+            reason=reason,
+            at=now,
+            object=msgspec.Raw(msgspec.json.encode({"type": "Warning", "message": message})),
+        )
+    )
 
 
 def _extend(out: Outputs, other: Outputs) -> None:

@@ -93,8 +93,13 @@ class SelectionConfig:
 
 # --- public API ---------------------------------------------------------------------------------
 
+
 def match_pods(
-    selector: PodSelectorSpec, world: World, config: SelectionConfig, *, path: str = "spec.selector",
+    selector: PodSelectorSpec,
+    world: World,
+    config: SelectionConfig,
+    *,
+    path: str = "spec.selector",
     network: bool = False,
 ) -> list[TargetPod]:
     """Return every pod the selector matches, sorted by (namespace, name); no mode is applied.
@@ -121,9 +126,7 @@ def guarded(pod: TargetPod, config: SelectionConfig, *, network: bool) -> str:
     return config.guard.pod_refusal(pod.namespace, pod.host_network, network=network)
 
 
-def apply_mode(
-    items: Sequence[T], mode: str, value: str, rng: random.Random, *, path: str = "spec"
-) -> list[T]:
+def apply_mode(items: Sequence[T], mode: str, value: str, rng: random.Random, *, path: str = "spec") -> list[T]:
     """Choose targets from `items` the way Chaos Mesh's `mode`/`value` pair does.
 
     `one`: one at random. `all`: every item. `fixed`: min(N, count) at random.
@@ -153,8 +156,15 @@ def apply_mode(
 
 
 def select_pods(
-    selector: PodSelectorSpec, mode: str, value: str, world: World, config: SelectionConfig,
-    rng: random.Random, *, path: str = "spec", network: bool = False,
+    selector: PodSelectorSpec,
+    mode: str,
+    value: str,
+    world: World,
+    config: SelectionConfig,
+    rng: random.Random,
+    *,
+    path: str = "spec",
+    network: bool = False,
 ) -> list[TargetPod]:
     """Match pods, then apply the mode: the whole of Chaos Mesh's `SelectAndFilterPods`.
 
@@ -177,15 +187,18 @@ def select_pods(
     matched = [p for p in candidates if not guarded(p, config, network=network)]
     if not matched and candidates:
         first = candidates[0]
-        raise SelectionError(f"{path}.selector: {NO_POD}: every matching pod is refused, e.g. {first.key} is "
-                             f"{guarded(first, config, network=network)}")
+        raise SelectionError(
+            f"{path}.selector: {NO_POD}: every matching pod is refused, e.g. {first.key} is "
+            f"{guarded(first, config, network=network)}"
+        )
     if not matched:
         raise SelectionError(f"{path}.selector: {NO_POD} (no pod matches every selector field)")
     return apply_mode(matched, mode, value, rng, path=path)
 
 
-def container_targets(pods: Sequence[TargetPod], container_names: Sequence[str], *,
-                      every: bool = False) -> list[ContainerTarget]:
+def container_targets(
+    pods: Sequence[TargetPod], container_names: Sequence[str], *, every: bool = False
+) -> list[ContainerTarget]:
     """Expand selected pods into container targets, as ContainerSelector's `containerNames` does.
 
     With no names, each pod contributes its first container (every container with `every`, as
@@ -215,6 +228,7 @@ def container_record_id(pod: TargetPod, container: ContainerRef) -> str:
 
 
 # --- matching -----------------------------------------------------------------------------------
+
 
 def _match_unguarded(selector: PodSelectorSpec, world: World, config: SelectionConfig, path: str) -> list[TargetPod]:
     if selector.pods:
@@ -263,8 +277,9 @@ def _namespace_predicate(namespaces: Sequence[str], config: SelectionConfig, pat
     if not config.cluster_scoped:
         if len(set(namespaces)) > 1:
             only, got = config.target_namespace, sorted(set(namespaces))
-            raise SelectionError(f"{path}: at most one namespace (namespace-scoped mode allows only "
-                                 f"{only!r}), got {got}")
+            raise SelectionError(
+                f"{path}: at most one namespace (namespace-scoped mode allows only {only!r}), got {got}"
+            )
         for namespace in namespaces:
             _check_in_scope(namespace, config, path)
         # Chaos Mesh lists only TARGET_NAMESPACE in namespace-scoped mode, even with no namespaces.
@@ -280,14 +295,16 @@ def _namespace_predicate(namespaces: Sequence[str], config: SelectionConfig, pat
 def _check_in_scope(namespace: str, config: SelectionConfig, path: str) -> None:
     if not config.cluster_scoped and namespace != config.target_namespace:
         only = config.target_namespace
-        raise SelectionError(f"{path}: namespace {namespace!r} is out of scope (namespace-scoped mode "
-                             f"allows only {only!r})")
+        raise SelectionError(
+            f"{path}: namespace {namespace!r} is out of scope (namespace-scoped mode allows only {only!r})"
+        )
 
 
 def _check_unprotected(namespace: str, config: SelectionConfig, path: str) -> None:
     if config.guard.protected(namespace):
-        raise SelectionError(f"{path}: namespace {namespace!r} is protected: chaosbus never targets its pods "
-                             "(PROTECTED_NAMESPACES)")
+        raise SelectionError(
+            f"{path}: namespace {namespace!r} is protected: chaosbus never targets its pods (PROTECTED_NAMESPACES)"
+        )
 
 
 def _namespace_allowed(namespace: str, world: World, config: SelectionConfig) -> bool:
@@ -382,9 +399,7 @@ def _parse_phase(text: str, path: str) -> tuple[bool, str]:
     return negated, phase
 
 
-def _node_predicate(
-    names: Sequence[str], node_labels: Mapping[str, str], world: World, path: str
-) -> Predicate | None:
+def _node_predicate(names: Sequence[str], node_labels: Mapping[str, str], world: World, path: str) -> Predicate | None:
     """`nodes` and `nodeSelectors` are united; the pod must run on one node of the union."""
     if not names and not node_labels:
         return None
@@ -399,6 +414,7 @@ def _node_predicate(
 
 
 # --- modes --------------------------------------------------------------------------------------
+
 
 def _mode_number(mode: str, value: str, path: str) -> int | None:
     """Validate mode/value; return the parsed number, or None for modes that take no value."""

@@ -150,11 +150,16 @@ def completion_events(state: CheckState) -> list[tuple[str, str, str]]:
     reason = completed_reason(state)
     if not reason:
         return []
-    texts = {DURATION_EXCEED: ("Warning", "duration exceed"), FAILURE_EXCEED: ("Warning", "failure threshold exceed"),
-             SUCCESS_EXCEED: ("Normal", "success threshold exceed")}
+    texts = {
+        DURATION_EXCEED: ("Warning", "duration exceed"),
+        FAILURE_EXCEED: ("Warning", "failure threshold exceed"),
+        SUCCESS_EXCEED: ("Normal", "success threshold exceed"),
+    }
     return [("Normal", "StatusCheckCompleted", f"status check completed: {reason}")] + [
-        (texts[c][0], f"StatusCheck{c}", texts[c][1]) for c in (DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED)
-        if c in state.true_since]
+        (texts[c][0], f"StatusCheck{c}", texts[c][1])
+        for c in (DURATION_EXCEED, FAILURE_EXCEED, SUCCESS_EXCEED)
+        if c in state.true_since
+    ]
 
 
 def status_of(state: CheckState) -> dict[str, Any]:
@@ -165,15 +170,20 @@ def status_of(state: CheckState) -> dict[str, Any]:
     conditions = []
     for ctype in CONDITION_TYPES:
         since = state.true_since.get(ctype)
-        cond: dict[str, Any] = {"type": ctype, "status": "True" if since is not None else "False",
-                                "reason": completed_reason(state) if ctype == COMPLETED else "",
-                                "lastTransitionTime": rfc3339(since if since is not None else state.start)}
+        cond: dict[str, Any] = {
+            "type": ctype,
+            "status": "True" if since is not None else "False",
+            "reason": completed_reason(state) if ctype == COMPLETED else "",
+            "lastTransitionTime": rfc3339(since if since is not None else state.start),
+        }
         if probe:
             cond["lastProbeTime"] = probe
         conditions.append(cond)
-    records = state.records[-state.spec.records_history_limit:]
+    records = state.records[-state.spec.records_history_limit :]
     out: dict[str, Any] = {
-        "startTime": rfc3339(state.start), "count": state.count, "conditions": conditions,
+        "startTime": rfc3339(state.start),
+        "count": state.count,
+        "conditions": conditions,
         "records": [{"startTime": rfc3339(at), "outcome": o} for at, o in records],
     }
     out["completionTime"] = rfc3339(state.completion) if state.completion is not None else None

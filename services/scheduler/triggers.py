@@ -27,15 +27,18 @@ class Triggers:
         self.bus, self.store = bus, store
 
     async def serve(self) -> None:
-        handlers: dict[str, Handler] = {subjects.TRIGGER_APPLY.pattern: self.apply,
-                                        subjects.TRIGGER_GET.pattern: self.get,
-                                        subjects.TRIGGER_RECOVER.pattern: self.recover,
-                                        subjects.TRIGGER_LIST.pattern: self.list}
+        handlers: dict[str, Handler] = {
+            subjects.TRIGGER_APPLY.pattern: self.apply,
+            subjects.TRIGGER_GET.pattern: self.get,
+            subjects.TRIGGER_RECOVER.pattern: self.recover,
+            subjects.TRIGGER_LIST.pattern: self.list,
+        }
         subs = []
         try:
             for subject, handler in handlers.items():
-                subs.append(await self.bus.nc.subscribe(subject, queue=subjects.TRIGGER_QUEUE,
-                                                        cb=self._responder(handler)))
+                subs.append(
+                    await self.bus.nc.subscribe(subject, queue=subjects.TRIGGER_QUEUE, cb=self._responder(handler))
+                )
             await asyncio.Event().wait()  # until cancelled (leadership lost or shutdown)
         finally:
             for sub in subs:
@@ -52,6 +55,7 @@ class Triggers:
                 reply = m.ErrorReply(error=f"internal error: {e}")
             if msg.reply:
                 await msg.respond(busmod.encode(reply))
+
         return respond
 
     async def apply(self, data: bytes) -> m.TriggerApplied:
@@ -62,8 +66,13 @@ class Triggers:
         stored, action = await self.store.apply_admitted(obj)
         md = stored["metadata"]
         log.info("trigger apply", kind=stored["kind"], namespace=md.get("namespace"), name=md["name"], action=action)
-        return m.TriggerApplied(kind=stored["kind"], namespace=md.get("namespace", ""), name=md["name"],
-                                uid=md.get("uid", ""), action=action)
+        return m.TriggerApplied(
+            kind=stored["kind"],
+            namespace=md.get("namespace", ""),
+            name=md["name"],
+            uid=md.get("uid", ""),
+            action=action,
+        )
 
     async def get(self, data: bytes) -> m.TriggerStatus:
         ref = rq.parse_ref(data)

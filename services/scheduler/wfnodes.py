@@ -22,6 +22,7 @@ FINISHED = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED)
 NODE_CONDITIONS = (ACCOMPLISHED, DEADLINE_EXCEED, ABORTED, CHAOS_INJECTED)
 DEFAULT_TASK_TIMEOUT_S = 600.0
 
+
 @dataclass
 class Write:
     """One object change; the scheduler's edge turns it into an ObjectWrite message."""
@@ -137,5 +138,11 @@ def deleting(obj: Obj) -> bool:
 
 def delete_write(obj: Obj) -> Write:
     md = obj.get("metadata") or {}
-    return Write("delete", str(obj.get("kind")), md.get("namespace", "default"), md.get("name", ""),
-                 uid=md.get("uid", ""), reason="Finished")
+    return Write(
+        "delete",
+        str(obj.get("kind")),
+        md.get("namespace", "default"),
+        md.get("name", ""),
+        uid=md.get("uid", ""),
+        reason="Finished",
+    )

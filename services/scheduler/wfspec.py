@@ -66,8 +66,10 @@ def validate(spec: WorkflowSpec, namespace: str) -> dict[str, Template]:
         if not t.name:
             raise InvalidWorkflow(f"{where}.name: required")
         if len(t.name) > 253 or not DNS1123_SUBDOMAIN.fullmatch(t.name):
-            raise InvalidWorkflow(f"{where}.name: {t.name!r} is not a DNS-1123 subdomain (lower-case letters, "
-                                  "digits, '-' and '.', starting and ending with a letter or digit)")
+            raise InvalidWorkflow(
+                f"{where}.name: {t.name!r} is not a DNS-1123 subdomain (lower-case letters, "
+                "digits, '-' and '.', starting and ending with a letter or digit)"
+            )
         if t.name in by_name:
             raise InvalidWorkflow(f"{where}.name: {t.name!r} is used by another template")
         by_name[t.name] = t
@@ -118,8 +120,12 @@ def _check_foreign_fields(t: Template, where: str) -> None:
     step, a chaos spec on a Suspend, ... would otherwise be silently ignored).
     """
     raw = msgspec.to_builtins(t)
-    own = {SERIAL: {"children"}, PARALLEL: {"children"}, TASK: {"task", "conditionalBranches"},
-           SCHEDULE: {"schedule"}}.get(t.template_type, {CHAOS_KEYS.get(t.template_type, "")})
+    own = {
+        SERIAL: {"children"},
+        PARALLEL: {"children"},
+        TASK: {"task", "conditionalBranches"},
+        SCHEDULE: {"schedule"},
+    }.get(t.template_type, {CHAOS_KEYS.get(t.template_type, "")})
     for key in ("task", "children", "conditionalBranches", "schedule", *kinds.EMBEDDED_KEYS.values()):
         if raw.get(key) and key not in own:
             raise InvalidWorkflow(f"{where}.{key}: a {t.template_type} template cannot have {key}")
@@ -132,15 +138,23 @@ def _check_chaos(t: Template, where: str, d: float | None, namespace: str) -> No
         raise InvalidWorkflow(f"{where}.{key}: required for a {t.template_type} template")
     if t.template_type in CHAOS_KINDS or t.template_type in ACCEPTED:
         try:
-            decode_any({"apiVersion": API_VERSION, "kind": t.template_type,
-                        "metadata": {"name": t.name, "namespace": namespace}, "spec": body},
-                       default_namespace=namespace)
+            decode_any(
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": t.template_type,
+                    "metadata": {"name": t.name, "namespace": namespace},
+                    "spec": body,
+                },
+                default_namespace=namespace,
+            )
         except InvalidObject as e:
             raise InvalidWorkflow(f"{where}.{key}: {'; '.join(e.errors)}") from None
     if d is None and not is_one_shot(t) and not body.get("duration"):
         # Chaos Mesh accepts this and the step then never ends (CM#3846): refuse it up front.
-        raise InvalidWorkflow(f"{where}.deadline: a {t.template_type} step needs a deadline (or a duration in "
-                              f"{key}); without one it would never finish")
+        raise InvalidWorkflow(
+            f"{where}.deadline: a {t.template_type} step needs a deadline (or a duration in "
+            f"{key}); without one it would never finish"
+        )
 
 
 def _check_task(t: Template, where: str, by_name: dict[str, Template]) -> None:

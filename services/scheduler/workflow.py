@@ -51,8 +51,7 @@ from chaosbus.scheduler.wfnodes import (
     finished_by,
 )
 
-__all__ = ["LABEL_CONTROLLED_BY", "LABEL_WORKFLOW", "TaskRun", "View", "Write", "finished_by", "reconcile",
-           "teardown"]
+__all__ = ["LABEL_CONTROLLED_BY", "LABEL_WORKFLOW", "TaskRun", "View", "Write", "finished_by", "reconcile", "teardown"]
 
 
 @dataclass
@@ -76,8 +75,12 @@ def reconcile(view: View, now: float) -> Step:
     if run.abort_started:  # one more pass so every running node sees the abort at once
         run.abort_started = False
         run.pass_()
-    return Step(writes=run.writes, wakeup=min(run.wakeups) if run.wakeups else None, accomplished=run.accomplished,
-                tasks=run.tasks)
+    return Step(
+        writes=run.writes,
+        wakeup=min(run.wakeups) if run.wakeups else None,
+        accomplished=run.accomplished,
+        tasks=run.tasks,
+    )
 
 
 def teardown(view: View) -> list[Write]:
@@ -112,8 +115,9 @@ class _Run:
             spec = ws.decode(self.wf.get("spec"))
             self.templates = ws.validate(spec, self.ns)
         except ws.InvalidWorkflow as e:
-            self._workflow_status({"conditions": [cond("Scheduled", False, "InvalidSpec", str(e)),
-                                                  cond(ACCOMPLISHED, False)]})
+            self._workflow_status(
+                {"conditions": [cond("Scheduled", False, "InvalidSpec", str(e)), cond(ACCOMPLISHED, False)]}
+            )
             return
         entry = status.get("entryNode") or ws.node_name(self.uid, self.name, spec.entry, 0)
         start = status.get("startTime") or rfc3339(self.now)
@@ -170,8 +174,7 @@ class _Run:
             return self._task_done(node)
         return self._leaf(node, t)
 
-    def _composite(self, node: Obj, children: list[tuple[int, str]] | list[str], *, serial: bool,
-                   stop: bool) -> None:
+    def _composite(self, node: Obj, children: list[tuple[int, str]] | list[str], *, serial: bool, stop: bool) -> None:
         """Visit (and, unless stopping, start) the children; record which run and which finished."""
         name = node["metadata"]["name"]
         active, finished, created = [], [], []
@@ -209,9 +212,18 @@ class _Run:
             if not stop and md.get("uid"):
                 deadline = deadline_of(node)
                 timeout = DEFAULT_TASK_TIMEOUT_S if deadline is None else max(1.0, deadline - self.now)
-                self.tasks.append(TaskRun(md["name"], self.ns, md["uid"], tuple(ws.task_argv(t)), timeout,
-                                          container=dict((t.task.container if t.task else None) or {}),
-                                          volumes=list(t.task.volumes if t.task else []), workflow=self.name))
+                self.tasks.append(
+                    TaskRun(
+                        md["name"],
+                        self.ns,
+                        md["uid"],
+                        tuple(ws.task_argv(t)),
+                        timeout,
+                        container=dict((t.task.container if t.task else None) or {}),
+                        volumes=list(t.task.volumes if t.task else []),
+                        workflow=self.name,
+                    )
+                )
             return
         branches = cbs.get("branches")
         if branches is None:
@@ -237,13 +249,21 @@ class _Run:
             if not node["metadata"].get("uid"):
                 return ""  # the child's owner reference needs the node's uid: wait for it
             created = self._child_object(node, t)
-            self._emit(Write("create", created["kind"], self.ns, created["metadata"]["name"], body=created,
-                             reason="Spawned"))
+            self._emit(
+                Write("create", created["kind"], self.ns, created["metadata"]["name"], body=created, reason="Spawned")
+            )
             self.children[created["metadata"]["name"]] = created
             ref = {"apiGroup": "chaos-mesh.org", "kind": created["kind"], "name": created["metadata"]["name"]}
             injected = t.template_type in ws.CHAOS_KEYS
-            self._set_status(node, {"chaosResource": ref, "conditions": conditions_with(
-                status, {CHAOS_INJECTED: (True, "ChaosCRCreated")} if injected else {})})
+            self._set_status(
+                node,
+                {
+                    "chaosResource": ref,
+                    "conditions": conditions_with(
+                        status, {CHAOS_INJECTED: (True, "ChaosCRCreated")} if injected else {}
+                    ),
+                },
+            )
             return ""
         if child is None:
             return self._finish(node, ACCOMPLISHED, "ChaosCRNotExists", t)
@@ -262,11 +282,30 @@ class _Run:
             return self._finish(node, ACCOMPLISHED, "StatusCheckCompleted", t)
         if not self.aborted:
             self.aborted = self.abort_started = True
-            self._emit(Write("annotate", "Workflow", self.ns, self.name, uid=self.uid,
-                             annotations={ABORT_ANNOTATION: "true"}, reason="StatusCheckFailed"))
+            self._emit(
+                Write(
+                    "annotate",
+                    "Workflow",
+                    self.ns,
+                    self.name,
+                    uid=self.uid,
+                    annotations={ABORT_ANNOTATION: "true"},
+                    reason="StatusCheckFailed",
+                )
+            )
         # As Chaos Mesh: the step is Accomplished (its check completed) and Aborted (it did not pass).
-        self._set_status(node, {"conditions": conditions_with(node.get("status") or {}, {
-            ACCOMPLISHED: (True, "StatusCheckCompleted"), ABORTED: (True, "StatusCheckNotExceedSuccessThreshold")})})
+        self._set_status(
+            node,
+            {
+                "conditions": conditions_with(
+                    node.get("status") or {},
+                    {
+                        ACCOMPLISHED: (True, "StatusCheckCompleted"),
+                        ABORTED: (True, "StatusCheckNotExceedSuccessThreshold"),
+                    },
+                )
+            },
+        )
         self._cleanup(node, t)
         return ABORTED
 
@@ -290,8 +329,10 @@ class _Run:
         if t.template_type == ws.STATUS_CHECK and sc.succeeded(child.get("status")) is not None:
             return
         self._emit(delete_write(child))
-        self.children[child["metadata"]["name"]] = {**child, "metadata": {
-            **child["metadata"], "deletionTimestamp": rfc3339(self.now)}}
+        self.children[child["metadata"]["name"]] = {
+            **child,
+            "metadata": {**child["metadata"], "deletionTimestamp": rfc3339(self.now)},
+        }
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -301,12 +342,15 @@ class _Run:
         # Whole seconds up (timestamps have no fraction), capped by the parent's: a child never outlives it.
         ends = [d for d in (None if own is None else math.ceil(self.now + own), parent_deadline) if d is not None]
         owner = parent or self.wf
-        spec: Obj = {"templateName": template, "workflowName": self.name, "type": t.template_type,
-                     "startTime": rfc3339(self.now)}
+        spec: Obj = {
+            "templateName": template,
+            "workflowName": self.name,
+            "type": t.template_type,
+            "startTime": rfc3339(self.now),
+        }
         if ends:
             spec["deadline"] = rfc3339(min(ends))
-        spec.update({k: v for k, v in msgspec.to_builtins(t).items()
-                     if k not in ("name", "templateType", "deadline")})
+        spec.update({k: v for k, v in msgspec.to_builtins(t).items() if k not in ("name", "templateType", "deadline")})
         obj = self._owned("WorkflowNode", name, owner, spec)
         self.nodes[name] = obj
         self._emit(Write("create", "WorkflowNode", self.ns, name, body=obj, reason="NodeCreated"))
@@ -321,10 +365,20 @@ class _Run:
 
     def _owned(self, kind: str, name: str, owner: Obj, spec: Obj) -> Obj:
         om = owner.get("metadata") or {}
-        ref = {"apiVersion": API_VERSION, "kind": owner.get("kind", "Workflow"), "name": om.get("name"),
-               "uid": om.get("uid", ""), "controller": True, "blockOwnerDeletion": True}
-        meta = {"name": name, "namespace": self.ns, "ownerReferences": [ref],
-                "labels": {LABEL_WORKFLOW: self.name, LABEL_CONTROLLED_BY: str(om.get("name"))}}
+        ref = {
+            "apiVersion": API_VERSION,
+            "kind": owner.get("kind", "Workflow"),
+            "name": om.get("name"),
+            "uid": om.get("uid", ""),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        meta = {
+            "name": name,
+            "namespace": self.ns,
+            "ownerReferences": [ref],
+            "labels": {LABEL_WORKFLOW: self.name, LABEL_CONTROLLED_BY: str(om.get("name"))},
+        }
         return {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "spec": spec}
 
     def _set_status(self, node: Obj, change: Obj) -> None:
@@ -341,8 +395,17 @@ class _Run:
     def _event(self, about: Obj, type_: str, reason: str, message: str) -> None:
         """An Event Chaos Mesh would record on the workflow or one of its nodes."""
         md = about.get("metadata") or {}
-        self._emit(Write("event", str(about.get("kind", "Workflow")), self.ns, str(md.get("name")),
-                         uid=str(md.get("uid", "")), reason=reason, body={"type": type_, "message": message}))
+        self._emit(
+            Write(
+                "event",
+                str(about.get("kind", "Workflow")),
+                self.ns,
+                str(md.get("name")),
+                uid=str(md.get("uid", "")),
+                reason=reason,
+                body={"type": type_, "message": message},
+            )
+        )
 
     def _expired(self, node: Obj) -> bool:
         deadline = deadline_of(node)
@@ -354,5 +417,3 @@ class _Run:
         deadline = deadline_of(node)
         cut_by_parent = own is None or (deadline is not None and math.ceil(start + own) > deadline + 1)
         return "ParentNodeDeadlineExceed" if cut_by_parent else "NodeDeadlineExceed"
-
-

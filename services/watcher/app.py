@@ -58,8 +58,9 @@ async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: Watche
         except nats.errors.MaxPayloadError:
             # Readers get the object's metadata and its size: the scheduler marks it Failed, saying why.
             metrics.errors.labels("object_too_large").inc()
-            log.error("object larger than NATS max_payload: sent without its spec", subject=subject,
-                      bytes=len(event.object))
+            log.error(
+                "object larger than NATS max_payload: sent without its spec", subject=subject, bytes=len(event.object)
+            )
             try:
                 await bus.publish(subject, too_large(event), msg_id=msg_id)
             except nats.errors.MaxPayloadError:  # not even its identity fits: only the log says so
@@ -81,7 +82,15 @@ def too_large(event: m.ObjectEvent) -> m.ObjectEvent:
         meta = decode_metadata(event.object)
     except msgspec.DecodeError:
         meta = {}
-    keep = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp",
-            "finalizers")
+    keep = (
+        "name",
+        "namespace",
+        "uid",
+        "generation",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "finalizers",
+    )
     stub = {"apiVersion": API_VERSION, "kind": event.kind, "metadata": {k: v for k, v in meta.items() if k in keep}}
     return msgspec.structs.replace(event, object=msgspec.Raw(msgspec.json.encode(stub)), too_large=len(event.object))

@@ -58,8 +58,9 @@ def project_pod(pod: Obj) -> m.TargetPod:
 
 def project_namespace(obj: Obj) -> m.TargetNamespace:
     meta = obj.get("metadata") or {}
-    return m.TargetNamespace(name=meta.get("name", ""), labels=meta.get("labels") or {},
-                             annotations=meta.get("annotations") or {})
+    return m.TargetNamespace(
+        name=meta.get("name", ""), labels=meta.get("labels") or {}, annotations=meta.get("annotations") or {}
+    )
 
 
 def project_node(obj: Obj) -> m.TargetNode:
@@ -149,8 +150,11 @@ def _event(kind_of_change: str, obj: Obj, revision: int, *, status: bool = False
         status_only=status,
     )
     where = subjects.status_subject if status else subjects.object_subject
-    return where(event.kind, event.namespace, event.name), event, f"{uid}.{revision}.{kind_of_change}" + (
-        ".status" if status else "")
+    return (
+        where(event.kind, event.namespace, event.name),
+        event,
+        f"{uid}.{revision}.{kind_of_change}" + (".status" if status else ""),
+    )
 
 
 def _status_tombstone(obj: Obj, revision: int) -> tuple[str, m.ObjectEvent, str]:
@@ -158,8 +162,11 @@ def _status_tombstone(obj: Obj, revision: int) -> tuple[str, m.ObjectEvent, str]
     identity alone, so a status of up to 250 KB is not kept for an object that is gone.
     """
     meta = obj.get("metadata") or {}
-    identity = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-                "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta}}
+    identity = {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
+    }
     return _event("DELETED", identity, revision, status=True)
 
 

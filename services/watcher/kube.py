@@ -48,16 +48,22 @@ class Resource:
 
 def resources() -> list[Resource]:
     chaos = [Resource(kind, plural_of(kind)) for kind in WATCHED_KINDS]
-    return [*chaos, Resource("Pod", "pods", core=True),
-            Resource("Namespace", "namespaces", core=True, namespaced=False),
-            Resource("Node", "nodes", core=True, namespaced=False)]
+    return [
+        *chaos,
+        Resource("Pod", "pods", core=True),
+        Resource("Namespace", "namespaces", core=True, namespaced=False),
+        Resource("Node", "nodes", core=True, namespaced=False),
+    ]
 
 
 def scope_from(args: argparse.Namespace) -> Scope:
     """Chaos Mesh's controller knobs, from flags or its environment variable names."""
     s = service.scope(args)
-    return Scope(cluster_scoped=s.cluster_scoped, target_namespace=s.target_namespace,
-                 enable_filter_namespace=s.enable_filter_namespace)
+    return Scope(
+        cluster_scoped=s.cluster_scoped,
+        target_namespace=s.target_namespace,
+        enable_filter_namespace=s.enable_filter_namespace,
+    )
 
 
 def _list_fn(api: client.ApiClient, res: Resource, scope: Scope) -> Callable[..., Awaitable[Any]]:
@@ -76,8 +82,14 @@ def _list_fn(api: client.ApiClient, res: Resource, scope: Scope) -> Callable[...
 
 
 class KubeWatcher:
-    def __init__(self, api: client.ApiClient, scope: Scope, core: ScopedCore,
-                 on_output: Callable[[Any], Awaitable[None]], metrics: WatcherMetrics) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        scope: Scope,
+        core: ScopedCore,
+        on_output: Callable[[Any], Awaitable[None]],
+        metrics: WatcherMetrics,
+    ) -> None:
         self.api, self.scope, self.core, self.on_output, self.metrics = api, scope, core, on_output, metrics
         self.synced: dict[str, asyncio.Event] = {}
         self.lock = asyncio.Lock()  # the core is shared by every resource loop
@@ -132,11 +144,17 @@ class KubeWatcher:
             if not token:
                 return items, version
 
-    async def _watch(self, res: Resource, list_fn: Callable[..., Awaitable[Any]], reflector: Reflector,
-                     version: str) -> str:
-        resp = await list_fn(watch=True, resource_version=version, allow_watch_bookmarks=True,
-                             timeout_seconds=WATCH_TIMEOUT_S, _preload_content=False,
-                             _request_timeout=(10, WATCH_TIMEOUT_S + 30))
+    async def _watch(
+        self, res: Resource, list_fn: Callable[..., Awaitable[Any]], reflector: Reflector, version: str
+    ) -> str:
+        resp = await list_fn(
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_TIMEOUT_S,
+            _preload_content=False,
+            _request_timeout=(10, WATCH_TIMEOUT_S + 30),
+        )
         try:
             async for event in _lines(resp):
                 kind, obj = event.get("type"), event.get("object") or {}
@@ -182,9 +200,14 @@ async def main(args: argparse.Namespace) -> None:
         async with api:
             core = ScopedCore(WatcherCore(), scope)
             watcher = KubeWatcher(api, scope, core, lambda out: emit(bus, targets, out, metrics), metrics)
-            log.info("watcher ready (Kubernetes API)", nats=args.nats, metrics_port=port,
-                     cluster_scoped=scope.cluster_scoped, target_namespace=scope.target_namespace,
-                     filter_namespaces=scope.enable_filter_namespace)
+            log.info(
+                "watcher ready (Kubernetes API)",
+                nats=args.nats,
+                metrics_port=port,
+                cluster_scoped=scope.cluster_scoped,
+                target_namespace=scope.target_namespace,
+                filter_namespaces=scope.enable_filter_namespace,
+            )
             await service.run_forever(watcher.run(), prune_targets(watcher, bus), prune_objects(watcher, bus, metrics))
 
 
@@ -215,13 +238,13 @@ async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherM
     last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES, m.ObjectEvent)
     async with watcher.lock:  # the reflectors may be feeding the core right now
         live = set(watcher.core.core.seen)
-        gone = [e for e in last if e.type != "DELETED"
-                and subjects.object_key(e.kind, e.namespace, e.name) not in live]
+        gone = [e for e in last if e.type != "DELETED" and subjects.object_key(e.kind, e.namespace, e.name) not in live]
         out = Outputs(events=[event for e in gone for event in stale_deletion(e)])
         await emit(bus, await bus.kv(subjects.TARGETS.name), out, metrics)
     for e in gone:
-        log.info("object vanished while no watcher ran: deletion published", kind=e.kind,
-                 namespace=e.namespace, name=e.name)
+        log.info(
+            "object vanished while no watcher ran: deletion published", kind=e.kind, namespace=e.namespace, name=e.name
+        )
 
 
 def _target_key(obj: dict[str, Any]) -> str:

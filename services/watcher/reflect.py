@@ -145,5 +145,8 @@ class ScopedCore:
 
 
 def _merged(a: Outputs, b: Outputs) -> Outputs:
-    return Outputs(events=a.events + b.events, target_puts=a.target_puts + b.target_puts,
-                   target_deletes=a.target_deletes + b.target_deletes)
+    return Outputs(
+        events=a.events + b.events,
+        target_puts=a.target_puts + b.target_puts,
+        target_deletes=a.target_deletes + b.target_deletes,
+    )

@@ -15,16 +15,42 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
-    "apply.1", "apply.2", "apply.2.all",
-    "recover.delete.1", "recover.pause.1", "expiry.1", "recover.delete.2", "recover.pause.2", "expiry.2",
-    "breakdown.stored", "breakdown.command", "breakdown.injector", "breakdown.result", "breakdown.status",
-    "breakdown.2.first", "breakdown.2.status",
-    "floor.nats_rr", "floor.nft_spawn_apply", "floor.nft_spawn_delete", "floor.netlink_rr", "floor.readback",
-    "concurrent.2", "concurrent.2.recover",
-    "svc.watcher", "svc.scheduler", "svc.recorder", "svc.injector", "svc.nats-server",
+    "apply.1",
+    "apply.2",
+    "apply.2.all",
+    "recover.delete.1",
+    "recover.pause.1",
+    "expiry.1",
+    "recover.delete.2",
+    "recover.pause.2",
+    "expiry.2",
+    "breakdown.stored",
+    "breakdown.command",
+    "breakdown.injector",
+    "breakdown.result",
+    "breakdown.status",
+    "breakdown.2.first",
+    "breakdown.2.status",
+    "floor.nats_rr",
+    "floor.nft_spawn_apply",
+    "floor.nft_spawn_delete",
+    "floor.netlink_rr",
+    "floor.readback",
+    "concurrent.2",
+    "concurrent.2.recover",
+    "svc.watcher",
+    "svc.scheduler",
+    "svc.recorder",
+    "svc.injector",
+    "svc.nats-server",
     "status.size",
-    "cli.get", "cli.halt", "cli.halt.gone",
-    "security.sign_verify.1", "security.sign_verify.100", "security.apply.1", "security.apply.2",
+    "cli.get",
+    "cli.halt",
+    "cli.halt.gone",
+    "security.sign_verify.1",
+    "security.sign_verify.100",
+    "security.apply.1",
+    "security.apply.2",
 ]
 
 
@@ -34,8 +60,24 @@ def test_quick_bench_prints_every_figure_and_writes_json(tmp_path: Path) -> None
     if os.geteuid() != 0:
         pytest.skip("needs root: the benchmark creates network namespaces and reads nftables")
     out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "bench", "--quick", "--sizes", "1,2", "--nodes", "2", "--runs", "3",
-            "--concurrent", "2", "--idle", "0.5", "--json", str(out)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--sizes",
+        "1,2",
+        "--nodes",
+        "2",
+        "--runs",
+        "3",
+        "--concurrent",
+        "2",
+        "--idle",
+        "0.5",
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
@@ -56,8 +98,14 @@ def test_the_api_server_bench_times_every_size_and_the_watcher(tmp_path: Path) -
     if os.geteuid() != 0:
         pytest.skip("needs root: the benchmark creates network namespaces and reads nftables")
     env = {k: v for k, v in os.environ.items() if k not in ("KUBEBUILDER_ASSETS", "CHAOSBUS_TEST_KUBECONFIG")}
-    done = subprocess.run([sys.executable, "-m", "bench.bench_kube", "--runs", "2", "--sizes", "1,3"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=180, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_kube", "--runs", "2", "--sizes", "1,3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     wanted = {f"kube.{what}.{n}" for what in ("apply", "recover", "removed", "watch_lag") for n in (1, 3)}

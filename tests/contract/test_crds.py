@@ -50,8 +50,11 @@ def test_every_chaos_mesh_kind_has_a_crd_with_status_and_columns() -> None:
         if info.experiment:
             paths = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
             assert {k: paths.get(k) for k in ("Duration", "Phase", "Injected", "Total")} == {
-                "Duration": ".spec.duration", "Phase": ".status.phase", "Injected": ".status.injected",
-                "Total": ".status.total"}, info.kind
+                "Duration": ".spec.duration",
+                "Phase": ".status.phase",
+                "Injected": ".status.injected",
+                "Total": ".status.total",
+            }, info.kind
         assert doc["spec"]["names"].get("shortNames"), info.kind
     shorts = [s for i in ALL_KINDS.values() for s in i.short_names]
     assert len(shorts) == len(set(shorts))
@@ -66,8 +69,9 @@ def _walk(node: Any, path: str) -> list[str]:
                 problems.append(f"{path}: {bad}")
         if node.get("additionalProperties") is False:
             problems.append(f"{path}: additionalProperties false")
-        if "type" not in node and not (node.get("x-kubernetes-preserve-unknown-fields")
-                                        or node.get("x-kubernetes-int-or-string")):
+        if "type" not in node and not (
+            node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        ):
             problems.append(f"{path}: no type")
         for key, child in (node.get("properties") or {}).items():
             problems += _walk(child, f"{path}.{key}")
@@ -111,16 +115,36 @@ def _fits(value: Any, schema: dict[str, Any], path: str) -> list[str]:
 
 
 # Re-encoding omits fields equal to their default (msgspec omit_defaults); such a field is not lost.
-DEFAULTS = {"failureThreshold": 3, "timeoutSeconds": 1, "intervalSeconds": 10, "successThreshold": 1,
-            "recordsHistoryLimit": 100, "mode": "Synchronous", "type": "HTTP", "method": "GET", "percent": 100,
-            "port": 9277, "concurrencyPolicy": "Forbid", "jitter": "0ms", "correlation": "0"}
+DEFAULTS = {
+    "failureThreshold": 3,
+    "timeoutSeconds": 1,
+    "intervalSeconds": 10,
+    "successThreshold": 1,
+    "recordsHistoryLimit": 100,
+    "mode": "Synchronous",
+    "type": "HTTP",
+    "method": "GET",
+    "percent": 100,
+    "port": 9277,
+    "concurrencyPolicy": "Forbid",
+    "jitter": "0ms",
+    "correlation": "0",
+}
 
 
 def _subset(small: Any, big: Any, path: str = "spec") -> list[str]:
     if isinstance(small, dict) and isinstance(big, dict):
-        return [p for k, v in small.items() for p in (
-            _subset(v, big[k], f"{path}.{k}") if k in big
-            else [] if v in (0, "", False, [], {}, None) or DEFAULTS.get(k) == v else [f"{path}.{k}: dropped"])]
+        return [
+            p
+            for k, v in small.items()
+            for p in (
+                _subset(v, big[k], f"{path}.{k}")
+                if k in big
+                else []
+                if v in (0, "", False, [], {}, None) or DEFAULTS.get(k) == v
+                else [f"{path}.{k}: dropped"]
+            )
+        ]
     if isinstance(small, list) and isinstance(big, list) and len(small) == len(big):
         return [p for i, (a, b) in enumerate(zip(small, big, strict=True)) for p in _subset(a, b, f"{path}[{i}]")]
     return [] if small == big else [f"{path}: {small!r} became {big!r}"]
@@ -128,9 +152,27 @@ def _subset(small: Any, big: Any, path: str = "spec") -> list[str]:
 
 def test_examples_cover_every_kind_of_the_examples_table() -> None:
     kinds = {d["kind"] for d in examples()}
-    assert {"PodChaos", "NetworkChaos", "StressChaos", "IOChaos", "TimeChaos", "DNSChaos", "HTTPChaos",
-            "JVMChaos", "BlockChaos", "PhysicalMachineChaos", "PhysicalMachine", "Schedule", "Workflow",
-            "StatusCheck", "RemoteCluster", "KernelChaos", "AWSChaos", "GCPChaos", "AzureChaos"} <= kinds
+    assert {
+        "PodChaos",
+        "NetworkChaos",
+        "StressChaos",
+        "IOChaos",
+        "TimeChaos",
+        "DNSChaos",
+        "HTTPChaos",
+        "JVMChaos",
+        "BlockChaos",
+        "PhysicalMachineChaos",
+        "PhysicalMachine",
+        "Schedule",
+        "Workflow",
+        "StatusCheck",
+        "RemoteCluster",
+        "KernelChaos",
+        "AWSChaos",
+        "GCPChaos",
+        "AzureChaos",
+    } <= kinds
 
 
 @pytest.mark.parametrize("doc", examples(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")

@@ -45,6 +45,7 @@ Obj = dict[str, Any]
 
 # --- loading ---------------------------------------------------------------------------------------
 
+
 def load(folder: Path) -> list[Obj]:
     """Every object a kustomization lists, following directories that hold a kustomization."""
     kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
@@ -92,8 +93,11 @@ def config_env() -> dict[str, str]:
 
 def container_env(c: Obj) -> dict[str, str]:
     """The container's environment as the kubelet builds it (fieldRefs get a stand-in value)."""
-    env = dict(config_env()) if any(s.get("configMapRef", {}).get("name") == "chaosbus-config"
-                                    for s in c.get("envFrom", [])) else {}
+    env = (
+        dict(config_env())
+        if any(s.get("configMapRef", {}).get("name") == "chaosbus-config" for s in c.get("envFrom", []))
+        else {}
+    )
     for e in c.get("env", []):
         env[e["name"]] = e.get("value", f"<{e['name'].lower()}>")
     return env
@@ -106,8 +110,18 @@ def expand(arg: str, env: dict[str, str]) -> str:
 
 def test_every_listed_file_exists_and_parses() -> None:
     kinds = {d["kind"] for d in DOCS}
-    assert {"Namespace", "ConfigMap", "CustomResourceDefinition", "Deployment", "DaemonSet", "Service",
-            "PersistentVolumeClaim", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "Deployment",
+        "DaemonSet",
+        "Service",
+        "PersistentVolumeClaim",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    } <= kinds
     assert all(d.get("apiVersion") and d["metadata"].get("name") for d in DOCS)
     assert len(objects("CustomResourceDefinition")) == len(list((BASE / "crds").glob("*.chaos-mesh.org.yaml")))
 
@@ -118,13 +132,20 @@ def test_every_yaml_file_in_the_base_is_listed() -> None:
 
 
 def test_namespaced_objects_live_in_the_chaosbus_namespace() -> None:
-    cluster_kinds = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
-                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    cluster_kinds = {
+        "Namespace",
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     assert named("Namespace", NAMESPACE)
     assert {d["metadata"].get("namespace") for d in DOCS if d["kind"] not in cluster_kinds} == {NAMESPACE}
 
 
 # --- entry points and flags ------------------------------------------------------------------------
+
 
 def parse(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
     """Run `python -m chaosbus.<module>`'s main with its real parser; capture the parsed args
@@ -140,7 +161,8 @@ def parse(module: str, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argp
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
 def test_container_runs_the_service_with_flags_its_parser_accepts(
-        name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     module, port = WORKLOADS[name]
     c = container(name)
     assert c["image"] == "chaosbus"
@@ -161,8 +183,9 @@ def test_container_runs_the_service_with_flags_its_parser_accepts(
         assert args.kube, f"{name} must talk to the Kubernetes API"
     if module == "injector":
         assert args.cluster == (name == "chaosbus-cluster-injector")
-        assert args.journal and Path(args.journal).parent.as_posix() in writable_mounts(name), \
+        assert args.journal and Path(args.journal).parent.as_posix() in writable_mounts(name), (
             f"{name}: the journal {args.journal} is not on a writable volume"
+        )
     if name == "chaosbus-injector":
         assert args.node == "<node_name>"  # the downward API's spec.nodeName
     if module == "scheduler":
@@ -174,8 +197,11 @@ def test_container_runs_the_service_with_flags_its_parser_accepts(
 def writable_mounts(name: str) -> set[str]:
     """Mount paths of `name`'s container backed by durable storage (hostPath or PVC), read-write."""
     durable = {v["name"] for v in pod_spec(name)["volumes"] if "hostPath" in v or "persistentVolumeClaim" in v}
-    return {m["mountPath"] for m in container(name).get("volumeMounts", [])
-            if m["name"] in durable and not m.get("readOnly")}
+    return {
+        m["mountPath"]
+        for m in container(name).get("volumeMounts", [])
+        if m["name"] in durable and not m.get("readOnly")
+    }
 
 
 def test_every_env_variable_set_is_read_by_the_code() -> None:
@@ -207,6 +233,7 @@ def test_nats_url_points_at_the_nats_service_with_jetstream_on_a_pvc() -> None:
 
 # --- NATS: mutual TLS, identities, reachability -----------------------------------------------------
 
+
 def secret_mounts(name: str, which: str = "containers") -> dict[str, str]:
     """mountPath -> Secret name of `name`'s first container (or init container)."""
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod_spec(name)["volumes"] if "secret" in v}
@@ -228,14 +255,21 @@ def test_nats_runs_the_generated_configuration_with_tls_from_its_secret() -> Non
     tls = json.loads(server_conf["stringData"]["nats.conf"])["tls"]
     assert tls["verify"] is True, "clients without a certificate from the CA must be refused"
     assert {tls["cert_file"], tls["key_file"], tls["ca_file"]} == {
-        f"{natssecrets.SERVER_TLS_DIR}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")}
+        f"{natssecrets.SERVER_TLS_DIR}/{f}" for f in ("tls.crt", "tls.key", "ca.crt")
+    }
     assert set(server_conf["stringData"]) == {"nats.conf", "tls.crt", "tls.key", "ca.crt"}
 
 
-@pytest.mark.parametrize(("name", "secret"), [
-    ("chaosbus-watcher", "chaosbus-nats-watcher"), ("chaosbus-scheduler", "chaosbus-nats-scheduler"),
-    ("chaosbus-recorder", "chaosbus-nats-recorder"), ("chaosbus-cluster-injector", "chaosbus-nats-cluster-injector"),
-    ("chaosbus-auth", "chaosbus-nats-auth")])
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("chaosbus-watcher", "chaosbus-nats-watcher"),
+        ("chaosbus-scheduler", "chaosbus-nats-scheduler"),
+        ("chaosbus-recorder", "chaosbus-nats-recorder"),
+        ("chaosbus-cluster-injector", "chaosbus-nats-cluster-injector"),
+        ("chaosbus-auth", "chaosbus-nats-auth"),
+    ],
+)
 def test_every_service_mounts_only_its_own_identity_and_uses_it(name: str, secret: str) -> None:
     module = WORKLOADS[name][0]
     assert secret in GENERATED and GENERATED[secret].identity == {"authcallout": "auth"}.get(module, module)
@@ -267,8 +301,11 @@ def test_node_injectors_share_no_nats_identity_and_prove_their_node_with_a_bound
     [source] = projected["sources"]
     token = source["serviceAccountToken"]
     assert token["audience"] == core.AUDIENCE and token["expirationSeconds"] <= 3600
-    [mount] = [m for m in container("chaosbus-injector")["volumeMounts"]
-               if m["name"] == next(v["name"] for v in spec["volumes"] if "projected" in v)]
+    [mount] = [
+        m
+        for m in container("chaosbus-injector")["volumeMounts"]
+        if m["name"] == next(v["name"] for v in spec["volumes"] if "projected" in v)
+    ]
     assert env["CHAOSBUS_NATS_TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
     assert spec["automountServiceAccountToken"] is False  # no API token: only the NATS one
     # nats-server sends every connection that is not an nkey user to the auth service
@@ -280,8 +317,10 @@ def test_node_injectors_share_no_nats_identity_and_prove_their_node_with_a_bound
     assert natsauth.public_key(issuer) == callout["issuer"] and issuer.startswith("SA")
     # the auth service reviews tokens and reads pods, nothing else
     assert grants()["chaosbus-auth"] == {("authentication.k8s.io", "tokenreviews", "create"), ("", "pods", "get")}
-    assert container_env(container("chaosbus-auth"))["CHAOSBUS_AUTH_ISSUER_SEED_FILE"] == \
-        f"{next(iter(secret_mounts('chaosbus-auth')))}/{natssecrets.ISSUER_KEY}"
+    assert (
+        container_env(container("chaosbus-auth"))["CHAOSBUS_AUTH_ISSUER_SEED_FILE"]
+        == f"{next(iter(secret_mounts('chaosbus-auth')))}/{natssecrets.ISSUER_KEY}"
+    )
 
 
 def test_only_an_init_container_holds_the_admin_identity_and_it_declares() -> None:
@@ -293,6 +332,7 @@ def test_only_an_init_container_holds_the_admin_identity_and_it_declares() -> No
     env = container_env(init)
     assert (env["CHAOSBUS_NATS_CREDS"], env["CHAOSBUS_NATS_TLS_DIR"]) == (f"{path}/nkey", path)
     from chaosbus.cli import main
+
     assert main.build_parser().parse_args(["declare"]).command == "declare"
 
 
@@ -303,8 +343,10 @@ def test_the_monitoring_port_is_not_in_the_service() -> None:
 def test_only_chaosbus_pods_reach_nats_and_only_its_client_port() -> None:
     [policy] = objects("NetworkPolicy")
     spec = policy["spec"]
-    assert spec["podSelector"]["matchLabels"].items() <= \
-        workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        spec["podSelector"]["matchLabels"].items()
+        <= workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert spec["policyTypes"] == ["Ingress"]
     [rule] = spec["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 4222}]
@@ -316,8 +358,9 @@ def test_only_chaosbus_pods_reach_nats_and_only_its_client_port() -> None:
 
 
 def test_node_injectors_stay_off_control_plane_nodes_unless_a_node_opts_in() -> None:
-    terms = pod_spec("chaosbus-injector")["affinity"]["nodeAffinity"][
-        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    terms = pod_spec("chaosbus-injector")["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
     exprs = [t["matchExpressions"] for t in terms]
     assert [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}] in exprs
     assert [{"key": "chaosbus.io/injector", "operator": "In", "values": ["allowed"]}] in exprs
@@ -325,6 +368,7 @@ def test_node_injectors_stay_off_control_plane_nodes_unless_a_node_opts_in() -> 
 
 
 # --- metrics ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
 def test_workload_is_annotated_for_scraping_on_the_port_it_serves(name: str) -> None:
@@ -337,6 +381,7 @@ def test_workload_is_annotated_for_scraping_on_the_port_it_serves(name: str) -> 
 
 # --- RBAC ------------------------------------------------------------------------------------------
 
+
 def grants() -> dict[str, set[tuple[str, str, str]]]:
     """ServiceAccount -> every (apiGroup, resource, verb) its bindings give it."""
     roles = {(r["kind"], r["metadata"]["name"]): r for r in objects("ClusterRole") + objects("Role")}
@@ -346,8 +391,12 @@ def grants() -> dict[str, set[tuple[str, str, str]]]:
         for subject in binding["subjects"]:
             assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
             out.setdefault(subject["name"], set()).update(
-                (g, res, v) for rule in role["rules"] for g in rule["apiGroups"] for res in rule["resources"]
-                for v in rule["verbs"])
+                (g, res, v)
+                for rule in role["rules"]
+                for g in rule["apiGroups"]
+                for res in rule["resources"]
+                for v in rule["verbs"]
+            )
     return out
 
 
@@ -364,8 +413,11 @@ def test_no_rbac_wildcards() -> None:
 def test_only_the_watcher_lists_and_watches_and_it_sees_everything_it_projects() -> None:
     assert holders(lambda g, r, v: v in ("list", "watch")) == {"chaosbus-watcher"}
     rules = grants()["chaosbus-watcher"]
-    wanted = [("chaos-mesh.org", plural_of(k)) for k in WATCHED_KINDS] + [("", "pods"), ("", "namespaces"),
-                                                                          ("", "nodes")]
+    wanted = [("chaos-mesh.org", plural_of(k)) for k in WATCHED_KINDS] + [
+        ("", "pods"),
+        ("", "namespaces"),
+        ("", "nodes"),
+    ]
     missing = [(g, r, v) for g, r in wanted for v in ("get", "list", "watch") if (g, r, v) not in rules]
     assert missing == []
     assert {v for _, _, v in rules} == {"get", "list", "watch"}
@@ -379,8 +431,11 @@ def test_only_the_recorder_writes_status_finalizers_children_and_events() -> Non
     for kind in WATCHED_KINDS:
         plural = plural_of(kind)
         assert {("chaos-mesh.org", plural, "patch"), ("chaos-mesh.org", f"{plural}/status", "patch")} <= rules
-    assert {("chaos-mesh.org", p, v) for p in ("podchaos", "networkchaos", "schedules", "workflows")
-            for v in ("create", "delete")} <= rules
+    assert {
+        ("chaos-mesh.org", p, v)
+        for p in ("podchaos", "networkchaos", "schedules", "workflows")
+        for v in ("create", "delete")
+    } <= rules
     assert ("", "events", "create") in rules
 
 
@@ -389,8 +444,9 @@ def test_only_the_cluster_injector_touches_pods_and_only_them() -> None:
     assert holders(lambda g, r, v: r == "pods" and v in writes) == {"chaosbus-cluster-injector"}
     assert holders(lambda g, r, v: r == "pods/log") == {"chaosbus-cluster-injector"}
     # pod-kill, pod-failure and Task Pods (created, read by name, deleted at their timeout, logs read)
-    assert grants()["chaosbus-cluster-injector"] == {("", "pods", v) for v in ("get", "create", "patch", "delete")} \
-        | {("", "pods/log", "get")}
+    assert grants()["chaosbus-cluster-injector"] == {("", "pods", v) for v in ("get", "create", "patch", "delete")} | {
+        ("", "pods/log", "get")
+    }
 
 
 def test_scheduler_node_injectors_and_nats_have_no_api_access() -> None:
@@ -398,8 +454,13 @@ def test_scheduler_node_injectors_and_nats_have_no_api_access() -> None:
         sa = pod_spec(name)["serviceAccountName"]
         assert sa not in grants(), f"{name} is bound to a role"
         assert pod_spec(name)["automountServiceAccountToken"] is False, f"{name} mounts a token"
-        audiences = [s["serviceAccountToken"]["audience"] for v in pod_spec(name)["volumes"] if "projected" in v
-                     for s in v["projected"]["sources"] if "serviceAccountToken" in s]
+        audiences = [
+            s["serviceAccountToken"]["audience"]
+            for v in pod_spec(name)["volumes"]
+            if "projected" in v
+            for s in v["projected"]["sources"]
+            if "serviceAccountToken" in s
+        ]
         assert set(audiences) <= {core.AUDIENCE}, f"{name} mounts a token the API server accepts"
 
 
@@ -410,6 +471,7 @@ def test_each_workload_has_its_own_service_account() -> None:
 
 
 # --- the node injector -----------------------------------------------------------------------------
+
 
 def test_injector_daemonset_is_unprivileged_with_only_the_capabilities_it_needs() -> None:
     ds = workloads()["chaosbus-injector"]
@@ -444,12 +506,17 @@ def test_other_chaosbus_workloads_run_as_non_root_without_capabilities() -> None
 
 # --- image and Tilt --------------------------------------------------------------------------------
 
+
 def test_dockerfile_copies_every_package_source_and_installs_the_tools() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
     # From the build context (a COPY --from takes files from a build stage instead).
-    copied = {src for line in re.findall(r"^COPY (.+)$", text, re.M) if not line.startswith("--from=")
-              for src in line.split()[:-1]}
+    copied = {
+        src
+        for line in re.findall(r"^COPY (.+)$", text, re.M)
+        if not line.startswith("--from=")
+        for src in line.split()[:-1]
+    }
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     tops = {d.split("/", 1)[0] for d in package_dirs.values()}
     assert tops | {"pyproject.toml", "README.md"} <= copied
@@ -478,6 +545,7 @@ def test_tiltfile_builds_the_manifests_image_and_forwards_every_metrics_port() -
 
 # --- real tools ------------------------------------------------------------------------------------
 
+
 def _kubectl() -> str:
     """The envtest kubectl (KUBEBUILDER_ASSETS, a current kustomize) when there is one, else PATH's."""
     assets = Path(os.environ.get("KUBEBUILDER_ASSETS") or "/nonexistent") / "kubectl"
@@ -499,17 +567,19 @@ def test_every_object_matches_the_kubernetes_schema_strictly() -> None:
 
 def test_kubectl_kustomize_renders_the_base() -> None:
     kubectl = _kubectl()
-    version = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True,
-                             timeout=60)
+    version = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
     kustomize = json.loads(version.stdout or "{}").get("kustomizeVersion", "") if version.returncode == 0 else ""
     if not kustomize.startswith(("v4", "v5")):
-        pytest.skip(f"this kubectl embeds kustomize {kustomize or '< v4'} (kubectl < 1.21, e.g. Debian's 1.20), "
-                    "which cannot take a directory (crds) in resources")
+        pytest.skip(
+            f"this kubectl embeds kustomize {kustomize or '< v4'} (kubectl < 1.21, e.g. Debian's 1.20), "
+            "which cannot take a directory (crds) in resources"
+        )
     done = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
-        (d["kind"], d["metadata"]["name"]) for d in DOCS)
+        (d["kind"], d["metadata"]["name"]) for d in DOCS
+    )
 
 
 def test_server_side_apply_of_the_base_succeeds(real_kube: Any) -> None:
@@ -524,21 +594,33 @@ def test_server_side_apply_of_the_base_succeeds(real_kube: Any) -> None:
     if missing:
         subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True, timeout=60)
     try:
-        done = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k",
-                               str(BASE)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k", str(BASE)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         if missing:
-            subprocess.run([*kubectl, "delete", "namespace", NAMESPACE, "--wait=false"], capture_output=True,
-                           timeout=60)
+            subprocess.run(
+                [*kubectl, "delete", "namespace", NAMESPACE, "--wait=false"], capture_output=True, timeout=60
+            )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("serverside-applied (server dry run)") == len(DOCS), done.stdout
-    crds = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "-k", str(BASE / "crds")],
-                          capture_output=True, text=True, timeout=300)
+    crds = subprocess.run(
+        [*kubectl, "apply", "--server-side", "--force-conflicts", "-k", str(BASE / "crds")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert crds.returncode == 0, crds.stdout + crds.stderr
     names = [f"crd/{crd['metadata']['name']}" for crd in objects("CustomResourceDefinition")]
-    established = subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *names],
-                                 capture_output=True, text=True, timeout=90)
+    established = subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *names],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert established.returncode == 0, established.stderr
 
 
@@ -555,8 +637,9 @@ def test_node_injectors_run_in_cluster_mode_and_every_service_sees_the_same_guar
     for name in ("chaosbus-scheduler", "chaosbus-injector", "chaosbus-cluster-injector"):
         c = container(name)
         own = [e for e in c.get("env", []) if e["name"] == "POD_NAMESPACE"]
-        assert own and own[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", \
+        assert own and own[0]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", (
             f"{name} must know chaosbus's own namespace to protect it"
+        )
         guard = config.target_guard(env={**container_env(c), "POD_NAMESPACE": NAMESPACE})
         assert guard.protected_namespaces == {NAMESPACE, "kube-system"} and not guard.allow_host_network_testing
 
@@ -577,8 +660,11 @@ def _rules(role: Obj) -> list[Obj]:
 def test_namespaced_roles_repeat_the_base_rules() -> None:
     """Offline: the overlay's Roles grant exactly what the base's ClusterRoles grant (the watcher: its
     namespaced part), so the two installs never drift apart."""
-    roles = {d["metadata"]["name"]: d for d in yaml.safe_load_all((NAMESPACED / "roles.yaml").read_text())
-             if d and d["kind"] == "Role"}
+    roles = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((NAMESPACED / "roles.yaml").read_text())
+        if d and d["kind"] == "Role"
+    }
     assert _rules(roles["chaosbus-recorder"]) == _rules(named("ClusterRole", "chaosbus-recorder"))
     assert _rules(roles["chaosbus-cluster-injector"]) == _rules(named("ClusterRole", "chaosbus-cluster-injector"))
     chaos = [r for r in named("ClusterRole", "chaosbus-watcher")["rules"] if r["apiGroups"] == ["chaos-mesh.org"]]
@@ -598,9 +684,11 @@ def test_a_namespace_scoped_install_gets_roles_not_cluster_roles() -> None:
     # and reviewing the node injectors' tokens (TokenReview is not namespaced), for the auth service.
     assert sorted(b["roleRef"]["name"] for b in cluster_bindings) == ["chaosbus-auth", "chaosbus-watcher"]
     assert _rules(cluster_roles["chaosbus-auth"]) == [
-        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
     assert _rules(cluster_roles["chaosbus-watcher"]) == [
-        {"apiGroups": [""], "resources": ["namespaces", "nodes"], "verbs": ["get", "list", "watch"]}]
+        {"apiGroups": [""], "resources": ["namespaces", "nodes"], "verbs": ["get", "list", "watch"]}
+    ]
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
     # The auth service reads the node injectors' pods where they run, chaosbus's own namespace.
@@ -621,17 +709,26 @@ def test_server_side_dry_run_of_the_namespaced_overlay_succeeds(real_kube: Any) 
     target = config.controller_scope(env=yaml.safe_load((NAMESPACED / "scope.yaml").read_text())["data"])
     created = []
     for ns in (NAMESPACE, target.target_namespace):
-        phase = subprocess.run([*kubectl, "get", "namespace", ns, "-o", "jsonpath={.status.phase}"],
-                               capture_output=True, text=True, timeout=60)
+        phase = subprocess.run(
+            [*kubectl, "get", "namespace", ns, "-o", "jsonpath={.status.phase}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if phase.stdout == "Terminating":  # another test's dry run just deleted it: let it go first
-            subprocess.run([*kubectl, "wait", "--for=delete", f"namespace/{ns}", "--timeout=60s"],
-                           capture_output=True, timeout=90)
+            subprocess.run(
+                [*kubectl, "wait", "--for=delete", f"namespace/{ns}", "--timeout=60s"], capture_output=True, timeout=90
+            )
         if phase.returncode != 0 or phase.stdout == "Terminating":
             subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True, timeout=60)
             created.append(ns)
     try:
-        done = subprocess.run([*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k",
-                               str(NAMESPACED)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*kubectl, "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-k", str(NAMESPACED)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         for ns in created:
             subprocess.run([*kubectl, "delete", "namespace", ns, "--wait=false"], capture_output=True, timeout=60)

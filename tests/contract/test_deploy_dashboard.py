@@ -22,8 +22,7 @@ def args_of() -> list[str]:
     return list(container(NAME).get("args", []))
 
 
-def test_it_runs_the_dashboard_in_cluster_mode_with_flags_its_parser_accepts(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_it_runs_the_dashboard_in_cluster_mode_with_flags_its_parser_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
     c = container(NAME)
     assert c["image"] == "chaosbus" and c["command"] == ["python", "-m", "chaosbus.dashboard"]
     for key, value in container_env(c).items():
@@ -44,8 +43,11 @@ def test_it_mounts_its_own_generated_identity_and_tokens() -> None:
     assert (env["CHAOSBUS_NATS_CREDS"], env["CHAOSBUS_NATS_TLS_DIR"]) == (f"{nats}/nkey", nats)
     [tokens_dir] = [p for p, s in mounts.items() if s == natssecrets.DASHBOARD_TOKENS_SECRET]
     assert f"--tokens-dir={tokens_dir}" in args_of()
-    [volume] = [v for v in pod_spec(NAME)["volumes"] if v.get("secret", {}).get("secretName") ==
-                natssecrets.DASHBOARD_TOKENS_SECRET]
+    [volume] = [
+        v
+        for v in pod_spec(NAME)["volumes"]
+        if v.get("secret", {}).get("secretName") == natssecrets.DASHBOARD_TOKENS_SECRET
+    ]
     files = {i["key"]: i["path"] for i in volume["secret"]["items"]}
     assert files == {role: webtokens.token_file(role, Path(tokens_dir)).name for role in webtokens.ROLES}
     generated = {d["metadata"]["name"]: d for d in yaml.safe_load_all(natssecrets.secrets_yaml()) if d}
@@ -55,8 +57,11 @@ def test_it_mounts_its_own_generated_identity_and_tokens() -> None:
 def test_the_operator_key_is_optional_and_the_only_other_secret() -> None:
     [volume] = [v for v in pod_spec(NAME)["volumes"] if v["name"] == "operator-key"]
     assert volume["secret"]["optional"] is True
-    assert set(secret_mounts(NAME).values()) == {"chaosbus-nats-dashboard", natssecrets.DASHBOARD_TOKENS_SECRET,
-                                                  volume["secret"]["secretName"]}
+    assert set(secret_mounts(NAME).values()) == {
+        "chaosbus-nats-dashboard",
+        natssecrets.DASHBOARD_TOKENS_SECRET,
+        volume["secret"]["secretName"],
+    }
 
 
 def test_it_has_no_api_access_of_its_own() -> None:
@@ -65,6 +70,7 @@ def test_it_has_no_api_access_of_its_own() -> None:
     sa = named("ServiceAccount", spec["serviceAccountName"])
     assert sa["automountServiceAccountToken"] is False
     from contract.test_deploy import grants
+
     assert spec["serviceAccountName"] not in grants()
 
 

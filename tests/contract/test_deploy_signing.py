@@ -11,8 +11,11 @@ from contract.test_deploy import container, pod_spec, workloads
 def secret_mounts(name: str) -> dict[str, str]:
     """Secret name -> mount path in `name`'s container."""
     volumes = {v["name"]: v["secret"]["secretName"] for v in pod_spec(name).get("volumes", []) if "secret" in v}
-    return {volumes[m["name"]]: m["mountPath"] for m in container(name).get("volumeMounts", [])
-            if m["name"] in volumes and m.get("readOnly")}
+    return {
+        volumes[m["name"]]: m["mountPath"]
+        for m in container(name).get("volumeMounts", [])
+        if m["name"] in volumes and m.get("readOnly")
+    }
 
 
 def test_only_the_scheduler_mounts_the_signing_key_and_uses_it() -> None:

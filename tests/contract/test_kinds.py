@@ -66,11 +66,14 @@ def test_the_kind_is_registered_whole(name: str) -> None:
 
 
 def test_a_kind_registered_halfway_is_caught() -> None:
-    half = kinds.Kind("HalfChaos", orchestration.OpenSpec, "executed", fault_tags=("no-such-fault",),
-                      embedded_key="halfChaos")
+    half = kinds.Kind(
+        "HalfChaos", orchestration.OpenSpec, "executed", fault_tags=("no-such-fault",), embedded_key="halfChaos"
+    )
     assert problems(half) == [
-        "an executed kind's spec selects pods (PodSelectorBase)", "its spec has no validate()",
-        "its spec has no defaulted()", "no fault planner (Kind.faults)",
+        "an executed kind's spec selects pods (PodSelectorBase)",
+        "its spec has no validate()",
+        "its spec has no defaulted()",
+        "no fault planner (Kind.faults)",
         "fault 'no-such-fault' is not a FaultSpec of messages.Fault",
         "fault 'no-such-fault' has no fault module in any injector",
         "'halfChaos' is not a field of Schedule's spec (orchestration._Embedded)",

@@ -88,8 +88,10 @@ def test_the_native_stage_has_every_tool_the_makefile_calls_and_the_final_image_
         assert re.search(r"apt-get install[^&]*\slibfuse3-3(\s|$)", final)
 
 
-@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
-                    reason="cc and make are installed by scripts/install-system-deps.sh (make install)")
+@pytest.mark.skipif(
+    shutil.which("cc") is None or shutil.which("make") is None,
+    reason="cc and make are installed by scripts/install-system-deps.sh (make install)",
+)
 def test_the_stage_build_needs_nothing_outside_native(tmp_path: Path) -> None:
     if not Path("/usr/include/fuse3/fuse.h").exists():
         pytest.skip("libfuse3-dev is installed by scripts/install-system-deps.sh (make install)")
@@ -104,8 +106,9 @@ def test_the_stage_build_needs_nothing_outside_native(tmp_path: Path) -> None:
 def _docker_daemon() -> str | None:
     if shutil.which("docker") is None:
         return "no docker client"
-    probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                           timeout=20)
+    probe = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20
+    )
     return None if probe.returncode == 0 else f"no Docker daemon answers ({probe.stderr.strip()[:120]})"
 
 
@@ -113,6 +116,7 @@ def test_the_native_stage_builds_in_docker() -> None:
     why = _docker_daemon()
     if why:
         pytest.skip(f"{why}: the stage is checked against native/Makefile above instead")
-    done = subprocess.run(["docker", "build", "--target", "native", "-q", str(ROOT)], capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        ["docker", "build", "--target", "native", "-q", str(ROOT)], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-2000:]

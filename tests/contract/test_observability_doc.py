@@ -28,8 +28,13 @@ def test_every_registered_metric_is_documented_and_nothing_else() -> None:
 
 
 def test_deploy_local_config_is_what_the_cli_prints_for_the_default_ports() -> None:
-    printed = subprocess.run([sys.executable, "-m", "chaosbus.cli", "prometheus-config"], capture_output=True,
-                             text=True, check=True, timeout=60).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "chaosbus.cli", "prometheus-config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     assert (ROOT / "deploy" / "prometheus" / "local.yml").read_text() == printed
     conf = yaml.safe_load(printed)
     targets = {j["job_name"]: j["static_configs"][0]["targets"] for j in conf["scrape_configs"]}
@@ -39,6 +44,10 @@ def test_deploy_local_config_is_what_the_cli_prints_for_the_default_ports() -> N
 def test_base_port_places_services_as_up_does() -> None:
     conf = promconfig.scrape_config(promconfig.ports_from_base(19100), interval="1s")
     targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in conf["scrape_configs"]}
-    assert targets == {"chaosbus-watcher": "127.0.0.1:19100", "chaosbus-scheduler": "127.0.0.1:19101",
-                       "chaosbus-recorder": "127.0.0.1:19102", "chaosbus-injector": "127.0.0.1:19103"}
+    assert targets == {
+        "chaosbus-watcher": "127.0.0.1:19100",
+        "chaosbus-scheduler": "127.0.0.1:19101",
+        "chaosbus-recorder": "127.0.0.1:19102",
+        "chaosbus-injector": "127.0.0.1:19103",
+    }
     assert conf["global"]["scrape_interval"] == "1s"

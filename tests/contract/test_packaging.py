@@ -17,11 +17,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ["common", "cli", "watcher", "scheduler", "injector", "injector.faults", "injector.backends", "recorder",
-            "common.crd"]
+PACKAGES = [
+    "common",
+    "cli",
+    "watcher",
+    "scheduler",
+    "injector",
+    "injector.faults",
+    "injector.backends",
+    "recorder",
+    "common.crd",
+]
 # The repo folders each package comes from (pyproject's package-dir).
-SOURCES = {"common": "libs/common", "cli": "cli", "watcher": "services/watcher", "scheduler": "services/scheduler",
-           "injector": "services/injector", "recorder": "services/recorder"}
+SOURCES = {
+    "common": "libs/common",
+    "cli": "cli",
+    "watcher": "services/watcher",
+    "scheduler": "services/scheduler",
+    "injector": "services/injector",
+    "recorder": "services/recorder",
+}
 PROBE = (
     "import json, chaosbus.common, chaosbus.common.crd, chaosbus.cli, chaosbus.watcher, chaosbus.scheduler, "
     "chaosbus.injector, chaosbus.injector.faults, chaosbus.injector.backends, chaosbus.recorder\n"
@@ -56,8 +71,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in ("libs", "services", "cli"):
         shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     [built] = out.glob("chaosbus-*.whl")
     return built
@@ -79,8 +98,23 @@ def test_wheel_declares_the_cli_entry_point(wheel: Path) -> None:
 
 def test_installed_wheel_imports_without_the_repo(wheel: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target",
-                           str(site), str(wheel)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     files = _import_files(tmp_path, str(site))
     for package, file in files.items():

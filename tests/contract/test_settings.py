@@ -13,8 +13,12 @@ import pytest
 from chaosbus.common import settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [p for d in ("libs", "services", "cli") for p in (ROOT / d).rglob("*.py")
-           if p.name != "settings.py" or p.parent.name != "common"]
+SOURCES = [
+    p
+    for d in ("libs", "services", "cli")
+    for p in (ROOT / d).rglob("*.py")
+    if p.name != "settings.py" or p.parent.name != "common"
+]
 # A read of the process's environment; writes (for children) and copies passed to children are not.
 READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=[^=])")
 
@@ -43,6 +47,10 @@ def test_the_documented_table_is_the_generated_one() -> None:
 
 
 def test_no_other_module_reads_the_environment() -> None:
-    readers = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in SOURCES
-               for n, line in enumerate(p.read_text().splitlines(), 1) if READ.search(line)]
+    readers = [
+        f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+        for p in SOURCES
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if READ.search(line)
+    ]
     assert readers == [], "read settings through chaosbus.common.settings.current()"

@@ -40,16 +40,19 @@ def matches(pattern: str, subject: str) -> bool:
     return overlap(pattern, subject) and "*" not in subject.split(".") and ">" not in subject.split(".")
 
 
-@pytest.mark.parametrize(("a", "b", "expected"), [
-    ("chaos.obj.>", "chaos.obj.Pod.ns.n", True),
-    ("chaos.obj.>", "chaos.obj", False),
-    ("chaos.cmd.*", "chaos.cmd.n1", True),
-    ("chaos.cmd.*", "chaos.cmd.n1.x", False),
-    ("chaos.cmd.*", "chaos.result.*", False),
-    ("chaos.*.x", "chaos.cmd.*", True),
-    ("chaos.>", "chaos.cmd.*", True),
-    ("a.b", "a.b.c", False),
-])
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ("chaos.obj.>", "chaos.obj.Pod.ns.n", True),
+        ("chaos.obj.>", "chaos.obj", False),
+        ("chaos.cmd.*", "chaos.cmd.n1", True),
+        ("chaos.cmd.*", "chaos.cmd.n1.x", False),
+        ("chaos.cmd.*", "chaos.result.*", False),
+        ("chaos.*.x", "chaos.cmd.*", True),
+        ("chaos.>", "chaos.cmd.*", True),
+        ("a.b", "a.b.c", False),
+    ],
+)
 def test_overlap_helper(a: str, b: str, expected: bool) -> None:
     assert overlap(a, b) is expected and overlap(b, a) is expected
 
@@ -73,8 +76,9 @@ def test_stream_is_read_by_known_services(stream: subjects.Stream) -> None:
     assert stream.consumers, "a stream nobody consumes is dead weight"
     readers = {c.identity for c in stream.consumers}
     assert readers <= set(READERS)
-    assert all(c.identity != stream.owner or not c.durable for c in stream.consumers), \
+    assert all(c.identity != stream.owner or not c.durable for c in stream.consumers), (
         "an owner reads back its own stream only to compare at start, never as a work consumer"
+    )
 
 
 def test_stream_names_are_unique() -> None:
@@ -86,9 +90,11 @@ def test_each_message_type_travels_on_one_stream() -> None:
     assert len(types) == len(set(types))
 
 
-@pytest.mark.parametrize(("a", "b"), [(a, b) for i, a in enumerate(subjects.STREAMS) for b in subjects.STREAMS[i + 1:]],
-                         ids=[f"{a.name}-{b.name}" for i, a in enumerate(subjects.STREAMS)
-                              for b in subjects.STREAMS[i + 1:]])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(a, b) for i, a in enumerate(subjects.STREAMS) for b in subjects.STREAMS[i + 1 :]],
+    ids=[f"{a.name}-{b.name}" for i, a in enumerate(subjects.STREAMS) for b in subjects.STREAMS[i + 1 :]],
+)
 def test_no_two_streams_overlap(a: subjects.Stream, b: subjects.Stream) -> None:
     for x in a.subjects:
         for y in b.subjects:
@@ -119,15 +125,20 @@ def test_token_keeps_safe_values(value: str) -> None:
 
 
 @pytest.mark.parametrize("name", NASTY)
-@pytest.mark.parametrize(("build", "stream", "tokens"), [
-    (lambda v: subjects.object_subject("PodChaos", v, v), subjects.OBJECTS, 5),
-    (lambda v: subjects.command_subject(v), subjects.COMMANDS, 3),
-    (lambda v: subjects.result_subject(v, v), subjects.RESULTS, 4),
-    (lambda v: subjects.decision_subject(v), subjects.DECISIONS, 3),
-    (lambda v: subjects.write_subject("PodChaos", v, v), subjects.WRITES, 5),
-], ids=["object", "command", "result", "decision", "write"])
+@pytest.mark.parametrize(
+    ("build", "stream", "tokens"),
+    [
+        (lambda v: subjects.object_subject("PodChaos", v, v), subjects.OBJECTS, 5),
+        (lambda v: subjects.command_subject(v), subjects.COMMANDS, 3),
+        (lambda v: subjects.result_subject(v, v), subjects.RESULTS, 4),
+        (lambda v: subjects.decision_subject(v), subjects.DECISIONS, 3),
+        (lambda v: subjects.write_subject("PodChaos", v, v), subjects.WRITES, 5),
+    ],
+    ids=["object", "command", "result", "decision", "write"],
+)
 def test_built_subject_has_fixed_tokens_and_lands_on_its_stream_only(
-        name: str, build: typing.Callable[[str], str], stream: subjects.Stream, tokens: int) -> None:
+    name: str, build: typing.Callable[[str], str], stream: subjects.Stream, tokens: int
+) -> None:
     subject = build(name)
     assert len(subject.split(".")) == tokens
     owners = [s.name for s in subjects.STREAMS if any(matches(p, subject) for p in s.subjects)]
@@ -145,11 +156,14 @@ def test_distinct_names_give_distinct_command_subjects(a: str, b: str) -> None:
     assert subjects.command_subject(a) != subjects.command_subject(b)
 
 
-@pytest.mark.parametrize(("kind", "ns", "name", "key"), [
-    ("PodChaos", "default", "x", "PodChaos.default.x"),
-    ("Node", "", "n1", "Node._.n1"),
-    ("Pod", "prod", "web.0", "Pod.prod.web.0"),
-])
+@pytest.mark.parametrize(
+    ("kind", "ns", "name", "key"),
+    [
+        ("PodChaos", "default", "x", "PodChaos.default.x"),
+        ("Node", "", "n1", "Node._.n1"),
+        ("Pod", "prod", "web.0", "Pod.prod.web.0"),
+    ],
+)
 def test_object_key(kind: str, ns: str, name: str, key: str) -> None:
     assert subjects.object_key(kind, ns, name) == key
 
@@ -197,12 +211,18 @@ def test_the_cluster_injector_does_the_api_level_faults_and_tasks() -> None:
 
 # --- the dashboard's identity ---------------------------------------------------------------------
 
+
 def test_the_dashboard_reads_and_never_writes_a_stream_or_the_object_store() -> None:
     from chaosbus.common import natsauth
 
     p = natsauth.permissions("dashboard")
-    assert not [s for s in p.publish if s.startswith(("chaos.obj", "chaos.cmd", "chaos.result", "chaos.phase",
-                                                      "chaos.write", "$KV.objects", "$KV.targets"))]
+    assert not [
+        s
+        for s in p.publish
+        if s.startswith(
+            ("chaos.obj", "chaos.cmd", "chaos.result", "chaos.phase", "chaos.write", "$KV.objects", "$KV.targets")
+        )
+    ]
     assert "$KV.control.>" in p.publish and subjects.HALT_SUBJECT in p.publish  # the kill switch, signed
     assert all(t.pattern in p.publish for t in subjects.TRIGGERS)
     assert "chaos.health.*" in p.subscribe

@@ -29,10 +29,19 @@ NOBODY = 65534
 def forged_task(marker: Path) -> m.NodeCommand:
     """A Task command as the scheduler would send it; run, it would create `marker`."""
     uid = f"forged-{uuid.uuid4().hex[:8]}"
-    return m.NodeCommand(command_id=f"{uid}.1", experiment_uid=uid, generation=1, kind="WorkflowNode",
-                         namespace="default", name=uid, node=NODE, issued_at=time.time(),
-                         actions=[m.TargetAction(target_id=f"default/{uid}", op="apply",
-                                                 fault=Task(argv=["/usr/bin/touch", str(marker)]))])
+    return m.NodeCommand(
+        command_id=f"{uid}.1",
+        experiment_uid=uid,
+        generation=1,
+        kind="WorkflowNode",
+        namespace="default",
+        name=uid,
+        node=NODE,
+        issued_at=time.time(),
+        actions=[
+            m.TargetAction(target_id=f"default/{uid}", op="apply", fault=Task(argv=["/usr/bin/touch", str(marker)]))
+        ],
+    )
 
 
 def violations(system: System, subject: str) -> int:
@@ -102,8 +111,10 @@ def test_only_the_recorder_and_local_clients_write_objects_and_status(system: Sy
     async def forge() -> tuple[bool, bool]:
         bus = await busmod.connect(system.url, f"forger-{user}", auth=system.auth(identity(user)))
         try:
-            return (await denied_publish(bus, write, forged),
-                    await denied_publish(bus, f"$KV.{subjects.OBJECT_STORE.name}.{key}", forged))
+            return (
+                await denied_publish(bus, write, forged),
+                await denied_publish(bus, f"$KV.{subjects.OBJECT_STORE.name}.{key}", forged),
+            )
         finally:
             await bus.close()
 
@@ -131,9 +142,16 @@ def test_a_node_injector_cannot_consume_another_nodes_commands(system: System) -
         try:
             for what, api in attempts.items():
                 name = mine if "own name" in what else theirs
-                request = {"stream_name": stream, "config": {
-                    "name": name, "durable_name": name, "filter_subject": subjects.command_subject(other),
-                    "ack_policy": "explicit", "deliver_policy": "all"}}
+                request = {
+                    "stream_name": stream,
+                    "config": {
+                        "name": name,
+                        "durable_name": name,
+                        "filter_subject": subjects.command_subject(other),
+                        "ack_policy": "explicit",
+                        "deliver_policy": "all",
+                    },
+                }
                 try:
                     await bus.nc.request(api, json.dumps(request).encode(), timeout=1.0)
                 except (nats.errors.Error, TimeoutError):

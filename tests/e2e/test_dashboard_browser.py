@@ -29,11 +29,20 @@ pytestmark = pytest.mark.privileged
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 PAIR = {(0, 1), (1, 0)}
-PARTITION = yaml.safe_dump({
-    "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": "dash-cut"},
-    "spec": {"action": "partition", "mode": "all", "direction": "both",
-             "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
-             "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-1"}}}}})
+PARTITION = yaml.safe_dump(
+    {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "NetworkChaos",
+        "metadata": {"name": "dash-cut"},
+        "spec": {
+            "action": "partition",
+            "mode": "all",
+            "direction": "both",
+            "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
+            "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-1"}}},
+        },
+    }
+)
 BAD = PARTITION.replace("direction: both", "direction: sideways").replace("dash-cut", "dash-bad")
 WORKFLOW = """apiVersion: chaos-mesh.org/v1alpha1
 kind: Workflow
@@ -73,9 +82,13 @@ def _missing() -> str | None:
 @pytest.fixture
 def dashboard(system: System, tmp_path: Path) -> Iterator[tuple[str, str]]:
     url_file = tmp_path / "dashboard.url"
-    proc = subprocess.Popen([sys.executable, "-m", "chaosbus.dashboard", "--port", "0", "--url-file", str(url_file)],
-                            env=system.env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "dashboard.log", "wb"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chaosbus.dashboard", "--port", "0", "--url-file", str(url_file)],
+        env=system.env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "dashboard.log", "wb"),
+        start_new_session=True,
+    )
     try:
         eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=30)
         token = (system.state / "dashboard" / "admin.token").read_text().strip()
@@ -102,8 +115,15 @@ def browser() -> Iterator[Any]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
     opts.unhandled_prompt_behavior = "accept"  # the pages' confirm() dialogs: yes
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -128,8 +148,7 @@ class Shots:
             self.driver.save_screenshot(str(f / f"dashboard-{name}.png"))
 
 
-def test_dashboard_in_a_real_browser(system: System, dashboard: tuple[str, str], browser: Any,
-                                     tmp_path: Path) -> None:
+def test_dashboard_in_a_real_browser(system: System, dashboard: tuple[str, str], browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     url, token = dashboard
@@ -142,16 +161,23 @@ def test_dashboard_in_a_real_browser(system: System, dashboard: tuple[str, str],
 
     # Live updates replace parts of the page at any moment: read through the DOM in one step.
     def text(selector: str) -> str:
-        return str(browser.execute_script(
-            "var e = document.querySelector(arguments[0]); return e ? e.textContent : '';", selector))
+        return str(
+            browser.execute_script(
+                "var e = document.querySelector(arguments[0]); return e ? e.textContent : '';", selector
+            )
+        )
 
     def count(selector: str) -> int:
         return int(browser.execute_script("return document.querySelectorAll(arguments[0]).length;", selector))
 
     def texts(selector: str) -> set[str]:
-        return set(browser.execute_script(
-            "return Array.from(document.querySelectorAll(arguments[0])).map(function (e) { return e.textContent; });",
-            selector))
+        return set(
+            browser.execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0]))"
+                ".map(function (e) { return e.textContent; });",
+                selector,
+            )
+        )
 
     def click(selector: str) -> None:
         for _ in range(20):
@@ -235,9 +261,13 @@ def test_dashboard_in_a_real_browser(system: System, dashboard: tuple[str, str],
     browser.execute_script("window.__noReload = true;")
 
     def state(template: str) -> str:
-        return str(browser.execute_script(
-            "var e = document.querySelector('g.wf-node[data-template=\"' + arguments[0] + '\"]');"
-            "return e ? e.getAttribute('data-state') : '';", template))
+        return str(
+            browser.execute_script(
+                "var e = document.querySelector('g.wf-node[data-template=\"' + arguments[0] + '\"]');"
+                "return e ? e.getAttribute('data-state') : '';",
+                template,
+            )
+        )
 
     eventually(lambda: state("cut") == "running", timeout=20)
     shot("workflow")

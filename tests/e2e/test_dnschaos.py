@@ -19,10 +19,15 @@ SERVER = 3
 
 
 def dnschaos(name: str, pod: str, action: str, **extra: Any) -> str:
-    spec: dict[str, Any] = {"action": action, "mode": "all",
-                            "selector": {"fieldSelectors": {"metadata.name": pod}}, **extra}
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "DNSChaos",
-                           "metadata": {"name": name}, "spec": spec})
+    spec: dict[str, Any] = {
+        "action": action,
+        "mode": "all",
+        "selector": {"fieldSelectors": {"metadata.name": pod}},
+        **extra,
+    }
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "DNSChaos", "metadata": {"name": name}, "spec": spec}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +62,18 @@ def test_error_then_delete(system: System, server: str) -> None:
 
 def test_random_and_static_compose_on_one_pod(system: System, server: str) -> None:
     system.cli("apply", "-f", "-", stdin=dnschaos("dns-random", "peer-1", "random", patterns=["a.chaos.*"]))
-    system.cli("apply", "-f", "-", stdin=dnschaos("dns-static", "peer-1", "static", patterns=["b.other.test"],
-                                                  addresses=["192.0.2.9"]))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=dnschaos("dns-static", "peer-1", "static", patterns=["b.other.test"], addresses=["192.0.2.9"]),
+    )
 
     def chaotic() -> bool:
         got = answers(system, 1, server)
-        return (got[2] == ("NOERROR", ["192.0.2.9"])
-                and all(r == "NOERROR" and len(a) == 1 and a[0] != ZONE[n]
-                        for (r, a), n in zip(got[:2], ZONE, strict=False)))
+        return got[2] == ("NOERROR", ["192.0.2.9"]) and all(
+            r == "NOERROR" and len(a) == 1 and a[0] != ZONE[n] for (r, a), n in zip(got[:2], ZONE, strict=False)
+        )
 
     eventually(chaotic, timeout=10)
     system.cli("delete", "dnschaos", "dns-random")

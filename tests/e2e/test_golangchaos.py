@@ -24,8 +24,9 @@ pytestmark = pytest.mark.privileged
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 class GoPod(QueryLog):
@@ -53,8 +54,11 @@ class GoPod(QueryLog):
 
 @pytest.fixture
 def go_pods(system: System) -> Iterator[tuple[GoPod, GoPod]]:
-    why = why_no_go() or (None if (gosql.native_dir() / "codepatch").exists()
-                          else f"{gosql.native_dir()}/codepatch is not built (make install builds native/)")
+    why = why_no_go() or (
+        None
+        if (gosql.native_dir() / "codepatch").exists()
+        else f"{gosql.native_dir()}/codepatch is not built (make install builds native/)"
+    )
     if why:
         pytest.skip(why)
     pods = (GoPod(system, "go-db", "sql"), GoPod(system, "go-other", "other-sql"))
@@ -82,8 +86,16 @@ def both_calls_fail(pod: QueryLog, since: int) -> None:
 def test_golangchaos_through_the_cli(system: System, go_pods: tuple[GoPod, GoPod]) -> None:
     db, other = go_pods
     mark, other_mark = db.mark(), other.mark()
-    system.cli("apply", "-f", "-", stdin=doc("GolangChaos", "sql", {
-        "mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "action": "sql-error", "duration": "60s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "GolangChaos",
+            "sql",
+            {"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "action": "sql-error", "duration": "60s"},
+        ),
+    )
     recs = eventually(lambda: injected(system, "sql"), timeout=30)
     assert [r["id"] for r in recs] == ["default/go-db/go-db"]  # one container, named like its pod
     assert recs[0]["events"][-1]["message"].startswith("set sql query error to default/go-db/go-db: ")
@@ -100,10 +112,31 @@ def test_golangchaos_through_the_cli(system: System, go_pods: tuple[GoPod, GoPod
 def test_golangchaos_as_a_workflow_step_ends_at_its_deadline(system: System, go_pods: tuple[GoPod, GoPod]) -> None:
     db = go_pods[0]
     mark = db.mark()
-    system.cli("apply", "-f", "-", stdin=doc("Workflow", "wf-sql", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["sql"]},
-        {"name": "sql", "templateType": "GolangChaos", "deadline": "5s", "golangChaos": {
-            "mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "duration": "60s"}}]}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "Workflow",
+            "wf-sql",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["sql"]},
+                    {
+                        "name": "sql",
+                        "templateType": "GolangChaos",
+                        "deadline": "5s",
+                        "golangChaos": {
+                            "mode": "all",
+                            "selector": {"labelSelectors": {"app": "sql"}},
+                            "duration": "60s",
+                        },
+                    },
+                ],
+            },
+        ),
+    )
     both_calls_fail(db, mark)
     db.wait(succeeding, since=db.mark(), count=6, timeout=30)  # the step's deadline recovers it
     eventually(lambda: not gosql.plan(db.go_pid()).already, timeout=30)
@@ -122,8 +155,14 @@ def _injector_pids(system: System) -> list[int]:
 def test_injector_kill9_mid_fault_then_restart_restores(system: System, go_pods: tuple[GoPod, GoPod]) -> None:
     db = go_pods[0]
     mark = db.mark()
-    system.cli("apply", "-f", "-", stdin=doc("GolangChaos", "sql-k9", {
-        "mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "duration": "120s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "GolangChaos", "sql-k9", {"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "duration": "120s"}
+        ),
+    )
     eventually(lambda: injected(system, "sql-k9"), timeout=30)
     both_calls_fail(db, mark)
     killed = _injector_pids(system)
@@ -137,11 +176,16 @@ def test_injector_kill9_mid_fault_then_restart_restores(system: System, go_pods:
     assert psutil.Process(db.go_pid()).status() != psutil.STATUS_STOPPED
 
 
-@pytest.mark.parametrize(("spec", "field"), [
-    ({"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}}, "spec.duration"),
-    ({"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "duration": "30s", "action": "panic"},
-     "spec.action"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}}, "spec.duration"),
+        (
+            {"mode": "all", "selector": {"labelSelectors": {"app": "sql"}}, "duration": "30s", "action": "panic"},
+            "spec.action",
+        ),
+    ],
+)
 def test_bad_input_is_refused_naming_the_field(system: System, spec: dict[str, Any], field: str) -> None:
     out = system.cli("apply", "-f", "-", stdin=doc("GolangChaos", "bad", spec), check=False)
     assert out.returncode != 0 and field in (out.stderr + out.stdout)

@@ -35,14 +35,36 @@ def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iter
         pytest.skip(prom.unavailable() or "")
     config = promconfig.scrape_config(system.metrics_ports(), interval="1s")
     guard_port = prom.free_port()
-    config["scrape_configs"].append({"job_name": "chaosbus-guard",
-                                     "static_configs": [{"targets": [f"127.0.0.1:{guard_port}"]}]})
+    config["scrape_configs"].append(
+        {"job_name": "chaosbus-guard", "static_configs": [{"targets": [f"127.0.0.1:{guard_port}"]}]}
+    )
     with prom.running(config, tmp_path_factory.mktemp("prometheus-grafana")) as p:
         # A guard whose objective always holds (it never halts), for the dashboard's guard panel.
-        guard = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "guard", "--name", "always-met",
-                                  "--prometheus", p.url, "--query", "vector(1)", "--criteria", "==", "--value", "1",
-                                  "--interval", "1", "--metrics-port", str(guard_port)],
-                                 env=system.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        guard = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chaosbus.cli",
+                "guard",
+                "--name",
+                "always-met",
+                "--prometheus",
+                p.url,
+                "--query",
+                "vector(1)",
+                "--criteria",
+                "==",
+                "--value",
+                "1",
+                "--interval",
+                "1",
+                "--metrics-port",
+                str(guard_port),
+            ],
+            env=system.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             yield p
         finally:
@@ -55,18 +77,38 @@ def pod(name: str) -> dict[str, Any]:
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind,
-                           "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "namespace": NS},
+            "spec": spec,
+        }
+    )
 
 
 EXPERIMENTS = {
-    ("NetworkChaos", "gf-partition"): {"action": "partition", "mode": "all", "direction": "to",
-                                       "selector": pod("peer-2"), "target": {"mode": "all", "selector": pod("peer-3")}},
-    ("NetworkChaos", "gf-bandwidth"): {"action": "bandwidth", "mode": "all", "direction": "to",
-                                       "selector": pod("peer-0"), "target": {"mode": "all", "selector": pod("peer-1")},
-                                       "bandwidth": {"rate": "10mbit", "limit": 20000, "buffer": 10000}},
-    ("StressChaos", "gf-stress"): {"mode": "all", "selector": pod("peer-1"), "duration": "120s",
-                                   "stressors": {"cpu": {"workers": 1, "load": 5}}},
+    ("NetworkChaos", "gf-partition"): {
+        "action": "partition",
+        "mode": "all",
+        "direction": "to",
+        "selector": pod("peer-2"),
+        "target": {"mode": "all", "selector": pod("peer-3")},
+    },
+    ("NetworkChaos", "gf-bandwidth"): {
+        "action": "bandwidth",
+        "mode": "all",
+        "direction": "to",
+        "selector": pod("peer-0"),
+        "target": {"mode": "all", "selector": pod("peer-1")},
+        "bandwidth": {"rate": "10mbit", "limit": 20000, "buffer": 10000},
+    },
+    ("StressChaos", "gf-stress"): {
+        "mode": "all",
+        "selector": pod("peer-1"),
+        "duration": "120s",
+        "stressors": {"cpu": {"workers": 1, "load": 5}},
+    },
     ("TimeChaos", "gf-time"): {"mode": "all", "selector": pod("peer-0"), "timeOffset": "-10m", "duration": "120s"},
 }
 
@@ -80,7 +122,8 @@ def injected(system: System, kind: str, name: str) -> bool:
 
 
 def test_every_dashboard_expression_returns_series_during_live_experiments(
-        system: System, prometheus: prom.Prometheus) -> None:
+    system: System, prometheus: prom.Prometheus
+) -> None:
     if not (timeskew.native_dir() / "timeskew").exists():
         pytest.skip(f"{timeskew.native_dir()}/timeskew is not built (make install builds native/)")
     exprs = {where: grafana.substitute(e, NS) for where, e in grafana.expressions(grafana.load()).items()}
@@ -99,11 +142,13 @@ def test_every_dashboard_expression_returns_series_during_live_experiments(
 
         def missing() -> list[str]:
             return [where for where, e in exprs.items() if not prometheus.query_range(e, start, time.time())]
+
         left: list[str] = []
 
         def none_missing() -> bool:
             left[:] = missing()
             return not left
+
         deadline = time.monotonic() + 45
         while not none_missing() and time.monotonic() < deadline:
             time.sleep(1)

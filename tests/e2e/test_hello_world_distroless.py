@@ -32,8 +32,9 @@ time.sleep(3600)
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def _no_ps_in(pid: int) -> bool:
@@ -67,26 +68,56 @@ def injected_message(obj: dict[str, Any] | None) -> str:
 
 
 def test_hello_world_lists_the_processes_of_a_pod_without_ps_through_the_cli(system: System, bare: int) -> None:
-    system.cli("apply", "-f", "-", stdin=doc("HelloWorldChaos", "hello-bare", {
-        "mode": "one", "selector": {"labelSelectors": {"app": "bare"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc("HelloWorldChaos", "hello-bare", {"mode": "one", "selector": {"labelSelectors": {"app": "bare"}}}),
+    )
     message = eventually(lambda: injected_message(system.get("helloworldchaos", "hello-bare")), timeout=15)
     assert f"ps aux in the namespaces of pid {bare} lists" in message
     assert "bare-target" in message.split("the target: ", 1)[1]
-    described = eventually(lambda: (d := system.cli("describe", "helloworldchaos", "hello-bare").stdout)
-                           and "Applied" in d.split("Events:", 1)[1] and d, timeout=10)
+    described = eventually(
+        lambda: (
+            (d := system.cli("describe", "helloworldchaos", "hello-bare").stdout)
+            and "Applied" in d.split("Events:", 1)[1]
+            and d
+        ),
+        timeout=10,
+    )
     assert f"Successfully apply chaos for default/{POD}" in described.split("Events:", 1)[1]
 
 
 def test_hello_world_as_a_workflow_step_on_a_pod_without_ps(system: System, bare: int) -> None:
-    system.cli("apply", "-f", "-", stdin=doc("Workflow", "hello-wf", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["hello"]},
-        {"name": "hello", "templateType": "HelloWorldChaos", "deadline": "5s", "helloWorldChaos": {
-            "mode": "one", "selector": {"labelSelectors": {"app": "bare"}}}}]}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "Workflow",
+            "hello-wf",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["hello"]},
+                    {
+                        "name": "hello",
+                        "templateType": "HelloWorldChaos",
+                        "deadline": "5s",
+                        "helloWorldChaos": {"mode": "one", "selector": {"labelSelectors": {"app": "bare"}}},
+                    },
+                ],
+            },
+        ),
+    )
 
     def step_message() -> str:
         out = yaml.safe_load(system.cli("get", "helloworldchaos", "-o", "yaml").stdout) or []
-        objs = out.get("items") or [] if isinstance(out, dict) and out.get("kind") == "List" else (
-            [out] if isinstance(out, dict) else out)
+        objs = (
+            out.get("items") or []
+            if isinstance(out, dict) and out.get("kind") == "List"
+            else ([out] if isinstance(out, dict) else out)
+        )
         mine = [o for o in objs if (o["metadata"].get("labels") or {}).get("chaos-mesh.org/workflow") == "hello-wf"]
         return next((m for o in mine if (m := injected_message(o))), "")
 

@@ -20,10 +20,16 @@ PORT, OTHER_PORT = 9080, 9081
 
 
 def httpchaos(name: str, pod: str, target: str, port: int = PORT, **extra: Any) -> str:
-    spec: dict[str, Any] = {"target": target, "port": port, "mode": "all",
-                            "selector": {"fieldSelectors": {"metadata.name": pod}}, **extra}
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HTTPChaos",
-                           "metadata": {"name": name}, "spec": spec})
+    spec: dict[str, Any] = {
+        "target": target,
+        "port": port,
+        "mode": "all",
+        "selector": {"fieldSelectors": {"metadata.name": pod}},
+        **extra,
+    }
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HTTPChaos", "metadata": {"name": name}, "spec": spec}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +88,20 @@ def test_only_the_selected_server_is_touched(system: System, server: str) -> Non
 
 def test_replace_and_patch_on_one_client_only(system: System, server: str) -> None:
     # Selected: peer-0, as a client. Its responses are rewritten; peer-1's are not.
-    system.cli("apply", "-f", "-", stdin=httpchaos(
-        "http-rewrite", "peer-0", "Response", path="/json", code=200,
-        replace={"code": 503, "headers": {"X-Echo": "replaced"}},
-        patch={"body": {"type": "JSON", "value": '{"nested": {"drop": null}, "added": true}'}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=httpchaos(
+            "http-rewrite",
+            "peer-0",
+            "Response",
+            path="/json",
+            code=200,
+            replace={"code": 503, "headers": {"X-Echo": "replaced"}},
+            patch={"body": {"type": "JSON", "value": '{"nested": {"drop": null}, "added": true}'}},
+        ),
+    )
 
     def rewritten() -> bool:
         reply = send(system, 0, server, "/json")
@@ -127,11 +143,22 @@ def test_duration(system: System, server: str) -> None:
 
 
 def test_tls_fails_per_target_with_a_clear_message(system: System, server: str) -> None:
-    system.cli("apply", "-f", "-", stdin=httpchaos(
-        "http-tls", "peer-3", "Request", abort=True,
-        tls={"secretName": "tls", "secretNamespace": "default", "certName": "tls.crt", "keyName": "tls.key"}))
-    [rec] = eventually(lambda: [r for r in records(system, "http-tls")
-                                if (r.get("events") or [{}])[-1].get("type") == "Failed"], timeout=15)
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=httpchaos(
+            "http-tls",
+            "peer-3",
+            "Request",
+            abort=True,
+            tls={"secretName": "tls", "secretNamespace": "default", "certName": "tls.crt", "keyName": "tls.key"},
+        ),
+    )
+    [rec] = eventually(
+        lambda: [r for r in records(system, "http-tls") if (r.get("events") or [{}])[-1].get("type") == "Failed"],
+        timeout=15,
+    )
     assert rec["phase"] == "Not Injected" and rec["injectedCount"] == 0
     assert "tls is not supported by chaosbus" in rec["events"][-1]["message"]
     assert "tls is not supported" in system.cli("describe", "httpchaos", "http-tls").stdout

@@ -30,8 +30,9 @@ UNAFFECTED = 0.07  # median seconds of a read no rule delays, on a loaded machin
 
 
 def doc(name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "IOChaos", "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "IOChaos", "metadata": {"name": name}, "spec": spec}
+    )
 
 
 class VolumePod:
@@ -43,10 +44,24 @@ class VolumePod:
         (self.host / "b.txt").write_text("other file\n")
         # The pod keeps one file open from its start and reads it back every 0.2 s: it must see
         # the content intact whatever happens to the volume.
-        script = ("import os, time\nf = open('/data/b.txt')\nwhile True:\n    f.seek(0)\n"
-                  "    assert f.read() == 'other file\\n'\n    time.sleep(0.2)\n")
-        system.cli("pod", "run", "--name", name, "-l", f"app={label}", "-v", f"{self.host}:{VOLUME}", "--",
-                   "python3", "-c", script)
+        script = (
+            "import os, time\nf = open('/data/b.txt')\nwhile True:\n    f.seek(0)\n"
+            "    assert f.read() == 'other file\\n'\n    time.sleep(0.2)\n"
+        )
+        system.cli(
+            "pod",
+            "run",
+            "--name",
+            name,
+            "-l",
+            f"app={label}",
+            "-v",
+            f"{self.host}:{VOLUME}",
+            "--",
+            "python3",
+            "-c",
+            script,
+        )
         ident = processid.parse(system.pod(name)["status"]["containerStatuses"][0]["containerID"])
         assert ident is not None
         self.pid = ident.pid
@@ -86,9 +101,24 @@ def median(results: list[Any]) -> float:
 
 def test_iochaos_latency_on_one_pod_through_the_cli(system: System, pods: tuple[VolumePod, VolumePod]) -> None:
     target, other = pods
-    system.cli("apply", "-f", "-", stdin=doc("io-latency", {
-        "action": "latency", "mode": "all", "selector": {"labelSelectors": {"app": "io"}}, "volumePath": VOLUME,
-        "path": f"{VOLUME}/slow/**", "delay": "100ms", "methods": ["read"], "duration": "60s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "io-latency",
+            {
+                "action": "latency",
+                "mode": "all",
+                "selector": {"labelSelectors": {"app": "io"}},
+                "volumePath": VOLUME,
+                "path": f"{VOLUME}/slow/**",
+                "delay": "100ms",
+                "methods": ["read"],
+                "duration": "60s",
+            },
+        ),
+    )
     [rec] = eventually(lambda: injected(system, "io-latency"), timeout=20)
     assert rec["id"] == "default/io-target/io-target" and "latency on /data" in rec["events"][-1]["message"]
     assert target.mounts() == 1 and other.mounts() == 0
@@ -114,11 +144,27 @@ def _injector_pids(system: System) -> list[int]:
 
 
 def test_injector_kill9_mid_fault_leaves_working_files_and_the_restart_recovers(
-        system: System, pods: tuple[VolumePod, VolumePod]) -> None:
+    system: System, pods: tuple[VolumePod, VolumePod]
+) -> None:
     target, _ = pods
-    system.cli("apply", "-f", "-", stdin=doc("io-eio", {
-        "action": "fault", "mode": "all", "selector": {"labelSelectors": {"app": "io"}}, "volumePath": VOLUME,
-        "path": f"{VOLUME}/slow/*", "errno": 5, "methods": ["read"], "duration": "120s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "io-eio",
+            {
+                "action": "fault",
+                "mode": "all",
+                "selector": {"labelSelectors": {"app": "io"}},
+                "volumePath": VOLUME,
+                "path": f"{VOLUME}/slow/*",
+                "errno": 5,
+                "methods": ["read"],
+                "duration": "120s",
+            },
+        ),
+    )
     eventually(lambda: injected(system, "io-eio"), timeout=20)
     killed = _injector_pids(system)
     assert killed
@@ -126,8 +172,9 @@ def test_injector_kill9_mid_fault_leaves_working_files_and_the_restart_recovers(
         os.kill(pid, signal.SIGKILL)
     # The filesystem outlives the injector: matched reads still fail with EIO, the rest work (no
     # "Transport endpoint is not connected" anywhere).
-    res = probe(target.pid, [("read", f"{VOLUME}/slow/a.txt"), ("read", f"{VOLUME}/b.txt"),
-                             ("write", f"{VOLUME}/new.txt", "x")])
+    res = probe(
+        target.pid, [("read", f"{VOLUME}/slow/a.txt"), ("read", f"{VOLUME}/b.txt"), ("write", f"{VOLUME}/new.txt", "x")]
+    )
     assert [r.errno for r in res] == [5, 0, 0]
     eventually(lambda: [p for p in _injector_pids(system) if p not in killed], timeout=30)
     system.cli("delete", "iochaos", "io-eio")

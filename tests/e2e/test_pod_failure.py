@@ -27,8 +27,9 @@ Made = list[tuple[str, str]]  # (kind, name) of what a test applied
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 @pytest.fixture
@@ -61,8 +62,12 @@ def stopped(system: System, old_pid: int) -> bool:
     pod = system.pod(POD)
     cs = pod["status"]["containerStatuses"][0]
     cgroup = pod["metadata"]["annotations"]["chaosbus.io/cgroup"].split(",")[0]
-    return (not cs["ready"] and not cs["containerID"] and not cgroups.procs(cgroup)
-            and (cs.get("state") or {}).get("waiting", {}).get("reason") == "PodFailure")
+    return (
+        not cs["ready"]
+        and not cs["containerID"]
+        and not cgroups.procs(cgroup)
+        and (cs.get("state") or {}).get("waiting", {}).get("reason") == "PodFailure"
+    )
 
 
 def stays_stopped(system: System, old_pid: int, seconds: float) -> None:
@@ -81,8 +86,16 @@ def test_the_command_is_gone_during_the_fault_and_starts_afresh_after(system: Sy
     first = eventually(lambda: running_pid(system), timeout=30)
     restarts = status(system)["restartCount"]
     pod.append(("podchaos", "pf"))
-    system.cli("apply", "-f", "-", stdin=doc("PodChaos", "pf", {
-        "action": "pod-failure", "mode": "one", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "60s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "PodChaos",
+            "pf",
+            {"action": "pod-failure", "mode": "one", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "60s"},
+        ),
+    )
     [rec] = eventually(lambda: [r for r in records(system, "podchaos", "pf") if r["phase"] == "Injected"], timeout=30)
     assert rec["id"] == f"default/{POD}"
     assert f"command stopped (pid {first})" in rec["events"][-1]["message"]
@@ -100,13 +113,24 @@ def test_the_command_is_gone_during_the_fault_and_starts_afresh_after(system: Sy
 def test_status_records_and_events_through_the_cli(system: System, pod: Made) -> None:
     first = eventually(lambda: running_pid(system), timeout=30)
     pod.append(("podchaos", "pf"))
-    system.cli("apply", "-f", "-", stdin=doc("PodChaos", "pf", {
-        "action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "3s"}))
-    eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "podchaos", "pf")),
-               timeout=40)
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "PodChaos",
+            "pf",
+            {"action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "3s"},
+        ),
+    )
+    eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "podchaos", "pf")), timeout=40)
     assert eventually(lambda: running_pid(system), timeout=40) != first
-    described = eventually(lambda: (d := system.cli("describe", "podchaos", "pf").stdout)
-                           and "Recovered" in d.split("Events:", 1)[1] and d, timeout=30)
+    described = eventually(
+        lambda: (
+            (d := system.cli("describe", "podchaos", "pf").stdout) and "Recovered" in d.split("Events:", 1)[1] and d
+        ),
+        timeout=30,
+    )
     events = described.split("Events:", 1)[1]
     assert f"Successfully apply chaos for default/{POD}" in events
     assert f"Successfully recover chaos for default/{POD}" in events
@@ -115,10 +139,31 @@ def test_status_records_and_events_through_the_cli(system: System, pod: Made) ->
 def test_a_workflow_step_fails_the_pod_for_its_deadline(system: System, pod: Made) -> None:
     first = eventually(lambda: running_pid(system), timeout=30)
     pod.append(("workflow", "pf-wf"))
-    system.cli("apply", "-f", "-", stdin=doc("Workflow", "pf-wf", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["fail"]},
-        {"name": "fail", "templateType": "PodChaos", "deadline": "15s", "podChaos": {
-            "action": "pod-failure", "mode": "one", "selector": {"labelSelectors": {"app": "pf"}}}}]}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "Workflow",
+            "pf-wf",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["fail"]},
+                    {
+                        "name": "fail",
+                        "templateType": "PodChaos",
+                        "deadline": "15s",
+                        "podChaos": {
+                            "action": "pod-failure",
+                            "mode": "one",
+                            "selector": {"labelSelectors": {"app": "pf"}},
+                        },
+                    },
+                ],
+            },
+        ),
+    )
     eventually(lambda: stopped(system, first), timeout=30)
     assert eventually(lambda: running_pid(system), timeout=30) != first  # the step's deadline ended it
 
@@ -128,8 +173,9 @@ def test_a_hold_ends_at_its_deadline_with_no_injector_involved(system: System, p
     netns = system.pod(POD)["metadata"]["annotations"]["chaosbus.io/netns"]
     holds = podhold.pod_dir(netns, Path(system.env["CHAOSBUS_STATE_DIR"]) / "pods" / "holds")
     assert oct(os.stat(holds).st_mode & 0o777) == "0o700"
-    name = podhold.put(holds, podhold.Hold(key="by-hand", node="nobody", experiment="default/by-hand",
-                                           deadline=time.time() + 30))
+    name = podhold.put(
+        holds, podhold.Hold(key="by-hand", node="nobody", experiment="default/by-hand", deadline=time.time() + 30)
+    )
     eventually(lambda: stopped(system, first), timeout=30)
     assert eventually(lambda: running_pid(system), timeout=40) != first
     assert (holds / name).exists()  # nobody removed it: the supervisor read its deadline
@@ -147,8 +193,16 @@ def _injector_pids(system: System) -> list[int]:
 def test_injector_kill9_mid_fault_the_command_returns_at_the_deadline(system: System, pod: Made) -> None:
     first = eventually(lambda: running_pid(system), timeout=30)
     pod.append(("podchaos", "pf-k9"))
-    system.cli("apply", "-f", "-", stdin=doc("PodChaos", "pf-k9", {
-        "action": "pod-failure", "mode": "one", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "20s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "PodChaos",
+            "pf-k9",
+            {"action": "pod-failure", "mode": "one", "selector": {"labelSelectors": {"app": "pf"}}, "duration": "20s"},
+        ),
+    )
     eventually(lambda: [r for r in records(system, "podchaos", "pf-k9") if r["phase"] == "Injected"], timeout=30)
     killed = _injector_pids(system)
     assert killed
@@ -157,8 +211,9 @@ def test_injector_kill9_mid_fault_the_command_returns_at_the_deadline(system: Sy
     eventually(lambda: stopped(system, first), timeout=15)  # held while the injector is dead
     assert eventually(lambda: running_pid(system), timeout=40) != first
     eventually(lambda: [p for p in _injector_pids(system) if p not in killed], timeout=30)
-    eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "podchaos", "pf-k9")),
-               timeout=30)
+    eventually(
+        lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "podchaos", "pf-k9")), timeout=30
+    )
     netns = system.pod(POD)["metadata"]["annotations"]["chaosbus.io/netns"]
     holds = Path(system.env["CHAOSBUS_STATE_DIR"]) / "pods" / "holds" / netns
     eventually(lambda: not podhold.names(holds), timeout=30)  # the restarted injector took its hold away

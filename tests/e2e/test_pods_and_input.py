@@ -23,8 +23,9 @@ pytestmark = pytest.mark.privileged
 
 
 def chaos(kind: str, name: str, spec: dict[str, object]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def pid_of(container_id: str) -> int:
@@ -39,12 +40,20 @@ def records(system: System, kind: str, name: str) -> list[dict[str, object]]:
 
 
 def test_pod_kill_kills_exactly_the_selected_pod_and_it_comes_back(system: System) -> None:
-    before = {p.name: pid_of(system.pod(p.name)["status"]["containerStatuses"][0]["containerID"])
-              for p in system.pods}
-    system.cli("apply", "-f", "-", stdin=chaos("PodChaos", "kill-3", {
-        "action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"index": "3"}}}))
-    eventually(lambda: not psutil.pid_exists(before["peer-3"]) or
-               psutil.Process(before["peer-3"]).status() == psutil.STATUS_ZOMBIE)
+    before = {p.name: pid_of(system.pod(p.name)["status"]["containerStatuses"][0]["containerID"]) for p in system.pods}
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "PodChaos", "kill-3", {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"index": "3"}}}
+        ),
+    )
+    eventually(
+        lambda: (
+            not psutil.pid_exists(before["peer-3"]) or psutil.Process(before["peer-3"]).status() == psutil.STATUS_ZOMBIE
+        )
+    )
     for name in ("peer-0", "peer-1", "peer-2"):
         assert psutil.pid_exists(before[name]), f"{name} was killed too"
     recs = eventually(lambda: [r for r in records(system, "podchaos", "kill-3") if r["phase"] == "Injected"])
@@ -62,13 +71,20 @@ def test_pod_kill_kills_exactly_the_selected_pod_and_it_comes_back(system: Syste
 
 
 def test_pause_does_not_stop_or_repeat_a_one_shot_pod_kill(system: System) -> None:
-    system.cli("apply", "-f", "-", stdin=chaos("PodChaos", "kill-2", {
-        "action": "pod-kill", "mode": "all", "selector": {"labelSelectors": {"index": "2"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "PodChaos", "kill-2", {"action": "pod-kill", "mode": "all", "selector": {"labelSelectors": {"index": "2"}}}
+        ),
+    )
     eventually(lambda: [r for r in records(system, "podchaos", "kill-2") if r["phase"] == "Injected"])
     system.cli("annotate", "podchaos", "kill-2", "experiment.chaos-mesh.org/pause=true")
     eventually(lambda: system.pod("peer-2")["status"]["containerStatuses"][0]["containerID"], timeout=10)
-    desired = eventually(lambda: (system.get("podchaos", "kill-2") or {}).get("status", {})
-                         .get("experiment", {}).get("desiredPhase"))
+    desired = eventually(
+        lambda: (system.get("podchaos", "kill-2") or {}).get("status", {}).get("experiment", {}).get("desiredPhase")
+    )
     assert desired == "Run"
     [rec] = records(system, "podchaos", "kill-2")
     assert rec["injectedCount"] == 1
@@ -79,9 +95,21 @@ def test_pause_does_not_stop_or_repeat_a_one_shot_pod_kill(system: System) -> No
 
 def test_container_kill_kills_the_named_container(system: System) -> None:
     pid = pid_of(system.pod("peer-1")["status"]["containerStatuses"][0]["containerID"])
-    system.cli("apply", "-f", "-", stdin=chaos("PodChaos", "ckill-1", {
-        "action": "container-kill", "mode": "all", "containerNames": ["peer-1"],
-        "selector": {"labelSelectors": {"index": "1"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "PodChaos",
+            "ckill-1",
+            {
+                "action": "container-kill",
+                "mode": "all",
+                "containerNames": ["peer-1"],
+                "selector": {"labelSelectors": {"index": "1"}},
+            },
+        ),
+    )
     recs = eventually(lambda: [r for r in records(system, "podchaos", "ckill-1") if r["phase"] == "Injected"])
     assert [r["id"] for r in recs] == ["default/peer-1/peer-1"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -90,8 +118,16 @@ def test_container_kill_kills_the_named_container(system: System) -> None:
 
 
 def test_hello_world_runs_ps_in_the_target_and_records_it(system: System) -> None:
-    system.cli("apply", "-f", "-", stdin=chaos("HelloWorldChaos", "hello", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "0"}}, "duration": "30s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "HelloWorldChaos",
+            "hello",
+            {"mode": "one", "selector": {"labelSelectors": {"index": "0"}}, "duration": "30s"},
+        ),
+    )
     recs = eventually(lambda: [r for r in records(system, "helloworldchaos", "hello") if r["phase"] == "Injected"])
     message = recs[0]["events"][-1]["message"]  # type: ignore[index]
     assert "Hello world from default/peer-0" in message and "demoapp serve --name peer-0" in message
@@ -100,21 +136,35 @@ def test_hello_world_runs_ps_in_the_target_and_records_it(system: System) -> Non
     assert system.get("helloworldchaos", "hello") is None
 
 
-@pytest.mark.parametrize(("document", "message"), [
-    ("kind: [unclosed", "invalid YAML (line 1"),
-    (chaos("NoSuchChaos", "x", {}), "kind: unknown kind 'NoSuchChaos'"),
-    (chaos("PodChaos", "x", {"action": "pod-kill", "mode": "sometimes", "selector": {}}),
-     "spec.mode: expected one of one, all, fixed, fixed-percent, random-max-percent"),
-    (chaos("PodChaos", "x", {"action": "pod-kill", "mode": "fixed", "value": "0", "selector": {}}), "spec.value"),
-    (chaos("NetworkChaos", "x", {"action": "partition", "mode": "all", "duration": "-5s"}),
-     "spec.duration: must not be negative"),
-    (chaos("NetworkChaos", "x", {"action": "partition", "mode": "all", "duration": "soon"}),
-     "spec.duration: invalid duration 'soon'"),
-    (chaos("PodChaos", "ok", {"action": "pod-kill", "mode": "one"}) + "---\n" +
-     chaos("PodChaos", "bad", {"action": "explode", "mode": "one"}), "document 2 (PodChaos/bad): spec.action"),
-])
-def test_bad_input_is_refused_with_the_field_named_and_nothing_written(system: System, document: str,
-                                                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("kind: [unclosed", "invalid YAML (line 1"),
+        (chaos("NoSuchChaos", "x", {}), "kind: unknown kind 'NoSuchChaos'"),
+        (
+            chaos("PodChaos", "x", {"action": "pod-kill", "mode": "sometimes", "selector": {}}),
+            "spec.mode: expected one of one, all, fixed, fixed-percent, random-max-percent",
+        ),
+        (chaos("PodChaos", "x", {"action": "pod-kill", "mode": "fixed", "value": "0", "selector": {}}), "spec.value"),
+        (
+            chaos("NetworkChaos", "x", {"action": "partition", "mode": "all", "duration": "-5s"}),
+            "spec.duration: must not be negative",
+        ),
+        (
+            chaos("NetworkChaos", "x", {"action": "partition", "mode": "all", "duration": "soon"}),
+            "spec.duration: invalid duration 'soon'",
+        ),
+        (
+            chaos("PodChaos", "ok", {"action": "pod-kill", "mode": "one"})
+            + "---\n"
+            + chaos("PodChaos", "bad", {"action": "explode", "mode": "one"}),
+            "document 2 (PodChaos/bad): spec.action",
+        ),
+    ],
+)
+def test_bad_input_is_refused_with_the_field_named_and_nothing_written(
+    system: System, document: str, message: str
+) -> None:
     done = system.cli("apply", "-f", "-", stdin=document, check=False)
     assert done.returncode == 1
     assert message in done.stderr
@@ -131,13 +181,26 @@ def test_unknown_resource_type_and_missing_object_are_clear_errors(system: Syste
 def test_an_action_the_injector_cannot_do_is_a_failure_never_injected(system: System) -> None:
     if shaping.capabilities()["netem"] is None:
         pytest.skip("this kernel has sch_netem: a delay is injected here, there is nothing to refuse")
-    system.cli("apply", "-f", "-", stdin=chaos("NetworkChaos", "slow", {
-        "action": "delay", "mode": "all", "delay": {"latency": "100ms"},
-        "selector": {"fieldSelectors": {"metadata.name": "peer-0"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "NetworkChaos",
+            "slow",
+            {
+                "action": "delay",
+                "mode": "all",
+                "delay": {"latency": "100ms"},
+                "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
+            },
+        ),
+    )
 
     def failed() -> list[dict[str, object]]:
-        return [r for r in records(system, "networkchaos", "slow")
-                if (r.get("events") or [{}])[-1].get("type") == "Failed"]  # type: ignore[union-attr]
+        return [
+            r for r in records(system, "networkchaos", "slow") if (r.get("events") or [{}])[-1].get("type") == "Failed"
+        ]  # type: ignore[union-attr]
 
     [rec] = eventually(failed)
     assert rec["phase"] == "Not Injected" and rec["injectedCount"] == 0
@@ -148,8 +211,16 @@ def test_an_action_the_injector_cannot_do_is_a_failure_never_injected(system: Sy
 
 
 def test_selector_matching_nothing_is_reported_in_status(system: System) -> None:
-    system.cli("apply", "-f", "-", stdin=chaos("NetworkChaos", "nobody", {
-        "action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "nothing-here"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "NetworkChaos",
+            "nobody",
+            {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "nothing-here"}}},
+        ),
+    )
 
     def selected() -> dict[str, str] | None:
         conds = ((system.get("networkchaos", "nobody") or {}).get("status") or {}).get("conditions") or []
@@ -172,10 +243,22 @@ def test_malformed_nats_messages_crash_nothing(system: System) -> None:
 
     asyncio.run(send())
     # Every service is still there and the whole path still works.
-    system.cli("apply", "-f", "-", stdin=chaos("NetworkChaos", "after-garbage", {
-        "action": "partition", "mode": "all", "direction": "to",
-        "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
-        "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-3"}}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "NetworkChaos",
+            "after-garbage",
+            {
+                "action": "partition",
+                "mode": "all",
+                "direction": "to",
+                "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
+                "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-3"}}},
+            },
+        ),
+    )
     wait_blocked(system, {(0, 3)})
     system.cli("delete", "networkchaos", "after-garbage")
     wait_blocked(system, set())
@@ -187,9 +270,12 @@ def test_malformed_nats_messages_crash_nothing(system: System) -> None:
 
 
 def test_every_service_serves_its_metrics(system: System) -> None:
-    expected = {"watcher": "chaosbus_watcher_object_events_total", "scheduler": "chaosbus_experiments",
-                "recorder": "chaosbus_recorder_status_writes_total",
-                "injector": "chaosbus_injector_open_faults "}  # a sample, whatever ran before
+    expected = {
+        "watcher": "chaosbus_watcher_object_events_total",
+        "scheduler": "chaosbus_experiments",
+        "recorder": "chaosbus_recorder_status_writes_total",
+        "injector": "chaosbus_injector_open_faults ",
+    }  # a sample, whatever ran before
     for service, metric in expected.items():
         eventually(lambda service=service, metric=metric: metric in scrape(system, service), timeout=30)
 
@@ -210,8 +296,22 @@ def scrape(system: System, service: str) -> str:
 @pytest.mark.parametrize(("code", "phase"), [(0, "Succeeded"), (3, "Failed")])
 def test_restart_never_pod_ends_with_its_exit_code(system: System, code: int, phase: str) -> None:
     name = f"once-{code}"
-    system.cli("pod", "run", "--name", name, "--restart", "Never", "--bridge", BRIDGE, "--subnet", SUBNET, "--",
-               sys.executable, "-c", f"import time, sys; time.sleep(0.5); sys.exit({code})")
+    system.cli(
+        "pod",
+        "run",
+        "--name",
+        name,
+        "--restart",
+        "Never",
+        "--bridge",
+        BRIDGE,
+        "--subnet",
+        SUBNET,
+        "--",
+        sys.executable,
+        "-c",
+        f"import time, sys; time.sleep(0.5); sys.exit({code})",
+    )
     eventually(lambda: system.pod(name)["status"]["phase"] == phase, timeout=10)
     cs = system.pod(name)["status"]["containerStatuses"][0]
     assert cs["restartCount"] == 0 and cs["lastState"]["terminated"]["exitCode"] == code

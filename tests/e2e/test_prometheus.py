@@ -23,8 +23,13 @@ pytestmark = pytest.mark.privileged
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 # The workloads whose pods run each local-mode service (the cluster injector is the injector's
 # cluster-scoped twin: one process serves both roles locally).
-WORKLOADS = {"watcher.yaml": "watcher", "scheduler.yaml": "scheduler", "recorder.yaml": "recorder",
-             "injector.yaml": "injector", "cluster-injector.yaml": "injector"}
+WORKLOADS = {
+    "watcher.yaml": "watcher",
+    "scheduler.yaml": "scheduler",
+    "recorder.yaml": "recorder",
+    "injector.yaml": "injector",
+    "cluster-injector.yaml": "injector",
+}
 
 
 def live_ports(system: System) -> dict[str, int]:
@@ -47,9 +52,13 @@ def annotation_jobs(ports: dict[str, int]) -> list[dict[str, Any]]:
             assert ann.get("prometheus.io/scrape") == "true", (file, ann)
             # The annotation must name the port the service serves by default (its --metrics-port).
             assert int(ann["prometheus.io/port"]) == METRICS_PORTS[service], (file, ann)
-            jobs.append({"job_name": f"k8s-{doc['metadata']['name']}", "metrics_path": ann["prometheus.io/path"],
-                         "static_configs": [{"targets": [f"127.0.0.1:{ports[service]}"],
-                                             "labels": {"service": service}}]})
+            jobs.append(
+                {
+                    "job_name": f"k8s-{doc['metadata']['name']}",
+                    "metrics_path": ann["prometheus.io/path"],
+                    "static_configs": [{"targets": [f"127.0.0.1:{ports[service]}"], "labels": {"service": service}}],
+                }
+            )
     assert {j["static_configs"][0]["labels"]["service"] for j in jobs} == set(SERVICES), jobs
     return jobs
 
@@ -67,12 +76,24 @@ def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def partition(name: str, namespace: str = "default") -> str:
     """peer-2 cannot reach peer-3; the experiment may live in another namespace than the pods."""
+
     def pod(pod_name: str) -> dict[str, Any]:
         return {"namespaces": ["default"], "fieldSelectors": {"metadata.name": pod_name}}
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-                           "metadata": {"name": name, "namespace": namespace},
-                           "spec": {"action": "partition", "mode": "all", "direction": "to", "selector": pod("peer-2"),
-                                    "target": {"mode": "all", "selector": pod("peer-3")}}})
+
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "NetworkChaos",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "action": "partition",
+                "mode": "all",
+                "direction": "to",
+                "selector": pod("peer-2"),
+                "target": {"mode": "all", "selector": pod("peer-3")},
+            },
+        }
+    )
 
 
 def test_every_service_is_scraped_with_its_series(system: System, prometheus: prom.Prometheus) -> None:
@@ -80,19 +101,26 @@ def test_every_service_is_scraped_with_its_series(system: System, prometheus: pr
     system.cli("apply", "-f", "-", stdin=partition("prom-series"))
     try:
         wait_blocked(system, {(2, 3)})
-        jobs = [f"chaosbus-{s}" for s in SERVICES] + \
-            [f"k8s-{d['metadata']['name']}" for f in WORKLOADS for d in yaml.safe_load_all((DEPLOY / f).read_text())
-             if d and d.get("kind") in ("Deployment", "DaemonSet", "StatefulSet")]
+        jobs = [f"chaosbus-{s}" for s in SERVICES] + [
+            f"k8s-{d['metadata']['name']}"
+            for f in WORKLOADS
+            for d in yaml.safe_load_all((DEPLOY / f).read_text())
+            if d and d.get("kind") in ("Deployment", "DaemonSet", "StatefulSet")
+        ]
 
         def all_up() -> dict[str, str]:
             up = {r["metric"]["job"]: r["value"][1] for r in prometheus.query("up")}
             return up if all(up.get(j) == "1" for j in jobs) else {}
+
         eventually(all_up, timeout=20, interval=0.5)
 
         def series_per_job() -> dict[str, int]:
-            found = {r["metric"]["job"]: int(r["value"][1])
-                     for r in prometheus.query('count by (job) ({__name__=~"chaosbus_.+"})')}
+            found = {
+                r["metric"]["job"]: int(r["value"][1])
+                for r in prometheus.query('count by (job) ({__name__=~"chaosbus_.+"})')
+            }
             return found if all(found.get(j, 0) > 0 for j in jobs) else {}
+
         found = eventually(series_per_job, timeout=20, interval=0.5)
         assert set(found) >= set(jobs), found
     finally:
@@ -104,11 +132,14 @@ def test_chaos_mesh_experiment_gauge_shows_a_running_partition(system: System, p
     # A namespace of its own, so that no other experiment of the session counts in these series.
     # The recommended job only: the annotation-derived one scrapes the same scheduler again.
     ns, job = "prom-cm", "chaosbus-scheduler"
-    expr = (f'chaos_controller_manager_chaos_experiments{{job="{job}",namespace="{ns}",'
-            'kind="NetworkChaos",phase="running"}')
+    expr = (
+        f'chaos_controller_manager_chaos_experiments{{job="{job}",namespace="{ns}",'
+        'kind="NetworkChaos",phase="running"}'
+    )
 
     def running() -> float:
         return sum(float(r["value"][1]) for r in prometheus.query(expr))
+
     assert running() == 0
     system.cli("apply", "-f", "-", stdin=partition("prom-cm", ns))
     try:
@@ -116,23 +147,29 @@ def test_chaos_mesh_experiment_gauge_shows_a_running_partition(system: System, p
         eventually(lambda: running() == 1, timeout=20, interval=0.5)
         # The same experiment under our own name, and Events counted under Chaos Mesh's.
         assert prometheus.query(f'chaosbus_experiments{{job="{job}",kind="NetworkChaos",phase="running"}} >= 1')
-        eventually(lambda: prometheus.query(f'chaos_controller_manager_emitted_event_total{{namespace="{ns}"}}'),
-                   timeout=20, interval=0.5)
+        eventually(
+            lambda: prometheus.query(f'chaos_controller_manager_emitted_event_total{{namespace="{ns}"}}'),
+            timeout=20,
+            interval=0.5,
+        )
     finally:
         system.cli("delete", "networkchaos", "prom-cm", "-n", ns)
         wait_blocked(system, set())
     # Deleted: its running series is gone again (no stale phase left behind).
-    eventually(lambda: not prometheus.query(f'chaos_controller_manager_chaos_experiments{{namespace="{ns}"}}'),
-               timeout=20, interval=0.5)
+    eventually(
+        lambda: not prometheus.query(f'chaos_controller_manager_chaos_experiments{{namespace="{ns}"}}'),
+        timeout=20,
+        interval=0.5,
+    )
 
 
 def test_packets_dropped_by_a_partition_rise_in_prometheus(system: System, prometheus: prom.Prometheus) -> None:
     ns = "prom-drops"
-    expr = (f'chaosbus_injector_partition_dropped_packets{{job="chaosbus-injector",namespace="{ns}",'
-            f'name="prom-drops"}}')
+    expr = f'chaosbus_injector_partition_dropped_packets{{job="chaosbus-injector",namespace="{ns}",name="prom-drops"}}'
 
     def dropped() -> float:
         return sum(float(r["value"][1]) for r in prometheus.query(expr))
+
     system.cli("apply", "-f", "-", stdin=partition("prom-drops", ns))
     try:
         wait_blocked(system, {(2, 3)})  # each probe's SYNs die in peer-2's output chain
@@ -140,8 +177,9 @@ def test_packets_dropped_by_a_partition_rise_in_prometheus(system: System, prome
         for _ in range(5):
             assert not system.connects(2, 3)
         eventually(lambda: dropped() > first, timeout=20, interval=0.5)
-        assert prometheus.query(f'chaosbus_injector_partition_dropped_bytes{{job="chaosbus-injector",'
-                                f'namespace="{ns}"}} > 0')
+        assert prometheus.query(
+            f'chaosbus_injector_partition_dropped_bytes{{job="chaosbus-injector",namespace="{ns}"}} > 0'
+        )
     finally:
         system.cli("delete", "networkchaos", "prom-drops", "-n", ns)
         wait_blocked(system, set())

@@ -41,8 +41,15 @@ def root() -> None:
 
 
 def test_chaos_selftest_every_component_killed_once(root: None, tmp_path: Path) -> None:
-    st = SelfTest(tmp_path, cycles=5, seed=6, schedule=["injector", "scheduler", "recorder", "nats-server"],
-                  kill_probability=0.0, max_duration=3.0, settle_s=40.0)
+    st = SelfTest(
+        tmp_path,
+        cycles=5,
+        seed=6,
+        schedule=["injector", "scheduler", "recorder", "nats-server"],
+        kill_probability=0.0,
+        max_duration=3.0,
+        settle_s=40.0,
+    )
     report = asyncio.run(st.run())
     print("\n" + "\n".join(report.lines()))
     assert set(report.kills) == {"injector", "scheduler", "recorder", "nats-server"}
@@ -62,11 +69,20 @@ def live(root: None, tmp_path: Path) -> Iterator[SelfTest]:
 
 
 def partition(name: str) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-                           "metadata": {"name": name}, "spec": {
-                               "action": "partition", "mode": "all", "direction": "both",
-                               "selector": {"fieldSelectors": {"metadata.name": "st-0"}},
-                               "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "st-1"}}}}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "NetworkChaos",
+            "metadata": {"name": name},
+            "spec": {
+                "action": "partition",
+                "mode": "all",
+                "direction": "both",
+                "selector": {"fieldSelectors": {"metadata.name": "st-0"}},
+                "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "st-1"}}},
+            },
+        }
+    )
 
 
 def status(st: SelfTest, name: str) -> dict[str, Any]:
@@ -100,8 +116,11 @@ def test_halt_and_resume_from_the_cli(live: SelfTest) -> None:
     assert "every injector recovers every fault" in out
     wait(lambda: tables(live) == 0, 5, "recovered by the halt")
     print(f"\nhalt via the CLI: 4 faults gone {time.monotonic() - halted:.2f}s after `chaosbus halt` started")
-    wait(lambda: any("recovered: halted by kill switch (e2e drill" in m for m in events(live, "h1")), 15,
-         "status says why")
+    wait(
+        lambda: any("recovered: halted by kill switch (e2e drill" in m for m in events(live, "h1")),
+        15,
+        "status says why",
+    )
     refused = live.cli_stdin(partition("h3"), "apply", "-f", "-", check=False)
     assert refused.startswith("error: chaosbus is halted by the kill switch") and "chaosbus resume" in refused
     assert "resumed" in live.cli("resume").stdout

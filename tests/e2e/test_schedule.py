@@ -20,12 +20,28 @@ pytestmark = pytest.mark.privileged
 
 
 def schedule(name: str, *, every: str = "@every 2s", history: int = 2) -> str:
-    partition = {"action": "partition", "mode": "all", "direction": "to", "duration": "1s",
-                 "selector": {"fieldSelectors": {"metadata.name": "peer-2"}},
-                 "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-3"}}}}
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "metadata": {"name": name},
-                           "spec": {"schedule": every, "type": "NetworkChaos", "historyLimit": history,
-                                    "concurrencyPolicy": "Forbid", "networkChaos": partition}})
+    partition = {
+        "action": "partition",
+        "mode": "all",
+        "direction": "to",
+        "duration": "1s",
+        "selector": {"fieldSelectors": {"metadata.name": "peer-2"}},
+        "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-3"}}},
+    }
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": name},
+            "spec": {
+                "schedule": every,
+                "type": "NetworkChaos",
+                "historyLimit": history,
+                "concurrencyPolicy": "Forbid",
+                "networkChaos": partition,
+            },
+        }
+    )
 
 
 def children(system: System, owner: str, kind: str = "networkchaos") -> list[dict[str, Any]]:
@@ -60,8 +76,12 @@ def test_every_2s_forbid_fires_on_time_never_overlaps_trims_and_cleans_up(system
     assert 3 <= len(fires) <= 5, seen  # 4 expected in 9 s, +-1 for where the window falls
     assert all(b - a == 2 for a, b in zip(fires, fires[1:], strict=False)), fires  # one child per fire, none skipped
     assert most_at_once <= 1
-    counts = [(r["injectedCount"], r["recoveredCount"]) for kid in last.values() if not injected(kid)
-              for r in ((kid.get("status") or {}).get("experiment") or {}).get("containerRecords") or []]
+    counts = [
+        (r["injectedCount"], r["recoveredCount"])
+        for kid in last.values()
+        if not injected(kid)
+        for r in ((kid.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+    ]
     assert (1, 1) in counts, counts  # children were injected and recovered, each once
     assert any(samples) and not all(samples), samples  # the partition came and went
 
@@ -86,10 +106,19 @@ def test_an_invalid_schedule_is_refused_at_apply_naming_the_field(system: System
 
 
 def hello_schedule(name: str, *, history: int = 10) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "metadata": {"name": name},
-                           "spec": {"schedule": "@every 2s", "type": "HelloWorldChaos", "historyLimit": history,
-                                    "helloWorldChaos": {"mode": "all", "duration": "1s",
-                                                        "selector": {"labelSelectors": {"app": "peer"}}}}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": name},
+            "spec": {
+                "schedule": "@every 2s",
+                "type": "HelloWorldChaos",
+                "historyLimit": history,
+                "helloWorldChaos": {"mode": "all", "duration": "1s", "selector": {"labelSelectors": {"app": "peer"}}},
+            },
+        }
+    )
 
 
 def hello_children(system: System, owner: str) -> list[dict[str, Any]]:
@@ -97,13 +126,24 @@ def hello_children(system: System, owner: str) -> list[dict[str, Any]]:
 
 
 def test_pause_stops_fires_and_pauses_the_children_resume_restarts_them(system: System) -> None:
-    system.cli("apply", "-f", "-", stdin=schedule("sched-pause", history=3).replace("duration: 1s", "duration: 30s")
-               .replace("concurrencyPolicy: Forbid", "concurrencyPolicy: Allow"))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=schedule("sched-pause", history=3)
+        .replace("duration: 1s", "duration: 30s")
+        .replace("concurrencyPolicy: Forbid", "concurrencyPolicy: Allow"),
+    )
     eventually(lambda: children(system, "sched-pause"), timeout=10)
     wait_blocked(system, {(2, 3)}, timeout=8)
     system.cli("annotate", "schedule", "sched-pause", "experiment.chaos-mesh.org/pause=true")
-    eventually(lambda: all((k["metadata"].get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
-                           for k in children(system, "sched-pause")), timeout=10)
+    eventually(
+        lambda: all(
+            (k["metadata"].get("annotations") or {}).get("experiment.chaos-mesh.org/pause") == "true"
+            for k in children(system, "sched-pause")
+        ),
+        timeout=10,
+    )
     wait_blocked(system, set(), timeout=8)  # paused children are recovered
     table = system.cli("get", "schedule", "sched-pause").stdout.splitlines()
     assert table[0].split()[:5] == ["NAME", "SCHEDULE", "TYPE", "POLICY", "STATE"]
@@ -122,24 +162,31 @@ def test_pause_stops_fires_and_pauses_the_children_resume_restarts_them(system: 
 def test_scheduler_killed_mid_schedule_resumes_without_firing_anything_twice(system: System) -> None:
     system.cli("apply", "-f", "-", stdin=hello_schedule("sched-kill"))
     eventually(lambda: len(hello_children(system, "sched-kill")) >= 2, timeout=12)
-    pids = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-            if "chaosbus.scheduler" in " ".join(p.info["cmdline"] or []) and system.url in " ".join(p.info["cmdline"])]
+    pids = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if "chaosbus.scheduler" in " ".join(p.info["cmdline"] or []) and system.url in " ".join(p.info["cmdline"])
+    ]
     assert pids, "no scheduler process found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     before = {k["metadata"]["name"] for k in hello_children(system, "sched-kill")}
     # `up` restarts it; the new instance waits out the old leader lease, then resumes from status.
-    eventually(lambda: len({k["metadata"]["name"] for k in hello_children(system, "sched-kill")} - before) >= 2,
-               timeout=40)
+    eventually(
+        lambda: len({k["metadata"]["name"] for k in hello_children(system, "sched-kill")} - before) >= 2, timeout=40
+    )
     kids = hello_children(system, "sched-kill")
     fires = sorted(int(k["metadata"]["name"].rsplit("-", 1)[1]) for k in kids)
     assert all((b - a) % 2 == 0 and b > a for a, b in zip(fires, fires[1:], strict=False)), fires
     after = [f for f in fires if f > killed_at]
     assert len([f for f in fires if f <= killed_at + 1]) <= len(before) + 1  # no burst of missed fires
     assert after and all(b - a == 2 for a, b in zip(after[1:], after[2:], strict=False)), fires
-    counts = [r.get("injectedCount", 0) for k in kids
-              for r in ((k.get("status") or {}).get("experiment") or {}).get("containerRecords") or []]
+    counts = [
+        r.get("injectedCount", 0)
+        for k in kids
+        for r in ((k.get("status") or {}).get("experiment") or {}).get("containerRecords") or []
+    ]
     assert counts and max(counts) <= 1, counts  # nothing applied twice
     system.cli("delete", "schedule", "sched-kill")
     eventually(lambda: hello_children(system, "sched-kill") == [], timeout=15)

@@ -23,13 +23,18 @@ MBIT = 1_000_000
 
 
 def bandwidth(name: str, rate: str, source: str, target: str | None, direction: str = "to") -> str:
-    spec: dict[str, Any] = {"action": "bandwidth", "mode": "all", "direction": direction,
-                            "selector": {"fieldSelectors": {"metadata.name": source}},
-                            "bandwidth": {"rate": rate, "limit": 20000, "buffer": 10000}}
+    spec: dict[str, Any] = {
+        "action": "bandwidth",
+        "mode": "all",
+        "direction": direction,
+        "selector": {"fieldSelectors": {"metadata.name": source}},
+        "bandwidth": {"rate": rate, "limit": 20000, "buffer": 10000},
+    }
     if target:
         spec["target"] = {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": target}}}
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-                           "metadata": {"name": name}, "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def records(system: System, name: str) -> list[dict[str, Any]]:
@@ -62,8 +67,9 @@ def our_qdiscs(netns_path: str, kind: str) -> int:
     return sum(1 for f in tc.list_ours(netns_path) if f.what == "qdisc" and f.kind == kind)
 
 
-def test_bandwidth_caps_only_towards_the_target_until_deleted(system: System,
-                                                              sink: dict[int, subprocess.Popen[str]]) -> None:
+def test_bandwidth_caps_only_towards_the_target_until_deleted(
+    system: System, sink: dict[int, subprocess.Popen[str]]
+) -> None:
     assert tc.list_ours(system.pods[0].netns_path) == []
     system.cli("apply", "-f", "-", stdin=bandwidth("bw-1mbit", "1mbit", "peer-0", "peer-1"))
     recs = eventually(lambda: all_injected(system, "bw-1mbit", 2), timeout=15)
@@ -83,8 +89,9 @@ def test_bandwidth_caps_only_towards_the_target_until_deleted(system: System,
     assert rate(system, sink, 0, 1, seconds=1) > 20 * MBIT
 
 
-def test_both_directions_shape_each_side_towards_the_other(system: System,
-                                                           sink: dict[int, subprocess.Popen[str]]) -> None:
+def test_both_directions_shape_each_side_towards_the_other(
+    system: System, sink: dict[int, subprocess.Popen[str]]
+) -> None:
     system.cli("apply", "-f", "-", stdin=bandwidth("bw-both", "2mbit", "peer-2", "peer-3", direction="both"))
     eventually(lambda: all_injected(system, "bw-both", 2), timeout=15)
     eventually(lambda: qdiscs(system, "bw-both") == 2, timeout=10)  # a tbf on each side

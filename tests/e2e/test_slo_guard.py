@@ -52,12 +52,29 @@ def slo(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sl
         pytest.skip(prom.unavailable() or "")
     work = tmp_path_factory.mktemp("slo")
     flag = work / "failing"
-    system.cli("pod", "run", "--name", "errorapp", "-l", "app=errorapp", "--bridge", BRIDGE, "--subnet", SUBNET,
-               "--", sys.executable, str(APP), str(PORT), str(flag))
+    system.cli(
+        "pod",
+        "run",
+        "--name",
+        "errorapp",
+        "-l",
+        "app=errorapp",
+        "--bridge",
+        BRIDGE,
+        "--subnet",
+        SUBNET,
+        "--",
+        sys.executable,
+        str(APP),
+        str(PORT),
+        str(flag),
+    )
     try:
         ip = system.pod("errorapp")["status"]["podIP"]
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                  "scrape_configs": [{"job_name": "errorapp", "static_configs": [{"targets": [f"{ip}:{PORT}"]}]}]}
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "errorapp", "static_configs": [{"targets": [f"{ip}:{PORT}"]}]}],
+        }
         with prom.running(config, work / "prometheus") as p:
             s = Slo(p, flag)
             eventually(lambda: s.ratio() == 0.0, timeout=30, interval=0.5)
@@ -67,15 +84,25 @@ def slo(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sl
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def check(slo: Slo) -> dict[str, Any]:
-    return {"mode": "Continuous", "type": "Prometheus", "intervalSeconds": 1, "timeoutSeconds": 2,
-            "failureThreshold": 2, "successThreshold": 1,
-            "prometheus": {"endpoint": slo.prometheus.url, "query": ERROR_RATIO,
-                           "comparator": {"criteria": "<", "value": 0.1}}}
+    return {
+        "mode": "Continuous",
+        "type": "Prometheus",
+        "intervalSeconds": 1,
+        "timeoutSeconds": 2,
+        "failureThreshold": 2,
+        "successThreshold": 1,
+        "prometheus": {
+            "endpoint": slo.prometheus.url,
+            "query": ERROR_RATIO,
+            "comparator": {"criteria": "<", "value": 0.1},
+        },
+    }
 
 
 def conditions(obj: dict[str, Any] | None) -> dict[str, str]:
@@ -86,15 +113,20 @@ def test_prometheus_status_check_follows_the_error_rate(system: System, slo: Slo
     slo.heal()
     system.cli("apply", "-f", "-", stdin=doc("StatusCheck", "slo-check", check(slo)))
     try:
+
         def records() -> list[str]:
             status = (system.get("statuscheck", "slo-check") or {}).get("status") or {}
             return [r["outcome"] for r in status.get("records") or []]
+
         eventually(lambda: records().count("Success") >= 2, timeout=20, interval=0.5)
         assert conditions(system.get("statuscheck", "slo-check"))["Completed"] == "False"
         slo.fail()
         eventually(lambda: (slo.ratio() or 0) > 0.5, timeout=20, interval=0.5)
-        eventually(lambda: conditions(system.get("statuscheck", "slo-check")).get("FailureThresholdExceed") == "True",
-                   timeout=20, interval=0.5)
+        eventually(
+            lambda: conditions(system.get("statuscheck", "slo-check")).get("FailureThresholdExceed") == "True",
+            timeout=20,
+            interval=0.5,
+        )
         assert records()[-2:] == ["Failure", "Failure"] and "Success" in records()
     finally:
         slo.heal()
@@ -104,20 +136,49 @@ def test_prometheus_status_check_follows_the_error_rate(system: System, slo: Slo
 def test_breached_objective_aborts_the_workflow_and_recovers_its_fault(system: System, slo: Slo) -> None:
     slo.heal()
     eventually(lambda: slo.ratio() == 0.0, timeout=20, interval=0.5)
-    system.cli("apply", "-f", "-", stdin=doc("Workflow", "slo-guarded", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Parallel", "children": ["slo", "cut"]},
-        {"name": "slo", "templateType": "StatusCheck", "deadline": "120s", "abortWithStatusCheck": True,
-         "statusCheck": check(slo)},
-        {"name": "cut", "templateType": "NetworkChaos", "deadline": "120s", "networkChaos": {
-            "action": "partition", "mode": "all", "direction": "to",
-            "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-0"}},
-            "target": {"mode": "all", "selector": {"namespaces": ["default"],
-                                                   "fieldSelectors": {"metadata.name": "peer-1"}}}}}]}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "Workflow",
+            "slo-guarded",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Parallel", "children": ["slo", "cut"]},
+                    {
+                        "name": "slo",
+                        "templateType": "StatusCheck",
+                        "deadline": "120s",
+                        "abortWithStatusCheck": True,
+                        "statusCheck": check(slo),
+                    },
+                    {
+                        "name": "cut",
+                        "templateType": "NetworkChaos",
+                        "deadline": "120s",
+                        "networkChaos": {
+                            "action": "partition",
+                            "mode": "all",
+                            "direction": "to",
+                            "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-0"}},
+                            "target": {
+                                "mode": "all",
+                                "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-1"}},
+                            },
+                        },
+                    },
+                ],
+            },
+        ),
+    )
     try:
         wait_blocked(system, {(0, 1)}, timeout=20)
         slo.fail()
-        eventually(lambda: conditions(system.get("workflow", "slo-guarded")).get("Aborted") == "True",
-                   timeout=30, interval=0.5)
+        eventually(
+            lambda: conditions(system.get("workflow", "slo-guarded")).get("Aborted") == "True", timeout=30, interval=0.5
+        )
         wait_blocked(system, set(), timeout=15)
     finally:
         slo.heal()
@@ -138,14 +199,44 @@ def test_global_guard_engages_the_kill_switch_and_says_why(system: System, slo: 
     slo.heal()
     eventually(lambda: slo.ratio() == 0.0, timeout=20, interval=0.5)
     port = prom.free_port()
-    guard = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "guard", "--name", "checkout",
-                              "--prometheus", slo.prometheus.url, "--query", ERROR_RATIO, "--criteria", "<",
-                              "--value", "0.1", "--interval", "1", "--failures", "2", "--metrics-port", str(port)],
-                             env=system.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    cut = {"action": "partition", "mode": "all", "direction": "to",
-           "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-0"}},
-           "target": {"mode": "all", "selector": {"namespaces": ["default"],
-                                                  "fieldSelectors": {"metadata.name": "peer-1"}}}}
+    guard = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chaosbus.cli",
+            "guard",
+            "--name",
+            "checkout",
+            "--prometheus",
+            slo.prometheus.url,
+            "--query",
+            ERROR_RATIO,
+            "--criteria",
+            "<",
+            "--value",
+            "0.1",
+            "--interval",
+            "1",
+            "--failures",
+            "2",
+            "--metrics-port",
+            str(port),
+        ],
+        env=system.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cut = {
+        "action": "partition",
+        "mode": "all",
+        "direction": "to",
+        "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-0"}},
+        "target": {
+            "mode": "all",
+            "selector": {"namespaces": ["default"], "fieldSelectors": {"metadata.name": "peer-1"}},
+        },
+    }
     try:
         eventually(lambda: guard_halts(port) == 0.0, timeout=20, interval=0.5)  # running, objective met
         system.cli("apply", "-f", "-", stdin=doc("NetworkChaos", "guarded-cut", cut))

@@ -35,8 +35,9 @@ def cleanup(system: System) -> Iterator[None]:
 
 
 def chaos(name: str, spec: dict[str, object], kind: str = "StressChaos") -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 def pod_cgroup(system: System, index: int) -> list[str]:
@@ -93,9 +94,20 @@ def test_cpu_stress_loads_the_pod_cgroup_and_stops_at_recovery(system: System) -
     dirs = pod_cgroup(system, 1)
     idle = cores(dirs, 1.0)
     assert idle < 0.1
-    system.cli("apply", "-f", "-", stdin=chaos("burn", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "1"}}, "duration": "60s",
-        "stressors": {"cpu": {"workers": 2, "load": 50}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "burn",
+            {
+                "mode": "one",
+                "selector": {"labelSelectors": {"index": "1"}},
+                "duration": "60s",
+                "stressors": {"cpu": {"workers": 2, "load": 50}},
+            },
+        ),
+    )
     [rec] = injected(system, "burn")
     assert rec["id"] == "default/peer-1/peer-1"
     assert stressors_in(dirs), "no stress-ng process in the pod's cgroup"
@@ -113,12 +125,24 @@ def test_cpu_stress_loads_the_pod_cgroup_and_stops_at_recovery(system: System) -
 def test_memory_stress_holds_the_size_in_the_pod_cgroup_and_releases_it(system: System) -> None:
     dirs = pod_cgroup(system, 2)
     base = cgroups.memory_bytes(dirs)
-    system.cli("apply", "-f", "-", stdin=chaos("hog", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "2"}}, "duration": "60s",
-        "stressors": {"memory": {"workers": 1, "size": "256MB"}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "hog",
+            {
+                "mode": "one",
+                "selector": {"labelSelectors": {"index": "2"}},
+                "duration": "60s",
+                "stressors": {"memory": {"workers": 1, "size": "256MB"}},
+            },
+        ),
+    )
     injected(system, "hog")
-    grown = eventually(lambda: cgroups.memory_bytes(dirs) - base > 230e6 and cgroups.memory_bytes(dirs) - base,
-                       timeout=30)
+    grown = eventually(
+        lambda: cgroups.memory_bytes(dirs) - base > 230e6 and cgroups.memory_bytes(dirs) - base, timeout=30
+    )
     assert grown < 320e6, f"{grown / 1e6:.0f} MB"
     system.cli("delete", "stresschaos", "hog")
     eventually(lambda: cgroups.memory_bytes(dirs) - base < 40e6, timeout=10)
@@ -127,9 +151,20 @@ def test_memory_stress_holds_the_size_in_the_pod_cgroup_and_releases_it(system: 
 
 def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System) -> None:
     dirs = pod_cgroup(system, 3)
-    system.cli("apply", "-f", "-", stdin=chaos("raw", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "3"}}, "duration": "8s",
-        "stressngStressors": "--cpu 1 --cpu-load 30"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "raw",
+            {
+                "mode": "one",
+                "selector": {"labelSelectors": {"index": "3"}},
+                "duration": "8s",
+                "stressngStressors": "--cpu 1 --cpu-load 30",
+            },
+        ),
+    )
     injected(system, "raw")
     pids = eventually(lambda: stressors_in(dirs))
     with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
@@ -137,8 +172,12 @@ def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System)
     assert argv[1:5] == [b"--cpu", b"1", b"--cpu-load", b"30"] and b"--timeout" in argv
     eventually(lambda: not stressors_in(dirs), timeout=20)  # over: stopped without a delete
     eventually(lambda: any(int(r.get("recoveredCount", 0)) >= 1 for r in records(system, "raw")), timeout=10)  # type: ignore[call-overload]
-    events = eventually(lambda: (d := system.cli("describe", "stresschaos", "raw").stdout.split("Events:", 1)[1])
-                        and "Recovered" in d and d, timeout=10)
+    events = eventually(
+        lambda: (
+            (d := system.cli("describe", "stresschaos", "raw").stdout.split("Events:", 1)[1]) and "Recovered" in d and d
+        ),
+        timeout=10,
+    )
     assert "Successfully apply chaos for default/peer-3/peer-3" in events
     assert "Successfully recover chaos for default/peer-3/peer-3" in events
     system.cli("delete", "stresschaos", "raw")
@@ -146,9 +185,20 @@ def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System)
 
 def test_pause_stops_the_stressors_and_resume_starts_them_again(system: System) -> None:
     dirs = pod_cgroup(system, 0)
-    system.cli("apply", "-f", "-", stdin=chaos("paused", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "0"}}, "duration": "60s",
-        "stressors": {"cpu": {"workers": 1, "load": 20}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "paused",
+            {
+                "mode": "one",
+                "selector": {"labelSelectors": {"index": "0"}},
+                "duration": "60s",
+                "stressors": {"cpu": {"workers": 1, "load": 20}},
+            },
+        ),
+    )
     injected(system, "paused")
     first = eventually(lambda: stressors_in(dirs), timeout=20)  # four test workers share two cores in CI
     system.cli("annotate", "stresschaos", "paused", "experiment.chaos-mesh.org/pause=true")
@@ -162,11 +212,31 @@ def test_pause_stops_the_stressors_and_resume_starts_them_again(system: System) 
 
 def test_a_workflow_step_stresses_the_pod_for_its_deadline(system: System) -> None:
     dirs = pod_cgroup(system, 2)
-    system.cli("apply", "-f", "-", stdin=chaos("stress-wf", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["burn"]},
-        {"name": "burn", "templateType": "StressChaos", "deadline": "5s", "stressChaos": {
-            "mode": "one", "selector": {"labelSelectors": {"index": "2"}},
-            "stressors": {"cpu": {"workers": 1, "load": 30}}}}]}, kind="Workflow"))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "stress-wf",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["burn"]},
+                    {
+                        "name": "burn",
+                        "templateType": "StressChaos",
+                        "deadline": "5s",
+                        "stressChaos": {
+                            "mode": "one",
+                            "selector": {"labelSelectors": {"index": "2"}},
+                            "stressors": {"cpu": {"workers": 1, "load": 30}},
+                        },
+                    },
+                ],
+            },
+            kind="Workflow",
+        ),
+    )
     eventually(lambda: stressors_in(dirs), timeout=15)
     eventually(lambda: not stressors_in(dirs), timeout=15)  # the step's deadline ended it
     system.cli("delete", "workflow", "stress-wf")
@@ -183,9 +253,20 @@ def _injector_pids(system: System) -> list[int]:
 
 def test_injector_kill9_mid_fault_stressors_end_at_the_deadline_and_restart_leaves_nothing(system: System) -> None:
     dirs = pod_cgroup(system, 3)
-    system.cli("apply", "-f", "-", stdin=chaos("k9", {
-        "mode": "one", "selector": {"labelSelectors": {"index": "3"}}, "duration": "10s",
-        "stressors": {"cpu": {"workers": 1, "load": 10}}}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=chaos(
+            "k9",
+            {
+                "mode": "one",
+                "selector": {"labelSelectors": {"index": "3"}},
+                "duration": "10s",
+                "stressors": {"cpu": {"workers": 1, "load": 10}},
+            },
+        ),
+    )
     injected(system, "k9")
     started = time.monotonic()
     eventually(lambda: stressors_in(dirs), timeout=20)

@@ -27,8 +27,9 @@ TOLERANCE_NS = 10 * 10**6
 
 
 def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name},
-                           "spec": spec})
+    return yaml.safe_dump(
+        {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 class ClockPod:
@@ -53,9 +54,11 @@ def shifted(before: dict[int, int], after: dict[int, int], offset: int) -> bool:
 def clock_pods(system: System) -> Iterator[tuple[ClockPod, ClockPod, ClockPod]]:
     if not (timeskew.native_dir() / "timeskew").exists():
         pytest.skip(f"{timeskew.native_dir()}/timeskew is not built (make install builds native/)")
-    pods = (ClockPod(system, "clock-c", c_argv(2), 2, "clock"),
-            ClockPod(system, "clock-py", python_argv(2), 2, "clock"),
-            ClockPod(system, "clock-other", c_argv(1), 1, "other-clock"))
+    pods = (
+        ClockPod(system, "clock-c", c_argv(2), 2, "clock"),
+        ClockPod(system, "clock-py", python_argv(2), 2, "clock"),
+        ClockPod(system, "clock-other", c_argv(1), 1, "other-clock"),
+    )
     yield pods
     for p in pods:
         p.log.stop()
@@ -87,8 +90,16 @@ def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tu
     base = {p.name: p.skews() for p in clock_pods}
     mono = c.skews(monotonic_skew)
     originals = {p.name: timeskew.plan(p.pid) for p in (c, py)}
-    system.cli("apply", "-f", "-", stdin=doc("TimeChaos", "skew", {
-        "mode": "all", "selector": {"labelSelectors": {"app": "clock"}}, "timeOffset": "-1h", "duration": "60s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "TimeChaos",
+            "skew",
+            {"mode": "all", "selector": {"labelSelectors": {"app": "clock"}}, "timeOffset": "-1h", "duration": "60s"},
+        ),
+    )
     recs = eventually(lambda: injected(system, "skew", 2), timeout=15)
     assert "CLOCK_REALTIME -3600s in 1 processes" in recs[0]["events"][-1]["message"]
     assert shifted(base["clock-c"], c.skews(), -HOUR_NS)
@@ -98,8 +109,14 @@ def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tu
     # Read back from /proc/<pid>/mem: both targets' processes are patched now.
     eventually(lambda: skewed_gauge(system, "skew") == 2, timeout=10)
     # Local mode keeps one Event per reason, counting repeats (the newest message shown), as kubectl aggregates.
-    applied = eventually(lambda: [ln for ln in system.cli("describe", "timechaos", "skew").stdout.split(
-        "Events:", 1)[1].splitlines() if ln.split()[:2] == ["Normal", "Applied"] and "(x2 since" in ln], timeout=10)
+    applied = eventually(
+        lambda: [
+            ln
+            for ln in system.cli("describe", "timechaos", "skew").stdout.split("Events:", 1)[1].splitlines()
+            if ln.split()[:2] == ["Normal", "Applied"] and "(x2 since" in ln
+        ],
+        timeout=10,
+    )
     assert re.search(r"Successfully apply chaos for default/clock-(c|py)/clock-(c|py)$", applied[0])
 
     system.cli("delete", "timechaos", "skew")
@@ -112,11 +129,33 @@ def test_timechaos_minus_one_hour_through_the_cli(system: System, clock_pods: tu
 def test_timechaos_with_monotonic_as_a_workflow_step(system: System, clock_pods: tuple[ClockPod, ...]) -> None:
     c = clock_pods[0]
     base, mono = c.skews(), c.skews(monotonic_skew)
-    system.cli("apply", "-f", "-", stdin=doc("Workflow", "wf-skew", {"entry": "entry", "templates": [
-        {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["skew"]},
-        {"name": "skew", "templateType": "TimeChaos", "deadline": "4s", "timeChaos": {
-            "mode": "all", "selector": {"labelSelectors": {"app": "clock"}}, "containerNames": [],
-            "timeOffset": "1m30.5s", "clockIds": ["CLOCK_REALTIME", "CLOCK_MONOTONIC"]}}]}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "Workflow",
+            "wf-skew",
+            {
+                "entry": "entry",
+                "templates": [
+                    {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["skew"]},
+                    {
+                        "name": "skew",
+                        "templateType": "TimeChaos",
+                        "deadline": "4s",
+                        "timeChaos": {
+                            "mode": "all",
+                            "selector": {"labelSelectors": {"app": "clock"}},
+                            "containerNames": [],
+                            "timeOffset": "1m30.5s",
+                            "clockIds": ["CLOCK_REALTIME", "CLOCK_MONOTONIC"],
+                        },
+                    },
+                ],
+            },
+        ),
+    )
     offset = 90_500_000_000
     eventually(lambda: shifted(base, c.skews(), offset), timeout=15)
     assert shifted(mono, c.skews(monotonic_skew), offset)
@@ -137,8 +176,16 @@ def test_injector_kill9_mid_fault_then_restart_restores(system: System, clock_po
     c = clock_pods[0]
     base = c.skews()
     originals = timeskew.plan(c.pid)
-    system.cli("apply", "-f", "-", stdin=doc("TimeChaos", "skew-k9", {
-        "mode": "all", "selector": {"labelSelectors": {"app": "clock"}}, "timeOffset": "-1h", "duration": "120s"}))
+    system.cli(
+        "apply",
+        "-f",
+        "-",
+        stdin=doc(
+            "TimeChaos",
+            "skew-k9",
+            {"mode": "all", "selector": {"labelSelectors": {"app": "clock"}}, "timeOffset": "-1h", "duration": "120s"},
+        ),
+    )
     eventually(lambda: injected(system, "skew-k9", 2), timeout=15)
     killed = _injector_pids(system)
     assert killed

@@ -17,10 +17,18 @@ from helpers.live import System, eventually, wait_blocked
 
 pytestmark = pytest.mark.privileged
 
-PARTITION = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": "trig-p"},
-             "spec": {"action": "partition", "mode": "all", "direction": "both",
-                      "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
-                      "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-1"}}}}}
+PARTITION = {
+    "apiVersion": "chaos-mesh.org/v1alpha1",
+    "kind": "NetworkChaos",
+    "metadata": {"name": "trig-p"},
+    "spec": {
+        "action": "partition",
+        "mode": "all",
+        "direction": "both",
+        "selector": {"fieldSelectors": {"metadata.name": "peer-0"}},
+        "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-1"}}},
+    },
+}
 REF = {"kind": "NetworkChaos", "name": "trig-p"}
 
 
@@ -43,7 +51,11 @@ def test_apply_see_the_fault_recover_see_it_gone(system: System) -> None:
     t0 = time.monotonic()
     applied = request(system, "chaos.trigger.apply", PARTITION)
     assert (applied["kind"], applied["namespace"], applied["name"], applied["action"]) == (
-        "NetworkChaos", "default", "trig-p", "created") and applied["uid"]
+        "NetworkChaos",
+        "default",
+        "trig-p",
+        "created",
+    ) and applied["uid"]
     wait_blocked(system, {(0, 1), (1, 0)})
     print(f"\npartition in effect {time.monotonic() - t0:.2f}s after the apply request")
 
@@ -67,17 +79,24 @@ def test_apply_see_the_fault_recover_see_it_gone(system: System) -> None:
     assert "trig-p" not in {e["name"] for e in request(system, "chaos.trigger.list", {"all": True})["experiments"]}
 
 
-@pytest.mark.parametrize(("subject", "payload", "field"), [
-    ("chaos.trigger.apply", b"{this is not json", ""),
-    ("chaos.trigger.apply", {**PARTITION, "kind": "Pod"}, "kind"),
-    ("chaos.trigger.apply", {**PARTITION, "spec": {**PARTITION["spec"], "direction": "sideways"}},  # type: ignore[dict-item]
-     "spec.direction"),
-    ("chaos.trigger.get", {"kind": "NetworkChaos", "name": "no-such-experiment"}, "name"),
-    ("chaos.trigger.recover", {"kind": "NetworkChaos"}, "name"),
-    ("chaos.trigger.list", b'["not", "an", "object"]', ""),
-])
-def test_malformed_requests_get_an_error_reply(system: System, subject: str, payload: bytes | dict[str, Any],
-                                               field: str) -> None:
+@pytest.mark.parametrize(
+    ("subject", "payload", "field"),
+    [
+        ("chaos.trigger.apply", b"{this is not json", ""),
+        ("chaos.trigger.apply", {**PARTITION, "kind": "Pod"}, "kind"),
+        (
+            "chaos.trigger.apply",
+            {**PARTITION, "spec": {**PARTITION["spec"], "direction": "sideways"}},  # type: ignore[dict-item]
+            "spec.direction",
+        ),
+        ("chaos.trigger.get", {"kind": "NetworkChaos", "name": "no-such-experiment"}, "name"),
+        ("chaos.trigger.recover", {"kind": "NetworkChaos"}, "name"),
+        ("chaos.trigger.list", b'["not", "an", "object"]', ""),
+    ],
+)
+def test_malformed_requests_get_an_error_reply(
+    system: System, subject: str, payload: bytes | dict[str, Any], field: str
+) -> None:
     reply = request(system, subject, payload)
     assert reply.get("error") and reply.get("field", "") == field, reply
     # The scheduler is still there and serving.

@@ -41,8 +41,15 @@ class Containers:
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # container id -> its labels
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, container_id: str, argv: list[str] | None = None, spawn: Spawn | None = None, *,
-              pod_uid: str | None = None, pod_namespace: str | None = None) -> int:
+    def start(
+        self,
+        container_id: str,
+        argv: list[str] | None = None,
+        spawn: Spawn | None = None,
+        *,
+        pod_uid: str | None = None,
+        pod_namespace: str | None = None,
+    ) -> int:
         """Start the container's process; with `pod_uid` (and `pod_namespace`), labelled as a kubelet
         labels its containers."""
         proc = (spawn or _popen)(argv or ["sleep", "300"])
@@ -89,6 +96,7 @@ def _running(proc: subprocess.Popen[Any] | None) -> bool:
 
 # --- CRI ------------------------------------------------------------------------------------------
 
+
 class FakeCri:
     """A CRI runtime (containerd's verbose info shape) on `socket_path`."""
 
@@ -98,12 +106,15 @@ class FakeCri:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         handlers = {
             "ContainerStatus": grpc.unary_unary_rpc_method_handler(
-                self._status, request_deserializer=criwire.decode_status_request, response_serializer=_same),
+                self._status, request_deserializer=criwire.decode_status_request, response_serializer=_same
+            ),
             "StopContainer": grpc.unary_unary_rpc_method_handler(
-                self._stop, request_deserializer=criwire.decode_stop_request, response_serializer=_same),
+                self._stop, request_deserializer=criwire.decode_stop_request, response_serializer=_same
+            ),
         }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("runtime.v1.RuntimeService",
-                                                                                   handlers),))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("runtime.v1.RuntimeService", handlers),)
+        )
         self.server.add_insecure_port(f"unix://{socket_path}")
         self.stop_timeouts: list[int] = []
 
@@ -115,11 +126,21 @@ class FakeCri:
             context.abort(grpc.StatusCode.NOT_FOUND, f"container {req.container_id!r} not found")
         assert proc is not None
         running = _running(proc)
-        info = {"info": json.dumps({"sandboxID": "sb", "pid": proc.pid if running else 0,
-                                    "runtimeSpec": {"ociVersion": "1.0.2"}})} if req.verbose else {}
+        info = (
+            {
+                "info": json.dumps(
+                    {"sandboxID": "sb", "pid": proc.pid if running else 0, "runtimeSpec": {"ociVersion": "1.0.2"}}
+                )
+            }
+            if req.verbose
+            else {}
+        )
         state = criwire.CONTAINER_RUNNING if running else criwire.CONTAINER_EXITED
-        return criwire.encode_status_reply(criwire.StatusReply(
-            req.container_id, state, 0 if running else 137, info, self.containers.labels.get(req.container_id, {})))
+        return criwire.encode_status_reply(
+            criwire.StatusReply(
+                req.container_id, state, 0 if running else 137, info, self.containers.labels.get(req.container_id, {})
+            )
+        )
 
     def _stop(self, req: criwire.StopRequest, context: grpc.ServicerContext) -> bytes:
         proc = self.containers.observe("StopContainer", req.container_id)
@@ -146,6 +167,7 @@ def _same(data: bytes) -> bytes:
 
 
 # --- Docker Engine ----------------------------------------------------------------------------------
+
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
@@ -178,9 +200,18 @@ class FakeDocker:
                 if proc is None:
                     return self._reply(404, {"message": f"No such container: {cid}"})
                 running = _running(proc)
-                self._reply(200, {"Id": cid, "State": {"Status": "running" if running else "exited",
-                                                       "Running": running, "Pid": proc.pid if running else 0},
-                                  "Config": {"Labels": fake.containers.labels.get(cid)}})
+                self._reply(
+                    200,
+                    {
+                        "Id": cid,
+                        "State": {
+                            "Status": "running" if running else "exited",
+                            "Running": running,
+                            "Pid": proc.pid if running else 0,
+                        },
+                        "Config": {"Labels": fake.containers.labels.get(cid)},
+                    },
+                )
 
             def do_POST(self) -> None:  # noqa: N802
                 url = urlsplit(self.path)
@@ -230,16 +261,20 @@ def runtimes(tmp: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
 
 
 @contextlib.contextmanager
-def runtime_sockets(containerd: Path | str, crio: Path | str, docker: Path | str, *,
-            timeout: float | None = None) -> Iterator[None]:
+def runtime_sockets(
+    containerd: Path | str, crio: Path | str, docker: Path | str, *, timeout: float | None = None
+) -> Iterator[None]:
     """The injector's runtime adapters pointed at these sockets for the block, then back to the
     environment's (the adapters are process-wide).
     """
     from chaosbus.injector import runtime
 
     paths = {"containerd": str(containerd), "cri-o": str(crio), "docker": str(docker)}
-    config = (runtime.RuntimeConfig(sockets=paths) if timeout is None
-              else runtime.RuntimeConfig(sockets=paths, timeout=timeout))
+    config = (
+        runtime.RuntimeConfig(sockets=paths)
+        if timeout is None
+        else runtime.RuntimeConfig(sockets=paths, timeout=timeout)
+    )
     runtime.configure(config)
     try:
         yield

@@ -69,8 +69,12 @@ def busybox_layer() -> bytes:
 
 
 def image_config(layer: bytes) -> dict[str, object]:
-    return {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sleep", "3600"]},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}}
+    return {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sleep", "3600"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
+    }
 
 
 def build_image(path: Path) -> None:
@@ -79,13 +83,18 @@ def build_image(path: Path) -> None:
     layer = busybox_layer()
     layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(root, layer)}
     config = image_config(layer)
-    config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   **_blob(root, json.dumps(config).encode())}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": config_desc, "layers": [layer_desc]}
-    manifest_desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                     **_blob(root, json.dumps(manifest).encode()),
-                     "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "1"}}
+    config_desc = {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(root, json.dumps(config).encode())}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc,
+        "layers": [layer_desc],
+    }
+    manifest_desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **_blob(root, json.dumps(manifest).encode()),
+        "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "1"},
+    }
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}))
     (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     with tarfile.open(path, "w") as tar:
@@ -129,10 +138,14 @@ class Containerd:
         or in its own network namespace (CNI ptp: a veth pair to the host, an address)."""
         sandbox = _sandbox_config(pod, host_network)
         sandbox_id = _first_string(self.call("RunPodSandbox", w.bytes_field(1, sandbox)))
-        config = (w.bytes_field(1, w.string_field(1, "app")) + w.bytes_field(2, w.string_field(1, IMAGE))
-                  + b"".join(w.string_field(3, a) for a in argv))
-        created = self.call("CreateContainer", w.string_field(1, sandbox_id) + w.bytes_field(2, config)
-                            + w.bytes_field(3, sandbox))
+        config = (
+            w.bytes_field(1, w.string_field(1, "app"))
+            + w.bytes_field(2, w.string_field(1, IMAGE))
+            + b"".join(w.string_field(3, a) for a in argv)
+        )
+        created = self.call(
+            "CreateContainer", w.string_field(1, sandbox_id) + w.bytes_field(2, config) + w.bytes_field(3, sandbox)
+        )
         container_id = _first_string(created)
         self.call("StartContainer", w.string_field(1, container_id))
         return sandbox_id, container_id
@@ -179,8 +192,15 @@ def containerd(root: Path) -> Iterator[Containerd]:
     # ptp: a veth pair per pod and a host route, both removed with the pod; no bridge to clean up.
     subnet = f"10.217.{random.randrange(1, 255)}.0/24"
     ipam = {"type": "host-local", "subnet": subnet, "dataDir": str(root / "ipam"), "routes": [{"dst": "0.0.0.0/0"}]}
-    (root / "net.d" / "10-ptp.conflist").write_text(json.dumps(
-        {"cniVersion": "0.4.0", "name": "chaosbus-test", "plugins": [{"type": "ptp", "ipMasq": False, "ipam": ipam}]}))
+    (root / "net.d" / "10-ptp.conflist").write_text(
+        json.dumps(
+            {
+                "cniVersion": "0.4.0",
+                "name": "chaosbus-test",
+                "plugins": [{"type": "ptp", "ipMasq": False, "ipam": ipam}],
+            }
+        )
+    )
     log = open(root / "containerd.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(["containerd", "--config", str(root / "config.toml")], stdout=log, stderr=log)
     channel = None
@@ -192,8 +212,23 @@ def containerd(root: Path) -> Iterator[Containerd]:
                 raise RuntimeError(f"containerd did not start: {(root / 'containerd.log').read_text()[-2000:]}")
             time.sleep(0.1)
         build_image(root / "image.tar")
-        subprocess.run(["ctr", "-a", str(sock), "-n", "k8s.io", "images", "import", "--snapshotter", "native",
-                        str(root / "image.tar")], check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "ctr",
+                "-a",
+                str(sock),
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                str(root / "image.tar"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         channel = grpc.insecure_channel(f"unix://{sock}")
         yield Containerd(root, sock, proc, channel)
     finally:

@@ -39,9 +39,11 @@ def missing() -> str | None:
 def image_archive() -> bytes:
     """`docker save` format: manifest.json, the config, one layer."""
     layer = realctd.busybox_layer()
-    files = {"layer.tar": layer, "config.json": json.dumps(realctd.image_config(layer)).encode(),
-             "manifest.json": json.dumps([{"Config": "config.json", "RepoTags": [IMAGE],
-                                           "Layers": ["layer.tar"]}]).encode()}
+    files = {
+        "layer.tar": layer,
+        "config.json": json.dumps(realctd.image_config(layer)).encode(),
+        "manifest.json": json.dumps([{"Config": "config.json", "RepoTags": [IMAGE], "Layers": ["layer.tar"]}]).encode(),
+    }
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         for name, data in files.items():
@@ -56,8 +58,9 @@ class Dockerd:
     socket: Path
     process: subprocess.Popen[bytes]
 
-    def call(self, method: str, path: str, body: bytes | None = None, *,
-             content_type: str = "application/json") -> tuple[int, Any]:
+    def call(
+        self, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
         conn = UnixHTTPConnection(str(self.socket), 60)
         try:
             conn.request(method, path, body=body, headers={"Content-Type": content_type})
@@ -71,8 +74,11 @@ class Dockerd:
             return resp.status, raw
 
     def run_container(self, argv: list[str]) -> str:
-        code, doc = self.call("POST", "/containers/create", json.dumps(
-            {"Image": IMAGE, "Cmd": argv, "HostConfig": {"NetworkMode": "none"}}).encode())
+        code, doc = self.call(
+            "POST",
+            "/containers/create",
+            json.dumps({"Image": IMAGE, "Cmd": argv, "HostConfig": {"NetworkMode": "none"}}).encode(),
+        )
         assert code == 201, (code, doc)
         container_id = str(doc["Id"])
         code, doc = self.call("POST", f"/containers/{container_id}/start")
@@ -85,8 +91,13 @@ class Dockerd:
 
 # What dockerd makes outside its data and exec roots whatever its flags say; removed afterwards
 # when they did not exist before (directories only when empty).
-HOST_LEFTOVERS = (Path("/etc/docker/key.json"), Path("/run/docker/plugins"), Path("/run/docker"),
-                  Path("/run/containerd/s"), Path("/run/containerd"))
+HOST_LEFTOVERS = (
+    Path("/etc/docker/key.json"),
+    Path("/run/docker/plugins"),
+    Path("/run/docker"),
+    Path("/run/containerd/s"),
+    Path("/run/containerd"),
+)
 
 
 def _remove_new(made: list[Path]) -> None:
@@ -105,10 +116,27 @@ def dockerd(root: Path) -> Iterator[Dockerd]:
     sock = root / "d.sock"
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "docker.pid"), "-H", f"unix://{sock}", "--bridge=none", "--iptables=false",
-         "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false", "--oom-score-adjust=0",
-         "--storage-driver=vfs"], stdout=log, stderr=log)
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "docker.pid"),
+            "-H",
+            f"unix://{sock}",
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+            "--userland-proxy=false",
+            "--oom-score-adjust=0",
+            "--storage-driver=vfs",
+        ],
+        stdout=log,
+        stderr=log,
+    )
     try:
         daemon = Dockerd(sock, proc)
         deadline = time.monotonic() + 60

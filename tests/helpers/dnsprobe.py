@@ -100,7 +100,9 @@ def resolve(netns_path: str, server: str, asks: list[Ask]) -> list[Answer]:
 
 def loopback_udp_sockets(netns_path: str) -> int:
     """UDP sockets bound to 127.0.0.1 in the namespace: a running chaos responder has one."""
+
     def count() -> int:
         with open("/proc/thread-self/net/udp") as f:
             return sum(1 for line in f.readlines()[1:] if line.split()[1].startswith("0100007F:"))
+
     return netns.run_in_netns(netns_path, count)

@@ -26,10 +26,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with Counts.lock:
             Counts.requests += 10
             Counts.errors += 10 if os.path.exists(self.flag) else 0
-            body = ("# TYPE app_requests_total counter\n"
-                    f"app_requests_total {Counts.requests}\n"
-                    "# TYPE app_errors_total counter\n"
-                    f"app_errors_total {Counts.errors}\n").encode()
+            body = (
+                "# TYPE app_requests_total counter\n"
+                f"app_requests_total {Counts.requests}\n"
+                "# TYPE app_errors_total counter\n"
+                f"app_errors_total {Counts.errors}\n"
+            ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")
         self.send_header("Content-Length", str(len(body)))

@@ -58,8 +58,12 @@ c.close()
 @contextlib.contextmanager
 def sinks(netns_paths: dict[int, str]) -> Iterator[dict[int, subprocess.Popen[str]]]:
     """A goodput sink on SINK_PORTS in each namespace (key: any id the caller uses)."""
-    procs = {i: podnet.spawn_in_netns([sys.executable, "-c", SINK, *map(str, SINK_PORTS)], path,
-                                      stdout=subprocess.PIPE, text=True) for i, path in netns_paths.items()}
+    procs = {
+        i: podnet.spawn_in_netns(
+            [sys.executable, "-c", SINK, *map(str, SINK_PORTS)], path, stdout=subprocess.PIPE, text=True
+        )
+        for i, path in netns_paths.items()
+    }
     try:
         for proc in procs.values():
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -72,8 +76,9 @@ def sinks(netns_paths: dict[int, str]) -> Iterator[dict[int, subprocess.Popen[st
                 proc.stdout.close()
 
 
-def goodput(src_netns: str, sink: subprocess.Popen[str], dst_ip: str, port: int = SINK_PORTS[0],
-            seconds: float = 2.5) -> float:
+def goodput(
+    src_netns: str, sink: subprocess.Popen[str], dst_ip: str, port: int = SINK_PORTS[0], seconds: float = 2.5
+) -> float:
     """TCP goodput in bit/s from namespace `src_netns` to `dst_ip`:`port` (served by `sink`)."""
     sender = podnet.spawn_in_netns([sys.executable, "-c", SOURCE, dst_ip, str(port), str(seconds)], src_netns)
     sender.wait(timeout=seconds + 30)

@@ -47,10 +47,22 @@ def go_binary(source: Path = SOURCE, *flags: str) -> Path:
         if out.exists():
             return out
         partial = out.parent / f"{source.stem}.{os.getpid()}.{threading.get_ident()}"
-        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "", "GO111MODULE": "off", "GOTOOLCHAIN": "local",
-               "GOCACHE": str(root / "gocache"), "GOPATH": str(root / "gopath")}
-        subprocess.run([go, "build", *flags, "-o", str(partial), str(source)], env=env, check=True,
-                       capture_output=True, timeout=BUILD_TIMEOUT_S)
+        env = {
+            **os.environ,
+            "CGO_ENABLED": "0",
+            "GOFLAGS": "",
+            "GO111MODULE": "off",
+            "GOTOOLCHAIN": "local",
+            "GOCACHE": str(root / "gocache"),
+            "GOPATH": str(root / "gopath"),
+        }
+        subprocess.run(
+            [go, "build", *flags, "-o", str(partial), str(source)],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=BUILD_TIMEOUT_S,
+        )
         os.replace(partial, out)  # whole or not at all
     return out
 
@@ -118,6 +130,7 @@ class QueryLog:
             assert proc.stdout is not None
             for line in proc.stdout:
                 self._feed(line)
+
         threading.Thread(target=read, daemon=True).start()
         return self
 
@@ -125,8 +138,7 @@ class QueryLog:
         with self._cond:
             return len(self.results)
 
-    def wait(self, pred: object, since: int | None = None, timeout: float = 20.0,
-             count: int = 1) -> list[Result]:
+    def wait(self, pred: object, since: int | None = None, timeout: float = 20.0, count: int = 1) -> list[Result]:
         """The first `count` results after position `since` (default: now) for which `pred` holds,
         waiting up to `timeout` seconds."""
         assert callable(pred)

@@ -83,8 +83,11 @@ class Reply:
 @contextmanager
 def echo_server(netns_path: str, ports: tuple[int, ...]) -> Iterator[None]:
     """The echo server on `ports` inside the namespace."""
-    proc = subprocess.Popen(["nsenter", f"--net={netns_path}", sys.executable, "-c", ECHO_SERVER, *map(str, ports)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={netns_path}", sys.executable, "-c", ECHO_SERVER, *map(str, ports)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         yield
@@ -95,8 +98,9 @@ def echo_server(netns_path: str, ports: tuple[int, ...]) -> Iterator[None]:
             proc.stdout.close()
 
 
-def _request(ip: str, port: int, method: str, target: str, headers: dict[str, str], body: bytes | None,
-             timeout: float) -> Reply:
+def _request(
+    ip: str, port: int, method: str, target: str, headers: dict[str, str], body: bytes | None, timeout: float
+) -> Reply:
     conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     start = time.monotonic()
     try:
@@ -112,8 +116,16 @@ def _request(ip: str, port: int, method: str, target: str, headers: dict[str, st
         conn.close()
 
 
-def request(netns_path: str, ip: str, port: int, target: str = "/", method: str = "GET",
-            headers: dict[str, str] | None = None, body: bytes | None = None, timeout: float = 5.0) -> Reply:
+def request(
+    netns_path: str,
+    ip: str,
+    port: int,
+    target: str = "/",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 5.0,
+) -> Reply:
     """One request on a new connection, sent from inside the namespace."""
     return netns.run_in_netns(netns_path, _request, ip, port, method, target, headers or {}, body, timeout)
 
@@ -130,8 +142,10 @@ def median_seconds(netns_path: str, ip: str, port: int, target: str, n: int = 7)
 
 def listening_ports(netns_path: str) -> set[int]:
     """The TCP ports something listens on in the namespace (a running chaos proxy has one)."""
+
     def ports() -> set[int]:
         with open("/proc/thread-self/net/tcp") as f:
             rows = [line.split() for line in f.readlines()[1:]]
         return {int(r[1].rsplit(":", 1)[1], 16) for r in rows if r[3] == "0A"}
+
     return netns.run_in_netns(netns_path, ports)

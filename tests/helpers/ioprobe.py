@@ -25,8 +25,13 @@ class Result:
 
 
 def probe(pid: int, ops: list[tuple[str, ...]], timeout: float = 60.0) -> list[Result]:
-    out = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", sys.executable, "-S", __file__, json.dumps(ops)],
-                         capture_output=True, text=True, timeout=timeout, check=True)
+    out = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", "--", sys.executable, "-S", __file__, json.dumps(ops)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
     return [Result(*r) for r in json.loads(out.stdout)]
 
 

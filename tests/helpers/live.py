@@ -58,8 +58,14 @@ class System:
     pods: list[Pod] = field(default_factory=list)
 
     def cli(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "chaosbus.cli", *args], input=stdin, text=True,
-                              capture_output=True, env=self.env, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "chaosbus.cli", *args],
+            input=stdin,
+            text=True,
+            capture_output=True,
+            env=self.env,
+            timeout=60,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"chaosbus {' '.join(args)} -> {done.returncode}: {done.stdout}{done.stderr}")
         return done
@@ -78,8 +84,9 @@ class System:
 
     def blocked(self) -> set[tuple[int, int]]:
         """Every ordered pair (i, j) where pod i cannot open a TCP connection to pod j."""
-        return {(i, j) for i in range(len(self.pods)) for j in range(len(self.pods))
-                if i != j and not self.connects(i, j)}
+        return {
+            (i, j) for i in range(len(self.pods)) for j in range(len(self.pods)) if i != j and not self.connects(i, j)
+        }
 
     def auth(self, user: str) -> natsauth.ClientAuth:
         """The credentials `chaosbus up` made for `user` (admin: may do anything, as a bug might)."""
@@ -106,8 +113,12 @@ class System:
         port = self.metrics_ports()[service]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             text = resp.read().decode()
-        return [s.value for family in text_string_to_metric_families(text) for s in family.samples
-                if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())]
+        return [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
 
 
 def _connect(ip: str, port: int, timeout: float) -> bool:
@@ -151,20 +162,43 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     env = {**os.environ, "CHAOSBUS_STATE_DIR": str(state), "CHAOSBUS_NODE": NODE}
     env.pop("CHAOSBUS_NATS_URL", None)
     own_netns: list[str] = []
-    up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         url_file = state / "nats.url"
         # Generous: on two loaded cores a whole system starts slowly, and waiting costs nothing when it is up.
         eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=60)
         sysm = System(env=env, state=state, url=url_file.read_text().strip())
-        eventually(lambda: all("ready" in _read(state / "logs" / f"{s}.log")
-                               for s in ("scheduler", "recorder", "injector")), timeout=60)
+        eventually(
+            lambda: all("ready" in _read(state / "logs" / f"{s}.log") for s in ("scheduler", "recorder", "injector")),
+            timeout=60,
+        )
         for i in range(PEERS):
             group = "a" if i % 2 == 0 else "b"
-            sysm.cli("pod", "run", "--name", f"peer-{i}", "-l", f"app=peer,group={group},index={i}",
-                     "--bridge", BRIDGE, "--subnet", SUBNET, "--", sys.executable, "-m", "chaosbus.cli.demoapp",
-                     "serve", "--name", f"peer-{i}")
+            sysm.cli(
+                "pod",
+                "run",
+                "--name",
+                f"peer-{i}",
+                "-l",
+                f"app=peer,group={group},index={i}",
+                "--bridge",
+                BRIDGE,
+                "--subnet",
+                SUBNET,
+                "--",
+                sys.executable,
+                "-m",
+                "chaosbus.cli.demoapp",
+                "serve",
+                "--name",
+                f"peer-{i}",
+            )
             sysm.pods.append(_pod(sysm, f"peer-{i}"))
         eventually(lambda: not sysm.blocked(), timeout=30)
         yield sysm
@@ -192,8 +226,11 @@ def _pod_netns_names(system: System) -> list[str]:
         pods = json.loads(done.stdout) if done.returncode == 0 else []
     except json.JSONDecodeError:
         pods = []
-    return [p["metadata"]["annotations"]["chaosbus.io/netns"] for p in pods
-            if "chaosbus.io/netns" in p.get("metadata", {}).get("annotations", {})]
+    return [
+        p["metadata"]["annotations"]["chaosbus.io/netns"]
+        for p in pods
+        if "chaosbus.io/netns" in p.get("metadata", {}).get("annotations", {})
+    ]
 
 
 def _processes_of(state: Path) -> list[str]:

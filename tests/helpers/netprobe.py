@@ -142,8 +142,13 @@ def agents(netns_paths: dict[int, str]) -> Iterator[dict[int, Agent]]:
     procs: dict[int, subprocess.Popen[str]] = {}
     try:
         for i, path in netns_paths.items():
-            procs[i] = podnet.spawn_in_netns([sys.executable, "-c", AGENT, str(PROBE_PORT)], path,
-                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            procs[i] = podnet.spawn_in_netns(
+                [sys.executable, "-c", AGENT, str(PROBE_PORT)],
+                path,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         out = {i: Agent(p) for i, p in procs.items()}
         for a in out.values():
             assert a.proc.stdout is not None

@@ -67,9 +67,19 @@ def running(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
     conf.write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     log = open(workdir / "prometheus.log", "wb")
-    proc = subprocess.Popen(["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={workdir / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={conf}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -81,8 +91,9 @@ def running(config: dict[str, Any], workdir: Path) -> Iterator[Prometheus]:
                         break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "prometheus not ready within 30s: " + \
-                (workdir / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, (
+                "prometheus not ready within 30s: " + (workdir / "prometheus.log").read_text()
+            )
             time.sleep(0.2)
         yield Prometheus(url)
     finally:

@@ -75,18 +75,25 @@ class Report:
     wall_s: float = 0.0
 
     def lines(self) -> list[str]:
-        out = [f"cycles: {self.cycles}, wall time {self.wall_s:.0f}s",
-               "experiments: " + ", ".join(f"{k} {v}" for k, v in sorted(self.experiments.items())),
-               "kill -9: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kills.items())),
-               "final states: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
-               f"all experiments final {self.converged_s:.1f}s after the last action",
-               f"not in their expected final state: {len(self.not_final)}", f"leftovers: {len(self.leftovers)}"]
+        out = [
+            f"cycles: {self.cycles}, wall time {self.wall_s:.0f}s",
+            "experiments: " + ", ".join(f"{k} {v}" for k, v in sorted(self.experiments.items())),
+            "kill -9: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kills.items())),
+            "final states: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
+            f"all experiments final {self.converged_s:.1f}s after the last action",
+            f"not in their expected final state: {len(self.not_final)}",
+            f"leftovers: {len(self.leftovers)}",
+        ]
         if self.overshoot_s:
-            out.append("timed partitions, injector running at the deadline: left the kernel "
-                       f"{_stats(self.overshoot_s, '+')} after it")
+            out.append(
+                "timed partitions, injector running at the deadline: left the kernel "
+                f"{_stats(self.overshoot_s, '+')} after it"
+            )
         if self.after_restart_s:
-            out.append("timed partitions, injector killed and not yet restarted at the deadline (up's backoff): "
-                       f"left the kernel {_stats(self.after_restart_s, '')} after the injector restarted")
+            out.append(
+                "timed partitions, injector killed and not yet restarted at the deadline (up's backoff): "
+                f"left the kernel {_stats(self.after_restart_s, '')} after the injector restarted"
+            )
         return out + [f"  NOT FINAL {x}" for x in self.not_final] + [f"  LEFTOVER {x}" for x in self.leftovers]
 
 
@@ -115,9 +122,18 @@ class Poller(threading.Thread):
 
 
 class SelfTest:
-    def __init__(self, workdir: Path, *, cycles: int, seed: int | None = None, kill_probability: float = 0.6,
-                 pods: int = 4, max_duration: float = 4.0, settle_s: float = 120.0,
-                 schedule: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        cycles: int,
+        seed: int | None = None,
+        kill_probability: float = 0.6,
+        pods: int = 4,
+        max_duration: float = 4.0,
+        settle_s: float = 120.0,
+        schedule: list[str] | None = None,
+    ) -> None:
         self.workdir, self.cycles, self.kill_p, self.n_pods = workdir, cycles, kill_probability, pods
         self.rng = random.Random(seed)
         self.max_duration, self.settle_s = max_duration, settle_s
@@ -141,16 +157,23 @@ class SelfTest:
     # --- the system ---------------------------------------------------------------------------
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "chaosbus.cli", *args], text=True, capture_output=True,
-                              env=self.env, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "chaosbus.cli", *args], text=True, capture_output=True, env=self.env, timeout=60
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"chaosbus {' '.join(args)}: {done.stdout}{done.stderr}")
         return done
 
     def cli_stdin(self, stdin: str, *args: str, check: bool = True) -> str:
         """Run a CLI command with `stdin`; its stdout, or (check=False, failed) its stderr."""
-        done = subprocess.run([sys.executable, "-m", "chaosbus.cli", *args], text=True, capture_output=True,
-                              env=self.env, timeout=60, input=stdin)
+        done = subprocess.run(
+            [sys.executable, "-m", "chaosbus.cli", *args],
+            text=True,
+            capture_output=True,
+            env=self.env,
+            timeout=60,
+            input=stdin,
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"chaosbus {' '.join(args)}: {done.stdout}{done.stderr}")
         return done.stdout if done.returncode == 0 else done.stderr
@@ -158,19 +181,42 @@ class SelfTest:
     def start(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
         with open(self.workdir / "up.log", "ab") as out:
-            self.up = subprocess.Popen([sys.executable, "-m", "chaosbus.cli", "up", "--port", "0",
-                                        "--metrics-base-port", "0"], env=self.env, stdout=out, stderr=out,
-                                       start_new_session=True)
+            self.up = subprocess.Popen(
+                [sys.executable, "-m", "chaosbus.cli", "up", "--port", "0", "--metrics-base-port", "0"],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
         url_file = self.state / "nats.url"
         _wait(lambda: url_file.exists() and url_file.read_text().strip(), 20, "chaosbus up")
         self.url = url_file.read_text().strip()
-        _wait(lambda: all('"ready"' in _read(self.state / "logs" / f"{s}.log") or "ready" in
-                          _read(self.state / "logs" / f"{s}.log") for s in ("scheduler", "recorder", "injector")),
-              20, "services ready")
+        _wait(
+            lambda: all(
+                '"ready"' in _read(self.state / "logs" / f"{s}.log")
+                or "ready" in _read(self.state / "logs" / f"{s}.log")
+                for s in ("scheduler", "recorder", "injector")
+            ),
+            20,
+            "services ready",
+        )
         for i in range(self.n_pods):
             name = f"st-{i}"
-            self.cli("pod", "run", "--name", name, "-l", f"app={self.node}", "--bridge", self.bridge,
-                     "--subnet", self.subnet, "--", "sleep", "infinity")
+            self.cli(
+                "pod",
+                "run",
+                "--name",
+                name,
+                "-l",
+                f"app={self.node}",
+                "--bridge",
+                self.bridge,
+                "--subnet",
+                self.subnet,
+                "--",
+                "sleep",
+                "infinity",
+            )
             pod = json.loads(self.cli("get", "pod", name, "-o", "json").stdout)
             self.pods[name] = nsutil.netns_path(pod["metadata"]["annotations"]["chaosbus.io/netns"])
 
@@ -195,8 +241,10 @@ class SelfTest:
 
     def _wait_healthy(self, within: float = 60.0) -> None:
         """Every component running again for at least a second (`up` restarts them with backoff)."""
+
         def healthy() -> bool:
             return all(max((_age(pid) for pid in self.pids(c)), default=0.0) >= 1.0 for c in COMPONENTS)
+
         try:
             _wait(healthy, within, "components back")
         except AssertionError:
@@ -235,23 +283,37 @@ class SelfTest:
         spec: dict[str, Any]
         if e.what == "partition":
             a, b = self.rng.sample(sorted(self.pods), 2)
-            spec = {"action": "partition", "mode": "all", "selector": {"fieldSelectors": {"metadata.name": a}},
-                    "direction": self.rng.choice(["to", "from", "both"]),
-                    "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}}}
+            spec = {
+                "action": "partition",
+                "mode": "all",
+                "selector": {"fieldSelectors": {"metadata.name": a}},
+                "direction": self.rng.choice(["to", "from", "both"]),
+                "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}},
+            }
         elif e.what == "bandwidth":  # tbf: what this kernel (no sch_netem) can shape
             a, b = self.rng.sample(sorted(self.pods), 2)
-            spec = {"action": "bandwidth", "mode": "all", "selector": {"fieldSelectors": {"metadata.name": a}},
-                    "direction": self.rng.choice(["to", "both"]),
-                    "bandwidth": {"rate": "1mbps", "limit": 20971520, "buffer": 10000},
-                    "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}}}
+            spec = {
+                "action": "bandwidth",
+                "mode": "all",
+                "selector": {"fieldSelectors": {"metadata.name": a}},
+                "direction": self.rng.choice(["to", "both"]),
+                "bandwidth": {"rate": "1mbps", "limit": 20971520, "buffer": 10000},
+                "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": b}}},
+            }
         elif e.what == "pod-kill":
             spec = {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": self.node}}}
         else:
             spec = {"mode": "one", "selector": {"labelSelectors": {"app": self.node}}}
         if e.duration is not None:
             spec["duration"] = f"{e.duration}s"
-        return yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": e.kind,
-                               "metadata": {"name": e.name, "namespace": "default"}, "spec": spec})
+        return yaml.safe_dump(
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": e.kind,
+                "metadata": {"name": e.name, "namespace": "default"},
+                "spec": spec,
+            }
+        )
 
     async def _apply(self, e: Experiment) -> None:
         assert self.store is not None
@@ -270,8 +332,15 @@ class SelfTest:
         for e in self.experiments:
             if e.delete_after is not None and time.monotonic() - e.created >= e.delete_after:
                 e.delete_after = None
-                await self._retry(lambda e=e: resources.delete(store, e.kind, e.name, "default",  # type: ignore[misc]
-                                                               wait=0.0))
+                await self._retry(
+                    lambda e=e: resources.delete(
+                        store,
+                        e.kind,
+                        e.name,
+                        "default",  # type: ignore[misc]
+                        wait=0.0,
+                    )
+                )
                 e.duration = -1.0  # marks "deleted"
 
     async def run(self) -> Report:
@@ -280,8 +349,11 @@ class SelfTest:
         poller = Poller(list(self.pods.values()))
         poller.start()
         try:
-            self.bus = await busmod.connect(self.url, "selftest", auth=natsauth.ClientAuth(
-                natsauth.seed_file(natsauth.ADMIN, self.state), admin=True))
+            self.bus = await busmod.connect(
+                self.url,
+                "selftest",
+                auth=natsauth.ClientAuth(natsauth.seed_file(natsauth.ADMIN, self.state), admin=True),
+            )
             await self.bus.ensure()
             self.store = ObjectStore(await self.bus.kv(subjects.OBJECT_STORE.name))
             await self._cycles()
@@ -304,8 +376,11 @@ class SelfTest:
         for i in range(self.cycles):
             await self._apply(self._random_experiment(i))
             await asyncio.sleep(self.rng.uniform(0.1, 1.2))
-            victim = self.schedule.pop(0) if self.schedule else (
-                self.rng.choice(COMPONENTS) if self.rng.random() < self.kill_p else None)
+            victim = (
+                self.schedule.pop(0)
+                if self.schedule
+                else (self.rng.choice(COMPONENTS) if self.rng.random() < self.kill_p else None)
+            )
             if victim:
                 self.kill(victim)
                 await asyncio.sleep(self.rng.uniform(0.1, 0.8))
@@ -392,8 +467,9 @@ class SelfTest:
                 found += [f"nft table {t} in {name}" for t in nft.list_tables(path)]
             except nft.NftError as ex:
                 found.append(f"{name}: {ex}")
-            out = subprocess.run(["nsenter", f"--net={path}", "tc", "qdisc", "show"], capture_output=True,
-                                 text=True, timeout=10).stdout
+            out = subprocess.run(
+                ["nsenter", f"--net={path}", "tc", "qdisc", "show"], capture_output=True, text=True, timeout=10
+            ).stdout
             found += [f"qdisc in {name}: {ln}" for ln in out.splitlines() if OUR_QDISC.match(ln)]
         for p in psutil.process_iter(["pid", "cmdline", "environ"]):
             env = p.info.get("environ") or {}
@@ -415,8 +491,7 @@ class SelfTest:
 def _stats(xs: list[float], sign: str) -> str:
     xs = sorted(xs)
     p99 = xs[min(len(xs) - 1, int(0.99 * len(xs)))]
-    return (f"n={len(xs)} p50 {statistics.median(xs):{sign}.2f}s p99 {p99:{sign}.2f}s "
-            f"max {xs[-1]:{sign}.2f}s")
+    return f"n={len(xs)} p50 {statistics.median(xs):{sign}.2f}s p99 {p99:{sign}.2f}s max {xs[-1]:{sign}.2f}s"
 
 
 def _age(pid: int) -> float:

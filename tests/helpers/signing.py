@@ -18,10 +18,12 @@ SCHEDULER_KEY = Ed25519PrivateKey.generate()
 OPERATOR_KEY = Ed25519PrivateKey.generate()
 SCHEDULER = signing.Signer(SCHEDULER_KEY)
 OPERATOR = signing.Signer(OPERATOR_KEY)
-TRUST = signing.Trust.of([
-    signing.TrustedKey(SCHEDULER.kid, "scheduler", SCHEDULER_KEY.public_key()),
-    signing.TrustedKey(OPERATOR.kid, "operator", OPERATOR_KEY.public_key()),
-])
+TRUST = signing.Trust.of(
+    [
+        signing.TrustedKey(SCHEDULER.kid, "scheduler", SCHEDULER_KEY.public_key()),
+        signing.TrustedKey(OPERATOR.kid, "operator", OPERATOR_KEY.public_key()),
+    ]
+)
 COMMAND_TTL_S = 300.0
 
 
@@ -29,23 +31,32 @@ def write_keys(directory: Path) -> Path:
     """These keys as files (the layout `chaosbus keys generate` makes), for a service process."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for role, key in (("scheduler", SCHEDULER_KEY), ("operator", OPERATOR_KEY)):
-        (directory / f"{role}.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (directory / f"{role}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         (directory / f"{role}.key").chmod(0o600)
-        (directory / f"{role}.pub").write_bytes(key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        (directory / f"{role}.pub").write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
     return directory
 
 
-def seal_command(cmd: m.NodeCommand, *, signer: signing.Signer = SCHEDULER, ttl_s: float = COMMAND_TTL_S,
-                 now: float | None = None) -> bytes:
+def seal_command(
+    cmd: m.NodeCommand, *, signer: signing.Signer = SCHEDULER, ttl_s: float = COMMAND_TTL_S, now: float | None = None
+) -> bytes:
     return signer.seal_message(subjects.command_subject(cmd.node), cmd, ttl_s=ttl_s, now=now)
 
 
 async def publish_command(bus: busmod.Bus, cmd: m.NodeCommand, *, msg_id: str | None = None) -> None:
     """As the scheduler sends it: signed, on the node's command subject."""
-    await bus.publish(subjects.command_subject(cmd.node), cmd, msg_id=msg_id or cmd.command_id,
-                      seal=lambda subject, data: SCHEDULER.seal(subject, data, ttl_s=COMMAND_TTL_S))
+    await bus.publish(
+        subjects.command_subject(cmd.node),
+        cmd,
+        msg_id=msg_id or cmd.command_id,
+        seal=lambda subject, data: SCHEDULER.seal(subject, data, ttl_s=COMMAND_TTL_S),
+    )
 
 
 async def publish_lease(bus: busmod.Bus, lease: m.NodeLease) -> None:

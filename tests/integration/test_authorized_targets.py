@@ -73,13 +73,34 @@ def host_process() -> Iterator[subprocess.Popen[bytes]]:
     proc.wait(5)
 
 
-def command(fault: m.Fault, container_ids: list[str], *, pod_uid: str = POD_UID, namespace: str = "team-a",
-            kind: str = "PodChaos") -> m.NodeCommand:
-    action = m.TargetAction(target_id=f"{namespace}/web-0", op="apply", pod_uid=pod_uid, namespace=namespace,
-                            pod_name="web-0", container_ids=container_ids, fault=fault)
-    return m.NodeCommand(command_id=f"forged.{time.monotonic_ns()}", experiment_uid="exp-forged", generation=1,
-                         kind=kind, namespace=namespace, name="forged", node="n1", issued_at=time.time(),
-                         actions=[action])
+def command(
+    fault: m.Fault,
+    container_ids: list[str],
+    *,
+    pod_uid: str = POD_UID,
+    namespace: str = "team-a",
+    kind: str = "PodChaos",
+) -> m.NodeCommand:
+    action = m.TargetAction(
+        target_id=f"{namespace}/web-0",
+        op="apply",
+        pod_uid=pod_uid,
+        namespace=namespace,
+        pod_name="web-0",
+        container_ids=container_ids,
+        fault=fault,
+    )
+    return m.NodeCommand(
+        command_id=f"forged.{time.monotonic_ns()}",
+        experiment_uid="exp-forged",
+        generation=1,
+        kind=kind,
+        namespace=namespace,
+        name="forged",
+        node="n1",
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 async def run(node: Node, cmd: m.NodeCommand) -> m.TargetResult:
@@ -95,9 +116,11 @@ def assert_refused(res: m.TargetResult, why: str) -> None:
 
 # --- runtime containers: the pod uid label --------------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", ["containerd", "docker"])
-async def test_a_container_of_another_pod_is_not_killed(fakes: tuple[FakeCri, FakeDocker], cluster_node: Node,
-                                                        scheme: str) -> None:
+async def test_a_container_of_another_pod_is_not_killed(
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node, scheme: str
+) -> None:
     fake = fakes[1] if scheme == "docker" else fakes[0]
     pid = fake.containers.start(CID, pod_uid="uid-of-some-other-pod")
     res = await run(cluster_node, command(m.ContainerKill(), [f"{scheme}://{CID}"]))
@@ -108,7 +131,8 @@ async def test_a_container_of_another_pod_is_not_killed(fakes: tuple[FakeCri, Fa
 
 @pytest.mark.parametrize("scheme", ["containerd", "docker"])
 async def test_a_container_without_the_kubelets_pod_label_is_not_touched(
-        fakes: tuple[FakeCri, FakeDocker], cluster_node: Node, scheme: str) -> None:
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node, scheme: str
+) -> None:
     fake = fakes[1] if scheme == "docker" else fakes[0]
     pid = fake.containers.start(CID)  # e.g. a container someone started by hand on the node
     res = await run(cluster_node, command(m.ContainerKill(), [f"{scheme}://{CID}"]))
@@ -117,8 +141,9 @@ async def test_a_container_without_the_kubelets_pod_label_is_not_touched(
 
 
 @pytest.mark.parametrize("scheme", ["containerd", "docker"])
-async def test_the_commands_own_pod_is_killed(fakes: tuple[FakeCri, FakeDocker], cluster_node: Node,
-                                              scheme: str) -> None:
+async def test_the_commands_own_pod_is_killed(
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node, scheme: str
+) -> None:
     fake = fakes[1] if scheme == "docker" else fakes[0]
     pid = fake.containers.start(CID, pod_uid=POD_UID, pod_namespace="team-a")
     res = await run(cluster_node, command(m.ContainerKill(), [f"{scheme}://{CID}"]))
@@ -127,7 +152,8 @@ async def test_the_commands_own_pod_is_killed(fakes: tuple[FakeCri, FakeDocker],
 
 
 async def test_a_command_cannot_pass_a_protected_pod_off_as_another_namespaces(
-        fakes: tuple[FakeCri, FakeDocker], cluster_node: Node) -> None:
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node
+) -> None:
     # The right uid (a pod's uid is no secret) but a false namespace, to slip past the protected check.
     pid = fakes[0].containers.start(CID, pod_uid=POD_UID, pod_namespace="kube-system")
     res = await run(cluster_node, command(m.ContainerKill(), [f"containerd://{CID}"], namespace="team-a"))
@@ -136,7 +162,8 @@ async def test_a_command_cannot_pass_a_protected_pod_off_as_another_namespaces(
 
 
 async def test_a_network_fault_never_lands_in_the_nodes_own_network_namespace(
-        fakes: tuple[FakeCri, FakeDocker], cluster_node: Node) -> None:
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node
+) -> None:
     # The fake runtime's container is a child of this process: it shares the node's netns, as a
     # hostNetwork pod's container does. The pod uid is right; the netns is what is refused.
     pid = fakes[0].containers.start(CID, pod_uid=POD_UID)
@@ -146,8 +173,9 @@ async def test_a_network_fault_never_lands_in_the_nodes_own_network_namespace(
     assert procs.process_alive(pid)
 
 
-async def test_a_protected_namespace_is_refused_on_the_node_too(fakes: tuple[FakeCri, FakeDocker],
-                                                                cluster_node: Node) -> None:
+async def test_a_protected_namespace_is_refused_on_the_node_too(
+    fakes: tuple[FakeCri, FakeDocker], cluster_node: Node
+) -> None:
     pid = fakes[0].containers.start(CID, pod_uid=POD_UID)
     res = await run(cluster_node, command(m.ContainerKill(), [f"containerd://{CID}"], namespace="kube-system"))
     assert_refused(res, "namespace kube-system is protected")
@@ -156,8 +184,8 @@ async def test_a_protected_namespace_is_refused_on_the_node_too(fakes: tuple[Fak
 
 # --- cluster mode: no bare pids, no Tasks ----------------------------------------------------------
 
-async def test_cluster_mode_refuses_process_ids(cluster_node: Node,
-                                                host_process: subprocess.Popen[bytes]) -> None:
+
+async def test_cluster_mode_refuses_process_ids(cluster_node: Node, host_process: subprocess.Popen[bytes]) -> None:
     res = await run(cluster_node, command(m.PodKill(), [f"process://{host_process.pid}"]))
     assert_refused(res, f"process://{host_process.pid} is a process id: in cluster mode")
     assert host_process.poll() is None
@@ -173,10 +201,15 @@ async def test_cluster_mode_node_injector_runs_no_task(cluster_node: Node, tmp_p
 
 # --- local mode: process pods only -------------------------------------------------------------------
 
-@pytest.mark.parametrize("fault", [m.PodKill(), m.ContainerKill(), m.Partition(rules=[
-    m.PartitionRule(chain="output")])], ids=["pod-kill", "container-kill", "partition"])
-async def test_local_mode_never_touches_a_host_process(local_node: Node, host_process: subprocess.Popen[bytes],
-                                                       fault: m.Fault) -> None:
+
+@pytest.mark.parametrize(
+    "fault",
+    [m.PodKill(), m.ContainerKill(), m.Partition(rules=[m.PartitionRule(chain="output")])],
+    ids=["pod-kill", "container-kill", "partition"],
+)
+async def test_local_mode_never_touches_a_host_process(
+    local_node: Node, host_process: subprocess.Popen[bytes], fault: m.Fault
+) -> None:
     res = await run(local_node, command(fault, [f"process://{host_process.pid}"]))
     assert_refused(res, "is not a process pod's process")
     assert host_process.poll() is None

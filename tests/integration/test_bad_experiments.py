@@ -33,19 +33,32 @@ SMALL_PAYLOAD = 8 * 1024
 
 
 def pod(i: int, app: str) -> m.TargetPod:
-    return m.TargetPod(uid=f"u-{app}-{i}", namespace="default", name=f"{app}-{i}", labels={"app": app}, node=NODE,
-                       pod_ip=f"10.{1 if app == 'a' else 2}.{i // 250}.{i % 250 + 1}", phase="Running",
-                       containers=[m.ContainerRef(name="main", container_id=f"process://{app}{i}", ready=True)])
+    return m.TargetPod(
+        uid=f"u-{app}-{i}",
+        namespace="default",
+        name=f"{app}-{i}",
+        labels={"app": app},
+        node=NODE,
+        pod_ip=f"10.{1 if app == 'a' else 2}.{i // 250}.{i % 250 + 1}",
+        phase="Running",
+        containers=[m.ContainerRef(name="main", container_id=f"process://{app}{i}", ready=True)],
+    )
 
 
 @pytest.fixture
 def small_server(tmp_path: Path) -> Iterator[str]:
     """nats-server with an 8 KiB max_payload (the test's own config file)."""
     conf = tmp_path / "small.conf"
-    conf.write_text(f'listen: "127.0.0.1:-1"\nmax_payload: {SMALL_PAYLOAD}\n'
-                    f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\nports_file_dir: "{tmp_path}"\n')
-    proc = subprocess.Popen([natsserver.binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    conf.write_text(
+        f'listen: "127.0.0.1:-1"\nmax_payload: {SMALL_PAYLOAD}\n'
+        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\nports_file_dir: "{tmp_path}"\n'
+    )
+    proc = subprocess.Popen(
+        [natsserver.binary(), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 10
         while not (ports := list(tmp_path.glob(f"*_{proc.pid}.ports"))):
@@ -70,11 +83,13 @@ class World:
     async def start(self, pods: list[m.TargetPod]) -> None:
         kv = await self.bus.kv(subjects.TARGETS.name)
         for i in range(0, len(pods), 200):
-            await asyncio.gather(*(kv.put(subjects.target_pod_key(p.namespace, p.name), busmod.encode(p))
-                                   for p in pods[i:i + 200]))
+            await asyncio.gather(
+                *(kv.put(subjects.target_pod_key(p.namespace, p.name), busmod.encode(p)) for p in pods[i : i + 200])
+            )
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0)
-        self.psub = await self.bus.js.pull_subscribe(subjects.command_subject(NODE), durable="injector-n1",
-                                                     stream=subjects.COMMANDS.name, config=cfg)
+        self.psub = await self.bus.js.pull_subscribe(
+            subjects.command_subject(NODE), durable="injector-n1", stream=subjects.COMMANDS.name, config=cfg
+        )
 
         async def on_decision(msg: Any) -> None:
             d = busmod.decode(msg.data, m.ExperimentDecision)
@@ -86,10 +101,23 @@ class World:
     def spawn(self) -> None:
         env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(write_keys(self.log.parent / "keys"))}
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "chaosbus.scheduler", "--nats", self.url,
-                                          "--metrics-port", "0", "--instance", "s1"], stdout=out, stderr=out,
-                                         start_new_session=True,
-                                         env=env)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "chaosbus.scheduler",
+                    "--nats",
+                    self.url,
+                    "--metrics-port",
+                    "0",
+                    "--instance",
+                    "s1",
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=env,
+            )
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -98,11 +126,28 @@ class World:
 
     async def apply(self, name: str, spec: dict[str, Any], kind: str = "NetworkChaos") -> str:
         uid = str(uuid.uuid4())
-        obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "spec": spec,
-               "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1,
-                            "creationTimestamp": objects.now_rfc3339(), "finalizers": [RECORDS_FINALIZER]}}
-        event = m.ObjectEvent(type="ADDED", kind=kind, namespace="default", name=name, uid=uid, generation=1,
-                              object=msgspec.Raw(msgspec.json.encode(obj)))
+        obj = {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": kind,
+            "spec": spec,
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "uid": uid,
+                "generation": 1,
+                "creationTimestamp": objects.now_rfc3339(),
+                "finalizers": [RECORDS_FINALIZER],
+            },
+        }
+        event = m.ObjectEvent(
+            type="ADDED",
+            kind=kind,
+            namespace="default",
+            name=name,
+            uid=uid,
+            generation=1,
+            object=msgspec.Raw(msgspec.json.encode(obj)),
+        )
         await self.bus.publish(subjects.object_subject(kind, "default", name), event, msg_id=uid)
         return uid
 
@@ -147,16 +192,28 @@ async def small_world(small_server: str, tmp_path: Path) -> AsyncIterator[World]
         await b.close()
 
 
-PARTITION = {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "a"}}, "direction": "both",
-             "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}}}
+PARTITION = {
+    "action": "partition",
+    "mode": "all",
+    "selector": {"labelSelectors": {"app": "a"}},
+    "direction": "both",
+    "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}},
+}
 GOOD = {"action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {"app": "c"}}}
 
 
 async def test_invalid_objects_fail_alone_and_a_1000_plus_1000_partition_arrives_in_full(world: World) -> None:
     pods = [pod(i, app) for app in ("a", "b") for i in range(1000)] + [pod(0, "c")]
     await world.start(pods)
-    bad = await world.apply("bad-latency", {"action": "delay", "mode": "all", "delay": {"latency": "9" * 400 + "ms"},
-                                            "selector": {"labelSelectors": {"app": "c"}}})
+    bad = await world.apply(
+        "bad-latency",
+        {
+            "action": "delay",
+            "mode": "all",
+            "delay": {"latency": "9" * 400 + "ms"},
+            "selector": {"labelSelectors": {"app": "c"}},
+        },
+    )
     big = await world.apply("big", PARTITION)
     good = await world.apply("good", GOOD, kind="PodChaos")
     await world.until("the bad object's failure", lambda: bad in world.decisions)
@@ -182,8 +239,9 @@ async def test_an_experiment_nats_cannot_carry_fails_and_the_scheduler_goes_on(s
     pods = [pod(i, app) for app in ("a", "b") for i in range(1000)] + [pod(0, "c")]
     await small_world.start(pods)
     big = await small_world.apply("big", PARTITION)
-    await small_world.until("the big experiment's failure",
-                            lambda: big in small_world.decisions and small_world.decisions[big].failure)
+    await small_world.until(
+        "the big experiment's failure", lambda: big in small_world.decisions and small_world.decisions[big].failure
+    )
     assert f"larger than NATS max_payload ({SMALL_PAYLOAD} bytes)" in small_world.decisions[big].failure
     good = await small_world.apply("good", GOOD, kind="PodChaos")
     await small_world.until("the good experiment's command", lambda: small_world.actions(good))
@@ -200,15 +258,36 @@ async def test_an_object_event_over_max_payload_reaches_the_scheduler_as_failed(
 
     await small_world.start([pod(0, "c")])
     uid = str(uuid.uuid4())
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos", "spec": GOOD,
-           "metadata": {"name": "huge", "namespace": "default", "uid": uid, "generation": 1,
-                        "annotations": {"note": "x" * SMALL_PAYLOAD},
-                        "creationTimestamp": objects.now_rfc3339(), "finalizers": [RECORDS_FINALIZER]}}
-    event = m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="default", name="huge", uid=uid, generation=1,
-                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "PodChaos",
+        "spec": GOOD,
+        "metadata": {
+            "name": "huge",
+            "namespace": "default",
+            "uid": uid,
+            "generation": 1,
+            "annotations": {"note": "x" * SMALL_PAYLOAD},
+            "creationTimestamp": objects.now_rfc3339(),
+            "finalizers": [RECORDS_FINALIZER],
+        },
+    }
+    event = m.ObjectEvent(
+        type="ADDED",
+        kind="PodChaos",
+        namespace="default",
+        name="huge",
+        uid=uid,
+        generation=1,
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
     metrics = WatcherMetrics()
-    await emit(small_world.bus, await small_world.bus.kv(subjects.TARGETS.name),
-               Outputs(events=[(subjects.object_subject("PodChaos", "default", "huge"), event, uid)]), metrics)
+    await emit(
+        small_world.bus,
+        await small_world.bus.kv(subjects.TARGETS.name),
+        Outputs(events=[(subjects.object_subject("PodChaos", "default", "huge"), event, uid)]),
+        metrics,
+    )
     assert metrics.errors.labels("object_too_large")._value.get() == 1
     await small_world.until("the huge object's failure", lambda: uid in small_world.decisions)
     assert "larger than NATS max_payload" in small_world.decisions[uid].selection_error

@@ -25,16 +25,26 @@ DURABLE = "test-consumer"
 
 
 def decision(uid: str = "u1", phase: str = "Run") -> m.ExperimentDecision:
-    return m.ExperimentDecision(experiment_uid=uid, generation=1, kind="PodChaos", namespace="ns", name="x",
-                                desired_phase=phase)  # type: ignore[arg-type]
+    return m.ExperimentDecision(
+        experiment_uid=uid, generation=1, kind="PodChaos", namespace="ns", name="x", desired_phase=phase
+    )  # type: ignore[arg-type]
 
 
 def result_batch(command_id: str) -> m.ResultBatch:
-    return m.ResultBatch(command_id=command_id, experiment_uid="u1", generation=1, kind="PodChaos", namespace="ns",
-                         name="x", node="n1", results=[m.TargetResult(target_id="ns/p", op="apply", ok=True)])
+    return m.ResultBatch(
+        command_id=command_id,
+        experiment_uid="u1",
+        generation=1,
+        kind="PodChaos",
+        namespace="ns",
+        name="x",
+        node="n1",
+        results=[m.TargetResult(target_id="ns/p", op="apply", ok=True)],
+    )
 
 
 # --- ensure --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("stream", subjects.STREAMS, ids=[s.name for s in subjects.STREAMS])
 async def test_ensure_declares_each_stream_from_the_table(bus: busmod.Bus, stream: subjects.Stream) -> None:
@@ -64,6 +74,7 @@ async def test_kv_handle_is_shared(bus: busmod.Bus) -> None:
 
 
 # --- publish -------------------------------------------------------------------------------------
+
 
 async def test_same_msg_id_is_stored_once(bus: busmod.Bus) -> None:
     subject = subjects.result_subject("n1", "u1")
@@ -95,11 +106,20 @@ async def test_last_value_stream_keeps_one_message_per_subject(bus: busmod.Bus) 
 
 # --- consume -------------------------------------------------------------------------------------
 
+
 @contextlib.asynccontextmanager
-async def consuming(bus: busmod.Bus, handler: Callable[[Any], Awaitable[None]], *,
-                    ack_wait: float = 5.0, detach: Callable[[Any], bool] | None = None) -> AsyncIterator[None]:
-    task = asyncio.create_task(bus.consume(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch,
-                                           ack_wait=ack_wait, detach=detach))
+async def consuming(
+    bus: busmod.Bus,
+    handler: Callable[[Any], Awaitable[None]],
+    *,
+    ack_wait: float = 5.0,
+    detach: Callable[[Any], bool] | None = None,
+) -> AsyncIterator[None]:
+    task = asyncio.create_task(
+        bus.consume(
+            subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=ack_wait, detach=detach
+        )
+    )
     try:
         yield
     finally:
@@ -145,13 +165,26 @@ async def test_consume_hands_decoded_structs_to_the_handler_and_acks(bus: busmod
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
 
 
-@pytest.mark.parametrize("payload", [
-    b"not json",
-    b'{"foo": 1}',
-    b"[]",
-    msgspec.json.encode({"command_id": "c", "experiment_uid": "u", "generation": "one", "kind": "k",
-                         "namespace": "n", "name": "x", "node": "n1"}),
-], ids=["not-json", "wrong-shape", "array", "wrong-field-type"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b'{"foo": 1}',
+        b"[]",
+        msgspec.json.encode(
+            {
+                "command_id": "c",
+                "experiment_uid": "u",
+                "generation": "one",
+                "kind": "k",
+                "namespace": "n",
+                "name": "x",
+                "node": "n1",
+            }
+        ),
+    ],
+    ids=["not-json", "wrong-shape", "array", "wrong-field-type"],
+)
 async def test_malformed_message_is_terminated_and_the_consumer_goes_on(bus: busmod.Bus, payload: bytes) -> None:
     got: list[str] = []
 
@@ -225,13 +258,15 @@ async def test_cancel_stops_the_consumer_even_when_a_message_arrives_with_it(bus
     """nats-py's fetch can swallow a cancel on Python 3.11 (wait_for race); consume must still stop,
     or a service never finishes shutting down. The race is hit in about 1 of 10 attempts.
     """
+
     async def handler(msg: m.ResultBatch) -> None:
         pass
 
     rng = random.Random(3)
     for attempt in range(40):
-        task = asyncio.create_task(bus.consume(subjects.RESULTS, f"cancel-{attempt}", "chaos.result.*.*", handler,
-                                               m.ResultBatch))
+        task = asyncio.create_task(
+            bus.consume(subjects.RESULTS, f"cancel-{attempt}", "chaos.result.*.*", handler, m.ResultBatch)
+        )
         await asyncio.sleep(0.02)  # the consumer is set up and its fetch is waiting
         await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{attempt}"), msg_id=f"c{attempt}")
         await asyncio.sleep(rng.uniform(0, 0.003))
@@ -276,8 +311,9 @@ async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it
         fetches.append([b.command_id for b in batches])
         return {i for i, b in enumerate(batches) if b.command_id == "c2" and len(fetches) == 1}
 
-    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler,
-                                                   m.ResultBatch, ack_wait=5.0))
+    task = asyncio.create_task(
+        bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=5.0)
+    )
     try:
         await wait_for(lambda: len(fetches) == 2)
         info = await settled(bus)
@@ -300,8 +336,9 @@ async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails
             raise RuntimeError("transient")
         return set()
 
-    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler,
-                                                   m.ResultBatch, ack_wait=5.0))
+    task = asyncio.create_task(
+        bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=5.0)
+    )
     try:
         await wait_for(lambda: sum(map(len, fetches)) == 4)
         info = await settled(bus)

@@ -23,14 +23,15 @@ async def run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> str:
 
 @pytest.mark.parametrize("kind", list(kinds.KINDS))
 async def test_every_name_of_the_kind_gets_describes_and_deletes(
-        kind: str, bus: busmod.Bus, nats_server: natsserver.EmbeddedServer,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    kind: str, bus: busmod.Bus, nats_server: natsserver.EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
     url = nats_server.url
     for name in (kind, *kinds.KINDS[kind].names):
         obj = f"obj-{name.lower()}"
-        await store.create({"apiVersion": API_VERSION, "kind": kind,
-                            "metadata": {"name": obj, "namespace": "default"}, "spec": {}})
+        await store.create(
+            {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": obj, "namespace": "default"}, "spec": {}}
+        )
         assert obj in await run(capsys, url, "get", name), name
         assert f"Kind:         {kind}" in await run(capsys, url, "describe", name, obj), name
         assert "deleted" in await run(capsys, url, "delete", name, obj, "--wait", "0"), name

@@ -31,16 +31,35 @@ TOKENS = {"viewer": "viewer-token-" + "v" * 30, "admin": "admin-token-" + "a" * 
 
 
 def experiment(phase: str, injected: int) -> dict[str, Any]:
-    recs = [{"id": f"default/web-{i}", "selectorKey": ".", "phase": "Injected" if i < injected else "Not Injected",
-             "injectedCount": 1, "recoveredCount": 0, "events": []} for i in range(2)]
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-            "metadata": {"name": "cut<1>", "namespace": "default", "uid": "u1"},
-            "spec": {"action": "partition"}, "status": {"phase": phase, "experiment": {"containerRecords": recs}}}
+    recs = [
+        {
+            "id": f"default/web-{i}",
+            "selectorKey": ".",
+            "phase": "Injected" if i < injected else "Not Injected",
+            "injectedCount": 1,
+            "recoveredCount": 0,
+            "events": [],
+        }
+        for i in range(2)
+    ]
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "NetworkChaos",
+        "metadata": {"name": "cut<1>", "namespace": "default", "uid": "u1"},
+        "spec": {"action": "partition"},
+        "status": {"phase": phase, "experiment": {"containerRecords": recs}},
+    }
 
 
 async def publish(bus: busmod.Bus, obj: dict[str, Any], kind: str = "ADDED") -> None:
-    event = m.ObjectEvent(type=kind, kind="NetworkChaos", namespace="default", name="cut<1>", uid="u1",  # type: ignore[arg-type]
-                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    event = m.ObjectEvent(
+        type=kind,
+        kind="NetworkChaos",
+        namespace="default",
+        name="cut<1>",
+        uid="u1",  # type: ignore[arg-type]
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
     await bus.js.publish(subjects.object_subject("NetworkChaos", "default", "cut<1>"), busmod.encode(event))
 
 
@@ -124,14 +143,14 @@ async def test_writes_need_the_admin_role_the_csrf_token_and_this_origin(site: S
         csrf = await login(admin, site.url, "admin")
         async with admin.post(pause, data={}, allow_redirects=False) as r:
             assert r.status == 403
-        async with admin.post(pause, data={"csrf": csrf}, headers={"Origin": "http://evil.example"},
-                              allow_redirects=False) as r:
+        async with admin.post(
+            pause, data={"csrf": csrf}, headers={"Origin": "http://evil.example"}, allow_redirects=False
+        ) as r:
             assert r.status == 403
         async with admin.post(site.url + "/control/halt", data={"csrf": csrf}, allow_redirects=False) as r:
             assert r.status == 403  # no operator key on this dashboard
         # Allowed: it reaches the trigger (no scheduler here, so it says nobody answered).
-        async with admin.post(pause, data={"csrf": csrf}, headers={"Origin": site.url},
-                              allow_redirects=False) as r:
+        async with admin.post(pause, data={"csrf": csrf}, headers={"Origin": site.url}, allow_redirects=False) as r:
             assert r.status == 303 and "did%20not%20answer" in r.headers["Location"]
 
 

@@ -47,8 +47,9 @@ def fault() -> Recording:
 
 
 @pytest.fixture
-async def running(tmp_path: Path, fault: Recording,
-                  nats_server: natsserver.EmbeddedServer) -> AsyncIterator[tuple[Node, busmod.Bus]]:
+async def running(
+    tmp_path: Path, fault: Recording, nats_server: natsserver.EmbeddedServer
+) -> AsyncIterator[tuple[Node, busmod.Bus]]:
     node = make_node(tmp_path, fault, lease_ttl=1.0)
     edge = Edge(node, "n1", InjectorMetrics(), trust=TRUST)
     tasks = [asyncio.ensure_future(node.watchdog()), asyncio.ensure_future(edge.run(nats_server.url))]
@@ -79,8 +80,9 @@ async def batches(bus: busmod.Bus, within: float = 5.0, *, count: int = 1) -> li
     return out
 
 
-async def test_a_command_yields_its_results_on_the_stream(running: tuple[Node, busmod.Bus], fault: Recording,
-                                                          sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_command_yields_its_results_on_the_stream(
+    running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     _, bus = running
     cmd = command(sleeper)
     await publish_command(bus, cmd)
@@ -88,8 +90,9 @@ async def test_a_command_yields_its_results_on_the_stream(running: tuple[Node, b
     assert batch.command_id == cmd.command_id and batch.results[0].ok and len(fault.kernel) == 1
 
 
-async def test_a_command_delivered_twice_is_executed_once(running: tuple[Node, busmod.Bus], fault: Recording,
-                                                          sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_command_delivered_twice_is_executed_once(
+    running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     _, bus = running
     cmd = command(sleeper)
     for msg_id in ("first", "second"):  # past JetStream's dedup: two deliveries of one command
@@ -100,8 +103,9 @@ async def test_a_command_delivered_twice_is_executed_once(running: tuple[Node, b
     assert (await bus.js.stream_info(subjects.COMMANDS.name)).state.messages == 0  # both acked
 
 
-async def test_the_kv_key_alone_halts_the_node(running: tuple[Node, busmod.Bus], fault: Recording,
-                                               sleeper: subprocess.Popen[bytes]) -> None:
+async def test_the_kv_key_alone_halts_the_node(
+    running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     node, bus = running
     cmd = command(sleeper)
     await publish_command(bus, cmd)
@@ -114,7 +118,8 @@ async def test_the_kv_key_alone_halts_the_node(running: tuple[Node, busmod.Bus],
 
 
 async def test_leases_on_the_subject_keep_a_fault_and_their_absence_ends_it(
-        running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
+    running: tuple[Node, busmod.Bus], fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     _, bus = running
     cmd = command(sleeper)
     await publish_command(bus, cmd)
@@ -129,8 +134,11 @@ async def test_leases_on_the_subject_keep_a_fault_and_their_absence_ends_it(
 
 
 async def test_results_wait_in_the_outbox_while_nats_is_down(
-        running: tuple[Node, busmod.Bus], nats_server: natsserver.EmbeddedServer, fault: Recording,
-        sleeper: subprocess.Popen[bytes]) -> None:
+    running: tuple[Node, busmod.Bus],
+    nats_server: natsserver.EmbeddedServer,
+    fault: Recording,
+    sleeper: subprocess.Popen[bytes],
+) -> None:
     node, bus = running
     cmd = command(sleeper, deadline=None)
     await publish_command(bus, cmd)
@@ -153,9 +161,9 @@ async def test_results_wait_in_the_outbox_while_nats_is_down(
         restarted.stop()
 
 
-async def test_a_long_task_holds_up_no_other_command(tmp_path: Path, fault: Recording,
-                                                     sleeper: subprocess.Popen[bytes],
-                                                     nats_server: natsserver.EmbeddedServer) -> None:
+async def test_a_long_task_holds_up_no_other_command(
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes], nats_server: natsserver.EmbeddedServer
+) -> None:
     journal = Journal(tmp_path / "journal.db")
     registry: dict[str, faults.Fault] = {}
     for f in (fault, TaskFault()):
@@ -167,10 +175,17 @@ async def test_a_long_task_holds_up_no_other_command(tmp_path: Path, fault: Reco
     await bus.ensure()
     try:
         task = m.Task(argv=[sys.executable, "-c", "import time; time.sleep(3); print('late')"], timeout_s=30)
-        long = m.NodeCommand(command_id="wfnode-uid.task.1", experiment_uid="wfnode-uid", generation=1,
-                             kind="WorkflowNode", namespace="ns", name="check-abcde", node="n1",
-                             issued_at=time.time(), actions=[m.TargetAction(target_id="ns/check-abcde", op="apply",
-                                                                            fault=task)])
+        long = m.NodeCommand(
+            command_id="wfnode-uid.task.1",
+            experiment_uid="wfnode-uid",
+            generation=1,
+            kind="WorkflowNode",
+            namespace="ns",
+            name="check-abcde",
+            node="n1",
+            issued_at=time.time(),
+            actions=[m.TargetAction(target_id="ns/check-abcde", op="apply", fault=task)],
+        )
         await publish_command(bus, long)
         await asyncio.sleep(0.3)  # the task has started
         quick = command(sleeper)

@@ -25,37 +25,63 @@ KIND = "NetworkChaos"
 
 def event(obj: dict[str, Any], change: str = "MODIFIED") -> m.ObjectEvent:
     meta = obj["metadata"]
-    return m.ObjectEvent(type=change, kind=KIND, namespace=meta["namespace"],  # type: ignore[arg-type]
-                         name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
+    return m.ObjectEvent(
+        type=change,
+        kind=KIND,
+        namespace=meta["namespace"],  # type: ignore[arg-type]
+        name=meta["name"],
+        uid=meta["uid"],
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
 
 
 def decision(obj: dict[str, Any], phase: str, *, deleting: bool = False) -> m.ExperimentDecision:
     meta = obj["metadata"]
-    return m.ExperimentDecision(experiment_uid=meta["uid"], generation=1, kind=KIND, namespace=meta["namespace"],
-                                name=meta["name"], desired_phase=phase,  # type: ignore[arg-type]
-                                records=[m.RecordRef(id=f"default/p{i}") for i in (0, 1)], deleting=deleting)
+    return m.ExperimentDecision(
+        experiment_uid=meta["uid"],
+        generation=1,
+        kind=KIND,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        desired_phase=phase,  # type: ignore[arg-type]
+        records=[m.RecordRef(id=f"default/p{i}") for i in (0, 1)],
+        deleting=deleting,
+    )
 
 
 def results(obj: dict[str, Any], op: str, cid: str) -> m.ResultBatch:
     meta = obj["metadata"]
-    return m.ResultBatch(command_id=cid, experiment_uid=meta["uid"], generation=1, kind=KIND,
-                         namespace=meta["namespace"], name=meta["name"], node="n1",
-                         results=[m.TargetResult(target_id=f"default/p{i}", op=op, ok=True)  # type: ignore[arg-type]
-                                  for i in (0, 1)])
+    return m.ResultBatch(
+        command_id=cid,
+        experiment_uid=meta["uid"],
+        generation=1,
+        kind=KIND,
+        namespace=meta["namespace"],
+        name=meta["name"],
+        node="n1",
+        results=[
+            m.TargetResult(target_id=f"default/p{i}", op=op, ok=True)  # type: ignore[arg-type]
+            for i in (0, 1)
+        ],
+    )
 
 
 async def counts(store: ObjectStore, uid: str) -> dict[str, int]:
-    return {e["reason"]: e["count"] for e in await store.list("Event", "default")
-            if e["involvedObject"]["uid"] == uid}
+    return {e["reason"]: e["count"] for e in await store.list("Event", "default") if e["involvedObject"]["uid"] == uid}
 
 
 async def test_an_experiment_s_events_are_kept_shown_and_removed_with_it(bus: busmod.Bus) -> None:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
-    created = await store.create({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": KIND,
-                                  "metadata": {"name": "part", "namespace": "default"},
-                                  "spec": {"action": "partition", "mode": "all", "selector": {}}})
+    created = await store.create(
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": KIND,
+            "metadata": {"name": "part", "namespace": "default"},
+            "spec": {"action": "partition", "mode": "all", "selector": {}},
+        }
+    )
     uid = created["metadata"]["uid"]
     await rec.on_object(event(created, "ADDED"))
     await rec.on_decision(decision(created, "Run"))
@@ -71,8 +97,15 @@ async def test_an_experiment_s_events_are_kept_shown_and_removed_with_it(bus: bu
     await rec.on_results(results(deleting, "recover", "c2"))
     await rec.on_decision(decision(deleting, "Stop", deleting=True))
     assert await store.get(KIND, "default", "part") is None
-    assert await counts(store, uid) == {"FinalizerInited": 1, "Started": 1, "Applied": 2, "Deleted": 1,
-                                        "Recovered": 2, "FinalizerRemoved": 1, "Updated": 7}
+    assert await counts(store, uid) == {
+        "FinalizerInited": 1,
+        "Started": 1,
+        "Applied": 2,
+        "Deleted": 1,
+        "Recovered": 2,
+        "FinalizerRemoved": 1,
+        "Updated": 7,
+    }
     await rec.on_object(event(deleting, "DELETED"))
     assert await counts(store, uid) == {}
 

@@ -33,8 +33,10 @@ def _mount(path: Path, data: dict[str, str]) -> Path:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
     """(the server's tls:// URL, each identity Secret's mount directory)."""
-    docs = {d["metadata"]["name"]: d["stringData"]
-            for d in yaml.safe_load_all(natssecrets.secrets_yaml(namespace="chaosbus", service="nats"))}
+    docs = {
+        d["metadata"]["name"]: d["stringData"]
+        for d in yaml.safe_load_all(natssecrets.secrets_yaml(namespace="chaosbus", service="nats"))
+    }
     server_dir = _mount(tmp_path / "server", docs.pop(natssecrets.SERVER_SECRET))
     conf = server_dir / "nats.conf"
     conf.write_text(conf.read_text().replace(natssecrets.SERVER_TLS_DIR, str(server_dir)))
@@ -47,16 +49,16 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, Path]]]:
 
 
 async def _connect(url: str, **opts: Any) -> nats.NATS:
-    return await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2,
-                              tls_hostname=SERVICE_NAME, **opts)
+    return await nats.connect(
+        url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, tls_hostname=SERVICE_NAME, **opts
+    )
 
 
 def _options(mount: Path) -> dict[str, Any]:
     return natsauth.ClientAuth(mount / "nkey", mount).connect_options()
 
 
-def test_the_right_certificate_and_seed_connect_and_keep_their_allow_list(
-        cluster: tuple[str, dict[str, Path]]) -> None:
+def test_the_right_certificate_and_seed_connect_and_keep_their_allow_list(cluster: tuple[str, dict[str, Path]]) -> None:
     url, mounts = cluster
 
     async def run() -> tuple[bool, bool]:
@@ -93,8 +95,14 @@ def test_a_certificate_from_another_ca_is_refused(cluster: tuple[str, dict[str, 
     url, mounts = cluster
     other_ca = natstls.new_ca("someone else's CA")
     leaf = natstls.issue(other_ca, "scheduler")
-    forged = _mount(tmp_path / "forged", {"tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(),
-                                          "ca.crt": (mounts["chaosbus-nats-scheduler"] / "ca.crt").read_text()})
+    forged = _mount(
+        tmp_path / "forged",
+        {
+            "tls.crt": leaf.cert.decode(),
+            "tls.key": leaf.key.decode(),
+            "ca.crt": (mounts["chaosbus-nats-scheduler"] / "ca.crt").read_text(),
+        },
+    )
     opts = _options(mounts["chaosbus-nats-scheduler"])
     opts["tls"] = natsauth.client_tls_context(forged)
     with pytest.raises((OSError, nats.errors.Error, asyncio.TimeoutError)):
@@ -128,21 +136,28 @@ def test_the_services_connection_path_over_mutual_tls(tmp_path: Path) -> None:
     """
     ca = natstls.new_ca()
     server = natstls.issue(ca, "nats", server_names=["127.0.0.1"])
-    tls_dir = _mount(tmp_path / "server", {"tls.crt": server.cert.decode(), "tls.key": server.key.decode(),
-                                           "ca.crt": ca.cert.decode()})
+    tls_dir = _mount(
+        tmp_path / "server",
+        {"tls.crt": server.cert.decode(), "tls.key": server.key.decode(), "ca.crt": ca.cert.decode()},
+    )
     auths = {}
     users = []
     for user in (natsauth.ADMIN, "cli"):
         seed = natsauth.new_seed()
         key = natsauth.public_key(seed)
         leaf = natstls.issue(ca, user)
-        mount = _mount(tmp_path / user, {"nkey": seed, "tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(),
-                                          "ca.crt": ca.cert.decode()})
+        mount = _mount(
+            tmp_path / user,
+            {"nkey": seed, "tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(), "ca.crt": ca.cert.decode()},
+        )
         auths[user] = natsauth.ClientAuth(mount / "nkey", mount, admin=user == natsauth.ADMIN)
         users.append(natsauth.User(key, natsauth.permissions(user, inbox=natsauth.inbox_prefix(key))))
     conf = tmp_path / "nats.conf"
-    conf.write_text(natsauth.server_config(users, tls=natsauth.ServerTls(
-        str(tls_dir / "tls.crt"), str(tls_dir / "tls.key"), str(tls_dir / "ca.crt"))))
+    conf.write_text(
+        natsauth.server_config(
+            users, tls=natsauth.ServerTls(str(tls_dir / "tls.crt"), str(tls_dir / "tls.key"), str(tls_dir / "ca.crt"))
+        )
+    )
     srv = natsserver.start(tmp_path / "nats", config_file=conf)
     url = srv.url.replace("nats://", "tls://")
 

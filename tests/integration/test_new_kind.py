@@ -82,9 +82,17 @@ class FakeGreeting:
 
 @pytest.fixture
 def greet_kind() -> Iterator[kinds.Kind]:
-    kind = kinds.register(kinds.Kind("GreetChaos", GreetChaosSpec, "executed", ("grc",),
-                                     default=kinds.Action(containers=True), fault_tags=("hello-world",),
-                                     faults=greet_faults))
+    kind = kinds.register(
+        kinds.Kind(
+            "GreetChaos",
+            GreetChaosSpec,
+            "executed",
+            ("grc",),
+            default=kinds.Action(containers=True),
+            fault_tags=("hello-world",),
+            faults=greet_faults,
+        )
+    )
     yield kind
     kinds.unregister(kind.kind)
 
@@ -95,8 +103,9 @@ def no_runtime(container_id: str) -> runtime.ContainerHandle:
 
 
 @pytest.fixture
-async def services(tmp_path: Path, nats_server: natsserver.EmbeddedServer,
-                   greet_kind: kinds.Kind) -> AsyncIterator[FakeGreeting]:
+async def services(
+    tmp_path: Path, nats_server: natsserver.EmbeddedServer, greet_kind: kinds.Kind
+) -> AsyncIterator[FakeGreeting]:
     """Watcher, scheduler and recorder as their services run them; the injector's edge and node
     with the fake fault as its whole registry.
     """
@@ -107,13 +116,24 @@ async def services(tmp_path: Path, nats_server: natsserver.EmbeddedServer,
     node = Node(journal, Executor(journal, "n1", registry={fake.name: fake}, resolve=no_runtime))
     runs: list[Awaitable[None]] = [
         watcher_app.main(argparse.Namespace(**common)),
-        scheduler_app.main(argparse.Namespace(
-            **common, target_namespace="", enable_filter_namespace=False, protected_namespaces=None,
-            allow_host_network_testing=False, max_targets=100, instance="test", leader_ttl=5.0,
-            cluster_injector=False, signing_key=str(write_keys(tmp_path / "keys") / "scheduler.key"),
-            command_ttl=300.0)),
+        scheduler_app.main(
+            argparse.Namespace(
+                **common,
+                target_namespace="",
+                enable_filter_namespace=False,
+                protected_namespaces=None,
+                allow_host_network_testing=False,
+                max_targets=100,
+                instance="test",
+                leader_ttl=5.0,
+                cluster_injector=False,
+                signing_key=str(write_keys(tmp_path / "keys") / "scheduler.key"),
+                command_ttl=300.0,
+            )
+        ),
         recorder_app.main(argparse.Namespace(**common)),
-        node.watchdog(), Edge(node, "n1", InjectorMetrics(), trust=TRUST).run(url),
+        node.watchdog(),
+        Edge(node, "n1", InjectorMetrics(), trust=TRUST).run(url),
     ]
     tasks = [asyncio.ensure_future(r) for r in runs]
     try:
@@ -148,13 +168,19 @@ spec: {mode: all, selector: {labelSelectors: {app: web}}, containerNames: [main]
 async def test_a_kind_declared_in_one_file_runs_end_to_end(services: FakeGreeting, bus: busmod.Bus) -> None:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
     for name in ("web-0", "web-1"):
-        await store.create({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "main"}]},
-            "status": {"phase": "Running", "podIP": "10.9.0.1",
-                       "containerStatuses": [{"name": "main", "ready": True,
-                                              "containerID": f"process://{name}"}]}})
+        await store.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "main"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": "10.9.0.1",
+                    "containerStatuses": [{"name": "main", "ready": True, "containerID": f"process://{name}"}],
+                },
+            }
+        )
     assert await resources.apply(store, GREET, None) == ["greetchaos.chaos-mesh.org/hi created"]
 
     async def running() -> dict[str, Any] | None:
@@ -165,7 +191,9 @@ async def test_a_kind_declared_in_one_file_runs_end_to_end(services: FakeGreetin
     obj = await eventually(running, "GreetChaos/hi Running")
     records = obj["status"]["experiment"]["containerRecords"]
     assert sorted((r["id"], r["phase"]) for r in records) == [
-        ("default/web-0/main", "Injected"), ("default/web-1/main", "Injected")]
+        ("default/web-0/main", "Injected"),
+        ("default/web-1/main", "Injected"),
+    ]
     assert sorted(services.done) == [("apply", "default/web-0/main"), ("apply", "default/web-1/main")]
     assert obj["metadata"]["finalizers"] == ["chaos-mesh/records"]
 
@@ -177,4 +205,6 @@ async def test_a_kind_declared_in_one_file_runs_end_to_end(services: FakeGreetin
 
     await eventually(gone, "GreetChaos/hi removed after its targets recovered")
     assert sorted(d for d in services.done if d[0] == "recover") == [
-        ("recover", "default/web-0/main"), ("recover", "default/web-1/main")]
+        ("recover", "default/web-0/main"),
+        ("recover", "default/web-1/main"),
+    ]

@@ -31,8 +31,9 @@ _ids = itertools.count(1)
 async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
-    task = asyncio.ensure_future(bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write,
-                                             m.ObjectWrite))
+    task = asyncio.ensure_future(
+        bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite)
+    )
     yield store
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -40,17 +41,48 @@ async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
 
 
 def child(name: str, owner_uid: str = "sched-uid") -> dict[str, Any]:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "HelloWorldChaos",
-            "metadata": {"name": name, "namespace": "default", "labels": {"managed-by": "s"},
-                         "ownerReferences": [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-                                              "name": "s", "uid": owner_uid, "controller": True}]},
-            "spec": {"mode": "all", "selector": {}, "duration": "1s"}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "HelloWorldChaos",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"managed-by": "s"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "chaos-mesh.org/v1alpha1",
+                    "kind": "Schedule",
+                    "name": "s",
+                    "uid": owner_uid,
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {"mode": "all", "selector": {}, "duration": "1s"},
+    }
 
 
-async def send(bus: busmod.Bus, op: str, name: str, obj: Any = None, *, kind: str = "HelloWorldChaos",
-               uid: str = "", write_id: str = "", **kw: Any) -> str:
-    w = m.ObjectWrite(write_id=write_id or f"w{next(_ids)}", op=op, kind=kind,  # type: ignore[arg-type]
-                      namespace="default", name=name, uid=uid, object=msgspec.Raw(msgspec.json.encode(obj)), **kw)
+async def send(
+    bus: busmod.Bus,
+    op: str,
+    name: str,
+    obj: Any = None,
+    *,
+    kind: str = "HelloWorldChaos",
+    uid: str = "",
+    write_id: str = "",
+    **kw: Any,
+) -> str:
+    w = m.ObjectWrite(
+        write_id=write_id or f"w{next(_ids)}",
+        op=op,
+        kind=kind,  # type: ignore[arg-type]
+        namespace="default",
+        name=name,
+        uid=uid,
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+        **kw,
+    )
     await bus.publish(subjects.write_subject(kind, "default", name), w, msg_id=w.write_id)
     return w.write_id
 
@@ -64,7 +96,8 @@ async def until(fn: Callable[[], Any], tries: int = 200) -> Any:
 
 
 async def test_create_is_idempotent_and_a_foreign_same_name_object_is_left_alone(
-        bus: busmod.Bus, store: ObjectStore) -> None:
+    bus: busmod.Bus, store: ObjectStore
+) -> None:
     await send(bus, "create", "s-1", child("s-1"))
     first = await until(lambda: store.get("HelloWorldChaos", "default", "s-1"))
     await send(bus, "create", "s-1", child("s-1"))  # a restarted scheduler deciding the same child
@@ -118,13 +151,17 @@ async def _gone(store: ObjectStore, name: str) -> bool:
 
 
 async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_object(
-        bus: busmod.Bus, store: ObjectStore) -> None:
+    bus: busmod.Bus, store: ObjectStore
+) -> None:
     """Local mode keeps Events in the object store (where `chaosbus describe` reads them): a repeat
     is counted, a redelivered write counted once, and they are deleted with their object.
     """
-    sched = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-             "metadata": {"name": "s", "namespace": "default"},
-             "spec": {"schedule": "@every 2s", "type": "HelloWorldChaos", "helloWorldChaos": {"mode": "all"}}}
+    sched = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "s", "namespace": "default"},
+        "spec": {"schedule": "@every 2s", "type": "HelloWorldChaos", "helloWorldChaos": {"mode": "all"}},
+    }
     uid = (await store.create(sched))["metadata"]["uid"]
     body = {"type": "Warning", "message": "Forbid spawning new job because: s-1 is still running"}
     for write_id in ("ev-1", "ev-2", "ev-2"):  # ev-2 twice: deduplicated on the stream
@@ -137,14 +174,21 @@ async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_objec
 
     events = {e["reason"]: e for e in await until(both)}
     assert events["Forbid"]["count"] == 2 and events["Forbid"]["message"] == body["message"]
-    assert events["Forbid"]["involvedObject"] == {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-                                                  "name": "s", "namespace": "default", "uid": uid}
+    assert events["Forbid"]["involvedObject"] == {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Schedule",
+        "name": "s",
+        "namespace": "default",
+        "uid": uid,
+    }
     assert events["Spawned"]["message"] == "Create new object: s-2"
     text = await resources.describe(store, "Schedule", "s", "default")  # what `chaosbus describe` prints
     assert "Records:" not in text and "Phase:" not in text  # a Schedule is no experiment
     events_section = text.split("Events:", 1)[1].splitlines()
-    assert any(ln.split()[:2] == ["Warning", "Forbid"] and "(x2 since" in ln and ln.endswith(body["message"])
-               for ln in events_section), text
+    assert any(
+        ln.split()[:2] == ["Warning", "Forbid"] and "(x2 since" in ln and ln.endswith(body["message"])
+        for ln in events_section
+    ), text
     assert any(ln.split()[:2] == ["Normal", "Spawned"] for ln in events_section), text
     other = await store.create({**sched, "metadata": {"name": "s2", "namespace": "default"}})
     other_uid = other["metadata"]["uid"]
@@ -152,8 +196,14 @@ async def test_event_writes_are_kept_per_object_and_reason_and_go_with_the_objec
     await until(lambda: store.get("Event", "default", "s2.schedule.forbid"))
 
     def deleted(name: str, obj_uid: str) -> m.ObjectEvent:
-        return m.ObjectEvent(type="DELETED", kind="Schedule", namespace="default", name=name, uid=obj_uid,
-                             object=msgspec.Raw(msgspec.json.encode(sched)))
+        return m.ObjectEvent(
+            type="DELETED",
+            kind="Schedule",
+            namespace="default",
+            name=name,
+            uid=obj_uid,
+            object=msgspec.Raw(msgspec.json.encode(sched)),
+        )
 
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     await rec.on_object(deleted("s2", other_uid))  # replayed at start: swept in one pass afterwards

@@ -71,24 +71,38 @@ async def results(bus: busmod.Bus, count: int, within: float = 15.0) -> list[m.R
     while (info := await bus.js.stream_info(subjects.RESULTS.name)).state.messages < count:
         assert time.monotonic() < deadline, f"{info.state.messages} of {count} result batches"
         await asyncio.sleep(0.05)
-    return [busmod.decode((await bus.js.get_msg(subjects.RESULTS.name, seq)).data or b"", m.ResultBatch)
-            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        busmod.decode((await bus.js.get_msg(subjects.RESULTS.name, seq)).data or b"", m.ResultBatch)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 def task_command(argv: list[str], max_stdout: int) -> m.NodeCommand:
-    action = m.TargetAction(target_id="ns/task-abcde", op="apply",
-                            fault=m.Task(argv=argv, timeout_s=30, max_stdout=max_stdout))
-    return m.NodeCommand(command_id="wfnode.task.1", experiment_uid="wfnode", generation=1, kind="WorkflowNode",
-                         namespace="ns", name="task-abcde", node="n1", issued_at=time.time(), actions=[action])
+    action = m.TargetAction(
+        target_id="ns/task-abcde", op="apply", fault=m.Task(argv=argv, timeout_s=30, max_stdout=max_stdout)
+    )
+    return m.NodeCommand(
+        command_id="wfnode.task.1",
+        experiment_uid="wfnode",
+        generation=1,
+        kind="WorkflowNode",
+        namespace="ns",
+        name="task-abcde",
+        node="n1",
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 async def test_huge_task_output_is_capped_and_a_row_never_sendable_blocks_nothing(
-        journal: Journal, nats_server: natsserver.EmbeddedServer, sleeper: subprocess.Popen[bytes]) -> None:
+    journal: Journal, nats_server: natsserver.EmbeddedServer, sleeper: subprocess.Popen[bytes]
+) -> None:
     # A row that no NATS server will take (2 MB, and no result batch to cut), first in line.
     journal.commit([], reports=[Report(subjects.result_subject("n1", "old"), "old.1", b"x" * (2 << 20))])
     async with injector(journal, nats_server.url) as bus:
-        task = task_command([sys.executable, "-c", "import sys; sys.stdout.write('y' * 5_000_000)"],
-                            max_stdout=100_000_000)
+        task = task_command(
+            [sys.executable, "-c", "import sys; sys.stdout.write('y' * 5_000_000)"], max_stdout=100_000_000
+        )
         await publish_command(bus, task)
         [first] = await results(bus, 1)
         assert first.command_id == task.command_id
@@ -104,10 +118,19 @@ async def test_huge_task_output_is_capped_and_a_row_never_sendable_blocks_nothin
 
 
 def test_a_result_batch_over_max_payload_is_cut_to_fit() -> None:
-    big = m.ResultBatch(command_id="c", experiment_uid="u", generation=1, kind="WorkflowNode", namespace="ns",
-                        name="t", node="n1", results=[m.TargetResult(target_id=f"ns/t{i}", op="apply", ok=True,
-                                                                     stdout="z" * MAX_STDOUT, message="m" * 9000)
-                                                      for i in range(20)])
+    big = m.ResultBatch(
+        command_id="c",
+        experiment_uid="u",
+        generation=1,
+        kind="WorkflowNode",
+        namespace="ns",
+        name="t",
+        node="n1",
+        results=[
+            m.TargetResult(target_id=f"ns/t{i}", op="apply", ok=True, stdout="z" * MAX_STDOUT, message="m" * 9000)
+            for i in range(20)
+        ],
+    )
     payload = busmod.encode(big)
     assert len(payload) > 1024 * 1024
     smaller = core.shrunk(payload, 64 * 1024)

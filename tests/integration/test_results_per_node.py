@@ -53,10 +53,27 @@ async def recorder(url: str, state: Path) -> AsyncIterator[tuple[Recorder, Objec
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
     rec.fetch_decision = last_decision(bus)
-    tasks = [asyncio.ensure_future(bus.consume(subjects.DECISIONS, "recorder-phase", subjects.DECISIONS.subjects[0],
-                                               rec.on_decision, m.ExperimentDecision)),
-             asyncio.ensure_future(bus.consume_batches(subjects.RESULTS, "recorder", subjects.RESULTS.subjects[0],
-                                                       rec.on_result_batches, m.ResultBatch, opener=rec.open_result))]
+    tasks = [
+        asyncio.ensure_future(
+            bus.consume(
+                subjects.DECISIONS,
+                "recorder-phase",
+                subjects.DECISIONS.subjects[0],
+                rec.on_decision,
+                m.ExperimentDecision,
+            )
+        ),
+        asyncio.ensure_future(
+            bus.consume_batches(
+                subjects.RESULTS,
+                "recorder",
+                subjects.RESULTS.subjects[0],
+                rec.on_result_batches,
+                m.ResultBatch,
+                opener=rec.open_result,
+            )
+        ),
+    ]
     try:
         yield rec, store
     finally:
@@ -67,8 +84,16 @@ async def recorder(url: str, state: Path) -> AsyncIterator[tuple[Recorder, Objec
 
 
 def batch(uid: str, cid: str, node: str, target: str) -> m.ResultBatch:
-    return m.ResultBatch(command_id=cid, experiment_uid=uid, generation=1, kind=KIND, namespace="default",
-                         name="part", node=node, results=[m.TargetResult(target_id=target, op="apply", ok=True)])
+    return m.ResultBatch(
+        command_id=cid,
+        experiment_uid=uid,
+        generation=1,
+        kind=KIND,
+        namespace="default",
+        name="part",
+        node=node,
+        results=[m.TargetResult(target_id=target, op="apply", ok=True)],
+    )
 
 
 def phases(obj: dict[str, Any] | None) -> dict[str, str]:
@@ -89,13 +114,24 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
     n1 = await connect(url, state, natsauth.user_name("injector", "n1"))
     try:
         store = ObjectStore(await cli.kv(subjects.OBJECT_STORE.name))
-        created = await store.create({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": KIND,
-                                      "metadata": {"name": "part", "namespace": "default"},
-                                      "spec": {"action": "partition", "mode": "all", "selector": {}}})
+        created = await store.create(
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": KIND,
+                "metadata": {"name": "part", "namespace": "default"},
+                "spec": {"action": "partition", "mode": "all", "selector": {}},
+            }
+        )
         uid = created["metadata"]["uid"]
         decision = m.ExperimentDecision(
-            experiment_uid=uid, generation=1, kind=KIND, namespace="default", name="part", desired_phase="Run",
-            records=[m.RecordRef(id="default/on-n1", node="n1"), m.RecordRef(id="default/on-n2", node="n2")])
+            experiment_uid=uid,
+            generation=1,
+            kind=KIND,
+            namespace="default",
+            name="part",
+            desired_phase="Run",
+            records=[m.RecordRef(id="default/on-n1", node="n1"), m.RecordRef(id="default/on-n2", node="n2")],
+        )
         await scheduler.publish(subjects.decision_subject(uid), decision, msg_id=f"{uid}.d1")
 
         # nats-server itself: n1 may not publish where n2's results go.
@@ -113,6 +149,7 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
 
             async def own_applied() -> bool:
                 return phases(await store.get(KIND, "default", "part")).get("default/on-n1") == "Injected"
+
             await eventually(own_applied, within=20)
             await eventually(lambda: refused(rec, "subject") == 1 and refused(rec, "node") == 1, within=20)
             assert phases(await store.get(KIND, "default", "part"))["default/on-n2"] == "Not Injected"
@@ -139,8 +176,9 @@ async def test_a_store_kept_across_the_upgrade_still_delivers_results(bus: busmo
 
     from chaosbus.injector.app import Edge
 
-    cfg = api.ConsumerConfig(durable_name="old-recorder", ack_policy=api.AckPolicy.EXPLICIT,
-                             filter_subject="chaos.result.*")
+    cfg = api.ConsumerConfig(
+        durable_name="old-recorder", ack_policy=api.AckPolicy.EXPLICIT, filter_subject="chaos.result.*"
+    )
     await bus.js.add_consumer(subjects.RESULTS.name, config=cfg)
     got: list[m.ResultBatch] = []
 
@@ -148,8 +186,9 @@ async def test_a_store_kept_across_the_upgrade_still_delivers_results(bus: busmo
         got.extend(batches)
         return set()
 
-    task = asyncio.ensure_future(bus.consume_batches(subjects.RESULTS, "old-recorder", subjects.RESULTS.subjects[0],
-                                                     handler, m.ResultBatch))
+    task = asyncio.ensure_future(
+        bus.consume_batches(subjects.RESULTS, "old-recorder", subjects.RESULTS.subjects[0], handler, m.ResultBatch)
+    )
     try:
         legacy = Edge._current_subject(SimpleNamespace(name="n1"), "chaos.result.u1")  # type: ignore[arg-type]
         assert legacy == subjects.result_subject("n1", "u1")

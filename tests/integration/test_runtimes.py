@@ -49,10 +49,16 @@ def fakes(sock_dir: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
 
 
 def ctx_for(ids: list[str], spec: m.FaultSpec) -> faults.FaultContext:
-    action = m.TargetAction(target_id="default/web-0", op="apply", namespace="default", pod_name="web-0",
-                            container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid="u", experiment_name="x", namespace="default", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+    action = m.TargetAction(
+        target_id="default/web-0", op="apply", namespace="default", pod_name="web-0", container_ids=ids, fault=spec
+    )
+    return faults.FaultContext(
+        experiment_uid="u",
+        experiment_name="x",
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+    )
 
 
 @pytest.mark.parametrize("scheme", ["containerd", "cri-o", "docker"])
@@ -100,11 +106,25 @@ def test_missing_socket_is_a_clear_non_retryable_per_target_error(sock_dir: Path
             with pytest.raises(runtime.UnsupportedRuntime) as err:
                 runtime.resolve(f"{scheme}://{CID}")
             assert f"socket {missing} does not exist" in str(err.value) and not err.value.retryable
-        cmd = m.NodeCommand(command_id="c", experiment_uid="u", generation=1, kind="PodChaos", namespace="default",
-                            name="x", node="n1", issued_at=time.time(), deadline=None,
-                            actions=[m.TargetAction(target_id="default/web-0", op="apply",
-                                                    container_ids=[f"containerd://{CID}"],
-                                                    fault=m.ContainerKill(container_names=["app"]))])
+        cmd = m.NodeCommand(
+            command_id="c",
+            experiment_uid="u",
+            generation=1,
+            kind="PodChaos",
+            namespace="default",
+            name="x",
+            node="n1",
+            issued_at=time.time(),
+            deadline=None,
+            actions=[
+                m.TargetAction(
+                    target_id="default/web-0",
+                    op="apply",
+                    container_ids=[f"containerd://{CID}"],
+                    fault=m.ContainerKill(container_names=["app"]),
+                )
+            ],
+        )
         res = core.run_action(cmd, cmd.actions[0])
         assert not res.ok and not res.retryable and str(missing) in res.message
 
@@ -181,12 +201,20 @@ def test_the_breaker_reopens_after_its_cooldown_and_closes_on_success() -> None:
 
 MALFORMED_CRI = {
     "truncated": (b"\x0a\x05ab", "ContainerStatus reply for .* is malformed: .*runs past the end"),
-    "info not json": (criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING, 0,
-                                                                      {"info": "{pid: 1"})), "is not JSON"),
-    "no info": (criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING)),
-                r"no verbose info\[\"info\"\]"),
-    "pid not a number": (criwire.encode_status_reply(criwire.StatusReply(
-        CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": "12"})})), "pid must be a non-negative integer"),
+    "info not json": (
+        criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING, 0, {"info": "{pid: 1"})),
+        "is not JSON",
+    ),
+    "no info": (
+        criwire.encode_status_reply(criwire.StatusReply(CID, criwire.CONTAINER_RUNNING)),
+        r"no verbose info\[\"info\"\]",
+    ),
+    "pid not a number": (
+        criwire.encode_status_reply(
+            criwire.StatusReply(CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": "12"})})
+        ),
+        "pid must be a non-negative integer",
+    ),
 }
 
 
@@ -220,16 +248,16 @@ def test_malformed_docker_replies_are_errors(fakes: tuple[FakeCri, FakeDocker], 
 def test_a_pid_this_injector_cannot_see_names_host_pid(fakes: tuple[FakeCri, FakeDocker]) -> None:
     cri, _ = fakes
     invisible = 4_000_000  # above the kernel's pid_max: no such process here
-    cri.containers.reply_override[CID] = criwire.encode_status_reply(criwire.StatusReply(
-        CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": invisible})}))
+    cri.containers.reply_override[CID] = criwire.encode_status_reply(
+        criwire.StatusReply(CID, criwire.CONTAINER_RUNNING, 0, {"info": json.dumps({"pid": invisible})})
+    )
     with pytest.raises(runtime.UnsupportedRuntime, match="hostPID") as err:
         runtime.resolve(f"containerd://{CID}")
     assert err.value.retryable
 
 
 @pytest.mark.parametrize("bad", ["containerd://../../v1.41/containers/x", "docker://a b", "cri-o://" + "a" * 129])
-def test_ids_that_are_not_runtime_ids_are_refused_before_any_call(fakes: tuple[FakeCri, FakeDocker],
-                                                                   bad: str) -> None:
+def test_ids_that_are_not_runtime_ids_are_refused_before_any_call(fakes: tuple[FakeCri, FakeDocker], bad: str) -> None:
     cri, docker = fakes
     with pytest.raises(runtime.UnsupportedRuntime, match="must be letters, digits"):
         runtime.resolve(bad)
@@ -240,8 +268,11 @@ def test_sockets_come_from_flags_then_environment_then_defaults(monkeypatch: pyt
     monkeypatch.setenv("CHAOSBUS_CRIO_SOCKET", "/env/crio.sock")
     monkeypatch.setenv("CHAOSBUS_RUNTIME_TIMEOUT", "0.75")
     cfg = runtime.config_from_env(containerd="/flag/containerd.sock")
-    assert cfg.sockets == {"containerd": "/flag/containerd.sock", "cri-o": "/env/crio.sock",
-                           "docker": "/var/run/docker.sock"}
+    assert cfg.sockets == {
+        "containerd": "/flag/containerd.sock",
+        "cri-o": "/env/crio.sock",
+        "docker": "/var/run/docker.sock",
+    }
     assert cfg.timeout == 0.75
     monkeypatch.delenv("CHAOSBUS_CRIO_SOCKET")
     settings.reset()  # a process reads its settings once; this test plays a second process
@@ -254,11 +285,22 @@ def test_injector_flags_pick_the_sockets(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CHAOSBUS_DOCKER_SOCKET", "/env/docker.sock")
     parser = argparse.ArgumentParser()
     flags.add_arguments(parser)
-    args = parser.parse_args(["--containerd-socket", "/run/k3s/containerd/containerd.sock",
-                              "--crio-socket", "/host/crio.sock", "--runtime-timeout", "1.5"])
+    args = parser.parse_args(
+        [
+            "--containerd-socket",
+            "/run/k3s/containerd/containerd.sock",
+            "--crio-socket",
+            "/host/crio.sock",
+            "--runtime-timeout",
+            "1.5",
+        ]
+    )
     cfg = flags.runtime_config(args)
-    assert cfg.sockets == {"containerd": "/run/k3s/containerd/containerd.sock", "cri-o": "/host/crio.sock",
-                           "docker": "/env/docker.sock"}
+    assert cfg.sockets == {
+        "containerd": "/run/k3s/containerd/containerd.sock",
+        "cri-o": "/host/crio.sock",
+        "docker": "/env/docker.sock",
+    }
     assert cfg.timeout == 1.5
 
 

@@ -63,16 +63,35 @@ async def node_bus(tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> As
 
 
 def kill_command(*targets: tuple[str, str]) -> m.NodeCommand:
-    actions = [m.TargetAction(target_id=tid, op="apply", namespace="default", pod_name=tid.split("/")[1],
-                              pod_uid=f"uid-{tid}", container_ids=[cid],
-                              fault=m.ContainerKill(container_names=["app"])) for tid, cid in targets]
-    return m.NodeCommand(command_id=f"ck.{time.monotonic_ns()}", experiment_uid="exp-ck", generation=1,
-                         kind="PodChaos", namespace="default", name="ck", node="n1", issued_at=time.time(),
-                         deadline=None, actions=actions)
+    actions = [
+        m.TargetAction(
+            target_id=tid,
+            op="apply",
+            namespace="default",
+            pod_name=tid.split("/")[1],
+            pod_uid=f"uid-{tid}",
+            container_ids=[cid],
+            fault=m.ContainerKill(container_names=["app"]),
+        )
+        for tid, cid in targets
+    ]
+    return m.NodeCommand(
+        command_id=f"ck.{time.monotonic_ns()}",
+        experiment_uid="exp-ck",
+        generation=1,
+        kind="PodChaos",
+        namespace="default",
+        name="ck",
+        node="n1",
+        issued_at=time.time(),
+        deadline=None,
+        actions=actions,
+    )
 
 
 async def test_a_node_command_with_runtime_ids_kills_through_the_runtime(
-        fakes: tuple[FakeCri, FakeDocker], node_bus: busmod.Bus) -> None:
+    fakes: tuple[FakeCri, FakeDocker], node_bus: busmod.Bus
+) -> None:
     cri, _ = fakes
     victim, bystander = "a1" * 32, "b2" * 32
     pid = cri.containers.start(victim)

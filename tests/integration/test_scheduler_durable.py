@@ -35,9 +35,16 @@ from chaosbus.scheduler.leader import Leadership
 
 pytestmark = pytest.mark.integration
 NODE = "n1"
-POD = m.TargetPod(uid="uid-web-0", namespace="default", name="web-0", labels={"app": "web"}, node=NODE,
-                  pod_ip="10.9.0.1", phase="Running",
-                  containers=[m.ContainerRef(name="main", container_id="process://1", ready=True)])
+POD = m.TargetPod(
+    uid="uid-web-0",
+    namespace="default",
+    name="web-0",
+    labels={"app": "web"},
+    node=NODE,
+    pod_ip="10.9.0.1",
+    phase="Running",
+    containers=[m.ContainerRef(name="main", container_id="process://1", ready=True)],
+)
 
 
 class Proc:
@@ -48,8 +55,22 @@ class Proc:
         with open(log, "ab") as out:
             env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(write_keys(log.parent / "keys"))}
             self.p = subprocess.Popen(
-                [sys.executable, "-m", "chaosbus.scheduler", "--nats", url, "--metrics-port", "0",
-                 "--instance", instance], stdout=out, stderr=out, start_new_session=True, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "chaosbus.scheduler",
+                    "--nats",
+                    url,
+                    "--metrics-port",
+                    "0",
+                    "--instance",
+                    instance,
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env=env,
+            )
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
@@ -85,8 +106,9 @@ class Injector:
 
     async def start(self) -> None:
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30.0)
-        self.psub = await self.bus.js.pull_subscribe(subjects.command_subject(NODE), durable="injector-n1",
-                                                     stream=subjects.COMMANDS.name, config=cfg)
+        self.psub = await self.bus.js.pull_subscribe(
+            subjects.command_subject(NODE), durable="injector-n1", stream=subjects.COMMANDS.name, config=cfg
+        )
 
     async def pump(self, *, answer: bool = True) -> None:
         try:
@@ -99,13 +121,23 @@ class Injector:
             self.received.append((time.time(), cmd))
             await msg.ack()
             if answer:
-                results = [m.TargetResult(target_id=a.target_id, selector_key=a.selector_key, op=a.op, ok=True)
-                           for a in cmd.actions]
-                batch = m.ResultBatch(command_id=cmd.command_id, experiment_uid=cmd.experiment_uid,
-                                      generation=cmd.generation, kind=cmd.kind, namespace=cmd.namespace,
-                                      name=cmd.name, node=cmd.node, results=results)
-                await self.bus.publish(subjects.result_subject(cmd.node, cmd.experiment_uid), batch,
-                                       msg_id=cmd.command_id)
+                results = [
+                    m.TargetResult(target_id=a.target_id, selector_key=a.selector_key, op=a.op, ok=True)
+                    for a in cmd.actions
+                ]
+                batch = m.ResultBatch(
+                    command_id=cmd.command_id,
+                    experiment_uid=cmd.experiment_uid,
+                    generation=cmd.generation,
+                    kind=cmd.kind,
+                    namespace=cmd.namespace,
+                    name=cmd.name,
+                    node=cmd.node,
+                    results=results,
+                )
+                await self.bus.publish(
+                    subjects.result_subject(cmd.node, cmd.experiment_uid), batch, msg_id=cmd.command_id
+                )
 
     def ops(self, uid: str) -> list[str]:
         return [a.op for _, c in self.received if c.experiment_uid == uid for a in c.actions]
@@ -132,11 +164,28 @@ async def apply(bus: busmod.Bus, name: str, duration: str | None = None) -> str:
     spec: dict[str, Any] = {"action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {"app": "web"}}}
     if duration:
         spec["duration"] = duration
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos", "spec": spec,
-           "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1,
-                        "creationTimestamp": objects.now_rfc3339(), "finalizers": [RECORDS_FINALIZER]}}
-    event = m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="default", name=name, uid=uid, generation=1,
-                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "PodChaos",
+        "spec": spec,
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": uid,
+            "generation": 1,
+            "creationTimestamp": objects.now_rfc3339(),
+            "finalizers": [RECORDS_FINALIZER],
+        },
+    }
+    event = m.ObjectEvent(
+        type="ADDED",
+        kind="PodChaos",
+        namespace="default",
+        name=name,
+        uid=uid,
+        generation=1,
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
     await bus.publish(subjects.object_subject("PodChaos", "default", name), event, msg_id=uid)
     return uid
 
@@ -164,8 +213,8 @@ def logged_at(line: dict[str, Any]) -> float:
 
 
 async def test_kill9_mid_experiment_recovers_the_expired_fault_within_a_second_of_restart(
-        nats_server: natsserver.EmbeddedServer, bus: busmod.Bus, injector: Injector, procs: list[Proc],
-        tmp_path: Path) -> None:
+    nats_server: natsserver.EmbeddedServer, bus: busmod.Bus, injector: Injector, procs: list[Proc], tmp_path: Path
+) -> None:
     procs.append(Proc(nats_server.url, "s1", tmp_path / "s1.log"))
     await wait_logged(procs[0], "scheduler ready")
     uid = await apply(bus, "timed", "3s")
@@ -191,16 +240,18 @@ async def test_kill9_mid_experiment_recovers_the_expired_fault_within_a_second_o
     await injector.until(lambda: "recover" in injector.ops(uid), 20)
     recovered_at = next(t for t, c in injector.received if any(a.op == "recover" for a in c.actions))
     ready = logged_at(await wait_logged(restart, "scheduler ready"))
-    print(f"\nkilled {killed_at - end:+.2f}s vs deadline; restarted {spawned - end:+.2f}s after it; recover "
-          f"command {recovered_at - ready:.3f}s after the restarted scheduler was ready "
-          f"({recovered_at - spawned:.2f}s after spawn, interpreter start included); ops {injector.ops(uid)}")
+    print(
+        f"\nkilled {killed_at - end:+.2f}s vs deadline; restarted {spawned - end:+.2f}s after it; recover "
+        f"command {recovered_at - ready:.3f}s after the restarted scheduler was ready "
+        f"({recovered_at - spawned:.2f}s after spawn, interpreter start included); ops {injector.ops(uid)}"
+    )
     assert recovered_at - ready < 1.0
     assert injector.ops(uid) == ["apply", "recover"]  # nothing applied twice
 
 
 async def test_standby_takes_over_within_15s_of_the_leader_dying(
-        nats_server: natsserver.EmbeddedServer, bus: busmod.Bus, injector: Injector, procs: list[Proc],
-        tmp_path: Path) -> None:
+    nats_server: natsserver.EmbeddedServer, bus: busmod.Bus, injector: Injector, procs: list[Proc], tmp_path: Path
+) -> None:
     leader = Proc(nats_server.url, "s1", tmp_path / "s1.log")
     procs.append(leader)
     await wait_logged(leader, "scheduler ready")
@@ -234,7 +285,8 @@ async def test_a_leader_whose_lease_is_overwritten_stops_acting(bus: busmod.Bus)
     overwritten = time.monotonic()
     with pytest.raises(LostLeadership):
         await asyncio.wait_for(keeping, timeout=5.0)
-    print(f"\nleader stopped {time.monotonic() - overwritten:.2f}s after its lease was overwritten "
-          "(renews every 0.5 s)")
+    print(
+        f"\nleader stopped {time.monotonic() - overwritten:.2f}s after its lease was overwritten (renews every 0.5 s)"
+    )
     assert not election.lead.acting(time.time())
     assert time.monotonic() - overwritten < 1.5

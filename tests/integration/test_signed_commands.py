@@ -47,7 +47,8 @@ class Injector:
 
     def refused(self, what: str, reason: str) -> float:
         value = self.edge.metrics.registry.get_sample_value(
-            "chaosbus_injector_messages_refused_total", {"what": what, "reason": reason})
+            "chaosbus_injector_messages_refused_total", {"what": what, "reason": reason}
+        )
         return value or 0.0
 
     async def stop(self) -> None:
@@ -92,20 +93,43 @@ def audit() -> Iterator[list[dict[str, Any]]]:
 
 
 def pod_kill(pid: int, node: str = "n1") -> m.NodeCommand:
-    action = m.TargetAction(target_id="default/victim", op="apply", namespace="default", pod_name="victim",
-                            pod_uid="uid-victim", container_ids=[f"process://{pid}"], fault=m.PodKill())
-    return m.NodeCommand(command_id=f"kill.{uuid.uuid4().hex[:8]}", experiment_uid="exp-kill", generation=1,
-                         kind="PodChaos", namespace="default", name="kill", node=node, issued_at=time.time(),
-                         actions=[action])
+    action = m.TargetAction(
+        target_id="default/victim",
+        op="apply",
+        namespace="default",
+        pod_name="victim",
+        pod_uid="uid-victim",
+        container_ids=[f"process://{pid}"],
+        fault=m.PodKill(),
+    )
+    return m.NodeCommand(
+        command_id=f"kill.{uuid.uuid4().hex[:8]}",
+        experiment_uid="exp-kill",
+        generation=1,
+        kind="PodChaos",
+        namespace="default",
+        name="kill",
+        node=node,
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 def append_task(path: Path) -> m.NodeCommand:
     """A Task whose every run appends one line to `path`: a replay would be one line more."""
     argv = [sys.executable, "-c", f"open({str(path)!r}, 'a').write('ran\\n')"]
     action = m.TargetAction(target_id="default/append", op="apply", fault=m.Task(argv=argv, timeout_s=10))
-    return m.NodeCommand(command_id=f"task.{uuid.uuid4().hex[:8]}", experiment_uid="exp-task", generation=1,
-                         kind="WorkflowNode", namespace="default", name="append", node="n1", issued_at=time.time(),
-                         actions=[action])
+    return m.NodeCommand(
+        command_id=f"task.{uuid.uuid4().hex[:8]}",
+        experiment_uid="exp-task",
+        generation=1,
+        kind="WorkflowNode",
+        namespace="default",
+        name="append",
+        node="n1",
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 async def send(bus: busmod.Bus, data: bytes, subject: str = "chaos.cmd.n1") -> None:
@@ -118,8 +142,10 @@ async def results(bus: busmod.Bus) -> int:
 
 async def drained(bus: busmod.Bus) -> None:
     """Every command was taken off the node's queue (acked or refused for good)."""
+
     async def empty() -> bool:
         return (await bus.js.stream_info(subjects.COMMANDS.name)).state.messages == 0
+
     await eventually(empty)
 
 
@@ -127,8 +153,9 @@ def audit_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e.get("audit")]
 
 
-async def test_a_valid_signed_pod_kill_kills(injector: Injector, bus: busmod.Bus,
-                                             victim: subprocess.Popen[bytes]) -> None:
+async def test_a_valid_signed_pod_kill_kills(
+    injector: Injector, bus: busmod.Bus, victim: subprocess.Popen[bytes]
+) -> None:
     await send(bus, seal_command(pod_kill(victim.pid)))
     await eventually(lambda: not procs.process_alive(victim.pid))
     await eventually(lambda: results(bus))
@@ -164,17 +191,26 @@ def for_another_node(cmd: m.NodeCommand) -> bytes:
     return SCHEDULER.seal_message("chaos.cmd.n2", cmd, ttl_s=60.0)  # replayed onto n1's subject
 
 
-@pytest.mark.parametrize(("make", "reason", "why"), [
-    (forged_by_a_stranger, "forged", "signed by a key this receiver does not trust"),
-    (signed_by_the_operator, "forged", "a operator key may not sign this (needs scheduler)"),
-    (unsigned, "unsigned", "not a signed envelope"),
-    (expired, "expired", "s ago"),
-    (tampered, "forged", "bad signature"),
-    (for_another_node, "forged", "meant for 'chaos.cmd.n2', received as 'chaos.cmd.n1'"),
-])
+@pytest.mark.parametrize(
+    ("make", "reason", "why"),
+    [
+        (forged_by_a_stranger, "forged", "signed by a key this receiver does not trust"),
+        (signed_by_the_operator, "forged", "a operator key may not sign this (needs scheduler)"),
+        (unsigned, "unsigned", "not a signed envelope"),
+        (expired, "expired", "s ago"),
+        (tampered, "forged", "bad signature"),
+        (for_another_node, "forged", "meant for 'chaos.cmd.n2', received as 'chaos.cmd.n1'"),
+    ],
+)
 async def test_a_bad_command_is_refused_counted_audited_and_harms_nobody(
-        injector: Injector, bus: busmod.Bus, victim: subprocess.Popen[bytes], audit: list[dict[str, Any]],
-        make: Any, reason: str, why: str) -> None:
+    injector: Injector,
+    bus: busmod.Bus,
+    victim: subprocess.Popen[bytes],
+    audit: list[dict[str, Any]],
+    make: Any,
+    reason: str,
+    why: str,
+) -> None:
     cmd = pod_kill(victim.pid)
     await send(bus, make(cmd))
     await eventually(lambda: injector.refused("command", reason) == 1)
@@ -190,8 +226,9 @@ async def test_a_bad_command_is_refused_counted_audited_and_harms_nobody(
     await eventually(lambda: not procs.process_alive(victim.pid))
 
 
-async def test_a_replayed_command_is_refused_and_runs_once(injector: Injector, bus: busmod.Bus, tmp_path: Path,
-                                                           audit: list[dict[str, Any]]) -> None:
+async def test_a_replayed_command_is_refused_and_runs_once(
+    injector: Injector, bus: busmod.Bus, tmp_path: Path, audit: list[dict[str, Any]]
+) -> None:
     ran = tmp_path / "ran"
     captured = seal_command(append_task(ran))
     await send(bus, captured)
@@ -205,7 +242,8 @@ async def test_a_replayed_command_is_refused_and_runs_once(injector: Injector, b
 
 
 async def test_a_restarted_injector_refuses_a_replay_of_a_command_it_executed(
-        injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> None:
+    injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer
+) -> None:
     ran = tmp_path / "ran"
     captured = seal_command(append_task(ran))
     await send(bus, captured)
@@ -227,7 +265,8 @@ async def kill_switch(bus: busmod.Bus, halted: bool, reason: str = "") -> m.Halt
 
 
 async def test_a_forged_resume_cannot_unhalt_and_a_real_halt_after_it_still_halts(
-        injector: Injector, bus: busmod.Bus, audit: list[dict[str, Any]]) -> None:
+    injector: Injector, bus: busmod.Bus, audit: list[dict[str, Any]]
+) -> None:
     node = injector.node
     kv = await bus.kv(subjects.CONTROL.name)
     await kill_switch(bus, True, "drill")
@@ -266,7 +305,8 @@ async def test_an_old_resume_written_again_is_a_replay(injector: Injector, bus: 
 
 
 async def test_a_lease_ttl_is_bounded_by_the_node_and_replays_and_forgeries_are_refused(
-        injector: Injector, bus: busmod.Bus) -> None:
+    injector: Injector, bus: busmod.Bus
+) -> None:
     huge = m.NodeLease(node="n1", ttl_s=1e12, held=["exp-x"], exempt=[])
     subject = subjects.lease_subject("n1")
     signed = SCHEDULER.seal_message(subject, huge, ttl_s=60.0)
@@ -282,12 +322,11 @@ async def test_a_lease_ttl_is_bounded_by_the_node_and_replays_and_forgeries_are_
 
 
 async def test_a_restarted_injector_refuses_a_replay_of_a_lease_it_accepted(
-        injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer) -> None:
+    injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer
+) -> None:
     subject = subjects.lease_subject("n1")
-    older = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=5.0, held=["exp-old"], exempt=[]),
-                                   ttl_s=60.0)
-    newer = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=7.0, held=["exp-new"], exempt=[]),
-                                   ttl_s=60.0)
+    older = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=5.0, held=["exp-old"], exempt=[]), ttl_s=60.0)
+    newer = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=7.0, held=["exp-new"], exempt=[]), ttl_s=60.0)
     await eventually(lambda: injector.edge.node.connected)
     await bus.nc.publish(subject, older)
     await bus.nc.publish(subject, newer)

@@ -24,9 +24,12 @@ async def store(bus: busmod.Bus) -> ObjectStore:
 
 
 def chaos(name: str = "x", namespace: str = "default", kind: str = "PodChaos", **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "namespace": namespace, **meta},
-            "spec": {"action": "pod-kill", "mode": "one", "selector": {}}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, **meta},
+        "spec": {"action": "pod-kill", "mode": "one", "selector": {}},
+    }
 
 
 def names(objs: list[dict[str, Any]]) -> list[str]:
@@ -34,6 +37,7 @@ def names(objs: list[dict[str, Any]]) -> list[str]:
 
 
 # --- create / get / list -------------------------------------------------------------------------
+
 
 async def test_create_then_get_returns_the_stored_object(store: ObjectStore) -> None:
     created = await store.create(chaos(labels={"a": "b"}))
@@ -80,25 +84,34 @@ async def test_list_empty_store(store: ObjectStore) -> None:
 
 @pytest.fixture
 async def populated(store: ObjectStore) -> ObjectStore:
-    for obj in (chaos("b", "prod"), chaos("a", "prod"), chaos("a", "dev"), chaos("n", "prod", kind="NetworkChaos"),
-                {"kind": "Pod", "metadata": {"name": "p", "namespace": "prod"}}):
+    for obj in (
+        chaos("b", "prod"),
+        chaos("a", "prod"),
+        chaos("a", "dev"),
+        chaos("n", "prod", kind="NetworkChaos"),
+        {"kind": "Pod", "metadata": {"name": "p", "namespace": "prod"}},
+    ):
         await store.create(obj)
     return store
 
 
-@pytest.mark.parametrize(("kind", "namespace", "expected"), [
-    ("PodChaos", "prod", ["PodChaos/prod/a", "PodChaos/prod/b"]),
-    ("PodChaos", "dev", ["PodChaos/dev/a"]),
-    ("PodChaos", "pro", []),
-    ("PodChaos", None, ["PodChaos/dev/a", "PodChaos/prod/a", "PodChaos/prod/b"]),
-    ("NetworkChaos", None, ["NetworkChaos/prod/n"]),
-    ("Pod", "prod", ["Pod/prod/p"]),
-    ("HelloWorldChaos", None, []),
-    (None, None, ["NetworkChaos/prod/n", "Pod/prod/p", "PodChaos/dev/a", "PodChaos/prod/a", "PodChaos/prod/b"]),
-    (None, "prod", ["NetworkChaos/prod/n", "Pod/prod/p", "PodChaos/prod/a", "PodChaos/prod/b"]),
-])
-async def test_list_by_kind_and_namespace(populated: ObjectStore, kind: str | None, namespace: str | None,
-                                          expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "namespace", "expected"),
+    [
+        ("PodChaos", "prod", ["PodChaos/prod/a", "PodChaos/prod/b"]),
+        ("PodChaos", "dev", ["PodChaos/dev/a"]),
+        ("PodChaos", "pro", []),
+        ("PodChaos", None, ["PodChaos/dev/a", "PodChaos/prod/a", "PodChaos/prod/b"]),
+        ("NetworkChaos", None, ["NetworkChaos/prod/n"]),
+        ("Pod", "prod", ["Pod/prod/p"]),
+        ("HelloWorldChaos", None, []),
+        (None, None, ["NetworkChaos/prod/n", "Pod/prod/p", "PodChaos/dev/a", "PodChaos/prod/a", "PodChaos/prod/b"]),
+        (None, "prod", ["NetworkChaos/prod/n", "Pod/prod/p", "PodChaos/prod/a", "PodChaos/prod/b"]),
+    ],
+)
+async def test_list_by_kind_and_namespace(
+    populated: ObjectStore, kind: str | None, namespace: str | None, expected: list[str]
+) -> None:
     assert names(await populated.list(kind, namespace)) == expected
 
 
@@ -114,6 +127,7 @@ async def test_list_carries_resource_versions(populated: ObjectStore) -> None:
 
 
 # --- apply ---------------------------------------------------------------------------------------
+
 
 async def test_apply_created_configured_unchanged(store: ObjectStore) -> None:
     created, r1 = await store.apply(chaos(), immutable_spec=True)
@@ -151,6 +165,7 @@ async def test_apply_ignores_client_resource_version(store: ObjectStore) -> None
 
 # --- mutate (compare-and-set) --------------------------------------------------------------------
 
+
 def bump(obj: dict[str, Any]) -> dict[str, Any]:
     ann = obj["metadata"].setdefault("annotations", {})
     ann["count"] = str(int(ann.get("count", "0")) + 1)
@@ -170,7 +185,8 @@ async def test_concurrent_mutations_lose_no_update(store: ObjectStore) -> None:
 
 
 async def test_concurrent_mutations_from_separate_connections_lose_no_update(
-        store: ObjectStore, nats_server: Any) -> None:
+    store: ObjectStore, nats_server: Any
+) -> None:
     await store.create(chaos())
     buses = [await busmod.connect(nats_server.url, f"w{i}") for i in range(4)]
     try:
@@ -208,6 +224,7 @@ async def test_mutate_never_sees_the_resource_version(store: ObjectStore) -> Non
 
 # --- delete and finalizers -----------------------------------------------------------------------
 
+
 async def test_delete_without_finalizers_removes(store: ObjectStore) -> None:
     await store.create(chaos())
     assert await store.delete("PodChaos", "default", "x") == "deleted"
@@ -239,6 +256,7 @@ def drop_finalizer(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def fn(obj: dict[str, Any]) -> dict[str, Any]:
         obj["metadata"]["finalizers"] = [f for f in obj["metadata"]["finalizers"] if f != name]
         return obj
+
     return fn
 
 
@@ -258,6 +276,7 @@ async def test_removing_finalizers_of_a_live_object_keeps_it(store: ObjectStore)
 
 
 # --- resourceVersion -----------------------------------------------------------------------------
+
 
 async def test_resource_version_changes_on_every_write(store: ObjectStore) -> None:
     versions = [(await store.create(chaos(finalizers=["f"])))["metadata"]["resourceVersion"]]

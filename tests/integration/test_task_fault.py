@@ -12,10 +12,20 @@ from chaosbus.injector import core
 
 
 def run(argv: list[str], timeout_s: float = 10.0, max_stdout: int = 4096) -> m.TargetResult:
-    action = m.TargetAction(target_id="default/task-abcde", op="apply",
-                            fault=m.Task(argv=argv, timeout_s=timeout_s, max_stdout=max_stdout))
-    cmd = m.NodeCommand(command_id="c1", experiment_uid="u1", generation=1, kind="WorkflowNode", namespace="default",
-                        name="task-abcde", node="n1", issued_at=time.time(), actions=[action])
+    action = m.TargetAction(
+        target_id="default/task-abcde", op="apply", fault=m.Task(argv=argv, timeout_s=timeout_s, max_stdout=max_stdout)
+    )
+    cmd = m.NodeCommand(
+        command_id="c1",
+        experiment_uid="u1",
+        generation=1,
+        kind="WorkflowNode",
+        namespace="default",
+        name="task-abcde",
+        node="n1",
+        issued_at=time.time(),
+        actions=[action],
+    )
     return core.run_action(cmd, action)
 
 

@@ -57,10 +57,12 @@ class KubeClient:
                 self.ssl.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
             elif cluster.get("certificate-authority"):
                 self.ssl.load_verify_locations(cluster["certificate-authority"])
-            cert = user.get("client-certificate") or (user.get("client-certificate-data") and _data_file(
-                user["client-certificate-data"], ".crt"))
-            key = user.get("client-key") or (user.get("client-key-data")
-                                             and _data_file(user["client-key-data"], ".key"))
+            cert = user.get("client-certificate") or (
+                user.get("client-certificate-data") and _data_file(user["client-certificate-data"], ".crt")
+            )
+            key = user.get("client-key") or (
+                user.get("client-key-data") and _data_file(user["client-key-data"], ".key")
+            )
             if cert and key:
                 self.ssl.load_cert_chain(cert, key)
 
@@ -75,8 +77,17 @@ class KubeClient:
             return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.ssl)
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
-    def request(self, method: str, path: str, body: Any = None, *, query: dict[str, str] | None = None,
-                content_type: str = "application/json", timeout: float = 30, ok: tuple[int, ...] = ()) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30,
+        ok: tuple[int, ...] = (),
+    ) -> Any:
         """Send one request; returns the decoded body. Raises KubeError unless 2xx or in `ok`."""
         qs = "?" + urllib.parse.urlencode(query) if query else ""
         headers = dict(self.headers)

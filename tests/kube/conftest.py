@@ -45,8 +45,10 @@ class KubeEnv:
 
     def need_plane(self, why: str) -> ControlPlane:
         if self.plane is None:
-            pytest.skip(f"needs a control plane of the test's own ({why}); this run is on the fake or "
-                        "on the cluster CHAOSBUS_TEST_KUBECONFIG names")
+            pytest.skip(
+                f"needs a control plane of the test's own ({why}); this run is on the fake or "
+                "on the cluster CHAOSBUS_TEST_KUBECONFIG names"
+            )
         return self.plane
 
 
@@ -78,8 +80,10 @@ def real_env(path: Path, plane: ControlPlane | None) -> Iterator[KubeEnv]:
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     if client.get(f"/api/v1/namespaces/{ns}/serviceaccounts/default") is None:
         with contextlib.suppress(KubeError):
-            client.create(f"/api/v1/namespaces/{ns}/serviceaccounts",
-                          {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}})
+            client.create(
+                f"/api/v1/namespaces/{ns}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}},
+            )
     try:
         yield KubeEnv(path, client, ns, None, plane)
     finally:
@@ -95,8 +99,10 @@ def _release_finalizers(client: KubeClient, namespace: str) -> None:
         for item in items:
             if item["metadata"].get("finalizers"):
                 with contextlib.suppress(KubeError):
-                    client.merge_patch(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/{plural}/"
-                                       f"{item['metadata']['name']}", {"metadata": {"finalizers": None}})
+                    client.merge_patch(
+                        f"/apis/chaos-mesh.org/v1alpha1/namespaces/{namespace}/{plural}/{item['metadata']['name']}",
+                        {"metadata": {"finalizers": None}},
+                    )
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +111,10 @@ def real_node(real_kube: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
     skips, saying why, on an existing cluster, without root or without the runtime packages.
     """
     if real_kube.plane is None:
-        pytest.skip("the real-node tests start a kubelet on the session's own control plane "
-                    "(KUBEBUILDER_ASSETS), not on the cluster CHAOSBUS_TEST_KUBECONFIG names")
+        pytest.skip(
+            "the real-node tests start a kubelet on the session's own control plane "
+            "(KUBEBUILDER_ASSETS), not on the cluster CHAOSBUS_TEST_KUBECONFIG names"
+        )
     why = node_missing()
     if why is not None:
         pytest.skip(f"no real node: {why}")

@@ -49,10 +49,12 @@ def _free_port() -> int:
 
 
 def kubeconfig_text(server: str, token: str, *, user: str = "admin") -> str:
-    return (f"apiVersion: v1\nkind: Config\ncurrent-context: {user}\n"
-            f"clusters:\n- name: envtest\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n"
-            f"users:\n- name: {user}\n  user:\n    token: {token}\n"
-            f"contexts:\n- name: {user}\n  context:\n    cluster: envtest\n    user: {user}\n")
+    return (
+        f"apiVersion: v1\nkind: Config\ncurrent-context: {user}\n"
+        f"clusters:\n- name: envtest\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\n"
+        f"users:\n- name: {user}\n  user:\n    token: {token}\n"
+        f"contexts:\n- name: {user}\n  context:\n    cluster: envtest\n    user: {user}\n"
+    )
 
 
 @dataclass
@@ -83,43 +85,97 @@ class ControlPlane:
         shm = Path("/dev/shm")
         etcd_dir = Path(tempfile.mkdtemp(prefix="cb-etcd-", dir=shm if shm.is_dir() else self.root))
         self._etcd_dir = etcd_dir
-        self._spawn("etcd", [str(self.bin_dir / "etcd"), "--data-dir", str(etcd_dir / "data"),
-                             "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-                             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-                             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-                             "--initial-cluster", f"default=http://127.0.0.1:{peer_port}",
-                             "--log-level", "warn"])
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--data-dir",
+                str(etcd_dir / "data"),
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"default=http://127.0.0.1:{peer_port}",
+                "--log-level",
+                "warn",
+            ],
+        )
         pki = self.root / "pki"
         pki.mkdir()
         sa_key = pki / "sa.key"
-        subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True,
-                       timeout=60)
+        subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True, timeout=60)
         tokens = self.root / "tokens.csv"
         tokens.write_text(f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n')
         self.server = f"https://127.0.0.1:{api_port}"
-        self._spawn("kube-apiserver", [
-            str(self.bin_dir / "kube-apiserver"), "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--secure-port", str(api_port), "--cert-dir", str(pki),
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--service-account-key-file", str(sa_key), "--service-account-signing-key-file", str(sa_key),
-            "--authorization-mode", "Node,RBAC", "--token-auth-file", str(tokens),
-            "--allow-privileged=true", "--service-cluster-ip-range", "10.0.0.0/24",
-            "--endpoint-reconciler-type", "none", "--kubelet-preferred-address-types", "InternalIP",
-            "--v", "0"])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(api_port),
+                "--cert-dir",
+                str(pki),
+                "--service-account-issuer",
+                "https://kubernetes.default.svc",
+                "--service-account-key-file",
+                str(sa_key),
+                "--service-account-signing-key-file",
+                str(sa_key),
+                "--authorization-mode",
+                "Node,RBAC",
+                "--token-auth-file",
+                str(tokens),
+                "--allow-privileged=true",
+                "--service-cluster-ip-range",
+                "10.0.0.0/24",
+                "--endpoint-reconciler-type",
+                "none",
+                "--kubelet-preferred-address-types",
+                "InternalIP",
+                "--v",
+                "0",
+            ],
+        )
         self.kubeconfig.write_text(kubeconfig_text(self.server, ADMIN_TOKEN))
         client = KubeClient(self.kubeconfig)
         self._wait_ready(client)
         if controller_manager and os.access(self.bin_dir / "kube-controller-manager", os.X_OK):
-            self._spawn("kube-controller-manager", [
-                str(self.bin_dir / "kube-controller-manager"), "--kubeconfig", str(self.kubeconfig),
-                "--controllers", CONTROLLERS, "--leader-elect=false",
-                "--bind-address", "127.0.0.1", "--secure-port", "0", "--root-ca-file", str(pki / "apiserver.crt"),
-                "--service-account-private-key-file", str(sa_key), "--v", "0"])
+            self._spawn(
+                "kube-controller-manager",
+                [
+                    str(self.bin_dir / "kube-controller-manager"),
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--controllers",
+                    CONTROLLERS,
+                    "--leader-elect=false",
+                    "--bind-address",
+                    "127.0.0.1",
+                    "--secure-port",
+                    "0",
+                    "--root-ca-file",
+                    str(pki / "apiserver.crt"),
+                    "--service-account-private-key-file",
+                    str(sa_key),
+                    "--v",
+                    "0",
+                ],
+            )
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.root / f"{name}.log").open("wb")
-        self.procs.append((name, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL)))
+        self.procs.append(
+            (name, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        )
         log.close()
 
     def _wait_ready(self, client: KubeClient) -> None:
@@ -132,8 +188,9 @@ class ControlPlane:
                 if client.request("GET", "/readyz", timeout=2) == "ok":
                     return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"kube-apiserver not ready after {START_TIMEOUT}s:\n"
-                                   f"{self.log_tail('kube-apiserver')}")
+                raise RuntimeError(
+                    f"kube-apiserver not ready after {START_TIMEOUT}s:\n{self.log_tail('kube-apiserver')}"
+                )
             time.sleep(0.2)
 
     def log_tail(self, name: str, lines: int = 30) -> str:

@@ -27,13 +27,25 @@ def crd_documents() -> list[dict[str, Any]]:
 
 def _open_crd(kind: str) -> dict[str, Any]:
     plural = kind.lower()
-    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.chaos-mesh.org"},
-            "spec": {"group": "chaos-mesh.org", "scope": "Namespaced",
-                     "names": {"kind": kind, "plural": plural, "singular": plural, "listKind": f"{kind}List"},
-                     "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-                                   "schema": {"openAPIV3Schema": {"type": "object",
-                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.chaos-mesh.org"},
+        "spec": {
+            "group": "chaos-mesh.org",
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": plural, "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
 
 
 def chaos_resources() -> list[str]:
@@ -61,13 +73,19 @@ def install_crds(client: KubeClient) -> None:
 def install_admission_policy(client: KubeClient) -> None:
     """Create or replace deploy/k8s's ValidatingAdmissionPolicy and its binding."""
     for doc in yaml.safe_load_all(POLICY_FILE.read_text()):
-        plural = "validatingadmissionpolicies" if doc["kind"] == "ValidatingAdmissionPolicy" else \
-            "validatingadmissionpolicybindings"
+        plural = (
+            "validatingadmissionpolicies"
+            if doc["kind"] == "ValidatingAdmissionPolicy"
+            else "validatingadmissionpolicybindings"
+        )
         base = f"/apis/admissionregistration.k8s.io/v1/{plural}"
         current = client.get(f"{base}/{doc['metadata']['name']}")
         if current is None:
             client.create(base, doc)
         else:
             version = current["metadata"]["resourceVersion"]
-            client.request("PUT", f"{base}/{doc['metadata']['name']}",
-                           {**doc, "metadata": {**doc["metadata"], "resourceVersion": version}})
+            client.request(
+                "PUT",
+                f"{base}/{doc['metadata']['name']}",
+                {**doc, "metadata": {**doc["metadata"], "resourceVersion": version}},
+            )

@@ -33,8 +33,10 @@ from kube.client import KubeClient
 SLEEPER = [sys.executable, "-c", "import time\nwhile True: time.sleep(3600)"]
 # An image reference as the runtime parses it: [host[:port]/]path[:tag][@digest], path lower case.
 _PATH_PART = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
-IMAGE_REF = re.compile(rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
-                       r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+IMAGE_REF = re.compile(
+    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
 
 
 LogSink = Callable[[str, str, Path], None]  # (pod uid, container, log file): FakeApiServer.set_container_log
@@ -62,8 +64,9 @@ class KubePod:
 
 
 class Kubelet:
-    def __init__(self, client: KubeClient, node: str, *, bridge: str = "", subnet: str = "",
-                 logs: LogSink | None = None) -> None:
+    def __init__(
+        self, client: KubeClient, node: str, *, bridge: str = "", subnet: str = "", logs: LogSink | None = None
+    ) -> None:
         self.client, self.node, self.bridge, self.logs = client, node, bridge, logs
         self.log_dir = Path(tempfile.mkdtemp(prefix="kubelet-logs-"))
         self.subnet = ipaddress.IPv4Network(subnet) if subnet else None
@@ -72,8 +75,14 @@ class Kubelet:
 
     def register_node(self, labels: dict[str, str] | None = None) -> None:
         if self.client.get(f"/api/v1/nodes/{self.node}") is None:
-            self.client.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-                "name": self.node, "labels": {"kubernetes.io/hostname": self.node, **(labels or {})}}})
+            self.client.create(
+                "/api/v1/nodes",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": self.node, "labels": {"kubernetes.io/hostname": self.node, **(labels or {})}},
+                },
+            )
 
     def _allocate_ip(self) -> str:
         if self.subnet is None:
@@ -83,15 +92,30 @@ class Kubelet:
         self._next_ip += 1
         return ip
 
-    def run_pod(self, name: str, namespace: str, labels: dict[str, str], *,
-                containers: dict[str, list[str]] | None = None, netns: bool = False) -> KubePod:
+    def run_pod(
+        self,
+        name: str,
+        namespace: str,
+        labels: dict[str, str],
+        *,
+        containers: dict[str, list[str]] | None = None,
+        netns: bool = False,
+    ) -> KubePod:
         """Create the Pod, start its containers' processes, and report it Running and ready."""
         containers = containers or {"main": SLEEPER}
-        spec = {"nodeName": self.node,
-                "containers": [{"name": c, "image": "chaosbus/process:test"} for c in containers]}
-        self.client.create(f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": spec})
+        spec = {
+            "nodeName": self.node,
+            "containers": [{"name": c, "image": "chaosbus/process:test"} for c in containers],
+        }
+        self.client.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "spec": spec,
+            },
+        )
         pod = KubePod(name=name, namespace=namespace, ip=self._allocate_ip(), netns=None)
         self.pods[(namespace, name)] = pod
         if netns:
@@ -99,11 +123,13 @@ class Kubelet:
 
             assert self.subnet is not None, "netns pods need a bridge and subnet"
             pod.netns = f"cbk-{os.getpid() % 10000}-{name}"[:60]
-            podnet.create_pod_network(pod.netns, self.bridge, f"{pod.ip}/{self.subnet.prefixlen}",
-                                      str(self.subnet.network_address + 1))
+            podnet.create_pod_network(
+                pod.netns, self.bridge, f"{pod.ip}/{self.subnet.prefixlen}", str(self.subnet.network_address + 1)
+            )
             for cname, argv in containers.items():
-                pod.procs[cname] = podnet.spawn_in_netns(argv, pod.netns, stdout=subprocess.DEVNULL,
-                                                         stderr=subprocess.DEVNULL)
+                pod.procs[cname] = podnet.spawn_in_netns(
+                    argv, pod.netns, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
         else:
             for cname, argv in containers.items():
                 pod.procs[cname] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -112,17 +138,33 @@ class Kubelet:
 
     def report(self, pod: KubePod) -> dict[str, Any]:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        statuses = [{"name": c, "ready": p.poll() is None, "restartCount": 0, "image": "chaosbus/process:test",
-                     "imageID": "", "containerID": f"process://{p.pid}", "started": p.poll() is None,
-                     "state": {"running": {"startedAt": now}} if p.poll() is None else {"terminated": {
-                         "exitCode": p.returncode or 0}}}
-                    for c, p in pod.procs.items()]
+        statuses = [
+            {
+                "name": c,
+                "ready": p.poll() is None,
+                "restartCount": 0,
+                "image": "chaosbus/process:test",
+                "imageID": "",
+                "containerID": f"process://{p.pid}",
+                "started": p.poll() is None,
+                "state": {"running": {"startedAt": now}}
+                if p.poll() is None
+                else {"terminated": {"exitCode": p.returncode or 0}},
+            }
+            for c, p in pod.procs.items()
+        ]
         ready = "True" if all(s["ready"] for s in statuses) else "False"
-        status = {"phase": "Running", "podIP": pod.ip, "hostIP": "127.0.0.1", "startTime": now,
-                  "conditions": [{"type": t, "status": ready if t in ("Ready", "ContainersReady") else "True",
-                                  "lastTransitionTime": now} for t in ("Ready", "ContainersReady", "Initialized",
-                                                                       "PodScheduled")],
-                  "containerStatuses": statuses}
+        status = {
+            "phase": "Running",
+            "podIP": pod.ip,
+            "hostIP": "127.0.0.1",
+            "startTime": now,
+            "conditions": [
+                {"type": t, "status": ready if t in ("Ready", "ContainersReady") else "True", "lastTransitionTime": now}
+                for t in ("Ready", "ContainersReady", "Initialized", "PodScheduled")
+            ],
+            "containerStatuses": statuses,
+        }
         result: dict[str, Any] = self.client.merge_patch(pod.path + "/status", {"status": status})
         return result
 
@@ -137,11 +179,20 @@ class Kubelet:
             key = (meta["namespace"], meta["name"])
             seen.add(key)
             known = self.pods.get(key)
-            if known is None and spec.get("nodeName", self.node) in ("", self.node) and not meta.get(
-                    "deletionTimestamp") and (obj.get("status") or {}).get("phase") in (None, "", "Pending"):
+            if (
+                known is None
+                and spec.get("nodeName", self.node) in ("", self.node)
+                and not meta.get("deletionTimestamp")
+                and (obj.get("status") or {}).get("phase") in (None, "", "Pending")
+            ):
                 self._start_workload(obj)
-            elif known is not None and known.workload and not known.finished and not known.waiting and all(
-                    p.poll() is not None for p in known.procs.values()):
+            elif (
+                known is not None
+                and known.workload
+                and not known.finished
+                and not known.waiting
+                and all(p.poll() is not None for p in known.procs.values())
+            ):
                 self._report_workload(known, obj.get("spec") or {})
         for key in [k for k, p in self.pods.items() if p.workload and k not in seen]:
             self._stop(self.pods.pop(key))  # deleted (grace 0): its processes go too
@@ -166,14 +217,24 @@ class Kubelet:
 
     def _start_workload(self, obj: dict[str, Any]) -> None:
         meta, spec = obj["metadata"], obj.get("spec") or {}
-        pod = KubePod(name=meta["name"], namespace=meta["namespace"], ip=self._allocate_ip(), netns=None,
-                      uid=meta["uid"], workload=True)
+        pod = KubePod(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            ip=self._allocate_ip(),
+            netns=None,
+            uid=meta["uid"],
+            workload=True,
+        )
         self.pods[(pod.namespace, pod.name)] = pod
         for c in spec.get("containers") or []:
             if not IMAGE_REF.match(c.get("image") or ""):  # never created: no log, Pending for good
-                pod.waiting[c["name"]] = {"reason": "InvalidImageName", "message": (
-                    f'Failed to apply default image tag "{c.get("image", "")}": couldn\'t parse image name '
-                    f'"{c.get("image", "")}": invalid reference format')}
+                pod.waiting[c["name"]] = {
+                    "reason": "InvalidImageName",
+                    "message": (
+                        f'Failed to apply default image tag "{c.get("image", "")}": couldn\'t parse image name '
+                        f'"{c.get("image", "")}": invalid reference format'
+                    ),
+                }
                 continue
             argv = [str(a) for a in (c.get("command") or []) + (c.get("args") or [])]
             log = self.log_dir / f"{pod.uid}-{c['name']}.log"
@@ -182,9 +243,14 @@ class Kubelet:
                 if not argv:
                     raise OSError("no command: this kubelet cannot run an image's entrypoint")
                 with log.open("wb") as out:
-                    pod.procs[c["name"]] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                                            stderr=subprocess.STDOUT, env=env,
-                                                            cwd=c.get("workingDir") or None)
+                    pod.procs[c["name"]] = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=c.get("workingDir") or None,
+                    )
             except OSError as e:
                 log.write_bytes(b"")
                 pod.start_errors[c["name"]] = f"failed to start container {c['name']!r}: {e}"
@@ -203,17 +269,45 @@ class Kubelet:
                 state = {"waiting": pod.waiting[name]}
             elif code is not None:
                 reason = "StartError" if proc is None else "Completed" if code == 0 else "Error"
-                state = {"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now,
-                                        **({"message": pod.start_errors[name]} if name in pod.start_errors else {}),
-                                        **({"containerID": f"process://{proc.pid}"} if proc else {})}}
+                state = {
+                    "terminated": {
+                        "exitCode": code,
+                        "reason": reason,
+                        "startedAt": now,
+                        "finishedAt": now,
+                        **({"message": pod.start_errors[name]} if name in pod.start_errors else {}),
+                        **({"containerID": f"process://{proc.pid}"} if proc else {}),
+                    }
+                }
             codes.append(code)
-            statuses.append({"name": name, "image": c.get("image", ""), "imageID": "", "restartCount": 0,
-                             "ready": code is None, "started": code is None, "state": state,
-                             **({"containerID": f"process://{proc.pid}"} if proc else {})})
-        phase = ("Pending" if pod.waiting else "Running" if any(x is None for x in codes) else
-                 "Succeeded" if all(x == 0 for x in codes) else "Failed")
-        status = {"phase": phase, "hostIP": "127.0.0.1", "podIP": pod.ip, "startTime": now,
-                  "containerStatuses": statuses}
+            statuses.append(
+                {
+                    "name": name,
+                    "image": c.get("image", ""),
+                    "imageID": "",
+                    "restartCount": 0,
+                    "ready": code is None,
+                    "started": code is None,
+                    "state": state,
+                    **({"containerID": f"process://{proc.pid}"} if proc else {}),
+                }
+            )
+        phase = (
+            "Pending"
+            if pod.waiting
+            else "Running"
+            if any(x is None for x in codes)
+            else "Succeeded"
+            if all(x == 0 for x in codes)
+            else "Failed"
+        )
+        status = {
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "podIP": pod.ip,
+            "startTime": now,
+            "containerStatuses": statuses,
+        }
         self.client.merge_patch(pod.path + "/status", {"status": status})
         pod.finished = phase in ("Succeeded", "Failed")
 

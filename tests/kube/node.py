@@ -76,14 +76,23 @@ def oci_archive(path: Path, name: str, files: dict[str, Path], links: dict[str, 
             tar.addfile(info)
     layer = layer_io.getvalue()
     root = path.with_suffix(".d")
-    config = {"architecture": "amd64", "os": "linux", "config": {"Cmd": cmd},
-              "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           **_blob(root, json.dumps(config).encode())},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(root, layer)}]}
-    desc = {"mediaType": "application/vnd.oci.image.manifest.v1+json", **_blob(root, json.dumps(manifest).encode()),
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": cmd},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(layer).hexdigest()}"]},
+    }
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **_blob(root, json.dumps(config).encode())},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(root, layer)}],
+    }
+    desc = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        **_blob(root, json.dumps(manifest).encode()),
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"},
+    }
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
     (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
     with tarfile.open(path, "w") as tar:
@@ -132,8 +141,11 @@ class Node:
     def _start(self) -> None:
         for key in SYSCTLS:
             self.sysctls[key] = Path("/proc/sys", key).read_text().strip()
-        self.made_dirs = [p for p in (Path("/var/lib/kubelet/device-plugins"), Path("/var/lib/kubelet"),
-                                      Path("/var/log/containers")) if not p.exists()]
+        self.made_dirs = [
+            p
+            for p in (Path("/var/lib/kubelet/device-plugins"), Path("/var/lib/kubelet"), Path("/var/log/containers"))
+            if not p.exists()
+        ]
         tag = self.name.split("-")[1]
         self.bridge, subnet = f"cbn{tag}", f"10.219.{random.randrange(1, 255)}"
         self.cgroup_root = f"/{self.name}"
@@ -165,19 +177,40 @@ class Node:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.dir / f"{name}.log").open("wb")
-        self.procs.append((name, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL)))
+        self.procs.append(
+            (name, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        )
         log.close()
 
     def _containerd(self, subnet: str) -> None:
         d = self.dir
         (d / "net.d").mkdir()
-        ipam = {"type": "host-local", "subnet": f"{subnet}.0/24", "gateway": f"{subnet}.1",
-                "rangeStart": f"{subnet}.10", "dataDir": str(d / "ipam"), "routes": [{"dst": "0.0.0.0/0"}]}
-        (d / "net.d" / "10-bridge.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0", "name": self.name,
-            "plugins": [{"type": "bridge", "bridge": self.bridge, "isGateway": False, "ipMasq": False,
-                         "hairpinMode": True, "ipam": ipam}]}))
+        ipam = {
+            "type": "host-local",
+            "subnet": f"{subnet}.0/24",
+            "gateway": f"{subnet}.1",
+            "rangeStart": f"{subnet}.10",
+            "dataDir": str(d / "ipam"),
+            "routes": [{"dst": "0.0.0.0/0"}],
+        }
+        (d / "net.d" / "10-bridge.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": self.name,
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": self.bridge,
+                            "isGateway": False,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": ipam,
+                        }
+                    ],
+                }
+            )
+        )
         (d / "config.toml").write_text(f"""version = 2
 root = "{d}/root"
 state = "{d}/state"
@@ -210,43 +243,117 @@ state = "{d}/state"
 
     def _images(self) -> None:
         d = self.dir
-        subprocess.run(["gcc", "-Os", "-static", "-o", str(d / "pause"), "-x", "c", "-"], input=PAUSE_C.encode(),
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            ["gcc", "-Os", "-static", "-o", str(d / "pause"), "-x", "c", "-"],
+            input=PAUSE_C.encode(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         oci_archive(d / "pause.tar", PAUSE_IMAGE, {"pause": d / "pause"}, {}, ["/pause"])
-        oci_archive(d / "busybox.tar", BUSYBOX_IMAGE, {"bin/busybox": Path(BUSYBOX)},
-                    {f"bin/{a}": "busybox" for a in APPLETS}, ["/bin/sleep", "3600"])
+        oci_archive(
+            d / "busybox.tar",
+            BUSYBOX_IMAGE,
+            {"bin/busybox": Path(BUSYBOX)},
+            {f"bin/{a}": "busybox" for a in APPLETS},
+            ["/bin/sleep", "3600"],
+        )
         for archive in ("pause.tar", "busybox.tar"):
-            subprocess.run(["ctr", "-a", str(self.socket), "-n", "k8s.io", "images", "import", "--snapshotter",
-                            "native", str(d / archive)], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    "ctr",
+                    "-a",
+                    str(self.socket),
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    "--snapshotter",
+                    "native",
+                    str(d / archive),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
 
     def _kubelet(self) -> None:
         d = self.dir
         (d / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-        (d / "kubelet.yaml").write_text(json.dumps({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "failSwapOn": False, "failCgroupV1": False,
-            "makeIPTablesUtilChains": False, "podLogsDir": str(d / "logs"), "resolvConf": str(d / "resolv.conf"),
-            "containerRuntimeEndpoint": f"unix://{self.socket}", "port": _free_port(), "readOnlyPort": 0,
-            "healthzPort": 0,
-            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%",
-                             "nodefs.inodesFree": "1%"},
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False, "enableServer": True, "registerNode": True,
-            "nodeStatusUpdateFrequency": "2s", "syncFrequency": "5s", "fileCheckFrequency": "5s",
-            "localStorageCapacityIsolation": False}))
+        (d / "kubelet.yaml").write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                    "kind": "KubeletConfiguration",
+                    "cgroupDriver": "cgroupfs",
+                    "cgroupRoot": self.cgroup_root,
+                    "failSwapOn": False,
+                    "failCgroupV1": False,
+                    "makeIPTablesUtilChains": False,
+                    "podLogsDir": str(d / "logs"),
+                    "resolvConf": str(d / "resolv.conf"),
+                    "containerRuntimeEndpoint": f"unix://{self.socket}",
+                    "port": _free_port(),
+                    "readOnlyPort": 0,
+                    "healthzPort": 0,
+                    "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+                    "authorization": {"mode": "AlwaysAllow"},
+                    "evictionHard": {
+                        "memory.available": "1Mi",
+                        "nodefs.available": "1%",
+                        "imagefs.available": "1%",
+                        "nodefs.inodesFree": "1%",
+                    },
+                    "imageGCHighThresholdPercent": 100,
+                    "imageGCLowThresholdPercent": 99,
+                    "serializeImagePulls": False,
+                    "enableServer": True,
+                    "registerNode": True,
+                    "nodeStatusUpdateFrequency": "2s",
+                    "syncFrequency": "5s",
+                    "fileCheckFrequency": "5s",
+                    "localStorageCapacityIsolation": False,
+                }
+            )
+        )
         (d / "kubelet.kubeconfig").write_text(self.plane.kubeconfig.read_text())
-        self._spawn("kubelet", [
-            str(self.plane.bin_dir / "kubelet"), "--config", str(d / "kubelet.yaml"),
-            "--kubeconfig", str(d / "kubelet.kubeconfig"), "--root-dir", str(d / "kubelet"),
-            "--cert-dir", str(d / "kubelet-pki"), "--hostname-override", self.name, "--node-ip", _host_ip(),
-            "--v", "1"])
+        self._spawn(
+            "kubelet",
+            [
+                str(self.plane.bin_dir / "kubelet"),
+                "--config",
+                str(d / "kubelet.yaml"),
+                "--kubeconfig",
+                str(d / "kubelet.kubeconfig"),
+                "--root-dir",
+                str(d / "kubelet"),
+                "--cert-dir",
+                str(d / "kubelet-pki"),
+                "--hostname-override",
+                self.name,
+                "--node-ip",
+                _host_ip(),
+                "--v",
+                "1",
+            ],
+        )
 
     def _scheduler(self) -> None:
-        self._spawn("kube-scheduler", [
-            str(self.plane.bin_dir / "kube-scheduler"), "--kubeconfig", str(self.plane.kubeconfig),
-            "--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", "0", "--v", "0"])
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.plane.bin_dir / "kube-scheduler"),
+                "--kubeconfig",
+                str(self.plane.kubeconfig),
+                "--leader-elect=false",
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                "0",
+                "--v",
+                "0",
+            ],
+        )
 
     def ready(self, client: KubeClient) -> bool:
         for name, proc in self.procs:
@@ -278,10 +385,13 @@ state = "{d}/state"
 
     def _drain(self, client: KubeClient) -> None:
         """Delete every pod bound to this node and wait until kubelet has torn each down."""
+
         def pods() -> list[dict[str, object]]:
-            found: list[dict[str, object]] = client.request("GET", "/api/v1/pods", query={
-                "fieldSelector": f"spec.nodeName={self.name}"})["items"]
+            found: list[dict[str, object]] = client.request(
+                "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={self.name}"}
+            )["items"]
             return found
+
         for pod in pods():
             meta = pod["metadata"]
             assert isinstance(meta, dict)
@@ -296,15 +406,17 @@ state = "{d}/state"
         for key, value in self.sysctls.items():
             with contextlib.suppress(OSError):
                 Path("/proc/sys", key).write_text(value)
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(f"{self.dir}/")]
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split()[1].startswith(f"{self.dir}/")
+        ]
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True)
         for controller in Path("/sys/fs/cgroup").iterdir():
             top = controller / self.cgroup_root.lstrip("/")
             if top.is_dir():
-                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
-                                  reverse=True):
+                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                     with contextlib.suppress(OSError):
                         sub.rmdir()
                 with contextlib.suppress(OSError):
@@ -344,4 +456,3 @@ def running_node(plane: ControlPlane, workdir: Path) -> Iterator[Node]:
         yield node
     finally:
         node.stop()
-

@@ -20,7 +20,7 @@ _VOLATILE_META = ("uid", "creationTimestamp", "resourceVersion", "managedFields"
 
 
 def norm_message(text: str) -> str:
-    return _DIGITS.sub("N", re.sub(r'[0-9a-f]{8}-[0-9a-f-]{27}', "UID", text))
+    return _DIGITS.sub("N", re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "UID", text))
 
 
 @dataclass
@@ -40,9 +40,13 @@ class Replayer:
         path = request["path"] + ("?" + urllib.parse.urlencode(query) if query else "")
         body = request.get("body")
         if isinstance(body, dict) and (body.get("metadata") or {}).get("resourceVersion"):
-            body = {**body, "metadata": {**body["metadata"],
-                                         "resourceVersion": str(self.fake_rv(int(
-                                             body["metadata"]["resourceVersion"])))}}
+            body = {
+                **body,
+                "metadata": {
+                    **body["metadata"],
+                    "resourceVersion": str(self.fake_rv(int(body["metadata"]["resourceVersion"]))),
+                },
+            }
         raw = None if body is None else (body if isinstance(body, str) else json.dumps(body)).encode()
         headers = {"Accept": "application/json"}
         if request.get("headers", {}).get("content-type"):
@@ -112,8 +116,9 @@ class Replayer:
             if expected.get(key) != actual.get(key):
                 self.fail(where, f"list {key} {actual.get(key)!r} != {expected.get(key)!r}")
         if set(expected["metadata"]) != set(actual.get("metadata", {})):
-            self.fail(where, f"list metadata keys {sorted(actual.get('metadata', {}))} "
-                             f"!= {sorted(expected['metadata'])}")
+            self.fail(
+                where, f"list metadata keys {sorted(actual.get('metadata', {}))} != {sorted(expected['metadata'])}"
+            )
         if expected["metadata"].get("remainingItemCount") != actual.get("metadata", {}).get("remainingItemCount"):
             self.fail(where, "remainingItemCount differs")
         names = [i["metadata"]["name"] for i in expected["items"]]
@@ -126,10 +131,12 @@ class Replayer:
             if expected["kind"] == "PodList":
                 self.compare_pod(f"{where} item {item['metadata']['name']}", item, by_name[item["metadata"]["name"]])
                 continue
-            self.compare_object(f"{where} item {item['metadata']['name']}", item, by_name[item["metadata"]["name"]],
-                                track=False)
+            self.compare_object(
+                f"{where} item {item['metadata']['name']}", item, by_name[item["metadata"]["name"]], track=False
+            )
         if int(actual["metadata"]["resourceVersion"]) < max(
-                [int(i["metadata"]["resourceVersion"]) for i in actual["items"]] or [0]):
+            [int(i["metadata"]["resourceVersion"]) for i in actual["items"]] or [0]
+        ):
             self.fail(where, "list resourceVersion below an item's")
 
     def compare_object(self, where: str, expected: Obj, actual: Obj, *, track: bool = True) -> None:
@@ -208,5 +215,6 @@ class Replayer:
         for e, a in zip(expected, actual, strict=False):
             if e["type"] in ("ADDED", "MODIFIED", "DELETED") and e["type"] == a["type"]:
                 self.compare_object(where, e["object"], a["object"], track=False)
-                self.rv_map.setdefault(int(e["object"]["metadata"]["resourceVersion"]),
-                                       int(a["object"]["metadata"]["resourceVersion"]))
+                self.rv_map.setdefault(
+                    int(e["object"]["metadata"]["resourceVersion"]), int(a["object"]["metadata"]["resourceVersion"])
+                )

@@ -59,24 +59,35 @@ def _tenants(kube: KubeEnv) -> Iterator[Tenants]:
     bind(admin, team_a, editor, f"alice-{tag}")
     bind(admin, team_a, editor, f"bob-{tag}")
     bind(admin, team_b, editor, f"bob-{tag}")
-    admin.create(f"{RBAC}/clusterrolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": patcher},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": patcher},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"recorder-{tag}"}]})
+    admin.create(
+        f"{RBAC}/clusterrolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": patcher},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": patcher},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"recorder-{tag}"}],
+        },
+    )
     alice = admin.impersonating(f"alice-{tag}")
     # The API server loads a new policy (and new RBAC) a moment after it is written: wait until a dry
     # run of the first test's case is refused by the policy, so no test races its installation.
     probe = pod_kill("probe", namespaces=["kube-system"])
-    admin.wait_for(lambda: _policy_refuses(alice, f"{GROUP}/namespaces/{team_a}/podchaos", probe), timeout=20,
-                   what="the admission policy in effect")
+    admin.wait_for(
+        lambda: _policy_refuses(alice, f"{GROUP}/namespaces/{team_a}/podchaos", probe),
+        timeout=20,
+        what="the admission policy in effect",
+    )
     try:
-        yield Tenants(admin, team_a, team_b, alice, admin.impersonating(f"bob-{tag}"),
-                      admin.impersonating(f"recorder-{tag}"))
+        yield Tenants(
+            admin, team_a, team_b, alice, admin.impersonating(f"bob-{tag}"), admin.impersonating(f"recorder-{tag}")
+        )
     finally:
         for ns in (team_a, team_b):
             for item in (admin.get(f"{GROUP}/namespaces/{ns}/podchaos") or {}).get("items", []):
-                admin.merge_patch(f"{GROUP}/namespaces/{ns}/podchaos/{item['metadata']['name']}",
-                                  {"metadata": {"finalizers": None}})
+                admin.merge_patch(
+                    f"{GROUP}/namespaces/{ns}/podchaos/{item['metadata']['name']}", {"metadata": {"finalizers": None}}
+                )
             admin.delete(f"/api/v1/namespaces/{ns}")
         admin.delete(f"{RBAC}/clusterrolebindings/{patcher}")
         for name in (editor, patcher):
@@ -92,27 +103,50 @@ def _policy_refuses(client: KubeClient, path: str, obj: Obj) -> bool:
 
 
 def role(name: str, verbs: list[str]) -> Obj:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
-            "rules": [{"apiGroups": ["chaos-mesh.org"], "resources": ["podchaos", "networkchaos", "schedules",
-                                                                     "workflows"], "verbs": verbs}]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {
+                "apiGroups": ["chaos-mesh.org"],
+                "resources": ["podchaos", "networkchaos", "schedules", "workflows"],
+                "verbs": verbs,
+            }
+        ],
+    }
 
 
 def bind(admin: KubeClient, namespace: str, role_name: str, user: str) -> None:
-    admin.create(f"{RBAC}/namespaces/{namespace}/rolebindings", {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": user},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    admin.create(
+        f"{RBAC}/namespaces/{namespace}/rolebindings",
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        },
+    )
 
 
 def pod_kill(name: str, **selector: Any) -> Obj:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos", "metadata": {"name": name},
-            "spec": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "x"}, **selector}}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "PodChaos",
+        "metadata": {"name": name},
+        "spec": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "x"}, **selector}},
+    }
 
 
 def partition(target_namespaces: list[str]) -> Obj:
-    return {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "x"}},
-            "direction": "to",
-            "target": {"mode": "all", "selector": {"namespaces": target_namespaces}}}
+    return {
+        "action": "partition",
+        "mode": "all",
+        "selector": {"labelSelectors": {"app": "x"}},
+        "direction": "to",
+        "target": {"mode": "all", "selector": {"namespaces": target_namespaces}},
+    }
 
 
 def refused(client: KubeClient, path: str, obj: Obj) -> str:
@@ -142,15 +176,35 @@ def test_a_team_a_user_may_target_team_a_and_its_own_namespace_by_default(tenant
 
 def test_embedded_selectors_are_checked_in_schedules_and_workflows(tenants: Tenants) -> None:
     ns = tenants.team_a
-    schedule = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "metadata": {"name": "cut"},
-                "spec": {"schedule": "@every 1h", "type": "NetworkChaos", "concurrencyPolicy": "Forbid",
-                         "networkChaos": partition(["kube-system"])}}
+    schedule = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "cut"},
+        "spec": {
+            "schedule": "@every 1h",
+            "type": "NetworkChaos",
+            "concurrencyPolicy": "Forbid",
+            "networkChaos": partition(["kube-system"]),
+        },
+    }
     assert "kube-system" in refused(tenants.alice, f"{GROUP}/namespaces/{ns}/schedules", schedule)
-    workflow = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow", "metadata": {"name": "wf"},
-                "spec": {"entry": "entry", "templates": [
-                    {"name": "entry", "templateType": "Serial", "children": ["cut"]},
-                    {"name": "cut", "templateType": "NetworkChaos", "deadline": "10s",
-                     "networkChaos": partition(["kube-system"])}]}}
+    workflow = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "wf"},
+        "spec": {
+            "entry": "entry",
+            "templates": [
+                {"name": "entry", "templateType": "Serial", "children": ["cut"]},
+                {
+                    "name": "cut",
+                    "templateType": "NetworkChaos",
+                    "deadline": "10s",
+                    "networkChaos": partition(["kube-system"]),
+                },
+            ],
+        },
+    }
     refused(tenants.alice, f"{GROUP}/namespaces/{ns}/workflows", workflow)
     workflow["spec"]["templates"][1]["networkChaos"] = partition([ns])
     tenants.alice.create(f"{GROUP}/namespaces/{ns}/workflows", workflow)
@@ -169,11 +223,22 @@ def test_writes_that_keep_the_spec_need_no_right_on_the_selected_namespaces(tena
     assert patched["metadata"]["finalizers"] == ["chaos-mesh/records"]
     # A spec change is checked as a create would be (an experiment's spec is immutable; a Schedule's is not).
     schedules = f"{GROUP}/namespaces/{tenants.team_a}/schedules"
-    tenants.bob.create(schedules, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-                                   "metadata": {"name": "nightly"},
-                                   "spec": {"schedule": "@every 1h", "type": "PodChaos", "concurrencyPolicy": "Forbid",
-                                            "podChaos": pod_kill("x", namespaces=[tenants.team_b])["spec"]}})
+    tenants.bob.create(
+        schedules,
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": "nightly"},
+            "spec": {
+                "schedule": "@every 1h",
+                "type": "PodChaos",
+                "concurrencyPolicy": "Forbid",
+                "podChaos": pod_kill("x", namespaces=[tenants.team_b])["spec"],
+            },
+        },
+    )
     with pytest.raises(KubeError) as err:
-        tenants.bob.merge_patch(f"{schedules}/nightly",
-                                {"spec": {"podChaos": {"selector": {"namespaces": ["kube-system"]}}}})
+        tenants.bob.merge_patch(
+            f"{schedules}/nightly", {"spec": {"podChaos": {"selector": {"namespaces": ["kube-system"]}}}}
+        )
     assert err.value.status == 403 and "kube-system" in err.value.body["message"]

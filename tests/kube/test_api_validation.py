@@ -23,10 +23,20 @@ GROUP = "/apis/chaos-mesh.org/v1alpha1"
 SELECTOR = {"labelSelectors": {"app": "web"}}
 VALID: dict[str, Obj] = {
     "PodChaos": {"action": "pod-kill", "mode": "one", "selector": SELECTOR},
-    "NetworkChaos": {"action": "partition", "mode": "all", "selector": SELECTOR, "direction": "to",
-                     "target": {"mode": "all", "selector": SELECTOR}},
-    "Schedule": {"schedule": "@every 1h", "type": "PodChaos", "concurrencyPolicy": "Forbid", "historyLimit": 2,
-                 "podChaos": {"action": "pod-kill", "mode": "one", "selector": SELECTOR}},
+    "NetworkChaos": {
+        "action": "partition",
+        "mode": "all",
+        "selector": SELECTOR,
+        "direction": "to",
+        "target": {"mode": "all", "selector": SELECTOR},
+    },
+    "Schedule": {
+        "schedule": "@every 1h",
+        "type": "PodChaos",
+        "concurrencyPolicy": "Forbid",
+        "historyLimit": 2,
+        "podChaos": {"action": "pod-kill", "mode": "one", "selector": SELECTOR},
+    },
 }
 # (kind, change to the valid spec: a value, or None to remove the key; the field both must name)
 CORPUS: list[tuple[str, Obj, str]] = [
@@ -59,8 +69,12 @@ def document(kind: str, change: Obj, name: str = "bad") -> Obj:
             spec.pop(key, None)
         else:
             spec[key] = value
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": "ns"},
-            "spec": spec}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": spec,
+    }
 
 
 def plural(kind: str) -> str:
@@ -83,8 +97,10 @@ def test_the_api_server_refuses_the_same_corpus_naming_the_same_fields(kube: Kub
     kube.need_real("the fake does not validate against the CRD schemas")
     base = f"{GROUP}/namespaces/{kube.namespace}"
     for kind in VALID:  # the corpus's baseline is accepted
-        kube.client.create(f"{base}/{plural(kind)}", document(kind, {}, name=f"good-{kind.lower()}")
-                           | {"metadata": {"name": f"good-{kind.lower()}"}})
+        kube.client.create(
+            f"{base}/{plural(kind)}",
+            document(kind, {}, name=f"good-{kind.lower()}") | {"metadata": {"name": f"good-{kind.lower()}"}},
+        )
     missed = []
     for i, (kind, change, field) in enumerate(CORPUS):
         doc = document(kind, change) | {"metadata": {"name": f"bad-{i}"}}
@@ -102,8 +118,9 @@ def test_the_api_server_refuses_the_same_corpus_naming_the_same_fields(kube: Kub
 def test_an_experiment_spec_is_immutable_on_the_api_server_and_its_metadata_is_not(kube: KubeEnv) -> None:
     kube.need_real("the fake does not evaluate CEL transition rules")
     path = f"{GROUP}/namespaces/{kube.namespace}/podchaos/kill-one"
-    kube.client.create(f"{GROUP}/namespaces/{kube.namespace}/podchaos",
-                       document("PodChaos", {}) | {"metadata": {"name": "kill-one"}})
+    kube.client.create(
+        f"{GROUP}/namespaces/{kube.namespace}/podchaos", document("PodChaos", {}) | {"metadata": {"name": "kill-one"}}
+    )
     with pytest.raises(KubeError) as err:
         kube.client.merge_patch(path, {"spec": {"mode": "all"}})
     assert err.value.status == 422 and "immutable" in err.value.body["message"]

@@ -50,15 +50,27 @@ def cluster(real_kube: Any) -> Iterator[Cluster]:
     ns, nodes = f"cb-auth-{suffix}", (f"node-a-{suffix}", f"node-b-{suffix}")
     client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for sa in (SA, "someone-else"):
-        client.create(f"/api/v1/namespaces/{ns}/serviceaccounts",
-                      {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}})
+        client.create(
+            f"/api/v1/namespaces/{ns}/serviceaccounts",
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
+        )
     for node in nodes:
         client.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
     for name, node, sa in (("inj-a", nodes[0], SA), ("inj-b", nodes[1], SA), ("other", nodes[0], "someone-else")):
-        client.create(f"/api/v1/namespaces/{ns}/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"nodeName": node, "serviceAccountName": sa, "automountServiceAccountToken": False,
-                     "containers": [{"name": "c", "image": "chaosbus"}]}})
+        client.create(
+            f"/api/v1/namespaces/{ns}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "serviceAccountName": sa,
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "c", "image": "chaosbus"}],
+                },
+            },
+        )
     try:
         yield Cluster(client, real_kube.kubeconfig, ns, nodes)
     finally:
@@ -71,10 +83,18 @@ def token_for(c: Cluster, pod: str, *, audience: str = core.AUDIENCE, sa: str = 
     """What the kubelet puts in the injector's projected token volume: a TokenRequest bound to the pod."""
     obj = c.client.get(f"/api/v1/namespaces/{c.namespace}/pods/{pod}")
     assert obj is not None
-    req = c.client.create(f"/api/v1/namespaces/{c.namespace}/serviceaccounts/{sa}/token", {
-        "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-        "spec": {"audiences": [audience], "expirationSeconds": 600,
-                 "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": obj["metadata"]["uid"]}}})
+    req = c.client.create(
+        f"/api/v1/namespaces/{c.namespace}/serviceaccounts/{sa}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience],
+                "expirationSeconds": 600,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": obj["metadata"]["uid"]},
+            },
+        },
+    )
     token: str = req["status"]["token"]
     return token
 
@@ -104,8 +124,9 @@ async def secured_nats(c: Cluster, tmp: Path) -> AsyncIterator[Nats]:
     auth_bus = await connect(server.url, tmp, "auth")
     api = await kubeclient.api_client(str(c.kubeconfig))
     registry = CollectorRegistry()
-    service = app.AuthService(app.Kube(api), core.Policy(namespace=c.namespace, service_account=SA),
-                              issuer_seed=issuer, registry=registry)
+    service = app.AuthService(
+        app.Kube(api), core.Policy(namespace=c.namespace, service_account=SA), issuer_seed=issuer, registry=registry
+    )
     await auth_bus.nc.subscribe(subjects.AUTH_CALLOUT.pattern, queue="auth", cb=service.on_request)
     try:
         yield Nats(server.url, tmp, registry)
@@ -116,8 +137,9 @@ async def secured_nats(c: Cluster, tmp: Path) -> AsyncIterator[Nats]:
 
 
 async def connect(url: str, state: Path, user: str) -> busmod.Bus:
-    return await busmod.connect(url, f"test-{user}", auth=natsauth.ClientAuth(natsauth.seed_file(user, state),
-                                                                              admin=user == natsauth.ADMIN))
+    return await busmod.connect(
+        url, f"test-{user}", auth=natsauth.ClientAuth(natsauth.seed_file(user, state), admin=user == natsauth.ADMIN)
+    )
 
 
 async def injector(url: str, tmp: Path, token: str, node: str, errors: list[str]) -> nats.NATS:
@@ -132,8 +154,9 @@ async def injector(url: str, tmp: Path, token: str, node: str, errors: list[str]
     nc = nats.NATS()
     try:
         # connect_timeout from the options: longer than nats-server's wait for the auth service
-        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0,
-                         error_cb=on_error, name=f"injector-{node}", **opts)
+        await nc.connect(
+            url, allow_reconnect=False, max_reconnect_attempts=0, error_cb=on_error, name=f"injector-{node}", **opts
+        )
     except BaseException:
         with contextlib.suppress(Exception):
             await nc.close()  # a refused client leaves no reader task behind
@@ -142,8 +165,10 @@ async def injector(url: str, tmp: Path, token: str, node: str, errors: list[str]
 
 
 def outcomes(n: Nats) -> dict[str, float]:
-    return {o: n.registry.get_sample_value("chaosbus_auth_requests_total", {"outcome": o}) or 0.0
-            for o in ("issued", "refused", "error")}
+    return {
+        o: n.registry.get_sample_value("chaosbus_auth_requests_total", {"outcome": o}) or 0.0
+        for o in ("issued", "refused", "error")
+    }
 
 
 async def test_a_node_injector_gets_exactly_its_own_node(cluster: Cluster, tmp_path: Path) -> None:
@@ -156,23 +181,25 @@ async def test_a_node_injector_gets_exactly_its_own_node(cluster: Cluster, tmp_p
         nc = await injector(n.url, tmp_path, token_for(cluster, "inj-a"), a, errors)
         try:
             js = nc.jetstream()
-            own = await js.pull_subscribe(subjects.command_subject(a), durable=subjects.injector_consumer(a),
-                                          stream=subjects.COMMANDS.name)
+            own = await js.pull_subscribe(
+                subjects.command_subject(a), durable=subjects.injector_consumer(a), stream=subjects.COMMANDS.name
+            )
             [msg] = await own.fetch(1, timeout=10)
             assert msg.subject == subjects.command_subject(a)
             await msg.ack_sync()
             await js.publish(subjects.result_subject(a, "exp"), b"{}", timeout=10)  # its own results go
 
             with pytest.raises((nats.errors.TimeoutError, nats.errors.Error)):  # B's durable consumer
-                await js.pull_subscribe(subjects.command_subject(b), durable=subjects.injector_consumer(b),
-                                        stream=subjects.COMMANDS.name)
+                await js.pull_subscribe(
+                    subjects.command_subject(b), durable=subjects.injector_consumer(b), stream=subjects.COMMANDS.name
+                )
             with pytest.raises(nats.errors.TimeoutError):  # B's results
                 await js.publish(subjects.result_subject(b, "exp"), b"{}", timeout=2)
             await nc.subscribe(subjects.command_subject(b))  # B's commands on the core subject
             await nc.subscribe(subjects.lease_subject(b))
             await nc.flush()
             await eventually(lambda: sum("permissions violation for subscription" in e for e in errors) >= 2)
-            assert any(f"publish to \"{subjects.result_subject(b, 'exp')}\"" in e for e in errors)
+            assert any(f'publish to "{subjects.result_subject(b, "exp")}"' in e for e in errors)
             info = await scheduler.js.stream_info(subjects.COMMANDS.name)
             assert info.state.messages == 1  # B's command is still there, untouched
         finally:
@@ -182,14 +209,20 @@ async def test_a_node_injector_gets_exactly_its_own_node(cluster: Cluster, tmp_p
 
 
 async def test_tokens_of_a_deleted_pod_another_audience_or_account_get_no_user(
-        cluster: Cluster, tmp_path: Path) -> None:
+    cluster: Cluster, tmp_path: Path
+) -> None:
     a, b = cluster.nodes
     gone = token_for(cluster, "inj-b")
     cluster.client.delete(f"/api/v1/namespaces/{cluster.namespace}/pods/inj-b", gracePeriodSeconds="0")
-    cluster.client.wait_for(lambda: cluster.client.get(f"/api/v1/namespaces/{cluster.namespace}/pods/inj-b") is None,
-                            what="inj-b deleted")
-    refused = [(gone, b), (token_for(cluster, "inj-a", audience="https://kubernetes.default.svc"), a),
-               (token_for(cluster, "other", sa="someone-else"), a), ("not-a-token", a)]
+    cluster.client.wait_for(
+        lambda: cluster.client.get(f"/api/v1/namespaces/{cluster.namespace}/pods/inj-b") is None, what="inj-b deleted"
+    )
+    refused = [
+        (gone, b),
+        (token_for(cluster, "inj-a", audience="https://kubernetes.default.svc"), a),
+        (token_for(cluster, "other", sa="someone-else"), a),
+        ("not-a-token", a),
+    ]
     async with secured_nats(cluster, tmp_path) as n:
         for token, node in refused:
             errors: list[str] = []

@@ -43,9 +43,13 @@ class Guarded:
         journal = jr.Journal(self.path)
         self.pods = cluster.KubePods(self.api, asyncio.get_running_loop())
         tasks = TaskPodPolicy(protected=guard.protected_namespaces, namespaces=task_namespaces)
-        executor = ex.Executor(journal, subjects.CLUSTER_NODE, registry=cluster.registry(self.pods, PAUSE, tasks),
-                               resolve=cluster.resolve_pod_only,
-                               policy=authorize.Policy(guard=guard, mode=authorize.CLUSTER, api=True))
+        executor = ex.Executor(
+            journal,
+            subjects.CLUSTER_NODE,
+            registry=cluster.registry(self.pods, PAUSE, tasks),
+            resolve=cluster.resolve_pod_only,
+            policy=authorize.Policy(guard=guard, mode=authorize.CLUSTER, api=True),
+        )
         self.node = Node(journal, executor, lease_ttl=15.0)
         await self.node.start()
         return self.node
@@ -124,17 +128,27 @@ async def test_a_pod_in_a_protected_namespace_is_not_killed(kube: KubeEnv, guard
 
 def task(kube: KubeEnv, container: dict[str, Any], volumes: list[dict[str, Any]] | None = None) -> m.NodeCommand:
     uid = str(uuid.uuid4())
-    fault = m.Task(argv=["true"], timeout_s=5, container=container, volumes=volumes or [], workflow="wf",
-                   workflow_node_uid=uid)
+    fault = m.Task(
+        argv=["true"], timeout_s=5, container=container, volumes=volumes or [], workflow="wf", workflow_node_uid=uid
+    )
     action = m.TargetAction(target_id=f"{kube.namespace}/step-abcde", op="apply", fault=fault)
-    return m.NodeCommand(command_id=f"{uid}.task", experiment_uid=uid, generation=1, kind="WorkflowNode",
-                         namespace=kube.namespace, name="step-abcde", node=subjects.CLUSTER_NODE,
-                         issued_at=time.time(), actions=[action])
+    return m.NodeCommand(
+        command_id=f"{uid}.task",
+        experiment_uid=uid,
+        generation=1,
+        kind="WorkflowNode",
+        namespace=kube.namespace,
+        name="step-abcde",
+        node=subjects.CLUSTER_NODE,
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 def task_pods(kube: KubeEnv) -> list[dict[str, Any]]:
-    listed = kube.client.get(f"/api/v1/namespaces/{kube.namespace}/pods",
-                             labelSelector="chaos-mesh.org/controlled-by=step-abcde") or {"items": []}
+    listed = kube.client.get(
+        f"/api/v1/namespaces/{kube.namespace}/pods", labelSelector="chaos-mesh.org/controlled-by=step-abcde"
+    ) or {"items": []}
     return list(listed["items"])
 
 
@@ -142,15 +156,18 @@ ROOTISH = [
     ({"securityContext": {"privileged": True}}, None, "spec.containers[0].securityContext.privileged"),
     ({"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}, None, "added capabilities ['SYS_ADMIN']"),
     ({"ports": [{"containerPort": 80, "hostPort": 80}]}, None, "hostPort"),
-    ({"volumeMounts": [{"name": "root", "mountPath": "/host"}]},
-     [{"name": "root", "hostPath": {"path": "/"}}], "spec.volumes[0] (root): hostPath volumes are refused"),
+    (
+        {"volumeMounts": [{"name": "root", "mountPath": "/host"}]},
+        [{"name": "root", "hostPath": {"path": "/"}}],
+        "spec.volumes[0] (root): hostPath volumes are refused",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("extra", "volumes", "why"), ROOTISH, ids=["privileged", "caps", "hostport", "hostpath"])
-async def test_a_task_pod_asking_for_the_node_is_never_created(kube: KubeEnv, guarded: Guarded,
-                                                               extra: dict[str, Any],
-                                                               volumes: list[dict[str, Any]] | None, why: str) -> None:
+async def test_a_task_pod_asking_for_the_node_is_never_created(
+    kube: KubeEnv, guarded: Guarded, extra: dict[str, Any], volumes: list[dict[str, Any]] | None, why: str
+) -> None:
     node = await guarded.start(TargetGuard())
     container = {"name": "task", "image": "busybox", "command": ["id"], **extra}
     res = await run(node, task(kube, container, volumes))

@@ -33,10 +33,16 @@ IMAGES = {"setup": "busybox:1.36", "main": "nginx:1.25", "side": "envoy:1.29"}
 
 
 def make_pod(kube: KubeEnv, name: str) -> dict[str, Any]:
-    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}},
-            "spec": {"nodeName": "cluster-test-node",
-                     "initContainers": [{"name": "setup", "image": IMAGES["setup"]}],
-                     "containers": [{"name": n, "image": IMAGES[n]} for n in ("main", "side")]}}
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": "cluster-test-node",
+            "initContainers": [{"name": "setup", "image": IMAGES["setup"]}],
+            "containers": [{"name": n, "image": IMAGES[n]} for n in ("main", "side")],
+        },
+    }
     created: dict[str, Any] = kube.client.create(f"/api/v1/namespaces/{kube.namespace}/pods", body)
     return created
 
@@ -54,15 +60,37 @@ def chaos_annotations(pod: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in (pod["metadata"].get("annotations") or {}).items() if "pod-failure" in k}
 
 
-def command(pod: dict[str, Any], fault: m.Fault, *, op: str = "apply", name: str = "pf", uid: str = "exp-1",
-            deadline: float | None = None) -> m.NodeCommand:
+def command(
+    pod: dict[str, Any],
+    fault: m.Fault,
+    *,
+    op: str = "apply",
+    name: str = "pf",
+    uid: str = "exp-1",
+    deadline: float | None = None,
+) -> m.NodeCommand:
     meta = pod["metadata"]
-    action = m.TargetAction(target_id=f"{meta['namespace']}/{meta['name']}", op=op,  # type: ignore[arg-type]
-                            pod_uid=meta["uid"], namespace=meta["namespace"], pod_name=meta["name"],
-                            container_ids=["containerd://0123abcd"], fault=fault)
-    return m.NodeCommand(command_id=f"{uid}.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
-                         kind="PodChaos", namespace=meta["namespace"], name=name, node=subjects.CLUSTER_NODE,
-                         issued_at=time.time(), deadline=deadline, actions=[action])
+    action = m.TargetAction(
+        target_id=f"{meta['namespace']}/{meta['name']}",
+        op=op,  # type: ignore[arg-type]
+        pod_uid=meta["uid"],
+        namespace=meta["namespace"],
+        pod_name=meta["name"],
+        container_ids=["containerd://0123abcd"],
+        fault=fault,
+    )
+    return m.NodeCommand(
+        command_id=f"{uid}.{uuid.uuid4().hex[:8]}",
+        experiment_uid=uid,
+        generation=1,
+        kind="PodChaos",
+        namespace=meta["namespace"],
+        name=name,
+        node=subjects.CLUSTER_NODE,
+        issued_at=time.time(),
+        deadline=deadline,
+        actions=[action],
+    )
 
 
 class Injector:
@@ -77,8 +105,9 @@ class Injector:
         self.api = await kubeclient.api_client(str(self.kube.kubeconfig))
         journal = jr.Journal(self.path)
         pods = cluster.KubePods(self.api, asyncio.get_running_loop())
-        executor = ex.Executor(journal, subjects.CLUSTER_NODE, registry=cluster.registry(pods, PAUSE),
-                               resolve=cluster.resolve_pod_only)
+        executor = ex.Executor(
+            journal, subjects.CLUSTER_NODE, registry=cluster.registry(pods, PAUSE), resolve=cluster.resolve_pod_only
+        )
         self.node = Node(journal, executor, clock=lambda: time.time() + clock_offset, lease_ttl=lease_ttl)
         await self.node.start()
         return self.node
@@ -125,8 +154,9 @@ async def test_pod_kill_deletes_with_the_grace_period(kube: KubeEnv, injector: I
     assert after is not None and after["metadata"]["deletionGracePeriodSeconds"] == 7
     assert after["metadata"]["deletionTimestamp"]
     if kube.fake is not None:
-        assert any(meth == "DELETE" and path.endswith("/pods/web-0?gracePeriodSeconds=7")
-                   for meth, path in kube.fake.requests), kube.fake.requests[-5:]
+        assert any(
+            meth == "DELETE" and path.endswith("/pods/web-0?gracePeriodSeconds=7") for meth, path in kube.fake.requests
+        ), kube.fake.requests[-5:]
     assert injector.node is not None and injector.node.journal.open_entries() == []  # one-shot
 
 
@@ -141,8 +171,9 @@ async def test_pod_kill_spares_a_pod_recreated_under_the_same_name(kube: KubeEnv
     assert not still["metadata"].get("deletionTimestamp")
 
 
-async def test_a_pod_kill_interrupted_before_the_delete_runs_when_redelivered(kube: KubeEnv,
-                                                                              injector: Injector) -> None:
+async def test_a_pod_kill_interrupted_before_the_delete_runs_when_redelivered(
+    kube: KubeEnv, injector: Injector
+) -> None:
     pod = make_pod(kube, "web-10")
     cmd = command(pod, m.PodKill(grace_period=0), name="pk", uid="exp-int")
     assert injector.node is not None
@@ -165,13 +196,14 @@ async def test_pod_failure_pauses_images_and_recover_restores_exactly(kube: Kube
     assert res.ok, res
     paused = kube.client.get(pod_path(kube, "web-2"))
     assert paused is not None and images(paused) == {n: PAUSE for n in IMAGES}
-    assert chaos_annotations(paused) == {"chaos-mesh-pf-pod-failure-setup-init-image": IMAGES["setup"],
-                                         "chaos-mesh-pf-pod-failure-main-normal-image": IMAGES["main"],
-                                         "chaos-mesh-pf-pod-failure-side-normal-image": IMAGES["side"]}
+    assert chaos_annotations(paused) == {
+        "chaos-mesh-pf-pod-failure-setup-init-image": IMAGES["setup"],
+        "chaos-mesh-pf-pod-failure-main-normal-image": IMAGES["main"],
+        "chaos-mesh-pf-pod-failure-side-normal-image": IMAGES["side"],
+    }
     again = await run(injector, command(pod, m.PodFailure()))  # a second apply keeps the first originals
     assert again.ok
-    assert chaos_annotations(kube.client.get(pod_path(kube, "web-2")) or {"metadata": {}}) == \
-        chaos_annotations(paused)
+    assert chaos_annotations(kube.client.get(pod_path(kube, "web-2")) or {"metadata": {}}) == chaos_annotations(paused)
     rec = await run(injector, command(pod, m.PodFailure(), op="recover"))
     assert rec.ok and rec.message == "original images restored", rec
     after = kube.client.get(pod_path(kube, "web-2"))
@@ -198,8 +230,9 @@ async def test_restarted_injector_restores_at_the_deadline(kube: KubeEnv, inject
     assert entry.reason == "recovered: deadline passed while the injector was down"
 
 
-async def test_a_new_injector_without_the_journal_restores_from_the_annotations(kube: KubeEnv, injector: Injector,
-                                                                                 tmp_path: Path) -> None:
+async def test_a_new_injector_without_the_journal_restores_from_the_annotations(
+    kube: KubeEnv, injector: Injector, tmp_path: Path
+) -> None:
     pod = make_pod(kube, "web-8")
     before = kube.client.get(pod_path(kube, "web-8"))
     assert (await run(injector, command(pod, m.PodFailure()))).ok
@@ -257,21 +290,25 @@ async def test_pod_failure_on_a_missing_pod_fails_without_retry(kube: KubeEnv, i
 def test_server_accepts_image_patches_and_refuses_other_spec_changes(kube: KubeEnv) -> None:
     make_pod(kube, "web-6")
     path = pod_path(kube, "web-6")
-    ops = [{"op": "test", "path": "/spec/containers/0/image", "value": IMAGES["main"]},
-           {"op": "replace", "path": "/spec/containers/0/image", "value": PAUSE},
-           {"op": "replace", "path": "/spec/initContainers/0/image", "value": PAUSE}]
+    ops = [
+        {"op": "test", "path": "/spec/containers/0/image", "value": IMAGES["main"]},
+        {"op": "replace", "path": "/spec/containers/0/image", "value": PAUSE},
+        {"op": "replace", "path": "/spec/initContainers/0/image", "value": PAUSE},
+    ]
     out = kube.client.request("PATCH", path, ops, content_type="application/json-patch+json")
     assert images(out)["main"] == PAUSE and images(out)["setup"] == PAUSE
     for body, ctype in (
-            ({"spec": {"containers": [{"name": "main", "command": ["sh"]}]}},
-             "application/strategic-merge-patch+json"),
-            ([{"op": "add", "path": "/spec/containers/0/command", "value": ["sh"]}], "application/json-patch+json"),
-            ({"spec": {"nodeName": "elsewhere"}}, "application/merge-patch+json")):
+        ({"spec": {"containers": [{"name": "main", "command": ["sh"]}]}}, "application/strategic-merge-patch+json"),
+        ([{"op": "add", "path": "/spec/containers/0/command", "value": ["sh"]}], "application/json-patch+json"),
+        ({"spec": {"nodeName": "elsewhere"}}, "application/merge-patch+json"),
+    ):
         with pytest.raises(KubeError) as err:
             kube.client.request("PATCH", path, body, content_type=ctype)
         assert err.value.status == 422, (body, err.value.body)
-    failed_test = [{"op": "test", "path": "/spec/containers/0/image", "value": "stale:0"},
-                   {"op": "replace", "path": "/spec/containers/0/image", "value": "x:1"}]
+    failed_test = [
+        {"op": "test", "path": "/spec/containers/0/image", "value": "stale:0"},
+        {"op": "replace", "path": "/spec/containers/0/image", "value": "x:1"},
+    ]
     with pytest.raises(KubeError) as err:
         kube.client.request("PATCH", path, failed_test, content_type="application/json-patch+json")
     assert err.value.status == 422
@@ -282,10 +319,15 @@ def test_server_accepts_image_patches_and_refuses_other_spec_changes(kube: KubeE
 def test_delete_with_a_stale_uid_precondition_is_refused(kube: KubeEnv) -> None:
     make_pod(kube, "web-7")
     with pytest.raises(KubeError) as err:
-        kube.client.request("DELETE", pod_path(kube, "web-7"),
-                            {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "not-this-one"}})
+        kube.client.request(
+            "DELETE",
+            pod_path(kube, "web-7"),
+            {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": "not-this-one"}},
+        )
     assert (err.value.status, err.value.body["reason"]) == (409, "Conflict")
-    assert err.value.body["message"].startswith('Operation cannot be fulfilled on Pod "web-7": the UID in the '
-                                                "precondition (not-this-one) does not match the UID in record (")
+    assert err.value.body["message"].startswith(
+        'Operation cannot be fulfilled on Pod "web-7": the UID in the '
+        "precondition (not-this-one) does not match the UID in record ("
+    )
     assert err.value.body["message"].endswith("The object might have been deleted and then recreated")
     assert kube.client.get(pod_path(kube, "web-7")) is not None

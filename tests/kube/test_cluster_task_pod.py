@@ -49,34 +49,61 @@ def workflow_node_uid(kube: KubeEnv, node: str) -> str:
     """The uid of WorkflowNode `node`, created if missing: a Task Pod's owner must exist, or the
     garbage collector deletes the Pod."""
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/workflownodes"
-    found = kube.client.get(f"{path}/{node}") or kube.client.create(path, {
-        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "WorkflowNode", "metadata": {"name": node},
-        "spec": {"templateName": node, "workflowName": "wf", "type": "Task"}})
+    found = kube.client.get(f"{path}/{node}") or kube.client.create(
+        path,
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "WorkflowNode",
+            "metadata": {"name": node},
+            "spec": {"templateName": node, "workflowName": "wf", "type": "Task"},
+        },
+    )
     uid: str = found["metadata"]["uid"]
     return uid
 
 
-def task_command(kube: KubeEnv, node: str, container: dict[str, Any], *, timeout_s: float = 30.0,
-                 node_uid: str | None = None) -> m.NodeCommand:
+def task_command(
+    kube: KubeEnv, node: str, container: dict[str, Any], *, timeout_s: float = 30.0, node_uid: str | None = None
+) -> m.NodeCommand:
     uid = node_uid or workflow_node_uid(kube, node)
-    task = m.Task(argv=[*container.get("command", []), *container.get("args", [])], timeout_s=timeout_s,
-                  container=container, workflow="wf", workflow_node_uid=uid)
+    task = m.Task(
+        argv=[*container.get("command", []), *container.get("args", [])],
+        timeout_s=timeout_s,
+        container=container,
+        workflow="wf",
+        workflow_node_uid=uid,
+    )
     action = m.TargetAction(target_id=f"{kube.namespace}/{node}", op="apply", fault=task)
-    return m.NodeCommand(command_id=f"{uid}.task.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
-                         kind="WorkflowNode", namespace=kube.namespace, name=node, node=subjects.CLUSTER_NODE,
-                         issued_at=time.time(), actions=[action])
+    return m.NodeCommand(
+        command_id=f"{uid}.task.{uuid.uuid4().hex[:8]}",
+        experiment_uid=uid,
+        generation=1,
+        kind="WorkflowNode",
+        namespace=kube.namespace,
+        name=node,
+        node=subjects.CLUSTER_NODE,
+        issued_at=time.time(),
+        actions=[action],
+    )
 
 
 def task_pods(kube: KubeEnv, node: str) -> list[dict[str, Any]]:
-    listed = kube.client.get(f"/api/v1/namespaces/{kube.namespace}/pods",
-                             labelSelector=f"{task_pod.LABEL_CONTROLLED_BY}={node}") or {"items": []}
+    listed = kube.client.get(
+        f"/api/v1/namespaces/{kube.namespace}/pods", labelSelector=f"{task_pod.LABEL_CONTROLLED_BY}={node}"
+    ) or {"items": []}
     return list(listed["items"])
 
 
-async def test_a_task_pod_runs_and_its_exit_code_and_log_come_back(kube: KubeEnv, kubelet: Kubelet,
-                                                                  injector: Injector) -> None:
-    container = {"name": "probe", "image": "python:3.12", "command": [PY, "-c"],
-                 "args": ["import os; print('state=' + os.environ['WANT'])"], "env": [{"name": "WANT", "value": "ok"}]}
+async def test_a_task_pod_runs_and_its_exit_code_and_log_come_back(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector
+) -> None:
+    container = {
+        "name": "probe",
+        "image": "python:3.12",
+        "command": [PY, "-c"],
+        "args": ["import os; print('state=' + os.environ['WANT'])"],
+        "env": [{"name": "WANT", "value": "ok"}],
+    }
     cmd = task_command(kube, "check-abcde", container)
     started = time.monotonic()
     res = await run(injector, cmd)
@@ -88,8 +115,15 @@ async def test_a_task_pod_runs_and_its_exit_code_and_log_come_back(kube: KubeEnv
     uid = cmd.actions[0].fault.workflow_node_uid  # type: ignore[union-attr]
     assert pod["metadata"]["name"] == task_pod.pod_name("check-abcde", uid)
     assert pod["metadata"]["labels"] == {"chaos-mesh.org/workflow": "wf", "chaos-mesh.org/controlled-by": "check-abcde"}
-    assert pod["metadata"]["ownerReferences"] == [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "WorkflowNode",
-                                                   "name": "check-abcde", "uid": uid, "controller": True}]
+    assert pod["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "WorkflowNode",
+            "name": "check-abcde",
+            "uid": uid,
+            "controller": True,
+        }
+    ]
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["status"]["phase"] == "Succeeded"  # kept, as Chaos Mesh keeps it, for `kubectl logs`
     assert took < 10, f"a one-line task took {took:.1f}s"
@@ -103,8 +137,9 @@ async def test_a_failing_command_gives_its_exit_code(kube: KubeEnv, kubelet: Kub
     assert [p["status"]["phase"] for p in task_pods(kube, "fail-abcde")] == ["Failed"]
 
 
-async def test_a_task_past_its_timeout_is_deleted_and_fails_clearly(kube: KubeEnv, kubelet: Kubelet,
-                                                                   injector: Injector) -> None:
+async def test_a_task_past_its_timeout_is_deleted_and_fails_clearly(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector
+) -> None:
     container = {"name": "task", "image": "busybox", "command": [PY, "-c", "import time; time.sleep(120)"]}
     started = time.monotonic()
     res = await run(injector, task_command(kube, "slow-abcde", container, timeout_s=2.0))
@@ -115,8 +150,9 @@ async def test_a_task_past_its_timeout_is_deleted_and_fails_clearly(kube: KubeEn
     kube.client.wait_for(lambda: not kubelet.pods, timeout=10, what="its process stopped by the kubelet")
 
 
-async def test_a_spec_the_api_refuses_fails_with_its_reason(kube: KubeEnv, kubelet: Kubelet,
-                                                            injector: Injector) -> None:
+async def test_a_spec_the_api_refuses_fails_with_its_reason(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector
+) -> None:
     container = {"name": "Bad_Name", "image": "busybox", "command": ["true"]}
     res = await run(injector, task_command(kube, "bad-abcde", container))
     assert not res.ok and not res.retryable, res
@@ -124,8 +160,9 @@ async def test_a_spec_the_api_refuses_fails_with_its_reason(kube: KubeEnv, kubel
     assert task_pods(kube, "bad-abcde") == []
 
 
-async def test_a_command_resent_after_a_restart_reattaches_to_the_first_pod(kube: KubeEnv, kubelet: Kubelet,
-                                                                            injector: Injector) -> None:
+async def test_a_command_resent_after_a_restart_reattaches_to_the_first_pod(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector
+) -> None:
     container = {"name": "task", "image": "busybox", "command": [PY, "-c", "import time; time.sleep(1); print('once')"]}
     cmd = task_command(kube, "again-abcde", container)
     assert injector.node is not None
@@ -133,8 +170,9 @@ async def test_a_command_resent_after_a_restart_reattaches_to_the_first_pod(kube
     await injector.node.run_in_thread(injector.node.executor.begin, cmd, injector.node.halt)
     fault = cmd.actions[0].fault
     assert isinstance(fault, m.Task)
-    first = kube.client.create(f"/api/v1/namespaces/{kube.namespace}/pods",
-                               task_pod.pod_body(kube.namespace, "again-abcde", fault))
+    first = kube.client.create(
+        f"/api/v1/namespaces/{kube.namespace}/pods", task_pod.pod_body(kube.namespace, "again-abcde", fault)
+    )
     await injector.stop()
     node = await injector.start()
     entry = node.journal.get(jr.entry_key(cmd.experiment_uid, ".", f"{kube.namespace}/again-abcde"))
@@ -149,8 +187,9 @@ async def test_a_command_resent_after_a_restart_reattaches_to_the_first_pod(kube
     assert len(task_pods(kube, "again-abcde")) == 1
 
 
-async def test_an_image_that_can_never_be_pulled_fails_at_once_and_its_pod_goes(kube: KubeEnv, kubelet: Kubelet,
-                                                                               injector: Injector) -> None:
+async def test_an_image_that_can_never_be_pulled_fails_at_once_and_its_pod_goes(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector
+) -> None:
     container = {"name": "task", "image": "Busybox:Latest", "command": ["true"]}
     started = time.monotonic()
     res = await run(injector, task_command(kube, "img-abcde", container, timeout_s=60.0))
@@ -159,12 +198,16 @@ async def test_an_image_that_can_never_be_pulled_fails_at_once_and_its_pod_goes(
     kube.client.wait_for(lambda: not task_pods(kube, "img-abcde"), timeout=10, what="the stuck Pod deleted")
 
 
-@pytest.mark.parametrize(("namespace", "owner", "why"), [
-    ("no-such-namespace", None, 'could not be created: HTTP 404: namespaces "no-such-namespace" not found'),
-    (None, "someone-else-abcde", "exists and belongs to something else"),
-])
-async def test_a_pod_that_cannot_be_ours_fails_clearly(kube: KubeEnv, kubelet: Kubelet, injector: Injector,
-                                                       namespace: str | None, owner: str | None, why: str) -> None:
+@pytest.mark.parametrize(
+    ("namespace", "owner", "why"),
+    [
+        ("no-such-namespace", None, 'could not be created: HTTP 404: namespaces "no-such-namespace" not found'),
+        (None, "someone-else-abcde", "exists and belongs to something else"),
+    ],
+)
+async def test_a_pod_that_cannot_be_ours_fails_clearly(
+    kube: KubeEnv, kubelet: Kubelet, injector: Injector, namespace: str | None, owner: str | None, why: str
+) -> None:
     container = {"name": "task", "image": "busybox", "command": ["true"]}
     cmd = task_command(kube, "own-abcde", container)
     if namespace is not None:
@@ -172,8 +215,11 @@ async def test_a_pod_that_cannot_be_ours_fails_clearly(kube: KubeEnv, kubelet: K
     if owner is not None:  # a Pod of that name already there, owned by another WorkflowNode
         fault = cmd.actions[0].fault
         assert isinstance(fault, m.Task)
-        theirs = task_pod.pod_body(kube.namespace, "own-abcde", msgspec.structs.replace(
-            fault, workflow_node_uid=workflow_node_uid(kube, owner)))
+        theirs = task_pod.pod_body(
+            kube.namespace,
+            "own-abcde",
+            msgspec.structs.replace(fault, workflow_node_uid=workflow_node_uid(kube, owner)),
+        )
         theirs["metadata"]["name"] = task_pod.pod_name("own-abcde", fault.workflow_node_uid)
         kube.client.create(f"/api/v1/namespaces/{kube.namespace}/pods", theirs)
     res = await run(injector, cmd)

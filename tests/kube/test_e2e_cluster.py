@@ -27,8 +27,10 @@ from chaosbus.common import netns as nsutil
 pytestmark = pytest.mark.privileged
 NODE = f"kube-e2e-{os.getpid() % 10000}"
 BRIDGE, SUBNET = f"cbk{os.getpid() % 10000}", f"10.217.{os.getpid() % 250}.0/24"
-SERVER = ("import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-          "s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    s.accept()[0].close()\n")
+SERVER = (
+    "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "s.bind(('0.0.0.0', 8080))\ns.listen(64)\nwhile True:\n    s.accept()[0].close()\n"
+)
 
 
 def _why_not() -> str | None:
@@ -60,8 +62,12 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[tuple[KubeEnv, Kubelet, li
     server = natsserver.start(tmp_path / "nats", port=0)
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace,
-           "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys"))}
+    env = {
+        **os.environ,
+        "CLUSTER_SCOPED": "false",
+        "TARGET_NAMESPACE": kube.namespace,
+        "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys")),
+    }
     base = ["--nats", server.url, "--metrics-port", "0"]
     argv = {
         "watcher": ["--kubeconfig", str(kube.kubeconfig), "--target-namespace", kube.namespace],
@@ -69,18 +75,34 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[tuple[KubeEnv, Kubelet, li
         "injector": ["--node", NODE, "--journal", str(tmp_path / "journal.db")],
         "recorder": ["--kubeconfig", str(kube.kubeconfig)],
     }
-    procs = {name: subprocess.Popen([sys.executable, "-m", f"chaosbus.{name}", *base, *extra], env=env,
-                                    stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
-             for name, extra in argv.items()}
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"chaosbus.{name}", *base, *extra],
+            env=env,
+            stdout=(logs / f"{name}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for name, extra in argv.items()
+    }
     kubelet = Kubelet(kube.client, NODE, bridge=BRIDGE, subnet=SUBNET)
     try:
         kubelet.register_node()
-        pods = [kubelet.run_pod(f"peer-{i}", kube.namespace, {"app": "peer", "index": str(i)},
-                                containers={"main": [sys.executable, "-c", SERVER]}, netns=True) for i in range(3)]
-        kube.client.wait_for(lambda: all(connects(a, b) for a in pods for b in pods if a is not b),
-                             what="pods up", timeout=30)
-        kube.client.wait_for(lambda: all("ready" in (logs / f"{n}.log").read_text() for n in procs), timeout=90,
-                             what="services ready")
+        pods = [
+            kubelet.run_pod(
+                f"peer-{i}",
+                kube.namespace,
+                {"app": "peer", "index": str(i)},
+                containers={"main": [sys.executable, "-c", SERVER]},
+                netns=True,
+            )
+            for i in range(3)
+        ]
+        kube.client.wait_for(
+            lambda: all(connects(a, b) for a in pods for b in pods if a is not b), what="pods up", timeout=30
+        )
+        kube.client.wait_for(
+            lambda: all("ready" in (logs / f"{n}.log").read_text() for n in procs), timeout=90, what="services ready"
+        )
         yield kube, kubelet, pods
     finally:
         kubelet.close()
@@ -115,7 +137,8 @@ spec:
 
 
 def test_partition_applied_recorded_and_recovered_through_the_api(
-        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    system: tuple[KubeEnv, Kubelet, list[KubePod]],
+) -> None:
     kube, _, pods = system
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos/cut-peer-1"
     kube.client.apply_yaml(PARTITION, kube.namespace)
@@ -124,14 +147,19 @@ def test_partition_applied_recorded_and_recovered_through_the_api(
         obj = kube.client.get(path) or {}
         return obj.get("status") or {}
 
-    kube.client.wait_for(lambda: not connects(pods[0], pods[1]) and not connects(pods[1], pods[0]),
-                         what="partition in the kernel")
+    kube.client.wait_for(
+        lambda: not connects(pods[0], pods[1]) and not connects(pods[1], pods[0]), what="partition in the kernel"
+    )
     assert connects(pods[0], pods[2]) and connects(pods[2], pods[1])
-    kube.client.wait_for(lambda: {c["type"]: c["status"] for c in status().get("conditions", [])}.get(
-        "AllInjected") == "True", what="AllInjected")
+    kube.client.wait_for(
+        lambda: {c["type"]: c["status"] for c in status().get("conditions", [])}.get("AllInjected") == "True",
+        what="AllInjected",
+    )
     records = status()["experiment"]["containerRecords"]
     assert sorted((r["id"], r["selectorKey"], r["phase"], r["injectedCount"]) for r in records) == [
-        (f"{kube.namespace}/peer-0", ".", "Injected", 1), (f"{kube.namespace}/peer-1", ".Target", "Injected", 1)]
+        (f"{kube.namespace}/peer-0", ".", "Injected", 1),
+        (f"{kube.namespace}/peer-1", ".Target", "Injected", 1),
+    ]
     # chaosbus's summary fields beside Chaos Mesh's: the PHASE / INJECTED / TOTAL printer columns
     assert (status()["phase"], status()["injected"], status()["total"]) == ("Running", 2, 2)
     obj = kube.client.get(path)
@@ -139,8 +167,11 @@ def test_partition_applied_recorded_and_recovered_through_the_api(
     assert obj["metadata"]["generation"] == 1
 
     def reasons() -> list[str]:
-        items = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/events", query={
-            "fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=cut-peer-1"})["items"]
+        items = kube.client.request(
+            "GET",
+            f"/api/v1/namespaces/{kube.namespace}/events",
+            query={"fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=cut-peer-1"},
+        )["items"]
         return [e["reason"] for e in items]
 
     kube.client.wait_for(lambda: {"Started", "Applied"} <= set(reasons()), what="Events")
@@ -176,7 +207,8 @@ spec:
 
 
 def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes_them(
-        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    system: tuple[KubeEnv, Kubelet, list[KubePod]],
+) -> None:
     kube, _, pods = system
     base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
     kube.client.apply_yaml(SCHEDULE, kube.namespace)
@@ -184,8 +216,9 @@ def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes
     assert schedule is not None
 
     def children() -> list[dict[str, Any]]:
-        items = kube.client.request("GET", f"{base}/networkchaos",
-                                    query={"labelSelector": "managed-by=cut-every-2s"})["items"]
+        items = kube.client.request("GET", f"{base}/networkchaos", query={"labelSelector": "managed-by=cut-every-2s"})[
+            "items"
+        ]
         return list(items)
 
     seen: set[str] = set()
@@ -196,9 +229,16 @@ def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes
 
     kube.client.wait_for(two_fired, timeout=20, what="two children")
     child = children()[0]
-    assert child["metadata"]["ownerReferences"] == [{
-        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule", "name": "cut-every-2s",
-        "uid": schedule["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    assert child["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "Schedule",
+            "name": "cut-every-2s",
+            "uid": schedule["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert child["spec"]["duration"] == "1s" and child["metadata"]["name"].startswith("cut-every-2s-")
     kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=10, what="a child's partition in the kernel")
 
@@ -214,7 +254,8 @@ def test_schedule_creates_owned_children_through_the_api_and_deleting_it_removes
 
 
 def test_workflow_runs_through_the_api_with_nodes_children_and_status(
-        system: tuple[KubeEnv, Kubelet, list[KubePod]]) -> None:
+    system: tuple[KubeEnv, Kubelet, list[KubePod]],
+) -> None:
     import http.server
     import threading
 
@@ -236,8 +277,9 @@ def test_workflow_runs_through_the_api_with_nodes_children_and_status(
         kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=20, what="the cut step in the kernel")
 
         def items(plural: str) -> list[dict[str, Any]]:
-            found = kube.client.request("GET", f"{base}/{plural}",
-                                        query={"labelSelector": "chaos-mesh.org/workflow=wf-api"})["items"]
+            found = kube.client.request(
+                "GET", f"{base}/{plural}", query={"labelSelector": "chaos-mesh.org/workflow=wf-api"}
+            )["items"]
             return list(found)
 
         (cut,) = [n for n in items("workflownodes") if n["spec"]["templateName"] == "cut"]
@@ -248,8 +290,11 @@ def test_workflow_runs_through_the_api_with_nodes_children_and_status(
         def wf_status() -> dict[str, Any]:
             return (kube.client.get(f"{base}/workflows/wf-api") or {}).get("status") or {}
 
-        kube.client.wait_for(lambda: {c["type"]: c["status"] for c in wf_status().get("conditions", [])}.get(
-            "Accomplished") == "True", timeout=30, what="workflow accomplished")
+        kube.client.wait_for(
+            lambda: {c["type"]: c["status"] for c in wf_status().get("conditions", [])}.get("Accomplished") == "True",
+            timeout=30,
+            what="workflow accomplished",
+        )
         assert connects(pods[0], pods[2]) and items("networkchaos") == []
         (check,) = items("statuschecks")
         conds = {c["type"]: c["status"] for c in check["status"]["conditions"]}

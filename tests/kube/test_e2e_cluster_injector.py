@@ -42,12 +42,20 @@ class System:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, module: str, *extra: str) -> None:
-        env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": self.kube.namespace,
-               "POD_FAILURE_PAUSE_IMAGE": PAUSE, "CHAOSBUS_KEYS_DIR": str(write_keys(self.tmp / "keys"))}
+        env = {
+            **os.environ,
+            "CLUSTER_SCOPED": "false",
+            "TARGET_NAMESPACE": self.kube.namespace,
+            "POD_FAILURE_PAUSE_IMAGE": PAUSE,
+            "CHAOSBUS_KEYS_DIR": str(write_keys(self.tmp / "keys")),
+        }
         out = (self.logs / f"{name}.log").open("a")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", f"chaosbus.{module}", "--nats", self.nats_url,
-                                            "--metrics-port", "0", *extra], env=env, stdout=out,
-                                           stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", f"chaosbus.{module}", "--nats", self.nats_url, "--metrics-port", "0", *extra],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
     def start_cluster_services(self) -> None:
         """Watcher and recorder on the API, the scheduler routing API-level faults, the cluster injector."""
@@ -57,8 +65,15 @@ class System:
         self.start_cluster_injector()
 
     def start_cluster_injector(self) -> None:
-        self.start("injector", "injector", "--cluster", "--kubeconfig", str(self.kube.kubeconfig),
-                   "--journal", str(self.tmp / "cluster-journal.db"))
+        self.start(
+            "injector",
+            "injector",
+            "--cluster",
+            "--kubeconfig",
+            str(self.kube.kubeconfig),
+            "--journal",
+            str(self.tmp / "cluster-journal.db"),
+        )
 
     def stop(self) -> None:
         """Terminate every service (kill what does not stop in 15 s); print logs if asked."""
@@ -101,8 +116,7 @@ def images(pod: dict[str, Any] | None) -> list[str]:
 
 
 def failure_annotations(pod: dict[str, Any] | None) -> dict[str, str]:
-    return {k: v for k, v in ((pod or {}).get("metadata", {}).get("annotations") or {}).items()
-            if "pod-failure" in k}
+    return {k: v for k, v in ((pod or {}).get("metadata", {}).get("annotations") or {}).items() if "pod-failure" in k}
 
 
 @pytest.fixture
@@ -116,9 +130,15 @@ def system(kube: KubeEnv, tmp_path: Path) -> Iterator[System]:
         sys_.start_cluster_services()
         kubelet.register_node()
         for i in range(2):
-            kubelet.run_pod(f"web-{i}", kube.namespace, {"app": "web", "index": str(i)},
-                            containers={"main": [sys.executable, "-c", "import time; time.sleep(600)"],
-                                        "side": [sys.executable, "-c", "import time; time.sleep(600)"]})
+            kubelet.run_pod(
+                f"web-{i}",
+                kube.namespace,
+                {"app": "web", "index": str(i)},
+                containers={
+                    "main": [sys.executable, "-c", "import time; time.sleep(600)"],
+                    "side": [sys.executable, "-c", "import time; time.sleep(600)"],
+                },
+            )
         kube.client.wait_for(lambda: all(sys_.ready(n) for n in sys_.procs), timeout=90, what="services ready")
         yield sys_
     finally:
@@ -157,13 +177,15 @@ def test_pod_kill_deletes_the_pod_with_its_grace_period(system: System) -> None:
     kube = system.kube
     uid = (system.pod("web-0") or {})["metadata"]["uid"]
     kube.client.apply_yaml(POD_KILL, kube.namespace)
-    pod = kube.client.wait_for(lambda: (p := system.pod("web-0")) and p["metadata"].get("deletionTimestamp") and p,
-                               timeout=30, what="pod-kill")
+    pod = kube.client.wait_for(
+        lambda: (p := system.pod("web-0")) and p["metadata"].get("deletionTimestamp") and p, timeout=30, what="pod-kill"
+    )
     assert pod["metadata"]["uid"] == uid and pod["metadata"]["deletionGracePeriodSeconds"] == 3
     if kube.fake is not None:
         assert any(m == "DELETE" and p.endswith("/pods/web-0?gracePeriodSeconds=3") for m, p in kube.fake.requests)
-    kube.client.wait_for(lambda: conditions(system.chaos("kill-web-0")).get("AllInjected") == "True", timeout=30,
-                         what="AllInjected")
+    kube.client.wait_for(
+        lambda: conditions(system.chaos("kill-web-0")).get("AllInjected") == "True", timeout=30, what="AllInjected"
+    )
     assert records(system.chaos("kill-web-0")) == [(f"{kube.namespace}/web-0", "Injected")]
     assert system.kubelet.reap() == ["web-0"]  # the kubelet finishes the graceful deletion
     assert system.pod("web-0") is None and system.pod("web-1") is not None
@@ -176,11 +198,15 @@ def test_pod_failure_survives_an_injector_crash_and_delete_restores(system: Syst
         kube.client.wait_for(lambda n=name: images(system.pod(n)) == [PAUSE, PAUSE], timeout=30, what="paused")
         assert failure_annotations(system.pod(name)) == {
             "chaos-mesh-fail-web-pod-failure-main-normal-image": ORIGINAL,
-            "chaos-mesh-fail-web-pod-failure-side-normal-image": ORIGINAL}
-    kube.client.wait_for(lambda: conditions(system.chaos("fail-web")).get("AllInjected") == "True", timeout=30,
-                         what="AllInjected")
-    assert records(system.chaos("fail-web")) == [(f"{kube.namespace}/web-0", "Injected"),
-                                                 (f"{kube.namespace}/web-1", "Injected")]
+            "chaos-mesh-fail-web-pod-failure-side-normal-image": ORIGINAL,
+        }
+    kube.client.wait_for(
+        lambda: conditions(system.chaos("fail-web")).get("AllInjected") == "True", timeout=30, what="AllInjected"
+    )
+    assert records(system.chaos("fail-web")) == [
+        (f"{kube.namespace}/web-0", "Injected"),
+        (f"{kube.namespace}/web-1", "Injected"),
+    ]
 
     system.procs["injector"].send_signal(signal.SIGKILL)  # crash mid-fault
     system.procs["injector"].wait(10)
@@ -189,8 +215,7 @@ def test_pod_failure_survives_an_injector_crash_and_delete_restores(system: Syst
     assert images(system.pod("web-0")) == [PAUSE, PAUSE]  # still wanted: re-asserted, not recovered
 
     kube.client.delete(system.path("fail-web"))
-    kube.client.wait_for(lambda: kube.client.get(system.path("fail-web")) is None, timeout=40,
-                         what="finalizer removed")
+    kube.client.wait_for(lambda: kube.client.get(system.path("fail-web")) is None, timeout=40, what="finalizer removed")
     for name in ("web-0", "web-1"):  # restored before the object went
         assert images(system.pod(name)) == [ORIGINAL, ORIGINAL]
         assert failure_annotations(system.pod(name)) == {}
@@ -198,11 +223,21 @@ def test_pod_failure_survives_an_injector_crash_and_delete_restores(system: Syst
 
 def test_pod_failure_with_a_duration_restores_on_its_own(system: System) -> None:
     kube = system.kube
-    kube.client.apply_yaml(POD_FAILURE.replace("name: fail-web", "name: fail-brief").replace(
-        "action: pod-failure", "action: pod-failure\n  duration: 6s"), kube.namespace)
+    kube.client.apply_yaml(
+        POD_FAILURE.replace("name: fail-web", "name: fail-brief").replace(
+            "action: pod-failure", "action: pod-failure\n  duration: 6s"
+        ),
+        kube.namespace,
+    )
     kube.client.wait_for(lambda: images(system.pod("web-1")) == [PAUSE, PAUSE], timeout=30, what="paused")
-    kube.client.wait_for(lambda: images(system.pod("web-1")) == [ORIGINAL, ORIGINAL]
-                         and images(system.pod("web-0")) == [ORIGINAL, ORIGINAL], timeout=40, what="restored")
-    kube.client.wait_for(lambda: conditions(system.chaos("fail-brief")).get("AllRecovered") == "True", timeout=30,
-                         what="AllRecovered")
+    kube.client.wait_for(
+        lambda: (
+            images(system.pod("web-1")) == [ORIGINAL, ORIGINAL] and images(system.pod("web-0")) == [ORIGINAL, ORIGINAL]
+        ),
+        timeout=40,
+        what="restored",
+    )
+    kube.client.wait_for(
+        lambda: conditions(system.chaos("fail-brief")).get("AllRecovered") == "True", timeout=30, what="AllRecovered"
+    )
     assert failure_annotations(system.pod("web-0")) == {}

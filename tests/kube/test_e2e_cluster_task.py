@@ -90,8 +90,9 @@ def test_a_task_pods_stdout_picks_the_branch_that_runs(system: System) -> None:
     base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
 
     def nodes(workflow: str) -> dict[str, dict[str, Any]]:
-        found = kube.client.request("GET", f"{base}/workflownodes",
-                                    query={"labelSelector": f"chaos-mesh.org/workflow={workflow}"})["items"]
+        found = kube.client.request(
+            "GET", f"{base}/workflownodes", query={"labelSelector": f"chaos-mesh.org/workflow={workflow}"}
+        )["items"]
         return {n["spec"]["templateName"]: n for n in found}
 
     def accomplished(workflow: str) -> bool:
@@ -100,8 +101,9 @@ def test_a_task_pods_stdout_picks_the_branch_that_runs(system: System) -> None:
 
     kube.client.apply_yaml(WORKFLOW.replace("PYTHON", sys.executable), kube.namespace)
     kube.client.apply_yaml(REFUSED, kube.namespace)
-    kube.client.wait_for(lambda: accomplished("wf-task") and accomplished("wf-refused"), timeout=30,
-                         what="both workflows accomplished")
+    kube.client.wait_for(
+        lambda: accomplished("wf-task") and accomplished("wf-refused"), timeout=30, what="both workflows accomplished"
+    )
     # A Pod the API refuses: the step fails with the API's reason in the node's status, and moves on.
     refused = nodes("wf-refused")
     assert set(refused) == {"entry", "failed"}
@@ -115,8 +117,11 @@ def test_a_task_pods_stdout_picks_the_branch_that_runs(system: System) -> None:
     assert [(b["target"], b["evaluationResult"]) for b in cbs["branches"]] == [("left", "True"), ("right", "False")]
     conds = {c["type"]: c["status"] for c in entry["status"]["conditions"]}
     assert conds["Accomplished"] == "True"
-    pods = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/pods",
-                               query={"labelSelector": f"chaos-mesh.org/controlled-by={entry['metadata']['name']}"})
+    pods = kube.client.request(
+        "GET",
+        f"/api/v1/namespaces/{kube.namespace}/pods",
+        query={"labelSelector": f"chaos-mesh.org/controlled-by={entry['metadata']['name']}"},
+    )
     (pod,) = pods["items"]
     assert pod["metadata"]["labels"]["chaos-mesh.org/workflow"] == "wf-task"
     assert pod["metadata"]["ownerReferences"][0]["uid"] == entry["metadata"]["uid"]

@@ -39,9 +39,12 @@ def _watch(port: int, path: str, **query: str) -> list[dict[str, Any]]:
 
 
 def _pod(name: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-            "spec": {"nodeName": "n1",
-                     "containers": [{"name": "main", "image": "a:1"}, {"name": "side", "image": "b:1"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "a:1"}, {"name": "side", "image": "b:1"}]},
+    }
 
 
 def test_restart_keeps_state_and_resource_versions(fake: tuple[FakeApiServer, KubeClient]) -> None:
@@ -96,8 +99,14 @@ def test_history_limit_compacts_on_its_own(tmp_path: Path) -> None:
 def test_initial_events_end_with_an_annotated_bookmark(fake: tuple[FakeApiServer, KubeClient]) -> None:
     server, client = fake
     client.create("/api/v1/namespaces/default/pods", _pod("p1"))
-    events = _watch(server.port, "/api/v1/pods", sendInitialEvents="true", allowWatchBookmarks="true",
-                    resourceVersionMatch="NotOlderThan", timeoutSeconds="1")
+    events = _watch(
+        server.port,
+        "/api/v1/pods",
+        sendInitialEvents="true",
+        allowWatchBookmarks="true",
+        resourceVersionMatch="NotOlderThan",
+        timeoutSeconds="1",
+    )
     assert events[0]["type"] == "ADDED"
     assert events[1]["type"] == "BOOKMARK"
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
@@ -121,8 +130,12 @@ def test_pod_spec_is_immutable_except_images(fake: tuple[FakeApiServer, KubeClie
     _, client = fake
     client.create("/api/v1/namespaces/default/pods", _pod("p1"))
     path = "/api/v1/namespaces/default/pods/p1"
-    patched = client.request("PATCH", path, [{"op": "replace", "path": "/spec/containers/1/image", "value": "pause"}],
-                             content_type="application/json-patch+json")
+    patched = client.request(
+        "PATCH",
+        path,
+        [{"op": "replace", "path": "/spec/containers/1/image", "value": "pause"}],
+        content_type="application/json-patch+json",
+    )
     assert [c["image"] for c in patched["spec"]["containers"]] == ["a:1", "pause"]
     assert patched["metadata"]["generation"] == 2
     with pytest.raises(KubeError) as err:
@@ -136,10 +149,13 @@ def test_strategic_merge_of_container_statuses_by_name(fake: tuple[FakeApiServer
     path = "/api/v1/namespaces/default/pods/p1/status"
     statuses = [{"name": "main", "containerID": "process://10"}, {"name": "side", "containerID": "process://11"}]
     client.merge_patch(path, {"status": {"containerStatuses": statuses}})
-    out = client.request("PATCH", path, {"status": {"containerStatuses": [{"name": "side", "ready": True}]}},
-                         content_type="application/strategic-merge-patch+json")
-    assert [(c["name"], c.get("ready")) for c in out["status"]["containerStatuses"]] == [("main", None),
-                                                                                        ("side", True)]
+    out = client.request(
+        "PATCH",
+        path,
+        {"status": {"containerStatuses": [{"name": "side", "ready": True}]}},
+        content_type="application/strategic-merge-patch+json",
+    )
+    assert [(c["name"], c.get("ready")) for c in out["status"]["containerStatuses"]] == [("main", None), ("side", True)]
 
 
 def test_label_selector_watch_turns_relabels_into_added_and_deleted(fake: tuple[FakeApiServer, KubeClient]) -> None:
@@ -150,21 +166,35 @@ def test_label_selector_watch_turns_relabels_into_added_and_deleted(fake: tuple[
     client.merge_patch(path, {"metadata": {"labels": {"app": "x"}}})
     client.merge_patch(path, {"metadata": {"labels": {"app": "y"}}})
     events = _watch(server.port, "/api/v1/pods", resourceVersion=rv, labelSelector="app=x", timeoutSeconds="1")
-    assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [("ADDED", "x"),
-                                                                                      ("DELETED", "x")]
+    assert [(e["type"], e["object"]["metadata"]["labels"]["app"]) for e in events] == [("ADDED", "x"), ("DELETED", "x")]
 
 
 def test_events_v1_are_listed_as_core_events(fake: tuple[FakeApiServer, KubeClient]) -> None:
     _, client = fake
-    client.create("/apis/events.k8s.io/v1/namespaces/default/events", {
-        "apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e1"},
-        "eventTime": "2026-01-01T00:00:00.000000Z", "type": "Normal", "reason": "Started", "action": "Inject",
-        "reportingController": "chaos-mesh.org/chaosbus", "reportingInstance": "r-0", "note": "hi",
-        "regarding": {"kind": "NetworkChaos", "name": "x", "namespace": "default"}})
-    items = client.request("GET", "/api/v1/namespaces/default/events",
-                           query={"fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=x"})["items"]
+    client.create(
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"name": "e1"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "type": "Normal",
+            "reason": "Started",
+            "action": "Inject",
+            "reportingController": "chaos-mesh.org/chaosbus",
+            "reportingInstance": "r-0",
+            "note": "hi",
+            "regarding": {"kind": "NetworkChaos", "name": "x", "namespace": "default"},
+        },
+    )
+    items = client.request(
+        "GET",
+        "/api/v1/namespaces/default/events",
+        query={"fieldSelector": "involvedObject.kind=NetworkChaos,involvedObject.name=x"},
+    )["items"]
     assert [(e["reason"], e["message"], e["reportingComponent"]) for e in items] == [
-        ("Started", "hi", "chaos-mesh.org/chaosbus")]
+        ("Started", "hi", "chaos-mesh.org/chaosbus")
+    ]
 
 
 def test_the_garbage_collector_deletes_what_no_existing_owner_owns(kube: KubeEnv) -> None:

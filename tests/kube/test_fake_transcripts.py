@@ -16,23 +16,51 @@ from kube.replay import Replayer
 from kubefake import FakeApiServer
 
 TRANSCRIPTS = Path(__file__).resolve().parents[3] / "shared" / "reference" / "kube-api"
-SEQUENCE = ["01-create", "02-list-labelselector", "03-status-merge-patch", "04-main-merge-patch",
-            "05-put-conflict", "06-patch-content-types", "07-watch-bookmarks",
-            "07b-watch-initial-events-and-selectors", "09-finalizers", "10-errors-404-422-409", "11-events",
-            "12-pods-status-fieldselector", "13-dry-run", "14-no-status-subresource", "15-pod-delete-graceful"]
+SEQUENCE = [
+    "01-create",
+    "02-list-labelselector",
+    "03-status-merge-patch",
+    "04-main-merge-patch",
+    "05-put-conflict",
+    "06-patch-content-types",
+    "07-watch-bookmarks",
+    "07b-watch-initial-events-and-selectors",
+    "09-finalizers",
+    "10-errors-404-422-409",
+    "11-events",
+    "12-pods-status-fieldselector",
+    "13-dry-run",
+    "14-no-status-subresource",
+    "15-pod-delete-graceful",
+]
 SKIPPED = {
     ("07b-watch-initial-events-and-selectors", 1): "the recording's etcd lacks watch progress; the fake answers as "
     "current clusters do (initial ADDED events, then a BOOKMARK annotated k8s.io/initial-events-end)",
     ("12-pods-status-fieldselector", 0): "ServiceAccount admission on a bare API server (no controller-manager)",
 }
-STRESS_CRD = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-              "metadata": {"name": "stresschaos.chaos-mesh.org"},
-              "spec": {"group": "chaos-mesh.org", "scope": "Namespaced",
-                       "names": {"kind": "StressChaos", "plural": "stresschaos", "singular": "stresschaos",
-                                 "listKind": "StressChaosList"},
-                       "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                                     "schema": {"openAPIV3Schema": {"type": "object",
-                                                                    "x-kubernetes-preserve-unknown-fields": True}}}]}}
+STRESS_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "stresschaos.chaos-mesh.org"},
+    "spec": {
+        "group": "chaos-mesh.org",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "StressChaos",
+            "plural": "stresschaos",
+            "singular": "stresschaos",
+            "listKind": "StressChaosList",
+        },
+        "versions": [
+            {
+                "name": "v1alpha1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -58,8 +86,7 @@ def fake() -> Iterator[FakeApiServer]:
 
 
 def _create(rp: Replayer, path: str, body: dict[str, Any]) -> None:
-    status, _ = rp.send({"method": "POST", "path": path, "headers": {"content-type": "application/json"},
-                         "body": body})
+    status, _ = rp.send({"method": "POST", "path": path, "headers": {"content-type": "application/json"}, "body": body})
     assert status == 201
 
 
@@ -92,8 +119,11 @@ def replay_file(rp: Replayer, name: str) -> None:
 
 def test_one_server_sequence_matches_the_recordings(fake: FakeApiServer) -> None:
     rp = Replayer(fake.port)
-    _create(rp, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-            yaml.safe_load((TRANSCRIPTS / "crd.yaml").read_text()) if TRANSCRIPTS.is_dir() else {})
+    _create(
+        rp,
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        yaml.safe_load((TRANSCRIPTS / "crd.yaml").read_text()) if TRANSCRIPTS.is_dir() else {},
+    )
     for name in SEQUENCE:
         if name.startswith("14"):
             _create(rp, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", STRESS_CRD)
@@ -107,15 +137,32 @@ def test_410_recording_on_a_compacting_server(fake: FakeApiServer) -> None:
     _create(rp, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     rp.rv_map[206] = fake.store.rv
     base = "/apis/chaos-mesh.org/v1alpha1/namespaces/default/networkchaos"
-    _create(rp, base, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-                       "metadata": {"name": "c-1", "labels": {"app": "x"}},
-                       "spec": {"action": "delay", "delay": {"latency": "100ms"}, "duration": "30s", "mode": "all",
-                                "selector": {"labelSelectors": {"app": "web"}, "namespaces": ["default"]}}})
+    _create(
+        rp,
+        base,
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "NetworkChaos",
+            "metadata": {"name": "c-1", "labels": {"app": "x"}},
+            "spec": {
+                "action": "delay",
+                "delay": {"latency": "100ms"},
+                "duration": "30s",
+                "mode": "all",
+                "selector": {"labelSelectors": {"app": "web"}, "namespaces": ["default"]},
+            },
+        },
+    )
     rp.rv_map[210] = created = fake.store.rv
     for n in range(5):
-        rp.send({"method": "PATCH", "path": f"{base}/c-1/status",
-                 "headers": {"content-type": "application/merge-patch+json"},
-                 "body": {"status": {"experiment": {"desiredPhase": "Run"}, "n": n}}})
+        rp.send(
+            {
+                "method": "PATCH",
+                "path": f"{base}/c-1/status",
+                "headers": {"content-type": "application/merge-patch+json"},
+                "body": {"status": {"experiment": {"desiredPhase": "Run"}, "n": n}},
+            }
+        )
     rp.rv_map[215] = fake.store.rv
     # The watch cache still holds 210 (a watch replays from it); etcd has compacted past it.
     fake.compact(watch=True, storage=False, at=created)

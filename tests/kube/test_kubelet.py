@@ -13,8 +13,9 @@ def test_pods_run_real_processes_and_report_them(kube: KubeEnv) -> None:
     kubelet = Kubelet(kube.client, "node-k1")
     try:
         kubelet.register_node({"zone": "a"})
-        pod = kubelet.run_pod("web-0", kube.namespace, {"app": "web"},
-                              containers={"main": ["sleep", "300"], "side": ["sleep", "301"]})
+        pod = kubelet.run_pod(
+            "web-0", kube.namespace, {"app": "web"}, containers={"main": ["sleep", "300"], "side": ["sleep", "301"]}
+        )
         obj = kube.client.get(pod.path)
         assert obj is not None
         assert obj["spec"]["nodeName"] == "node-k1"
@@ -22,8 +23,11 @@ def test_pods_run_real_processes_and_report_them(kube: KubeEnv) -> None:
         ids = {c["name"]: c["containerID"] for c in obj["status"]["containerStatuses"]}
         assert ids == {"main": f"process://{pod.pid('main')}", "side": f"process://{pod.pid('side')}"}
         assert all(psutil.pid_exists(int(i.removeprefix("process://"))) for i in ids.values())
-        listed = kube.client.request("GET", f"/api/v1/namespaces/{kube.namespace}/pods",
-                                     query={"fieldSelector": "spec.nodeName=node-k1", "labelSelector": "app=web"})
+        listed = kube.client.request(
+            "GET",
+            f"/api/v1/namespaces/{kube.namespace}/pods",
+            query={"fieldSelector": "spec.nodeName=node-k1", "labelSelector": "app=web"},
+        )
         assert [p["metadata"]["name"] for p in listed["items"]] == ["web-0"]
     finally:
         kubelet.close()

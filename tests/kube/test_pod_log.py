@@ -63,8 +63,14 @@ def container(name: str, code: str) -> dict[str, Any]:
 
 
 def test_a_pod_runs_to_completion_and_its_log_is_served(kube: KubeEnv, kubelet: Kubelet) -> None:
-    pod = create(kube, "two", [container("a", "print('a1'); print('a2'); print('a3')"),
-                               container("b", "import sys; print('b-out'); sys.stderr.write('b-err\\n'); exit(4)")])
+    pod = create(
+        kube,
+        "two",
+        [
+            container("a", "print('a1'); print('a2'); print('a3')"),
+            container("b", "import sys; print('b-out'); sys.stderr.write('b-err\\n'); exit(4)"),
+        ],
+    )
     done = finished(kube, kubelet, "two")
     assert done["status"]["phase"] == "Failed"  # one container exited non-zero
     states = {s["name"]: s["state"]["terminated"] for s in done["status"]["containerStatuses"]}
@@ -76,8 +82,10 @@ def test_a_pod_runs_to_completion_and_its_log_is_served(kube: KubeEnv, kubelet: 
     assert log(kube, "two", container="a", tailLines="2")[2] == "a2\na3\n"
     assert log(kube, "two", container="a", tailLines="2", limitBytes="4")[2] == "a2\na"
     status, _, body = log(kube, "two")
-    assert status == 400 and json.loads(body)["message"] == \
-        "a container name must be specified for pod two, choose one of: [a b]"
+    assert (
+        status == 400
+        and json.loads(body)["message"] == "a container name must be specified for pod two, choose one of: [a b]"
+    )
     status, _, body = log(kube, "two", container="c")
     assert status == 400 and json.loads(body)["message"] == "container c is not valid for pod two"
     assert pod["metadata"]["uid"] == done["metadata"]["uid"]

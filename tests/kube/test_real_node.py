@@ -45,13 +45,18 @@ class Cluster:
         return self.kube.namespace
 
     def pods(self, app: str) -> list[Obj]:
-        items: list[Obj] = self.kube.client.request("GET", f"/api/v1/namespaces/{self.ns}/pods",
-                                                    query={"labelSelector": f"app={app}"})["items"]
+        items: list[Obj] = self.kube.client.request(
+            "GET", f"/api/v1/namespaces/{self.ns}/pods", query={"labelSelector": f"app={app}"}
+        )["items"]
         return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
     def running(self, app: str) -> list[Obj]:
-        return [p for p in self.pods(app) if (p.get("status") or {}).get("phase") == "Running"
-                and all(c.get("ready") for c in p["status"].get("containerStatuses", []))]
+        return [
+            p
+            for p in self.pods(app)
+            if (p.get("status") or {}).get("phase") == "Running"
+            and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+        ]
 
     def chaos(self, name: str) -> Obj:
         return self.kube.client.get(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{self.ns}/podchaos/{name}") or {}
@@ -66,11 +71,23 @@ def deployment(name: str, replicas: int, command: list[str] | None = None) -> Ob
     container: Obj = {"name": "main", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}
     if command:
         container["command"] = command
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
-                         "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 1,
-                         "containers": [container]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [container],
+                },
+            },
+        },
+    }
 
 
 @pytest.fixture
@@ -80,19 +97,33 @@ def cluster(kube: KubeEnv, real_node: Node, tmp_path: Path) -> Iterator[Cluster]
     logs = tmp_path / "logs"
     logs.mkdir()
     c = Cluster(kube, real_node, logs, server.url)
-    env = {**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": kube.namespace,
-           "POD_FAILURE_PAUSE_IMAGE": PAUSE_IMAGE, "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys"))}
+    env = {
+        **os.environ,
+        "CLUSTER_SCOPED": "false",
+        "TARGET_NAMESPACE": kube.namespace,
+        "POD_FAILURE_PAUSE_IMAGE": PAUSE_IMAGE,
+        "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys")),
+    }
     kc = str(kube.kubeconfig)
-    argv = {"watcher": ["watcher", "--kubeconfig", kc], "recorder": ["recorder", "--kubeconfig", kc],
-            "scheduler": ["scheduler", "--cluster-injector"],
-            "injector": ["injector", "--cluster", "--kubeconfig", kc, "--journal", str(tmp_path / "journal.db")]}
+    argv = {
+        "watcher": ["watcher", "--kubeconfig", kc],
+        "recorder": ["recorder", "--kubeconfig", kc],
+        "scheduler": ["scheduler", "--cluster-injector"],
+        "injector": ["injector", "--cluster", "--kubeconfig", kc, "--journal", str(tmp_path / "journal.db")],
+    }
     try:
         for name, (module, *extra) in argv.items():
             c.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", f"chaosbus.{module}", "--nats", server.url, "--metrics-port", "0", *extra],
-                env=env, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
-        kube.client.wait_for(lambda: all(f"{n} ready" in (logs / f"{n}.log").read_text() for n in c.procs),
-                             timeout=90, what="services ready")
+                env=env,
+                stdout=(logs / f"{name}.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        kube.client.wait_for(
+            lambda: all(f"{n} ready" in (logs / f"{n}.log").read_text() for n in c.procs),
+            timeout=90,
+            what="services ready",
+        )
         yield c
     finally:
         for proc in c.procs.values():
@@ -112,24 +143,41 @@ def apply(c: Cluster, text: str) -> None:
 def test_pod_kill_deletes_a_real_pod_and_its_deployment_replaces_it(cluster: Cluster) -> None:
     c, client = cluster, cluster.kube.client
     client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("web", 2, ["sleep", "3600"]))
-    before = client.wait_for(lambda: len(c.running("web")) == 2 and c.running("web"), timeout=60,
-                             what="2 web pods running")
+    before = client.wait_for(
+        lambda: len(c.running("web")) == 2 and c.running("web"), timeout=60, what="2 web pods running"
+    )
     uids = {p["metadata"]["uid"] for p in before}
-    apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
-                             "metadata": {"name": "kill-one"},
-                             "spec": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {
-                                 "app": "web"}}}}))
+    apply(
+        c,
+        yaml.safe_dump(
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": "PodChaos",
+                "metadata": {"name": "kill-one"},
+                "spec": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "web"}}},
+            }
+        ),
+    )
     try:
-        client.wait_for(lambda: len(uids & {p["metadata"]["uid"] for p in c.pods("web")}) == 1, timeout=30,
-                        what=f"one of the real pods deleted\n{c.log()}")
-        after = client.wait_for(lambda: len(c.running("web")) == 2 and c.running("web"), timeout=60,
-                                what="the Deployment's replacement running")
+        client.wait_for(
+            lambda: len(uids & {p["metadata"]["uid"] for p in c.pods("web")}) == 1,
+            timeout=30,
+            what=f"one of the real pods deleted\n{c.log()}",
+        )
+        after = client.wait_for(
+            lambda: len(c.running("web")) == 2 and c.running("web"),
+            timeout=60,
+            what="the Deployment's replacement running",
+        )
         replaced = {p["metadata"]["uid"] for p in after} - uids
         assert len(replaced) == 1
         [new] = [p for p in after if p["metadata"]["uid"] in replaced]
         assert new["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
-        records = client.wait_for(lambda: (c.chaos("kill-one").get("status") or {}).get("experiment", {}).get(
-            "containerRecords"), timeout=30, what="records")
+        records = client.wait_for(
+            lambda: (c.chaos("kill-one").get("status") or {}).get("experiment", {}).get("containerRecords"),
+            timeout=30,
+            what="records",
+        )
         assert [r["phase"] for r in records] == ["Injected"]
     finally:
         client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/web")
@@ -146,19 +194,31 @@ def test_pod_failure_runs_the_pause_image_in_the_real_container_and_recovery_res
         got: Obj = (client.get(path) or {}).get("status", {}).get("containerStatuses", [{}])[0]
         return got
 
-    apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
-                             "metadata": {"name": "fail-db"},
-                             "spec": {"action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {
-                                 "app": "db"}}}}))
+    apply(
+        c,
+        yaml.safe_dump(
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": "PodChaos",
+                "metadata": {"name": "fail-db"},
+                "spec": {"action": "pod-failure", "mode": "all", "selector": {"labelSelectors": {"app": "db"}}},
+            }
+        ),
+    )
     try:
-        paused = client.wait_for(lambda: status().get("image") == PAUSE_IMAGE and status().get("state", {}).get(
-            "running") and status(), timeout=60,
-            what=f"the real container running the pause image\n{c.log()}\n{client.get(path)}")
+        paused = client.wait_for(
+            lambda: status().get("image") == PAUSE_IMAGE and status().get("state", {}).get("running") and status(),
+            timeout=60,
+            what=f"the real container running the pause image\n{c.log()}\n{client.get(path)}",
+        )
         assert paused["restartCount"] >= 1
         assert (client.get(path) or {})["metadata"]["uid"] == uid  # the same pod, its container restarted
         client.delete(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{c.ns}/podchaos/fail-db")
-        client.wait_for(lambda: status().get("image") == BUSYBOX_IMAGE and status().get("state", {}).get("running"),
-                        timeout=60, what=f"the container back on its own image\n{c.log()}")
+        client.wait_for(
+            lambda: status().get("image") == BUSYBOX_IMAGE and status().get("state", {}).get("running"),
+            timeout=60,
+            what=f"the container back on its own image\n{c.log()}",
+        )
         client.wait_for(lambda: not c.chaos("fail-db"), timeout=30, what="finalizer removed, object gone")
     finally:
         client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/db")
@@ -168,14 +228,35 @@ def start_node_injector(c: Cluster, tmp_path: Path) -> None:
     """The node injector on the host as the DaemonSet would run it: named after the kubelet's node,
     resolving containerd:// IDs through the real CRI socket."""
     c.procs["node-injector"] = subprocess.Popen(
-        [sys.executable, "-m", "chaosbus.injector", "--nats", c.nats_url, "--metrics-port", "0", "--node",
-         c.node.name, "--mode", "cluster", "--containerd-socket", str(c.node.socket),
-         "--journal", str(tmp_path / "node-journal.db")],
-        env={**os.environ, "CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": c.ns,
-             "CHAOSBUS_KEYS_DIR": str(tmp_path / "keys")},  # written by the `cluster` fixture
-        stdout=(c.logs / "node-injector.log").open("w"), stderr=subprocess.STDOUT)
-    c.kube.client.wait_for(lambda: "injector ready" in (c.logs / "node-injector.log").read_text(), timeout=60,
-                           what="node injector ready")
+        [
+            sys.executable,
+            "-m",
+            "chaosbus.injector",
+            "--nats",
+            c.nats_url,
+            "--metrics-port",
+            "0",
+            "--node",
+            c.node.name,
+            "--mode",
+            "cluster",
+            "--containerd-socket",
+            str(c.node.socket),
+            "--journal",
+            str(tmp_path / "node-journal.db"),
+        ],
+        env={
+            **os.environ,
+            "CLUSTER_SCOPED": "false",
+            "TARGET_NAMESPACE": c.ns,
+            "CHAOSBUS_KEYS_DIR": str(tmp_path / "keys"),
+        },  # written by the `cluster` fixture
+        stdout=(c.logs / "node-injector.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    c.kube.client.wait_for(
+        lambda: "injector ready" in (c.logs / "node-injector.log").read_text(), timeout=60, what="node injector ready"
+    )
 
 
 def test_container_kill_restarts_the_real_container(cluster: Cluster, tmp_path: Path) -> None:
@@ -183,15 +264,28 @@ def test_container_kill_restarts_the_real_container(cluster: Cluster, tmp_path: 
     start_node_injector(c, tmp_path)
     client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("cache", 1))
     try:
-        [pod] = client.wait_for(lambda: len(c.running("cache")) == 1 and c.running("cache"), timeout=60,
-                                what="cache running")
+        [pod] = client.wait_for(
+            lambda: len(c.running("cache")) == 1 and c.running("cache"), timeout=60, what="cache running"
+        )
         path = f"/api/v1/namespaces/{c.ns}/pods/{pod['metadata']['name']}"
         before = pod["status"]["containerStatuses"][0]
         pid = container_pid(c.node, before["containerID"])
-        apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
-                                 "metadata": {"name": "kill-main"},
-                                 "spec": {"action": "container-kill", "mode": "one", "containerNames": ["main"],
-                                          "selector": {"labelSelectors": {"app": "cache"}}}}))
+        apply(
+            c,
+            yaml.safe_dump(
+                {
+                    "apiVersion": "chaos-mesh.org/v1alpha1",
+                    "kind": "PodChaos",
+                    "metadata": {"name": "kill-main"},
+                    "spec": {
+                        "action": "container-kill",
+                        "mode": "one",
+                        "containerNames": ["main"],
+                        "selector": {"labelSelectors": {"app": "cache"}},
+                    },
+                }
+            ),
+        )
 
         def restarted() -> Obj | None:
             now: Obj = ((client.get(path) or {}).get("status") or {}).get("containerStatuses", [{}])[0]
@@ -207,8 +301,13 @@ def test_container_kill_restarts_the_real_container(cluster: Cluster, tmp_path: 
 
 def container_pid(node: Node, container_id: str) -> int:
     """The host PID of a running container, from containerd's own task list."""
-    out = subprocess.run(["ctr", "-a", str(node.socket), "-n", "k8s.io", "tasks", "ls"], capture_output=True,
-                         text=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["ctr", "-a", str(node.socket), "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     for line in out.splitlines()[1:]:
         task, pid, *_ = line.split()
         if task == container_id.removeprefix("containerd://"):
@@ -219,33 +318,55 @@ def container_pid(node: Node, container_id: str) -> int:
 def connects(pid: int, ip: str, port: int) -> bool:
     """Whether a TCP connection from inside the netns of `pid` to ip:port succeeds within 1 s."""
     probe = f"import socket; socket.create_connection(({ip!r}, {port}), 1).close()"
-    return subprocess.run(["nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe],
-                          capture_output=True, timeout=30).returncode == 0
+    return (
+        subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 def test_partition_between_two_real_pods_cuts_their_traffic_and_recovery_restores_it(
-        cluster: Cluster, tmp_path: Path) -> None:
+    cluster: Cluster, tmp_path: Path
+) -> None:
     c, client = cluster, cluster.kube.client
     start_node_injector(c, tmp_path)
-    client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("server", 1, ["httpd", "-f", "-p",
-                                                                                           "8080"]))
+    client.create(
+        f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("server", 1, ["httpd", "-f", "-p", "8080"])
+    )
     client.create(f"/apis/apps/v1/namespaces/{c.ns}/deployments", deployment("client", 1))
     try:
-        [server] = client.wait_for(lambda: len(c.running("server")) == 1 and c.running("server"), timeout=60,
-                                   what="server running")
-        [peer] = client.wait_for(lambda: len(c.running("client")) == 1 and c.running("client"), timeout=60,
-                                 what="client running")
-        ip, pid = server["status"]["podIP"], container_pid(c.node, peer["status"]["containerStatuses"][0][
-            "containerID"])
+        [server] = client.wait_for(
+            lambda: len(c.running("server")) == 1 and c.running("server"), timeout=60, what="server running"
+        )
+        [peer] = client.wait_for(
+            lambda: len(c.running("client")) == 1 and c.running("client"), timeout=60, what="client running"
+        )
+        ip, pid = (
+            server["status"]["podIP"],
+            container_pid(c.node, peer["status"]["containerStatuses"][0]["containerID"]),
+        )
         assert client.wait_for(lambda: connects(pid, ip, 8080), timeout=20, what="client reaches server")
-        apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-                                 "metadata": {"name": "cut"},
-                                 "spec": {"action": "partition", "mode": "all", "direction": "both",
-                                          "selector": {"labelSelectors": {"app": "server"}},
-                                          "target": {"mode": "all", "selector": {"labelSelectors": {
-                                              "app": "client"}}}}}))
-        client.wait_for(lambda: not connects(pid, ip, 8080), timeout=30,
-                        what=f"the partition cutting real traffic\n{c.log()}")
+        apply(
+            c,
+            yaml.safe_dump(
+                {
+                    "apiVersion": "chaos-mesh.org/v1alpha1",
+                    "kind": "NetworkChaos",
+                    "metadata": {"name": "cut"},
+                    "spec": {
+                        "action": "partition",
+                        "mode": "all",
+                        "direction": "both",
+                        "selector": {"labelSelectors": {"app": "server"}},
+                        "target": {"mode": "all", "selector": {"labelSelectors": {"app": "client"}}},
+                    },
+                }
+            ),
+        )
+        client.wait_for(
+            lambda: not connects(pid, ip, 8080), timeout=30, what=f"the partition cutting real traffic\n{c.log()}"
+        )
         client.delete(f"/apis/chaos-mesh.org/v1alpha1/namespaces/{c.ns}/networkchaos/cut")
         client.wait_for(lambda: connects(pid, ip, 8080), timeout=30, what=f"traffic restored\n{c.log()}")
     finally:
@@ -258,25 +379,57 @@ def test_a_workflow_task_runs_as_a_real_pod_and_its_real_log_picks_the_branch(cl
     base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{c.ns}"
     # The Task Pod mounts a service-account token; this API server build's ServiceAccount admission
     # adds this ConfigMap to the token volume and nothing publishes it.
-    client.create(f"/api/v1/namespaces/{c.ns}/configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                                                            "metadata": {"name": "openshift-service-ca.crt"},
-                                                            "data": {"service-ca.crt": ""}})
-    task = {"container": {"name": "decide", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never",
-                          "command": ["sh", "-c"], "args": ["echo $ANSWER"],
-                          "env": [{"name": "ANSWER", "value": "go-left"}]}}
-    apply(c, yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
-                             "metadata": {"name": "wf-task"},
-                             "spec": {"entry": "entry", "templates": [
-                                 {"name": "entry", "templateType": "Task", "deadline": "60s", "task": task,
-                                  "conditionalBranches": [
-                                      {"target": "left", "expression": 'stdout == "go-left" && exitCode == 0'},
-                                      {"target": "right", "expression": 'stdout != "go-left"'}]},
-                                 {"name": "left", "templateType": "Suspend", "deadline": "1s"},
-                                 {"name": "right", "templateType": "Suspend", "deadline": "1s"}]}}))
+    client.create(
+        f"/api/v1/namespaces/{c.ns}/configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "openshift-service-ca.crt"},
+            "data": {"service-ca.crt": ""},
+        },
+    )
+    task = {
+        "container": {
+            "name": "decide",
+            "image": BUSYBOX_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["sh", "-c"],
+            "args": ["echo $ANSWER"],
+            "env": [{"name": "ANSWER", "value": "go-left"}],
+        }
+    }
+    apply(
+        c,
+        yaml.safe_dump(
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": "Workflow",
+                "metadata": {"name": "wf-task"},
+                "spec": {
+                    "entry": "entry",
+                    "templates": [
+                        {
+                            "name": "entry",
+                            "templateType": "Task",
+                            "deadline": "60s",
+                            "task": task,
+                            "conditionalBranches": [
+                                {"target": "left", "expression": 'stdout == "go-left" && exitCode == 0'},
+                                {"target": "right", "expression": 'stdout != "go-left"'},
+                            ],
+                        },
+                        {"name": "left", "templateType": "Suspend", "deadline": "1s"},
+                        {"name": "right", "templateType": "Suspend", "deadline": "1s"},
+                    ],
+                },
+            }
+        ),
+    )
 
     def nodes() -> dict[str, Obj]:
-        found = client.request("GET", f"{base}/workflownodes",
-                               query={"labelSelector": "chaos-mesh.org/workflow=wf-task"})["items"]
+        found = client.request(
+            "GET", f"{base}/workflownodes", query={"labelSelector": "chaos-mesh.org/workflow=wf-task"}
+        )["items"]
         return {n["spec"]["templateName"]: n for n in found}
 
     def accomplished() -> bool:
@@ -288,7 +441,10 @@ def test_a_workflow_task_runs_as_a_real_pod_and_its_real_log_picks_the_branch(cl
     assert set(found) == {"entry", "left"}, "only the branch the real Task Pod's log chose may run"
     branches = found["entry"]["status"]["conditionalBranchesStatus"]
     assert json.loads(branches["context"][0]) == {"exitCode": 0, "stdout": "go-left\n"}
-    pods = client.request("GET", f"/api/v1/namespaces/{c.ns}/pods", query={
-        "labelSelector": f"chaos-mesh.org/controlled-by={found['entry']['metadata']['name']}"})["items"]
+    pods = client.request(
+        "GET",
+        f"/api/v1/namespaces/{c.ns}/pods",
+        query={"labelSelector": f"chaos-mesh.org/controlled-by={found['entry']['metadata']['name']}"},
+    )["items"]
     for pod in pods:  # a real kubelet ran it (the cluster injector may already have deleted it)
         assert pod["spec"]["nodeName"] == c.node.name

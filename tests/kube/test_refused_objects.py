@@ -37,8 +37,14 @@ async def recorder(kube: KubeEnv) -> AsyncIterator[Recorder]:
 
 def event(obj: dict[str, Any], change: str = "MODIFIED") -> m.ObjectEvent:
     meta = obj["metadata"]
-    return m.ObjectEvent(type=change, kind=obj["kind"], namespace=meta["namespace"],  # type: ignore[arg-type]
-                         name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
+    return m.ObjectEvent(
+        type=change,
+        kind=obj["kind"],
+        namespace=meta["namespace"],  # type: ignore[arg-type]
+        name=meta["name"],
+        uid=meta["uid"],
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
 
 
 async def scheduler_step(core: SchedulerCore, recorder: Recorder, obj: dict[str, Any]) -> int:
@@ -50,12 +56,17 @@ async def scheduler_step(core: SchedulerCore, recorder: Recorder, obj: dict[str,
     return len(out.decisions)
 
 
-async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: KubeEnv,
-                                                                       recorder: Recorder) -> None:
+async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: KubeEnv, recorder: Recorder) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/podchaos"
-    created = kube.client.create(path, {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
-                                        "metadata": {"name": "bad"},
-                                        "spec": {"action": "container-kill", "mode": "one", "selector": {}}})
+    created = kube.client.create(
+        path,
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "PodChaos",
+            "metadata": {"name": "bad"},
+            "spec": {"action": "container-kill", "mode": "one", "selector": {}},
+        },
+    )
     core = SchedulerCore()
     await recorder.on_object(event(created, "ADDED"))
     stored = kube.client.get(f"{path}/bad")
@@ -74,15 +85,23 @@ async def test_an_object_the_scheduler_cannot_decode_fails_and_deletes(kube: Kub
     assert kube.client.get(f"{path}/bad") is None  # never injected: the finalizer went at once
 
 
-async def test_a_remote_cluster_experiment_is_not_supported_and_never_runs_here(kube: KubeEnv,
-                                                                                recorder: Recorder) -> None:
+async def test_a_remote_cluster_experiment_is_not_supported_and_never_runs_here(
+    kube: KubeEnv, recorder: Recorder
+) -> None:
     path = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}/networkchaos"
-    created = kube.client.create(path, {
-        "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": "far"},
-        "spec": {"action": "partition", "mode": "all", "selector": {}, "remoteCluster": "cluster-b"}})
+    created = kube.client.create(
+        path,
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "NetworkChaos",
+            "metadata": {"name": "far"},
+            "spec": {"action": "partition", "mode": "all", "selector": {}, "remoteCluster": "cluster-b"},
+        },
+    )
     core = SchedulerCore()
-    core.on_target("pod.default.web", m.TargetPod(uid="u1", namespace=kube.namespace, name="web", node="n1",
-                                                  pod_ip="10.0.0.1"))
+    core.on_target(
+        "pod.default.web", m.TargetPod(uid="u1", namespace=kube.namespace, name="web", node="n1", pod_ip="10.0.0.1")
+    )
     await recorder.on_object(event(created, "ADDED"))
     stored = kube.client.get(f"{path}/far")
     assert stored is not None and not stored["metadata"].get("finalizers")

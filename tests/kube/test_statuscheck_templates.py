@@ -18,18 +18,42 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_printed_template_is_stored_and_selected_as_chaos_mesh_selects_it(kube: KubeEnv, tmp_path: object) -> None:
-    spec = {"mode": "Continuous", "intervalSeconds": 3,
-            "http": {"url": "http://web.default/health", "criteria": {"statusCode": "200-399"}}}
+    spec = {
+        "mode": "Continuous",
+        "intervalSeconds": 3,
+        "http": {"url": "http://web.default/health", "criteria": {"statusCode": "200-399"}},
+    }
     printed = subprocess.run(
-        [sys.executable, "-m", "chaosbus.cli", "template", "statuscheck", "create", "web-ok", "-f", "-",
-         "-n", kube.namespace, "--description", "web answers", "-o", "yaml"],
-        input=yaml.safe_dump(spec), capture_output=True, text=True, timeout=60, check=True).stdout
+        [
+            sys.executable,
+            "-m",
+            "chaosbus.cli",
+            "template",
+            "statuscheck",
+            "create",
+            "web-ok",
+            "-f",
+            "-",
+            "-n",
+            kube.namespace,
+            "--description",
+            "web answers",
+            "-o",
+            "yaml",
+        ],
+        input=yaml.safe_dump(spec),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     cm = yaml.safe_load(printed)
     kube.client.create(f"/api/v1/namespaces/{kube.namespace}/configmaps", cm)
 
-    listed = kube.client.get(f"/api/v1/namespaces/{kube.namespace}/configmaps",
-                             labelSelector="template.chaos-mesh.org/type=StatusCheck,"
-                                           "app.kubernetes.io/managed-by=chaos-mesh")
+    listed = kube.client.get(
+        f"/api/v1/namespaces/{kube.namespace}/configmaps",
+        labelSelector="template.chaos-mesh.org/type=StatusCheck,app.kubernetes.io/managed-by=chaos-mesh",
+    )
     assert listed is not None
     items = listed["items"]
     assert [i["metadata"]["name"] for i in items] == ["template-status-check-web-ok"]

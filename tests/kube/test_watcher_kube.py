@@ -28,8 +28,12 @@ pytestmark = pytest.mark.integration
 
 
 def chaos(name: str, namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos", "metadata": {"name": name,
-            "namespace": namespace}, "spec": {"action": "pod-kill", "mode": "one", "selector": {}}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "PodChaos",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"action": "pod-kill", "mode": "one", "selector": {}},
+    }
 
 
 class Running:
@@ -57,8 +61,9 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None, *,
-                   prune: bool = False) -> AsyncIterator[Running]:
+async def watching(
+    kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None, *, prune: bool = False
+) -> AsyncIterator[Running]:
     run = Running(bus)
 
     async def on_msg(msg: Any) -> None:
@@ -69,8 +74,9 @@ async def watching(kube: KubeEnv, bus: busmod.Bus, scope: Scope | None = None, *
     metrics = WatcherMetrics()
     targets = await bus.kv(subjects.TARGETS.name)
     scope = scope or Scope(cluster_scoped=False, target_namespace=kube.namespace)
-    watcher = wkube.KubeWatcher(api, scope, ScopedCore(WatcherCore(), scope),
-                                lambda out: emit(bus, targets, out, metrics), metrics)
+    watcher = wkube.KubeWatcher(
+        api, scope, ScopedCore(WatcherCore(), scope), lambda out: emit(bus, targets, out, metrics), metrics
+    )
     loops = [watcher.run(), wkube.prune_objects(watcher, bus, metrics)] if prune else [watcher.run()]
     task = asyncio.ensure_future(asyncio.gather(*loops))
     try:
@@ -94,7 +100,12 @@ async def test_chaos_objects_become_object_events(kube: KubeEnv, bus: busmod.Bus
         await run.until(lambda: ("DELETED", "after") in run.seen())
     event = next(e for e in run.events if e.name == "after" and e.type == "ADDED")
     assert (event.kind, event.namespace, event.uid, event.generation, event.resource_version) == (
-        "PodChaos", kube.namespace, created["metadata"]["uid"], 1, created["metadata"]["resourceVersion"])
+        "PodChaos",
+        kube.namespace,
+        created["metadata"]["uid"],
+        1,
+        created["metadata"]["resourceVersion"],
+    )
     assert msgspec.json.decode(event.object)["spec"] == created["spec"]
     assert run.seen().count(("ADDED", "before")) == 1
 
@@ -185,8 +196,10 @@ async def test_inject_filter_in_cluster_mode(kube: KubeEnv, bus: busmod.Bus) -> 
             key = subjects.target_pod_key(kube.namespace, "web-0")
             await asyncio.sleep(0.5)
             assert key not in await run.targets()
-            kube.client.merge_patch(f"/api/v1/namespaces/{kube.namespace}",
-                                    {"metadata": {"annotations": {"chaos-mesh.org/inject": "enabled"}}})
+            kube.client.merge_patch(
+                f"/api/v1/namespaces/{kube.namespace}",
+                {"metadata": {"annotations": {"chaos-mesh.org/inject": "enabled"}}},
+            )
             for _ in range(100):
                 if key in await run.targets():
                     break

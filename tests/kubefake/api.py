@@ -19,11 +19,23 @@ from kubefake.store import Store
 
 Obj = dict[str, Any]
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS1123_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
-                "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
-SERVER_META = ("uid", "creationTimestamp", "generation", "resourceVersion", "deletionTimestamp",
-               "deletionGracePeriodSeconds", "name", "namespace", "generateName", "managedFields")
+_DNS1123_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+SERVER_META = (
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "resourceVersion",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "name",
+    "namespace",
+    "generateName",
+    "managedFields",
+)
 POD_MUTABLE_SPEC = ("image",)
 
 
@@ -48,21 +60,25 @@ class Api:
         meta = obj.setdefault("metadata", {})
         if res.namespaced:
             if meta.get("namespace") and meta["namespace"] != namespace:
-                raise bad_request("the namespace of the provided object does not match the namespace sent on "
-                                  "the request")
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace
             if self.store.get(self.store.resources[("", "v1", "namespaces")], "", namespace) is None:
-                raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found',
-                               {"name": namespace, "kind": "namespaces"})
+                raise ApiError(
+                    404, "NotFound", f'namespaces "{namespace}" not found', {"name": namespace, "kind": "namespaces"}
+                )
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
         name = meta.get("name", "")
         if not name:
-            raise invalid(res, "", [("FieldValueRequired", "Required value: name or generateName is required",
-                                     "metadata.name")])
+            raise invalid(
+                res, "", [("FieldValueRequired", "Required value: name or generateName is required", "metadata.name")]
+            )
         if not _DNS1123.match(name) or len(name) > 253:
-            raise invalid(res, name, [("FieldValueInvalid", f'Invalid value: "{name}": {_DNS1123_MSG}',
-                                       "metadata.name")])
+            raise invalid(
+                res, name, [("FieldValueInvalid", f'Invalid value: "{name}": {_DNS1123_MSG}', "metadata.name")]
+            )
         if res.key == ("", "v1", "pods"):
             _validate_pod(res, name, obj.get("spec") or {})
         if self.store.get(res, namespace if res.namespaced else "", name) is not None:
@@ -90,9 +106,14 @@ class Api:
             obj.pop("status", None)
         if res.kind == "Pod":
             spec = obj.setdefault("spec", {})
-            for k, v in (("restartPolicy", "Always"), ("schedulerName", "default-scheduler"),
-                         ("serviceAccountName", "default"), ("terminationGracePeriodSeconds", 30),
-                         ("dnsPolicy", "ClusterFirst"), ("enableServiceLinks", True)):
+            for k, v in (
+                ("restartPolicy", "Always"),
+                ("schedulerName", "default-scheduler"),
+                ("serviceAccountName", "default"),
+                ("terminationGracePeriodSeconds", 30),
+                ("dnsPolicy", "ClusterFirst"),
+                ("enableServiceLinks", True),
+            ):
                 spec.setdefault(k, v)
             obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
         elif res.kind == "Namespace":
@@ -102,26 +123,40 @@ class Api:
             obj = events.check(res, obj, namespace)
             obj["metadata"].pop("generation", None)
         elif res.kind == "CustomResourceDefinition":
-            obj["status"] = {"acceptedNames": (obj.get("spec") or {}).get("names", {}),
-                             "conditions": [{"type": "Established", "status": "True"}]}
+            obj["status"] = {
+                "acceptedNames": (obj.get("spec") or {}).get("names", {}),
+                "conditions": [{"type": "Established", "status": "True"}],
+            }
         return obj
 
     # --- update and patch ---------------------------------------------------------------------
-    def replace(self, res: Resource, namespace: str, name: str, body: Any, *, status: bool,
-                dry_run: bool) -> tuple[int, Obj]:
+    def replace(
+        self, res: Resource, namespace: str, name: str, body: Any, *, status: bool, dry_run: bool
+    ) -> tuple[int, Obj]:
         current = self._current(res, namespace, name)
         if not isinstance(body, dict):
             raise bad_request("the object provided is not a JSON object")
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if not rv and res.custom:
-            raise invalid(res, name, [("FieldValueInvalid", "Invalid value: 0: must be specified for an update",
-                                       "metadata.resourceVersion")], kind=res.plural)
+            raise invalid(
+                res,
+                name,
+                [
+                    (
+                        "FieldValueInvalid",
+                        "Invalid value: 0: must be specified for an update",
+                        "metadata.resourceVersion",
+                    )
+                ],
+                kind=res.plural,
+            )
         if rv and rv != current["metadata"]["resourceVersion"]:
             raise conflict(res, name)
         return self._write(res, current, copy.deepcopy(body), status=status, dry_run=dry_run)
 
-    def patch(self, res: Resource, namespace: str, name: str, content_type: str, raw: bytes, *, status: bool,
-              dry_run: bool) -> tuple[int, Obj]:
+    def patch(
+        self, res: Resource, namespace: str, name: str, content_type: str, raw: bytes, *, status: bool, dry_run: bool
+    ) -> tuple[int, Obj]:
         import json
 
         allowed = ["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
@@ -129,8 +164,12 @@ class Api:
             allowed.append("application/strategic-merge-patch+json")
         ctype = content_type.split(";")[0].strip()
         if ctype not in allowed or ctype == "application/apply-patch+yaml":
-            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
-                           "accepted media types include: " + ", ".join(allowed))
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - "
+                "accepted media types include: " + ", ".join(allowed),
+            )
         current = self._current(res, namespace, name)
         try:
             body = json.loads(raw)
@@ -139,21 +178,26 @@ class Api:
         try:
             if ctype == "application/json-patch+json":
                 if not isinstance(body, list):
-                    raise bad_request("error decoding patch: json: cannot unmarshal object into Go value of type "
-                                      "[]handlers.jsonPatchOp")
+                    raise bad_request(
+                        "error decoding patch: json: cannot unmarshal object into Go value of type "
+                        "[]handlers.jsonPatchOp"
+                    )
                 new = patch.json_patch(current, body)
             else:
                 if not isinstance(body, dict):
-                    raise bad_request("error decoding patch: json: cannot unmarshal array into Go value of type "
-                                      "map[string]interface {}")
+                    raise bad_request(
+                        "error decoding patch: json: cannot unmarshal array into Go value of type "
+                        "map[string]interface {}"
+                    )
                 rv = (body.get("metadata") or {}).get("resourceVersion")
                 if rv and rv != current["metadata"]["resourceVersion"]:
                     raise conflict(res, name)
                 merge = patch.merge_patch if ctype == "application/merge-patch+json" else patch.strategic_merge_patch
                 new = merge(current, body)
         except patch.PatchFailed:
-            raise ApiError(422, "Invalid", "the server rejected our request due to an error in our request",
-                           {}) from None
+            raise ApiError(
+                422, "Invalid", "the server rejected our request due to an error in our request", {}
+            ) from None
         return self._write(res, current, new, status=status, dry_run=dry_run)
 
     def _current(self, res: Resource, namespace: str, name: str) -> Obj:
@@ -177,8 +221,10 @@ class Api:
         if old_meta.get("deletionTimestamp"):
             added = [f for f in meta.get("finalizers") or [] if f not in (old_meta.get("finalizers") or [])]
             if added:
-                msg = (f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
-                       f"finalizers []string{{{', '.join(chr(34) + f + chr(34) for f in added)}}}")
+                msg = (
+                    f"Forbidden: no new finalizers can be added if the object is being deleted, found new "
+                    f"finalizers []string{{{', '.join(chr(34) + f + chr(34) for f in added)}}}"
+                )
                 raise invalid(res, meta["name"], [("FieldValueForbidden", msg, "metadata.finalizers")] * 2)
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
@@ -190,8 +236,12 @@ class Api:
             self.store.commit(res, "DELETED", current, current)
             self.collect_garbage()
             return 200, self._out(res, result)
-        if res.kind == "Pod" and old_meta.get("deletionTimestamp") and not meta.get("finalizers") \
-                and old_meta.get("deletionGracePeriodSeconds") == 0:
+        if (
+            res.kind == "Pod"
+            and old_meta.get("deletionTimestamp")
+            and not meta.get("finalizers")
+            and old_meta.get("deletionGracePeriodSeconds") == 0
+        ):
             self.store.commit(res, "DELETED", result, current)
             self.collect_garbage()
             return 200, self._out(res, result)
@@ -221,18 +271,33 @@ class Api:
         return _without(obj, *drop, "apiVersion", "kind")
 
     # --- delete -------------------------------------------------------------------------------
-    def delete(self, res: Resource, namespace: str, name: str, grace: int | None, *, dry_run: bool,
-               preconditions: dict[str, str] | None = None) -> tuple[int, Obj]:
+    def delete(
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        grace: int | None,
+        *,
+        dry_run: bool,
+        preconditions: dict[str, str] | None = None,
+    ) -> tuple[int, Obj]:
         current = self._current(res, namespace, name)
         meta = current["metadata"]
         # The real API server's wording (storage's precondition check), which names the kind.
-        for field, key, why in (("uid", "UID", "deleted and then recreated"),
-                                ("resourceVersion", "ResourceVersion", "modified")):
+        for field, key, why in (
+            ("uid", "UID", "deleted and then recreated"),
+            ("resourceVersion", "ResourceVersion", "modified"),
+        ):
             wanted = (preconditions or {}).get(field)
             if wanted and wanted != meta.get(field):
-                raise ApiError(409, "Conflict", f"Operation cannot be fulfilled on {res.kind} \"{name}\": "
-                               f"the {key} in the precondition ({wanted}) does not match the {key} in record "
-                               f"({meta.get(field)}). The object might have been {why}", details(res, name))
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {res.kind} "{name}": '
+                    f"the {key} in the precondition ({wanted}) does not match the {key} in record "
+                    f"({meta.get(field)}). The object might have been {why}",
+                    details(res, name),
+                )
         if res.kind == "Pod":
             return self._delete_pod(res, current, grace, dry_run=dry_run)
         if meta.get("finalizers"):
@@ -249,8 +314,13 @@ class Api:
                 for served in from_crd(current):
                     self.store.unregister(served)
             self.collect_garbage()
-        return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                     "details": details(res, name, uid=meta.get("uid", ""))}
+        return 200, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details(res, name, uid=meta.get("uid", "")),
+        }
 
     def _delete_pod(self, res: Resource, current: Obj, grace: int | None, *, dry_run: bool) -> tuple[int, Obj]:
         meta = current["metadata"]
@@ -285,10 +355,13 @@ class Api:
         try:
             while True:
                 uids = {o["metadata"].get("uid") for o in self.store.objects.values()}
-                orphans = [(key, o) for key, o in self.store.objects.items()
-                           if (refs := o["metadata"].get("ownerReferences"))
-                           and not o["metadata"].get("deletionTimestamp")
-                           and not any(r.get("uid") in uids for r in refs)]
+                orphans = [
+                    (key, o)
+                    for key, o in self.store.objects.items()
+                    if (refs := o["metadata"].get("ownerReferences"))
+                    and not o["metadata"].get("deletionTimestamp")
+                    and not any(r.get("uid") in uids for r in refs)
+                ]
                 if not orphans:
                     return
                 for (storage_key, namespace, name), _ in orphans:
@@ -319,6 +392,7 @@ def _derive_pod_status(pod: Obj) -> None:
 
 def _check_pod_update(res: Resource, current: Obj, result: Obj) -> None:
     """Pod specs are immutable except container images (what pod-failure changes)."""
+
     def strip(spec: Obj) -> Obj:
         out = copy.deepcopy(spec)
         for key in ("containers", "initContainers"):
@@ -328,14 +402,26 @@ def _check_pod_update(res: Resource, current: Obj, result: Obj) -> None:
 
     if strip(current.get("spec") or {}) != strip(result.get("spec") or {}):
         name = current["metadata"]["name"]
-        raise invalid(res, name, [("FieldValueForbidden", "Forbidden: pod updates may not change fields other "
-                                   "than `spec.containers[*].image`, `spec.initContainers[*].image`", "spec")])
+        raise invalid(
+            res,
+            name,
+            [
+                (
+                    "FieldValueForbidden",
+                    "Forbidden: pod updates may not change fields other "
+                    "than `spec.containers[*].image`, `spec.initContainers[*].image`",
+                    "spec",
+                )
+            ],
+        )
 
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
-              "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
-              "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+_LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
+    "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
 
 
 def _validate_pod(res: Resource, name: str, spec: Obj) -> None:
@@ -351,13 +437,19 @@ def _validate_pod(res: Resource, name: str, spec: Obj) -> None:
         if not cname:
             causes.append(("FieldValueRequired", "Required value", f"spec.containers[{i}].name"))
         elif not _LABEL.match(cname) or len(cname) > 63:
-            causes.append(("FieldValueInvalid", f'Invalid value: "{cname}": {_LABEL_MSG}',
-                           f"spec.containers[{i}].name"))
+            causes.append(
+                ("FieldValueInvalid", f'Invalid value: "{cname}": {_LABEL_MSG}', f"spec.containers[{i}].name")
+            )
         if not c.get("image"):
             causes.append(("FieldValueRequired", "Required value", f"spec.containers[{i}].image"))
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in ("Always", "OnFailure", "Never"):
-        causes.append(("FieldValueNotSupported", f'Unsupported value: "{policy}": supported values: "Always", '
-                       '"OnFailure", "Never"', "spec.restartPolicy"))
+        causes.append(
+            (
+                "FieldValueNotSupported",
+                f'Unsupported value: "{policy}": supported values: "Always", "OnFailure", "Never"',
+                "spec.restartPolicy",
+            )
+        )
     if causes:
         raise invalid(res, name, causes)

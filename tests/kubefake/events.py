@@ -11,12 +11,20 @@ from kubefake.resources import ApiError, Resource, invalid
 
 Obj = dict[str, Any]
 _QUALIFIED = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_NAME_PART = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
-              "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
-              "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
-_RENAMES = (("regarding", "involvedObject"), ("note", "message"), ("reportingController", "reportingComponent"),
-            ("deprecatedSource", "source"), ("deprecatedFirstTimestamp", "firstTimestamp"),
-            ("deprecatedLastTimestamp", "lastTimestamp"), ("deprecatedCount", "count"))
+_NAME_PART = (
+    "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+    "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+    "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"
+)
+_RENAMES = (
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+)
 
 
 def _reporting(causes: list[tuple[str, str, str]], field: str, value: str) -> None:
@@ -32,8 +40,18 @@ def validate_core(res: Resource, obj: Obj, namespace: str) -> None:
     name = obj["metadata"].get("name", "")
     involved = obj.get("involvedObject") or {}
     if involved.get("namespace") and involved["namespace"] != namespace:
-        raise invalid(res, name, [("FieldValueInvalid", f'Invalid value: "{involved["namespace"]}": does not '
-                                   "match event.namespace", "involvedObject.namespace")], kind="Event")
+        raise invalid(
+            res,
+            name,
+            [
+                (
+                    "FieldValueInvalid",
+                    f'Invalid value: "{involved["namespace"]}": does not match event.namespace',
+                    "involvedObject.namespace",
+                )
+            ],
+            kind="Event",
+        )
     if obj.get("eventTime"):
         causes: list[tuple[str, str, str]] = []
         _reporting(causes, "reportingComponent", obj.get("reportingComponent", ""))

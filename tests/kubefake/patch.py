@@ -8,9 +8,18 @@ import copy
 from typing import Any
 
 MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "volumes": "name",
-    "env": "name", "volumeMounts": "mountPath", "ports": "containerPort", "containerStatuses": "name",
-    "initContainerStatuses": "name", "conditions": "type", "podIPs": "ip", "hostIPs": "ip",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "containerStatuses": "name",
+    "initContainerStatuses": "name",
+    "conditions": "type",
+    "podIPs": "ip",
+    "hostIPs": "ip",
 }
 
 

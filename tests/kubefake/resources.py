@@ -10,12 +10,31 @@ from typing import Any
 Obj = dict[str, Any]
 
 _META_FIELDS = ("metadata.name", "metadata.namespace")
-POD_FIELDS = (*_META_FIELDS, "spec.nodeName", "spec.restartPolicy", "spec.schedulerName",
-              "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP",
-              "status.nominatedNodeName")
-EVENT_FIELDS = (*_META_FIELDS, "involvedObject.kind", "involvedObject.namespace", "involvedObject.name",
-                "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion",
-                "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type")
+POD_FIELDS = (
+    *_META_FIELDS,
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "spec.serviceAccountName",
+    "spec.hostNetwork",
+    "status.phase",
+    "status.podIP",
+    "status.nominatedNodeName",
+)
+EVENT_FIELDS = (
+    *_META_FIELDS,
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+)
 
 
 @dataclass(frozen=True)
@@ -46,16 +65,38 @@ class Resource:
 
 BUILTINS = (
     Resource("", "v1", "pods", "Pod", status_subresource=True, field_keys=POD_FIELDS),
-    Resource("", "v1", "namespaces", "Namespace", namespaced=False, status_subresource=True, generation=False,
-             field_keys=(*_META_FIELDS, "status.phase")),
-    Resource("", "v1", "nodes", "Node", namespaced=False, status_subresource=True, generation=False,
-             field_keys=(*_META_FIELDS, "spec.unschedulable")),
+    Resource(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        status_subresource=True,
+        generation=False,
+        field_keys=(*_META_FIELDS, "status.phase"),
+    ),
+    Resource(
+        "",
+        "v1",
+        "nodes",
+        "Node",
+        namespaced=False,
+        status_subresource=True,
+        generation=False,
+        field_keys=(*_META_FIELDS, "spec.unschedulable"),
+    ),
     Resource("", "v1", "events", "Event", generation=False, field_keys=EVENT_FIELDS),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", generation=False),
     Resource("", "v1", "configmaps", "ConfigMap", generation=False),
     Resource("events.k8s.io", "v1", "events", "Event", generation=False, field_keys=EVENT_FIELDS),
-    Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-             namespaced=False, status_subresource=True),
+    Resource(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        status_subresource=True,
+    ),
 )
 
 
@@ -67,10 +108,17 @@ def from_crd(crd: Obj) -> list[Resource]:
     for v in spec.get("versions") or []:
         if not v.get("served", True):
             continue
-        out.append(Resource(
-            group=spec.get("group", ""), version=v.get("name", ""), plural=names.get("plural", ""),
-            kind=names.get("kind", ""), namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            status_subresource="status" in (v.get("subresources") or {}), custom=True))
+        out.append(
+            Resource(
+                group=spec.get("group", ""),
+                version=v.get("name", ""),
+                plural=names.get("plural", ""),
+                kind=names.get("kind", ""),
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                status_subresource="status" in (v.get("subresources") or {}),
+                custom=True,
+            )
+        )
     return out
 
 
@@ -82,8 +130,14 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details
 
     def body(self) -> Obj:
-        out: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": self.message, "reason": self.reason}
+        out: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+        }
         if self.details is not None:
             out["details"] = self.details
         out["code"] = self.code
@@ -104,9 +158,13 @@ def not_found(res: Resource, name: str) -> ApiError:
 
 
 def conflict(res: Resource, name: str) -> ApiError:
-    return ApiError(409, "Conflict", f'Operation cannot be fulfilled on {res.qualified} "{name}": the object has '
-                    "been modified; please apply your changes to the latest version and try again",
-                    details(res, name))
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {res.qualified} "{name}": the object has '
+        "been modified; please apply your changes to the latest version and try again",
+        details(res, name),
+    )
 
 
 def invalid(res: Resource, name: str, causes: list[tuple[str, str, str]], *, kind: str | None = None) -> ApiError:
@@ -116,9 +174,14 @@ def invalid(res: Resource, name: str, causes: list[tuple[str, str, str]], *, kin
         what = f"{kind}.{res.group}" if res.custom else kind
     texts = list(dict.fromkeys(f"{f}: {m}" for _, m, f in causes))
     summary = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
-    return ApiError(422, "Invalid", f'{what} "{name}" is invalid: {summary}',
-                    details(res, name, kind=kind or res.kind,
-                            causes=[{"reason": r, "message": m, "field": f} for r, m, f in causes]))
+    return ApiError(
+        422,
+        "Invalid",
+        f'{what} "{name}" is invalid: {summary}',
+        details(
+            res, name, kind=kind or res.kind, causes=[{"reason": r, "message": m, "field": f} for r, m, f in causes]
+        ),
+    )
 
 
 def bad_request(message: str) -> ApiError:

@@ -23,8 +23,7 @@ from kubefake.store import Store, Subscription
 
 Obj = dict[str, Any]
 T = TypeVar("T")
-_WRITE_OPTIONS = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions",
-                  "DELETE": "DeleteOptions"}
+_WRITE_OPTIONS = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 
 
 def _bool(value: str | None) -> bool:
@@ -62,8 +61,9 @@ class FakeApiServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         for ns in ("default", "kube-system"):
-            self.api.create(self.store.resources[("", "v1", "namespaces")], "", {"metadata": {"name": ns}},
-                            dry_run=False)
+            self.api.create(
+                self.store.resources[("", "v1", "namespaces")], "", {"metadata": {"name": ns}}, dry_run=False
+            )
 
     @property
     def url(self) -> str:
@@ -130,7 +130,9 @@ class FakeApiServer:
 
     def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
@@ -208,14 +210,32 @@ class FakeApiServer:
                 raise not_found(res, route.name)
             return _json(200, self.api._out(res, obj))
         if method == "PUT":
-            return _json(*self.api.replace(res, ns, route.name, await self._body(request), status=status,
-                                           dry_run=dry_run))
+            return _json(
+                *self.api.replace(res, ns, route.name, await self._body(request), status=status, dry_run=dry_run)
+            )
         if method == "PATCH":
-            return _json(*self.api.patch(res, ns, route.name, request.headers.get("Content-Type", ""),
-                                         await request.read(), status=status, dry_run=dry_run))
+            return _json(
+                *self.api.patch(
+                    res,
+                    ns,
+                    route.name,
+                    request.headers.get("Content-Type", ""),
+                    await request.read(),
+                    status=status,
+                    dry_run=dry_run,
+                )
+            )
         if method == "DELETE" and not status:
-            return _json(*self.api.delete(res, ns, route.name, await self._grace(request), dry_run=dry_run,
-                                          preconditions=await self._preconditions(request)))
+            return _json(
+                *self.api.delete(
+                    res,
+                    ns,
+                    route.name,
+                    await self._grace(request),
+                    dry_run=dry_run,
+                    preconditions=await self._preconditions(request),
+                )
+            )
         return _json(405, ApiError(405, "MethodNotAllowed", "the server does not allow this method").body())
 
     @staticmethod
@@ -225,11 +245,23 @@ class FakeApiServer:
             return False
         if values != ["All"]:
             kind = _WRITE_OPTIONS.get(method, "CreateOptions")
-            raise ApiError(422, "Invalid", f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: '
-                           f'{json.dumps(values)}: supported values: "All"',
-                           {"group": "meta.k8s.io", "kind": kind, "causes": [{
-                               "reason": "FieldValueNotSupported", "field": "dryRun",
-                               "message": f'Unsupported value: {json.dumps(values)}: supported values: "All"'}]})
+            raise ApiError(
+                422,
+                "Invalid",
+                f'{kind}.meta.k8s.io "" is invalid: dryRun: Unsupported value: '
+                f'{json.dumps(values)}: supported values: "All"',
+                {
+                    "group": "meta.k8s.io",
+                    "kind": kind,
+                    "causes": [
+                        {
+                            "reason": "FieldValueNotSupported",
+                            "field": "dryRun",
+                            "message": f'Unsupported value: {json.dumps(values)}: supported values: "All"',
+                        }
+                    ],
+                },
+            )
         return True
 
     @staticmethod
@@ -273,31 +305,40 @@ class FakeApiServer:
         names = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
         container = q.get("container") or (names[0] if len(names) == 1 else "")
         if not container:
-            raise bad_request(f"a container name must be specified for pod {route.name}, "
-                              f"choose one of: [{' '.join(names)}]")
+            raise bad_request(
+                f"a container name must be specified for pod {route.name}, choose one of: [{' '.join(names)}]"
+            )
         if container not in names:
             raise bad_request(f"container {container} is not valid for pod {route.name}")
         path = self.container_logs.get((pod["metadata"]["uid"], container))
         if path is None or not path.exists():
-            waiting = next(((s.get("state") or {}).get("waiting") or {} for s in
-                            (pod.get("status") or {}).get("containerStatuses") or [] if s.get("name") == container),
-                           {})
-            raise bad_request(f'container "{container}" in pod "{route.name}" is waiting to start: '
-                              f'{waiting.get("reason") or "ContainerCreating"}')
+            waiting = next(
+                (
+                    (s.get("state") or {}).get("waiting") or {}
+                    for s in (pod.get("status") or {}).get("containerStatuses") or []
+                    if s.get("name") == container
+                ),
+                {},
+            )
+            raise bad_request(
+                f'container "{container}" in pod "{route.name}" is waiting to start: '
+                f"{waiting.get('reason') or 'ContainerCreating'}"
+            )
         data = path.read_bytes()
         if q.get("tailLines"):
             lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-int(q["tailLines"]):]) if int(q["tailLines"]) > 0 else b""
+            data = b"".join(lines[-int(q["tailLines"]) :]) if int(q["tailLines"]) > 0 else b""
         if q.get("limitBytes"):
             if int(q["limitBytes"]) <= 0:
                 raise bad_request(f"limitBytes: Invalid value: {q['limitBytes']}: must be greater than 0")
-            data = data[:int(q["limitBytes"])]
+            data = data[: int(q["limitBytes"])]
         return web.Response(status=200, body=data, content_type="text/plain")
 
     def _selectors(self, res: Resource, q: Any) -> tuple[list[sel.Requirement], list[sel.Requirement]]:
         try:
-            return sel.parse_labels(q.get("labelSelector", "")), sel.parse_fields(q.get("fieldSelector", ""),
-                                                                                  res.field_keys)
+            return sel.parse_labels(q.get("labelSelector", "")), sel.parse_fields(
+                q.get("fieldSelector", ""), res.field_keys
+            )
         except sel.SelectorError as e:
             raise ApiError(400, "BadRequest", str(e)) from None
 

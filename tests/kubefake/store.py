@@ -93,12 +93,25 @@ class Store:
         obj = self.objects.get((self._storage_key(res), namespace, name))
         return None if obj is None else self._view(res, obj)
 
-    def list(self, res: Resource, namespace: str | None, labels: list[sel.Requirement],
-             fields: list[sel.Requirement], *, at: int | None = None) -> list[Obj]:
-        objs = self._snapshot(res, at) if at is not None else [
-            o for k, o in self.objects.items() if k[0] == self._storage_key(res)]
-        out = [self._view(res, o) for o in objs
-               if (namespace is None or (o.get("metadata") or {}).get("namespace") == namespace)]
+    def list(
+        self,
+        res: Resource,
+        namespace: str | None,
+        labels: list[sel.Requirement],
+        fields: list[sel.Requirement],
+        *,
+        at: int | None = None,
+    ) -> list[Obj]:
+        objs = (
+            self._snapshot(res, at)
+            if at is not None
+            else [o for k, o in self.objects.items() if k[0] == self._storage_key(res)]
+        )
+        out = [
+            self._view(res, o)
+            for o in objs
+            if (namespace is None or (o.get("metadata") or {}).get("namespace") == namespace)
+        ]
         out = [o for o in out if sel.matches(o, labels, fields)]
         return sorted(out, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
 
@@ -175,8 +188,13 @@ class Store:
     def _deliver(self, sub: Subscription, change: Change) -> None:
         if change.resource != self._storage_key(sub.resource):
             return
-        view = Change(change.rv, sub.resource.key, change.type, self._view(sub.resource, change.obj),
-                      None if change.prev is None else self._view(sub.resource, change.prev))
+        view = Change(
+            change.rv,
+            sub.resource.key,
+            change.type,
+            self._view(sub.resource, change.obj),
+            None if change.prev is None else self._view(sub.resource, change.prev),
+        )
         event = sub.event_for(view)
         if event is not None:
             sub.queue.put_nowait(event)

@@ -93,9 +93,13 @@ class Lab:
                     jobs[src.index] += [(dst.index, dst.ip, port) for port in ports]
         for src_index, ip in extra:
             jobs[src_index] += [(ip, ip, port) for port in ports]
-        clients = {i: self.spawn(i, [sys.executable, "-c", CLIENT, str(CONNECT_TIMEOUT_S),
-                                     json.dumps([[ip, port] for _, ip, port in job])])
-                   for i, job in jobs.items()}
+        clients = {
+            i: self.spawn(
+                i,
+                [sys.executable, "-c", CLIENT, str(CONNECT_TIMEOUT_S), json.dumps([[ip, port] for _, ip, port in job])],
+            )
+            for i, job in jobs.items()
+        }
         links: set[Link] = set()
         for i, proc in clients.items():
             out, _ = proc.communicate(timeout=10)
@@ -135,8 +139,12 @@ def kernel() -> None:
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
-    used = [ipaddress.IPv4Address(a.address) for addrs in psutil.net_if_addrs().values()
-            for a in addrs if a.family == socket.AF_INET]
+    used = [
+        ipaddress.IPv4Address(a.address)
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET
+    ]
     candidates = list(range(1, 255))
     random.shuffle(candidates)
     for x in candidates:
@@ -158,8 +166,9 @@ def start_pod(lab: Lab, stack: contextlib.ExitStack, name: str, index: int) -> P
     ip = f"{lab.subnet.network_address + 10 + index}/{lab.subnet.prefixlen}"
     stack.callback(podnet.delete_pod_network, name)
     net = podnet.create_pod_network(name, lab.bridge, ip, str(lab.subnet.network_address + 1))
-    server = podnet.spawn_in_netns([sys.executable, "-c", SERVER, *map(str, PORTS)], name,
-                                   stdout=subprocess.PIPE, text=True)
+    server = podnet.spawn_in_netns(
+        [sys.executable, "-c", SERVER, *map(str, PORTS)], name, stdout=subprocess.PIPE, text=True
+    )
     stack.callback(_stop, server)
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     return Pod(index=index, net=net, server=server)

@@ -94,12 +94,27 @@ class Harness:
     # --- injectors ------------------------------------------------------------------------------
 
     def start_injector(self, node: str, *, lease_s: float = 15.0, sweep_interval: float = 30.0) -> Injector:
-        inj = self.injectors.get(node) or Injector(node, self.tmp / f"journal-{node}.db", self.tmp / f"{node}.log",
-                                                   lease_s)
+        inj = self.injectors.get(node) or Injector(
+            node, self.tmp / f"journal-{node}.db", self.tmp / f"{node}.log", lease_s
+        )
         inj.lease_s = lease_s
-        argv = [sys.executable, "-m", "chaosbus.injector", "--nats", self.server.url, "--node", node,
-                "--journal", str(inj.journal), "--metrics-port", "0", "--lease-seconds", str(lease_s),
-                "--sweep-interval", str(sweep_interval)]
+        argv = [
+            sys.executable,
+            "-m",
+            "chaosbus.injector",
+            "--nats",
+            self.server.url,
+            "--node",
+            node,
+            "--journal",
+            str(inj.journal),
+            "--metrics-port",
+            "0",
+            "--lease-seconds",
+            str(lease_s),
+            "--sweep-interval",
+            str(sweep_interval),
+        ]
         env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(self.keys())}
         with open(inj.log, "ab") as out:
             inj.proc = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True, env=env)
@@ -120,13 +135,13 @@ class Harness:
 
     def wait_ready(self, node: str, timeout: float = 15.0) -> None:
         inj = self.injectors[node]
-        wait_for(lambda: inj.log_text().count('"injector ready"') >= _starts(inj), timeout,
-                 f"injector {node} ready")
+        wait_for(lambda: inj.log_text().count('"injector ready"') >= _starts(inj), timeout, f"injector {node} ready")
 
     def wait_reconciled(self, node: str, timeout: float = 15.0) -> None:
         inj = self.injectors[node]
-        wait_for(lambda: inj.log_text().count('"journal reconciled"') >= _starts(inj), timeout,
-                 f"injector {node} reconciled")
+        wait_for(
+            lambda: inj.log_text().count('"journal reconciled"') >= _starts(inj), timeout, f"injector {node} reconciled"
+        )
 
     # --- NATS side: commands, leases, results ----------------------------------------------------
 
@@ -167,15 +182,33 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
-def partition_command(uid: str, node: str, targets: list[Target], *, deadline: float | None,
-                      op: str = "apply", peer: str = "192.0.2.1") -> m.NodeCommand:
-    actions = [m.TargetAction(target_id=f"default/{t.netns}", op=op, pod_uid=f"uid-{t.netns}",  # type: ignore[arg-type]
-                              namespace="default", pod_name=t.netns, container_ids=[t.container_id],
-                              fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=[peer])]))
-               for t in targets]
-    return m.NodeCommand(command_id=f"{uid}.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
-                         kind="NetworkChaos", namespace="default", name=uid, node=node, issued_at=time.time(),
-                         deadline=deadline, actions=actions)
+def partition_command(
+    uid: str, node: str, targets: list[Target], *, deadline: float | None, op: str = "apply", peer: str = "192.0.2.1"
+) -> m.NodeCommand:
+    actions = [
+        m.TargetAction(
+            target_id=f"default/{t.netns}",
+            op=op,
+            pod_uid=f"uid-{t.netns}",  # type: ignore[arg-type]
+            namespace="default",
+            pod_name=t.netns,
+            container_ids=[t.container_id],
+            fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=[peer])]),
+        )
+        for t in targets
+    ]
+    return m.NodeCommand(
+        command_id=f"{uid}.{uuid.uuid4().hex[:8]}",
+        experiment_uid=uid,
+        generation=1,
+        kind="NetworkChaos",
+        namespace="default",
+        name=uid,
+        node=node,
+        issued_at=time.time(),
+        deadline=deadline,
+        actions=actions,
+    )
 
 
 def table_of(uid: str) -> str:

@@ -27,8 +27,14 @@ def sinks(lab: Lab) -> Iterator[dict[int, subprocess.Popen[str]]]:
         yield procs
 
 
-def goodput(lab: Lab, sinks: dict[int, subprocess.Popen[str]], src: int, dst: int, port: int = SINK_PORTS[0],
-            seconds: float = 2.5) -> float:
+def goodput(
+    lab: Lab,
+    sinks: dict[int, subprocess.Popen[str]],
+    src: int,
+    dst: int,
+    port: int = SINK_PORTS[0],
+    seconds: float = 2.5,
+) -> float:
     """TCP goodput in bit/s from pod `src` to pod `dst`:`port` over `seconds`."""
     return helpers_goodput.goodput(lab.pods[src].net.netns_path, sinks[dst], lab.pods[dst].ip, port, seconds)
 
@@ -37,9 +43,11 @@ def tree(netns_path: str, device: str = "eth0") -> list[TcObject]:
     """Every qdisc, class and filter of the device (a fresh link: nothing stays pinned)."""
     link = NetnsLink(netns_path)
     try:
+
         async def job(ipr: object) -> list[TcObject]:
             index, _ = tcdev.find_device(device, "")
             return await tcdev.dump(ipr, index)
+
         return link.run(job)
     finally:
         link.close()
@@ -51,10 +59,22 @@ def identities(objects: list[TcObject]) -> set[tuple[object, ...]]:
 
 def ctx_for(uid: str, pid: int, spec: FaultSpec, selector: str = ".") -> faults.FaultContext:
     ids = [f"process://{pid}"]
-    action = TargetAction(target_id=f"default/pod-{pid}", selector_key=selector, op="apply", namespace="default",
-                          pod_name="pod", container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="default", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+    action = TargetAction(
+        target_id=f"default/pod-{pid}",
+        selector_key=selector,
+        op="apply",
+        namespace="default",
+        pod_name="pod",
+        container_ids=ids,
+        fault=spec,
+    )
+    return faults.FaultContext(
+        experiment_uid=uid,
+        experiment_name=uid,
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+    )
 
 
 class Shaped:

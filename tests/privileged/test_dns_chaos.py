@@ -26,7 +26,6 @@ pytestmark = pytest.mark.privileged
 SERVER_POD, CLIENT, BYSTANDER = 3, 0, 1
 
 
-
 @pytest.fixture(scope="module")
 def dns_server(lab: Lab) -> Iterator[str]:
     proc = lab.spawn(SERVER_POD, [sys.executable, "-c", DNS_SERVER, json.dumps(ZONE)])
@@ -88,8 +87,12 @@ def test_random_and_static_answer_instead_of_the_server(lab: Lab, dns_server: st
     fault.apply(ctx_r, rnd)
     fault.apply(ctx_s, static)
     try:
-        got = resolve(lab, CLIENT, dns_server,
-                      [*every_name(), ("www.a.chaos.test", "AAAA", False), ("b.other.test", "AAAA", True)])
+        got = resolve(
+            lab,
+            CLIENT,
+            dns_server,
+            [*every_name(), ("www.a.chaos.test", "AAAA", False), ("b.other.test", "AAAA", True)],
+        )
         for (rcode, addrs), name in zip(got[:2], ["a.chaos.test", "www.a.chaos.test"], strict=True):
             assert rcode == "NOERROR" and len(addrs) == 1 and addrs[0] != ZONE[name]
         assert got[2] == ("NOERROR", ["192.0.2.7"])
@@ -98,7 +101,10 @@ def test_random_and_static_answer_instead_of_the_server(lab: Lab, dns_server: st
         # the two experiments compose, and each recovers on its own
         fault.recover(ctx_r, rnd)
         assert resolve(lab, CLIENT, dns_server, every_name()) == [
-            real("a.chaos.test"), real("www.a.chaos.test"), ("NOERROR", ["192.0.2.7"])]
+            real("a.chaos.test"),
+            real("www.a.chaos.test"),
+            ("NOERROR", ["192.0.2.7"]),
+        ]
     finally:
         fault.recover(ctx_r, rnd)
         fault.recover(ctx_s, static)

@@ -41,12 +41,27 @@ async def bus(h: Harness) -> AsyncIterator[busmod.Bus]:
 
 
 def dns_command(uid: str, node: str, target: Target, op: str = "apply") -> m.NodeCommand:
-    action = m.TargetAction(target_id=f"default/{target.netns}", op=op, pod_uid=f"uid-{target.netns}",  # type: ignore[arg-type]
-                            namespace="default", pod_name=target.netns, container_ids=[target.container_id],
-                            fault=m.Dns(action="error", patterns=["a.chaos.test"]))
-    return m.NodeCommand(command_id=f"{uid}.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
-                         kind="DNSChaos", namespace="default", name=uid, node=node, issued_at=time.time(),
-                         deadline=time.time() + 300, actions=[action])
+    action = m.TargetAction(
+        target_id=f"default/{target.netns}",
+        op=op,
+        pod_uid=f"uid-{target.netns}",  # type: ignore[arg-type]
+        namespace="default",
+        pod_name=target.netns,
+        container_ids=[target.container_id],
+        fault=m.Dns(action="error", patterns=["a.chaos.test"]),
+    )
+    return m.NodeCommand(
+        command_id=f"{uid}.{uuid.uuid4().hex[:8]}",
+        experiment_uid=uid,
+        generation=1,
+        kind="DNSChaos",
+        namespace="default",
+        name=uid,
+        node=node,
+        issued_at=time.time(),
+        deadline=time.time() + 300,
+        actions=[action],
+    )
 
 
 def lo_up(path: str) -> None:

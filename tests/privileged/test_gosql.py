@@ -43,7 +43,6 @@ class GoTarget(QueryLog):
         self.follow_pipe(self.proc)
         self.wait(succeeding, since=0, timeout=30)
 
-
     @property
     def pid(self) -> int:
         return self.proc.pid
@@ -123,8 +122,11 @@ def test_kill9_of_the_helper_at_any_moment_leaves_the_program_running(targets: l
         payload = gosql.build_payload([(s.address, s.prologue) for s in plan.sites], plan.itab, gosql.NO_DEADLINE)
         assert plan.cave is not None
         sites = [f"{s.address:x}:{s.original.hex()}:{e}" for s, e in zip(plan.sites, payload.entries, strict=True)]
-        argv = ([helper, "inject", str(t.pid), payload.code.hex(), "24", f"{plan.cave[0]:x}", *sites] if i % 2 == 0
-                else [helper, "restore", str(t.pid), *(f"{a:x}:{o.hex()}" for a, o in originals)])
+        argv = (
+            [helper, "inject", str(t.pid), payload.code.hex(), "24", f"{plan.cave[0]:x}", *sites]
+            if i % 2 == 0
+            else [helper, "restore", str(t.pid), *(f"{a:x}:{o.hex()}" for a, o in originals)]
+        )
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0, 0.004))
         p.send_signal(signal.SIGKILL)
@@ -169,8 +171,11 @@ def test_a_target_without_go_is_refused_naming_why() -> None:
         fault = GoSqlErrorFault()
         ctx = _ctx([sleeper.pid], {})
         original = fault.original_state("uid", ctx.action, ctx.containers)
-        with pytest.raises(FaultError, match=r"no Go program with database/sql in the target \(pid \d+: "
-                                             r"/usr/bin/sleep is not a Go program\)") as info:
+        with pytest.raises(
+            FaultError,
+            match=r"no Go program with database/sql in the target \(pid \d+: "
+            r"/usr/bin/sleep is not a Go program\)",
+        ) as info:
             fault.apply(_ctx([sleeper.pid], original), GoSqlError())
         assert not info.value.retryable
     finally:
@@ -208,11 +213,14 @@ def test_a_go_program_without_database_sql_is_named_with_the_reason() -> None:
         proc.wait()
 
 
-@pytest.mark.parametrize("flags", [
-    ("-ldflags=-s -w",),  # no symbol table: the pclntab and the itabs' table
-    ("-buildmode=pie",),  # loaded at a random address
-    ("-buildmode=pie", "-ldflags=-s -w"),  # both (the tables then live in .data.rel.ro)
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("-ldflags=-s -w",),  # no symbol table: the pclntab and the itabs' table
+        ("-buildmode=pie",),  # loaded at a random address
+        ("-buildmode=pie", "-ldflags=-s -w"),  # both (the tables then live in .data.rel.ro)
+    ],
+)
 def test_stripped_and_pie_go_programs_are_patched(targets: list[GoTarget], flags: tuple[str, ...]) -> None:
     t = GoTarget(2, binary=go_binary(SOURCES / "sqlloop.go", *flags))
     targets.append(t)

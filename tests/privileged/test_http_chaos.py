@@ -91,13 +91,23 @@ def test_delay_adds_its_time_to_matched_requests_only(lab: Lab, server: str) -> 
 
 
 def test_replace_and_patch_rewrite_selected_messages_and_experiments_compose(lab: Lab, server: str) -> None:
-    request_rule = Http(target="Request", port=PORT, request_headers={"X-Chaos": "1"},
-                        replace=HttpReplace(path="/rewritten", method="PUT", body=b'{"a": 1}', queries={"a": "9"},
-                                            headers={"X-Replaced": "yes"}),
-                        patch=HttpPatch(body_json='{"b": 2}', queries=[["p", "1"]], headers=[["X-Patched", "1"]]))
-    response_rule = Http(target="Response", port=PORT, path="/json", code=200,
-                         replace=HttpReplace(code=418, headers={"X-Echo": "replaced"}),
-                         patch=HttpPatch(body_json='{"nested": {"drop": null}, "added": true}'))
+    request_rule = Http(
+        target="Request",
+        port=PORT,
+        request_headers={"X-Chaos": "1"},
+        replace=HttpReplace(
+            path="/rewritten", method="PUT", body=b'{"a": 1}', queries={"a": "9"}, headers={"X-Replaced": "yes"}
+        ),
+        patch=HttpPatch(body_json='{"b": 2}', queries=[["p", "1"]], headers=[["X-Patched", "1"]]),
+    )
+    response_rule = Http(
+        target="Response",
+        port=PORT,
+        path="/json",
+        code=200,
+        replace=HttpReplace(code=418, headers={"X-Echo": "replaced"}),
+        patch=HttpPatch(body_json='{"nested": {"drop": null}, "added": true}'),
+    )
     with Applied(lab, "http-req", SERVER, request_rule), Applied(lab, "http-resp", SERVER, response_rule):
         seen = get(lab, CLIENT, server, "/api/x?a=1&z=3", headers={"X-Chaos": "1"}).json()  # type: ignore[attr-defined]
         assert (seen["method"], seen["path"], seen["query"]) == ("PUT", "/rewritten", "a=9&z=3&p=1")

@@ -41,15 +41,30 @@ async def bus(h: Harness) -> AsyncIterator[busmod.Bus]:
     await b.close()
 
 
-def http_command(uid: str, node: str, target: Target, op: str = "apply", deadline: float | None = None
-                 ) -> m.NodeCommand:
-    action = m.TargetAction(target_id=f"default/{target.netns}", op=op, pod_uid=f"uid-{target.netns}",  # type: ignore[arg-type]
-                            namespace="default", pod_name=target.netns, container_ids=[target.container_id],
-                            fault=m.Http(target="Response", port=PORT, path="/api/*",
-                                         replace=m.HttpReplace(code=503)))
-    return m.NodeCommand(command_id=f"{uid}.{uuid.uuid4().hex[:8]}", experiment_uid=uid, generation=1,
-                         kind="HTTPChaos", namespace="default", name=uid, node=node, issued_at=time.time(),
-                         deadline=deadline or time.time() + 300, actions=[action])
+def http_command(
+    uid: str, node: str, target: Target, op: str = "apply", deadline: float | None = None
+) -> m.NodeCommand:
+    action = m.TargetAction(
+        target_id=f"default/{target.netns}",
+        op=op,
+        pod_uid=f"uid-{target.netns}",  # type: ignore[arg-type]
+        namespace="default",
+        pod_name=target.netns,
+        container_ids=[target.container_id],
+        fault=m.Http(target="Response", port=PORT, path="/api/*", replace=m.HttpReplace(code=503)),
+    )
+    return m.NodeCommand(
+        command_id=f"{uid}.{uuid.uuid4().hex[:8]}",
+        experiment_uid=uid,
+        generation=1,
+        kind="HTTPChaos",
+        namespace="default",
+        name=uid,
+        node=node,
+        issued_at=time.time(),
+        deadline=deadline or time.time() + 300,
+        actions=[action],
+    )
 
 
 def lo_up(path: str) -> None:
@@ -85,7 +100,8 @@ async def test_kill_9_and_restart_reasserts_httpchaos_and_recover_leaves_nothing
 
 
 async def test_deadline_passing_while_the_injector_is_dead_goes_direct_and_the_restart_cleans_up(
-        h: Harness, bus: busmod.Bus) -> None:
+    h: Harness, bus: busmod.Bus
+) -> None:
     target = h.add_target("kd")
     await asyncio.to_thread(lo_up, target.path)
 

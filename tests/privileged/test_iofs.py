@@ -33,8 +33,9 @@ from chaosbus.injector.backends.native import native_dir
 pytestmark = pytest.mark.privileged
 
 if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not (native_dir() / "iofs").exists():
-    pytest.skip("needs root, /dev/fuse and native/build/iofs (make install, with libfuse3-dev)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs root, /dev/fuse and native/build/iofs (make install, with libfuse3-dev)", allow_module_level=True
+    )
 
 READ = 1 << iochaos.METHODS.index("read")
 GETATTR = 1 << iochaos.METHODS.index("getattr") | 1 << iochaos.METHODS.index("lookup")
@@ -54,8 +55,10 @@ class Target:
 def _start_target(tmp: Path, argv: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Target]:
     host, vol = tmp / "host", tmp / "pod" / "data"
     host.mkdir(exist_ok=True)
-    shim = subprocess.Popen(podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True,
-                                            volumes=[f"{host}:{vol}"]), start_new_session=True)
+    shim = subprocess.Popen(
+        podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True, volumes=[f"{host}:{vol}"]),
+        start_new_session=True,
+    )
     deadline, kids = time.monotonic() + 10, []
     while not kids and time.monotonic() < deadline:
         with open(f"/proc/{shim.pid}/task/{shim.pid}/children") as f:
@@ -81,8 +84,9 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
 
 def ctx_for(t: Target, spec: m.IO, uid: str = "", deadline: float | None = None) -> faults.FaultContext:
     uid = uid or uuid.uuid4().hex[:8]
-    action = m.TargetAction(target_id=f"default/pod-{uid}", op="apply", container_ids=[f"process://{t.pid}"],
-                            fault=spec)
+    action = m.TargetAction(
+        target_id=f"default/pod-{uid}", op="apply", container_ids=[f"process://{t.pid}"], fault=spec
+    )
     containers = [runtime.resolve(f"process://{t.pid}")]
     original = faults.original_state("io", uid, action, containers=containers)
     return faults.FaultContext(uid, "x", "default", action, containers, deadline=deadline, original=original)
@@ -145,8 +149,9 @@ def test_percent_50_fails_about_half_of_the_matched_calls_with_the_errno(target:
 
 def test_attr_override_changes_what_stat_returns_not_the_file(target: Target) -> None:
     mask, values = iochaos.attr_override(iochaos.AttrOverride(size=4242, perm=0o600))
-    spec = io(target, action="attrOverride", path=f"{target.vol}/b.txt", methods=GETATTR, attr_mask=mask,
-              attr_values=values)
+    spec = io(
+        target, action="attrOverride", path=f"{target.vol}/b.txt", methods=GETATTR, attr_mask=mask, attr_values=values
+    )
     ctx = ctx_for(target, spec)
     FAULT.apply(ctx, spec)
     try:
@@ -162,8 +167,9 @@ def test_attr_override_changes_what_stat_returns_not_the_file(target: Target) ->
 def test_mistake_corrupts_reads_within_its_bounds_and_never_the_file(target: Target) -> None:
     original = "A" * 4096
     (target.host / "data.bin").write_text(original)
-    spec = io(target, action="mistake", methods=READ, mistake_filling=0, mistake_max_occurrences=2,
-              mistake_max_length=3)
+    spec = io(
+        target, action="mistake", methods=READ, mistake_filling=0, mistake_max_occurrences=2, mistake_max_length=3
+    )
     ctx = ctx_for(target, spec)
     FAULT.apply(ctx, spec)
     try:
@@ -236,8 +242,12 @@ APPLY = textwrap.dedent("""
 
 
 def _injector(t: Target, op: str, uid: str, deadline: float = 0.0) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", APPLY, str(t.pid), t.vol, str(deadline), uid, str(READ), op],
-                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    return subprocess.Popen(
+        [sys.executable, "-c", APPLY, str(t.pid), t.vol, str(deadline), uid, str(READ), op],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
 
 
 def test_killed_injector_leaves_working_files_and_a_new_one_recovers(target: Target) -> None:
@@ -320,8 +330,9 @@ def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
     return shim, t, lines
 
 
-def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
     shim, t, lines = _reader(tmp_path)
     try:
@@ -337,15 +348,16 @@ def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(tmp_p
         assert t.mounted() == 0
         seen = len(lines())
         assert eventually(lambda: lines()[seen:].count("'other file\\n'") >= 3), lines()[-3:]
-        assert "ERR" not in "".join(lines()[seen + 1:])
+        assert "ERR" not in "".join(lines()[seen + 1 :])
         assert (t.host / "b.txt").read_text() == "other file\nw"  # its writes reached the file
     finally:
         os.killpg(shim.pid, signal.SIGKILL)
         shim.wait()
 
 
-def test_files_open_on_a_killed_fuse_server_are_moved_back_not_left_broken(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_files_open_on_a_killed_fuse_server_are_moved_back_not_left_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
     shim, t, lines = _reader(tmp_path)
     try:

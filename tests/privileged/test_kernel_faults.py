@@ -38,13 +38,27 @@ pytestmark = pytest.mark.privileged
 Rules = dict[int, list[PartitionRule]]  # pod index -> its rules
 
 
-def ctx_for(uid: str, pids: list[int], spec: FaultSpec, selector: str = ".",
-            deadline: float | None = None) -> faults.FaultContext:
+def ctx_for(
+    uid: str, pids: list[int], spec: FaultSpec, selector: str = ".", deadline: float | None = None
+) -> faults.FaultContext:
     ids = [f"process://{pid}" for pid in pids]
-    action = TargetAction(target_id="default/pod", selector_key=selector, op="apply", namespace="default",
-                          pod_name="pod", container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="default", action=action,
-                               containers=[runtime.resolve(i) for i in ids], deadline=deadline)
+    action = TargetAction(
+        target_id="default/pod",
+        selector_key=selector,
+        op="apply",
+        namespace="default",
+        pod_name="pod",
+        container_ids=ids,
+        fault=spec,
+    )
+    return faults.FaultContext(
+        experiment_uid=uid,
+        experiment_name=uid,
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+        deadline=deadline,
+    )
 
 
 class Experiment:
@@ -107,13 +121,19 @@ def test_baseline_every_pod_reaches_every_pod(lab: Lab) -> None:
     assert lab.reachable(PORTS) == lab.all_links(PORTS)
 
 
-@pytest.mark.parametrize(("direction", "blocked"), [
-    ("to", {(0, 1, 8080)}),
-    ("from", {(1, 0, 8080)}),
-    ("both", {(0, 1, 8080), (1, 0, 8080)}),
-])
+@pytest.mark.parametrize(
+    ("direction", "blocked"),
+    [
+        ("to", {(0, 1, 8080)}),
+        ("from", {(1, 0, 8080)}),
+        ("both", {(0, 1, 8080), (1, 0, 8080)}),
+    ],
+)
 def test_direction_blocks_exactly_its_links(
-    lab: Lab, experiments: list[Experiment], direction: str, blocked: set[Link],
+    lab: Lab,
+    experiments: list[Experiment],
+    direction: str,
+    blocked: set[Link],
 ) -> None:
     exp = start(lab, experiments, f"dir-{direction}", direction_rules(lab, direction, 0, 1))
     assert lab.reachable() == lab.all_links() - blocked
@@ -129,10 +149,15 @@ def test_no_peers_isolates_outbound_but_not_inbound_or_loopback(lab: Lab, experi
 
 def test_external_cidr_and_cidr_port(lab: Lab, experiments: list[Experiment]) -> None:
     subnet = str(lab.subnet)
-    start(lab, experiments, "ext", {
-        0: [PartitionRule(chain="output", external=[f"{lab.pods[2].ip}/32"])],
-        3: [PartitionRule(chain="output", external=[f"{subnet}:8081"])],
-    })
+    start(
+        lab,
+        experiments,
+        "ext",
+        {
+            0: [PartitionRule(chain="output", external=[f"{lab.pods[2].ip}/32"])],
+            3: [PartitionRule(chain="output", external=[f"{subnet}:8081"])],
+        },
+    )
     blocked = {(0, 2, port) for port in PORTS} | {(3, d, 8081) for d in range(3)}
     assert lab.reachable(PORTS) == lab.all_links(PORTS) - blocked
 
@@ -145,7 +170,8 @@ def test_external_hostname_with_port_is_resolved(lab: Lab, experiments: list[Exp
 
 
 def test_two_partitions_on_one_pod_compose_and_recover_independently(
-    lab: Lab, experiments: list[Experiment],
+    lab: Lab,
+    experiments: list[Experiment],
 ) -> None:
     a = start(lab, experiments, "compose-a", {0: [PartitionRule(chain="output", peers=[lab.pods[1].ip])]})
     b = start(lab, experiments, "compose-b", {0: [PartitionRule(chain="output", peers=[lab.pods[2].ip])]})
@@ -186,8 +212,17 @@ def test_apply_is_idempotent_and_replaces_the_table(lab: Lab, experiments: list[
 
 
 def test_partition_timings(lab: Lab, experiments: list[Experiment], capsys: pytest.CaptureFixture[str]) -> None:
-    exp = Experiment(lab, "timing", {0: [PartitionRule(chain="output", peers=[p.ip for p in lab.pods[1:]],
-                                                       external=["10.0.0.0/8:443", "192.0.2.0/24"])]})
+    exp = Experiment(
+        lab,
+        "timing",
+        {
+            0: [
+                PartitionRule(
+                    chain="output", peers=[p.ip for p in lab.pods[1:]], external=["10.0.0.0/8:443", "192.0.2.0/24"]
+                )
+            ]
+        },
+    )
     experiments.append(exp)
     applies, recovers = [], []
     for _ in range(10):
@@ -198,19 +233,24 @@ def test_partition_timings(lab: Lab, experiments: list[Experiment], capsys: pyte
         applies.append(t1 - t0)
         recovers.append(time.perf_counter() - t1)
     with capsys.disabled():
-        print(f"\npartition apply p50 {sorted(applies)[5] * 1e3:.1f} ms, max {max(applies) * 1e3:.1f} ms; "
-              f"recover p50 {sorted(recovers)[5] * 1e3:.1f} ms, max {max(recovers) * 1e3:.1f} ms")
+        print(
+            f"\npartition apply p50 {sorted(applies)[5] * 1e3:.1f} ms, max {max(applies) * 1e3:.1f} ms; "
+            f"recover p50 {sorted(recovers)[5] * 1e3:.1f} ms, max {max(recovers) * 1e3:.1f} ms"
+        )
     assert max(applies) < 1.0 and max(recovers) < 1.0
 
 
 # --- target gone ------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def victim(lab: Lab, index: int) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """A process tree in pod `index`: a python parent with a sleeping child; yields (proc, child pid)."""
-    code = ("import subprocess, sys, time\n"
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "print(c.pid, flush=True)\ntime.sleep(60)\n")
+    code = (
+        "import subprocess, sys, time\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print(c.pid, flush=True)\ntime.sleep(60)\n"
+    )
     proc = lab.spawn(index, [sys.executable, "-c", code])
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
@@ -226,8 +266,9 @@ def test_gone_target_counts_as_recovered(lab: Lab) -> None:
     fault, spec = faults.get("partition"), Partition(rules=[PartitionRule(chain="output")])
     name = f"{lab.bridge}-pg"
     try:
-        net = podnet.create_pod_network(name, lab.bridge, f"{lab.subnet.network_address + 98}/24",
-                                        str(lab.subnet.network_address + 1))
+        net = podnet.create_pod_network(
+            name, lab.bridge, f"{lab.subnet.network_address + 98}/24", str(lab.subnet.network_address + 1)
+        )
         proc = podnet.spawn_in_netns([sys.executable, "-c", "import time; time.sleep(60)"], name)
         ctx = ctx_for("gone", [proc.pid], spec)
         assert ctx.containers[0].netns_path == net.netns_path  # the sandbox, not /proc/<pid>
@@ -247,6 +288,7 @@ def test_gone_target_counts_as_recovered(lab: Lab) -> None:
 
 
 # --- processes --------------------------------------------------------------------------------
+
 
 def test_pod_kill_kills_exactly_the_selected_pod(lab: Lab) -> None:
     with victim(lab, 2) as (proc, child), victim(lab, 3) as (bystander, bystander_child):
@@ -284,6 +326,7 @@ def test_unsupported_runtime_is_a_clear_error() -> None:
 
 # --- pod networking ---------------------------------------------------------------------------
 
+
 def test_pod_network_is_idempotent_and_repairs_partial_state(lab: Lab) -> None:
     name = f"{lab.bridge}-px"
     ip, gw = f"{lab.subnet.network_address + 99}/24", str(lab.subnet.network_address + 1)
@@ -291,6 +334,7 @@ def test_pod_network_is_idempotent_and_repairs_partial_state(lab: Lab) -> None:
         net = podnet.create_pod_network(name, lab.bridge, ip, gw)
         assert podnet.create_pod_network(name, lab.bridge, ip, gw) == net
         from pyroute2 import IPRoute
+
         with IPRoute() as ipr:  # a crash left the netns but lost the veth
             ipr.link("del", index=ipr.link_lookup(ifname=net.host_ifname)[0])
 
@@ -301,8 +345,14 @@ def test_pod_network_is_idempotent_and_repairs_partial_state(lab: Lab) -> None:
         assert podnet.delete_bridge_if_unused(lab.bridge) is False  # still in use
         server = lab.spawn(0, [sys.executable, "-c", "print('x')"])
         server.communicate(timeout=5)
-        probe = podnet.spawn_in_netns([sys.executable, "-c", "import socket; socket.create_connection"
-                                       f"(('{lab.pods[0].ip}', 8080), timeout=1).close()"], name)
+        probe = podnet.spawn_in_netns(
+            [
+                sys.executable,
+                "-c",
+                f"import socket; socket.create_connection(('{lab.pods[0].ip}', 8080), timeout=1).close()",
+            ],
+            name,
+        )
         assert probe.wait(timeout=5) == 0
     finally:
         assert podnet.delete_pod_network(name) is True
@@ -317,8 +367,9 @@ def test_failed_pod_network_leaves_nothing_behind(lab: Lab) -> None:
         ipr.link("add", ifname=not_a_bridge, kind="veth", peer={"ifname": f"{lab.bridge}e"})
     try:
         with pytest.raises(Exception, match="(?i)not supported|operation"):
-            podnet.create_pod_network(name, not_a_bridge, f"{lab.subnet.network_address + 97}/24",
-                                      str(lab.subnet.network_address + 1))
+            podnet.create_pod_network(
+                name, not_a_bridge, f"{lab.subnet.network_address + 97}/24", str(lab.subnet.network_address + 1)
+            )
         assert not os.path.exists(nsutil.netns_path(name))
         with IPRoute() as ipr:
             assert ipr.link_lookup(ifname=podnet.host_ifname(name)) == []

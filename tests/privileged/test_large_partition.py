@@ -28,8 +28,16 @@ SIDE = 1000
 
 
 def target_pod(name: str, app: str, ip: str) -> m.TargetPod:
-    return m.TargetPod(uid=f"uid-{name}", namespace="default", name=name, labels={"app": app}, node="n1", pod_ip=ip,
-                       phase="Running", containers=[m.ContainerRef(name="main", container_id=f"process://{name}")])
+    return m.TargetPod(
+        uid=f"uid-{name}",
+        namespace="default",
+        name=name,
+        labels={"app": app},
+        node="n1",
+        pod_ip=ip,
+        phase="Running",
+        containers=[m.ContainerRef(name="main", container_id=f"process://{name}")],
+    )
 
 
 @pytest.fixture
@@ -43,13 +51,34 @@ def applied(lab: Lab) -> Iterator[list[tuple[int, m.TargetAction]]]:
         for i in range(SIDE - 2):
             ip = f"10.{net}.{i // 250}.{i % 250 + 1}"
             core.on_target(f"pod.default.{app}-{i}", target_pod(f"{app}-{i}", app, ip))
-    spec = {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "a"}}, "direction": "both",
-            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}}}
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "spec": spec,
-           "metadata": {"name": "big", "namespace": "default", "uid": "big-partition", "generation": 1,
-                        "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": [RECORDS_FINALIZER]}}
-    event = m.ObjectEvent(type="ADDED", kind="NetworkChaos", namespace="default", name="big", uid="big-partition",
-                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    spec = {
+        "action": "partition",
+        "mode": "all",
+        "selector": {"labelSelectors": {"app": "a"}},
+        "direction": "both",
+        "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}},
+    }
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "NetworkChaos",
+        "spec": spec,
+        "metadata": {
+            "name": "big",
+            "namespace": "default",
+            "uid": "big-partition",
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "finalizers": [RECORDS_FINALIZER],
+        },
+    }
+    event = m.ObjectEvent(
+        type="ADDED",
+        kind="NetworkChaos",
+        namespace="default",
+        name="big",
+        uid="big-partition",
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
     [cmd] = core.on_object(event, 1.0).commands
     wire = [msgspec.json.encode(p) for p in commands.parts(cmd, 1024 * 1024 - 8192)]
     assert all(len(w) <= 1024 * 1024 - 8192 for w in wire)
@@ -60,16 +89,17 @@ def applied(lab: Lab) -> Iterator[list[tuple[int, m.TargetAction]]]:
     mine = [(i, by_pod[f"real-{i}"]) for i in real]
     for i, action in mine:
         assert all(len(r.peers) == SIDE for r in action.fault.rules)  # type: ignore[union-attr]
-        fault.apply(ctx_for("big-partition", [lab.pods[i].server.pid], action.fault, action.selector_key),
-                    action.fault)
+        fault.apply(ctx_for("big-partition", [lab.pods[i].server.pid], action.fault, action.selector_key), action.fault)
     yield mine
     for i, action in mine:
-        fault.recover(ctx_for("big-partition", [lab.pods[i].server.pid], action.fault, action.selector_key),
-                      action.fault)
+        fault.recover(
+            ctx_for("big-partition", [lab.pods[i].server.pid], action.fault, action.selector_key), action.fault
+        )
 
 
 def test_a_1000_plus_1000_partition_cuts_exactly_the_links_across_the_sides(
-        lab: Lab, applied: list[tuple[int, m.TargetAction]]) -> None:
+    lab: Lab, applied: list[tuple[int, m.TargetAction]]
+) -> None:
     across = {(s, t) for s in (0, 1) for t in (2, 3)} | {(t, s) for s in (0, 1) for t in (2, 3)}
     expected = {link for link in lab.all_links() if (link[0], link[1]) not in across}
     assert lab.reachable() == expected

@@ -20,8 +20,9 @@ TABLE = "chaosbus_libnft_test"
 
 
 def tables_in(path: str) -> list[str]:
-    out = subprocess.run(["nsenter", f"--net={path}", "nft", "-j", "list", "tables"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["nsenter", f"--net={path}", "nft", "-j", "list", "tables"], capture_output=True, text=True, check=True
+    ).stdout
     return [t["table"]["name"] for t in json.loads(out)["nftables"] if "table" in t]
 
 
@@ -50,7 +51,8 @@ def contexts() -> Iterator[libnft.NftContexts]:
 
 
 def test_a_table_lands_in_the_target_netns_and_its_context_ends_with_it(
-        netns: str, contexts: libnft.NftContexts) -> None:
+    netns: str, contexts: libnft.NftContexts
+) -> None:
     contexts.apply(netns, TABLE, f"add table inet {TABLE}\ndelete table inet {TABLE}\n{script()}")
     assert tables_in(netns) == [TABLE]
     assert TABLE not in tables_in(f"/proc/{os.getpid()}/ns/net")  # not in the injector's own netns
@@ -76,8 +78,11 @@ def test_a_released_context_closes_its_socket_in_the_background(netns: str, cont
 def test_a_refused_script_changes_nothing_and_says_why(netns: str, contexts: libnft.NftContexts) -> None:
     contexts.apply(netns, TABLE, script())
     with pytest.raises(libnft.TransactionFailed, match="no_such_set|Error"):
-        contexts.apply(netns, TABLE, f"delete table inet {TABLE}\n{script()}add rule inet {TABLE} output "
-                                     "ip daddr @no_such_set drop\n")
+        contexts.apply(
+            netns,
+            TABLE,
+            f"delete table inet {TABLE}\n{script()}add rule inet {TABLE} output ip daddr @no_such_set drop\n",
+        )
     assert tables_in(netns) == [TABLE]  # the delete in the same transaction did not happen either
 
 
@@ -94,8 +99,9 @@ def test_a_context_whose_netns_is_gone_is_freed(contexts: libnft.NftContexts) ->
         contexts.apply(path, TABLE, script())
 
 
-def test_no_context_past_the_descriptor_headroom(netns: str, contexts: libnft.NftContexts,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_context_past_the_descriptor_headroom(
+    netns: str, contexts: libnft.NftContexts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(libnft, "FD_HEADROOM", 0)
     with pytest.raises(libnft.Unavailable):
         contexts.apply(netns, TABLE, script())
@@ -138,23 +144,24 @@ def test_a_raw_nfnetlink_delete_removes_exactly_the_table_and_absent_is_not_an_e
         nft.delete_table(netns, "chaosbus_other")
 
 
-def test_a_delete_without_a_context_uses_a_bare_socket_and_keeps_none(netns: str,
-                                                                      contexts: libnft.NftContexts) -> None:
+def test_a_delete_without_a_context_uses_a_bare_socket_and_keeps_none(netns: str, contexts: libnft.NftContexts) -> None:
     nft.apply_table(netns, TABLE, script())  # the process-wide contexts, not this fixture's
     contexts.delete(netns, TABLE)
     assert tables_in(netns) == [] and len(contexts) == 0
 
 
 def rules_of(path: str) -> str:
-    return subprocess.run(["nsenter", f"--net={path}", "nft", "list", "table", "inet", TABLE], capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["nsenter", f"--net={path}", "nft", "list", "table", "inet", TABLE], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_a_table_made_by_someone_else_is_replaced_not_merged(netns: str, contexts: libnft.NftContexts) -> None:
     # A first apply defines the table outright; one that finds the table already there (an earlier
     # injector's, say) must replace it in one transaction, or the old rules would stay beside the new.
-    subprocess.run(["nsenter", f"--net={netns}", "nft", "-f", "-"], input=script(peer="192.0.2.7"), text=True,
-                   check=True)
+    subprocess.run(
+        ["nsenter", f"--net={netns}", "nft", "-f", "-"], input=script(peer="192.0.2.7"), text=True, check=True
+    )
     contexts.apply(netns, TABLE, script(peer="192.0.2.8"))
     listed = rules_of(netns)
     assert "192.0.2.8" in listed and "192.0.2.7" not in listed
@@ -174,20 +181,27 @@ def test_the_raw_existence_check_sees_exactly_the_named_table(netns: str) -> Non
         nft.delete_table(netns, TABLE)
 
 
-def test_drop_counters_read_through_the_context_match_what_nft_prints(
-        netns: str, contexts: libnft.NftContexts) -> None:
+def test_drop_counters_read_through_the_context_match_what_nft_prints(netns: str, contexts: libnft.NftContexts) -> None:
     peer = "192.0.2.9"
     contexts.apply(netns, TABLE, script(peer=peer))
     subprocess.run(["ip", "-n", os.path.basename(netns), "link", "set", "lo", "up"], check=True)
     subprocess.run(["nsenter", f"--net={netns}", "ip", "route", "add", "default", "dev", "lo"], check=True)
     # Each send is dropped by the partition's output rule (EPERM) and counted by the kernel.
-    probe = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-             "for _ in range(5):\n    try:\n"
-             f"        s.sendto(b'x' * 20, ('{peer}', 9))\n"
-             "    except OSError:\n        pass\n")
+    probe = (
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for _ in range(5):\n    try:\n"
+        f"        s.sendto(b'x' * 20, ('{peer}', 9))\n"
+        "    except OSError:\n        pass\n"
+    )
     subprocess.run(["nsenter", f"--net={netns}", "python3", "-c", probe], check=True)
-    spawned = json.loads(subprocess.run(["nsenter", f"--net={netns}", "nft", "-j", "list", "table", "inet", TABLE],
-                                        capture_output=True, text=True, check=True).stdout)
+    spawned = json.loads(
+        subprocess.run(
+            ["nsenter", f"--net={netns}", "nft", "-j", "list", "table", "inet", TABLE],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     want = [0, 0]
     for item in spawned["nftables"]:
         for expr in (item.get("rule") or {}).get("expr") or []:

@@ -59,19 +59,32 @@ def probe(lab: Lab) -> Iterator[dict[int, Agent]]:
 class Experiment:
     """One NetworkChaos (Chaos Mesh YAML) on lab pods: every side planned like the scheduler does."""
 
-    def __init__(self, lab: Lab, name: str, spec: dict[str, Any], selected: tuple[int, ...],
-                 targets: tuple[int, ...] = ()) -> None:
-        doc = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": name},
-               "spec": {"mode": "all", "selector": {"labelSelectors": {"app": "x"}}, **spec}}
+    def __init__(
+        self, lab: Lab, name: str, spec: dict[str, Any], selected: tuple[int, ...], targets: tuple[int, ...] = ()
+    ) -> None:
+        doc = {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "NetworkChaos",
+            "metadata": {"name": name},
+            "spec": {"mode": "all", "selector": {"labelSelectors": {"app": "x"}}, **spec},
+        }
         if targets:
             doc["spec"]["target"] = {"mode": "all", "selector": {"labelSelectors": {"app": "y"}}}
         decoded = decode_object(yaml.safe_load(yaml.safe_dump(doc))).spec
         assert isinstance(decoded, NetworkChaosSpec)
-        everyone = [plan.Selected(f"s{i}", key, m.TargetPod(uid=f"uid-{i}", namespace="default", name=f"pod-{i}",
-                                                            pod_ip=lab.pods[i].ip))
-                    for key, pods in ((plan.MAIN, selected), (plan.TARGET, targets)) for i in pods]
-        self.sides = [Shaped(lab, name, int(s.pod.name.removeprefix("pod-")), plan.shaping_for(decoded, s, everyone),
-                             s.selector_key) for s in everyone]
+        everyone = [
+            plan.Selected(
+                f"s{i}", key, m.TargetPod(uid=f"uid-{i}", namespace="default", name=f"pod-{i}", pod_ip=lab.pods[i].ip)
+            )
+            for key, pods in ((plan.MAIN, selected), (plan.TARGET, targets))
+            for i in pods
+        ]
+        self.sides = [
+            Shaped(
+                lab, name, int(s.pod.name.removeprefix("pod-")), plan.shaping_for(decoded, s, everyone), s.selector_key
+            )
+            for s in everyone
+        ]
 
     def apply(self) -> None:
         for side in self.sides:
@@ -122,8 +135,9 @@ def one_way_ms(probe: dict[int, Agent], lab: Lab, src: int, dst: int) -> float:
     return min(a.one_way_ms for a in got)
 
 
-def test_delay_applies_towards_the_target_only_until_recovered(lab: Lab, probe: dict[int, Agent],
-                                                               clean: list[Experiment]) -> None:
+def test_delay_applies_towards_the_target_only_until_recovered(
+    lab: Lab, probe: dict[int, Agent], clean: list[Experiment]
+) -> None:
     exp = start(clean, Experiment(lab, "delay", delay(), selected=(0,), targets=(1,)))
     shaped = probe[0].rtts(lab.pods[1].ip, count=20)
     other = probe[0].rtts(lab.pods[2].ip)
@@ -134,8 +148,9 @@ def test_delay_applies_towards_the_target_only_until_recovered(lab: Lab, probe: 
     assert fastest(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS
 
 
-def test_jitter_spreads_latency_and_full_correlation_freezes_it(lab: Lab, probe: dict[int, Agent],
-                                                                clean: list[Experiment]) -> None:
+def test_jitter_spreads_latency_and_full_correlation_freezes_it(
+    lab: Lab, probe: dict[int, Agent], clean: list[Experiment]
+) -> None:
     # a wide jitter, so that emulation noise (a few ms, more on a loaded host) stays small beside it
     spec = {"latency": "250ms", "jitter": "200ms"}
     jittery = start(clean, Experiment(lab, "jitter", delay(**spec, correlation="0"), selected=(0,)))
@@ -147,8 +162,10 @@ def test_jitter_spreads_latency_and_full_correlation_freezes_it(lab: Lab, probe:
     # how far the lower quartile is above the fastest packet: noise only adds, so for one repeated
     # delay this is the noise of the calmer packets alone, for a uniform delay a quarter of its width
     spread, frozen_spread = (statistics.quantiles(v, n=4)[0] - min(v) for v in (free, frozen))
-    print(f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, lower quartile {spread:.1f} ms above "
-          f"the fastest; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, {frozen_spread:.1f} ms above")
+    print(
+        f"\njitter 250ms ± 200ms: RTT {min(free):.0f}-{max(free):.0f} ms, lower quartile {spread:.1f} ms above "
+        f"the fastest; correlation 100: {min(frozen):.0f}-{max(frozen):.0f} ms, {frozen_spread:.1f} ms above"
+    )
     assert len(free) == len(frozen) == 24
     # uniform in [50, 450) ms: spread over most of the range, never below it
     assert min(free) >= 50 and max(free) - min(free) > 200 and spread > 50
@@ -175,8 +192,10 @@ def test_loss_drops_that_share_of_packets(lab: Lab, probe: dict[int, Agent], cle
 
 
 def test_duplicate_delivers_that_share_twice(lab: Lab, probe: dict[int, Agent], clean: list[Experiment]) -> None:
-    start(clean, Experiment(lab, "dup", {"action": "duplicate", "duplicate": {"duplicate": "40"}},
-                            selected=(0,), targets=(1,)))
+    start(
+        clean,
+        Experiment(lab, "dup", {"action": "duplicate", "duplicate": {"duplicate": "40"}}, selected=(0,), targets=(1,)),
+    )
     run = next(runs)
     probe[0].send(lab.pods[1].ip, run, 500)
     got = probe[1].arrivals(run)
@@ -188,8 +207,10 @@ def test_duplicate_delivers_that_share_twice(lab: Lab, probe: dict[int, Agent], 
 
 
 def test_corrupt_flips_bits_that_checksums_catch(lab: Lab, probe: dict[int, Agent], clean: list[Experiment]) -> None:
-    start(clean, Experiment(lab, "corrupt", {"action": "corrupt", "corrupt": {"corrupt": "30"}},
-                            selected=(0,), targets=(1,)))
+    start(
+        clean,
+        Experiment(lab, "corrupt", {"action": "corrupt", "corrupt": {"corrupt": "30"}}, selected=(0,), targets=(1,)),
+    )
     before = udp_counters(probe[1])
     run = next(runs)
     probe[0].send(lab.pods[1].ip, run, 500, size=1000, interval=0.002)
@@ -199,8 +220,10 @@ def test_corrupt_flips_bits_that_checksums_catch(lab: Lab, probe: dict[int, Agen
     # UDP verifies a checksum when the datagram is read, so a full receive buffer would drop
     # corrupted and intact datagrams alike: the share is taken among those that were read
     share = bad_sums / (bad_sums + len(got))
-    print(f"\ncorrupt 30%: {bad_sums} of 500 datagrams failed their UDP checksum, {len(got)} delivered intact, "
-          f"{500 - len(got) - bad_sums} lost otherwise ({full} to a full receive buffer)")
+    print(
+        f"\ncorrupt 30%: {bad_sums} of 500 datagrams failed their UDP checksum, {len(got)} delivered intact, "
+        f"{500 - len(got) - bad_sums} lost otherwise ({full} to a full receive buffer)"
+    )
     # a flipped bit lands anywhere in the frame: mostly in the UDP datagram (a checksum error),
     # rarely in the Ethernet or IP header (dropped before UDP sees it)
     assert bad_sums + len(got) >= 400 and 0.22 <= share <= 0.38
@@ -208,8 +231,12 @@ def test_corrupt_flips_bits_that_checksums_catch(lab: Lab, probe: dict[int, Agen
 
 
 def test_reorder_sends_every_gapth_packet_ahead(lab: Lab, probe: dict[int, Agent], clean: list[Experiment]) -> None:
-    start(clean, Experiment(lab, "reorder", delay(reorder={"reorder": "100", "correlation": "0", "gap": 4}),
-                            selected=(0,), targets=(1,)))
+    start(
+        clean,
+        Experiment(
+            lab, "reorder", delay(reorder={"reorder": "100", "correlation": "0", "gap": 4}), selected=(0,), targets=(1,)
+        ),
+    )
     run = next(runs)
     probe[0].send(lab.pods[1].ip, run, 40, interval=0.002)
     got = probe[1].arrivals(run, settle=0.5)
@@ -220,8 +247,10 @@ def test_reorder_sends_every_gapth_packet_ahead(lab: Lab, probe: dict[int, Agent
     fast = {a.seq for a in got if a.one_way_ms < DELAY_MS}
     overtook = {s for s in order if s > 0 and order.index(s) < order.index(s - 1)}
     inversions = sum(1 for a, b in itertools.pairwise(order) if b < a)
-    print(f"\nreorder 100% gap 4: faster than the delay {sorted(fast)}, overtook {sorted(overtook)}, "
-          f"{inversions} inversions in arrival order")
+    print(
+        f"\nreorder 100% gap 4: faster than the delay {sorted(fast)}, overtook {sorted(overtook)}, "
+        f"{inversions} inversions in arrival order"
+    )
     assert sorted(order) == list(range(40))
     assert fast <= every_fourth and every_fourth <= fast | overtook
     assert len(fast) >= len(every_fourth) / 2
@@ -234,10 +263,10 @@ def sink(lab: Lab) -> Iterator[dict[int, subprocess.Popen[str]]]:
         yield procs
 
 
-def test_netem_rate_caps_throughput(lab: Lab, sink: dict[int, subprocess.Popen[str]],
-                                    clean: list[Experiment]) -> None:
-    exp = start(clean, Experiment(lab, "rate", {"action": "netem", "rate": {"rate": "2mbit"}},
-                                  selected=(0,), targets=(1,)))
+def test_netem_rate_caps_throughput(lab: Lab, sink: dict[int, subprocess.Popen[str]], clean: list[Experiment]) -> None:
+    exp = start(
+        clean, Experiment(lab, "rate", {"action": "netem", "rate": {"rate": "2mbit"}}, selected=(0,), targets=(1,))
+    )
     capped = goodput(lab, sink, 0, 1)
     exp.recover()
     free = goodput(lab, sink, 0, 1, seconds=1)
@@ -246,23 +275,33 @@ def test_netem_rate_caps_throughput(lab: Lab, sink: dict[int, subprocess.Popen[s
     assert 0.8 * 2 * MBIT <= capped <= 2 * MBIT and free > 20 * MBIT
 
 
-def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: dict[int, Agent],
-                                                               sink: dict[int, subprocess.Popen[str]],
-                                                               clean: list[Experiment]) -> None:
+def test_delay_and_bandwidth_compose_and_recover_independently(
+    lab: Lab, probe: dict[int, Agent], sink: dict[int, subprocess.Popen[str]], clean: list[Experiment]
+) -> None:
     pod0 = lab.pods[0].net.netns_path
     # towards pod 1 both rules meet: one class chaining netem then tbf. The bucket's queue holds
     # several round trips' worth at 2 mbit, so TCP fills the link despite the delay.
     lag = start(clean, Experiment(lab, "cmp-delay", delay(), selected=(0,), targets=(1,)))
-    cap = start(clean, Experiment(lab, "cmp-bw", {"action": "bandwidth", "bandwidth": {
-        "rate": "2mbit", "limit": 100000, "buffer": 10000}}, selected=(0,), targets=(1,)))
+    cap = start(
+        clean,
+        Experiment(
+            lab,
+            "cmp-bw",
+            {"action": "bandwidth", "bandwidth": {"rate": "2mbit", "limit": 100000, "buffer": 10000}},
+            selected=(0,),
+            targets=(1,),
+        ),
+    )
     both_rtt, both_rate = fastest(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1, seconds=3)
     assert sorted(o.kind for o in tree(pod0) if o.what == "qdisc" and o.kind in ("netem", "tbf")) == ["netem", "tbf"]
     lag.recover()
     bw_rtt, bw_rate = fastest(probe[0].rtts(lab.pods[1].ip)), goodput(lab, sink, 0, 1)
     cap.recover()
     free = goodput(lab, sink, 0, 1, seconds=1)
-    print(f"\ndelay 100ms + bandwidth 2mbit: RTT {both_rtt:.1f} ms, {both_rate / MBIT:.2f} Mbit/s; "
-          f"delay recovered: RTT {bw_rtt:.1f} ms, {bw_rate / MBIT:.2f} Mbit/s; both recovered {free / MBIT:.0f} Mbit/s")
+    print(
+        f"\ndelay 100ms + bandwidth 2mbit: RTT {both_rtt:.1f} ms, {both_rate / MBIT:.2f} Mbit/s; "
+        f"delay recovered: RTT {bw_rtt:.1f} ms, {bw_rate / MBIT:.2f} Mbit/s; both recovered {free / MBIT:.0f} Mbit/s"
+    )
     # tbf's exactness is measured on the host (test_shaping, within 20%); here a sender starved by
     # emulation on a loaded machine may leave the bucket idle, so only the cap is held tight
     assert DELAY_MS <= both_rtt < SLOW_MS and 0.6 * 2 * MBIT <= both_rate <= 1.1 * 2 * MBIT
@@ -270,11 +309,13 @@ def test_delay_and_bandwidth_compose_and_recover_independently(lab: Lab, probe: 
     assert fastest(probe[0].rtts(lab.pods[1].ip)) < QUICK_MS and free > 20 * MBIT
 
 
-def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe: dict[int, Agent],
-                                                                 clean: list[Experiment]) -> None:
+def test_two_netem_experiments_compose_and_recover_independently(
+    lab: Lab, probe: dict[int, Agent], clean: list[Experiment]
+) -> None:
     lag = start(clean, Experiment(lab, "two-delay", delay(), selected=(0,), targets=(1,)))
-    drop = start(clean, Experiment(lab, "two-loss", {"action": "loss", "loss": {"loss": "50"}},
-                                   selected=(0,), targets=(1, 2)))
+    drop = start(
+        clean, Experiment(lab, "two-loss", {"action": "loss", "loss": {"loss": "50"}}, selected=(0,), targets=(1, 2))
+    )
 
     def measure(dst: int) -> tuple[float, float]:
         """(fastest one-way ms, share lost) of 200 datagrams from pod 0."""
@@ -297,8 +338,9 @@ def test_two_netem_experiments_compose_and_recover_independently(lab: Lab, probe
 
 
 @pytest.mark.parametrize("direction", ["to", "from", "both"])
-def test_direction_picks_which_egress_is_delayed(lab: Lab, probe: dict[int, Agent], clean: list[Experiment],
-                                                 direction: str) -> None:
+def test_direction_picks_which_egress_is_delayed(
+    lab: Lab, probe: dict[int, Agent], clean: list[Experiment], direction: str
+) -> None:
     start(clean, Experiment(lab, f"dir-{direction}", {**delay(), "direction": direction}, selected=(0,), targets=(1,)))
     there, back = one_way_ms(probe, lab, 0, 1), one_way_ms(probe, lab, 1, 0)
     print(f"\ndirection {direction}: selected -> target {there:.1f} ms, target -> selected {back:.1f} ms")
@@ -307,10 +349,12 @@ def test_direction_picks_which_egress_is_delayed(lab: Lab, probe: dict[int, Agen
     assert min(there, back) < QUICK_MS or direction == "both"
 
 
-def test_targets_and_external_targets_select_the_destinations(lab: Lab, probe: dict[int, Agent],
-                                                              clean: list[Experiment]) -> None:
-    start(clean, Experiment(lab, "targets", {**delay(), "externalTargets": [lab.pods[3].ip]},
-                            selected=(0,), targets=(1,)))
+def test_targets_and_external_targets_select_the_destinations(
+    lab: Lab, probe: dict[int, Agent], clean: list[Experiment]
+) -> None:
+    start(
+        clean, Experiment(lab, "targets", {**delay(), "externalTargets": [lab.pods[3].ip]}, selected=(0,), targets=(1,))
+    )
     got = {dst: one_way_ms(probe, lab, 0, dst) for dst in (1, 2, 3)}
     print(f"\ntarget pod 1 + external pod 3's IP: one-way ms {got}")
     assert got[1] >= DELAY_MS and got[3] >= DELAY_MS and got[2] < QUICK_MS

@@ -45,13 +45,16 @@ pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 def distroless() -> Iterator[int]:
     """The pid (as the host sees it) of a process in its own PID and mount namespaces, without ps."""
     # --kill-child: the target (its PID namespace's init) dies with unshare, whatever kills unshare.
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--",
-                              sys.executable,
-                              "-c", TARGET], stdout=subprocess.PIPE, text=True)
+    outer = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--", sys.executable, "-c", TARGET],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert outer.stdout is not None and outer.stdout.readline().strip() == "ready"
-        children = subprocess.run(["pgrep", "-f", "distroless-target", "-P", str(outer.pid)], capture_output=True,
-                                  text=True, check=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-f", "distroless-target", "-P", str(outer.pid)], capture_output=True, text=True, check=True
+        ).stdout.split()
         inner = int(children[0])
         yield inner
         os.kill(inner, 9)
@@ -61,8 +64,12 @@ def distroless() -> Iterator[int]:
 
 
 def test_the_targets_own_mount_namespace_has_no_ps(distroless: int) -> None:
-    done = subprocess.run(["nsenter", f"--mount=/proc/{distroless}/ns/mnt", "--", "ps", "aux"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["nsenter", f"--mount=/proc/{distroless}/ns/mnt", "--", "ps", "aux"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode != 0
 
 
@@ -86,10 +93,18 @@ def test_nsexec_reports_a_program_missing_on_the_host_and_a_gone_target() -> Non
 def test_hello_world_records_the_process_list_of_a_target_without_ps(distroless: int) -> None:
     spec = HelloWorld()
     cid = f"process://{distroless}"
-    action = TargetAction(target_id="default/pod", selector_key=".", op="apply", namespace="default",
-                          pod_name="pod", container_ids=[cid], fault=spec)
-    ctx = faults.FaultContext(experiment_uid="hw", experiment_name="hw", namespace="default", action=action,
-                              containers=[runtime.resolve(cid)])
+    action = TargetAction(
+        target_id="default/pod",
+        selector_key=".",
+        op="apply",
+        namespace="default",
+        pod_name="pod",
+        container_ids=[cid],
+        fault=spec,
+    )
+    ctx = faults.FaultContext(
+        experiment_uid="hw", experiment_name="hw", namespace="default", action=action, containers=[runtime.resolve(cid)]
+    )
     message = faults.get("hello-world").apply(ctx, spec)
     assert isinstance(message, str)
     assert f"ps aux in the namespaces of pid {distroless} lists 2 processes" in message

@@ -22,11 +22,15 @@ def test_volume_is_the_host_directory_inside_the_pod_only(tmp_path: Path) -> Non
     host, mount_point = tmp_path / "host", tmp_path / "mnt" / "data"
     host.mkdir()
     (host / "seen").write_text("from the host")
-    script = (f"import os; print(open('{mount_point}/seen').read()); "
-              f"open('{mount_point}/written', 'w').write('from the pod')")
-    out = subprocess.run(podexec.command(["python3", "-c", script], new_pidns=True, new_mountns=True,
-                                         volumes=[f"{host}:{mount_point}"]),
-                         capture_output=True, text=True, timeout=30)
+    script = (
+        f"import os; print(open('{mount_point}/seen').read()); open('{mount_point}/written', 'w').write('from the pod')"
+    )
+    out = subprocess.run(
+        podexec.command(["python3", "-c", script], new_pidns=True, new_mountns=True, volumes=[f"{host}:{mount_point}"]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "from the host"
     assert (host / "written").read_text() == "from the pod"
@@ -43,8 +47,11 @@ def test_volume_refused_without_a_mount_namespace_or_with_a_relative_path(tmp_pa
 
 
 def test_volume_on_a_missing_host_directory_fails_before_the_program_runs(tmp_path: Path) -> None:
-    out = subprocess.run(podexec.command(["true"], new_pidns=True, new_mountns=True,
-                                         volumes=[f"{tmp_path}/missing:{tmp_path}/m"]),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        podexec.command(["true"], new_pidns=True, new_mountns=True, volumes=[f"{tmp_path}/missing:{tmp_path}/m"]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == podexec.SETUP_FAILED
     assert "is not a directory" in out.stderr

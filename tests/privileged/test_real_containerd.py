@@ -51,8 +51,9 @@ def ctd() -> Iterator[realctd.Containerd]:
 @pytest.fixture
 def pod(ctd: realctd.Containerd, request: pytest.FixtureRequest) -> Iterator[str]:
     """A running container (`sleep 600`) in a new pod; the pod is removed afterwards."""
-    sandbox_id, container_id = ctd.run_container(request.node.name[:40].replace("[", "-").strip("]"),
-                                                 ["/bin/sleep", "600"])
+    sandbox_id, container_id = ctd.run_container(
+        request.node.name[:40].replace("[", "-").strip("]"), ["/bin/sleep", "600"]
+    )
     try:
         yield container_id
     finally:
@@ -79,8 +80,13 @@ def test_a_real_containerd_container_resolves_to_its_process(pod: str) -> None:
 def test_container_kill_stops_a_real_containerd_container(pod: str) -> None:
     spec = m.ContainerKill(container_names=["app"])
     action = m.TargetAction(target_id="default/web-0", op="apply", container_ids=[f"containerd://{pod}"], fault=spec)
-    ctx = faults.FaultContext(experiment_uid="u", experiment_name="x", namespace="default", action=action,
-                              containers=[runtime.resolve(f"containerd://{pod}")])
+    ctx = faults.FaultContext(
+        experiment_uid="u",
+        experiment_name="x",
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(f"containerd://{pod}")],
+    )
     pid = ctx.containers[0].pid
     started = time.monotonic()
     message = faults.get("container-kill").apply(ctx, spec)
@@ -107,15 +113,19 @@ except OSError as e:
 
 
 def connect_from(netns_path: str, ip: str, port: int) -> str:
-    proc = podnet.spawn_in_netns([sys.executable, "-c", CONNECT, ip, str(port)], netns_path,
-                                 stdout=subprocess.PIPE, text=True)
+    proc = podnet.spawn_in_netns(
+        [sys.executable, "-c", CONNECT, ip, str(port)], netns_path, stdout=subprocess.PIPE, text=True
+    )
     out, _ = proc.communicate(timeout=10)
     return out.strip()
 
 
 def default_gateway(netns_name: str) -> str:
-    routes = json.loads(subprocess.run(["ip", "-n", netns_name, "-j", "-4", "route", "show", "default"],
-                                       check=True, capture_output=True, text=True).stdout)
+    routes = json.loads(
+        subprocess.run(
+            ["ip", "-n", netns_name, "-j", "-4", "route", "show", "default"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     return str(routes[0]["gateway"])
 
 
@@ -130,15 +140,20 @@ def test_a_partition_of_a_real_containerd_pod_acts_in_its_cni_netns(ctd: realctd
         handle = runtime.resolve(f"containerd://{container_id}")
         # containerd names the pod's sandbox netns in /var/run/netns; faults address it, not /proc/<pid>.
         assert handle.netns_path.startswith("/var/run/netns/cni-")
-        assert netns_inode(handle.netns_path) == netns_inode(f"/proc/{handle.pid}/ns/net") != netns_inode(
-            "/proc/self/ns/net")
+        assert (
+            netns_inode(handle.netns_path)
+            == netns_inode(f"/proc/{handle.pid}/ns/net")
+            != netns_inode("/proc/self/ns/net")
+        )
         gateway, port = default_gateway(os.path.basename(handle.netns_path)), server.getsockname()[1]
         assert connect_from(handle.netns_path, gateway, port) == "connected"
         spec = Partition(rules=[PartitionRule(chain="output", peers=[gateway])])
-        action = m.TargetAction(target_id="default/partitioned", op="apply",
-                                container_ids=[f"containerd://{container_id}"], fault=spec)
-        ctx = faults.FaultContext(experiment_uid="realctd", experiment_name="x", namespace="default",
-                                  action=action, containers=[handle])
+        action = m.TargetAction(
+            target_id="default/partitioned", op="apply", container_ids=[f"containerd://{container_id}"], fault=spec
+        )
+        ctx = faults.FaultContext(
+            experiment_uid="realctd", experiment_name="x", namespace="default", action=action, containers=[handle]
+        )
         fault = faults.get("partition")
         try:
             fault.apply(ctx, spec)

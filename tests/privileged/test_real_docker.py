@@ -55,10 +55,14 @@ def test_a_real_docker_container_resolves_to_its_process(container: str) -> None
 
 def test_container_kill_kills_a_real_docker_container(engine: realdocker.Dockerd, container: str) -> None:
     spec = m.ContainerKill(container_names=["app"])
-    action = m.TargetAction(target_id="default/web-0", op="apply", container_ids=[f"docker://{container}"],
-                            fault=spec)
-    ctx = faults.FaultContext(experiment_uid="u", experiment_name="x", namespace="default", action=action,
-                              containers=[runtime.resolve(f"docker://{container}")])
+    action = m.TargetAction(target_id="default/web-0", op="apply", container_ids=[f"docker://{container}"], fault=spec)
+    ctx = faults.FaultContext(
+        experiment_uid="u",
+        experiment_name="x",
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(f"docker://{container}")],
+    )
     pid = ctx.containers[0].pid
     started = time.monotonic()
     assert faults.get("container-kill").apply(ctx, spec) == "killed 1 container(s) through the runtime"

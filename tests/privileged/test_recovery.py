@@ -62,7 +62,8 @@ async def result_message(bus: busmod.Bus, uid: str, op: str, within: float = 10.
 
 
 async def test_a_killed_injector_recovers_expired_faults_within_5s_of_start_and_keeps_the_rest(
-        h: Harness, bus: busmod.Bus) -> None:
+    h: Harness, bus: busmod.Bus
+) -> None:
     short, long = h.add_target("ka"), h.add_target("ka")
     h.start_injector("ka")
     await asyncio.to_thread(h.wait_ready, "ka")
@@ -70,8 +71,7 @@ async def test_a_killed_injector_recovers_expired_faults_within_5s_of_start_and_
     await publish(bus, partition_command("long", "ka", [long], deadline=time.time() + 300))
     deadline = time.time() + 2.5
     await publish(bus, partition_command("short", "ka", [short], deadline=deadline))
-    await until(lambda: short.tables() == {table_of("short")} and long.tables() == {table_of("long")}, 10, "applied",
-                h)
+    await until(lambda: short.tables() == {table_of("short")} and long.tables() == {table_of("long")}, 10, "applied", h)
     h.kill_injector("ka")
     await asyncio.sleep(max(0.0, deadline - time.time()) + 0.5)  # the deadline passes while it is down
     assert short.tables() == {table_of("short")}, "nobody else may have touched it"
@@ -86,7 +86,8 @@ async def test_a_killed_injector_recovers_expired_faults_within_5s_of_start_and_
 
 
 async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_after_the_lease(
-        h: Harness, bus: busmod.Bus) -> None:
+    h: Harness, bus: busmod.Bus
+) -> None:
     timed, untimed = h.add_target("nd"), h.add_target("nd")
     lease = 3.0
     h.start_injector("nd", lease_s=lease)
@@ -96,8 +97,9 @@ async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_aft
     await publish(bus, partition_command("timed", "nd", [timed], deadline=deadline))
     await until(lambda: timed.tables() and untimed.tables(), 10, "applied", h)
     renewed = time.time()
-    await publish_lease(bus, m.NodeLease(node="nd", holder="test", issued_at=renewed, ttl_s=lease,
-                                         held=["timed", "untimed"]))
+    await publish_lease(
+        bus, m.NodeLease(node="nd", holder="test", issued_at=renewed, ttl_s=lease, held=["timed", "untimed"])
+    )
     await bus.nc.flush()
     await bus.close()
     h.kill_server()  # NATS gone entirely: no scheduler, no recorder, nothing reaches the node
@@ -105,8 +107,10 @@ async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_aft
     late = time.time() - deadline
     await until(lambda: not untimed.tables(), lease + 6, "untimed fault recovered by the lease")
     after = time.time() - renewed
-    print(f"\nNATS down: 3 s fault recovered {late:+.2f}s from its deadline; fault without duration recovered "
-          f"{after:.2f}s after the last renewal (lease {lease:g}s)")
+    print(
+        f"\nNATS down: 3 s fault recovered {late:+.2f}s from its deadline; fault without duration recovered "
+        f"{after:.2f}s after the last renewal (lease {lease:g}s)"
+    )
     assert -0.05 < late < 0.6
     assert lease - 0.2 < after < lease + 1.5
     h.restart_server()
@@ -119,7 +123,8 @@ async def test_with_nats_down_a_3s_fault_ends_at_3s_and_one_without_duration_aft
 
 
 async def test_halt_recovers_50_faults_across_5_injectors_within_1s_and_refuses_until_resume(
-        h: Harness, bus: busmod.Bus) -> None:
+    h: Harness, bus: busmod.Bus
+) -> None:
     nodes = [f"h{i}" for i in range(5)]
     mine = {n: [h.add_target(n), h.add_target(n)] for n in nodes}
     for n in nodes:
@@ -131,15 +136,18 @@ async def test_halt_recovers_50_faults_across_5_injectors_within_1s_and_refuses_
             await publish(bus, partition_command(f"{n}-e{k}", n, mine[n], deadline=None))
     await until(lambda: h.in_force() == 50, 20, "50 faults in force")
     cli(h, "halt", "--reason", "drill")
-    state = busmod.decode(signing.peek((await (await bus.kv(subjects.CONTROL.name)).get(subjects.HALT_KEY)).value
-                                       or b""), m.HaltState)
+    state = busmod.decode(
+        signing.peek((await (await bus.kv(subjects.CONTROL.name)).get(subjects.HALT_KEY)).value or b""), m.HaltState
+    )
     await until(lambda: h.in_force() == 0, 5, "every fault recovered")
     seen = time.time() - state.at
     await asyncio.sleep(0.5)
     halted = [r for b in await results(bus) for r in b.results if "halted by kill switch (drill" in r.message]
     last = max(r.at for r in halted) - state.at
-    print(f"\nhalt: 50 faults on 5 injectors recovered within {last:.3f}s of the halt (last result); "
-          f"kernel polled clean {seen:.3f}s after it (incl. the CLI's exit and the polling)")
+    print(
+        f"\nhalt: 50 faults on 5 injectors recovered within {last:.3f}s of the halt (last result); "
+        f"kernel polled clean {seen:.3f}s after it (incl. the CLI's exit and the polling)"
+    )
     assert len(halted) == 50 and last < 1.0
     h.kill_injector("h0")  # a restarted injector stays halted
     h.start_injector("h0", lease_s=600)
@@ -164,9 +172,13 @@ async def wait_result(bus: busmod.Bus, uid: str, within: float = 10.0) -> str:
 
 
 def cli(h: Harness, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "chaosbus.cli", "--nats", h.server.url, *args],
-                          capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "CHAOSBUS_KEYS_DIR": str(h.keys())})
+    done = subprocess.run(
+        [sys.executable, "-m", "chaosbus.cli", "--nats", h.server.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "CHAOSBUS_KEYS_DIR": str(h.keys())},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -181,8 +193,10 @@ async def test_a_halt_set_while_the_injector_was_down_wins_at_its_start(h: Harne
     cli(h, "halt", "--reason", "while down")  # the broadcast finds nobody; the KV key stays
     inj = h.start_injector("hd", lease_s=600)
     await until(lambda: not t.tables(), 5, "recovered at start")
-    print(f"\nhalt set while the injector was down: its fault recovered {time.monotonic() - inj.started:.2f}s "
-          "after the restart")
+    print(
+        f"\nhalt set while the injector was down: its fault recovered {time.monotonic() - inj.started:.2f}s "
+        "after the restart"
+    )
     await asyncio.to_thread(h.wait_reconciled, "hd")
     assert '"halted": true' in inj.log_text().split('"injector starting"')[-1]
     reason = await result_message(bus, "before", "recover")

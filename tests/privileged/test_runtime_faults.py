@@ -44,14 +44,19 @@ def in_pod(lab: Lab, index: int) -> Any:
 
 
 def ctx_for(uid: str, ids: list[str], spec: Any) -> faults.FaultContext:
-    action = TargetAction(target_id="default/pod", op="apply", namespace="default", pod_name="pod",
-                          container_ids=ids, fault=spec)
-    return faults.FaultContext(experiment_uid=uid, experiment_name=uid, namespace="default", action=action,
-                               containers=[runtime.resolve(i) for i in ids])
+    action = TargetAction(
+        target_id="default/pod", op="apply", namespace="default", pod_name="pod", container_ids=ids, fault=spec
+    )
+    return faults.FaultContext(
+        experiment_uid=uid,
+        experiment_name=uid,
+        namespace="default",
+        action=action,
+        containers=[runtime.resolve(i) for i in ids],
+    )
 
 
-def test_partition_of_a_containerd_container_cuts_its_pods_links(lab: Lab,
-                                                                  fakes: tuple[FakeCri, FakeDocker]) -> None:
+def test_partition_of_a_containerd_container_cuts_its_pods_links(lab: Lab, fakes: tuple[FakeCri, FakeDocker]) -> None:
     cri, _ = fakes
     cid = "c0" * 32
     cri.containers.start(cid, SLEEPER, spawn=in_pod(lab, 0))
@@ -70,8 +75,9 @@ def test_partition_of_a_containerd_container_cuts_its_pods_links(lab: Lab,
     assert lab.reachable() == lab.all_links()
 
 
-def test_container_kill_through_docker_kills_the_process_in_its_pod(lab: Lab,
-                                                                     fakes: tuple[FakeCri, FakeDocker]) -> None:
+def test_container_kill_through_docker_kills_the_process_in_its_pod(
+    lab: Lab, fakes: tuple[FakeCri, FakeDocker]
+) -> None:
     _, docker = fakes
     target, bystander = "d1" * 32, "d2" * 32
     pid = docker.containers.start(target, SLEEPER, spawn=in_pod(lab, 2))

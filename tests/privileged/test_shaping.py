@@ -55,56 +55,93 @@ def within(measured: float, limit: float, tolerance: float = 0.2) -> bool:
     return abs(measured - limit) <= tolerance * limit
 
 
-def test_one_mbit_caps_only_the_target_and_recovery_lifts_it(lab: Lab, sink: dict[int, subprocess.Popen[str]],
-                                                             started: list[Shaped]) -> None:
-    exp = start(started, Shaped(lab, "bw-target", 0, Shaping(action="bandwidth", tbf=ONE_MBIT,
-                                                             pod_ip=lab.pods[0].ip, peers=[lab.pods[1].ip])))
+def test_one_mbit_caps_only_the_target_and_recovery_lifts_it(
+    lab: Lab, sink: dict[int, subprocess.Popen[str]], started: list[Shaped]
+) -> None:
+    exp = start(
+        started,
+        Shaped(
+            lab,
+            "bw-target",
+            0,
+            Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[0].ip, peers=[lab.pods[1].ip]),
+        ),
+    )
     capped = goodput(lab, sink, 0, 1)
     other = goodput(lab, sink, 0, 2, seconds=1)
     back = goodput(lab, sink, 1, 0, seconds=1)  # the target's own egress is untouched
-    print(f"\n1 mbit tbf: to target {capped / MBIT:.3f} Mbit/s, to another pod {other / MBIT:.0f} Mbit/s, "
-          f"target back {back / MBIT:.0f} Mbit/s")
+    print(
+        f"\n1 mbit tbf: to target {capped / MBIT:.3f} Mbit/s, to another pod {other / MBIT:.0f} Mbit/s, "
+        f"target back {back / MBIT:.0f} Mbit/s"
+    )
     assert within(capped, MBIT), f"{capped / MBIT:.3f} Mbit/s is not within 20% of 1 Mbit/s"
     assert other > 20 * MBIT and back > 20 * MBIT
     assert "bandwidth recovered" in exp.recover()
     assert goodput(lab, sink, 0, 1, seconds=1) > 20 * MBIT
 
 
-def test_unfiltered_caps_everything_but_exempt_control_traffic(lab: Lab, sink: dict[int, subprocess.Popen[str]],
-                                                               started: list[Shaped],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unfiltered_caps_everything_but_exempt_control_traffic(
+    lab: Lab, sink: dict[int, subprocess.Popen[str]], started: list[Shaped], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # pod 3 plays the NATS server: its port SINK_PORTS[1] must stay fast, in both directions
     monkeypatch.setenv(exemptions.ENV, f"{lab.pods[3].ip}:{SINK_PORTS[1]}")
-    start(started, Shaped(lab, "bw-all", 0, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[0].ip,
-                                                     unfiltered=True)))
-    start(started, Shaped(lab, "bw-nats", 3, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[3].ip,
-                                                      unfiltered=True)))
+    start(
+        started,
+        Shaped(lab, "bw-all", 0, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[0].ip, unfiltered=True)),
+    )
+    start(
+        started,
+        Shaped(lab, "bw-nats", 3, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[3].ip, unfiltered=True)),
+    )
     exempt = goodput(lab, sink, 0, 3, port=SINK_PORTS[1], seconds=1)
     shaped = goodput(lab, sink, 0, 3, port=SINK_PORTS[0])
     print(f"\nunfiltered 1 mbit: exempt port {exempt / MBIT:.0f} Mbit/s, other port {shaped / MBIT:.3f} Mbit/s")
     assert exempt > 20 * MBIT and within(shaped, MBIT)
 
 
-def test_external_with_port_caps_only_that_port(lab: Lab, sink: dict[int, subprocess.Popen[str]],
-                                                started: list[Shaped]) -> None:
-    start(started, Shaped(lab, "bw-port", 2, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[2].ip,
-                                                      external=[f"{lab.subnet}:{SINK_PORTS[1]}"])))
+def test_external_with_port_caps_only_that_port(
+    lab: Lab, sink: dict[int, subprocess.Popen[str]], started: list[Shaped]
+) -> None:
+    start(
+        started,
+        Shaped(
+            lab,
+            "bw-port",
+            2,
+            Shaping(
+                action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[2].ip, external=[f"{lab.subnet}:{SINK_PORTS[1]}"]
+            ),
+        ),
+    )
     assert within(goodput(lab, sink, 2, 0, port=SINK_PORTS[1]), MBIT)
     assert goodput(lab, sink, 2, 0, port=SINK_PORTS[0], seconds=1) > 20 * MBIT
 
 
-def test_the_target_side_shapes_its_own_egress(lab: Lab, sink: dict[int, subprocess.Popen[str]],
-                                               started: list[Shaped]) -> None:
+def test_the_target_side_shapes_its_own_egress(
+    lab: Lab, sink: dict[int, subprocess.Popen[str]], started: list[Shaped]
+) -> None:
     # direction from: T's egress (targetDevice) towards S
-    start(started, Shaped(lab, "bw-from", 1, Shaping(action="bandwidth", tbf=ONE_MBIT, device="eth0",
-                                                      peers=[lab.pods[0].ip]), selector=".Target"))
+    start(
+        started,
+        Shaped(
+            lab,
+            "bw-from",
+            1,
+            Shaping(action="bandwidth", tbf=ONE_MBIT, device="eth0", peers=[lab.pods[0].ip]),
+            selector=".Target",
+        ),
+    )
     assert within(goodput(lab, sink, 1, 0), MBIT)
     assert goodput(lab, sink, 0, 1, seconds=1) > 20 * MBIT
 
 
 def test_apply_twice_changes_nothing(lab: Lab, started: list[Shaped]) -> None:
-    exp = start(started, Shaped(lab, "idem", 0, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[0].ip,
-                                                         peers=[lab.pods[1].ip])))
+    exp = start(
+        started,
+        Shaped(
+            lab, "idem", 0, Shaping(action="bandwidth", tbf=ONE_MBIT, pod_ip=lab.pods[0].ip, peers=[lab.pods[1].ip])
+        ),
+    )
     first = identities(tree(lab.pods[0].net.netns_path))
     exp.apply()
     assert identities(tree(lab.pods[0].net.netns_path)) == first
@@ -144,8 +181,12 @@ def test_sweeper_view_lists_and_removes_only_ours(lab: Lab) -> None:
     before = identities(tree(pod.net.netns_path))
     exp.apply()
     found = tc.list_ours(pod.net.netns_path)
-    assert {(f.what, f.kind) for f in found} >= {("qdisc", "htb"), ("class", "htb"), ("qdisc", "tbf"),
-                                                 ("filter", "bpf")}
+    assert {(f.what, f.kind) for f in found} >= {
+        ("qdisc", "htb"),
+        ("class", "htb"),
+        ("qdisc", "tbf"),
+        ("filter", "bpf"),
+    }
     assert all(f.device == "eth0" for f in found)
     assert tc.remove_ours(pod.net.netns_path, "eth0") == ""
     assert tc.list_ours(pod.net.netns_path) == [] and identities(tree(pod.net.netns_path)) == before

@@ -77,17 +77,23 @@ def test_partition_and_bandwidth_on_one_pod(lab: Lab, sink: dict[int, subprocess
 
 @pytest.mark.parametrize("order", [("a", "b"), ("b", "a")])
 def test_two_bandwidth_experiments_read_back_and_recover_in_any_order(
-        lab: Lab, sink: dict[int, subprocess.Popen[str]], order: tuple[str, str]) -> None:
+    lab: Lab, sink: dict[int, subprocess.Popen[str]], order: tuple[str, str]
+) -> None:
     pod = lab.pods[1]
     before = identities(tree(pod.net.netns_path))
-    exps = {"a": Shaped(lab, "two-a", 1, Shaping(action="bandwidth", tbf=bw(1), peers=[lab.pods[2].ip])),
-            "b": Shaped(lab, "two-b", 1, Shaping(action="bandwidth", tbf=bw(2), unfiltered=True))}
+    exps = {
+        "a": Shaped(lab, "two-a", 1, Shaping(action="bandwidth", tbf=bw(1), peers=[lab.pods[2].ip])),
+        "b": Shaped(lab, "two-b", 1, Shaping(action="bandwidth", tbf=bw(2), unfiltered=True)),
+    }
     for exp in exps.values():
         exp.apply()
     try:
         installed = ours(pod.net.netns_path)
-        tbfs = sorted((tcwire.read_tbf(o.options or b"")["rate"], o.parent) for o in installed if o.kind == "tbf"
-                      and o.what == "qdisc")
+        tbfs = sorted(
+            (tcwire.read_tbf(o.options or b"")["rate"], o.parent)
+            for o in installed
+            if o.kind == "tbf" and o.what == "qdisc"
+        )
         # towards pod 2: a's 1 mbit then b's 2 mbit chained in one class; everything else: b alone
         assert [rate * 8 for rate, _ in tbfs] == [MBIT, 2 * MBIT, 2 * MBIT]
         classes = {o.handle for o in installed if o.what == "class" and o.kind == "htb"}
@@ -120,8 +126,10 @@ def test_delay_and_loss_planned_together_read_back(lab: Lab, order: tuple[str, s
     before = identities(tree(pod.net.netns_path))
     delay = NetemParams(latency_ns=100_000_000, jitter_ns=10_000_000, delay_correlation=25)
     loss = NetemParams(loss=25.0, loss_correlation=50.0)
-    exps = {"delay": Shaped(lab, "delay", 2, Shaping(action="delay", netem=delay, peers=[lab.pods[3].ip])),
-            "loss": Shaped(lab, "loss", 2, Shaping(action="loss", netem=loss, peers=[lab.pods[3].ip, lab.pods[0].ip]))}
+    exps = {
+        "delay": Shaped(lab, "delay", 2, Shaping(action="delay", netem=delay, peers=[lab.pods[3].ip])),
+        "loss": Shaped(lab, "loss", 2, Shaping(action="loss", netem=loss, peers=[lab.pods[3].ip, lab.pods[0].ip])),
+    }
     for exp in exps.values():
         exp.apply()
     try:
@@ -147,8 +155,9 @@ def _custom_root(ifname: str) -> None:
         ipr.tc("add", "htb", index, 0x50000, default=0x10)
         ipr.tc("add-class", "htb", index, 0x50010, parent=0x50000, rate="50mbit", burst=15000)
         ipr.tc("add", "tbf", index, 0x60000, parent=0x50010, rate="40mbit", burst=20000, latency="50ms")
-        ipr.tc("add-filter", "u32", index, parent=0x50000, prio=10, protocol=0x0800, target=0x50010,
-               keys=["0x0/0x0+16"])
+        ipr.tc(
+            "add-filter", "u32", index, parent=0x50000, prio=10, protocol=0x0800, target=0x50010, keys=["0x0/0x0+16"]
+        )
 
 
 def _drop_root(ifname: str) -> None:
@@ -206,8 +215,10 @@ def test_restart_reapplying_the_same_rules_rebuilds_the_same_tree(lab: Lab) -> N
 def test_concurrent_experiments_on_one_pod_all_land_and_all_leave(lab: Lab) -> None:
     pod = lab.pods[2]
     before = identities(tree(pod.net.netns_path))
-    exps = [Shaped(lab, f"conc-{i}", 2, Shaping(action="bandwidth", tbf=bw(1 + i),
-                                                 peers=[lab.pods[i % 2].ip])) for i in range(8)]
+    exps = [
+        Shaped(lab, f"conc-{i}", 2, Shaping(action="bandwidth", tbf=bw(1 + i), peers=[lab.pods[i % 2].ip]))
+        for i in range(8)
+    ]
     with ThreadPoolExecutor(8) as pool:
         assert all("applied" in m for m in pool.map(lambda e: e.apply(), exps))
     assert len(shaper().active(pod.net.netns_path)["eth0"]) == 8

@@ -23,8 +23,9 @@ from chaosbus.common import cgroups, podexec
 pytestmark = pytest.mark.privileged
 
 if os.geteuid() != 0 or shutil.which("stress-ng") is None:
-    pytest.skip("needs root (cgroups, namespaces) and stress-ng (scripts/install-system-deps.sh)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs root (cgroups, namespaces) and stress-ng (scripts/install-system-deps.sh)", allow_module_level=True
+    )
 
 APPLY = textwrap.dedent("""
     import sys, time
@@ -46,6 +47,7 @@ APPLY = textwrap.dedent("""
 
 def stressors(key: str) -> list[int]:
     from chaosbus.injector.faults import stress
+
     return [p for p in stress.marked(f"uid-{key}|.|{key}") if _argv0(p).endswith(b"stress-ng")]
 
 
@@ -60,8 +62,9 @@ def _argv0(pid: int) -> bytes:
 @pytest.fixture
 def target() -> Iterator[tuple[int, cgroups.PodCgroup]]:
     cg = cgroups.create(f"cbst-{uuid.uuid4().hex[:8]}")
-    shim = subprocess.Popen(podexec.command(["sleep", "120"], cgroups=cg.dirs, new_pidns=True, new_mountns=True),
-                            start_new_session=True)
+    shim = subprocess.Popen(
+        podexec.command(["sleep", "120"], cgroups=cg.dirs, new_pidns=True, new_mountns=True), start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 5
         kids: list[str] = []
@@ -78,12 +81,14 @@ def target() -> Iterator[tuple[int, cgroups.PodCgroup]]:
 
 
 def start_apply(pid: int, deadline: float, key: str, oom: str = "") -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", APPLY, str(pid), str(deadline), key, oom],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", APPLY, str(pid), str(deadline), key, oom], stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_stressors_join_the_target_and_end_at_the_deadline_after_the_injector_is_killed(
-        target: tuple[int, cgroups.PodCgroup]) -> None:
+    target: tuple[int, cgroups.PodCgroup],
+) -> None:
     pid, cg = target
     key = uuid.uuid4().hex[:8]
     deadline = time.time() + 4
@@ -122,7 +127,8 @@ def test_an_oom_score_adj_the_kernel_refuses_fails_the_target(target: tuple[int,
 
 
 def test_stressors_carry_the_injectors_node_name_the_sweeper_looks_for(
-        target: tuple[int, cgroups.PodCgroup], monkeypatch: pytest.MonkeyPatch) -> None:
+    target: tuple[int, cgroups.PodCgroup], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from chaosbus.common import messages as m
     from chaosbus.injector import faults, runtime
     from chaosbus.injector.sweeper import marked_helpers
@@ -133,8 +139,15 @@ def test_stressors_carry_the_injectors_node_name_the_sweeper_looks_for(
     monkeypatch.setenv("CHAOSBUS_NODE", "not-the-injectors-node")  # --node given, the environment differs
     spec = m.Stress(stressors=[m.Stressor(name="cpu", args=["--cpu", "1", "--cpu-load", "5"])])
     action = m.TargetAction(target_id=key, op="apply", container_ids=[f"process://{pid}"], fault=spec)
-    ctx = faults.FaultContext("uid-" + key, "x", "default", action, [runtime.resolve(f"process://{pid}")],
-                              deadline=time.time() + 30, node=node)
+    ctx = faults.FaultContext(
+        "uid-" + key,
+        "x",
+        "default",
+        action,
+        [runtime.resolve(f"process://{pid}")],
+        deadline=time.time() + 30,
+        node=node,
+    )
     fault = faults.get("stress")
     try:
         fault.apply(ctx, spec)

@@ -39,16 +39,27 @@ def spaces(kernel: None) -> Iterator[list[str]]:
 
 def put_table(path: str, uid: str) -> None:
     table = table_of(uid)
-    nft.apply_table(path, table, nft.render_partition_table(table, [nft.ResolvedRule(chain="output",
-                                                                                    peers=("192.0.2.1",))]))
+    nft.apply_table(
+        path, table, nft.render_partition_table(table, [nft.ResolvedRule(chain="output", peers=("192.0.2.1",))])
+    )
 
 
 def open_entry(uid: str, path: str) -> Entry:
     action = m.TargetAction(target_id="default/p", op="apply", fault=m.Partition())
-    return Entry(key=jr.entry_key(uid, ".", "default/p"), experiment_uid=uid, generation=1, kind="NetworkChaos",
-                 namespace="default", name=uid, action=action,
-                 identity=Identity(netns=(NetnsRef(path, nsutil.netns_inode(path)),)),
-                 original={"nft_table_absent": table_of(uid)}, deadline=None, lasting=True, state=jr.ACTIVE)
+    return Entry(
+        key=jr.entry_key(uid, ".", "default/p"),
+        experiment_uid=uid,
+        generation=1,
+        kind="NetworkChaos",
+        namespace="default",
+        name=uid,
+        action=action,
+        identity=Identity(netns=(NetnsRef(path, nsutil.netns_inode(path)),)),
+        original={"nft_table_absent": table_of(uid)},
+        deadline=None,
+        lasting=True,
+        state=jr.ACTIVE,
+    )
 
 
 def sweep(journal: Journal) -> SweepReport:
@@ -123,8 +134,9 @@ def test_killing_a_helper_never_touches_the_sweeper_itself() -> None:
         procs.kill_tree(os.getpid())
 
 
-def test_pod_failure_holds_no_open_entry_placed_are_removed(spaces: list[str], tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pod_failure_holds_no_open_entry_placed_are_removed(
+    spaces: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from chaosbus.common import podhold
 
     monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
@@ -135,11 +147,24 @@ def test_pod_failure_holds_no_open_entry_placed_are_removed(spaces: list[str], t
     try:
         keep = jr.entry_key("keep", ".", "default/p")
         action = m.TargetAction(target_id="default/p", op="apply", fault=m.PodFailure())
-        journal.write_intents([Entry(key=keep, experiment_uid="keep", generation=1, kind="PodChaos",
-                                     namespace="default", name="keep", action=action,
-                                     identity=Identity(netns=(NetnsRef(known, nsutil.netns_inode(known)),)),
-                                     original={"netns": os.path.basename(known), "hold": podhold.file_name(keep)},
-                                     deadline=None, lasting=True, state=jr.ACTIVE)])
+        journal.write_intents(
+            [
+                Entry(
+                    key=keep,
+                    experiment_uid="keep",
+                    generation=1,
+                    kind="PodChaos",
+                    namespace="default",
+                    name="keep",
+                    action=action,
+                    identity=Identity(netns=(NetnsRef(known, nsutil.netns_inode(known)),)),
+                    original={"netns": os.path.basename(known), "hold": podhold.file_name(keep)},
+                    deadline=None,
+                    lasting=True,
+                    state=jr.ACTIVE,
+                )
+            ]
+        )
         for key in (keep, "gone|.|default/p"):
             podhold.put(holds, podhold.Hold(key=key, node=NODE, experiment="default/x"))
         report = asyncio.run(Sweeper(journal, Gate(), NODE, tags=("pod-failure",)).sweep())

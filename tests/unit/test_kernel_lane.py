@@ -27,13 +27,13 @@ def read_newc(archive: bytes) -> list[tuple[str, int, bytes]]:
     """The (name, mode, data) entries of a newc cpio archive, as the kernel's initramfs unpacker reads them."""
     out, pos = [], 0
     while True:
-        assert archive[pos:pos + 6] == b"070701"
-        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        assert archive[pos : pos + 6] == b"070701"
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
         pos += 110
-        name = archive[pos:pos + namesize - 1].decode()
+        name = archive[pos : pos + namesize - 1].decode()
         pos = (pos + namesize + 3) & ~3
-        data = archive[pos:pos + size]
+        data = archive[pos : pos + size]
         pos = (pos + size + 3) & ~3
         if name == "TRAILER!!!":
             assert pos == len(archive)
@@ -42,21 +42,31 @@ def read_newc(archive: bytes) -> list[tuple[str, int, bytes]]:
 
 
 def test_initramfs_archive_reads_back(lane: ModuleType) -> None:
-    entries = [("bin", 0o40755, b""), ("bin/busybox", 0o100755, b"\x7fELF" + bytes(range(7))),
-               ("init", 0o100755, b"#!")]
+    entries = [
+        ("bin", 0o40755, b""),
+        ("bin/busybox", 0o100755, b"\x7fELF" + bytes(range(7))),
+        ("init", 0o100755, b"#!"),
+    ]
     assert read_newc(lane.cpio_newc(entries)) == entries
 
 
 def test_modules_come_dependencies_first_once_each(lane: ModuleType) -> None:
-    dep = ("kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n"
-           "kernel/net/9p/9pnet.ko:\n"
-           "kernel/fs/netfs/netfs.ko:\n"
-           "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n"
-           "kernel/drivers/virtio/virtio_ring.ko:\n"
-           "kernel/fs/overlayfs/overlay.ko:\n")
+    dep = (
+        "kernel/fs/9p/9p.ko: kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko\n"
+        "kernel/net/9p/9pnet.ko:\n"
+        "kernel/fs/netfs/netfs.ko:\n"
+        "kernel/net/9p/9pnet_virtio.ko: kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_ring.ko:\n"
+        "kernel/fs/overlayfs/overlay.ko:\n"
+    )
     assert lane.module_order(dep, ["9pnet-virtio", "9p", "overlay"]) == [
-        "kernel/net/9p/9pnet.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/net/9p/9pnet_virtio.ko",
-        "kernel/fs/netfs/netfs.ko", "kernel/fs/9p/9p.ko", "kernel/fs/overlayfs/overlay.ko"]
+        "kernel/net/9p/9pnet.ko",
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/net/9p/9pnet_virtio.ko",
+        "kernel/fs/netfs/netfs.ko",
+        "kernel/fs/9p/9p.ko",
+        "kernel/fs/overlayfs/overlay.ko",
+    ]
     with pytest.raises(ValueError, match="sch_netem"):
         lane.module_order(dep, ["sch_netem"])
 

@@ -17,8 +17,11 @@ from chaosbus.common.crd import bounds, networkchaos, podchaos, schedule, select
 Schema = dict[str, Any]
 PERCENT_MODES = ("fixed-percent", "random-max-percent")
 ACTIONS: dict[str, tuple[str, ...]] = {"PodChaos": podchaos.ACTIONS, "NetworkChaos": networkchaos.ACTIONS}
-IMMUTABLE = {"rule": "self == oldSelf", "reason": "FieldValueForbidden",
-             "message": "is immutable, as in Chaos Mesh: delete the experiment and create it again"}
+IMMUTABLE = {
+    "rule": "self == oldSelf",
+    "reason": "FieldValueForbidden",
+    "message": "is immutable, as in Chaos Mesh: delete the experiment and create it again",
+}
 # A Go-style integer (strconv.Atoi), bounded so the API server's CEL cost estimate stays small.
 _INT = "'^[+-]?[0-9]{1,18}$'"
 
@@ -29,24 +32,37 @@ def _mode_rules(holder: Schema) -> None:
     props["mode"]["enum"] = list(selectors.MODES)
     holder["required"] = sorted({*holder.get("required", []), "mode"})
     props["value"]["maxLength"] = 19
-    holder.setdefault("x-kubernetes-validations", []).extend([
-        {"rule": f"self.mode != 'fixed' || (has(self.value) && self.value.matches({_INT}) && int(self.value) > 0)",
-         "fieldPath": ".value", "reason": "FieldValueInvalid",
-         "message": "mode fixed needs an integer greater than 0"},
-        {"rule": f"!(self.mode in {list(PERCENT_MODES)}) || (has(self.value) && self.value.matches({_INT})"
-                 " && int(self.value) > 0 && int(self.value) <= 100)",
-         "fieldPath": ".value", "reason": "FieldValueInvalid",
-         "message": "this mode needs an integer percentage in (0, 100]"},
-    ])
+    holder.setdefault("x-kubernetes-validations", []).extend(
+        [
+            {
+                "rule": (
+                    f"self.mode != 'fixed' || (has(self.value) && self.value.matches({_INT}) && int(self.value) > 0)"
+                ),
+                "fieldPath": ".value",
+                "reason": "FieldValueInvalid",
+                "message": "mode fixed needs an integer greater than 0",
+            },
+            {
+                "rule": f"!(self.mode in {list(PERCENT_MODES)}) || (has(self.value) && self.value.matches({_INT})"
+                " && int(self.value) > 0 && int(self.value) <= 100)",
+                "fieldPath": ".value",
+                "reason": "FieldValueInvalid",
+                "message": "this mode needs an integer percentage in (0, 100]",
+            },
+        ]
+    )
 
 
 def _duration_rule(field: Schema) -> None:
     cap = bounds.MAX_DURATION_S
     field["maxLength"] = 64
     field.setdefault("x-kubernetes-validations", []).append(
-        {"rule": f"self == '' || (duration(self) >= duration('0s') && duration(self) <= duration('{cap}s'))",
-         "reason": "FieldValueInvalid", "message": "a Go duration (e.g. 30s, 5m, 1h30m), not negative, "
-                                                   "at most 100 years"})
+        {
+            "rule": f"self == '' || (duration(self) >= duration('0s') && duration(self) <= duration('{cap}s'))",
+            "reason": "FieldValueInvalid",
+            "message": "a Go duration (e.g. 30s, 5m, 1h30m), not negative, at most 100 years",
+        }
+    )
 
 
 def apply(kind: str, executed: bool, spec: Schema) -> Schema:

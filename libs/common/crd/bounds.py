@@ -43,26 +43,35 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 def dns_label(problems: Problems, path: str, value: object) -> None:
     """A DNS-1123 label (namespaces, container names): lower-case alphanumerics and `-`, 1-63."""
     if not isinstance(value, str) or len(value) > 63 or not _DNS_LABEL.match(value):
-        problems.add(path, f"must be a DNS-1123 label (lower-case letters, digits and '-', at most 63), "
-                           f"got {show(value)}")
+        problems.add(
+            path, f"must be a DNS-1123 label (lower-case letters, digits and '-', at most 63), got {show(value)}"
+        )
 
 
 def dns_subdomain(problems: Problems, path: str, value: object) -> None:
     """A DNS-1123 subdomain (object names): labels joined by `.`, at most 253 characters."""
     if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        problems.add(path, f"must be a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', "
-                           f"at most 253), got {show(value)}")
+        problems.add(
+            path,
+            f"must be a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253), got {show(value)}",
+        )
 
 
 def device(problems: Problems, path: str, value: str) -> None:
     """An interface name Linux accepts (dev_valid_name): "" means the default one."""
     if not value:
         return
-    bad = (len(value.encode()) >= IFNAMSIZ or value in (".", "..")
-           or any(c in "/:" or c.isspace() for c in value) or not value.isprintable())
+    bad = (
+        len(value.encode()) >= IFNAMSIZ
+        or value in (".", "..")
+        or any(c in "/:" or c.isspace() for c in value)
+        or not value.isprintable()
+    )
     if bad:
-        problems.add(path, f"not a Linux interface name (at most {IFNAMSIZ - 1} bytes, no '/', ':' or "
-                           f"whitespace), got {show(value)}")
+        problems.add(
+            path,
+            f"not a Linux interface name (at most {IFNAMSIZ - 1} bytes, no '/', ':' or whitespace), got {show(value)}",
+        )
 
 
 def unsigned(problems: Problems, path: str, value: int | None, limit: int = U32) -> None:

@@ -15,8 +15,7 @@ from chaosbus.common.crd.selectors import (
 from chaosbus.common.durations import parse_duration
 
 
-class PodSelectorBase(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True,
-                      forbid_unknown_fields=True):
+class PodSelectorBase(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
     """The embedded PodSelector (`selector`, `mode`, `value`) plus `duration` and `remoteCluster`."""
 
     selector: PodSelectorSpec = msgspec.field(default_factory=PodSelectorSpec)
@@ -40,8 +39,11 @@ class PodSelectorBase(msgspec.Struct, rename="camel", omit_defaults=True, kw_onl
                 if seconds < 0:
                     problems.add("spec.duration", f"must not be negative, got {self.duration!r}")
                 elif seconds > bounds.MAX_DURATION_S:
-                    problems.add("spec.duration", f"must be at most {bounds.MAX_DURATION_S // 3600}h (a fault's "
-                                                  f"deadline must fit the kernel's clock), got {self.duration!r}")
+                    problems.add(
+                        "spec.duration",
+                        f"must be at most {bounds.MAX_DURATION_S // 3600}h (a fault's "
+                        f"deadline must fit the kernel's clock), got {self.duration!r}",
+                    )
             except ValueError as e:
                 problems.add("spec.duration", str(e))
 

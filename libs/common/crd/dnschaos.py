@@ -32,8 +32,11 @@ class DNSChaosSpec(ContainerSelectorBase, kw_only=True):
             problems.add("spec.patterns", f"at most {MAX_PATTERNS} patterns, got {len(self.patterns)}")
         for i, p in enumerate(self.patterns[:MAX_PATTERNS]):
             if len(p) > MAX_NAME or not _PATTERN.match(p):
-                problems.add(f"spec.patterns[{i}]", "expected a domain name with '?' anywhere and '*' only at the "
-                             f"end, at most {MAX_NAME} characters, got {p[:80]!r}")
+                problems.add(
+                    f"spec.patterns[{i}]",
+                    "expected a domain name with '?' anywhere and '*' only at the "
+                    f"end, at most {MAX_NAME} characters, got {p[:80]!r}",
+                )
         if len(self.addresses) > MAX_ADDRESSES:
             problems.add("spec.addresses", f"at most {MAX_ADDRESSES} addresses, got {len(self.addresses)}")
         for i, a in enumerate(self.addresses[:MAX_ADDRESSES]):

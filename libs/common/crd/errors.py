@@ -24,8 +24,10 @@ def from_msgspec(err: msgspec.ValidationError, prefix: str = "") -> InvalidObjec
     msg, path = (m.group(1), m.group(2)) if m else (text, "")
     path = re.sub(r"\.?\[(\d+)\]", r"[\1]", path)
     full = ".".join(p for p in (prefix, path) if p)
-    for lead, what in (("Object contains unknown field", "unknown field"),
-                       ("Object missing required field", "required field is missing")):
+    for lead, what in (
+        ("Object contains unknown field", "unknown field"),
+        ("Object missing required field", "required field is missing"),
+    ):
         if msg.startswith(lead) and "`" in msg:
             field = msg.split("`")[1]
             return InvalidObject([f"{full + '.' if full else ''}{field}: {what}"])

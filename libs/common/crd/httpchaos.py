@@ -91,8 +91,10 @@ class HTTPChaosSpec(PodSelectorBase, kw_only=True):
             _text(problems, "spec.path", self.path)
         if self.method is not None:
             if self.target == "Request" and self.method not in REQUEST_METHODS:
-                problems.add("spec.method", f"method {bounds.show(self.method)} is not supported "
-                                            f"(one of {', '.join(REQUEST_METHODS)})")
+                problems.add(
+                    "spec.method",
+                    f"method {bounds.show(self.method)} is not supported (one of {', '.join(REQUEST_METHODS)})",
+                )
             elif not _TOKEN.match(self.method):
                 problems.add("spec.method", f"expected an HTTP method, got {bounds.show(self.method)}")
         _code(problems, "spec.code", self.code)
@@ -168,8 +170,10 @@ def _replace(problems: Problems, r: HTTPReplace) -> None:
 def _patch(problems: Problems, p: HTTPPatch) -> None:
     if p.body is not None:
         if p.body.type != "JSON":
-            problems.add("spec.patch.body.type", f"expected JSON (the only patch Chaos Mesh knows), "
-                                                 f"got {bounds.show(p.body.type)}")
+            problems.add(
+                "spec.patch.body.type",
+                f"expected JSON (the only patch Chaos Mesh knows), got {bounds.show(p.body.type)}",
+            )
         if len(p.body.value) > MAX_BODY:
             problems.add("spec.patch.body.value", f"at most {MAX_BODY} characters")
         else:
@@ -199,16 +203,33 @@ def plan(obj: Any, target: Selected, everyone: Any) -> fs.Http:
     replace = None
     if spec.replace is not None:
         r = spec.replace
-        replace = fs.HttpReplace(path=r.path, method=r.method, code=r.code,
-                                 body=replace_body(r.body) if r.body else None,
-                                 queries=dict(r.queries), headers=dict(r.headers))
+        replace = fs.HttpReplace(
+            path=r.path,
+            method=r.method,
+            code=r.code,
+            body=replace_body(r.body) if r.body else None,
+            queries=dict(r.queries),
+            headers=dict(r.headers),
+        )
     patch = None
     if spec.patch is not None:
         p = spec.patch
-        patch = fs.HttpPatch(body_json=p.body.value if p.body is not None else None,
-                             queries=[list(q) for q in p.queries], headers=[list(h) for h in p.headers])
-    return fs.Http(target=spec.target,  # type: ignore[arg-type]
-                   port=spec.port, path=spec.path, method=spec.method, code=spec.code,
-                   request_headers=dict(spec.request_headers), response_headers=dict(spec.response_headers),
-                   abort=bool(spec.abort), delay_ns=round(parse_duration(spec.delay) * 1e9) if spec.delay else 0,
-                   replace=replace, patch=patch, tls=spec.tls is not None)
+        patch = fs.HttpPatch(
+            body_json=p.body.value if p.body is not None else None,
+            queries=[list(q) for q in p.queries],
+            headers=[list(h) for h in p.headers],
+        )
+    return fs.Http(
+        target=spec.target,  # type: ignore[arg-type]
+        port=spec.port,
+        path=spec.path,
+        method=spec.method,
+        code=spec.code,
+        request_headers=dict(spec.request_headers),
+        response_headers=dict(spec.response_headers),
+        abort=bool(spec.abort),
+        delay_ns=round(parse_duration(spec.delay) * 1e9) if spec.delay else 0,
+        replace=replace,
+        patch=patch,
+        tls=spec.tls is not None,
+    )

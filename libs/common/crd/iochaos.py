@@ -18,10 +18,40 @@ from chaosbus.common.durations import parse_duration
 
 ACTIONS = ("latency", "fault", "attrOverride", "mistake")
 # Chaos Mesh's filesystem operations, in the order of the bit each has in a rule's method mask.
-METHODS = ("lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink",
-           "rename", "link", "open", "read", "write", "flush", "release", "fsync", "opendir", "readdir",
-           "releasedir", "fsyncdir", "statfs", "setxattr", "getxattr", "listxattr", "removexattr", "access",
-           "create", "getlk", "setlk", "bmap")
+METHODS = (
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+    "getlk",
+    "setlk",
+    "bmap",
+)
 ALL_METHODS = (1 << len(METHODS)) - 1
 # attr.kind, in the order native/iofs knows them.
 FILE_KINDS = ("namedPipe", "charDevice", "blockDevice", "directory", "regularFile", "symlink", "socket")
@@ -92,8 +122,9 @@ class IOChaosSpec(ContainerSelectorBase, kw_only=True):
         else:
             for i, name in enumerate(self.methods):
                 if name not in METHODS:
-                    problems.add(f"spec.methods[{i}]",
-                                 f"unknown method {bounds.show(name)} (one of {', '.join(METHODS)})")
+                    problems.add(
+                        f"spec.methods[{i}]", f"unknown method {bounds.show(name)} (one of {', '.join(METHODS)})"
+                    )
         if not 0 <= self.percent <= 100:
             problems.add("spec.percent", f"must be within 0..100, got {self.percent}")
         self._check_action(problems)
@@ -189,10 +220,17 @@ def plan(obj: Any, target: Any, everyone: Any) -> fs.IO:
     mask, values = attr_override(spec.attr if spec.action == "attrOverride" else None)
     m = spec.mistake if spec.action == "mistake" else None
     return fs.IO(
-        action=spec.action, volume_path=os.path.normpath(spec.volume_path), path=spec.path,  # type: ignore[arg-type]
-        methods=spec.methods_mask(), percent=spec.percent or 100,
+        action=spec.action,  # type: ignore[arg-type]
+        volume_path=os.path.normpath(spec.volume_path),
+        path=spec.path,
+        methods=spec.methods_mask(),
+        percent=spec.percent or 100,
         delay_ns=round(parse_duration(spec.delay) * 1e9) if spec.action == "latency" and spec.delay else 0,
-        errno=spec.errno if spec.action == "fault" else 0, attr_mask=mask, attr_values=values,
+        errno=spec.errno if spec.action == "fault" else 0,
+        attr_mask=mask,
+        attr_values=values,
         mistake_filling=FILLINGS.index(m.filling) if m else 0,
-        mistake_max_occurrences=m.max_occurrences if m else 0, mistake_max_length=m.max_length if m else 0,
-        container_names=[target.container.name] if getattr(target, "container", None) else list(spec.container_names))
+        mistake_max_occurrences=m.max_occurrences if m else 0,
+        mistake_max_length=m.max_length if m else 0,
+        container_names=[target.container.name] if getattr(target, "container", None) else list(spec.container_names),
+    )

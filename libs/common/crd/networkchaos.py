@@ -91,7 +91,8 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
         }
         if spec.target is not None:
             changes["target"] = msgspec.structs.replace(
-                spec.target, selector=default_namespaces(spec.target.selector, namespace))
+                spec.target, selector=default_namespaces(spec.target.selector, namespace)
+            )
         return msgspec.structs.replace(spec, **changes)  # type: ignore[return-value]
 
     def validate(self) -> None:
@@ -104,8 +105,10 @@ class NetworkChaosSpec(PodSelectorBase, kw_only=True):
             validate_selector(problems, "spec.target.selector", self.target.selector)
         for i, ext in enumerate(self.external_targets):
             if parse_external(ext) is None:
-                problems.add(f"spec.externalTargets[{i}]",
-                             f"expected an IPv4 address, CIDR or hostname with optional :port, got {ext!r}")
+                problems.add(
+                    f"spec.externalTargets[{i}]",
+                    f"expected an IPv4 address, CIDR or hostname with optional :port, got {ext!r}",
+                )
         if self.action != "partition" and self.direction in ("from", "both"):
             if self.external_targets:
                 problems.add("spec.externalTargets", f"cannot be used with direction {self.direction}")

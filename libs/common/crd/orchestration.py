@@ -16,9 +16,24 @@ class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbi
     pass
 
 
-EMBEDDED_CHAOS_KEYS = ("awsChaos", "azureChaos", "blockChaos", "dnsChaos", "gcpChaos", "httpChaos", "ioChaos",
-                       "jvmChaos", "kernelChaos", "networkChaos", "physicalmachineChaos", "podChaos",
-                       "stressChaos", "timeChaos", "helloWorldChaos", "golangChaos")
+EMBEDDED_CHAOS_KEYS = (
+    "awsChaos",
+    "azureChaos",
+    "blockChaos",
+    "dnsChaos",
+    "gcpChaos",
+    "httpChaos",
+    "ioChaos",
+    "jvmChaos",
+    "kernelChaos",
+    "networkChaos",
+    "physicalmachineChaos",
+    "podChaos",
+    "stressChaos",
+    "timeChaos",
+    "helloWorldChaos",
+    "golangChaos",
+)
 
 
 class _Embedded(_S):

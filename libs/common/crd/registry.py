@@ -24,8 +24,18 @@ ALL_KINDS = KINDS
 CHAOS_MESH_KINDS = tuple(k for k, info in KINDS.items() if info.chaos_mesh)
 
 
-__all__ = ["ACCEPTED", "ALL_KINDS", "CHAOS_KINDS", "NOT_EXECUTED", "ORCHESTRATED", "WATCHED_KINDS", "KindInfo",
-           "CHAOS_MESH_KINDS", "decode_accepted", "decode_any"]
+__all__ = [
+    "ACCEPTED",
+    "ALL_KINDS",
+    "CHAOS_KINDS",
+    "NOT_EXECUTED",
+    "ORCHESTRATED",
+    "WATCHED_KINDS",
+    "KindInfo",
+    "CHAOS_MESH_KINDS",
+    "decode_accepted",
+    "decode_any",
+]
 
 
 def decode_accepted(doc: dict[str, Any]) -> dict[str, Any]:

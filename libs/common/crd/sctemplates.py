@@ -34,9 +34,16 @@ MAX_DESCRIPTION = 1024
 # Chaos Mesh's dashboard writes the spec with gopkg.in/yaml.v3, which ignores the Go types' json tags:
 # keys are the Go field names lowercased and the embedded structs are nested under their type names.
 # camelCase key -> Chaos Mesh's key, for the spec and for its `http` part.
-_GO_SPEC = {"mode": "mode", "type": "type", "duration": "duration", "timeoutSeconds": "timeoutseconds",
-            "intervalSeconds": "intervalseconds", "failureThreshold": "failurethreshold",
-            "successThreshold": "successthreshold", "recordsHistoryLimit": "recordshistorylimit"}
+_GO_SPEC = {
+    "mode": "mode",
+    "type": "type",
+    "duration": "duration",
+    "timeoutSeconds": "timeoutseconds",
+    "intervalSeconds": "intervalseconds",
+    "failureThreshold": "failurethreshold",
+    "successThreshold": "successthreshold",
+    "recordsHistoryLimit": "recordshistorylimit",
+}
 _GO_HTTP = {"url": "requesturl", "method": "requestmethod", "headers": "requestheaders", "body": "requestbody"}
 _GO_ROOT, _GO_EMBED, _GO_HTTP_KEY = "statuscheckspec", "embedstatuscheck", "httpstatuscheck"
 
@@ -59,9 +66,13 @@ def is_template(cm: Obj) -> bool:
     """Chaos Mesh's test: both labels, and the ConfigMap named after the template's name annotation."""
     meta = cm.get("metadata") or {}
     labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
-    return (cm.get("kind") == "ConfigMap" and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
-            and labels.get(TYPE_LABEL) == "StatusCheck" and bool(annotations.get(NAME_ANNOTATION))
-            and meta.get("name") == configmap_name(str(annotations.get(NAME_ANNOTATION))))
+    return (
+        cm.get("kind") == "ConfigMap"
+        and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
+        and labels.get(TYPE_LABEL) == "StatusCheck"
+        and bool(annotations.get(NAME_ANNOTATION))
+        and meta.get("name") == configmap_name(str(annotations.get(NAME_ANNOTATION)))
+    )
 
 
 def checked_spec(raw: Any, field: str) -> Obj:
@@ -104,8 +115,9 @@ def from_chaos_mesh(doc: Obj) -> Obj:
     out: Obj = {_renamed(k, _GO_SPEC, back=True): v for k, v in root.items() if k != _GO_EMBED and _present(v)}
     http = ((root.get(_GO_EMBED) or {}) if isinstance(root.get(_GO_EMBED), dict) else {}).get(_GO_HTTP_KEY)
     if isinstance(http, dict):
-        out_http: Obj = {_renamed(k, _GO_HTTP, back=True): v for k, v in http.items()
-                         if k != "criteria" and _present(v)}
+        out_http: Obj = {
+            _renamed(k, _GO_HTTP, back=True): v for k, v in http.items() if k != "criteria" and _present(v)
+        }
         criteria = http.get("criteria")
         if isinstance(criteria, dict):
             out_http["criteria"] = {("statusCode" if k == "statuscode" else k): v for k, v in criteria.items()}
@@ -118,8 +130,10 @@ def to_chaos_mesh(spec: Obj) -> Obj:
     root: Obj = {_renamed(k, _GO_SPEC): v for k, v in spec.items() if k != "http"}
     http = spec.get("http")
     if isinstance(http, dict):
-        go_http: Obj = {"requestmethod": "GET", **{_renamed(k, _GO_HTTP): v for k, v in http.items()
-                                                   if k != "criteria"}}
+        go_http: Obj = {
+            "requestmethod": "GET",
+            **{_renamed(k, _GO_HTTP): v for k, v in http.items() if k != "criteria"},
+        }
         go_http["criteria"] = {"statuscode": (http.get("criteria") or {}).get("statusCode", "")}
         root[_GO_EMBED] = {_GO_HTTP_KEY: go_http}
     return {_GO_ROOT: root}
@@ -138,13 +152,21 @@ def configmap(namespace: str, name: str, spec: Any, description: str = "") -> Ob
     checked = checked_spec(spec, "spec")
     full = msgspec.to_builtins(msgspec.convert(checked, StatusCheckSpec), order="deterministic")
     defaults = msgspec.structs.asdict(StatusCheckSpec())
-    text = yaml.safe_dump(to_chaos_mesh({**{_camel(k): v for k, v in defaults.items() if v is not None
-                                            and k != "http"}, **full}), sort_keys=False)
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": configmap_name(name), "namespace": namespace,
-                         "labels": {TYPE_LABEL: "StatusCheck", MANAGED_BY_LABEL: MANAGED_BY},
-                         "annotations": {NAME_ANNOTATION: name, DESCRIPTION_ANNOTATION: description}},
-            "data": {SPEC_KEY: text}}
+    text = yaml.safe_dump(
+        to_chaos_mesh({**{_camel(k): v for k, v in defaults.items() if v is not None and k != "http"}, **full}),
+        sort_keys=False,
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(name),
+            "namespace": namespace,
+            "labels": {TYPE_LABEL: "StatusCheck", MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {NAME_ANNOTATION: name, DESCRIPTION_ANNOTATION: description},
+        },
+        "data": {SPEC_KEY: text},
+    }
 
 
 def read(cm: Obj) -> Template:
@@ -152,8 +174,12 @@ def read(cm: Obj) -> Template:
     is not a StatusCheck template or whose spec does not decode.
     """
     if not is_template(cm):
-        raise InvalidObject([f"metadata: not a StatusCheck template (labels {TYPE_LABEL}=StatusCheck and "
-                             f"{MANAGED_BY_LABEL}={MANAGED_BY}, named {PREFIX}<{NAME_ANNOTATION}>)"])
+        raise InvalidObject(
+            [
+                f"metadata: not a StatusCheck template (labels {TYPE_LABEL}=StatusCheck and "
+                f"{MANAGED_BY_LABEL}={MANAGED_BY}, named {PREFIX}<{NAME_ANNOTATION}>)"
+            ]
+        )
     meta = cm["metadata"]
     text = (cm.get("data") or {}).get(SPEC_KEY)
     if not isinstance(text, str):
@@ -166,11 +192,14 @@ def read(cm: Obj) -> Template:
     if len(docs) != 1:
         raise InvalidObject([f"data.{SPEC_KEY}: expected one YAML document, got {len(docs)}"])
     annotations = meta.get("annotations") or {}
-    return Template(namespace=str(meta.get("namespace") or "default"), name=str(annotations[NAME_ANNOTATION]),
-                    description=str(annotations.get(DESCRIPTION_ANNOTATION) or ""), uid=str(meta.get("uid") or ""),
-                    created=str(meta.get("creationTimestamp") or ""),
-                    spec=checked_spec(from_chaos_mesh(docs[0]) if isinstance(docs[0], dict) else docs[0],
-                                      f"data.{SPEC_KEY}"))
+    return Template(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(annotations[NAME_ANNOTATION]),
+        description=str(annotations.get(DESCRIPTION_ANNOTATION) or ""),
+        uid=str(meta.get("uid") or ""),
+        created=str(meta.get("creationTimestamp") or ""),
+        spec=checked_spec(from_chaos_mesh(docs[0]) if isinstance(docs[0], dict) else docs[0], f"data.{SPEC_KEY}"),
+    )
 
 
 def _camel(snake: str) -> str:
@@ -180,7 +209,9 @@ def _camel(snake: str) -> str:
 
 def statuscheck(template: Template, name: str) -> Obj:
     """A new StatusCheck carrying the template's spec, as the dashboard creates one from it."""
-    return {"apiVersion": API_VERSION, "kind": "StatusCheck",
-            "metadata": {"name": name, "namespace": template.namespace,
-                         "annotations": {NAME_ANNOTATION: template.name}},
-            "spec": template.spec}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "StatusCheck",
+        "metadata": {"name": name, "namespace": template.namespace, "annotations": {NAME_ANNOTATION: template.name}},
+        "spec": template.spec,
+    }

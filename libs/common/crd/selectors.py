@@ -28,8 +28,7 @@ class LabelSelectorRequirement(msgspec.Struct, omit_defaults=True, kw_only=True,
     values: list[str] = []
 
 
-class PodSelectorSpec(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True,
-                      forbid_unknown_fields=True):
+class PodSelectorSpec(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
     """Which pods: every present field is AND-ed; `pods` (explicit list) overrides all others."""
 
     namespaces: list[str] = []
@@ -71,8 +70,9 @@ def validate_mode(problems: Problems, path: str, mode: str, value: str) -> None:
     elif mode in ("fixed-percent", "random-max-percent"):
         n = _int_or_none(value)
         if n is None or not 0 < n <= 100:
-            problems.add(f"{path}value",
-                         f"mode {mode} needs an integer percentage in (0, 100], got {bounds.show(value)}")
+            problems.add(
+                f"{path}value", f"mode {mode} needs an integer percentage in (0, 100], got {bounds.show(value)}"
+            )
 
 
 def validate_selector(problems: Problems, path: str, selector: PodSelectorSpec) -> None:
@@ -91,8 +91,10 @@ def validate_selector(problems: Problems, path: str, selector: PodSelectorSpec) 
             problems.add(f"{p}.values", f"operator {req.operator} takes no values")
     for key in selector.field_selectors:
         if key not in FIELD_SELECTOR_KEYS:
-            problems.add(f"{path}.fieldSelectors", f"unsupported field {key!r}; expected one of "
-                         + ", ".join(FIELD_SELECTOR_KEYS))
+            problems.add(
+                f"{path}.fieldSelectors",
+                f"unsupported field {key!r}; expected one of " + ", ".join(FIELD_SELECTOR_KEYS),
+            )
     for i, phase in enumerate(selector.pod_phase_selectors):
         if not phase.lstrip("!"):
             problems.add(f"{path}.podPhaseSelectors[{i}]", "empty phase")

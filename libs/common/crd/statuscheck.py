@@ -20,7 +20,12 @@ from chaosbus.common.durations import parse_duration
 MODES = ("Synchronous", "Continuous")
 TYPES = ("HTTP", "Prometheus")
 CRITERIA: dict[str, Callable[[float, float], bool]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    ">": operator.gt,
+    "<=": operator.le,
+    ">=": operator.ge,
 }
 MAX_QUERY = 4096
 
@@ -36,8 +41,9 @@ def status_code_range(text: str) -> tuple[int, int]:
         lo = int(low)
         hi = int(high) if sep else lo
     except ValueError:
-        raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is neither a code (200) nor a range "
-                           "(200-299)") from None
+        raise InvalidCheck(
+            f"spec.http.criteria.statusCode: {text!r} is neither a code (200) nor a range (200-299)"
+        ) from None
     # Chaos Mesh's webhook accepts any code in 1..999; a reversed range (it would match nothing there) is refused.
     if not 0 < lo <= hi < 1000:
         raise InvalidCheck(f"spec.http.criteria.statusCode: {text!r} is not a code or an ascending range within 1-999")
@@ -54,10 +60,13 @@ def validate(spec: StatusCheckSpec, field: str = "spec") -> None:
         _validate_http(spec, field)
     else:
         validate_prometheus(spec.prometheus, f"{field}.prometheus")
-    for name, value, low in (("timeoutSeconds", spec.timeout_seconds, 1), ("intervalSeconds", spec.interval_seconds, 1),
-                             ("failureThreshold", spec.failure_threshold, 1),
-                             ("successThreshold", spec.success_threshold, 1),
-                             ("recordsHistoryLimit", spec.records_history_limit, 1)):
+    for name, value, low in (
+        ("timeoutSeconds", spec.timeout_seconds, 1),
+        ("intervalSeconds", spec.interval_seconds, 1),
+        ("failureThreshold", spec.failure_threshold, 1),
+        ("successThreshold", spec.success_threshold, 1),
+        ("recordsHistoryLimit", spec.records_history_limit, 1),
+    ):
         if value < low:
             raise InvalidCheck(f"{field}.{name}: must be at least {low}, got {value}")
     if spec.records_history_limit > 1000:
@@ -92,8 +101,9 @@ def validate_prometheus(prom: StatusCheckPrometheus | None, field: str) -> None:
     if prom.comparator is None:
         raise InvalidCheck(f"{field}.comparator: required (criteria and value)")
     if prom.comparator.criteria not in CRITERIA:
-        raise InvalidCheck(f"{field}.comparator.criteria: {prom.comparator.criteria!r} is not one of "
-                           f"{' '.join(CRITERIA)}")
+        raise InvalidCheck(
+            f"{field}.comparator.criteria: {prom.comparator.criteria!r} is not one of {' '.join(CRITERIA)}"
+        )
     if not math.isfinite(prom.comparator.value):
         raise InvalidCheck(f"{field}.comparator.value: must be a finite number")
 

@@ -28,8 +28,22 @@ MAX_STRESSNG_CHARS = 4096
 # Chaos Mesh's size syntax: bytes with a decimal or binary unit, or a percentage of memory.
 _SIZE = re.compile(r"^\s*([0-9]+)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB|K|M|G|T)?\s*$", re.IGNORECASE)
 _PERCENT = re.compile(r"^\s*([0-9]{1,3})\s*%\s*$")
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 10**3, "M": 10**6, "G": 10**9,
-          "T": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 class _S(msgspec.Struct, rename="camel", omit_defaults=True, kw_only=True, forbid_unknown_fields=True):
@@ -74,11 +88,14 @@ class StressChaosSpec(ContainerSelectorBase, kw_only=True):
             if (mem := self.stressors.memory) is not None:
                 _workers(problems, "spec.stressors.memory.workers", mem.workers)
                 if mem.size and size_arg(mem.size) is None:
-                    problems.add("spec.stressors.memory.size", f"expected bytes with a unit (256MB, 1GiB) or a "
-                                                               f"percentage (50%), got {bounds.show(mem.size)}")
+                    problems.add(
+                        "spec.stressors.memory.size",
+                        f"expected bytes with a unit (256MB, 1GiB) or a percentage (50%), got {bounds.show(mem.size)}",
+                    )
                 if not -1000 <= mem.oom_score_adj <= 1000:
-                    problems.add("spec.stressors.memory.oomScoreAdj", f"must be in [-1000, 1000], got "
-                                                                      f"{mem.oom_score_adj}")
+                    problems.add(
+                        "spec.stressors.memory.oomScoreAdj", f"must be in [-1000, 1000], got {mem.oom_score_adj}"
+                    )
                 _options(problems, "spec.stressors.memory.options", mem.options)
         if self.stressng_stressors:
             if len(self.stressng_stressors) > MAX_STRESSNG_CHARS:
@@ -139,8 +156,11 @@ def stressors(spec: StressChaosSpec) -> list[fs.Stressor]:
         args = ["--vm", str(s.memory.workers), "--vm-keep", "--vm-hang", "0"]
         if s.memory.size:
             args += ["--vm-bytes", size_arg(s.memory.size) or s.memory.size]
-        out.append(fs.Stressor(name="memory", args=args + option_args(s.memory.options),
-                               oom_score_adj=s.memory.oom_score_adj or None))
+        out.append(
+            fs.Stressor(
+                name="memory", args=args + option_args(s.memory.options), oom_score_adj=s.memory.oom_score_adj or None
+            )
+        )
     if spec.stressng_stressors:
         out.append(fs.Stressor(name="stressng", args=shlex.split(spec.stressng_stressors)))
     return out

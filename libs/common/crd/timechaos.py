@@ -47,8 +47,10 @@ class TimeChaosSpec(ContainerSelectorBase, kw_only=True):
         else:
             try:
                 if abs(parse_duration(self.time_offset)) > MAX_OFFSET_S:
-                    problems.add("spec.timeOffset", f"must be within ±{MAX_OFFSET_S // 3600}h, "
-                                                    f"got {bounds.show(self.time_offset)}")
+                    problems.add(
+                        "spec.timeOffset",
+                        f"must be within ±{MAX_OFFSET_S // 3600}h, got {bounds.show(self.time_offset)}",
+                    )
             except ValueError as e:
                 problems.add("spec.timeOffset", str(e))
         if len(self.clock_ids) > len(CLOCK_IDS):
@@ -56,8 +58,9 @@ class TimeChaosSpec(ContainerSelectorBase, kw_only=True):
         else:
             for i, name in enumerate(self.clock_ids):
                 if name not in CLOCK_IDS:
-                    problems.add(f"spec.clockIds[{i}]", f"unknown clock {bounds.show(name)} "
-                                                        f"(one of {', '.join(CLOCK_IDS)})")
+                    problems.add(
+                        f"spec.clockIds[{i}]", f"unknown clock {bounds.show(name)} (one of {', '.join(CLOCK_IDS)})"
+                    )
         if len(self.container_names) > MAX_CONTAINER_NAMES:
             problems.add("spec.containerNames", f"at most {MAX_CONTAINER_NAMES} names, got {len(self.container_names)}")
         else:

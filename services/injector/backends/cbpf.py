@@ -115,7 +115,8 @@ def classifier(matches: Sequence[Match], default: int, exempt: Sequence[Dest], r
         for addr_slot, port_slot in ((0, 2), (1, 3)):
             _test(a, d, addr_slot, port_slot, root)
     for (prefixlen, ported, classid), group in groupby(
-            matches, key=lambda m: (m.dest.network.prefixlen, m.dest.port is not None, m.classid)):
+        matches, key=lambda m: (m.dest.network.prefixlen, m.dest.port is not None, m.classid)
+    ):
         run = [m.dest for m in group]
         if ported:
             for d in run:
@@ -166,7 +167,7 @@ def _chain(a: Asm, nets: list[Dest], prefixlen: int, classid: int) -> None:
         a.op(LD | MEM, 0)
         if mask != 0xFFFFFFFF:
             a.op(ALU | AND, mask)
-        for d in nets[start:start + _CHUNK]:
+        for d in nets[start : start + _CHUNK]:
             a.op(JMP | JEQ, int(d.network.network_address), jt=hit)
         a.op(JMP | JA, jt=after)
         a.here(hit)

@@ -50,9 +50,11 @@ def require_socket(path: str, runtime: str) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise RuntimeCallError(f"{runtime} socket {path} does not exist on this node: mount the runtime's "
-                               "socket into the injector or point the injector at it (see docs/cluster.md, "
-                               "Container runtimes)") from None
+        raise RuntimeCallError(
+            f"{runtime} socket {path} does not exist on this node: mount the runtime's "
+            "socket into the injector or point the injector at it (see docs/cluster.md, "
+            "Container runtimes)"
+        ) from None
     except PermissionError:
         raise RuntimeCallError(f"{runtime} socket {path} is not accessible to the injector") from None
     if not stat.S_ISSOCK(mode):

@@ -60,17 +60,23 @@ class CriClient:
         try:
             reply = criwire.decode_status_reply(raw)
         except criwire.WireError as e:
-            raise RuntimeCallError(f"{self.runtime} ContainerStatus reply for {container_id} is malformed: {e}") \
-                from None
+            raise RuntimeCallError(
+                f"{self.runtime} ContainerStatus reply for {container_id} is malformed: {e}"
+            ) from None
         running = reply.state == criwire.CONTAINER_RUNNING
         info = reply.info.get("info")
         if info is None:
             if running:
-                raise RuntimeCallError(f"{self.runtime} ContainerStatus for running container {container_id} has "
-                                       "no verbose info[\"info\"] with its pid")
+                raise RuntimeCallError(
+                    f"{self.runtime} ContainerStatus for running container {container_id} has "
+                    'no verbose info["info"] with its pid'
+                )
             return Observed(pid=0, running=False, labels=reply.labels)
-        return Observed(pid=pid_from_json(info, f"{self.runtime} info[\"info\"] of {container_id}"), running=running,
-                        labels=reply.labels)
+        return Observed(
+            pid=pid_from_json(info, f'{self.runtime} info["info"] of {container_id}'),
+            running=running,
+            labels=reply.labels,
+        )
 
     def stop(self, container_id: str) -> bool:
         """StopContainer with timeout 0 (kill now); False if the runtime does not know the container.
@@ -79,8 +85,9 @@ class CriClient:
             RuntimeCallError: socket missing or the call failed.
         """
         call = self._calls()[1]
-        return self._invoke(call, criwire.StopRequest(container_id, timeout=0), "StopContainer",
-                            container_id) is not None
+        return (
+            self._invoke(call, criwire.StopRequest(container_id, timeout=0), "StopContainer", container_id) is not None
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -94,9 +101,11 @@ class CriClient:
             if self._channel is None:
                 self._channel = grpc.insecure_channel(f"unix://{self.socket_path}")
                 self._status = self._channel.unary_unary(
-                    STATUS_METHOD, request_serializer=criwire.encode_status_request, response_deserializer=_raw)
+                    STATUS_METHOD, request_serializer=criwire.encode_status_request, response_deserializer=_raw
+                )
                 self._stop = self._channel.unary_unary(
-                    STOP_METHOD, request_serializer=criwire.encode_stop_request, response_deserializer=_raw)
+                    STOP_METHOD, request_serializer=criwire.encode_stop_request, response_deserializer=_raw
+                )
             return self._status, self._stop
 
     def _invoke(self, call: Any, request: object, method: str, container_id: str) -> bytes | None:
@@ -108,8 +117,10 @@ class CriClient:
                 return None
             details = e.details() if hasattr(e, "details") else str(e)
             name = code.name if code is not None else "unknown"
-            raise RuntimeCallError(f"{self.runtime} {method} {container_id} via {self.socket_path} failed: "
-                                   f"{name}: {details}", retryable=code in _RETRYABLE) from None
+            raise RuntimeCallError(
+                f"{self.runtime} {method} {container_id} via {self.socket_path} failed: {name}: {details}",
+                retryable=code in _RETRYABLE,
+            ) from None
         if not isinstance(raw, bytes):
             raise RuntimeCallError(f"{self.runtime} {method} reply is not bytes")
         return raw

@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 CONTAINER_CREATED, CONTAINER_RUNNING, CONTAINER_EXITED, CONTAINER_UNKNOWN = 0, 1, 2, 3
-STATE_NAMES = {CONTAINER_CREATED: "created", CONTAINER_RUNNING: "running", CONTAINER_EXITED: "exited",
-               CONTAINER_UNKNOWN: "unknown"}
+STATE_NAMES = {
+    CONTAINER_CREATED: "created",
+    CONTAINER_RUNNING: "running",
+    CONTAINER_EXITED: "exited",
+    CONTAINER_UNKNOWN: "unknown",
+}
 
 _U64 = (1 << 64) - 1
 _MAX_VARINT_BYTES = 10
@@ -34,6 +38,7 @@ class WireError(ValueError):
 
 
 # --- primitives -------------------------------------------------------------------------------
+
 
 def varint(value: int) -> bytes:
     """Base-128 varint; a negative value is its 64-bit two's complement (as int64 fields are)."""
@@ -122,7 +127,7 @@ def fields(data: bytes) -> list[Field]:
 def _take(data: bytes, pos: int, size: int) -> tuple[bytes, int]:
     if pos + size > len(data):
         raise WireError(f"field of {size} bytes at byte {pos} runs past the end ({len(data)} bytes)")
-    return data[pos:pos + size], pos + size
+    return data[pos : pos + size], pos + size
 
 
 def _payload(number: int, wire_type: int, value: int | bytes, want: int, what: str) -> int | bytes:
@@ -147,6 +152,7 @@ def _number(number: int, wire_type: int, value: int | bytes, what: str) -> int:
 
 
 # --- messages ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class StatusRequest:

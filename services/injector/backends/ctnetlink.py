@@ -37,20 +37,22 @@ def _attrs(data: bytes) -> dict[int, bytes]:
         length, kind = struct.unpack_from("=HH", data, i)
         if length < 4:
             break
-        out[kind & ~NLA_F_NESTED & 0x7FFF] = data[i + 4:i + length]
+        out[kind & ~NLA_F_NESTED & 0x7FFF] = data[i + 4 : i + length]
         i += (length + 3) & ~3
     return out
 
 
 def get_request(proto: str, reply_src: tuple[str, int], reply_dst: tuple[str, int], seq: int) -> bytes:
     """The GET for the flow whose reply goes from `reply_src` to `reply_dst`. Pure."""
-    ip = (_attr(CTA_IP_V4_SRC, socket.inet_aton(reply_src[0]))
-          + _attr(CTA_IP_V4_DST, socket.inet_aton(reply_dst[0])))
-    l4 = (_attr(CTA_PROTO_NUM, struct.pack("B", PROTOCOLS[proto]))
-          + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", reply_src[1]))
-          + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", reply_dst[1])))
+    ip = _attr(CTA_IP_V4_SRC, socket.inet_aton(reply_src[0])) + _attr(CTA_IP_V4_DST, socket.inet_aton(reply_dst[0]))
+    l4 = (
+        _attr(CTA_PROTO_NUM, struct.pack("B", PROTOCOLS[proto]))
+        + _attr(CTA_PROTO_SRC_PORT, struct.pack("!H", reply_src[1]))
+        + _attr(CTA_PROTO_DST_PORT, struct.pack("!H", reply_dst[1]))
+    )
     body = struct.pack("=BBH", socket.AF_INET, 0, 0) + _attr(
-        CTA_TUPLE_REPLY, _attr(CTA_TUPLE_IP, ip, True) + _attr(CTA_TUPLE_PROTO, l4, True), True)
+        CTA_TUPLE_REPLY, _attr(CTA_TUPLE_IP, ip, True) + _attr(CTA_TUPLE_PROTO, l4, True), True
+    )
     kind = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST, seq, 0) + body
 
@@ -78,8 +80,9 @@ class Conntrack:
         self.sock.settimeout(TIMEOUT_S)
         self._seq = 0
 
-    def original_destination(self, proto: str, reply_src: tuple[str, int],
-                             reply_dst: tuple[str, int]) -> tuple[str, int] | None:
+    def original_destination(
+        self, proto: str, reply_src: tuple[str, int], reply_dst: tuple[str, int]
+    ) -> tuple[str, int] | None:
         self._seq += 1
         self.sock.send(get_request(proto, reply_src, reply_dst, self._seq))
         while True:

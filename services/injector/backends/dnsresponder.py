@@ -50,8 +50,12 @@ def original_destination(table: str, proto: str, client: tuple[str, int], local_
             if sep:
                 kv.setdefault(key, []).append(value)
         try:
-            if (kv["dst"][1] == client[0] and kv["dport"][1] == str(client[1])
-                    and kv["sport"][1] == str(local_port) and kv["src"][0] == client[0]):
+            if (
+                kv["dst"][1] == client[0]
+                and kv["dport"][1] == str(client[1])
+                and kv["sport"][1] == str(local_port)
+                and kv["src"][0] == client[0]
+            ):
                 return kv["dst"][0], int(kv["dport"][0])
         except (KeyError, IndexError, ValueError):
             continue
@@ -212,8 +216,15 @@ class Responder:
             return
         self._forward(wire, "udp", client, lambda data: udp.sendto(data, client), sel, pending)
 
-    def _forward(self, wire: bytes, proto: str, client: tuple[str, int], reply_to: Callable[[bytes], object],
-                 sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
+    def _forward(
+        self,
+        wire: bytes,
+        proto: str,
+        client: tuple[str, int],
+        reply_to: Callable[[bytes], object],
+        sel: selectors.BaseSelector,
+        pending: dict[socket.socket, _Pending],
+    ) -> None:
         dest = self._lookup(proto, client)
         if dest is None:
             return  # the client retries or times out, as with a lost packet
@@ -241,8 +252,9 @@ class Responder:
         except OSError:
             return None
 
-    def _on_forward_reply(self, sock: socket.socket, sel: selectors.BaseSelector,
-                          pending: dict[socket.socket, _Pending]) -> None:
+    def _on_forward_reply(
+        self, sock: socket.socket, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]
+    ) -> None:
         entry = pending.get(sock)
         try:
             data = sock.recv(MAX_TCP)
@@ -256,8 +268,9 @@ class Responder:
                 pass
 
     @staticmethod
-    def _close_forward(sock: socket.socket, sel: selectors.BaseSelector,
-                       pending: dict[socket.socket, _Pending]) -> None:
+    def _close_forward(
+        sock: socket.socket, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]
+    ) -> None:
         pending.pop(sock, None)
         try:
             sel.unregister(sock)
@@ -267,8 +280,9 @@ class Responder:
 
     # TCP: length-prefixed messages (RFC 7766), answered on the client's connection.
 
-    def _on_tcp_accept(self, tcp: socket.socket, sel: selectors.BaseSelector,
-                       pending: dict[socket.socket, _Pending]) -> None:
+    def _on_tcp_accept(
+        self, tcp: socket.socket, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]
+    ) -> None:
         try:
             conn, client = tcp.accept()
         except OSError:
@@ -276,8 +290,13 @@ class Responder:
         conn.setblocking(False)
         sel.register(conn, selectors.EVENT_READ, (client[0], client[1]))
 
-    def _on_tcp_query(self, conn: socket.socket, client: tuple[str, int], sel: selectors.BaseSelector,
-                      pending: dict[socket.socket, _Pending]) -> None:
+    def _on_tcp_query(
+        self,
+        conn: socket.socket,
+        client: tuple[str, int],
+        sel: selectors.BaseSelector,
+        pending: dict[socket.socket, _Pending],
+    ) -> None:
         try:
             conn.settimeout(TCP_IDLE_S)
             head = _recv_exact(conn, 2)

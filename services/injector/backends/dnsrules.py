@@ -58,8 +58,9 @@ def rule_for(rules: Iterable[DnsRule], name: str, now: float) -> DnsRule | None:
     return next((r for r in rules if (r.until is None or now < r.until) and matches(r.patterns, name)), None)
 
 
-def answer(query: dns.message.Message, rules: Iterable[DnsRule], now: float,
-           rng: random.Random | None = None) -> dns.message.Message | None:
+def answer(
+    query: dns.message.Message, rules: Iterable[DnsRule], now: float, rng: random.Random | None = None
+) -> dns.message.Message | None:
     """The chaos answer to `query`, or None to forward it unchanged."""
     if len(query.question) != 1:
         return None
@@ -79,8 +80,7 @@ def answer(query: dns.message.Message, rules: Iterable[DnsRule], now: float,
             return reply
         return None
     if addresses:
-        reply.answer.append(dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, question.rdtype,
-                                                     addresses))
+        reply.answer.append(dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, question.rdtype, addresses))
     return reply
 
 

@@ -67,8 +67,11 @@ class DockerClient:
         conf = doc.get("Config")
         raw = conf.get("Labels") if isinstance(conf, dict) else None
         labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-        return Observed(pid=checked_pid(state.get("Pid"), f"docker inspect {container_id} State.Pid"),
-                        running=state["Running"], labels=labels)
+        return Observed(
+            pid=checked_pid(state.get("Pid"), f"docker inspect {container_id} State.Pid"),
+            running=state["Running"],
+            labels=labels,
+        )
 
     def kill(self, container_id: str) -> bool:
         """SIGKILL the container through the Engine; False if the Engine does not know it.
@@ -93,14 +96,17 @@ class DockerClient:
             resp = conn.getresponse()
             return resp.status, resp.read()
         except (OSError, http.client.HTTPException) as e:
-            raise RuntimeCallError(f"docker {method} {path} via {self.socket_path} failed: {type(e).__name__}: {e}",
-                                   retryable=True) from None
+            raise RuntimeCallError(
+                f"docker {method} {path} via {self.socket_path} failed: {type(e).__name__}: {e}", retryable=True
+            ) from None
         finally:
             conn.close()
 
     def _refused(self, what: str, container_id: str, code: int, body: bytes) -> RuntimeCallError:
-        return RuntimeCallError(f"docker {what} {container_id} via {self.socket_path}: HTTP {code}: "
-                                f"{_engine_message(body)}", retryable=code >= 500)
+        return RuntimeCallError(
+            f"docker {what} {container_id} via {self.socket_path}: HTTP {code}: {_engine_message(body)}",
+            retryable=code >= 500,
+        )
 
 
 def _engine_message(body: bytes) -> str:

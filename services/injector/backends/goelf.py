@@ -60,8 +60,9 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
     loads = []
     headers_at = 0
     for i in range(e_phnum):
-        p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", data,
-                                                                                  e_phoff + i * e_phentsize)
+        p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, e_phoff + i * e_phentsize
+        )
         if p_type == 1:
             loads.append((p_vaddr, p_offset, p_filesz))
             if p_offset == 0 and p_flags & 1:  # PF_X: the headers are mapped executable
@@ -73,7 +74,7 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
 
     def name_at(table: int, off: int) -> str:
         end = data.find(b"\0", table + off)
-        return data[table + off:end].decode("utf-8", "replace")
+        return data[table + off : end].decode("utf-8", "replace")
 
     section_names = {name_at(names_off, s[0]) for s in sections} if names_off else set()
     symbols: dict[str, int] = {}
@@ -87,11 +88,12 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
             if st_value == 0 or st_name == 0:
                 continue
             end = data.find(b"\0", strtab_off + st_name)
-            name = data[strtab_off + st_name:end].decode("utf-8", "replace")
+            name = data[strtab_off + st_name : end].decode("utf-8", "replace")
             if name in want:
                 symbols[name] = st_value
     go = bool({".gopclntab", ".data.rel.ro.gopclntab", ".go.buildinfo", ".note.go.buildid"} & section_names) or any(
-        m in symbols for m in GO_MARKERS)
+        m in symbols for m in GO_MARKERS
+    )
     by_name = {name_at(names_off, sh[0]): sh for sh in sections} if names_off else {}
     # A PIE's are in .data.rel.ro, named .data.rel.ro.gopclntab and .data.rel.ro.itablink.
     pcln = by_name.get(".gopclntab") or by_name.get(".data.rel.ro.gopclntab")
@@ -110,7 +112,7 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
             tables.append(e_shoff + e_shnum * e_shentsize)
         start = (max(tables) + CAVE_MARGIN + 15) & ~15
         end = min([4096, *(sh[4] for sh in sections if sh[1] != 8 and sh[5] and sh[4] >= start - CAVE_MARGIN)])
-        if end > start and not any(data[start - CAVE_MARGIN:end]):
+        if end > start and not any(data[start - CAVE_MARGIN : end]):
             cave = (headers_at + start, end - start)
     return ElfInfo(e_type, go, symtab is not None, symbols, tuple(loads), cave, itablink)
 
@@ -118,8 +120,9 @@ def parse_elf(data: bytes | mmap.mmap, wanted: tuple[str, ...]) -> ElfInfo:
 PCLNTAB_MAGICS = (0xFFFFFFF0, 0xFFFFFFF1)  # Go 1.18-1.19, Go 1.20 on (same layout)
 
 
-def pclntab_functions(data: bytes | mmap.mmap, start: int, size: int, wanted: set[str],
-                      text_addr: int) -> dict[str, int]:
+def pclntab_functions(
+    data: bytes | mmap.mmap, start: int, size: int, wanted: set[str], text_addr: int
+) -> dict[str, int]:
     """Entry addresses of the `wanted` functions from Go's pclntab (which `-ldflags=-s` keeps):
     the header (magic, nfunc, textStart, offsets of the name table and the function table), then
     per function (entry offset from textStart, offset of its _func), each _func starting with its
@@ -130,7 +133,8 @@ def pclntab_functions(data: bytes | mmap.mmap, start: int, size: int, wanted: se
     if magic not in PCLNTAB_MAGICS or ptr_size != 8:
         return {}
     nfunc, _nfiles, text_start, funcname_off, _cu, _filetab, _pctab, pcln_off = struct.unpack_from(
-        "<QQQQQQQQ", data, start + 8)
+        "<QQQQQQQQ", data, start + 8
+    )
     text_start = text_start or text_addr
     names = start + funcname_off
     pcln = start + pcln_off
@@ -141,10 +145,8 @@ def pclntab_functions(data: bytes | mmap.mmap, start: int, size: int, wanted: se
         _entry, name_off = struct.unpack_from("<Ii", data, pcln + func_off)
         at = names + name_off
         for raw, name in encoded.items():
-            if data[at:at + len(raw)] == raw:
+            if data[at : at + len(raw)] == raw:
                 found[name] = text_start + entry_off
         if len(found) == len(wanted):
             break
     return found
-
-

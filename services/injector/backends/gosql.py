@@ -63,8 +63,7 @@ class GoSqlError(Exception):
     Go program with database/sql (nothing to patch, a retry cannot help), `changed` when the code
     is not what was planned (already patched)."""
 
-    def __init__(self, message: str, *, gone: bool = False, unsupported: bool = False,
-                 changed: bool = False) -> None:
+    def __init__(self, message: str, *, gone: bool = False, unsupported: bool = False, changed: bool = False) -> None:
         super().__init__(message)
         self.gone = gone
         self.unsupported = unsupported
@@ -72,6 +71,7 @@ class GoSqlError(Exception):
 
 
 # --- the running process ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Site:
@@ -169,7 +169,7 @@ def _itab_in_memory(pid: int, info: ElfInfo, bias: int) -> int | None:
         return None
     at, size = info.itablink
     table = read_bytes(pid, at + bias, size)
-    for (itab,) in struct.iter_unpack("<Q", table[:size - size % 8]):
+    for (itab,) in struct.iter_unpack("<Q", table[: size - size % 8]):
         if struct.unpack("<Q", read_bytes(pid, itab + 24, 8))[0] == method + bias:
             return int(itab)
     return None
@@ -195,8 +195,9 @@ def _plan(pid: int, info: ElfInfo, data: mmap.mmap, path: str) -> Plan:
     found = [name for name in FUNCTIONS if name in info.symbols]
     if not found:
         if ERROR_METHOD not in info.symbols:  # every Go program has it, unless nothing names functions
-            raise GoSqlError(f"{path} is a Go program without a symbol table or a pclntab this patch can read",
-                             unsupported=True)
+            raise GoSqlError(
+                f"{path} is a Go program without a symbol table or a pclntab this patch can read", unsupported=True
+            )
         raise GoSqlError(f"{path} is a Go program without database/sql", unsupported=True)
     bias = load_bias(pid, info)
     itab = next((info.symbols[n] + bias for n in ITABS if n in info.symbols), None)
@@ -212,7 +213,7 @@ def _plan(pid: int, info: ElfInfo, data: mmap.mmap, path: str) -> Plan:
             off = info.file_offset(vaddr)
             if off is None:
                 raise GoSqlError(f"{path}: {name} is outside its loadable segments", unsupported=True)
-            from_file = data[off:off + PROLOGUE_READ]
+            from_file = data[off : off + PROLOGUE_READ]
             now = read_bytes(pid, vaddr + bias, JUMP_LEN)
             if now != from_file[:JUMP_LEN]:
                 if not looks_patched(now):
@@ -237,15 +238,19 @@ def _plan(pid: int, info: ElfInfo, data: mmap.mmap, path: str) -> Plan:
 def _run(args: list[str]) -> str:
     helper = native_dir() / "codepatch"
     try:
-        proc = subprocess.run([str(helper), *args], capture_output=True, text=True,
-                              timeout=HELPER_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            [str(helper), *args], capture_output=True, text=True, timeout=HELPER_TIMEOUT_S, check=False
+        )
     except FileNotFoundError as e:
         raise GoSqlError(f"{helper} is missing (built by `make install`)") from e
     except subprocess.TimeoutExpired as e:
         raise GoSqlError(f"codepatch {args[0]} timed out after {HELPER_TIMEOUT_S}s") from e
     if proc.returncode != 0:
-        raise GoSqlError(proc.stderr.strip() or f"codepatch {args[0]} exited {proc.returncode}",
-                         gone=proc.returncode == EXIT_GONE, changed=proc.returncode == EXIT_CHANGED)
+        raise GoSqlError(
+            proc.stderr.strip() or f"codepatch {args[0]} exited {proc.returncode}",
+            gone=proc.returncode == EXIT_GONE,
+            changed=proc.returncode == EXIT_CHANGED,
+        )
     return proc.stdout
 
 
@@ -278,8 +283,9 @@ def inject(p: Plan, deadline_s: int = NO_DEADLINE, message: str = MESSAGE) -> In
         raise GoSqlError(f"{p.exe}: {e}", unsupported=True) from e
     sites = [f"{s.address:x}:{s.original.hex()}:{entry}" for s, entry in zip(p.sites, payload.entries, strict=True)]
     at = f"{p.cave[0]:x}" if p.cave is not None and len(payload.code) <= p.cave[1] else "-"
-    values = _values(_run(["inject", str(p.pid), payload.code.hex(), ",".join(map(str, payload.relocs)) or "-",
-                           at, *sites]))
+    values = _values(
+        _run(["inject", str(p.pid), payload.code.hex(), ",".join(map(str, payload.relocs)) or "-", at, *sites])
+    )
     return Injected(values.get("page", 0), values.get("stopped_us", 0))
 
 
@@ -294,6 +300,18 @@ def restore(pid: int, sites: list[tuple[int, bytes]]) -> int:
     return values.get("stopped_us", 0)
 
 
-__all__ = ["MESSAGE", "NO_DEADLINE", "GoSqlError", "Injected", "Plan", "Site", "build_payload", "elf_of", "inject",
-           "looks_patched",
-           "plan", "read_bytes", "restore"]
+__all__ = [
+    "MESSAGE",
+    "NO_DEADLINE",
+    "GoSqlError",
+    "Injected",
+    "Plan",
+    "Site",
+    "build_payload",
+    "elf_of",
+    "inject",
+    "looks_patched",
+    "plan",
+    "read_bytes",
+    "restore",
+]

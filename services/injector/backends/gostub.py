@@ -88,8 +88,10 @@ def relocate_prologue(address: int, code: bytes) -> Relocated:
                 pos += n
                 break
         else:
-            raise UnknownPrologue(f"unexpected code at the entry of the function at {address:#x}: "
-                                  f"{code[:JUMP_LEN + 4].hex()} (not a Go amd64 prologue this patch knows)")
+            raise UnknownPrologue(
+                f"unexpected code at the entry of the function at {address:#x}: "
+                f"{code[: JUMP_LEN + 4].hex()} (not a Go amd64 prologue this patch knows)"
+            )
     return Relocated(bytes(out), pos, jbe_at, jbe_target)
 
 
@@ -124,7 +126,7 @@ def _stub(o: int, relocated: Relocated, resume_at: int) -> bytes:
     s += b"\x48\x8d\x0d" + _rel32(o + len(s) + 7, OFF_ERROR)  # lea error(%rip), %rcx
     s += b"\xc3"  # ret
     passthrough = len(s)
-    s[jge_at + 2:jge_at + 6] = _rel32(o + jge_at + 6, o + passthrough)
+    s[jge_at + 2 : jge_at + 6] = _rel32(o + jge_at + 6, o + passthrough)
     prologue = len(s)
     s += relocated.code
     s += _far_jump(resume_at)
@@ -132,12 +134,11 @@ def _stub(o: int, relocated: Relocated, resume_at: int) -> bytes:
         slot = len(s)
         s += _far_jump(relocated.jbe_target)
         at = prologue + relocated.jbe_at
-        s[at:at + 4] = _rel32(o + at + 4, o + slot)
+        s[at : at + 4] = _rel32(o + at + 4, o + slot)
     return bytes(s)
 
 
-def build_payload(functions: list[tuple[int, bytes]], itab: int, deadline_s: int,
-                  message: str = MESSAGE) -> Payload:
+def build_payload(functions: list[tuple[int, bytes]], itab: int, deadline_s: int, message: str = MESSAGE) -> Payload:
     """The page codepatch maps: `functions` are (runtime address, first bytes) of each function to
     redirect; `itab` the runtime address of *errors.errorString's `error` itab; from `deadline_s`
     (unix seconds) on, the functions run normally again.
@@ -149,7 +150,7 @@ def build_payload(functions: list[tuple[int, bytes]], itab: int, deadline_s: int
     head = bytearray(CODE_OFFSET)
     head[0:8] = MAGIC
     struct.pack_into("<qQQQ", head, OFF_DEADLINE, min(deadline_s, NO_DEADLINE), itab, OFF_MESSAGE, len(text))
-    head[OFF_MESSAGE:OFF_MESSAGE + len(text)] = text
+    head[OFF_MESSAGE : OFF_MESSAGE + len(text)] = text
     code = bytearray(head)
     entries = []
     for address, first in functions:
@@ -163,5 +164,3 @@ def build_payload(functions: list[tuple[int, bytes]], itab: int, deadline_s: int
 def looks_patched(code: bytes) -> bool:
     """Whether a function's first bytes are codepatch's jump."""
     return code[:6] == b"\xff\x25\0\0\0\0"
-
-

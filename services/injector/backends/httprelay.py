@@ -38,8 +38,14 @@ class Abort(Exception):
 Snapshot = Callable[[], list[HttpRule]]  # the proxy's live rules, read once per request
 
 
-async def relay(snapshot: Snapshot, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                up_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
+async def relay(
+    snapshot: Snapshot,
+    port: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+) -> None:
     """Relay one redirected connection to `port` until either side ends it; raises `Abort` when a
     rule aborts (the caller resets the client)."""
     client, server = h11.Connection(h11.SERVER), h11.Connection(h11.CLIENT)
@@ -64,9 +70,17 @@ async def relay(snapshot: Snapshot, port: int, reader: asyncio.StreamReader, wri
             return  # one side will not reuse the connection
 
 
-async def _exchange(snapshot: Snapshot, port: int, event: h11.Request, client: h11.Connection,
-                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: h11.Connection,
-                    up_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> bool:
+async def _exchange(
+    snapshot: Snapshot,
+    port: int,
+    event: h11.Request,
+    client: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    server: h11.Connection,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+) -> bool:
     """One request and its response; False when the connection ends with it."""
     rules = snapshot()
     req = Request(method=event.method, target=event.target, headers=list(event.headers))
@@ -122,7 +136,6 @@ async def _exchange(snapshot: Snapshot, port: int, event: h11.Request, client: h
     return client.our_state is h11.DONE and server.their_state is h11.DONE
 
 
-
 def _patches_body(rules: list[HttpRule]) -> bool:
     """Whether the original body matters (a patch merges into it); a body only replaced is drained."""
     return any(r.spec.patch is not None and r.spec.patch.body_json is not None for r in rules)
@@ -172,8 +185,9 @@ def _whole_body(conn: h11.Connection, body: bytes) -> bytes:
     return data + (conn.send(h11.EndOfMessage()) or b"")
 
 
-async def _stream(src: h11.Connection, reader: asyncio.StreamReader, dst: h11.Connection,
-                  writer: asyncio.StreamWriter, head: bytes) -> None:
+async def _stream(
+    src: h11.Connection, reader: asyncio.StreamReader, dst: h11.Connection, writer: asyncio.StreamWriter, head: bytes
+) -> None:
     """Relay a message's body as it comes, after `head` (its encoded head). What is already at
     hand leaves in one write with the head: a small message costs one send, not three.
     """
@@ -200,8 +214,14 @@ async def _stream(src: h11.Connection, reader: asyncio.StreamReader, dst: h11.Co
             raise OSError("connection closed in the middle of a message")
 
 
-async def _switch(client: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  server: h11.Connection, up_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
+async def _switch(
+    client: h11.Connection,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    server: h11.Connection,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+) -> None:
     """The connection left HTTP (an accepted Upgrade or CONNECT): relay its bytes as they are,
     starting with what either side had already sent past the switch."""
     if down := server.trailing_data[0]:
@@ -209,9 +229,15 @@ async def _switch(client: h11.Connection, reader: asyncio.StreamReader, writer: 
     await _pipe(client.trailing_data[0], reader, writer, up_reader, upstream)
 
 
-async def _pipe(first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                up_reader: asyncio.StreamReader, upstream: asyncio.StreamWriter) -> None:
+async def _pipe(
+    first: bytes,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    upstream: asyncio.StreamWriter,
+) -> None:
     """Relay bytes both ways until both sides are done (not HTTP: nothing to select)."""
+
     async def one_way(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         while data := await src.read(READ):
             dst.write(data)

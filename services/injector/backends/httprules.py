@@ -54,8 +54,9 @@ class Response:
 
 @cache
 def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + r"\Z",
-                      re.DOTALL)
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + r"\Z", re.DOTALL
+    )
 
 
 def path_of(target: bytes) -> str:
@@ -74,10 +75,12 @@ def _has_headers(want: dict[str, str], headers: Headers) -> bool:
 
 
 def _selects_request(spec: Http, port: int, req: Request) -> bool:
-    return (spec.port == port
-            and (spec.path is None or _glob(spec.path).match(path_of(req.target)) is not None)
-            and (spec.method is None or spec.method.encode("latin-1") == req.method)
-            and _has_headers(spec.request_headers, req.headers))
+    return (
+        spec.port == port
+        and (spec.path is None or _glob(spec.path).match(path_of(req.target)) is not None)
+        and (spec.method is None or spec.method.encode("latin-1") == req.method)
+        and _has_headers(spec.request_headers, req.headers)
+    )
 
 
 def request_rules(rules: Iterable[HttpRule], port: int, req: Request, now: float) -> list[HttpRule]:
@@ -87,17 +90,25 @@ def request_rules(rules: Iterable[HttpRule], port: int, req: Request, now: float
 
 def response_rules(rules: Iterable[HttpRule], port: int, req: Request, resp: Response, now: float) -> list[HttpRule]:
     """The live `Response` rules that select `resp` to `req` (as forwarded)."""
-    return [r for r in rules
-            if r.spec.target == "Response" and r.live(now) and _selects_request(r.spec, port, req)
-            and (r.spec.code is None or r.spec.code == resp.status)
-            and _has_headers(r.spec.response_headers, resp.headers)]
+    return [
+        r
+        for r in rules
+        if r.spec.target == "Response"
+        and r.live(now)
+        and _selects_request(r.spec, port, req)
+        and (r.spec.code is None or r.spec.code == resp.status)
+        and _has_headers(r.spec.response_headers, resp.headers)
+    ]
 
 
 def needs_body(rules: Iterable[HttpRule]) -> bool:
     """Whether acting on a message needs its whole body (one of the rules replaces or patches it);
     otherwise the body streams through."""
-    return any((r.spec.patch is not None and r.spec.patch.body_json is not None)
-               or (r.spec.replace is not None and r.spec.replace.body is not None) for r in rules)
+    return any(
+        (r.spec.patch is not None and r.spec.patch.body_json is not None)
+        or (r.spec.replace is not None and r.spec.replace.body is not None)
+        for r in rules
+    )
 
 
 def rewrite_request(spec: Http, req: Request) -> Request:
@@ -192,7 +203,7 @@ def _split(target: bytes) -> tuple[str, str, str | None]:
     prefix = ""
     if "://" in text:
         parts = urllib.parse.urlsplit(text)
-        prefix, text = f"{parts.scheme}://{parts.netloc}", text[len(f"{parts.scheme}://{parts.netloc}"):]
+        prefix, text = f"{parts.scheme}://{parts.netloc}", text[len(f"{parts.scheme}://{parts.netloc}") :]
     path, sep, query = text.partition("?")
     return prefix, path, query if sep else None
 

@@ -45,7 +45,7 @@ def start_ticks(pid: int) -> int | None:
             data = f.read()
     except OSError:
         return None
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,7 @@ def rule_line(spec: IO, deadline_ns: int) -> str:
     if spec.action == "fault":
         return f"fault {head} {spec.errno} {glob}"
     if spec.action == "mistake":
-        return (f"mistake {head} {spec.mistake_filling} {spec.mistake_max_occurrences} "
-                f"{spec.mistake_max_length} {glob}")
+        return f"mistake {head} {spec.mistake_filling} {spec.mistake_max_occurrences} {spec.mistake_max_length} {glob}"
     values = list(spec.attr_values) + [0] * (15 - len(spec.attr_values))
     return f"attr {head} {spec.attr_mask} {' '.join(str(int(v)) for v in values[:15])} {glob}"
 
@@ -201,10 +200,26 @@ def start(vol: Volume) -> subprocess.Popen[bytes]:
     """
     r, w = os.pipe()
     try:
-        argv = [helper("iofs"), "mount", "--pid", str(vol.pid), "--path", vol.path, "--rules", str(vol.rules),
-                "--status-fd", str(w)]
-        proc = subprocess.Popen(argv, pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        argv = [
+            helper("iofs"),
+            "mount",
+            "--pid",
+            str(vol.pid),
+            "--path",
+            vol.path,
+            "--rules",
+            str(vol.rules),
+            "--status-fd",
+            str(w),
+        ]
+        proc = subprocess.Popen(
+            argv,
+            pass_fds=(w,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(w)
         w = -1
         status = _read_status(r, START_TIMEOUT_S)
@@ -251,8 +266,13 @@ def umount(vol: Volume) -> int:
     if not vol.target_alive():
         return 0
     try:
-        proc = subprocess.run([helper("iofs"), "umount", "--pid", str(vol.pid), "--path", vol.path],
-                              capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            [helper("iofs"), "umount", "--pid", str(vol.pid), "--path", vol.path],
+            capture_output=True,
+            text=True,
+            timeout=UMOUNT_TIMEOUT_S,
+            check=False,
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired) as e:
         raise IofsError(str(e)) from None
     if proc.returncode != 0:

@@ -66,8 +66,9 @@ class NetnsLink:
         self._deadline: float | None = None  # linger: the thread ends by itself after this
         self.closed = False
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, args=(ready,), daemon=True,
-                                        name=f"netlink:{os.path.basename(path)}")
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), daemon=True, name=f"netlink:{os.path.basename(path)}"
+        )
         self._thread.start()
         ready.result()
 

@@ -53,17 +53,26 @@ def _name_attribute(table: str) -> bytes:
 
 def get_table_request(table: str, seq: int) -> bytes:
     """An acknowledged GETTABLE for `inet <table>` (not a batch: reads need none)."""
-    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, seq,
-                    NFPROTO_INET, 0, _name_attribute(table))
+    return _message(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        NFPROTO_INET,
+        0,
+        _name_attribute(table),
+    )
 
 
 def delete_table_request(table: str, seq: int) -> bytes:
     """The batch that deletes `inet <table>`; its DELTABLE message carries sequence `seq`."""
     attribute = _name_attribute(table)
-    return (_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq - 1, AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
-            + _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, seq,
-                       NFPROTO_INET, 0, attribute)
-            + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, AF_UNSPEC, NFNL_SUBSYS_NFTABLES))
+    return (
+        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq - 1, AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+        + _message(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_REQUEST | NLM_F_ACK, seq, NFPROTO_INET, 0, attribute
+        )
+        + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, AF_UNSPEC, NFNL_SUBSYS_NFTABLES)
+    )
 
 
 def _message(kind: int, flags: int, seq: int, family: int, resource: int, payload: bytes = b"") -> bytes:

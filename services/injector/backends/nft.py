@@ -79,8 +79,10 @@ def table_name_ok(table: str) -> bool:
 
 # --- pure rendering -------------------------------------------------------------------------
 
-def render_partition_table(table: str, rules: Sequence[ResolvedRule], exempt: Sequence[Endpoint] = (),
-                           until: float | None = None) -> str:
+
+def render_partition_table(
+    table: str, rules: Sequence[ResolvedRule], exempt: Sequence[Endpoint] = (), until: float | None = None
+) -> str:
     """Render the `table inet <table> { ... }` block for `rules`, letting `exempt` through. Pure;
     validates every value. With `until` (the fault's deadline, epoch seconds) every drop also
     matches `meta time < until`: the kernel stops dropping at the deadline by itself, whatever
@@ -118,11 +120,15 @@ def render_dns_redirect_table(table: str, port: int, mark: int, until: float | N
     if not 0 < port < 65536 or not 0 < mark < 2**32:
         raise ValueError(f"invalid responder port {port!r} or mark {mark!r}")
     bound = _time_bound(until)
-    lines = [f"{bound}meta nfproto ipv4 meta mark != {mark:#x} {proto} dport 53 redirect to :{port}"
-             for proto in ("udp", "tcp")]
+    lines = [
+        f"{bound}meta nfproto ipv4 meta mark != {mark:#x} {proto} dport 53 redirect to :{port}"
+        for proto in ("udp", "tcp")
+    ]
     rules = "".join(f"\t\t{line}\n" for line in lines)
-    return (f"table inet {table} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n"
-            f"{rules}\t}}\n}}\n")
+    return (
+        f"table inet {table} {{\n\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n"
+        f"{rules}\t}}\n}}\n"
+    )
 
 
 def render_http_redirect_table(table: str, port: int, proxy_port: int, mark: int, until: float | None = None) -> str:
@@ -135,8 +141,10 @@ def render_http_redirect_table(table: str, port: int, proxy_port: int, mark: int
     if not 0 < port < 65536 or not 0 < proxy_port < 65536 or not 0 < mark < 2**32:
         raise ValueError(f"invalid port {port!r}, proxy port {proxy_port!r} or mark {mark!r}")
     rule = f"{_time_bound(until)}meta nfproto ipv4 meta mark != {mark:#x} tcp dport {port} redirect to :{proxy_port}"
-    chains = "".join(f"\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\t{rule}\n\t}}\n"
-                     for hook in ("prerouting", "output"))
+    chains = "".join(
+        f"\tchain {hook} {{\n\t\ttype nat hook {hook} priority -100; policy accept;\n\t\t{rule}\n\t}}\n"
+        for hook in ("prerouting", "output")
+    )
     return f"table inet {table} {{\n{chains}}}\n"
 
 
@@ -231,8 +239,7 @@ def _iface_match(device: str, out: bool) -> str:
 
 
 def _set(name: str, kind: str, elements: list[str]) -> str:
-    return (f"\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n"
-            f"\t\telements = {{ {', '.join(elements)} }}\n\t}}\n")
+    return f"\tset {name} {{\n\t\ttype {kind}\n\t\tflags interval\n\t\telements = {{ {', '.join(elements)} }}\n\t}}\n"
 
 
 def _chain(hook: str, lines: list[str]) -> str:
@@ -246,6 +253,7 @@ def _check_table(table: str) -> None:
 
 
 # --- effects: nft inside a netns ------------------------------------------------------------
+
 
 def apply_table(netns_path: str, table: str, script: str) -> None:
     """Replace table `table` in the netns atomically with `script` (a `table inet <table> {}`).
@@ -316,16 +324,25 @@ def probe() -> str | None:
         native.helper("nsexec")
     except FileNotFoundError as e:
         return str(e)
-    sample = render_partition_table(f"{TABLE_PREFIX}probe", [
-        ResolvedRule(chain="output", peers=("192.0.2.1",), external=(Endpoint("198.51.100.0/24", 80),)),
-        ResolvedRule(chain="input"),
-    ])
+    sample = render_partition_table(
+        f"{TABLE_PREFIX}probe",
+        [
+            ResolvedRule(chain="output", peers=("192.0.2.1",), external=(Endpoint("198.51.100.0/24", 80),)),
+            ResolvedRule(chain="input"),
+        ],
+    )
     # --check runs the whole transaction through the kernel and then aborts it: a real
     # capability test (ct, concatenated interval sets) that changes nothing.
     script = f"add table inet {TABLE_PREFIX}probe\ndelete table inet {TABLE_PREFIX}probe\n{sample}"
     try:
-        proc = subprocess.run(["nft", "--check", "-f", "-"], input=script, capture_output=True,
-                              text=True, timeout=NFT_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            ["nft", "--check", "-f", "-"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=NFT_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nft cannot run: {e}"
     return None if proc.returncode == 0 else f"nft rejected a partition table: {proc.stderr.strip()}"
@@ -387,8 +404,7 @@ def _nft(netns_path: str, args: list[str], stdin: str) -> str:
         raise NetnsGone(f"network namespace {netns_path} is gone")
     try:
         argv = [native.helper("nsexec"), "--net", netns_path, "--", "nft", *args]
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=NFT_TIMEOUT_S, check=False)
+        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=NFT_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as e:
         raise NftError(f"nft timed out after {NFT_TIMEOUT_S}s in {netns_path}") from e
     except OSError as e:

@@ -64,8 +64,9 @@ class Shaper:
         self._lock = threading.Lock()
         self._devices: dict[tuple[tuple[int, int], str], DeviceState] = {}
 
-    def set_rule(self, netns_path: str, device: str, pod_ip: str, rule: Rule, target: str,
-                 exempt: Iterable[Dest]) -> Outcome:
+    def set_rule(
+        self, netns_path: str, device: str, pod_ip: str, rule: Rule, target: str, exempt: Iterable[Dest]
+    ) -> Outcome:
         """Make `rule` (replacing any earlier one of its owner) part of the device's tree.
 
         Raises:
@@ -189,14 +190,21 @@ class Shaper:
         else:
             original = tcdev.original_of(objects)
             self.store.save(key, ifname, original)
-        state = DeviceState(key, ifindex, ifname, original,
-                            rules=dict(state.rules) if state else {}, targets=dict(state.targets) if state else {})
+        state = DeviceState(
+            key,
+            ifindex,
+            ifname,
+            original,
+            rules=dict(state.rules) if state else {},
+            targets=dict(state.targets) if state else {},
+        )
         with self._lock:
             self._devices[(key, ifname)] = state
         return state
 
-    async def _converge(self, ipr: Any, state: DeviceState, rules: dict[str, Rule],
-                        exempt: tuple[Dest, ...]) -> Outcome:
+    async def _converge(
+        self, ipr: Any, state: DeviceState, rules: dict[str, Rule], exempt: tuple[Dest, ...]
+    ) -> Outcome:
         wanted = plan(rules.values(), exempt, state.installed)
         changes = diff(state.installed, wanted)
         note = ""
@@ -256,6 +264,7 @@ async def _restore(ipr: Any, ifindex: int, original: Original) -> str:
 
 # --- for the orphan sweeper ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Found:
     device: str
@@ -313,4 +322,3 @@ async def _list_ours(ipr: Any) -> list[Found]:
 
 def _h(handle: int) -> str:
     return f"{handle >> 16:x}:{handle & 0xFFFF:x}"
-

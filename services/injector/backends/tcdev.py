@@ -67,8 +67,7 @@ async def send(ipr: Any, req: Request, *, missing_ok: bool = False) -> None:
         if missing_ok and e.code in _IGNORED_ON_DELETE:
             return
         what = f"{req.msg.get_attr('TCA_KIND') or 'delete'} {req.msg['handle'] >> 16:x}:{req.msg['handle'] & 0xFFFF:x}"
-        raise TcError(f"netlink refused {what}: {e.args[1] if len(e.args) > 1 else e} (errno {e.code})",
-                      e.code) from e
+        raise TcError(f"netlink refused {what}: {e.args[1] if len(e.args) > 1 else e} (errno {e.code})", e.code) from e
 
 
 def find_device(name: str, pod_ip: str) -> tuple[int, str]:
@@ -84,8 +83,9 @@ def find_device(name: str, pod_ip: str) -> tuple[int, str]:
         for index, ifname in names.items():
             if ifname == name:
                 return index, ifname
-        raise DeviceMissing(f"device {name!r} not found in the pod's network namespace "
-                            f"(it has {', '.join(sorted(names.values()))})")
+        raise DeviceMissing(
+            f"device {name!r} not found in the pod's network namespace (it has {', '.join(sorted(names.values()))})"
+        )
     addrs = {index: _ipv4_of(ifname) for index, ifname in names.items() if ifname != "lo"}
     for index, address in addrs.items():
         if pod_ip and address == pod_ip:
@@ -212,19 +212,28 @@ def differences(original: Original, now: list[TcObject]) -> list[str]:
     if original.default:
         kind = root.kind if root else ""
         ok = root is None or (root.handle == 0 and kind == (original.root_kind or kind))
-        return [] if ok else [f"root is {kind} {root.handle >> 16:x}: instead of the default {original.root_kind}"
-                              if root else "no root"]
+        return (
+            []
+            if ok
+            else [
+                f"root is {kind} {root.handle >> 16:x}: instead of the default {original.root_kind}"
+                if root
+                else "no root"
+            ]
+        )
     want = {o.identity for o in original.objects}
     have = {o.identity for o in now if not _on_ingress(o, now)}
-    return ([f"missing {w[0]} {w[4]} {w[1] >> 16:x}:{w[1] & 0xFFFF:x}" for w in sorted(want - have)]
-            + [f"extra {h[0]} {h[4]} {h[1] >> 16:x}:{h[1] & 0xFFFF:x}" for h in sorted(have - want)])
+    return [f"missing {w[0]} {w[4]} {w[1] >> 16:x}:{w[1] & 0xFFFF:x}" for w in sorted(want - have)] + [
+        f"extra {h[0]} {h[4]} {h[1] >> 16:x}:{h[1] & 0xFFFF:x}" for h in sorted(have - want)
+    ]
 
 
 def _raw(msg: Any) -> TcObject:
-    return tcwire.parse(bytes(msg.data[msg.offset:msg.offset + msg["header"]["length"]]))
+    return tcwire.parse(bytes(msg.data[msg.offset : msg.offset + msg["header"]["length"]]))
 
 
 # --- keeping originals across an injector restart ------------------------------------------------
+
 
 class OriginalStore:
     """Non-default originals as JSON files, one per (netns, device); tmpfs is fine (a reboot resets
@@ -241,8 +250,17 @@ class OriginalStore:
         if original.default:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        objs = [{"what": o.what, "handle": o.handle, "parent": o.parent, "info": o.info, "kind": o.kind,
-                 "options": o.options.hex() if o.options is not None else None} for o in original.objects]
+        objs = [
+            {
+                "what": o.what,
+                "handle": o.handle,
+                "parent": o.parent,
+                "info": o.info,
+                "kind": o.kind,
+                "options": o.options.hex() if o.options is not None else None,
+            }
+            for o in original.objects
+        ]
         tmp = self._path(key, ifname).with_suffix(".tmp")
         tmp.write_text(json.dumps({"root_kind": original.root_kind, "objects": objs}))
         os.replace(tmp, self._path(key, ifname))
@@ -252,9 +270,18 @@ class OriginalStore:
             data = json.loads(self._path(key, ifname).read_text())
         except (OSError, ValueError):
             return None
-        objs = tuple(TcObject(o["what"], 0, o["handle"], o["parent"], o["info"], o["kind"],
-                              bytes.fromhex(o["options"]) if o["options"] is not None else None)
-                     for o in data["objects"])
+        objs = tuple(
+            TcObject(
+                o["what"],
+                0,
+                o["handle"],
+                o["parent"],
+                o["info"],
+                o["kind"],
+                bytes.fromhex(o["options"]) if o["options"] is not None else None,
+            )
+            for o in data["objects"]
+        )
         return Original(data["root_kind"], objs)
 
     def drop(self, key: tuple[int, int], ifname: str) -> None:
@@ -305,8 +332,7 @@ async def _probe_here() -> dict[str, str | None]:
         ipr.close()
 
 
-async def _try(ipr: Any, msgtype: int, handle: int, parent: int, kind: str, module: str,
-               info: int = 0) -> str | None:
+async def _try(ipr: Any, msgtype: int, handle: int, parent: int, kind: str, module: str, info: int = 0) -> str | None:
     # Without options every kind that exists answers EINVAL (or accepts); an unknown one, ENOENT.
     msg = tcwire._msg(tcwire.TcRequest, 1, handle, parent, kind, None, info)
     try:

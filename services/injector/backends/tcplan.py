@@ -173,9 +173,12 @@ def plan(rules: Iterable[Rule], exempt: Iterable[Dest] = (), previous: TcPlan | 
     classes = _allocate(list(wanted), previous)
     classid = {c.key: c.classid for c in classes}
     matches = tuple(Match(a, classid[k]) for a, k in sorted(by_atom, key=_precedence))
-    return TcPlan(classes=tuple(sorted(classes, key=lambda c: c.classid)), matches=matches,
-                  default=classid[default_key] if default_key is not None else 0,
-                  exempt=tuple(sorted(set(exempt), key=lambda d: d.sort_key)))
+    return TcPlan(
+        classes=tuple(sorted(classes, key=lambda c: c.classid)),
+        matches=matches,
+        default=classid[default_key] if default_key is not None else 0,
+        exempt=tuple(sorted(set(exempt), key=lambda d: d.sort_key)),
+    )
 
 
 def diff(old: TcPlan | None, new: TcPlan | None) -> Changes:
@@ -191,6 +194,7 @@ def diff(old: TcPlan | None, new: TcPlan | None) -> Changes:
 
 
 # --- internals ------------------------------------------------------------------------------------
+
 
 def _atoms(rules: Sequence[Rule]) -> list[Dest]:
     """Every rule destination plus all their intersections (a fixed point; destinations are few)."""

@@ -36,8 +36,7 @@ CLASS_RATE = 100_000_000_000 // 8  # bytes/s: far above any link, so a class nev
 CLASS_BURST = 256 * 1024
 U32 = 0xFFFFFFFF
 TCA_KIND, TCA_OPTIONS = 1, 2
-_RATESPEC = (("cell_log", "B"), ("linklayer", "B"), ("overhead", "H"), ("cell_align", "h"), ("mpu", "H"),
-             ("rate", "I"))
+_RATESPEC = (("cell_log", "B"), ("linklayer", "B"), ("overhead", "H"), ("cell_align", "h"), ("mpu", "H"), ("rate", "I"))
 
 
 def _ratespec(prefix: str) -> tuple[tuple[str, str], ...]:
@@ -45,22 +44,43 @@ def _ratespec(prefix: str) -> tuple[tuple[str, str], ...]:
 
 
 class HtbOptions(nla):  # type: ignore[misc]
-    nla_map = (("TCA_HTB_UNSPEC", "none"), ("TCA_HTB_PARMS", "parms"), ("TCA_HTB_INIT", "glob"),
-               ("TCA_HTB_CTAB", "none"), ("TCA_HTB_RTAB", "none"), ("TCA_HTB_DIRECT_QLEN", "uint32"),
-               ("TCA_HTB_RATE64", "uint64"), ("TCA_HTB_CEIL64", "uint64"))
+    nla_map = (
+        ("TCA_HTB_UNSPEC", "none"),
+        ("TCA_HTB_PARMS", "parms"),
+        ("TCA_HTB_INIT", "glob"),
+        ("TCA_HTB_CTAB", "none"),
+        ("TCA_HTB_RTAB", "none"),
+        ("TCA_HTB_DIRECT_QLEN", "uint32"),
+        ("TCA_HTB_RATE64", "uint64"),
+        ("TCA_HTB_CEIL64", "uint64"),
+    )
 
     class glob(nla):  # type: ignore[misc]
         fields = (("version", "I"), ("rate2quantum", "I"), ("defcls", "I"), ("debug", "I"), ("direct_pkts", "I"))
 
     class parms(nla):  # type: ignore[misc]
-        fields = (*_ratespec("rate"), *_ratespec("ceil"), ("buffer", "I"), ("cbuffer", "I"), ("quantum", "I"),
-                  ("level", "I"), ("prio", "I"))
+        fields = (
+            *_ratespec("rate"),
+            *_ratespec("ceil"),
+            ("buffer", "I"),
+            ("cbuffer", "I"),
+            ("quantum", "I"),
+            ("level", "I"),
+            ("prio", "I"),
+        )
 
 
 class TbfOptions(nla):  # type: ignore[misc]
-    nla_map = (("TCA_TBF_UNSPEC", "none"), ("TCA_TBF_PARMS", "parms"), ("TCA_TBF_RTAB", "none"),
-               ("TCA_TBF_PTAB", "none"), ("TCA_TBF_RATE64", "uint64"), ("TCA_TBF_PRATE64", "uint64"),
-               ("TCA_TBF_BURST", "uint32"), ("TCA_TBF_PBURST", "uint32"))
+    nla_map = (
+        ("TCA_TBF_UNSPEC", "none"),
+        ("TCA_TBF_PARMS", "parms"),
+        ("TCA_TBF_RTAB", "none"),
+        ("TCA_TBF_PTAB", "none"),
+        ("TCA_TBF_RATE64", "uint64"),
+        ("TCA_TBF_PRATE64", "uint64"),
+        ("TCA_TBF_BURST", "uint32"),
+        ("TCA_TBF_PBURST", "uint32"),
+    )
 
     class parms(nla):  # type: ignore[misc]
         fields = (*_ratespec("rate"), *_ratespec("peak"), ("limit", "I"), ("buffer", "I"), ("mtu", "I"))
@@ -70,10 +90,20 @@ class NetemOptions(nla):  # type: ignore[misc]
     """struct tc_netem_qopt followed by attributes (the "compat" layout netem uses)."""
 
     fields = (("latency", "I"), ("limit", "I"), ("loss", "I"), ("gap", "I"), ("duplicate", "I"), ("jitter", "I"))
-    nla_map = (("TCA_NETEM_UNSPEC", "none"), ("TCA_NETEM_CORR", "corr"), ("TCA_NETEM_DELAY_DIST", "none"),
-               ("TCA_NETEM_REORDER", "prob"), ("TCA_NETEM_CORRUPT", "prob"), ("TCA_NETEM_LOSS", "none"),
-               ("TCA_NETEM_RATE", "rate"), ("TCA_NETEM_ECN", "uint32"), ("TCA_NETEM_RATE64", "uint64"),
-               ("TCA_NETEM_PAD", "none"), ("TCA_NETEM_LATENCY64", "int64"), ("TCA_NETEM_JITTER64", "int64"))
+    nla_map = (
+        ("TCA_NETEM_UNSPEC", "none"),
+        ("TCA_NETEM_CORR", "corr"),
+        ("TCA_NETEM_DELAY_DIST", "none"),
+        ("TCA_NETEM_REORDER", "prob"),
+        ("TCA_NETEM_CORRUPT", "prob"),
+        ("TCA_NETEM_LOSS", "none"),
+        ("TCA_NETEM_RATE", "rate"),
+        ("TCA_NETEM_ECN", "uint32"),
+        ("TCA_NETEM_RATE64", "uint64"),
+        ("TCA_NETEM_PAD", "none"),
+        ("TCA_NETEM_LATENCY64", "int64"),
+        ("TCA_NETEM_JITTER64", "int64"),
+    )
 
     class corr(nla):  # type: ignore[misc]
         fields = (("delay_corr", "I"), ("loss_corr", "I"), ("dup_corr", "I"))
@@ -86,16 +116,29 @@ class NetemOptions(nla):  # type: ignore[misc]
 
 
 class BpfOptions(nla):  # type: ignore[misc]
-    nla_map = (("TCA_BPF_UNSPEC", "none"), ("TCA_BPF_ACT", "none"), ("TCA_BPF_POLICE", "none"),
-               ("TCA_BPF_CLASSID", "uint32"), ("TCA_BPF_OPS_LEN", "uint16"), ("TCA_BPF_OPS", "cdata"))
+    nla_map = (
+        ("TCA_BPF_UNSPEC", "none"),
+        ("TCA_BPF_ACT", "none"),
+        ("TCA_BPF_POLICE", "none"),
+        ("TCA_BPF_CLASSID", "uint32"),
+        ("TCA_BPF_OPS_LEN", "uint16"),
+        ("TCA_BPF_OPS", "cdata"),
+    )
 
 
 class TcRequest(nlmsg):  # type: ignore[misc]
     """A tcmsg whose TCA_OPTIONS layout is chosen by the subclass, not by pyroute2's plugin table."""
 
     prefix = "TCA_"
-    fields = (("family", "B"), ("pad1", "B"), ("pad2", "H"), ("index", "i"), ("handle", "I"), ("parent", "I"),
-              ("info", "I"))
+    fields = (
+        ("family", "B"),
+        ("pad1", "B"),
+        ("pad2", "H"),
+        ("index", "i"),
+        ("handle", "I"),
+        ("parent", "I"),
+        ("info", "I"),
+    )
     nla_map = (("TCA_UNSPEC", "none"), ("TCA_KIND", "asciiz"), ("TCA_OPTIONS", "get_options"))
     options: type[nla] | None = None
 
@@ -133,8 +176,15 @@ class Request:
     flags: int
 
 
-def _msg(cls: type[TcRequest], ifindex: int, handle: int, parent: int, kind: str | None = None,
-         options: Mapping[str, Any] | None = None, info: int = 0) -> TcRequest:
+def _msg(
+    cls: type[TcRequest],
+    ifindex: int,
+    handle: int,
+    parent: int,
+    kind: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    info: int = 0,
+) -> TcRequest:
     msg = cls()
     msg["index"], msg["handle"], msg["parent"], msg["info"] = ifindex, handle, parent, info
     attrs: list[list[object]] = []
@@ -148,8 +198,7 @@ def _msg(cls: type[TcRequest], ifindex: int, handle: int, parent: int, kind: str
 
 def root_qdisc(ifindex: int) -> Request:
     """htb cb00: as the root, replacing whatever root there is; unclassified packets go direct."""
-    opts = {"attrs": [["TCA_HTB_INIT", {"version": 3, "rate2quantum": 10, "defcls": 0, "debug": 0,
-                                        "direct_pkts": 0}]]}
+    opts = {"attrs": [["TCA_HTB_INIT", {"version": 3, "rate2quantum": 10, "defcls": 0, "debug": 0, "direct_pkts": 0}]]}
     return Request(_msg(HtbMsg, ifindex, ROOT, TC_H_ROOT, "htb", opts), RTM_NEWQDISC, REPLACE)
 
 
@@ -159,8 +208,15 @@ def delete_root(ifindex: int) -> Request:
 
 def add_class(ifindex: int, classid: int) -> Request:
     ticks = _ticks(CLASS_BURST * 1_000_000_000 // CLASS_RATE)
-    spec = {**_rate("rate", U32), **_rate("ceil", U32), "buffer": ticks, "cbuffer": ticks, "quantum": 60000,
-            "level": 0, "prio": 0}
+    spec = {
+        **_rate("rate", U32),
+        **_rate("ceil", U32),
+        "buffer": ticks,
+        "cbuffer": ticks,
+        "quantum": 60000,
+        "level": 0,
+        "prio": 0,
+    }
     opts = {"attrs": [["TCA_HTB_PARMS", spec], ["TCA_HTB_RATE64", CLASS_RATE], ["TCA_HTB_CEIL64", CLASS_RATE]]}
     return Request(_msg(HtbMsg, ifindex, classid, ROOT, "htb", opts), RTM_NEWTCLASS, CREATE)
 
@@ -171,11 +227,15 @@ def delete_class(ifindex: int, classid: int) -> Request:
 
 def add_stage(ifindex: int, stage: Stage) -> Request:
     if stage.netem is not None:
-        return Request(_msg(NetemMsg, ifindex, stage.handle, stage.parent, "netem", netem_options(stage.netem)),
-                       RTM_NEWQDISC, CREATE)
+        return Request(
+            _msg(NetemMsg, ifindex, stage.handle, stage.parent, "netem", netem_options(stage.netem)),
+            RTM_NEWQDISC,
+            CREATE,
+        )
     assert stage.tbf is not None
-    return Request(_msg(TbfMsg, ifindex, stage.handle, stage.parent, "tbf", tbf_options(stage.tbf)),
-                   RTM_NEWQDISC, CREATE)
+    return Request(
+        _msg(TbfMsg, ifindex, stage.handle, stage.parent, "tbf", tbf_options(stage.tbf)), RTM_NEWQDISC, CREATE
+    )
 
 
 def classifier(ifindex: int, program: bytes) -> Request:
@@ -206,8 +266,11 @@ def _no_hw_status(v: int) -> int:
 
 
 _FIXUPS: dict[tuple[str, str], tuple[int, Callable[[int], int]]] = {
-    ("qdisc", "htb"): (2, _major), ("filter", "u32"): (11, _no_hw_status),
-    ("filter", "bpf"): (9, _no_hw_status), ("filter", "matchall"): (3, _no_hw_status)}
+    ("qdisc", "htb"): (2, _major),
+    ("filter", "u32"): (11, _no_hw_status),
+    ("filter", "bpf"): (9, _no_hw_status),
+    ("filter", "matchall"): (3, _no_hw_status),
+}
 
 
 def _replayable(obj: TcObject) -> bytes:
@@ -224,17 +287,22 @@ def _replayable(obj: TcObject) -> bytes:
             break
         if atype & 0x3FFF == wanted and alen >= 8:
             value = change(struct.unpack_from("=I", options, pos + 4)[0])
-            options = options[:pos + 4] + struct.pack("=I", value) + options[pos + 8:]
+            options = options[: pos + 4] + struct.pack("=I", value) + options[pos + 8 :]
         pos += (alen + 3) & ~3
     return options
 
 
 # --- parameter encoding -------------------------------------------------------------------------
 
+
 def tbf_options(p: TbfParams) -> dict[str, object]:
-    parms: dict[str, object] = {**_rate("rate", p.rate), **_rate("peak", p.peakrate if p.minburst else 0),
-                                "limit": p.limit, "buffer": _ticks(p.buffer * 1_000_000_000 // max(p.rate, 1)),
-                                "mtu": 0}
+    parms: dict[str, object] = {
+        **_rate("rate", p.rate),
+        **_rate("peak", p.peakrate if p.minburst else 0),
+        "limit": p.limit,
+        "buffer": _ticks(p.buffer * 1_000_000_000 // max(p.rate, 1)),
+        "mtu": 0,
+    }
     attrs: list[list[object]] = [["TCA_TBF_PARMS", parms], ["TCA_TBF_BURST", p.buffer]]
     if p.rate > U32:
         attrs.append(["TCA_TBF_RATE64", p.rate])
@@ -247,22 +315,38 @@ def tbf_options(p: TbfParams) -> dict[str, object]:
 
 
 def netem_options(p: NetemParams) -> dict[str, object]:
-    out: dict[str, object] = {"latency": _ticks(p.latency_ns), "jitter": _ticks(p.jitter_ns), "limit": 1000,
-                              "loss": prob(p.loss), "duplicate": prob(p.duplicate), "gap": p.gap}
+    out: dict[str, object] = {
+        "latency": _ticks(p.latency_ns),
+        "jitter": _ticks(p.jitter_ns),
+        "limit": 1000,
+        "loss": prob(p.loss),
+        "duplicate": prob(p.duplicate),
+        "gap": p.gap,
+    }
     attrs: list[list[object]] = []
     if p.delay_correlation or p.loss_correlation or p.duplicate_correlation:
-        attrs.append(["TCA_NETEM_CORR", {"delay_corr": prob(p.delay_correlation),
-                                         "loss_corr": prob(p.loss_correlation),
-                                         "dup_corr": prob(p.duplicate_correlation)}])
+        attrs.append(
+            [
+                "TCA_NETEM_CORR",
+                {
+                    "delay_corr": prob(p.delay_correlation),
+                    "loss_corr": prob(p.loss_correlation),
+                    "dup_corr": prob(p.duplicate_correlation),
+                },
+            ]
+        )
     if p.reorder:
-        attrs.append(["TCA_NETEM_REORDER", {"probability": prob(p.reorder),
-                                            "correlation": prob(p.reorder_correlation)}])
+        attrs.append(
+            ["TCA_NETEM_REORDER", {"probability": prob(p.reorder), "correlation": prob(p.reorder_correlation)}]
+        )
     if p.corrupt:
-        attrs.append(["TCA_NETEM_CORRUPT", {"probability": prob(p.corrupt),
-                                            "correlation": prob(p.corrupt_correlation)}])
+        attrs.append(
+            ["TCA_NETEM_CORRUPT", {"probability": prob(p.corrupt), "correlation": prob(p.corrupt_correlation)}]
+        )
     if p.rate:
-        attrs.append(["TCA_NETEM_RATE", {"rate": min(p.rate, U32), "packet_overhead": 0, "cell_size": 0,
-                                         "cell_overhead": 0}])
+        attrs.append(
+            ["TCA_NETEM_RATE", {"rate": min(p.rate, U32), "packet_overhead": 0, "cell_size": 0, "cell_overhead": 0}]
+        )
         if p.rate > U32:
             attrs.append(["TCA_NETEM_RATE64", p.rate])
     if p.latency_ns or p.jitter_ns:
@@ -278,8 +362,14 @@ def prob(percent: float) -> int:
 
 def _rate(prefix: str, rate: int) -> dict[str, int]:
     # linklayer ethernet (1): the kernel then needs no rate table, as with modern tc.
-    return {f"{prefix}_cell_log": 0, f"{prefix}_linklayer": 1 if rate else 0, f"{prefix}_overhead": 0,
-            f"{prefix}_cell_align": -1 if rate else 0, f"{prefix}_mpu": 0, f"{prefix}_rate": min(rate, U32)}
+    return {
+        f"{prefix}_cell_log": 0,
+        f"{prefix}_linklayer": 1 if rate else 0,
+        f"{prefix}_overhead": 0,
+        f"{prefix}_cell_align": -1 if rate else 0,
+        f"{prefix}_mpu": 0,
+        f"{prefix}_rate": min(rate, U32),
+    }
 
 
 def _ticks(ns: int) -> int:
@@ -288,6 +378,7 @@ def _ticks(ns: int) -> int:
 
 
 # --- parsing raw dumps --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TcObject:
@@ -320,7 +411,7 @@ def parse(raw: bytes) -> TcObject:
         alen, atype = struct.unpack_from("=HH", raw, pos)
         if alen < 4:
             break
-        payload = raw[pos + 4:pos + alen]
+        payload = raw[pos + 4 : pos + alen]
         if atype & 0x3FFF == TCA_KIND:
             kind = payload.rstrip(b"\0").decode()
         elif atype & 0x3FFF == TCA_OPTIONS:
@@ -336,7 +427,7 @@ def attrs(payload: bytes, start: int = 0) -> dict[int, bytes]:
         alen, atype = struct.unpack_from("=HH", payload, pos)
         if alen < 4:
             break
-        out[atype & 0x3FFF] = payload[pos + 4:pos + alen]
+        out[atype & 0x3FFF] = payload[pos + 4 : pos + alen]
         pos += (alen + 3) & ~3
     return out
 
@@ -350,16 +441,27 @@ def read_tbf(options: bytes) -> dict[str, int]:
     rate, peak, limit, buffer_ticks, mtu_ticks = fields[5], fields[11], fields[12], fields[13], fields[14]
     rate = max(rate, *(struct.unpack("=Q", a[4]) if 4 in a else (0,)))
     peak = max(peak, *(struct.unpack("=Q", a[5]) if 5 in a else (0,)))
-    return {"rate": rate, "peakrate": peak, "limit": limit, "buffer": round(buffer_ticks * 64 * rate / 1e9),
-            "minburst": round(mtu_ticks * 64 * peak / 1e9)}
+    return {
+        "rate": rate,
+        "peakrate": peak,
+        "limit": limit,
+        "buffer": round(buffer_ticks * 64 * rate / 1e9),
+        "minburst": round(mtu_ticks * 64 * peak / 1e9),
+    }
 
 
 def read_netem(options: bytes) -> dict[str, float]:
     """A dumped netem's parameters in NetemParams' units (ns, percent, bytes/s)."""
     latency, limit, loss, gap, duplicate, jitter = struct.unpack_from("=6I", options)
     a = attrs(options, 24)
-    out: dict[str, float] = {"limit": limit, "gap": gap, "loss": _pct(loss), "duplicate": _pct(duplicate),
-                             "latency_ns": latency * 64, "jitter_ns": jitter * 64}
+    out: dict[str, float] = {
+        "limit": limit,
+        "gap": gap,
+        "loss": _pct(loss),
+        "duplicate": _pct(duplicate),
+        "latency_ns": latency * 64,
+        "jitter_ns": jitter * 64,
+    }
     if 10 in a:
         out["latency_ns"] = struct.unpack("=q", a[10])[0]
     if 11 in a:

@@ -110,8 +110,18 @@ def restore(pid: int, patches: tuple[Patch, ...] | list[Patch]) -> int:
     return values.get("stopped_us", 0)
 
 
-__all__ = ["Injected", "Patch", "TimeSkewError", "inject", "looks_patched", "native_dir", "plan", "read_bytes",
-           "restore", "start_ticks"]
+__all__ = [
+    "Injected",
+    "Patch",
+    "TimeSkewError",
+    "inject",
+    "looks_patched",
+    "native_dir",
+    "plan",
+    "read_bytes",
+    "restore",
+    "start_ticks",
+]
 
 
 def looks_patched(original: bytes) -> bool:
@@ -130,7 +140,7 @@ def start_ticks(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     # The command name (field 2) may contain spaces and parentheses: fields resume after the last ')'.
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19])
 
 

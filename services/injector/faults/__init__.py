@@ -144,9 +144,13 @@ def one_shot(tag: str, registry: dict[str, Fault] | None = None) -> bool:
     return getattr((REGISTRY if registry is None else registry).get(tag), "one_shot", False) is True
 
 
-def original_state(tag: str, experiment_uid: str, action: TargetAction,
-                   registry: dict[str, Fault] | None = None,
-                   containers: Sequence[ContainerHandle] = ()) -> dict[str, Any]:
+def original_state(
+    tag: str,
+    experiment_uid: str,
+    action: TargetAction,
+    registry: dict[str, Fault] | None = None,
+    containers: Sequence[ContainerHandle] = (),
+) -> dict[str, Any]:
     """What recovering the action restores, as the fault module declares it ({} by default), read
     from the target's resolved `containers` where the fault needs them."""
     declare = getattr((REGISTRY if registry is None else registry).get(tag), "original_state", None)
@@ -187,10 +191,30 @@ from chaosbus.injector.faults import (  # noqa: E402
 )
 
 __all__ = [
-    "REGISTRY", "CommandOutput", "Fault", "FaultContext", "FaultError", "Orphans", "batched", "container_kill", "dns",
-    "get", "go_sql_error",
-    "hello_world", "http", "io", "one_shot", "original_state", "orphans", "partition", "pod_kill",
-    "process_pod_failure", "register",
+    "REGISTRY",
+    "CommandOutput",
+    "Fault",
+    "FaultContext",
+    "FaultError",
+    "Orphans",
+    "batched",
+    "container_kill",
+    "dns",
+    "get",
+    "go_sql_error",
+    "hello_world",
+    "http",
+    "io",
+    "one_shot",
+    "original_state",
+    "orphans",
+    "partition",
+    "pod_kill",
+    "process_pod_failure",
+    "register",
     "shaping",
-    "spec_tag", "stress", "task", "time_skew",
+    "spec_tag",
+    "stress",
+    "task",
+    "time_skew",
 ]

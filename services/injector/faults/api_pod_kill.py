@@ -25,14 +25,19 @@ class ApiPodKill:
         a = ctx.action
         grace = spec.grace_period if isinstance(spec, PodKill) else 0
         if not a.pod_uid:  # a delete by name alone could kill a Pod that was never selected
-            raise FaultError(f"refused: no pod uid for {a.namespace}/{a.pod_name}: a Pod is only deleted with its "
-                             "uid as a precondition", retryable=False)
+            raise FaultError(
+                f"refused: no pod uid for {a.namespace}/{a.pod_name}: a Pod is only deleted with its "
+                "uid as a precondition",
+                retryable=False,
+            )
         try:
             pod = self.pods.delete(a.namespace, a.pod_name, grace_period=grace, uid=a.pod_uid)
         except PodApiError as e:
             if e.status == 409:  # the uid precondition failed: the selected Pod is already gone
-                return (f"target gone: pod {a.namespace}/{a.pod_name} was re-created since selection "
-                        f"(uid {a.pod_uid} no longer exists); nothing to kill")
+                return (
+                    f"target gone: pod {a.namespace}/{a.pod_name} was re-created since selection "
+                    f"(uid {a.pod_uid} no longer exists); nothing to kill"
+                )
             raise FaultError(f"deleting pod {a.namespace}/{a.pod_name}: {e}", retryable=e.status != 403) from e
         if pod is None:
             return f"{gone_reason(None, a.namespace, a.pod_name, a.pod_uid)}; nothing to kill"

@@ -42,8 +42,9 @@ def kill_through_runtimes(containers: list[runtime.ContainerHandle]) -> str:
             raise FaultError(f"kill {c.container_id}: {e}", retryable=e.retryable) from e
     survivors = _wait_dead([c.pid for c in live], RUNTIME_KILL_WAIT_S)
     if survivors:
-        raise FaultError(f"pids {survivors} still alive {RUNTIME_KILL_WAIT_S:g}s after the runtime's kill",
-                         retryable=True)
+        raise FaultError(
+            f"pids {survivors} still alive {RUNTIME_KILL_WAIT_S:g}s after the runtime's kill", retryable=True
+        )
     note = f" ({gone} already removed from the runtime)" if gone else ""
     return f"killed {len(live)} container(s) through the runtime{note}"
 

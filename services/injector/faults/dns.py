@@ -74,8 +74,9 @@ class DnsFault:
                 ipaddress.ip_address(a)
             except ValueError:
                 raise FaultError(f"invalid static address {a!r}", retryable=False) from None
-        rule = DnsRule(action=spec.action, patterns=tuple(spec.patterns), addresses=tuple(spec.addresses),
-                       until=ctx.deadline)
+        rule = DnsRule(
+            action=spec.action, patterns=tuple(spec.patterns), addresses=tuple(spec.addresses), until=ctx.deadline
+        )
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         paths = ctx.netns_paths()
         if not paths:
@@ -86,8 +87,9 @@ class DnsFault:
             except OSError as e:
                 raise FaultError(f"cannot start the DNS responder in {path}: {e}", retryable=True) from e
             responder.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
-            render = functools.partial(nft.render_dns_redirect_table, table, responder.port, dnsresponder.MARK,
-                                       ctx.deadline)
+            render = functools.partial(
+                nft.render_dns_redirect_table, table, responder.port, dnsresponder.MARK, ctx.deadline
+            )
             redirect.install(path, table, render, dnsresponder.release, "DNSChaos")
         return f"DNSChaos {spec.action} applied: nft table {table}, {len(spec.patterns) or 'every'} pattern(s)"
 

@@ -32,16 +32,28 @@ log = cblog.get("injector.go-sql-error")
 
 
 def _journaled(plan: gosql.Plan) -> dict[str, Any]:
-    return {"exe": plan.exe, "itab": plan.itab, "already": plan.already, "cave": list(plan.cave or ()),
-            "sites": [[s.name, s.address, s.original.hex(), s.prologue.hex()] for s in plan.sites]}
+    return {
+        "exe": plan.exe,
+        "itab": plan.itab,
+        "already": plan.already,
+        "cave": list(plan.cave or ()),
+        "sites": [[s.name, s.address, s.original.hex(), s.prologue.hex()] for s in plan.sites],
+    }
 
 
 def _plan_of(proc: dict[str, Any]) -> gosql.Plan:
-    sites = tuple(gosql.Site(name, int(addr), bytes.fromhex(orig), bytes.fromhex(pro))
-                  for name, addr, orig, pro in proc["sites"])
+    sites = tuple(
+        gosql.Site(name, int(addr), bytes.fromhex(orig), bytes.fromhex(pro)) for name, addr, orig, pro in proc["sites"]
+    )
     cave = proc.get("cave") or []
-    return gosql.Plan(proc["pid"], proc["exe"], int(proc["itab"]), sites, bool(proc.get("already")),
-                      (int(cave[0]), int(cave[1])) if len(cave) == 2 else None)
+    return gosql.Plan(
+        proc["pid"],
+        proc["exe"],
+        int(proc["itab"]),
+        sites,
+        bool(proc.get("already")),
+        (int(cave[0]), int(cave[1])) if len(cave) == 2 else None,
+    )
 
 
 def _pids(pids: list[int]) -> str:
@@ -106,8 +118,9 @@ class GoSqlErrorFault:
     name = "go-sql-error"
     orphans = PatchedPrograms()
 
-    def original_state(self, experiment_uid: str, action: TargetAction,
-                       containers: list[ContainerHandle]) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+    ) -> dict[str, Any]:
         procs: list[dict[str, Any]] = []
         for pid in container_processes(containers)[:MAX_PROCESSES]:
             start = start_ticks(pid)
@@ -153,9 +166,11 @@ class GoSqlErrorFault:
             raise FaultError(f"no Go program with database/sql in the target ({why})", retryable=False)
         log.info("sql errors injected", pids=patched, already=already, longest_stop_us=stopped_us)
         more = f"; {len(already)} already patched" if already else ""
-        return (f"set sql query error to {ctx.action.target_id}: (*DB).Query and (*DB).QueryContext return "
-                f"{gosql.MESSAGE!r} in {len(patched)} processes (pids {_pids(patched)}){more}; "
-                f"longest stop {stopped_us / 1000:.1f} ms")
+        return (
+            f"set sql query error to {ctx.action.target_id}: (*DB).Query and (*DB).QueryContext return "
+            f"{gosql.MESSAGE!r} in {len(patched)} processes (pids {_pids(patched)}){more}; "
+            f"longest stop {stopped_us / 1000:.1f} ms"
+        )
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         procs = ctx.original.get("processes", [])

@@ -36,8 +36,10 @@ class HelloWorld:
         own = [line for line in lines[1:] if line.split(None, 2)[1:2] == [inside]]
         log.info("hello world", pid=pid, processes=len(lines) - 1, ps_aux=lines[:MAX_LOG_LINES])
         target = own[0][:MAX_LINE] if own else f"(pid {pid} exited meanwhile)"
-        return (f"Hello world from {ctx.namespace}/{ctx.action.pod_name}: ps aux in the "
-                f"namespaces of pid {pid} lists {len(lines) - 1} processes; the target: {target}")
+        return (
+            f"Hello world from {ctx.namespace}/{ctx.action.pod_name}: ps aux in the "
+            f"namespaces of pid {pid} lists {len(lines) - 1} processes; the target: {target}"
+        )
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         return "hello-world changes nothing: nothing to recover"

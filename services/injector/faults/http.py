@@ -66,8 +66,10 @@ class HttpFault:
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _http(spec)
         if spec.tls:
-            raise FaultError("HTTPChaos tls is not supported by chaosbus (its proxy relays plain HTTP only); "
-                             "nothing was injected", retryable=False)
+            raise FaultError(
+                "HTTPChaos tls is not supported by chaosbus (its proxy relays plain HTTP only); nothing was injected",
+                retryable=False,
+            )
         reason = _node_cannot()
         if reason is not None:
             raise FaultError(f"HTTPChaos is not possible on this node: {reason}", retryable=False)
@@ -82,8 +84,9 @@ class HttpFault:
             except OSError as e:
                 raise FaultError(f"cannot start the HTTP proxy in {path}: {e}", retryable=True) from e
             proxy.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
-            render = functools.partial(nft.render_http_redirect_table, table, spec.port, proxy.port, httpproxy.MARK,
-                                       ctx.deadline)
+            render = functools.partial(
+                nft.render_http_redirect_table, table, spec.port, proxy.port, httpproxy.MARK, ctx.deadline
+            )
             redirect.install(path, table, render, httpproxy.release, "HTTPChaos")
         return f"HTTPChaos on {spec.target.lower()}s to port {spec.port} applied: nft table {table}"
 

@@ -151,8 +151,13 @@ def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[b
             log.error("iofs died; its mount could not be detached", pid=server[0], volume=vol.path, error=str(e))
             return
         if n:
-            log.warning("iofs died; its mount was detached", pid=server[0], target=vol.pid, volume=vol.path,
-                        files_moved_back=moved)
+            log.warning(
+                "iofs died; its mount was detached",
+                pid=server[0],
+                target=vol.pid,
+                volume=vol.path,
+                files_moved_back=moved,
+            )
 
 
 class IofsMounts:
@@ -217,8 +222,9 @@ class IOFault:
     name = "io"
     orphans = IofsMounts()
 
-    def original_state(self, experiment_uid: str, action: TargetAction,
-                       containers: list[ContainerHandle]) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+    ) -> dict[str, Any]:
         targets = []
         for c in containers:
             start = iofs.start_ticks(c.pid) if c.alive else None

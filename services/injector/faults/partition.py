@@ -43,8 +43,7 @@ def resolve_rules(spec: Partition) -> list[nft.ResolvedRule]:
         FaultError: an unparsable entry (not retryable) or an unresolvable name (retryable).
     """
     return [
-        nft.ResolvedRule(chain=rule.chain, peers=tuple(rule.peers), external=_endpoints(rule),
-                         device=spec.device)
+        nft.ResolvedRule(chain=rule.chain, peers=tuple(rule.peers), external=_endpoints(rule), device=spec.device)
         for rule in spec.rules
     ]
 
@@ -77,8 +76,11 @@ class Tables:
 
     def find(self, netns_path: str) -> list[str]:
         # DNSChaos and HTTPChaos tables share the prefix but are their faults' to sweep.
-        return [t for t in nft.list_tables(netns_path)
-                if t.startswith(nft.TABLE_PREFIX) and not t.startswith(OTHER_TABLE_PREFIXES)]
+        return [
+            t
+            for t in nft.list_tables(netns_path)
+            if t.startswith(nft.TABLE_PREFIX) and not t.startswith(OTHER_TABLE_PREFIXES)
+        ]
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}

@@ -56,8 +56,11 @@ class PodFailure:
         """Read, plan, patch, until the patch lands; (why the Pod is gone, None) or (None, Pod)."""
         a = ctx.action
         if not a.pod_uid:  # the patch's uid test would never pass, and a patch by name alone is never sent
-            raise FaultError(f"refused: no pod uid for {a.namespace}/{a.pod_name}: a Pod is only patched with its "
-                             "uid as a precondition", retryable=False)
+            raise FaultError(
+                f"refused: no pod uid for {a.namespace}/{a.pod_name}: a Pod is only patched with its "
+                "uid as a precondition",
+                retryable=False,
+            )
         last = ""
         for _ in range(ATTEMPTS):
             pod = self._get(a.namespace, a.pod_name)

@@ -68,8 +68,9 @@ class ProcessPodFailure:
     one_shot = False
     orphans = HoldOrphans()
 
-    def original_state(self, experiment_uid: str, action: TargetAction,
-                       containers: list[ContainerHandle]) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+    ) -> dict[str, Any]:
         """Where the hold goes, journaled first: the pod's network namespace and the hold's file."""
         key = entry_key(experiment_uid, action.selector_key, action.target_id)
         return {"netns": _netns_of(containers), "hold": podhold.file_name(key)}
@@ -78,8 +79,11 @@ class ProcessPodFailure:
         a = ctx.action
         runtime_ids = [c.container_id for c in ctx.containers if not c.container_id.startswith(processid.SCHEME)]
         if runtime_ids:
-            raise FaultError(f"{runtime_ids[0]} is a runtime container: pod-failure swaps its images through the "
-                             "Kubernetes API (scheduler --cluster-injector, injector --cluster)", retryable=False)
+            raise FaultError(
+                f"{runtime_ids[0]} is a runtime container: pod-failure swaps its images through the "
+                "Kubernetes API (scheduler --cluster-injector, injector --cluster)",
+                retryable=False,
+            )
         key = entry_key(ctx.experiment_uid, a.selector_key, a.target_id)
         netns = _where(ctx.original, ctx.containers)
         if not netns:
@@ -89,21 +93,26 @@ class ProcessPodFailure:
         if ctx.deadline is not None and ctx.deadline <= time.time():
             return "the deadline has passed: the command was not stopped"
         directory = podhold.pod_dir(netns)
-        hold = podhold.Hold(key=key, node=ctx.node, experiment=f"{ctx.namespace}/{ctx.experiment_name}",
-                            deadline=ctx.deadline)
+        hold = podhold.Hold(
+            key=key, node=ctx.node, experiment=f"{ctx.namespace}/{ctx.experiment_name}", deadline=ctx.deadline
+        )
         try:
             podhold.put(directory, hold)
         except FileNotFoundError:
-            raise FaultError(f"pod {a.namespace}/{a.pod_name} has no supervisor on this node ({directory} is "
-                             "missing)", retryable=False) from None
+            raise FaultError(
+                f"pod {a.namespace}/{a.pod_name} has no supervisor on this node ({directory} is missing)",
+                retryable=False,
+            ) from None
         pids = _running(ctx.containers)
         stop_by = time.monotonic() + STOP_TIMEOUT_S
         while _running(ctx.containers) and time.monotonic() < stop_by:
             time.sleep(0.02)
         left = _running(ctx.containers)
         if left:  # the executor recovers (removes the hold) after a failed apply
-            raise FaultError(f"the pod's supervisor did not stop its command (pid {left[0]}) within "
-                             f"{STOP_TIMEOUT_S:.0f}s", retryable=True)
+            raise FaultError(
+                f"the pod's supervisor did not stop its command (pid {left[0]}) within {STOP_TIMEOUT_S:.0f}s",
+                retryable=True,
+            )
         until = "until recovered" if ctx.deadline is None else f"for {max(0, round(ctx.deadline - time.time()))}s"
         stopped = f"command stopped (pid {', '.join(map(str, pids))})" if pids else "command stopped"
         return f"{stopped}; the pod is not ready and its command stays stopped {until}"
@@ -111,7 +120,8 @@ class ProcessPodFailure:
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         a = ctx.action
         name = str(ctx.original.get("hold") or "") or podhold.file_name(
-            entry_key(ctx.experiment_uid, a.selector_key, a.target_id))
+            entry_key(ctx.experiment_uid, a.selector_key, a.target_id)
+        )
         netns = _where(ctx.original, ctx.containers)
         dirs = {podhold.pod_dir(netns)} if netns else set()
         dirs.update(podhold.everywhere(name))

@@ -12,8 +12,7 @@ from chaosbus.injector.backends import nft
 from chaosbus.injector.faults import FaultContext, FaultError
 
 
-def install(path: str, table: str, render: Callable[[], str], release: Callable[[str, str], None],
-            kind: str) -> None:
+def install(path: str, table: str, render: Callable[[], str], release: Callable[[str, str], None], kind: str) -> None:
     """Render and apply the redirect table; on failure the server forgets this table's rule."""
     try:
         nft.apply_table(path, table, render())

@@ -122,8 +122,7 @@ class ShapingFault:
         devices = []
         for path in paths:
             with _errors():
-                outcome = shaper().set_rule(path, spec.device, spec.pod_ip, rule, ctx.action.target_id,
-                                            exempt_dests())
+                outcome = shaper().set_rule(path, spec.device, spec.pod_ip, rule, ctx.action.target_id, exempt_dests())
             devices.append(outcome.device)
         return f"{spec.action} applied on {', '.join(devices)}: {describe(spec, rule)}"
 
@@ -146,8 +145,11 @@ class ShapingFault:
                     continue
                 raise
             for o in outcomes:
-                left = "original configuration restored" if o.plan is None else \
-                    f"{len(o.plan.classes)} shaping class(es) of other experiments left in force"
+                left = (
+                    "original configuration restored"
+                    if o.plan is None
+                    else f"{len(o.plan.classes)} shaping class(es) of other experiments left in force"
+                )
                 notes.append(f"{o.device}: {o.note or left}")
         return f"{spec.action} recovered" + (f" ({'; '.join(notes)})" if notes else ": nothing was left")
 
@@ -179,8 +181,11 @@ def _netem_text(p: NetemParams) -> str:
         bits.append(f"delay {p.latency_ns / 1e6:g}ms" + (f" ±{p.jitter_ns / 1e6:g}ms" if p.jitter_ns else ""))
     if p.reorder:
         bits.append(f"reorder {p.reorder:g}% gap {p.gap}")
-    bits += [f"{name} {value:g}%" for name, value in
-             (("loss", p.loss), ("duplicate", p.duplicate), ("corrupt", p.corrupt)) if value]
+    bits += [
+        f"{name} {value:g}%"
+        for name, value in (("loss", p.loss), ("duplicate", p.duplicate), ("corrupt", p.corrupt))
+        if value
+    ]
     if p.rate:
         bits.append(f"rate {p.rate * 8:,} bit/s")
     return " ".join(bits) or "(no change)"

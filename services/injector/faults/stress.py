@@ -49,8 +49,9 @@ class StressFault:
             return "the deadline has passed: no stressor started"
         binary = shutil.which("stress-ng")
         if binary is None:
-            raise FaultError("stress-ng is not installed on this node (scripts/install-system-deps.sh)",
-                             retryable=False)
+            raise FaultError(
+                "stress-ng is not installed on this node (scripts/install-system-deps.sh)", retryable=False
+            )
         pid = live[0].pid
         try:
             dirs = cgroups.of_process(pid)
@@ -70,16 +71,26 @@ class StressFault:
             raise
         until = "until recovered" if left is None else f"for {math.ceil(left)}s"
         where = dirs[0] if dirs else "(no cgroup)"
-        return (f"stress-ng {', '.join(s.name for s in spec.stressors)} running {until} in cgroup "
-                f"{where} (pids {', '.join(map(str, started))})")
+        return (
+            f"stress-ng {', '.join(s.name for s in spec.stressors)} running {until} in cgroup "
+            f"{where} (pids {', '.join(map(str, started))})"
+        )
 
-    def _start(self, argv: list[str], dirs: list[str], pidns: str, oom: int | None, env: dict[str, str],
-               name: str) -> int:
+    def _start(
+        self, argv: list[str], dirs: list[str], pidns: str, oom: int | None, env: dict[str, str], name: str
+    ) -> int:
         r, w = os.pipe()
         try:
             cmd = podexec.command(argv, cgroups=dirs, pidns=pidns, oom_score_adj=oom, status_fd=w)
-            proc = subprocess.Popen(cmd, pass_fds=(w,), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                pass_fds=(w,),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             os.close(w)
             w = -1
             message = _read_until_eof(r, START_TIMEOUT_S)

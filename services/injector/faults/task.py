@@ -21,11 +21,13 @@ def run(argv: list[str], timeout_s: float, max_stdout: int) -> tuple[int, str]:
     """
     with tempfile.TemporaryFile() as out:
         try:
-            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL,
-                                  timeout=timeout_s, check=False)
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL, timeout=timeout_s, check=False
+            )
         except subprocess.TimeoutExpired:
-            raise FaultError(f"task {argv[0]!r} did not finish within {timeout_s:g}s (killed)",
-                             retryable=False) from None
+            raise FaultError(
+                f"task {argv[0]!r} did not finish within {timeout_s:g}s (killed)", retryable=False
+            ) from None
         except OSError as e:
             raise FaultError(f"task {argv[0]!r} could not start: {e.strerror or e}", retryable=False) from None
         out.seek(0)

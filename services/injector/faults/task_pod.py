@@ -59,19 +59,32 @@ def pod_body(namespace: str, node: str, spec: Task) -> Pod:
     if not spec.container.get("image"):
         raise FaultError("task.container.image: a Task Pod needs an image", retryable=False)
     if not spec.workflow_node_uid:
-        raise FaultError("task has no WorkflowNode uid to own its Pod (a scheduler older than this injector?)",
-                         retryable=False)
+        raise FaultError(
+            "task has no WorkflowNode uid to own its Pod (a scheduler older than this injector?)", retryable=False
+        )
     container = {"name": DEFAULT_CONTAINER, **spec.container}
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if spec.volumes:
         pod_spec["volumes"] = list(spec.volumes)
     labels = {LABEL_CONTROLLED_BY: node, **({LABEL_WORKFLOW: spec.workflow} if spec.workflow else {})}
-    owner = {"apiVersion": OWNER_API_VERSION, "kind": "WorkflowNode", "name": node,
-             "uid": spec.workflow_node_uid, "controller": True}
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod_name(node, spec.workflow_node_uid), "namespace": namespace,
-                         "labels": labels, "ownerReferences": [owner]},
-            "spec": pod_spec}
+    owner = {
+        "apiVersion": OWNER_API_VERSION,
+        "kind": "WorkflowNode",
+        "name": node,
+        "uid": spec.workflow_node_uid,
+        "controller": True,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(node, spec.workflow_node_uid),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
+        "spec": pod_spec,
+    }
 
 
 @dataclass(frozen=True)
@@ -102,8 +115,9 @@ def progress(pod: Pod, container: str = DEFAULT_CONTAINER) -> Progress:
         return Progress(True, problem=f"the Pod {phase} without a container exit code ({why})", state=phase)
     if waiting.get("reason") in HOPELESS:
         detail = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-        return Progress(True, problem=f"container {first.get('name', DEFAULT_CONTAINER)} cannot start ({detail})",
-                        state=phase)
+        return Progress(
+            True, problem=f"container {first.get('name', DEFAULT_CONTAINER)} cannot start ({detail})", state=phase
+        )
     return Progress(False, state=f"{phase}, waiting: {waiting['reason']}" if waiting.get("reason") else phase)
 
 
@@ -122,8 +136,14 @@ class TaskPod:
     name = "task"
     one_shot = True
 
-    def __init__(self, pods: PodApi, *, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, policy: TaskPodPolicy | None = None) -> None:
+    def __init__(
+        self,
+        pods: PodApi,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        policy: TaskPodPolicy | None = None,
+    ) -> None:
         self.pods, self.clock, self.sleep = pods, clock, sleep
         self.policy = policy or TaskPodPolicy()
 
@@ -146,8 +166,9 @@ class TaskPod:
                 self._delete(ctx.namespace, pod)  # it would sit there forever
             raise FaultError(f"{where}: {done.problem}", retryable=False)
         stdout, note = self._log(ctx.namespace, pod, container, spec.max_stdout)
-        return CommandOutput(message=f"{where} exited with code {done.exit_code}{note}", exit_code=done.exit_code,
-                             stdout=stdout)
+        return CommandOutput(
+            message=f"{where} exited with code {done.exit_code}{note}", exit_code=done.exit_code, stdout=stdout
+        )
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         return "a task changes nothing that could be recovered (its finished Pod goes with the WorkflowNode)"
@@ -168,8 +189,10 @@ class TaskPod:
                 except PodApiError as e:
                     existing, last = None, str(e)
                 if existing is not None and not owned_by(existing, spec.workflow_node_uid):
-                    raise FaultError(f"{where} exists and belongs to something else (not WorkflowNode uid "
-                                     f"{spec.workflow_node_uid})", retryable=False)
+                    raise FaultError(
+                        f"{where} exists and belongs to something else (not WorkflowNode uid {spec.workflow_node_uid})",
+                        retryable=False,
+                    )
                 if existing is not None and not (existing.get("metadata") or {}).get("deletionTimestamp"):
                     return existing
                 last = "an earlier Pod of that name is still being deleted"
@@ -189,8 +212,9 @@ class TaskPod:
             now = self.clock()
             if now >= deadline:
                 self._delete(namespace, pod)
-                raise FaultError(f"{where} did not finish before the step's timeout ({done.state}); Pod deleted",
-                                 retryable=False)
+                raise FaultError(
+                    f"{where} did not finish before the step's timeout ({done.state}); Pod deleted", retryable=False
+                )
             self.sleep(max(0.0, min(delay, deadline - now)))
             delay = min(POLL_MAX_S, delay * 2)
             current = self._get(namespace, name)

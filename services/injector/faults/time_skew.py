@@ -117,8 +117,10 @@ class SkewedProcesses:
                 start = timeskew.start_ticks(pid)
                 if base is None or start is None:
                     continue
-                if any(timeskew.looks_patched(timeskew.read_bytes(pid, base + off, len(orig)))
-                       for off, orig in zip(offsets, originals, strict=True)):
+                if any(
+                    timeskew.looks_patched(timeskew.read_bytes(pid, base + off, len(orig)))
+                    for off, orig in zip(offsets, originals, strict=True)
+                ):
                     found.append(f"{pid}:{start}")
             except OSError:
                 continue  # exited meanwhile
@@ -147,8 +149,9 @@ class TimeSkewFault:
     name = "time-skew"
     orphans = SkewedProcesses()
 
-    def original_state(self, experiment_uid: str, action: TargetAction,
-                       containers: list[ContainerHandle]) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+    ) -> dict[str, Any]:
         procs: list[dict[str, Any]] = []
         own: tuple[timeskew.Patch, ...] | None = None
         for pid in container_processes(containers)[:MAX_PROCESSES]:
@@ -167,8 +170,7 @@ class TimeSkewFault:
                     procs.append({"pid": pid, "start": start, "error": "already skewed, originals unknown"})
                     continue
                 patches = tuple(timeskew.Patch(p.address, o.original) for p, o in zip(patches, own, strict=True))
-            procs.append({"pid": pid, "start": start,
-                          "patches": [[p.address, p.original.hex()] for p in patches]})
+            procs.append({"pid": pid, "start": start, "patches": [[p.address, p.original.hex()] for p in patches]})
         return {"processes": procs}
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
@@ -199,9 +201,11 @@ class TimeSkewFault:
             raise FaultError("target gone: no process to skew", retryable=False)
         log.info("skewed", pids=skewed, already=already, offset_ns=spec.offset_ns, longest_stop_us=stopped_us)
         more = f"; {len(already)} already skewed" if already else ""
-        return (f"{_clock_names(spec.clock_mask)} {_offset(spec.offset_ns)} in {len(skewed)} processes "
-                f"(pids {', '.join(map(str, skewed[:10]))}{' ...' if len(skewed) > 10 else ''}){more}; "
-                f"longest stop {stopped_us / 1000:.1f} ms")
+        return (
+            f"{_clock_names(spec.clock_mask)} {_offset(spec.offset_ns)} in {len(skewed)} processes "
+            f"(pids {', '.join(map(str, skewed[:10]))}{' ...' if len(skewed) > 10 else ''}){more}; "
+            f"longest stop {stopped_us / 1000:.1f} ms"
+        )
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         procs = ctx.original.get("processes", [])

@@ -15,8 +15,12 @@ PARTITION: dict[str, Any] = {"action": "partition", "mode": "all", "selector": {
 
 
 def doc(kind: str = "NetworkChaos", spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind, "metadata": {"name": "x", **meta},
-            "spec": PARTITION if spec is None else spec}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", **meta},
+        "spec": PARTITION if spec is None else spec,
+    }
 
 
 def test_an_executed_experiment_is_admitted_with_the_records_finalizer() -> None:
@@ -37,9 +41,16 @@ def test_a_remote_cluster_s_experiment_gets_no_finalizer() -> None:
 
 @pytest.mark.parametrize("kind", ["Schedule", "KernelChaos"])
 def test_objects_chaosbus_does_not_run_as_experiments_get_no_finalizer(kind: str) -> None:
-    spec: dict[str, Any] = ({"schedule": "@every 1m", "type": "NetworkChaos", "networkChaos": PARTITION,
-                             "historyLimit": 1, "concurrencyPolicy": "Forbid"} if kind == "Schedule" else
-                            {"mode": "all", "selector": {}, "failKernRequest": {"callchain": [{"funcname": "x"}],
-                                                                                "failtype": 0}})
+    spec: dict[str, Any] = (
+        {
+            "schedule": "@every 1m",
+            "type": "NetworkChaos",
+            "networkChaos": PARTITION,
+            "historyLimit": 1,
+            "concurrencyPolicy": "Forbid",
+        }
+        if kind == "Schedule"
+        else {"mode": "all", "selector": {}, "failKernRequest": {"callchain": [{"funcname": "x"}], "failtype": 0}}
+    )
     admitted = admission.admit(doc(kind, spec))
     assert RECORDS_FINALIZER not in (admitted["metadata"].get("finalizers") or [])

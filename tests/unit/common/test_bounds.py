@@ -28,8 +28,13 @@ API = "chaos-mesh.org/v1alpha1"
 
 
 def network(**spec: Any) -> dict[str, Any]:
-    body = {"action": "delay", "mode": "all", "selector": {"labelSelectors": {"app": "web"}},
-            "delay": {"latency": "10ms"}, **spec}
+    body = {
+        "action": "delay",
+        "mode": "all",
+        "selector": {"labelSelectors": {"app": "web"}},
+        "delay": {"latency": "10ms"},
+        **spec,
+    }
     return {"apiVersion": API, "kind": "NetworkChaos", "metadata": {"name": "n1"}, "spec": body}
 
 
@@ -38,9 +43,16 @@ def bandwidth(**bw: Any) -> dict[str, Any]:
 
 
 def schedule(every: str) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Schedule", "metadata": {"name": "s1"},
-            "spec": {"schedule": every, "type": "PodChaos",
-                     "podChaos": {"action": "pod-kill", "mode": "one", "selector": {}}}}
+    return {
+        "apiVersion": API,
+        "kind": "Schedule",
+        "metadata": {"name": "s1"},
+        "spec": {
+            "schedule": every,
+            "type": "PodChaos",
+            "podChaos": {"action": "pod-kill", "mode": "one", "selector": {}},
+        },
+    }
 
 
 def _drop_none(doc: dict[str, Any]) -> dict[str, Any]:
@@ -64,14 +76,28 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "minburst over u32": (_drop_none(bandwidth(minburst=2**32, peakrate=10)), "spec.bandwidth.minburst"),
     "peakrate over u64": (_drop_none(bandwidth(peakrate=2**64, minburst=10)), "spec.bandwidth.peakrate"),
     "rate over u64": (_drop_none(bandwidth(rate="99999999999999999999tbps")), "spec.bandwidth.rate"),
-    "reorder gap over u32": (network(delay={"latency": "1ms", "reorder": {"reorder": "10", "gap": 2**33}}),
-                             "spec.delay.reorder.gap"),
-    "integer past int64": ({"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "p"},
-                            "spec": {"action": "pod-kill", "mode": "one", "selector": {}, "gracePeriod": 2**80}},
-                           "spec.gracePeriod"),
-    "mode value of 5000 digits": ({"apiVersion": API, "kind": "PodChaos", "metadata": {"name": "p"},
-                                   "spec": {"action": "pod-kill", "mode": "fixed", "value": "9" * 5000,
-                                            "selector": {}}}, "spec.value"),
+    "reorder gap over u32": (
+        network(delay={"latency": "1ms", "reorder": {"reorder": "10", "gap": 2**33}}),
+        "spec.delay.reorder.gap",
+    ),
+    "integer past int64": (
+        {
+            "apiVersion": API,
+            "kind": "PodChaos",
+            "metadata": {"name": "p"},
+            "spec": {"action": "pod-kill", "mode": "one", "selector": {}, "gracePeriod": 2**80},
+        },
+        "spec.gracePeriod",
+    ),
+    "mode value of 5000 digits": (
+        {
+            "apiVersion": API,
+            "kind": "PodChaos",
+            "metadata": {"name": "p"},
+            "spec": {"action": "pod-kill", "mode": "fixed", "value": "9" * 5000, "selector": {}},
+        },
+        "spec.value",
+    ),
     "namespace with a dot": ({**network(), "metadata": {"name": "n1", "namespace": "team.a"}}, "metadata.namespace"),
     "name with upper case": ({**network(), "metadata": {"name": "Web"}}, "metadata.name"),
     "name with a key wildcard": ({**network(), "metadata": {"name": "a>"}}, "metadata.name"),
@@ -81,11 +107,18 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "@every 9...9h": (schedule("@every " + "9" * 400 + "h"), "spec.schedule"),
     "@every past Go's duration": (schedule("@every 9999999h"), "spec.schedule"),
     "NaN percentage": (network(action="loss", delay=None, loss={"loss": "nan"}), "spec.loss.loss"),
-    "infinite float in a free-form block": ({"apiVersion": API, "kind": "Workflow", "metadata": {"name": "w"},
-                                             "spec": {"entry": "e", "templates": [
-                                                 {"name": "e", "templateType": "Task",
-                                                  "task": {"container": {"x": float("inf")}}}]}},
-                                            "spec.templates[0].task.container.x"),
+    "infinite float in a free-form block": (
+        {
+            "apiVersion": API,
+            "kind": "Workflow",
+            "metadata": {"name": "w"},
+            "spec": {
+                "entry": "e",
+                "templates": [{"name": "e", "templateType": "Task", "task": {"container": {"x": float("inf")}}}],
+            },
+        },
+        "spec.templates[0].task.container.x",
+    ),
 }
 
 
@@ -93,8 +126,12 @@ def _deep(depth: int) -> dict[str, Any]:
     inner: Any = "leaf"
     for _ in range(depth):
         inner = {"a": inner}
-    return {"apiVersion": API, "kind": "Workflow", "metadata": {"name": "w"},
-            "spec": {"entry": "e", "templates": [{"name": "e", "templateType": "Task", "task": {"container": inner}}]}}
+    return {
+        "apiVersion": API,
+        "kind": "Workflow",
+        "metadata": {"name": "w"},
+        "spec": {"entry": "e", "templates": [{"name": "e", "templateType": "Task", "task": {"container": inner}}]},
+    }
 
 
 def _field_named(e: InvalidObject, field: str) -> bool:
@@ -119,8 +156,11 @@ def test_trigger_refuses_with_the_field(case: str) -> None:
     assert field in str(e.value)
 
 
-SCHEDULER_CASES = sorted(c for c, (doc, _) in BAD.items()
-                         if doc["kind"] in ("NetworkChaos", "PodChaos") and isinstance(doc["metadata"], dict))
+SCHEDULER_CASES = sorted(
+    c
+    for c, (doc, _) in BAD.items()
+    if doc["kind"] in ("NetworkChaos", "PodChaos") and isinstance(doc["metadata"], dict)
+)
 
 
 @pytest.mark.parametrize("case", SCHEDULER_CASES)
@@ -130,8 +170,18 @@ def test_the_scheduler_refuses_what_it_reads_from_nats_and_goes_on(case: str) ->
     """
     doc, field = BAD[case]
     core = SchedulerCore(rng=random.Random(1))
-    core.on_target("pod.default.web-0", m.TargetPod(uid="u-w0", namespace="default", name="web-0", node="n1",
-                                                    labels={"app": "web"}, pod_ip="10.0.0.1", phase="Running"))
+    core.on_target(
+        "pod.default.web-0",
+        m.TargetPod(
+            uid="u-w0",
+            namespace="default",
+            name="web-0",
+            node="n1",
+            labels={"app": "web"},
+            pod_ip="10.0.0.1",
+            phase="Running",
+        ),
+    )
     bad = _as_stored(doc, "bad")
     out = core.on_object(_event(bad), 1.0)
     assert not out.commands and len(out.errors) == 1 and field in out.errors[0]
@@ -141,27 +191,55 @@ def test_the_scheduler_refuses_what_it_reads_from_nats_and_goes_on(case: str) ->
 
 def _as_stored(doc: dict[str, Any], uid: str) -> dict[str, Any]:
     meta = doc["metadata"] if isinstance(doc["metadata"], dict) else {}
-    return {**doc, "metadata": {"name": "n1", **meta, "namespace": meta.get("namespace", "default"), "uid": uid,
-                                "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": [RECORDS_FINALIZER]}}
+    return {
+        **doc,
+        "metadata": {
+            "name": "n1",
+            **meta,
+            "namespace": meta.get("namespace", "default"),
+            "uid": uid,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "finalizers": [RECORDS_FINALIZER],
+        },
+    }
 
 
 def _event(obj: dict[str, Any]) -> m.ObjectEvent:
     md = obj["metadata"]
-    return m.ObjectEvent(type="ADDED", kind=obj["kind"], namespace="default", name="n1", uid=md["uid"],
-                         object=msgspec.Raw(msgspec.json.encode(obj)))
+    return m.ObjectEvent(
+        type="ADDED",
+        kind=obj["kind"],
+        namespace="default",
+        name="n1",
+        uid=md["uid"],
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
 
 
 def test_metadata_that_is_not_a_mapping_never_reaches_the_scheduler_as_an_attribute_error() -> None:
     core = SchedulerCore()
     obj = {**network(), "metadata": "n1"}
-    out = core.on_object(m.ObjectEvent(type="ADDED", kind="NetworkChaos", namespace="default", name="n1", uid="x",
-                                       object=msgspec.Raw(msgspec.json.encode(obj))), 1.0)
+    out = core.on_object(
+        m.ObjectEvent(
+            type="ADDED",
+            kind="NetworkChaos",
+            namespace="default",
+            name="n1",
+            uid="x",
+            object=msgspec.Raw(msgspec.json.encode(obj)),
+        ),
+        1.0,
+    )
     assert out.errors and "metadata: must be a mapping" in out.errors[0]
 
 
 def test_20000_deep_yaml_is_refused_naming_the_line() -> None:
-    text = "apiVersion: chaos-mesh.org/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec: " + \
-        "[" * 20000 + "]" * 20000 + "\n"
+    text = (
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: Workflow\nmetadata: {name: w}\nspec: "
+        + "[" * 20000
+        + "]" * 20000
+        + "\n"
+    )
     with pytest.raises(InvalidObject) as e:
         resources.prepare(text, None)
     assert e.value.errors[0].startswith("yaml: nested deeper than 64 levels (line 4)")
@@ -170,13 +248,18 @@ def test_20000_deep_yaml_is_refused_naming_the_line() -> None:
 def test_deep_json_is_refused_by_trigger_and_scheduler() -> None:
     deep = (
         b'{"apiVersion":"chaos-mesh.org/v1alpha1","kind":"Workflow","metadata":{"name":"w"},"spec":'
-        + b'{"a":' * 20000 + b"1" + b"}" * 20000 + b"}")
+        + b'{"a":' * 20000
+        + b"1"
+        + b"}" * 20000
+        + b"}"
+    )
     with pytest.raises(rq.BadRequest):
         rq.parse_apply(deep)
     with pytest.raises(InvalidObject) as e:
         admission.admit(_deep(200))
     assert "nested deeper than 64 levels" in str(e.value)
     from chaosbus.common.crd.objects import decode_object_json
+
     with pytest.raises(InvalidObject):
         decode_object_json(b'{"kind":"NetworkChaos","spec":' + b"[" * 20000 + b"]" * 20000 + b"}")
 
@@ -211,8 +294,10 @@ def test_a_yaml_alias_bomb_in_a_free_form_workflow_field_is_refused() -> None:
 
 
 def test_small_aliases_are_still_accepted() -> None:
-    text = ("apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nmetadata: {name: p, labels: &l {a: b}, "
-            "annotations: *l}\nspec: {action: pod-kill, mode: one, selector: {labelSelectors: *l}}\n")
+    text = (
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nmetadata: {name: p, labels: &l {a: b}, "
+        "annotations: *l}\nspec: {action: pod-kill, mode: one, selector: {labelSelectors: *l}}\n"
+    )
     [obj] = resources.prepare(text, None)
     assert obj["spec"]["selector"]["labelSelectors"] == {"a": "b"}
 
@@ -241,16 +326,19 @@ def test_go_duration_bounds() -> None:
 
 def test_largest_accepted_values_still_pass() -> None:
     admission.admit(network(duration="876000h", device="veth-abcdef0123", delay={"latency": "876000h"}))
-    admission.admit(_drop_none(bandwidth(limit=2**32 - 1, buffer=2**32 - 1, peakrate=2**64 - 1,
-                                         minburst=2**32 - 1)))
+    admission.admit(_drop_none(bandwidth(limit=2**32 - 1, buffer=2**32 - 1, peakrate=2**64 - 1, minburst=2**32 - 1)))
     admission.admit(_deep(40))
 
 
 def test_cli_apply_exits_with_the_field_and_no_traceback(tmp_path: Any) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(network(delay={"latency": "9" * 400 + "ms"})))
-    done = subprocess.run([sys.executable, "-m", "chaosbus.cli.main", "--nats", "nats://127.0.0.1:1", "apply",
-                           "-f", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "chaosbus.cli.main", "--nats", "nats://127.0.0.1:1", "apply", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "spec.delay.latency: invalid duration" in done.stderr and "Traceback" not in done.stderr
 
@@ -260,8 +348,12 @@ def test_an_experiment_over_the_target_cap_fails_its_selection_naming_the_cap() 
 
     core = SchedulerCore(SelectionConfig(max_targets=2), rng=random.Random(1))
     for i in range(3):
-        core.on_target(f"pod.default.web-{i}", m.TargetPod(uid=f"u{i}", namespace="default", name=f"web-{i}",
-                                                            node="n1", labels={"app": "web"}, phase="Running"))
+        core.on_target(
+            f"pod.default.web-{i}",
+            m.TargetPod(
+                uid=f"u{i}", namespace="default", name=f"web-{i}", node="n1", labels={"app": "web"}, phase="Running"
+            ),
+        )
     out = core.on_object(_event(_as_stored(network(), "capped")), 1.0)
     assert not out.commands
     [decision] = out.decisions
@@ -283,6 +375,10 @@ def test_cli_apply_of_a_binary_or_endless_file_is_a_clear_error(tmp_path: Any) -
     huge = tmp_path / "huge.yaml"
     huge.write_bytes(b"# " + b"x" * (bounds.MAX_DOCUMENT_BYTES + 10))
     for path, says in ((binary, "not UTF-8 text (byte 6)"), (huge, f"larger than {bounds.MAX_DOCUMENT_BYTES} bytes")):
-        done = subprocess.run([sys.executable, "-m", "chaosbus.cli.main", "--nats", "nats://127.0.0.1:1", "apply",
-                               "-f", str(path)], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "chaosbus.cli.main", "--nats", "nats://127.0.0.1:1", "apply", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 1 and says in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -316,10 +316,20 @@ spec:
 """
 
 EXAMPLES = {
-    "pod-kill": POD_KILL, "pod-failure": POD_FAILURE, "container-kill": CONTAINER_KILL,
-    "partition": PARTITION, "partition-no-target": PARTITION_NO_TARGET, "partition-external": PARTITION_EXTERNAL,
-    "delay": DELAY, "delay-with-target": DELAY_WITH_TARGET, "delay-external": DELAY_EXTERNAL,
-    "loss": LOSS, "duplicate": DUPLICATE, "corrupt": CORRUPT, "bandwidth": BANDWIDTH, "netem": NETEM,
+    "pod-kill": POD_KILL,
+    "pod-failure": POD_FAILURE,
+    "container-kill": CONTAINER_KILL,
+    "partition": PARTITION,
+    "partition-no-target": PARTITION_NO_TARGET,
+    "partition-external": PARTITION_EXTERNAL,
+    "delay": DELAY,
+    "delay-with-target": DELAY_WITH_TARGET,
+    "delay-external": DELAY_EXTERNAL,
+    "loss": LOSS,
+    "duplicate": DUPLICATE,
+    "corrupt": CORRUPT,
+    "bandwidth": BANDWIDTH,
+    "netem": NETEM,
     "hello-world": HELLO,
 }
 
@@ -353,19 +363,31 @@ def errors_of(doc: dict[str, Any]) -> list[str]:
 
 # --- every example decodes unchanged, with defaults ----------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_decodes_to_its_kind_and_name(name: str) -> None:
     doc = doc_of(EXAMPLES[name])
     obj = decode_object(doc)
     assert (obj.api_version, obj.kind, obj.metadata.name, obj.metadata.namespace) == (
-        API_VERSION, doc["kind"], doc["metadata"]["name"], doc["metadata"]["namespace"])
+        API_VERSION,
+        doc["kind"],
+        doc["metadata"]["name"],
+        doc["metadata"]["namespace"],
+    )
     assert obj.key == f"{doc['kind']}/{doc['metadata']['namespace']}/{doc['metadata']['name']}"
 
 
-@pytest.mark.parametrize(("name", "spec_type"), [
-    ("pod-kill", PodChaosSpec), ("pod-failure", PodChaosSpec), ("container-kill", PodChaosSpec),
-    ("partition", NetworkChaosSpec), ("delay", NetworkChaosSpec), ("hello-world", HelloWorldChaosSpec),
-])
+@pytest.mark.parametrize(
+    ("name", "spec_type"),
+    [
+        ("pod-kill", PodChaosSpec),
+        ("pod-failure", PodChaosSpec),
+        ("container-kill", PodChaosSpec),
+        ("partition", NetworkChaosSpec),
+        ("delay", NetworkChaosSpec),
+        ("hello-world", HelloWorldChaosSpec),
+    ],
+)
 def test_example_spec_has_the_kinds_struct(name: str, spec_type: type) -> None:
     assert type(decode(EXAMPLES[name]).spec) is spec_type
 
@@ -389,11 +411,14 @@ def test_example_keeps_every_field_it_spelled(name: str) -> None:
     contains(spec, want, "spec")
 
 
-@pytest.mark.parametrize(("name", "action", "one_shot"), [
-    ("pod-kill", "pod-kill", True),
-    ("pod-failure", "pod-failure", False),
-    ("container-kill", "container-kill", True),
-])
+@pytest.mark.parametrize(
+    ("name", "action", "one_shot"),
+    [
+        ("pod-kill", "pod-kill", True),
+        ("pod-failure", "pod-failure", False),
+        ("container-kill", "container-kill", True),
+    ],
+)
 def test_podchaos_action_and_one_shot(name: str, action: str, one_shot: bool) -> None:
     spec = decode(EXAMPLES[name]).spec
     assert isinstance(spec, PodChaosSpec)
@@ -406,9 +431,15 @@ def test_duration_kinds_are_not_one_shot(name: str) -> None:
     assert kinds.one_shot(obj.kind, obj.spec) is False
 
 
-@pytest.mark.parametrize(("name", "seconds"), [
-    ("pod-kill", None), ("pod-failure", 30.0), ("partition", 10.0), ("hello-world", 3600.0),
-])
+@pytest.mark.parametrize(
+    ("name", "seconds"),
+    [
+        ("pod-kill", None),
+        ("pod-failure", 30.0),
+        ("partition", 10.0),
+        ("hello-world", 3600.0),
+    ],
+)
 def test_duration_seconds(name: str, seconds: float | None) -> None:
     assert decode(EXAMPLES[name]).spec.duration_seconds() == seconds
 
@@ -430,6 +461,7 @@ def test_grace_period_defaults_to_zero() -> None:
 
 
 # --- defaults ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["pod-kill", "loss", "hello-world", "partition-no-target"])
 def test_empty_selector_namespaces_default_to_the_objects_namespace(name: str) -> None:
@@ -494,9 +526,21 @@ def test_external_targets_are_kept_as_written() -> None:
 
 def test_status_is_decoded_when_present() -> None:
     doc = doc_of(POD_FAILURE)
-    doc["status"] = {"experiment": {"desiredPhase": "Run", "containerRecords": [
-        {"id": "ns/p", "selectorKey": ".", "phase": "Injected", "injectedCount": 1, "recoveredCount": 0,
-         "events": []}]}}
+    doc["status"] = {
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [
+                {
+                    "id": "ns/p",
+                    "selectorKey": ".",
+                    "phase": "Injected",
+                    "injectedCount": 1,
+                    "recoveredCount": 0,
+                    "events": [],
+                }
+            ],
+        }
+    }
     obj = decode_object(doc)
     assert obj.status is not None and obj.status.experiment.container_records is not None
     assert [(r.id, r.phase) for r in obj.status.experiment.container_records] == [("ns/p", "Injected")]
@@ -504,20 +548,35 @@ def test_status_is_decoded_when_present() -> None:
 
 # --- invalid input: messages name the field ------------------------------------------------------
 
+
 def test_bad_mode_names_spec_mode_and_every_mode() -> None:
     assert errors_of(with_spec(POD_KILL, mode="sometimes")) == [
-        "spec.mode: expected one of one, all, fixed, fixed-percent, random-max-percent"]
+        "spec.mode: expected one of one, all, fixed, fixed-percent, random-max-percent"
+    ]
 
 
 def test_missing_mode_is_required() -> None:
     assert errors_of(with_spec(POD_KILL, mode=None)) == [f"spec.mode: required; expected one of {', '.join(MODES)}"]
 
 
-@pytest.mark.parametrize(("mode", "value"), [
-    ("fixed", "0"), ("fixed", "-1"), ("fixed", "abc"), ("fixed", "1.5"), ("fixed", ""), ("fixed", " 2"),
-    ("fixed-percent", "0"), ("fixed-percent", "101"), ("fixed-percent", "50%"), ("fixed-percent", ""),
-    ("random-max-percent", "0"), ("random-max-percent", "101"), ("random-max-percent", "x"),
-])
+@pytest.mark.parametrize(
+    ("mode", "value"),
+    [
+        ("fixed", "0"),
+        ("fixed", "-1"),
+        ("fixed", "abc"),
+        ("fixed", "1.5"),
+        ("fixed", ""),
+        ("fixed", " 2"),
+        ("fixed-percent", "0"),
+        ("fixed-percent", "101"),
+        ("fixed-percent", "50%"),
+        ("fixed-percent", ""),
+        ("random-max-percent", "0"),
+        ("random-max-percent", "101"),
+        ("random-max-percent", "x"),
+    ],
+)
 def test_bad_value_for_mode_names_spec_value(mode: str, value: str) -> None:
     errors = errors_of(with_spec(POD_KILL, mode=mode, value=value))
     assert len(errors) == 1
@@ -525,10 +584,19 @@ def test_bad_value_for_mode_names_spec_value(mode: str, value: str) -> None:
     assert repr(value) in errors[0]
 
 
-@pytest.mark.parametrize(("mode", "value"), [
-    ("one", "anything"), ("all", ""), ("fixed", "1"), ("fixed", "+3"), ("fixed", "1000"),
-    ("fixed-percent", "1"), ("fixed-percent", "100"), ("random-max-percent", "100"),
-])
+@pytest.mark.parametrize(
+    ("mode", "value"),
+    [
+        ("one", "anything"),
+        ("all", ""),
+        ("fixed", "1"),
+        ("fixed", "+3"),
+        ("fixed", "1000"),
+        ("fixed-percent", "1"),
+        ("fixed-percent", "100"),
+        ("random-max-percent", "100"),
+    ],
+)
 def test_good_value_for_mode_decodes(mode: str, value: str) -> None:
     spec = decode_object(with_spec(POD_KILL, mode=mode, value=value)).spec
     assert (spec.mode, spec.value) == (mode, value)
@@ -537,48 +605,63 @@ def test_good_value_for_mode_decodes(mode: str, value: str) -> None:
 def test_target_mode_and_value_are_checked_under_spec_target() -> None:
     target = {"mode": "fixed", "value": "0", "selector": {}}
     assert errors_of(with_spec(PARTITION, target=target)) == [
-        "spec.target.value: mode fixed needs an integer greater than 0, got '0'"]
+        "spec.target.value: mode fixed needs an integer greater than 0, got '0'"
+    ]
 
 
-@pytest.mark.parametrize(("duration", "message"), [
-    ("-1s", "spec.duration: must not be negative, got '-1s'"),
-    ("-1h30m", "spec.duration: must not be negative, got '-1h30m'"),
-    ("1d", "spec.duration: invalid duration '1d'"),
-    ("30", "spec.duration: invalid duration '30'"),
-    ("s", "spec.duration: invalid duration 's'"),
-    ("1h 30m", "spec.duration: invalid duration '1h 30m'"),
-])
+@pytest.mark.parametrize(
+    ("duration", "message"),
+    [
+        ("-1s", "spec.duration: must not be negative, got '-1s'"),
+        ("-1h30m", "spec.duration: must not be negative, got '-1h30m'"),
+        ("1d", "spec.duration: invalid duration '1d'"),
+        ("30", "spec.duration: invalid duration '30'"),
+        ("s", "spec.duration: invalid duration 's'"),
+        ("1h 30m", "spec.duration: invalid duration '1h 30m'"),
+    ],
+)
 def test_bad_duration_names_spec_duration(duration: str, message: str) -> None:
     errors = errors_of(with_spec(POD_FAILURE, duration=duration))
     assert len(errors) == 1 and errors[0].startswith(message)
 
 
-@pytest.mark.parametrize(("spec_changes", "expected"), [
-    ({"bogus": 1}, "spec.bogus: unknown field"),
-    ({"selector": {"labelSelector": {"a": "b"}}}, "spec.selector.labelSelector: unknown field"),
-    ({"selector": {"expressionSelectors": [{"key": "a", "operator": "In", "values": ["x"], "extra": 1}]}},
-     "spec.selector.expressionSelectors[0].extra: unknown field"),
-    ({"selector": {"expressionSelectors": [{"key": "a"}]}},
-     "spec.selector.expressionSelectors[0].operator: required field is missing"),
-])
+@pytest.mark.parametrize(
+    ("spec_changes", "expected"),
+    [
+        ({"bogus": 1}, "spec.bogus: unknown field"),
+        ({"selector": {"labelSelector": {"a": "b"}}}, "spec.selector.labelSelector: unknown field"),
+        (
+            {"selector": {"expressionSelectors": [{"key": "a", "operator": "In", "values": ["x"], "extra": 1}]}},
+            "spec.selector.expressionSelectors[0].extra: unknown field",
+        ),
+        (
+            {"selector": {"expressionSelectors": [{"key": "a"}]}},
+            "spec.selector.expressionSelectors[0].operator: required field is missing",
+        ),
+    ],
+)
 def test_structure_errors_name_the_path(spec_changes: dict[str, Any], expected: str) -> None:
     assert errors_of(with_spec(POD_KILL, **spec_changes)) == [expected]
 
 
-@pytest.mark.parametrize(("spec_changes", "expected"), [
-    ({"mode": 3}, "spec.mode: expected `str`, got `int`"),
-    ({"containerNames": "prometheus"}, "spec.containerNames: expected `array`, got `str`"),
-    ({"gracePeriod": "10"}, "spec.gracePeriod: expected `int`, got `str`"),
-    ({"selector": {"namespaces": "default"}}, "spec.selector.namespaces: expected `array`, got `str`"),
-    ({"selector": {"labelSelectors": ["a"]}}, "spec.selector.labelSelectors: expected `object`, got `array`"),
-])
+@pytest.mark.parametrize(
+    ("spec_changes", "expected"),
+    [
+        ({"mode": 3}, "spec.mode: expected `str`, got `int`"),
+        ({"containerNames": "prometheus"}, "spec.containerNames: expected `array`, got `str`"),
+        ({"gracePeriod": "10"}, "spec.gracePeriod: expected `int`, got `str`"),
+        ({"selector": {"namespaces": "default"}}, "spec.selector.namespaces: expected `array`, got `str`"),
+        ({"selector": {"labelSelectors": ["a"]}}, "spec.selector.labelSelectors: expected `object`, got `array`"),
+    ],
+)
 def test_wrong_type_names_the_path(spec_changes: dict[str, Any], expected: str) -> None:
     assert errors_of(with_spec(POD_KILL, **spec_changes)) == [expected]
 
 
 def test_nested_wrong_type_in_network_block_names_the_path() -> None:
     assert errors_of(with_spec(BANDWIDTH, bandwidth={"rate": "1mbps", "limit": "big", "buffer": 1})) == [
-        "spec.bandwidth.limit: expected `int`, got `str`"]
+        "spec.bandwidth.limit: expected `int`, got `str`"
+    ]
 
 
 def test_wrong_type_in_metadata_names_metadata() -> None:
@@ -613,13 +696,15 @@ def test_missing_name(metadata: Any) -> None:
 @pytest.mark.parametrize("action", ["pod-kil", "", "kill"])
 def test_bad_podchaos_action(action: str) -> None:
     assert errors_of(with_spec(POD_KILL, action=action)) == [
-        "spec.action: expected one of pod-kill, pod-failure, container-kill"]
+        "spec.action: expected one of pod-kill, pod-failure, container-kill"
+    ]
 
 
 @pytest.mark.parametrize("action", ["delay2", "", "blackhole"])
 def test_bad_networkchaos_action(action: str) -> None:
     assert errors_of(with_spec(PARTITION, action=action)) == [
-        "spec.action: expected one of netem, delay, loss, duplicate, corrupt, partition, bandwidth"]
+        "spec.action: expected one of netem, delay, loss, duplicate, corrupt, partition, bandwidth"
+    ]
 
 
 def test_bad_direction() -> None:
@@ -633,7 +718,8 @@ def test_negative_grace_period() -> None:
 @pytest.mark.parametrize("names", [None, []])
 def test_container_kill_without_container_names(names: list[str] | None) -> None:
     assert errors_of(with_spec(CONTAINER_KILL, containerNames=names)) == [
-        "spec.containerNames: container-kill needs at least one container name"]
+        "spec.containerNames: container-kill needs at least one container name"
+    ]
 
 
 @pytest.mark.parametrize("direction", ["from", "both"])
@@ -655,30 +741,40 @@ def test_from_or_both_with_external_targets_is_refused_for_non_partition(directi
     assert errors == [f"spec.externalTargets: cannot be used with direction {direction}"]
 
 
-@pytest.mark.parametrize("entry", ["1.2.3", "10.0.0.0/33", "1.2.3.4:0", "1.2.3.4:70000", "host:port",
-                                   "-bad-.com", "::1", "a..b"])
+@pytest.mark.parametrize(
+    "entry", ["1.2.3", "10.0.0.0/33", "1.2.3.4:0", "1.2.3.4:70000", "host:port", "-bad-.com", "::1", "a..b"]
+)
 def test_bad_external_target_names_its_index(entry: str) -> None:
     errors = errors_of(with_spec(PARTITION_EXTERNAL, externalTargets=["ok.example.com", entry]))
     assert len(errors) == 1 and errors[0].startswith("spec.externalTargets[1]: expected an IPv4 address")
 
 
-@pytest.mark.parametrize(("text", "network", "hostname", "port"), [
-    ("1.2.3.4", "1.2.3.4/32", "", None),
-    ("10.1.2.3/8", "10.0.0.0/8", "", None),
-    ("1.2.3.4:8080", "1.2.3.4/32", "", 8080),
-    ("WWW.Example.com", "", "www.example.com", None),
-    ("db:5432", "", "db", 5432),
-])
+@pytest.mark.parametrize(
+    ("text", "network", "hostname", "port"),
+    [
+        ("1.2.3.4", "1.2.3.4/32", "", None),
+        ("10.1.2.3/8", "10.0.0.0/8", "", None),
+        ("1.2.3.4:8080", "1.2.3.4/32", "", 8080),
+        ("WWW.Example.com", "", "www.example.com", None),
+        ("db:5432", "", "db", 5432),
+    ],
+)
 def test_parse_external(text: str, network: str, hostname: str, port: int | None) -> None:
     parsed = parse_external(text)
     assert parsed is not None
     assert (parsed.network, parsed.hostname, parsed.port) == (network, hostname, port)
 
 
-@pytest.mark.parametrize(("action", "block"), [
-    ("delay", "delay"), ("loss", "loss"), ("duplicate", "duplicate"), ("corrupt", "corrupt"),
-    ("bandwidth", "bandwidth"),
-])
+@pytest.mark.parametrize(
+    ("action", "block"),
+    [
+        ("delay", "delay"),
+        ("loss", "loss"),
+        ("duplicate", "duplicate"),
+        ("corrupt", "corrupt"),
+        ("bandwidth", "bandwidth"),
+    ],
+)
 def test_action_block_is_required(action: str, block: str) -> None:
     doc = with_spec(PARTITION_NO_TARGET, action=action)
     assert errors_of(doc) == [f"spec.{block}: required for action {action}"]
@@ -686,41 +782,61 @@ def test_action_block_is_required(action: str, block: str) -> None:
 
 def test_netem_needs_at_least_one_block() -> None:
     assert errors_of(with_spec(PARTITION_NO_TARGET, action="netem")) == [
-        "spec: action netem needs at least one of delay, loss, duplicate, corrupt, rate"]
+        "spec: action netem needs at least one of delay, loss, duplicate, corrupt, rate"
+    ]
 
 
-@pytest.mark.parametrize(("source", "changes", "expected_prefix"), [
-    (DELAY, {"delay": {"latency": "90"}}, "spec.delay.latency: expected e.g. 100ms"),
-    (DELAY, {"delay": {"latency": "1d"}}, "spec.delay.latency: expected e.g. 100ms"),
-    (DELAY, {"delay": {"latency": "9ms", "jitter": "x"}}, "spec.delay.jitter: expected e.g. 10ms"),
-    (DELAY, {"delay": {"latency": "9ms", "correlation": "abc"}}, "spec.delay.correlation: expected a number"),
-    (DELAY, {"delay": {"latency": "9ms", "reorder": {"reorder": "150"}}},
-     "spec.delay.reorder.reorder: expected a percentage in [0, 100]"),
-    (LOSS, {"loss": {"loss": "lots"}}, "spec.loss.loss: expected a number"),
-    (LOSS, {"loss": {"loss": "101"}}, "spec.loss.loss: expected a percentage in [0, 100]"),
-    (LOSS, {"loss": {"loss": "10", "correlation": "-1"}}, "spec.loss.correlation: expected a percentage"),
-    (DUPLICATE, {"duplicate": {"duplicate": "x"}}, "spec.duplicate.duplicate: expected a number"),
-    (CORRUPT, {"corrupt": {"corrupt": "200"}}, "spec.corrupt.corrupt: expected a percentage"),
-    (BANDWIDTH, {"bandwidth": {"rate": "fast", "limit": 1, "buffer": 1}}, "spec.bandwidth.rate: expected e.g. 1mbps"),
-    (BANDWIDTH, {"bandwidth": {"rate": "1mbps", "limit": 0, "buffer": 1}}, "spec.bandwidth.limit: required"),
-    (BANDWIDTH, {"bandwidth": {"rate": "1mbps", "limit": 1}}, "spec.bandwidth.buffer: required"),
-    (NETEM, {"rate": {"rate": "quick"}}, "spec.rate.rate: expected e.g. 1mbps"),
-])
+@pytest.mark.parametrize(
+    ("source", "changes", "expected_prefix"),
+    [
+        (DELAY, {"delay": {"latency": "90"}}, "spec.delay.latency: expected e.g. 100ms"),
+        (DELAY, {"delay": {"latency": "1d"}}, "spec.delay.latency: expected e.g. 100ms"),
+        (DELAY, {"delay": {"latency": "9ms", "jitter": "x"}}, "spec.delay.jitter: expected e.g. 10ms"),
+        (DELAY, {"delay": {"latency": "9ms", "correlation": "abc"}}, "spec.delay.correlation: expected a number"),
+        (
+            DELAY,
+            {"delay": {"latency": "9ms", "reorder": {"reorder": "150"}}},
+            "spec.delay.reorder.reorder: expected a percentage in [0, 100]",
+        ),
+        (LOSS, {"loss": {"loss": "lots"}}, "spec.loss.loss: expected a number"),
+        (LOSS, {"loss": {"loss": "101"}}, "spec.loss.loss: expected a percentage in [0, 100]"),
+        (LOSS, {"loss": {"loss": "10", "correlation": "-1"}}, "spec.loss.correlation: expected a percentage"),
+        (DUPLICATE, {"duplicate": {"duplicate": "x"}}, "spec.duplicate.duplicate: expected a number"),
+        (CORRUPT, {"corrupt": {"corrupt": "200"}}, "spec.corrupt.corrupt: expected a percentage"),
+        (
+            BANDWIDTH,
+            {"bandwidth": {"rate": "fast", "limit": 1, "buffer": 1}},
+            "spec.bandwidth.rate: expected e.g. 1mbps",
+        ),
+        (BANDWIDTH, {"bandwidth": {"rate": "1mbps", "limit": 0, "buffer": 1}}, "spec.bandwidth.limit: required"),
+        (BANDWIDTH, {"bandwidth": {"rate": "1mbps", "limit": 1}}, "spec.bandwidth.buffer: required"),
+        (NETEM, {"rate": {"rate": "quick"}}, "spec.rate.rate: expected e.g. 1mbps"),
+    ],
+)
 def test_bad_network_parameter_names_its_path(source: str, changes: dict[str, Any], expected_prefix: str) -> None:
     errors = errors_of(with_spec(source, **changes))
     assert len(errors) == 1 and errors[0].startswith(expected_prefix), errors
 
 
-@pytest.mark.parametrize(("selector", "expected_prefix"), [
-    ({"expressionSelectors": [{"key": "a", "operator": "Equals", "values": ["x"]}]},
-     "spec.selector.expressionSelectors[0].operator: expected one of In, NotIn, Exists, DoesNotExist"),
-    ({"expressionSelectors": [{"key": "a", "operator": "In"}]},
-     "spec.selector.expressionSelectors[0].values: operator In needs at least one value"),
-    ({"expressionSelectors": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
-     "spec.selector.expressionSelectors[0].values: operator Exists takes no values"),
-    ({"fieldSelectors": {"spec.hostname": "x"}}, "spec.selector.fieldSelectors: unsupported field 'spec.hostname'"),
-    ({"podPhaseSelectors": ["Running", "!"]}, "spec.selector.podPhaseSelectors[1]: empty phase"),
-])
+@pytest.mark.parametrize(
+    ("selector", "expected_prefix"),
+    [
+        (
+            {"expressionSelectors": [{"key": "a", "operator": "Equals", "values": ["x"]}]},
+            "spec.selector.expressionSelectors[0].operator: expected one of In, NotIn, Exists, DoesNotExist",
+        ),
+        (
+            {"expressionSelectors": [{"key": "a", "operator": "In"}]},
+            "spec.selector.expressionSelectors[0].values: operator In needs at least one value",
+        ),
+        (
+            {"expressionSelectors": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+            "spec.selector.expressionSelectors[0].values: operator Exists takes no values",
+        ),
+        ({"fieldSelectors": {"spec.hostname": "x"}}, "spec.selector.fieldSelectors: unsupported field 'spec.hostname'"),
+        ({"podPhaseSelectors": ["Running", "!"]}, "spec.selector.podPhaseSelectors[1]: empty phase"),
+    ],
+)
 def test_bad_selector_names_its_path(selector: dict[str, Any], expected_prefix: str) -> None:
     errors = errors_of(with_spec(POD_KILL, selector=selector))
     assert len(errors) == 1 and errors[0].startswith(expected_prefix), errors
@@ -738,6 +854,7 @@ def test_invalid_object_message_joins_the_errors() -> None:
 
 # --- YAML streams --------------------------------------------------------------------------------
 
+
 def test_decode_documents_reads_every_document_in_order() -> None:
     objs = decode_documents("---\n".join([POD_KILL, PARTITION, HELLO]))
     assert [o.kind for o in objs] == ["PodChaos", "NetworkChaos", "HelloWorldChaos"]
@@ -751,11 +868,14 @@ def test_decode_documents_accepts_json() -> None:
     assert decode_documents(json.dumps(doc_of(POD_KILL)))[0].metadata.name == "pod-kill-example"
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    ("kind: PodChaos\nmetadata: [a\nspec: {}\n", 3),
-    ("kind: PodChaos\nmetadata:\n  name: x\n   bad: indent\n", 4),
-    ("a: 1\nb: 'unterminated\n", 3),
-])
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("kind: PodChaos\nmetadata: [a\nspec: {}\n", 3),
+        ("kind: PodChaos\nmetadata:\n  name: x\n   bad: indent\n", 4),
+        ("a: 1\nb: 'unterminated\n", 3),
+    ],
+)
 def test_invalid_yaml_names_the_line(text: str, line: int) -> None:
     with pytest.raises(InvalidObject) as info:
         decode_documents(text)
@@ -782,7 +902,8 @@ def test_bad_second_document_is_named_by_position_kind_and_name() -> None:
         decode_documents(POD_KILL + "---\n" + bad)
     assert info.value.errors == [
         "document 2 (NetworkChaos/network-partition-example): spec.mode: expected one of one, all, fixed, "
-        "fixed-percent, random-max-percent"]
+        "fixed-percent, random-max-percent"
+    ]
 
 
 def test_bad_document_without_name_is_named_by_position() -> None:
@@ -802,6 +923,7 @@ def test_every_error_of_a_bad_document_gets_the_prefix() -> None:
 
 
 # --- encode_object ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_encode_then_decode_round_trips(name: str) -> None:
@@ -830,7 +952,11 @@ def test_encode_omits_absent_status_and_unset_fields() -> None:
 
 def test_encode_keeps_status_in_kubernetes_spelling() -> None:
     doc = doc_of(POD_FAILURE)
-    doc["status"] = {"experiment": {"desiredPhase": "Run", "containerRecords": [
-        {"id": "ns/p", "selectorKey": ".", "phase": "Injected", "injectedCount": 1}]}}
+    doc["status"] = {
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [{"id": "ns/p", "selectorKey": ".", "phase": "Injected", "injectedCount": 1}],
+        }
+    }
     record = encode_object(decode_object(doc))["status"]["experiment"]["containerRecords"][0]
     assert (record["selectorKey"], record["injectedCount"], record["recoveredCount"]) == (".", 1, 0)

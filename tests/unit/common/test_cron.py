@@ -14,8 +14,11 @@ from chaosbus.common import cron
 
 
 def ts(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() if "+" not in text else \
-        datetime.fromisoformat(text).timestamp()
+    return (
+        datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+        if "+" not in text
+        else datetime.fromisoformat(text).timestamp()
+    )
 
 
 def iso(t: float | None) -> str:
@@ -26,30 +29,36 @@ def iso(t: float | None) -> str:
 BASE = ts("2026-03-04T10:17:30")  # a Wednesday
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("*/5 * * * *", "2026-03-04T10:20:00"),
-    ("0 12 * * *", "2026-03-04T12:00:00"),
-    ("*/10 * * * * *", "2026-03-04T10:17:40"),  # leading seconds field
-    ("0 0 */2 * * *", "2026-03-04T12:00:00"),
-    ("@hourly", "2026-03-04T11:00:00"),
-    ("@daily", "2026-03-05T00:00:00"),
-    ("@midnight", "2026-03-05T00:00:00"),
-    ("@weekly", "2026-03-08T00:00:00"),  # Sunday
-    ("@monthly", "2026-04-01T00:00:00"),
-    ("@yearly", "2027-01-01T00:00:00"),
-    ("@annually", "2027-01-01T00:00:00"),
-    ("30 9 * * 1-5", "2026-03-05T09:30:00"),
-    ("CRON_TZ=UTC 0 11 * * *", "2026-03-04T11:00:00"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("*/5 * * * *", "2026-03-04T10:20:00"),
+        ("0 12 * * *", "2026-03-04T12:00:00"),
+        ("*/10 * * * * *", "2026-03-04T10:17:40"),  # leading seconds field
+        ("0 0 */2 * * *", "2026-03-04T12:00:00"),
+        ("@hourly", "2026-03-04T11:00:00"),
+        ("@daily", "2026-03-05T00:00:00"),
+        ("@midnight", "2026-03-05T00:00:00"),
+        ("@weekly", "2026-03-08T00:00:00"),  # Sunday
+        ("@monthly", "2026-04-01T00:00:00"),
+        ("@yearly", "2027-01-01T00:00:00"),
+        ("@annually", "2027-01-01T00:00:00"),
+        ("30 9 * * 1-5", "2026-03-05T09:30:00"),
+        ("CRON_TZ=UTC 0 11 * * *", "2026-03-04T11:00:00"),
+    ],
+)
 def test_next_fire_of_every_syntax(text: str, expected: str) -> None:
     assert iso(cron.parse(text).next_after(BASE)) == expected
 
 
-@pytest.mark.parametrize(("prefix", "when", "expected_utc"), [
-    ("TZ=America/New_York", "2026-01-10T00:00:00", "2026-01-10T14:00:00"),  # EST, UTC-5
-    ("CRON_TZ=America/New_York", "2026-07-10T00:00:00", "2026-07-10T13:00:00"),  # EDT, UTC-4
-    ("TZ=Asia/Kolkata", "2026-07-10T00:00:00", "2026-07-10T03:30:00"),  # UTC+5:30
-])
+@pytest.mark.parametrize(
+    ("prefix", "when", "expected_utc"),
+    [
+        ("TZ=America/New_York", "2026-01-10T00:00:00", "2026-01-10T14:00:00"),  # EST, UTC-5
+        ("CRON_TZ=America/New_York", "2026-07-10T00:00:00", "2026-07-10T13:00:00"),  # EDT, UTC-4
+        ("TZ=Asia/Kolkata", "2026-07-10T00:00:00", "2026-07-10T03:30:00"),  # UTC+5:30
+    ],
+)
 def test_time_zone_prefix_moves_the_fire_with_the_zone_and_its_dst(prefix: str, when: str, expected_utc: str) -> None:
     assert iso(cron.parse(f"{prefix} 0 9 * * *").next_after(ts(when))) == expected_utc
 
@@ -63,18 +72,21 @@ def test_every_counts_whole_periods_from_the_anchor() -> None:
     assert cron.parse("@every 500ms").every_s == 1  # robfig: at least one second
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "empty schedule"),
-    ("* * * *", "expected 5 fields"),
-    ("* * * * * * *", "got 7"),
-    ("61 * * * *", "invalid cron expression"),
-    ("@fortnightly", "unknown descriptor"),
-    ("@every", "@every"),
-    ("@every 5x", "@every: invalid duration"),
-    ("@every -5s", "must be positive"),
-    ("TZ=Mars/Olympus 0 * * * *", "unknown time zone 'Mars/Olympus'"),
-    ("TZ=UTC", "empty schedule"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty schedule"),
+        ("* * * *", "expected 5 fields"),
+        ("* * * * * * *", "got 7"),
+        ("61 * * * *", "invalid cron expression"),
+        ("@fortnightly", "unknown descriptor"),
+        ("@every", "@every"),
+        ("@every 5x", "@every: invalid duration"),
+        ("@every -5s", "must be positive"),
+        ("TZ=Mars/Olympus 0 * * * *", "unknown time zone 'Mars/Olympus'"),
+        ("TZ=UTC", "empty schedule"),
+    ],
+)
 def test_bad_schedules_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(cron.CronError, match=message):
         cron.parse(text)

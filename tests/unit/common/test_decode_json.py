@@ -13,11 +13,15 @@ from chaosbus.common.crd import InvalidObject, decode_object, decode_object_json
 from chaosbus.common.crd.objects import decode_metadata
 
 DOC: dict[str, Any] = {
-    "apiVersion": "chaos-mesh.org/v1alpha1", "kind": "PodChaos",
+    "apiVersion": "chaos-mesh.org/v1alpha1",
+    "kind": "PodChaos",
     "metadata": {"name": "kill", "namespace": "ns", "uid": "u1", "creationTimestamp": "2026-11-22T05:00:00Z"},
     "spec": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "web"}}},
-    "status": {"experiment": {"containerRecords": [{"id": "ns/web-0", "selectorKey": ".", "phase": "Injected",
-                                                    "injectedCount": 1}]}},
+    "status": {
+        "experiment": {
+            "containerRecords": [{"id": "ns/web-0", "selectorKey": ".", "phase": "Injected", "injectedCount": 1}]
+        }
+    },
 }
 
 

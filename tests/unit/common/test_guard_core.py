@@ -8,12 +8,15 @@ import pytest
 from chaosbus.cli.guard import Guard
 
 
-@pytest.mark.parametrize(("failures", "outcomes", "halts"), [
-    (2, [True, False, True, False, True], []),  # never two in a row
-    (2, [False, False], [1]),
-    (1, [False, False, False], [0]),  # once per breach, not on every evaluation
-    (2, [False, False, False, True, False, False], [1, 5]),  # met again: re-armed
-])
+@pytest.mark.parametrize(
+    ("failures", "outcomes", "halts"),
+    [
+        (2, [True, False, True, False, True], []),  # never two in a row
+        (2, [False, False], [1]),
+        (1, [False, False, False], [0]),  # once per breach, not on every evaluation
+        (2, [False, False, False, True, False, False], [1, 5]),  # met again: re-armed
+    ],
+)
 def test_halts_once_per_breach(failures: int, outcomes: list[bool], halts: list[int]) -> None:
     guard = Guard(failures)
     assert [i for i, ok in enumerate(outcomes) if guard.observe(ok)] == halts

@@ -36,29 +36,32 @@ def may_subscribe(identity: str, subject: str, node: str = "n1") -> bool:
     return any(matches(p, subject) for p in natsauth.permissions(identity, node=node).subscribe)
 
 
-@pytest.mark.parametrize(("subject", "allowed"), [
-    (subjects.command_subject("n1"), {"scheduler"}),
-    (subjects.cluster_command_subject(), {"scheduler"}),
-    (subjects.lease_subject("n1"), {"scheduler"}),
-    (subjects.write_subject("NetworkChaos", "default", "x"), {"scheduler"}),
-    (subjects.decision_subject("uid"), {"scheduler"}),
-    (subjects.result_subject("n1", "uid"), {"injector"}),
-    (subjects.result_subject("n2", "uid"), set()),  # another node's results
-    (subjects.object_subject("NetworkChaos", "default", "x"), {"watcher"}),
-    (f"$KV.{subjects.OBJECT_STORE.name}.NetworkChaos.default.x", {"cli", "recorder", "scheduler"}),
-    (f"$KV.{subjects.TARGETS.name}.pod.default.x", {"watcher"}),
-    (f"$KV.{subjects.CONTROL.name}.halt", {"cli"}),
-    (f"$KV.{subjects.SCHEDULER.name}.leader", {"scheduler"}),
-    (subjects.HALT_SUBJECT, {"cli"}),
-    ("chaos.trigger.apply", {"cli", "client"}),
-    ("$JS.API.STREAM.CREATE.CHAOS_CMD", set()),
-    ("$JS.API.STREAM.DELETE.CHAOS_CMD", set()),
-    ("$JS.API.STREAM.PURGE.KV_control", set()),
-    ("$JS.API.CONSUMER.DURABLE.CREATE.CHAOS_CMD.injector-n2", set()),
-    ("$JS.API.STREAM.MSG.GET.CHAOS_CMD", set()),
-    ("$JS.API.DIRECT.GET.CHAOS_CMD", set()),
-    ("_INBOX.someone.reply", set()),
-])
+@pytest.mark.parametrize(
+    ("subject", "allowed"),
+    [
+        (subjects.command_subject("n1"), {"scheduler"}),
+        (subjects.cluster_command_subject(), {"scheduler"}),
+        (subjects.lease_subject("n1"), {"scheduler"}),
+        (subjects.write_subject("NetworkChaos", "default", "x"), {"scheduler"}),
+        (subjects.decision_subject("uid"), {"scheduler"}),
+        (subjects.result_subject("n1", "uid"), {"injector"}),
+        (subjects.result_subject("n2", "uid"), set()),  # another node's results
+        (subjects.object_subject("NetworkChaos", "default", "x"), {"watcher"}),
+        (f"$KV.{subjects.OBJECT_STORE.name}.NetworkChaos.default.x", {"cli", "recorder", "scheduler"}),
+        (f"$KV.{subjects.TARGETS.name}.pod.default.x", {"watcher"}),
+        (f"$KV.{subjects.CONTROL.name}.halt", {"cli"}),
+        (f"$KV.{subjects.SCHEDULER.name}.leader", {"scheduler"}),
+        (subjects.HALT_SUBJECT, {"cli"}),
+        ("chaos.trigger.apply", {"cli", "client"}),
+        ("$JS.API.STREAM.CREATE.CHAOS_CMD", set()),
+        ("$JS.API.STREAM.DELETE.CHAOS_CMD", set()),
+        ("$JS.API.STREAM.PURGE.KV_control", set()),
+        ("$JS.API.CONSUMER.DURABLE.CREATE.CHAOS_CMD.injector-n2", set()),
+        ("$JS.API.STREAM.MSG.GET.CHAOS_CMD", set()),
+        ("$JS.API.DIRECT.GET.CHAOS_CMD", set()),
+        ("_INBOX.someone.reply", set()),
+    ],
+)
 def test_who_may_publish(subject: str, allowed: set[str]) -> None:
     assert {i for i in SERVICES if may_publish(i, subject)} == allowed
 
@@ -116,8 +119,17 @@ def test_nats_server_accepts_the_generated_configuration(tmp_path: Path) -> None
 def test_local_credentials_are_private_and_reused(tmp_path: Path) -> None:
     natsauth.prepare_local(tmp_path, "n1")
     files = sorted(natsauth.creds_dir(tmp_path).iterdir())
-    assert [f.name for f in files] == ["admin.nk", "cli.nk", "client.nk", "dashboard.nk", "injector-n1.nk",
-                                       "nats-server.conf", "recorder.nk", "scheduler.nk", "watcher.nk"]
+    assert [f.name for f in files] == [
+        "admin.nk",
+        "cli.nk",
+        "client.nk",
+        "dashboard.nk",
+        "injector-n1.nk",
+        "nats-server.conf",
+        "recorder.nk",
+        "scheduler.nk",
+        "watcher.nk",
+    ]
     assert stat.S_IMODE(natsauth.creds_dir(tmp_path).stat().st_mode) == 0o700
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
     seeds = {f.name: f.read_text() for f in files if f.suffix == ".nk"}
@@ -126,17 +138,21 @@ def test_local_credentials_are_private_and_reused(tmp_path: Path) -> None:
     assert all(natsauth.public_key(s).startswith("U") for s in seeds.values())
 
 
-@pytest.mark.parametrize(("text", "shown"), [
-    ("nats://alice:s3cret@nats:4222", "nats://***@nats:4222"),
-    ("nats://TOKEN@a:1,nats://b:2", "nats://***@a:1,nats://b:2"),
-    ("tls://nats.chaosbus.svc:4222", "tls://nats.chaosbus.svc:4222"),
-])
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("nats://alice:s3cret@nats:4222", "nats://***@nats:4222"),
+        ("nats://TOKEN@a:1,nats://b:2", "nats://***@a:1,nats://b:2"),
+        ("tls://nats.chaosbus.svc:4222", "tls://nats.chaosbus.svc:4222"),
+    ],
+)
 def test_urls_are_redacted_for_logs(text: str, shown: str) -> None:
     assert cblog.redact(text) == shown
 
 
 def test_state_dir_credentials_go_only_to_the_server_recorded_there(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("CHAOSBUS_NATS_CREDS", raising=False)
     natsauth.prepare_local(tmp_path, "n1")
@@ -150,7 +166,8 @@ def test_state_dir_credentials_go_only_to_the_server_recorded_there(
 
 @pytest.mark.parametrize("name", ["watcher", "scheduler", "recorder", "injector"])
 def test_chaosbus_up_starts_each_service_with_its_own_seed_and_metrics_on_loopback(
-        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib
 
     from chaosbus.cli import up

@@ -29,6 +29,7 @@ def stored(**meta: Any) -> dict[str, Any]:
 
 # --- create --------------------------------------------------------------------------------------
 
+
 def test_create_fills_server_fields() -> None:
     m = stored()["metadata"]
     assert (m["uid"], m["creationTimestamp"], m["generation"]) == ("u1", NOW, 1)
@@ -59,7 +60,10 @@ def test_create_keeps_pod_status() -> None:
 def test_create_keeps_user_fields() -> None:
     out = o.prepare_create(chaos(labels={"a": "b"}, finalizers=["f"]), uid="u1", now=NOW)
     assert (out["spec"], out["metadata"]["labels"], out["metadata"]["finalizers"]) == (
-        chaos()["spec"], {"a": "b"}, ["f"])
+        chaos()["spec"],
+        {"a": "b"},
+        ["f"],
+    )
 
 
 def test_create_does_not_mutate_its_input() -> None:
@@ -74,6 +78,7 @@ def test_create_fills_metadata_when_missing() -> None:
 
 
 # --- update --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("immutable", [True, False])
 def test_update_identical_is_unchanged(immutable: bool) -> None:
@@ -108,7 +113,10 @@ def test_update_keeps_server_fields_and_status() -> None:
     out = o.prepare_update(old, new, immutable_spec=True)
     assert out is not None
     assert (out["metadata"]["uid"], out["metadata"]["generation"], out["metadata"]["finalizers"]) == (
-        "u1", 1, ["chaos-mesh/records"])
+        "u1",
+        1,
+        ["chaos-mesh/records"],
+    )
     assert out["status"] == {"experiment": {"desiredPhase": "Run"}}
 
 
@@ -141,13 +149,17 @@ def test_update_does_not_mutate_old() -> None:
 
 # --- annotate ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("before", "changes", "after"), [
-    ({}, {"a": "1"}, {"a": "1"}),
-    ({"a": "1"}, {"b": "2"}, {"a": "1", "b": "2"}),
-    ({"a": "1"}, {"a": "2"}, {"a": "2"}),
-    ({"a": "1", "b": "2"}, {"a": None}, {"b": "2"}),
-    ({"a": "1"}, {"a": None, "c": "3"}, {"c": "3"}),
-])
+
+@pytest.mark.parametrize(
+    ("before", "changes", "after"),
+    [
+        ({}, {"a": "1"}, {"a": "1"}),
+        ({"a": "1"}, {"b": "2"}, {"a": "1", "b": "2"}),
+        ({"a": "1"}, {"a": "2"}, {"a": "2"}),
+        ({"a": "1", "b": "2"}, {"a": None}, {"b": "2"}),
+        ({"a": "1"}, {"a": None, "c": "3"}, {"c": "3"}),
+    ],
+)
 def test_set_annotations(before: dict[str, str], changes: dict[str, str | None], after: dict[str, str]) -> None:
     out = o.set_annotations(stored(annotations=before), changes)
     assert out is not None and out["metadata"]["annotations"] == after
@@ -158,17 +170,21 @@ def test_removing_the_last_annotation_drops_the_field() -> None:
     assert out is not None and "annotations" not in out["metadata"]
 
 
-@pytest.mark.parametrize(("before", "changes"), [
-    ({"a": "1"}, {"a": "1"}),
-    ({"a": "1"}, {"b": None}),
-    (None, {"b": None}),
-])
+@pytest.mark.parametrize(
+    ("before", "changes"),
+    [
+        ({"a": "1"}, {"a": "1"}),
+        ({"a": "1"}, {"b": None}),
+        (None, {"b": None}),
+    ],
+)
 def test_set_annotations_unchanged_is_none(before: dict[str, str] | None, changes: dict[str, str | None]) -> None:
     obj = stored() if before is None else stored(annotations=before)
     assert o.set_annotations(obj, changes) is None
 
 
 # --- delete --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("finalizers", [None, []])
 def test_delete_without_finalizers_removes_now(finalizers: list[str] | None) -> None:
@@ -190,13 +206,16 @@ def test_delete_again_keeps_the_first_deletion_timestamp() -> None:
     assert again is not None and again["metadata"]["deletionTimestamp"] == NOW
 
 
-@pytest.mark.parametrize(("meta", "deleting", "vanish"), [
-    ({}, False, False),
-    ({"finalizers": ["f"]}, False, False),
-    ({"deletionTimestamp": NOW, "finalizers": ["f"]}, True, False),
-    ({"deletionTimestamp": NOW, "finalizers": []}, True, True),
-    ({"deletionTimestamp": NOW}, True, True),
-])
+@pytest.mark.parametrize(
+    ("meta", "deleting", "vanish"),
+    [
+        ({}, False, False),
+        ({"finalizers": ["f"]}, False, False),
+        ({"deletionTimestamp": NOW, "finalizers": ["f"]}, True, False),
+        ({"deletionTimestamp": NOW, "finalizers": []}, True, True),
+        ({"deletionTimestamp": NOW}, True, True),
+    ],
+)
 def test_is_deleting_and_ready_to_vanish(meta: dict[str, Any], deleting: bool, vanish: bool) -> None:
     obj = chaos(**meta)
     assert (o.is_deleting(obj), o.ready_to_vanish(obj)) == (deleting, vanish)
@@ -204,15 +223,32 @@ def test_is_deleting_and_ready_to_vanish(meta: dict[str, Any], deleting: bool, v
 
 # --- kinds and time ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "kind"), [
-    ("PodChaos", "PodChaos"), ("podchaos", "PodChaos"), ("podchaoses", "PodChaos"),
-    ("podchaos.chaos-mesh.org", "PodChaos"), ("NetworkChaos", "NetworkChaos"),
-    ("networkchaos.chaos-mesh.org", "NetworkChaos"), ("NETWORKCHAOS", "NetworkChaos"),
-    ("helloworldchaoses", "HelloWorldChaos"),
-    ("pod", "Pod"), ("pods", "Pod"), ("po", "Pod"), ("Pod", "Pod"),
-    ("ns", "Namespace"), ("namespaces", "Namespace"), ("no", "Node"), ("nodes", "Node"),
-    ("stresschaos", "StressChaos"), ("nwc", "NetworkChaos"), ("poc", "PodChaos"), ("wf", "Workflow"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("PodChaos", "PodChaos"),
+        ("podchaos", "PodChaos"),
+        ("podchaoses", "PodChaos"),
+        ("podchaos.chaos-mesh.org", "PodChaos"),
+        ("NetworkChaos", "NetworkChaos"),
+        ("networkchaos.chaos-mesh.org", "NetworkChaos"),
+        ("NETWORKCHAOS", "NetworkChaos"),
+        ("helloworldchaoses", "HelloWorldChaos"),
+        ("pod", "Pod"),
+        ("pods", "Pod"),
+        ("po", "Pod"),
+        ("Pod", "Pod"),
+        ("ns", "Namespace"),
+        ("namespaces", "Namespace"),
+        ("no", "Node"),
+        ("nodes", "Node"),
+        ("stresschaos", "StressChaos"),
+        ("nwc", "NetworkChaos"),
+        ("poc", "PodChaos"),
+        ("wf", "Workflow"),
+    ],
+)
 def test_canonical_kind(text: str, kind: str) -> None:
     assert o.canonical_kind(text) == kind
 

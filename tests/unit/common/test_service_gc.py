@@ -13,8 +13,10 @@ from chaosbus.common import service
 
 
 def test_tune_gc_raises_thresholds_and_freezes_startup_objects() -> None:
-    code = ("import gc, json; from chaosbus.common import service; service.tune_gc(); "
-            "print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))")
+    code = (
+        "import gc, json; from chaosbus.common import service; service.tune_gc(); "
+        "print(json.dumps([gc.get_threshold(), gc.get_freeze_count()]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     thresholds, frozen = json.loads(out.stdout)
     assert tuple(thresholds) == service.GC_THRESHOLDS and thresholds[0] > 700  # CPython's default is 700

@@ -36,17 +36,20 @@ def test_a_valid_message_opens_to_its_payload() -> None:
     assert opened.kid == SIGNER.kid and opened.claims.exp == NOW + 60.0
 
 
-@pytest.mark.parametrize(("data", "kw", "reason", "why"), [
-    (msgspec.json.encode(LEASE), {}, "unsigned", "not a signed envelope"),
-    (b"\xff not json", {}, "unsigned", "not a signed envelope"),
-    (seal(), {"role": "operator"}, "forged", "a scheduler key may not sign this"),
-    (seal(), {"aud": "chaos.lease.n2"}, "forged", "meant for 'chaos.lease.n1'"),
-    (seal().replace(b'"ttl_s":15.0', b'"ttl_s":1e12'), {}, "forged", "bad signature"),
-    (seal(), {"now": NOW + 60.0}, "expired", "expired 0.0s ago"),
-    (seal(now=NOW + 31.0), {}, "expired", "in the future"),
-    (seal(ttl_s=None), {}, "expired", "carries no expiry"),
-    (seal(ttl_s=7200.0), {}, "expired", "more than the 3600s allowed"),
-])
+@pytest.mark.parametrize(
+    ("data", "kw", "reason", "why"),
+    [
+        (msgspec.json.encode(LEASE), {}, "unsigned", "not a signed envelope"),
+        (b"\xff not json", {}, "unsigned", "not a signed envelope"),
+        (seal(), {"role": "operator"}, "forged", "a scheduler key may not sign this"),
+        (seal(), {"aud": "chaos.lease.n2"}, "forged", "meant for 'chaos.lease.n1'"),
+        (seal().replace(b'"ttl_s":15.0', b'"ttl_s":1e12'), {}, "forged", "bad signature"),
+        (seal(), {"now": NOW + 60.0}, "expired", "expired 0.0s ago"),
+        (seal(now=NOW + 31.0), {}, "expired", "in the future"),
+        (seal(ttl_s=None), {}, "expired", "carries no expiry"),
+        (seal(ttl_s=7200.0), {}, "expired", "more than the 3600s allowed"),
+    ],
+)
 def test_refusals_name_their_reason(data: bytes, kw: dict[str, object], reason: str, why: str) -> None:
     err = refused(data, **kw)
     assert err.reason == reason and why in err.detail

@@ -36,7 +36,10 @@ class _Entry:
 
 
 def test_journal_summary_counts_open_entries_per_experiment() -> None:
-    entries = [_Entry("u2", "default", "b", "PodChaos"), _Entry("u1", "default", "a", "NetworkChaos"),
-               _Entry("u1", "default", "a", "NetworkChaos")]
+    entries = [
+        _Entry("u2", "default", "b", "PodChaos"),
+        _Entry("u1", "default", "a", "NetworkChaos"),
+        _Entry("u1", "default", "a", "NetworkChaos"),
+    ]
     summary = injector_node.journal_summary(entries)  # type: ignore[arg-type]
     assert [(s.experiment_uid, s.name, s.entries) for s in summary] == [("u1", "a", 2), ("u2", "b", 1)]

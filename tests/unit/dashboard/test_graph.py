@@ -10,23 +10,35 @@ Obj = dict[str, Any]
 
 
 def wf(entry: str, *templates: Obj) -> Obj:
-    return {"kind": "Workflow", "metadata": {"name": "w", "namespace": "default"},
-            "spec": {"entry": entry, "templates": list(templates)}}
+    return {
+        "kind": "Workflow",
+        "metadata": {"name": "w", "namespace": "default"},
+        "spec": {"entry": entry, "templates": list(templates)},
+    }
 
 
 def node(name: str, template: str, parent: str, **conds: str) -> Obj:
-    return {"kind": "WorkflowNode", "metadata": {"name": name, "namespace": "default", "labels": {
-        "chaos-mesh.org/workflow": "w", "chaos-mesh.org/controlled-by": parent}},
+    return {
+        "kind": "WorkflowNode",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"chaos-mesh.org/workflow": "w", "chaos-mesh.org/controlled-by": parent},
+        },
         "spec": {"templateName": template},
-        "status": {"conditions": [{"type": t, "status": s} for t, s in conds.items()]}}
+        "status": {"conditions": [{"type": t, "status": s} for t, s in conds.items()]},
+    }
 
 
-SERIAL = wf("entry", {"name": "entry", "templateType": "Serial", "children": ["cut", "both", "probe"]},
-            {"name": "cut", "templateType": "NetworkChaos"},
-            {"name": "both", "templateType": "Parallel", "children": ["kill", "wait"]},
-            {"name": "kill", "templateType": "PodChaos"},
-            {"name": "wait", "templateType": "Suspend"},
-            {"name": "probe", "templateType": "StatusCheck"})
+SERIAL = wf(
+    "entry",
+    {"name": "entry", "templateType": "Serial", "children": ["cut", "both", "probe"]},
+    {"name": "cut", "templateType": "NetworkChaos"},
+    {"name": "both", "templateType": "Parallel", "children": ["kill", "wait"]},
+    {"name": "kill", "templateType": "PodChaos"},
+    {"name": "wait", "templateType": "Suspend"},
+    {"name": "probe", "templateType": "StatusCheck"},
+)
 
 
 def test_serial_children_go_right_and_parallel_children_go_down() -> None:
@@ -46,25 +58,44 @@ def test_boxes_never_overlap() -> None:
 
 
 def test_states_come_from_the_nodes_that_run_each_template() -> None:
-    nodes = [node("entry-aaaaa", "entry", "w"),
-             node("cut-bbbbb", "cut", "entry-aaaaa", Accomplished="False", DeadlineExceed="True"),
-             node("both-ccccc", "both", "entry-aaaaa"), node("kill-ddddd", "kill", "both-ccccc", Aborted="True")]
+    nodes = [
+        node("entry-aaaaa", "entry", "w"),
+        node("cut-bbbbb", "cut", "entry-aaaaa", Accomplished="False", DeadlineExceed="True"),
+        node("both-ccccc", "both", "entry-aaaaa"),
+        node("kill-ddddd", "kill", "both-ccccc", Aborted="True"),
+    ]
     states = {n.template: n.state for n in graph.layout(SERIAL, nodes).nodes}
-    assert states == {"entry": "running", "cut": "accomplished", "both": "running", "kill": "aborted",
-                      "wait": "pending", "probe": "pending"}
+    assert states == {
+        "entry": "running",
+        "cut": "accomplished",
+        "both": "running",
+        "kill": "aborted",
+        "wait": "pending",
+        "probe": "pending",
+    }
 
 
 def test_task_branches_are_drawn_as_children() -> None:
-    w = wf("t", {"name": "t", "templateType": "Task", "conditionalBranches": [{"target": "a", "expression": "x"},
-                                                                              {"target": "b", "expression": "y"}]},
-           {"name": "a", "templateType": "Suspend"}, {"name": "b", "templateType": "Suspend"})
+    w = wf(
+        "t",
+        {
+            "name": "t",
+            "templateType": "Task",
+            "conditionalBranches": [{"target": "a", "expression": "x"}, {"target": "b", "expression": "y"}],
+        },
+        {"name": "a", "templateType": "Suspend"},
+        {"name": "b", "templateType": "Suspend"},
+    )
     at = {n.template: (n.col, n.row) for n in graph.layout(w, []).nodes}
     assert at == {"t": (0, 0), "a": (1, 0), "b": (1, 1)}
 
 
 def test_a_reference_loop_or_a_missing_entry_cannot_hang_or_crash_it() -> None:
-    loop = wf("a", {"name": "a", "templateType": "Serial", "children": ["b"]},
-              {"name": "b", "templateType": "Serial", "children": ["a", "missing"]})
+    loop = wf(
+        "a",
+        {"name": "a", "templateType": "Serial", "children": ["b"]},
+        {"name": "b", "templateType": "Serial", "children": ["a", "missing"]},
+    )
     assert [n.template for n in graph.layout(loop, []).nodes] == ["a", "b"]
     assert graph.layout(wf("nope"), []).nodes == []
 

@@ -14,16 +14,24 @@ NOW = 1_800_000_000.0
 
 
 def experiment(name: str = "p1", recs: list[Obj] | None = None, **status: Any) -> Obj:
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
-            "metadata": {"name": name, "namespace": "default", "uid": "u1",
-                         "creationTimestamp": "2027-01-15T08:00:00Z"},
-            "spec": {"action": "partition"},
-            "status": {"experiment": {"containerRecords": recs or []}, **status}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "NetworkChaos",
+        "metadata": {"name": name, "namespace": "default", "uid": "u1", "creationTimestamp": "2027-01-15T08:00:00Z"},
+        "spec": {"action": "partition"},
+        "status": {"experiment": {"containerRecords": recs or []}, **status},
+    }
 
 
 def rec(target: str, phase: str, *events: tuple[str, str, str]) -> Obj:
-    return {"id": target, "selectorKey": ".", "phase": phase, "injectedCount": 1, "recoveredCount": 0,
-            "events": [{"operation": op, "type": t, "timestamp": ts} for op, t, ts in events]}
+    return {
+        "id": target,
+        "selectorKey": ".",
+        "phase": phase,
+        "injectedCount": 1,
+        "recoveredCount": 0,
+        "events": [{"operation": op, "type": t, "timestamp": ts} for op, t, ts in events],
+    }
 
 
 def test_rows_show_phase_and_injected_of_total() -> None:
@@ -33,24 +41,42 @@ def test_rows_show_phase_and_injected_of_total() -> None:
 
 
 def test_timeline_has_a_lane_per_target_and_spans_while_in_force() -> None:
-    recs = [rec("default/a", "Not Injected", ("Apply", "Succeeded", "2027-01-15T08:00:00Z"),
-                ("Recover", "Succeeded", "2027-01-15T08:00:10Z")),
-            rec("default/b", "Injected", ("Apply", "Failed", "2027-01-15T08:00:01Z"),
-                ("Apply", "Succeeded", "2027-01-15T08:00:02Z"))]
+    recs = [
+        rec(
+            "default/a",
+            "Not Injected",
+            ("Apply", "Succeeded", "2027-01-15T08:00:00Z"),
+            ("Recover", "Succeeded", "2027-01-15T08:00:10Z"),
+        ),
+        rec(
+            "default/b",
+            "Injected",
+            ("Apply", "Failed", "2027-01-15T08:00:01Z"),
+            ("Apply", "Succeeded", "2027-01-15T08:00:02Z"),
+        ),
+    ]
     start = 1800000000.0 - 1800000000.0 % 1  # any time after the events
     t = timeline.build(recs, start)
     a, b = t.lanes
     assert [mk.operation for mk in a.marks] == ["Apply", "Recover"] and len(a.spans) == 1
-    assert a.spans[0][0] < a.spans[0][1] and b.spans and b.spans[0][1] == a.marks[0].x + (timeline.PLOT_W - 2 *
-                                                                                         timeline.MARGIN)
+    assert (
+        a.spans[0][0] < a.spans[0][1]
+        and b.spans
+        and b.spans[0][1] == a.marks[0].x + (timeline.PLOT_W - 2 * timeline.MARGIN)
+    )
     assert [(target, mk.operation, mk.type) for _, target, mk in t.events()] == [
-        ("default/a", "Apply", "Succeeded"), ("default/b", "Apply", "Failed"), ("default/b", "Apply", "Succeeded"),
-        ("default/a", "Recover", "Succeeded")]
+        ("default/a", "Apply", "Succeeded"),
+        ("default/b", "Apply", "Failed"),
+        ("default/b", "Apply", "Succeeded"),
+        ("default/a", "Recover", "Succeeded"),
+    ]
 
 
 def test_admission_errors_point_at_their_line() -> None:
-    text = ("apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata:\n  name: bad\nspec:\n"
-            "  action: partition\n  mode: all\n  selector:\n    labelSelectors: {app: web}\n  direction: sideways\n")
+    text = (
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata:\n  name: bad\nspec:\n"
+        "  action: partition\n  mode: all\n  selector:\n    labelSelectors: {app: web}\n  direction: sideways\n"
+    )
     try:
         writes.admitted(text)
     except writes.WriteError as e:
@@ -90,12 +116,19 @@ def test_everything_from_users_is_escaped() -> None:
     out += html.new_form(viewer, evil + "\nkind: x\n", views.located(evil, [f"spec.x: {evil}"]))
     assert "<script>alert" not in out and '"><b>' not in out
     assert "&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in out
-    assert "<script src=\"/static/live.js\" defer></script>" in out  # the only script
+    assert '<script src="/static/live.js" defer></script>' in out  # the only script
 
 
 def test_node_health_becomes_silent_when_reports_stop() -> None:
-    h = m.NodeHealth(node="n1", at=NOW - 1, interval_s=2.0, lease_age_s=1.5, lease_ttl_s=15, open_entries=2,
-                     experiments=[m.JournalSummary(experiment_uid="u", name="p1", entries=2)])
+    h = m.NodeHealth(
+        node="n1",
+        at=NOW - 1,
+        interval_s=2.0,
+        lease_age_s=1.5,
+        lease_ttl_s=15,
+        open_entries=2,
+        experiments=[m.JournalSummary(experiment_uid="u", name="p1", entries=2)],
+    )
     (fresh,) = views.node_views({"n1": h}, [], NOW)
     assert (fresh.state, fresh.open_entries) == ("healthy", 2)
     stale = msgspec.structs.replace(h, at=NOW - 60)
@@ -104,16 +137,34 @@ def test_node_health_becomes_silent_when_reports_stop() -> None:
 
 
 def test_a_schedule_lists_the_objects_it_spawned_newest_first() -> None:
-    sched = {"kind": "Schedule", "metadata": {"name": "s", "namespace": "default", "uid": "su",
-                                              "annotations": {"experiment.chaos-mesh.org/pause": "true"}},
-             "spec": {"type": "NetworkChaos", "schedule": "@every 1m"}}
+    sched = {
+        "kind": "Schedule",
+        "metadata": {
+            "name": "s",
+            "namespace": "default",
+            "uid": "su",
+            "annotations": {"experiment.chaos-mesh.org/pause": "true"},
+        },
+        "spec": {"type": "NetworkChaos", "schedule": "@every 1m"},
+    }
 
     def child(name: str, created: str, owner: str = "su") -> Obj:
-        return {"kind": "NetworkChaos", "metadata": {"name": name, "namespace": "default", "creationTimestamp": created,
-                                                     "ownerReferences": [{"kind": "Schedule", "uid": owner}]}}
+        return {
+            "kind": "NetworkChaos",
+            "metadata": {
+                "name": name,
+                "namespace": "default",
+                "creationTimestamp": created,
+                "ownerReferences": [{"kind": "Schedule", "uid": owner}],
+            },
+        }
 
-    objs = [sched, child("s-1", "2027-01-15T08:00:00Z"), child("s-2", "2027-01-15T08:01:00Z"),
-            child("other", "2027-01-15T08:02:00Z", owner="x")]
+    objs = [
+        sched,
+        child("s-1", "2027-01-15T08:00:00Z"),
+        child("s-2", "2027-01-15T08:01:00Z"),
+        child("other", "2027-01-15T08:02:00Z", owner="x"),
+    ]
     (view,) = views.schedule_views(objs)
     assert view.paused and view.kind == "NetworkChaos"
     assert [k["metadata"]["name"] for k in view.children] == ["s-2", "s-1"]
@@ -122,9 +173,12 @@ def test_a_schedule_lists_the_objects_it_spawned_newest_first() -> None:
 
 def test_a_workflow_s_nodes_are_its_own_only() -> None:
     w = {"kind": "Workflow", "metadata": {"name": "w", "namespace": "default"}}
+
     def wfn(namespace: str, workflow: str) -> Obj:
-        return {"kind": "WorkflowNode",
-                "metadata": {"namespace": namespace, "labels": {"chaos-mesh.org/workflow": workflow}}}
+        return {
+            "kind": "WorkflowNode",
+            "metadata": {"namespace": namespace, "labels": {"chaos-mesh.org/workflow": workflow}},
+        }
 
     mine, other_ns, other_wf = wfn("default", "w"), wfn("x", "w"), wfn("default", "v")
     assert views.workflow_nodes(w, [mine, other_ns, other_wf, w]) == [mine]

@@ -21,8 +21,9 @@ class Packet:
     net: bytes  # from the network header on
 
 
-def ipv4(src: str, dst: str, proto: int = 6, sport: int = 0, dport: int = 0, *, ihl: int = 5,
-         frag_offset: int = 0) -> Packet:
+def ipv4(
+    src: str, dst: str, proto: int = 6, sport: int = 0, dport: int = 0, *, ihl: int = 5, frag_offset: int = 0
+) -> Packet:
     header = bytearray(ihl * 4)
     header[0] = 0x40 | ihl
     struct.pack_into("!H", header, 6, frag_offset & 0x1FFF)
@@ -90,4 +91,4 @@ def _load(packet: Packet, k: int, size: int) -> int | None:
     offset = k - cbpf.SKF_NET_OFF
     if offset + size > len(packet.net):
         return None
-    return int.from_bytes(packet.net[offset:offset + size], "big")
+    return int.from_bytes(packet.net[offset : offset + size], "big")

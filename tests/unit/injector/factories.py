@@ -20,15 +20,39 @@ from chaosbus.injector.node import Node
 UID = "exp-1"
 
 
-def entry(key: str = "u1|.|ns/p", state: str = jr.APPLYING, *, uid: str = "u1", deadline: float | None = 100.0,
-          lasting: bool = True, generation: int = 1) -> Entry:
-    action = m.TargetAction(target_id="ns/p", op="apply", pod_uid="pod-uid", container_ids=["process://42"],
-                            fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=["10.0.0.2"])]))
-    return Entry(key=key, experiment_uid=uid, generation=generation, kind="NetworkChaos", namespace="ns", name="x",
-                 action=action, identity=Identity(pod_uid="pod-uid", netns=(NetnsRef("/var/run/netns/a", 7),),
-                                                  processes=(ProcRef("process://42", 42, 12.5),)),
-                 original={"nft_table_absent": "chaosbus_abc"}, deadline=deadline, lasting=lasting, state=state,
-                 command_id="c1")
+def entry(
+    key: str = "u1|.|ns/p",
+    state: str = jr.APPLYING,
+    *,
+    uid: str = "u1",
+    deadline: float | None = 100.0,
+    lasting: bool = True,
+    generation: int = 1,
+) -> Entry:
+    action = m.TargetAction(
+        target_id="ns/p",
+        op="apply",
+        pod_uid="pod-uid",
+        container_ids=["process://42"],
+        fault=m.Partition(rules=[m.PartitionRule(chain="output", peers=["10.0.0.2"])]),
+    )
+    return Entry(
+        key=key,
+        experiment_uid=uid,
+        generation=generation,
+        kind="NetworkChaos",
+        namespace="ns",
+        name="x",
+        action=action,
+        identity=Identity(
+            pod_uid="pod-uid", netns=(NetnsRef("/var/run/netns/a", 7),), processes=(ProcRef("process://42", 42, 12.5),)
+        ),
+        original={"nft_table_absent": "chaosbus_abc"},
+        deadline=deadline,
+        lasting=lasting,
+        state=state,
+        command_id="c1",
+    )
 
 
 class Recording:
@@ -83,13 +107,34 @@ async def stop(n: Node) -> None:
     n.journal.close()
 
 
-def command(proc: subprocess.Popen[bytes], *, op: str = "apply", deadline: float | None = None,
-            uid: str = UID, command_id: str | None = None, spec: m.Fault | None = None) -> m.NodeCommand:
-    action = m.TargetAction(target_id="ns/p", op=op, pod_uid="pod-uid",  # type: ignore[arg-type]
-                            container_ids=[f"process://{proc.pid}"], fault=spec or m.Partition())
-    return m.NodeCommand(command_id=command_id or f"{uid}.{op}.{time.monotonic_ns()}", experiment_uid=uid,
-                         generation=1, kind="NetworkChaos", namespace="ns", name="x", node="n1",
-                         issued_at=time.time(), deadline=deadline, actions=[action])
+def command(
+    proc: subprocess.Popen[bytes],
+    *,
+    op: str = "apply",
+    deadline: float | None = None,
+    uid: str = UID,
+    command_id: str | None = None,
+    spec: m.Fault | None = None,
+) -> m.NodeCommand:
+    action = m.TargetAction(
+        target_id="ns/p",
+        op=op,
+        pod_uid="pod-uid",  # type: ignore[arg-type]
+        container_ids=[f"process://{proc.pid}"],
+        fault=spec or m.Partition(),
+    )
+    return m.NodeCommand(
+        command_id=command_id or f"{uid}.{op}.{time.monotonic_ns()}",
+        experiment_uid=uid,
+        generation=1,
+        kind="NetworkChaos",
+        namespace="ns",
+        name="x",
+        node="n1",
+        issued_at=time.time(),
+        deadline=deadline,
+        actions=[action],
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[Any]] | Callable[[], Any], within: float = 5.0) -> Any:

@@ -44,15 +44,17 @@ def test_non_ipv4_goes_to_the_default() -> None:
     assert run(prog, Packet(0x86DD, b"\x60" + b"\0" * 60)) == C3  # IPv6
 
 
-@pytest.mark.parametrize(("dst", "sport", "dport", "expected"), [
-    ("10.0.0.2", 5000, 80, C1),     # dst:80
-    ("10.0.0.2", 5000, 81, C2),     # dst without port
-    ("10.0.0.9", 5000, 80, C3),     # only the /24
-    ("10.0.1.9", 5000, 80, 0),
-])
+@pytest.mark.parametrize(
+    ("dst", "sport", "dport", "expected"),
+    [
+        ("10.0.0.2", 5000, 80, C1),  # dst:80
+        ("10.0.0.2", 5000, 81, C2),  # dst without port
+        ("10.0.0.9", 5000, 80, C3),  # only the /24
+        ("10.0.1.9", 5000, 80, 0),
+    ],
+)
 def test_ports_and_prefixes(dst: str, sport: int, dport: int, expected: int) -> None:
-    prog = program([Match(dest("10.0.0.2", 80), C1), Match(dest("10.0.0.2"), C2),
-                    Match(dest("10.0.0.0/24"), C3)])
+    prog = program([Match(dest("10.0.0.2", 80), C1), Match(dest("10.0.0.2"), C2), Match(dest("10.0.0.0/24"), C3)])
     assert run(prog, ipv4(SRC, dst, 6, sport, dport)) == expected
 
 
@@ -64,7 +66,7 @@ def test_ports_of_every_port_protocol(proto: int) -> None:
 
 def test_no_ports_for_icmp_or_fragments() -> None:
     prog = program([Match(dest("10.0.0.2", 53), C1)])
-    assert run(prog, ipv4(SRC, "10.0.0.2", 1, 0, 53)) == 0   # icmp: those bytes are not a port
+    assert run(prog, ipv4(SRC, "10.0.0.2", 1, 0, 53)) == 0  # icmp: those bytes are not a port
     assert run(prog, ipv4(SRC, "10.0.0.2", 17, 1000, 53, frag_offset=100)) == 0
 
 
@@ -75,10 +77,10 @@ def test_ports_are_found_past_ip_options() -> None:
 
 def test_exempt_destination_or_source_goes_direct() -> None:
     prog = program([Match(dest("10.0.0.0/8"), C1)], default=C2, exempt=("10.0.0.5:4222", "10.0.0.6"))
-    assert run(prog, ipv4(SRC, "10.0.0.5", 6, 40000, 4222)) == ROOT   # to NATS
-    assert run(prog, ipv4("10.0.0.5", SRC, 6, 4222, 40000)) == ROOT   # a NATS pod answering
-    assert run(prog, ipv4(SRC, "10.0.0.5", 6, 40000, 80)) == C1      # other port: shaped
-    assert run(prog, ipv4(SRC, "10.0.0.6", 17, 1, 2)) == ROOT        # whole address
+    assert run(prog, ipv4(SRC, "10.0.0.5", 6, 40000, 4222)) == ROOT  # to NATS
+    assert run(prog, ipv4("10.0.0.5", SRC, 6, 4222, 40000)) == ROOT  # a NATS pod answering
+    assert run(prog, ipv4(SRC, "10.0.0.5", 6, 40000, 80)) == C1  # other port: shaped
+    assert run(prog, ipv4(SRC, "10.0.0.6", 17, 1, 2)) == ROOT  # whole address
     assert run(prog, ipv4(SRC, "192.168.0.1")) == C2
 
 
@@ -100,13 +102,25 @@ def test_too_many_destinations_is_an_error() -> None:
 def test_planned_programs_agree_with_the_plan() -> None:
     delay = NetemParams(latency_ns=1)
     bw = TbfParams(rate=1000, limit=1000, buffer=1000)
-    p = plan([Rule("a", netem=delay, dests=(dest("10.1.0.0/16"), dest("10.2.3.4", 8080))),
-              Rule("b", tbf=bw, dests=(dest("10.1.2.0/24", 8080),)), Rule("c", tbf=bw)],
-             exempt=[dest("10.1.2.3", 4222)])
+    p = plan(
+        [
+            Rule("a", netem=delay, dests=(dest("10.1.0.0/16"), dest("10.2.3.4", 8080))),
+            Rule("b", tbf=bw, dests=(dest("10.1.2.0/24", 8080),)),
+            Rule("c", tbf=bw),
+        ],
+        exempt=[dest("10.1.2.3", 4222)],
+    )
     assert isinstance(p, TcPlan)
     prog = cbpf.classifier(p.matches, p.default, p.exempt, ROOT)
-    for dst, dport in [("10.1.2.7", 8080), ("10.1.2.7", 22), ("10.1.9.9", 8080), ("10.2.3.4", 8080),
-                       ("10.2.3.4", 80), ("8.8.8.8", 53), ("10.1.2.3", 4222)]:
+    for dst, dport in [
+        ("10.1.2.7", 8080),
+        ("10.1.2.7", 22),
+        ("10.1.9.9", 8080),
+        ("10.2.3.4", 8080),
+        ("10.2.3.4", 80),
+        ("8.8.8.8", 53),
+        ("10.1.2.3", 4222),
+    ]:
         want = next((m.classid for m in p.matches if m.dest.covers(dest(dst, dport))), p.default)
         if dest("10.1.2.3", 4222).covers(dest(dst, dport)):
             want = ROOT
@@ -114,8 +128,11 @@ def test_planned_programs_agree_with_the_plan() -> None:
 
 
 def test_every_jump_is_forward_and_in_range() -> None:
-    prog = program([Match(dest(f"10.0.{i}.0/24"), C1) for i in range(250)] + [Match(dest("10.9.0.1", 1), C2)],
-                   default=C3, exempt=("1.2.3.4:5",))
+    prog = program(
+        [Match(dest(f"10.0.{i}.0/24"), C1) for i in range(250)] + [Match(dest("10.9.0.1", 1), C2)],
+        default=C3,
+        exempt=("1.2.3.4:5",),
+    )
     insns = [struct.unpack_from("=HBBI", prog, i) for i in range(0, len(prog), 8)]
     for pc, (code, jt, jf, k) in enumerate(insns):
         if code & 0x07 == cbpf.JMP:

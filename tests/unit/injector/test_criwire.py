@@ -54,35 +54,57 @@ def test_status_reply_golden_bytes() -> None:
 def test_a_real_runtimes_extra_fields_are_skipped() -> None:
     metadata = w.string_field(1, "app") + w.varint_field(2, 3)  # ContainerMetadata{name, attempt}
     labels = w.bytes_field(12, w.string_field(1, "io.kubernetes.pod.name") + w.string_field(2, "web-0"))
-    status = (w.string_field(1, "c1") + w.bytes_field(2, metadata) + w.varint_field(3, w.CONTAINER_EXITED)
-              + w.varint_field(4, 1_700_000_000_000_000_000) + w.varint_field(7, 137)
-              + w.bytes_field(8, w.string_field(1, "nginx:1")) + w.string_field(10, "Error") + labels
-              + w.tag(20, w.FIXED64) + b"\x01" * 8 + w.tag(21, w.FIXED32) + b"\x02" * 4)
-    raw = (w.bytes_field(1, status) + w.bytes_field(2, w.string_field(1, "info") + w.string_field(2, "{}"))
-           + w.bytes_field(2, w.string_field(1, "other") + w.string_field(2, "x")) + w.varint_field(9, 5))
+    status = (
+        w.string_field(1, "c1")
+        + w.bytes_field(2, metadata)
+        + w.varint_field(3, w.CONTAINER_EXITED)
+        + w.varint_field(4, 1_700_000_000_000_000_000)
+        + w.varint_field(7, 137)
+        + w.bytes_field(8, w.string_field(1, "nginx:1"))
+        + w.string_field(10, "Error")
+        + labels
+        + w.tag(20, w.FIXED64)
+        + b"\x01" * 8
+        + w.tag(21, w.FIXED32)
+        + b"\x02" * 4
+    )
+    raw = (
+        w.bytes_field(1, status)
+        + w.bytes_field(2, w.string_field(1, "info") + w.string_field(2, "{}"))
+        + w.bytes_field(2, w.string_field(1, "other") + w.string_field(2, "x"))
+        + w.varint_field(9, 5)
+    )
     reply = w.decode_status_reply(raw)
-    assert reply == w.StatusReply("c1", w.CONTAINER_EXITED, 137, {"info": "{}", "other": "x"},
-                                  labels={"io.kubernetes.pod.name": "web-0"})  # the labels are read
+    assert reply == w.StatusReply(
+        "c1", w.CONTAINER_EXITED, 137, {"info": "{}", "other": "x"}, labels={"io.kubernetes.pod.name": "web-0"}
+    )  # the labels are read
 
 
-@given(st.text(max_size=80), st.sampled_from(sorted(w.STATE_NAMES)), st.integers(-(1 << 31), (1 << 31) - 1),
-       st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=4))
+@given(
+    st.text(max_size=80),
+    st.sampled_from(sorted(w.STATE_NAMES)),
+    st.integers(-(1 << 31), (1 << 31) - 1),
+    st.dictionaries(st.text(max_size=20), st.text(max_size=200), max_size=4),
+)
 def test_status_replies_round_trip(cid: str, state: int, exit_code: int, info: dict[str, str]) -> None:
     reply = w.StatusReply(cid, state, exit_code, info)
     assert w.decode_status_reply(w.encode_status_reply(reply)) == reply
 
 
-@pytest.mark.parametrize(("raw", "error"), [
-    (b"\x0a\x05ab", "runs past the end"),  # status claims 5 bytes, 2 follow
-    (b"\x0a", "truncated varint"),
-    (b"\x0a\x03\x0a\x05a", "runs past the end"),  # truncated inside the nested ContainerStatus
-    (b"\x08\x01", "ContainerStatusResponse.status (field 1) has wire type 0, expected 2"),
-    (b"\x0a\x02\x18\x80", "truncated varint"),
-    (b"\x0b", "unsupported wire type 3"),  # a group start
-    (b"\x00\x01", "field number 0"),
-    (b"\xff" * 11, "longer than 10 bytes"),
-    (b"\x0a\x04\x0a\x02\xff\xfe", "ContainerStatus.id (field 1) is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"\x0a\x05ab", "runs past the end"),  # status claims 5 bytes, 2 follow
+        (b"\x0a", "truncated varint"),
+        (b"\x0a\x03\x0a\x05a", "runs past the end"),  # truncated inside the nested ContainerStatus
+        (b"\x08\x01", "ContainerStatusResponse.status (field 1) has wire type 0, expected 2"),
+        (b"\x0a\x02\x18\x80", "truncated varint"),
+        (b"\x0b", "unsupported wire type 3"),  # a group start
+        (b"\x00\x01", "field number 0"),
+        (b"\xff" * 11, "longer than 10 bytes"),
+        (b"\x0a\x04\x0a\x02\xff\xfe", "ContainerStatus.id (field 1) is not UTF-8"),
+    ],
+)
 def test_malformed_replies_are_clear_errors(raw: bytes, error: str) -> None:
     with pytest.raises(w.WireError, match=error.replace("(", r"\(").replace(")", r"\)")):
         w.decode_status_reply(raw)

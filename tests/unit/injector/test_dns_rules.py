@@ -17,18 +17,21 @@ from chaosbus.injector.backends.dnsresponder import original_destination
 from chaosbus.injector.backends.dnsrules import DnsRule, answer, matches
 
 
-@pytest.mark.parametrize(("patterns", "name", "hit"), [
-    ([], "anything.example", True),
-    (["google.com"], "google.com.", True),
-    (["google.com"], "www.google.com", True),
-    (["google.com"], "notgoogle.com", False),
-    (["chaos-mesh.*"], "chaos-mesh.org", True),
-    (["chaos-mesh.*"], "chaos-mesh.io", True),
-    (["chaos-mesh.*"], "chaosmesh.org", False),
-    (["github.?om"], "github.com", True),
-    (["github.?om"], "github.coom", False),
-    (["Example.COM"], "example.com", True),
-])
+@pytest.mark.parametrize(
+    ("patterns", "name", "hit"),
+    [
+        ([], "anything.example", True),
+        (["google.com"], "google.com.", True),
+        (["google.com"], "www.google.com", True),
+        (["google.com"], "notgoogle.com", False),
+        (["chaos-mesh.*"], "chaos-mesh.org", True),
+        (["chaos-mesh.*"], "chaos-mesh.io", True),
+        (["chaos-mesh.*"], "chaosmesh.org", False),
+        (["github.?om"], "github.com", True),
+        (["github.?om"], "github.coom", False),
+        (["Example.COM"], "example.com", True),
+    ],
+)
 def test_patterns_follow_chaos_mesh(patterns: list[str], name: str, hit: bool) -> None:
     assert matches(patterns, name) is hit
 
@@ -84,15 +87,18 @@ def test_the_redirect_table_carries_the_deadline_and_spares_the_responder() -> N
         nft.render_dns_redirect_table("chaosbus_dns_abc", 0, 0x10)
 
 
-@pytest.mark.parametrize(("spec", "problem"), [
-    (DNSChaosSpec(action="drop"), "spec.action"),
-    (DNSChaosSpec(action="error", patterns=["chaos-*.org"]), "spec.patterns[0]"),
-    (DNSChaosSpec(action="error", patterns=["a.test"] * 65), "spec.patterns"),
-    (DNSChaosSpec(action="error", patterns=["a" * 254]), "spec.patterns[0]"),
-    (DNSChaosSpec(action="static"), "spec.addresses"),
-    (DNSChaosSpec(action="static", addresses=["not-an-ip"]), "spec.addresses[0]"),
-    (DNSChaosSpec(action="random", addresses=["192.0.2.1"]), "spec.addresses"),
-])
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        (DNSChaosSpec(action="drop"), "spec.action"),
+        (DNSChaosSpec(action="error", patterns=["chaos-*.org"]), "spec.patterns[0]"),
+        (DNSChaosSpec(action="error", patterns=["a.test"] * 65), "spec.patterns"),
+        (DNSChaosSpec(action="error", patterns=["a" * 254]), "spec.patterns[0]"),
+        (DNSChaosSpec(action="static"), "spec.addresses"),
+        (DNSChaosSpec(action="static", addresses=["not-an-ip"]), "spec.addresses[0]"),
+        (DNSChaosSpec(action="random", addresses=["192.0.2.1"]), "spec.addresses"),
+    ],
+)
 def test_admission_bounds_every_field(spec: DNSChaosSpec, problem: str) -> None:
     with pytest.raises(InvalidObject) as e:
         spec.validate()

@@ -31,8 +31,12 @@ def test_several_servers_credentials_and_default_port() -> None:
 def test_env_entries_add_addresses_cidrs_and_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(exemptions.ENV, "10.96.0.1:443, 10.244.0.0/16,192.0.2.9 , not a host!")
     exemptions.configure("nats://127.0.0.1:4222")
-    assert exemptions.endpoints() == (("10.244.0.0/16", None), ("10.96.0.1/32", 443), ("127.0.0.1/32", 4222),
-                                      ("192.0.2.9/32", None))
+    assert exemptions.endpoints() == (
+        ("10.244.0.0/16", None),
+        ("10.96.0.1/32", 443),
+        ("127.0.0.1/32", 4222),
+        ("192.0.2.9/32", None),
+    )
 
 
 def test_hostnames_are_resolved_and_unresolvable_ones_skipped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,29 +19,52 @@ RUNNING = m.HaltState(halted=False)
 HALTED = m.HaltState(halted=True, reason="incident 42", at=50.0, by="ops@host")
 
 
-def world(*, now: float = 10.0, mono: float = 1000.0, halt: m.HaltState = RUNNING, lease: LeaseBook | None = None,
-          connected: bool = True, starting: bool = False) -> World:
-    return World(now=now, mono=mono, halt=halt, lease=lease or LeaseBook(ttl_s=15.0), connected=connected,
-                 starting=starting)
+def world(
+    *,
+    now: float = 10.0,
+    mono: float = 1000.0,
+    halt: m.HaltState = RUNNING,
+    lease: LeaseBook | None = None,
+    connected: bool = True,
+    starting: bool = False,
+) -> World:
+    return World(
+        now=now, mono=mono, halt=halt, lease=lease or LeaseBook(ttl_s=15.0), connected=connected, starting=starting
+    )
 
 
 def cmd(*, deadline: float | None = None, generation: int = 1) -> m.NodeCommand:
-    return m.NodeCommand(command_id="c", experiment_uid="u1", generation=generation, kind="NetworkChaos",
-                         namespace="ns", name="x", node="n1", issued_at=0.0, deadline=deadline)
+    return m.NodeCommand(
+        command_id="c",
+        experiment_uid="u1",
+        generation=generation,
+        kind="NetworkChaos",
+        namespace="ns",
+        name="x",
+        node="n1",
+        issued_at=0.0,
+        deadline=deadline,
+    )
 
 
 # --- due ------------------------------------------------------------------------------------------
+
 
 def test_nothing_is_due_for_a_running_fault_before_its_deadline() -> None:
     assert expiry.due([entry(state=jr.ACTIVE, deadline=20.0)], world(now=10.0)) == []
 
 
-@pytest.mark.parametrize(("w", "expected"), [
-    (world(now=20.0), "recovered: deadline passed (expired by the node)"),
-    (world(now=20.0, connected=False),
-     "recovered: deadline passed while the control plane was unreachable (expired by the node)"),
-    (world(now=20.0, starting=True), "recovered: deadline passed while the injector was down"),
-])
+@pytest.mark.parametrize(
+    ("w", "expected"),
+    [
+        (world(now=20.0), "recovered: deadline passed (expired by the node)"),
+        (
+            world(now=20.0, connected=False),
+            "recovered: deadline passed while the control plane was unreachable (expired by the node)",
+        ),
+        (world(now=20.0, starting=True), "recovered: deadline passed while the injector was down"),
+    ],
+)
 def test_a_passed_deadline_says_in_what_circumstances(w: World, expected: str) -> None:
     [d] = expiry.due([entry(state=jr.ACTIVE, deadline=20.0)], w)
     assert (d.reason, d.ended, d.report) == (expected, False, False)
@@ -94,6 +117,7 @@ def test_next_due_is_the_nearest_deadline_or_lease_expiry() -> None:
 
 # --- refusing applies -----------------------------------------------------------------------------
 
+
 def test_an_apply_while_halted_is_refused_with_a_clear_message() -> None:
     why = expiry.refuse_apply(cmd(), None, HALTED, now=1.0)
     assert why is not None and why.startswith("refused: chaosbus is halted by the kill switch (incident 42")
@@ -113,8 +137,10 @@ def test_a_fault_ended_by_halt_or_lease_is_never_reapplied_in_that_generation() 
     reason = "recovered: control-plane lease expired (NATS unreachable for 15s)"
     e = replace(entry(state=jr.RECOVERED), ended=True, reason=reason)
     why = expiry.refuse_apply(cmd(), e, RUNNING, 1.0)
-    assert why == ("refused: this fault already ended (control-plane lease expired (NATS unreachable for 15s)); "
-                   "delete and re-create the experiment to run it again")
+    assert why == (
+        "refused: this fault already ended (control-plane lease expired (NATS unreachable for 15s)); "
+        "delete and re-create the experiment to run it again"
+    )
     assert expiry.refuse_apply(cmd(generation=2), e, RUNNING, 1.0) is None
 
 
@@ -123,6 +149,7 @@ def test_a_recovered_but_not_ended_fault_may_be_applied_again() -> None:
 
 
 # --- lease book, kill switch ----------------------------------------------------------------------
+
 
 def test_a_renewal_extends_only_the_experiments_it_lists() -> None:
     book = LeaseBook(ttl_s=15.0)
@@ -162,18 +189,22 @@ def at(revision: int, halted: bool, when: float = 50.0) -> m.HaltState:
     return m.HaltState(halted=halted, at=when, revision=revision)
 
 
-@pytest.mark.parametrize(("current", "incoming", "seqs", "expected"), [
-    (control.RESUMED, at(1, True), (0, 5), ""),
-    (at(3, True), at(4, False), (5, 6), ""),  # a later resume
-    (at(3, True), at(2, False), (5, 6), "older"),  # a stale read of the key loses
-    (at(3, True), at(3, False), (5, 6), "older"),  # a tie: the halt wins
-    (at(3, False), at(3, True), (5, 6), ""),  # a tie: the halt wins
-    (at(3, True), at(3, True), (5, 6), "older"),  # nothing new
-    (at(3, True), at(9, False, when=1e18), (5, 4), "replayed"),  # an old resume written again
-    (at(3, False), at(9, True), (5, 4), ""),  # an old halt written again still halts: that is safe
-    (at(3, True), at(0, False, when=1e18), (5, None), "older"),  # the client's clock orders nothing
-    (at(3, True), at(4, False), (5, None), ""),  # unsigned mode: the revision alone
-])
+@pytest.mark.parametrize(
+    ("current", "incoming", "seqs", "expected"),
+    [
+        (control.RESUMED, at(1, True), (0, 5), ""),
+        (at(3, True), at(4, False), (5, 6), ""),  # a later resume
+        (at(3, True), at(2, False), (5, 6), "older"),  # a stale read of the key loses
+        (at(3, True), at(3, False), (5, 6), "older"),  # a tie: the halt wins
+        (at(3, False), at(3, True), (5, 6), ""),  # a tie: the halt wins
+        (at(3, True), at(3, True), (5, 6), "older"),  # nothing new
+        (at(3, True), at(9, False, when=1e18), (5, 4), "replayed"),  # an old resume written again
+        (at(3, False), at(9, True), (5, 4), ""),  # an old halt written again still halts: that is safe
+        (at(3, True), at(0, False, when=1e18), (5, None), "older"),  # the client's clock orders nothing
+        (at(3, True), at(4, False), (5, None), ""),  # unsigned mode: the revision alone
+    ],
+)
 def test_halt_states_are_ordered_by_kv_revision_and_a_halt_wins_a_tie(
-        current: m.HaltState, incoming: m.HaltState, seqs: tuple[int, int | None], expected: str) -> None:
+    current: m.HaltState, incoming: m.HaltState, seqs: tuple[int, int | None], expected: str
+) -> None:
     assert control.adopt(current, incoming, current_seq=seqs[0], incoming_seq=seqs[1]) == expected

@@ -18,16 +18,19 @@ SHORT = bytes.fromhex("493b6610 7630 55 4889e5 4883ec20 90909090".replace(" ", "
 LARGE = bytes.fromhex("4c8da42400f0ffff 4d3b6610 0f8600010000 55 4889e5".replace(" ", ""))
 
 
-@pytest.mark.parametrize(("code", "length", "jbe_from", "jbe_rel"), [
-    (GO119, 14, 4 + 6, 0x180),
-    (SHORT, 14, 4 + 2, 0x30),
-    (LARGE, 18, 8 + 4 + 6, 0x100),
-])
+@pytest.mark.parametrize(
+    ("code", "length", "jbe_from", "jbe_rel"),
+    [
+        (GO119, 14, 4 + 6, 0x180),
+        (SHORT, 14, 4 + 2, 0x30),
+        (LARGE, 18, 8 + 4 + 6, 0x100),
+    ],
+)
 def test_prologues_are_relocated_whole(code: bytes, length: int, jbe_from: int, jbe_rel: int) -> None:
     r = gostub.relocate_prologue(0x4A7240, code)
     assert r.length == length >= gostub.JUMP_LEN
     assert r.jbe_target == 0x4A7240 + jbe_from + jbe_rel
-    assert r.jbe_at is not None and r.code[r.jbe_at - 2:r.jbe_at] == b"\x0f\x86"
+    assert r.jbe_at is not None and r.code[r.jbe_at - 2 : r.jbe_at] == b"\x0f\x86"
 
 
 def test_unknown_code_is_refused() -> None:
@@ -41,7 +44,7 @@ def test_payload_layout_and_jumps() -> None:
     assert code[:8] == gostub.MAGIC and p.relocs == (gostub.OFF_ERROR,)
     deadline, itab, msg_off, msg_len = struct.unpack_from("<qQQQ", code, gostub.OFF_DEADLINE)
     assert (deadline, itab) == (1_800_000_000, 0x4EF9A8)
-    assert code[msg_off:msg_off + msg_len] == gostub.MESSAGE.encode()
+    assert code[msg_off : msg_off + msg_len] == gostub.MESSAGE.encode()
     assert len(p.entries) == 2 and p.entries[0] == gostub.CODE_OFFSET
     for entry, (addr, first) in zip(p.entries, [(0x4A7240, GO119), (0x4A9000, SHORT)], strict=True):
         stub = code[entry:]

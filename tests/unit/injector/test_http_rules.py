@@ -20,8 +20,12 @@ from chaosbus.injector.backends.httprules import (
 )
 
 
-def req(target: bytes = b"/", method: bytes = b"GET", headers: list[tuple[bytes, bytes]] | None = None,
-        body: bytes | None = None) -> Request:
+def req(
+    target: bytes = b"/",
+    method: bytes = b"GET",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes | None = None,
+) -> Request:
     return Request(method=method, target=target, headers=headers or [(b"host", b"x")], body=body)
 
 
@@ -65,9 +69,13 @@ def test_response_selection_uses_code_response_headers_and_the_request() -> None
 
 
 def test_replace_then_patch_on_a_request() -> None:
-    spec = Http(port=80, replace=HttpReplace(path="/new", method="PUT", body=b'{"a":1}', queries={"a": "9", "b": "2"},
-                                             headers={"X-R": "1"}),
-                patch=HttpPatch(body_json='{"c":3}', queries=[["p", "1"], ["p", "2"]], headers=[["X-R", "2"]]))
+    spec = Http(
+        port=80,
+        replace=HttpReplace(
+            path="/new", method="PUT", body=b'{"a":1}', queries={"a": "9", "b": "2"}, headers={"X-R": "1"}
+        ),
+        patch=HttpPatch(body_json='{"c":3}', queries=[["p", "1"], ["p", "2"]], headers=[["X-R", "2"]]),
+    )
     out = rewrite_request(spec, req(b"/old?a=1&z=0", headers=[(b"x-r", b"0"), (b"content-length", b"3")], body=b"abc"))
     assert (out.method, out.target) == (b"PUT", b"/new?a=9&z=0&b=2&p=1&p=2")
     assert json.loads(out.body or b"") == {"a": 1, "c": 3}
@@ -80,10 +88,18 @@ def test_empty_replace_path_is_the_root_and_keeps_the_query() -> None:
 
 
 def test_response_replace_and_merge_patch() -> None:
-    spec = Http(port=80, target="Response", replace=HttpReplace(code=418, headers={"Content-Type": "x"}),
-                patch=HttpPatch(body_json='{"gone": null, "o": {"n": 1}}'))
-    resp = Response(status=200, reason=b"OK", headers=[(b"content-type", b"a"), (b"transfer-encoding", b"chunked")],
-                    body=b'{"gone": 1, "o": {"m": 0}}')
+    spec = Http(
+        port=80,
+        target="Response",
+        replace=HttpReplace(code=418, headers={"Content-Type": "x"}),
+        patch=HttpPatch(body_json='{"gone": null, "o": {"n": 1}}'),
+    )
+    resp = Response(
+        status=200,
+        reason=b"OK",
+        headers=[(b"content-type", b"a"), (b"transfer-encoding", b"chunked")],
+        body=b'{"gone": 1, "o": {"m": 0}}',
+    )
     out = rewrite_response(spec, resp)
     assert (out.status, out.reason) == (418, b"I'm a Teapot")
     assert json.loads(out.body or b"") == {"o": {"m": 0, "n": 1}}

@@ -27,7 +27,12 @@ def test_an_intent_round_trips_with_everything_needed_to_recover(journal: Journa
     got = journal.get(e.key)
     assert got is not None
     assert (got.action, got.identity, got.original, got.deadline, got.state) == (
-        e.action, e.identity, e.original, 100.0, jr.APPLYING)
+        e.action,
+        e.identity,
+        e.original,
+        100.0,
+        jr.APPLYING,
+    )
     assert got.fault == "partition" and got.is_open and got.created == 10.0
 
 
@@ -40,8 +45,11 @@ def test_intents_register_their_netns_as_sweeper_scope(journal: Journal) -> None
 
 def test_commit_changes_states_queues_reports_and_marks_the_command_in_one_go(journal: Journal) -> None:
     journal.write_intents([entry("k1"), entry("k2")])
-    journal.commit([Change("k1", jr.ACTIVE), Change("k2", jr.RECOVERED, "recovered: x", ended=True)],
-                   reports=[Report("chaos.result.u1", "c1", b"{}")], command_id="c1")
+    journal.commit(
+        [Change("k1", jr.ACTIVE), Change("k2", jr.RECOVERED, "recovered: x", ended=True)],
+        reports=[Report("chaos.result.u1", "c1", b"{}")],
+        command_id="c1",
+    )
     assert [(e.key, e.state) for e in journal.open_entries()] == [("k1", jr.ACTIVE)]
     k2 = journal.get("k2")
     assert k2 is not None and (k2.reason, k2.ended) == ("recovered: x", True)

@@ -16,7 +16,7 @@ def messages(batch: bytes) -> list[tuple[int, int, int, bytes]]:
     out, pos = [], 0
     while pos < len(batch):
         length, kind, flags, seq, _ = struct.unpack_from("=IHHII", batch, pos)
-        out.append((kind, flags, seq, batch[pos + 16:pos + length]))
+        out.append((kind, flags, seq, batch[pos + 16 : pos + length]))
         pos += length
     return out
 
@@ -29,7 +29,7 @@ def test_the_batch_deletes_one_inet_table_by_name_and_asks_for_one_ack() -> None
     assert kind == (10 << 8) | 2 and flags == 0x1 | 0x4 and seq == 41  # NFT_MSG_DELTABLE, request + ack
     assert body[0] == 1  # NFPROTO_INET
     alen, atype = struct.unpack_from("=HH", body, 4)
-    assert atype == 1 and body[8:4 + alen] == b"chaosbus_abc\0"  # NFTA_TABLE_NAME, NUL-terminated
+    assert atype == 1 and body[8 : 4 + alen] == b"chaosbus_abc\0"  # NFTA_TABLE_NAME, NUL-terminated
     assert len(body) % 4 == 0
 
 
@@ -49,4 +49,4 @@ def test_the_answer_is_the_error_of_our_message_only() -> None:
 def test_the_existence_check_is_one_acknowledged_gettable() -> None:
     [(kind, flags, seq, body)] = messages(nfnl.get_table_request("chaosbus_abc", seq=9))
     assert kind == (10 << 8) | 1 and flags == 0x1 | 0x4 and seq == 9 and body[0] == 1
-    assert body[8:8 + len(b"chaosbus_abc\0")] == b"chaosbus_abc\0"
+    assert body[8 : 8 + len(b"chaosbus_abc\0")] == b"chaosbus_abc\0"

@@ -48,8 +48,9 @@ def reports(n: Node) -> list[m.ResultBatch]:
     return [msgspec.json.decode(r.payload, type=m.ResultBatch) for r in n.journal.outbox()]
 
 
-async def test_an_apply_is_journaled_active_and_its_result_queued(node: Node, fault: Recording,
-                                                                  sleeper: subprocess.Popen[bytes]) -> None:
+async def test_an_apply_is_journaled_active_and_its_result_queued(
+    node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     batch = await node.on_command(command(sleeper))
     assert batch is not None and batch.results[0].ok
     [entry] = node.journal.open_entries()
@@ -58,16 +59,18 @@ async def test_an_apply_is_journaled_active_and_its_result_queued(node: Node, fa
     assert [b.command_id for b in reports(node)] == [batch.command_id]
 
 
-async def test_a_redelivered_command_changes_nothing(node: Node, fault: Recording,
-                                                     sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_redelivered_command_changes_nothing(
+    node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     cmd = command(sleeper)
     await node.on_command(cmd)
     assert await node.on_command(cmd) is None
     assert fault.applies == 1 and len(reports(node)) == 1
 
 
-async def test_a_repeated_one_shot_is_not_repeated(tmp_path: Path, fault: Recording,
-                                                   sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_repeated_one_shot_is_not_repeated(
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     kill = Kill()
     n = make_node(tmp_path, fault, kill=kill)
     try:
@@ -80,7 +83,8 @@ async def test_a_repeated_one_shot_is_not_repeated(tmp_path: Path, fault: Record
 
 
 async def test_halt_recovers_everything_reports_why_and_refuses_applies(
-        node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
+    node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     await node.on_command(command(sleeper))
     await node.on_command(command(sleeper, uid="exp-2"))
     watchdog = asyncio.ensure_future(node.watchdog())
@@ -105,8 +109,9 @@ async def test_halt_recovers_everything_reports_why_and_refuses_applies(
         watchdog.cancel()
 
 
-async def test_a_fault_is_recovered_at_its_deadline_by_the_node(node: Node, fault: Recording,
-                                                                sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_fault_is_recovered_at_its_deadline_by_the_node(
+    node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     watchdog = asyncio.ensure_future(node.watchdog())
     try:
         deadline = time.time() + 0.3
@@ -117,8 +122,10 @@ async def test_a_fault_is_recovered_at_its_deadline_by_the_node(node: Node, faul
         await eventually(lambda: not node.journal.entries()[0].is_open)
         [entry] = node.journal.entries()
         # No NATS in this test: the node knows the control plane could not have done it.
-        assert entry.reason == ("recovered: deadline passed while the control plane was unreachable "
-                                "(expired by the node)") and not entry.ended
+        assert (
+            entry.reason == ("recovered: deadline passed while the control plane was unreachable (expired by the node)")
+            and not entry.ended
+        )
         fault.kernel[(UID, ".", "sentinel")] = 1  # would be wiped by a second kernel-side recover
         recover = await node.on_command(command(sleeper, op="recover"))  # the scheduler asks later
         assert recover is not None and recover.results[0].message == entry.reason and recover.results[0].ok
@@ -128,7 +135,8 @@ async def test_a_fault_is_recovered_at_its_deadline_by_the_node(node: Node, faul
 
 
 async def test_without_renewal_the_lease_recovers_a_fault_without_duration(
-        tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     n = make_node(tmp_path, fault, lease_ttl=0.3)
     n.connected = True  # NATS is up; the scheduler just stops renewing
     watchdog = asyncio.ensure_future(n.watchdog())
@@ -145,8 +153,9 @@ async def test_without_renewal_the_lease_recovers_a_fault_without_duration(
         await stop(n)
 
 
-async def test_renewals_keep_a_fault_in_force(tmp_path: Path, fault: Recording,
-                                              sleeper: subprocess.Popen[bytes]) -> None:
+async def test_renewals_keep_a_fault_in_force(
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     n = make_node(tmp_path, fault, lease_ttl=0.4)
     watchdog = asyncio.ensure_future(n.watchdog())
     try:
@@ -160,8 +169,9 @@ async def test_renewals_keep_a_fault_in_force(tmp_path: Path, fault: Recording,
         await stop(n)
 
 
-async def test_a_vanished_target_is_marked_recovered_with_the_reason(node: Node, fault: Recording,
-                                                                     sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_vanished_target_is_marked_recovered_with_the_reason(
+    node: Node, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     await node.on_command(command(sleeper))
     sleeper.kill()
     sleeper.wait()
@@ -172,7 +182,8 @@ async def test_a_vanished_target_is_marked_recovered_with_the_reason(node: Node,
 
 
 async def test_a_restarted_node_recovers_what_expired_and_reasserts_the_rest(
-        tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]) -> None:
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     n = make_node(tmp_path, fault)
     await n.on_command(command(sleeper, uid="short", deadline=time.time() + 0.2))
     await n.on_command(command(sleeper, uid="long", deadline=time.time() + 60))
@@ -189,8 +200,9 @@ async def test_a_restarted_node_recovers_what_expired_and_reasserts_the_rest(
         await stop(restarted)
 
 
-async def test_a_halt_persists_across_a_restart(tmp_path: Path, fault: Recording,
-                                                sleeper: subprocess.Popen[bytes]) -> None:
+async def test_a_halt_persists_across_a_restart(
+    tmp_path: Path, fault: Recording, sleeper: subprocess.Popen[bytes]
+) -> None:
     n = make_node(tmp_path, fault)
     await n.on_command(command(sleeper))
     await n.set_halt(m.HaltState(halted=True, reason="r", at=time.time()), "test")
@@ -220,13 +232,15 @@ class Batched(Recording):
 
 
 async def test_a_batched_fault_runs_in_few_jobs_and_one_failure_stays_its_own(
-        tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
+    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
     fault = Batched()
     n = make_node(tmp_path, fault)
     try:
         base = command(sleeper)
-        actions = [msgspec.structs.replace(base.actions[0], target_id=f"ns/p-{i}", selector_key=str(i))
-                   for i in range(60)]
+        actions = [
+            msgspec.structs.replace(base.actions[0], target_id=f"ns/p-{i}", selector_key=str(i)) for i in range(60)
+        ]
         batch = await n.on_command(msgspec.structs.replace(base, actions=actions))
         assert batch is not None
         assert [r.target_id for r in batch.results] == [a.target_id for a in actions]

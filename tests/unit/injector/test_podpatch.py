@@ -18,9 +18,13 @@ def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": "web-0", "namespace": "ns", "uid": "u-1"}
     if annotations is not None:
         meta["annotations"] = annotations
-    return {"metadata": meta, "spec": {"initContainers": [{"name": "setup", "image": "busybox:1"}],
-                                       "containers": [{"name": "main", "image": "nginx:1"},
-                                                      {"name": "side", "image": "envoy:2"}]}}
+    return {
+        "metadata": meta,
+        "spec": {
+            "initContainers": [{"name": "setup", "image": "busybox:1"}],
+            "containers": [{"name": "main", "image": "nginx:1"}, {"name": "side", "image": "envoy:2"}],
+        },
+    }
 
 
 def images(p: dict[str, Any]) -> list[str]:
@@ -41,7 +45,8 @@ def test_apply_pauses_every_container_and_keeps_originals_in_annotations() -> No
     assert after["metadata"]["annotations"] == {
         "chaos-mesh-pf-pod-failure-setup-init-image": "busybox:1",
         "chaos-mesh-pf-pod-failure-main-normal-image": "nginx:1",
-        "chaos-mesh-pf-pod-failure-side-normal-image": "envoy:2"}
+        "chaos-mesh-pf-pod-failure-side-normal-image": "envoy:2",
+    }
     assert podpatch.apply_patch(after, "pf", PAUSE) == []  # applied twice: nothing more to do
 
 

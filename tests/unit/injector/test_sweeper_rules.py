@@ -44,9 +44,15 @@ def test_an_open_shaping_fault_protects_the_shaping_objects() -> None:
 
 def test_faults_that_declare_orphans() -> None:
     assert {tag: o.what for tag, o in faults.orphans().items()} == {
-        "partition": "nft table", "network-shaping": "traffic shaping", "dns": "nft table", "http": "nft table",
-        "time-skew": "time skew", "pod-failure": "pod-failure hold", "go-sql-error": "go sql error",
-        "io": "iofs mount"}
+        "partition": "nft table",
+        "network-shaping": "traffic shaping",
+        "dns": "nft table",
+        "http": "nft table",
+        "time-skew": "time skew",
+        "pod-failure": "pod-failure hold",
+        "go-sql-error": "go sql error",
+        "io": "iofs mount",
+    }
     assert list(faults.orphans(tags=["partition", "pod-kill"])) == ["partition"]
 
 

@@ -11,25 +11,46 @@ from chaosbus.common import messages as m
 from chaosbus.injector.faults import FaultError
 from chaosbus.injector.faults.task_pod import pod_body, pod_name, progress
 
-CONTAINER = {"name": "check", "image": "curlimages/curl:8.8.0", "command": ["curl"], "args": ["-s", "http://web"],
-             "env": [{"name": "A", "value": "1"}], "workingDir": "/tmp",
-             "resources": {"limits": {"cpu": "100m"}}, "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}
+CONTAINER = {
+    "name": "check",
+    "image": "curlimages/curl:8.8.0",
+    "command": ["curl"],
+    "args": ["-s", "http://web"],
+    "env": [{"name": "A", "value": "1"}],
+    "workingDir": "/tmp",
+    "resources": {"limits": {"cpu": "100m"}},
+    "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+}
 VOLUMES = [{"name": "cfg", "configMap": {"name": "probe-config"}}]
 
 
 def task(**kw: object) -> m.Task:
-    base: dict[str, object] = {"argv": ["curl", "-s", "http://web"], "container": CONTAINER, "volumes": VOLUMES,
-                               "workflow": "wf", "workflow_node_uid": "uid-1"}
+    base: dict[str, object] = {
+        "argv": ["curl", "-s", "http://web"],
+        "container": CONTAINER,
+        "volumes": VOLUMES,
+        "workflow": "wf",
+        "workflow_node_uid": "uid-1",
+    }
     return m.Task(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_the_pod_runs_the_template_container_once_owned_by_the_workflow_node() -> None:
     pod = pod_body("ns1", "check-abcde", task())
     assert pod["metadata"] == {
-        "name": pod_name("check-abcde", "uid-1"), "namespace": "ns1",
+        "name": pod_name("check-abcde", "uid-1"),
+        "namespace": "ns1",
         "labels": {"chaos-mesh.org/controlled-by": "check-abcde", "chaos-mesh.org/workflow": "wf"},
-        "ownerReferences": [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "WorkflowNode", "name": "check-abcde",
-                             "uid": "uid-1", "controller": True}]}
+        "ownerReferences": [
+            {
+                "apiVersion": "chaos-mesh.org/v1alpha1",
+                "kind": "WorkflowNode",
+                "name": "check-abcde",
+                "uid": "uid-1",
+                "controller": True,
+            }
+        ],
+    }
     assert pod["spec"] == {"restartPolicy": "Never", "containers": [CONTAINER], "volumes": VOLUMES}
 
 
@@ -42,12 +63,16 @@ def test_the_pod_name_is_stable_per_node_and_differs_for_a_recreated_node() -> N
 
 def test_a_container_without_a_name_is_called_task_and_nothing_else_is_added() -> None:
     pod = pod_body("ns1", "n", task(container={"image": "busybox", "command": ["true"]}, volumes=[]))
-    assert pod["spec"] == {"restartPolicy": "Never", "containers": [{"name": "task", "image": "busybox",
-                                                                     "command": ["true"]}]}
+    assert pod["spec"] == {
+        "restartPolicy": "Never",
+        "containers": [{"name": "task", "image": "busybox", "command": ["true"]}],
+    }
 
 
-@pytest.mark.parametrize(("kw", "field"), [({"container": {"command": ["true"]}}, "task.container.image"),
-                                           ({"workflow_node_uid": ""}, "WorkflowNode uid")])
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [({"container": {"command": ["true"]}}, "task.container.image"), ({"workflow_node_uid": ""}, "WorkflowNode uid")],
+)
 def test_a_task_missing_what_a_pod_needs_fails_naming_it(kw: dict[str, object], field: str) -> None:
     with pytest.raises(FaultError) as e:
         pod_body("ns1", "n", task(**kw))
@@ -60,9 +85,15 @@ def status(phase: str, state: dict[str, object], **extra: object) -> dict[str, o
 
 def test_a_finished_pod_gives_the_task_container_exit_code() -> None:
     assert progress(status("Succeeded", {"terminated": {"exitCode": 0}})).exit_code == 0
-    two = {"status": {"phase": "Failed", "containerStatuses": [
-        {"name": "sidecar", "state": {"terminated": {"exitCode": 1}}},
-        {"name": "check", "state": {"terminated": {"exitCode": 5}}}]}}
+    two = {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"terminated": {"exitCode": 1}}},
+                {"name": "check", "state": {"terminated": {"exitCode": 5}}},
+            ],
+        }
+    }
     assert progress(two, "check").exit_code == 5
     failed = progress(status("Failed", {"terminated": {"exitCode": 7, "reason": "Error"}}))
     assert failed.done and failed.exit_code == 7 and not failed.problem

@@ -59,9 +59,13 @@ def test_filtered_rule_matches_only_its_peers() -> None:
 
 
 def test_delay_and_loss_on_one_peer_chain_in_one_class_netem_first() -> None:
-    p = plan([Rule("b-loss", netem=LOSS, dests=(dest("10.0.0.2"),)),
-              Rule("a-bw", tbf=BW, dests=(dest("10.0.0.2"),)),
-              Rule("c-delay", netem=DELAY, dests=(dest("10.0.0.2"),))])
+    p = plan(
+        [
+            Rule("b-loss", netem=LOSS, dests=(dest("10.0.0.2"),)),
+            Rule("a-bw", tbf=BW, dests=(dest("10.0.0.2"),)),
+            Rule("c-delay", netem=DELAY, dests=(dest("10.0.0.2"),)),
+        ]
+    )
     assert p is not None and len(p.classes) == 1
     assert classes_of(p, dest("10.0.0.2")) == ["b-loss:netem", "c-delay:netem", "a-bw:tbf"]
     [cls] = p.classes
@@ -71,9 +75,13 @@ def test_delay_and_loss_on_one_peer_chain_in_one_class_netem_first() -> None:
 
 
 def test_overlapping_destinations_meet_every_rule_that_covers_them() -> None:
-    p = plan([Rule("net", netem=DELAY, dests=(dest("10.0.0.0/24"),)),
-              Rule("port", tbf=BW, dests=(dest("10.0.0.0/16", 80),)),
-              Rule("all", netem=LOSS)])
+    p = plan(
+        [
+            Rule("net", netem=DELAY, dests=(dest("10.0.0.0/24"),)),
+            Rule("port", tbf=BW, dests=(dest("10.0.0.0/16", 80),)),
+            Rule("all", netem=LOSS),
+        ]
+    )
     assert p is not None
     assert classes_of(p, dest("10.0.0.7", 80)) == ["all:netem", "net:netem", "port:tbf"]
     assert classes_of(p, dest("10.0.0.7", 81)) == ["all:netem", "net:netem"]
@@ -82,8 +90,12 @@ def test_overlapping_destinations_meet_every_rule_that_covers_them() -> None:
 
 
 def test_matches_are_most_specific_first() -> None:
-    p = plan([Rule("wide", netem=DELAY, dests=(dest("10.0.0.0/8"),)),
-              Rule("narrow", tbf=BW, dests=(dest("10.1.0.0/16", 443), dest("10.1.2.3")))])
+    p = plan(
+        [
+            Rule("wide", netem=DELAY, dests=(dest("10.0.0.0/8"),)),
+            Rule("narrow", tbf=BW, dests=(dest("10.1.0.0/16", 443), dest("10.1.2.3"))),
+        ]
+    )
     assert p is not None
     keys = [m.dest.specificity for m in p.matches]
     assert keys == sorted(keys, reverse=True)
@@ -164,14 +176,18 @@ def test_changed_parameters_of_one_owner_give_a_new_class() -> None:
 
 
 def test_handle_range_is_bounded() -> None:
-    rules = [Rule(f"r{i:03}", netem=NetemParams(latency_ns=i + 1), dests=(dest(f"10.0.{i // 250}.{i % 250 + 1}"),))
-             for i in range(256)]
+    rules = [
+        Rule(f"r{i:03}", netem=NetemParams(latency_ns=i + 1), dests=(dest(f"10.0.{i // 250}.{i % 250 + 1}"),))
+        for i in range(256)
+    ]
     with pytest.raises(PlanError, match="at most 255"):
         plan(rules)
 
 
-@pytest.mark.parametrize(("handle", "mine"), [(0xCB000000, True), (0xCBFF0000, True), (0xCB010001, True),
-                                              (0x10000, False), (0xCC000000, False), (0, False)])
+@pytest.mark.parametrize(
+    ("handle", "mine"),
+    [(0xCB000000, True), (0xCBFF0000, True), (0xCB010001, True), (0x10000, False), (0xCC000000, False), (0, False)],
+)
 def test_ours(handle: int, mine: bool) -> None:
     assert ours(handle) is mine
 

@@ -35,11 +35,14 @@ def test_class_rate_is_far_above_any_link() -> None:
     assert struct.unpack("=Q", a[6])[0] == tcwire.CLASS_RATE and struct.unpack("=Q", a[7])[0] == tcwire.CLASS_RATE
 
 
-@pytest.mark.parametrize("tbf", [
-    TbfParams(rate=125_000, limit=20_000, buffer=10_000),
-    TbfParams(rate=125_000, limit=20_000, buffer=10_000, peakrate=250_000, minburst=1_600),
-    TbfParams(rate=10_000_000_000, limit=1 << 20, buffer=1 << 20),  # above 32 bits: RATE64
-])
+@pytest.mark.parametrize(
+    "tbf",
+    [
+        TbfParams(rate=125_000, limit=20_000, buffer=10_000),
+        TbfParams(rate=125_000, limit=20_000, buffer=10_000, peakrate=250_000, minburst=1_600),
+        TbfParams(rate=10_000_000_000, limit=1 << 20, buffer=1 << 20),  # above 32 bits: RATE64
+    ],
+)
 def test_tbf_round_trip(tbf: TbfParams) -> None:
     obj = encoded(tcwire.add_stage(3, Stage(0xCB020000, ROOT | 1, "o", tbf=tbf)))
     assert (obj.kind, obj.handle, obj.parent) == ("tbf", 0xCB020000, ROOT | 1)
@@ -52,15 +55,36 @@ def test_tbf_round_trip(tbf: TbfParams) -> None:
 
 
 def test_netem_round_trip_every_field() -> None:
-    p = NetemParams(latency_ns=100_000_000, jitter_ns=10_000_000, delay_correlation=25, reorder=10,
-                    reorder_correlation=5, gap=3, loss=1.5, loss_correlation=50, duplicate=2,
-                    duplicate_correlation=1, corrupt=0.5, corrupt_correlation=2, rate=125_000)
+    p = NetemParams(
+        latency_ns=100_000_000,
+        jitter_ns=10_000_000,
+        delay_correlation=25,
+        reorder=10,
+        reorder_correlation=5,
+        gap=3,
+        loss=1.5,
+        loss_correlation=50,
+        duplicate=2,
+        duplicate_correlation=1,
+        corrupt=0.5,
+        corrupt_correlation=2,
+        rate=125_000,
+    )
     obj = encoded(tcwire.add_stage(3, Stage(0xCB030000, ROOT | 2, "o", netem=p)))
     got = tcwire.read_netem(obj.options or b"")
     for name in ("latency_ns", "jitter_ns", "gap", "rate"):
         assert got[name] == getattr(p, name), name
-    for name in ("delay_correlation", "reorder", "reorder_correlation", "loss", "loss_correlation", "duplicate",
-                 "duplicate_correlation", "corrupt", "corrupt_correlation"):
+    for name in (
+        "delay_correlation",
+        "reorder",
+        "reorder_correlation",
+        "loss",
+        "loss_correlation",
+        "duplicate",
+        "duplicate_correlation",
+        "corrupt",
+        "corrupt_correlation",
+    ):
         assert got[name] == pytest.approx(getattr(p, name), abs=1e-4), name
     assert got["limit"] == 1000
 
@@ -75,8 +99,9 @@ def test_classifier_carries_the_program_for_every_protocol() -> None:
 
 
 def test_replay_sends_the_dumped_options_back_verbatim() -> None:
-    original = encoded(tcwire.add_stage(2, Stage(0x50000, 0xFFFFFFFF, "x", tbf=TbfParams(rate=1000, limit=2000,
-                                                                                           buffer=3000))))
+    original = encoded(
+        tcwire.add_stage(2, Stage(0x50000, 0xFFFFFFFF, "x", tbf=TbfParams(rate=1000, limit=2000, buffer=3000)))
+    )
     again = encoded(tcwire.replay(original, 9, replace=True))
     assert again.identity == original.identity and again.ifindex == 9
 

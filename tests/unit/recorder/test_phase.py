@@ -26,34 +26,58 @@ def rec(record_phase: str, *, last: str = "") -> Record:
 
 
 def status(*records: Record, desired: str = "Run", selected: bool = True) -> ChaosStatus:
-    return ChaosStatus(experiment=ExperimentStatus(desired_phase=desired,
-                                                   container_records=list(records) if selected else None))
+    return ChaosStatus(
+        experiment=ExperimentStatus(desired_phase=desired, container_records=list(records) if selected else None)
+    )
 
 
-def ph(s: ChaosStatus, *, paused: bool = False, deleting: bool = False, one_shot: bool = False,
-       selection_failed: bool = False) -> str:
+def ph(
+    s: ChaosStatus,
+    *,
+    paused: bool = False,
+    deleting: bool = False,
+    one_shot: bool = False,
+    selection_failed: bool = False,
+) -> str:
     return phase(s, paused=paused, deleting=deleting, one_shot=one_shot, selection_failed=selection_failed)
 
 
 # --- the pure rule ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("s", "kw", "expected"), [
-    (status(rec(INJ)), {"deleting": True, "paused": True}, "Deleting"),
-    (status(rec(INJ)), {"paused": True}, "Paused"),
-    (status(selected=False), {}, "Injecting"),
-    (status(selected=False), {"selection_failed": True}, "Failed"),
-    (status(rec(NI), rec(INJ)), {}, "Injecting"),
-    (status(rec(INJ), rec(INJ)), {}, "Running"),
-    (status(rec(INJ), rec(NI, last="Failed")), {}, "Failed"),
-    (status(rec(INJ), rec(NI, last="Succeeded")), {}, "Injecting"),
-    (status(rec(INJ), rec(NI), desired="Stop"), {}, "Recovering"),
-    (status(rec(INJ, last="Failed"), desired="Stop"), {}, "Failed"),
-    (status(rec(NI), rec(NI), desired="Stop"), {}, "Finished"),
-    (status(rec(INJ), rec(INJ)), {"one_shot": True}, "Finished"),
-    (status(rec(INJ), rec(INJ)), {"one_shot": True, "paused": True}, "Finished"),
-], ids=["deletion-wins", "paused", "not-selected-yet", "selection-failed", "injecting", "running",
-        "apply-failed", "older-failure-then-success", "recovering", "recover-failed", "duration-over",
-        "one-shot-done", "one-shot-ignores-pause"])
+
+@pytest.mark.parametrize(
+    ("s", "kw", "expected"),
+    [
+        (status(rec(INJ)), {"deleting": True, "paused": True}, "Deleting"),
+        (status(rec(INJ)), {"paused": True}, "Paused"),
+        (status(selected=False), {}, "Injecting"),
+        (status(selected=False), {"selection_failed": True}, "Failed"),
+        (status(rec(NI), rec(INJ)), {}, "Injecting"),
+        (status(rec(INJ), rec(INJ)), {}, "Running"),
+        (status(rec(INJ), rec(NI, last="Failed")), {}, "Failed"),
+        (status(rec(INJ), rec(NI, last="Succeeded")), {}, "Injecting"),
+        (status(rec(INJ), rec(NI), desired="Stop"), {}, "Recovering"),
+        (status(rec(INJ, last="Failed"), desired="Stop"), {}, "Failed"),
+        (status(rec(NI), rec(NI), desired="Stop"), {}, "Finished"),
+        (status(rec(INJ), rec(INJ)), {"one_shot": True}, "Finished"),
+        (status(rec(INJ), rec(INJ)), {"one_shot": True, "paused": True}, "Finished"),
+    ],
+    ids=[
+        "deletion-wins",
+        "paused",
+        "not-selected-yet",
+        "selection-failed",
+        "injecting",
+        "running",
+        "apply-failed",
+        "older-failure-then-success",
+        "recovering",
+        "recover-failed",
+        "duration-over",
+        "one-shot-done",
+        "one-shot-ignores-pause",
+    ],
+)
 def test_phase(s: ChaosStatus, kw: dict[str, bool], expected: str) -> None:
     assert ph(s, **kw) == expected
     assert expected in PHASES
@@ -78,6 +102,7 @@ def test_status_without_summary_encodes_exactly_as_chaos_mesh() -> None:
 
 # --- through the recorder core (what it writes on the object) --------------------------------------
 
+
 def summary_of(o: dict[str, Any] | None) -> tuple[str, int, int]:
     assert o is not None
     return o["status"]["phase"], o["status"]["injected"], o["status"]["total"]
@@ -97,17 +122,24 @@ def test_written_status_carries_phase_and_counts_as_results_arrive() -> None:
 def test_a_failed_apply_shows_failed_until_a_retry_succeeds() -> None:
     o = core.on_decision(obj(), decision(["ns/a"]))
     assert o is not None
-    failed = core.on_results(o, batch(("ns/a", "apply", False), message="kernel lacks sch_netem"),
-                             now=NOW, max_events=10)
+    failed = core.on_results(
+        o, batch(("ns/a", "apply", False), message="kernel lacks sch_netem"), now=NOW, max_events=10
+    )
     assert summary_of(failed) == ("Failed", 0, 1)
     assert failed is not None
     assert summary_of(core.on_results(failed, batch(("ns/a", "apply", True)), now=NOW, max_events=10)) == (
-        "Running", 1, 1)
+        "Running",
+        1,
+        1,
+    )
 
 
 def test_selection_error_is_failed_with_nothing_selected() -> None:
     assert summary_of(core.on_decision(obj(), decision(selection_error="spec.selector: no pod is selected"))) == (
-        "Failed", 0, 0)
+        "Failed",
+        0,
+        0,
+    )
 
 
 def test_pod_kill_is_finished_once_every_pod_is_killed_even_while_paused() -> None:
@@ -116,15 +148,17 @@ def test_pod_kill_is_finished_once_every_pod_is_killed_even_while_paused() -> No
     o = core.on_decision(kill, decision(["ns/a"]))
     assert summary_of(o) == ("Injecting", 0, 1)
     assert o is not None
-    assert summary_of(core.on_results(o, batch(("ns/a", "apply", True)), now=NOW, max_events=10)) == (
-        "Finished", 1, 1)
+    assert summary_of(core.on_results(o, batch(("ns/a", "apply", True)), now=NOW, max_events=10)) == ("Finished", 1, 1)
 
 
 def test_pod_failure_is_paused_by_the_annotation_and_deleting_once_deleted() -> None:
-    assert summary_of(core.on_decision(obj(annotations={PAUSE_ANNOTATION: "true"}),
-                                       decision(["ns/a"], phase="Stop")))[0] == "Paused"
+    assert (
+        summary_of(core.on_decision(obj(annotations={PAUSE_ANNOTATION: "true"}), decision(["ns/a"], phase="Stop")))[0]
+        == "Paused"
+    )
     assert summary_of(core.on_decision(obj(deleting=True), decision(["ns/a"], phase="Stop", deleting=True)))[0] == (
-        "Deleting")
+        "Deleting"
+    )
 
 
 def test_stopped_after_its_duration_with_every_target_recovered_is_finished() -> None:
@@ -136,4 +170,7 @@ def test_stopped_after_its_duration_with_every_target_recovered_is_finished() ->
     assert summary_of(o) == ("Recovering", 1, 1)
     assert o is not None
     assert summary_of(core.on_results(o, batch(("ns/a", "recover", True)), now=NOW, max_events=10)) == (
-        "Finished", 0, 1)
+        "Finished",
+        0,
+        1,
+    )

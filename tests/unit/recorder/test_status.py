@@ -23,21 +23,37 @@ NOW = "2026-01-02T03:04:05Z"
 NI, INJ = "Not Injected", "Injected"
 
 
-def decision(phase: Literal["Run", "Stop"] = "Run", records: list[str] | None = None,
-             **kw: Any) -> ExperimentDecision:
+def decision(phase: Literal["Run", "Stop"] = "Run", records: list[str] | None = None, **kw: Any) -> ExperimentDecision:
     refs = None if records is None else [RecordRef(id=r) for r in records]
-    return ExperimentDecision(experiment_uid="u1", generation=1, kind="PodChaos", namespace="ns",
-                              name="x", desired_phase=phase, records=refs, **kw)
+    return ExperimentDecision(
+        experiment_uid="u1",
+        generation=1,
+        kind="PodChaos",
+        namespace="ns",
+        name="x",
+        desired_phase=phase,
+        records=refs,
+        **kw,
+    )
 
 
-def result(target: str, op: Literal["apply", "recover"] = "apply", ok: bool = True, message: str = "",
-           key: str = ".") -> TargetResult:
+def result(
+    target: str, op: Literal["apply", "recover"] = "apply", ok: bool = True, message: str = "", key: str = "."
+) -> TargetResult:
     return TargetResult(target_id=target, op=op, ok=ok, message=message, selector_key=key)
 
 
 def batch(*results: TargetResult, generation: int = 1) -> ResultBatch:
-    return ResultBatch(command_id="c1", experiment_uid="u1", generation=generation, kind="PodChaos",
-                       namespace="ns", name="x", node="n1", results=list(results))
+    return ResultBatch(
+        command_id="c1",
+        experiment_uid="u1",
+        generation=generation,
+        kind="PodChaos",
+        namespace="ns",
+        name="x",
+        node="n1",
+        results=list(results),
+    )
 
 
 def status_with(*phases: str, desired: str = "Run") -> ChaosStatus:
@@ -60,6 +76,7 @@ def record(status: ChaosStatus, i: int = 0) -> Record:
 
 # --- apply_decision --------------------------------------------------------------------------
 
+
 def test_decision_on_no_status_sets_desired_phase() -> None:
     status = apply_decision(None, decision("Run"))
     assert status.experiment.desired_phase == "Run"
@@ -68,15 +85,19 @@ def test_decision_on_no_status_sets_desired_phase() -> None:
 
 def test_decision_creates_one_not_injected_record_per_target_in_order() -> None:
     status = apply_decision(None, decision(records=["ns/b", "ns/a"]))
-    assert [(r.id, r.selector_key, r.phase, r.injected_count) for r in status.experiment.container_records
-            or []] == [("ns/b", ".", NI, 0), ("ns/a", ".", NI, 0)]
+    assert [(r.id, r.selector_key, r.phase, r.injected_count) for r in status.experiment.container_records or []] == [
+        ("ns/b", ".", NI, 0),
+        ("ns/a", ".", NI, 0),
+    ]
 
 
 def test_decision_keeps_selector_keys() -> None:
     refs = [RecordRef(id="ns/a"), RecordRef(id="ns/a", selector_key=".Target")]
     status = apply_decision(None, msgspec.structs.replace(decision(), records=refs))
     assert [(r.id, r.selector_key) for r in status.experiment.container_records or []] == [
-        ("ns/a", "."), ("ns/a", ".Target")]
+        ("ns/a", "."),
+        ("ns/a", ".Target"),
+    ]
 
 
 def test_decision_drops_repeated_refs() -> None:
@@ -85,8 +106,7 @@ def test_decision_drops_repeated_refs() -> None:
 
 @pytest.mark.parametrize("later", [["ns/z"], ["ns/b", "ns/a"], []])
 def test_records_are_created_once_and_never_replaced(later: list[str]) -> None:
-    first = apply_results(apply_decision(None, decision(records=["ns/a", "ns/b"])), batch(result("ns/a")),
-                          now=NOW)
+    first = apply_results(apply_decision(None, decision(records=["ns/a", "ns/b"])), batch(result("ns/a")), now=NOW)
     again = apply_decision(first, decision("Stop", records=later))
     assert again.experiment.container_records == first.experiment.container_records
     assert again.experiment.desired_phase == "Stop"
@@ -115,24 +135,28 @@ def test_decision_keeps_conditions() -> None:
 
 # --- apply_results ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("start", "op", "phase", "injected", "recovered", "operation"), [
-    (NI, "apply", INJ, 1, 0, "Apply"),
-    (INJ, "recover", NI, 0, 1, "Recover"),
-    (INJ, "apply", INJ, 1, 0, "Apply"),  # a re-assert still counts, as the brief specifies
-])
-def test_successful_result_sets_phase_count_and_event(start: str, op: Literal["apply", "recover"],
-                                                      phase: str, injected: int, recovered: int,
-                                                      operation: str) -> None:
+
+@pytest.mark.parametrize(
+    ("start", "op", "phase", "injected", "recovered", "operation"),
+    [
+        (NI, "apply", INJ, 1, 0, "Apply"),
+        (INJ, "recover", NI, 0, 1, "Recover"),
+        (INJ, "apply", INJ, 1, 0, "Apply"),  # a re-assert still counts, as the brief specifies
+    ],
+)
+def test_successful_result_sets_phase_count_and_event(
+    start: str, op: Literal["apply", "recover"], phase: str, injected: int, recovered: int, operation: str
+) -> None:
     rec = record(apply_results(status_with(start), batch(result("ns/p0", op)), now=NOW))
     assert (rec.phase, rec.injected_count, rec.recovered_count) == (phase, injected, recovered)
     assert rec.events == [RecordEvent(type="Succeeded", operation=operation, timestamp=NOW)]
 
 
 @pytest.mark.parametrize(("start", "op", "operation"), [(NI, "apply", "Apply"), (INJ, "recover", "Recover")])
-def test_failure_keeps_phase_and_records_the_message(start: str, op: Literal["apply", "recover"],
-                                                     operation: str) -> None:
-    rec = record(apply_results(status_with(start), batch(result("ns/p0", op, ok=False, message="boom")),
-                               now=NOW))
+def test_failure_keeps_phase_and_records_the_message(
+    start: str, op: Literal["apply", "recover"], operation: str
+) -> None:
+    rec = record(apply_results(status_with(start), batch(result("ns/p0", op, ok=False, message="boom")), now=NOW))
     assert (rec.phase, rec.injected_count, rec.recovered_count) == (start, 0, 0)
     assert rec.events == [RecordEvent(type="Failed", operation=operation, timestamp=NOW, message="boom")]
 
@@ -151,8 +175,11 @@ def test_results_for_unknown_records_are_ignored() -> None:
 
 
 def test_selector_key_distinguishes_records_with_the_same_id() -> None:
-    status = ChaosStatus(experiment=ExperimentStatus(container_records=[
-        Record(id="ns/a", selector_key="."), Record(id="ns/a", selector_key=".Target")]))
+    status = ChaosStatus(
+        experiment=ExperimentStatus(
+            container_records=[Record(id="ns/a", selector_key="."), Record(id="ns/a", selector_key=".Target")]
+        )
+    )
     after = apply_results(status, batch(result("ns/a", key=".Target")), now=NOW)
     assert [r.phase for r in after.experiment.container_records or []] == [NI, INJ]
 
@@ -172,8 +199,9 @@ def test_results_touch_only_their_record() -> None:
 def test_events_are_capped_dropping_the_oldest(max_events: int, results: int, kept: int) -> None:
     status = status_with(NI)
     for i in range(results):
-        status = apply_results(status, batch(result("ns/p0", ok=False, message=str(i))),
-                               now=f"t{i}", max_events=max_events)
+        status = apply_results(
+            status, batch(result("ns/p0", ok=False, message=str(i))), now=f"t{i}", max_events=max_events
+        )
     assert [e.message for e in record(status).events] == [str(i) for i in range(results - kept, results)]
 
 
@@ -195,25 +223,28 @@ def test_results_do_not_mutate_their_input() -> None:
 
 
 def test_success_message_is_kept() -> None:
-    rec = record(apply_results(status_with(INJ), batch(result("ns/p0", "recover", message="pod gone")),
-                               now=NOW))
+    rec = record(apply_results(status_with(INJ), batch(result("ns/p0", "recover", message="pod gone")), now=NOW))
     assert rec.events[0].message == "pod gone"
 
 
 # --- conditions ------------------------------------------------------------------------------
 
+
 def cond(status: ChaosStatus, paused: bool = False) -> dict[str, str]:
     return {c.type: c.status for c in conditions(status, paused=paused)}
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (no_records(), ("False", "False", "False")),
-    (status_with(NI, NI), ("True", "False", "True")),
-    (status_with(INJ, NI), ("True", "False", "False")),
-    (status_with(INJ, INJ), ("True", "True", "False")),
-    (status_with(INJ, "Injected/Wait"), ("True", "False", "False")),
-    (status_with(NI, "Not Injected/Wait"), ("True", "False", "False")),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (no_records(), ("False", "False", "False")),
+        (status_with(NI, NI), ("True", "False", "True")),
+        (status_with(INJ, NI), ("True", "False", "False")),
+        (status_with(INJ, INJ), ("True", "True", "False")),
+        (status_with(INJ, "Injected/Wait"), ("True", "False", "False")),
+        (status_with(NI, "Not Injected/Wait"), ("True", "False", "False")),
+    ],
+)
 def test_conditions_follow_the_records(status: ChaosStatus, expected: tuple[str, str, str]) -> None:
     got = cond(status)
     assert (got["Selected"], got["AllInjected"], got["AllRecovered"]) == expected
@@ -240,45 +271,58 @@ def test_with_conditions_replaces_the_list() -> None:
 
 # --- all_recovered, is_finished, summary -----------------------------------------------------
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (no_records(), True),
-    (status_with(NI, NI), True),
-    (status_with(NI, INJ), False),
-    (status_with("Not Injected/Wait"), False),
-])
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (no_records(), True),
+        (status_with(NI, NI), True),
+        (status_with(NI, INJ), False),
+        (status_with("Not Injected/Wait"), False),
+    ],
+)
 def test_all_recovered(status: ChaosStatus, expected: bool) -> None:
     assert all_recovered(status) is expected
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (status_with(INJ, INJ), True),
-    (status_with(INJ, NI), False),
-    (status_with(INJ, "Injected/Wait"), False),
-    (no_records(), False),
-    (status_with(INJ, INJ, desired="Stop"), True),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (status_with(INJ, INJ), True),
+        (status_with(INJ, NI), False),
+        (status_with(INJ, "Injected/Wait"), False),
+        (no_records(), False),
+        (status_with(INJ, INJ, desired="Stop"), True),
+    ],
+)
 def test_one_shot_finishes_when_everything_is_injected(status: ChaosStatus, expected: bool) -> None:
     assert is_finished(status, one_shot=True, duration_exceeded=False) is expected
 
 
-@pytest.mark.parametrize(("status", "exceeded", "expected"), [
-    (status_with(NI, NI, desired="Stop"), True, True),
-    (status_with(NI, NI, desired="Stop"), False, False),  # paused, not yet over
-    (status_with(NI, NI, desired="Run"), True, False),
-    (status_with(NI, INJ, desired="Stop"), True, False),
-    (status_with(NI, "Not Injected/Wait", desired="Stop"), True, False),
-    (no_records("Stop"), True, True),
-    (no_records(""), True, False),
-])
-def test_duration_experiment_finishes_when_stopped_recovered_and_over(status: ChaosStatus, exceeded: bool,
-                                                                      expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("status", "exceeded", "expected"),
+    [
+        (status_with(NI, NI, desired="Stop"), True, True),
+        (status_with(NI, NI, desired="Stop"), False, False),  # paused, not yet over
+        (status_with(NI, NI, desired="Run"), True, False),
+        (status_with(NI, INJ, desired="Stop"), True, False),
+        (status_with(NI, "Not Injected/Wait", desired="Stop"), True, False),
+        (no_records("Stop"), True, True),
+        (no_records(""), True, False),
+    ],
+)
+def test_duration_experiment_finishes_when_stopped_recovered_and_over(
+    status: ChaosStatus, exceeded: bool, expected: bool
+) -> None:
     assert is_finished(status, one_shot=False, duration_exceeded=exceeded) is expected
 
 
 def test_summary_counts_by_phase_and_failed_events() -> None:
-    status = apply_results(status_with(NI, INJ, "Injected/Wait", NI),
-                           batch(result("ns/p0", ok=False), result("ns/p3", ok=False), result("ns/p3")),
-                           now=NOW)
+    status = apply_results(
+        status_with(NI, INJ, "Injected/Wait", NI),
+        batch(result("ns/p0", ok=False), result("ns/p3", ok=False), result("ns/p3")),
+        now=NOW,
+    )
     assert summary(status) == {"total": 4, "injected": 2, "notInjected": 1, "failedEvents": 2}
 
 
@@ -288,13 +332,28 @@ def test_summary_of_no_records() -> None:
 
 # --- wire shape ------------------------------------------------------------------------------
 
+
 def test_status_encodes_in_chaos_mesh_shape() -> None:
     status = apply_decision(None, decision(records=["ns/a"]))
     status = with_conditions(apply_results(status, batch(result("ns/a")), now=NOW), paused=False)
     assert msgspec.json.decode(msgspec.json.encode(status)) == {
-        "conditions": [{"type": "Selected", "status": "True"}, {"type": "AllInjected", "status": "True"},
-                       {"type": "AllRecovered", "status": "False"}, {"type": "Paused", "status": "False"}],
-        "experiment": {"desiredPhase": "Run", "containerRecords": [{
-            "id": "ns/a", "selectorKey": ".", "phase": "Injected", "injectedCount": 1, "recoveredCount": 0,
-            "events": [{"type": "Succeeded", "operation": "Apply", "timestamp": NOW}]}]},
+        "conditions": [
+            {"type": "Selected", "status": "True"},
+            {"type": "AllInjected", "status": "True"},
+            {"type": "AllRecovered", "status": "False"},
+            {"type": "Paused", "status": "False"},
+        ],
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [
+                {
+                    "id": "ns/a",
+                    "selectorKey": ".",
+                    "phase": "Injected",
+                    "injectedCount": 1,
+                    "recoveredCount": 0,
+                    "events": [{"type": "Succeeded", "operation": "Apply", "timestamp": NOW}],
+                }
+            ],
+        },
     }

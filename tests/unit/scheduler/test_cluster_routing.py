@@ -44,8 +44,9 @@ def test_pod_kill_goes_to_the_cluster_injector_and_container_kill_to_the_node() 
     kill = core.on_object(event(chaos(spec={"action": "pod-kill", "gracePeriod": 5}), "ADDED"), T0)
     assert {c.node for c in kill.commands} == {CLUSTER}
     assert kill.commands[0].actions[0].fault.grace_period == 5  # type: ignore[union-attr]
-    ck = core.on_object(event(chaos(spec={"action": "container-kill", "containerNames": ["main"]}, uid="u2"),
-                              "ADDED"), T0)
+    ck = core.on_object(
+        event(chaos(spec={"action": "container-kill", "containerNames": ["main"]}, uid="u2"), "ADDED"), T0
+    )
     assert ops(ck) == [("n1", "apply", "default/web-0/main"), ("n2", "apply", "default/web-1/main")]
 
 
@@ -67,12 +68,28 @@ def test_without_the_flag_pod_failure_goes_to_the_pods_nodes() -> None:
 
 
 def test_a_workflow_task_goes_to_the_cluster_injector_with_what_its_pod_needs() -> None:
-    container = {"name": "c", "image": "busybox", "command": ["sh", "-c"], "args": ["echo yes"],
-                 "env": [{"name": "A", "value": "1"}]}
+    container = {
+        "name": "c",
+        "image": "busybox",
+        "command": ["sh", "-c"],
+        "args": ["echo yes"],
+        "env": [{"name": "A", "value": "1"}],
+    }
     volumes = [{"name": "v", "emptyDir": {}}]
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Task", "deadline": "60s",
-                         "task": {"container": container, "volumes": volumes}}], name="wf-task"))
+    world.add(
+        workflow(
+            [
+                {
+                    "name": "entry",
+                    "templateType": "Task",
+                    "deadline": "60s",
+                    "task": {"container": container, "volumes": volumes},
+                }
+            ],
+            name="wf-task",
+        )
+    )
     (run,) = world.tasks
     assert cluster_core().task_node() == CLUSTER and make_core(WEB0, WEB1).task_node() == "n1"
     cmd = task_command(run, CLUSTER, T0)

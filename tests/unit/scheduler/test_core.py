@@ -20,22 +20,47 @@ CREATED = "2026-01-02T03:04:05Z"
 UID = "u1"
 
 
-def pod(name: str, node: str = "n1", ip: str = "", app: str = "web",
-        containers: tuple[str, ...] = ("main",), cid_suffix: str = "") -> m.TargetPod:
+def pod(
+    name: str,
+    node: str = "n1",
+    ip: str = "",
+    app: str = "web",
+    containers: tuple[str, ...] = ("main",),
+    cid_suffix: str = "",
+) -> m.TargetPod:
     return m.TargetPod(
-        uid=f"uid-{name}", namespace="default", name=name, labels={"app": app}, node=node, pod_ip=ip,
+        uid=f"uid-{name}",
+        namespace="default",
+        name=name,
+        labels={"app": app},
+        node=node,
+        pod_ip=ip,
         phase="Running",
-        containers=[m.ContainerRef(name=c, container_id=f"process://{name}-{c}{cid_suffix}") for c in containers])
+        containers=[m.ContainerRef(name=c, container_id=f"process://{name}-{c}{cid_suffix}") for c in containers],
+    )
 
 
 WEB0, WEB1, WEB2 = pod("web-0", "n1", "10.0.0.1"), pod("web-1", "n2", "10.0.0.2"), pod("web-2", "n1", "10.0.0.3")
 
 
-def chaos(kind: str = "PodChaos", *, spec: dict[str, Any] | None = None, finalizers: tuple[str, ...] = (
-        RECORDS_FINALIZER,), annotations: dict[str, str] | None = None, deleting: bool = False,
-          status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": "x", "namespace": "default", "uid": uid, "generation": 1,
-                            "creationTimestamp": CREATED, "finalizers": list(finalizers)}
+def chaos(
+    kind: str = "PodChaos",
+    *,
+    spec: dict[str, Any] | None = None,
+    finalizers: tuple[str, ...] = (RECORDS_FINALIZER,),
+    annotations: dict[str, str] | None = None,
+    deleting: bool = False,
+    status: dict[str, Any] | None = None,
+    uid: str = UID,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": "x",
+        "namespace": "default",
+        "uid": uid,
+        "generation": 1,
+        "creationTimestamp": CREATED,
+        "finalizers": list(finalizers),
+    }
     if annotations:
         meta["annotations"] = annotations
     if deleting:
@@ -50,8 +75,15 @@ def chaos(kind: str = "PodChaos", *, spec: dict[str, Any] | None = None, finaliz
 
 def event(obj: dict[str, Any], type_: Literal["ADDED", "MODIFIED", "DELETED"] = "MODIFIED") -> m.ObjectEvent:
     md = obj["metadata"]
-    return m.ObjectEvent(type=type_, kind=obj["kind"], namespace=md["namespace"], name=md["name"], uid=md["uid"],
-                         generation=md.get("generation", 0), object=msgspec.Raw(msgspec.json.encode(obj)))
+    return m.ObjectEvent(
+        type=type_,
+        kind=obj["kind"],
+        namespace=md["namespace"],
+        name=md["name"],
+        uid=md["uid"],
+        generation=md.get("generation", 0),
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
 
 
 def make_core(*pods: m.TargetPod) -> SchedulerCore:
@@ -61,14 +93,32 @@ def make_core(*pods: m.TargetPod) -> SchedulerCore:
     return core
 
 
-def results(cmds: list[m.NodeCommand], *, ok: bool = True, retryable: bool = True,
-            message: str = "") -> list[m.ResultBatch]:
-    return [m.ResultBatch(
-        command_id=c.command_id, experiment_uid=c.experiment_uid, generation=c.generation, kind=c.kind,
-        namespace=c.namespace, name=c.name, node=c.node,
-        results=[m.TargetResult(target_id=a.target_id, selector_key=a.selector_key, op=a.op, ok=ok,
-                                retryable=retryable, message=message) for a in c.actions])
-        for c in cmds]
+def results(
+    cmds: list[m.NodeCommand], *, ok: bool = True, retryable: bool = True, message: str = ""
+) -> list[m.ResultBatch]:
+    return [
+        m.ResultBatch(
+            command_id=c.command_id,
+            experiment_uid=c.experiment_uid,
+            generation=c.generation,
+            kind=c.kind,
+            namespace=c.namespace,
+            name=c.name,
+            node=c.node,
+            results=[
+                m.TargetResult(
+                    target_id=a.target_id,
+                    selector_key=a.selector_key,
+                    op=a.op,
+                    ok=ok,
+                    retryable=retryable,
+                    message=message,
+                )
+                for a in c.actions
+            ],
+        )
+        for c in cmds
+    ]
 
 
 def feed(core: SchedulerCore, batches: list[m.ResultBatch], now: float) -> Outputs:
@@ -104,9 +154,11 @@ def phases(core: SchedulerCore, uid: str = UID) -> dict[str, str]:
 
 # --- no finalizer gate -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("finalizers", [(), ("someone/else",)], ids=["none", "another"])
 def test_an_experiment_runs_on_its_first_event_before_the_records_finalizer_is_stored(
-        finalizers: tuple[str, ...]) -> None:
+    finalizers: tuple[str, ...],
+) -> None:
     _, out = started(chaos(finalizers=finalizers))
     assert ops(out) == [("n1", "apply", "default/web-0"), ("n2", "apply", "default/web-1")]
 
@@ -121,21 +173,39 @@ def test_a_deletion_that_beats_the_finalizer_still_recovers_what_was_sent() -> N
 
 # --- selection and commands --------------------------------------------------------------------------
 
+
 def test_one_command_per_node_with_that_nodes_actions() -> None:
     _, out = started(chaos(), WEB0, WEB1, WEB2)
     assert [(c.node, [a.target_id for a in c.actions]) for c in out.commands] == [
-        ("n1", ["default/web-0", "default/web-2"]), ("n2", ["default/web-1"])]
+        ("n1", ["default/web-0", "default/web-2"]),
+        ("n2", ["default/web-1"]),
+    ]
 
 
 def test_command_carries_the_experiment_and_the_target() -> None:
     _, out = started(chaos(spec={"action": "pod-failure", "duration": "60s"}), WEB0)
     [cmd] = out.commands
-    assert (cmd.experiment_uid, cmd.generation, cmd.kind, cmd.namespace, cmd.name, cmd.node, cmd.issued_at,
-            cmd.deadline) == (UID, 1, "PodChaos", "default", "x", "n1", T0, T0 + 60)
+    assert (
+        cmd.experiment_uid,
+        cmd.generation,
+        cmd.kind,
+        cmd.namespace,
+        cmd.name,
+        cmd.node,
+        cmd.issued_at,
+        cmd.deadline,
+    ) == (UID, 1, "PodChaos", "default", "x", "n1", T0, T0 + 60)
     [action] = cmd.actions
-    assert action == m.TargetAction(target_id="default/web-0", selector_key=".", op="apply", pod_uid="uid-web-0",
-                                    namespace="default", pod_name="web-0",
-                                    container_ids=["process://web-0-main"], fault=m.PodFailure())
+    assert action == m.TargetAction(
+        target_id="default/web-0",
+        selector_key=".",
+        op="apply",
+        pod_uid="uid-web-0",
+        namespace="default",
+        pod_name="web-0",
+        container_ids=["process://web-0-main"],
+        fault=m.PodFailure(),
+    )
 
 
 def test_command_ids_are_unique_and_name_the_experiment() -> None:
@@ -153,7 +223,13 @@ def test_selection_decision_lists_the_records() -> None:
     _, out = started()
     [d] = out.decisions
     assert (d.experiment_uid, d.desired_phase, d.selection_error, d.paused, d.deleting, d.at) == (
-        UID, "Run", "", False, False, T0)
+        UID,
+        "Run",
+        "",
+        False,
+        False,
+        T0,
+    )
     # each record names the node whose results may change it
     assert d.records == [m.RecordRef(id="default/web-0", node="n1"), m.RecordRef(id="default/web-1", node="n2")]
 
@@ -164,13 +240,22 @@ def test_container_kill_targets_containers() -> None:
     _, out = started(obj, side)
     [action] = out.commands[0].actions
     assert (action.target_id, action.container_ids, action.fault) == (
-        "default/side-0/proxy", ["process://side-0-proxy"], m.ContainerKill(container_names=["proxy"]))
+        "default/side-0/proxy",
+        ["process://side-0-proxy"],
+        m.ContainerKill(container_names=["proxy"]),
+    )
 
 
 def test_network_partition_commands_for_both_sides() -> None:
     db = pod("db-0", "n9", "10.0.1.1", app="db")
-    obj = chaos("NetworkChaos", spec={"action": "partition", "direction": "to",
-                                      "target": {"mode": "all", "selector": {"labelSelectors": {"app": "db"}}}})
+    obj = chaos(
+        "NetworkChaos",
+        spec={
+            "action": "partition",
+            "direction": "to",
+            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "db"}}},
+        },
+    )
     _, out = started(obj, WEB0, db)
     by_target = {(a.target_id, a.selector_key): a.fault for c in out.commands for a in c.actions}
     assert by_target == {
@@ -201,6 +286,7 @@ def test_deleted_event_for_an_unknown_experiment_is_ignored() -> None:
 
 # --- results -------------------------------------------------------------------------------------
 
+
 def test_successful_results_mark_targets_injected() -> None:
     core = running()
     assert phases(core) == {"default/web-0": "Injected", "default/web-1": "Injected"}
@@ -215,8 +301,10 @@ def test_partial_results_mark_only_their_targets() -> None:
 
 def test_result_for_another_op_is_ignored() -> None:
     core, out = started()
-    stale = [msgspec.structs.replace(b, results=[msgspec.structs.replace(r, op="recover") for r in b.results])
-             for b in results(out.commands)]
+    stale = [
+        msgspec.structs.replace(b, results=[msgspec.structs.replace(r, op="recover") for r in b.results])
+        for b in results(out.commands)
+    ]
     feed(core, stale, T0 + 0.1)
     assert set(phases(core).values()) == {"Not Injected"}
 
@@ -233,6 +321,7 @@ def test_injected_targets_get_no_more_commands() -> None:
 
 
 # --- duration, pause -----------------------------------------------------------------------------
+
 
 def test_duration_expiry_at_tick_recovers() -> None:
     core = running(chaos(spec={"action": "pod-failure", "duration": "60s"}))
@@ -283,6 +372,7 @@ def test_unpause_after_duration_does_not_apply_again() -> None:
 
 # --- one-shot ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("annotations", [{PAUSE_ANNOTATION: "true"}, None])
 def test_one_shot_never_recovers_on_pause_or_time_and_never_reapplies(annotations: dict[str, str] | None) -> None:
     spec = {"action": "pod-kill", "duration": "10s"}
@@ -295,12 +385,15 @@ def test_one_shot_never_recovers_on_pause_or_time_and_never_reapplies(annotation
 
 def test_one_shot_restarted_pod_is_not_killed_again() -> None:
     core = running(chaos(spec={"action": "pod-kill"}), WEB0)
-    core.on_target("pod.default.web-0", m.TargetPod(uid="uid-new", namespace="default", name="web-0", node="n1",
-                                                    labels={"app": "web"}))
+    core.on_target(
+        "pod.default.web-0",
+        m.TargetPod(uid="uid-new", namespace="default", name="web-0", node="n1", labels={"app": "web"}),
+    )
     assert core.tick(T0 + 100).commands == []
 
 
 # --- deletion ------------------------------------------------------------------------------------
+
 
 def test_deletion_recovers_then_the_experiment_is_forgotten() -> None:
     core = running()
@@ -347,6 +440,7 @@ def test_recover_uses_the_live_container_ids() -> None:
 
 
 # --- failures and retries ------------------------------------------------------------------------
+
 
 def test_retryable_failure_is_retried_after_backoff_not_before() -> None:
     core, out = started(chaos(), WEB0)
@@ -412,6 +506,7 @@ def test_late_result_of_a_resent_op_still_counts() -> None:
 
 # --- selection errors ----------------------------------------------------------------------------
 
+
 def test_selection_error_is_decided_and_retried_after_the_retry_interval() -> None:
     core = make_core(pod("db-0", app="db"))
     out = core.on_object(event(chaos()), T0)
@@ -423,7 +518,8 @@ def test_selection_error_is_decided_and_retried_after_the_retry_interval() -> No
     out = core.tick(T0 + SELECTION_RETRY_S)
     assert ops(out) == [("n1", "apply", "default/web-0")]
     assert [(d.selection_error, d.records) for d in out.decisions] == [
-        ("", [m.RecordRef(id="default/web-0", node="n1")])]
+        ("", [m.RecordRef(id="default/web-0", node="n1")])
+    ]
 
 
 def test_unchanged_selection_error_is_not_decided_twice() -> None:
@@ -440,11 +536,14 @@ def test_unknown_target_keys_are_ignored(key: str) -> None:
     assert (core.pods, core.namespaces, core.nodes) == ({"default/web-0": WEB0}, {}, {})
 
 
-@pytest.mark.parametrize(("key", "value", "table", "name"), [
-    ("pod.default.web.1", pod("web.1"), "pods", "default/web.1"),
-    ("namespace.prod", m.TargetNamespace(name="prod"), "namespaces", "prod"),
-    ("node.n1.example.com", m.TargetNode(name="n1.example.com"), "nodes", "n1.example.com"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "table", "name"),
+    [
+        ("pod.default.web.1", pod("web.1"), "pods", "default/web.1"),
+        ("namespace.prod", m.TargetNamespace(name="prod"), "namespaces", "prod"),
+        ("node.n1.example.com", m.TargetNode(name="n1.example.com"), "nodes", "n1.example.com"),
+    ],
+)
 def test_target_keys_map_to_selection_keys(key: str, value: m.Message, table: str, name: str) -> None:
     core = SchedulerCore()
     core.on_target(key, value)
@@ -462,10 +561,17 @@ def test_removed_target_pod_is_forgotten() -> None:
 
 # --- resuming after a restart --------------------------------------------------------------------
 
+
 def status(*records: tuple[str, str], key: str = ".") -> dict[str, Any]:
-    return {"experiment": {"desiredPhase": "Run", "containerRecords": [
-        {"id": rid, "selectorKey": key, "phase": ph, "injectedCount": 0, "recoveredCount": 0}
-        for rid, ph in records]}}
+    return {
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [
+                {"id": rid, "selectorKey": key, "phase": ph, "injectedCount": 0, "recoveredCount": 0}
+                for rid, ph in records
+            ],
+        }
+    }
 
 
 def test_resume_does_not_reselect() -> None:
@@ -490,8 +596,11 @@ def test_resume_wait_phases_count_by_their_prefix(phase: str, expected: list[str
 
 def test_resume_container_records_keep_their_container() -> None:
     side = pod("side-0", "n3", containers=("app", "proxy"))
-    obj = chaos(spec={"action": "container-kill", "containerNames": ["proxy"]}, deleting=True,
-                status=status(("default/side-0/proxy", "Injected")))
+    obj = chaos(
+        spec={"action": "container-kill", "containerNames": ["proxy"]},
+        deleting=True,
+        status=status(("default/side-0/proxy", "Injected")),
+    )
     _, out = started(obj, side)
     [action] = out.commands[0].actions
     assert (action.op, action.container_ids) == ("recover", ["process://side-0-proxy"])
@@ -504,6 +613,7 @@ def test_resumed_record_of_a_vanished_pod_is_never_sent_to_no_node() -> None:
 
 
 # --- wakeups -------------------------------------------------------------------------------------
+
 
 def test_next_wakeup_is_the_duration_end() -> None:
     core = running(chaos(spec={"action": "pod-failure", "duration": "60s"}))
@@ -551,8 +661,9 @@ def _apply_lost_then_paused() -> tuple[SchedulerCore, float]:
     return core, T0 + INFLIGHT_TIMEOUT_S + 1
 
 
-@pytest.mark.parametrize("scenario", [_selection_failed_then_paused, _selection_failed_then_expired,
-                                      _apply_lost_then_paused])
+@pytest.mark.parametrize(
+    "scenario", [_selection_failed_then_paused, _selection_failed_then_expired, _apply_lost_then_paused]
+)
 def test_next_wakeup_is_never_in_the_past(scenario: Any) -> None:
     """A past wakeup makes the app's timer loop spin without awaiting, freezing the event loop."""
     core, now = scenario()

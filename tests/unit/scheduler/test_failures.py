@@ -21,19 +21,49 @@ MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 
 
 def pod(i: int, app: str) -> m.TargetPod:
-    return m.TargetPod(uid=f"u-{app}-{i}", namespace="default", name=f"{app}-{i}", labels={"app": app}, node="n1",
-                       pod_ip=f"10.{1 if app == 'a' else 2}.{i // 250}.{i % 250 + 1}", phase="Running",
-                       containers=[m.ContainerRef(name="main", container_id=f"process://{app}{i}")])
+    return m.TargetPod(
+        uid=f"u-{app}-{i}",
+        namespace="default",
+        name=f"{app}-{i}",
+        labels={"app": app},
+        node="n1",
+        pod_ip=f"10.{1 if app == 'a' else 2}.{i // 250}.{i % 250 + 1}",
+        phase="Running",
+        containers=[m.ContainerRef(name="main", container_id=f"process://{app}{i}")],
+    )
 
 
 def partition(name: str, uid: str, **spec: Any) -> m.ObjectEvent:
-    body = {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "a"}}, "direction": "both",
-            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}}, **spec}
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "spec": body,
-           "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1,
-                        "creationTimestamp": "2026-01-01T00:00:00Z", "finalizers": [RECORDS_FINALIZER]}}
-    return m.ObjectEvent(type="MODIFIED", kind="NetworkChaos", namespace="default", name=name, uid=uid,
-                         generation=1, object=msgspec.Raw(msgspec.json.encode(obj)))
+    body = {
+        "action": "partition",
+        "mode": "all",
+        "selector": {"labelSelectors": {"app": "a"}},
+        "direction": "both",
+        "target": {"mode": "all", "selector": {"labelSelectors": {"app": "b"}}},
+        **spec,
+    }
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "NetworkChaos",
+        "spec": body,
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": uid,
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "finalizers": [RECORDS_FINALIZER],
+        },
+    }
+    return m.ObjectEvent(
+        type="MODIFIED",
+        kind="NetworkChaos",
+        namespace="default",
+        name=name,
+        uid=uid,
+        generation=1,
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
 
 
 def core_with(n: int) -> SchedulerCore:
@@ -88,14 +118,19 @@ def test_a_1000_plus_1000_partition_on_one_node_fits_nats_with_every_peer() -> N
     inline = len(msgspec.json.encode(cmd))
     parts = commands.parts(cmd, MAX_PAYLOAD - 8192)
     sizes = [len(msgspec.json.encode(p)) for p in parts]
-    print(f"\n1,000+1,000 partition, one node: {inline / 1e6:.1f} MB with peers per target; "
-          f"{len(parts)} part(s) of {sizes} bytes with peer sets once")
+    print(
+        f"\n1,000+1,000 partition, one node: {inline / 1e6:.1f} MB with peers per target; "
+        f"{len(parts)} part(s) of {sizes} bytes with peer sets once"
+    )
     assert inline > 20 * MAX_PAYLOAD  # what crash-looped the scheduler
     assert all(s <= MAX_PAYLOAD - 8192 for s in sizes)
     assert sum(sizes) < inline / 20
     # The injector's view: every target back, each with its side's full peer list in both chains.
-    expanded = [a for p in parts for a in commands.expand(msgspec.json.decode(msgspec.json.encode(p),
-                                                                              type=m.NodeCommand)).actions]
+    expanded = [
+        a
+        for p in parts
+        for a in commands.expand(msgspec.json.decode(msgspec.json.encode(p), type=m.NodeCommand)).actions
+    ]
     assert expanded == cmd.actions
     a_ips = sorted(pod(i, "a").pod_ip for i in range(1000))
     b_ips = sorted(pod(i, "b").pod_ip for i in range(1000))
@@ -134,8 +169,12 @@ def test_an_object_the_watcher_could_not_carry_is_reported_failed_with_its_size(
 def test_a_task_command_that_is_no_list_is_refused_naming_the_field() -> None:
     from chaosbus.scheduler import wfspec
 
-    spec = wfspec.decode({"entry": "t", "templates": [{"name": "t", "templateType": "Task",
-                                                        "task": {"container": {"name": "c", "command": True}}}]})
+    spec = wfspec.decode(
+        {
+            "entry": "t",
+            "templates": [{"name": "t", "templateType": "Task", "task": {"container": {"name": "c", "command": True}}}],
+        }
+    )
     with pytest.raises(wfspec.InvalidWorkflow, match=r"task.container.command: a Task needs a command"):
         wfspec.validate(spec, "default")
 
@@ -145,11 +184,20 @@ def test_a_malformed_workflow_object_is_forgotten_and_reported_never_raised() ->
 
     orch = Orchestrator()
     orch.start(1.0)
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
-           "spec": {"entry": "e", "templates": [{"name": "e", "templateType": "Suspend", "deadline": "1s"}]},
-           "metadata": {"name": {"not": "a name"}, "namespace": "default", "uid": "w"}}
-    event = m.ObjectEvent(type="ADDED", kind="Workflow", namespace="default", name="w", uid="w",
-                          object=msgspec.Raw(msgspec.json.encode(obj)))
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Workflow",
+        "spec": {"entry": "e", "templates": [{"name": "e", "templateType": "Suspend", "deadline": "1s"}]},
+        "metadata": {"name": {"not": "a name"}, "namespace": "default", "uid": "w"},
+    }
+    event = m.ObjectEvent(
+        type="ADDED",
+        kind="Workflow",
+        namespace="default",
+        name="w",
+        uid="w",
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
     out = orch.on_object(event, 2.0)
     assert out.errors == ["Workflow/default/w: TypeError: sequence item 1: expected str instance, dict found"]
     assert not out.writes and not orch.seen

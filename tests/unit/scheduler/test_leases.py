@@ -27,8 +27,7 @@ FAILURE = {"action": "pod-failure"}
 
 
 def leases(core: object, now: float = T0 + 1) -> dict[str, tuple[list[str], list[str]]]:
-    return {lease.node: (lease.held, lease.exempt)
-            for lease in core.leases(now, 15.0, "sched-1")}  # type: ignore[attr-defined]
+    return {lease.node: (lease.held, lease.exempt) for lease in core.leases(now, 15.0, "sched-1")}  # type: ignore[attr-defined]
 
 
 def test_each_node_is_told_the_experiments_it_holds() -> None:
@@ -51,10 +50,20 @@ def test_nothing_is_held_once_the_experiment_stops_or_is_one_shot() -> None:
 
 def test_a_node_recovery_makes_the_target_not_injected_and_the_apply_is_sent_again() -> None:
     core = running(chaos(spec=FAILURE), WEB0)
-    unsolicited = m.ResultBatch(command_id="node.n1.x", experiment_uid=UID, generation=1, kind="PodChaos",
-                                namespace="default", name="x", node="n1", results=[m.TargetResult(
-                                    target_id="default/web-0", op="recover", ok=True,
-                                    message="recovered: halted by kill switch (drill)")])
+    unsolicited = m.ResultBatch(
+        command_id="node.n1.x",
+        experiment_uid=UID,
+        generation=1,
+        kind="PodChaos",
+        namespace="default",
+        name="x",
+        node="n1",
+        results=[
+            m.TargetResult(
+                target_id="default/web-0", op="recover", ok=True, message="recovered: halted by kill switch (drill)"
+            )
+        ],
+    )
     out = core.on_results(unsolicited, T0 + 2)
     assert phases(core) == {"default/web-0": "Not Injected"}
     assert ops(out) == [("n1", "apply", "default/web-0")]  # the node answers whether it may happen again
@@ -64,9 +73,16 @@ def test_a_node_recovery_makes_the_target_not_injected_and_the_apply_is_sent_aga
 
 def test_an_unsolicited_recover_does_not_disturb_an_op_in_flight() -> None:
     core, out = started(chaos(spec=FAILURE), WEB0)
-    stray = m.ResultBatch(command_id="node.n1.y", experiment_uid=UID, generation=1, kind="PodChaos",
-                          namespace="default", name="x", node="n1",
-                          results=[m.TargetResult(target_id="default/web-0", op="recover", ok=True)])
+    stray = m.ResultBatch(
+        command_id="node.n1.y",
+        experiment_uid=UID,
+        generation=1,
+        kind="PodChaos",
+        namespace="default",
+        name="x",
+        node="n1",
+        results=[m.TargetResult(target_id="default/web-0", op="recover", ok=True)],
+    )
     core.on_results(stray, T0 + 0.1)
     feed(core, results(out.commands), T0 + 0.2)
     assert phases(core) == {"default/web-0": "Injected"}

@@ -32,7 +32,9 @@ def test_selection_and_inflight_ops_are_written_once() -> None:
     [mem] = written(core).values()
     assert mem is not None and mem.experiment_uid == UID and mem.created_at == T0
     assert [(t.target_id, t.phase, t.inflight, t.pod.node) for t in mem.targets or []] == [
-        ("default/web-0", NOT_INJECTED, "apply", "n1"), ("default/web-1", NOT_INJECTED, "apply", "n2")]
+        ("default/web-0", NOT_INJECTED, "apply", "n1"),
+        ("default/web-1", NOT_INJECTED, "apply", "n2"),
+    ]
     assert written(core) == {}  # nothing changed since: nothing to write
 
 
@@ -107,8 +109,12 @@ def test_memory_beats_a_lagging_status() -> None:
     feed(before, results(out.commands), T0 + 0.1)
     written(before)
     core = restarted(before)
-    stale = {"experiment": {"desiredPhase": "Run", "containerRecords": [
-        {"id": "default/web-0", "selectorKey": ".", "phase": "Not Injected"}]}}
+    stale = {
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [{"id": "default/web-0", "selectorKey": ".", "phase": "Not Injected"}],
+        }
+    }
     out = core.on_object(event(chaos(spec=TIMED, status=stale)), T0 + 10)
     assert len(ops(out)) == 2  # both targets remembered as injected, not the one record of the status
 

@@ -10,16 +10,25 @@ from chaosbus.scheduler.metrics import SchedulerMetrics, by_namespace
 
 def exposed(metrics: SchedulerMetrics) -> dict[str, float]:
     """Every sample of the scrape as name{label="value",...} with the labels in sorted order."""
-    return {sample.name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}"
-                           if sample.labels else ""): sample.value
-            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
-            for sample in family.samples}
+    return {
+        sample.name
+        + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items())) + "}" if sample.labels else ""
+        ): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
 
 
 def test_counts_by_namespace_feed_both_names_with_chaos_mesh_phases() -> None:
     metrics = SchedulerMetrics()
-    metrics.set_experiments({("default", "NetworkChaos", "running"): 2, ("team", "NetworkChaos", "recovering"): 1,
-                             ("team", "NetworkChaos", "failed"): 1})
+    metrics.set_experiments(
+        {
+            ("default", "NetworkChaos", "running"): 2,
+            ("team", "NetworkChaos", "recovering"): 1,
+            ("team", "NetworkChaos", "failed"): 1,
+        }
+    )
     got = exposed(metrics)
     assert got['chaosbus_experiments{kind="NetworkChaos",phase="running"}'] == 2
     assert got['chaosbus_experiments{kind="NetworkChaos",phase="recovering"}'] == 1

@@ -31,12 +31,16 @@ def hello(duration: str | None = "1s") -> Obj:
     return spec
 
 
-def schedule_obj(cron: str = "@every 2s", *, kind: str = "HelloWorldChaos", embedded: Obj | None = None,
-                 **spec: Any) -> Obj:
+def schedule_obj(
+    cron: str = "@every 2s", *, kind: str = "HelloWorldChaos", embedded: Obj | None = None, **spec: Any
+) -> Obj:
     key = kind[0].lower() + kind[1:]  # the embedded key, e.g. helloWorldChaos
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-            "metadata": {"name": "sched", "namespace": "ns"},
-            "spec": {"schedule": cron, "type": kind, key: embedded if embedded is not None else hello(), **spec}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "sched", "namespace": "ns"},
+        "spec": {"schedule": cron, "type": kind, key: embedded if embedded is not None else hello(), **spec},
+    }
 
 
 class World:
@@ -63,8 +67,14 @@ class World:
 
     def feed(self, change: str, obj: Obj, now: float) -> None:
         meta = obj["metadata"]
-        event = m.ObjectEvent(type=change, kind=obj["kind"], namespace=meta.get("namespace", ""),  # type: ignore[arg-type]
-                              name=meta["name"], uid=meta["uid"], object=msgspec.Raw(msgspec.json.encode(obj)))
+        event = m.ObjectEvent(
+            type=change,
+            kind=obj["kind"],
+            namespace=meta.get("namespace", ""),  # type: ignore[arg-type]
+            name=meta["name"],
+            uid=meta["uid"],
+            object=msgspec.Raw(msgspec.json.encode(obj)),
+        )
         self.carry_out(self.core.on_object(event, now), now)
 
     def carry_out(self, out: Any, now: float) -> None:
@@ -83,8 +93,11 @@ class World:
         current = self.objs.get(key)
         if w.op == "create":
             if current is None:
-                self.overlaps += [n for (k, n), o in self.objs.items() if k != "Schedule" and
-                                  (o.get("status") or {}).get("experiment", {}).get("desiredPhase") == "Run"]
+                self.overlaps += [
+                    n
+                    for (k, n), o in self.objs.items()
+                    if k != "Schedule" and (o.get("status") or {}).get("experiment", {}).get("desiredPhase") == "Run"
+                ]
                 self.created.append(w.name)
                 self.put(msgspec.json.decode(w.object), now)
             return
@@ -114,8 +127,10 @@ class World:
             end = None if not duration else start + float(duration.rstrip("s"))
             stopped = end is not None and now >= end + recovery_s
             record = {"id": "ns/web-0", "selectorKey": ".", "phase": "Not Injected" if stopped else "Injected"}
-            want = {"conditions": [], "experiment": {"desiredPhase": "Stop" if stopped else "Run",
-                                                     "containerRecords": [record]}}
+            want = {
+                "conditions": [],
+                "experiment": {"desiredPhase": "Stop" if stopped else "Run", "containerRecords": [record]},
+            }
             if obj.get("status") != want:
                 self.put({**obj, "status": want}, now)
 
@@ -147,9 +162,16 @@ def test_every_2s_fires_once_per_period_with_names_labels_owner_and_status() -> 
     child = world.objs[("HelloWorldChaos", f"sched-{int(T0) + 2}")]
     meta = child["metadata"]
     assert meta["labels"] == {"managed-by": "sched"} and meta["namespace"] == "ns"
-    assert meta["ownerReferences"] == [{"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Schedule",
-                                        "name": "sched", "uid": world.schedule["metadata"]["uid"],
-                                        "controller": True, "blockOwnerDeletion": True}]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "chaos-mesh.org/v1alpha1",
+            "kind": "Schedule",
+            "name": "sched",
+            "uid": world.schedule["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert child["spec"] == hello()
     status = world.schedule["status"]
     assert status["time"] == ch.rfc3339(T0 + 8)
@@ -258,19 +280,30 @@ def test_a_restart_before_status_was_written_names_the_same_child() -> None:
     creates = [w for w in out.writes if w.op == "create"]
     assert [w.name for w in creates] == [f"sched-{int(T0) + 2}"]
     again = ScheduleCore(started_at=T0 + 2.5)
-    replayed = again.on_object(m.ObjectEvent(type="ADDED", kind="Schedule", namespace="ns", name="sched",
-                                             uid=world.schedule["metadata"]["uid"],
-                                             object=msgspec.Raw(msgspec.json.encode(world.schedule))), T0 + 2.5)
+    replayed = again.on_object(
+        m.ObjectEvent(
+            type="ADDED",
+            kind="Schedule",
+            namespace="ns",
+            name="sched",
+            uid=world.schedule["metadata"]["uid"],
+            object=msgspec.Raw(msgspec.json.encode(world.schedule)),
+        ),
+        T0 + 2.5,
+    )
     second = [w for w in replayed.writes + again.tick(T0 + 2.5).writes if w.op == "create"]
     assert [(w.name, w.write_id) for w in second] == [(w.name, w.write_id) for w in creates]
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ({"schedule": "61 * * * *"}, "spec.schedule: invalid cron expression"),
-    ({"historyLimit": 0}, "spec.historyLimit: must be at least 1"),
-    ({"concurrencyPolicy": "Replace"}, "spec.concurrencyPolicy: must be Forbid or Allow"),
-    ({"type": "PodChaos"}, "type is PodChaos, so only spec.podChaos may be set"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"schedule": "61 * * * *"}, "spec.schedule: invalid cron expression"),
+        ({"historyLimit": 0}, "spec.historyLimit: must be at least 1"),
+        ({"concurrencyPolicy": "Replace"}, "spec.concurrencyPolicy: must be Forbid or Allow"),
+        ({"type": "PodChaos"}, "type is PodChaos, so only spec.podChaos may be set"),
+    ],
+)
 def test_invalid_schedule_gets_a_status_condition_naming_the_field_and_never_fires(spec: Obj, message: str) -> None:
     world = start(schedule_obj() | {"spec": {**schedule_obj()["spec"], **spec}})
     world.run(T0, T0 + 5)
@@ -322,12 +355,24 @@ def test_nothing_is_decided_before_the_replay_completes() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(period=st.integers(1, 5), duration=st.integers(1, 8), step=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
-       history=st.integers(1, 4), allow=st.booleans())
+@given(
+    period=st.integers(1, 5),
+    duration=st.integers(1, 8),
+    step=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
+    history=st.integers(1, 4),
+    allow=st.booleans(),
+)
 def test_any_timetable_fires_each_time_at_most_once_and_forbid_never_overlaps(
-        period: int, duration: int, step: float, history: int, allow: bool) -> None:
-    world = start(schedule_obj(f"@every {period}s", embedded=hello(f"{duration}s"), historyLimit=history,
-                               concurrencyPolicy="Allow" if allow else "Forbid"))
+    period: int, duration: int, step: float, history: int, allow: bool
+) -> None:
+    world = start(
+        schedule_obj(
+            f"@every {period}s",
+            embedded=hello(f"{duration}s"),
+            historyLimit=history,
+            concurrencyPolicy="Allow" if allow else "Forbid",
+        )
+    )
     world.run(T0, T0 + 20, step=step)
     fires = [int(n.rsplit("-", 1)[1]) - int(T0) for n in world.created]
     assert len(fires) == len(set(fires)) and fires == sorted(fires)
@@ -337,30 +382,42 @@ def test_any_timetable_fires_each_time_at_most_once_and_forbid_never_overlaps(
     else:
         assert world.overlaps == []
         assert len(fires) >= min(20 // period, int(20 // (duration + 0.2 + step + period)))
-    running = [n for n in world.children() if (world.objs[("HelloWorldChaos", n)].get("status") or {})
-               .get("experiment", {}).get("desiredPhase") == "Run"]
+    running = [
+        n
+        for n in world.children()
+        if (world.objs[("HelloWorldChaos", n)].get("status") or {}).get("experiment", {}).get("desiredPhase") == "Run"
+    ]
     assert len(world.children()) <= history + len(running)
 
 
-@pytest.mark.parametrize(("conditions", "finished"), [
-    ([], False),
-    ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "False"}], False),
-    ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "True"}], True),
-    ([{"type": "Accomplished", "status": "False"}, {"type": "Aborted", "status": "True"}], True),
-    ([{"type": "Scheduled", "status": "False", "reason": "InvalidSpec"}], True),
-])
-def test_a_workflow_child_is_finished_when_accomplished_aborted_or_refused(conditions: list[Obj],
-                                                                           finished: bool) -> None:
-    obj = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow",
-           "metadata": {"name": "w-1", "namespace": "ns", "uid": "w", "creationTimestamp": ch.rfc3339(T0)},
-           "spec": {"entry": "a", "templates": []}, "status": {"conditions": conditions}}
+@pytest.mark.parametrize(
+    ("conditions", "finished"),
+    [
+        ([], False),
+        ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "False"}], False),
+        ([{"type": "Scheduled", "status": "True"}, {"type": "Accomplished", "status": "True"}], True),
+        ([{"type": "Accomplished", "status": "False"}, {"type": "Aborted", "status": "True"}], True),
+        ([{"type": "Scheduled", "status": "False", "reason": "InvalidSpec"}], True),
+    ],
+)
+def test_a_workflow_child_is_finished_when_accomplished_aborted_or_refused(
+    conditions: list[Obj], finished: bool
+) -> None:
+    obj = {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "w-1", "namespace": "ns", "uid": "w", "creationTimestamp": ch.rfc3339(T0)},
+        "spec": {"entry": "a", "templates": []},
+        "status": {"conditions": conditions},
+    }
     assert ch.read_child(obj, T0).finished(T0 + 100) is finished
 
 
 def test_objects_that_are_not_children_are_ignored_without_decoding() -> None:
     core = ScheduleCore(started_at=T0)
-    plain = m.ObjectEvent(type="ADDED", kind="NetworkChaos", namespace="ns", name="x", uid="x",
-                          object=msgspec.Raw(b"not even json"))
+    plain = m.ObjectEvent(
+        type="ADDED", kind="NetworkChaos", namespace="ns", name="x", uid="x", object=msgspec.Raw(b"not even json")
+    )
     assert core.on_object(plain, T0).writes == [] and core.children == {}
 
 
@@ -415,8 +472,13 @@ def test_a_long_outage_reports_the_fires_it_does_not_catch_up() -> None:
     world = start(schedule_obj("@every 10s"))
     world.run(T0 + 55, T0 + 56)  # +10 .. +40 are not caught up, +50 runs
     assert world.created == [f"sched-{int(T0) + 50}"]
-    assert world.events == [("MissSchedule", "Missed scheduled times from Fri, 15 Jan 2027 08:00:10 +0000: only "
-                                             "the latest, Fri, 15 Jan 2027 08:00:50 +0000, is run")]
+    assert world.events == [
+        (
+            "MissSchedule",
+            "Missed scheduled times from Fri, 15 Jan 2027 08:00:10 +0000: only "
+            "the latest, Fri, 15 Jan 2027 08:00:50 +0000, is run",
+        )
+    ]
 
 
 def test_pausing_a_workflow_schedule_is_not_supported_and_its_workflows_are_not_annotated() -> None:
@@ -439,8 +501,10 @@ def test_fires_skipped_while_forbid_waits_are_reported_once_when_the_next_child_
     assert world.created == [f"sched-{int(T0) + 2}", f"sched-{int(T0) + 8}"]
     reasons = [r for r, _ in world.events]
     assert reasons == ["Forbid", "Forbid", "Forbid", "MissSchedule"]  # not one MissSchedule per wait
-    assert world.events[-1][1] == ("Missed scheduled times from Fri, 15 Jan 2027 08:00:04 +0000: only the latest, "
-                                   "Fri, 15 Jan 2027 08:00:08 +0000, is run")
+    assert world.events[-1][1] == (
+        "Missed scheduled times from Fri, 15 Jan 2027 08:00:04 +0000: only the latest, "
+        "Fri, 15 Jan 2027 08:00:08 +0000, is run"
+    )
 
 
 def test_a_schedule_spawns_golangchaos_chaosbus_own_kind() -> None:

@@ -19,8 +19,15 @@ from chaosbus.scheduler.core import SchedulerCore
 
 
 def target(namespace: str, name: str) -> m.TargetPod:
-    return m.TargetPod(uid=f"uid-{name}", namespace=namespace, name=name, labels={"app": "web"}, node="n1",
-                       phase="Running", containers=[m.ContainerRef(name="main", container_id=f"process://{name}")])
+    return m.TargetPod(
+        uid=f"uid-{name}",
+        namespace=namespace,
+        name=name,
+        labels={"app": "web"},
+        node="n1",
+        phase="Running",
+        containers=[m.ContainerRef(name="main", container_id=f"process://{name}")],
+    )
 
 
 def scheduler(env: dict[str, str]) -> SchedulerCore:
@@ -38,6 +45,7 @@ SINGLE = {"CLUSTER_SCOPED": "false", "TARGET_NAMESPACE": "team-a"}
 
 
 # --- parsing ----------------------------------------------------------------------------------------
+
 
 def test_default_scope_is_cluster_wide_without_filter() -> None:
     assert controller_scope(env={}) == ControllerScope(True, "", False)
@@ -65,10 +73,12 @@ def test_a_boolean_that_does_not_parse_names_the_variable() -> None:
 
 # --- selection -------------------------------------------------------------------------------------
 
+
 def test_cluster_scoped_scheduler_selects_every_namespace_listed() -> None:
     core = scheduler({})
-    obj = in_namespace(chaos(spec={"action": "pod-failure", "selector": {"namespaces": ["team-a", "team-b"]}}),
-                       "team-a")
+    obj = in_namespace(
+        chaos(spec={"action": "pod-failure", "selector": {"namespaces": ["team-a", "team-b"]}}), "team-a"
+    )
     out = core.on_object(event(obj, "ADDED"), T0)
     assert sorted(t for _, _, t in ops(out)) == ["team-a/web-a", "team-b/web-b"]
 
@@ -87,13 +97,18 @@ def test_single_namespace_scheduler_refuses_another_namespace_with_a_status_erro
     assert out.commands == []
     [decision] = out.decisions
     assert decision.records is None
-    assert decision.selection_error == ("spec.selector.namespaces: namespace 'team-b' is out of scope "
-                                        "(namespace-scoped mode allows only 'team-a')")
+    assert decision.selection_error == (
+        "spec.selector.namespaces: namespace 'team-b' is out of scope (namespace-scoped mode allows only 'team-a')"
+    )
     written = rc.on_decision(obj, decision)
     assert written is not None
     [selected] = [c for c in written["status"]["conditions"] if c["type"] == "Selected"]
-    assert selected == {"type": "Selected", "status": "False", "reason": "SelectionFailed",
-                        "message": decision.selection_error}
+    assert selected == {
+        "type": "Selected",
+        "status": "False",
+        "reason": "SelectionFailed",
+        "message": decision.selection_error,
+    }
 
 
 def test_experiment_living_outside_the_target_namespace_selects_nothing() -> None:
@@ -101,4 +116,3 @@ def test_experiment_living_outside_the_target_namespace_selects_nothing() -> Non
     out = core.on_object(event(in_namespace(chaos(), "team-b"), "ADDED"), T0)
     assert out.commands == []
     assert "namespace 'team-b' is out of scope" in out.decisions[0].selection_error
-

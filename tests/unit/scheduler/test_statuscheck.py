@@ -15,9 +15,14 @@ T0 = 1767323045.0  # 2026-01-02T03:04:05Z
 
 
 def spec(**kw: Any) -> StatusCheckSpec:
-    raw: dict[str, Any] = {"mode": "Synchronous", "type": "HTTP", "intervalSeconds": 2, "failureThreshold": 3,
-                           "successThreshold": 2, "http": {"url": "http://127.0.0.1:1/", "criteria": {
-                               "statusCode": "200-299"}}}
+    raw: dict[str, Any] = {
+        "mode": "Synchronous",
+        "type": "HTTP",
+        "intervalSeconds": 2,
+        "failureThreshold": 3,
+        "successThreshold": 2,
+        "http": {"url": "http://127.0.0.1:1/", "criteria": {"statusCode": "200-299"}},
+    }
     raw.update(kw)
     return sc.decode_spec(raw)
 
@@ -41,8 +46,12 @@ def test_synchronous_completes_on_consecutive_successes_only() -> None:
         sc.fold(state, T0 + 2 * i, ok=ok, now=T0 + 2 * i)
     assert not state.completed
     sc.fold(state, T0 + 6, ok=True, now=T0 + 6)
-    assert conditions(state) == {"Completed": "True", "SuccessThresholdExceed": "True",
-                                 "FailureThresholdExceed": "False", "DurationExceed": "False"}
+    assert conditions(state) == {
+        "Completed": "True",
+        "SuccessThresholdExceed": "True",
+        "FailureThresholdExceed": "False",
+        "DurationExceed": "False",
+    }
     assert sc.succeeded(sc.status_of(state)) is True
 
 
@@ -86,8 +95,10 @@ def test_status_has_chaos_mesh_shape_and_resumes_after_restart() -> None:
     sc.fold(state, T0 + 2, ok=True, now=T0 + 2.5)
     status = sc.status_of(state)
     assert status["startTime"] == "2026-01-02T03:04:05Z" and status["count"] == 2
-    assert status["records"] == [{"startTime": "2026-01-02T03:04:05Z", "outcome": "Success"},
-                                 {"startTime": "2026-01-02T03:04:07Z", "outcome": "Success"}]
+    assert status["records"] == [
+        {"startTime": "2026-01-02T03:04:05Z", "outcome": "Success"},
+        {"startTime": "2026-01-02T03:04:07Z", "outcome": "Success"},
+    ]
     assert {c["type"] for c in status["conditions"]} == set(sc.CONDITION_TYPES)
     assert all("lastProbeTime" in c and "lastTransitionTime" in c for c in status["conditions"])
     resumed = sc.from_status(spec(successThreshold=3), T0 - 100, status)
@@ -96,16 +107,19 @@ def test_status_has_chaos_mesh_shape_and_resumes_after_restart() -> None:
     assert resumed.completed and conditions(resumed)["SuccessThresholdExceed"] == "True"
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"mode": "Sometimes"}, "spec.mode"),
-    ({"type": "TCP"}, "spec.type"),
-    ({"http": {"url": "ftp://x"}}, "spec.http.url"),
-    ({"http": {"url": "http://x", "method": "PUT"}}, "spec.http.method"),
-    ({"http": {"url": "http://x", "criteria": {"statusCode": "2xx"}}}, "spec.http.criteria.statusCode"),
-    ({"intervalSeconds": 0}, "spec.intervalSeconds"),
-    ({"recordsHistoryLimit": 1001}, "spec.recordsHistoryLimit"),
-    ({"duration": "soon"}, "spec.duration"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "Sometimes"}, "spec.mode"),
+        ({"type": "TCP"}, "spec.type"),
+        ({"http": {"url": "ftp://x"}}, "spec.http.url"),
+        ({"http": {"url": "http://x", "method": "PUT"}}, "spec.http.method"),
+        ({"http": {"url": "http://x", "criteria": {"statusCode": "2xx"}}}, "spec.http.criteria.statusCode"),
+        ({"intervalSeconds": 0}, "spec.intervalSeconds"),
+        ({"recordsHistoryLimit": 1001}, "spec.recordsHistoryLimit"),
+        ({"duration": "soon"}, "spec.duration"),
+    ],
+)
 def test_invalid_specs_name_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(sc.InvalidCheck, match=field.replace(".", r"\.")):
         sc.validate(spec(**change))
@@ -116,13 +130,17 @@ def test_status_code_criteria_single_and_range() -> None:
     assert sc.status_code_range("200-299") == (200, 299)
 
 
-@pytest.mark.parametrize(("mode", "outcomes", "duration", "reason"), [
-    ("Synchronous", [True, True], None, "StatusCheckSuccessThresholdExceed"),
-    ("Continuous", [False, False, False], None, "StatusCheckFailureThresholdExceed"),
-    ("Continuous", [True], "3s", "StatusCheckDurationExceed"),
-])
-def test_conditions_carry_chaos_mesh_reasons(mode: str, outcomes: list[bool], duration: str | None,
-                                             reason: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "outcomes", "duration", "reason"),
+    [
+        ("Synchronous", [True, True], None, "StatusCheckSuccessThresholdExceed"),
+        ("Continuous", [False, False, False], None, "StatusCheckFailureThresholdExceed"),
+        ("Continuous", [True], "3s", "StatusCheckDurationExceed"),
+    ],
+)
+def test_conditions_carry_chaos_mesh_reasons(
+    mode: str, outcomes: list[bool], duration: str | None, reason: str
+) -> None:
     """Chaos Mesh always writes `reason` (its field has no omitempty): "" on every condition but
     Completed, whose reason names what completed the check.
     """
@@ -133,8 +151,12 @@ def test_conditions_carry_chaos_mesh_reasons(mode: str, outcomes: list[bool], du
         sc.fold(state, T0 + i, ok=ok, now=T0 + i)
     sc.tick(state, T0 + 10)
     reasons = {c["type"]: c["reason"] for c in sc.status_of(state)["conditions"]}
-    assert reasons == {"Completed": reason, "DurationExceed": "", "FailureThresholdExceed": "",
-                       "SuccessThresholdExceed": ""}
+    assert reasons == {
+        "Completed": reason,
+        "DurationExceed": "",
+        "FailureThresholdExceed": "",
+        "SuccessThresholdExceed": "",
+    }
     resumed = sc.from_status(state.spec, T0, sc.status_of(state))  # a restarted scheduler writes the same
     assert sc.status_of(resumed)["conditions"] == sc.status_of(state)["conditions"]
 

@@ -21,9 +21,17 @@ from chaosbus.scheduler.selection import SelectionConfig, SelectionError, World,
 
 
 def target(namespace: str, name: str, *, host_network: bool = False, ip: str = "") -> m.TargetPod:
-    return m.TargetPod(uid=f"uid-{name}", namespace=namespace, name=name, labels={"app": "web"}, node="n1",
-                       phase="Running", host_network=host_network, pod_ip=ip,
-                       containers=[m.ContainerRef(name="main", container_id=f"process://{name}")])
+    return m.TargetPod(
+        uid=f"uid-{name}",
+        namespace=namespace,
+        name=name,
+        labels={"app": "web"},
+        node="n1",
+        phase="Running",
+        host_network=host_network,
+        pod_ip=ip,
+        containers=[m.ContainerRef(name="main", container_id=f"process://{name}")],
+    )
 
 
 COREDNS = target("kube-system", "coredns")
@@ -60,6 +68,7 @@ def refused(core: SchedulerCore, obj: dict[str, Any]) -> tuple[str, dict[str, An
 
 # --- settings -------------------------------------------------------------------------------------
 
+
 def test_default_guard_protects_kube_system_and_chaosbus_and_keeps_host_network_out() -> None:
     assert target_guard(env={}) == TargetGuard(frozenset({"kube-system", "chaosbus"}), False)
 
@@ -81,11 +90,14 @@ def test_bad_guard_settings_name_the_variable() -> None:
 
 # --- protected namespaces -------------------------------------------------------------------------
 
+
 def test_team_a_selecting_kube_system_is_refused_in_status_and_plans_nothing() -> None:
     obj = in_team_a(chaos(spec={"action": "pod-kill", "selector": {"namespaces": ["kube-system"]}}))
     error, selected = refused(scheduler(), obj)
-    assert error == ("spec.selector.namespaces: namespace 'kube-system' is protected: chaosbus never targets "
-                     "its pods (PROTECTED_NAMESPACES)")
+    assert error == (
+        "spec.selector.namespaces: namespace 'kube-system' is protected: chaosbus never targets "
+        "its pods (PROTECTED_NAMESPACES)"
+    )
     assert selected["message"] == error
 
 
@@ -108,9 +120,16 @@ def test_an_experiment_living_in_a_protected_namespace_cannot_target_it_either()
 
 
 def test_network_chaos_target_side_is_guarded_too() -> None:
-    obj = in_team_a(chaos("NetworkChaos", spec={
-        "action": "partition", "direction": "both",
-        "target": {"mode": "all", "selector": {"namespaces": ["kube-system"]}}}))
+    obj = in_team_a(
+        chaos(
+            "NetworkChaos",
+            spec={
+                "action": "partition",
+                "direction": "both",
+                "target": {"mode": "all", "selector": {"namespaces": ["kube-system"]}},
+            },
+        )
+    )
     error, _ = refused(scheduler(), obj)
     assert error.startswith("spec.target.selector.namespaces: namespace 'kube-system' is protected")
 
@@ -137,12 +156,25 @@ def test_configured_protection_applies_and_unprotected_kube_system_is_a_choice()
     error, _ = refused(core, in_team_a(chaos(spec={"action": "pod-kill"})))
     assert "namespace 'team-a' is protected" in error
     core = scheduler({"PROTECTED_NAMESPACES": ""})
-    out = core.on_object(event(in_team_a(chaos(spec={"action": "pod-kill", "selector": {
-        "namespaces": ["kube-system"], "fieldSelectors": {"metadata.name": "coredns"}}})), "ADDED"), T0)
+    out = core.on_object(
+        event(
+            in_team_a(
+                chaos(
+                    spec={
+                        "action": "pod-kill",
+                        "selector": {"namespaces": ["kube-system"], "fieldSelectors": {"metadata.name": "coredns"}},
+                    }
+                )
+            ),
+            "ADDED",
+        ),
+        T0,
+    )
     assert [t for _, _, t in ops(out)] == ["kube-system/coredns"]
 
 
 # --- hostNetwork pods -----------------------------------------------------------------------------
+
 
 def partition(**target: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {"action": "partition", "direction": "both"}
@@ -159,9 +191,11 @@ def test_network_faults_leave_host_network_pods_out_of_selection() -> None:
 def test_a_network_fault_matching_only_host_network_pods_says_why_nothing_is_selected() -> None:
     obj = partition(fieldSelectors={"metadata.name": "node-exporter"})
     error, _ = refused(scheduler(), obj)
-    assert error == ("spec.target.selector: no pod is selected: every matching pod is refused, e.g. "
-                     "team-a/node-exporter is on the host network: a network fault would hit its node's own "
-                     "network (ALLOW_HOST_NETWORK_TESTING is off)")
+    assert error == (
+        "spec.target.selector: no pod is selected: every matching pod is refused, e.g. "
+        "team-a/node-exporter is on the host network: a network fault would hit its node's own "
+        "network (ALLOW_HOST_NETWORK_TESTING is off)"
+    )
 
 
 def test_allow_host_network_testing_lets_network_faults_target_host_network_pods() -> None:

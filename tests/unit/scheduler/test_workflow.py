@@ -17,8 +17,13 @@ from chaosbus.scheduler import wfspec
 from chaosbus.scheduler.orchestrator import Orchestrator
 
 SERIAL = {"name": "entry", "templateType": "Serial", "deadline": "60s", "children": ["cut", "wait", "kill", "cut2"]}
-SERIAL_TEMPLATES = [SERIAL, partition("cut", "5s"), {"name": "wait", "templateType": "Suspend", "deadline": "3s"},
-                    pod_kill("kill"), partition("cut2", "5s")]
+SERIAL_TEMPLATES = [
+    SERIAL,
+    partition("cut", "5s"),
+    {"name": "wait", "templateType": "Suspend", "deadline": "3s"},
+    pod_kill("kill"),
+    partition("cut2", "5s"),
+]
 
 
 def test_serial_runs_steps_in_order_and_accomplishes() -> None:
@@ -56,8 +61,16 @@ def test_serial_runs_steps_in_order_and_accomplishes() -> None:
 
 def test_parallel_starts_every_branch_at_once() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["a", "b", "k"]},
-                        partition("a", "4s"), partition("b", "6s"), pod_kill("k", "10s")]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Parallel", "children": ["a", "b", "k"]},
+                partition("a", "4s"),
+                partition("b", "6s"),
+                pod_kill("k", "10s"),
+            ]
+        )
+    )
     assert len(world.of_kind("NetworkChaos")) == 2 and len(world.of_kind("PodChaos")) == 1
     assert len(world.node("entry")["status"]["activeChildren"]) == 3
     world.advance(T0 + 4)
@@ -71,8 +84,14 @@ def test_parallel_starts_every_branch_at_once() -> None:
 
 def test_deadline_propagates_a_child_never_outlives_its_parent() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Serial", "deadline": "4s", "children": ["long"]},
-                        partition("long", "30s")]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Serial", "deadline": "4s", "children": ["long"]},
+                partition("long", "30s"),
+            ]
+        )
+    )
     long = world.node("long")
     assert parse_rfc3339(long["spec"]["deadline"]) == parse_rfc3339(world.node("entry")["spec"]["deadline"])
     world.advance(T0 + 4)
@@ -83,17 +102,35 @@ def test_deadline_propagates_a_child_never_outlives_its_parent() -> None:
 
 
 def check_template(abort: bool = True, mode: str = "Continuous") -> dict[str, Any]:
-    return {"name": "probe", "templateType": "StatusCheck", "deadline": "30s", "abortWithStatusCheck": abort,
-            "statusCheck": {"mode": mode, "type": "HTTP", "intervalSeconds": 1, "failureThreshold": 2,
-                            "http": {"url": "http://127.0.0.1:9/", "criteria": {"statusCode": "200"}}}}
+    return {
+        "name": "probe",
+        "templateType": "StatusCheck",
+        "deadline": "30s",
+        "abortWithStatusCheck": abort,
+        "statusCheck": {
+            "mode": mode,
+            "type": "HTTP",
+            "intervalSeconds": 1,
+            "failureThreshold": 2,
+            "http": {"url": "http://127.0.0.1:9/", "criteria": {"statusCode": "200"}},
+        },
+    }
 
 
 def test_failing_status_check_aborts_and_every_fault_is_deleted() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["probe", "cut", "later"]},
-                        check_template(), partition("cut", "30s"),
-                        {"name": "later", "templateType": "Serial", "children": ["wait", "cut2"]},
-                        {"name": "wait", "templateType": "Suspend", "deadline": "20s"}, partition("cut2", "5s")]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Parallel", "children": ["probe", "cut", "later"]},
+                check_template(),
+                partition("cut", "30s"),
+                {"name": "later", "templateType": "Serial", "children": ["wait", "cut2"]},
+                {"name": "wait", "templateType": "Suspend", "deadline": "20s"},
+                partition("cut2", "5s"),
+            ]
+        )
+    )
     assert len(world.of_kind("NetworkChaos")) == 1 and len(world.of_kind("StatusCheck")) == 1
     world.probe_ok = lambda: False
     world.advance(T0 + 1)
@@ -112,8 +149,11 @@ def test_failing_status_check_aborts_and_every_fault_is_deleted() -> None:
 
 def test_passing_synchronous_check_accomplishes_without_abort() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["probe"]},
-                        check_template(mode="Synchronous")]))
+    world.add(
+        workflow(
+            [{"name": "entry", "templateType": "Serial", "children": ["probe"]}, check_template(mode="Synchronous")]
+        )
+    )
     (req,) = world.orch.due_probes(world.now)
     world.apply(world.orch.on_probe(req, ok=True, now=world.now).writes)
     assert conds(world.node("probe"))["Accomplished"] == "True"
@@ -121,24 +161,32 @@ def test_passing_synchronous_check_accomplishes_without_abort() -> None:
     assert world.of_kind("StatusCheck")  # kept as the record of the check
 
 
-@pytest.mark.parametrize(("template", "message"), [
-    (partition("x", "5s") | {"deadline": None}, "a NetworkChaos step needs a deadline"),
-    ({"name": "x", "templateType": "Suspend"}, "a Suspend template needs a deadline"),
-    ({"name": "x", "templateType": "Schedule", "schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
-     "a Schedule step needs a deadline"),
-    ({"name": "x", "templateType": "Serial", "children": ["nope"]}, "'nope' names no template"),
-    ({"name": "x", "templateType": "Serial", "children": ["x"]}, "x -> x is a cycle"),
-    ({"name": "x", "templateType": "Dance"}, "templateType: 'Dance'"),
-    (pod_kill("x") | {"podChaos": {"action": "pod-kill", "mode": "sometimes"}}, "spec.mode"),
-])
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (partition("x", "5s") | {"deadline": None}, "a NetworkChaos step needs a deadline"),
+        ({"name": "x", "templateType": "Suspend"}, "a Suspend template needs a deadline"),
+        (
+            {"name": "x", "templateType": "Schedule", "schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
+            "a Schedule step needs a deadline",
+        ),
+        ({"name": "x", "templateType": "Serial", "children": ["nope"]}, "'nope' names no template"),
+        ({"name": "x", "templateType": "Serial", "children": ["x"]}, "x -> x is a cycle"),
+        ({"name": "x", "templateType": "Dance"}, "templateType: 'Dance'"),
+        (pod_kill("x") | {"podChaos": {"action": "pod-kill", "mode": "sometimes"}}, "spec.mode"),
+    ],
+)
 def test_invalid_workflow_is_rejected_in_status_and_nothing_runs(template: dict[str, Any], message: str) -> None:
     world = World()
     body = {k: v for k, v in template.items() if v is not None}
     world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["x"]}, body]))
     (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
     assert scheduled["status"] == "False" and scheduled["reason"] == "InvalidSpec"
-    assert message in scheduled["message"] and "spec.templates[1] (x)" in scheduled["message"] or message in \
-        scheduled["message"]
+    assert (
+        message in scheduled["message"]
+        and "spec.templates[1] (x)" in scheduled["message"]
+        or message in scheduled["message"]
+    )
     assert not world.of_kind("WorkflowNode")
 
 
@@ -185,11 +233,19 @@ def test_node_names_are_deterministic_and_chaos_mesh_shaped() -> None:
 
 
 def task_workflow(expressions: list[tuple[str, str]]) -> dict[str, Any]:
-    return workflow([
-        {"name": "entry", "templateType": "Task", "deadline": "60s",
-         "task": {"container": {"name": "c", "image": "busybox", "command": ["sh", "-c"], "args": ["echo yes"]}},
-         "conditionalBranches": [{"target": target, "expression": expr} for target, expr in expressions]},
-        partition("cut", "5s"), {"name": "wait", "templateType": "Suspend", "deadline": "2s"}])
+    return workflow(
+        [
+            {
+                "name": "entry",
+                "templateType": "Task",
+                "deadline": "60s",
+                "task": {"container": {"name": "c", "image": "busybox", "command": ["sh", "-c"], "args": ["echo yes"]}},
+                "conditionalBranches": [{"target": target, "expression": expr} for target, expr in expressions],
+            },
+            partition("cut", "5s"),
+            {"name": "wait", "templateType": "Suspend", "deadline": "2s"},
+        ]
+    )
 
 
 def test_task_runs_once_then_only_true_branches_start() -> None:
@@ -207,7 +263,8 @@ def test_task_runs_once_then_only_true_branches_start() -> None:
     assert [b["evaluationResult"] for b in cbs["branches"]] == ["True", "False", "Unknown"]
     assert "unexpected" in cbs["branches"][2]["message"]
     assert len(world.of_kind("NetworkChaos")) == 1 and not [
-        n for n in world.of_kind("WorkflowNode") if n["spec"]["templateName"] == "wait"]
+        n for n in world.of_kind("WorkflowNode") if n["spec"]["templateName"] == "wait"
+    ]
     world.advance(T0 + 6)
     assert conds(world.node("entry"))["Accomplished"] == "True" and not world.of_kind("NetworkChaos")
 
@@ -244,11 +301,24 @@ def test_task_without_command_is_refused() -> None:
 
 def test_schedule_step_creates_a_schedule_and_deletes_it_at_the_deadline() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["every"]},
-                        {"name": "every", "templateType": "Schedule", "deadline": "10s", "schedule": {
-                            "schedule": "@every 2s", "type": "PodChaos", "concurrencyPolicy": "Allow",
-                            "podChaos": {"action": "pod-kill", "mode": "one",
-                                         "selector": {"labelSelectors": {"app": "w"}}}}}]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Serial", "children": ["every"]},
+                {
+                    "name": "every",
+                    "templateType": "Schedule",
+                    "deadline": "10s",
+                    "schedule": {
+                        "schedule": "@every 2s",
+                        "type": "PodChaos",
+                        "concurrencyPolicy": "Allow",
+                        "podChaos": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "w"}}},
+                    },
+                },
+            ]
+        )
+    )
     (schedule,) = world.of_kind("Schedule")
     assert schedule["spec"]["schedule"] == "@every 2s" and schedule["spec"]["podChaos"]["action"] == "pod-kill"
     assert schedule["metadata"]["labels"]["chaos-mesh.org/controlled-by"] == world.node("every")["metadata"]["name"]
@@ -259,12 +329,12 @@ def test_schedule_step_creates_a_schedule_and_deletes_it_at_the_deadline() -> No
 
 def test_status_check_step_without_abort_never_aborts() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["probe"]},
-                        check_template(abort=False)]))
+    world.add(
+        workflow([{"name": "entry", "templateType": "Serial", "children": ["probe"]}, check_template(abort=False)])
+    )
     world.probe_ok = lambda: False
     world.advance(T0 + 3)
-    reasons = {c["type"]: c.get("reason") for c in world.node("probe")["status"]["conditions"]
-               if c["status"] == "True"}
+    reasons = {c["type"]: c.get("reason") for c in world.node("probe")["status"]["conditions"] if c["status"] == "True"}
     assert reasons == {"Accomplished": "StatusCheckCompleted"}
     assert "Aborted" not in {c["type"] for c in world.wf_status()["conditions"]}
 
@@ -293,8 +363,15 @@ def test_a_workflow_deleted_while_no_scheduler_ran_is_cleaned_up_on_start() -> N
 
 def test_the_abort_annotation_set_by_hand_aborts_and_recovers() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["a", "b"]},
-                        partition("a", "60s"), partition("b", "60s")]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Parallel", "children": ["a", "b"]},
+                partition("a", "60s"),
+                partition("b", "60s"),
+            ]
+        )
+    )
     assert len(world.of_kind("NetworkChaos")) == 2
     obj = dict(world.objects[("Workflow", "default", "wf")])
     obj["metadata"] = {**obj["metadata"], "annotations": {"workflow.chaos-mesh.org/abort": "true"}}
@@ -318,10 +395,14 @@ def test_events_as_chaos_mesh_records_them_each_once() -> None:
         return "WorkflowNode", "entry", "NodesCreated", f"child nodes created, {step[t]}"
 
     assert world.events() == [
-        ("Workflow", "wf", "EntryCreated", f"entry node created, entry node {entry}"), created("cut"),
-        ("WorkflowNode", "cut", "NodeDeadlineExceed", "deadline exceed"), created("wait"),
-        ("WorkflowNode", "wait", "NodeDeadlineExceed", "deadline exceed"), created("kill"),
-        ("WorkflowNode", "kill", "NodeAccomplished", "node accomplished"), created("cut2"),
+        ("Workflow", "wf", "EntryCreated", f"entry node created, entry node {entry}"),
+        created("cut"),
+        ("WorkflowNode", "cut", "NodeDeadlineExceed", "deadline exceed"),
+        created("wait"),
+        ("WorkflowNode", "wait", "NodeDeadlineExceed", "deadline exceed"),
+        created("kill"),
+        ("WorkflowNode", "kill", "NodeAccomplished", "node accomplished"),
+        created("cut2"),
         ("WorkflowNode", "cut2", "NodeDeadlineExceed", "deadline exceed"),
         ("WorkflowNode", "entry", "NodeAccomplished", "node accomplished"),
         ("Workflow", "wf", "WorkflowAccomplished", "workflow accomplished"),
@@ -332,15 +413,23 @@ def test_events_as_chaos_mesh_records_them_each_once() -> None:
 
 def test_a_failing_check_records_its_completion_and_the_abort() -> None:
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Parallel", "children": ["probe", "cut"]},
-                        check_template(), partition("cut", "30s")]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Parallel", "children": ["probe", "cut"]},
+                check_template(),
+                partition("cut", "30s"),
+            ]
+        )
+    )
     world.probe_ok = lambda: False
     world.advance(T0 + 1)
     check = world.of_kind("StatusCheck")[0]["metadata"]["name"]
     got = world.events()
     assert [e for e in got if e[0] == "StatusCheck"] == [
         ("StatusCheck", check, "StatusCheckCompleted", "status check completed: StatusCheckFailureThresholdExceed"),
-        ("StatusCheck", check, "StatusCheckFailureThresholdExceed", "failure threshold exceed")]
+        ("StatusCheck", check, "StatusCheckFailureThresholdExceed", "failure threshold exceed"),
+    ]
     assert ("WorkflowNode", "cut", "WorkflowAborted", "abort the node because workflow wf aborted") in got
     assert len(got) == len(set(got))
 
@@ -351,25 +440,48 @@ def test_a_template_name_that_cannot_name_an_object_is_refused_as_chaos_mesh_doe
     subdomain would make every create of them fail, and the workflow would hang.
     """
     world = World()
-    world.add(workflow([{"name": "entry", "templateType": "Serial", "children": [name]},
-                        {"name": name, "templateType": "Suspend", "deadline": "1s"}]))
+    world.add(
+        workflow(
+            [
+                {"name": "entry", "templateType": "Serial", "children": [name]},
+                {"name": name, "templateType": "Suspend", "deadline": "1s"},
+            ]
+        )
+    )
     (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]
     assert scheduled["reason"] == "InvalidSpec" and "spec.templates[1].name" in scheduled["message"]
     assert not world.of_kind("WorkflowNode")
 
 
-@pytest.mark.parametrize(("template", "field"), [
-    ({"name": "x", "templateType": "Suspend", "deadline": "1s", "podChaos": {"action": "pod-kill", "mode": "one"}},
-     "spec.templates[1] (x).podChaos: a Suspend template cannot have podChaos"),
-    ({"name": "x", "templateType": "Serial", "children": [], "task": {"container": {"command": ["true"]}}},
-     "spec.templates[1] (x).task: a Serial template cannot have task"),
-    (partition("x", "5s") | {"schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
-     "spec.templates[1] (x).schedule: a NetworkChaos template cannot have schedule"),
-    ({"name": "x", "templateType": "Suspend", "deadline": "1s", "children": ["x"]},
-     "spec.templates[1] (x).children: a Suspend template cannot have children"),
-])
-def test_a_template_with_another_types_fields_is_refused_as_chaos_mesh_does(template: dict[str, Any],
-                                                                           field: str) -> None:
+@pytest.mark.parametrize(
+    ("template", "field"),
+    [
+        (
+            {
+                "name": "x",
+                "templateType": "Suspend",
+                "deadline": "1s",
+                "podChaos": {"action": "pod-kill", "mode": "one"},
+            },
+            "spec.templates[1] (x).podChaos: a Suspend template cannot have podChaos",
+        ),
+        (
+            {"name": "x", "templateType": "Serial", "children": [], "task": {"container": {"command": ["true"]}}},
+            "spec.templates[1] (x).task: a Serial template cannot have task",
+        ),
+        (
+            partition("x", "5s") | {"schedule": {"schedule": "@every 1s", "type": "PodChaos"}},
+            "spec.templates[1] (x).schedule: a NetworkChaos template cannot have schedule",
+        ),
+        (
+            {"name": "x", "templateType": "Suspend", "deadline": "1s", "children": ["x"]},
+            "spec.templates[1] (x).children: a Suspend template cannot have children",
+        ),
+    ],
+)
+def test_a_template_with_another_types_fields_is_refused_as_chaos_mesh_does(
+    template: dict[str, Any], field: str
+) -> None:
     world = World()
     world.add(workflow([{"name": "entry", "templateType": "Serial", "children": ["x"]}, template]))
     (scheduled,) = [c for c in world.wf_status()["conditions"] if c["type"] == "Scheduled"]

@@ -23,9 +23,15 @@ leaf = st.one_of(
     st.builds(lambda d: ("Partition", d), st.integers(1, 20)),
     st.builds(lambda d, delay: ("PodKill", d, delay), st.one_of(st.none(), st.integers(1, 20)), st.integers(0, 25)),
 )
-tree = st.recursive(leaf, lambda kids: st.tuples(st.sampled_from(["Serial", "Parallel"]),
-                                                  st.one_of(st.none(), st.integers(1, 40)),
-                                                  st.lists(kids, min_size=1, max_size=3)), max_leaves=7)
+tree = st.recursive(
+    leaf,
+    lambda kids: st.tuples(
+        st.sampled_from(["Serial", "Parallel"]),
+        st.one_of(st.none(), st.integers(1, 40)),
+        st.lists(kids, min_size=1, max_size=3),
+    ),
+    max_leaves=7,
+)
 
 
 def templates_of(shape: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -64,8 +70,9 @@ def run(shape: Any, restart_at: float | None) -> World:
     def on_create(obj: dict[str, Any]) -> None:
         if obj["kind"] == "PodChaos":
             node = obj["metadata"]["labels"][wf.LABEL_CONTROLLED_BY]
-            template = next(n["spec"]["templateName"] for n in world.of_kind("WorkflowNode")
-                            if n["metadata"]["name"] == node)
+            template = next(
+                n["spec"]["templateName"] for n in world.of_kind("WorkflowNode") if n["metadata"]["name"] == node
+            )
             injections[obj["metadata"]["name"]] = world.now + delays[template]
 
     world.on_create = on_create

@@ -26,22 +26,37 @@ def workflow(templates: list[Obj], entry: str = "entry", name: str = "wf", annot
     meta: Obj = {"name": name, "namespace": "default"}
     if annotations:
         meta["annotations"] = annotations
-    return {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "Workflow", "metadata": meta,
-            "spec": {"entry": entry, "templates": templates}}
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Workflow",
+        "metadata": meta,
+        "spec": {"entry": entry, "templates": templates},
+    }
 
 
 def pod_kill(name: str, deadline: str | None = None) -> Obj:
-    t: Obj = {"name": name, "templateType": "PodChaos",
-              "podChaos": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "w"}}}}
+    t: Obj = {
+        "name": name,
+        "templateType": "PodChaos",
+        "podChaos": {"action": "pod-kill", "mode": "one", "selector": {"labelSelectors": {"app": "w"}}},
+    }
     if deadline:
         t["deadline"] = deadline
     return t
 
 
 def partition(name: str, deadline: str) -> Obj:
-    return {"name": name, "templateType": "NetworkChaos", "deadline": deadline,
-            "networkChaos": {"action": "partition", "mode": "all", "direction": "to",
-                             "selector": {"labelSelectors": {"app": "w"}}}}
+    return {
+        "name": name,
+        "templateType": "NetworkChaos",
+        "deadline": deadline,
+        "networkChaos": {
+            "action": "partition",
+            "mode": "all",
+            "direction": "to",
+            "selector": {"labelSelectors": {"app": "w"}},
+        },
+    }
 
 
 class World:
@@ -74,8 +89,14 @@ class World:
     @staticmethod
     def event(obj: Obj, type_: str) -> m.ObjectEvent:
         md = obj["metadata"]
-        return m.ObjectEvent(type=type_, kind=obj["kind"], namespace=md["namespace"], name=md["name"],  # type: ignore[arg-type]
-                             uid=md.get("uid", ""), object=msgspec.Raw(msgspec.json.encode(obj)))
+        return m.ObjectEvent(
+            type=type_,
+            kind=obj["kind"],
+            namespace=md["namespace"],
+            name=md["name"],  # type: ignore[arg-type]
+            uid=md.get("uid", ""),
+            object=msgspec.Raw(msgspec.json.encode(obj)),
+        )
 
     def deliver(self, event: m.ObjectEvent) -> None:
         self.take(self.orch.on_object(event, self.now))
@@ -162,13 +183,20 @@ class World:
     def events(self) -> list[tuple[str, str, str, str]]:
         """(kind, template or workflow name, reason, message) of every event write, in order."""
         templates = {n["metadata"]["name"]: n["spec"]["templateName"] for n in self.of_kind("WorkflowNode")}
-        return [(w.kind, templates.get(w.name, w.name), w.reason, w.body["message"]) for _, w in self.log
-                if w.op == "event"]
+        return [
+            (w.kind, templates.get(w.name, w.name), w.reason, w.body["message"]) for _, w in self.log if w.op == "event"
+        ]
 
 
 def injected(records: int = 1) -> Obj:
-    return {"experiment": {"desiredPhase": "Run", "containerRecords": [
-        {"id": f"default/p{i}", "selectorKey": ".", "phase": "Injected"} for i in range(records)]}}
+    return {
+        "experiment": {
+            "desiredPhase": "Run",
+            "containerRecords": [
+                {"id": f"default/p{i}", "selectorKey": ".", "phase": "Injected"} for i in range(records)
+            ],
+        }
+    }
 
 
 def conds(obj: Obj) -> dict[str, str]:

@@ -10,8 +10,7 @@ from chaosbus.watcher.reflect import Change, Reflector, Scope, ScopedCore
 
 
 def obj(kind: str, name: str, rv: int, ns: str = "default", **meta: Any) -> dict[str, Any]:
-    return {"kind": kind, "metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv), "uid": name,
-                                       **meta}}
+    return {"kind": kind, "metadata": {"name": name, "namespace": ns, "resourceVersion": str(rv), "uid": name, **meta}}
 
 
 def test_relist_yields_only_what_changed() -> None:
@@ -19,8 +18,10 @@ def test_relist_yields_only_what_changed() -> None:
     first = r.on_list([obj("PodChaos", "a", 5), obj("PodChaos", "b", 6)], 6)
     assert [(c.key, c.revision) for c in first] == [("PodChaos.default.a", 5), ("PodChaos.default.b", 6)]
     again = r.on_list([obj("PodChaos", "a", 5), obj("PodChaos", "c", 9)], 10)
-    assert [(c.key, c.obj is None, c.revision) for c in again] == [("PodChaos.default.c", False, 9),
-                                                                   ("PodChaos.default.b", True, 10)]
+    assert [(c.key, c.obj is None, c.revision) for c in again] == [
+        ("PodChaos.default.c", False, 9),
+        ("PodChaos.default.b", True, 10),
+    ]
 
 
 def test_core_list_items_get_their_kind() -> None:
@@ -39,8 +40,11 @@ def test_watch_events_already_seen_are_dropped() -> None:
 
 def ns(name: str, rv: int, enabled: bool) -> Change:
     annotations = {"chaos-mesh.org/inject": "enabled"} if enabled else {}
-    return Change(f"Namespace._.{name}", {"kind": "Namespace", "metadata": {"name": name, "annotations": annotations,
-                                                                             "resourceVersion": str(rv)}}, rv)
+    return Change(
+        f"Namespace._.{name}",
+        {"kind": "Namespace", "metadata": {"name": name, "annotations": annotations, "resourceVersion": str(rv)}},
+        rv,
+    )
 
 
 def pod(name: str, namespace: str, rv: int) -> Change:
