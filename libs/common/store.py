@@ -12,8 +12,8 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from chaosbus.common import kvsnapshot, subjects
 from chaosbus.common import objects as o
-from chaosbus.common import subjects
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 
 Obj = dict[str, Any]
@@ -79,16 +79,11 @@ class ObjectStore:
         `names` narrows a namespace's listing to a subject pattern over the name's tokens.
         """
         pattern = f"{kind or '*'}.{namespace}.{names}" if namespace else (f"{kind}.>" if kind else ">")
-        watcher = await self.kv.watch(pattern, ignore_deletes=True)
-        found: dict[str, Obj] = {}
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value and entry.revision is not None:
-                    found[entry.key] = _with_version(msgspec.json.decode(entry.value), entry.revision)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        found = {
+            key: _with_version(msgspec.json.decode(value), revision)
+            for key, value, revision in await kvsnapshot.snapshot(self.kv, pattern)
+            if value
+        }
         return [found[k] for k in sorted(found)]
 
     async def create(self, obj: Obj) -> Obj:

@@ -23,9 +23,9 @@ import nats.errors
 from chaosbus.common import bus as busmod
 from chaosbus.common import commands as cmdparts
 from chaosbus.common import config as cbconfig
+from chaosbus.common import kvsnapshot, service, settings, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, settings, signing, subjects
 from chaosbus.common.store import ObjectStore
 from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import Outputs, SchedulerCore
@@ -217,18 +217,12 @@ class Scheduler:
 
     async def load_memory(self) -> int:
         kv = await self.bus.kv(subjects.SCHEDULER.name)
-        watcher = await kv.watch("experiment.>", ignore_deletes=True)
         memories = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                try:
-                    memories.append(busmod.decode(entry.value or b"", m.ExperimentMemory))
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    log.error("bad scheduler memory ignored", key=entry.key, error=str(e))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        for key, value, _ in await kvsnapshot.snapshot(kv, "experiment.>"):
+            try:
+                memories.append(busmod.decode(value, m.ExperimentMemory))
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                log.error("bad scheduler memory ignored", key=key, error=str(e))
         self.core.load(memories)
         return len(memories)
 

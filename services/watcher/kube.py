@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import kubeclient, service, subjects
+from chaosbus.common import kubeclient, kvsnapshot, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
@@ -217,10 +217,7 @@ async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:
     for kind in ("Pod", "Namespace", "Node"):
         await watcher.synced.setdefault(kind, asyncio.Event()).wait()
     targets = await bus.kv(subjects.TARGETS.name)
-    try:
-        keys = await targets.keys()
-    except Exception:  # nats raises NoKeysError on an empty bucket
-        keys = []
+    keys = [key for key, _, _ in await kvsnapshot.snapshot(targets)]
     live = {_target_key(obj) for obj in watcher.core.core.seen.values()}
     for key in keys:
         if key not in live:

@@ -299,3 +299,18 @@ async def test_resource_version_is_not_stored_in_the_value(store: ObjectStore, b
     kv = await bus.kv(subjects.OBJECT_STORE.name)
     entry = await kv.get(subjects.object_key("PodChaos", "default", "x"))
     assert entry.value is not None and b"resourceVersion" not in entry.value
+
+
+async def test_a_listing_right_after_each_write_sees_it(store: ObjectStore) -> None:
+    """The server answers a watch's info request apart from the values it pushes, so a listing
+    that trusts the client's receive count can end before a value already sent: `get` then says
+    "No resources found" for an object just created. Each listing here follows its write at once.
+    """
+    assert await store.list("PodChaos", "snap") == []
+    for i in range(150):
+        await store.create(chaos(f"p{i:03d}", namespace="snap"))
+        listed = names(await store.list("PodChaos", "snap"))
+        assert len(listed) == i + 1, f"listing {i} missed objects: {len(listed)} of {i + 1}"
+    await store.delete("PodChaos", "snap", "p000")
+    listed = names(await store.list("PodChaos", "snap"))
+    assert "PodChaos/snap/p000" not in listed and len(listed) == 149
