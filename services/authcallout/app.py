@@ -87,12 +87,12 @@ class AuthService:
             token = core.token_of(request)
             status = await self.kube.review(token, self.policy.audience)
             bound = core.judge_review(status, self.policy, core.token_expiry(token))
-            if not core.node_is_valid(bound.node):
-                raise core.Refused(f"node name {bound.node!r} cannot be a node injector's")
-            core.judge_pod(bound, await self.kube.pod(self.policy.namespace, bound.pod), self.policy)
+            node = core.judge_pod(bound, await self.kube.pod(self.policy.namespace, bound.pod), self.policy)
+            if not core.node_is_valid(node):
+                raise core.Refused(f"node name {node!r} cannot be a node injector's")
             user = core.user_jwt(
                 request,
-                bound.node,
+                node,
                 issuer_seed=self.issuer_seed,
                 issuer=self.issuer,
                 now=now,
@@ -116,7 +116,7 @@ class AuthService:
         audit.info(
             "nats user issued",
             audit=True,
-            node=bound.node,
+            node=node,
             pod=f"{self.policy.namespace}/{bound.pod}",
             until=core.session_end(bound, now),
             **who,

@@ -42,7 +42,7 @@ class Bound:
 
     pod: str
     pod_uid: str
-    node: str
+    node: str  # empty where the API server does not say (before Kubernetes 1.30): the pod says
     expires: int  # the token's own expiry (seconds since 1970), 0 when unknown
 
 
@@ -51,9 +51,10 @@ class Refused(Exception):
 
 
 def judge_review(status: dict[str, Any], policy: Policy, token_exp: int) -> Bound:
-    """A TokenReview's status -> the pod and node the token is bound to; Refused unless the API
-    server authenticated it for our audience as the injectors' ServiceAccount, bound to a pod
-    on a node.
+    """A TokenReview's status -> the pod (and node) the token is bound to; Refused unless the
+    API server authenticated it for our audience as the injectors' ServiceAccount, bound to a pod.
+    API servers before 1.30 (the ServiceAccountTokenPodNodeInfo feature) name no node; the bound
+    pod's own `nodeName` decides then (`judge_pod`).
     """
     if not status.get("authenticated"):
         raise Refused(f"token not authenticated: {status.get('error') or 'no reason given'}")
@@ -64,26 +65,31 @@ def judge_review(status: dict[str, Any], policy: Policy, token_exp: int) -> Boun
         raise Refused(f"{user.get('username')!r} is not {policy.username}")
     extra = user.get("extra") or {}
     values = {k: (extra.get(k) or [""])[0] for k in (POD_NAME, POD_UID, NODE_NAME)}
-    missing = [k.removeprefix(EXTRA) for k, v in values.items() if not v]
+    missing = [k.removeprefix(EXTRA) for k in (POD_NAME, POD_UID) if not values[k]]
     if missing:
-        raise Refused(f"token not bound to a pod on a node (no {', '.join(missing)})")
+        raise Refused(f"token not bound to a pod (no {', '.join(missing)})")
     return Bound(pod=values[POD_NAME], pod_uid=values[POD_UID], node=values[NODE_NAME], expires=token_exp)
 
 
-def judge_pod(bound: Bound, pod: dict[str, Any] | None, policy: Policy) -> None:
-    """Refused unless the token's pod still exists, is the same pod (uid), runs on the token's
-    node and is not being deleted. The API server already refuses a deleted pod's token; this
-    also covers a pod being deleted and the node-name claim against what the pod says.
+def judge_pod(bound: Bound, pod: dict[str, Any] | None, policy: Policy) -> str:
+    """The node the token's pod runs on; Refused unless that pod still exists, is the same pod
+    (uid), is scheduled, runs on the token's node where the token names one, and is not being
+    deleted. The API server already refuses a deleted pod's token; this also covers a pod being
+    deleted and the node-name claim against what the pod says.
     """
     if pod is None:
         raise Refused(f"pod {policy.namespace}/{bound.pod} no longer exists")
     meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
     if meta.get("uid") != bound.pod_uid:
         raise Refused(f"pod {policy.namespace}/{bound.pod} is another pod now (uid {meta.get('uid')})")
-    if spec.get("nodeName") != bound.node:
-        raise Refused(f"pod {policy.namespace}/{bound.pod} runs on {spec.get('nodeName')!r}, not {bound.node!r}")
+    node = spec.get("nodeName")
+    if not isinstance(node, str) or not node:
+        raise Refused(f"pod {policy.namespace}/{bound.pod} is not on a node")
+    if bound.node and node != bound.node:
+        raise Refused(f"pod {policy.namespace}/{bound.pod} runs on {node!r}, not {bound.node!r}")
     if meta.get("deletionTimestamp"):
         raise Refused(f"pod {policy.namespace}/{bound.pod} is being deleted")
+    return node
 
 
 def token_expiry(token: str) -> int:

@@ -37,7 +37,17 @@ def pod(**meta: Any) -> dict[str, Any]:
 def test_an_injector_token_bound_to_a_live_pod_names_its_node() -> None:
     bound = core.judge_review(review(), POLICY, 123)
     assert (bound.pod, bound.pod_uid, bound.node, bound.expires) == ("inj-1", "uid-1", "node-1", 123)
-    core.judge_pod(bound, pod(), POLICY)
+    assert core.judge_pod(bound, pod(), POLICY) == "node-1"
+
+
+def test_without_a_node_claim_the_bound_pod_names_the_node() -> None:
+    """API servers before 1.30 put no node name in a bound token's review."""
+    unbound = review(user={"username": POLICY.username, "extra": {core.POD_NAME: ["inj-1"], core.POD_UID: ["uid-1"]}})
+    bound = core.judge_review(unbound, POLICY, 0)
+    assert bound.node == ""
+    assert core.judge_pod(bound, pod(), POLICY) == "node-1"
+    with pytest.raises(core.Refused, match="another pod"):
+        core.judge_pod(bound, pod(uid="uid-2"), POLICY)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +56,7 @@ def test_an_injector_token_bound_to_a_live_pod_names_its_node() -> None:
         (review(authenticated=False, error="token expired"), "not authenticated"),
         (review(audiences=["https://kubernetes.default.svc"]), "audience"),
         (review(user={"username": "system:serviceaccount:chaosbus:default", "extra": {}}), "is not"),
-        (review(user={"username": POLICY.username, "extra": {core.POD_NAME: ["p"], core.POD_UID: ["u"]}}), "node-name"),
+        (review(user={"username": POLICY.username, "extra": {core.POD_NAME: ["p"]}}), "pod-uid"),
     ],
 )
 def test_a_token_that_is_not_a_live_injector_s_is_refused(status: dict[str, Any], why: str) -> None:
@@ -60,6 +70,7 @@ def test_a_token_that_is_not_a_live_injector_s_is_refused(status: dict[str, Any]
         (None, "no longer exists"),
         (pod(uid="uid-2"), "another pod"),
         ({"metadata": {"uid": "uid-1"}, "spec": {"nodeName": "node-2"}}, "runs on"),
+        ({"metadata": {"uid": "uid-1"}, "spec": {}}, "not on a node"),
         (pod(deletionTimestamp="2026-01-01T00:00:00Z"), "being deleted"),
     ],
 )
