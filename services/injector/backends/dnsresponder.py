@@ -11,7 +11,6 @@ with setns, runs a selector loop: no process is spawned and nothing in the targe
 
 from __future__ import annotations
 
-import os
 import selectors
 import socket
 import struct
@@ -24,7 +23,7 @@ import dns.exception
 import dns.message
 
 from chaosbus.common.netns import setns_net
-from chaosbus.injector.backends import ctnetlink
+from chaosbus.injector.backends import ctnetlink, pernetns
 from chaosbus.injector.backends.dnsrules import DnsRule, answer
 
 MARK = 0x0C4A05D5  # fwmark of the responder's own queries to real resolvers
@@ -69,15 +68,13 @@ class _Pending:
     reply_to: Callable[[bytes], object]
 
 
-class Responder:
-    """The responder of one netns; `rules` maps an experiment's table name to its rule."""
+class Responder(pernetns.Rules[DnsRule]):
+    """The responder of one netns; its rules are keyed by the experiment's table name."""
 
     def __init__(self, netns_path: str) -> None:
+        super().__init__()
         self.netns_path = netns_path
-        self.rules: dict[str, DnsRule] = {}
-        self._owners: dict[str, tuple[int, ...]] = {}
         self.port = 0
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -92,30 +89,6 @@ class Responder:
             raise OSError(f"DNS responder in {netns_path} did not start")
 
     # --- control (any thread) ---
-
-    def set_rule(self, key: str, rule: DnsRule, pids: tuple[int, ...] = ()) -> None:
-        """Add or replace a rule; `pids`: the target's processes, whose end drops the rule (our
-        thread keeps the namespace alive, so a pod that is gone must not leave us running).
-        """
-        with self._lock:
-            self.rules[key] = rule
-            self._owners[key] = pids
-
-    def drop_rule(self, key: str) -> bool:
-        """Remove a rule; True when none is left."""
-        with self._lock:
-            self.rules.pop(key, None)
-            self._owners.pop(key, None)
-            return not self.rules
-
-    def _drop_orphaned_rules(self) -> bool:
-        """Drop the rules whose target processes are all gone; True when none is left."""
-        with self._lock:
-            for key, pids in list(self._owners.items()):
-                if pids and not any(os.path.exists(f"/proc/{pid}") for pid in pids):
-                    self.rules.pop(key, None)
-                    self._owners.pop(key, None)
-            return not self.rules
 
     def stop(self) -> None:
         """End the loop and close every socket (idempotent)."""
@@ -200,9 +173,7 @@ class Responder:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
             return None  # not ours to judge: the resolver answers it
-        with self._lock:
-            rules = list(self.rules.values())
-        reply = answer(query, rules, time.time())
+        reply = answer(query, self.snapshot(), time.time())
         return None if reply is None else reply.to_wire()
 
     def _on_udp(self, udp: socket.socket, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
@@ -353,48 +324,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return out
 
 
-_responders: dict[str, Responder] = {}
-_responders_lock = threading.Lock()
-
-
-def _key(netns_path: str) -> str:
-    # A pod's containers reach one netns by different /proc paths: one responder per namespace.
-    try:
-        st = os.stat(netns_path)
-    except OSError:
-        return netns_path
-    return f"{st.st_dev}:{st.st_ino}"
-
-
-def ensure(netns_path: str) -> Responder:
-    """The namespace's responder, started if there is none (or it died)."""
-    with _responders_lock:
-        key = _key(netns_path)
-        r = _responders.get(key)
-        if r is None or not r.alive:
-            r = Responder(netns_path)
-            _responders[key] = r
-        return r
-
-
-def release(netns_path: str, rule_key: str) -> None:
-    """Drop one experiment's rule; the responder stops when it has none left."""
-    with _responders_lock:
-        key = _key(netns_path)
-        r = _responders.get(key)
-        if r is None:
-            r = next((x for x in _responders.values() if x.netns_path == netns_path), None)
-            key = next((k for k, x in _responders.items() if x is r), key)
-        if r is None:
-            return
-        if r.drop_rule(rule_key):
-            del _responders[key]
-            r.stop()
-
-
-def running() -> dict[str, Responder]:
-    """The live responders by namespace (those that stopped on their own are forgotten)."""
-    with _responders_lock:
-        for key in [k for k, r in _responders.items() if not r.alive]:
-            del _responders[key]
-        return dict(_responders)
+_responders = pernetns.Servers(Responder)
+ensure = _responders.ensure
+release = _responders.release
+running = _responders.running

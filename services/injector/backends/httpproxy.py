@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import struct
 import threading
@@ -25,7 +24,7 @@ import threading
 import h11
 
 from chaosbus.common.netns import setns_net
-from chaosbus.injector.backends import httprelay
+from chaosbus.injector.backends import httprelay, pernetns
 from chaosbus.injector.backends.httprules import HttpRule
 
 MARK = 0x0C4A0770  # fwmark of the proxy's own connections to the original destinations
@@ -44,16 +43,13 @@ def original_destination(sock: socket.socket) -> tuple[str, int] | None:
     return socket.inet_ntoa(raw[4:8]), port
 
 
-class Proxy:
-    """The proxy of one netns; `rules` maps an experiment's table name to its rule, in the order
-    they were added (the order they act in)."""
+class Proxy(pernetns.Rules[HttpRule]):
+    """The proxy of one netns; its rules are keyed by the experiment's table name."""
 
     def __init__(self, netns_path: str) -> None:
+        super().__init__()
         self.netns_path = netns_path
-        self.rules: dict[str, HttpRule] = {}
-        self._owners: dict[str, tuple[int, ...]] = {}
         self.port = 0
-        self._lock = threading.Lock()
         self._stopping = False
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -69,33 +65,6 @@ class Proxy:
             raise OSError(f"HTTP proxy in {netns_path} did not start")
 
     # --- control (any thread) ---
-
-    def set_rule(self, key: str, rule: HttpRule, pids: tuple[int, ...] = ()) -> None:
-        """Add or replace a rule; `pids`: the target's processes, whose end drops the rule (our
-        thread keeps the namespace alive, so a pod that is gone must not leave us running).
-        """
-        with self._lock:
-            self.rules[key] = rule
-            self._owners[key] = pids
-
-    def drop_rule(self, key: str) -> bool:
-        """Remove a rule; True when none is left."""
-        with self._lock:
-            self.rules.pop(key, None)
-            self._owners.pop(key, None)
-            return not self.rules
-
-    def snapshot(self) -> list[HttpRule]:
-        with self._lock:
-            return list(self.rules.values())
-
-    def _drop_orphaned_rules(self) -> bool:
-        with self._lock:
-            for key, pids in list(self._owners.items()):
-                if pids and not any(os.path.exists(f"/proc/{pid}") for pid in pids):
-                    self.rules.pop(key, None)
-                    self._owners.pop(key, None)
-            return not self.rules
 
     def stop(self) -> None:
         """End the loop and close every connection (idempotent)."""
@@ -201,47 +170,7 @@ class Proxy:
             raise
 
 
-_proxies: dict[str, Proxy] = {}
-_proxies_lock = threading.Lock()
-
-
-def _key(netns_path: str) -> str:
-    # A pod's containers reach one netns by different /proc paths: one proxy per namespace.
-    try:
-        st = os.stat(netns_path)
-    except OSError:
-        return netns_path
-    return f"{st.st_dev}:{st.st_ino}"
-
-
-def ensure(netns_path: str) -> Proxy:
-    """The namespace's proxy, started if there is none (or it ended)."""
-    with _proxies_lock:
-        key = _key(netns_path)
-        p = _proxies.get(key)
-        if p is None or not p.alive:
-            p = Proxy(netns_path)
-            _proxies[key] = p
-        return p
-
-
-def release(netns_path: str, rule_key: str) -> None:
-    """Drop one experiment's rule; the proxy stops when it has none left."""
-    with _proxies_lock:
-        key = _key(netns_path)
-        p = _proxies.get(key)
-        if p is None:
-            key, p = next(((k, x) for k, x in _proxies.items() if x.netns_path == netns_path), (key, None))
-        if p is None:
-            return
-        if p.drop_rule(rule_key):
-            del _proxies[key]
-            p.stop()
-
-
-def running() -> dict[str, Proxy]:
-    """The live proxies by namespace (those that stopped on their own are forgotten)."""
-    with _proxies_lock:
-        for key in [k for k, p in _proxies.items() if not p.alive]:
-            del _proxies[key]
-        return dict(_proxies)
+_proxies = pernetns.Servers(Proxy)
+ensure = _proxies.ensure
+release = _proxies.release
+running = _proxies.running
