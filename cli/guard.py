@@ -1,13 +1,16 @@
-"""`chaosbus guard`: the global SLO guard. It evaluates one PromQL objective every `--interval`
+"""`chaosbus guard`: the global SLO guard. It evaluates one PromQL objective every `interval`
 (the same query and comparator as a `type: Prometheus` StatusCheck) and, when the objective is
-not met `--failures` times in a row, engages the kill switch itself: every injector recovers every
+not met `failures` times in a row, engages the kill switch itself: every injector recovers every
 fault and refuses new ones, with the reason naming the guard, the query and what it returned.
+The objective comes from flags or from a configuration file (`--config`, what `chaosbus up` and
+the cluster Deployment use); a guard whose file does not exist yet waits for it.
 
-It holds the operator key (the kill switch is signed with it, as `chaosbus halt` signs it) and
-connects as the `cli` identity. It only ever halts: resuming stays the operator's decision. After a
-halt it re-arms once the objective is met again, so a resume while the objective is still breached
-is not fought; an objective breached again later halts again. A halt already in force is left as
-it is (its reason is not overwritten).
+It signs with its own key, `guard.key`, which receivers accept for a halt and refuse for a
+resume, and connects as the `guard` identity, which may write the kill switch and nothing else.
+It only ever halts: resuming stays the operator's decision. After a halt it re-arms once the
+objective is met again, so a resume while the objective is still breached is not fought; an
+objective breached again later halts again. A halt already in force is left as it is (its reason
+is not overwritten).
 """
 
 from __future__ import annotations
@@ -15,17 +18,95 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
+import msgspec
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.common import promquery, signing
-from chaosbus.common.crd.orchestration import StatusCheckPrometheus
+from chaosbus.common.crd import statuscheck
+from chaosbus.common.crd.orchestration import StatusCheckComparator, StatusCheckPrometheus
 from chaosbus.common.halt import current, set_halt
 
 log = cblog.get("guard")
+CONFIG_FILE = "guard.yaml"  # in the state dir: `chaosbus up` starts a guard when it exists
+CONFIG_POLL_S = 5.0
+
+
+class GuardConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One guard's objective and pace, as flags or a YAML file give them."""
+
+    prometheus: str
+    query: str
+    criteria: str
+    value: float
+    name: str = "slo"
+    interval: float = 10.0
+    timeout: float = 5.0
+    failures: int = 2
+
+
+class BadConfig(Exception):
+    """A guard configuration that cannot run; the message names the field."""
+
+
+def objective(cfg: GuardConfig) -> StatusCheckPrometheus:
+    """The configuration checked as a StatusCheck's Prometheus block is, plus the guard's pace."""
+    spec = StatusCheckPrometheus(
+        endpoint=cfg.prometheus,
+        query=cfg.query,
+        comparator=StatusCheckComparator(criteria=cfg.criteria, value=cfg.value),
+    )
+    try:
+        statuscheck.validate_prometheus(spec, "guard")
+    except statuscheck.InvalidCheck as e:
+        raise BadConfig(str(e)) from None
+    if cfg.interval <= 0 or cfg.timeout <= 0 or cfg.failures < 1:
+        raise BadConfig("interval and timeout must be positive, failures at least 1")
+    if not cfg.name.strip():
+        raise BadConfig("name: required")
+    return spec
+
+
+def parse_config(text: str, source: str) -> GuardConfig:
+    try:
+        return msgspec.convert(yaml.safe_load(text), GuardConfig)
+    except (yaml.YAMLError, msgspec.ValidationError) as e:
+        raise BadConfig(f"{source}: {e}") from None
+
+
+async def wait_for_config(path: Path) -> GuardConfig:
+    """The configuration in `path`, once the file exists (a ConfigMap not created yet: the guard
+    runs idle, its /metrics served, instead of failing).
+    """
+    waiting = False
+    while True:
+        try:
+            text = await asyncio.to_thread(path.read_text)
+        except FileNotFoundError:
+            if not waiting:
+                log.info("SLO guard idle: no configuration yet", config=str(path))
+                waiting = True
+            await asyncio.sleep(CONFIG_POLL_S)
+            continue
+        return parse_config(text, str(path))
+
+
+def guard_signer(path: str | None) -> signing.Signer | None:
+    """The guard's own key (--key, else guard.key in the keys dir; None in unsigned mode)."""
+    if signing.unsigned_mode():
+        return None
+    key = Path(path) if path else signing.keys_dir() / "guard.key"
+    try:
+        return signing.Signer.from_file(key)
+    except (OSError, ValueError) as e:
+        raise BadConfig(
+            f"cannot read the guard key ({e}); `chaosbus up` and `chaosbus keys generate` make guard.key"
+        ) from None
 
 
 @dataclass
@@ -86,6 +167,35 @@ async def halt_unless_halted(url: str, reason: str, signer: signing.Signer | Non
         await bus.close()
 
 
+async def serve(
+    url: str,
+    *,
+    flags: GuardConfig | None,
+    config_file: Path | None,
+    key: str | None,
+    metrics_port: int | None,
+    metrics_addr: str = "127.0.0.1",
+) -> int:
+    """Serve /metrics, get the objective (flags, or the file once it exists), then guard it."""
+    metrics = GuardMetrics()
+    port = cbmetrics.serve(metrics.registry, metrics_port, metrics_addr) if metrics_port is not None else None
+    cfg = flags if config_file is None else await wait_for_config(config_file)
+    assert cfg is not None
+    spec = objective(cfg)
+    signer = guard_signer(key)  # read now: a missing key fails at start, not at a breach
+    return await run(
+        url,
+        spec,
+        name=cfg.name,
+        interval=cfg.interval,
+        timeout=cfg.timeout,
+        failures=cfg.failures,
+        signer=signer,
+        metrics=metrics,
+        port=port,
+    )
+
+
 async def run(
     url: str,
     spec: StatusCheckPrometheus,
@@ -95,12 +205,11 @@ async def run(
     timeout: float,
     failures: int,
     signer: signing.Signer | None,
-    metrics_port: int | None,
+    metrics: GuardMetrics,
+    port: int | None,
 ) -> int:
-    metrics = GuardMetrics()
     metrics.met.labels(name)
     metrics.halts.labels(name)
-    port = cbmetrics.serve(metrics.registry, metrics_port) if metrics_port is not None else None
     guard = Guard(failures)
     by = f"guard {name}@{socket.gethostname()}"
     log.info(

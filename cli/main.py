@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--store-dir", type=Path, default=None, help="JetStream storage directory")
     u.add_argument("--metrics-base-port", type=int, default=None, help="first /metrics port (0: any)")
     u.add_argument("--node", default=None, help="node name for the local injector")
+    u.add_argument(
+        "--guard-config",
+        type=Path,
+        default=None,
+        help="start the SLO guard on this configuration (default: <state dir>/guard.yaml when it exists)",
+    )
 
     pod = sub.add_parser("pod", help="local process pods").add_subparsers(dest="pod_command", required=True)
     pr = pod.add_parser("run", help="start CMD in a new network namespace and register it as a pod")
@@ -104,22 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
             "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)",
         )
     g = sub.add_parser("guard", help="SLO guard: engage the kill switch when a PromQL objective is not met")
-    g.add_argument("--prometheus", required=True, help="Prometheus endpoint, e.g. http://127.0.0.1:9090")
-    g.add_argument("--query", required=True, help="PromQL, evaluated as an instant query")
     g.add_argument(
-        "--criteria", required=True, help="the objective: every sample <criteria> --value (==, !=, <, >, <=, >=)"
+        "--config",
+        default=None,
+        help="YAML with prometheus, query, criteria, value (and name, interval, timeout, failures) instead of "
+        "the flags; waits for the file when it does not exist yet",
     )
-    g.add_argument("--value", required=True, type=float)
+    g.add_argument("--prometheus", help="Prometheus endpoint, e.g. http://127.0.0.1:9090")
+    g.add_argument("--query", help="PromQL, evaluated as an instant query")
+    g.add_argument("--criteria", help="the objective: every sample <criteria> --value (==, !=, <, >, <=, >=)")
+    g.add_argument("--value", type=float)
     g.add_argument("--name", default="slo", help="the guard's name (in the halt reason, logs and metrics)")
     g.add_argument("--interval", type=float, default=10.0, help="seconds between evaluations")
     g.add_argument("--timeout", type=float, default=5.0, help="seconds a query may take")
     g.add_argument("--failures", type=int, default=2, help="evaluations in a row not met before halting")
     g.add_argument("--metrics-port", type=int, default=None, help="serve the guard's /metrics here (0: any)")
+    g.add_argument("--metrics-addr", default="127.0.0.1", help="address /metrics listens on")
     g.add_argument(
-        "--operator-key",
+        "--key",
         default=None,
-        help="the operator's private key, which signs the kill switch "
-        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/operator.key)",
+        help="the guard's private key, which may halt and never resume "
+        "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/guard.key)",
     )
     k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
     kg = k.add_parser("generate", help="create the scheduler and operator key pairs in DIR (existing ones kept)")
@@ -204,32 +215,39 @@ async def with_store(
 
 async def _guard(url: str, args: argparse.Namespace) -> int:
     from chaosbus.cli import guard
-    from chaosbus.common.crd import statuscheck
-    from chaosbus.common.crd.orchestration import StatusCheckComparator, StatusCheckPrometheus
 
-    spec = StatusCheckPrometheus(
-        endpoint=args.prometheus,
-        query=args.query,
-        comparator=StatusCheckComparator(criteria=args.criteria, value=args.value),
-    )
-    try:
-        statuscheck.validate_prometheus(spec, "guard")
-    except statuscheck.InvalidCheck as e:
-        raise UsageError(str(e)) from None
-    if args.interval <= 0 or args.timeout <= 0 or args.failures < 1:
-        raise UsageError("--interval and --timeout must be positive, --failures at least 1")
+    flags = None
+    if args.config is None:
+        missing = [f"--{f}" for f in ("prometheus", "query", "criteria", "value") if getattr(args, f) is None]
+        if missing:
+            raise UsageError(f"guard: {', '.join(missing)} required (or --config FILE)")
+        flags = guard.GuardConfig(
+            prometheus=args.prometheus,
+            query=args.query,
+            criteria=args.criteria,
+            value=args.value,
+            name=args.name,
+            interval=args.interval,
+            timeout=args.timeout,
+            failures=args.failures,
+        )
+        try:
+            guard.objective(flags)  # before anything starts
+        except guard.BadConfig as e:
+            raise UsageError(str(e)) from None
+    natsauth.use_arguments("guard", args, url)  # its own identity: the kill switch and nothing else
     cblog.configure("guard")
-    signer = control.operator_signer(args.operator_key)  # read now: a missing key fails at start, not at a breach
-    return await guard.run(
-        url,
-        spec,
-        name=args.name,
-        interval=args.interval,
-        timeout=args.timeout,
-        failures=args.failures,
-        signer=signer,
-        metrics_port=args.metrics_port,
-    )
+    try:
+        return await guard.serve(
+            url,
+            flags=flags,
+            config_file=Path(args.config) if args.config else None,
+            key=args.key,
+            metrics_port=args.metrics_port,
+            metrics_addr=args.metrics_addr,
+        )
+    except guard.BadConfig as e:
+        raise UsageError(str(e)) from None
 
 
 def use_cli_credentials(args: argparse.Namespace, url: str) -> None:
@@ -261,6 +279,7 @@ async def dispatch(args: argparse.Namespace) -> int:
             store_dir=args.store_dir,
             metrics_base=args.metrics_base_port,
             node=config.node_name(args.node),
+            guard_config=args.guard_config,
         )
     if cmd == "nats-secrets":
         from chaosbus.cli import natssecrets

@@ -46,6 +46,7 @@ CLUSTER_USERS = (
     ClusterUser("chaosbus-nats-cli", "cli"),
     ClusterUser("chaosbus-nats-client", "client"),
     ClusterUser("chaosbus-nats-dashboard", "dashboard"),
+    ClusterUser("chaosbus-nats-guard", "guard"),
     ClusterUser("chaosbus-nats-auth", "auth"),
 )
 DASHBOARD_TOKENS_SECRET = "chaosbus-dashboard-tokens"

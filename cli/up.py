@@ -1,6 +1,7 @@
 """`chaosbus up`: an embedded nats-server with JetStream and the four services as child
-processes, restarted with backoff when they die (as Kubernetes restarts a pod), stopped cleanly
-on Ctrl-C or SIGTERM. A nats-server that dies is restarted too, on the same port with the same
+processes, plus the SLO guard when a guard configuration exists (`<state dir>/guard.yaml`, or
+`--guard-config`), restarted with backoff when they die (as Kubernetes restarts a pod), stopped
+cleanly on Ctrl-C or SIGTERM. A nats-server that dies is restarted too, on the same port with the same
 store; the services reconnect and their followers resume on their own (bus.FOLLOW_HEARTBEAT_S).
 """
 
@@ -21,6 +22,7 @@ from chaosbus.common.store import ObjectStore
 
 SERVICES = ("watcher", "scheduler", "recorder", "injector")
 METRICS_PORTS = {"watcher": 9101, "scheduler": 9102, "injector": 9103, "recorder": 9104}
+GUARD_METRICS_PORT = 9106  # with --metrics-base-port N: N+4, after the four services
 
 
 @dataclass
@@ -64,6 +66,20 @@ def service_argv(
     if name != "injector":
         return argv
     return argv + ["--node", node] + (["--journal", str(journal)] if journal else [])
+
+
+def guard_argv(url: str, config_file: Path, metrics_port: int, creds: Path) -> list[str]:
+    """`chaosbus guard` on the configuration file, as its own identity with its own key."""
+    return [
+        *(sys.executable, "-m", "chaosbus.cli", "--nats", url, "--nats-creds", str(creds / "guard.nk")),
+        *("guard", "--config", str(config_file), "--metrics-port", str(metrics_port)),
+    ]
+
+
+def guard_metrics_port(base: int | None) -> int:
+    if base is None:
+        return GUARD_METRICS_PORT
+    return 0 if base == 0 else base + len(SERVICES)
 
 
 @dataclass
@@ -115,7 +131,15 @@ async def register_node(url: str, node: str, admin: natsauth.ClientAuth | None =
         await bus.close()
 
 
-async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, node: str, quiet: bool = False) -> int:
+async def up(
+    *,
+    port: int,
+    store_dir: Path | None,
+    metrics_base: int | None,
+    node: str,
+    quiet: bool = False,
+    guard_config: Path | None = None,
+) -> int:
     state = config.state_dir()
     state.mkdir(parents=True, exist_ok=True)
     # Credentials and keys are made at first start and reused (0600 files in a 0700 directory):
@@ -131,7 +155,7 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
             return 1
     logs = state / "logs"
     logs.mkdir(exist_ok=True)
-    signing.ensure_keys(signing.keys_dir())  # first start: the scheduler's and the operator's key pairs
+    signing.ensure_keys(signing.keys_dir())  # first start: the scheduler's, the operator's and the guard's key pairs
     webtokens.ensure_tokens(webtokens.tokens_dir(state))  # for `chaosbus dashboard`
     server = natsserver.start(
         store_dir or state / "nats", port=port, log_file=logs / "nats-server.log", config_file=conf
@@ -147,6 +171,10 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
         )
         for name in SERVICES
     ]
+    guard_file = guard_config or state / "guard.yaml"
+    if guard_file.exists():
+        argv = guard_argv(server.url, guard_file, guard_metrics_port(metrics_base), creds)
+        children.append(Child("guard", argv, logs / "guard.log"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -156,7 +184,8 @@ async def up(*, port: int, store_dir: Path | None, metrics_base: int | None, nod
         await register_node(server.url, node, admin)
         for c in children:
             c.start()
-        print(f"chaosbus up: NATS at {server.url} (node {node}); logs in {logs}", flush=True)
+        guarded = f"; SLO guard from {guard_file}" if any(c.name == "guard" for c in children) else ""
+        print(f"chaosbus up: NATS at {server.url} (node {node}); logs in {logs}{guarded}", flush=True)
         if not quiet:
             print("export CHAOSBUS_NATS_URL=" + server.url, flush=True)
         await _keep_alive(children, stop, nats)

@@ -263,7 +263,7 @@ def ensure_seed(path: Path) -> str:
         return seed
 
 
-LOCAL_IDENTITIES = ("watcher", "scheduler", "recorder", "cli", "client", "dashboard")
+LOCAL_IDENTITIES = ("watcher", "scheduler", "recorder", "cli", "client", "dashboard", "guard")
 
 
 def prepare_local(state: Path, nodes: str | Sequence[str]) -> Path:

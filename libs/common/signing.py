@@ -1,9 +1,11 @@
 """Signed, fresh, single-use messages: Ed25519 (the `cryptography` package) over a `Claims`
 document (audience, issued-at, expiry, sequence, payload) carried in a `Signed` envelope.
 
-Two signers, each with its own key pair:
+Three signers, each with its own key pair:
   scheduler  signs node commands (`chaos.cmd.<node>`) and leases (`chaos.lease.<node>`);
-  operator   signs the kill switch (`chaosbus halt` / `resume`), so that it works with no scheduler.
+  operator   signs the kill switch (`chaosbus halt` / `resume`), so that it works with no scheduler;
+  guard      signs the SLO guard's halts: the kill switch's key for a process that must only ever
+             engage it (receivers refuse a resume signed by it, see `may_sign_halt_state`).
 A receiver trusts a list of public keys per role (several at once while a key is rotated) and
 refuses what is unsigned, signed by a key it does not trust for that role, meant for another
 audience, expired, or seen before (`ReplayBook`). Verification comes first: nothing inside the
@@ -32,8 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from chaosbus.common import config, settings
 from chaosbus.common import messages as m
 
-Role = Literal["scheduler", "operator"]
-ROLES: tuple[Role, ...] = ("scheduler", "operator")
+Role = Literal["scheduler", "operator", "guard"]
+ROLES: tuple[Role, ...] = ("scheduler", "operator", "guard")
+HALT_ROLES: tuple[Role, ...] = ("operator", "guard")  # who may sign a kill-switch state at all
 Reason = Literal["unsigned", "forged", "expired", "replayed"]
 REASONS: tuple[Reason, ...] = ("unsigned", "forged", "expired", "replayed")
 CONTROL_AUD = "control.halt"  # the kill switch's audience, for its KV copy and its broadcast alike
@@ -95,7 +98,7 @@ def write_key_pair(directory: Path, role: Role) -> Path:
 
 
 def ensure_keys(directory: Path) -> list[Path]:
-    """Both key pairs in `directory`, created where missing; returns the private keys created."""
+    """Every role's key pair in `directory`, created where missing; returns the private keys created."""
     created = []
     for role in ROLES:
         if not (directory / f"{role}.key").exists():
@@ -171,10 +174,11 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class Opened:
-    """A message whose signature, audience and freshness held."""
+    """A message whose signature, audience and freshness held, and the role of the key that signed it."""
 
     kid: str
     claims: m.Claims
+    role: Role = "scheduler"
 
     @property
     def payload(self) -> bytes:
@@ -195,7 +199,7 @@ class Trust:
 
     @classmethod
     def from_dir(cls, directory: Path, **kw: float) -> Trust:
-        """Every `scheduler*.pub` and `operator*.pub` in `directory` (none if it does not exist)."""
+        """Every `scheduler*.pub`, `operator*.pub` and `guard*.pub` in `directory` (none if it does not exist)."""
         found = []
         for role in ROLES:
             for path in sorted(directory.glob(f"{role}*.pub")) if directory.is_dir() else []:
@@ -206,10 +210,12 @@ class Trust:
     def kids(self, role: Role) -> list[str]:
         return sorted(k.kid for k in self.keys.values() if k.role == role)
 
-    def open(self, data: bytes, *, aud: str, role: Role, now: float, expires: bool = True) -> Opened:
-        """Check `data` and return its claims, or raise Refused. `expires`: the message must carry
-        an expiry within `max_lifetime_s` (everything but kill-switch states).
+    def open(self, data: bytes, *, aud: str, role: Role | tuple[Role, ...], now: float, expires: bool = True) -> Opened:
+        """Check `data` and return its claims, or raise Refused. `role`: the role (or roles) whose
+        keys may sign it. `expires`: the message must carry an expiry within `max_lifetime_s`
+        (everything but kill-switch states).
         """
+        roles = (role,) if isinstance(role, str) else role
         try:
             env = _envelope.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -217,8 +223,8 @@ class Trust:
         key = self.keys.get(env.kid)
         if key is None:
             raise Refused("forged", env.kid, "signed by a key this receiver does not trust")
-        if key.role != role:
-            raise Refused("forged", env.kid, f"a {key.role} key may not sign this (needs {role})")
+        if key.role not in roles:
+            raise Refused("forged", env.kid, f"a {key.role} key may not sign this (needs {' or '.join(roles)})")
         body = bytes(env.body)
         try:
             key.public.verify(env.sig, _DOMAIN + body)
@@ -243,7 +249,14 @@ class Trust:
                 )
         if claims.exp and claims.exp <= now:
             raise Refused("expired", env.kid, f"expired {now - claims.exp:.1f}s ago")
-        return Opened(env.kid, claims)
+        return Opened(env.kid, claims, key.role)
+
+
+def may_sign_halt_state(role: Role, halted: bool) -> bool:
+    """Whether a key of `role` may sign this kill-switch state: the operator's both ways, the
+    guard's only a halt (a guard that could resume would undo the operator's halts).
+    """
+    return role == "operator" or (role == "guard" and halted)
 
 
 def peek(data: bytes) -> bytes:

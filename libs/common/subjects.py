@@ -20,9 +20,10 @@ from chaosbus.common import natsjwt
 # `cli` is the `chaosbus` commands and the pod supervisors they start (local mode's kubectl);
 # `client` may only call the direct triggers. `dashboard` is the web UI (`chaosbus dashboard`): it
 # reads, writes through the triggers, and pulls the kill switch only with the operator's key.
-# `auth` (cluster mode) answers nats-server's auth callout: it gives each node injector its own
-# node's user.
-IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client", "dashboard", "auth")
+# `guard` is the SLO guard (`chaosbus guard`): it writes the kill switch and nothing else, signed
+# with a key receivers accept for a halt only. `auth` (cluster mode) answers nats-server's auth
+# callout: it gives each node injector its own node's user.
+IDENTITIES = ("watcher", "scheduler", "recorder", "injector", "cli", "client", "dashboard", "guard", "auth")
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,11 @@ CONTROL = Bucket(
     name="control",
     keys="halt",
     message="HaltState",
-    owners=(Role("cli", "halt, resume"), Role("dashboard", "halt, resume with the operator key")),
+    owners=(
+        Role("cli", "halt, resume"),
+        Role("dashboard", "halt, resume with the operator key"),
+        Role("guard", "halt only, with the guard key"),
+    ),
     readers=(Role("injector"), Role("scheduler", "triggers refuse while halted")),
     purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
 )
@@ -204,8 +209,8 @@ class CoreSubject:
     reply: type[msgspec.Struct] | None = None  # request/reply subjects: the reply (or an ErrorReply)
     # Where the owner publishes when narrower than `pattern` (templates: a node its own subject).
     owner_subjects: tuple[str, ...] = ()
-    # Identities that publish the same messages on the owner's behalf (the kill switch: the CLI
-    # and the dashboard both run the operator's signed path; receivers check the signature).
+    # Identities that publish the same messages on the owner's behalf (the kill switch: the CLI,
+    # the dashboard and the SLO guard run the signed path; receivers check the signature).
     also_published_by: tuple[str, ...] = ()
 
 
@@ -220,7 +225,7 @@ HALT = CoreSubject(
     pattern="chaos.control.halt",
     message=m.HaltState,
     owner="cli",
-    also_published_by=("dashboard",),
+    also_published_by=("dashboard", "guard"),
     readers=(Role("injector"),),
     purpose="kill-switch broadcast; the KV key `control/halt` is the durable copy",
 )

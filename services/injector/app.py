@@ -450,6 +450,10 @@ def load_trust(args: argparse.Namespace) -> signing.Trust | None:
             keys_dir=str(directory),
         )
     log.info(
-        "trusted keys", keys_dir=str(directory), scheduler=trust.kids("scheduler"), operator=trust.kids("operator")
+        "trusted keys",
+        keys_dir=str(directory),
+        scheduler=trust.kids("scheduler"),
+        operator=trust.kids("operator"),
+        guard=trust.kids("guard"),
     )
     return trust

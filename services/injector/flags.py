@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keys-dir",
         default=None,
-        help="directory of trusted public keys, scheduler*.pub and operator*.pub (default: "
+        help="directory of trusted public keys, scheduler*.pub, operator*.pub and guard*.pub (default: "
         "CHAOSBUS_KEYS_DIR or <state dir>/keys)",
     )
     p.add_argument("--sweep-interval", type=float, default=30.0, help="seconds between orphan sweeps")

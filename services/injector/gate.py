@@ -1,6 +1,6 @@
 """The injector's door: every command, lease and kill-switch state passes here before the node
 sees it. Signatures are checked against the trusted keys (scheduler keys for commands and leases,
-operator keys for the kill switch), then freshness and replays; each refusal is counted in
+operator keys for the kill switch, guard keys for halts only), then freshness and replays; each refusal is counted in
 `chaosbus_injector_messages_refused_total{what,reason}` and written as one audit line (what, subject,
 signer key id, reason, why). Unsigned mode (CHAOSBUS_UNSIGNED=1, only to measure what signing
 costs) decodes plain messages and checks nothing but the lease bound.
@@ -143,17 +143,21 @@ class Gate:
         """
         seq: int | None = None
         kid, payload = "", data
+        role: signing.Role = "operator"  # unsigned mode: whoever wrote it
         if self.trust is not None:
             try:
                 opened = self.trust.open(
-                    data, aud=signing.CONTROL_AUD, role="operator", now=self.clock(), expires=revision is None
+                    data, aud=signing.CONTROL_AUD, role=signing.HALT_ROLES, now=self.clock(), expires=revision is None
                 )
             except signing.Refused as e:
                 self.refuse("halt", subject, e)
                 return None
-            kid, payload, seq = opened.kid, opened.payload, opened.claims.seq
+            kid, payload, seq, role = opened.kid, opened.payload, opened.claims.seq, opened.role
         state = _decoded(payload, m.HaltState, subject)
         if state is None:
+            return None
+        if not signing.may_sign_halt_state(role, state.halted):
+            self.refuse("halt", subject, signing.Refused("forged", kid, f"a {role} key may halt, never resume"))
             return None
         return HaltIn(state if revision is None else msgspec.structs.replace(state, revision=revision), seq, kid)
 

@@ -341,8 +341,7 @@ def test_the_monitoring_port_is_not_in_the_service() -> None:
 
 
 def test_only_chaosbus_pods_reach_nats_and_only_its_client_port() -> None:
-    [policy] = objects("NetworkPolicy")
-    spec = policy["spec"]
+    spec = named("NetworkPolicy", "nats")["spec"]
     assert (
         spec["podSelector"]["matchLabels"].items()
         <= workloads()["nats"]["spec"]["template"]["metadata"]["labels"].items()

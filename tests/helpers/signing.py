@@ -1,5 +1,5 @@
-"""Signing for tests that play the scheduler or the operator: one scheduler and one operator key
-pair per test session, the trust an injector under test gets, and publishers that seal what they
+"""Signing for tests that play the scheduler, the operator or the SLO guard: one key pair per role
+and test session, the trust an injector under test gets, and publishers that seal what they
 send as the real scheduler and `chaosbus halt` do.
 """
 
@@ -16,12 +16,15 @@ from chaosbus.common import signing, subjects
 
 SCHEDULER_KEY = Ed25519PrivateKey.generate()
 OPERATOR_KEY = Ed25519PrivateKey.generate()
+GUARD_KEY = Ed25519PrivateKey.generate()
 SCHEDULER = signing.Signer(SCHEDULER_KEY)
 OPERATOR = signing.Signer(OPERATOR_KEY)
+GUARD = signing.Signer(GUARD_KEY)
 TRUST = signing.Trust.of(
     [
         signing.TrustedKey(SCHEDULER.kid, "scheduler", SCHEDULER_KEY.public_key()),
         signing.TrustedKey(OPERATOR.kid, "operator", OPERATOR_KEY.public_key()),
+        signing.TrustedKey(GUARD.kid, "guard", GUARD_KEY.public_key()),
     ]
 )
 COMMAND_TTL_S = 300.0
@@ -30,7 +33,7 @@ COMMAND_TTL_S = 300.0
 def write_keys(directory: Path) -> Path:
     """These keys as files (the layout `chaosbus keys generate` makes), for a service process."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for role, key in (("scheduler", SCHEDULER_KEY), ("operator", OPERATOR_KEY)):
+    for role, key in (("scheduler", SCHEDULER_KEY), ("operator", OPERATOR_KEY), ("guard", GUARD_KEY)):
         (directory / f"{role}.key").write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

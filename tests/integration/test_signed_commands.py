@@ -3,7 +3,8 @@ edge, its node, its journal and the real fault registry): a pod-kill of a real p
 forged, unsigned, expired, tampered with or sent to the wrong node is refused, counted, audited,
 and the process lives; a valid one kills it. A Task that appends to a file shows a replay refused,
 also by a restarted injector. The kill switch cannot be un-halted by a forged or a replayed
-resume, a real halt after them still halts, and a lease's ttl is bounded by the node.
+resume, nor by one signed with the SLO guard's halt-only key (whose halts work), a real halt after
+them still halts, and a lease's ttl is bounded by the node.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import pytest
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from helpers.signing import OPERATOR, SCHEDULER, TRUST, seal_command
+from helpers.signing import GUARD, OPERATOR, SCHEDULER, TRUST, seal_command
 from unit.injector.factories import eventually
 
 from chaosbus.cli import control
@@ -289,6 +290,27 @@ async def test_a_forged_resume_cannot_unhalt_and_a_real_halt_after_it_still_halt
     await kill_switch(bus, True, "later")  # a real halt after it still halts
     await eventually(lambda: node.halt.halted and node.halt.reason == "later")
     assert {e["reason"] for e in audit_lines(audit)} == {"unsigned", "forged"}
+
+
+async def test_the_guard_key_halts_but_its_resume_is_refused_and_counted(
+    injector: Injector, bus: busmod.Bus, audit: list[dict[str, Any]]
+) -> None:
+    node = injector.node
+    await eventually(lambda: injector.edge.node.connected)
+    await control.set_halt(bus, halted=True, reason="SLO guard checkout: breached", signer=GUARD, by="guard checkout")
+    await eventually(lambda: node.halt.halted and node.halt.reason == "SLO guard checkout: breached")
+    assert node.journal.halt() == node.halt
+    # The same key signing a resume (a guard gone wrong, or its key stolen): the key and the broadcast.
+    await control.set_halt(bus, halted=False, reason="resumed", signer=GUARD, by="guard checkout")
+    await eventually(lambda: injector.refused("halt", "forged") == 2)
+    await asyncio.sleep(1.5)  # more than one poll of the key: each revision is judged once
+    assert node.halt.halted and node.halt.reason == "SLO guard checkout: breached"
+    assert injector.refused("halt", "forged") == 2
+    lines = audit_lines(audit)
+    assert {(e["reason"], e["signer"]) for e in lines} == {("forged", GUARD.kid)}
+    assert all("may halt, never resume" in e["why"] for e in lines)
+    await kill_switch(bus, False)  # the operator's resume works
+    await eventually(lambda: not node.halt.halted)
 
 
 async def test_an_old_resume_written_again_is_a_replay(injector: Injector, bus: busmod.Bus) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import msgspec
@@ -92,7 +93,7 @@ def test_the_replay_book() -> None:
 
 def test_key_files_are_private_created_once_and_load_as_trust(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
-    assert len(signing.ensure_keys(keys)) == 2 and signing.ensure_keys(keys) == []
+    assert len(signing.ensure_keys(keys)) == 3 and signing.ensure_keys(keys) == []
     for role in signing.ROLES:
         assert stat.S_IMODE((keys / f"{role}.key").stat().st_mode) == 0o600
     assert stat.S_IMODE(keys.stat().st_mode) == 0o700
@@ -100,7 +101,22 @@ def test_key_files_are_private_created_once_and_load_as_trust(tmp_path: Path) ->
     (keys / "scheduler-next.pub").write_bytes((keys / "next" / "scheduler.pub").read_bytes())
     trust = signing.Trust.from_dir(keys)
     assert len(trust.kids("scheduler")) == 2 and len(trust.kids("operator")) == 1  # rotation: both trusted
+    assert len(trust.kids("guard")) == 1
     new = signing.Signer.from_file(keys / "next" / "scheduler.key")
     assert new.kid in trust.kids("scheduler")
     with pytest.raises(FileExistsError):
         signing.write_key_pair(keys, "operator")  # never overwritten
+
+
+def test_the_guard_key_signs_kill_switch_states_that_only_halt(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    signing.ensure_keys(keys)
+    trust = signing.Trust.from_dir(keys)
+    guard = signing.Signer.from_file(keys / "guard.key")
+    sealed = guard.seal(signing.CONTROL_AUD, b"{}", ttl_s=None)
+    opened = trust.open(sealed, aud=signing.CONTROL_AUD, role=signing.HALT_ROLES, now=time.time(), expires=False)
+    assert opened.role == "guard"
+    assert signing.may_sign_halt_state("guard", True) and not signing.may_sign_halt_state("guard", False)
+    assert signing.may_sign_halt_state("operator", False) and not signing.may_sign_halt_state("scheduler", True)
+    with pytest.raises(signing.Refused, match="a guard key may not sign this"):
+        trust.open(guard.seal("chaos.cmd.n1", b"{}", ttl_s=60), aud="chaos.cmd.n1", role="scheduler", now=time.time())
