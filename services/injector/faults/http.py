@@ -13,21 +13,18 @@ its last rule.
 from __future__ import annotations
 
 import functools
-import hashlib
 from typing import Any
 
 from chaosbus.common.messages import FaultSpec, Http, TargetAction
 from chaosbus.injector.backends import httpproxy, nft
 from chaosbus.injector.backends.httprules import HttpRule
-from chaosbus.injector.faults import FaultContext, FaultError, redirect, register
+from chaosbus.injector.faults import FaultContext, FaultError, nfttables, redirect, register
 
 TABLE_PREFIX = f"{nft.TABLE_PREFIX}http_"
-ABSENT = "nft_table_absent"
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:
-    digest = hashlib.sha1(f"{experiment_uid}/{selector_key}".encode()).hexdigest()
-    return f"{TABLE_PREFIX}{digest[:12]}"
+    return nfttables.table_name(TABLE_PREFIX, experiment_uid, selector_key)
 
 
 @functools.cache
@@ -35,33 +32,13 @@ def _node_cannot() -> str | None:
     return nft.probe()
 
 
-class Tables:
-    """The orphans HTTPChaos can leave: its redirect tables, found by their name prefix (a proxy
-    never outlives the injector process, so it cannot be orphaned).
-    """
-
-    what = "nft table"
-
-    def find(self, netns_path: str) -> list[str]:
-        return [t for t in nft.list_tables(netns_path) if t.startswith(TABLE_PREFIX)]
-
-    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
-        return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
-
-    def remove(self, netns_path: str, item: str) -> None:
-        try:
-            nft.delete_table(netns_path, item)
-        except nft.NetnsGone:
-            pass
-
-
 class HttpFault:
     name = "http"
-    orphans = Tables()
+    orphans = nfttables.Tables(TABLE_PREFIX)
 
     def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
         """HTTPChaos only adds its own table: restoring means that table absent again."""
-        return {ABSENT: table_name(experiment_uid, action.selector_key)}
+        return {nfttables.ABSENT: table_name(experiment_uid, action.selector_key)}
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _http(spec)

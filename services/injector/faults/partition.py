@@ -13,7 +13,6 @@ chaosbus process is alive to delete the table.
 from __future__ import annotations
 
 import functools
-import hashlib
 import socket
 from typing import Any
 
@@ -22,12 +21,11 @@ import msgspec
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, Partition, PartitionRule, TargetAction
 from chaosbus.injector.backends import nft
-from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
+from chaosbus.injector.faults import FaultContext, FaultError, exemptions, nfttables, register
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:
-    digest = hashlib.sha1(f"{experiment_uid}/{selector_key}".encode()).hexdigest()
-    return f"{nft.TABLE_PREFIX}{digest[:12]}"
+    return nfttables.table_name(nft.TABLE_PREFIX, experiment_uid, selector_key)
 
 
 @functools.cache
@@ -69,37 +67,14 @@ def _resolve(hostname: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
-class Tables:
-    """The orphans a partition can leave: its nft tables, found by their name prefix."""
-
-    what = "nft table"
-
-    def find(self, netns_path: str) -> list[str]:
-        # DNSChaos and HTTPChaos tables share the prefix but are their faults' to sweep.
-        return [
-            t
-            for t in nft.list_tables(netns_path)
-            if t.startswith(nft.TABLE_PREFIX) and not t.startswith(OTHER_TABLE_PREFIXES)
-        ]
-
-    def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
-        return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
-
-    def remove(self, netns_path: str, item: str) -> None:
-        try:
-            nft.delete_table(netns_path, item)
-        except nft.NetnsGone:
-            pass
-
-
-ABSENT = "nft_table_absent"
+ABSENT = nfttables.ABSENT
 OTHER_TABLE_PREFIXES = (f"{nft.TABLE_PREFIX}dns_", f"{nft.TABLE_PREFIX}http_")
 
 
 class PartitionFault:
     name = "partition"
     batched = True  # one nft transaction (libnftables or raw nfnetlink) per target, no process
-    orphans = Tables()
+    orphans = nfttables.Tables(nft.TABLE_PREFIX, excluding=OTHER_TABLE_PREFIXES)
 
     def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
         """A partition only ever adds its own table: restoring means that table absent again."""
