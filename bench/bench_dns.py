@@ -14,23 +14,21 @@ Nothing is left behind: namespaces, processes, tables and responders go even whe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dns.message
 import dns.query
 import dns.rcode
 
-from chaosbus.cli import podnet
+from bench.podlab import fault_context, ms, netns_targets, pct
 from chaosbus.common import netns as nsu
-from chaosbus.common.messages import Dns, TargetAction
-from chaosbus.injector import faults, runtime
+from chaosbus.common.messages import Dns
+from chaosbus.injector import faults
 from chaosbus.injector.backends import dnsresponder
 
 ZONE_SERVER = """
@@ -43,53 +41,6 @@ while True:
     r.answer.append(dns.rrset.from_text(q.question[0].name, 60, 'IN', 'A', '10.77.0.1'))
     u.sendto(r.to_wire(), addr)
 """
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
-def ms(values: list[float]) -> str:
-    return f"p50 {pct(values, 50) * 1e3:.3f} ms, p99 {pct(values, 99) * 1e3:.3f} ms"
-
-
-@contextlib.contextmanager
-def targets(n: int, tag: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    made: list[tuple[str, subprocess.Popen[bytes]]] = []
-    try:
-        for i in range(n):
-            name = f"cbdns{tag}-{i}"
-            path = nsu.create_named_netns(name)
-            proc = podnet.spawn_in_netns(["sleep", "3600"], name)
-            made.append((name, proc))
-            subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
-        yield made
-    finally:
-        for name, proc in made:
-            proc.kill()
-            proc.wait()
-            nsu.remove_named_netns(name)
-
-
-def ctx(uid: str, pid: int, spec: Dns) -> faults.FaultContext:
-    ids = [f"process://{pid}"]
-    action = TargetAction(
-        target_id=f"bench/{pid}",
-        selector_key=".",
-        op="apply",
-        namespace="bench",
-        pod_name=str(pid),
-        container_ids=ids,
-        fault=spec,
-    )
-    return faults.FaultContext(
-        experiment_uid=uid,
-        experiment_name=uid,
-        namespace="bench",
-        action=action,
-        containers=[runtime.resolve(i) for i in ids],
-    )
 
 
 def query_times(path: str, count: int) -> tuple[list[float], list[int]]:
@@ -109,8 +60,8 @@ def query_times(path: str, count: int) -> tuple[list[float], list[int]]:
 def apply_recover(size: int, tag: str) -> dict[str, Any]:
     fault = faults.get("dns")
     spec = Dns(action="error")
-    with targets(size, tag) as made:
-        ctxs = [ctx(f"bench-dns-{tag}", proc.pid, spec) for _, proc in made]
+    with netns_targets(size, f"cbdns{tag}") as made:
+        ctxs = [fault_context(f"bench-dns-{tag}", proc.pid, spec) for _, proc in made]
         applied, recovered = [], []
         for c in ctxs:
             t = time.perf_counter()
@@ -130,7 +81,7 @@ def apply_recover(size: int, tag: str) -> dict[str, Any]:
 def added_latency(count: int, tag: str) -> dict[str, Any]:
     fault = faults.get("dns")
     spec = Dns(action="error", patterns=["nothing.matches.this"])
-    with targets(1, tag) as made:
+    with netns_targets(1, f"cbdns{tag}") as made:
         name, proc = made[0]
         path = nsu.netns_path(name)
         server = subprocess.Popen(
@@ -142,7 +93,7 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
             t = time.perf_counter()
             direct, _ = query_times(path, count)
             direct_wall = time.perf_counter() - t
-            c = ctx(f"bench-dns-lat-{tag}", proc.pid, spec)
+            c = fault_context(f"bench-dns-lat-{tag}", proc.pid, spec)
             fault.apply(c, spec)
             try:
                 query_times(path, 20)

@@ -16,7 +16,6 @@ Nothing is left behind: namespaces, processes, tables and proxies go even when i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -24,13 +23,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from chaosbus.cli import podnet
+from bench.podlab import fault_context, ms, netns_targets, pct
 from chaosbus.common import netns as nsu
-from chaosbus.common.messages import Http, TargetAction
-from chaosbus.injector import faults, runtime
+from chaosbus.common.messages import Http
+from chaosbus.injector import faults
 from chaosbus.injector.backends import httpproxy
 
 PORT = 8080
@@ -57,53 +55,6 @@ s.serve_forever()
 """
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
-def ms(values: list[float]) -> str:
-    return f"p50 {pct(values, 50) * 1e3:.3f} ms, p99 {pct(values, 99) * 1e3:.3f} ms"
-
-
-@contextlib.contextmanager
-def targets(n: int, tag: str) -> Iterator[list[tuple[str, subprocess.Popen[bytes]]]]:
-    made: list[tuple[str, subprocess.Popen[bytes]]] = []
-    try:
-        for i in range(n):
-            name = f"cbhttp{tag}-{i}"
-            path = nsu.create_named_netns(name)
-            proc = podnet.spawn_in_netns(["sleep", "3600"], name)
-            made.append((name, proc))
-            subprocess.run(["nsenter", f"--net={path}", "ip", "link", "set", "lo", "up"], check=True)
-        yield made
-    finally:
-        for name, proc in made:
-            proc.kill()
-            proc.wait()
-            nsu.remove_named_netns(name)
-
-
-def ctx(uid: str, pid: int, spec: Http) -> faults.FaultContext:
-    ids = [f"process://{pid}"]
-    action = TargetAction(
-        target_id=f"bench/{pid}",
-        selector_key=".",
-        op="apply",
-        namespace="bench",
-        pod_name=str(pid),
-        container_ids=ids,
-        fault=spec,
-    )
-    return faults.FaultContext(
-        experiment_uid=uid,
-        experiment_name=uid,
-        namespace="bench",
-        action=action,
-        containers=[runtime.resolve(i) for i in ids],
-    )
-
-
 def accepted(path: str) -> bool:
     """Whether a connection to PORT in the namespace is accepted (nothing listens there but a proxy)."""
 
@@ -122,8 +73,8 @@ def accepted(path: str) -> bool:
 def apply_recover(size: int, tag: str) -> dict[str, Any]:
     fault = faults.get("http")
     spec = Http(target="Request", port=PORT, abort=True)
-    with targets(size, tag) as made:
-        ctxs = [ctx(f"bench-http-{tag}", proc.pid, spec) for _, proc in made]
+    with netns_targets(size, f"cbhttp{tag}") as made:
+        ctxs = [fault_context(f"bench-http-{tag}", proc.pid, spec) for _, proc in made]
         first = nsu.netns_path(made[0][0])
         assert not accepted(first)
         applied, recovered = [], []
@@ -175,7 +126,7 @@ def request_times(path: str, count: int) -> tuple[list[float], float]:
 def added_latency(count: int, tag: str) -> dict[str, Any]:
     fault = faults.get("http")
     spec = Http(target="Request", port=PORT, path="/nothing/selects/this", abort=True)
-    with targets(1, tag) as made:
+    with netns_targets(1, f"cbhttp{tag}") as made:
         name, proc = made[0]
         path = nsu.netns_path(name)
         server = subprocess.Popen(
@@ -189,7 +140,7 @@ def added_latency(count: int, tag: str) -> dict[str, Any]:
             t = time.perf_counter()
             direct, direct_big = request_times(path, count)
             direct_wall = time.perf_counter() - t - direct_big * BIG_RUNS
-            c = ctx(f"bench-http-lat-{tag}", proc.pid, spec)
+            c = fault_context(f"bench-http-lat-{tag}", proc.pid, spec)
             fault.apply(c, spec)
             try:
                 request_times(path, 20)

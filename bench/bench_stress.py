@@ -23,18 +23,14 @@ import sys
 import time
 from collections.abc import Iterator
 
+from bench import podlab
 from chaosbus.common import cgroups, podexec
 from chaosbus.common.messages import Stress, Stressor, TargetAction
 from chaosbus.injector import faults, runtime
 
 
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
 def ms(values: list[float]) -> str:
-    return f"p50 {pct(values, 50) * 1e3:.1f} ms, p99 {pct(values, 99) * 1e3:.1f} ms"
+    return podlab.ms(values, digits=1)
 
 
 def _command_pid(shim: subprocess.Popen[bytes]) -> int:
