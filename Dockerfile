@@ -6,7 +6,7 @@
 # from source in a stage of its own so the image carries the binaries, not the compiler.
 FROM python:3.11-slim AS native
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev make binutils pkg-config libfuse3-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make binutils meson ninja-build \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 COPY native native
@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iproute2 util-linux procps libfuse3-3 \
+ && apt-get install -y --no-install-recommends nftables iproute2 util-linux procps \
  && rm -rf /var/lib/apt/lists/*
 
 # Exactly the files a wheel is built from (tests/contract/test_packaging.py builds from the same set).

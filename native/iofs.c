@@ -9,7 +9,8 @@
  * namespace, joins PID's mount namespace, opens DIR (the covered directory, which stays reachable
  * through that descriptor), mounts a "fuse.chaosbus-iofs" filesystem over DIR and serves it until
  * the kernel ends the connection (the mount detached and its last open file closed, or the mount
- * namespace gone). It writes "ok" (or why not) to FD once the mount is in place. The rules are
+ * namespace gone). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
+ * FUSE passthrough for files no data rule matches, see below), or why not. The rules are
  * re-read on SIGUSR1 and whenever the file changes (checked every 200 ms). Exit status 3: an iofs
  * is already mounted at DIR.
  *
@@ -29,7 +30,7 @@
  * the target sees it (DIR/...): '*' and '?' stop at '/', '**' crosses it, "**" + "/" also matches
  * no directory at all, [...] classes.
  */
-#define FUSE_USE_VERSION 312
+#define FUSE_USE_VERSION 317
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -43,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -103,6 +105,8 @@ static struct fuse_config *fs_cfg; /* libfuse's own, read by it on every reply *
 static int root_fd = -1, rules_dir_fd = -1;
 static const char *rules_name;
 static char volume[4096];
+
+static void report(const char *fmt, const char *arg, int err);
 
 /* ---- glob ---- */
 
@@ -290,9 +294,8 @@ static int inject(const char *path, int method, struct effects *fx) {
     return fx->err ? -fx->err : 0;
 }
 
-/* Whether any rule in force could match reads or writes of this path: such files are opened
- * with direct I/O so that every read and write reaches the rules instead of the page cache. */
-static int data_rules_may_match(const char *path) {
+/* Whether any rule in force could match one of `methods` (a bit mask) on this path. */
+static int rules_may_match(const char *path, uint32_t methods) {
     int64_t now = now_ns();
     char full[8192];
     full_path(path, full, sizeof full);
@@ -300,8 +303,7 @@ static int data_rules_may_match(const char *path) {
     pthread_rwlock_rdlock(&rules_lock);
     for (int i = 0; rules && i < rules->n && !hit; i++) {
         const struct rule *r = &rules->r[i];
-        hit = (r->methods & (1u << M_READ | 1u << M_WRITE)) && (!r->deadline_ns || now < r->deadline_ns) &&
-              (!r->glob || gmatch(r->glob, full));
+        hit = (r->methods & methods) && (!r->deadline_ns || now < r->deadline_ns) && (!r->glob || gmatch(r->glob, full));
     }
     pthread_rwlock_unlock(&rules_lock);
     return hit;
@@ -340,6 +342,92 @@ static void override(struct stat *st, const struct effects *fx) {
     }
 }
 
+/* ---- the kernel's FUSE passthrough ----
+ * Where the kernel offers it (Linux 6.9 on, FUSE_PASSTHROUGH at INIT), a file no read or write
+ * rule may match when it is opened gets a backing file: the kernel then reads and writes the
+ * covered file itself and iofs never sees that file's data. The kernel wants one backing file per
+ * inode while any passthrough open of it lasts (and every open of such an inode passthrough too),
+ * so backing ids are shared per (device, inode) of the covered file and counted. Without
+ * passthrough, files use the page cache (libfuse's auto_cache) instead. */
+
+#ifndef FUSE_DEV_IOC_BACKING_OPEN
+struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
+#define FUSE_DEV_IOC_BACKING_OPEN _IOW(229, 1, struct fuse_backing_map)
+#define FUSE_DEV_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+#endif
+
+#define FH_PASSTHROUGH (1ull << 32) /* in fi->fh above the descriptor: it holds a backing id */
+#define FD(fi) ((int)((fi)->fh & 0xffffffffu))
+#define BACKING_BUCKETS 1024
+
+struct backing { dev_t dev; ino_t ino; int id, refs; struct backing *next; };
+
+static int dev_fuse = -1;
+static int passthrough; /* negotiated at INIT */
+static pthread_mutex_t backing_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct backing *backings[BACKING_BUCKETS];
+
+static struct backing **backing_slot(const struct stat *st) {
+    struct backing **b = &backings[(st->st_ino ^ st->st_dev * 31) % BACKING_BUCKETS];
+    while (*b && ((*b)->dev != st->st_dev || (*b)->ino != st->st_ino)) b = &(*b)->next;
+    return b;
+}
+
+/* The backing id for the file open at `fd`: the inode's existing one (always: the kernel refuses a
+ * non-passthrough open of an inode open passthrough), else a new one unless `shun` (a rule may
+ * want this file's data). 0: none, the file goes through iofs. */
+static int backing_get(int fd, int shun) {
+    struct stat st;
+    if (!passthrough || fstat(fd, &st) || !S_ISREG(st.st_mode)) return 0;
+    pthread_mutex_lock(&backing_lock);
+    struct backing **slot = backing_slot(&st);
+    int id = 0;
+    if (*slot) {
+        (*slot)->refs++;
+        id = (*slot)->id;
+    } else if (!shun) {
+        struct fuse_backing_map map = {.fd = fd};
+        struct backing *b = malloc(sizeof *b);
+        id = b ? ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_OPEN, &map) : -1;
+        if (id > 0) {
+            *b = (struct backing){st.st_dev, st.st_ino, id, 1, NULL};
+            *slot = b;
+        } else {
+            free(b);
+            id = 0;
+        }
+    }
+    pthread_mutex_unlock(&backing_lock);
+    return id;
+}
+
+static void backing_put(int fd) {
+    struct stat st;
+    if (fstat(fd, &st)) return;
+    pthread_mutex_lock(&backing_lock);
+    struct backing **slot = backing_slot(&st), *b = *slot;
+    if (b && --b->refs == 0) {
+        uint32_t id = (uint32_t)b->id;
+        (void)ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_CLOSE, &id);
+        *slot = b->next;
+        free(b);
+    }
+    pthread_mutex_unlock(&backing_lock);
+}
+
+/* How a file just opened at `fd` is served: passthrough unless a read or write rule may match it
+ * (then direct I/O, so every read and write meets the rules); without passthrough, through the
+ * page cache unless such a rule may match. No FLUSH is asked for unless a flush rule may match. */
+static void open_mode(const char *path, int fd, struct fuse_file_info *fi) {
+    int data = rules_may_match(path, 1u << M_READ | 1u << M_WRITE);
+    int id = backing_get(fd, data);
+    fi->fh = (uint64_t)fd | (id > 0 ? FH_PASSTHROUGH : 0);
+    fi->backing_id = id;
+    fi->direct_io = id <= 0 && (data || passthrough);
+    fi->keep_cache = 0;
+    fi->noflush = !rules_may_match(path, 1u << M_FLUSH);
+}
+
 /* ---- passthrough ---- */
 
 static const char *rel(const char *path) { return path[1] ? path + 1 : "."; }
@@ -356,23 +444,26 @@ static void own(const char *path) {
 }
 
 static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
-    (void)conn;
     cfg->use_ino = 1;
     cfg->nullpath_ok = 0;
     cfg->negative_timeout = 0;
-    /* A file's pages stay cached across opens while its size and mtime are unchanged; files a
-     * read or write rule may match are opened with direct I/O instead (see fs_open). */
-    cfg->auto_cache = 1;
+    /* The covered directory may itself be stacked (overlayfs): one level below iofs is allowed. */
+    passthrough = fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
+    if (passthrough) conn->max_backing_stack_depth = 1;
+    /* Without passthrough a file's pages stay cached across opens while its size and mtime are
+     * unchanged (see open_mode). */
+    cfg->auto_cache = !passthrough;
     pthread_rwlock_wrlock(&rules_lock);
     fs_cfg = cfg;
     pthread_rwlock_unlock(&rules_lock);
     load_rules();
+    report(passthrough ? "ok passthrough" : "ok", "", 0);
     return NULL;
 }
 
 static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
     INJECT(path, M_GETATTR);
-    int r = fi ? fstat((int)fi->fh, st) : fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
+    int r = fi ? fstat(FD(fi), st) : fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
     if (r) return -errno;
     override(st, &fx);
     return 0;
@@ -478,18 +569,18 @@ static int fs_link(const char *from, const char *to) {
 
 static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
     INJECT(path, M_SETATTR);
-    return (fi ? fchmod((int)fi->fh, mode) : fchmodat(root_fd, rel(path), mode, 0)) ? -errno : 0;
+    return (fi ? fchmod(FD(fi), mode) : fchmodat(root_fd, rel(path), mode, 0)) ? -errno : 0;
 }
 
 static int fs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
     INJECT(path, M_SETATTR);
-    return (fi ? fchown((int)fi->fh, uid, gid) : fchownat(root_fd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW))
+    return (fi ? fchown(FD(fi), uid, gid) : fchownat(root_fd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW))
                ? -errno : 0;
 }
 
 static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
     INJECT(path, M_SETATTR);
-    if (fi) return ftruncate((int)fi->fh, size) ? -errno : 0;
+    if (fi) return ftruncate(FD(fi), size) ? -errno : 0;
     int fd = openat(root_fd, rel(path), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -errno;
     int r = ftruncate(fd, size) ? -errno : 0;
@@ -499,7 +590,7 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi) 
 
 static int fs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
     INJECT(path, M_SETATTR);
-    return (fi ? futimens((int)fi->fh, tv) : utimensat(root_fd, rel(path), tv, AT_SYMLINK_NOFOLLOW)) ? -errno : 0;
+    return (fi ? futimens(FD(fi), tv) : utimensat(root_fd, rel(path), tv, AT_SYMLINK_NOFOLLOW)) ? -errno : 0;
 }
 
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
@@ -507,8 +598,7 @@ static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
     int fd = openat(root_fd, rel(path), (fi->flags | O_CREAT | O_CLOEXEC) & ~O_NOFOLLOW, mode);
     if (fd < 0) return -errno;
     own(path);
-    fi->fh = (uint64_t)fd;
-    fi->direct_io = data_rules_may_match(path);
+    open_mode(path, fd, fi);
     return 0;
 }
 
@@ -516,8 +606,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi) {
     INJECT(path, M_OPEN);
     int fd = openat(root_fd, rel(path), (fi->flags | O_CLOEXEC) & ~O_NOFOLLOW);
     if (fd < 0) return -errno;
-    fi->fh = (uint64_t)fd;
-    fi->direct_io = data_rules_may_match(path);
+    open_mode(path, fd, fi);
     return 0;
 }
 
@@ -530,14 +619,14 @@ static int fs_read_buf(const char *path, struct fuse_bufvec **out, size_t size, 
     if (!fx.n_mistakes) {
         /* Nothing to change in the data: the kernel splices it from the file. */
         v->buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-        v->buf[0].fd = (int)fi->fh;
+        v->buf[0].fd = FD(fi);
         v->buf[0].pos = off;
         *out = v;
         return 0;
     }
     char *mem = malloc(size ? size : 1);
     if (!mem) { free(v); return -ENOMEM; }
-    ssize_t n = pread((int)fi->fh, mem, size, off);
+    ssize_t n = pread(FD(fi), mem, size, off);
     if (n < 0) { int e = errno; free(mem); free(v); return -e; }
     corrupt(mem, (size_t)n, &fx);
     v->buf[0].mem = mem;
@@ -549,14 +638,14 @@ static int fs_read_buf(const char *path, struct fuse_bufvec **out, size_t size, 
 static int fs_write(const char *path, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
     INJECT(path, M_WRITE);
     if (!fx.n_mistakes) {
-        ssize_t n = pwrite((int)fi->fh, buf, size, off);
+        ssize_t n = pwrite(FD(fi), buf, size, off);
         return n < 0 ? -errno : (int)n;
     }
     char *mem = malloc(size ? size : 1);
     if (!mem) return -ENOMEM;
     memcpy(mem, buf, size);
     corrupt(mem, size, &fx);
-    ssize_t n = pwrite((int)fi->fh, mem, size, off);
+    ssize_t n = pwrite(FD(fi), mem, size, off);
     int e = errno;
     free(mem);
     return n < 0 ? -e : (int)n;
@@ -570,20 +659,21 @@ static int fs_statfs(const char *path, struct statvfs *st) {
 static int fs_flush(const char *path, struct fuse_file_info *fi) {
     INJECT(path, M_FLUSH);
     /* What close() would report for the file (it is closed for real on release). */
-    int d = dup((int)fi->fh);
+    int d = dup(FD(fi));
     if (d < 0) return -errno;
     return close(d) ? -errno : 0;
 }
 
 static int fs_release(const char *path, struct fuse_file_info *fi) {
-    close((int)fi->fh);
+    if (fi->fh & FH_PASSTHROUGH) backing_put(FD(fi));
+    close(FD(fi));
     if (path) { struct effects fx; return inject(path, M_RELEASE, &fx); }
     return 0;
 }
 
 static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
     INJECT(path, M_FSYNC);
-    return (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) ? -errno : 0;
+    return (datasync ? fdatasync(FD(fi)) : fsync(FD(fi))) ? -errno : 0;
 }
 
 /* xattrs by descriptor: /proc/self is not this process in the target's /proc. */
@@ -760,6 +850,7 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
     if (rules_dir_fd < 0) { report("opening %s", dir, errno); return 1; }
     int fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
     if (fuse_fd < 0) { report("opening %s", "/dev/fuse", errno); return 1; }
+    dev_fuse = fuse_fd;
     snprintf(volume, sizeof volume, "%s", path);
     load_rules();
 
@@ -794,7 +885,7 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
     pthread_t t;
     pthread_create(&t, NULL, watch_rules, NULL);
     fuse_set_signal_handlers(fuse_get_session(f));
-    report("ok", "", 0);
+    /* "ok" is reported by fs_init, once the kernel's INIT has arrived: the mount serves. */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
     fuse_loop_cfg_set_max_threads(cfg, 64);
     int r = fuse_loop_mt(f, cfg);

@@ -243,12 +243,19 @@ int remote_mmap(uint64_t scratch, size_t len, uint64_t *out)
 	return remote_syscall(scratch, SYS_mmap, args, out);
 }
 
-void open_mem(void)
+int try_open_mem(void)
 {
 	char path[64];
 	snprintf(path, sizeof path, "/proc/%d/mem", target);
-	memfd = open(path, O_RDWR);
-	if (memfd < 0)
+	if (memfd >= 0)
+		close(memfd);
+	memfd = open(path, O_RDWR | O_CLOEXEC);
+	return memfd < 0 ? -1 : 0;
+}
+
+void open_mem(void)
+{
+	if (try_open_mem() != 0)
 		die_errno(gone() ? 3 : 1, "open /proc/PID/mem");
 }
 

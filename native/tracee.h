@@ -20,6 +20,8 @@ void die_errno(int code, const char *what);
 int gone(void);
 uint64_t now_us(void);
 void open_mem(void);
+/* open_mem for another target (the previous one closed); -1 with errno set instead of exiting. */
+int try_open_mem(void);
 int read_mem(uint64_t addr, void *buf, size_t len);
 int write_mem(uint64_t addr, const void *buf, size_t len);
 int parse_hex(const char *s, uint8_t *out, size_t len);

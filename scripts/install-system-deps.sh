@@ -25,9 +25,11 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # StressChaos runs its stressors as stress-ng inside the target's cgroup.
 command -v stress-ng >/dev/null 2>&1 || missing+=(stress-ng)
-# IOChaos: native/iofs is a FUSE filesystem built on libfuse3 (headers for the build; fuse3 gives
-# the fusermount3 tool and /etc/fuse.conf, which libfuse falls back on).
-[ -f /usr/include/fuse3/fuse.h ] || missing+=(libfuse3-dev)
+# IOChaos: native/iofs is a FUSE filesystem linked with libfuse 3.17, which native/Makefile builds
+# from source with meson and ninja (Debian's libfuse3-dev is 3.14, without the kernel's FUSE
+# passthrough); fuse3 gives /etc/fuse.conf, which libfuse falls back on.
+command -v meson >/dev/null 2>&1 || missing+=(meson)
+command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 # A real browser for the dashboard's test (tests/e2e/test_dashboard_browser.py, headless through selenium).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -133,17 +133,20 @@ def mount_ids(pid: int, path: str) -> list[int]:
     return [int(line.split()[0]) for line in lines if mount_points([line]) == [path]]
 
 
-def fdswitch(pid: int, path: str, from_mount: int | None = None) -> int:
-    """Move process `pid`'s files open under `path` onto what is mounted there now (native/fdswitch);
-    with `from_mount`, its files open on that mount (also one already detached). How many moved; a
-    process that is gone moved none.
+def fdswitch(pid: int, path: str, from_mounts: list[int] | None = None) -> int:
+    """Move the files that process `pid` and its descendants have open under `path` onto what is
+    mounted there now (native/fdswitch, one run for the whole tree; a process with nothing to move
+    is never stopped); with `from_mounts`, their files open on those mounts (also ones already
+    detached). How many moved; a target that is gone moved none.
 
     Raises:
-        IofsError: a file could not be moved (the reason from fdswitch).
+        IofsError: a file could not be moved (the reasons from fdswitch; the others were moved).
     """
-    if not _has_files(pid, path, from_mount):
-        return 0  # nothing to move: no helper started, the process never stopped
-    argv = [helper("fdswitch"), str(pid), path] + ([] if from_mount is None else ["--from-mnt", str(from_mount)])
+    argv = [helper("fdswitch"), str(pid), path]
+    if from_mounts is not None:
+        if not from_mounts:
+            return 0
+        argv += ["--from-mnt", ",".join(str(m) for m in from_mounts)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
     except (FileNotFoundError, subprocess.TimeoutExpired) as e:
@@ -153,29 +156,6 @@ def fdswitch(pid: int, path: str, from_mount: int | None = None) -> int:
     if proc.returncode != 0:
         raise IofsError(proc.stderr.strip() or f"fdswitch exited with status {proc.returncode}")
     return int(proc.stdout.strip() or 0)
-
-
-def _has_files(pid: int, path: str, mount: int | None) -> bool:
-    """Whether the process may have a file for fdswitch: one open under `path`, or on `mount`."""
-    fds = f"/proc/{int(pid)}/fd"
-    try:
-        names = os.listdir(fds)
-    except OSError:
-        return False
-    under = path.rstrip("/") + "/"
-    for name in names:
-        try:
-            if mount is None:
-                target = os.readlink(f"{fds}/{name}")
-                if target == path or target.startswith(under):
-                    return True
-            else:
-                with open(f"/proc/{int(pid)}/fdinfo/{name}") as f:
-                    if f"mnt_id:\t{mount}\n" in f.read():
-                        return True
-        except OSError:
-            continue
-    return False
 
 
 def mounts_at(pid: int, path: str) -> int:
@@ -192,8 +172,9 @@ def _unescape(s: str) -> str:
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def start(vol: Volume) -> subprocess.Popen[bytes]:
-    """Mount iofs over the volume and serve it (the server runs on in its own session).
+def start(vol: Volume) -> tuple[subprocess.Popen[bytes], bool]:
+    """Mount iofs over the volume and serve it (the server runs on in its own session); whether
+    the kernel's FUSE passthrough serves the files no data rule matches.
 
     Raises:
         IofsError: not mounted (the reason from iofs), `already` if an iofs is mounted there.
@@ -229,14 +210,14 @@ def start(vol: Volume) -> subprocess.Popen[bytes]:
         os.close(r)
         if w >= 0:
             os.close(w)
-    if status != "ok":
+    if status not in ("ok", "ok passthrough"):
         try:
             code = proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
         raise IofsError(status or f"iofs exited with status {code}", already=code == EXIT_ALREADY)
-    return proc
+    return proc, status == "ok passthrough"
 
 
 def _read_status(fd: int, timeout: float) -> str:
@@ -249,8 +230,8 @@ def _read_status(fd: int, timeout: float) -> str:
             if not data:
                 break
             chunks.append(data)
-            if b"".join(chunks).strip() == b"ok":
-                return "ok"
+            if (got := b"".join(chunks).strip()) in (b"ok", b"ok passthrough"):
+                return got.decode()
     else:
         return f"iofs did not mount within {timeout:.0f}s"
     return b"".join(chunks).decode(errors="replace").strip()

@@ -32,8 +32,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import psutil
-
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import IO, FaultSpec, TargetAction
 from chaosbus.injector.backends import iofs
@@ -49,29 +47,13 @@ _locks_guard = threading.Lock()
 _watched: set[tuple[int, int]] = set()  # (server pid, start) with a watcher thread
 
 
-def _processes(vol: iofs.Volume) -> list[int]:
-    """The target process and its descendants, never the injector or its ancestors."""
-    me = psutil.Process()
-    protected = {me.pid, *(p.pid for p in me.parents())}
-    try:
-        root = psutil.Process(vol.pid)
-        tree = [root.pid, *(c.pid for c in root.children(recursive=True))]
-    except psutil.NoSuchProcess:
-        return []
-    return [p for p in tree if p not in protected]
-
-
 def _switch_in(vol: iofs.Volume) -> str:
-    """Move the files the target opened on the volume before the mount onto iofs."""
-    moved, failed = 0, []
-    for pid in _processes(vol):
-        try:
-            moved += iofs.fdswitch(pid, vol.path)
-        except iofs.IofsError as e:
-            failed.append(f"pid {pid}: {e}")
-    if failed:
-        log.warning("open files not moved onto iofs", volume=vol.path, failed=failed)
-    return f"{moved} open files moved" + (f", {len(failed)} processes failed ({failed[0]})" if failed else "")
+    """Move the files the target's processes opened on the volume before the mount onto iofs."""
+    try:
+        return f"{iofs.fdswitch(vol.pid, vol.path)} open files moved"
+    except iofs.IofsError as e:
+        log.warning("open files not moved onto iofs", volume=vol.path, error=str(e))
+        return f"open files not all moved ({e})"
 
 
 def _detach(vol: iofs.Volume) -> tuple[int, int]:
@@ -79,13 +61,11 @@ def _detach(vol: iofs.Volume) -> tuple[int, int]:
     (mounts detached, files moved back)."""
     ids = iofs.mount_ids(vol.pid, vol.path)
     n = iofs.umount(vol)
-    moved = 0
-    for pid in _processes(vol):
-        for mid in ids:
-            try:
-                moved += iofs.fdswitch(pid, vol.path, from_mount=mid)
-            except iofs.IofsError as e:
-                log.warning("open files not moved back from iofs", pid=pid, volume=vol.path, error=str(e))
+    try:
+        moved = iofs.fdswitch(vol.pid, vol.path, from_mounts=ids)
+    except iofs.IofsError as e:
+        log.warning("open files not moved back from iofs", target=vol.pid, volume=vol.path, error=str(e))
+        moved = 0
     return n, moved
 
 
@@ -112,11 +92,12 @@ def _serve(vol: iofs.Volume) -> str:
         return f"iofs {server[0]}"
     if iofs.mounts_at(vol.pid, vol.path):
         _detach(vol)  # its server is dead: every call on it would fail with ENOTCONN
-    proc = iofs.start(vol)
+    proc, passthrough = iofs.start(vol)
     start = iofs.start_ticks(proc.pid) or 0
     vol.server_file.write_text(f"{proc.pid} {start}\n")
     _watch(vol, (proc.pid, start), proc)
-    return f"iofs {proc.pid} mounted, {_switch_in(vol)}"
+    how = "kernel passthrough" if passthrough else "no kernel passthrough"
+    return f"iofs {proc.pid} mounted ({how}), {_switch_in(vol)}"
 
 
 def _watch(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
