@@ -373,9 +373,9 @@ static struct backing **backing_slot(const struct stat *st) {
     return b;
 }
 
-/* The backing id for the file open at `fd`: the inode's existing one (always: the kernel refuses a
- * non-passthrough open of an inode open passthrough), else a new one unless `shun` (a rule may
- * want this file's data). 0: none, the file goes through iofs. */
+/* The backing id for the file open at `fd`: the inode's existing one (always: the kernel refuses
+ * an open of an inode open passthrough that names no backing file or another one), else a new one
+ * unless `shun` (a rule wants this file's data: no new passthrough). 0: none. */
 static int backing_get(int fd, int shun) {
     struct stat st;
     if (!passthrough || fstat(fd, &st) || !S_ISREG(st.st_mode)) return 0;
@@ -415,15 +415,18 @@ static void backing_put(int fd) {
     pthread_mutex_unlock(&backing_lock);
 }
 
-/* How a file just opened at `fd` is served: passthrough unless a read or write rule may match it
- * (then direct I/O, so every read and write meets the rules); without passthrough, through the
- * page cache unless such a rule may match. No FLUSH is asked for unless a flush rule may match. */
+/* How a file just opened at `fd` is served: a file a read or write rule may match gets direct I/O,
+ * so every read and write meets the rules (named with the inode's backing file if it has one: the
+ * kernel then still sends this file's reads and writes here); any other, passthrough, or without it
+ * the page cache (direct I/O when passthrough is on but this file could not get a backing file: a
+ * cached open would bar later passthrough opens of the inode). No FLUSH is asked for unless a flush
+ * rule may match. */
 static void open_mode(const char *path, int fd, struct fuse_file_info *fi) {
     int data = rules_may_match(path, 1u << M_READ | 1u << M_WRITE);
     int id = backing_get(fd, data);
     fi->fh = (uint64_t)fd | (id > 0 ? FH_PASSTHROUGH : 0);
     fi->backing_id = id;
-    fi->direct_io = id <= 0 && (data || passthrough);
+    fi->direct_io = data || (passthrough && id <= 0);
     fi->keep_cache = 0;
     fi->noflush = !rules_may_match(path, 1u << M_FLUSH);
 }
@@ -796,6 +799,7 @@ static void report(const char *fmt, const char *arg, int err) {
 /* Re-reads the rules on SIGUSR1, and when the file was replaced or changed (every 200 ms). */
 static void *watch_rules(void *arg) {
     (void)arg;
+    pthread_setname_np(pthread_self(), "iofs-rules"); /* told apart from the threads serving FUSE */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);

@@ -3,7 +3,8 @@ volume sees while IOChaos is in force.
 
 `probe(pid, ops)` runs this file with `nsenter --mount` (tests only; the fault path never does) and
 returns one `Result` per op. Ops: ("read", path) opens, reads once (up to 1 MiB: one read call,
-timed alone), closes; ("stat", path); ("write", path, text); ("open", path) opens and closes.
+timed alone), closes; ("readall", path, chunk) reads to the end in reads of `chunk` bytes (value:
+how many bytes); ("stat", path); ("write", path, text); ("open", path) opens and closes.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def _one(op: list[str]) -> list[Any]:
             finally:
                 os.close(fd)
             return [0, elapsed, value]
+        elif kind == "readall":
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                value = 0
+                while chunk := os.read(fd, int(op[2])):
+                    value += len(chunk)
+            finally:
+                os.close(fd)
         elif kind == "stat":
             st = os.stat(path)
             value = [st.st_size, st.st_mode & 0o7777, st.st_mtime]

@@ -7,6 +7,7 @@ target's mount namespace), what is on disk, and the target's /proc/<pid>/mountin
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import statistics
@@ -378,3 +379,93 @@ def test_files_open_on_a_killed_fuse_server_are_moved_back_not_left_broken(
     finally:
         os.killpg(shim.pid, signal.SIGKILL)
         shim.wait()
+
+
+def _kernel_has_fuse_passthrough() -> bool | None:
+    """Whether this kernel was built with FUSE passthrough (None: its configuration is unknown)."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return "CONFIG_FUSE_PASSTHROUGH=y\n" in f.read()
+    except OSError:
+        return None
+
+
+def _server_wakeups(t: Target) -> int:
+    """Voluntary context switches of the volume's iofs threads serving FUSE (each request the
+    kernel sends wakes one), less its rules thread's timer."""
+    vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
+    pid = int(vol.server_file.read_text().split()[0])
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "iofs-rules":
+                continue
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def test_files_no_data_rule_matches_are_read_by_the_kernel_not_through_iofs(target: Target) -> None:
+    if not _kernel_has_fuse_passthrough():
+        pytest.skip(
+            "this kernel has no FUSE passthrough (CONFIG_FUSE_PASSTHROUGH, Linux 6.9 on) or no /proc/config.gz "
+            "to tell: iofs serves every read itself there"
+        )
+    data = os.urandom(8 << 20)
+    (target.host / "free.bin").write_bytes(data)
+    (target.host / "ruled.bin").write_bytes(data)
+    spec = io(target, action="latency", path=f"{target.vol}/ruled.bin", methods=READ, delay_ns=0)
+    ctx = ctx_for(target, spec)
+    assert "(kernel passthrough)" in FAULT.apply(ctx, spec)
+    try:
+        counts = []
+        for name in ("free.bin", "ruled.bin"):
+            before = _server_wakeups(target)
+            [r] = probe(target.pid, [("readall", f"{target.vol}/{name}", str(64 << 10))])
+            counts.append(_server_wakeups(target) - before)
+            assert r.errno == 0 and r.value == len(data)
+    finally:
+        FAULT.recover(ctx, spec)
+    free, ruled = counts
+    # The free file's reads reach only the covered file: iofs sees its lookup, open and release
+    # (through iofs its 8 MiB would take at least 64 requests). The ruled file's 128 reads all
+    # wait on iofs (direct I/O), which shows the count sees them (a thread that finds the next
+    # request already queued does not sleep, hence far fewer than 128 at times).
+    assert free <= 10 and ruled >= 40, counts
+    assert (target.host / "free.bin").read_bytes() == data
+
+
+def test_a_rule_reaches_new_opens_of_a_file_held_open_through_passthrough(target: Target) -> None:
+    first = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
+    c1 = ctx_for(target, first)
+    FAULT.apply(c1, first)
+    hold = (
+        f"import os, time; fd = os.open('{target.vol}/b.txt', os.O_RDONLY)\n"
+        "print(os.pread(fd, 64, 0).decode(), end='', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    holder = subprocess.Popen(
+        ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", hold],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "other file\n"
+        second = io(target, action="fault", path=f"{target.vol}/b.txt", methods=READ, errno=61)
+        c2 = ctx_for(target, second)
+        FAULT.apply(c2, second)
+        try:
+            # The kernel refuses an open of an inode open passthrough unless it names the same
+            # backing file: iofs does, with direct I/O, so the new open's reads meet the rule.
+            during = probe(target.pid, [("read", f"{target.vol}/b.txt"), ("open", f"{target.vol}/b.txt")])
+            assert [r.errno for r in during] == [61, 0]
+        finally:
+            FAULT.recover(c2, second)
+        assert probe(target.pid, [("read", f"{target.vol}/b.txt")])[0].value == "other file\n"
+    finally:
+        holder.kill()
+        holder.wait()
+        FAULT.recover(c1, first)
+    assert target.mounted() == 0
