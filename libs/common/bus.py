@@ -20,14 +20,18 @@ with tcp_only():
     import nats
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext, api
     from nats.js.errors import BadRequestError, NotFoundError
     from nats.js.kv import KeyValue
 
 from chaosbus.common import messages, natsauth, subjects
 from chaosbus.common.errors import RetryLater
+from chaosbus.common.wire import decode as decode
+from chaosbus.common.wire import encode as encode
 
 M = TypeVar("M", bound=messages.Message)
+S = TypeVar("S", bound=msgspec.Struct)
 log = cblog.get("bus")
 
 # Followers (ordered consumers) are re-created by nats-py once two idle heartbeats are missed, e.g.
@@ -45,22 +49,6 @@ class KvEntry:
     value: bytes
     revision: int
     deleted: bool
-
-
-_encoder = msgspec.json.Encoder()
-_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
-
-
-def encode(msg: messages.Message) -> bytes:
-    return _encoder.encode(msg)
-
-
-def decode(data: bytes, kind: type[M]) -> M:
-    dec = _decoders.get(kind)
-    if dec is None:
-        dec = _decoders[kind] = msgspec.json.Decoder(kind)
-    result: M = dec.decode(data)
-    return result
 
 
 class Refused(ConnectionError):
@@ -147,7 +135,7 @@ class Bus:
         for b in subjects.BUCKETS:
             await self.kv(b.name)
 
-    async def _ensure_stream(self, s: subjects.Stream) -> None:
+    async def _ensure_stream(self, s: subjects.Stream[Any]) -> None:
         cfg = api.StreamConfig(
             name=s.name,
             subjects=list(s.subjects),
@@ -179,29 +167,75 @@ class Bus:
         return kv
 
     async def publish(
-        self, subject: str, msg: messages.Message, *, msg_id: str, seal: Callable[[str, bytes], bytes] | None = None
+        self,
+        stream: subjects.Stream[M],
+        subject: str,
+        msg: M,
+        *,
+        msg_id: str,
+        seal: Callable[[str, bytes], bytes] | None = None,
     ) -> None:
-        """JetStream publish with an idempotency key, so a retried publish is stored once;
-        `seal(subject, payload)` wraps the payload first (a signed envelope).
+        """JetStream publish on one of `stream`'s subjects, of its message type only, with an
+        idempotency key, so a retried publish is stored once; `seal(subject, payload)` wraps the
+        payload first (a signed envelope).
         """
+        subjects.check(stream, subject, msg)
         data = encode(msg)
         await self.js.publish(subject, data if seal is None else seal(subject, data), headers={"Nats-Msg-Id": msg_id})
 
+    async def publish_encoded(
+        self, stream: subjects.Stream[Any], subject: str, payload: bytes, *, msg_id: str, ack_wait_s: float
+    ) -> None:
+        """A message encoded earlier (a journaled outbox row, kept as the bytes it was written as)."""
+        subjects.check(stream, subject)
+        await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=ack_wait_s)
+
+    async def signal(
+        self,
+        entry: subjects.CoreSubject[S],
+        subject: str,
+        msg: S,
+        *,
+        seal: Callable[[str, bytes], bytes] | None = None,
+    ) -> None:
+        """Core NATS publish (at most once) of `entry`'s message type on one of its subjects."""
+        subjects.check(entry, subject, msg)
+        data = encode(msg)
+        await self.nc.publish(subject, data if seal is None else seal(subject, data))
+
+    async def listen(
+        self,
+        entry: subjects.CoreSubject[Any],
+        cb: Callable[[Msg], Awaitable[None]],
+        *,
+        subject: str | None = None,
+        queue: str = "",
+    ) -> Subscription:
+        """Core NATS subscription to `entry` (or one of its subjects); the callback gets the raw
+        message: a signed one is opened by the receiver, a request is answered by it.
+        """
+        subjects.check(entry, subject or entry.pattern)
+        return await self.nc.subscribe(subject or entry.pattern, queue=queue, cb=cb)
+
+    async def request(self, entry: subjects.CoreSubject[Any], payload: bytes, *, wait_s: float) -> Msg:
+        """A request on `entry` (request/reply): the raw reply, `entry.reply` or an ErrorReply."""
+        return await self.nc.request(entry.pattern, payload, timeout=wait_s)
+
     async def consume(
         self,
-        stream: subjects.Stream,
-        durable: str,
-        filter_subject: str,
+        stream: subjects.Stream[M],
         handler: Callable[[M], Awaitable[None]],
-        kind: type[M],
         *,
+        durable: str,
+        filter_subject: str | None = None,
         batch: int = 64,
         ack_wait: float = 30.0,
         detach: Callable[[M], bool] | None = None,
         opener: Callable[[Msg], M | None] | None = None,
     ) -> None:
-        """Pull from a durable consumer forever: ack after the handler, nak on its failure,
-        term a message that does not decode (it would never decode on redelivery either).
+        """Pull from `durable`, a durable consumer of `stream` in the subject table (its filter the
+        table's unless given), forever, decoding `stream.message`: ack after the handler, nak on its
+        failure, term a message that does not decode (it would never decode on redelivery either).
         `opener`, when given, decodes instead (e.g. checking a signature first; None: term it).
 
         Messages for which `detach` says True (long-running ones: a Workflow Task) are handled
@@ -212,7 +246,7 @@ class Bus:
         try:
             async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
                 for msg in msgs:
-                    decoded = opener(msg) if opener is not None else _decode_or_log(msg, kind)
+                    decoded = opener(msg) if opener is not None else _decode_or_log(msg, stream.message)
                     if detach is None:
                         await (msg.term() if decoded is None else self._run_handler(msg, handler, decoded))
                         continue
@@ -230,12 +264,11 @@ class Bus:
 
     async def consume_batches(
         self,
-        stream: subjects.Stream,
-        durable: str,
-        filter_subject: str,
+        stream: subjects.Stream[M],
         handler: Callable[[list[M]], Awaitable[set[int]]],
-        kind: type[M],
         *,
+        durable: str,
+        filter_subject: str | None = None,
         batch: int = 64,
         ack_wait: float = 30.0,
         opener: Callable[[Msg], M | None] | None = None,
@@ -247,7 +280,7 @@ class Bus:
         async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
             decoded: list[tuple[Msg, M]] = []
             for msg in msgs:
-                value = opener(msg) if opener is not None else _decode_or_log(msg, kind)
+                value = opener(msg) if opener is not None else _decode_or_log(msg, stream.message)
                 if value is None:
                     await msg.term()
                 else:
@@ -259,7 +292,7 @@ class Bus:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a handler bug must not kill the consumer loop
-                log.exception("handler failed; will be redelivered", subject=filter_subject, error=str(e))
+                log.exception("handler failed; will be redelivered", durable=durable, error=str(e))
                 for msg, _ in decoded:
                     await msg.nak(delay=1.0)
                 continue
@@ -267,9 +300,12 @@ class Bus:
                 await (msg.nak(delay=0.2) if i in later else msg.ack())
 
     async def _fetched(
-        self, stream: subjects.Stream, durable: str, filter_subject: str, batch: int, ack_wait: float
+        self, stream: subjects.Stream[M], durable: str, filter_subject: str | None, batch: int, ack_wait: float
     ) -> AsyncIterator[list[Msg]]:
         """Fetches from a durable pull consumer, forever (empty ones skipped)."""
+        if filter_subject is None:
+            filter_subject = stream.pull_filter(durable)
+        subjects.check(stream, filter_subject)
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
         await self._refilter(stream, durable, filter_subject)
         psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
@@ -287,7 +323,7 @@ class Bus:
             if msgs:
                 yield msgs
 
-    async def _refilter(self, stream: subjects.Stream, durable: str, filter_subject: str) -> None:
+    async def _refilter(self, stream: subjects.Stream[Any], durable: str, filter_subject: str) -> None:
         """A durable consumer made before its stream's subjects changed (a store kept across an
         upgrade: results became per node) keeps its old filter, which matches nothing now, and
         pull_subscribe would use it as it is: point it at the table's filter instead.
@@ -340,26 +376,30 @@ class Bus:
 
     async def replay_and_follow(
         self,
-        filter_subject: str,
+        stream: subjects.Stream[M],
         handler: Callable[[M], Awaitable[None]],
-        kind: type[M],
+        *,
+        filter_subject: str | None = None,
         caught_up: asyncio.Event | None = None,
     ) -> None:
-        """Ordered consumer from the start of a last-value stream: current state, then live changes.
+        """Ordered consumer from the start of a last-value stream (the subjects of `stream` that
+        `filter_subject` matches, default all): current state, then live changes.
         `caught_up` is set once every message stored at subscription time has been handled.
         """
+        filter_subject = filter_subject or stream.subjects[0]
+        subjects.check(stream, filter_subject)
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def _cb(msg: Msg) -> None:
             await queue.put(msg)
 
         if caught_up is not None:
-            stream = await self.js.find_stream_name_by_subject(filter_subject)
-            info = await self.js.stream_info(stream, subjects_filter=filter_subject)
+            info = await self.js.stream_info(stream.name, subjects_filter=filter_subject)
             if not info.state.messages:
                 caught_up.set()
         await self.js.subscribe(
             filter_subject,
+            stream=stream.name,
             cb=_cb,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.ALL,
@@ -367,16 +407,19 @@ class Bus:
         )
         while True:
             msg = await queue.get()
-            decoded = _decode_or_log(msg, kind)
+            decoded = _decode_or_log(msg, stream.message)
             if decoded is not None:
                 await _with_retries(handler, decoded, msg.subject)
             if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
                 caught_up.set()
 
-    async def last_messages(self, stream: subjects.Stream, filter_subject: str, kind: type[M]) -> list[M]:
-        """The last message of every subject matching `filter_subject` now (undecodable ones left
-        out, logged), read once: what a restarted reader compares the world with.
+    async def last_messages(self, stream: subjects.Stream[M], filter_subject: str | None = None) -> list[M]:
+        """The last message of every subject of `stream` matching `filter_subject` (default: all)
+        now (undecodable ones left out, logged), read once: what a restarted reader compares the
+        world with.
         """
+        filter_subject = filter_subject or stream.subjects[0]
+        subjects.check(stream, filter_subject)
         queue: asyncio.Queue[Msg | None] = asyncio.Queue()
 
         async def _cb(msg: Msg) -> None:
@@ -399,7 +442,7 @@ class Bus:
             if info.num_pending == 0 and (info.delivered.consumer_seq if info.delivered else 0) == 0:
                 return out
             while (msg := await asyncio.wait_for(queue.get(), timeout=LAST_MESSAGES_WAIT_S)) is not None:
-                decoded = _decode_or_log(msg, kind)
+                decoded = _decode_or_log(msg, stream.message)
                 if decoded is not None:
                     out.append(decoded)
         finally:

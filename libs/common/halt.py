@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import socket
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
@@ -48,6 +49,13 @@ def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None
     return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
 
 
+def _broadcast_seal(signer: signing.Signer | None) -> Callable[[str, bytes], bytes] | None:
+    """Kill-switch states are signed for their audience (`control.halt`), whatever the subject."""
+    if signer is None:
+        return None
+    return lambda _subject, data: signer.seal(signing.CONTROL_AUD, data, ttl_s=signing.BROADCAST_TTL_S)
+
+
 async def set_halt(
     bus: busmod.Bus, *, halted: bool, reason: str = "", signer: signing.Signer | None, by: str | None = None
 ) -> m.HaltState:
@@ -56,6 +64,6 @@ async def set_halt(
     kv = await bus.kv(subjects.CONTROL.name)
     revision = await kv.put(subjects.HALT_KEY, _seal(signer, state, None))
     state = msgspec.structs.replace(state, revision=revision)
-    await bus.nc.publish(subjects.HALT_SUBJECT, _seal(signer, state, signing.BROADCAST_TTL_S))
+    await bus.signal(subjects.HALT, subjects.HALT_SUBJECT, state, seal=_broadcast_seal(signer))
     await bus.nc.flush()
     return state

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
 from chaosbus.common import messages as m
 from chaosbus.common import natsjwt
+
+M = TypeVar("M", bound=m.Message)
+S = TypeVar("S", bound=msgspec.Struct)
 
 # The NATS identities (docs/security.md): each component connects as one of these, and nats-server
 # allows each only what the records below grant it (libs/common/natsauth.py turns them into
@@ -54,10 +58,14 @@ class Consumer:
 
 
 @dataclass(frozen=True)
-class Stream:
+class Stream(Generic[M]):
+    """A JetStream stream: its subjects carry `message` and nothing else (the bus decodes what it
+    reads as `message` and refuses to publish anything else, or anywhere else).
+    """
+
     name: str
     subjects: tuple[str, ...]
-    message: type[m.Message]
+    message: type[M]
     owner: str  # the only identity that publishes
     consumers: tuple[Consumer, ...]
     owner_subjects: tuple[str, ...] = ()  # what the owner may publish, when narrower (templates)
@@ -65,6 +73,20 @@ class Stream:
     max_age_s: float = 0.0
     work_queue: bool = False
     purpose: str = ""
+
+    def covers(self, subject: str) -> bool:
+        """Whether every subject `subject` matches (a pattern or one subject) is this stream's."""
+        return any(within(subject, s) for s in self.subjects)
+
+    def pull_filter(self, durable: str) -> str:
+        """The filter of `durable`, one of this stream's durable consumers in the table (its
+        template filled in: `injector-n1` reads `chaos.cmd.n1`).
+        """
+        for c in self.consumers:
+            params = _fill_params(c.durable, durable) if c.durable else None
+            if params is not None:
+                return (c.filter or self.subjects[0]).format(**params)
+        raise LookupError(f"{durable!r} is no durable consumer of {self.name} in the subject table")
 
 
 @dataclass(frozen=True)
@@ -140,7 +162,7 @@ WRITES = Stream(
     work_queue=True,
     purpose="objects the scheduler decides (Schedule children, orchestration status), written by the recorder",
 )
-STREAMS = (OBJECTS, COMMANDS, RESULTS, DECISIONS, WRITES)
+STREAMS: tuple[Stream[Any], ...] = (OBJECTS, COMMANDS, RESULTS, DECISIONS, WRITES)
 OBJECT_EVENTS = OBJECTS.subjects[0]  # every object event, status changes included: what the scheduler replays
 # Objects created, deleted, or changed in more than their status: what the recorder replays.
 OBJECT_CHANGES = "chaos.obj.*.*.*"
@@ -198,11 +220,11 @@ LEADER_KEY = "leader"
 
 
 @dataclass(frozen=True)
-class CoreSubject:
+class CoreSubject(Generic[S]):
     """A core-NATS subject (no stream): at-most-once signals whose loss is covered by design."""
 
     pattern: str
-    message: type[msgspec.Struct]
+    message: type[S]
     owner: str
     readers: tuple[Role, ...]  # none: nats-server itself sends
     purpose: str = ""
@@ -212,6 +234,9 @@ class CoreSubject:
     # Identities that publish the same messages on the owner's behalf (the kill switch: the CLI,
     # the dashboard and the SLO guard run the signed path; receivers check the signature).
     also_published_by: tuple[str, ...] = ()
+
+    def covers(self, subject: str) -> bool:
+        return within(subject, self.pattern)
 
 
 LEASES = CoreSubject(
@@ -281,9 +306,42 @@ AUTH_CALLOUT = CoreSubject(
     readers=(),
     purpose="cluster mode: nats-server asks who a node injector's connection is (signed NATS JWTs both ways)",
 )
-CORE_SUBJECTS = (LEASES, HALT, HEALTH, *TRIGGERS, AUTH_CALLOUT)
+CORE_SUBJECTS: tuple[CoreSubject[Any], ...] = (LEASES, HALT, HEALTH, *TRIGGERS, AUTH_CALLOUT)
 
 _TOKEN_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+def within(subject: str, pattern: str) -> bool:
+    """Whether every subject matched by `subject` (itself a subject or a pattern: `*` one token,
+    `>` the rest) also matches `pattern`.
+    """
+    have, want = subject.split("."), pattern.split(".")
+    for i, w in enumerate(want):
+        if w == ">":
+            return len(have) > i
+        if i >= len(have) or have[i] == ">" or (w != "*" and (have[i] == "*" or have[i] != w)):
+            return False
+    return len(have) == len(want)
+
+
+def check(entry: Stream[Any] | CoreSubject[Any], subject: str, msg: msgspec.Struct | None = None) -> None:
+    """A message goes only where this table says its type travels: `subject` is one of `entry`'s
+    and `msg` (when given) of its message type; ValueError or TypeError otherwise.
+    """
+    if not entry.covers(subject):
+        name = entry.name if isinstance(entry, Stream) else entry.pattern
+        raise ValueError(f"{subject!r} is not a subject of {name} in the subject table")
+    if msg is not None and type(msg) is not entry.message:
+        raise TypeError(f"{subject} carries {entry.message.__name__}, not {type(msg).__name__}")
+
+
+def _fill_params(template: str, name: str) -> dict[str, str] | None:
+    """The values that make `template` (`injector-{node}`) read `name`, None if none do."""
+    parts = _PARAM.split(template)  # literal, param, literal, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9_-]+)" for i, p in enumerate(parts))
+    found = re.fullmatch(regex, name)
+    return None if found is None else found.groupdict()
 
 
 def token(value: str) -> str:
@@ -330,6 +388,15 @@ def result_node(subject: str) -> str | None:
     """The node token of a result subject (None: not one)."""
     parts = subject.split(".")
     return parts[2] if len(parts) == 4 and parts[:2] == ["chaos", "result"] else None
+
+
+def journaled_result_subject(node: str, subject: str) -> str:
+    """Where a result journaled under `subject` is published now: one journaled before results were
+    per node (`chaos.result.<uid>`, no stream's subject any more) goes under its node's.
+    """
+    if subject.startswith("chaos.result.") and result_node(subject) is None:
+        return result_subject(node, subject.removeprefix("chaos.result."))
+    return subject
 
 
 def decision_subject(experiment_uid: str) -> str:

@@ -4,8 +4,29 @@ small and new fields (with defaults) never break an older reader.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import msgspec
+
+T = TypeVar("T")
 
 
 class Message(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     """Base of wire messages."""
+
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes, kind: type[T]) -> T:
+    """`data` as `kind`, with one decoder per type built once and kept."""
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.json.Decoder(kind)
+    result: T = dec.decode(data)
+    return result

@@ -166,6 +166,6 @@ async def main(args: argparse.Namespace) -> None:
         async with api:
             auth = AuthService(Kube(api), policy, issuer_seed=seed, registry=registry)
             # A queue group: several replicas share the requests, each answered once.
-            await bus.nc.subscribe(subjects.AUTH_CALLOUT.pattern, queue="auth", cb=auth.on_request)
+            await bus.listen(subjects.AUTH_CALLOUT, auth.on_request, queue="auth")
             log.info("auth service ready", nats=args.nats, metrics_port=port, injectors=policy.username)
             await asyncio.Event().wait()

@@ -99,9 +99,9 @@ async def follow(bus: busmod.Bus, world: World, *, local: bool) -> None:
         with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
             await world.on_health(busmod.decode(msg.data, m.NodeHealth))
 
-    await bus.nc.subscribe(subjects.HEALTH.pattern, cb=on_health)
+    await bus.listen(subjects.HEALTH, on_health)
     loops = [
-        bus.replay_and_follow(subjects.OBJECT_EVENTS, world.on_object, m.ObjectEvent, caught_up=world.ready),
+        bus.replay_and_follow(subjects.OBJECTS, world.on_object, caught_up=world.ready),
         _poll_halt(bus, world),
     ]
     if local:

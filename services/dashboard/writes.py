@@ -84,12 +84,12 @@ class TriggerWriter:
     def __init__(self, bus: Callable[[], busmod.Bus | None]) -> None:
         self.bus = bus  # the current connection (the dashboard reconnects on its own)
 
-    async def _ask(self, subject: str, payload: bytes, reply: type[busmod.M]) -> busmod.M:
+    async def _ask(self, entry: subjects.CoreSubject[Any], payload: bytes, reply: type[busmod.M]) -> busmod.M:
         bus = self.bus()
         if bus is None:
             raise WriteError(["not connected to NATS right now; try again in a moment"])
         try:
-            msg = await bus.nc.request(subject, payload, timeout=REQUEST_TIMEOUT_S)
+            msg = await bus.request(entry, payload, wait_s=REQUEST_TIMEOUT_S)
         except Exception as e:
             raise WriteError(
                 [f"the scheduler did not answer ({type(e).__name__}); is it running and leading?"]
@@ -103,19 +103,17 @@ class TriggerWriter:
     async def create(self, docs: list[Obj], kube_token: str = "") -> list[str]:
         out = []
         for doc in docs:
-            got = await self._ask(subjects.TRIGGER_APPLY.pattern, json.dumps(doc).encode(), m.TriggerApplied)
+            got = await self._ask(subjects.TRIGGER_APPLY, json.dumps(doc).encode(), m.TriggerApplied)
             out.append(f"{got.kind}/{got.namespace}/{got.name} {got.action}")
         return out
 
     async def set_paused(self, obj: Obj, paused: bool, kube_token: str = "") -> str:
-        got = await self._ask(
-            subjects.TRIGGER_APPLY.pattern, json.dumps(pause_patch(obj, paused)).encode(), m.TriggerApplied
-        )
+        got = await self._ask(subjects.TRIGGER_APPLY, json.dumps(pause_patch(obj, paused)).encode(), m.TriggerApplied)
         return f"{got.kind}/{got.namespace}/{got.name} {'paused' if paused else 'resumed'}"
 
     async def delete(self, kind: str, namespace: str, name: str, kube_token: str = "") -> str:
         ref = m.TriggerRef(kind=kind, name=name, namespace=namespace)
-        got = await self._ask(subjects.TRIGGER_RECOVER.pattern, busmod.encode(ref), m.TriggerRecovered)
+        got = await self._ask(subjects.TRIGGER_RECOVER, busmod.encode(ref), m.TriggerRecovered)
         return f"{got.kind}/{got.namespace}/{got.name} {got.outcome}"
 
 

@@ -98,8 +98,8 @@ class Edge:
 
     async def _serve(self, bus: busmod.Bus) -> None:
         await bus.ensure()
-        await bus.nc.subscribe(subjects.lease_subject(self.name), cb=self._on_lease)
-        await bus.nc.subscribe(subjects.HALT_SUBJECT, cb=self._on_halt)
+        await bus.listen(subjects.LEASES, self._on_lease, subject=subjects.lease_subject(self.name))
+        await bus.listen(subjects.HALT, self._on_halt)
         where = bus.nc.connected_url
         log.info("injector ready", node=self.name, nats=f"{where.hostname}:{where.port}" if where else "")
         await service.run_forever(
@@ -192,11 +192,12 @@ class Edge:
             sent, moved = 0, False
             for row in rows:
                 try:
-                    await bus.js.publish(
-                        self._current_subject(row.subject),
+                    await bus.publish_encoded(
+                        subjects.RESULTS,
+                        subjects.journaled_result_subject(self.name, row.subject),
                         row.payload,
-                        headers={"Nats-Msg-Id": row.msg_id},
-                        timeout=2.0,
+                        msg_id=row.msg_id,
+                        ack_wait_s=2.0,
                     )
                 except nats.errors.MaxPayloadError:  # never sendable as it is: it must not block the rows behind
                     await self._too_large(bus, row)
@@ -211,14 +212,6 @@ class Edge:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.node.outbox_kick.wait(), timeout=RETRY_S)
-
-    def _current_subject(self, subject: str) -> str:
-        """A result journaled before results were per node (`chaos.result.<uid>`) goes where
-        results go now; the old subject is no stream's any more and would block the outbox.
-        """
-        if subject.startswith("chaos.result.") and subjects.result_node(subject) is None:
-            return subjects.result_subject(self.name, subject.removeprefix("chaos.result."))
-        return subject
 
     async def _too_large(self, bus: busmod.Bus, row: OutboxRow) -> None:
         """A result batch over max_payload goes with its outputs cut (keeping its turn); anything
@@ -292,10 +285,8 @@ class Edge:
             try:
                 await bus.consume(
                     subjects.COMMANDS,
-                    subjects.injector_consumer(self.name),
-                    subjects.command_subject(self.name),
                     handle,
-                    m.NodeCommand,
+                    durable=subjects.injector_consumer(self.name),
                     batch=16,
                     ack_wait=COMMAND_ACK_WAIT_S,
                     detach=runs_long,

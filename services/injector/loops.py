@@ -44,5 +44,5 @@ async def report_health(node: Node, name: str, bus: busmod.Bus) -> None:
         with contextlib.suppress(Exception):
             entries = await node.run_in_thread(node.journal.open_entries)
             report = node.health(name, entries, interval_s=HEALTH_INTERVAL_S, connected_since=since)
-            await bus.nc.publish(subject, busmod.encode(report))
+            await bus.signal(subjects.HEALTH, subject, report)
         await asyncio.sleep(HEALTH_INTERVAL_S)

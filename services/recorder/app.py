@@ -347,7 +347,7 @@ def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDeci
     """How the recorder reads an experiment's last decision from the stream (kept per subject)."""
 
     async def fetch(uid: str) -> m.ExperimentDecision | None:
-        found = await bus.last_messages(subjects.DECISIONS, subjects.decision_subject(uid), m.ExperimentDecision)
+        found = await bus.last_messages(subjects.DECISIONS, subjects.decision_subject(uid))
         return found[-1] if found else None
 
     return fetch
@@ -364,24 +364,13 @@ async def main(args: argparse.Namespace) -> None:
         rec.fetch_decision = last_decision(bus)
         log.info("recorder ready", objects=where, nats=args.nats, metrics_port=port)
         await service.run_forever(
-            bus.replay_and_follow(subjects.OBJECT_CHANGES, rec.on_object, m.ObjectEvent, caught_up=rec.replayed),
+            bus.replay_and_follow(
+                subjects.OBJECTS, rec.on_object, filter_subject=subjects.OBJECT_CHANGES, caught_up=rec.replayed
+            ),
             rec.sweep_events(),
-            bus.consume(
-                subjects.DECISIONS,
-                "recorder-phase",
-                subjects.DECISIONS.subjects[0],
-                rec.on_decision,
-                m.ExperimentDecision,
-            ),
-            bus.consume_batches(
-                subjects.RESULTS,
-                "recorder",
-                subjects.RESULTS.subjects[0],
-                rec.on_result_batches,
-                m.ResultBatch,
-                opener=rec.open_result,
-            ),
-            bus.consume(subjects.WRITES, "recorder-writes", subjects.WRITES.subjects[0], rec.on_write, m.ObjectWrite),
+            bus.consume(subjects.DECISIONS, rec.on_decision, durable="recorder-phase"),
+            bus.consume_batches(subjects.RESULTS, rec.on_result_batches, durable="recorder", opener=rec.open_result),
+            bus.consume(subjects.WRITES, rec.on_write, durable="recorder-writes"),
         )
 
 

@@ -80,6 +80,7 @@ class Scheduler:
         for d in out.decisions:
             try:
                 await self.bus.publish(
+                    subjects.DECISIONS,
                     subjects.decision_subject(d.experiment_uid),
                     d,
                     msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}",
@@ -121,7 +122,11 @@ class Scheduler:
             for part in cmdparts.parts(c, budget):
                 try:
                     await self.bus.publish(
-                        subjects.command_subject(c.node), part, msg_id=part.command_id, seal=self._seal
+                        subjects.COMMANDS,
+                        subjects.command_subject(c.node),
+                        part,
+                        msg_id=part.command_id,
+                        seal=self._seal,
                     )
                 except nats.errors.MaxPayloadError:
                     failed[c.experiment_uid] = (
@@ -146,7 +151,9 @@ class Scheduler:
         """Objects this scheduler decided (children, orchestration status): the recorder writes them."""
         for w in writes:
             try:
-                await self.bus.publish(subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id)
+                await self.bus.publish(
+                    subjects.WRITES, subjects.write_subject(w.kind, w.namespace, w.name), w, msg_id=w.write_id
+                )
             except nats.errors.MaxPayloadError as e:
                 self.metrics.errors.labels("max_payload").inc()
                 log.error(
@@ -178,6 +185,11 @@ class Scheduler:
         await self.publish(self.core.on_results(batch, time.time()))
         await self.flows.on_results(batch)
 
+    def _seal_lease(self, subject: str, payload: bytes) -> bytes:
+        if self.signer is None:
+            return payload
+        return self.signer.seal(subject, payload, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
+
     def _seal(self, subject: str, payload: bytes) -> bytes:
         if self.signer is None:
             return payload
@@ -186,7 +198,11 @@ class Scheduler:
     async def send_command(self, command: m.NodeCommand) -> None:
         try:
             await self.bus.publish(
-                subjects.command_subject(command.node), command, msg_id=command.command_id, seal=self._seal
+                subjects.COMMANDS,
+                subjects.command_subject(command.node),
+                command,
+                msg_id=command.command_id,
+                seal=self._seal,
             )
         except nats.errors.MaxPayloadError as e:  # a Task too large to send: its step times out, nothing crashes
             self.metrics.errors.labels("max_payload").inc()
@@ -230,7 +246,7 @@ class Scheduler:
         """Replay every object, then drop memories of objects that are gone, then follow changes."""
         caught_up = asyncio.Event()
         follow = asyncio.ensure_future(
-            self.bus.replay_and_follow(subjects.OBJECT_EVENTS, self.on_object, m.ObjectEvent, caught_up)
+            self.bus.replay_and_follow(subjects.OBJECTS, self.on_object, caught_up=caught_up)
         )
         try:
             await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -245,9 +261,7 @@ class Scheduler:
 
     async def consume_results(self) -> None:
         await self.replayed.wait()  # a result must find its experiment: only after the replay
-        await self.bus.consume(
-            subjects.RESULTS, "scheduler-results", subjects.RESULTS.subjects[0], self.on_results, m.ResultBatch
-        )
+        await self.bus.consume(subjects.RESULTS, self.on_results, durable="scheduler-results")
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
         async for entry in self.bus.follow_kv(subjects.TARGETS.name):
@@ -267,13 +281,7 @@ class Scheduler:
     async def send_leases(self, nodes: set[str] | None = None) -> None:
         for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
             with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
-                subject = subjects.lease_subject(lease.node)
-                data = (
-                    busmod.encode(lease)
-                    if self.signer is None
-                    else self.signer.seal_message(subject, lease, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
-                )
-                await self.bus.nc.publish(subject, data)
+                await self.bus.signal(subjects.LEASES, subjects.lease_subject(lease.node), lease, seal=self._seal_lease)
 
     async def renew_leases(self) -> None:
         while True:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -27,18 +28,16 @@ class Triggers:
         self.bus, self.store = bus, store
 
     async def serve(self) -> None:
-        handlers: dict[str, Handler] = {
-            subjects.TRIGGER_APPLY.pattern: self.apply,
-            subjects.TRIGGER_GET.pattern: self.get,
-            subjects.TRIGGER_RECOVER.pattern: self.recover,
-            subjects.TRIGGER_LIST.pattern: self.list,
-        }
+        handlers: list[tuple[subjects.CoreSubject[Any], Handler]] = [
+            (subjects.TRIGGER_APPLY, self.apply),
+            (subjects.TRIGGER_GET, self.get),
+            (subjects.TRIGGER_RECOVER, self.recover),
+            (subjects.TRIGGER_LIST, self.list),
+        ]
         subs = []
         try:
-            for subject, handler in handlers.items():
-                subs.append(
-                    await self.bus.nc.subscribe(subject, queue=subjects.TRIGGER_QUEUE, cb=self._responder(handler))
-                )
+            for entry, handler in handlers:
+                subs.append(await self.bus.listen(entry, self._responder(handler), queue=subjects.TRIGGER_QUEUE))
             await asyncio.Event().wait()  # until cancelled (leadership lost or shutdown)
         finally:
             for sub in subs:

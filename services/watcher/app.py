@@ -54,7 +54,7 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
 async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: WatcherMetrics) -> None:
     for subject, event, msg_id in out.events:
         try:
-            await bus.publish(subject, event, msg_id=msg_id)
+            await bus.publish(subjects.OBJECTS, subject, event, msg_id=msg_id)
         except nats.errors.MaxPayloadError:
             # Readers get the object's metadata and its size: the scheduler marks it Failed, saying why.
             metrics.errors.labels("object_too_large").inc()
@@ -62,7 +62,7 @@ async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: Watche
                 "object larger than NATS max_payload: sent without its spec", subject=subject, bytes=len(event.object)
             )
             try:
-                await bus.publish(subject, too_large(event), msg_id=msg_id)
+                await bus.publish(subjects.OBJECTS, subject, too_large(event), msg_id=msg_id)
             except nats.errors.MaxPayloadError:  # not even its identity fits: only the log says so
                 continue
         metrics.events.labels(event.kind, event.type).inc()

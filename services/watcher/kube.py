@@ -25,7 +25,6 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import bus as busmod
 from chaosbus.common import kubeclient, kvsnapshot, service, subjects
 from chaosbus.common import logging as cblog
-from chaosbus.common import messages as m
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
 from chaosbus.watcher.core import Outputs, WatcherCore, stale_deletion
@@ -232,7 +231,7 @@ async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherM
     """
     for kind in WATCHED_KINDS:
         await watcher.synced.setdefault(kind, asyncio.Event()).wait()
-    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES, m.ObjectEvent)
+    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES)
     async with watcher.lock:  # the reflectors may be feeding the core right now
         live = set(watcher.core.core.seen)
         gone = [e for e in last if e.type != "DELETED" and subjects.object_key(e.kind, e.namespace, e.name) not in live]

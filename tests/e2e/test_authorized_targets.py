@@ -149,6 +149,7 @@ def forge(system: System, action: m.TargetAction) -> m.TargetResult:
         try:
             sub = await bus.nc.subscribe(subjects.result_subject(NODE, uid))
             await bus.publish(
+                subjects.COMMANDS,
                 subjects.command_subject(NODE),
                 cmd,
                 msg_id=cmd.command_id,

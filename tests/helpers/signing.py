@@ -55,6 +55,7 @@ def seal_command(
 async def publish_command(bus: busmod.Bus, cmd: m.NodeCommand, *, msg_id: str | None = None) -> None:
     """As the scheduler sends it: signed, on the node's command subject."""
     await bus.publish(
+        subjects.COMMANDS,
         subjects.command_subject(cmd.node),
         cmd,
         msg_id=msg_id or cmd.command_id,

@@ -148,7 +148,7 @@ class World:
             generation=1,
             object=msgspec.Raw(msgspec.json.encode(obj)),
         )
-        await self.bus.publish(subjects.object_subject(kind, "default", name), event, msg_id=uid)
+        await self.bus.publish(subjects.OBJECTS, subjects.object_subject(kind, "default", name), event, msg_id=uid)
         return uid
 
     async def pump(self) -> None:

@@ -21,7 +21,7 @@ from chaosbus.common import subjects
 
 pytestmark = pytest.mark.integration
 
-DURABLE = "test-consumer"
+DURABLE = "recorder"  # one of the results stream's durable consumers in the subject table
 
 
 def decision(uid: str = "u1", phase: str = "Run") -> m.ExperimentDecision:
@@ -63,7 +63,7 @@ async def test_ensure_declares_each_bucket(bus: busmod.Bus, bucket: subjects.Buc
 
 
 async def test_ensure_is_idempotent_and_keeps_messages(bus: busmod.Bus) -> None:
-    await bus.publish(subjects.decision_subject("u1"), decision(), msg_id="d1")
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u1"), decision(), msg_id="d1")
     await bus.ensure()
     await bus.ensure()
     assert (await bus.js.stream_info(subjects.DECISIONS.name)).state.messages == 1
@@ -78,29 +78,56 @@ async def test_kv_handle_is_shared(bus: busmod.Bus) -> None:
 
 async def test_same_msg_id_is_stored_once(bus: busmod.Bus) -> None:
     subject = subjects.result_subject("n1", "u1")
-    await bus.publish(subject, result_batch("c1"), msg_id="same")
-    await bus.publish(subject, result_batch("c1"), msg_id="same")
+    await bus.publish(subjects.RESULTS, subject, result_batch("c1"), msg_id="same")
+    await bus.publish(subjects.RESULTS, subject, result_batch("c1"), msg_id="same")
     assert (await bus.js.stream_info(subjects.RESULTS.name)).state.messages == 1
 
 
 async def test_distinct_msg_ids_are_stored_separately(bus: busmod.Bus) -> None:
     subject = subjects.result_subject("n1", "u1")
-    await bus.publish(subject, result_batch("c1"), msg_id="a")
-    await bus.publish(subject, result_batch("c2"), msg_id="b")
+    await bus.publish(subjects.RESULTS, subject, result_batch("c1"), msg_id="a")
+    await bus.publish(subjects.RESULTS, subject, result_batch("c2"), msg_id="b")
     assert (await bus.js.stream_info(subjects.RESULTS.name)).state.messages == 2
 
 
 async def test_published_payload_decodes_to_the_same_struct(bus: busmod.Bus) -> None:
     sent = result_batch("c1")
-    await bus.publish(subjects.result_subject("n1", "u1"), sent, msg_id="a")
+    await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), sent, msg_id="a")
     raw = await bus.js.get_msg(subjects.RESULTS.name, seq=1)
     assert busmod.decode(raw.data or b"", m.ResultBatch) == sent
 
 
+async def test_a_message_of_another_type_or_for_another_stream_is_refused_and_not_stored(bus: busmod.Bus) -> None:
+    with pytest.raises(TypeError):
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), decision(), msg_id="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        await bus.publish(subjects.RESULTS, subjects.decision_subject("u1"), result_batch("c1"), msg_id="b")
+    assert (await bus.js.stream_info(subjects.RESULTS.name)).state.messages == 0
+    assert (await bus.js.stream_info(subjects.DECISIONS.name)).state.messages == 0
+
+
+async def test_an_ordered_replay_decodes_its_streams_type(bus: busmod.Bus) -> None:
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u1"), decision(), msg_id="a")
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u2"), decision("u2"), msg_id="b")
+    got: list[m.ExperimentDecision] = []
+
+    async def handler(d: m.ExperimentDecision) -> None:
+        got.append(d)
+
+    task = asyncio.ensure_future(bus.replay_and_follow(subjects.DECISIONS, handler))
+    try:
+        await wait_for(lambda: len(got) == 2, within=30)
+    finally:
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+    assert got == [decision(), decision("u2")]
+    assert await bus.last_messages(subjects.DECISIONS, subjects.decision_subject("u2")) == [decision("u2")]
+
+
 async def test_last_value_stream_keeps_one_message_per_subject(bus: busmod.Bus) -> None:
-    await bus.publish(subjects.decision_subject("u1"), decision(phase="Run"), msg_id="1")
-    await bus.publish(subjects.decision_subject("u1"), decision(phase="Stop"), msg_id="2")
-    await bus.publish(subjects.decision_subject("u2"), decision(uid="u2"), msg_id="3")
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u1"), decision(phase="Run"), msg_id="1")
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u1"), decision(phase="Stop"), msg_id="2")
+    await bus.publish(subjects.DECISIONS, subjects.decision_subject("u2"), decision(uid="u2"), msg_id="3")
     assert (await bus.js.stream_info(subjects.DECISIONS.name)).state.messages == 2
 
 
@@ -116,9 +143,7 @@ async def consuming(
     detach: Callable[[Any], bool] | None = None,
 ) -> AsyncIterator[None]:
     task = asyncio.create_task(
-        bus.consume(
-            subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=ack_wait, detach=detach
-        )
+        bus.consume(subjects.RESULTS, handler, durable=DURABLE, ack_wait=ack_wait, detach=detach)
     )
     try:
         yield
@@ -157,7 +182,9 @@ async def test_consume_hands_decoded_structs_to_the_handler_and_acks(bus: busmod
 
     async with consuming(bus, handler):
         for i in range(3):
-            await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+            await bus.publish(
+                subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}"
+            )
         await wait_for(lambda: len(got) == 3)
         info = await settled(bus)
     assert [b.command_id for b in got] == ["c0", "c1", "c2"]
@@ -193,7 +220,7 @@ async def test_malformed_message_is_terminated_and_the_consumer_goes_on(bus: bus
 
     async with consuming(bus, handler):
         await bus.js.publish(subjects.result_subject("n1", "u1"), payload)
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
         await wait_for(lambda: got == ["good"])
         info = await settled(bus)
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
@@ -209,7 +236,7 @@ async def test_handler_exception_leads_to_redelivery(bus: busmod.Bus) -> None:
             raise RuntimeError("transient")
 
     async with consuming(bus, flaky):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("c1"), msg_id="c1")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("c1"), msg_id="c1")
         await wait_for(lambda: len(calls) == 2)
         info = await settled(bus)
     assert calls == ["c1", "c1"]
@@ -225,8 +252,8 @@ async def test_handler_failure_does_not_block_other_messages(bus: busmod.Bus) ->
             raise RuntimeError("transient")
 
     async with consuming(bus, picky):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("bad"), msg_id="bad")
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("bad"), msg_id="bad")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("good"), msg_id="good")
         await wait_for(lambda: calls.count("bad") == 2)
     assert calls.index("good") < len(calls) - 1  # handled before the failed one came back
 
@@ -243,7 +270,9 @@ async def test_durable_consumer_resumes_after_a_restart(bus: busmod.Bus, nats_se
         got.append(msg.command_id)
 
     for command_id in ("c1", "c2"):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(command_id), msg_id=command_id)
+        await bus.publish(
+            subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch(command_id), msg_id=command_id
+        )
         other = await busmod.connect(nats_server.url, f"restart-{command_id}")
         try:
             async with consuming(other, handler, ack_wait=1.0):
@@ -265,10 +294,14 @@ async def test_cancel_stops_the_consumer_even_when_a_message_arrives_with_it(bus
     rng = random.Random(3)
     for attempt in range(40):
         task = asyncio.create_task(
-            bus.consume(subjects.RESULTS, f"cancel-{attempt}", "chaos.result.*.*", handler, m.ResultBatch)
+            bus.consume(
+                subjects.RESULTS, handler, durable=f"cancel-{attempt}", filter_subject=subjects.RESULTS.subjects[0]
+            )
         )
         await asyncio.sleep(0.02)  # the consumer is set up and its fetch is waiting
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{attempt}"), msg_id=f"c{attempt}")
+        await bus.publish(
+            subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch(f"c{attempt}"), msg_id=f"c{attempt}"
+        )
         await asyncio.sleep(rng.uniform(0, 0.003))
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=1.0)
@@ -291,9 +324,11 @@ async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_red
         finished.append(msg.command_id)
 
     async with consuming(bus, handler, ack_wait=1.0, detach=lambda b: b.command_id.startswith("long")):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("long-1"), msg_id="long-1")
+        await bus.publish(
+            subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("long-1"), msg_id="long-1"
+        )
         await wait_for(lambda: calls == ["long-1"])
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch("quick"), msg_id="quick")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch("quick"), msg_id="quick")
         await wait_for(lambda: finished == ["quick"], within=2.0)  # not held up behind the long one
         await wait_for(lambda: finished == ["quick", "long-1"], within=10.0)
         info = await settled(bus)
@@ -303,7 +338,7 @@ async def test_a_detached_message_runs_beside_the_loop_past_ack_wait_without_red
 
 async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it_asks(bus: busmod.Bus) -> None:
     for i in range(4):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
     await bus.js.publish(subjects.result_subject("n1", "u1"), b"not json")
     fetches: list[list[str]] = []
 
@@ -311,9 +346,7 @@ async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it
         fetches.append([b.command_id for b in batches])
         return {i for i, b in enumerate(batches) if b.command_id == "c2" and len(fetches) == 1}
 
-    task = asyncio.create_task(
-        bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=5.0)
-    )
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, handler, durable=DURABLE, ack_wait=5.0))
     try:
         await wait_for(lambda: len(fetches) == 2)
         info = await settled(bus)
@@ -327,7 +360,7 @@ async def test_consume_batches_hands_a_fetch_at_once_and_redelivers_only_what_it
 
 async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails(bus: busmod.Bus) -> None:
     for i in range(2):
-        await bus.publish(subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
+        await bus.publish(subjects.RESULTS, subjects.result_subject("n1", "u1"), result_batch(f"c{i}"), msg_id=f"c{i}")
     fetches: list[list[str]] = []
 
     async def handler(batches: list[m.ResultBatch]) -> set[int]:
@@ -336,9 +369,7 @@ async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails
             raise RuntimeError("transient")
         return set()
 
-    task = asyncio.create_task(
-        bus.consume_batches(subjects.RESULTS, DURABLE, "chaos.result.*.*", handler, m.ResultBatch, ack_wait=5.0)
-    )
+    task = asyncio.create_task(bus.consume_batches(subjects.RESULTS, handler, durable=DURABLE, ack_wait=5.0))
     try:
         await wait_for(lambda: sum(map(len, fetches)) == 4)
         info = await settled(bus)

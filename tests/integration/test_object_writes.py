@@ -31,9 +31,7 @@ _ids = itertools.count(1)
 async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
     store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
-    task = asyncio.ensure_future(
-        bus.consume(subjects.WRITES, "recorder-writes", "chaos.write.>", rec.on_write, m.ObjectWrite)
-    )
+    task = asyncio.ensure_future(bus.consume(subjects.WRITES, rec.on_write, durable="recorder-writes"))
     yield store
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -83,7 +81,7 @@ async def send(
         object=msgspec.Raw(msgspec.json.encode(obj)),
         **kw,
     )
-    await bus.publish(subjects.write_subject(kind, "default", name), w, msg_id=w.write_id)
+    await bus.publish(subjects.WRITES, subjects.write_subject(kind, "default", name), w, msg_id=w.write_id)
     return w.write_id
 
 

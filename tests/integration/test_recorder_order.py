@@ -41,7 +41,9 @@ async def test_results_ahead_of_their_decision_are_folded_without_redelivery(bus
         records=[m.RecordRef(id="default/p0")],
         at=1.0,
     )
-    await bus.publish(subjects.decision_subject(uid), decision, msg_id=f"{uid}.1")  # stored, never consumed here
+    await bus.publish(
+        subjects.DECISIONS, subjects.decision_subject(uid), decision, msg_id=f"{uid}.1"
+    )  # stored, never consumed here
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.fetch_decision = last_decision(bus)
     batch = m.ResultBatch(

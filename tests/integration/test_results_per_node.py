@@ -54,24 +54,9 @@ async def recorder(url: str, state: Path) -> AsyncIterator[tuple[Recorder, Objec
     rec.replayed.set()
     rec.fetch_decision = last_decision(bus)
     tasks = [
+        asyncio.ensure_future(bus.consume(subjects.DECISIONS, rec.on_decision, durable="recorder-phase")),
         asyncio.ensure_future(
-            bus.consume(
-                subjects.DECISIONS,
-                "recorder-phase",
-                subjects.DECISIONS.subjects[0],
-                rec.on_decision,
-                m.ExperimentDecision,
-            )
-        ),
-        asyncio.ensure_future(
-            bus.consume_batches(
-                subjects.RESULTS,
-                "recorder",
-                subjects.RESULTS.subjects[0],
-                rec.on_result_batches,
-                m.ResultBatch,
-                opener=rec.open_result,
-            )
+            bus.consume_batches(subjects.RESULTS, rec.on_result_batches, durable="recorder", opener=rec.open_result)
         ),
     ]
     try:
@@ -132,7 +117,7 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
             desired_phase="Run",
             records=[m.RecordRef(id="default/on-n1", node="n1"), m.RecordRef(id="default/on-n2", node="n2")],
         )
-        await scheduler.publish(subjects.decision_subject(uid), decision, msg_id=f"{uid}.d1")
+        await scheduler.publish(subjects.DECISIONS, subjects.decision_subject(uid), decision, msg_id=f"{uid}.d1")
 
         # nats-server itself: n1 may not publish where n2's results go.
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
@@ -142,10 +127,25 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
         async with recorder(url, state) as (rec, store):
             await eventually(lambda: rec.latest.get(uid) is not None, within=20)
             # On its own subject, claiming to be n2: refused whole.
-            await n1.publish(subjects.result_subject("n1", uid), batch(uid, "c1", "n2", "default/on-n2"), msg_id="c1")
+            await n1.publish(
+                subjects.RESULTS,
+                subjects.result_subject("n1", uid),
+                batch(uid, "c1", "n2", "default/on-n2"),
+                msg_id="c1",
+            )
             # As itself, about n2's target and then its own.
-            await n1.publish(subjects.result_subject("n1", uid), batch(uid, "c2", "n1", "default/on-n2"), msg_id="c2")
-            await n1.publish(subjects.result_subject("n1", uid), batch(uid, "c3", "n1", "default/on-n1"), msg_id="c3")
+            await n1.publish(
+                subjects.RESULTS,
+                subjects.result_subject("n1", uid),
+                batch(uid, "c2", "n1", "default/on-n2"),
+                msg_id="c2",
+            )
+            await n1.publish(
+                subjects.RESULTS,
+                subjects.result_subject("n1", uid),
+                batch(uid, "c3", "n1", "default/on-n1"),
+                msg_id="c3",
+            )
 
             async def own_applied() -> bool:
                 return phases(await store.get(KIND, "default", "part")).get("default/on-n1") == "Injected"
@@ -157,7 +157,12 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
         # A restarted recorder knows no decision until it reads the stream's last one.
         async with recorder(url, state) as (rec, store):
             assert rec.latest == {}
-            await n1.publish(subjects.result_subject("n1", uid), batch(uid, "c4", "n1", "default/on-n2"), msg_id="c4")
+            await n1.publish(
+                subjects.RESULTS,
+                subjects.result_subject("n1", uid),
+                batch(uid, "c4", "n1", "default/on-n2"),
+                msg_id="c4",
+            )
             await eventually(lambda: refused(rec, "node") == 1, within=20)
             assert phases(await store.get(KIND, "default", "part"))["default/on-n2"] == "Not Injected"
     finally:
@@ -170,11 +175,8 @@ async def test_a_store_kept_across_the_upgrade_still_delivers_results(bus: busmo
     filtered on `chaos.result.*`: such a consumer is pointed at the new subjects, and a result
     journaled under the old subject is published under its node's.
     """
-    from types import SimpleNamespace
 
     from nats.js import api
-
-    from chaosbus.injector.app import Edge
 
     cfg = api.ConsumerConfig(
         durable_name="old-recorder", ack_policy=api.AckPolicy.EXPLICIT, filter_subject="chaos.result.*"
@@ -187,13 +189,15 @@ async def test_a_store_kept_across_the_upgrade_still_delivers_results(bus: busmo
         return set()
 
     task = asyncio.ensure_future(
-        bus.consume_batches(subjects.RESULTS, "old-recorder", subjects.RESULTS.subjects[0], handler, m.ResultBatch)
+        bus.consume_batches(
+            subjects.RESULTS, handler, durable="old-recorder", filter_subject=subjects.RESULTS.subjects[0]
+        )
     )
     try:
-        legacy = Edge._current_subject(SimpleNamespace(name="n1"), "chaos.result.u1")  # type: ignore[arg-type]
+        legacy = subjects.journaled_result_subject("n1", "chaos.result.u1")
         assert legacy == subjects.result_subject("n1", "u1")
-        assert Edge._current_subject(SimpleNamespace(name="n1"), legacy) == legacy  # type: ignore[arg-type]
-        await bus.publish(legacy, batch("u1", "c1", "n1", "t"), msg_id="c1")
+        assert subjects.journaled_result_subject("n1", legacy) == legacy
+        await bus.publish(subjects.RESULTS, legacy, batch("u1", "c1", "n1", "t"), msg_id="c1")
         await eventually(lambda: len(got) == 1, within=20)
     finally:
         task.cancel()

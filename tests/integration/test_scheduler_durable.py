@@ -136,7 +136,10 @@ class Injector:
                     results=results,
                 )
                 await self.bus.publish(
-                    subjects.result_subject(cmd.node, cmd.experiment_uid), batch, msg_id=cmd.command_id
+                    subjects.RESULTS,
+                    subjects.result_subject(cmd.node, cmd.experiment_uid),
+                    batch,
+                    msg_id=cmd.command_id,
                 )
 
     def ops(self, uid: str) -> list[str]:
@@ -186,7 +189,7 @@ async def apply(bus: busmod.Bus, name: str, duration: str | None = None) -> str:
         generation=1,
         object=msgspec.Raw(msgspec.json.encode(obj)),
     )
-    await bus.publish(subjects.object_subject("PodChaos", "default", name), event, msg_id=uid)
+    await bus.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "default", name), event, msg_id=uid)
     return uid
 
 

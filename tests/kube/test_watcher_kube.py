@@ -121,7 +121,7 @@ async def test_an_object_deleted_while_no_watcher_ran_gets_its_deletion(kube: Ku
         await run.until(lambda: ("DELETED", "vanishes") in run.seen())
         await asyncio.sleep(0.5)
     assert ("DELETED", "stays") not in run.seen()
-    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES, m.ObjectEvent)
+    last = await bus.last_messages(subjects.OBJECTS, subjects.OBJECT_CHANGES)
     assert sorted((e.name, e.type) for e in last) == [("stays", "ADDED"), ("vanishes", "DELETED")]
 
 

@@ -1,0 +1,148 @@
+"""Typed edges: a subject and the message type it carries come from one entry of the subject table.
+
+Every stream and core subject names its message type; the bus decodes what it reads as that type
+and refuses to publish another type, or on a subject that is not the entry's. The code outside the
+table never spells a subject, and never reaches past the bus to nats-py to publish or subscribe.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from chaosbus.common import messages as m
+from chaosbus.common import subjects
+
+ROOT = Path(__file__).resolve().parents[2]
+# Where subjects are used, not defined: every service, the CLI and the shared library but the table.
+SOURCES = sorted(
+    p
+    for folder in ("services", "cli", "libs/common")
+    for p in (ROOT / folder).rglob("*.py")
+    if p != ROOT / "libs/common/subjects.py" and p != ROOT / "libs/common/bus.py"
+)
+RAW_CALLS = {"publish", "subscribe", "request", "pull_subscribe"}
+ENTRIES = [*subjects.STREAMS, *subjects.CORE_SUBJECTS]
+
+
+def _name(entry: subjects.Stream[object] | subjects.CoreSubject[msgspec.Struct]) -> str:  # type: ignore[type-var]
+    return entry.name if isinstance(entry, subjects.Stream) else entry.pattern
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=_name)
+def test_every_entry_names_its_message_type(
+    entry: subjects.Stream[m.Message] | subjects.CoreSubject[msgspec.Struct],
+) -> None:
+    assert isinstance(entry.message, type) and issubclass(entry.message, msgspec.Struct)
+    if isinstance(entry, subjects.Stream):
+        assert issubclass(entry.message, m.Message)
+
+
+@pytest.mark.parametrize("entry", subjects.TRIGGERS, ids=_name)
+def test_every_request_names_its_reply_type(entry: subjects.CoreSubject[msgspec.Struct]) -> None:
+    assert entry.reply is not None and issubclass(entry.reply, m.Message)
+
+
+@pytest.mark.parametrize(
+    ("stream", "consumer"),
+    [(s, c) for s in subjects.STREAMS for c in s.consumers if c.durable],
+    ids=lambda v: v.name if isinstance(v, subjects.Stream) else str(v),
+)
+def test_every_durable_consumer_resolves_to_a_filter_of_its_stream(
+    stream: subjects.Stream[m.Message], consumer: subjects.Consumer
+) -> None:
+    durable = consumer.durable.format(node="node-1")
+    found = stream.pull_filter(durable)
+    assert "{" not in found and stream.covers(found)
+    assert found == (consumer.filter or stream.subjects[0]).format(node="node-1")
+
+
+def test_the_injector_reads_its_own_node_only() -> None:
+    assert subjects.COMMANDS.pull_filter(subjects.injector_consumer("web.1")) == subjects.command_subject("web.1")
+
+
+def test_a_durable_not_in_the_table_is_refused() -> None:
+    with pytest.raises(LookupError):
+        subjects.RESULTS.pull_filter("someone-else")
+    with pytest.raises(LookupError):
+        subjects.COMMANDS.pull_filter("recorder")
+
+
+@pytest.mark.parametrize(
+    ("subject", "pattern", "expected"),
+    [
+        ("chaos.obj.*.*.*", "chaos.obj.>", True),
+        ("chaos.obj.PodChaos.ns.x", "chaos.obj.>", True),
+        ("chaos.obj", "chaos.obj.>", False),
+        ("chaos.obj.>", "chaos.obj.*.*.*", False),
+        ("chaos.result.n1.u1", "chaos.result.*.*", True),
+        ("chaos.result.u1", "chaos.result.*.*", False),
+        ("chaos.result.*.*", "chaos.result.*.*", True),
+        ("chaos.result.*.u1", "chaos.result.n1.*", False),
+        ("chaos.cmd.n1", "chaos.cmd.n1", True),
+        ("chaos.cmd.n2", "chaos.cmd.n1", False),
+    ],
+)
+def test_within(subject: str, pattern: str, expected: bool) -> None:
+    assert subjects.within(subject, pattern) is expected
+
+
+def _decision() -> m.ExperimentDecision:
+    return m.ExperimentDecision(
+        experiment_uid="u1", generation=1, kind="PodChaos", namespace="ns", name="x", desired_phase="Run"
+    )
+
+
+def test_a_message_goes_only_where_its_entry_says() -> None:
+    subjects.check(subjects.DECISIONS, subjects.decision_subject("u1"), _decision())
+    with pytest.raises(TypeError):
+        subjects.check(subjects.RESULTS, subjects.result_subject("n1", "u1"), _decision())
+    with pytest.raises(ValueError):
+        subjects.check(subjects.DECISIONS, subjects.result_subject("n1", "u1"), _decision())
+    with pytest.raises(ValueError):
+        subjects.check(subjects.LEASES, subjects.health_subject("n1"))
+
+
+def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """String literals and the literal start of f-strings, docstrings left out."""
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            out.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            out.append((node.lineno, str(node.values[0].value)))
+    return out
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_subject_is_spelled_outside_the_table(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    spelled = [f"line {n}: {s!r}" for n, s in _code_strings(tree) if s.startswith(("chaos.", "$SYS."))]
+    assert not spelled, "subjects come from libs/common/subjects.py"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_nothing_publishes_or_subscribes_past_the_bus(path: Path) -> None:
+    """`bus.nc.publish(...)`, `bus.js.subscribe(...)` and the like skip the table's checks."""
+    tree = ast.parse(path.read_text(), str(path))
+    raw = [
+        f"line {node.lineno}: {ast.unparse(node.func)}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in RAW_CALLS
+        and isinstance(node.func.value, ast.Attribute | ast.Name)
+        and (node.func.value.attr if isinstance(node.func.value, ast.Attribute) else node.func.value.id) in ("nc", "js")
+    ]
+    assert not raw, "publish and subscribe through the bus (libs/common/bus.py), which takes a table entry"
