@@ -217,6 +217,47 @@ static int parse_rule(char *line, struct rule *r) {
     return 0;
 }
 
+/* ---- attributes the kernel holds ----
+ * Paths whose attributes went out with a timeout, so that a rule on lookup or getattr takes
+ * effect at once: the kernel is told to drop those attributes when such a rule arrives. Past
+ * CACHED_MAX paths none is added, and the rest expire on their own within the timeout. */
+#define CACHED_SLOTS 8192
+#define CACHED_MAX (CACHED_SLOTS / 2)
+
+static struct fuse *fs;
+static pthread_mutex_t cached_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *cached[CACHED_SLOTS];
+static int n_cached;
+
+static void remember_cached(const char *path) {
+    uint64_t h = 1469598103934665603ull;
+    for (const char *c = path; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+    pthread_mutex_lock(&cached_lock);
+    for (size_t i = h % CACHED_SLOTS;; i = (i + 1) % CACHED_SLOTS) {
+        if (!cached[i]) {
+            if (n_cached < CACHED_MAX && (cached[i] = strdup(path))) n_cached++;
+            break;
+        }
+        if (!strcmp(cached[i], path)) break;
+    }
+    pthread_mutex_unlock(&cached_lock);
+}
+
+/* Outside every lock: the kernel may wait on pages a request in flight holds. */
+static void invalidate_cached(void) {
+    static char *taken[CACHED_SLOTS];
+    int n = 0;
+    pthread_mutex_lock(&cached_lock);
+    for (size_t i = 0; i < CACHED_SLOTS; i++)
+        if (cached[i]) { taken[n++] = cached[i]; cached[i] = NULL; }
+    n_cached = 0;
+    pthread_mutex_unlock(&cached_lock);
+    for (int i = 0; i < n; i++) {
+        if (fs) (void)fuse_invalidate_path(fs, taken[i]);
+        free(taken[i]);
+    }
+}
+
 /* Re-reads the rules file; a malformed line is skipped (and reported), the rest still apply. */
 static void load_rules(void) {
     int fd = openat(rules_dir_fd, rules_name, O_RDONLY | O_CLOEXEC);
@@ -233,7 +274,7 @@ static void load_rules(void) {
     free(line);
     if (f) fclose(f);
     /* Names and attributes are cached by the kernel for a second unless a rule wants to see every
-     * lookup and stat (attributes cached before such a rule arrived expire within that second). */
+     * lookup and stat (then the attributes it holds are dropped: the next stat meets the rule). */
     uint32_t meta = 0;
     for (int i = 0; i < rs->n; i++) meta |= rs->r[i].methods & (1u << M_LOOKUP | 1u << M_GETATTR);
     pthread_rwlock_wrlock(&rules_lock);
@@ -242,6 +283,7 @@ static void load_rules(void) {
     if (fs_cfg) fs_cfg->entry_timeout = fs_cfg->attr_timeout = meta ? 0.0 : 1.0;
     pthread_rwlock_unlock(&rules_lock);
     free_rules(old);
+    if (meta) invalidate_cached();
 }
 
 static void full_path(const char *path, char *out, size_t n) {
@@ -469,6 +511,7 @@ static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *
     int r = fi ? fstat(FD(fi), st) : fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
     if (r) return -errno;
     override(st, &fx);
+    if (fs_cfg && fs_cfg->attr_timeout > 0) remember_cached(path);
     return 0;
 }
 
@@ -873,7 +916,7 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
 
     char *argv[] = {"iofs", NULL};
     struct fuse_args args = FUSE_ARGS_INIT(1, argv);
-    struct fuse *f = fuse_new(&args, &ops, sizeof ops, NULL);
+    struct fuse *f = fs = fuse_new(&args, &ops, sizeof ops, NULL);
     char devfd[32];
     snprintf(devfd, sizeof devfd, "/dev/fd/%d", fuse_fd);
     if (!f || fuse_mount(f, devfd)) {

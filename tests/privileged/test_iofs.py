@@ -163,6 +163,58 @@ def test_attr_override_changes_what_stat_returns_not_the_file(target: Target) ->
     assert probe(target.pid, [("stat", f"{target.vol}/b.txt")])[0].value[0] == len("other file\n")
 
 
+def test_attr_override_reaches_a_stat_right_after_apply_on_a_mounted_volume(target: Target) -> None:
+    other = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
+    c1 = ctx_for(target, other)
+    FAULT.apply(c1, other)  # mounted; the kernel may keep b.txt's attributes for a second
+    try:
+        b = f"{target.vol}/b.txt"
+        mask, values = iochaos.attr_override(iochaos.AttrOverride(size=4242))
+        spec = io(target, action="attrOverride", path=b, methods=GETATTR, attr_mask=mask, attr_values=values)
+        c2 = ctx_for(target, spec)
+        # One probe run: a stat that caches b.txt's attributes, the rule applied while they are
+        # held (the probe waits on a file this test writes after apply), then a stat at once.
+        go = target.host / "go"
+        probe_run = subprocess.Popen(
+            [
+                "nsenter",
+                "-t",
+                str(target.pid),
+                "-m",
+                "--",
+                sys.executable,
+                "-S",
+                "-c",
+                STAT_WAIT_STAT,
+                b,
+                f"{target.vol}/go",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert probe_run.stdout is not None
+        first = int(probe_run.stdout.readline())
+        FAULT.apply(c2, spec)
+        go.write_text("")
+        second = int(probe_run.stdout.readline())
+        probe_run.wait(30)
+        assert (first, second) == (len("other file\n"), 4242)
+        FAULT.recover(c2, spec)
+        assert probe(target.pid, [("stat", b)])[0].value[0] == len("other file\n")
+    finally:
+        FAULT.recover(c1, other)
+
+
+# Inside the target's mount namespace: stat, wait for a file to appear, stat again.
+STAT_WAIT_STAT = textwrap.dedent("""
+    import os, sys, time
+    print(os.stat(sys.argv[1]).st_size, flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.001)
+    print(os.stat(sys.argv[1]).st_size, flush=True)
+""")
+
+
 def test_mistake_corrupts_reads_within_its_bounds_and_never_the_file(target: Target) -> None:
     original = "A" * 4096
     (target.host / "data.bin").write_text(original)

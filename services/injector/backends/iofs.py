@@ -135,17 +135,18 @@ def mount_ids(pid: int, path: str) -> list[int]:
 
 def fdswitch(pid: int, path: str, from_mounts: list[int] | None = None) -> int:
     """Move the files that process `pid` and its descendants have open under `path` onto what is
-    mounted there now (native/fdswitch, one run for the whole tree; a process with nothing to move
-    is never stopped); with `from_mounts`, their files open on those mounts (also ones already
-    detached). How many moved; a target that is gone moved none.
+    mounted there now (native/fdswitch, one run for the whole tree, and none when a look at the
+    tree's open files finds nothing to move; a process with nothing to move is never stopped);
+    with `from_mounts`, their files open on those mounts (also ones already detached). How many
+    moved; a target that is gone moved none.
 
     Raises:
         IofsError: a file could not be moved (the reasons from fdswitch; the others were moved).
     """
+    if from_mounts == [] or not _tree_has_files(pid, path, from_mounts):
+        return 0  # nothing to move: no helper started, no process stopped
     argv = [helper("fdswitch"), str(pid), path]
     if from_mounts is not None:
-        if not from_mounts:
-            return 0
         argv += ["--from-mnt", ",".join(str(m) for m in from_mounts)]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=UMOUNT_TIMEOUT_S, check=False)
@@ -156,6 +157,49 @@ def fdswitch(pid: int, path: str, from_mounts: list[int] | None = None) -> int:
     if proc.returncode != 0:
         raise IofsError(proc.stderr.strip() or f"fdswitch exited with status {proc.returncode}")
     return int(proc.stdout.strip() or 0)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, as /proc/P/task/T/children lists them (gone ones left out)."""
+    out, i = [pid], 0
+    while i < len(out):
+        try:
+            tids = os.listdir(f"/proc/{out[i]}/task")
+        except OSError:
+            tids = []
+        for tid in tids:
+            try:
+                with open(f"/proc/{out[i]}/task/{tid}/children") as f:
+                    out += [int(c) for c in f.read().split() if int(c) not in out]
+            except OSError:
+                continue
+        i += 1
+    return out
+
+
+def _tree_has_files(pid: int, path: str, mounts: list[int] | None) -> bool:
+    """Whether a process of the tree may have a file for fdswitch: one open under `path`, or with
+    `mounts`, one open on them (a file of a detached mount shows a path relative to its root)."""
+    under = path.rstrip("/") + "/"
+    wanted = {f"mnt_id:\t{m}\n" for m in mounts or []}
+    for p in process_tree(pid):
+        try:
+            names = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                target = os.readlink(f"/proc/{p}/fd/{name}")
+                if mounts is None:
+                    if target == path or target.startswith(under):
+                        return True
+                elif target.startswith("/"):
+                    with open(f"/proc/{p}/fdinfo/{name}") as f:
+                        if any(w in f.read() for w in wanted):
+                            return True
+            except OSError:
+                continue
+    return False
 
 
 def mounts_at(pid: int, path: str) -> int:
