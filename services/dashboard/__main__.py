@@ -13,12 +13,14 @@ from aiohttp import web
 from chaosbus.common import bus as busmod
 from chaosbus.common import config, natsauth, settings, signing, webtokens
 from chaosbus.common import logging as cblog
+from chaosbus.common import metrics as cbmetrics
 from chaosbus.dashboard import writes
 from chaosbus.dashboard.app import Dashboard, make_app
 from chaosbus.dashboard.world import World, follow
 
 log = cblog.get("dashboard")
 DEFAULT_PORT = 2333  # Chaos Mesh's dashboard port
+METRICS_PORT = 9107
 RETRY_S = 1.0
 IN_CLUSTER_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
@@ -55,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kube-ca", default=None, help="cluster mode: the API server's CA file (default: in-cluster)")
     p.add_argument("--url-file", default=None, help="write the dashboard's URL here once it serves (for scripts)")
+    p.add_argument(
+        "--metrics-port", type=int, default=METRICS_PORT, help=f"port of /metrics (default {METRICS_PORT}; 0: any)"
+    )
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address of /metrics (not the page's port: no login)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -131,6 +137,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     if not args.read_only:
         d.writer = kube or writes.TriggerWriter(lambda: d.bus)
+    metrics_port = cbmetrics.serve(d.metrics.registry, args.metrics_port, args.metrics_addr)
     runner = web.AppRunner(make_app(d), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.listen, args.port)
@@ -141,6 +148,7 @@ async def run(args: argparse.Namespace) -> None:
         break
     host = f"[{args.listen}]" if ":" in args.listen else args.listen
     where = f"http://{host}:{port}/"
+    log.info("dashboard serving", url=where, metrics_port=metrics_port)
     if args.url_file:
         await asyncio.to_thread(Path(args.url_file).write_text, where + "\n")
     print(

@@ -23,6 +23,7 @@ from chaosbus.common import halt, signing
 from chaosbus.common import logging as cblog
 from chaosbus.common.webtokens import ADMIN
 from chaosbus.dashboard import auth, html, views, writes
+from chaosbus.dashboard.metrics import DashboardMetrics
 from chaosbus.dashboard.world import World
 
 log = cblog.get("dashboard")
@@ -55,6 +56,7 @@ class Dashboard:
     kube: writes.KubeWriter | None = None  # cluster mode: Events through the API with the person's token
     sessions: auth.Sessions = field(default_factory=auth.Sessions)
     secure_cookie: bool = False
+    metrics: DashboardMetrics = field(default_factory=DashboardMetrics)
 
     # --- who is asking ---------------------------------------------------------------------------
 
@@ -84,6 +86,22 @@ class Dashboard:
         )
 
     # --- middleware ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request counted by its route's pattern and the status it got."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            self.metrics.requests.labels(route, request.method, str(status)).inc()
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -117,8 +135,10 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
         if not auth.same_origin(request.headers.get("Origin"), request.host, request.scheme):
+            self.metrics.logins.labels("refused").inc()
             raise web.HTTPForbidden(text="cross-site login refused")
         role = auth.role_of(str(form.get("token") or ""), self.tokens)
+        self.metrics.logins.labels(role or "refused").inc()
         if role is None:
             await asyncio.sleep(0.5)  # a wrong guess costs time
             return web.Response(
@@ -222,6 +242,7 @@ class Dashboard:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **SECURITY_HEADERS})
         await response.prepare(request)
         seen = -1
+        self.metrics.live.inc()
         try:
             while True:
                 version = await self.world.wait_change(seen, LIVE_KEEPALIVE_S)
@@ -237,24 +258,32 @@ class Dashboard:
                 await response.write(f"event: changed\ndata: {payload}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        finally:
+            self.metrics.live.dec()
         return response
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def _writer(self, request: web.Request) -> tuple[writes.Writer, auth.Session]:
+    def _writer(self, request: web.Request, action: str) -> tuple[writes.Writer, auth.Session]:
         s: auth.Session = request[SESSION]
         if self.writer is None or not s.admin:
+            self.metrics.writes.labels(action, "refused").inc()
             raise web.HTTPForbidden(text="read-only: log in with the admin token to change anything")
         return self.writer, s
 
+    def _wrote(self, action: str, done: bool) -> None:
+        self.metrics.writes.labels(action, "done" if done else "refused").inc()
+
     async def create(self, request: web.Request) -> web.Response:
-        writer, s = self._writer(request)
+        writer, s = self._writer(request, "create")
         text = str(request[FORM].get("yaml") or "")
         try:
             done = await writer.create(writes.admitted(text), s.kube_token)
         except writes.WriteError as e:
+            self._wrote("create", False)
             body = html.new_form(self.viewer(s), text, views.located(text, e.errors))
             return self._render(request, "New", "/new", body, live=False, status=422)
+        self._wrote("create", True)
         raise web.HTTPSeeOther("/?msg=" + quote("; ".join(done)))
 
     async def pause(self, request: web.Request) -> web.Response:
@@ -264,7 +293,8 @@ class Dashboard:
         return await self._set_paused(request, False)
 
     async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
-        writer, s = self._writer(request)
+        action = "pause" if paused else "resume"
+        writer, s = self._writer(request, action)
         kind, ns, name = request.match_info["kind"], request.match_info["ns"], request.match_info["name"]
         obj = self.world.find(kind, ns, name)
         if obj is None:
@@ -272,23 +302,29 @@ class Dashboard:
         back = html.experiment_href(kind, ns, name)
         try:
             msg = await writer.set_paused(obj, paused, s.kube_token)
+            self._wrote(action, True)
         except writes.WriteError as e:
+            self._wrote(action, False)
             msg = f"refused: {e}"
         raise web.HTTPSeeOther(f"{back}?msg={quote(msg)}")
 
     async def delete(self, request: web.Request) -> web.Response:
-        writer, s = self._writer(request)
+        writer, s = self._writer(request, "delete")
         kind, ns, name = request.match_info["kind"], request.match_info["ns"], request.match_info["name"]
         try:
             msg = await writer.delete(kind, ns, name, s.kube_token)
+            self._wrote("delete", True)
         except writes.WriteError as e:
+            self._wrote("delete", False)
             msg = f"refused: {e}"
         raise web.HTTPSeeOther("/?msg=" + quote(msg))
 
     async def kill_switch(self, request: web.Request) -> web.Response:
         s: auth.Session = request[SESSION]
         engage = request.match_info["op"] == "halt"
+        action = "halt" if engage else "release"
         if not s.admin or self.bus is None or (self.operator is None and not self.unsigned):
+            self._wrote(action, False)
             raise web.HTTPForbidden(text="the kill switch needs the admin token and the operator key")
         reason = str(request[FORM].get("reason") or "")[:200] if engage else "resumed"
         state = await halt.set_halt(
@@ -299,6 +335,7 @@ class Dashboard:
             by=f"dashboard ({request.remote or '?'})",
         )
         await self.world.set_halt(state)
+        self._wrote(action, True)
         log.warning("kill switch from the dashboard", halted=engage, reason=reason, remote=request.remote)
         where = request.headers.get("Referer", "/")
         target = where if where.startswith(f"{request.scheme}://{request.host}/") else "/"
@@ -306,7 +343,7 @@ class Dashboard:
 
 
 def make_app(d: Dashboard) -> web.Application:
-    app = web.Application(middlewares=[d.guard], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[d.count, d.guard], client_max_size=MAX_BODY)
     app.router.add_get("/login", d.login_page)
     app.router.add_post("/login", d.login)
     app.router.add_post("/logout", d.logout)

@@ -87,3 +87,13 @@ def test_the_service_reaches_its_port_and_it_is_hardened() -> None:
 def test_its_nats_permissions_are_read_mostly() -> None:
     p = natsauth.permissions("dashboard")
     assert not [s for s in p.publish if s.startswith(("chaos.obj", "chaos.cmd", "$KV.objects", "$KV.targets"))]
+
+
+def test_it_is_annotated_for_scraping_on_the_metrics_port_it_serves() -> None:
+    args = entry.parser().parse_args(args_of())
+    annotations = workloads()[NAME]["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/path"]) == ("true", "/metrics")
+    assert annotations["prometheus.io/port"] == str(args.metrics_port) == str(entry.METRICS_PORT)
+    assert args.metrics_addr == "0.0.0.0"
+    assert {"name": "metrics", "containerPort": args.metrics_port} in container(NAME)["ports"]
+    assert args.metrics_port not in [p["port"] for p in named("Service", NAME)["spec"]["ports"]]

@@ -83,7 +83,7 @@ def _missing() -> str | None:
 def dashboard(system: System, tmp_path: Path) -> Iterator[tuple[str, str]]:
     url_file = tmp_path / "dashboard.url"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chaosbus.dashboard", "--port", "0", "--url-file", str(url_file)],
+        [sys.executable, "-m", "chaosbus.dashboard", "--port", "0", "--metrics-port", "0", "--url-file", str(url_file)],
         env=system.env,
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "dashboard.log", "wb"),

@@ -1,11 +1,18 @@
-"""A real Prometheus scrapes a live local system: with the configuration `chaosbus
-prometheus-config` recommends (docs/observability.md) and with the pod annotations of deploy/k8s
-translated to a static configuration, every service's job is up and its chaosbus_* series arrive;
-Chaos Mesh's metric names come through beside ours during a live experiment.
+"""A real Prometheus scrapes a live local system and a `chaosbus dashboard`: with the configuration
+`chaosbus prometheus-config` recommends (docs/observability.md, plus the dashboard's job) and with
+the pod annotations of deploy/k8s translated to a static configuration, every service's job is up
+and its chaosbus_* series arrive; Chaos Mesh's metric names come through beside ours during a live
+experiment, and the dashboard's refused logins reach Prometheus.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from helpers.live import System, eventually, wait_blocked
 
 from chaosbus.cli import promconfig
 from chaosbus.cli.up import METRICS_PORTS, SERVICES
+from chaosbus.dashboard.__main__ import METRICS_PORT as DASHBOARD_METRICS_PORT
 
 pytestmark = pytest.mark.privileged
 
@@ -29,7 +37,9 @@ WORKLOADS = {
     "recorder.yaml": "recorder",
     "injector.yaml": "injector",
     "cluster-injector.yaml": "injector",
+    "dashboard.yaml": "dashboard",
 }
+DEFAULT_PORTS = {**METRICS_PORTS, "dashboard": DASHBOARD_METRICS_PORT}
 
 
 def live_ports(system: System) -> dict[str, int]:
@@ -51,7 +61,7 @@ def annotation_jobs(ports: dict[str, int]) -> list[dict[str, Any]]:
             ann = tmpl.get("annotations") or {}
             assert ann.get("prometheus.io/scrape") == "true", (file, ann)
             # The annotation must name the port the service serves by default (its --metrics-port).
-            assert int(ann["prometheus.io/port"]) == METRICS_PORTS[service], (file, ann)
+            assert int(ann["prometheus.io/port"]) == DEFAULT_PORTS[service], (file, ann)
             jobs.append(
                 {
                     "job_name": f"k8s-{doc['metadata']['name']}",
@@ -59,16 +69,65 @@ def annotation_jobs(ports: dict[str, int]) -> list[dict[str, Any]]:
                     "static_configs": [{"targets": [f"127.0.0.1:{ports[service]}"], "labels": {"service": service}}],
                 }
             )
-    assert {j["static_configs"][0]["labels"]["service"] for j in jobs} == set(SERVICES), jobs
+    assert {j["static_configs"][0]["labels"]["service"] for j in jobs} == {*SERVICES, "dashboard"}, jobs
     return jobs
 
 
 @pytest.fixture(scope="module")
-def prometheus(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[prom.Prometheus]:
+def dashboard(system: System, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A dashboard on free ports: its URL and its /metrics port (from its start-up log line)."""
+    tmp = tmp_path_factory.mktemp("dashboard")
+    url_file, log = tmp / "url", tmp / "dashboard.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "chaosbus.dashboard",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--url-file",
+        str(url_file),
+    ]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, env=system.env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        eventually(lambda: url_file.exists() and url_file.read_text().strip(), timeout=60)
+        yield url_file.read_text().strip().rstrip("/"), _logged_metrics_port(log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _logged_metrics_port(log: Path) -> int:
+    for line in log.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("metrics_port"):
+            return int(rec["metrics_port"])
+    raise AssertionError(f"no metrics_port in {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    system: System, dashboard: tuple[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[prom.Prometheus]:
     if prom.unavailable():
         pytest.skip(prom.unavailable() or "")
-    ports = live_ports(system)
-    config = promconfig.scrape_config(ports, interval="1s")
+    ports = {**live_ports(system), "dashboard": dashboard[1]}
+    config = promconfig.scrape_config({s: ports[s] for s in SERVICES}, interval="1s")
+    config["scrape_configs"].append(  # the job docs/observability.md recommends beside prometheus-config's
+        {
+            "job_name": "chaosbus-dashboard",
+            "static_configs": [{"targets": [f"127.0.0.1:{ports['dashboard']}"], "labels": {"service": "dashboard"}}],
+        }
+    )
     config["scrape_configs"] += annotation_jobs(ports)
     with prom.running(config, tmp_path_factory.mktemp("prometheus")) as p:
         yield p
@@ -101,7 +160,7 @@ def test_every_service_is_scraped_with_its_series(system: System, prometheus: pr
     system.cli("apply", "-f", "-", stdin=partition("prom-series"))
     try:
         wait_blocked(system, {(2, 3)})
-        jobs = [f"chaosbus-{s}" for s in SERVICES] + [
+        jobs = [f"chaosbus-{s}" for s in (*SERVICES, "dashboard")] + [
             f"k8s-{d['metadata']['name']}"
             for f in WORKLOADS
             for d in yaml.safe_load_all((DEPLOY / f).read_text())
@@ -184,3 +243,26 @@ def test_packets_dropped_by_a_partition_rise_in_prometheus(system: System, prome
         system.cli("delete", "networkchaos", "prom-drops", "-n", ns)
         wait_blocked(system, set())
     eventually(lambda: not prometheus.query(expr), timeout=20, interval=0.5)
+
+
+def test_the_dashboards_refused_logins_reach_prometheus(
+    dashboard: tuple[str, int], prometheus: prom.Prometheus
+) -> None:
+    url, _ = dashboard
+    expr = 'chaosbus_dashboard_logins_total{job="chaosbus-dashboard",outcome="refused"}'
+
+    def refused() -> float:
+        return sum(float(r["value"][1]) for r in prometheus.query(expr))
+
+    eventually(lambda: prometheus.query(expr), timeout=60, interval=0.5)  # the series, at 0 from the start
+    before = refused()
+    data = urllib.parse.urlencode({"token": "a guess"}).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(url + "/login", data=data), timeout=60)
+        raise AssertionError("a wrong token logged in")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401
+    eventually(lambda: refused() == before + 1, timeout=60, interval=0.5)
+    route = 'chaosbus_dashboard_requests_total{job="chaosbus-dashboard",route="/login",method="POST",status="401"}'
+    # Counted once the response is made, half a second after the login (a wrong token costs time).
+    eventually(lambda: prometheus.query(route), timeout=60, interval=0.5)

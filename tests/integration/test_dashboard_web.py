@@ -1,6 +1,7 @@
 """The dashboard's web edge over a real nats-server, without a browser: what it shows arrives through
 `chaos.obj.>`, every page needs a session, writes need the admin role, the session's CSRF token and
-this server's Origin, the kill switch also the operator key, and a change is pushed on /live.
+this server's Origin, the kill switch also the operator key, and a change is pushed on /live. Its
+/metrics count requests by route pattern, live connections, logins and writes by action.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import aiohttp
 import msgspec
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
+from chaosbus.common import metrics as cbmetrics
 from chaosbus.common import subjects
 from chaosbus.dashboard import writes
-from chaosbus.dashboard.app import Dashboard, make_app
+from chaosbus.dashboard.app import LIVE_KEEPALIVE_S, Dashboard, make_app
 from chaosbus.dashboard.world import World, follow
 
 pytestmark = pytest.mark.integration
@@ -67,6 +70,7 @@ async def publish(bus: busmod.Bus, obj: dict[str, Any], kind: str = "ADDED") -> 
 class Site:
     url: str
     world: World
+    dashboard: Dashboard
 
 
 @pytest.fixture
@@ -81,7 +85,7 @@ async def site(bus: busmod.Bus) -> AsyncIterator[Site]:
     await server.start()
     port = int(runner.addresses[0][1])
     try:
-        yield Site(f"http://127.0.0.1:{port}", world)
+        yield Site(f"http://127.0.0.1:{port}", world, d)
     finally:
         feeding.cancel()
         with contextlib.suppress(BaseException):
@@ -171,3 +175,52 @@ async def test_a_change_is_pushed_on_the_live_stream(site: Site, bus: busmod.Bus
                 return any(row["phase"] == "Running" and row["injected"] == 2 for row in seen)
 
             await until(running, within_s=15)
+
+
+async def test_metrics_count_requests_by_route_live_connections_logins_and_writes(site: Site, bus: busmod.Bus) -> None:
+    port = cbmetrics.serve(site.dashboard.metrics.registry, 0)
+
+    async def scrape(name: str, **labels: str) -> float | None:
+        async with aiohttp.ClientSession() as c, c.get(f"http://127.0.0.1:{port}/metrics") as r:
+            text = await r.text()
+        values = [
+            x.value
+            for f in text_string_to_metric_families(text)
+            for x in f.samples
+            if x.name == name and labels.items() <= x.labels.items()
+        ]
+        return values[0] if values else None
+
+    await publish(bus, experiment("Running", 2))
+    await until(lambda: asyncio.sleep(0, site.world.find("NetworkChaos", "default", "cut<1>") is not None))
+    async with session() as viewer:
+        async with viewer.post(site.url + "/login", data={"token": "guess"}, allow_redirects=False) as r:
+            assert r.status == 401
+        csrf = await login(viewer, site.url, "viewer")
+        async with viewer.get(site.url + "/experiments/NetworkChaos/default/cut%3C1%3E") as r:
+            assert r.status == 200
+        async with viewer.post(
+            site.url + "/experiments/NetworkChaos/default/cut%3C1%3E/delete", data={"csrf": csrf}
+        ) as r:
+            assert r.status == 403
+        async with viewer.get(site.url + "/no-such-page") as r:
+            assert r.status == 404
+        async with viewer.get(site.url + "/live", timeout=aiohttp.ClientTimeout(total=20)) as r:
+            await r.content.readline()
+            assert await scrape("chaosbus_dashboard_live_connections") == 1.0
+    # A closed stream is noticed at its next write: the keep-alive, at most LIVE_KEEPALIVE_S later.
+    await until(lambda: _is(scrape("chaosbus_dashboard_live_connections"), 0.0), within_s=LIVE_KEEPALIVE_S + 15)
+    assert await scrape("chaosbus_dashboard_logins_total", outcome="refused") == 1.0
+    assert await scrape("chaosbus_dashboard_logins_total", outcome="viewer") == 1.0
+    assert await scrape("chaosbus_dashboard_logins_total", outcome="admin") == 0.0
+    route = "/experiments/{kind}/{ns}/{name}"
+    assert await scrape("chaosbus_dashboard_requests_total", route=route, method="GET", status="200") == 1.0
+    assert await scrape("chaosbus_dashboard_requests_total", route="/login", method="POST", status="401") == 1.0
+    assert await scrape("chaosbus_dashboard_requests_total", route="unmatched", status="404") == 1.0
+    assert await scrape("chaosbus_dashboard_requests_total", route=route + "/delete", status="403") == 1.0
+    assert await scrape("chaosbus_dashboard_writes_total", action="delete", outcome="refused") == 1.0
+    assert await scrape("chaosbus_dashboard_writes_total", action="delete", outcome="done") == 0.0
+
+
+async def _is(value: Any, expected: float) -> bool:
+    return bool(await value == expected)
