@@ -6,12 +6,17 @@ well under a millisecond. Each context belongs to one netns (keyed by its (devic
 identity), is created by a visitor thread that entered the netns (`netns.visit_netns`), and is
 used under its own lock from any thread afterwards.
 
-A context's socket keeps its netns alive, so a context lives only while one of our tables exists
-in that netns: the last `delete` frees it, as does noticing that the netns path is gone. Two
-limits of libnftables 1.0.6 shape the cache: it `select()`s on its socket and aborts the process
-on a descriptor >= 1024, so no context is created while the process holds many descriptors
-(`Unavailable`: the caller spawns `nft` instead); and a context costs about 0.9 MB, so at most
-`MAX_CONTEXTS` are kept, least recently used freed first.
+Making a context costs more than the transaction it is made for (a thread entering the netns,
+`nft_ctx_new`, a first command to open its socket: 0.4 ms idle, 2-3 ms on a loaded node, against
+0.1-0.3 ms for the transaction), so a context outlives our last table in its netns by
+`IDLE_KEEP_S`: a fault applied again soon (the next run of a schedule, a paused experiment
+resumed, a recover followed by a new experiment on the same pod) finds it ready. A context's
+socket keeps its netns alive, so a reaper thread frees, every `REAP_EVERY_S`, the contexts whose
+netns path is gone (a deleted pod's netns is let go within that) and those idle for longer than
+`IDLE_KEEP_S`. Two limits of libnftables 1.0.6 shape the cache: it `select()`s on its socket and
+aborts the process on a descriptor >= 1024, so no context is created while the process holds
+many descriptors (`Unavailable`: the caller spawns `nft` instead); and a context costs about
+0.9 MB, so at most `MAX_CONTEXTS` are kept, least recently used freed first.
 
 Freeing a context is slow and never on the caller's path: closing its netlink socket after a
 transaction waits 8-30 ms in the kernel (measured), so a recover that freed the netns's context
@@ -39,7 +44,8 @@ LIBRARY = "libnftables.so.1"
 MAX_CONTEXTS = 128  # a node's pods (kubelet default max 110) each keep theirs; ~0.9 MB each
 FREE_THREADS = 4  # the kernel's waits on close overlap; they cost no CPU
 FD_HEADROOM = 900  # below select()'s FD_SETSIZE (1024), with room for descriptors opened meanwhile
-GONE_CHECK_S = 1.0
+IDLE_KEEP_S = 10.0  # a context with none of our tables left is kept this long after its last use
+REAP_EVERY_S = 0.5  # how often the reaper looks for gone netns and idle contexts
 FD_RECOUNT_S = 0.5
 FD_SLACK = 50  # recount whenever the estimate comes this close (twice over) to the headroom
 
@@ -64,6 +70,7 @@ class _Context:
     lock: threading.Lock = field(default_factory=threading.Lock)
     tables: set[str] = field(default_factory=set)
     freed: bool = False
+    last_used: float = field(default_factory=time.monotonic)
 
 
 def load_library(name: str = LIBRARY) -> ctypes.CDLL:
@@ -122,14 +129,18 @@ def open_descriptors() -> int:
 class NftContexts:
     """libnftables contexts by netns identity; thread-safe."""
 
-    def __init__(self, library: str = LIBRARY, max_contexts: int = MAX_CONTEXTS) -> None:
+    def __init__(
+        self, library: str = LIBRARY, max_contexts: int = MAX_CONTEXTS, *, idle_keep_s: float = IDLE_KEEP_S
+    ) -> None:
         self.lib = load_library(library)
-        self.max_contexts = max_contexts
+        self.max_contexts, self.idle_keep_s = max_contexts, idle_keep_s
         self._lock = threading.Lock()
         self._contexts: OrderedDict[tuple[int, int], _Context] = OrderedDict()
-        self._gone_checked = 0.0
         self._closer = _closer()
         self._fd_estimate, self._fd_counted_at = 0, -FD_RECOUNT_S
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_forever, name="nft-reaper", daemon=True)
+        self._reaper.start()
 
     def __len__(self) -> int:
         return len(self._contexts)
@@ -143,11 +154,10 @@ class NftContexts:
         self._run(path, table, definition, keep=True)
 
     def delete(self, path: str, table: str) -> None:
-        """Delete `table` (absent is fine) with one raw nfnetlink batch; the netns's context goes
-        with our last table. Without a context (evicted, or made by an earlier injector) a bare
-        socket is opened in the netns for it: far cheaper than a context.
+        """Delete `table` (absent is fine) with one raw nfnetlink batch; the netns's context stays
+        for `IDLE_KEEP_S` after our last table. Without a context (evicted, or made by an earlier
+        injector) a bare socket is opened in the netns for it: far cheaper than a context.
         """
-        self.forget_gone()
         key = netns_key(path)
         with self._lock:
             ctx = self._contexts.get(key)
@@ -164,8 +174,7 @@ class NftContexts:
             assert ctx.raw is not None
             _raw_delete(ctx.raw, table)
             ctx.tables.discard(table)
-        if not ctx.tables:
-            self._free(key, ctx)
+            ctx.last_used = time.monotonic()
         return None
 
     def list_table(self, path: str, table: str) -> str:
@@ -174,7 +183,6 @@ class NftContexts:
         Raises:
             TransactionFailed: no such table (or nft refused the listing).
         """
-        self.forget_gone()
         key = netns_key(path)
         ctx = self._get(key, path)
         with ctx.lock:
@@ -183,14 +191,11 @@ class NftContexts:
             rc = self.lib.nft_run_cmd_from_buffer(ctx.handle, f"list table inet {table}".encode())
             out = (self.lib.nft_ctx_get_output_buffer(ctx.handle) or b"").decode(errors="replace")
             error = "" if rc == 0 else (self.lib.nft_ctx_get_error_buffer(ctx.handle) or b"").decode(errors="replace")
-        if not ctx.tables:  # a context made only for this read goes again, as after a delete
-            self._free(key, ctx)
         if rc != 0:
             raise TransactionFailed(error.strip() or f"nft list failed ({rc})")
         return out
 
     def _run(self, path: str, table: str, script: str, *, keep: bool) -> None:
-        self.forget_gone()
         key = netns_key(path)
         ctx = self._get(key, path)
         with ctx.lock:
@@ -207,8 +212,7 @@ class NftContexts:
                 ctx.tables.add(table)
             else:
                 ctx.tables.discard(table)
-        if not ctx.tables:
-            self._free(key, ctx)
+            ctx.last_used = time.monotonic()
         return None
 
     def _get(self, key: tuple[int, int], path: str) -> _Context:
@@ -216,6 +220,7 @@ class NftContexts:
             ctx = self._contexts.get(key)
             if ctx is not None:
                 self._contexts.move_to_end(key)
+                ctx.last_used = time.monotonic()  # not reaped as idle while in use
                 return ctx
         if self._descriptors() >= FD_HEADROOM:
             raise Unavailable("too many open descriptors for libnftables' select()")
@@ -266,11 +271,15 @@ class NftContexts:
 
     def _release(self, ctx: _Context) -> None:
         with ctx.lock:
-            if not ctx.freed:
-                ctx.freed = True
-                self._later(self.lib.nft_ctx_free, ctx.handle)
-                if ctx.raw is not None:
-                    self._close_later(ctx.raw)
+            self._release_held(ctx)
+
+    def _release_held(self, ctx: _Context) -> None:
+        """Mark `ctx` freed and queue its close; the caller holds `ctx.lock`."""
+        if not ctx.freed:
+            ctx.freed = True
+            self._later(self.lib.nft_ctx_free, ctx.handle)
+            if ctx.raw is not None:
+                self._close_later(ctx.raw)
 
     def _close_later(self, sock: socket.socket) -> None:
         self._later(sock.close)
@@ -282,14 +291,10 @@ class NftContexts:
         """Wait until every released context is closed (its socket, and the netns it held, let go)."""
         self._closer.wait()
 
-    def forget_gone(self, *, force: bool = False) -> int:
-        """Free the contexts whose netns path is gone or now names another netns (at most once a
-        second unless forced). Returns how many were freed.
+    def forget_gone(self) -> int:
+        """Free the contexts whose netns path is gone or now names another netns. Returns how many
+        were freed.
         """
-        now = time.monotonic()
-        if not force and now - self._gone_checked < GONE_CHECK_S:
-            return 0
-        self._gone_checked = now
         with self._lock:
             entries = list(self._contexts.items())
         gone = []
@@ -304,7 +309,35 @@ class NftContexts:
             self._free(key, ctx)
         return len(gone)
 
+    def forget_idle(self, now: float | None = None) -> int:
+        """Free the contexts holding none of our tables and unused for `idle_keep_s`. Returns how
+        many were freed.
+        """
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            entries = list(self._contexts.items())
+        freed = 0
+        for key, ctx in entries:
+            with ctx.lock:  # decided under the context's lock: a transaction may be picking it up
+                if ctx.freed or ctx.tables or now - ctx.last_used < self.idle_keep_s:
+                    continue
+                with self._lock:
+                    if self._contexts.get(key) is ctx:
+                        del self._contexts[key]
+                self._release_held(ctx)
+                freed += 1
+        return freed
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(REAP_EVERY_S):
+            try:
+                self.forget_gone()
+                self.forget_idle()
+            except Exception:  # the reaper must outlive a failed stat or close
+                pass
+
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             entries = list(self._contexts.values())
             self._contexts.clear()
