@@ -25,7 +25,7 @@ from chaosbus.injector import authorize, core, drops, faults, flags, loops, read
 from chaosbus.injector import executor as ex
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
-from chaosbus.injector.journal import Journal, OutboxRow
+from chaosbus.injector.journal import Journal, OutboxRow, SignedMark
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
 from chaosbus.injector.sweeper import Sweeper
@@ -239,22 +239,24 @@ class Edge:
     async def _consume(self, bus: busmod.Bus) -> None:
         async def handle(cmd: m.NodeCommand) -> None:
             ticket = self._tickets.pop(cmd.command_id, None)
+            mark = None if ticket is None else SignedMark(ticket.kid, ticket.seq, ticket.exp)
             try:
-                await run(cmd, ticket)
+                journaled = await run(cmd, ticket, mark)
             except BaseException:
                 self.gate.failed(ticket)
                 raise
-            if ticket is not None:
-                await self.node.run_in_thread(self.node.journal.remember_signed, ticket.kid, ticket.seq, ticket.exp)
+            if mark is not None and not journaled:  # dropped, or a duplicate: no result commit carried it
+                await self.node.run_in_thread(self.node.journal.remember_signed, mark)
 
-        async def run(cmd: m.NodeCommand, ticket: Ticket | None) -> None:
+        async def run(cmd: m.NodeCommand, ticket: Ticket | None, mark: SignedMark | None) -> bool:
+            """Whether the command's results (and `mark` with them) were journaled."""
             with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
                 try:
                     cmd = commands.expand(cmd)
                 except commands.UnknownPeerSet as e:  # never from the scheduler: dropped, not guessed
                     log.error("command dropped", command=cmd.command_id, error=str(e))
-                    return
-                batch = await self.node.on_command(cmd)
+                    return False
+                batch = await self.node.on_command(cmd, mark)
                 if batch is None and ticket is not None:  # the journal knows it: executed before
                     self.gate.refuse(
                         "command",
@@ -280,6 +282,7 @@ class Edge:
                             )
                         else:
                             log.warning(f"{r.op} failed", target=r.target_id, error=r.message)
+                return batch is not None
 
         while True:
             try:

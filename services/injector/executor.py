@@ -36,6 +36,7 @@ from chaosbus.injector.journal import (
     NetnsRef,
     ProcRef,
     Report,
+    SignedMark,
     entry_key,
 )
 
@@ -79,7 +80,11 @@ class Executor:
     def begin(self, cmd: m.NodeCommand, halt: m.HaltState) -> list[Plan]:
         now = self.clock()
         plans = [self._plan(cmd, a, halt, now) for a in cmd.actions]
-        self.journal.write_intents([p.intent for p in plans if p.intent is not None], now)
+        intents = [p.intent for p in plans if p.intent is not None]
+        # An intent needs its own fsync only if its effect could outlive a crash of this machine:
+        # the closing commit (`finish`) is fsynced and covers it.
+        durable = not all(faults.ends_with_machine(e.fault, self.registry) for e in intents)
+        self.journal.write_intents(intents, now, durable=durable)
         return plans
 
     def _plan(self, cmd: m.NodeCommand, action: m.TargetAction, halt: m.HaltState, now: float) -> Plan:
@@ -155,6 +160,10 @@ class Executor:
         except runtime.UnsupportedRuntime as e:
             return replace(plan, result=core.result(plan.action, False, str(e), retryable=e.retryable))
 
+    def applies_lasting(self, cmd: m.NodeCommand) -> bool:
+        """Whether the command applies a fault that stays until recovered (the lease watches it)."""
+        return any(a.op == "apply" and core.lasting(faults.spec_tag(a.fault), self.registry) for a in cmd.actions)
+
     def batched(self, plan: Plan) -> bool:
         """A plan whose effect is a quick kernel transaction (see `faults.batched`)."""
         return plan.result is None and faults.batched(faults.spec_tag(plan.action.fault), self.registry)
@@ -183,11 +192,16 @@ class Executor:
                 return Outcome(core.result(plan.action, False, msg, retryable=res.retryable), cleanup_pending=True)
         return Outcome(res)
 
-    def finish(self, cmd: m.NodeCommand, plans: list[Plan], outcomes: list[Outcome]) -> m.ResultBatch:
+    def finish(
+        self, cmd: m.NodeCommand, plans: list[Plan], outcomes: list[Outcome], signed: SignedMark | None = None
+    ) -> m.ResultBatch:
+        """One transaction: the new states, the result batch into the outbox, the command id as
+        handled and, for a signed command, its signature's mark (no replay after a restart).
+        """
         changes = [c for p, o in zip(plans, outcomes, strict=True) if (c := _change(p, o)) is not None]
         out = core.batch(cmd, [o.result for o in outcomes], self.node)
         report = Report(subjects.result_subject(self.node, cmd.experiment_uid), cmd.command_id, busmod.encode(out))
-        self.journal.commit(changes, reports=[report], command_id=cmd.command_id, now=self.clock())
+        self.journal.commit(changes, reports=[report], command_id=cmd.command_id, signed=signed, now=self.clock())
         return out
 
     # --- recoveries the node decides on its own ---------------------------------------------------

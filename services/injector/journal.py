@@ -3,7 +3,12 @@ touches them, so a restarted injector knows what to recover or re-assert.
 
 SQLite from the standard library, WAL mode, `synchronous=FULL` by default (every commit is fsynced:
 a machine crash loses nothing committed); `normal` trades the last commits on power loss for
-speed. One process owns a journal at a time (an exclusive `flock` on `<path>.lock`).
+speed. One exception to the fsync: intents whose faults end with the machine (their effect lives
+only in this machine's kernel or processes, e.g. a partition's nft table) are written without one
+(`write_intents(durable=False)`). A killed injector still finds them (the write is in the OS's
+cache), a power loss takes the effect with the intent, and the command's closing commit, which
+is fsynced, makes them durable with it. One process owns a journal at a time (an exclusive `flock`
+on `<path>.lock`).
 
 Tables:
   entries   one row per (experiment uid, selector key, target id): the intent, the target's
@@ -146,6 +151,17 @@ class Report:
 
 
 @dataclass(frozen=True)
+class SignedMark:
+    """A signed command executed here: its signer's key id, sequence and expiry (a restarted
+    injector refuses a replay of it until it expires).
+    """
+
+    kid: str
+    seq: int
+    exp: float
+
+
+@dataclass(frozen=True)
 class OutboxRow:
     seq: int
     subject: str
@@ -168,6 +184,7 @@ class Journal:
         self._lockfile = _take_ownership(path)
         _private(path)
         self._lock = threading.Lock()
+        self.sync = sync
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
@@ -179,15 +196,23 @@ class Journal:
         os.close(self._lockfile)
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, fsync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; `fsync=False` commits it without an fsync (WAL: written, not synced)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            relaxed = not fsync and self.sync != "normal"
+            if relaxed:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if relaxed:
+                    self._db.execute(f"PRAGMA synchronous={self.sync.upper()}")
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -207,12 +232,15 @@ class Journal:
     def entries(self) -> list[Entry]:
         return [_entry(r) for r in self._query(f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY key")]
 
-    def write_intents(self, intents: list[Entry], now: float | None = None) -> None:
-        """Record entries (state `applying`) and their netns, durably, before any effect."""
+    def write_intents(self, intents: list[Entry], now: float | None = None, *, durable: bool = True) -> None:
+        """Record entries (state `applying`) and their netns before any effect: durably, or with
+        `durable=False` safe from a killed process but not from a power loss (for effects that
+        end with the machine; the next fsynced commit makes them durable).
+        """
         if not intents:
             return
         now = time.time() if now is None else now
-        with self._tx() as db:
+        with self._tx(fsync=durable) as db:
             for e in intents:
                 db.execute(
                     f"INSERT OR REPLACE INTO entries ({_ENTRY_COLUMNS}) VALUES ({','.join('?' * 17)})", _row(e, now)
@@ -226,10 +254,11 @@ class Journal:
         *,
         reports: Sequence[Report] = (),
         command_id: str = "",
+        signed: SignedMark | None = None,
         now: float | None = None,
     ) -> None:
-        """New entry states, the messages reporting them, and (optionally) a handled command id,
-        all in ONE transaction: a crash leaves either all of it or none.
+        """New entry states, the messages reporting them, and (optionally) a handled command id and
+        its signature's mark, all in ONE transaction: a crash leaves either all of it or none.
         """
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -245,6 +274,8 @@ class Journal:
                 )
             if command_id:
                 db.execute("INSERT OR REPLACE INTO commands VALUES (?, ?)", (command_id, now))
+            if signed is not None:
+                db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (signed.kid, signed.seq, signed.exp))
 
     # --- commands, outbox -----------------------------------------------------------------------
 
@@ -301,9 +332,10 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO settings VALUES ('halt', ?)", (msgspec.json.encode(state),))
             db.execute("INSERT OR REPLACE INTO settings VALUES ('halt_seq', ?)", (str(seq).encode(),))
 
-    def remember_signed(self, kid: str, seq: int, exp: float) -> None:
+    def remember_signed(self, mark: SignedMark) -> None:
+        """A signed command's mark on its own (one that ends without a result commit)."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (kid, seq, exp))
+            db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (mark.kid, mark.seq, mark.exp))
 
     def signed(self, now: float) -> list[tuple[str, int, float]]:
         """Signed commands executed here that have not expired yet."""

@@ -8,7 +8,9 @@ block for a few milliseconds (a process spawn): the core calls them via `asyncio
 
 Besides `apply` and `recover`, a fault module declares what the injector's machinery needs to know
 about it, as optional attributes (defaults in brackets): `one_shot` (False: it leaves state that
-is journaled until recovered), `batched` (False), `original_state(experiment_uid, action, containers)`
+is journaled until recovered), `batched` (False), `ends_with_machine` (False: its effect may outlive
+this machine, an API object say; True: it lives only in this machine's kernel or processes, so
+its intent is journaled without an fsync of its own), `original_state(experiment_uid, action, containers)`
 (what recovering restores, journaled before `apply` runs and handed back to `apply` and `recover`
 as `FaultContext.original`; {}) and `orphans` (None: the marked kernel objects the
 orphan sweeper removes when no open journal entry owns them). Adding a fault: a module here ending
@@ -137,6 +139,13 @@ def batched(tag: str, registry: dict[str, Fault] | None = None) -> bool:
     return bool(getattr(fault, "batched", False))
 
 
+def ends_with_machine(tag: str, registry: dict[str, Fault] | None = None) -> bool:
+    """Whether the fault registered for `tag` declared that its effect cannot outlive a reboot of
+    this machine; an unknown fault is assumed to outlive it.
+    """
+    return getattr((REGISTRY if registry is None else registry).get(tag), "ends_with_machine", False) is True
+
+
 def one_shot(tag: str, registry: dict[str, Fault] | None = None) -> bool:
     """Whether the fault registered for `tag` changes nothing that must be recovered; an unknown
     fault is assumed to leave state behind.
@@ -200,6 +209,7 @@ __all__ = [
     "batched",
     "container_kill",
     "dns",
+    "ends_with_machine",
     "get",
     "go_sql_error",
     "hello_world",

@@ -35,6 +35,7 @@ def _node_cannot() -> str | None:
 
 class DnsFault:
     name = "dns"
+    ends_with_machine = True  # an nft table and a responder inside this injector: a reboot takes both
     orphans = nfttables.Tables(TABLE_PREFIX)
 
     def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:

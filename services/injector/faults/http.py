@@ -34,6 +34,7 @@ def _node_cannot() -> str | None:
 
 class HttpFault:
     name = "http"
+    ends_with_machine = True  # an nft table and a proxy inside this injector: a reboot takes both
     orphans = nfttables.Tables(TABLE_PREFIX)
 
     def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:

@@ -74,6 +74,7 @@ OTHER_TABLE_PREFIXES = (f"{nft.TABLE_PREFIX}dns_", f"{nft.TABLE_PREFIX}http_")
 class PartitionFault:
     name = "partition"
     batched = True  # one nft transaction (libnftables or raw nfnetlink) per target, no process
+    ends_with_machine = True  # a table in the target's netns: a reboot takes it
     orphans = nfttables.Tables(nft.TABLE_PREFIX, excluding=OTHER_TABLE_PREFIXES)
 
     def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:

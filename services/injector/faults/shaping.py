@@ -106,6 +106,7 @@ class TcObjects:
 
 class ShapingFault:
     name = "network-shaping"
+    ends_with_machine = True  # qdiscs in the target's netns: a reboot takes them
     orphans = TcObjects()
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:

@@ -4,6 +4,9 @@ per commit, one owner per file, and everything a restarted injector needs surviv
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,48 @@ def test_the_journal_and_its_wal_are_readable_by_their_owner_only(tmp_path: Path
     finally:
         j.close()
     assert modes["node.db"] == 0o600 and modes["node.db-wal"] == 0o600, modes
+
+
+KILLED_MID_COMMAND = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from unit.injector.factories import entry
+from chaosbus.injector.journal import ACTIVE, Change, Journal, Report, SignedMark
+
+j = Journal(Path({path!r}))
+j.write_intents([entry("u1|.|ns/a")], now=1.0, durable=False)  # a fault that ends with the machine
+j.write_intents([entry("u2|.|ns/b")], now=1.0, durable=False)
+j.commit(
+    [Change("u1|.|ns/a", ACTIVE)],
+    reports=[Report("chaos.result.n1.u1", "c1", b"{{}}")],
+    command_id="c1",
+    signed=SignedMark("kid-1", 7, 2e9),
+)
+os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: as kill -9 leaves it
+"""
+
+
+def test_a_killed_injector_leaves_its_unsynced_intents_and_its_signed_marks(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    tests = str(Path(__file__).resolve().parents[2])
+    code = KILLED_MID_COMMAND.format(tests=tests, path=str(path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    again = Journal(path)
+    try:
+        # the intent of a fault still being applied when the process died: the restart recovers it
+        second = again.get("u2|.|ns/b")
+        assert second is not None and second.state == jr.APPLYING
+        first = again.get("u1|.|ns/a")
+        assert first is not None and first.state == jr.ACTIVE
+        # the executed signed command: its id and its mark, so a replay is refused after the restart
+        assert again.command_seen("c1") and again.signed(now=1e9) == [("kid-1", 7, 2e9)]
+        assert [r.msg_id for r in again.outbox()] == ["c1"]
+    finally:
+        again.close()
+
+
+def test_an_unsynced_intent_leaves_the_journal_in_its_sync_mode(journal: Journal) -> None:
+    journal.write_intents([entry()], durable=False)
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for what follows
