@@ -218,6 +218,9 @@ class NftContexts:
     def _get(self, key: tuple[int, int], path: str) -> _Context:
         with self._lock:
             ctx = self._contexts.get(key)
+            if ctx is not None and ctx.freed:  # on its way out: a fresh one instead
+                del self._contexts[key]
+                ctx = None
             if ctx is not None:
                 self._contexts.move_to_end(key)
                 ctx.last_used = time.monotonic()  # not reaped as idle while in use
@@ -264,10 +267,14 @@ class NftContexts:
             raise
 
     def _free(self, key: tuple[int, int], ctx: _Context) -> None:
+        # Its close queued before it leaves the map: whoever sees it gone can settle() on it.
+        self._release(ctx)
+        self._forget(key, ctx)
+
+    def _forget(self, key: tuple[int, int], ctx: _Context) -> None:
         with self._lock:
             if self._contexts.get(key) is ctx:
                 del self._contexts[key]
-        self._release(ctx)
 
     def _release(self, ctx: _Context) -> None:
         with ctx.lock:
@@ -321,11 +328,9 @@ class NftContexts:
             with ctx.lock:  # decided under the context's lock: a transaction may be picking it up
                 if ctx.freed or ctx.tables or now - ctx.last_used < self.idle_keep_s:
                     continue
-                with self._lock:
-                    if self._contexts.get(key) is ctx:
-                        del self._contexts[key]
                 self._release_held(ctx)
-                freed += 1
+            self._forget(key, ctx)
+            freed += 1
         return freed
 
     def _reap_forever(self) -> None:
