@@ -124,6 +124,7 @@ def test_local_credentials_are_private_and_reused(tmp_path: Path) -> None:
         "cli.nk",
         "client.nk",
         "dashboard.nk",
+        "guard.nk",
         "injector-n1.nk",
         "nats-server.conf",
         "recorder.nk",
