@@ -14,7 +14,7 @@ from chaosbus.common import bus as busmod
 from chaosbus.common import config, natsauth, settings, signing, webtokens
 from chaosbus.common import logging as cblog
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.dashboard import writes
+from chaosbus.dashboard import auth, writes
 from chaosbus.dashboard.app import Dashboard, make_app
 from chaosbus.dashboard.world import World, follow
 
@@ -123,6 +123,13 @@ async def run(args: argparse.Namespace) -> None:
     if not tokens:
         raise SystemExit(f"chaosbus dashboard: no tokens in {tokens_dir} (viewer.token, admin.token)")
     signer, why = operator_signer(args.operator_key)
+    secret = webtokens.read_session_secret(tokens_dir)
+    if secret is None:
+        log.warning(
+            "no session secret: sessions are this process's own (a restart logs everyone out, replicas "
+            "do not share them)",
+            expected=str(webtokens.session_secret_file(tokens_dir)),
+        )
     world = World()
     kube = None if local else writes.KubeWriter(kube_api(args))
     d = Dashboard(
@@ -134,6 +141,7 @@ async def run(args: argparse.Namespace) -> None:
         unsigned=signing.unsigned_mode(),
         cluster=not local,
         kube=kube,
+        sessions=auth.Sessions(secret) if secret else auth.Sessions(),
     )
     if not args.read_only:
         d.writer = kube or writes.TriggerWriter(lambda: d.bus)

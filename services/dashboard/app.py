@@ -144,7 +144,10 @@ class Dashboard:
             return web.Response(
                 text=html.login("That token is not valid.", self.cluster), status=401, content_type="text/html"
             )
-        sid = self.sessions.open(role, kube_token=str(form.get("kube_token") or "").strip())
+        try:
+            sid = self.sessions.open(role, kube_token=str(form.get("kube_token") or "").strip())
+        except auth.SessionTooLarge as e:
+            return web.Response(text=html.login(str(e), self.cluster), status=400, content_type="text/html")
         response = web.HTTPSeeOther("/")
         response.set_cookie(
             auth.SESSION_COOKIE,

@@ -49,7 +49,10 @@ def test_it_mounts_its_own_generated_identity_and_tokens() -> None:
         if v.get("secret", {}).get("secretName") == natssecrets.DASHBOARD_TOKENS_SECRET
     ]
     files = {i["key"]: i["path"] for i in volume["secret"]["items"]}
-    assert files == {role: webtokens.token_file(role, Path(tokens_dir)).name for role in webtokens.ROLES}
+    assert files == {
+        **{role: webtokens.token_file(role, Path(tokens_dir)).name for role in webtokens.ROLES},
+        webtokens.SESSION_SECRET: webtokens.session_secret_file(Path(tokens_dir)).name,
+    }
     generated = {d["metadata"]["name"]: d for d in yaml.safe_load_all(natssecrets.secrets_yaml()) if d}
     assert set(generated[natssecrets.DASHBOARD_TOKENS_SECRET]["stringData"]) == set(files)
 

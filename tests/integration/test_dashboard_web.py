@@ -1,7 +1,9 @@
 """The dashboard's web edge over a real nats-server, without a browser: what it shows arrives through
 `chaos.obj.>`, every page needs a session, writes need the admin role, the session's CSRF token and
 this server's Origin, the kill switch also the operator key, and a change is pushed on /live. Its
-/metrics count requests by route pattern, live connections, logins and writes by action.
+/metrics count requests by route pattern, live connections, logins and writes by action. A session
+opened on one replica works on another with the same secret, and after a restart, but not where
+the secret differs (rotation); its CSRF token and the Origin check hold everywhere.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.common import subjects
-from chaosbus.dashboard import writes
+from chaosbus.dashboard import auth, writes
 from chaosbus.dashboard.app import LIVE_KEEPALIVE_S, Dashboard, make_app
 from chaosbus.dashboard.world import World, follow
 
@@ -73,10 +75,12 @@ class Site:
     dashboard: Dashboard
 
 
-@pytest.fixture
-async def site(bus: busmod.Bus) -> AsyncIterator[Site]:
+@contextlib.asynccontextmanager
+async def serving(bus: busmod.Bus, sessions: auth.Sessions | None = None) -> AsyncIterator[Site]:
     world = World()
     d = Dashboard(world=world, tokens=TOKENS, writer=None, bus=bus)
+    if sessions is not None:
+        d.sessions = sessions
     d.writer = writes.TriggerWriter(lambda: d.bus)
     feeding = asyncio.ensure_future(follow(bus, world, local=True))
     runner = web.AppRunner(make_app(d), access_log=None)
@@ -91,6 +95,12 @@ async def site(bus: busmod.Bus) -> AsyncIterator[Site]:
         with contextlib.suppress(BaseException):
             await feeding
         await runner.cleanup()
+
+
+@pytest.fixture
+async def site(bus: busmod.Bus) -> AsyncIterator[Site]:
+    async with serving(bus) as s:
+        yield s
 
 
 def session() -> aiohttp.ClientSession:
@@ -224,3 +234,33 @@ async def test_metrics_count_requests_by_route_live_connections_logins_and_write
 
 async def _is(value: Any, expected: float) -> bool:
     return bool(await value == expected)
+
+
+async def test_a_session_works_on_every_replica_sharing_the_secret_and_survives_a_restart(bus: busmod.Bus) -> None:
+    await publish(bus, experiment("Running", 2))
+    secret = b"replicas share this secret......"
+    async with session() as browser:
+        async with serving(bus, auth.Sessions(secret)) as one:
+            csrf = await login(browser, one.url, "admin")
+            cookie = next(c.value for c in browser.cookie_jar if c.key == auth.SESSION_COOKIE)
+        # The first replica is gone (a restart, or the load balancer moved us): the cookie still works.
+        async with serving(bus, auth.Sessions(secret)) as other:
+            await until(lambda: asyncio.sleep(0, other.world.find("NetworkChaos", "default", "cut<1>") is not None))
+            async with browser.get(other.url + "/", allow_redirects=False) as r:
+                assert r.status == 200 and "admin" in await r.text()
+            pause = other.url + "/experiments/NetworkChaos/default/cut%3C1%3E/pause"
+            # The CSRF token from the first replica's page is the one this replica expects.
+            async with browser.post(
+                pause, data={"csrf": csrf}, headers={"Origin": other.url}, allow_redirects=False
+            ) as r:
+                assert r.status == 303 and "did%20not%20answer" in r.headers["Location"]
+            async with browser.post(pause, data={"csrf": "forged"}, allow_redirects=False) as r:
+                assert r.status == 403
+            async with browser.post(
+                pause, data={"csrf": csrf}, headers={"Origin": "http://evil.example"}, allow_redirects=False
+            ) as r:
+                assert r.status == 403
+        async with serving(bus, auth.Sessions(b"a rotated secret................")) as rotated:
+            assert any(c.key == auth.SESSION_COOKIE and c.value == cookie for c in browser.cookie_jar)
+            async with browser.get(rotated.url + "/", allow_redirects=False) as r:  # the same cookie sent
+                assert r.status == 303 and r.headers["Location"] == "/login"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
+
 from chaosbus.common import webtokens
 from chaosbus.dashboard import auth
 
@@ -29,7 +31,7 @@ def test_sessions_expire_and_close() -> None:
     assert s.get(sid, now=105.0) is not None and s.get(sid, now=105.0).admin  # type: ignore[union-attr]
     assert s.get(sid, now=111.0) is None
     sid2 = s.open("viewer", now=200.0)
-    s.close(sid2)
+    s.close(sid2, now=200.0)
     assert s.get(sid2, now=200.0) is None
     assert s.get(None) is None and s.get("made-up") is None
 
@@ -40,6 +42,31 @@ def test_csrf_token_is_per_session_and_required() -> None:
     assert a is not None and b is not None
     assert auth.csrf_ok(a, a.csrf)
     assert not auth.csrf_ok(a, b.csrf) and not auth.csrf_ok(a, "") and not auth.csrf_ok(a, None)
+
+
+def test_a_session_is_accepted_by_every_replica_with_the_secret_and_by_no_other() -> None:
+    here, replica, restarted = auth.Sessions(b"s" * 32), auth.Sessions(b"s" * 32), auth.Sessions(b"s" * 32)
+    cookie = here.open("admin", kube_token="k8s-token-xyz")
+    a, b = here.get(cookie), replica.get(cookie)
+    assert a is not None and b is not None and b.admin and b.kube_token == "k8s-token-xyz"
+    assert a.csrf == b.csrf and auth.csrf_ok(b, a.csrf)  # a form from one replica posts to another
+    assert restarted.get(cookie) is not None
+    assert auth.Sessions(b"t" * 32).get(cookie) is None  # the secret rotated: everyone is logged out
+    assert "k8s-token" not in cookie and b"k8s-token" not in auth._unb64(cookie)  # sealed, not just signed
+
+
+def test_a_tampered_or_forged_cookie_is_refused() -> None:
+    s = auth.Sessions(b"s" * 32)
+    cookie = s.open("viewer")
+    raw = bytearray(auth._unb64(cookie))
+    raw[-1] ^= 1
+    assert s.get(auth._b64(bytes(raw))) is None
+    assert s.get(cookie[:-2]) is None and s.get("x" * 5000) is None and s.get("!!!") is None
+
+
+def test_a_kubernetes_token_too_long_for_a_cookie_is_refused_at_login() -> None:
+    with pytest.raises(auth.SessionTooLarge):
+        auth.Sessions().open("admin", kube_token="t" * 3500)
 
 
 def test_origin_must_be_this_server_when_a_browser_sends_one() -> None:
@@ -56,5 +83,8 @@ def test_token_files_are_private_random_and_kept(tmp_path: Path) -> None:
     assert set(first) == {"viewer", "admin"} and first["viewer"] != first["admin"]
     assert all(len(t) >= 40 for t in first.values())
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values())
+    secret = webtokens.read_session_secret(d)
+    assert secret and len(secret) >= 40
+    assert stat.S_IMODE(webtokens.session_secret_file(d).stat().st_mode) == 0o600
     webtokens.ensure_tokens(d)
-    assert webtokens.read_tokens(d) == first
+    assert webtokens.read_tokens(d) == first and webtokens.read_session_secret(d) == secret
