@@ -295,14 +295,21 @@ class Dashboard:
     async def resume(self, request: web.Request) -> web.Response:
         return await self._set_paused(request, False)
 
+    async def pause_schedule(self, request: web.Request) -> web.Response:
+        return await self._set_paused(request, True)
+
+    async def resume_schedule(self, request: web.Request) -> web.Response:
+        return await self._set_paused(request, False)
+
     async def _set_paused(self, request: web.Request, paused: bool) -> web.Response:
         action = "pause" if paused else "resume"
         writer, s = self._writer(request, action)
-        kind, ns, name = request.match_info["kind"], request.match_info["ns"], request.match_info["name"]
+        kind = request.match_info.get("kind", "Schedule")
+        ns, name = request.match_info["ns"], request.match_info["name"]
         obj = self.world.find(kind, ns, name)
-        if obj is None:
+        if obj is None or not (views.is_experiment(kind) or kind == "Schedule"):
             raise web.HTTPNotFound(text=f"{kind} {ns}/{name} not found")
-        back = html.experiment_href(kind, ns, name)
+        back = "/schedules" if kind == "Schedule" else html.experiment_href(kind, ns, name)
         try:
             msg = await writer.set_paused(obj, paused, s.kube_token)
             self._wrote(action, True)
@@ -357,6 +364,8 @@ def make_app(d: Dashboard) -> web.Application:
     app.router.add_post("/experiments/{kind}/{ns}/{name}/delete", d.delete)
     app.router.add_post("/objects/{kind}/{ns}/{name}/delete", d.delete)
     app.router.add_get("/schedules", d.schedules)
+    app.router.add_post("/schedules/{ns}/{name}/pause", d.pause_schedule)
+    app.router.add_post("/schedules/{ns}/{name}/resume", d.resume_schedule)
     app.router.add_get("/workflows", d.workflows)
     app.router.add_get("/workflows/{ns}/{name}", d.workflow)
     app.router.add_get("/events", d.events)

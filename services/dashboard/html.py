@@ -313,13 +313,31 @@ def schedules(items: list[views.ScheduleView], v: Viewer, now: float) -> str:
     for s in items:
         meta, spec, status = s.obj.get("metadata") or {}, s.obj.get("spec") or {}, s.obj.get("status") or {}
         kids = [_child(k, now) for k in s.children]
+        name = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
         blocks.append(
-            f'<section class="schedule"><h2>{e(meta.get("namespace"))}/{e(meta.get("name"))}</h2>'
+            f'<section class="schedule" data-key="{e(name)}" data-paused="{str(s.paused).lower()}">'
+            f"<h2>{e(name)}</h2>"
             f"<p>{e(spec.get('schedule', ''))} · {e(s.kind)} · {e(spec.get('concurrencyPolicy') or 'Forbid')}"
             f" · {'paused' if s.paused else 'active'} · last fired {e(status.get('time') or 'never')}</p>"
+            f"{_schedule_actions(meta, s, v)}"
             f"<ul>{''.join(kids) or '<li class=muted>no children</li>'}</ul></section>"
         )
     return "<h1>Schedules</h1>" + ("".join(blocks) or '<p class="muted">No Schedules.</p>')
+
+
+def schedule_href(namespace: str, name: str) -> str:
+    return f"/schedules/{u(namespace)}/{u(name)}"
+
+
+def _schedule_actions(meta: Obj, s: views.ScheduleView, v: Viewer) -> str:
+    """Pause stops new fires and pauses the running children (Chaos Mesh's annotation on the
+    Schedule); a Workflow's children run on, as in Chaos Mesh, where a Workflow has no pause.
+    """
+    if not v.can_write:
+        return ""
+    href = schedule_href(str(meta.get("namespace", "")), str(meta.get("name", "")))
+    toggle = button_form(f"{href}/resume", "Resume", v) if s.paused else button_form(f"{href}/pause", "Pause", v)
+    return f'<div class="actions">{toggle}</div>'
 
 
 def workflows(items: list[Obj], now: float) -> str:

@@ -1,8 +1,9 @@
 """The dashboard in a real browser (Debian's chromium, headless, through selenium and chromedriver)
 against a live local-mode system: log in, see a running partition with its targets, open its
 timeline, pause and resume it from the page and see the kernel effect go and come back, a bad YAML
-refused at its field, a Workflow applied from the form whose graph progresses without a reload,
-the nodes and Events pages, and the kill switch recovering every fault.
+refused at its field, a Workflow applied from the form whose graph progresses without a reload, a
+Schedule paused and resumed from its page with its child's partition going and coming back, the
+nodes and Events pages, and the kill switch recovering every fault.
 
 Screenshots of each page go to the test's tmp dir, and to CHAOSBUS_DASHBOARD_SCREENSHOTS when set
 (`make screenshots` regenerates docs/images that way).
@@ -29,6 +30,28 @@ pytestmark = pytest.mark.privileged
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 PAIR = {(0, 1), (1, 0)}
+SCHEDULED_PAIR = {(2, 3), (3, 2)}
+SCHEDULE = yaml.safe_dump(
+    {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "dash-sched"},
+        "spec": {
+            "schedule": "@every 2s",
+            "concurrencyPolicy": "Forbid",  # one child at a time: it runs on while we watch
+            "historyLimit": 1,
+            "type": "NetworkChaos",
+            "networkChaos": {
+                "action": "partition",
+                "mode": "all",
+                "direction": "both",
+                "selector": {"fieldSelectors": {"metadata.name": "peer-2"}},
+                "target": {"mode": "all", "selector": {"fieldSelectors": {"metadata.name": "peer-3"}}},
+                "duration": "10m",
+            },
+        },
+    }
+)
 PARTITION = yaml.safe_dump(
     {
         "apiVersion": "chaos-mesh.org/v1alpha1",
@@ -101,7 +124,7 @@ def dashboard(system: System, tmp_path: Path) -> Iterator[tuple[str, str]]:
             proc.kill()
         # Whatever happened, the shared live system is left released and without our experiments.
         system.cli("resume", check=False)
-        for kind, name in (("workflow", "dash-wf"), ("networkchaos", "dash-cut")):
+        for kind, name in (("schedule", "dash-sched"), ("workflow", "dash-wf"), ("networkchaos", "dash-cut")):
             system.cli("delete", kind, name, check=False)
 
 
@@ -274,6 +297,21 @@ def test_dashboard_in_a_real_browser(system: System, dashboard: tuple[str, str],
     eventually(lambda: state("cut") == "accomplished" and state("entry") == "accomplished", timeout=30)
     assert browser.execute_script("return window.__noReload === true;"), "the page was reloaded"
     assert state("settle") == "accomplished"
+
+    # A Schedule paused and resumed from its page: its running child's partition goes and comes back.
+    wait_blocked(system, PAIR, timeout=20)  # the workflow's partition is recovered
+    system.cli("apply", "-f", "-", stdin=SCHEDULE)
+    wait_blocked(system, PAIR | SCHEDULED_PAIR, timeout=30)
+    browser.get(url + "/schedules")
+    section = 'section.schedule[data-key="default/dash-sched"]'
+    eventually(lambda: count(f"{section} ul li a") == 1, timeout=15)
+    submit("/schedules/default/dash-sched/pause")
+    wait_blocked(system, PAIR, timeout=20)
+    eventually(lambda: count(f'{section}[data-paused="true"]') == 1 and "paused" in text(f"{section} p"), timeout=15)
+    shot("schedules")
+    submit("/schedules/default/dash-sched/resume")
+    wait_blocked(system, PAIR | SCHEDULED_PAIR, timeout=20)
+    eventually(lambda: count(f'{section}[data-paused="false"]') == 1, timeout=15)
 
     browser.get(url + "/nodes")
     eventually(lambda: text("td.node-healthy") == "healthy", timeout=15)

@@ -168,7 +168,16 @@ def test_a_schedule_lists_the_objects_it_spawned_newest_first() -> None:
     (view,) = views.schedule_views(objs)
     assert view.paused and view.kind == "NetworkChaos"
     assert [k["metadata"]["name"] for k in view.children] == ["s-2", "s-1"]
-    assert "s-2" in html.schedules([view], html.Viewer("viewer", "c", False, False), NOW)
+    viewer_page = html.schedules([view], html.Viewer("viewer", "c", False, False), NOW)
+    assert "s-2" in viewer_page and "/schedules/default/s/" not in viewer_page  # no controls when read-only
+    admin_page = html.schedules([view], html.Viewer("admin", "c", True, False), NOW)
+    assert 'action="/schedules/default/s/resume"' in admin_page and "/pause" not in admin_page  # paused: Resume
+    active = views.ScheduleView(
+        obj={**sched, "metadata": {"name": "s<", "namespace": "default"}}, kind="", paused=False, children=[]
+    )
+    assert 'action="/schedules/default/s%3C/pause"' in html.schedules(
+        [active], html.Viewer("admin", "c", True, False), NOW
+    )
 
 
 def test_a_workflow_s_nodes_are_its_own_only() -> None:
