@@ -1,12 +1,16 @@
 """Every message chaosbus puts on NATS, as msgspec Structs. Services never hand-encode bytes.
 
 Evolution rules (msgspec): new fields get defaults; types never change; unknown fields are ignored.
-Every message names the experiment (uid, generation) and, where it concerns one, the target id.
+Every message about one experiment starts with its header, `ExperimentRef` (uid, generation, kind,
+namespace, name), and every per-target part with `TargetRef` (the target id and its selector).
+The headers are inherited, so their fields sit flat beside the message's own: the JSON is the one
+these messages had before they shared a header, and what is kept (journal rows, the scheduler's
+memory, the streams) decodes unchanged across an upgrade.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -35,6 +39,52 @@ from chaosbus.common.faultspecs import (
     TimeSkew,
 )
 from chaosbus.common.wire import Message
+
+# Bounds at decode, as Kubernetes bounds what they come from: a uid, a kind name, a namespace (a
+# DNS label), an object name (a DNS subdomain), a target id (`ns/pod/container`).
+Uid = Annotated[str, msgspec.Meta(max_length=128)]
+KindName = Annotated[str, msgspec.Meta(max_length=63)]
+NamespaceName = Annotated[str, msgspec.Meta(max_length=63)]
+ObjectName = Annotated[str, msgspec.Meta(max_length=253)]
+Generation = Annotated[int, msgspec.Meta(ge=0)]
+TargetId = Annotated[str, msgspec.Meta(max_length=1024)]
+SelectorKey = Annotated[str, msgspec.Meta(max_length=253)]
+
+
+class ExperimentRef(Message, kw_only=True, frozen=True):
+    """The header of every message about one experiment: which object, at which generation."""
+
+    experiment_uid: Uid
+    generation: Generation
+    kind: KindName
+    namespace: NamespaceName
+    name: ObjectName
+
+    @property
+    def ref(self) -> ExperimentRef:
+        """The header alone (a message compares, logs or keys by it)."""
+        return ExperimentRef(
+            experiment_uid=self.experiment_uid,
+            generation=self.generation,
+            kind=self.kind,
+            namespace=self.namespace,
+            name=self.name,
+        )
+
+    @property
+    def experiment(self) -> str:
+        """`namespace/name`, as logs name an experiment."""
+        return f"{self.namespace}/{self.name}"
+
+
+class TargetRef(Message, kw_only=True, frozen=True):
+    """The header of every per-target part: the status record id (`ns/pod` or `ns/pod/container`)
+    and which of the experiment's selectors chose it (`.`: the main one).
+    """
+
+    target_id: TargetId
+    selector_key: SelectorKey = "."
+
 
 # --- watcher -> everyone: object events and the target projection ---------------------------
 
@@ -106,9 +156,7 @@ class TargetNode(Message, kw_only=True, frozen=True):
 # --- scheduler -> injector: one batched command per node --------------------------------------
 
 
-class TargetAction(Message, kw_only=True, frozen=True):
-    target_id: str  # the status record id: ns/pod or ns/pod/container
-    selector_key: str = "."
+class TargetAction(TargetRef, kw_only=True, frozen=True):
     op: Literal["apply", "recover"]
     pod_uid: str = ""
     namespace: str = ""
@@ -117,15 +165,10 @@ class TargetAction(Message, kw_only=True, frozen=True):
     fault: Fault
 
 
-class NodeCommand(Message, kw_only=True, frozen=True):
+class NodeCommand(ExperimentRef, kw_only=True, frozen=True):
     """chaos.cmd.<node>: everything one experiment wants from one node, in one message."""
 
     command_id: str
-    experiment_uid: str
-    generation: int
-    kind: str
-    namespace: str
-    name: str
     node: str
     issued_at: float
     deadline: float | None = None
@@ -137,9 +180,7 @@ class NodeCommand(Message, kw_only=True, frozen=True):
 # --- injector -> scheduler, recorder: per-target results --------------------------------------
 
 
-class TargetResult(Message, kw_only=True, frozen=True):
-    target_id: str
-    selector_key: str = "."
+class TargetResult(TargetRef, kw_only=True, frozen=True):
     op: Literal["apply", "recover"]
     ok: bool
     message: str = ""
@@ -149,15 +190,10 @@ class TargetResult(Message, kw_only=True, frozen=True):
     stdout: str = ""  # a task's stdout, capped
 
 
-class ResultBatch(Message, kw_only=True, frozen=True):
+class ResultBatch(ExperimentRef, kw_only=True, frozen=True):
     """chaos.result.<node>.<uid>: the outcome of one NodeCommand on `node` (the subject's node)."""
 
     command_id: str
-    experiment_uid: str
-    generation: int
-    kind: str
-    namespace: str
-    name: str
     node: str
     results: list[TargetResult] = []
 
@@ -171,14 +207,9 @@ class RecordRef(Message, kw_only=True, frozen=True):
     node: str = ""  # the injector whose results may change this record ("": not known, any)
 
 
-class ExperimentDecision(Message, kw_only=True, frozen=True):
+class ExperimentDecision(ExperimentRef, kw_only=True, frozen=True):
     """chaos.phase.<uid>: the scheduler's view of one experiment, self-contained (last one wins)."""
 
-    experiment_uid: str
-    generation: int
-    kind: str
-    namespace: str
-    name: str
     desired_phase: Literal["Run", "Stop"]
     records: list[RecordRef] | None = None  # None: selection has not happened or failed
     selection_error: str = ""
@@ -313,11 +344,9 @@ class NodeHealth(Message, kw_only=True, frozen=True):
 # --- the scheduler's own memory and its leader lease (KV `scheduler`) -------------------------
 
 
-class TargetMemory(Message, kw_only=True, frozen=True):
+class TargetMemory(TargetRef, kw_only=True, frozen=True):
     """What the scheduler decided for one target and must not forget across a restart."""
 
-    target_id: str
-    selector_key: str = "."
     pod: TargetPod  # as selected: where a recover goes even when the pod has vanished since
     container: ContainerRef | None = None
     phase: str
@@ -329,7 +358,7 @@ class TargetMemory(Message, kw_only=True, frozen=True):
     uncertain: bool = False
 
 
-class ExperimentMemory(Message, kw_only=True, frozen=True):
+class ExperimentMemory(ExperimentRef, kw_only=True, frozen=True):
     """KV scheduler/experiment.<uid>: one experiment's scheduler state, written when it changes.
 
     Preferred over the object's status on start (status is written later, by the recorder).
@@ -337,11 +366,6 @@ class ExperimentMemory(Message, kw_only=True, frozen=True):
     creation (Chaos Mesh), so `created_at` is the one timer anchor.
     """
 
-    experiment_uid: str
-    generation: int
-    kind: str
-    namespace: str
-    name: str
     created_at: float
     targets: list[TargetMemory] | None = None  # None: not selected yet (or selection failed)
     selection_error: str = ""
@@ -423,6 +447,7 @@ __all__ = [
     "ContainerRef",
     "ErrorReply",
     "ExperimentDecision",
+    "ExperimentRef",
     "ExperimentMemory",
     "Fault",
     "FaultSpec",
@@ -452,6 +477,7 @@ __all__ = [
     "TargetNamespace",
     "TargetNode",
     "TargetPod",
+    "TargetRef",
     "TargetResult",
     "Task",
     "TbfParams",

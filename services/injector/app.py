@@ -250,7 +250,7 @@ class Edge:
 
         async def run(cmd: m.NodeCommand, ticket: Ticket | None, mark: SignedMark | None) -> bool:
             """Whether the command's results (and `mark` with them) were journaled."""
-            with cblog.bound(experiment=f"{cmd.namespace}/{cmd.name}", experiment_uid=cmd.experiment_uid):
+            with cblog.bound(experiment=cmd.experiment, experiment_uid=cmd.experiment_uid):
                 try:
                     cmd = commands.expand(cmd)
                 except commands.UnknownPeerSet as e:  # never from the scheduler: dropped, not guessed

@@ -72,7 +72,7 @@ class Recorder:
             audit=True,
             node=batch.node,
             command=batch.command_id,
-            experiment=f"{batch.namespace}/{batch.name}",
+            experiment=batch.experiment,
             experiment_uid=batch.experiment_uid,
             targets=[r.target_id for r in results][:20],
             reason=reason,
