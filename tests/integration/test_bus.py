@@ -153,7 +153,7 @@ async def consuming(
             await task
 
 
-async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
+async def wait_for(predicate: Callable[[], bool], within: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while loop.time() < deadline:
@@ -163,7 +163,7 @@ async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
     raise AssertionError(f"condition not reached within {within}s")
 
 
-async def settled(bus: busmod.Bus, within: float = 5.0) -> api.ConsumerInfo:
+async def settled(bus: busmod.Bus, within: float = 20.0) -> api.ConsumerInfo:
     """The consumer's info once nothing is pending or awaiting an ack (or at the deadline)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
