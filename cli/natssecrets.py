@@ -78,7 +78,7 @@ def secrets_yaml(*, namespace: str = "chaosbus", service: str = "nats") -> str:
         _secret(
             NODE_INJECTORS_SECRET,
             namespace,
-            "injector-<node>",
+            "injector",  # a label value: each node's own user name comes from the auth service
             {"tls.crt": leaf.cert.decode(), "tls.key": leaf.key.decode(), "ca.crt": ca.cert.decode()},
         )
     )

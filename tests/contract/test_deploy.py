@@ -244,6 +244,15 @@ def secret_mounts(name: str, which: str = "containers") -> dict[str, str]:
 GENERATED = {u.secret: u for u in natssecrets.CLUSTER_USERS}
 
 
+def test_the_generated_secrets_carry_only_valid_label_values() -> None:
+    # The API server refuses the whole Secret otherwise, and `kubectl apply` of the output fails.
+    value = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    for doc in yaml.safe_load_all(natssecrets.secrets_yaml()):
+        if doc:
+            for key, label in doc["metadata"].get("labels", {}).items():
+                assert len(label) <= 63 and value.match(label), (doc["metadata"]["name"], key, label)
+
+
 def test_nats_runs_the_generated_configuration_with_tls_from_its_secret() -> None:
     nats = container("nats")
     [conf] = [a.split("=", 1)[1] for a in nats["args"] if a.startswith("--config=")]
