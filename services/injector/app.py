@@ -112,6 +112,10 @@ class Edge:
 
     async def _track(self, bus: busmod.Bus) -> None:
         while True:
+            if bus.nc.is_closed:
+                # nats-py stops reconnecting for good after some refusals (the auth callout not
+                # answering in time while the auth service starts, twice): a new connection then.
+                raise ConnectionError("the NATS connection closed")
             self.node.connected = bus.nc.is_connected
             self.halted.set(1 if self.node.halt.halted else 0)
             await asyncio.sleep(0.2)

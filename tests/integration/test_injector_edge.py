@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.signing import TRUST, publish_command, publish_lease, put_halt
@@ -78,6 +79,34 @@ async def batches(bus: busmod.Bus, within: float = 5.0, *, count: int = 1) -> li
         with contextlib.suppress(Exception):
             out.append(busmod.decode((await bus.js.get_msg(subjects.RESULTS.name, seq)).data or b"", m.ResultBatch))
     return out
+
+
+async def test_a_connection_closed_for_good_is_replaced_by_a_new_one(
+    tmp_path: Path, fault: Recording, nats_server: natsserver.EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # nats-py closes a connection for good after some refusals (an auth callout answering too late
+    # while the auth service starts): the injector must not sit on it, looking alive.
+    made: list[busmod.Bus] = []
+    real_connect = busmod.connect
+
+    async def connect(*args: Any, **kwargs: Any) -> busmod.Bus:
+        made.append(await real_connect(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(busmod, "connect", connect)
+    node = make_node(tmp_path, fault, lease_ttl=60.0)
+    runner = asyncio.ensure_future(Edge(node, "n1", InjectorMetrics(), trust=TRUST).run(nats_server.url))
+    try:
+        await eventually(lambda: node.connected, within=20)
+        await made[0].nc.close()
+        await eventually(lambda: len(made) == 2 and node.connected, within=20)
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner], timeout=5)
+        for b in made:
+            await b.close()
+        node.close()
+        node.journal.close()
 
 
 async def test_a_command_yields_its_results_on_the_stream(
