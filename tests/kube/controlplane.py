@@ -26,8 +26,12 @@ NEEDED = ("etcd", "kube-apiserver")
 ADMIN_TOKEN = "chaosbus-envtest-admin"
 START_TIMEOUT = 60.0
 # Namespace deletion, ownerReference GC, default ServiceAccounts and the kube-root-ca.crt ConfigMap
-# pods mount; Deployments and ReplicaSets for pods on a real node (tests/kube/node.py).
-CONTROLLERS = "namespace,garbagecollector,serviceaccount,root-ca-cert-publisher,deployment,replicaset"
+# pods mount; Deployments, ReplicaSets, DaemonSets and PersistentVolumeClaim binding for pods on a
+# real node (tests/kube/node.py).
+CONTROLLERS = (
+    "namespace,garbagecollector,serviceaccount,root-ca-cert-publisher,deployment,replicaset,daemonset,"
+    "persistentvolume-binder"
+)
 
 
 def assets() -> tuple[Path | None, str]:

@@ -20,6 +20,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -34,6 +35,9 @@ CNI_BIN_DIR = "/usr/lib/cni"
 PAUSE_IMAGE = "docker.io/local/pause:1"
 BUSYBOX_IMAGE = "docker.io/local/busybox:1"
 APPLETS = ("sh", "sleep", "httpd", "nc", "wget", "cat", "echo", "true", "false")
+# overlayfs: a container's root is a mount over the image, where "native" copies the whole image
+# for every container (seconds each for the chaosbus image, serially on a busy machine).
+SNAPSHOTTER = "overlayfs"
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
 PAUSE_C = """#include <signal.h>
 #include <unistd.h>
@@ -124,11 +128,19 @@ class Node:
     sysctls: dict[str, str] = field(default_factory=dict)
     bridge: str = ""
     cgroup_root: str = ""
+    subnet: str = ""  # the first three octets of the pods' /24
     made_dirs: list[Path] = field(default_factory=list)  # host dirs kubelet creates, absent before
 
     @property
     def socket(self) -> Path:
-        return self.dir / "c.sock"
+        """containerd's socket, alone in its folder under the name runtimes use by default (a
+        DaemonSet mounts the folder at /run/containerd, as it would the host's)."""
+        return self.dir / "run" / "containerd.sock"
+
+    @property
+    def gateway(self) -> str:
+        """The host's address on the pods' bridge: where pods reach the host (and its cluster DNS)."""
+        return f"{self.subnet}.1"
 
     def start(self) -> Node:
         try:
@@ -147,7 +159,8 @@ class Node:
             if not p.exists()
         ]
         tag = self.name.split("-")[1]
-        self.bridge, subnet = f"cbn{tag}", f"10.219.{random.randrange(1, 255)}"
+        self.bridge, self.subnet = f"cbn{tag}", f"10.219.{random.randrange(1, 255)}"
+        subnet = self.subnet
         self.cgroup_root = f"/{self.name}"
         # The bridge and its gateway address exist before the CNI plugin runs (isGateway off), so
         # the plugin never turns on the host's ip_forward; pods on it talk at layer 2.
@@ -211,6 +224,7 @@ class Node:
                 }
             )
         )
+        self.socket.parent.mkdir()
         (d / "config.toml").write_text(f"""version = 2
 root = "{d}/root"
 state = "{d}/state"
@@ -227,7 +241,7 @@ state = "{d}/state"
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{d}/net.d"
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "native"
+    snapshotter = "{SNAPSHOTTER}"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
@@ -269,7 +283,7 @@ state = "{d}/state"
                     "images",
                     "import",
                     "--snapshotter",
-                    "native",
+                    SNAPSHOTTER,
                     str(d / archive),
                 ],
                 check=True,
@@ -292,6 +306,10 @@ state = "{d}/state"
                     "makeIPTablesUtilChains": False,
                     "podLogsDir": str(d / "logs"),
                     "resolvConf": str(d / "resolv.conf"),
+                    # Pods resolve Service names at the host's bridge address, where a test that
+                    # needs names runs a DNS server (tests/kube/clusternet.py); no one else looks.
+                    "clusterDNS": [self.gateway],
+                    "clusterDomain": "cluster.local",
                     "containerRuntimeEndpoint": f"unix://{self.socket}",
                     "port": _free_port(),
                     "readOnlyPort": 0,
@@ -447,6 +465,33 @@ state = "{d}/state"
                     for child in proc.children(recursive=True):
                         child.kill()
                     proc.kill()
+
+
+def container_pid(node: Node, container_id: str) -> int:
+    """The host PID of a running container, from containerd's own task list."""
+    out = subprocess.run(
+        ["ctr", "-a", str(node.socket), "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for line in out.splitlines()[1:]:
+        task, pid, *_ = line.split()
+        if task == container_id.removeprefix("containerd://"):
+            return int(pid)
+    raise AssertionError(f"no task for {container_id} in\n{out}")
+
+
+def connects(pid: int, ip: str, port: int) -> bool:
+    """Whether a TCP connection from inside the netns of `pid` to ip:port succeeds within 1 s."""
+    probe = f"import socket; socket.create_connection(({ip!r}, {port}), 1).close()"
+    return (
+        subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe], capture_output=True, timeout=30
+        ).returncode
+        == 0
+    )
 
 
 @contextlib.contextmanager

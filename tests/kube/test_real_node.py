@@ -24,7 +24,7 @@ import pytest
 import yaml
 from helpers.signing import write_keys
 from kube.conftest import KubeEnv
-from kube.node import BUSYBOX_IMAGE, PAUSE_IMAGE, Node
+from kube.node import BUSYBOX_IMAGE, PAUSE_IMAGE, Node, connects, container_pid
 
 from chaosbus.common import natsserver
 
@@ -297,33 +297,6 @@ def test_container_kill_restarts_the_real_container(cluster: Cluster, tmp_path: 
         assert (client.get(path) or {})["metadata"]["uid"] == pod["metadata"]["uid"]  # same pod
     finally:
         client.delete(f"/apis/apps/v1/namespaces/{c.ns}/deployments/cache")
-
-
-def container_pid(node: Node, container_id: str) -> int:
-    """The host PID of a running container, from containerd's own task list."""
-    out = subprocess.run(
-        ["ctr", "-a", str(node.socket), "-n", "k8s.io", "tasks", "ls"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-    for line in out.splitlines()[1:]:
-        task, pid, *_ = line.split()
-        if task == container_id.removeprefix("containerd://"):
-            return int(pid)
-    raise AssertionError(f"no task for {container_id} in\n{out}")
-
-
-def connects(pid: int, ip: str, port: int) -> bool:
-    """Whether a TCP connection from inside the netns of `pid` to ip:port succeeds within 1 s."""
-    probe = f"import socket; socket.create_connection(({ip!r}, {port}), 1).close()"
-    return (
-        subprocess.run(
-            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", probe], capture_output=True, timeout=30
-        ).returncode
-        == 0
-    )
 
 
 def test_partition_between_two_real_pods_cuts_their_traffic_and_recovery_restores_it(
