@@ -43,7 +43,6 @@ NATIVE = "opt/chaosbus/native"
 PY = f"python{sys.version_info.major}.{sys.version_info.minor}"
 STDLIB_SKIPPED = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "site-packages", "__phello__"}
 TOOLS = ("nft", "nsenter", "ps")
-NATIVE_HELPERS = ("timeskew", "skew_payload.bin", "nsexec", "iofs", "fdswitch", "codepatch")
 MERGED_USR = ("bin", "sbin", "lib", "lib64")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nchaosbus:x:10001:10001::/nonexistent:/usr/sbin/nologin\n"
 GROUP = "root:x:0:\nchaosbus:x:10001:\n"
@@ -219,7 +218,7 @@ def chaosbus_layer() -> Layer:
         f"#!/{VENV}/bin/python\nimport sys\nfrom chaosbus.cli.main import main\nsys.exit(main())\n",
         0o755,
     )
-    for helper in NATIVE_HELPERS:
+    for helper in native_helpers():
         layer.add(f"{NATIVE}/{helper}", ROOT / "native" / "build" / helper)
     for tool in TOOLS:
         found = shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -234,6 +233,11 @@ def chaosbus_layer() -> Layer:
     layer.texts["etc/passwd"] = (PASSWD, 0o644)
     layer.texts["etc/group"] = (GROUP, 0o644)
     return layer
+
+
+def native_helpers() -> list[str]:
+    """The helpers the Dockerfile copies from its native stage (the same set, by construction)."""
+    return re.findall(r"/build/native/build/([\w.-]+)", (ROOT / "Dockerfile").read_text())
 
 
 def _pyproject() -> dict[str, dict[str, object]]:
