@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookiejar import CookieJar
 from pathlib import Path
 from typing import Any
@@ -48,16 +48,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "chaosbus"
 Obj = dict[str, Any]
-# Every workload of the base and its replicas.
-EXPECTED = {
-    "nats": 1,
-    "chaosbus-auth": 2,
-    "chaosbus-watcher": 1,
-    "chaosbus-scheduler": 1,
-    "chaosbus-recorder": 1,
-    "chaosbus-cluster-injector": 1,
-    "chaosbus-injector": 1,
-    "chaosbus-dashboard": 1,
+# The workloads the checks below rely on (the base may have more: every one must be Ready).
+ESSENTIAL = {
+    "nats",
+    "chaosbus-auth",
+    "chaosbus-watcher",
+    "chaosbus-scheduler",
+    "chaosbus-recorder",
+    "chaosbus-cluster-injector",
+    "chaosbus-injector",
+    "chaosbus-dashboard",
+    "chaosbus-guard",
 }
 # PersistentVolumes for the base's claims, as a cluster's storage would provide: (claim, size, owner).
 VOLUMES = (("nats-data", "2Gi", 1000), ("cluster-injector-journal", "256Mi", 10001))
@@ -71,6 +72,7 @@ class Deployed:
     work: Path
     overlay: Path
     targets: str  # the namespace of the busybox pods experiments act on
+    expected: dict[str, int] = field(default_factory=dict)  # Ready pods per workload of the base
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
         proc = subprocess.run(
@@ -195,7 +197,9 @@ def create_secrets(d: Deployed) -> None:
         "chaosbus-trust",
         f"--from-file=scheduler.pub={keys}/scheduler.pub",
         f"--from-file=operator.pub={keys}/operator.pub",
+        f"--from-file=guard.pub={keys}/guard.pub",
     )
+    d.kubectl("-n", NS, "create", "secret", "generic", "chaosbus-guard-key", f"--from-file=guard.key={keys}/guard.key")
 
 
 def create_volumes(d: Deployed) -> list[str]:
@@ -262,6 +266,8 @@ def deployed(real_kube: Any, real_node: Node, tmp_path_factory: pytest.TempPathF
         plane, real_node, client, work, overlay(work, chaosbus, nats_img, real_node), f"cbd-{uuid.uuid4().hex[:6]}"
     )
     rendered = d.kubectl("kustomize", str(d.overlay))
+    d.expected = workloads(rendered)
+    assert ESSENTIAL <= set(d.expected), d.expected
     made_journal_dir = not Path("/var/lib/chaosbus").exists()
     volumes: list[str] = []
     with cluster_network(real_node, client):
@@ -283,11 +289,21 @@ def deployed(real_kube: Any, real_node: Node, tmp_path_factory: pytest.TempPathF
             teardown(d, rendered, volumes, made_journal_dir)
 
 
+def workloads(rendered: str) -> dict[str, int]:
+    """Pods per workload of the rendered base: a Deployment's replicas, a DaemonSet's one node."""
+    out = {}
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] in ("Deployment", "DaemonSet"):
+            name = doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+            out[name] = doc["spec"].get("replicas", 1) if doc["kind"] == "Deployment" else 1
+    return out
+
+
 def _wait_ready(d: Deployed) -> None:
     deadline = time.monotonic() + 300
-    while d.ready() != EXPECTED:
+    while d.ready() != d.expected:
         if time.monotonic() > deadline:
-            raise AssertionError(f"not every chaosbus pod Ready: {d.ready()} != {EXPECTED}\n{d.diagnosis()}")
+            raise AssertionError(f"not every chaosbus pod Ready: {d.ready()} != {d.expected}\n{d.diagnosis()}")
         time.sleep(1)
 
 
@@ -316,7 +332,7 @@ def teardown(d: Deployed, rendered: str, volumes: list[str], made_journal_dir: b
 
 def test_every_chaosbus_pod_of_the_base_becomes_ready_with_nats_on_mutual_tls(deployed: Deployed) -> None:
     d = deployed
-    assert d.ready() == EXPECTED
+    assert d.ready() == d.expected
     images = {c["image"] for p in d.pods() for c in p["spec"]["containers"]}
     assert all(i.startswith("local/") for i in images), images  # the locally built ones, nothing pulled
     with contextlib.closing(__import__("socket").create_connection((d.pod_ip("nats"), 4222), timeout=10)) as s:
