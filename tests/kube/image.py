@@ -36,7 +36,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CHAOSBUS_IMAGE_CACHE", Path.home() / ".cache" / "chaosbus-images"))
-KEEP = 6  # archives kept in the cache (several worktrees share it)
+KEEP = 3  # archives kept in the cache, ~240 MB each (worktrees share it)
 FORMAT = "1"  # bumped when the layout below changes, so no stale archive is reused
 VENV = "opt/chaosbus/venv"
 NATIVE = "opt/chaosbus/native"
