@@ -21,6 +21,18 @@ from chaosbus.common.halt import current, halted_message, set_halt
 __all__ = ["current", "halt", "halted_message", "operator_signer", "resume", "set_halt", "status"]
 
 
+def local_trust() -> signing.Trust | None:
+    """The kill-switch keys this machine's injectors trust (the keys dir), to read the stored state
+    as they would; None (advisory) in unsigned mode or where they cannot be read.
+    """
+    if signing.unsigned_mode():
+        return None
+    try:
+        return signing.Trust.from_dir(signing.keys_dir())
+    except (OSError, ValueError):
+        return None
+
+
 def operator_signer(path: str | None = None) -> signing.Signer | None:
     """The operator key: --operator-key, else operator.key in the keys dir (None in unsigned mode)."""
     if signing.unsigned_mode():
@@ -56,8 +68,10 @@ async def resume(bus: busmod.Bus, signer: signing.Signer | None) -> str:
 
 
 async def status(bus: busmod.Bus) -> str:
-    """The kill switch as stored (the KV key): engaged or not, since when, by whom and why."""
-    state = await current(bus)
+    """The kill switch as stored (the KV key) and as the injectors take it: engaged or not, since
+    when, by whom and why.
+    """
+    state = await current(bus, local_trust())
     if state is None or not state.halted:
         return "kill switch: not engaged"
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.at))

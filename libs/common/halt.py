@@ -18,14 +18,40 @@ from chaosbus.common import messages as m
 from chaosbus.common import signing, subjects
 
 
-async def current(bus: busmod.Bus) -> m.HaltState | None:
+async def current(bus: busmod.Bus, trust: signing.Trust | None = None) -> m.HaltState | None:
+    """The kill switch as its KV key holds it. Without `trust` (or a trust with no kill-switch
+    key), advisory: the signature is not checked, the injectors check it before acting. With it, as
+    an injector would take it: see `judged`.
+    """
     kv = await bus.kv(subjects.CONTROL.name)
     try:
         entry = await kv.get(subjects.HALT_KEY)
     except KeyNotFoundError:
         return None
-    # Advisory (an apply refused while halted): the injectors check the signature before acting.
-    return busmod.decode(signing.peek(entry.value), m.HaltState) if entry.value else None
+    if not entry.value:
+        return None
+    if trust is None or not any(trust.kids(role) for role in signing.HALT_ROLES):
+        return busmod.decode(signing.peek(entry.value), m.HaltState)
+    return judged(entry.value, trust, time.time())
+
+
+def judged(data: bytes, trust: signing.Trust, now: float) -> m.HaltState:
+    """A stored kill-switch state checked as the injectors check it, failing safe: one they would
+    refuse (not signed by a kill-switch key, or a resume signed by the SLO guard's halt-only key)
+    reads as halted, so nothing is admitted that every injector would refuse anyway.
+    """
+    try:
+        opened = trust.open(data, aud=signing.CONTROL_AUD, role=signing.HALT_ROLES, now=now, expires=False)
+        state = busmod.decode(opened.payload, m.HaltState)
+    except signing.Refused as e:
+        why = f"the stored kill-switch state is not trusted ({e})"
+        return m.HaltState(halted=True, reason=f"{why}; an operator sets it again: `chaosbus halt`, `chaosbus resume`")
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        return m.HaltState(halted=True, reason=f"the stored kill-switch state is malformed ({e})")
+    if not signing.may_sign_halt_state(opened.role, state.halted):
+        why = f"a resume signed with the {opened.role} key was refused (it may halt, never resume)"
+        return msgspec.structs.replace(state, halted=True, reason=f"{why}; `chaosbus resume` releases it")
+    return state
 
 
 def halted_message(state: m.HaltState) -> str:

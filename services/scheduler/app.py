@@ -410,7 +410,15 @@ async def serve(
             allow_host_network_testing=config.guard.allow_host_network_testing,
             cluster_injector=cluster_injector,
         )
-        triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)))
+        # The kill-switch keys where this machine keeps them (local mode: the state dir's), so that
+        # an apply is refused while the injectors would refuse it; without them, advisory.
+        trust = None
+        if not signing.unsigned_mode():
+            try:
+                trust = signing.Trust.from_dir(signing.keys_dir())
+            except (OSError, ValueError) as e:
+                log.warning("kill-switch keys not read: the triggers read its state unverified", error=str(e))
+        triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), trust)
         await service.run_forever(
             targets,
             keep,

@@ -13,7 +13,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import halt, subjects
+from chaosbus.common import halt, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common.store import ObjectStore
@@ -24,8 +24,9 @@ Handler = Callable[[bytes], Awaitable[m.Message]]
 
 
 class Triggers:
-    def __init__(self, bus: busmod.Bus, store: ObjectStore) -> None:
+    def __init__(self, bus: busmod.Bus, store: ObjectStore, trust: signing.Trust | None = None) -> None:
         self.bus, self.store = bus, store
+        self.trust = trust  # the kill-switch keys: judge its state as the injectors do (None: advisory)
 
     async def serve(self) -> None:
         handlers: list[tuple[subjects.CoreSubject[Any], Handler]] = [
@@ -59,7 +60,7 @@ class Triggers:
 
     async def apply(self, data: bytes) -> m.TriggerApplied:
         obj = rq.parse_apply(data)
-        state = await halt.current(self.bus)
+        state = await halt.current(self.bus, self.trust)
         if state is not None and state.halted:
             raise rq.BadRequest("", halt.halted_message(state))
         stored, action = await self.store.apply_admitted(obj)
