@@ -2,9 +2,10 @@
 measured in the same run, the ratio to it, and PASS/FAIL against the targets in docs/benchmarks.md.
 
 Floors: a per-target figure's floor is one NATS request/reply plus one nft transaction in a netns,
-"spawn" as the injector runs it (nsenter + nft) and "kernel" through libnftables with a context
-kept per netns. An all-targets figure's floor adds one such transaction per target a node handles,
-back to back, with the nodes working in parallel (as separate machines would).
+"spawn" as one nft process (the injector's fallback where libnftables cannot be used) and
+"kernel" through libnftables with a context kept per netns (the injector's way). An all-targets
+figure's floor adds one such transaction per target a node handles, back to back, with the nodes
+working in parallel (as separate machines would).
 """
 
 from __future__ import annotations
@@ -228,12 +229,12 @@ def breakdown_rows(plan: Plan, runs: list[Run]) -> Section:
 
 FLOOR_NAMES = [
     ("nats_rr", "NATS request/reply (core, 64 B)"),
-    ("nft_spawn_apply", "nft table replace in netns: nsenter+nft (injector)"),
+    ("nft_spawn_apply", "nft table replace in netns: nsexec+nft process"),
     ("nft_spawn_apply_commit", "  same, spawn -> kernel commit"),
-    ("nft_spawn_delete", "nft table delete in netns: nsenter+nft (injector)"),
+    ("nft_spawn_delete", "nft table delete in netns: nsexec+nft process"),
     ("nft_spawn_delete_commit", "  same, spawn -> kernel commit"),
-    ("libnft_apply", "nft table replace in netns: libnftables, cached ctx"),
-    ("libnft_delete", "nft table delete in netns: libnftables, cached ctx"),
+    ("libnft_apply", "nft table replace in netns: libnftables, cached ctx (injector)"),
+    ("libnft_delete", "nft table delete in netns: libnftables, cached ctx (injector)"),
     ("netlink_rr", "one netlink request in netns (cached socket)"),
     ("readback", "kernel readback: pyroute2 get_tables, fresh thread"),
 ]

@@ -1,19 +1,21 @@
 """The physical floor, measured in the same run as the figures: one NATS request/reply through the
-embedded server, one nftables transaction in a netns (as the injector runs it, and through
-libnftables without a process), one netlink request on a socket kept in the netns, and one kernel
+embedded server, one nftables transaction in a netns (one `nsexec --net … nft -f -` process, the
+injector's fallback where libnftables cannot be used, and through libnftables with a context kept
+for the netns, the injector's way), one netlink request on a socket kept in the netns, and one kernel
 readback from a fresh thread (what verifying one target costs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 from nats.errors import NoRespondersError
 
 from bench import kernel
 from chaosbus.common import bus as busmod
-from chaosbus.injector.backends import nft
+from chaosbus.injector.backends import native, nft
 
 FLOOR_TABLE = "chaosbus_benchfloor"
 
@@ -64,6 +66,12 @@ def _committed(monitor: kernel.TableMonitor, path: str, present: bool, since: fl
     return float("nan")
 
 
+def _spawn_nft(path: str, script: str) -> None:
+    """One nft process in the netns, as the injector spawns it without libnftables (backends/nft.py)."""
+    argv = [native.helper("nsexec"), "--net", path, "--", "nft", "-f", "-"]
+    subprocess.run(argv, input=script, capture_output=True, text=True, timeout=10.0, check=True)
+
+
 def kernel_floors(
     path: str, runs: int, monitor: kernel.TableMonitor, lib: kernel.LibNft | None
 ) -> dict[str, list[float]]:
@@ -77,13 +85,12 @@ def kernel_floors(
     out: dict[str, list[float]] = {
         k: [] for k in ("nft_spawn_apply", "nft_spawn_delete", "nft_spawn_apply_commit", "nft_spawn_delete_commit")
     }
+    replace = f"add table inet {FLOOR_TABLE}\ndelete table inet {FLOOR_TABLE}\n{script}"
+    delete = f"add table inet {FLOOR_TABLE}\ndelete table inet {FLOOR_TABLE}\n"
     for _ in range(runs):
         for op, present in (("apply", True), ("delete", False)):
             wall, t = time.time(), time.perf_counter()
-            if present:
-                nft.apply_table(path, FLOOR_TABLE, script)
-            else:
-                nft.delete_table(path, FLOOR_TABLE)
+            _spawn_nft(path, replace if present else delete)
             out[f"nft_spawn_{op}"].append(time.perf_counter() - t)
             out[f"nft_spawn_{op}_commit"].append(_committed(monitor, path, present, wall))
     if lib is not None:
