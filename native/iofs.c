@@ -402,12 +402,19 @@ struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
 #define FD(fi) ((int)((fi)->fh & 0xffffffffu))
 #define BACKING_BUCKETS 1024
 
-struct backing { dev_t dev; ino_t ino; int id, refs; struct backing *next; };
+/* A backing id outlives its last release by up to a second (reopening a file is common, and
+ * each set-up is two ioctls); at most BACKING_IDLE_MAX are kept idle. While it is held the covered
+ * file stays open in the kernel, so its inode number cannot go to another file. */
+#define BACKING_IDLE_NS 1000000000
+#define BACKING_IDLE_MAX 256
+
+struct backing { dev_t dev; ino_t ino; int id, refs; int64_t idle_since; struct backing *next; };
 
 static int dev_fuse = -1;
 static int passthrough; /* negotiated at INIT */
 static pthread_mutex_t backing_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct backing *backings[BACKING_BUCKETS];
+static int n_idle;
 
 static struct backing **backing_slot(const struct stat *st) {
     struct backing **b = &backings[(st->st_ino ^ st->st_dev * 31) % BACKING_BUCKETS];
@@ -424,15 +431,16 @@ static int backing_get(int fd, int shun) {
     pthread_mutex_lock(&backing_lock);
     struct backing **slot = backing_slot(&st);
     int id = 0;
-    if (*slot) {
+    if (*slot && ((*slot)->refs > 0 || !shun)) {
+        n_idle -= (*slot)->refs == 0;
         (*slot)->refs++;
         id = (*slot)->id;
-    } else if (!shun) {
+    } else if (!*slot && !shun) {
         struct fuse_backing_map map = {.fd = fd};
         struct backing *b = malloc(sizeof *b);
         id = b ? ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_OPEN, &map) : -1;
         if (id > 0) {
-            *b = (struct backing){st.st_dev, st.st_ino, id, 1, NULL};
+            *b = (struct backing){st.st_dev, st.st_ino, id, 1, 0, NULL};
             *slot = b;
         } else {
             free(b);
@@ -443,17 +451,43 @@ static int backing_get(int fd, int shun) {
     return id;
 }
 
+static void backing_close(struct backing **slot) {
+    struct backing *b = *slot;
+    uint32_t id = (uint32_t)b->id;
+    (void)ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_CLOSE, &id);
+    *slot = b->next;
+    free(b);
+}
+
 static void backing_put(int fd) {
     struct stat st;
     if (fstat(fd, &st)) return;
     pthread_mutex_lock(&backing_lock);
     struct backing **slot = backing_slot(&st), *b = *slot;
     if (b && --b->refs == 0) {
-        uint32_t id = (uint32_t)b->id;
-        (void)ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_CLOSE, &id);
-        *slot = b->next;
-        free(b);
+        if (n_idle < BACKING_IDLE_MAX) {
+            b->idle_since = now_ns();
+            n_idle++;
+        } else {
+            backing_close(slot);
+        }
     }
+    pthread_mutex_unlock(&backing_lock);
+}
+
+/* Closes the backing ids idle for longer than BACKING_IDLE_NS. */
+static void backing_expire(void) {
+    int64_t cutoff = now_ns() - BACKING_IDLE_NS;
+    pthread_mutex_lock(&backing_lock);
+    for (int i = 0; i < BACKING_BUCKETS && n_idle; i++)
+        for (struct backing **slot = &backings[i]; *slot;) {
+            if ((*slot)->refs == 0 && (*slot)->idle_since < cutoff) {
+                backing_close(slot);
+                n_idle--;
+            } else {
+                slot = &(*slot)->next;
+            }
+        }
     pthread_mutex_unlock(&backing_lock);
 }
 
@@ -858,6 +892,7 @@ static void *watch_rules(void *arg) {
             load_rules();
             last = st;
         }
+        backing_expire();
     }
     return NULL;
 }

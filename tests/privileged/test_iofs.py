@@ -519,3 +519,21 @@ def test_a_rule_reaches_new_opens_of_a_file_held_open_through_passthrough(target
         holder.wait()
         FAULT.recover(c1, first)
     assert target.mounted() == 0
+
+
+def test_a_file_replaced_on_the_volume_is_read_anew_not_through_its_predecessor(target: Target) -> None:
+    spec = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
+    ctx = ctx_for(target, spec)
+    FAULT.apply(ctx, spec)
+    try:
+        b = f"{target.vol}/b.txt"
+        assert probe(target.pid, [("read", b)])[0].value == "other file\n"
+        # Replaced under the same name within the second iofs keeps a released file's backing.
+        (target.host / "b.new").write_text("new content\n")
+        os.replace(target.host / "b.new", target.host / "b.txt")
+        assert probe(target.pid, [("read", b)])[0].value == "new content\n"
+        (target.host / "b.txt").unlink()
+        (target.host / "b.txt").write_text("third\n")
+        assert probe(target.pid, [("read", b)])[0].value == "third\n"
+    finally:
+        FAULT.recover(ctx, spec)
