@@ -5,14 +5,17 @@ lease (core NATS, every ttl/3; a node that stops hearing it recovers its leased 
 Only the holder of the leader lease (election.py) does any of this; a standby waits, sending
 nothing. The leader writes what it decided to KV `scheduler` before it sends it, and a new leader
 loads that memory before it acts, so timers and in-flight work survive `kill -9`.
+
+The core runs one message at a time; what it decides is sent by a pipeline (common/pipeline.py,
+outbox.py): each experiment's writes in the order decided, different experiments' together, so a
+burst of experiments shares its round trips instead of waiting for each in turn. A result is acked
+once its effects are stored.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import time
 import uuid
 from pathlib import Path
@@ -21,12 +24,13 @@ import msgspec
 import nats.errors
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import commands as cmdparts
 from chaosbus.common import config as cbconfig
 from chaosbus.common import kvsnapshot, service, settings, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
+from chaosbus.common.pipeline import Pipeline
 from chaosbus.common.store import ObjectStore
+from chaosbus.scheduler import outbox as ob
 from chaosbus.scheduler import schedules as sch
 from chaosbus.scheduler.core import Outputs, SchedulerCore
 from chaosbus.scheduler.election import Election, LostLeadership
@@ -38,10 +42,9 @@ from chaosbus.scheduler.triggers import Triggers
 
 log = cblog.get("scheduler")
 LEASE_TTL_S = 15.0  # CHAOSBUS_LEASE_SECONDS
-COMMAND_HEADROOM = 8192  # below max_payload: headers, the encoder's rounding, the signed envelope (~300 B)
 LEADER_TTL_S = 10.0  # CHAOSBUS_LEADER_SECONDS, --leader-ttl
 COMMAND_TTL_S = 300.0
-LEASE_EXTRA_S = 30.0  # a lease stays valid this much past its ttl: clocks of two machines differ
+IN_FLIGHT = 128  # batches of effects unfinished at once before the intake waits
 _TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace, "node": m.TargetNode}
 
 
@@ -58,94 +61,50 @@ class Scheduler:
     ) -> None:
         """`signer`: seals every node command and lease (None: unsigned mode, only to measure)."""
         self.bus, self.core, self.metrics, self.lease_ttl = bus, core, metrics, lease_ttl
-        self.signer, self.command_ttl = signer, command_ttl
         self.instance = uuid.uuid4().hex[:8]
-        self._seq = itertools.count(1)
+        self.outbox = ob.Outbox(
+            bus, core, metrics, signer=signer, instance=self.instance, lease_ttl=lease_ttl, command_ttl=command_ttl
+        )
+        self.effects = Pipeline(IN_FLIGHT, name="scheduler")
         self._wake = asyncio.Event()
+        self._sleep_until = 0.0  # when the timers wake up next by themselves
         self.replayed = asyncio.Event()
         self.flows = Flows(
             self.publish_writes,
-            self.send_command,
+            self.outbox.send_command,
             self.task_node,  # Workflows and StatusChecks
             metrics=metrics,
         )
         self.schedules = sch.ScheduleCore(started_at=time.time(), ready=False)  # ready once replayed
 
-    async def publish(self, out: Outputs) -> None:
-        await self.save_memory()  # write-ahead: what is about to be sent is remembered first
+    def publish(self, out: Outputs) -> asyncio.Future[None]:
+        """Hand what the core just decided, with the memory it changed, to the pipeline: sent
+        after this experiment's earlier effects, beside other experiments'. Called right after the
+        core, with no await between, so that each batch carries the memory of its own decision.
+        """
         for err in out.errors:
             self.metrics.errors.labels("bad_object").inc()
             log.error("experiment rejected", error=err)
-        too_large: dict[str, str] = {}
-        for d in out.decisions:
-            try:
-                await self.bus.publish(
-                    subjects.DECISIONS,
-                    subjects.decision_subject(d.experiment_uid),
-                    d,
-                    msg_id=f"{d.experiment_uid}.{self.instance}.{next(self._seq)}",
-                )
-            except nats.errors.MaxPayloadError:
-                too_large[d.experiment_uid] = (
-                    f"its decision ({len(d.records or [])} records) is larger than NATS "
-                    f"max_payload ({self.bus.nc.max_payload} bytes)"
-                )
-                continue
-            self.metrics.decisions.inc()
-            if d.selection_error:
-                log.warning("selection failed", experiment=d.name, error=d.selection_error)
-        applying = {c.node for c in out.commands if any(a.op == "apply" for a in c.actions)}
-        if applying:  # the lease (and any opt-out) reaches the node before the fault does
-            await self.send_leases(applying)
-        by_node: dict[str, list[m.NodeCommand]] = {}
-        for c in out.commands:
-            if c.experiment_uid not in too_large:
-                by_node.setdefault(c.node, []).append(c)
-        # Nodes in parallel, each node's commands in order: ten nodes cost one PubAck round trip,
-        # not ten back to back (which a nats-server busy with large status writes makes slow).
-        for failed in await asyncio.gather(*(self._send_in_order(cmds) for cmds in by_node.values())):
-            too_large.update(failed)
-        for uid, reason in too_large.items():  # the experiment fails, saying why; the scheduler goes on
-            self.metrics.errors.labels("max_payload").inc()
-            await self.publish(self.core.fail(uid, reason, time.time()))
-        self._wake.set()
+        changes = self.core.take_changes()
+        keys = {uid for uid, _ in changes} | {d.experiment_uid for d in out.decisions}
+        keys |= {c.experiment_uid for c in out.commands}
+        if not keys:
+            nothing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            nothing.set_result(None)
+            return nothing
+        task = self.effects.submit(keys, lambda: self._send(changes, out))
+        due = (e.due_at for uid in keys if (e := self.core.experiments.get(uid)) is not None)
+        if any(d is not None and d < self._sleep_until for d in due):
+            self._wake.set()  # the timers sleep past this experiment's next deadline
+        return task
 
-    async def _send_in_order(self, commands: list[m.NodeCommand]) -> dict[str, str]:
-        """Each command in parts below max_payload (commands.py); an experiment whose part NATS
-        still refuses is returned with the reason, and its later commands are not sent.
-        """
-        failed: dict[str, str] = {}
-        budget = self.bus.nc.max_payload - COMMAND_HEADROOM
-        for c in commands:
-            if c.experiment_uid in failed:
-                continue
-            for part in cmdparts.parts(c, budget):
-                try:
-                    await self.bus.publish(
-                        subjects.COMMANDS,
-                        subjects.command_subject(c.node),
-                        part,
-                        msg_id=part.command_id,
-                        seal=self._seal,
-                    )
-                except nats.errors.MaxPayloadError:
-                    failed[c.experiment_uid] = (
-                        f"a command to node {c.node} is larger than NATS max_payload "
-                        f"({self.bus.nc.max_payload} bytes) even split per target"
-                    )
-                    break
-                self.metrics.commands.labels(c.kind).inc()
-                log.info(
-                    "command sent",
-                    experiment=c.name,
-                    node=c.node,
-                    actions=len(part.actions),
-                    ops=sorted({a.op for a in part.actions}),
-                    part=part.command_id,
-                )
-            for a in c.actions:
-                self.metrics.actions.labels(c.kind, a.op).inc()
-        return failed
+    async def _send(self, changes: ob.Changes, out: Outputs) -> None:
+        sent = await self.outbox.send(changes, out)
+        for uid, reason in sent.too_large.items():  # the experiment fails, saying why; the scheduler goes on
+            self.metrics.errors.labels("max_payload").inc()
+            self.publish(self.core.fail(uid, reason, time.time()))
+        if sent.failed:
+            raise ob.NotSent(f"effects of {len(sent.failed)} experiment(s) not stored: {sorted(sent.failed)[:5]}")
 
     async def publish_writes(self, writes: list[m.ObjectWrite]) -> None:
         """Objects this scheduler decided (children, orchestration status): the recorder writes them."""
@@ -177,59 +136,27 @@ class Scheduler:
         if event.status_only and event.type == "DELETED":
             return  # the tombstone of a deleted object's status: its deletion comes on its own subject
         if not event.status_only:  # experiments run on spec and metadata; their status is written after them
-            await self.publish(self.core.on_object(event, time.time()))  # skips ORCHESTRATED kinds
+            await self.effects.room()
+            self.publish(self.core.on_object(event, time.time()))  # skips ORCHESTRATED kinds
         await self.flows.on_object(event)  # Schedules and Workflows follow their objects' status
         await self.publish_schedules(self.schedules.on_object(event, time.time()))
+        if event.kind == "Schedule" or event.uid in self.schedules.children:
+            self._wake.set()  # its next fire or a child's end may come before the timers wake
 
-    async def on_results(self, batch: m.ResultBatch) -> None:
-        await self.publish(self.core.on_results(batch, time.time()))
-        await self.flows.on_results(batch)
+    async def on_results(self, batches: list[m.ResultBatch]) -> set[int]:
+        """One fetch of results, folded into the core in order, their effects sent together; those
+        whose effects could not be stored are returned, to be redelivered (the others are acked).
+        """
+        stored = [self._results_stored(self.publish(self.core.on_results(b, time.time())), b) for b in batches]
+        outcomes = await asyncio.gather(*stored, return_exceptions=True)
+        return {i for i, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)}
 
-    def _seal_lease(self, subject: str, payload: bytes) -> bytes:
-        if self.signer is None:
-            return payload
-        return self.signer.seal(subject, payload, ttl_s=self.lease_ttl + LEASE_EXTRA_S)
-
-    def _seal(self, subject: str, payload: bytes) -> bytes:
-        if self.signer is None:
-            return payload
-        return self.signer.seal(subject, payload, ttl_s=self.command_ttl)
-
-    async def send_command(self, command: m.NodeCommand) -> None:
-        try:
-            await self.bus.publish(
-                subjects.COMMANDS,
-                subjects.command_subject(command.node),
-                command,
-                msg_id=command.command_id,
-                seal=self._seal,
-            )
-        except nats.errors.MaxPayloadError as e:  # a Task too large to send: its step times out, nothing crashes
-            self.metrics.errors.labels("max_payload").inc()
-            log.error("command larger than NATS max_payload: not sent", experiment=command.name, error=str(e))
-            return
-        self.metrics.commands.labels(command.kind).inc()
+    async def _results_stored(self, effects: asyncio.Future[None], batch: m.ResultBatch) -> None:
+        await effects
+        await self.flows.on_results(batch)  # Workflow Tasks' results (their own lock keeps their order)
 
     def task_node(self) -> str | None:
         return self.core.task_node()
-
-    async def save_memory(self) -> None:
-        kv = await self.bus.kv(subjects.SCHEDULER.name)
-        for uid, mem in self.core.take_changes():
-            key = subjects.memory_key(uid)
-            try:
-                if mem is None:
-                    await kv.purge(key)  # purge, not delete: no tombstone left per finished experiment
-                else:
-                    await kv.put(key, busmod.encode(mem))
-            except nats.errors.MaxPayloadError as e:  # several thousand targets: status stays the fallback
-                self.metrics.errors.labels("memory_too_large").inc()
-                log.error("experiment memory larger than NATS max_payload: not kept", experiment=uid, error=str(e))
-                continue
-            except Exception:
-                self.core.unsaved(uid)  # written again with the next change or retry
-                raise
-            self.metrics.memory_writes.inc()
 
     async def load_memory(self) -> int:
         kv = await self.bus.kv(subjects.SCHEDULER.name)
@@ -252,7 +179,7 @@ class Scheduler:
             await asyncio.wait([follow, asyncio.ensure_future(caught_up.wait())], return_when=asyncio.FIRST_COMPLETED)
             if caught_up.is_set():
                 self.core.forget_unclaimed()
-                await self.save_memory()
+                await self.publish(Outputs())  # purges the memories of objects gone meanwhile
                 self.replayed.set()
                 self.schedules.ready, self.schedules.started_at = True, time.time()
             await follow
@@ -261,7 +188,7 @@ class Scheduler:
 
     async def consume_results(self) -> None:
         await self.replayed.wait()  # a result must find its experiment: only after the replay
-        await self.bus.consume(subjects.RESULTS, self.on_results, durable="scheduler-results")
+        await self.bus.consume_batches(subjects.RESULTS, self.on_results, durable="scheduler-results")
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
         async for entry in self.bus.follow_kv(subjects.TARGETS.name):
@@ -278,20 +205,15 @@ class Scheduler:
                     continue
             self.core.on_target(entry.key, value)
 
-    async def send_leases(self, nodes: set[str] | None = None) -> None:
-        for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
-            with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
-                await self.bus.signal(subjects.LEASES, subjects.lease_subject(lease.node), lease, seal=self._seal_lease)
-
     async def renew_leases(self) -> None:
         while True:
-            await self.send_leases()
+            await self.outbox.send_leases()
             await asyncio.sleep(self.lease_ttl / 3)
 
     async def timers(self) -> None:
         while True:
             now = time.time()
-            await self.publish(self.core.tick(now))
+            self.publish(self.core.tick(now))
             await self.publish_schedules(self.schedules.tick(now))
             self._wake.clear()
             self.metrics.set_experiments(self.core.phase_counts(now))
@@ -309,10 +231,12 @@ class Scheduler:
             if delay <= 0:
                 await asyncio.sleep(0)  # never spin without yielding, whatever the core answers
                 continue
+            self._sleep_until = time.time() + delay
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+            self._sleep_until = 0.0
 
 
 def selection_config(
@@ -431,5 +355,6 @@ async def serve(
         )
     finally:
         metrics.leader.set(0)
+        sched.effects.cancel()  # a scheduler that is no longer the leader sends nothing more
         targets.cancel()
         keep.cancel()
