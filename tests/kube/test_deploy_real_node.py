@@ -410,6 +410,14 @@ def test_the_node_injector_is_its_node_through_its_token_and_other_tokens_are_re
         60,
         f"a NATS user issued to the node injector\n{log}",
     )
+    audit = [
+        json.loads(line)
+        for pod in d.pods(selector="app.kubernetes.io/name=chaosbus-auth")
+        for line in d.kubectl("-n", NS, "logs", pod["metadata"]["name"]).splitlines()
+        if '"nats user issued"' in line
+    ]
+    # this node's user, for the injector pod the token is bound to
+    assert any(a["node"] == d.node.name and a["pod"] == f"{NS}/{injector['metadata']['name']}" for a in audit), audit
     tls = tmp_path / "tls"
     tls.mkdir()
     for key in ("ca.crt", "tls.crt", "tls.key"):
