@@ -146,6 +146,16 @@ async def run_forever(*coros: Awaitable[None]) -> None:
         await asyncio.wait(tasks, timeout=5.0)
 
 
+async def hold(bus: busmod.Bus, interval: float = 1.0) -> None:
+    """Return never while the NATS connection lives; raise once nats-py has closed it for good (it
+    stops reconnecting after some refusals), so that a service whose work is all in subscription
+    callbacks ends and is restarted instead of staying up, and Ready, with no connection."""
+    while True:
+        if bus.nc.is_closed:
+            raise ConnectionError("the NATS connection was closed for good")
+        await asyncio.sleep(interval)
+
+
 @contextlib.asynccontextmanager
 async def connected(
     args: argparse.Namespace, name: str, registry: CollectorRegistry

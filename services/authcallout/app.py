@@ -6,7 +6,6 @@ Kubernetes asked (TokenReview, the bound pod), a signed answer out. Each decisio
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -168,4 +167,4 @@ async def main(args: argparse.Namespace) -> None:
             # A queue group: several replicas share the requests, each answered once.
             await bus.listen(subjects.AUTH_CALLOUT, auth.on_request, queue="auth")
             log.info("auth service ready", nats=args.nats, metrics_port=port, injectors=policy.username)
-            await asyncio.Event().wait()
+            await service.hold(bus)

@@ -17,7 +17,7 @@ from nats.js import api
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
+from chaosbus.common import natsserver, service, subjects
 
 pytestmark = pytest.mark.integration
 
@@ -379,3 +379,17 @@ async def test_consume_batches_redelivers_the_whole_fetch_when_the_handler_fails
             await task
     assert sorted(c for f in fetches for c in f) == ["c0", "c0", "c1", "c1"]
     assert (info.num_pending, info.num_ack_pending) == (0, 0)
+
+
+async def test_hold_lasts_while_the_connection_lives_and_ends_when_it_is_closed_for_good(
+    nats_server: natsserver.EmbeddedServer,
+) -> None:
+    # A service whose work is all in callbacks (the auth service) waits in hold(): it must end, so
+    # that the process is restarted, once nats-py has given the connection up.
+    b = await busmod.connect(nats_server.url, "holder")
+    holding = asyncio.ensure_future(service.hold(b, interval=0.05))
+    await asyncio.sleep(0.3)
+    assert not holding.done()
+    await b.nc.close()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(holding, 10)
