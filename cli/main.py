@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: <CHAOSBUS_KEYS_DIR or state dir/keys>/guard.key)",
     )
     k = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)
-    kg = k.add_parser("generate", help="create the scheduler and operator key pairs in DIR (existing ones kept)")
+    kg = k.add_parser("generate", help="create the scheduler, operator and guard key pairs in DIR (existing ones kept)")
     kg.add_argument("dir", nargs="?", default=None, help="default: CHAOSBUS_KEYS_DIR or <state dir>/keys")
 
     sub.add_parser("demo", help="run the end-to-end demo (root)")
