@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-base-port", type=int, default=None, help="as given to `chaosbus up` (default ports without it)"
     )
     pc.add_argument("--interval", default="15s", help="scrape interval")
+    pc.add_argument("--guard", action="store_true", help="a job for the SLO guard `chaosbus up` starts (guard.yaml)")
+    pc.add_argument("--dashboard-port", type=int, default=None, help="a job for a dashboard's /metrics on this port")
     tpl = sub.add_parser("template", help="Chaos Mesh's StatusCheck templates (ConfigMaps)")
     tsc = (
         tpl.add_subparsers(dest="template_kind", required=True)
@@ -289,7 +291,8 @@ async def dispatch(args: argparse.Namespace) -> int:
     if cmd == "prometheus-config":
         from chaosbus.cli import promconfig
 
-        print(promconfig.render(promconfig.ports_from_base(args.metrics_base_port), interval=args.interval), end="")
+        ports = promconfig.ports_from_base(args.metrics_base_port, guard=args.guard, dashboard=args.dashboard_port)
+        print(promconfig.render(ports, interval=args.interval), end="")
         return 0
     if cmd == "declare":
         return await _declare(url, args)

@@ -1,6 +1,7 @@
 """The Prometheus scrape configuration recommended for local mode (`chaosbus prometheus-config`):
-one job per service, each on the loopback /metrics port `chaosbus up` gives it.
-deploy/prometheus/local.yml is this output for the default ports.
+one job per service, each on the loopback /metrics port `chaosbus up` gives it, and on request
+the SLO guard's (`--guard`: the port `chaosbus up` gives it) and a dashboard's (`--dashboard-port`),
+which not every `chaosbus up` runs. deploy/prometheus/local.yml is this output for the default ports.
 """
 
 from __future__ import annotations
@@ -10,14 +11,21 @@ from typing import Any
 
 import yaml
 
-from chaosbus.cli.up import METRICS_PORTS, SERVICES
+from chaosbus.cli.up import METRICS_PORTS, SERVICES, guard_metrics_port
+
+OPTIONAL = ("guard", "dashboard")  # jobs only when asked for, after the services'
 
 
-def ports_from_base(base: int | None) -> dict[str, int]:
-    """The ports `chaosbus up --metrics-base-port base` uses (None: the defaults)."""
-    if base is None:
-        return dict(METRICS_PORTS)
-    return {name: base + SERVICES.index(name) for name in SERVICES}
+def ports_from_base(base: int | None, *, guard: bool = False, dashboard: int | None = None) -> dict[str, int]:
+    """The ports `chaosbus up --metrics-base-port base` uses (None: the defaults), with the guard's
+    and a dashboard's when asked for.
+    """
+    ports = dict(METRICS_PORTS) if base is None else {name: base + SERVICES.index(name) for name in SERVICES}
+    if guard:
+        ports["guard"] = guard_metrics_port(base)
+    if dashboard is not None:
+        ports["dashboard"] = dashboard
+    return ports
 
 
 def scrape_config(ports: Mapping[str, int], *, interval: str = "15s", host: str = "127.0.0.1") -> dict[str, Any]:
@@ -27,7 +35,7 @@ def scrape_config(ports: Mapping[str, int], *, interval: str = "15s", host: str 
             "metrics_path": "/metrics",
             "static_configs": [{"targets": [f"{host}:{ports[name]}"], "labels": {"service": name}}],
         }
-        for name in SERVICES
+        for name in (*SERVICES, *(o for o in OPTIONAL if o in ports))
     ]
     return {"global": {"scrape_interval": interval, "evaluation_interval": interval}, "scrape_configs": jobs}
 

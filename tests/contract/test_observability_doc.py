@@ -51,3 +51,14 @@ def test_base_port_places_services_as_up_does() -> None:
         "chaosbus-injector": "127.0.0.1:19103",
     }
     assert conf["global"]["scrape_interval"] == "1s"
+
+
+def test_the_guard_and_a_dashboard_get_jobs_when_asked_for() -> None:
+    conf = promconfig.scrape_config(promconfig.ports_from_base(19100, guard=True, dashboard=2400))
+    targets = {j["job_name"]: j["static_configs"][0]["targets"][0] for j in conf["scrape_configs"]}
+    assert targets["chaosbus-guard"] == "127.0.0.1:19104"  # after the four services, as `up` starts it
+    assert targets["chaosbus-dashboard"] == "127.0.0.1:2400"
+    default = promconfig.scrape_config(promconfig.ports_from_base(None, guard=True))
+    assert {j["job_name"]: j["static_configs"][0]["targets"][0] for j in default["scrape_configs"]}[
+        "chaosbus-guard"
+    ] == "127.0.0.1:9106"

@@ -121,13 +121,8 @@ def prometheus(
     if prom.unavailable():
         pytest.skip(prom.unavailable() or "")
     ports = {**live_ports(system), "dashboard": dashboard[1]}
-    config = promconfig.scrape_config({s: ports[s] for s in SERVICES}, interval="1s")
-    config["scrape_configs"].append(  # the job docs/observability.md recommends beside prometheus-config's
-        {
-            "job_name": "chaosbus-dashboard",
-            "static_configs": [{"targets": [f"127.0.0.1:{ports['dashboard']}"], "labels": {"service": "dashboard"}}],
-        }
-    )
+    # As `chaosbus prometheus-config --dashboard-port N` prints it: the services' jobs and the dashboard's.
+    config = promconfig.scrape_config(ports, interval="1s")
     config["scrape_configs"] += annotation_jobs(ports)
     with prom.running(config, tmp_path_factory.mktemp("prometheus")) as p:
         yield p
