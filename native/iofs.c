@@ -2,7 +2,7 @@
  * passes every operation through to the directory it covers and applies the rules of a small
  * text file (latency, errno, attribute overrides, corrupted data) to the operations they match.
  *
- *   iofs mount  --pid PID --path DIR --rules FILE [--status-fd FD]
+ *   iofs mount  --pid PID --path DIR --rules FILE [--status-fd FD] [--passthrough no]
  *   iofs umount --pid PID --path DIR
  *
  * mount: opens /dev/fuse, the rules file's directory and /proc/PID while still in the host's mount
@@ -10,7 +10,8 @@
  * through that descriptor), mounts a "fuse.chaosbus-iofs" filesystem over DIR and serves it until
  * the kernel ends the connection (the mount detached and its last open file closed, or the mount
  * namespace gone). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
- * FUSE passthrough for files no data rule matches, see below), or why not. The rules are
+ * FUSE passthrough for files no data rule matches, see below; "--passthrough no" never asks for
+ * it, as on a kernel without it), or why not. The rules are
  * re-read on SIGUSR1 and whenever the file changes (checked every 200 ms). Exit status 3: an iofs
  * is already mounted at DIR.
  *
@@ -411,7 +412,8 @@ struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
 struct backing { dev_t dev; ino_t ino; int id, refs; int64_t idle_since; struct backing *next; };
 
 static int dev_fuse = -1;
-static int passthrough; /* negotiated at INIT */
+static int want_passthrough = 1; /* --passthrough no: as on a kernel without it */
+static int passthrough;          /* negotiated at INIT */
 static pthread_mutex_t backing_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct backing *backings[BACKING_BUCKETS];
 static int n_idle;
@@ -527,7 +529,7 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
     cfg->nullpath_ok = 0;
     cfg->negative_timeout = 0;
     /* The covered directory may itself be stacked (overlayfs): one level below iofs is allowed. */
-    passthrough = fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
+    passthrough = want_passthrough && fuse_set_feature_flag(conn, FUSE_CAP_PASSTHROUGH);
     if (passthrough) conn->max_backing_stack_depth = 1;
     /* Without passthrough a file's pages stay cached across opens while its size and mtime are
      * unchanged (see open_mode). */
@@ -898,7 +900,7 @@ static void *watch_rules(void *arg) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: iofs mount --pid PID --path DIR --rules FILE [--status-fd FD]\n"
+    fprintf(stderr, "usage: iofs mount --pid PID --path DIR --rules FILE [--status-fd FD] [--passthrough no]\n"
                     "       iofs umount --pid PID --path DIR\n");
     return 2;
 }
@@ -987,6 +989,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
         else if (!strcmp(argv[i], "--rules")) rules_path = argv[i + 1];
         else if (!strcmp(argv[i], "--status-fd")) status_fd = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--passthrough")) want_passthrough = strcmp(argv[i + 1], "no") != 0;
         else return usage();
     }
     if (pid <= 0 || !path || path[0] != '/') return usage();

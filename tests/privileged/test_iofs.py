@@ -440,11 +440,11 @@ def _kernel_has_fuse_passthrough() -> bool | None:
         return None
 
 
-def _server_wakeups(t: Target) -> int:
+def _server_wakeups(t: Target, pid: int = 0) -> int:
     """Voluntary context switches of the volume's iofs threads serving FUSE (each request the
     kernel sends wakes one), less its rules thread's timer."""
     vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
-    pid = int(vol.server_file.read_text().split()[0])
+    pid = pid or int(vol.server_file.read_text().split()[0])
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -537,3 +537,29 @@ def test_a_file_replaced_on_the_volume_is_read_anew_not_through_its_predecessor(
         assert probe(target.pid, [("read", b)])[0].value == "third\n"
     finally:
         FAULT.recover(ctx, spec)
+
+
+def test_without_passthrough_iofs_serves_every_file_and_the_rules_still_apply(target: Target) -> None:
+    """What a kernel without FUSE passthrough gets: the page cache for files no rule matches."""
+    data = os.urandom(4 << 20)
+    (target.host / "free.bin").write_bytes(data)
+    vol = iofs.Volume(target.pid, iofs.start_ticks(target.pid) or 0, target.vol)
+    spec = io(target, action="fault", path=f"{target.vol}/b.txt", methods=READ, errno=5)
+    iofs.write_rules(vol.rules, {"k": iofs.rule_line(spec, 0)})
+    proc, passthrough = iofs.start(vol, passthrough=False)
+    try:
+        assert not passthrough and target.mounted() == 1
+        before = _server_wakeups(target, proc.pid)
+        got = probe(
+            target.pid,
+            [("readall", f"{target.vol}/free.bin", str(64 << 10)), ("read", f"{target.vol}/b.txt")]
+            + [("read", f"{target.vol}/slow/a.txt")],
+        )
+        assert [r.errno for r in got] == [0, 5, 0] and got[0].value == len(data)
+        assert got[2].value == "slow file\n"
+        assert _server_wakeups(target, proc.pid) - before > 10  # iofs served free.bin's data itself
+    finally:
+        iofs.umount(vol)
+        proc.wait(10)
+        vol.rules.unlink(missing_ok=True)
+    assert target.mounted() == 0

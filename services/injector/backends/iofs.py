@@ -216,9 +216,10 @@ def _unescape(s: str) -> str:
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def start(vol: Volume) -> tuple[subprocess.Popen[bytes], bool]:
+def start(vol: Volume, passthrough: bool = True) -> tuple[subprocess.Popen[bytes], bool]:
     """Mount iofs over the volume and serve it (the server runs on in its own session); whether
-    the kernel's FUSE passthrough serves the files no data rule matches.
+    the kernel's FUSE passthrough serves the files no data rule matches (never asked for with
+    `passthrough` False: iofs then serves them as on a kernel without it).
 
     Raises:
         IofsError: not mounted (the reason from iofs), `already` if an iofs is mounted there.
@@ -236,7 +237,7 @@ def start(vol: Volume) -> tuple[subprocess.Popen[bytes], bool]:
             str(vol.rules),
             "--status-fd",
             str(w),
-        ]
+        ] + ([] if passthrough else ["--passthrough", "no"])
         proc = subprocess.Popen(
             argv,
             pass_fds=(w,),
