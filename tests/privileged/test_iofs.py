@@ -7,7 +7,6 @@ target's mount namespace), what is on disk, and the target's /proc/<pid>/mountin
 
 from __future__ import annotations
 
-import gzip
 import os
 import signal
 import statistics
@@ -17,17 +16,15 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.iofstarget import GETATTR, READ, Target, ctx_for, eventually, io, start_target, volume_target
 from helpers.ioprobe import probe
 
-from chaosbus.common import messages as m
-from chaosbus.common import podexec
 from chaosbus.common.crd import iochaos
-from chaosbus.injector import faults, runtime
+from chaosbus.injector import faults
 from chaosbus.injector.backends import iofs
 from chaosbus.injector.backends.native import native_dir
 
@@ -36,72 +33,12 @@ pytestmark = pytest.mark.privileged
 if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not (native_dir() / "iofs").exists():
     pytest.skip("needs root, /dev/fuse and native/build/iofs (make install)", allow_module_level=True)
 
-READ = 1 << iochaos.METHODS.index("read")
-GETATTR = 1 << iochaos.METHODS.index("getattr") | 1 << iochaos.METHODS.index("lookup")
 UNAFFECTED = 0.07  # median seconds of a call no rule delays, on a loaded machine (a delay here is 100 ms)
-
-
-@dataclass
-class Target:
-    pid: int
-    host: Path  # the volume's directory as the host sees it
-    vol: str  # where the target sees it
-
-    def mounted(self) -> int:
-        return iofs.mounts_at(self.pid, self.vol)
-
-
-def _start_target(tmp: Path, argv: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Target]:
-    host, vol = tmp / "host", tmp / "pod" / "data"
-    host.mkdir(exist_ok=True)
-    shim = subprocess.Popen(
-        podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True, volumes=[f"{host}:{vol}"]),
-        start_new_session=True,
-    )
-    deadline, kids = time.monotonic() + 10, []
-    while not kids and time.monotonic() < deadline:
-        with open(f"/proc/{shim.pid}/task/{shim.pid}/children") as f:
-            kids = f.read().split()
-        time.sleep(0.01)
-    assert kids, "the target did not start"
-    return shim, Target(int(kids[0]), host, str(vol))
 
 
 @pytest.fixture
 def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
-    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
-    shim, t = _start_target(tmp_path)
-    (t.host / "slow").mkdir()
-    (t.host / "slow" / "a.txt").write_text("slow file\n")
-    (t.host / "b.txt").write_text("other file\n")
-    try:
-        yield t
-    finally:
-        os.killpg(shim.pid, signal.SIGKILL)
-        shim.wait()
-
-
-def ctx_for(t: Target, spec: m.IO, uid: str = "", deadline: float | None = None) -> faults.FaultContext:
-    uid = uid or uuid.uuid4().hex[:8]
-    action = m.TargetAction(
-        target_id=f"default/pod-{uid}", op="apply", container_ids=[f"process://{t.pid}"], fault=spec
-    )
-    containers = [runtime.resolve(f"process://{t.pid}")]
-    original = faults.original_state("io", uid, action, containers=containers)
-    return faults.FaultContext(uid, "x", "default", action, containers, deadline=deadline, original=original)
-
-
-def io(t: Target, **kw: Any) -> m.IO:
-    return m.IO(volume_path=t.vol, **kw)
-
-
-def eventually(check: Any, timeout: float = 15.0) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > end:
-            return got
-        time.sleep(0.1)
+    yield from volume_target(tmp_path, monkeypatch)
 
 
 FAULT = faults.get("io")
@@ -161,58 +98,6 @@ def test_attr_override_changes_what_stat_returns_not_the_file(target: Target) ->
     assert during[1].value[0] == len("slow file\n")
     assert os.stat(target.host / "b.txt").st_size == len("other file\n")
     assert probe(target.pid, [("stat", f"{target.vol}/b.txt")])[0].value[0] == len("other file\n")
-
-
-def test_attr_override_reaches_a_stat_right_after_apply_on_a_mounted_volume(target: Target) -> None:
-    other = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
-    c1 = ctx_for(target, other)
-    FAULT.apply(c1, other)  # mounted; the kernel may keep b.txt's attributes for a second
-    try:
-        b = f"{target.vol}/b.txt"
-        mask, values = iochaos.attr_override(iochaos.AttrOverride(size=4242))
-        spec = io(target, action="attrOverride", path=b, methods=GETATTR, attr_mask=mask, attr_values=values)
-        c2 = ctx_for(target, spec)
-        # One probe run: a stat that caches b.txt's attributes, the rule applied while they are
-        # held (the probe waits on a file this test writes after apply), then a stat at once.
-        go = target.host / "go"
-        probe_run = subprocess.Popen(
-            [
-                "nsenter",
-                "-t",
-                str(target.pid),
-                "-m",
-                "--",
-                sys.executable,
-                "-S",
-                "-c",
-                STAT_WAIT_STAT,
-                b,
-                f"{target.vol}/go",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert probe_run.stdout is not None
-        first = int(probe_run.stdout.readline())
-        FAULT.apply(c2, spec)
-        go.write_text("")
-        second = int(probe_run.stdout.readline())
-        probe_run.wait(30)
-        assert (first, second) == (len("other file\n"), 4242)
-        FAULT.recover(c2, spec)
-        assert probe(target.pid, [("stat", b)])[0].value[0] == len("other file\n")
-    finally:
-        FAULT.recover(c1, other)
-
-
-# Inside the target's mount namespace: stat, wait for a file to appear, stat again.
-STAT_WAIT_STAT = textwrap.dedent("""
-    import os, sys, time
-    print(os.stat(sys.argv[1]).st_size, flush=True)
-    while not os.path.exists(sys.argv[2]):
-        time.sleep(0.001)
-    print(os.stat(sys.argv[1]).st_size, flush=True)
-""")
 
 
 def test_mistake_corrupts_reads_within_its_bounds_and_never_the_file(target: Target) -> None:
@@ -372,7 +257,7 @@ def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
                 f.write(repr(got) + "\\n")
             time.sleep(0.05)
     """)
-    shim, t = _start_target(tmp_path, ["python3", "-c", script])
+    shim, t = start_target(tmp_path, ["python3", "-c", script])
 
     def lines() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
@@ -429,137 +314,3 @@ def test_files_open_on_a_killed_fuse_server_are_moved_back_not_left_broken(
     finally:
         os.killpg(shim.pid, signal.SIGKILL)
         shim.wait()
-
-
-def _kernel_has_fuse_passthrough() -> bool | None:
-    """Whether this kernel was built with FUSE passthrough (None: its configuration is unknown)."""
-    try:
-        with gzip.open("/proc/config.gz", "rt") as f:
-            return "CONFIG_FUSE_PASSTHROUGH=y\n" in f.read()
-    except OSError:
-        return None
-
-
-def _server_wakeups(t: Target, pid: int = 0) -> int:
-    """Voluntary context switches of the volume's iofs threads serving FUSE (each request the
-    kernel sends wakes one), less its rules thread's timer."""
-    vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
-    pid = pid or int(vol.server_file.read_text().split()[0])
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "iofs-rules":
-                continue
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-    return total
-
-
-def test_files_no_data_rule_matches_are_read_by_the_kernel_not_through_iofs(target: Target) -> None:
-    if not _kernel_has_fuse_passthrough():
-        pytest.skip(
-            "this kernel has no FUSE passthrough (CONFIG_FUSE_PASSTHROUGH, Linux 6.9 on) or no /proc/config.gz "
-            "to tell: iofs serves every read itself there"
-        )
-    data = os.urandom(8 << 20)
-    (target.host / "free.bin").write_bytes(data)
-    (target.host / "ruled.bin").write_bytes(data)
-    spec = io(target, action="latency", path=f"{target.vol}/ruled.bin", methods=READ, delay_ns=0)
-    ctx = ctx_for(target, spec)
-    assert "(kernel passthrough)" in FAULT.apply(ctx, spec)
-    try:
-        counts = []
-        for name in ("free.bin", "ruled.bin"):
-            before = _server_wakeups(target)
-            [r] = probe(target.pid, [("readall", f"{target.vol}/{name}", str(64 << 10))])
-            counts.append(_server_wakeups(target) - before)
-            assert r.errno == 0 and r.value == len(data)
-    finally:
-        FAULT.recover(ctx, spec)
-    free, ruled = counts
-    # The free file's reads reach only the covered file: iofs sees its lookup, open and release
-    # (through iofs its 8 MiB would take at least 64 requests). The ruled file's 128 reads all
-    # wait on iofs (direct I/O), which shows the count sees them (a thread that finds the next
-    # request already queued does not sleep, hence far fewer than 128 at times).
-    assert free <= 10 and ruled >= 40, counts
-    assert (target.host / "free.bin").read_bytes() == data
-
-
-def test_a_rule_reaches_new_opens_of_a_file_held_open_through_passthrough(target: Target) -> None:
-    first = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
-    c1 = ctx_for(target, first)
-    FAULT.apply(c1, first)
-    hold = (
-        f"import os, time; fd = os.open('{target.vol}/b.txt', os.O_RDONLY)\n"
-        "print(os.pread(fd, 64, 0).decode(), end='', flush=True)\n"
-        "time.sleep(300)\n"
-    )
-    holder = subprocess.Popen(
-        ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", hold],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "other file\n"
-        second = io(target, action="fault", path=f"{target.vol}/b.txt", methods=READ, errno=61)
-        c2 = ctx_for(target, second)
-        FAULT.apply(c2, second)
-        try:
-            # The kernel refuses an open of an inode open passthrough unless it names the same
-            # backing file: iofs does, with direct I/O, so the new open's reads meet the rule.
-            during = probe(target.pid, [("read", f"{target.vol}/b.txt"), ("open", f"{target.vol}/b.txt")])
-            assert [r.errno for r in during] == [61, 0]
-        finally:
-            FAULT.recover(c2, second)
-        assert probe(target.pid, [("read", f"{target.vol}/b.txt")])[0].value == "other file\n"
-    finally:
-        holder.kill()
-        holder.wait()
-        FAULT.recover(c1, first)
-    assert target.mounted() == 0
-
-
-def test_a_file_replaced_on_the_volume_is_read_anew_not_through_its_predecessor(target: Target) -> None:
-    spec = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
-    ctx = ctx_for(target, spec)
-    FAULT.apply(ctx, spec)
-    try:
-        b = f"{target.vol}/b.txt"
-        assert probe(target.pid, [("read", b)])[0].value == "other file\n"
-        # Replaced under the same name within the second iofs keeps a released file's backing.
-        (target.host / "b.new").write_text("new content\n")
-        os.replace(target.host / "b.new", target.host / "b.txt")
-        assert probe(target.pid, [("read", b)])[0].value == "new content\n"
-        (target.host / "b.txt").unlink()
-        (target.host / "b.txt").write_text("third\n")
-        assert probe(target.pid, [("read", b)])[0].value == "third\n"
-    finally:
-        FAULT.recover(ctx, spec)
-
-
-def test_without_passthrough_iofs_serves_every_file_and_the_rules_still_apply(target: Target) -> None:
-    """What a kernel without FUSE passthrough gets: the page cache for files no rule matches."""
-    data = os.urandom(4 << 20)
-    (target.host / "free.bin").write_bytes(data)
-    vol = iofs.Volume(target.pid, iofs.start_ticks(target.pid) or 0, target.vol)
-    spec = io(target, action="fault", path=f"{target.vol}/b.txt", methods=READ, errno=5)
-    iofs.write_rules(vol.rules, {"k": iofs.rule_line(spec, 0)})
-    proc, passthrough = iofs.start(vol, passthrough=False)
-    try:
-        assert not passthrough and target.mounted() == 1
-        before = _server_wakeups(target, proc.pid)
-        got = probe(
-            target.pid,
-            [("readall", f"{target.vol}/free.bin", str(64 << 10)), ("read", f"{target.vol}/b.txt")]
-            + [("read", f"{target.vol}/slow/a.txt")],
-        )
-        assert [r.errno for r in got] == [0, 5, 0] and got[0].value == len(data)
-        assert got[2].value == "slow file\n"
-        assert _server_wakeups(target, proc.pid) - before > 10  # iofs served free.bin's data itself
-    finally:
-        iofs.umount(vol)
-        proc.wait(10)
-        vol.rules.unlink(missing_ok=True)
-    assert target.mounted() == 0
