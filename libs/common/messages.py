@@ -1,8 +1,9 @@
 """Every message chaosbus puts on NATS, as msgspec Structs. Services never hand-encode bytes.
 
 Evolution rules (msgspec): new fields get defaults; types never change; unknown fields are ignored.
-Every message about one experiment starts with its header, `ExperimentRef` (uid, generation, kind,
-namespace, name), and every per-target part with `TargetRef` (the target id and its selector).
+Every message about one object starts with its header, `ObjectRef` (kind, namespace, name); one
+about one experiment with `ExperimentRef` (that, its uid and generation); every per-target part
+with `TargetRef` (the target id and its selector).
 The headers are inherited, so their fields sit flat beside the message's own: the JSON is the one
 these messages had before they shared a header, and what is kept (journal rows, the scheduler's
 memory, the streams) decodes unchanged across an upgrade.
@@ -51,14 +52,19 @@ TargetId = Annotated[str, msgspec.Meta(max_length=1024)]
 SelectorKey = Annotated[str, msgspec.Meta(max_length=253)]
 
 
-class ExperimentRef(Message, kw_only=True, frozen=True):
+class ObjectRef(Message, kw_only=True, frozen=True):
+    """The header of every message about one object: its kind, namespace and name."""
+
+    kind: KindName
+    namespace: NamespaceName
+    name: ObjectName
+
+
+class ExperimentRef(ObjectRef, kw_only=True, frozen=True):
     """The header of every message about one experiment: which object, at which generation."""
 
     experiment_uid: Uid
     generation: Generation
-    kind: KindName
-    namespace: NamespaceName
-    name: ObjectName
 
     @property
     def ref(self) -> ExperimentRef:
@@ -89,13 +95,10 @@ class TargetRef(Message, kw_only=True, frozen=True):
 # --- watcher -> everyone: object events and the target projection ---------------------------
 
 
-class ObjectEvent(Message, kw_only=True, frozen=True):
+class ObjectEvent(ObjectRef, kw_only=True, frozen=True):
     """chaos.obj.<kind>.<namespace>.<name>: an experiment object changed (full object inside)."""
 
     type: Literal["ADDED", "MODIFIED", "DELETED"]
-    kind: str
-    namespace: str
-    name: str
     uid: str
     generation: int = 0
     resource_version: str = ""
@@ -225,7 +228,7 @@ class ExperimentDecision(ExperimentRef, kw_only=True, frozen=True):
 # --- scheduler -> recorder: objects the scheduler decides (Schedule children, orchestration status)
 
 
-class ObjectWrite(Message, kw_only=True, frozen=True):
+class ObjectWrite(ObjectRef, kw_only=True, frozen=True):
     """chaos.write.<kind>.<namespace>.<name>: one change to one object that the scheduler decides and
     the recorder (the only writer of objects) carries out. Idempotent by design:
 
@@ -239,9 +242,6 @@ class ObjectWrite(Message, kw_only=True, frozen=True):
 
     write_id: str  # also the JetStream dedup id
     op: Literal["create", "delete", "status", "annotate", "event"]
-    kind: str
-    namespace: str
-    name: str
     uid: str = ""  # the object's uid for delete/status/annotate; "" = whatever object has the name
     object: msgspec.Raw = msgspec.Raw(b"null")
     annotations: dict[str, str | None] = {}
@@ -313,13 +313,13 @@ class NodeLease(Message, kw_only=True, frozen=True):
     exempt: list[str] = []
 
 
-class JournalSummary(Message, kw_only=True, frozen=True):
+class JournalSummary(ObjectRef, kw_only=True, frozen=True):
     """One experiment's open entries in a node's journal (faults in force or being applied)."""
 
     experiment_uid: str
-    namespace: str = ""
-    name: str = ""
-    kind: str = ""
+    namespace: NamespaceName = ""
+    name: ObjectName = ""
+    kind: KindName = ""
     entries: int = 0
 
 
@@ -393,12 +393,10 @@ class TriggerApply(Message, kw_only=True, frozen=True):
     spec: dict[str, object] = {}
 
 
-class TriggerRef(Message, kw_only=True, frozen=True):
+class TriggerRef(ObjectRef, kw_only=True, frozen=True):
     """chaos.trigger.get / chaos.trigger.recover: one experiment by kind and name."""
 
-    kind: str
-    name: str
-    namespace: str = "default"
+    namespace: NamespaceName = "default"
 
 
 class TriggerListRequest(Message, kw_only=True, frozen=True):
@@ -408,29 +406,20 @@ class TriggerListRequest(Message, kw_only=True, frozen=True):
     all: bool = False
 
 
-class TriggerApplied(Message, kw_only=True, frozen=True):
-    kind: str
-    namespace: str
-    name: str
+class TriggerApplied(ObjectRef, kw_only=True, frozen=True):
     uid: str
     action: str  # created | configured | unchanged, as `kubectl apply` says
 
 
-class TriggerStatus(Message, kw_only=True, frozen=True):
+class TriggerStatus(ObjectRef, kw_only=True, frozen=True):
     """An experiment's status in Chaos Mesh's shape (as the recorder writes it; {} before it has)."""
 
-    kind: str
-    namespace: str
-    name: str
     uid: str
     phase: str  # status.phase; "" until the recorder has written it
     status: dict[str, object]
 
 
-class TriggerRecovered(Message, kw_only=True, frozen=True):
-    kind: str
-    namespace: str
-    name: str
+class TriggerRecovered(ObjectRef, kw_only=True, frozen=True):
     outcome: str  # deleted | deleting (recovering its targets; gone once all are recovered)
 
 
@@ -462,6 +451,7 @@ __all__ = [
     "NodeCommand",
     "NodeLease",
     "ObjectEvent",
+    "ObjectRef",
     "ObjectWrite",
     "Partition",
     "PartitionRule",

@@ -1,6 +1,7 @@
-"""One header per experiment and per target: every message that names an experiment inherits
-`ExperimentRef`, every per-target part `TargetRef`. The headers keep the JSON these messages had
-before (what journals, KV and streams hold decodes across an upgrade) and are bounded at decode.
+"""One header per object, per experiment and per target: a message that names an object inherits
+`ObjectRef`, one that names an experiment `ExperimentRef`, a per-target part `TargetRef`. The
+headers keep the JSON these messages had before (what journals, KV and streams hold decodes across
+an upgrade) and are bounded at decode.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from chaosbus.common import messages as m
 from chaosbus.common.wire import decode, encode
 
+OBJECT = {f.name for f in msgspec.structs.fields(m.ObjectRef)}
 HEADER = {f.name for f in msgspec.structs.fields(m.ExperimentRef)}
 TARGET = {f.name for f in msgspec.structs.fields(m.TargetRef)}
 MESSAGES = [
@@ -23,6 +25,10 @@ MESSAGES = [
 @pytest.mark.parametrize("cls", MESSAGES, ids=lambda c: c.__name__)
 def test_a_message_naming_an_experiment_takes_the_header(cls: type[m.Message]) -> None:
     fields = {f.name for f in msgspec.structs.fields(cls)}
+    if OBJECT <= fields:
+        assert issubclass(cls, m.ObjectRef), (
+            f"{cls.__name__} repeats an object's kind, namespace, name: inherit ObjectRef"
+        )
     if HEADER <= fields:
         assert issubclass(cls, m.ExperimentRef), f"{cls.__name__} repeats the header's fields: inherit ExperimentRef"
     if TARGET <= fields:
@@ -34,12 +40,25 @@ def test_the_messages_about_one_experiment_share_it() -> None:
         assert issubclass(cls, m.ExperimentRef)
     for cls in (m.TargetAction, m.TargetResult, m.TargetMemory):
         assert issubclass(cls, m.TargetRef)
+    for cls in (m.ObjectEvent, m.ObjectWrite, m.TriggerRef, m.TriggerApplied, m.TriggerStatus, m.TriggerRecovered):
+        assert issubclass(cls, m.ObjectRef)
+    assert issubclass(m.ExperimentRef, m.ObjectRef)
 
 
 # As these messages were written before the headers (a journal's outbox row, the scheduler's KV
 # memory, a decision on its stream): the same bytes decode to the same values, and encode back to
 # the same document.
 PERSISTED = [
+    (
+        m.ObjectEvent,
+        b'{"type":"ADDED","kind":"PodChaos","namespace":"ns","name":"x","uid":"u1","generation":1,'
+        b'"resource_version":"7","object":{"kind":"PodChaos","metadata":{"name":"x"}}}',
+    ),
+    (
+        m.ObjectWrite,
+        b'{"write_id":"w1","op":"status","kind":"Schedule","namespace":"ns","name":"s","uid":"u2",'
+        b'"object":{"status":{"active":[]}},"reason":"Spawned","at":3.0}',
+    ),
     (
         m.ResultBatch,
         b'{"command_id":"u1.abc","experiment_uid":"u1","generation":2,"kind":"NetworkChaos",'
@@ -73,7 +92,7 @@ def test_what_was_persisted_before_the_header_decodes_the_same(cls: type[m.Messa
 
 
 def test_the_header_alone() -> None:
-    batch = decode(PERSISTED[0][1], m.ResultBatch)
+    batch = decode(dict(PERSISTED)[m.ResultBatch], m.ResultBatch)
     assert batch.ref == m.ExperimentRef(
         experiment_uid="u1", generation=2, kind="NetworkChaos", namespace="default", name="cut"
     )
@@ -91,13 +110,23 @@ def test_the_header_alone() -> None:
     ],
 )
 def test_the_header_is_bounded_at_decode(field: str, value: object) -> None:
-    doc = msgspec.json.decode(PERSISTED[2][1]) | {field: value}
+    doc = msgspec.json.decode(dict(PERSISTED)[m.ExperimentDecision]) | {field: value}
     with pytest.raises(msgspec.ValidationError, match=field):
         decode(msgspec.json.encode(doc), m.ExperimentDecision)
 
 
+def test_an_object_header_is_bounded_at_decode() -> None:
+    doc = msgspec.json.decode(dict(PERSISTED)[m.ObjectEvent]) | {"name": "x" * 254}
+    with pytest.raises(msgspec.ValidationError, match="name"):
+        decode(msgspec.json.encode(doc), m.ObjectEvent)
+
+
+def test_a_trigger_ref_still_defaults_its_namespace() -> None:
+    assert decode(b'{"kind":"PodChaos","name":"x"}', m.TriggerRef).namespace == "default"
+
+
 def test_a_target_header_is_bounded_at_decode() -> None:
-    doc = msgspec.json.decode(PERSISTED[0][1])
+    doc = msgspec.json.decode(dict(PERSISTED)[m.ResultBatch])
     doc["results"][0]["target_id"] = "t" * 1025
     with pytest.raises(msgspec.ValidationError, match="target_id"):
         decode(msgspec.json.encode(doc), m.ResultBatch)
