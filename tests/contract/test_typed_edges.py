@@ -148,3 +148,38 @@ def test_nothing_publishes_or_subscribes_past_the_bus(path: Path) -> None:
         and (node.func.value.attr if isinstance(node.func.value, ast.Attribute) else node.func.value.id) in ("nc", "js")
     ]
     assert not raw, "publish and subscribe through the bus (libs/common/bus.py), which takes a table entry"
+
+
+def _bus_calls(tree: ast.AST) -> list[ast.Call]:
+    names = {"consume", "consume_batches", "replay_and_follow", "last_messages", "publish", "signal", "listen"}
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in names
+        and ast.unparse(node.func.value).split(".")[-1] == "bus"
+    ]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_consumer_is_one_the_table_declares(path: Path) -> None:
+    """A durable named at a call site is its stream's in the table (checked here, not at start),
+    and a filter, where one is given, is the table's too.
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    wrong = []
+    for call in _bus_calls(tree):
+        entry = call.args[0] if call.args else None
+        if not (isinstance(entry, ast.Attribute) and ast.unparse(entry.value) == "subjects"):
+            continue  # a variable: mypy holds it to a table entry's type
+        stream = getattr(subjects, entry.attr)
+        for kw in call.keywords:
+            if kw.arg == "durable" and isinstance(kw.value, ast.Constant):
+                try:
+                    stream.pull_filter(kw.value.value)
+                except LookupError as e:
+                    wrong.append(f"line {call.lineno}: {e}")
+            if kw.arg == "filter_subject" and not ast.unparse(kw.value).startswith("subjects."):
+                wrong.append(f"line {call.lineno}: filter {ast.unparse(kw.value)} is not the table's")
+    assert not wrong
