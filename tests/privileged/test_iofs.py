@@ -238,9 +238,10 @@ def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None
         FAULT.recover(ctx, spec)
 
 
-def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
+def _reader(tmp_path: Path, in_child: bool = False) -> tuple[subprocess.Popen[bytes], Target, Any]:
     """A target that opened b.txt once, before any experiment, and then reads it and writes one
-    byte past its text every 50 ms for as long as it lives, logging what each read returned."""
+    byte past its text every 50 ms for as long as it lives, logging what each read returned
+    (`in_child`: the target is a shell, the reader its child)."""
     (tmp_path / "host").mkdir()
     (tmp_path / "host" / "b.txt").write_text("other file\n")
     vol, log = tmp_path / "pod" / "data", tmp_path / "reads.log"
@@ -257,7 +258,8 @@ def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
                 f.write(repr(got) + "\\n")
             time.sleep(0.05)
     """)
-    shim, t = start_target(tmp_path, ["python3", "-c", script])
+    argv = ["python3", "-c", script]
+    shim, t = start_target(tmp_path, ["sh", "-c", 'python3 -c "$1" & wait', "sh", script] if in_child else argv)
 
     def lines() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
@@ -266,11 +268,12 @@ def _reader(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Target, Any]:
     return shim, t, lines
 
 
+@pytest.mark.parametrize("in_child", [False, True], ids=["target", "its-child"])
 def test_a_file_opened_before_the_experiment_is_affected_then_normal_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_child: bool
 ) -> None:
     monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
-    shim, t, lines = _reader(tmp_path)
+    shim, t, lines = _reader(tmp_path, in_child)
     try:
         spec = io(t, action="fault", path=f"{t.vol}/b.txt", methods=READ, errno=5)
         ctx = ctx_for(t, spec)
