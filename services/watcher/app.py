@@ -5,6 +5,8 @@ to JetStream and keep the target projection (KV `targets`) current.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 
 import msgspec
 import nats.errors
@@ -16,6 +18,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import service, subjects
 from chaosbus.common.crd import API_VERSION
 from chaosbus.common.crd.objects import decode_metadata
+from chaosbus.common.pipeline import Pipeline
 from chaosbus.watcher.core import Outputs, WatcherCore
 from chaosbus.watcher.metrics import WatcherMetrics
 
@@ -30,25 +33,50 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics) -> None:
+    """Each change's events are published after the earlier ones of the same object, beside other
+    objects' (a burst of applies shares its PubAck round trips); a publish that fails ends the
+    watcher as an awaited one did, to start over from the store.
+    """
     targets = await bus.kv(subjects.TARGETS.name)
-    async for entry in bus.follow_kv(subjects.OBJECT_STORE.name):
-        if entry is None:  # end of the initial snapshot
-            log.info("initial snapshot published", objects=len(core.seen))
-            continue
-        rev = entry.revision
-        if entry.deleted:
-            out = core.on_delete(entry.key, rev)
-        else:
-            try:
-                obj = msgspec.json.decode(entry.value or b"{}")
-            except (msgspec.DecodeError, RecursionError) as e:
-                metrics.errors.labels("undecodable_object").inc()
-                log.error("undecodable object in store", key=entry.key, error=str(e))
+    pipe = Pipeline(name="watcher")
+    failed: list[BaseException] = []
+    me = asyncio.current_task()
+
+    def check(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (e := task.exception()) is not None and not failed:
+            failed.append(e)
+            if me is not None:
+                me.cancel()  # wherever the loop waits: the failure is raised below
+
+    try:
+        async for entry in bus.follow_kv(subjects.OBJECT_STORE.name):
+            if entry is None:  # end of the initial snapshot
+                await pipe.drain()
+                log.info("initial snapshot published", objects=len(core.seen))
                 continue
-            if not isinstance(obj, dict):
-                continue
-            out = core.on_put(entry.key, obj, rev)
-        await emit(bus, targets, out, metrics)
+            out = _on_entry(core, entry, metrics)
+            if out is not None:
+                await pipe.room()
+                pipe.submit({entry.key}, functools.partial(emit, bus, targets, out, metrics)).add_done_callback(check)
+    except asyncio.CancelledError:
+        if not failed or me is None:
+            raise
+        me.uncancel()
+        raise failed[0] from None
+    finally:
+        pipe.cancel()
+
+
+def _on_entry(core: WatcherCore, entry: busmod.KvEntry, metrics: WatcherMetrics) -> Outputs | None:
+    if entry.deleted:
+        return core.on_delete(entry.key, entry.revision)
+    try:
+        obj = msgspec.json.decode(entry.value or b"{}")
+    except (msgspec.DecodeError, RecursionError) as e:
+        metrics.errors.labels("undecodable_object").inc()
+        log.error("undecodable object in store", key=entry.key, error=str(e))
+        return None
+    return core.on_put(entry.key, obj, entry.revision) if isinstance(obj, dict) else None
 
 
 async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: WatcherMetrics) -> None:
