@@ -9,7 +9,8 @@ Then, for real: every chaosbus pod becomes Ready (NATS with mutual TLS and the a
 node injector is its node's NATS user through its projected token, and a client with another
 pod's token or none is refused; a NetworkChaos partition between two busybox pods cuts their TCP
 traffic and `kubectl delete` restores it; the dashboard answers through its Service with the token
-from its Secret and lists the experiment.
+from its Secret and lists the experiment; the SLO guard, given an objective that is not met, halts
+and the partition in force is recovered.
 """
 
 from __future__ import annotations
@@ -327,3 +328,38 @@ def test_the_dashboard_service_answers_with_its_secrets_token_and_lists_the_expe
             d.client.wait_for(listed, timeout=60, interval=1, what="the experiment on the dashboard")
     finally:
         d.kubectl("delete", "-n", d.targets, "networkchaos", "seen-on-dashboard", "--wait=false", check=False)
+
+
+def injector_halted(d: Deployed) -> bool:
+    ip = d.pod_ip("chaosbus-injector")
+    text = urllib.request.urlopen(f"http://{ip}:9103/metrics", timeout=10).read().decode()
+    return re.search(r"^chaosbus_injector_halted 1\.0$", text, re.M) is not None
+
+
+def test_the_slo_guard_configured_as_documented_halts_and_the_partition_is_recovered(
+    deployed: Deployed, workload: tuple[int, str]
+) -> None:
+    # Last in the module: the kill switch stays engaged (only an operator resumes).
+    d, (pid, ip) = deployed, workload
+    d.kubectl("apply", "-f", "-", input=networkchaos("guarded", d.targets))
+    d.eventually(lambda: not connects(pid, ip, 8080), 60, "traffic cut")
+    # An objective whose Prometheus nobody can reach: "not met" at the first evaluation.
+    objective = {
+        "name": "unreachable",
+        "prometheus": "http://127.0.0.1:9",
+        "query": "up",
+        "criteria": "==",
+        "value": 1,
+        "interval": 1,
+        "timeout": 1,
+        "failures": 1,
+    }
+    config = d.work / "guard.yaml"
+    config.write_text(yaml.safe_dump(objective))
+    d.kubectl("-n", NS, "create", "configmap", "chaosbus-guard", f"--from-file=guard.yaml={config}")
+    d.kubectl("-n", NS, "rollout", "restart", "deploy/chaosbus-guard")  # as docs/deploy.md says
+    try:
+        d.eventually(lambda: connects(pid, ip, 8080), 120, "the guard's halt recovering the partition")
+        assert d.eventually(lambda: injector_halted(d), 30, "the node injector halted")
+    finally:
+        d.kubectl("delete", "-n", d.targets, "networkchaos", "guarded", "--wait=false", check=False)
