@@ -299,7 +299,7 @@ async def test_the_guard_key_halts_but_its_resume_is_refused_and_counted(
     await eventually(lambda: injector.edge.node.connected)
     await control.set_halt(bus, halted=True, reason="SLO guard checkout: breached", signer=GUARD, by="guard checkout")
     await eventually(lambda: node.halt.halted and node.halt.reason == "SLO guard checkout: breached")
-    assert node.journal.halt() == node.halt
+    await eventually(lambda: node.journal.halt() == node.halt)  # journaled just after it is held
     # The same key signing a resume (a guard gone wrong, or its key stolen): the key and the broadcast.
     await control.set_halt(bus, halted=False, reason="resumed", signer=GUARD, by="guard checkout")
     await eventually(lambda: injector.refused("halt", "forged") == 2)
