@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import natsserver, settings
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
     from kube.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests check what comes out, never how fast: a per-example deadline only measures the
+# machine's load (2 cores shared by several test workers and services).
+hypothesis_settings.register_profile("chaosbus", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.load_profile("chaosbus")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
