@@ -36,6 +36,7 @@ class Plan:
     label_sizes: list[int] = field(default_factory=list)
     cli_runs: int = 50  # `chaosbus get` runs (bench/cli.py)
     halt_runs: int = 10  # `chaosbus halt` runs, each on a running experiment over `warm_size` targets
+    security_reps: int | None = None  # signed/unsigned repetitions (None: from the runs, bench/security.py)
 
     @property
     def pods(self) -> int:
@@ -71,6 +72,12 @@ def parse(argv: list[str] | None = None) -> Plan:
         help="delete, pause and expiry runs per size, e.g. 0,0,4 for expiry only (overrides --runs)",
     )
     p.add_argument("--concurrent", type=int, default=None, help="concurrent one-target experiments (default 100)")
+    p.add_argument(
+        "--security-reps",
+        type=int,
+        default=None,
+        help="signed/unsigned repetitions of security.apply (default 8 quick, 12 full)",
+    )
     p.add_argument("--idle", type=float, default=None, help="idle sampling seconds (default 10; quick 3)")
     p.add_argument("--json", dest="out", default=None, help="where to write the JSON (default bench/results/)")
     p.add_argument("--no-verify", action="store_true", help="skip the kernel readback after each run")
@@ -93,6 +100,8 @@ def parse(argv: list[str] | None = None) -> Plan:
     sizes = [int(s) for s in a.sizes.split(",")] if a.sizes else ([1, 10] if quick else [1, 10, 100, 1000])
     if not sizes or min(sizes) < 1 or a.nodes < 1:
         p.error("sizes and nodes must be positive")
+    if a.security_reps is not None and a.security_reps < 1:
+        p.error("--security-reps must be positive")
     table = QUICK_RUNS if quick else FULL_RUNS
     runs = {s: _runs_for(s, table) for s in sizes}
     if a.runs is not None:
@@ -124,6 +133,7 @@ def parse(argv: list[str] | None = None) -> Plan:
         auth=not a.no_auth,
         cli_runs=10 if quick else 50,
         halt_runs=2 if quick else 10,
+        security_reps=a.security_reps,
     )
     plan.label_sizes = sorted({*sizes, plan.warm_size})
     return plan

@@ -166,6 +166,7 @@ class Session:
         out["security"] = {"cost": security.signing_cost()}
         small = [s for s in plan.sizes if s <= 100] or [min(plan.sizes)]
         per_half, reps = security.plan(small, plan.runs[min(small)][0], plan.quick)
+        reps = plan.security_reps or reps
         out["security"]["apply"] = await security.on_off(self.cluster, h, per_half, reps, plan.log_level, self.say)
         h.close()
         out["monitor_overflows"] = self.monitor.overflows

@@ -21,7 +21,7 @@ Tables:
   signed    (signer key id, sequence, expiry) of every signed command executed, until it
             expires: a restarted injector refuses a replay of one.
   leases    (signer key id, subject) -> the sequence of the newest lease accepted: a restarted
-            injector refuses that lease and older ones.
+            injector refuses that lease and older ones (written without an fsync of its own).
   netns     every network namespace this node ever touched: the orphan sweeper's scope.
 """
 
@@ -346,9 +346,13 @@ class Journal:
 
     def remember_lease(self, kid: str, subject: str, seq: int) -> None:
         """The newest lease accepted from `kid` on `subject` (writes may arrive out of order: the
-        highest sequence stays).
+        highest sequence stays). Written without an fsync of its own: the scheduler sends a lease
+        just ahead of every apply, and its fsync held the journal while the apply's intent waited
+        for it (in signed mode only). A killed injector
+        still finds it; a power loss may lose it, and a lease replayed after the reboot is bounded
+        by its own expiry (and the faults it could hold that end with the machine are gone).
         """
-        with self._tx() as db:
+        with self._tx(fsync=False) as db:
             db.execute(
                 "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) "
                 "DO UPDATE SET seq = max(seq, excluded.seq)",

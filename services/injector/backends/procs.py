@@ -1,4 +1,5 @@
-"""Process backend: signal process trees through psutil.
+"""Process backend: signal process trees through psutil, and run a program inside a target
+(native/nsexec; the faults reach the native helpers through here).
 
 The only module of the injector that touches processes. Zombies count as dead: a killed process
 whose parent has not reaped it yet can do no more harm, and waiting for a foreign parent to reap
@@ -13,10 +14,17 @@ import time
 
 import psutil
 
+from chaosbus.injector.backends import native
+
 KILL_WAIT_S = 2.0
 # The marks a fault's helper process carries in its environment (the injector's node name and the
 # journal entry's key): recovery finds its helpers by the key, the orphan sweeper by the node.
 NODE_ENV, KEY_ENV = "CHAOSBUS_FAULT_NODE", "CHAOSBUS_FAULT_KEY"
+
+
+# What a fault runs inside a target (native/nsexec) reaches it through here, not the helpers' glue.
+run_in_target = native.run_in_target
+ns_pid = native.ns_pid
 
 
 def helper_env(node: str, key: str) -> dict[str, str]:

@@ -29,7 +29,19 @@ from chaosbus.injector.backends.netnslink import LinkCache, NetnsGone, NetnsLink
 from chaosbus.injector.backends.tcdev import DeviceMissing, Original, OriginalStore, TcError
 from chaosbus.injector.backends.tcplan import ROOT, Changes, Dest, Rule, TcPlan, diff, ours, plan
 
-__all__ = ["DeviceMissing", "Found", "NetnsGone", "Outcome", "Shaper", "TcError", "list_ours", "remove_ours"]
+ProgramTooLarge = cbpf.ProgramTooLarge  # a plan with too many destinations for one classifier
+
+__all__ = [
+    "DeviceMissing",
+    "Found",
+    "NetnsGone",
+    "Outcome",
+    "ProgramTooLarge",
+    "Shaper",
+    "TcError",
+    "list_ours",
+    "remove_ours",
+]
 
 
 @dataclass

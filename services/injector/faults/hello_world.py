@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import FaultSpec
-from chaosbus.injector.backends import native
+from chaosbus.injector.backends import procs
 from chaosbus.injector.faults import FaultContext, FaultError, register
 
 PS_TIMEOUT_S = 5.0
@@ -28,11 +28,11 @@ class HelloWorld:
         if not live:
             raise FaultError("target gone: no live container to run ps in", retryable=False)
         pid = live[0].pid
-        rc, out, err = native.run_in_target(pid, ["ps", "auxww"], PS_TIMEOUT_S)
+        rc, out, err = procs.run_in_target(pid, ["ps", "auxww"], PS_TIMEOUT_S)
         if rc != 0:
             raise FaultError(f"ps aux in the namespaces of pid {pid} failed ({rc}): {err.strip()}")
         lines = out.splitlines()
-        inside = str(native.ns_pid(pid))  # ps numbers processes as the target's PID namespace does
+        inside = str(procs.ns_pid(pid))  # ps numbers processes as the target's PID namespace does
         own = [line for line in lines[1:] if line.split(None, 2)[1:2] == [inside]]
         log.info("hello world", pid=pid, processes=len(lines) - 1, ps_aux=lines[:MAX_LOG_LINES])
         target = own[0][:MAX_LINE] if own else f"(pid {pid} exited meanwhile)"

@@ -22,7 +22,7 @@ from typing import Any
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
-from chaosbus.injector.backends import cbpf, tc, tcdev
+from chaosbus.injector.backends import tc, tcdev
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
@@ -166,7 +166,7 @@ def _errors() -> Iterator[None]:
         raise FaultError(str(e), retryable=False) from e
     except tc.TcError as e:
         raise FaultError(str(e), retryable=e.code not in _PERMANENT) from e
-    except (PlanError, cbpf.ProgramTooLarge) as e:
+    except (PlanError, tc.ProgramTooLarge) as e:
         raise FaultError(f"cannot shape this: {e}", retryable=False) from e
 
 

@@ -135,6 +135,7 @@ from unit.injector.factories import entry
 from chaosbus.injector.journal import ACTIVE, Change, Journal, Report, SignedMark
 
 j = Journal(Path({path!r}))
+j.remember_lease("kid-1", "chaos.lease.n1", 9)  # the lease that came just ahead of the command
 j.write_intents([entry("u1|.|ns/a")], now=1.0, durable=False)  # a fault that ends with the machine
 j.write_intents([entry("u2|.|ns/b")], now=1.0, durable=False)
 j.commit(
@@ -147,7 +148,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint: as kill -9 leav
 """
 
 
-def test_a_killed_injector_leaves_its_unsynced_intents_and_its_signed_marks(tmp_path: Path) -> None:
+def test_a_killed_injector_leaves_its_unsynced_intents_lease_marks_and_signed_marks(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     tests = str(Path(__file__).resolve().parents[2])
     code = KILLED_MID_COMMAND.format(tests=tests, path=str(path))
@@ -162,6 +163,7 @@ def test_a_killed_injector_leaves_its_unsynced_intents_and_its_signed_marks(tmp_
         assert first is not None and first.state == jr.ACTIVE
         # the executed signed command: its id and its mark, so a replay is refused after the restart
         assert again.command_seen("c1") and again.signed(now=1e9) == [("kid-1", 7, 2e9)]
+        assert again.leases() == [("kid-1", "chaos.lease.n1", 9)]
         assert [r.msg_id for r in again.outbox()] == ["c1"]
     finally:
         again.close()
