@@ -124,9 +124,7 @@ def test_a_context_whose_netns_is_gone_lets_it_go_soon_unasked(contexts: libnft.
         assert len(contexts) == 1
     finally:
         nsutil.remove_named_netns(name)
-    started = time.monotonic()
-    eventually(lambda: len(contexts) == 0)
-    assert time.monotonic() - started < 5 * libnft.REAP_EVERY_S + 2.0
+    eventually(lambda: len(contexts) == 0, within=15.0)  # every REAP_EVERY_S; generous under load
     with pytest.raises(libnft.NetnsGone):
         contexts.apply(path, TABLE, script())
 
