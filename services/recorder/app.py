@@ -191,8 +191,8 @@ class Recorder:
             if b.command_id in self.seen_commands or b.kind in ORCHESTRATED:
                 continue  # a Task's result: the scheduler folds it into the WorkflowNode's status
             groups.setdefault(b.experiment_uid, []).append(b)
-        for group in groups.values():
-            await self._write_results(group)
+        # Different experiments' writes are independent (one object each): in flight together.
+        await asyncio.gather(*(self._write_results(group) for group in groups.values()))
         return set()
 
     async def _write_results(self, group: list[m.ResultBatch]) -> None:
