@@ -23,6 +23,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback, runtime
 from chaosbus.injector import executor as ex
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
 from chaosbus.injector.journal import Journal, OutboxRow, SignedMark
@@ -379,7 +380,7 @@ async def main(args: argparse.Namespace) -> None:
     else:
         runtime.configure(flags.runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
-        executor = ex.Executor(journal, name, policy=policy)
+        executor = ex.Executor(journal, name, policy=policy, backends=process_backends())
     env = settings.current()
     node = Node(
         journal,

@@ -16,6 +16,7 @@ import msgspec
 from chaosbus.common import messages as m
 from chaosbus.common.faultspecs import MAX_STDOUT
 from chaosbus.injector import faults, runtime
+from chaosbus.injector.backends.kit import Backends, process_backends
 
 Resolver = Callable[[str], runtime.ContainerHandle]
 
@@ -46,6 +47,7 @@ def run_action(
     op: str | None = None,
     original: Mapping[str, Any] | None = None,
     node: str = "",
+    backends: Backends | None = None,
 ) -> m.TargetResult:
     """Run `op` (default: the action's own op) of the action's fault on its target; `original` is
     what the journal holds for it (`faults.original_state`), `node` the injector's node name."""
@@ -68,6 +70,7 @@ def run_action(
         deadline=cmd.deadline,
         original=original or {},
         node=node,
+        backends=backends or process_backends(),
     )
     try:
         fn = fault.apply if (op or action.op) == "apply" else fault.recover

@@ -23,6 +23,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import subjects
 from chaosbus.common.netns import netns_inode
 from chaosbus.injector import authorize, core, expiry, faults, runtime
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.journal import (
     ACTIVE,
     APPLYING,
@@ -69,8 +70,10 @@ class Executor:
         resolve: core.Resolver = runtime.resolve,
         clock: Callable[[], float] = time.time,
         policy: authorize.Policy | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.journal, self.node, self.resolve, self.clock = journal, node, resolve, clock
+        self.backends = backends or process_backends()  # what the faults run on
         # None: no re-checks, for tests of the node machinery alone; the service always passes one.
         self.policy = policy
         self.registry = faults.REGISTRY if registry is None else registry
@@ -174,7 +177,13 @@ class Executor:
         journaled = plan.intent if plan.intent is not None else plan.entry
         original = journaled.original if journaled is not None else None
         res = core.run_action(
-            cmd, plan.action, containers=list(plan.handles), registry=self.registry, original=original, node=self.node
+            cmd,
+            plan.action,
+            containers=list(plan.handles),
+            registry=self.registry,
+            original=original,
+            node=self.node,
+            backends=self.backends,
         )
         if plan.action.op == "apply" and not res.ok and plan.intent is not None and plan.intent.lasting:
             # All or nothing: undo whatever part of the fault did land (one netns of two, say).
@@ -186,6 +195,7 @@ class Executor:
                 op="recover",
                 original=original,
                 node=self.node,
+                backends=self.backends,
             )
             if not cleanup.ok:
                 msg = f"{res.message} (cleanup pending: {cleanup.message})"
@@ -217,6 +227,7 @@ class Executor:
             op="recover",
             original=entry.original,
             node=self.node,
+            backends=self.backends,
         )
 
     def reassert(self, entry: Entry) -> m.TargetResult:
@@ -229,6 +240,7 @@ class Executor:
             op="apply",
             original=entry.original,
             node=self.node,
+            backends=self.backends,
         )
 
     def commit_recoveries(self, done: list[tuple[expiry.Due, m.TargetResult]]) -> int:

@@ -14,8 +14,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from chaosbus.common import messages as m
 from chaosbus.common import netns as nsutil
+from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import libnft, nfnl, nft
+from chaosbus.injector.backends.kit import Backends
+from chaosbus.injector.faults import partition
 
 pytestmark = pytest.mark.usefixtures("kernel")
 TABLE = "chaosbus_libnft_test"
@@ -245,3 +249,38 @@ def test_drop_counters_read_through_the_context_match_what_nft_prints(netns: str
     contexts.delete(netns, TABLE)
     with pytest.raises(libnft.TransactionFailed):
         contexts.list_table(netns, TABLE)
+
+
+def partition_context(netns: str, backends: Backends) -> faults.FaultContext:
+    action = m.TargetAction(
+        target_id="ns/p",
+        op="apply",
+        pod_uid="pod-uid",
+        container_ids=["process://1"],
+        fault=m.Partition(rules=[m.PartitionRule(chain="output", external=["192.0.2.0/24"])]),
+    )
+    handle = runtime.ContainerHandle(
+        container_id="process://1", pid=1, netns_path=netns, mnt_ns_path="/proc/1/ns/mnt", alive=True
+    )
+    return faults.FaultContext(
+        experiment_uid="exp-backends",
+        experiment_name="x",
+        namespace="ns",
+        action=action,
+        containers=[handle],
+        backends=backends,
+    )
+
+
+@pytest.mark.parametrize("way", ["given contexts", "spawned nft"])
+def test_a_partition_runs_on_the_backends_it_is_handed(netns: str, contexts: libnft.NftContexts, way: str) -> None:
+    process_wide = nft.contexts()
+    ctx = partition_context(netns, Backends(nft=nft.Tables(contexts if way == "given contexts" else None)))
+    fault = partition.PartitionFault()
+    table = partition.table_name("exp-backends", ctx.action.selector_key)
+    fault.apply(ctx, ctx.action.fault)
+    assert tables_in(netns) == [table]
+    assert len(contexts) == (1 if way == "given contexts" else 0)  # the handed-in contexts, or none at all
+    assert process_wide is None or libnft.netns_key(netns) not in process_wide._contexts  # not the process's
+    fault.recover(ctx, ctx.action.fault)
+    assert tables_in(netns) == []

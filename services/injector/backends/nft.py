@@ -380,11 +380,39 @@ def _libnft_errors(netns_path: str) -> Iterator[None]:
         raise NftError(f"nft failed in {netns_path}: {e}") from e
 
 
-def _transaction(netns_path: str, table: str, script: str, *, keep: bool) -> None:
+class Tables:
+    """nft table transactions over given libnftables contexts (None: one nft process each), for a
+    caller that is handed its backends instead of using the process's (`apply_table`).
+    """
+
+    def __init__(self, ctxs: libnft.NftContexts | None) -> None:
+        self.contexts = ctxs
+
+    def apply(self, netns_path: str, table: str, script: str) -> None:
+        """As `apply_table`."""
+        _check_table(table)
+        if not script.startswith(f"table inet {table} {{"):
+            raise ValueError(f"script does not define table inet {table}")
+        _transaction(netns_path, table, script, keep=True, ctxs=self.contexts)
+
+    def delete(self, netns_path: str, table: str) -> None:
+        """As `delete_table`."""
+        _check_table(table)
+        script = f"add table inet {table}\ndelete table inet {table}\n"
+        _transaction(netns_path, table, script, keep=False, ctxs=self.contexts)
+
+
+_PROCESS = object()  # _transaction's default: the process's contexts
+
+
+def _transaction(
+    netns_path: str, table: str, script: str, *, keep: bool, ctxs: libnft.NftContexts | None | object = _PROCESS
+) -> None:
     if not os.path.exists(netns_path):
         raise NetnsGone(f"network namespace {netns_path} is gone")
-    ctxs = contexts()
-    if ctxs is not None:
+    if ctxs is _PROCESS:
+        ctxs = contexts()
+    if isinstance(ctxs, libnft.NftContexts):
         try:
             with _libnft_errors(netns_path):
                 if keep:

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from chaosbus.common.messages import FaultSpec, TargetAction
 from chaosbus.common.netns import netns_inode
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.runtime import ContainerHandle
 
 
@@ -50,6 +51,7 @@ class FaultContext:
     deadline: float | None = None  # when the fault must end (epoch seconds); None: until recovered
     original: Mapping[str, Any] = field(default_factory=dict)  # as journaled (see `original_state`)
     node: str = ""  # the injector's node name: the mark its helper processes carry for the sweeper
+    backends: Backends = field(default_factory=process_backends)  # what the fault runs on
 
     def alive(self) -> list[ContainerHandle]:
         return [c for c in self.containers if c.alive]

@@ -96,7 +96,7 @@ class PartitionFault:
             raise FaultError("target gone: no live container netns to partition", retryable=False)
         for path in paths:
             try:
-                nft.apply_table(path, table, script)
+                ctx.backends.nft.apply(path, table, script)
             except nft.NetnsGone as e:
                 raise FaultError(f"target gone: {e}", retryable=False) from e
             except nft.NftError as e:
@@ -108,7 +108,7 @@ class PartitionFault:
         removed = 0
         for path in ctx.netns_paths():
             try:
-                nft.delete_table(path, table)
+                ctx.backends.nft.delete(path, table)
                 removed += 1
             except nft.NetnsGone:
                 continue  # its tables died with it
