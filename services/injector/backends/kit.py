@@ -1,7 +1,7 @@
 """The backends a fault runs on, handed to the executor (and from it to every fault through its
 `FaultContext`) instead of reached as module state, so that a test can hand in its own.
-Only the partition's nft tables come through here so far; the other faults still call their
-backend modules' process-wide state.
+Only the nft tables of partitions, DNSChaos and HTTPChaos come through here so far; the other
+faults still call their backend modules' process-wide state.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class DnsFault:
             render = functools.partial(
                 nft.render_dns_redirect_table, table, responder.port, dnsresponder.MARK, ctx.deadline
             )
-            redirect.install(path, table, render, dnsresponder.release, "DNSChaos")
+            redirect.install(ctx, path, table, render, dnsresponder.release, "DNSChaos")
         return f"DNSChaos {spec.action} applied: nft table {table}, {len(spec.patterns) or 'every'} pattern(s)"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:

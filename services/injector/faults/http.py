@@ -65,7 +65,7 @@ class HttpFault:
             render = functools.partial(
                 nft.render_http_redirect_table, table, spec.port, proxy.port, httpproxy.MARK, ctx.deadline
             )
-            redirect.install(path, table, render, httpproxy.release, "HTTPChaos")
+            redirect.install(ctx, path, table, render, httpproxy.release, "HTTPChaos")
         return f"HTTPChaos on {spec.target.lower()}s to port {spec.port} applied: nft table {table}"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:

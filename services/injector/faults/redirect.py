@@ -12,10 +12,14 @@ from chaosbus.injector.backends import nft
 from chaosbus.injector.faults import FaultContext, FaultError
 
 
-def install(path: str, table: str, render: Callable[[], str], release: Callable[[str, str], None], kind: str) -> None:
-    """Render and apply the redirect table; on failure the server forgets this table's rule."""
+def install(
+    ctx: FaultContext, path: str, table: str, render: Callable[[], str], release: Callable[[str, str], None], kind: str
+) -> None:
+    """Render and apply the redirect table (through the fault's backends); on failure the server
+    forgets this table's rule.
+    """
     try:
-        nft.apply_table(path, table, render())
+        ctx.backends.nft.apply(path, table, render())
     except ValueError as e:
         release(path, table)
         raise FaultError(f"invalid {kind}: {e}", retryable=False) from e
@@ -34,7 +38,7 @@ def remove(ctx: FaultContext, table: str, release: Callable[[str, str], None]) -
     removed = 0
     for path in ctx.netns_paths():
         try:
-            nft.delete_table(path, table)
+            ctx.backends.nft.delete(path, table)
             removed += 1
         except nft.NetnsGone:
             pass
