@@ -6,6 +6,7 @@ libnftables cannot be used.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import netns as nsutil
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import libnft, nfnl, nft
-from chaosbus.injector.backends.kit import Backends
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.faults import partition
 
 pytestmark = pytest.mark.usefixtures("kernel")
@@ -275,7 +276,8 @@ def partition_context(netns: str, backends: Backends) -> faults.FaultContext:
 @pytest.mark.parametrize("way", ["given contexts", "spawned nft"])
 def test_a_partition_runs_on_the_backends_it_is_handed(netns: str, contexts: libnft.NftContexts, way: str) -> None:
     process_wide = nft.contexts()
-    ctx = partition_context(netns, Backends(nft=nft.Tables(contexts if way == "given contexts" else None)))
+    tables = nft.Tables(contexts if way == "given contexts" else None)
+    ctx = partition_context(netns, dataclasses.replace(process_backends(), nft=tables))
     fault = partition.PartitionFault()
     table = partition.table_name("exp-backends", ctx.action.selector_key)
     fault.apply(ctx, ctx.action.fault)

@@ -23,6 +23,7 @@ from typing import Any
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
 from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends.kit import process_shaper
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
@@ -35,9 +36,9 @@ def capabilities() -> dict[str, str | None]:
     return tcdev.probe()
 
 
-@functools.cache
 def shaper() -> tc.Shaper:
-    return tc.Shaper()
+    """The process's shaping state (what a fault handed no other backends shapes with)."""
+    return process_shaper()
 
 
 def needs(spec: Shaping) -> list[str]:
@@ -123,7 +124,9 @@ class ShapingFault:
         devices = []
         for path in paths:
             with _errors():
-                outcome = shaper().set_rule(path, spec.device, spec.pod_ip, rule, ctx.action.target_id, exempt_dests())
+                outcome = ctx.backends.tc.set_rule(
+                    path, spec.device, spec.pod_ip, rule, ctx.action.target_id, exempt_dests()
+                )
             devices.append(outcome.device)
         return f"{spec.action} applied on {', '.join(devices)}: {describe(spec, rule)}"
 
@@ -133,16 +136,16 @@ class ShapingFault:
             return f"{spec.action}: nothing was shaped on this side"
         paths = ctx.netns_paths()
         if not paths:
-            shaper().forget(owner(ctx), ctx.action.target_id)
+            ctx.backends.tc.forget(owner(ctx), ctx.action.target_id)
             return "target gone: its shaping went with its netns"
         notes = []
         for path in paths:
             try:
                 with _errors():
-                    outcomes = shaper().drop_rule(path, owner(ctx), exempt_dests())
+                    outcomes = ctx.backends.tc.drop_rule(path, owner(ctx), exempt_dests())
             except FaultError as e:
                 if e.message.startswith("target gone"):
-                    shaper().forget(owner(ctx), ctx.action.target_id)
+                    ctx.backends.tc.forget(owner(ctx), ctx.action.target_id)
                     continue
                 raise
             for o in outcomes:
