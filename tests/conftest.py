@@ -44,6 +44,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             compileall.compile_dir(ROOT / folder, quiet=1)
 
 
+# First: pytest-xdist's own hook (not `trylast` in 3.8) turns the groups into node ids, and a group
+# added after it is ignored, spreading a group's tests, and their session fixtures, over workers.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         group = _worker_group(item)
@@ -51,9 +54,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail a run whose groups did not take: pytest-xdist marks a grouped test by suffixing its node
+    id, and a pytest it cannot do that with would spread one group's session fixtures (a control
+    plane, a kubelet, a live system) over every worker.
+    """
+    if not session.config.getvalue("loadgroup"):
+        return
+    ungrouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"pytest-xdist's loadgroup did not group {len(ungrouped)} tests (pytest {pytest.__version__}): "
+            f"{ungrouped[0]}"
+        )
+
+
 def _worker_group(item: pytest.Item) -> str | None:
     """Tests that must share one worker's session fixture (see the module docstring)."""
     callspec = getattr(item, "callspec", None)
+    # One kubelet per host (it owns /var/lib/kubelet): the real node's tests share one worker,
+    # with a control plane of their own.
+    if "real_node" in getattr(item, "fixturenames", ()):
+        return "real-node"
     if "real_kube" in getattr(item, "fixturenames", ()) or (
         callspec is not None and callspec.params.get("kube") == "real"
     ):
