@@ -59,7 +59,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     id, and a pytest it cannot do that with would spread one group's session fixtures (a control
     plane, a kubelet, a live system) over every worker.
     """
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # set on xdist workers only
         return
     ungrouped = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
     if ungrouped:
