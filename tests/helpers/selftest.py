@@ -477,7 +477,16 @@ class SelfTest:
                 found.append(f"helper process {p.info['pid']}")
         return found
 
-    def scan_after_stop(self) -> list[str]:
+    def scan_after_stop(self, within_s: float = 20.0) -> list[str]:
+        """What is left of the system once stopped; a pod supervisor that is still tearing its pod
+        down (netns, holds, cgroup, then the Pod object) is given `within_s` to finish.
+        """
+        deadline = time.monotonic() + within_s
+        while (found := self._left_after_stop()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return found
+
+    def _left_after_stop(self) -> list[str]:
         found = [f"netns {p}" for p in self.pods.values() if os.path.exists(p)]
         if os.path.exists(f"/sys/class/net/{self.bridge}"):
             found.append(f"bridge {self.bridge}")
