@@ -47,7 +47,8 @@ def test_attr_override_reaches_a_stat_right_after_apply_on_a_mounted_volume(targ
         spec = io(target, action="attrOverride", path=b, methods=GETATTR, attr_mask=mask, attr_values=values)
         c2 = ctx_for(target, spec)
         # One probe run: a stat that caches b.txt's attributes, the rule applied while they are
-        # held (the probe waits on a file this test writes after apply), then a stat at once.
+        # held (the probe waits on a file this test writes after apply), then stats from then on:
+        # the held attributes must give way within 0.2 s, long before their 1 s timeout ends.
         go = target.host / "go"
         probe_run = subprocess.Popen(
             [
@@ -82,10 +83,14 @@ def test_attr_override_reaches_a_stat_right_after_apply_on_a_mounted_volume(targ
 # Inside the target's mount namespace: stat, wait for a file to appear, stat again.
 STAT_WAIT_STAT = textwrap.dedent("""
     import os, sys, time
-    print(os.stat(sys.argv[1]).st_size, flush=True)
+    first = os.stat(sys.argv[1]).st_size
+    print(first, flush=True)
     while not os.path.exists(sys.argv[2]):
         time.sleep(0.001)
-    print(os.stat(sys.argv[1]).st_size, flush=True)
+    start = time.monotonic()
+    while (size := os.stat(sys.argv[1]).st_size) == first and time.monotonic() - start < 0.2:
+        time.sleep(0.001)
+    print(size, flush=True)
 """)
 
 
