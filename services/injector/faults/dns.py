@@ -21,7 +21,7 @@ from chaosbus.injector.backends import dnsresponder, nft
 from chaosbus.injector.backends.dnsrules import DnsRule
 from chaosbus.injector.faults import FaultContext, FaultError, nfttables, redirect, register
 
-TABLE_PREFIX = f"{nft.TABLE_PREFIX}dns_"
+TABLE_PREFIX = nfttables.DNS_PREFIX
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:

@@ -20,7 +20,7 @@ from chaosbus.injector.backends import httpproxy, nft
 from chaosbus.injector.backends.httprules import HttpRule
 from chaosbus.injector.faults import FaultContext, FaultError, nfttables, redirect, register
 
-TABLE_PREFIX = f"{nft.TABLE_PREFIX}http_"
+TABLE_PREFIX = nfttables.HTTP_PREFIX
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:

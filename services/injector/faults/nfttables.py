@@ -11,6 +11,10 @@ from typing import Any
 from chaosbus.injector.backends import nft
 
 ABSENT = "nft_table_absent"  # the journaled original state: the table did not exist
+# Every table of ours starts with nft.TABLE_PREFIX; the redirects' longer prefixes set theirs apart
+# from partitions', so each fault sweeps only its own.
+DNS_PREFIX = f"{nft.TABLE_PREFIX}dns_"
+HTTP_PREFIX = f"{nft.TABLE_PREFIX}http_"
 
 
 def table_name(prefix: str, experiment_uid: str, selector_key: str) -> str:

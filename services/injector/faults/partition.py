@@ -68,7 +68,7 @@ def _resolve(hostname: str) -> list[str]:
 
 
 ABSENT = nfttables.ABSENT
-OTHER_TABLE_PREFIXES = (f"{nft.TABLE_PREFIX}dns_", f"{nft.TABLE_PREFIX}http_")
+OTHER_TABLE_PREFIXES = (nfttables.DNS_PREFIX, nfttables.HTTP_PREFIX)
 
 
 class PartitionFault:
