@@ -1,7 +1,8 @@
 """The local watcher publishes a burst of object changes without a round trip per change, yet each
-object's events keep the order of its writes (the last one published is the object as it is now),
-a deletion comes after the writes before it, and every Pod's projection lands. A real nats-server;
-the watcher's own loop in this process; one core NATS subscription sees what nats-server received.
+object's events keep the order of its writes (the last one published is the object as it is now;
+a version overwritten before it was delivered may be skipped), a deletion comes after the writes
+before it, and every Pod's projection lands. A real nats-server; the watcher's own loop in this
+process; one core NATS subscription sees what nats-server received.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ async def test_a_burst_keeps_each_objects_order_and_lands_whole(bus: busmod.Bus)
         for i in range(OBJECTS):
             mine = [e for e in seen if e.uid == uids[i] and not e.status_only]
             versions = [msgspec.json.decode(e.object)["metadata"]["labels"]["v"] for e in mine if e.type != "DELETED"]
-            assert versions == [str(v) for v in range(1, VERSIONS + 1)], versions  # in the order written
-            assert [e.type for e in mine] == ["ADDED"] + ["MODIFIED"] * (VERSIONS - 1) + ["DELETED"]
+            # In the order written, ending with the last. The store keeps each key's latest value
+            # only: a version overwritten before nats-server delivered it to the watcher (delivery
+            # lags under load) is never seen, as a Kubernetes watch may skip one.
+            assert versions == sorted(set(versions), key=int) and versions[-1] == str(VERSIONS), versions
+            assert [e.type for e in mine] == ["ADDED"] + ["MODIFIED"] * (len(versions) - 1) + ["DELETED"]
             revisions = [int(e.resource_version) for e in mine]
             assert revisions == sorted(revisions)
             assert (await targets.get(subjects.target_pod_key("default", f"web-{i}"))).value

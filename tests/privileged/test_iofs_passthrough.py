@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -103,21 +105,59 @@ def _kernel_has_fuse_passthrough() -> bool | None:
         return None
 
 
-def _server_wakeups(t: Target, pid: int = 0) -> int:
-    """Voluntary context switches of the volume's iofs threads serving FUSE (each request the
-    kernel sends wakes one), less its rules thread's timer."""
+def _iofs_pid(t: Target) -> int:
     vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
-    pid = pid or int(vol.server_file.read_text().split()[0])
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    return int(vol.server_file.read_text().split()[0])
+
+
+# Inside the target's mount namespace: open a file; on a line from stdin, read it to its end and
+# print how many bytes it gave; on the next line, close it.
+OPEN_THEN_READ = textwrap.dedent("""
+    import os, sys
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    print("open", flush=True)
+    sys.stdin.readline()
+    n = 0
+    while chunk := os.read(fd, 1 << 16):
+        n += len(chunk)
+    print(n, flush=True)
+    sys.stdin.readline()
+    os.close(fd)
+""")
+
+
+def _read_while_iofs_stopped(t: Target, path: str, server: int, wait_s: float) -> tuple[int | None, int]:
+    """What a file opened before iofs was stopped (SIGSTOP) gives when read to its end while iofs
+    stays stopped for `wait_s` (None: the read waited on iofs all that time), and what the read
+    gave in the end, once iofs ran again. A read the kernel serves needs no iofs; one iofs serves
+    cannot end while it is stopped.
+    """
+    holder = subprocess.Popen(
+        ["nsenter", "-t", str(t.pid), "-m", "--", sys.executable, "-S", "-c", OPEN_THEN_READ, path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "open\n"
+        os.kill(server, signal.SIGSTOP)
         try:
-            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "iofs-rules":
-                continue
-            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
-        except OSError:
-            continue
-        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-    return total
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            ready, _, _ = select.select([holder.stdout], [], [], wait_s)
+            during = int(holder.stdout.readline()) if ready else None
+        finally:
+            os.kill(server, signal.SIGCONT)
+        total = during if during is not None else int(holder.stdout.readline())
+        holder.stdin.write("\n")  # closed only now: a close waits on iofs (its flush)
+        holder.stdin.flush()
+        assert holder.wait(30) == 0
+        return during, total
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
 
 
 def test_files_no_data_rule_matches_are_read_by_the_kernel_not_through_iofs(target: Target) -> None:
@@ -133,20 +173,14 @@ def test_files_no_data_rule_matches_are_read_by_the_kernel_not_through_iofs(targ
     ctx = ctx_for(target, spec)
     assert "(kernel passthrough)" in FAULT.apply(ctx, spec)
     try:
-        counts = []
-        for name in ("free.bin", "ruled.bin"):
-            before = _server_wakeups(target)
-            [r] = probe(target.pid, [("readall", f"{target.vol}/{name}", str(64 << 10))])
-            counts.append(_server_wakeups(target) - before)
-            assert r.errno == 0 and r.value == len(data)
+        server = _iofs_pid(target)
+        # The free file's reads reach the covered file in the kernel: they end with iofs stopped.
+        # The ruled file's reads (direct I/O) each wait on iofs: they cannot.
+        free = _read_while_iofs_stopped(target, f"{target.vol}/free.bin", server, wait_s=30)
+        ruled = _read_while_iofs_stopped(target, f"{target.vol}/ruled.bin", server, wait_s=1)
     finally:
         FAULT.recover(ctx, spec)
-    free, ruled = counts
-    # The free file's reads reach only the covered file: iofs sees its lookup, open and release
-    # (through iofs its 8 MiB would take at least 64 requests). The ruled file's 128 reads all
-    # wait on iofs (direct I/O), which shows the count sees them (a thread that finds the next
-    # request already queued does not sleep, hence far fewer than 128 at times).
-    assert free <= 10 and ruled >= 40, counts
+    assert (free, ruled) == ((len(data), len(data)), (None, len(data)))
     assert (target.host / "free.bin").read_bytes() == data
 
 
@@ -212,15 +246,13 @@ def test_without_passthrough_iofs_serves_every_file_and_the_rules_still_apply(ta
     proc, passthrough = iofs.start(vol, passthrough=False)
     try:
         assert not passthrough and target.mounted() == 1
-        before = _server_wakeups(target, proc.pid)
+        # Without passthrough even the free file's data comes from iofs: its read waits on it.
+        assert _read_while_iofs_stopped(target, f"{target.vol}/free.bin", proc.pid, wait_s=1) == (None, len(data))
         got = probe(
             target.pid,
-            [("readall", f"{target.vol}/free.bin", str(64 << 10)), ("read", f"{target.vol}/b.txt")]
-            + [("read", f"{target.vol}/slow/a.txt")],
+            [("read", f"{target.vol}/b.txt"), ("read", f"{target.vol}/slow/a.txt")],
         )
-        assert [r.errno for r in got] == [0, 5, 0] and got[0].value == len(data)
-        assert got[2].value == "slow file\n"
-        assert _server_wakeups(target, proc.pid) - before > 10  # iofs served free.bin's data itself
+        assert [r.errno for r in got] == [5, 0] and got[1].value == "slow file\n"
     finally:
         iofs.umount(vol)
         proc.wait(10)
