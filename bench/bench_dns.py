@@ -29,7 +29,7 @@ from bench.podlab import fault_context, ms, netns_targets, pct
 from chaosbus.common import netns as nsu
 from chaosbus.common.messages import Dns
 from chaosbus.injector import faults
-from chaosbus.injector.backends import dnsresponder
+from chaosbus.injector.backends.kit import process_backends
 
 ZONE_SERVER = """
 import socket, dns.message, dns.rrset
@@ -74,7 +74,7 @@ def apply_recover(size: int, tag: str) -> dict[str, Any]:
             t = time.perf_counter()
             fault.recover(c, spec)
             recovered.append(time.perf_counter() - t)
-        assert not dnsresponder.running()
+        assert not process_backends().dns.running()
     return {"apply": applied, "recover": recovered}
 
 

@@ -29,7 +29,7 @@ from bench.podlab import fault_context, ms, netns_targets, pct
 from chaosbus.common import netns as nsu
 from chaosbus.common.messages import Http
 from chaosbus.injector import faults
-from chaosbus.injector.backends import httpproxy
+from chaosbus.injector.backends.kit import process_backends
 
 PORT = 8080
 BIG = 4 * 1024 * 1024
@@ -87,7 +87,7 @@ def apply_recover(size: int, tag: str) -> dict[str, Any]:
             t = time.perf_counter()
             fault.recover(c, spec)
             recovered.append(time.perf_counter() - t)
-        assert not httpproxy.running() and not accepted(first)
+        assert not process_backends().http.running() and not accepted(first)
     return {"apply": applied, "recover": recovered}
 
 

@@ -34,6 +34,7 @@ from chaosbus.cli import podnet
 from chaosbus.common.messages import Shaping, TargetAction, TbfParams
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import tcdev, tcwire
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.backends.netnslink import NetnsLink
 from chaosbus.injector.faults import shaping
 
@@ -104,7 +105,7 @@ def run_size(every: list[Pod], n: int, samples: int) -> dict[str, list[float]]:
     specs = [spec_for(every, i) for i in range(n)]
     ctxs = [(context("bench", every[i], specs[i]), specs[i]) for i in range(n)]
     out: dict[str, list[float]] = {"cold_apply": [], "apply": [], "recover": [], "batch_apply": [], "batch_recover": []}
-    shaping.shaper().links.close_all()  # the first round opens every netns link: "cold"
+    process_backends().tc.links.close_all()  # the first round opens every netns link: "cold"
     rounds = 1 + max(1, -(-samples // n))
 
     def apply(cs: tuple[faults.FaultContext, Shaping]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 
 import nats.errors
@@ -23,7 +24,7 @@ from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback, runtime
 from chaosbus.injector import executor as ex
-from chaosbus.injector.backends.kit import process_backends
+from chaosbus.injector.backends import kit
 from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
 from chaosbus.injector.journal import Journal, OutboxRow, SignedMark
@@ -343,7 +344,7 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
             except Exception as e:
                 log.exception("reading drop counters failed", error=str(e))
             for gauge, read in (
-                (metrics.qdiscs, readback.qdiscs),
+                (metrics.qdiscs, functools.partial(readback.qdiscs, shaper=node.executor.backends.tc)),
                 (metrics.stressors, readback.stressors),
                 (metrics.skewed, readback.skewed),
             ):
@@ -380,7 +381,7 @@ async def main(args: argparse.Namespace) -> None:
     else:
         runtime.configure(flags.runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
-        executor = ex.Executor(journal, name, policy=policy, backends=process_backends())
+        executor = ex.Executor(journal, name, policy=policy, backends=kit.build())
     env = settings.current()
     node = Node(
         journal,

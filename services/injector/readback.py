@@ -15,14 +15,14 @@ import os
 from chaosbus.common.messages import Shaping, Stress, TimeSkew
 from chaosbus.injector import executor
 from chaosbus.injector.backends import procs, tc, timeskew
-from chaosbus.injector.faults import shaping
 from chaosbus.injector.journal import Entry
 
 Experiment = tuple[str, str]  # namespace, name
 
 
-def qdiscs(entries: list[Entry]) -> dict[Experiment, int]:
-    """Stage qdiscs in the kernel per shaping experiment (each (netns, rule owner) counted once)."""
+def qdiscs(entries: list[Entry], shaper: tc.Shaper) -> dict[Experiment, int]:
+    """Stage qdiscs in the kernel per shaping experiment (each (netns, rule owner) counted once),
+    as `shaper` (the injector's) installed them."""
     seen: set[tuple[str, str]] = set()
     out: dict[Experiment, int] = {}
     for entry in entries:
@@ -34,7 +34,7 @@ def qdiscs(entries: list[Entry]) -> dict[Experiment, int]:
                 continue
             seen.add((path, owner))
             try:
-                n = shaping.shaper().installed_stages(path).get(owner, 0)
+                n = shaper.installed_stages(path).get(owner, 0)
             except tc.NetnsGone:  # went meanwhile: nothing installed there
                 continue
             key = (entry.namespace, entry.name)

@@ -14,6 +14,7 @@ from helpers.goodput import SINK_PORTS
 from chaosbus.common.messages import FaultSpec, Shaping, TargetAction
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.backends.netnslink import NetnsLink
 from chaosbus.injector.backends.tcwire import TcObject
 
@@ -95,6 +96,5 @@ class Shaped:
 
 
 def shaper() -> tc.Shaper:
-    from chaosbus.injector.faults import shaping
-
-    return shaping.shaper()
+    """The shaping state of the default backends (what a FaultContext handed none shapes with)."""
+    return process_backends().tc

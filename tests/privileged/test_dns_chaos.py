@@ -15,7 +15,8 @@ from helpers.dnsprobe import DNS_SERVER, ZONE, Answer, Ask, every_name, real
 
 from chaosbus.common.messages import Dns
 from chaosbus.injector import faults
-from chaosbus.injector.backends import dnsresponder, nft
+from chaosbus.injector.backends import nft
+from chaosbus.injector.backends.kit import build, process_backends
 from chaosbus.injector.faults.dns import table_name
 
 from .conftest import Lab
@@ -55,7 +56,7 @@ def dns_tables(lab: Lab, pod: int) -> list[str]:
 
 def assert_clean(lab: Lab) -> None:
     assert not any(dns_tables(lab, p.index) for p in lab.pods)
-    assert not dnsresponder.running()
+    assert not process_backends().dns.running()
     assert not any(dnsprobe.loopback_udp_sockets(p.net.netns_path) for p in lab.pods)
 
 
@@ -121,7 +122,7 @@ def test_the_kernel_ends_the_redirect_at_its_deadline_even_without_a_responder(l
     try:
         assert resolve(lab, CLIENT, dns_server, [("b.other.test", "A", False)]) == [("SERVFAIL", [])]
         # the injector dies: its responder with it (simulated by stopping it), the table stays
-        for r in dnsresponder.running().values():
+        for r in process_backends().dns.running().values():
             r.stop()
         time.sleep(max(0.0, deadline - time.time()) + 0.1)
         assert dns_tables(lab, CLIENT) == [table_name("dns-deadline", ".")]
@@ -137,7 +138,7 @@ def test_a_gone_target_counts_as_recovered_and_its_responder_stops(lab: Lab) -> 
     ctx = ctx_for("dns-gone", [victim.pid], spec)
     fault = faults.get("dns")
     fault.apply(ctx, spec)
-    assert len(dnsresponder.running()) == 1
+    assert len(process_backends().dns.running()) == 1
     victim.kill()
     victim.wait(5)
     if victim.stdout:
@@ -146,11 +147,32 @@ def test_a_gone_target_counts_as_recovered_and_its_responder_stops(lab: Lab) -> 
     # its process gone, the responder drops the rule and ends by itself (it would otherwise keep
     # a dead pod's netns alive)
     deadline = time.monotonic() + 5
-    while dnsresponder.running() and time.monotonic() < deadline:
+    while process_backends().dns.running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not dnsresponder.running()
+    assert not process_backends().dns.running()
     # the netns lives on here (the pod's server holds it): the table is the sweeper's to find
     path = lab.pods[2].net.netns_path
     assert fault.orphans.find(path) == [table_name("dns-gone", ".")]
     fault.orphans.remove(path, table_name("dns-gone", "."))
+    assert_clean(lab)
+
+
+def test_a_responder_belongs_to_the_backends_that_started_it(lab: Lab, dns_server: str) -> None:
+    """Two injectors in one process (here: two sets of backends) share no responder: each sees,
+    serves and stops only its own."""
+    mine, theirs = build(), build()
+    spec = Dns(action="error", patterns=["a.chaos.test"])
+    pid = lab.pods[CLIENT].server.pid
+    fault = faults.get("dns")
+    fault.apply(ctx_for("dns-mine", [pid], spec, backends=mine), spec)
+    try:
+        assert len(mine.dns.running()) == 1
+        assert not theirs.dns.running() and not process_backends().dns.running()
+        # the other backends' recover of another experiment neither sees nor stops this responder
+        fault.recover(ctx_for("dns-theirs", [pid], spec, backends=theirs), spec)
+        assert len(mine.dns.running()) == 1
+        assert resolve(lab, CLIENT, dns_server, [("a.chaos.test", "A", False)]) == [("SERVFAIL", [])]
+    finally:
+        fault.recover(ctx_for("dns-mine", [pid], spec, backends=mine), spec)
+    assert not mine.dns.running()
     assert_clean(lab)

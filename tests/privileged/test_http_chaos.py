@@ -16,7 +16,8 @@ from helpers.httpprobe import echo_server, median_seconds, request
 from chaosbus.common import netns
 from chaosbus.common.messages import Http, HttpPatch, HttpReplace
 from chaosbus.injector import faults
-from chaosbus.injector.backends import httpproxy, nft
+from chaosbus.injector.backends import nft
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.faults.http import table_name
 
 from .conftest import Lab
@@ -60,7 +61,7 @@ def http_tables(lab: Lab) -> list[str]:
 
 def assert_clean(lab: Lab, server: str) -> None:
     assert not http_tables(lab)
-    assert not httpproxy.running()
+    assert not process_backends().http.running()
     for pod in (CLIENT, BYSTANDER):
         reply = request(lab.pods[pod].net.netns_path, server, PORT, "/api/x?a=1", headers={"X-Chaos": "1"})
         assert reply.status == 200 and reply.json()["path"] == "/api/x" and reply.json()["query"] == "a=1", reply
@@ -198,7 +199,7 @@ def test_the_kernel_ends_the_redirect_at_its_deadline_even_without_a_proxy(lab: 
     spec = Http(target="Request", port=PORT, abort=True)
     with Applied(lab, "http-deadline", SERVER, spec, deadline=deadline):
         assert get(lab, CLIENT, server, "/").status == "reset"  # type: ignore[attr-defined]
-        for p in httpproxy.running().values():  # the injector dies: its proxy with it; the table stays
+        for p in process_backends().http.running().values():  # the injector dies: its proxy with it; the table stays
             p.stop()
         time.sleep(max(0.0, deadline - time.time()) + 0.2)
         assert http_tables(lab) == [table_name("http-deadline", ".")]
@@ -220,16 +221,16 @@ def test_a_gone_target_counts_as_recovered_and_its_proxy_stops(lab: Lab, server:
     spec = Http(target="Request", port=PORT, abort=True)
     fault = faults.get("http")
     fault.apply(ctx_for("http-gone", [victim.pid], spec), spec)
-    assert len(httpproxy.running()) == 1
+    assert len(process_backends().http.running()) == 1
     victim.kill()
     victim.wait(5)
     if victim.stdout:
         victim.stdout.close()
     assert "gone" in fault.recover(ctx_for("http-gone", [victim.pid], spec), spec)
     deadline = time.monotonic() + 5
-    while httpproxy.running() and time.monotonic() < deadline:
+    while process_backends().http.running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not httpproxy.running()
+    assert not process_backends().http.running()
     path = lab.pods[2].net.netns_path
     assert fault.orphans.find(path) == [table_name("http-gone", ".")]
     fault.orphans.remove(path, table_name("http-gone", "."))

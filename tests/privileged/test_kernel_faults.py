@@ -29,6 +29,7 @@ from chaosbus.common.messages import (
 )
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import nft, procs
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.faults.partition import table_name
 
 from .conftest import PORTS, Lab, Link, Pod
@@ -39,8 +40,14 @@ Rules = dict[int, list[PartitionRule]]  # pod index -> its rules
 
 
 def ctx_for(
-    uid: str, pids: list[int], spec: FaultSpec, selector: str = ".", deadline: float | None = None
+    uid: str,
+    pids: list[int],
+    spec: FaultSpec,
+    selector: str = ".",
+    deadline: float | None = None,
+    backends: Backends | None = None,
 ) -> faults.FaultContext:
+    """The context of one target, on `backends` (default: the process's default backends)."""
     ids = [f"process://{pid}" for pid in pids]
     action = TargetAction(
         target_id="default/pod",
@@ -58,6 +65,7 @@ def ctx_for(
         action=action,
         containers=[runtime.resolve(i) for i in ids],
         deadline=deadline,
+        backends=backends or process_backends(),
     )
 
 

@@ -324,7 +324,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return out
 
 
-_responders = pernetns.Servers(Responder)
-ensure = _responders.ensure
-release = _responders.release
-running = _responders.running
+def servers() -> pernetns.Servers[Responder]:
+    """An empty set of responders, one per namespace once started (each `Backends` owns one)."""
+    return pernetns.Servers(Responder)

@@ -170,7 +170,6 @@ class Proxy(pernetns.Rules[HttpRule]):
             raise
 
 
-_proxies = pernetns.Servers(Proxy)
-ensure = _proxies.ensure
-release = _proxies.release
-running = _proxies.running
+def servers() -> pernetns.Servers[Proxy]:
+    """An empty set of proxies, one per namespace once started (each `Backends` owns one)."""
+    return pernetns.Servers(Proxy)

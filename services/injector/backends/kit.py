@@ -1,7 +1,7 @@
-"""The backends a fault runs on, handed to the executor (and from it to every fault through its
-`FaultContext`) instead of reached as module state, so that a test can hand in its own.
-Only the nft tables of partitions, DNSChaos and HTTPChaos and the shaping state come through
-here so far; the other faults still call their backend modules' process-wide state.
+"""The backends a fault runs on: every piece of state the injector keeps about the kernel objects,
+servers and helpers it drives lives in one `Backends`, built once by the injector's edge (`build`)
+and handed to the executor, which passes it to every fault in its `FaultContext`. Nothing of it is
+module state, so two injectors in one process, or a test with its own `Backends`, share nothing.
 """
 
 from __future__ import annotations
@@ -9,20 +9,27 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from chaosbus.injector.backends import nft, tc
+from chaosbus.injector.backends import dnsresponder, httpproxy, nft, pernetns, tc
 
 
 @dataclass(frozen=True)
 class Backends:
     nft: nft.Tables  # nftables transactions (libnftables contexts, or nft processes)
-    tc: tc.Shaper  # the node's traffic-shaping state (one per process: it owns every shaped device)
+    tc: tc.Shaper  # traffic-shaping state: the rules on every device this injector shapes
+    dns: pernetns.Servers[dnsresponder.Responder]  # DNSChaos responders, one per network namespace
+    http: pernetns.Servers[httpproxy.Proxy]  # HTTPChaos proxies, one per network namespace
 
 
-def process_backends() -> Backends:
-    """The process's own: what the injector service runs on."""
-    return Backends(nft=nft.Tables(nft.contexts()), tc=process_shaper())
+def build() -> Backends:
+    """A fresh set of backends, sharing nothing with any other."""
+    return Backends(
+        nft=nft.Tables(nft.contexts()), tc=tc.Shaper(), dns=dnsresponder.servers(), http=httpproxy.servers()
+    )
 
 
 @functools.cache
-def process_shaper() -> tc.Shaper:
-    return tc.Shaper()
+def process_backends() -> Backends:
+    """The backends of callers that hand in none (tools, benchmarks, tests of one fault), built on
+    first use; the injector service builds and passes its own.
+    """
+    return build()

@@ -77,7 +77,7 @@ def netns_key(netns_path: str) -> str:
 
 
 class Servers(Generic[S]):
-    """The process's servers of one sort, one per namespace."""
+    """The servers of one sort an injector runs, one per namespace (each `Backends` has its own)."""
 
     def __init__(self, start: Callable[[str], S]) -> None:
         self._start = start

@@ -61,19 +61,19 @@ class DnsFault:
             raise FaultError("target gone: no live container netns for DNSChaos", retryable=False)
         for path in paths:
             try:
-                responder = dnsresponder.ensure(path)
+                responder = ctx.backends.dns.ensure(path)
             except OSError as e:
                 raise FaultError(f"cannot start the DNS responder in {path}: {e}", retryable=True) from e
             responder.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
             render = functools.partial(
                 nft.render_dns_redirect_table, table, responder.port, dnsresponder.MARK, ctx.deadline
             )
-            redirect.install(ctx, path, table, render, dnsresponder.release, "DNSChaos")
+            redirect.install(ctx, path, table, render, ctx.backends.dns.release, "DNSChaos")
         return f"DNSChaos {spec.action} applied: nft table {table}, {len(spec.patterns) or 'every'} pattern(s)"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
-        if not redirect.remove(ctx, table, dnsresponder.release):
+        if not redirect.remove(ctx, table, ctx.backends.dns.release):
             return f"target gone: nft table {table} went with its netns"
         return f"DNSChaos recovered: nft table {table} removed"
 

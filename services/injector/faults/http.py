@@ -58,19 +58,19 @@ class HttpFault:
         rule = HttpRule(spec=spec, until=ctx.deadline)
         for path in paths:
             try:
-                proxy = httpproxy.ensure(path)
+                proxy = ctx.backends.http.ensure(path)
             except OSError as e:
                 raise FaultError(f"cannot start the HTTP proxy in {path}: {e}", retryable=True) from e
             proxy.set_rule(table, rule, tuple(c.pid for c in ctx.alive()))
             render = functools.partial(
                 nft.render_http_redirect_table, table, spec.port, proxy.port, httpproxy.MARK, ctx.deadline
             )
-            redirect.install(ctx, path, table, render, httpproxy.release, "HTTPChaos")
+            redirect.install(ctx, path, table, render, ctx.backends.http.release, "HTTPChaos")
         return f"HTTPChaos on {spec.target.lower()}s to port {spec.port} applied: nft table {table}"
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
-        if not redirect.remove(ctx, table, httpproxy.release):
+        if not redirect.remove(ctx, table, ctx.backends.http.release):
             return f"target gone: nft table {table} went with its netns"
         return f"HTTPChaos recovered: nft table {table} removed"
 

@@ -23,7 +23,6 @@ from typing import Any
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
 from chaosbus.injector.backends import tc, tcdev
-from chaosbus.injector.backends.kit import process_shaper
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
 
@@ -34,11 +33,6 @@ _PERMANENT = (errno.EINVAL, errno.ERANGE, errno.EOPNOTSUPP, errno.ENOENT, errno.
 def capabilities() -> dict[str, str | None]:
     """tc kind -> None if this kernel has it, else the reason (probed once per process)."""
     return tcdev.probe()
-
-
-def shaper() -> tc.Shaper:
-    """The process's shaping state (what a fault handed no other backends shapes with)."""
-    return process_shaper()
 
 
 def needs(spec: Shaping) -> list[str]:
