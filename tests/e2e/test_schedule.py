@@ -74,7 +74,10 @@ def test_every_2s_forbid_fires_on_time_never_overlaps_trims_and_cleans_up(system
             time.sleep(0.05)
     fires = sorted(int(n.rsplit("-", 1)[1]) for n in seen)
     assert 3 <= len(fires) <= 5, seen  # 4 expected in 9 s, +-1 for where the window falls
-    assert all(b - a == 2 for a, b in zip(fires, fires[1:], strict=False)), fires  # one child per fire, none skipped
+    # One child per fire, on the 2 s grid. Forbid skips a fire while the previous child is still
+    # active: its 1 s partition is recovered well before the next fire, unless load delays the
+    # recovery past it, so one skipped fire is allowed, never two in a row.
+    assert all(b - a in (2, 4) for a, b in zip(fires, fires[1:], strict=False)), fires
     assert most_at_once <= 1
     counts = [
         (r["injectedCount"], r["recoveredCount"])
