@@ -22,7 +22,7 @@ from chaosbus.common import commands, config, service, settings, signing, subjec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback, runtime
+from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback
 from chaosbus.injector import executor as ex
 from chaosbus.injector.backends import kit
 from chaosbus.injector.faults import exemptions
@@ -379,9 +379,9 @@ async def main(args: argparse.Namespace) -> None:
             policy=policy,
         )
     else:
-        runtime.configure(flags.runtime_config(args))
         policy = authorize.Policy(guard=guard, mode=args.mode)
-        executor = ex.Executor(journal, name, policy=policy, backends=kit.build())
+        backends = kit.build(flags.runtime_config(args))
+        executor = ex.Executor(journal, name, policy=policy, backends=backends)
     env = settings.current()
     node = Node(
         journal,

@@ -11,6 +11,7 @@ the outbox, the command id as handled). Recoveries the node decides on its own g
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -67,13 +68,15 @@ class Executor:
         node: str,
         *,
         registry: dict[str, faults.Fault] | None = None,
-        resolve: core.Resolver = runtime.resolve,
+        resolve: core.Resolver | None = None,
         clock: Callable[[], float] = time.time,
         policy: authorize.Policy | None = None,
         backends: Backends | None = None,
     ) -> None:
-        self.journal, self.node, self.resolve, self.clock = journal, node, resolve, clock
+        """`resolve`: container ID -> handle (default: through the backends' runtimes)."""
+        self.journal, self.node, self.clock = journal, node, clock
         self.backends = backends or process_backends()  # what the faults run on
+        self.resolve = resolve or functools.partial(runtime.resolve, runtimes=self.backends.runtimes)
         # None: no re-checks, for tests of the node machinery alone; the service always passes one.
         self.policy = policy
         self.registry = faults.REGISTRY if registry is None else registry

@@ -3,7 +3,8 @@
 The adapter is chosen by the ID's scheme: `process://<pid>[@<start>]` (local mode's process pods,
 and what tests put in containerStatuses), `containerd://` and `cri-o://` through the CRI on the runtime's
 unix socket (`backends/cri.py`), `docker://` through the Docker Engine API (`backends/dockerapi.py`).
-The sockets come from `configure` (the injector's flags) or the CHAOSBUS_*_SOCKET environment.
+The adapters, and the sockets they use (the injector's flags, or the CHAOSBUS_*_SOCKET
+environment), are the `Runtimes` of the caller's backends (`backends/runtimes.py`).
 A dead or missing PID, or a container its runtime no longer knows, is not an error: the target is
 gone, which faults treat as recovered. Calls are synchronous with a deadline (faults run in
 worker threads).
@@ -13,35 +14,22 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from chaosbus.common import processid, settings
+from chaosbus.common import processid
 from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import procs
-from chaosbus.injector.backends.containers import DEFAULT_TIMEOUT_S, Breaker, Observed, RuntimeCallError
-from chaosbus.injector.backends.dockerapi import DockerClient
-
-if TYPE_CHECKING:  # grpcio costs ~20 MB of RSS: loaded only on a node that meets a CRI container ID
-    from chaosbus.injector.backends.cri import CriClient
+from chaosbus.injector.backends.containers import Observed, RuntimeCallError
+from chaosbus.injector.backends.kit import process_backends
+from chaosbus.injector.backends.runtimes import CRI_RUNTIMES, SOCKET_ENV, RuntimeConfig, Runtimes, config_from_env
 
 KNOWN_RUNTIMES = ("containerd", "cri-o", "docker")
-CRI_RUNTIMES = ("containerd", "cri-o")
-
-# scheme -> (environment variable, default socket path)
-SOCKET_ENV = {
-    "containerd": ("CHAOSBUS_CONTAINERD_SOCKET", "/run/containerd/containerd.sock"),
-    "cri-o": ("CHAOSBUS_CRIO_SOCKET", "/var/run/crio/crio.sock"),
-    "docker": ("CHAOSBUS_DOCKER_SOCKET", "/var/run/docker.sock"),
-}
 TIMEOUT_ENV = "CHAOSBUS_RUNTIME_TIMEOUT"
 # The kubelet labels every container it creates with its pod's uid; CRI runtimes and Docker report it.
 POD_UID_LABEL = "io.kubernetes.pod.uid"
 POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 POD_UID_ENV = processid.POD_UID_ENV
-# After a runtime timed out or was unavailable, calls to it fail at once for this long.
-BREAKER_COOLDOWN_S = 5.0
+__all__ = ["SOCKET_ENV", "ContainerHandle", "RuntimeConfig", "UnsupportedRuntime", "config_from_env", "kill", "resolve"]
 
 # Runtime IDs are hex digests in practice; anything outside this set would be spliced into a URL
 # path or an RPC argument, so it is refused rather than escaped.
@@ -72,67 +60,9 @@ class ContainerHandle:
     pod_namespace: str | None = None
 
 
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """The runtime sockets this node uses and the deadline of each runtime call."""
-
-    sockets: dict[str, str]
-    timeout: float = DEFAULT_TIMEOUT_S
-
-
-def config_from_env(
-    containerd: str | None = None, crio: str | None = None, docker: str | None = None, timeout: float | None = None
-) -> RuntimeConfig:
-    """Explicit values first, then CHAOSBUS_*_SOCKET / CHAOSBUS_RUNTIME_TIMEOUT, then the defaults."""
-    explicit = {"containerd": containerd, "cri-o": crio, "docker": docker}
-    given = settings.current()
-    configured = {"containerd": given.containerd_socket, "cri-o": given.crio_socket, "docker": given.docker_socket}
-    sockets = {s: explicit[s] or configured[s] or default for s, (_env, default) in SOCKET_ENV.items()}
-    if timeout is None:
-        timeout = given.runtime_timeout or DEFAULT_TIMEOUT_S
-    if timeout <= 0:
-        raise ValueError(f"runtime timeout must be > 0 seconds, got {timeout}")
-    return RuntimeConfig(sockets=sockets, timeout=timeout)
-
-
-_lock = threading.Lock()
-_config: RuntimeConfig | None = None
-_clients: dict[str, tuple[CriClient | DockerClient, Breaker]] = {}
-
-
-def configure(config: RuntimeConfig) -> None:
-    """Use `config` from now on (the injector calls this once at start; tests per fake runtime)."""
-    global _config
-    with _lock:
-        for scheme, (adapter, _) in _clients.items():
-            if scheme in CRI_RUNTIMES:
-                adapter.close()  # type: ignore[union-attr]
-        _clients.clear()
-        _config = config
-
-
-def client(scheme: str) -> tuple[CriClient | DockerClient, Breaker]:
-    """The (cached) adapter for a runtime scheme, and its breaker."""
-    global _config
-    with _lock:
-        if _config is None:
-            _config = config_from_env()
-        found = _clients.get(scheme)
-        if found is None:
-            path = _config.sockets[scheme]
-            adapter: CriClient | DockerClient
-            if scheme in CRI_RUNTIMES:
-                from chaosbus.injector.backends.cri import CriClient
-
-                adapter = CriClient(path, runtime=scheme, timeout=_config.timeout)
-            else:
-                adapter = DockerClient(path, timeout=_config.timeout)
-            found = _clients[scheme] = (adapter, Breaker(BREAKER_COOLDOWN_S))
-        return found
-
-
-def resolve(container_id: str) -> ContainerHandle:
-    """Resolve a runtime-prefixed container ID (`scheme://id`).
+def resolve(container_id: str, runtimes: Runtimes | None = None) -> ContainerHandle:
+    """Resolve a runtime-prefixed container ID (`scheme://id`) through `runtimes` (default: those
+    of the process's default backends).
 
     Raises:
         UnsupportedRuntime: the scheme is unknown, the ID malformed, or the runtime unreachable
@@ -141,14 +71,15 @@ def resolve(container_id: str) -> ContainerHandle:
     scheme, sep, ident = container_id.partition("://")
     if not sep or not ident:
         raise UnsupportedRuntime(f"container id {container_id!r} is not of the form <runtime>://<id>")
+    runtimes = runtimes or process_backends().runtimes
     if scheme == "process":
-        return _resolve_process(container_id, ident)
+        return _resolve_process(container_id, ident, runtimes)
     if scheme in KNOWN_RUNTIMES:
-        return _resolve_runtime(container_id, scheme, ident)
+        return _resolve_runtime(container_id, scheme, ident, runtimes)
     raise UnsupportedRuntime(f"unknown container runtime {scheme!r} in {container_id!r}")
 
 
-def kill(handle: ContainerHandle) -> bool:
+def kill(handle: ContainerHandle, runtimes: Runtimes | None = None) -> bool:
     """Kill a runtime container through its runtime (CRI StopContainer timeout 0, Docker kill
     KILL); False if the runtime no longer knows it.
 
@@ -158,21 +89,21 @@ def kill(handle: ContainerHandle) -> bool:
     scheme, _, ident = handle.container_id.partition("://")
     if scheme not in KNOWN_RUNTIMES or not _RUNTIME_ID.fullmatch(ident):
         raise UnsupportedRuntime(f"{handle.container_id!r} is not a container runtime id")
-    adapter, breaker = client(scheme)
+    adapter, breaker = (runtimes or process_backends().runtimes).client(scheme)
     try:
         return breaker.call(lambda: adapter.stop(ident) if scheme in CRI_RUNTIMES else adapter.kill(ident))  # type: ignore[union-attr]
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
 
 
-def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHandle:
+def _resolve_runtime(container_id: str, scheme: str, ident: str, runtimes: Runtimes) -> ContainerHandle:
     if not _RUNTIME_ID.fullmatch(ident):
         raise UnsupportedRuntime(
             f"container id {container_id!r}: the id after {scheme}:// must be letters, "
             "digits, '.', '_' or '-' (at most 128)"
         )
     try:
-        adapter, breaker = client(scheme)
+        adapter, breaker = runtimes.client(scheme)
         seen: Observed | None = breaker.call(lambda: adapter.status(ident))
     except RuntimeCallError as e:
         raise UnsupportedRuntime(e.message, retryable=e.retryable) from None
@@ -189,15 +120,18 @@ def _resolve_runtime(container_id: str, scheme: str, ident: str) -> ContainerHan
             retryable=True,
         )
     labels = seen.labels or {}
-    return _live_handle(container_id, seen.pid, labels.get(POD_UID_LABEL, ""), labels.get(POD_NAMESPACE_LABEL))
+    pod_uid, pod_namespace = labels.get(POD_UID_LABEL, ""), labels.get(POD_NAMESPACE_LABEL)
+    return _live_handle(container_id, seen.pid, pod_uid, pod_namespace, runtimes.named_netns)
 
 
-def _live_handle(container_id: str, pid: int, pod_uid: str, pod_namespace: str | None) -> ContainerHandle:
+def _live_handle(
+    container_id: str, pid: int, pod_uid: str, pod_namespace: str | None, named: dict[tuple[int, int], str]
+) -> ContainerHandle:
     proc_netns = f"/proc/{pid}/ns/net"
     return ContainerHandle(
         container_id=container_id,
         pid=pid,
-        netns_path=_named_netns(proc_netns) or proc_netns,
+        netns_path=_named_netns(proc_netns, named) or proc_netns,
         mnt_ns_path=f"/proc/{pid}/ns/mnt",
         alive=True,
         pod_uid=pod_uid,
@@ -205,7 +139,7 @@ def _live_handle(container_id: str, pid: int, pod_uid: str, pod_namespace: str |
     )
 
 
-def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
+def _resolve_process(container_id: str, ident: str, runtimes: Runtimes) -> ContainerHandle:
     parsed = processid.parse(container_id)
     if parsed is None or parsed.pid <= 1:
         # pid 1 is the node's init: never a process pod, never a fault target.
@@ -219,7 +153,7 @@ def _resolve_process(container_id: str, ident: str) -> ContainerHandle:
     return ContainerHandle(
         container_id=container_id,
         pid=pid,
-        netns_path=(_named_netns(proc_netns) or proc_netns) if alive else proc_netns,
+        netns_path=(_named_netns(proc_netns, runtimes.named_netns) or proc_netns) if alive else proc_netns,
         mnt_ns_path=f"/proc/{pid}/ns/mnt",
         alive=alive,
     )
@@ -247,8 +181,10 @@ def _environ(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
 
 
-def _named_netns(proc_netns: str) -> str | None:
-    """The /var/run/netns entry for the same namespace as `proc_netns`, if there is one.
+def _named_netns(proc_netns: str, named: dict[tuple[int, int], str]) -> str | None:
+    """The /var/run/netns entry for the same namespace as `proc_netns`, if there is one, through
+    `named`: (device, inode) of a namespace -> its path, rebuilt on a miss (4.5 ms per target with
+    1,000 netns when every lookup scanned the directory, ~5 us from the map).
 
     A process pod's named netns is its sandbox: it outlives a restarted process, so faults
     address it rather than the process (the Chaos Mesh #4827 lesson).
@@ -258,10 +194,10 @@ def _named_netns(proc_netns: str) -> str | None:
     except FileNotFoundError:
         return None
     key = (want.st_dev, want.st_ino)
-    path = _NAMED.get(key)
+    path = named.get(key)
     if path is not None and _same(path, key):
         return path
-    _NAMED.clear()  # a miss or a stale entry: rebuild the map once instead of a scan per target
+    named.clear()  # a miss or a stale entry: rebuild the map once instead of a scan per target
     try:
         names = os.listdir(NETNS_RUN_DIR)
     except FileNotFoundError:
@@ -272,13 +208,8 @@ def _named_netns(proc_netns: str) -> str | None:
             st = os.stat(candidate)
         except FileNotFoundError:
             continue
-        _NAMED.setdefault((st.st_dev, st.st_ino), candidate)
-    return _NAMED.get(key)
-
-
-# (device, inode) of a namespace -> its /var/run/netns path; 4.5 ms per target with 1,000 netns
-# when every lookup scanned the directory, ~5 us from this map.
-_NAMED: dict[tuple[int, int], str] = {}
+        named.setdefault((st.st_dev, st.st_ino), candidate)
+    return named.get(key)
 
 
 def _same(path: str, key: tuple[int, int]) -> bool:

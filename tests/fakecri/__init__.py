@@ -264,10 +264,11 @@ def runtimes(tmp: Path) -> Iterator[tuple[FakeCri, FakeDocker]]:
 def runtime_sockets(
     containerd: Path | str, crio: Path | str, docker: Path | str, *, timeout: float | None = None
 ) -> Iterator[None]:
-    """The injector's runtime adapters pointed at these sockets for the block, then back to the
-    environment's (the adapters are process-wide).
+    """The default backends' runtime adapters (what `runtime.resolve` and an executor handed no
+    backends use) pointed at these sockets for the block, then back to the environment's.
     """
     from chaosbus.injector import runtime
+    from chaosbus.injector.backends.kit import process_backends
 
     paths = {"containerd": str(containerd), "cri-o": str(crio), "docker": str(docker)}
     config = (
@@ -275,8 +276,9 @@ def runtime_sockets(
         if timeout is None
         else runtime.RuntimeConfig(sockets=paths, timeout=timeout)
     )
-    runtime.configure(config)
+    runtimes = process_backends().runtimes
+    runtimes.configure(config)
     try:
         yield
     finally:
-        runtime.configure(runtime.config_from_env())
+        runtimes.configure(runtime.config_from_env())

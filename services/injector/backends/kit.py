@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 
 from chaosbus.injector.backends import dnsresponder, httpproxy, nft, pernetns, tc
+from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,18 @@ class Backends:
     tc: tc.Shaper  # traffic-shaping state: the rules on every device this injector shapes
     dns: pernetns.Servers[dnsresponder.Responder]  # DNSChaos responders, one per network namespace
     http: pernetns.Servers[httpproxy.Proxy]  # HTTPChaos proxies, one per network namespace
+    runtimes: Runtimes  # the container runtimes' adapters (CRI, Docker) that resolve container IDs
 
 
-def build() -> Backends:
-    """A fresh set of backends, sharing nothing with any other."""
+def build(runtimes: RuntimeConfig | None = None) -> Backends:
+    """A fresh set of backends, sharing nothing with any other; `runtimes`: the runtime sockets
+    and deadline (None: from the environment, on first use)."""
     return Backends(
-        nft=nft.Tables(nft.contexts()), tc=tc.Shaper(), dns=dnsresponder.servers(), http=httpproxy.servers()
+        nft=nft.Tables(nft.contexts()),
+        tc=tc.Shaper(),
+        dns=dnsresponder.servers(),
+        http=httpproxy.servers(),
+        runtimes=Runtimes(runtimes),
     )
 
 

@@ -17,6 +17,7 @@ import time
 from chaosbus.common.messages import FaultSpec
 from chaosbus.injector import runtime
 from chaosbus.injector.backends import procs
+from chaosbus.injector.backends.runtimes import Runtimes
 from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.faults.pod_kill import kill_containers
 
@@ -24,8 +25,9 @@ from chaosbus.injector.faults.pod_kill import kill_containers
 RUNTIME_KILL_WAIT_S = 5.0
 
 
-def kill_through_runtimes(containers: list[runtime.ContainerHandle]) -> str:
-    """Kill each live runtime container through its runtime and check its process died.
+def kill_through_runtimes(containers: list[runtime.ContainerHandle], runtimes: Runtimes) -> str:
+    """Kill each live runtime container through its runtime (one of `runtimes`) and check its
+    process died.
 
     Raises:
         FaultError: the runtime call failed, or the process survived (retryable).
@@ -36,7 +38,7 @@ def kill_through_runtimes(containers: list[runtime.ContainerHandle]) -> str:
     gone = 0
     for c in live:
         try:
-            if not runtime.kill(c):
+            if not runtime.kill(c, runtimes):
                 gone += 1
         except runtime.UnsupportedRuntime as e:
             raise FaultError(f"kill {c.container_id}: {e}", retryable=e.retryable) from e
@@ -73,7 +75,7 @@ class ContainerKill:
         if by_signal or not by_runtime:
             messages.append(kill_containers(by_signal))
         if by_runtime:
-            messages.append(kill_through_runtimes(by_runtime))
+            messages.append(kill_through_runtimes(by_runtime, ctx.backends.runtimes))
         return "; ".join(messages)
 
     def recover(self, ctx: FaultContext, spec: FaultSpec) -> str:
