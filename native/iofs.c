@@ -2,7 +2,7 @@
  * passes every operation through to the directory it covers and applies the rules of a small
  * text file (latency, errno, attribute overrides, corrupted data) to the operations they match.
  *
- *   iofs mount  --pid PID --path DIR --rules FILE [--status-fd FD] [--passthrough no]
+ *   iofs mount  --pid PID --path DIR --rules FILE [--status-fd FD] [--control-fd FD] [--passthrough no]
  *   iofs umount --pid PID --path DIR
  *
  * mount: opens /dev/fuse, the rules file's directory and /proc/PID while still in the host's mount
@@ -12,8 +12,9 @@
  * namespace gone). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
  * FUSE passthrough for files no data rule matches, see below; "--passthrough no" never asks for
  * it, as on a kernel without it), or why not. The rules are
- * re-read on SIGUSR1 and whenever the file changes (checked every 200 ms). Exit status 3: an iofs
- * is already mounted at DIR.
+ * re-read on SIGUSR1, on a "reload" request on the control socket FD (a listening unix socket: the
+ * reply "ok N" comes once they are in force) and whenever the file changes or goes (checked every
+ * 200 ms). Exit status 3: an iofs is already mounted at DIR.
  *
  * umount: detaches (MNT_DETACH) every iofs mount stacked at DIR in PID's mount namespace, whether
  * its server is alive or dead (a dead one would leave "Transport endpoint is not connected").
@@ -47,7 +48,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -259,12 +262,18 @@ static void invalidate_cached(void) {
     }
 }
 
-/* Re-reads the rules file; a malformed line is skipped (and reported), the rest still apply. */
-static void load_rules(void) {
+/* Re-reads the rules file (none: no rules); a malformed line is skipped (and reported), the rest
+ * still apply. Returns once the new rules are in force and the attributes the kernel holds that
+ * they may change are dropped: how many rules there are, -1 if they could not be read. Loads run
+ * one at a time, so the last file read is the one in force. */
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int load_rules(void) {
+    pthread_mutex_lock(&load_lock);
     int fd = openat(rules_dir_fd, rules_name, O_RDONLY | O_CLOEXEC);
     FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
     struct ruleset *rs = calloc(1, sizeof *rs + MAX_RULES * sizeof(struct rule));
-    if (!rs) { if (f) fclose(f); return; }
+    if (!rs) { if (f) fclose(f); pthread_mutex_unlock(&load_lock); return -1; }
     char *line = NULL;
     size_t cap = 0;
     while (f && getline(&line, &cap, f) > 0 && rs->n < MAX_RULES) {
@@ -285,6 +294,9 @@ static void load_rules(void) {
     pthread_rwlock_unlock(&rules_lock);
     free_rules(old);
     if (meta) invalidate_cached();
+    int n = rs->n;
+    pthread_mutex_unlock(&load_lock);
+    return n;
 }
 
 static void full_path(const char *path, char *out, size_t n) {
@@ -309,6 +321,7 @@ static int inject(const char *path, int method, struct effects *fx) {
         if (!(r->methods & bits)) continue;
         if (r->deadline_ns && now >= r->deadline_ns) continue;
         if (r->glob) {
+            if (!path) continue; /* a file with no name left: only rules for every path */
             if (!have_full) { full_path(path, full, sizeof full); have_full = 1; }
             if (!gmatch(r->glob, full)) continue;
         }
@@ -427,11 +440,10 @@ static struct backing **backing_slot(const struct stat *st) {
 /* The backing id for the file open at `fd`: the inode's existing one (always: the kernel refuses
  * an open of an inode open passthrough that names no backing file or another one), else a new one
  * unless `shun` (a rule wants this file's data: no new passthrough). 0: none. */
-static int backing_get(int fd, int shun) {
-    struct stat st;
-    if (!passthrough || fstat(fd, &st) || !S_ISREG(st.st_mode)) return 0;
+static int backing_get(int fd, const struct stat *st, int shun) {
+    if (!passthrough || !S_ISREG(st->st_mode)) return 0;
     pthread_mutex_lock(&backing_lock);
-    struct backing **slot = backing_slot(&st);
+    struct backing **slot = backing_slot(st);
     int id = 0;
     if (*slot && ((*slot)->refs > 0 || !shun)) {
         n_idle -= (*slot)->refs == 0;
@@ -442,7 +454,7 @@ static int backing_get(int fd, int shun) {
         struct backing *b = malloc(sizeof *b);
         id = b ? ioctl(dev_fuse, FUSE_DEV_IOC_BACKING_OPEN, &map) : -1;
         if (id > 0) {
-            *b = (struct backing){st.st_dev, st.st_ino, id, 1, 0, NULL};
+            *b = (struct backing){st->st_dev, st->st_ino, id, 1, 0, NULL};
             *slot = b;
         } else {
             free(b);
@@ -461,11 +473,9 @@ static void backing_close(struct backing **slot) {
     free(b);
 }
 
-static void backing_put(int fd) {
-    struct stat st;
-    if (fstat(fd, &st)) return;
+static void backing_put(const struct stat *st) {
     pthread_mutex_lock(&backing_lock);
-    struct backing **slot = backing_slot(&st), *b = *slot;
+    struct backing **slot = backing_slot(st), *b = *slot;
     if (b && --b->refs == 0) {
         if (n_idle < BACKING_IDLE_MAX) {
             b->idle_since = now_ns();
@@ -493,6 +503,149 @@ static void backing_expire(void) {
     pthread_mutex_unlock(&backing_lock);
 }
 
+/* ---- files unlinked while open ----
+ * libfuse's path API renames a file that is unlinked (or renamed over) while open to a hidden name
+ * in its directory (".fuse_hidden" and 16 hex digits) and unlinks that name after the last
+ * release. On the covered volume that name would stay behind while the file is open: its directory
+ * could not be removed (ENOTEMPTY), and a file still open at recovery left it there for good.
+ * iofs serves open files by their descriptors, so it removes the name for real instead and keeps
+ * the inode reachable (a descriptor of its own) for the calls libfuse still makes by the hidden
+ * name (fstat and fchmod arrive with no file handle), and remembers the name the file had, which
+ * the rules keep matching. hard_remove would not do: libfuse then forgets the file's name, and an
+ * fstat on a descriptor still open fails. The inodes open through iofs are counted, so all this is
+ * dropped with their last release. */
+
+#define OPEN_BUCKETS 1024
+#define HIDDEN_PREFIX ".fuse_hidden"
+
+struct opened { dev_t dev; ino_t ino; int refs; int fd; char *hidden, *name; struct opened *next; };
+
+static pthread_mutex_t opened_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct opened *opened[OPEN_BUCKETS];
+static int n_hidden;                       /* entries with a descriptor of their own */
+static __thread char hidden_probe[4096];   /* the hidden name libfuse just found free, on this thread */
+
+static const char *rel(const char *path) { return path[1] ? path + 1 : "."; }
+
+static struct opened **opened_slot(dev_t dev, ino_t ino) {
+    struct opened **o = &opened[(ino ^ dev * 31) % OPEN_BUCKETS];
+    while (*o && ((*o)->dev != dev || (*o)->ino != ino)) o = &(*o)->next;
+    return o;
+}
+
+static void opened_add(const struct stat *st) {
+    pthread_mutex_lock(&opened_lock);
+    struct opened **o = opened_slot(st->st_dev, st->st_ino);
+    if (!*o && (*o = calloc(1, sizeof **o))) *(*o) = (struct opened){st->st_dev, st->st_ino, 0, -1, NULL, NULL, NULL};
+    if (*o) (*o)->refs++;
+    pthread_mutex_unlock(&opened_lock);
+}
+
+static void opened_drop(const struct stat *st) {
+    pthread_mutex_lock(&opened_lock);
+    struct opened **slot = opened_slot(st->st_dev, st->st_ino), *o = *slot;
+    if (o && --o->refs == 0) {
+        *slot = o->next;
+        if (o->fd >= 0) { close(o->fd); __atomic_sub_fetch(&n_hidden, 1, __ATOMIC_RELAXED); }
+        free(o->hidden);
+        free(o->name);
+        free(o);
+    }
+    pthread_mutex_unlock(&opened_lock);
+}
+
+/* The name libfuse hides an open file under: ".fuse_hidden" and 16 hex digits. */
+static int hidden_name(const char *path) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (strncmp(base, HIDDEN_PREFIX, sizeof HIDDEN_PREFIX - 1)) return 0;
+    base += sizeof HIDDEN_PREFIX - 1;
+    return strspn(base, "0123456789abcdef") == 16 && !base[16];
+}
+
+/* Under opened_lock: the hidden file by its hidden name (path) or, path NULL (its directory is
+ * gone), by its open file. */
+static struct opened *hidden_entry(const char *path, const struct fuse_file_info *fi) {
+    if (path) {
+        for (int i = 0; i < OPEN_BUCKETS; i++)
+            for (struct opened *o = opened[i]; o; o = o->next)
+                if (o->hidden && !strcmp(o->hidden, path)) return o;
+        return NULL;
+    }
+    struct stat st;
+    if (!fi || fstat(FD(fi), &st)) return NULL;
+    struct opened *o = *opened_slot(st.st_dev, st.st_ino);
+    return o && o->fd >= 0 ? o : NULL;
+}
+
+/* The path the rules see for a call on `path`, or on the open file `fi` (path NULL: libfuse knows
+ * no name for it any more): a hidden file's name before it was hidden, else `path` itself. */
+static const char *rule_path(const char *path, const struct fuse_file_info *fi, char *buf, size_t n) {
+    if (!__atomic_load_n(&n_hidden, __ATOMIC_RELAXED) || (path && !hidden_name(path))) return path;
+    pthread_mutex_lock(&opened_lock);
+    struct opened *o = hidden_entry(path, fi);
+    if (o) snprintf(buf, n, "%s", o->name);
+    pthread_mutex_unlock(&opened_lock);
+    return o ? buf : path;
+}
+
+/* A descriptor of the hidden file named `path` (the caller closes it); -1 (errno ENOENT): none. */
+static int hidden_dup(const char *path) {
+    if (!__atomic_load_n(&n_hidden, __ATOMIC_RELAXED) || !hidden_name(path)) { errno = ENOENT; return -1; }
+    pthread_mutex_lock(&opened_lock);
+    struct opened *o = hidden_entry(path, NULL);
+    int fd = o ? fcntl(o->fd, F_DUPFD_CLOEXEC, 0) : -1;
+    pthread_mutex_unlock(&opened_lock);
+    if (!o) errno = ENOENT;
+    return fd;
+}
+
+/* libfuse hides the open file `from` as `to`: its name is removed from the volume and the inode
+ * kept as `to`. 1: `from` is not a file open through iofs (a plain rename then); else 0 or -errno
+ * (the unlink's). */
+static int hide(const char *from, const char *to) {
+    int fd = openat(root_fd, rel(from), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) fd = openat(root_fd, rel(from), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) {
+        if (fd >= 0) close(fd);
+        return 1;
+    }
+    int r = 1;
+    char *h = strdup(to), *n = strdup(from);
+    pthread_mutex_lock(&opened_lock);
+    struct opened *o = *opened_slot(st.st_dev, st.st_ino);
+    if (o && o->fd < 0 && h && n) {
+        r = unlinkat(root_fd, rel(from), 0) ? -errno : 0;
+        if (!r) {
+            *o = (struct opened){o->dev, o->ino, o->refs, fd, h, n, o->next};
+            __atomic_add_fetch(&n_hidden, 1, __ATOMIC_RELAXED);
+            fd = -1;
+            h = n = NULL;
+        }
+    }
+    pthread_mutex_unlock(&opened_lock);
+    if (fd >= 0) close(fd);
+    free(h);
+    free(n);
+    return r;
+}
+
+/* libfuse unlinks a hidden name after the file's last release (nothing is left of it then), or a
+ * caller names it: the name goes, the file stays reachable through its open descriptors. 1: not a
+ * hidden file's name. */
+static int unhide(const char *path) {
+    if (!__atomic_load_n(&n_hidden, __ATOMIC_RELAXED) || !hidden_name(path)) return 1;
+    pthread_mutex_lock(&opened_lock);
+    struct opened *o = hidden_entry(path, NULL);
+    if (o) {
+        free(o->hidden);
+        o->hidden = NULL;
+    }
+    pthread_mutex_unlock(&opened_lock);
+    return !o;
+}
+
 /* How a file just opened at `fd` is served: a file a read or write rule may match gets direct I/O,
  * so every read and write meets the rules (named with the inode's backing file if it has one: the
  * kernel then still sends this file's reads and writes here); any other, passthrough, or without it
@@ -501,7 +654,10 @@ static void backing_expire(void) {
  * rule may match. */
 static void open_mode(const char *path, int fd, struct fuse_file_info *fi) {
     int data = rules_may_match(path, 1u << M_READ | 1u << M_WRITE);
-    int id = backing_get(fd, data);
+    struct stat st;
+    int have = fstat(fd, &st) == 0;
+    if (have) opened_add(&st);
+    int id = have ? backing_get(fd, &st, data) : 0;
     fi->fh = (uint64_t)fd | (id > 0 ? FH_PASSTHROUGH : 0);
     fi->backing_id = id;
     fi->direct_io = data || (passthrough && id <= 0);
@@ -511,11 +667,14 @@ static void open_mode(const char *path, int fd, struct fuse_file_info *fi) {
 
 /* ---- passthrough ---- */
 
-static const char *rel(const char *path) { return path[1] ? path + 1 : "."; }
-
 #define INJECT(path, method) \
     struct effects fx; \
     do { int _e = inject((path), (method), &fx); if (_e) return _e; } while (0)
+
+/* For calls on an open file, or that may name a hidden one: the rules see the name it had. */
+#define INJECT_FI(path, fi, method) \
+    char _name[4096]; \
+    INJECT(rule_path((path), (fi), _name, sizeof _name), (method))
 
 /* New files belong to the caller, not to the server (root). */
 static void own(const char *path) {
@@ -543,9 +702,23 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
 }
 
 static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
-    INJECT(path, M_GETATTR);
-    int r = fi ? fstat(FD(fi), st) : fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
-    if (r) return -errno;
+    char name[4096];
+    const char *rp = rule_path(path, fi, name, sizeof name);
+    INJECT(rp, M_GETATTR);
+    int hidden = rp == name;
+    int r, fd = !fi && hidden ? hidden_dup(path) : -1;
+    if (fi) r = fstat(FD(fi), st);
+    else if (fd >= 0) r = fstat(fd, st);
+    else r = fstatat(root_fd, rel(path), st, AT_SYMLINK_NOFOLLOW);
+    int e = errno;
+    if (fd >= 0) close(fd);
+    if (r) {
+        /* libfuse checks a hidden name is free before it hides a file under it (see fs_rename). */
+        if (e == ENOENT && !fi && hidden_name(path)) snprintf(hidden_probe, sizeof hidden_probe, "%s", path);
+        return -e;
+    }
+    /* libfuse takes one link off a hidden file's count: its name is really gone here already. */
+    if (hidden) st->st_nlink++;
     override(st, &fx);
     if (fs_cfg && fs_cfg->attr_timeout > 0) remember_cached(path);
     return 0;
@@ -623,7 +796,8 @@ static int fs_mkdir(const char *path, mode_t mode) {
 }
 
 static int fs_unlink(const char *path) {
-    INJECT(path, M_UNLINK);
+    INJECT_FI(path, NULL, M_UNLINK);
+    if (!unhide(path)) return 0;
     return unlinkat(root_fd, rel(path), 0) ? -errno : 0;
 }
 
@@ -640,6 +814,14 @@ static int fs_symlink(const char *to, const char *path) {
 }
 
 static int fs_rename(const char *from, const char *to, unsigned int flags) {
+    /* libfuse hiding an open file that is unlinked or renamed over: for the caller an unlink. */
+    int hiding = !flags && hidden_name(to) && !strcmp(to, hidden_probe);
+    hidden_probe[0] = 0;
+    if (hiding) {
+        INJECT(from, M_UNLINK);
+        int r = hide(from, to);
+        if (r <= 0) return r;
+    }
     INJECT(from, M_RENAME);
     return renameat2(root_fd, rel(from), root_fd, rel(to), flags) ? -errno : 0;
 }
@@ -649,19 +831,34 @@ static int fs_link(const char *from, const char *to) {
     return linkat(root_fd, rel(from), root_fd, rel(to), 0) ? -errno : 0;
 }
 
+/* The descriptor a setattr without a file handle works on: a hidden file's own (fchmod, fchown,
+ * futimens on a file unlinked while open arrive by its hidden name), else -1: by path. */
+static int setattr_fd(const char *path, const struct fuse_file_info *fi) {
+    return fi ? fcntl(FD(fi), F_DUPFD_CLOEXEC, 0) : hidden_dup(path);
+}
+
+static int by_fd(int fd, int r) {
+    int e = errno;
+    close(fd);
+    return r ? -e : 0;
+}
+
 static int fs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi) {
-    INJECT(path, M_SETATTR);
-    return (fi ? fchmod(FD(fi), mode) : fchmodat(root_fd, rel(path), mode, 0)) ? -errno : 0;
+    INJECT_FI(path, fi, M_SETATTR);
+    int fd = setattr_fd(path, fi);
+    if (fd >= 0) return by_fd(fd, fchmod(fd, mode));
+    return fchmodat(root_fd, rel(path), mode, 0) ? -errno : 0;
 }
 
 static int fs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi) {
-    INJECT(path, M_SETATTR);
-    return (fi ? fchown(FD(fi), uid, gid) : fchownat(root_fd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW))
-               ? -errno : 0;
+    INJECT_FI(path, fi, M_SETATTR);
+    int fd = setattr_fd(path, fi);
+    if (fd >= 0) return by_fd(fd, fchown(fd, uid, gid));
+    return fchownat(root_fd, rel(path), uid, gid, AT_SYMLINK_NOFOLLOW) ? -errno : 0;
 }
 
 static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi) {
-    INJECT(path, M_SETATTR);
+    INJECT_FI(path, fi, M_SETATTR);
     if (fi) return ftruncate(FD(fi), size) ? -errno : 0;
     int fd = openat(root_fd, rel(path), O_WRONLY | O_CLOEXEC);
     if (fd < 0) return -errno;
@@ -671,8 +868,10 @@ static int fs_truncate(const char *path, off_t size, struct fuse_file_info *fi) 
 }
 
 static int fs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi) {
-    INJECT(path, M_SETATTR);
-    return (fi ? futimens(FD(fi), tv) : utimensat(root_fd, rel(path), tv, AT_SYMLINK_NOFOLLOW)) ? -errno : 0;
+    INJECT_FI(path, fi, M_SETATTR);
+    int fd = setattr_fd(path, fi);
+    if (fd >= 0) return by_fd(fd, futimens(fd, tv));
+    return utimensat(root_fd, rel(path), tv, AT_SYMLINK_NOFOLLOW) ? -errno : 0;
 }
 
 static int fs_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
@@ -694,7 +893,7 @@ static int fs_open(const char *path, struct fuse_file_info *fi) {
 
 static int fs_read_buf(const char *path, struct fuse_bufvec **out, size_t size, off_t off,
                        struct fuse_file_info *fi) {
-    INJECT(path, M_READ);
+    INJECT_FI(path, fi, M_READ);
     struct fuse_bufvec *v = malloc(sizeof *v);
     if (!v) return -ENOMEM;
     *v = FUSE_BUFVEC_INIT(size);
@@ -718,7 +917,7 @@ static int fs_read_buf(const char *path, struct fuse_bufvec **out, size_t size, 
 }
 
 static int fs_write(const char *path, const char *buf, size_t size, off_t off, struct fuse_file_info *fi) {
-    INJECT(path, M_WRITE);
+    INJECT_FI(path, fi, M_WRITE);
     if (!fx.n_mistakes) {
         ssize_t n = pwrite(FD(fi), buf, size, off);
         return n < 0 ? -errno : (int)n;
@@ -739,7 +938,7 @@ static int fs_statfs(const char *path, struct statvfs *st) {
 }
 
 static int fs_flush(const char *path, struct fuse_file_info *fi) {
-    INJECT(path, M_FLUSH);
+    INJECT_FI(path, fi, M_FLUSH);
     /* What close() would report for the file (it is closed for real on release). */
     int d = dup(FD(fi));
     if (d < 0) return -errno;
@@ -747,14 +946,20 @@ static int fs_flush(const char *path, struct fuse_file_info *fi) {
 }
 
 static int fs_release(const char *path, struct fuse_file_info *fi) {
-    if (fi->fh & FH_PASSTHROUGH) backing_put(FD(fi));
+    char name[4096];
+    const char *rp = rule_path(path, fi, name, sizeof name); /* before a hidden file's entry goes */
+    struct stat st;
+    if (fstat(FD(fi), &st) == 0) {
+        if (fi->fh & FH_PASSTHROUGH) backing_put(&st);
+        opened_drop(&st);
+    }
     close(FD(fi));
-    if (path) { struct effects fx; return inject(path, M_RELEASE, &fx); }
-    return 0;
+    struct effects fx;
+    return inject(rp, M_RELEASE, &fx);
 }
 
 static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
-    INJECT(path, M_FSYNC);
+    INJECT_FI(path, fi, M_FSYNC);
     return (datasync ? fdatasync(FD(fi)) : fsync(FD(fi))) ? -errno : 0;
 }
 
@@ -883,24 +1088,58 @@ static void *watch_rules(void *arg) {
     sigemptyset(&set);
     sigaddset(&set, SIGUSR1);
     struct stat last = {0};
+    int had = 1;
     struct timespec tick = {0, 200 * 1000000};
     for (;;) {
         int sig = sigtimedwait(&set, NULL, &tick);
         struct stat st = {0};
         int have = fstatat(rules_dir_fd, rules_name, &st, 0) == 0;
-        int changed = have && (st.st_ino != last.st_ino || st.st_mtim.tv_sec != last.st_mtim.tv_sec ||
-                               st.st_mtim.tv_nsec != last.st_mtim.tv_nsec || st.st_size != last.st_size);
+        int changed = have != had || (have && (st.st_ino != last.st_ino || st.st_mtim.tv_sec != last.st_mtim.tv_sec ||
+                                               st.st_mtim.tv_nsec != last.st_mtim.tv_nsec || st.st_size != last.st_size));
         if (sig == SIGUSR1 || changed) {
-            load_rules();
+            load_rules(); /* a removed file: no rules */
             last = st;
+            had = have;
         }
         backing_expire();
     }
     return NULL;
 }
 
+/* The injector's requests on the control socket (--control-fd, listening): each connection sends
+ * a line ("reload") and gets "ok N" (N rules in force) once the rules file has been re-read and the
+ * attributes it may change are dropped, or "error"; so a rule change returns only when it is in
+ * force. */
+static int control_fd = -1;
+
+static void *serve_control(void *arg) {
+    (void)arg;
+    pthread_setname_np(pthread_self(), "iofs-control");
+    for (;;) {
+        int c = accept4(control_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return NULL;
+        }
+        struct timeval wait = {5, 0}; /* a client that sends nothing does not hold the others up */
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+        char req[64];
+        ssize_t n = read(c, req, sizeof req - 1);
+        char reply[32];
+        int len = 0;
+        if (n > 0) {
+            req[n] = 0;
+            int rules_n = strncmp(req, "reload", 6) ? -1 : load_rules();
+            len = rules_n < 0 ? snprintf(reply, sizeof reply, "error\n") : snprintf(reply, sizeof reply, "ok %d\n", rules_n);
+        }
+        if (len > 0 && write(c, reply, (size_t)len) < 0) {}
+        close(c);
+    }
+    return NULL;
+}
+
 static int usage(void) {
-    fprintf(stderr, "usage: iofs mount --pid PID --path DIR --rules FILE [--status-fd FD] [--passthrough no]\n"
+    fprintf(stderr, "usage: iofs mount --pid PID --path DIR --rules FILE [--status-fd FD] [--control-fd FD] [--passthrough no]\n"
                     "       iofs umount --pid PID --path DIR\n");
     return 2;
 }
@@ -968,6 +1207,10 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     pthread_t t;
     pthread_create(&t, NULL, watch_rules, NULL);
+    if (control_fd >= 0) {
+        fcntl(control_fd, F_SETFD, FD_CLOEXEC);
+        pthread_create(&t, NULL, serve_control, NULL);
+    }
     fuse_set_signal_handlers(fuse_get_session(f));
     /* "ok" is reported by fs_init, once the kernel's INIT has arrived: the mount serves. */
     struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -989,6 +1232,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--path")) path = argv[i + 1];
         else if (!strcmp(argv[i], "--rules")) rules_path = argv[i + 1];
         else if (!strcmp(argv[i], "--status-fd")) status_fd = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--control-fd")) control_fd = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--passthrough")) want_passthrough = strcmp(argv[i + 1], "no") != 0;
         else return usage();
     }

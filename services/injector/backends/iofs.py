@@ -3,7 +3,8 @@ target's mount namespace, and keeps its rules file.
 
 One filesystem serves one volume of one container and applies the rules of every experiment on
 that volume, one line each in a file of `rules_dir()`; iofs re-reads
-the file on SIGUSR1 and whenever it changes. See native/README.md for the rule format and how the
+the file when asked on its control socket (`reload`, answered once the rules are in force), on
+SIGUSR1, and whenever it changes. See native/README.md for the rule format and how the
 mount is made.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -25,6 +27,7 @@ from chaosbus.injector.backends.native import helper
 FSTYPE = "fuse.chaosbus-iofs"
 START_TIMEOUT_S = 10.0
 UMOUNT_TIMEOUT_S = 10.0
+RELOAD_TIMEOUT_S = 10.0
 EXIT_ALREADY = 3
 EXIT_GONE = 3  # fdswitch: the process is gone
 KINDS = {"latency", "fault", "mistake", "attrOverride"}
@@ -64,6 +67,11 @@ class Volume:
     @property
     def server_file(self) -> Path:
         return self.rules.with_suffix(".server")
+
+    @property
+    def control(self) -> Path:
+        """The server's control socket (see `reload`)."""
+        return self.rules.with_suffix(".sock")
 
     def target_alive(self) -> bool:
         return start_ticks(self.pid) == self.start
@@ -216,16 +224,60 @@ def _unescape(s: str) -> str:
     return s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
+def _unix_path(path: Path, dir_fd: int) -> str:
+    """`path` as a unix socket address short enough for any state directory (a socket's path is
+    limited to 107 bytes): through the directory's descriptor."""
+    return f"/proc/self/fd/{dir_fd}/{path.name}"
+
+
+def reload(vol: Volume) -> int | None:
+    """Have the volume's server re-read its rules file now; returns once they are in force (and the
+    file attributes the kernel held that they may change are dropped): how many rules it has.
+    None: the server has no control socket (it is gone, or predates them); it still reads a changed
+    file within 200 ms, and on SIGUSR1.
+
+    Raises:
+        IofsError: the server did not answer in time, or could not read the file.
+    """
+    dir_fd = os.open(vol.control.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(RELOAD_TIMEOUT_S)
+            try:
+                s.connect(_unix_path(vol.control, dir_fd))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return None
+            try:
+                s.sendall(b"reload\n")
+                reply = s.recv(64).decode(errors="replace").split()
+            except OSError as e:
+                raise IofsError(f"iofs did not reload its rules: {e}") from None
+    finally:
+        os.close(dir_fd)
+    if reply[:1] != ["ok"] or len(reply) != 2:
+        raise IofsError(f"iofs could not reload its rules: {' '.join(reply) or 'no answer'}")
+    return int(reply[1])
+
+
 def start(vol: Volume, passthrough: bool = True) -> tuple[subprocess.Popen[bytes], bool]:
     """Mount iofs over the volume and serve it (the server runs on in its own session); whether
     the kernel's FUSE passthrough serves the files no data rule matches (never asked for with
-    `passthrough` False: iofs then serves them as on a kernel without it).
+    `passthrough` False: iofs then serves them as on a kernel without it). Its control socket
+    (`reload`) takes the place of a dead server's once it serves.
 
     Raises:
         IofsError: not mounted (the reason from iofs), `already` if an iofs is mounted there.
     """
     r, w = os.pipe()
+    dir_fd = os.open(vol.control.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # Bound under a name of its own until the server serves: one that finds the volume mounted
+    # already must not take the live server's place.
+    pending = vol.control.with_name(f".{vol.control.name}.{os.getpid()}.{threading.get_ident()}")
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        pending.unlink(missing_ok=True)
+        control.bind(_unix_path(pending, dir_fd))
+        control.listen(16)
         argv = [
             helper("iofs"),
             "mount",
@@ -237,10 +289,12 @@ def start(vol: Volume, passthrough: bool = True) -> tuple[subprocess.Popen[bytes
             str(vol.rules),
             "--status-fd",
             str(w),
+            "--control-fd",
+            str(control.fileno()),
         ] + ([] if passthrough else ["--passthrough", "no"])
         proc = subprocess.Popen(
             argv,
-            pass_fds=(w,),
+            pass_fds=(w, control.fileno()),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -249,9 +303,14 @@ def start(vol: Volume, passthrough: bool = True) -> tuple[subprocess.Popen[bytes
         os.close(w)
         w = -1
         status = _read_status(r, START_TIMEOUT_S)
+        if status in ("ok", "ok passthrough"):
+            pending.rename(vol.control)
     except FileNotFoundError as e:
         raise IofsError(str(e)) from None
     finally:
+        control.close()
+        pending.unlink(missing_ok=True)
+        os.close(dir_fd)
         os.close(r)
         if w >= 0:
             os.close(w)

@@ -74,6 +74,13 @@ def _lock(vol: iofs.Volume) -> threading.Lock:
         return _locks[str(vol.rules)]
 
 
+def _reload(vol: iofs.Volume, server: tuple[int, int]) -> None:
+    """Have the live server put the volume's rules file in force now; returns once it has (a
+    server without a control socket is signalled instead and reads it within moments)."""
+    if iofs.reload(vol) is None:
+        os.kill(server[0], signal.SIGUSR1)
+
+
 def _server(vol: iofs.Volume) -> tuple[int, int] | None:
     """The live server of the volume as last recorded, None if it is not running."""
     try:
@@ -87,7 +94,7 @@ def _serve(vol: iofs.Volume) -> str:
     """Make sure a live iofs serves the volume (caller holds the volume's lock)."""
     server = _server(vol)
     if server is not None and iofs.mounts_at(vol.pid, vol.path):
-        os.kill(server[0], signal.SIGUSR1)  # re-read the rules now rather than within 200 ms
+        _reload(vol, server)
         _watch(vol, server, None)
         return f"iofs {server[0]}"
     if iofs.mounts_at(vol.pid, vol.path):
@@ -126,6 +133,7 @@ def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[b
         if recorded != server:
             return
         vol.server_file.unlink(missing_ok=True)
+        vol.control.unlink(missing_ok=True)
         try:
             n, moved = _detach(vol)
         except iofs.IofsError as e:
@@ -247,22 +255,28 @@ class IOFault:
                 if not vol.target_alive():
                     vol.rules.unlink(missing_ok=True)
                     vol.server_file.unlink(missing_ok=True)
+                    vol.control.unlink(missing_ok=True)
                     out.append("target gone")
                     continue
+                iofs.write_rules(vol.rules, rules)
+                server = _server(vol)
+                if server is not None:
+                    # In force before recovery returns, also for files that stay open on a
+                    # detached mount (deleted ones, or one fdswitch could not move back).
+                    try:
+                        _reload(vol, server)
+                    except iofs.IofsError as e:
+                        log.warning("iofs did not confirm the rules", volume=vol.path, error=str(e))
                 if rules:
-                    iofs.write_rules(vol.rules, rules)
-                    server = _server(vol)
-                    if server is not None:
-                        os.kill(server[0], signal.SIGUSR1)
                     out.append(f"rule removed, {len(rules)} other left")
                     continue
-                iofs.write_rules(vol.rules, rules)  # the server stops injecting even if still in use
                 try:
                     n, moved = _detach(vol)
                 except iofs.IofsError as e:
                     raise FaultError(f"detaching iofs from {spec.volume_path} in process {vol.pid}: {e}") from e
                 vol.rules.unlink(missing_ok=True)
                 vol.server_file.unlink(missing_ok=True)
+                vol.control.unlink(missing_ok=True)
                 out.append(f"unmounted ({n}), {moved} open files moved back" if n else "nothing mounted")
         return f"recovered {spec.volume_path}: {', '.join(out) or 'no target'}"
 

@@ -1,0 +1,116 @@
+"""Files unlinked or replaced while open on an iofs mount, against a real target (as test_iofs.py):
+the name is gone from the volume at once (its directory can be removed, nothing is left behind
+after recovery), the open descriptor keeps its data, its attributes and the rules of its name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.iofstarget import READ, Target, ctx_for, eventually, io, volume_target
+
+from chaosbus.injector import faults
+from chaosbus.injector.backends.native import native_dir
+
+pytestmark = pytest.mark.privileged
+
+if os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not (native_dir() / "iofs").exists():
+    pytest.skip("needs root, /dev/fuse and native/build/iofs (make install)", allow_module_level=True)
+
+FAULT = faults.get("io")
+
+
+@pytest.fixture
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
+    yield from volume_target(tmp_path, monkeypatch)
+
+
+# Inside the target's mount namespace: open DIR/f.txt and DIR/g.txt, then run the commands on stdin,
+# one JSON line out for each. "remove": unlink f.txt, replace g.txt by a new file (renamed over it),
+# fstat both, list DIR, remove the new g.txt and rmdir DIR; "read": read both descriptors; "close".
+HOLDER = textwrap.dedent("""
+    import json, os, sys
+    d = sys.argv[1]
+    f = os.open(d + "/f.txt", os.O_RDWR)
+    g = os.open(d + "/g.txt", os.O_RDONLY)
+    def remove():
+        os.unlink(d + "/f.txt")
+        with open(d + "/g.new", "w") as new:
+            new.write("replacement\\n")
+        os.rename(d + "/g.new", d + "/g.txt")
+        sf, sg = os.fstat(f), os.fstat(g)
+        listed = sorted(os.listdir(d))
+        os.unlink(d + "/g.txt")
+        os.rmdir(d)
+        return {"f": [sf.st_size, sf.st_nlink], "g": [sg.st_size, sg.st_nlink], "listed": listed}
+    def read():
+        out = {}
+        for name, fd in (("f", f), ("g", g)):
+            try:
+                out[name] = os.pread(fd, 64, 0).decode()
+            except OSError as e:
+                out[name] = e.errno
+        return out
+    def close():
+        os.close(f)
+        os.close(g)
+        return "closed"
+    for line in sys.stdin:
+        try:
+            out = {"remove": remove, "read": read, "close": close}[line.strip()]()
+        except OSError as e:
+            out = {"errno": e.errno}
+        print(json.dumps(out), flush=True)
+""")
+
+
+def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_works(target: Target) -> None:
+    d = target.host / "d"
+    d.mkdir()
+    (d / "f.txt").write_text("kept f\n")
+    (d / "g.txt").write_text("kept g\n")
+    # Mounted with a rule on f.txt's reads: f.txt is opened with its reads through iofs.
+    spec = io(target, action="fault", path=f"{target.vol}/d/f.txt", methods=READ, errno=5)
+    ctx = ctx_for(target, spec)
+    FAULT.apply(ctx, spec)
+    holder = subprocess.Popen(
+        ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", HOLDER, f"{target.vol}/d"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+
+    def step(command: str) -> object:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(command + "\n")
+        holder.stdin.flush()
+        return json.loads(holder.stdout.readline())
+
+    try:
+        removed = step("remove")
+        # Both old names are gone from the directory as the target sees it, and it could be removed.
+        assert removed == {"f": [7, 0], "g": [7, 0], "listed": ["g.txt"]}, removed
+        assert not d.exists() and not list(target.host.rglob(".fuse_hidden*"))
+        # The rule on f.txt's name still applies to its open descriptor; g's reads its old data.
+        assert step("read") == {"f": 5, "g": "kept g\n"}
+        FAULT.recover(ctx, spec)
+        assert target.mounted() == 0
+        # Recovery returns once iofs, still serving the open files, has dropped the rule.
+        assert step("read") == {"f": "kept f\n", "g": "kept g\n"}
+        assert step("close") == "closed"
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        FAULT.recover(ctx, spec)
+    assert eventually(lambda: not list(target.host.rglob(".fuse_hidden*")) and not d.exists())
