@@ -25,7 +25,6 @@ from chaosbus.common import metrics as cbmetrics
 from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback
 from chaosbus.injector import executor as ex
 from chaosbus.injector.backends import kit
-from chaosbus.injector.faults import exemptions
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
 from chaosbus.injector.journal import Journal, OutboxRow, SignedMark
 from chaosbus.injector.metrics import InjectorMetrics
@@ -380,7 +379,7 @@ async def main(args: argparse.Namespace) -> None:
         )
     else:
         policy = authorize.Policy(guard=guard, mode=args.mode)
-        backends = kit.build(flags.runtime_config(args))
+        backends = kit.build(flags.runtime_config(args), nats_url=args.nats)  # --nats: never cut
         executor = ex.Executor(journal, name, policy=policy, backends=backends)
     env = settings.current()
     node = Node(
@@ -392,7 +391,6 @@ async def main(args: argparse.Namespace) -> None:
         effect_chunk=env.effect_chunk,
     )
     edge = Edge(node, name, metrics, trust=load_trust(args))
-    exemptions.configure(args.nats)  # never cut our own control traffic
     try:
         port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
         log.info(

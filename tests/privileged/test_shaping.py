@@ -13,9 +13,9 @@ import pytest
 
 from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shaping, TbfParams
 from chaosbus.injector import faults
-from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends import exemptions, tc, tcdev
 from chaosbus.injector.backends.netnslink import LinkCache, netns_key
-from chaosbus.injector.faults import FaultError, exemptions, shaping
+from chaosbus.injector.faults import FaultError, shaping
 
 from .conftest import PORTS, Lab
 from .shaping_kit import SINK_PORTS, Shaped, ctx_for, goodput, identities, shaper, sinks, tree

@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 
 from chaosbus.injector.backends import dnsresponder, httpproxy, nft, pernetns, tc
+from chaosbus.injector.backends.exemptions import Exemptions
 from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
 
 
@@ -20,17 +21,20 @@ class Backends:
     dns: pernetns.Servers[dnsresponder.Responder]  # DNSChaos responders, one per network namespace
     http: pernetns.Servers[httpproxy.Proxy]  # HTTPChaos proxies, one per network namespace
     runtimes: Runtimes  # the container runtimes' adapters (CRI, Docker) that resolve container IDs
+    exempt: Exemptions  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
 
 
-def build(runtimes: RuntimeConfig | None = None) -> Backends:
+def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) -> Backends:
     """A fresh set of backends, sharing nothing with any other; `runtimes`: the runtime sockets
-    and deadline (None: from the environment, on first use)."""
+    and deadline (None: from the environment, on first use); `nats_url`: the NATS server(s) the
+    injector talks to, exempt from every fault (None: as `config.nats_url` finds it)."""
     return Backends(
         nft=nft.Tables(nft.contexts()),
         tc=tc.Shaper(),
         dns=dnsresponder.servers(),
         http=httpproxy.servers(),
         runtimes=Runtimes(runtimes),
+        exempt=Exemptions(nats_url),
     )
 
 

@@ -5,7 +5,7 @@ of sha1(experiment_uid/selector_key): two experiments on one pod compose as two 
 recovers on its own. `apply` renders the whole table and replaces it atomically; `recover`
 deletes it. Hostnames in `external` are resolved (IPv4) at apply time, on the node.
 See `backends/nft.py` for the `ct direction original` semantics. Our control traffic
-(`faults/exemptions.py`) is accepted ahead of every drop. A fault with a deadline carries it
+(`backends/exemptions.py`) is accepted ahead of every drop. A fault with a deadline carries it
 into every drop rule (`meta time <`): the kernel stops dropping at the deadline even if no
 chaosbus process is alive to delete the table.
 """
@@ -21,7 +21,7 @@ import msgspec
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, Partition, PartitionRule, TargetAction
 from chaosbus.injector.backends import nft
-from chaosbus.injector.faults import FaultContext, FaultError, exemptions, nfttables, register
+from chaosbus.injector.faults import FaultContext, FaultError, nfttables, register
 
 
 def table_name(experiment_uid: str, selector_key: str) -> str:
@@ -88,7 +88,7 @@ class PartitionFault:
             raise FaultError(f"partition is not possible on this node: {reason}", retryable=False)
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)
         try:
-            script = _script(table, msgspec.json.encode(spec), exemptions.endpoints(), ctx.deadline)
+            script = _script(table, msgspec.json.encode(spec), ctx.backends.exempt.endpoints(), ctx.deadline)
         except ValueError as e:
             raise FaultError(f"invalid partition: {e}", retryable=False) from e
         paths = ctx.netns_paths()

@@ -22,9 +22,9 @@ from typing import Any
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
-from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends import exemptions, tc, tcdev
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
-from chaosbus.injector.faults import FaultContext, FaultError, exemptions, register
+from chaosbus.injector.faults import FaultContext, FaultError, register
 
 _PERMANENT = (errno.EINVAL, errno.ERANGE, errno.EOPNOTSUPP, errno.ENOENT, errno.E2BIG)
 
@@ -44,8 +44,8 @@ def owner(ctx: FaultContext) -> str:
     return f"{ctx.experiment_uid}/{ctx.action.selector_key}"
 
 
-def exempt_dests() -> tuple[Dest, ...]:
-    return tuple(dest(net, port) for net, port in exemptions.endpoints())
+def exempt_dests(ctx: FaultContext) -> tuple[Dest, ...]:
+    return tuple(dest(net, port) for net, port in ctx.backends.exempt.endpoints())
 
 
 def rule_for(rule_owner: str, spec: Shaping) -> Rule:
@@ -119,7 +119,7 @@ class ShapingFault:
         for path in paths:
             with _errors():
                 outcome = ctx.backends.tc.set_rule(
-                    path, spec.device, spec.pod_ip, rule, ctx.action.target_id, exempt_dests()
+                    path, spec.device, spec.pod_ip, rule, ctx.action.target_id, exempt_dests(ctx)
                 )
             devices.append(outcome.device)
         return f"{spec.action} applied on {', '.join(devices)}: {describe(spec, rule)}"
@@ -136,7 +136,7 @@ class ShapingFault:
         for path in paths:
             try:
                 with _errors():
-                    outcomes = ctx.backends.tc.drop_rule(path, owner(ctx), exempt_dests())
+                    outcomes = ctx.backends.tc.drop_rule(path, owner(ctx), exempt_dests(ctx))
             except FaultError as e:
                 if e.message.startswith("target gone"):
                     ctx.backends.tc.forget(owner(ctx), ctx.action.target_id)

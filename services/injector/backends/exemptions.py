@@ -1,8 +1,9 @@
 """Our own control traffic is never cut: the endpoints a partition or shaping rule must let through.
 
 They come from `CHAOSBUS_EXEMPT` (comma-separated `host`, `host:port`, `CIDR` or `CIDR:port`;
-hosts are resolved to IPv4) plus the NATS server(s) the injector talks to (`configure(nats_url)`,
-else `CHAOSBUS_NATS_URL` / the running embedded server's URL, as `config.nats_url` finds it). In
+hosts are resolved to IPv4) plus the NATS server(s) the injector talks to (the URL its
+`Exemptions` was made with, else `CHAOSBUS_NATS_URL` / the running embedded server's URL, as
+`config.nats_url` finds it). Each `Backends` holds one `Exemptions`. In
 cluster mode, list the addresses pods use to reach NATS and the API server (Service IPs and their
 endpoints) in `CHAOSBUS_EXEMPT`; a pod that is itself such an endpoint keeps answering too, because
 a packet is exempt when either its destination or its source matches.
@@ -24,31 +25,29 @@ TTL_S = 30.0
 
 Endpoint = tuple[str, int | None]  # (IPv4 network as text, port or None)
 
-_lock = threading.Lock()
-_nats_url: str | None = None
-_cache: tuple[float, str, tuple[Endpoint, ...]] | None = None
 
+class Exemptions:
+    """One injector's exempt endpoints; `nats_url`: the NATS URL it connects to (the injector's
+    --nats; None: `config.nats_url()`)."""
 
-def configure(nats_url: str | None) -> None:
-    """Tell the exemptions which NATS URL this process connects to (the injector's --nats)."""
-    global _nats_url, _cache
-    with _lock:
-        _nats_url, _cache = nats_url, None
+    def __init__(self, nats_url: str | None = None) -> None:
+        self.nats_url = nats_url
+        self._lock = threading.Lock()
+        self._cache: tuple[float, str, tuple[Endpoint, ...]] | None = None
 
-
-def endpoints() -> tuple[Endpoint, ...]:
-    """The exempt endpoints now (resolved names are cached for TTL_S). Unresolvable names are
-    skipped: an exemption never makes an experiment fail.
-    """
-    global _cache
-    spec = f"{settings.current().exempt}|{_nats_url or config.nats_url()}"
-    with _lock:
-        if _cache is not None and _cache[1] == spec and time.monotonic() - _cache[0] < TTL_S:
-            return _cache[2]
-    found = _parse(spec)
-    with _lock:
-        _cache = (time.monotonic(), spec, found)
-    return found
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The exempt endpoints now (resolved names are cached for TTL_S). Unresolvable names are
+        skipped: an exemption never makes an experiment fail.
+        """
+        spec = f"{settings.current().exempt}|{self.nats_url or config.nats_url()}"
+        with self._lock:
+            cached = self._cache
+        if cached is not None and cached[1] == spec and time.monotonic() - cached[0] < TTL_S:
+            return cached[2]
+        found = _parse(spec)
+        with self._lock:
+            self._cache = (time.monotonic(), spec, found)
+        return found
 
 
 def _parse(spec: str) -> tuple[Endpoint, ...]:
