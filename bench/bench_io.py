@@ -11,7 +11,9 @@ timed until the fault returns (the mount is detached by then) and checked in the
 Overhead: the prober reads a file through the volume (iofs, with a rule in force that matches
 another path) and through the host directory beneath it (direct), alternately, page cache warm;
 the output says whether the kernel's FUSE passthrough served those reads (iofs falls back to
-serving them itself where the kernel has none).
+serving them itself where the kernel has none). Then iofs is mounted over a subdirectory of the
+volume only (what mounting over the fixed prefix of the rules' globs would do), and open+stat is
+timed outside that subtree and inside it on a file no rule matches, each against direct.
 
 Nothing is left behind: the target, its mount and iofs go even when interrupted.
 """
@@ -152,6 +154,10 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
         host = Path(tmp) / "vol"
         host.mkdir()
         (host / "hit").write_text("x")
+        (host / "outside").write_text("x")
+        (host / "sub").mkdir()
+        (host / "sub" / "hit").write_text("x")
+        (host / "sub" / "free").write_text("x")
         with open(host / "big", "wb") as f:
             for _ in range(mib):
                 f.write(os.urandom(1 << 20))
@@ -178,6 +184,17 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
                     lat = prober.ask(f"stat {via} {direct} {stats}")
                 finally:
                     fault.recover(ctx, spec)
+                # iofs over the subdirectory the rule's glob names, not the whole volume.
+                sub = IO(action="fault", volume_path=f"{VOLUME}/sub", path=f"{VOLUME}/sub/hit", methods=READ, errno=5)
+                ctx = context(pid, sub, "subtree")
+                fault.apply(ctx, sub)
+                try:
+                    if iofs.mounts_at(pid, f"{VOLUME}/sub") != 1:
+                        raise RuntimeError("iofs is not mounted over the subdirectory")
+                    outside = prober.ask(f"stat {VOLUME}/outside {host}/outside {stats}")
+                    inside = prober.ask(f"stat {VOLUME}/sub/free {host}/sub/free {stats}")
+                finally:
+                    fault.recover(ctx, sub)
             finally:
                 prober.close()
     return {
@@ -188,6 +205,10 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
         "stat_fuse": lat[via],
         "stat_direct": lat[direct],
         "passthrough": passthrough,
+        "outside_fuse": outside[f"{VOLUME}/outside"],
+        "outside_direct": outside[f"{host}/outside"],
+        "inside_fuse": inside[f"{VOLUME}/sub/free"],
+        "inside_direct": inside[f"{host}/sub/free"],
     }
 
 
@@ -223,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         f"IOChaos passthrough, open+close+stat: iofs {us(r['stat_fuse'])}, direct {us(r['stat_direct'])} "
         f"({st_f / st_d:.1f}x direct at p50; goal <= 2x)"
     )
+    for where, label in (("outside", "outside the covered subtree"), ("inside", "inside it, no rule matching")):
+        f, d = pct(r[f"{where}_fuse"], 50), pct(r[f"{where}_direct"], 50)
+        print(
+            f"IOChaos iofs over a subdirectory of the volume only, open+close+stat {label}: "
+            f"{us(r[f'{where}_fuse'])}, direct {us(r[f'{where}_direct'])} ({f / d:.1f}x direct at p50)"
+        )
     return 0
 
 
