@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +42,8 @@ class ExperimentView:
 
 
 class Observer:
-    def __init__(self, bus: busmod.Bus, bucket: str, kind: str, namespace: str) -> None:
-        self.bus, self.bucket, self.kind, self.namespace = bus, bucket, kind, namespace
+    def __init__(self, bus: busmod.Bus, kind: str, namespace: str) -> None:
+        self.bus, self.kind, self.namespace = bus, kind, namespace
         self.by_uid: dict[str, ExperimentView] = {}
         self.by_name: dict[str, ExperimentView] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -51,12 +52,17 @@ class Observer:
         return self.by_name.setdefault(name, ExperimentView())
 
     async def start(self) -> None:
-        await self.bus.nc.subscribe("chaos.cmd.>", cb=self._on_command)
-        await self.bus.nc.subscribe("chaos.result.>", cb=self._on_result)
-        await self.bus.nc.subscribe(subjects.OBJECT_EVENTS, cb=self._on_object_event)
-        kv = await self.bus.kv(self.bucket)
-        watcher = await kv.watch(f"{self.kind}.{self.namespace}.>", include_history=False)
-        self._tasks.append(asyncio.ensure_future(self._follow(watcher)))
+        # Core subscriptions on the streams' own subjects (from the table): the services' consumers
+        # are left as they are.
+        for stream, cb in (
+            (subjects.COMMANDS, self._on_command),
+            (subjects.RESULTS, self._on_result),
+            (subjects.OBJECTS, self._on_object_event),
+        ):
+            for subject in stream.subjects:
+                await self.bus.nc.subscribe(subject, cb=cb)
+        store = await self.bus.bucket(subjects.OBJECT_STORE)
+        self._tasks.append(asyncio.ensure_future(self._follow(store.follow(f"{self.kind}.{self.namespace}.>"))))
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -92,14 +98,14 @@ class Observer:
         v = self.view(name)
         (v.status_events if status else v.object_events).append(now)
 
-    async def _follow(self, watcher: Any) -> None:
-        async for entry in watcher:
+    async def _follow(self, changes: AsyncIterator[busmod.Stored[bytes] | None]) -> None:
+        async for entry in changes:
             if entry is None:
                 continue
             now = time.time()
             name = entry.key.split(".", 2)[2]
             v = self.view(name)
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
+            if entry.deleted or not entry.value:
                 v.gone_at = v.gone_at or now
                 continue
             size = len(entry.value)

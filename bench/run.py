@@ -119,10 +119,10 @@ class Session:
     async def _measure(self, bus: busmod.Bus) -> dict[str, Any]:
         assert self.cluster is not None and self.monitor is not None and self.sampler is not None
         plan, sampler = self.plan, self.sampler
-        store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+        store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
         await targets.register(store, self.targets, plan.label_sizes)
         await _wait_projected(bus, len(self.targets))
-        observer = Observer(bus, subjects.OBJECT_STORE.name, KIND, targets.NAMESPACE)
+        observer = Observer(bus, KIND, targets.NAMESPACE)
         await observer.start()
         h = Harness(store, self.monitor, observer, self.targets)
         h.verify = plan.verify
@@ -220,14 +220,10 @@ class Session:
 
 async def _wait_projected(bus: busmod.Bus, count: int, limit_s: float = 120.0) -> None:
     """Until the watcher has projected `count` bench pods, then a moment for the scheduler to follow."""
-    kv = await bus.kv(subjects.TARGETS.name)
+    projected = await bus.bucket(subjects.TARGETS)
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        try:
-            keys = await kv.keys()
-        except Exception:  # no keys yet
-            keys = []
-        if sum(k.startswith(f"pod.{targets.NAMESPACE}.") for k in keys) >= count:
+        if len(await projected.keys(subjects.target_pod_key(targets.NAMESPACE, ">"))) >= count:
             await asyncio.sleep(1.0)
             return
         await asyncio.sleep(0.2)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from chaosbus.common import messages as m
+from chaosbus.common.kvbucket import TypedBucket, WrongRevision
 
 
 def candidates(subnet: str, gateway: str) -> Iterator[str]:
@@ -23,18 +23,15 @@ def lease_key(ip: str) -> str:
     return ip.replace(".", "_")
 
 
-async def allocate(kv: KeyValue, subnet: str, gateway: str, owner: str) -> str:
+async def allocate(kv: TypedBucket[m.AddressLease], subnet: str, gateway: str, owner: str) -> str:
     for ip in candidates(subnet, gateway):
         try:
-            await kv.create(lease_key(ip), owner.encode())
-        except KeyWrongLastSequenceError:
+            await kv.create(lease_key(ip), m.AddressLease(pod=owner))
+        except WrongRevision:
             continue
         return ip
     raise RuntimeError(f"no free address left in {subnet}")
 
 
-async def release(kv: KeyValue, ip: str) -> None:
-    try:
-        await kv.purge(lease_key(ip))
-    except KeyNotFoundError:
-        pass
+async def release(kv: TypedBucket[m.AddressLease], ip: str) -> None:
+    await kv.purge(lease_key(ip))

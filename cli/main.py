@@ -210,7 +210,7 @@ async def with_store(
     try:
         if declare:
             await bus.ensure()
-        return await fn(ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), bus)
+        return await fn(ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), bus)
     finally:
         await bus.close()
 
@@ -439,7 +439,7 @@ async def pod_command(args: argparse.Namespace, url: str, ns: str) -> int:
     else:
 
         async def rm(store: ObjectStore, bus: busmod.Bus) -> list[str]:
-            kv = await bus.kv(subjects.IPAM.name)
+            kv = await bus.bucket(subjects.IPAM)
             if args.all:
                 return await pods.remove_all(store, kv)
             if not args.name:

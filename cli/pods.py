@@ -26,6 +26,8 @@ from chaosbus.cli.supervisor import (
     PodSpec,
 )
 from chaosbus.common import cgroups, config, podhold, processid
+from chaosbus.common import messages as m
+from chaosbus.common.kvbucket import TypedBucket
 from chaosbus.common.store import ObjectStore
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -143,7 +145,9 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
-async def remove(store: ObjectStore, ipam_kv: Any, name: str, namespace: str, *, timeout: float = 10.0) -> str:
+async def remove(
+    store: ObjectStore, ipam_kv: TypedBucket[m.AddressLease], name: str, namespace: str, *, timeout: float = 10.0
+) -> str:
     pod = await store.get("Pod", namespace, name)
     if pod is None:
         raise UsageError(f'pod "{name}" not found')
@@ -156,7 +160,7 @@ async def remove(store: ObjectStore, ipam_kv: Any, name: str, namespace: str, *,
     return result
 
 
-async def _remove(store: ObjectStore, ipam_kv: Any, pod: dict[str, Any], timeout: float) -> str:
+async def _remove(store: ObjectStore, ipam_kv: TypedBucket[m.AddressLease], pod: dict[str, Any], timeout: float) -> str:
     name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
     ann = pod["metadata"].get("annotations") or {}
     pid = int(ann.get(SUPERVISOR_ANNOTATION, "0") or 0)
@@ -193,7 +197,7 @@ def _signal(pid: int, sig: int) -> bool:
     return True
 
 
-async def remove_all(store: ObjectStore, ipam_kv: Any) -> list[str]:
+async def remove_all(store: ObjectStore, ipam_kv: TypedBucket[m.AddressLease]) -> list[str]:
     pods = await store.list("Pod")
     out = []
     for p in pods:

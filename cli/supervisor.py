@@ -26,6 +26,8 @@ import msgspec
 from chaosbus.cli import ipam, podnet
 from chaosbus.common import bus as busmod
 from chaosbus.common import cgroups, config, natsauth, podexec, podhold, processid, subjects
+from chaosbus.common import messages as m
+from chaosbus.common.kvbucket import TypedBucket
 from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import NotFound, ObjectStore
 
@@ -93,7 +95,7 @@ def container_status(
 
 
 class Supervisor:
-    def __init__(self, spec: PodSpec, store: ObjectStore, ipam_kv: Any) -> None:
+    def __init__(self, spec: PodSpec, store: ObjectStore, ipam_kv: TypedBucket[m.AddressLease]) -> None:
         self.spec, self.store, self.ipam_kv = spec, store, ipam_kv
         self.netns = f"cbpod-{uuid.uuid4().hex[:8]}"
         self.ip = ""
@@ -246,7 +248,7 @@ class Supervisor:
 async def amain(spec: PodSpec, url: str) -> None:
     bus = await busmod.connect(url, f"chaosbus-pod-{spec.namespace}-{spec.name}")
     await bus.ensure()
-    sup = Supervisor(spec, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), await bus.kv(subjects.IPAM.name))
+    sup = Supervisor(spec, ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), await bus.bucket(subjects.IPAM))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)

@@ -118,7 +118,7 @@ async def register_node(url: str, node: str, admin: natsauth.ClientAuth | None =
     bus = await busmod.connect(url, "chaosbus-up", auth=admin)
     try:
         await bus.ensure()
-        store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+        store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
         await store.apply(
             {
                 "apiVersion": "v1",

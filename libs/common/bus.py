@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,10 +26,15 @@ with tcp_only():
 
 from chaosbus.common import messages, natsauth, subjects
 from chaosbus.common.errors import RetryLater
+from chaosbus.common.kvbucket import KvEntry as KvEntry
+from chaosbus.common.kvbucket import Stored as Stored
+from chaosbus.common.kvbucket import TypedBucket as TypedBucket
+from chaosbus.common.kvbucket import WrongRevision as WrongRevision
 from chaosbus.common.wire import decode as decode
 from chaosbus.common.wire import encode as encode
 
 M = TypeVar("M", bound=messages.Message)
+V = TypeVar("V")
 S = TypeVar("S", bound=msgspec.Struct)
 log = cblog.get("bus")
 
@@ -39,16 +43,6 @@ log = cblog.get("bus")
 FOLLOW_HEARTBEAT_S = 1.0
 LAST_MESSAGES_WAIT_S = 10.0  # a one-off read of the stream gives up on a message that never comes
 _KV_DELETE_OPS = ("DEL", "PURGE")
-
-
-@dataclass(frozen=True)
-class KvEntry:
-    """One change of a KV key as a follower sees it; `deleted` for a delete or purge marker."""
-
-    key: str
-    value: bytes
-    revision: int
-    deleted: bool
 
 
 class Refused(ConnectionError):
@@ -117,6 +111,7 @@ class Bus:
         self.declares = declares
         self.js: JetStreamContext = nc.jetstream()
         self._kv: dict[str, KeyValue] = {}
+        self._buckets: dict[str, TypedBucket[Any]] = {}
 
     async def close(self) -> None:
         # close, not drain: a draining pull subscription can hold shutdown for the drain timeout.
@@ -133,7 +128,7 @@ class Bus:
         for s in subjects.STREAMS:
             await self._ensure_stream(s)
         for b in subjects.BUCKETS:
-            await self.kv(b.name)
+            await self.kv(b.name, history=b.history)
 
     async def _ensure_stream(self, s: subjects.Stream[Any]) -> None:
         cfg = api.StreamConfig(
@@ -156,13 +151,24 @@ class Bus:
         if _stream_differs(current, cfg):
             await self.js.update_stream(cfg)
 
-    async def kv(self, bucket: str) -> KeyValue:
+    async def bucket(self, entry: subjects.Bucket[V]) -> TypedBucket[V]:
+        """The bucket `entry` of the subject table, values typed as the table declares them."""
+        handle = self._buckets.get(entry.name)
+        if handle is None or handle.entry is not entry:
+            handle = TypedBucket(entry, await self.kv(entry.name, history=entry.history), self.follow_kv)
+            self._buckets[entry.name] = handle
+        return handle
+
+    async def kv(self, bucket: str, *, history: int = 1) -> KeyValue:
+        """nats-py's raw handle (bytes in and out), made if missing: services go through `bucket`,
+        which types it; tests use this one to store what a service would refuse to.
+        """
         kv = self._kv.get(bucket)
         if kv is None:
             try:
                 kv = await self.js.key_value(bucket)
             except (NotFoundError, BadRequestError):
-                kv = await self.js.create_key_value(bucket=bucket, history=1)
+                kv = await self.js.create_key_value(bucket=bucket, history=history)
             self._kv[bucket] = kv
         return kv
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -23,16 +22,12 @@ async def current(bus: busmod.Bus, trust: signing.Trust | None = None) -> m.Halt
     key), advisory: the signature is not checked, the injectors check it before acting. With it, as
     an injector would take it: see `judged`.
     """
-    kv = await bus.kv(subjects.CONTROL.name)
-    try:
-        entry = await kv.get(subjects.HALT_KEY)
-    except KeyNotFoundError:
-        return None
-    if not entry.value:
+    entry = await (await bus.bucket(subjects.CONTROL)).entry_of(subjects.HALT_KEY)
+    if entry is None or entry.deleted:
         return None
     if trust is None or not any(trust.kids(role) for role in signing.HALT_ROLES):
-        return busmod.decode(signing.peek(entry.value), m.HaltState)
-    return judged(entry.value, trust, time.time())
+        return entry.value  # None: it does not decode (logged)
+    return judged(entry.data, trust, time.time())
 
 
 def judged(data: bytes, trust: signing.Trust, now: float) -> m.HaltState:
@@ -71,10 +66,6 @@ def who() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-def _seal(signer: signing.Signer | None, state: m.HaltState, ttl_s: float | None) -> bytes:
-    return busmod.encode(state) if signer is None else signer.seal_message(signing.CONTROL_AUD, state, ttl_s=ttl_s)
-
-
 def _broadcast_seal(signer: signing.Signer | None) -> Callable[[str, bytes], bytes] | None:
     """Kill-switch states are signed for their audience (`control.halt`), whatever the subject."""
     if signer is None:
@@ -87,8 +78,8 @@ async def set_halt(
 ) -> m.HaltState:
     """Write the state to the KV key (durable), then broadcast it with the revision the put got."""
     state = m.HaltState(halted=halted, reason=reason, at=time.time(), by=by or who())
-    kv = await bus.kv(subjects.CONTROL.name)
-    revision = await kv.put(subjects.HALT_KEY, _seal(signer, state, None))
+    seal = None if signer is None else (lambda data: signer.seal(signing.CONTROL_AUD, data, ttl_s=None))
+    revision = await (await bus.bucket(subjects.CONTROL)).put(subjects.HALT_KEY, state, seal=seal)
     state = msgspec.structs.replace(state, revision=revision)
     await bus.signal(subjects.HALT, subjects.HALT_SUBJECT, state, seal=_broadcast_seal(signer))
     await bus.nc.flush()

@@ -156,6 +156,12 @@ class TargetNode(Message, kw_only=True, frozen=True):
     labels: dict[str, str] = {}
 
 
+class AddressLease(Message, kw_only=True, frozen=True):
+    """KV ipam/<a>_<b>_<c>_<d>: the local process pod an address is leased to."""
+
+    pod: str  # <namespace>/<name>
+
+
 # --- scheduler -> injector: one batched command per node --------------------------------------
 
 

@@ -100,7 +100,7 @@ def _grants(identity: str, node: str) -> tuple[list[str], list[str], bool]:
                 pub += _replay(s.name)
     for b in subjects.BUCKETS:
         if any(r.identity == identity for r in b.owners):
-            pub += [*_kv_read(b.name), f"$KV.{b.name}.>"]
+            pub += [*_kv_read(b.name), b.subject()]
         elif any(r.identity == identity for r in b.readers):
             pub += _kv_read(b.name)
     for cs in subjects.CORE_SUBJECTS:

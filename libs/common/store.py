@@ -9,12 +9,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from chaosbus.common import kvsnapshot, subjects
 from chaosbus.common import objects as o
+from chaosbus.common import subjects
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
+from chaosbus.common.kvbucket import TypedBucket, WrongRevision
 
 Obj = dict[str, Any]
 Mutation = Callable[[Obj], Obj | None]
@@ -58,7 +57,7 @@ def key_of(obj: Obj) -> str:
 class ObjectStore:
     """get / list / apply / mutate / delete over KV, with resourceVersion = KV revision."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: TypedBucket[bytes]) -> None:
         self.kv = kv
 
     async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
@@ -66,11 +65,8 @@ class ObjectStore:
         return found[0] if found else None
 
     async def _get(self, key: str) -> tuple[Obj, int] | None:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
+        entry = await self.kv.entry_of(key)
+        if entry is None or entry.value is None:
             return None
         return _with_version(msgspec.json.decode(entry.value), entry.revision), entry.revision
 
@@ -79,18 +75,14 @@ class ObjectStore:
         `names` narrows a namespace's listing to a subject pattern over the name's tokens.
         """
         pattern = f"{kind or '*'}.{namespace}.{names}" if namespace else (f"{kind}.>" if kind else ">")
-        found = {
-            key: _with_version(msgspec.json.decode(value), revision)
-            for key, value, revision in await kvsnapshot.snapshot(self.kv, pattern)
-            if value
-        }
+        found = {s.key: _with_version(msgspec.json.decode(s.data), s.revision) for s in await self.kv.list(pattern)}
         return [found[k] for k in sorted(found)]
 
     async def create(self, obj: Obj) -> Obj:
         stored = o.prepare_create(obj, uid=str(uuid.uuid4()), now=o.now_rfc3339())
         try:
             rev = await self.kv.create(key_of(stored), _encode(stored))
-        except KeyWrongLastSequenceError:
+        except WrongRevision:
             raise Conflict(f"{key_of(obj)} already exists") from None
         return _with_version(stored, rev)
 
@@ -111,7 +103,7 @@ class ObjectStore:
                 return old, "unchanged"
             try:
                 rev = await self.kv.update(key_of(obj), _encode(new), last=rev)
-            except KeyWrongLastSequenceError:
+            except WrongRevision:
                 continue
             return _with_version(new, rev), "configured"
         raise Conflict(f"{obj.get('kind')}/{ns}/{m.get('name')}: too many concurrent writers")
@@ -143,7 +135,7 @@ class ObjectStore:
                     await self.kv.delete(key, last=rev)
                     return None
                 rev = await self.kv.update(key, _encode(new), last=rev)
-            except KeyWrongLastSequenceError:
+            except WrongRevision:
                 continue
             return _with_version(new, rev)
         raise Conflict(f"{key}: too many concurrent writers")

@@ -17,6 +17,7 @@ from chaosbus.common import natsjwt
 
 M = TypeVar("M", bound=m.Message)
 S = TypeVar("S", bound=msgspec.Struct)
+V = TypeVar("V")
 
 # The NATS identities (docs/security.md): each component connects as one of these, and nats-server
 # allows each only what the records below grant it (libs/common/natsauth.py turns them into
@@ -90,14 +91,41 @@ class Stream(Generic[M]):
 
 
 @dataclass(frozen=True)
-class Bucket:
+class Keys(Generic[V]):
+    """Keys of a bucket that match `pattern` (a subject pattern over the key's tokens: `*` one,
+    `>` the rest) and what is stored under them: a msgspec Struct, or `bytes` for a value that is
+    free-form by declaration. `sealed`: stored inside a signed envelope (signing.py), which its
+    readers check before acting on it; the handle decodes what is inside without checking.
+    """
+
+    pattern: str
+    value: type[V]
+    shape: str  # the keys as people read them: `pod.<namespace>.<name>`
+    sealed: bool = False
+
+
+@dataclass(frozen=True)
+class Bucket(Generic[V]):
+    """A KV bucket: its keys (`keys`, the first pattern that matches a key decides its value type)
+    and who writes and reads them. The bus's typed handle (`await bus.bucket(entry)`) encodes and
+    decodes through this, and refuses a key no pattern covers or a value of another type.
+    """
+
     name: str
-    keys: str
-    message: str
+    keys: tuple[Keys[Any], ...]
     owners: tuple[Role, ...]
     history: int = 1
     purpose: str = ""
     readers: tuple[Role, ...] = field(default_factory=tuple)
+    raw: str = ""  # why its values are bytes, for a bucket that holds free-form documents
+
+    def subject(self, key: str = ">") -> str:
+        """The subject nats-server stores `key` (or a key pattern) under: what permissions name."""
+        return f"$KV.{self.name}.{key}"
+
+    def keys_of(self, key: str) -> Keys[Any] | None:
+        """The declaration covering `key` (None: no pattern of this bucket matches it)."""
+        return next((k for k in self.keys if within(key, k.pattern)), None)
 
 
 OBJECTS = Stream(
@@ -167,10 +195,10 @@ OBJECT_EVENTS = OBJECTS.subjects[0]  # every object event, status changes includ
 # Objects created, deleted, or changed in more than their status: what the recorder replays.
 OBJECT_CHANGES = "chaos.obj.*.*.*"
 
-OBJECT_STORE = Bucket(
+OBJECT_STORE: Bucket[bytes] = Bucket(
     name="objects",
-    keys="<Kind>.<namespace>.<name>",
-    message="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace)",
+    keys=(Keys(">", bytes, "<Kind>.<namespace>.<name>"),),
+    raw="the Kubernetes-shaped object as JSON (crd.ChaosObject, Pod, Namespace, Event, Node)",
     owners=(
         Role("cli", "spec, metadata; pod supervisor: Pods"),
         Role("recorder", "status, finalizers"),
@@ -179,25 +207,27 @@ OBJECT_STORE = Bucket(
     readers=(Role("watcher"), Role("dashboard", "Events, Pods (local mode)")),
     purpose="local mode's API server: the objects users apply",
 )
-TARGETS = Bucket(
+TargetValue = m.TargetPod | m.TargetNamespace | m.TargetNode
+TARGETS: Bucket[TargetValue] = Bucket(
     name="targets",
-    keys="pod.<namespace>.<name>, namespace.<name>, node.<name>",
-    message="TargetPod, TargetNamespace, TargetNode",
+    keys=(
+        Keys("pod.>", m.TargetPod, "pod.<namespace>.<name>"),
+        Keys("namespace.>", m.TargetNamespace, "namespace.<name>"),
+        Keys("node.>", m.TargetNode, "node.<name>"),
+    ),
     owners=(Role("watcher"),),
     readers=(Role("scheduler"),),
     purpose="the projection of pods, namespaces and nodes that selection needs",
 )
-IPAM = Bucket(
+IPAM: Bucket[m.AddressLease] = Bucket(
     name="ipam",
-    keys="<a>_<b>_<c>_<d>",
-    message="the owning pod's namespace/name",
+    keys=(Keys("*", m.AddressLease, "<a>_<b>_<c>_<d>"),),
     owners=(Role("cli", "pod supervisor"),),
     purpose="address leases of local process pods (create-only puts make allocation atomic)",
 )
-CONTROL = Bucket(
+CONTROL: Bucket[m.HaltState] = Bucket(
     name="control",
-    keys="halt",
-    message="HaltState",
+    keys=(Keys("halt", m.HaltState, "halt", sealed=True),),
     owners=(
         Role("cli", "halt, resume"),
         Role("dashboard", "halt, resume with the operator key"),
@@ -206,15 +236,18 @@ CONTROL = Bucket(
     readers=(Role("injector"), Role("scheduler", "triggers refuse while halted")),
     purpose="the kill switch: stays set until `chaosbus resume`, so a restarted component stays halted",
 )
-SCHEDULER = Bucket(
+SchedulerValue = m.ExperimentMemory | m.LeaderLease
+SCHEDULER: Bucket[SchedulerValue] = Bucket(
     name="scheduler",
-    keys="experiment.<uid>, leader",
-    message="ExperimentMemory, LeaderLease",
+    keys=(
+        Keys("experiment.*", m.ExperimentMemory, "experiment.<uid>"),
+        Keys("leader", m.LeaderLease, "leader"),
+    ),
     owners=(Role("scheduler"),),
     readers=(Role("scheduler"),),
     purpose="what the scheduler decided per experiment (survives kill -9) and the leader lease",
 )
-BUCKETS = (OBJECT_STORE, TARGETS, IPAM, CONTROL, SCHEDULER)
+BUCKETS: tuple[Bucket[Any], ...] = (OBJECT_STORE, TARGETS, IPAM, CONTROL, SCHEDULER)
 HALT_KEY = "halt"
 LEADER_KEY = "leader"
 
@@ -423,6 +456,9 @@ def object_key(kind: str, namespace: str, name: str) -> str:
     return f"{kind}.{namespace or '_'}.{name}"
 
 
+MEMORY_KEYS = "experiment.*"  # every experiment's memory in the `scheduler` bucket
+
+
 def memory_key(experiment_uid: str) -> str:
     return f"experiment.{token(experiment_uid)}"
 
@@ -439,6 +475,10 @@ def target_node_key(name: str) -> str:
     return f"node.{name}"
 
 
+def _value_name(k: Keys[Any]) -> str:
+    return f"`{k.value.__name__}`" + (" (signed)" if k.sealed else "")
+
+
 def markdown_table() -> str:
     """The subject table as Markdown, for docs/architecture.md (a contract test keeps them equal)."""
     rows = ["| what | name | subjects / keys | message | written by | read by |", "|---|---|---|---|---|---|"]
@@ -448,8 +488,10 @@ def markdown_table() -> str:
             f"{', '.join(f'`{c}`' for c in s.consumers)} |"
         )
     for b in BUCKETS:
+        shapes = ", ".join(k.shape for k in b.keys)
+        values = f"bytes: {b.raw}" if b.raw else ", ".join(_value_name(k) for k in b.keys)
         rows.append(
-            f"| KV bucket | `{b.name}` | `{b.keys}` | {b.message} | {', '.join(map(str, b.owners))} | "
+            f"| KV bucket | `{b.name}` | `{shapes}` | {values} | {', '.join(map(str, b.owners))} | "
             f"{', '.join(map(str, b.readers)) or '-'} |"
         )
     for c in CORE_SUBJECTS:

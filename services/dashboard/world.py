@@ -56,14 +56,14 @@ class World:
                 self.objects[key] = obj
         await self._bump()
 
-    async def on_store(self, entry: busmod.KvEntry) -> None:
+    async def on_store(self, entry: busmod.Stored[bytes]) -> None:
         if entry.key.split(".", 1)[0] not in STORE_KINDS:
             return
         if entry.deleted:
             self.store.pop(entry.key, None)
         else:
             with contextlib.suppress(msgspec.DecodeError):
-                obj = msgspec.json.decode(entry.value)
+                obj = msgspec.json.decode(entry.value or b"")
                 if isinstance(obj, dict):
                     self.store[entry.key] = obj
         await self._bump()
@@ -110,7 +110,7 @@ async def follow(bus: busmod.Bus, world: World, *, local: bool) -> None:
 
 
 async def _follow_store(bus: busmod.Bus, world: World) -> None:
-    async for entry in bus.follow_kv(subjects.OBJECT_STORE.name):
+    async for entry in (await bus.bucket(subjects.OBJECT_STORE)).follow():
         if entry is not None:
             await world.on_store(entry)
 

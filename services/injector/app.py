@@ -14,7 +14,6 @@ from pathlib import Path
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.errors import KeyNotFoundError
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
@@ -156,17 +155,13 @@ class Edge:
             await asyncio.sleep(HALT_POLL_S)
 
     async def _read_halt(self, bus: busmod.Bus) -> None:
-        kv = await bus.kv(subjects.CONTROL.name)
-        try:
-            entry = await kv.get(subjects.HALT_KEY)
-        except KeyNotFoundError:
+        entry = await (await bus.bucket(subjects.CONTROL)).entry_of(subjects.HALT_KEY)
+        if entry is None or entry.deleted or entry.revision == self._kv_revision:
             return
-        revision = entry.revision or 0
-        if not entry.value or revision == self._kv_revision:
-            return
-        self._kv_revision = revision
-        key = f"$KV.{subjects.CONTROL.name}.{subjects.HALT_KEY}"
-        got = self.gate.halt(entry.value, key, revision=revision)
+        self._kv_revision = entry.revision
+        key = subjects.CONTROL.subject(subjects.HALT_KEY)
+        # The stored envelope, not the value read from it: the gate checks its signature first.
+        got = self.gate.halt(entry.data, key, revision=entry.revision)
         if got is not None:
             await self._adopt(got, "kv", key)
 

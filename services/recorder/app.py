@@ -382,5 +382,5 @@ async def _backends(args: argparse.Namespace, bus: busmod.Bus) -> AsyncIterator[
         async with kube.backends(args.kubeconfig) as (store, sink):
             yield store, sink, "Kubernetes API"
         return
-    local = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    local = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     yield local, StoreEvents(local), "local object store"

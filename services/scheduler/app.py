@@ -20,14 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-import msgspec
 import nats.errors
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import config as cbconfig
-from chaosbus.common import kvsnapshot, service, settings, signing, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
+from chaosbus.common import service, settings, signing, subjects
 from chaosbus.common.pipeline import Pipeline
 from chaosbus.common.store import ObjectStore
 from chaosbus.scheduler import outbox as ob
@@ -45,7 +44,6 @@ LEASE_TTL_S = 15.0  # CHAOSBUS_LEASE_SECONDS
 LEADER_TTL_S = 10.0  # CHAOSBUS_LEADER_SECONDS, --leader-ttl
 COMMAND_TTL_S = 300.0
 IN_FLIGHT = 128  # batches of effects unfinished at once before the intake waits
-_TARGET_TYPES: dict[str, type[m.Message]] = {"pod": m.TargetPod, "namespace": m.TargetNamespace, "node": m.TargetNode}
 
 
 class Scheduler:
@@ -159,13 +157,8 @@ class Scheduler:
         return self.core.task_node()
 
     async def load_memory(self) -> int:
-        kv = await self.bus.kv(subjects.SCHEDULER.name)
-        memories = []
-        for key, value, _ in await kvsnapshot.snapshot(kv, "experiment.>"):
-            try:
-                memories.append(busmod.decode(value, m.ExperimentMemory))
-            except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                log.error("bad scheduler memory ignored", key=key, error=str(e))
+        stored = await (await self.bus.bucket(subjects.SCHEDULER)).list(subjects.MEMORY_KEYS)
+        memories = [s.value for s in stored if isinstance(s.value, m.ExperimentMemory)]
         self.core.load(memories)
         return len(memories)
 
@@ -191,19 +184,11 @@ class Scheduler:
         await self.bus.consume_batches(subjects.RESULTS, self.on_results, durable="scheduler-results")
 
     async def follow_targets(self, ready: asyncio.Event) -> None:
-        async for entry in self.bus.follow_kv(subjects.TARGETS.name):
+        async for entry in (await self.bus.bucket(subjects.TARGETS)).follow():
             if entry is None:
                 ready.set()
-                continue
-            kind = entry.key.split(".", 1)[0]
-            value = None
-            if not entry.deleted and kind in _TARGET_TYPES:
-                try:
-                    value = busmod.decode(entry.value or b"", _TARGET_TYPES[kind])
-                except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                    log.error("bad target projection", key=entry.key, error=str(e))
-                    continue
-            self.core.on_target(entry.key, value)
+            else:
+                self.core.on_target(entry.key, entry.value)
 
     async def renew_leases(self) -> None:
         while True:
@@ -302,7 +287,7 @@ async def serve(
 ) -> None:
     """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
     lead = Leadership(holder=instance, ttl_s=leader_ttl, session=uuid.uuid4().hex)
-    election = Election(await bus.kv(subjects.SCHEDULER.name), lead)
+    election = Election(await bus.bucket(subjects.SCHEDULER), lead)
     await election.acquire()
     sched = Scheduler(
         bus,
@@ -342,7 +327,7 @@ async def serve(
                 trust = signing.Trust.from_dir(signing.keys_dir())
             except (OSError, ValueError) as e:
                 log.warning("kill-switch keys not read: the triggers read its state unverified", error=str(e))
-        triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), trust)
+        triggers = Triggers(bus, ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), trust)
         await service.run_forever(
             targets,
             keep,

@@ -10,10 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-import msgspec
 import nats.errors
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
@@ -32,21 +29,21 @@ class LostLeadership(RuntimeError):
 
 
 class Election:
-    def __init__(self, kv: KeyValue, lead: Leadership, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        kv: busmod.TypedBucket[subjects.SchedulerValue],
+        lead: Leadership,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.kv, self.lead, self.clock = kv, lead, clock
 
     async def _read(self) -> tuple[m.LeaderLease | None, int | None]:
-        try:
-            entry = await self.kv.get(subjects.LEADER_KEY)
-        except KeyNotFoundError as e:  # a deleted key still has a revision to compare against
-            rev = getattr(e, "entry", None)
-            return None, getattr(rev, "revision", None)
-        if not entry.value:
-            return None, entry.revision
-        try:
-            return busmod.decode(entry.value, m.LeaderLease), entry.revision
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None, entry.revision  # garbage in the key: overwrite it like a missing lease
+        # A deleted key still has a revision to compare against; garbage in the key (logged by the
+        # bucket) is overwritten like a missing lease.
+        entry = await self.kv.entry_of(subjects.LEADER_KEY)
+        if entry is None:
+            return None, None
+        return (entry.value if isinstance(entry.value, m.LeaderLease) else None), entry.revision
 
     async def attempt(self) -> Outcome:
         """One round: read, decide, compare-and-set."""
@@ -57,13 +54,13 @@ class Election:
         started = self.clock()
         if self.lead.step(current, revision, started) == "wait":
             return "not held"
-        payload = busmod.encode(self.lead.record(started))
+        lease = self.lead.record(started)
         try:
             if revision is None:
-                await self.kv.create(subjects.LEADER_KEY, payload)
+                await self.kv.create(subjects.LEADER_KEY, lease)
             else:
-                await self.kv.update(subjects.LEADER_KEY, payload, last=revision)
-        except KeyWrongLastSequenceError:  # someone else wrote first
+                await self.kv.update(subjects.LEADER_KEY, lease, last=revision)
+        except busmod.WrongRevision:  # someone else wrote first
             self.lead.lost()
             return "not held"
         except (nats.errors.Error, TimeoutError):

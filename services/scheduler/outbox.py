@@ -85,14 +85,14 @@ class Outbox:
         return sent
 
     async def remember(self, changes: Changes, sent: Sent) -> None:
-        kv = await self.bus.kv(subjects.SCHEDULER.name)
+        kv = await self.bus.bucket(subjects.SCHEDULER)
 
         async def write(uid: str, mem: m.ExperimentMemory | None) -> None:
             key = subjects.memory_key(uid)
             if mem is None:
                 await kv.purge(key)  # purge, not delete: no tombstone left per finished experiment
             else:
-                await kv.put(key, busmod.encode(mem))
+                await kv.put(key, mem)
 
         for (uid, _), err in zip(changes, await _each(write(uid, mem) for uid, mem in changes), strict=True):
             if err is None:

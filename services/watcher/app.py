@@ -10,7 +10,6 @@ import functools
 
 import msgspec
 import nats.errors
-from nats.js.kv import KeyValue
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
@@ -37,7 +36,7 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
     objects' (a burst of applies shares its PubAck round trips); a publish that fails ends the
     watcher as an awaited one did, to start over from the store.
     """
-    targets = await bus.kv(subjects.TARGETS.name)
+    targets = await bus.bucket(subjects.TARGETS)
     pipe = Pipeline(name="watcher")
     failed: list[BaseException] = []
     me = asyncio.current_task()
@@ -49,7 +48,7 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
                 me.cancel()  # wherever the loop waits: the failure is raised below
 
     try:
-        async for entry in bus.follow_kv(subjects.OBJECT_STORE.name):
+        async for entry in (await bus.bucket(subjects.OBJECT_STORE)).follow():
             if entry is None:  # end of the initial snapshot
                 await pipe.drain()
                 log.info("initial snapshot published", objects=len(core.seen))
@@ -67,7 +66,7 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
         pipe.cancel()
 
 
-def _on_entry(core: WatcherCore, entry: busmod.KvEntry, metrics: WatcherMetrics) -> Outputs | None:
+def _on_entry(core: WatcherCore, entry: busmod.Stored[bytes], metrics: WatcherMetrics) -> Outputs | None:
     if entry.deleted:
         return core.on_delete(entry.key, entry.revision)
     try:
@@ -79,7 +78,9 @@ def _on_entry(core: WatcherCore, entry: busmod.KvEntry, metrics: WatcherMetrics)
     return core.on_put(entry.key, obj, entry.revision) if isinstance(obj, dict) else None
 
 
-async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: WatcherMetrics) -> None:
+async def emit(
+    bus: busmod.Bus, targets: busmod.TypedBucket[subjects.TargetValue], out: Outputs, metrics: WatcherMetrics
+) -> None:
     for subject, event, msg_id in out.events:
         try:
             await bus.publish(subjects.OBJECTS, subject, event, msg_id=msg_id)
@@ -95,7 +96,7 @@ async def emit(bus: busmod.Bus, targets: KeyValue, out: Outputs, metrics: Watche
                 continue
         metrics.events.labels(event.kind, event.type).inc()
     for key, target in out.target_puts:
-        await targets.put(key, busmod.encode(target))
+        await targets.put(key, target)
         metrics.targets.labels("put").inc()
     for key in out.target_deletes:
         await targets.delete(key)

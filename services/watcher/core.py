@@ -20,7 +20,7 @@ Obj = dict[str, Any]
 @dataclass
 class Outputs:
     events: list[tuple[str, m.ObjectEvent, str]] = field(default_factory=list)  # subject, event, msg id
-    target_puts: list[tuple[str, m.Message]] = field(default_factory=list)
+    target_puts: list[tuple[str, m.TargetPod | m.TargetNamespace | m.TargetNode]] = field(default_factory=list)
     target_deletes: list[str] = field(default_factory=list)
 
 
@@ -106,7 +106,7 @@ class WatcherCore:
         return out
 
 
-def _project(kind: str, obj: Obj) -> tuple[str, m.Message] | None:
+def _project(kind: str, obj: Obj) -> tuple[str, m.TargetPod | m.TargetNamespace | m.TargetNode] | None:
     meta = obj.get("metadata") or {}
     if kind == "Pod":
         pod = project_pod(obj)

@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import kubeclient, kvsnapshot, service, subjects
+from chaosbus.common import kubeclient, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
@@ -194,7 +194,7 @@ async def main(args: argparse.Namespace) -> None:
     metrics = WatcherMetrics()
     scope = scope_from(args)
     async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
-        targets = await bus.kv(subjects.TARGETS.name)
+        targets = await bus.bucket(subjects.TARGETS)
         api = await kubeclient.api_client(args.kubeconfig)
         async with api:
             core = ScopedCore(WatcherCore(), scope)
@@ -215,8 +215,8 @@ async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:
     no watcher ran (the projection outlives the process)."""
     for kind in ("Pod", "Namespace", "Node"):
         await watcher.synced.setdefault(kind, asyncio.Event()).wait()
-    targets = await bus.kv(subjects.TARGETS.name)
-    keys = [key for key, _, _ in await kvsnapshot.snapshot(targets)]
+    targets = await bus.bucket(subjects.TARGETS)
+    keys = await targets.keys()
     live = {_target_key(obj) for obj in watcher.core.core.seen.values()}
     for key in keys:
         if key not in live:
@@ -236,7 +236,7 @@ async def prune_objects(watcher: KubeWatcher, bus: busmod.Bus, metrics: WatcherM
         live = set(watcher.core.core.seen)
         gone = [e for e in last if e.type != "DELETED" and subjects.object_key(e.kind, e.namespace, e.name) not in live]
         out = Outputs(events=[event for e in gone for event in stale_deletion(e)])
-        await emit(bus, await bus.kv(subjects.TARGETS.name), out, metrics)
+        await emit(bus, await bus.bucket(subjects.TARGETS), out, metrics)
     for e in gone:
         log.info(
             "object vanished while no watcher ran: deletion published", kind=e.kind, namespace=e.namespace, name=e.name

@@ -1,8 +1,10 @@
 """Typed edges: a subject and the message type it carries come from one entry of the subject table.
 
 Every stream and core subject names its message type; the bus decodes what it reads as that type
-and refuses to publish another type, or on a subject that is not the entry's. The code outside the
-table never spells a subject, and never reaches past the bus to nats-py to publish or subscribe.
+and refuses to publish another type, or on a subject that is not the entry's. Every KV bucket
+names the type stored under each of its key patterns (or declares itself free-form bytes, and why),
+and the bus's typed handle refuses any other. The code outside the table never spells a subject,
+and never reaches past the bus to nats-py to publish, subscribe or touch a bucket.
 """
 
 from __future__ import annotations
@@ -13,19 +15,22 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from chaosbus.common import kvbucket, subjects
 from chaosbus.common import messages as m
-from chaosbus.common import subjects
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where subjects are used, not defined: every service, the CLI and the shared library but the table
 # and the bus (with the KV listing beside it, which reads a bucket's own stream, not a subject).
-NOT_USERS = {"libs/common/subjects.py", "libs/common/bus.py", "libs/common/kvsnapshot.py"}
+NOT_USERS = {"libs/common/subjects.py", "libs/common/bus.py", "libs/common/kvsnapshot.py", "libs/common/kvbucket.py"}
 SOURCES = sorted(
     p
     for folder in ("services", "cli", "libs/common")
     for p in (ROOT / folder).rglob("*.py")
     if str(p.relative_to(ROOT)) not in NOT_USERS
 )
+# The bench taps the streams with core subscriptions (leaving the services' consumers alone), but
+# takes every subject and bucket from the table too: a renamed subject cannot silently break it.
+BENCH = sorted((ROOT / "bench").rglob("*.py"))
 RAW_CALLS = {"publish", "subscribe", "request", "pull_subscribe"}
 ENTRIES = [*subjects.STREAMS, *subjects.CORE_SUBJECTS]
 
@@ -127,10 +132,10 @@ def _code_strings(tree: ast.AST) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SOURCES + BENCH, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_subject_is_spelled_outside_the_table(path: Path) -> None:
     tree = ast.parse(path.read_text(), str(path))
-    spelled = [f"line {n}: {s!r}" for n, s in _code_strings(tree) if s.startswith(("chaos.", "$SYS."))]
+    spelled = [f"line {n}: {s!r}" for n, s in _code_strings(tree) if s.startswith(("chaos.", "$SYS.", "$KV."))]
     assert not spelled, "subjects come from libs/common/subjects.py"
 
 
@@ -183,3 +188,83 @@ def test_every_consumer_is_one_the_table_declares(path: Path) -> None:
             if kw.arg == "filter_subject" and not ast.unparse(kw.value).startswith("subjects."):
                 wrong.append(f"line {call.lineno}: filter {ast.unparse(kw.value)} is not the table's")
     assert not wrong
+
+
+# --- KV buckets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bucket", subjects.BUCKETS, ids=lambda b: b.name)
+def test_every_bucket_names_what_its_keys_hold(bucket: subjects.Bucket[object]) -> None:
+    assert bucket.keys, "a bucket declares its key patterns"
+    for keys in bucket.keys:
+        if keys.value is bytes:
+            assert bucket.raw, f"{bucket.name}/{keys.pattern} holds bytes: the table says why (raw=...)"
+        else:
+            assert issubclass(keys.value, m.Message), f"{bucket.name}/{keys.pattern}: a wire message"
+    if bucket.raw:
+        assert all(k.value is bytes for k in bucket.keys)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key", "value"),
+    [
+        (subjects.TARGETS, subjects.target_pod_key("ns", "web.0"), m.TargetPod),
+        (subjects.TARGETS, subjects.target_namespace_key("ns"), m.TargetNamespace),
+        (subjects.TARGETS, subjects.target_node_key("node-1.example.com"), m.TargetNode),
+        (subjects.SCHEDULER, subjects.memory_key("9b1f.x"), m.ExperimentMemory),
+        (subjects.SCHEDULER, subjects.LEADER_KEY, m.LeaderLease),
+        (subjects.CONTROL, subjects.HALT_KEY, m.HaltState),
+        (subjects.OBJECT_STORE, subjects.object_key("PodChaos", "ns", "a.b"), bytes),
+    ],
+    ids=lambda v: v.name if isinstance(v, subjects.Bucket) else v if isinstance(v, str) else v.__name__,
+)
+def test_every_key_the_services_build_has_its_declared_type(
+    bucket: subjects.Bucket[object], key: str, value: type[object]
+) -> None:
+    found = bucket.keys_of(key)
+    assert found is not None and found.value is value
+
+
+def _a_value_of_another_type(wanted: type[object]) -> object:
+    return m.TargetNode(name="n") if wanted is not m.TargetNode else m.TargetNamespace(name="n")
+
+
+@pytest.mark.parametrize(
+    ("bucket", "keys"),
+    [(b, k) for b in subjects.BUCKETS for k in b.keys],
+    ids=lambda v: v.name if isinstance(v, subjects.Bucket) else v.pattern,
+)
+def test_a_value_of_another_type_is_refused(bucket: subjects.Bucket[object], keys: subjects.Keys[object]) -> None:
+    handle = kvbucket.TypedBucket(bucket, None, None)  # type: ignore[arg-type]  # encoding touches no NATS
+    key = keys.pattern.replace("*", "x").replace(">", "x.y")
+    with pytest.raises(TypeError):
+        handle.encode(key, _a_value_of_another_type(keys.value))
+    if keys.pattern != ">":  # a bucket that takes every key
+        with pytest.raises(ValueError):
+            handle.encode("no-such-prefix.x.y", _a_value_of_another_type(keys.value))
+
+
+RAW_KV = {"kv", "follow_kv", "key_value", "create_key_value", "watchall"}
+
+
+@pytest.mark.parametrize("path", SOURCES + BENCH, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_bucket_is_touched_past_the_table(path: Path) -> None:
+    """`bus.kv(...)`, nats-py's KeyValue and the raw snapshot skip the table's value types: a service
+    takes `await bus.bucket(subjects.X)`, and puts Structs, not bytes it encoded itself.
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    raw = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("nats.js.kv", "chaosbus.common.kvsnapshot"):
+            raw.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.ImportFrom) and any(a.name == "kvsnapshot" for a in node.names):
+            raw.append(f"line {node.lineno}: imports kvsnapshot")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in RAW_KV:
+                raw.append(f"line {node.lineno}: {ast.unparse(node.func)}")
+            elif node.func.attr in ("put", "create", "update") and any(
+                isinstance(a, ast.Call) and ast.unparse(a.func).split(".")[-1] in ("encode", "seal_message")
+                for a in node.args
+            ):
+                raw.append(f"line {node.lineno}: {ast.unparse(node)[:80]} stores bytes it encoded itself")
+    assert not raw, "buckets through the bus's typed handle (bus.bucket(subjects.X))"

@@ -355,7 +355,7 @@ class SelfTest:
                 auth=natsauth.ClientAuth(natsauth.seed_file(natsauth.ADMIN, self.state), admin=True),
             )
             await self.bus.ensure()
-            self.store = ObjectStore(await self.bus.kv(subjects.OBJECT_STORE.name))
+            self.store = ObjectStore(await self.bus.bucket(subjects.OBJECT_STORE))
             await self._cycles()
             last = time.monotonic()
             await self._settle()

@@ -284,7 +284,7 @@ async def test_an_object_event_over_max_payload_reaches_the_scheduler_as_failed(
     metrics = WatcherMetrics()
     await emit(
         small_world.bus,
-        await small_world.bus.kv(subjects.TARGETS.name),
+        await small_world.bus.bucket(subjects.TARGETS),
         Outputs(events=[(subjects.object_subject("PodChaos", "default", "huge"), event, uid)]),
         metrics,
     )

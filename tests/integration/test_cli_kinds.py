@@ -25,7 +25,7 @@ async def run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> str:
 async def test_every_name_of_the_kind_gets_describes_and_deletes(
     kind: str, bus: busmod.Bus, nats_server: natsserver.EmbeddedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     url = nats_server.url
     for name in (kind, *kinds.KINDS[kind].names):
         obj = f"obj-{name.lower()}"

@@ -32,7 +32,7 @@ HELLO = json.dumps(
 
 
 async def test_a_resume_signed_with_the_guard_key_keeps_new_experiments_refused(bus: busmod.Bus) -> None:
-    triggers = Triggers(bus, ObjectStore(await bus.kv(subjects.OBJECT_STORE.name)), TRUST)
+    triggers = Triggers(bus, ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), TRUST)
     await halt.set_halt(bus, halted=True, reason="SLO guard checkout: breached", signer=GUARD, by="guard checkout")
     with pytest.raises(rq.BadRequest, match="SLO guard checkout: breached"):
         await triggers.apply(HELLO)

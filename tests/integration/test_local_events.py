@@ -71,7 +71,7 @@ async def counts(store: ObjectStore, uid: str) -> dict[str, int]:
 
 
 async def test_an_experiment_s_events_are_kept_shown_and_removed_with_it(bus: busmod.Bus) -> None:
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
     created = await store.create(
@@ -119,7 +119,7 @@ spec: {action: partition, mode: all, selector: {namespaces: [default]}}
 
 
 async def test_an_experiment_admitted_with_its_finalizer_still_gets_finalizer_inited(bus: busmod.Bus) -> None:
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     await resources.apply(store, PARTITION_YAML, None)
     stored = await store.get(KIND, "default", "admitted")

@@ -166,7 +166,7 @@ spec: {mode: all, selector: {labelSelectors: {app: web}}, containerNames: [main]
 
 
 async def test_a_kind_declared_in_one_file_runs_end_to_end(services: FakeGreeting, bus: busmod.Bus) -> None:
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     for name in ("web-0", "web-1"):
         await store.create(
             {

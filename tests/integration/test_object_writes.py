@@ -29,7 +29,7 @@ _ids = itertools.count(1)
 
 @pytest.fixture
 async def store(bus: busmod.Bus) -> AsyncIterator[ObjectStore]:
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     task = asyncio.ensure_future(bus.consume(subjects.WRITES, rec.on_write, durable="recorder-writes"))
     yield store

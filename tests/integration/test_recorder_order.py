@@ -21,7 +21,7 @@ KIND = "NetworkChaos"
 
 async def test_results_ahead_of_their_decision_are_folded_without_redelivery(bus: busmod.Bus) -> None:
     await bus.ensure()
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     created = await store.create(
         {
             "apiVersion": "chaos-mesh.org/v1alpha1",
@@ -66,7 +66,7 @@ async def test_results_ahead_of_their_decision_are_folded_without_redelivery(bus
 
 async def test_results_no_decision_ever_named_are_dropped_once_not_retried(bus: busmod.Bus) -> None:
     await bus.ensure()
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     created = await store.create(
         {
             "apiVersion": "chaos-mesh.org/v1alpha1",

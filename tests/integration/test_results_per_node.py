@@ -49,7 +49,7 @@ async def connect(url: str, state: Path, user: str) -> busmod.Bus:
 @contextlib.asynccontextmanager
 async def recorder(url: str, state: Path) -> AsyncIterator[tuple[Recorder, ObjectStore]]:
     bus = await connect(url, state, "recorder")
-    store = ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    store = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
     rec = Recorder(store, StoreEvents(store), RecorderMetrics(), max_events=10)
     rec.replayed.set()
     rec.fetch_decision = last_decision(bus)
@@ -98,7 +98,7 @@ async def test_a_node_reports_only_on_its_own_targets(secured: tuple[str, Path])
     cli, scheduler = await connect(url, state, "cli"), await connect(url, state, "scheduler")
     n1 = await connect(url, state, natsauth.user_name("injector", "n1"))
     try:
-        store = ObjectStore(await cli.kv(subjects.OBJECT_STORE.name))
+        store = ObjectStore(await cli.bucket(subjects.OBJECT_STORE))
         created = await store.create(
             {
                 "apiVersion": "chaos-mesh.org/v1alpha1",

@@ -278,13 +278,13 @@ async def test_standby_takes_over_within_15s_of_the_leader_dying(
 
 
 async def test_a_leader_whose_lease_is_overwritten_stops_acting(bus: busmod.Bus) -> None:
-    kv = await bus.kv(subjects.SCHEDULER.name)
+    kv = await bus.bucket(subjects.SCHEDULER)
     election = Election(kv, Leadership(holder="a", ttl_s=1.5))
     await election.acquire()
     assert election.lead.acting(time.time())
     keeping = asyncio.ensure_future(election.keep())
     await asyncio.sleep(0.2)
-    await kv.put(subjects.LEADER_KEY, busmod.encode(m.LeaderLease(holder="b", renewed_at=time.time(), ttl_s=1.5)))
+    await kv.put(subjects.LEADER_KEY, m.LeaderLease(holder="b", renewed_at=time.time(), ttl_s=1.5))
     overwritten = time.monotonic()
     with pytest.raises(LostLeadership):
         await asyncio.wait_for(keeping, timeout=5.0)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def store(bus: busmod.Bus) -> ObjectStore:
-    return ObjectStore(await bus.kv(subjects.OBJECT_STORE.name))
+    return ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
 
 
 def chaos(name: str = "x", namespace: str = "default", kind: str = "PodChaos", **meta: Any) -> dict[str, Any]:
@@ -190,7 +190,7 @@ async def test_concurrent_mutations_from_separate_connections_lose_no_update(
     await store.create(chaos())
     buses = [await busmod.connect(nats_server.url, f"w{i}") for i in range(4)]
     try:
-        stores = [ObjectStore(await b.kv(subjects.OBJECT_STORE.name)) for b in buses]
+        stores = [ObjectStore(await b.bucket(subjects.OBJECT_STORE)) for b in buses]
 
         async def worker(s: ObjectStore) -> None:
             for _ in range(5):

@@ -72,7 +72,7 @@ async def watching(
     sub = await bus.nc.subscribe(subjects.OBJECT_CHANGES, cb=on_msg)
     api = await kubeclient.api_client(str(kube.kubeconfig))
     metrics = WatcherMetrics()
-    targets = await bus.kv(subjects.TARGETS.name)
+    targets = await bus.bucket(subjects.TARGETS)
     scope = scope or Scope(cluster_scoped=False, target_namespace=kube.namespace)
     watcher = wkube.KubeWatcher(
         api, scope, ScopedCore(WatcherCore(), scope), lambda out: emit(bus, targets, out, metrics), metrics

@@ -1,0 +1,178 @@
+"""A KV bucket as the subject table declares it: values go in and come out as the msgspec Struct its
+key's pattern names (or as bytes, for a bucket declared free-form), so no caller encodes, decodes or
+reaches nats-py's KeyValue. A value that does not decode is logged and skipped, never fatal; a put
+of another type, or under a key the table does not cover, is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from chaosbus.common import kvsnapshot, signing, subjects
+from chaosbus.common import logging as cblog
+from chaosbus.common.wire import decode, encode
+
+V = TypeVar("V")
+log = cblog.get("bus")
+Seal = Callable[[bytes], bytes]
+
+
+class WrongRevision(RuntimeError):
+    """A compare-and-set lost: the key was not at the revision given (or, for create, existed)."""
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    """One change of a KV key as a follower sees it, as stored; `deleted` for a delete or purge."""
+
+    key: str
+    value: bytes
+    revision: int
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class Stored(Generic[V]):
+    """A key's value with its revision (what a compare-and-set compares). `value` is None for a
+    deleted key and for one that did not decode (logged); `data` is what is stored, byte for byte:
+    a sealed key's envelope, for the reader that checks its signature.
+    """
+
+    key: str
+    value: V | None
+    revision: int
+    data: bytes = b""
+    deleted: bool = False
+
+
+Follower = Callable[[str, str], AsyncIterator[KvEntry | None]]
+
+
+class TypedBucket(Generic[V]):
+    """get / entry / put / create / update / delete / purge / list / follow over one bucket."""
+
+    def __init__(self, entry: subjects.Bucket[V], kv: KeyValue, follower: Follower) -> None:
+        self.entry, self.kv, self._follower = entry, kv, follower
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def encode(self, key: str, value: V, seal: Seal | None = None) -> bytes:
+        """`value` as stored under `key`; TypeError for a type the table does not give that key,
+        ValueError for a key no pattern of the bucket covers. `seal` wraps it (a signed envelope).
+        """
+        keys = self._keys(key)
+        if type(value) is not keys.value:
+            raise TypeError(
+                f"{self.name}/{key} holds {keys.value.__name__}, not {type(value).__name__} (the subject table)"
+            )
+        data = value if isinstance(value, bytes) else encode(value)  # type: ignore[arg-type]
+        return data if seal is None else seal(data)
+
+    def decode(self, key: str, data: bytes) -> V | None:
+        """What is stored under `key` as the table's type, None (logged) when it does not decode."""
+        keys = self.entry.keys_of(key)
+        if keys is None:
+            log.warning("KV key outside the subject table skipped", bucket=self.name, key=key)
+            return None
+        if keys.value is bytes:
+            return data  # type: ignore[return-value]
+        try:
+            value: V = decode(signing.peek(data) if keys.sealed else data, keys.value)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
+            log.error("malformed KV value skipped", bucket=self.name, key=key, error=str(e)[:500])
+            return None
+        return value
+
+    def _keys(self, key: str) -> subjects.Keys[Any]:
+        keys = self.entry.keys_of(key)
+        if keys is None:
+            raise ValueError(f"{key!r} is no key of the {self.name} bucket in the subject table")
+        return keys
+
+    async def entry_of(self, key: str) -> Stored[V] | None:
+        """The key's value and revision; a deleted key keeps the revision of its delete marker (a
+        compare-and-set goes on from it); None for a key never written (or purged).
+        """
+        self._keys(key)
+        try:
+            got = await self.kv.get(key)
+        except KeyNotFoundError as e:
+            marker = getattr(e, "entry", None)
+            revision = getattr(marker, "revision", None)
+            return None if revision is None else Stored(key, None, revision, deleted=True)
+        data = got.value or b""
+        if not data:
+            return Stored(key, None, got.revision or 0, deleted=True)
+        return Stored(key, self.decode(key, data), got.revision or 0, data)
+
+    async def get(self, key: str) -> V | None:
+        """The key's value; None when there is none or it does not decode (logged)."""
+        found = await self.entry_of(key)
+        return None if found is None else found.value
+
+    async def put(self, key: str, value: V, *, seal: Seal | None = None) -> int:
+        """Store `value` under `key`; the revision it got."""
+        return int(await self.kv.put(key, self.encode(key, value, seal)))
+
+    async def create(self, key: str, value: V, *, seal: Seal | None = None) -> int:
+        """Store `value` only if `key` has none (WrongRevision otherwise)."""
+        data = self.encode(key, value, seal)
+        try:
+            return int(await self.kv.create(key, data))
+        except KeyWrongLastSequenceError:
+            raise WrongRevision(f"{self.name}/{key} exists") from None
+
+    async def update(self, key: str, value: V, *, last: int, seal: Seal | None = None) -> int:
+        """Store `value` only if `key` is still at revision `last` (WrongRevision otherwise)."""
+        data = self.encode(key, value, seal)
+        try:
+            return int(await self.kv.update(key, data, last=last))
+        except KeyWrongLastSequenceError:
+            raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
+
+    async def delete(self, key: str, *, last: int | None = None) -> None:
+        """Delete `key` (a marker stays, with its revision); with `last`, only at that revision."""
+        self._keys(key)
+        try:
+            await self.kv.delete(key, last=last)
+        except KeyWrongLastSequenceError:
+            raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
+
+    async def purge(self, key: str) -> None:
+        """Remove `key` and its history, leaving only a purge marker."""
+        self._keys(key)
+        await self.kv.purge(key)
+
+    async def list(self, keys: str = ">") -> builtins.list[Stored[V]]:
+        """Every live key matching `keys` now, in the bucket's order (undecodable ones skipped)."""
+        out: builtins.list[Stored[V]] = []
+        for key, data, revision in await kvsnapshot.snapshot(self.kv, keys):
+            value = self.decode(key, data) if data else None
+            if value is not None:
+                out.append(Stored(key, value, revision, data))
+        return out
+
+    async def keys(self, keys: str = ">") -> builtins.list[str]:
+        """Every live key matching `keys` now, whatever its value (one that does not decode too)."""
+        return [key for key, data, _ in await kvsnapshot.snapshot(self.kv, keys) if data]
+
+    async def follow(self, keys: str = ">") -> AsyncIterator[Stored[V] | None]:
+        """The current value of every key matching `keys`, then each change, forever; None once the
+        first snapshot is complete. A delete comes as `deleted`; an undecodable value is skipped.
+        """
+        async for change in self._follower(self.name, keys):
+            if change is None:
+                yield None
+            elif change.deleted:
+                yield Stored(change.key, None, change.revision, deleted=True)
+            elif (value := self.decode(change.key, change.value)) is not None:
+                yield Stored(change.key, value, change.revision, change.value)
