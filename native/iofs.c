@@ -704,8 +704,15 @@ static void *fs_init(struct fuse_conn_info *conn, struct fuse_config *cfg) {
 static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi) {
     char name[4096];
     const char *rp = rule_path(path, fi, name, sizeof name);
-    INJECT(rp, M_GETATTR);
     int hidden = rp == name;
+    /* libfuse checking that a hidden name is free is no call of the target's: a rule matching the
+     * name would make it give up, and the unlink of an open file fail with EBUSY. */
+    int probe = !fi && !hidden && hidden_name(path);
+    struct effects fx = {0};
+    if (!probe) {
+        int e = inject(rp, M_GETATTR, &fx);
+        if (e) return e;
+    }
     int r, fd = !fi && hidden ? hidden_dup(path) : -1;
     if (fi) r = fstat(FD(fi), st);
     else if (fd >= 0) r = fstat(fd, st);
@@ -714,7 +721,7 @@ static int fs_getattr(const char *path, struct stat *st, struct fuse_file_info *
     if (fd >= 0) close(fd);
     if (r) {
         /* libfuse checks a hidden name is free before it hides a file under it (see fs_rename). */
-        if (e == ENOENT && !fi && hidden_name(path)) snprintf(hidden_probe, sizeof hidden_probe, "%s", path);
+        if (e == ENOENT && probe) snprintf(hidden_probe, sizeof hidden_probe, "%s", path);
         return -e;
     }
     /* libfuse takes one link off a hidden file's count: its name is really gone here already. */

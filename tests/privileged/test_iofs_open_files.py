@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.iofstarget import READ, Target, ctx_for, eventually, io, volume_target
+from helpers.iofstarget import GETATTR, READ, Target, ctx_for, eventually, io, volume_target
 
 from chaosbus.injector import faults
 from chaosbus.injector.backends.native import native_dir
@@ -76,10 +76,15 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
     d.mkdir()
     (d / "f.txt").write_text("kept f\n")
     (d / "g.txt").write_text("kept g\n")
-    # Mounted with a rule on f.txt's reads: f.txt is opened with its reads through iofs.
+    # Mounted with a rule on f.txt's reads (f.txt is opened with its reads through iofs), and one
+    # failing stat of the directory's dotfiles: the names libfuse hides open files under are such,
+    # yet its check that one is free is no call of the target's and must not fail the unlink.
     spec = io(target, action="fault", path=f"{target.vol}/d/f.txt", methods=READ, errno=5)
     ctx = ctx_for(target, spec)
     FAULT.apply(ctx, spec)
+    dotfiles = io(target, action="fault", path=f"{target.vol}/d/.*", methods=GETATTR, errno=5)
+    dot_ctx = ctx_for(target, dotfiles)
+    FAULT.apply(dot_ctx, dotfiles)
     holder = subprocess.Popen(
         ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", HOLDER, f"{target.vol}/d"],
         stdin=subprocess.PIPE,
@@ -101,6 +106,7 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
         assert not d.exists() and not list(target.host.rglob(".fuse_hidden*"))
         # The rule on f.txt's name still applies to its open descriptor; g's reads its old data.
         assert step("read") == {"f": 5, "g": "kept g\n"}
+        FAULT.recover(dot_ctx, dotfiles)
         FAULT.recover(ctx, spec)
         assert target.mounted() == 0
         # Recovery returns once iofs, still serving the open files, has dropped the rule.
@@ -112,5 +118,6 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
         if holder.poll() is None:
             holder.kill()
             holder.wait()
+        FAULT.recover(dot_ctx, dotfiles)
         FAULT.recover(ctx, spec)
     assert eventually(lambda: not list(target.host.rglob(".fuse_hidden*")) and not d.exists())
