@@ -184,6 +184,10 @@ class NodeCommand(ExperimentRef, kw_only=True, frozen=True):
     actions: list[TargetAction] = []
     # Peer lists shared by the actions' faults, sent once (commands.py): name -> pod IPs.
     peer_sets: dict[str, list[str]] = {}
+    # The node's lease, sent with the first apply for that node instead of ahead of it, under the
+    # command's own signature and sequence (one message, one check, one journal write per apply).
+    # A node honours it like one on chaos.lease.<node> only if it is newer than the last it took.
+    lease: NodeLease | None = None
 
 
 # --- injector -> scheduler, recorder: per-target results --------------------------------------

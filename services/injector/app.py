@@ -239,7 +239,10 @@ class Edge:
     async def _consume(self, bus: busmod.Bus) -> None:
         async def handle(cmd: m.NodeCommand) -> None:
             ticket = self._tickets.pop(cmd.command_id, None)
-            mark = None if ticket is None else SignedMark(ticket.kid, ticket.seq, ticket.exp)
+            mark = None if ticket is None else SignedMark(ticket.kid, ticket.seq, ticket.exp, ticket.lease_subject)
+            if cmd.lease is not None and subjects.token(cmd.lease.node) == subjects.token(self.name):
+                # Before the fault, as a lease sent ahead of it was; journaled with the command.
+                await self.node.on_lease(cmd.lease)
             try:
                 journaled = await run(cmd, ticket, mark)
             except BaseException:

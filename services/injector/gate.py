@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, TypeVar
 
 import msgspec
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import signing
+from chaosbus.common import signing, subjects
 
 M = TypeVar("M", bound=m.Message)
 audit = cblog.get("audit")
@@ -38,11 +38,15 @@ class HaltIn:
 
 @dataclass(frozen=True)
 class Ticket:
-    """A signed command accepted for execution: remembered as executed once it has been."""
+    """A signed command accepted for execution: remembered as executed once it has been.
+    `lease_subject`: the lease stream whose newest lease the command carried ("" if none), to be
+    journaled with it.
+    """
 
     kid: str
     seq: int
     exp: float
+    lease_subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,32 @@ class Gate:
         if cmd is None:
             return None
         ticket = Ticket(opened.kid, opened.claims.seq, opened.claims.exp)
+        if cmd.lease is not None:
+            cmd, ticket = self._carried_lease(cmd, opened, subject, ticket)
         self.replays.mark(ticket.kid, ticket.seq, ticket.exp)
         if now - self._pruned > PRUNE_EVERY_S:
             self.replays.prune(now)
             self._pruned = now
         return cmd, ticket
+
+    def _carried_lease(
+        self, cmd: m.NodeCommand, opened: signing.Opened, subject: str, ticket: Ticket
+    ) -> tuple[m.NodeCommand, Ticket]:
+        """A lease inside a command is signed with it: it is taken as the newest lease of its
+        node's lease stream if the command's sequence is newer than the last lease taken there,
+        and dropped otherwise (a command redelivered after a later lease), the command still runs.
+        A lease for another node than the command's subject is dropped too.
+        """
+        assert cmd.lease is not None
+        stream = subjects.lease_subject(cmd.lease.node)
+        if subjects.command_subject(cmd.lease.node) != subject:
+            cblog.get("injector").warning("lease for another node dropped", subject=subject, node=cmd.lease.node)
+            return msgspec.structs.replace(cmd, lease=None), ticket
+        try:
+            self.replays.check_newer(opened, stream)
+        except signing.Refused:
+            return msgspec.structs.replace(cmd, lease=None), ticket
+        return cmd, replace(ticket, lease_subject=stream)
 
     def failed(self, ticket: Ticket | None) -> None:
         """The command did not complete (it will be redelivered): its redelivery is no replay."""

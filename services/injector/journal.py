@@ -20,8 +20,9 @@ Tables:
             experiments exempt from the lease.
   signed    (signer key id, sequence, expiry) of every signed command executed, until it
             expires: a restarted injector refuses a replay of one.
-  leases    (signer key id, subject) -> the sequence of the newest lease accepted: a restarted
-            injector refuses that lease and older ones (written without an fsync of its own).
+  leases    (signer key id, subject) -> the sequence of the newest lease accepted, alone (written
+            without an fsync of its own) or inside a command (with that command's mark): a
+            restarted injector refuses that lease and older ones.
   netns     every network namespace this node ever touched: the orphan sweeper's scope.
 """
 
@@ -153,12 +154,14 @@ class Report:
 @dataclass(frozen=True)
 class SignedMark:
     """A signed command executed here: its signer's key id, sequence and expiry (a restarted
-    injector refuses a replay of it until it expires).
+    injector refuses a replay of it until it expires). `lease_subject`: the lease stream whose
+    newest lease the command carried ("": none), recorded as if that lease had come on its own.
     """
 
     kid: str
     seq: int
     exp: float
+    lease_subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,7 +278,7 @@ class Journal:
             if command_id:
                 db.execute("INSERT OR REPLACE INTO commands VALUES (?, ?)", (command_id, now))
             if signed is not None:
-                db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (signed.kid, signed.seq, signed.exp))
+                _mark(db, signed)
 
     # --- commands, outbox -----------------------------------------------------------------------
 
@@ -335,7 +338,7 @@ class Journal:
     def remember_signed(self, mark: SignedMark) -> None:
         """A signed command's mark on its own (one that ends without a result commit)."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (mark.kid, mark.seq, mark.exp))
+            _mark(db, mark)
 
     def signed(self, now: float) -> list[tuple[str, int, float]]:
         """Signed commands executed here that have not expired yet."""
@@ -345,19 +348,15 @@ class Journal:
         ]
 
     def remember_lease(self, kid: str, subject: str, seq: int) -> None:
-        """The newest lease accepted from `kid` on `subject` (writes may arrive out of order: the
-        highest sequence stays). Written without an fsync of its own: the scheduler sends a lease
-        just ahead of every apply, and its fsync held the journal while the apply's intent waited
-        for it (in signed mode only). A killed injector
-        still finds it; a power loss may lose it, and a lease replayed after the reboot is bounded
-        by its own expiry (and the faults it could hold that end with the machine are gone).
+        """The newest lease accepted from `kid` on `subject`, one that came on its own (a lease
+        carried by a command is marked with it, `SignedMark.lease_subject`). Written without an
+        fsync of its own: a renewal must not hold the journal while an apply's intent waits for
+        it. A killed injector still finds it; a power loss may lose it, and a lease replayed after
+        the reboot is bounded by its own expiry (and the faults it could hold that end with the
+        machine are gone).
         """
         with self._tx(fsync=False) as db:
-            db.execute(
-                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) "
-                "DO UPDATE SET seq = max(seq, excluded.seq)",
-                (kid, subject, seq),
-            )
+            _newest_lease(db, kid, subject, seq)
 
     def leases(self) -> list[tuple[str, str, int]]:
         return [(str(k), str(s), int(q)) for k, s, q in self._query("SELECT kid, subject, seq FROM leases")]
@@ -461,4 +460,18 @@ def _entry(r: tuple[Any, ...]) -> Entry:
         command_id=r[14],
         created=r[15],
         updated=r[16],
+    )
+
+
+def _mark(db: sqlite3.Connection, mark: SignedMark) -> None:
+    db.execute("INSERT OR REPLACE INTO signed VALUES (?, ?, ?)", (mark.kid, mark.seq, mark.exp))
+    if mark.lease_subject:
+        _newest_lease(db, mark.kid, mark.lease_subject, mark.seq)
+
+
+def _newest_lease(db: sqlite3.Connection, kid: str, subject: str, seq: int) -> None:
+    """Writes may arrive out of order: the highest sequence stays."""
+    db.execute(
+        "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (kid, subject) DO UPDATE SET seq = max(seq, excluded.seq)",
+        (kid, subject, seq),
     )

@@ -1,7 +1,9 @@
 """What the scheduler sends, and in which order for one experiment: its memory (KV `scheduler`) and
-its decision (`chaos.phase.<uid>`) together, then the node's lease, then its node commands once
-both are stored. Different experiments' writes of one batch are in flight together (one round
-trip for all, not one each).
+its decision (`chaos.phase.<uid>`) together, then its node commands once both are stored, the
+node's lease inside the first apply command for that node (`NodeCommand.lease`: one message, one
+signature check and one journal write on the node, where a lease sent ahead was two of each).
+Different experiments' writes of one batch are in flight together (one round trip for all, not
+one each).
 
 An experiment whose memory or decision could not be stored sends nothing further in this batch
 (its targets stay in flight, so the in-flight timeout sends again what is then wanted); one whose
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import msgspec
 import nats.errors
 
 from chaosbus.common import bus as busmod
@@ -30,6 +33,7 @@ from chaosbus.scheduler.metrics import SchedulerMetrics
 
 log = cblog.get("scheduler")
 COMMAND_HEADROOM = 8192  # below max_payload: headers, the encoder's rounding, the signed envelope (~300 B)
+LEASE_FIELD_BYTES = 16  # `,"lease":` around an encoded lease inside a command
 LEASE_EXTRA_S = 30.0  # a lease stays valid this much past its ttl: clocks of two machines differ
 T = TypeVar("T")
 
@@ -74,14 +78,14 @@ class Outbox:
         # records from, are stored before any command leaves (together: neither needs the other).
         await asyncio.gather(self.remember(changes, sent), self.decide(out.decisions, sent))
         commands = [c for c in out.commands if c.experiment_uid not in sent.blocked]
-        applying = {c.node for c in commands if any(a.op == "apply" for a in c.actions)}
-        if applying:  # the lease (and any opt-out) reaches the node before the fault does
-            await self.send_leases(applying)
+        applying = {c.node for c in commands if _applies(c)}
+        # The lease (and any opt-out) reaches the node with, and so before, the fault.
+        leases = {ls.node: ls for ls in self.core.leases(time.time(), self.lease_ttl, self.instance, applying)}
         by_node: dict[str, list[m.NodeCommand]] = {}
         for c in commands:
             by_node.setdefault(c.node, []).append(c)
         # Nodes in parallel, each node's commands in order.
-        await asyncio.gather(*(self._send_in_order(cmds, sent) for cmds in by_node.values()))
+        await asyncio.gather(*(self._send_in_order(cmds, sent, leases.get(n)) for n, cmds in by_node.items()))
         return sent
 
     async def remember(self, changes: Changes, sent: Sent) -> None:
@@ -124,15 +128,29 @@ class Outbox:
                 sent.failed.add(d.experiment_uid)
                 log.error("decision not published", experiment=d.name, error=repr(err)[:500])
 
-    async def _send_in_order(self, commands: list[m.NodeCommand], sent: Sent) -> None:
+    async def _send_in_order(self, commands: list[m.NodeCommand], sent: Sent, lease: m.NodeLease | None) -> None:
         """Each command in parts below max_payload (commands.py); an experiment whose part NATS
-        still refuses is marked too large, and its later commands are not sent.
+        still refuses is marked too large, and its later commands are not sent. `lease` goes in
+        the first part of the first apply (split that much smaller), or on its own ahead of the
+        commands where there is no such part to carry it.
         """
         budget = self.bus.nc.max_payload - COMMAND_HEADROOM
+        room = 0 if lease is None else len(busmod.encode(lease)) + LEASE_FIELD_BYTES
+        carrier = None
+        if lease is not None and room <= budget // 2:
+            carrier = next((c for c in commands if c.experiment_uid not in sent.blocked and _applies(c)), None)
+        if lease is not None and carrier is None:
+            await self.send_lease(lease)
         for c in commands:
             if c.experiment_uid in sent.blocked:
+                if c is carrier and lease is not None:  # it will not be sent: the lease goes on its own
+                    carrier = None
+                    await self.send_lease(lease)
                 continue
-            for part in cmdparts.parts(c, budget):
+            parts = cmdparts.parts(c, budget - room if c is carrier else budget)
+            if c is carrier:
+                parts[0] = msgspec.structs.replace(parts[0], lease=lease)
+            for part in parts:
                 try:
                     await self.bus.publish(
                         subjects.COMMANDS,
@@ -190,8 +208,15 @@ class Outbox:
 
     async def send_leases(self, nodes: set[str] | None = None) -> None:
         for lease in self.core.leases(time.time(), self.lease_ttl, self.instance, nodes):
-            with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
-                await self.bus.signal(subjects.LEASES, subjects.lease_subject(lease.node), lease, seal=self.seal_lease)
+            await self.send_lease(lease)
+
+    async def send_lease(self, lease: m.NodeLease) -> None:
+        with contextlib.suppress(Exception):  # core NATS: the next renewal covers a lost one
+            await self.bus.signal(subjects.LEASES, subjects.lease_subject(lease.node), lease, seal=self.seal_lease)
+
+
+def _applies(c: m.NodeCommand) -> bool:
+    return any(a.op == "apply" for a in c.actions)
 
 
 async def _each(aws: Iterable[Awaitable[None]]) -> list[BaseException | None]:

@@ -222,6 +222,9 @@ async def test_kill9_mid_experiment_recovers_the_expired_fault_within_a_second_o
     await wait_logged(procs[0], "scheduler ready")
     uid = await apply(bus, "timed", "3s")
     await injector.until(lambda: injector.ops(uid) == ["apply"], 10)
+    [(_, applied)] = [x for x in injector.received if x[1].experiment_uid == uid]
+    # the node's lease comes inside the apply, signed with it: not a message of its own ahead of it
+    assert applied.lease is not None and applied.lease.node == NODE and applied.lease.held == [uid]
 
     async def injected() -> bool:
         mem = await remembered(bus, uid)
@@ -250,6 +253,7 @@ async def test_kill9_mid_experiment_recovers_the_expired_fault_within_a_second_o
     )
     assert recovered_at - ready < 1.0
     assert injector.ops(uid) == ["apply", "recover"]  # nothing applied twice
+    assert [c.lease for _, c in injector.received if c.experiment_uid == uid][1:] == [None]  # a recover holds nothing
 
 
 async def test_standby_takes_over_within_15s_of_the_leader_dying(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -373,3 +374,69 @@ async def test_a_restarted_injector_refuses_a_replay_of_a_lease_it_accepted(
         await eventually(lambda: again.node.lease.ttl_s == 9.0)
     finally:
         await again.stop()
+
+
+def claims_seq(sealed: bytes) -> int:
+    env = busmod.decode(sealed, m.Signed)
+    return busmod.decode(bytes(env.body), m.Claims).seq
+
+
+async def test_a_lease_carried_by_a_command_is_honoured_journaled_and_older_ones_refused_after_a_restart(
+    injector: Injector, bus: busmod.Bus, tmp_path: Path, nats_server: natsserver.EmbeddedServer
+) -> None:
+    subject = subjects.lease_subject("n1")
+    older = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=5.0, held=["exp-old"]), ttl_s=60.0)
+    ran = tmp_path / "ran"
+    carried = m.NodeLease(node="n1", ttl_s=7.0, held=["exp-carried"])
+    captured = seal_command(msgspec.structs.replace(append_task(ran), lease=carried))
+    await send(bus, captured)
+    await eventually(lambda: results(bus))
+    node = injector.node
+    assert node.lease.ttl_s == 7.0  # (what it holds is forgotten at once here: no fault is open)
+    # journaled with the command's own mark, in the transaction that journaled its results
+    assert (SCHEDULER.kid, subject, claims_seq(captured)) in node.journal.leases()
+    await bus.nc.publish(subject, older)  # signed before the command: not after the lease it carried
+    await eventually(lambda: injector.refused("lease", "replayed") == 1)
+    assert node.lease.ttl_s == 7.0
+    await drained(bus)
+    await injector.stop()
+    again = await start(tmp_path / "journal.db", nats_server.url)
+    try:
+        await send(bus, captured)  # the command with its lease, captured and sent again
+        await eventually(lambda: again.refused("command", "replayed") == 1)
+        await bus.nc.publish(subject, older)
+        await eventually(lambda: again.refused("lease", "replayed") == 1)
+        await drained(bus)
+        assert again.node.lease.ttl_s == 15.0 and again.node.lease.last_heard is None
+        assert ran.read_text() == "ran\n" and await results(bus) == 1
+    finally:
+        await again.stop()
+
+
+async def test_a_command_carrying_an_outdated_or_another_nodes_lease_runs_without_it(
+    injector: Injector, bus: busmod.Bus, tmp_path: Path
+) -> None:
+    subject = subjects.lease_subject("n1")
+    ran = tmp_path / "ran"
+    outdated = seal_command(
+        msgspec.structs.replace(
+            append_task(ran),
+            experiment_uid="exp-task-2",
+            lease=m.NodeLease(node="n1", ttl_s=3.0, held=["exp-outdated"]),
+        )
+    )
+    foreign = seal_command(
+        msgspec.structs.replace(append_task(ran), lease=m.NodeLease(node="n2", ttl_s=4.0, held=["exp-foreign"]))
+    )
+    newer = SCHEDULER.seal_message(subject, m.NodeLease(node="n1", ttl_s=9.0, held=[]), ttl_s=60.0)
+    node = injector.node
+    await send(bus, foreign)
+    await eventually(lambda: results(bus))  # consuming: the lease subject is listened to by now
+    assert node.lease.ttl_s == 15.0 and node.lease.last_heard is None
+    await bus.nc.publish(subject, newer)
+    await eventually(lambda: node.lease.ttl_s == 9.0)
+    await send(bus, outdated)  # signed before that lease (a command redelivered after it)
+    await eventually(lambda: ran.read_text() == "ran\nran\n")
+    await drained(bus)
+    assert node.lease.ttl_s == 9.0
+    assert injector.refused("command", "replayed") == 0 and injector.refused("lease", "replayed") == 0

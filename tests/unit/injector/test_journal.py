@@ -14,7 +14,7 @@ from unit.injector.factories import entry
 
 from chaosbus.common import messages as m
 from chaosbus.injector import journal as jr
-from chaosbus.injector.journal import Change, Journal, NetnsRef, Report
+from chaosbus.injector.journal import Change, Journal, NetnsRef, Report, SignedMark
 
 
 @pytest.fixture
@@ -167,6 +167,18 @@ def test_a_killed_injector_leaves_its_unsynced_intents_lease_marks_and_signed_ma
         assert [r.msg_id for r in again.outbox()] == ["c1"]
     finally:
         again.close()
+
+
+def test_a_lease_carried_by_a_command_is_marked_with_it_and_only_a_newer_one_replaces_it(journal: Journal) -> None:
+    journal.commit([], command_id="c1", signed=SignedMark("kid-1", 7, 2e9, lease_subject="chaos.lease.n1"))
+    assert journal.leases() == [("kid-1", "chaos.lease.n1", 7)]
+    journal.remember_lease("kid-1", "chaos.lease.n1", 5)  # an older lease written late
+    journal.remember_signed(SignedMark("kid-1", 6, 2e9, lease_subject="chaos.lease.n1"))
+    assert journal.leases() == [("kid-1", "chaos.lease.n1", 7)]
+    journal.remember_signed(SignedMark("kid-1", 9, 2e9, lease_subject="chaos.lease.n1"))
+    journal.commit([], command_id="c2", signed=SignedMark("kid-1", 10, 2e9))  # carried none
+    assert journal.leases() == [("kid-1", "chaos.lease.n1", 9)]
+    assert sorted(journal.signed(now=1e9)) == [("kid-1", s, 2e9) for s in (6, 7, 9, 10)]
 
 
 def test_an_unsynced_intent_leaves_the_journal_in_its_sync_mode(journal: Journal) -> None:
