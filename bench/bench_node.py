@@ -55,8 +55,10 @@ class FsyncedPartition:
     def __init__(self) -> None:
         self.inner = partition.PartitionFault()
 
-    def original_state(self, experiment_uid: str, action: m.TargetAction, containers: object = ()) -> dict[str, Any]:
-        return self.inner.original_state(experiment_uid, action, containers)
+    def original_state(
+        self, experiment_uid: str, action: m.TargetAction, containers: object = (), backends: object = None
+    ) -> dict[str, Any]:
+        return self.inner.original_state(experiment_uid, action, containers, backends)
 
     def apply(self, ctx: faults.FaultContext, spec: m.FaultSpec) -> str:
         return self.inner.apply(ctx, spec)

@@ -411,7 +411,9 @@ async def main(args: argparse.Namespace) -> None:
                 edge.run(args.nats),
             )
             return
-        sweeper = Sweeper(journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread)
+        sweeper = Sweeper(
+            journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread, backends=executor.backends
+        )
         swept = await sweeper.sweep()
         log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
         await service.run_forever(

@@ -140,7 +140,7 @@ class Executor:
             action=action,
             identity=identity_of(action.pod_uid, handles),
             original=faults.original_state(
-                faults.spec_tag(action.fault), cmd.experiment_uid, action, self.registry, handles
+                faults.spec_tag(action.fault), cmd.experiment_uid, action, self.registry, handles, self.backends
             ),
             deadline=cmd.deadline if is_lasting else None,
             lasting=is_lasting,

@@ -27,6 +27,7 @@ from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector import executor as ex
 from chaosbus.injector import faults
 from chaosbus.injector.backends import procs
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.backends.procs import KEY_ENV, NODE_ENV, helper_env
 from chaosbus.injector.journal import Entry, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
@@ -55,12 +56,16 @@ class Sweeper:
         run: Runner | None = None,
         registry: dict[str, faults.Fault] | None = None,
         tags: Iterable[str] | None = None,
+        backends: Backends | None = None,
     ) -> None:
-        """`tags`: the faults whose orphans are swept (default: every fault that declares some)."""
+        """`tags`: the faults whose orphans are swept (default: every fault that declares some);
+        `backends`: the injector's, which orphans are looked for and removed through (default: the
+        process's default backends)."""
         if scope not in SCOPES:
             raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
         self.journal, self.gate, self.node, self.scope = journal, gate, node, scope
         self.orphans = faults.orphans(registry, tags)
+        self.backends = backends or process_backends()
         self._run = run  # how blocking calls are run (a thread pool); None: inline (tests)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -93,7 +98,7 @@ class Sweeper:
         found: dict[str, list[str]] = {}
         for tag, orphans in self.orphans.items():
             try:
-                if items := await self._call(orphans.find, ref.path):
+                if items := await self._call(orphans.find, ref.path, self.backends):
                     found[tag] = items
             except Exception as e:  # an unreadable namespace is reported, the others are swept
                 report.errors.append(f"{ref.path}: {e}")
@@ -110,7 +115,12 @@ class Sweeper:
                 for item in items:
                     if item not in owned:
                         await self._remove(
-                            report, f"{orphans.what} {item} in {ref.path}", orphans.remove, ref.path, item
+                            report,
+                            f"{orphans.what} {item} in {ref.path}",
+                            orphans.remove,
+                            ref.path,
+                            item,
+                            self.backends,
                         )
 
     async def _remove(self, report: SweepReport, what: str, fn: Callable[..., Any], *args: Any) -> None:

@@ -152,8 +152,8 @@ def test_a_gone_target_counts_as_recovered_and_its_responder_stops(lab: Lab) -> 
     assert not process_backends().dns.running()
     # the netns lives on here (the pod's server holds it): the table is the sweeper's to find
     path = lab.pods[2].net.netns_path
-    assert fault.orphans.find(path) == [table_name("dns-gone", ".")]
-    fault.orphans.remove(path, table_name("dns-gone", "."))
+    assert fault.orphans.find(path, process_backends()) == [table_name("dns-gone", ".")]
+    fault.orphans.remove(path, table_name("dns-gone", "."), process_backends())
     assert_clean(lab)
 
 

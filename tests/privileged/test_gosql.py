@@ -16,6 +16,7 @@ from helpers.gotargets import SOURCES, QueryLog, failing, go_binary, sqlloop_arg
 
 from chaosbus.common.messages import GoSqlError, TargetAction
 from chaosbus.injector.backends import gosql, timeskew
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.faults import FaultContext, FaultError
 from chaosbus.injector.faults.go_sql_error import GoSqlErrorFault
 from chaosbus.injector.runtime import ContainerHandle
@@ -152,7 +153,7 @@ def test_the_fault_journals_applies_and_recovers(targets: list[GoTarget]) -> Non
     targets.append(t)
     fault = GoSqlErrorFault()
     handles = _ctx([t.pid], {}).containers
-    original = fault.original_state("uid", _ctx([t.pid], {}).action, handles)
+    original = fault.original_state("uid", _ctx([t.pid], {}).action, handles, process_backends())
     proc = original["processes"][0]
     assert proc["pid"] == t.pid and proc["sites"][0][0] == "database/sql.(*DB).QueryContext"
     ctx = _ctx([t.pid], original, deadline=time.time() + 60)
@@ -170,7 +171,7 @@ def test_a_target_without_go_is_refused_naming_why() -> None:
     try:
         fault = GoSqlErrorFault()
         ctx = _ctx([sleeper.pid], {})
-        original = fault.original_state("uid", ctx.action, ctx.containers)
+        original = fault.original_state("uid", ctx.action, ctx.containers, process_backends())
         with pytest.raises(
             FaultError,
             match=r"no Go program with database/sql in the target \(pid \d+: "
@@ -188,17 +189,17 @@ def test_the_sweeper_restores_a_patch_no_journal_entry_owns(targets: list[GoTarg
     targets.append(t)
     netns = f"/proc/{t.pid}/ns/net"
     orphans = GoSqlErrorFault.orphans
-    assert orphans.find(netns) == []
+    assert orphans.find(netns, process_backends()) == []
     plan = gosql.plan(t.pid)
     gosql.inject(plan)
     both_calls_fail(t, t.mark())
-    found = orphans.find(netns)
+    found = orphans.find(netns, process_backends())
     assert found == [f"{t.pid}:{timeskew.start_ticks(t.pid)}"]
     assert orphans.owned([{"processes": [{"pid": t.pid, "start": timeskew.start_ticks(t.pid)}]}]) == set(found)
-    orphans.remove(netns, found[0])
+    orphans.remove(netns, found[0], process_backends())
     assert in_memory(t.pid, plan)
     t.wait(succeeding, since=t.mark(), count=6)
-    assert orphans.find(netns) == [] and t.alive()
+    assert orphans.find(netns, process_backends()) == [] and t.alive()
 
 
 def test_a_go_program_without_database_sql_is_named_with_the_reason() -> None:

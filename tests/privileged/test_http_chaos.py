@@ -232,6 +232,6 @@ def test_a_gone_target_counts_as_recovered_and_its_proxy_stops(lab: Lab, server:
         time.sleep(0.1)
     assert not process_backends().http.running()
     path = lab.pods[2].net.netns_path
-    assert fault.orphans.find(path) == [table_name("http-gone", ".")]
-    fault.orphans.remove(path, table_name("http-gone", "."))
+    assert fault.orphans.find(path, process_backends()) == [table_name("http-gone", ".")]
+    fault.orphans.remove(path, table_name("http-gone", "."), process_backends())
     assert_clean(lab, server)

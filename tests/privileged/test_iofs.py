@@ -26,6 +26,7 @@ from helpers.ioprobe import probe
 from chaosbus.common.crd import iochaos
 from chaosbus.injector import faults
 from chaosbus.injector.backends import iofs
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.backends.native import native_dir
 
 pytestmark = pytest.mark.privileged
@@ -228,11 +229,11 @@ def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None
     netns = f"/proc/{target.pid}/ns/net"
     item = f"{os.stat(f'/proc/{target.pid}/ns/mnt').st_ino}:{target.vol}"
     try:
-        assert item in orphans.find(netns)
+        assert item in orphans.find(netns, process_backends())
         assert item in (orphans.owned([dict(ctx.original)]) or set())  # its entry is open: kept
-        orphans.remove(netns, item)  # as the sweeper does once no open entry owns it
+        orphans.remove(netns, item, process_backends())  # as the sweeper does once no open entry owns it
         assert target.mounted() == 0
-        assert item not in orphans.find(netns)
+        assert item not in orphans.find(netns, process_backends())
         assert probe(target.pid, [("read", f"{target.vol}/b.txt")])[0].value == "other file\n"
     finally:
         FAULT.recover(ctx, spec)

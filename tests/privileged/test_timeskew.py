@@ -12,6 +12,7 @@ from helpers.clocktargets import ClockTarget, c_argv, gettimeofday_skew, monoton
 
 from chaosbus.injector import faults
 from chaosbus.injector.backends import timeskew
+from chaosbus.injector.backends.kit import process_backends
 
 HOUR_NS = 3600 * 10**9
 TOLERANCE_NS = 10 * 10**6
@@ -124,12 +125,12 @@ def test_the_sweeper_restores_a_skew_no_open_entry_owns(targets: list[ClockTarge
     orphans = faults.orphans(tags=["time-skew"])["time-skew"]
     netns = f"/proc/{pid}/ns/net"
     item = f"{pid}:{timeskew.start_ticks(pid)}"
-    assert orphans.find(netns) == [item]
+    assert orphans.find(netns, process_backends()) == [item]
     journaled = {"processes": [{"pid": pid, "start": timeskew.start_ticks(pid), "patches": []}]}
     assert orphans.owned([journaled]) == {item}  # an open entry owns it: the sweeper leaves it
-    orphans.remove(netns, item)
+    orphans.remove(netns, item, process_backends())
     assert vdso_is(pid, originals)
-    assert orphans.find(netns) == []
+    assert orphans.find(netns, process_backends()) == []
     _assert_shifted(base, _skews(owned_target, 1), 0)
 
 

@@ -32,7 +32,8 @@ import mmap
 import os
 import struct
 import subprocess
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 
 from chaosbus.injector.backends.goelf import ElfInfo, NotElf, parse_elf
 from chaosbus.injector.backends.gostub import (
@@ -94,18 +95,31 @@ class Plan:
     cave: tuple[int, int] | None = None  # (address, length) the payload may go to instead of a new page
 
 
-@dataclass
-class _Cache:
-    by_file: dict[tuple[int, int, int], ElfInfo] = field(default_factory=dict)
-
-
-_cache = _Cache()
 MAX_CACHED = 256
 
 
-def elf_of(pid: int) -> tuple[ElfInfo, mmap.mmap, str]:
-    """The process's binary: parsed (cached per file), mapped (the caller closes it) and its path
-    as the process sees it.
+class ElfCache:
+    """Parsed binaries by file (device, inode, mtime): a node's pods run few distinct programs, and
+    the sweeper looks at every process of a namespace. Each `Backends` keeps one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_file: dict[tuple[int, int, int], ElfInfo] = {}
+
+    def get(self, key: tuple[int, int, int]) -> ElfInfo | None:
+        with self._lock:
+            return self._by_file.get(key)
+
+    def put(self, key: tuple[int, int, int], info: ElfInfo) -> None:
+        with self._lock:
+            if len(self._by_file) >= MAX_CACHED:
+                self._by_file.clear()
+            self._by_file[key] = info
+
+
+def elf_of(pid: int, cache: ElfCache | None = None) -> tuple[ElfInfo, mmap.mmap, str]:
+    """The process's binary: parsed (through `cache`, when given), mapped (the caller closes it)
+    and its path as the process sees it.
 
     Raises:
         GoSqlError: gone, or not a readable ELF file.
@@ -123,7 +137,7 @@ def elf_of(pid: int) -> tuple[ElfInfo, mmap.mmap, str]:
     except PermissionError as e:
         raise GoSqlError(f"cannot read {exe}: {e}") from e
     key = (st.st_dev, st.st_ino, st.st_mtime_ns)
-    info = _cache.by_file.get(key)
+    info = cache.get(key) if cache is not None else None
     if info is None:
         try:
             info = parse_elf(data, (*FUNCTIONS, *ITABS, ERROR_METHOD))
@@ -133,9 +147,8 @@ def elf_of(pid: int) -> tuple[ElfInfo, mmap.mmap, str]:
         except (struct.error, IndexError, ValueError) as e:
             data.close()
             raise GoSqlError(f"{path}: unreadable ELF file ({e})", unsupported=True) from e
-        if len(_cache.by_file) >= MAX_CACHED:
-            _cache.by_file.clear()
-        _cache.by_file[key] = info
+        if cache is not None:
+            cache.put(key, info)
     return info, data, path
 
 
@@ -175,14 +188,14 @@ def _itab_in_memory(pid: int, info: ElfInfo, bias: int) -> int | None:
     return None
 
 
-def plan(pid: int) -> Plan:
-    """What `inject` would change in `pid` (nothing is written).
+def plan(pid: int, cache: ElfCache | None = None) -> Plan:
+    """What `inject` would change in `pid` (nothing is written); `cache`: parsed binaries to reuse.
 
     Raises:
         GoSqlError: `unsupported` naming why (not Go, no database/sql, nothing naming its functions),
             `gone`.
     """
-    info, data, path = elf_of(pid)
+    info, data, path = elf_of(pid, cache)
     try:
         return _plan(pid, info, data, path)
     finally:
@@ -303,6 +316,7 @@ def restore(pid: int, sites: list[tuple[int, bytes]]) -> int:
 __all__ = [
     "MESSAGE",
     "NO_DEADLINE",
+    "ElfCache",
     "GoSqlError",
     "Injected",
     "Plan",

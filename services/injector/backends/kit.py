@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from chaosbus.injector.backends import dnsresponder, httpproxy, nft, pernetns, tc
+from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, nft, pernetns, procs, tc
 from chaosbus.injector.backends.exemptions import Exemptions
 from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
 
@@ -22,6 +22,8 @@ class Backends:
     http: pernetns.Servers[httpproxy.Proxy]  # HTTPChaos proxies, one per network namespace
     runtimes: Runtimes  # the container runtimes' adapters (CRI, Docker) that resolve container IDs
     exempt: Exemptions  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
+    elf: gosql.ElfCache  # parsed Go binaries (GolangChaos plans, its sweep)
+    netns_procs: procs.NetnsProcesses  # the processes of each netns, for the sweeps that look at them
 
 
 def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) -> Backends:
@@ -35,6 +37,8 @@ def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) ->
         http=httpproxy.servers(),
         runtimes=Runtimes(runtimes),
         exempt=Exemptions(nats_url),
+        elf=gosql.ElfCache(),
+        netns_procs=procs.NetnsProcesses(),
     )
 
 

@@ -10,7 +10,7 @@ Besides `apply` and `recover`, a fault module declares what the injector's machi
 about it, as optional attributes (defaults in brackets): `one_shot` (False: it leaves state that
 is journaled until recovered), `batched` (False), `ends_with_machine` (False: its effect may outlive
 this machine, an API object say; True: it lives only in this machine's kernel or processes, so
-its intent is journaled without an fsync of its own), `original_state(experiment_uid, action, containers)`
+its intent is journaled without an fsync of its own), `original_state(experiment_uid, action, containers, backends)`
 (what recovering restores, journaled before `apply` runs and handed back to `apply` and `recover`
 as `FaultContext.original`; {}) and `orphans` (None: the marked kernel objects the
 orphan sweeper removes when no open journal entry owns them). Adding a fault: a module here ending
@@ -96,8 +96,9 @@ class Orphans(Protocol):
 
     what: str  # for the sweep report: "nft table", "traffic shaping"
 
-    def find(self, netns_path: str) -> list[str]:
-        """The marked objects in the namespace (their names); raises if the namespace cannot be read."""
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
+        """The marked objects in the namespace (their names), read through the injector's
+        `backends`; raises if the namespace cannot be read."""
         ...
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
@@ -106,8 +107,8 @@ class Orphans(Protocol):
         """
         ...
 
-    def remove(self, netns_path: str, item: str) -> None:
-        """Remove one orphan; a namespace that is gone counts as removed."""
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
+        """Remove one orphan through `backends`; a namespace that is gone counts as removed."""
         ...
 
 
@@ -161,13 +162,15 @@ def original_state(
     action: TargetAction,
     registry: dict[str, Fault] | None = None,
     containers: Sequence[ContainerHandle] = (),
+    backends: Backends | None = None,
 ) -> dict[str, Any]:
     """What recovering the action restores, as the fault module declares it ({} by default), read
-    from the target's resolved `containers` where the fault needs them."""
+    from the target's resolved `containers` (through `backends`, default the process's) where the
+    fault needs them."""
     declare = getattr((REGISTRY if registry is None else registry).get(tag), "original_state", None)
     if declare is None:
         return {}
-    state: dict[str, Any] = declare(experiment_uid, action, list(containers))
+    state: dict[str, Any] = declare(experiment_uid, action, list(containers), backends or process_backends())
     return state
 
 

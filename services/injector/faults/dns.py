@@ -38,7 +38,9 @@ class DnsFault:
     ends_with_machine = True  # an nft table and a responder inside this injector: a reboot takes both
     orphans = nfttables.Tables(TABLE_PREFIX)
 
-    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: object = (), backends: object = None
+    ) -> dict[str, Any]:
         """DNSChaos only adds its own table: restoring means that table absent again."""
         return {nfttables.ABSENT: table_name(experiment_uid, action.selector_key)}
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import FaultSpec, TargetAction
 from chaosbus.injector.backends import gosql
+from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.backends.timeskew import start_ticks
 from chaosbus.injector.faults import FaultContext, FaultError, register
-from chaosbus.injector.faults.time_skew import MAX_PROCESSES, SCAN_TTL_S, container_processes
+from chaosbus.injector.faults.time_skew import MAX_PROCESSES, container_processes
 from chaosbus.injector.runtime import ContainerHandle
 
 log = cblog.get("injector.go-sql-error")
@@ -69,28 +69,11 @@ class PatchedPrograms:
 
     what = "go sql error"
 
-    def __init__(self) -> None:
-        self._by_netns: dict[int, list[int]] = {}
-        self._scanned = -1.0
-
-    def _pids_in(self, inode: int) -> list[int]:
-        now = time.monotonic()
-        if now - self._scanned > SCAN_TTL_S:
-            by_netns: dict[int, list[int]] = {}
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    try:
-                        by_netns.setdefault(os.stat(f"/proc/{entry.name}/ns/net").st_ino, []).append(int(entry.name))
-                    except OSError:
-                        continue  # exited meanwhile, or a kernel thread
-            self._by_netns, self._scanned = by_netns, now
-        return self._by_netns.get(inode, [])
-
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         found = []
-        for pid in self._pids_in(os.stat(netns_path).st_ino):
+        for pid in backends.netns_procs.pids_in(os.stat(netns_path).st_ino):
             try:
-                plan = gosql.plan(pid)
+                plan = gosql.plan(pid, backends.elf)
             except (gosql.GoSqlError, OSError):
                 continue  # not a Go program with database/sql, or exited meanwhile
             start = start_ticks(pid)
@@ -101,11 +84,11 @@ class PatchedPrograms:
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {f"{p['pid']}:{p['start']}" for o in originals for p in o.get("processes", [])}
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         pid_text, start_text = item.split(":", 1)
         pid = int(pid_text)
         try:
-            plan = gosql.plan(pid)
+            plan = gosql.plan(pid, backends.elf)
             if start_ticks(pid) != int(start_text):
                 return  # gone: nothing left to restore
             gosql.restore(pid, [(s.address, s.original) for s in plan.sites])
@@ -119,7 +102,7 @@ class GoSqlErrorFault:
     orphans = PatchedPrograms()
 
     def original_state(
-        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle], backends: Backends
     ) -> dict[str, Any]:
         procs: list[dict[str, Any]] = []
         for pid in container_processes(containers)[:MAX_PROCESSES]:
@@ -127,7 +110,7 @@ class GoSqlErrorFault:
             if start is None:
                 continue
             try:
-                plan = gosql.plan(pid)
+                plan = gosql.plan(pid, backends.elf)
             except gosql.GoSqlError as e:
                 if not e.gone:
                     procs.append({"pid": pid, "start": start, "skip": str(e)[:200]})

@@ -37,7 +37,9 @@ class HttpFault:
     ends_with_machine = True  # an nft table and a proxy inside this injector: a reboot takes both
     orphans = nfttables.Tables(TABLE_PREFIX)
 
-    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: object = (), backends: object = None
+    ) -> dict[str, Any]:
         """HTTPChaos only adds its own table: restoring means that table absent again."""
         return {nfttables.ABSENT: table_name(experiment_uid, action.selector_key)}
 

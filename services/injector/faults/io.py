@@ -35,6 +35,7 @@ from typing import Any
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import IO, FaultSpec, TargetAction
 from chaosbus.injector.backends import iofs
+from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.journal import entry_key
 from chaosbus.injector.runtime import ContainerHandle
@@ -178,7 +179,7 @@ class IofsMounts:
                 found.setdefault(f"{mnt}:{point}", int(name))
         return found
 
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         return sorted(self._scan(netns_path))
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
@@ -193,7 +194,7 @@ class IofsMounts:
                         continue
         return out
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         pid = self._scan(netns_path).get(item)
         if pid is None:
             return  # gone meanwhile
@@ -212,7 +213,7 @@ class IOFault:
     orphans = IofsMounts()
 
     def original_state(
-        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle], backends: Backends
     ) -> dict[str, Any]:
         targets = []
         for c in containers:

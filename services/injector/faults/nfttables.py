@@ -9,6 +9,7 @@ import hashlib
 from typing import Any
 
 from chaosbus.injector.backends import nft
+from chaosbus.injector.backends.kit import Backends
 
 ABSENT = "nft_table_absent"  # the journaled original state: the table did not exist
 # Every table of ours starts with nft.TABLE_PREFIX; the redirects' longer prefixes set theirs apart
@@ -33,7 +34,7 @@ class Tables:
     def __init__(self, prefix: str, excluding: tuple[str, ...] = ()) -> None:
         self.prefix, self.excluding = prefix, excluding
 
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         return [
             t
             for t in nft.list_tables(netns_path)
@@ -43,7 +44,7 @@ class Tables:
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {o[ABSENT] for o in originals if isinstance(o.get(ABSENT), str)}
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         try:
             nft.delete_table(netns_path, item)
         except nft.NetnsGone:

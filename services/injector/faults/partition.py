@@ -77,7 +77,9 @@ class PartitionFault:
     ends_with_machine = True  # a table in the target's netns: a reboot takes it
     orphans = nfttables.Tables(nft.TABLE_PREFIX, excluding=OTHER_TABLE_PREFIXES)
 
-    def original_state(self, experiment_uid: str, action: TargetAction, containers: object = ()) -> dict[str, Any]:
+    def original_state(
+        self, experiment_uid: str, action: TargetAction, containers: object = (), backends: object = None
+    ) -> dict[str, Any]:
         """A partition only ever adds its own table: restoring means that table absent again."""
         return {ABSENT: table_name(experiment_uid, action.selector_key)}
 

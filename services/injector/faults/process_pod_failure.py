@@ -22,6 +22,7 @@ from typing import Any
 from chaosbus.common import podhold, processid
 from chaosbus.common.messages import FaultSpec, TargetAction
 from chaosbus.common.netns import NETNS_RUN_DIR
+from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.journal import entry_key
 from chaosbus.injector.runtime import ContainerHandle
@@ -51,7 +52,7 @@ class HoldOrphans:
 
     what = "pod-failure hold"
 
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         if os.path.dirname(netns_path) != NETNS_RUN_DIR:
             return []
         return podhold.names(podhold.pod_dir(os.path.basename(netns_path)))
@@ -59,7 +60,7 @@ class HoldOrphans:
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {str(o.get("hold")) for o in originals if o.get("hold")}
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         podhold.remove(podhold.pod_dir(os.path.basename(netns_path)), item)
 
 
@@ -69,7 +70,7 @@ class ProcessPodFailure:
     orphans = HoldOrphans()
 
     def original_state(
-        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle], backends: Backends
     ) -> dict[str, Any]:
         """Where the hold goes, journaled first: the pod's network namespace and the hold's file."""
         key = entry_key(experiment_uid, action.selector_key, action.target_id)

@@ -23,6 +23,7 @@ from typing import Any
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
 from chaosbus.injector.backends import exemptions, tc, tcdev
+from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, register
 
@@ -89,13 +90,13 @@ class TcObjects:
 
     what = "traffic shaping"
 
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         return sorted({found.device for found in tc.list_ours(netns_path)})
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return None if originals else set()
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         tc.remove_ours(netns_path, item)
 
 

@@ -12,7 +12,6 @@ start time), is recovered. Processes started after the apply are not reached (no
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import psutil
@@ -22,10 +21,10 @@ from chaosbus.common.crd.timechaos import CLOCK_IDS
 from chaosbus.common.messages import FaultSpec, TargetAction
 from chaosbus.common.messages import TimeSkew as TimeSkewSpec
 from chaosbus.injector.backends import timeskew
+from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.faults import FaultContext, FaultError, register
 from chaosbus.injector.runtime import ContainerHandle
 
-SCAN_TTL_S = 1.0
 MAX_PROCESSES = 1024  # per target; a container with more is refused rather than stopped for seconds
 log = cblog.get("injector.time-skew")
 
@@ -78,25 +77,6 @@ class SkewedProcesses:
 
     what = "time skew"
 
-    def __init__(self) -> None:
-        self._by_netns: dict[int, list[int]] = {}
-        self._scanned = -1.0
-
-    def _pids_in(self, inode: int) -> list[int]:
-        """The processes in the netns: /proc is scanned once per SCAN_TTL_S however many
-        namespaces a sweep visits (a node with 1,000 pods must not scan it 1,000 times)."""
-        now = time.monotonic()
-        if now - self._scanned > SCAN_TTL_S:
-            by_netns: dict[int, list[int]] = {}
-            for entry in os.scandir("/proc"):
-                if entry.name.isdigit():
-                    try:
-                        by_netns.setdefault(os.stat(f"/proc/{entry.name}/ns/net").st_ino, []).append(int(entry.name))
-                    except OSError:
-                        continue  # exited meanwhile, or a kernel thread
-            self._by_netns, self._scanned = by_netns, now
-        return self._by_netns.get(inode, [])
-
     def _layout(self) -> tuple[list[int], list[bytes]] | None:
         own = _own_originals()
         base = timeskew.vdso_base(os.getpid())
@@ -104,14 +84,14 @@ class SkewedProcesses:
             return None
         return [p.address - base for p in own], [p.original for p in own]
 
-    def find(self, netns_path: str) -> list[str]:
+    def find(self, netns_path: str, backends: Backends) -> list[str]:
         inode = os.stat(netns_path).st_ino
         layout = self._layout()
         if layout is None:
             return []
         offsets, originals = layout
         found = []
-        for pid in self._pids_in(inode):
+        for pid in backends.netns_procs.pids_in(inode):
             try:
                 base = timeskew.vdso_base(pid)
                 start = timeskew.start_ticks(pid)
@@ -129,7 +109,7 @@ class SkewedProcesses:
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return {f"{p['pid']}:{p['start']}" for o in originals for p in o.get("processes", [])}
 
-    def remove(self, netns_path: str, item: str) -> None:
+    def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         pid_text, start_text = item.split(":", 1)
         pid = int(pid_text)
         layout = self._layout()
@@ -150,7 +130,7 @@ class TimeSkewFault:
     orphans = SkewedProcesses()
 
     def original_state(
-        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle]
+        self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle], backends: Backends
     ) -> dict[str, Any]:
         procs: list[dict[str, Any]] = []
         own: tuple[timeskew.Patch, ...] | None = None
