@@ -85,6 +85,22 @@ class Dashboard:
             live=live,
         )
 
+    def unready(self) -> str:
+        """Why the dashboard should get no traffic now ("" when it should): with no live NATS
+        connection it shows stale state and its kill switch does nothing.
+        """
+        if self.bus is None or self.bus.nc.is_closed:
+            return "no NATS connection (connecting)"
+        if not self.bus.nc.is_connected:
+            return "NATS connection lost (reconnecting)"
+        if not self.world.ready.is_set():
+            return "replaying the experiments"
+        return ""
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        why = self.unready()
+        return web.Response(text=why or "ready", status=503 if why else 200)
+
     # --- middleware ------------------------------------------------------------------------------
 
     @web.middleware
@@ -105,7 +121,7 @@ class Dashboard:
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        open_paths = request.path in ("/login",) or request.path.startswith("/static/")
+        open_paths = request.path in ("/login", "/readyz") or request.path.startswith("/static/")
         if not open_paths:
             s = self.session(request)
             if s is None:
@@ -354,6 +370,7 @@ class Dashboard:
 
 def make_app(d: Dashboard) -> web.Application:
     app = web.Application(middlewares=[d.count, d.guard], client_max_size=MAX_BODY)
+    app.router.add_get("/readyz", d.readyz)
     app.router.add_get("/login", d.login_page)
     app.router.add_post("/login", d.login)
     app.router.add_post("/logout", d.logout)

@@ -498,11 +498,3 @@ def new_form(v: Viewer, text: str = "", errors: list[views.FieldError] | None = 
         f'<textarea name="yaml" id="yaml" rows="24" spellcheck="false">{e(text)}</textarea>'
         '<button type="submit" id="create">Create</button></form>'
     )
-
-
-def error_page(status: int, message: str) -> str:
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>chaosbus · {status}</title>'
-        '<link rel="stylesheet" href="/static/style.css"></head><body><main>'
-        f'<h1>{status}</h1><p>{e(message)}</p><p><a href="/">back</a></p></main></body></html>'
-    )

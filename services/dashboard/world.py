@@ -103,6 +103,9 @@ async def follow(bus: busmod.Bus, world: World, *, local: bool) -> None:
     loops = [
         bus.replay_and_follow(subjects.OBJECTS, world.on_object, caught_up=world.ready),
         _poll_halt(bus, world),
+        # nats-py may close a connection for good (a server that refuses it after the CONNECT):
+        # the loops above would wait on it forever, so this ends them and the caller connects anew.
+        service.hold(bus, interval=0.5),
     ]
     if local:
         loops.append(_follow_store(bus, world))
