@@ -11,11 +11,16 @@ It only ever halts: resuming stays the operator's decision. After a halt it re-a
 objective is met again, so a resume while the objective is still breached is not fought; an
 objective breached again later halts again. A halt already in force is left as it is (its reason
 is not overwritten).
+
+It keeps one NATS connection, so that a breach halts at once, and connects anew whenever nats-py
+closes it for good; /readyz on the metrics port says 503 while it has none (a guard that could not
+halt is not ready).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.common import promquery, signing
+from chaosbus.common import promquery, service, signing
 from chaosbus.common.crd import statuscheck
 from chaosbus.common.crd.orchestration import StatusCheckComparator, StatusCheckPrometheus
 from chaosbus.common.halt import current, set_halt
@@ -35,6 +40,7 @@ from chaosbus.common.halt import current, set_halt
 log = cblog.get("guard")
 CONFIG_FILE = "guard.yaml"  # in the state dir: `chaosbus up` starts a guard when it exists
 CONFIG_POLL_S = 5.0
+RETRY_S = 1.0
 
 
 class GuardConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -151,20 +157,54 @@ def reason_for(name: str, spec: StatusCheckPrometheus, detail: str) -> str:
     )
 
 
-async def halt_unless_halted(url: str, reason: str, signer: signing.Signer | None, by: str) -> bool:
+class Link:
+    """The guard's NATS connection: made at start, and made again whenever nats-py closes it for
+    good (a server that refuses it after the CONNECT), so the guard never sits on a dead one.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bus: busmod.Bus | None = None
+
+    def unready(self) -> str:
+        """Why a halt could not go out now ("" when it could): what /readyz answers."""
+        if self.bus is None or self.bus.nc.is_closed:
+            return "no NATS connection (connecting)"
+        if not self.bus.nc.is_connected:
+            return "NATS connection lost (reconnecting)"
+        return ""
+
+    async def keep(self) -> None:
+        while True:
+            try:
+                bus = await busmod.connect(self.url, "chaosbus-guard", connect_timeout=2.0)
+            except Exception as e:  # unreachable or refused: the next attempt may do
+                log.warning("SLO guard: NATS unreachable; retrying", error=str(e) or type(e).__name__)
+                await asyncio.sleep(RETRY_S)
+                continue
+            self.bus = bus
+            try:
+                await service.hold(bus, interval=0.5)
+            except ConnectionError as e:
+                log.warning("SLO guard: NATS connection closed for good; connecting anew", error=str(e))
+            finally:
+                self.bus = None
+                await bus.close()
+
+
+async def halt_unless_halted(link: Link, reason: str, signer: signing.Signer | None, by: str) -> bool:
     """Engage the kill switch unless it already is; True if this call engaged it."""
-    bus = await busmod.connect(url, "chaosbus-guard", connect_timeout=2.0, give_up_after=10.0)
-    try:
-        state = await current(bus)
-        if state is not None and state.halted:
-            log.warning(
-                "SLO guard breached while already halted", reason=reason, halted_by=state.by, halt_reason=state.reason
-            )
-            return False
-        await set_halt(bus, halted=True, reason=reason, signer=signer, by=by)
-        return True
-    finally:
-        await bus.close()
+    bus = link.bus
+    if bus is None or link.unready():
+        raise ConnectionError(link.unready() or "no NATS connection")
+    state = await current(bus)
+    if state is not None and state.halted:
+        log.warning(
+            "SLO guard breached while already halted", reason=reason, halted_by=state.by, halt_reason=state.reason
+        )
+        return False
+    await set_halt(bus, halted=True, reason=reason, signer=signer, by=by)
+    return True
 
 
 async def serve(
@@ -178,26 +218,35 @@ async def serve(
 ) -> int:
     """Serve /metrics, get the objective (flags, or the file once it exists), then guard it."""
     metrics = GuardMetrics()
-    port = cbmetrics.serve(metrics.registry, metrics_port, metrics_addr) if metrics_port is not None else None
-    cfg = flags if config_file is None else await wait_for_config(config_file)
-    assert cfg is not None
-    spec = objective(cfg)
-    signer = guard_signer(key)  # read now: a missing key fails at start, not at a breach
-    return await run(
-        url,
-        spec,
-        name=cfg.name,
-        interval=cfg.interval,
-        timeout=cfg.timeout,
-        failures=cfg.failures,
-        signer=signer,
-        metrics=metrics,
-        port=port,
-    )
+    link = Link(url)
+    port = None
+    if metrics_port is not None:
+        port = cbmetrics.serve(metrics.registry, metrics_port, metrics_addr, ready=link.unready)
+    keeping = asyncio.ensure_future(link.keep())  # already while idle: ready means able to halt
+    try:
+        cfg = flags if config_file is None else await wait_for_config(config_file)
+        assert cfg is not None
+        spec = objective(cfg)
+        signer = guard_signer(key)  # read now: a missing key fails at start, not at a breach
+        return await run(
+            link,
+            spec,
+            name=cfg.name,
+            interval=cfg.interval,
+            timeout=cfg.timeout,
+            failures=cfg.failures,
+            signer=signer,
+            metrics=metrics,
+            port=port,
+        )
+    finally:
+        keeping.cancel()
+        with contextlib.suppress(BaseException):
+            await keeping
 
 
 async def run(
-    url: str,
+    link: Link,
     spec: StatusCheckPrometheus,
     *,
     name: str,
@@ -229,7 +278,7 @@ async def run(
         if guard.observe(ok):
             reason = reason_for(name, spec, detail)
             try:
-                if await halt_unless_halted(url, reason, signer, by):
+                if await halt_unless_halted(link, reason, signer, by):
                     metrics.halts.labels(name).inc()
                     log.warning("SLO guard engaged the kill switch", guard=name, reason=reason)
             except Exception as e:  # NATS unreachable: try again at the next breached evaluation
