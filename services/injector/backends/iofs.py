@@ -77,6 +77,33 @@ class Volume:
         return start_ticks(self.pid) == self.start
 
 
+class Volumes:
+    """One injector's hold on the volumes it serves: a lock per volume (by its rules file), held
+    while its rules and server change, and the servers a watcher thread follows. Each `Backends`
+    keeps one."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._watched: set[tuple[int, int]] = set()  # (server pid, start)
+
+    def lock(self, vol: Volume) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(str(vol.rules), threading.Lock())
+
+    def watch(self, server: tuple[int, int]) -> bool:
+        """Mark the server as watched; False when it already was."""
+        with self._guard:
+            if server in self._watched:
+                return False
+            self._watched.add(server)
+            return True
+
+    def unwatch(self, server: tuple[int, int]) -> None:
+        with self._guard:
+            self._watched.discard(server)
+
+
 def rules_dir() -> Path:
     """Where rules files and server records live: `$CHAOSBUS_IOCHAOS_DIR`, else `<state dir>/iochaos`
     (either must outlive the injector: a restarted one finds its servers there)."""

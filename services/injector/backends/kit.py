@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, nft, pernetns, procs, tc
+from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, iofs, nft, pernetns, procs, tc
 from chaosbus.injector.backends.exemptions import Exemptions
 from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
 
@@ -24,6 +24,7 @@ class Backends:
     exempt: Exemptions  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
     elf: gosql.ElfCache  # parsed Go binaries (GolangChaos plans, its sweep)
     netns_procs: procs.NetnsProcesses  # the processes of each netns, for the sweeps that look at them
+    iofs: iofs.Volumes  # IOChaos: a lock per served volume, the iofs servers being watched
 
 
 def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) -> Backends:
@@ -39,6 +40,7 @@ def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) ->
         exempt=Exemptions(nats_url),
         elf=gosql.ElfCache(),
         netns_procs=procs.NetnsProcesses(),
+        iofs=iofs.Volumes(),
     )
 
 

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import defaultdict
 from typing import Any
 
 from chaosbus.common import logging as cblog
@@ -42,10 +41,6 @@ from chaosbus.injector.runtime import ContainerHandle
 
 log = cblog.get("injector.io")
 POLL_S = 0.2  # how often an adopted server (not this process's child) is checked for life
-
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
-_locks_guard = threading.Lock()
-_watched: set[tuple[int, int]] = set()  # (server pid, start) with a watcher thread
 
 
 def _switch_in(vol: iofs.Volume) -> str:
@@ -70,11 +65,6 @@ def _detach(vol: iofs.Volume) -> tuple[int, int]:
     return n, moved
 
 
-def _lock(vol: iofs.Volume) -> threading.Lock:
-    with _locks_guard:
-        return _locks[str(vol.rules)]
-
-
 def _reload(vol: iofs.Volume, server: tuple[int, int]) -> None:
     """Have the live server put the volume's rules file in force now; returns once it has (a
     server without a control socket is signalled instead and reads it within moments)."""
@@ -91,32 +81,36 @@ def _server(vol: iofs.Volume) -> tuple[int, int] | None:
     return (pid, start) if iofs.start_ticks(pid) == start else None
 
 
-def _serve(vol: iofs.Volume) -> str:
-    """Make sure a live iofs serves the volume (caller holds the volume's lock)."""
+def _serve(vol: iofs.Volume, volumes: iofs.Volumes) -> str:
+    """Make sure a live iofs serves the volume (caller holds the volume's lock in `volumes`)."""
     server = _server(vol)
     if server is not None and iofs.mounts_at(vol.pid, vol.path):
         _reload(vol, server)
-        _watch(vol, server, None)
+        _watch(vol, server, None, volumes)
         return f"iofs {server[0]}"
     if iofs.mounts_at(vol.pid, vol.path):
         _detach(vol)  # its server is dead: every call on it would fail with ENOTCONN
     proc, passthrough = iofs.start(vol)
     start = iofs.start_ticks(proc.pid) or 0
     vol.server_file.write_text(f"{proc.pid} {start}\n")
-    _watch(vol, (proc.pid, start), proc)
+    _watch(vol, (proc.pid, start), proc, volumes)
     how = "kernel passthrough" if passthrough else "no kernel passthrough"
     return f"iofs {proc.pid} mounted ({how}), {_switch_in(vol)}"
 
 
-def _watch(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
-    with _locks_guard:
-        if server in _watched:
-            return
-        _watched.add(server)
-    threading.Thread(target=_watcher, args=(vol, server, proc), name=f"iofs-watch-{server[0]}", daemon=True).start()
+def _watch(
+    vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None, volumes: iofs.Volumes
+) -> None:
+    if not volumes.watch(server):
+        return
+    threading.Thread(
+        target=_watcher, args=(vol, server, proc, volumes), name=f"iofs-watch-{server[0]}", daemon=True
+    ).start()
 
 
-def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None) -> None:
+def _watcher(
+    vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[bytes] | None, volumes: iofs.Volumes
+) -> None:
     """When the server exits: if it still serves the volume (no recovery detached it first), its
     mount would answer ENOTCONN to everything, so it is detached."""
     if proc is not None:
@@ -124,9 +118,8 @@ def _watcher(vol: iofs.Volume, server: tuple[int, int], proc: subprocess.Popen[b
     else:
         while iofs.start_ticks(server[0]) == server[1]:
             time.sleep(POLL_S)
-    with _locks_guard:
-        _watched.discard(server)
-    with _lock(vol):
+    volumes.unwatch(server)
+    with volumes.lock(vol):
         try:
             recorded = tuple(int(x) for x in vol.server_file.read_text().split())
         except (OSError, ValueError):
@@ -231,12 +224,12 @@ class IOFault:
         for vol in _volumes(ctx, spec):
             if not vol.target_alive():
                 continue
-            with _lock(vol):
+            with ctx.backends.iofs.lock(vol):
                 rules = iofs.read_rules(vol.rules)
                 rules[key] = line
                 iofs.write_rules(vol.rules, rules)
                 try:
-                    done.append(_serve(vol))
+                    done.append(_serve(vol, ctx.backends.iofs))
                 except iofs.IofsError as e:
                     rules.pop(key, None)
                     iofs.write_rules(vol.rules, rules)
@@ -250,7 +243,7 @@ class IOFault:
         key = entry_key(ctx.experiment_uid, ctx.action.selector_key, ctx.action.target_id)
         out = []
         for vol in _volumes(ctx, spec):
-            with _lock(vol):
+            with ctx.backends.iofs.lock(vol):
                 rules = iofs.read_rules(vol.rules)
                 rules.pop(key, None)
                 if not vol.target_alive():
