@@ -102,7 +102,6 @@ class TypedBucket(Generic[V]):
         """The key's value and revision; a deleted key keeps the revision of its delete marker (a
         compare-and-set goes on from it); None for a key never written (or purged).
         """
-        self._keys(key)
         try:
             got = await self.kv.get(key)
         except KeyNotFoundError as e:
@@ -140,16 +139,16 @@ class TypedBucket(Generic[V]):
             raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
-        """Delete `key` (a marker stays, with its revision); with `last`, only at that revision."""
-        self._keys(key)
+        """Delete `key` (a marker stays, with its revision); with `last`, only at that revision. A
+        key the table does not cover may go too: removing one (a newer writer's) is always safe.
+        """
         try:
             await self.kv.delete(key, last=last)
         except KeyWrongLastSequenceError:
             raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
 
     async def purge(self, key: str) -> None:
-        """Remove `key` and its history, leaving only a purge marker."""
-        self._keys(key)
+        """Remove `key` and its history, leaving only a purge marker (any key, as `delete`)."""
         await self.kv.purge(key)
 
     async def list(self, keys: str = ">") -> builtins.list[Stored[V]]:

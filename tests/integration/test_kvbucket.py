@@ -91,3 +91,13 @@ async def test_a_sealed_key_keeps_its_envelope_for_the_reader_that_checks_it(bus
     stored = await control.entry_of(subjects.HALT_KEY)
     assert stored is not None and stored.value is not None and not stored.value.halted
     assert halt.judged(stored.data, TRUST, time.time()).halted
+
+
+async def test_a_key_outside_the_table_can_still_be_pruned(bus: busmod.Bus) -> None:
+    """A newer watcher's projection kind, met by an older one's prune: read as nothing, deletable."""
+    await (await bus.kv(subjects.TARGETS.name)).put("service.ns.web", b"{}")
+    targets = await bus.bucket(subjects.TARGETS)
+    assert await targets.get("service.ns.web") is None
+    assert await targets.keys() == ["service.ns.web"]
+    await targets.delete("service.ns.web")
+    assert await targets.keys() == []
