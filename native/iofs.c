@@ -39,6 +39,7 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <fuse_lowlevel.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -48,6 +49,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -223,42 +225,79 @@ static int parse_rule(char *line, struct rule *r) {
 
 /* ---- attributes the kernel holds ----
  * Paths whose attributes went out with a timeout, so that a rule on lookup or getattr takes
- * effect at once: the kernel is told to drop those attributes when such a rule arrives. Past
- * CACHED_MAX paths none is added, and the rest expire on their own within the timeout. */
+ * effect at once: the kernel is told to drop those attributes when such a rule arrives. They are
+ * kept in two sets, the paths stat'ed since the current one started and in the one before; a set
+ * is dropped once all it holds is older than the kernel keeps attributes (HELD_NS), so only paths
+ * whose attributes may still be held are kept. Past CACHED_MAX paths in a set none is added; the
+ * last such miss is noted, and a rule that wants its attributes dropped then waits until what
+ * the kernel holds for it has expired (at most HELD_NS), so it still reaches the first stat. */
 #define CACHED_SLOTS 8192
 #define CACHED_MAX (CACHED_SLOTS / 2)
+#define HELD_NS 1100000000 /* the 1 s attribute timeout, and the time from here to the kernel */
+
+struct cached_set { char *slot[CACHED_SLOTS]; int n; };
 
 static struct fuse *fs;
 static pthread_mutex_t cached_lock = PTHREAD_MUTEX_INITIALIZER;
-static char *cached[CACHED_SLOTS];
-static int n_cached;
+static struct cached_set cached[2];
+static int cached_cur;
+static int64_t cached_since, missed_at; /* CLOCK_MONOTONIC ns */
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void clear_set(struct cached_set *c) {
+    for (size_t i = 0; c->n && i < CACHED_SLOTS; i++)
+        if (c->slot[i]) { free(c->slot[i]); c->slot[i] = NULL; c->n--; }
+}
 
 static void remember_cached(const char *path) {
     uint64_t h = 1469598103934665603ull;
     for (const char *c = path; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ull;
+    int64_t now = mono_ns();
     pthread_mutex_lock(&cached_lock);
+    if (now - cached_since >= HELD_NS) {
+        /* Everything in the other set was stat'ed before cached_since: expired in the kernel. */
+        cached_cur ^= 1;
+        clear_set(&cached[cached_cur]);
+        cached_since = now;
+    }
+    struct cached_set *c = &cached[cached_cur];
     for (size_t i = h % CACHED_SLOTS;; i = (i + 1) % CACHED_SLOTS) {
-        if (!cached[i]) {
-            if (n_cached < CACHED_MAX && (cached[i] = strdup(path))) n_cached++;
+        if (!c->slot[i]) {
+            if (c->n < CACHED_MAX && (c->slot[i] = strdup(path))) c->n++;
+            else missed_at = now;
             break;
         }
-        if (!strcmp(cached[i], path)) break;
+        if (!strcmp(c->slot[i], path)) break;
     }
     pthread_mutex_unlock(&cached_lock);
 }
 
-/* Outside every lock: the kernel may wait on pages a request in flight holds. */
+/* Has the kernel drop the attributes it may hold, and returns once it has (or, for paths past
+ * what is kept, once they have expired). Under load_lock only (one at a time), outside cached_lock:
+ * the kernel may wait on pages a request in flight holds. */
 static void invalidate_cached(void) {
-    static char *taken[CACHED_SLOTS];
+    static char *taken[2 * CACHED_SLOTS];
     int n = 0;
     pthread_mutex_lock(&cached_lock);
-    for (size_t i = 0; i < CACHED_SLOTS; i++)
-        if (cached[i]) { taken[n++] = cached[i]; cached[i] = NULL; }
-    n_cached = 0;
+    for (int s = 0; s < 2; s++) {
+        for (size_t i = 0; cached[s].n && i < CACHED_SLOTS; i++)
+            if (cached[s].slot[i]) { taken[n++] = cached[s].slot[i]; cached[s].slot[i] = NULL; cached[s].n--; }
+    }
+    int64_t until = missed_at ? missed_at + HELD_NS : 0;
+    missed_at = 0;
     pthread_mutex_unlock(&cached_lock);
     for (int i = 0; i < n; i++) {
         if (fs) (void)fuse_invalidate_path(fs, taken[i]);
         free(taken[i]);
+    }
+    for (int64_t left; (left = until - mono_ns()) > 0;) {
+        struct timespec ts = {left / 1000000000, left % 1000000000};
+        nanosleep(&ts, NULL);
     }
 }
 
@@ -1039,8 +1078,9 @@ static void unescape(char *s) {
     *o = 0;
 }
 
-/* How many iofs mounts sit at `path` in the mount table read through `proc_fd` (/proc/PID). */
-static int iofs_mounts_at(int proc_fd, const char *path) {
+/* How many iofs mounts sit at `path` in the mount table read through `proc_fd` (/proc/PID), and
+with `top`, whether the topmost mount there (the last listed) is one. */
+static int iofs_mounts_at_top(int proc_fd, const char *path, int *top) {
     int fd = openat(proc_fd, "mountinfo", O_RDONLY | O_CLOEXEC);
     FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
     if (!f) return -1;
@@ -1053,11 +1093,38 @@ static int iofs_mounts_at(int proc_fd, const char *path) {
         if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", mnt) != 1 || sscanf(sep + 3, "%255s", type) != 1)
             continue;
         unescape(mnt);
-        n += !strcmp(mnt, path) && !strcmp(type, FSTYPE);
+        if (strcmp(mnt, path)) continue;
+        int ours = !strcmp(type, FSTYPE);
+        n += ours;
+        if (top) *top = ours;
     }
     free(line);
     fclose(f);
     return n;
+}
+
+static int iofs_mounts_at(int proc_fd, const char *path) { return iofs_mounts_at_top(proc_fd, path, NULL); }
+
+/* ---- the target's end ----
+ * iofs is in the target's mount namespace, so it keeps it, and its own mount, alive: were it to
+ * serve on after the target exits, nothing would ever end it (the injector may be gone too). So
+ * when the target exits, iofs detaches its mounts at the volume (never another filesystem stacked
+ * on them) and the connection ends, and iofs with it, once the files still open on it are closed. */
+static int target_pidfd = -1, self_fd = -1;
+
+static void watch_target(int pid) {
+    target_pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    self_fd = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC); /* its mountinfo: iofs's namespace */
+}
+
+static void detach_when_target_gone(void) {
+    struct pollfd p = {.fd = target_pidfd, .events = POLLIN};
+    if (target_pidfd < 0 || self_fd < 0 || poll(&p, 1, 0) <= 0) return;
+    close(target_pidfd);
+    target_pidfd = -1;
+    int top = 0;
+    while (iofs_mounts_at_top(self_fd, volume, &top) > 0 && top)
+        if (umount2(volume, MNT_DETACH)) break;
 }
 
 static int enter_mount_ns(int pid, int *proc_fd) {
@@ -1109,6 +1176,7 @@ static void *watch_rules(void *arg) {
             had = have;
         }
         backing_expire();
+        detach_when_target_gone();
     }
     return NULL;
 }
@@ -1184,6 +1252,7 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
     snprintf(volume, sizeof volume, "%s", path);
     load_rules();
 
+    watch_target(pid); /* before leaving the host's /proc */
     int proc_fd;
     if (enter_mount_ns(pid, &proc_fd)) { report("entering the mount namespace of the target (%s)", path, errno); return 1; }
     if (chdir("/")) { report("chdir %s", "/", errno); return 1; }

@@ -221,6 +221,30 @@ def test_the_filesystem_stops_injecting_at_the_deadline_with_no_injector(target:
     assert target.mounted() == 0
 
 
+def test_the_filesystem_ends_when_its_target_does_with_no_injector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    shim, t = start_target(tmp_path)
+    try:
+        injector = _injector(t, "apply", uuid.uuid4().hex[:8])
+        try:
+            assert injector.stdout is not None
+            assert "mounted" in injector.stdout.readline()
+        finally:
+            injector.kill()
+            injector.wait()
+        vol = iofs.Volume(t.pid, iofs.start_ticks(t.pid) or 0, t.vol)
+        server = int(vol.server_file.read_text().split()[0])
+        start = iofs.start_ticks(server)
+    finally:
+        os.killpg(shim.pid, signal.SIGKILL)
+        shim.wait()
+    # iofs is in the target's mount namespace and would keep it alive: it detaches its mount itself
+    # and ends, though no injector is left to recover the fault.
+    assert eventually(lambda: iofs.start_ticks(server) != start), "iofs outlived its target"
+
+
 def test_the_sweeper_detaches_a_mount_no_open_entry_owns(target: Target) -> None:
     spec = io(target, action="fault", methods=READ, errno=5)
     ctx = ctx_for(target, spec)

@@ -82,9 +82,46 @@ def test_attr_override_reaches_a_stat_right_after_apply_on_a_mounted_volume(targ
         FAULT.recover(c1, other)
 
 
-# Inside the target's mount namespace: stat, wait for a file to appear, stat again.
+def test_attr_override_reaches_the_first_stat_also_past_the_paths_iofs_keeps(target: Target) -> None:
+    other = io(target, action="fault", path=f"{target.vol}/slow/**", methods=READ, errno=5)
+    c1 = ctx_for(target, other)
+    many = target.host / "many"
+    many.mkdir()
+    for i in range(4200):  # more than iofs keeps track of (4096 a second)
+        (many / f"{i:04d}").write_text("")
+    FAULT.apply(c1, other)
+    try:
+        b = f"{target.vol}/b.txt"
+        mask, values = iochaos.attr_override(iochaos.AttrOverride(size=4242))
+        spec = io(target, action="attrOverride", path=b, methods=GETATTR, attr_mask=mask, attr_values=values)
+        c2 = ctx_for(target, spec)
+        # The probe stats every file of many/ and then b.txt, so b.txt's attributes are held by
+        # the kernel with no room left to note them; apply must still have them gone.
+        probe_run = subprocess.Popen(
+            ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", STAT_WAIT_STAT, b]
+            + [f"{target.vol}/go", f"{target.vol}/many"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert probe_run.stdout is not None
+        first = int(probe_run.stdout.readline())
+        FAULT.apply(c2, spec)
+        (target.host / "go").write_text("")
+        second = int(probe_run.stdout.readline())
+        probe_run.wait(30)
+        assert (first, second) == (len("other file\n"), 4242)
+        FAULT.recover(c2, spec)
+    finally:
+        FAULT.recover(c1, other)
+
+
+# Inside the target's mount namespace: stat (after every file of an optional directory), wait for a
+# file to appear, stat again.
 STAT_WAIT_STAT = textwrap.dedent("""
     import os, sys, time
+    if len(sys.argv) > 3:
+        for name in sorted(os.listdir(sys.argv[3])):
+            os.stat(os.path.join(sys.argv[3], name))
     first = os.stat(sys.argv[1]).st_size
     print(first, flush=True)
     while not os.path.exists(sys.argv[2]):
