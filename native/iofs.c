@@ -593,22 +593,29 @@ static void opened_drop(const struct stat *st) {
     pthread_mutex_unlock(&opened_lock);
 }
 
+static const char *base_name(const char *path) {
+    const char *base = strrchr(path, '/');
+    return base ? base + 1 : path;
+}
+
 /* The name libfuse hides an open file under: ".fuse_hidden" and 16 hex digits. */
 static int hidden_name(const char *path) {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
+    const char *base = base_name(path);
     if (strncmp(base, HIDDEN_PREFIX, sizeof HIDDEN_PREFIX - 1)) return 0;
     base += sizeof HIDDEN_PREFIX - 1;
     return strspn(base, "0123456789abcdef") == 16 && !base[16];
 }
 
 /* Under opened_lock: the hidden file by its hidden name (path) or, path NULL (its directory is
- * gone), by its open file. */
+ * gone), by its open file. Hidden names are told apart by their last component alone (libfuse
+ * makes each unique in the filesystem: its node id and a counter), so one whose directory was
+ * renamed since is still found. */
 static struct opened *hidden_entry(const char *path, const struct fuse_file_info *fi) {
     if (path) {
+        const char *base = base_name(path);
         for (int i = 0; i < OPEN_BUCKETS; i++)
             for (struct opened *o = opened[i]; o; o = o->next)
-                if (o->hidden && !strcmp(o->hidden, path)) return o;
+                if (o->hidden && !strcmp(o->hidden, base)) return o;
         return NULL;
     }
     struct stat st;
@@ -651,7 +658,7 @@ static int hide(const char *from, const char *to) {
         return 1;
     }
     int r = 1;
-    char *h = strdup(to), *n = strdup(from);
+    char *h = strdup(base_name(to)), *n = strdup(from);
     pthread_mutex_lock(&opened_lock);
     struct opened *o = *opened_slot(st.st_dev, st.st_ino);
     if (o && o->fd < 0 && h && n) {

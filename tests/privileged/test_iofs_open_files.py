@@ -32,14 +32,16 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
     yield from volume_target(tmp_path, monkeypatch)
 
 
-# Inside the target's mount namespace: open DIR/f.txt and DIR/g.txt, then run the commands on stdin,
-# one JSON line out for each. "remove": unlink f.txt, replace g.txt by a new file (renamed over it),
-# fstat both, list DIR, remove the new g.txt and rmdir DIR; "read": read both descriptors; "close".
+# Inside the target's mount namespace: open DIR/f.txt, DIR/g.txt and DIR2/h.txt, then run the
+# commands on stdin, one JSON line out for each. "remove": unlink f.txt, replace g.txt by a new file
+# (renamed over it), fstat both, list DIR, remove the new g.txt and rmdir DIR; "move": unlink h.txt,
+# rename DIR2 to DIR3 and fstat h.txt; "read": read the descriptors of f and g; "close".
 HOLDER = textwrap.dedent("""
     import json, os, sys
-    d = sys.argv[1]
+    d, d2 = sys.argv[1], sys.argv[2]
     f = os.open(d + "/f.txt", os.O_RDWR)
     g = os.open(d + "/g.txt", os.O_RDONLY)
+    h = os.open(d2 + "/h.txt", os.O_RDONLY)
     def remove():
         os.unlink(d + "/f.txt")
         with open(d + "/g.new", "w") as new:
@@ -50,6 +52,11 @@ HOLDER = textwrap.dedent("""
         os.unlink(d + "/g.txt")
         os.rmdir(d)
         return {"f": [sf.st_size, sf.st_nlink], "g": [sg.st_size, sg.st_nlink], "listed": listed}
+    def move():
+        os.unlink(d2 + "/h.txt")
+        os.rename(d2, d2 + "-moved")
+        st = os.fstat(h)
+        return {"h": [st.st_size, st.st_nlink], "listed": os.listdir(d2 + "-moved")}
     def read():
         out = {}
         for name, fd in (("f", f), ("g", g)):
@@ -61,10 +68,11 @@ HOLDER = textwrap.dedent("""
     def close():
         os.close(f)
         os.close(g)
+        os.close(h)
         return "closed"
     for line in sys.stdin:
         try:
-            out = {"remove": remove, "read": read, "close": close}[line.strip()]()
+            out = {"remove": remove, "move": move, "read": read, "close": close}[line.strip()]()
         except OSError as e:
             out = {"errno": e.errno}
         print(json.dumps(out), flush=True)
@@ -76,6 +84,8 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
     d.mkdir()
     (d / "f.txt").write_text("kept f\n")
     (d / "g.txt").write_text("kept g\n")
+    (target.host / "d2").mkdir()
+    (target.host / "d2" / "h.txt").write_text("kept h\n")
     # Mounted with a rule on f.txt's reads (f.txt is opened with its reads through iofs), and one
     # failing stat of the directory's dotfiles: the names libfuse hides open files under are such,
     # yet its check that one is free is no call of the target's and must not fail the unlink.
@@ -86,7 +96,19 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
     dot_ctx = ctx_for(target, dotfiles)
     FAULT.apply(dot_ctx, dotfiles)
     holder = subprocess.Popen(
-        ["nsenter", "-t", str(target.pid), "-m", "--", sys.executable, "-S", "-c", HOLDER, f"{target.vol}/d"],
+        [
+            "nsenter",
+            "-t",
+            str(target.pid),
+            "-m",
+            "--",
+            sys.executable,
+            "-S",
+            "-c",
+            HOLDER,
+            f"{target.vol}/d",
+            f"{target.vol}/d2",
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -104,6 +126,8 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
         # Both old names are gone from the directory as the target sees it, and it could be removed.
         assert removed == {"f": [7, 0], "g": [7, 0], "listed": ["g.txt"]}, removed
         assert not d.exists() and not list(target.host.rglob(".fuse_hidden*"))
+        # A file unlinked while open is still found after its directory is renamed.
+        assert step("move") == {"h": [7, 0], "listed": []}
         # The rule on f.txt's name still applies to its open descriptor; g's reads its old data.
         assert step("read") == {"f": 5, "g": "kept g\n"}
         FAULT.recover(dot_ctx, dotfiles)
