@@ -8,6 +8,8 @@ The target is a `sleep` that is PID 1 of its own PID and mount namespaces with a
 calls it. Apply is in effect when a read the rule matches fails with EIO, measured from a prober
 already running inside the target's mount namespace (it reads every millisecond); recovery is
 timed until the fault returns (the mount is detached by then) and checked in the mount table.
+The same for a second experiment on a volume already mounted (its rule confirmed by iofs on its
+control socket; its recovery leaves the mount to the first).
 Overhead: the prober reads a file through the volume (iofs, with a rule in force that matches
 another path) and through the host directory beneath it (direct), alternately, page cache warm;
 the output says whether the kernel's FUSE passthrough served those reads (iofs falls back to
@@ -155,6 +157,7 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
         host.mkdir()
         (host / "hit").write_text("x")
         (host / "outside").write_text("x")
+        (host / "also").write_text("x")
         (host / "sub").mkdir()
         (host / "sub" / "hit").write_text("x")
         (host / "sub" / "free").write_text("x")
@@ -179,6 +182,18 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
                 ctx = context(pid, spec, "overhead")  # a rule in force that no measured path matches
                 passthrough = "(kernel passthrough)" in fault.apply(ctx, spec)
                 try:
+                    # A second experiment on the mounted volume: its rule reaches iofs, which
+                    # confirms it once in force, on the control socket.
+                    more = IO(action="fault", volume_path=VOLUME, path=f"{VOLUME}/also", methods=READ, errno=5)
+                    added, removed = [], []
+                    for i in range(runs):
+                        c2 = context(pid, more, f"more{i}")
+                        t = time.monotonic()
+                        fault.apply(c2, more)
+                        added.append(prober.ask(f"wait {VOLUME}/also fail") - t)
+                        t = time.perf_counter()
+                        fault.recover(c2, more)
+                        removed.append(time.perf_counter() - t)
                     via, direct = f"{VOLUME}/big", f"{host}/big"
                     seq = prober.ask(f"seq {via} {direct} {mib} {rounds}")
                     lat = prober.ask(f"stat {via} {direct} {stats}")
@@ -200,6 +215,8 @@ def measure(runs: int, mib: int, stats: int, rounds: int = 10) -> dict[str, Any]
     return {
         "apply": applied,
         "recover": recovered,
+        "apply_mounted": added,
+        "recover_mounted": removed,
         "seq_fuse": seq[via],
         "seq_direct": seq[direct],
         "stat_fuse": lat[via],
@@ -229,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"IOChaos apply -> in effect {ms(r['apply'])}; recover {ms(r['recover'])} ({args.runs} runs; "
         f"load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        f"IOChaos on a volume already mounted (a second experiment): apply -> in effect {ms(r['apply_mounted'])}; "
+        f"recover {ms(r['recover_mounted'])}"
     )
     mode = (
         "the kernel's FUSE passthrough"
