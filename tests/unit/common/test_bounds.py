@@ -302,6 +302,30 @@ def test_small_aliases_are_still_accepted() -> None:
     assert obj["spec"]["selector"]["labelSelectors"] == {"a": "b"}
 
 
+LOADERS = [bounds._LOADER, bounds._PureLoader]  # libyaml's parser under the bounded composer, and pure Python
+
+
+@pytest.mark.parametrize("loader", LOADERS, ids=lambda c: c.__name__)
+def test_both_yaml_loaders_read_alike_and_keep_the_bounds(loader: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (
+        "apiVersion: chaos-mesh.org/v1alpha1\nkind: NetworkChaos\nmetadata: {name: n, labels: &l {a: b}}\n"
+        "spec:\n  action: partition\n  mode: all\n  selector: {labelSelectors: *l}\n  direction: to\n"
+        "  externalTargets: ['192.0.2.0/24']\n  duration: 30s\n---\nkind: PodChaos\nmetadata: {name: p}\n"
+        "spec: {value: '1', n: 1.5, t: true, z: null, d: 2026-12-07}\n"
+    )
+    expected = list(yaml.safe_load_all(text))
+    monkeypatch.setattr(bounds, "_LOADER", loader)
+    assert bounds.load_yaml(text) == expected
+    with pytest.raises(InvalidObject) as e:
+        bounds.load_yaml("a: 1\nb: " + "[" * 70 + "]" * 70 + "\n")
+    assert e.value.errors == ["yaml: nested deeper than 64 levels (line 2)"]
+    with pytest.raises(InvalidObject, match="more than 100000 values once aliases are expanded"):
+        bounds.load_yaml(ALIAS_BOMB)
+    for bad in ("kind: [unclosed", "a: \ud800", "a: \x07", "a: !!python/object:os.system x"):
+        with pytest.raises(InvalidObject, match="^yaml: invalid YAML"):
+            bounds.load_yaml(bad)
+
+
 def test_an_oversized_document_is_refused() -> None:
     text = "apiVersion: chaos-mesh.org/v1alpha1\nkind: PodChaos\nmetadata: {name: p}\n# " + "x" * (2 << 20)
     with pytest.raises(InvalidObject) as e:
