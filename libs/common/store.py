@@ -90,8 +90,11 @@ class ObjectStore:
         """Create or update; returns the stored object and created | configured | unchanged."""
         m = obj.get("metadata") or {}
         ns = "" if obj.get("kind") in o.CLUSTER_SCOPED else (m.get("namespace") or "default")
-        for _ in range(20):
-            current = await self._get(key_of(obj))
+        for attempt in range(20):
+            # A new object is created without reading first (one round trip, not two: most of what
+            # an apply of a new experiment waits for before the watcher sees it); one that exists
+            # refuses the create, and is then read and updated.
+            current = await self._get(key_of(obj)) if attempt else None
             if current is None:
                 try:
                     return await self.create(obj), "created"

@@ -139,6 +139,15 @@ async def test_apply_created_configured_unchanged(store: ObjectStore) -> None:
     assert unchanged == configured
 
 
+async def test_apply_creates_again_what_was_deleted_and_removed(store: ObjectStore) -> None:
+    first, _ = await store.apply(chaos(), immutable_spec=True)
+    assert await store.delete("PodChaos", "default", "x") == "deleted"  # no finalizers: gone at once
+    again, result = await store.apply(chaos(), immutable_spec=True)
+    assert result == "created" and again["metadata"]["uid"] != first["metadata"]["uid"]
+    got = await store.get("PodChaos", "default", "x")
+    assert got is not None and got["metadata"]["uid"] == again["metadata"]["uid"]
+
+
 async def test_apply_refuses_spec_change_of_an_experiment(store: ObjectStore) -> None:
     await store.apply(chaos(), immutable_spec=True)
     changed = chaos()
