@@ -36,7 +36,6 @@ from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import tcdev, tcwire
 from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.backends.netnslink import NetnsLink
-from chaosbus.injector.faults import shaping
 
 SUBNET = ipaddress.IPv4Network("10.218.0.0/16")
 PARALLEL = 32
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.geteuid() != 0:
         sys.exit("bench_network needs root (network namespaces, traffic control)")
     sizes = [int(s) for s in args.sizes.split(",")]
-    caps = shaping.capabilities()
+    caps = tcdev.probe()
     print(
         f"kernel {os.uname().release}; tc kinds: "
         + ", ".join(f"{k} {'yes' if v is None else 'NO'}" for k, v in caps.items())

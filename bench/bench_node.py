@@ -36,7 +36,7 @@ from typing import Any
 from chaosbus.common import messages as m
 from chaosbus.common import netns as nsutil
 from chaosbus.injector import faults
-from chaosbus.injector.backends import nft
+from chaosbus.injector.backends.kit import process_backends
 from chaosbus.injector.executor import Executor
 from chaosbus.injector.faults import partition
 from chaosbus.injector.journal import Journal
@@ -129,7 +129,7 @@ async def measure(runs: int, workdir: Path, pid: int) -> dict[str, tuple[list[fl
 
     for node in nodes.values():
         node.on_effect = stamp
-    contexts = nft.contexts()
+    contexts = process_backends().nft.contexts
     out: dict[str, tuple[list[float], list[float]]] = {w: ([], []) for w in WAYS}
     try:
         for i in range(runs + 5):  # the first five warm up (imports, caches), not counted
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench_node needs root (network namespaces, nftables)", file=sys.stderr)
         return 2
-    if nft.contexts() is None:
+    if process_backends().nft.contexts is None:
         print("libnftables is not usable here: nothing to measure", file=sys.stderr)
         return 2
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())

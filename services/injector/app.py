@@ -335,7 +335,7 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
             metrics.open_faults.set(len(entries))
             # Kernel reads off the fault pool: a slow read never delays a command.
             try:
-                packets, octets = await asyncio.to_thread(drops.read, entries)
+                packets, octets = await asyncio.to_thread(drops.read, entries, node.executor.backends.nft)
                 metrics.dropped_packets.set_all({k: float(v) for k, v in packets.items()})
                 metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
             except Exception as e:
@@ -425,6 +425,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         node.close()
         journal.close()
+        if not args.cluster:
+            node.executor.backends.close()
         if api is not None:
             await api.close()
 

@@ -14,8 +14,9 @@ from chaosbus.injector.journal import Entry
 Experiment = tuple[str, str]  # namespace, name
 
 
-def read(entries: list[Entry]) -> tuple[dict[Experiment, int], dict[Experiment, int]]:
-    """Packets and bytes dropped by the open partitions among `entries` (blocking: runs nft)."""
+def read(entries: list[Entry], tables: nft.Tables) -> tuple[dict[Experiment, int], dict[Experiment, int]]:
+    """Packets and bytes dropped by the open partitions among `entries`, read through `tables`
+    (the injector's; blocking)."""
     packets: dict[Experiment, int] = {}
     octets: dict[Experiment, int] = {}
     for entry in entries:
@@ -26,7 +27,7 @@ def read(entries: list[Entry]) -> tuple[dict[Experiment, int], dict[Experiment, 
         paths = {h.netns_path for h in executor.journal_handles(entry.identity)}
         for path in sorted(paths):
             try:
-                p, b = nft.table_counters(path, table)
+                p, b = tables.counters(path, table)
             except nft.NftError:  # the table or its netns went meanwhile: nothing to count there
                 continue
             packets[key] = packets.get(key, 0) + p

@@ -17,7 +17,7 @@ from helpers.live import BRIDGE, NODE, SUBNET, System, eventually, wait_blocked
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import natsauth, processid
-from chaosbus.injector.faults import shaping
+from chaosbus.injector.backends import tcdev
 
 pytestmark = pytest.mark.privileged
 
@@ -179,7 +179,7 @@ def test_unknown_resource_type_and_missing_object_are_clear_errors(system: Syste
 
 
 def test_an_action_the_injector_cannot_do_is_a_failure_never_injected(system: System) -> None:
-    if shaping.capabilities()["netem"] is None:
+    if tcdev.probe()["netem"] is None:
         pytest.skip("this kernel has sch_netem: a delay is injected here, there is nothing to refuse")
     system.cli(
         "apply",

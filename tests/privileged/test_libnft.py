@@ -143,25 +143,31 @@ def test_no_context_past_the_descriptor_headroom(
     assert tables_in(netns) == [] and len(contexts) == 0
 
 
-def test_nft_backend_spawns_when_libnftables_cannot_be_used(netns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nft_backend_spawns_when_libnftables_cannot_be_used(
+    netns: str, contexts: libnft.NftContexts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(libnft, "FD_HEADROOM", 0)  # every context refused: the spawn path must do it
-    nft.apply_table(netns, TABLE, script())
-    assert tables_in(netns) == [TABLE]
-    nft.delete_table(netns, TABLE)
+    tables = nft.Tables(contexts)
+    tables.apply(netns, TABLE, script())
+    assert tables_in(netns) == [TABLE] and len(contexts) == 0
+    tables.delete(netns, TABLE)
     assert tables_in(netns) == []
 
 
 def test_nft_backend_uses_libnftables_and_maps_errors(netns: str) -> None:
-    ctxs = nft.contexts()
+    tables = nft.Tables(nft.open_contexts())
+    ctxs = tables.contexts
     if ctxs is None:
         pytest.skip("libnftables is not usable here (or CHAOSBUS_NFT=spawn)")
-    before = len(ctxs)
-    nft.apply_table(netns, TABLE, script())
-    assert tables_in(netns) == [TABLE] and len(ctxs) == before + 1
-    nft.delete_table(netns, TABLE)
-    assert tables_in(netns) == []
-    with pytest.raises(nft.NetnsGone):
-        nft.apply_table(netns + "-missing", TABLE, script())
+    try:
+        tables.apply(netns, TABLE, script())
+        assert tables_in(netns) == [TABLE] and len(ctxs) == 1
+        tables.delete(netns, TABLE)
+        assert tables_in(netns) == []
+        with pytest.raises(nft.NetnsGone):
+            tables.apply(netns + "-missing", TABLE, script())
+    finally:
+        tables.close()
 
 
 def test_a_raw_nfnetlink_delete_removes_exactly_the_table_and_absent_is_not_an_error(netns: str) -> None:
@@ -180,7 +186,7 @@ def test_a_raw_nfnetlink_delete_removes_exactly_the_table_and_absent_is_not_an_e
 
 
 def test_a_delete_without_a_context_uses_a_bare_socket_and_keeps_none(netns: str, contexts: libnft.NftContexts) -> None:
-    nft.apply_table(netns, TABLE, script())  # the process-wide contexts, not this fixture's
+    nft.apply_table(netns, TABLE, script())  # by an nft process, not through this fixture's contexts
     contexts.delete(netns, TABLE)
     assert tables_in(netns) == [] and len(contexts) == 0
 
@@ -275,7 +281,7 @@ def partition_context(netns: str, backends: Backends) -> faults.FaultContext:
 
 @pytest.mark.parametrize("way", ["given contexts", "spawned nft"])
 def test_a_partition_runs_on_the_backends_it_is_handed(netns: str, contexts: libnft.NftContexts, way: str) -> None:
-    process_wide = nft.contexts()
+    process_wide = process_backends().nft.contexts
     tables = nft.Tables(contexts if way == "given contexts" else None)
     ctx = partition_context(netns, dataclasses.replace(process_backends(), nft=tables))
     fault = partition.PartitionFault()

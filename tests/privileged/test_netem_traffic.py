@@ -26,7 +26,7 @@ from helpers.netprobe import Agent, Arrival, agents, fastest
 from chaosbus.common import messages as m
 from chaosbus.common.crd.networkchaos import NetworkChaosSpec
 from chaosbus.common.crd.objects import decode_object
-from chaosbus.injector.faults import shaping
+from chaosbus.injector.backends import tcdev
 from chaosbus.scheduler import plan
 
 from .conftest import Lab
@@ -44,7 +44,7 @@ runs = itertools.count(1)
 @pytest.fixture(scope="session", autouse=True)
 def netem() -> None:
     """Skips before the lab's pods are made (autouse session fixtures come first)."""
-    reason = shaping.capabilities()["netem"]
+    reason = tcdev.probe()["netem"]
     if reason is not None:
         print(f"skipping netem traffic tests: {reason} (make test-kernel runs them in a VM)")
         pytest.skip(f"{reason}; make test-kernel runs these in a VM with a stock kernel")

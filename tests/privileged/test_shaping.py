@@ -15,7 +15,7 @@ from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shap
 from chaosbus.injector import faults
 from chaosbus.injector.backends import exemptions, tc, tcdev
 from chaosbus.injector.backends.netnslink import LinkCache, netns_key
-from chaosbus.injector.faults import FaultError, shaping
+from chaosbus.injector.faults import FaultError
 
 from .conftest import PORTS, Lab
 from .shaping_kit import SINK_PORTS, Shaped, ctx_for, goodput, identities, shaper, sinks, tree
@@ -149,7 +149,7 @@ def test_apply_twice_changes_nothing(lab: Lab, started: list[Shaped]) -> None:
 
 
 def test_netem_is_refused_where_the_kernel_lacks_it(lab: Lab, started: list[Shaped]) -> None:
-    if shaping.capabilities()["netem"] is None:
+    if tcdev.probe()["netem"] is None:
         pytest.skip("this kernel has sch_netem: see test_shaping_compose for what it installs")
     before = identities(tree(lab.pods[0].net.netns_path))
     exp = Shaped(lab, "delay", 0, Shaping(action="delay", netem=NetemParams(latency_ns=10**8), unfiltered=True))
@@ -168,7 +168,7 @@ def test_missing_device_is_a_permanent_failure_naming_it(lab: Lab) -> None:
 
 
 def test_capabilities_are_probed_without_touching_the_node() -> None:
-    caps = shaping.capabilities()
+    caps = tcdev.probe()
     assert set(caps) == {"netem", "tbf", "htb", "prio", "u32", "bpf"}
     assert caps["htb"] is None and caps["tbf"] is None and caps["bpf"] is None
     for kind, reason in caps.items():

@@ -19,11 +19,10 @@ from pyroute2 import IPRoute, NetlinkError
 from chaosbus.common import netns as nsutil
 from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shaping, TbfParams
 from chaosbus.injector import faults
-from chaosbus.injector.backends import nft, tc, tcwire
+from chaosbus.injector.backends import nft, tc, tcdev, tcwire
 from chaosbus.injector.backends.netnslink import LinkCache
 from chaosbus.injector.backends.tcdev import OriginalStore
 from chaosbus.injector.backends.tcplan import ROOT, Rule, dest
-from chaosbus.injector.faults import shaping
 
 from .conftest import Lab
 from .shaping_kit import Shaped, ctx_for, goodput, identities, shaper, sinks, tree
@@ -118,7 +117,7 @@ def test_two_bandwidth_experiments_read_back_and_recover_in_any_order(
 @pytest.mark.netem
 @pytest.mark.parametrize("order", [("delay", "loss"), ("loss", "delay")])
 def test_delay_and_loss_planned_together_read_back(lab: Lab, order: tuple[str, str]) -> None:
-    reason = shaping.capabilities()["netem"]
+    reason = tcdev.probe()["netem"]
     if reason is not None:
         print(f"skipping netem read-back: {reason}")
         pytest.skip(reason)

@@ -24,7 +24,7 @@ from chaosbus.injector.sweeper import Sweeper, SweepReport, helper_env
 from .recovery_harness import table_of, wait_for
 
 pytestmark = pytest.mark.privileged
-NODE = "sweep-node"
+NODE = f"sweep-node-{os.getpid()}"  # per pytest worker: a sweep kills the helpers its journal does not own
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ module state, so two injectors in one process, or a test with its own `Backends`
 
 from __future__ import annotations
 
+import atexit
 import functools
 from dataclasses import dataclass
 
@@ -26,13 +27,18 @@ class Backends:
     netns_procs: procs.NetnsProcesses  # the processes of each netns, for the sweeps that look at them
     iofs: iofs.Volumes  # IOChaos: a lock per served volume, the iofs servers being watched
 
+    def close(self) -> None:
+        """Let go of what is held open (libnftables contexts, runtime connections)."""
+        self.nft.close()
+        self.runtimes.close()
+
 
 def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) -> Backends:
     """A fresh set of backends, sharing nothing with any other; `runtimes`: the runtime sockets
     and deadline (None: from the environment, on first use); `nats_url`: the NATS server(s) the
     injector talks to, exempt from every fault (None: as `config.nats_url` finds it)."""
     return Backends(
-        nft=nft.Tables(nft.contexts()),
+        nft=nft.Tables(nft.open_contexts()),
         tc=tc.Shaper(),
         dns=dnsresponder.servers(),
         http=httpproxy.servers(),
@@ -47,6 +53,8 @@ def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) ->
 @functools.cache
 def process_backends() -> Backends:
     """The backends of callers that hand in none (tools, benchmarks, tests of one fault), built on
-    first use; the injector service builds and passes its own.
+    first use and closed at exit; the injector service builds and passes its own.
     """
-    return build()
+    made = build()
+    atexit.register(made.close)  # sockets closed, not left to the garbage collector
+    return made

@@ -136,7 +136,7 @@ class NftContexts:
         self.max_contexts, self.idle_keep_s = max_contexts, idle_keep_s
         self._lock = threading.Lock()
         self._contexts: OrderedDict[tuple[int, int], _Context] = OrderedDict()
-        self._closer = _closer()
+        self._closer = _Closer(FREE_THREADS)
         self._fd_estimate, self._fd_counted_at = 0, -FD_RECOUNT_S
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap_forever, name="nft-reaper", daemon=True)
@@ -349,6 +349,7 @@ class NftContexts:
         for ctx in entries:
             self._release(ctx)
         self.settle()
+        self._closer.stop()
 
 
 class _Closer:
@@ -357,11 +358,17 @@ class _Closer:
     """
 
     def __init__(self, threads: int) -> None:
-        self._queue: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Callable[..., object], tuple[object, ...]] | None] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
+        self._threads = threads
         for i in range(threads):
             threading.Thread(target=self._loop, name=f"nft-free-{i}", daemon=True).start()
+
+    def stop(self) -> None:
+        """End the threads once the closes queued before are done."""
+        for _ in range(self._threads):
+            self._queue.put(None)
 
     def put(self, fn: Callable[..., object], *args: object) -> None:
         with self._idle:
@@ -373,8 +380,8 @@ class _Closer:
             self._idle.wait_for(lambda: self._pending == 0)
 
     def _loop(self) -> None:
-        while True:
-            fn, args = self._queue.get()
+        while (item := self._queue.get()) is not None:
+            fn, args = item
             try:
                 fn(*args)
             except Exception:  # a close that fails leaves nothing to retry
@@ -384,18 +391,6 @@ class _Closer:
                     self._pending -= 1
                     if not self._pending:
                         self._idle.notify_all()
-
-
-_closer_instance: _Closer | None = None
-_closer_lock = threading.Lock()
-
-
-def _closer() -> _Closer:
-    global _closer_instance
-    with _closer_lock:
-        if _closer_instance is None:
-            _closer_instance = _Closer(FREE_THREADS)
-        return _closer_instance
 
 
 def _raw_exists(sock: socket.socket, table: str) -> bool:

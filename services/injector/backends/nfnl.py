@@ -12,9 +12,9 @@ error (ENOENT): the fault is already gone.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
-import threading
 
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
@@ -29,8 +29,6 @@ TIMEOUT_S = 5.0
 
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id (big endian)
-_seq_lock = threading.Lock()
-_seq = 0
 
 
 def open_socket() -> socket.socket:
@@ -135,7 +133,7 @@ def table_exists(sock: socket.socket, table: str) -> bool:
 
 
 def _next_seq() -> int:
-    global _seq
-    with _seq_lock:
-        _seq = (_seq + 3) % 0x7FFFFFF0
-        return _seq + 1
+    """A random sequence number (a multiple of 4, plus 1, so the batch around it fits): an answer
+    to an earlier request on the same socket that timed out matches a later request only by a
+    one-in-a-billion chance, and no counter is shared between sockets or injectors."""
+    return int.from_bytes(os.urandom(4), "big") % 0x1FFFFFFC * 4 + 1

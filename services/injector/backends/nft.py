@@ -19,7 +19,6 @@ of every table, by destination or by source, so no partition can cut them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ipaddress
 import json
@@ -256,27 +255,14 @@ def _check_table(table: str) -> None:
 
 
 def apply_table(netns_path: str, table: str, script: str) -> None:
-    """Replace table `table` in the netns atomically with `script` (a `table inet <table> {}`).
-
-    Raises:
-        NetnsGone: the netns does not exist.
-        NftError: nft rejected the transaction (nothing changed).
-    """
-    _check_table(table)
-    if not script.startswith(f"table inet {table} {{"):
-        raise ValueError(f"script does not define table inet {table}")
-    _transaction(netns_path, table, script, keep=True)
+    """Replace table `table` in the netns atomically with `script`, by one nft process (for a
+    one-off change; the injector goes through its `Tables`)."""
+    Tables(None).apply(netns_path, table, script)
 
 
 def delete_table(netns_path: str, table: str) -> None:
-    """Delete table `table` from the netns; a missing table is success.
-
-    Raises:
-        NetnsGone: the netns does not exist (its tables went with it).
-        NftError: nft failed.
-    """
-    _check_table(table)
-    _transaction(netns_path, table, f"add table inet {table}\ndelete table inet {table}\n", keep=False)
+    """Delete table `table` from the netns by one nft process; a missing table is success."""
+    Tables(None).delete(netns_path, table)
 
 
 def list_tables(netns_path: str) -> list[str]:
@@ -284,36 +270,6 @@ def list_tables(netns_path: str) -> list[str]:
     out = _nft(netns_path, ["-j", "list", "tables"], "")
     items = json.loads(out).get("nftables", [])
     return [t["table"]["name"] for t in items if "table" in t and t["table"].get("family") == "inet"]
-
-
-_COUNTER = re.compile(r"\bcounter packets (\d+) bytes (\d+)")
-
-
-def table_counters(netns_path: str, table: str) -> tuple[int, int]:
-    """Packets and bytes the table's rules have counted (its drops), summed over its rules.
-
-    Read through the netns's libnftables context where there is one (about 0.1 ms); spawning
-    nsenter + nft costs ~4 ms a table, which at a hundred partitioned targets a node would spend
-    a fifth of a core on a 2 s read-back.
-    """
-    ctxs = contexts()
-    if ctxs is not None and os.path.exists(netns_path):
-        try:
-            with _libnft_errors(netns_path):
-                text = ctxs.list_table(netns_path, table)
-        except libnft.Unavailable:
-            pass  # spawn instead
-        else:
-            counts = [(int(p), int(b)) for p, b in _COUNTER.findall(text)]
-            return sum(p for p, _ in counts), sum(b for _, b in counts)
-    out = _nft(netns_path, ["-j", "list", "table", "inet", table], "")
-    packets = octets = 0
-    for item in json.loads(out).get("nftables", []):
-        for expr in (item.get("rule") or {}).get("expr") or []:
-            if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
-                packets += int(expr["counter"].get("packets", 0))
-                octets += int(expr["counter"].get("bytes", 0))
-    return packets, octets
 
 
 def probe() -> str | None:
@@ -348,25 +304,15 @@ def probe() -> str | None:
     return None if proc.returncode == 0 else f"nft rejected a partition table: {proc.stderr.strip()}"
 
 
-_contexts: libnft.NftContexts | None = None
-_contexts_loaded = False
-_contexts_lock = threading.Lock()
-
-
-def contexts() -> libnft.NftContexts | None:
-    """The process's libnftables contexts, or None where transactions must spawn nft."""
-    global _contexts, _contexts_loaded
-    with _contexts_lock:
-        if not _contexts_loaded:
-            _contexts_loaded = True
-            if settings.current().nft != "spawn":
-                try:
-                    _contexts = libnft.NftContexts()
-                except libnft.Unavailable:
-                    _contexts = None
-                else:
-                    atexit.register(_contexts.close)  # sockets closed, not left to the garbage collector
-        return _contexts
+def open_contexts() -> libnft.NftContexts | None:
+    """New libnftables contexts (each `Tables` of a `Backends` has its own), or None where
+    transactions must spawn nft (no library, or CHAOSBUS_NFT=spawn)."""
+    if settings.current().nft == "spawn":
+        return None
+    try:
+        return libnft.NftContexts()
+    except libnft.Unavailable:
+        return None
 
 
 @contextlib.contextmanager
@@ -381,38 +327,82 @@ def _libnft_errors(netns_path: str) -> Iterator[None]:
 
 
 class Tables:
-    """nft table transactions over given libnftables contexts (None: one nft process each), for a
-    caller that is handed its backends instead of using the process's (`apply_table`).
-    """
+    """nft table transactions over given libnftables contexts (None: one nft process each), and
+    what this node's nftables can do (`cannot`, probed once)."""
 
     def __init__(self, ctxs: libnft.NftContexts | None) -> None:
         self.contexts = ctxs
+        self._probed: tuple[str | None] | None = None
+        self._probe_lock = threading.Lock()
 
     def apply(self, netns_path: str, table: str, script: str) -> None:
-        """As `apply_table`."""
+        """Replace table `table` in the netns atomically with `script` (a `table inet <table> {}`).
+
+        Raises:
+            NetnsGone: the netns does not exist.
+            NftError: nft rejected the transaction (nothing changed).
+        """
         _check_table(table)
         if not script.startswith(f"table inet {table} {{"):
             raise ValueError(f"script does not define table inet {table}")
         _transaction(netns_path, table, script, keep=True, ctxs=self.contexts)
 
     def delete(self, netns_path: str, table: str) -> None:
-        """As `delete_table`."""
+        """Delete table `table` from the netns; a missing table is success.
+
+        Raises:
+            NetnsGone: the netns does not exist (its tables went with it).
+            NftError: nft failed.
+        """
         _check_table(table)
         script = f"add table inet {table}\ndelete table inet {table}\n"
         _transaction(netns_path, table, script, keep=False, ctxs=self.contexts)
 
+    def counters(self, netns_path: str, table: str) -> tuple[int, int]:
+        """Packets and bytes the table's rules have counted (its drops), summed over its rules.
 
-_PROCESS = object()  # _transaction's default: the process's contexts
+        Read through the netns's libnftables context where there is one (about 0.1 ms); spawning
+        nsenter + nft costs ~4 ms a table, which at a hundred partitioned targets a node would spend
+        a fifth of a core on a 2 s read-back.
+        """
+        if self.contexts is not None and os.path.exists(netns_path):
+            try:
+                with _libnft_errors(netns_path):
+                    text = self.contexts.list_table(netns_path, table)
+            except libnft.Unavailable:
+                pass  # spawn instead
+            else:
+                counts = [(int(p), int(b)) for p, b in _COUNTER.findall(text)]
+                return sum(p for p, _ in counts), sum(b for _, b in counts)
+        out = _nft(netns_path, ["-j", "list", "table", "inet", table], "")
+        packets = octets = 0
+        for item in json.loads(out).get("nftables", []):
+            for expr in (item.get("rule") or {}).get("expr") or []:
+                if isinstance(expr, dict) and isinstance(expr.get("counter"), dict):
+                    packets += int(expr["counter"].get("packets", 0))
+                    octets += int(expr["counter"].get("bytes", 0))
+        return packets, octets
+
+    def cannot(self) -> str | None:
+        """None if this node can apply partition tables, else the reason (`probe`, asked once:
+        nft either works on this node or it does not)."""
+        with self._probe_lock:
+            if self._probed is None:
+                self._probed = (probe(),)
+            return self._probed[0]
+
+    def close(self) -> None:
+        if self.contexts is not None:
+            self.contexts.close()
 
 
-def _transaction(
-    netns_path: str, table: str, script: str, *, keep: bool, ctxs: libnft.NftContexts | None | object = _PROCESS
-) -> None:
+_COUNTER = re.compile(r"\bcounter packets (\d+) bytes (\d+)")
+
+
+def _transaction(netns_path: str, table: str, script: str, *, keep: bool, ctxs: libnft.NftContexts | None) -> None:
     if not os.path.exists(netns_path):
         raise NetnsGone(f"network namespace {netns_path} is gone")
-    if ctxs is _PROCESS:
-        ctxs = contexts()
-    if isinstance(ctxs, libnft.NftContexts):
+    if ctxs is not None:
         try:
             with _libnft_errors(netns_path):
                 if keep:

@@ -75,6 +75,16 @@ class Shaper:
         self.store = store or default_store()
         self._lock = threading.Lock()
         self._devices: dict[tuple[tuple[int, int], str], DeviceState] = {}
+        self._capabilities: dict[str, str | None] | None = None
+        self._probe_lock = threading.Lock()
+
+    def capabilities(self) -> dict[str, str | None]:
+        """tc kind -> None if this kernel has it, else the reason (`tcdev.probe`, asked once: the
+        probes of concurrent first callers would meet in the probe's namespace)."""
+        with self._probe_lock:
+            if self._capabilities is None:
+                self._capabilities = tcdev.probe()
+            return self._capabilities
 
     def set_rule(
         self, netns_path: str, device: str, pod_ip: str, rule: Rule, target: str, exempt: Iterable[Dest]

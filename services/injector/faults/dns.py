@@ -28,11 +28,6 @@ def table_name(experiment_uid: str, selector_key: str) -> str:
     return nfttables.table_name(TABLE_PREFIX, experiment_uid, selector_key)
 
 
-@functools.cache
-def _node_cannot() -> str | None:
-    return nft.probe()
-
-
 class DnsFault:
     name = "dns"
     ends_with_machine = True  # an nft table and a responder inside this injector: a reboot takes both
@@ -46,7 +41,7 @@ class DnsFault:
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _dns(spec)
-        reason = _node_cannot()
+        reason = ctx.backends.nft.cannot()
         if reason is not None:
             raise FaultError(f"DNSChaos is not possible on this node: {reason}", retryable=False)
         for a in spec.addresses:

@@ -27,11 +27,6 @@ def table_name(experiment_uid: str, selector_key: str) -> str:
     return nfttables.table_name(TABLE_PREFIX, experiment_uid, selector_key)
 
 
-@functools.cache
-def _node_cannot() -> str | None:
-    return nft.probe()
-
-
 class HttpFault:
     name = "http"
     ends_with_machine = True  # an nft table and a proxy inside this injector: a reboot takes both
@@ -50,7 +45,7 @@ class HttpFault:
                 "HTTPChaos tls is not supported by chaosbus (its proxy relays plain HTTP only); nothing was injected",
                 retryable=False,
             )
-        reason = _node_cannot()
+        reason = ctx.backends.nft.cannot()
         if reason is not None:
             raise FaultError(f"HTTPChaos is not possible on this node: {reason}", retryable=False)
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)

@@ -46,6 +46,6 @@ class Tables:
 
     def remove(self, netns_path: str, item: str, backends: Backends) -> None:
         try:
-            nft.delete_table(netns_path, item)
+            backends.nft.delete(netns_path, item)
         except nft.NetnsGone:
             pass

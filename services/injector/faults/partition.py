@@ -28,12 +28,6 @@ def table_name(experiment_uid: str, selector_key: str) -> str:
     return nfttables.table_name(nft.TABLE_PREFIX, experiment_uid, selector_key)
 
 
-@functools.cache
-def _node_cannot() -> str | None:
-    # Cached per process: nft either works on this node or it does not.
-    return nft.probe()
-
-
 def resolve_rules(spec: Partition) -> list[nft.ResolvedRule]:
     """The spec's rules with every `external` entry parsed and hostnames resolved to IPv4.
 
@@ -85,7 +79,7 @@ class PartitionFault:
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _partition(spec)
-        reason = _node_cannot()
+        reason = ctx.backends.nft.cannot()
         if reason is not None:
             raise FaultError(f"partition is not possible on this node: {reason}", retryable=False)
         table = table_name(ctx.experiment_uid, ctx.action.selector_key)

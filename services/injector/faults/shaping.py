@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 from collections.abc import Iterator
 from typing import Any
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
-from chaosbus.injector.backends import exemptions, tc, tcdev
+from chaosbus.injector.backends import exemptions, tc
 from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
 from chaosbus.injector.faults import FaultContext, FaultError, register
 
 _PERMANENT = (errno.EINVAL, errno.ERANGE, errno.EOPNOTSUPP, errno.ENOENT, errno.E2BIG)
-
-
-@functools.cache
-def capabilities() -> dict[str, str | None]:
-    """tc kind -> None if this kernel has it, else the reason (probed once per process)."""
-    return tcdev.probe()
 
 
 def needs(spec: Shaping) -> list[str]:
@@ -109,7 +102,7 @@ class ShapingFault:
         spec = _shaping(spec)
         if spec.netem is None and spec.tbf is None:
             return f"{spec.action}: nothing to shape on this side"
-        lacking = [reason for kind in needs(spec) if (reason := capabilities().get(kind))]
+        lacking = [reason for kind in needs(spec) if (reason := ctx.backends.tc.capabilities().get(kind))]
         if lacking:
             raise FaultError(f"{spec.action} is not possible on this node: {'; '.join(lacking)}", retryable=False)
         rule = rule_for(owner(ctx), spec)
