@@ -9,7 +9,7 @@
  * namespace, joins PID's mount namespace, opens DIR (the covered directory, which stays reachable
  * through that descriptor), mounts a "fuse.chaosbus-iofs" filesystem over DIR and serves it until
  * the kernel ends the connection (the mount detached and its last open file closed, or the mount
- * namespace gone). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
+ * namespace gone); when PID exits, iofs detaches its mount itself (see "the target's end"). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
  * FUSE passthrough for files no data rule matches, see below; "--passthrough no" never asks for
  * it, as on a kernel without it), or why not. The rules are
  * re-read on SIGUSR1, on a "reload" request on the control socket FD (a listening unix socket: the
@@ -1016,13 +1016,15 @@ static int fs_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
     return (datasync ? fdatasync(FD(fi)) : fsync(FD(fi))) ? -errno : 0;
 }
 
-/* xattrs by descriptor: /proc/self is not this process in the target's /proc. */
+/* xattrs by descriptor: /proc/self is not this process in the target's /proc. A file unlinked
+ * while open (f*xattr on its descriptor arrive by its hidden name) by iofs's own descriptor. */
 static int xfd(const char *path) {
-    return openat(root_fd, rel(path), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    int fd = openat(root_fd, rel(path), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    return fd < 0 && errno == ENOENT ? hidden_dup(path) : fd;
 }
 
 static int fs_setxattr(const char *path, const char *name, const char *val, size_t size, int flags) {
-    INJECT(path, M_SETXATTR);
+    INJECT_FI(path, NULL, M_SETXATTR);
     int fd = xfd(path);
     if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
     int r = fsetxattr(fd, name, val, size, flags) ? -errno : 0;
@@ -1031,7 +1033,7 @@ static int fs_setxattr(const char *path, const char *name, const char *val, size
 }
 
 static int fs_getxattr(const char *path, const char *name, char *val, size_t size) {
-    INJECT(path, M_GETXATTR);
+    INJECT_FI(path, NULL, M_GETXATTR);
     int fd = xfd(path);
     if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
     ssize_t n = fgetxattr(fd, name, val, size);
@@ -1041,7 +1043,7 @@ static int fs_getxattr(const char *path, const char *name, char *val, size_t siz
 }
 
 static int fs_listxattr(const char *path, char *list, size_t size) {
-    INJECT(path, M_LISTXATTR);
+    INJECT_FI(path, NULL, M_LISTXATTR);
     int fd = xfd(path);
     if (fd < 0) return errno == ELOOP ? 0 : -errno;
     ssize_t n = flistxattr(fd, list, size);
@@ -1051,7 +1053,7 @@ static int fs_listxattr(const char *path, char *list, size_t size) {
 }
 
 static int fs_removexattr(const char *path, const char *name) {
-    INJECT(path, M_REMOVEXATTR);
+    INJECT_FI(path, NULL, M_REMOVEXATTR);
     int fd = xfd(path);
     if (fd < 0) return errno == ELOOP ? -ENOTSUP : -errno;
     int r = fremovexattr(fd, name) ? -errno : 0;

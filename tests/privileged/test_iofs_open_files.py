@@ -34,8 +34,9 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Target]:
 
 # Inside the target's mount namespace: open DIR/f.txt, DIR/g.txt and DIR2/h.txt, then run the
 # commands on stdin, one JSON line out for each. "remove": unlink f.txt, replace g.txt by a new file
-# (renamed over it), fstat both, list DIR, remove the new g.txt and rmdir DIR; "move": unlink h.txt,
-# rename DIR2 to DIR3 and fstat h.txt; "read": read the descriptors of f and g; "close".
+# (renamed over it), fstat both, set and get an xattr of f.txt by its descriptor, list DIR, remove
+# the new g.txt and rmdir DIR; "move": unlink h.txt, rename DIR2 and fstat h.txt; "read": read the
+# descriptors of f and g; "close".
 HOLDER = textwrap.dedent("""
     import json, os, sys
     d, d2 = sys.argv[1], sys.argv[2]
@@ -48,10 +49,15 @@ HOLDER = textwrap.dedent("""
             new.write("replacement\\n")
         os.rename(d + "/g.new", d + "/g.txt")
         sf, sg = os.fstat(f), os.fstat(g)
+        try:
+            os.setxattr(f, "user.kept", b"yes")
+            xattr = os.getxattr(f, "user.kept").decode()
+        except OSError as e:
+            xattr = e.errno
         listed = sorted(os.listdir(d))
         os.unlink(d + "/g.txt")
         os.rmdir(d)
-        return {"f": [sf.st_size, sf.st_nlink], "g": [sg.st_size, sg.st_nlink], "listed": listed}
+        return {"f": [sf.st_size, sf.st_nlink, xattr], "g": [sg.st_size, sg.st_nlink], "listed": listed}
     def move():
         os.unlink(d2 + "/h.txt")
         os.rename(d2, d2 + "-moved")
@@ -84,6 +90,11 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
     d.mkdir()
     (d / "f.txt").write_text("kept f\n")
     (d / "g.txt").write_text("kept g\n")
+    try:  # what an xattr of a file on the volume gives where the host's filesystem has none
+        os.setxattr(d / "g.txt", "user.probe", b"")
+        xattr: object = "yes"
+    except OSError as e:
+        xattr = e.errno
     (target.host / "d2").mkdir()
     (target.host / "d2" / "h.txt").write_text("kept h\n")
     # Mounted with a rule on f.txt's reads (f.txt is opened with its reads through iofs), and one
@@ -124,7 +135,7 @@ def test_a_file_unlinked_while_open_leaves_nothing_behind_and_its_descriptor_wor
     try:
         removed = step("remove")
         # Both old names are gone from the directory as the target sees it, and it could be removed.
-        assert removed == {"f": [7, 0], "g": [7, 0], "listed": ["g.txt"]}, removed
+        assert removed == {"f": [7, 0, xattr], "g": [7, 0], "listed": ["g.txt"]}, removed
         assert not d.exists() and not list(target.host.rglob(".fuse_hidden*"))
         # A file unlinked while open is still found after its directory is renamed.
         assert step("move") == {"h": [7, 0], "listed": []}
