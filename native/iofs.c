@@ -9,12 +9,13 @@
  * namespace, joins PID's mount namespace, opens DIR (the covered directory, which stays reachable
  * through that descriptor), mounts a "fuse.chaosbus-iofs" filesystem over DIR and serves it until
  * the kernel ends the connection (the mount detached and its last open file closed, or the mount
- * namespace gone); when PID exits, iofs detaches its mount itself (see "the target's end"). It writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's
- * FUSE passthrough for files no data rule matches, see below; "--passthrough no" never asks for
- * it, as on a kernel without it), or why not. The rules are
- * re-read on SIGUSR1, on a "reload" request on the control socket FD (a listening unix socket: the
- * reply "ok N" comes once they are in force) and whenever the file changes or goes (checked every
- * 200 ms). Exit status 3: an iofs is already mounted at DIR.
+ * namespace gone); when PID exits, iofs detaches its mount itself (see "the target's end"). It
+ * writes "ok" to FD once the mount serves ("ok passthrough": with the kernel's FUSE passthrough
+ * for files no data rule matches, see below; "--passthrough no" never asks for it, as on a kernel
+ * without it), or why not. The rules are re-read on SIGUSR1, on a "reload" request on the
+ * control socket FD (a listening unix socket: the reply "ok N" comes once they are in force) and
+ * whenever the file changes or goes (checked every 200 ms). Exit status 3: an iofs is already
+ * mounted at DIR.
  *
  * umount: detaches (MNT_DETACH) every iofs mount stacked at DIR in PID's mount namespace, whether
  * its server is alive or dead (a dead one would leave "Transport endpoint is not connected").
@@ -49,11 +50,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -1177,8 +1178,9 @@ static void *watch_rules(void *arg) {
         int sig = sigtimedwait(&set, NULL, &tick);
         struct stat st = {0};
         int have = fstatat(rules_dir_fd, rules_name, &st, 0) == 0;
-        int changed = have != had || (have && (st.st_ino != last.st_ino || st.st_mtim.tv_sec != last.st_mtim.tv_sec ||
-                                               st.st_mtim.tv_nsec != last.st_mtim.tv_nsec || st.st_size != last.st_size));
+        int moved = st.st_ino != last.st_ino || st.st_size != last.st_size;
+        int touched = st.st_mtim.tv_sec != last.st_mtim.tv_sec || st.st_mtim.tv_nsec != last.st_mtim.tv_nsec;
+        int changed = have != had || (have && (moved || touched));
         if (sig == SIGUSR1 || changed) {
             load_rules(); /* a removed file: no rules */
             last = st;
@@ -1214,7 +1216,8 @@ static void *serve_control(void *arg) {
         if (n > 0) {
             req[n] = 0;
             int rules_n = strncmp(req, "reload", 6) ? -1 : load_rules();
-            len = rules_n < 0 ? snprintf(reply, sizeof reply, "error\n") : snprintf(reply, sizeof reply, "ok %d\n", rules_n);
+            len = rules_n < 0 ? snprintf(reply, sizeof reply, "error\n")
+                              : snprintf(reply, sizeof reply, "ok %d\n", rules_n);
         }
         if (len > 0 && write(c, reply, (size_t)len) < 0) {}
         close(c);
