@@ -238,6 +238,7 @@ class Bus:
         ack_wait: float = 30.0,
         detach: Callable[[M], bool] | None = None,
         opener: Callable[[Msg], M | None] | None = None,
+        subscribed: Callable[[], None] | None = None,
     ) -> None:
         """Pull from `durable`, a durable consumer of `stream` in the subject table (its filter the
         table's unless given), forever, decoding `stream.message`: ack after the handler, nak on its
@@ -246,11 +247,12 @@ class Bus:
 
         Messages for which `detach` says True (long-running ones: a Workflow Task) are handled
         beside the loop instead of in it, kept in progress meanwhile and acked when done, so they
-        hold up neither the messages behind them nor their own redelivery timer.
+        hold up neither the messages behind them nor their own redelivery timer. `subscribed` is
+        called once the consumer is bound (what a readiness check waits for).
         """
         aside: set[asyncio.Task[None]] = set()
         try:
-            async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
+            async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait, subscribed):
                 for msg in msgs:
                     decoded = opener(msg) if opener is not None else _decode_or_log(msg, stream.message)
                     if detach is None:
@@ -278,12 +280,13 @@ class Bus:
         batch: int = 64,
         ack_wait: float = 30.0,
         opener: Callable[[Msg], M | None] | None = None,
+        subscribed: Callable[[], None] | None = None,
     ) -> None:
         """As `consume`, but the handler gets every message of one fetch at once, so that it can
         fold them into fewer writes; it returns the indexes of those to redeliver shortly (not
-        yet), and an exception redelivers them all. `opener` as in `consume`.
+        yet), and an exception redelivers them all. `opener` and `subscribed` as in `consume`.
         """
-        async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait):
+        async for msgs in self._fetched(stream, durable, filter_subject, batch, ack_wait, subscribed):
             decoded: list[tuple[Msg, M]] = []
             for msg in msgs:
                 value = opener(msg) if opener is not None else _decode_or_log(msg, stream.message)
@@ -306,7 +309,13 @@ class Bus:
                 await (msg.nak(delay=0.2) if i in later else msg.ack())
 
     async def _fetched(
-        self, stream: subjects.Stream[M], durable: str, filter_subject: str | None, batch: int, ack_wait: float
+        self,
+        stream: subjects.Stream[M],
+        durable: str,
+        filter_subject: str | None,
+        batch: int,
+        ack_wait: float,
+        subscribed: Callable[[], None] | None = None,
     ) -> AsyncIterator[list[Msg]]:
         """Fetches from a durable pull consumer, forever (empty ones skipped)."""
         if filter_subject is None:
@@ -315,6 +324,8 @@ class Bus:
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
         await self._refilter(stream, durable, filter_subject)
         psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
+        if subscribed is not None:
+            subscribed()
         me = asyncio.current_task()
         while True:
             try:

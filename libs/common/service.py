@@ -156,15 +156,54 @@ async def hold(bus: busmod.Bus, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
+class Readiness:
+    """What a service's /readyz answers: "" (200) only while its NATS connection is live and none
+    of its main loop's parts is pending, else one line saying why not (503). The parts are named
+    by the service ("snapshot", "commands", ...): `pending` before one works, `done` once it does.
+
+    Read by the metrics server's thread while the event loop writes: every change replaces the
+    dict (one reference swap), so a probe reads either the old parts or the new ones.
+    """
+
+    def __init__(self) -> None:
+        self.bus: busmod.Bus | None = None
+        self._pending: dict[str, str] = {}
+
+    def pending(self, part: str, why: str) -> None:
+        self._pending = {**self._pending, part: why}
+
+    def done(self, part: str) -> None:
+        if part in self._pending:
+            self._pending = {k: v for k, v in self._pending.items() if k != part}
+
+    async def once(self, event: asyncio.Event, part: str) -> None:
+        """Mark `part` done when `event` is set (a loop to run beside the service's others)."""
+        await event.wait()
+        self.done(part)
+
+    def unready(self) -> str:
+        bus, pending = self.bus, self._pending
+        if bus is None or bus.nc.is_closed:
+            return "no NATS connection"
+        if not bus.nc.is_connected:
+            return "NATS connection lost (reconnecting)"
+        return next(iter(pending.values()), "")
+
+
 @contextlib.asynccontextmanager
 async def connected(
-    args: argparse.Namespace, name: str, registry: CollectorRegistry
+    args: argparse.Namespace, name: str, registry: CollectorRegistry, ready: Readiness | None = None
 ) -> AsyncIterator[tuple[busmod.Bus, int]]:
-    """A service's common start: /metrics served, NATS connected, streams and buckets declared."""
-    port = cbmetrics.serve(registry, args.metrics_port, args.metrics_addr)
+    """A service's common start: /metrics (and /readyz, answered by `ready`) served, NATS connected,
+    streams and buckets declared.
+    """
+    ready = ready or Readiness()
+    port = cbmetrics.serve(registry, args.metrics_port, args.metrics_addr, ready=ready.unready)
     bus = await busmod.connect(args.nats, name)
     try:
         await bus.ensure()
+        ready.bus = bus
         yield bus, port
     finally:
+        ready.bus = None
         await bus.close()

@@ -160,11 +160,14 @@ async def main(args: argparse.Namespace) -> None:
     policy = core.Policy(
         namespace=args.injector_namespace, service_account=args.injector_service_account, audience=args.audience
     )
-    async with service.connected(args, "chaosbus-auth", registry) as (bus, port):
+    ready = service.Readiness()
+    ready.pending("callout", "not yet answering authorization requests")
+    async with service.connected(args, "chaosbus-auth", registry, ready) as (bus, port):
         api = await kubeclient.api_client(args.kubeconfig)
         async with api:
             auth = AuthService(Kube(api), policy, issuer_seed=seed, registry=registry)
             # A queue group: several replicas share the requests, each answered once.
             await bus.listen(subjects.AUTH_CALLOUT, auth.on_request, queue="auth")
+            ready.done("callout")
             log.info("auth service ready", nats=args.nats, metrics_port=port, injectors=policy.username)
             await service.hold(bus)

@@ -34,6 +34,7 @@ log = cblog.get("injector")
 COMMAND_ACK_WAIT_S = 10.0  # an unacked command (injector killed mid-way) is redelivered after this
 HALT_POLL_S = 1.0
 RETRY_S = 1.0
+COMMANDS = "commands"  # the readiness part: this node's command consumer bound
 
 
 class Edge:
@@ -52,6 +53,8 @@ class Edge:
         )
         self._tickets: dict[str, Ticket] = {}  # command id -> its signature's ticket, while it runs
         self._kv_revision = 0  # the last revision of the KV key looked at (each is judged once)
+        self.ready = service.Readiness()  # /readyz: connected, with this node's command consumer bound
+        self.ready.pending(COMMANDS, "the command consumer is not bound yet")
         self.recoveries = Counter(
             "chaosbus_injector_node_recoveries_total",
             "Faults the node recovered on its own, by reason",
@@ -86,11 +89,14 @@ class Edge:
                 log.info("NATS unreachable; the node keeps watching its faults", error=str(e) or type(e).__name__)
                 await asyncio.sleep(RETRY_S)
                 continue
+            self.ready.bus = bus
             try:
                 await self._serve(bus)
             except Exception as e:
                 log.exception("NATS edge failed; reconnecting", error=str(e))
             finally:
+                self.ready.bus = None
+                self.ready.pending(COMMANDS, "the command consumer is not bound yet")
                 self.node.connected = False
                 with contextlib.suppress(Exception):
                     await bus.close()
@@ -297,10 +303,12 @@ class Edge:
                     ack_wait=COMMAND_ACK_WAIT_S,
                     detach=runs_long,
                     opener=self._open_command,
+                    subscribed=lambda: self.ready.done(COMMANDS),
                 )
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # JetStream briefly unavailable (a restarted server): try again
+                self.ready.pending(COMMANDS, f"the command consumer is restarting ({str(e) or type(e).__name__})")
                 log.info("command consumer restarting", error=str(e) or type(e).__name__)
                 await asyncio.sleep(RETRY_S)
 
@@ -390,7 +398,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     edge = Edge(node, name, metrics, trust=load_trust(args))
     try:
-        port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr)
+        port = cbmetrics.serve(metrics.registry, args.metrics_port, args.metrics_addr, ready=edge.ready.unready)
         log.info(
             "injector starting",
             node=name,

@@ -356,8 +356,12 @@ def last_decision(bus: busmod.Bus) -> Callable[[str], Awaitable[m.ExperimentDeci
 async def main(args: argparse.Namespace) -> None:
     """One recorder for both modes: only where objects and Events live differs (`--kube`)."""
     metrics = RecorderMetrics()
+    ready = service.Readiness()
+    ready.pending("objects", "replaying the objects")
+    for durable in ("recorder-phase", "recorder", "recorder-writes"):
+        ready.pending(durable, f"consumer {durable} not bound yet")
     async with (
-        service.connected(args, "chaosbus-recorder", metrics.registry) as (bus, port),
+        service.connected(args, "chaosbus-recorder", metrics.registry, ready) as (bus, port),
         _backends(args, bus) as (store, sink, where),
     ):
         rec = Recorder(store, sink, metrics, max_events=settings.current().max_events)
@@ -367,10 +371,28 @@ async def main(args: argparse.Namespace) -> None:
             bus.replay_and_follow(
                 subjects.OBJECTS, rec.on_object, filter_subject=subjects.OBJECT_CHANGES, caught_up=rec.replayed
             ),
+            ready.once(rec.replayed, "objects"),
             rec.sweep_events(),
-            bus.consume(subjects.DECISIONS, rec.on_decision, durable="recorder-phase"),
-            bus.consume_batches(subjects.RESULTS, rec.on_result_batches, durable="recorder", opener=rec.open_result),
-            bus.consume(subjects.WRITES, rec.on_write, durable="recorder-writes"),
+            bus.consume(
+                subjects.DECISIONS,
+                rec.on_decision,
+                durable="recorder-phase",
+                subscribed=lambda: ready.done("recorder-phase"),
+            ),
+            bus.consume_batches(
+                subjects.RESULTS,
+                rec.on_result_batches,
+                durable="recorder",
+                opener=rec.open_result,
+                subscribed=lambda: ready.done("recorder"),
+            ),
+            bus.consume(
+                subjects.WRITES,
+                rec.on_write,
+                durable="recorder-writes",
+                subscribed=lambda: ready.done("recorder-writes"),
+            ),
+            service.hold(bus),
         )
 
 

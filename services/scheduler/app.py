@@ -44,6 +44,7 @@ LEASE_TTL_S = 15.0  # CHAOSBUS_LEASE_SECONDS
 LEADER_TTL_S = 10.0  # CHAOSBUS_LEADER_SECONDS, --leader-ttl
 COMMAND_TTL_S = 300.0
 IN_FLIGHT = 128  # batches of effects unfinished at once before the intake waits
+LEADER = "leader"  # the readiness part: a standby reading the lease, or a leader that replayed
 
 
 class Scheduler:
@@ -254,12 +255,15 @@ async def main(args: argparse.Namespace) -> None:
     metrics = SchedulerMetrics()
     signer = load_signer(args.signing_key)
     config = selection_config(service.scope(args), service.guard(args), args.max_targets)
-    async with service.connected(args, "chaosbus-scheduler", metrics.registry) as (bus, port):
+    ready = service.Readiness()
+    ready.pending(LEADER, "the leader lease not read yet")
+    async with service.connected(args, "chaosbus-scheduler", metrics.registry, ready) as (bus, port):
         try:
-            await serve(
+            served = serve(
                 bus,
                 metrics,
                 config,
+                readiness=ready,
                 instance=args.instance,
                 leader_ttl=args.leader_ttl,
                 metrics_port=port,
@@ -267,6 +271,7 @@ async def main(args: argparse.Namespace) -> None:
                 signer=signer,
                 command_ttl=args.command_ttl,
             )
+            await service.run_forever(served, service.hold(bus))  # a standby, too, ends with its connection
         except LostLeadership:
             # Start over as a standby in a fresh process (the supervisor restarts it): nothing of
             # the old leader's memory or subscriptions can leak into the next term.
@@ -284,11 +289,23 @@ async def serve(
     metrics_port: int = 0,
     cluster_injector: bool = False,
     command_ttl: float = COMMAND_TTL_S,
+    readiness: service.Readiness | None = None,
 ) -> None:
-    """Wait for the leader lease, then act until it is lost (LostLeadership ends everything)."""
+    """Wait for the leader lease, then act until it is lost (LostLeadership ends everything).
+    Ready as a standby that reads the lease, and as the leader once it has replayed the objects.
+    """
+    readyz = readiness or service.Readiness()
     lead = Leadership(holder=instance, ttl_s=leader_ttl, session=uuid.uuid4().hex)
     election = Election(await bus.bucket(subjects.SCHEDULER), lead)
-    await election.acquire()
+
+    def standing(outcome: str) -> None:
+        if outcome == "unreachable":
+            readyz.pending(LEADER, "standby: the leader lease cannot be read")
+        else:
+            readyz.done(LEADER)
+
+    await election.acquire(standing)
+    readyz.pending(LEADER, "leader: replaying the objects")
     sched = Scheduler(
         bus,
         SchedulerCore(config, cluster_injector=cluster_injector),
@@ -337,6 +354,7 @@ async def serve(
             sched.renew_leases(),
             sched.flows.run(sched.replayed),
             triggers.serve(),
+            readyz.once(sched.replayed, LEADER),
         )
     finally:
         metrics.leader.set(0)

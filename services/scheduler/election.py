@@ -68,10 +68,14 @@ class Election:
         self.lead.won(started)
         return "held"
 
-    async def acquire(self) -> None:
-        """Wait as a standby (sending nothing) until this instance holds the lease."""
+    async def acquire(self, standing: Callable[[Outcome], None] | None = None) -> None:
+        """Wait as a standby (sending nothing) until this instance holds the lease; `standing` is
+        told each attempt's outcome (a standby that reads the lease is a healthy one).
+        """
         waiting_logged = False
-        while await self.attempt() != "held":
+        while (outcome := await self.attempt()) != "held":
+            if standing is not None:
+                standing(outcome)
             if not waiting_logged:
                 log.info("standby: another scheduler holds the leader lease", ttl=self.lead.ttl_s)
                 waiting_logged = True

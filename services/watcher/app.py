@@ -26,12 +26,19 @@ log = cblog.get("watcher")
 
 async def main(args: argparse.Namespace) -> None:
     metrics = WatcherMetrics()
-    async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
+    ready = service.Readiness()
+    ready.pending(SNAPSHOT, "the initial snapshot of the object store is not yet published")
+    async with service.connected(args, "chaosbus-watcher", metrics.registry, ready) as (bus, port):
         log.info("watching local object store", nats=args.nats, metrics_port=port)
-        await watch_objects(bus, WatcherCore(), metrics)
+        await service.run_forever(watch_objects(bus, WatcherCore(), metrics, ready), service.hold(bus))
 
 
-async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics) -> None:
+SNAPSHOT = "snapshot"  # the readiness part: every object seen at start published
+
+
+async def watch_objects(
+    bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetrics, ready: service.Readiness | None = None
+) -> None:
     """Each change's events are published after the earlier ones of the same object, beside other
     objects' (a burst of applies shares its PubAck round trips); a publish that fails ends the
     watcher as an awaited one did, to start over from the store.
@@ -52,6 +59,8 @@ async def watch_objects(bus: busmod.Bus, core: WatcherCore, metrics: WatcherMetr
             if entry is None:  # end of the initial snapshot
                 await pipe.drain()
                 log.info("initial snapshot published", objects=len(core.seen))
+                if ready is not None:
+                    ready.done(SNAPSHOT)
                 continue
             out = _on_entry(core, entry, metrics)
             if out is not None:

@@ -193,7 +193,9 @@ async def _lines(resp: Any) -> AsyncIterator[dict[str, Any]]:
 async def main(args: argparse.Namespace) -> None:
     metrics = WatcherMetrics()
     scope = scope_from(args)
-    async with service.connected(args, "chaosbus-watcher", metrics.registry) as (bus, port):
+    ready = service.Readiness()
+    ready.pending("relist", "the initial list of every watched kind is not yet published")
+    async with service.connected(args, "chaosbus-watcher", metrics.registry, ready) as (bus, port):
         targets = await bus.bucket(subjects.TARGETS)
         api = await kubeclient.api_client(args.kubeconfig)
         async with api:
@@ -207,7 +209,21 @@ async def main(args: argparse.Namespace) -> None:
                 target_namespace=scope.target_namespace,
                 filter_namespaces=scope.enable_filter_namespace,
             )
-            await service.run_forever(watcher.run(), prune_targets(watcher, bus), prune_objects(watcher, bus, metrics))
+            await service.run_forever(
+                watcher.run(),
+                prune_targets(watcher, bus),
+                prune_objects(watcher, bus, metrics),
+                listed(watcher, ready),
+                service.hold(bus),
+            )
+
+
+async def listed(watcher: KubeWatcher, ready: service.Readiness) -> None:
+    """Ready once every resource's first list is published (each list is fed, and so published,
+    before its kind is marked synced)."""
+    for res in resources():
+        await watcher.synced.setdefault(res.kind, asyncio.Event()).wait()
+    ready.done("relist")
 
 
 async def prune_targets(watcher: KubeWatcher, bus: busmod.Bus) -> None:

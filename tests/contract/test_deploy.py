@@ -387,6 +387,23 @@ def test_workload_is_annotated_for_scraping_on_the_port_it_serves(name: str) -> 
     assert f"--metrics-port={port}" in container(name)["args"]
 
 
+@pytest.mark.parametrize("name", sorted(workloads()))
+def test_every_workload_is_ready_only_when_its_readiness_endpoint_says_so(name: str) -> None:
+    """A chaosbus container's /readyz is 503 while it has no NATS connection or its main loop is
+    not running; /metrics answers 200 regardless. No liveness probe asks /readyz: a NATS outage
+    would restart every pod, and a dead main loop already ends the process.
+    """
+    c = container(name)
+    probe = c.get("readinessProbe", {}).get("httpGet", {})
+    ports = {p["name"] for p in c["ports"]}
+    assert probe.get("port") in ports, f"{name}: readinessProbe port {probe.get('port')} is none of {ports}"
+    if c["image"] != "chaosbus":  # nats-server's own health endpoint
+        assert probe.get("path", "").startswith("/healthz"), name
+        return
+    assert probe.get("path") == "/readyz", f"{name}: readinessProbe on {probe.get('path')}"
+    assert c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/readyz", name
+
+
 # --- RBAC ------------------------------------------------------------------------------------------
 
 
