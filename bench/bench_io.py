@@ -41,7 +41,7 @@ from chaosbus.common.crd.iochaos import METHODS
 from chaosbus.common.messages import IO, TargetAction
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import iofs
-from chaosbus.injector.backends.native import native_dir
+from chaosbus.injector.backends._glue.native import native_dir
 
 VOLUME = "/bench-data"
 READ = 1 << METHODS.index("read")

@@ -33,9 +33,10 @@ from typing import Any
 from chaosbus.cli import podnet
 from chaosbus.common.messages import Shaping, TargetAction, TbfParams
 from chaosbus.injector import faults, runtime
-from chaosbus.injector.backends import tcdev, tcwire
+from chaosbus.injector.backends import tcdev
+from chaosbus.injector.backends._glue import tcwire
+from chaosbus.injector.backends._glue.netnslink import NetnsLink
 from chaosbus.injector.backends.kit import process_backends
-from chaosbus.injector.backends.netnslink import NetnsLink
 
 SUBNET = ipaddress.IPv4Network("10.218.0.0/16")
 PARALLEL = 32

@@ -15,7 +15,8 @@ from nats.errors import NoRespondersError
 
 from bench import kernel
 from chaosbus.common import bus as busmod
-from chaosbus.injector.backends import native, nft
+from chaosbus.injector.backends import nft
+from chaosbus.injector.backends._glue import native
 
 FLOOR_TABLE = "chaosbus_benchfloor"
 

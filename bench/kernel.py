@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chaosbus.common import netns as nsu
-from chaosbus.injector.backends import libnft
+from chaosbus.injector.backends._glue import libnft
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

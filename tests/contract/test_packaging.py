@@ -25,6 +25,7 @@ PACKAGES = [
     "injector",
     "injector.faults",
     "injector.backends",
+    "injector.backends._glue",
     "recorder",
     "common.crd",
 ]
@@ -39,7 +40,8 @@ SOURCES = {
 }
 PROBE = (
     "import json, chaosbus.common, chaosbus.common.crd, chaosbus.cli, chaosbus.watcher, chaosbus.scheduler, "
-    "chaosbus.injector, chaosbus.injector.faults, chaosbus.injector.backends, chaosbus.recorder\n"
+    "chaosbus.injector, chaosbus.injector.faults, chaosbus.injector.backends, chaosbus.injector.backends._glue, "
+    "chaosbus.recorder\n"
     "import chaosbus.cli.main, chaosbus.scheduler.core, chaosbus.recorder.core, chaosbus.watcher.core\n"
     "import sys\n"
     f"print(json.dumps({{n: sys.modules['chaosbus.' + n].__file__ for n in {PACKAGES!r}}}))"

@@ -15,7 +15,7 @@ import yaml
 from helpers.live import System, eventually
 
 from chaosbus.common import processid
-from chaosbus.injector.backends import native
+from chaosbus.injector.backends._glue import native
 
 pytestmark = pytest.mark.privileged
 POD = "bare-0"

@@ -21,7 +21,7 @@ from helpers.live import System, eventually
 
 from chaosbus.common import processid
 from chaosbus.injector.backends import iofs
-from chaosbus.injector.backends.native import native_dir
+from chaosbus.injector.backends._glue.native import native_dir
 
 # 300 s: the first test of a worker pays for the live system's start and the pods' (54-71 s of
 # setup and 16-24 s of teardown measured at load average 20-22, past the default 120 s with the call).

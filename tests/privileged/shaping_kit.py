@@ -14,9 +14,9 @@ from helpers.goodput import SINK_PORTS
 from chaosbus.common.messages import FaultSpec, Shaping, TargetAction
 from chaosbus.injector import faults, runtime
 from chaosbus.injector.backends import tc, tcdev
+from chaosbus.injector.backends._glue.netnslink import NetnsLink
+from chaosbus.injector.backends._glue.tcwire import TcObject
 from chaosbus.injector.backends.kit import process_backends
-from chaosbus.injector.backends.netnslink import NetnsLink
-from chaosbus.injector.backends.tcwire import TcObject
 
 from .conftest import Lab
 

@@ -17,7 +17,7 @@ import pytest
 from helpers.iofstarget import GETATTR, READ, Target, ctx_for, eventually, io, volume_target
 
 from chaosbus.injector import faults
-from chaosbus.injector.backends.native import native_dir
+from chaosbus.injector.backends._glue.native import native_dir
 
 pytestmark = pytest.mark.privileged
 

@@ -24,7 +24,7 @@ from helpers.ioprobe import probe
 from chaosbus.common.crd import iochaos
 from chaosbus.injector import faults
 from chaosbus.injector.backends import iofs
-from chaosbus.injector.backends.native import native_dir
+from chaosbus.injector.backends._glue.native import native_dir
 
 pytestmark = pytest.mark.privileged
 

@@ -18,7 +18,8 @@ import pytest
 from chaosbus.common import messages as m
 from chaosbus.common import netns as nsutil
 from chaosbus.injector import faults, runtime
-from chaosbus.injector.backends import libnft, nfnl, nft
+from chaosbus.injector.backends import nft
+from chaosbus.injector.backends._glue import libnft, nfnl
 from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.faults import partition
 

@@ -15,7 +15,7 @@ import pytest
 
 from chaosbus.common.messages import HelloWorld, TargetAction
 from chaosbus.injector import faults, runtime
-from chaosbus.injector.backends import native
+from chaosbus.injector.backends._glue import native
 
 TARGET = r"""# distroless-target
 import ctypes, sys, time

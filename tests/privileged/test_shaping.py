@@ -14,7 +14,7 @@ import pytest
 from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shaping, TbfParams
 from chaosbus.injector import faults
 from chaosbus.injector.backends import exemptions, tc, tcdev
-from chaosbus.injector.backends.netnslink import LinkCache, netns_key
+from chaosbus.injector.backends._glue.netnslink import LinkCache, netns_key
 from chaosbus.injector.faults import FaultError
 
 from .conftest import PORTS, Lab

@@ -19,8 +19,9 @@ from pyroute2 import IPRoute, NetlinkError
 from chaosbus.common import netns as nsutil
 from chaosbus.common.messages import NetemParams, Partition, PartitionRule, Shaping, TbfParams
 from chaosbus.injector import faults
-from chaosbus.injector.backends import nft, tc, tcdev, tcwire
-from chaosbus.injector.backends.netnslink import LinkCache
+from chaosbus.injector.backends import nft, tc, tcdev
+from chaosbus.injector.backends._glue import tcwire
+from chaosbus.injector.backends._glue.netnslink import LinkCache
 from chaosbus.injector.backends.tcdev import OriginalStore
 from chaosbus.injector.backends.tcplan import ROOT, Rule, dest
 

@@ -23,7 +23,8 @@ import dns.exception
 import dns.message
 
 from chaosbus.common.netns import setns_net
-from chaosbus.injector.backends import ctnetlink, pernetns
+from chaosbus.injector.backends import pernetns
+from chaosbus.injector.backends._glue import ctnetlink
 from chaosbus.injector.backends.dnsrules import DnsRule, answer
 
 MARK = 0x0C4A05D5  # fwmark of the responder's own queries to real resolvers

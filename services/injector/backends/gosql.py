@@ -35,6 +35,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
+from chaosbus.injector.backends._glue.native import native_dir
 from chaosbus.injector.backends.goelf import ElfInfo, NotElf, parse_elf
 from chaosbus.injector.backends.gostub import (
     JUMP_LEN,
@@ -46,7 +47,6 @@ from chaosbus.injector.backends.gostub import (
     looks_patched,
     relocate_prologue,
 )
-from chaosbus.injector.backends.native import native_dir
 
 FUNCTIONS = ("database/sql.(*DB).QueryContext", "database/sql.(*DB).Query")
 # The itab that makes *errors.errorString an `error` (errors.New's result); Go 1.20 renamed the

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from chaosbus.common import config, settings
 from chaosbus.common.messages import IO
-from chaosbus.injector.backends.native import helper
+from chaosbus.injector.backends._glue.native import helper
 
 FSTYPE = "fuse.chaosbus-iofs"
 START_TIMEOUT_S = 10.0

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chaosbus.common import settings
-from chaosbus.injector.backends import libnft, native
+from chaosbus.injector.backends._glue import libnft, native
 
 TABLE_PREFIX = "chaosbus_"
 NFT_TIMEOUT_S = 10.0

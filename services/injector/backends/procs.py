@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psutil
 
-from chaosbus.injector.backends import native
+from chaosbus.injector.backends._glue import native
 
 KILL_WAIT_S = 2.0
 # The marks a fault's helper process carries in its environment (the injector's node name and the

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaosbus.common import config
-from chaosbus.injector.backends import cbpf, tcdev, tcwire
-from chaosbus.injector.backends.netnslink import LinkCache, NetnsGone, NetnsLink, netns_key
+from chaosbus.injector.backends import tcdev
+from chaosbus.injector.backends._glue import cbpf, tcwire
+from chaosbus.injector.backends._glue.netnslink import LinkCache, NetnsGone, NetnsLink, netns_key
 from chaosbus.injector.backends.tcdev import DeviceMissing, Original, OriginalStore, TcError
 from chaosbus.injector.backends.tcplan import ROOT, Changes, Dest, Rule, TcPlan, diff, ours, plan
 

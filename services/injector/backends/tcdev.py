@@ -28,9 +28,9 @@ from pyroute2 import AsyncIPRoute, NetlinkError
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_GETQDISC, RTM_NEWQDISC, RTM_NEWTFILTER, TC_H_ROOT
 
-from chaosbus.injector.backends import tcwire
+from chaosbus.injector.backends._glue import tcwire
+from chaosbus.injector.backends._glue.tcwire import Request, TcObject
 from chaosbus.injector.backends.tcplan import ROOT
-from chaosbus.injector.backends.tcwire import Request, TcObject
 
 INGRESS_PARENT = 0xFFFFFFF1  # ingress / clsact: not part of the egress tree
 _IGNORED_ON_DELETE = (errno.ENOENT, errno.EINVAL, errno.ENODEV)

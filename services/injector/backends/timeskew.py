@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from chaosbus.injector.backends.native import native_dir
+from chaosbus.injector.backends._glue.native import native_dir
 
 HELPER_TIMEOUT_S = 10.0
 EXIT_GONE = 3

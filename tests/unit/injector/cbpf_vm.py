@@ -10,7 +10,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from chaosbus.injector.backends import cbpf
+from chaosbus.injector.backends._glue import cbpf
 
 U32 = 0xFFFFFFFF
 

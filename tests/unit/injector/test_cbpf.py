@@ -11,7 +11,7 @@ import pytest
 from unit.injector.cbpf_vm import Packet, ipv4, run
 
 from chaosbus.common.messages import NetemParams, TbfParams
-from chaosbus.injector.backends import cbpf
+from chaosbus.injector.backends._glue import cbpf
 from chaosbus.injector.backends.tcplan import ROOT, Match, Rule, TcPlan, dest, plan
 
 C1, C2, C3 = ROOT | 1, ROOT | 2, ROOT | 3

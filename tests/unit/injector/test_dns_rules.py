@@ -12,7 +12,8 @@ import pytest
 
 from chaosbus.common.crd.dnschaos import DNSChaosSpec
 from chaosbus.common.crd.errors import InvalidObject
-from chaosbus.injector.backends import ctnetlink, nft
+from chaosbus.injector.backends import nft
+from chaosbus.injector.backends._glue import ctnetlink
 from chaosbus.injector.backends.dnsresponder import original_destination
 from chaosbus.injector.backends.dnsrules import DnsRule, answer, matches
 

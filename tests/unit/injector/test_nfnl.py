@@ -9,7 +9,7 @@ import errno
 import socket
 import struct
 
-from chaosbus.injector.backends import nfnl
+from chaosbus.injector.backends._glue import nfnl
 
 
 def messages(batch: bytes) -> list[tuple[int, int, int, bytes]]:

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from chaosbus.common.messages import NetemParams, TbfParams
-from chaosbus.injector.backends import tcwire
+from chaosbus.injector.backends._glue import tcwire
 from chaosbus.injector.backends.tcplan import ROOT, Stage
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chaosbus.common.netns import visit_netns
-from chaosbus.injector.backends import nfnl
+from chaosbus.injector.backends._glue import nfnl
 
 LIBRARY = "libnftables.so.1"
 MAX_CONTEXTS = 128  # a node's pods (kubelet default max 110) each keep theirs; ~0.9 MB each

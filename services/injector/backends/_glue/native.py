@@ -18,7 +18,7 @@ def native_dir() -> Path:
     env = settings.current().native_dir
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "native" / "build"
+    return Path(__file__).resolve().parents[4] / "native" / "build"
 
 
 def helper(name: str) -> str:
