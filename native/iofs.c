@@ -59,6 +59,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* libfuse's own session (see "attributes of a file whose directory is gone"): sound only because
+ * iofs is built against the very source it links, pinned by its checksum in the Makefile. */
+#include "fuse_i.h"
+
 #define FSTYPE "fuse.chaosbus-iofs"
 #define FSNAME "chaosbus-iofs"
 #define MAX_RULES 4096
@@ -558,7 +562,15 @@ static void backing_expire(void) {
 #define OPEN_BUCKETS 1024
 #define HIDDEN_PREFIX ".fuse_hidden"
 
-struct opened { dev_t dev; ino_t ino; int refs; int fd; char *hidden, *name; struct opened *next; };
+struct opened {
+    dev_t dev;
+    ino_t ino;
+    int refs;
+    int fd;             /* once hidden: iofs's own descriptor of the file */
+    char *hidden, *name; /* the hidden name's last component, the path it had */
+    uint32_t node;      /* libfuse's node id for it (in the hidden name) */
+    struct opened *next;
+};
 
 static pthread_mutex_t opened_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct opened *opened[OPEN_BUCKETS];
@@ -576,7 +588,7 @@ static struct opened **opened_slot(dev_t dev, ino_t ino) {
 static void opened_add(const struct stat *st) {
     pthread_mutex_lock(&opened_lock);
     struct opened **o = opened_slot(st->st_dev, st->st_ino);
-    if (!*o && (*o = calloc(1, sizeof **o))) *(*o) = (struct opened){st->st_dev, st->st_ino, 0, -1, NULL, NULL, NULL};
+    if (!*o && (*o = calloc(1, sizeof **o))) **o = (struct opened){.dev = st->st_dev, .ino = st->st_ino, .fd = -1};
     if (*o) (*o)->refs++;
     pthread_mutex_unlock(&opened_lock);
 }
@@ -647,6 +659,14 @@ static int hidden_dup(const char *path) {
     return fd;
 }
 
+/* The node id libfuse names a hidden file by: the first 8 hex digits after the prefix (its node
+ * ids are 32 bits). */
+static uint32_t node_of(const char *hidden) {
+    char hex[9] = {0};
+    memcpy(hex, hidden + sizeof HIDDEN_PREFIX - 1, 8);
+    return (uint32_t)strtoul(hex, NULL, 16);
+}
+
 /* libfuse hides the open file `from` as `to`: its name is removed from the volume and the inode
  * kept as `to`. 1: `from` is not a file open through iofs (a plain rename then); else 0 or -errno
  * (the unlink's). */
@@ -665,7 +685,10 @@ static int hide(const char *from, const char *to) {
     if (o && o->fd < 0 && h && n) {
         r = unlinkat(root_fd, rel(from), 0) ? -errno : 0;
         if (!r) {
-            *o = (struct opened){o->dev, o->ino, o->refs, fd, h, n, o->next};
+            o->fd = fd;
+            o->hidden = h;
+            o->name = n;
+            o->node = node_of(h);
             __atomic_add_fetch(&n_hidden, 1, __ATOMIC_RELAXED);
             fd = -1;
             h = n = NULL;
@@ -1062,6 +1085,48 @@ static int fs_removexattr(const char *path, const char *name) {
     return r;
 }
 
+/* ---- attributes of a file whose directory is gone ----
+ * The kernel asks for an open file's attributes (fstat) by node, with no file handle, and
+ * libfuse's path API answers only for a node it can name: a hidden file whose directory was
+ * removed too it cannot, and it would fail with ESTALE. iofs answers every such call on a hidden
+ * file itself, in front of libfuse: the session's getattr is replaced by one that serves them
+ * (libfuse's node id is in the hidden name) and hands every other call on to libfuse's. */
+static void (*lib_getattr)(fuse_req_t, fuse_ino_t, struct fuse_file_info *);
+
+/* A descriptor of the hidden file libfuse knows as node `ino` (the caller closes it), and the
+ * name it had; -1: no such file. */
+static int hidden_node_dup(fuse_ino_t ino, char *name, size_t n) {
+    if (!__atomic_load_n(&n_hidden, __ATOMIC_RELAXED) || ino > UINT32_MAX) return -1;
+    int fd = -1;
+    pthread_mutex_lock(&opened_lock);
+    for (int i = 0; i < OPEN_BUCKETS && fd < 0; i++)
+        for (struct opened *o = opened[i]; o && fd < 0; o = o->next)
+            if (o->fd >= 0 && o->node == (uint32_t)ino && (fd = fcntl(o->fd, F_DUPFD_CLOEXEC, 0)) >= 0)
+                snprintf(name, n, "%s", o->name);
+    pthread_mutex_unlock(&opened_lock);
+    return fd;
+}
+
+static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    char name[4096];
+    int fd = fi ? -1 : hidden_node_dup(ino, name, sizeof name);
+    if (fd < 0) {
+        lib_getattr(req, ino, fi);
+        return;
+    }
+    struct effects fx;
+    struct stat st;
+    int e = -inject(name, M_GETATTR, &fx);
+    if (!e && fstat(fd, &st)) e = errno;
+    close(fd);
+    if (e) {
+        fuse_reply_err(req, e);
+        return;
+    }
+    override(&st, &fx);
+    fuse_reply_attr(req, &st, fs_cfg ? fs_cfg->attr_timeout : 0);
+}
+
 static const struct fuse_operations ops = {
     .init = fs_init, .getattr = fs_getattr, .access = fs_access, .readlink = fs_readlink,
     .opendir = fs_opendir, .readdir = fs_readdir, .releasedir = fs_releasedir, .fsyncdir = fs_fsyncdir,
@@ -1288,6 +1353,9 @@ static int cmd_mount(int pid, const char *path, const char *rules_path) {
         report("starting the FUSE session on %s", path, 0);
         return 1;
     }
+    struct fuse_session *se = fuse_get_session(f);
+    lib_getattr = se->op.getattr;
+    se->op.getattr = ll_getattr;
     /* SIGUSR1 is taken by the rules thread only; SIGTERM/SIGINT end the loop (fuse's handlers). */
     sigset_t set;
     sigemptyset(&set);
