@@ -153,7 +153,8 @@ def test_pause_stops_fires_and_pauses_the_children_resume_restarts_them(system: 
     assert table[1].split()[:6] == ["sched-pause", "@every", "2s", "NetworkChaos", "Allow", "Paused"]
     names = {k["metadata"]["name"] for k in children(system, "sched-pause")}
     time.sleep(4.5)  # two fire times pass
-    assert {k["metadata"]["name"] for k in children(system, "sched-pause")} == names
+    # Nothing fired; the oldest may still be trimmed to historyLimit (a fire just before the pause).
+    assert {k["metadata"]["name"] for k in children(system, "sched-pause")} <= names
     system.cli("annotate", "schedule", "sched-pause", "experiment.chaos-mesh.org/pause-")
     eventually(lambda: {k["metadata"]["name"] for k in children(system, "sched-pause")} - names, timeout=10)
     wait_blocked(system, {(2, 3)}, timeout=8)

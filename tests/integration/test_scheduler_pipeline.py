@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.js.errors
 import pytest
 from helpers.signing import write_keys
 from nats.aio.msg import Msg
@@ -188,8 +189,11 @@ async def test_a_burst_is_written_ahead_per_experiment_and_in_flight_together(
     while True:
         last: dict[str, m.ExperimentMemory] = {uid: mem for what, uid, mem in seen.order if what == "memory"}
         injected = {u for u in want if all(t.phase == "Injected" for t in last[u].targets or [])}
-        info = await bus.js.consumer_info(subjects.RESULTS.name, "scheduler-results")
-        if injected == want and info.num_ack_pending == 0 and info.num_pending == 0:
+        try:
+            info = await bus.js.consumer_info(subjects.RESULTS.name, "scheduler-results")
+        except nats.js.errors.NotFoundError:  # the scheduler's results loop has not created it yet
+            info = None
+        if injected == want and info is not None and info.num_ack_pending == 0 and info.num_pending == 0:
             break
         assert time.monotonic() < deadline, f"{len(injected)} of {EXPERIMENTS} injected; {info}"
         await asyncio.sleep(0.05)
