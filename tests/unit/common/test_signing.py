@@ -123,3 +123,35 @@ def test_the_guard_key_signs_kill_switch_states_that_only_halt(tmp_path: Path) -
     assert signing.may_sign_halt_state("operator", False) and not signing.may_sign_halt_state("scheduler", True)
     with pytest.raises(signing.Refused, match="a guard key may not sign this"):
         trust.open(guard.seal("chaos.cmd.n1", b"{}", ttl_s=60), aud="chaos.cmd.n1", role="scheduler", now=time.time())
+
+
+class CommandBeforeTheCarriedLease(m.Message, kw_only=True, frozen=True):
+    """NodeCommand as an injector older than the carried lease reads it (no `lease` field)."""
+
+    command_id: str
+    node: str
+    issued_at: float
+    actions: list[m.TargetAction] = []
+
+
+def test_a_command_carrying_a_lease_still_opens_for_an_injector_that_predates_the_field() -> None:
+    cmd = m.NodeCommand(
+        command_id="c1",
+        experiment_uid="u1",
+        generation=1,
+        kind="PodChaos",
+        namespace="default",
+        name="x",
+        node="n1",
+        issued_at=NOW,
+        lease=LEASE,
+    )
+    opened = TRUST.open(
+        SIGNER.seal_message("chaos.cmd.n1", cmd, ttl_s=60.0, now=NOW), aud="chaos.cmd.n1", role="scheduler", now=NOW
+    )
+    # the older reader skips the field (it learns the lease from the next renewal); the newer one gets it
+    old = msgspec.json.decode(opened.payload, type=CommandBeforeTheCarriedLease)
+    assert (old.command_id, old.node) == ("c1", "n1")
+    assert msgspec.json.decode(opened.payload, type=m.NodeCommand).lease == LEASE
+    plain = msgspec.json.encode(msgspec.structs.replace(cmd, lease=None))
+    assert b"lease" not in plain and msgspec.json.decode(plain, type=m.NodeCommand).lease is None
