@@ -440,3 +440,22 @@ async def test_a_command_carrying_an_outdated_or_another_nodes_lease_runs_withou
     await drained(bus)
     assert node.lease.ttl_s == 9.0
     assert injector.refused("command", "replayed") == 0 and injector.refused("lease", "replayed") == 0
+
+
+async def test_an_opt_out_carried_by_a_command_is_held_and_journaled_before_its_fault_runs(
+    injector: Injector, bus: busmod.Bus, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    lease = m.NodeLease(node="n1", ttl_s=15.0, held=["exp-task"], exempt=["exp-task"])
+    seen: list[tuple[bool, set[str]]] = []
+    node = injector.node
+    effect = node.executor.effect
+
+    def watched(cmd: m.NodeCommand, plan: Any) -> Any:  # what the node knew when the fault ran
+        seen.append(("exp-task" in node.lease.exempt, node.journal.exempt()))
+        return effect(cmd, plan)
+
+    node.executor.effect = watched  # type: ignore[method-assign]
+    await send(bus, seal_command(msgspec.structs.replace(append_task(ran), lease=lease)))
+    await eventually(lambda: results(bus))
+    assert ran.read_text() == "ran\n" and seen == [(True, {"exp-task"})]
