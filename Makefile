@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test test-fast test-kernel lint typecheck bench fuzz screenshots clean
 
 # Package folders are mapped at install time, so a new one (a new __init__.py) needs a reinstall.
-PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py cli/__init__.py)
+PACKAGES := $(wildcard libs/*/__init__.py libs/*/*/__init__.py services/*/__init__.py services/*/*/__init__.py services/*/*/*/__init__.py cli/__init__.py)
 
 NATIVE_SOURCES := $(wildcard native/*.c native/*.h native/*.ld native/Makefile)
 

@@ -82,6 +82,48 @@ def _mutable(value: ast.expr | None) -> str | None:
     return None
 
 
+def _stateful_classes(sources: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(module name, class name) -> why its instances hold state: an `__init__` that sets an
+    attribute to a dict, list, set or an object it builds (a lock, a cache)."""
+    out: dict[tuple[str, str], str] = {}
+    for rel, source in sources.items():
+        module = Path(rel).stem
+        for node in ast.walk(ast.parse(source, filename=rel)):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for item in node.body:
+                if not (isinstance(item, ast.FunctionDef) and item.name == "__init__"):
+                    continue
+                for stmt in ast.walk(item):
+                    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and (why := _mutable(stmt.value)):
+                        made = why.removeprefix("built at import time by ")
+                        out.setdefault((module, node.name), f"its __init__ makes {made}")
+    return out
+
+
+def shared_instances(rel: str, source: str, stateful: dict[tuple[str, str], str]) -> list[str]:
+    """Instances of stateful classes made at import time, at module level or as class attributes
+    (a fault's `orphans = X()` is one object for every injector in the process)."""
+    tree = ast.parse(source, filename=rel)
+    # where a bare class name comes from: this module, or the module it was imported from
+    origin = {
+        a.asname or a.name: n.module.rsplit(".", 1)[-1]
+        for n in tree.body
+        if isinstance(n, ast.ImportFrom) and n.module
+        for a in n.names
+    }
+    out = []
+    bodies = [tree.body, *(n.body for n in ast.walk(tree) if isinstance(n, ast.ClassDef))]
+    for body in bodies:
+        for node in body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+                module, _, cls = _name(node.value.func).rpartition(".")
+                key = (module.rsplit(".", 1)[-1] or origin.get(cls, Path(rel).stem), cls)
+                if key in stateful:
+                    out.append(f"{rel}:{node.lineno}: a {cls} made at import time ({stateful[key]})")
+    return out
+
+
 def findings(rel: str, source: str) -> list[str]:
     """The process-wide state in one module's source (`rel`: its path under services/injector)."""
     tree = ast.parse(source, filename=rel)
@@ -133,7 +175,30 @@ def test_the_checker_sees_state() -> None:
     ]
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_no_process_wide_state(path: Path) -> None:
-    rel = path.relative_to(ROOT).as_posix()
-    assert findings(rel, path.read_text()) == [], "state belongs in a Backends (services/injector/backends/kit.py)"
+def test_the_checker_sees_state_in_objects_made_at_import() -> None:
+    sources = {
+        "faults/sample.py": (
+            "class Scan:\n    def __init__(self):\n        self._by_netns = {}\n"
+            "class Names:\n    def __init__(self, prefix):\n        self.prefix = prefix\n"
+            "class Fault:\n    orphans = Scan()\n    names = Names('x')\n"
+        )
+    }
+    stateful = _stateful_classes(sources)
+    assert stateful == {("sample", "Scan"): "its __init__ makes a dict"}
+    assert [
+        f.split(": ", 1)[1] for f in shared_instances("faults/sample.py", sources["faults/sample.py"], stateful)
+    ] == ["a Scan made at import time (its __init__ makes a dict)"]
+
+
+SOURCES = {p.relative_to(ROOT).as_posix(): p.read_text() for p in modules()}
+
+
+@pytest.fixture(scope="module")
+def stateful() -> dict[tuple[str, str], str]:
+    return _stateful_classes(SOURCES)
+
+
+@pytest.mark.parametrize("rel", sorted(SOURCES))
+def test_no_process_wide_state(rel: str, stateful: dict[tuple[str, str], str]) -> None:
+    found = findings(rel, SOURCES[rel]) + shared_instances(rel, SOURCES[rel], stateful)
+    assert found == [], "state belongs in a Backends (services/injector/backends/kit.py)"
