@@ -7,7 +7,7 @@ module state, so two injectors in one process, or a test with its own `Backends`
 from __future__ import annotations
 
 import atexit
-import functools
+import threading
 from dataclasses import dataclass
 
 from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, iofs, nft, pernetns, procs, tc
@@ -50,11 +50,27 @@ def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) ->
     )
 
 
-@functools.cache
+class _Default:
+    """The process's default backends, made on first use, once however many threads ask at once
+    (two sets would each shape, and rebuild, the same devices)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: Backends | None = None
+
+    def get(self) -> Backends:
+        with self._lock:
+            if self._made is None:
+                self._made = build()
+                atexit.register(self._made.close)  # sockets closed, not left to the garbage collector
+            return self._made
+
+
+_DEFAULT = _Default()
+
+
 def process_backends() -> Backends:
     """The backends of callers that hand in none (tools, benchmarks, tests of one fault), built on
     first use and closed at exit; the injector service builds and passes its own.
     """
-    made = build()
-    atexit.register(made.close)  # sockets closed, not left to the garbage collector
-    return made
+    return _DEFAULT.get()
