@@ -420,10 +420,16 @@ async def main(args: argparse.Namespace) -> None:
             )
             return
         sweeper = Sweeper(
-            journal, node.locks.gate, name, scope=args.sweep_scope, run=node.run_in_thread, backends=executor.backends
+            journal,
+            node.locks.gate,
+            name,
+            scope=args.sweep_scope,
+            run=node.run_in_thread,
+            backends=executor.backends,
+            metrics=metrics,
         )
         swept = await sweeper.sweep()
-        log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed))
+        log.info("start-up sweep", netns=swept.netns, removed=len(swept.removed), counts=swept.counts)
         await service.run_forever(
             node.watchdog(),
             loops.sweep_forever(node, sweeper, args.sweep_interval),

@@ -75,3 +75,16 @@ class InjectorMetrics:
         self.open_faults = Gauge(
             "chaosbus_injector_open_faults", "Faults the node journal holds open", registry=self.registry
         )
+        # The orphan sweeper (sweeper.py): what it removed, and what it could not, by what it is.
+        self.orphans_removed = Counter(
+            "chaosbus_injector_orphans_removed_total",
+            "Orphans the sweeper removed (belonging to no open journal entry), by what they were",
+            ["what"],
+            registry=self.registry,
+        )
+        self.sweep_errors = Counter(
+            "chaosbus_injector_sweep_errors_total",
+            "Orphans the sweeper found but could not remove, or places it could not read",
+            ["what"],
+            registry=self.registry,
+        )

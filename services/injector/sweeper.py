@@ -11,8 +11,15 @@ before the kernel is touched, so that is everywhere this injector can have left 
 `scope="all"`, every network namespace on the machine (a dedicated node: its injector owns them
 all; not for machines shared by several injectors, such as test runs in parallel).
 
+State files: what each fault module declares as its `state_files` (iofs: rules, server records,
+control sockets), judged against the open entries of that fault, the live processes they name
+and the sweep's scope; a file of a live target outside the scope may be another injector's.
+
 Deleting happens under the locks' gate held exclusively, after re-reading the journal: no apply
 can sit between its intent and its effect when an object is judged an orphan.
+
+Each sweep logs what it removed and what it could not, and counts both by what they were
+(`chaosbus_injector_orphans_removed_total{what}`, `chaosbus_injector_sweep_errors_total{what}`).
 """
 
 from __future__ import annotations
@@ -31,11 +38,22 @@ from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.backends.procs import KEY_ENV, NODE_ENV, helper_env
 from chaosbus.injector.journal import Entry, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
+from chaosbus.injector.metrics import InjectorMetrics
 
 log = cblog.get("injector.sweeper")
 SCOPES = ("journal", "all")
 Runner = Callable[..., Any]
-__all__ = ["KEY_ENV", "NODE_ENV", "SCOPES", "SweepReport", "Sweeper", "helper_env", "marked_helpers", "originals_in"]
+__all__ = [
+    "KEY_ENV",
+    "NODE_ENV",
+    "SCOPES",
+    "SweepReport",
+    "Sweeper",
+    "helper_env",
+    "marked_helpers",
+    "originals_in",
+    "owners_of",
+]
 
 
 @dataclass
@@ -43,6 +61,10 @@ class SweepReport:
     netns: int = 0
     removed: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)  # what -> how many of them were removed
+
+    def count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
 
 
 class Sweeper:
@@ -57,14 +79,17 @@ class Sweeper:
         registry: dict[str, faults.Fault] | None = None,
         tags: Iterable[str] | None = None,
         backends: Backends | None = None,
+        metrics: InjectorMetrics | None = None,
     ) -> None:
         """`tags`: the faults whose orphans are swept (default: every fault that declares some);
         `backends`: the injector's, which orphans are looked for and removed through (default: the
-        process's default backends)."""
+        process's default backends); `metrics`: where removals and errors are counted."""
         if scope not in SCOPES:
             raise ValueError(f"sweep scope must be one of {SCOPES}, got {scope!r}")
         self.journal, self.gate, self.node, self.scope = journal, gate, node, scope
         self.orphans = faults.orphans(registry, tags)
+        self.state_files = faults.state_files(registry, tags)
+        self.metrics = metrics
         self.backends = backends or process_backends()
         self._run = run  # how blocking calls are run (a thread pool); None: inline (tests)
 
@@ -78,8 +103,11 @@ class Sweeper:
         for ref in spaces:
             await self._sweep_netns(ref, report)
         await self._sweep_helpers(report)
+        await self._sweep_files({r.inode for r in spaces}, report)
         if report.removed:
-            log.warning("orphans removed", node=self.node, removed=report.removed)
+            log.warning("orphans removed", node=self.node, counts=report.counts, removed=report.removed)
+        if report.errors:
+            log.warning("orphans not removed", node=self.node, errors=report.errors)
         return report
 
     def _namespaces(self) -> list[NetnsRef]:
@@ -101,7 +129,7 @@ class Sweeper:
                 if items := await self._call(orphans.find, ref.path, self.backends):
                     found[tag] = items
             except Exception as e:  # an unreadable namespace is reported, the others are swept
-                report.errors.append(f"{ref.path}: {e}")
+                self._failed(report, orphans.what, f"{ref.path}: {e}")
                 return
         if not found:
             return
@@ -116,6 +144,7 @@ class Sweeper:
                     if item not in owned:
                         await self._remove(
                             report,
+                            orphans.what,
                             f"{orphans.what} {item} in {ref.path}",
                             orphans.remove,
                             ref.path,
@@ -123,12 +152,21 @@ class Sweeper:
                             self.backends,
                         )
 
-    async def _remove(self, report: SweepReport, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    async def _remove(self, report: SweepReport, what: str, item: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
             await self._call(fn, *args)
-            report.removed.append(what)
         except Exception as e:  # one stubborn object must not stop the sweep
-            report.errors.append(f"{what}: {e}")
+            self._failed(report, what, f"{item}: {e}")
+            return
+        report.removed.append(item)
+        report.count(what)
+        if self.metrics is not None:
+            self.metrics.orphans_removed.labels(what).inc()
+
+    def _failed(self, report: SweepReport, what: str, error: str) -> None:
+        report.errors.append(error)
+        if self.metrics is not None:
+            self.metrics.sweep_errors.labels(what).inc()
 
     async def _sweep_helpers(self, report: SweepReport) -> None:
         marked = await self._call(marked_helpers, self.node)
@@ -138,7 +176,30 @@ class Sweeper:
             open_keys = {e.key for e in await self._call(self.journal.open_entries)}
             for pid, key in marked:
                 if key not in open_keys:
-                    await self._remove(report, f"helper process {pid} ({key})", procs.kill_tree, pid)
+                    await self._remove(report, "helper process", f"helper process {pid} ({key})", procs.kill_tree, pid)
+
+    async def _sweep_files(self, scope: set[int], report: SweepReport) -> None:
+        """The state files no live fault owns; `scope`: the inodes of the namespaces swept."""
+        found: dict[str, list[str]] = {}
+        for tag, files in self.state_files.items():
+            try:
+                if items := await self._call(files.find, self.backends):
+                    found[tag] = items
+            except Exception as e:  # an unreadable state directory is reported, the others are swept
+                self._failed(report, files.what, f"{files.what}s: {e}")
+        if not found:
+            return
+        async with self.gate.exclusive():
+            entries = await self._call(self.journal.open_entries)
+            for tag, items in found.items():
+                files = self.state_files[tag]
+                try:
+                    stale = await self._call(files.stale, items, owners_of(entries, tag), scope)
+                except Exception as e:
+                    self._failed(report, files.what, f"{files.what}s: {e}")
+                    continue
+                for item in stale:
+                    await self._remove(report, files.what, f"{files.what} {item}", files.remove, item, self.backends)
 
 
 def originals_in(entries: Iterable[Entry], inode: int, tag: str) -> list[dict[str, Any]]:
@@ -150,6 +211,15 @@ def originals_in(entries: Iterable[Entry], inode: int, tag: str) -> list[dict[st
         and e.lasting
         and faults.spec_tag(e.action.fault) == tag
         and any(ns.inode == inode for ns in e.identity.netns)
+    ]
+
+
+def owners_of(entries: Iterable[Entry], tag: str) -> list[faults.Owner]:
+    """The original state of the open, lasting entries of fault `tag`, with their netns inodes."""
+    return [
+        (frozenset(ns.inode for ns in e.identity.netns), e.original)
+        for e in entries
+        if e.is_open and e.lasting and faults.spec_tag(e.action.fault) == tag
     ]
 
 

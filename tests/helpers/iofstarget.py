@@ -36,11 +36,15 @@ class Target:
         return iofs.mounts_at(self.pid, self.vol)
 
 
-def start_target(tmp: Path, argv: list[str] | None = None) -> tuple[subprocess.Popen[bytes], Target]:
+def start_target(
+    tmp: Path, argv: list[str] | None = None, netns_path: str = ""
+) -> tuple[subprocess.Popen[bytes], Target]:
+    """`netns_path`: the network namespace it runs in (default: this process's)."""
     host, vol = tmp / "host", tmp / "pod" / "data"
     host.mkdir(exist_ok=True)
+    enter = ["nsenter", f"--net={netns_path}", "--"] if netns_path else []  # nsenter execs: same pid
     shim = subprocess.Popen(
-        podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True, volumes=[f"{host}:{vol}"]),
+        enter + podexec.command(argv or ["sleep", "300"], new_pidns=True, new_mountns=True, volumes=[f"{host}:{vol}"]),
         start_new_session=True,
     )
     deadline, kids = time.monotonic() + 10, []

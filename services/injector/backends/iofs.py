@@ -77,6 +77,42 @@ class Volume:
         return start_ticks(self.pid) == self.start
 
 
+@dataclass(frozen=True)
+class StateFile:
+    """A file of `rules_dir()` as its name tells: a volume's rules, server record and control
+    socket share the stem `<target pid>-<start>-<path digest>`; a rules file being written or a
+    control socket not yet serving is `.<its name>.<writer pid>.<thread>` until renamed."""
+
+    path: Path
+    stem: str
+    pid: int  # the target's
+    start: int
+    writer: int | None  # the process writing it (a temporary file); None: the volume's own file
+
+    @property
+    def server_file(self) -> Path:
+        return self.path.with_name(f"{self.stem}.server")
+
+    @property
+    def rules(self) -> Path:
+        return self.path.with_name(f"{self.stem}.rules")
+
+
+def state_file(path: Path) -> StateFile | None:
+    """What the file at `path` is; None: no name iofs's backend gives."""
+    name, writer = path.name, None
+    if name.startswith("."):
+        parts = name[1:].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return None
+        name, writer = parts[0], int(parts[1])
+    stem, _, suffix = name.partition(".")
+    fields = stem.split("-")
+    if suffix not in ("rules", "server", "sock") or len(fields) != 3 or not all(f.isdigit() for f in fields[:2]):
+        return None
+    return StateFile(path, stem, int(fields[0]), int(fields[1]), writer)
+
+
 class Volumes:
     """One injector's hold on the volumes it serves: a lock per volume (by its rules file), held
     while its rules and server change, and the servers a watcher thread follows. Each `Backends`
@@ -88,8 +124,12 @@ class Volumes:
         self._watched: set[tuple[int, int]] = set()  # (server pid, start)
 
     def lock(self, vol: Volume) -> threading.Lock:
+        return self.lock_rules(vol.rules)
+
+    def lock_rules(self, rules: Path) -> threading.Lock:
+        """The lock of the volume whose rules file is `rules`."""
         with self._guard:
-            return self._locks.setdefault(str(vol.rules), threading.Lock())
+            return self._locks.setdefault(str(rules), threading.Lock())
 
     def watch(self, server: tuple[int, int]) -> bool:
         """Mark the server as watched; False when it already was."""

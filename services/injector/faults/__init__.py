@@ -12,8 +12,10 @@ is journaled until recovered), `batched` (False), `ends_with_machine` (False: it
 this machine, an API object say; True: it lives only in this machine's kernel or processes, so
 its intent is journaled without an fsync of its own), `original_state(experiment_uid, action, containers, backends)`
 (what recovering restores, journaled before `apply` runs and handed back to `apply` and `recover`
-as `FaultContext.original`; {}) and `orphans` (None: the marked kernel objects the
-orphan sweeper removes when no open journal entry owns them). Adding a fault: a module here ending
+as `FaultContext.original`; {}), `orphans` (None: the marked kernel objects the
+orphan sweeper removes when no open journal entry owns them) and `state_files` (None: the files
+it keeps in the injector's state directory, which the sweeper removes once no open entry and no
+live process owns them). Adding a fault: a module here ending
 in `register(...)`, its import at the bottom of this file, its tests (see docs/architecture.md,
 "Adding a fault kind").
 """
@@ -112,6 +114,33 @@ class Orphans(Protocol):
         ...
 
 
+class StateFiles(Protocol):
+    """Files a fault keeps on the node beside its kernel objects (rules files, server records,
+    sockets), so the sweeper can remove those a crash left behind. Judged under the sweeper's
+    exclusive gate: no apply or recover of this injector is between its intent and its effect.
+    """
+
+    what: str  # for the sweep report: "iofs state file"
+
+    def find(self, backends: Backends) -> list[str]:
+        """Every file of the fault's in the state directory (paths)."""
+        ...
+
+    def stale(self, items: list[str], owners: list[Owner], scope: set[int]) -> list[str]:
+        """Which of `items` belong to no live fault. `owners`: the original state of each open
+        entry of the fault with the inodes of its network namespaces; `scope`: the inodes of the
+        network namespaces this sweep may act in (a file of a live target elsewhere may be another
+        injector's and is kept)."""
+        ...
+
+    def remove(self, item: str, backends: Backends) -> None:
+        """Remove one stale file (one already gone counts as removed)."""
+        ...
+
+
+# The original state of one open entry and the inodes of its network namespaces.
+Owner = tuple[frozenset[int], Mapping[str, Any]]
+
 REGISTRY: dict[str, Fault] = {}
 
 
@@ -182,6 +211,14 @@ def orphans(registry: dict[str, Fault] | None = None, tags: Iterable[str] | None
     return {tag: o for tag, o in found.items() if o is not None}
 
 
+def state_files(registry: dict[str, Fault] | None = None, tags: Iterable[str] | None = None) -> dict[str, StateFiles]:
+    """Fault tag -> the state files it declares, for the faults of `tags` (default: all) that do."""
+    reg = REGISTRY if registry is None else registry
+    wanted = reg if tags is None else [t for t in tags if t in reg]
+    found = {tag: getattr(reg[tag], "state_files", None) for tag in wanted}
+    return {tag: f for tag, f in found.items() if f is not None}
+
+
 def spec_tag(spec: FaultSpec) -> str:
     """The tag a spec is registered under (its msgspec union tag)."""
     return str(type(spec).__struct_config__.tag)
@@ -211,6 +248,7 @@ __all__ = [
     "FaultContext",
     "FaultError",
     "Orphans",
+    "Owner",
     "batched",
     "container_kill",
     "dns",
@@ -229,6 +267,8 @@ __all__ = [
     "register",
     "shaping",
     "spec_tag",
+    "state_files",
+    "StateFiles",
     "stress",
     "task",
     "time_skew",

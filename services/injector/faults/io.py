@@ -14,7 +14,9 @@ volume: a watcher thread per server detaches its mount the moment it exits, and 
 injector re-asserting the fault finds the dead server's mount, detaches it and mounts a new one.
 
 The orphan sweeper detaches an iofs mount in a pod's network namespace that no open entry owns
-(its entry lost, or a recovery that could not finish), judged by mount namespace and mount point.
+(its entry lost, or a recovery that could not finish), judged by mount namespace and mount point,
+and removes the state files (rules, server records, control sockets, half-written ones) that no
+open entry and no live process needs (`IofsStateFiles`).
 
 Files the target's processes (the container's process and its descendants) opened on the volume
 before the mount are moved onto it once it is mounted, and every file open on it is moved back
@@ -29,13 +31,14 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from chaosbus.common import logging as cblog
 from chaosbus.common.messages import IO, FaultSpec, TargetAction
 from chaosbus.injector.backends import iofs
 from chaosbus.injector.backends.kit import Backends
-from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.faults import FaultContext, FaultError, Owner, register
 from chaosbus.injector.journal import entry_key
 from chaosbus.injector.runtime import ContainerHandle
 
@@ -74,8 +77,12 @@ def _reload(vol: iofs.Volume, server: tuple[int, int]) -> None:
 
 def _server(vol: iofs.Volume) -> tuple[int, int] | None:
     """The live server of the volume as last recorded, None if it is not running."""
+    return _recorded_server(vol.server_file)
+
+
+def _recorded_server(server_file: Path) -> tuple[int, int] | None:
     try:
-        pid, start = (int(x) for x in vol.server_file.read_text().split())
+        pid, start = (int(x) for x in server_file.read_text().split())
     except (OSError, ValueError):
         return None
     return (pid, start) if iofs.start_ticks(pid) == start else None
@@ -197,6 +204,60 @@ class IofsMounts:
             _detach(iofs.Volume(pid, start, point))
 
 
+class IofsStateFiles:
+    """The files of `iofs.rules_dir()` for the sweeper: per volume its rules, its server's record
+    and control socket, and the temporary files of a rules write or a server start that a crash cut
+    short. A volume's files are stale once no open entry targets it and its target is gone, or
+    neither a live server nor another injector (its target's netns out of the sweep's scope) may
+    still need them; a temporary file once its writer is gone (nobody will rename it)."""
+
+    what = "iofs state file"
+
+    def find(self, backends: Backends) -> list[str]:
+        return sorted(str(p) for p in iofs.rules_dir().iterdir() if iofs.state_file(p) is not None)
+
+    def stale(self, items: list[str], owners: list[Owner], scope: set[int]) -> list[str]:
+        owned = {
+            iofs.Volume(t["pid"], t["start"], o.get("volume", "")).rules.stem
+            for _, o in owners
+            for t in o.get("targets", [])
+        }
+        verdicts: dict[str, bool] = {}
+        out = []
+        for item in items:
+            f = iofs.state_file(Path(item))
+            if f is None:
+                continue
+            if f.writer is not None:
+                if not os.path.exists(f"/proc/{f.writer}"):
+                    out.append(item)
+                continue
+            if f.stem not in verdicts:
+                verdicts[f.stem] = f.stem not in owned and _unneeded(f, scope)
+            if verdicts[f.stem]:
+                out.append(item)
+        return out
+
+    def remove(self, item: str, backends: Backends) -> None:
+        f = iofs.state_file(Path(item))
+        if f is None:
+            return
+        with backends.iofs.lock_rules(f.rules):  # a watcher thread may be clearing the volume's record
+            f.path.unlink(missing_ok=True)
+
+
+def _unneeded(f: iofs.StateFile, scope: set[int]) -> bool:
+    """Whether no process may still need a volume's files that no open entry owns."""
+    if iofs.start_ticks(f.pid) != f.start:
+        return True  # the target is gone (its server ends with it)
+    if _recorded_server(f.server_file) is not None:
+        return False  # serving a mount: the mount's own sweep detaches it if it is an orphan
+    try:
+        return os.stat(f"/proc/{f.pid}/ns/net").st_ino in scope
+    except OSError:
+        return True  # the target ended meanwhile
+
+
 def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
     return [iofs.Volume(t["pid"], t["start"], spec.volume_path) for t in ctx.original.get("targets", [])]
 
@@ -204,6 +265,7 @@ def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
 class IOFault:
     name = "io"
     orphans = IofsMounts()
+    state_files = IofsStateFiles()
 
     def original_state(
         self, experiment_uid: str, action: TargetAction, containers: list[ContainerHandle], backends: Backends
