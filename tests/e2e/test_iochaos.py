@@ -183,3 +183,83 @@ def test_injector_kill9_mid_fault_leaves_working_files_and_the_restart_recovers(
     eventually(lambda: target.mounts() == 0, timeout=30)
     assert [r.errno for r in target.reads("slow/a.txt", 2)] == [0, 0]
     assert (target.host / "new.txt").read_text() == "x"
+
+
+def test_kill9_of_the_injector_and_iofs_mid_fault_leaves_the_node_as_it_was(
+    system: System, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(system.state))  # iofs.Volume's files: the system's
+    if not (native_dir() / "iofs").exists() or not os.path.exists("/dev/fuse"):
+        pytest.skip("native/build/iofs is not built (make install, with libfuse3-dev) or no /dev/fuse")
+    # A pod of its own that keeps no file open: its volume is without a server for a while.
+    host = tmp_path_factory.mktemp("iocrash")
+    (host / "a.txt").write_text("a file\n")
+    system.cli("pod", "run", "--name", "io-crash", "-l", "app=io-crash", "-v", f"{host}:{VOLUME}", "--", "sleep", "600")
+    try:
+        ident = processid.parse(system.pod("io-crash")["status"]["containerStatuses"][0]["containerID"])
+        assert ident is not None
+        pid, state = ident.pid, system.state / "iochaos"
+        spec = {"action": "fault", "mode": "all", "selector": {"labelSelectors": {"app": "io-crash"}}}
+        spec |= {"volumePath": VOLUME, "errno": 5, "methods": ["read"], "duration": "120s"}
+        system.cli("apply", "-f", "-", stdin=doc("io-crash", spec))
+        eventually(lambda: injected(system, "io-crash"), timeout=20)
+        vol = iofs.Volume(pid, iofs.start_ticks(pid) or 0, VOLUME)
+        server = tuple(int(x) for x in vol.server_file.read_text().split())
+
+        killed = _injector_pids(system)
+        assert killed
+        # What a kill -9 in the middle of another apply leaves (a rules file half written, a
+        # control socket not yet renamed, named by the injector about to be killed), and the rules
+        # of an entry this node no longer has.
+        planted = [state / f".{vol.rules.name}.{killed[0]}.7", state / f".{vol.control.name}.{killed[0]}.7"]
+        planted.append(iofs.Volume(pid, vol.start, "/elsewhere").rules)
+        for path in planted:
+            path.write_text("# lost\nfault 0 1 100 5 -\n")
+        for p in [*killed, server[0]]:
+            os.kill(p, signal.SIGKILL)
+
+        # The restart re-asserts the fault on a new server and its sweep removes the leftovers.
+        eventually(lambda: [p for p in _injector_pids(system) if p not in killed], timeout=60)
+        eventually(lambda: not any(p.exists() for p in planted), timeout=30)
+        eventually(lambda: iofs.mounts_at(pid, VOLUME) == 1 and _read_errno(pid) == 5, timeout=30)
+        assert iofs.start_ticks(server[0]) != server[1]
+        # Counted by the new injector (the temporary files at least: the old one kept them, their
+        # writer being alive).
+        eventually(lambda: _removed_files(system) >= 2, timeout=15)
+
+        system.cli("delete", "iochaos", "io-crash")
+        eventually(lambda: iofs.mounts_at(pid, VOLUME) == 0, timeout=30)
+        assert _read_errno(pid) == 0
+        # Nothing of the fault is left: no file of the volume, no iofs process, no mount.
+        assert eventually(lambda: not _state_files_of(state, pid), timeout=15), _state_files_of(state, pid)
+        assert eventually(lambda: not _iofs_processes(pid), timeout=15), _iofs_processes(pid)
+        with open(f"/proc/{pid}/mountinfo") as f:
+            assert iofs.mount_points(f.read().splitlines()) == []
+    finally:
+        system.cli("delete", "iochaos", "io-crash", check=False)
+        system.cli("pod", "rm", "io-crash", check=False)
+
+
+def _removed_files(system: System) -> float:
+    try:
+        return sum(system.samples("injector", "chaosbus_injector_orphans_removed_total", what="iofs state file"))
+    except (OSError, KeyError):  # not serving yet
+        return 0.0
+
+
+def _read_errno(pid: int) -> int:
+    return int(probe(pid, [("read", f"{VOLUME}/a.txt")])[0].errno)
+
+
+def _state_files_of(state: Path, pid: int) -> list[str]:
+    return [p.name for p in state.iterdir() if (f := iofs.state_file(p)) is not None and f.pid == pid]
+
+
+def _iofs_processes(pid: int) -> list[int]:
+    """iofs servers serving a volume of process `pid`."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd[:1] and cmd[0].endswith("iofs") and "--pid" in cmd and cmd[cmd.index("--pid") + 1 :][:1] == [str(pid)]:
+            found.append(p.info["pid"])
+    return found
