@@ -197,19 +197,23 @@ def _named_netns(proc_netns: str, named: dict[tuple[int, int], str]) -> str | No
     path = named.get(key)
     if path is not None and _same(path, key):
         return path
-    named.clear()  # a miss or a stale entry: rebuild the map once instead of a scan per target
+    # A miss or a stale entry: the map is rebuilt once instead of a scan per target. The answer
+    # comes from this call's own scan, so a rebuild in another thread cannot empty it meanwhile.
     try:
         names = os.listdir(NETNS_RUN_DIR)
     except FileNotFoundError:
         return None
+    fresh: dict[tuple[int, int], str] = {}
     for name in sorted(names):
         candidate = os.path.join(NETNS_RUN_DIR, name)
         try:
             st = os.stat(candidate)
         except FileNotFoundError:
             continue
-        named.setdefault((st.st_dev, st.st_ino), candidate)
-    return named.get(key)
+        fresh.setdefault((st.st_dev, st.st_ino), candidate)
+    named.clear()
+    named.update(fresh)
+    return fresh.get(key)
 
 
 def _same(path: str, key: tuple[int, int]) -> bool:

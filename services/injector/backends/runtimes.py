@@ -58,7 +58,7 @@ class Runtimes:
         self._lock = threading.Lock()
         self._config = config
         self._clients: dict[str, tuple[CriClient | DockerClient, Breaker]] = {}
-        # (device, inode) of a namespace -> its /var/run/netns path (see runtime.named_netns)
+        # (device, inode) of a namespace -> its /var/run/netns path (see runtime._named_netns)
         self.named_netns: dict[tuple[int, int], str] = {}
 
     def configure(self, config: RuntimeConfig) -> None:
