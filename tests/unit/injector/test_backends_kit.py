@@ -1,0 +1,56 @@
+"""The injector's backends: each `build()` is a set of its own, and the default set of callers that
+hand in none is made once, however many threads ask for it first."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from chaosbus.injector.backends import kit
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[kit.Backends, kit.Backends]]:
+    a, b = kit.build(), kit.build()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_two_sets_of_backends_share_no_part(two: tuple[kit.Backends, kit.Backends]) -> None:
+    a, b = two
+    for f in dataclasses.fields(kit.Backends):
+        assert getattr(a, f.name) is not getattr(b, f.name), f.name
+    if a.nft.contexts is not None:  # libnftables usable here: each set has its own contexts
+        assert a.nft.contexts is not b.nft.contexts
+
+
+def test_the_default_backends_are_made_once_however_many_threads_ask_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[object] = []
+
+    def slow_build() -> kit.Backends:
+        time.sleep(0.05)  # every thread arrives while the first is still building
+        made.append(types.SimpleNamespace(close=lambda: None))
+        return made[-1]  # type: ignore[return-value]
+
+    monkeypatch.setattr(kit, "build", slow_build)
+    monkeypatch.setattr(kit.atexit, "register", lambda fn: fn)
+    default = kit._Default()
+    start = threading.Barrier(8)
+    got: list[object] = []
+
+    def ask() -> None:
+        start.wait()
+        got.append(default.get())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and got == made * 8
