@@ -28,8 +28,9 @@ class Backends:
     iofs: iofs.Volumes  # IOChaos: a lock per served volume, the iofs servers being watched
 
     def close(self) -> None:
-        """Let go of what is held open (libnftables contexts, runtime connections)."""
+        """Let go of what is held open (libnftables contexts, netlink threads, runtime connections)."""
         self.nft.close()
+        self.tc.links.close_all()
         self.runtimes.close()
 
 
