@@ -22,7 +22,7 @@ from helpers.ioprobe import probe
 from chaosbus.common import netns as nsutil
 from chaosbus.injector import faults
 from chaosbus.injector import journal as jr
-from chaosbus.injector.backends import iofs
+from chaosbus.injector.backends import iofs, kit
 from chaosbus.injector.backends._glue.native import native_dir
 from chaosbus.injector.journal import Entry, Identity, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
@@ -158,3 +158,32 @@ def test_a_live_targets_files_outside_the_sweeps_scope_are_kept(pod: Pod, tmp_pa
         assert vol.rules.exists() and not report.removed
     finally:
         journal.close()
+
+
+def test_tc_originals_of_namespaces_that_are_gone_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    name = f"cbtso{os.getpid() % 100000}"
+    live = os.stat(nsutil.create_named_netns(name))
+    b, journal, metrics = kit.build(), Journal(tmp_path / "j.db"), InjectorMetrics()
+    try:
+        store = b.tc.store.directory
+        store.mkdir(parents=True)
+        # A namespace that is gone: an inode past any the kernel hands out (a real one's may be
+        # reused at once by a namespace of another test).
+        kept = [store / f"{live.st_dev:x}-{live.st_ino}-eth0.json", store / f"{live.st_dev:x}-{live.st_ino}-eth0.tmp"]
+        gone = [store / f"{live.st_dev:x}-{2**32 - 7}-eth0.json", store / f"{live.st_dev:x}-{2**32 - 7}-eth0.tmp"]
+        alien = store / "notes.txt"
+        for p in [*kept, *gone, alien]:
+            p.write_text("{}")
+        sweeper = Sweeper(journal, Gate(), NODE, tags=("network-shaping",), backends=b, metrics=metrics)
+        report = asyncio.run(sweeper.sweep())  # the journal names no namespace: no tc sweep, files only
+        assert set(store.iterdir()) == {*kept, alien}, report
+        assert report.counts == {"tc original": 2} and not report.errors
+        # In the sweep's scope a write cut short goes too; the original of a live namespace is the tc
+        # sweep's to restore and drop.
+        files = faults.state_files(tags=["network-shaping"])["network-shaping"]
+        assert files.stale([str(p) for p in kept], [], {live.st_ino}) == [str(kept[1])]
+    finally:
+        b.close()
+        journal.close()
+        nsutil.remove_named_netns(name)

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Iterator
 from typing import Any
 
 from chaosbus.common.crd.networkchaos import parse_external
 from chaosbus.common.messages import FaultSpec, NetemParams, Shaping, TbfParams
+from chaosbus.common.netns import NETNS_RUN_DIR
 from chaosbus.injector.backends import exemptions, tc
 from chaosbus.injector.backends.kit import Backends
 from chaosbus.injector.backends.tcplan import Dest, PlanError, Rule, dest
-from chaosbus.injector.faults import FaultContext, FaultError, register
+from chaosbus.injector.faults import FaultContext, FaultError, Owner, register
 
 _PERMANENT = (errno.EINVAL, errno.ERANGE, errno.EOPNOTSUPP, errno.ENOENT, errno.E2BIG)
 
@@ -93,10 +95,68 @@ class TcObjects:
         tc.remove_ours(netns_path, item)
 
 
+class OriginalFiles:
+    """The original configuration of each shaped device, one file per (netns, device) in the tc
+    backend's store, for the sweeper. The tc sweep restores a live namespace's device and drops its
+    file itself; a file whose namespace is gone from the machine is stale, and must go: the inode of
+    a namespace is reused, and a later recovery in the new one would restore the old device's
+    configuration. A temporary file of a write cut short is stale in the sweep's scope too (it is
+    never read, and no apply of this injector runs meanwhile)."""
+
+    what = "tc original"
+
+    def find(self, backends: Backends) -> list[str]:
+        directory = backends.tc.store.directory
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        return sorted(str(directory / n) for n in names if _netns_of(n) is not None)
+
+    def stale(self, items: list[str], owners: list[Owner], scope: set[int]) -> list[str]:
+        live = _live_netns()
+        out = []
+        for item in items:
+            key = _netns_of(os.path.basename(item))
+            if key is not None and (key not in live or (item.endswith(".tmp") and key[1] in scope)):
+                out.append(item)
+        return out
+
+    def remove(self, item: str, backends: Backends) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(item)
+
+
+def _netns_of(name: str) -> tuple[int, int] | None:
+    """(device, inode) of the namespace a store file names (`<dev hex>-<inode>-<device>.json`)."""
+    stem, _, suffix = name.rpartition(".")
+    parts = stem.split("-", 2)
+    if suffix not in ("json", "tmp") or len(parts) != 3 or not parts[1].isdigit():
+        return None
+    try:
+        return int(parts[0], 16), int(parts[1])
+    except ValueError:
+        return None
+
+
+def _live_netns() -> set[tuple[int, int]]:
+    """(device, inode) of every network namespace a process is in or a name pins, as of now."""
+    paths = [f"/proc/{p}/ns/net" for p in os.listdir("/proc") if p.isdigit()]
+    with contextlib.suppress(OSError):
+        paths += [os.path.join(NETNS_RUN_DIR, n) for n in os.listdir(NETNS_RUN_DIR)]
+    found = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
 class ShapingFault:
     name = "network-shaping"
     ends_with_machine = True  # qdiscs in the target's netns: a reboot takes them
     orphans = TcObjects()
+    state_files = OriginalFiles()
 
     def apply(self, ctx: FaultContext, spec: FaultSpec) -> str:
         spec = _shaping(spec)
