@@ -103,7 +103,7 @@ def test_hello_world_as_a_workflow_step_on_a_pod_without_ps(system: System, bare
                     {
                         "name": "hello",
                         "templateType": "HelloWorldChaos",
-                        "deadline": "5s",
+                        "deadline": "30s",  # its object, read by `get` until injected, lasts this long
                         "helloWorldChaos": {"mode": "one", "selector": {"labelSelectors": {"app": "bare"}}},
                     },
                 ],

@@ -79,11 +79,14 @@ def test_no_target_to_blocks_the_source_towards_everyone(system: System) -> None
 
 
 def test_duration_expiry_recovers_and_status_says_finished(system: System) -> None:
+    # The duration runs from the object's creation: the injection's path (watcher, scheduler,
+    # injector) and each probe of every pair come out of it, so it leaves a loaded machine room to
+    # see the partition before it ends.
     system.cli(
-        "apply", "-f", "-", stdin=partition("p-short", source="peer-2", direction="to", target="peer-3", duration="2s")
+        "apply", "-f", "-", stdin=partition("p-short", source="peer-2", direction="to", target="peer-3", duration="8s")
     )
-    wait_blocked(system, {(2, 3)}, timeout=1.8)
-    wait_blocked(system, set(), timeout=5)
+    wait_blocked(system, {(2, 3)}, timeout=8)
+    wait_blocked(system, set(), timeout=15)
     status = eventually(lambda: (system.get("networkchaos", "p-short") or {}).get("status"))
 
     def finished() -> bool:
@@ -91,7 +94,7 @@ def test_duration_expiry_recovers_and_status_says_finished(system: System) -> No
         conds = {c["type"]: c["status"] for c in st.get("conditions", [])}
         return st.get("experiment", {}).get("desiredPhase") == "Stop" and conds.get("AllRecovered") == "True"
 
-    eventually(finished, timeout=5)
+    eventually(finished, timeout=15)
     records = system.get("networkchaos", "p-short")["status"]["experiment"]["containerRecords"]  # type: ignore[index]
     assert {(r["id"], r["selectorKey"], r["phase"]) for r in records} == {
         ("default/peer-2", ".", "Not Injected"),

@@ -160,13 +160,13 @@ def test_stressng_stressors_pass_through_and_end_at_the_duration(system: System)
             {
                 "mode": "one",
                 "selector": {"labelSelectors": {"index": "3"}},
-                "duration": "8s",
+                "duration": "15s",  # seen Injected, then its stressors, before it ends
                 "stressngStressors": "--cpu 1 --cpu-load 30",
             },
         ),
     )
     injected(system, "raw")
-    pids = eventually(lambda: stressors_in(dirs))
+    pids = eventually(lambda: stressors_in(dirs), timeout=15)
     with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
         argv = f.read().split(b"\0")
     assert argv[1:5] == [b"--cpu", b"1", b"--cpu-load", b"30"] and b"--timeout" in argv
@@ -262,7 +262,7 @@ def test_injector_kill9_mid_fault_stressors_end_at_the_deadline_and_restart_leav
             {
                 "mode": "one",
                 "selector": {"labelSelectors": {"index": "3"}},
-                "duration": "10s",
+                "duration": "15s",  # seen Injected, then its stressors, before it ends
                 "stressors": {"cpu": {"workers": 1, "load": 10}},
             },
         ),

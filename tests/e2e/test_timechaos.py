@@ -143,7 +143,7 @@ def test_timechaos_with_monotonic_as_a_workflow_step(system: System, clock_pods:
                     {
                         "name": "skew",
                         "templateType": "TimeChaos",
-                        "deadline": "4s",
+                        "deadline": "12s",  # the skew is seen on both clocks before it ends
                         "timeChaos": {
                             "mode": "all",
                             "selector": {"labelSelectors": {"app": "clock"}},
@@ -157,9 +157,9 @@ def test_timechaos_with_monotonic_as_a_workflow_step(system: System, clock_pods:
         ),
     )
     offset = 90_500_000_000
-    eventually(lambda: shifted(base, c.skews(), offset), timeout=15)
+    eventually(lambda: shifted(base, c.skews(), offset), timeout=12)
     assert shifted(mono, c.skews(monotonic_skew), offset)
-    eventually(lambda: shifted(base, c.skews(), 0), timeout=20)  # the step's deadline recovers it
+    eventually(lambda: shifted(base, c.skews(), 0), timeout=30)  # the step's deadline recovers it
     system.cli("delete", "workflow", "wf-skew")
 
 

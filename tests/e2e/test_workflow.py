@@ -145,7 +145,9 @@ def test_serial_workflow_runs_partition_suspend_pod_kill_partition_in_order(syst
                         "deadline": "90s",
                         "children": ["cut-01", "pause", "kill-3", "cut-23"],
                     },
-                    cut("cut-01", 0, 1, "4s"),
+                    # Each partition is seen while it lasts: from its step's start, with every
+                    # pair probed (and, for cut-23, pod 3 restarted and serving) inside it.
+                    cut("cut-01", 0, 1, "8s"),
                     {"name": "pause", "templateType": "Suspend", "deadline": "3s"},
                     {
                         "name": "kill-3",
@@ -157,18 +159,18 @@ def test_serial_workflow_runs_partition_suspend_pod_kill_partition_in_order(syst
                             "selector": {"labelSelectors": {"index": "3"}},
                         },
                     },
-                    cut("cut-23", 2, 3, "4s"),
+                    cut("cut-23", 2, 3, "10s"),
                 ],
             },
         ),
     )
     wait_blocked(system, {(0, 1)}, timeout=10)
     assert psutil.pid_exists(pid3), "the pod-kill ran before the first partition ended"
-    wait_blocked(system, set(), timeout=10)  # the partition ended; the suspend runs
+    wait_blocked(system, set(), timeout=15)  # the partition ended; the suspend runs
     eventually(lambda: not psutil.pid_exists(pid3) or psutil.Process(pid3).status() == psutil.STATUS_ZOMBIE, timeout=15)
     system.pods[3].pid = eventually(lambda: _restarted_pid(system, pid3), timeout=15)
     wait_blocked(system, {(2, 3)}, timeout=15)
-    eventually(lambda: wf_done(system, "serial"), timeout=15)
+    eventually(lambda: wf_done(system, "serial"), timeout=20)
     wait_blocked(system, set(), timeout=10)
     nodes = [
         n
@@ -195,14 +197,14 @@ def test_parallel_workflow_runs_its_branches_together(system: System) -> None:
                 "entry": "entry",
                 "templates": [
                     {"name": "entry", "templateType": "Parallel", "children": ["cut-01", "cut-23"]},
-                    cut("cut-01", 0, 1, "5s"),
-                    cut("cut-23", 2, 3, "5s"),
+                    cut("cut-01", 0, 1, "8s"),  # both seen at once, with every pair probed, while they last
+                    cut("cut-23", 2, 3, "8s"),
                 ],
             },
         ),
     )
     wait_blocked(system, {(0, 1), (2, 3)}, timeout=10)
-    eventually(lambda: wf_done(system, "parallel"), timeout=15)
+    eventually(lambda: wf_done(system, "parallel"), timeout=20)
     wait_blocked(system, set(), timeout=10)
     system.cli("delete", "workflow", "parallel")
 
@@ -321,9 +323,9 @@ def test_scheduler_kill9_mid_workflow_resumes_and_creates_nothing_twice(system: 
                         "deadline": "120s",
                         "children": ["cut-01", "pause", "cut-23"],
                     },
-                    cut("cut-01", 0, 1, "6s"),
+                    cut("cut-01", 0, 1, "8s"),  # each seen while it lasts, the second by a restarted scheduler
                     {"name": "pause", "templateType": "Suspend", "deadline": "2s"},
-                    cut("cut-23", 2, 3, "6s"),
+                    cut("cut-23", 2, 3, "8s"),
                 ],
             },
         ),
@@ -370,15 +372,17 @@ def test_schedule_step_fires_until_its_deadline_then_leaves_nothing(system: Syst
                 "entry": "entry",
                 "templates": [
                     {"name": "entry", "templateType": "Serial", "children": ["every"]},
-                    {"name": "every", "templateType": "Schedule", "deadline": "7s", "schedule": spawn},
+                    # Long enough for several 1 s children, one of which a probe of every pair sees.
+                    {"name": "every", "templateType": "Schedule", "deadline": "12s", "schedule": spawn},
                 ],
             },
         ),
     )
-    wait_blocked(system, {(0, 1)}, timeout=15)  # a child of the Schedule the step created
-    (schedule,) = _objects(system, "schedule", label="periodic")
+    # Read while the step runs: at its deadline the Schedule is deleted.
+    (schedule,) = eventually(lambda: _objects(system, "schedule", label="periodic"), timeout=10)
     assert schedule["spec"]["schedule"] == "@every 2s"
-    eventually(lambda: wf_done(system, "periodic"), timeout=20)
+    wait_blocked(system, {(0, 1)}, timeout=12)  # a child of the Schedule the step created
+    eventually(lambda: wf_done(system, "periodic"), timeout=25)
     eventually(lambda: not _objects(system, "schedule", label="periodic"), timeout=10)
     eventually(
         lambda: (

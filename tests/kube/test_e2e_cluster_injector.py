@@ -225,11 +225,12 @@ def test_pod_failure_with_a_duration_restores_on_its_own(system: System) -> None
     kube = system.kube
     kube.client.apply_yaml(
         POD_FAILURE.replace("name: fail-web", "name: fail-brief").replace(
-            "action: pod-failure", "action: pod-failure\n  duration: 6s"
+            "action: pod-failure",
+            "action: pod-failure\n  duration: 15s",  # seen paused before it ends
         ),
         kube.namespace,
     )
-    kube.client.wait_for(lambda: images(system.pod("web-1")) == [PAUSE, PAUSE], timeout=30, what="paused")
+    kube.client.wait_for(lambda: images(system.pod("web-1")) == [PAUSE, PAUSE], timeout=15, what="paused")
     kube.client.wait_for(
         lambda: (
             images(system.pod("web-1")) == [ORIGINAL, ORIGINAL] and images(system.pod("web-0")) == [ORIGINAL, ORIGINAL]

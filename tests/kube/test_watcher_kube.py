@@ -40,6 +40,7 @@ class Running:
     def __init__(self, bus: busmod.Bus) -> None:
         self.bus = bus
         self.events: list[m.ObjectEvent] = []
+        self.synced: dict[str, asyncio.Event] = {}  # the watcher's: kind -> its first list published
 
     async def targets(self) -> dict[str, bytes]:
         kv = await self.bus.kv(subjects.TARGETS.name)
@@ -49,6 +50,15 @@ class Running:
                 entry = await kv.get(key)
                 out[key] = entry.value or b""
         return out
+
+    async def targets_until(self, check: Callable[[dict[str, bytes]], bool], limit: float = 20) -> dict[str, bytes]:
+        """The projection once `check` holds for it, polled against a deadline (not a count of
+        polls, each of which takes longer under load)."""
+        deadline = asyncio.get_running_loop().time() + limit
+        while not check(targets := await self.targets()):
+            assert asyncio.get_running_loop().time() < deadline, f"timed out; targets {sorted(targets)}"
+            await asyncio.sleep(0.05)
+        return targets
 
     async def until(self, check: Callable[[], Any], limit: float = 10) -> None:
         deadline = asyncio.get_running_loop().time() + limit
@@ -77,6 +87,7 @@ async def watching(
     watcher = wkube.KubeWatcher(
         api, scope, ScopedCore(WatcherCore(), scope), lambda out: emit(bus, targets, out, metrics), metrics
     )
+    run.synced = watcher.synced
     loops = [watcher.run(), wkube.prune_objects(watcher, bus, metrics)] if prune else [watcher.run()]
     task = asyncio.ensure_future(asyncio.gather(*loops))
     try:
@@ -132,11 +143,7 @@ async def test_pods_are_projected_as_in_local_mode(kube: KubeEnv, bus: busmod.Bu
         pod = kubelet.run_pod("web-0", kube.namespace, {"app": "web"}, containers={"main": ["sleep", "60"]})
         async with watching(kube, bus) as run:
             key = subjects.target_pod_key(kube.namespace, "web-0")
-            for _ in range(200):
-                targets = await run.targets()
-                if key in targets and "node.node-w1" in targets:
-                    break
-                await asyncio.sleep(0.05)
+            targets = await run.targets_until(lambda t: key in t and "node.node-w1" in t)
             stored = kube.client.get(pod.path)
             assert stored is not None
             assert msgspec.json.decode(targets[key], type=m.TargetPod) == project_pod(stored)
@@ -194,16 +201,14 @@ async def test_inject_filter_in_cluster_mode(kube: KubeEnv, bus: busmod.Bus) -> 
         scope = Scope(cluster_scoped=False, target_namespace=kube.namespace, enable_filter_namespace=True)
         async with watching(kube, bus, scope) as run:
             key = subjects.target_pod_key(kube.namespace, "web-0")
-            await asyncio.sleep(0.5)
+            # Pods and Namespaces listed and published: the pod's absence is the filter's doing.
+            for kind in ("Pod", "Namespace"):
+                await asyncio.wait_for(run.synced.setdefault(kind, asyncio.Event()).wait(), timeout=20)
             assert key not in await run.targets()
             kube.client.merge_patch(
                 f"/api/v1/namespaces/{kube.namespace}",
                 {"metadata": {"annotations": {"chaos-mesh.org/inject": "enabled"}}},
             )
-            for _ in range(100):
-                if key in await run.targets():
-                    break
-                await asyncio.sleep(0.05)
-            assert key in await run.targets()
+            await run.targets_until(lambda t: key in t)
     finally:
         kubelet.close()
