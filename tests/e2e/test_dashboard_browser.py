@@ -25,7 +25,8 @@ import pytest
 import yaml
 from helpers.live import System, eventually, wait_blocked
 
-pytestmark = pytest.mark.privileged
+# Its first and last tests carry the live system's start and stop, slow on two loaded cores.
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -20,7 +20,8 @@ from helpers.live import System, eventually
 from chaosbus.common import processid
 from chaosbus.injector.backends import timeskew
 
-pytestmark = pytest.mark.privileged
+# Its first and last tests carry the live system's start and stop, slow on two loaded cores.
+pytestmark = [pytest.mark.privileged, pytest.mark.timeout(300)]
 
 HOUR_NS = 3600 * 10**9
 TOLERANCE_NS = 10 * 10**6
