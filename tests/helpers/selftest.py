@@ -2,7 +2,8 @@
 and pods), cycles of random experiments (partition, bandwidth shaping, pod-kill, HelloWorld; with
 and without a duration), `kill -9` of the injector, scheduler, recorder or nats-server at random moments (`up`
 restarts them), then: every experiment reached its expected final state, and no netns of the test
-holds an nftables table or a qdisc of ours and no stray process is left.
+holds an nftables table or a qdisc of ours, no stray process is left and the state directory
+holds no fault's file.
 
 A poller thread watches every pod netns (every 0.1 s), so the report can say how late, against its
 deadline, each timed partition actually left the kernel. Used by tests/e2e/test_recovery.py (a few
@@ -12,6 +13,7 @@ cycles) and bench/chaos_selftest.py (200 cycles, figures printed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -475,6 +477,10 @@ class SelfTest:
             env = p.info.get("environ") or {}
             if env.get("CHAOSBUS_FAULT_NODE") == self.node:
                 found.append(f"helper process {p.info['pid']}")
+        # Every experiment is final: no fault owns a file in the state directory any more.
+        for sub in ("tc-originals", "iochaos"):
+            with contextlib.suppress(FileNotFoundError):
+                found += [f"state file {sub}/{n}" for n in sorted(os.listdir(self.state / sub))]
         return found
 
     def scan_after_stop(self, within_s: float = 20.0) -> list[str]:
