@@ -223,6 +223,9 @@ def test_kill9_of_the_injector_and_iofs_mid_fault_leaves_the_node_as_it_was(
         eventually(lambda: not any(p.exists() for p in planted), timeout=30)
         eventually(lambda: iofs.mounts_at(pid, VOLUME) == 1 and _read_errno(pid) == 5, timeout=30)
         assert iofs.start_ticks(server[0]) != server[1]
+        # The state directory holds what the live fault owns, and nothing else of this target.
+        owned = sorted(p.name for p in (vol.rules, vol.server_file, vol.control))
+        assert eventually(lambda: _state_files_of(state, pid) == owned, timeout=15)
         # Counted by the new injector (the temporary files at least: the old one kept them, their
         # writer being alive).
         eventually(lambda: _removed_files(system) >= 2, timeout=15)
@@ -252,7 +255,7 @@ def _read_errno(pid: int) -> int:
 
 
 def _state_files_of(state: Path, pid: int) -> list[str]:
-    return [p.name for p in state.iterdir() if (f := iofs.state_file(p)) is not None and f.pid == pid]
+    return sorted(p.name for p in state.iterdir() if (f := iofs.state_file(p)) is not None and f.pid == pid)
 
 
 def _iofs_processes(pid: int) -> list[int]:

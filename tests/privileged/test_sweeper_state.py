@@ -187,3 +187,14 @@ def test_tc_originals_of_namespaces_that_are_gone_go(tmp_path: Path, monkeypatch
         b.close()
         journal.close()
         nsutil.remove_named_netns(name)
+
+
+def test_a_sweep_makes_no_state_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAOSBUS_STATE_DIR", str(tmp_path / "state"))
+    b, journal = kit.build(), Journal(tmp_path / "j.db")
+    try:
+        report = asyncio.run(Sweeper(journal, Gate(), NODE, tags=("io", "network-shaping"), backends=b).sweep())
+        assert not (tmp_path / "state").exists() and not report.errors and not report.removed
+    finally:
+        b.close()
+        journal.close()

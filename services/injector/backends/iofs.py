@@ -144,12 +144,14 @@ class Volumes:
             self._watched.discard(server)
 
 
-def rules_dir() -> Path:
+def rules_dir(*, create: bool = True) -> Path:
     """Where rules files and server records live: `$CHAOSBUS_IOCHAOS_DIR`, else `<state dir>/iochaos`
-    (either must outlive the injector: a restarted one finds its servers there)."""
+    (either must outlive the injector: a restarted one finds its servers there); `create` False:
+    as it is (a sweep does not make it)."""
     env = settings.current().iochaos_dir
     d = Path(env) if env else config.state_dir() / "iochaos"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
     return d
 
 

@@ -214,7 +214,11 @@ class IofsStateFiles:
     what = "iofs state file"
 
     def find(self, backends: Backends) -> list[str]:
-        return sorted(str(p) for p in iofs.rules_dir().iterdir() if iofs.state_file(p) is not None)
+        try:
+            paths = list(iofs.rules_dir(create=False).iterdir())
+        except FileNotFoundError:
+            return []
+        return sorted(str(p) for p in paths if iofs.state_file(p) is not None)
 
     def stale(self, items: list[str], owners: list[Owner], scope: set[int]) -> list[str]:
         owned = {
