@@ -181,9 +181,13 @@ class Sweeper:
     async def _sweep_files(self, scope: set[int], report: SweepReport) -> None:
         """The state files no live fault owns; `scope`: the inodes of the namespaces swept."""
         found: dict[str, list[str]] = {}
+        entries = await self._call(self.journal.open_entries)
         for tag, files in self.state_files.items():
             try:
-                if items := await self._call(files.find, self.backends):
+                # A first look without the gate: a live fault's files are there all the time, and
+                # applies need not wait for a sweep that finds nothing to remove.
+                items = await self._call(files.find, self.backends)
+                if items and await self._call(files.stale, items, owners_of(entries, tag), scope):
                     found[tag] = items
             except Exception as e:  # an unreadable state directory is reported, the others are swept
                 self._failed(report, files.what, f"{files.what}s: {e}")
