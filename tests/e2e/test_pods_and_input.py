@@ -263,7 +263,7 @@ def test_malformed_nats_messages_crash_nothing(system: System) -> None:
     system.cli("delete", "networkchaos", "after-garbage")
     wait_blocked(system, set())
     for service in ("recorder", "scheduler"):
-        assert "malformed message" in system.service_log(service)
+        eventually(lambda s=service: "malformed message" in system.service_log(s), timeout=10)
     # the injector refuses garbage on its command subject before decoding it: unsigned, audited
     refused = [line for line in system.service_log("injector").splitlines() if '"audit": true' in line]
     assert refused and all('"reason": "unsigned"' in line for line in refused)

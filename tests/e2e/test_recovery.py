@@ -114,7 +114,7 @@ def test_halt_and_resume_from_the_cli(live: SelfTest) -> None:
     halted = time.monotonic()
     out = live.cli("halt", "--reason", "e2e drill").stdout
     assert "every injector recovers every fault" in out
-    wait(lambda: tables(live) == 0, 5, "recovered by the halt")
+    wait(lambda: tables(live) == 0, 15, "recovered by the halt")  # how fast is printed, and in make bench
     print(f"\nhalt via the CLI: 4 faults gone {time.monotonic() - halted:.2f}s after `chaosbus halt` started")
     wait(
         lambda: any("recovered: halted by kill switch (e2e drill" in m for m in events(live, "h1")),

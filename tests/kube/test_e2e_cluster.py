@@ -276,7 +276,6 @@ def test_workflow_runs_through_the_api_with_nodes_children_and_status(
     base = f"/apis/chaos-mesh.org/v1alpha1/namespaces/{kube.namespace}"
     try:
         kube.client.apply_yaml(WORKFLOW.replace("PORT", str(health.server_address[1])), kube.namespace)
-        kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=20, what="the cut step in the kernel")
 
         def items(plural: str) -> list[dict[str, Any]]:
             found = kube.client.request(
@@ -284,8 +283,10 @@ def test_workflow_runs_through_the_api_with_nodes_children_and_status(
             )["items"]
             return list(found)
 
+        # The step's object first (it exists before its partition and goes at the step's deadline).
+        (chaos,) = kube.client.wait_for(lambda: items("networkchaos"), timeout=20, what="the cut step's object")
         (cut,) = [n for n in items("workflownodes") if n["spec"]["templateName"] == "cut"]
-        (chaos,) = items("networkchaos")
+        kube.client.wait_for(lambda: not connects(pods[0], pods[2]), timeout=12, what="the cut step in the kernel")
         assert chaos["metadata"]["ownerReferences"][0]["uid"] == cut["metadata"]["uid"]
         assert chaos["metadata"]["labels"]["chaos-mesh.org/controlled-by"] == cut["metadata"]["name"]
 
@@ -294,7 +295,7 @@ def test_workflow_runs_through_the_api_with_nodes_children_and_status(
 
         kube.client.wait_for(
             lambda: {c["type"]: c["status"] for c in wf_status().get("conditions", [])}.get("Accomplished") == "True",
-            timeout=30,
+            timeout=45,
             what="workflow accomplished",
         )
         assert connects(pods[0], pods[2]) and items("networkchaos") == []
@@ -317,7 +318,7 @@ spec:
   - {name: entry, templateType: Serial, deadline: 60s, children: [cut, probe]}
   - name: cut
     templateType: NetworkChaos
-    deadline: 4s
+    deadline: 12s  # its object read and its partition seen while it lasts
     networkChaos:
       action: partition
       mode: all
