@@ -42,6 +42,7 @@ from chaosbus.injector.metrics import InjectorMetrics
 
 log = cblog.get("injector.sweeper")
 SCOPES = ("journal", "all")
+LOGGED = 20  # items a sweep's log line lists (the counts cover them all)
 Runner = Callable[..., Any]
 __all__ = [
     "KEY_ENV",
@@ -105,9 +106,9 @@ class Sweeper:
         await self._sweep_helpers(report)
         await self._sweep_files({r.inode for r in spaces}, report)
         if report.removed:
-            log.warning("orphans removed", node=self.node, counts=report.counts, removed=report.removed)
+            log.warning("orphans removed", node=self.node, counts=report.counts, **_listed("removed", report.removed))
         if report.errors:
-            log.warning("orphans not removed", node=self.node, errors=report.errors)
+            log.warning("orphans not removed", node=self.node, **_listed("errors", report.errors))
         return report
 
     def _namespaces(self) -> list[NetnsRef]:
@@ -216,6 +217,15 @@ def originals_in(entries: Iterable[Entry], inode: int, tag: str) -> list[dict[st
         and faults.spec_tag(e.action.fault) == tag
         and any(ns.inode == inode for ns in e.identity.netns)
     ]
+
+
+def _listed(name: str, items: list[str]) -> dict[str, Any]:
+    """The first LOGGED of `items` under `name`, and how many more there were (a sweep after a
+    crash of a busy node may remove thousands: the log line stays readable)."""
+    out: dict[str, Any] = {name: items[:LOGGED]}
+    if len(items) > LOGGED:
+        out[f"{name}_not_listed"] = len(items) - LOGGED
+    return out
 
 
 def owners_of(entries: Iterable[Entry], tag: str) -> list[faults.Owner]:
