@@ -120,11 +120,15 @@ def test_state_files_no_live_fault_owns_go_and_the_lost_faults_files_follow(pod:
         lost.rules.write_text("# lost\nfault 0 1 100 5 -\n")
         alien = d / "notes.txt"  # no name of ours: never judged
         alien.write_text("x")
-        planted = set(d.iterdir()) - ours - {alien}
+        # A write in flight (its writer alive: another injector applying at this moment) is kept.
+        in_flight = d / f".{vol.rules.name}.{os.getpid()}.3"
+        in_flight.write_text("# k\nfault 0 1 100 5 -\n")
+        planted = set(d.iterdir()) - ours - {alien, in_flight}
         assert len(planted) == 5
 
         report = sweep(journal, metrics)
-        assert set(d.iterdir()) == ours | {alien}, report
+        assert set(d.iterdir()) == ours | {alien, in_flight}, report
+        in_flight.unlink()
         assert sorted(report.removed) == sorted(f"{WHAT} {p}" for p in planted) and not report.errors
         assert report.counts == {WHAT: 5}
         assert metrics.registry.get_sample_value("chaosbus_injector_orphans_removed_total", {"what": WHAT}) == 5
