@@ -1,22 +1,32 @@
 """The watcher's Kubernetes edge against the API (fake, or a real server): chaos objects become the
 same object events as in local mode, Pods/Namespaces/Nodes the same target projection; it resumes
-after an API server restart without missing or replaying an experiment, and relists on 410.
+after an API server restart without missing or replaying an experiment, and relists on 410; its
+/readyz waits for its first list of every kind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from helpers.prom import free_port
 from kube.conftest import KubeEnv
 from kube.kubelet import Kubelet
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import kubeclient, subjects
+from chaosbus.common import kubeclient, natsserver, subjects
 from chaosbus.common import messages as m
 from chaosbus.watcher import kube as wkube
 from chaosbus.watcher.app import emit
@@ -212,3 +222,48 @@ async def test_inject_filter_in_cluster_mode(kube: KubeEnv, bus: busmod.Bus) -> 
             await run.targets_until(lambda t: key in t)
     finally:
         kubelet.close()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def readyz_until(port: int, status: int, within_s: float) -> tuple[int, str]:
+    deadline = time.monotonic() + within_s
+    while (got := readyz(port))[0] != status and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
+def test_readyz_waits_for_the_first_list_of_every_kind(
+    kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
+) -> None:
+    """Connected to NATS but with no API server to list from, the watcher process is not ready and
+    says why; once the API server answers and every kind is listed and published, it is."""
+    fake = kube.need_fake("an API server stopped before the watcher starts")
+    fake.stop()
+    port = free_port()
+    argv = [sys.executable, "-m", "chaosbus.watcher", "--kubeconfig", str(kube.kubeconfig)]
+    argv += ["--nats", nats_server.url, "--metrics-port", str(port)]
+    with open(tmp_path / "watcher.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+    try:
+        unready = readyz_until(port, 503, 60)  # a loaded machine starts Python slowly
+        assert unready[0] == 503 and "list" in unready[1], unready
+        time.sleep(1.0)  # retrying against the missing API server meanwhile
+        assert readyz(port)[0] == 503
+        fake.start()
+        assert readyz_until(port, 200, 60) == (200, "ready")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
