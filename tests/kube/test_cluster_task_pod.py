@@ -145,7 +145,7 @@ async def test_a_task_past_its_timeout_is_deleted_and_fails_clearly(
     res = await run(injector, task_command(kube, "slow-abcde", container, timeout_s=2.0))
     assert not res.ok and res.exit_code is None, res
     assert "did not finish before the step's timeout" in res.message and "Pod deleted" in res.message, res.message
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # cut at its 2 s timeout, far short of the task's 120 s
     kube.client.wait_for(lambda: not task_pods(kube, "slow-abcde"), timeout=10, what="timed-out task pod deleted")
     kube.client.wait_for(lambda: not kubelet.pods, timeout=10, what="its process stopped by the kubelet")
 
