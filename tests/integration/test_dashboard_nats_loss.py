@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from helpers.readiness import stop_groups
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -52,13 +52,7 @@ def dashboard(url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes
     try:
         yield proc, url_file
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_groups(proc)
 
 
 async def readyz(s: aiohttp.ClientSession, base: str) -> int:

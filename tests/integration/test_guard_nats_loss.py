@@ -11,19 +11,17 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from helpers.prom import free_port
+from helpers.readiness import readyz, stop_groups
 
 from chaosbus.cli.guard import Link
 from chaosbus.common import bus as busmod
@@ -75,23 +73,7 @@ def guard(nats_url: str, prom_url: str, metrics_port: int, log: Path) -> Iterato
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+        stop_groups(proc)
 
 
 async def until(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
@@ -104,7 +86,7 @@ async def until(check: Callable[[], Awaitable[bool]], within_s: float, what: str
 
 
 async def ready_is(port: int, wanted: int) -> bool:
-    return await asyncio.to_thread(readyz, port) == wanted
+    return (await asyncio.to_thread(readyz, port))[0] == wanted
 
 
 async def kill_switch(url: str) -> m.HaltState | None:
@@ -134,7 +116,7 @@ async def test_guard_is_unready_without_nats_and_halts_once_it_is_back(tmp_path:
             prom.value = 0.0  # breached while the guard cannot halt
             away_until = time.monotonic() + 4.0  # several breached evaluations and reconnect attempts
             while time.monotonic() < away_until:
-                assert await asyncio.to_thread(readyz, metrics_port) == 503, "ready without a usable connection"
+                assert (await asyncio.to_thread(readyz, metrics_port))[0] == 503, "ready without a usable connection"
                 assert proc.poll() is None, "the guard ended"
                 await asyncio.sleep(0.3)
 

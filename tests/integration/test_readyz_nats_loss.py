@@ -11,17 +11,15 @@ The services are started once for the module: the outage is one, observed by eac
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.prom import free_port
+from helpers.readiness import readyz, stop_groups
 
 from chaosbus.common import natsauth, natsserver
 
@@ -64,16 +62,6 @@ def argvs(url: str, folder: Path) -> dict[str, list[str]]:
         ],
         "auth": [*py, "chaosbus.authcallout", "--issuer-seed", str(seed), "--kubeconfig", str(kubeconfig)],
     }
-
-
-def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, f"not served: {e}"
 
 
 def observe(ports: dict[str, int], wanted: int, within_s: float) -> dict[str, tuple[int, str]]:
@@ -121,15 +109,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[
                 seen[name]["back"] = (0, f"exited with {p.returncode}: {(folder / f'{name}.log').read_text()[-2000:]}")
         yield seen
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_groups(*procs.values())
         server.stop()
 
 

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 from helpers.prom import free_port
+from helpers.readiness import readyz, readyz_until, stop_groups
 from kube.conftest import KubeEnv
 from kube.kubelet import Kubelet
 
@@ -224,23 +221,6 @@ async def test_inject_filter_in_cluster_mode(kube: KubeEnv, bus: busmod.Bus) -> 
         kubelet.close()
 
 
-def readyz(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return int(r.status), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
-def readyz_until(port: int, status: int, within_s: float) -> tuple[int, str]:
-    deadline = time.monotonic() + within_s
-    while (got := readyz(port))[0] != status and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return got
-
-
 def test_readyz_waits_for_the_first_list_of_every_kind(
     kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
 ) -> None:
@@ -261,9 +241,4 @@ def test_readyz_waits_for_the_first_list_of_every_kind(
         fake.start()
         assert readyz_until(port, 200, 60) == (200, "ready")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups(proc)
