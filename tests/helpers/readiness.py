@@ -24,10 +24,11 @@ def readyz(port: int) -> tuple[int, str]:
         return 0, f"not served: {e}"
 
 
-def readyz_until(port: int, status: int, within_s: float) -> tuple[int, str]:
-    """The first /readyz answer with `status`, or the last one seen within `within_s`."""
+def readyz_until(port: int, status: int, within_s: float, saying: str = "") -> tuple[int, str]:
+    """The first /readyz answer with `status` and `saying` in its body, or the last one seen
+    within `within_s`."""
     deadline = time.monotonic() + within_s
-    while (got := readyz(port))[0] != status and time.monotonic() < deadline:
+    while ((got := readyz(port))[0] != status or saying not in got[1]) and time.monotonic() < deadline:
         time.sleep(0.2)
     return got
 

@@ -234,7 +234,8 @@ def test_readyz_waits_for_the_first_list_of_every_kind(
     with open(tmp_path / "watcher.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
     try:
-        unready = readyz_until(port, 503, 60)  # a loaded machine starts Python slowly
+        # A loaded machine starts Python slowly; it says "no NATS connection" until it has one.
+        unready = readyz_until(port, 503, 60, saying="list")
         assert unready[0] == 503 and "list" in unready[1], unready
         time.sleep(1.0)  # retrying against the missing API server meanwhile
         assert readyz(port)[0] == 503
