@@ -21,7 +21,7 @@ with tcp_only():
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext, api
-    from nats.js.errors import BadRequestError, NotFoundError
+    from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
     from nats.js.kv import KeyValue
 
 from chaosbus.common import messages, natsauth, subjects
@@ -331,6 +331,12 @@ class Bus:
             try:
                 msgs = await psub.fetch(batch, timeout=1.0)
             except (TimeoutError, nats.errors.TimeoutError):
+                msgs = []
+            except ServiceUnavailableError:
+                # JetStream not answering yet (a nats-server that has just restarted): the consumer
+                # is still there; ask again shortly rather than end the service.
+                log.warning("JetStream unavailable; fetching again", durable=durable)
+                await asyncio.sleep(0.5)
                 msgs = []
             # nats-py's fetch awaits asyncio.wait_for, which on Python 3.11 can swallow a cancel that
             # arrives together with a message; honour it here, or a service's shutdown hangs forever.
