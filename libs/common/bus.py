@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from chaosbus.common import logging as cblog
-from chaosbus.common.tcpnats import check_url, tcp_only
+from chaosbus.common.tcpnats import check_url, open_client, tcp_only
 
 with tcp_only():
     import nats
@@ -65,14 +65,14 @@ async def connect(
     """
     check_url(url)
     refused = asyncio.Event()
+    attempts: list[Client] = []
 
     async def _on_error(e: Exception) -> None:
-        if "authorization violation" in str(e).lower() and not nc.is_connected:
+        if "authorization violation" in str(e).lower() and not (attempts and attempts[-1].is_connected):
             refused.set()
         log.warning("nats error", error=str(e))
 
     auth = auth or natsauth.process_auth()
-    nc = Client()
     options: dict[str, Any] = {
         "name": name,
         "max_reconnect_attempts": -1,
@@ -84,7 +84,7 @@ async def connect(
         "error_cb": _on_error,
         **(auth.connect_options() if auth is not None else {}),
     }
-    connecting = asyncio.ensure_future(nc.connect(url, **options))
+    connecting = asyncio.ensure_future(open_client(url, attempts=attempts, **options))
     waiting = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait((connecting, waiting), timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED)
@@ -94,12 +94,13 @@ async def connect(
         connecting.cancel()
         with contextlib.suppress(BaseException):
             await connecting
-        with contextlib.suppress(Exception):
-            await nc.close()
+        for nc in attempts:
+            with contextlib.suppress(Exception):
+                await nc.close()
         if refused.is_set():
             raise Refused(f"nats-server at {cblog.redact(url)} refused the credentials of {name}")
         raise ConnectionError(f"no NATS server answered at {cblog.redact(url)} within {give_up_after:.0f} s")
-    connecting.result()
+    nc = connecting.result()
     return Bus(nc, declares=auth is None or auth.declares)
 
 

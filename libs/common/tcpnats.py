@@ -1,4 +1,4 @@
-"""nats-py without its websocket transport.
+"""nats-py without its websocket transport, and a connect that is really connected.
 
 nats-py imports aiohttp at import time whenever it is installed (kubernetes_asyncio needs it), only
 for `ws://` URLs, which chaosbus never uses: that import alone is ~0.1 s of every CLI command's
@@ -9,9 +9,18 @@ so kubernetes_asyncio still imports aiohttp normally where it is needed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from chaosbus.common.logging import get, redact
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+log = get("nats")
 
 _WEBSOCKET_ONLY = ("aiohttp",)
 
@@ -38,3 +47,27 @@ def check_url(url: str) -> None:
     for server in url.split(","):
         if server.strip().lower().startswith(("ws://", "wss://")):
             raise ValueError(f"NATS over websockets is not supported: {server.strip()} (use nats:// or tls://)")
+
+
+async def open_client(url: str, *, attempts: list[Client] | None = None, **options: Any) -> Client:
+    """A nats-py client connected to `url` with `options`, and really connected.
+
+    nats-server pings a client whose CONNECT it has not answered within 2 s (an auth callout
+    waiting on a slow Kubernetes API does that). nats-py takes that PING for the PONG it waits
+    for, returns from `connect`, and the connection then never writes a byte (its flusher stops at
+    once) nor learns that it was refused. Such a client is closed and the connect made again.
+    `attempts` collects every client made, so that a caller giving up can close the last one.
+    """
+    with tcp_only():
+        from nats.aio.client import Client as NatsClient
+    while True:
+        nc = NatsClient()
+        if attempts is not None:
+            attempts.append(nc)
+        await nc.connect(url, **options)
+        if nc.is_connected:
+            return nc
+        log.warning("nats-server pinged before it answered the connect; connecting again", url=redact(url))
+        with contextlib.suppress(Exception):
+            await nc.close()
+        await asyncio.sleep(float(options.get("reconnect_time_wait", 0.5)))

@@ -92,19 +92,32 @@ def judge_pod(bound: Bound, pod: dict[str, Any] | None, policy: Policy) -> str:
     return node
 
 
-def token_expiry(token: str) -> int:
-    """The `exp` of a ServiceAccount token, read without checking it (the TokenReview does):
-    only to end the NATS session no later than the token.
-    """
+def _unverified_claims(token: str) -> dict[str, Any]:
     try:
         import base64
 
         part = token.split(".")[1]
-        claims = msgspec.json.decode(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)), type=dict[str, Any])
-        exp = claims.get("exp")
-        return int(exp) if isinstance(exp, int | float) else 0
+        return msgspec.json.decode(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)), type=dict[str, Any])
     except (IndexError, ValueError, msgspec.DecodeError):
-        return 0
+        return {}
+
+
+def token_expiry(token: str) -> int:
+    """The `exp` of a ServiceAccount token, read without checking it (the TokenReview does):
+    only to end the NATS session no later than the token.
+    """
+    exp = _unverified_claims(token).get("exp")
+    return int(exp) if isinstance(exp, int | float) else 0
+
+
+def claimed_pod(token: str) -> str:
+    """The pod a ServiceAccount token says it is bound to, read without checking it: only to ask
+    for that pod while the TokenReview is under way; the decision uses the reviewed name.
+    """
+    k8s = _unverified_claims(token).get("kubernetes.io")
+    pod = k8s.get("pod") if isinstance(k8s, dict) else None
+    name = pod.get("name") if isinstance(pod, dict) else None
+    return name if isinstance(name, str) and 0 < len(name) <= 253 else ""
 
 
 def node_permissions(node: str) -> natsauth.Permissions:

@@ -129,3 +129,14 @@ def test_a_session_ends_with_its_token_and_within_the_cap() -> None:
     assert core.session_end(core.Bound("p", "u", "n", expires=0), now=100) == 100 + core.MAX_SESSION_S
     payload = base64.urlsafe_b64encode(json.dumps({"exp": 1234}).encode()).decode().rstrip("=")
     assert core.token_expiry(f"h.{payload}.s") == 1234 and core.token_expiry("garbage") == 0
+
+
+def test_the_claimed_pod_is_read_from_a_bound_token_and_nothing_else() -> None:
+    def token(claims: object) -> str:
+        return "h." + base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=") + ".s"
+
+    assert core.claimed_pod(token({"kubernetes.io": {"pod": {"name": "inj-a", "uid": "u"}}})) == "inj-a"
+    for claims in ({"kubernetes.io": {}}, {"kubernetes.io": {"pod": "inj-a"}}, {"kubernetes.io": {"pod": {"name": 7}}}):
+        assert core.claimed_pod(token(claims)) == ""
+    assert core.claimed_pod(token({"kubernetes.io": {"pod": {"name": "x" * 300}}})) == ""
+    assert core.claimed_pod("garbage") == ""
