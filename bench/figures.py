@@ -392,9 +392,20 @@ def cli_rows(raw: dict[str, list[float]], size: int) -> Section:
         "cli.get", "chaosbus get networkchaos -n bench: command -> exit", raw["get"], f"{len(raw['get'])} runs"
     )
     halt = _latency_row("cli.halt", "chaosbus halt: command -> exit", raw["halt"], f"{len(raw['halt'])} runs")
-    for row in (get, halt):
+    floor = summary(raw["floor"])["p50"] if raw.get("floor") else None
+    for row, key in ((get, "get"), (halt, "halt")):
         row.target = "p50/p99 <= 300 ms"
         row.verdict = verdict(bool(row.data["seconds"]["n"]) and row.data["seconds"]["p99"] <= TARGET_CLI_START)
+        cpu = summary(raw.get(f"{key}_cpu", []))
+        row.data["cpu_seconds"] = cpu
+        row.extra = f"its own CPU p50 {fmt_s(cpu['p50'])}, p99 {fmt_s(cpu['p99'])}"
+        if floor is not None:
+            row.floor = fmt_s(floor)
+            row.vs_floor = ratio(row.data["seconds"]["p50"], floor)
+            row.data["floor_interpreter"] = floor
+    settled = raw.get("settled_s", [])
+    if settled:
+        get.extra += f"; the phase began once the machine was idle ({settled[0]:.1f} s after the one before)"
     gone = _latency_row(
         "cli.halt.gone",
         f"chaosbus halt -> every fault gone, {size} targets",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -12,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chaosbus.cli import control, render, resources
+from chaosbus.cli import render, resources
 from chaosbus.cli.resources import UsageError
 from chaosbus.common import bus as busmod
-from chaosbus.common import config, natsauth, settings, signing, subjects
+from chaosbus.common import config, natsauth, settings, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import CHAOS_KINDS, InvalidObject
 from chaosbus.common.store import ObjectStore
@@ -194,10 +195,23 @@ def _ns(p: argparse.ArgumentParser) -> None:
 async def with_store(
     url: str, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]], *, declare: bool = False
 ) -> Any:
-    """Run `fn` on a fresh connection. `declare`: declare every stream and bucket first (ten
-    JetStream requests), for commands that write what a service may not have declared yet (apply,
-    pods); the others need only the buckets they touch, which `Bus.kv` binds or creates.
+    """Run `fn` on a fresh connection with the object store. `declare`: declare every stream and
+    bucket first (ten JetStream requests), for commands that write what a service may not have
+    declared yet (apply, pods); the others need only the buckets they touch, which `Bus.kv` binds.
     """
+    return await with_bus(url, lambda bus: _with_objects(bus, fn, declare=declare))
+
+
+async def _with_objects(
+    bus: busmod.Bus, fn: Callable[[ObjectStore, busmod.Bus], Awaitable[Any]], *, declare: bool
+) -> Any:
+    if declare:
+        await bus.ensure()
+    return await fn(ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), bus)
+
+
+async def with_bus(url: str, fn: Callable[[busmod.Bus], Awaitable[Any]]) -> Any:
+    """Run `fn` on a fresh connection, closed afterwards."""
     try:
         # nats-py retries the first connect forever when reconnects are unlimited (right for a
         # service, wrong for a command), so the command bounds it.
@@ -208,9 +222,7 @@ async def with_store(
             "and may you read its credentials?"
         ) from None
     try:
-        if declare:
-            await bus.ensure()
-        return await fn(ObjectStore(await bus.bucket(subjects.OBJECT_STORE)), bus)
+        return await fn(bus)
     finally:
         await bus.close()
 
@@ -308,17 +320,23 @@ async def dispatch(args: argparse.Namespace) -> int:
         lines = await with_store(url, lambda s, b: _apply_unless_halted(s, b, admitted), declare=True)
         print("\n".join(lines))
     elif cmd in ("halt", "resume"):
+        from chaosbus.cli import control
+
         signer = control.operator_signer(args.operator_key)
         print(
-            await with_store(
-                url, lambda _s, b: control.halt(b, args.reason, signer) if cmd == "halt" else control.resume(b, signer)
+            await with_bus(
+                url, lambda b: control.halt(b, args.reason, signer) if cmd == "halt" else control.resume(b, signer)
             )
         )
     elif cmd == "status":
-        print(await with_store(url, lambda _s, b: control.status(b)))
+        from chaosbus.cli import control
+
+        print(await with_bus(url, control.status))
     elif cmd == "guard":
         return await _guard(url, args)
     elif cmd == "keys":
+        from chaosbus.common import signing
+
         directory = Path(args.dir) if args.dir else signing.keys_dir()
         created = signing.ensure_keys(directory)
         print("\n".join(f"created {p} (and its .pub)" for p in created) or f"keys already in {directory}")
@@ -394,6 +412,8 @@ async def _declare(url: str, args: argparse.Namespace) -> int:
 
 
 async def _apply_unless_halted(store: ObjectStore, bus: busmod.Bus, admitted: list[resources.Obj]) -> list[str]:
+    from chaosbus.cli import control
+
     state = await control.current(bus, control.local_trust())
     if state is not None and state.halted and any(o["kind"] in CHAOS_KINDS for o in admitted):
         raise UsageError(control.halted_message(state))
@@ -467,7 +487,28 @@ def main(argv: list[str] | None = None) -> None:
         code = 1
     except KeyboardInterrupt:
         code = 130
+    if args.command in SHORT_COMMANDS:
+        exit_now(code)
     sys.exit(code)
+
+
+# Commands that print and end: they leave without the interpreter's teardown.
+SHORT_COMMANDS = frozenset({"get", "describe", "halt", "resume", "status", "delete", "annotate", "apply"})
+
+
+def exit_now(code: int) -> None:
+    """End the process once its output is out, skipping the interpreter's teardown: freeing some
+    350 modules one by one costs a short command about 35 ms of CPU (a quarter of `chaosbus get`),
+    and nothing of it outlives the process. Log handlers and the standard streams are flushed
+    first; a short command starts no thread and registers nothing else to run at exit.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from nats.aio.msg import Msg
-from nats.js import api
-from nats.js.kv import KeyValue
+from chaosbus.common.tcpnats import tcp_only
+
+with tcp_only():
+    from nats.aio.msg import Msg
+    from nats.js import api
+    from nats.js.kv import KeyValue
 
 DELETE_OPS = ("DEL", "PURGE")
 SNAPSHOT_WAIT_S = 10.0  # a pushed value that never arrives fails the read instead of hanging it

@@ -43,10 +43,14 @@ CLI_HEAVY = (
     "croniter",
 )
 # Runs the real entry point against a real nats-server, then lists the heavy modules loaded by exit.
+# A short command ends through os._exit (cli/main.py exit_now), which runs no atexit handler.
 CLI_PROBE = (
-    "import atexit, json, sys\n"
+    "import atexit, json, os, sys\n"
     "heavy = set(sys.argv[1].split(','))\n"
-    "atexit.register(lambda: print('LOADED ' + json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy))))\n"
+    "def report(): print('LOADED ' + json.dumps(sorted({m.split('.')[0] for m in sys.modules} & heavy)), flush=True)\n"
+    "atexit.register(report)\n"
+    "real_exit = os._exit\n"
+    "os._exit = lambda code: (report(), real_exit(code))\n"
     "from chaosbus.cli.main import main\n"
     "main(sys.argv[2:])\n"
 )
