@@ -262,6 +262,19 @@ def _unneeded(f: iofs.StateFile, scope: set[int]) -> bool:
         return True  # the target ended meanwhile
 
 
+def _after_failed_apply(vol: iofs.Volume, rules: dict[str, str], *, mounted: bool) -> None:
+    """The volume's files once its server could not take a rule (caller holds the volume's lock):
+    the other experiments' rules stay as they were; with none left and no server that may read the
+    file (a live one recorded, or one that mounted the volume meanwhile), nothing of the volume is
+    left behind for the sweeper."""
+    if rules or mounted or _server(vol) is not None:
+        iofs.write_rules(vol.rules, rules)
+        return
+    vol.rules.unlink(missing_ok=True)
+    vol.server_file.unlink(missing_ok=True)  # a dead server's record: nothing serves the volume
+    vol.control.unlink(missing_ok=True)
+
+
 def _volumes(ctx: FaultContext, spec: IO) -> list[iofs.Volume]:
     return [iofs.Volume(t["pid"], t["start"], spec.volume_path) for t in ctx.original.get("targets", [])]
 
@@ -298,7 +311,7 @@ class IOFault:
                     done.append(_serve(vol, ctx.backends.iofs))
                 except iofs.IofsError as e:
                     rules.pop(key, None)
-                    iofs.write_rules(vol.rules, rules)
+                    _after_failed_apply(vol, rules, mounted=e.already)
                     raise FaultError(f"{spec.volume_path} in process {vol.pid}: {e}", retryable=False) from e
         if not done:
             raise FaultError("target gone: no live container process", retryable=False)
