@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+from collections.abc import Callable
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
@@ -17,9 +19,17 @@ log = cblog.get("injector")
 HEALTH_INTERVAL_S = 2.0
 
 
-async def sweep_forever(node: Node, sweeper: Sweeper, interval: float) -> None:
+async def sweep_forever(
+    node: Node, sweeper: Sweeper, interval: float, *, first: Callable[[float, float], float] = random.uniform
+) -> None:
+    """Sweep every `interval` seconds, the first time `first(0, interval)` seconds in (a random
+    offset): injectors started together (a node's restart, a bench, a rollout) would otherwise
+    sweep at the same moments for as long as they run, and their sweeps would compete for the
+    cores at once instead of spreading over the interval."""
+    delay = first(0.0, interval)
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
+        delay = interval
         try:
             await sweeper.sweep()
             await node.housekeeping()

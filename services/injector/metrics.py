@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from chaosbus.common.metrics import SnapshotGauge
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class InjectorMetrics:
@@ -80,6 +81,12 @@ class InjectorMetrics:
             "chaosbus_injector_orphans_removed_total",
             "Orphans the sweeper removed (belonging to no open journal entry), by what they were",
             ["what"],
+            registry=self.registry,
+        )
+        self.sweep_seconds = Histogram(
+            "chaosbus_injector_sweep_seconds",
+            "Wall time of one orphan sweep (every netns in its scope, helpers, state files)",
+            buckets=_SWEEP_BUCKETS,
             registry=self.registry,
         )
         self.sweep_errors = Counter(

@@ -188,8 +188,11 @@ def test_sweeper_view_lists_and_removes_only_ours(lab: Lab) -> None:
         ("filter", "bpf"),
     }
     assert all(f.device == "eth0" for f in found)
+    assert tc.devices_with_ours(pod.net.netns_path) == ["eth0"]  # the sweep's one-dump look
+    assert tc.devices_with_ours(lab.pods[2].net.netns_path) == []
     assert tc.remove_ours(pod.net.netns_path, "eth0") == ""
     assert tc.list_ours(pod.net.netns_path) == [] and identities(tree(pod.net.netns_path)) == before
+    assert tc.devices_with_ours(pod.net.netns_path) == []
     assert tc.remove_ours(pod.net.netns_path, "eth0") == ""  # idempotent
     exp.recover()  # the fault's own memory is cleaned too (the tree is already gone)
     assert shaper().active(pod.net.netns_path) == {}

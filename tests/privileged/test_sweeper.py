@@ -17,8 +17,10 @@ from chaosbus.common import messages as m
 from chaosbus.common import netns as nsutil
 from chaosbus.injector import journal as jr
 from chaosbus.injector.backends import nft, procs
+from chaosbus.injector.backends._glue import native
 from chaosbus.injector.journal import Entry, Identity, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
+from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.sweeper import Sweeper, SweepReport, helper_env
 
 from .recovery_harness import table_of, wait_for
@@ -171,4 +173,55 @@ def test_pod_failure_holds_no_open_entry_placed_are_removed(
         assert podhold.names(holds) == [podhold.file_name(keep)]
         assert report.removed == [f"pod-failure hold {podhold.file_name('gone|.|default/p')} in {known}"]
     finally:
+        journal.close()
+
+
+def test_one_dump_lists_what_nft_lists(spaces: list[str]) -> None:
+    path = spaces[0]
+    # Enough tables that the kernel's answer spans several reads; another family's table is none of ours.
+    names = [f"chaosbus_many{i}" for i in range(300)]
+    script = "".join(f"add table inet {n}\n" for n in names) + "add table ip someone_elses\n"
+    subprocess.run([native.helper("nsexec"), "--net", path, "--", "nft", "-f", "-"], input=script.encode(), check=True)
+    listed = nft.list_tables_direct(path)
+    assert sorted(listed) == sorted(nft.list_tables(path)) == sorted(names)
+    assert nft.list_tables_direct(spaces[1]) == []
+
+
+def test_a_sweep_lists_each_netns_once_spawns_nothing_and_sees_fresh_tables(
+    spaces: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path / "j.db")
+    sleeper = subprocess.Popen([native.helper("nsexec"), "--net", spaces[0], "--", "sleep", "60"])
+    try:
+        journal.write_intents([open_entry("keep", p) for p in spaces])
+        metrics = InjectorMetrics()
+        sweeper = Sweeper(journal, Gate(), NODE, metrics=metrics)  # every fault's finder
+        wait_for(lambda: sleeper.pid in procs.NetnsProcesses().pids_in(nsutil.netns_inode(spaces[0])), 5, "in netns")
+        asyncio.run(sweeper.sweep())  # the first sweep of a process reads its own vDSO layout once
+        listings: list[str] = []
+        spawned: list[object] = []
+        real_listing, real_popen = nft.list_tables_direct, subprocess.Popen.__init__
+
+        def listing(path: str) -> list[str]:
+            listings.append(path)
+            return real_listing(path)
+
+        def popen(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> None:
+            spawned.append(args[0] if args else kwargs.get("args"))
+            real_popen(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(nft, "list_tables_direct", listing)
+        monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+        for uid in ("orphan-1", "orphan-2"):  # each sweep reads the kernel again: no listing outlives it
+            put_table(spaces[1], uid)
+            spawned.clear()
+            report = asyncio.run(sweeper.sweep())
+            assert report.removed == [f"nft table {table_of(uid)} in {spaces[1]}"] and not report.errors
+            assert spawned == []
+        # three nft-based finders, two netns, two sweeps: one dump per netns and sweep
+        assert sorted(listings) == sorted(spaces * 2)
+        assert metrics.registry.get_sample_value("chaosbus_injector_sweep_seconds_count") == 3
+    finally:
+        sleeper.kill()
+        sleeper.wait()
         journal.close()

@@ -45,6 +45,12 @@ class NetnsProcesses:
         self._by_netns: dict[int, list[int]] = {}
         self._scanned: float | None = None
 
+    def forget(self) -> None:
+        """Drop the scan: the next `pids_in` scans /proc again (a sweep starts with this, so a
+        process that joined a netns just before it is seen)."""
+        with self._lock:
+            self._scanned = None
+
     def pids_in(self, inode: int) -> list[int]:
         """The pids whose network namespace has this inode (as of a scan at most `ttl` old)."""
         with self._lock:

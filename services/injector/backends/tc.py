@@ -12,7 +12,8 @@ After an injector restart the memory is empty while the kernel may still hold ou
 `cb00:`): the first change rebuilds the tree from the rules known by then (the node journal
 re-applies every active fault), and the original comes from the saved file or is the default.
 
-For the orphan sweeper: `list_ours(netns)` and `remove_ours(netns, device)`.
+For the orphan sweeper: `devices_with_ours(netns)` (what it looks at), `list_ours(netns)` (every
+object of ours, for a closer look) and `remove_ours(netns, device)`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chaosbus.common import config
+from chaosbus.common.netns import visit_netns
 from chaosbus.injector.backends import tcdev
 from chaosbus.injector.backends._glue import cbpf, tcwire
 from chaosbus.injector.backends._glue.netnslink import LinkCache, NetnsGone, NetnsLink, netns_key
@@ -40,6 +42,7 @@ __all__ = [
     "ProgramTooLarge",
     "Shaper",
     "TcError",
+    "devices_with_ours",
     "list_ours",
     "remove_ours",
 ]
@@ -304,6 +307,29 @@ def list_ours(netns_path: str) -> list[Found]:
         return link.run(_list_ours)
     finally:
         link.close()
+
+
+def devices_with_ours(netns_path: str) -> list[str]:
+    """The devices of the namespace on which a qdisc of ours sits (what `remove_ours` acts on):
+    one qdisc dump of all devices by a visitor thread, no netns thread or pyroute2. Every object
+    of ours hangs below our root qdisc (classes carry its major, the stages and the classifier sit
+    under it), so a device without such a qdisc has nothing of ours.
+
+    Raises:
+        NetnsGone: the namespace is gone.
+    """
+    try:
+        return visit_netns(netns_path, _devices_with_ours_here)
+    except FileNotFoundError as e:
+        raise NetnsGone(f"network namespace {netns_path} is gone") from e
+
+
+def _devices_with_ours_here() -> list[str]:
+    indexes = {q.ifindex for q in tcwire.dump_qdiscs_here() if ours(q.handle) or ours(q.parent)}
+    if not indexes:
+        return []
+    names = dict(socket.if_nameindex())
+    return sorted({names[i] for i in indexes if i in names})
 
 
 def remove_ours(netns_path: str, device: str, store: OriginalStore | None = None) -> str:

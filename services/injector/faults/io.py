@@ -156,14 +156,15 @@ class IofsMounts:
 
     what = "iofs mount"
 
-    def _scan(self, netns_path: str) -> dict[str, int]:
+    def _scan(self, netns_path: str, backends: Backends) -> dict[str, int]:
         """item -> a live process in that mount namespace (to enter it by)."""
         inode = os.stat(netns_path).st_ino
         found: dict[str, int] = {}
         seen: set[int] = set()
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
+        # The sweep's shared /proc scan, not one of our own per netns; a process that joined the
+        # netns since is found by the next sweep, one that left is checked again here.
+        for pid in backends.netns_procs.pids_in(inode):
+            name = str(pid)
             try:
                 if os.stat(f"/proc/{name}/ns/net").st_ino != inode:
                     continue
@@ -180,7 +181,7 @@ class IofsMounts:
         return found
 
     def find(self, netns_path: str, backends: Backends) -> list[str]:
-        return sorted(self._scan(netns_path))
+        return sorted(self._scan(netns_path, backends))
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         out = set()
@@ -195,7 +196,7 @@ class IofsMounts:
         return out
 
     def remove(self, netns_path: str, item: str, backends: Backends) -> None:
-        pid = self._scan(netns_path).get(item)
+        pid = self._scan(netns_path, backends).get(item)
         if pid is None:
             return  # gone meanwhile
         point = item.split(":", 1)[1]

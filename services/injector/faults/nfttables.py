@@ -37,7 +37,7 @@ class Tables:
     def find(self, netns_path: str, backends: Backends) -> list[str]:
         return [
             t
-            for t in nft.list_tables(netns_path)
+            for t in backends.nft.names(netns_path)
             if t.startswith(self.prefix) and not (self.excluding and t.startswith(self.excluding))
         ]
 

@@ -86,7 +86,7 @@ class TcObjects:
     what = "traffic shaping"
 
     def find(self, netns_path: str, backends: Backends) -> list[str]:
-        return sorted({found.device for found in tc.list_ours(netns_path)})
+        return tc.devices_with_ours(netns_path)
 
     def owned(self, originals: list[dict[str, Any]]) -> set[str] | None:
         return None if originals else set()

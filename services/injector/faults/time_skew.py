@@ -77,21 +77,32 @@ class SkewedProcesses:
 
     what = "time skew"
 
+    def __init__(self) -> None:
+        self._known: tuple[list[int], list[bytes]] | None = None
+
     def _layout(self) -> tuple[list[int], list[bytes]] | None:
+        """The vDSO entries' offsets and original bytes, read from the injector itself once (a
+        timeskew process): the kernel's vDSO image does not change while it runs, and the injector
+        is never skewed. A failed read is tried again next time."""
+        if self._known is not None:
+            return self._known
         own = _own_originals()
         base = timeskew.vdso_base(os.getpid())
         if own is None or base is None:
             return None
-        return [p.address - base for p in own], [p.original for p in own]
+        self._known = [p.address - base for p in own], [p.original for p in own]
+        return self._known
 
     def find(self, netns_path: str, backends: Backends) -> list[str]:
-        inode = os.stat(netns_path).st_ino
+        pids = backends.netns_procs.pids_in(os.stat(netns_path).st_ino)
+        if not pids:
+            return []  # the usual netns of an ended pod: nothing to read, not even our own layout
         layout = self._layout()
         if layout is None:
             return []
         offsets, originals = layout
         found = []
-        for pid in backends.netns_procs.pids_in(inode):
+        for pid in pids:
             try:
                 base = timeskew.vdso_base(pid)
                 start = timeskew.start_ticks(pid)

@@ -9,6 +9,8 @@ import errno
 import socket
 import struct
 
+import pytest
+
 from chaosbus.injector.backends._glue import nfnl
 
 
@@ -50,3 +52,28 @@ def test_the_existence_check_is_one_acknowledged_gettable() -> None:
     [(kind, flags, seq, body)] = messages(nfnl.get_table_request("chaosbus_abc", seq=9))
     assert kind == (10 << 8) | 1 and flags == 0x1 | 0x4 and seq == 9 and body[0] == 1
     assert body[8 : 8 + len(b"chaosbus_abc\0")] == b"chaosbus_abc\0"
+
+
+def table_message(seq: int, name: str) -> bytes:
+    value = name.encode() + b"\0"
+    attribute = struct.pack("=HH", 4 + len(value), 1) + value
+    attribute += b"\0" * (-len(attribute) % 4)
+    body = struct.pack("=BBH", 1, 0, 0) + struct.pack("=HH", 8, 0x8000 | 2) + b"\0" * 4 + attribute
+    return struct.pack("=IHHII", 16 + len(body), (10 << 8) | 0, 0x2, seq, 0) + body
+
+
+def test_the_listing_is_one_dump_of_inet_tables() -> None:
+    [(kind, flags, seq, body)] = messages(nfnl.list_tables_request(seq=5))
+    assert kind == (10 << 8) | 1 and flags == 0x1 | 0x300 and seq == 5  # GETTABLE, request + dump
+    assert body[0] == 1  # NFPROTO_INET: the other families' tables are none of ours
+
+
+def test_a_dump_answer_gives_our_tables_names_until_done() -> None:
+    first = table_message(5, "chaosbus_a") + table_message(4, "stale") + table_message(5, "filter")
+    assert nfnl.tables_in(first, 5) == (False, ["chaosbus_a", "filter"])  # an old request's answer skipped
+    done = struct.pack("=IHHII", 20, 3, 0x2, 5, 0) + struct.pack("=i", 0)
+    assert nfnl.tables_in(table_message(5, "chaosbus_b") + done, 5) == (True, ["chaosbus_b"])
+    refused = struct.pack("=IHHII", 36, 2, 0, 5, 0) + struct.pack("=i", -errno.EPERM) + b"\0" * 16
+    with pytest.raises(OSError) as failure:
+        nfnl.tables_in(refused, 5)
+    assert failure.value.errno == errno.EPERM

@@ -1,7 +1,8 @@
 """Deleting an nftables table with one raw nfnetlink batch, on a socket opened inside the target
 netns: what a recovery does, in 0.03 ms instead of libnftables' 0.3 ms (measured), which first
 fetches its rule cache and parses a script. Also the one-round-trip check whether a table exists,
-which lets a first apply skip the replace (and its cache fetch). Tables are still built from
+which lets a first apply skip the replace (and its cache fetch), and the one-dump listing of a
+netns's tables that the orphan sweep reads (no process, no rule cache). Tables are still built from
 rendered text by libnftables (or nft), where the parser's checks are worth their cost.
 
 The batch is BEGIN, DELTABLE (family inet, by name, acknowledged), END: the kernel commits it as
@@ -17,11 +18,11 @@ import socket
 import struct
 
 NETLINK_NETFILTER = 12
-NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR = 0x2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLMSG_ERROR, NLMSG_DONE = 0x2, 0x3
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 1, 2
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_DELTABLE = 0, 1, 2
 NFTA_TABLE_NAME = 1
 NFPROTO_INET = 1
 AF_UNSPEC = 0
@@ -59,6 +60,11 @@ def get_table_request(table: str, seq: int) -> bytes:
         0,
         _name_attribute(table),
     )
+
+
+def list_tables_request(seq: int) -> bytes:
+    """A dump of every `inet` table (one NEWTABLE message each, then NLMSG_DONE)."""
+    return _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0)
 
 
 def delete_table_request(table: str, seq: int) -> bytes:
@@ -130,6 +136,63 @@ def table_exists(sock: socket.socket, table: str) -> bool:
         if code == errno.ENOENT:
             return False
         raise OSError(code, f"nft list table inet {table}: {errno.errorcode.get(code, code)}")
+
+
+def list_tables(sock: socket.socket) -> list[str]:
+    """The names of the `inet` tables in the socket's netns: one dump, no libnftables cache fetch
+    and no process (what `nft list tables` prints, for the orphan sweeper).
+
+    Raises:
+        OSError: the kernel refused the dump, or did not answer within TIMEOUT_S.
+    """
+    seq = _next_seq()
+    sock.send(list_tables_request(seq))
+    names: list[str] = []
+    while True:
+        done, found = tables_in(sock.recv(1 << 16), seq)
+        names += found
+        if done:
+            return names
+
+
+def tables_in(reply: bytes, seq: int) -> tuple[bool, list[str]]:
+    """The table names in one read of a dump's answer (`seq`), and whether the dump ended there.
+    Messages about other sequence numbers (an earlier request that timed out) are skipped.
+
+    Raises:
+        OSError: the kernel answered the dump with an error.
+    """
+    names: list[str] = []
+    offset = 0
+    while offset + _HEADER.size <= len(reply):
+        length, kind, _flags, got, _port = _HEADER.unpack_from(reply, offset)
+        if length < _HEADER.size:
+            break
+        if got == seq:
+            if kind == NLMSG_DONE:
+                return True, names
+            if kind == NLMSG_ERROR:
+                code = -int(struct.unpack_from("=i", reply, offset + _HEADER.size)[0])
+                raise OSError(code, f"nft list tables: {errno.errorcode.get(code, code)}")
+            if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE:
+                name = attributes(reply[offset + _HEADER.size + _NFGEN.size : offset + length]).get(NFTA_TABLE_NAME)
+                if name is not None:
+                    names.append(name.split(b"\0", 1)[0].decode(errors="replace"))
+        offset += (length + 3) & ~3
+    return False, names
+
+
+def attributes(payload: bytes) -> dict[int, bytes]:
+    """A netlink attribute list: type (nested and byte-order flags dropped) -> value."""
+    out: dict[int, bytes] = {}
+    offset = 0
+    while offset + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, offset)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = payload[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
+    return out
 
 
 def _next_seq() -> int:
