@@ -319,9 +319,17 @@ async def serve(
     keep = asyncio.ensure_future(election.keep())
     try:
         metrics.leader.set(1)
-        await asyncio.wait([asyncio.ensure_future(ready.wait()), keep], return_when=asyncio.FIRST_COMPLETED)
-        if keep.done():
-            keep.result()
+        # The targets' follower failing before its snapshot (JetStream refusing the subscription)
+        # ends the scheduler too: waiting for a snapshot that will never come would leave it up,
+        # unready and deaf.
+        snapshot = asyncio.ensure_future(ready.wait())
+        try:
+            await asyncio.wait([snapshot, keep, targets], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            snapshot.cancel()
+        for loop in (keep, targets):
+            if loop.done():
+                loop.result()
         remembered = await sched.load_memory()  # before acting: memory beats a lagging status
         log.info(
             "scheduler ready",
