@@ -18,10 +18,13 @@ from typing import Any
 
 from bench import figures, report
 from bench import gosql as bench_gosql
+from bench import sweep as bench_sweep
 from bench import timeskew as bench_timeskew
 from bench.plan import Plan, parse
 from bench.run import Session
 from bench.scenarios import Run
+
+SWEEP_NETNS = 100  # what one of ten injectors' journals holds after the 1,000-target phase
 
 
 def _git(*args: str) -> str:
@@ -130,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sections.append(bench_timeskew.rows(skew_raw))
         raw["timechaos"] = skew_raw
+    try:
+        sweep_raw = bench_sweep.measure(SWEEP_NETNS, 2 if plan.quick else 5)
+    except Exception as e:
+        print(f"\norphan sweep bench failed: {type(e).__name__}: {e}", file=sys.stderr)
+        code = 1
+    else:
+        sections.append(bench_sweep.rows(sweep_raw))
+        raw["sweep"] = sweep_raw
     why = bench_gosql.missing()
     if why is not None:
         print(f"\nGolangChaos bench skipped: {why}", file=sys.stderr)

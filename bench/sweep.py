@@ -114,7 +114,7 @@ def measure(count: int, rounds: int) -> dict[str, Any]:
 
 def rows(raw: dict[str, Any]) -> Section:
     count = len(raw["sweep"]) and len(raw["netns"]) // len(raw["sweep"])
-    sec = Section(f"The orphan sweep over {count} netns with nothing of ours in them (one injector)")
+    sec = Section(f"The orphan sweep over {count} netns, each with a process and nothing of ours (one injector)")
     lat = raw["netns"]
     row = Row(
         "sweep.netns",
