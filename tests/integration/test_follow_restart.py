@@ -5,6 +5,7 @@ their own (short heartbeat), from where they were, so no service has to be resta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -117,3 +118,71 @@ async def test_last_messages_reads_the_last_event_per_subject_once(bus: busmod.B
         bus.last_messages(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "c")), 5
     )
     assert none == []
+
+
+async def test_readers_ride_out_the_jetstream_shutdown_of_a_lame_duck_restart(tmp_path: Path) -> None:
+    """nats-server in lame duck mode (how a NATS pod is stopped) shuts JetStream down first and
+    keeps its clients for the grace period: meanwhile a pull consumer's fetch is answered 503 and
+    the followers' heartbeats stop. Every reader is still there, and reading, after the restart.
+    """
+    conf = tmp_path / "lame-duck.conf"
+    conf.write_text('lame_duck_duration: "30s"\nlame_duck_grace_period: "2s"\n')  # 30 s: the server's minimum
+    server = natsserver.start(tmp_path / "nats", config_file=conf)
+    b = await busmod.connect(server.url, "test")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await b.ensure()
+        events: list[str] = []
+        entries: list[str] = []
+        results: list[str] = []
+        snapshot, bound = asyncio.Event(), asyncio.Event()
+
+        async def on_event(ev: m.ObjectEvent) -> None:
+            events.append(ev.name)
+
+        async def on_results(batch: list[m.ResultBatch]) -> set[int]:
+            results.extend(r.command_id for r in batch)
+            return set()
+
+        async def follow() -> None:
+            async for e in b.follow_kv(subjects.TARGETS.name):
+                if e is None:
+                    snapshot.set()
+                else:
+                    entries.append(e.key)
+
+        kv = await b.kv(subjects.TARGETS.name)
+        tasks = [
+            asyncio.ensure_future(b.replay_and_follow(subjects.OBJECTS, on_event)),
+            asyncio.ensure_future(follow()),
+            asyncio.ensure_future(
+                b.consume_batches(subjects.RESULTS, on_results, durable="recorder", subscribed=bound.set)
+            ),
+        ]
+        await asyncio.wait_for(asyncio.gather(snapshot.wait(), bound.wait()), 10)
+
+        server.process.send_signal(signal.SIGUSR2)  # lame duck mode
+        await asyncio.to_thread(server.process.wait, 60)
+        assert all(not t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+        server = natsserver.start(tmp_path / "nats", port=server.port, config_file=conf)
+        restarted = time.monotonic()
+        await publish_retrying(
+            lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
+        )
+        await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
+        result = m.ResultBatch(
+            kind="PodChaos", namespace="ns", name="b", experiment_uid="u", generation=1, command_id="c1", node="n1"
+        )
+        await publish_retrying(
+            lambda: b.publish(subjects.RESULTS, subjects.result_subject("n1", "u"), result, msg_id="c1")
+        )
+        await wait_for(lambda: events == ["b"] and entries == ["pod.ns.after"] and results == ["c1"], RESUME_WITHIN_S)
+        print(f"readers resumed {time.monotonic() - restarted:.2f} s after the server restart")
+        assert all(not t.done() for t in tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await b.close()
+        server.stop()
