@@ -131,6 +131,14 @@ SETTINGS: tuple[Setting, ...] = (
         "watcher, recorder, cluster injector",
         "kubeconfig file (`--kubeconfig` wins); unset: the in-cluster service account",
     ),
+    Setting(
+        "CHAOSBUS_KUBE_UNANSWERED_S",
+        "kube_unanswered_s",
+        "float",
+        "20",
+        "watcher, cluster injector",
+        "seconds the Kubernetes API may go unanswered before /readyz says 503 (GET /version every half of it)",
+    ),
     # Chaos Mesh's controller settings, same names and meaning
     Setting(
         "CLUSTER_SCOPED",
@@ -402,6 +410,7 @@ class Settings:
     own_namespace: str = ""
     pod_namespace: str = ""
     kubeconfig: str = ""
+    kube_unanswered_s: float = 20.0
     cluster_scoped: bool = True
     target_namespace: str = ""
     enable_filter_namespace: bool = False

@@ -330,8 +330,9 @@ def _reason_label(reason: str) -> str:
     return "other"
 
 
-async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: float) -> None:
-    """The kernel read-back gauges (drops.py, readback.py), refreshed every `interval`."""
+async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: float, *, kernel: bool = True) -> None:
+    """The journal's gauges and the kernel read-back ones (drops.py, readback.py; not for an
+    injector whose faults leave no kernel state, `kernel` False), refreshed every `interval`."""
     while True:
         try:
             entries = await node.run_in_thread(node.journal.open_entries)
@@ -341,6 +342,7 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
         metrics.lease_age.set(node.lease_age())
         if entries is not None:
             metrics.open_faults.set(len(entries))
+        if entries is not None and kernel:
             # Kernel reads off the fault pool: a slow read never delays a command.
             try:
                 packets, octets = await asyncio.to_thread(drops.read, entries, node.executor.backends.nft)
@@ -382,6 +384,7 @@ async def main(args: argparse.Namespace) -> None:
             registry=cluster.registry(pods, cluster.pause_image(args.pause_image), tasks),
             resolve=cluster.resolve_pod_only,
             policy=policy,
+            backends=kit.on_demand(nats_url=args.nats),  # API-level faults: no kernel backend is ever made
         )
     else:
         policy = authorize.Policy(guard=guard, mode=args.mode)
@@ -411,12 +414,15 @@ async def main(args: argparse.Namespace) -> None:
         )
         await edge.prefetch_halt(args.nats)
         await node.start()  # expired faults never wait for the network
-        if args.cluster:  # no kernel state here: nothing for the orphan sweeper (read-back finds nothing)
+        if api is not None:  # no kernel state here: nothing for the sweeper, no kernel read-back
+            from chaosbus.common import kubehealth
+
             await service.run_forever(
                 node.watchdog(),
                 loops.housekeeping_forever(node, args.sweep_interval),
-                _readback_forever(node, metrics, args.drops_interval),
+                _readback_forever(node, metrics, args.drops_interval, kernel=False),
                 edge.run(args.nats),
+                kubehealth.watch_api(api, edge.ready),
             )
             return
         sweeper = Sweeper(
@@ -439,8 +445,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         node.close()
         journal.close()
-        if not args.cluster:
-            node.executor.backends.close()
+        node.executor.backends.close()
         if api is not None:
             await api.close()
 

@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import kubeclient, service, subjects
+from chaosbus.common import kubeclient, kubehealth, service, subjects
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import API_VERSION, WATCHED_KINDS, plural_of
 from chaosbus.watcher.app import emit
@@ -214,6 +214,7 @@ async def main(args: argparse.Namespace) -> None:
                 prune_targets(watcher, bus),
                 prune_objects(watcher, bus, metrics),
                 listed(watcher, ready),
+                kubehealth.watch_api(api, ready),
                 service.hold(bus),
             )
 

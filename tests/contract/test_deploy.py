@@ -390,8 +390,9 @@ def test_workload_is_annotated_for_scraping_on_the_port_it_serves(name: str) -> 
 @pytest.mark.parametrize("name", sorted(workloads()))
 def test_every_workload_is_ready_only_when_its_readiness_endpoint_says_so(name: str) -> None:
     """A chaosbus container's /readyz is 503 while it has no NATS connection or its main loop is
-    not running; /metrics answers 200 regardless. No liveness probe asks /readyz: a NATS outage
-    would restart every pod, and a dead main loop already ends the process.
+    not running (and, for the Kubernetes API's clients, while that API is silent); /metrics answers
+    200 regardless. No liveness probe asks /readyz: a NATS or API outage would restart every pod,
+    and a dead main loop already ends the process.
     """
     c = container(name)
     probe = c.get("readinessProbe", {}).get("httpGet", {})

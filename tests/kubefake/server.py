@@ -23,6 +23,18 @@ from kubefake.store import Store, Subscription
 
 Obj = dict[str, Any]
 T = TypeVar("T")
+# GET /version's answer: the fake speaks the API of this Kubernetes release.
+VERSION = {
+    "major": "1",
+    "minor": "31",
+    "gitVersion": "v1.31.0-chaosbus-fake",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2024-08-13T00:00:00Z",
+    "goVersion": "go1.22.5",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 _WRITE_OPTIONS = {"POST": "CreateOptions", "PUT": "UpdateOptions", "PATCH": "PatchOptions", "DELETE": "DeleteOptions"}
 
 
@@ -155,6 +167,8 @@ class FakeApiServer:
     # --- HTTP ---------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        if request.path.rstrip("/") == "/version":  # what clients probe the server with
+            return _json(200, VERSION)
         route = self._route(request.path)
         if route is None:
             return _page_not_found()

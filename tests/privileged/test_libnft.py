@@ -6,7 +6,6 @@ libnftables cannot be used.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -290,7 +289,7 @@ def partition_context(netns: str, backends: Backends) -> faults.FaultContext:
 def test_a_partition_runs_on_the_backends_it_is_handed(netns: str, contexts: libnft.NftContexts, way: str) -> None:
     process_wide = process_backends().nft.contexts
     tables = nft.Tables(contexts if way == "given contexts" else None)
-    ctx = partition_context(netns, dataclasses.replace(process_backends(), nft=tables))
+    ctx = partition_context(netns, Backends(nft=tables))
     fault = partition.PartitionFault()
     table = partition.table_name("exp-backends", ctx.action.selector_key)
     fault.apply(ctx, ctx.action.fault)

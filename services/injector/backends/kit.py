@@ -7,48 +7,101 @@ module state, so two injectors in one process, or a test with its own `Backends`
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
-from dataclasses import dataclass
 
-from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, iofs, nft, pernetns, procs, tc
+from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, pernetns, procs
+from chaosbus.injector.backends import iofs as iofsmod
+from chaosbus.injector.backends import nft as nftables
+from chaosbus.injector.backends import tc as shaping
 from chaosbus.injector.backends.exemptions import Exemptions
 from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
 
 
-@dataclass(frozen=True)
 class Backends:
-    nft: nft.Tables  # nftables transactions (libnftables contexts, or nft processes)
-    tc: tc.Shaper  # traffic-shaping state: the rules on every device this injector shapes
-    dns: pernetns.Servers[dnsresponder.Responder]  # DNSChaos responders, one per network namespace
-    http: pernetns.Servers[httpproxy.Proxy]  # HTTPChaos proxies, one per network namespace
-    runtimes: Runtimes  # the container runtimes' adapters (CRI, Docker) that resolve container IDs
-    exempt: Exemptions  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
-    elf: gosql.ElfCache  # parsed Go binaries (GolangChaos plans, its sweep)
-    netns_procs: procs.NetnsProcesses  # the processes of each netns, for the sweeps that look at them
-    iofs: iofs.Volumes  # IOChaos: a lock per served volume, the iofs servers being watched
+    """Each part is made on first use unless given: an injector whose faults never touch the kernel
+    (the cluster injector) makes none of them. `build` makes them all at once."""
+
+    def __init__(
+        self,
+        runtimes: RuntimeConfig | None = None,
+        nats_url: str | None = None,
+        *,
+        nft: nftables.Tables | None = None,
+    ) -> None:
+        self._runtime_config, self._nats_url = runtimes, nats_url
+        if nft is not None:
+            self.__dict__["nft"] = nft
+
+    @functools.cached_property
+    def nft(self) -> nftables.Tables:  # nftables transactions (libnftables contexts, or nft processes)
+        return nftables.Tables(nftables.open_contexts())
+
+    @functools.cached_property
+    def tc(self) -> shaping.Shaper:  # traffic-shaping state: the rules on every device this injector shapes
+        return shaping.Shaper()
+
+    @functools.cached_property
+    def dns(self) -> pernetns.Servers[dnsresponder.Responder]:  # DNSChaos responders, one per netns
+        return dnsresponder.servers()
+
+    @functools.cached_property
+    def http(self) -> pernetns.Servers[httpproxy.Proxy]:  # HTTPChaos proxies, one per netns
+        return httpproxy.servers()
+
+    @functools.cached_property
+    def runtimes(self) -> Runtimes:  # the container runtimes' adapters (CRI, Docker) that resolve IDs
+        return Runtimes(self._runtime_config)
+
+    @functools.cached_property
+    def exempt(self) -> Exemptions:  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
+        return Exemptions(self._nats_url)
+
+    @functools.cached_property
+    def elf(self) -> gosql.ElfCache:  # parsed Go binaries (GolangChaos plans, its sweep)
+        return gosql.ElfCache()
+
+    @functools.cached_property
+    def netns_procs(self) -> procs.NetnsProcesses:  # the processes of each netns, for the sweeps
+        return procs.NetnsProcesses()
+
+    @functools.cached_property
+    def iofs(self) -> iofsmod.Volumes:  # IOChaos: a lock per served volume, the iofs servers being watched
+        return iofsmod.Volumes()
+
+    def made(self) -> list[str]:
+        """The parts made so far."""
+        return sorted(k for k in vars(self) if k in PARTS)
 
     def close(self) -> None:
         """Let go of what is held open (libnftables contexts, netlink threads, runtime connections)."""
-        self.nft.close()
-        self.tc.links.close_all()
-        self.runtimes.close()
+        made = vars(self)
+        if "nft" in made:
+            self.nft.close()
+        if "tc" in made:
+            self.tc.links.close_all()
+        if "runtimes" in made:
+            self.runtimes.close()
+
+
+PARTS = ("nft", "tc", "dns", "http", "runtimes", "exempt", "elf", "netns_procs", "iofs")
 
 
 def build(runtimes: RuntimeConfig | None = None, nats_url: str | None = None) -> Backends:
-    """A fresh set of backends, sharing nothing with any other; `runtimes`: the runtime sockets
-    and deadline (None: from the environment, on first use); `nats_url`: the NATS server(s) the
-    injector talks to, exempt from every fault (None: as `config.nats_url` finds it)."""
-    return Backends(
-        nft=nft.Tables(nft.open_contexts()),
-        tc=tc.Shaper(),
-        dns=dnsresponder.servers(),
-        http=httpproxy.servers(),
-        runtimes=Runtimes(runtimes),
-        exempt=Exemptions(nats_url),
-        elf=gosql.ElfCache(),
-        netns_procs=procs.NetnsProcesses(),
-        iofs=iofs.Volumes(),
-    )
+    """A fresh set of backends, sharing nothing with any other, every part made now (a node's first
+    fault does not wait for libnftables); `runtimes`: the runtime sockets and deadline (None: from
+    the environment, on first use); `nats_url`: the NATS server(s) the injector talks to, exempt
+    from every fault (None: as `config.nats_url` finds it)."""
+    made = Backends(runtimes, nats_url)
+    for part in PARTS:
+        getattr(made, part)
+    return made
+
+
+def on_demand(nats_url: str | None = None) -> Backends:
+    """Backends that make each part only when a fault first uses it: for the cluster injector, whose
+    faults go through the Kubernetes API and use none (no libnftables, no threads, no probes)."""
+    return Backends(nats_url=nats_url)
 
 
 class _Default:

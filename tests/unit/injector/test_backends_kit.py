@@ -1,9 +1,9 @@
-"""The injector's backends: each `build()` is a set of its own, and the default set of callers that
-hand in none is made once, however many threads ask for it first."""
+"""The injector's backends: each `build()` is a set of its own, made whole at once; `on_demand()`
+makes a part only when it is first used (the cluster injector's faults use none); and the default
+set of callers that hand in none is made once, however many threads ask for it first."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 import types
@@ -24,10 +24,20 @@ def two() -> Iterator[tuple[kit.Backends, kit.Backends]]:
 
 def test_two_sets_of_backends_share_no_part(two: tuple[kit.Backends, kit.Backends]) -> None:
     a, b = two
-    for f in dataclasses.fields(kit.Backends):
-        assert getattr(a, f.name) is not getattr(b, f.name), f.name
+    assert a.made() == b.made() == sorted(kit.PARTS)  # every part made by build(), none later
+    for part in kit.PARTS:
+        assert getattr(a, part) is not getattr(b, part), part
     if a.nft.contexts is not None:  # libnftables usable here: each set has its own contexts
         assert a.nft.contexts is not b.nft.contexts
+
+
+def test_backends_on_demand_make_a_part_only_when_it_is_used_and_close_only_what_they_made() -> None:
+    b = kit.on_demand()
+    assert b.made() == []
+    shaper = b.tc
+    assert b.tc is shaper and b.made() == ["tc"]
+    b.close()  # closes the shaper's links; never opens libnftables contexts just to close them
+    assert b.made() == ["tc"]
 
 
 def test_the_default_backends_are_made_once_however_many_threads_ask_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,89 @@
+"""The services that work through the Kubernetes API (the `--kube` watcher, the cluster injector)
+answer /readyz by the API answering now: 503 with one line saying how long it has been silent once
+it has not answered for CHAOSBUS_KUBE_UNANSWERED_S, 200 again once it answers. And the cluster
+injector, whose faults all go through the API, makes no kernel backend (no libnftables loaded).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.prom import free_port
+from helpers.readiness import readyz_until, stop_groups
+from helpers.signing import write_keys
+from kube.conftest import KubeEnv
+
+from chaosbus.common import natsserver
+
+pytestmark = pytest.mark.integration
+
+UNANSWERED_S = 2.0  # the bound the processes run with: a test waits seconds, not the default 20
+
+
+def service(
+    kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path, role: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    argv = [sys.executable, "-m", f"chaosbus.{role}", "--kubeconfig", str(kube.kubeconfig)]
+    argv += ["--nats", nats_server.url, "--metrics-port", str(port)]
+    if role == "injector":
+        argv += ["--cluster", "--journal", str(tmp_path / "cluster-journal.db")]
+    env = {
+        **os.environ,
+        "CHAOSBUS_KUBE_UNANSWERED_S": str(UNANSWERED_S),
+        "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys")),
+        "CHAOSBUS_STATE_DIR": str(tmp_path / "state"),
+    }
+    with open(tmp_path / f"{role}.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
+    return proc, port
+
+
+@pytest.fixture(params=["watcher", "injector"])
+def running(
+    request: pytest.FixtureRequest, kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    kube.need_fake("an API server stopped and started again under a running service")
+    proc, port = service(kube, nats_server, tmp_path, request.param)
+    try:
+        # A loaded machine starts Python (and kubernetes_asyncio) slowly.
+        got = readyz_until(port, 200, 60)
+        assert got == (200, "ready"), (got, (tmp_path / f"{request.param}.log").read_text()[-3000:])
+        yield proc, port
+    finally:
+        stop_groups(proc)
+
+
+def test_readyz_says_503_while_the_kubernetes_api_is_silent_and_200_once_it_answers(
+    running: tuple[subprocess.Popen[bytes], int], kube: KubeEnv
+) -> None:
+    _, port = running
+    fake = kube.need_fake("stopped and started")
+    fake.stop()
+    try:
+        status, body = readyz_until(port, 503, 15, saying="Kubernetes API unanswered")
+        assert status == 503 and body.startswith("Kubernetes API unanswered for "), (status, body)
+        assert "\n" not in body.strip()
+    finally:
+        fake.start()
+    assert readyz_until(port, 200, 15) == (200, "ready")
+
+
+def test_the_cluster_injector_makes_no_kernel_backend(
+    kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
+) -> None:
+    """Ready, with its faults' machinery up, it has not loaded libnftables (whose contexts come with
+    a reaper thread and a pool of closers): nothing of the node backends is made."""
+    kube.need_fake("what the process makes does not depend on which API server it talks to")
+    proc, port = service(kube, nats_server, tmp_path, "injector")
+    try:
+        assert readyz_until(port, 200, 60) == (200, "ready"), (tmp_path / "injector.log").read_text()[-3000:]
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libnftables" not in maps
+    finally:
+        stop_groups(proc)
