@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers.prom import free_port
 from helpers.readiness import readyz, stop_groups
+from kubefake import FakeApiServer
 
 from chaosbus.common import natsauth, natsserver
 
@@ -27,8 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("readyz-nats-loss
 UP_WITHIN_S = 90.0  # generous: six Python services starting on a loaded 2-core machine
 AWAY_WITHIN_S = 30.0
 
-# An API server nobody answers at: the cluster injector and the auth service build their client
-# at start but ask it nothing until a fault or a connection needs it.
+# An API server nobody answers at, for the auth service: it builds its client at start but asks it
+# nothing until a connection needs it. The cluster injector is ready only while its API answers
+# (tests/kube/test_kube_readiness.py): it gets the in-repo API fake, up throughout.
 KUBECONFIG = """apiVersion: v1
 kind: Config
 clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
@@ -38,9 +40,10 @@ current-context: none
 """
 
 
-def argvs(url: str, folder: Path) -> dict[str, list[str]]:
+def argvs(url: str, folder: Path, api: FakeApiServer) -> dict[str, list[str]]:
     kubeconfig = folder / "kubeconfig"
     kubeconfig.write_text(KUBECONFIG)
+    answered = api.write_kubeconfig(folder / "answered-kubeconfig")
     seed = folder / "issuer.nk"
     seed.write_text(natsauth.new_seed(account=True))
     py = [sys.executable, "-m"]
@@ -56,7 +59,7 @@ def argvs(url: str, folder: Path) -> dict[str, list[str]]:
             "chaosbus.injector",
             "--cluster",
             "--kubeconfig",
-            str(kubeconfig),
+            str(answered),
             "--journal",
             str(folder / "cluster.db"),
         ],
@@ -87,8 +90,9 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[
     env.pop("CHAOSBUS_NATS_CREDS", None)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     ports: dict[str, int] = {}
+    api = FakeApiServer().start()
     try:
-        for name, argv in argvs(server.url, folder).items():
+        for name, argv in argvs(server.url, folder, api).items():
             ports[name] = free_port()
             argv += ["--nats", server.url, "--metrics-port", str(ports[name])]
             with open(folder / f"{name}.log", "wb") as log:
@@ -111,6 +115,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[
     finally:
         stop_groups(*procs.values())
         server.stop()
+        api.close()
 
 
 @pytest.mark.parametrize(
