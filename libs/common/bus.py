@@ -24,7 +24,7 @@ with tcp_only():
     from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
     from nats.js.kv import KeyValue
 
-from chaosbus.common import messages, natsauth, subjects
+from chaosbus.common import messages, natsauth, ordered, subjects
 from chaosbus.common.errors import RetryLater
 from chaosbus.common.kvbucket import KvEntry as KvEntry
 from chaosbus.common.kvbucket import Stored as Stored
@@ -433,7 +433,7 @@ class Bus:
             msg = await queue.get()
             decoded = _decode_or_log(msg, stream.message)
             if decoded is not None:
-                await _with_retries(handler, decoded, msg.subject)
+                await ordered.handle(handler, decoded, msg.subject)
             if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
                 caught_up.set()
 
@@ -533,18 +533,3 @@ def _decode_or_log(msg: Msg, kind: type[M]) -> M | None:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
         log.error("malformed message dropped", subject=msg.subject, error=str(e)[:500])
         return None
-
-
-async def _with_retries(handler: Callable[[M], Awaitable[None]], decoded: M, subject: str, attempts: int = 5) -> None:
-    """An ordered replay cannot nak: retry a failing handler briefly in place, then log and move on."""
-    for attempt in range(attempts):
-        try:
-            await handler(decoded)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            if attempt == attempts - 1:
-                log.exception("handler failed; event skipped", subject=subject, error=str(e))
-                return
-            await asyncio.sleep(0.1 * 2**attempt)

@@ -20,6 +20,7 @@ from chaosbus.common import natsserver, subjects
 
 pytestmark = pytest.mark.integration
 RESUME_WITHIN_S = 8.0  # ~2 s expected (two missed 1 s heartbeats); margin for a loaded machine
+OUTAGE_S = 5.0
 
 
 def event(name: str) -> m.ObjectEvent:
@@ -183,6 +184,45 @@ async def test_readers_ride_out_the_jetstream_shutdown_of_a_lame_duck_restart(tm
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await b.close()
+        server.stop()
+
+
+async def test_a_follower_whose_handler_cannot_reach_nats_waits_for_it_and_skips_nothing(tmp_path: Path) -> None:
+    """An ordered replay cannot nak: a handler that needs NATS (the scheduler writing a Schedule's
+    status) and finds it gone is retried until NATS is back, not given up on after a few tries."""
+    server = natsserver.start(tmp_path / "nats")
+    b = await busmod.connect(server.url, "test")
+    gate = asyncio.Event()
+    entered: list[str] = []
+    done: list[str] = []
+
+    async def on_event(ev: m.ObjectEvent) -> None:
+        entered.append(ev.name)
+        await gate.wait()
+        await b.nc.request("$JS.API.INFO", b"", timeout=0.5)  # JetStream must answer
+        done.append(ev.name)
+
+    await b.ensure()
+    follower = asyncio.ensure_future(b.replay_and_follow(subjects.OBJECTS, on_event))
+    try:
+        await b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "a"), event("a"), msg_id="a")
+        await wait_for(lambda: "a" in entered, 5)
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        gate.set()
+        await asyncio.sleep(OUTAGE_S)  # longer than the few quick retries a handler bug gets
+        server = natsserver.start(tmp_path / "nats", port=server.port)
+        await publish_retrying(
+            lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
+        )
+        await wait_for(lambda: "b" in done, RESUME_WITHIN_S)
+        assert done == ["a", "b"]
+        assert not follower.done()
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
         with contextlib.suppress(Exception):
             await b.close()
         server.stop()
