@@ -57,3 +57,14 @@ def test_a_failed_apply_keeps_the_rules_of_another_experiment_on_the_volume(targ
         FAULT.apply(ctx, spec)
     assert iofs.read_rules(vol.rules) == other
     assert state_files() == [vol.rules.name]
+
+
+def test_the_undo_of_a_failed_apply_leaves_no_rules_file_either(target: Target) -> None:
+    """The executor undoes a failed apply at once (all or nothing): that recover finds nothing of
+    it and writes nothing."""
+    spec = msgspec.structs.replace(io(target, action="fault", methods=READ, errno=5), volume_path=MISSING)
+    ctx = ctx_for(target, spec)
+    with pytest.raises(faults.FaultError, match=MISSING):
+        FAULT.apply(ctx, spec)
+    FAULT.recover(ctx, spec)
+    assert state_files() == []
