@@ -1,10 +1,10 @@
 """The orphan sweep's cost on one node: N network namespaces an injector's journal recorded (as the
 1,000-target phase leaves 100 on each of its ten injectors), each with a process in it (a pod's
 `sleep`) and nothing of ours left (the usual case: the faults there ended), swept as the injector
-sweeps them (every fault's orphan
-finder, through the process's backends). Per netns: wall time of all finders, and the CPU spent in
-this process and in the processes it spawned (getrusage); per finder: its wall time. Then whole
-sweeps (`Sweeper.sweep`) over the N namespaces.
+sweeps them (every fault's orphan finder, through the process's backends). Per netns: wall time
+of all finders, and the CPU spent in this process and in the processes it spawned (getrusage);
+per finder: its wall time. Then whole sweeps (`Sweeper.sweep`, its blocking calls on a thread pool
+as in the injector) over the N namespaces.
 
 `python -m bench.sweep [--netns 100] [--rounds 5]` prints the figures (root: it creates netns).
 """
@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import resource
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,10 @@ from chaosbus.common import netns as nsutil
 from chaosbus.injector import faults
 from chaosbus.injector import journal as jr
 from chaosbus.injector.backends._glue import native
-from chaosbus.injector.backends.kit import process_backends
+from chaosbus.injector.backends.kit import Backends, process_backends
 from chaosbus.injector.journal import Entry, Identity, Journal, NetnsRef
 from chaosbus.injector.locks import Gate
-from chaosbus.injector.sweeper import Sweeper
+from chaosbus.injector.sweeper import Sweeper, SweepReport
 
 NETNS_GOAL_S = 0.002  # per netns, wall: a sweep of 100 netns stays a fraction of a core-second
 
@@ -58,6 +61,20 @@ def _ended_entry(uid: str, ref: NetnsRef) -> Entry:
     )
 
 
+async def _sweep_on_threads(journal: Journal, backends: Backends) -> SweepReport:
+    """One sweep as the injector runs it: its blocking calls on a thread pool (`Node.run_in_thread`)."""
+    pool = ThreadPoolExecutor(4, thread_name_prefix="bench-sweep")
+    loop = asyncio.get_running_loop()
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+
+    try:
+        return await Sweeper(journal, Gate(), f"bench-sweep-{os.getpid()}", run=run, backends=backends).sweep()
+    finally:
+        pool.shutdown()
+
+
 def measure(count: int, rounds: int) -> dict[str, Any]:
     names = [f"cbswp{os.getpid() % 100000}-{i}" for i in range(count)]
     made: list[str] = []
@@ -73,29 +90,25 @@ def measure(count: int, rounds: int) -> dict[str, Any]:
         for tag in finders:
             out["finders"][tag] = []
         for _ in range(rounds):
-            # Sweeps are 30 s apart: nothing one leaves cached (the /proc scan, the nft listings)
-            # serves the next.
-            time.sleep(backends.netns_procs.ttl)
-            for ref in refs:
-                (own0, kids0), t0 = _cpu(), time.perf_counter()
-                with backends.nft.shared_listings():  # as a sweep shares them
-                    for tag, orphans in finders.items():
-                        f0 = time.perf_counter()
-                        orphans.find(ref.path, backends)
-                        out["finders"][tag].append(time.perf_counter() - f0)
-                (own1, kids1), t1 = _cpu(), time.perf_counter()
-                out["netns"].append(t1 - t0)
-                out["own_cpu"].append(own1 - own0)
-                out["child_cpu"].append(kids1 - kids0)
+            with backends.netns_procs.shared():  # one /proc scan per round, as per sweep
+                for ref in refs:
+                    (own0, kids0), t0 = _cpu(), time.perf_counter()
+                    with backends.nft.shared_listings():  # the finders share one listing, as in a sweep
+                        for tag, orphans in finders.items():
+                            f0 = time.perf_counter()
+                            orphans.find(ref.path, backends)
+                            out["finders"][tag].append(time.perf_counter() - f0)
+                    (own1, kids1), t1 = _cpu(), time.perf_counter()
+                    out["netns"].append(t1 - t0)
+                    out["own_cpu"].append(own1 - own0)
+                    out["child_cpu"].append(kids1 - kids0)
         with tempfile.TemporaryDirectory() as tmp:
             journal = Journal(Path(tmp) / "journal.db", sync="normal")
             try:
                 journal.write_intents([_ended_entry(f"u{i}", r) for i, r in enumerate(refs)])
-                sweeper = Sweeper(journal, Gate(), f"bench-sweep-{os.getpid()}", backends=backends)
                 for _ in range(rounds):
-                    time.sleep(backends.netns_procs.ttl)
                     (own0, kids0), t0 = _cpu(), time.perf_counter()
-                    report = asyncio.run(sweeper.sweep())
+                    report = asyncio.run(_sweep_on_threads(journal, backends))
                     (own1, kids1), t1 = _cpu(), time.perf_counter()
                     if report.netns != count or report.removed or report.errors:
                         raise RuntimeError(f"the sweep saw {report.netns} netns, removed {report.removed}: not idle")

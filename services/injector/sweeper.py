@@ -109,8 +109,9 @@ class Sweeper:
         started = time.monotonic()
         spaces = await self._call(self._namespaces)
         report.netns = len(spaces)
-        self.backends.netns_procs.forget()  # one /proc scan for this sweep, made now
-        with self.backends.nft.shared_listings():  # each netns's tables listed once, this sweep only
+        # One /proc scan and one listing of each netns's tables serve this sweep's finders, and no
+        # other: a sweep sees what was there when it started.
+        with self.backends.netns_procs.shared(), self.backends.nft.shared_listings():
             for ref in spaces:
                 await self._sweep_netns(ref, report)
         await self._sweep_helpers(report)
@@ -135,15 +136,23 @@ class Sweeper:
             by_inode.setdefault(r.inode, r)
         return list(by_inode.values())
 
-    async def _sweep_netns(self, ref: NetnsRef, report: SweepReport) -> None:
+    def _find(self, path: str) -> tuple[dict[str, list[str]], tuple[str, str] | None]:
+        """Every fault's orphans in the netns, in one call (one hop to a worker thread per netns,
+        not one per fault: the hops cost more than the finders); and what could not be read."""
         found: dict[str, list[str]] = {}
         for tag, orphans in self.orphans.items():
             try:
-                if items := await self._call(orphans.find, ref.path, self.backends):
+                if items := orphans.find(path, self.backends):
                     found[tag] = items
             except Exception as e:  # an unreadable namespace is reported, the others are swept
-                self._failed(report, orphans.what, f"{ref.path}: {e}")
-                return
+                return found, (orphans.what, f"{path}: {e}")
+        return found, None
+
+    async def _sweep_netns(self, ref: NetnsRef, report: SweepReport) -> None:
+        found, failure = await self._call(self._find, ref.path)
+        if failure is not None:
+            self._failed(report, *failure)
+            return
         if not found:
             return
         async with self.gate.exclusive():

@@ -8,11 +8,12 @@ would hang.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import psutil
 
@@ -35,38 +36,51 @@ def helper_env(node: str, key: str) -> dict[str, str]:
 
 
 class NetnsProcesses:
-    """The processes of each network namespace, from one /proc scan reused for `ttl` seconds: a
-    sweep that visits 1,000 namespaces scans /proc once, not 1,000 times.
+    """The processes of each network namespace. Within `shared` (a sweep) they come from one /proc
+    scan, made at the first question: a sweep that visits 1,000 namespaces scans /proc once, not
+    1,000 times. Outside, every question scans afresh.
     """
 
-    def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl, self.clock = ttl, clock
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_netns: dict[int, list[int]] = {}
-        self._scanned: float | None = None
+        self._by_netns: dict[int, list[int]] | None = None
+        self._sharing = 0
 
-    def forget(self) -> None:
-        """Drop the scan: the next `pids_in` scans /proc again (a sweep starts with this, so a
-        process that joined a netns just before it is seen)."""
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """While inside, `pids_in` answers from one scan; the scan is dropped when the last sharer
+        leaves (the next sweep sees the processes started meanwhile)."""
         with self._lock:
-            self._scanned = None
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sharing -= 1
+                if not self._sharing:
+                    self._by_netns = None
 
     def pids_in(self, inode: int) -> list[int]:
-        """The pids whose network namespace has this inode (as of a scan at most `ttl` old)."""
+        """The pids whose network namespace has this inode."""
         with self._lock:
-            now = self.clock()
-            if self._scanned is None or now - self._scanned > self.ttl:
-                by_netns: dict[int, list[int]] = {}
-                for entry in os.scandir("/proc"):
-                    if entry.name.isdigit():
-                        try:
-                            by_netns.setdefault(os.stat(f"/proc/{entry.name}/ns/net").st_ino, []).append(
-                                int(entry.name)
-                            )
-                        except OSError:
-                            continue  # exited meanwhile, or a kernel thread
-                self._by_netns, self._scanned = by_netns, now
-            return list(self._by_netns.get(inode, []))
+            if self._sharing and self._by_netns is not None:
+                return list(self._by_netns.get(inode, []))
+        by_netns = _scan_netns()
+        with self._lock:
+            if self._sharing and self._by_netns is None:
+                self._by_netns = by_netns
+        return list(by_netns.get(inode, []))
+
+
+def _scan_netns() -> dict[int, list[int]]:
+    by_netns: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                by_netns.setdefault(os.stat(f"/proc/{entry.name}/ns/net").st_ino, []).append(int(entry.name))
+            except OSError:
+                continue  # exited meanwhile, or a kernel thread
+    return by_netns
 
 
 def process_alive(pid: int) -> bool:
