@@ -22,7 +22,8 @@ Each sweep logs what it removed and what it could not, and counts both by what t
 (`chaosbus_injector_orphans_removed_total{what}`, `chaosbus_injector_sweep_errors_total{what}`);
 its wall time goes to `chaosbus_injector_sweep_seconds`.
 
-Cost: a netns with nothing of ours in it costs about 0.1 ms (docs/benchmarks.md, `sweep.netns`):
+Cost: a netns with nothing of ours costs about 0.1 ms, 0.3 ms with a process in it
+(docs/benchmarks.md, `sweep.netns`):
 its nft tables are listed by one nfnetlink dump shared by the three nft-based finders, its qdiscs
 by one rtnetlink dump, its processes come from one /proc scan per sweep, and nothing is spawned
 per netns.

@@ -36,14 +36,17 @@ def helper_env(node: str, key: str) -> dict[str, str]:
 
 
 class NetnsProcesses:
-    """The processes of each network namespace. Within `shared` (a sweep) they come from one /proc
-    scan, made at the first question: a sweep that visits 1,000 namespaces scans /proc once, not
-    1,000 times. Outside, every question scans afresh.
+    """The processes of each network namespace, and their mount tables. Within `shared` (a sweep)
+    the processes come from one /proc scan, made at the first question, and each mount namespace's
+    table is read once: a sweep that visits 1,000 namespaces scans /proc once, not 1,000 times, and
+    reads the host's mount table once however many of them hold processes in it (process pods
+    without a volume). Outside, every question reads afresh.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_netns: dict[int, list[int]] | None = None
+        self._mounts: dict[int, list[str]] = {}
         self._sharing = 0
 
     @contextlib.contextmanager
@@ -58,7 +61,7 @@ class NetnsProcesses:
             with self._lock:
                 self._sharing -= 1
                 if not self._sharing:
-                    self._by_netns = None
+                    self._by_netns, self._mounts = None, {}
 
     def pids_in(self, inode: int) -> list[int]:
         """The pids whose network namespace has this inode."""
@@ -70,6 +73,23 @@ class NetnsProcesses:
             if self._sharing and self._by_netns is None:
                 self._by_netns = by_netns
         return list(by_netns.get(inode, []))
+
+    def mount_table(self, pid: int) -> tuple[int, list[str]]:
+        """The inode of `pid`'s mount namespace and that namespace's /proc/<pid>/mountinfo lines.
+
+        Raises:
+            OSError: the process is gone.
+        """
+        mnt = os.stat(f"/proc/{int(pid)}/ns/mnt").st_ino
+        with self._lock:
+            lines = self._mounts.get(mnt) if self._sharing else None
+        if lines is None:
+            with open(f"/proc/{int(pid)}/mountinfo") as f:
+                lines = f.read().splitlines()
+            with self._lock:
+                if self._sharing:
+                    self._mounts[mnt] = lines
+        return mnt, list(lines)
 
 
 def _scan_netns() -> dict[int, list[int]]:

@@ -7,6 +7,7 @@ patches; `restore` writes the journaled bytes back. See native/README.md for how
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -119,6 +120,7 @@ __all__ = [
     "native_dir",
     "plan",
     "read_bytes",
+    "read_many",
     "restore",
     "start_ticks",
 ]
@@ -158,6 +160,10 @@ def vdso_base(pid: int) -> int | None:
 
 def read_bytes(pid: int, address: int, length: int) -> bytes:
     """The bytes at `address` in `pid`, read back from /proc/<pid>/mem."""
+    return read_many(pid, [(address, length)])[0]
+
+
+def read_many(pid: int, spans: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each (address, length) in `pid`, through one open of /proc/<pid>/mem."""
     with open(f"/proc/{int(pid)}/mem", "rb", buffering=0) as mem:
-        mem.seek(address)
-        return mem.read(length)
+        return [os.pread(mem.fileno(), length, address) for address, length in spans]

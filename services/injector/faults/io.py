@@ -168,12 +168,10 @@ class IofsMounts:
             try:
                 if os.stat(f"/proc/{name}/ns/net").st_ino != inode:
                     continue
-                mnt = os.stat(f"/proc/{name}/ns/mnt").st_ino
+                mnt, lines = backends.netns_procs.mount_table(pid)
                 if mnt in seen:
                     continue
                 seen.add(mnt)
-                with open(f"/proc/{name}/mountinfo") as f:
-                    lines = f.read().splitlines()
             except OSError:
                 continue  # exited meanwhile, or a kernel thread
             for point in iofs.mount_points(lines):

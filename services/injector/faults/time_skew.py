@@ -105,13 +105,13 @@ class SkewedProcesses:
         for pid in pids:
             try:
                 base = timeskew.vdso_base(pid)
-                start = timeskew.start_ticks(pid)
-                if base is None or start is None:
+                if base is None:
                     continue
-                if any(
-                    timeskew.looks_patched(timeskew.read_bytes(pid, base + off, len(orig)))
-                    for off, orig in zip(offsets, originals, strict=True)
-                ):
+                spans = [(base + off, len(orig)) for off, orig in zip(offsets, originals, strict=True)]
+                if not any(timeskew.looks_patched(b) for b in timeskew.read_many(pid, spans)):
+                    continue
+                start = timeskew.start_ticks(pid)
+                if start is not None:
                     found.append(f"{pid}:{start}")
             except OSError:
                 continue  # exited meanwhile
