@@ -24,7 +24,7 @@ with tcp_only():
     from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
     from nats.js.kv import KeyValue
 
-from chaosbus.common import messages, natsauth, ordered, subjects
+from chaosbus.common import messages, natsauth, ordered, patience, subjects
 from chaosbus.common.errors import RetryLater
 from chaosbus.common.kvbucket import KvEntry as KvEntry
 from chaosbus.common.kvbucket import Stored as Stored
@@ -323,8 +323,10 @@ class Bus:
             filter_subject = stream.pull_filter(durable)
         subjects.check(stream, filter_subject)
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
-        await self._refilter(stream, durable, filter_subject)
-        psub = await self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg)
+        await patience.until_answered(lambda: self._refilter(stream, durable, filter_subject), durable)
+        psub = await patience.until_answered(
+            lambda: self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg), durable
+        )
         if subscribed is not None:
             subscribed()
         me = asyncio.current_task()
@@ -418,16 +420,23 @@ class Bus:
             await queue.put(msg)
 
         if caught_up is not None:
-            info = await self.js.stream_info(stream.name, subjects_filter=filter_subject)
+            info = await patience.until_answered(
+                lambda: self.js.stream_info(stream.name, subjects_filter=filter_subject), filter_subject
+            )
             if not info.state.messages:
                 caught_up.set()
-        await self.js.subscribe(
+        # A consumer JetStream made although its answer was lost pushes to an inbox nobody reads
+        # (nats-py subscribes it only once made) and is dropped once idle: asking again is safe.
+        await patience.until_answered(
+            lambda: self.js.subscribe(
+                filter_subject,
+                stream=stream.name,
+                cb=_cb,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.ALL,
+                idle_heartbeat=FOLLOW_HEARTBEAT_S,
+            ),
             filter_subject,
-            stream=stream.name,
-            cb=_cb,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.ALL,
-            idle_heartbeat=FOLLOW_HEARTBEAT_S,
         )
         while True:
             msg = await queue.get()
@@ -479,7 +488,7 @@ class Bus:
         complete. Like nats-py's `watchall`, but with a short heartbeat so that it resumes within
         about two seconds of a nats-server restart (from the last revision it saw, missing nothing).
         """
-        await self.kv(bucket)  # the bucket exists before anyone follows it
+        await patience.until_answered(lambda: self.kv(bucket), bucket)  # it exists before anyone follows it
         queue: asyncio.Queue[KvEntry | None] = asyncio.Queue()
         prefix = f"$KV.{bucket}."
         snapshot_done = False
@@ -500,16 +509,19 @@ class Bus:
                 snapshot_done = True
                 await queue.put(None)
 
-        sub = await self.js.subscribe(
-            f"{prefix}{keys}",
-            stream=f"KV_{bucket}",
-            cb=_cb,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            idle_heartbeat=FOLLOW_HEARTBEAT_S,
+        sub = await patience.until_answered(
+            lambda: self.js.subscribe(
+                f"{prefix}{keys}",
+                stream=f"KV_{bucket}",
+                cb=_cb,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                idle_heartbeat=FOLLOW_HEARTBEAT_S,
+            ),
+            bucket,
         )
         try:
-            info = await sub.consumer_info()
+            info = await patience.until_answered(sub.consumer_info, bucket)
             delivered = info.delivered.stream_seq if info.delivered else 0
             if not snapshot_done and info.num_pending == 0 and delivered == 0:
                 snapshot_done = True  # an empty bucket: nothing will arrive to say so

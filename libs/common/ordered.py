@@ -14,31 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from chaosbus.common import logging as cblog
-from chaosbus.common.tcpnats import tcp_only
-
-with tcp_only():
-    import nats.errors
-    from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from chaosbus.common.patience import UNREACHABLE, backoff
 
 T = TypeVar("T")
 log = cblog.get("bus")
-
-# What NATS answers while it is away or JetStream is not answering; nats.errors.TimeoutError is a
-# TimeoutError. Permanent errors (a payload too large, a permission refused) are not among them.
-UNREACHABLE: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    ConnectionError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.OutboundBufferLimitError,
-    nats.errors.StaleConnectionError,
-    ServiceUnavailableError,
-    NoStreamResponseError,
-)
 BUG_ATTEMPTS = 5
 PATIENCE_S = 120.0  # a nats-server restart, even with a slow JetStream recovery, is far shorter
-MAX_BACKOFF_S = 2.0
 
 
 async def handle(
@@ -75,4 +56,4 @@ async def handle(
             if waits:
                 log.info("handler reached NATS again", subject=subject, retries=waits)
             return
-        await asyncio.sleep(min(MAX_BACKOFF_S, first_backoff_s * 2 ** min(bugs + waits - 1, 5)))
+        await asyncio.sleep(backoff(bugs + waits, first_backoff_s))

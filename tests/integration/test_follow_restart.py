@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import nats.errors
 import pytest
 
 from chaosbus.common import bus as busmod
@@ -223,6 +224,74 @@ async def test_a_follower_whose_handler_cannot_reach_nats_waits_for_it_and_skips
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await b.close()
+        server.stop()
+
+
+async def test_readers_started_while_jetstream_is_down_wait_for_it(tmp_path: Path) -> None:
+    """A reader set up while the client is connected but JetStream is not answering (a server in
+    lame duck mode has shut it down) waits for JetStream instead of failing, then reads as usual."""
+    conf = tmp_path / "lame-duck.conf"
+    conf.write_text('lame_duck_duration: "30s"\nlame_duck_grace_period: "3s"\n')
+    server = natsserver.start(tmp_path / "nats", config_file=conf)
+    b = await busmod.connect(server.url, "test")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await b.ensure()
+        kv = await b.kv(subjects.TARGETS.name)
+        events: list[str] = []
+        entries: list[str] = []
+        results: list[str] = []
+
+        async def on_event(ev: m.ObjectEvent) -> None:
+            events.append(ev.name)
+
+        async def on_results(batch: list[m.ResultBatch]) -> set[int]:
+            results.extend(r.command_id for r in batch)
+            return set()
+
+        async def follow() -> None:
+            async for e in b.follow_kv(subjects.TARGETS.name):
+                if e is not None:
+                    entries.append(e.key)
+
+        server.process.send_signal(signal.SIGUSR2)  # lame duck mode: JetStream goes first
+
+        async def jetstream_gone() -> None:
+            for _ in range(100):
+                try:
+                    await b.nc.request("$JS.API.INFO", b"", timeout=0.5)
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("JetStream still answers in lame duck mode")
+
+        await jetstream_gone()
+        tasks = [
+            asyncio.ensure_future(b.replay_and_follow(subjects.OBJECTS, on_event)),
+            asyncio.ensure_future(follow()),
+            asyncio.ensure_future(b.consume_batches(subjects.RESULTS, on_results, durable="recorder")),
+        ]
+        await asyncio.to_thread(server.process.wait, 60)
+        assert all(not t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
+        server = natsserver.start(tmp_path / "nats", port=server.port, config_file=conf)
+        await publish_retrying(
+            lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
+        )
+        await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
+        result = m.ResultBatch(
+            kind="PodChaos", namespace="ns", name="b", experiment_uid="u", generation=1, command_id="c1", node="n1"
+        )
+        await publish_retrying(
+            lambda: b.publish(subjects.RESULTS, subjects.result_subject("n1", "u"), result, msg_id="c1")
+        )
+        await wait_for(lambda: events == ["b"] and entries == ["pod.ns.after"] and results == ["c1"], RESUME_WITHIN_S)
+        assert all(not t.done() for t in tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await b.close()
         server.stop()
