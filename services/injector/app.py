@@ -21,11 +21,11 @@ from chaosbus.common import commands, config, service, settings, signing, subjec
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
-from chaosbus.injector import authorize, core, drops, faults, flags, loops, readback
+from chaosbus.injector import authorize, core, faults, flags, loops
 from chaosbus.injector import executor as ex
 from chaosbus.injector.backends import kit
 from chaosbus.injector.gate import Gate, HaltIn, LeaseMark, Ticket
-from chaosbus.injector.journal import Journal, OutboxRow, SignedMark
+from chaosbus.injector.journal import Entry, Journal, OutboxRow, SignedMark
 from chaosbus.injector.metrics import InjectorMetrics
 from chaosbus.injector.node import Node, Recovered
 from chaosbus.injector.sweeper import Sweeper
@@ -343,24 +343,31 @@ async def _readback_forever(node: Node, metrics: InjectorMetrics, interval: floa
         if entries is not None:
             metrics.open_faults.set(len(entries))
         if entries is not None and kernel:
-            # Kernel reads off the fault pool: a slow read never delays a command.
-            try:
-                packets, octets = await asyncio.to_thread(drops.read, entries, node.executor.backends.nft)
-                metrics.dropped_packets.set_all({k: float(v) for k, v in packets.items()})
-                metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
-            except Exception as e:
-                log.exception("reading drop counters failed", error=str(e))
-            for gauge, read in (
-                (metrics.qdiscs, functools.partial(readback.qdiscs, shaper=node.executor.backends.tc)),
-                (metrics.stressors, readback.stressors),
-                (metrics.skewed, readback.skewed),
-            ):
-                try:
-                    found = await asyncio.to_thread(read, entries)
-                    gauge.set_all({k: float(v) for k, v in found.items()})
-                except Exception as e:
-                    log.exception("read-back failed", gauge=gauge.name, error=str(e))
+            await _read_kernel(node, metrics, entries)
         await asyncio.sleep(interval)
+
+
+async def _read_kernel(node: Node, metrics: InjectorMetrics, entries: list[Entry]) -> None:
+    """The drop counters, qdiscs, stressors and skewed clocks of the open faults, read off the
+    fault pool (a slow read never delays a command)."""
+    from chaosbus.injector import drops, readback  # kernel libraries: a node injector's only
+
+    try:
+        packets, octets = await asyncio.to_thread(drops.read, entries, node.executor.backends.nft)
+        metrics.dropped_packets.set_all({k: float(v) for k, v in packets.items()})
+        metrics.dropped_bytes.set_all({k: float(v) for k, v in octets.items()})
+    except Exception as e:
+        log.exception("reading drop counters failed", error=str(e))
+    for gauge, read in (
+        (metrics.qdiscs, functools.partial(readback.qdiscs, shaper=node.executor.backends.tc)),
+        (metrics.stressors, readback.stressors),
+        (metrics.skewed, readback.skewed),
+    ):
+        try:
+            found = await asyncio.to_thread(read, entries)
+            gauge.set_all({k: float(v) for k, v in found.items()})
+        except Exception as e:
+            log.exception("read-back failed", gauge=gauge.name, error=str(e))
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -18,8 +18,8 @@ MODULES = ("executor.py", "runtime.py", "sweeper.py")  # what hands the backends
 
 # The only process-wide things allowed, each for a reason:
 ALLOWED = {
-    # the table of fault kinds, filled once at import by each fault module's register(...)
-    ("faults/__init__.py", "REGISTRY"),
+    # the table of fault kinds (faults.REGISTRY), filled by each fault module's register(...) when imported
+    ("faults/__init__.py", "_KINDS"),
     # the backends of callers that hand in none (tools, benchmarks, single-fault tests); the
     # service builds its own
     ("backends/kit.py", "_DEFAULT"),

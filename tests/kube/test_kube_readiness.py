@@ -6,6 +6,7 @@ injector, whose faults all go through the API, makes no kernel backend (no libnf
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,11 +26,37 @@ pytestmark = pytest.mark.integration
 UNANSWERED_S = 2.0  # the bound the processes run with: a test waits seconds, not the default 20
 
 
+# The injector's entry point, writing at exit which of `NODE_ONLY` it had loaded (a clean SIGTERM
+# stop runs atexit handlers).
+LOADED_PROBE = (
+    "import atexit, json, sys\n"
+    "out, node_only = sys.argv[1], sys.argv[2].split(',')\n"
+    "def report():\n"
+    "    loaded = sorted(m for m in sys.modules if any(m == n or m.startswith(n + '.') for n in node_only))\n"
+    "    open(out, 'w').write(json.dumps(loaded))\n"
+    "atexit.register(report)\n"
+    "from chaosbus.injector.__main__ import main\n"
+    "main(sys.argv[3:])\n"
+)
+# What only a node's faults use: the kernel libraries and the node fault modules.
+NODE_ONLY = (
+    "pyroute2",
+    "chaosbus.injector.backends.nft",
+    "chaosbus.injector.backends.tc",
+    "chaosbus.injector.backends._glue.libnft",
+    "chaosbus.injector.faults.partition",
+    "chaosbus.injector.faults.shaping",
+    "chaosbus.injector.drops",
+    "chaosbus.injector.readback",
+)
+
+
 def service(
-    kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path, role: str
+    kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path, role: str, *, probe: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    argv = [sys.executable, "-m", f"chaosbus.{role}", "--kubeconfig", str(kube.kubeconfig)]
+    start = [sys.executable, "-m", f"chaosbus.{role}"] if probe is None else [sys.executable, "-c", *probe]
+    argv = [*start, "--kubeconfig", str(kube.kubeconfig)]
     argv += ["--nats", nats_server.url, "--metrics-port", str(port)]
     if role == "injector":
         argv += ["--cluster", "--journal", str(tmp_path / "cluster-journal.db")]
@@ -78,12 +105,15 @@ def test_the_cluster_injector_makes_no_kernel_backend(
     kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
 ) -> None:
     """Ready, with its faults' machinery up, it has not loaded libnftables (whose contexts come with
-    a reaper thread and a pool of closers): nothing of the node backends is made."""
+    a reaper thread and a pool of closers), pyroute2 or any node fault: nothing of the node's."""
     kube.need_fake("what the process makes does not depend on which API server it talks to")
-    proc, port = service(kube, nats_server, tmp_path, "injector")
+    loaded = tmp_path / "loaded.json"
+    probe = [LOADED_PROBE, str(loaded), ",".join(NODE_ONLY)]
+    proc, port = service(kube, nats_server, tmp_path, "injector", probe=probe)
     try:
         assert readyz_until(port, 200, 60) == (200, "ready"), (tmp_path / "injector.log").read_text()[-3000:]
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "libnftables" not in maps
     finally:
         stop_groups(proc)
+    assert json.loads(loaded.read_text()) == []

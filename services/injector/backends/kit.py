@@ -9,13 +9,18 @@ from __future__ import annotations
 import atexit
 import functools
 import threading
+from typing import TYPE_CHECKING
 
-from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, pernetns, procs
-from chaosbus.injector.backends import iofs as iofsmod
-from chaosbus.injector.backends import nft as nftables
-from chaosbus.injector.backends import tc as shaping
-from chaosbus.injector.backends.exemptions import Exemptions
 from chaosbus.injector.backends.runtimes import RuntimeConfig, Runtimes
+
+# Each part's module is imported when the part is made: one who makes none (the cluster injector)
+# loads no kernel library (pyroute2, the netlink glue).
+if TYPE_CHECKING:
+    from chaosbus.injector.backends import dnsresponder, gosql, httpproxy, pernetns, procs
+    from chaosbus.injector.backends import iofs as iofsmod
+    from chaosbus.injector.backends import nft as nftables
+    from chaosbus.injector.backends import tc as shaping
+    from chaosbus.injector.backends.exemptions import Exemptions
 
 
 class Backends:
@@ -35,18 +40,26 @@ class Backends:
 
     @functools.cached_property
     def nft(self) -> nftables.Tables:  # nftables transactions (libnftables contexts, or nft processes)
+        from chaosbus.injector.backends import nft as nftables
+
         return nftables.Tables(nftables.open_contexts())
 
     @functools.cached_property
     def tc(self) -> shaping.Shaper:  # traffic-shaping state: the rules on every device this injector shapes
+        from chaosbus.injector.backends import tc as shaping
+
         return shaping.Shaper()
 
     @functools.cached_property
     def dns(self) -> pernetns.Servers[dnsresponder.Responder]:  # DNSChaos responders, one per netns
+        from chaosbus.injector.backends import dnsresponder
+
         return dnsresponder.servers()
 
     @functools.cached_property
     def http(self) -> pernetns.Servers[httpproxy.Proxy]:  # HTTPChaos proxies, one per netns
+        from chaosbus.injector.backends import httpproxy
+
         return httpproxy.servers()
 
     @functools.cached_property
@@ -55,18 +68,26 @@ class Backends:
 
     @functools.cached_property
     def exempt(self) -> Exemptions:  # our own control traffic (NATS, CHAOSBUS_EXEMPT), which no fault may cut
+        from chaosbus.injector.backends.exemptions import Exemptions
+
         return Exemptions(self._nats_url)
 
     @functools.cached_property
     def elf(self) -> gosql.ElfCache:  # parsed Go binaries (GolangChaos plans, its sweep)
+        from chaosbus.injector.backends import gosql
+
         return gosql.ElfCache()
 
     @functools.cached_property
     def netns_procs(self) -> procs.NetnsProcesses:  # the processes of each netns, for the sweeps
+        from chaosbus.injector.backends import procs
+
         return procs.NetnsProcesses()
 
     @functools.cached_property
     def iofs(self) -> iofsmod.Volumes:  # IOChaos: a lock per served volume, the iofs servers being watched
+        from chaosbus.injector.backends import iofs as iofsmod
+
         return iofsmod.Volumes()
 
     def made(self) -> list[str]:
