@@ -7,11 +7,14 @@ The test plays the watcher (object events, target projection) and the injectors 
 command). One core NATS connection sees the scheduler's memory writes (`$KV.scheduler.>`), its
 decisions and its commands in the order nats-server received them: the scheduler sends a
 command only after its memory's and decision's acks, so the command must come after both.
+
+The same process also rides out a lame-duck restart of nats-server with all its readers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,17 +105,22 @@ class Seen:
         return [c for what, _, c in self.order if what == "command"]
 
 
-@pytest.fixture
-def scheduler(nats_server: natsserver.EmbeddedServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def start_scheduler(url: str, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """A scheduler process on `url`, logging to tmp_path/scheduler.log."""
     env = {**os.environ, "CHAOSBUS_KEYS_DIR": str(write_keys(tmp_path / "keys"))}
     with open(tmp_path / "scheduler.log", "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chaosbus.scheduler", "--nats", nats_server.url, "--metrics-port", "0"],
+        return subprocess.Popen(
+            [sys.executable, "-m", "chaosbus.scheduler", "--nats", url, "--metrics-port", "0"],
             stdout=out,
             stderr=out,
             start_new_session=True,
             env=env,
         )
+
+
+@pytest.fixture
+def scheduler(nats_server: natsserver.EmbeddedServer, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_scheduler(nats_server.url, tmp_path)
     yield proc
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
@@ -198,3 +206,78 @@ async def test_a_burst_is_written_ahead_per_experiment_and_in_flight_together(
         assert time.monotonic() < deadline, f"{len(injected)} of {EXPERIMENTS} injected; {info}"
         await asyncio.sleep(0.05)
     assert [a.op for c in seen.commands() for a in c.actions] == ["apply"] * EXPERIMENTS  # nothing sent twice
+
+
+async def test_the_scheduler_acts_on_objects_targets_and_results_after_a_lame_duck_nats_restart(
+    tmp_path: Path,
+) -> None:
+    """nats-server stopped the way a NATS pod is (lame duck mode: JetStream shut down first, the
+    clients let go after a grace period) and started again on its store: the same scheduler
+    process, never restarted, still follows objects and targets and folds results."""
+    conf = tmp_path / "lame-duck.conf"
+    conf.write_text('lame_duck_duration: "30s"\nlame_duck_grace_period: "2s"\n')  # 30 s: the minimum
+    server = natsserver.start(tmp_path / "nats", config_file=conf)
+    bus = await busmod.connect(server.url, "test")
+    seen = Seen()
+    log = tmp_path / "scheduler.log"
+    proc = start_scheduler(server.url, tmp_path)
+    deadline = time.monotonic() + 90
+
+    async def until(cond: Any, what: str) -> None:
+        while not cond():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    async def retrying(action: Any) -> None:
+        while True:  # JetStream may not answer for a moment after the restart
+            try:
+                await action()
+                return
+            except (nats.errors.Error, TimeoutError):
+                assert time.monotonic() < deadline, "NATS did not come back"
+                await asyncio.sleep(0.1)
+
+    def commanded(e: m.ObjectEvent) -> bool:
+        return any(c.experiment_uid == e.uid for c in seen.commands())
+
+    try:
+        await bus.ensure()
+        await bus.nc.subscribe(">", cb=seen.on_message)
+        targets = await bus.kv(subjects.TARGETS.name)
+        before, after = event(0), event(1)
+        await targets.put(subjects.target_pod_key("default", "web-0"), busmod.encode(pod(0)))
+        await bus.publish(
+            subjects.OBJECTS, subjects.object_subject("PodChaos", "default", before.name), before, msg_id=before.uid
+        )
+        await until(lambda: commanded(before), "no command before the restart")
+
+        server.process.send_signal(signal.SIGUSR2)
+        await asyncio.to_thread(server.process.wait, 60)
+        server = natsserver.start(tmp_path / "nats", port=server.port, config_file=conf)
+
+        await retrying(lambda: targets.put(subjects.target_pod_key("default", "web-1"), busmod.encode(pod(1))))
+        await retrying(
+            lambda: bus.publish(
+                subjects.OBJECTS, subjects.object_subject("PodChaos", "default", after.name), after, msg_id=after.uid
+            )
+        )
+        await until(lambda: commanded(after), "no command for an object published after the restart")
+        for c in seen.commands():
+            await retrying(lambda c=c: answer(bus, c))
+
+        def injected() -> bool:
+            last = {uid: mem for what, uid, mem in seen.order if what == "memory"}
+            return all(
+                u in last and all(t.phase == "Injected" for t in last[u].targets or []) for u in (before.uid, after.uid)
+            )
+
+        await until(injected, "results after the restart not folded")
+        assert proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with contextlib.suppress(Exception):
+            await bus.close()
+        server.stop()
