@@ -1,9 +1,10 @@
 """Handling one message of an ordered consumer (a follower), which cannot nak: a failing handler is
 retried in place. A handler bug gets a few quick tries, then the message is logged and skipped (a
 follower stuck behind it would be deaf to everything after it). A handler that could not reach
-NATS (the connection is away, or JetStream is not answering, as around a nats-server restart) is
-tried again until it can, so no message is skipped for an outage; after `patience_s` the error is
-raised, ending the follower and with it the service, whose restart replays the stream.
+NATS (the connection is away, or JetStream is not answering, as around a nats-server restart; any
+timeout counts, an API server's too) is tried again until it can, so no message is skipped for an
+outage; after `patience_s` the error is raised, ending the follower and with it the service, whose
+restart replays the stream.
 """
 
 from __future__ import annotations
