@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.callout import callout_server
 from prometheus_client import CollectorRegistry
 
 from chaosbus.authcallout import app, core
 from chaosbus.common import bus as busmod
-from chaosbus.common import natsauth, natsserver, subjects
+from chaosbus.common import natsauth, subjects
 
 pytestmark = pytest.mark.integration
 NODE, POD, UID = "node-a", "inj-a", "uid-a"
@@ -52,20 +53,7 @@ def bound_token() -> str:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, SlowApi]]:
-    issuer = natsauth.new_seed(account=True)
-    users = []
-    for user in (natsauth.ADMIN, "auth"):
-        seed = natsauth.ensure_seed(natsauth.seed_file(user, tmp_path))
-        key = natsauth.public_key(seed)
-        users.append(natsauth.User(key, natsauth.permissions(user, inbox=natsauth.inbox_prefix(key))))
-    conf = tmp_path / "nats.conf"
-    conf.write_text(natsauth.server_config(users, callout=natsauth.AuthCallout(natsauth.public_key(issuer))))
-    nats = natsserver.start(tmp_path / "nats", config_file=conf, log_file=tmp_path / "nats-server.log")
-    admin = await busmod.connect(
-        nats.url, "admin", auth=natsauth.ClientAuth(natsauth.seed_file(natsauth.ADMIN, tmp_path), admin=True)
-    )
-    await admin.ensure()
-    await admin.close()
+    nats, issuer = await callout_server(tmp_path, ("auth",))
     auth_bus = await busmod.connect(nats.url, "auth", auth=natsauth.ClientAuth(natsauth.seed_file("auth", tmp_path)))
     api = SlowApi(first_delay=2.6)
     service = app.AuthService(api, POLICY, issuer_seed=issuer, registry=CollectorRegistry())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats.errors
 import pytest
+from nats.js.kv import KeyValue
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -44,6 +45,21 @@ async def publish_retrying(action: Callable[[], Awaitable[object]]) -> None:
         except Exception:
             await asyncio.sleep(0.1)
     raise AssertionError("publish never succeeded after the restart")
+
+
+async def write_one_of_each_and_wait(
+    b: busmod.Bus, kv: KeyValue, events: list[str], entries: list[str], results: list[str]
+) -> None:
+    """After the restart: one object event, one KV put and one result, each read exactly once."""
+    await publish_retrying(
+        lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
+    )
+    await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
+    result = m.ResultBatch(
+        kind="PodChaos", namespace="ns", name="b", experiment_uid="u", generation=1, command_id="c1", node="n1"
+    )
+    await publish_retrying(lambda: b.publish(subjects.RESULTS, subjects.result_subject("n1", "u"), result, msg_id="c1"))
+    await wait_for(lambda: events == ["b"] and entries == ["pod.ns.after"] and results == ["c1"], RESUME_WITHIN_S)
 
 
 async def test_followers_resume_after_a_server_restart_without_replaying_twice(tmp_path: Path) -> None:
@@ -168,17 +184,7 @@ async def test_readers_ride_out_the_jetstream_shutdown_of_a_lame_duck_restart(tm
         assert all(not t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
         server = natsserver.start(tmp_path / "nats", port=server.port, config_file=conf)
         restarted = time.monotonic()
-        await publish_retrying(
-            lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
-        )
-        await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
-        result = m.ResultBatch(
-            kind="PodChaos", namespace="ns", name="b", experiment_uid="u", generation=1, command_id="c1", node="n1"
-        )
-        await publish_retrying(
-            lambda: b.publish(subjects.RESULTS, subjects.result_subject("n1", "u"), result, msg_id="c1")
-        )
-        await wait_for(lambda: events == ["b"] and entries == ["pod.ns.after"] and results == ["c1"], RESUME_WITHIN_S)
+        await write_one_of_each_and_wait(b, kv, events, entries, results)
         print(f"readers resumed {time.monotonic() - restarted:.2f} s after the server restart")
         assert all(not t.done() for t in tasks)
     finally:
@@ -276,17 +282,7 @@ async def test_readers_started_while_jetstream_is_down_wait_for_it(tmp_path: Pat
         await asyncio.to_thread(server.process.wait, 60)
         assert all(not t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
         server = natsserver.start(tmp_path / "nats", port=server.port, config_file=conf)
-        await publish_retrying(
-            lambda: b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", "b"), event("b"), msg_id="b")
-        )
-        await publish_retrying(lambda: kv.put("pod.ns.after", b"{}"))
-        result = m.ResultBatch(
-            kind="PodChaos", namespace="ns", name="b", experiment_uid="u", generation=1, command_id="c1", node="n1"
-        )
-        await publish_retrying(
-            lambda: b.publish(subjects.RESULTS, subjects.result_subject("n1", "u"), result, msg_id="c1")
-        )
-        await wait_for(lambda: events == ["b"] and entries == ["pod.ns.after"] and results == ["c1"], RESUME_WITHIN_S)
+        await write_one_of_each_and_wait(b, kv, events, entries, results)
         assert all(not t.done() for t in tasks)
     finally:
         for t in tasks:

@@ -20,12 +20,13 @@ from typing import Any
 import nats
 import nats.errors
 import pytest
+from helpers.callout import callout_server
 from kube.client import KubeClient
 from prometheus_client import CollectorRegistry
 
 from chaosbus.authcallout import app, core
 from chaosbus.common import bus as busmod
-from chaosbus.common import kubeclient, natsauth, natsserver, subjects, tcpnats
+from chaosbus.common import kubeclient, natsauth, subjects, tcpnats
 
 pytestmark = pytest.mark.integration
 SA = "chaosbus-injector"
@@ -109,18 +110,7 @@ class Nats:
 @contextlib.asynccontextmanager
 async def secured_nats(c: Cluster, tmp: Path) -> AsyncIterator[Nats]:
     """nats-server with the nkey users and the auth callout, the auth service answering it."""
-    issuer = natsauth.new_seed(account=True)
-    users = []
-    for user in (natsauth.ADMIN, "scheduler", "auth"):
-        seed = natsauth.ensure_seed(natsauth.seed_file(user, tmp))
-        key = natsauth.public_key(seed)
-        users.append(natsauth.User(key, natsauth.permissions(user, inbox=natsauth.inbox_prefix(key))))
-    conf = tmp / "nats.conf"
-    conf.write_text(natsauth.server_config(users, callout=natsauth.AuthCallout(natsauth.public_key(issuer))))
-    server = natsserver.start(tmp / "nats", config_file=conf, log_file=tmp / "nats-server.log")
-    admin = await connect(server.url, tmp, natsauth.ADMIN)
-    await admin.ensure()
-    await admin.close()
+    server, issuer = await callout_server(tmp, ("scheduler", "auth"))
     auth_bus = await connect(server.url, tmp, "auth")
     api = await kubeclient.api_client(str(c.kubeconfig))
     registry = CollectorRegistry()
