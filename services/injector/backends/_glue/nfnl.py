@@ -17,6 +17,8 @@ import os
 import socket
 import struct
 
+from chaosbus.injector.backends._glue.nlattr import attributes
+
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 0x2, 0x3
@@ -180,19 +182,6 @@ def tables_in(reply: bytes, seq: int) -> tuple[bool, list[str]]:
                     names.append(name.split(b"\0", 1)[0].decode(errors="replace"))
         offset += (length + 3) & ~3
     return False, names
-
-
-def attributes(payload: bytes) -> dict[int, bytes]:
-    """A netlink attribute list: type (nested and byte-order flags dropped) -> value."""
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(payload):
-        length, kind = struct.unpack_from("=HH", payload, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = payload[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def _next_seq() -> int:

@@ -26,6 +26,7 @@ from pyroute2.netlink.rtnl import (
 )
 
 from chaosbus.common.messages import NetemParams, TbfParams
+from chaosbus.injector.backends._glue import nlattr
 from chaosbus.injector.backends.tcplan import ROOT, Stage
 
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -461,14 +462,7 @@ def dump_qdiscs_here() -> list[TcObject]:
 
 def attrs(payload: bytes, start: int = 0) -> dict[int, bytes]:
     """Top-level attributes of an options payload (type -> payload), from byte `start`."""
-    out, pos = {}, start
-    while pos + 4 <= len(payload):
-        alen, atype = struct.unpack_from("=HH", payload, pos)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = payload[pos + 4 : pos + alen]
-        pos += (alen + 3) & ~3
-    return out
+    return nlattr.attributes(payload, start)
 
 
 def read_tbf(options: bytes) -> dict[str, int]:
