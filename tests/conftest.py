@@ -42,6 +42,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if sys.dont_write_bytecode and not _is_worker(session.config):
         for folder in ("libs", "services", "cli", "bench"):
             compileall.compile_dir(ROOT / folder, quiet=1)
+    # An interrupted earlier run's real node can leave kubelet's volume mounts in its temporary
+    # folder; pytest fails this run at its end when it deletes that folder (helpers/tmpmounts.py).
+    if os.geteuid() == 0 and not _is_worker(session.config):
+        from helpers import tmpmounts
+
+        released = tmpmounts.release()
+        if released:
+            print(f"\nreleased {len(released)} mounts an interrupted earlier run left under {tmpmounts.temp_root()}")
 
 
 # First: pytest-xdist's own hook (not `trylast` in 3.8) turns the groups into node ids, and a group
