@@ -1,8 +1,14 @@
 """Whether the Kubernetes API answers, for the /readyz of the services that work through it (the
-`--kube` watcher, the cluster injector): ready is decided by the API answering now, not by its
-having answered at start. A GET /version (tiny, allowed to every authenticated client) every
-half of the bound while the API answers; after a miss, again every tenth of it, so the way back to
-ready is quick. No liveness probe may read this: an API outage must not restart the pods.
+`--kube` watcher, the cluster injector, the recorder in cluster mode, the auth service): ready is
+decided by the API answering now, not by its having answered at start. A GET /version (tiny,
+allowed to every authenticated client) every half of the bound while the API answers; after a miss,
+again every tenth of it, so the way back to ready is quick. No liveness probe may read this: an API
+outage must not restart the pods.
+
+A 401 is a miss: the server is up but refuses this service's credentials (a revoked or expired
+token), so every request the service makes fails as surely as in an outage, and its pod should say
+so. A 403 is an answer: the credentials were accepted, and /version being forbidden is a cluster's
+choice about anonymous discovery (some remove system:public-info-viewer), not this service's fault.
 """
 
 from __future__ import annotations
@@ -51,8 +57,9 @@ class ApiHealth:
 
 
 async def probe(api: client.ApiClient, timeout_s: float) -> str:
-    """ "" if the API server answered (any HTTP status below 500: it is there, and says so), else
-    why not. The body is not decoded: what a server says its version is must not matter here."""
+    """ "" if the API server answered (any HTTP status below 500 but 401: it is there, and takes
+    our credentials), else why not. The body is not decoded: what a server says its version is must
+    not matter here."""
     try:
         # Unread, the answer is the bare HTTP response (the generated signature says VersionInfo).
         resp: Any = await client.VersionApi(api).get_code(_preload_content=False, _request_timeout=timeout_s)
@@ -62,6 +69,13 @@ async def probe(api: client.ApiClient, timeout_s: float) -> str:
         return f"{type(e).__name__}: {e}"
     status = int(resp.status)
     resp.release()
+    return verdict(status)
+
+
+def verdict(status: int) -> str:
+    """What one HTTP status from GET /version says about the API: "" (answered) or the miss."""
+    if status == 401:
+        return "HTTP 401: the API server refuses this service's credentials"
     return "" if status < 500 else f"HTTP {status}"
 
 

@@ -136,7 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
         "kube_unanswered_s",
         "float",
         "20",
-        "watcher, cluster injector",
+        "watcher, cluster injector, recorder (cluster mode), auth",
         "seconds the Kubernetes API may go unanswered before /readyz says 503 (GET /version every half of it)",
     ),
     # Chaos Mesh's controller settings, same names and meaning

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter
 
 from chaosbus.authcallout import core
-from chaosbus.common import kubeclient, natsjwt, service, settings, subjects
+from chaosbus.common import kubeclient, kubehealth, natsjwt, service, settings, subjects
 from chaosbus.common import logging as cblog
 
 log = cblog.get("auth")
@@ -198,4 +198,5 @@ async def main(args: argparse.Namespace) -> None:
             await bus.listen(subjects.AUTH_CALLOUT, auth.on_request, queue="auth")
             ready.done("callout")
             log.info("auth service ready", nats=args.nats, metrics_port=port, injectors=policy.username)
-            await service.hold(bus)
+            # Ready only while the API answers: without it every connection would be refused.
+            await service.run_forever(service.hold(bus), kubehealth.watch_api(api, ready))

@@ -362,7 +362,7 @@ async def main(args: argparse.Namespace) -> None:
         ready.pending(durable, f"consumer {durable} not bound yet")
     async with (
         service.connected(args, "chaosbus-recorder", metrics.registry, ready) as (bus, port),
-        _backends(args, bus) as (store, sink, where),
+        _backends(args, bus, ready) as (store, sink, where, watching),
     ):
         rec = Recorder(store, sink, metrics, max_events=settings.current().max_events)
         rec.fetch_decision = last_decision(bus)
@@ -393,16 +393,25 @@ async def main(args: argparse.Namespace) -> None:
                 subscribed=lambda: ready.done("recorder-writes"),
             ),
             service.hold(bus),
+            *(loop() for loop in watching),
         )
 
 
+Loop = Callable[[], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def _backends(args: argparse.Namespace, bus: busmod.Bus) -> AsyncIterator[tuple[Objects, EventSink, str]]:
+async def _backends(
+    args: argparse.Namespace, bus: busmod.Bus, ready: service.Readiness
+) -> AsyncIterator[tuple[Objects, EventSink, str, list[Loop]]]:
+    """Where objects and Events live, and the loops that come with it (in cluster mode, /readyz
+    following the Kubernetes API)."""
     if getattr(args, "kube", False) or getattr(args, "kubeconfig", None):
+        from chaosbus.common import kubehealth
         from chaosbus.recorder import kube  # kubernetes-asyncio only where the API is used
 
-        async with kube.backends(args.kubeconfig) as (store, sink):
-            yield store, sink, "Kubernetes API"
+        async with kube.backends(args.kubeconfig) as (store, sink, api):
+            yield store, sink, "Kubernetes API", [lambda: kubehealth.watch_api(api, ready)]
         return
     local = ObjectStore(await bus.bucket(subjects.OBJECT_STORE))
-    yield local, StoreEvents(local), "local object store"
+    yield local, StoreEvents(local), "local object store", []

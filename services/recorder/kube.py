@@ -223,8 +223,9 @@ class KubeEvents:
 
 
 @contextlib.asynccontextmanager
-async def backends(kubeconfig: str | None) -> AsyncIterator[tuple[KubeStore, KubeEvents]]:
-    """The object store and Event sink over one API client (in-cluster without a kubeconfig)."""
+async def backends(kubeconfig: str | None) -> AsyncIterator[tuple[KubeStore, KubeEvents, client.ApiClient]]:
+    """The object store and Event sink over one API client (in-cluster without a kubeconfig), and
+    that client (what /readyz probes the API with)."""
     api = await kubeclient.api_client(kubeconfig)
     async with api:
-        yield KubeStore(api), KubeEvents(api, settings.current().pod_name or socket.gethostname())
+        yield KubeStore(api), KubeEvents(api, settings.current().pod_name or socket.gethostname()), api

@@ -28,22 +28,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("readyz-nats-loss
 UP_WITHIN_S = 90.0  # generous: six Python services starting on a loaded 2-core machine
 AWAY_WITHIN_S = 30.0
 
-# An API server nobody answers at, for the auth service: it builds its client at start but asks it
-# nothing until a connection needs it. The cluster injector is ready only while its API answers
-# (tests/kube/test_kube_readiness.py): it gets the in-repo API fake, up throughout.
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
-users: [{name: none, user: {token: none}}]
-contexts: [{name: none, context: {cluster: none, user: none}}]
-current-context: none
-"""
+# The services that work through the Kubernetes API (the cluster injector, the auth service) are
+# ready only while it answers (tests/kube/test_kube_readiness.py): they get the in-repo API fake, up
+# throughout.
 
 
 def argvs(url: str, folder: Path, api: FakeApiServer) -> dict[str, list[str]]:
-    kubeconfig = folder / "kubeconfig"
-    kubeconfig.write_text(KUBECONFIG)
-    answered = api.write_kubeconfig(folder / "answered-kubeconfig")
+    answered = api.write_kubeconfig(folder / "kubeconfig")
     seed = folder / "issuer.nk"
     seed.write_text(natsauth.new_seed(account=True))
     py = [sys.executable, "-m"]
@@ -63,7 +54,7 @@ def argvs(url: str, folder: Path, api: FakeApiServer) -> dict[str, list[str]]:
             "--journal",
             str(folder / "cluster.db"),
         ],
-        "auth": [*py, "chaosbus.authcallout", "--issuer-seed", str(seed), "--kubeconfig", str(kubeconfig)],
+        "auth": [*py, "chaosbus.authcallout", "--issuer-seed", str(seed), "--kubeconfig", str(answered)],
     }
 
 

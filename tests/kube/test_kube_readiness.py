@@ -1,7 +1,9 @@
-"""The services that work through the Kubernetes API (the `--kube` watcher, the cluster injector)
-answer /readyz by the API answering now: 503 with one line saying how long it has been silent once
-it has not answered for CHAOSBUS_KUBE_UNANSWERED_S, 200 again once it answers. And the cluster
-injector, whose faults all go through the API, makes no kernel backend (no libnftables loaded).
+"""The services that work through the Kubernetes API (the `--kube` watcher, the cluster injector,
+the recorder in cluster mode, the auth service) answer /readyz by the API answering now: 503 with
+one line saying how long it has been silent once it has not answered for
+CHAOSBUS_KUBE_UNANSWERED_S, 200 again once it answers. A server refusing the service's credentials
+(401) counts as silent. And the cluster injector, whose faults all go through the API, makes no
+kernel backend (no libnftables loaded).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from helpers.readiness import readyz_until, stop_groups
 from helpers.signing import write_keys
 from kube.conftest import KubeEnv
 
-from chaosbus.common import natsserver
+from chaosbus.common import natsauth, natsserver
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +62,10 @@ def service(
     argv += ["--nats", nats_server.url, "--metrics-port", str(port)]
     if role == "injector":
         argv += ["--cluster", "--journal", str(tmp_path / "cluster-journal.db")]
+    if role == "authcallout":
+        seed = tmp_path / "issuer.seed"
+        natsauth.write_private(seed, natsauth.new_seed(account=True))
+        argv += ["--issuer-seed", str(seed)]
     env = {
         **os.environ,
         "CHAOSBUS_KUBE_UNANSWERED_S": str(UNANSWERED_S),
@@ -71,7 +77,7 @@ def service(
     return proc, port
 
 
-@pytest.fixture(params=["watcher", "injector"])
+@pytest.fixture(params=["watcher", "injector", "recorder", "authcallout"])
 def running(
     request: pytest.FixtureRequest, kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
@@ -98,6 +104,22 @@ def test_readyz_says_503_while_the_kubernetes_api_is_silent_and_200_once_it_answ
         assert "\n" not in body.strip()
     finally:
         fake.start()
+    assert readyz_until(port, 200, 15) == (200, "ready")
+
+
+@pytest.mark.parametrize("running", ["recorder", "authcallout"], indirect=True)
+def test_readyz_says_503_while_the_kubernetes_api_refuses_the_services_credentials(
+    running: tuple[subprocess.Popen[bytes], int], kube: KubeEnv
+) -> None:
+    """A revoked token: the server is up, every request the service makes is refused (401)."""
+    _, port = running
+    fake = kube.need_fake("a token the server refuses")
+    fake.refuse_token("fake-token")
+    try:
+        status, body = readyz_until(port, 503, 15, saying="Kubernetes API unanswered")
+        assert status == 503 and "HTTP 401" in body and "credentials" in body, (status, body)
+    finally:
+        fake.refuse_token("fake-token", refused=False)
     assert readyz_until(port, 200, 15) == (200, "ready")
 
 

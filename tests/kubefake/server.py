@@ -69,6 +69,8 @@ class FakeApiServer:
         # Container logs live on the node, not in the API's storage: a kubelet stand-in registers
         # the file each container writes, by Pod uid and container name (see `pods/{name}/log`).
         self.container_logs: dict[tuple[str, str], Path] = {}
+        # Bearer tokens answered 401, as a real server answers a revoked or expired token.
+        self.refused_tokens: frozenset[str] = frozenset()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -160,6 +162,10 @@ class FakeApiServer:
         res = self.store.resources[(group, version, plural)]
         return list(self.call(lambda: self.store.list(res, None, [], [])))
 
+    def refuse_token(self, token: str, refused: bool = True) -> None:
+        """Answer every request bearing `token` 401 (False: accept it again)."""
+        self.refused_tokens = self.refused_tokens | {token} if refused else self.refused_tokens - {token}
+
     def set_container_log(self, pod_uid: str, container: str, path: Path) -> None:
         """Serve `path` as the log of `container` in the Pod with this uid (the kubelet's part)."""
         self.container_logs[(pod_uid, container)] = path
@@ -167,6 +173,19 @@ class FakeApiServer:
     # --- HTTP ---------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if bearer and bearer in self.refused_tokens:
+            return _json(
+                401,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+            )
         if request.path.rstrip("/") == "/version":  # what clients probe the server with
             return _json(200, VERSION)
         route = self._route(request.path)

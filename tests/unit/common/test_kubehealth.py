@@ -4,7 +4,7 @@ miss (a quick way back), so a healthy API sees one small request per ten seconds
 
 from __future__ import annotations
 
-from chaosbus.common.kubehealth import ApiHealth
+from chaosbus.common.kubehealth import ApiHealth, verdict
 
 
 def test_ready_until_the_api_has_been_silent_for_the_bound_then_says_how_long_and_why() -> None:
@@ -27,3 +27,11 @@ def test_the_start_counts_as_an_answer() -> None:
     h.missed(0.1, "connection refused")
     assert h.unready(19.0) == ""
     assert h.unready(20.0).startswith("Kubernetes API unanswered for 20 s")
+
+
+def test_a_refused_credential_is_a_miss_and_a_forbidden_version_an_answer() -> None:
+    """401: every request the service makes fails, as in an outage. 403 on /version: the token was
+    taken; a cluster may forbid anonymous discovery without its clients being broken."""
+    assert verdict(200) == "" and verdict(403) == "" and verdict(404) == "" and verdict(429) == ""
+    assert verdict(401) == "HTTP 401: the API server refuses this service's credentials"
+    assert verdict(500) == "HTTP 500" and verdict(503) == "HTTP 503"
