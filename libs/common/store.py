@@ -27,6 +27,11 @@ class Conflict(RuntimeError):
     pass
 
 
+class Refused(ValueError):
+    """The store answered a write with a refusal asking again would not change (the Kubernetes API's
+    400, 403 or 422): the write is given up, never retried."""
+
+
 class Objects(Protocol):
     """What a service needs of the place objects live, whichever it is: local mode's KV bucket
     (`ObjectStore`) or the Kubernetes API (the recorder's `KubeStore`). Injected, so one service

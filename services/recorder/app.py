@@ -23,7 +23,7 @@ from chaosbus.common import service, settings, subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
-from chaosbus.common.store import Conflict, NotFound, Objects, ObjectStore
+from chaosbus.common.store import Conflict, NotFound, Objects, ObjectStore, Refused
 from chaosbus.recorder import core, events, writes
 from chaosbus.recorder.events import KubeEvent
 from chaosbus.recorder.metrics import RecorderMetrics
@@ -334,6 +334,10 @@ class Recorder:
         try:
             await self.store.mutate(kind, namespace, name, tracking)
         except NotFound:
+            return None
+        except Refused as e:  # the API's answer to this write: asking again would get it again
+            self.metrics.errors.labels("refused_write").inc()
+            log.error("write refused; given up", kind=kind, namespace=namespace, name=name, error=str(e))
             return None
         if written is None:
             return None

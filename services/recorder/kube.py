@@ -12,6 +12,11 @@ in cluster mode, writing to the Kubernetes API instead of the local KV store:
   uid precondition and background propagation;
 * a core/v1 Event per change worth telling (reasons as Chaos Mesh: Started, Applied, Recovered,
   Failed, TimeUp, Paused, Deleted), best effort.
+
+Every request is asked again while the API does not answer (`common/kubepatience.py`: a refused or
+reset connection, a timeout, 5xx, 429 with its Retry-After), so an API server restart delays the
+writes and loses none; an answer that refuses a write (400, 403, 422) gives it up at once
+(`store.Refused`), as 404 (the object is gone) and 409 (recomputed on the fresh object) are handled.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from chaosbus.common import kubeclient, settings
 from chaosbus.common import logging as cblog
 from chaosbus.common.crd import API_VERSION, plural_of
-from chaosbus.common.store import Conflict, NotFound
+from chaosbus.common.kubepatience import REQUEST_TIMEOUT_S, until_answered
+from chaosbus.common.store import Conflict, NotFound, Refused
 from chaosbus.recorder import core
 from chaosbus.recorder import events as kevents
 
@@ -37,7 +43,9 @@ log = cblog.get("recorder")
 GROUP, VERSION = API_VERSION.split("/")
 MERGE = "application/merge-patch+json"
 # kubernetes-asyncio sends a dict as JSON patch unless told otherwise (its stubs omit the keyword).
-AS_MERGE_PATCH: dict[str, Any] = {"_content_type": MERGE}
+AS_MERGE_PATCH: dict[str, Any] = {"_content_type": MERGE, "_request_timeout": REQUEST_TIMEOUT_S}
+BOUNDED: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT_S}
+REFUSED = (400, 403, 422)  # the write itself is refused: asking again gets the same answer
 COMPONENT = "chaosbus-recorder"
 Obj = dict[str, Any]
 
@@ -65,26 +73,37 @@ class KubeStore:
         self.conflicts = 0
 
     async def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        what = f"get {kind}/{namespace}/{name}"
         try:
-            obj: Obj = await self.co.get_namespaced_custom_object(GROUP, VERSION, namespace, plural_of(kind), name)
+            obj: Obj = await until_answered(
+                lambda: self.co.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_of(kind), name, **BOUNDED
+                ),
+                what,
+            )
         except ApiException as e:
             if e.status == 404:
                 return None
+            if e.status in REFUSED:
+                raise Refused(f"{what}: the API refused it ({e.status} {e.reason}): {_api_message(e)}") from None
             raise
         return obj
 
     async def create(self, obj: Obj) -> Obj:
         meta = obj.get("metadata") or {}
+        what = f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
         try:
-            created: Obj = await self.co.create_namespaced_custom_object(
-                GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj
+            created: Obj = await until_answered(
+                lambda: self.co.create_namespaced_custom_object(
+                    GROUP, VERSION, str(meta.get("namespace")), plural_of(str(obj.get("kind"))), obj, **BOUNDED
+                ),
+                f"create {what}",
             )
         except ApiException as e:
-            what = f"{obj.get('kind')}/{meta.get('namespace')}/{meta.get('name')}"
-            if e.status == 409:
+            if e.status == 409:  # also a create whose answer was lost and is asked again
                 raise Conflict(f"{what} already exists") from None
-            if e.status in (400, 403, 404, 422):  # refused for good (invalid, forbidden, no such kind or namespace)
-                raise ValueError(f"{what}: the API refused it ({e.status} {e.reason}): {_api_message(e)}") from None
+            if e.status in (*REFUSED, 404):  # refused for good (invalid, forbidden, no such kind or namespace)
+                raise Refused(f"{what}: the API refused it ({e.status} {e.reason}): {_api_message(e)}") from None
             raise
         return created
 
@@ -94,12 +113,17 @@ class KubeStore:
             propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
         )
         try:
-            result: Obj = await self.co.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural_of(kind), name, body=body
+            result: Obj = await until_answered(
+                lambda: self.co.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural_of(kind), name, body=body, **BOUNDED
+                ),
+                f"delete {kind}/{namespace}/{name}",
             )
         except ApiException as e:
-            if e.status in (404, 409):  # gone, or a same-named successor (uid precondition failed)
+            if e.status in (404, 409):  # gone (a delete asked again too), or a same-named successor
                 return "notfound"
+            if e.status in REFUSED:
+                raise Refused(f"delete {kind}/{namespace}/{name}: {e.status} {e.reason}: {_api_message(e)}") from None
             raise
         return "deleting" if (result.get("metadata") or {}).get("deletionTimestamp") else "deleted"
 
@@ -119,6 +143,11 @@ class KubeStore:
                     continue
                 if e.status == 404:
                     raise NotFound(f"{kind}/{namespace}/{name}") from None
+                if e.status in REFUSED:
+                    what = f"{kind}/{namespace}/{name}"
+                    raise Refused(
+                        f"{what}: the API refused the write ({e.status} {e.reason}): {_api_message(e)}"
+                    ) from None
                 raise
         raise Conflict(f"{kind}/{namespace}/{name}: still conflicting after {self.retries} attempts")
 
@@ -139,16 +168,22 @@ class KubeStore:
             changed["annotations"] = merge_diff(old_meta.get("annotations") or {}, new_meta.get("annotations") or {})
         if changed:
             body = {"metadata": {"resourceVersion": result["metadata"]["resourceVersion"], **changed}}
-            result = await self.co.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+            result = await until_answered(
+                lambda: self.co.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+                ),
+                f"patch {plural}/{namespace}/{name}",
             )
         return result
 
     async def _patch_status(self, plural: str, namespace: str, name: str, body: Obj) -> Obj:
         if plural not in self.no_status_subresource:
             try:
-                result: Obj = await self.co.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+                result: Obj = await until_answered(
+                    lambda: self.co.patch_namespaced_custom_object_status(
+                        GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+                    ),
+                    f"patch {plural}/{namespace}/{name}/status",
                 )
                 return result
             except ApiException as e:
@@ -158,8 +193,11 @@ class KubeStore:
                     raise
                 self.no_status_subresource.add(plural)
                 log.info("no status subresource; writing status through the main resource", plural=plural)
-        result = await self.co.patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+        result = await until_answered(
+            lambda: self.co.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body, **AS_MERGE_PATCH
+            ),
+            f"patch {plural}/{namespace}/{name}",
         )
         return result
 
@@ -210,10 +248,28 @@ class KubeEvents:
             "reportingInstance": self.instance,
         }
         try:
-            await self.core.create_namespaced_event(str(meta.get("namespace")), body, _preload_content=False)
+            await until_answered(
+                lambda: self._create(str(meta.get("namespace")), body), f"event {event.reason} on {meta.get('name')}"
+            )
             self.written += 1
-        except ApiException as e:  # best effort: an Event never blocks a status write
+        except ApiException as e:  # refused: an Event never blocks a status write
+            if e.status == 409:  # asked again after an answer was lost: it was written
+                self.written += 1
+                return
             log.warning("event not written", reason=event.reason, status=e.status)
+
+    async def _create(self, namespace: str, body: Any) -> None:
+        """An HTTP status of 400 and above raised as ApiException, the body left unread."""
+        resp: Any = await self.core.create_namespaced_event(
+            namespace, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT_S
+        )
+        try:
+            if resp.status >= 400:
+                e = ApiException(status=resp.status, reason=resp.reason)
+                e.headers = resp.headers  # a Retry-After is honoured
+                raise e
+        finally:
+            resp.release()
 
     async def forget(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """Kubernetes expires Events on its own (the API server's event TTL)."""
