@@ -115,6 +115,9 @@ class Bus:
         self._buckets: dict[str, TypedBucket[Any]] = {}
 
     async def close(self) -> None:
+        """Close the connection; never raises for a connection already gone (natsclient.Client logs
+        it and finishes the cleanup), so the error a service is ending on is the one it reports.
+        """
         # close, not drain: a draining pull subscription can hold shutdown for the drain timeout.
         if not self.nc.is_closed:
             await self.nc.close()

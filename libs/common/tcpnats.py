@@ -1,4 +1,4 @@
-"""nats-py without its websocket transport, and a connect that is really connected.
+"""nats-py without its websocket transport, and a connect that is really connected (natsclient).
 
 nats-py imports aiohttp at import time whenever it is installed (kubernetes_asyncio needs it), only
 for `ws://` URLs, which chaosbus never uses: that import alone is ~0.1 s of every CLI command's
@@ -50,24 +50,21 @@ def check_url(url: str) -> None:
 
 
 async def open_client(url: str, *, attempts: list[Client] | None = None, **options: Any) -> Client:
-    """A nats-py client connected to `url` with `options`, and really connected.
-
-    nats-server pings a client whose CONNECT it has not answered within 2 s (an auth callout
-    waiting on a slow Kubernetes API does that). nats-py takes that PING for the PONG it waits
-    for, returns from `connect`, and the connection then never writes a byte (its flusher stops at
-    once) nor learns that it was refused. Such a client is closed and the connect made again.
-    `attempts` collects every client made, so that a caller giving up can close the last one.
+    """A client (natsclient.Client: nats-py's, with its handshake, close and connection loss fixed)
+    connected to `url` with `options`, and really connected: a handshake that ended on anything
+    but the server's answer is made again. `attempts` collects every client made, so that a caller
+    giving up can close the last one.
     """
-    with tcp_only():
-        from nats.aio.client import Client as NatsClient
+    from chaosbus.common.natsclient import Client as FixedClient
+
     while True:
-        nc = NatsClient()
+        nc = FixedClient()
         if attempts is not None:
             attempts.append(nc)
         await nc.connect(url, **options)
         if nc.is_connected:
             return nc
-        log.warning("nats-server pinged before it answered the connect; connecting again", url=redact(url))
+        log.warning("nats-server's answer to the connect never came; connecting again", url=redact(url))
         with contextlib.suppress(Exception):
             await nc.close()
         await asyncio.sleep(float(options.get("reconnect_time_wait", 0.5)))
