@@ -76,7 +76,7 @@ def parse(argv: list[str] | None = None) -> Plan:
         "--security-reps",
         type=int,
         default=None,
-        help="signed/unsigned repetitions of security.apply (default 8 quick, 12 full)",
+        help="signed/unsigned repetitions of security.apply (default 8)",
     )
     p.add_argument("--idle", type=float, default=None, help="idle sampling seconds (default 10; quick 3)")
     p.add_argument("--json", dest="out", default=None, help="where to write the JSON (default bench/results/)")
