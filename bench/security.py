@@ -130,9 +130,10 @@ async def on_off(
                 f"{'unsigned' if phase == 'off' else 'signing'}; runs per size {per_half}"
             )
             cluster.restart_signing(unsigned=phase == "off", log_level=log_level)
-            # Every target of the largest size once, uncounted: a restarted injector's first apply
-            # in a netns pays for its per-netns set-up (~0.2 s), in both halves alike, and a
-            # half's median must not depend on how many of its runs were first ones.
+            # Every target of the largest size once, uncounted: the first command after a restart
+            # takes the restarted scheduler's and injectors' first paths (it paid ~0.2 s when the
+            # injectors probed nftables on their first fault; bench_restart.py), in both halves
+            # alike, and a half's median must not depend on how many of its runs were first ones.
             await h.run(max(per_half), "delete", f"sec-{phase}{r}-warmup")
             for size, n in per_half.items():
                 done: list[Run] = [await h.run(size, "delete", f"sec-{phase}{r}-{size}-{i}") for i in range(n)]

@@ -12,6 +12,7 @@ Everything here is sync and free of netlink.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -99,13 +100,7 @@ def visit_netns(path: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs
     (so it holds no namespace alive). Every visit enters its own target first, so a visitor that
     failed to go back can never run anything in the wrong namespace.
     """
-    global _visitors, _home_fd
-    with _visitors_lock:
-        if _visitors is None:
-            _home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            _visitors = ThreadPoolExecutor(_VISITORS, thread_name_prefix="netns-visit")
-        pool, home = _visitors, _home_fd
-    assert home is not None
+    pool, home = _visitor_pool()
 
     def inside() -> R:
         setns_net(path)
@@ -115,6 +110,32 @@ def visit_netns(path: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs
             setns_net(home)
 
     return pool.submit(inside).result()
+
+
+def start_visitors(within_s: float = 5.0) -> None:
+    """Start every visitor thread now (a node injector's start), so that no visit waits for one to
+    be started; best effort: visits still run, and start threads, if this gives up after `within_s`.
+    """
+    pool, _ = _visitor_pool()
+    # Each job holds its thread until all are held, so each lands on a thread of its own.
+    together = threading.Barrier(_VISITORS)
+
+    def hold() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            together.wait(within_s)
+
+    for job in [pool.submit(hold) for _ in range(_VISITORS)]:
+        job.result()
+
+
+def _visitor_pool() -> tuple[ThreadPoolExecutor, int]:
+    global _visitors, _home_fd
+    with _visitors_lock:
+        if _visitors is None:
+            _home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            _visitors = ThreadPoolExecutor(_VISITORS, thread_name_prefix="netns-visit")
+        assert _home_fd is not None
+        return _visitors, _home_fd
 
 
 def create_named_netns(name: str) -> str:

@@ -396,6 +396,12 @@ async def main(args: argparse.Namespace) -> None:
     else:
         policy = authorize.Policy(guard=guard, mode=args.mode)
         backends = kit.build(flags.runtime_config(args), nats_url=args.nats)  # --nats: never cut
+        await asyncio.to_thread(backends.prepare)  # the probes a first fault would otherwise wait for
+        log.info(
+            "node prepared",
+            nftables=backends.nft.cannot() or "usable",
+            tc_missing={kind: why for kind, why in backends.tc.capabilities().items() if why},
+        )
         executor = ex.Executor(journal, name, policy=policy, backends=backends)
     env = settings.current()
     node = Node(

@@ -273,8 +273,10 @@ def list_tables(netns_path: str) -> list[str]:
     return [t["table"]["name"] for t in items if "table" in t and t["table"].get("family") == "inet"]
 
 
-def probe() -> str | None:
-    """None if this node can apply partition tables; otherwise the reason it cannot."""
+def probe(contexts: libnft.NftContexts | None = None) -> str | None:
+    """None if this node can apply partition tables; otherwise the reason it cannot. Through
+    `contexts` (libnftables, no process) where given and usable, else by one nft process.
+    """
     if shutil.which("nft") is None:
         return "nft is not installed"
     try:
@@ -288,9 +290,16 @@ def probe() -> str | None:
             ResolvedRule(chain="input"),
         ],
     )
-    # --check runs the whole transaction through the kernel and then aborts it: a real
+    # A check runs the whole transaction through the kernel and then aborts it: a real
     # capability test (ct, concatenated interval sets) that changes nothing.
     script = f"add table inet {TABLE_PREFIX}probe\ndelete table inet {TABLE_PREFIX}probe\n{sample}"
+    if contexts is not None:
+        try:
+            error = contexts.check(script)
+        except libnft.Unavailable:
+            pass  # spawn instead
+        else:
+            return None if error is None else f"nft rejected a partition table: {error}"
     try:
         proc = subprocess.run(
             ["nft", "--check", "-f", "-"],
@@ -454,10 +463,12 @@ class Tables:
 
     def cannot(self) -> str | None:
         """None if this node can apply partition tables, else the reason (`probe`, asked once:
-        nft either works on this node or it does not)."""
+        nft either works on this node or it does not). The node injector asks at start
+        (`Backends.prepare`): the probe's transaction waits 8-25 ms in the kernel, which a first
+        fault would otherwise wait for."""
         with self._probe_lock:
             if self._probed is None:
-                self._probed = (probe(),)
+                self._probed = (probe(self.contexts),)
             return self._probed[0]
 
     def close(self) -> None:
