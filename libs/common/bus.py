@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ with tcp_only():
     from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
     from nats.js.kv import KeyValue
 
-from chaosbus.common import messages, natsauth, ordered, patience, subjects
+from chaosbus.common import lastread, messages, natsauth, natsclient, ordered, patience, subjects
 from chaosbus.common.errors import RetryLater
 from chaosbus.common.kvbucket import KvEntry as KvEntry
 from chaosbus.common.kvbucket import Stored as Stored
@@ -41,7 +42,7 @@ log = cblog.get("bus")
 # Followers (ordered consumers) are re-created by nats-py once two idle heartbeats are missed, e.g.
 # after a nats-server restart; its default of 5 s left a service deaf for 10-15 s, 1 s makes it ~2 s.
 FOLLOW_HEARTBEAT_S = 1.0
-LAST_MESSAGES_WAIT_S = 10.0  # a one-off read of the stream gives up on a message that never comes
+PUBLISH_ACK_WAIT_S = 5.0  # nats-py's default for a JetStream request
 _KV_DELETE_OPS = ("DEL", "PURGE")
 
 
@@ -191,14 +192,31 @@ class Bus:
         """
         subjects.check(stream, subject, msg)
         data = encode(msg)
-        await self.js.publish(subject, data if seal is None else seal(subject, data), headers={"Nats-Msg-Id": msg_id})
+        await self._acked(subject, data if seal is None else seal(subject, data), msg_id, PUBLISH_ACK_WAIT_S)
 
     async def publish_encoded(
         self, stream: subjects.Stream[Any], subject: str, payload: bytes, *, msg_id: str, ack_wait_s: float
     ) -> None:
         """A message encoded earlier (a journaled outbox row, kept as the bytes it was written as)."""
         subjects.check(stream, subject)
-        await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=ack_wait_s)
+        await self._acked(subject, payload, msg_id, ack_wait_s)
+
+    async def _acked(self, subject: str, payload: bytes, msg_id: str, wait_s: float) -> None:
+        """A JetStream publish, acknowledged within `wait_s` in all (nats.errors.TimeoutError). One
+        that went out on a connection lost before its ack came (nats-server killed: the ack never
+        comes) is published again on the next connection rather than waited out: JetStream stores a
+        message id once, so one that did arrive is not stored twice.
+        """
+        deadline = time.monotonic() + wait_s
+        headers = {"Nats-Msg-Id": msg_id}
+        while True:
+            await natsclient.until_connected(self.nc, deadline)
+            left = max(deadline - time.monotonic(), 0.001)
+            try:
+                await natsclient.unless_lost(self.nc, self.js.publish(subject, payload, headers=headers, timeout=left))
+                return
+            except natsclient.ConnectionLost:
+                log.info("NATS connection lost before the publish was acknowledged; publishing again", subject=subject)
 
     async def signal(
         self,
@@ -452,38 +470,15 @@ class Bus:
     async def last_messages(self, stream: subjects.Stream[M], filter_subject: str | None = None) -> list[M]:
         """The last message of every subject of `stream` matching `filter_subject` (default: all)
         now (undecodable ones left out, logged), read once: what a restarted reader compares the
-        world with.
+        world with. Read again after a reconnect (`lastread`).
         """
         filter_subject = filter_subject or stream.subjects[0]
         subjects.check(stream, filter_subject)
-        queue: asyncio.Queue[Msg | None] = asyncio.Queue()
-
-        async def _cb(msg: Msg) -> None:
-            await queue.put(msg)
-            if msg.metadata.num_pending == 0:
-                await queue.put(None)
-
-        sub = await self.js.subscribe(
-            filter_subject,
-            stream=stream.name,
-            cb=_cb,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-        )
         out: list[M] = []
-        try:
-            info = await sub.consumer_info()
-            # Nothing delivered and nothing pending: no subject matches (the stream position says
-            # nothing then: such a consumer starts at the stream's end).
-            if info.num_pending == 0 and (info.delivered.consumer_seq if info.delivered else 0) == 0:
-                return out
-            while (msg := await asyncio.wait_for(queue.get(), timeout=LAST_MESSAGES_WAIT_S)) is not None:
-                decoded = _decode_or_log(msg, stream.message)
-                if decoded is not None:
-                    out.append(decoded)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        for msg in await lastread.last_per_subject(self.js, stream.name, filter_subject):
+            decoded = _decode_or_log(msg, stream.message)
+            if decoded is not None:
+                out.append(decoded)
         return out
 
     async def follow_kv(self, bucket: str, keys: str = ">") -> AsyncIterator[KvEntry | None]:

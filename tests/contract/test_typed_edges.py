@@ -20,8 +20,15 @@ from chaosbus.common import messages as m
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where subjects are used, not defined: every service, the CLI and the shared library but the table
-# and the bus (with the KV listing beside it, which reads a bucket's own stream, not a subject).
-NOT_USERS = {"libs/common/subjects.py", "libs/common/bus.py", "libs/common/kvsnapshot.py", "libs/common/kvbucket.py"}
+# and the bus (with the KV listing beside it, which reads a bucket's own stream, not a subject, and
+# the one-off reader both use, which reads the stream and filter its caller takes from the table).
+NOT_USERS = {
+    "libs/common/subjects.py",
+    "libs/common/bus.py",
+    "libs/common/kvsnapshot.py",
+    "libs/common/kvbucket.py",
+    "libs/common/lastread.py",
+}
 SOURCES = sorted(
     p
     for folder in ("services", "cli", "libs/common")

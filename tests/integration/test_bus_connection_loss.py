@@ -1,5 +1,6 @@
 """The bus across a lost connection to a real nats-server (killed with SIGKILL, restarted on its
-port): closing finishes and keeps the caller's own error.
+port): closing finishes and keeps the caller's own error; a publish whose ack was lost with the
+connection is published again at once; one-off reads cut by the restart read again.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from chaosbus.common import bus as busmod
@@ -86,3 +88,91 @@ async def test_closing_a_dropped_connection_with_unsent_data_finishes_and_keeps_
     assert live.bus.nc.is_closed
     assert client_tasks, "the client runs tasks (reader, flusher, the subscription's)"
     await eventually(lambda: all(t.done() for t in client_tasks), 5)
+
+
+def event(name: str) -> m.ObjectEvent:
+    return m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="ns", name=name, uid=name)
+
+
+async def publish_event(b: busmod.Bus, name: str) -> None:
+    await b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "ns", name), event(name), msg_id=name)
+
+
+async def test_a_publish_sent_as_the_server_died_is_acknowledged_soon_after_its_restart(live: Live) -> None:
+    """The kill and the restart block the event loop, so the client has not yet read the end of the
+    old connection when the publish goes out: it is written into the dead socket, and nats-py
+    waited out its whole 5 s for an ack that could never come."""
+    await publish_event(live.bus, "a")
+    live.kill()
+    live.restart()
+    restarted = time.monotonic()
+    await asyncio.wait_for(publish_event(live.bus, "b"), 15)
+    took = time.monotonic() - restarted
+    print(f"publish acknowledged {took:.2f} s after the restart")
+    assert took < 3.0
+    info = await live.bus.js.stream_info(subjects.OBJECTS.name)
+    assert info.state.messages == 2  # published again, stored once
+
+
+# A one-off read of 20 MB: more than the socket buffers hold, so a kill once the reader has
+# received a little cuts it (what was sent before the kill cannot complete it).
+READ_SIZE = 10_000
+PAD = b'{"pad":"' + b"x" * 2000 + b'"}'
+
+
+async def store_many(b: busmod.Bus, subject_of: Callable[[int], str], payload: bytes) -> None:
+    """READ_SIZE messages on as many subjects, as core publishes (JetStream stores them unacked)."""
+    for i in range(READ_SIZE):
+        await b.nc.publish(subject_of(i), payload)
+    await b.nc.flush(timeout=30)
+
+
+async def cut_by_a_restart(live: Live, read: Callable[[], Awaitable[list[object]]]) -> list[object]:
+    """`read()` run while nats-server is killed once it has received part of its messages, then
+    restarted: what it returns, and how long after the restart."""
+    received = live.bus.nc.stats["in_msgs"]
+    reading = asyncio.ensure_future(read())
+    await eventually(lambda: live.bus.nc.stats["in_msgs"] > received + 200 or reading.done(), 15)
+    assert not reading.done(), "the read ended before the kill: make READ_SIZE larger"
+    live.kill()
+    live.restart()
+    restarted = time.monotonic()
+    got = await asyncio.wait_for(reading, 30)
+    took = time.monotonic() - restarted
+    print(f"the read ended {took:.2f} s after the restart")
+    assert live.bus.nc.stats["in_msgs"] - received > READ_SIZE  # read again from the start
+    assert took < 9.0  # it did not wait out 10 s for a message that would never come
+    return got
+
+
+async def stored(b: busmod.Bus, stream: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while (await b.js.stream_info(stream)).state.messages < count:
+        assert time.monotonic() < deadline, f"{stream} never held {count} messages"
+        await asyncio.sleep(0.1)
+
+
+async def test_last_messages_cut_by_a_server_restart_reads_again(live: Live) -> None:
+    """Its consumer went with the server and nothing more came: the read failed after 10 s."""
+    payload = busmod.encode(
+        m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="ns", name="x", uid="x", object=msgspec.Raw(PAD))
+    )
+    await store_many(live.bus, lambda i: subjects.object_subject("PodChaos", "ns", f"o{i}"), payload)
+    await stored(live.bus, subjects.OBJECTS.name, READ_SIZE)
+
+    async def read() -> list[object]:
+        return list(await live.bus.last_messages(subjects.OBJECTS))
+
+    assert len(await cut_by_a_restart(live, read)) == READ_SIZE
+
+
+async def test_a_bucket_listing_cut_by_a_server_restart_reads_again(live: Live) -> None:
+    bucket = await live.bus.bucket(subjects.OBJECT_STORE)
+    await store_many(live.bus, lambda i: f"$KV.{bucket.name}.Pod.ns.p{i}", PAD)
+    await stored(live.bus, f"KV_{bucket.name}", READ_SIZE)
+
+    async def read() -> list[object]:
+        return list(await bucket.list())
+
+    listed = await cut_by_a_restart(live, read)
+    assert len(listed) == READ_SIZE
