@@ -140,14 +140,20 @@ async def unless_lost(nc: NatsClient, call: Coroutine[Any, Any, T]) -> T:
         call.close()
         raise ConnectionLost("the NATS connection is away")
     running = asyncio.ensure_future(call)
+
+    def interrupt(_: object) -> None:
+        running.cancel()
+
+    gone.add_done_callback(interrupt)
     try:
-        await asyncio.wait((running, gone), return_when=asyncio.FIRST_COMPLETED)
+        return await running
+    except asyncio.CancelledError:
+        me = asyncio.current_task()
+        if gone.done() and (me is None or not me.cancelling()):
+            raise ConnectionLost("the NATS connection was lost before the answer came") from None
+        raise
     finally:
-        if not running.done():
-            running.cancel()
-    if running.cancelled() or not running.done():
-        raise ConnectionLost("the NATS connection was lost before the answer came")
-    return running.result()
+        gone.remove_done_callback(interrupt)
 
 
 class _Handshake(Transport):
