@@ -26,6 +26,7 @@ from chaosbus.common.objects import now_rfc3339
 from chaosbus.common.store import Conflict, NotFound, Objects, ObjectStore, Refused
 from chaosbus.recorder import core, events, writes
 from chaosbus.recorder.events import KubeEvent
+from chaosbus.recorder.lanes import Folded, Lanes
 from chaosbus.recorder.metrics import RecorderMetrics
 from chaosbus.recorder.sinks import EventSink, StoreEvents
 
@@ -370,6 +371,23 @@ async def main(args: argparse.Namespace) -> None:
     ):
         rec = Recorder(store, sink, metrics, max_events=settings.current().max_events)
         rec.fetch_decision = last_decision(bus)
+        lanes = Lanes()
+        results: Folded[m.ResultBatch] = Folded(lanes, rec.on_result_batches)
+
+        def beside(_: object) -> bool:
+            """Every message handled beside its consumer's loop, in its object's lane (acked once
+            written): one object's waiting writes hold up none of another's."""
+            return True
+
+        async def on_decision(d: m.ExperimentDecision) -> None:
+            await lanes.run((d.kind, d.namespace, d.name), lambda: rec.on_decision(d))
+
+        async def on_write(w: m.ObjectWrite) -> None:
+            await lanes.run((w.kind, w.namespace, w.name), lambda: rec.on_write(w))
+
+        async def on_results(b: m.ResultBatch) -> None:
+            await results.add((b.kind, b.namespace, b.name), b)
+
         log.info("recorder ready", objects=where, nats=args.nats, metrics_port=port)
         await service.run_forever(
             bus.replay_and_follow(
@@ -379,21 +397,24 @@ async def main(args: argparse.Namespace) -> None:
             rec.sweep_events(),
             bus.consume(
                 subjects.DECISIONS,
-                rec.on_decision,
+                on_decision,
                 durable="recorder-phase",
+                detach=beside,
                 subscribed=lambda: ready.done("recorder-phase"),
             ),
-            bus.consume_batches(
+            bus.consume(
                 subjects.RESULTS,
-                rec.on_result_batches,
+                on_results,
                 durable="recorder",
+                detach=beside,
                 opener=rec.open_result,
                 subscribed=lambda: ready.done("recorder"),
             ),
             bus.consume(
                 subjects.WRITES,
-                rec.on_write,
+                on_write,
                 durable="recorder-writes",
+                detach=beside,
                 subscribed=lambda: ready.done("recorder-writes"),
             ),
             service.hold(bus),

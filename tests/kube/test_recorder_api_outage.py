@@ -127,3 +127,48 @@ async def test_what_the_recorder_writes_while_the_api_is_away_arrives_after_it(
         return {f"{e['involvedObject']['name']}/{e['reason']}" for e in items}
 
     assert until(lambda: {"jvm/NotSupported", "part/Started"} <= told(), 20), told()
+
+
+def decision_for(obj: dict[str, Any], phase: str) -> m.ExperimentDecision:
+    meta = obj["metadata"]
+    return m.ExperimentDecision(
+        experiment_uid=meta["uid"],
+        generation=1,
+        kind="NetworkChaos",
+        namespace=meta["namespace"],
+        name=meta["name"],
+        desired_phase=phase,  # type: ignore[arg-type]
+        records=[m.RecordRef(id=f"{meta['namespace']}/web-0")],
+    )
+
+
+async def test_an_object_whose_writes_fail_holds_up_no_other_object(
+    recorder: int, kube: KubeEnv, bus: busmod.Bus, tmp_path: Path
+) -> None:
+    """The API answers one object's writes 500 (an admission webhook failing for it): its status
+    waits, in the order it was decided, while another object's is written at once."""
+    ns, fake = kube.namespace, kube.need_fake("writes of one object failing")
+    spec = {"action": "partition", "mode": "all", "selector": {"labelSelectors": {"app": "web"}}}
+    made = {
+        name: kube.client.create(
+            f"{GROUP}/{ns}/networkchaos",
+            {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos", "metadata": {"name": name}, "spec": spec},
+        )
+        for name in ("stuck", "fine")
+    }
+    fake.fail_writes(f"{GROUP}/{ns}/networkchaos/stuck", 500)
+    try:
+        for name, phase in (("stuck", "Run"), ("stuck", "Stop"), ("fine", "Run")):
+            d = decision_for(made[name], phase)
+            await bus.publish(subjects.DECISIONS, subjects.decision_subject(d.experiment_uid), d, msg_id=name + phase)
+
+        def phase(name: str) -> str | None:
+            obj = kube.client.get(f"{GROUP}/{ns}/networkchaos/{name}") or {}
+            return ((obj.get("status") or {}).get("experiment") or {}).get("desiredPhase")
+
+        log = tmp_path / "recorder.log"
+        assert until(lambda: phase("fine") == "Run", 20), log.read_text()[-3000:]
+        assert phase("stuck") is None
+    finally:
+        fake.fail_writes(f"{GROUP}/{ns}/networkchaos/stuck", None)
+    assert until(lambda: phase("stuck") == "Stop", 20), log.read_text()[-3000:]

@@ -71,6 +71,9 @@ class FakeApiServer:
         self.container_logs: dict[tuple[str, str], Path] = {}
         # Bearer tokens answered 401, as a real server answers a revoked or expired token.
         self.refused_tokens: frozenset[str] = frozenset()
+        # Writes (any method but GET) under a path answered with a status, as a failing admission
+        # webhook makes a real server answer 500 for the objects it covers.
+        self.failing_writes: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -166,6 +169,15 @@ class FakeApiServer:
         """Answer every request bearing `token` 401 (False: accept it again)."""
         self.refused_tokens = self.refused_tokens | {token} if refused else self.refused_tokens - {token}
 
+    def fail_writes(self, path: str, status: int | None) -> None:
+        """Answer every write under `path` (its subresources too) with `status` (None: serve them again)."""
+        failing = dict(self.failing_writes)
+        if status is None:
+            failing.pop(path, None)
+        else:
+            failing[path] = status
+        self.failing_writes = failing
+
     def set_container_log(self, pod_uid: str, container: str, path: Path) -> None:
         """Serve `path` as the log of `container` in the Pod with this uid (the kubelet's part)."""
         self.container_logs[(pod_uid, container)] = path
@@ -186,6 +198,9 @@ class FakeApiServer:
                     "code": 401,
                 },
             )
+        for path, status in self.failing_writes.items():
+            if request.method != "GET" and (request.path == path or request.path.startswith(path + "/")):
+                return _json(status, {"kind": "Status", "status": "Failure", "message": "failing", "code": status})
         if request.path.rstrip("/") == "/version":  # what clients probe the server with
             return _json(200, VERSION)
         route = self._route(request.path)
