@@ -64,3 +64,18 @@ def test_the_default_backends_are_made_once_however_many_threads_ask_first(monke
     for t in threads:
         t.join()
     assert len(made) == 1 and got == made * 8
+
+
+def test_prepare_asks_every_probe_and_one_that_fails_stops_neither_the_others_nor_the_start() -> None:
+    asked: list[str] = []
+
+    def tc_probe_fails() -> dict[str, str | None]:
+        asked.append("tc")
+        raise RuntimeError("netlink said no")
+
+    b = kit.on_demand()
+    b.__dict__["nft"] = types.SimpleNamespace(cannot=lambda: asked.append("nft"), close=lambda: None)
+    b.__dict__["tc"] = types.SimpleNamespace(capabilities=tc_probe_fails)
+    b.prepare()  # the node injector's start goes on; its first shaping fault meets the error itself
+    assert asked == ["nft", "tc"]
+    assert sum(t.name.startswith("netns-visit") for t in threading.enumerate()) == 4
