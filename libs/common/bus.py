@@ -25,7 +25,7 @@ with tcp_only():
     from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
     from nats.js.kv import KeyValue
 
-from chaosbus.common import lastread, messages, natsauth, natsclient, ordered, patience, subjects
+from chaosbus.common import kvfollow, lastread, messages, natsauth, natsclient, ordered, patience, subjects
 from chaosbus.common.errors import RetryLater
 from chaosbus.common.kvbucket import KvEntry as KvEntry
 from chaosbus.common.kvbucket import Stored as Stored
@@ -39,11 +39,8 @@ V = TypeVar("V")
 S = TypeVar("S", bound=msgspec.Struct)
 log = cblog.get("bus")
 
-# Followers (ordered consumers) are re-created by nats-py once two idle heartbeats are missed, e.g.
-# after a nats-server restart; its default of 5 s left a service deaf for 10-15 s, 1 s makes it ~2 s.
-FOLLOW_HEARTBEAT_S = 1.0
+FOLLOW_HEARTBEAT_S = kvfollow.HEARTBEAT_S
 PUBLISH_ACK_WAIT_S = 5.0  # nats-py's default for a JetStream request
-_KV_DELETE_OPS = ("DEL", "PURGE")
 
 
 class Refused(ConnectionError):
@@ -448,7 +445,7 @@ class Bus:
                 caught_up.set()
         # A consumer JetStream made although its answer was lost pushes to an inbox nobody reads
         # (nats-py subscribes it only once made) and is dropped once idle: asking again is safe.
-        await patience.until_answered(
+        sub = await patience.until_answered(
             lambda: self.js.subscribe(
                 filter_subject,
                 stream=stream.name,
@@ -459,13 +456,17 @@ class Bus:
             ),
             filter_subject,
         )
-        while True:
-            msg = await queue.get()
-            decoded = _decode_or_log(msg, stream.message)
-            if decoded is not None:
-                await ordered.handle(handler, decoded, msg.subject)
-            if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
-                caught_up.set()
+        resuming = natsclient.resume_on_reconnect(self.nc, sub)
+        try:
+            while True:
+                msg = await queue.get()
+                decoded = _decode_or_log(msg, stream.message)
+                if decoded is not None:
+                    await ordered.handle(handler, decoded, msg.subject)
+                if caught_up is not None and not caught_up.is_set() and msg.metadata.num_pending == 0:
+                    caught_up.set()
+        finally:
+            resuming.cancel()
 
     async def last_messages(self, stream: subjects.Stream[M], filter_subject: str | None = None) -> list[M]:
         """The last message of every subject of `stream` matching `filter_subject` (default: all)
@@ -481,54 +482,11 @@ class Bus:
                 out.append(decoded)
         return out
 
-    async def follow_kv(self, bucket: str, keys: str = ">") -> AsyncIterator[KvEntry | None]:
+    def follow_kv(self, bucket: str, keys: str = ">") -> AsyncIterator[KvEntry | None]:
         """The current value of every key, then each change, forever; None once the snapshot is
-        complete. Like nats-py's `watchall`, but with a short heartbeat so that it resumes within
-        about two seconds of a nats-server restart (from the last revision it saw, missing nothing).
+        complete (`kvfollow`: resumes after a nats-server restart, missing nothing).
         """
-        await patience.until_answered(lambda: self.kv(bucket), bucket)  # it exists before anyone follows it
-        queue: asyncio.Queue[KvEntry | None] = asyncio.Queue()
-        prefix = f"$KV.{bucket}."
-        snapshot_done = False
-
-        async def _cb(msg: Msg) -> None:
-            nonlocal snapshot_done
-            meta = msg.metadata
-            op = (msg.header or {}).get("KV-Operation", "")
-            await queue.put(
-                KvEntry(
-                    key=msg.subject[len(prefix) :],
-                    value=msg.data,
-                    revision=meta.sequence.stream,
-                    deleted=op in _KV_DELETE_OPS,
-                )
-            )
-            if not snapshot_done and meta.num_pending == 0:
-                snapshot_done = True
-                await queue.put(None)
-
-        sub = await patience.until_answered(
-            lambda: self.js.subscribe(
-                f"{prefix}{keys}",
-                stream=f"KV_{bucket}",
-                cb=_cb,
-                ordered_consumer=True,
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                idle_heartbeat=FOLLOW_HEARTBEAT_S,
-            ),
-            bucket,
-        )
-        try:
-            info = await patience.until_answered(sub.consumer_info, bucket)
-            delivered = info.delivered.stream_seq if info.delivered else 0
-            if not snapshot_done and info.num_pending == 0 and delivered == 0:
-                snapshot_done = True  # an empty bucket: nothing will arrive to say so
-                await queue.put(None)
-            while True:
-                yield await queue.get()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        return kvfollow.follow(self.js, bucket, keys, made=lambda: self.kv(bucket))
 
 
 def _stream_differs(current: api.StreamConfig, wanted: api.StreamConfig) -> bool:
