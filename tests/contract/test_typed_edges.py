@@ -20,12 +20,13 @@ from chaosbus.common import messages as m
 
 ROOT = Path(__file__).resolve().parents[2]
 # Where subjects are used, not defined: every service, the CLI and the shared library but the table
-# and the bus (with the KV listing beside it, which reads a bucket's own stream, not a subject, and
-# the one-off reader both use, which reads the stream and filter its caller takes from the table).
+# and the bus (with the KV listing and follower beside it, which read a bucket's own stream, not a
+# subject, and the one-off reader, which reads the stream and filter its caller takes from the table).
 NOT_USERS = {
     "libs/common/subjects.py",
     "libs/common/bus.py",
     "libs/common/kvsnapshot.py",
+    "libs/common/kvfollow.py",
     "libs/common/kvbucket.py",
     "libs/common/lastread.py",
 }
