@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from chaosbus.common import bus as busmod
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
-from chaosbus.common import service, settings, subjects
+from chaosbus.common import ordered, service, settings, subjects
 from chaosbus.common.crd import NOT_EXECUTED, ORCHESTRATED, kinds
 from chaosbus.common.crd.objects import decode_metadata
 from chaosbus.common.objects import now_rfc3339
@@ -34,6 +34,7 @@ log = cblog.get("recorder")
 audit = cblog.get("audit")
 SEEN_COMMANDS = 10_000
 SEEN_EVENT_WRITES = 1_000
+FOLLOWER_WAIT_S = 5.0  # an object change's writes the follower waits for before going on
 
 
 class Recorder:
@@ -388,11 +389,23 @@ async def main(args: argparse.Namespace) -> None:
         async def on_results(b: m.ResultBatch) -> None:
             await results.add((b.kind, b.namespace, b.name), b)
 
+        async def on_object(e: m.ObjectEvent) -> None:
+            """In the object's lane too, waited for a while: a change whose write waits longer (its
+            object's writes failing) finishes behind the follower, which goes on to other objects."""
+            if e.type == "DELETED":  # no write: told at once, so the replay's deletions are swept together
+                await rec.on_object(e)
+                return
+            subject = subjects.object_subject(e.kind, e.namespace, e.name)
+            done = lanes.behind((e.kind, e.namespace, e.name), lambda: ordered.handle(rec.on_object, e, subject))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), FOLLOWER_WAIT_S)
+
         log.info("recorder ready", objects=where, nats=args.nats, metrics_port=port)
         await service.run_forever(
             bus.replay_and_follow(
-                subjects.OBJECTS, rec.on_object, filter_subject=subjects.OBJECT_CHANGES, caught_up=rec.replayed
+                subjects.OBJECTS, on_object, filter_subject=subjects.OBJECT_CHANGES, caught_up=rec.replayed
             ),
+            lanes.failed(),
             ready.once(rec.replayed, "objects"),
             rec.sweep_events(),
             bus.consume(

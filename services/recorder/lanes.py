@@ -18,6 +18,10 @@ class Lanes:
         # The last work queued on each busy key: done once it has run (or was given up), so the
         # next one on that key waits for it. A key with nothing queued has no entry.
         self._tails: dict[Hashable, asyncio.Future[None]] = {}
+        # Per key, the work queued with `behind` and not started yet, and its completion.
+        self._queued: dict[Hashable, tuple[list[Callable[[], Awaitable[None]]], asyncio.Future[None]]] = {}
+        self._failure: asyncio.Future[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def __len__(self) -> int:
         """How many keys have work queued or running."""
@@ -40,6 +44,51 @@ class Lanes:
                 before.add_done_callback(lambda _: self._leave(key, mine))
             else:
                 self._leave(key, mine)
+
+    def behind(self, key: Hashable, work: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """Queue `work` on `key`'s lane without waiting for it; its completion is returned. While
+        it has not started, newer work queued on the same key replaces it (the newest wins), so an
+        object whose lane is stuck keeps one work waiting, not one per change. An error it raises
+        is also what `failed` raises."""
+        queued = self._queued.get(key)
+        if queued is not None:
+            queued[0][0] = work
+            return queued[1]
+        slot: list[Callable[[], Awaitable[None]]] = [work]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued[key] = (slot, done)
+
+        async def take() -> None:
+            if self._queued.get(key, (None,))[0] is slot:
+                del self._queued[key]
+            await slot[0]()
+
+        def settle(task: asyncio.Task[None]) -> None:
+            if task.cancelled():
+                done.cancel()
+            elif (e := task.exception()) is not None:
+                done.set_exception(e)
+                done.exception()  # retrieved here: `failed` reports it, a waiter may be gone
+                failure = self._failed()
+                if not failure.done():
+                    failure.set_exception(e)
+            else:
+                done.set_result(None)
+
+        task = asyncio.ensure_future(self.run(key, take))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        task.add_done_callback(settle)
+        return done
+
+    async def failed(self) -> None:
+        """Return never; raise the first error of a work queued with `behind`."""
+        await self._failed()
+
+    def _failed(self) -> asyncio.Future[None]:
+        if self._failure is None:
+            self._failure = asyncio.get_running_loop().create_future()
+        return self._failure
 
     def _leave(self, key: Hashable, mine: asyncio.Future[None]) -> None:
         if not mine.done():

@@ -46,6 +46,36 @@ def recorder(kube: KubeEnv, nats_server: natsserver.EmbeddedServer, tmp_path: Pa
         stop_groups(proc)
 
 
+def jvm_chaos(name: str) -> dict[str, Any]:
+    """A kind chaosbus accepts and does not run: the recorder marks it NotSupported."""
+    return {
+        "apiVersion": "chaos-mesh.org/v1alpha1",
+        "kind": "JVMChaos",
+        "metadata": {"name": name},
+        "spec": {
+            "action": "return",
+            "class": "Main",
+            "method": "getnum",
+            "value": "9999",
+            "mode": "all",
+            "selector": {},
+        },
+    }
+
+
+def added(obj: dict[str, Any]) -> m.ObjectEvent:
+    """The event the watcher publishes for a new object."""
+    meta = obj["metadata"]
+    return m.ObjectEvent(
+        type="ADDED",
+        kind=obj["kind"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        object=msgspec.Raw(msgspec.json.encode(obj)),
+    )
+
+
 def until(check: Any, within_s: float) -> Any:
     deadline = time.monotonic() + within_s
     while not (got := check()) and time.monotonic() < deadline:
@@ -156,19 +186,32 @@ async def test_an_object_whose_writes_fail_holds_up_no_other_object(
         )
         for name in ("stuck", "fine")
     }
+    jvms = {name: kube.client.create(f"{GROUP}/{ns}/jvmchaos", jvm_chaos(name)) for name in ("stuck", "fine")}
     fake.fail_writes(f"{GROUP}/{ns}/networkchaos/stuck", 500)
+    fake.fail_writes(f"{GROUP}/{ns}/jvmchaos/stuck", 500)
     try:
         for name, phase in (("stuck", "Run"), ("stuck", "Stop"), ("fine", "Run")):
             d = decision_for(made[name], phase)
             await bus.publish(subjects.DECISIONS, subjects.decision_subject(d.experiment_uid), d, msg_id=name + phase)
+        for name in ("stuck", "fine"):  # the follower: the stuck one's mark waits, the fine one's does not
+            event = added(jvms[name])
+            await bus.publish(subjects.OBJECTS, subjects.object_subject("JVMChaos", ns, name), event, msg_id=name)
 
         def phase(name: str) -> str | None:
             obj = kube.client.get(f"{GROUP}/{ns}/networkchaos/{name}") or {}
             return ((obj.get("status") or {}).get("experiment") or {}).get("desiredPhase")
 
         log = tmp_path / "recorder.log"
+
+        def marked(name: str) -> bool:
+            obj = kube.client.get(f"{GROUP}/{ns}/jvmchaos/{name}") or {}
+            return any(c.get("reason") == "NotSupported" for c in (obj.get("status") or {}).get("conditions") or [])
+
         assert until(lambda: phase("fine") == "Run", 20), log.read_text()[-3000:]
-        assert phase("stuck") is None
+        assert until(lambda: marked("fine"), 20), log.read_text()[-3000:]
+        assert phase("stuck") is None and not marked("stuck")
     finally:
         fake.fail_writes(f"{GROUP}/{ns}/networkchaos/stuck", None)
+        fake.fail_writes(f"{GROUP}/{ns}/jvmchaos/stuck", None)
     assert until(lambda: phase("stuck") == "Stop", 20), log.read_text()[-3000:]
+    assert until(lambda: marked("stuck"), 20), log.read_text()[-3000:]

@@ -79,3 +79,35 @@ async def test_a_failed_write_is_raised_to_every_item_in_it() -> None:
     assert [type(e) for e in got] == [OSError, OSError]
     with pytest.raises(OSError):
         await folded.add("x", "3")
+
+
+async def test_work_queued_behind_a_busy_lane_keeps_only_the_newest() -> None:
+    lanes, done = Lanes(), []
+    held = asyncio.Event()
+
+    async def work(name: str) -> None:
+        if name == "1":
+            await held.wait()
+        done.append(name)
+
+    first = lanes.behind("k", lambda: work("1"))
+    await asyncio.sleep(0)  # started: held
+    queued = [lanes.behind("k", lambda n=n: work(n)) for n in ("2", "3", "4")]
+    assert queued[0] is queued[1] is queued[2]  # one place in the lane, the newest work in it
+    held.set()
+    await asyncio.gather(first, queued[0])
+    assert done == ["1", "4"]
+
+
+async def test_an_error_of_work_behind_is_raised_by_failed() -> None:
+    lanes = Lanes()
+    watching = asyncio.ensure_future(lanes.failed())
+
+    async def broken() -> None:
+        raise ConnectionError("NATS away for too long")
+
+    done = lanes.behind("k", broken)
+    with pytest.raises(ConnectionError):
+        await done
+    with pytest.raises(ConnectionError):
+        await watching
