@@ -7,24 +7,28 @@ of another type, or under a key the table does not cover, is refused before anyt
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from chaosbus.common import kvsnapshot, subjects
+from chaosbus.common import kvsnapshot, natsclient, subjects
 from chaosbus.common.tcpnats import tcp_only
 
 with tcp_only():
-    from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+    from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
     from nats.js.kv import KeyValue
 from chaosbus.common import logging as cblog
 from chaosbus.common.wire import decode, encode
 
 V = TypeVar("V")
+T = TypeVar("T")
 log = cblog.get("bus")
 Seal = Callable[[bytes], bytes]
+WRONG_LAST_CODES = (10071, 10164)  # JetStream's "wrong last sequence" error codes
+WRITE_WAIT_S = 5.0  # nats-py's default for a JetStream request: the bound of a write, repeats included
 
 
 class WrongRevision(RuntimeError):
@@ -128,36 +132,76 @@ class TypedBucket(Generic[V]):
 
     async def put(self, key: str, value: V, *, seal: Seal | None = None) -> int:
         """Store `value` under `key`; the revision it got."""
-        return int(await self.kv.put(key, self.encode(key, value, seal)))
+        data = self.encode(key, value, seal)
+        return int(await self._written(lambda: self.kv.put(key, data)))
 
     async def create(self, key: str, value: V, *, seal: Seal | None = None) -> int:
         """Store `value` only if `key` has none (WrongRevision otherwise)."""
         data = self.encode(key, value, seal)
+        tries = _Tries(lambda: self.kv.create(key, data))
         try:
-            return int(await self.kv.create(key, data))
+            return int(await self._written(tries))
         except KeyWrongLastSequenceError:
-            raise WrongRevision(f"{self.name}/{key} exists") from None
+            revision = await self._landed(key, data, tries)
+            if revision is None:
+                raise WrongRevision(f"{self.name}/{key} exists") from None
+            return revision
 
     async def update(self, key: str, value: V, *, last: int, seal: Seal | None = None) -> int:
         """Store `value` only if `key` is still at revision `last` (WrongRevision otherwise)."""
         data = self.encode(key, value, seal)
+        tries = _Tries(lambda: self.kv.update(key, data, last=last))
         try:
-            return int(await self.kv.update(key, data, last=last))
+            return int(await self._written(tries))
         except KeyWrongLastSequenceError:
-            raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
+            revision = await self._landed(key, data, tries)
+            if revision is None:
+                raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
+            return revision
 
     async def delete(self, key: str, *, last: int | None = None) -> None:
         """Delete `key` (a marker stays, with its revision); with `last`, only at that revision. A
         key the table does not cover may go too: removing one (a newer writer's) is always safe.
         """
+        tries = _Tries(lambda: self.kv.delete(key, last=last))
         try:
-            await self.kv.delete(key, last=last)
-        except KeyWrongLastSequenceError:
+            await self._written(tries)
+        except BadRequestError as e:
+            # nats-py's delete leaves JetStream's "wrong last sequence" as the bare API error
+            if e.err_code not in WRONG_LAST_CODES:
+                raise
+            if tries.count > 1:
+                found = await self.entry_of(key)
+                if found is None or found.deleted:
+                    return  # the try lost with its connection deleted it
             raise WrongRevision(f"{self.name}/{key} is past revision {last}") from None
 
     async def purge(self, key: str) -> None:
         """Remove `key` and its history, leaving only a purge marker (any key, as `delete`)."""
-        await self.kv.purge(key)
+        await self._written(lambda: self.kv.purge(key))
+
+    async def _written(self, write: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """`write()`, made again on the next connection when the one it went out on is lost before
+        its answer (nats-server killed: the answer never comes, and nats-py waited out 5 s for it);
+        WRITE_WAIT_S in all. A put, delete or purge made twice leaves what one leaves; a
+        compare-and-set made twice loses to itself, which its caller checks (`_landed`).
+        """
+        nc = self.kv._js._nc  # nats-py keeps the bucket's connection private
+        deadline = time.monotonic() + WRITE_WAIT_S
+        while True:
+            await natsclient.until_connected(nc, deadline)
+            try:
+                return await natsclient.unless_lost(nc, write())
+            except natsclient.ConnectionLost:
+                log.info("NATS connection lost before a KV write was acknowledged; writing again", bucket=self.name)
+
+    async def _landed(self, key: str, data: bytes, tries: _Tries[Any]) -> int | None:
+        """The revision of `data` under `key` when a compare-and-set that lost was a repeat and the
+        key holds exactly what it wrote: the try lost with its connection had stored it."""
+        if tries.count < 2:
+            return None
+        found = await self.entry_of(key)
+        return found.revision if found is not None and found.data == data else None
 
     async def list(self, keys: str = ">") -> builtins.list[Stored[V]]:
         """Every live key matching `keys` now, in the bucket's order (undecodable ones skipped)."""
@@ -183,3 +227,14 @@ class TypedBucket(Generic[V]):
                 yield Stored(change.key, None, change.revision, deleted=True)
             elif (value := self.decode(change.key, change.value)) is not None:
                 yield Stored(change.key, value, change.revision, change.value)
+
+
+class _Tries(Generic[T]):
+    """A write, counting how often it was made."""
+
+    def __init__(self, write: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self.write, self.count = write, 0
+
+    def __call__(self) -> Coroutine[Any, Any, T]:
+        self.count += 1
+        return self.write()

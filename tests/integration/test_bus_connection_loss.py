@@ -1,6 +1,8 @@
 """The bus across a lost connection to a real nats-server (killed with SIGKILL, restarted on its
-port): closing finishes and keeps the caller's own error; a publish whose ack was lost with the
-connection is published again at once; one-off reads cut by the restart read again.
+port, or its connection cut by a forwarder after a write landed): closing finishes and keeps the
+caller's own error; a publish or KV write whose answer was lost with the connection is made again
+at once, stored once, and a compare-and-set that had landed reports its own write; one-off reads
+cut by the restart read again; followers resume right after the reconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from helpers.cutproxy import CutProxy
 
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -216,3 +219,56 @@ async def test_followers_resume_right_after_the_reconnect(live: Live) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_kv_put_sent_as_the_server_died_is_acknowledged_soon_after_its_restart(live: Live) -> None:
+    targets = await live.bus.bucket(subjects.TARGETS)
+    await targets.put("pod.ns.a", m.TargetPod(uid="a", namespace="ns", name="a", node="n1"))
+    live.kill()
+    live.restart()
+    restarted = time.monotonic()
+    pod = m.TargetPod(uid="b", namespace="ns", name="b", node="n1")
+    await asyncio.wait_for(targets.put("pod.ns.b", pod), 15)
+    took = time.monotonic() - restarted
+    print(f"KV put acknowledged {took:.2f} s after the restart")
+    assert took < 3.0
+    assert await targets.get("pod.ns.b") == pod
+
+
+@pytest.fixture
+async def cut(nats_server: natsserver.EmbeddedServer) -> AsyncIterator[tuple[CutProxy, busmod.Bus]]:
+    proxy = await CutProxy(nats_server.port).start()
+    b = await busmod.connect(proxy.url, "test")
+    try:
+        await b.ensure()
+        yield proxy, b
+    finally:
+        await b.close()
+        await proxy.close()
+
+
+async def test_a_compare_and_set_that_landed_before_its_answer_was_lost_reports_its_own_write(
+    cut: tuple[CutProxy, busmod.Bus],
+) -> None:
+    """Made again on the next connection, it loses to itself: that is not someone else's write."""
+    proxy, b = cut
+    sched = await b.bucket(subjects.SCHEDULER)
+    first = await sched.create(subjects.LEADER_KEY, m.LeaderLease(holder="a", renewed_at=time.time(), ttl_s=15.0))
+    renewed = m.LeaderLease(holder="a", renewed_at=time.time() + 1, ttl_s=15.0)
+    proxy.cut_after_next_write()
+    started = time.monotonic()
+    revision = await asyncio.wait_for(sched.update(subjects.LEADER_KEY, renewed, last=first), 15)
+    assert proxy.cuts == 1
+    assert time.monotonic() - started < 3.0  # not nats-py's 5 s wait for the lost answer
+    stored = await sched.entry_of(subjects.LEADER_KEY)
+    assert stored is not None and stored.value == renewed and stored.revision == revision == first + 1
+
+
+async def test_a_publish_that_landed_before_its_ack_was_lost_is_stored_once(cut: tuple[CutProxy, busmod.Bus]) -> None:
+    proxy, b = cut
+    proxy.cut_after_next_write()
+    started = time.monotonic()
+    await asyncio.wait_for(publish_event(b, "a"), 15)
+    assert proxy.cuts == 1
+    assert time.monotonic() - started < 3.0
+    assert (await b.js.stream_info(subjects.OBJECTS.name)).state.messages == 1

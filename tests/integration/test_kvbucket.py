@@ -1,7 +1,7 @@
 """Typed KV buckets against a real nats-server: values go in and come out as the subject table's
 Struct for their key, a value that does not decode is skipped (get, list, follow) without stopping
 anything, a wrong type or an undeclared key is refused before it is sent, compare-and-set losses
-are WrongRevision, and a sealed key keeps its envelope for the reader that checks it.
+(a stale delete's too) are WrongRevision, and a sealed key keeps its envelope for the reader that checks it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ async def test_compare_and_set_losses_are_wrong_revision(bus: busmod.Bus) -> Non
     second = await sched.update(subjects.LEADER_KEY, lease, last=first)
     with pytest.raises(busmod.WrongRevision):
         await sched.update(subjects.LEADER_KEY, lease, last=first)
+    with pytest.raises(busmod.WrongRevision):  # nats-py raised a bare BadRequestError here
+        await sched.delete(subjects.LEADER_KEY, last=first)
     await sched.delete(subjects.LEADER_KEY, last=second)
     gone = await sched.entry_of(subjects.LEADER_KEY)
     assert gone is not None and gone.deleted and gone.value is None and gone.revision > second
