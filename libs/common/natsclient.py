@@ -174,9 +174,11 @@ def resume_on_reconnect(nc: NatsClient, sub: Any) -> asyncio.Task[None]:
             await asyncio.shield(lost(nc))
             try:
                 await until_connected(nc, float("inf"))
+                await jsi.reset_ordered_consumer(jsi._sseq + 1)
             except nats.errors.ConnectionClosedError:
                 return
-            await jsi.reset_ordered_consumer(jsi._sseq + 1)
+            except Exception as e:  # nats-py's own heartbeat check re-creates it a little later
+                log.warning("follower not re-created after the reconnect", error=str(e) or type(e).__name__)
 
     return asyncio.ensure_future(resume())
 
