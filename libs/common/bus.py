@@ -341,9 +341,11 @@ class Bus:
             filter_subject = stream.pull_filter(durable)
         subjects.check(stream, filter_subject)
         cfg = api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=-1)
-        await patience.until_answered(lambda: self._refilter(stream, durable, filter_subject), durable)
+        await patience.until_answered(lambda: self._refilter(stream, durable, filter_subject), durable, nc=self.nc)
         psub = await patience.until_answered(
-            lambda: self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg), durable
+            lambda: self.js.pull_subscribe(filter_subject, durable=durable, stream=stream.name, config=cfg),
+            durable,
+            nc=self.nc,
         )
         if subscribed is not None:
             subscribed()
@@ -439,7 +441,7 @@ class Bus:
 
         if caught_up is not None:
             info = await patience.until_answered(
-                lambda: self.js.stream_info(stream.name, subjects_filter=filter_subject), filter_subject
+                lambda: self.js.stream_info(stream.name, subjects_filter=filter_subject), filter_subject, nc=self.nc
             )
             if not info.state.messages:
                 caught_up.set()
@@ -455,6 +457,7 @@ class Bus:
                 idle_heartbeat=FOLLOW_HEARTBEAT_S,
             ),
             filter_subject,
+            nc=self.nc,
         )
         resuming = natsclient.resume_on_reconnect(self.nc, sub)
         try:

@@ -31,7 +31,8 @@ async def follow(
     """The current value of every key of `bucket` matching `keys`, then each change; None once the
     snapshot is complete. `made()` makes the bucket if missing (asked again while NATS is away).
     """
-    await patience.until_answered(made, bucket)  # it exists before anyone follows it
+    nc = js._nc  # nats-py keeps a context's connection private
+    await patience.until_answered(made, bucket, nc=nc)  # it exists before anyone follows it
     queue: asyncio.Queue[KvEntry | None] = asyncio.Queue()
     prefix = f"$KV.{bucket}."
     snapshot_done = False
@@ -59,10 +60,11 @@ async def follow(
             idle_heartbeat=HEARTBEAT_S,
         ),
         bucket,
+        nc=nc,
     )
-    resuming = natsclient.resume_on_reconnect(js._nc, sub)  # nats-py keeps a context's connection private
+    resuming = natsclient.resume_on_reconnect(nc, sub)
     try:
-        info = await patience.until_answered(sub.consumer_info, bucket)
+        info = await patience.until_answered(sub.consumer_info, bucket, nc=nc)
         delivered = info.delivered.stream_seq if info.delivered else 0
         if not snapshot_done and info.num_pending == 0 and delivered == 0:
             snapshot_done = True  # an empty bucket: nothing will arrive to say so

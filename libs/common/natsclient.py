@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import ParseResult
 
@@ -132,13 +132,14 @@ def lost(nc: NatsClient) -> asyncio.Future[None]:
     return asyncio.get_running_loop().create_future()
 
 
-async def unless_lost(nc: NatsClient, call: Coroutine[Any, Any, T]) -> T:
+async def unless_lost(nc: NatsClient, call: Awaitable[T]) -> T:
     """The result of awaiting `call` (a coroutine) on `nc`'s current connection; ConnectionLost as
     soon as that connection is lost (its answer would never come), the call cancelled then.
     """
     gone = lost(nc)
     if gone.done():
-        call.close()
+        if isinstance(call, Coroutine):
+            call.close()
         raise ConnectionLost("the NATS connection is away")
     running = asyncio.ensure_future(call)
 

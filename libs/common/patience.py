@@ -16,7 +16,10 @@ from chaosbus.common.tcpnats import tcp_only
 
 with tcp_only():
     import nats.errors
+    from nats.aio.client import Client
     from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+from chaosbus.common import natsclient
 
 T = TypeVar("T")
 log = cblog.get("bus")
@@ -47,20 +50,28 @@ async def until_answered(
     call: Callable[[], Awaitable[T]],
     what: str,
     *,
+    nc: Client | None = None,
     patience_s: float = SETUP_PATIENCE_S,
     first_backoff_s: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """`call()`'s answer, asked again while NATS is unreachable (UNREACHABLE), for up to
     `patience_s`: then its error is raised (the caller's service ends, loudly, and is restarted).
+    With `nc`, the connection `call()` goes out on, a call is made once it is connected, and one
+    whose connection is lost is asked again at once, not after its own timeout (its answer would
+    never come).
     """
     since, attempt = clock(), 0
     while True:
         try:
-            answer = await call()
+            if nc is None:
+                answer = await call()
+            else:
+                await natsclient.until_connected(nc, time.monotonic() + max(0.0, patience_s - (clock() - since)))
+                answer = await natsclient.unless_lost(nc, call())
         except UNREACHABLE as e:
             attempt += 1
-            if clock() - since > patience_s:
+            if clock() - since > patience_s or (nc is not None and nc.is_closed):
                 raise
             if attempt == 1:
                 log.warning("NATS not answering; asking again", what=what, error=str(e) or type(e).__name__)

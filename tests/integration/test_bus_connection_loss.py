@@ -272,3 +272,27 @@ async def test_a_publish_that_landed_before_its_ack_was_lost_is_stored_once(cut:
     assert proxy.cuts == 1
     assert time.monotonic() - started < 3.0
     assert (await b.js.stream_info(subjects.OBJECTS.name)).state.messages == 1
+
+
+async def test_a_reader_set_up_as_the_server_died_is_bound_soon_after_its_restart(live: Live) -> None:
+    """The set-up's first request went into the dead socket: it was asked again only after its
+    own 5 s timeout."""
+    bound = asyncio.Event()
+
+    async def on_results(batch: list[m.ResultBatch]) -> set[int]:
+        return set()
+
+    live.kill()
+    live.restart()
+    restarted = time.monotonic()
+    reader = asyncio.ensure_future(
+        live.bus.consume_batches(subjects.RESULTS, on_results, durable="recorder", subscribed=bound.set)
+    )
+    try:
+        await asyncio.wait_for(bound.wait(), 15)
+        took = time.monotonic() - restarted
+        print(f"reader bound {took:.2f} s after the restart")
+        assert took < 3.0
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
