@@ -8,6 +8,9 @@ subclassing it (nats-py itself is not patched).
   takes an authorization violation as the end of the connection for good, instead of trying again
   as it does with a refusal answered in time. Here a PING during the handshake is answered and
   the wait goes on.
+- The reader survives a flush that timed out: nats-py set the result of its cancelled future
+  when the late PONG came, and that error ended the reader, leaving a connection that heard
+  nothing until its pings found it stale.
 - Closing always finishes. nats-py flushes what is still buffered before it closes the socket; on
   a connection that is already gone that raises (ConnectionResetError), and nats-py then skips the
   rest: its subscriptions' tasks keep running and the error replaces whatever the caller was
@@ -84,6 +87,16 @@ class Client(NatsClient):
             await super()._process_connect_init()
         finally:
             self._transport = plain
+
+    async def _process_pong(self) -> None:
+        # The PONG of a flush (or rtt) that timed out finds its future cancelled; nats-py set its
+        # result anyway, and the InvalidStateError ended the reader: a connection that then heard
+        # nothing (every answer lost) until its pings found it stale, 15-20 s later.
+        if self._pongs and self._pongs[0].done():
+            self._pongs.pop(0)
+            self._pings_outstanding = 0
+            return
+        await super()._process_pong()
 
     async def _close(self, status: int, do_cbs: bool = True) -> None:
         self._announce_loss()

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import nats.errors
+import psutil
 import pytest
 from helpers.cutproxy import CutProxy
 
@@ -296,3 +298,20 @@ async def test_a_reader_set_up_as_the_server_died_is_bound_soon_after_its_restar
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_a_flush_that_timed_out_leaves_a_connection_that_still_hears_answers(
+    nats_server: natsserver.EmbeddedServer, bus: busmod.Bus
+) -> None:
+    """nats-py set the result of the timed-out flush's cancelled future when its PONG came; the
+    error ended its reader, and every answer after it was lost until the pings found the
+    connection stale, 15-20 s later."""
+    nats_server.process.send_signal(signal.SIGSTOP)  # no PONG until it goes on
+    try:
+        await eventually(lambda: psutil.Process(nats_server.process.pid).status() == psutil.STATUS_STOPPED, 5)
+        with pytest.raises(nats.errors.FlushTimeoutError):
+            await bus.nc.flush(timeout=1)
+    finally:
+        nats_server.process.send_signal(signal.SIGCONT)
+    info = await bus.nc.request("$JS.API.INFO", b"", timeout=5)
+    assert b'"memory"' in info.data  # JetStream's account info: the reader is still there
