@@ -25,8 +25,19 @@ def encode(msg: msgspec.Struct) -> bytes:
 
 def decode(data: bytes, kind: type[T]) -> T:
     """`data` as `kind`, with one decoder per type built once and kept."""
+    result: T = _decoder(kind).decode(data)
+    return result
+
+
+def prepare(*kinds: type[Any]) -> None:
+    """Build the decoders of `kinds` now (a service's start), so that its first message of each
+    does not wait for one: a NodeCommand's, with the fault union, takes about 0.3 ms to build."""
+    for kind in kinds:
+        _decoder(kind)
+
+
+def _decoder(kind: type[T]) -> msgspec.json.Decoder[T]:
     dec = _decoders.get(kind)
     if dec is None:
         dec = _decoders[kind] = msgspec.json.Decoder(kind)
-    result: T = dec.decode(data)
-    return result
+    return dec

@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from prometheus_client import Counter, Gauge
 
 from chaosbus.common import bus as busmod
-from chaosbus.common import commands, config, service, settings, signing, subjects
+from chaosbus.common import commands, config, service, settings, signing, subjects, wire
 from chaosbus.common import logging as cblog
 from chaosbus.common import messages as m
 from chaosbus.common import metrics as cbmetrics
@@ -47,6 +47,7 @@ class Edge:
         self.node, self.name, self.metrics = node, name, metrics
         reg = metrics.registry
         self.gate = Gate(trust, reg, clock=node.clock)
+        wire.prepare(m.NodeCommand, m.NodeLease, m.HaltState)  # what the gate decodes
         self.gate.load(
             node.journal.signed(node.clock()),
             [LeaseMark(kid, subject, seq) for kid, subject, seq in node.journal.leases()],
