@@ -7,8 +7,8 @@ stops them) and started again `--restarts` times; each time, once every injector
 ready, per injector and in turn:
 
 - **first**: the first partition apply of the new process, in a fresh netns it has never seen;
-- **first in netns**: the next apply, in another fresh netns (the process warm, the netns new);
-- **warm**: `--warm` applies in the first netns again (its libnftables context kept).
+- **warm**: `--warm` applies in the first netns again (its libnftables context kept);
+- **first in netns**: then an apply in another fresh netns (the process warm, the netns new).
 
 Each apply is a new experiment, timed from the harness's publish of its signed command to the
 kernel's announcement of the committed table (an nfnetlink monitor socket in each target netns, as
@@ -174,8 +174,8 @@ async def measure(b: Bench, injectors: list[Injector], keys: Path, restarts: int
             for inj in injectors:
                 first, other = fresh[inj.node]
                 b.out["first"].append(await b.once(bus, inj.node, first))
-                b.out["first in netns"].append(await b.once(bus, inj.node, other))
                 b.out["warm"] += [await b.once(bus, inj.node, first) for _ in range(warm)]
+                b.out["first in netns"].append(await b.once(bus, inj.node, other))
             print(f"restart {r + 1}/{restarts}: first {1e3 * b.out['first'][-1]:.2f} ms", flush=True)
     finally:
         await bus.close()
