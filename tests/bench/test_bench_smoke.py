@@ -151,12 +151,13 @@ def test_the_lease_bench_times_each_way_through_real_injectors(tmp_path: Path) -
 def test_the_restart_bench_times_first_and_warm_applies_and_leaves_nothing(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the restart bench creates network namespaces and nftables tables")
-    argv = [sys.executable, "-m", "bench.bench_restart", "--restarts", "2", "--warm", "2", "--dir", str(tmp_path)]
+    argv = [sys.executable, "-m", "bench.bench_restart", "--restarts", "2", "--warm", "2", "--idle", "1"]
+    argv += ["--dir", str(tmp_path)]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate(timeout=100)
     assert proc.returncode == 0, out[-4000:] + err[-4000:]
-    rows = {" ".join(line.split()[:-4]) for line in out.splitlines() if line.endswith(" ms")}  # kind, count
-    assert {"first 2", "first in netns 2", "warm 4"} <= rows, out
+    rows = {" ".join(line.split()[:-6]) for line in out.splitlines() if line.endswith(" ms")}  # kind, count
+    assert {"first 2", "first in netns 2", "warm 4", "after idle 2"} <= rows, out
     assert "first/warm p50" in out and "target: first <= 2x warm at p50:" in out
     mine = {n for n in os.listdir("/var/run/netns") if n.startswith(f"cbb{proc.pid}-")}
     assert mine == set(), f"left behind: {mine}"
