@@ -53,6 +53,7 @@ bench: install
 	$(PY) -m bench.bench_io $(if $(filter 1,$(BENCH_QUICK)),--runs 5 --mib 16 --stats 300 --rounds 3)
 	$(PY) -m bench.bench_node $(if $(filter 1,$(BENCH_QUICK)),--runs 30)
 	$(PY) -m bench.bench_lease $(if $(filter 1,$(BENCH_QUICK)),--runs 30)
+	$(PY) -m bench.bench_nats_restart $(if $(filter 1,$(BENCH_QUICK)),--cycles 5)
 	$(PY) -m bench.bench_restart $(if $(filter 1,$(BENCH_QUICK)),--restarts 5 --warm 3)
 
 # The full property test of admission and the scheduler's decode: 100,000 random inputs (~10 min);

@@ -60,7 +60,8 @@ async def last_per_subject(
                 raise
             if attempt == 1:
                 log.warning("one-off read interrupted; reading again", stream=stream, error=str(e) or type(e).__name__)
-            await asyncio.sleep(patience.backoff(attempt, 0.1))
+            if not isinstance(e, natsclient.ConnectionLost):  # lost: read again once reconnected
+                await asyncio.sleep(patience.backoff(attempt, 0.1))
             continue
         if attempt:
             log.info("one-off read done after a reconnect", stream=stream, tries=attempt + 1)

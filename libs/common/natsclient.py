@@ -26,6 +26,7 @@ subclassing it (nats-py itself is not patched).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Coroutine
@@ -58,6 +59,7 @@ class Client(NatsClient):
     def __init__(self) -> None:
         super().__init__()
         self._lost: asyncio.Future[None] | None = None
+        self.back = asyncio.Event()  # set once reconnected (or closed): what `until_connected` waits on
 
     def lost(self) -> asyncio.Future[None]:
         """Done once the current connection is lost, or at once while there is none (reconnecting
@@ -75,7 +77,12 @@ class Client(NatsClient):
 
     async def _attempt_reconnect(self) -> None:
         self._announce_loss()
-        await super()._attempt_reconnect()
+        self.back.clear()
+        try:
+            await super()._attempt_reconnect()
+        finally:
+            if self.is_connected or self.is_closed:
+                self.back.set()
 
     async def _process_connect_init(self) -> None:
         plain = self._transport
@@ -100,6 +107,7 @@ class Client(NatsClient):
 
     async def _close(self, status: int, do_cbs: bool = True) -> None:
         self._announce_loss()
+        self.back.set()  # waiters for the connection learn that it is closed
         try:
             await super()._close(status, do_cbs)
         except Exception as e:
@@ -133,9 +141,15 @@ async def until_connected(nc: NatsClient, deadline: float) -> None:
     while not nc.is_connected:
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise nats.errors.TimeoutError
-        await asyncio.sleep(RECONNECT_POLL_S)
+        if not isinstance(nc, Client) or nc.back.is_set():  # set: the reconnect has not begun yet
+            await asyncio.sleep(min(left, RECONNECT_POLL_S))
+            continue
+        # the status is asked again at least every second, whatever the event says
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(nc.back.wait(), min(left, 1.0))
 
 
 def lost(nc: NatsClient) -> asyncio.Future[None]:

@@ -75,7 +75,8 @@ async def until_answered(
                 raise
             if attempt == 1:
                 log.warning("NATS not answering; asking again", what=what, error=str(e) or type(e).__name__)
-            await asyncio.sleep(backoff(attempt, first_backoff_s))
+            if not isinstance(e, natsclient.ConnectionLost):  # lost: asked again once reconnected
+                await asyncio.sleep(backoff(attempt, first_backoff_s))
             continue
         if attempt:
             log.info("NATS answered again", what=what, retries=attempt)
