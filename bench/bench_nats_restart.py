@@ -61,6 +61,10 @@ def event(name: str) -> m.ObjectEvent:
     return m.ObjectEvent(type="ADDED", kind="PodChaos", namespace="bench", name=name, uid=name)
 
 
+def pod(name: str) -> m.TargetPod:
+    return m.TargetPod(uid=name, namespace="bench", name=name, node="n1")
+
+
 async def publish(b: busmod.Bus, name: str) -> None:
     await b.publish(subjects.OBJECTS, subjects.object_subject("PodChaos", "bench", name), event(name), msg_id=name)
 
@@ -75,7 +79,7 @@ async def cycle(server: Server, b: busmod.Bus, n: int, seen: set[str], keys: set
     restarted = await server.kill_and_restart()
     out["publish acked"] = await timed(restarted, publish(b, f"p{n}"))
     await until(lambda: f"p{n}" in seen)
-    await (await b.kv(subjects.TARGETS.name)).put(f"pod.bench.p{n}", b"{}")
+    await (await b.bucket(subjects.TARGETS)).put(f"pod.bench.p{n}", pod(f"p{n}"))
     await until(lambda: f"pod.bench.p{n}" in keys)
     out["followers resumed"] = time.monotonic() - restarted
 
@@ -96,8 +100,7 @@ async def cycle(server: Server, b: busmod.Bus, n: int, seen: set[str], keys: set
 
     targets = await b.bucket(subjects.TARGETS)
     restarted = await server.kill_and_restart()
-    pod = m.TargetPod(uid=f"k{n}", namespace="bench", name=f"k{n}", node="n1")
-    out["KV put acked"] = await timed(restarted, targets.put(f"pod.bench.k{n}", pod))
+    out["KV put acked"] = await timed(restarted, targets.put(f"pod.bench.k{n}", pod(f"k{n}")))
     return out
 
 
@@ -111,7 +114,7 @@ async def measure(cycles: int, folder: Path) -> dict[str, list[float]]:
         seen.add(ev.name)
 
     async def follow() -> None:
-        async for e in b.follow_kv(subjects.TARGETS.name):
+        async for e in (await b.bucket(subjects.TARGETS)).follow():
             if e is not None:
                 keys.add(e.key)
 
