@@ -117,15 +117,17 @@ def test_the_api_server_bench_times_every_size_and_the_watcher(tmp_path: Path) -
 def test_the_node_bench_times_each_way_and_leaves_no_netns(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the node bench creates a network namespace and nftables tables")
-    before = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
     argv = [sys.executable, "-m", "bench.bench_node", "--runs", "3", "--dir", str(tmp_path)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=100)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if done.returncode == 2 and "libnftables is not usable" in done.stderr:
         pytest.skip(done.stderr.strip())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("as deployed", "fresh context"))]
     assert len(rows) == 3 and all(line.count(" ms") == 4 for line in rows), done.stdout
-    mine = {n for n in os.listdir("/var/run/netns") if n.startswith("cbbnode")} - before
+    # Its own netns only (named after its pid): another bench test may run beside it.
+    mine = {n for n in os.listdir("/var/run/netns") if n == f"cbbnode{proc.pid}"}
     assert mine == set(), f"left behind: {mine}"
 
 
@@ -134,15 +136,17 @@ def test_the_node_bench_times_each_way_and_leaves_no_netns(tmp_path: Path) -> No
 def test_the_lease_bench_times_each_way_through_real_injectors(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the lease bench creates a network namespace and nftables tables")
-    before = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
     argv = [sys.executable, "-m", "bench.bench_lease", "--runs", "3", "--dir", str(tmp_path)]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=100)
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
     if done.returncode == 2 and "libnftables is not usable" in done.stderr:
         pytest.skip(done.stderr.strip())
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("unsigned, lease", "signed, lease"))]
     assert len(rows) == 3 and all(line.count(" ms") == 2 for line in rows), done.stdout
-    mine = {n for n in os.listdir("/var/run/netns") if n.startswith("cbbnode")} - before
+    # Its own netns only (named after its pid): another bench test may run beside it.
+    mine = {n for n in os.listdir("/var/run/netns") if n == f"cbbnode{proc.pid}"}
     assert mine == set(), f"left behind: {mine}"
 
 
