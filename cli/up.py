@@ -2,7 +2,7 @@
 processes, plus the SLO guard when a guard configuration exists (`<state dir>/guard.yaml`, or
 `--guard-config`), restarted with backoff when they die (as Kubernetes restarts a pod), stopped
 cleanly on Ctrl-C or SIGTERM. A nats-server that dies is restarted too, on the same port with the same
-store; the services reconnect and their followers resume on their own (bus.FOLLOW_HEARTBEAT_S).
+store; the services reconnect and their followers resume on their own (natsclient.resume_on_reconnect).
 """
 
 from __future__ import annotations
