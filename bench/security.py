@@ -88,14 +88,15 @@ def signing_cost(iterations: int = 2000) -> dict[str, dict[str, Any]]:
 def plan(sizes: list[int], runs_smallest: int, quick: bool) -> tuple[dict[int, int], int]:
     """(runs per size in each half, repetitions); each repetition one unsigned and one signed
     half. Quick: five runs at one target (a half's median of three moved with a single slow run),
-    one at ten. Full: eight repetitions of forty runs at one target, four at ten and two at a
+    one at ten. Full: eight repetitions of forty runs at one target, twelve at ten and six at a
     hundred. A half's median moves mostly with the jitter of its single runs (a run's latency
-    varies by about a fifth on the 2-core machine), so long halves resolve more than many short
-    ones: each half also pays a restart of eleven services, about three seconds. With twelve
-    repetitions of fifteen runs the paired median moved between 1.01 and 1.13 from one quiet full
-    run to the next.
+    varies by about a fifth on the 2-core machine, and a run's targets move together), so long
+    halves resolve more than many short ones: each half also pays a restart of eleven services,
+    about three seconds. With twelve repetitions of fifteen runs the paired median at one target
+    moved between 1.01 and 1.13 from one quiet full run to the next; with four runs at ten and two
+    at a hundred, single pairs there spread from 0.5 to 1.5.
     """
-    per_half = {s: max(1, 5 // s) if quick else max(2, 40 // s) for s in sizes}
+    per_half = {s: max(1, 5 // s) if quick else (40 if s == 1 else max(6, 120 // s)) for s in sizes}
     return per_half, max(2, min(8, runs_smallest // 2))
 
 
