@@ -158,8 +158,10 @@ def main(args: list[str]) -> int:
         except InterruptedError:
             continue
     if os.WIFSIGNALED(status):
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-        os.kill(os.getpid(), os.WTERMSIG(status))
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their disposition cannot be set (EINVAL)
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
     return os.waitstatus_to_exitcode(status)
 
 
