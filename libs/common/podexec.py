@@ -158,10 +158,10 @@ def main(args: list[str]) -> int:
         except InterruptedError:
             continue
     if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # their disposition cannot be set (EINVAL)
-            signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
+        died_of = os.WTERMSIG(status)
+        if died_of not in (signal.SIGKILL, signal.SIGSTOP):  # their disposition cannot be set (EINVAL)
+            signal.signal(died_of, signal.SIG_DFL)
+        os.kill(os.getpid(), died_of)
     return os.waitstatus_to_exitcode(status)
 
 
