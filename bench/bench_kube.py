@@ -119,6 +119,12 @@ def services(
                 raise RuntimeError(f"services did not start; logs in {workdir}")
             time.sleep(0.1)
         yield
+    except Exception:
+        # What each service last said, to tell which hop a timed-out run stopped at.
+        for name in ("scheduler", "injector", "watcher"):
+            lines = logs[name].read_text(errors="replace").splitlines()[-10:]
+            print(f"--- {name} (last {len(lines)} lines)", *(line[:240] for line in lines), sep="\n", file=sys.stderr)
+        raise
     finally:
         for p in procs.values():
             p.terminate()

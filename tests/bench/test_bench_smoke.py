@@ -106,7 +106,7 @@ def test_the_api_server_bench_times_every_size_and_the_watcher(tmp_path: Path) -
         timeout=180,
         env=env,
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-12000:]
     printed = {line.split()[0] for line in done.stdout.splitlines() if line.strip()}
     wanted = {f"kube.{what}.{n}" for what in ("apply", "recover", "removed", "watch_lag") for n in (1, 3)}
     assert wanted <= printed, done.stdout
