@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 
 def temp_root() -> Path:
     """The folder pytest makes its numbered run folders in (`pytest-of-<user>`)."""
@@ -32,16 +34,6 @@ def _unescape(field: str) -> str:
     return field
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _abandoned(folder: Path, alive: Callable[[int], bool]) -> bool:
     if folder.name.startswith("garbage-"):
         return True
@@ -54,7 +46,7 @@ def _abandoned(folder: Path, alive: Callable[[int], bool]) -> bool:
     return not (owner.isdigit() and alive(int(owner)))
 
 
-def stale(root: Path, mounts: str, alive: Callable[[int], bool] = _alive) -> list[str]:
+def stale(root: Path, mounts: str, alive: Callable[[int], bool] = psutil.pid_exists) -> list[str]:
     """The mount points under `root` that belong to abandoned run folders, deepest first."""
     found = []
     for line in mounts.splitlines():
