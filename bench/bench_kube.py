@@ -135,6 +135,34 @@ def services(
                 p.kill()
 
 
+def _wait_running(nats_url: str, namespace: str, names: list[str], limit_s: float = 30.0) -> None:
+    """Until the watcher has projected each pod Running with its containers. The bench times
+    experiments on running pods; one created within milliseconds of a pod's start can select the
+    pod before its containers are projected, and that target then fails ("What is left")."""
+    import asyncio
+
+    from chaosbus.common import bus as busmod
+    from chaosbus.common import subjects
+
+    async def wait() -> None:
+        bus = await busmod.connect(nats_url, "bench-kube-projection")
+        try:
+            targets = await bus.bucket(subjects.TARGETS)
+            deadline = time.monotonic() + limit_s
+            for name in names:
+                while True:
+                    pod = await targets.get(subjects.target_pod_key(namespace, name))
+                    if pod is not None and pod.phase == "Running" and pod.containers:
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"pod {namespace}/{name} not projected running within {limit_s} s")
+                    await asyncio.sleep(0.02)
+        finally:
+            await bus.close()
+
+    asyncio.run(wait())
+
+
 def _wait(check: Any, limit_s: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -229,6 +257,7 @@ def measure(runs: int, sizes: tuple[int, ...] = (1,)) -> dict[str, Any]:
                         assert pod.netns is not None
                         paths.append(nsutil.netns_path(pod.netns))
                         monitor.watch(paths[-1])
+                    _wait_running(server.url, namespace, ["peer", *(f"target-{i}" for i in range(size))])
                     n_runs = runs if size < 100 else max(3, runs // 10)
                     out["sizes"][str(size)] = _runs(
                         client, monitor, paths, namespace, n_runs, table_name, clock, f"bench-{size}"
