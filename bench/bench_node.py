@@ -72,11 +72,23 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def command(uid: str, op: str, pid: int) -> m.NodeCommand:
+def command(
+    uid: str,
+    op: str,
+    pid: int,
+    *,
+    node: str = "bench-node",
+    pod: str = "",
+    pod_uid: str = "pod-uid",
+) -> m.NodeCommand:
+    """One partition command for the process `pid`; `pod`: the target's pod name in namespace
+    bench (none: the bare node target)."""
     action = m.TargetAction(
-        target_id="bench/node-target",
+        target_id=f"bench/{pod or 'node-target'}",
         op=op,  # type: ignore[arg-type]
-        pod_uid="pod-uid",
+        pod_uid=pod_uid,
+        namespace="bench" if pod else "",
+        pod_name=pod,
         container_ids=[f"process://{pid}"],
         fault=m.Partition(rules=[m.PartitionRule(chain="output", external=["192.0.2.0/24"])]),
     )
@@ -87,7 +99,7 @@ def command(uid: str, op: str, pid: int) -> m.NodeCommand:
         kind="NetworkChaos",
         namespace="bench",
         name=uid,
-        node="bench-node",
+        node=node,
         issued_at=time.time(),
         deadline=time.time() + 3600,
         actions=[action],

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import kernel, targets
-from bench.bench_node import pct
+from bench.bench_node import command, pct
 from bench.cluster import ROOT
 from chaosbus.common import bus as busmod
 from chaosbus.common import messages as m
@@ -111,27 +111,7 @@ class Bench:
         return self.spare.pop()
 
     def command(self, node: str, uid: str, op: str, target: targets.Target) -> m.NodeCommand:
-        action = m.TargetAction(
-            target_id=f"bench/{target.name}",
-            op=op,  # type: ignore[arg-type]
-            pod_uid=f"uid-{target.name}",
-            namespace="bench",
-            pod_name=target.name,
-            container_ids=[f"process://{target.pid}"],
-            fault=m.Partition(rules=[m.PartitionRule(chain="output", external=["192.0.2.0/24"])]),
-        )
-        return m.NodeCommand(
-            command_id=f"{uid}.{op}",
-            experiment_uid=uid,
-            generation=1,
-            kind="NetworkChaos",
-            namespace="bench",
-            name=uid,
-            node=node,
-            issued_at=time.time(),
-            deadline=time.time() + 3600,
-            actions=[action],
-        )
+        return command(uid, op, target.pid, node=node, pod=target.name, pod_uid=f"uid-{target.name}")
 
     async def send(self, bus: busmod.Bus, cmd: m.NodeCommand) -> None:
         subject = subjects.command_subject(cmd.node)
